@@ -1,0 +1,113 @@
+"""Live updates: after a change commits, the changed columns of a board are
+re-rendered once, from the page's own template partials, and published to the
+board's Channels group; consumers forward the HTML as it is.
+
+One broadcaster thread per process gathers changes for a short window
+(``KAIZEN_BROADCAST_WINDOW_MS``) and sends one message per board, so a burst of
+moves becomes one swap in the browser, and each column is rendered at its
+latest state only once. The thread owns a long-lived event loop, so the channel
+layer keeps its Redis connection instead of opening one per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger(__name__)
+
+
+def board_group(board_id: int) -> str:
+    return f"board_{board_id}"
+
+
+class Broadcaster:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, frozenset[int]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def columns_changed(self, board_id: int, column_ids: Iterable[int]) -> None:
+        self._ensure_started()
+        self._idle.clear()
+        self._queue.put((board_id, frozenset(column_ids)))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far has been sent (for tests and shutdown)."""
+        return self._idle.wait(timeout)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="broadcaster", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        layer = get_channel_layer()
+        window = settings.KAIZEN_BROADCAST_WINDOW_MS / 1000
+        while True:
+            item = self._queue.get()
+            pending: dict[int, set[int]] = {}
+            deadline = time.monotonic() + window
+            while item is not None:
+                board_id, column_ids = item
+                pending.setdefault(board_id, set()).update(column_ids)
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            try:
+                self._send(loop, layer, pending)
+            except Exception:
+                logger.exception("broadcasting to boards %s failed", sorted(pending))
+            finally:
+                if self._queue.empty():
+                    self._idle.set()
+
+    def _send(self, loop: asyncio.AbstractEventLoop, layer, pending: dict[int, set[int]]) -> None:
+        from boards.fragments import render_board_update
+
+        messages = []
+        try:
+            close_old_connections()
+            for board_id, column_ids in pending.items():
+                html = render_board_update(board_id=board_id, column_ids=column_ids)
+                if html:
+                    messages.append((board_group(board_id), html))
+        finally:
+            # Hand the connection back (to the pool on PostgreSQL) between bursts.
+            connection.close()
+        for group, html in messages:
+            loop.run_until_complete(layer.group_send(group, {"type": "board.update", "html": html}))
+
+
+_broadcaster = Broadcaster()
+
+
+def columns_changed(board_id: int, column_ids: Iterable[int]) -> None:
+    """Schedule a live update of these columns of a board (call after commit)."""
+    if layer_configured():
+        _broadcaster.columns_changed(board_id, column_ids)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    return _broadcaster.flush(timeout)
+
+
+def layer_configured() -> bool:
+    return bool(getattr(settings, "CHANNEL_LAYERS", None))

@@ -1,0 +1,776 @@
+"""Every change to the line goes through these functions.
+
+Each one validates, writes inside a transaction, records a TaskEvent, and
+schedules the live update (and the next pull) for after commit. Views, the API,
+consumers, admin actions and Celery tasks only call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from boards import broadcast
+from boards.models import Agent, ApiToken, Board, Column, Task, TaskEvent
+
+logger = logging.getLogger(__name__)
+
+Role = Column.Role
+Status = Task.Status
+
+STATUS_FOR_ROLE = {
+    Role.BACKLOG: Status.BACKLOG,
+    Role.READY: Status.READY,
+    Role.IN_PROGRESS: Status.RUNNING,
+    Role.REVIEW: Status.REVIEW,
+    Role.DONE: Status.DONE,
+}
+
+# Where a person may drag a card. In progress belongs to the agents: a task enters
+# it only when an agent pulls it, and leaves it when the run ends or its lease runs out.
+MANUAL_MOVES: dict[str, set[str]] = {
+    Role.BACKLOG: {Role.READY, Role.DONE},
+    Role.READY: {Role.BACKLOG, Role.DONE},
+    Role.REVIEW: {Role.READY, Role.DONE, Role.BACKLOG},
+    Role.DONE: {Role.READY, Role.BACKLOG},
+    Role.IN_PROGRESS: set(),
+}
+
+POSITION_GAP = 1024
+MAX_TITLE = 200
+
+
+class WipLimitReached(ValidationError):
+    """A hard WIP limit refused a task."""
+
+
+class MoveNotAllowed(ValidationError):
+    """The board's rules do not allow this move."""
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _event(
+    task: Task,
+    kind: str,
+    *,
+    from_column: Column | None = None,
+    to_column: Column | None = None,
+    from_status: str = "",
+    to_status: str = "",
+    user: AbstractBaseUser | None = None,
+    agent: Agent | None = None,
+    note: str = "",
+) -> TaskEvent:
+    if user is not None:
+        actor = TaskEvent.Actor.USER
+    elif agent is not None:
+        actor = TaskEvent.Actor.AGENT
+    else:
+        actor = TaskEvent.Actor.SYSTEM
+    return TaskEvent(
+        task=task,
+        board_id=task.board_id,
+        kind=kind,
+        from_column=from_column,
+        to_column=to_column,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor,
+        agent=agent,
+        user=user,
+        note=note,
+    )
+
+
+def _after_commit(board_id: int, column_ids: Iterable[int], *, pull: bool) -> None:
+    """Send the changed columns to browsers and, if capacity may have changed,
+    pull, once the transaction has committed."""
+    ids = set(column_ids)
+    transaction.on_commit(lambda: broadcast.columns_changed(board_id, ids))
+    if pull:
+        transaction.on_commit(lambda: request_pull(board_id=board_id))
+
+
+def request_pull(*, board_id: int) -> None:
+    """Pull for a board now, in this process. Called after commit, so the
+    capacity the trigger freed is visible."""
+    try:
+        board_pull(board_id=board_id)
+    except Exception:
+        # The periodic pull catches up; a failed trigger must not fail the
+        # change that caused it, which has already committed.
+        logger.exception("pull for board %s failed", board_id)
+
+
+def _column(board: Board, role: str) -> Column | None:
+    return board.columns.filter(role=role).first()
+
+
+def _intake_column(board: Board) -> Column:
+    columns = {c.role: c for c in board.columns.filter(role__in=[Role.BACKLOG, Role.READY])}
+    column = columns.get(Role.BACKLOG) or columns.get(Role.READY)
+    if column is None:
+        raise ValidationError(f"Board {board.name!r} has neither a Backlog nor a Ready column.")
+    return column
+
+
+def _count(column: Column) -> int:
+    return Task.objects.filter(column=column).count()
+
+
+def _check_wip(column: Column, *, adding: int = 1) -> str:
+    """Refuse a task a hard limit has no room for; return a note when a soft
+    limit is exceeded."""
+    if column.wip_limit is None:
+        return ""
+    count = _count(column)
+    if count + adding <= column.wip_limit:
+        return ""
+    if column.hard_limit:
+        raise WipLimitReached(
+            f"{column.name} is at its hard WIP limit ({count}/{column.wip_limit}): "
+            "finish or move a task out of it first."
+        )
+    return f"{column.name} is over its soft WIP limit ({count + adding}/{column.wip_limit})."
+
+
+def _slot_before(column: Column, before: Task | None, *, exclude_pk: int | None = None) -> int:
+    """A position that puts a task just before ``before`` (or last) in ``column``."""
+    others = Task.objects.filter(column=column)
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    if before is None:
+        last = others.aggregate(m=Max("position"))["m"]
+        return (last or 0) + POSITION_GAP
+    previous = others.filter(position__lt=before.position).aggregate(m=Max("position"))["m"]
+    low = previous if previous is not None else before.position - 2 * POSITION_GAP
+    if before.position - low >= 2:
+        return (low + before.position) // 2
+    # No room left between the two: spread the column out again, then retry.
+    _renumber(column)
+    before.refresh_from_db(fields=["position"])
+    return _slot_before(column, before, exclude_pk=exclude_pk)
+
+
+def _renumber(column: Column) -> None:
+    tasks = list(Task.objects.filter(column=column).order_by("position", "created_at", "pk"))
+    for index, task in enumerate(tasks, start=1):
+        task.position = index * POSITION_GAP
+    Task.objects.bulk_update(tasks, ["position"], batch_size=500)
+
+
+def _slot_by_priority(column: Column, priority: int) -> int:
+    """Where a task entering ``column`` goes: after every task of its priority or
+    higher, before the first of lower priority. People may reorder afterwards."""
+    first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
+    return _slot_before(column, first_lower)
+
+
+def _place(task: Task, column: Column, *, position: int | None = None) -> None:
+    """Put ``task`` in ``column`` (not saved). Keeps status and timestamps in step."""
+    task.column = column
+    task.status = STATUS_FOR_ROLE[column.role]
+    task.position = position if position is not None else _slot_by_priority(column, task.priority)
+    if column.role == Role.DONE:
+        task.finished_at = timezone.now()
+    elif column.role in (Role.BACKLOG, Role.READY):
+        task.finished_at = None
+    if column.role != Role.IN_PROGRESS:
+        task.lease_token = None
+        task.lease_expires_at = None
+
+
+def _lock_board(board_id: int) -> Board:
+    # Every change that adds to a WIP-limited column takes this lock first, so
+    # the count it checks cannot change under it, whatever the number of workers.
+    return Board.objects.select_for_update().get(pk=board_id)
+
+
+# --- intake --------------------------------------------------------------------
+
+
+def task_create(
+    *,
+    board: Board,
+    title: str,
+    input: str = "",
+    capability: str = "",
+    priority: int = 0,
+    user: AbstractBaseUser | None = None,
+) -> Task:
+    title = (title or "").strip()
+    capability = (capability or "").strip()
+    errors: dict[str, list[str]] = {}
+    if not title:
+        errors["title"] = ["Give the task a title."]
+    elif len(title) > MAX_TITLE:
+        errors["title"] = [f"Keep the title to {MAX_TITLE} characters (it has {len(title)})."]
+    if not -1000 <= priority <= 1000:
+        errors["priority"] = ["Priority must be between -1000 and 1000."]
+    if capability:
+        offered = sorted({c for a in board.agents.all() for c in a.capabilities})
+        if capability not in offered:
+            known = ", ".join(offered) or "none"
+            errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
+    if errors:
+        raise ValidationError(errors)
+
+    with transaction.atomic():
+        _lock_board(board.pk)
+        column = _intake_column(board)
+        note = _check_wip(column)
+        task = Task(board=board, title=title, input=input, capability=capability, priority=priority)
+        _place(task, column)
+        task.save()
+        _event(
+            task, TaskEvent.Kind.CREATED, to_column=column, to_status=task.status, user=user, note=note
+        ).save()
+        _after_commit(board.pk, [column.pk], pull=True)
+    return task
+
+
+# --- the pull ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    task_id: int
+    lease_token: uuid.UUID
+
+
+def board_pull(*, board_id: int) -> list[Claim]:
+    """Refill Ready from the Backlog, then let agents claim Ready tasks up to the
+    free WIP of In progress and of each agent. Runs in one transaction under the
+    board lock; the claimed runs are enqueued after commit."""
+    with transaction.atomic():
+        board = _lock_board(board_id)
+        if board.paused:
+            return []
+        columns = {c.role: c for c in board.columns.all()}
+        changed: set[int] = set()
+        _replenish(board, columns, changed)
+        claims = _claim(board, columns, changed)
+        if changed:
+            transaction.on_commit(lambda: broadcast.columns_changed(board_id, changed))
+        if claims:
+            transaction.on_commit(lambda: _enqueue_runs(claims))
+    return claims
+
+
+def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> None:
+    backlog, ready = columns.get(Role.BACKLOG), columns.get(Role.READY)
+    if backlog is None or ready is None:
+        return
+    if ready.wip_limit is None:
+        room = None
+    else:
+        room = ready.wip_limit - _count(ready)
+        if room <= 0:
+            return
+    candidates = Task.objects.filter(column=backlog, blocked_at__isnull=True).order_by(
+        "-priority", "position", "created_at"
+    )
+    if room is not None:
+        candidates = candidates[:room]
+    events = []
+    for task in candidates.select_for_update(skip_locked=True, of=("self",)):
+        _place(task, ready)
+        task.save(
+            update_fields=[
+                "column",
+                "status",
+                "position",
+                "finished_at",
+                "lease_token",
+                "lease_expires_at",
+                "updated_at",
+            ]
+        )
+        events.append(
+            _event(
+                task,
+                TaskEvent.Kind.MOVED,
+                from_column=backlog,
+                to_column=ready,
+                from_status=Status.BACKLOG,
+                to_status=Status.READY,
+                note="pulled into Ready",
+            )
+        )
+    if events:
+        TaskEvent.objects.bulk_create(events)
+        changed.update({backlog.pk, ready.pk})
+
+
+def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[Claim]:
+    ready, doing = columns.get(Role.READY), columns.get(Role.IN_PROGRESS)
+    if ready is None or doing is None:
+        return []
+    free_wip = None if doing.wip_limit is None else doing.wip_limit - _count(doing)
+    if free_wip is not None and free_wip <= 0:
+        return []
+    running = dict(
+        Task.objects.filter(column=doing, agent__isnull=False)
+        .values_list("agent")
+        .annotate(n=Count("pk"))
+        .values_list("agent", "n")
+    )
+    agents = [a for a in board.agents.filter(paused=False).order_by("pk")]
+    free_agent = {a.pk: a.concurrency - running.get(a.pk, 0) for a in agents}
+    agents = [a for a in agents if free_agent[a.pk] > 0]
+    if not agents:
+        return []
+    total_free = sum(free_agent[a.pk] for a in agents)
+    want = total_free if free_wip is None else min(total_free, free_wip)
+    offered = {c for a in agents for c in a.capabilities}
+    candidates = (
+        Task.objects.filter(column=ready, blocked_at__isnull=True)
+        .filter(Q(capability="") | Q(capability__in=offered))
+        .order_by("position", "created_at")
+        .select_for_update(skip_locked=True, of=("self",))
+    )
+    # Read a few more than we want: some may ask for a capability whose agents are full.
+    now = timezone.now()
+    expires = now + timedelta(seconds=settings.KAIZEN_LEASE_SECONDS)
+    claimed: list[Task] = []
+    events = []
+    for task in candidates[: want * 4]:
+        able = [a for a in agents if free_agent[a.pk] > 0 and a.can_do(task.capability)]
+        if not able:
+            continue
+        # The least busy able agent takes it, so work spreads across agents.
+        agent = max(able, key=lambda a: (free_agent[a.pk], -a.pk))
+        free_agent[agent.pk] -= 1
+        task.column = doing
+        task.status = Status.RUNNING
+        task.agent = agent
+        task.attempts += 1
+        task.lease_token = uuid.uuid4()
+        task.lease_expires_at = expires
+        task.started_at = now
+        task.position = int(now.timestamp() * 1000) + len(claimed)
+        claimed.append(task)
+        events.append(
+            _event(
+                task,
+                TaskEvent.Kind.CLAIMED,
+                from_column=ready,
+                to_column=doing,
+                from_status=Status.READY,
+                to_status=Status.RUNNING,
+                agent=agent,
+                note=f"attempt {task.attempts}",
+            )
+        )
+        if len(claimed) >= want:
+            break
+    if not claimed:
+        return []
+    Task.objects.bulk_update(
+        claimed,
+        [
+            "column",
+            "status",
+            "agent",
+            "attempts",
+            "lease_token",
+            "lease_expires_at",
+            "started_at",
+            "position",
+            "updated_at",
+        ],
+    )
+    TaskEvent.objects.bulk_create(events)
+    changed.update({ready.pk, doing.pk})
+    return [Claim(t.pk, t.lease_token) for t in claimed]
+
+
+def _enqueue_runs(claims: list[Claim]) -> None:
+    from boards.tasks import run_task
+
+    for claim in claims:
+        run_task.delay(claim.task_id, str(claim.lease_token))
+
+
+# --- a run's outcome -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStart:
+    task_id: int
+    board_id: int
+    agent_id: int
+    title: str
+    input: str
+    attempts: int
+    last_error: str
+
+
+def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> RunStart | None:
+    """What a worker needs to run a claimed task, or None when the claim is no
+    longer current (the lease expired and the task went back, or it finished)."""
+    row = (
+        Task.objects.filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING)
+        .values_list("board_id", "agent_id", "title", "input", "attempts", "last_error")
+        .first()
+    )
+    if row is None:
+        return None
+    board_id, agent_id, title, input_text, attempts, last_error = row
+    return RunStart(task_id, board_id, agent_id, title, input_text, attempts, last_error)
+
+
+def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
+    task = (
+        Task.objects.select_for_update(of=("self",))
+        .select_related("column", "agent")
+        .filter(pk=task_id)
+        .first()
+    )
+    if task is None or task.status != Status.RUNNING or str(task.lease_token) != str(lease_token):
+        # A late result from a run whose lease was reaped: the task belongs to
+        # another run now (or is finished), so this one must not touch it.
+        logger.info("ignoring stale result for task %s", task_id)
+        return None
+    return task
+
+
+def task_complete(
+    *, task_id: int, lease_token: uuid.UUID | str, output: str, confidence: float | None
+) -> bool:
+    """Record a run's output and move the task on. False if the run was stale."""
+    with transaction.atomic():
+        task = _current_run(task_id, lease_token)
+        if task is None:
+            return False
+        done = Column.objects.get(board_id=task.board_id, role=Role.DONE)
+        from_column = task.column
+        task.output = output
+        task.confidence = confidence
+        task.last_error = ""
+        _place(task, done, position=-int(timezone.now().timestamp() * 1000))
+        task.save()
+        _event(
+            task,
+            TaskEvent.Kind.COMPLETED,
+            from_column=from_column,
+            to_column=done,
+            from_status=Status.RUNNING,
+            to_status=task.status,
+            agent=task.agent,
+        ).save()
+        _after_commit(task.board_id, [from_column.pk, done.pk], pull=True)
+    return True
+
+
+def task_attempt_fail(*, task_id: int, lease_token: uuid.UUID | str, error: str) -> bool:
+    """A run failed (the provider erred): retry, or give up after max attempts."""
+    with transaction.atomic():
+        task = _current_run(task_id, lease_token)
+        if task is None:
+            return False
+        changed = _return_or_fail(task, kind=TaskEvent.Kind.ATTEMPT_FAILED, reason=error)
+        _after_commit(task.board_id, changed, pull=True)
+    return True
+
+
+def _return_or_fail(task: Task, *, kind: str, reason: str) -> set[int]:
+    """Take a task out of In progress after a failed or lost run: back to Ready
+    for another attempt (Backlog if Ready's hard limit has no room), or to Done
+    marked failed once the agent's attempts are used up."""
+    from_column = task.column
+    columns = {c.role: c for c in Column.objects.filter(board_id=task.board_id)}
+    max_attempts = task.agent.max_attempts if task.agent else 1
+    task.last_error = reason[:2000]
+    if task.attempts >= max_attempts:
+        target = columns[Role.DONE]
+        _place(task, target, position=-int(timezone.now().timestamp() * 1000))
+        task.status = Status.FAILED
+        note = f"failed after {task.attempts} attempt(s): {reason}"
+    else:
+        target = columns.get(Role.READY)
+        if target is None or (
+            target.hard_limit and target.wip_limit is not None and _count(target) >= target.wip_limit
+        ):
+            target = columns.get(Role.BACKLOG) or target
+        _place(task, target)
+        note = f"attempt {task.attempts} of {max_attempts} failed: {reason}"
+    task.save()
+    _event(
+        task,
+        kind,
+        from_column=from_column,
+        to_column=target,
+        from_status=Status.RUNNING,
+        to_status=task.status,
+        agent=task.agent if kind == TaskEvent.Kind.ATTEMPT_FAILED else None,
+        note=note,
+    ).save()
+    return {from_column.pk, target.pk}
+
+
+def leases_renew(*, lease_tokens: Iterable[uuid.UUID | str]) -> int:
+    """Extend the leases of runs still in flight in this worker."""
+    tokens = list(lease_tokens)
+    if not tokens:
+        return 0
+    expires = timezone.now() + timedelta(seconds=settings.KAIZEN_LEASE_SECONDS)
+    return Task.objects.filter(lease_token__in=tokens, status=Status.RUNNING).update(lease_expires_at=expires)
+
+
+def leases_reap(*, limit: int = 500) -> int:
+    """Return tasks whose lease ran out (their worker died or hung) to Ready."""
+    now = timezone.now()
+    boards: dict[int, set[int]] = {}
+    with transaction.atomic():
+        expired = (
+            Task.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("column", "agent")
+            .filter(status=Status.RUNNING, lease_expires_at__lt=now)
+            .order_by("lease_expires_at")[:limit]
+        )
+        count = 0
+        for task in expired:
+            changed = _return_or_fail(
+                task,
+                kind=TaskEvent.Kind.LEASE_EXPIRED,
+                reason="the worker stopped renewing its lease (it died or hung)",
+            )
+            boards.setdefault(task.board_id, set()).update(changed)
+            count += 1
+        for board_id, column_ids in boards.items():
+            _after_commit(board_id, column_ids, pull=True)
+    if count:
+        logger.warning("returned %s task(s) whose lease expired", count)
+    return count
+
+
+# --- what people do on the board ----------------------------------------------
+
+
+def task_move(
+    *,
+    task: Task,
+    to_column: Column,
+    user: AbstractBaseUser | None,
+    before: Task | None = None,
+    note: str = "",
+) -> Task:
+    """Move a task by hand, where the column's rules allow, or reorder it within
+    its column when ``to_column`` is its own (``before`` is the card it now precedes)."""
+    if to_column.board_id != task.board_id:
+        raise MoveNotAllowed("That column belongs to another board.")
+    if before is not None and (before.column_id != to_column.pk or before.pk == task.pk):
+        before = None
+    with transaction.atomic():
+        _lock_board(task.board_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("column").get(pk=task.pk)
+        from_column = task.column
+        if from_column.pk == to_column.pk:
+            task.position = _slot_before(to_column, before, exclude_pk=task.pk)
+            task.save(update_fields=["position", "updated_at"])
+            _event(
+                task,
+                TaskEvent.Kind.REORDERED,
+                from_column=from_column,
+                to_column=to_column,
+                from_status=task.status,
+                to_status=task.status,
+                user=user,
+                note=note,
+            ).save()
+            _after_commit(task.board_id, [to_column.pk], pull=to_column.role == Role.READY)
+            return task
+        if to_column.role not in MANUAL_MOVES[from_column.role]:
+            if from_column.role == Role.IN_PROGRESS:
+                message = "An agent is working on this task; it leaves In progress when the run ends."
+            elif to_column.role == Role.IN_PROGRESS:
+                message = "Tasks enter In progress only when an agent pulls them from Ready."
+            else:
+                message = f"Tasks cannot move from {from_column.name} to {to_column.name}."
+            raise MoveNotAllowed(message)
+        soft_note = _check_wip(to_column)
+        from_status = task.status
+        position = None if before is None else _slot_before(to_column, before, exclude_pk=task.pk)
+        _place(task, to_column, position=position)
+        if to_column.role == Role.DONE and position is None:
+            task.position = -int(timezone.now().timestamp() * 1000)
+        task.save()
+        _event(
+            task,
+            TaskEvent.Kind.MOVED,
+            from_column=from_column,
+            to_column=to_column,
+            from_status=from_status,
+            to_status=task.status,
+            user=user,
+            note="; ".join(n for n in (note, soft_note) if n),
+        ).save()
+        _after_commit(task.board_id, [from_column.pk, to_column.pk], pull=True)
+    return task
+
+
+def task_step(*, task: Task, user: AbstractBaseUser | None, direction: str) -> Task:
+    """Keyboard moves: ``up``/``down`` reorder within the column, ``left``/``right``
+    move to the neighbouring column (where the rules allow)."""
+    column = task.column
+    siblings = Task.objects.filter(column=column).exclude(pk=task.pk)
+    if direction == "up":
+        previous = siblings.filter(position__lt=task.position).order_by("-position").first()
+        return (
+            task if previous is None else task_move(task=task, to_column=column, user=user, before=previous)
+        )
+    if direction == "down":
+        following = list(siblings.filter(position__gt=task.position).order_by("position")[:2])
+        if not following:
+            return task
+        before = following[1] if len(following) > 1 else None
+        return task_move(task=task, to_column=column, user=user, before=before)
+    if direction in ("left", "right"):
+        ordered = list(Column.objects.filter(board_id=task.board_id).order_by("position"))
+        index = next(i for i, c in enumerate(ordered) if c.pk == column.pk)
+        index += -1 if direction == "left" else 1
+        if not 0 <= index < len(ordered):
+            raise MoveNotAllowed(f"There is no column to the {direction} of {column.name}.")
+        return task_move(task=task, to_column=ordered[index], user=user)
+    raise ValidationError(f"Unknown direction {direction!r}: use up, down, left or right.")
+
+
+def task_block(*, task: Task, user: AbstractBaseUser | None, note: str) -> Task:
+    note = (note or "").strip()
+    if not note:
+        raise ValidationError({"note": ["Say what blocks the task, so others know what to fix."]})
+    with transaction.atomic():
+        task = Task.objects.select_for_update(of=("self",)).get(pk=task.pk)
+        if task.status in (Status.RUNNING, Status.DONE, Status.FAILED):
+            raise MoveNotAllowed(f"A task that is {task.get_status_display().lower()} cannot be blocked.")
+        task.blocked_note = note
+        task.blocked_at = timezone.now()
+        task.save(update_fields=["blocked_note", "blocked_at", "updated_at"])
+        _event(
+            task, TaskEvent.Kind.BLOCKED, from_status=task.status, to_status=task.status, user=user, note=note
+        ).save()
+        _after_commit(task.board_id, [task.column_id], pull=False)
+    return task
+
+
+def task_unblock(*, task: Task, user: AbstractBaseUser | None, note: str = "") -> Task:
+    with transaction.atomic():
+        task = Task.objects.select_for_update(of=("self",)).get(pk=task.pk)
+        if task.blocked_at is None:
+            return task
+        task.blocked_note = ""
+        task.blocked_at = None
+        task.save(update_fields=["blocked_note", "blocked_at", "updated_at"])
+        _event(
+            task,
+            TaskEvent.Kind.UNBLOCKED,
+            from_status=task.status,
+            to_status=task.status,
+            user=user,
+            note=note.strip(),
+        ).save()
+        _after_commit(task.board_id, [task.column_id], pull=True)
+    return task
+
+
+def board_set_paused(*, board: Board, paused: bool) -> Board:
+    with transaction.atomic():
+        board = _lock_board(board.pk)
+        board.paused = paused
+        board.save(update_fields=["paused"])
+        _after_commit(board.pk, [], pull=not paused)
+    return board
+
+
+def agent_set_paused(*, agent: Agent, paused: bool) -> Agent:
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        agent.paused = paused
+        agent.save(update_fields=["paused"])
+        if not paused:
+            for board_id in agent.boards.values_list("pk", flat=True):
+                transaction.on_commit(lambda b=board_id: request_pull(board_id=b))
+    return agent
+
+
+# --- demo feed and API tokens ------------------------------------------------
+
+
+def demo_task_feed(*, board: Board, rng: random.Random | None = None) -> Task | None:
+    """Add one of the board's example tasks, so a demo board moves on its own.
+    Skipped while the Backlog is full, so an idle demo does not pile up work."""
+    if not board.demo_tasks or board.paused:
+        return None
+    intake = _intake_column(board)
+    limit = intake.wip_limit if intake.wip_limit is not None else 50
+    if _count(intake) >= limit:
+        return None
+    spec = (rng or random).choice(board.demo_tasks)
+    return task_create(
+        board=board,
+        title=spec.get("title", "Example task"),
+        input=spec.get("input", ""),
+        capability=spec.get("capability", ""),
+        priority=int(spec.get("priority", 0)),
+    )
+
+
+def api_token_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token and return it with its key, which is shown only this once."""
+    key = ApiToken.generate_key()
+    token = ApiToken.objects.create(user=user, name=name, prefix=key[:10], key_hash=ApiToken.hash_key(key))
+    return token, key
+
+
+def api_token_authenticate(*, key: str) -> ApiToken | None:
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=ApiToken.hash_key(key), user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    now = timezone.now()
+    # Written at most once a minute, so busy clients do not write on every call.
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+__all__ = [
+    "Claim",
+    "MoveNotAllowed",
+    "RunStart",
+    "WipLimitReached",
+    "agent_set_paused",
+    "api_token_authenticate",
+    "api_token_create",
+    "board_pull",
+    "board_set_paused",
+    "demo_task_feed",
+    "leases_reap",
+    "leases_renew",
+    "request_pull",
+    "task_attempt_fail",
+    "task_block",
+    "task_complete",
+    "task_create",
+    "task_move",
+    "task_run_begin",
+    "task_step",
+    "task_unblock",
+]
