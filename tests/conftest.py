@@ -1,0 +1,42 @@
+"""Shared fixtures. The suite runs against whatever DATABASE_URL names (SQLite by
+default, PostgreSQL in `make test`'s second pass) and a real Redis (REDIS_URL)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from tests.factories import make_agent, make_board, make_user
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests marked postgres need what only PostgreSQL has (row locks, SKIP LOCKED
+    # across processes); the SQLite pass skips them and says so.
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (runs in make test's PostgreSQL pass)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def board(db):
+    return make_board()
+
+
+@pytest.fixture
+def agent(board):
+    return make_agent(boards=[board])
+
+
+@pytest.fixture
+def user(db):
+    return make_user()
+
+
+@pytest.fixture
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"

@@ -1,0 +1,82 @@
+"""Small builders for test data. Boards are built the way apply_config builds them."""
+
+from __future__ import annotations
+
+from itertools import count
+
+from django.contrib.auth import get_user_model
+
+from boards.models import Agent, Board, Column
+
+_seq = count(1)
+
+DEFAULT_COLUMNS = [
+    ("Backlog", Column.Role.BACKLOG, None, True),
+    ("Ready", Column.Role.READY, 5, True),
+    ("In progress", Column.Role.IN_PROGRESS, 3, True),
+    ("Review", Column.Role.REVIEW, 5, True),
+    ("Done", Column.Role.DONE, None, True),
+]
+
+
+def make_board(
+    *,
+    name: str | None = None,
+    ready_limit: int | None = 5,
+    doing_limit: int | None = 3,
+    hard: bool = True,
+    backlog: bool = True,
+) -> Board:
+    n = next(_seq)
+    board = Board.objects.create(name=name or f"Board {n}", slug=f"board-{n}")
+    limits = {Column.Role.READY: ready_limit, Column.Role.IN_PROGRESS: doing_limit}
+    position = 0
+    for col_name, role, limit, is_hard in DEFAULT_COLUMNS:
+        if role == Column.Role.BACKLOG and not backlog:
+            continue
+        Column.objects.create(
+            board=board,
+            name=col_name,
+            role=role,
+            position=position,
+            wip_limit=limits.get(role, limit),
+            hard_limit=hard if role in limits else is_hard,
+        )
+        position += 1
+    return board
+
+
+def make_agent(
+    *,
+    boards: list[Board],
+    name: str | None = None,
+    capabilities: list[str] | None = None,
+    concurrency: int = 10,
+    latency_ms: float = 0,
+    error_rate: float | None = None,
+    model: str = "sim-small",
+    max_attempts: int = 3,
+) -> Agent:
+    settings = {"latency_ms": latency_ms}
+    if error_rate is not None:
+        settings["error_rate"] = error_rate
+    agent = Agent.objects.create(
+        name=name or f"agent-{next(_seq)}",
+        capabilities=capabilities if capabilities is not None else ["general"],
+        concurrency=concurrency,
+        model=model,
+        provider_settings=settings,
+        max_attempts=max_attempts,
+    )
+    agent.boards.set(boards)
+    return agent
+
+
+def make_user(*, username: str | None = None, password: str = "pw-for-tests-1", **extra):
+    return get_user_model().objects.create_user(
+        username=username or f"user{next(_seq)}", password=password, **extra
+    )
+
+
+def column(board: Board, role: str) -> Column:
+    return board.columns.get(role=role)
