@@ -38,6 +38,8 @@ def render_prompt(template: str, variables: dict[str, str]) -> str:
         fields = [name for _, name, _, _ in formatter.parse(template) if name is not None]
     except ValueError as exc:
         raise PromptError(f"prompt template is malformed: {exc}") from None
+    if any(not f.isidentifier() for f in fields):
+        raise PromptError("prompt template fields must be plain names such as {input}")
     missing = sorted({f for f in fields if f not in variables})
     if missing:
         raise PromptError(
@@ -45,8 +47,6 @@ def render_prompt(template: str, variables: dict[str, str]) -> str:
             + ", ".join(missing)
             + f" (available: {', '.join(sorted(variables))})"
         )
-    if any(not f.isidentifier() for f in fields):
-        raise PromptError("prompt template fields must be plain names such as {input}")
     return template.format_map(variables)
 
 
@@ -94,7 +94,8 @@ lease_keeper = LeaseKeeper()
 def _release_connection() -> None:
     # With a pool, close() returns the connection for other threads to use
     # during the model call; SQLite has nothing worth handing back.
-    if connection.vendor == "postgresql":
+    # Inside a transaction (a caller's atomic block) the connection must stay.
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
         connection.close()
 
 

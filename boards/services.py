@@ -573,11 +573,12 @@ def task_move(
     its column when ``to_column`` is its own (``before`` is the card it now precedes)."""
     if to_column.board_id != task.board_id:
         raise MoveNotAllowed("That column belongs to another board.")
-    if before is not None and (before.column_id != to_column.pk or before.pk == task.pk):
-        before = None
     with transaction.atomic():
         _lock_board(task.board_id)
         task = Task.objects.select_for_update(of=("self",)).select_related("column").get(pk=task.pk)
+        if before is not None:
+            # Read it afresh: the caller's copy may hold a position that has moved since.
+            before = Task.objects.filter(pk=before.pk, column=to_column).exclude(pk=task.pk).first()
         from_column = task.column
         if from_column.pk == to_column.pk:
             task.position = _slot_before(to_column, before, exclude_pk=task.pk)

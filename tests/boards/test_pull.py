@@ -1,0 +1,199 @@
+"""The pull: Ready is refilled from the Backlog, and agents claim Ready tasks up
+to the free WIP of In progress and of each agent, by position (priority, then age)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from boards import services
+from boards.models import Column, Task, TaskEvent
+from tests.factories import column, make_agent, make_board
+
+Role = Column.Role
+Status = Task.Status
+
+
+def _create(board, n, **kwargs):
+    return [services.task_create(board=board, title=f"task {i}", input="x", **kwargs) for i in range(n)]
+
+
+@pytest.mark.django_db
+def test_new_task_lands_in_backlog_with_a_created_event(board):
+    task = services.task_create(board=board, title="Inspect part 7", input="scratch on housing")
+
+    assert task.column == column(board, Role.BACKLOG)
+    assert task.status == Status.BACKLOG
+    event = TaskEvent.objects.get(task=task)
+    assert (event.kind, event.to_status, event.actor) == ("created", "backlog", "system")
+
+
+@pytest.mark.django_db
+def test_task_without_backlog_lands_in_ready():
+    board = make_board(backlog=False)
+    task = services.task_create(board=board, title="t", input="x")
+    assert task.status == Status.READY
+
+
+@pytest.mark.django_db
+def test_task_create_rejects_blank_title_and_unknown_capability(board, agent):
+    with pytest.raises(ValidationError) as err:
+        services.task_create(board=board, title="  ", input="x", capability="astrology")
+    assert set(err.value.message_dict) == {"title", "capability"}
+    assert "astrology" in err.value.message_dict["capability"][0]
+    assert Task.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_pull_refills_ready_up_to_its_limit(board, agent):
+    _create(board, 8)
+    agent.paused = True
+    agent.save()
+
+    services.board_pull(board_id=board.pk)
+
+    assert Task.objects.filter(status=Status.READY).count() == 5
+    assert Task.objects.filter(status=Status.BACKLOG).count() == 3
+
+
+@pytest.mark.django_db
+def test_pull_never_exceeds_hard_wip_limit(board):
+    make_agent(boards=[board], concurrency=10)
+    _create(board, 8)
+
+    claims = services.board_pull(board_id=board.pk)
+    again = services.board_pull(board_id=board.pk)
+
+    assert len(claims) == 3
+    assert again == []
+    assert Task.objects.filter(status=Status.RUNNING).count() == 3
+
+
+@pytest.mark.django_db
+def test_pull_respects_soft_limit_too():
+    board = make_board(hard=False, doing_limit=2)
+    make_agent(boards=[board])
+    _create(board, 5)
+
+    services.board_pull(board_id=board.pk)
+
+    assert Task.objects.filter(status=Status.RUNNING).count() == 2
+
+
+@pytest.mark.django_db
+def test_pull_respects_agent_concurrency(board):
+    make_agent(boards=[board], concurrency=2)
+    _create(board, 5)
+
+    services.board_pull(board_id=board.pk)
+
+    assert Task.objects.filter(status=Status.RUNNING).count() == 2
+
+
+@pytest.mark.django_db
+def test_pull_claims_by_priority_then_age(board):
+    agent = make_agent(boards=[board], concurrency=1)
+    agent.paused = True
+    agent.save()
+    low_old = services.task_create(board=board, title="low old", input="x", priority=0)
+    services.task_create(board=board, title="low new", input="x", priority=0)
+    high = services.task_create(board=board, title="high", input="x", priority=5)
+    services.board_pull(board_id=board.pk)
+    services.agent_set_paused(agent=agent, paused=False)
+
+    first = services.board_pull(board_id=board.pk)
+    assert [c.task_id for c in first] == [high.pk]
+    Task.objects.filter(pk=high.pk).update(column=column(board, Role.DONE), status=Status.DONE)
+
+    second = services.board_pull(board_id=board.pk)
+    assert [c.task_id for c in second] == [low_old.pk]
+
+
+@pytest.mark.django_db
+def test_pull_matches_capability(board):
+    vision = make_agent(boards=[board], capabilities=["vision"], concurrency=5)
+    writer = make_agent(boards=[board], capabilities=["writing"], concurrency=5)
+    photo = services.task_create(board=board, title="photo", input="x", capability="vision")
+    letter = services.task_create(board=board, title="letter", input="x", capability="writing")
+    anything = services.task_create(board=board, title="any", input="x")
+
+    services.board_pull(board_id=board.pk)
+
+    photo.refresh_from_db()
+    letter.refresh_from_db()
+    anything.refresh_from_db()
+    assert photo.agent == vision
+    assert letter.agent == writer
+    assert anything.agent in (vision, writer)
+
+
+@pytest.mark.django_db
+def test_task_no_agent_can_do_stays_ready_and_does_not_block_others(board):
+    make_agent(boards=[board], capabilities=["vision"], concurrency=1)
+    other = make_agent(boards=[board], capabilities=["writing"], concurrency=5)
+    other.paused = True
+    other.save()
+    letter = services.task_create(board=board, title="letter", input="x", capability="writing")
+    photo = services.task_create(board=board, title="photo", input="x", capability="vision")
+
+    services.board_pull(board_id=board.pk)
+
+    letter.refresh_from_db()
+    photo.refresh_from_db()
+    assert letter.status == Status.READY
+    assert photo.status == Status.RUNNING
+
+
+@pytest.mark.django_db
+def test_paused_board_pulls_nothing_until_resumed(board, agent):
+    services.board_set_paused(board=board, paused=True)
+    _create(board, 2)
+    assert services.board_pull(board_id=board.pk) == []
+
+    services.board_set_paused(board=board, paused=False)
+    assert len(services.board_pull(board_id=board.pk)) == 2
+
+
+@pytest.mark.django_db
+def test_blocked_task_is_not_pulled(board, agent):
+    blocked, free = _create(board, 2)
+    services.task_block(task=blocked, user=None, note="waiting on the supplier's drawing")
+
+    services.board_pull(board_id=board.pk)
+
+    blocked.refresh_from_db()
+    free.refresh_from_db()
+    assert blocked.status == Status.BACKLOG
+    assert free.status == Status.RUNNING
+
+
+@pytest.mark.django_db
+def test_claim_sets_lease_attempt_agent_and_event(board, agent, settings):
+    settings.KAIZEN_LEASE_SECONDS = 30
+    task = services.task_create(board=board, title="t", input="x")
+
+    [claim] = services.board_pull(board_id=board.pk)
+
+    task.refresh_from_db()
+    assert claim.task_id == task.pk
+    assert task.lease_token == claim.lease_token
+    assert task.attempts == 1
+    assert task.agent == agent
+    assert 25 < (task.lease_expires_at - task.started_at).total_seconds() <= 30
+    event = task.events.get(kind=TaskEvent.Kind.CLAIMED)
+    assert (event.actor, event.agent, event.from_status, event.to_status) == (
+        "agent",
+        agent,
+        "ready",
+        "running",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_creating_a_task_pulls_it_after_commit(board, agent):
+    # No explicit pull: the commit of task_create triggers it.
+    task = services.task_create(board=board, title="t", input="x")
+
+    task.refresh_from_db()
+    assert task.status == Status.RUNNING
+    assert task.events.filter(kind=TaskEvent.Kind.CLAIMED).count() == 1

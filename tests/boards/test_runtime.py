@@ -1,0 +1,74 @@
+"""A run in the worker, called in-process: prompt, model call, outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from boards import runtime, services
+from boards.models import Task, TaskEvent
+from tests.factories import make_agent
+
+
+def _claim(board, **task_kwargs):
+    task = services.task_create(board=board, title="Inspect", input="scratch on the housing", **task_kwargs)
+    [claim] = services.board_pull(board_id=board.pk)
+    return task, claim
+
+
+def test_render_prompt_fills_variables_and_names_unknown_ones():
+    assert (
+        runtime.render_prompt("Do {title}: {input} {{json}}", {"title": "t", "input": "i"})
+        == "Do t: i {json}"
+    )
+    with pytest.raises(runtime.PromptError, match="customer"):
+        runtime.render_prompt("Hello {customer}", {"input": "i"})
+    with pytest.raises(runtime.PromptError, match="plain names"):
+        runtime.render_prompt("{input.__class__}", {"input": "i"})
+
+
+@pytest.mark.django_db
+def test_run_completes_the_task_with_output_and_confidence(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0)
+    task, claim = _claim(board)
+
+    assert runtime.run(task.pk, str(claim.lease_token)) == "done"
+
+    task.refresh_from_db()
+    assert task.status == Task.Status.DONE
+    assert task.output.startswith("[simulated sim-small]")
+    assert 0 < task.confidence < 1
+    assert task.lease_token is None
+
+
+@pytest.mark.django_db
+def test_run_twice_completes_once(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0)
+    task, claim = _claim(board)
+
+    assert runtime.run(task.pk, str(claim.lease_token)) == "done"
+    assert runtime.run(task.pk, str(claim.lease_token)) == "stale"
+    assert TaskEvent.objects.filter(task=task, kind=TaskEvent.Kind.COMPLETED).count() == 1
+
+
+@pytest.mark.django_db
+def test_provider_error_is_a_failed_attempt_not_a_crash(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=1.0)
+    task, claim = _claim(board)
+
+    assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
+
+    task.refresh_from_db()
+    assert task.status == Task.Status.READY
+    assert "simulated error" in task.last_error
+
+
+@pytest.mark.django_db
+def test_bad_prompt_template_fails_the_attempt_with_its_message(board):
+    agent = make_agent(boards=[board], latency_ms=0)
+    agent.prompt_template = "Summarise {document}"
+    agent.save()
+    task, claim = _claim(board)
+
+    assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
+    task.refresh_from_db()
+    assert "document" in task.last_error
