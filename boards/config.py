@@ -1,0 +1,1020 @@
+"""Boards, columns and agents declared in a YAML file (the format is documented
+at the top of ``examples/README.md``).
+
+Three steps, so that a file with any mistake writes nothing:
+
+1. ``config_parse`` / ``config_load`` read the YAML as a node tree, so every
+   value keeps the line it came from, check every field, then check the file
+   against the database (agent boards that exist, columns that would be removed
+   while they hold tasks). All errors are gathered, in line order, and raised
+   together as one ``ConfigError``, each as ``FILE:LINE: field.path: message``.
+2. ``config_apply`` is the only writer: in one transaction it re-checks against
+   the database under the board locks, then creates or updates boards (by slug),
+   columns (by role within a board) and agents (by name), touching only rows whose
+   values differ, so applying the same file twice writes nothing.
+3. After commit, changed boards are re-broadcast and pulled, since a raised WIP
+   limit or a new agent may free capacity at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.db import transaction
+from django.db.models import Count
+
+from boards import broadcast, services
+from boards.models import Agent, Board, Column, Task
+from boards.providers import SIMULATED_PROFILES, ProviderError, get_provider
+from boards.runtime import PromptError, render_prompt
+
+Role = Column.Role
+
+ROLE_ORDER = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW, Role.DONE]
+REQUIRED_ROLES = [Role.READY, Role.IN_PROGRESS, Role.DONE]
+# The variables the runtime fills in (boards.runtime.run); a template may use any of them.
+PROMPT_VARIABLES = {"input": "", "title": "", "last_error": ""}
+# Settings the simulated provider reads, with the range each accepts.
+SIMULATED_SETTINGS: dict[str, tuple[float, float | None]] = {"latency_ms": (0, None), "error_rate": (0, 1)}
+
+SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]+$")
+
+# Field defaults. On update, a field left out of the file goes back to its
+# default, so the file alone says what the line looks like. ``paused`` is the
+# exception: it is operational state (a person or a line stop may have paused an
+# agent), so it changes only when the file says so.
+AGENT_DEFAULT_CONCURRENCY = 4
+AGENT_DEFAULT_MAX_ATTEMPTS = 3
+PRIORITY_RANGE = (-1000, 1000)
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be applied; ``errors`` holds one
+    ``FILE:LINE: field: message`` string per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+# --- the parsed document ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    role: str
+    wip_limit: int | None
+    hard: bool
+    position: int
+    path: str
+    role_line: int
+
+
+@dataclass(frozen=True)
+class DemoTaskSpec:
+    title: str
+    input: str
+    capability: str
+    priority: int
+    path: str
+
+    def as_json(self) -> dict[str, Any]:
+        # Every key always present, so the stored list compares equal run after run.
+        return {
+            "title": self.title,
+            "input": self.input,
+            "capability": self.capability,
+            "priority": self.priority,
+        }
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    name: str
+    slug: str
+    description: str
+    columns: tuple[ColumnSpec, ...]
+    demo_tasks: tuple[DemoTaskSpec, ...]
+    path: str
+    columns_line: int
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    boards: tuple[str, ...]
+    capabilities: tuple[str, ...]
+    provider: str
+    model: str
+    provider_settings: dict[str, Any]
+    prompt_template: str
+    concurrency: int
+    max_attempts: int
+    paused: bool | None
+    path: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A value that names something the file or the database must hold (a board
+    slug an agent serves, a capability a demo task needs), kept with its place
+    even when the entry around it has errors, so those are all reported at once."""
+
+    value: str
+    board: str  # the board it concerns
+    path: str
+    line: int
+
+
+@dataclass
+class ConfigDocument:
+    filename: str
+    boards: list[BoardSpec] = field(default_factory=list)
+    agents: list[AgentSpec] = field(default_factory=list)
+    # What each agent entry offers (name, boards, capabilities), read even when
+    # other fields of the entry have errors. When an entry's boards or
+    # capabilities cannot be read, what the boards offer is unknown, so the check
+    # that demo tasks are served is skipped rather than reporting noise.
+    offers: list[tuple[str | None, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
+    offers_unknown: bool = False
+    # Every slug a board entry gives, valid entry or not, so agents naming it
+    # are not also told the board does not exist.
+    declared_slugs: set[str] = field(default_factory=set)
+    agent_boards: list[Reference] = field(default_factory=list)
+    demo_capabilities: list[Reference] = field(default_factory=list)
+
+
+# --- reading YAML with line numbers ---------------------------------------------------
+
+
+class _Invalid:
+    """A value that failed validation (its error is already recorded)."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID: Any = _Invalid()
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _describe(node: yaml.Node, value: Any = None) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return repr(value)
+
+
+class _Reader:
+    """Walks a composed YAML node tree, turning nodes into checked values and
+    recording each problem with the line of the node it concerns."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.errors: list[tuple[int, int, str]] = []
+        # A loader used only for its constructor: it turns scalar nodes into
+        # Python values by the same (safe) rules yaml.safe_load uses.
+        self._constructor = yaml.SafeLoader("")
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.errors.append((line, len(self.errors), f"{self.filename}:{line}: {path}: {message}"))
+
+    def messages(self) -> list[str]:
+        return [message for _, _, message in sorted(self.errors)]
+
+    # scalars
+
+    def scalar(self, node: yaml.Node, path: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return node
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.error(_line(node), path, f"cannot read this value: {getattr(exc, 'problem', exc)}")
+            return INVALID
+
+    def string(
+        self, node: yaml.Node, path: str, *, max_length: int, allow_empty: bool = False, strip: bool = True
+    ) -> Any:
+        value = self.scalar(node, path)
+        if value is INVALID:
+            return INVALID
+        if not isinstance(value, str):
+            hint = " (put it in quotes)" if isinstance(node, yaml.ScalarNode) and value is not None else ""
+            self.error(_line(node), path, f"must be text, got {_describe(node, value)}{hint}")
+            return INVALID
+        if strip:
+            value = value.strip()
+        if not value and not allow_empty:
+            self.error(_line(node), path, "must not be empty")
+            return INVALID
+        if len(value) > max_length:
+            self.error(_line(node), path, f"must be at most {max_length} characters, got {len(value)}")
+            return INVALID
+        return value
+
+    def integer(
+        self, node: yaml.Node, path: str, *, minimum: int, maximum: int | None = None, nullable: bool = False
+    ) -> Any:
+        value = self.scalar(node, path)
+        if value is INVALID:
+            return INVALID
+        if value is None and nullable:
+            return None
+        # bool is an int in Python, but `wip_limit: yes` is a mistake, not 1.
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok and value >= minimum and (maximum is None or value <= maximum)
+        if not ok:
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            self.error(_line(node), path, f"must be an integer {bound}, got {_describe(node, value)}")
+            return INVALID
+        return value
+
+    def number(self, node: yaml.Node, path: str, *, minimum: float, maximum: float | None) -> Any:
+        value = self.scalar(node, path)
+        if value is INVALID:
+            return INVALID
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and value >= minimum and (maximum is None or value <= maximum)
+        if not ok:
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            self.error(_line(node), path, f"must be a number {bound}, got {_describe(node, value)}")
+            return INVALID
+        return value
+
+    def boolean(self, node: yaml.Node, path: str) -> Any:
+        value = self.scalar(node, path)
+        if value is INVALID:
+            return INVALID
+        if not isinstance(value, bool):
+            self.error(_line(node), path, f"must be true or false, got {_describe(node, value)}")
+            return INVALID
+        return value
+
+    def plain(self, node: yaml.Node, path: str) -> Any:
+        """Any JSON-compatible value (for provider settings of other providers)."""
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+            json.dumps(value)
+        except (yaml.YAMLError, TypeError, ValueError) as exc:
+            self.error(_line(node), path, f"must be plain data (text, numbers, lists, mappings): {exc}")
+            return INVALID
+        return value
+
+    # collections
+
+    def sequence(self, node: yaml.Node, path: str, *, allow_empty: bool = True) -> list[yaml.Node] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(_line(node), path, f"must be a list, got {_describe(node, self.scalar(node, path))}")
+            return None
+        if not node.value and not allow_empty:
+            self.error(_line(node), path, "must not be empty")
+            return None
+        return list(node.value)
+
+    def mapping(
+        self, node: yaml.Node, path: str, *, required: Iterable[str], optional: Iterable[str]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+        """The mapping's entries by key, after checking it is a mapping whose keys
+        are known, present when required, and not repeated."""
+        where = path or "the file"
+        if not isinstance(node, yaml.MappingNode):
+            self.error(
+                _line(node), where, f"must be a mapping, got {_describe(node, self.scalar(node, path))}"
+            )
+            return None
+        # Keys written in this mapping, as opposed to ones merged in: only those
+        # can be "given twice"; a written key overrides a merged one, as in YAML.
+        written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+        try:
+            # Applies `<<: *anchor` merge keys (merged pairs come first), so
+            # shared agent defaults work.
+            self._constructor.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            self.error(_line(node), where, f"cannot merge: {getattr(exc, 'problem', exc)}")
+            return None
+        required, optional = list(required), list(optional)
+        allowed = required + optional
+        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node, path)
+            if not isinstance(key, str):
+                self.error(_line(key_node), where, f"keys must be text, got {_describe(key_node, key)}")
+                continue
+            key_path = f"{path}.{key}" if path else key
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.error(
+                    _line(key_node), key_path, f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
+                )
+                continue
+            if key in entries and id(entries[key][0]) in written:
+                first = _line(entries[key][0])
+                self.error(_line(key_node), key_path, f"given twice (first on line {first})")
+                continue
+            entries[key] = (key_node, value_node)
+        for key in required:
+            if key not in entries:
+                self.error(_line(node), f"{path}.{key}" if path else key, "is required")
+        return entries
+
+
+# --- parsing and checking a document -------------------------------------------------
+
+
+def _parse_columns(
+    reader: _Reader, node: yaml.Node, path: str, *, key_line: int
+) -> tuple[ColumnSpec, ...] | None:
+    items = reader.sequence(node, path, allow_empty=False)
+    if items is None:
+        return None
+    columns: list[ColumnSpec] = []
+    complete = True
+    by_role: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for index, item in enumerate(items):
+        col_path = f"{path}[{index}]"
+        entries = reader.mapping(item, col_path, required=["name", "role"], optional=["wip_limit", "hard"])
+        if entries is None:
+            complete = False
+            continue
+        name = role = INVALID
+        wip_limit: Any = None
+        hard: Any = True
+        role_line = _line(item)
+        if "name" in entries:
+            name = reader.string(entries["name"][1], f"{col_path}.name", max_length=60)
+            if name is not INVALID:
+                if name in by_name:
+                    reader.error(
+                        _line(entries["name"][1]),
+                        f"{col_path}.name",
+                        f"duplicate column name {name!r} ({by_name[name]} has it); "
+                        "column names are unique within a board",
+                    )
+                    name = INVALID
+                else:
+                    by_name[name] = col_path
+        if "role" in entries:
+            role_node = entries["role"][1]
+            role_line = _line(role_node)
+            value = reader.string(role_node, f"{col_path}.role", max_length=20)
+            if value is not INVALID and value not in ROLE_ORDER:
+                reader.error(
+                    _line(role_node),
+                    f"{col_path}.role",
+                    f"unknown role {value!r}; use one of {', '.join(ROLE_ORDER)}",
+                )
+            elif value is not INVALID and value in by_role:
+                reader.error(
+                    _line(role_node),
+                    f"{col_path}.role",
+                    f"duplicate role {value!r} ({by_role[value]} has it); a board has one column per role",
+                )
+            elif value is not INVALID:
+                role = value
+                by_role[value] = col_path
+        if "wip_limit" in entries:
+            wip_node = entries["wip_limit"][1]
+            wip_limit = reader.integer(wip_node, f"{col_path}.wip_limit", minimum=1, nullable=True)
+            if role == Role.DONE and wip_limit not in (None, INVALID):
+                reader.error(
+                    _line(wip_node),
+                    f"{col_path}.wip_limit",
+                    "a done column takes no WIP limit: finished work leaves the line there",
+                )
+                wip_limit = INVALID
+        if "hard" in entries:
+            hard = reader.boolean(entries["hard"][1], f"{col_path}.hard")
+        if INVALID in (name, role, wip_limit, hard):
+            complete = False
+            continue
+        columns.append(ColumnSpec(name, role, wip_limit, hard, index, col_path, role_line))
+
+    missing = [r for r in REQUIRED_ROLES if r not in by_role]
+    if missing:
+        reader.error(
+            key_line,
+            path,
+            f"no {' or '.join(missing)} column; every board needs columns with the roles "
+            f"{', '.join(REQUIRED_ROLES[:-1])} and {REQUIRED_ROLES[-1]}",
+        )
+        complete = False
+    # Columns left to right in the order work flows, so a card moved "right"
+    # (by keyboard or drag) goes downstream.
+    for before, after in zip(columns, columns[1:], strict=False):
+        if ROLE_ORDER.index(after.role) < ROLE_ORDER.index(before.role):
+            reader.error(
+                after.role_line,
+                f"{after.path}.role",
+                f"a {after.role} column cannot come after a {before.role} column; "
+                f"order columns as work flows: {', '.join(ROLE_ORDER)}",
+            )
+            complete = False
+    return tuple(columns) if complete else None
+
+
+def _parse_demo_tasks(
+    reader: _Reader, node: yaml.Node, path: str, *, board_slug: Any, needs: list[Reference]
+) -> tuple[DemoTaskSpec, ...] | None:
+    items = reader.sequence(node, path)
+    if items is None:
+        return None
+    tasks: list[DemoTaskSpec] = []
+    complete = True
+    for index, item in enumerate(items):
+        task_path = f"{path}[{index}]"
+        entries = reader.mapping(
+            item, task_path, required=["title"], optional=["input", "capability", "priority"]
+        )
+        if entries is None:
+            complete = False
+            continue
+        title: Any = INVALID
+        text: Any = ""
+        capability: Any = ""
+        priority: Any = 0
+        if "title" in entries:
+            title = reader.string(entries["title"][1], f"{task_path}.title", max_length=services.MAX_TITLE)
+        if "input" in entries:
+            text = reader.string(
+                entries["input"][1], f"{task_path}.input", max_length=100_000, allow_empty=True, strip=False
+            )
+            if isinstance(text, str):
+                # Block scalars end with a newline; the task input should not.
+                text = text.strip("\n")
+        if "capability" in entries:
+            capability_node = entries["capability"][1]
+            capability = reader.string(
+                capability_node, f"{task_path}.capability", max_length=60, allow_empty=True
+            )
+            if capability and capability is not INVALID and board_slug is not INVALID:
+                needs.append(
+                    Reference(capability, board_slug, f"{task_path}.capability", _line(capability_node))
+                )
+        if "priority" in entries:
+            low, high = PRIORITY_RANGE
+            priority = reader.integer(
+                entries["priority"][1], f"{task_path}.priority", minimum=low, maximum=high
+            )
+        if INVALID in (title, text, capability, priority):
+            complete = False
+            continue
+        tasks.append(DemoTaskSpec(title, text, capability, priority, task_path))
+    return tuple(tasks) if complete else None
+
+
+def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> BoardSpec | None:
+    entries = reader.mapping(
+        node, path, required=["name", "slug", "columns"], optional=["description", "demo_tasks"]
+    )
+    if entries is None:
+        return None
+    name = slug = columns = INVALID
+    description: Any = ""
+    demo_tasks: Any = ()
+    columns_line = _line(node)
+    if "name" in entries:
+        name = reader.string(entries["name"][1], f"{path}.name", max_length=120)
+    if "slug" in entries:
+        slug_node = entries["slug"][1]
+        slug = reader.string(slug_node, f"{path}.slug", max_length=80)
+        if slug is not INVALID and not SLUG_RE.match(slug):
+            reader.error(
+                _line(slug_node),
+                f"{path}.slug",
+                f"{slug!r} is not a slug: use letters, digits, hyphens and underscores (it is the board's URL)",
+            )
+            slug = INVALID
+        if slug is not INVALID:
+            document.declared_slugs.add(slug)
+    if "description" in entries:
+        description = reader.string(
+            entries["description"][1], f"{path}.description", max_length=10_000, allow_empty=True
+        )
+    if "columns" in entries:
+        columns_line = _line(entries["columns"][0])
+        parsed = _parse_columns(reader, entries["columns"][1], f"{path}.columns", key_line=columns_line)
+        columns = INVALID if parsed is None else parsed
+    if "demo_tasks" in entries:
+        parsed_tasks = _parse_demo_tasks(
+            reader,
+            entries["demo_tasks"][1],
+            f"{path}.demo_tasks",
+            board_slug=slug,
+            needs=document.demo_capabilities,
+        )
+        demo_tasks = INVALID if parsed_tasks is None else parsed_tasks
+    if INVALID in (name, slug, description, columns, demo_tasks):
+        return None
+    return BoardSpec(name, slug, description, columns, demo_tasks, path, columns_line)
+
+
+def _check_provider(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    provider = reader.string(node, path, max_length=40)
+    if provider is INVALID:
+        return INVALID
+    try:
+        # providers.get_provider is the one list of what exists, so a provider
+        # added there is accepted here with no second list to keep in step.
+        get_provider(provider)
+    except ProviderError as exc:
+        reader.error(_line(node), path, str(exc))
+        return INVALID
+    return provider
+
+
+def _parse_provider_settings(reader: _Reader, node: yaml.Node, path: str, provider: Any) -> Any:
+    if provider == "simulated":
+        entries = reader.mapping(node, path, required=[], optional=list(SIMULATED_SETTINGS))
+        if entries is None:
+            return INVALID
+        result: dict[str, Any] = {}
+        for key, (_, value_node) in entries.items():
+            minimum, maximum = SIMULATED_SETTINGS[key]
+            result[key] = reader.number(value_node, f"{path}.{key}", minimum=minimum, maximum=maximum)
+        return INVALID if INVALID in result.values() else result
+    if not isinstance(node, yaml.MappingNode):
+        reader.error(
+            _line(node), path, f"must be a mapping, got {_describe(node, reader.scalar(node, path))}"
+        )
+        return INVALID
+    value = reader.plain(node, path)
+    if value is not INVALID and not all(isinstance(k, str) for k in value):
+        reader.error(_line(node), path, "keys must be text")
+        return INVALID
+    return value
+
+
+def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> AgentSpec | None:
+    entries = reader.mapping(
+        node,
+        path,
+        required=["name", "boards", "provider", "model", "prompt_template"],
+        optional=["capabilities", "provider_settings", "concurrency", "max_attempts", "paused"],
+    )
+    if entries is None:
+        document.offers_unknown = True
+        return None
+    values: dict[str, Any] = {
+        "name": INVALID,
+        "boards": INVALID,
+        "provider": INVALID,
+        "model": INVALID,
+        "prompt_template": INVALID,
+        "capabilities": (),
+        "provider_settings": {},
+        "concurrency": AGENT_DEFAULT_CONCURRENCY,
+        "max_attempts": AGENT_DEFAULT_MAX_ATTEMPTS,
+        "paused": None,
+    }
+
+    def field_of(key: str) -> yaml.Node | None:
+        return entries[key][1] if key in entries else None
+
+    if (n := field_of("name")) is not None:
+        values["name"] = reader.string(n, f"{path}.name", max_length=80)
+    if (n := field_of("boards")) is not None:
+        values["boards"] = _string_list(
+            reader,
+            n,
+            f"{path}.boards",
+            max_length=80,
+            allow_empty=False,
+            refs=document.agent_boards,
+            what="board",
+        )
+    if (n := field_of("capabilities")) is not None:
+        values["capabilities"] = _string_list(
+            reader, n, f"{path}.capabilities", max_length=60, allow_empty=True, refs=None, what="capability"
+        )
+    if values["boards"] is INVALID or values["capabilities"] is INVALID:
+        document.offers_unknown = True
+    else:
+        name = None if values["name"] is INVALID else values["name"]
+        document.offers.append((name, values["boards"], values["capabilities"]))
+    if (n := field_of("provider")) is not None:
+        values["provider"] = _check_provider(reader, n, f"{path}.provider")
+    if (n := field_of("model")) is not None:
+        model = reader.string(n, f"{path}.model", max_length=120)
+        if model is not INVALID and values["provider"] == "simulated" and model not in SIMULATED_PROFILES:
+            reader.error(
+                _line(n),
+                f"{path}.model",
+                f"unknown simulated model {model!r}; available: {', '.join(sorted(SIMULATED_PROFILES))}",
+            )
+            model = INVALID
+        values["model"] = model
+    if (n := field_of("provider_settings")) is not None:
+        if values["provider"] is INVALID:
+            values["provider_settings"] = INVALID  # cannot tell which settings apply
+        else:
+            values["provider_settings"] = _parse_provider_settings(
+                reader, n, f"{path}.provider_settings", values["provider"]
+            )
+    if (n := field_of("prompt_template")) is not None:
+        template = reader.string(n, f"{path}.prompt_template", max_length=50_000, strip=False)
+        if template is not INVALID:
+            try:
+                # Rendered as the runtime renders it, so a template that passes
+                # here cannot fail a task later for a missing variable.
+                render_prompt(template, PROMPT_VARIABLES)
+            except PromptError as exc:
+                reader.error(_line(n), f"{path}.prompt_template", str(exc))
+                template = INVALID
+        values["prompt_template"] = template
+    if (n := field_of("concurrency")) is not None:
+        values["concurrency"] = reader.integer(n, f"{path}.concurrency", minimum=1, maximum=10_000)
+    if (n := field_of("max_attempts")) is not None:
+        values["max_attempts"] = reader.integer(n, f"{path}.max_attempts", minimum=1, maximum=100)
+    if (n := field_of("paused")) is not None:
+        values["paused"] = reader.boolean(n, f"{path}.paused")
+    if INVALID in values.values():
+        return None
+    return AgentSpec(**values, path=path)
+
+
+def _string_list(
+    reader: _Reader,
+    node: yaml.Node,
+    path: str,
+    *,
+    max_length: int,
+    allow_empty: bool,
+    refs: list[Reference] | None,
+    what: str,
+) -> Any:
+    items = reader.sequence(node, path, allow_empty=allow_empty)
+    if items is None:
+        return INVALID
+    result: list[str] = []
+    ok = True
+    for index, item in enumerate(items):
+        value = reader.string(item, f"{path}[{index}]", max_length=max_length)
+        if value is INVALID:
+            ok = False
+        elif value in result:
+            reader.error(_line(item), f"{path}[{index}]", f"{what} {value!r} is listed twice")
+            ok = False
+        else:
+            result.append(value)
+            if refs is not None:
+                refs.append(Reference(value, value, f"{path}[{index}]", _line(item)))
+    return tuple(result) if ok else INVALID
+
+
+def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
+    document = ConfigDocument(filename=reader.filename)
+    if root is None:
+        reader.error(1, "the file", "is empty; declare boards and/or agents (see examples/README.md)")
+        return document
+    entries = reader.mapping(root, "", required=[], optional=["boards", "agents"])
+    if entries is None:
+        return document
+    if not entries:
+        reader.error(_line(root), "the file", "declares nothing; give boards and/or agents")
+    if "boards" in entries:
+        items = reader.sequence(entries["boards"][1], "boards") or []
+        slugs: dict[str, str] = {}
+        for index, item in enumerate(items):
+            board = _parse_board(reader, item, f"boards[{index}]", document)
+            if board is None:
+                continue
+            if board.slug in slugs:
+                reader.error(
+                    _line(item),
+                    f"{board.path}.slug",
+                    f"duplicate board slug {board.slug!r} ({slugs[board.slug]} has it)",
+                )
+                continue
+            slugs[board.slug] = board.path
+            document.boards.append(board)
+    if "agents" in entries:
+        items = reader.sequence(entries["agents"][1], "agents") or []
+        names: dict[str, str] = {}
+        for index, item in enumerate(items):
+            agent = _parse_agent(reader, item, f"agents[{index}]", document)
+            if agent is None:
+                continue
+            if agent.name in names:
+                reader.error(
+                    _line(item),
+                    f"{agent.path}.name",
+                    f"duplicate agent name {agent.name!r} ({names[agent.name]} has it)",
+                )
+                continue
+            names[agent.name] = agent.path
+            document.agents.append(agent)
+    return document
+
+
+def _check_against_database(document: ConfigDocument, report: Callable[[int, str, str], None]) -> None:
+    """What the file alone cannot tell: boards the agents name may live in the
+    database, agents already in the database serve boards too, and a column
+    dropped from the file may still hold tasks."""
+    named = {ref.value for ref in document.agent_boards} - document.declared_slugs
+    known = document.declared_slugs | set(Board.objects.filter(slug__in=named).values_list("slug", flat=True))
+    for ref in document.agent_boards:
+        if ref.value not in known:
+            close = difflib.get_close_matches(ref.value, sorted(known | _all_board_slugs()), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            report(ref.line, ref.path, f"no board {ref.value!r} in this file or the database{hint}")
+
+    if not document.offers_unknown:
+        in_file = {name for name, _, _ in document.offers if name}
+        offered: dict[str, set[str]] = {}
+        for slug in {ref.board for ref in document.demo_capabilities}:
+            caps = {c for _, boards, capabilities in document.offers if slug in boards for c in capabilities}
+            # Agents this file does not redefine keep serving the board.
+            for listed in (
+                Agent.objects.filter(boards__slug=slug)
+                .exclude(name__in=in_file)
+                .values_list("capabilities", flat=True)
+            ):
+                caps.update(listed or [])
+            offered[slug] = caps
+        for ref in document.demo_capabilities:
+            if ref.value not in offered[ref.board]:
+                listed = ", ".join(sorted(offered[ref.board])) or "none"
+                report(
+                    ref.line,
+                    ref.path,
+                    f"no agent on board {ref.board!r} offers {ref.value!r} (offered: {listed})",
+                )
+
+    for board in document.boards:
+        roles = {c.role for c in board.columns}
+        dropped = (
+            Column.objects.filter(board__slug=board.slug)
+            .exclude(role__in=roles)
+            .annotate(task_count=Count("tasks"))
+            .filter(task_count__gt=0)
+            .order_by("position")
+        )
+        for column in dropped:
+            report(
+                board.columns_line,
+                f"{board.path}.columns",
+                f"the {column.role} column {column.name!r} is not in the file but holds "
+                f"{column.task_count} task(s); move them out first or keep the column",
+            )
+
+
+def _all_board_slugs() -> set[str]:
+    return set(Board.objects.values_list("slug", flat=True))
+
+
+def config_parse(text: str, *, filename: str) -> ConfigDocument:
+    """Read and check a configuration (including against the database); raise
+    ConfigError listing every problem found, each with file, line and field."""
+    reader = _Reader(filename)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        detail = "; ".join(str(p) for p in (exc.context, exc.problem) if p)
+        if exc.context_mark and exc.problem_mark and exc.context_mark.line != exc.problem_mark.line:
+            detail += f" (the construct began on line {exc.context_mark.line + 1})"
+        raise ConfigError([f"{filename}:{line}: YAML syntax error: {detail}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{filename}:1: YAML error: {exc}"]) from None
+    document = _parse_document(reader, root)
+    _check_against_database(document, reader.error)
+    if reader.errors:
+        raise ConfigError(reader.messages())
+    return document
+
+
+def config_load(path: str | Path) -> ConfigDocument:
+    """``config_parse`` for a file; the path is named in every error as given."""
+    filename = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{filename}: no such file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{filename}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{filename}: cannot read it: {exc.strerror}"]) from None
+    return config_parse(text, filename=filename)
+
+
+# --- applying -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # board, column, agent
+    key: str  # the natural key: slug, slug/role, agent name
+    action: str  # created, updated, unchanged, removed
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        detail = f" ({', '.join(self.fields)})" if self.fields else ""
+        return f"{self.action} {self.kind} {self.key}{detail}"
+
+
+@dataclass
+class ApplyReport:
+    filename: str
+    changes: list[Change] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        return sum(1 for c in self.changes if c.action == action)
+
+    @property
+    def changed(self) -> bool:
+        return any(c.action != "unchanged" for c in self.changes)
+
+    def summary(self) -> str:
+        if not self.changed:
+            return f"{self.filename}: no changes ({len(self.changes)} objects unchanged)"
+        counts = ", ".join(
+            f"{self.count(a)} {a}" for a in ("created", "updated", "removed", "unchanged") if self.count(a)
+        )
+        return f"{self.filename}: {counts}"
+
+
+def _sync(obj: Any, values: dict[str, Any]) -> list[str]:
+    """Set the fields whose value differs; return their names."""
+    changed = [name for name, value in values.items() if getattr(obj, name) != value]
+    for name in changed:
+        setattr(obj, name, values[name])
+    return changed
+
+
+def _apply_columns(board: Board, spec: BoardSpec, report: ApplyReport) -> tuple[set[int], bool]:
+    """Make the board's columns match the spec. Returns the ids of columns that
+    changed in place, and whether columns were added or removed."""
+    existing = {c.role: c for c in board.columns.all()}
+    wanted = {c.role for c in spec.columns}
+    reshaped = False
+    for role, column in existing.items():
+        if role not in wanted:
+            # Checked under the board lock: no task can have entered it since.
+            if Task.objects.filter(column=column).exists():
+                raise ConfigError(
+                    [
+                        f"{report.filename}:{spec.columns_line}: {spec.path}.columns: "
+                        f"the {role} column {column.name!r} is not in the file but holds tasks"
+                    ]
+                )
+            column.delete()
+            reshaped = True
+            report.changes.append(Change("column", f"{spec.slug}/{role}", "removed"))
+    # Column names are unique per board, so a rename that takes another column's
+    # current name (a swap) would collide; park renamed columns on free names first.
+    renamed = [
+        existing[c.role] for c in spec.columns if c.role in existing and existing[c.role].name != c.name
+    ]
+    for column in renamed:
+        Column.objects.filter(pk=column.pk).update(name=f"~{column.pk}~renaming")
+    changed_ids: set[int] = set()
+    for column_spec in spec.columns:
+        values = {
+            "name": column_spec.name,
+            "position": column_spec.position,
+            "wip_limit": column_spec.wip_limit,
+            "hard_limit": column_spec.hard,
+        }
+        key = f"{spec.slug}/{column_spec.role}"
+        column = existing.get(column_spec.role)
+        if column is None:
+            Column.objects.create(board=board, role=column_spec.role, **values)
+            reshaped = True
+            report.changes.append(Change("column", key, "created"))
+            continue
+        fields = _sync(column, values)
+        if fields:
+            column.save(update_fields=fields)
+            changed_ids.add(column.pk)
+            report.changes.append(Change("column", key, "updated", tuple(fields)))
+        else:
+            report.changes.append(Change("column", key, "unchanged"))
+    return changed_ids, reshaped
+
+
+def _check_in_transaction(document: ConfigDocument) -> None:
+    errors: list[tuple[int, str]] = []
+
+    def report(line: int, path: str, message: str) -> None:
+        errors.append((line, f"{document.filename}:{line}: {path}: {message}"))
+
+    _check_against_database(document, report)
+    if errors:
+        raise ConfigError([message for _, message in sorted(errors)])
+
+
+@transaction.atomic
+def config_apply(*, document: ConfigDocument) -> ApplyReport:
+    """Make the database match a parsed configuration, in one transaction.
+    Boards are found by slug, columns by role within their board, agents by name;
+    only rows whose values differ are written, and nothing is deleted but empty
+    columns the file no longer lists. Tasks are never touched."""
+    report = ApplyReport(filename=document.filename)
+    slugs = [b.slug for b in document.boards]
+    # The same lock the services take before adding to a WIP-limited column, so
+    # no task moves while columns change under it.
+    list(Board.objects.select_for_update().filter(slug__in=slugs).order_by("pk"))
+    _check_in_transaction(document)
+
+    touched: dict[int, set[int]] = {}  # board id -> columns changed in place
+    boards_by_slug: dict[str, Board] = {}
+    for spec in document.boards:
+        values = {
+            "name": spec.name,
+            "description": spec.description,
+            "demo_tasks": [t.as_json() for t in spec.demo_tasks],
+        }
+        board = Board.objects.filter(slug=spec.slug).first()
+        if board is None:
+            board = Board.objects.create(slug=spec.slug, **values)
+            report.changes.append(Change("board", spec.slug, "created"))
+        else:
+            fields = _sync(board, values)
+            if fields:
+                board.save(update_fields=fields)
+                report.changes.append(Change("board", spec.slug, "updated", tuple(fields)))
+            else:
+                report.changes.append(Change("board", spec.slug, "unchanged"))
+        boards_by_slug[spec.slug] = board
+        changed_ids, reshaped = _apply_columns(board, spec, report)
+        if changed_ids or reshaped:
+            touched.setdefault(board.pk, set()).update(changed_ids)
+
+    named = {s for a in document.agents for s in a.boards} - set(boards_by_slug)
+    boards_by_slug.update({b.slug: b for b in Board.objects.filter(slug__in=named)})
+    for spec in document.agents:
+        values = {
+            "capabilities": list(spec.capabilities),
+            "provider": spec.provider,
+            "model": spec.model,
+            "provider_settings": spec.provider_settings,
+            "prompt_template": spec.prompt_template,
+            "concurrency": spec.concurrency,
+            "max_attempts": spec.max_attempts,
+        }
+        if spec.paused is not None:
+            values["paused"] = spec.paused
+        board_ids = {boards_by_slug[s].pk for s in spec.boards}
+        agent = Agent.objects.filter(name=spec.name).first()
+        if agent is None:
+            agent = Agent.objects.create(name=spec.name, **values)
+            agent.boards.set(board_ids)
+            report.changes.append(Change("agent", spec.name, "created"))
+            for board_id in board_ids:
+                touched.setdefault(board_id, set())
+            continue
+        fields = _sync(agent, values)
+        if fields:
+            agent.save(update_fields=fields)
+        current = set(agent.boards.values_list("pk", flat=True))
+        if current != board_ids:
+            agent.boards.set(board_ids)
+            fields.append("boards")
+        if fields:
+            report.changes.append(Change("agent", spec.name, "updated", tuple(fields)))
+            for board_id in current | board_ids:
+                touched.setdefault(board_id, set())
+        else:
+            report.changes.append(Change("agent", spec.name, "unchanged"))
+
+    for board_id, column_ids in touched.items():
+        # A raised limit, a new agent or a resumed one may free capacity now:
+        # show the new headers and pull, once the change is visible to others.
+        if column_ids:
+            transaction.on_commit(lambda b=board_id, c=column_ids: broadcast.columns_changed(b, c))
+        transaction.on_commit(lambda b=board_id: services.request_pull(board_id=b))
+    return report
+
+
+__all__ = [
+    "AgentSpec",
+    "ApplyReport",
+    "BoardSpec",
+    "Change",
+    "ColumnSpec",
+    "ConfigDocument",
+    "ConfigError",
+    "DemoTaskSpec",
+    "Reference",
+    "config_apply",
+    "config_load",
+    "config_parse",
+]

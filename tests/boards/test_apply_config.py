@@ -1,0 +1,473 @@
+"""`manage.py apply_config` and the config service behind it: the shipped
+examples apply, applying twice writes nothing, every error names the file, the
+line and the field, and a file with any error writes nothing."""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from boards import services
+from boards.config import ConfigError, config_apply, config_parse
+from boards.models import Agent, Board, Column, Task
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_FILES = ["demo.yaml", "manufacturing_qc.yaml", "customer_support.yaml", "research_synthesis.yaml"]
+
+# A small valid line; the error cases below change one line of it, so the line
+# numbers in the expected messages are the ones shown here.
+BASE = """\
+boards:
+  - name: Line
+    slug: line
+    columns:
+      - {name: Backlog, role: backlog}
+      - {name: Ready, role: ready, wip_limit: 3}
+      - {name: Doing, role: in_progress, wip_limit: 2}
+      - {name: Review, role: review}
+      - {name: Done, role: done}
+    demo_tasks:
+      - {title: First, input: hello, capability: summarise}
+agents:
+  - name: Worker
+    boards: [line]
+    capabilities: [summarise]
+    provider: simulated
+    model: sim-small
+    prompt_template: "Do {title}: {input}"
+"""
+
+
+def variant(line: int, new: str | None) -> str:
+    """BASE with line ``line`` (1-based) replaced by ``new``, or removed if None."""
+    lines = BASE.splitlines()
+    if new is None:
+        del lines[line - 1]
+    else:
+        lines[line - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+def apply(*paths: Path | str, **options) -> str:
+    out = StringIO()
+    call_command("apply_config", *[str(p) for p in paths], stdout=out, **options)
+    return out.getvalue()
+
+
+def write(tmp_path: Path, text: str, name: str = "line.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def dump() -> dict[str, list[dict]]:
+    """Every row apply_config may write, with every field."""
+    return {
+        "boards": list(Board.objects.order_by("pk").values()),
+        "columns": list(Column.objects.order_by("pk").values()),
+        "agents": list(Agent.objects.order_by("pk").values()),
+        "agent_boards": list(Agent.boards.through.objects.order_by("pk").values()),
+        "tasks": list(Task.objects.order_by("pk").values()),
+    }
+
+
+def writes(queries: CaptureQueriesContext) -> list[str]:
+    verbs = ("INSERT", "UPDATE", "DELETE")
+    return [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith(verbs)]
+
+
+# --- the shipped examples -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_each_shipped_example_applies(db, name):
+    output = apply(EXAMPLES / name)
+
+    board = Board.objects.get()
+    roles = list(board.columns.order_by("position").values_list("role", flat=True))
+    assert roles == ["backlog", "ready", "in_progress", "review", "done"]
+    assert len(board.demo_tasks) >= 10
+    agents = list(board.agents.all())
+    assert 2 <= len(agents) <= 3
+    assert all(a.provider == "simulated" for a in agents)
+    # Every demo task can be done by some agent on its board.
+    offered = {c for a in agents for c in a.capabilities}
+    assert {t["capability"] for t in board.demo_tasks} - {""} <= offered
+    assert f"examples/{name}: " in output
+    assert "created board " + board.slug in output
+
+
+def test_demo_line_has_the_columns_and_limits_the_demo_promises(db):
+    apply(EXAMPLES / "demo.yaml")
+
+    board = Board.objects.get(slug="demo")
+    columns = [(c.name, c.wip_limit, c.hard_limit) for c in board.columns.order_by("position")]
+    assert columns == [
+        ("Backlog", None, True),
+        ("Ready", 6, True),
+        ("In progress", 4, True),
+        ("Review", 5, False),
+        ("Done", None, True),
+    ]
+    assert {a.model for a in board.agents.all()} == {"sim-small", "sim-medium"}
+    assert all(1500 <= a.provider_settings["latency_ms"] <= 4000 for a in board.agents.all())
+    assert len(board.demo_tasks) >= 15
+
+
+def test_all_examples_apply_together_without_colliding(db):
+    apply(*[EXAMPLES / n for n in EXAMPLE_FILES])
+
+    assert Board.objects.count() == 4
+    # Agent names are global keys: a name shared by two files would move the
+    # agent from one board to the other instead of making two agents.
+    assert Agent.objects.count() == 12
+    assert all(a.boards.count() == 1 for a in Agent.objects.all())
+
+
+# --- idempotency --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_applying_twice_changes_nothing(db, name):
+    apply(EXAMPLES / name)
+    before = dump()
+
+    with CaptureQueriesContext(connection) as queries:
+        second = apply(EXAMPLES / name)
+    third = apply(EXAMPLES / name)
+
+    assert dump() == before
+    assert writes(queries) == []
+    assert "no changes" in second
+    assert third == second
+
+
+def test_service_reports_created_then_unchanged(db):
+    document = config_parse(BASE, filename="line.yaml")
+
+    first = config_apply(document=document)
+    second = config_apply(document=config_parse(BASE, filename="line.yaml"))
+
+    assert first.count("created") == 1 + 5 + 1
+    assert first.changed
+    assert not second.changed
+    assert second.count("unchanged") == 7
+    assert second.summary() == "line.yaml: no changes (7 objects unchanged)"
+
+
+# --- errors name the file, the line and the field ------------------------------------
+
+ERROR_CASES = {
+    "bad wip_limit type": (
+        6,
+        "      - {name: Ready, role: ready, wip_limit: ten}",
+        6,
+        "boards[0].columns[1].wip_limit",
+        "must be an integer >= 1, got 'ten'",
+    ),
+    "unknown role": (
+        8,
+        "      - {name: Review, role: qa}",
+        8,
+        "boards[0].columns[3].role",
+        "unknown role 'qa'; use one of backlog, ready, in_progress, review, done",
+    ),
+    "duplicate role": (
+        8,
+        "      - {name: Review, role: in_progress}",
+        8,
+        "boards[0].columns[3].role",
+        "duplicate role 'in_progress' (boards[0].columns[2] has it)",
+    ),
+    "unknown key": (
+        7,
+        "      - {name: Doing, role: in_progress, wip_limt: 2}",
+        7,
+        "boards[0].columns[2].wip_limt",
+        "unknown key (did you mean 'wip_limit'?); allowed keys: name, role, wip_limit, hard",
+    ),
+    "missing done column": (
+        9,
+        None,
+        4,
+        "boards[0].columns",
+        "no done column",
+    ),
+    "unknown provider": (
+        16,
+        "    provider: openai",
+        16,
+        "agents[0].provider",
+        "unknown provider 'openai' (available: simulated)",
+    ),
+    "unknown model": (
+        17,
+        "    model: sim-huge",
+        17,
+        "agents[0].model",
+        "unknown simulated model 'sim-huge'; available: sim-large, sim-medium, sim-small",
+    ),
+    "template with unknown variable": (
+        18,
+        '    prompt_template: "Do {title} for {customer}"',
+        18,
+        "agents[0].prompt_template",
+        "prompt template uses unknown variable(s): customer (available: input, last_error, title)",
+    ),
+    "agent on unknown board": (
+        14,
+        "    boards: [line, lnie2]",
+        14,
+        "agents[0].boards[1]",
+        "no board 'lnie2' in this file or the database",
+    ),
+    "demo task capability nobody offers": (
+        11,
+        "      - {title: First, input: hello, capability: translate}",
+        11,
+        "boards[0].demo_tasks[0].capability",
+        "no agent on board 'line' offers 'translate' (offered: summarise)",
+    ),
+    "done column with a wip limit": (
+        9,
+        "      - {name: Done, role: done, wip_limit: 10}",
+        9,
+        "boards[0].columns[4].wip_limit",
+        "a done column takes no WIP limit",
+    ),
+    "key given twice": (
+        17,
+        "    model: sim-small\n    model: sim-large",
+        18,
+        "agents[0].model",
+        "given twice (first on line 17)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=list(ERROR_CASES))
+def test_error_names_file_line_and_field(db, tmp_path, case):
+    replace_line, new, line, field, message = ERROR_CASES[case]
+    path = write(tmp_path, variant(replace_line, new))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert f"{path}:{line}: {field}: {message}" in str(excinfo.value)
+    assert Board.objects.count() == 0
+
+
+def test_yaml_syntax_error_names_file_and_line(db, tmp_path):
+    path = write(tmp_path, variant(17, "\tmodel: sim-small"))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert f"{path}:17: YAML syntax error:" in str(excinfo.value)
+    assert "found character '\\t' that cannot start any token" in str(excinfo.value)
+
+
+def test_every_error_in_a_file_is_reported_in_line_order(db, tmp_path):
+    text = variant(6, "      - {name: Ready, role: ready, wip_limit: ten}")
+    text = text.replace("model: sim-small", "model: sim-huge").replace("{input}", "{inptu}")
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as excinfo:
+        config_parse(path.read_text(), filename=str(path))
+
+    assert [e.split(": ")[0] for e in excinfo.value.errors] == [f"{path}:6", f"{path}:17", f"{path}:18"]
+
+
+def test_a_missing_file_is_named(db, tmp_path):
+    missing = tmp_path / "nope.yaml"
+
+    with pytest.raises(CommandError, match=f"{missing}: no such file"):
+        apply(missing)
+
+
+# --- nothing is written when there is an error --------------------------------------
+
+
+def test_nothing_is_written_when_a_file_has_an_error(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    before = dump()
+    counts = (Board.objects.count(), Column.objects.count(), Agent.objects.count())
+    # A valid change (a new WIP limit, a new board) next to one mistake.
+    text = variant(6, "      - {name: Ready, role: ready, wip_limit: 9}")
+    text = text.replace("model: sim-small", "model: sim-huge")
+    text = text.replace("boards:\n", "boards:\n  - {name: Other, slug: other, columns: []}\n", 1)
+
+    with pytest.raises(CommandError):
+        apply(write(tmp_path, text, "changed.yaml"))
+
+    assert (Board.objects.count(), Column.objects.count(), Agent.objects.count()) == counts
+    assert dump() == before
+
+
+def test_one_bad_file_stops_every_file_of_the_run(db, tmp_path):
+    good = write(tmp_path, BASE, "good.yaml")
+    bad = write(tmp_path, variant(8, "      - {name: Review, role: qa}"), "bad.yaml")
+
+    with pytest.raises(CommandError, match="bad.yaml:8"):
+        apply(good, bad)
+
+    assert Board.objects.count() == 0
+
+
+def test_dry_run_shows_changes_and_writes_nothing(db, tmp_path):
+    output = apply(write(tmp_path, BASE), dry_run=True)
+
+    assert "would be created board line" in output
+    assert "dry run: nothing written" in output
+    assert Board.objects.count() == 0
+
+
+@pytest.fixture
+def board_without_backlog_doc(db):
+    config_apply(document=config_parse(BASE, filename="line.yaml"))
+    document = config_parse(variant(5, None), filename="line.yaml")
+    return document, Board.objects.get(slug="line")
+
+
+def test_apply_refuses_when_a_dropped_column_filled_up_after_the_check(db, board_without_backlog_doc):
+    # The file was checked while Backlog was empty; a task arrived before the write.
+    document, board = board_without_backlog_doc
+    services.task_create(board=board, title="Arrived late")
+
+    with pytest.raises(ConfigError, match="the backlog column 'Backlog' is not in the file but holds"):
+        config_apply(document=document)
+
+    assert board.columns.filter(role="backlog").exists()
+
+
+# --- updating in place ----------------------------------------------------------------
+
+
+def test_changing_a_wip_limit_in_the_file_updates_it(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    column_ids = dict(Column.objects.values_list("role", "pk"))
+
+    output = apply(
+        write(tmp_path, variant(6, "      - {name: Ready, role: ready, wip_limit: 7, hard: false}"))
+    )
+
+    ready = Column.objects.get(role="ready")
+    assert (ready.wip_limit, ready.hard_limit) == (7, False)
+    assert dict(Column.objects.values_list("role", "pk")) == column_ids
+    assert "updated column line/ready (wip_limit, hard_limit)" in output
+    assert "1 updated, 6 unchanged" in output
+
+
+def test_removing_a_column_that_holds_tasks_is_refused(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    board = Board.objects.get(slug="line")
+    services.task_create(board=board, title="Waiting in the backlog")
+    services.task_create(board=board, title="Also waiting")
+    before = dump()
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(write(tmp_path, variant(5, None)))
+
+    assert (
+        f"{tmp_path / 'line.yaml'}:4: boards[0].columns: the backlog column 'Backlog' "
+        "is not in the file but holds 2 task(s)"
+    ) in str(excinfo.value)
+    assert dump() == before
+
+
+def test_removing_an_empty_column_deletes_it(db, tmp_path):
+    apply(write(tmp_path, BASE))
+
+    output = apply(write(tmp_path, variant(8, None)))
+
+    roles = list(Column.objects.order_by("position").values_list("role", flat=True))
+    assert roles == ["backlog", "ready", "in_progress", "done"]
+    assert list(Column.objects.order_by("position").values_list("position", flat=True)) == [0, 1, 2, 3]
+    assert "removed column line/review" in output
+
+
+def test_columns_can_swap_names(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    text = BASE.replace("{name: Review, role: review}", "{name: Done, role: review}", 1)
+    text = text.replace("{name: Done, role: done}", "{name: Review, role: done}", 1)
+
+    apply(write(tmp_path, text))
+
+    names = dict(Column.objects.values_list("role", "name"))
+    assert (names["review"], names["done"]) == ("Done", "Review")
+
+
+def test_agent_fields_and_boards_follow_the_file(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    other = Board.objects.create(name="Other", slug="other")
+    text = BASE.replace("boards: [line]", "boards: [line, other]").replace(
+        'prompt_template: "Do {title}: {input}"',
+        'prompt_template: "Again {title}: {input} {last_error}"\n    concurrency: 7',
+    )
+
+    output = apply(write(tmp_path, text))
+
+    agent = Agent.objects.get(name="Worker")
+    assert set(agent.boards.all()) == {Board.objects.get(slug="line"), other}
+    assert agent.concurrency == 7
+    assert agent.prompt_template == "Again {title}: {input} {last_error}"
+    assert "updated agent Worker (prompt_template, concurrency, boards)" in output
+
+
+def test_an_agent_may_serve_a_board_that_is_only_in_the_database(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    agents_only = "agents:\n" + BASE.split("agents:\n", 1)[1].replace("name: Worker", "name: Helper")
+
+    apply(write(tmp_path, agents_only, "agents.yaml"))
+
+    assert set(Board.objects.get(slug="line").agents.values_list("name", flat=True)) == {"Worker", "Helper"}
+
+
+def test_paused_left_out_of_the_file_keeps_a_paused_agent_paused(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    services.agent_set_paused(agent=Agent.objects.get(name="Worker"), paused=True)
+
+    output = apply(write(tmp_path, BASE))
+    assert Agent.objects.get(name="Worker").paused is True
+    assert "no changes" in output
+
+    apply(write(tmp_path, BASE + "    paused: false\n"))
+    assert Agent.objects.get(name="Worker").paused is False
+
+
+def test_agents_can_share_settings_through_yaml_merge_keys(db, tmp_path):
+    text = BASE.replace("  - name: Worker\n", "  - &worker\n    name: Worker\n")
+    text += "  - <<: *worker\n    name: Second\n    model: sim-medium\n"
+
+    apply(write(tmp_path, text))
+
+    second = Agent.objects.get(name="Second")
+    assert (second.model, second.capabilities) == ("sim-medium", ["summarise"])
+    assert Agent.objects.get(name="Worker").model == "sim-small"
+
+
+def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_capture_on_commit_callbacks):
+    apply(write(tmp_path, BASE.split("agents:\n", 1)[0].replace(", capability: summarise", "")))
+    board = Board.objects.get(slug="line")
+    task = services.task_create(board=board, title="Waiting for an agent")
+    services.board_pull(board_id=board.pk)  # moves it to Ready; nobody can claim it yet
+    assert Task.objects.get(pk=task.pk).status == Task.Status.READY
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            apply(write(tmp_path, BASE))
+        task.refresh_from_db()
+        assert task.status == Task.Status.RUNNING
+        assert task.agent.name == "Worker"
+    finally:
+        # The claim enqueued a run on this suite's own queue; no worker is
+        # listening in this test, so drop it rather than leave it behind.
+        queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
