@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,11 +105,46 @@ def _after_commit(board_id: int, column_ids: Iterable[int], *, pull: bool) -> No
         transaction.on_commit(lambda: request_pull(board_id=board_id))
 
 
+class _PullCoalescer:
+    """Within one process, concurrent requests to pull the same board become one
+    pull plus at most one more. Every commit that frees capacity asks for a pull;
+    under load (a hundred worker threads finishing runs) most of those pulls would
+    queue on the board lock only to find nothing left to claim. A thread that
+    finds a pull of its board already running marks it and returns at once; the
+    running pull repeats once for all the marks, so no request is lost."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[int] = set()
+        self._again: set[int] = set()
+
+    def pull(self, board_id: int) -> None:
+        with self._lock:
+            if board_id in self._running:
+                self._again.add(board_id)
+                return
+            self._running.add(board_id)
+        try:
+            while True:
+                board_pull(board_id=board_id)
+                with self._lock:
+                    if board_id not in self._again:
+                        return
+                    self._again.discard(board_id)
+        finally:
+            with self._lock:
+                self._running.discard(board_id)
+                self._again.discard(board_id)
+
+
+_pulls = _PullCoalescer()
+
+
 def request_pull(*, board_id: int) -> None:
     """Pull for a board now, in this process. Called after commit, so the
     capacity the trigger freed is visible."""
     try:
-        board_pull(board_id=board_id)
+        _pulls.pull(board_id)
     except Exception:
         # The periodic pull catches up; a failed trigger must not fail the
         # change that caused it, which has already committed.
@@ -196,7 +232,12 @@ def _place(task: Task, column: Column, *, position: int | None = None) -> None:
 def _lock_board(board_id: int) -> Board:
     # Every change that adds to a WIP-limited column takes this lock first, so
     # the count it checks cannot change under it, whatever the number of workers.
-    return Board.objects.select_for_update().get(pk=board_id)
+    # FOR NO KEY UPDATE, not FOR UPDATE: inserting a TaskEvent or saving a Task
+    # takes a KEY SHARE lock on its board through the foreign key, which FOR
+    # UPDATE would block. A run finishing (holding its task row, inserting its
+    # event) would then wait on the board while a board-lock holder waits on that
+    # task row: a deadlock. The two lock modes still exclude each other.
+    return Board.objects.select_for_update(no_key=True).get(pk=board_id)
 
 
 # --- intake --------------------------------------------------------------------
@@ -229,8 +270,10 @@ def task_create(
         raise ValidationError(errors)
 
     with transaction.atomic():
-        _lock_board(board.pk)
         column = _intake_column(board)
+        if column.wip_limit is not None:
+            # Only a limited intake needs its count held still while we add to it.
+            _lock_board(board.pk)
         note = _check_wip(column)
         task = Task(board=board, title=title, input=input, capability=capability, priority=priority)
         _place(task, column)
@@ -319,16 +362,28 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     ready, doing = columns.get(Role.READY), columns.get(Role.IN_PROGRESS)
     if ready is None or doing is None:
         return []
-    free_wip = None if doing.wip_limit is None else doing.wip_limit - _count(doing)
+    # Agent rows are locked too (in pk order, after the board: no deadlocks), as an
+    # agent serving several boards has one concurrency across all of them.
+    agents = list(board.agents.filter(paused=False).order_by("pk").select_for_update(of=("self",)))
+    if not agents:
+        return []
+    # One grouped count gives both the column's WIP and each agent's running tasks.
+    in_doing = 0
+    running: dict[int, int] = {}
+    rows = (
+        Task.objects.filter(status=Status.RUNNING)
+        .filter(Q(column=doing) | Q(agent__in=agents))
+        .values_list("column", "agent")
+        .annotate(n=Count("pk"))
+    )
+    for column_id, agent_id, n in rows:
+        if column_id == doing.pk:
+            in_doing += n
+        if agent_id is not None:
+            running[agent_id] = running.get(agent_id, 0) + n
+    free_wip = None if doing.wip_limit is None else doing.wip_limit - in_doing
     if free_wip is not None and free_wip <= 0:
         return []
-    running = dict(
-        Task.objects.filter(column=doing, agent__isnull=False)
-        .values_list("agent")
-        .annotate(n=Count("pk"))
-        .values_list("agent", "n")
-    )
-    agents = [a for a in board.agents.filter(paused=False).order_by("pk")]
     free_agent = {a.pk: a.concurrency - running.get(a.pk, 0) for a in agents}
     agents = [a for a in agents if free_agent[a.pk] > 0]
     if not agents:
@@ -342,12 +397,13 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         .order_by("position", "created_at")
         .select_for_update(skip_locked=True, of=("self",))
     )
-    # Read a few more than we want: some may ask for a capability whose agents are full.
     now = timezone.now()
     expires = now + timedelta(seconds=settings.KAIZEN_LEASE_SECONDS)
     claimed: list[Task] = []
+    # A few more rows than wanted are read: some may ask for a capability whose
+    # agents are all busy.
     events = []
-    for task in candidates[: want * 4]:
+    for task in candidates[: want + 20]:
         able = [a for a in agents if free_agent[a.pk] > 0 and a.can_do(task.capability)]
         if not able:
             continue
@@ -479,6 +535,13 @@ def task_complete(
 def task_attempt_fail(*, task_id: int, lease_token: uuid.UUID | str, error: str) -> bool:
     """A run failed (the provider erred): retry, or give up after max attempts."""
     with transaction.atomic():
+        board_id = Task.objects.filter(pk=task_id).values_list("board_id", flat=True).first()
+        if board_id is None:
+            return False
+        # The task may go back to Ready, whose hard limit is counted: under the
+        # board lock, like every other move into a limited column, and taken
+        # before the task's row lock, in the same order as task_move.
+        _lock_board(board_id)
         task = _current_run(task_id, lease_token)
         if task is None:
             return False
@@ -536,10 +599,21 @@ def leases_reap(*, limit: int = 500) -> int:
     now = timezone.now()
     boards: dict[int, set[int]] = {}
     with transaction.atomic():
+        # Reaped tasks go back to Ready, whose hard limit is counted: lock their
+        # boards first (in id order, so two reapers cannot deadlock).
+        board_ids = sorted(
+            set(
+                Task.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list(
+                    "board_id", flat=True
+                )[:limit]
+            )
+        )
+        for board_id in board_ids:
+            _lock_board(board_id)
         expired = (
             Task.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("column", "agent")
-            .filter(status=Status.RUNNING, lease_expires_at__lt=now)
+            .filter(status=Status.RUNNING, lease_expires_at__lt=now, board_id__in=board_ids)
             .order_by("lease_expires_at")[:limit]
         )
         count = 0

@@ -1,0 +1,35 @@
+"""Bare Celery tasks the line is measured against (loaded into the bench worker
+with ``--include bench.celery_baselines``; never part of the product)."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from django.conf import settings
+
+from boards.models import Board
+from kaizen_web.celery import app
+
+_redis = None
+
+
+def _counter() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(settings.REDIS_URL)
+    return _redis
+
+
+@app.task(name="bench.noop")
+def noop(key: str) -> None:
+    # The only way to tell the bench a no-op finished without a result backend:
+    # one INCR, a fraction of a millisecond.
+    _counter().incr(key)
+
+
+@app.task(name="bench.insert_update")
+def insert_update(n: int) -> None:
+    # One INSERT and one UPDATE through the ORM, the minimum the line does per move.
+    board = Board.objects.create(name=f"bench {n}", slug=f"bench-baseline-{os.getpid()}-{n}")
+    Board.objects.filter(pk=board.pk).update(description="done")

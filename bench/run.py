@@ -1,0 +1,287 @@
+"""Throughput of the whole line against bare Celery baselines (`make bench`).
+
+Starts its own web server and Celery worker against PostgreSQL and Redis
+(BENCH_DATABASE_URL, BENCH_REDIS_URL), then measures, in one run:
+
+- ``line_tasks_per_s``: tasks posted to the JSON API until every one is Done,
+  with a zero-latency simulated model;
+- ``celery_noop_tasks_per_s``: a bare Celery task that does nothing;
+- ``celery_orm_tasks_per_s``: a bare Celery task doing one INSERT and one UPDATE.
+
+Prints one ``name=value`` line per figure and records the run in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/10"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.var = ROOT / "var" / "bench"
+        self.var.mkdir(parents=True, exist_ok=True)
+        self.queue = f"kaizen-bench-{uuid.uuid4().hex[:8]}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": args.redis_url,
+            "CELERY_QUEUE": self.queue,
+            "KAIZEN_VAR_DIR": str(self.var),
+            "KAIZEN_SIMULATED_LATENCY_SCALE": "0",
+            "DB_POOL_MAX": str(args.db_pool),
+            "LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(self.env)
+        self.procs: list[subprocess.Popen] = []
+
+    # --- processes ----------------------------------------------------------
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.var / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+
+    def start_worker(self) -> None:
+        self.start("worker", [
+            sys.executable, "-m", "celery", "-A", "kaizen_web", "worker", "-P", "threads",
+            "-c", str(self.args.concurrency), "-Q", self.queue, "--include", "bench.celery_baselines",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
+        ])
+        from kaizen_web.celery import app
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            replies = app.control.ping(timeout=0.5)
+            if replies:
+                return
+        raise SystemExit("the bench worker did not start: see var/bench/worker.log")
+
+    def start_web(self) -> int:
+        port = free_port()
+        self.start("web", [
+            sys.executable, "-m", "uvicorn", "kaizen_web.asgi:application", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", "--no-access-log",
+        ])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return port
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("the bench web server did not start: see var/bench/web.log")
+
+    # --- set-up ---------------------------------------------------------------
+
+    def prepare_database(self) -> None:
+        import dj_database_url
+        import psycopg
+
+        cfg = dj_database_url.parse(self.args.database_url)
+        admin = f"host={cfg['HOST']} port={cfg['PORT'] or 5432} user={cfg['USER']} dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [cfg["NAME"]]).fetchone()
+            if exists:
+                conn.execute(f'DROP DATABASE "{cfg["NAME"]}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{cfg["NAME"]}"')
+        import django
+
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+
+    def purge(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.args.redis_url).delete(self.queue)
+
+    # --- measurements -------------------------------------------------------
+
+    def bench_noop(self, n: int) -> float:
+        import redis
+
+        from bench.celery_baselines import noop
+
+        r = redis.Redis.from_url(self.args.redis_url)
+        key = f"bench:noop:{uuid.uuid4().hex}"
+        start = time.perf_counter()
+        for _ in range(n):
+            noop.delay(key)
+        while int(r.get(key) or 0) < n:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        r.delete(key)
+        return n / elapsed
+
+    def bench_orm(self, n: int) -> float:
+        from bench.celery_baselines import insert_update
+        from boards.models import Board
+
+        base = Board.objects.count()
+        start = time.perf_counter()
+        for i in range(n):
+            insert_update.delay(i)
+        while Board.objects.filter(description="done").count() < n:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        Board.objects.filter(slug__startswith="bench-baseline-").delete()
+        assert Board.objects.count() == base
+        return n / elapsed
+
+    def bench_line(self, port: int, n: int) -> dict[str, float]:
+        from django.contrib.auth import get_user_model
+
+        from boards import services
+        from boards.models import Agent, Board, Column, Task
+
+        board = Board.objects.create(name="Bench line", slug=f"bench-{uuid.uuid4().hex[:6]}")
+        roles = [("Ready", "ready", None), ("In progress", "in_progress", self.args.wip),
+                 ("Review", "review", None), ("Done", "done", None)]
+        for position, (name, role, limit) in enumerate(roles):
+            Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
+        agent = Agent.objects.create(
+            name=f"bench-agent-{board.slug}", capabilities=["general"], model="sim-small",
+            provider_settings={"latency_ms": 0, "error_rate": 0}, concurrency=self.args.wip,
+        )
+        agent.boards.add(board)
+        user, _ = get_user_model().objects.get_or_create(username="bench")
+        _, key = services.api_token_create(user=user, name="bench")
+
+        body = json.dumps({"title": "bench task", "input": "Classify: scratch on housing, 2 mm."})
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        clients = self.args.clients
+
+        def post_many(count: int) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ok = 0
+            for _ in range(count):
+                conn.request("POST", f"/api/v1/boards/{board.slug}/tasks", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok += response.status == 201
+            conn.close()
+            return ok
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            created = sum(pool.map(post_many, [n // clients] * clients))
+        intake = time.perf_counter() - start
+        total = (n // clients) * clients
+        if created != total:
+            raise SystemExit(f"the API refused {total - created} of {total} tasks: see var/bench/web.log")
+        deadline = time.monotonic() + 600
+        while Task.objects.filter(board=board, status=Task.Status.DONE).count() < total:
+            if time.monotonic() > deadline:
+                raise SystemExit("the line did not finish within 10 minutes")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        return {"line_tasks_per_s": total / elapsed, "line_intake_tasks_per_s": total / intake}
+
+    def run(self) -> dict[str, float]:
+        self.prepare_database()
+        self.purge()
+        try:
+            port = self.start_web()
+            self.start_worker()
+            n = self.args.tasks
+            results: dict[str, float] = {}
+            # A short warm-up so imports and pools are not measured.
+            self.bench_noop(200)
+            results["celery_noop_tasks_per_s"] = self.bench_noop(n)
+            results["celery_orm_tasks_per_s"] = self.bench_orm(n)
+            self.bench_line(port, 200)
+            results.update(self.bench_line(port, n))
+            results["line_vs_orm_baseline"] = results["line_tasks_per_s"] / results["celery_orm_tasks_per_s"]
+            return results
+        finally:
+            self.stop_all()
+            self.purge()
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def record(results: dict[str, float], command: str) -> None:
+    readme = ROOT / "bench" / "README.md"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"### {stamp}", "", f"- command: `{command}`", f"- machine: {machine()}", "", "```"]
+    lines += [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()]
+    lines += ["```", ""]
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n\n## Results\n\n"
+    marker = "## Results\n\n"
+    if marker not in text:
+        text += "\n" + marker
+    head, tail = text.split(marker, 1)
+    readme.write_text(head + marker + "\n".join(lines) + "\n" + tail)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks per measurement (default 3000)")
+    parser.add_argument("--wip", type=int, default=200, help="In progress WIP limit and agent concurrency")
+    parser.add_argument("--concurrency", type=int, default=100, help="worker threads (default 100)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent API clients (default 8)")
+    parser.add_argument("--db-pool", type=int, default=20, help="psycopg pool size per process")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
+    parser.add_argument("--no-record", action="store_true", help="print only; leave bench/README.md alone")
+    args = parser.parse_args()
+    results = Bench(args).run()
+    for key, value in results.items():
+        print(f"{key}={value:.3f}")
+    if not args.no_record:
+        record(results, "make bench  # " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench")
+
+
+if __name__ == "__main__":
+    main()
