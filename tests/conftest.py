@@ -40,3 +40,8 @@ def user(db):
 @pytest.fixture
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
+
+
+# Real processes (a Celery worker, the ASGI server) for the integration tests,
+# and the hook that adds their logs to a failed test's report.
+from tests.live import celery_worker, live_server_url, pytest_runtest_makereport  # noqa: E402, F401

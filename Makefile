@@ -1,0 +1,46 @@
+# Kaizen: the two commands the README names are `make run` and `make test`.
+#
+# The virtual environment is built on first use and refreshed only when a
+# requirements file changes: each install leaves a stamp file in .venv that make
+# compares with the requirements' modification times.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.installed-requirements
+DEV_STAMP := $(VENV)/.installed-requirements-dev
+
+.PHONY: run test lint format bench venv dev
+
+run: $(RUNTIME_STAMP)
+	$(BIN)/python scripts/run.py
+
+test: $(DEV_STAMP)
+	$(BIN)/python scripts/test.py $(ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(DEV_STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(DEV_STAMP)
+	$(BIN)/python bench/run.py
+
+venv: $(RUNTIME_STAMP)
+dev: $(DEV_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -r requirements.txt
+	touch $@
+
+# The dev requirements include requirements.txt, so this stamp covers both.
+$(DEV_STAMP): requirements-dev.txt requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -r requirements-dev.txt
+	touch $(RUNTIME_STAMP) $@

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Run the whole test suite twice: on SQLite, then on PostgreSQL. ``make test`` calls this.
+
+Both passes use a real Redis and their own Celery queue, so a run never takes
+messages meant for another. It exits non-zero if either pass fails, including
+when a pass collects no tests at all (pytest's exit code 5).
+
+Environment:
+  TEST_DATABASE_URL  PostgreSQL for the second pass (default
+                     postgres://postgres@127.0.0.1:5432/test; pytest-django
+                     creates and drops test_<name> beside it)
+  TEST_REDIS_URL     Redis for both passes (default redis://127.0.0.1:6379/1)
+  KAIZEN_VAR_DIR     where test files go (default var/test, apart from the demo's var/)
+
+Usage: scripts/test.py [--only sqlite|postgres] [pytest arguments...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/1"
+NO_TESTS_COLLECTED = 5
+
+
+def banner(text: str) -> None:
+    rule = "=" * 72
+    print(f"\n{rule}\n  {text}\n{rule}", flush=True)
+
+
+def redis_problem(url: str) -> str | None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        return f"Redis at {url} (TEST_REDIS_URL) does not answer: {exc}"
+    return None
+
+
+def postgres_problem(url: str) -> str | None:
+    import psycopg
+
+    parts = urlsplit(url)
+    # The maintenance database: the test database need not exist before the run.
+    admin_url = parts._replace(path="/postgres").geturl()
+    try:
+        psycopg.connect(admin_url, connect_timeout=3).close()
+    except Exception as exc:
+        return (
+            f"PostgreSQL at {parts.hostname}:{parts.port or 5432} (TEST_DATABASE_URL) does not answer: {exc}"
+        )
+    return None
+
+
+def run_pass(name: str, env: dict[str, str], pytest_args: list[str]) -> int:
+    banner(f"Test pass: {name}  (CELERY_QUEUE={env['CELERY_QUEUE']})")
+    started = time.monotonic()
+    code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env)
+    took = time.monotonic() - started
+    if code == NO_TESTS_COLLECTED:
+        print(f"\n{name}: pytest collected no tests: that is a failure, not a pass.", flush=True)
+    print(f"\n{name}: exit code {code} after {took:.0f} s", flush=True)
+    return code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", choices=["sqlite", "postgres"], help="run one pass only")
+    args, pytest_args = parser.parse_known_args()
+
+    var_root = Path(os.environ.get("KAIZEN_VAR_DIR") or BASE_DIR / "var" / "test").resolve()
+    redis_url = os.environ.get("TEST_REDIS_URL") or DEFAULT_REDIS
+    postgres_url = os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES
+    run_id = uuid.uuid4().hex[:8]
+
+    passes = [p for p in ("sqlite", "postgres") if args.only in (None, p)]
+    problems = [redis_problem(redis_url)]
+    if "postgres" in passes:
+        problems.append(postgres_problem(postgres_url))
+    problems = [p for p in problems if p]
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(
+            "Start the service, or point the variable at one that runs (.ci/run starts both).",
+            file=sys.stderr,
+        )
+        return 2
+
+    results: dict[str, int] = {}
+    for name in passes:
+        var_dir = var_root / name
+        # A fresh directory per pass: old worker logs and SQLite files must not
+        # leak into this run's results.
+        shutil.rmtree(var_dir, ignore_errors=True)
+        var_dir.mkdir(parents=True)
+        env = dict(os.environ)
+        env.update(
+            {
+                "KAIZEN_VAR_DIR": str(var_dir),
+                "REDIS_URL": redis_url,
+                "CELERY_QUEUE": f"kaizen-test-{run_id}-{name}",
+                "DJANGO_SETTINGS_MODULE": "kaizen_web.settings",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if name == "sqlite":
+            # The settings' default: a SQLite file in KAIZEN_VAR_DIR, whatever
+            # DATABASE_URL the shell had for `make run`.
+            env.pop("DATABASE_URL", None)
+        else:
+            env["DATABASE_URL"] = postgres_url
+        results[name] = run_pass(name, env, pytest_args)
+
+    banner("Summary")
+    for name, code in results.items():
+        verdict = "passed" if code == 0 else f"FAILED (exit code {code})"
+        print(f"  {name:<9} {verdict}")
+    print(flush=True)
+    return 0 if all(code == 0 for code in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""A real Celery worker (a subprocess, thread pool) against the real Redis and the
+test database: tasks go through the whole line, and a worker killed mid-task
+loses nothing and completes nothing twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from boards import services
+from boards.models import Agent, Task, TaskEvent
+from tests.factories import make_agent, make_board
+
+DEADLINE = 60.0
+
+
+def wait_until(what: str, check: Callable[[], bool], *, timeout: float = DEADLINE) -> None:
+    # A deadline only so a broken line fails instead of hanging; nothing asserts on time.
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def completed_events(task: Task) -> int:
+    return TaskEvent.objects.filter(task=task, kind=TaskEvent.Kind.COMPLETED).count()
+
+
+@pytest.mark.worker
+def test_a_real_worker_completes_tasks_end_to_end(celery_worker):
+    board = make_board(ready_limit=5, doing_limit=3)
+    make_agent(boards=[board], name="quick", latency_ms=0, error_rate=0, concurrency=2)
+    make_agent(boards=[board], name="slower", latency_ms=50, error_rate=0, concurrency=2)
+
+    tasks = [
+        services.task_create(board=board, title=f"Summarise report {n}", input=f"Quarterly report {n}")
+        for n in range(12)
+    ]
+
+    ids = [t.pk for t in tasks]
+
+    def all_done() -> bool:
+        return Task.objects.filter(pk__in=ids, status=Task.Status.DONE).count() == len(ids)
+
+    wait_until("every task to reach Done", all_done)
+    for task in tasks:
+        task.refresh_from_db()
+        assert task.column.role == "done"
+        assert task.output.startswith("[simulated sim-small]")
+        assert task.confidence is not None
+        assert task.agent is not None
+        assert task.lease_token is None
+        assert completed_events(task) == 1
+
+
+@pytest.mark.worker(env={"KAIZEN_LEASE_SECONDS": "2"})
+def test_a_task_whose_worker_is_killed_is_reaped_and_completed_once(celery_worker, settings):
+    # The leases this process hands out when it pulls must be as short as the worker's.
+    settings.KAIZEN_LEASE_SECONDS = 2
+    board = make_board(doing_limit=3)
+    agent = make_agent(boards=[board], name="stuck", latency_ms=30_000, error_rate=0, max_attempts=3)
+
+    task = services.task_create(board=board, title="Inspect weld seam", input="Photo 17")
+    task.refresh_from_db()
+    assert task.status == Task.Status.RUNNING
+    first_lease = task.lease_token
+    claimed_until = task.lease_expires_at
+
+    # The worker renews the lease while the model call runs: once it has, the
+    # run is certainly in flight in that process.
+    wait_until(
+        "the worker to renew the lease",
+        lambda: Task.objects.filter(pk=task.pk, lease_expires_at__gt=claimed_until).exists(),
+    )
+    celery_worker.kill()
+
+    # The next run must finish quickly, and a fresh worker must be there to take it.
+    Agent.objects.filter(pk=agent.pk).update(provider_settings={"latency_ms": 0, "error_rate": 0})
+    celery_worker.start()
+
+    reaped = 0
+
+    def reap() -> bool:
+        nonlocal reaped
+        reaped += services.leases_reap()
+        return reaped > 0
+
+    wait_until("the reaper to find the expired lease", reap)
+    expiry = TaskEvent.objects.get(task=task, kind=TaskEvent.Kind.LEASE_EXPIRED)
+    assert expiry.from_status == Task.Status.RUNNING
+    assert expiry.to_status == Task.Status.READY
+
+    wait_until("the task to be done", lambda: Task.objects.get(pk=task.pk).status == Task.Status.DONE)
+    task.refresh_from_db()
+    assert task.attempts == 2
+    assert task.output
+    assert completed_events(task) == 1
+    assert TaskEvent.objects.filter(task=task, kind=TaskEvent.Kind.CLAIMED).count() == 2
+
+    # The killed run's result arriving late must change nothing.
+    output = task.output
+    late = services.task_complete(task_id=task.pk, lease_token=first_lease, output="late", confidence=0.1)
+    assert late is False
+    task.refresh_from_db()
+    assert task.output == output
+    assert task.status == Task.Status.DONE
+    assert completed_events(task) == 1
