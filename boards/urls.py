@@ -1,1 +1,15 @@
-urlpatterns: list = []
+from django.urls import path
+
+from boards import views
+
+urlpatterns = [
+    path("", views.board_list, name="boards-list"),
+    path("<slug:slug>/", views.board_detail, name="boards-detail"),
+    path("<slug:slug>/body/", views.board_body, name="boards-body"),
+    path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),
+    path("<slug:slug>/tasks/<int:pk>/", views.task_detail, name="boards-task-detail"),
+    path("<slug:slug>/tasks/<int:pk>/move/", views.task_move, name="boards-task-move"),
+    path("<slug:slug>/tasks/<int:pk>/step/", views.task_step, name="boards-task-step"),
+    path("<slug:slug>/tasks/<int:pk>/block/", views.task_block, name="boards-task-block"),
+    path("<slug:slug>/tasks/<int:pk>/unblock/", views.task_unblock, name="boards-task-unblock"),
+]

@@ -1,0 +1,131 @@
+"""Reads for the live board: what the page, the htmx fragments and the websocket
+pushes render. Each selector runs a fixed number of queries, whatever the
+number of tasks, so a board with thousands of cards costs what an empty one does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import Count, Prefetch, Q, QuerySet
+
+from boards.models import Agent, Board, Column, Task, TaskEvent
+
+Role = Column.Role
+
+# How each column's cards are ordered on the board: the Backlog by urgency, Ready
+# as the queue agents pull from, In progress by when the work started, Review by
+# how long it has waited, Done with the latest first.
+CARD_ORDER: dict[str, tuple[str, ...]] = {
+    Role.BACKLOG: ("-priority", "position", "created_at", "pk"),
+    Role.READY: ("position", "created_at", "pk"),
+    Role.IN_PROGRESS: ("started_at", "pk"),
+    Role.REVIEW: ("updated_at", "pk"),
+    Role.DONE: ("-finished_at", "-pk"),
+}
+
+
+@dataclass
+class ColumnView:
+    """A column as the board draws it: its header numbers and its first cards."""
+
+    column: Column
+    count: int
+    cards: list[Task] = field(default_factory=list)
+
+    @property
+    def pk(self) -> int:
+        return self.column.pk
+
+    @property
+    def more(self) -> int:
+        """Tasks in the column that are counted but not drawn."""
+        return self.count - len(self.cards)
+
+    @property
+    def wip_state(self) -> str:
+        return self.column.wip_state(self.count)
+
+    @property
+    def wip_state_label(self) -> str:
+        """The Kanban state in words, so it never rests on colour alone."""
+        limit = self.column.wip_limit
+        state = self.wip_state
+        if state == Column.WipState.UNLIMITED:
+            return "no limit"
+        if state == Column.WipState.ONE_LEFT:
+            return "one left"
+        if state == Column.WipState.REACHED:
+            return "limit reached"
+        if state == Column.WipState.EXCEEDED:
+            return f"over limit by {self.count - limit}"
+        return f"{limit - self.count} free"
+
+
+def _cards(column: Column, limit: int) -> QuerySet[Task]:
+    return (
+        Task.objects.filter(column=column)
+        .select_related("agent")
+        .order_by(*CARD_ORDER.get(column.role, ("position", "created_at", "pk")))[:limit]
+    )
+
+
+def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> list[ColumnView]:
+    """The board's columns in order, each with its task count and its first
+    ``KAIZEN_COLUMN_CARD_LIMIT`` cards. ``column_ids`` narrows it to some columns
+    (the live updates re-render only what changed).
+
+    One query for the columns and their counts, then one per column for its
+    cards: bounded by the number of columns, never by the number of tasks.
+    """
+    columns = board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
+    if column_ids is not None:
+        columns = columns.filter(pk__in=column_ids)
+    limit = settings.KAIZEN_COLUMN_CARD_LIMIT
+    views = []
+    for column in columns:
+        # The board is known: share it, so a card's URL does not query for it.
+        column.board = board
+        cards = list(_cards(column, limit)) if column.task_count else []
+        for card in cards:
+            card.board = board
+            card.column = column
+        views.append(ColumnView(column=column, count=column.task_count, cards=cards))
+    return views
+
+
+def board_agents_get(*, board: Board) -> list[Agent]:
+    """The board's agents, each with ``running``: its tasks in flight on this board."""
+    return list(
+        board.agents.annotate(
+            running=Count(
+                "tasks", filter=Q(tasks__board=board, tasks__status=Task.Status.RUNNING), distinct=True
+            )
+        ).order_by("name")
+    )
+
+
+def board_capabilities_get(*, board: Board) -> list[str]:
+    """The capabilities a task on this board may ask for: those its agents offer."""
+    offered: set[str] = set()
+    for capabilities in board.agents.values_list("capabilities", flat=True):
+        offered.update(c for c in capabilities or [] if isinstance(c, str) and c)
+    return sorted(offered)
+
+
+def board_list_get() -> list[Board]:
+    """Every board with its columns (each with ``task_count``) and ``agent_count``."""
+    columns = Column.objects.annotate(task_count=Count("tasks")).order_by("position", "pk")
+    return list(
+        Board.objects.annotate(agent_count=Count("agents", distinct=True))
+        .prefetch_related(Prefetch("columns", queryset=columns))
+        .order_by("name")
+    )
+
+
+def task_events_get(*, task: Task) -> list[TaskEvent]:
+    """A task's history, oldest first, with everything the page names."""
+    return list(
+        task.events.select_related("from_column", "to_column", "agent", "user").order_by("created_at", "pk")
+    )

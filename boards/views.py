@@ -1,0 +1,344 @@
+"""Pages and htmx endpoints of the live board.
+
+Thin by design: parse the request with a form, call one service, render a
+partial of ``boards/board.html``. Every page needs a login
+(LoginRequiredMiddleware). htmx requests get fragments: the action's message
+for the board's aria-live region plus the changed columns as out-of-band swaps;
+other requests get whole pages and redirects, so the task page works without
+JavaScript.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
+
+from boards import services
+from boards.forms import TaskBlockForm, TaskCreateForm, TaskMoveForm, TaskStepForm
+from boards.models import Board, Column, Task
+from boards.selectors import (
+    ColumnView,
+    board_agents_get,
+    board_capabilities_get,
+    board_columns_get,
+    board_list_get,
+    task_events_get,
+)
+
+BOARD = "boards/board.html"
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _board(slug: str) -> Board:
+    return get_object_or_404(Board, slug=slug)
+
+
+def _task(board: Board, pk: int) -> Task:
+    task = get_object_or_404(Task.objects.select_related("column", "agent"), board=board, pk=pk)
+    task.board = board
+    return task
+
+
+def _ws_path(board: Board) -> str:
+    # Matches boards.routing; websocket routes are not Django URLs, so they cannot be reversed.
+    return f"/ws/boards/{board.slug}/"
+
+
+def _task_form(board: Board, data=None, **kwargs) -> TaskCreateForm:
+    return TaskCreateForm(data, capabilities=board_capabilities_get(board=board), **kwargs)
+
+
+def _board_context(board: Board, *, form: TaskCreateForm | None = None) -> dict:
+    return {
+        "board": board,
+        "columns": board_columns_get(board=board),
+        "agents": board_agents_get(board=board),
+        "form": form if form is not None else _task_form(board),
+        "ws_path": _ws_path(board),
+        "nav": "boards",
+    }
+
+
+def _message(exc: ValidationError) -> str:
+    return " ".join(exc.messages)
+
+
+def _soft_limit_note(columns: list[ColumnView], column_pk: int) -> str:
+    """Say so when a move took a column past its soft limit: allowed, but worth knowing."""
+    for col in columns:
+        if col.pk == column_pk and col.wip_state == Column.WipState.EXCEEDED:
+            return f" {col.column.name} is over its soft WIP limit ({col.count}/{col.column.wip_limit})."
+    return ""
+
+
+def _action_result(
+    request: HtmxHttpRequest,
+    board: Board,
+    task: Task,
+    *,
+    message: str,
+    column_ids: set[int],
+    status: int = 200,
+    soft_note_for: int | None = None,
+) -> HttpResponse:
+    """The answer to a card action (move, step, block, unblock).
+
+    htmx: the message, for the board's live region, and the columns it touched,
+    re-rendered out of band; a refused drop thereby puts the card back where the
+    server has it. Otherwise: back to the task page, with the message.
+    """
+    if request.htmx:
+        columns = board_columns_get(board=board, column_ids=column_ids)
+        if status < 400 and soft_note_for is not None:
+            message += _soft_limit_note(columns, soft_note_for)
+        context = {
+            "board": board,
+            "columns": columns,
+            "message": message,
+            "level": "error" if status >= 400 else "success",
+            "oob": True,
+        }
+        return render(request, f"{BOARD}#action-result", context, status=status)
+    if status >= 400:
+        return _task_detail_page(request, board, task, error=message, status=status)
+    if soft_note_for is not None:
+        message += _soft_limit_note(board_columns_get(board=board, column_ids={soft_note_for}), soft_note_for)
+    messages.success(request, message)
+    return redirect("boards-task-detail", slug=board.slug, pk=task.pk)
+
+
+def _task_detail_page(
+    request: HttpRequest,
+    board: Board,
+    task: Task,
+    *,
+    error: str = "",
+    block_form: TaskBlockForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "board": board,
+        "task": task,
+        "events": task_events_get(task=task),
+        "columns": list(board.columns.order_by("position")),
+        "error": error,
+        "block_form": block_form if block_form is not None else TaskBlockForm(),
+        "nav": "boards",
+    }
+    return render(request, "boards/task_detail.html", context, status=status)
+
+
+# --- pages ---------------------------------------------------------------------
+
+
+@require_GET
+def board_list(request: HtmxHttpRequest) -> HttpResponse:
+    return render(request, "boards/list.html", {"boards": board_list_get(), "nav": "boards"})
+
+
+@require_GET
+def board_detail(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+    board = _board(slug)
+    context = _board_context(board)
+    if request.htmx:
+        return render(request, f"{BOARD}#board-body", context)
+    return render(request, BOARD, context)
+
+
+@require_GET
+def board_body(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+    """The board's live part (banner, agents, columns): what a reconnecting
+    browser re-fetches to catch up on what it missed."""
+    board = _board(slug)
+    context = {
+        "board": board,
+        "columns": board_columns_get(board=board),
+        "agents": board_agents_get(board=board),
+    }
+    return render(request, f"{BOARD}#board-body", context)
+
+
+@require_GET
+def task_detail(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+    board = _board(slug)
+    return _task_detail_page(request, board, _task(board, pk))
+
+
+# --- writes --------------------------------------------------------------------
+
+
+@require_POST
+def task_create(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+    board = _board(slug)
+    form = _task_form(board, request.POST)
+    task = None
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            task = services.task_create(
+                board=board,
+                title=data["title"],
+                input=data["input"],
+                capability=data["capability"],
+                priority=data["priority"] if data["priority"] is not None else 0,
+                user=request.user,
+            )
+        except ValidationError as exc:
+            # Field messages land on their fields; the rest (a full intake column) above the form.
+            form.add_error(None, exc)
+
+    if task is None:
+        if request.htmx:
+            return render(request, f"{BOARD}#task-form", {"board": board, "form": form}, status=422)
+        return render(request, BOARD, _board_context(board, form=form), status=422)
+
+    message = f"Added “{task.title}” to {task.column.name}."
+    if not request.htmx:
+        messages.success(request, message)
+        return redirect(board)
+    # The card also arrives through the websocket; sending the columns here
+    # too means a browser whose socket is down still sees its own task.
+    fresh = _task_form(board)
+    fresh.fields["title"].widget.attrs["autofocus"] = True
+    context = {
+        "board": board,
+        "form": fresh,
+        "message": message,
+        "columns": board_columns_get(board=board),
+        "agents": board_agents_get(board=board),
+        "oob": True,
+    }
+    return render(request, f"{BOARD}#task-created", context)
+
+
+@require_POST
+def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+    board = _board(slug)
+    task = _task(board, pk)
+    form = TaskMoveForm(request.POST, board=board)
+    if not form.is_valid():
+        errors = [e for field_errors in form.errors.values() for e in field_errors]
+        return _action_result(
+            request, board, task, message=" ".join(errors), column_ids={task.column_id}, status=400
+        )
+    to_column: Column = form.cleaned_data["column"]
+    before: Task | None = form.cleaned_data["before"]
+    from_column = task.column
+    touched = {from_column.pk, to_column.pk}
+    try:
+        task = services.task_move(task=task, to_column=to_column, user=request.user, before=before)
+    except ValidationError as exc:
+        return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
+    if to_column.pk == from_column.pk:
+        message = f"Reordered “{task.title}” in {to_column.name}."
+    else:
+        message = f"Moved “{task.title}” from {from_column.name} to {to_column.name}."
+    return _action_result(
+        request, board, task, message=message, column_ids=touched, soft_note_for=to_column.pk
+    )
+
+
+@require_POST
+def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+    """Keyboard moves: up/down in the column, left/right to the neighbouring one."""
+    board = _board(slug)
+    task = _task(board, pk)
+    form = TaskStepForm(request.POST)
+    if not form.is_valid():
+        return _action_result(
+            request,
+            board,
+            task,
+            message=" ".join(form.errors["direction"]),
+            column_ids={task.column_id},
+            status=400,
+        )
+    direction = form.cleaned_data["direction"]
+    from_column = task.column
+    was = (task.column_id, task.position)
+    try:
+        task = services.task_step(task=task, user=request.user, direction=direction)
+    except ValidationError as exc:
+        # The neighbouring column is the one refused: re-render it too.
+        neighbour = _neighbour(board, from_column, direction)
+        touched = {from_column.pk} | ({neighbour.pk} if neighbour else set())
+        return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
+    task.refresh_from_db(fields=["column", "position"])
+    to_column = board.columns.get(pk=task.column_id)
+    if (task.column_id, task.position) == was:
+        edge = "top" if direction == "up" else "bottom"
+        message = f"“{task.title}” is already at the {edge} of {from_column.name}."
+    elif direction in ("up", "down"):
+        message = f"Moved “{task.title}” {direction} in {to_column.name}."
+    else:
+        message = f"Moved “{task.title}” from {from_column.name} to {to_column.name}."
+    return _action_result(
+        request,
+        board,
+        task,
+        message=message,
+        column_ids={from_column.pk, to_column.pk},
+        soft_note_for=to_column.pk if to_column.pk != from_column.pk else None,
+    )
+
+
+def _neighbour(board: Board, column: Column, direction: str) -> Column | None:
+    if direction == "left":
+        return board.columns.filter(position__lt=column.position).order_by("-position").first()
+    if direction == "right":
+        return board.columns.filter(position__gt=column.position).order_by("position").first()
+    return None
+
+
+@require_POST
+def task_block(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+    board = _board(slug)
+    task = _task(board, pk)
+    form = TaskBlockForm(request.POST)
+    error = ""
+    status = 200
+    if form.is_valid():
+        try:
+            task = services.task_block(task=task, user=request.user, note=form.cleaned_data["note"])
+        except services.MoveNotAllowed as exc:
+            error, status = _message(exc), 409
+        except ValidationError as exc:
+            form.add_error(None, exc)
+            error, status = _message(exc), 422
+    else:
+        error, status = " ".join(e for errors in form.errors.values() for e in errors), 422
+    if status >= 400:
+        if request.htmx:
+            return _action_result(
+                request, board, task, message=error, column_ids={task.column_id}, status=status
+            )
+        # A bad note shows on the form's field; a refusal above the page.
+        page_error = error if status == 409 else ""
+        return _task_detail_page(request, board, task, error=page_error, block_form=form, status=status)
+    return _action_result(
+        request,
+        board,
+        task,
+        message=f"Blocked “{task.title}”: {task.blocked_note}",
+        column_ids={task.column_id},
+    )
+
+
+@require_POST
+def task_unblock(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+    board = _board(slug)
+    task = _task(board, pk)
+    was_blocked = task.is_blocked
+    task = services.task_unblock(task=task, user=request.user)
+    message = f"Unblocked “{task.title}”." if was_blocked else f"“{task.title}” was not blocked."
+    return _action_result(request, board, task, message=message, column_ids={task.column_id})

@@ -1,0 +1,352 @@
+/* The live board in the browser: drag and drop (SortableJS), keyboard moves,
+ * relative ages, and keeping up with the websocket.
+ *
+ * The server owns the board: every move is a POST whose answer re-renders the
+ * columns it touched (out of band), so a refused drop puts the card back where
+ * the server has it. Markup comes only from the server's partials; this file
+ * adds behaviour, never HTML of its own beyond text.
+ */
+(function () {
+  "use strict";
+
+  const board = document.getElementById("board");
+  if (!board || !window.htmx) return;
+
+  const body = document.getElementById("board-body");
+  const statusRegion = document.getElementById("board-status");
+  const liveStatus = document.getElementById("live-status");
+  const dialog = document.getElementById("block-dialog");
+  const blockNote = document.getElementById("block-note");
+  const csrfToken = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+
+  // --- talking to the server -----------------------------------------------------
+
+  let chain = Promise.resolve();
+  let inFlight = 0;
+
+  // Card actions run one after another, so quick key presses apply in order
+  // (htmx would otherwise drop all but the last request queued on an element).
+  function post(url, values) {
+    inFlight += 1;
+    const run = function () {
+      return htmx.ajax("POST", url, {
+        source: board,
+        target: statusRegion,
+        swap: "innerHTML",
+        values: values,
+        headers: { "X-CSRFToken": csrfToken },
+      });
+    };
+    chain = chain
+      .then(run, run)
+      .catch(function () {
+        announce("The server could not be reached; the board will catch up when it is back.", "error");
+      })
+      .finally(function () {
+        inFlight -= 1;
+        catchUpIfMissed();
+      });
+    return chain;
+  }
+
+  // Re-read the whole live part of the board: after a reconnect, and after
+  // live updates were held back during a drag.
+  function refetchBody() {
+    return htmx.ajax("GET", board.dataset.bodyUrl, { source: body, target: body, swap: "innerHTML" });
+  }
+
+  function announce(text, level) {
+    const p = document.createElement("p");
+    p.className = "flash flash--" + (level || "info");
+    p.textContent = text;
+    statusRegion.replaceChildren(p);
+  }
+
+  // Refusals (409) and bad input (400, 422) come back as messages to show; any
+  // other failure (a lost session, an expired CSRF token) needs a reload.
+  document.body.addEventListener("htmx:responseError", function (event) {
+    const status = event.detail.xhr.status;
+    const hint = status === 403 ? "your session may have ended: reload the page." : "reload the page.";
+    announce("That did not work (HTTP " + status + "): " + hint, "error");
+  });
+
+  // --- live updates ----------------------------------------------------------------
+
+  let dragging = false;
+  let missed = false;
+
+  // A swap in the middle of a drag would pull the list out from under Sortable:
+  // hold live updates back while a card is in the air or its move is in flight,
+  // and catch up with one re-fetch afterwards.
+  board.addEventListener("htmx:wsBeforeMessage", function (event) {
+    if (dragging || inFlight > 0) {
+      event.preventDefault();
+      missed = true;
+    }
+  });
+
+  function catchUpIfMissed() {
+    if (missed && !dragging && inFlight === 0) {
+      missed = false;
+      refetchBody();
+    }
+  }
+
+  function setLive(state, text) {
+    liveStatus.className = "live live--" + state;
+    liveStatus.querySelector(".live-text").textContent = text;
+  }
+
+  board.addEventListener("htmx:wsConnecting", function () {
+    setLive("connecting", "Connecting…");
+  });
+  board.addEventListener("htmx:wsOpen", function () {
+    setLive("up", "Live");
+    // Whatever changed between rendering the page (or losing the socket) and
+    // now was not pushed to us: catch up. The ws extension reconnects by itself.
+    refetchBody();
+  });
+  board.addEventListener("htmx:wsClose", function () {
+    setLive("down", "Reconnecting…");
+  });
+
+  // Swapping a column replaces the focused card's element: keep focus on the
+  // card (found by its stable id), wherever it now is.
+  let refocusId = null;
+  document.body.addEventListener("htmx:oobBeforeSwap", function (event) {
+    const active = document.activeElement;
+    const target = event.detail.target;
+    if (active && active !== document.body && target && target.contains(active)) {
+      const card = active.closest(".card");
+      if (card) refocusId = card.id;
+    }
+  });
+  document.body.addEventListener("htmx:oobAfterSwap", function () {
+    if (!refocusId) return;
+    const card = document.getElementById(refocusId);
+    if (card && board.contains(card)) {
+      card.focus({ preventScroll: true });
+      if (document.activeElement === card) refocusId = null;
+    }
+  });
+
+  // --- ages --------------------------------------------------------------------------
+
+  function formatAge(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return s + "s";
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + "m";
+    const h = Math.floor(m / 60);
+    if (h < 24) return h + "h " + (m % 60) + "m";
+    const d = Math.floor(h / 24);
+    return d + "d " + (h % 24) + "h";
+  }
+
+  function updateAges(root) {
+    const now = Date.now();
+    root.querySelectorAll("time[data-age]").forEach(function (time) {
+      const then = Date.parse(time.dateTime);
+      if (isNaN(then)) return;
+      time.textContent = formatAge(now - then) + (time.hasAttribute("data-ago") ? " ago" : "");
+    });
+  }
+
+  setInterval(function () {
+    updateAges(board);
+  }, 5000);
+
+  // --- drag and drop -----------------------------------------------------------------
+
+  function cardAfter(item) {
+    let next = item.nextElementSibling;
+    while (next && !next.classList.contains("card")) next = next.nextElementSibling;
+    return next;
+  }
+
+  function onDrop(event) {
+    dragging = false;
+    board.classList.remove("is-dragging");
+    const item = event.item;
+    const to = event.to;
+    if (to === event.from && event.oldIndex === event.newIndex) {
+      catchUpIfMissed();
+      return;
+    }
+    const values = { column: to.dataset.columnId };
+    // Only Ready is ordered by hand (the queue agents pull from); the other
+    // columns keep their own order, so there the drop position means nothing.
+    if (to.dataset.role === "ready") {
+      const next = cardAfter(item);
+      if (next) values.before = next.dataset.taskId;
+    }
+    const id = item.id;
+    post(item.dataset.moveUrl, values).then(function () {
+      const card = document.getElementById(id);
+      if (card) card.focus({ preventScroll: true });
+    });
+  }
+
+  function initSortable(list) {
+    if (!window.Sortable || Sortable.get(list)) return;
+    Sortable.create(list, {
+      group: "board",
+      draggable: ".card",
+      filter: ".card-action",
+      preventOnFilter: false,
+      sort: list.dataset.role === "ready",
+      animation: 150,
+      // Mouse events rather than native HTML5 drag: the same look in every
+      // browser, and scriptable by the browser tests.
+      forceFallback: true,
+      fallbackTolerance: 4,
+      delay: 150,
+      delayOnTouchOnly: true,
+      ghostClass: "card--ghost",
+      chosenClass: "card--chosen",
+      dragClass: "card--drag",
+      onStart: function () {
+        dragging = true;
+        board.classList.add("is-dragging");
+      },
+      onEnd: onDrop,
+    });
+  }
+
+  // Runs for the page and for every swapped-in fragment (columns pushed by the
+  // websocket, the re-fetched body): new lists need Sortable, new times an age.
+  htmx.onLoad(function (element) {
+    if (!(element instanceof Element)) return;
+    if (element.matches(".cards")) initSortable(element);
+    element.querySelectorAll(".cards").forEach(initSortable);
+    updateAges(element);
+  });
+
+  // --- keyboard ------------------------------------------------------------------------
+
+  function columnOf(card) {
+    return card.closest(".column");
+  }
+
+  function cardsIn(column) {
+    return Array.from(column.querySelectorAll(".card"));
+  }
+
+  function focusCard(card) {
+    if (card) {
+      card.focus();
+      card.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
+  }
+
+  function neighbourColumnCard(card, step) {
+    const columns = Array.from(board.querySelectorAll(".column"));
+    const here = columnOf(card);
+    const index = cardsIn(here).indexOf(card);
+    for (let i = columns.indexOf(here) + step; i >= 0 && i < columns.length; i += step) {
+      const cards = cardsIn(columns[i]);
+      if (cards.length) return cards[Math.min(index, cards.length - 1)];
+    }
+    return null;
+  }
+
+  function stepCard(card, direction) {
+    const id = card.id;
+    post(card.dataset.stepUrl, { direction: direction }).then(function () {
+      focusCard(document.getElementById(id));
+    });
+  }
+
+  function unblock(card) {
+    if (!card.hasAttribute("data-blocked")) {
+      announce("“" + card.dataset.title + "” is not blocked.", "info");
+      return;
+    }
+    const id = card.id;
+    post(card.dataset.unblockUrl, {}).then(function () {
+      focusCard(document.getElementById(id));
+    });
+  }
+
+  let blockCardId = null;
+
+  function openBlockDialog(card) {
+    if (card.hasAttribute("data-blocked")) {
+      announce("“" + card.dataset.title + "” is already blocked: press U to unblock it.", "info");
+      return;
+    }
+    blockCardId = card.id;
+    dialog.querySelector("[data-block-title]").textContent = "“" + card.dataset.title + "”";
+    dialog.returnValue = "";
+    blockNote.value = "";
+    dialog.showModal();
+    blockNote.focus();
+  }
+
+  dialog.addEventListener("close", function () {
+    const card = blockCardId && document.getElementById(blockCardId);
+    const id = blockCardId;
+    blockCardId = null;
+    if (!card) return;
+    if (dialog.returnValue === "block") {
+      post(card.dataset.blockUrl, { note: blockNote.value }).then(function () {
+        focusCard(document.getElementById(id));
+      });
+    } else {
+      focusCard(card);
+    }
+  });
+
+  board.addEventListener("keydown", function (event) {
+    const card = event.target.closest && event.target.closest(".card");
+    if (!card || !board.contains(card) || event.ctrlKey || event.metaKey) return;
+    const onCard = event.target === card;
+    const key = event.key;
+
+    if (event.altKey) {
+      const direction = { ArrowUp: "up", ArrowDown: "down", ArrowLeft: "left", ArrowRight: "right" }[key];
+      if (!direction) return;
+      // Also keeps Alt+←/→ from going back and forward in history.
+      event.preventDefault();
+      if ((direction === "up" || direction === "down") && columnOf(card).dataset.role !== "ready") {
+        announce(
+          "Only the Ready queue is ordered by hand; " + columnOf(card).dataset.name + " keeps its own order.",
+          "info",
+        );
+        return;
+      }
+      stepCard(card, direction);
+      return;
+    }
+    if (event.shiftKey) return;
+
+    if (key === "ArrowUp" || key === "ArrowDown") {
+      event.preventDefault();
+      const cards = cardsIn(columnOf(card));
+      focusCard(cards[cards.indexOf(card) + (key === "ArrowUp" ? -1 : 1)]);
+    } else if (key === "ArrowLeft" || key === "ArrowRight") {
+      event.preventDefault();
+      focusCard(neighbourColumnCard(card, key === "ArrowLeft" ? -1 : 1));
+    } else if (onCard && (key === "b" || key === "B")) {
+      event.preventDefault();
+      openBlockDialog(card);
+    } else if (onCard && (key === "u" || key === "U")) {
+      event.preventDefault();
+      unblock(card);
+    } else if (onCard && key === "Enter") {
+      event.preventDefault();
+      card.querySelector(".card-title").click();
+    }
+  });
+
+  // The card's Block…/Unblock links lead to the task page without JavaScript;
+  // here they act in place.
+  board.addEventListener("click", function (event) {
+    const action = event.target.closest && event.target.closest(".card-action[data-action]");
+    if (!action) return;
+    const card = action.closest(".card");
+    event.preventDefault();
+    if (action.dataset.action === "block") openBlockDialog(card);
+    else unblock(card);
+  });
+})();

@@ -1,0 +1,127 @@
+"""The board's websocket, end to end through the real ASGI application: the
+session cookie authenticates, the origin is checked, and a change committed by
+a service reaches the browser as fragments, through the real broadcaster and
+the Redis pub/sub channel layer (REDIS_URL)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+
+from boards import broadcast, services
+from boards.models import Board
+from kaizen_web.asgi import application
+from tests.factories import column, make_board, make_user
+
+# Services broadcast after commit: these tests need real commits.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://testserver")
+
+
+def _session_cookie(user) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    return (
+        b"cookie",
+        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
+    )
+
+
+def _connect(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    async def attempt() -> bool:
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    return async_to_sync(attempt)()
+
+
+@pytest.fixture
+def live_board() -> Board:
+    return make_board()
+
+
+def test_anonymous_connections_are_refused(live_board):
+    assert _connect(f"/ws/boards/{live_board.slug}/", [ORIGIN]) is False
+
+
+def test_a_logged_in_user_connects(live_board):
+    assert _connect(f"/ws/boards/{live_board.slug}/", [ORIGIN, _session_cookie(make_user())]) is True
+
+
+def test_an_unknown_board_is_refused(live_board):
+    assert _connect("/ws/boards/no-such-board/", [ORIGIN, _session_cookie(make_user())]) is False
+
+
+def test_a_foreign_origin_is_refused(live_board):
+    headers = [(b"origin", b"http://evil.example"), _session_cookie(make_user())]
+    assert _connect(f"/ws/boards/{live_board.slug}/", headers) is False
+
+
+def test_a_committed_task_reaches_a_connected_browser_as_a_fragment():
+    # No Backlog and no agents: the task lands in Ready and nothing pulls it on,
+    # so exactly one change is broadcast.
+    live_board = make_board(backlog=False)
+    cookie = _session_cookie(make_user())
+    ready = column(live_board, "ready")
+
+    async def scenario() -> tuple[int, str]:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{live_board.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        task = await database_sync_to_async(services.task_create)(board=live_board, title="Pushed card")
+        html = await communicator.receive_from(timeout=10)
+        await communicator.disconnect()
+        return task.pk, html
+
+    try:
+        task_pk, html = async_to_sync(scenario)()
+    finally:
+        broadcast.flush()
+
+    assert re.search(rf'<section id="column-{ready.pk}"[^>]*hx-swap-oob="outerHTML"', html)
+    assert f'<li id="task-{task_pk}"' in html
+    assert "Pushed card" in html
+
+
+def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
+    user = make_user()
+    cookie = _session_cookie(user)
+    task = services.task_create(board=live_board, title="Moving card")
+    broadcast.flush()
+    # The pull after the commit already took it from the Backlog into Ready.
+    task.refresh_from_db()
+    ready, done = column(live_board, "ready"), column(live_board, "done")
+    assert task.column == ready
+
+    async def scenario() -> str:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{live_board.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await database_sync_to_async(services.task_move)(task=task, to_column=done, user=user)
+        html = await communicator.receive_from(timeout=10)
+        await communicator.disconnect()
+        return html
+
+    try:
+        html = async_to_sync(scenario)()
+    finally:
+        broadcast.flush()
+
+    sections = {int(pk) for pk in re.findall(r'<section id="column-(\d+)"', html)}
+    assert sections == {ready.pk, done.pk}
+    done_html = html[html.index(f'<section id="column-{done.pk}"') :]
+    assert f'<li id="task-{task.pk}"' in done_html
+    assert html.count(f'<li id="task-{task.pk}"') == 1

@@ -1,0 +1,251 @@
+"""The board page: columns with counts, limits and Kanban states; cards; bounded queries."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from boards import services
+from boards.models import Board, Column
+from tests.factories import column, make_agent, make_board
+
+pytestmark = pytest.mark.django_db
+
+
+def _url(board: Board) -> str:
+    return reverse("boards-detail", kwargs={"slug": board.slug})
+
+
+def _column_html(html: str, col: Column) -> str:
+    """The markup of one column, from its opening tag to the next column's."""
+    start = html.index(f'id="column-{col.pk}"')
+    end = html.find('<section id="column-', start + 1)
+    return html[start : end if end != -1 else len(html)]
+
+
+def test_it_redirects_anonymous_users_to_login(client, board):
+    response = client.get(_url(board))
+    assert response.status_code == 302
+    assert response.url.startswith(reverse("login"))
+
+
+def test_it_returns_404_for_an_unknown_board(client, user):
+    client.force_login(user)
+    assert client.get("/boards/no-such-board/").status_code == 404
+
+
+def test_it_renders_the_columns_in_order_with_counts_and_limits(client, user):
+    board = make_board(ready_limit=5, doing_limit=3)
+    for i in range(2):
+        services.task_create(board=board, title=f"Backlog task {i}")
+    client.force_login(user)
+
+    response = client.get(_url(board))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    names = re.findall(r'class="column-name" id="column-\d+-name">([^<]+)<', html)
+    assert names == ["Backlog", "Ready", "In progress", "Review", "Done"]
+    backlog = _column_html(html, column(board, "backlog"))
+    assert re.search(r"wip-count[^>]*>\s*2<", backlog)
+    assert "no limit" in backlog
+    ready = _column_html(html, column(board, "ready"))
+    assert re.search(r"wip-count[^>]*>\s*0 / 5<", ready)
+    assert "hard" in ready
+    assert "5 free" in ready
+
+
+@pytest.mark.parametrize(
+    ("tasks", "state", "words"),
+    [(2, "one_left", "one left"), (3, "reached", "limit reached")],
+)
+def test_it_marks_the_wip_state_with_a_class_and_words(client, user, tasks, state, words):
+    board = make_board(backlog=False, ready_limit=3)
+    for i in range(tasks):
+        services.task_create(board=board, title=f"Ready task {i}")
+    client.force_login(user)
+
+    ready = _column_html(client.get(_url(board)).content.decode(), column(board, "ready"))
+
+    assert f"wip--{state}" in ready
+    assert "wip--hard" in ready
+    assert f'<span class="wip-state">{words}</span>' in ready
+
+
+def test_it_marks_a_soft_limit_exceeded(client, user):
+    board = make_board(ready_limit=1, hard=False)
+    first = services.task_create(board=board, title="First")
+    second = services.task_create(board=board, title="Second")
+    ready_column = column(board, "ready")
+    services.task_move(task=first, to_column=ready_column, user=user)
+    services.task_move(task=second, to_column=ready_column, user=user)
+    client.force_login(user)
+
+    ready = _column_html(client.get(_url(board)).content.decode(), ready_column)
+
+    assert "wip--exceeded" in ready
+    assert "wip--soft" in ready
+    assert "over limit by 1" in ready
+
+
+def test_cards_show_the_agent_and_label_simulated_providers(client, user):
+    board = make_board(backlog=False)
+    agent = make_agent(boards=[board], name="summariser", capabilities=["summarise"])
+    task = services.task_create(board=board, title="Summarise the report", capability="summarise", priority=3)
+    services.board_pull(board_id=board.pk)
+    client.force_login(user)
+
+    doing = _column_html(client.get(_url(board)).content.decode(), column(board, "in_progress"))
+
+    assert f'id="task-{task.pk}"' in doing
+    assert agent.name in doing
+    assert '<span class="badge badge--sim">simulated</span>' in doing
+    assert "summarise" in doing
+    assert "P3" in doing
+    assert re.search(r'running <time datetime="[^"]+" data-age>', doing)
+    assert reverse("boards-task-detail", kwargs={"slug": board.slug, "pk": task.pk}) in doing
+
+
+def test_done_cards_show_confidence_and_failure(client, user):
+    board = make_board(backlog=False)
+    make_agent(boards=[board], max_attempts=1)
+    good = services.task_create(board=board, title="Good one")
+    bad = services.task_create(board=board, title="Bad one")
+    claims = {c.task_id: c.lease_token for c in services.board_pull(board_id=board.pk)}
+    services.task_complete(task_id=good.pk, lease_token=claims[good.pk], output="ok", confidence=0.87)
+    services.task_attempt_fail(task_id=bad.pk, lease_token=claims[bad.pk], error="model timed out")
+    client.force_login(user)
+
+    done = _column_html(client.get(_url(board)).content.decode(), column(board, "done"))
+
+    assert "87%" in done
+    assert "card--failed" in done
+    assert "Failed</strong> after 1 attempt: model timed out" in done
+
+
+def test_blocked_cards_show_their_note(client, user):
+    board = make_board()
+    task = services.task_create(board=board, title="Needs data")
+    services.task_block(task=task, user=user, note="Waiting for the data sheet")
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    assert "card--blocked" in html
+    assert "<strong>Blocked:</strong> Waiting for the data sheet" in html
+
+
+def test_cards_show_attempts_after_the_first(client, user):
+    board = make_board(backlog=False)
+    make_agent(boards=[board], max_attempts=3)
+    task = services.task_create(board=board, title="Flaky")
+    for _ in range(2):
+        (claim,) = services.board_pull(board_id=board.pk)
+        services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="flaky model")
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    assert "attempt 2" in html
+    assert "Last attempt failed: flaky model" in html
+
+
+def test_a_column_draws_at_most_the_card_limit_and_counts_the_rest(client, user, settings):
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 3
+    board = make_board()
+    for i in range(5):
+        services.task_create(board=board, title=f"Task {i}")
+    client.force_login(user)
+
+    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+
+    assert backlog.count('class="card ') == 3
+    assert "+2 more" in backlog
+    assert re.search(r"wip-count[^>]*>\s*5<", backlog)
+
+
+def test_the_backlog_is_ordered_by_priority(client, user):
+    board = make_board()
+    services.task_create(board=board, title="Low", priority=-1)
+    services.task_create(board=board, title="Urgent", priority=5)
+    services.task_create(board=board, title="Normal", priority=0)
+    client.force_login(user)
+
+    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+
+    assert re.findall(r'class="card-title"[^>]*>([^<]+)<', backlog) == ["Urgent", "Normal", "Low"]
+
+
+def test_the_query_count_does_not_grow_with_the_number_of_tasks(client, user, django_assert_num_queries):
+    board = make_board(ready_limit=None, doing_limit=None)
+    make_agent(boards=[board], concurrency=100, max_attempts=3)
+    client.force_login(user)
+
+    def add_tasks(n: int) -> None:
+        for i in range(n):
+            services.task_create(board=board, title=f"Task {i}", priority=i % 3)
+        # Spread them over the columns, with agents on the running ones.
+        claims = services.board_pull(board_id=board.pk)
+        for claim in claims[: len(claims) // 2]:
+            services.task_complete(
+                task_id=claim.task_id, lease_token=claim.lease_token, output="x", confidence=0.9
+            )
+
+    add_tasks(3)
+    with CaptureQueriesContext(connection) as few:
+        client.get(_url(board))
+
+    add_tasks(40)
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = client.get(_url(board))
+    assert response.content.decode().count('class="card ') == board.tasks.count()
+
+
+def test_it_offers_the_boards_capabilities_in_the_add_task_form(client, user):
+    board = make_board()
+    make_agent(boards=[board], capabilities=["summarise", "classify"])
+    make_agent(boards=[make_board()], capabilities=["elsewhere"])
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    assert '<option value="classify">classify</option>' in html
+    assert '<option value="summarise">summarise</option>' in html
+    assert "elsewhere" not in html
+
+
+def test_it_connects_the_page_to_the_boards_websocket(client, user, board):
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    assert f'ws-connect="/ws/boards/{board.slug}/"' in html
+    assert 'hx-headers=\'{"X-CSRFToken": "' in html
+    assert "sortablejs/Sortable.min.js" in html
+    assert "hx-ws-2" in html
+
+
+def test_it_shows_a_banner_when_the_board_is_paused(client, user):
+    board = make_board()
+    services.board_set_paused(board=board, paused=True)
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    assert "The line is stopped:" in html
+
+
+def test_an_htmx_request_gets_the_live_part_only(client, user, board):
+    client.force_login(user)
+
+    response = client.get(_url(board), headers={"HX-Request": "true"})
+
+    html = response.content.decode()
+    assert 'id="board-banner"' in html
+    assert html.count('<section id="column-') == 5
+    assert "<html" not in html
+    assert "hx-swap-oob" not in html
