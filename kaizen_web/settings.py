@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -162,12 +163,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: Celery broker and the channel layer ------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# Redis pub/sub channels ignore the database number: without a prefix naming
+# the database, two instances sharing a Redis server (kept apart by database, as
+# their Celery queues are) would receive each other's board updates.
+_REDIS_DB = urlsplit(REDIS_URL).path.strip("/") or "0"
 CHANNEL_LAYERS = {
     "default": {
         # The pub/sub layer: group sends fan out through Redis PUBLISH, with no
         # per-channel capacity that could silently drop fragments.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"kaizen-db{_REDIS_DB}"},
     }
 }
 

@@ -10,7 +10,9 @@ import re
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.test import Client
 
@@ -125,3 +127,28 @@ def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
     done_html = html[html.index(f'<section id="column-{done.pk}"') :]
     assert f'<li id="task-{task.pk}"' in done_html
     assert html.count(f'<li id="task-{task.pk}"') == 1
+
+
+def test_updates_published_for_another_redis_database_do_not_arrive(live_board):
+    """Redis pub/sub ignores the database number, so instances sharing a Redis
+    server must not share group names: the layer's prefix names the database."""
+    other_db = int(settings.REDIS_URL.rsplit("/", 1)[1] or 0) + 1
+    other_url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{other_db}"
+    other_instance = RedisPubSubChannelLayer(hosts=[other_url], prefix=f"kaizen-db{other_db}")
+    group = broadcast.board_group(live_board.pk)
+    cookie = _session_cookie(make_user())
+
+    async def scenario() -> str:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{live_board.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await other_instance.group_send(group, {"type": "board.update", "html": "from another instance"})
+        await get_channel_layer().group_send(group, {"type": "board.update", "html": "from this instance"})
+        html = await communicator.receive_from(timeout=10)
+        await communicator.disconnect()
+        await other_instance.flush()
+        return html
+
+    assert async_to_sync(scenario)() == "from this instance"
