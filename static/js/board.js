@@ -275,6 +275,10 @@
       announce("“" + card.dataset.title + "” is already blocked: press U to unblock it.", "info");
       return;
     }
+    if (!card.hasAttribute("data-blockable")) {
+      announce("A task that is " + card.dataset.status + " cannot be blocked.", "info");
+      return;
+    }
     blockCardId = card.id;
     dialog.querySelector("[data-block-title]").textContent = "“" + card.dataset.title + "”";
     dialog.returnValue = "";
