@@ -27,8 +27,8 @@ from tests.live import LiveProcess, child_env, log_path_for, purge_queue, regist
 DOING_LIMIT = 4
 READY_LIMIT = 6
 RACERS = 4
-PULLS = 40
-TASKS = 120
+PULLS = 25
+TASKS = 80
 
 
 @pytest.fixture
@@ -77,25 +77,31 @@ def assert_no_attempt_claimed_twice(board) -> int:
     return len(keys)
 
 
-def check_results(board, results: list[dict]) -> None:
+def check_results(board, results: list[dict], *, claims_before: int) -> None:
     for result in results:
         assert result["max_in_progress"] <= DOING_LIMIT, result["seed"]
         # Failed runs go back to Ready while others refill it from the Backlog:
         # its hard limit must hold too.
         assert result["max_ready"] <= READY_LIMIT, result["seed"]
+    # The leases racers were handed by their own pulls (the pulls a finished run
+    # triggers claim too, unseen here; the history below covers those).
     tokens = [token for result in results for _, token in result["claims"]]
-    assert tokens, "the racers claimed nothing: the race did not happen"
     assert len(tokens) == len(set(tokens))
     assert max_in_progress_from_history(board) == DOING_LIMIT
     claims = assert_no_attempt_claimed_twice(board)
-    assert claims > DOING_LIMIT
+    assert claims - claims_before >= DOING_LIMIT, "hardly anything was claimed during the race"
     assert Task.objects.filter(board=board, status=Task.Status.DONE).exists()
+
+
+def claims_so_far(board) -> int:
+    return TaskEvent.objects.filter(board=board, kind=TaskEvent.Kind.CLAIMED).count()
 
 
 @pytest.mark.postgres
 def test_racing_processes_never_exceed_a_hard_wip_limit(request, race_board, tmp_path):
     # The runs they enqueue go to a queue nobody consumes; it is dropped below.
     queue = f"kaizen-race-{uuid.uuid4().hex[:8]}"
+    claims_before = claims_so_far(race_board)
     go = tmp_path / "go"
     racers = []
     for seed in range(RACERS):
@@ -134,13 +140,14 @@ def test_racing_processes_never_exceed_a_hard_wip_limit(request, race_board, tmp
     for racer in racers:
         line = next(line for line in racer.log_text().splitlines() if line.startswith("RESULT "))
         results.append(json.loads(line.removeprefix("RESULT ")))
-    check_results(race_board, results)
+    check_results(race_board, results, claims_before=claims_before)
 
 
 def test_racing_threads_never_exceed_a_hard_wip_limit(race_board):
     results: list[dict] = []
     errors: list[BaseException] = []
     start = threading.Barrier(RACERS)
+    claims_before = claims_so_far(race_board)
 
     def racer(seed: int) -> None:
         try:
@@ -156,4 +163,4 @@ def test_racing_threads_never_exceed_a_hard_wip_limit(race_board):
         thread.join()
     assert errors == []
     assert len(results) == RACERS
-    check_results(race_board, results)
+    check_results(race_board, results, claims_before=claims_before)
