@@ -160,7 +160,7 @@ class Supervisor:
         """Start ``argv`` in a new process group. Its output goes to ``output`` if
         given, else to our stdout prefixed with ``name``; ``ready_when`` is a
         regular expression whose appearance in that output marks it ready."""
-        stdout = open(output, "ab") if output else subprocess.PIPE  # noqa: SIM115 (closed below)
+        stdout = open(output, "ab") if output else subprocess.PIPE  # closed below, once the child has it
         try:
             proc = subprocess.Popen(
                 argv,

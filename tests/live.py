@@ -138,6 +138,9 @@ class LiveProcess:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process we start: this test's database, Redis, queue
+    and var dir, plus ``extra``. Settings a test changes with the ``settings``
+    fixture stay in this process; pass what a child needs in ``extra``."""
     from django.conf import settings
 
     env = dict(os.environ)
@@ -156,6 +159,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def log_path_for(request: pytest.FixtureRequest, name: str) -> Path:
+    """A fresh log file under KAIZEN_VAR_DIR/live/ named after the test."""
     from django.conf import settings
 
     test = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
@@ -163,6 +167,7 @@ def log_path_for(request: pytest.FixtureRequest, name: str) -> Path:
 
 
 def register(request: pytest.FixtureRequest, process: LiveProcess) -> None:
+    """Attach ``process``'s log to the test's report if the test fails."""
     request.node.stash.setdefault(_live_processes, []).append(process)
 
 
