@@ -63,6 +63,17 @@ def postgres_problem(url: str) -> str | None:
     return None
 
 
+def drop_queues(url: str, prefix: str) -> None:
+    """Remove this run's queues (messages and kombu's bookkeeping keys): their
+    names are unique, so nothing else uses them, and they would pile up."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = [k for k in client.scan_iter(match=f"*{prefix}*") if prefix in k.decode(errors="replace")]
+    if keys:
+        client.delete(*keys)
+
+
 def run_pass(name: str, env: dict[str, str], pytest_args: list[str]) -> int:
     banner(f"Test pass: {name}  (CELERY_QUEUE={env['CELERY_QUEUE']})")
     started = time.monotonic()
@@ -125,6 +136,7 @@ def main() -> int:
             env["DATABASE_URL"] = postgres_url
         results[name] = run_pass(name, env, pytest_args)
 
+    drop_queues(redis_url, f"kaizen-test-{run_id}-")
     banner("Summary")
     for name, code in results.items():
         verdict = "passed" if code == 0 else f"FAILED (exit code {code})"

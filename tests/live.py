@@ -180,6 +180,18 @@ def purge_queue(queue: str) -> int:
         return conn.default_channel.queue_purge(queue) or 0
 
 
+def drop_queue(queue: str) -> None:
+    """Remove a queue made for one test, messages and kombu's bookkeeping keys
+    alike, so unique queue names do not pile up in Redis."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = [key for key in client.scan_iter(match=f"*{queue}*") if queue in key.decode(errors="replace")]
+    if keys:
+        client.delete(*keys)
+
+
 class CeleryWorkerHandle:
     """The test's Celery worker: ``kill()`` it like a crash, ``start()`` another."""
 

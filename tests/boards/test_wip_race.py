@@ -22,7 +22,7 @@ from boards import services
 from boards.models import Column, Task, TaskEvent
 from tests.boards.wip_race_client import race
 from tests.factories import make_agent, make_board
-from tests.live import LiveProcess, child_env, log_path_for, purge_queue, register, wait_for
+from tests.live import LiveProcess, child_env, drop_queue, log_path_for, purge_queue, register, wait_for
 
 DOING_LIMIT = 4
 READY_LIMIT = 6
@@ -134,7 +134,7 @@ def test_racing_processes_never_exceed_a_hard_wip_limit(request, race_board, tmp
     finally:
         for racer in racers:
             racer.stop()
-        purge_queue(queue)
+        drop_queue(queue)
 
     results = []
     for racer in racers:
