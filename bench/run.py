@@ -64,8 +64,9 @@ class Bench:
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.var / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(proc)
         return proc
 
@@ -81,11 +82,30 @@ class Bench:
         self.procs.clear()
 
     def start_worker(self) -> None:
-        self.start("worker", [
-            sys.executable, "-m", "celery", "-A", "kaizen_web", "worker", "-P", "threads",
-            "-c", str(self.args.concurrency), "-Q", self.queue, "--include", "bench.celery_baselines",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
-        ])
+        self.start(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "kaizen_web",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(self.args.concurrency),
+                "-Q",
+                self.queue,
+                "--include",
+                "bench.celery_baselines",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ],
+        )
         from kaizen_web.celery import app
 
         deadline = time.monotonic() + 60
@@ -97,10 +117,22 @@ class Bench:
 
     def start_web(self) -> int:
         port = free_port()
-        self.start("web", [
-            sys.executable, "-m", "uvicorn", "kaizen_web.asgi:application", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--no-access-log",
-        ])
+        self.start(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "kaizen_web.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -176,13 +208,20 @@ class Bench:
         from boards.models import Agent, Board, Column, Task
 
         board = Board.objects.create(name="Bench line", slug=f"bench-{uuid.uuid4().hex[:6]}")
-        roles = [("Ready", "ready", None), ("In progress", "in_progress", self.args.wip),
-                 ("Review", "review", None), ("Done", "done", None)]
+        roles = [
+            ("Ready", "ready", None),
+            ("In progress", "in_progress", self.args.wip),
+            ("Review", "review", None),
+            ("Done", "done", None),
+        ]
         for position, (name, role, limit) in enumerate(roles):
             Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
         agent = Agent.objects.create(
-            name=f"bench-agent-{board.slug}", capabilities=["general"], model="sim-small",
-            provider_settings={"latency_ms": 0, "error_rate": 0}, concurrency=self.args.wip,
+            name=f"bench-agent-{board.slug}",
+            capabilities=["general"],
+            model="sim-small",
+            provider_settings={"latency_ms": 0, "error_rate": 0},
+            concurrency=self.args.wip,
         )
         agent.boards.add(board)
         user, _ = get_user_model().objects.get_or_create(username="bench")
@@ -266,7 +305,9 @@ def record(results: dict[str, float], command: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=3000, help="tasks per measurement (default 3000)")
     parser.add_argument("--wip", type=int, default=200, help="In progress WIP limit and agent concurrency")
     parser.add_argument("--concurrency", type=int, default=100, help="worker threads (default 100)")

@@ -329,7 +329,7 @@ def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> N
     if room is not None:
         candidates = candidates[:room]
     events = []
-    for task in candidates.select_for_update(skip_locked=True, of=("self",)):
+    for task in candidates.select_for_update(skip_locked=True, of=("self",), no_key=True):
         _place(task, ready)
         task.save(
             update_fields=[
@@ -364,7 +364,9 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Agent rows are locked too (in pk order, after the board: no deadlocks), as an
     # agent serving several boards has one concurrency across all of them.
-    agents = list(board.agents.filter(paused=False).order_by("pk").select_for_update(of=("self",)))
+    agents = list(
+        board.agents.filter(paused=False).order_by("pk").select_for_update(of=("self",), no_key=True)
+    )
     if not agents:
         return []
     # One grouped count gives both the column's WIP and each agent's running tasks.
@@ -395,7 +397,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))
         .order_by("position", "created_at")
-        .select_for_update(skip_locked=True, of=("self",))
+        .select_for_update(skip_locked=True, of=("self",), no_key=True)
     )
     now = timezone.now()
     expires = now + timedelta(seconds=settings.KAIZEN_LEASE_SECONDS)
@@ -491,7 +493,7 @@ def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> RunStart | 
 
 def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
     task = (
-        Task.objects.select_for_update(of=("self",))
+        Task.objects.select_for_update(of=("self",), no_key=True)
         .select_related("column", "agent")
         .filter(pk=task_id)
         .first()
@@ -611,7 +613,7 @@ def leases_reap(*, limit: int = 500) -> int:
         for board_id in board_ids:
             _lock_board(board_id)
         expired = (
-            Task.objects.select_for_update(skip_locked=True, of=("self",))
+            Task.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
             .select_related("column", "agent")
             .filter(status=Status.RUNNING, lease_expires_at__lt=now, board_id__in=board_ids)
             .order_by("lease_expires_at")[:limit]
@@ -649,7 +651,9 @@ def task_move(
         raise MoveNotAllowed("That column belongs to another board.")
     with transaction.atomic():
         _lock_board(task.board_id)
-        task = Task.objects.select_for_update(of=("self",)).select_related("column").get(pk=task.pk)
+        task = (
+            Task.objects.select_for_update(of=("self",), no_key=True).select_related("column").get(pk=task.pk)
+        )
         if before is not None:
             # Read it afresh: the caller's copy may hold a position that has moved since.
             before = Task.objects.filter(pk=before.pk, column=to_column).exclude(pk=task.pk).first()
@@ -729,7 +733,7 @@ def task_block(*, task: Task, user: AbstractBaseUser | None, note: str) -> Task:
     if not note:
         raise ValidationError({"note": ["Say what blocks the task, so others know what to fix."]})
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).get(pk=task.pk)
+        task = Task.objects.select_for_update(of=("self",), no_key=True).get(pk=task.pk)
         if task.status in (Status.RUNNING, Status.DONE, Status.FAILED):
             raise MoveNotAllowed(f"A task that is {task.get_status_display().lower()} cannot be blocked.")
         task.blocked_note = note
@@ -744,7 +748,7 @@ def task_block(*, task: Task, user: AbstractBaseUser | None, note: str) -> Task:
 
 def task_unblock(*, task: Task, user: AbstractBaseUser | None, note: str = "") -> Task:
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).get(pk=task.pk)
+        task = Task.objects.select_for_update(of=("self",), no_key=True).get(pk=task.pk)
         if task.blocked_at is None:
             return task
         task.blocked_note = ""
@@ -773,7 +777,7 @@ def board_set_paused(*, board: Board, paused: bool) -> Board:
 
 def agent_set_paused(*, agent: Agent, paused: bool) -> Agent:
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=agent.pk)
+        agent = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
         agent.paused = paused
         agent.save(update_fields=["paused"])
         if not paused:

@@ -238,6 +238,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+# WhiteNoise serves from the finders (below) and only warns when this is missing.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Static files are served by WhiteNoise from the ASGI app itself, straight from
 # the finders, so a fresh checkout needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
