@@ -14,6 +14,7 @@ Prints one ``name=value`` line per figure and records the run in bench/README.md
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class BoardWatcher:
+    """A browser's share of the work: one websocket on the board, logged in, so
+    the line renders and publishes its live updates as it would when watched."""
+
+    def __init__(self, port: int, slug: str, user) -> None:
+        from django.test import Client
+
+        client = Client()
+        client.force_login(user)
+        self.cookie = f"sessionid={client.cookies['sessionid'].value}"
+        self.url = f"ws://127.0.0.1:{port}/ws/boards/{slug}/"
+        self.origin = f"http://127.0.0.1:{port}"
+        self.messages = 0
+        self.connected = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._watch()), daemon=True)
+
+    async def _watch(self) -> None:
+        import websockets
+
+        headers = {"Cookie": self.cookie}
+        async with websockets.connect(self.url, origin=self.origin, additional_headers=headers) as ws:
+            self.connected.set()
+            while not self.stopping.is_set():
+                try:
+                    await asyncio.wait_for(ws.recv(), timeout=0.2)
+                    self.messages += 1
+                except TimeoutError:
+                    continue
+
+    def start(self) -> None:
+        self.thread.start()
+        if not self.connected.wait(10):
+            raise SystemExit("the board watcher could not open its websocket: see var/bench/web.log")
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.thread.join(5)
+        return self.messages
 
 
 class Bench:
@@ -59,6 +102,7 @@ class Bench:
         }
         os.environ.update(self.env)
         self.procs: list[subprocess.Popen] = []
+        self.named: dict[str, subprocess.Popen] = {}
 
     # --- processes ----------------------------------------------------------
 
@@ -68,6 +112,7 @@ class Bench:
             cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.procs.append(proc)
+        self.named[name] = proc
         return proc
 
     def stop_all(self) -> None:
@@ -131,6 +176,8 @@ class Bench:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--workers",
+                str(self.args.web_workers),
             ],
         )
         deadline = time.monotonic() + 30
@@ -227,6 +274,9 @@ class Bench:
         user, _ = get_user_model().objects.get_or_create(username="bench")
         _, key = services.api_token_create(user=user, name="bench")
 
+        watcher = BoardWatcher(port, board.slug, user)
+        watcher.start()
+
         body = json.dumps({"title": "bench task", "input": "Classify: scratch on housing, 2 mm."})
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         clients = self.args.clients
@@ -242,6 +292,14 @@ class Bench:
             conn.close()
             return ok
 
+        groups = {
+            "web": process_tree(self.named["web"].pid),
+            "worker": process_tree(self.named["worker"].pid),
+            "postgres": pids_named("postgres"),
+            "redis": pids_named("redis-server"),
+            "bench_client": [os.getpid()],
+        }
+        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             created = sum(pool.map(post_many, [n // clients] * clients))
@@ -255,7 +313,19 @@ class Bench:
                 raise SystemExit("the line did not finish within 10 minutes")
             time.sleep(0.02)
         elapsed = time.perf_counter() - start
-        return {"line_tasks_per_s": total / elapsed, "line_intake_tasks_per_s": total / intake}
+        cpu_ms = {
+            f"line_cpu_ms_per_task_{name}": (cpu_seconds(pids) - cpu_before[name]) * 1000 / total
+            for name, pids in groups.items()
+        }
+        messages = watcher.stop()
+        if messages == 0:
+            raise SystemExit("the board watcher received no live update: see var/bench/web.log")
+        return {
+            "line_tasks_per_s": total / elapsed,
+            "line_intake_tasks_per_s": total / intake,
+            "line_live_updates_per_s": messages / elapsed,
+            **cpu_ms,
+        }
 
     def run(self) -> dict[str, float]:
         self.prepare_database()
@@ -276,6 +346,49 @@ class Bench:
         finally:
             self.stop_all()
             self.purge()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def pids_named(name: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (uvicorn --workers forks its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
 
 
 def machine() -> str:
@@ -311,6 +424,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000, help="tasks per measurement (default 3000)")
     parser.add_argument("--wip", type=int, default=200, help="In progress WIP limit and agent concurrency")
     parser.add_argument("--concurrency", type=int, default=100, help="worker threads (default 100)")
+    parser.add_argument("--web-workers", type=int, default=1, help="uvicorn processes (default 1)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent API clients (default 8)")
     parser.add_argument("--db-pool", type=int, default=20, help="psycopg pool size per process")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))

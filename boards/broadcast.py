@@ -59,23 +59,34 @@ class Broadcaster:
         asyncio.set_event_loop(loop)
         layer = get_channel_layer()
         window = settings.KAIZEN_BROADCAST_WINDOW_MS / 1000
+        budget = settings.KAIZEN_BROADCAST_CPU_SHARE
+        not_before = 0.0
         while True:
             item = self._queue.get()
             pending: dict[int, set[int]] = {}
-            deadline = time.monotonic() + window
+            # Gather for the window, and longer when rendering got expensive: the
+            # next burst waits until the last render is at most this share of
+            # the time since, so under a heavy load live updates come less often
+            # (still whole and current) instead of taking the worker's CPU.
+            deadline = max(time.monotonic() + window, not_before)
             while item is not None:
                 board_id, column_ids = item
                 pending.setdefault(board_id, set()).update(column_ids)
                 remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break  # what arrives from now on goes in the next burst
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    item = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     item = None
+            started = time.monotonic()
             try:
                 self._send(loop, layer, pending)
             except Exception:
                 logger.exception("broadcasting to boards %s failed", sorted(pending))
             finally:
+                ended = time.monotonic()
+                not_before = ended + (ended - started) * (1 / budget - 1)
                 if self._queue.empty():
                     self._idle.set()
 

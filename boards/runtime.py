@@ -21,7 +21,6 @@ from django.conf import settings
 from django.db import connection
 
 from boards import services
-from boards.models import Agent
 from boards.providers import ModelRequest, ProviderError, get_provider
 
 logger = logging.getLogger(__name__)
@@ -101,20 +100,20 @@ def _release_connection() -> None:
 
 def run(task_id: int, lease_token: str) -> str:
     """Run one claimed task. Returns what happened: ``stale``, ``done`` or ``failed``."""
-    start = services.task_run_begin(task_id=task_id, lease_token=lease_token)
-    if start is None:
+    task = services.task_run_begin(task_id=task_id, lease_token=lease_token)
+    if task is None:
         return "stale"
-    agent = Agent.objects.get(pk=start.agent_id)
+    agent = task.agent
     lease_keeper.hold(lease_token)
     try:
         try:
             prompt = render_prompt(
                 agent.prompt_template,
-                {"input": start.input, "title": start.title, "last_error": start.last_error},
+                {"input": task.input, "title": task.title, "last_error": task.last_error},
             )
             provider = get_provider(agent.provider)
             request = ModelRequest(
-                model=agent.model, prompt=prompt, input=start.input, settings=agent.provider_settings
+                model=agent.model, prompt=prompt, input=task.input, settings=agent.provider_settings
             )
             _release_connection()
             response = provider.complete(request)

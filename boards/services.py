@@ -140,11 +140,66 @@ class _PullCoalescer:
 _pulls = _PullCoalescer()
 
 
+class _PullFlag:
+    """A Redis key that says a pull of a board has been asked of the workers and
+    has not started yet, so a burst of intake sends one message, not one per task.
+    The worker clears it just before pulling, so a change committed after that
+    point sends a new one; it expires on its own if the message is lost."""
+
+    TTL_MS = 2000
+    _client = None
+
+    def __init__(self, board_id: int) -> None:
+        self.key = f"kaizen:pull-requested:{board_id}"
+
+    @classmethod
+    def _redis(cls):
+        if cls._client is None:
+            import redis
+
+            cls._client = redis.Redis.from_url(settings.REDIS_URL)
+        return cls._client
+
+    def set(self, *, nx: bool) -> bool:
+        return bool(self._redis().set(self.key, b"1", nx=nx, px=self.TTL_MS))
+
+    def clear(self) -> None:
+        self._redis().delete(self.key)
+
+
+def _pull_flag(board_id: int) -> _PullFlag:
+    return _PullFlag(board_id)
+
+
+def pull_requested_run(*, board_id: int) -> None:
+    """A worker answering a pull asked by another process (boards.tasks.pull_board)."""
+    _pull_flag(board_id).clear()
+    _pulls.pull(board_id)
+
+
+# Set in Celery worker processes (boards.tasks connects it to worker_init).
+_in_worker = False
+
+
+def mark_worker_process() -> None:
+    global _in_worker
+    _in_worker = True
+
+
 def request_pull(*, board_id: int) -> None:
-    """Pull for a board now, in this process. Called after commit, so the
-    capacity the trigger freed is visible."""
+    """Pull for a board, after commit so the capacity the trigger freed is visible.
+
+    A worker pulls at once, in-process, where its finished runs' pulls coalesce.
+    Anywhere else (a web request, a command) the pull is handed to the workers:
+    they are where the claimed runs go anyway, and the request does not queue on
+    the board lock behind every finishing run."""
     try:
-        _pulls.pull(board_id)
+        if _in_worker:
+            _pulls.pull(board_id)
+        elif _pull_flag(board_id).set(nx=True):
+            from boards.tasks import pull_board
+
+            pull_board.delay(board_id)
     except Exception:
         # The periodic pull catches up; a failed trigger must not fail the
         # change that caused it, which has already committed.
@@ -466,29 +521,14 @@ def _enqueue_runs(claims: list[Claim]) -> None:
 # --- a run's outcome -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunStart:
-    task_id: int
-    board_id: int
-    agent_id: int
-    title: str
-    input: str
-    attempts: int
-    last_error: str
-
-
-def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> RunStart | None:
-    """What a worker needs to run a claimed task, or None when the claim is no
+def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> Task | None:
+    """The claimed task with its agent (one query), or None when the claim is no
     longer current (the lease expired and the task went back, or it finished)."""
-    row = (
-        Task.objects.filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING)
-        .values_list("board_id", "agent_id", "title", "input", "attempts", "last_error")
+    return (
+        Task.objects.select_related("agent")
+        .filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING, agent__isnull=False)
         .first()
     )
-    if row is None:
-        return None
-    board_id, agent_id, title, input_text, attempts, last_error = row
-    return RunStart(task_id, board_id, agent_id, title, input_text, attempts, last_error)
 
 
 def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
@@ -833,7 +873,6 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
 __all__ = [
     "Claim",
     "MoveNotAllowed",
-    "RunStart",
     "WipLimitReached",
     "agent_set_paused",
     "api_token_authenticate",

@@ -6,6 +6,7 @@ Each is safe to run twice: a run whose lease is no longer current does nothing.
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_init
 
 from boards import runtime, services
 from boards.models import Board
@@ -14,6 +15,16 @@ from boards.models import Board
 @shared_task(name="boards.tasks.run_task")
 def run_task(task_id: int, lease_token: str) -> str:
     return runtime.run(task_id, lease_token)
+
+
+@worker_init.connect
+def _mark_worker(**kwargs) -> None:
+    services.mark_worker_process()
+
+
+@shared_task(name="boards.tasks.pull_board")
+def pull_board(board_id: int) -> None:
+    services.pull_requested_run(board_id=board_id)
 
 
 @shared_task(name="boards.tasks.reap_expired_leases")

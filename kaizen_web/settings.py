@@ -102,6 +102,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last on purpose: see kaizen_web/middleware.py.
+    "kaizen_web.middleware.sync_chain",
 ]
 
 ROOT_URLCONF = "kaizen_web.urls"
@@ -212,6 +214,9 @@ KAIZEN_LEASE_SECONDS = env_float("KAIZEN_LEASE_SECONDS", 60.0, minimum=1.0)
 KAIZEN_SIMULATED_LATENCY_SCALE = env_float("KAIZEN_SIMULATED_LATENCY_SCALE", 1.0, minimum=0.0)
 # How long live updates for one board are gathered before one message is sent.
 KAIZEN_BROADCAST_WINDOW_MS = env_int("KAIZEN_BROADCAST_WINDOW_MS", 50, minimum=0)
+# At most this share of a process's time goes to rendering live updates; past
+# it, updates are gathered for longer (see boards.broadcast).
+KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimum=0.01)
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
 

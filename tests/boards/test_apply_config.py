@@ -4,6 +4,7 @@ line and the field, and a file with any error writes nothing."""
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 from pathlib import Path
 
@@ -461,9 +462,19 @@ def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_captu
     assert Task.objects.get(pk=task.pk).status == Task.Status.READY
     queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
 
+    queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE, f"kaizen:pull-requested:{board.pk}")
+
     try:
         with django_capture_on_commit_callbacks(execute=True):
             apply(write(tmp_path, BASE))
+        # Outside a worker, the commit asks the workers for a pull of the board...
+        queued = [
+            json.loads(raw)["headers"]["task"]
+            for raw in queue.lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1)
+        ]
+        assert queued == ["boards.tasks.pull_board"]
+        # ...and the worker's pull lets the new agent claim the waiting task.
+        services.pull_requested_run(board_id=board.pk)
         task.refresh_from_db()
         assert task.status == Task.Status.RUNNING
         assert task.agent.name == "Worker"

@@ -100,8 +100,9 @@ def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
     user = make_user()
     cookie = _session_cookie(user)
     task = services.task_create(board=live_board, title="Moving card")
+    # What a worker does when the commit asks it to pull: Backlog -> Ready.
+    services.board_pull(board_id=live_board.pk)
     broadcast.flush()
-    # The pull after the commit already took it from the Backlog into Ready.
     task.refresh_from_db()
     ready, done = column(live_board, "ready"), column(live_board, "done")
     assert task.column == ready

@@ -58,14 +58,18 @@ def test_a_real_worker_completes_tasks_end_to_end(celery_worker):
 
 @pytest.mark.worker(env={"KAIZEN_LEASE_SECONDS": "2"})
 def test_a_task_whose_worker_is_killed_is_reaped_and_completed_once(celery_worker, settings):
-    # The leases this process hands out when it pulls must be as short as the worker's.
+    # The worker hands out 2 s leases (its environment, above) and so does this
+    # process, should it ever pull.
     settings.KAIZEN_LEASE_SECONDS = 2
     board = make_board(doing_limit=3)
     agent = make_agent(boards=[board], name="stuck", latency_ms=30_000, error_rate=0, max_attempts=3)
 
     task = services.task_create(board=board, title="Inspect weld seam", input="Photo 17")
+    # The commit asks the worker for a pull; the worker claims the task.
+    wait_until(
+        "the worker to claim the task", lambda: Task.objects.get(pk=task.pk).status == Task.Status.RUNNING
+    )
     task.refresh_from_db()
-    assert task.status == Task.Status.RUNNING
     first_lease = task.lease_token
     claimed_until = task.lease_expires_at
 

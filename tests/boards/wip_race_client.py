@@ -81,6 +81,10 @@ def main() -> int:
             print(f"no go signal ({args.go}) within 60 s", file=sys.stderr)
             return 2
         time.sleep(0.01)
+    from boards import services
+
+    # A racer process plays a worker: the pulls its finishes trigger run in it, at once.
+    services.mark_worker_process()
     result = race(board_id=args.board, pulls=args.pulls, seed=args.seed)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
