@@ -346,7 +346,7 @@ def run(sup: Supervisor) -> None:
     env["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
     env["PYTHONUNBUFFERED"] = "1"  # so children's lines reach the terminal as they happen
     env["KAIZEN_VAR_DIR"] = str(var_dir)
-    env.setdefault("KAIZEN_DEMO_FEED_SECONDS", "2")
+    env.setdefault("KAIZEN_DEMO_FEED_SECONDS", "1.5")
     if not env.get("REDIS_URL"):
         env["REDIS_URL"] = start_embedded_redis(sup, var_dir)
         redis_note = f"embedded, {env['REDIS_URL']}"
