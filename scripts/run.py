@@ -67,6 +67,17 @@ def is_sqlite(database_url: str | None) -> bool:
     return not database_url or database_url.startswith("sqlite:")
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def default_worker_concurrency(database_url: str | None) -> int:
     # The worker uses Celery's thread pool: agent work is waiting on models, so
     # one process keeps many calls in flight (see boards/runtime.py). On
@@ -339,6 +350,11 @@ def run(sup: Supervisor) -> None:
     port = env_int("PORT", 8000, maximum=65535)
     database_url = os.environ.get("DATABASE_URL", "").strip() or None
     concurrency = env_int("KAIZEN_WORKER_CONCURRENCY", default_worker_concurrency(database_url))
+    if not is_loopback(host) and not os.environ.get("KAIZEN_DEMO_PASSWORD"):
+        raise RunError(
+            f"HOST={host} serves beyond this machine: set KAIZEN_DEMO_PASSWORD so the demo "
+            "admin account does not have the well-known password 'demo'"
+        )
     if port_in_use(host, port):
         raise RunError(f"{host}:{port} is already in use: stop what listens there or set PORT")
 
@@ -359,7 +375,11 @@ def run(sup: Supervisor) -> None:
     # Written alongside this script by another part of the project; if it is
     # missing the step fails here, loudly, rather than serving an empty demo.
     sup.run_step("config", [*manage, "apply_config", DEMO_CONFIG], env)
-    sup.run_step("user", [*manage, "ensure_demo_user"], env)
+    # On its own SQLite file the demo login is restored every run, so the printed
+    # password works; on a shared database (DATABASE_URL) an existing account is
+    # never changed.
+    reset = ["--reset"] if is_sqlite(database_url) else []
+    sup.run_step("user", [*manage, "ensure_demo_user", *reset], env)
 
     celery = [PYTHON, "-m", "celery", "-A", "kaizen_web"]
     sup.start(
@@ -400,6 +420,8 @@ def run(sup: Supervisor) -> None:
     sup.wait_until("the Celery worker", worker.ready.is_set)
 
     password = "demo" if not os.environ.get("KAIZEN_DEMO_PASSWORD") else "(the value of KAIZEN_DEMO_PASSWORD)"
+    if not is_sqlite(database_url):
+        password += " (if the account was made now; an existing one keeps its password)"
     rule = "=" * 64
     print(
         "\n".join(

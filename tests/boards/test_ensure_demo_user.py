@@ -21,10 +21,19 @@ def test_it_takes_the_password_from_the_environment(db, monkeypatch):
     assert authenticate(username="demo", password="demo") is None
 
 
-def test_it_repairs_an_existing_demo_user(db, monkeypatch):
+def test_it_leaves_an_existing_user_alone_without_reset(db, monkeypatch):
+    monkeypatch.delenv("KAIZEN_DEMO_PASSWORD", raising=False)
+    get_user_model().objects.create_user(username="demo", password="someone-elses-password")
+    call_command("ensure_demo_user")
+    user = get_user_model().objects.get(username="demo")
+    assert user.check_password("someone-elses-password")
+    assert not user.is_superuser
+
+
+def test_it_repairs_an_existing_demo_user_with_reset(db, monkeypatch):
     monkeypatch.delenv("KAIZEN_DEMO_PASSWORD", raising=False)
     get_user_model().objects.create_user(username="demo", password="changed-in-admin", is_active=False)
-    call_command("ensure_demo_user")
+    call_command("ensure_demo_user", "--reset")
     assert get_user_model().objects.filter(username="demo").count() == 1
     user = authenticate(username="demo", password="demo")
     assert user is not None

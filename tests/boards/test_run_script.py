@@ -164,3 +164,11 @@ def test_it_refuses_a_port_in_use(start_run):
     assert run.returncode == 1
     assert f"127.0.0.1:{port} is already in use" in run.log_text()
     assert "starting embedded Redis" not in run.log_text()
+
+
+def test_it_refuses_a_public_host_with_the_well_known_demo_password(start_run):
+    run, _ = start_run(HOST="0.0.0.0")
+    wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
+    assert run.returncode == 1
+    assert "set KAIZEN_DEMO_PASSWORD" in run.log_text()
+    assert "starting embedded Redis" not in run.log_text()

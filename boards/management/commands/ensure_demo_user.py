@@ -1,8 +1,9 @@
 """Make sure the demo login printed by ``make run`` works.
 
-Creates (or repairs) a staff superuser so the demo can also open the admin. The
-password is reset on every run on purpose: the run command prints it, so it
-must be the one that works, whatever was changed in the admin since.
+Creates a staff superuser so the demo can also open the admin. An existing
+user is left alone unless ``--reset`` is given: ``make run`` resets it only on
+its own local SQLite database, where the printed password must be the one that
+works; on a shared database (DATABASE_URL) nobody's account is changed.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ DEFAULT_PASSWORD = "demo"
 
 class Command(BaseCommand):
     help = (
-        "Create or update the demo user (a staff superuser). The password comes from "
-        "KAIZEN_DEMO_PASSWORD (default 'demo')."
+        "Create the demo user (a staff superuser) if it does not exist; with --reset, also "
+        "restore an existing one. The password comes from KAIZEN_DEMO_PASSWORD (default 'demo')."
     )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--username", default="demo", help="Username of the demo user (default: demo).")
+        parser.add_argument(
+            "--reset",
+            action="store_true",
+            help="Also restore an existing user: active, staff, superuser, the demo password.",
+        )
 
-    def handle(self, *args, username: str, **options) -> None:
+    def handle(self, *args, username: str, reset: bool, **options) -> None:
         username = username.strip()
         if not username:
             raise CommandError("--username must not be empty.")
@@ -36,10 +42,15 @@ class Command(BaseCommand):
             user, created = User.objects.select_for_update().get_or_create(
                 username=username, defaults={"is_staff": True, "is_superuser": True}
             )
+            if not created and not reset:
+                self.stdout.write(
+                    f"Demo user {username!r} exists; left as it is (use --reset to restore it)."
+                )
+                return
             user.is_staff = True
             user.is_superuser = True
             user.is_active = True
             user.set_password(password)
             user.save()
-        verb = "Created" if created else "Updated"
+        verb = "Created" if created else "Restored"
         self.stdout.write(self.style.SUCCESS(f"{verb} demo user {username!r} (staff, superuser)."))
