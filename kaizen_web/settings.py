@@ -7,6 +7,7 @@ Redis); a malformed value raises ImproperlyConfigured naming the variable.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -66,13 +67,32 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def local_secret_key(path: Path) -> str:
+    """This installation's own key, made once and kept (mode 0600) under var/, so a
+    bare machine never runs on a key published in the source. Several machines
+    sharing one database must all set SECRET_KEY instead."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process (web, worker, beat start together) made it first.
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG and env_bool("KAIZEN_REQUIRE_SECRET_KEY", False):
-        raise ImproperlyConfigured("SECRET_KEY must be set in production")
-    # A key that is only good for a local demo; production sets SECRET_KEY.
-    SECRET_KEY = "insecure-local-only-kaizen-key-set-SECRET_KEY-in-production"
+    if env_bool("KAIZEN_REQUIRE_SECRET_KEY", False):
+        raise ImproperlyConfigured("SECRET_KEY must be set (KAIZEN_REQUIRE_SECRET_KEY is on)")
+    SECRET_KEY = local_secret_key(VAR_DIR / "secret_key")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
