@@ -34,17 +34,24 @@ class Broadcaster:
         self._queue: queue.SimpleQueue[tuple[int, frozenset[int]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
+        # Changes queued and not yet sent. Counted up before the put and down
+        # only after the batch holding them is sent, so flush() cannot see zero
+        # while a change is on its way (an "idle" flag cleared by the caller and
+        # set by the thread could be set just after a new put, and lose it).
+        self._unsent = 0
+        self._sent = threading.Condition()
 
     def columns_changed(self, board_id: int, column_ids: Iterable[int]) -> None:
         self._ensure_started()
-        self._idle.clear()
+        with self._sent:
+            self._unsent += 1
         self._queue.put((board_id, frozenset(column_ids)))
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far has been sent (for tests and shutdown)."""
-        return self._idle.wait(timeout)
+        """Wait until everything queued so far has been sent (for tests and shutdown).
+        False if that took longer than ``timeout`` seconds."""
+        with self._sent:
+            return self._sent.wait_for(lambda: self._unsent == 0, timeout)
 
     def _ensure_started(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -64,6 +71,7 @@ class Broadcaster:
         while True:
             item = self._queue.get()
             pending: dict[int, set[int]] = {}
+            taken = 0
             # Gather for the window, and longer when rendering got expensive: the
             # next burst waits until the last render is at most this share of
             # the time since, so under a heavy load live updates come less often
@@ -72,6 +80,7 @@ class Broadcaster:
             while item is not None:
                 board_id, column_ids = item
                 pending.setdefault(board_id, set()).update(column_ids)
+                taken += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break  # what arrives from now on goes in the next burst
@@ -87,8 +96,10 @@ class Broadcaster:
             finally:
                 ended = time.monotonic()
                 not_before = ended + (ended - started) * (1 / budget - 1)
-                if self._queue.empty():
-                    self._idle.set()
+                with self._sent:
+                    self._unsent -= taken
+                    if self._unsent == 0:
+                        self._sent.notify_all()
 
     def _send(self, loop: asyncio.AbstractEventLoop, layer, pending: dict[int, set[int]]) -> None:
         from boards.fragments import render_board_update

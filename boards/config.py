@@ -929,9 +929,12 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
     columns the file no longer lists. Tasks are never touched."""
     report = ApplyReport(filename=document.filename)
     slugs = [b.slug for b in document.boards]
-    # The same lock the services take before adding to a WIP-limited column, so
-    # no task moves while columns change under it.
-    list(Board.objects.select_for_update().filter(slug__in=slugs).order_by("pk"))
+    # The lock the services take before adding to a WIP-limited column
+    # (services._lock_board: FOR NO KEY UPDATE, which excludes itself), so no
+    # move, pull or limited intake runs while columns change under it. Not plain
+    # FOR UPDATE: that would also block every TaskEvent insert on these boards,
+    # and so every run finishing on them (see _lock_board).
+    list(Board.objects.select_for_update(no_key=True).filter(slug__in=slugs).order_by("pk"))
     _check_in_transaction(document)
 
     touched: dict[int, set[int]] = {}  # board id -> columns changed in place

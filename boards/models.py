@@ -10,9 +10,13 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.urls import reverse
+
+# Task.capability's length: a longer name offered by an agent could never be asked for.
+CAPABILITY_MAX_LENGTH = 60
 
 
 class Board(models.Model):
@@ -125,8 +129,43 @@ class Agent(models.Model):
     def is_simulated(self) -> bool:
         return self.provider == "simulated"
 
+    def clean(self) -> None:
+        # The admin's JSON field takes any JSON: a bare string such as "summarise"
+        # would be read character by character as capabilities.
+        value = self.capabilities
+        example = 'a list of names, such as ["summarise", "classify"]'
+        if not isinstance(value, list):
+            raise ValidationError({"capabilities": f"Capabilities must be {example}; got {value!r}."})
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise ValidationError(
+                    {"capabilities": f"Each capability must be a non-empty name ({example}); got {item!r}."}
+                )
+            if item != item.strip():
+                # Tasks ask for a stripped name, so a padded one would never match.
+                raise ValidationError(
+                    {"capabilities": f"Capability {item!r} has spaces around it: remove them."}
+                )
+            if len(item) > CAPABILITY_MAX_LENGTH:
+                raise ValidationError(
+                    {
+                        "capabilities": f"Capability {item!r} is longer than {CAPABILITY_MAX_LENGTH} "
+                        "characters, so no task could ask for it: shorten it."
+                    }
+                )
+
+    @property
+    def offered_capabilities(self) -> list[str]:
+        """The capability names this agent offers, ignoring anything that is not
+        one (rows written before ``clean`` checked them, or outside the admin)."""
+        value = self.capabilities
+        if not isinstance(value, list):
+            return []
+        return [c for c in value if isinstance(c, str) and c]
+
     def can_do(self, capability: str) -> bool:
-        return not capability or capability in self.capabilities
+        # Membership in a list of names, never a substring test on a string.
+        return not capability or capability in self.offered_capabilities
 
 
 class Task(models.Model):
@@ -142,7 +181,7 @@ class Task(models.Model):
     column = models.ForeignKey(Column, on_delete=models.PROTECT, related_name="tasks")
     title = models.CharField(max_length=200)
     input = models.TextField(blank=True)
-    capability = models.CharField(max_length=60, blank=True)
+    capability = models.CharField(max_length=CAPABILITY_MAX_LENGTH, blank=True)
     priority = models.SmallIntegerField(default=0, help_text="Higher is more urgent.")
     # Order within a column. Gapped, so one task can be slotted between two
     # others without renumbering the column.

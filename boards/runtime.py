@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import string
 import threading
+import time
 import uuid
 
 from django.conf import settings
@@ -52,37 +53,64 @@ def render_prompt(template: str, variables: dict[str, str]) -> str:
 class LeaseKeeper:
     """Renews, in one UPDATE, the leases of every run in flight in this process,
     every third of the lease time, so a slow model call keeps its task and a dead
-    worker's tasks expire."""
+    or frozen worker's tasks expire.
+
+    A lease is renewed for at most KAIZEN_RUN_TIMEOUT_SECONDS after ``hold``:
+    past that the run is taken to hang, its lease is left to run out, and the
+    reaper takes the task back (a failed attempt). If the call returns after
+    all, its result is stale and ignored (services._current_run)."""
 
     def __init__(self) -> None:
-        self._tokens: set[str] = set()
+        # token -> time.monotonic() when the run began holding it
+        self._held: dict[str, float] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
+        # Set by close(): wakes the thread at once and ends it.
+        self._closed = threading.Event()
 
     def hold(self, token: uuid.UUID | str) -> None:
         with self._lock:
-            self._tokens.add(str(token))
-            if self._thread is None or not self._thread.is_alive():
+            self._held[str(token)] = time.monotonic()
+            if not self._closed.is_set() and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
 
     def release(self, token: uuid.UUID | str) -> None:
         with self._lock:
-            self._tokens.discard(str(token))
+            self._held.pop(str(token), None)
+
+    def close(self) -> None:
+        """Stop renewing (for tests and shutdown); held leases then run out."""
+        self._closed.set()
+
+    def renew_due(self) -> int:
+        """Renew the leases held for less than the run timeout; stop holding the
+        others. Returns how many leases were renewed."""
+        timeout = settings.KAIZEN_RUN_TIMEOUT_SECONDS
+        now = time.monotonic()
+        with self._lock:
+            overdue = [t for t, since in self._held.items() if now - since >= timeout]
+            for token in overdue:
+                del self._held[token]
+            tokens = list(self._held)
+        for token in overdue:
+            logger.warning(
+                "run with lease %s went past KAIZEN_RUN_TIMEOUT_SECONDS (%ss): no longer renewing it, "
+                "so the reaper takes its task back",
+                token,
+                timeout,
+            )
+        if not tokens:
+            return 0
+        return services.leases_renew(lease_tokens=tokens)
 
     def _run(self) -> None:
         interval = settings.KAIZEN_LEASE_SECONDS / 3
-        while True:
-            self._wake.wait(interval)
-            with self._lock:
-                tokens = list(self._tokens)
-            if not tokens:
-                continue
+        while not self._closed.wait(interval):
             try:
-                services.leases_renew(lease_tokens=tokens)
+                self.renew_due()
             except Exception:
-                logger.exception("renewing %s lease(s) failed", len(tokens))
+                logger.exception("renewing leases failed")
             finally:
                 connection.close()
 
@@ -98,8 +126,24 @@ def _release_connection() -> None:
         connection.close()
 
 
+def _fail_attempt(task_id: int, lease_token: str, error: str) -> str:
+    """Record a failed attempt. If even that cannot be written (the last attempt
+    must fail into Done and the board has none), log it: the task stays In
+    progress with a lease no longer renewed, and the reaper retries it on every
+    pass, logging why, until someone adds a Done column."""
+    try:
+        services.task_attempt_fail(task_id=task_id, lease_token=lease_token, error=error)
+    except services.ColumnMissing as exc:
+        logger.error("could not record the failed run of task %s: %s", task_id, exc.messages[0])
+    return "failed"
+
+
 def run(task_id: int, lease_token: str) -> str:
-    """Run one claimed task. Returns what happened: ``stale``, ``done`` or ``failed``."""
+    """Run one claimed task. Returns what happened: ``stale``, ``done`` or ``failed``.
+
+    A board that lost its Done column while the task ran cannot take the result:
+    the output is dropped and the run counts as a failed attempt that names the
+    missing column (see _fail_attempt for the last attempt)."""
     task = services.task_run_begin(task_id=task_id, lease_token=lease_token)
     if task is None:
         return "stale"
@@ -118,22 +162,21 @@ def run(task_id: int, lease_token: str) -> str:
             _release_connection()
             response = provider.complete(request)
         except (ProviderError, PromptError) as exc:
-            services.task_attempt_fail(task_id=task_id, lease_token=lease_token, error=str(exc))
-            return "failed"
+            return _fail_attempt(task_id, lease_token, str(exc))
         except Exception as exc:
             # A bug in an adapter must cost an attempt, not leave the task In
             # progress until its lease runs out.
             logger.exception("run of task %s crashed", task_id)
-            services.task_attempt_fail(
-                task_id=task_id, lease_token=lease_token, error=f"internal error: {exc!r}"
-            )
-            return "failed"
+            return _fail_attempt(task_id, lease_token, f"internal error: {exc!r}")
     finally:
         lease_keeper.release(lease_token)
-    finished = services.task_complete(
-        task_id=task_id,
-        lease_token=lease_token,
-        output=response.text,
-        confidence=response.confidence,
-    )
+    try:
+        finished = services.task_complete(
+            task_id=task_id,
+            lease_token=lease_token,
+            output=response.text,
+            confidence=response.confidence,
+        )
+    except services.ColumnMissing as exc:
+        return _fail_attempt(task_id, lease_token, exc.messages[0])
     return "done" if finished else "stale"

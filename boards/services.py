@@ -60,6 +60,10 @@ class MoveNotAllowed(ValidationError):
     """The board's rules do not allow this move."""
 
 
+class ColumnMissing(ValidationError):
+    """The board lacks a column the line needs (a Done column to finish tasks in)."""
+
+
 # --- helpers -----------------------------------------------------------------
 
 
@@ -206,8 +210,21 @@ def request_pull(*, board_id: int) -> None:
         logger.exception("pull for board %s failed", board_id)
 
 
-def _column(board: Board, role: str) -> Column | None:
-    return board.columns.filter(role=role).first()
+def _required_column(board_id: int, role: str, columns: dict[str, Column] | None = None) -> Column:
+    """The board's column with ``role`` (from ``columns`` when the caller has read
+    them already), or a ColumnMissing that names the board and the role."""
+    if columns is None:
+        column = Column.objects.filter(board_id=board_id, role=role).first()
+    else:
+        column = columns.get(role)
+    if column is None:
+        name = Board.objects.filter(pk=board_id).values_list("name", flat=True).first()
+        label = Role(role).label
+        raise ColumnMissing(
+            f"Board {name!r} has no {label} column: add a column with the role "
+            f"{label} to the board (in the admin or its config file)."
+        )
+    return column
 
 
 def _intake_column(board: Board) -> Column:
@@ -317,7 +334,7 @@ def task_create(
     if not -1000 <= priority <= 1000:
         errors["priority"] = ["Priority must be between -1000 and 1000."]
     if capability:
-        offered = sorted({c for a in board.agents.all() for c in a.capabilities})
+        offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
         if capability not in offered:
             known = ", ".join(offered) or "none"
             errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
@@ -417,6 +434,11 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     ready, doing = columns.get(Role.READY), columns.get(Role.IN_PROGRESS)
     if ready is None or doing is None:
         return []
+    if Role.DONE not in columns:
+        # A run could not finish anywhere: its output would be lost and its
+        # attempts spent. The tasks wait in Ready until the board has a Done column.
+        logger.warning("board %s has no Done column: its agents pull nothing", board.pk)
+        return []
     # Agent rows are locked too (in pk order, after the board: no deadlocks), as an
     # agent serving several boards has one concurrency across all of them.
     agents = list(
@@ -447,7 +469,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     total_free = sum(free_agent[a.pk] for a in agents)
     want = total_free if free_wip is None else min(total_free, free_wip)
-    offered = {c for a in agents for c in a.capabilities}
+    offered = {c for a in agents for c in a.offered_capabilities}
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))
@@ -474,6 +496,8 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         task.lease_token = uuid.uuid4()
         task.lease_expires_at = expires
         task.started_at = now
+        # bulk_update does not run auto_now: set it, or the claim looks stale.
+        task.updated_at = now
         task.position = int(now.timestamp() * 1000) + len(claimed)
         claimed.append(task)
         events.append(
@@ -549,12 +573,13 @@ def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
 def task_complete(
     *, task_id: int, lease_token: uuid.UUID | str, output: str, confidence: float | None
 ) -> bool:
-    """Record a run's output and move the task on. False if the run was stale."""
+    """Record a run's output and move the task on. False if the run was stale;
+    ColumnMissing (nothing written) if the board has no Done column."""
     with transaction.atomic():
         task = _current_run(task_id, lease_token)
         if task is None:
             return False
-        done = Column.objects.get(board_id=task.board_id, role=Role.DONE)
+        done = _required_column(task.board_id, Role.DONE)
         from_column = task.column
         task.output = output
         task.confidence = confidence
@@ -594,25 +619,42 @@ def task_attempt_fail(*, task_id: int, lease_token: uuid.UUID | str, error: str)
 
 def _return_or_fail(task: Task, *, kind: str, reason: str) -> set[int]:
     """Take a task out of In progress after a failed or lost run: back to Ready
-    for another attempt (Backlog if Ready's hard limit has no room), or to Done
-    marked failed once the agent's attempts are used up."""
+    for another attempt, else to the Backlog, whichever exists and has room under
+    its hard limit; to Done marked failed once the agent's attempts are used up,
+    or when neither has room (a hard WIP limit is never exceeded, not even to
+    return a task). ColumnMissing if the task must go to Done and there is none."""
     from_column = task.column
     columns = {c.role: c for c in Column.objects.filter(board_id=task.board_id)}
     max_attempts = task.agent.max_attempts if task.agent else 1
     task.last_error = reason[:2000]
+    target: Column | None = None
     if task.attempts >= max_attempts:
-        target = columns[Role.DONE]
-        _place(task, target, position=-int(timezone.now().timestamp() * 1000))
-        task.status = Status.FAILED
         note = f"failed after {task.attempts} attempt(s): {reason}"
     else:
-        target = columns.get(Role.READY)
-        if target is None or (
-            target.hard_limit and target.wip_limit is not None and _count(target) >= target.wip_limit
-        ):
-            target = columns.get(Role.BACKLOG) or target
-        _place(task, target)
         note = f"attempt {task.attempts} of {max_attempts} failed: {reason}"
+        for role in (Role.READY, Role.BACKLOG):
+            column = columns.get(role)
+            if column is None:
+                continue
+            try:
+                soft_note = _check_wip(column)
+            except WipLimitReached:
+                continue
+            target = column
+            if soft_note:
+                note = f"{note}; {soft_note}"
+            break
+        if target is None:
+            note = (
+                f"{note}; no room to return it (Ready and Backlog are full or missing), so it is "
+                "marked failed: a person can move it back to Ready when there is room"
+            )
+    if target is None:
+        target = _required_column(task.board_id, Role.DONE, columns)
+        _place(task, target, position=-int(timezone.now().timestamp() * 1000))
+        task.status = Status.FAILED
+    else:
+        _place(task, target)
     task.save()
     _event(
         task,
@@ -637,7 +679,13 @@ def leases_renew(*, lease_tokens: Iterable[uuid.UUID | str]) -> int:
 
 
 def leases_reap(*, limit: int = 500) -> int:
-    """Return tasks whose lease ran out (their worker died or hung) to Ready."""
+    """Take tasks whose lease ran out out of In progress (see _return_or_fail for
+    where they go). A lease runs out when its worker died or froze, or when the
+    run outlived KAIZEN_RUN_TIMEOUT_SECONDS and the worker stopped renewing it.
+
+    Each task is returned in its own savepoint: a task that cannot be returned
+    (its board has no Done column to fail it into) is logged and stays In
+    progress, to be tried again on the next pass, without holding up the others."""
     now = timezone.now()
     boards: dict[int, set[int]] = {}
     with transaction.atomic():
@@ -660,11 +708,22 @@ def leases_reap(*, limit: int = 500) -> int:
         )
         count = 0
         for task in expired:
-            changed = _return_or_fail(
-                task,
-                kind=TaskEvent.Kind.LEASE_EXPIRED,
-                reason="the worker stopped renewing its lease (it died or hung)",
-            )
+            try:
+                with transaction.atomic():
+                    changed = _return_or_fail(
+                        task,
+                        kind=TaskEvent.Kind.LEASE_EXPIRED,
+                        reason="the worker stopped renewing its lease (it died or froze, or the run "
+                        "went past the run timeout)",
+                    )
+            except ColumnMissing as exc:
+                logger.error("could not return task %s, whose lease expired: %s", task.pk, exc.messages[0])
+                continue
+            except Exception:
+                logger.exception(
+                    "could not return task %s of board %s, whose lease expired", task.pk, task.board_id
+                )
+                continue
             boards.setdefault(task.board_id, set()).update(changed)
             count += 1
         for board_id, column_ids in boards.items():
@@ -675,6 +734,20 @@ def leases_reap(*, limit: int = 500) -> int:
 
 
 # --- what people do on the board ----------------------------------------------
+
+# Why a column other than Ready keeps its own order.
+_OWN_ORDER = {
+    Role.BACKLOG: "the Backlog is pulled by priority, then age",
+    Role.IN_PROGRESS: "In progress is ordered by when agents pulled its tasks",
+    Role.DONE: "Done lists tasks by when they finished",
+}
+
+
+def _reorder_refused(column: Column) -> MoveNotAllowed:
+    # Only Ready's order decides anything (what agents pull next); reordering
+    # elsewhere would record events with no visible effect.
+    why = _OWN_ORDER.get(column.role, f"{column.name} keeps the order its tasks arrived in")
+    return MoveNotAllowed(f"Only the Ready queue can be reordered; {why}.")
 
 
 def task_move(
@@ -699,6 +772,8 @@ def task_move(
             before = Task.objects.filter(pk=before.pk, column=to_column).exclude(pk=task.pk).first()
         from_column = task.column
         if from_column.pk == to_column.pk:
+            if to_column.role != Role.READY:
+                raise _reorder_refused(to_column)
             task.position = _slot_before(to_column, before, exclude_pk=task.pk)
             task.save(update_fields=["position", "updated_at"])
             _event(
@@ -711,7 +786,7 @@ def task_move(
                 user=user,
                 note=note,
             ).save()
-            _after_commit(task.board_id, [to_column.pk], pull=to_column.role == Role.READY)
+            _after_commit(task.board_id, [to_column.pk], pull=True)
             return task
         if to_column.role not in MANUAL_MOVES[from_column.role]:
             if from_column.role == Role.IN_PROGRESS:
@@ -727,6 +802,26 @@ def task_move(
         _place(task, to_column, position=position)
         if to_column.role == Role.DONE and position is None:
             task.position = -int(timezone.now().timestamp() * 1000)
+        notes = [note, soft_note]
+        sent_back = from_column.role in (Role.DONE, Role.REVIEW) and to_column.role in (
+            Role.BACKLOG,
+            Role.READY,
+        )
+        if sent_back and (task.attempts or task.last_error or task.output or task.confidence is not None):
+            # A person sends the task round again: it starts afresh, with the
+            # agent's full attempts rather than what the last round left of them.
+            notes.append(
+                f"starts afresh: attempts reset (were {task.attempts}), output and last error cleared"
+            )
+            task.attempts = 0
+            task.last_error = ""
+            task.output = ""
+            task.confidence = None
+        if to_column.role == Role.DONE and task.blocked_at is not None:
+            # A finished task waits on nothing; a block left on it would show on its card.
+            notes.append(f"block cleared ({task.blocked_note})")
+            task.blocked_note = ""
+            task.blocked_at = None
         task.save()
         _event(
             task,
@@ -736,7 +831,7 @@ def task_move(
             from_status=from_status,
             to_status=task.status,
             user=user,
-            note="; ".join(n for n in (note, soft_note) if n),
+            note="; ".join(n for n in notes if n),
         ).save()
         _after_commit(task.board_id, [from_column.pk, to_column.pk], pull=True)
     return task
@@ -746,6 +841,9 @@ def task_step(*, task: Task, user: AbstractBaseUser | None, direction: str) -> T
     """Keyboard moves: ``up``/``down`` reorder within the column, ``left``/``right``
     move to the neighbouring column (where the rules allow)."""
     column = task.column
+    if direction in ("up", "down") and column.role != Role.READY:
+        # Refused even at the column's edge, where there would be nothing to swap.
+        raise _reorder_refused(column)
     siblings = Task.objects.filter(column=column).exclude(pk=task.pk)
     if direction == "up":
         previous = siblings.filter(position__lt=task.position).order_by("-position").first()
@@ -820,9 +918,10 @@ def agent_set_paused(*, agent: Agent, paused: bool) -> Agent:
         agent = Agent.objects.select_for_update(no_key=True).get(pk=agent.pk)
         agent.paused = paused
         agent.save(update_fields=["paused"])
-        if not paused:
-            for board_id in agent.boards.values_list("pk", flat=True):
-                transaction.on_commit(lambda b=board_id: request_pull(board_id=b))
+        for board_id in agent.boards.values_list("pk", flat=True):
+            # No column changed: the update carries the board's agents (with
+            # this one's state); resuming frees capacity, so pull too.
+            _after_commit(board_id, [], pull=not paused)
     return agent
 
 
@@ -846,6 +945,35 @@ def demo_task_feed(*, board: Board, rng: random.Random | None = None) -> Task | 
         capability=spec.get("capability", ""),
         priority=int(spec.get("priority", 0)),
     )
+
+
+def boards_pull_all() -> int:
+    """Pull every unpaused board (the periodic safety net); returns the tasks
+    claimed. One board's error is logged and does not stop the others."""
+    claimed = 0
+    for board_id in Board.objects.filter(paused=False).values_list("pk", flat=True):
+        try:
+            claimed += len(board_pull(board_id=board_id))
+        except Exception:
+            logger.exception("periodic pull of board %s failed", board_id)
+    return claimed
+
+
+def demo_boards_feed() -> int:
+    """Add one example task to every unpaused board that has some; returns how
+    many were added. Not idempotent: each call may add a task to each board (up
+    to the intake column's limit). One board's error is logged and does not stop
+    the others."""
+    added = 0
+    for board in Board.objects.filter(paused=False):
+        if not board.demo_tasks:
+            continue
+        try:
+            if demo_task_feed(board=board) is not None:
+                added += 1
+        except Exception:
+            logger.exception("demo feed of board %s failed", board.pk)
+    return added
 
 
 def api_token_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
@@ -872,6 +1000,7 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
 
 __all__ = [
     "Claim",
+    "ColumnMissing",
     "MoveNotAllowed",
     "WipLimitReached",
     "agent_set_paused",
@@ -879,6 +1008,8 @@ __all__ = [
     "api_token_create",
     "board_pull",
     "board_set_paused",
+    "boards_pull_all",
+    "demo_boards_feed",
     "demo_task_feed",
     "leases_reap",
     "leases_renew",
@@ -892,3 +1023,4 @@ __all__ = [
     "task_step",
     "task_unblock",
 ]
+

@@ -1,6 +1,9 @@
 """Celery tasks: thin wrappers that take primary keys and call one service.
 
-Each is safe to run twice: a run whose lease is no longer current does nothing.
+Running one twice is safe for all but the demo feed: a run whose lease is no
+longer current does nothing, and a second pull or reap does only what is left to do.
+feed_demo_boards is not idempotent: every run may add an example task to each
+demo board (up to its intake column's limit); that is its job, on a clock.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from celery import shared_task
 from celery.signals import worker_init
 
 from boards import runtime, services
-from boards.models import Board
 
 
 @shared_task(name="boards.tasks.run_task")
@@ -34,16 +36,9 @@ def reap_expired_leases() -> int:
 
 @shared_task(name="boards.tasks.pull_all_boards")
 def pull_all_boards() -> int:
-    claimed = 0
-    for board_id in Board.objects.filter(paused=False).values_list("pk", flat=True):
-        claimed += len(services.board_pull(board_id=board_id))
-    return claimed
+    return services.boards_pull_all()
 
 
 @shared_task(name="boards.tasks.feed_demo_boards")
 def feed_demo_boards() -> int:
-    added = 0
-    for board in Board.objects.filter(paused=False):
-        if board.demo_tasks and services.demo_task_feed(board=board) is not None:
-            added += 1
-    return added
+    return services.demo_boards_feed()

@@ -228,8 +228,12 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
 
 # --- Kaizen ------------------------------------------------------------------
 # A claimed task holds a lease; the worker renews it while the model call runs
-# and the reaper returns tasks whose lease ran out to Ready.
+# and the reaper takes back tasks whose lease ran out (see services._return_or_fail).
 KAIZEN_LEASE_SECONDS = env_float("KAIZEN_LEASE_SECONDS", 60.0, minimum=1.0)
+# A run held longer than this has its lease left to run out, so a model call
+# that hangs costs an attempt instead of keeping its task In progress forever.
+# The task goes back up to KAIZEN_LEASE_SECONDS (plus a reaper pass) later.
+KAIZEN_RUN_TIMEOUT_SECONDS = env_float("KAIZEN_RUN_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 # 1.0 runs simulated models at their profile's latency; 0 makes them instant.
 KAIZEN_SIMULATED_LATENCY_SCALE = env_float("KAIZEN_SIMULATED_LATENCY_SCALE", 1.0, minimum=0.0)
 # How long live updates for one board are gathered before one message is sent.

@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from boards import services
-from boards.models import Task, TaskEvent
-from tests.factories import make_agent
+from boards import runtime, services
+from boards.models import Column, Task, TaskEvent
+from tests.factories import column, make_agent, make_board
 
+Role = Column.Role
 Status = Task.Status
 
 
@@ -124,3 +125,124 @@ def test_returned_task_goes_to_backlog_when_ready_is_full(board):
     task.refresh_from_db()
     assert task.status == Status.BACKLOG
     assert Task.objects.filter(status=Status.READY).count() == 5
+
+
+@pytest.mark.django_db
+def test_returned_task_fails_into_done_when_ready_and_backlog_are_at_hard_limits():
+    board = make_board(ready_limit=1)
+    Column.objects.filter(board=board, role=Role.BACKLOG).update(wip_limit=1, hard_limit=True)
+    agent = make_agent(boards=[board], concurrency=1)
+    task, claim = _claimed(board, agent)
+    services.task_create(board=board, title="waits in Ready", input="x")
+    services.board_pull(board_id=board.pk)  # to Ready; the only agent is busy
+    services.task_create(board=board, title="waits in Backlog", input="x")
+
+    services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="timeout")
+
+    task.refresh_from_db()
+    assert (task.status, task.column.role) == (Status.FAILED, Role.DONE)
+    assert task.last_error == "timeout"
+    assert column(board, Role.READY).tasks.count() == 1
+    assert column(board, Role.BACKLOG).tasks.count() == 1
+    note = task.events.get(kind=TaskEvent.Kind.ATTEMPT_FAILED).note
+    assert note.startswith("attempt 1 of 3 failed: timeout")
+    assert "no room to return it" in note
+    assert "move it back to Ready when there is room" in note
+
+
+@pytest.mark.django_db
+def test_returned_task_never_exceeds_a_full_ready_on_a_board_without_backlog():
+    board = make_board(backlog=False, ready_limit=1)
+    agent = make_agent(boards=[board], concurrency=1)
+    task, claim = _claimed(board, agent)
+    services.task_create(board=board, title="fills Ready", input="x")
+    _expire(task)
+
+    assert services.leases_reap() == 1
+
+    task.refresh_from_db()
+    assert task.status == Status.FAILED
+    assert column(board, Role.READY).tasks.count() == 1
+    assert "no room to return it" in task.events.get(kind=TaskEvent.Kind.LEASE_EXPIRED).note
+
+
+@pytest.mark.django_db
+def test_one_board_without_done_does_not_stop_the_reaper_for_the_others(caplog):
+    broken = make_board(name="Broken line")
+    # One attempt only: the expired task must fail into Done, which is gone.
+    stuck, _ = _claimed(broken, make_agent(boards=[broken], max_attempts=1))
+    Column.objects.filter(board=broken, role=Role.DONE).delete()
+    healthy = make_board()
+    fine, _ = _claimed(healthy, make_agent(boards=[healthy]))
+    # The broken board's task expired first, so the reaper meets it first.
+    Task.objects.filter(pk=stuck.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=10))
+    _expire(fine)
+
+    assert services.leases_reap() == 1
+
+    fine.refresh_from_db()
+    stuck.refresh_from_db()
+    assert fine.status == Status.READY
+    assert stuck.status == Status.RUNNING  # tried again on the next pass
+    assert not stuck.events.filter(kind=TaskEvent.Kind.LEASE_EXPIRED).exists()
+    assert "Board 'Broken line' has no Done column" in caplog.text
+
+
+@pytest.mark.django_db
+def test_complete_on_a_board_without_done_names_the_board_and_the_role(board, agent):
+    task, claim = _claimed(board, agent)
+    Column.objects.filter(board=board, role=Role.DONE).delete()
+
+    with pytest.raises(services.ColumnMissing, match=f"Board '{board.name}' has no Done column"):
+        services.task_complete(task_id=task.pk, lease_token=claim.lease_token, output="x", confidence=0.9)
+
+    task.refresh_from_db()
+    assert task.status == Status.RUNNING
+    assert task.output == ""
+
+
+@pytest.fixture
+def keeper():
+    # Closed before use: no background thread, the test calls renew_due itself.
+    keeper = runtime.LeaseKeeper()
+    keeper.close()
+    return keeper
+
+
+@pytest.mark.django_db
+def test_lease_keeper_renews_a_run_within_the_run_timeout(board, agent, keeper, settings):
+    settings.KAIZEN_RUN_TIMEOUT_SECONDS = 3600
+    task, claim = _claimed(board, agent)
+    keeper.hold(claim.lease_token)
+    _expire(task)
+
+    assert keeper.renew_due() == 1
+
+    task.refresh_from_db()
+    assert task.lease_expires_at > timezone.now()
+    assert services.leases_reap() == 0
+
+
+@pytest.mark.django_db
+def test_lease_keeper_lets_a_run_past_the_timeout_expire_and_ignores_its_late_result(
+    board, agent, keeper, settings
+):
+    task, claim = _claimed(board, agent)
+    keeper.hold(claim.lease_token)
+    # Every run has been held at least this long: the model call "hangs".
+    settings.KAIZEN_RUN_TIMEOUT_SECONDS = 0
+    _expire(task)
+
+    assert keeper.renew_due() == 0
+    assert services.leases_reap() == 1
+
+    task.refresh_from_db()
+    assert task.status == Status.READY
+    assert "run timeout" in task.last_error
+    assert (
+        services.task_complete(task_id=task.pk, lease_token=claim.lease_token, output="late", confidence=0.9)
+        is False
+    )
+    # Once past the timeout the run is not held any more, even if the timeout grows.
+    settings.KAIZEN_RUN_TIMEOUT_SECONDS = 3600
+    assert keeper.renew_due() == 0

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 
 from boards import services
 from boards.models import Column, Task, TaskEvent
-from tests.factories import column, make_board, make_user
+from tests.factories import column, make_agent, make_board, make_user
 
 Role = Column.Role
 Status = Task.Status
@@ -147,3 +147,94 @@ def test_block_needs_a_note_and_unblock_clears_it(board, ready_tasks):
     assert not unblocked.is_blocked
     kinds = list(unblocked.events.filter(user=reviewer).values_list("kind", flat=True))
     assert kinds == ["blocked", "unblocked"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", [Role.BACKLOG, Role.DONE])
+def test_only_the_ready_queue_can_be_reordered(board, user, role):
+    first, second = (services.task_create(board=board, title=f"t{i}", input="x") for i in range(2))
+    for task in (first, second):
+        if role == Role.DONE:
+            services.task_move(task=task, to_column=column(board, Role.DONE), user=user)
+    second.refresh_from_db()
+
+    with pytest.raises(services.MoveNotAllowed, match="Only the Ready queue can be reordered; "):
+        services.task_move(task=second, to_column=column(board, role), user=user, before=first)
+    with pytest.raises(services.MoveNotAllowed, match="Only the Ready queue can be reordered; "):
+        services.task_step(task=second, user=user, direction="up")
+
+    assert not TaskEvent.objects.filter(kind=TaskEvent.Kind.REORDERED).exists()
+
+
+@pytest.mark.django_db
+def test_in_progress_cannot_be_reordered(board, agent, user):
+    first, second = (services.task_create(board=board, title=f"t{i}", input="x") for i in range(2))
+    services.board_pull(board_id=board.pk)
+    second.refresh_from_db()
+    assert second.status == Status.RUNNING
+
+    with pytest.raises(services.MoveNotAllowed, match="Only the Ready queue can be reordered"):
+        services.task_move(task=second, to_column=column(board, Role.IN_PROGRESS), user=user, before=first)
+    assert not second.events.filter(kind=TaskEvent.Kind.REORDERED).exists()
+
+
+@pytest.mark.django_db
+def test_a_failed_task_sent_back_to_ready_gets_fresh_attempts(board, user):
+    make_agent(boards=[board], max_attempts=2)
+    task = services.task_create(board=board, title="flaky", input="x")
+    for _ in range(2):
+        [claim] = services.board_pull(board_id=board.pk)
+        services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="HTTP 500")
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (Status.FAILED, 2)
+
+    moved = services.task_move(task=task, to_column=column(board, Role.READY), user=user, note="try again")
+
+    assert (moved.status, moved.attempts, moved.last_error) == (Status.READY, 0, "")
+    note = moved.events.filter(kind=TaskEvent.Kind.MOVED, user=user).get().note
+    assert note.startswith("try again; starts afresh: attempts reset (were 2)")
+    # One more failure is a retry again, not the end.
+    [claim] = services.board_pull(board_id=board.pk)
+    services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="HTTP 500")
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (Status.READY, 1)
+
+
+@pytest.mark.django_db
+def test_a_done_task_sent_back_to_the_backlog_loses_its_old_output(board, agent, user):
+    task = services.task_create(board=board, title="redo", input="x")
+    [claim] = services.board_pull(board_id=board.pk)
+    services.task_complete(
+        task_id=task.pk, lease_token=claim.lease_token, output="old answer", confidence=0.4
+    )
+
+    moved = services.task_move(task=task, to_column=column(board, Role.BACKLOG), user=user)
+
+    assert (moved.output, moved.confidence, moved.attempts) == ("", None, 0)
+    assert "output and last error cleared" in moved.events.get(kind=TaskEvent.Kind.MOVED, user=user).note
+
+
+@pytest.mark.django_db
+def test_a_ready_task_moved_to_the_backlog_keeps_its_attempts(board, user):
+    agent = make_agent(boards=[board], max_attempts=3)
+    task = services.task_create(board=board, title="t", input="x")
+    [claim] = services.board_pull(board_id=board.pk)
+    services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="HTTP 500")
+    agent.paused = True
+    agent.save()
+    task.refresh_from_db()
+
+    moved = services.task_move(task=task, to_column=column(board, Role.BACKLOG), user=user)
+
+    assert (moved.attempts, moved.last_error) == (1, "HTTP 500")
+
+
+@pytest.mark.django_db
+def test_moving_a_blocked_task_to_done_clears_the_block(board, ready_tasks, user):
+    blocked = services.task_block(task=ready_tasks[0], user=user, note="needs the drawing")
+
+    done = services.task_move(task=blocked, to_column=column(board, Role.DONE), user=user)
+
+    assert not done.is_blocked
+    assert done.blocked_note == ""
+    assert "block cleared (needs the drawing)" in done.events.get(kind=TaskEvent.Kind.MOVED, user=user).note

@@ -4,11 +4,13 @@ to the free WIP of In progress and of each agent, by position (priority, then ag
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from boards import services
 from boards.models import Column, Task, TaskEvent
@@ -237,3 +239,30 @@ def test_a_worker_pulls_at_once_after_commit(board, agent, empty_queue, monkeypa
     assert task.status == Status.RUNNING
     assert task.events.filter(kind=TaskEvent.Kind.CLAIMED).count() == 1
     assert _queued_task_names(empty_queue) == ["boards.tasks.run_task"]
+
+
+@pytest.mark.django_db
+def test_claim_updates_updated_at():
+    # No Backlog: the claim is the only write (a refill would save the task too).
+    board = make_board(backlog=False)
+    make_agent(boards=[board])
+    task = services.task_create(board=board, title="t", input="x")
+    long_ago = timezone.now() - timedelta(hours=1)
+    Task.objects.filter(pk=task.pk).update(updated_at=long_ago)
+
+    services.board_pull(board_id=board.pk)
+
+    task.refresh_from_db()
+    assert task.status == Status.RUNNING
+    assert task.updated_at > long_ago + timedelta(minutes=30)
+
+
+@pytest.mark.django_db
+def test_agents_pull_nothing_from_a_board_without_done(board, agent):
+    Column.objects.filter(board=board, role=Role.DONE).delete()
+    task = services.task_create(board=board, title="t", input="x")
+
+    assert services.board_pull(board_id=board.pk) == []
+
+    task.refresh_from_db()
+    assert task.status == Status.READY  # refilled, but not claimed

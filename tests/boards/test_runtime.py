@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from boards import runtime, services
-from boards.models import Task, TaskEvent
+from boards.models import Column, Task, TaskEvent
 from tests.factories import make_agent
 
 
@@ -72,3 +75,40 @@ def test_bad_prompt_template_fails_the_attempt_with_its_message(board):
     assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
     task.refresh_from_db()
     assert "document" in task.last_error
+
+
+@pytest.mark.django_db
+def test_a_board_that_lost_its_done_column_mid_run_costs_an_attempt_not_a_crash(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, max_attempts=2)
+    task, claim = _claim(board)
+    Column.objects.filter(board=board, role=Column.Role.DONE).delete()
+
+    assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
+
+    task.refresh_from_db()
+    assert task.status == Task.Status.READY
+    assert f"Board '{board.name}' has no Done column" in task.last_error
+    assert task.output == ""
+
+
+@pytest.mark.django_db
+def test_last_attempt_on_a_board_without_done_waits_in_progress_until_done_is_back(board, caplog):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, max_attempts=1)
+    task, claim = _claim(board)
+    done = Column.objects.get(board=board, role=Column.Role.DONE)
+    done_values = {"name": done.name, "position": done.position}
+    done.delete()
+
+    # Nowhere to fail it into: logged, and the task stays In progress.
+    assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
+    task.refresh_from_db()
+    assert task.status == Task.Status.RUNNING
+    assert "has no Done column" in caplog.text
+
+    # Its lease is not renewed any more; once it runs out and the board has a
+    # Done column again, the reaper fails it there.
+    Column.objects.create(board=board, role=Column.Role.DONE, **done_values)
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.leases_reap() == 1
+    task.refresh_from_db()
+    assert task.status == Task.Status.FAILED
