@@ -759,7 +759,9 @@ def task_move(
     note: str = "",
 ) -> Task:
     """Move a task by hand, where the column's rules allow, or reorder it within
-    its column when ``to_column`` is its own (``before`` is the card it now precedes)."""
+    its column when ``to_column`` is its own (``before`` is the card it now precedes).
+    The returned task's ``wip_note`` says when the move took the column past its
+    soft WIP limit (empty otherwise)."""
     if to_column.board_id != task.board_id:
         raise MoveNotAllowed("That column belongs to another board.")
     with transaction.atomic():
@@ -787,6 +789,7 @@ def task_move(
                 note=note,
             ).save()
             _after_commit(task.board_id, [to_column.pk], pull=True)
+            task.wip_note = ""
             return task
         if to_column.role not in MANUAL_MOVES[from_column.role]:
             if from_column.role == Role.IN_PROGRESS:
@@ -834,6 +837,8 @@ def task_move(
             note="; ".join(n for n in notes if n),
         ).save()
         _after_commit(task.board_id, [from_column.pk, to_column.pk], pull=True)
+    # For the caller to tell the person, as the event records it: a soft limit exceeded.
+    task.wip_note = soft_note
     return task
 
 
@@ -857,12 +862,10 @@ def task_step(*, task: Task, user: AbstractBaseUser | None, direction: str) -> T
         before = following[1] if len(following) > 1 else None
         return task_move(task=task, to_column=column, user=user, before=before)
     if direction in ("left", "right"):
-        ordered = list(Column.objects.filter(board_id=task.board_id).order_by("position"))
-        index = next(i for i, c in enumerate(ordered) if c.pk == column.pk)
-        index += -1 if direction == "left" else 1
-        if not 0 <= index < len(ordered):
+        neighbour = column_neighbour(column=column, direction=direction)
+        if neighbour is None:
             raise MoveNotAllowed(f"There is no column to the {direction} of {column.name}.")
-        return task_move(task=task, to_column=ordered[index], user=user)
+        return task_move(task=task, to_column=neighbour, user=user)
     raise ValidationError(f"Unknown direction {direction!r}: use up, down, left or right.")
 
 
@@ -1024,3 +1027,29 @@ __all__ = [
     "task_unblock",
 ]
 
+
+# --- for the board's views and the admin ---------------------------------------
+# (Added with the admin and view fixes; kept apart from the core above.)
+
+
+def column_neighbour(*, column: Column, direction: str) -> Column | None:
+    """The column to the ``left`` or ``right`` of ``column`` on its board, as the
+    board draws them (by position, then id); None at the edge."""
+    ordered = list(Column.objects.filter(board_id=column.board_id).order_by("position", "pk"))
+    index = next(i for i, c in enumerate(ordered) if c.pk == column.pk)
+    index += -1 if direction == "left" else 1
+    return ordered[index] if 0 <= index < len(ordered) else None
+
+
+def board_config_changed(*, board_id: int) -> None:
+    """A board's columns, or the agents serving it, were changed in the admin.
+
+    The admin saves those rows itself; this does what a service would do after
+    them: once the change commits, every column goes to the browsers (a WIP
+    limit shows as it now is), with the agents strip, and the board pulls, as a
+    raised limit or a new agent may have freed capacity."""
+    column_ids = list(Column.objects.filter(board_id=board_id).values_list("pk", flat=True))
+    _after_commit(board_id, column_ids, pull=True)
+
+
+__all__ += ["board_config_changed", "column_neighbour"]

@@ -10,6 +10,7 @@ JavaScript.
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -21,7 +22,6 @@ from boards import services
 from boards.forms import TaskBlockForm, TaskCreateForm, TaskMoveForm, TaskStepForm
 from boards.models import Board, Column, Task
 from boards.selectors import (
-    ColumnView,
     board_agents_get,
     board_capabilities_get,
     board_columns_get,
@@ -73,12 +73,16 @@ def _message(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
-def _soft_limit_note(columns: list[ColumnView], column_pk: int) -> str:
-    """Say so when a move took a column past its soft limit: allowed, but worth knowing."""
-    for col in columns:
-        if col.pk == column_pk and col.wip_state == Column.WipState.EXCEEDED:
-            return f" {col.column.name} is over its soft WIP limit ({col.count}/{col.column.wip_limit})."
-    return ""
+def _form_errors(form: forms.Form) -> str:
+    """A form's errors as one line, for the board's message region."""
+    return " ".join(error for errors in form.errors.values() for error in errors)
+
+
+def _moved_message(task: Task, from_column: Column, to_column: Column) -> str:
+    """What a move between columns says, with the service's note when it took
+    the column past its soft limit: allowed, but worth knowing."""
+    message = f"Moved “{task.title}” from {from_column.name} to {to_column.name}."
+    return f"{message} {task.wip_note}" if task.wip_note else message
 
 
 def _action_result(
@@ -89,7 +93,6 @@ def _action_result(
     message: str,
     column_ids: set[int],
     status: int = 200,
-    soft_note_for: int | None = None,
 ) -> HttpResponse:
     """The answer to a card action (move, step, block, unblock).
 
@@ -98,12 +101,9 @@ def _action_result(
     server has it. Otherwise: back to the task page, with the message.
     """
     if request.htmx:
-        columns = board_columns_get(board=board, column_ids=column_ids)
-        if status < 400 and soft_note_for is not None:
-            message += _soft_limit_note(columns, soft_note_for)
         context = {
             "board": board,
-            "columns": columns,
+            "columns": board_columns_get(board=board, column_ids=column_ids),
             "message": message,
             "level": "error" if status >= 400 else "success",
             "oob": True,
@@ -111,8 +111,6 @@ def _action_result(
         return render(request, f"{BOARD}#action-result", context, status=status)
     if status >= 400:
         return _task_detail_page(request, board, task, error=message, status=status)
-    if soft_note_for is not None:
-        message += _soft_limit_note(board_columns_get(board=board, column_ids={soft_note_for}), soft_note_for)
     messages.success(request, message)
     return redirect("boards-task-detail", slug=board.slug, pk=task.pk)
 
@@ -149,23 +147,21 @@ def board_list(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 def board_detail(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     board = _board(slug)
-    context = _board_context(board)
-    if request.htmx:
-        return render(request, f"{BOARD}#board-body", context)
-    return render(request, BOARD, context)
+    return render(request, BOARD, _board_context(board))
 
 
 @require_GET
 def board_body(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    """The board's live part (banner, agents, columns): what a reconnecting
-    browser re-fetches to catch up on what it missed."""
+    """The board's live part (agents and columns, for #board-body, and the
+    paused banner above them, out of band): what a reconnecting browser
+    re-fetches to catch up on what it missed."""
     board = _board(slug)
     context = {
         "board": board,
         "columns": board_columns_get(board=board),
         "agents": board_agents_get(board=board),
     }
-    return render(request, f"{BOARD}#board-body", context)
+    return render(request, f"{BOARD}#board-catch-up", context)
 
 
 @require_GET
@@ -227,9 +223,8 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     task = _task(board, pk)
     form = TaskMoveForm(request.POST, board=board)
     if not form.is_valid():
-        errors = [e for field_errors in form.errors.values() for e in field_errors]
         return _action_result(
-            request, board, task, message=" ".join(errors), column_ids={task.column_id}, status=400
+            request, board, task, message=_form_errors(form), column_ids={task.column_id}, status=400
         )
     to_column: Column = form.cleaned_data["column"]
     before: Task | None = form.cleaned_data["before"]
@@ -242,10 +237,8 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     if to_column.pk == from_column.pk:
         message = f"Reordered “{task.title}” in {to_column.name}."
     else:
-        message = f"Moved “{task.title}” from {from_column.name} to {to_column.name}."
-    return _action_result(
-        request, board, task, message=message, column_ids=touched, soft_note_for=to_column.pk
-    )
+        message = _moved_message(task, from_column, to_column)
+    return _action_result(request, board, task, message=message, column_ids=touched)
 
 
 @require_POST
@@ -256,12 +249,7 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     form = TaskStepForm(request.POST)
     if not form.is_valid():
         return _action_result(
-            request,
-            board,
-            task,
-            message=" ".join(form.errors["direction"]),
-            column_ids={task.column_id},
-            status=400,
+            request, board, task, message=_form_errors(form), column_ids={task.column_id}, status=400
         )
     direction = form.cleaned_data["direction"]
     from_column = task.column
@@ -270,8 +258,10 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
         task = services.task_step(task=task, user=request.user, direction=direction)
     except ValidationError as exc:
         # The neighbouring column is the one refused: re-render it too.
-        neighbour = _neighbour(board, from_column, direction)
-        touched = {from_column.pk} | ({neighbour.pk} if neighbour else set())
+        touched = {from_column.pk}
+        if direction in ("left", "right"):
+            neighbour = services.column_neighbour(column=from_column, direction=direction)
+            touched |= {neighbour.pk} if neighbour else set()
         return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
     task.refresh_from_db(fields=["column", "position"])
     to_column = board.columns.get(pk=task.column_id)
@@ -281,23 +271,8 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     elif direction in ("up", "down"):
         message = f"Moved “{task.title}” {direction} in {to_column.name}."
     else:
-        message = f"Moved “{task.title}” from {from_column.name} to {to_column.name}."
-    return _action_result(
-        request,
-        board,
-        task,
-        message=message,
-        column_ids={from_column.pk, to_column.pk},
-        soft_note_for=to_column.pk if to_column.pk != from_column.pk else None,
-    )
-
-
-def _neighbour(board: Board, column: Column, direction: str) -> Column | None:
-    if direction == "left":
-        return board.columns.filter(position__lt=column.position).order_by("-position").first()
-    if direction == "right":
-        return board.columns.filter(position__gt=column.position).order_by("position").first()
-    return None
+        message = _moved_message(task, from_column, to_column)
+    return _action_result(request, board, task, message=message, column_ids={from_column.pk, to_column.pk})
 
 
 @require_POST
@@ -316,7 +291,7 @@ def task_block(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
             form.add_error(None, exc)
             error, status = _message(exc), 422
     else:
-        error, status = " ".join(e for errors in form.errors.values() for e in errors), 422
+        error, status = _form_errors(form), 422
     if status >= 400:
         if request.htmx:
             return _action_result(

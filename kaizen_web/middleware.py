@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.contrib.auth.middleware import LoginRequiredMiddleware
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import resolve_url
 from django.utils.decorators import sync_only_middleware
+from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
 
 @sync_only_middleware
@@ -25,3 +30,33 @@ def sync_chain(get_response: Callable[[HttpRequest], HttpResponse]) -> Callable[
         return get_response(request)
 
     return middleware
+
+
+class HtmxLoginRequiredMiddleware(LoginRequiredMiddleware):
+    """Django's LoginRequiredMiddleware, with an answer htmx understands.
+
+    An htmx request follows a redirect inside its XMLHttpRequest and would swap
+    the login page's HTML into the board (#board-body, #board-status). Such a
+    request is answered instead with ``HX-Redirect`` to the login page, whose
+    ``next`` is the page the browser shows (``HX-Current-URL``), not the
+    fragment's URL, so that logging in leads back to that page.
+
+    The status is 401: the request was refused for want of a login, and a
+    client that is not htmx must not take the empty answer for a success.
+    htmx reads ``HX-Redirect`` before it looks at the status (htmx 2:
+    ``handleAjaxResponse``; htmx 4: ``#handleHeadersAndMaybeReturnEarly``), so
+    any status but a 3xx, which the browser follows on its own, is honoured.
+    """
+
+    def handle_no_permission(self, request: HttpRequest, view_func: Callable) -> HttpResponse:
+        htmx = HtmxDetails(request)
+        if not htmx:
+            return super().handle_no_permission(request, view_func)
+        # Only a page of this site, as a path: never a foreign URL in `next`.
+        page = htmx.current_url_abs_path
+        login = redirect_to_login(
+            page or "",
+            resolve_url(self.get_login_url(view_func)),
+            self.get_redirect_field_name(view_func) if page else None,
+        )
+        return HttpResponseClientRedirect(login.url, status=401)

@@ -108,7 +108,36 @@
   });
   board.addEventListener("htmx:wsClose", function () {
     setLive("down", "Reconnecting…");
+    leaveIfLoggedOut();
   });
+
+  // A socket whose session has ended is refused at every reconnect, and the ws
+  // extension would retry forever. Ask the server the way htmx does: without a
+  // session it answers with HX-Redirect to the login page (with `next` set to
+  // this page), and the browser goes there. Any other answer, or none (the
+  // server is down), leaves the extension to reconnect.
+  let checkingSession = false;
+
+  function leaveIfLoggedOut() {
+    if (checkingSession) return;
+    checkingSession = true;
+    fetch(board.dataset.bodyUrl, {
+      headers: { "HX-Request": "true", "HX-Current-URL": window.location.href },
+      credentials: "same-origin",
+      redirect: "manual",
+    })
+      .then(function (response) {
+        const login = response.headers.get("HX-Redirect");
+        if (login) window.location.assign(login);
+        // A redirect that is not for htmx (a proxy's login, say): let the
+        // server answer the page itself.
+        else if (response.type === "opaqueredirect") window.location.reload();
+      })
+      .catch(function () {})
+      .finally(function () {
+        checkingSession = false;
+      });
+  }
 
   // Swapping a column replaces the focused card's element: keep focus on the
   // card (found by its stable id), wherever it now is.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -19,7 +21,7 @@ def test_it_redirects_anonymous_users_to_login(client, board):
     assert client.get(_url(board)).status_code == 302
 
 
-def test_it_returns_the_banner_agents_and_every_column_without_the_page(client, user, board):
+def test_it_returns_the_agents_and_every_column_without_the_page(client, user, board):
     make_agent(boards=[board], name="helper")
     task = services.task_create(board=board, title="Catch me up")
     client.force_login(user)
@@ -29,12 +31,21 @@ def test_it_returns_the_banner_agents_and_every_column_without_the_page(client, 
     assert response.status_code == 200
     html = response.content.decode()
     assert "<html" not in html
-    assert 'id="board-banner"' in html
     assert 'id="board-agents"' in html and "helper" in html
     assert html.count('<section id="column-') == 5
     assert f'id="task-{task.pk}"' in html
-    # Swapped into #board-body as it is: nothing out of band.
-    assert "hx-swap-oob" not in html
+    # Swapped into #board-body as they are: not out of band.
+    assert not re.search(r'<section id="(column-\d+|board-agents)"[^>]*hx-swap-oob', html)
+
+
+def test_it_sends_the_paused_banner_out_of_band_to_its_place_above_the_form(client, user, board):
+    services.board_set_paused(board=board, paused=True)
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    assert re.search(r'<div id="board-banner"[^>]*hx-swap-oob="outerHTML"', html)
+    assert "The line is stopped:" in html
 
 
 def test_it_is_404_for_an_unknown_board(client, user):

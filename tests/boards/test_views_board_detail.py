@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from boards import services
-from boards.models import Board, Column
+from boards.models import Agent, Board, Column
 from tests.factories import column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
@@ -239,13 +239,41 @@ def test_it_shows_a_banner_when_the_board_is_paused(client, user):
     assert "The line is stopped:" in html
 
 
-def test_an_htmx_request_gets_the_live_part_only(client, user, board):
+def test_the_paused_banner_is_under_the_title_above_the_form(client, user):
+    board = make_board()
+    services.board_set_paused(board=board, paused=True)
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    # The first thing after the board's header, before the form and the columns.
+    assert html.index("</header>", html.index('class="board-header"')) < html.index("The line is stopped:")
+    assert html.index("The line is stopped:") < html.index('id="task-form"')
+
+
+def test_the_agents_strip_says_in_words_which_agents_are_paused(client, user):
+    board = make_board()
+    make_agent(boards=[board], name="Resting agent")
+    working = make_agent(boards=[board], name="Working agent")
+    services.agent_set_paused(agent=Agent.objects.get(name="Resting agent"), paused=True)
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    agents = re.findall(r'<li class="agent[^"]*">(.*?)</li>', html, re.S)
+    resting = next(a for a in agents if "Resting agent" in a)
+    assert re.search(r">\s*paused\s*<", resting)
+    assert working.name in html
+    assert not any(re.search(r">\s*paused\s*<", a) for a in agents if working.name in a)
+
+
+def test_an_htmx_request_gets_the_whole_page_too(client, user, board):
+    # The live part alone is boards-body's job; the page has one answer.
     client.force_login(user)
 
     response = client.get(_url(board), headers={"HX-Request": "true"})
 
     html = response.content.decode()
-    assert 'id="board-banner"' in html
+    assert "<html" in html
+    assert 'id="task-form"' in html
     assert html.count('<section id="column-') == 5
-    assert "<html" not in html
-    assert "hx-swap-oob" not in html

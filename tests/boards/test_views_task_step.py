@@ -117,3 +117,35 @@ def test_an_unknown_direction_is_a_bad_request(client, user, queue):
     assert response.status_code == 400
     assert "Use up, down, left or right." in response.content.decode()
     assert _ready_order(board) == ["First", "Second", "Third"]
+
+
+def test_a_refused_step_re_renders_the_neighbour_the_board_draws_even_when_positions_tie(client, user):
+    # Columns with one position are drawn in the order they were made: the
+    # neighbour the service refuses is the one the board shows to the right.
+    board = make_board(backlog=False)
+    board.columns.update(position=0)
+    task = services.task_create(board=board, title="Tied")
+    client.force_login(user)
+
+    response = client.post(_url(task), {"direction": "right"}, headers=HTMX)
+
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert "Tasks enter In progress only when an agent pulls them from Ready." in html
+    assert f'<section id="column-{column(board, "in_progress").pk}"' in html
+
+
+def test_a_step_past_a_soft_limit_says_so(client, user):
+    board = make_board(ready_limit=1, hard=False)
+    first = services.task_create(board=board, title="First")
+    second = services.task_create(board=board, title="Second")
+    services.task_move(task=first, to_column=column(board, "ready"), user=user)
+    client.force_login(user)
+
+    response = client.post(_url(second), {"direction": "right"}, headers=HTMX)
+
+    assert response.status_code == 200
+    assert (
+        "Moved “Second” from Backlog to Ready. Ready is over its soft WIP limit (2/1)."
+        in response.content.decode()
+    )
