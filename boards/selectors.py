@@ -110,7 +110,8 @@ def board_capabilities_get(*, board: Board) -> list[str]:
     """The capabilities a task on this board may ask for: those its agents offer."""
     offered: set[str] = set()
     for capabilities in board.agents.values_list("capabilities", flat=True):
-        offered.update(c for c in capabilities or [] if isinstance(c, str) and c)
+        if isinstance(capabilities, list):  # a bad value saved around Agent.clean() offers nothing
+            offered.update(c for c in capabilities if isinstance(c, str) and c)
     return sorted(offered)
 
 
