@@ -409,12 +409,13 @@ def record(results: dict[str, float], command: str) -> None:
     lines = [f"### {stamp}", "", f"- command: `{command}`", f"- machine: {machine()}", "", "```"]
     lines += [f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()]
     lines += ["```", ""]
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n\n## Results\n\n"
-    marker = "## Results\n\n"
+    marker = "## Results\n"
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n\n"
     if marker not in text:
-        text += "\n" + marker
+        text = text.rstrip("\n") + "\n\n" + marker
     head, tail = text.split(marker, 1)
-    readme.write_text(head + marker + "\n".join(lines) + "\n" + tail)
+    # Newest first, right under the heading.
+    readme.write_text(head + marker + "\n" + "\n".join(lines) + "\n" + tail.lstrip("\n"))
 
 
 def main() -> None:
