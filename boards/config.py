@@ -689,38 +689,34 @@ def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
     if not entries:
         reader.error(_line(root), "the file", "declares nothing; give boards and/or agents")
     if "boards" in entries:
-        items = reader.sequence(entries["boards"][1], "boards") or []
-        slugs: dict[str, str] = {}
-        for index, item in enumerate(items):
-            board = _parse_board(reader, item, f"boards[{index}]", document)
-            if board is None:
-                continue
-            if board.slug in slugs:
-                reader.error(
-                    _line(item),
-                    f"{board.path}.slug",
-                    f"duplicate board slug {board.slug!r} ({slugs[board.slug]} has it)",
-                )
-                continue
-            slugs[board.slug] = board.path
-            document.boards.append(board)
+        document.boards = _parse_unique(
+            reader, entries["boards"][1], "boards", _parse_board, "slug", document
+        )
     if "agents" in entries:
-        items = reader.sequence(entries["agents"][1], "agents") or []
-        names: dict[str, str] = {}
-        for index, item in enumerate(items):
-            agent = _parse_agent(reader, item, f"agents[{index}]", document)
-            if agent is None:
-                continue
-            if agent.name in names:
-                reader.error(
-                    _line(item),
-                    f"{agent.path}.name",
-                    f"duplicate agent name {agent.name!r} ({names[agent.name]} has it)",
-                )
-                continue
-            names[agent.name] = agent.path
-            document.agents.append(agent)
+        document.agents = _parse_unique(
+            reader, entries["agents"][1], "agents", _parse_agent, "name", document
+        )
     return document
+
+
+def _parse_unique(reader, node, section: str, parse, key: str, document) -> list:
+    """Parse each item of a section, refusing a second item with the same natural key."""
+    parsed = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(reader.sequence(node, section) or []):
+        entry = parse(reader, item, f"{section}[{index}]", document)
+        if entry is None:
+            continue
+        value = getattr(entry, key)
+        if value in seen:
+            noun = "board slug" if section == "boards" else "agent name"
+            reader.error(
+                _line(item), f"{entry.path}.{key}", f"duplicate {noun} {value!r} ({seen[value]} has it)"
+            )
+            continue
+        seen[value] = entry.path
+        parsed.append(entry)
+    return parsed
 
 
 def _check_against_database(document: ConfigDocument, report: Callable[[int, str, str], None]) -> None:
