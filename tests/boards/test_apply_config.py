@@ -204,10 +204,10 @@ ERROR_CASES = {
     ),
     "unknown provider": (
         16,
-        "    provider: openai",
+        "    provider: mistral",
         16,
         "agents[0].provider",
-        "unknown provider 'openai' (available: simulated)",
+        "unknown provider 'mistral' (available: simulated, openai, anthropic)",
     ),
     "unknown model": (
         17,
