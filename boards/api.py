@@ -14,7 +14,6 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, reverse
 from ninja import NinjaAPI, Path, Status
@@ -23,7 +22,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
 
 from boards import services
-from boards.models import ApiToken, Board, Column, Task
+from boards.models import ApiToken, Board, Task
 from boards.schemas import (
     AgentRefOut,
     BoardDetailOut,
@@ -34,6 +33,7 @@ from boards.schemas import (
     TaskIn,
     TaskOut,
 )
+from boards.selectors import board_columns_with_counts
 
 # Largest value a BigAutoField holds: a bigger id is reported as bad input
 # rather than overflowing the database driver.
@@ -189,11 +189,6 @@ def _board_fields(request: HttpRequest, board: Board) -> dict[str, Any]:
     }
 
 
-def _columns_with_counts(board: Board) -> list[Column]:
-    # One grouped query for every column's count, whatever the number of tasks.
-    return list(board.columns.annotate(task_count=Count("tasks")).order_by("position"))
-
-
 def _task_out(task: Task) -> TaskOut:
     agent = task.agent
     return TaskOut(
@@ -254,7 +249,7 @@ def board_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
             hard_limit=column.hard_limit,
             wip_state=column.wip_state(column.task_count),
         )
-        for column in _columns_with_counts(board)
+        for column in board_columns_with_counts(board=board)
     ]
     return {**_board_fields(request, board), "columns": columns}
 

@@ -71,6 +71,12 @@ def _cards(column: Column, limit: int) -> QuerySet[Task]:
     )
 
 
+def board_columns_with_counts(*, board: Board) -> QuerySet[Column]:
+    """The board's columns in order, each annotated with ``task_count``: one grouped
+    query, whatever the number of tasks."""
+    return board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
+
+
 def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> list[ColumnView]:
     """The board's columns in order, each with its task count and its first
     ``KAIZEN_COLUMN_CARD_LIMIT`` cards. ``column_ids`` narrows it to some columns
@@ -79,7 +85,7 @@ def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> li
     One query for the columns and their counts, then one per column for its
     cards: bounded by the number of columns, never by the number of tasks.
     """
-    columns = board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
+    columns = board_columns_with_counts(board=board)
     if column_ids is not None:
         columns = columns.filter(pk__in=column_ids)
     limit = settings.KAIZEN_COLUMN_CARD_LIMIT

@@ -291,7 +291,13 @@ def _place(task: Task, column: Column, *, position: int | None = None) -> None:
     """Put ``task`` in ``column`` (not saved). Keeps status and timestamps in step."""
     task.column = column
     task.status = STATUS_FOR_ROLE[column.role]
-    task.position = position if position is not None else _slot_by_priority(column, task.priority)
+    if position is not None:
+        task.position = position
+    elif column.role == Role.DONE:
+        # Done shows the newest first.
+        task.position = -int(timezone.now().timestamp() * 1000)
+    else:
+        task.position = _slot_by_priority(column, task.priority)
     if column.role == Role.DONE:
         task.finished_at = timezone.now()
     elif column.role in (Role.BACKLOG, Role.READY):
@@ -584,7 +590,7 @@ def task_complete(
         task.output = output
         task.confidence = confidence
         task.last_error = ""
-        _place(task, done, position=-int(timezone.now().timestamp() * 1000))
+        _place(task, done)
         task.save()
         _event(
             task,
@@ -651,7 +657,7 @@ def _return_or_fail(task: Task, *, kind: str, reason: str) -> set[int]:
             )
     if target is None:
         target = _required_column(task.board_id, Role.DONE, columns)
-        _place(task, target, position=-int(timezone.now().timestamp() * 1000))
+        _place(task, target)
         task.status = Status.FAILED
     else:
         _place(task, target)
@@ -803,8 +809,6 @@ def task_move(
         from_status = task.status
         position = None if before is None else _slot_before(to_column, before, exclude_pk=task.pk)
         _place(task, to_column, position=position)
-        if to_column.role == Role.DONE and position is None:
-            task.position = -int(timezone.now().timestamp() * 1000)
         notes = [note, soft_note]
         sent_back = from_column.role in (Role.DONE, Role.REVIEW) and to_column.role in (
             Role.BACKLOG,
