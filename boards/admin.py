@@ -14,7 +14,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
+from django.conf import settings
 from django.http import HttpRequest
+from django.utils.html import format_html
 from django.utils.text import get_text_list
 
 from boards import services
@@ -162,18 +164,70 @@ class BoardAdmin(admin.ModelAdmin):
 # --- agents ------------------------------------------------------------------------
 
 
+class AgentForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        exclude = ["paused"]
+        widgets = {
+            "prompt_template": forms.Textarea(attrs={"rows": 8, "cols": 90}),
+            "cascade": forms.Textarea(attrs={"rows": 8, "cols": 90}),
+        }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only a registered class can be chosen; blank runs the prompt and cascade.
+        choices = [("", "— the prompt and cascade —")] + [(p, p) for p in settings.KAIZEN_AGENT_CLASSES]
+        current = self.instance.implementation
+        if current and current not in settings.KAIZEN_AGENT_CLASSES:
+            choices.append((current, f"{current} (no longer registered)"))
+        self.fields["implementation"].widget = forms.Select(choices=choices)
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["name", "provider", "model", "concurrency", "paused"]
-    list_filter = ["provider", "paused", "boards"]
+    form = AgentForm
+    list_display = ["name", "models", "concurrency", "prompt_version", "paused"]
+    list_filter = ["paused", "boards"]
     filter_horizontal = ["boards"]
-    exclude = ["paused"]  # see BoardAdmin
-    readonly_fields = ["state"]
+    readonly_fields = ["state", "prompt_version", "agent_page"]
+    fieldsets = [
+        (None, {"fields": ["name", "state", "agent_page", "boards", "capabilities", "concurrency", "max_attempts"]}),
+        (
+            "Prompt and cascade",
+            {
+                "fields": [
+                    "prompt_version",
+                    "prompt_template",
+                    "prompt_variables",
+                    "parameters",
+                    "cascade",
+                    "reuse_results",
+                    "cache_responses",
+                ]
+            },
+        ),
+        ("Custom agent", {"fields": ["implementation"], "classes": ["collapse"]}),
+    ]
     actions = ["pause", "resume"]
 
     @admin.display(description="State")
     def state(self, agent: Agent) -> str:
         return _paused_state(agent.paused, "agent")
+
+    @admin.display(description="Cascade")
+    def models(self, agent: Agent) -> str:
+        label = agent.model_summary
+        return f"{label} (simulated)" if agent.is_simulated else label
+
+    @admin.display(description="Agent page")
+    def agent_page(self, agent: Agent) -> str:
+        if agent.pk is None:
+            return "Shown once the agent is saved."
+        return format_html('<a href="{}">{}</a> (metrics, and the cascade edited tier by tier)', agent.get_absolute_url(), agent.get_absolute_url())
+
+    def save_model(self, request: HttpRequest, obj: Agent, form, change: bool) -> None:
+        # The service bumps the prompt version when what the model is asked changes.
+        services.agent_save(agent=obj, changed=form.changed_data if change else None)
 
     @admin.action(description="Pause selected agents", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:

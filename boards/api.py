@@ -200,7 +200,7 @@ def _task_out(task: Task) -> TaskOut:
         column=ColumnRefOut(name=task.column.name, role=task.column.role),
         agent=None
         if agent is None
-        else AgentRefOut(name=agent.name, provider=agent.provider, simulated=agent.is_simulated),
+        else AgentRefOut(name=agent.name, provider=agent.tiers[0].provider if agent.tiers else "custom", simulated=agent.is_simulated),
         output=task.output,
         confidence=task.confidence,
         attempts=task.attempts,

@@ -15,8 +15,22 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.urls import reverse
 
+from boards.agent_config import (
+    ConfigError,
+    Tier,
+    check_template,
+    parse_cascade,
+    parse_parameters,
+    parse_variables,
+    tier_label,
+)
+
 # Task.capability's length: a longer name offered by an agent could never be asked for.
 CAPABILITY_MAX_LENGTH = 60
+
+
+def default_cascade() -> list[dict]:
+    return [{"provider": "simulated", "model": "sim-small", "threshold": None}]
 
 
 class Board(models.Model):
@@ -103,15 +117,48 @@ class Agent(models.Model):
         help_text="Capabilities this agent offers; a task asking for one is only "
         "pulled by an agent that lists it.",
     )
-    provider = models.CharField(max_length=40, default="simulated")
-    model = models.CharField(max_length=120, default="sim-small")
-    provider_settings = models.JSONField(
+    prompt_template = models.TextField(
+        default="{input}",
+        help_text="What the model is asked. {input}, {title} and {last_error} are always "
+        "available; other {names} must be declared as variables. Write {{ and }} for braces.",
+    )
+    prompt_variables = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Variables the template may use beyond the built-in ones, such as ["customer"]; '
+        "a task gives them as fields of a JSON object input.",
+    )
+    parameters = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Provider and generation settings (for the simulated provider, "
-        "latency_ms overrides the model profile's latency).",
+        help_text='Generation parameters for every tier: temperature, top_p, max_tokens, such as {"temperature": 0.2}.',
     )
-    prompt_template = models.TextField(default="{input}")
+    cascade = models.JSONField(
+        default=default_cascade,
+        help_text="Tiers tried cheapest first. Each: provider, model, parameters, price_in and price_out "
+        "(dollars per 1k tokens) and threshold (accept an output whose confidence reaches it; "
+        "the last tier's output is always taken).",
+    )
+    reuse_results = models.BooleanField(
+        default=True,
+        help_text="A task whose input matches one this agent already completed (with the same prompt "
+        "version) takes that result instead of calling a model.",
+    )
+    cache_responses = models.BooleanField(
+        default=True,
+        help_text="Serve a call identical to an earlier one (provider, model, prompt, parameters) from the "
+        "response cache.",
+    )
+    implementation = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="A custom agent class (registered in KAIZEN_AGENT_CLASSES) that does the work "
+        "instead of the prompt and cascade.",
+    )
+    # Goes up by one each time the prompt, its variables, parameters or cascade change;
+    # tasks and ledger rows record the version they ran, and only results of the
+    # current version are reused.
+    prompt_version = models.PositiveIntegerField(default=1, editable=False)
     concurrency = models.PositiveIntegerField(
         default=4, validators=[MinValueValidator(1)], help_text="Tasks in flight at once."
     )
@@ -125,11 +172,58 @@ class Agent(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def get_absolute_url(self) -> str:
+        return reverse("boards-agent-detail", kwargs={"pk": self.pk})
+
+    @property
+    def tiers(self) -> list[Tier]:
+        """The cascade, parsed; an empty list if the stored value is malformed (a row
+        written around ``clean``), which the runtime reports as a failed attempt."""
+        try:
+            return parse_cascade(self.cascade)
+        except ConfigError:
+            return []
+
     @property
     def is_simulated(self) -> bool:
-        return self.provider == "simulated"
+        if self.implementation:
+            from boards.agents import is_simulated
+
+            return is_simulated(self)
+        return any(tier.simulated for tier in self.tiers)
+
+    @property
+    def model_summary(self) -> str:
+        if self.implementation:
+            return self.implementation.rsplit(".", 1)[-1]
+        return tier_label(self.tiers)
 
     def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        try:
+            variables = parse_variables(self.prompt_variables)
+        except ConfigError as exc:
+            errors["prompt_variables"] = [message for _, message in exc.problems]
+            variables = []
+        problems = check_template(self.prompt_template or "", variables)
+        if problems:
+            errors["prompt_template"] = problems
+        for field_name, parse in (("parameters", parse_parameters), ("cascade", parse_cascade)):
+            try:
+                parse(getattr(self, field_name))
+            except ConfigError as exc:
+                errors[field_name] = [f"{where}: {message}" for where, message in exc.problems]
+        if self.implementation and self.implementation not in settings.KAIZEN_AGENT_CLASSES:
+            registered = ", ".join(settings.KAIZEN_AGENT_CLASSES) or "none"
+            errors["implementation"] = [
+                f"{self.implementation!r} is not a registered agent class (registered: {registered}); "
+                "add its dotted path to KAIZEN_AGENT_CLASSES"
+            ]
+        if errors:
+            raise ValidationError(errors)
+        self._clean_capabilities()
+
+    def _clean_capabilities(self) -> None:
         # The admin's JSON field takes any JSON: a bare string such as "summarise"
         # would be read character by character as capabilities.
         value = self.capabilities
@@ -157,7 +251,12 @@ class Agent(models.Model):
     @property
     def offered_capabilities(self) -> list[str]:
         """The capability names this agent offers, ignoring anything that is not
-        one (rows written before ``clean`` checked them, or outside the admin)."""
+        one (rows written before ``clean`` checked them, or outside the admin).
+        A custom agent class says its own (``capabilities()``)."""
+        if self.implementation:
+            from boards.agents import custom_capabilities
+
+            return custom_capabilities(self)
         value = self.capabilities
         if not isinstance(value, list):
             return []
@@ -190,6 +289,29 @@ class Task(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks")
     output = models.TextField(blank=True)
     confidence = models.FloatField(null=True, blank=True)
+    # How the confidence was obtained: logprobs, structured, simulated, none, or
+    # custom (an agent class's own).
+    confidence_source = models.CharField(max_length=20, blank=True)
+    allow_reuse = models.BooleanField(
+        default=True,
+        help_text="Take the result of an identical completed task instead of calling a model "
+        "(when the agent allows it too).",
+    )
+    # A digest of the normalised input (see boards.services.input_key): what reuse matches on.
+    input_key = models.CharField(max_length=64, blank=True)
+    reused_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    # The cascade tier (1 = cheapest) whose output was taken.
+    accepted_tier = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Totals over the task's ledger rows (every attempt), kept with the task so
+    # a card shows them without a query of its own.
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    model_calls = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
     blocked_note = models.TextField(blank=True)
@@ -208,6 +330,7 @@ class Task(models.Model):
             models.Index(fields=["column", "position", "created_at"], name="task_column_order"),
             models.Index(fields=["status", "lease_expires_at"], name="task_status_lease"),
             models.Index(fields=["board", "status"], name="task_board_status"),
+            models.Index(fields=["agent", "input_key", "status"], name="task_reuse"),
         ]
 
     def __str__(self) -> str:
@@ -272,6 +395,54 @@ class TaskEvent(models.Model):
         if self.actor == self.Actor.USER and self.user_id:
             return self.user.get_username()
         return self.actor
+
+
+class ModelCall(models.Model):
+    """The ledger: one row per model call (or call avoided: a cache hit or a reused
+    result), from which cost and waste are measured. Rows are history: they copy
+    what the call used rather than pointing at configuration that may change."""
+
+    class Source(models.TextChoices):
+        MODEL = "model", "Model call"
+        CACHE = "cache", "Cache hit"
+        REUSE = "reuse", "Reused result"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="model_call_rows")
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    # 1 for the cheapest tier; null for a reused result, which calls no tier.
+    tier = models.PositiveSmallIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.MODEL)
+    provider = models.CharField(max_length=40, blank=True)
+    model = models.CharField(max_length=120, blank=True)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    latency_ms = models.FloatField(default=0)
+    confidence = models.FloatField(null=True, blank=True)
+    confidence_source = models.CharField(max_length=20, blank=True)
+    # This call's output was the one taken (it cleared its tier's threshold, or was the last tier's).
+    accepted = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    # For a reused result: the task whose result was taken.
+    reused_from = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [
+            models.Index(fields=["board", "created_at"], name="modelcall_board_time"),
+            models.Index(fields=["agent", "created_at"], name="modelcall_agent_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} {self.provider}/{self.model} for task {self.task_id}"
+
+    @property
+    def simulated(self) -> bool:
+        return self.provider == "simulated"
 
 
 class ApiToken(models.Model):

@@ -36,7 +36,6 @@ class ModelResponse:
     confidence: float | None
     tokens_in: int
     tokens_out: int
-    cost: float
     latency_ms: float
     # How the confidence was obtained: "logprobs", "structured", "none" or "simulated".
     # A default keeps the simulated provider's (and older) constructors working.
@@ -128,15 +127,11 @@ class SimulatedProvider:
         sentences = max(1, round(profile.verbosity * (1 + 2 * difficulty)))
         body = " ".join(f"Point {i + 1}: {summary[: 40 + 20 * i]}." for i in range(sentences))
         text = f"[simulated {request.model}] {body}"
-        tokens_in = _tokens(request.prompt)
-        tokens_out = _tokens(text)
-        cost = tokens_in / 1000 * profile.price_in + tokens_out / 1000 * profile.price_out
         return ModelResponse(
             text=text,
             confidence=confidence,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            cost=round(cost, 8),
+            tokens_in=_tokens(request.prompt),
+            tokens_out=_tokens(text),
             latency_ms=round(latency_ms, 3),
         )
 
@@ -240,7 +235,7 @@ def _error_message(body: object, fallback: str) -> str:
 
 class _SDKProvider:
     """What the OpenAI and Anthropic adapters share: settings, key, in-flight cap,
-    SDK error translation, timing, cost and confidence. Subclasses make the call and
+    SDK error translation, timing and confidence. Subclasses make the call and
     read their protocol's body."""
 
     name: str = ""
@@ -256,8 +251,6 @@ class _SDKProvider:
         max_in_flight = _setting_number(settings, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, integer=True)
         if max_in_flight < 1:
             raise ProviderError(f"setting 'max_in_flight' must be at least 1, got {max_in_flight}")
-        price_in = _setting_number(settings, "price_in", 0.0)
-        price_out = _setting_number(settings, "price_out", 0.0)
         api_key = _api_key(settings, self.default_key_env)
 
         slot = _in_flight_slot(self.name, base_url, max_in_flight)
@@ -281,13 +274,11 @@ class _SDKProvider:
         else:
             confidence = structured_confidence(text)
             source = "structured" if confidence is not None else "none"
-        cost = tokens_in / 1000 * price_in + tokens_out / 1000 * price_out
         return ModelResponse(
             text=text,
             confidence=confidence,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
-            cost=round(cost, 8),
             latency_ms=round(latency_ms, 3),
             confidence_source=source,
         )
@@ -467,6 +458,9 @@ class AnthropicProvider(_SDKProvider):
         return "".join(texts), _usage_int(usage, "input_tokens"), _usage_int(usage, "output_tokens"), []
 
 
+PROVIDER_NAMES = ("simulated", "openai", "anthropic")
+
+
 def get_provider(name: str) -> Provider:
     from django.conf import settings
 
@@ -476,4 +470,4 @@ def get_provider(name: str) -> Provider:
         return OpenAIProvider()
     if name == "anthropic":
         return AnthropicProvider()
-    raise ProviderError(f"unknown provider {name!r} (available: simulated, openai, anthropic)")
+    raise ProviderError(f"unknown provider {name!r} (available: {', '.join(PROVIDER_NAMES)})")

@@ -1,5 +1,6 @@
-"""Running a claimed task in a worker: render the prompt, call the model while
-the lease is kept alive, and hand the outcome to the services.
+"""Running a claimed task in a worker: reuse an earlier result or run the agent (its
+prompt and model cascade, or a custom class; see boards.agents) while the lease
+is kept alive, and hand the outcome and its ledger rows to the services.
 
 Concurrency: agent work is I/O-bound (a model call is mostly waiting), so the
 worker runs Celery's thread pool with a high concurrency, keeping many calls in
@@ -13,7 +14,6 @@ on models do not hold a thousand database connections.
 from __future__ import annotations
 
 import logging
-import string
 import threading
 import time
 import uuid
@@ -21,33 +21,18 @@ import uuid
 from django.conf import settings
 from django.db import connection
 
-from boards import services
-from boards.providers import ModelRequest, ProviderError, get_provider
+from boards import selectors, services
+from boards.agents import (  # noqa: F401  (render_prompt and PromptError are used from here)
+    AgentFailed,
+    CallRecord,
+    Output,
+    PromptError,
+    implementation_for,
+    render_prompt,
+)
+from boards.models import ModelCall
 
 logger = logging.getLogger(__name__)
-
-
-class PromptError(ValueError):
-    pass
-
-
-def render_prompt(template: str, variables: dict[str, str]) -> str:
-    """Fill ``{name}`` fields of an agent's template; ``{{`` and ``}}`` are literal braces."""
-    formatter = string.Formatter()
-    try:
-        fields = [name for _, name, _, _ in formatter.parse(template) if name is not None]
-    except ValueError as exc:
-        raise PromptError(f"prompt template is malformed: {exc}") from None
-    if any(not f.isidentifier() for f in fields):
-        raise PromptError("prompt template fields must be plain names such as {input}")
-    missing = sorted({f for f in fields if f not in variables})
-    if missing:
-        raise PromptError(
-            "prompt template uses unknown variable(s): "
-            + ", ".join(missing)
-            + f" (available: {', '.join(sorted(variables))})"
-        )
-    return template.format_map(variables)
 
 
 class LeaseKeeper:
@@ -126,16 +111,41 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _fail_attempt(task_id: int, lease_token: str, error: str) -> str:
-    """Record a failed attempt. If even that cannot be written (the last attempt
-    must fail into Done and the board has none), log it: the task stays In
-    progress with a lease no longer renewed, and the reaper retries it on every
-    pass, logging why, until someone adds a Done column."""
+def _fail_attempt(task_id: int, lease_token: str, error: str, calls=(), attempt: int | None = None) -> str:
+    """Record a failed attempt (and the calls it made). If even that cannot be
+    written (the last attempt must fail into Done and the board has none), log
+    it: the task stays In progress with a lease no longer renewed, and the reaper
+    retries it on every pass, logging why, until someone adds a Done column."""
     try:
-        services.task_attempt_fail(task_id=task_id, lease_token=lease_token, error=error)
+        services.task_attempt_fail(
+            task_id=task_id, lease_token=lease_token, error=error, calls=tuple(calls), attempt=attempt
+        )
     except services.ColumnMissing as exc:
         logger.error("could not record the failed run of task %s: %s", task_id, exc.messages[0])
     return "failed"
+
+
+def reused_output(task) -> Output | None:
+    """Should-activate: the result of an identical task this agent already
+    completed with the same prompt version, unless the agent or the task opts out."""
+    earlier = selectors.reusable_task(task=task)
+    if earlier is None:
+        return None
+    return Output(
+        text=earlier.output,
+        confidence=earlier.confidence,
+        confidence_source=earlier.confidence_source,
+        reused_from=earlier.pk,
+        calls=(
+            CallRecord(
+                source=ModelCall.Source.REUSE,
+                confidence=earlier.confidence,
+                confidence_source=earlier.confidence_source,
+                accepted=True,
+                reused_from=earlier.pk,
+            ),
+        ),
+    )
 
 
 def run(task_id: int, lease_token: str) -> str:
@@ -147,36 +157,32 @@ def run(task_id: int, lease_token: str) -> str:
     task = services.task_run_begin(task_id=task_id, lease_token=lease_token)
     if task is None:
         return "stale"
-    agent = task.agent
+    attempt = task.attempts
     lease_keeper.hold(lease_token)
     try:
         try:
-            prompt = render_prompt(
-                agent.prompt_template,
-                {"input": task.input, "title": task.title, "last_error": task.last_error},
-            )
-            provider = get_provider(agent.provider)
-            request = ModelRequest(
-                model=agent.model, prompt=prompt, input=task.input, settings=agent.provider_settings
-            )
-            _release_connection()
-            response = provider.complete(request)
-        except (ProviderError, PromptError) as exc:
-            return _fail_attempt(task_id, lease_token, str(exc))
+            output = reused_output(task)
+            if output is None:
+                agent = implementation_for(task.agent)
+                _release_connection()
+                output = agent.process(task)
+                if not isinstance(output, Output):
+                    raise AgentFailed(
+                        f"{type(agent).__name__}.process() returned {type(output).__name__}, not an Output"
+                    )
+        except AgentFailed as exc:
+            return _fail_attempt(task_id, lease_token, str(exc), exc.calls, attempt)
         except Exception as exc:
-            # A bug in an adapter must cost an attempt, not leave the task In
-            # progress until its lease runs out.
+            # A bug in an adapter or a custom agent must cost an attempt, not leave
+            # the task In progress until its lease runs out.
             logger.exception("run of task %s crashed", task_id)
-            return _fail_attempt(task_id, lease_token, f"internal error: {exc!r}")
+            return _fail_attempt(task_id, lease_token, f"internal error: {exc!r}", (), attempt)
     finally:
         lease_keeper.release(lease_token)
     try:
         finished = services.task_complete(
-            task_id=task_id,
-            lease_token=lease_token,
-            output=response.text,
-            confidence=response.confidence,
+            task_id=task_id, lease_token=lease_token, output=output, attempt=attempt
         )
     except services.ColumnMissing as exc:
-        return _fail_attempt(task_id, lease_token, exc.messages[0])
+        return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
     return "done" if finished else "stale"

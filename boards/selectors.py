@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Avg, Count, Prefetch, Q, QuerySet, Sum
 
-from boards.models import Agent, Board, Column, Task, TaskEvent
+from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 
 Role = Column.Role
 
@@ -115,9 +115,8 @@ def board_agents_get(*, board: Board) -> list[Agent]:
 def board_capabilities_get(*, board: Board) -> list[str]:
     """The capabilities a task on this board may ask for: those its agents offer."""
     offered: set[str] = set()
-    for capabilities in board.agents.values_list("capabilities", flat=True):
-        if isinstance(capabilities, list):  # a bad value saved around Agent.clean() offers nothing
-            offered.update(c for c in capabilities if isinstance(c, str) and c)
+    for agent in board.agents.all():
+        offered.update(agent.offered_capabilities)
     return sorted(offered)
 
 
@@ -136,3 +135,69 @@ def task_events_get(*, task: Task) -> list[TaskEvent]:
     return list(
         task.events.select_related("from_column", "to_column", "agent", "user").order_by("created_at", "pk")
     )
+
+
+# --- the runtime and the ledger ----------------------------------------------------
+
+
+def reusable_task(*, task: Task) -> Task | None:
+    """The newest task this task's agent completed (not failed) with the same
+    normalised input, capability and prompt version, if reuse is allowed by both
+    the agent and the task; None otherwise."""
+    agent = task.agent
+    if agent is None or not task.allow_reuse or not agent.reuse_results or not task.input_key:
+        return None
+    return (
+        Task.objects.filter(
+            agent=agent,
+            input_key=task.input_key,
+            status=Task.Status.DONE,
+            capability=task.capability,
+            prompt_version=task.prompt_version,
+        )
+        .exclude(pk=task.pk)
+        .only("pk", "output", "confidence", "confidence_source")
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+def task_model_calls_get(*, task: Task) -> list[ModelCall]:
+    """A task's ledger rows, oldest first."""
+    return list(task.model_call_rows.select_related("reused_from").order_by("created_at", "pk"))
+
+
+def agent_metrics(*, agent: Agent) -> dict:
+    """What the ledger and the tasks say of an agent's work: two grouped queries."""
+    calls = ModelCall.objects.filter(agent=agent)
+    by_source = dict(calls.values_list("source").annotate(n=Count("pk")))
+    totals = calls.aggregate(
+        cost=Sum("cost"),
+        tokens_in=Sum("tokens_in"),
+        tokens_out=Sum("tokens_out"),
+        errors=Count("pk", filter=~Q(error="")),
+        latency=Avg("latency_ms", filter=Q(source=ModelCall.Source.MODEL, error="")),
+    )
+    accepted = dict(
+        calls.filter(accepted=True, tier__isnull=False).values_list("tier").annotate(n=Count("pk"))
+    )
+    tasks = Task.objects.filter(agent=agent).aggregate(
+        done=Count("pk", filter=Q(status=Task.Status.DONE)),
+        failed=Count("pk", filter=Q(status=Task.Status.FAILED)),
+        running=Count("pk", filter=Q(status=Task.Status.RUNNING)),
+    )
+    return {
+        "tasks_done": tasks["done"],
+        "tasks_failed": tasks["failed"],
+        "tasks_running": tasks["running"],
+        "model_calls": by_source.get(ModelCall.Source.MODEL, 0),
+        "cache_hits": by_source.get(ModelCall.Source.CACHE, 0),
+        "reused": by_source.get(ModelCall.Source.REUSE, 0),
+        "errors": totals["errors"],
+        "cost": totals["cost"] or 0,
+        "tokens_in": totals["tokens_in"] or 0,
+        "tokens_out": totals["tokens_out"] or 0,
+        "mean_latency_ms": round(totals["latency"], 1) if totals["latency"] is not None else None,
+        # How often each tier's output was the one taken (1 = cheapest).
+        "accepted_by_tier": dict(sorted(accepted.items())),
+    }

@@ -7,23 +7,29 @@ consumers, admin actions and Celery tasks only call them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import threading
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from boards import broadcast
-from boards.models import Agent, ApiToken, Board, Column, Task, TaskEvent
+from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
+from boards.agents import CallRecord, Output
+from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +327,23 @@ def _lock_board(board_id: int) -> Board:
 # --- intake --------------------------------------------------------------------
 
 
+def input_key(text: str) -> str:
+    """What reuse matches tasks on: a digest of the input, normalised so that
+    case, Unicode forms, spacing and a JSON object's key order do not make two
+    inputs differ. Empty for an empty input (a task described by its title only
+    is never taken for another)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict | list):
+        text = json.dumps(data, sort_keys=True, ensure_ascii=False)
+    normalised = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    if not normalised:
+        return ""
+    return hashlib.sha256(normalised.encode()).hexdigest()
+
+
 def task_create(
     *,
     board: Board,
@@ -328,6 +351,7 @@ def task_create(
     input: str = "",
     capability: str = "",
     priority: int = 0,
+    allow_reuse: bool = True,
     user: AbstractBaseUser | None = None,
 ) -> Task:
     title = (title or "").strip()
@@ -353,7 +377,15 @@ def task_create(
             # Only a limited intake needs its count held still while we add to it.
             _lock_board(board.pk)
         note = _check_wip(column)
-        task = Task(board=board, title=title, input=input, capability=capability, priority=priority)
+        task = Task(
+            board=board,
+            title=title,
+            input=input,
+            capability=capability,
+            priority=priority,
+            allow_reuse=allow_reuse,
+            input_key=input_key(input),
+        )
         _place(task, column)
         task.save()
         _event(
@@ -498,6 +530,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         task.column = doing
         task.status = Status.RUNNING
         task.agent = agent
+        task.prompt_version = agent.prompt_version
         task.attempts += 1
         task.lease_token = uuid.uuid4()
         task.lease_expires_at = expires
@@ -528,6 +561,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
             "column",
             "status",
             "agent",
+            "prompt_version",
             "attempts",
             "lease_token",
             "lease_expires_at",
@@ -577,18 +611,33 @@ def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
 
 
 def task_complete(
-    *, task_id: int, lease_token: uuid.UUID | str, output: str, confidence: float | None
+    *,
+    task_id: int,
+    lease_token: uuid.UUID | str,
+    output: Output | str,
+    confidence: float | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """Record a run's output and move the task on. False if the run was stale;
-    ColumnMissing (nothing written) if the board has no Done column."""
+    """Record a run's output and its ledger rows, and move the task on. ``output`` is
+    the agent's Output (a plain string is an output with ``confidence`` and no
+    ledger). False if the run was stale (its model calls are still recorded: they
+    were made, and cost what they cost); ColumnMissing (nothing written) if the
+    board has no Done column."""
+    if isinstance(output, str):
+        output = Output(text=output, confidence=confidence)
     with transaction.atomic():
         task = _current_run(task_id, lease_token)
         if task is None:
+            _record_stale_calls(task_id, output.calls, attempt=attempt)
             return False
         done = _required_column(task.board_id, Role.DONE)
         from_column = task.column
-        task.output = output
-        task.confidence = confidence
+        _record_calls(task, output.calls, attempt=task.attempts)
+        task.output = output.text
+        task.confidence = output.confidence
+        task.confidence_source = output.confidence_source
+        task.accepted_tier = output.tier
+        task.reused_from_id = output.reused_from
         task.last_error = ""
         _place(task, done)
         task.save()
@@ -600,13 +649,99 @@ def task_complete(
             from_status=Status.RUNNING,
             to_status=task.status,
             agent=task.agent,
+            note=_outcome_note(output),
         ).save()
         _after_commit(task.board_id, [from_column.pk, done.pk], pull=True)
     return True
 
 
-def task_attempt_fail(*, task_id: int, lease_token: uuid.UUID | str, error: str) -> bool:
-    """A run failed (the provider erred): retry, or give up after max attempts."""
+def _outcome_note(output: Output) -> str:
+    if output.reused_from is not None:
+        return f"reused the result of task {output.reused_from}: no model called"
+    if output.tier is None:
+        return ""
+    models = [c.model for c in output.calls if c.source != ModelCall.Source.REUSE]
+    tried = f" after {' → '.join(models[:-1])}" if len(models) > 1 else ""
+    return f"tier {output.tier} ({models[-1] if models else '?'}) accepted{tried}"
+
+
+def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None) -> list[ModelCall]:
+    return [
+        ModelCall(
+            task_id=task.pk,
+            board_id=task.board_id,
+            agent_id=task.agent_id,
+            prompt_version=task.prompt_version,
+            attempt=attempt if attempt is not None else max(task.attempts, 1),
+            tier=call.tier,
+            source=call.source,
+            provider=call.provider,
+            model=call.model,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cost=call.cost,
+            latency_ms=call.latency_ms,
+            confidence=call.confidence,
+            confidence_source=call.confidence_source,
+            accepted=call.accepted,
+            error=call.error,
+            reused_from_id=call.reused_from,
+        )
+        for call in calls
+    ]
+
+
+def _totals(calls: Iterable[CallRecord]) -> dict[str, int | Decimal]:
+    totals: dict[str, int | Decimal] = {
+        "cost": Decimal(0),
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "model_calls": 0,
+        "cache_hits": 0,
+    }
+    for call in calls:
+        totals["cost"] += call.cost
+        totals["tokens_in"] += call.tokens_in
+        totals["tokens_out"] += call.tokens_out
+        if call.source == ModelCall.Source.MODEL:
+            totals["model_calls"] += 1
+        elif call.source == ModelCall.Source.CACHE:
+            totals["cache_hits"] += 1
+    return totals
+
+
+def _record_calls(task: Task, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
+    """Write the ledger rows of a run and add them to the task's totals (on the
+    instance, which the caller saves under its row lock)."""
+    if not calls:
+        return
+    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
+    for name, value in _totals(calls).items():
+        setattr(task, name, getattr(task, name) + value)
+
+
+def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
+    """The calls of a run whose result came too late still happened: into the
+    ledger and the task's totals, leaving everything else as the current run has it."""
+    if not calls:
+        return
+    task = Task.objects.filter(pk=task_id).only("pk", "board_id", "agent_id", "prompt_version", "attempts").first()
+    if task is None:
+        return
+    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
+    Task.objects.filter(pk=task_id).update(**{name: F(name) + value for name, value in _totals(calls).items()})
+
+
+def task_attempt_fail(
+    *,
+    task_id: int,
+    lease_token: uuid.UUID | str,
+    error: str,
+    calls: tuple[CallRecord, ...] = (),
+    attempt: int | None = None,
+) -> bool:
+    """A run failed (the provider erred): retry, or give up after max attempts.
+    The calls it made go to the ledger either way."""
     with transaction.atomic():
         board_id = Task.objects.filter(pk=task_id).values_list("board_id", flat=True).first()
         if board_id is None:
@@ -617,7 +752,9 @@ def task_attempt_fail(*, task_id: int, lease_token: uuid.UUID | str, error: str)
         _lock_board(board_id)
         task = _current_run(task_id, lease_token)
         if task is None:
+            _record_stale_calls(task_id, calls, attempt=attempt)
             return False
+        _record_calls(task, calls, attempt=task.attempts)
         changed = _return_or_fail(task, kind=TaskEvent.Kind.ATTEMPT_FAILED, reason=error)
         _after_commit(task.board_id, changed, pull=True)
     return True
@@ -824,6 +961,9 @@ def task_move(
             task.last_error = ""
             task.output = ""
             task.confidence = None
+            task.confidence_source = ""
+            task.accepted_tier = None
+            task.reused_from = None
         if to_column.role == Role.DONE and task.blocked_at is not None:
             # A finished task waits on nothing; a block left on it would show on its card.
             notes.append(f"block cleared ({task.blocked_note})")
@@ -1057,3 +1197,43 @@ def board_config_changed(*, board_id: int) -> None:
 
 
 __all__ += ["board_config_changed", "column_neighbour"]
+
+
+# --- agents ------------------------------------------------------------------------
+
+# What the model is asked: a change to any of these is a new prompt version.
+PROMPT_FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade")
+
+
+def agent_save(*, agent: Agent) -> Agent:
+    """Save an agent's settings (from the admin or the agent page): validate,
+    store the prompt settings in their normal form (a cascade's prices as exact
+    decimal strings, its simulated prices filled in), and start a new prompt
+    version when what the model is asked has changed, so results of the old
+    prompt are no longer reused and the ledger tells the versions apart.
+
+    Its boards are refreshed and pulled after commit (a new model or a higher
+    concurrency may change what the board shows and can take)."""
+    agent.full_clean()
+    agent.prompt_variables = parse_variables(agent.prompt_variables)
+    agent.parameters = parse_parameters(agent.parameters)
+    agent.cascade = cascade_json(parse_cascade(agent.cascade))
+    with transaction.atomic():
+        if agent.pk is not None:
+            before = (
+                Agent.objects.select_for_update(of=("self",), no_key=True)
+                .filter(pk=agent.pk)
+                .values("prompt_version", *PROMPT_FIELDS)
+                .first()
+            )
+            if before is not None:
+                agent.prompt_version = before["prompt_version"]
+                if any(before[name] != getattr(agent, name) for name in PROMPT_FIELDS):
+                    agent.prompt_version += 1
+        agent.save()
+        for board_id in agent.boards.values_list("pk", flat=True):
+            board_config_changed(board_id=board_id)
+    return agent
+
+
+__all__ += ["PROMPT_FIELDS", "agent_save", "input_key"]

@@ -20,7 +20,7 @@ from django_htmx.middleware import HtmxDetails
 
 from boards import services
 from boards.forms import TaskBlockForm, TaskCreateForm, TaskMoveForm, TaskStepForm
-from boards.models import Board, Column, Task
+from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
     board_agents_get,
     board_capabilities_get,
@@ -317,3 +317,16 @@ def task_unblock(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     task = services.task_unblock(task=task, user=request.user)
     message = f"Unblocked “{task.title}”." if was_blocked else f"“{task.title}” was not blocked."
     return _action_result(request, board, task, message=message, column_ids={task.column_id})
+
+
+# --- agents --------------------------------------------------------------------------
+
+
+@require_GET
+def agent_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "boards/agent_list.html", {"agents": Agent.objects.order_by("name"), "nav": "agents"})
+
+
+def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    agent = get_object_or_404(Agent, pk=pk)
+    return render(request, "boards/agent_detail.html", {"agent": agent, "nav": "agents"})

@@ -245,6 +245,24 @@ KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimu
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
 
+# Custom agent classes (dotted paths) an agent may name as its implementation.
+KAIZEN_AGENT_CLASSES = env_list("KAIZEN_AGENT_CLASSES", ["boards.example_agents.KeywordClassifier"])
+# How long an identical model call is served from the response cache; 0 turns it off.
+KAIZEN_RESPONSE_CACHE_SECONDS = env_int("KAIZEN_RESPONSE_CACHE_SECONDS", 7 * 24 * 3600, minimum=0)
+
+# The response cache lives in Redis, shared by every worker. Its keys carry the
+# Redis database and KAIZEN_CACHE_PREFIX, so installations (or test runs) sharing
+# a Redis keep apart.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "responses": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"kaizen-db{_REDIS_DB}-{env_str('KAIZEN_CACHE_PREFIX', 'cache')}",
+        "TIMEOUT": KAIZEN_RESPONSE_CACHE_SECONDS or None,
+    },
+}
+
 # --- Auth ---------------------------------------------------------------------
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "boards-list"

@@ -12,4 +12,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("boards/", include("boards.urls")),
+    path("agents/", include("boards.urls_agents")),
 ]

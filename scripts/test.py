@@ -124,6 +124,8 @@ def main() -> int:
                 "KAIZEN_VAR_DIR": str(var_dir),
                 "REDIS_URL": redis_url,
                 "CELERY_QUEUE": f"kaizen-test-{run_id}-{name}",
+                # The response cache's keys, apart from other runs' and dropped with the queues.
+                "KAIZEN_CACHE_PREFIX": f"kaizen-test-{run_id}-{name}-cache",
                 "DJANGO_SETTINGS_MODULE": "kaizen_web.settings",
                 "PYTHONUNBUFFERED": "1",
             }

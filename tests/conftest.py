@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _empty_response_cache():
+    """Each test starts with an empty response cache. Only this installation's keys
+    are deleted (not FLUSHDB: the Redis database also holds the Celery queues)."""
+    from django.core.cache import caches
+
+    cache = caches["responses"]
+    client = cache._cache.get_client(write=True)
+    keys = list(client.scan_iter(match=cache.make_key("*")))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture
 def board(db):
     return make_board()

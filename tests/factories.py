@@ -6,6 +6,7 @@ from itertools import count
 
 from django.contrib.auth import get_user_model
 
+from boards.agent_config import cascade_json, parse_cascade
 from boards.models import Agent, Board, Column
 
 _seq = count(1)
@@ -56,17 +57,23 @@ def make_agent(
     error_rate: float | None = None,
     model: str = "sim-small",
     max_attempts: int = 3,
+    cascade: list[dict] | None = None,
+    **fields,
 ) -> Agent:
-    settings = {"latency_ms": latency_ms}
-    if error_rate is not None:
-        settings["error_rate"] = error_rate
+    """An agent of one simulated tier (``model``, ``latency_ms``, ``error_rate``),
+    or of the given ``cascade``."""
+    if cascade is None:
+        parameters = {"latency_ms": latency_ms}
+        if error_rate is not None:
+            parameters["error_rate"] = error_rate
+        cascade = [{"provider": "simulated", "model": model, "parameters": parameters}]
     agent = Agent.objects.create(
         name=name or f"agent-{next(_seq)}",
         capabilities=capabilities if capabilities is not None else ["general"],
         concurrency=concurrency,
-        model=model,
-        provider_settings=settings,
+        cascade=cascade_json(parse_cascade(cascade)),
         max_attempts=max_attempts,
+        **fields,
     )
     agent.boards.set(boards)
     return agent

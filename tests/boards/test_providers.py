@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
+from boards.agent_config import parse_tier
 from boards.providers import (
     SIMULATED_PROFILES,
     ModelRequest,
@@ -28,12 +31,15 @@ def test_same_call_gives_the_same_answer():
     assert _call("sim-small", EASY) == _call("sim-small", EASY)
 
 
-def test_output_is_labelled_simulated_and_priced():
+def test_output_is_labelled_simulated_and_a_tier_prices_it_at_the_models_list_price():
     response = _call("sim-medium", EASY)
     profile = SIMULATED_PROFILES["sim-medium"]
     assert response.text.startswith("[simulated sim-medium]")
-    expected = response.tokens_in / 1000 * profile.price_in + response.tokens_out / 1000 * profile.price_out
-    assert response.cost == pytest.approx(expected, abs=1e-8)
+    tier = parse_tier({"provider": "simulated", "model": "sim-medium"}, "tier")
+    expected = Decimal(response.tokens_in) * Decimal(str(profile.price_in)) / 1000 + Decimal(
+        response.tokens_out
+    ) * Decimal(str(profile.price_out)) / 1000
+    assert tier.cost(response.tokens_in, response.tokens_out) == expected
 
 
 def test_harder_inputs_lower_confidence_more_for_cheap_models():
