@@ -22,7 +22,6 @@ from boards.agent_config import (
     parse_cascade,
     parse_parameters,
     parse_variables,
-    tier_label,
 )
 
 # Task.capability's length: a longer name offered by an agent could never be asked for.
@@ -190,13 +189,16 @@ class Agent(models.Model):
             from boards.agents import is_simulated
 
             return is_simulated(self)
-        return any(tier.simulated for tier in self.tiers)
+        # Read without parsing the whole cascade: boards ask this of every card.
+        cascade = self.cascade if isinstance(self.cascade, list) else []
+        return any(isinstance(tier, dict) and tier.get("provider") == "simulated" for tier in cascade)
 
     @property
     def model_summary(self) -> str:
         if self.implementation:
             return self.implementation.rsplit(".", 1)[-1]
-        return tier_label(self.tiers)
+        cascade = self.cascade if isinstance(self.cascade, list) else []
+        return " → ".join(str(tier.get("model", "?")) for tier in cascade if isinstance(tier, dict))
 
     def clean(self) -> None:
         errors: dict[str, list[str]] = {}
