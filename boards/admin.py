@@ -227,7 +227,7 @@ class AgentAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Agent, form, change: bool) -> None:
         # The service bumps the prompt version when what the model is asked changes.
-        services.agent_save(agent=obj, changed=form.changed_data if change else None)
+        services.agent_save(agent=obj)
 
     @admin.action(description="Pause selected agents", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:

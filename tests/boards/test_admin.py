@@ -120,10 +120,13 @@ def _agent_form(agent: Agent, **fields: Any) -> dict[str, Any]:
         "name": agent.name,
         "boards": [b.pk for b in agent.boards.all()],
         "capabilities": json.dumps(agent.capabilities),
-        "provider": agent.provider,
-        "model": agent.model,
-        "provider_settings": json.dumps(agent.provider_settings),
         "prompt_template": agent.prompt_template,
+        "prompt_variables": json.dumps(agent.prompt_variables),
+        "parameters": json.dumps(agent.parameters),
+        "cascade": json.dumps(agent.cascade),
+        "reuse_results": "on" if agent.reuse_results else "",
+        "cache_responses": "on" if agent.cache_responses else "",
+        "implementation": agent.implementation,
         "concurrency": str(agent.concurrency),
         "max_attempts": str(agent.max_attempts),
     }
@@ -477,3 +480,52 @@ def test_tasks_cannot_be_deleted_in_the_admin(admin, board):
     assert 'value="delete_selected"' not in changelist
     assert action.status_code in (200, 302)
     assert Task.objects.filter(pk=task.pk).exists()
+
+
+# --- an agent's prompt and cascade ---------------------------------------------------------
+
+
+def test_editing_the_cascade_in_the_admin_starts_a_new_prompt_version(admin):
+    agent = make_agent(boards=[make_board()])
+    cascade = [
+        {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
+        {"provider": "simulated", "model": "sim-large"},
+    ]
+
+    response = admin.post(_change_url(agent), _agent_form(agent, cascade=json.dumps(cascade)))
+
+    assert response.status_code == 302
+    agent.refresh_from_db()
+    assert agent.prompt_version == 2
+    assert [(t.model, t.threshold) for t in agent.tiers] == [("sim-small", 0.8), ("sim-large", None)]
+    assert agent.cascade[1]["price_out"] == "0.015"  # stored with the model's list price
+
+
+def test_the_admin_refuses_an_undeclared_template_variable_and_a_bad_tier(admin):
+    agent = make_agent(boards=[make_board()])
+    cascade = [{"provider": "simulated", "model": "sim-small", "threshold": 2}]
+
+    response = admin.post(
+        _change_url(agent),
+        _agent_form(agent, prompt_template="Dear {customer}: {input}", cascade=json.dumps(cascade)),
+    )
+
+    assert response.status_code == 200
+    errors = _errors(response)
+    assert "{customer}" in errors and "not declared" in errors
+    assert "cascade[0].threshold: must be between 0 and 1" in errors
+    agent.refresh_from_db()
+    assert agent.prompt_template == "{input}" and agent.prompt_version == 1
+
+
+def test_the_admin_offers_only_registered_agent_classes(admin, settings):
+    agent = make_agent(boards=[make_board()])
+
+    page = admin.get(_change_url(agent)).content.decode()
+    response = admin.post(_change_url(agent), _agent_form(agent, implementation="os.system"))
+
+    assert '<option value="boards.example_agents.KeywordClassifier">' in page
+    assert response.status_code == 200
+    assert "not a registered agent class" in _errors(response)
+    agent.refresh_from_db()
+    assert agent.implementation == ""

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 
 from boards import services
-from boards.models import Agent, Task, TaskEvent
+from boards.models import Agent, ModelCall, Task, TaskEvent
 from tests.factories import make_agent, make_board
 
 DEADLINE = 60.0
@@ -56,6 +57,56 @@ def test_a_real_worker_completes_tasks_end_to_end(celery_worker):
         assert completed_events(task) == 1
 
 
+@pytest.mark.worker
+def test_a_real_worker_runs_a_cascade_and_writes_the_ledger(celery_worker):
+    board = make_board(ready_limit=10, doing_limit=4)
+
+    def tier(model: str, threshold: float | None) -> dict:
+        return {
+            "provider": "simulated",
+            "model": model,
+            "parameters": {"latency_ms": 20, "error_rate": 0},
+            "threshold": threshold,
+        }
+
+    # The simulated models never reach a confidence of 1.0, so every task goes
+    # past sim-small and is accepted at sim-medium.
+    make_agent(
+        boards=[board],
+        name="cascade",
+        concurrency=4,
+        cascade=[tier("sim-small", 1.0), tier("sim-medium", 0.0), tier("sim-large", None)],
+    )
+    distinct = [
+        services.task_create(board=board, title=f"Triage ticket {n}", input=f"Ticket {n}: the app crashes")
+        for n in range(6)
+    ]
+    ids = [t.pk for t in distinct]
+    wait_until(
+        "the distinct tasks to reach Done",
+        lambda: Task.objects.filter(pk__in=ids, status=Task.Status.DONE).count() == len(ids),
+    )
+    # Once an identical input is done, the next one reuses its result.
+    repeat = services.task_create(board=board, title="Triage ticket 0 again", input="ticket 0:  The app crashes")
+    wait_until("the repeated task to reach Done", lambda: Task.objects.get(pk=repeat.pk).status == Task.Status.DONE)
+
+    for task in Task.objects.filter(pk__in=ids):
+        rows = list(ModelCall.objects.filter(task=task).order_by("pk"))
+        assert [(r.tier, r.model, r.source, r.accepted) for r in rows] == [
+            (1, "sim-small", "model", False),
+            (2, "sim-medium", "model", True),
+        ]
+        assert task.accepted_tier == 2 and task.output.startswith("[simulated sim-medium]")
+        assert task.cost == sum((r.cost for r in rows), Decimal(0)) > 0
+        assert task.tokens_in == sum(r.tokens_in for r in rows)
+        assert task.model_calls == 2
+        assert completed_events(task) == 1
+    repeat.refresh_from_db()
+    assert repeat.reused_from_id == ids[0]
+    assert (repeat.cost, repeat.model_calls) == (0, 0)
+    assert ModelCall.objects.get(task=repeat).source == ModelCall.Source.REUSE
+
+
 @pytest.mark.worker(env={"KAIZEN_LEASE_SECONDS": "2"})
 def test_a_task_whose_worker_is_killed_is_reaped_and_completed_once(celery_worker, settings):
     # The worker hands out 2 s leases (its environment, above) and so does this
@@ -82,7 +133,9 @@ def test_a_task_whose_worker_is_killed_is_reaped_and_completed_once(celery_worke
     celery_worker.kill()
 
     # The next run must finish quickly, and a fresh worker must be there to take it.
-    Agent.objects.filter(pk=agent.pk).update(provider_settings={"latency_ms": 0, "error_rate": 0})
+    Agent.objects.filter(pk=agent.pk).update(
+        cascade=[{"provider": "simulated", "model": "sim-small", "parameters": {"latency_ms": 0, "error_rate": 0}}]
+    )
     celery_worker.start()
 
     reaped = 0
