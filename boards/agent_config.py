@@ -154,6 +154,11 @@ def parse_variables(value: Any) -> list[str]:
     return names
 
 
+def _plain(number: float | None) -> str:
+    """3600000, not 3.6e+06; 0.1, not 0.10000."""
+    return f"{int(number)}" if number is not None and float(number).is_integer() else f"{number}"
+
+
 def _number(value: Any, where: str, low: float | None, high: float | None, *, integer: bool) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         kind = "an integer" if integer else "a number"
@@ -161,7 +166,7 @@ def _number(value: Any, where: str, low: float | None, high: float | None, *, in
     if integer and not float(value).is_integer():
         raise ConfigError([(where, f"must be an integer, got {value!r}")])
     if value != value or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        bounds = f"between {_plain(low)} and {_plain(high)}" if high is not None else f"at least {_plain(low)}"
         raise ConfigError([(where, f"must be {bounds}, got {value!r}")])
     return int(value) if integer else float(value)
 

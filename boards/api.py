@@ -10,6 +10,7 @@ call ``boards.services``, reads are the small queries below.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
@@ -21,8 +22,10 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
 
-from boards import services
-from boards.models import ApiToken, Board, Task
+from boards import selectors, services
+from boards.agent_config import COST_PLACES
+from boards.agents import AgentFailed, PromptCascadeAgent, agent_class
+from boards.models import Agent, ApiToken, Board, ModelCall, Task
 from boards.schemas import (
     AgentRefOut,
     BoardDetailOut,
@@ -30,10 +33,10 @@ from boards.schemas import (
     ColumnOut,
     ColumnRefOut,
     ErrorOut,
+    ModelCallOut,
     TaskIn,
     TaskOut,
 )
-from boards.selectors import board_columns_with_counts
 
 # Largest value a BigAutoField holds: a bigger id is reported as bad input
 # rather than overflowing the database driver.
@@ -45,6 +48,12 @@ Put tasks on Kaizen boards and follow them through the line.
 **Authentication**: send `Authorization: Bearer <token>` with every request. An
 administrator creates a token with `python manage.py create_api_token <username>`;
 it is shown once and stored only as a hash.
+
+**Cost**: agents work through a cascade of models, cheapest first, taking the first
+answer confident enough. A task reports what it cost over all its attempts (`cost`
+in dollars as an exact decimal string, tokens, model calls, cache hits), which tier's
+answer it took, and whether it reused an identical earlier task's result instead;
+`GET /api/v1/tasks/{task_id}/calls` lists every call in the ledger.
 
 **Errors** from every operation have one shape,
 `{"detail": "<what went wrong>", "errors": {"<field>": ["<message>", ...]}}`: 400 when the request is wrong (bad JSON, a missing field, a wrong type, a value the
@@ -189,8 +198,29 @@ def _board_fields(request: HttpRequest, board: Board) -> dict[str, Any]:
     }
 
 
+def _dollars(value: Decimal | int) -> str:
+    # Fixed-point with the ledger's ten places: str() of a Decimal read from
+    # PostgreSQL may come out as "0E-10", and a float would not be exact.
+    return format(Decimal(value).quantize(COST_PLACES), "f")
+
+
+def _agent_ref(agent: Agent) -> AgentRefOut:
+    uses_cascade = True
+    if agent.implementation:
+        # A custom class runs the cascade only if it builds on the built-in agent.
+        try:
+            uses_cascade = issubclass(agent_class(agent.implementation), PromptCascadeAgent)
+        except AgentFailed:
+            uses_cascade = False
+    return AgentRefOut(
+        name=agent.name,
+        models=[tier.model for tier in agent.tiers] if uses_cascade else [],
+        implementation=agent.implementation or None,
+        simulated=agent.is_simulated,
+    )
+
+
 def _task_out(task: Task) -> TaskOut:
-    agent = task.agent
     return TaskOut(
         id=task.pk,
         title=task.title,
@@ -198,11 +228,18 @@ def _task_out(task: Task) -> TaskOut:
         status=task.status,
         board=task.board.slug,
         column=ColumnRefOut(name=task.column.name, role=task.column.role),
-        agent=None
-        if agent is None
-        else AgentRefOut(name=agent.name, provider=agent.tiers[0].provider if agent.tiers else "custom", simulated=agent.is_simulated),
+        agent=None if task.agent is None else _agent_ref(task.agent),
         output=task.output,
         confidence=task.confidence,
+        confidence_source=task.confidence_source,
+        accepted_tier=task.accepted_tier,
+        prompt_version=task.prompt_version,
+        reused_from=task.reused_from_id,
+        cost=_dollars(task.cost),
+        tokens_in=task.tokens_in,
+        tokens_out=task.tokens_out,
+        model_calls=task.model_calls,
+        cache_hits=task.cache_hits,
         attempts=task.attempts,
         priority=task.priority,
         capability=task.capability,
@@ -212,6 +249,36 @@ def _task_out(task: Task) -> TaskOut:
         finished_at=task.finished_at,
         updated_at=task.updated_at,
     )
+
+
+def _call_out(call: ModelCall) -> ModelCallOut:
+    return ModelCallOut(
+        id=call.pk,
+        created_at=call.created_at,
+        attempt=call.attempt,
+        tier=call.tier,
+        source=call.source,
+        provider=call.provider,
+        model=call.model,
+        simulated=call.simulated,
+        prompt_version=call.prompt_version,
+        tokens_in=call.tokens_in,
+        tokens_out=call.tokens_out,
+        cost=_dollars(call.cost),
+        latency_ms=call.latency_ms,
+        confidence=call.confidence,
+        confidence_source=call.confidence_source,
+        accepted=call.accepted,
+        error=call.error,
+        reused_from=call.reused_from_id,
+    )
+
+
+def _task_or_404(task_id: int) -> Task:
+    task = Task.objects.select_related("board", "column", "agent").filter(pk=task_id).first()
+    if task is None:
+        raise Http404(f"There is no task {task_id}.")
+    return task
 
 
 # --- operations -------------------------------------------------------------------
@@ -249,7 +316,7 @@ def board_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
             hard_limit=column.hard_limit,
             wip_state=column.wip_state(column.task_count),
         )
-        for column in board_columns_with_counts(board=board)
+        for column in selectors.board_columns_with_counts(board=board)
     ]
     return {**_board_fields(request, board), "columns": columns}
 
@@ -262,7 +329,11 @@ def board_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
     tags=["tasks"],
 )
 def task_create(request: HttpRequest, slug: str, payload: TaskIn) -> Status[TaskOut]:
-    """Put a task in the board's intake column (Backlog, else Ready); agents pull it from there."""
+    """Put a task in the board's intake column (Backlog, else Ready); agents pull it from there.
+
+    An agent whose prompt declares variables reads them from the fields of a JSON object
+    `input`, such as `{"customer": "Laura M.", "facts": "..."}`. With `allow_reuse` (the
+    default) a task identical to one the agent already completed takes that result at no cost."""
     board = _board_or_404(slug)
     task = services.task_create(
         board=board,
@@ -270,6 +341,7 @@ def task_create(request: HttpRequest, slug: str, payload: TaskIn) -> Status[Task
         input=payload.input,
         capability=payload.capability,
         priority=payload.priority,
+        allow_reuse=payload.allow_reuse,
         user=request.auth.user,
     )
     return Status(201, _task_out(task))
@@ -283,8 +355,22 @@ def task_create(request: HttpRequest, slug: str, payload: TaskIn) -> Status[Task
     tags=["tasks"],
 )
 def task_detail(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> TaskOut:
-    """A task: where it is on its board, who works on it, and what it produced."""
-    task = Task.objects.select_related("board", "column", "agent").filter(pk=task_id).first()
+    """A task: where it is on its board, who works on it, what it produced and what it cost."""
+    return _task_out(_task_or_404(task_id))
+
+
+@api.get(
+    "/tasks/{task_id}/calls",
+    response={200: list[ModelCallOut], 400: ErrorOut, 401: ErrorOut, 404: ErrorOut},
+    operation_id="task_calls",
+    url_name="task-calls",
+    tags=["tasks"],
+)
+def task_calls(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> list[ModelCallOut]:
+    """The task's ledger, oldest first: every model call made for it (each tier of each
+    attempt, failed calls included), every call served from the response cache, and a
+    reused result, with tokens, cost, latency and confidence. The task's totals add these up."""
+    task = Task.objects.filter(pk=task_id).only("pk").first()
     if task is None:
         raise Http404(f"There is no task {task_id}.")
-    return _task_out(task)
+    return [_call_out(call) for call in selectors.task_model_calls_get(task=task)]

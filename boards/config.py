@@ -11,7 +11,9 @@ Three steps, so that a file with any mistake writes nothing:
 2. ``config_apply`` is the only writer: in one transaction it re-checks against
    the database under the board locks, then creates or updates boards (by slug),
    columns (by role within a board) and agents (by name), touching only rows whose
-   values differ, so applying the same file twice writes nothing.
+   values differ, so applying the same file twice writes nothing. An agent's
+   cascade is stored in its normal form (boards.agent_config), so it compares
+   equal when unchanged; a change to its prompt fields starts a new prompt version.
 3. After commit, changed boards are re-broadcast and pulled, since a raised WIP
    limit or a new agent may free capacity at once.
 """
@@ -27,22 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 
-from boards import broadcast, services
-from boards.models import Agent, Board, Column, Task
-from boards.providers import SIMULATED_PROFILES, ProviderError, get_provider
-from boards.runtime import PromptError, render_prompt
+from boards import agent_config, broadcast, services
+from boards.agent_config import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
+from boards.agents import AgentFailed, agent_class, custom_capabilities
+from boards.models import Agent, Board, Column, Task, default_cascade
 
 Role = Column.Role
 
 ROLE_ORDER = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW, Role.DONE]
 REQUIRED_ROLES = [Role.READY, Role.IN_PROGRESS, Role.DONE]
-# The variables the runtime fills in (boards.runtime.run); a template may use any of them.
-PROMPT_VARIABLES = {"input": "", "title": "", "last_error": ""}
-# Settings the simulated provider reads, with the range each accepts.
-SIMULATED_SETTINGS: dict[str, tuple[float, float | None]] = {"latency_ms": (0, None), "error_rate": (0, 1)}
+# The keys of a cascade tier in the file (boards.agent_config.TIER_KEYS).
+TIER_REQUIRED = ["provider", "model"]
+TIER_OPTIONAL = ["parameters", "price_in", "price_out", "threshold"]
+# The one-tier shorthand for a cascade, as files written before cascades say it.
+SHORTHAND_KEYS = ("provider", "model", "provider_settings")
 
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]+$")
 
@@ -52,6 +56,7 @@ SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]+$")
 # agent), so it changes only when the file says so.
 AGENT_DEFAULT_CONCURRENCY = 4
 AGENT_DEFAULT_MAX_ATTEMPTS = 3
+AGENT_DEFAULT_TEMPLATE = "{input}"
 PRIORITY_RANGE = (-1000, 1000)
 
 
@@ -112,10 +117,15 @@ class AgentSpec:
     name: str
     boards: tuple[str, ...]
     capabilities: tuple[str, ...]
-    provider: str
-    model: str
-    provider_settings: dict[str, Any]
     prompt_template: str
+    prompt_variables: tuple[str, ...]
+    parameters: dict[str, Any]
+    # Normalised as stored (boards.agent_config.cascade_json), so it compares
+    # equal to the row it was applied to.
+    cascade: list[dict[str, Any]]
+    reuse_results: bool
+    cache_responses: bool
+    implementation: str
     concurrency: int
     max_attempts: int
     paused: bool | None
@@ -266,7 +276,7 @@ class _Reader:
         return value
 
     def plain(self, node: yaml.Node, path: str) -> Any:
-        """Any JSON-compatible value (for provider settings of other providers)."""
+        """Any JSON-compatible value (a cascade tier's fields, before boards.agent_config checks them)."""
         try:
             value = self._constructor.construct_object(node, deep=True)
             json.dumps(value)
@@ -525,60 +535,248 @@ def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
     return BoardSpec(name, slug, description, columns, demo_tasks, path, columns_line)
 
 
-def _check_provider(reader: _Reader, node: yaml.Node, path: str) -> Any:
-    provider = reader.string(node, path, max_length=40)
-    if provider is INVALID:
+# --- agents: prompt, variables, parameters and the cascade ---------------------------
+
+AGENT_OPTIONAL = [
+    "capabilities",
+    "prompt_template",
+    "prompt_variables",
+    "parameters",
+    "cascade",
+    *SHORTHAND_KEYS,
+    "reuse_results",
+    "cache_responses",
+    "implementation",
+    "concurrency",
+    "max_attempts",
+    "paused",
+]
+
+
+def _node_at(nodes: dict[str, yaml.Node], where: str, fallback: yaml.Node) -> yaml.Node:
+    """The node a problem path of boards.agent_config (``agents[0].cascade[1].threshold``)
+    points at: the node recorded for that path, else for the nearest path enclosing it."""
+    probe = where
+    while probe:
+        if probe in nodes:
+            return nodes[probe]
+        cut = max(probe.rfind("."), probe.rfind("["))
+        if cut <= 0:
+            break
+        probe = probe[:cut]
+    return fallback
+
+
+def _report(
+    reader: _Reader,
+    problems: list[tuple[str, str]],
+    nodes: dict[str, yaml.Node],
+    fallback: yaml.Node,
+    rename: Callable[[str], str] = lambda where: where,
+) -> None:
+    for where, message in problems:
+        where = rename(where)
+        reader.error(_line(_node_at(nodes, where, fallback)), where, message)
+
+
+def _plain_entries(
+    reader: _Reader, node: yaml.Node, path: str, allowed: list[str], nodes: dict[str, yaml.Node]
+) -> Any:
+    """A mapping of plain values whose keys are among ``allowed``; ``null`` reads as empty.
+    Each value's node is recorded in ``nodes`` under its path."""
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node, path) is None:
+        return {}
+    entries = reader.mapping(node, path, required=[], optional=allowed)
+    if entries is None:
+        return INVALID
+    result: dict[str, Any] = {}
+    for key, (_, value_node) in entries.items():
+        nodes[f"{path}.{key}"] = value_node
+        result[key] = reader.plain(value_node, f"{path}.{key}")
+    return INVALID if INVALID in result.values() else result
+
+
+def _tier_data(
+    reader: _Reader,
+    fields: dict[str, yaml.Node],
+    path: str,
+    nodes: dict[str, yaml.Node],
+    *,
+    parameters_key: str = "parameters",
+) -> Any:
+    """A tier as the plain data boards.agent_config checks, from the nodes of its keys
+    (named as in agent_config.TIER_KEYS; the file may call ``parameters`` otherwise)."""
+    tier: dict[str, Any] = {}
+    for key in agent_config.TIER_KEYS:
+        if key not in fields:
+            continue
+        node = fields[key]
+        key_path = f"{path}.{parameters_key if key == 'parameters' else key}"
+        nodes[key_path] = node
+        if key != "parameters":
+            tier[key] = reader.plain(node, key_path)
+            continue
+        provider = tier.get("provider")
+        if isinstance(provider, str) and provider in TIER_SETTINGS:
+            allowed = [*GENERATION_PARAMETERS, *TIER_SETTINGS[provider]]
+            tier[key] = _plain_entries(reader, node, key_path, allowed, nodes)
+        else:
+            # Which parameters apply depends on the provider, which is reported as wrong.
+            tier[key] = reader.plain(node, key_path)
+    return INVALID if INVALID in tier.values() else tier
+
+
+def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
+    """``cascade:``, a list of tiers, cheapest first; the normalised JSON to store."""
+    items = reader.sequence(node, path, allow_empty=False)
+    if items is None:
+        return INVALID
+    # Problems of the whole cascade (too many tiers) at its key: a block list's
+    # own node starts at its first tier.
+    nodes: dict[str, yaml.Node] = {path: key_node}
+    tiers: list[Any] = []
+    for index, item in enumerate(items):
+        tier_path = f"{path}[{index}]"
+        nodes[tier_path] = item
+        entries = reader.mapping(item, tier_path, required=TIER_REQUIRED, optional=TIER_OPTIONAL)
+        if entries is None or any(key not in entries for key in TIER_REQUIRED):
+            tiers.append(INVALID)
+            continue
+        tier = _tier_data(reader, {k: v for k, (_, v) in entries.items()}, tier_path, nodes)
+        if tier is not INVALID:
+            try:
+                # Each tier on its own first, so every bad tier is reported, not only
+                # the first: parse_cascade checks across tiers only once all parse.
+                agent_config.parse_tier(tier, tier_path)
+            except agent_config.ConfigError as exc:
+                _report(reader, exc.problems, nodes, item)
+                tier = INVALID
+        tiers.append(tier)
+    if INVALID in tiers:
         return INVALID
     try:
-        # providers.get_provider is the one list of what exists, so a provider
-        # added there is accepted here with no second list to keep in step.
-        get_provider(provider)
-    except ProviderError as exc:
-        reader.error(_line(node), path, str(exc))
+        return cascade_json(agent_config.parse_cascade(tiers, where=path))
+    except agent_config.ConfigError as exc:
+        _report(reader, exc.problems, nodes, key_node)
         return INVALID
-    return provider
 
 
-def _parse_provider_settings(reader: _Reader, node: yaml.Node, path: str, provider: Any) -> Any:
-    if provider == "simulated":
-        entries = reader.mapping(node, path, required=[], optional=list(SIMULATED_SETTINGS))
-        if entries is None:
-            return INVALID
-        result: dict[str, Any] = {}
-        for key, (_, value_node) in entries.items():
-            minimum, maximum = SIMULATED_SETTINGS[key]
-            result[key] = reader.number(value_node, f"{path}.{key}", minimum=minimum, maximum=maximum)
-        return INVALID if INVALID in result.values() else result
-    if not isinstance(node, yaml.MappingNode):
+def _parse_shorthand(
+    reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str, agent_node: yaml.Node
+) -> Any:
+    """``provider`` + ``model`` (+ ``provider_settings``): a cascade of one tier."""
+    missing = [key for key in ("provider", "model") if key not in entries]
+    for key in missing:
+        given = next(k for k in SHORTHAND_KEYS if k in entries)
         reader.error(
-            _line(node), path, f"must be a mapping, got {_describe(node, reader.scalar(node, path))}"
+            _line(agent_node),
+            f"{path}.{key}",
+            f"is required with {given}: a single tier needs a provider and a model (or give a cascade)",
+        )
+    if missing:
+        return INVALID
+    fields = {key: entries[key][1] for key in ("provider", "model")}
+    if "provider_settings" in entries:
+        fields["parameters"] = entries["provider_settings"][1]
+    nodes: dict[str, yaml.Node] = {}
+    tier = _tier_data(reader, fields, path, nodes, parameters_key="provider_settings")
+    if tier is INVALID:
+        return INVALID
+    settings_path = f"{path}.parameters"
+
+    def in_file_terms(where: str) -> str:
+        if where == settings_path or where.startswith(settings_path + "."):
+            return f"{path}.provider_settings" + where[len(settings_path) :]
+        return where
+
+    try:
+        return cascade_json([agent_config.parse_tier(tier, path)])
+    except agent_config.ConfigError as exc:
+        _report(reader, exc.problems, nodes, agent_node, rename=in_file_terms)
+        return INVALID
+
+
+def _parse_variables(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    items = reader.sequence(node, path)
+    if items is None:
+        return INVALID
+    names: list[str] = []
+    ok = True
+    for index, item in enumerate(items):
+        item_path = f"{path}[{index}]"
+        value = reader.string(item, item_path, max_length=60)
+        if value is INVALID:
+            ok = False
+        elif value in names:
+            reader.error(_line(item), item_path, f"variable {value!r} is listed twice")
+            ok = False
+        else:
+            try:
+                agent_config.parse_variables([value])
+            except agent_config.ConfigError as exc:
+                for _, message in exc.problems:
+                    reader.error(_line(item), item_path, message)
+                ok = False
+                continue
+            names.append(value)
+    return tuple(names) if ok else INVALID
+
+
+def _parse_parameters(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    nodes: dict[str, yaml.Node] = {path: node}
+    raw = _plain_entries(reader, node, path, list(GENERATION_PARAMETERS), nodes)
+    if raw is INVALID:
+        return INVALID
+    try:
+        return agent_config.parse_parameters(raw, where=path)
+    except agent_config.ConfigError as exc:
+        _report(reader, exc.problems, nodes, node)
+        return INVALID
+
+
+def _check_implementation(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    value = reader.string(node, path, max_length=200)
+    if value is INVALID:
+        return INVALID
+    registered = list(settings.KAIZEN_AGENT_CLASSES)
+    if value not in registered:
+        close = difflib.get_close_matches(value, registered, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        reader.error(
+            _line(node),
+            path,
+            f"{value!r} is not a registered agent class{hint}; registered: {', '.join(registered) or 'none'} "
+            "(a class must be listed in the KAIZEN_AGENT_CLASSES setting to be used)",
         )
         return INVALID
-    value = reader.plain(node, path)
-    if value is not INVALID and not all(isinstance(k, str) for k in value):
-        reader.error(_line(node), path, "keys must be text")
+    try:
+        agent_class(value)
+    except AgentFailed as exc:
+        reader.error(_line(node), path, str(exc))
         return INVALID
     return value
 
 
+def _default_cascade() -> list[dict[str, Any]]:
+    return cascade_json(agent_config.parse_cascade(default_cascade()))
+
+
 def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> AgentSpec | None:
-    entries = reader.mapping(
-        node,
-        path,
-        required=["name", "boards", "provider", "model", "prompt_template"],
-        optional=["capabilities", "provider_settings", "concurrency", "max_attempts", "paused"],
-    )
+    entries = reader.mapping(node, path, required=["name", "boards"], optional=AGENT_OPTIONAL)
     if entries is None:
         document.offers_unknown = True
         return None
     values: dict[str, Any] = {
         "name": INVALID,
         "boards": INVALID,
-        "provider": INVALID,
-        "model": INVALID,
-        "prompt_template": INVALID,
         "capabilities": (),
-        "provider_settings": {},
+        "prompt_template": AGENT_DEFAULT_TEMPLATE,
+        "prompt_variables": (),
+        "parameters": {},
+        "cascade": None,
+        "reuse_results": True,
+        "cache_responses": True,
+        "implementation": "",
         "concurrency": AGENT_DEFAULT_CONCURRENCY,
         "max_attempts": AGENT_DEFAULT_MAX_ATTEMPTS,
         "paused": None,
@@ -603,41 +801,61 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
         values["capabilities"] = _string_list(
             reader, n, f"{path}.capabilities", max_length=60, allow_empty=True, refs=None, what="capability"
         )
-    if values["boards"] is INVALID or values["capabilities"] is INVALID:
-        document.offers_unknown = True
+    if (n := field_of("implementation")) is not None:
+        values["implementation"] = _check_implementation(reader, n, f"{path}.implementation")
+    _record_offers(reader, values, entries, path, document)
+
+    shorthand = [key for key in SHORTHAND_KEYS if key in entries]
+    if "cascade" in entries and shorthand:
+        where = ", ".join(f"{key} on line {_line(entries[key][0])}" for key in shorthand)
+        reader.error(
+            _line(entries["cascade"][0]),
+            f"{path}.cascade",
+            "give either cascade or provider and model (the one-tier shorthand), not both; "
+            f"this agent also has {where}: move them into a tier of the cascade",
+        )
+        values["cascade"] = INVALID
+    elif "cascade" in entries:
+        values["cascade"] = _parse_cascade(reader, *entries["cascade"], f"{path}.cascade")
+    elif shorthand:
+        values["cascade"] = _parse_shorthand(reader, entries, path, node)
+    elif values["implementation"] == "":
+        reader.error(
+            _line(node),
+            f"{path}.cascade",
+            "is required: give a cascade (a list of tiers, cheapest first), or provider and model "
+            "for a single tier",
+        )
+        values["cascade"] = INVALID
     else:
-        name = None if values["name"] is INVALID else values["name"]
-        document.offers.append((name, values["boards"], values["capabilities"]))
-    if (n := field_of("provider")) is not None:
-        values["provider"] = _check_provider(reader, n, f"{path}.provider")
-    if (n := field_of("model")) is not None:
-        model = reader.string(n, f"{path}.model", max_length=120)
-        if model is not INVALID and values["provider"] == "simulated" and model not in SIMULATED_PROFILES:
-            reader.error(
-                _line(n),
-                f"{path}.model",
-                f"unknown simulated model {model!r}; available: {', '.join(sorted(SIMULATED_PROFILES))}",
-            )
-            model = INVALID
-        values["model"] = model
-    if (n := field_of("provider_settings")) is not None:
-        if values["provider"] is INVALID:
-            values["provider_settings"] = INVALID  # cannot tell which settings apply
-        else:
-            values["provider_settings"] = _parse_provider_settings(
-                reader, n, f"{path}.provider_settings", values["provider"]
-            )
+        # An agent class that does not use the cascade has the model's default.
+        values["cascade"] = _default_cascade()
+
+    if (n := field_of("prompt_variables")) is not None:
+        values["prompt_variables"] = _parse_variables(reader, n, f"{path}.prompt_variables")
     if (n := field_of("prompt_template")) is not None:
         template = reader.string(n, f"{path}.prompt_template", max_length=50_000, strip=False)
-        if template is not INVALID:
-            try:
-                # Rendered as the runtime renders it, so a template that passes
-                # here cannot fail a task later for a missing variable.
-                render_prompt(template, PROMPT_VARIABLES)
-            except PromptError as exc:
-                reader.error(_line(n), f"{path}.prompt_template", str(exc))
+        if template is not INVALID and values["prompt_variables"] is not INVALID:
+            # The check the runtime's rendering relies on, so a template that passes
+            # here cannot fail a task later for an unknown variable.
+            problems = check_template(template, list(values["prompt_variables"]))
+            for problem in problems:
+                reader.error(_line(n), f"{path}.prompt_template", problem)
+            if problems:
                 template = INVALID
         values["prompt_template"] = template
+    elif values["implementation"] == "":
+        reader.error(
+            _line(node),
+            f"{path}.prompt_template",
+            "is required: what the model is asked (only an agent with an implementation may leave it out)",
+        )
+        values["prompt_template"] = INVALID
+    if (n := field_of("parameters")) is not None:
+        values["parameters"] = _parse_parameters(reader, n, f"{path}.parameters")
+    for key in ("reuse_results", "cache_responses"):
+        if (n := field_of(key)) is not None:
+            values[key] = reader.boolean(n, f"{path}.{key}")
     if (n := field_of("concurrency")) is not None:
         values["concurrency"] = reader.integer(n, f"{path}.concurrency", minimum=1, maximum=10_000)
     if (n := field_of("max_attempts")) is not None:
@@ -647,6 +865,38 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
     if INVALID in values.values():
         return None
     return AgentSpec(**values, path=path)
+
+
+def _record_offers(
+    reader: _Reader,
+    values: dict[str, Any],
+    entries: dict[str, tuple[yaml.Node, yaml.Node]],
+    path: str,
+    document: ConfigDocument,
+) -> None:
+    """What the agent entry offers, for the check that every demo task is served. An
+    agent class says its own capabilities, so capabilities listed in the file that
+    the class does not offer would never be pulled: an error."""
+    if INVALID in (values["boards"], values["capabilities"], values["implementation"]):
+        document.offers_unknown = True
+        return
+    offered = values["capabilities"]
+    if values["implementation"]:
+        unsaved = Agent(implementation=values["implementation"], capabilities=list(offered))
+        offered = tuple(custom_capabilities(unsaved))
+        ignored = [c for c in values["capabilities"] if c not in offered]
+        if ignored:
+            cls = values["implementation"].rsplit(".", 1)[-1]
+            reader.error(
+                _line(entries["capabilities"][1]),
+                f"{path}.capabilities",
+                f"{cls} says its own capabilities ({', '.join(offered) or 'none'}), so "
+                f"{', '.join(map(repr, ignored))} would never be pulled: remove "
+                f"{'it' if len(ignored) == 1 else 'them'}",
+            )
+            values["capabilities"] = INVALID
+    name = None if values["name"] is INVALID else values["name"]
+    document.offers.append((name, values["boards"], offered))
 
 
 def _string_list(
@@ -737,12 +987,12 @@ def _check_against_database(document: ConfigDocument, report: Callable[[int, str
         for slug in {ref.board for ref in document.demo_capabilities}:
             caps = {c for _, boards, capabilities in document.offers if slug in boards for c in capabilities}
             # Agents this file does not redefine keep serving the board.
-            for listed in (
+            for agent in (
                 Agent.objects.filter(boards__slug=slug)
                 .exclude(name__in=in_file)
-                .values_list("capabilities", flat=True)
+                .only("capabilities", "implementation")
             ):
-                caps.update(listed or [])
+                caps.update(agent.offered_capabilities)
             offered[slug] = caps
         for ref in document.demo_capabilities:
             if ref.value not in offered[ref.board]:
@@ -820,10 +1070,11 @@ class Change:
     key: str  # the natural key: slug, slug/role, agent name
     action: str  # created, updated, unchanged, removed
     fields: tuple[str, ...] = ()
+    note: str = ""  # such as the prompt version an update started
 
     def __str__(self) -> str:
-        detail = f" ({', '.join(self.fields)})" if self.fields else ""
-        return f"{self.action} {self.kind} {self.key}{detail}"
+        detail = "; ".join(part for part in (", ".join(self.fields), self.note) if part)
+        return f"{self.action} {self.kind} {self.key}" + (f" ({detail})" if detail else "")
 
 
 @dataclass
@@ -845,6 +1096,13 @@ class ApplyReport:
             f"{self.count(a)} {a}" for a in ("created", "updated", "removed", "unchanged") if self.count(a)
         )
         return f"{self.filename}: {counts}"
+
+
+def _agent_summary(spec: AgentSpec) -> str:
+    """What a new agent runs, for the report: its class, or its cascade's models."""
+    if spec.implementation:
+        return f"implementation {spec.implementation}"
+    return "cascade " + " → ".join(tier["model"] for tier in spec.cascade)
 
 
 def _sync(obj: Any, values: dict[str, Any]) -> list[str]:
@@ -959,36 +1217,56 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
 
     named = {s for a in document.agents for s in a.boards} - set(boards_by_slug)
     boards_by_slug.update({b.slug: b for b in Board.objects.filter(slug__in=named)})
+    # Locked as services.agent_save locks an agent, so a save from the agent page
+    # cannot start the same prompt version at the same time; all at once and in
+    # primary-key order, the order a pull locks a board's agents in, so the two
+    # cannot deadlock.
+    agents = {
+        a.name: a
+        for a in Agent.objects.select_for_update(of=("self",), no_key=True)
+        .filter(name__in=[spec.name for spec in document.agents])
+        .order_by("pk")
+    }
     for spec in document.agents:
         values = {
             "capabilities": list(spec.capabilities),
-            "provider": spec.provider,
-            "model": spec.model,
-            "provider_settings": spec.provider_settings,
             "prompt_template": spec.prompt_template,
+            "prompt_variables": list(spec.prompt_variables),
+            "parameters": spec.parameters,
+            "cascade": spec.cascade,
+            "reuse_results": spec.reuse_results,
+            "cache_responses": spec.cache_responses,
+            "implementation": spec.implementation,
             "concurrency": spec.concurrency,
             "max_attempts": spec.max_attempts,
         }
         if spec.paused is not None:
             values["paused"] = spec.paused
         board_ids = {boards_by_slug[s].pk for s in spec.boards}
-        agent = Agent.objects.filter(name=spec.name).first()
+        agent = agents.get(spec.name)
         if agent is None:
             agent = Agent.objects.create(name=spec.name, **values)
             agent.boards.set(board_ids)
-            report.changes.append(Change("agent", spec.name, "created"))
+            report.changes.append(Change("agent", spec.name, "created", note=_agent_summary(spec)))
             for board_id in board_ids:
                 touched.setdefault(board_id, set())
             continue
         fields = _sync(agent, values)
-        if fields:
+        note = ""
+        if any(name in services.PROMPT_FIELDS for name in fields):
+            # What the model is asked changed: a new prompt version, as services.agent_save
+            # starts one, so results of the old prompt are no longer reused.
+            agent.prompt_version += 1
+            note = f"now prompt version {agent.prompt_version}"
+            agent.save(update_fields=[*fields, "prompt_version"])
+        elif fields:
             agent.save(update_fields=fields)
         current = set(agent.boards.values_list("pk", flat=True))
         if current != board_ids:
             agent.boards.set(board_ids)
             fields.append("boards")
         if fields:
-            report.changes.append(Change("agent", spec.name, "updated", tuple(fields)))
+            report.changes.append(Change("agent", spec.name, "updated", tuple(fields), note))
             for board_id in current | board_ids:
                 touched.setdefault(board_id, set())
         else:

@@ -1201,8 +1201,9 @@ __all__ += ["board_config_changed", "column_neighbour"]
 
 # --- agents ------------------------------------------------------------------------
 
-# What the model is asked: a change to any of these is a new prompt version.
-PROMPT_FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade")
+# What does the work and what the model is asked: a change to any of these is a
+# new prompt version (whose results are not taken for the old one's).
+PROMPT_FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade", "implementation")
 
 
 def agent_save(*, agent: Agent) -> Agent:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from decimal import Decimal
 
 import pytest
 from django.core import serializers
 from django.test import Client
 
-from boards import services
-from boards.models import ApiToken, Column, Task, TaskEvent
-from tests.factories import column, make_board, make_user
+from boards import runtime, services
+from boards.models import ApiToken, Column, ModelCall, Task, TaskEvent
+from tests.factories import column, make_agent, make_board, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -28,6 +30,29 @@ def api_client(api_key) -> Client:
 
 def post_task(client: Client, slug: str, body: object) -> object:
     return client.post(f"/api/v1/boards/{slug}/tasks", data=body, content_type="application/json")
+
+
+# Ten decimal places, as the ledger keeps them: exact, never a float or "0E-10".
+DOLLARS = re.compile(r"^\d+\.\d{10}$")
+
+# Tier 1 never reaches its threshold, so every task escalates to tier 2 (two calls).
+ESCALATING = [
+    {
+        "provider": "simulated",
+        "model": "sim-small",
+        "threshold": 0.999,
+        "parameters": {"latency_ms": 0, "error_rate": 0},
+    },
+    {"provider": "simulated", "model": "sim-large", "parameters": {"latency_ms": 0, "error_rate": 0}},
+]
+
+
+def run_next(board, **task_fields) -> Task:
+    """Create a task, let an agent claim it and run it in-process, as a worker would."""
+    task = services.task_create(board=board, title=task_fields.pop("title", "Summarise"), **task_fields)
+    [claim] = services.board_pull(board_id=board.pk)
+    assert runtime.run(task.pk, str(claim.lease_token)) == "done"
+    return task
 
 
 # --- POST /boards/{slug}/tasks ------------------------------------------------------
@@ -65,6 +90,22 @@ def test_it_defaults_capability_and_priority(api_client, board):
     assert response.status_code == 201
     assert response.json()["capability"] == ""
     assert response.json()["priority"] == 0
+    assert Task.objects.get().allow_reuse is True
+
+
+def test_a_task_can_opt_out_of_reuse(api_client, board):
+    response = post_task(api_client, board.slug, {"title": "Fresh", "input": "x", "allow_reuse": False})
+
+    assert response.status_code == 201
+    assert Task.objects.get(pk=response.json()["id"]).allow_reuse is False
+
+
+def test_it_rejects_an_allow_reuse_that_is_not_a_boolean(api_client, board):
+    response = post_task(api_client, board.slug, {"title": "T", "input": "x", "allow_reuse": "no"})
+
+    assert response.status_code == 400
+    assert list(response.json()["errors"]) == ["allow_reuse"]
+    assert not Task.objects.exists()
 
 
 def test_it_needs_no_csrf_token_with_a_bearer_token(api_key, board):
@@ -267,11 +308,60 @@ def test_it_shows_a_task_an_agent_is_running(api_client, board, agent):
     assert body["status"] == "running"
     assert body["board"] == board.slug
     assert body["column"] == {"name": "In progress", "role": "in_progress"}
-    assert body["agent"] == {"name": agent.name, "provider": "simulated", "simulated": True}
+    assert body["agent"] == {
+        "name": agent.name,
+        "models": ["sim-small"],
+        "implementation": None,
+        "simulated": True,
+    }
     assert body["attempts"] == 1
     assert body["started_at"] is not None
     assert body["finished_at"] is None
     assert set(body) >= {"output", "confidence", "priority", "capability", "created_at", "updated_at"}
+    # Nothing called yet: no cost, no tier.
+    assert body["cost"] == "0.0000000000"
+    assert (body["tokens_in"], body["tokens_out"], body["model_calls"], body["cache_hits"]) == (0, 0, 0, 0)
+    assert (body["accepted_tier"], body["reused_from"], body["confidence_source"]) == (None, None, "")
+
+
+def test_it_shows_what_a_cascaded_task_cost_and_which_tier_answered(api_client, board):
+    agent = make_agent(boards=[board], cascade=ESCALATING)
+    task = run_next(board, input="The weekly report: volumes flat, two carriers raised prices.")
+
+    body = api_client.get(f"/api/v1/tasks/{task.pk}").json()
+
+    calls = list(ModelCall.objects.filter(task=task).order_by("pk"))
+    assert [c.tier for c in calls] == [1, 2]
+    assert body["agent"]["models"] == ["sim-small", "sim-large"]
+    assert body["status"] == "done"
+    assert body["accepted_tier"] == 2
+    assert body["prompt_version"] == agent.prompt_version == 1
+    assert body["confidence_source"] == "simulated"
+    assert body["model_calls"] == 2
+    assert body["cache_hits"] == 0
+    assert body["tokens_in"] == sum(c.tokens_in for c in calls) > 0
+    assert body["tokens_out"] == sum(c.tokens_out for c in calls) > 0
+    # Exact: the string is the sum of the ledger rows, each priced by its own tier.
+    assert DOLLARS.match(body["cost"])
+    tiers = agent.tiers
+    expected = sum((tiers[c.tier - 1].cost(c.tokens_in, c.tokens_out) for c in calls), Decimal(0))
+    assert Decimal(body["cost"]) == expected > 0
+
+
+def test_it_shows_a_custom_agent_class_without_models(api_client, board):
+    agent = make_agent(boards=[board], implementation="boards.example_agents.KeywordClassifier")
+    task = run_next(board, title="Refund please", input="I was charged twice, please refund the charge.")
+
+    body = api_client.get(f"/api/v1/tasks/{task.pk}").json()
+
+    assert body["agent"] == {
+        "name": agent.name,
+        "models": [],
+        "implementation": "boards.example_agents.KeywordClassifier",
+        "simulated": False,
+    }
+    assert body["output"] == "label: billing"
+    assert (body["model_calls"], body["cost"], body["accepted_tier"]) == (0, "0.0000000000", None)
 
 
 def test_it_shows_a_finished_tasks_output_and_confidence(api_client, board, agent):
@@ -303,20 +393,124 @@ def test_it_answers_404_for_an_unknown_task(api_client, db):
     assert response.json()["detail"] == "There is no task 999999."
 
 
+@pytest.mark.parametrize("suffix", ["", "/calls"])
 @pytest.mark.parametrize("task_id", ["abc", "0", str(2**63)])
-def test_it_answers_400_for_a_task_id_that_cannot_be_one(api_client, db, task_id):
-    response = api_client.get(f"/api/v1/tasks/{task_id}")
+def test_it_answers_400_for_a_task_id_that_cannot_be_one(api_client, db, task_id, suffix):
+    response = api_client.get(f"/api/v1/tasks/{task_id}{suffix}")
 
     assert response.status_code == 400
     assert list(response.json()["errors"]) == ["task_id"]
 
 
-def test_reading_a_task_needs_a_token(board):
+@pytest.mark.parametrize("suffix", ["", "/calls"])
+def test_reading_a_task_needs_a_token(board, suffix):
     task = services.task_create(board=board, title="Secret", input="")
 
-    response = Client().get(f"/api/v1/tasks/{task.pk}")
+    response = Client().get(f"/api/v1/tasks/{task.pk}{suffix}")
 
     assert response.status_code == 401
+    assert "Authorization: Bearer" in response.json()["detail"]
+
+
+# --- GET /tasks/{id}/calls ----------------------------------------------------------
+
+
+def test_it_lists_a_tasks_model_calls_oldest_first(api_client, board):
+    agent = make_agent(boards=[board], cascade=ESCALATING)
+    task = run_next(board, input="Extract the dates: lease ends 30 June, notice due 90 days before.")
+
+    response = api_client.get(f"/api/v1/tasks/{task.pk}/calls")
+
+    assert response.status_code == 200
+    calls = response.json()
+    assert [(c["tier"], c["model"], c["accepted"]) for c in calls] == [
+        (1, "sim-small", False),
+        (2, "sim-large", True),
+    ]
+    first = calls[0]
+    assert (first["source"], first["provider"], first["simulated"], first["attempt"]) == (
+        "model",
+        "simulated",
+        True,
+        1,
+    )
+    assert first["prompt_version"] == agent.prompt_version
+    assert first["confidence"] < 0.999 and first["confidence_source"] == "simulated"
+    assert (first["error"], first["reused_from"]) == ("", None)
+    assert all(DOLLARS.match(c["cost"]) for c in calls)
+    # The task's totals are these rows added up.
+    task_body = api_client.get(f"/api/v1/tasks/{task.pk}").json()
+    assert sum(Decimal(c["cost"]) for c in calls) == Decimal(task_body["cost"])
+    assert sum(c["tokens_in"] for c in calls) == task_body["tokens_in"]
+    assert set(first) == {
+        "id",
+        "created_at",
+        "attempt",
+        "tier",
+        "source",
+        "provider",
+        "model",
+        "simulated",
+        "prompt_version",
+        "tokens_in",
+        "tokens_out",
+        "cost",
+        "latency_ms",
+        "confidence",
+        "confidence_source",
+        "accepted",
+        "error",
+        "reused_from",
+    }
+
+
+def test_a_reused_result_names_the_task_it_came_from(api_client, board):
+    make_agent(boards=[board], cascade=ESCALATING)
+    original = run_next(board, input="Summarise: volumes flat, label printer live.")
+    repeat = run_next(board, input="Summarise:  volumes FLAT, label printer live.")
+
+    body = api_client.get(f"/api/v1/tasks/{repeat.pk}").json()
+    calls = api_client.get(f"/api/v1/tasks/{repeat.pk}/calls").json()
+
+    assert body["reused_from"] == original.pk
+    assert (body["model_calls"], body["cost"], body["accepted_tier"]) == (0, "0.0000000000", None)
+    assert [(c["source"], c["reused_from"], c["tier"], c["cost"]) for c in calls] == [
+        ("reuse", original.pk, None, "0.0000000000")
+    ]
+
+
+def test_a_task_that_opted_out_of_reuse_calls_the_models_again(api_client, board):
+    make_agent(boards=[board], cascade=ESCALATING)
+    run_next(board, input="Summarise: volumes flat.")
+    response = post_task(
+        api_client,
+        board.slug,
+        {"title": "Summarise", "input": "Summarise: volumes flat.", "allow_reuse": False},
+    )
+    [claim] = services.board_pull(board_id=board.pk)
+    runtime.run(claim.task_id, str(claim.lease_token))
+
+    body = api_client.get(f"/api/v1/tasks/{response.json()['id']}").json()
+
+    assert body["reused_from"] is None
+    # The response cache still serves the identical calls: no tokens spent.
+    assert (body["model_calls"], body["cache_hits"]) == (0, 2)
+
+
+def test_a_task_not_yet_run_has_no_calls(api_client, board):
+    task = services.task_create(board=board, title="Waiting", input="")
+
+    response = api_client.get(f"/api/v1/tasks/{task.pk}/calls")
+
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+def test_calls_of_an_unknown_task_are_404(api_client, db):
+    response = api_client.get("/api/v1/tasks/999999/calls")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "There is no task 999999.", "errors": {}}
 
 
 # --- GET /boards and /boards/{slug} -------------------------------------------------
@@ -398,12 +592,25 @@ def test_openapi_schema_lists_the_paths_and_the_error_shape(db):
         "/api/v1/boards/{slug}",
         "/api/v1/boards/{slug}/tasks",
         "/api/v1/tasks/{task_id}",
+        "/api/v1/tasks/{task_id}/calls",
     }
     create = schema["paths"]["/api/v1/boards/{slug}/tasks"]["post"]
     assert set(create["responses"]) == {"201", "400", "401", "404", "409"}
     error_ref = create["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
     assert error_ref == "#/components/schemas/ErrorOut"
     assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == {"detail", "errors"}
+    components = schema["components"]["schemas"]
+    assert components["TaskIn"]["properties"]["allow_reuse"]["default"] is True
+    task_fields = components["TaskOut"]["properties"]
+    assert {"cost", "tokens_in", "tokens_out", "model_calls", "cache_hits", "accepted_tier"} <= set(
+        task_fields
+    )
+    assert {"prompt_version", "confidence_source", "reused_from"} <= set(task_fields)
+    assert task_fields["cost"]["type"] == "string" and "exact" in task_fields["cost"]["description"]
+    assert set(components["AgentRefOut"]["properties"]) == {"name", "models", "implementation", "simulated"}
+    calls = schema["paths"]["/api/v1/tasks/{task_id}/calls"]["get"]
+    assert set(calls["responses"]) == {"200", "400", "401", "404"}
+    assert "ledger" in calls["description"]
     assert schema["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
 
 

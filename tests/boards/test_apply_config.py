@@ -40,15 +40,27 @@ agents:
   - name: Worker
     boards: [line]
     capabilities: [summarise]
-    provider: simulated
-    model: sim-small
+    cascade:
+      - {provider: simulated, model: sim-small, threshold: 0.8}
+      - provider: simulated
+        model: sim-large
+        parameters: {latency_ms: 0}
     prompt_template: "Do {title}: {input}"
 """
 
+# BASE's cascade (lines 16 to 20).
+CASCADE = BASE[BASE.index("    cascade:\n") : BASE.index("    prompt_template:")]
 
-def variant(line: int, new: str | None) -> str:
-    """BASE with line ``line`` (1-based) replaced by ``new``, or removed if None."""
-    lines = BASE.splitlines()
+# The same agent written the way files were before cascades: one tier, as
+# provider, model and provider_settings (lines 16 to 18).
+SHORTHAND = BASE.replace(
+    CASCADE, "    provider: simulated\n    model: sim-small\n    provider_settings: {latency_ms: 0}\n"
+)
+
+
+def variant(line: int, new: str | None, base: str = BASE) -> str:
+    """``base`` with line ``line`` (1-based) replaced by ``new``, or removed if None."""
+    lines = base.splitlines()
     if new is None:
         del lines[line - 1]
     else:
@@ -96,11 +108,13 @@ def test_each_shipped_example_applies(db, name):
     assert roles == ["backlog", "ready", "in_progress", "review", "done"]
     assert len(board.demo_tasks) >= 10
     agents = list(board.agents.all())
-    assert 2 <= len(agents) <= 3
-    assert all(a.provider == "simulated" for a in agents)
+    assert 3 <= len(agents) <= 4
+    # Offline: every model an example names is simulated.
+    assert all(t.provider == "simulated" for a in agents for t in a.tiers)
     # Every demo task can be done by some agent on its board.
-    offered = {c for a in agents for c in a.capabilities}
+    offered = {c for a in agents for c in a.offered_capabilities}
     assert {t["capability"] for t in board.demo_tasks} - {""} <= offered
+    assert all(a.prompt_version == 1 for a in agents)
     assert f"examples/{name}: " in output
     assert "created board " + board.slug in output
 
@@ -117,9 +131,16 @@ def test_demo_line_has_the_columns_and_limits_the_demo_promises(db):
         ("Review", 5, False),
         ("Done", None, True),
     ]
-    assert {a.model for a in board.agents.all()} == {"sim-small", "sim-medium"}
-    # Slow enough that the feed outruns the agents and queues form, quick enough to watch.
-    assert all(4000 <= a.provider_settings["latency_ms"] <= 12000 for a in board.agents.all())
+    tiers = {a.name: a.tiers for a in board.agents.all()}
+    # Some tasks escalate: one agent climbs small -> medium -> large.
+    assert [t.model for t in tiers["Quick summariser"]] == ["sim-small", "sim-medium", "sim-large"]
+    assert all(t.threshold is not None for t in tiers["Quick summariser"][:-1])
+    # Slow enough that the feed outruns the agents and queues form, quick enough to
+    # watch: a task settled by the first tier takes seconds, a fully escalated one
+    # well under half a minute.
+    for agent_tiers in tiers.values():
+        latencies = [t.parameters["latency_ms"] for t in agent_tiers]
+        assert 3000 <= latencies[0] and sum(latencies) <= 16000
     assert len(board.demo_tasks) >= 15
 
 
@@ -129,8 +150,22 @@ def test_all_examples_apply_together_without_colliding(db):
     assert Board.objects.count() == 4
     # Agent names are global keys: a name shared by two files would move the
     # agent from one board to the other instead of making two agents.
-    assert Agent.objects.count() == 12
+    assert Agent.objects.count() == 13
     assert all(a.boards.count() == 1 for a in Agent.objects.all())
+
+
+def test_support_line_has_a_custom_agent_class_and_declared_variables(db):
+    apply(EXAMPLES / "customer_support.yaml")
+
+    router = Agent.objects.get(name="Support keyword router")
+    assert router.implementation == "boards.example_agents.KeywordClassifier"
+    assert router.offered_capabilities == ["classify"]
+    drafter = Agent.objects.get(name="Support reply drafter")
+    assert drafter.prompt_variables == ["customer", "facts"]
+    # Every reply task gives the drafter's variables as fields of a JSON object.
+    board = Board.objects.get(slug="support-triage")
+    replies = [t for t in board.demo_tasks if t["capability"] == "draft_reply"]
+    assert replies and all(set(json.loads(t["input"])) == {"customer", "facts"} for t in replies)
 
 
 # --- idempotency --------------------------------------------------------------------
@@ -202,26 +237,121 @@ ERROR_CASES = {
         "boards[0].columns",
         "no done column",
     ),
-    "unknown provider": (
-        16,
-        "    provider: mistral",
-        16,
-        "agents[0].provider",
-        "unknown provider 'mistral' (available: simulated, openai, anthropic)",
+    "unknown provider in a tier": (
+        18,
+        "      - provider: mistral",
+        18,
+        "agents[0].cascade[1].provider",
+        "must be one of simulated, openai, anthropic, got 'mistral'",
     ),
-    "unknown model": (
-        17,
-        "    model: sim-huge",
-        17,
-        "agents[0].model",
+    "unknown simulated model in a tier": (
+        19,
+        "        model: sim-huge",
+        19,
+        "agents[0].cascade[1].model",
         "unknown simulated model 'sim-huge'; available: sim-large, sim-medium, sim-small",
     ),
-    "template with unknown variable": (
-        18,
+    "tier threshold out of range": (
+        17,
+        "      - {provider: simulated, model: sim-small, threshold: 1.5}",
+        17,
+        "agents[0].cascade[0].threshold",
+        "must be between 0 and 1, got 1.5",
+    ),
+    "tier without a threshold before the last": (
+        17,
+        "      - {provider: simulated, model: sim-small}",
+        17,
+        "agents[0].cascade[0].threshold",
+        "tier 1 (sim-small) accepts every output, so the tiers after it would never run",
+    ),
+    "misspelt tier key": (
+        17,
+        "      - {provider: simulated, model: sim-small, treshold: 0.8}",
+        17,
+        "agents[0].cascade[0].treshold",
+        "unknown key (did you mean 'threshold'?); allowed keys: provider, model, parameters, price_in, "
+        "price_out, threshold",
+    ),
+    "unknown tier parameter": (
+        20,
+        "        parameters: {latency: 0}",
+        20,
+        "agents[0].cascade[1].parameters.latency",
+        "unknown key (did you mean 'latency_ms'?)",
+    ),
+    "tier parameter out of range": (
+        20,
+        "        parameters:\n          latency_ms: 0\n          error_rate: 2",
+        22,
+        "agents[0].cascade[1].parameters.error_rate",
+        "must be between 0 and 1, got 2",
+    ),
+    "negative tier price": (
+        20,
+        "        price_in: -0.5",
+        20,
+        "agents[0].cascade[1].price_in",
+        "must be zero or more, got -0.5",
+    ),
+    "tier parameter another provider takes": (
+        20,
+        "        parameters: {base_url: http://127.0.0.1:11434/v1}",
+        20,
+        "agents[0].cascade[1].parameters.base_url",
+        "unknown key",
+    ),
+    "template with an undeclared variable": (
+        21,
         '    prompt_template: "Do {title} for {customer}"',
-        18,
+        21,
         "agents[0].prompt_template",
-        "prompt template uses unknown variable(s): customer (available: input, last_error, title)",
+        "the template uses {customer}, which is not declared",
+    ),
+    "a built-in variable declared": (
+        15,
+        "    capabilities: [summarise]\n    prompt_variables: [customer, input]",
+        16,
+        "agents[0].prompt_variables[1]",
+        "'input' is built in: every template may use it undeclared",
+    ),
+    "generation parameter out of range": (
+        15,
+        "    capabilities: [summarise]\n    parameters: {temperature: 3}",
+        16,
+        "agents[0].parameters.temperature",
+        "must be between 0 and 2, got 3",
+    ),
+    "unknown generation parameter": (
+        15,
+        "    capabilities: [summarise]\n    parameters: {temprature: 0.2}",
+        16,
+        "agents[0].parameters.temprature",
+        "unknown key (did you mean 'temperature'?); allowed keys: temperature, top_p, max_tokens",
+    ),
+    "reuse switch that is not a boolean": (
+        15,
+        "    capabilities: [summarise]\n    reuse_results: sometimes",
+        16,
+        "agents[0].reuse_results",
+        "must be true or false, got 'sometimes'",
+    ),
+    "implementation not registered": (
+        15,
+        "    capabilities: [summarise]\n    implementation: boards.example_agents.KeywordClassifer",
+        16,
+        "agents[0].implementation",
+        "'boards.example_agents.KeywordClassifer' is not a registered agent class "
+        "(did you mean 'boards.example_agents.KeywordClassifier'?); "
+        "registered: boards.example_agents.KeywordClassifier",
+    ),
+    "both a cascade and the shorthand": (
+        15,
+        "    capabilities: [summarise]\n    model: sim-small",
+        17,
+        "agents[0].cascade",
+        "give either cascade or provider and model (the one-tier shorthand), not both; "
+        "this agent also has model on line 16",
     ),
     "agent on unknown board": (
         14,
@@ -245,11 +375,49 @@ ERROR_CASES = {
         "a done column takes no WIP limit",
     ),
     "key given twice": (
+        19,
+        "        model: sim-large\n        model: sim-medium",
+        20,
+        "agents[0].cascade[1].model",
+        "given twice (first on line 19)",
+    ),
+}
+
+SHORTHAND_ERROR_CASES = {
+    "unknown provider": (
+        16,
+        "    provider: mistral",
+        16,
+        "agents[0].provider",
+        "must be one of simulated, openai, anthropic, got 'mistral'",
+    ),
+    "unknown model": (
         17,
-        "    model: sim-small\n    model: sim-large",
-        18,
+        "    model: sim-huge",
+        17,
         "agents[0].model",
-        "given twice (first on line 17)",
+        "unknown simulated model 'sim-huge'; available: sim-large, sim-medium, sim-small",
+    ),
+    "bad provider setting": (
+        18,
+        "    provider_settings: {latency_ms: 0, error_rate: 1.5}",
+        18,
+        "agents[0].provider_settings.error_rate",
+        "must be between 0 and 1, got 1.5",
+    ),
+    "misspelt provider setting": (
+        18,
+        "    provider_settings:\n      latency: 0",
+        19,
+        "agents[0].provider_settings.latency",
+        "unknown key (did you mean 'latency_ms'?)",
+    ),
+    "model without a provider": (
+        16,
+        None,
+        13,
+        "agents[0].provider",
+        "is required with model: a single tier needs a provider and a model (or give a cascade)",
     ),
 }
 
@@ -266,25 +434,43 @@ def test_error_names_file_line_and_field(db, tmp_path, case):
     assert Board.objects.count() == 0
 
 
-def test_yaml_syntax_error_names_file_and_line(db, tmp_path):
-    path = write(tmp_path, variant(17, "\tmodel: sim-small"))
+@pytest.mark.parametrize("case", SHORTHAND_ERROR_CASES, ids=list(SHORTHAND_ERROR_CASES))
+def test_shorthand_error_names_file_line_and_field(db, tmp_path, case):
+    replace_line, new, line, field, message = SHORTHAND_ERROR_CASES[case]
+    path = write(tmp_path, variant(replace_line, new, base=SHORTHAND))
 
     with pytest.raises(CommandError) as excinfo:
         apply(path)
 
-    assert f"{path}:17: YAML syntax error:" in str(excinfo.value)
+    assert f"{path}:{line}: {field}: {message}" in str(excinfo.value)
+    assert Board.objects.count() == 0
+
+
+def test_yaml_syntax_error_names_file_and_line(db, tmp_path):
+    path = write(tmp_path, variant(19, "\tmodel: sim-large"))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert f"{path}:19: YAML syntax error:" in str(excinfo.value)
     assert "found character '\\t' that cannot start any token" in str(excinfo.value)
 
 
 def test_every_error_in_a_file_is_reported_in_line_order(db, tmp_path):
     text = variant(6, "      - {name: Ready, role: ready, wip_limit: ten}")
-    text = text.replace("model: sim-small", "model: sim-huge").replace("{input}", "{inptu}")
+    text = text.replace("model: sim-large", "model: sim-huge").replace("threshold: 0.8", "threshold: 8")
+    text = text.replace("{input}", "{inptu}")
     path = write(tmp_path, text)
 
     with pytest.raises(ConfigError) as excinfo:
         config_parse(path.read_text(), filename=str(path))
 
-    assert [e.split(": ")[0] for e in excinfo.value.errors] == [f"{path}:6", f"{path}:17", f"{path}:18"]
+    assert [e.split(": ")[0] for e in excinfo.value.errors] == [
+        f"{path}:6",
+        f"{path}:17",
+        f"{path}:19",
+        f"{path}:21",
+    ]
 
 
 def test_a_missing_file_is_named(db, tmp_path):
@@ -303,7 +489,7 @@ def test_nothing_is_written_when_a_file_has_an_error(db, tmp_path):
     counts = (Board.objects.count(), Column.objects.count(), Agent.objects.count())
     # A valid change (a new WIP limit, a new board) next to one mistake.
     text = variant(6, "      - {name: Ready, role: ready, wip_limit: 9}")
-    text = text.replace("model: sim-small", "model: sim-huge")
+    text = text.replace("model: sim-large", "model: sim-huge")
     text = text.replace("boards:\n", "boards:\n  - {name: Other, slug: other, columns: []}\n", 1)
 
     with pytest.raises(CommandError):
@@ -420,7 +606,7 @@ def test_agent_fields_and_boards_follow_the_file(db, tmp_path):
     assert set(agent.boards.all()) == {Board.objects.get(slug="line"), other}
     assert agent.concurrency == 7
     assert agent.prompt_template == "Again {title}: {input} {last_error}"
-    assert "updated agent Worker (prompt_template, concurrency, boards)" in output
+    assert "updated agent Worker (prompt_template, concurrency, boards; now prompt version 2)" in output
 
 
 def test_an_agent_may_serve_a_board_that_is_only_in_the_database(db, tmp_path):
@@ -446,13 +632,13 @@ def test_paused_left_out_of_the_file_keeps_a_paused_agent_paused(db, tmp_path):
 
 def test_agents_can_share_settings_through_yaml_merge_keys(db, tmp_path):
     text = BASE.replace("  - name: Worker\n", "  - &worker\n    name: Worker\n")
-    text += "  - <<: *worker\n    name: Second\n    model: sim-medium\n"
+    text += "  - <<: *worker\n    name: Second\n    cascade: [{provider: simulated, model: sim-medium}]\n"
 
     apply(write(tmp_path, text))
 
     second = Agent.objects.get(name="Second")
-    assert (second.model, second.capabilities) == ("sim-medium", ["summarise"])
-    assert Agent.objects.get(name="Worker").model == "sim-small"
+    assert ([t.model for t in second.tiers], second.capabilities) == (["sim-medium"], ["summarise"])
+    assert [t.model for t in Agent.objects.get(name="Worker").tiers] == ["sim-small", "sim-large"]
 
 
 def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_capture_on_commit_callbacks):
@@ -483,3 +669,250 @@ def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_captu
         # The claim enqueued a run on this suite's own queue; no worker is
         # listening in this test, so drop it rather than leave it behind.
         queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+# --- agents: cascades, prompt versions, custom classes ------------------------------
+
+
+def test_a_cascade_is_stored_in_its_normal_form(db, tmp_path):
+    output = apply(write(tmp_path, BASE))
+
+    agent = Agent.objects.get(name="Worker")
+    # Prices as exact decimal strings, a simulated tier's filled in from its list price.
+    assert agent.cascade == [
+        {
+            "provider": "simulated",
+            "model": "sim-small",
+            "parameters": {},
+            "price_in": "0.00015",
+            "price_out": "0.0006",
+            "threshold": 0.8,
+        },
+        {
+            "provider": "simulated",
+            "model": "sim-large",
+            "parameters": {"latency_ms": 0},
+            "price_in": "0.005",
+            "price_out": "0.015",
+            "threshold": None,
+        },
+    ]
+    assert [t.model for t in agent.tiers] == ["sim-small", "sim-large"]
+    assert agent.prompt_version == 1
+    assert "created agent Worker (cascade sim-small → sim-large)" in output
+
+
+def test_every_agent_field_applies_and_reapplying_writes_nothing(db, tmp_path):
+    text = BASE.replace(
+        '    prompt_template: "Do {title}: {input}"\n',
+        """    prompt_template: "Reply to {customer}: {input}"
+    prompt_variables: [customer]
+    parameters: {temperature: 0.2, top_p: 0.9, max_tokens: 300}
+    reuse_results: false
+    cache_responses: false
+""",
+    ).replace(
+        "      - {provider: simulated, model: sim-small, threshold: 0.8}\n",
+        """      - provider: openai
+        model: llama3.1:8b
+        threshold: 0.8
+        price_in: "0.0001"
+        price_out: 0.0002
+        parameters: {base_url: "http://127.0.0.1:11434/v1", api_key_env: OLLAMA_KEY, logprobs: true}
+""",
+    )
+    path = write(tmp_path, text)
+    apply(path)
+    before = dump()
+
+    with CaptureQueriesContext(connection) as queries:
+        again = apply(path)
+
+    agent = Agent.objects.get(name="Worker")
+    assert agent.prompt_variables == ["customer"]
+    assert agent.parameters == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 300}
+    assert (agent.reuse_results, agent.cache_responses) == (False, False)
+    first = agent.tiers[0]
+    assert (first.provider, first.model, first.threshold) == ("openai", "llama3.1:8b", 0.8)
+    assert (str(first.price_in), str(first.price_out)) == ("0.0001", "0.0002")
+    # The key itself is never in the file or the database: only the variable's name.
+    assert first.parameters == {
+        "base_url": "http://127.0.0.1:11434/v1",
+        "api_key_env": "OLLAMA_KEY",
+        "logprobs": True,
+    }
+    assert dump() == before
+    assert writes(queries) == []
+    assert "no changes" in again
+
+
+def test_the_shorthand_applies_as_a_one_tier_cascade(db, tmp_path):
+    apply(write(tmp_path, SHORTHAND))
+
+    agent = Agent.objects.get(name="Worker")
+    assert agent.cascade == [
+        {
+            "provider": "simulated",
+            "model": "sim-small",
+            "parameters": {"latency_ms": 0},
+            "price_in": "0.00015",
+            "price_out": "0.0006",
+            "threshold": None,
+        }
+    ]
+    assert "no changes" in apply(write(tmp_path, SHORTHAND))
+
+
+def test_rewriting_the_shorthand_as_the_same_cascade_changes_nothing(db, tmp_path):
+    apply(write(tmp_path, SHORTHAND))
+    as_cascade = SHORTHAND.replace(
+        "    provider: simulated\n    model: sim-small\n    provider_settings: {latency_ms: 0}\n",
+        "    cascade:\n      - {provider: simulated, model: sim-small, parameters: {latency_ms: 0}}\n",
+    )
+
+    output = apply(write(tmp_path, as_cascade))
+
+    assert "no changes" in output
+    assert Agent.objects.get(name="Worker").prompt_version == 1
+
+
+def test_an_agent_needs_a_cascade(db, tmp_path):
+    path = write(tmp_path, BASE.replace(CASCADE, ""))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert f"{path}:13: agents[0].cascade: is required: give a cascade" in str(excinfo.value)
+
+
+def test_an_empty_cascade_is_refused(db, tmp_path):
+    path = write(tmp_path, BASE.replace(CASCADE, "    cascade: []\n"))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert f"{path}:16: agents[0].cascade: must not be empty" in str(excinfo.value)
+
+
+def test_a_declared_variable_may_be_used_in_the_template(db, tmp_path):
+    text = variant(21, '    prompt_template: "Do {title} for {customer}"\n    prompt_variables: [customer]')
+
+    apply(write(tmp_path, text))
+
+    agent = Agent.objects.get(name="Worker")
+    assert (agent.prompt_template, agent.prompt_variables) == ("Do {title} for {customer}", ["customer"])
+
+
+def test_changing_the_template_starts_one_new_prompt_version(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    changed = write(tmp_path, BASE.replace("Do {title}: {input}", "Please do {title}: {input}"), "v2.yaml")
+
+    first = apply(changed)
+    second = apply(changed)
+
+    agent = Agent.objects.get(name="Worker")
+    assert agent.prompt_version == 2
+    assert "updated agent Worker (prompt_template; now prompt version 2)" in first
+    assert "no changes" in second
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("threshold: 0.8", "threshold: 0.9", "cascade"),
+        ("parameters: {latency_ms: 0}", "parameters: {latency_ms: 0, temperature: 0.5}", "cascade"),
+        (
+            "capabilities: [summarise]",
+            "capabilities: [summarise]\n    parameters: {temperature: 0}",
+            "parameters",
+        ),
+    ],
+)
+def test_changing_what_the_model_is_asked_starts_a_new_prompt_version(db, tmp_path, old, new, field):
+    apply(write(tmp_path, BASE))
+
+    output = apply(write(tmp_path, BASE.replace(old, new)))
+
+    assert Agent.objects.get(name="Worker").prompt_version == 2
+    assert f"updated agent Worker ({field}; now prompt version 2)" in output
+
+
+def test_changing_how_an_agent_runs_keeps_its_prompt_version(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    text = BASE.replace(
+        "capabilities: [summarise]", "capabilities: [summarise]\n    concurrency: 9\n    reuse_results: false"
+    )
+
+    output = apply(write(tmp_path, text))
+
+    agent = Agent.objects.get(name="Worker")
+    assert (agent.concurrency, agent.reuse_results, agent.prompt_version) == (9, False, 1)
+    assert "updated agent Worker (reuse_results, concurrency)" in output
+
+
+def test_dry_run_names_the_changed_agent_fields_and_writes_nothing(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    before = dump()
+    text = BASE.replace("threshold: 0.8", "threshold: 0.7").replace(
+        "capabilities: [summarise]", "capabilities: [summarise]\n    cache_responses: false"
+    )
+
+    output = apply(write(tmp_path, text), dry_run=True)
+
+    assert "would be updated agent Worker (cascade, cache_responses; now prompt version 2)" in output
+    assert dump() == before
+
+
+def test_an_agent_class_needs_no_prompt_or_cascade(db, tmp_path):
+    text = BASE.split("agents:\n", 1)[0].replace("capability: summarise", "capability: classify") + (
+        "agents:\n"
+        "  - name: Router\n"
+        "    boards: [line]\n"
+        "    implementation: boards.example_agents.KeywordClassifier\n"
+    )
+    path = write(tmp_path, text)
+
+    output = apply(path)
+
+    agent = Agent.objects.get(name="Router")
+    assert agent.implementation == "boards.example_agents.KeywordClassifier"
+    # The class says what it offers, so the demo task asking for classify is served.
+    assert agent.offered_capabilities == ["classify"]
+    assert agent.prompt_template == "{input}"
+    assert [t.model for t in agent.tiers] == ["sim-small"]
+    assert "created agent Router (implementation boards.example_agents.KeywordClassifier)" in output
+    assert "no changes" in apply(path)
+
+
+def test_capabilities_an_agent_class_does_not_offer_are_an_error(db, tmp_path):
+    text = variant(
+        15, "    capabilities: [summarise]\n    implementation: boards.example_agents.KeywordClassifier"
+    )
+    path = write(tmp_path, text)
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert (
+        f"{path}:15: agents[0].capabilities: KeywordClassifier says its own capabilities (classify), "
+        "so 'summarise' would never be pulled: remove it"
+    ) in str(excinfo.value)
+
+
+def test_a_prompt_agent_without_a_template_is_refused(db, tmp_path):
+    path = write(tmp_path, variant(21, None))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert f"{path}:13: agents[0].prompt_template: is required" in str(excinfo.value)
+
+
+def test_an_agent_class_already_in_the_database_serves_demo_tasks(db, tmp_path):
+    router = "agents:\n  - name: Router\n    boards: [line]\n    implementation: boards.example_agents.KeywordClassifier\n"
+    apply(write(tmp_path, BASE.split("agents:\n", 1)[0].replace(", capability: summarise", "") + router))
+    board_only = BASE.split("agents:\n", 1)[0].replace("capability: summarise", "capability: classify")
+
+    apply(write(tmp_path, board_only, "board.yaml"))
+
+    assert Board.objects.get(slug="line").demo_tasks[0]["capability"] == "classify"
