@@ -4,9 +4,24 @@
 
 from __future__ import annotations
 
-from django import forms
+import json
+import re
+from typing import Any
 
-from boards.models import Board, Task
+from django import forms
+from django.forms.formsets import DELETION_FIELD_NAME, ORDERING_FIELD_NAME
+
+from boards.agent_config import (
+    GENERATION_PARAMETERS,
+    MAX_CASCADE_TIERS,
+    ConfigError,
+    check_template,
+    parse_cascade,
+    parse_parameters,
+    parse_variables,
+)
+from boards.models import Agent, Board, Task
+from boards.providers import PROVIDER_NAMES
 
 
 class TaskCreateForm(forms.Form):
@@ -30,6 +45,11 @@ class TaskCreateForm(forms.Form):
         max_value=1000,
         help_text="Higher runs first.",
         widget=forms.NumberInput(attrs={"step": 1}),
+    )
+    allow_reuse = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Reuse an earlier identical result",
     )
 
     def __init__(self, *args, capabilities: list[str], **kwargs) -> None:
@@ -83,3 +103,226 @@ class TaskBlockForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+
+
+# --- the agent page ------------------------------------------------------------------
+
+
+def _config_problems(exc: ConfigError, prefix: str) -> list[tuple[str, str]]:
+    """A ConfigError's problems as (path below ``prefix``, message): for
+    ``cascade[1].parameters.timeout`` under ``cascade[1]`` that is ``parameters.timeout``."""
+    problems = []
+    for where, message in exc.problems:
+        rest = where[len(prefix) :].lstrip(".") if where.startswith(prefix) else where
+        problems.append((rest, message))
+    return problems
+
+
+class AgentSettingsForm(forms.Form):
+    """The shared settings of an agent's prompt: template, declared variables,
+    generation parameters and the reuse and cache switches. Checked through
+    ``boards.agent_config``, the module ``Agent.clean`` checks them with, so each
+    problem lands on the field it is about; ``services.agent_save`` has the last word."""
+
+    prompt_template = forms.CharField(
+        label="Prompt template",
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
+        help_text="{input}, {title} and {last_error} are always available; other {names} must be "
+        "declared below. Write {{ and }} for literal braces.",
+    )
+    prompt_variables = forms.CharField(
+        label="Variables",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "customer, tone", "autocomplete": "off"}),
+        help_text="Comma-separated names the template may use; a task gives them as fields of a JSON object input.",
+    )
+    temperature = forms.FloatField(
+        required=False, widget=forms.NumberInput(attrs={"step": "any", "min": 0, "max": 2})
+    )
+    top_p = forms.FloatField(
+        label="Top p", required=False, widget=forms.NumberInput(attrs={"step": "any", "min": 0, "max": 1})
+    )
+    max_tokens = forms.IntegerField(
+        label="Max tokens", required=False, widget=forms.NumberInput(attrs={"step": 1, "min": 1})
+    )
+    reuse_results = forms.BooleanField(
+        label="Reuse results",
+        required=False,
+        help_text="A task whose input matches one this agent completed with the same prompt version takes that result.",
+    )
+    cache_responses = forms.BooleanField(
+        label="Cache responses",
+        required=False,
+        help_text="Serve a call identical to an earlier one from the response cache.",
+    )
+    # The version the editor started from: saving over someone else's newer prompt is refused.
+    based_on_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args, agent: Agent, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        parameters = agent.parameters if isinstance(agent.parameters, dict) else {}
+        variables = agent.prompt_variables if isinstance(agent.prompt_variables, list) else []
+        kwargs.setdefault(
+            "initial",
+            {
+                "prompt_template": agent.prompt_template,
+                "prompt_variables": ", ".join(str(v) for v in variables),
+                **{name: parameters.get(name) for name in GENERATION_PARAMETERS},
+                "reuse_results": agent.reuse_results,
+                "cache_responses": agent.cache_responses,
+                "based_on_version": agent.prompt_version,
+            },
+        )
+        super().__init__(*args, **kwargs)
+
+    def clean_prompt_template(self) -> str:
+        # Browsers send a textarea's lines ending in CRLF: store the template as
+        # written, so saving it unchanged is no new prompt version.
+        return self.cleaned_data["prompt_template"].replace("\r\n", "\n")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        variables: list[str] = []
+        try:
+            variables = parse_variables(data.get("prompt_variables") or "")
+        except ConfigError as exc:
+            for _, message in exc.problems:
+                self.add_error("prompt_variables", message)
+        if "prompt_template" in data:
+            for message in check_template(data["prompt_template"], variables):
+                self.add_error("prompt_template", message)
+        parameters = {name: data.get(name) for name in GENERATION_PARAMETERS if data.get(name) is not None}
+        try:
+            data["parameters"] = parse_parameters(parameters)
+        except ConfigError as exc:
+            for where, message in _config_problems(exc, "parameters"):
+                self.add_error(where if where in self.fields else None, message)
+        data["variables"] = variables
+        return data
+
+
+class TierForm(forms.Form):
+    """One tier of a cascade. Its values are checked with the whole cascade
+    (``TierFormSet.clean``), by ``parse_cascade``."""
+
+    provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="simulated")
+    model = forms.CharField(
+        required=False, max_length=200, widget=forms.TextInput(attrs={"placeholder": "sim-small"})
+    )
+    price_in = forms.CharField(
+        label="$ per 1k in",
+        required=False,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "list price"}),
+    )
+    price_out = forms.CharField(
+        label="$ per 1k out",
+        required=False,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "list price"}),
+    )
+    threshold = forms.FloatField(
+        required=False,
+        widget=forms.NumberInput(attrs={"step": "any", "min": 0, "max": 1, "placeholder": "take any"}),
+    )
+    parameters = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "placeholder": '{"latency_ms": 400}'}),
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+    def clean_parameters(self) -> dict[str, Any]:
+        text = self.cleaned_data["parameters"].strip()
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(
+                f'Parameters must be JSON, such as {{"temperature": 0.2}}: {exc.msg} at character {exc.pos + 1}.'
+            ) from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Parameters must be a JSON object, such as {"temperature": 0.2}.')
+        return value
+
+    def tier(self) -> dict[str, Any]:
+        """The tier as the agent's cascade holds it, for ``parse_cascade``; a blank
+        price is left out, so a simulated model takes its list price."""
+        data = self.cleaned_data
+        tier: dict[str, Any] = {
+            "provider": data["provider"],
+            "model": data["model"].strip(),
+            "parameters": data["parameters"],
+            "threshold": data["threshold"],
+        }
+        for key in ("price_in", "price_out"):
+            if data[key].strip():
+                tier[key] = data[key].strip()
+        return tier
+
+    @staticmethod
+    def initial_for(tier: dict[str, Any]) -> dict[str, Any]:
+        parameters = tier.get("parameters") or {}
+        return {
+            "provider": tier.get("provider"),
+            "model": tier.get("model"),
+            "parameters": json.dumps(parameters, ensure_ascii=False) if parameters else "",
+            "price_in": tier.get("price_in") if tier.get("price_in") is not None else "",
+            "price_out": tier.get("price_out") if tier.get("price_out") is not None else "",
+            "threshold": tier.get("threshold"),
+        }
+
+
+class BaseTierFormSet(forms.BaseFormSet):
+    """The cascade, a tier a row, cheapest first: rows are ordered by their
+    position, a ticked row is removed, and the spare row adds a tier."""
+
+    def add_fields(self, form: forms.Form, index: int | None) -> None:
+        super().add_fields(form, index)
+        form.fields[ORDERING_FIELD_NAME].label = "Position"
+        form.fields[ORDERING_FIELD_NAME].widget.attrs.update({"min": 1, "class": "tier-position"})
+        form.fields[DELETION_FIELD_NAME].label = "Remove"
+
+    def clean(self) -> None:
+        self.cascade: list[dict[str, Any]] = []
+        if any(self.errors):
+            return
+        forms_in_order = self.ordered_forms
+        self.cascade = [form.tier() for form in forms_in_order]
+        try:
+            parse_cascade(self.cascade)
+        except ConfigError as exc:
+            problems = exc.problems
+        else:
+            return
+        # Each problem on the row and field it names; what is about the whole
+        # cascade (no tier left, too many) above the table.
+        whole = []
+        for where, message in problems:
+            match = _TIER_PATH.match(where)
+            if match is None:
+                whole.append(message)
+                continue
+            form = forms_in_order[int(match["index"])]
+            field, _, rest = (match["rest"] or "").partition(".")
+            if field in form.fields:
+                form.add_error(field, f"{rest}: {message}" if rest else message)
+            else:
+                form.add_error(None, message)
+        if whole:
+            raise forms.ValidationError(whole)
+
+
+# cascade[2].parameters.timeout -> index 2, rest "parameters.timeout"
+_TIER_PATH = re.compile(r"^cascade\[(?P<index>\d+)\](?:\.(?P<rest>.+))?$")
+
+TierFormSet = forms.formset_factory(
+    TierForm,
+    formset=BaseTierFormSet,
+    extra=1,
+    max_num=MAX_CASCADE_TIERS,
+    can_order=True,
+    can_delete=True,
+)

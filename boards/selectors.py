@@ -201,3 +201,23 @@ def agent_metrics(*, agent: Agent) -> dict:
         # How often each tier's output was the one taken (1 = cheapest).
         "accepted_by_tier": dict(sorted(accepted.items())),
     }
+
+
+# --- the agent pages (boards.views.agent_list, agent_detail) -------------------------
+
+
+def agent_list_get() -> list[Agent]:
+    """Every agent with its boards: two queries, whatever the number of agents."""
+    return list(Agent.objects.prefetch_related(Prefetch("boards", Board.objects.order_by("name"))))
+
+
+def agent_model_calls_recent(*, agent: Agent, limit: int = 20) -> list[ModelCall]:
+    """An agent's latest ledger rows, newest first, with the tasks (and their boards)
+    they link to, a reused result's too: one query. The tasks' long texts are left
+    behind; the page shows titles."""
+    return list(
+        ModelCall.objects.filter(agent=agent)
+        .select_related("task__board", "reused_from__board")
+        .defer("task__input", "task__output", "reused_from__input", "reused_from__output")
+        .order_by("-created_at", "-pk")[:limit]
+    )

@@ -1206,12 +1206,16 @@ __all__ += ["board_config_changed", "column_neighbour"]
 PROMPT_FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade", "implementation")
 
 
-def agent_save(*, agent: Agent) -> Agent:
+def agent_save(*, agent: Agent, based_on_version: int | None = None) -> Agent:
     """Save an agent's settings (from the admin or the agent page): validate,
     store the prompt settings in their normal form (a cascade's prices as exact
     decimal strings, its simulated prices filled in), and start a new prompt
     version when what the model is asked has changed, so results of the old
     prompt are no longer reused and the ledger tells the versions apart.
+
+    ``based_on_version`` is the prompt version the editor started from: if the
+    prompt has moved on since (someone else saved), nothing is written and a
+    ValidationError says so, rather than one edit silently undoing the other.
 
     Its boards are refreshed and pulled after commit (a new model or a higher
     concurrency may change what the board shows and can take)."""
@@ -1228,6 +1232,12 @@ def agent_save(*, agent: Agent) -> Agent:
                 .first()
             )
             if before is not None:
+                if based_on_version is not None and before["prompt_version"] != based_on_version:
+                    raise ValidationError(
+                        f"Someone else saved a new prompt for {agent.name} while you were editing "
+                        f"(version {before['prompt_version']}; you started from {based_on_version}). "
+                        "Nothing was saved: reload the page to see their change, then make yours."
+                    )
                 agent.prompt_version = before["prompt_version"]
                 if any(before[name] != getattr(agent, name) for name in PROMPT_FIELDS):
                     agent.prompt_version += 1

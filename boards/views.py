@@ -10,24 +10,42 @@ JavaScript.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from boards import services
-from boards.forms import TaskBlockForm, TaskCreateForm, TaskMoveForm, TaskStepForm
+from boards.agents import implementation_for
+from boards.forms import (
+    AgentSettingsForm,
+    TaskBlockForm,
+    TaskCreateForm,
+    TaskMoveForm,
+    TaskStepForm,
+    TierForm,
+    TierFormSet,
+)
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
+    agent_list_get,
+    agent_model_calls_recent,
     board_agents_get,
     board_capabilities_get,
     board_columns_get,
     board_list_get,
     task_events_get,
+    task_model_calls_get,
 )
+
+logger = logging.getLogger(__name__)
 
 BOARD = "boards/board.html"
 
@@ -124,10 +142,15 @@ def _task_detail_page(
     block_form: TaskBlockForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
+    calls = task_model_calls_get(task=task)
+    # Links to reused results name their task's board, which may be another one.
+    prefetch_related_objects([task], "reused_from__board")
+    prefetch_related_objects([c for c in calls if c.reused_from_id], "reused_from__board")
     context = {
         "board": board,
         "task": task,
         "events": task_events_get(task=task),
+        "calls": calls,
         "columns": list(board.columns.order_by("position")),
         "error": error,
         "block_form": block_form if block_form is not None else TaskBlockForm(),
@@ -187,6 +210,7 @@ def task_create(request: HtmxHttpRequest, slug: str) -> HttpResponse:
                 input=data["input"],
                 capability=data["capability"],
                 priority=data["priority"] if data["priority"] is not None else 0,
+                allow_reuse=data["allow_reuse"],
                 user=request.user,
             )
         except ValidationError as exc:
@@ -321,12 +345,133 @@ def task_unblock(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
 
 # --- agents --------------------------------------------------------------------------
 
+# The figures every agent's metrics() gives (boards.selectors.agent_metrics), in the
+# order the page shows them; anything else a custom class adds follows under its own key.
+AGENT_METRICS: tuple[tuple[str, str], ...] = (
+    ("tasks_done", "Tasks done"),
+    ("tasks_failed", "Tasks failed"),
+    ("tasks_running", "Running now"),
+    ("model_calls", "Model calls"),
+    ("cache_hits", "Cache hits"),
+    ("reused", "Reused results"),
+    ("errors", "Call errors"),
+    ("cost", "Total cost"),
+    ("tokens_in", "Tokens in"),
+    ("tokens_out", "Tokens out"),
+    ("mean_latency_ms", "Mean latency"),
+)
+RECENT_CALLS = 20
+
+
+def _agent_metrics(agent: Agent) -> dict[str, Any]:
+    """The agent's ``metrics()`` for its page: the known figures as (key, label,
+    value) rows, the share taken from each tier, whatever else a custom class adds,
+    and an error if its class could not give them (the page shows the rest)."""
+    try:
+        metrics = dict(implementation_for(agent).metrics())
+    except Exception as exc:
+        # A custom class's bug costs its figures, not the page.
+        logger.exception("agent %s: metrics() failed", agent.pk)
+        metrics, error = {}, f"{agent.implementation or agent.name} could not give its metrics: {exc}"
+    else:
+        error = ""
+    rows = [(key, label, metrics.pop(key)) for key, label in AGENT_METRICS if key in metrics]
+    return {
+        "metric_rows": rows,
+        "accepted_by_tier": metrics.pop("accepted_by_tier", None),
+        "extra_metrics": metrics,
+        "metrics_error": error,
+    }
+
+
+def _tier_initial(agent: Agent) -> list[dict[str, Any]]:
+    cascade = agent.cascade if isinstance(agent.cascade, list) else []
+    return [TierForm.initial_for(tier) for tier in cascade if isinstance(tier, dict)]
+
+
+def _agent_forms(agent: Agent, data=None) -> tuple[AgentSettingsForm, TierFormSet]:
+    return (
+        AgentSettingsForm(data, agent=agent),
+        TierFormSet(data, prefix="tier", initial=_tier_initial(agent)),
+    )
+
+
+def _attach_save_errors(form: AgentSettingsForm, exc: ValidationError) -> None:
+    """What ``services.agent_save`` refused after the forms passed (a rule the forms
+    do not check, or an agent changed meanwhile): on its field, or above the form."""
+    errors = exc.message_dict if hasattr(exc, "error_dict") else {NON_FIELD_ERRORS: exc.messages}
+    for name, messages_ in errors.items():
+        form.add_error(name if name in form.fields else None, messages_)
+
+
+def _agent_detail_page(
+    request: HttpRequest,
+    agent: Agent,
+    *,
+    form: AgentSettingsForm | None,
+    formset: TierFormSet | None,
+    status: int = 200,
+) -> HttpResponse:
+    tiers = agent.tiers
+    context = {
+        "agent": agent,
+        "agent_boards": list(agent.boards.order_by("name")),
+        "tiers": tiers,
+        # A stored cascade that no longer parses (written around Agent.clean).
+        "cascade_broken": not tiers,
+        **_agent_metrics(agent),
+        "calls": agent_model_calls_recent(agent=agent, limit=RECENT_CALLS),
+        "recent_calls": RECENT_CALLS,
+        "form": form,
+        "formset": formset,
+        "nav": "agents",
+    }
+    return render(request, "boards/agent_detail.html", context, status=status)
+
 
 @require_GET
 def agent_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "boards/agent_list.html", {"agents": Agent.objects.order_by("name"), "nav": "agents"})
+    return render(request, "boards/agent_list.html", {"agents": agent_list_get(), "nav": "agents"})
 
 
+@require_http_methods(["GET", "POST"])
 def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The agent's page: its settings, metrics and latest ledger rows; with the
+    boards.change_agent permission, also the form that edits its prompt and cascade."""
     agent = get_object_or_404(Agent, pk=pk)
-    return render(request, "boards/agent_detail.html", {"agent": agent, "nav": "agents"})
+    can_edit = request.user.has_perm("boards.change_agent")
+    if request.method == "GET":
+        form, formset = _agent_forms(agent) if can_edit else (None, None)
+        return _agent_detail_page(request, agent, form=form, formset=formset)
+
+    if not can_edit:
+        raise PermissionDenied("Changing an agent needs the boards.change_agent permission.")
+    form, formset = _agent_forms(agent, request.POST)
+    if form.is_valid() and formset.is_valid():
+        data = form.cleaned_data
+        version = agent.prompt_version
+        agent.prompt_template = data["prompt_template"]
+        agent.prompt_variables = data["variables"]
+        agent.parameters = data["parameters"]
+        agent.cascade = formset.cascade
+        agent.reuse_results = data["reuse_results"]
+        agent.cache_responses = data["cache_responses"]
+        try:
+            agent = services.agent_save(agent=agent, based_on_version=data["based_on_version"])
+        except ValidationError as exc:
+            _attach_save_errors(form, exc)
+            # Show what is stored, not the refused values, beside the form that holds them.
+            agent.refresh_from_db()
+        else:
+            if agent.prompt_version != version:
+                messages.success(
+                    request,
+                    f"Saved {agent.name}: the prompt is now version {agent.prompt_version}. "
+                    "Tasks run it from now on, and only its results are reused.",
+                )
+            else:
+                messages.success(
+                    request, f"Saved {agent.name}; the prompt is unchanged (version {agent.prompt_version})."
+                )
+            return redirect(agent)
+    return _agent_detail_page(request, agent, form=form, formset=formset, status=422)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -10,6 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from boards import services
 from boards.fragments import render_board_update
+from boards.models import Task
 from tests.factories import column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
@@ -75,3 +77,16 @@ def test_its_query_count_does_not_grow_with_the_number_of_tasks(django_assert_nu
     with django_assert_num_queries(len(few.captured_queries)):
         html = render_board_update(board_id=board.pk, column_ids=ids)
     assert html.count('<li id="task-') == 31
+
+
+def test_pushed_cards_and_agents_carry_the_ledger_line_and_agent_links(board):
+    agent = make_agent(boards=[board], name="pusher")
+    task = services.task_create(board=board, title="Costed card")
+    Task.objects.filter(pk=task.pk).update(cost=Decimal("0.0042"), model_calls=2, accepted_tier=1)
+    backlog = column(board, "backlog")
+
+    html = render_board_update(board_id=board.pk, column_ids={backlog.pk})
+
+    card = re.search(rf'<li id="task-{task.pk}".*?</li>', html, re.S).group(0)
+    assert re.search(r'<p class="card-ledger">.*\$0\.0042.*>2 calls<.*>tier 1<', card, re.S)
+    assert f'<a class="agent-name" href="{agent.get_absolute_url()}">pusher</a>' in html

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from boards import services
-from boards.models import Agent, Board, Column
+from boards import runtime, services
+from boards.models import Agent, Board, Column, Task
 from tests.factories import column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
@@ -277,3 +278,63 @@ def test_an_htmx_request_gets_the_whole_page_too(client, user, board):
     assert "<html" in html
     assert 'id="task-form"' in html
     assert html.count('<section id="column-') == 5
+
+
+def test_agent_names_on_the_strip_link_to_their_pages(client, user):
+    board = make_board()
+    agent = make_agent(boards=[board], name="linker")
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    strip = html[html.index('id="board-agents"') :]
+    assert f'<a class="agent-name" href="{agent.get_absolute_url()}">linker</a>' in strip
+
+
+def test_cards_show_cost_calls_and_the_tier_taken(client, user):
+    board = make_board(backlog=False)
+    agent = make_agent(boards=[board])
+    task = services.task_create(board=board, title="Costed")
+    (claim,) = services.board_pull(board_id=board.pk)
+    services.task_complete(task_id=task.pk, lease_token=claim.lease_token, output="ok", confidence=0.9)
+    Task.objects.filter(pk=task.pk).update(
+        cost=Decimal("0.0021"), model_calls=3, accepted_tier=2, cache_hits=1, tokens_in=120, tokens_out=80
+    )
+    plain = services.task_create(board=board, title="Not run yet")
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    card = re.search(rf'<li id="task-{task.pk}".*?</li>', html, re.S).group(0)
+    ledger = re.search(r'<p class="card-ledger">(.*?)</p>', card, re.S).group(1)
+    assert "$0.0021" in ledger
+    assert "3 calls" in ledger
+    assert "tier 2" in ledger
+    assert "1 cached" in ledger
+    assert "reused" not in ledger
+    plain_card = re.search(rf'<li id="task-{plain.pk}".*?</li>', html, re.S).group(0)
+    assert "card-ledger" not in plain_card
+    assert agent.name in card
+
+
+def test_a_card_with_a_reused_result_says_so(client, user):
+    board = make_board(backlog=False)
+    make_agent(boards=[board], error_rate=0.0)
+    tasks = []
+    for title in ("Original", "Copy"):
+        task = services.task_create(board=board, title=title, input="identical input")
+        (claim,) = services.board_pull(board_id=board.pk)
+        runtime.run(task.pk, str(claim.lease_token))
+        tasks.append(task)
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    original, copy = (re.search(rf'<li id="task-{t.pk}".*?</li>', html, re.S).group(0) for t in tasks)
+    copy_ledger = re.search(r'<p class="card-ledger">(.*?)</p>', copy, re.S).group(1)
+    assert ">reused<" in copy_ledger
+    assert "$0.0000" in copy_ledger  # no model called, nothing spent
+    assert not re.search(r"\d+ calls?<", copy_ledger)
+    original_ledger = re.search(r'<p class="card-ledger">(.*?)</p>', original, re.S).group(1)
+    assert ">reused<" not in original_ledger
+    assert ">1 call<" in original_ledger and ">tier 1<" in original_ledger

@@ -156,3 +156,35 @@ def test_it_enforces_csrf(user, board):
     accepted = client.post(_url(board), {"title": "With token"}, headers={**HTMX, "X-CSRFToken": token})
     assert accepted.status_code == 200
     assert Task.objects.get().title == "With token"
+
+
+def test_reuse_is_offered_checked_and_allowed_by_default(client, user, board):
+    client.force_login(user)
+
+    html = client.get(board.get_absolute_url()).content.decode()
+    assert re.search(r'<input type="checkbox" name="allow_reuse"[^>]* checked', html)
+    assert "Reuse an earlier identical result" in html
+
+    client.post(_url(board), {"title": "Reuse me", "allow_reuse": "on"})
+    assert Task.objects.get().allow_reuse is True
+
+
+def test_an_unticked_reuse_box_stores_allow_reuse_false(client, user, board):
+    client.force_login(user)
+
+    response = client.post(_url(board), {"title": "Fresh answer please"}, headers=HTMX)
+
+    assert response.status_code == 200
+    assert Task.objects.get().allow_reuse is False
+    # The fresh form offers reuse again for the next task.
+    assert re.search(r'name="allow_reuse"[^>]* checked', response.content.decode())
+
+
+def test_the_form_keeps_an_unticked_reuse_box_when_it_has_errors(client, user, board):
+    client.force_login(user)
+
+    response = client.post(_url(board), {"title": ""}, headers=HTMX)
+
+    assert response.status_code == 422
+    tag = re.search(r'<input type="checkbox" name="allow_reuse"[^>]*>', response.content.decode()).group(0)
+    assert "checked" not in tag
