@@ -24,11 +24,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from boards.agent_config import ConfigError, Tier, parse_cascade, parse_parameters, parse_variables, template_fields
@@ -74,6 +76,8 @@ class CallRecord:
     accepted: bool = False
     error: str = ""
     reused_from: int | None = None
+    # When the call was made (the ledger's time); None: when it is recorded.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,7 @@ class PromptCascadeAgent(BaseAgent):
             last = number == len(tiers)
             parameters = {**generation, **tier.parameters}
             key = cache_key(tier, prompt, parameters)
+            at = timezone.now()
             response = cached_response(key) if self.agent.cache_responses else None
             source = "cache" if response is not None else "model"
             if response is None:
@@ -278,6 +283,7 @@ class PromptCascadeAgent(BaseAgent):
                             model=tier.model,
                             latency_ms=round((time.perf_counter() - started) * 1000, 3),
                             error=str(exc)[:2000],
+                            at=at,
                         )
                     )
                     errors.append(f"tier {number} ({tier.model}): {exc}")
@@ -299,6 +305,7 @@ class PromptCascadeAgent(BaseAgent):
                     confidence=response.confidence,
                     confidence_source=response.confidence_source,
                     accepted=accepted,
+                    at=at,
                 )
             )
             if accepted:

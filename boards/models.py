@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from boards.agent_config import (
     ConfigError,
@@ -430,7 +431,9 @@ class ModelCall(models.Model):
     error = models.TextField(blank=True)
     # For a reused result: the task whose result was taken.
     reused_from = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When the call was made, which may be well before its row is written (at the
+    # end of the run).
+    created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["created_at", "pk"]

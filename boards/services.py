@@ -666,6 +666,7 @@ def _outcome_note(output: Output) -> str:
 
 
 def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None) -> list[ModelCall]:
+    now = timezone.now()
     return [
         ModelCall(
             task_id=task.pk,
@@ -686,6 +687,7 @@ def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None
             accepted=call.accepted,
             error=call.error,
             reused_from_id=call.reused_from,
+            created_at=call.at or now,
         )
         for call in calls
     ]

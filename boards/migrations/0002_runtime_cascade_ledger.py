@@ -2,6 +2,7 @@
 
 import boards.models
 import django.db.models.deletion
+import django.utils.timezone
 from django.db import migrations, models
 
 
@@ -59,7 +60,7 @@ class Migration(migrations.Migration):
                 ('confidence_source', models.CharField(blank=True, max_length=20)),
                 ('accepted', models.BooleanField(default=False)),
                 ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
                 'ordering': ['created_at', 'pk'],

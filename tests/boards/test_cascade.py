@@ -507,3 +507,13 @@ def test_saving_normalises_the_cascade_and_versions_only_prompt_changes(board):
 def test_a_bad_cascade_is_refused_with_a_message(cascade, message):
     with pytest.raises(ValueError, match=message):
         parse_cascade(cascade)
+
+
+def test_each_ledger_row_is_stamped_when_its_call_was_made(board):
+    make_agent(boards=[board], cascade=[tier("sim-small", 1.0, latency_ms=30), tier("sim-medium", None)])
+
+    task = run_one(board)
+
+    first, second = task.model_call_rows.order_by("pk")
+    # The first call was made before the second, and both before the run ended.
+    assert task.started_at <= first.created_at < second.created_at <= task.finished_at
