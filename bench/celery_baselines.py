@@ -4,10 +4,13 @@ with ``--include bench.celery_baselines``; never part of the product)."""
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 from django.conf import settings
 
+# Installs its hooks when KAIZEN_BENCH_PROFILE is set; nothing otherwise.
+from bench import worker_hooks
 from boards.models import Board
 from kaizen_web.celery import app
 
@@ -33,3 +36,16 @@ def insert_update(n: int) -> None:
     # One INSERT and one UPDATE through the ORM, the minimum the line does per move.
     board = Board.objects.create(name=f"bench {n}", slug=f"bench-baseline-{os.getpid()}-{n}")
     Board.objects.filter(pk=board.pk).update(description="done")
+
+
+@app.task(name="bench.sleep")
+def sleep(key: str, seconds: float) -> None:
+    # A model call reduced to its wait: what the pool alone does at this latency.
+    time.sleep(seconds)
+    _counter().incr(key)
+
+
+@app.task(name="bench.profile_report")
+def profile_report(path: str) -> None:
+    # Asked once the line is idle: bench.worker_hooks writes what it gathered.
+    worker_hooks.report(path)

@@ -6,7 +6,11 @@ Starts its own web server and Celery worker against PostgreSQL and Redis
 - ``line_tasks_per_s``: tasks posted to the JSON API until every one is Done,
   with a zero-latency simulated model;
 - ``celery_noop_tasks_per_s``: a bare Celery task that does nothing;
-- ``celery_orm_tasks_per_s``: a bare Celery task doing one INSERT and one UPDATE.
+- ``celery_orm_tasks_per_s``: a bare Celery task doing one INSERT and one UPDATE;
+
+then, in a worker of 1,000 threads (bench/cascade.py), the cascade at a 1-second
+model latency beside a bare Celery task that sleeps 1 s, Little's law at WIP 10,
+100 and 1,000, and where the worker's CPU goes (bench/worker_hooks.py).
 
 Prints one ``name=value`` line per figure and records the run in bench/README.md.
 """
@@ -106,10 +110,15 @@ class Bench:
 
     # --- processes ----------------------------------------------------------
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.var / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append(proc)
         self.named[name] = proc
@@ -126,9 +135,11 @@ class Bench:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.procs.clear()
 
-    def start_worker(self) -> None:
+    def start_worker(
+        self, name: str = "worker", concurrency: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.start(
-            "worker",
+            name,
             [
                 sys.executable,
                 "-m",
@@ -139,7 +150,7 @@ class Bench:
                 "-P",
                 "threads",
                 "-c",
-                str(self.args.concurrency),
+                str(concurrency or self.args.concurrency),
                 "-Q",
                 self.queue,
                 "--include",
@@ -150,6 +161,7 @@ class Bench:
                 "-l",
                 "WARNING",
             ],
+            env,
         )
         from kaizen_web.celery import app
 
@@ -158,7 +170,7 @@ class Bench:
             replies = app.control.ping(timeout=0.5)
             if replies:
                 return
-        raise SystemExit("the bench worker did not start: see var/bench/worker.log")
+        raise SystemExit(f"the bench worker did not start: see var/bench/{name}.log")
 
     def start_web(self) -> int:
         port = free_port()
@@ -252,6 +264,7 @@ class Bench:
         from django.contrib.auth import get_user_model
 
         from boards import services
+        from boards.agent_config import cascade_json, parse_cascade
         from boards.models import Agent, Board, Column, Task
 
         board = Board.objects.create(name="Bench line", slug=f"bench-{uuid.uuid4().hex[:6]}")
@@ -266,8 +279,17 @@ class Bench:
         agent = Agent.objects.create(
             name=f"bench-agent-{board.slug}",
             capabilities=["general"],
-            model="sim-small",
-            provider_settings={"latency_ms": 0, "error_rate": 0},
+            cascade=cascade_json(
+                parse_cascade(
+                    [
+                        {
+                            "provider": "simulated",
+                            "model": "sim-small",
+                            "parameters": {"latency_ms": 0, "error_rate": 0},
+                        }
+                    ]
+                )
+            ),
             concurrency=self.args.wip,
         )
         agent.boards.add(board)
@@ -330,18 +352,26 @@ class Bench:
     def run(self) -> dict[str, float]:
         self.prepare_database()
         self.purge()
+        results: dict[str, float] = {}
         try:
-            port = self.start_web()
-            self.start_worker()
-            n = self.args.tasks
-            results: dict[str, float] = {}
-            # A short warm-up so imports and pools are not measured.
-            self.bench_noop(200)
-            results["celery_noop_tasks_per_s"] = self.bench_noop(n)
-            results["celery_orm_tasks_per_s"] = self.bench_orm(n)
-            self.bench_line(port, 200)
-            results.update(self.bench_line(port, n))
-            results["line_vs_orm_baseline"] = results["line_tasks_per_s"] / results["celery_orm_tasks_per_s"]
+            if not self.args.skip_line:
+                port = self.start_web()
+                self.start_worker()
+                n = self.args.tasks
+                # A short warm-up so imports and pools are not measured.
+                self.bench_noop(200)
+                results["celery_noop_tasks_per_s"] = self.bench_noop(n)
+                results["celery_orm_tasks_per_s"] = self.bench_orm(n)
+                self.bench_line(port, 200)
+                results.update(self.bench_line(port, n))
+                results["line_vs_orm_baseline"] = (
+                    results["line_tasks_per_s"] / results["celery_orm_tasks_per_s"]
+                )
+                self.stop_all()
+            if not self.args.skip_cascade:
+                from bench.cascade import CascadeBench
+
+                results.update(CascadeBench(self).run())
             return results
         finally:
             self.stop_all()
@@ -400,7 +430,18 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    memory = "unknown memory"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB memory"
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    return (
+        f"{os.cpu_count()} cores, {cpu}, {memory}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def record(results: dict[str, float], command: str) -> None:
@@ -431,10 +472,39 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/README.md alone")
+    parser.add_argument(
+        "--skip-line", action="store_true", help="leave out the zero-latency line and its baselines"
+    )
+    parser.add_argument(
+        "--skip-cascade", action="store_true", help="leave out the 1 s cascade (bench/cascade.py)"
+    )
+    parser.add_argument("--skip-profile", action="store_true", help="leave out the cascade's profile runs")
+    parser.add_argument("--cascade-tasks", type=int, default=1000, help="tasks in the WIP 1000 batch (1000)")
+    parser.add_argument(
+        "--cascade-latency-ms", type=float, default=1000, help="the model's mean latency (1000)"
+    )
+    parser.add_argument("--cascade-concurrency", type=int, default=1000, help="cascade worker threads (1000)")
+    parser.add_argument("--cascade-db-pool", type=int, default=20, help="cascade worker's psycopg pool (20)")
+    parser.add_argument(
+        "--cascade-timeout", type=float, default=120, help="give up on a cascade run after (s)"
+    )
+    parser.add_argument(
+        "--little-wips",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[10, 100, 1000],
+        help="WIP limits measured against Little's law (10,100,1000)",
+    )
+    parser.add_argument(
+        "--little-max-tasks", type=int, default=3000, help="tasks per Little run: 10 x WIP, at most this"
+    )
+    parser.add_argument(
+        "--profile-tasks", type=int, default=1000, help="tasks in the sections profile run (1000)"
+    )
+    parser.add_argument("--cprofile-tasks", type=int, default=300, help="tasks in the cProfile run (300)")
     args = parser.parse_args()
     results = Bench(args).run()
     for key, value in results.items():
-        print(f"{key}={value:.3f}")
+        print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
     if not args.no_record:
         record(results, "make bench  # " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench")
 
