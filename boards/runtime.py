@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import connection
@@ -186,3 +187,22 @@ def run(task_id: int, lease_token: str) -> str:
     except services.ColumnMissing as exc:
         return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
     return "done" if finished else "stale"
+
+
+def _run_and_close(claim: tuple[int, str]) -> str:
+    try:
+        return run(*claim)
+    finally:
+        # This thread ends with the batch: hand its connection back (to the pool
+        # on PostgreSQL) rather than leave it to the garbage collector.
+        connection.close()
+
+
+def run_batch(claims: list[tuple[int, str]]) -> list[str]:
+    """Run several claimed tasks at once, one thread each, and wait for them all
+    (a batch is one Celery message; see services._enqueue_runs). Each run is
+    independent: one failing or stale changes nothing for the others."""
+    if len(claims) == 1:
+        return [run(*claims[0])]
+    with ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="run") as pool:
+        return list(pool.map(_run_and_close, claims))

@@ -22,7 +22,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
@@ -220,7 +220,9 @@ def _required_column(board_id: int, role: str, columns: dict[str, Column] | None
     """The board's column with ``role`` (from ``columns`` when the caller has read
     them already), or a ColumnMissing that names the board and the role."""
     if columns is None:
-        column = Column.objects.filter(board_id=board_id, role=role).first()
+        # At most one column per role (a unique constraint); no ordering, which
+        # would join the board for Column's default order.
+        column = Column.objects.filter(board_id=board_id, role=role).order_by().first()
     else:
         column = columns.get(role)
     if column is None:
@@ -408,6 +410,14 @@ def board_pull(*, board_id: int) -> list[Claim]:
     """Refill Ready from the Backlog, then let agents claim Ready tasks up to the
     free WIP of In progress and of each agent. Runs in one transaction under the
     board lock; the claimed runs are enqueued after commit."""
+    # Most pulls in a busy worker follow a finished run and find nothing waiting:
+    # a plain read first spares them the board and agent locks. A task that
+    # arrives after this read asks for its own pull once it commits.
+    waiting = Task.objects.filter(
+        board_id=board_id, status__in=(Status.BACKLOG, Status.READY), blocked_at__isnull=True
+    )
+    if not waiting.exists():
+        return []
     with transaction.atomic():
         board = _lock_board(board_id)
         if board.paused:
@@ -555,7 +565,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
             break
     if not claimed:
         return []
-    Task.objects.bulk_update(
+    _update_rows(
         claimed,
         [
             "column",
@@ -575,11 +585,40 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     return [Claim(t.pk, t.lease_token) for t in claimed]
 
 
-def _enqueue_runs(claims: list[Claim]) -> None:
-    from boards.tasks import run_task
+def _update_rows(tasks: list[Task], field_names: list[str]) -> None:
+    """Write ``field_names`` of each task: one UPDATE statement run for every row
+    (executemany). Django's bulk_update builds a CASE per row and field, which
+    cost milliseconds of CPU per row while the board lock was held."""
+    if not tasks:
+        return
+    fields = [Task._meta.get_field(name) for name in field_names]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(Task._meta.db_table),
+        ", ".join(f"{quote(f.column)} = %s" for f in fields),
+        quote(Task._meta.pk.column),
+    )
+    rows = [
+        [f.get_db_prep_save(getattr(task, f.attname), connection) for f in fields] + [task.pk] for task in tasks
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
-    for claim in claims:
-        run_task.delay(claim.task_id, str(claim.lease_token))
+
+def _enqueue_runs(claims: list[Claim]) -> None:
+    """One Celery message per KAIZEN_RUN_BATCH claimed runs, which the worker that
+    takes it runs side by side (boards.runtime.run_batch): a message costs the
+    worker's consumer more CPU than a run's own bookkeeping, so a pull that
+    claims a thousand tasks sends twenty messages, not a thousand."""
+    from boards.tasks import run_task, run_tasks
+
+    size = settings.KAIZEN_RUN_BATCH
+    for first in range(0, len(claims), size):
+        chunk = claims[first : first + size]
+        if len(chunk) == 1:
+            run_task.delay(chunk[0].task_id, str(chunk[0].lease_token))
+        else:
+            run_tasks.delay([[claim.task_id, str(claim.lease_token)] for claim in chunk])
 
 
 # --- a run's outcome -----------------------------------------------------------
@@ -640,7 +679,7 @@ def task_complete(
         task.reused_from_id = output.reused_from
         task.last_error = ""
         _place(task, done)
-        task.save()
+        task.save(update_fields=_COMPLETED_FIELDS)
         _event(
             task,
             TaskEvent.Kind.COMPLETED,
@@ -653,6 +692,29 @@ def task_complete(
         ).save()
         _after_commit(task.board_id, [from_column.pk, done.pk], pull=True)
     return True
+
+
+# What completing a task changes (the rest of the row stays as the claim left it).
+_COMPLETED_FIELDS = [
+    "output",
+    "confidence",
+    "confidence_source",
+    "accepted_tier",
+    "reused_from",
+    "last_error",
+    "column",
+    "status",
+    "position",
+    "finished_at",
+    "lease_token",
+    "lease_expires_at",
+    "cost",
+    "tokens_in",
+    "tokens_out",
+    "model_calls",
+    "cache_hits",
+    "updated_at",
+]
 
 
 def _outcome_note(output: Output) -> str:

@@ -19,6 +19,12 @@ def run_task(task_id: int, lease_token: str) -> str:
     return runtime.run(task_id, lease_token)
 
 
+@shared_task(name="boards.tasks.run_tasks")
+def run_tasks(claims: list[list]) -> list[str]:
+    """Several claimed runs, side by side: ``[[task_id, lease_token], ...]``."""
+    return runtime.run_batch([(int(task_id), str(token)) for task_id, token in claims])
+
+
 @worker_init.connect
 def _mark_worker(**kwargs) -> None:
     services.mark_worker_process()

@@ -112,3 +112,40 @@ def test_last_attempt_on_a_board_without_done_waits_in_progress_until_done_is_ba
     assert services.leases_reap() == 1
     task.refresh_from_db()
     assert task.status == Task.Status.FAILED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_claimed_runs_runs_side_by_side_and_each_ends_on_its_own(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=3)
+    tasks = [services.task_create(board=board, title=f"Inspect {n}", input=f"part {n}") for n in range(3)]
+    claims = services.board_pull(board_id=board.pk)
+    assert len(claims) == 3
+    # One of them was already taken back (its lease ran out): only it is stale.
+    stale = claims[0]
+    services.task_attempt_fail(task_id=stale.task_id, lease_token=stale.lease_token, error="lease lost")
+
+    outcomes = runtime.run_batch([(c.task_id, str(c.lease_token)) for c in claims])
+
+    assert outcomes == ["stale", "done", "done"]
+    statuses = dict(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("pk", "status"))
+    assert statuses[stale.task_id] == Task.Status.READY
+    assert [statuses[c.task_id] for c in claims[1:]] == [Task.Status.DONE, Task.Status.DONE]
+
+
+@pytest.mark.django_db
+def test_claimed_runs_go_to_the_workers_in_batches(board, settings, monkeypatch):
+    from boards import tasks as celery_tasks
+
+    settings.KAIZEN_RUN_BATCH = 2
+    sent = []
+    monkeypatch.setattr(celery_tasks.run_tasks, "delay", lambda claims: sent.append(("batch", claims)))
+    monkeypatch.setattr(celery_tasks.run_task, "delay", lambda *claim: sent.append(("one", claim)))
+    claims = [services.Claim(n, f"token-{n}") for n in range(5)]
+
+    services._enqueue_runs(claims)
+
+    assert sent == [
+        ("batch", [[0, "token-0"], [1, "token-1"]]),
+        ("batch", [[2, "token-2"], [3, "token-3"]]),
+        ("one", (4, "token-4")),
+    ]
