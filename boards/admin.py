@@ -10,11 +10,11 @@ agent may have freed capacity.
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.conf import settings
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.text import get_text_list
@@ -167,7 +167,21 @@ class BoardAdmin(admin.ModelAdmin):
 class AgentForm(forms.ModelForm):
     class Meta:
         model = Agent
-        exclude = ["paused"]
+        # Not ``paused``: pausing is an action that goes through the services.
+        fields = [
+            "name",
+            "boards",
+            "capabilities",
+            "concurrency",
+            "max_attempts",
+            "prompt_template",
+            "prompt_variables",
+            "parameters",
+            "cascade",
+            "reuse_results",
+            "cache_responses",
+            "implementation",
+        ]
         widgets = {
             "prompt_template": forms.Textarea(attrs={"rows": 8, "cols": 90}),
             "cascade": forms.Textarea(attrs={"rows": 8, "cols": 90}),
@@ -191,7 +205,20 @@ class AgentAdmin(admin.ModelAdmin):
     filter_horizontal = ["boards"]
     readonly_fields = ["state", "prompt_version", "agent_page"]
     fieldsets = [
-        (None, {"fields": ["name", "state", "agent_page", "boards", "capabilities", "concurrency", "max_attempts"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "state",
+                    "agent_page",
+                    "boards",
+                    "capabilities",
+                    "concurrency",
+                    "max_attempts",
+                ]
+            },
+        ),
         (
             "Prompt and cascade",
             {
@@ -223,7 +250,11 @@ class AgentAdmin(admin.ModelAdmin):
     def agent_page(self, agent: Agent) -> str:
         if agent.pk is None:
             return "Shown once the agent is saved."
-        return format_html('<a href="{}">{}</a> (metrics, and the cascade edited tier by tier)', agent.get_absolute_url(), agent.get_absolute_url())
+        return format_html(
+            '<a href="{}">{}</a> (metrics, and the cascade edited tier by tier)',
+            agent.get_absolute_url(),
+            agent.get_absolute_url(),
+        )
 
     def save_model(self, request: HttpRequest, obj: Agent, form, change: bool) -> None:
         # The service bumps the prompt version when what the model is asked changes.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-from boards.providers import SIMULATED_PROFILES, PROVIDER_NAMES
+from boards.providers import PROVIDER_NAMES, SIMULATED_PROFILES
 
 # Variables every template may use, whatever it declares.
 BUILTIN_VARIABLES = ("input", "title", "last_error")
@@ -103,7 +103,9 @@ def template_fields(template: str) -> list[str]:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        raise ValueError(f"the template is malformed: {exc} (write {{{{ and }}}} for literal braces)") from None
+        raise ValueError(
+            f"the template is malformed: {exc} (write {{{{ and }}}} for literal braces)"
+        ) from None
     for name in fields:
         if not name.isidentifier():
             raise ValueError(
@@ -166,7 +168,9 @@ def _number(value: Any, where: str, low: float | None, high: float | None, *, in
     if integer and not float(value).is_integer():
         raise ConfigError([(where, f"must be an integer, got {value!r}")])
     if value != value or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {_plain(low)} and {_plain(high)}" if high is not None else f"at least {_plain(low)}"
+        bounds = (
+            f"between {_plain(low)} and {_plain(high)}" if high is not None else f"at least {_plain(low)}"
+        )
         raise ConfigError([(where, f"must be {bounds}, got {value!r}")])
     return int(value) if integer else float(value)
 
@@ -176,7 +180,7 @@ def parse_parameters(value: Any, where: str = "parameters") -> dict[str, Any]:
     if value in (None, ""):
         return {}
     if not isinstance(value, dict):
-        raise ConfigError([(where, f"must be a mapping such as {{\"temperature\": 0.2}}, got {value!r}")])
+        raise ConfigError([(where, f'must be a mapping such as {{"temperature": 0.2}}, got {value!r}')])
     problems: list[tuple[str, str]] = []
     result: dict[str, Any] = {}
     for key, item in value.items():
@@ -207,7 +211,9 @@ def _price(value: Any, where: str) -> Decimal:
     if not price.is_finite() or price < 0:
         raise ConfigError([(where, f"must be zero or more, got {value!r}")])
     if price > 1000:
-        raise ConfigError([(where, f"{value!r} dollars per 1k tokens is more than any model costs; check it")])
+        raise ConfigError(
+            [(where, f"{value!r} dollars per 1k tokens is more than any model costs; check it")]
+        )
     return price
 
 
@@ -240,7 +246,9 @@ def _tier_parameters(provider: str, value: Any, where: str) -> dict[str, Any]:
                 result[key] = item
             elif kind == "url":
                 if not isinstance(item, str) or not item.startswith(("http://", "https://")):
-                    raise ConfigError([(path, f"must be an http(s) URL such as http://127.0.0.1:11434/v1, got {item!r}")])
+                    raise ConfigError(
+                        [(path, f"must be an http(s) URL such as http://127.0.0.1:11434/v1, got {item!r}")]
+                    )
                 result[key] = item
             else:  # the name of an environment variable: the key itself is never stored
                 if not isinstance(item, str) or not item.replace("_", "A").isalnum():
@@ -265,7 +273,9 @@ def parse_tier(value: Any, where: str) -> Tier:
     provider = value.get("provider")
     model = value.get("model")
     if provider not in PROVIDER_NAMES:
-        problems.append((f"{where}.provider", f"must be one of {', '.join(PROVIDER_NAMES)}, got {provider!r}"))
+        problems.append(
+            (f"{where}.provider", f"must be one of {', '.join(PROVIDER_NAMES)}, got {provider!r}")
+        )
         provider = None
     if not isinstance(model, str) or not model.strip():
         problems.append((f"{where}.model", "name the model, such as sim-small or gpt-4o-mini"))
@@ -274,7 +284,10 @@ def parse_tier(value: Any, where: str) -> Tier:
         problems.append((f"{where}.model", "keep the model name to 120 characters"))
     elif provider == "simulated" and model not in SIMULATED_PROFILES:
         problems.append(
-            (f"{where}.model", f"unknown simulated model {model!r}; available: {', '.join(sorted(SIMULATED_PROFILES))}")
+            (
+                f"{where}.model",
+                f"unknown simulated model {model!r}; available: {', '.join(sorted(SIMULATED_PROFILES))}",
+            )
         )
     parameters: dict[str, Any] = {}
     if provider is not None:

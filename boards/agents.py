@@ -33,7 +33,14 @@ from django.core.cache import caches
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from boards.agent_config import ConfigError, Tier, parse_cascade, parse_parameters, parse_variables, template_fields
+from boards.agent_config import (
+    ConfigError,
+    Tier,
+    parse_cascade,
+    parse_parameters,
+    parse_variables,
+    template_fields,
+)
 from boards.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 
 if TYPE_CHECKING:
@@ -300,7 +307,9 @@ class PromptCascadeAgent(BaseAgent):
                     # A cache hit spends no tokens and costs nothing.
                     tokens_in=response.tokens_in if source == "model" else 0,
                     tokens_out=response.tokens_out if source == "model" else 0,
-                    cost=tier.cost(response.tokens_in, response.tokens_out) if source == "model" else Decimal(0),
+                    cost=tier.cost(response.tokens_in, response.tokens_out)
+                    if source == "model"
+                    else Decimal(0),
                     latency_ms=response.latency_ms if source == "model" else 0.0,
                     confidence=response.confidence,
                     confidence_source=response.confidence_source,

@@ -599,7 +599,8 @@ def _update_rows(tasks: list[Task], field_names: list[str]) -> None:
         quote(Task._meta.pk.column),
     )
     rows = [
-        [f.get_db_prep_save(getattr(task, f.attname), connection) for f in fields] + [task.pk] for task in tasks
+        [f.get_db_prep_save(getattr(task, f.attname), connection) for f in fields] + [task.pk]
+        for task in tasks
     ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, rows)
@@ -789,11 +790,17 @@ def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt:
     ledger and the task's totals, leaving everything else as the current run has it."""
     if not calls:
         return
-    task = Task.objects.filter(pk=task_id).only("pk", "board_id", "agent_id", "prompt_version", "attempts").first()
+    task = (
+        Task.objects.filter(pk=task_id)
+        .only("pk", "board_id", "agent_id", "prompt_version", "attempts")
+        .first()
+    )
     if task is None:
         return
     ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
-    Task.objects.filter(pk=task_id).update(**{name: F(name) + value for name, value in _totals(calls).items()})
+    Task.objects.filter(pk=task_id).update(
+        **{name: F(name) + value for name, value in _totals(calls).items()}
+    )
 
 
 def task_attempt_fail(

@@ -232,7 +232,9 @@ def test_a_real_provider_cascade_escalates_on_low_logprob_confidence(board, monk
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": {"content": [{"token": "x", "logprob": logprob, "bytes": None, "top_logprobs": []}]},
+                    "logprobs": {
+                        "content": [{"token": "x", "logprob": logprob, "bytes": None, "top_logprobs": []}]
+                    },
                     "finish_reason": "stop",
                 }
             ],
@@ -348,7 +350,12 @@ def test_an_identical_input_reuses_the_completed_result_and_costs_nothing(board)
     assert (second.output, second.confidence) == (first.output, first.confidence)
     assert (second.cost, second.model_calls, second.tokens_in) == (0, 0, 0)
     [row] = second.model_call_rows.all()
-    assert (row.source, row.reused_from_id, row.cost, row.accepted) == (ModelCall.Source.REUSE, first.pk, 0, True)
+    assert (row.source, row.reused_from_id, row.cost, row.accepted) == (
+        ModelCall.Source.REUSE,
+        first.pk,
+        0,
+        True,
+    )
     assert row.agent_id == agent.pk
     assert "reused the result of task" in second.events.get(kind=TaskEvent.Kind.COMPLETED).note
 
@@ -382,7 +389,9 @@ def test_a_new_prompt_version_does_not_reuse_results_of_the_old_one(board):
 
 
 def test_an_identical_call_is_served_from_the_cache_and_costs_nothing(board):
-    make_agent(boards=[board], cascade=[tier("sim-small", 1.0), tier("sim-medium", None)], reuse_results=False)
+    make_agent(
+        boards=[board], cascade=[tier("sim-small", 1.0), tier("sim-medium", None)], reuse_results=False
+    )
     first = run_one(board, input="cache me")
 
     second = run_one(board, input="cache me")
@@ -423,7 +432,9 @@ def test_a_custom_agent_class_does_the_work_and_says_its_capabilities(board):
     )
     assert agent.offered_capabilities == ["classify"]
 
-    task = run_one(board, title="Wrong invoice", input="We were charged twice; please refund.", capability="classify")
+    task = run_one(
+        board, title="Wrong invoice", input="We were charged twice; please refund.", capability="classify"
+    )
 
     assert task.status == Task.Status.DONE
     assert task.output == "label: billing"
@@ -453,7 +464,11 @@ def test_an_unregistered_custom_class_is_refused_when_saved(board, settings):
 def test_the_system_check_reports_a_registered_class_that_cannot_load(settings):
     from boards.checks import agent_classes_check
 
-    settings.KAIZEN_AGENT_CLASSES = ["boards.example_agents.KeywordClassifier", "boards.nowhere.Agent", "json.dumps"]
+    settings.KAIZEN_AGENT_CLASSES = [
+        "boards.example_agents.KeywordClassifier",
+        "boards.nowhere.Agent",
+        "json.dumps",
+    ]
     ids = [error.id for error in agent_classes_check()]
     assert ids == ["boards.E001", "boards.E002"]
 
@@ -473,7 +488,10 @@ def test_saving_a_template_with_an_undeclared_variable_is_refused_naming_it(boar
 
 def test_saving_normalises_the_cascade_and_versions_only_prompt_changes(board):
     agent = make_agent(boards=[board])
-    agent.cascade = [{"provider": "simulated", "model": "sim-small", "threshold": 0.8}, {"provider": "simulated", "model": "sim-large"}]
+    agent.cascade = [
+        {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
+        {"provider": "simulated", "model": "sim-large"},
+    ]
     services.agent_save(agent=agent)
     agent.refresh_from_db()
     assert agent.prompt_version == 2
@@ -498,10 +516,16 @@ def test_saving_normalises_the_cascade_and_versions_only_prompt_changes(board):
         ([{"provider": "simulated", "model": "sim-small", "threshold": 1.5}], "between 0 and 1"),
         ([{"provider": "simulated", "model": "sim-small", "price_in": -1}], "zero or more"),
         (
-            [{"provider": "simulated", "model": "sim-small"}, {"provider": "simulated", "model": "sim-large"}],
+            [
+                {"provider": "simulated", "model": "sim-small"},
+                {"provider": "simulated", "model": "sim-large"},
+            ],
             "would never run",
         ),
-        ([{"provider": "openai", "model": "gpt", "parameters": {"api_key": "sk-secret"}}], "unknown for provider openai"),
+        (
+            [{"provider": "openai", "model": "gpt", "parameters": {"api_key": "sk-secret"}}],
+            "unknown for provider openai",
+        ),
     ],
 )
 def test_a_bad_cascade_is_refused_with_a_message(cascade, message):

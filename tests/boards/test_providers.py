@@ -36,9 +36,10 @@ def test_output_is_labelled_simulated_and_a_tier_prices_it_at_the_models_list_pr
     profile = SIMULATED_PROFILES["sim-medium"]
     assert response.text.startswith("[simulated sim-medium]")
     tier = parse_tier({"provider": "simulated", "model": "sim-medium"}, "tier")
-    expected = Decimal(response.tokens_in) * Decimal(str(profile.price_in)) / 1000 + Decimal(
-        response.tokens_out
-    ) * Decimal(str(profile.price_out)) / 1000
+    expected = (
+        Decimal(response.tokens_in) * Decimal(str(profile.price_in)) / 1000
+        + Decimal(response.tokens_out) * Decimal(str(profile.price_out)) / 1000
+    )
     assert tier.cost(response.tokens_in, response.tokens_out) == expected
 
 

@@ -87,8 +87,12 @@ def test_a_real_worker_runs_a_cascade_and_writes_the_ledger(celery_worker):
         lambda: Task.objects.filter(pk__in=ids, status=Task.Status.DONE).count() == len(ids),
     )
     # Once an identical input is done, the next one reuses its result.
-    repeat = services.task_create(board=board, title="Triage ticket 0 again", input="ticket 0:  The app crashes")
-    wait_until("the repeated task to reach Done", lambda: Task.objects.get(pk=repeat.pk).status == Task.Status.DONE)
+    repeat = services.task_create(
+        board=board, title="Triage ticket 0 again", input="ticket 0:  The app crashes"
+    )
+    wait_until(
+        "the repeated task to reach Done", lambda: Task.objects.get(pk=repeat.pk).status == Task.Status.DONE
+    )
 
     for task in Task.objects.filter(pk__in=ids):
         rows = list(ModelCall.objects.filter(task=task).order_by("pk"))
@@ -134,7 +138,9 @@ def test_a_task_whose_worker_is_killed_is_reaped_and_completed_once(celery_worke
 
     # The next run must finish quickly, and a fresh worker must be there to take it.
     Agent.objects.filter(pk=agent.pk).update(
-        cascade=[{"provider": "simulated", "model": "sim-small", "parameters": {"latency_ms": 0, "error_rate": 0}}]
+        cascade=[
+            {"provider": "simulated", "model": "sim-small", "parameters": {"latency_ms": 0, "error_rate": 0}}
+        ]
     )
     celery_worker.start()
 
