@@ -149,13 +149,19 @@ def reused_output(task) -> Output | None:
     )
 
 
-def run(task_id: int, lease_token: str) -> str:
+_UNREAD = object()
+
+
+def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
     """Run one claimed task. Returns what happened: ``stale``, ``done`` or ``failed``.
+    ``task`` is the claimed task when the caller has read it already (run_batch
+    reads a batch in one query; None there means the claim is stale).
 
     A board that lost its Done column while the task ran cannot take the result:
     the output is dropped and the run counts as a failed attempt that names the
     missing column (see _fail_attempt for the last attempt)."""
-    task = services.task_run_begin(task_id=task_id, lease_token=lease_token)
+    if task is _UNREAD:
+        task = services.task_run_begin(task_id=task_id, lease_token=lease_token)
     if task is None:
         return "stale"
     attempt = task.attempts
@@ -189,9 +195,9 @@ def run(task_id: int, lease_token: str) -> str:
     return "done" if finished else "stale"
 
 
-def _run_and_close(claim: tuple[int, str]) -> str:
+def _run_and_close(claim: tuple[int, str], task) -> str:
     try:
-        return run(*claim)
+        return run(*claim, task=task)
     finally:
         # This thread ends with the batch: hand its connection back (to the pool
         # on PostgreSQL) rather than leave it to the garbage collector.
@@ -204,5 +210,7 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
     independent: one failing or stale changes nothing for the others."""
     if len(claims) == 1:
         return [run(*claims[0])]
+    current = services.tasks_run_begin(claims=claims)
+    _release_connection()
     with ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="run") as pool:
-        return list(pool.map(_run_and_close, claims))
+        return list(pool.map(_run_and_close, claims, [current.get(task_id) for task_id, _ in claims]))

@@ -635,6 +635,16 @@ def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> Task | None
     )
 
 
+def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]]) -> dict[int, Task]:
+    """task_run_begin for a batch of claims in one query: the tasks whose claim is
+    still current, by id (a stale claim is simply absent)."""
+    wanted = {int(task_id): str(token) for task_id, token in claims}
+    tasks = Task.objects.select_related("agent").filter(
+        pk__in=wanted, status=Status.RUNNING, agent__isnull=False
+    )
+    return {task.pk: task for task in tasks if str(task.lease_token) == wanted[task.pk]}
+
+
 def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
     task = (
         Task.objects.select_for_update(of=("self",), no_key=True)
@@ -1238,6 +1248,7 @@ __all__ = [
     "task_create",
     "task_move",
     "task_run_begin",
+    "tasks_run_begin",
     "task_step",
     "task_unblock",
 ]
