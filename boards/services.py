@@ -196,6 +196,10 @@ def mark_worker_process() -> None:
     _in_worker = True
 
 
+def in_worker_process() -> bool:
+    return _in_worker
+
+
 def request_pull(*, board_id: int) -> None:
     """Pull for a board, after commit so the capacity the trigger freed is visible.
 
@@ -681,28 +685,104 @@ def task_complete(
             _record_stale_calls(task_id, output.calls, attempt=attempt)
             return False
         done = _required_column(task.board_id, Role.DONE)
-        from_column = task.column
-        _record_calls(task, output.calls, attempt=task.attempts)
-        task.output = output.text
-        task.confidence = output.confidence
-        task.confidence_source = output.confidence_source
-        task.accepted_tier = output.tier
-        task.reused_from_id = output.reused_from
-        task.last_error = ""
-        _place(task, done)
+        rows = _ledger_rows(task, output.calls, attempt=task.attempts)
+        from_column_id = task.column_id
+        event = _finish(task, done, output)
+        if rows:
+            ModelCall.objects.bulk_create(rows)
         task.save(update_fields=_COMPLETED_FIELDS)
-        _event(
-            task,
-            TaskEvent.Kind.COMPLETED,
-            from_column=from_column,
-            to_column=done,
-            from_status=Status.RUNNING,
-            to_status=task.status,
-            agent=task.agent,
-            note=_outcome_note(output),
-        ).save()
-        _after_commit(task.board_id, [from_column.pk, done.pk], pull=True)
+        event.save()
+        _after_commit(task.board_id, [from_column_id, done.pk], pull=True)
     return True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run, for tasks_complete."""
+
+    task_id: int
+    lease_token: uuid.UUID | str
+    output: Output
+    attempt: int | None = None
+
+
+def tasks_complete(*, results: list[RunResult]) -> list[bool]:
+    """task_complete for many runs in one transaction: a worker gathers the runs
+    that finish within a few milliseconds of each other (boards.runtime.Completer),
+    so a busy line pays for one transaction, a few statements and one pull per
+    batch rather than per task. Returns, for each result, whether it completed
+    (False: stale, its calls still recorded). All or nothing: ColumnMissing if a
+    task's board has no Done column, and the caller completes them one by one."""
+    with transaction.atomic():
+        ids = sorted({r.task_id for r in results})
+        # Rows locked in id order, as two batches in two workers could otherwise deadlock.
+        tasks = {
+            task.pk: task
+            for task in Task.objects.select_for_update(of=("self",), no_key=True)
+            .select_related("agent")
+            .filter(pk__in=ids)
+            .order_by("pk")
+        }
+        board_ids = {task.board_id for task in tasks.values()}
+        done_columns = {
+            c.board_id: c for c in Column.objects.filter(board_id__in=board_ids, role=Role.DONE).order_by()
+        }
+        now = timezone.now()
+        outcomes: list[bool] = []
+        rows: list[ModelCall] = []
+        events: list[TaskEvent] = []
+        finished: list[Task] = []
+        changed: dict[int, set[int]] = {}
+        for result in results:
+            task = tasks.get(result.task_id)
+            if (
+                task is None
+                or task.status != Status.RUNNING
+                or str(task.lease_token) != str(result.lease_token)
+            ):
+                _record_stale_calls(result.task_id, result.output.calls, attempt=result.attempt)
+                outcomes.append(False)
+                continue
+            done = done_columns.get(task.board_id) or _required_column(task.board_id, Role.DONE)
+            rows += _ledger_rows(task, result.output.calls, attempt=task.attempts)
+            changed.setdefault(task.board_id, set()).update({task.column_id, done.pk})
+            events.append(_finish(task, done, result.output))
+            task.updated_at = now  # not saved through save(): auto_now does not run
+            finished.append(task)
+            outcomes.append(True)
+        if rows:
+            ModelCall.objects.bulk_create(rows)
+        _update_rows(finished, _COMPLETED_FIELDS)
+        TaskEvent.objects.bulk_create(events)
+        for board_id, column_ids in changed.items():
+            _after_commit(board_id, column_ids, pull=True)
+    return outcomes
+
+
+def _finish(task: Task, done: Column, output: Output) -> TaskEvent:
+    """Put a run's output on its task and the task in Done, adding the calls to its
+    totals (nothing saved); returns the completion's event (not saved either)."""
+    from_column_id = task.column_id
+    for name, value in _totals(output.calls).items():
+        setattr(task, name, getattr(task, name) + value)
+    task.output = output.text
+    task.confidence = output.confidence
+    task.confidence_source = output.confidence_source
+    task.accepted_tier = output.tier
+    task.reused_from_id = output.reused_from
+    task.last_error = ""
+    _place(task, done)
+    event = _event(
+        task,
+        TaskEvent.Kind.COMPLETED,
+        to_column=done,
+        from_status=Status.RUNNING,
+        to_status=task.status,
+        agent=task.agent,
+        note=_outcome_note(output),
+    )
+    event.from_column_id = from_column_id
+    return event
 
 
 # What completing a task changes (the rest of the row stays as the claim left it).
@@ -1245,6 +1325,8 @@ __all__ = [
     "task_attempt_fail",
     "task_block",
     "task_complete",
+    "tasks_complete",
+    "RunResult",
     "task_create",
     "task_move",
     "task_run_begin",

@@ -248,6 +248,10 @@ KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
 # Claimed runs sent to the workers in one message (and run side by side there).
 KAIZEN_RUN_BATCH = env_int("KAIZEN_RUN_BATCH", 50, minimum=1)
 
+# In a worker, runs finishing within this many ms of each other are completed in
+# one transaction; 0 completes each on its own.
+KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)
+
 # Custom agent classes (dotted paths) an agent may name as its implementation.
 KAIZEN_AGENT_CLASSES = env_list("KAIZEN_AGENT_CLASSES", ["boards.example_agents.KeywordClassifier"])
 # How long an identical model call is served from the response cache; 0 turns it off.

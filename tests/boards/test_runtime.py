@@ -8,8 +8,8 @@ import pytest
 from django.utils import timezone
 
 from boards import runtime, services
-from boards.models import Column, Task, TaskEvent
-from tests.factories import make_agent
+from boards.models import Column, ModelCall, Task, TaskEvent
+from tests.factories import make_agent, make_board
 
 
 def _claim(board, **task_kwargs):
@@ -149,3 +149,81 @@ def test_claimed_runs_go_to_the_workers_in_batches(board, settings, monkeypatch)
         ("batch", [[2, "token-2"], [3, "token-3"]]),
         ("one", (4, "token-4")),
     ]
+
+
+def _finished_runs(board, n: int) -> list[services.RunResult]:
+    """``n`` claimed tasks of ``board``, each with the output its agent made."""
+    [services.task_create(board=board, title=f"Inspect {i}", input=f"batch part {i}") for i in range(n)]
+    claims = services.board_pull(board_id=board.pk)
+    current = services.tasks_run_begin(claims=[(c.task_id, c.lease_token) for c in claims])
+    return [
+        services.RunResult(
+            task_id=c.task_id,
+            lease_token=c.lease_token,
+            output=runtime.implementation_for(current[c.task_id].agent).process(current[c.task_id]),
+            attempt=1,
+        )
+        for c in claims
+    ]
+
+
+@pytest.mark.django_db
+def test_runs_completed_together_are_each_completed_with_their_ledger(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=3)
+    results = _finished_runs(board, 3)
+    stale = results[1]
+    services.task_attempt_fail(task_id=stale.task_id, lease_token=stale.lease_token, error="lease lost")
+
+    assert services.tasks_complete(results=results) == [True, False, True]
+
+    for result in results:
+        task = Task.objects.get(pk=result.task_id)
+        rows = list(task.model_call_rows.all())
+        assert len(rows) == 1 and task.cost == rows[0].cost > 0  # a late run's call is recorded too
+        if result is stale:
+            assert task.status == Task.Status.READY and task.output == ""
+        else:
+            assert task.status == Task.Status.DONE and task.output == result.output.text
+            assert task.accepted_tier == 1 and task.lease_token is None
+            event = task.events.get(kind=TaskEvent.Kind.COMPLETED)
+            assert (event.from_column.role, event.to_column.role) == ("in_progress", "done")
+            assert event.agent_id == task.agent_id
+
+
+@pytest.mark.django_db
+def test_runs_completed_together_write_nothing_when_a_board_has_no_done_column(board):
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=2)
+    results = _finished_runs(board, 2)
+    Column.objects.filter(board=board, role=Column.Role.DONE).delete()
+
+    with pytest.raises(services.ColumnMissing):
+        services.tasks_complete(results=results)
+
+    assert Task.objects.filter(status=Task.Status.RUNNING).count() == 2
+    assert not ModelCall.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fails_alone(monkeypatch):
+    monkeypatch.setattr(services, "_in_worker", True)
+    monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)  # no pulls from the completer here
+    good, bad = make_board(), make_board()
+    make_agent(boards=[good, bad], latency_ms=0, error_rate=0.0, concurrency=4, max_attempts=2)
+    batches = []
+    real = services.tasks_complete
+    monkeypatch.setattr(
+        services, "tasks_complete", lambda *, results: batches.append(len(results)) or real(results=results)
+    )
+    claims = []
+    for board in (good, good, bad):
+        task = services.task_create(board=board, title="Inspect", input=f"part on {board.slug} {len(claims)}")
+        claims += [c for c in services.board_pull(board_id=board.pk) if c.task_id == task.pk]
+    Column.objects.filter(board=bad, role=Column.Role.DONE).delete()
+
+    outcomes = runtime.run_batch([(c.task_id, str(c.lease_token)) for c in claims])
+
+    assert outcomes == ["done", "done", "failed"]
+    assert batches and sum(batches) == 3  # tried together (then one by one, for the bad board)
+    statuses = [Task.objects.get(pk=c.task_id).status for c in claims]
+    assert statuses == [Task.Status.DONE, Task.Status.DONE, Task.Status.READY]
+    assert "has no Done column" in Task.objects.get(pk=claims[2].task_id).last_error
