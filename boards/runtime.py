@@ -125,6 +125,9 @@ class Completer:
         window = settings.KAIZEN_COMPLETE_WINDOW_MS / 1000
         if window <= 0 or not services.in_worker_process():
             return self._one(result)
+        # The completing thread needs a connection from the same pool: waiting on
+        # it while holding one could leave every connection held by a waiter.
+        _release_connection()
         future: Future = Future()
         with self._cond:
             self._pending.append((result, future))

@@ -227,3 +227,31 @@ def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fai
     statuses = [Task.objects.get(pk=c.task_id).status for c in claims]
     assert statuses == [Task.Status.DONE, Task.Status.DONE, Task.Status.READY]
     assert "has no Done column" in Task.objects.get(pk=claims[2].task_id).last_error
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_run_waiting_for_its_batch_to_complete_holds_no_database_connection(board, monkeypatch):
+    # Held connections would starve the completer of the pool it commits through.
+    from concurrent.futures import Future
+
+    from django.db import connection
+
+    monkeypatch.setattr(services, "_in_worker", True)
+    monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)
+    held = []
+
+    class Checked(Future):
+        def result(self, timeout=None):
+            held.append(connection.connection is not None)
+            return super().result(timeout)
+
+    monkeypatch.setattr(runtime, "Future", Checked)
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0)
+    for _ in range(2):  # the second run reuses the first's result (a database read, no model call)
+        services.task_create(board=board, title="Inspect", input="the same scratch")
+        [claim] = services.board_pull(board_id=board.pk)
+        assert runtime.run(claim.task_id, str(claim.lease_token)) == "done"
+
+    assert held == [False, False]
+    assert Task.objects.filter(reused_from__isnull=False).count() == 1
