@@ -358,8 +358,3 @@ def parse_cascade(value: Any, where: str = "cascade") -> list[Tier]:
 
 def cascade_json(tiers: list[Tier]) -> list[dict[str, Any]]:
     return [tier.as_json() for tier in tiers]
-
-
-def tier_label(tiers: list[Tier]) -> str:
-    """The models of a cascade, cheapest first: ``sim-small → sim-large``."""
-    return " → ".join(tier.model for tier in tiers)

@@ -763,8 +763,7 @@ def _finish(task: Task, done: Column, output: Output) -> TaskEvent:
     """Put a run's output on its task and the task in Done, adding the calls to its
     totals (nothing saved); returns the completion's event (not saved either)."""
     from_column_id = task.column_id
-    for name, value in _totals(output.calls).items():
-        setattr(task, name, getattr(task, name) + value)
+    _add_totals(task, output.calls)
     task.output = output.text
     task.confidence = output.confidence
     task.confidence_source = output.confidence_source
@@ -871,6 +870,11 @@ def _record_calls(task: Task, calls: tuple[CallRecord, ...], *, attempt: int | N
     if not calls:
         return
     ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
+    _add_totals(task, calls)
+
+
+def _add_totals(task: Task, calls: Iterable[CallRecord]) -> None:
+    """Add calls to the task's totals, on the instance (the caller saves it)."""
     for name, value in _totals(calls).items():
         setattr(task, name, getattr(task, name) + value)
 
