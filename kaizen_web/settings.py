@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "template_partials",
     "ninja",
     "boards",
+    "andon",
 ]
 
 MIDDLEWARE = [
@@ -256,6 +257,13 @@ KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)
 KAIZEN_AGENT_CLASSES = env_list("KAIZEN_AGENT_CLASSES", ["boards.example_agents.KeywordClassifier"])
 # How long an identical model call is served from the response cache; 0 turns it off.
 KAIZEN_RESPONSE_CACHE_SECONDS = env_int("KAIZEN_RESPONSE_CACHE_SECONDS", 7 * 24 * 3600, minimum=0)
+# Circuit breakers of provider models (an agent's own are set on the agent): this
+# many consecutive errors of a model open its breaker, and the cascade skips it
+# until, after the cool-down, one probe call succeeds.
+KAIZEN_MODEL_BREAKER_THRESHOLD = env_int("KAIZEN_MODEL_BREAKER_THRESHOLD", 5, minimum=1)
+KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = env_float("KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0.1)
+# Custom quality checks (dotted paths to functions) an agent's checks may name (andon.inspection).
+KAIZEN_CUSTOM_CHECKS = env_list("KAIZEN_CUSTOM_CHECKS", ["andon.example_checks.no_email_addresses"])
 
 # The response cache lives in Redis, shared by every worker. Its keys carry the
 # Redis database and KAIZEN_CACHE_PREFIX, so installations (or test runs) sharing
