@@ -181,10 +181,16 @@ class AgentForm(forms.ModelForm):
             "reuse_results",
             "cache_responses",
             "implementation",
+            "quality_checks",
+            "breaker_threshold",
+            "breaker_cooldown_seconds",
+            "spike_defects",
+            "spike_window",
         ]
         widgets = {
             "prompt_template": forms.Textarea(attrs={"rows": 8, "cols": 90}),
             "cascade": forms.Textarea(attrs={"rows": 8, "cols": 90}),
+            "quality_checks": forms.Textarea(attrs={"rows": 6, "cols": 90}),
         }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -230,6 +236,18 @@ class AgentAdmin(admin.ModelAdmin):
                     "cascade",
                     "reuse_results",
                     "cache_responses",
+                ]
+            },
+        ),
+        (
+            "Jidoka: inspection, circuit breaker, defect spike",
+            {
+                "fields": [
+                    "quality_checks",
+                    "breaker_threshold",
+                    "breaker_cooldown_seconds",
+                    "spike_defects",
+                    "spike_window",
                 ]
             },
         ),

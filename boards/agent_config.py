@@ -20,7 +20,7 @@ from typing import Any
 from boards.providers import PROVIDER_NAMES, SIMULATED_PROFILES
 
 # Variables every template may use, whatever it declares.
-BUILTIN_VARIABLES = ("input", "title", "last_error")
+BUILTIN_VARIABLES = ("input", "title", "last_error", "review_feedback")
 
 # Generation parameters: name -> (minimum, maximum, integer?).
 GENERATION_PARAMETERS: dict[str, tuple[float, float, bool]] = {

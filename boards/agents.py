@@ -18,6 +18,7 @@ AgentFailed) to the services, which record it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -51,6 +52,11 @@ logger = logging.getLogger(__name__)
 # Tier parameters that change how a call is made, not what it answers: left out of
 # the cache key so that, say, a longer timeout still hits the cache.
 _TRANSPORT_PARAMETERS = {"timeout", "max_retries", "max_in_flight", "api_key_env", "latency_ms"}
+
+
+class AgentDeferred(Exception):
+    """The work could not start: every model the agent would call is out of service
+    (its circuit breaker is open). Not a failed attempt: the task goes back to wait."""
 
 
 class PromptError(ValueError):
@@ -127,11 +133,16 @@ def _as_text(value: Any) -> str:
 
 
 def task_variables(task: Task, declared: list[str]) -> dict[str, str]:
-    """The values a template is rendered with: ``input``, ``title`` and ``last_error``
-    always; each declared variable from the field of that name when the task's
+    """The values a template is rendered with: ``input``, ``title``, ``last_error``
+    and ``review_feedback`` always; each declared variable from the field of that name when the task's
     input is a JSON object. A declared variable the input lacks is a PromptError
     naming it (the input cannot be rendered as the agent expects)."""
-    variables = {"input": task.input, "title": task.title, "last_error": task.last_error}
+    variables = {
+        "input": task.input,
+        "title": task.title,
+        "last_error": task.last_error,
+        "review_feedback": task.review_feedback,
+    }
     if not declared:
         return variables
     try:
@@ -151,6 +162,21 @@ def task_variables(task: Task, declared: list[str]) -> dict[str, str]:
         )
     variables.update({name: _as_text(data[name]) for name in declared})
     return variables
+
+
+REVIEW_FEEDBACK_NOTE = (
+    "\n\nA reviewer rejected an earlier answer to this task and said: {feedback}\n"
+    "Answer again, taking this into account."
+)
+
+
+def with_review_feedback(prompt: str, template: str, feedback: str) -> str:
+    """A reviewer's reason for rejecting the last output reaches the next attempt:
+    through {review_feedback} where the template places it, else appended. (The
+    prompt then differs, so the response cache cannot serve the rejected answer.)"""
+    if not feedback or "review_feedback" in template_fields(template):
+        return prompt
+    return prompt + REVIEW_FEEDBACK_NOTE.format(feedback=feedback)
 
 
 # --- the response cache --------------------------------------------------------------
@@ -250,9 +276,10 @@ class PromptCascadeAgent(BaseAgent):
         except ConfigError as exc:
             raise AgentFailed(f"the agent's variables are invalid: {exc}") from None
         try:
-            return render_prompt(self.agent.prompt_template, task_variables(task, declared))
+            prompt = render_prompt(self.agent.prompt_template, task_variables(task, declared))
         except PromptError as exc:
             raise AgentFailed(str(exc)) from None
+        return with_review_feedback(prompt, self.agent.prompt_template, task.review_feedback)
 
     def process(self, task: Task) -> Output:
         tiers = self.tiers()
@@ -264,8 +291,13 @@ class PromptCascadeAgent(BaseAgent):
         return self.cascade(task, prompt, tiers, generation)
 
     def cascade(self, task: Task, prompt: str, tiers: list[Tier], generation: dict[str, Any]) -> Output:
+        from andon import jidoka  # andon's models import boards': not at module level
+
         calls: list[CallRecord] = []
         errors: list[str] = []
+        # The last output not accepted, for when every tier after it is skipped.
+        fallback: tuple[int, Any] | None = None
+        skipped = False
         for number, tier in enumerate(tiers, start=1):
             last = number == len(tiers)
             parameters = {**generation, **tier.parameters}
@@ -273,6 +305,12 @@ class PromptCascadeAgent(BaseAgent):
             at = timezone.now()
             response = cached_response(key) if self.agent.cache_responses else None
             source = "cache" if response is not None else "model"
+            if response is None and not jidoka.model_call_allowed(tier.provider, tier.model):
+                # The model's circuit breaker is open: not called (no ledger row, as
+                # nothing was spent); the next tier is tried.
+                errors.append(f"tier {number} ({tier.model}): skipped, its circuit breaker is open")
+                skipped = True
+                continue
             if response is None:
                 started = time.perf_counter()
                 try:
@@ -325,8 +363,24 @@ class PromptCascadeAgent(BaseAgent):
                     tier=number,
                     calls=tuple(calls),
                 )
+            fallback = (number, response)
+        if skipped and fallback is not None:
+            # The stronger tiers are out of service: the best output there is goes
+            # on, to be inspected (and escalated to a person if it falls short).
+            number, response = fallback
+            index = max(i for i, call in enumerate(calls) if call.tier == number and not call.error)
+            calls[index] = dataclasses.replace(calls[index], accepted=True)
+            return Output(
+                text=response.text,
+                confidence=response.confidence,
+                confidence_source=response.confidence_source,
+                tier=number,
+                calls=tuple(calls),
+            )
+        if skipped and not calls:
+            raise AgentDeferred("; ".join(errors[-3:]))
         # Only reached when the last tier (and every tier after the last usable
-        # output) failed: the attempt fails with the providers' own words.
+        # output) failed or was skipped: the attempt fails with the providers' own words.
         raise AgentFailed("; ".join(errors[-3:]), calls)
 
 

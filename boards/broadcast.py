@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -31,7 +31,9 @@ def board_group(board_id: int) -> str:
 
 class Broadcaster:
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, frozenset[int]] | None] = queue.SimpleQueue()
+        # (board_id, column ids) for a board's columns, or a job: a callable that
+        # renders its own messages, [(group, message)], in the broadcaster thread.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         # Changes queued and not yet sent. Counted up before the put and down
@@ -46,6 +48,13 @@ class Broadcaster:
         with self._sent:
             self._unsent += 1
         self._queue.put((board_id, frozenset(column_ids)))
+
+    def publish(self, job: Callable[[], list[tuple[str, dict]]]) -> None:
+        """Send the messages ``job`` renders, with the next burst (after commit)."""
+        self._ensure_started()
+        with self._sent:
+            self._unsent += 1
+        self._queue.put(job)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far has been sent (for tests and shutdown).
@@ -71,6 +80,7 @@ class Broadcaster:
         while True:
             item = self._queue.get()
             pending: dict[int, set[int]] = {}
+            jobs: list[Callable[[], list[tuple[str, dict]]]] = []
             taken = 0
             # Gather for the window, and longer when rendering got expensive: the
             # next burst waits until the last render is at most this share of
@@ -78,8 +88,11 @@ class Broadcaster:
             # (still whole and current) instead of taking the worker's CPU.
             deadline = max(time.monotonic() + window, not_before)
             while item is not None:
-                board_id, column_ids = item
-                pending.setdefault(board_id, set()).update(column_ids)
+                if callable(item):
+                    jobs.append(item)
+                else:
+                    board_id, column_ids = item
+                    pending.setdefault(board_id, set()).update(column_ids)
                 taken += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -90,7 +103,7 @@ class Broadcaster:
                     item = None
             started = time.monotonic()
             try:
-                self._send(loop, layer, pending)
+                self._send(loop, layer, pending, jobs)
             except Exception:
                 logger.exception("broadcasting to boards %s failed", sorted(pending))
             finally:
@@ -101,21 +114,26 @@ class Broadcaster:
                     if self._unsent == 0:
                         self._sent.notify_all()
 
-    def _send(self, loop: asyncio.AbstractEventLoop, layer, pending: dict[int, set[int]]) -> None:
+    def _send(self, loop: asyncio.AbstractEventLoop, layer, pending: dict[int, set[int]], jobs=()) -> None:
         from boards.fragments import render_board_update
 
-        messages = []
+        messages: list[tuple[str, dict]] = []
         try:
             close_old_connections()
             for board_id, column_ids in pending.items():
                 html = render_board_update(board_id=board_id, column_ids=column_ids)
                 if html:
-                    messages.append((board_group(board_id), html))
+                    messages.append((board_group(board_id), {"type": "board.update", "html": html}))
+            for job in jobs:
+                try:
+                    messages += job()
+                except Exception:
+                    logger.exception("rendering a live update failed")
         finally:
             # Hand the connection back (to the pool on PostgreSQL) between bursts.
             connection.close()
-        for group, html in messages:
-            loop.run_until_complete(layer.group_send(group, {"type": "board.update", "html": html}))
+        for group, message in messages:
+            loop.run_until_complete(layer.group_send(group, message))
 
 
 _broadcaster = Broadcaster()
@@ -125,6 +143,12 @@ def columns_changed(board_id: int, column_ids: Iterable[int]) -> None:
     """Schedule a live update of these columns of a board (call after commit)."""
     if layer_configured():
         _broadcaster.columns_changed(board_id, column_ids)
+
+
+def publish(job: Callable[[], list[tuple[str, dict]]]) -> None:
+    """Schedule the messages a job renders (call after commit); see Broadcaster.publish."""
+    if layer_configured():
+        _broadcaster.publish(job)
 
 
 def flush(timeout: float = 5.0) -> bool:

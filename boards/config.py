@@ -130,6 +130,12 @@ class AgentSpec:
     max_attempts: int
     paused: bool | None
     path: str
+    # Jidoka (andon.inspection): None leaves what the agent has (the default checks for a new one).
+    quality_checks: list[dict[str, Any]] | None = None
+    breaker_threshold: int | None = None
+    breaker_cooldown_seconds: int | None = None
+    spike_defects: int | None = None
+    spike_window: int | None = None
 
 
 @dataclass(frozen=True)
@@ -537,6 +543,21 @@ def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
 
 # --- agents: prompt, variables, parameters and the cascade ---------------------------
 
+# An agent's jidoka settings: its checks, circuit breaker and defect-spike stop.
+ANDON_KEYS = [
+    "quality_checks",
+    "breaker_threshold",
+    "breaker_cooldown_seconds",
+    "spike_defects",
+    "spike_window",
+]
+ANDON_LIMITS = {
+    "breaker_threshold": (1, 1000),
+    "breaker_cooldown_seconds": (1, 7 * 24 * 3600),
+    "spike_defects": (1, 1000),
+    "spike_window": (1, 1000),
+}
+
 AGENT_OPTIONAL = [
     "capabilities",
     "prompt_template",
@@ -550,6 +571,7 @@ AGENT_OPTIONAL = [
     "concurrency",
     "max_attempts",
     "paused",
+    *ANDON_KEYS,
 ]
 
 
@@ -862,9 +884,49 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
         values["max_attempts"] = reader.integer(n, f"{path}.max_attempts", minimum=1, maximum=100)
     if (n := field_of("paused")) is not None:
         values["paused"] = reader.boolean(n, f"{path}.paused")
+    if "quality_checks" in entries:
+        values["quality_checks"] = _parse_checks(reader, *entries["quality_checks"], f"{path}.quality_checks")
+    for key, (low, high) in ANDON_LIMITS.items():
+        if (n := field_of(key)) is not None:
+            values[key] = reader.integer(n, f"{path}.{key}", minimum=low, maximum=high)
+    spike, window = values.get("spike_defects"), values.get("spike_window")
+    if isinstance(spike, int) and isinstance(window, int) and spike > window:
+        reader.error(
+            _line(entries["spike_defects"][1]),
+            f"{path}.spike_defects",
+            f"{spike} defects can never happen among the last {window} outputs: make it at most spike_window",
+        )
+        values["spike_defects"] = INVALID
     if INVALID in values.values():
         return None
     return AgentSpec(**values, path=path)
+
+
+def _parse_checks(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
+    """``quality_checks:``, a list of checks (andon.inspection); the normalised JSON to store."""
+    from andon.inspection import checks_json, parse_checks
+
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node, path) is None:
+        return []
+    items = reader.sequence(node, path, allow_empty=True)
+    if items is None:
+        return INVALID
+    nodes: dict[str, yaml.Node] = {path: key_node}
+    checks: list[Any] = []
+    for index, item in enumerate(items):
+        item_path = f"{path}[{index}]"
+        nodes[item_path] = item
+        if isinstance(item, yaml.MappingNode):
+            for key_item, value_node in item.value:
+                nodes[f"{item_path}.{key_item.value}"] = value_node
+        checks.append(reader.plain(item, item_path))
+    if INVALID in checks:
+        return INVALID
+    try:
+        return checks_json(parse_checks(checks, where=path))
+    except agent_config.ConfigError as exc:
+        _report(reader, exc.problems, nodes, key_node)
+        return INVALID
 
 
 def _record_offers(
@@ -1242,6 +1304,9 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
         }
         if spec.paused is not None:
             values["paused"] = spec.paused
+        for key in ANDON_KEYS:
+            if getattr(spec, key) is not None:
+                values[key] = getattr(spec, key)
         board_ids = {boards_by_slug[s].pk for s in spec.boards}
         agent = agents.get(spec.name)
         if agent is None:

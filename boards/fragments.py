@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.template.loader import render_to_string
 
 from boards.models import Board
-from boards.selectors import board_agents_get, board_columns_get
+from boards.selectors import board_agents_get, board_columns_get, board_line_stops_get
 
 
 def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
@@ -28,4 +28,6 @@ def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
         "agents": board_agents_get(board=board),
         "oob": True,
     }
+    line_stops = board_line_stops_get(board=board)
+    context.update(line_stops=line_stops, board_stopped=any(stop.board_id for stop in line_stops))
     return render_to_string("boards/board.html#board-update", context)

@@ -33,6 +33,15 @@ def default_cascade() -> list[dict]:
     return [{"provider": "simulated", "model": "sim-small", "threshold": None}]
 
 
+def default_quality_checks() -> list[dict]:
+    # The same as andon.inspection.DEFAULT_CHECKS (a literal here: migrations name this function).
+    return [
+        {"check": "confidence", "min": 0.7},
+        {"check": "uncertainty"},
+        {"check": "token_waste", "ratio": 1.5},
+    ]
+
+
 class Board(models.Model):
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=80, unique=True)
@@ -164,6 +173,34 @@ class Agent(models.Model):
     )
     max_attempts = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
     paused = models.BooleanField(default=False)
+    # Jidoka (see andon.inspection): every output is inspected with these checks.
+    quality_checks = models.JSONField(
+        default=default_quality_checks,
+        blank=True,
+        help_text="Checks run on every output; a failed one sends the task to Review. Each: "
+        '{"check": kind, "name": label, ...parameters}; kinds: confidence, uncertainty, json, length, '
+        "token_waste, regex, custom. An empty list inspects nothing.",
+    )
+    breaker_threshold = models.PositiveSmallIntegerField(
+        default=5,
+        validators=[MinValueValidator(1)],
+        help_text="Consecutive failed attempts that open the agent's circuit breaker (it then pulls nothing).",
+    )
+    breaker_cooldown_seconds = models.PositiveIntegerField(
+        default=60,
+        validators=[MinValueValidator(1)],
+        help_text="How long an open breaker waits before one probe task is tried.",
+    )
+    spike_defects = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1)],
+        help_text="Defects among the agent's last outputs (see spike window) that stop its line.",
+    )
+    spike_window = models.PositiveSmallIntegerField(
+        default=10,
+        validators=[MinValueValidator(1)],
+        help_text="How many recent outputs a defect spike counts.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -221,6 +258,17 @@ class Agent(models.Model):
             errors["implementation"] = [
                 f"{self.implementation!r} is not a registered agent class (registered: {registered}); "
                 "add its dotted path to KAIZEN_AGENT_CLASSES"
+            ]
+        from andon.inspection import parse_checks
+
+        try:
+            parse_checks(self.quality_checks)
+        except ConfigError as exc:
+            errors["quality_checks"] = [f"{where}: {message}" for where, message in exc.problems]
+        if self.spike_defects and self.spike_window and self.spike_defects > self.spike_window:
+            errors["spike_defects"] = [
+                f"{self.spike_defects} defects can never happen among the last {self.spike_window} outputs: "
+                "make it at most the spike window."
             ]
         if errors:
             raise ValidationError(errors)
@@ -317,6 +365,9 @@ class Task(models.Model):
     cache_hits = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # A reviewer's reason for rejecting the last output: given to the next attempt
+    # (the {review_feedback} variable, or appended to the prompt), cleared once done.
+    review_feedback = models.TextField(blank=True)
     blocked_note = models.TextField(blank=True)
     blocked_at = models.DateTimeField(null=True, blank=True)
     # The lease of the current run: only the holder of this token may finish it.
@@ -361,6 +412,11 @@ class TaskEvent(models.Model):
         BLOCKED = "blocked"
         UNBLOCKED = "unblocked"
         REORDERED = "reordered"
+        DEFERRED = "deferred"
+        ESCALATED = "escalated"
+        APPROVED = "approved"
+        CORRECTED = "corrected"
+        REJECTED = "rejected"
 
     class Actor(models.TextChoices):
         AGENT = "agent"

@@ -24,6 +24,7 @@ from django.db import connection
 
 from boards import selectors, services
 from boards.agents import (  # noqa: F401  (render_prompt and PromptError are used from here)
+    AgentDeferred,
     AgentFailed,
     CallRecord,
     Output,
@@ -237,7 +238,8 @@ _UNREAD = object()
 
 
 def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
-    """Run one claimed task. Returns what happened: ``stale``, ``done`` or ``failed``.
+    """Run one claimed task. Returns what happened: ``stale``, ``done``, ``failed`` or
+    ``deferred`` (not run: every model its agent calls is behind an open breaker).
     ``task`` is the claimed task when the caller has read it already (run_batch
     reads a batch in one query; None there means the claim is stale).
 
@@ -261,6 +263,9 @@ def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
                     raise AgentFailed(
                         f"{type(agent).__name__}.process() returned {type(output).__name__}, not an Output"
                     )
+        except AgentDeferred as exc:
+            services.task_run_defer(task_id=task_id, lease_token=lease_token, reason=str(exc))
+            return "deferred"
         except AgentFailed as exc:
             return _fail_attempt(task_id, lease_token, str(exc), exc.calls, attempt)
         except Exception as exc:

@@ -102,14 +102,46 @@ def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> li
 
 
 def board_agents_get(*, board: Board) -> list[Agent]:
-    """The board's agents, each with ``running``: its tasks in flight on this board."""
-    return list(
+    """The board's agents, each with ``running`` (its tasks in flight on this
+    board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
+    (its circuit breaker when not closed) and ``model_breakers`` (those of its
+    cascade's models that are not closed)."""
+    from andon.jidoka import model_key
+    from andon.models import CircuitBreaker, LineStop
+
+    agents = list(
         board.agents.annotate(
             running=Count(
                 "tasks", filter=Q(tasks__board=board, tasks__status=Task.Status.RUNNING), distinct=True
             )
         ).order_by("name")
     )
+    ids = [agent.pk for agent in agents]
+    stops = {
+        stop.agent_id: stop for stop in LineStop.objects.filter(agent_id__in=ids, restarted_at__isnull=True)
+    }
+    agent_breakers: dict[int, CircuitBreaker] = {}
+    model_breakers: dict[str, CircuitBreaker] = {}
+    for breaker in CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED).filter(
+        Q(agent_id__in=ids) | Q(scope=CircuitBreaker.Scope.MODEL)
+    ):
+        if breaker.scope == CircuitBreaker.Scope.AGENT:
+            agent_breakers[breaker.agent_id] = breaker
+        else:
+            model_breakers[breaker.key] = breaker
+    for agent in agents:
+        agent.line_stop = stops.get(agent.pk)
+        agent.breaker = agent_breakers.get(agent.pk)
+        keys = [] if agent.implementation else [model_key(t.provider, t.model) for t in agent.tiers]
+        agent.model_breakers = [model_breakers[k] for k in dict.fromkeys(keys) if k in model_breakers]
+    return agents
+
+
+def board_line_stops_get(*, board: Board) -> list:
+    """The line stops in force on this board: its own and its agents'."""
+    from andon.selectors import active_line_stops_get
+
+    return active_line_stops_get(board=board)
 
 
 def board_capabilities_get(*, board: Board) -> list[str]:
@@ -147,6 +179,9 @@ def reusable_task(*, task: Task) -> Task | None:
     agent = task.agent
     if agent is None or not task.allow_reuse or not agent.reuse_results or not task.input_key:
         return None
+    if task.review_feedback:
+        # A reviewer rejected this task's last output and asked for another.
+        return None
     return (
         Task.objects.filter(
             agent=agent,
@@ -160,6 +195,20 @@ def reusable_task(*, task: Task) -> Task | None:
         .order_by("-finished_at", "-pk")
         .first()
     )
+
+
+def task_inspections_get(*, task: Task) -> list:
+    """A task's inspection verdicts, oldest first, each with ``escalation_or_none``
+    (the escalation it opened, with who decided it)."""
+    from andon.models import Escalation, Inspection
+
+    inspections = list(Inspection.objects.filter(task=task).order_by("created_at", "pk"))
+    escalations = {
+        e.inspection_id: e for e in Escalation.objects.filter(task=task).select_related("decided_by")
+    }
+    for inspection in inspections:
+        inspection.escalation_or_none = escalations.get(inspection.pk)
+    return inspections
 
 
 def task_model_calls_get(*, task: Task) -> list[ModelCall]:

@@ -26,6 +26,10 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
+from andon import broadcast as andon_broadcast
+from andon import jidoka
+from andon.inspection import Verdict
+from andon.models import Escalation, Inspection
 from boards import broadcast
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
@@ -493,9 +497,26 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Agent rows are locked too (in pk order, after the board: no deadlocks), as an
     # agent serving several boards has one concurrency across all of them.
+    review = columns.get(Role.REVIEW)
+    if review is not None and review.wip_limit is not None and _count(review) >= review.wip_limit:
+        # Jidoka: Review is full, so the line slows until reviewers catch up
+        # rather than pile up more unchecked work.
+        return []
     agents = list(
         board.agents.filter(paused=False).order_by("pk").select_for_update(of=("self",), no_key=True)
     )
+    if not agents:
+        return []
+    board_stopped, stopped_agents = jidoka.active_stops(board_id=board.pk, agent_ids=[a.pk for a in agents])
+    if board_stopped:
+        return []
+    agents = [a for a in agents if a.pk not in stopped_agents]
+    if not agents:
+        return []
+    # Probes are marked taken only for agents that claim one (below): a pull that
+    # claims nothing must not spend an agent's probe for a whole cool-down.
+    gate = jidoka.pull_gate(agents, take_probes=False)
+    agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
     # One grouped count gives both the column's WIP and each agent's running tasks.
@@ -516,6 +537,12 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     if free_wip is not None and free_wip <= 0:
         return []
     free_agent = {a.pk: a.concurrency - running.get(a.pk, 0) for a in agents}
+    for agent_id in gate.probes:
+        # A half-open breaker lets one probe task through.
+        free_agent[agent_id] = min(free_agent[agent_id], 1)
+    for agent_id in gate.limited:
+        # Every model the agent calls is due a probe: one run at a time until one answers.
+        free_agent[agent_id] = min(free_agent[agent_id], 0 if running.get(agent_id) else 1)
     agents = [a for a in agents if free_agent[a.pk] > 0]
     if not agents:
         return []
@@ -569,6 +596,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
             break
     if not claimed:
         return []
+    jidoka.probes_taken(gate.probes & {task.agent_id for task in claimed})
     _update_rows(
         claimed,
         [
@@ -672,28 +700,16 @@ def task_complete(
     confidence: float | None = None,
     attempt: int | None = None,
 ) -> bool:
-    """Record a run's output and its ledger rows, and move the task on. ``output`` is
-    the agent's Output (a plain string is an output with ``confidence`` and no
-    ledger). False if the run was stale (its model calls are still recorded: they
-    were made, and cost what they cost); ColumnMissing (nothing written) if the
-    board has no Done column."""
+    """Record a run's output and its ledger rows, inspect the output, and move the
+    task on: to Done when it passes, to Review with an escalation when it is a
+    defect. ``output`` is the agent's Output (a plain string is an output with
+    ``confidence`` and no ledger). False if the run was stale (its model calls
+    are still recorded: they were made, and cost what they cost); ColumnMissing
+    (nothing written) if the board has no Done column."""
     if isinstance(output, str):
         output = Output(text=output, confidence=confidence)
-    with transaction.atomic():
-        task = _current_run(task_id, lease_token)
-        if task is None:
-            _record_stale_calls(task_id, output.calls, attempt=attempt)
-            return False
-        done = _required_column(task.board_id, Role.DONE)
-        rows = _ledger_rows(task, output.calls, attempt=task.attempts)
-        from_column_id = task.column_id
-        event = _finish(task, done, output)
-        if rows:
-            ModelCall.objects.bulk_create(rows)
-        task.save(update_fields=_COMPLETED_FIELDS)
-        event.save()
-        _after_commit(task.board_id, [from_column_id, done.pk], pull=True)
-    return True
+    result = RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
+    return tasks_complete(results=[result])[0]
 
 
 @dataclass(frozen=True)
@@ -712,7 +728,12 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
     so a busy line pays for one transaction, a few statements and one pull per
     batch rather than per task. Returns, for each result, whether it completed
     (False: stale, its calls still recorded). All or nothing: ColumnMissing if a
-    task's board has no Done column, and the caller completes them one by one."""
+    task's board has no Done column, and the caller completes them one by one.
+
+    Every output is inspected (andon.jidoka): a pass goes to Done; a defect goes
+    to Review with an escalation for a reviewer, or to Done marked as a defect
+    when the board has no Review column. Defects can stop an agent's line (a
+    spike), and each run counts for its agent's and its models' circuit breakers."""
     with transaction.atomic():
         ids = sorted({r.task_id for r in results})
         # Rows locked in id order, as two batches in two workers could otherwise deadlock.
@@ -724,16 +745,24 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
             .order_by("pk")
         }
         board_ids = {task.board_id for task in tasks.values()}
-        done_columns = {
-            c.board_id: c for c in Column.objects.filter(board_id__in=board_ids, role=Role.DONE).order_by()
-        }
+        board_columns: dict[int, dict[str, Column]] = {}
+        for column in Column.objects.filter(
+            board_id__in=board_ids, role__in=(Role.DONE, Role.REVIEW)
+        ).order_by():
+            board_columns.setdefault(column.board_id, {})[column.role] = column
         now = timezone.now()
         outcomes: list[bool] = []
         rows: list[ModelCall] = []
         events: list[TaskEvent] = []
         finished: list[Task] = []
+        inspections: list[Inspection] = []
+        escalated: list[tuple[Task, Inspection, Output]] = []
+        defects_of: set[int] = set()
+        succeeded: set[int] = set()
+        calls: list[CallRecord] = []
         changed: dict[int, set[int]] = {}
         for result in results:
+            calls += result.output.calls
             task = tasks.get(result.task_id)
             if (
                 task is None
@@ -743,10 +772,22 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
                 _record_stale_calls(result.task_id, result.output.calls, attempt=result.attempt)
                 outcomes.append(False)
                 continue
-            done = done_columns.get(task.board_id) or _required_column(task.board_id, Role.DONE)
+            columns = board_columns.get(task.board_id, {})
+            done = columns.get(Role.DONE) or _required_column(task.board_id, Role.DONE)
+            verdict, tokens_out = jidoka.inspect_run(task, result.output)
+            inspection = jidoka.inspection_row(task, verdict, tokens_out)
+            inspections.append(inspection)
+            review = columns.get(Role.REVIEW)
+            target = done if verdict.passed or review is None else review
             rows += _ledger_rows(task, result.output.calls, attempt=task.attempts)
-            changed.setdefault(task.board_id, set()).update({task.column_id, done.pk})
-            events.append(_finish(task, done, result.output))
+            changed.setdefault(task.board_id, set()).update({task.column_id, target.pk})
+            events.append(_finish(task, target, result.output, verdict))
+            if target is review:
+                escalated.append((task, inspection, result.output))
+            if not verdict.passed and task.agent_id:
+                defects_of.add(task.agent_id)
+            if task.agent_id:
+                succeeded.add(task.agent_id)
             task.updated_at = now  # not saved through save(): auto_now does not run
             finished.append(task)
             outcomes.append(True)
@@ -754,14 +795,42 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
             ModelCall.objects.bulk_create(rows)
         _update_rows(finished, _COMPLETED_FIELDS)
         TaskEvent.objects.bulk_create(events)
+        Inspection.objects.bulk_create(inspections)
+        escalations = Escalation.objects.bulk_create(
+            [jidoka.escalation_row(task, inspection, output) for task, inspection, output in escalated]
+        )
+        stops = jidoka.spike_stops(defects_of) if defects_of else []
+        breaker_agents = jidoka.record_agent_outcomes(succeeded=succeeded)
+        jidoka.record_model_calls(calls)
         for board_id, column_ids in changed.items():
             _after_commit(board_id, column_ids, pull=True)
+        _after_andon_commit(
+            escalations=[e.pk for e in escalations],
+            agents={stop.agent_id for stop in stops} | breaker_agents,
+            stops=bool(stops),
+        )
     return outcomes
 
 
-def _finish(task: Task, done: Column, output: Output) -> TaskEvent:
-    """Put a run's output on its task and the task in Done, adding the calls to its
-    totals (nothing saved); returns the completion's event (not saved either)."""
+def _after_andon_commit(
+    *, escalations: Iterable[int] = (), agents: Iterable[int] = (), stops: bool = False
+) -> None:
+    """After commit: new escalations to the andon inbox; boards of agents whose line
+    stopped or whose breaker changed get their banner and agents strip refreshed."""
+    escalations, agents = list(escalations), set(agents)
+    if escalations:
+        transaction.on_commit(lambda: andon_broadcast.escalations_opened(escalations))
+    if stops:
+        transaction.on_commit(andon_broadcast.line_stops_changed)
+    if agents:
+        for board_id in Board.objects.filter(agents__in=agents).values_list("pk", flat=True).distinct():
+            transaction.on_commit(lambda board_id=board_id: broadcast.columns_changed(board_id, []))
+
+
+def _finish(task: Task, target: Column, output: Output, verdict: Verdict | None = None) -> TaskEvent:
+    """Put a run's output on its task and the task in ``target`` (Done, or Review
+    for a defect), adding the calls to its totals (nothing saved); returns the
+    completion's event (not saved either)."""
     from_column_id = task.column_id
     _add_totals(task, output.calls)
     task.output = output.text
@@ -770,15 +839,28 @@ def _finish(task: Task, done: Column, output: Output) -> TaskEvent:
     task.accepted_tier = output.tier
     task.reused_from_id = output.reused_from
     task.last_error = ""
-    _place(task, done)
+    _place(task, target)
+    note = _outcome_note(output)
+    kind = TaskEvent.Kind.COMPLETED
+    if verdict is not None and not verdict.passed:
+        if target.role == Role.REVIEW:
+            kind = TaskEvent.Kind.ESCALATED
+            note = "; ".join(n for n in (note, f"to Review: {verdict.summary()}") if n)
+        else:
+            note = "; ".join(
+                n for n in (note, f"{verdict.summary()} (no Review column, so not escalated)") if n
+            )
+    else:
+        # Done: a reviewer's feedback on an earlier output has been acted on.
+        task.review_feedback = ""
     event = _event(
         task,
-        TaskEvent.Kind.COMPLETED,
-        to_column=done,
+        kind,
+        to_column=target,
         from_status=Status.RUNNING,
         to_status=task.status,
         agent=task.agent,
-        note=_outcome_note(output),
+        note=note,
     )
     event.from_column_id = from_column_id
     return event
@@ -787,6 +869,7 @@ def _finish(task: Task, done: Column, output: Output) -> TaskEvent:
 # What completing a task changes (the rest of the row stays as the claim left it).
 _COMPLETED_FIELDS = [
     "output",
+    "review_feedback",
     "confidence",
     "confidence_source",
     "accepted_tier",
@@ -922,24 +1005,63 @@ def task_attempt_fail(
         _record_calls(task, calls, attempt=task.attempts)
         changed = _return_or_fail(task, kind=TaskEvent.Kind.ATTEMPT_FAILED, reason=error)
         _after_commit(task.board_id, changed, pull=True)
+        breaker_agents = (
+            jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
+        )
+        jidoka.record_model_calls(calls)
+        _after_andon_commit(agents=breaker_agents)
     return True
 
 
-def _return_or_fail(task: Task, *, kind: str, reason: str) -> set[int]:
-    """Take a task out of In progress after a failed or lost run: back to Ready
+def task_run_defer(*, task_id: int, lease_token: uuid.UUID | str, reason: str) -> bool:
+    """A run that could not start its work (every model its agent calls is out of
+    service behind an open circuit breaker) hands its task back: to Ready (or the
+    Backlog) without spending an attempt, and without counting against the agent's
+    breaker: nothing was tried. False if the run was stale."""
+    with transaction.atomic():
+        board_id = Task.objects.filter(pk=task_id).values_list("board_id", flat=True).first()
+        if board_id is None:
+            return False
+        _lock_board(board_id)
+        task = _current_run(task_id, lease_token)
+        if task is None:
+            return False
+        task.attempts = max(task.attempts - 1, 0)
+        changed = _return_or_fail(
+            task,
+            kind=TaskEvent.Kind.DEFERRED,
+            reason=reason,
+            note=f"not run, the attempt is not counted: {reason}",
+        )
+        _after_commit(task.board_id, changed, pull=False)
+    return True
+
+
+def _return_or_fail(
+    task: Task,
+    *,
+    kind: str,
+    reason: str,
+    user: AbstractBaseUser | None = None,
+    verb: str = "failed",
+    note: str = "",
+) -> set[int]:
+    """Take a task out of In progress after a failed or lost run (or out of Review
+    after a reviewer rejected its output, ``verb`` "rejected"): back to Ready
     for another attempt, else to the Backlog, whichever exists and has room under
     its hard limit; to Done marked failed once the agent's attempts are used up,
     or when neither has room (a hard WIP limit is never exceeded, not even to
     return a task). ColumnMissing if the task must go to Done and there is none."""
     from_column = task.column
+    from_status = task.status
     columns = {c.role: c for c in Column.objects.filter(board_id=task.board_id)}
     max_attempts = task.agent.max_attempts if task.agent else 1
     task.last_error = reason[:2000]
     target: Column | None = None
     if task.attempts >= max_attempts:
-        note = f"failed after {task.attempts} attempt(s): {reason}"
+        note = note or f"{verb} after {task.attempts} attempt(s): {reason}"
     else:
-        note = f"attempt {task.attempts} of {max_attempts} failed: {reason}"
+        note = note or f"attempt {task.attempts} of {max_attempts} {verb}: {reason}"
         for role in (Role.READY, Role.BACKLOG):
             column = columns.get(role)
             if column is None:
@@ -969,9 +1091,10 @@ def _return_or_fail(task: Task, *, kind: str, reason: str) -> set[int]:
         kind,
         from_column=from_column,
         to_column=target,
-        from_status=Status.RUNNING,
+        from_status=from_status,
         to_status=task.status,
-        agent=task.agent if kind == TaskEvent.Kind.ATTEMPT_FAILED else None,
+        user=user,
+        agent=task.agent if kind in (TaskEvent.Kind.ATTEMPT_FAILED, TaskEvent.Kind.DEFERRED) else None,
         note=note,
     ).save()
     return {from_column.pk, target.pk}
@@ -1109,6 +1232,10 @@ def task_move(
             raise MoveNotAllowed(message)
         soft_note = _check_wip(to_column)
         from_status = task.status
+        if from_column.role == Role.REVIEW:
+            jidoka.escalation_withdraw(
+                task=task, user=user, note=f"moved out of Review to {to_column.name} by hand, undecided"
+            )
         position = None if before is None else _slot_before(to_column, before, exclude_pk=task.pk)
         _place(task, to_column, position=position)
         notes = [note, soft_note]

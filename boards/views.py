@@ -40,8 +40,10 @@ from boards.selectors import (
     board_agents_get,
     board_capabilities_get,
     board_columns_get,
+    board_line_stops_get,
     board_list_get,
     task_events_get,
+    task_inspections_get,
     task_model_calls_get,
 )
 
@@ -81,10 +83,16 @@ def _board_context(board: Board, *, form: TaskCreateForm | None = None) -> dict:
         "board": board,
         "columns": board_columns_get(board=board),
         "agents": board_agents_get(board=board),
+        **_andon_context(board),
         "form": form if form is not None else _task_form(board),
         "ws_path": _ws_path(board),
         "nav": "boards",
     }
+
+
+def _andon_context(board: Board) -> dict:
+    line_stops = board_line_stops_get(board=board)
+    return {"line_stops": line_stops, "board_stopped": any(stop.board_id for stop in line_stops)}
 
 
 def _message(exc: ValidationError) -> str:
@@ -151,6 +159,7 @@ def _task_detail_page(
         "task": task,
         "events": task_events_get(task=task),
         "calls": calls,
+        "inspections": task_inspections_get(task=task),
         "columns": list(board.columns.order_by("position")),
         "error": error,
         "block_form": block_form if block_form is not None else TaskBlockForm(),
@@ -183,6 +192,7 @@ def board_body(request: HtmxHttpRequest, slug: str) -> HttpResponse:
         "board": board,
         "columns": board_columns_get(board=board),
         "agents": board_agents_get(board=board),
+        **_andon_context(board),
     }
     return render(request, f"{BOARD}#board-catch-up", context)
 

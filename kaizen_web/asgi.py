@@ -11,11 +11,14 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from boards.routing import websocket_urlpatterns  # noqa: E402
+from andon.routing import websocket_urlpatterns as andon_websocket_urlpatterns  # noqa: E402
+from boards.routing import websocket_urlpatterns as board_websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(board_websocket_urlpatterns + andon_websocket_urlpatterns))
+        ),
     }
 )

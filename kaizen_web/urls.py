@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("boards/", include("boards.urls")),
     path("agents/", include("boards.urls_agents")),
+    path("andon/", include("andon.urls")),
 ]

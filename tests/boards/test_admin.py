@@ -129,6 +129,11 @@ def _agent_form(agent: Agent, **fields: Any) -> dict[str, Any]:
         "implementation": agent.implementation,
         "concurrency": str(agent.concurrency),
         "max_attempts": str(agent.max_attempts),
+        "quality_checks": json.dumps(agent.quality_checks),
+        "breaker_threshold": str(agent.breaker_threshold),
+        "breaker_cooldown_seconds": str(agent.breaker_cooldown_seconds),
+        "spike_defects": str(agent.spike_defects),
+        "spike_window": str(agent.spike_window),
     }
     data.update(fields)
     return data

@@ -916,3 +916,59 @@ def test_an_agent_class_already_in_the_database_serves_demo_tasks(db, tmp_path):
     apply(write(tmp_path, board_only, "board.yaml"))
 
     assert Board.objects.get(slug="line").demo_tasks[0]["capability"] == "classify"
+
+
+# --- jidoka settings -------------------------------------------------------------------
+
+JIDOKA = (
+    BASE
+    + """\
+    quality_checks:
+      - {check: confidence, min: 0.8}
+      - {check: regex, name: no-todo, must_not_match: TODO}
+    breaker_threshold: 4
+    breaker_cooldown_seconds: 30
+    spike_defects: 2
+    spike_window: 5
+"""
+)
+
+
+def test_an_agents_checks_breaker_and_spike_settings_are_applied(db, tmp_path):
+    apply(write(tmp_path, JIDOKA))
+
+    agent = Agent.objects.get(name="Worker")
+    assert [c["check"] for c in agent.quality_checks] == ["confidence", "regex"]
+    assert agent.quality_checks[1]["name"] == "no-todo"
+    assert (agent.breaker_threshold, agent.breaker_cooldown_seconds) == (4, 30)
+    assert (agent.spike_defects, agent.spike_window) == (2, 5)
+
+
+def test_an_agent_without_checks_in_the_file_gets_the_default_checks(db, tmp_path):
+    apply(write(tmp_path, BASE))
+
+    kinds = [c["check"] for c in Agent.objects.get(name="Worker").quality_checks]
+    assert kinds == ["confidence", "uncertainty", "token_waste"]
+
+
+def test_a_bad_check_names_its_line_and_field(db, tmp_path):
+    text = JIDOKA.replace("must_not_match: TODO", "must_not_match: '(unclosed'")
+    path = write(tmp_path, text)
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    message = str(excinfo.value)
+    assert f"{path}:24: agents[0].quality_checks[1].must_not_match:" in message
+    assert Board.objects.count() == 0
+
+
+def test_more_spike_defects_than_the_window_holds_is_refused(db, tmp_path):
+    path = write(tmp_path, JIDOKA.replace("spike_defects: 2", "spike_defects: 9"))
+
+    with pytest.raises(CommandError) as excinfo:
+        apply(path)
+
+    assert "agents[0].spike_defects: 9 defects can never happen among the last 5 outputs" in str(
+        excinfo.value
+    )

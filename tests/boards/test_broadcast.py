@@ -23,8 +23,8 @@ class _RecordingBroadcaster(Broadcaster):
         self.sent: set[int] = set()
         self.batch_sent = threading.Event()
 
-    def _send(self, loop, layer, pending) -> None:
-        super()._send(loop, layer, pending)
+    def _send(self, loop, layer, pending, jobs=()) -> None:
+        super()._send(loop, layer, pending, jobs)
         self.sent.update(pending)
         self.batch_sent.set()
 

@@ -1,0 +1,64 @@
+"""Forms of the andon pages: they parse requests; the services validate.
+
+Text fields are not required here on purpose: the services say what a missing
+reason or correction means (``andon.services``), so each message exists once.
+"""
+
+from __future__ import annotations
+
+from django import forms
+
+from boards.models import Agent, Board
+
+
+class InboxFilterForm(forms.Form):
+    """The inbox's GET filters. A value that is not a number is dropped (the
+    filter is then off) rather than refused: a stale bookmark still opens."""
+
+    board = forms.IntegerField(required=False, min_value=1)
+    agent = forms.IntegerField(required=False, min_value=1)
+    check = forms.CharField(required=False, max_length=100)
+
+    def filters(self) -> dict[str, int | str | None]:
+        self.is_valid()
+        data = getattr(self, "cleaned_data", {})
+        return {
+            "board_id": data.get("board"),
+            "agent_id": data.get("agent"),
+            "check": data.get("check") or "",
+        }
+
+
+class ClaimForm(forms.Form):
+    release = forms.BooleanField(required=False)
+
+
+class ApproveForm(forms.Form):
+    note = forms.CharField(required=False, strip=False)
+
+
+class CorrectForm(forms.Form):
+    output = forms.CharField(required=False, strip=False)
+    note = forms.CharField(required=False, strip=False)
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(required=False, strip=False)
+
+
+class RestartForm(forms.Form):
+    note = forms.CharField(required=False, strip=False)
+
+
+class CordForm(forms.Form):
+    """Pull the andon cord on a board or on one agent."""
+
+    board = forms.ModelChoiceField(queryset=Board.objects.all(), required=False)
+    agent = forms.ModelChoiceField(queryset=Agent.objects.all(), required=False)
+    reason = forms.CharField(required=False, strip=False)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if not self.errors and (data.get("board") is None) == (data.get("agent") is None):
+            raise forms.ValidationError("Choose a board or an agent to stop (one of them).")
+        return data

@@ -1,0 +1,220 @@
+"""Jidoka and the andon: the verdict on every output, the escalations reviewers
+decide, the line stops, and the circuit breakers that stop a failing agent or model.
+
+State changes go through ``andon.services`` (reviewers' actions) and
+``andon.jidoka`` (what the line does on its own, inside a run's completion);
+these classes hold data and small read-only helpers only.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from boards.models import Agent, Board, Task
+
+
+class Inspection(models.Model):
+    """The verdict on one output of one run: every completed run gets one, pass or
+    defect, so defect rates, spikes and token waste are counted from here."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="inspections")
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    passed = models.BooleanField()
+    # [{"name", "check", "reason"}] for every check that failed.
+    failures = models.JSONField(default=list, blank=True)
+    # Tokens beyond the estimated optimal length (recorded even when the output passes).
+    waste_tokens = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    notes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["agent", "-created_at"], name="inspection_agent_recent"),
+            models.Index(fields=["board", "created_at"], name="inspection_board_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{'pass' if self.passed else 'defect'} on task {self.task_id}"
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [f.get("name", "") for f in self.failures if isinstance(f, dict)]
+
+
+class Escalation(models.Model):
+    """An andon call: a defective output stopped in Review until a reviewer decides."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        APPROVED = "approved", "Approved"
+        CORRECTED = "corrected", "Edited and approved"
+        REJECTED = "rejected", "Rejected"
+        # The task left Review some other way (moved by hand, deleted).
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="escalations")
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="escalations")
+    agent = models.ForeignKey(
+        Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="escalations"
+    )
+    inspection = models.OneToOneField(Inspection, on_delete=models.PROTECT, related_name="escalation")
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    # The output as the agent gave it, kept whatever the reviewer does with it.
+    output = models.TextField(blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    confidence_source = models.CharField(max_length=20, blank=True)
+    failures = models.JSONField(default=list, blank=True)
+    # The task's cost when it was escalated (every attempt so far).
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    # The reviewer's reason (required to reject) or remark.
+    note = models.TextField(blank=True)
+    # Edit and approve: the reviewer's correction, beside the original (for the kaizen loop).
+    corrected_output = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [("review_escalation", "Can review andon escalations and restart the line")]
+        constraints = [
+            # A task waits on at most one decision at a time.
+            models.UniqueConstraint(fields=["task"], condition=Q(status="open"), name="escalation_one_open"),
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="escalation_status_recent")]
+
+    def __str__(self) -> str:
+        return f"escalation {self.pk} of task {self.task_id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("andon-escalation", kwargs={"pk": self.pk})
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.OPEN
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [f.get("name", "") for f in self.failures if isinstance(f, dict)]
+
+
+class LineStop(models.Model):
+    """The line stopped, for a board or for one agent: automatically on a defect
+    spike, or by a person pulling the andon cord. Active until a reviewer restarts
+    it, with a note; rows are kept as the record of every stop and restart."""
+
+    class Kind(models.TextChoices):
+        DEFECT_SPIKE = "defect_spike", "Defect spike"
+        CORD = "cord", "Andon cord"
+
+    board = models.ForeignKey(
+        Board, on_delete=models.CASCADE, null=True, blank=True, related_name="line_stops"
+    )
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="line_stops"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    reason = models.TextField()
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    restarted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    restarted_at = models.DateTimeField(null=True, blank=True)
+    restart_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(board__isnull=False) & Q(agent__isnull=True))
+                | (Q(board__isnull=True) & Q(agent__isnull=False)),
+                name="line_stop_board_xor_agent",
+            ),
+            # One active stop per board and per agent: pulling the cord twice adds nothing.
+            models.UniqueConstraint(
+                fields=["board"],
+                condition=Q(restarted_at__isnull=True, board__isnull=False),
+                name="line_stop_one_per_board",
+            ),
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=Q(restarted_at__isnull=True, agent__isnull=False),
+                name="line_stop_one_per_agent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} stop of {self.scope_label}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.restarted_at is None
+
+    @property
+    def scope_label(self) -> str:
+        if self.agent_id:
+            return f"agent {self.agent.name}"
+        return f"board {self.board.name}"
+
+
+class CircuitBreaker(models.Model):
+    """Consecutive errors of an agent, or of a provider's model across agents.
+    Closed: work flows. Open (after the threshold): the agent pulls nothing, or the
+    cascade skips the model. Half-open (after the cool-down): one probe is let
+    through; its success closes the breaker, its failure opens it again."""
+
+    class Scope(models.TextChoices):
+        AGENT = "agent", "Agent"
+        MODEL = "model", "Provider model"
+
+    class State(models.TextChoices):
+        CLOSED = "closed", "Closed"
+        OPEN = "open", "Open"
+        HALF_OPEN = "half_open", "Half-open"
+
+    scope = models.CharField(max_length=10, choices=Scope.choices)
+    agent = models.OneToOneField(
+        Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="breaker"
+    )
+    # provider/model for a model breaker.
+    key = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CLOSED)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    # When the half-open probe was let through (a probe that never reports back is
+    # given up after the cool-down, and another is tried).
+    probe_started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["key"], condition=Q(scope="model"), name="breaker_one_per_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.get_state_display()}"
+
+    @property
+    def label(self) -> str:
+        return f"agent {self.agent.name}" if self.scope == self.Scope.AGENT and self.agent_id else self.key

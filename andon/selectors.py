@@ -1,0 +1,219 @@
+"""Reads for the andon inbox, the escalation page and the board's andon state."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import Count, Q, prefetch_related_objects
+from django.utils import timezone
+
+from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
+from boards.models import Agent, Board
+
+INBOX_LIMIT = 200
+
+
+def inbox_escalations_get(
+    *,
+    board_id: int | None = None,
+    agent_id: int | None = None,
+    check: str = "",
+    ids: list[int] | None = None,
+    details: bool = False,
+) -> list[Escalation]:
+    """Open escalations, newest first (at most INBOX_LIMIT), filtered by board,
+    agent and failed check; with ``details``, each with what an inbox row shows
+    beyond its own columns (see escalation_details)."""
+    queryset = Escalation.objects.filter(status=Escalation.Status.OPEN).select_related(
+        "task", "board", "agent", "claimed_by"
+    )
+    if ids is not None:
+        queryset = queryset.filter(pk__in=ids)
+    if board_id:
+        queryset = queryset.filter(board_id=board_id)
+    if agent_id:
+        queryset = queryset.filter(agent_id=agent_id)
+    queryset = queryset.order_by("-created_at", "-pk")
+    if check:
+        # Failures are a JSON list, matched here so SQLite and PostgreSQL agree;
+        # read in chunks until the page is full, so older matches are not cut off.
+        escalations = []
+        for escalation in queryset.iterator(chunk_size=500):
+            if check in escalation.failed_checks:
+                escalations.append(escalation)
+                if len(escalations) >= INBOX_LIMIT:
+                    break
+    else:
+        escalations = list(queryset[:INBOX_LIMIT])
+    return escalation_details(escalations) if details else escalations
+
+
+def escalation_details(escalations: list[Escalation]) -> list[Escalation]:
+    """What an inbox row shows beyond the escalation's own columns: the task's
+    model calls (one query for the whole list) and ``agent_record``, its agent's
+    recent record (two queries per agent, not per row). The page and the live
+    pushes both use it, so a pushed row is the row the page draws."""
+    prefetch_related_objects(escalations, "task__model_call_rows")
+    records = {
+        agent_id: agent_record_get(agent_id=agent_id)
+        for agent_id in {e.agent_id for e in escalations if e.agent_id}
+    }
+    for escalation in escalations:
+        escalation.agent_record = records.get(escalation.agent_id)
+        # The task page's URL needs the task's board: it is the escalation's.
+        escalation.task.board = escalation.board
+    return escalations
+
+
+def escalation_get(*, pk: int) -> Escalation | None:
+    return (
+        Escalation.objects.select_related("task", "board", "agent", "claimed_by", "decided_by")
+        .filter(pk=pk)
+        .first()
+    )
+
+
+def inbox_filter_choices() -> dict[str, list]:
+    """Boards, agents and failed check names that open escalations have, for the filters."""
+    open_ = Escalation.objects.filter(status=Escalation.Status.OPEN)
+    checks: set[str] = set()
+    for failures in open_.order_by("-created_at").values_list("failures", flat=True)[:1000]:
+        checks.update(f.get("name", "") for f in failures or [] if isinstance(f, dict))
+    return {
+        "boards": list(Board.objects.order_by("name").values_list("pk", "name")),
+        "agents": list(Agent.objects.order_by("name").values_list("pk", "name")),
+        "checks": sorted(c for c in checks if c),
+    }
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    outputs: int
+    defects: int
+    approved: int
+    corrected: int
+    rejected: int
+
+    @property
+    def defect_rate(self) -> float | None:
+        return self.defects / self.outputs if self.outputs else None
+
+
+def agent_record_get(*, agent_id: int | None, last: int = 50) -> AgentRecord | None:
+    """The agent's recent record: of its last ``last`` outputs, how many were
+    defects, and how reviewers decided its escalations among them."""
+    if agent_id is None:
+        return None
+    recent = list(
+        Inspection.objects.filter(agent_id=agent_id)
+        .order_by("-created_at", "-pk")
+        .values_list("pk", "passed")[:last]
+    )
+    passed = [p for _, p in recent]
+    # The decisions on those outputs' escalations, not on every escalation the
+    # agent ever had: the record shows both side by side.
+    decisions = dict(
+        Escalation.objects.filter(inspection_id__in=[pk for pk, p in recent if not p])
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    return AgentRecord(
+        outputs=len(passed),
+        defects=sum(1 for p in passed if not p),
+        approved=decisions.get(Escalation.Status.APPROVED, 0),
+        corrected=decisions.get(Escalation.Status.CORRECTED, 0),
+        rejected=decisions.get(Escalation.Status.REJECTED, 0),
+    )
+
+
+@dataclass(frozen=True)
+class InboxStats:
+    open: int
+    inspected: int
+    escalated: int
+    decided: int
+    median_decision_s: float | None
+    p90_decision_s: float | None
+    window_hours: int
+
+    @property
+    def escalation_rate(self) -> float | None:
+        return self.escalated / self.inspected if self.inspected else None
+
+    @property
+    def target(self) -> float:
+        return ESCALATION_TARGET
+
+    @property
+    def rate_ok(self) -> bool:
+        rate = self.escalation_rate
+        return rate is None or rate < ESCALATION_TARGET
+
+
+# The escalation rate the line aims to stay under.
+ESCALATION_TARGET = 0.05
+
+
+def inbox_stats_get(*, hours: int = 24) -> InboxStats:
+    """Escalation rate (escalations over inspected outputs) and time to decision,
+    over the last ``hours``."""
+    since = timezone.now() - timedelta(hours=hours)
+    inspected = Inspection.objects.filter(created_at__gte=since).count()
+    counts = Escalation.objects.aggregate(
+        open=Count("pk", filter=Q(status=Escalation.Status.OPEN)),
+        escalated=Count("pk", filter=Q(created_at__gte=since)),
+    )
+    waits = [
+        (decided - created).total_seconds()
+        for created, decided in Escalation.objects.filter(decided_at__gte=since)
+        .exclude(status=Escalation.Status.WITHDRAWN)
+        .values_list("created_at", "decided_at")[:5000]
+    ]
+    return InboxStats(
+        open=counts["open"],
+        inspected=inspected,
+        escalated=counts["escalated"],
+        decided=len(waits),
+        median_decision_s=statistics.median(waits) if waits else None,
+        p90_decision_s=statistics.quantiles(waits, n=10)[-1]
+        if len(waits) >= 2
+        else (waits[0] if waits else None),
+        window_hours=hours,
+    )
+
+
+def active_line_stops_get(*, board: Board | None = None) -> list[LineStop]:
+    """Stops in force: all of them, or those that stop this board (the board's own
+    and those of agents serving it)."""
+    stops = LineStop.objects.filter(restarted_at__isnull=True).select_related("board", "agent", "stopped_by")
+    if board is not None:
+        stops = stops.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    return list(stops.order_by("-created_at"))
+
+
+def line_stops_history_get(*, limit: int = 50) -> list[LineStop]:
+    return list(
+        LineStop.objects.select_related("board", "agent", "stopped_by", "restarted_by").order_by(
+            "-created_at"
+        )[:limit]
+    )
+
+
+def breakers_get(*, agent_ids: list[int]) -> tuple[dict[int, CircuitBreaker], list[CircuitBreaker]]:
+    """The agents' breakers that are not closed, by agent, and the model breakers
+    that are not closed."""
+    rows = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED).filter(
+        Q(agent_id__in=agent_ids) | Q(scope=CircuitBreaker.Scope.MODEL)
+    )
+    agents: dict[int, CircuitBreaker] = {}
+    models: list[CircuitBreaker] = []
+    for breaker in rows:
+        if breaker.scope == CircuitBreaker.Scope.AGENT:
+            agents[breaker.agent_id] = breaker
+        else:
+            models.append(breaker)
+    return agents, models

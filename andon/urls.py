@@ -1,0 +1,16 @@
+from django.urls import path
+
+from andon import views
+
+urlpatterns = [
+    path("", views.inbox, name="andon-inbox"),
+    path("live/", views.inbox_live, name="andon-inbox-live"),
+    path("<int:pk>/", views.escalation_detail, name="andon-escalation"),
+    path("<int:pk>/claim/", views.escalation_claim, name="andon-escalation-claim"),
+    path("<int:pk>/approve/", views.escalation_approve, name="andon-escalation-approve"),
+    path("<int:pk>/correct/", views.escalation_correct, name="andon-escalation-correct"),
+    path("<int:pk>/reject/", views.escalation_reject, name="andon-escalation-reject"),
+    path("stops/", views.line_stops, name="andon-line-stops"),
+    path("stops/<int:pk>/restart/", views.line_restart, name="andon-line-restart"),
+    path("cord/", views.cord, name="andon-cord"),
+]

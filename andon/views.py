@@ -1,0 +1,375 @@
+"""Pages and htmx endpoints of the andon: the inbox, one escalation's page, the
+line stops, and the cord.
+
+Thin by design: parse the request with a form, call one service, render a
+partial of ``andon/inbox.html``. Every page needs a login
+(LoginRequiredMiddleware) and the reviewer permission (403 otherwise; the
+services check it again). htmx requests get fragments: the inbox row (or
+nothing, when a decision took it out of the inbox) plus the action's message
+for the inbox's aria-live region, out of band. Other requests get whole pages
+and redirects, so every action works without JavaScript.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode, urlsplit
+
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import ValidationError
+from django.db.models import prefetch_related_objects
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
+
+from andon import selectors, services
+from andon.forms import (
+    ApproveForm,
+    ClaimForm,
+    CordForm,
+    CorrectForm,
+    InboxFilterForm,
+    RejectForm,
+    RestartForm,
+)
+from andon.models import Escalation, LineStop
+from boards.selectors import task_model_calls_get
+
+INBOX = "andon/inbox.html"
+
+# Anonymous users never get here (the login middleware redirects them first).
+reviewer_required = permission_required(services.REVIEW_PERMISSION, raise_exception=True)
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _escalation(pk: int) -> Escalation:
+    escalation = selectors.escalation_get(pk=pk)
+    if escalation is None:
+        raise Http404("No such escalation.")
+    # The task page's URL needs the task's board: it is the escalation's.
+    escalation.task.board = escalation.board
+    return escalation
+
+
+def _query(filters: dict) -> str:
+    """The filters as a query string (with its "?"), empty when there are none."""
+    query = {"board": filters["board_id"], "agent": filters["agent_id"], "check": filters["check"]}
+    query = {k: v for k, v in query.items() if v}
+    return f"?{urlencode(query)}" if query else ""
+
+
+def _ws_path(filters: dict) -> str:
+    # Matches andon.routing (websocket routes are not Django URLs, so they cannot
+    # be reversed); the consumer forwards new rows matching these filters only.
+    return "/ws/andon/" + _query(filters)
+
+
+def _inbox_context(filters: dict, *, here: str, row: Escalation | None = None) -> dict:
+    escalations = selectors.inbox_escalations_get(**filters)
+    if row is not None:
+        # A row with an error to show (or decided meanwhile) stands where it is, or on top.
+        index = next((i for i, e in enumerate(escalations) if e.pk == row.pk), None)
+        if index is None:
+            escalations.insert(0, row)
+        else:
+            escalations[index] = row
+    return {
+        "escalations": selectors.escalation_details(escalations),
+        "open_count": sum(1 for e in escalations if e.is_open),
+        "filters": filters,
+        "choices": selectors.inbox_filter_choices(),
+        "stats": selectors.inbox_stats_get(),
+        "line_stops": selectors.active_line_stops_get(),
+        "ws_path": _ws_path(filters),
+        "live_url": reverse("andon-inbox-live") + _query(filters),
+        # Where the row forms send a browser without JavaScript back to.
+        "here": here,
+        "nav": "andon",
+    }
+
+
+def _safe_next(request: HttpRequest) -> str | None:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return None
+
+
+def _filters_of(url: str | None) -> dict:
+    """The inbox filters in a URL's query string (the page an action came from)."""
+    query = urlsplit(url).query if url else ""
+    return InboxFilterForm(QueryDict(query)).filters()
+
+
+def _message(exc: ValidationError) -> str:
+    return " ".join(exc.messages)
+
+
+# --- the inbox -----------------------------------------------------------------
+
+
+@require_GET
+@reviewer_required
+def inbox(request: HtmxHttpRequest) -> HttpResponse:
+    filters = InboxFilterForm(request.GET).filters()
+    return render(request, INBOX, _inbox_context(filters, here=request.get_full_path()))
+
+
+@require_GET
+@reviewer_required
+def inbox_live(request: HtmxHttpRequest) -> HttpResponse:
+    """The inbox's live part (the list, and the banner and figures out of band):
+    what a reconnecting browser re-fetches to catch up on what it missed."""
+    filters = InboxFilterForm(request.GET).filters()
+    return render(request, f"{INBOX}#inbox-catch-up", _inbox_context(filters, here=""))
+
+
+@require_GET
+@reviewer_required
+def escalation_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    return _escalation_page(request, _escalation(pk))
+
+
+def _escalation_page(request: HttpRequest, escalation: Escalation, *, status: int = 200) -> HttpResponse:
+    task = escalation.task
+    calls = task_model_calls_get(task=task)
+    prefetch_related_objects([c for c in calls if c.reused_from_id], "reused_from__board")
+    if escalation.agent_id:
+        escalation.agent_record = selectors.agent_record_get(agent_id=escalation.agent_id)
+    context = {
+        "escalation": escalation,
+        "task": task,
+        "calls": calls,
+        # The action forms post plainly and come back here.
+        "plain": True,
+        "here": escalation.get_absolute_url(),
+        "nav": "andon",
+    }
+    return render(request, "andon/escalation.html", context, status=status)
+
+
+# --- claiming and deciding -------------------------------------------------------
+
+
+@require_POST
+@reviewer_required
+def escalation_claim(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    escalation = _escalation(pk)
+    form = ClaimForm(request.POST)
+    release = form.is_valid() and form.cleaned_data["release"]
+
+    def run() -> Escalation:
+        return services.escalation_claim(escalation=escalation, user=request.user, release=release)
+
+    verb = "Released" if release else "Claimed"
+    return _act(request, escalation, action="claim", run=run, message=f"{verb}: “{escalation.task.title}”.")
+
+
+@require_POST
+@reviewer_required
+def escalation_approve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    escalation = _escalation(pk)
+    form = ApproveForm(request.POST)
+    form.is_valid()
+
+    def run() -> Escalation:
+        note = form.cleaned_data.get("note", "")
+        return services.escalation_approve(escalation=escalation, user=request.user, note=note)
+
+    return _act(
+        request, escalation, action="approve", run=run, message=f"Approved: “{escalation.task.title}”."
+    )
+
+
+@require_POST
+@reviewer_required
+def escalation_correct(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    escalation = _escalation(pk)
+    form = CorrectForm(request.POST)
+    form.is_valid()
+    output = form.cleaned_data.get("output", "")
+
+    def run() -> Escalation:
+        note = form.cleaned_data.get("note", "")
+        return services.escalation_correct(escalation=escalation, user=request.user, output=output, note=note)
+
+    return _act(
+        request,
+        escalation,
+        action="edit",
+        run=run,
+        message=f"Approved with your correction: “{escalation.task.title}”.",
+        values={"output": output},
+    )
+
+
+@require_POST
+@reviewer_required
+def escalation_reject(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    escalation = _escalation(pk)
+    form = RejectForm(request.POST)
+    form.is_valid()
+    reason = form.cleaned_data.get("reason", "")
+
+    def run() -> Escalation:
+        return services.escalation_reject(escalation=escalation, user=request.user, reason=reason)
+
+    return _act(
+        request,
+        escalation,
+        action="reject",
+        run=run,
+        message=f"Rejected: “{escalation.task.title}”; it goes back for another attempt with your reason.",
+        values={"reason": reason},
+    )
+
+
+def _act(
+    request: HtmxHttpRequest,
+    escalation: Escalation,
+    *,
+    action: str,
+    run: Callable[[], Escalation],
+    message: str,
+    values: dict[str, str] | None = None,
+) -> HttpResponse:
+    """Run one reviewer action and answer it: the row (or its removal) and a
+    message for htmx; a redirect with the message, or the page with the error
+    in the row, without it."""
+    try:
+        run()
+    except services.AlreadyDecided as exc:
+        # Show the row as it now is: decided, by whom and when.
+        decided = _escalation(escalation.pk)
+        return _refused(request, decided, error=_message(exc), status=409)
+    except ValidationError as exc:
+        fields = exc.message_dict if hasattr(exc, "error_dict") else {}
+        escalation.form_open = action if fields else ""
+        escalation.form_values = values or {}
+        escalation.form_errors = fields
+        # A bad reason or correction is the reviewer's to fix (422); anything
+        # else (releasing someone else's claim) is a refusal (409).
+        return _refused(request, escalation, error=_message(exc), status=422 if fields else 409)
+
+    decided = action != "claim"
+    if not request.htmx:
+        messages.success(request, message)
+        return redirect(_safe_next(request) or "andon-inbox")
+    context = {
+        # A decision takes the row out of the inbox: nothing replaces it.
+        "escalation": None if decided else selectors.escalation_details([_escalation(escalation.pk)])[0],
+        "message": message,
+        "level": "success",
+        "stats": selectors.inbox_stats_get() if decided else None,
+        "here": _safe_next(request),
+    }
+    return render(request, f"{INBOX}#action-result", context)
+
+
+def _refused(request: HtmxHttpRequest, escalation: Escalation, *, error: str, status: int) -> HttpResponse:
+    """The row with its error (and, for htmx, the error for the live region);
+    without htmx, the page the action came from, with the row in it."""
+    escalation.form_error = error
+    if request.htmx:
+        context = {
+            "escalation": selectors.escalation_details([escalation])[0],
+            "message": error,
+            "level": "error",
+            "here": _safe_next(request),
+        }
+        return render(request, f"{INBOX}#action-result", context, status=status)
+    if request.POST.get("from") == "escalation":
+        return _escalation_page(request, escalation, status=status)
+    here = _safe_next(request) or reverse("andon-inbox")
+    context = _inbox_context(_filters_of(here), here=here, row=escalation)
+    return render(request, INBOX, context, status=status)
+
+
+# --- line stops and the cord -----------------------------------------------------
+
+
+@require_GET
+@reviewer_required
+def line_stops(request: HtmxHttpRequest) -> HttpResponse:
+    return _line_stops_page(request)
+
+
+def _line_stops_page(
+    request: HttpRequest,
+    *,
+    failed: LineStop | None = None,
+    error: str = "",
+    note: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "line_stops": selectors.active_line_stops_get(),
+        "history": selectors.line_stops_history_get(),
+        "failed_pk": failed.pk if failed else None,
+        "error": error,
+        "note": note,
+        "nav": "andon",
+    }
+    return render(request, "andon/line_stops.html", context, status=status)
+
+
+@require_POST
+@reviewer_required
+def line_restart(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    stop = get_object_or_404(LineStop.objects.select_related("board", "agent"), pk=pk)
+    form = RestartForm(request.POST)
+    form.is_valid()
+    note = form.cleaned_data.get("note", "")
+    try:
+        stop = services.line_restart(line_stop=stop, user=request.user, note=note)
+    except ValidationError as exc:
+        # A missing note is the reviewer's to fix; a line restarted meanwhile is a conflict.
+        if hasattr(exc, "error_dict"):
+            return _line_stops_page(request, failed=stop, error=_message(exc), note=note, status=422)
+        return _line_stops_page(request, error=_message(exc), status=409)
+    messages.success(request, f"Restarted the line of {stop.scope_label}.")
+    return redirect(_safe_next(request) or "andon-line-stops")
+
+
+@require_POST
+@reviewer_required
+def cord(request: HtmxHttpRequest) -> HttpResponse:
+    """Pull the andon cord on a board or an agent: a form on the board page posts
+    here, plainly (redirect back) or with htmx (a message for its status region;
+    the board's banner arrives through its websocket)."""
+    form = CordForm(request.POST)
+    stop = None
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            stop = services.line_stop(
+                user=request.user, reason=data["reason"], board=data["board"], agent=data["agent"]
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+    if stop is None:
+        error = " ".join(e for errors in form.errors.values() for e in errors)
+        if request.htmx:
+            return render(
+                request, "andon/cord.html#cord-result", {"message": error, "level": "error"}, status=422
+            )
+        return render(request, "andon/cord.html", {"form": form, "next": _safe_next(request)}, status=422)
+
+    message = f"The line of {stop.scope_label} is stopped: {stop.reason}"
+    if request.htmx:
+        return render(request, "andon/cord.html#cord-result", {"message": message, "level": "success"})
+    messages.success(request, message)
+    target = stop.board if stop.board_id else stop.agent
+    return redirect(_safe_next(request) or target)

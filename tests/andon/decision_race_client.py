@@ -1,0 +1,71 @@
+"""One reviewer of the decision race (tests/andon/test_decision_race.py), as a process
+with its own database connection::
+
+    python -m tests.andon.decision_race_client --escalation 3 --user ana --action reject --go /path/go
+
+sets Django up, prints ``WAITING``, waits until the file ``--go`` exists, decides the
+escalation, and prints ``RESULT <json>``: ``{"outcome": "decided"}`` or
+``{"outcome": "already_decided", "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def decide(*, escalation_id: int, username: str, action: str) -> dict:
+    from django.contrib.auth import get_user_model
+
+    from andon import services
+    from andon.models import Escalation
+
+    user = get_user_model().objects.get(username=username)
+    escalation = Escalation.objects.get(pk=escalation_id)
+    try:
+        if action == "approve":
+            services.escalation_approve(escalation=escalation, user=user, note=f"approved by {username}")
+        elif action == "correct":
+            services.escalation_correct(escalation=escalation, user=user, output=f"corrected by {username}")
+        elif action == "reject":
+            services.escalation_reject(escalation=escalation, user=user, reason=f"rejected by {username}")
+        else:
+            raise ValueError(f"unknown action {action!r}")
+    except services.AlreadyDecided as exc:
+        return {"outcome": "already_decided", "message": exc.messages[0]}
+    return {"outcome": "decided"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--escalation", type=int, required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--action", choices=["approve", "correct", "reject"], required=True)
+    parser.add_argument("--go", type=Path, required=True)
+    args = parser.parse_args()
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    connection.ensure_connection()  # connected before the go: only the decision is left to race
+    print("WAITING", flush=True)
+    deadline = time.monotonic() + 60
+    while not args.go.exists():
+        if time.monotonic() > deadline:
+            print(f"no go signal ({args.go}) within 60 s", file=sys.stderr)
+            return 2
+        time.sleep(0.005)
+    result = decide(escalation_id=args.escalation, username=args.user, action=args.action)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Circuit breakers: an agent whose attempts keep failing, or a provider model whose
+calls keep erroring, is taken off the line until a cool-down has passed; then one
+probe is let through, whose outcome closes the breaker or opens it again.
+
+Time is moved by setting ``opened_at`` and ``probe_started_at`` back, not by sleeping."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from andon import jidoka
+from andon.models import CircuitBreaker
+from boards import services
+from boards.models import Task
+from tests.andon.helpers import claim_one, complete, fail, model_call, pull
+from tests.factories import make_agent, make_board
+
+State = CircuitBreaker.State
+THRESHOLD = 3
+COOLDOWN = 60
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    jidoka.open_models.clear()
+    yield
+    jidoka.open_models.clear()
+
+
+@pytest.fixture
+def flaky(board):
+    return make_agent(
+        boards=[board],
+        concurrency=10,
+        max_attempts=50,
+        breaker_threshold=THRESHOLD,
+        breaker_cooldown_seconds=COOLDOWN,
+    )
+
+
+def _tasks(board, n: int, *, prefix: str = "case") -> list[Task]:
+    return [services.task_create(board=board, title=f"{prefix} {i}", input=f"{prefix} {i}") for i in range(n)]
+
+
+def _fail_attempts(board, n: int) -> None:
+    """``n`` claimed runs of ``board`` fail, one after the other."""
+    _tasks(board, n, prefix="failing")
+    claims = pull(board)
+    assert len(claims) == n
+    for claim in claims:
+        assert fail(claim, error="provider timed out")
+
+
+def _open_breaker(board) -> CircuitBreaker:
+    _fail_attempts(board, THRESHOLD)
+    breaker = CircuitBreaker.objects.get(scope=CircuitBreaker.Scope.AGENT)
+    assert breaker.state == State.OPEN
+    return breaker
+
+
+def _age(breaker: CircuitBreaker, seconds: float = COOLDOWN + 1, *, field: str = "opened_at") -> None:
+    CircuitBreaker.objects.filter(pk=breaker.pk).update(
+        **{field: timezone.now() - timedelta(seconds=seconds)}
+    )
+
+
+# --- the agent's breaker ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_consecutive_failed_attempts_open_the_agents_breaker_and_it_pulls_nothing(board, flaky):
+    _fail_attempts(board, THRESHOLD)
+
+    breaker = CircuitBreaker.objects.get(agent=flaky)
+    assert breaker.state == State.OPEN
+    assert breaker.consecutive_failures == THRESHOLD
+    assert breaker.last_error == "provider timed out"
+    assert breaker.opened_at is not None
+    assert Task.objects.filter(board=board, status=Task.Status.READY).count() == THRESHOLD
+    assert pull(board) == []
+
+
+@pytest.mark.django_db
+def test_failures_below_the_threshold_leave_the_breaker_closed(board, flaky):
+    _fail_attempts(board, THRESHOLD - 1)
+
+    breaker = CircuitBreaker.objects.get(agent=flaky)
+    assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, THRESHOLD - 1)
+    assert len(pull(board)) == THRESHOLD - 1
+
+
+@pytest.mark.django_db
+def test_a_completed_run_resets_the_count_of_consecutive_failures(board, flaky):
+    _fail_attempts(board, THRESHOLD - 1)
+    [claim, *others] = pull(board)
+    assert complete(claim)
+    for other in others:
+        assert fail(other)
+
+    breaker = CircuitBreaker.objects.get(agent=flaky)
+    assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, THRESHOLD - 2)
+
+
+@pytest.mark.django_db
+def test_an_open_breaker_stops_only_its_own_agent(board, flaky):
+    _open_breaker(board)
+    healthy = make_agent(boards=[board], concurrency=10)
+
+    claims = pull(board)
+
+    assert len(claims) == THRESHOLD
+    assert set(Task.objects.filter(pk__in=[c.task_id for c in claims]).values_list("agent", flat=True)) == {
+        healthy.pk
+    }
+
+
+@pytest.mark.django_db
+def test_during_the_cooldown_the_agent_pulls_nothing(board, flaky):
+    breaker = _open_breaker(board)
+    _age(breaker, COOLDOWN - 5)
+
+    assert pull(board) == []
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.OPEN
+
+
+@pytest.mark.django_db
+def test_after_the_cooldown_one_probe_task_is_claimed_and_no_second(board, flaky):
+    breaker = _open_breaker(board)
+    _age(breaker)
+
+    first = pull(board)
+    second = pull(board)
+
+    assert len(first) == 1
+    assert second == []
+    breaker.refresh_from_db()
+    assert breaker.state == State.HALF_OPEN
+    assert breaker.probe_started_at is not None
+    assert Task.objects.filter(board=board, status=Task.Status.RUNNING).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_successful_probe_closes_the_breaker(board, flaky):
+    breaker = _open_breaker(board)
+    _age(breaker)
+    [probe] = pull(board)
+
+    assert complete(probe)
+
+    breaker.refresh_from_db()
+    assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, 0)
+    assert breaker.opened_at is None and breaker.probe_started_at is None
+    # Closed: the agent pulls every task left waiting again.
+    assert len(pull(board)) == THRESHOLD - 1
+
+
+@pytest.mark.django_db
+def test_a_failed_probe_opens_the_breaker_again(board, flaky):
+    breaker = _open_breaker(board)
+    _age(breaker)
+    [probe] = pull(board)
+    before = timezone.now()
+
+    assert fail(probe, error="still timing out")
+
+    breaker.refresh_from_db()
+    assert breaker.state == State.OPEN
+    assert breaker.opened_at >= before
+    assert breaker.probe_started_at is None
+    assert breaker.last_error == "still timing out"
+    # A fresh cool-down: nothing is pulled.
+    assert pull(board) == []
+
+
+@pytest.mark.django_db
+def test_a_probe_that_never_reports_back_is_given_up_after_the_cooldown(board, flaky):
+    breaker = _open_breaker(board)
+    _age(breaker)
+    [lost] = pull(board)
+    assert pull(board) == []
+    _age(breaker, field="probe_started_at")
+
+    [another] = pull(board)
+
+    assert another.task_id != lost.task_id
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.HALF_OPEN
+
+
+@pytest.mark.django_db
+def test_a_pull_that_claims_nothing_does_not_spend_the_half_open_probe():
+    board = make_board(doing_limit=1)
+    flaky = make_agent(
+        boards=[board],
+        concurrency=10,
+        max_attempts=50,
+        breaker_threshold=1,
+        breaker_cooldown_seconds=COOLDOWN,
+    )
+    _tasks(board, 3)
+    [claim] = pull(board)
+    assert fail(claim)
+    breaker = CircuitBreaker.objects.get(agent=flaky)
+    assert breaker.state == State.OPEN
+    _age(breaker)
+    # In progress is full (another agent's run): this pull can claim nothing.
+    services.agent_set_paused(agent=flaky, paused=True)
+    other = make_agent(boards=[board], concurrency=1)
+    [busy] = pull(board)
+    services.agent_set_paused(agent=flaky, paused=False)
+    services.agent_set_paused(agent=other, paused=True)
+    assert pull(board) == []
+
+    # The other run ends, In progress has room: the flaky agent's probe goes now.
+    assert complete(busy)
+    [probe] = pull(board)
+    assert Task.objects.get(pk=probe.task_id).agent_id == flaky.pk
+
+
+@pytest.mark.django_db
+def test_the_gate_can_leave_taking_the_probe_to_the_pull_that_claims_it(board, flaky):
+    breaker = _open_breaker(board)
+    _age(breaker)
+
+    gate = jidoka.pull_gate([flaky], take_probes=False)
+
+    assert gate.probes == {flaky.pk} and flaky.pk not in gate.blocked
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.OPEN
+    jidoka.probes_taken([flaky.pk])
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.HALF_OPEN
+    assert jidoka.pull_gate([flaky], take_probes=False).blocked == {flaky.pk}
+
+
+@pytest.mark.django_db
+def test_an_agent_held_back_by_its_model_keeps_its_probe_for_when_the_model_is_back(board, flaky, settings):
+    settings.KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = COOLDOWN
+    breaker = _open_breaker(board)
+    _age(breaker)
+    model = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        key="simulated/sim-small",
+        state=State.OPEN,
+        opened_at=timezone.now(),
+    )
+
+    assert pull(board) == []
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.OPEN
+
+    _age(model)
+    assert len(pull(board)) == 1
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.HALF_OPEN
+
+
+# --- the model's breaker -----------------------------------------------------------
+
+
+def _model_errors(board, n: int, *, model: str = "sim-small") -> None:
+    _tasks(board, n, prefix=f"{model} error")
+    for claim in pull(board)[:n]:
+        assert fail(claim, error="503", calls=[model_call(model=model, error="simulated 503")])
+
+
+@pytest.fixture
+def model_threshold(settings):
+    settings.KAIZEN_MODEL_BREAKER_THRESHOLD = THRESHOLD
+    settings.KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = COOLDOWN
+    return THRESHOLD
+
+
+@pytest.mark.django_db
+def test_consecutive_call_errors_across_agents_open_the_models_breaker(model_threshold):
+    first_board, second_board = make_board(), make_board()
+    first = make_agent(boards=[first_board], max_attempts=50)
+    second = make_agent(boards=[second_board], max_attempts=50)
+
+    _model_errors(first_board, THRESHOLD - 1)
+    assert CircuitBreaker.objects.get(key="simulated/sim-small").state == State.CLOSED
+    _model_errors(second_board, 1)
+
+    breaker = CircuitBreaker.objects.get(scope=CircuitBreaker.Scope.MODEL, key="simulated/sim-small")
+    assert (breaker.state, breaker.consecutive_failures) == (State.OPEN, THRESHOLD)
+    assert breaker.last_error == "simulated 503"
+    # Neither agent reached its own threshold: the model is what is broken.
+    assert not CircuitBreaker.objects.filter(agent__in=[first, second], state=State.OPEN).exists()
+
+
+@pytest.mark.django_db
+def test_an_agent_whose_only_tier_is_an_open_model_pulls_nothing(model_threshold, board):
+    make_agent(boards=[board], max_attempts=50)
+    _model_errors(board, THRESHOLD)
+    elsewhere = make_board()
+    other_model = make_agent(boards=[elsewhere], model="sim-large")
+    _tasks(elsewhere, 1)
+
+    assert pull(board) == []
+    # An agent on another model is not held back.
+    assert len(pull(elsewhere)) == 1
+    assert Task.objects.get(board=elsewhere, status=Task.Status.RUNNING).agent_id == other_model.pk
+
+
+@pytest.mark.django_db
+def test_an_agent_with_another_tier_still_pulls_while_one_model_is_open(model_threshold, board):
+    make_agent(boards=[board], max_attempts=50)
+    _model_errors(board, THRESHOLD)
+    elsewhere = make_board()
+    make_agent(
+        boards=[elsewhere],
+        cascade=[
+            {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
+            {"provider": "simulated", "model": "sim-large"},
+        ],
+    )
+    _tasks(elsewhere, 1)
+
+    assert len(pull(elsewhere)) == 1
+
+
+@pytest.mark.django_db
+def test_an_answer_from_the_model_resets_its_error_count(model_threshold, board):
+    make_agent(boards=[board], max_attempts=50, concurrency=10)
+    _model_errors(board, THRESHOLD - 1)
+    task, claim = claim_one(board, input="answered")
+
+    assert complete(claim, cost="0.001")
+
+    breaker = CircuitBreaker.objects.get(key="simulated/sim-small")
+    assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, 0)
+
+
+@pytest.mark.django_db
+def test_after_the_models_cooldown_its_agents_pull_again(model_threshold, board):
+    make_agent(boards=[board], max_attempts=50)
+    _model_errors(board, THRESHOLD)
+    assert pull(board) == []
+
+    _age(CircuitBreaker.objects.get(key="simulated/sim-small"))
+
+    # One task first, whose run probes the model: not a batch of runs that would
+    # each fail an attempt on a refused call.
+    [probe] = pull(board)
+    assert pull(board) == []
+    assert complete(probe, cost="0.001")  # the model answered: its breaker closes
+
+    assert len(pull(board)) == THRESHOLD - 1
+
+
+@pytest.mark.django_db
+def test_while_a_models_probe_call_is_in_flight_its_agents_pull_nothing(model_threshold, board):
+    make_agent(boards=[board])
+    _tasks(board, 1)
+    breaker = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        key="simulated/sim-small",
+        state=State.HALF_OPEN,
+        opened_at=timezone.now() - timedelta(seconds=3 * COOLDOWN),
+        probe_started_at=timezone.now(),
+    )
+
+    # Every call but the probe is refused meanwhile: a run could only fail.
+    assert pull(board) == []
+
+    _age(breaker, field="probe_started_at")
+    assert len(pull(board)) == 1
+
+
+@pytest.mark.django_db
+def test_model_call_allowed_does_not_refuse_a_model_whose_breaker_closed_since_it_was_read(
+    model_threshold,
+):
+    breaker = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        key="simulated/sim-small",
+        state=State.OPEN,
+        opened_at=timezone.now() - timedelta(seconds=COOLDOWN + 1),
+    )
+    assert "simulated/sim-small" in jidoka.open_models.get()  # read, and cached for a second
+    # An answer in another process closes it.
+    CircuitBreaker.objects.filter(pk=breaker.pk).update(
+        state=State.CLOSED, consecutive_failures=0, opened_at=None
+    )
+
+    assert jidoka.model_call_allowed("simulated", "sim-small") is True
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.CLOSED
+
+
+@pytest.mark.django_db
+def test_model_call_allowed_lets_one_probe_through_after_the_cooldown(model_threshold):
+    breaker = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        key="simulated/sim-small",
+        state=State.OPEN,
+        opened_at=timezone.now(),
+    )
+    assert jidoka.model_call_allowed("simulated", "sim-large") is True
+    assert jidoka.model_call_allowed("simulated", "sim-small") is False
+
+    _age(breaker)
+    jidoka.open_models.clear()
+
+    assert jidoka.model_call_allowed("simulated", "sim-small") is True
+    assert jidoka.model_call_allowed("simulated", "sim-small") is False
+    breaker.refresh_from_db()
+    assert breaker.state == State.HALF_OPEN and breaker.probe_started_at is not None
+
+
+@pytest.mark.django_db
+def test_a_model_probe_that_never_reports_back_is_given_up_after_the_cooldown(model_threshold):
+    breaker = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        key="simulated/sim-small",
+        state=State.HALF_OPEN,
+        opened_at=timezone.now() - timedelta(seconds=3 * COOLDOWN),
+        probe_started_at=timezone.now(),
+    )
+    assert jidoka.model_call_allowed("simulated", "sim-small") is False
+
+    _age(breaker, field="probe_started_at")
+    jidoka.open_models.clear()
+
+    assert jidoka.model_call_allowed("simulated", "sim-small") is True
+
+
+@pytest.mark.django_db
+def test_a_failed_model_probe_opens_the_breaker_again_and_an_answer_closes_it(model_threshold):
+    breaker = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        key="simulated/sim-small",
+        state=State.HALF_OPEN,
+        consecutive_failures=THRESHOLD,
+        opened_at=timezone.now() - timedelta(seconds=3 * COOLDOWN),
+        probe_started_at=timezone.now(),
+    )
+
+    assert jidoka.record_model_calls([model_call(error="still down")]) == {"simulated/sim-small"}
+    breaker.refresh_from_db()
+    assert breaker.state == State.OPEN and breaker.probe_started_at is None
+
+    assert jidoka.record_model_calls([model_call()]) == {"simulated/sim-small"}
+    breaker.refresh_from_db()
+    assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, 0)

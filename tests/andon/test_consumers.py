@@ -1,0 +1,201 @@
+"""The andon inbox's websocket, end to end through the real ASGI application:
+reviewers only; a new escalation reaches the connections whose filters it
+matches, as a row to put on top of the list; a decision reaches everyone as the
+row's deletion. Through the real broadcaster and the Redis channel layer."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+
+from andon import services as andon_services
+from andon.models import Escalation
+from boards import broadcast
+from kaizen_web.asgi import application
+from tests.andon.helpers import escalate, reviewer
+from tests.factories import make_agent, make_board, make_user
+
+# Services broadcast after commit: these tests need real commits.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://testserver")
+TIMEOUT = 10
+
+
+def _session_cookie(user) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    return (
+        b"cookie",
+        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
+    )
+
+
+def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    async def attempt() -> bool:
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    return async_to_sync(attempt)()
+
+
+def _stats(message: str) -> bool:
+    return 'id="inbox-stats"' in message
+
+
+def _receive_after(path: str, user, action, until=_stats) -> list[str]:
+    """Connect as ``user``, run ``action`` (a database call), and collect the
+    messages up to and including the first one ``until`` accepts (by default the
+    inbox figures, which every change of escalations ends with)."""
+    cookie = _session_cookie(user)
+
+    async def scenario() -> list[str]:
+        communicator = WebsocketCommunicator(application, path, headers=[ORIGIN, cookie])
+        connected, _ = await communicator.connect()
+        assert connected
+        await database_sync_to_async(action)()
+        messages = []
+        while not messages or not until(messages[-1]):
+            messages.append(await communicator.receive_from(timeout=TIMEOUT))
+        await communicator.disconnect()
+        return messages
+
+    try:
+        return async_to_sync(scenario)()
+    finally:
+        broadcast.flush()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_to_send():
+    """Updates an earlier test queued are sent before this one listens."""
+    broadcast.flush()
+
+
+@pytest.fixture
+def line():
+    board = make_board(name="Welds")
+    make_agent(boards=[board], quality_checks=[{"check": "regex", "must_match": "NEVER-MATCHES"}])
+    return board
+
+
+def test_anonymous_connections_are_refused():
+    assert _connects("/ws/andon/", [ORIGIN]) is False
+
+
+def test_users_who_are_not_reviewers_are_refused():
+    assert _connects("/ws/andon/", [ORIGIN, _session_cookie(make_user())]) is False
+
+
+def test_a_reviewer_connects():
+    assert _connects("/ws/andon/", [ORIGIN, _session_cookie(reviewer())]) is True
+
+
+def test_a_foreign_origin_is_refused():
+    headers = [(b"origin", b"http://evil.example"), _session_cookie(reviewer())]
+    assert _connects("/ws/andon/", headers) is False
+
+
+def test_a_reviewer_receives_an_opened_escalation_as_a_row_for_the_top_of_the_list(line):
+    made: list[Escalation] = []
+
+    messages = _receive_after(
+        "/ws/andon/",
+        reviewer(),
+        lambda: made.append(escalate(line, title="Weld seam 12")),
+        until=lambda m: "Weld seam 12" in m,
+    )
+
+    [escalation] = made
+    row_message = messages[-1]
+    assert f'id="escalation-{escalation.pk}"' in row_message
+    assert re.match(
+        r'\s*<div hx-swap-oob="afterbegin:#escalation-list">\s*<li id="escalation-\d+"', row_message
+    )
+    row = re.search(r"<li [^>]*>", row_message).group(0)
+    assert "hx-swap-oob" not in row
+    assert "Weld seam 12" in row_message
+    # Rendered without a request: no CSRF token in it, and nobody's "is-mine".
+    assert "csrfmiddlewaretoken" not in row_message and "is-mine" not in row_message
+    # The row as the page draws it, with the agent's record.
+    assert "1 defect in its last 1 output" in row_message
+
+
+def test_a_filtered_connection_does_not_receive_another_boards_escalation(line):
+    other = make_board(name="Paint")
+    made: list[Escalation] = []
+
+    messages = _receive_after(f"/ws/andon/?board={other.pk}", reviewer(), lambda: made.append(escalate(line)))
+
+    assert made
+    # Only the figures came: the row was for another board.
+    assert messages == [messages[-1]]
+    assert "escalation-" not in messages[-1]
+
+
+def test_a_filtered_connection_receives_its_boards_escalation(line):
+    made: list[Escalation] = []
+
+    messages = _receive_after(
+        f"/ws/andon/?board={line.pk}",
+        reviewer(),
+        lambda: made.append(escalate(line, title="Paint run")),
+        until=lambda m: "Paint run" in m,
+    )
+
+    assert f'id="escalation-{made[0].pk}"' in messages[-1]
+
+
+def test_a_check_filter_drops_escalations_without_that_failure(line):
+    messages = _receive_after("/ws/andon/?check=confidence", reviewer(), lambda: escalate(line))
+
+    assert messages == [messages[-1]]
+
+
+def test_a_decision_reaches_everyone_as_the_rows_deletion(line):
+    escalation = escalate(line)
+    broadcast.flush()
+    ana = reviewer(username="ana")
+
+    gone = f'<div id="escalation-{escalation.pk}" hx-swap-oob="delete"></div>'
+
+    messages = _receive_after(
+        f"/ws/andon/?board={make_board().pk}",
+        reviewer(),
+        lambda: andon_services.escalation_approve(escalation=escalation, user=ana),
+        until=lambda m: gone in m,
+    )
+
+    assert re.search(r'id="inbox-stats"[^>]*hx-swap-oob="outerHTML"', messages[-1])
+
+
+def test_a_claim_reaches_everyone_as_the_row_replaced(line):
+    escalation = escalate(line)
+    broadcast.flush()
+    ana = reviewer(username="ana")
+    cookie = _session_cookie(reviewer())
+
+    async def scenario() -> str:
+        communicator = WebsocketCommunicator(application, "/ws/andon/", headers=[ORIGIN, cookie])
+        connected, _ = await communicator.connect()
+        assert connected
+        await database_sync_to_async(andon_services.escalation_claim)(escalation=escalation, user=ana)
+        html = await communicator.receive_from(timeout=TIMEOUT)
+        await communicator.disconnect()
+        return html
+
+    try:
+        html = async_to_sync(scenario)()
+    finally:
+        broadcast.flush()
+
+    assert re.match(rf'\s*<li id="escalation-{escalation.pk}"[^>]*hx-swap-oob="outerHTML"', html)
+    assert 'data-claimed-by="ana"' in html

@@ -1,0 +1,94 @@
+"""The andon inbox in real browsers: a defect made by the real worker appears live
+in two reviewers' inboxes; one approves it from the keyboard (J, then A); it
+leaves the other's inbox without a reload, and its card reaches Done on the
+open board page."""
+
+from __future__ import annotations
+
+import pytest
+
+from andon.models import Escalation
+from boards import services
+from boards.models import Task, TaskEvent
+from tests.andon.helpers import reviewer
+from tests.factories import make_agent, make_board
+
+pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=4)]
+
+PASSWORD = "a-long-browser-password"
+TITLE = "Inspect weld seam 12"
+ROW = f"#escalation-list .escalation:has-text('{TITLE}')"
+
+
+def _log_in(browser, base_url: str, username: str, then: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.goto(f"{base_url}/accounts/login/?next={then}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}{then}")
+    page.wait_for_selector(".live--up", timeout=15_000)
+    # A marker that a reload or navigation would wipe out.
+    page.evaluate("window.__kaizenNoReload = true")
+    return page
+
+
+def _title_count(page, n: int) -> None:
+    page.wait_for_function(f"document.title === '({n}) Andon inbox · Kaizen'", timeout=15_000)
+
+
+def test_an_escalation_approved_from_the_keyboard_leaves_both_inboxes_live(
+    browser, live_server_url, celery_worker
+):
+    board = make_board(name="Andon line")
+    # Every output fails this check, so the worker's run ends in Review with an escalation.
+    make_agent(
+        boards=[board],
+        latency_ms=100,
+        error_rate=0.0,
+        quality_checks=[{"check": "regex", "name": "has-part-number", "must_match": "NEVER-MATCHES"}],
+    )
+    ana = reviewer(username="ana", password=PASSWORD)
+    reviewer(username="bob", password=PASSWORD)
+
+    first = _log_in(browser, live_server_url, "ana", "/andon/")
+    second = _log_in(browser, live_server_url, "bob", "/andon/")
+    board_page = first.context.new_page()
+    board_page.goto(f"{live_server_url}{board.get_absolute_url()}")
+    board_page.wait_for_selector(".live--up", timeout=15_000)
+    board_page.evaluate("window.__kaizenNoReload = true")
+    inboxes = (first, second)
+    for page in inboxes:
+        _title_count(page, 0)
+
+    # The intake commits and asks the worker to pull; the worker runs it to a defect.
+    task = services.task_create(board=board, title=TITLE, input="Porosity near the root pass.")
+
+    for page in inboxes:
+        page.wait_for_selector(ROW, timeout=30_000)
+        _title_count(page, 1)
+        row_text = page.inner_text(ROW)
+        assert "has-part-number" in row_text and "does not match /NEVER-MATCHES/" in row_text
+        assert "simulated" in row_text.lower()
+    board_page.wait_for_selector(f".column--review .card:has-text('{TITLE}')", timeout=15_000)
+
+    first.keyboard.press("j")
+    first.wait_for_selector(f"{ROW}[aria-current='true']", timeout=5_000)
+    assert first.evaluate("document.activeElement.classList.contains('escalation')")
+    first.keyboard.press("a")
+
+    first.wait_for_selector(ROW, state="detached", timeout=15_000)
+    first.wait_for_selector(f"#inbox-status:has-text('Approved: “{TITLE}”.')", timeout=15_000)
+    second.wait_for_selector(ROW, state="detached", timeout=15_000)
+    for page in inboxes:
+        _title_count(page, 0)
+    board_page.wait_for_selector(f".column--done .card:has-text('{TITLE}')", timeout=15_000)
+    for page in (first, second, board_page):
+        assert page.evaluate("window.__kaizenNoReload") is True
+
+    task.refresh_from_db()
+    assert task.status == Task.Status.DONE
+    escalation = Escalation.objects.get(task=task)
+    assert (escalation.status, escalation.decided_by) == (Escalation.Status.APPROVED, ana)
+    assert task.events.filter(kind=TaskEvent.Kind.APPROVED).count() == 1
