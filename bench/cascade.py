@@ -34,6 +34,16 @@ from pathlib import Path
 
 LATENCY_PARAMETERS = {"error_rate": 0}
 
+# Every output is inspected, as in use: the default checks (confidence,
+# uncertainty markers, token waste), with a confidence floor the simulated
+# sim-small always clears here, so every task reaches Done (an escalated one
+# would wait in Review for a person) and the inspection's cost is measured.
+BENCH_CHECKS = [
+    {"check": "confidence", "min": 0.5},
+    {"check": "uncertainty"},
+    {"check": "token_waste", "ratio": 1.5},
+]
+
 
 def main_thread_cpu(pid: int) -> float:
     """CPU seconds used so far by the main thread of ``pid`` (Linux /proc): in a
@@ -179,6 +189,7 @@ class CascadeBench:
             reuse_results=False,
             cache_responses=False,
             max_attempts=1,
+            quality_checks=BENCH_CHECKS,
         )
         agent.boards.add(board)
         return board

@@ -263,6 +263,7 @@ class Bench:
     def bench_line(self, port: int, n: int) -> dict[str, float]:
         from django.contrib.auth import get_user_model
 
+        from bench.cascade import BENCH_CHECKS
         from boards import services
         from boards.agent_config import cascade_json, parse_cascade
         from boards.models import Agent, Board, Column, Task
@@ -291,6 +292,7 @@ class Bench:
                 )
             ),
             concurrency=self.args.wip,
+            quality_checks=BENCH_CHECKS,
         )
         agent.boards.add(board)
         user, _ = get_user_model().objects.get_or_create(username="bench")
