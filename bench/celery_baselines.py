@@ -20,7 +20,10 @@ _redis = None
 def _counter() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(settings.REDIS_URL)
+        # A thousand sleeping threads finish at once: a blocking pool makes them
+        # queue for a connection instead of failing past redis-py's default cap (100).
+        pool = redis.BlockingConnectionPool.from_url(settings.REDIS_URL, max_connections=100, timeout=60)
+        _redis = redis.Redis(connection_pool=pool)
     return _redis
 
 

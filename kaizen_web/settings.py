@@ -275,6 +275,9 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": f"kaizen-db{_REDIS_DB}-{env_str('KAIZEN_CACHE_PREFIX', 'cache')}",
         "TIMEOUT": KAIZEN_RESPONSE_CACHE_SECONDS or None,
+        # Hundreds of worker threads may ask at once: they wait for one of the
+        # pool's connections rather than fail past redis-py's default cap of 100.
+        "OPTIONS": {"pool_class": "redis.BlockingConnectionPool", "max_connections": 100, "timeout": 10},
     },
 }
 
