@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-requirements
 DEV_STAMP := $(VENV)/.installed-requirements-dev
 
-.PHONY: run test lint format bench venv dev
+.PHONY: run test lint format bench bench-stats venv dev
 
 run: $(RUNTIME_STAMP)
 	$(BIN)/python scripts/run.py
@@ -28,6 +28,10 @@ format: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
+
+# The kaizen loop's decision procedure on simulated experiments (issue 5); CPU only.
+bench-stats: $(DEV_STAMP)
+	$(BIN)/python bench/stats.py
 
 venv: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)
