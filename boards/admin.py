@@ -195,12 +195,20 @@ class AgentForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if "implementation" not in self.fields:
+            return  # read-only: an existing agent's class changes through a proposal
         # Only a registered class can be chosen; blank runs the prompt and cascade.
         choices = [("", "— the prompt and cascade —")] + [(p, p) for p in settings.KAIZEN_AGENT_CLASSES]
         current = self.instance.implementation
         if current and current not in settings.KAIZEN_AGENT_CLASSES:
             choices.append((current, f"{current} (no longer registered)"))
         self.fields["implementation"].widget = forms.Select(choices=choices)
+
+
+# What the model is asked (services.PROMPT_FIELDS). An existing agent's change to
+# these is a proposal on the agent page, with a rationale, a diff, the approval a
+# major change needs and a canary: the admin would skip every one of those gates.
+PROMPT_FIELDS = list(services.PROMPT_FIELDS)
 
 
 @admin.register(Agent)
@@ -255,6 +263,29 @@ class AgentAdmin(admin.ModelAdmin):
     ]
     actions = ["pause", "resume"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Agent | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        # A new agent still sets its first prompt here.
+        return fields if obj is None else [*fields, *PROMPT_FIELDS]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Agent | None = None) -> list:
+        if obj is None:
+            return self.fieldsets
+        note = format_html(
+            "Read-only here: a change to the prompt, its variables, parameters, cascade or class goes "
+            'through <a href="{}#edit">the agent page</a> as a proposal, with a rationale and a diff '
+            "against the active version; a major one waits for approval, and each is tried on a canary "
+            'first. Its <a href="{}#history">history</a> lists every version.',
+            obj.get_absolute_url(),
+            obj.get_absolute_url(),
+        )
+        fieldsets = []
+        for name, options in self.fieldsets:
+            if name in ("Prompt and cascade", "Custom agent"):
+                options = {**options, "description": note}
+            fieldsets.append((name, options))
+        return fieldsets
+
     @admin.display(description="State")
     def state(self, agent: Agent) -> str:
         return _paused_state(agent.paused, "agent")
@@ -269,14 +300,16 @@ class AgentAdmin(admin.ModelAdmin):
         if agent.pk is None:
             return "Shown once the agent is saved."
         return format_html(
-            '<a href="{}">{}</a> (metrics, and the cascade edited tier by tier)',
+            '<a href="{}">{}</a> (metrics, the prompt\'s history, and changes to it proposed tier by tier)',
             agent.get_absolute_url(),
             agent.get_absolute_url(),
         )
 
     def save_model(self, request: HttpRequest, obj: Agent, form, change: bool) -> None:
-        # The service bumps the prompt version when what the model is asked changes.
-        services.agent_save(agent=obj)
+        # The prompt fields are read-only for an existing agent, so this saves a new
+        # agent's first prompt or how an agent runs; the service still records a
+        # version (and who) should any caller change the prompt.
+        services.agent_save(agent=obj, user=request.user, rationale="saved in the admin")
 
     @admin.action(description="Pause selected agents", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:

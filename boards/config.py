@@ -31,12 +31,14 @@ from typing import Any
 import yaml
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Max
 
 from boards import agent_config, broadcast, services
 from boards.agent_config import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
 from boards.agents import AgentFailed, agent_class, custom_capabilities
 from boards.models import Agent, Board, Column, Task, default_cascade
+from experiments.line import ensure_version
+from experiments.models import AuditEntry, PromptVersion
 
 Role = Column.Role
 
@@ -1316,14 +1318,43 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
             for board_id in board_ids:
                 touched.setdefault(board_id, set())
             continue
+        before = Agent(
+            pk=agent.pk,
+            name=agent.name,
+            prompt_version=agent.prompt_version,
+            **{name: getattr(agent, name) for name in services.PROMPT_FIELDS},
+        )
         fields = _sync(agent, values)
         note = ""
         if any(name in services.PROMPT_FIELDS for name in fields):
             # What the model is asked changed: a new prompt version, as services.agent_save
-            # starts one, so results of the old prompt are no longer reused.
-            agent.prompt_version += 1
-            note = f"now prompt version {agent.prompt_version}"
+            # starts one, so results of the old prompt are no longer reused. The file is
+            # the operator's direct word, past the kaizen loop's proposals and experiments;
+            # both versions and the change are recorded, so the agent's history has no gap.
+            replaced = ensure_version(before)
+            highest = PromptVersion.objects.filter(agent=agent).aggregate(n=Max("number"))["n"] or 0
+            # After every number the agent has had (proposals' candidates, a rollback's
+            # lower active number): one number is one prompt.
+            agent.prompt_version = max(agent.prompt_version, highest) + 1
             agent.save(update_fields=[*fields, "prompt_version"])
+            version = ensure_version(
+                agent,
+                source=PromptVersion.Source.CONFIG,
+                rationale=f"applied from the config file {document.filename}",
+            )
+            AuditEntry.objects.create(
+                agent=agent,
+                action=AuditEntry.Action.VERSION,
+                version=version,
+                reason=(
+                    f"v{replaced.number} → v{version.number}: applied from a config file or the admin "
+                    f"({document.filename}; {', '.join(f for f in fields if f in services.PROMPT_FIELDS)})"
+                ),
+            )
+            note = (
+                f"new prompt version v{agent.prompt_version} "
+                "(direct change from the config file, recorded in the audit log)"
+            )
         elif fields:
             agent.save(update_fields=fields)
         current = set(agent.boards.values_list("pk", flat=True))

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from django import forms
+from django.db.models import Q
 from django.forms.formsets import DELETION_FIELD_NAME, ORDERING_FIELD_NAME
 
 from boards.agent_config import (
@@ -22,6 +23,8 @@ from boards.agent_config import (
 )
 from boards.models import Agent, Board, Task
 from boards.providers import PROVIDER_NAMES
+from experiments.models import ChangeProposal, PromptVersion
+from experiments.services import MAX_RATIONALE
 
 
 class TaskCreateForm(forms.Form):
@@ -118,11 +121,13 @@ def _config_problems(exc: ConfigError, prefix: str) -> list[tuple[str, str]]:
     return problems
 
 
-class AgentSettingsForm(forms.Form):
-    """The shared settings of an agent's prompt: template, declared variables,
-    generation parameters and the reuse and cache switches. Checked through
-    ``boards.agent_config``, the module ``Agent.clean`` checks them with, so each
-    problem lands on the field it is about; ``services.agent_save`` has the last word."""
+class AgentPromptForm(forms.Form):
+    """A change to an agent's prompt as a person proposes it on the agent page:
+    template, declared variables and generation parameters (the cascade comes
+    from ``TierFormSet``), with the rationale that goes to the audit log. Checked
+    through ``boards.agent_config``, the module ``Agent.clean`` checks them with,
+    so each problem lands on the field it is about;
+    ``experiments.services.proposal_create`` has the last word."""
 
     prompt_template = forms.CharField(
         label="Prompt template",
@@ -146,20 +151,25 @@ class AgentSettingsForm(forms.Form):
     max_tokens = forms.IntegerField(
         label="Max tokens", required=False, widget=forms.NumberInput(attrs={"step": 1, "min": 1})
     )
-    reuse_results = forms.BooleanField(
-        label="Reuse results",
+    rationale = forms.CharField(
+        label="Why this change?",
+        max_length=MAX_RATIONALE,
+        # Required to propose, not to preview: the view says which (``proposing``).
         required=False,
-        help_text="A task whose input matches one this agent completed with the same prompt version takes that result.",
+        widget=forms.Textarea(
+            attrs={
+                "rows": 3,
+                "required": True,
+                "placeholder": "Reviewers keep asking for the defect first; see tasks 412 and 419.",
+            }
+        ),
+        help_text="Goes to the audit log with the change, for whoever approves or reviews it.",
     )
-    cache_responses = forms.BooleanField(
-        label="Cache responses",
-        required=False,
-        help_text="Serve a call identical to an earlier one from the response cache.",
-    )
-    # The version the editor started from: saving over someone else's newer prompt is refused.
+    # The version the editor started from: a proposal against a version that has
+    # since been replaced would be diffed and judged against the wrong one.
     based_on_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
 
-    def __init__(self, *args, agent: Agent, **kwargs) -> None:
+    def __init__(self, *args, agent: Agent, proposing: bool = False, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
         parameters = agent.parameters if isinstance(agent.parameters, dict) else {}
         variables = agent.prompt_variables if isinstance(agent.prompt_variables, list) else []
@@ -169,17 +179,24 @@ class AgentSettingsForm(forms.Form):
                 "prompt_template": agent.prompt_template,
                 "prompt_variables": ", ".join(str(v) for v in variables),
                 **{name: parameters.get(name) for name in GENERATION_PARAMETERS},
-                "reuse_results": agent.reuse_results,
-                "cache_responses": agent.cache_responses,
                 "based_on_version": agent.prompt_version,
             },
         )
         super().__init__(*args, **kwargs)
+        self.proposing = proposing
 
     def clean_prompt_template(self) -> str:
-        # Browsers send a textarea's lines ending in CRLF: store the template as
-        # written, so saving it unchanged is no new prompt version.
+        # Browsers send a textarea's lines ending in CRLF: compare the template as
+        # written, so sending it back unchanged is no change.
         return self.cleaned_data["prompt_template"].replace("\r\n", "\n")
+
+    def clean_rationale(self) -> str:
+        text = self.cleaned_data["rationale"].strip()
+        if self.proposing and not text:
+            raise forms.ValidationError(
+                "Say why you propose this change: it goes to the audit log, and approvers judge it by it."
+            )
+        return text
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -200,6 +217,56 @@ class AgentSettingsForm(forms.Form):
                 self.add_error(where if where in self.fields else None, message)
         data["variables"] = variables
         return data
+
+
+class AgentOperationsForm(forms.Form):
+    """How an agent runs, not what it asks: saved directly, no new prompt version."""
+
+    reuse_results = forms.BooleanField(
+        label="Reuse results",
+        required=False,
+        help_text="A task whose input matches one this agent completed with the same prompt version takes that result.",
+    )
+    cache_responses = forms.BooleanField(
+        label="Cache responses",
+        required=False,
+        help_text="Serve a call identical to an earlier one from the response cache.",
+    )
+
+    def __init__(self, *args, agent: Agent, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        kwargs.setdefault(
+            "initial", {"reuse_results": agent.reuse_results, "cache_responses": agent.cache_responses}
+        )
+        super().__init__(*args, **kwargs)
+
+
+class PromptRollbackForm(forms.Form):
+    """Make an earlier version of the agent's prompt active again, and why. Only
+    a version that was the agent's active one before: a proposal's candidate that
+    never passed its gates goes through them, not around them."""
+
+    version = forms.ModelChoiceField(
+        queryset=PromptVersion.objects.none(),
+        widget=forms.HiddenInput,
+        error_messages={
+            "invalid_choice": "Only a version this agent ran as its active one can be made active again; "
+            "a proposed version goes through approval and an experiment. Reload the page to see its versions."
+        },
+    )
+    note = forms.CharField(
+        label="Why roll back?",
+        max_length=MAX_RATIONALE,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Say why: the rollback goes to the audit log with your note."},
+    )
+
+    def __init__(self, *args, agent: Agent, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["version"].queryset = PromptVersion.objects.filter(agent=agent).filter(
+            Q(proposal__isnull=True) | Q(proposal__status=ChangeProposal.Status.PROMOTED)
+        )
 
 
 class TierForm(forms.Form):

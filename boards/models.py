@@ -354,6 +354,12 @@ class Task(models.Model):
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    # The experiment (kaizen loop) this task's run took part in, and its arm
+    # (control or treatment): which prompt version it ran. Set when it is claimed.
+    experiment = models.ForeignKey(
+        "experiments.Experiment", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    arm = models.CharField(max_length=10, blank=True)
     # The cascade tier (1 = cheapest) whose output was taken.
     accepted_tier = models.PositiveSmallIntegerField(null=True, blank=True)
     # Totals over the task's ledger rows (every attempt), kept with the task so

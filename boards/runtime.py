@@ -33,6 +33,7 @@ from boards.agents import (  # noqa: F401  (render_prompt and PromptError are us
     render_prompt,
 )
 from boards.models import ModelCall
+from experiments import line as experiment_line
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
         try:
             output = reused_output(task)
             if output is None:
-                agent = implementation_for(task.agent)
+                agent = implementation_for(experiment_line.agent_for_run(task))
                 _release_connection()
                 output = agent.process(task)
                 if not isinstance(output, Output):

@@ -34,6 +34,8 @@ from boards import broadcast
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
+from experiments import line as experiment_line
+from experiments.models import ExperimentSample
 
 logger = logging.getLogger(__name__)
 
@@ -549,6 +551,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     total_free = sum(free_agent[a.pk] for a in agents)
     want = total_free if free_wip is None else min(total_free, free_wip)
     offered = {c for a in agents for c in a.offered_capabilities}
+    experiments = experiment_line.running_experiments(agents)
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))
@@ -571,7 +574,8 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         task.column = doing
         task.status = Status.RUNNING
         task.agent = agent
-        task.prompt_version = agent.prompt_version
+        # The active version, or the arm's of the agent's experiment.
+        experiment_line.assign(task, agent, experiments)
         task.attempts += 1
         task.lease_token = uuid.uuid4()
         task.lease_expires_at = expires
@@ -604,6 +608,8 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
             "status",
             "agent",
             "prompt_version",
+            "experiment",
+            "arm",
             "attempts",
             "lease_token",
             "lease_expires_at",
@@ -796,6 +802,13 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         _update_rows(finished, _COMPLETED_FIELDS)
         TaskEvent.objects.bulk_create(events)
         Inspection.objects.bulk_create(inspections)
+        samples = experiment_line.sample_rows(
+            (task, inspection.passed) for task, inspection in zip(finished, inspections, strict=True)
+        )
+        if samples:
+            # A task completes once per stage for its experiment: a retry after a
+            # rejection keeps the first outcome.
+            ExperimentSample.objects.bulk_create(samples, ignore_conflicts=True)
         escalations = Escalation.objects.bulk_create(
             [jidoka.escalation_row(task, inspection, output) for task, inspection, output in escalated]
         )
@@ -1004,6 +1017,11 @@ def task_attempt_fail(
             return False
         _record_calls(task, calls, attempt=task.attempts)
         changed = _return_or_fail(task, kind=TaskEvent.Kind.ATTEMPT_FAILED, reason=error)
+        if task.status == Status.FAILED:
+            # Out of attempts: for its experiment, a task that never succeeded.
+            ExperimentSample.objects.bulk_create(
+                experiment_line.sample_rows([(task, False)]), ignore_conflicts=True
+            )
         _after_commit(task.board_id, changed, pull=True)
         breaker_agents = (
             jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
@@ -1501,12 +1519,28 @@ __all__ += ["board_config_changed", "column_neighbour"]
 PROMPT_FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade", "implementation")
 
 
-def agent_save(*, agent: Agent, based_on_version: int | None = None) -> Agent:
-    """Save an agent's settings (from the admin or the agent page): validate,
-    store the prompt settings in their normal form (a cascade's prices as exact
-    decimal strings, its simulated prices filled in), and start a new prompt
-    version when what the model is asked has changed, so results of the old
-    prompt are no longer reused and the ledger tells the versions apart.
+def agent_save(
+    *,
+    agent: Agent,
+    based_on_version: int | None = None,
+    user: AbstractBaseUser | None = None,
+    rationale: str = "",
+) -> Agent:
+    """Save an agent's settings (from the admin, a script, or the agent page's
+    operational switches): validate, store the prompt settings in their normal
+    form (a cascade's prices as exact decimal strings, its simulated prices filled
+    in), and start a new prompt version when what the model is asked has changed,
+    so results of the old prompt are no longer reused and the ledger tells the
+    versions apart.
+
+    Such a prompt change is a direct one, past the kaizen loop's gates: people
+    propose theirs on the agent page (``experiments.services.proposal_create``).
+    So that the agent's history still has no gaps, the version it replaces and
+    the new one are recorded as prompt versions, with an audit entry saying where
+    the change came from (``rationale`` adds to it; ``user`` when a person made it).
+    The new number follows every version the agent has had, proposals' candidates
+    included: after a rollback the active number is not the highest, and reusing
+    a number would mix two prompts' results and history.
 
     ``based_on_version`` is the prompt version the editor started from: if the
     prompt has moved on since (someone else saved), nothing is written and a
@@ -1514,11 +1548,17 @@ def agent_save(*, agent: Agent, based_on_version: int | None = None) -> Agent:
 
     Its boards are refreshed and pulled after commit (a new model or a higher
     concurrency may change what the board shows and can take)."""
+    # experiments.services imports this module; its models and line helpers do not.
+    from experiments.line import ensure_version
+    from experiments.models import AuditEntry, PromptVersion
+
     agent.full_clean()
     agent.prompt_variables = parse_variables(agent.prompt_variables)
     agent.parameters = parse_parameters(agent.parameters)
     agent.cascade = cascade_json(parse_cascade(agent.cascade))
+    why = "applied from a config file or the admin" + (f" ({rationale.strip()})" if rationale.strip() else "")
     with transaction.atomic():
+        replaced: PromptVersion | None = None
         if agent.pk is not None:
             before = (
                 Agent.objects.select_for_update(of=("self",), no_key=True)
@@ -1535,8 +1575,22 @@ def agent_save(*, agent: Agent, based_on_version: int | None = None) -> Agent:
                     )
                 agent.prompt_version = before["prompt_version"]
                 if any(before[name] != getattr(agent, name) for name in PROMPT_FIELDS):
-                    agent.prompt_version += 1
+                    # The stored fields, as they were: the version being replaced.
+                    replaced = ensure_version(Agent(pk=agent.pk, name=agent.name, **before))
+                    highest = (
+                        PromptVersion.objects.filter(agent_id=agent.pk).aggregate(n=Max("number"))["n"] or 0
+                    )
+                    agent.prompt_version = max(agent.prompt_version, highest) + 1
         agent.save()
+        if replaced is not None:
+            version = ensure_version(agent, source=PromptVersion.Source.CONFIG, author=user, rationale=why)
+            AuditEntry.objects.create(
+                agent=agent,
+                action=AuditEntry.Action.VERSION,
+                version=version,
+                user=user if user is not None and user.is_authenticated else None,
+                reason=f"v{replaced.number} → v{version.number}: {why}",
+            )
         for board_id in agent.boards.values_list("pk", flat=True):
             board_config_changed(board_id=board_id)
     return agent

@@ -13,12 +13,17 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from andon.routing import websocket_urlpatterns as andon_websocket_urlpatterns  # noqa: E402
 from boards.routing import websocket_urlpatterns as board_websocket_urlpatterns  # noqa: E402
+from experiments.routing import websocket_urlpatterns as kaizen_websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(board_websocket_urlpatterns + andon_websocket_urlpatterns))
+            AuthMiddlewareStack(
+                URLRouter(
+                    board_websocket_urlpatterns + andon_websocket_urlpatterns + kaizen_websocket_urlpatterns
+                )
+            )
         ),
     }
 )

@@ -35,7 +35,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+def env_float(
+    name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
+) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -45,6 +47,8 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -110,6 +114,7 @@ INSTALLED_APPS = [
     "ninja",
     "boards",
     "andon",
+    "experiments",
 ]
 
 MIDDLEWARE = [
@@ -210,6 +215,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_PREFETCH_MULTIPLIER", 4, min
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
+    # The kaizen loop's looks: a harmful change is rolled back within minutes.
+    "evaluate-experiments": {
+        "task": "experiments.tasks.evaluate_experiments",
+        "schedule": env_float("KAIZEN_EXPERIMENT_LOOK_SECONDS", 300.0, minimum=1.0, maximum=300.0),
+    },
+    # The kaizen loop's Plan and Do: at most one proposal per agent per run.
+    "kaizen-cycle": {
+        "task": "experiments.tasks.kaizen_cycle",
+        "schedule": env_float("KAIZEN_PDCA_SECONDS", 3600.0, minimum=60.0),
+    },
     "reap-expired-leases": {
         "task": "boards.tasks.reap_expired_leases",
         "schedule": env_float("KAIZEN_REAPER_SECONDS", 5.0, minimum=0.5),
@@ -262,6 +277,10 @@ KAIZEN_RESPONSE_CACHE_SECONDS = env_int("KAIZEN_RESPONSE_CACHE_SECONDS", 7 * 24 
 # until, after the cool-down, one probe call succeeds.
 KAIZEN_MODEL_BREAKER_THRESHOLD = env_int("KAIZEN_MODEL_BREAKER_THRESHOLD", 5, minimum=1)
 KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = env_float("KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0.1)
+# The kaizen loop: experiments on prompt changes (experiments.services, .stats).
+KAIZEN_MAX_CHANGES_PER_DAY = env_int("KAIZEN_MAX_CHANGES_PER_DAY", 3, minimum=1)
+KAIZEN_CANARY_SHARE = env_float("KAIZEN_CANARY_SHARE", 0.05, minimum=0.01)
+KAIZEN_EXPERIMENT_MAX_N = env_int("KAIZEN_EXPERIMENT_MAX_N", 2000, minimum=200)
 # Custom quality checks (dotted paths to functions) an agent's checks may name (andon.inspection).
 KAIZEN_CUSTOM_CHECKS = env_list("KAIZEN_CUSTOM_CHECKS", ["andon.example_checks.no_email_addresses"])
 

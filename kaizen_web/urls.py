@@ -14,4 +14,5 @@ urlpatterns = [
     path("boards/", include("boards.urls")),
     path("agents/", include("boards.urls_agents")),
     path("andon/", include("andon.urls")),
+    path("kaizen/", include("experiments.urls")),
 ]

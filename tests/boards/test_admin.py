@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
-from django.urls import reverse
+from django.urls import reverse, reverse_lazy
 
 from boards import broadcast, services
 from boards.models import Agent, Board, Column, Task
@@ -490,47 +490,115 @@ def test_tasks_cannot_be_deleted_in_the_admin(admin, board):
 # --- an agent's prompt and cascade ---------------------------------------------------------
 
 
-def test_editing_the_cascade_in_the_admin_starts_a_new_prompt_version(admin):
+def _new_agent_form(board: Board, **fields: Any) -> dict[str, Any]:
+    """What the add form posts for a new agent serving ``board``."""
+    data: dict[str, Any] = {
+        "name": "Newcomer",
+        "boards": [board.pk],
+        "capabilities": json.dumps(["general"]),
+        "prompt_template": "{input}",
+        "prompt_variables": "[]",
+        "parameters": "{}",
+        "cascade": json.dumps([{"provider": "simulated", "model": "sim-small"}]),
+        "reuse_results": "on",
+        "cache_responses": "on",
+        "implementation": "",
+        "concurrency": "4",
+        "max_attempts": "3",
+        "quality_checks": "[]",
+        "breaker_threshold": "5",
+        "breaker_cooldown_seconds": "60",
+        "spike_defects": "3",
+        "spike_window": "10",
+    }
+    data.update(fields)
+    return data
+
+
+ADD_URL = reverse_lazy("admin:boards_agent_add")
+PROMPT_FIELDS = ["prompt_template", "prompt_variables", "parameters", "cascade", "implementation"]
+
+
+def test_an_existing_agents_prompt_fields_are_read_only_with_a_pointer_to_the_agent_page(admin):
+    agent = make_agent(boards=[make_board()])
+
+    page = admin.get(_change_url(agent)).content.decode()
+
+    for name in PROMPT_FIELDS:
+        assert f'name="{name}"' not in page
+    assert 'name="concurrency"' in page and 'name="reuse_results"' in page
+    assert "as a proposal" in page and f'href="{agent.get_absolute_url()}#edit"' in page
+
+
+def test_a_prompt_or_cascade_posted_for_an_existing_agent_changes_nothing_but_the_rest_saves(admin):
     agent = make_agent(boards=[make_board()])
     cascade = [
         {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
         {"provider": "simulated", "model": "sim-large"},
     ]
 
-    response = admin.post(_change_url(agent), _agent_form(agent, cascade=json.dumps(cascade)))
+    response = admin.post(
+        _change_url(agent),
+        _agent_form(
+            agent,
+            cascade=json.dumps(cascade),
+            prompt_template="Hacked {input}",
+            implementation="boards.example_agents.KeywordClassifier",
+            concurrency="6",
+        ),
+    )
 
     assert response.status_code == 302
     agent.refresh_from_db()
-    assert agent.prompt_version == 2
+    assert agent.concurrency == 6
+    assert agent.prompt_version == 1
+    assert (agent.prompt_template, agent.implementation) == ("{input}", "")
+    assert [t.model for t in agent.tiers] == ["sim-small"]
+
+
+def test_a_new_agent_sets_its_prompt_and_cascade_in_the_admin(admin):
+    board = make_board()
+    cascade = [
+        {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
+        {"provider": "simulated", "model": "sim-large"},
+    ]
+
+    page = admin.get(ADD_URL).content.decode()
+    response = admin.post(
+        ADD_URL, _new_agent_form(board, cascade=json.dumps(cascade), prompt_template="Hi {input}")
+    )
+
+    assert 'name="cascade"' in page and 'name="prompt_template"' in page
+    assert response.status_code == 302
+    agent = Agent.objects.get(name="Newcomer")
+    assert agent.prompt_version == 1 and agent.prompt_template == "Hi {input}"
     assert [(t.model, t.threshold) for t in agent.tiers] == [("sim-small", 0.8), ("sim-large", None)]
     assert agent.cascade[1]["price_out"] == "0.015"  # stored with the model's list price
 
 
 def test_the_admin_refuses_an_undeclared_template_variable_and_a_bad_tier(admin):
-    agent = make_agent(boards=[make_board()])
+    board = make_board()
     cascade = [{"provider": "simulated", "model": "sim-small", "threshold": 2}]
 
     response = admin.post(
-        _change_url(agent),
-        _agent_form(agent, prompt_template="Dear {customer}: {input}", cascade=json.dumps(cascade)),
+        ADD_URL,
+        _new_agent_form(board, prompt_template="Dear {customer}: {input}", cascade=json.dumps(cascade)),
     )
 
     assert response.status_code == 200
     errors = _errors(response)
     assert "{customer}" in errors and "not declared" in errors
     assert "cascade[0].threshold: must be between 0 and 1" in errors
-    agent.refresh_from_db()
-    assert agent.prompt_template == "{input}" and agent.prompt_version == 1
+    assert not Agent.objects.filter(name="Newcomer").exists()
 
 
 def test_the_admin_offers_only_registered_agent_classes(admin, settings):
-    agent = make_agent(boards=[make_board()])
+    board = make_board()
 
-    page = admin.get(_change_url(agent)).content.decode()
-    response = admin.post(_change_url(agent), _agent_form(agent, implementation="os.system"))
+    page = admin.get(ADD_URL).content.decode()
+    response = admin.post(ADD_URL, _new_agent_form(board, implementation="os.system"))
 
     assert '<option value="boards.example_agents.KeywordClassifier">' in page
     assert response.status_code == 200
     assert "not a registered agent class" in _errors(response)
-    agent.refresh_from_db()
-    assert agent.implementation == ""
+    assert not Agent.objects.filter(name="Newcomer").exists()

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -18,6 +20,9 @@ from django.test.utils import CaptureQueriesContext
 from boards import services
 from boards.config import ConfigError, config_apply, config_parse
 from boards.models import Agent, Board, Column, Task
+from experiments import services as kaizen
+from experiments.models import AuditEntry, ChangeProposal, PromptVersion
+from tests.factories import make_user
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_FILES = ["demo.yaml", "manufacturing_qc.yaml", "customer_support.yaml", "research_synthesis.yaml"]
@@ -56,6 +61,10 @@ CASCADE = BASE[BASE.index("    cascade:\n") : BASE.index("    prompt_template:")
 SHORTHAND = BASE.replace(
     CASCADE, "    provider: simulated\n    model: sim-small\n    provider_settings: {latency_ms: 0}\n"
 )
+
+
+# What applying says of an agent whose prompt the file changed.
+V2_DIRECT = "new prompt version v2 (direct change from the config file, recorded in the audit log)"
 
 
 def variant(line: int, new: str | None, base: str = BASE) -> str:
@@ -606,7 +615,7 @@ def test_agent_fields_and_boards_follow_the_file(db, tmp_path):
     assert set(agent.boards.all()) == {Board.objects.get(slug="line"), other}
     assert agent.concurrency == 7
     assert agent.prompt_template == "Again {title}: {input} {last_error}"
-    assert "updated agent Worker (prompt_template, concurrency, boards; now prompt version 2)" in output
+    assert f"updated agent Worker (prompt_template, concurrency, boards; {V2_DIRECT})" in output
 
 
 def test_an_agent_may_serve_a_board_that_is_only_in_the_database(db, tmp_path):
@@ -812,8 +821,54 @@ def test_changing_the_template_starts_one_new_prompt_version(db, tmp_path):
 
     agent = Agent.objects.get(name="Worker")
     assert agent.prompt_version == 2
-    assert "updated agent Worker (prompt_template; now prompt version 2)" in first
+    assert f"updated agent Worker (prompt_template; {V2_DIRECT})" in first
     assert "no changes" in second
+
+
+def test_a_prompt_changed_by_the_file_records_both_versions_and_an_audit_entry(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    assert not PromptVersion.objects.exists()  # an agent's first version is recorded when it is replaced
+
+    apply(write(tmp_path, BASE.replace("Do {title}: {input}", "Please do {title}: {input}"), "v2.yaml"))
+
+    agent = Agent.objects.get(name="Worker")
+    old, new = PromptVersion.objects.filter(agent=agent).order_by("number")
+    assert (old.number, old.source, old.prompt_template) == (1, "initial", "Do {title}: {input}")
+    assert (new.number, new.source, new.prompt_template, new.parent) == (
+        2,
+        "config",
+        "Please do {title}: {input}",
+        old,
+    )
+    assert new.cascade == agent.cascade and "v2.yaml" in new.rationale
+    (entry,) = AuditEntry.objects.filter(agent=agent)
+    assert (entry.action, entry.version, entry.user) == ("version", new, None)
+    assert "applied from a config file or the admin" in entry.reason and "prompt_template" in entry.reason
+
+
+def test_a_config_change_takes_a_number_after_every_proposed_version(db, tmp_path):
+    apply(write(tmp_path, BASE))
+    agent = Agent.objects.get(name="Worker")
+    editor = make_user()
+    editor.user_permissions.add(Permission.objects.get(codename="change_agent"))
+    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
+    proposal = kaizen.proposal_create(
+        agent=agent,
+        fields={**fields, "prompt_template": "A wholly different prompt for {title}: {input}"},
+        rationale="Try a rewrite.",
+        user=get_user_model().objects.get(pk=editor.pk),  # fresh: no cached permissions
+    )
+    assert proposal.candidate.number == 2
+
+    output = apply(write(tmp_path, BASE.replace("Do {title}: {input}", "Please do {title}: {input}")))
+
+    agent.refresh_from_db()
+    # Not 2: that number is the proposal's candidate, another prompt.
+    assert agent.prompt_version == 3
+    assert PromptVersion.objects.get(agent=agent, number=3).prompt_template == "Please do {title}: {input}"
+    assert PromptVersion.objects.get(agent=agent, number=2).prompt_template.startswith("A wholly different")
+    assert "new prompt version v3 (direct change from the config file" in output
+    assert ChangeProposal.objects.get(pk=proposal.pk).status == "pending"
 
 
 @pytest.mark.parametrize(
@@ -834,7 +889,7 @@ def test_changing_what_the_model_is_asked_starts_a_new_prompt_version(db, tmp_pa
     output = apply(write(tmp_path, BASE.replace(old, new)))
 
     assert Agent.objects.get(name="Worker").prompt_version == 2
-    assert f"updated agent Worker ({field}; now prompt version 2)" in output
+    assert f"updated agent Worker ({field}; {V2_DIRECT})" in output
 
 
 def test_changing_how_an_agent_runs_keeps_its_prompt_version(db, tmp_path):
@@ -859,8 +914,9 @@ def test_dry_run_names_the_changed_agent_fields_and_writes_nothing(db, tmp_path)
 
     output = apply(write(tmp_path, text), dry_run=True)
 
-    assert "would be updated agent Worker (cascade, cache_responses; now prompt version 2)" in output
+    assert f"would be updated agent Worker (cascade, cache_responses; {V2_DIRECT})" in output
     assert dump() == before
+    assert not PromptVersion.objects.exists() and not AuditEntry.objects.exists()
 
 
 def test_an_agent_class_needs_no_prompt_or_cascade(db, tmp_path):

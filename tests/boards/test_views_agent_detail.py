@@ -1,5 +1,7 @@
 """The agent page: its settings, cascade, metrics and latest ledger rows; and, for
-people allowed to change agents, the form that edits its prompt and cascade."""
+people allowed to change agents, the form that proposes a change to its prompt
+and cascade (the proposal's life is tested in tests/experiments/
+test_agent_page_proposals.py) and the switches saved directly."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
 from boards import runtime, services
 from boards.models import Agent, ModelCall, Task
+from experiments import services as kaizen
+from experiments.models import ChangeProposal, PromptVersion
 from tests.factories import make_agent, make_board, make_user
 
 pytestmark = pytest.mark.django_db
@@ -42,12 +47,12 @@ def _editor():
 
 
 class _FormReader(HTMLParser):
-    """What a browser would send for the form posting to ``action``, untouched:
+    """What a browser would send for the form with id ``form_id``, untouched:
     text fields, selected options, ticked boxes and textareas."""
 
-    def __init__(self, action: str) -> None:
+    def __init__(self, form_id: str) -> None:
         super().__init__()
-        self.action = action
+        self.form_id = form_id
         self.inside = False
         self.values: dict[str, str] = {}
         self._select: str | None = None
@@ -56,7 +61,7 @@ class _FormReader(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "form":
-            self.inside = a.get("action") == self.action
+            self.inside = a.get("id") == self.form_id
         if not self.inside:
             return
         name = a.get("name")
@@ -90,11 +95,26 @@ class _FormReader(HTMLParser):
             )
 
 
-def _form(client: Client, agent: Agent) -> dict[str, str]:
-    reader = _FormReader(_url(agent))
+def _form(client: Client, agent: Agent, form_id: str = "proposal-form") -> dict[str, str]:
+    """The form as loaded; the proposal form with a rationale filled in."""
+    reader = _FormReader(form_id)
     reader.feed(client.get(_url(agent)).content.decode())
-    assert reader.values, "the page has no edit form"
+    assert reader.values, f"the page has no form #{form_id}"
+    if form_id == "proposal-form":
+        assert reader.values["rationale"] == ""
+        reader.values["rationale"] = "Reviewers keep asking for this."
     return reader.values
+
+
+def _proposal(agent: Agent) -> ChangeProposal:
+    (proposal,) = ChangeProposal.objects.filter(agent=agent).select_related("candidate")
+    return proposal
+
+
+def _nothing_proposed(agent: Agent, *, version: int = 1) -> None:
+    agent.refresh_from_db()
+    assert agent.prompt_version == version
+    assert not ChangeProposal.objects.filter(agent=agent).exists()
 
 
 def _field_errors(html: str, field_id: str) -> str:
@@ -225,29 +245,32 @@ def test_a_user_without_the_change_permission_sees_no_form(client, user, agent):
 
     assert 'id="edit"' not in html
     assert 'name="prompt_template"' not in html
+    assert 'id="operations-form"' not in html
     assert 'id="read-only"' in html
 
 
 def test_a_user_without_the_change_permission_gets_403_on_post(client, user, agent):
     client.force_login(user)
 
-    response = client.post(_url(agent), {"prompt_template": "Hacked {input}"})
+    for action in ("propose", "preview", "settings"):
+        response = client.post(_url(agent), {"action": action, "prompt_template": "Hacked {input}"})
+        assert response.status_code == 403
+    assert client.post(_url(agent), {"prompt_template": "Hacked {input}"}).status_code == 403
 
-    assert response.status_code == 403
     agent.refresh_from_db()
     assert agent.prompt_template == "{input}"
     assert agent.prompt_version == 1
+    assert not ChangeProposal.objects.exists()
 
 
-def test_the_form_posted_unchanged_saves_and_keeps_the_prompt_version(client, agent):
+def test_the_form_posted_unchanged_proposes_nothing_and_keeps_the_prompt_version(client, agent):
     client.force_login(_editor())
 
-    response = client.post(_url(agent), _form(client, agent), follow=True)
+    response = client.post(_url(agent), _form(client, agent))
 
-    assert response.redirect_chain == [(_url(agent), 302)]
-    agent.refresh_from_db()
-    assert agent.prompt_version == 1
-    assert "the prompt is unchanged (version 1)" in response.content.decode()
+    assert response.status_code == 422
+    assert "Nothing changes: the proposal is the active version." in response.content.decode()
+    _nothing_proposed(agent)
 
 
 def test_a_multi_line_template_sent_back_with_crlf_is_unchanged(client, agent):
@@ -259,20 +282,24 @@ def test_a_multi_line_template_sent_back_with_crlf_is_unchanged(client, agent):
     # as a browser sends a textarea
     data["prompt_template"] = data["prompt_template"].replace("\n", "\r\n")
 
-    assert client.post(_url(agent), data).status_code == 302
+    response = client.post(_url(agent), data)
 
+    assert response.status_code == 422
+    assert "Nothing changes" in response.content.decode()
     agent.refresh_from_db()
     assert agent.prompt_template == "Summarise:\n{input}"
-    assert agent.prompt_version == 2  # the first save above; the form's is no change
+    _nothing_proposed(agent, version=2)  # the first save above; the form's is no change
 
 
-def test_a_permitted_user_edits_the_template_and_a_threshold_through_the_service(client, monkeypatch):
+def test_a_permitted_user_proposes_the_template_and_a_threshold_through_the_service(client, monkeypatch):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
     client.force_login(_editor())
-    saved = []
-    real_save = services.agent_save
+    proposed = []
+    real_create = kaizen.proposal_create
     monkeypatch.setattr(
-        services, "agent_save", lambda *, agent, **kw: saved.append(agent.pk) or real_save(agent=agent, **kw)
+        kaizen,
+        "proposal_create",
+        lambda *, agent, **kw: proposed.append(agent.pk) or real_create(agent=agent, **kw),
     )
     data = _form(client, agent)
     data["prompt_template"] = "Answer {customer}: {input}"
@@ -282,45 +309,83 @@ def test_a_permitted_user_edits_the_template_and_a_threshold_through_the_service
 
     response = client.post(_url(agent), data, follow=True)
 
-    assert saved == [agent.pk]
-    assert response.redirect_chain == [(_url(agent), 302)]
+    assert proposed == [agent.pk]
+    proposal = _proposal(agent)
+    [(location, code)] = response.redirect_chain
+    assert code == 302 and location == f"{_url(agent)}?proposed={proposal.pk}#proposal-{proposal.pk}"
+    candidate = proposal.candidate
+    assert candidate.number == 2
+    assert candidate.prompt_template == "Answer {customer}: {input}"
+    assert candidate.prompt_variables == ["customer"]
+    assert candidate.parameters == {"temperature": 0.3}
+    assert candidate.cascade[0]["threshold"] == 0.65
+    assert candidate.cascade[1]["model"] == "sim-large"
+    assert proposal.rationale == "Reviewers keep asking for this."
+    # The agent runs what it ran: the change waits for approval.
     agent.refresh_from_db()
-    assert agent.prompt_template == "Answer {customer}: {input}"
-    assert agent.prompt_variables == ["customer"]
-    assert agent.parameters == {"temperature": 0.3}
-    assert agent.cascade[0]["threshold"] == 0.65
-    assert agent.cascade[1]["model"] == "sim-large"
-    assert agent.prompt_version == 2
+    assert (agent.prompt_template, agent.prompt_version) == ("{input}", 1)
+    assert agent.cascade[0]["threshold"] == 0.8
     html = response.content.decode()
-    assert "the prompt is now version 2" in html
-    assert "≥ 0.65" in html
+    assert "Proposed version 2 of" in html and "waiting for approval" in html
+    assert "≥ 0.8" in html  # the cascade shown is still the active one
 
 
 def test_the_reuse_and_cache_switches_save_without_a_new_prompt_version(client, agent):
     client.force_login(_editor())
-    data = _form(client, agent)
+    data = _form(client, agent, "operations-form")
     assert data["reuse_results"] == "on" and data["cache_responses"] == "on"
+    assert data["action"] == "settings"
     del data["reuse_results"]
 
-    client.post(_url(agent), data)
+    response = client.post(_url(agent), data, follow=True)
 
+    assert response.redirect_chain == [(_url(agent), 302)]
+    assert "reuse results off, cache responses on; the prompt is unchanged (version 1)" in (
+        response.content.decode()
+    )
     agent.refresh_from_db()
     assert agent.reuse_results is False
     assert agent.cache_responses is True
-    assert agent.prompt_version == 1
+    _nothing_proposed(agent)
 
 
-def test_an_undeclared_template_variable_is_shown_on_the_template_and_nothing_is_saved(client, agent):
+def test_the_switches_leave_a_prompt_saved_meanwhile_alone(client, agent, monkeypatch):
+    client.force_login(_editor())
+    data = _form(client, agent, "operations-form")
+    del data["cache_responses"]
+    real_save = services.agent_save
+
+    def someone_else_first(*, agent, **kwargs):
+        other = Agent.objects.get(pk=agent.pk)
+        other.prompt_template = "Someone else's prompt: {input}"
+        real_save(agent=other)
+        return real_save(agent=agent, **kwargs)
+
+    monkeypatch.setattr(services, "agent_save", someone_else_first)
+
+    response = client.post(_url(agent), data)
+
+    assert response.status_code == 422
+    assert "Someone else saved a new prompt" in response.content.decode()
+    agent.refresh_from_db()
+    assert (agent.prompt_template, agent.prompt_version, agent.cache_responses) == (
+        "Someone else's prompt: {input}",
+        2,
+        True,
+    )
+
+
+def test_an_undeclared_template_variable_is_shown_on_the_template_and_nothing_is_proposed(client, agent):
     client.force_login(_editor())
     data = _form(client, agent)
     data["prompt_template"] = "Dear {customer}, {input}"
-    data["tier-0-threshold"] = "0.5"  # a valid change alongside: not saved either
+    data["tier-0-threshold"] = "0.5"  # a valid change alongside: not proposed either
 
     response = client.post(_url(agent), data)
 
     assert response.status_code == 422
     html = response.content.decode()
-    assert "Nothing was saved:" in html
+    assert "Nothing was proposed:" in html
     errors = _field_errors(html, "id_prompt_template")
     assert "{customer}" in errors and "not declared" in errors
     # the form keeps what was typed
@@ -328,7 +393,7 @@ def test_an_undeclared_template_variable_is_shown_on_the_template_and_nothing_is
     agent.refresh_from_db()
     assert agent.prompt_template == "{input}"
     assert agent.cascade[0]["threshold"] is None
-    assert agent.prompt_version == 1
+    _nothing_proposed(agent)
 
 
 def test_an_out_of_range_temperature_is_shown_on_its_field(client, agent):
@@ -342,9 +407,10 @@ def test_an_out_of_range_temperature_is_shown_on_its_field(client, agent):
     assert "must be between 0 and 2" in _field_errors(response.content.decode(), "id_temperature")
     agent.refresh_from_db()
     assert agent.parameters == {}
+    _nothing_proposed(agent)
 
 
-def test_a_threshold_above_one_is_shown_on_its_tier_and_nothing_is_saved(client):
+def test_a_threshold_above_one_is_shown_on_its_tier_and_nothing_is_proposed(client):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
     client.force_login(_editor())
     data = _form(client, agent)
@@ -361,7 +427,7 @@ def test_a_threshold_above_one_is_shown_on_its_tier_and_nothing_is_saved(client)
     agent.refresh_from_db()
     assert agent.cascade[0]["threshold"] == 0.8
     assert agent.prompt_template == "{input}"
-    assert agent.prompt_version == 1
+    _nothing_proposed(agent)
 
 
 def test_an_unknown_simulated_model_is_shown_on_its_tier(client):
@@ -377,6 +443,7 @@ def test_an_unknown_simulated_model_is_shown_on_its_tier(client):
     assert "unknown simulated model &#x27;sim-huge&#x27;" in errors and "sim-medium" in errors
     agent.refresh_from_db()
     assert agent.cascade[1]["model"] == "sim-large"
+    _nothing_proposed(agent)
 
 
 def test_tier_parameters_that_are_not_json_or_not_allowed_are_shown_on_the_tier(client, agent):
@@ -393,6 +460,7 @@ def test_tier_parameters_that_are_not_json_or_not_allowed_are_shown_on_the_tier(
     assert "base_url: unknown for provider simulated" in errors
     agent.refresh_from_db()
     assert agent.cascade[0]["parameters"] == {"latency_ms": 0.0}
+    _nothing_proposed(agent)
 
 
 def test_the_spare_row_adds_a_tier(client, agent):
@@ -406,12 +474,14 @@ def test_the_spare_row_adds_a_tier(client, agent):
     response = client.post(_url(agent), data)
 
     assert response.status_code == 302
-    agent.refresh_from_db()
-    assert [t["model"] for t in agent.cascade] == ["sim-small", "sim-medium"]
+    candidate = _proposal(agent).candidate
+    assert [t["model"] for t in candidate.cascade] == ["sim-small", "sim-medium"]
     # a blank price takes the simulated model's list price; a given one is kept
-    assert Decimal(agent.cascade[1]["price_in"]) == Decimal("0.002")
-    assert Decimal(agent.cascade[1]["price_out"]) == Decimal("0.004")
-    assert agent.prompt_version == 2
+    assert Decimal(candidate.cascade[1]["price_in"]) == Decimal("0.002")
+    assert Decimal(candidate.cascade[1]["price_out"]) == Decimal("0.004")
+    assert candidate.number == 2
+    agent.refresh_from_db()
+    assert len(agent.cascade) == 1 and agent.prompt_version == 1
 
 
 def test_a_tier_that_would_never_run_is_refused_on_the_tier_before_it(client, agent):
@@ -425,6 +495,7 @@ def test_a_tier_that_would_never_run_is_refused_on_the_tier_before_it(client, ag
     assert "would never run" in _field_errors(response.content.decode(), "id_tier-0-threshold")
     agent.refresh_from_db()
     assert len(agent.cascade) == 1
+    _nothing_proposed(agent)
 
 
 def test_ticking_remove_deletes_a_tier(client):
@@ -436,9 +507,11 @@ def test_ticking_remove_deletes_a_tier(client):
     response = client.post(_url(agent), data)
 
     assert response.status_code == 302
+    candidate = _proposal(agent).candidate
+    assert [t["model"] for t in candidate.cascade] == ["sim-large"]
+    assert candidate.number == 2
     agent.refresh_from_db()
-    assert [t["model"] for t in agent.cascade] == ["sim-large"]
-    assert agent.prompt_version == 2
+    assert len(agent.cascade) == 2
 
 
 def test_positions_reorder_the_tiers(client):
@@ -452,8 +525,11 @@ def test_positions_reorder_the_tiers(client):
 
     assert client.post(_url(agent), data).status_code == 302
 
-    agent.refresh_from_db()
-    assert [(t["model"], t["threshold"]) for t in agent.cascade] == [("sim-large", 0.99), ("sim-small", None)]
+    candidate = _proposal(agent).candidate
+    assert [(t["model"], t["threshold"]) for t in candidate.cascade] == [
+        ("sim-large", 0.99),
+        ("sim-small", None),
+    ]
 
 
 def test_removing_every_tier_is_refused_above_the_table(client, agent):
@@ -469,6 +545,7 @@ def test_removing_every_tier_is_refused_above_the_table(client, agent):
     assert "give at least one tier" in tiers[: tiers.index("<table")]
     agent.refresh_from_db()
     assert len(agent.cascade) == 1
+    _nothing_proposed(agent)
 
 
 def test_a_refusal_by_the_service_is_shown_above_the_form(client, agent, monkeypatch):
@@ -477,31 +554,36 @@ def test_a_refusal_by_the_service_is_shown_above_the_form(client, agent, monkeyp
     def refuse(*, agent, **kwargs):
         raise ValidationError({"implementation": ["'x.Y' is not a registered agent class"]})
 
-    monkeypatch.setattr(services, "agent_save", refuse)
+    monkeypatch.setattr(kaizen, "proposal_create", refuse)
     client.force_login(_editor())
+    data = _form(client, agent)
+    data["prompt_template"] = "New {input}"
 
-    response = client.post(_url(agent), _form(client, agent))
+    response = client.post(_url(agent), data)
 
     assert response.status_code == 422
-    assert "is not a registered agent class" in response.content.decode()
+    html = response.content.decode()
+    errors = html[html.index('id="edit-errors"') :]
+    assert "is not a registered agent class" in errors[: errors.index("</div>")]
 
 
-def test_saving_over_a_prompt_someone_else_changed_meanwhile_is_refused(client, agent):
+def test_proposing_against_a_prompt_someone_else_changed_meanwhile_is_refused(client, agent):
     client.force_login(_editor())
     data = _form(client, agent)  # the page as this editor loaded it, at version 1
     agent.prompt_template = "Someone else's prompt: {input}"
-    services.agent_save(agent=agent)  # another editor saves first: version 2
+    services.agent_save(agent=agent)  # a config file changes it first: version 2
     data["prompt_template"] = "My prompt: {input}"
 
     response = client.post(_url(agent), data)
 
     assert response.status_code == 422
-    assert "Someone else saved a new prompt" in response.content.decode()
+    assert "active prompt moved on to version 2 while you were editing" in response.content.decode()
     agent.refresh_from_db()
     assert (agent.prompt_template, agent.prompt_version) == ("Someone else's prompt: {input}", 2)
+    _nothing_proposed(agent, version=2)
 
 
-def test_a_custom_class_agent_still_edits_the_shared_settings(client):
+def test_a_custom_class_agent_still_proposes_the_shared_settings(client):
     agent = make_agent(boards=[make_board()], implementation="boards.example_agents.KeywordClassifier")
     client.force_login(_editor())
     data = _form(client, agent)
@@ -509,9 +591,9 @@ def test_a_custom_class_agent_still_edits_the_shared_settings(client):
 
     assert client.post(_url(agent), data).status_code == 302
 
-    agent.refresh_from_db()
-    assert agent.parameters == {"max_tokens": 256}
-    assert agent.implementation == "boards.example_agents.KeywordClassifier"
+    candidate = _proposal(agent).candidate
+    assert candidate.parameters == {"max_tokens": 256}
+    assert candidate.implementation == "boards.example_agents.KeywordClassifier"
 
 
 def test_it_enforces_csrf(agent):
@@ -522,14 +604,14 @@ def test_it_enforces_csrf(agent):
 
     refused = client.post(_url(agent), {k: v for k, v in data.items() if k != "csrfmiddlewaretoken"})
     assert refused.status_code == 403
+    assert not ChangeProposal.objects.exists()
 
     assert data["csrfmiddlewaretoken"]
     assert client.post(_url(agent), data).status_code == 302
-    agent.refresh_from_db()
-    assert agent.prompt_template == "New {input}"
+    assert _proposal(agent).candidate.prompt_template == "New {input}"
 
 
-def test_the_query_count_does_not_grow_with_the_ledger(client, django_assert_max_num_queries):
+def test_the_query_count_does_not_grow_with_the_ledger_or_the_history(client, django_assert_max_num_queries):
     board = make_board()
     agent = make_agent(boards=[board, make_board()], cascade=TWO_TIERS)
     tasks = [services.task_create(board=board, title=f"Task {i}") for i in range(30)]
@@ -553,11 +635,26 @@ def test_the_query_count_does_not_grow_with_the_ledger(client, django_assert_max
         for task in tasks
         for i in range(10)
     )
-    client.force_login(_editor())
+    editor = _editor()
+    for i in range(3):  # versions, audit entries and proposals with their experiments
+        agent.prompt_template = f"Version {i + 2}: {{input}}"
+        services.agent_save(agent=agent)
+    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
+    for template in ("A: {input}", "B: {input}"):
+        kaizen.proposal_create(
+            agent=agent,
+            fields={**fields, "prompt_template": template},
+            rationale="Try it.",
+            user=get_user_model().objects.get(pk=editor.pk),  # fresh: no cached permissions
+        )
+    client.force_login(editor)
 
-    # +2: the nav asks for the user's permissions (the andon link is for reviewers only).
-    with django_assert_max_num_queries(13):
+    # +2: the nav asks for the user's permissions (the andon link is for reviewers only);
+    # +4: the prompt's history (versions, proposals, experiments, audit entries), a query each.
+    with django_assert_max_num_queries(17):
         response = client.get(_url(agent))
 
     assert response.status_code == 200
-    assert response.content.decode().count('class="ledger-row ') == 20
+    html = response.content.decode()
+    assert html.count('class="ledger-row ') == 20
+    assert html.count('<li class="version') == 6 and html.count('id="history-proposal-') == 2

@@ -1,0 +1,177 @@
+"""What the line asks of the kaizen loop, on its hot path: which prompt version a
+claimed task runs (the arm of the agent's experiment), what that version says,
+and each experiment task's outcome. Imports no service module, so
+``boards.services`` and ``boards.runtime`` can use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable
+from functools import lru_cache
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from boards.agent_config import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
+from boards.models import Agent, Task
+from experiments.models import Experiment, ExperimentSample, PromptVersion
+
+Arm = ExperimentSample.Arm
+
+
+def arm_of(experiment: Experiment, task_id: int) -> str:
+    """Sticky and deterministic: the same task always lands in the same arm of an
+    experiment (a retry too), and experiments split traffic independently."""
+    digest = hashlib.sha256(f"{experiment.salt}:{task_id}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    return Arm.TREATMENT if position < experiment.share else Arm.CONTROL
+
+
+def running_experiments(agents: Iterable[Agent]) -> dict[int, Experiment]:
+    """The experiments assigning traffic now, by agent (one query)."""
+    ids = [agent.pk for agent in agents]
+    if not ids:
+        return {}
+    return {
+        e.agent_id: e
+        for e in Experiment.objects.filter(agent_id__in=ids, status__in=Experiment.ASSIGNING).select_related(
+            "control", "treatment"
+        )
+    }
+
+
+def assign(task: Task, agent: Agent, experiments: dict[int, Experiment]) -> None:
+    """Set a task being claimed by ``agent`` to the version it runs (not saved):
+    the active one, or, while the agent has an experiment, its arm's."""
+    experiment = experiments.get(agent.pk)
+    if experiment is not None and experiment.control.number != agent.prompt_version:
+        # The prompt was changed directly while the experiment ran: its control is
+        # stale, so nothing is assigned until the next look rolls it back.
+        experiment = None
+    if experiment is None:
+        task.experiment_id = None
+        task.arm = ""
+        task.prompt_version = agent.prompt_version
+        return
+    task.experiment_id = experiment.pk
+    task.arm = arm_of(experiment, task.pk)
+    version = experiment.treatment if task.arm == Arm.TREATMENT else experiment.control
+    task.prompt_version = version.number
+
+
+@lru_cache(maxsize=1024)
+def _found_version(agent_id: int, number: int) -> PromptVersion:
+    # Versions never change once written: safe to keep for the process's life.
+    return PromptVersion.objects.get(agent_id=agent_id, number=number)
+
+
+def _version(agent_id: int, number: int) -> PromptVersion | None:
+    try:
+        return _found_version(agent_id, number)
+    except PromptVersion.DoesNotExist:
+        return None  # not cached: it may be written later
+
+
+def agent_for_run(task: Task) -> Agent:
+    """The agent as the task's prompt version has it: the agent itself when the
+    task runs the active version (nearly always), else a copy carrying the
+    version's prompt, variables, parameters and cascade."""
+    agent = task.agent
+    if task.prompt_version in (None, agent.prompt_version):
+        return agent
+    version = _version(agent.pk, task.prompt_version)
+    if version is None:
+        return agent
+    shadow = copy.copy(agent)
+    for name, value in version.fields().items():
+        setattr(shadow, name, value)
+    shadow.prompt_version = version.number
+    return shadow
+
+
+def sample_rows(finished: Iterable[tuple[Task, bool]]) -> list[ExperimentSample]:
+    """The samples of finished experiment tasks: (task, passed inspection).
+    Only tasks claimed into an experiment's current stage count (a task claimed
+    in the canary that finishes after the advance is not efficacy data)."""
+    tasks = [(task, passed) for task, passed in finished if task.experiment_id and task.arm]
+    if not tasks:
+        return []
+    experiments = {
+        e.pk: e
+        for e in Experiment.objects.filter(pk__in={t.experiment_id for t, _ in tasks}).only(
+            "pk", "stage", "stage_started_at", "status"
+        )
+    }
+    now = timezone.now()
+    rows = []
+    for task, passed in tasks:
+        experiment = experiments.get(task.experiment_id)
+        if experiment is None or not experiment.is_active:
+            continue
+        if task.started_at is None or task.started_at < experiment.stage_started_at:
+            continue
+        rows.append(
+            ExperimentSample(
+                experiment_id=experiment.pk,
+                task_id=task.pk,
+                stage=experiment.stage,
+                arm=task.arm,
+                success=passed,
+                cost=task.cost,
+                latency_ms=((task.finished_at or now) - task.started_at).total_seconds() * 1000,
+            )
+        )
+    return rows
+
+
+def has_active(agent_ids: Iterable[int]) -> set[int]:
+    return set(
+        Experiment.objects.filter(agent_id__in=list(agent_ids), status__in=Experiment.ACTIVE).values_list(
+            "agent_id", flat=True
+        )
+    )
+
+
+def _normal_fields(agent: Agent) -> dict:
+    """The agent's prompt fields in their stored normal form (a cascade's prices as
+    decimal strings, its defaults filled in), so versions compare by meaning: an
+    agent made through the ORM with a bare cascade equals the same cascade saved
+    through the services."""
+    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
+    try:
+        fields["prompt_variables"] = parse_variables(agent.prompt_variables)
+        fields["parameters"] = parse_parameters(agent.parameters)
+        fields["cascade"] = cascade_json(parse_cascade(agent.cascade))
+    except ConfigError:
+        pass  # a malformed row is kept as it is: the version records what ran
+    return fields
+
+
+def ensure_version(agent: Agent, *, source: str = "", author=None, rationale: str = "") -> PromptVersion:
+    """The PromptVersion row of the agent's active version, written from the
+    agent's own fields if it is not there yet (agents made before the kaizen
+    loop, or by a config file or the admin, start with none)."""
+    existing = PromptVersion.objects.filter(agent=agent, number=agent.prompt_version).first()
+    if existing is not None:
+        return existing
+    parent = (
+        PromptVersion.objects.filter(agent=agent, number__lt=agent.prompt_version).order_by("-number").first()
+    )
+    if not source:
+        source = PromptVersion.Source.INITIAL if agent.prompt_version == 1 else PromptVersion.Source.CONFIG
+    try:
+        with transaction.atomic():
+            return PromptVersion.objects.create(
+                agent=agent,
+                number=agent.prompt_version,
+                parent=parent,
+                source=source,
+                author=author,
+                rationale=rationale,
+                **_normal_fields(agent),
+            )
+    except IntegrityError:
+        # Written meanwhile by another process: the same fields, by definition.
+        return PromptVersion.objects.get(agent=agent, number=agent.prompt_version)

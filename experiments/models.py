@@ -1,0 +1,304 @@
+"""Kaizen: how an agent's prompt evolves. Immutable prompt versions, the changes
+proposed to them, the experiments that try a change on live traffic, their
+samples and looks, and the append-only audit log of every step.
+
+State changes go through ``experiments.services``; these classes hold data and
+small read-only helpers only.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from boards.models import Agent, Task
+
+
+class PromptVersion(models.Model):
+    """What an agent asks its models, frozen: the prompt template, its variables,
+    the generation parameters and the cascade (or the custom implementation).
+    Numbered per agent; the agent's ``prompt_version`` is the active one's number,
+    and every task records the number it ran with."""
+
+    class Source(models.TextChoices):
+        INITIAL = "initial", "First version"
+        PERSON = "person", "A person"
+        KAIZEN = "kaizen", "The kaizen loop"
+        CONFIG = "config", "A config file or the admin"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="prompt_versions")
+    number = models.PositiveIntegerField()
+    parent = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children"
+    )
+    prompt_template = models.TextField()
+    prompt_variables = models.JSONField(default=list, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    cascade = models.JSONField(default=list)
+    implementation = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    rationale = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "number"], name="prompt_version_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name} v{self.number}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None and not kwargs.pop("force_history", False):
+            raise PermissionDenied("A prompt version is immutable: propose a new one instead.")
+        super().save(*args, **kwargs)
+
+    @property
+    def author_label(self) -> str:
+        if self.source == self.Source.KAIZEN:
+            return "the kaizen loop"
+        return self.author.get_username() if self.author_id else self.get_source_display()
+
+    FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade", "implementation")
+
+    def fields(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
+class ChangeProposal(models.Model):
+    """A change to an agent's prompt, proposed by a person or by the kaizen loop:
+    the candidate version beside the version it changes, why, and the evidence."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for approval"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        EXPERIMENTING = "experimenting", "In an experiment"
+        PROMOTED = "promoted", "Promoted"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        STOPPED = "stopped", "Stopped"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="change_proposals")
+    base_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    candidate = models.OneToOneField(PromptVersion, on_delete=models.PROTECT, related_name="proposal")
+    source = models.CharField(max_length=10, choices=PromptVersion.Source.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    rationale = models.TextField()
+    # What the proposal is based on (counts, examples), for reviewers to judge it.
+    evidence = models.JSONField(default=dict, blank=True)
+    major = models.BooleanField(help_text="Needs approval before any traffic sees it.")
+    # Why it is major or minor, in words.
+    classification = models.TextField(blank=True)
+    status = models.CharField(max_length=15, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [("approve_change", "Can approve, promote and roll back prompt changes")]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}: v{self.base_version.number} → v{self.candidate.number} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("experiments-proposal", kwargs={"pk": self.pk})
+
+
+class Experiment(models.Model):
+    """A candidate version tried on live traffic against the active one: first a
+    canary (a small share, looking only for harm), then, once a person approves
+    the canary's result, an efficacy stage at 50/50 that decides."""
+
+    class Stage(models.TextChoices):
+        CANARY = "canary", "Canary"
+        EFFICACY = "efficacy", "Efficacy"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        # The canary reached its size without harm: a person may advance it.
+        CANARY_PASSED = "canary_passed", "Canary passed: waiting to advance"
+        # The efficacy test says promote: a person may promote it.
+        PROMOTE_READY = "promote_ready", "Better: waiting to promote"
+        PAUSED = "paused", "Paused (sample-ratio mismatch)"
+        PROMOTED = "promoted", "Promoted"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        FUTILE = "futile", "Stopped for futility"
+
+    ACTIVE = (Status.RUNNING, Status.CANARY_PASSED, Status.PROMOTE_READY, Status.PAUSED)
+    # Statuses in which the treatment still gets traffic.
+    ASSIGNING = (Status.RUNNING,)
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="experiments")
+    proposal = models.OneToOneField(ChangeProposal, on_delete=models.PROTECT, related_name="experiment")
+    control = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    treatment = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    stage = models.CharField(max_length=10, choices=Stage.choices, default=Stage.CANARY)
+    status = models.CharField(max_length=15, choices=Status.choices, default=Status.RUNNING)
+    canary_share = models.FloatField(default=0.05)
+    efficacy_share = models.FloatField(default=0.5)
+    # Treatment samples the canary needs before its result can be approved.
+    canary_size = models.PositiveIntegerField(default=200)
+    max_n = models.PositiveIntegerField(default=2000, help_text="Planned samples per arm (efficacy).")
+    # Hashed with the task's id to assign arms: sticky, deterministic, and
+    # independent between experiments.
+    salt = models.CharField(max_length=32)
+    started_at = models.DateTimeField(auto_now_add=True)
+    stage_started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        constraints = [
+            # One experiment per agent at a time.
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=Q(status__in=["running", "canary_passed", "promote_ready", "paused"]),
+                name="experiment_one_active_per_agent",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}: v{self.control.number} vs v{self.treatment.number} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("experiments-detail", kwargs={"pk": self.pk})
+
+    @property
+    def share(self) -> float:
+        return self.canary_share if self.stage == self.Stage.CANARY else self.efficacy_share
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+
+class ExperimentSample(models.Model):
+    """One task's outcome in an experiment: success is an output that passed
+    inspection (and so was not rejected by a reviewer), with its cost and latency."""
+
+    class Arm(models.TextChoices):
+        CONTROL = "control", "Control"
+        TREATMENT = "treatment", "Treatment"
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="samples")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    stage = models.CharField(max_length=10, choices=Experiment.Stage.choices)
+    arm = models.CharField(max_length=10, choices=Arm.choices)
+    success = models.BooleanField()
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    latency_ms = models.FloatField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "stage", "task"], name="sample_once_per_stage"),
+        ]
+        indexes = [models.Index(fields=["experiment", "stage", "arm"], name="sample_arm")]
+
+    def __str__(self) -> str:
+        return f"{self.arm} {'success' if self.success else 'failure'} (task {self.task_id})"
+
+
+class ExperimentLook(models.Model):
+    """One evaluation of an experiment (every few minutes): the counts and the
+    statistics at that moment, and what was decided."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="looks")
+    stage = models.CharField(max_length=10, choices=Experiment.Stage.choices)
+    decision = models.CharField(max_length=20)
+    stats = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"look at {self.created_at:%Y-%m-%d %H:%M}: {self.decision}"
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionDenied("The audit log is append-only.")
+
+    def delete(self):
+        raise PermissionDenied("The audit log is append-only.")
+
+
+class AuditEntry(models.Model):
+    """Append-only: every proposal, approval, stage change, look, promotion and
+    rollback, with who, when, why and the statistics at that moment."""
+
+    class Action(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        STARTED = "started", "Experiment started"
+        NOT_STARTED = "not_started", "Not started"
+        LOOK = "look", "Look"
+        CANARY_PASSED = "canary_passed", "Canary passed"
+        ADVANCED = "advanced", "Advanced to efficacy"
+        PAUSED = "paused", "Paused"
+        RESUMED = "resumed", "Resumed"
+        PROMOTE_READY = "promote_ready", "Ready to promote"
+        PROMOTED = "promoted", "Promoted"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        FUTILE = "futile", "Stopped for futility"
+        VERSION = "version", "Version recorded"
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=20, choices=Action.choices)
+    proposal = models.ForeignKey(
+        ChangeProposal, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    experiment = models.ForeignKey(
+        Experiment, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    version = models.ForeignKey(
+        PromptVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # None: the kaizen loop or the line did it.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    stats = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} ({self.agent.name})"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise PermissionDenied("The audit log is append-only: entries cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionDenied("The audit log is append-only: entries cannot be deleted.")
+
+    @property
+    def actor(self) -> str:
+        if self.user_id:
+            return self.user.get_username()
+        if self.action == self.Action.VERSION:
+            return "a config file or the admin"
+        return "the kaizen loop"

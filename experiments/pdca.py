@@ -1,0 +1,878 @@
+"""The kaizen cycle (PDCA) of each agent, run by Celery beat.
+
+**Plan** (``plan``): read the agent's recent ledger, inspections and andon
+decisions, and find changes the evidence supports:
+
+- ``verbose``: outputs longer than they need be (token waste recorded on many of
+  them, or a median length far above the estimated optimum): lower
+  ``max_tokens`` to what passed outputs actually use, and ask for brevity when
+  that cap is still well above the optimum.
+- ``cheap_tier``: tier 1 of the cascade already gave answers that would pass,
+  yet the cascade escalated to dearer tiers: lower tier 1's threshold a little,
+  or drop the upper tiers when they never once made a difference.
+- ``few_shot``: reviewers rejected or corrected several outputs for the same
+  failed check (or with similar outputs): put their corrections into the
+  template as examples.
+- ``rewrite``: with a real provider configured (its key present), ask its model
+  to rewrite the template from the failures. Never with simulated tiers only:
+  the simulated model cannot write prompts, and pretending it did would be a lie.
+
+**Do** (``cycle``): open at most one proposal per cycle, the plan whose evidence
+concerns the largest share of outputs, through ``proposal_create`` as the kaizen
+loop. A minor change starts its canary at once; a major one waits for a person.
+**Check** and **Act** are ``experiments.services.experiments_evaluate`` (the
+sequential test, every few minutes) and the human gates; nothing here repeats them.
+
+Evidence is read for the agent's active prompt version only: outputs of an older
+version say nothing about the prompt a proposal would change.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import math
+import os
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from andon.inspection import parse_checks
+from andon.models import Escalation, Inspection
+from boards.agent_config import (
+    BUILTIN_VARIABLES,
+    ConfigError,
+    Tier,
+    cascade_json,
+    check_template,
+    parse_cascade,
+    parse_parameters,
+    parse_variables,
+    template_fields,
+)
+from boards.models import Agent, ModelCall, Task
+from boards.providers import ModelRequest, ProviderError, get_provider
+from experiments import services
+from experiments.models import ChangeProposal, Experiment, PromptVersion
+
+logger = logging.getLogger(__name__)
+
+WINDOW = timedelta(days=7)
+# Below this many outputs in the window, no plan: a handful of outputs is noise.
+MIN_OUTPUTS = 30
+# The most recent outputs (and their calls) read per plan: a busy agent's week
+# can be large, and the latest few thousand say all a plan needs.
+MAX_OUTPUTS = 5000
+# Proposals this recent are compared with a plan, so no change is proposed twice.
+RECENT_PROPOSALS = timedelta(days=30)
+# How long before its output a run's calls may have been made (a run is cut off after
+# KAIZEN_RUN_TIMEOUT_SECONDS, 10 minutes by default).
+CALLS_BEFORE_OUTPUT = timedelta(hours=1)
+
+# verbose
+WASTE_SHARE = 0.20
+MEDIAN_OVER_OPTIMAL = 2.0
+MIN_PASSED_FOR_CAP = 10
+MAX_TOKENS_FLOOR = 64
+MAX_TOKENS_STEP = 10
+# A cap above this many times the optimum still lets outputs run long: ask for brevity too.
+BREVITY_OVER_OPTIMAL = 1.5
+BREVITY_MARKER = "Be concise:"
+
+# cheap_tier
+NEAR_THRESHOLD = 0.02
+MIN_NEEDLESS = 10
+NEEDLESS_SHARE = 0.5
+MIN_ESCALATIONS_TO_DROP = 20
+# "Slightly": one plan lowers tier 1's threshold by at most this much.
+MAX_THRESHOLD_STEP = 0.05
+
+# few_shot
+MIN_REJECTIONS = 3
+SIMILAR_OUTPUTS = 0.8
+MAX_EXAMPLES = 3
+MAX_EXAMPLE_CHARS = 500
+EXAMPLES_MARKER = "Examples of good answers, as reviewers corrected them:"
+
+# rewrite
+MIN_DEFECTS_FOR_REWRITE = 5
+MAX_FAILURES_SHOWN = 8
+REWRITE_MAX_TOKENS = 2000
+REAL_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# Tier settings that say how to reach the model, kept for the rewrite call.
+_TRANSPORT = ("base_url", "api_key_env", "timeout", "max_retries", "max_in_flight", "temperature")
+
+QUOTE = 160
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A candidate improvement: the full proposed prompt fields (the agent's own,
+    changed), why in words that cite the evidence, and the evidence itself.
+    ``strength`` is the share of the window's outputs the evidence concerns."""
+
+    kind: str
+    fields: dict[str, Any]
+    rationale: str
+    evidence: dict[str, Any]
+    strength: float = field(default=0.0, compare=False)
+
+
+# --- reading the evidence ------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    agent: Agent
+    since: datetime
+    days: int
+    outputs: list[dict]  # inspections, newest first
+    calls_since: datetime
+
+    @property
+    def n(self) -> int:
+        return len(self.outputs)
+
+
+def _window(agent: Agent, since: datetime) -> _Window:
+    outputs = list(
+        Inspection.objects.filter(agent=agent, prompt_version=agent.prompt_version, created_at__gte=since)
+        .order_by("-created_at", "-pk")
+        .values("pk", "task_id", "attempt", "passed", "failures", "waste_tokens", "tokens_out", "created_at")[
+            :MAX_OUTPUTS
+        ]
+    )
+    days = max(1, round((timezone.now() - since).total_seconds() / 86400))
+    calls_since = since
+    if len(outputs) == MAX_OUTPUTS:
+        # Only the newest outputs are read: their calls were made at most a run's
+        # length before them, so older calls need not be read either.
+        calls_since = max(since, outputs[-1]["created_at"] - CALLS_BEFORE_OUTPUT)
+    return _Window(agent=agent, since=since, days=days, outputs=outputs, calls_since=calls_since)
+
+
+def _current_fields(agent: Agent) -> dict[str, Any]:
+    return {name: copy.deepcopy(getattr(agent, name)) for name in PromptVersion.FIELDS}
+
+
+def _quote(text: str, limit: int = QUOTE) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "0%"
+
+
+def _money(value: Decimal | float) -> float:
+    return round(float(value), 6)
+
+
+def _checks(agent: Agent) -> list:
+    try:
+        return parse_checks(agent.quality_checks)
+    except ConfigError:
+        return []
+
+
+def _optimal_tokens(agent: Agent) -> int | None:
+    """The optimum the token-waste check measures against: its own setting, or the
+    line's estimate from the agent's history (andon.jidoka)."""
+    for spec in _checks(agent):
+        if spec.kind == "token_waste" and spec.params.get("optimal_tokens"):
+            return int(spec.params["optimal_tokens"])
+    from andon import jidoka
+
+    return jidoka.optimal_lengths.get(agent.pk)
+
+
+def _pass_bar(agent: Agent) -> float | None:
+    """The confidence an output needs to pass inspection (the strictest confidence check)."""
+    minimums = [spec.params["min"] for spec in _checks(agent) if spec.kind == "confidence"]
+    return max(minimums) if minimums else None
+
+
+# --- plan: verbose -------------------------------------------------------------------
+
+
+def _plan_verbose(window: _Window) -> Plan | None:
+    agent = window.agent
+    outputs = [o for o in window.outputs if o["tokens_out"] > 0]
+    if len(outputs) < MIN_OUTPUTS:
+        return None
+    wasteful = [o for o in outputs if o["waste_tokens"] > 0]
+    lengths = [o["tokens_out"] for o in outputs]
+    median = statistics.median(lengths)
+    optimal = _optimal_tokens(agent)
+    share = len(wasteful) / len(outputs)
+    far_above = optimal is not None and median >= MEDIAN_OVER_OPTIMAL * optimal
+    if share < WASTE_SHARE and not far_above:
+        return None
+
+    fields = _current_fields(agent)
+    try:
+        parameters = parse_parameters(agent.parameters)
+        tiers = parse_cascade(agent.cascade)
+    except ConfigError:
+        return None
+    current = parameters.get("max_tokens")
+    passed = [o["tokens_out"] for o in outputs if o["passed"]]
+    p90 = (
+        statistics.quantiles(passed, n=10, method="inclusive")[8]
+        if len(passed) >= MIN_PASSED_FOR_CAP
+        else None
+    )
+    changes: list[str] = []
+    proposed = current
+    if p90 is not None:
+        cap = max(MAX_TOKENS_FLOOR, math.ceil(p90 / MAX_TOKENS_STEP) * MAX_TOKENS_STEP)
+        lower_agent = current is None or cap < current
+        # A tier's own max_tokens overrides the agent's: lower those too, or the cap does nothing there.
+        lower_tiers = any((t.parameters.get("max_tokens") or 0) > cap for t in tiers)
+        if lower_agent:
+            parameters["max_tokens"] = cap
+            fields["parameters"] = parameters
+            changes.append(
+                f"lower max_tokens from {current if current is not None else 'unset'} to {cap} "
+                f"(the 90th percentile of passed outputs, {p90:.0f} tokens, rounded up"
+                + (f", never below {MAX_TOKENS_FLOOR}" if cap == MAX_TOKENS_FLOOR else "")
+                + ")"
+            )
+        if lower_tiers:
+            cascade = cascade_json(tiers)
+            for tier in cascade:
+                if (tier["parameters"].get("max_tokens") or 0) > cap:
+                    tier["parameters"]["max_tokens"] = cap
+            fields["cascade"] = cascade
+            changes.append(f"lower the tiers' own max_tokens above {cap} to {cap}")
+        if lower_agent or lower_tiers:
+            proposed = cap
+    still_high = proposed is None or (optimal is not None and proposed > BREVITY_OVER_OPTIMAL * optimal)
+    template = agent.prompt_template
+    if still_high and BREVITY_MARKER.lower() not in template.lower():
+        if optimal:
+            words = max(5, round(optimal * 0.75))
+            instruction = (
+                f"{BREVITY_MARKER} answer in about {words} words or fewer, without preamble or repetition."
+            )
+        else:
+            instruction = f"{BREVITY_MARKER} answer briefly, without preamble or repetition."
+        fields["prompt_template"] = template.rstrip() + "\n\n" + instruction
+        changes.append(f'ask for brevity ("{instruction}")')
+    if not changes:
+        return None
+
+    p90_all = statistics.quantiles(lengths, n=10, method="inclusive")[8]
+    wasted = sum(o["waste_tokens"] for o in wasteful)
+    example = None
+    worst = max(wasteful, key=lambda o: o["waste_tokens"], default=None)
+    if worst is not None:
+        task = Task.objects.filter(pk=worst["task_id"]).values("pk", "title", "output").first() or {}
+        example = {
+            "task": worst["task_id"],
+            "title": task.get("title", ""),
+            "tokens_out": worst["tokens_out"],
+            "waste_tokens": worst["waste_tokens"],
+            "output": _quote(task.get("output", ""), 300),
+        }
+    evidence = {
+        "kind": "verbose",
+        "window_days": window.days,
+        "outputs": len(outputs),
+        "outputs_with_waste": len(wasteful),
+        "waste_share": round(share, 4),
+        "median_tokens": median,
+        "p90_tokens": p90_all,
+        "p90_passed_tokens": p90,
+        "optimal_tokens": optimal,
+        "wasted_tokens": wasted,
+        "max_tokens": {"current": current, "proposed": proposed},
+        "example": example,
+    }
+    reasons = [
+        f"{len(wasteful)} of {len(outputs)} outputs in the last {window.days} days "
+        f"({_percent(len(wasteful), len(outputs))}) ran past the optimal length, wasting {wasted:,} tokens",
+        f"median {median:g} tokens, 90th percentile {p90_all:g}"
+        + (f", against an estimated optimum of {optimal}" if optimal else ""),
+    ]
+    if example:
+        reasons.append(
+            f"for example task {example['task']} ({example['title']!r}): {example['tokens_out']} tokens, "
+            f"{example['waste_tokens']} of them waste"
+        )
+    rationale = "Verbose outputs: " + "; ".join(reasons) + ". Proposed: " + ", ".join(changes) + "."
+    long_share = (
+        sum(1 for n in lengths if n >= MEDIAN_OVER_OPTIMAL * optimal) / len(lengths) if optimal else 0.0
+    )
+    return Plan("verbose", fields, rationale, evidence, strength=max(share, long_share))
+
+
+# --- plan: the cheap tier already passes ---------------------------------------------
+
+
+def _plan_cheap_tier(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS:
+        return None
+    try:
+        tiers = parse_cascade(agent.cascade)
+    except ConfigError:
+        return None
+    if len(tiers) < 2 or tiers[0].threshold is None:
+        return None
+    threshold = tiers[0].threshold
+    bar = _pass_bar(agent)
+    passed = {(o["task_id"], o["attempt"]): o["passed"] for o in window.outputs}
+    runs: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    calls = (
+        ModelCall.objects.filter(
+            agent=agent,
+            prompt_version=agent.prompt_version,
+            created_at__gte=window.calls_since,
+            source__in=(ModelCall.Source.MODEL, ModelCall.Source.CACHE),
+        )
+        .order_by()
+        .values("task_id", "attempt", "tier", "confidence", "accepted", "error", "cost")
+    )
+    for call in calls.iterator():
+        runs[(call["task_id"], call["attempt"])].append(call)
+
+    escalations: list[dict] = []
+    rescued_errors = 0
+    upper_cost_all = Decimal(0)
+    for key, rows in runs.items():
+        if key not in passed:
+            continue
+        first = [r for r in rows if r["tier"] == 1]
+        taken = [r for r in rows if r["accepted"] and (r["tier"] or 0) >= 2]
+        if not taken:
+            continue
+        upper = sum((r["cost"] for r in rows if (r["tier"] or 0) >= 2), Decimal(0))
+        upper_cost_all += upper
+        usable = [r for r in first if not r["error"] and r["confidence"] is not None]
+        if not usable:
+            # Tier 1 failed outright and a dearer tier saved the run: that bought something.
+            rescued_errors += 1
+            continue
+        confidence = usable[-1]["confidence"]
+        would_pass = bar is not None and confidence >= bar
+        near = confidence >= threshold - NEAR_THRESHOLD
+        escalations.append(
+            {
+                "task": key[0],
+                "attempt": key[1],
+                "tier1_confidence": confidence,
+                "accepted_tier": max(r["tier"] for r in taken),
+                "upper_cost": upper,
+                "needless": passed[key] and (would_pass or near),
+            }
+        )
+    needless = [e for e in escalations if e["needless"]]
+    total = len(escalations) + rescued_errors
+    if len(needless) < MIN_NEEDLESS or len(needless) < NEEDLESS_SHARE * total:
+        return None
+    fields = _current_fields(agent)
+    cascade = cascade_json(tiers)
+    upper_needless = sum((e["upper_cost"] for e in needless), Decimal(0))
+    drop = len(needless) == total and total >= MIN_ESCALATIONS_TO_DROP
+    if drop:
+        fields["cascade"] = cascade[:1]
+        saving = upper_cost_all
+        change = (
+            f"drop the tiers above tier 1 ({', '.join(t.model for t in tiers[1:])}): "
+            "not one escalation to them changed the outcome"
+        )
+        new_threshold = None
+    else:
+        confidences = sorted(e["tier1_confidence"] for e in needless)
+        low = confidences[int(0.2 * (len(confidences) - 1))]
+        # round() first: 0.29 * 100 is 28.999..., which floor would take to 0.28.
+        new_threshold = math.floor(round(low * 100, 6)) / 100
+        new_threshold = max(new_threshold, round(threshold - MAX_THRESHOLD_STEP, 4))
+        if bar is not None:
+            new_threshold = max(new_threshold, bar)
+        new_threshold = round(new_threshold, 4)
+        if new_threshold >= threshold:
+            return None
+        cascade[0]["threshold"] = new_threshold
+        fields["cascade"] = cascade
+        saving = sum(
+            (e["upper_cost"] for e in needless if e["tier1_confidence"] >= new_threshold), Decimal(0)
+        )
+        change = f"lower tier 1's ({tiers[0].model}) threshold from {threshold:g} to {new_threshold:g}"
+    examples = [
+        {
+            "task": e["task"],
+            "tier1_confidence": e["tier1_confidence"],
+            "threshold": threshold,
+            "accepted_tier": e["accepted_tier"],
+            "upper_cost": _money(e["upper_cost"]),
+        }
+        for e in sorted(needless, key=lambda e: -e["upper_cost"])[:3]
+    ]
+    evidence = {
+        "kind": "cheap_tier",
+        "window_days": window.days,
+        "outputs": window.n,
+        "escalations": total,
+        "needless_escalations": len(needless),
+        "tier1_errors_rescued": rescued_errors,
+        "tier1_threshold": {"current": threshold, "proposed": new_threshold},
+        "pass_confidence": bar,
+        "upper_tier_cost": _money(upper_cost_all),
+        "upper_tier_cost_needless": _money(upper_needless),
+        "estimated_saving": _money(saving),
+        "examples": examples,
+    }
+    why = (
+        f"tier 1's confidence was at least the {bar:g} inspection asks for"
+        if bar is not None
+        else "tier 1's confidence"
+    ) + f" or within {NEAR_THRESHOLD:g} of its threshold {threshold:g}, and the final output passed"
+    example = examples[0]
+    rationale = (
+        f"The cheap tier already passes: of {total} outputs in the last {window.days} days that "
+        f"escalated past tier 1 ({tiers[0].model}), {len(needless)} ({_percent(len(needless), total)}) "
+        f"bought nothing ({why}). Those escalations cost ${_money(upper_needless):.4f} on the upper tiers "
+        f"(${_money(upper_cost_all):.4f} in all). For example task {example['task']}: tier 1 said "
+        f"{example['tier1_confidence']:g}, tier {example['accepted_tier']} was taken for "
+        f"${example['upper_cost']:.4f}. Proposed: {change}; estimated saving ${_money(saving):.4f} "
+        f"per {window.days} days."
+    )
+    return Plan("cheap_tier", fields, rationale, evidence, strength=len(needless) / window.n)
+
+
+# --- plan: recurring rejections -> few-shot examples ------------------------------
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _clusters(escalations: list[Escalation]) -> list[tuple[str, list[Escalation]]]:
+    """Groups of decided escalations: by failed check, then by similar output."""
+    groups: dict[str, list[Escalation]] = defaultdict(list)
+    for escalation in escalations:
+        for name in dict.fromkeys(escalation.failed_checks):
+            if name:
+                groups[f"failed check {name!r}"].append(escalation)
+    result = list(groups.items())
+    similar: list[list[Escalation]] = []
+    for escalation in escalations:
+        for cluster in similar:
+            matcher = difflib.SequenceMatcher(a=cluster[0].output, b=escalation.output, autojunk=False)
+            if matcher.quick_ratio() >= SIMILAR_OUTPUTS and matcher.ratio() >= SIMILAR_OUTPUTS:
+                cluster.append(escalation)
+                break
+        else:
+            similar.append([escalation])
+    result += [("similar outputs", cluster) for cluster in similar]
+    return sorted(result, key=lambda item: -len(item[1]))
+
+
+def _plan_few_shot(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS or EXAMPLES_MARKER in agent.prompt_template:
+        return None
+    decided = list(
+        Escalation.objects.filter(
+            agent=agent,
+            prompt_version=agent.prompt_version,
+            created_at__gte=window.since,
+            status__in=(Escalation.Status.REJECTED, Escalation.Status.CORRECTED),
+        )
+        .select_related("task")
+        .order_by("-decided_at", "-pk")[:200]
+    )
+    for label, group in _clusters(decided):
+        if len(group) < MIN_REJECTIONS:
+            break
+        corrections = [
+            e
+            for e in group
+            if e.status == Escalation.Status.CORRECTED
+            and e.corrected_output.strip()
+            and len(e.corrected_output) <= MAX_EXAMPLE_CHARS
+            and len(e.task.input) <= MAX_EXAMPLE_CHARS
+        ][:MAX_EXAMPLES]
+        if corrections:
+            return _few_shot(window, label, group, corrections)
+    return None
+
+
+def _few_shot(window: _Window, label: str, group: list[Escalation], corrections: list[Escalation]) -> Plan:
+    agent = window.agent
+    blocks = [
+        f"Input: {_escape(e.task.input.strip())}\nAnswer: {_escape(e.corrected_output.strip())}"
+        for e in corrections
+    ]
+    fields = _current_fields(agent)
+    fields["prompt_template"] = (
+        EXAMPLES_MARKER + "\n\n" + "\n\n".join(blocks) + "\n\nNow the task.\n\n" + agent.prompt_template
+    )
+    statuses = Counter(e.status for e in group)
+    notes = [e.note.strip() for e in group if e.note.strip()][:5]
+    evidence = {
+        "kind": "few_shot",
+        "window_days": window.days,
+        "outputs": window.n,
+        "group": label,
+        "rejected": statuses[Escalation.Status.REJECTED],
+        "corrected": statuses[Escalation.Status.CORRECTED],
+        "escalations": [e.pk for e in group],
+        "reviewer_notes": notes,
+        "examples": [
+            {
+                "escalation": e.pk,
+                "task": e.task_id,
+                "input": e.task.input,
+                "output": _quote(e.output, 300),
+                "corrected_output": e.corrected_output,
+            }
+            for e in corrections
+        ],
+    }
+    said = "; ".join(f'"{_quote(n, 100)}"' for n in notes[:3])
+    rationale = (
+        f"Recurring rejections: reviewers rejected or corrected {len(group)} outputs in the last "
+        f"{window.days} days with the same {label} ({statuses[Escalation.Status.REJECTED]} rejected, "
+        f"{statuses[Escalation.Status.CORRECTED]} corrected, of {window.n} outputs)"
+        + (f"; they said {said}" if said else "")
+        + f". Proposed: add {len(corrections)} of their corrections to the template as examples "
+        f"(for example, for {_quote(corrections[0].task.input, 60)!r} they wrote "
+        f"{_quote(corrections[0].corrected_output, 80)!r})."
+    )
+    return Plan("few_shot", fields, rationale, evidence, strength=len(group) / window.n)
+
+
+# --- plan: a real model rewrites the prompt --------------------------------------
+
+
+def rewrite_tier(agent: Agent) -> Tier | None:
+    """The strongest tier of the cascade on a real provider whose key is in the
+    environment (the last such: tiers run cheapest first); None if there is none."""
+    try:
+        tiers = parse_cascade(agent.cascade)
+    except ConfigError:
+        return None
+    for tier in reversed(tiers):
+        if tier.provider not in REAL_PROVIDER_KEYS:
+            continue
+        if os.environ.get(str(tier.parameters.get("api_key_env") or REAL_PROVIDER_KEYS[tier.provider])):
+            return tier
+    return None
+
+
+def _rewrite_proposed(window: _Window) -> bool:
+    """One rewrite per active version per window: a model answers differently each
+    time, so the fields alone cannot tell that the same failures were sent already."""
+    return ChangeProposal.objects.filter(
+        agent=window.agent,
+        source=PromptVersion.Source.KAIZEN,
+        base_version__number=window.agent.prompt_version,
+        evidence__kind="rewrite",
+        created_at__gte=window.since,
+    ).exists()
+
+
+def _failures(window: _Window) -> list[dict]:
+    defects = [o for o in window.outputs if not o["passed"]]
+    escalations = {
+        e.inspection_id: e
+        for e in Escalation.objects.filter(inspection_id__in=[o["pk"] for o in defects[:200]])
+    }
+    tasks = {
+        t["pk"]: t
+        for t in Task.objects.filter(pk__in={o["task_id"] for o in defects[:MAX_FAILURES_SHOWN]}).values(
+            "pk", "title", "input", "output"
+        )
+    }
+    failures = []
+    for output in defects[:MAX_FAILURES_SHOWN]:
+        escalation = escalations.get(output["pk"])
+        task = tasks.get(output["task_id"], {})
+        failures.append(
+            {
+                "task": output["task_id"],
+                "input": _quote(task.get("input", ""), 400),
+                "output": _quote(escalation.output if escalation else task.get("output", ""), 400),
+                "failed": [
+                    f"{f.get('name')}: {f.get('reason')}" for f in output["failures"] if isinstance(f, dict)
+                ],
+                "decision": escalation.status if escalation else "",
+                "reviewer_note": escalation.note if escalation else "",
+                "corrected_output": _quote(escalation.corrected_output, 400) if escalation else "",
+            }
+        )
+    return failures
+
+
+def rewrite_request(agent: Agent, failures: list[dict], *, defects: int, outputs: int, days: int) -> str:
+    """What the model is asked: the template, the placeholders it must keep, the failures."""
+    try:
+        declared = parse_variables(agent.prompt_variables)
+    except ConfigError:
+        declared = []
+    available = ", ".join(f"{{{name}}}" for name in (*BUILTIN_VARIABLES, *declared))
+    lines = [
+        f"You improve the prompt template of an AI agent named {agent.name!r}.",
+        "The template is filled in with Python's str.format: each {name} placeholder is replaced by a "
+        f"value (available: {available}); write {{{{ and }}}} for a literal brace.",
+        "",
+        "The current template, between the lines of <<< and >>>:",
+        "<<<",
+        agent.prompt_template,
+        ">>>",
+        "",
+        f"In the last {days} days, {defects} of its {outputs} outputs failed inspection. Some of them:",
+    ]
+    for number, failure in enumerate(failures, start=1):
+        lines.append(f"{number}. Input: {failure['input']}")
+        lines.append(f"   Output: {failure['output']}")
+        if failure["failed"]:
+            lines.append(f"   Failed checks: {'; '.join(failure['failed'])}")
+        if failure["decision"] in (Escalation.Status.REJECTED, Escalation.Status.CORRECTED):
+            lines.append(f"   A reviewer {failure['decision']} it: {failure['reviewer_note'] or '(no note)'}")
+        if failure["corrected_output"]:
+            lines.append(f"   The reviewer's corrected output: {failure['corrected_output']}")
+    lines += [
+        "",
+        "Rewrite the template so that failures like these become less likely. Keep every placeholder "
+        "the current template uses. Reply with the new template only: no commentary, no code fences, "
+        "no <<< >>> markers.",
+    ]
+    return "\n".join(lines)
+
+
+_FENCE = re.compile(r"^```[\w-]*\n(.*?)\n?```$", re.S)
+
+
+def _clean_rewrite(text: str) -> str:
+    text = text.strip()
+    match = _FENCE.match(text)
+    if match:
+        text = match.group(1).strip()
+    if text.startswith("<<<") and text.endswith(">>>"):
+        text = text[3:-3].strip()
+    return text
+
+
+def _plan_rewrite(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS:
+        return None
+    defects = sum(1 for o in window.outputs if not o["passed"])
+    if defects < MIN_DEFECTS_FOR_REWRITE:
+        return None
+    tier = rewrite_tier(agent)
+    if tier is None:
+        logger.info("kaizen: %s has no real provider with its key set: no rewrite by a model", agent.name)
+        return None
+    if _rewrite_proposed(window):
+        return None
+    failures = _failures(window)
+    prompt = rewrite_request(agent, failures, defects=defects, outputs=window.n, days=window.days)
+    request_settings = {k: v for k, v in tier.parameters.items() if k in _TRANSPORT}
+    request_settings["max_tokens"] = REWRITE_MAX_TOKENS
+    try:
+        response = get_provider(tier.provider).complete(
+            ModelRequest(model=tier.model, prompt=prompt, input="", settings=request_settings)
+        )
+    except Exception as exc:
+        # Any failure of the call (ProviderError, or an SDK surprise) skips the plan, never the cycle.
+        logger.warning(
+            "kaizen: rewriting %s's prompt with %s/%s failed, skipped: %s",
+            agent.name,
+            tier.provider,
+            tier.model,
+            exc,
+            exc_info=not isinstance(exc, ProviderError),
+        )
+        return None
+    template = _clean_rewrite(response.text)
+    try:
+        declared = parse_variables(agent.prompt_variables)
+        kept = set(template_fields(agent.prompt_template))
+        used = set(template_fields(template))
+    except (ConfigError, ValueError) as exc:
+        logger.warning(
+            "kaizen: %s/%s's rewrite of %s's prompt is unusable, skipped: %s",
+            tier.provider,
+            tier.model,
+            agent.name,
+            exc,
+        )
+        return None
+    problems = check_template(template, declared)
+    if not template or template == agent.prompt_template or problems or not kept <= used:
+        why = "; ".join(problems) or (
+            f"it drops {', '.join(sorted(kept - used))}" if not kept <= used else "it is empty or unchanged"
+        )
+        logger.warning(
+            "kaizen: %s/%s's rewrite of %s's prompt is unusable, skipped: %s",
+            tier.provider,
+            tier.model,
+            agent.name,
+            why,
+        )
+        return None
+    fields = _current_fields(agent)
+    fields["prompt_template"] = template
+    checks = Counter(
+        f.get("name", "")
+        for o in window.outputs
+        if not o["passed"]
+        for f in o["failures"]
+        if isinstance(f, dict)
+    )
+    decided = [
+        f for f in failures if f["decision"] in (Escalation.Status.REJECTED, Escalation.Status.CORRECTED)
+    ]
+    evidence = {
+        "kind": "rewrite",
+        "window_days": window.days,
+        "outputs": window.n,
+        "defects": defects,
+        "failed_checks": dict(checks.most_common()),
+        "reviewer_notes": [f["reviewer_note"] for f in decided if f["reviewer_note"]][:5],
+        "failures_shown": failures,
+        "model": {
+            "provider": tier.provider,
+            "model": tier.model,
+            "tokens_in": response.tokens_in,
+            "tokens_out": response.tokens_out,
+            "cost": _money(tier.cost(response.tokens_in, response.tokens_out)),
+        },
+    }
+    top = ", ".join(f"{name} ({count})" for name, count in checks.most_common(3))
+    rationale = (
+        f"Failures: {defects} of {window.n} outputs in the last {window.days} days failed inspection"
+        + (f" (most often: {top})" if top else "")
+        + (
+            f"; {len(decided)} of the {len(failures)} shown were rejected or corrected by reviewers"
+            if decided
+            else ""
+        )
+        + f". Proposed: the template as {tier.provider}/{tier.model} rewrote it from those failures."
+    )
+    if failures:
+        rationale += f" For example task {failures[0]['task']}: {'; '.join(failures[0]['failed'])[:200]}."
+    return Plan("rewrite", fields, rationale, evidence, strength=defects / window.n)
+
+
+# --- plan, do ------------------------------------------------------------------------
+
+
+PLANNERS = (_plan_verbose, _plan_cheap_tier, _plan_few_shot, _plan_rewrite)
+
+
+def plan(agent: Agent, *, since: datetime | None = None) -> list[Plan]:
+    """The improvements the agent's recent evidence supports, strongest first.
+    Reads only (the rewrite plan calls a model, when one is configured)."""
+    if agent.implementation:
+        # A custom class does the work: its prompt and cascade are not what runs.
+        return []
+    window = _window(agent, since if since is not None else timezone.now() - WINDOW)
+    if window.n < MIN_OUTPUTS:
+        return []
+    plans = []
+    for planner in PLANNERS:
+        found = planner(window)
+        if found is not None:
+            plans.append(found)
+    return sorted(plans, key=lambda p: -p.strength)
+
+
+def _comparable(fields: dict) -> dict:
+    """Fields in their stored normal form, so a plan compares with a proposal's candidate."""
+    result = {name: fields.get(name) for name in PromptVersion.FIELDS}
+    for name, normal in (
+        ("prompt_variables", parse_variables),
+        ("parameters", parse_parameters),
+        ("cascade", lambda value: cascade_json(parse_cascade(value))),
+    ):
+        try:
+            result[name] = normal(result[name])
+        except ConfigError:
+            pass
+    result["implementation"] = result["implementation"] or ""
+    return result
+
+
+def _proposed_before(agent: Agent) -> list[dict]:
+    recent = ChangeProposal.objects.filter(
+        agent=agent, created_at__gte=timezone.now() - RECENT_PROPOSALS
+    ).select_related("candidate")
+    return [_comparable(p.candidate.fields()) for p in recent]
+
+
+def _busy(agent: Agent) -> str:
+    if Experiment.objects.filter(agent=agent, status__in=Experiment.ACTIVE).exists():
+        return "it has an experiment running"
+    if ChangeProposal.objects.filter(
+        agent=agent, status__in=(ChangeProposal.Status.PENDING, ChangeProposal.Status.APPROVED)
+    ).exists():
+        return "a proposal of it waits for a decision or for its experiment"
+    if services.changes_today(agent) >= settings.KAIZEN_MAX_CHANGES_PER_DAY:
+        return "it reached its daily limit of changes (KAIZEN_MAX_CHANGES_PER_DAY)"
+    return ""
+
+
+def cycle(agent: Agent) -> ChangeProposal | None:
+    """One kaizen cycle: Plan, then Do at most one proposal (the strongest plan not
+    proposed before), unless the agent is busy with one change already."""
+    busy = _busy(agent)
+    if busy:
+        logger.info("kaizen: no proposal for %s: %s", agent.name, busy)
+        return None
+    before = _proposed_before(agent)
+    current = _comparable(_current_fields(agent))
+    for candidate in plan(agent):
+        comparable = _comparable(candidate.fields)
+        if comparable == current or comparable in before:
+            logger.info("kaizen: %s plan for %s was proposed already", candidate.kind, agent.name)
+            continue
+        try:
+            with transaction.atomic():
+                # Under the agent's row lock: a cycle running twice at once proposes once.
+                Agent.objects.select_for_update(of=("self",), no_key=True).get(pk=agent.pk)
+                busy = _busy(agent)
+                if busy:
+                    logger.info("kaizen: no proposal for %s: %s", agent.name, busy)
+                    return None
+                proposal = services.proposal_create(
+                    agent=agent,
+                    fields=candidate.fields,
+                    rationale=candidate.rationale,
+                    source=PromptVersion.Source.KAIZEN,
+                    evidence=candidate.evidence,
+                )
+        except ValidationError as exc:
+            logger.warning("kaizen: %s plan for %s not proposed: %s", candidate.kind, agent.name, exc)
+            continue
+        logger.info("kaizen: proposed %s change %s for %s", candidate.kind, proposal.pk, agent.name)
+        return proposal
+    return None
+
+
+def cycles_run() -> int:
+    """A kaizen cycle for every agent (Celery beat); one's error does not stop the
+    others. Returns how many proposals were made."""
+    made = 0
+    for agent in Agent.objects.order_by("pk"):
+        try:
+            if cycle(agent) is not None:
+                made += 1
+        except Exception:
+            logger.exception("kaizen cycle of agent %s failed", agent.pk)
+    return made

@@ -1,0 +1,729 @@
+"""The kaizen loop's writes: proposing a change, the human gates (approve,
+reject, advance from canary, promote), rollback, and the periodic looks that
+judge running experiments (``experiments_evaluate``, run by Celery beat).
+
+Every step writes an AuditEntry in the same transaction, with who, why and the
+statistics at that moment. Permissions are checked here as well as in the views:
+proposing needs ``boards.change_agent``; approving, advancing, promoting and
+rolling back need ``experiments.approve_change``. The line rolls back on its own
+(a harm boundary crossed), with no user.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import secrets
+from datetime import timedelta
+from functools import partial
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from boards import services as board_services
+from boards.agent_config import (
+    GENERATION_PARAMETERS,
+    cascade_json,
+    parse_cascade,
+    parse_parameters,
+    parse_variables,
+)
+from boards.models import Agent
+from experiments import broadcast as review_broadcast
+from experiments import stats
+from experiments.line import ensure_version
+from experiments.models import (
+    AuditEntry,
+    ChangeProposal,
+    Experiment,
+    ExperimentLook,
+    ExperimentSample,
+    PromptVersion,
+)
+
+logger = logging.getLogger(__name__)
+
+APPROVE_PERMISSION = "experiments.approve_change"
+PROPOSE_PERMISSION = "boards.change_agent"
+Status = ChangeProposal.Status
+Action = AuditEntry.Action
+
+# A minor change: parameters only, each within these steps of the active value.
+MINOR_STEPS = {"temperature": 0.3, "top_p": 0.1}
+MINOR_MAX_TOKENS_FACTOR = 2.0
+# A template edit this similar (difflib ratio) and this small counts as a small edit...
+SMALL_EDIT_RATIO = 0.97
+SMALL_EDIT_CHARS = 20
+MAX_RATIONALE = 5000
+
+
+def _require(user: AbstractBaseUser | None, permission: str, what: str) -> None:
+    if user is None or not user.is_authenticated or not user.has_perm(permission):
+        raise PermissionDenied(f"Only users with the {permission} permission may {what}.")
+
+
+def can_approve(user: AbstractBaseUser | None) -> bool:
+    return bool(user is not None and user.is_authenticated and user.has_perm(APPROVE_PERMISSION))
+
+
+# Audit actions that change the review page's lists of proposals and experiments.
+_REVIEW_LIST_ACTIONS = {
+    Action.PROPOSED,
+    Action.APPROVED,
+    Action.REJECTED,
+    Action.STARTED,
+    Action.NOT_STARTED,
+    Action.PROMOTED,
+    Action.ROLLED_BACK,
+    Action.FUTILE,
+    Action.VERSION,
+}
+
+
+def _audit(
+    agent: Agent,
+    action: str,
+    *,
+    user: AbstractBaseUser | None = None,
+    reason: str = "",
+    proposal: ChangeProposal | None = None,
+    experiment: Experiment | None = None,
+    version: PromptVersion | None = None,
+    stats_json: dict | None = None,
+) -> AuditEntry:
+    entry = AuditEntry.objects.create(
+        agent=agent,
+        action=action,
+        user=user if user is not None and user.is_authenticated else None,
+        reason=reason,
+        proposal=proposal,
+        experiment=experiment,
+        version=version,
+        stats=stats_json or {},
+    )
+    # The evolution review pages, live (sent after commit; repeats are merged).
+    if entry.experiment_id is not None:
+        transaction.on_commit(partial(review_broadcast.experiment_changed, entry.experiment_id))
+    if action in _REVIEW_LIST_ACTIONS:
+        transaction.on_commit(review_broadcast.proposals_changed)
+    return entry
+
+
+def _rationale(text: str, *, field: str = "rationale") -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({field: ["Say why: it goes to the audit log with the change."]})
+    if len(text) > MAX_RATIONALE:
+        raise ValidationError({field: [f"Keep it under {MAX_RATIONALE:,} characters."]})
+    return text
+
+
+# --- what a change is -------------------------------------------------------------------
+
+
+def classify(base: PromptVersion, fields: dict) -> tuple[bool, str]:
+    """(major, why). Major: the template changes beyond a small edit, or the
+    variables, cascade or implementation change, or a parameter moves more than a
+    small step; minor: small parameter steps and small template edits."""
+    reasons_major: list[str] = []
+    reasons_minor: list[str] = []
+    if fields["cascade"] != base.cascade:
+        reasons_major.append("the cascade changes")
+    if fields["prompt_variables"] != base.prompt_variables:
+        reasons_major.append("the template's variables change")
+    if fields["implementation"] != base.implementation:
+        reasons_major.append("the implementation changes")
+    old, new = base.prompt_template, fields["prompt_template"]
+    if old != new:
+        matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+        changed = sum(
+            max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"
+        )
+        if matcher.ratio() < SMALL_EDIT_RATIO or changed > SMALL_EDIT_CHARS:
+            reasons_major.append(f"the template changes beyond a small edit ({changed} characters)")
+        else:
+            reasons_minor.append(f"a small template edit ({changed} characters)")
+    before, after = base.parameters or {}, fields["parameters"] or {}
+    for name in sorted(set(before) | set(after)):
+        a, b = before.get(name), after.get(name)
+        if a == b:
+            continue
+        if name in GENERATION_PARAMETERS and a is None:
+            # Setting a parameter the provider defaulted: a value within its range.
+            reasons_minor.append(f"{name} set to {b}")
+        elif (
+            name in MINOR_STEPS and a is not None and b is not None and abs(b - a) <= MINOR_STEPS[name] + 1e-9
+        ):
+            reasons_minor.append(f"{name} {a} → {b}")
+        elif (
+            name == "max_tokens"
+            and a
+            and b
+            and 1 / MINOR_MAX_TOKENS_FACTOR <= b / a <= MINOR_MAX_TOKENS_FACTOR
+        ):
+            reasons_minor.append(f"max_tokens {a} → {b}")
+        else:
+            reasons_major.append(
+                f"{name} {a if a is not None else 'unset'} → {b if b is not None else 'unset'}"
+            )
+    if reasons_major:
+        return True, "Major: " + "; ".join(reasons_major) + "."
+    if reasons_minor:
+        return False, "Minor: " + "; ".join(reasons_minor) + "."
+    raise ValidationError("Nothing changes: the proposal is the active version.")
+
+
+def diff_lines(base: PromptVersion, candidate: PromptVersion) -> list[str]:
+    """A unified diff of the template, then the other fields that changed."""
+    lines = list(
+        difflib.unified_diff(
+            base.prompt_template.splitlines(),
+            candidate.prompt_template.splitlines(),
+            f"v{base.number}",
+            f"v{candidate.number}",
+            lineterm="",
+        )
+    )
+    for name in ("prompt_variables", "parameters", "cascade", "implementation"):
+        a, b = getattr(base, name), getattr(candidate, name)
+        if a != b:
+            lines += [f"{name}:", f"- {json.dumps(a, sort_keys=True)}", f"+ {json.dumps(b, sort_keys=True)}"]
+    return lines
+
+
+def _normalised(agent: Agent, fields: dict) -> dict:
+    """The proposed fields, checked as the agent's own would be (Agent.clean) and
+    stored in their normal form."""
+    probe = Agent(
+        name=agent.name,
+        capabilities=agent.capabilities,
+        quality_checks=agent.quality_checks,
+        spike_defects=agent.spike_defects,
+        spike_window=agent.spike_window,
+        implementation=fields.get("implementation", agent.implementation),
+        prompt_template=fields.get("prompt_template", agent.prompt_template),
+        prompt_variables=fields.get("prompt_variables", agent.prompt_variables),
+        parameters=fields.get("parameters", agent.parameters),
+        cascade=fields.get("cascade", agent.cascade),
+    )
+    probe.clean()
+    return {
+        "prompt_template": probe.prompt_template,
+        "prompt_variables": parse_variables(probe.prompt_variables),
+        "parameters": parse_parameters(probe.parameters),
+        "cascade": cascade_json(parse_cascade(probe.cascade)),
+        "implementation": probe.implementation,
+    }
+
+
+# --- proposing ----------------------------------------------------------------------------
+
+
+def changes_today(agent: Agent) -> int:
+    since = timezone.now() - timedelta(days=1)
+    return ChangeProposal.objects.filter(agent=agent, created_at__gte=since).count()
+
+
+def proposal_create(
+    *,
+    agent: Agent,
+    fields: dict,
+    rationale: str,
+    user: AbstractBaseUser | None = None,
+    source: str = PromptVersion.Source.PERSON,
+    evidence: dict | None = None,
+) -> ChangeProposal:
+    """Propose a change to the agent's active version. A minor change starts its
+    experiment (a canary) at once when the agent has none running; a major one
+    waits for approval. At most KAIZEN_MAX_CHANGES_PER_DAY per agent in 24 hours."""
+    if source != PromptVersion.Source.KAIZEN:
+        _require(user, PROPOSE_PERMISSION, "propose prompt changes")
+    rationale = _rationale(rationale)
+    normal = _normalised(agent, fields)
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update(of=("self",), no_key=True).get(pk=agent.pk)
+        limit = settings.KAIZEN_MAX_CHANGES_PER_DAY
+        if changes_today(agent) >= limit:
+            raise ValidationError(
+                f"{agent.name} has had {limit} changes proposed in the last 24 hours, the most allowed "
+                "(KAIZEN_MAX_CHANGES_PER_DAY): let the running ones be judged first."
+            )
+        base = ensure_version(agent)
+        major, why = classify(base, normal)
+        number = (
+            max(
+                agent.prompt_version,
+                PromptVersion.objects.filter(agent=agent)
+                .order_by("-number")
+                .values_list("number", flat=True)
+                .first()
+                or 0,
+            )
+            + 1
+        )
+        candidate = PromptVersion.objects.create(
+            agent=agent,
+            number=number,
+            parent=base,
+            source=source,
+            author=user if user is not None and user.is_authenticated else None,
+            rationale=rationale,
+            **normal,
+        )
+        proposal = ChangeProposal.objects.create(
+            agent=agent,
+            base_version=base,
+            candidate=candidate,
+            source=source,
+            author=candidate.author,
+            rationale=rationale,
+            evidence=evidence or {},
+            major=major,
+            classification=why,
+        )
+        _audit(
+            agent,
+            Action.PROPOSED,
+            user=user,
+            reason=f"{rationale}\n{why}",
+            proposal=proposal,
+            version=candidate,
+        )
+        if not major:
+            # No approval needed: it starts now, or when the agent's running experiment ends.
+            proposal.status = Status.APPROVED
+            proposal.decision_note = "minor change: no approval needed"
+            proposal.save(update_fields=["status", "decision_note"])
+            _start_if_free(proposal, reason="minor change: starts at once", user=user)
+    return proposal
+
+
+def proposal_approve(*, proposal: ChangeProposal, user: AbstractBaseUser, note: str = "") -> ChangeProposal:
+    """Approve a proposal: its experiment starts (a canary) when the agent has none
+    running, else as soon as the running one ends."""
+    _require(user, APPROVE_PERMISSION, "approve prompt changes")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        proposal = _locked_proposal(proposal.pk)
+        if proposal.status != Status.PENDING:
+            raise ValidationError(f"This proposal is already {proposal.get_status_display().lower()}.")
+        proposal.status = Status.APPROVED
+        proposal.decided_by, proposal.decided_at, proposal.decision_note = user, timezone.now(), note
+        proposal.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        _audit(
+            proposal.agent,
+            Action.APPROVED,
+            user=user,
+            reason=note,
+            proposal=proposal,
+            version=proposal.candidate,
+        )
+        _start_if_free(proposal, reason="approved", user=user)
+    return proposal
+
+
+def proposal_reject(*, proposal: ChangeProposal, user: AbstractBaseUser, note: str) -> ChangeProposal:
+    _require(user, APPROVE_PERMISSION, "reject prompt changes")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        proposal = _locked_proposal(proposal.pk)
+        if proposal.status not in (Status.PENDING, Status.APPROVED):
+            raise ValidationError(f"This proposal is already {proposal.get_status_display().lower()}.")
+        proposal.status = Status.REJECTED
+        proposal.decided_by, proposal.decided_at, proposal.decision_note = user, timezone.now(), note
+        proposal.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        _audit(proposal.agent, Action.REJECTED, user=user, reason=note, proposal=proposal)
+    return proposal
+
+
+def _locked_proposal(pk: int) -> ChangeProposal:
+    return (
+        ChangeProposal.objects.select_for_update(of=("self",))
+        .select_related("agent", "candidate", "base_version")
+        .get(pk=pk)
+    )
+
+
+def _start_if_free(
+    proposal: ChangeProposal, *, reason: str, user: AbstractBaseUser | None = None
+) -> Experiment | None:
+    """Start the proposal's experiment unless the agent has one already (one at a
+    time) or its base is no longer the active version (it would test a change
+    against the wrong control)."""
+    agent = proposal.agent
+    if Experiment.objects.filter(agent=agent, status__in=Experiment.ACTIVE).exists():
+        return None
+    if proposal.base_version.number != agent.prompt_version:
+        stop = (
+            f"not started: the active version moved on to v{agent.prompt_version} since it was proposed "
+            f"against v{proposal.base_version.number}; propose it again"
+        )
+        proposal.status = Status.STOPPED
+        # The approver's note stays; why it did not start is added to it.
+        proposal.decision_note = f"{proposal.decision_note}\n{stop}".strip()
+        proposal.save(update_fields=["status", "decision_note"])
+        _audit(agent, Action.NOT_STARTED, user=user, reason=stop, proposal=proposal)
+        return None
+    try:
+        with transaction.atomic():
+            experiment = Experiment.objects.create(
+                agent=agent,
+                proposal=proposal,
+                control=proposal.base_version,
+                treatment=proposal.candidate,
+                canary_share=settings.KAIZEN_CANARY_SHARE,
+                max_n=settings.KAIZEN_EXPERIMENT_MAX_N,
+                salt=secrets.token_hex(8),
+            )
+    except IntegrityError:
+        return None  # another started meanwhile: this one waits its turn
+    proposal.status = Status.EXPERIMENTING
+    proposal.save(update_fields=["status"])
+    _audit(
+        agent,
+        Action.STARTED,
+        user=user,
+        reason=f"{reason}: canary at {experiment.canary_share:.0%} of {agent.name}'s tasks",
+        proposal=proposal,
+        experiment=experiment,
+        version=proposal.candidate,
+    )
+    return experiment
+
+
+# --- the human gates on a running experiment ----------------------------------------------
+
+
+def _locked_experiment(pk: int) -> Experiment:
+    return (
+        Experiment.objects.select_for_update(of=("self",))
+        .select_related("agent", "proposal", "control", "treatment")
+        .get(pk=pk)
+    )
+
+
+def experiment_advance(*, experiment: Experiment, user: AbstractBaseUser, note: str) -> Experiment:
+    """Approve the canary's result: the efficacy stage starts at 50/50, counting
+    only tasks from now on."""
+    _require(user, APPROVE_PERMISSION, "advance experiments")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        experiment = _locked_experiment(experiment.pk)
+        if experiment.status != Experiment.Status.CANARY_PASSED:
+            raise ValidationError("Only a canary that passed can be advanced to the efficacy stage.")
+        experiment.stage = Experiment.Stage.EFFICACY
+        experiment.status = Experiment.Status.RUNNING
+        experiment.stage_started_at = timezone.now()
+        experiment.status_reason = ""
+        experiment.save(update_fields=["stage", "status", "stage_started_at", "status_reason"])
+        _audit(
+            experiment.agent,
+            Action.ADVANCED,
+            user=user,
+            reason=note,
+            experiment=experiment,
+            stats_json=_latest(experiment),
+        )
+    return experiment
+
+
+def experiment_resume(*, experiment: Experiment, user: AbstractBaseUser, note: str) -> Experiment:
+    """Resume an experiment paused for a sample-ratio mismatch (once its cause is understood)."""
+    _require(user, APPROVE_PERMISSION, "resume experiments")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        experiment = _locked_experiment(experiment.pk)
+        if experiment.status != Experiment.Status.PAUSED:
+            raise ValidationError("Only a paused experiment can be resumed.")
+        experiment.status = Experiment.Status.RUNNING
+        # The mismatched data is not trusted: the stage starts again.
+        experiment.stage_started_at = timezone.now()
+        experiment.save(update_fields=["status", "stage_started_at"])
+        _audit(experiment.agent, Action.RESUMED, user=user, reason=note, experiment=experiment)
+    return experiment
+
+
+def experiment_promote(*, experiment: Experiment, user: AbstractBaseUser, note: str) -> Experiment:
+    """Make the treatment the agent's active version (the efficacy test said
+    better, and its lower bound is within the margin of the control)."""
+    _require(user, APPROVE_PERMISSION, "promote prompt changes")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        experiment = _locked_experiment(experiment.pk)
+        if experiment.status != Experiment.Status.PROMOTE_READY:
+            raise ValidationError(
+                "Only an experiment whose efficacy test found the change better can be promoted "
+                f"(this one is {experiment.get_status_display().lower()})."
+            )
+        counts = arm_counts(experiment)
+        allowed, lower = stats.promotion_guard(
+            stats.ArmCounts(n=counts["control"]["n"], successes=counts["control"]["successes"]),
+            stats.ArmCounts(n=counts["treatment"]["n"], successes=counts["treatment"]["successes"]),
+        )
+        if not allowed:
+            raise ValidationError(
+                f"Not promoted: the candidate's lower bound of success ({lower:.1%}) is more than "
+                f"{stats.PROMOTE_MARGIN:.0%} below the control's rate."
+            )
+        agent = Agent.objects.select_for_update(of=("self",), no_key=True).get(pk=experiment.agent_id)
+        _activate(agent, experiment.treatment)
+        _end(experiment, Experiment.Status.PROMOTED, note)
+        experiment.proposal.status = Status.PROMOTED
+        experiment.proposal.save(update_fields=["status"])
+        _audit(
+            agent,
+            Action.PROMOTED,
+            user=user,
+            reason=note,
+            experiment=experiment,
+            proposal=experiment.proposal,
+            version=experiment.treatment,
+            stats_json=_latest(experiment),
+        )
+        _start_next(agent)
+    return experiment
+
+
+def experiment_rollback(
+    *, experiment: Experiment, user: AbstractBaseUser | None, note: str, stats_json: dict | None = None
+) -> Experiment:
+    """Stop the treatment at once: the next task runs the active version. By a
+    person (one click, any time) or by the line (a harm boundary crossed)."""
+    if user is not None:
+        _require(user, APPROVE_PERMISSION, "roll back prompt changes")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        experiment = _locked_experiment(experiment.pk)
+        if not experiment.is_active:
+            raise ValidationError(
+                f"This experiment has already ended ({experiment.get_status_display().lower()})."
+            )
+        _end(experiment, Experiment.Status.ROLLED_BACK, note)
+        experiment.proposal.status = Status.ROLLED_BACK
+        experiment.proposal.save(update_fields=["status"])
+        _audit(
+            experiment.agent,
+            Action.ROLLED_BACK,
+            user=user,
+            reason=note,
+            experiment=experiment,
+            proposal=experiment.proposal,
+            version=experiment.control,
+            stats_json=stats_json or _latest(experiment),
+        )
+        _start_next(experiment.agent)
+    return experiment
+
+
+def prompt_version_rollback(
+    *, agent: Agent, version: PromptVersion, user: AbstractBaseUser, note: str
+) -> Agent:
+    """Make an earlier version active again (after a promotion turned out badly):
+    effective for the next task. Any running experiment of the agent is rolled back first."""
+    _require(user, APPROVE_PERMISSION, "roll back prompt versions")
+    note = _rationale(note, field="note")
+    if version.agent_id != agent.pk:
+        raise ValidationError("That version belongs to another agent.")
+    with transaction.atomic():
+        for experiment in Experiment.objects.filter(agent=agent, status__in=Experiment.ACTIVE):
+            experiment_rollback(
+                experiment=experiment,
+                user=user,
+                note=f"the agent was rolled back to v{version.number}: {note}",
+            )
+        agent = Agent.objects.select_for_update(of=("self",), no_key=True).get(pk=agent.pk)
+        if agent.prompt_version == version.number:
+            raise ValidationError(f"v{version.number} is already the active version.")
+        ensure_version(agent)
+        _activate(agent, version)
+        _audit(agent, Action.ROLLED_BACK, user=user, reason=note, version=version)
+    return agent
+
+
+def _activate(agent: Agent, version: PromptVersion) -> None:
+    for name, value in version.fields().items():
+        setattr(agent, name, value)
+    agent.prompt_version = version.number
+    agent.save(update_fields=[*PromptVersion.FIELDS, "prompt_version"])
+    for board_id in agent.boards.values_list("pk", flat=True):
+        board_services.board_config_changed(board_id=board_id)
+
+
+def _end(experiment: Experiment, status: str, reason: str) -> None:
+    experiment.status = status
+    experiment.status_reason = reason
+    experiment.ended_at = timezone.now()
+    experiment.save(update_fields=["status", "status_reason", "ended_at"])
+
+
+def _start_next(agent: Agent) -> None:
+    """An approved proposal waiting for the agent's experiment slot starts now."""
+    waiting = (
+        ChangeProposal.objects.filter(agent=agent, status=Status.APPROVED)
+        .select_related("agent", "base_version", "candidate")
+        .order_by("created_at")
+        .first()
+    )
+    if waiting is not None:
+        waiting.agent = Agent.objects.get(pk=agent.pk)
+        _start_if_free(waiting, reason="approved earlier; the agent's previous experiment has ended")
+
+
+def _latest(experiment: Experiment) -> dict:
+    look = experiment.looks.order_by("-created_at", "-pk").first()
+    return look.stats if look is not None else {}
+
+
+# --- the looks ------------------------------------------------------------------------------
+
+
+def arm_counts(experiment: Experiment) -> dict[str, dict]:
+    """Per arm, this stage's samples: n, successes, mean cost and latency."""
+    rows = (
+        ExperimentSample.objects.filter(experiment=experiment, stage=experiment.stage)
+        .values("arm")
+        .annotate(
+            n=Count("pk"),
+            successes=Count("pk", filter=Q(success=True)),
+            cost=Sum("cost"),
+            latency=Sum("latency_ms"),
+        )
+    )
+    counts = {
+        arm: {"n": 0, "successes": 0, "cost": 0.0, "latency_ms": 0.0} for arm in ExperimentSample.Arm.values
+    }
+    for row in rows:
+        n = row["n"]
+        counts[row["arm"]] = {
+            "n": n,
+            "successes": row["successes"],
+            "cost": float(row["cost"] or 0) / n if n else 0.0,
+            "latency_ms": float(row["latency"] or 0) / n if n else 0.0,
+        }
+    return counts
+
+
+def experiment_look(*, experiment: Experiment) -> ExperimentLook | None:
+    """Evaluate one running experiment now, record the look and act on it: roll
+    back on harm, pause on a sample-ratio mismatch, stop for futility, mark a
+    passed canary or a promotable efficacy result for a person to act on."""
+    with transaction.atomic():
+        experiment = _locked_experiment(experiment.pk)
+        if experiment.status != Experiment.Status.RUNNING:
+            return None
+        active = Agent.objects.filter(pk=experiment.agent_id).values_list("prompt_version", flat=True).first()
+        if active != experiment.control.number:
+            # The prompt was changed directly (a config file, the admin) meanwhile:
+            # the control is no longer what runs, so the comparison means nothing.
+            experiment_rollback(
+                experiment=experiment,
+                user=None,
+                note=f"automatic: the active version moved from v{experiment.control.number} to v{active} "
+                "by a direct change while the experiment ran",
+            )
+            return None
+        counts = arm_counts(experiment)
+        control, treatment = counts["control"], counts["treatment"]
+        history = tuple(
+            look.stats.get("fraction")
+            for look in experiment.looks.filter(
+                stage=experiment.stage, created_at__gte=experiment.stage_started_at
+            )
+            if look.stats.get("fraction") is not None
+        )
+        result = stats.evaluate(
+            experiment.stage,
+            stats.ArmCounts(n=control["n"], successes=control["successes"]),
+            stats.ArmCounts(n=treatment["n"], successes=treatment["successes"]),
+            history=history,
+            # A canary is planned to its treatment size; the efficacy stage to max_n per arm.
+            max_n=experiment.canary_size if experiment.stage == Experiment.Stage.CANARY else experiment.max_n,
+            expected_share=experiment.share,
+        )
+        figures = {**result.to_json(), "guardrails": {"control": control, "treatment": treatment}}
+        look = ExperimentLook.objects.create(
+            experiment=experiment, stage=experiment.stage, decision=result.decision, stats=figures
+        )
+        _audit(experiment.agent, Action.LOOK, reason=result.reason, experiment=experiment, stats_json=figures)
+        decision = result.decision
+        if decision == "rollback":
+            experiment_rollback(
+                experiment=experiment, user=None, note=f"automatic: {result.reason}", stats_json=figures
+            )
+        elif decision == "pause_srm":
+            experiment.status = Experiment.Status.PAUSED
+            experiment.status_reason = result.reason
+            experiment.save(update_fields=["status", "status_reason"])
+            _audit(
+                experiment.agent,
+                Action.PAUSED,
+                reason=result.reason,
+                experiment=experiment,
+                stats_json=figures,
+            )
+        elif decision == "futility":
+            _end(experiment, Experiment.Status.FUTILE, result.reason)
+            experiment.proposal.status = Status.STOPPED
+            experiment.proposal.save(update_fields=["status"])
+            _audit(
+                experiment.agent,
+                Action.FUTILE,
+                reason=result.reason,
+                experiment=experiment,
+                stats_json=figures,
+            )
+            _start_next(experiment.agent)
+        elif decision == "promote":
+            experiment.status = Experiment.Status.PROMOTE_READY
+            experiment.status_reason = result.reason
+            experiment.save(update_fields=["status", "status_reason"])
+            _audit(
+                experiment.agent,
+                Action.PROMOTE_READY,
+                reason=result.reason,
+                experiment=experiment,
+                stats_json=figures,
+            )
+        elif (
+            experiment.stage == Experiment.Stage.CANARY
+            and treatment["n"] >= experiment.canary_size
+            and control["n"] >= stats.MIN_PER_ARM
+        ):
+            experiment.status = Experiment.Status.CANARY_PASSED
+            experiment.status_reason = (
+                f"no harm found in {treatment['n']} treatment and {control['n']} control tasks: "
+                "approve it to start the efficacy stage at 50/50"
+            )
+            experiment.save(update_fields=["status", "status_reason"])
+            _audit(
+                experiment.agent,
+                Action.CANARY_PASSED,
+                reason=experiment.status_reason,
+                experiment=experiment,
+                stats_json=figures,
+            )
+    return look
+
+
+def experiments_evaluate() -> int:
+    """Every running experiment, looked at (Celery beat, at least every 5 minutes).
+    Returns how many were evaluated; one's error does not stop the others."""
+    count = 0
+    for experiment in Experiment.objects.filter(status=Experiment.Status.RUNNING).order_by("pk"):
+        try:
+            if experiment_look(experiment=experiment) is not None:
+                count += 1
+        except Exception:
+            logger.exception("evaluating experiment %s failed", experiment.pk)
+    # Approved proposals whose agent's slot is free (an experiment ended elsewhere).
+    for agent_id in (
+        ChangeProposal.objects.filter(status=Status.APPROVED).values_list("agent_id", flat=True).distinct()
+    ):
+        with transaction.atomic():
+            _start_next(Agent.objects.get(pk=agent_id))
+    return count

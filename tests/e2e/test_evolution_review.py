@@ -1,0 +1,123 @@
+"""The evolution review in a real browser: an approver approves a pending major
+proposal on /kaizen/ (writing the note), sees its experiment start as a canary
+with its chart, sees a look arrive live (the chart redrawn in place, no
+reload), rolls the experiment back from the page with a note, and reads the
+steps in the page's audit log; the agent's next claimed task runs the active
+version."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from boards import broadcast
+from boards import services as board_services
+from experiments import broadcast as kaizen_broadcast
+from experiments import services as kaizen
+from experiments.models import ChangeProposal, Experiment
+from tests.experiments.test_views_review import approver, line_agent, look, major_proposal, samples, tasks_of
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-browser-password"
+
+
+def _log_in(browser, base_url: str, username: str, then: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{base_url}/accounts/login/?next={then}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}{then}")
+    page.wait_for_selector(".live--up", timeout=15_000)
+    # A marker that a reload or navigation would wipe out.
+    page.evaluate("window.__kaizenNoReload = true")
+    return page
+
+
+def _audit_actions(page) -> list[str]:
+    return page.eval_on_selector_all(
+        "#audit-recent .evo-audit-action", "cells => cells.map(c => c.textContent.trim())"
+    )
+
+
+def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(browser, live_server_url):
+    agent = line_agent(name="welder")
+    board = agent.boards.first()
+    proposal = major_proposal(agent)
+    approver(username="ana", password=PASSWORD)
+
+    page = _log_in(browser, live_server_url, "ana", "/kaizen/")
+    item = f"#proposal-{proposal.pk}"
+    page.wait_for_selector(f"{item} .evo-kind--major", timeout=5_000)
+    assert page.title() == "(1) Evolution review · Kaizen"
+
+    # Approve: the button opens the form, which asks for the note.
+    page.click(f"#proposal-{proposal.pk}-approve > summary")
+    page.fill(f"#proposal-{proposal.pk}-approve-note", "The order of the answer matters to reviewers.")
+    page.click(f"#proposal-{proposal.pk}-approve button[data-action=approve]")
+
+    page.wait_for_selector(
+        "#review-status:has-text('Approved the change to welder (v2): its canary experiment has started.')",
+        timeout=15_000,
+    )
+    page.wait_for_selector(item, state="detached", timeout=5_000)
+    page.wait_for_function("document.title === 'Evolution review · Kaizen'", timeout=5_000)
+    experiment = Experiment.objects.get(proposal=proposal)
+    row = f"#experiment-{experiment.pk}"
+    page.wait_for_selector(f"{row} .evo-stage:has-text('Canary')", timeout=5_000)
+    assert "Running" in page.inner_text(f"{row} .evo-status")
+    # Its chart is drawn (plotly.js, from the plotly package), still without looks.
+    chart = f"#chart-{experiment.pk}"
+    page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
+    assert page.evaluate(f"document.querySelector('{chart}').data[0].x.length") == 0
+
+    # The approval's own pushes (the lists, redrawn) settle first: the marker below
+    # must be set on the chart that the look's push is to update in place.
+    broadcast.flush()
+    page.wait_for_timeout(500)
+    page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
+    # A look, pushed live: the row and the chart change in place, without a reload.
+    page.evaluate(f"document.querySelector('{chart}').__sameChart = true")
+    samples(experiment, tasks_of(agent, 40), control=(30, 21), treatment=(2, 1))
+    look(experiment)
+    kaizen_broadcast.experiment_changed(experiment.pk)
+    broadcast.flush()
+    page.wait_for_function(f"document.querySelector('{chart}').data[0].x.length === 1", timeout=15_000)
+    assert page.evaluate(f"document.querySelector('{chart}').__sameChart") is True
+    page.wait_for_selector(f"{row} .evo-decision--continue", timeout=5_000)
+    assert "30" in page.inner_text(f"{row} .evo-counts")
+
+    # Roll back from the page, with a note.
+    page.click(f"#experiment-{experiment.pk}-rollback > summary")
+    page.fill(f"#experiment-{experiment.pk}-rollback-note", "Outputs got longer; not worth the risk.")
+    page.click(f"#experiment-{experiment.pk}-rollback button[data-action=rollback]")
+
+    page.wait_for_selector(f"{row} .evo-status--rolled_back", timeout=15_000)
+    page.wait_for_selector("#review-status:has-text('Rolled back welder')", timeout=5_000)
+    assert page.query_selector(f"#experiment-{experiment.pk}-rollback") is None
+    assert "Outputs got longer; not worth the risk." in page.inner_text(row)
+
+    # The audit log on the page, newest first: proposed -> approved -> started -> (a look) -> rolled back.
+    actions = _audit_actions(page)
+    assert actions == ["Rolled back", "Look", "Experiment started", "Approved", "Proposed"]
+    audit = page.inner_text("#audit-recent")
+    assert "The order of the answer matters to reviewers." in audit
+    assert "Outputs got longer; not worth the risk." in audit
+    assert re.search(r"ana", audit)
+    assert page.evaluate("window.__kaizenNoReload") is True
+
+    experiment.refresh_from_db()
+    proposal.refresh_from_db()
+    assert (experiment.status, proposal.status) == ("rolled_back", ChangeProposal.Status.ROLLED_BACK)
+    # The agent's next claimed task runs the active version, not the candidate.
+    task = board_services.task_create(board=board, title="After the rollback", input="porosity")
+    claims = board_services.board_pull(board_id=board.pk)
+    assert task.pk in {claim.task_id for claim in claims}
+    task.refresh_from_db()
+    agent.refresh_from_db()
+    assert (task.prompt_version, task.experiment_id, task.arm) == (agent.prompt_version, None, "")
+    assert agent.prompt_version == 1 == proposal.base_version.number
+    assert kaizen.can_approve(proposal.decided_by)

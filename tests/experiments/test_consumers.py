@@ -1,0 +1,197 @@
+"""The evolution review's websocket, end to end through the real ASGI
+application: approvers only; proposals_changed reaches review pages as their
+sections; experiment_changed reaches review pages as the experiment's row (its
+chart data in it) and the pages of that experiment only as its row, look
+history and audit entries. Through the real broadcaster and the Redis channel
+layer."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+
+from boards import broadcast
+from experiments import broadcast as kaizen_broadcast
+from experiments import services as kaizen
+from kaizen_web.asgi import application
+from tests.experiments.test_views_review import (
+    approver,
+    editor,
+    experiment_in,
+    line_agent,
+    look,
+    major_proposal,
+    samples,
+    tasks_of,
+)
+from tests.factories import make_user
+
+# The broadcaster renders in its own thread, from committed data.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://testserver")
+TIMEOUT = 10
+
+
+def _session_cookie(user) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    return (
+        b"cookie",
+        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
+    )
+
+
+def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    async def attempt() -> bool:
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    return async_to_sync(attempt)()
+
+
+def _receive_after(paths: list[str], user, action) -> list[list[str]]:
+    """Connect to each path as ``user``, run ``action`` (a database call that
+    publishes), and collect what each connection receives until nothing more
+    comes for a moment."""
+    cookie = _session_cookie(user)
+
+    async def scenario() -> list[list[str]]:
+        communicators = []
+        for path in paths:
+            communicator = WebsocketCommunicator(application, path, headers=[ORIGIN, cookie])
+            connected, _ = await communicator.connect()
+            assert connected
+            communicators.append(communicator)
+        await database_sync_to_async(action)()
+        await database_sync_to_async(broadcast.flush)()
+        received = []
+        for communicator in communicators:
+            messages = []
+            # receive_nothing waits without cancelling the consumer (a timed-out receive would).
+            while not await communicator.receive_nothing(timeout=0.5):
+                messages.append(await communicator.receive_from(timeout=TIMEOUT))
+            received.append(messages)
+            await communicator.disconnect()
+        return received
+
+    try:
+        return async_to_sync(scenario)()
+    finally:
+        broadcast.flush()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_to_send():
+    """Updates an earlier test queued are sent before this one listens."""
+    broadcast.flush()
+
+
+def test_anonymous_connections_are_refused():
+    assert _connects("/ws/kaizen/", [ORIGIN]) is False
+
+
+def test_users_without_the_approve_permission_are_refused():
+    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(make_user())]) is False
+    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(editor())]) is False
+
+
+def test_an_approver_connects():
+    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(approver())]) is True
+    assert _connects("/ws/kaizen/?experiment=1", [ORIGIN, _session_cookie(approver())]) is True
+
+
+def test_a_foreign_origin_is_refused():
+    headers = [(b"origin", b"http://evil.example"), _session_cookie(approver())]
+    assert _connects("/ws/kaizen/", headers) is False
+
+
+def test_a_new_proposal_reaches_review_pages_as_their_sections():
+    agent = line_agent(name="welder")
+    made = []
+
+    def propose() -> None:
+        made.append(major_proposal(agent))
+        kaizen_broadcast.proposals_changed()
+
+    [review] = _receive_after(["/ws/kaizen/"], approver(), propose)
+
+    [proposal] = made
+    [message] = review
+    assert re.search(r'<section id="proposals"[^>]*hx-swap-oob="outerHTML"', message)
+    assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', message)
+    assert re.search(r'<section id="audit-recent"[^>]*hx-swap-oob="outerHTML"', message)
+    assert f'<li id="proposal-{proposal.pk}"' in message
+    # Items inside a section are not swapped on their own.
+    assert message.count("hx-swap-oob") == 3
+    # Rendered without a request: no CSRF token (htmx posts carry the page's).
+    assert "csrfmiddlewaretoken" not in message
+
+
+def test_a_look_reaches_review_pages_as_the_row_with_its_chart_data_and_its_page_as_more():
+    experiment = experiment_in("efficacy")
+    other = experiment_in("running")
+    tasks = tasks_of(experiment.agent, 200)
+    broadcast.flush()
+
+    def look_and_publish() -> None:
+        # 100 more per arm: 300 each in the efficacy stage.
+        samples(experiment, tasks, control=(100, 70), treatment=(100, 75))
+        # The look's audit entry publishes the experiment's update (after commit).
+        look(experiment)
+
+    review, watching, watching_other = _receive_after(
+        ["/ws/kaizen/", f"/ws/kaizen/?experiment={experiment.pk}", f"/ws/kaizen/?experiment={other.pk}"],
+        approver(),
+        look_and_publish,
+    )
+
+    [row_message] = review
+    assert re.match(
+        rf'\s*<div id="experiment-{experiment.pk}" class="evo-experiment evo-experiment--running"[^>]*'
+        r'hx-swap-oob="outerHTML"',
+        row_message,
+    )
+    assert '<td class="num">300</td><td class="num">225</td><td class="num">75.0%</td>' in row_message
+    data = re.search(
+        rf'<script type="application/json" id="chart-data-{experiment.pk}">(.*?)</script>', row_message, re.S
+    )
+    assert len(json.loads(data.group(1))["data"][0]["x"]) == 3
+    assert re.search(r'<section id="audit-recent"[^>]*hx-swap-oob="outerHTML"', row_message)
+    # The review page's forms post with htmx...
+    assert f'hx-post="/kaizen/experiments/{experiment.pk}/rollback/"' in row_message
+    [page_message] = watching
+    assert f'<section id="looks-{experiment.pk}"' in page_message
+    assert f'<section id="experiment-audit-{experiment.pk}"' in page_message
+    assert page_message.count('<tr id="look-') == 3
+    # ...the experiment page's plainly, and come back to it.
+    assert "hx-post" not in page_message
+    assert f'<input type="hidden" name="next" value="/kaizen/experiments/{experiment.pk}/">' in page_message
+    assert watching_other == []
+
+
+def test_a_rollback_reaches_review_pages_as_the_row_ended():
+    experiment = experiment_in("running")
+    broadcast.flush()
+
+    def roll_back_and_publish() -> None:
+        kaizen.experiment_rollback(experiment=experiment, user=approver(), note="enough seen")
+        kaizen_broadcast.experiment_changed(experiment.pk)
+        kaizen_broadcast.proposals_changed()
+
+    [review] = _receive_after(["/ws/kaizen/"], approver(), roll_back_and_publish)
+
+    row, sections = review
+    assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in row
+    assert "enough seen" in row and "/rollback/" not in row
+    assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', sections)
+    assert "Recently ended" in sections

@@ -1,0 +1,191 @@
+"""One experiment's page: its row, its Plotly chart (z against the efficacy and
+harm boundaries, the difference with its adjusted interval, success, samples,
+cost and latency per arm, one point per look) and the look history."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from experiments import services as kaizen
+from tests.experiments.test_views_review import approver, chart_of, editor, experiment_in
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ana(db):
+    return approver(username="ana")
+
+
+def _traces(figure: dict) -> dict[str, dict]:
+    return {trace["name"]: trace for trace in figure["data"]}
+
+
+def test_the_url_is_the_experiments_absolute_url(db):
+    experiment = experiment_in("running")
+
+    assert experiment.get_absolute_url() == f"/kaizen/experiments/{experiment.pk}/"
+
+
+def test_the_chart_has_z_and_both_boundaries_per_look(client, ana):
+    experiment = experiment_in("efficacy")
+    canary, efficacy = experiment.looks.order_by("created_at", "pk")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    figure = chart_of(html, experiment.pk)
+    traces = _traces(figure)
+    assert {
+        "z",
+        "efficacy boundary",
+        "harm boundary",
+        "difference",
+        "success control",
+        "success treatment",
+        "samples control",
+        "samples treatment",
+        "cost control",
+        "cost treatment",
+        "latency control",
+        "latency treatment",
+    } <= set(traces)
+    assert traces["z"]["x"] == [1, 2]
+    assert traces["z"]["y"] == pytest.approx([canary.stats["z"], efficacy.stats["z"]])
+    # The canary looks only for harm: no efficacy boundary at its look.
+    assert traces["efficacy boundary"]["y"][0] is None
+    assert traces["efficacy boundary"]["y"][1] == pytest.approx(efficacy.stats["efficacy_boundary"])
+    assert efficacy.stats["efficacy_boundary"] > 2
+    assert traces["harm boundary"]["y"] == pytest.approx(
+        [-canary.stats["harm_boundary"], -efficacy.stats["harm_boundary"]]
+    )
+    # The adjusted interval, as error bars around the difference, in points.
+    difference = traces["difference"]
+    assert difference["y"][1] == pytest.approx(100 * efficacy.stats["diff"])
+    assert difference["error_y"]["array"][1] == pytest.approx(
+        100 * (efficacy.stats["ci_high"] - efficacy.stats["diff"])
+    )
+    assert difference["error_y"]["arrayminus"][1] == pytest.approx(
+        100 * (efficacy.stats["diff"] - efficacy.stats["ci_low"])
+    )
+    assert traces["success treatment"]["y"][1] == pytest.approx(75.0)
+    assert traces["samples control"]["y"][1] == 200
+    assert traces["cost treatment"]["y"][1] == pytest.approx(0.0012)
+    assert traces["latency control"]["y"][1] == pytest.approx(300.0)
+    # The chart sits beside its data, and redraws from it.
+    assert (
+        f'<div class="evo-chart" id="chart-{experiment.pk}" data-chart="chart-data-{experiment.pk}"' in html
+    )
+
+
+def test_the_chart_data_cannot_end_its_script(client, ana):
+    experiment = experiment_in("efficacy")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    marker = f'id="chart-data-{experiment.pk}">'
+    start = html.index(marker) + len(marker)
+    data = html[start : html.index("</script>", start)]
+    # The hover texts have line breaks (<br>): escaped, as json_script does.
+    assert "<" not in data and ">" not in data and "\\u003Cbr\\u003E" in data
+    assert "<br>" in chart_of(html, experiment.pk)["data"][0]["text"][0]
+
+
+def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client, ana):
+    experiment = experiment_in("running")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    figure = chart_of(html, experiment.pk)
+    assert _traces(figure)["z"]["x"] == []
+    assert "No looks yet" in figure["layout"]["annotations"][-1]["text"]
+    assert "Not looked at yet" in html
+
+
+def test_the_look_history_lists_each_look_newest_first(client, ana):
+    experiment = experiment_in("efficacy")
+    canary, efficacy = experiment.looks.order_by("created_at", "pk")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    assert html.index(f'id="look-{efficacy.pk}"') < html.index(f'id="look-{canary.pk}"')
+    row = html[html.index(f'id="look-{efficacy.pk}"') :]
+    row = row[: row.index("</tr>")]
+    assert '<td class="num">140/200</td>' in row and '<td class="num">150/200</td>' in row
+    assert f'<td class="num">{efficacy.stats["z"]:.2f}</td>' in row
+    assert f'<td class="num">{efficacy.stats["efficacy_boundary"]:.2f}</td>' in row
+    assert f'<td class="num">−{efficacy.stats["harm_boundary"]:.2f}</td>' in row
+    assert f"[{100 * efficacy.stats['ci_low']:.1f}, {100 * efficacy.stats['ci_high']:.1f}]" in row
+    assert '<span class="evo-decision evo-decision--continue">Continue</span>' in row
+    assert efficacy.stats["reason"] in row
+    canary_row = html[html.index(f'id="look-{canary.pk}"') :]
+    assert "<td>canary</td>" in canary_row[: canary_row.index("</tr>")]
+
+
+def test_its_actions_post_plainly_and_come_back_here(client, ana):
+    experiment = experiment_in("canary_passed")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    assert f'action="/kaizen/experiments/{experiment.pk}/advance/"' in html
+    assert "hx-post" not in html
+    assert f'<input type="hidden" name="next" value="{experiment.get_absolute_url()}">' in html
+    assert '<input type="hidden" name="from" value="experiment">' in html
+    assert f'ws-connect="/ws/kaizen/?experiment={experiment.pk}"' in html
+
+
+def test_its_audit_entries_are_shown(client, ana):
+    experiment = experiment_in("canary_passed")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    section = html[html.index(f'id="experiment-audit-{experiment.pk}"') :]
+    assert '<td class="evo-audit-action">Canary passed</td>' in section
+    assert '<td class="evo-audit-action">Experiment started</td>' in section
+
+
+def test_the_live_part_is_the_row_looks_and_audit_out_of_band(client, ana):
+    experiment = experiment_in("efficacy")
+    client.force_login(ana)
+
+    response = client.get(reverse("experiments-detail-live", kwargs={"pk": experiment.pk}))
+
+    html = response.content.decode()
+    assert f'<div id="experiment-{experiment.pk}" class="evo-experiment evo-experiment--running"' in html
+    assert 'data-status="running" hx-swap-oob="outerHTML">' in html
+    assert f'<section id="looks-{experiment.pk}"' in html
+    assert f'<section id="experiment-audit-{experiment.pk}"' in html
+    assert html.count('hx-swap-oob="outerHTML"') == 3
+    assert chart_of(html, experiment.pk)["data"]
+
+
+def test_an_ended_experiment_keeps_its_chart_and_history(client, ana):
+    experiment = experiment_in("efficacy")
+    kaizen.experiment_rollback(experiment=experiment, user=ana, note="enough")
+    client.force_login(ana)
+
+    html = client.get(experiment.get_absolute_url()).content.decode()
+
+    assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in html
+    assert len(chart_of(html, experiment.pk)["data"][0]["x"]) == 2
+    assert "/rollback/" not in html
+
+
+def test_users_without_the_permission_get_403(client):
+    experiment = experiment_in("running")
+    client.force_login(editor())
+
+    assert client.get(experiment.get_absolute_url()).status_code == 403
+    assert client.get(reverse("experiments-detail-live", kwargs={"pk": experiment.pk})).status_code == 403
+
+
+def test_an_unknown_experiment_is_404(client, ana):
+    client.force_login(ana)
+
+    assert client.get(reverse("experiments-detail", kwargs={"pk": 999999})).status_code == 404

@@ -1,0 +1,421 @@
+"""The evolution review page (/kaizen/): proposals waiting for approval with
+their diff and evidence, running and recently ended experiments, the latest
+audit entries; approvers only; a bounded number of queries whatever it shows.
+
+The builders at the top are shared by the other evolution review tests."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from boards.models import Board, Column, Task
+from experiments import services as kaizen
+from experiments.models import AuditEntry, ChangeProposal, Experiment, ExperimentSample, PromptVersion
+from tests.factories import make_agent, make_board, make_user
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HX-Request": "true"}
+NEW_TEMPLATE = "You are a meticulous inspector. Describe the defect first, then classify it.\n\n{input}"
+RATIONALE = "Ask for the defect first: reviewers keep correcting the order."
+
+
+# --- builders (shared) ------------------------------------------------------------------
+
+
+def user_with(*codenames: str, **extra):
+    """A user with these permissions (read afresh: Django caches them on the instance)."""
+    user = make_user(**extra)
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return get_user_model().objects.get(pk=user.pk)
+
+
+def approver(**extra):
+    return user_with("approve_change", **extra)
+
+
+def editor(**extra):
+    return user_with("change_agent", **extra)
+
+
+def line_agent(name: str | None = None):
+    board = make_board(ready_limit=None, doing_limit=None)
+    return make_agent(boards=[board], name=name, concurrency=1000, quality_checks=[])
+
+
+def fields_of(agent, **changes) -> dict:
+    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
+    fields.update(changes)
+    return fields
+
+
+def major_proposal(agent, *, user=None, evidence: dict | None = None, **kwargs) -> ChangeProposal:
+    """A major change (a different template) proposed by a person with boards.change_agent."""
+    return kaizen.proposal_create(
+        agent=agent,
+        fields=fields_of(agent, prompt_template=NEW_TEMPLATE),
+        rationale=RATIONALE,
+        user=user or editor(),
+        evidence=evidence,
+        **kwargs,
+    )
+
+
+def started(agent, *, by=None) -> Experiment:
+    """A major proposal, approved: its canary runs."""
+    proposal = major_proposal(agent)
+    kaizen.proposal_approve(proposal=proposal, user=by or approver(), note="The diff reads well.")
+    return Experiment.objects.get(proposal=proposal)
+
+
+def tasks_of(agent, n: int) -> list[Task]:
+    """n done tasks of the agent's board, written directly: samples are the
+    outcomes of finished tasks, and nothing here runs them."""
+    board: Board = agent.boards.first()
+    done = board.columns.get(role=Column.Role.DONE)
+    return Task.objects.bulk_create(
+        Task(board=board, column=done, agent=agent, title=f"sample {i}", status=Task.Status.DONE)
+        for i in range(n)
+    )
+
+
+def samples(
+    experiment: Experiment, tasks: list[Task], *, control: tuple[int, int], treatment: tuple[int, int]
+):
+    """(n, successes) per arm in the experiment's current stage, on these tasks."""
+    experiment.refresh_from_db()
+    (nc, sc), (nt, st) = control, treatment
+    assert nc + nt <= len(tasks), "more samples than tasks"
+    rows = [
+        ExperimentSample(
+            experiment=experiment,
+            task=task,
+            stage=experiment.stage,
+            arm=arm,
+            success=success,
+            cost="0.0010" if arm == "control" else "0.0012",
+            latency_ms=300.0 if arm == "control" else 360.0,
+        )
+        for task, (arm, success) in zip(
+            tasks,
+            [("control", i < sc) for i in range(nc)] + [("treatment", i < st) for i in range(nt)],
+            strict=False,
+        )
+    ]
+    ExperimentSample.objects.bulk_create(rows)
+
+
+def look(experiment: Experiment):
+    return kaizen.experiment_look(experiment=Experiment.objects.get(pk=experiment.pk))
+
+
+def experiment_in(status: str, agent=None) -> Experiment:
+    """An experiment brought to ``status`` through the services, with its looks:
+    running (a canary not yet looked at), canary_passed, efficacy (running in
+    the efficacy stage after one look), promote_ready, paused (a sample-ratio
+    mismatch in the canary)."""
+    agent = agent or line_agent()
+    experiment = started(agent)
+    if status == "running":
+        return experiment
+    tasks = tasks_of(agent, round(experiment.canary_size / experiment.canary_share))
+    if status == "paused":
+        samples(experiment, tasks, control=(100, 70), treatment=(100, 70))
+        look(experiment)
+        experiment.refresh_from_db()
+        assert experiment.status == "paused", experiment.status_reason
+        return experiment
+    # The canary's planned size, at its share of the traffic (no sample-ratio mismatch).
+    treated = experiment.canary_size
+    controls = round(treated * (1 - experiment.canary_share) / experiment.canary_share)
+    samples(
+        experiment,
+        tasks,
+        control=(controls, round(controls * 0.7)),
+        treatment=(treated, round(treated * 0.72)),
+    )
+    look(experiment)
+    experiment.refresh_from_db()
+    assert experiment.status == "canary_passed", experiment.status_reason
+    if status == "canary_passed":
+        return experiment
+    kaizen.experiment_advance(experiment=experiment, user=approver(), note="No harm in the canary.")
+    if status == "efficacy":
+        samples(experiment, tasks, control=(200, 140), treatment=(200, 150))
+    else:
+        samples(experiment, tasks, control=(400, 280), treatment=(400, 380))
+    look(experiment)
+    experiment.refresh_from_db()
+    expected = "running" if status == "efficacy" else status
+    assert experiment.status == expected, experiment.status_reason
+    return experiment
+
+
+def chart_of(html: str, pk: int) -> dict:
+    match = re.search(rf'<script type="application/json" id="chart-data-{pk}">(.*?)</script>', html, re.S)
+    assert match, f"no chart data for experiment {pk}"
+    return json.loads(match.group(1))
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ana(db):
+    return approver(username="ana")
+
+
+REVIEW = "/kaizen/"
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_the_url_is_named_experiments_review():
+    assert reverse("experiments-review") == REVIEW
+
+
+def test_anonymous_visitors_are_sent_to_log_in(client):
+    response = client.get(REVIEW)
+
+    assert response.status_code == 302
+    assert response.url == f"/accounts/login/?next={REVIEW}"
+
+
+def test_users_without_the_approve_permission_get_403(client):
+    client.force_login(editor())
+
+    assert client.get(REVIEW).status_code == 403
+    assert client.get(reverse("experiments-review-live")).status_code == 403
+
+
+def test_a_pending_proposal_shows_agent_kind_author_rationale_evidence_and_diff(client, ana):
+    agent = line_agent(name="welder")
+    proposal = major_proposal(
+        agent,
+        user=editor(username="eve"),
+        evidence={
+            "rejected_outputs": 14,
+            "window": "the last 7 days",
+            "examples": [{"task": 12, "note": "order wrong <b>"}, {"task": 19, "note": "missing defect"}],
+            "checks": ["length", "regex"],
+            "by_tier": {"sim-small": 9, "sim-large": 5},
+        },
+    )
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    item = html[html.index(f'id="proposal-{proposal.pk}"') :]
+    item = item[: item.index("</ol>")]
+    assert "welder" in item
+    assert '<span class="evo-kind evo-kind--major">Major</span>' in item
+    assert "the template changes beyond a small edit" in item
+    assert '<strong class="evo-author">eve</strong>' in item
+    assert RATIONALE in item
+    # The evidence, readably: a value, a table of records, a list, pairs; escaped.
+    assert "<dt>Rejected outputs</dt>" in item and "14" in item
+    # (PostgreSQL's jsonb keeps keys in its own order, not the author's.)
+    assert '<th scope="col">Task</th>' in item and '<th scope="col">Note</th>' in item
+    assert "order wrong &lt;b&gt;" in item
+    assert "<li>length</li><li>regex</li>" in item
+    assert "<dt>Sim-small</dt><dd>9</dd>" in item
+    # The diff, coloured per line.
+    assert '<span class="evo-diff-line evo-diff-line--file">--- v1</span>' in item
+    assert '<span class="evo-diff-line evo-diff-line--hunk">@@ -1 +1,3 @@</span>' in item
+    assert (
+        '<span class="evo-diff-line evo-diff-line--add">+You are a meticulous inspector. Describe the defect first, '
+        "then classify it.</span>" in item
+    )
+    assert '<span class="evo-diff-line evo-diff-line--context"> {input}</span>' in item
+    # Both actions, each asking for a note.
+    assert f'hx-post="/kaizen/proposals/{proposal.pk}/approve/"' in item
+    assert f'hx-post="/kaizen/proposals/{proposal.pk}/reject/"' in item
+    assert item.count('name="note"') == 2 and item.count("required") >= 2
+    assert "<title>(1) Evolution review · Kaizen</title>" in html
+
+
+def test_evidence_given_as_pairs_keeps_its_order(client, ana):
+    major_proposal(line_agent(), evidence=[["zeta", 1], ["alpha", ["a", "b"]], ["mid", {"k": "v"}]])
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    assert html.index("<dt>Zeta</dt>") < html.index("<dt>Alpha</dt>") < html.index("<dt>Mid</dt>")
+    assert "<li>a</li><li>b</li>" in html and "<dt>K</dt><dd>v</dd>" in html
+
+
+def test_a_proposal_of_the_kaizen_loop_says_so(client, ana):
+    agent = line_agent()
+    kaizen.proposal_create(
+        agent=agent,
+        fields=fields_of(agent, prompt_template=NEW_TEMPLATE),
+        rationale="Rejected outputs put the class first.",
+        source=PromptVersion.Source.KAIZEN,
+    )
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    assert '<strong class="evo-author">kaizen loop</strong>' in html
+
+
+def test_a_running_experiment_shows_stage_status_counts_and_its_latest_look(client, ana):
+    experiment = experiment_in("efficacy", agent=line_agent(name="welder"))
+    latest = experiment.looks.order_by("-created_at", "-pk").first()
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    row = html[html.index(f'<div id="experiment-{experiment.pk}"') :]
+    row = row[: row.index('<script type="application/json"')]
+    assert f'href="/kaizen/experiments/{experiment.pk}/"' in row
+    assert "welder: v1 against v2" in row
+    assert '<span class="evo-stage">Efficacy at 50% of tasks</span>' in row
+    assert '<span class="evo-status evo-status--running">Running</span>' in row
+    assert '<td class="num">200</td><td class="num">140</td><td class="num">70.0%</td>' in row
+    assert '<td class="num">200</td><td class="num">150</td><td class="num">75.0%</td>' in row
+    assert '<span class="evo-decision evo-decision--continue">Continue</span>' in row
+    assert latest.stats["reason"] in row
+    assert f'hx-post="/kaizen/experiments/{experiment.pk}/rollback/"' in row
+    # Its chart, drawn from the data in its row.
+    assert f'data-chart="chart-data-{experiment.pk}"' in html
+    assert chart_of(html, experiment.pk)["data"]
+
+
+def test_each_status_offers_its_actions_and_rollback_is_always_there(client, ana):
+    canary = experiment_in("canary_passed")
+    paused = experiment_in("paused")
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    assert f"/kaizen/experiments/{canary.pk}/advance/" in html
+    assert f"/kaizen/experiments/{paused.pk}/resume/" in html
+    assert f"/kaizen/experiments/{paused.pk}/advance/" not in html
+    for experiment in (canary, paused):
+        assert f"/kaizen/experiments/{experiment.pk}/rollback/" in html
+        assert f"/kaizen/experiments/{experiment.pk}/promote/" not in html
+
+
+def test_an_ended_experiment_is_listed_without_actions_or_chart(client, ana):
+    experiment = experiment_in("running")
+    kaizen.experiment_rollback(experiment=experiment, user=ana, note="Wrong base prompt.")
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    assert "Recently ended" in html
+    row = html[html.index(f'<div id="experiment-{experiment.pk}"') :]
+    row = row[: row.index("</li>")]
+    assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in row
+    assert "Wrong base prompt." in row
+    assert "/rollback/" not in row
+    assert f'id="chart-{experiment.pk}"' not in html
+
+
+def test_the_audit_log_shows_the_latest_entries_newest_first_with_a_link_to_all(client, ana):
+    experiment = experiment_in("running")
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    section = html[html.index('id="audit-recent"') :]
+    actions = re.findall(r'<td class="evo-audit-action">([^<]+)</td>', section)
+    assert actions[:3] == ["Experiment started", "Approved", "Proposed"]
+    assert "The diff reads well." in section
+    assert f'href="/kaizen/experiments/{experiment.pk}/"' in section
+    assert 'href="/kaizen/audit/"' in section
+
+
+def test_the_audit_log_on_the_page_stops_at_50(client, ana):
+    agent = line_agent()
+    for i in range(60):
+        AuditEntry.objects.create(agent=agent, action=AuditEntry.Action.VERSION, reason=f"entry {i}")
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    assert html.count('class="evo-audit-row') == 50
+    assert "entry 59" in html and "entry 9<" not in html
+
+
+def test_the_page_uses_a_bounded_number_of_queries(client, ana):
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(REVIEW).status_code == 200
+        return len(captured)
+
+    client.force_login(ana)
+    experiment_in("efficacy")
+    major_proposal(line_agent())
+    few = queries()
+
+    for _ in range(3):
+        experiment_in("canary_passed")
+    for _ in range(4):
+        major_proposal(line_agent())
+    ended = experiment_in("running")
+    kaizen.experiment_rollback(experiment=ended, user=ana, note="enough")
+    many = queries()
+
+    assert many == few
+    assert few <= 16
+
+
+def test_the_live_part_is_the_sections_out_of_band(client, ana):
+    major_proposal(line_agent())
+    client.force_login(ana)
+
+    response = client.get(reverse("experiments-review-live"), headers=HTMX)
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    for section in ("proposals", "experiments", "audit-recent"):
+        assert re.search(rf'<section id="{section}"[^>]*hx-swap-oob="outerHTML"', html)
+    assert "<html" not in html
+
+
+def test_the_nav_links_to_the_review_for_approvers_only(client, ana):
+    client.force_login(ana)
+    assert 'href="/kaizen/"' in client.get("/boards/").content.decode()
+
+    client.force_login(make_user())
+    assert 'href="/kaizen/"' not in client.get("/boards/").content.decode()
+
+
+def test_plotly_js_is_served_from_the_plotly_package_with_long_caching(client, ana):
+    client.force_login(make_user())
+
+    response = client.get(reverse("experiments-plotly-js"))
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/javascript")
+    assert "max-age=31536000" in response["Cache-Control"]
+    head = b"".join(response.streaming_content)[:2000]
+    assert b"plotly" in head.lower()
+
+
+def test_plotly_js_needs_a_login(client):
+    response = client.get(reverse("experiments-plotly-js"))
+
+    assert response.status_code == 302
+
+
+def test_the_review_page_loads_plotly_and_its_script(client, ana):
+    client.force_login(ana)
+
+    html = client.get(REVIEW).content.decode()
+
+    assert re.search(r'<script src="/kaizen/plotly.min.js\?v=[\d.]+" defer></script>', html)
+    assert '<script src="/static/js/evolution.js" defer></script>' in html
+    assert 'ws-connect="/ws/kaizen/"' in html
