@@ -5,20 +5,9 @@ on their own. Changing a row here would skip the services that move the tasks.""
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest
 
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+from kaizen_web.admin import ReadOnlyAdmin
 
 
 @admin.register(Escalation)

@@ -7,20 +7,9 @@ skip both."""
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest
 
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+from kaizen_web.admin import ReadOnlyAdmin
 
 
 @admin.register(AuditEntry)
