@@ -56,7 +56,7 @@ def _publish_once(key: Hashable, render: Callable[[], list[tuple[str, dict]]]) -
 
 def proposals_changed() -> None:
     def render() -> list[tuple[str, dict]]:
-        from experiments.views import REVIEW, review_context
+        from experiments.selectors import REVIEW, review_context
 
         html = render_to_string(f"{REVIEW}#review-update", review_context())
         return [(REVIEW_GROUP, {"type": "review.update", "html": html})]
@@ -66,7 +66,7 @@ def proposals_changed() -> None:
 
 def experiment_changed(experiment_id: int) -> None:
     def render() -> list[tuple[str, dict]]:
-        from experiments.views import REVIEW, experiment_context, experiment_get, recent_audit
+        from experiments.selectors import REVIEW, experiment_context, experiment_get, recent_audit
 
         experiment = experiment_get(experiment_id)
         if experiment is None:

@@ -1,0 +1,324 @@
+"""Reads for the evolution review: the page contexts of ``/kaizen/`` and of one
+experiment, the proposals waiting with their diffs and evidence, the experiments
+with their counts, looks and charts, and the audit log. The views and the live
+pushes (``experiments.broadcast``) both render through them, so a pushed
+fragment is the fragment the page draws."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import plotly
+from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.utils.safestring import mark_safe
+
+from experiments import services
+from experiments.charts import chart_json
+from experiments.models import (
+    AuditEntry,
+    ChangeProposal,
+    Experiment,
+    ExperimentLook,
+    ExperimentSample,
+    PromptVersion,
+)
+
+REVIEW = "experiments/review.html"
+RECENT_AUDIT = 50
+RECENTLY_ENDED = 10
+AUDIT_PAGE = 50
+# The look history table shows this many, newest first (the chart shows them all).
+LOOK_ROWS = 100
+DECISIONS = {
+    "continue": "Continue",
+    "promote": "Better: promote",
+    "rollback": "Worse: roll back",
+    "futility": "Stop for futility",
+    "pause_srm": "Pause: sample-ratio mismatch",
+}
+
+ProposalStatus = ChangeProposal.Status
+
+
+# --- ------------------------------------------------------------------------------
+
+
+@dataclass
+class Failure:
+    """An action that was refused, to show in its item: which item, which form
+    to open, the note as typed and the message."""
+
+    kind: str  # "proposal" or "experiment"
+    pk: int
+    action: str
+    message: str
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    note: str = ""
+
+    def mark(self, item: Any, kind: str) -> None:
+        if kind != self.kind or item.pk != self.pk:
+            return
+        item.form_error = self.message
+        # A note to fix opens its form again; a refusal (409) only says why.
+        item.form_open = self.action if self.errors else ""
+        item.form_errors = self.errors
+        item.form_note = self.note
+
+
+def _diff_rows(lines: Iterable[str]) -> list[tuple[str, str]]:
+    """diff_lines' output, each line with its kind (for its colour): file
+    headers, hunks, additions, deletions, the other fields' names, context."""
+    fields = {f"{name}:" for name in ("prompt_variables", "parameters", "cascade", "implementation")}
+    rows = []
+    lines = list(lines)
+    headers = 2 if lines and lines[0].startswith("--- ") else 0
+    for i, line in enumerate(lines):
+        if i < headers:
+            kind = "file"
+        elif line in fields:
+            kind = "field"
+        elif line.startswith("@@"):
+            kind = "hunk"
+        elif line.startswith("+"):
+            kind = "add"
+        elif line.startswith("-"):
+            kind = "del"
+        else:
+            kind = "context"
+        rows.append((kind, line))
+    return rows
+
+
+def _label(key: Any) -> str:
+    text = str(key).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _ordered_pairs(evidence: Any) -> bool:
+    return (
+        isinstance(evidence, list)
+        and bool(evidence)
+        and all(isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) for p in evidence)
+    )
+
+
+def evidence_items(evidence: Any) -> list[dict]:
+    """A proposal's evidence (label → value, as an object or as a list of
+    [label, value] pairs), in shapes a template can draw: a value, a list of
+    values, a table (a list of records), or pairs (a record). Anything deeper is
+    shown as JSON text."""
+    if _ordered_pairs(evidence):
+        # [[label, value], ...]: the order the author chose (PostgreSQL's jsonb
+        # keeps an object's keys in an order of its own).
+        pairs = [(key, value) for key, value in evidence]
+    elif isinstance(evidence, dict):
+        pairs = list(evidence.items())
+    else:
+        pairs = [("evidence", evidence)] if evidence not in (None, "", []) else []
+    items = []
+    for key, value in pairs:
+        item: dict[str, Any] = {"label": _label(key)}
+        if _scalar(value):
+            item.update(kind="text", value=_text(value))
+        elif isinstance(value, list) and all(_scalar(v) for v in value):
+            item.update(kind="list", values=[_text(v) for v in value])
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns: list[str] = []
+            for record in value:
+                columns += [k for k in record if k not in columns]
+            item.update(
+                kind="table",
+                columns=[_label(c) for c in columns],
+                rows=[[_text(record.get(c)) for c in columns] for record in value],
+            )
+        elif isinstance(value, dict):
+            item.update(kind="pairs", pairs=[(_label(k), _text(v)) for k, v in value.items()])
+        else:
+            item.update(kind="text", value=_text(value))
+        items.append(item)
+    return items
+
+
+def proposal_details(proposal: ChangeProposal) -> ChangeProposal:
+    proposal.diff_rows = _diff_rows(services.diff_lines(proposal.base_version, proposal.candidate))
+    proposal.evidence_items = evidence_items(proposal.evidence)
+    if proposal.source == PromptVersion.Source.KAIZEN:
+        proposal.author_label = "kaizen loop"
+    elif proposal.author_id:
+        proposal.author_label = proposal.author.get_username()
+    else:
+        proposal.author_label = proposal.get_source_display()
+    # Proposed against a version that is no longer the active one: it would
+    # test the change against the wrong control, so it cannot start.
+    proposal.active_moved = proposal.base_version.number != proposal.agent.prompt_version
+    return proposal
+
+
+def proposals_queryset():
+    return ChangeProposal.objects.select_related("agent", "author", "decided_by", "base_version", "candidate")
+
+
+def waiting_proposals() -> list[ChangeProposal]:
+    """Proposals waiting for a decision, and approved ones waiting for their
+    agent's running experiment to end (they may still be rejected), oldest first."""
+    proposals = proposals_queryset().filter(status__in=(ProposalStatus.PENDING, ProposalStatus.APPROVED))
+    return [proposal_details(p) for p in proposals.order_by("created_at", "pk")]
+
+
+def _arm_counts_many(experiments: list[Experiment]) -> dict[int, dict[str, dict]]:
+    """services.arm_counts for many experiments in one query: per arm, the
+    current stage's samples, successes, mean cost and latency."""
+    empty = {"n": 0, "successes": 0, "pct": None, "cost": 0.0, "latency_ms": 0.0}
+    counts: dict[int, dict[str, dict]] = {
+        e.pk: {arm: dict(empty) for arm in ExperimentSample.Arm.values} for e in experiments
+    }
+    if not experiments:
+        return counts
+    current = Q()
+    for e in experiments:
+        current |= Q(experiment_id=e.pk, stage=e.stage)
+    rows = (
+        ExperimentSample.objects.filter(current)
+        .values("experiment_id", "arm")
+        .annotate(
+            n=Count("pk"),
+            successes=Count("pk", filter=Q(success=True)),
+            cost=Sum("cost"),
+            latency=Sum("latency_ms"),
+        )
+    )
+    for row in rows:
+        n = row["n"]
+        counts[row["experiment_id"]][row["arm"]] = {
+            "n": n,
+            "successes": row["successes"],
+            "pct": 100 * row["successes"] / n if n else None,
+            "cost": float(row["cost"] or 0) / n if n else 0.0,
+            "latency_ms": float(row["latency"] or 0) / n if n else 0.0,
+        }
+    return counts
+
+
+def _experiments_queryset():
+    latest = ExperimentLook.objects.filter(experiment=OuterRef("pk")).order_by("-created_at", "-pk")
+    return Experiment.objects.select_related("agent", "control", "treatment", "proposal").annotate(
+        latest_look_id=Subquery(latest.values("pk")[:1])
+    )
+
+
+def experiment_details(experiments: list[Experiment], *, charts: Iterable[int] = ()) -> list[Experiment]:
+    """The experiments with what their rows show: counts per arm, the latest
+    look; and, for those in ``charts``, their chart's JSON (every look)."""
+    counts = _arm_counts_many(experiments)
+    charted = set(charts)
+    looks_of: dict[int, list[ExperimentLook]] = defaultdict(list)
+    if charted:
+        for look in ExperimentLook.objects.filter(experiment_id__in=charted).order_by("created_at", "pk"):
+            looks_of[look.experiment_id].append(look)
+    wanted = [e.latest_look_id for e in experiments if e.latest_look_id and e.pk not in charted]
+    latest = ExperimentLook.objects.in_bulk(wanted) if wanted else {}
+    for experiment in experiments:
+        experiment.counts = counts[experiment.pk]
+        if experiment.pk in charted:
+            looks = looks_of[experiment.pk]
+            experiment.latest_look = looks[-1] if looks else None
+            experiment.chart = mark_safe(chart_json(looks))  # escaped for a JSON script by chart_json
+        else:
+            experiment.latest_look = latest.get(experiment.latest_look_id)
+            experiment.chart = None
+        if experiment.latest_look is not None:
+            _look_details(experiment.latest_look)
+    return experiments
+
+
+def _look_details(look: ExperimentLook) -> ExperimentLook:
+    look.decision_label = DECISIONS.get(look.decision, look.decision)
+    stats = look.stats
+    look.diff_points = 100 * (stats.get("diff") or 0.0)
+    look.ci_low_points = 100 * (stats.get("ci_low") or 0.0)
+    look.ci_high_points = 100 * (stats.get("ci_high") or 0.0)
+    return look
+
+
+def review_experiments() -> tuple[list[Experiment], list[Experiment]]:
+    """(active experiments, the most recently ended), with their details; the
+    active ones with their charts."""
+    active = list(_experiments_queryset().filter(status__in=Experiment.ACTIVE).order_by("started_at", "pk"))
+    ended = list(
+        _experiments_queryset()
+        .exclude(status__in=Experiment.ACTIVE)
+        .order_by("-ended_at", "-pk")[:RECENTLY_ENDED]
+    )
+    experiment_details(active + ended, charts=[e.pk for e in active])
+    return active, ended
+
+
+def experiment_get(pk: int, *, chart: bool = True) -> Experiment | None:
+    experiment = _experiments_queryset().filter(pk=pk).first()
+    if experiment is None:
+        return None
+    return experiment_details([experiment], charts=[pk] if chart else [])[0]
+
+
+def audit_queryset():
+    return AuditEntry.objects.select_related("agent", "user", "version")
+
+
+def recent_audit(limit: int = RECENT_AUDIT) -> list[AuditEntry]:
+    return list(audit_queryset()[:limit])
+
+
+def review_context(*, failed: Failure | None = None) -> dict:
+    """What /kaizen/ shows: its three live sections."""
+    proposals = waiting_proposals()
+    active, ended = review_experiments()
+    if failed is not None:
+        for proposal in proposals:
+            failed.mark(proposal, "proposal")
+        for experiment in active + ended:
+            failed.mark(experiment, "experiment")
+    return {
+        "proposals": proposals,
+        "pending_count": sum(1 for p in proposals if p.status == ProposalStatus.PENDING),
+        "active": active,
+        "ended": ended,
+        "audit": recent_audit(),
+        "audit_limit": RECENT_AUDIT,
+        "plotly_version": plotly.__version__,
+        "nav": "kaizen",
+    }
+
+
+def experiment_context(experiment: Experiment) -> dict:
+    """What an experiment's page shows, beyond its row and chart."""
+    looks = list(experiment.looks.order_by("-created_at", "-pk")[: LOOK_ROWS + 1])
+    return {
+        "experiment": experiment,
+        "looks": [_look_details(look) for look in looks[:LOOK_ROWS]],
+        "looks_total": experiment.looks.count() if len(looks) > LOOK_ROWS else len(looks),
+        "experiment_audit": list(audit_queryset().filter(experiment=experiment)[:RECENT_AUDIT]),
+        # Its forms post plainly and come back here (pushed rows too).
+        "plain": True,
+        "here": experiment.get_absolute_url(),
+        "plotly_version": plotly.__version__,
+        "nav": "kaizen",
+    }
+
+
+# --- helpers ----------------------------------------------------------------------------
