@@ -31,6 +31,20 @@
   const drawnFrom = new WeakMap();
   let drawScheduled = false;
 
+  // Plotly draws into a child of the chart element, made here: htmx's settle step
+  // puts a swapped element's own attributes back (its class among them), which
+  // took away the class Plotly's layout depends on when it drew into the element
+  // itself. A child without an id is left alone.
+  function plotOf(chart) {
+    let plot = chart.querySelector(":scope > .evo-plot");
+    if (!plot) {
+      plot = document.createElement("div");
+      plot.className = "evo-plot";
+      chart.appendChild(plot);
+    }
+    return plot;
+  }
+
   function drawCharts() {
     drawScheduled = false;
     if (!window.Plotly) return;
@@ -44,7 +58,7 @@
         return;
       }
       drawnFrom.set(chart, script);
-      window.Plotly.react(chart, figure.data, figure.layout, { responsive: true, displaylogo: false });
+      window.Plotly.react(plotOf(chart), figure.data, figure.layout, { responsive: true, displaylogo: false });
     });
   }
 

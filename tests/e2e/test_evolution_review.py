@@ -71,8 +71,10 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     assert "Running" in page.inner_text(f"{row} .evo-status")
     # Its chart is drawn (plotly.js, from the plotly package), still without looks.
     chart = f"#chart-{experiment.pk}"
+    # Plotly draws into the chart's own child (htmx's settle must not touch it).
+    plot = f"{chart} > .evo-plot"
     page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
-    assert page.evaluate(f"document.querySelector('{chart}').data[0].x.length") == 0
+    assert page.evaluate(f"document.querySelector('{plot}').data[0].x.length") == 0
 
     # The approval's own pushes (the lists, redrawn) settle first: the marker below
     # must be set on the chart that the look's push is to update in place.
@@ -80,13 +82,15 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     page.wait_for_timeout(500)
     page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
     # A look, pushed live: the row and the chart change in place, without a reload.
-    page.evaluate(f"document.querySelector('{chart}').__sameChart = true")
+    page.evaluate(f"document.querySelector('{plot}').__sameChart = true")
     samples(experiment, tasks_of(agent, 40), control=(30, 21), treatment=(2, 1))
     look(experiment)
     kaizen_broadcast.experiment_changed(experiment.pk)
     broadcast.flush()
-    page.wait_for_function(f"document.querySelector('{chart}').data[0].x.length === 1", timeout=15_000)
-    assert page.evaluate(f"document.querySelector('{chart}').__sameChart") is True
+    page.wait_for_function(f"document.querySelector('{plot}').data[0].x.length === 1", timeout=15_000)
+    assert page.evaluate(f"document.querySelector('{plot}').__sameChart") is True
+    # Plotly's layout classes survive the pushes' swaps (htmx's settle once removed them).
+    assert page.evaluate(f"document.querySelector('{plot}').classList.contains('js-plotly-plot')") is True
     page.wait_for_selector(f"{row} .evo-decision--continue", timeout=5_000)
     assert "30" in page.inner_text(f"{row} .evo-counts")
 
