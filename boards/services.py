@@ -677,10 +677,23 @@ def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]]) -> dict[in
     """task_run_begin for a batch of claims in one query: the tasks whose claim is
     still current, by id (a stale claim is simply absent)."""
     wanted = {int(task_id): str(token) for task_id, token in claims}
-    tasks = Task.objects.select_related("agent").filter(
-        pk__in=wanted, status=Status.RUNNING, agent__isnull=False
-    )
-    return {task.pk: task for task in tasks if str(task.lease_token) == wanted[task.pk]}
+    tasks = Task.objects.filter(pk__in=wanted, status=Status.RUNNING, agent__isnull=False)
+    current = [task for task in tasks if str(task.lease_token) == wanted[task.pk]]
+    _share_agents(current)
+    return {task.pk: task for task in current}
+
+
+def _share_agents(tasks: list[Task]) -> None:
+    """Give a batch of tasks their agents, read once per agent (one query): a batch
+    is usually one agent's, and an agent row (its cascade, checks and other JSON
+    fields decoded) per task was a good part of a busy worker's CPU."""
+    ids = {task.agent_id for task in tasks if task.agent_id}
+    if not ids:
+        return
+    agents = {agent.pk: agent for agent in Agent.objects.filter(pk__in=ids)}
+    for task in tasks:
+        if task.agent_id in agents:
+            task.agent = agents[task.agent_id]
 
 
 def _current_run(task_id: int, lease_token: uuid.UUID | str) -> Task | None:
@@ -746,10 +759,10 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         tasks = {
             task.pk: task
             for task in Task.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("agent")
             .filter(pk__in=ids)
             .order_by("pk")
         }
+        _share_agents(list(tasks.values()))
         board_ids = {task.board_id for task in tasks.values()}
         board_columns: dict[int, dict[str, Column]] = {}
         for column in Column.objects.filter(
