@@ -656,16 +656,7 @@ def experiment_look(*, experiment: Experiment) -> ExperimentLook | None:
                 experiment=experiment, user=None, note=f"automatic: {result.reason}", stats_json=figures
             )
         elif decision == "pause_srm":
-            experiment.status = Experiment.Status.PAUSED
-            experiment.status_reason = result.reason
-            experiment.save(update_fields=["status", "status_reason"])
-            _audit(
-                experiment.agent,
-                Action.PAUSED,
-                reason=result.reason,
-                experiment=experiment,
-                stats_json=figures,
-            )
+            _hold(experiment, Experiment.Status.PAUSED, Action.PAUSED, result.reason, figures)
         elif decision == "futility":
             _end(experiment, Experiment.Status.FUTILE, result.reason)
             experiment.proposal.status = Status.STOPPED
@@ -679,35 +670,26 @@ def experiment_look(*, experiment: Experiment) -> ExperimentLook | None:
             )
             _start_next(experiment.agent)
         elif decision == "promote":
-            experiment.status = Experiment.Status.PROMOTE_READY
-            experiment.status_reason = result.reason
-            experiment.save(update_fields=["status", "status_reason"])
-            _audit(
-                experiment.agent,
-                Action.PROMOTE_READY,
-                reason=result.reason,
-                experiment=experiment,
-                stats_json=figures,
-            )
+            _hold(experiment, Experiment.Status.PROMOTE_READY, Action.PROMOTE_READY, result.reason, figures)
         elif (
             experiment.stage == Experiment.Stage.CANARY
             and treatment["n"] >= experiment.canary_size
             and control["n"] >= stats.MIN_PER_ARM
         ):
-            experiment.status = Experiment.Status.CANARY_PASSED
-            experiment.status_reason = (
+            reason = (
                 f"no harm found in {treatment['n']} treatment and {control['n']} control tasks: "
                 "approve it to start the efficacy stage at 50/50"
             )
-            experiment.save(update_fields=["status", "status_reason"])
-            _audit(
-                experiment.agent,
-                Action.CANARY_PASSED,
-                reason=experiment.status_reason,
-                experiment=experiment,
-                stats_json=figures,
-            )
+            _hold(experiment, Experiment.Status.CANARY_PASSED, Action.CANARY_PASSED, reason, figures)
     return look
+
+
+def _hold(experiment: Experiment, status: str, action: str, reason: str, figures: dict) -> None:
+    """Stop assigning traffic and wait for a person (to advance, promote or resume)."""
+    experiment.status = status
+    experiment.status_reason = reason
+    experiment.save(update_fields=["status", "status_reason"])
+    _audit(experiment.agent, action, reason=reason, experiment=experiment, stats_json=figures)
 
 
 def experiments_evaluate() -> int:
