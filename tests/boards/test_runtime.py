@@ -223,8 +223,10 @@ def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fai
     outcomes = runtime.run_batch([(c.task_id, str(c.lease_token)) for c in claims])
 
     assert outcomes == ["done", "done", "failed"]
-    # Tried together, then one by one (task_complete is tasks_complete of one) for the bad board.
-    assert batches == [3, 1, 1, 1]
+    # Runs finishing within the window were completed together (how many fall in
+    # one window depends on timing); the batch holding the bad board's run fell
+    # back to one by one (task_complete is tasks_complete of one).
+    assert max(batches) >= 2 and batches.count(1) >= 1
     statuses = [Task.objects.get(pk=c.task_id).status for c in claims]
     assert statuses == [Task.Status.DONE, Task.Status.DONE, Task.Status.READY]
     assert "has no Done column" in Task.objects.get(pk=claims[2].task_id).last_error
