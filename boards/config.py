@@ -31,13 +31,13 @@ from typing import Any
 import yaml
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count
 
 from boards import agent_config, broadcast, services
 from boards.agent_config import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
 from boards.agents import AgentFailed, agent_class, custom_capabilities
 from boards.models import Agent, Board, Column, Task, default_cascade
-from experiments.line import ensure_version
+from experiments.line import ensure_version, next_version_number
 from experiments.models import AuditEntry, PromptVersion
 
 Role = Column.Role
@@ -1332,10 +1332,7 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
             # the operator's direct word, past the kaizen loop's proposals and experiments;
             # both versions and the change are recorded, so the agent's history has no gap.
             replaced = ensure_version(before)
-            highest = PromptVersion.objects.filter(agent=agent).aggregate(n=Max("number"))["n"] or 0
-            # After every number the agent has had (proposals' candidates, a rollback's
-            # lower active number): one number is one prompt.
-            agent.prompt_version = max(agent.prompt_version, highest) + 1
+            agent.prompt_version = next_version_number(agent)
             agent.save(update_fields=[*fields, "prompt_version"])
             version = ensure_version(
                 agent,

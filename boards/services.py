@@ -35,7 +35,7 @@ from boards.agent_config import cascade_json, parse_cascade, parse_parameters, p
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
 from experiments import line as experiment_line
-from experiments.models import ExperimentSample
+from experiments.models import AuditEntry, ExperimentSample, PromptVersion
 
 logger = logging.getLogger(__name__)
 
@@ -1562,8 +1562,6 @@ def agent_save(
     Its boards are refreshed and pulled after commit (a new model or a higher
     concurrency may change what the board shows and can take)."""
     # experiments.services imports this module; its models and line helpers do not.
-    from experiments.line import ensure_version
-    from experiments.models import AuditEntry, PromptVersion
 
     agent.full_clean()
     agent.prompt_variables = parse_variables(agent.prompt_variables)
@@ -1589,14 +1587,13 @@ def agent_save(
                 agent.prompt_version = before["prompt_version"]
                 if any(before[name] != getattr(agent, name) for name in PROMPT_FIELDS):
                     # The stored fields, as they were: the version being replaced.
-                    replaced = ensure_version(Agent(pk=agent.pk, name=agent.name, **before))
-                    highest = (
-                        PromptVersion.objects.filter(agent_id=agent.pk).aggregate(n=Max("number"))["n"] or 0
-                    )
-                    agent.prompt_version = max(agent.prompt_version, highest) + 1
+                    replaced = experiment_line.ensure_version(Agent(pk=agent.pk, name=agent.name, **before))
+                    agent.prompt_version = experiment_line.next_version_number(agent)
         agent.save()
         if replaced is not None:
-            version = ensure_version(agent, source=PromptVersion.Source.CONFIG, author=user, rationale=why)
+            version = experiment_line.ensure_version(
+                agent, source=PromptVersion.Source.CONFIG, author=user, rationale=why
+            )
             AuditEntry.objects.create(
                 agent=agent,
                 action=AuditEntry.Action.VERSION,

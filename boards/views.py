@@ -17,7 +17,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
-from django.db.models import Max, prefetch_related_objects
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -502,26 +502,10 @@ def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: TierFormSet) 
 
 
 def _proposal_preview(agent: Agent, fields: dict[str, Any]) -> dict[str, Any]:
-    """What proposing ``fields`` would be: the diff against the active version and
-    whether it is major, and why. Writes nothing (an active version not yet
-    recorded is compared as the agent holds it). Raises the ValidationError that
-    ``classify`` raises when nothing changes."""
-    versions = PromptVersion.objects.filter(agent=agent)
-    base = versions.filter(number=agent.prompt_version).first() or PromptVersion(
-        agent=agent,
-        number=agent.prompt_version,
-        **{name: getattr(agent, name) for name in PromptVersion.FIELDS},
-    )
-    highest = versions.aggregate(n=Max("number"))["n"] or 0
-    candidate = PromptVersion(agent=agent, number=max(agent.prompt_version, highest) + 1, **fields)
-    major, classification = kaizen.classify(base, fields)
-    return {
-        "base": base,
-        "candidate": candidate,
-        "major": major,
-        "classification": classification,
-        "diff": _diff_rows(kaizen.diff_lines(base, candidate)),
-    }
+    """experiments.services.proposal_preview, with the diff's lines marked for the page."""
+    preview = kaizen.proposal_preview(agent=agent, fields=fields)
+    preview["diff"] = _diff_rows(preview["diff"])
+    return preview
 
 
 def _agent_history(agent: Agent, user) -> dict[str, Any]:

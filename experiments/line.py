@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from boards.agent_config import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
@@ -147,6 +148,21 @@ def _normal_fields(agent: Agent) -> dict:
     except ConfigError:
         pass  # a malformed row is kept as it is: the version records what ran
     return fields
+
+
+def next_version_number(agent: Agent) -> int:
+    """The number a new prompt version of the agent gets: after every number it has
+    had (proposals' candidates, an active number lowered by a rollback), so one
+    number is always one prompt."""
+    highest = PromptVersion.objects.filter(agent_id=agent.pk).aggregate(n=Max("number"))["n"] or 0
+    return max(agent.prompt_version, highest) + 1
+
+
+def current_version(agent: Agent) -> PromptVersion:
+    """The agent's active version as stored, or, when it has no row yet, as the
+    agent holds it (in normal form, unsaved): what a change is compared with."""
+    stored = PromptVersion.objects.filter(agent_id=agent.pk, number=agent.prompt_version).first()
+    return stored or PromptVersion(agent=agent, number=agent.prompt_version, **_normal_fields(agent))
 
 
 def ensure_version(agent: Agent, *, source: str = "", author=None, rationale: str = "") -> PromptVersion:

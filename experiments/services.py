@@ -36,7 +36,7 @@ from boards.agent_config import (
 from boards.models import Agent
 from experiments import broadcast as review_broadcast
 from experiments import stats
-from experiments.line import ensure_version
+from experiments.line import current_version, ensure_version, next_version_number
 from experiments.models import (
     AuditEntry,
     ChangeProposal,
@@ -221,6 +221,24 @@ def _normalised(agent: Agent, fields: dict) -> dict:
     }
 
 
+def proposal_preview(*, agent: Agent, fields: dict) -> dict:
+    """What proposing ``fields`` would make, written nowhere: the candidate (unsaved,
+    with the number it would get), the version it changes, major or minor and why,
+    and the diff. Checked and compared exactly as proposal_create does; a
+    ValidationError when the fields are invalid or change nothing."""
+    normal = _normalised(agent, fields)
+    base = current_version(agent)
+    major, why = classify(base, normal)
+    candidate = PromptVersion(agent=agent, number=next_version_number(agent), **normal)
+    return {
+        "base": base,
+        "candidate": candidate,
+        "major": major,
+        "classification": why,
+        "diff": diff_lines(base, candidate),
+    }
+
+
 # --- proposing ----------------------------------------------------------------------------
 
 
@@ -255,17 +273,7 @@ def proposal_create(
             )
         base = ensure_version(agent)
         major, why = classify(base, normal)
-        number = (
-            max(
-                agent.prompt_version,
-                PromptVersion.objects.filter(agent=agent)
-                .order_by("-number")
-                .values_list("number", flat=True)
-                .first()
-                or 0,
-            )
-            + 1
-        )
+        number = next_version_number(agent)
         candidate = PromptVersion.objects.create(
             agent=agent,
             number=number,

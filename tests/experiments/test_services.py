@@ -433,3 +433,22 @@ def test_a_direct_change_during_an_experiment_rolls_it_back_at_the_next_look(lin
     assert (task.arm, task.prompt_version) == ("", agent.prompt_version)  # the new active version, no arm
     experiment.refresh_from_db()
     assert experiment.status == "rolled_back" and "direct change" in experiment.status_reason
+
+
+def test_the_preview_classifies_and_numbers_a_change_as_the_proposal_then_does(db, editor):
+    board = make_board()
+    agent = make_agent(boards=[board], quality_checks=[])
+    # A bare cascade, as the model's default leaves it, and no version row yet.
+    type(agent).objects.filter(pk=agent.pk).update(
+        cascade=[{"provider": "simulated", "model": "sim-small", "threshold": None}], parameters={"max_tokens": 1000}
+    )
+    agent.refresh_from_db()
+    fields = _fields(agent, parameters={"max_tokens": 900})
+
+    preview = kaizen.proposal_preview(agent=agent, fields=fields)
+    assert not PromptVersion.objects.exists()  # a preview writes nothing
+    proposal = kaizen.proposal_create(agent=agent, fields=fields, rationale="shorter", user=editor)
+
+    assert (preview["major"], preview["classification"]) == (proposal.major, proposal.classification)
+    assert preview["candidate"].number == proposal.candidate.number
+    assert preview["diff"] == kaizen.diff_lines(proposal.base_version, proposal.candidate)
