@@ -64,6 +64,12 @@ def main() -> int:
         time.sleep(0.005)
     result = decide(escalation_id=args.escalation, username=args.user, action=args.action)
     print("RESULT " + json.dumps(result), flush=True)
+    # The decision's live updates go out on the broadcaster's daemon thread: let it
+    # finish before the interpreter exits, or the exit can abort the process
+    # mid-send ("FATAL: exception not rethrown", seen once on PostgreSQL).
+    from boards import broadcast
+
+    broadcast.flush()
     return 0
 
 
