@@ -277,7 +277,8 @@ def experiment_get(pk: int, *, chart: bool = True) -> Experiment | None:
 
 
 def audit_queryset():
-    return AuditEntry.objects.select_related("agent", "user", "version")
+    # The proposal too: the actor of a proposal from a config file says so (AuditEntry.actor).
+    return AuditEntry.objects.select_related("agent", "user", "version", "proposal")
 
 
 def recent_audit(limit: int = RECENT_AUDIT) -> list[AuditEntry]:
