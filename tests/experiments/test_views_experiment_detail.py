@@ -1,6 +1,6 @@
-"""One experiment's page: its row, its Plotly chart (z against the efficacy and
-harm boundaries, the difference with its adjusted interval, success, samples,
-cost and latency per arm, one point per look) and the look history."""
+"""One experiment's page: its row, its Plotly chart (success rate, the evidence
+against the lines that decide, cost and time per task, per prompt, one point per
+look) and the look history."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ def ana(db):
     return approver(username="ana")
 
 
-def _traces(figure: dict) -> dict[str, dict]:
-    return {trace["name"]: trace for trace in figure["data"]}
+def _traces(figure: dict) -> dict[tuple[str, str], dict]:
+    """The traces by (panel, name): the panels are x (success), x2 (evidence),
+    x3 (cost), x4 (time); both prompts have a trace in each."""
+    panels = {"x": "success", "x2": "evidence", "x3": "cost", "x4": "time"}
+    return {(panels[trace.get("xaxis", "x")], trace["name"]): trace for trace in figure["data"]}
 
 
 def test_the_url_is_the_experiments_absolute_url(db):
@@ -28,7 +31,7 @@ def test_the_url_is_the_experiments_absolute_url(db):
     assert experiment.get_absolute_url() == f"/kaizen/experiments/{experiment.pk}/"
 
 
-def test_the_chart_has_z_and_both_boundaries_per_look(client, ana):
+def test_the_chart_shows_success_evidence_cost_and_time_per_prompt_at_each_look(client, ana):
     experiment = experiment_in("efficacy")
     canary, efficacy = experiment.looks.order_by("created_at", "pk")
     client.force_login(ana)
@@ -37,42 +40,49 @@ def test_the_chart_has_z_and_both_boundaries_per_look(client, ana):
 
     figure = chart_of(html, experiment.pk)
     traces = _traces(figure)
-    assert {
-        "z",
-        "efficacy boundary",
-        "harm boundary",
-        "difference",
-        "success control",
-        "success treatment",
-        "samples control",
-        "samples treatment",
-        "cost control",
-        "cost treatment",
-        "latency control",
-        "latency treatment",
-    } <= set(traces)
-    assert traces["z"]["x"] == [1, 2]
-    assert traces["z"]["y"] == pytest.approx([canary.stats["z"], efficacy.stats["z"]])
-    # The canary looks only for harm: no efficacy boundary at its look.
-    assert traces["efficacy boundary"]["y"][0] is None
-    assert traces["efficacy boundary"]["y"][1] == pytest.approx(efficacy.stats["efficacy_boundary"])
-    assert efficacy.stats["efficacy_boundary"] > 2
-    assert traces["harm boundary"]["y"] == pytest.approx(
+    current, new = "current prompt (v1)", "new prompt (v2)"
+    assert set(traces) == {
+        ("success", current),
+        ("success", new),
+        ("evidence", "evidence"),
+        ("evidence", "better above this line: promote"),
+        ("evidence", "worse below this line: roll back"),
+        ("cost", current),
+        ("cost", new),
+        ("time", current),
+        ("time", new),
+    }
+    # Plain titles, one point per look at the time it was taken.
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert titles[:4] == [
+        "Success rate: new prompt vs current",
+        "Evidence: above green, better; below red, worse",
+        "Cost per task",
+        "Time per task",
+    ]
+    assert len(traces[("success", new)]["x"]) == 2
+    assert traces[("success", new)]["y"][1] == pytest.approx(75.0)
+    assert traces[("success", current)]["y"][1] == pytest.approx(70.0)
+    # The evidence against the lines that decide (the canary looks only for harm).
+    evidence = traces[("evidence", "evidence")]["y"]
+    assert evidence == pytest.approx([canary.stats["z"], efficacy.stats["z"]])
+    better = traces[("evidence", "better above this line: promote")]["y"]
+    assert better[0] is None and better[1] == pytest.approx(efficacy.stats["efficacy_boundary"])
+    assert traces[("evidence", "worse below this line: roll back")]["y"] == pytest.approx(
         [-canary.stats["harm_boundary"], -efficacy.stats["harm_boundary"]]
     )
-    # The adjusted interval, as error bars around the difference, in points.
-    difference = traces["difference"]
-    assert difference["y"][1] == pytest.approx(100 * efficacy.stats["diff"])
-    assert difference["error_y"]["array"][1] == pytest.approx(
-        100 * (efficacy.stats["ci_high"] - efficacy.stats["diff"])
-    )
-    assert difference["error_y"]["arrayminus"][1] == pytest.approx(
-        100 * (efficacy.stats["diff"] - efficacy.stats["ci_low"])
-    )
-    assert traces["success treatment"]["y"][1] == pytest.approx(75.0)
-    assert traces["samples control"]["y"][1] == 200
-    assert traces["cost treatment"]["y"][1] == pytest.approx(0.0012)
-    assert traces["latency control"]["y"][1] == pytest.approx(300.0)
+    # Dollars as people write them, seconds, percent from a padded range.
+    assert traces[("cost", new)]["y"][1] == pytest.approx(0.0012)
+    layout = figure["layout"]
+    assert layout["yaxis3"]["tickformat"] == "$,.4f"
+    assert layout["yaxis3"]["range"][0] == 0
+    assert traces[("time", current)]["y"][1] == pytest.approx(0.3)
+    assert layout["yaxis4"]["ticksuffix"] == " s"
+    assert layout["yaxis"]["ticksuffix"] == "%"
+    low, high = layout["yaxis"]["range"]
+    assert low <= 70 and high >= 75 and high - low >= 20
+    # Where the 50/50 test starts.
+    assert "50/50 test starts" in titles
     # The chart sits beside its data, and redraws from it.
     assert (
         f'<div class="evo-chart" id="chart-{experiment.pk}" data-chart="chart-data-{experiment.pk}"' in html
@@ -88,9 +98,9 @@ def test_the_chart_data_cannot_end_its_script(client, ana):
     marker = f'id="chart-data-{experiment.pk}">'
     start = html.index(marker) + len(marker)
     data = html[start : html.index("</script>", start)]
-    # The hover texts have line breaks (<br>): escaped, as json_script does.
-    assert "<" not in data and ">" not in data and "\\u003Cbr\\u003E" in data
-    assert "<br>" in chart_of(html, experiment.pk)["data"][0]["text"][0]
+    # The hover templates have tags (<extra>): escaped, as json_script does.
+    assert "<" not in data and ">" not in data and "\\u003Cextra\\u003E" in data
+    assert "<extra>" in chart_of(html, experiment.pk)["data"][0]["hovertemplate"]
 
 
 def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client, ana):
@@ -100,9 +110,11 @@ def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client,
     html = client.get(experiment.get_absolute_url()).content.decode()
 
     figure = chart_of(html, experiment.pk)
-    assert _traces(figure)["z"]["x"] == []
-    assert "No looks yet" in figure["layout"]["annotations"][-1]["text"]
-    assert "Not looked at yet" in html
+    assert _traces(figure)[("evidence", "evidence")]["x"] == []
+    assert "No looks yet: the first comes at about " in figure["layout"]["annotations"][-1]["text"]
+    assert "Not looked at yet: the first look comes at about " in html
+    # Percent from 0 to 100 with nothing to show, never a range around nothing.
+    assert figure["layout"]["yaxis"]["range"] == [0, 100]
 
 
 def test_the_look_history_lists_each_look_newest_first(client, ana):
