@@ -488,6 +488,12 @@ def _parse_slots(reader: _Reader, node: yaml.Node, path: str) -> Any:
             _line(node), path, "must be a mapping of slot names to their values, such as part: [A, B]"
         )
         return INVALID
+    try:
+        # `<<: *shared` merges slots from an anchor (merged ones first; written ones win).
+        reader._constructor.flatten_mapping(node)
+    except yaml.YAMLError as exc:
+        reader.error(_line(node), path, f"cannot merge: {getattr(exc, 'problem', exc)}")
+        return INVALID
     raw: dict[str, Any] = {}
     lines: dict[str, int] = {}
     for key_node, value_node in node.value:
@@ -496,14 +502,15 @@ def _parse_slots(reader: _Reader, node: yaml.Node, path: str) -> Any:
             reader.error(_line(key_node), path, f"slot names must be text, got {_describe(key_node, name)}")
             return INVALID
         if name in raw:
-            reader.error(_line(key_node), f"{path}.{name}", f"given twice (first on line {lines[name]})")
-            return INVALID
+            # A slot written here over one merged in from an anchor replaces it.
+            raw.pop(name)
         lines[name] = _line(key_node)
         if isinstance(value_node, yaml.SequenceNode):
             values = []
             for item in value_node.value:
-                if not isinstance(item, yaml.ScalarNode) or item.value == "":
-                    reader.error(_line(item), f"{path}.{name}", "each value must be text or a number")
+                # An empty value must be written "" (a bare dash is a missing one).
+                if not isinstance(item, yaml.ScalarNode) or (item.value == "" and not item.style):
+                    reader.error(_line(item), f"{path}.{name}", 'each value must be text or a number (or "")')
                     return INVALID
                 values.append(item.value)
             raw[name] = values

@@ -203,12 +203,11 @@ def normal_slots(slots: Any) -> dict[str, dict[str, Any]]:
 
 def entry_problems(entry: dict[str, Any]) -> list[str]:
     """What is wrong with a stored entry's template: slots used but not defined,
-    slots defined but never used, and any render that fails. Empty when fine."""
+    and any render that fails. Empty when fine."""
     slots = entry.get("slots") or {}
     if not slots:
         return []  # a plain entry is one fixed task: its braces are text
     problems: list[str] = []
-    used: list[str] = []
     for field, texts in (("title", [entry.get("title", "")]), ("input", _texts(entry.get("input", "")))):
         for text in texts:
             try:
@@ -220,29 +219,17 @@ def entry_problems(entry: dict[str, Any]) -> list[str]:
                 if name not in slots:
                     defined = ", ".join(slots) or "none"
                     problems.append(f"{field}: {{{name}}} is not a slot (defined: {defined})")
-                used.append(name)
     if problems:
         return problems
-    unused = [name for name in slots if name not in used and not _used_by_slots(name, slots)]
-    if unused:
-        problems.append(f"slot(s) {', '.join(unused)} never used in the title, the input or another slot")
-    if not problems:
-        for number in range(CHECK_RENDERS):
-            try:
-                render(entry, random.Random(f"check:{number}"))
-            except (ValueError, KeyError, IndexError) as exc:
-                problems.append(f"cannot render: {exc}")
-                break
+    # A slot nothing uses is harmless (entries may share a set of slots through a
+    # YAML anchor); a misspelt one shows as the name used but not defined, above.
+    for number in range(CHECK_RENDERS):
+        try:
+            render(entry, random.Random(f"check:{number}"))
+        except (ValueError, KeyError, IndexError) as exc:
+            problems.append(f"cannot render: {exc}")
+            break
     return problems
-
-
-def _used_by_slots(name: str, slots: dict[str, dict[str, Any]]) -> bool:
-    return any(
-        name in template_names(value)
-        for spec in slots.values()
-        for value in spec.get("choice", [])
-        if isinstance(value, str)
-    )
 
 
 # --- rendering ---------------------------------------------------------------------------

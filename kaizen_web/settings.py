@@ -296,7 +296,10 @@ KAIZEN_CANARY_SHARE = env_float("KAIZEN_CANARY_SHARE", 0.05, minimum=0.01, maxim
 KAIZEN_CANARY_SIZE = env_int("KAIZEN_CANARY_SIZE", 200, minimum=100)
 KAIZEN_EXPERIMENT_MAX_N = env_int("KAIZEN_EXPERIMENT_MAX_N", 2000, minimum=100)
 # Custom quality checks (dotted paths to functions) an agent's checks may name (andon.inspection).
-KAIZEN_CUSTOM_CHECKS = env_list("KAIZEN_CUSTOM_CHECKS", ["andon.example_checks.no_email_addresses"])
+KAIZEN_CUSTOM_CHECKS = env_list(
+    "KAIZEN_CUSTOM_CHECKS",
+    ["andon.example_checks.no_email_addresses", "andon.example_checks.figures_from_input"],
+)
 
 # The response cache lives in Redis, shared by every worker. Its keys carry the
 # Redis database and KAIZEN_CACHE_PREFIX, so installations (or test runs) sharing
