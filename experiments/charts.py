@@ -90,8 +90,11 @@ def _num(value: Any, scale: float = 1.0) -> float | None:
 
 
 def _arm(stats: dict, arm: str, key: str, scale: float = 1.0) -> float | None:
-    value = (stats.get("guardrails") or {}).get(arm, {}).get(key)
-    return _num(value, scale)
+    figures = (stats.get("guardrails") or {}).get(arm, {})
+    # An arm with no task yet has no mean (a 0 there would read as free and instant).
+    if not figures.get("n"):
+        return None
+    return _num(figures.get(key), scale)
 
 
 def _rate(successes: Any, n: Any) -> float | None:
@@ -252,11 +255,13 @@ def experiment_figure(
         row=2,
         col=2,
     )
-    fig.update_xaxes(type="date", tickformat="%H:%M", hoverformat="%H:%M:%S", gridcolor=GRID, zeroline=False)
+    # Plotly picks the ticks' format for the span shown (seconds for a demo's
+    # minutes, days for a real line's weeks); the hover always has the second.
+    fig.update_xaxes(type="date", hoverformat="%b %-d, %H:%M:%S", gridcolor=GRID, zeroline=False, nticks=6)
     fig.update_yaxes(gridcolor=GRID, zeroline=False)
     fig.update_layout(
         height=560,
-        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        margin={"l": 80, "r": 20, "t": 40, "b": 40},
         legend={"orientation": "h", "y": -0.12},
         hovermode="x unified",
         # No template: plotly's default one is 10 kB of JSON in every push.

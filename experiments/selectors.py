@@ -166,6 +166,8 @@ def proposal_details(proposal: ChangeProposal) -> ChangeProposal:
         proposal.author_label = "kaizen loop"
     elif proposal.author_id:
         proposal.author_label = proposal.author.get_username()
+    elif proposal.source == PromptVersion.Source.CONFIG:
+        proposal.author_label = "a config file"
     else:
         proposal.author_label = proposal.get_source_display()
     # Proposed against a version that is no longer the active one: it would
@@ -250,6 +252,11 @@ def experiment_details(experiments: list[Experiment], *, charts: Iterable[int] =
             _look_details(experiment.latest_look)
         experiment.next_look_at = _next_look_at(experiment)
         experiment.summary = experiment_summary(experiment)
+        # The recorded reason, unless the sentence or the latest look already says it.
+        reason = experiment.status_reason or ""
+        look_reason = experiment.latest_look.stats.get("reason", "") if experiment.latest_look else ""
+        said = reason in experiment.summary or reason.removeprefix("automatic: ") == look_reason
+        experiment.reason_note = "" if said else reason
         experiment.chart = (
             # Escaped for a JSON script by chart_json.
             mark_safe(chart_json(looks_of[experiment.pk], experiment, empty_note=_no_looks_yet(experiment)))
