@@ -36,6 +36,7 @@ CONTROL = "#566074"
 TREATMENT = "#1f4fc4"
 EFFICACY = "#1a7f37"
 HARM = "#d0342c"
+EVIDENCE = "#1b2230"
 GRID = "#e6e9ef"
 
 PANELS = (
@@ -44,6 +45,10 @@ PANELS = (
     "Cost per task",
     "Time per task",
 )
+
+# An arm's rate, cost and time are drawn from this many tasks on: 1 of 1 is 100%,
+# and the first look of a stage would draw a cliff.
+MIN_DRAWN = 10
 
 # A percent axis is at least this many points tall, so one point or two close
 # rates do not fill it (99% to 101% for a single point reads as a big change).
@@ -91,14 +96,15 @@ def _num(value: Any, scale: float = 1.0) -> float | None:
 
 def _arm(stats: dict, arm: str, key: str, scale: float = 1.0) -> float | None:
     figures = (stats.get("guardrails") or {}).get(arm, {})
-    # An arm with no task yet has no mean (a 0 there would read as free and instant).
-    if not figures.get("n"):
+    # A mean of a handful of tasks says little (and of none, a $0 and 0 s that
+    # read as free and instant): not drawn.
+    if (figures.get("n") or 0) < MIN_DRAWN:
         return None
     return _num(figures.get(key), scale)
 
 
 def _rate(successes: Any, n: Any) -> float | None:
-    return 100.0 * successes / n if n else None
+    return 100.0 * successes / n if n and n >= MIN_DRAWN else None
 
 
 def _when(look: ExperimentLook) -> str:
@@ -121,6 +127,13 @@ def experiment_figure(
     new = f"new prompt (v{experiment.treatment.number})" if experiment else "new prompt"
     x = [_when(look) for look in looks]
     rows = [look.stats for look in looks]
+    # The efficacy stage counts afresh: its lines start anew (a gap, no line
+    # joining the canary's last look to the 50/50 test's first).
+    first = next((i for i, look in enumerate(looks) if look.stage == "efficacy"), None)
+    stage_start = x[first] if first else None
+    if first:
+        x = x[:first] + [stage_start] + x[first:]
+        rows = rows[:first] + [{}] + rows[first:]
     fig = make_subplots(rows=2, cols=2, subplot_titles=PANELS, horizontal_spacing=0.09, vertical_spacing=0.2)
 
     def line(
@@ -182,13 +195,16 @@ def experiment_figure(
             hovertemplate="%{y:.1f} s<extra>" + name + "</extra>",
         )
 
-    z = [_num(s.get("z")) for s in rows]
+    z = [
+        _num(s.get("z")) if min(s.get("n_control") or 0, s.get("n_treatment") or 0) >= MIN_DRAWN else None
+        for s in rows
+    ]
     better = [_num(s.get("efficacy_boundary")) for s in rows]
     worse = [_num(s.get("harm_boundary"), -1.0) for s in rows]
     line(
         "evidence",
         z,
-        color=TREATMENT,
+        color=EVIDENCE,
         row=1,
         col=2,
         legend=True,
@@ -217,11 +233,10 @@ def experiment_figure(
     fig.add_hline(y=0, line={"color": GRID, "width": 2}, row=1, col=2)
 
     # Where the efficacy stage starts, its counts start again from 0.
-    first = next((i for i, look in enumerate(looks) if look.stage == "efficacy"), None)
-    if first is not None and first > 0:
-        fig.add_vline(x=x[first], line={"color": CONTROL, "width": 1, "dash": "dot"}, row="all", col="all")
+    if stage_start is not None:
+        fig.add_vline(x=stage_start, line={"color": CONTROL, "width": 1, "dash": "dot"}, row="all", col="all")
         fig.add_annotation(
-            x=x[first],
+            x=stage_start,
             y=1.0,
             xref="x",
             yref="y domain",

@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from experiments import services as kaizen
-from tests.experiments.test_views_review import approver, chart_of, editor, experiment_in
+from tests.experiments.test_views_review import (
+    approver,
+    chart_of,
+    editor,
+    experiment_in,
+    look,
+    samples,
+    tasks_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -23,6 +32,26 @@ def _traces(figure: dict) -> dict[tuple[str, str], dict]:
     x3 (cost), x4 (time); both prompts have a trace in each."""
     panels = {"x": "success", "x2": "evidence", "x3": "cost", "x4": "time"}
     return {(panels[trace.get("xaxis", "x")], trace["name"]): trace for trace in figure["data"]}
+
+
+def efficacy_time(look) -> str:
+    return timezone.localtime(look.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_a_handful_of_tasks_is_not_drawn_as_a_rate(client, ana):
+    experiment = experiment_in("canary_passed")
+    kaizen.experiment_advance(experiment=experiment, user=ana, note="go")
+    samples(experiment, tasks_of(experiment.agent, 10), control=(2, 2), treatment=(3, 0))
+    look(experiment)
+    client.force_login(ana)
+
+    figure = chart_of(client.get(experiment.get_absolute_url()).content.decode(), experiment.pk)
+
+    # 2 of 2 and 0 of 3 would draw 100% and 0%: nothing is drawn below 10 tasks.
+    traces = _traces(figure)
+    assert traces[("success", "new prompt (v2)")]["y"][-1] is None
+    assert traces[("cost", "current prompt (v1)")]["y"][-1] is None
+    assert traces[("evidence", "evidence")]["y"][-1] is None
 
 
 def test_the_url_is_the_experiments_absolute_url(db):
@@ -60,23 +89,26 @@ def test_the_chart_shows_success_evidence_cost_and_time_per_prompt_at_each_look(
         "Cost per task",
         "Time per task",
     ]
-    assert len(traces[("success", new)]["x"]) == 2
-    assert traces[("success", new)]["y"][1] == pytest.approx(75.0)
-    assert traces[("success", current)]["y"][1] == pytest.approx(70.0)
+    # The canary's look, a gap (the 50/50 test counts afresh, its line starts
+    # anew), the efficacy stage's look.
+    success = traces[("success", new)]
+    assert success["x"][1] == success["x"][2] == efficacy_time(efficacy)
+    assert success["y"] == pytest.approx([72.0, None, 75.0])
+    assert traces[("success", current)]["y"][2] == pytest.approx(70.0)
     # The evidence against the lines that decide (the canary looks only for harm).
     evidence = traces[("evidence", "evidence")]["y"]
-    assert evidence == pytest.approx([canary.stats["z"], efficacy.stats["z"]])
+    assert evidence == pytest.approx([canary.stats["z"], None, efficacy.stats["z"]])
     better = traces[("evidence", "better above this line: promote")]["y"]
-    assert better[0] is None and better[1] == pytest.approx(efficacy.stats["efficacy_boundary"])
+    assert better[0] is None and better[2] == pytest.approx(efficacy.stats["efficacy_boundary"])
     assert traces[("evidence", "worse below this line: roll back")]["y"] == pytest.approx(
-        [-canary.stats["harm_boundary"], -efficacy.stats["harm_boundary"]]
+        [-canary.stats["harm_boundary"], None, -efficacy.stats["harm_boundary"]]
     )
     # Dollars as people write them, seconds, percent from a padded range.
-    assert traces[("cost", new)]["y"][1] == pytest.approx(0.0012)
+    assert traces[("cost", new)]["y"][2] == pytest.approx(0.0012)
     layout = figure["layout"]
     assert layout["yaxis3"]["tickformat"] == "$,.4f"
     assert layout["yaxis3"]["range"][0] == 0
-    assert traces[("time", current)]["y"][1] == pytest.approx(0.3)
+    assert traces[("time", current)]["y"][2] == pytest.approx(0.3)
     assert layout["yaxis4"]["ticksuffix"] == " s"
     assert layout["yaxis"]["ticksuffix"] == "%"
     low, high = layout["yaxis"]["range"]
@@ -185,7 +217,8 @@ def test_an_ended_experiment_keeps_its_chart_and_history(client, ana):
     html = client.get(experiment.get_absolute_url()).content.decode()
 
     assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in html
-    assert len(chart_of(html, experiment.pk)["data"][0]["x"]) == 2
+    drawn = chart_of(html, experiment.pk)["data"][0]["y"]
+    assert len([y for y in drawn if y is not None]) == 2
     assert "/rollback/" not in html
 
 
