@@ -113,7 +113,7 @@ from boards.simulated.classify import write_classify
 from boards.simulated.draft import write_draft
 from boards.simulated.extract import write_extract
 from boards.simulated.generic import write_generic, write_rewrite
-from boards.simulated.labels import DEFAULT_LABELS, best_label
+from boards.simulated.labels import DEFAULT_LABELS, best_label, default_labels
 from boards.simulated.profiles import (
     CONFIDENCE_MAX,
     CONFIDENCE_MIN,
@@ -213,7 +213,7 @@ def _example_matches(reading: PromptReading, source: Source, work_kind: str) -> 
     if not examples:
         return False
     if work_kind == "classify":
-        for label_set in reading.label_sets[:1] or (LabelSet("label", DEFAULT_LABELS, False),):
+        for label_set in reading.label_sets[:1] or (LabelSet("label", default_labels(source.text), False),):
             right = best_label(label_set.labels, label_set.name, source.text)
             for line in examples.splitlines():
                 if EXAMPLE_PAIR.search(line) and re.search(r"\b" + re.escape(right) + r"\b", line, re.I):
@@ -230,6 +230,12 @@ def accuracy_logit(
     profile = SIMULATED_PROFILES[model]
     instructions, present = prompt_instructions(request_prompt, input_text)
     reading = read_prompt(instructions)
+    if reading.kind == "generic" and present and input_text.strip():
+        # A bare template ("{input}") leaves the instruction to the input itself, as
+        # in a chat: "Classify: a scratch on the housing."
+        whole = read_prompt(request_prompt)
+        if whole.kind != "generic":
+            reading = whole
     source = read_source(input_text) if present else read_source(reading.task_line or instructions)
     kind = _writer_kind(reading)
     logit = log_odds(profile.skill) - profile.difficulty_slope * input_difficulty(input_text)

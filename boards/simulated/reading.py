@@ -13,7 +13,6 @@ from boards.simulated.text import (
     figures_in,
     number_value,
     split_sentences,
-    strip_end,
     word_list,
 )
 
@@ -413,6 +412,14 @@ def _kind(instructions: str) -> tuple[str, str]:
     return (kind if count else "generic"), ""
 
 
+def _recipient(name: str) -> str:
+    name = name.strip().rstrip(",;:")
+    # "Laura M." keeps the full stop of its initial; "Jana." does not.
+    if name.endswith(".") and not re.search(r"\b[A-Z]\.$", name):
+        name = name[:-1]
+    return name.strip()
+
+
 @functools.lru_cache(maxsize=2048)
 def read_prompt(instructions: str) -> PromptReading:
     """The features of a prompt's instructions (the rendered prompt less the input)."""
@@ -456,7 +463,7 @@ def read_prompt(instructions: str) -> PromptReading:
         sections=sections,
         register=register,
         sign_off=sign_off.group(1).strip() if sign_off else "",
-        recipient=strip_end(recipient.group(1)) if recipient else "",
+        recipient=_recipient(recipient.group(1)) if recipient else "",
         word_limit=_number_in(word_match) if word_match else None,
         sentence_limit=sentence_limit,
         sentence_limit_exact=bool(
