@@ -158,8 +158,11 @@ _GROUNDED = re.compile(
     r"do not round|keep numbers as given|promise nothing|do not guess|only what the (?:input|text) says",
     re.I,
 )
+# A reviewer's note with something in it: a template that always places
+# {review_feedback} leaves "A reviewer said: " empty on a first attempt.
 _FEEDBACK = re.compile(
-    r"(?:a reviewer (?:rejected[^\n]*?said|said[^\n]*?)|reviewer'?s? feedback)\s*:?\s*([^\n]+)", re.I
+    r"(?:a reviewer (?:rejected[^\n:]*?said|said[^\n:]*)|reviewer'?s? (?:feedback|note))[ \t]*:[ \t]*(\S[^\n]*)",
+    re.I,
 )
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][\w]*\}")
 _HEDGE_OK = re.compile(r"if (?:you are |you're )?(?:unsure|not sure|uncertain)[^.\n]*say so", re.I)

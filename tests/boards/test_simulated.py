@@ -517,6 +517,13 @@ def test_label_definitions_and_a_reviewers_note_help():
     assert mean_p(noted, CHARGED_TWICE) > mean_p(TICKET_CLASSIFIER, CHARGED_TWICE) + 0.03
 
 
+def test_an_empty_reviewer_note_in_the_template_changes_nothing():
+    placed = TICKET_CLASSIFIER + "\nA reviewer said of your last answer: {review_feedback}"
+    first = mean_p(placed, CHARGED_TWICE)
+    retry = mean_p(placed, CHARGED_TWICE, review_feedback="urgency is high when money was taken")
+    assert first == mean_p(TICKET_CLASSIFIER, CHARGED_TWICE) < retry
+
+
 def test_a_broken_template_hurts_badly():
     no_input = TICKET_CLASSIFIER.replace("{input}", "")
     placeholder = TICKET_CLASSIFIER.replace("{input}", "{input}\nCustomer: {{customer}}")
