@@ -6,7 +6,9 @@ a check or a reviewer can catch, and states a confidence that is calibrated: amo
 answers given confidence c, about c of them are right.
 
 Everything is deterministic from (model, prompt, input): the same request always gives
-the same answer, confidence, tokens, latency and error.
+the same answer, confidence, tokens, latency and error. (So a demo feed that adds the
+same input again gets the same answer again; a retry whose prompt changed, with a new
+{last_error} or a reviewer's note, is a new draw.)
 
 What it does, by kind of task (the kind is read from the prompt's imperative: "Classify
 ...", "Extract ...", "List every ...", "Summarise ...", "Draft/Write a reply ...",
@@ -15,8 +17,11 @@ What it does, by kind of task (the kind is read from the prompt's imperative: "C
 - classify: a label from the label set written in the prompt ("Classes: a, b, c",
   "category: a, b", "Severity: x (...), y (...)", "rating (low, some concerns, high)",
   a JSON placeholder "a|b|c"), chosen from the input by keyword cues for common label
-  vocabularies, else a deterministic pick; with no label set, a label from a general
-  business vocabulary. Plain answers give the label first and a reason; a prompt
+  vocabularies, else a neutral label of the set ("other", "normal"...) or a deterministic
+  pick; with no label set, a label from a general business vocabulary (billing,
+  shipping, account_access, bug, feature_request, feedback, complaint, other), or from
+  defect classes when the input reads like an inspection finding. Plain answers give
+  the label first, then "Reason: " and the input's sentence that decided it; a prompt
   showing a JSON object gets that object, every field filled.
 - extract: "field: value" lines, a table when the prompt shows columns ("a | b | c";
   measurements get IN/OUT computed from nominal and tolerance), a JSON object with the
@@ -32,6 +37,9 @@ What it does, by kind of task (the kind is read from the prompt's imperative: "C
   entry per section, filled from the input (dated history bullets, money refunded or
   credited added up, case numbers, a risk or rating chosen from the options given...).
 - anything else: the input's key points.
+
+A bare template ("{input}", nothing else) leaves the instruction to the input, as in a
+chat: "Classify: a scratch on the housing." is classified.
 
 Outputs carry no "[simulated]" text: the ledger, the API (``simulated``,
 ``confidence_source: "simulated"``) and a "simulated" badge beside every output in the
@@ -78,12 +86,16 @@ Prompt effects (added to logit p; all deterministic, read from the rendered prom
 
 Length: "be brief", "briefly", "concise", "short", "succinct" shorten summaries and
 drafts (about a quarter of the input's sentences, drafts without pleasantries);
-"at most/under/no more than N words" and "in/at most N sentences" are obeyed; with no
-limit, sim-small adds one more sentence to a summary than the larger models.
+"at most/under/no more than N words" and "at most N sentences" cap the answer, "in N
+sentences" asks for N (as many as the input has); with no limit, a summary keeps about
+40% of the input's sentences (at least two of three or more) and sim-small one more.
+A summary is never longer than its input.
 
 The confidence is then drawn around p, in log-odds with a spread of 0.8
 (``sigmoid(logit p + N(0, 0.8))``, kept in [0.02, 0.99] and rounded to 3 places), and the
 answer is right with probability equal to that confidence: calibrated by construction.
+(The share of right answers on a request is the mean confidence, a little nearer one
+half than p: about sigmoid(logit p / 1.12), so 0.85 -> 0.82, 0.97 -> 0.96, 0.30 -> 0.32.)
 A wrong answer has one concrete flaw, which ``SimulatedAnswer.flaw`` describes as a
 reviewer would: a label from the set that is not the right one, a label outside the set,
 a JSON field missing or malformed JSON, a figure not in the input, an IN/OUT verdict
@@ -113,7 +125,7 @@ from boards.simulated.classify import write_classify
 from boards.simulated.draft import write_draft
 from boards.simulated.extract import write_extract
 from boards.simulated.generic import write_generic, write_rewrite
-from boards.simulated.labels import DEFAULT_LABELS, best_label
+from boards.simulated.labels import DEFAULT_LABELS, best_label, default_labels
 from boards.simulated.profiles import (
     CONFIDENCE_MAX,
     CONFIDENCE_MIN,
@@ -213,7 +225,7 @@ def _example_matches(reading: PromptReading, source: Source, work_kind: str) -> 
     if not examples:
         return False
     if work_kind == "classify":
-        for label_set in reading.label_sets[:1] or (LabelSet("label", DEFAULT_LABELS, False),):
+        for label_set in reading.label_sets[:1] or (LabelSet("label", default_labels(source.text), False),):
             right = best_label(label_set.labels, label_set.name, source.text)
             for line in examples.splitlines():
                 if EXAMPLE_PAIR.search(line) and re.search(r"\b" + re.escape(right) + r"\b", line, re.I):
@@ -230,6 +242,12 @@ def accuracy_logit(
     profile = SIMULATED_PROFILES[model]
     instructions, present = prompt_instructions(request_prompt, input_text)
     reading = read_prompt(instructions)
+    if reading.kind == "generic" and present and input_text.strip():
+        # A bare template ("{input}") leaves the instruction to the input itself, as
+        # in a chat: "Classify: a scratch on the housing."
+        whole = read_prompt(request_prompt)
+        if whole.kind != "generic":
+            reading = whole
     source = read_source(input_text) if present else read_source(reading.task_line or instructions)
     kind = _writer_kind(reading)
     logit = log_odds(profile.skill) - profile.difficulty_slope * input_difficulty(input_text)

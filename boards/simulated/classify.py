@@ -7,17 +7,15 @@ import re
 
 from boards.simulated.extract import field_value
 from boards.simulated.labels import (
-    DEFAULT_LABELS,
     NEAR_MISSES,
     SEVERITY_BY_CLASS,
     best_label,
     cue_sentence,
+    default_labels,
 )
 from boards.simulated.reading import JsonField, LabelSet
 from boards.simulated.text import as_sentence, lower_first, strip_end
 from boards.simulated.work import Work
-
-# --- classify -------------------------------------------------------------------------------
 
 _REASON_FIELDS = re.compile(r"reason|evidence|explanation|rationale|why|justification|because|note", re.I)
 _CLASS_FIELD = re.compile(r"class|categor|label|type|topic|intent", re.I)
@@ -46,7 +44,7 @@ def write_classify(work: Work, flaws: list[str]) -> tuple[str, str]:
     from_prompt = bool(sets) or any(f.options for f in reading.json_fields)
     fields = list(reading.json_fields)
     if not sets and not any(f.options for f in fields):
-        sets = [LabelSet(name="label", labels=DEFAULT_LABELS, defined=False)]
+        sets = [LabelSet(name="label", labels=default_labels(source.text), defined=False)]
     # Which set fills which JSON field (in the order of the fields, or of the sets).
     slots: list[tuple[str, LabelSet | None]] = []
     used: set[str] = set()
@@ -58,6 +56,14 @@ def write_classify(work: Work, flaws: list[str]) -> tuple[str, str]:
             slots.append((field.name, label_set))
     else:
         slots = [(label_set.name, label_set) for label_set in sets]
+    if not any(label_set is not None for _, label_set in slots):
+        # No field of the JSON asked for names the label set: the label takes the first
+        # field that is not a reason, or a "label" field of its own.
+        free = [i for i, (name, _) in enumerate(slots) if not _REASON_FIELDS.search(name)]
+        if free:
+            slots[free[0]] = (slots[free[0]][0], sets[0])
+        else:
+            slots.insert(0, ("label", sets[0]))
     chosen: dict[str, str] = {}
     first_label = ""
     for _, label_set in slots:

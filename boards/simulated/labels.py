@@ -27,7 +27,7 @@ _TOPIC_CUES = cue_table(
         "account": "log in|login|password|sign in|locked|account|reset|username|token",
         "access": "log in|login|password|sign in|locked|access|reset",
         "login": "log in|login|password|sign in|locked",
-        "bug": "crash|error|closes the app|freez|bug|glitch|app version|ios|android",
+        "bug": "crash|error|closes the app|app closes|not working|does not work|freez|bug|glitch|app version|ios|android",
         "technical": "crash|error|closes the app|freez|bug|glitch|site down|not load",
         "feature": "add a way|could you add|feature|would be nice|wish|option to|pause",
         "request": "could you add|please add|add a way|would like",
@@ -134,6 +134,8 @@ NEAR_MISSES = {
     "normal": "medium",
     "low": "minor",
 }
+# When the prompt names no labels: a business message vocabulary, or a defect one
+# when the input reads like an inspection finding.
 DEFAULT_LABELS = (
     "billing",
     "shipping",
@@ -144,6 +146,28 @@ DEFAULT_LABELS = (
     "complaint",
     "other",
 )
+DEFECT_LABELS = (
+    "dimensional",
+    "surface_finish",
+    "burr",
+    "porosity",
+    "crack",
+    "contamination",
+    "thread",
+    "none",
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def default_labels(text: str) -> tuple[str, ...]:
+    lowered = f" {text.lower()} "
+
+    def hits(labels: tuple[str, ...]) -> int:
+        return sum(
+            _cue_score(label, _TOPIC_CUES, lowered) for label in labels if label not in ("none", "other")
+        )
+
+    return DEFECT_LABELS if hits(DEFECT_LABELS) > hits(DEFAULT_LABELS) else DEFAULT_LABELS
 
 
 def _cue_table(set_name: str) -> dict[str, tuple[str, ...]]:
@@ -224,7 +248,13 @@ GREETING = re.compile(r"^(?:hi|hello|hey|dear [\w .]+|good (?:morning|afternoon)
 _CLOSING = re.compile(r"\s*(?:thanks|thank you|cheers|regards|best)[,!.]?\s*[\w .]*$", re.I)
 
 
+_INSTRUCTION = re.compile(
+    r"^(?:please\s+)?(?:classify|categori[sz]e|label|triage|sort)\b[^:]{0,60}:\s*", re.I
+)
+
+
 def _clean_reason(sentence: str) -> str:
-    text = GREETING.sub("", sentence.strip())
+    # The evidence is what the input says, not the instruction a user wrote into it.
+    text = GREETING.sub("", _INSTRUCTION.sub("", sentence.strip()))
     text = _CLOSING.sub("", text) if len(text) > 30 else text
     return strip_end(text)

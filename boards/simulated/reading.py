@@ -13,7 +13,6 @@ from boards.simulated.text import (
     figures_in,
     number_value,
     split_sentences,
-    strip_end,
     word_list,
 )
 
@@ -159,8 +158,11 @@ _GROUNDED = re.compile(
     r"do not round|keep numbers as given|promise nothing|do not guess|only what the (?:input|text) says",
     re.I,
 )
+# A reviewer's note with something in it: a template that always places
+# {review_feedback} leaves "A reviewer said: " empty on a first attempt.
 _FEEDBACK = re.compile(
-    r"(?:a reviewer (?:rejected[^\n]*?said|said[^\n]*?)|reviewer'?s? feedback)\s*:?\s*([^\n]+)", re.I
+    r"(?:a reviewer (?:rejected[^\n:]*?said|said[^\n:]*)|reviewer'?s? (?:feedback|note))[ \t]*:[ \t]*(\S[^\n]*)",
+    re.I,
 )
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][\w]*\}")
 _HEDGE_OK = re.compile(r"if (?:you are |you're )?(?:unsure|not sure|uncertain)[^.\n]*say so", re.I)
@@ -413,6 +415,14 @@ def _kind(instructions: str) -> tuple[str, str]:
     return (kind if count else "generic"), ""
 
 
+def _recipient(name: str) -> str:
+    name = name.strip().rstrip(",;:")
+    # "Laura M." keeps the full stop of its initial; "Jana." does not.
+    if name.endswith(".") and not re.search(r"\b[A-Z]\.$", name):
+        name = name[:-1]
+    return name.strip()
+
+
 @functools.lru_cache(maxsize=2048)
 def read_prompt(instructions: str) -> PromptReading:
     """The features of a prompt's instructions (the rendered prompt less the input)."""
@@ -456,7 +466,7 @@ def read_prompt(instructions: str) -> PromptReading:
         sections=sections,
         register=register,
         sign_off=sign_off.group(1).strip() if sign_off else "",
-        recipient=strip_end(recipient.group(1)) if recipient else "",
+        recipient=_recipient(recipient.group(1)) if recipient else "",
         word_limit=_number_in(word_match) if word_match else None,
         sentence_limit=sentence_limit,
         sentence_limit_exact=bool(
