@@ -108,7 +108,7 @@ class DemoTaskSpec:
             "priority": self.priority,
         }
         if self.slots:
-            data["slots"] = self.slots
+            data["slots"] = demo_feed.stored_slots(self.slots)
         if self.weight != 1:
             data["weight"] = self.weight
         return data

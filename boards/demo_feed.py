@@ -187,8 +187,24 @@ def normal_slot(name: str, spec: Any, earlier: list[str]) -> dict[str, Any]:
     return {"date": [first.isoformat(), last.isoformat()], "format": fmt}
 
 
+def slot_items(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """An entry's slots in definition order. Stored as a list of [name, source]
+    pairs: the order is part of the meaning (a value may use the slots before
+    it, and it decides the draws), and PostgreSQL's jsonb keeps no key order.
+    A mapping (written by hand in the admin) is read in its own order."""
+    slots = entry.get("slots") or []
+    if isinstance(slots, dict):
+        return list(slots.items())
+    return [(name, spec) for name, spec in slots]
+
+
+def stored_slots(slots: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """normal_slots' result as it is stored (see slot_items)."""
+    return [[name, spec] for name, spec in slots.items()]
+
+
 def normal_slots(slots: Any) -> dict[str, dict[str, Any]]:
-    """All of an entry's slots, in their stored form (definition order kept)."""
+    """All of an entry's slots, in their normal form (definition order kept)."""
     if not isinstance(slots, dict) or not slots:
         raise ValueError("slots must be a mapping of slot names to their values")
     if len(slots) > MAX_SLOTS:
@@ -204,7 +220,7 @@ def normal_slots(slots: Any) -> dict[str, dict[str, Any]]:
 def entry_problems(entry: dict[str, Any]) -> list[str]:
     """What is wrong with a stored entry's template: slots used but not defined,
     and any render that fails. Empty when fine."""
-    slots = entry.get("slots") or {}
+    slots = dict(slot_items(entry))
     if not slots:
         return []  # a plain entry is one fixed task: its braces are text
     problems: list[str] = []
@@ -271,13 +287,14 @@ def input_text(value: Any) -> str:
     """A task's input as the line stores it: text as is, a JSON object as JSON."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    # Keys sorted: the same text on every database (jsonb keeps no key order).
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def render(entry: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One task from an entry: {title, input, capability, priority}."""
     values: dict[str, str] = {}
-    for name, spec in (entry.get("slots") or {}).items():
+    for name, spec in slot_items(entry):
         values[name] = slot_value(spec, rng, values)
     title = _fill(entry.get("title", ""), values) if values else entry.get("title", "")
     if len(title) > MAX_TITLE:
@@ -327,6 +344,8 @@ __all__ = [
     "input_text",
     "normal_slots",
     "render",
+    "slot_items",
     "source_number",
+    "stored_slots",
     "template_names",
 ]

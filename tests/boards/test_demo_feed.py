@@ -29,12 +29,13 @@ CMM = {
     "title": "CMM report: {part}, lot {lot}",
     "capability": "extract",
     "input": "Bore A nominal 42.000 mm, tol +0.025/-0.000, measured {bore}. Inspector {inspector}.",
-    "slots": {
-        "part": {"choice": ["HX-220", "BR-17", "SH-9"]},
-        "lot": {"int": [4400, 4999]},
-        "bore": {"number": [41.990, 42.040], "decimals": 3},
-        "inspector": {"choice": ["Ana", "Bo", "Chidi"]},
-    },
+    # As stored: [name, source] pairs, in order.
+    "slots": [
+        ["part", {"choice": ["HX-220", "BR-17", "SH-9"]}],
+        ["lot", {"int": [4400, 4999]}],
+        ["bore", {"number": [41.990, 42.040], "decimals": 3}],
+        ["inspector", {"choice": ["Ana", "Bo", "Chidi"]}],
+    ],
 }
 PLAIN = {
     "title": "Summarise the weekly ops update",
@@ -234,9 +235,14 @@ def test_a_template_entry_is_stored_with_its_slots_and_values_as_written(db):
     board = Board.objects.get(slug="line")
     assert board.demo_feed == {"seed": 9, "repeat_share": 0.05, "batch": 2}
     template, plain = board.demo_tasks
-    # 42.000 stays 42.000: a reading's decimals are part of it.
-    assert template["slots"]["bore"] == {"choice": ["42.000", "42.031", "41.998"]}
-    assert template["slots"]["old"] == {"number": [1, 2], "decimals": 1}
+    # In order (a value may use the slots before it), as [name, source] pairs:
+    # PostgreSQL's jsonb keeps no key order. 42.000 stays 42.000: a reading's
+    # decimals are part of it.
+    assert template["slots"] == [
+        ["part", {"choice": ["HX-220", "BR-17"]}],
+        ["bore", {"choice": ["42.000", "42.031", "41.998"]}],
+        ["old", {"number": [1, 2], "decimals": 1}],
+    ]
     assert template["weight"] == 2
     # A fixed task is stored as before, its braces as text.
     assert plain == {"title": "Plain {braces} stay", "input": '{"a": 1}', "capability": "", "priority": 0}
