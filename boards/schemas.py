@@ -7,10 +7,10 @@ here end up in the schema clients read, so they say what a value means.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
 
 from boards.models import CAPABILITY_MAX_LENGTH, Agent, Column, ModelCall, Task
 from boards.services import MAX_INPUT, MAX_PRIORITY, MAX_TITLE, MIN_PRIORITY
@@ -32,6 +32,17 @@ class ErrorOut(Schema):
         description="Messages per request field (`title`, `priority`, ...; `body` for the body as a "
         "whole, `task_id` or another name for a path parameter). Empty when no single field is at fault."
     )
+
+
+def _whole_number(value: object) -> object:
+    # JSON Schema's integer includes 5.0 (a number with no fraction), so a client
+    # may send it; a string of digits or a boolean is still a client bug.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
 
 
 class TaskIn(Schema):
@@ -59,7 +70,7 @@ class TaskIn(Schema):
         "only such an agent pulls the task. Empty for any agent. One that no agent offers is refused with 409.",
         json_schema_extra={"maxLength": CAPABILITY_MAX_LENGTH, "pattern": LINE_PATTERN},
     )
-    priority: StrictInt = Field(
+    priority: WholeNumber = Field(
         0,
         description=f"From {MIN_PRIORITY} to {MAX_PRIORITY}; higher is pulled first.",
         json_schema_extra={"minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
