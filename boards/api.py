@@ -289,6 +289,8 @@ def _field_message(error: dict[str, Any]) -> str:
         return "This field is required." if len(error["loc"]) > 2 else "Send a JSON object as the body."
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
         return "Send a JSON object as the body."
+    if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "slug":
+        return "A board's slug holds only letters, digits, hyphens and underscores; GET /api/v1/boards lists them."
     if error["type"] == "extra_forbidden":
         return "Unknown field: remove it (/api/v1/openapi.json lists the fields)."
     return f"{error['msg']}."

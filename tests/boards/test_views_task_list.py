@@ -222,3 +222,15 @@ def test_the_export_link_carries_the_filters(logged_in, board):
 
     export = reverse("boards-task-export", kwargs={"slug": board.slug})
     assert f'href="{export}?q=weld&amp;sort=title"' in html
+
+
+def test_an_htmx_request_with_bad_filters_lists_the_errors_in_the_results(logged_in, board):
+    # Only the results are swapped, so the form's own error marks would not show.
+    response = logged_in.get(
+        list_url(board, created_from="2025-05-02", created_to="2025-05-01"), headers={"HX-Request": "true"}
+    )
+
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert html.lstrip().startswith('<section id="task-results"')
+    assert "<strong>Created to</strong>: This date is before the first one: swap them." in html
