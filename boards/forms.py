@@ -423,11 +423,15 @@ class TaskFilterForm(forms.Form):
     created_from = forms.DateField(
         required=False, label="Created from", widget=forms.DateInput(attrs={"type": "date"})
     )
-    created_to = forms.DateField(required=False, label="Created to", widget=forms.DateInput(attrs={"type": "date"}))
+    created_to = forms.DateField(
+        required=False, label="Created to", widget=forms.DateInput(attrs={"type": "date"})
+    )
     finished_from = forms.DateField(
         required=False, label="Finished from", widget=forms.DateInput(attrs={"type": "date"})
     )
-    finished_to = forms.DateField(required=False, label="Finished to", widget=forms.DateInput(attrs={"type": "date"}))
+    finished_to = forms.DateField(
+        required=False, label="Finished to", widget=forms.DateInput(attrs={"type": "date"})
+    )
     sort = forms.ChoiceField(required=False, choices=list(SORT_LABELS.items()), label="Order")
 
     def __init__(

@@ -130,7 +130,9 @@ def test_a_path_that_cannot_name_a_board_is_refused_as_json(api, slug):
 
     errors = assert_error_shape(response, 400)["errors"]
     assert list(errors) == ["slug"]
-    assert errors["slug"][0].startswith(("A board's slug holds only letters", "String should have at most 80"))
+    assert errors["slug"][0].startswith(
+        ("A board's slug holds only letters", "String should have at most 80")
+    )
 
 
 def test_a_nul_in_a_board_path_of_a_write_is_refused_too(api):

@@ -50,7 +50,8 @@ def test_search_page_export_and_import_in_a_browser(browser, live_server_url, tm
     search.click()
     search.type("weld", delay=30)
     page.wait_for_function(
-        "document.querySelector('#task-results-heading').textContent.includes('55 tasks found')", timeout=10_000
+        "document.querySelector('#task-results-heading').textContent.includes('55 tasks found')",
+        timeout=10_000,
     )
     assert page.evaluate("window.__noReload") is True
     assert search.input_value() == "weld"
