@@ -14,7 +14,7 @@ import random
 import threading
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -34,6 +34,8 @@ from boards import broadcast
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
+from boards.task_files import TaskRow
+from boards.text import text_problem
 from experiments import line as experiment_line
 from experiments.models import AuditEntry, ExperimentSample, PromptVersion
 
@@ -62,6 +64,10 @@ MANUAL_MOVES: dict[str, set[str]] = {
 
 POSITION_GAP = 1024
 MAX_TITLE = 200
+# An input is what a model reads: 100,000 characters is about 25,000 tokens, past
+# what a line should send in one task (the API's 2.5 MB body limit holds any such task).
+MAX_INPUT = 100_000
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 class WipLimitReached(ValidationError):
@@ -368,18 +374,10 @@ def task_create(
 ) -> Task:
     title = (title or "").strip()
     capability = (capability or "").strip()
-    errors: dict[str, list[str]] = {}
-    if not title:
-        errors["title"] = ["Give the task a title."]
-    elif len(title) > MAX_TITLE:
-        errors["title"] = [f"Keep the title to {MAX_TITLE} characters (it has {len(title)})."]
-    if not -1000 <= priority <= 1000:
-        errors["priority"] = ["Priority must be between -1000 and 1000."]
-    if capability:
-        offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
-        if capability not in offered:
-            known = ", ".join(offered) or "none"
-            errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
+    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities}) if capability else []
+    errors = task_fields_errors(
+        title=title, input=input, capability=capability, priority=priority, offered=offered
+    )
     if errors:
         raise ValidationError(errors)
 
@@ -1446,10 +1444,44 @@ def demo_boards_feed() -> int:
     return added
 
 
-def api_token_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
-    """Create a token and return it with its key, which is shown only this once."""
+def api_token_create(
+    *,
+    user: AbstractBaseUser,
+    name: str = "",
+    access: str = ApiToken.Access.READ,
+    boards: Iterable[Board] | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token and return it with its key, which is shown only this once.
+
+    Read only unless ``access`` is write, and for every board unless ``boards``
+    lists some. A write token is refused for a user who may not add tasks."""
+    boards = None if boards is None else list(boards)
+    if access not in ApiToken.Access.values:
+        raise ValidationError({"access": [f"Access must be read or write, not {access!r}."]})
+    if access == ApiToken.Access.WRITE and not user.has_perm(ApiToken.WRITE_PERMISSION):
+        raise ValidationError(
+            {
+                "access": [
+                    f"User {user.get_username()!r} may not add tasks, so a write token would be refused: "
+                    f"give them the “Can add task” permission ({ApiToken.WRITE_PERMISSION}) in the admin, "
+                    "or make a read-only token."
+                ]
+            }
+        )
+    if boards is not None and not boards:
+        raise ValidationError({"boards": ["Name at least one board, or let the token use every board."]})
     key = ApiToken.generate_key()
-    token = ApiToken.objects.create(user=user, name=name, prefix=key[:10], key_hash=ApiToken.hash_key(key))
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user,
+            name=name,
+            prefix=key[:10],
+            key_hash=ApiToken.hash_key(key),
+            access=access,
+            all_boards=boards is None,
+        )
+        if boards:
+            token.boards.set(boards)
     return token, key
 
 
@@ -1607,3 +1639,200 @@ def agent_save(
 
 
 __all__ += ["PROMPT_FIELDS", "agent_save", "input_key"]
+
+
+# --- intake of many tasks, and the rules of a task's fields ---------------------------
+# (Added with the task list, import and API fixes of issue 10; kept apart from the core above.)
+
+
+def task_fields_errors(
+    *, title: str, input: str, capability: str, priority: int, offered: list[str]
+) -> dict[str, list[str]]:
+    """What is wrong with a task's fields, per field: the rules every way in
+    (the board's form, the API, an imported file) shares. ``title`` and
+    ``capability`` come stripped; ``offered`` is what the board's agents offer."""
+    errors: dict[str, list[str]] = {}
+    if not title:
+        errors["title"] = ["Give the task a title."]
+    elif len(title) > MAX_TITLE:
+        errors["title"] = [f"Keep the title to {MAX_TITLE} characters (it has {len(title)})."]
+    elif problem := text_problem(title):
+        errors["title"] = [problem]
+    if len(input) > MAX_INPUT:
+        errors["input"] = [f"Keep the input to {MAX_INPUT:,} characters (it has {len(input):,})."]
+    elif problem := text_problem(input, multiline=True):
+        errors["input"] = [problem]
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        errors["priority"] = [f"Priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}."]
+    if capability:
+        if problem := text_problem(capability):
+            errors["capability"] = [problem]
+        elif capability not in offered:
+            known = ", ".join(offered) or "none"
+            errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
+    return errors
+
+
+class TasksImportRefused(ValidationError):
+    """Nothing of a batch of tasks was imported: ``row_errors`` holds each bad
+    row's problems per field, by line number (empty when the batch as a whole was
+    refused, e.g. by a hard WIP limit)."""
+
+    def __init__(self, message: str, *, row_errors: dict[int, dict[str, list[str]]] | None = None) -> None:
+        super().__init__(message)
+        self.row_errors = row_errors or {}
+
+
+# Rows inserted per statement, and between two progress reports.
+IMPORT_BATCH = 1000
+
+
+def tasks_import(
+    *,
+    board: Board,
+    rows: Sequence[TaskRow],
+    user: AbstractBaseUser | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Task]:
+    """Put many tasks in the board's intake column at once, all or nothing.
+
+    Every row is checked first, and any problem (one read from the file, or one
+    of ``task_fields_errors``) refuses the whole batch with every row's problems
+    (``TasksImportRefused``), so a corrected file can simply be imported again:
+    nothing is left half-written. A hard WIP limit on the intake column with no
+    room for the whole batch refuses it too, rather than taking the first rows.
+
+    Then one transaction inserts the tasks in batches (``progress`` is called
+    with the number inserted so far), each where ``task_create`` would have put
+    it (after every task of its priority or higher), with its CREATED event, and
+    one pull and one live update follow the commit."""
+    if not rows:
+        raise TasksImportRefused("There are no tasks to import.")
+    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
+    row_errors: dict[int, dict[str, list[str]]] = {}
+    for row in rows:
+        problems = {name: list(messages) for name, messages in row.problems.items()}
+        checked = task_fields_errors(
+            title=row.title.strip(),
+            input=row.input,
+            capability=row.capability.strip(),
+            priority=row.priority,
+            offered=offered,
+        )
+        for name, messages in checked.items():
+            # A field that could not be read at all has said so already.
+            problems.setdefault(name, messages)
+        if problems:
+            row_errors[row.line] = problems
+    if row_errors:
+        bad = len(row_errors)
+        raise TasksImportRefused(
+            f"{bad} of {len(rows)} row{'s' if len(rows) != 1 else ''} "
+            f"{'have' if bad != 1 else 'has'} errors, so nothing was imported: "
+            "correct them and import the file again.",
+            row_errors=row_errors,
+        )
+
+    with transaction.atomic():
+        column = _intake_column(board)
+        if column.wip_limit is not None:
+            _lock_board(board.pk)
+        try:
+            note = _check_wip(column, adding=len(rows))
+        except WipLimitReached:
+            room = max(column.wip_limit - _count(column), 0)
+            raise TasksImportRefused(
+                f"{column.name} has a hard WIP limit of {column.wip_limit} and room for {room} more "
+                f"task{'s' if room != 1 else ''}, so the {len(rows)} tasks were not imported (none of them): "
+                "import fewer at a time, or wait until agents have pulled some."
+            ) from None
+        positions = _import_positions(column, rows)
+        status = STATUS_FOR_ROLE[column.role]
+        tasks = [
+            Task(
+                board=board,
+                column=column,
+                status=status,
+                position=position,
+                title=row.title.strip(),
+                input=row.input,
+                capability=row.capability.strip(),
+                priority=row.priority,
+                allow_reuse=row.allow_reuse,
+                input_key=input_key(row.input),
+            )
+            for row, position in zip(rows, positions, strict=True)
+        ]
+        for start in range(0, len(tasks), IMPORT_BATCH):
+            batch = tasks[start : start + IMPORT_BATCH]
+            Task.objects.bulk_create(batch)
+            TaskEvent.objects.bulk_create(
+                [
+                    _event(
+                        task,
+                        TaskEvent.Kind.CREATED,
+                        to_column=column,
+                        to_status=status,
+                        user=user,
+                        note=note or "imported",
+                    )
+                    for task in batch
+                ]
+            )
+            if progress is not None:
+                progress(start + len(batch))
+        _after_commit(board.pk, [column.pk], pull=True)
+    return tasks
+
+
+def _import_positions(column: Column, rows: Sequence[TaskRow]) -> list[int]:
+    """A position for each row, in ``column``, where ``task_create`` would have
+    put it had the rows been created one by one: after every task of its
+    priority or higher. Rows headed for the same gap between two tasks go there
+    in priority order, file order among equals; a gap too narrow for its rows is
+    widened by shifting the tasks after it (one UPDATE) and the plan made again."""
+    while True:
+        plan, narrow = _plan_positions(column, rows)
+        if narrow is None:
+            return plan
+        at, needed = narrow
+        Task.objects.filter(column=column, position__gte=at).update(
+            position=F("position") + (needed + 1) * POSITION_GAP
+        )
+
+
+def _plan_positions(column: Column, rows: Sequence[TaskRow]) -> tuple[list[int], tuple[int, int] | None]:
+    existing = Task.objects.filter(column=column)
+    # The first task of lower priority, by position, for each priority in the batch.
+    before: dict[int, int | None] = {
+        priority: existing.filter(priority__lt=priority)
+        .order_by("position")
+        .values_list("position", flat=True)
+        .first()
+        for priority in {row.priority for row in rows}
+    }
+    # Stable: file order among rows of equal priority.
+    order = sorted(range(len(rows)), key=lambda index: -rows[index].priority)
+    gaps: dict[int | None, list[int]] = {}
+    for index in order:
+        gaps.setdefault(before[rows[index].priority], []).append(index)
+    positions = [0] * len(rows)
+    for upper, indexes in gaps.items():
+        count = len(indexes)
+        if upper is None:
+            last = existing.aggregate(m=Max("position"))["m"] or 0
+            slots = [last + POSITION_GAP * (i + 1) for i in range(count)]
+        else:
+            lower = existing.filter(position__lt=upper).aggregate(m=Max("position"))["m"]
+            if lower is None:
+                lower = upper - (count + 1) * POSITION_GAP
+            if upper - lower - 1 < count:
+                return positions, (upper, count)
+            step = (upper - lower) // (count + 1)
+            slots = [lower + step * (i + 1) for i in range(count)]
+        for index, slot in zip(indexes, slots, strict=True):
+            positions[index] = slot
+    return positions, None
+
+
+__all__ += ["TasksImportRefused", "task_fields_errors", "tasks_import"]
