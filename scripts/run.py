@@ -107,8 +107,13 @@ class Terminal:
         self._open: str | None = None  # the progress line waiting for its "ok"
 
     def _write(self, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            # A terminal that went away (a closed pipe, `make run | head`): the
+            # pumps must go on draining the children, or they would block on write.
+            pass
 
     def say(self, message: str) -> None:
         self.line(f"kaizen | {message}")
@@ -415,7 +420,10 @@ class Supervisor:
         assert child.proc.stdout is not None
         prefix = f"{child.name:<6} | "
         for raw in iter(child.proc.stdout.readline, b""):
-            child.log.write(raw)
+            try:
+                child.log.write(raw)
+            except OSError:
+                pass  # a full disk loses log lines; it must not stop the draining
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if self.terminal.verbose:
                 self.terminal.line(prefix + line)
