@@ -40,6 +40,7 @@ CLEARED = [
     "DEBUG",
     "SECRET_KEY",
     "SECRET_KEY_FILE",
+    "DATABASE_URL",
     "DATABASE_URL_FILE",
     "REDIS_URL",
     "REDIS_URL_FILE",
