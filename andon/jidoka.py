@@ -185,21 +185,6 @@ def escalation_row(task: Task, inspection: Inspection, output) -> Escalation:
     )
 
 
-def escalation_withdraw(*, task: Task, user, note: str) -> None:
-    """The task left Review some other way (a person moved it): its open
-    escalation no longer waits on anyone. Call inside the move's transaction."""
-    from andon import broadcast as andon_broadcast
-
-    for escalation in Escalation.objects.select_for_update().filter(task=task, status=Escalation.Status.OPEN):
-        escalation.status = Escalation.Status.WITHDRAWN
-        escalation.decided_by = user if user is not None and user.is_authenticated else None
-        escalation.decided_at = timezone.now()
-        escalation.note = note
-        escalation.save(update_fields=["status", "decided_by", "decided_at", "note"])
-        pk = escalation.pk
-        transaction.on_commit(lambda pk=pk: andon_broadcast.escalations_closed([pk]))
-
-
 # --- stopping the line ------------------------------------------------------------
 
 

@@ -57,7 +57,8 @@ class Escalation(models.Model):
         APPROVED = "approved", "Approved"
         CORRECTED = "corrected", "Edited and approved"
         REJECTED = "rejected", "Rejected"
-        # The task left Review some other way (moved by hand, deleted).
+        # The task left Review without a decision: moved by hand, before such
+        # moves were refused (boards.services.EscalationOpen). Kept for those rows.
         WITHDRAWN = "withdrawn", "Withdrawn"
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="escalations")

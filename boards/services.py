@@ -52,6 +52,8 @@ STATUS_FOR_ROLE = {
 
 # Where a person may drag a card. In progress belongs to the agents: a task enters
 # it only when an agent pulls it, and leaves it when the run ends or its lease runs out.
+# A task in Review with an open escalation leaves it only by a reviewer's decision
+# in the andon inbox (EscalationOpen); these moves are for one that has none.
 MANUAL_MOVES: dict[str, set[str]] = {
     Role.BACKLOG: {Role.READY, Role.DONE},
     Role.READY: {Role.BACKLOG, Role.DONE},
@@ -70,6 +72,20 @@ class WipLimitReached(ValidationError):
 
 class MoveNotAllowed(ValidationError):
     """The board's rules do not allow this move."""
+
+
+class EscalationOpen(MoveNotAllowed):
+    """The task waits in Review on a reviewer's decision: only the andon decisions
+    (approve, edit and approve, reject) take it out. ``escalation_url`` is where
+    that decision is made, for a caller that can show a link."""
+
+    def __init__(self, task: Task, escalation: Escalation) -> None:
+        self.escalation = escalation
+        self.escalation_url = escalation.get_absolute_url()
+        super().__init__(
+            f"“{task.title}” waits in Review for a reviewer's decision: only approving, editing or "
+            f"rejecting it in the andon inbox takes it out of Review ({self.escalation_url})."
+        )
 
 
 class ColumnMissing(ValidationError):
@@ -1253,6 +1269,12 @@ def task_move(
             _after_commit(task.board_id, [to_column.pk], pull=True)
             task.wip_note = ""
             return task
+        if from_column.role == Role.REVIEW:
+            # A defect waits on a person who may decide it: a move by anyone
+            # else (or by a reviewer, past the inbox) would end it undecided.
+            escalation = Escalation.objects.filter(task=task, status=Escalation.Status.OPEN).first()
+            if escalation is not None:
+                raise EscalationOpen(task, escalation)
         if to_column.role not in MANUAL_MOVES[from_column.role]:
             if from_column.role == Role.IN_PROGRESS:
                 message = "An agent is working on this task; it leaves In progress when the run ends."
@@ -1263,10 +1285,6 @@ def task_move(
             raise MoveNotAllowed(message)
         soft_note = _check_wip(to_column)
         from_status = task.status
-        if from_column.role == Role.REVIEW:
-            jidoka.escalation_withdraw(
-                task=task, user=user, note=f"moved out of Review to {to_column.name} by hand, undecided"
-            )
         position = None if before is None else _slot_before(to_column, before, exclude_pk=task.pk)
         _place(task, to_column, position=position)
         notes = [note, soft_note]
@@ -1471,6 +1489,7 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
 __all__ = [
     "Claim",
     "ColumnMissing",
+    "EscalationOpen",
     "MoveNotAllowed",
     "WipLimitReached",
     "agent_set_paused",

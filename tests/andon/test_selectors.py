@@ -101,9 +101,8 @@ def test_the_inbox_figures_count_escalations_over_inspected_outputs(roomy):
 def test_a_withdrawn_escalation_is_not_a_decision_in_the_figures(roomy):
     make_agent(boards=[roomy], concurrency=1)
     escalation = escalate(roomy)
-    from boards import services
-
-    services.task_move(task=escalation.task, to_column=column(roomy, "ready"), user=reviewer())
+    # Rows left by moves out of Review from before such moves were refused.
+    Escalation.objects.filter(pk=escalation.pk).update(status=Escalation.Status.WITHDRAWN)
 
     stats = selectors.inbox_stats_get()
     assert (stats.open, stats.decided) == (0, 0)
