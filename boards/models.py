@@ -490,6 +490,10 @@ class ModelCall(models.Model):
     confidence_source = models.CharField(max_length=20, blank=True)
     # This call's output was the one taken (it cleared its tier's threshold, or was the last tier's).
     accepted = models.BooleanField(default=False)
+    # The call belongs to a run whose result came after its lease had expired (the
+    # task had gone back, or another run finished it): recorded because it was
+    # made and paid for, never as the accepted one (accepted is then False).
+    stale = models.BooleanField(default=False)
     error = models.TextField(blank=True)
     # For a reused result: the task whose result was taken.
     reused_from = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")

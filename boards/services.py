@@ -942,7 +942,9 @@ def _outcome_note(output: Output) -> str:
     return f"tier {output.tier} ({models[-1] if models else '?'}) accepted{tried}"
 
 
-def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None) -> list[ModelCall]:
+def _ledger_rows(
+    task: Task, calls: Iterable[CallRecord], *, attempt: int | None, stale: bool = False
+) -> list[ModelCall]:
     now = timezone.now()
     return [
         ModelCall(
@@ -961,7 +963,9 @@ def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None
             latency_ms=call.latency_ms,
             confidence=call.confidence,
             confidence_source=call.confidence_source,
-            accepted=call.accepted,
+            # A stale run's output was not taken, whatever its cascade decided.
+            accepted=call.accepted and not stale,
+            stale=stale,
             error=call.error,
             reused_from_id=call.reused_from,
             created_at=call.at or now,
@@ -1006,7 +1010,9 @@ def _add_totals(task: Task, calls: Iterable[CallRecord]) -> None:
 
 def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
     """The calls of a run whose result came too late still happened: into the
-    ledger and the task's totals, leaving everything else as the current run has it."""
+    ledger, marked stale and never accepted (the task's output is another run's,
+    or none yet), and into the task's totals, as they were spent; everything
+    else stays as the current run has it."""
     if not calls:
         return
     task = (
@@ -1016,7 +1022,7 @@ def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt:
     )
     if task is None:
         return
-    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
+    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt, stale=True))
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )
