@@ -104,8 +104,9 @@ def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> li
 def board_agents_get(*, board: Board) -> list[Agent]:
     """The board's agents, each with ``running`` (its tasks in flight on this
     board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
-    (its circuit breaker when not closed) and ``model_breakers`` (those of its
-    cascade's models that are not closed)."""
+    (its circuit breaker when not closed) and ``model_breakers`` (this board's
+    breakers of its cascade's models that are not closed: a model's breaker is
+    kept per board, see andon.models.CircuitBreaker)."""
     from andon.jidoka import model_key
     from andon.models import CircuitBreaker, LineStop
 
@@ -123,7 +124,7 @@ def board_agents_get(*, board: Board) -> list[Agent]:
     agent_breakers: dict[int, CircuitBreaker] = {}
     model_breakers: dict[str, CircuitBreaker] = {}
     for breaker in CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED).filter(
-        Q(agent_id__in=ids) | Q(scope=CircuitBreaker.Scope.MODEL)
+        Q(agent_id__in=ids) | Q(scope=CircuitBreaker.Scope.MODEL, board=board)
     ):
         if breaker.scope == CircuitBreaker.Scope.AGENT:
             agent_breakers[breaker.agent_id] = breaker

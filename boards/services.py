@@ -533,7 +533,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Probes are marked taken only for agents that claim one (below): a pull that
     # claims nothing must not spend an agent's probe for a whole cool-down.
-    gate = jidoka.pull_gate(agents, take_probes=False)
+    gate = jidoka.pull_gate(agents, board_id=board.pk, take_probes=False)
     agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
@@ -571,7 +571,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))
-        .order_by("position", "created_at")
+        .order_by(*gate.candidate_order())
         .select_for_update(skip_locked=True, of=("self",), no_key=True)
     )
     now = timezone.now()
@@ -794,11 +794,13 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         escalated: list[tuple[Task, Inspection, Output]] = []
         defects_of: set[int] = set()
         succeeded: set[int] = set()
-        calls: list[CallRecord] = []
+        # Per board: each board's model breakers count its own calls.
+        calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
         for result in results:
-            calls += result.output.calls
             task = tasks.get(result.task_id)
+            if task is not None:
+                calls.setdefault(task.board_id, []).extend(result.output.calls)
             if (
                 task is None
                 or task.status != Status.RUNNING
@@ -843,7 +845,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         )
         stops = jidoka.spike_stops(defects_of) if defects_of else []
         breaker_agents = jidoka.record_agent_outcomes(succeeded=succeeded)
-        jidoka.record_model_calls(calls)
+        # In board order, as the breaker rows are locked: two batches cannot deadlock.
+        for board_id in sorted(calls):
+            jidoka.record_model_calls(calls[board_id], board_id=board_id)
         for board_id, column_ids in changed.items():
             _after_commit(board_id, column_ids, pull=True)
         _after_andon_commit(
@@ -1061,7 +1065,7 @@ def task_attempt_fail(
         breaker_agents = (
             jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
         )
-        jidoka.record_model_calls(calls)
+        jidoka.record_model_calls(calls, board_id=task.board_id)
         _after_andon_commit(agents=breaker_agents)
     return True
 

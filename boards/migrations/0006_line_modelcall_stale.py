@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('boards', '0005_task_experiment'),
+        ("boards", "0005_task_experiment"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelcall',
-            name='stale',
+            model_name="modelcall",
+            name="stale",
             field=models.BooleanField(default=False),
         ),
     ]

@@ -115,8 +115,8 @@ def test_breakers_get_returns_the_agents_and_models_breakers_that_are_not_closed
     CircuitBreaker.objects.create(scope="agent", agent=tripped, state="open", consecutive_failures=5)
     CircuitBreaker.objects.create(scope="agent", agent=fine, state="closed", consecutive_failures=2)
     CircuitBreaker.objects.create(scope="agent", agent=other, state="half_open")
-    CircuitBreaker.objects.create(scope="model", key="simulated/sim-small", state="open")
-    CircuitBreaker.objects.create(scope="model", key="simulated/sim-large", state="closed")
+    CircuitBreaker.objects.create(scope="model", board=board, key="simulated/sim-small", state="open")
+    CircuitBreaker.objects.create(scope="model", board=board, key="simulated/sim-large", state="closed")
 
     agents, models = selectors.breakers_get(agent_ids=[tripped.pk, fine.pk])
 
