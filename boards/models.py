@@ -379,6 +379,11 @@ class Task(models.Model):
     # The lease of the current run: only the holder of this token may finish it.
     lease_token = models.UUIDField(null=True, blank=True, unique=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The worker process running the current run (boards.workers), set when the
+    # run begins there and cleared when the task leaves In progress: empty while
+    # the claimed run waits for a worker to pick it up. Its heartbeat stopping
+    # hands the task back long before the lease would run out.
+    worker = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

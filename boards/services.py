@@ -30,7 +30,7 @@ from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
 from andon.models import Escalation, Inspection
-from boards import broadcast
+from boards import broadcast, workers
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
@@ -213,9 +213,12 @@ def pull_requested_run(*, board_id: int) -> None:
 _in_worker = False
 
 
-def mark_worker_process() -> None:
+def mark_worker_process(active: bool = True) -> None:
+    """Say this process is a Celery worker (at its start), or no longer acts as one
+    (as it stops: its pulls go to the other workers, see request_pull, rather than
+    claim work it would not run)."""
     global _in_worker
-    _in_worker = True
+    _in_worker = active
 
 
 def in_worker_process() -> bool:
@@ -339,6 +342,7 @@ def _place(task: Task, column: Column, *, position: int | None = None) -> None:
     if column.role != Role.IN_PROGRESS:
         task.lease_token = None
         task.lease_expires_at = None
+        task.worker = ""
 
 
 def _lock_board(board_id: int) -> Board:
@@ -679,20 +683,26 @@ def _enqueue_runs(claims: list[Claim]) -> None:
 # --- a run's outcome -----------------------------------------------------------
 
 
-def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> Task | None:
+def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str, worker: str = "") -> Task | None:
     """The claimed task with its agent (one query), or None when the claim is no
-    longer current (the lease expired and the task went back, or it finished)."""
-    return (
-        Task.objects.select_related("agent")
-        .filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING, agent__isnull=False)
-        .first()
-    )
+    longer current (the lease expired and the task went back, or it finished).
+    ``worker``: the worker process beginning the run (boards.workers), recorded
+    on the task, so that its heartbeat stopping hands the task back."""
+    current = Task.objects.filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING)
+    if worker and not current.update(worker=worker):
+        return None
+    return current.select_related("agent").filter(agent__isnull=False).first()
 
 
-def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]]) -> dict[int, Task]:
-    """task_run_begin for a batch of claims in one query: the tasks whose claim is
-    still current, by id (a stale claim is simply absent)."""
+def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]], worker: str = "") -> dict[int, Task]:
+    """task_run_begin for a batch of claims (a query, and an UPDATE with ``worker``):
+    the tasks whose claim is still current, by id (a stale claim is simply absent)."""
     wanted = {int(task_id): str(token) for task_id, token in claims}
+    if worker:
+        # Lease tokens are unique, so matching ids and tokens as two sets matches the pairs.
+        Task.objects.filter(pk__in=wanted, lease_token__in=wanted.values(), status=Status.RUNNING).update(
+            worker=worker
+        )
     tasks = Task.objects.filter(pk__in=wanted, status=Status.RUNNING, agent__isnull=False)
     current = [task for task in tasks if str(task.lease_token) == wanted[task.pk]]
     _share_agents(current)
@@ -927,6 +937,7 @@ _COMPLETED_FIELDS = [
     "finished_at",
     "lease_token",
     "lease_expires_at",
+    "worker",
     "cost",
     "tokens_in",
     "tokens_out",
@@ -1166,44 +1177,75 @@ def leases_renew(*, lease_tokens: Iterable[uuid.UUID | str]) -> int:
     return Task.objects.filter(lease_token__in=tokens, status=Status.RUNNING).update(lease_expires_at=expires)
 
 
+def _dead_workers() -> set[str]:
+    """The workers holding runs whose heartbeat has stopped (boards.workers). None
+    when Redis cannot say: then only the leases count, as before heartbeats."""
+    owners = set(
+        Task.objects.filter(status=Status.RUNNING)
+        .exclude(worker="")
+        .order_by()  # no ordering columns in the DISTINCT
+        .values_list("worker", flat=True)
+        .distinct()
+    )
+    if not owners:
+        return set()
+    try:
+        return workers.dead_among(owners)
+    except Exception as exc:
+        logger.warning("could not read the workers' heartbeats (%s): leases only this pass", exc)
+        return set()
+
+
 def leases_reap(*, limit: int = 500) -> int:
-    """Take tasks whose lease ran out out of In progress (see _return_or_fail for
-    where they go). A lease runs out when its worker died or froze, or when the
-    run outlived KAIZEN_RUN_TIMEOUT_SECONDS and the worker stopped renewing it.
+    """Take tasks whose run is lost out of In progress (see _return_or_fail for
+    where they go, an attempt spent): those whose worker stopped beating
+    (boards.workers: it died or froze, seconds ago), and those whose lease ran
+    out (a worker that never beat, or a run that outlived
+    KAIZEN_RUN_TIMEOUT_SECONDS, which its worker stopped renewing).
+
+    Reads first, and takes locks only when there is something to take back: every
+    worker runs this every heartbeat (its watchdog), and on SQLite a transaction
+    takes the database's write lock at once.
 
     Each task is returned in its own savepoint: a task that cannot be returned
     (its board has no Done column to fail it into) is logged and stays In
     progress, to be tried again on the next pass, without holding up the others."""
     now = timezone.now()
+    dead = _dead_workers()
+    lost = Q(lease_expires_at__lt=now)
+    if dead:
+        lost |= Q(worker__in=dead)
+    candidates = Task.objects.filter(lost, status=Status.RUNNING)
+    # Reaped tasks go back to Ready, whose hard limit is counted: lock their
+    # boards first (in id order, so two reapers cannot deadlock).
+    board_ids = sorted(set(candidates.order_by().values_list("board_id", flat=True)[:limit]))
+    if not board_ids:
+        return 0
     boards: dict[int, set[int]] = {}
     with transaction.atomic():
-        # Reaped tasks go back to Ready, whose hard limit is counted: lock their
-        # boards first (in id order, so two reapers cannot deadlock).
-        board_ids = sorted(
-            set(
-                Task.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list(
-                    "board_id", flat=True
-                )[:limit]
-            )
-        )
         for board_id in board_ids:
             _lock_board(board_id)
         expired = (
-            Task.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
+            candidates.select_for_update(skip_locked=True, of=("self",), no_key=True)
             .select_related("column", "agent")
-            .filter(status=Status.RUNNING, lease_expires_at__lt=now, board_id__in=board_ids)
+            .filter(board_id__in=board_ids)
             .order_by("lease_expires_at")[:limit]
         )
         count = 0
         for task in expired:
+            if task.worker in dead:
+                reason = (
+                    f"its worker {task.worker} stopped (no heartbeat for "
+                    f"{settings.KAIZEN_WORKER_DEAD_SECONDS:g} s): it died or froze"
+                )
+            else:
+                reason = (
+                    "the worker stopped renewing its lease (it died or froze, or the run "
+                    "went past the run timeout)"
+                )
             try:
                 with transaction.atomic():
-                    changed = _return_or_fail(
-                        task,
-                        kind=TaskEvent.Kind.LEASE_EXPIRED,
-                        reason="the worker stopped renewing its lease (it died or froze, or the run "
-                        "went past the run timeout)",
-                    )
+                    changed = _return_or_fail(task, kind=TaskEvent.Kind.LEASE_EXPIRED, reason=reason)
             except ColumnMissing as exc:
                 logger.error("could not return task %s, whose lease expired: %s", task.pk, exc.messages[0])
                 continue
@@ -1217,7 +1259,53 @@ def leases_reap(*, limit: int = 500) -> int:
         for board_id, column_ids in boards.items():
             _after_commit(board_id, column_ids, pull=True)
     if count:
-        logger.warning("returned %s task(s) whose lease expired", count)
+        logger.warning("returned %s task(s) whose run was lost (lease expired or worker dead)", count)
+    return count
+
+
+def leases_release_worker(*, worker: str) -> int:
+    """A worker process that stops hands back, at once, the tasks its runs hold
+    (see boards.runtime.worker_handover): each goes back to Ready (or the
+    Backlog, as a failed run's would), without spending its attempt, as a run
+    that never got to its work. Runs of that worker still finishing afterwards
+    are stale: their results are ignored (their calls recorded as stale).
+    Returns how many tasks went back."""
+    if not worker:
+        return 0
+    held = Task.objects.filter(status=Status.RUNNING, worker=worker)
+    board_ids = sorted(set(held.order_by().values_list("board_id", flat=True)))
+    if not board_ids:
+        return 0
+    count = 0
+    with transaction.atomic():
+        for board_id in board_ids:
+            _lock_board(board_id)
+        tasks = (
+            held.select_for_update(of=("self",), no_key=True)
+            .select_related("column", "agent")
+            .filter(board_id__in=board_ids)
+            .order_by("pk")
+        )
+        boards: dict[int, set[int]] = {}
+        for task in tasks:
+            task.attempts = max(task.attempts - 1, 0)
+            try:
+                with transaction.atomic():
+                    changed = _return_or_fail(
+                        task,
+                        kind=TaskEvent.Kind.DEFERRED,
+                        reason=f"its worker {worker} stopped before the run ended",
+                        note=f"handed back: its worker {worker} is stopping; the attempt is not counted",
+                    )
+            except ColumnMissing as exc:
+                logger.error("could not hand back task %s: %s", task.pk, exc.messages[0])
+                continue
+            boards.setdefault(task.board_id, set()).update(changed)
+            count += 1
+        for board_id, column_ids in boards.items():
+            _after_commit(board_id, column_ids, pull=True)
+    if count:
+        logger.warning("worker %s handed back %s task(s) as it stopped", worker, count)
     return count
 
 
@@ -1511,6 +1599,7 @@ __all__ = [
     "demo_boards_feed",
     "demo_task_feed",
     "leases_reap",
+    "leases_release_worker",
     "leases_renew",
     "request_pull",
     "task_attempt_fail",
