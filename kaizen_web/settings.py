@@ -263,6 +263,9 @@ if KAIZEN_WORKER_DEAD_SECONDS < 3 * KAIZEN_WORKER_HEARTBEAT_SECONDS:
         f"({KAIZEN_WORKER_DEAD_SECONDS:g} < 3 x {KAIZEN_WORKER_HEARTBEAT_SECONDS:g}): a worker "
         "that misses one beat is not dead"
     )
+# A process that ends (a management command, `manage.py shell`) waits this long at
+# exit for its live updates to be sent (boards.broadcast); 0 drops them.
+KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS = env_float("KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS", 5.0, minimum=0.0)
 # A run held longer than this has its lease left to run out, so a model call
 # that hangs costs an attempt instead of keeping its task In progress forever.
 # The task goes back up to KAIZEN_LEASE_SECONDS (plus a reaper pass) later.
