@@ -568,3 +568,28 @@ def test_a_failed_model_probe_opens_the_breaker_again_and_an_answer_closes_it(mo
     assert jidoka.record_model_calls([model_call()], board_id=board.pk) == {"simulated/sim-small"}
     breaker.refresh_from_db()
     assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, 0)
+
+
+# --- the agents strip ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_agents_strip_shows_breakers_that_are_not_closed_and_no_closed_one(board, flaky, client, user):
+    # A closed breaker row (the agent recovered) was shown as "breaker closed":
+    # setting the reverse one-to-one to None did not stick, and reading it
+    # fetched the row.
+    breaker = _open_breaker(board)
+    steady = make_agent(boards=[board], name="steady")
+    CircuitBreaker.objects.create(scope=CircuitBreaker.Scope.AGENT, agent=steady, state=State.CLOSED)
+    CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL, board=board, key="simulated/sim-small", state=State.CLOSED
+    )
+
+    agents = {agent.name: agent for agent in board_agents_get(board=board)}
+    client.force_login(user)
+    html = client.get(board.get_absolute_url()).content.decode()
+
+    assert agents[flaky.name].breaker == breaker
+    assert agents[flaky.name].model_breakers == []
+    assert "breaker open" in html
+    assert "breaker closed" not in html
