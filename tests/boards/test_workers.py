@@ -162,7 +162,7 @@ def test_the_reaper_returns_a_dead_workers_tasks_at_once_and_spares_the_others(c
         task.refresh_from_db()
         assert (task.status, task.worker, task.lease_token) == (Status.READY, "", None)
         event = task.events.get(kind=TaskEvent.Kind.LEASE_EXPIRED)
-        assert f"its worker {dead} stopped (no heartbeat" in event.note
+        assert f"its worker {dead} stopped sending heartbeats" in event.note
     # Their leases had a minute left: only the heartbeat explains it.
     assert all(t.lease_expires_at is not None for t in kept + waiting)
     assert Task.objects.filter(pk__in=[t.pk for t in kept + waiting], status=Status.RUNNING).count() == 3
