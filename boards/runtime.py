@@ -325,6 +325,20 @@ def worker_started() -> str:
     return heartbeat.start(watchdog=services.leases_reap)
 
 
+def worker_ready() -> None:
+    """A worker that has just started pulls every board once, on a thread of its
+    own: work waiting since the last worker stopped (tasks it handed back, or
+    ones the reaper returns) need not wait for the periodic pull."""
+
+    def pull_all() -> None:
+        try:
+            services.boards_pull_all()
+        finally:
+            connection.close()
+
+    threading.Thread(target=pull_all, name="pull-at-start", daemon=True).start()
+
+
 def worker_handover() -> int:
     """This worker process is stopping: give back, at once, every task its runs
     hold (services.leases_release_worker: to Ready, the attempt not counted),
@@ -337,7 +351,7 @@ def worker_handover() -> int:
         return 0
     # From now on the pulls that returning tasks (and runs finishing) ask for go
     # to the other workers: this one would claim work it will not run.
-    services.mark_worker_process(False)
+    services.mark_worker_stopping()
     try:
         returned = services.leases_release_worker(worker=worker)
     except Exception:

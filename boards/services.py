@@ -204,21 +204,34 @@ def _pull_flag(board_id: int) -> _PullFlag:
 
 
 def pull_requested_run(*, board_id: int) -> None:
-    """A worker answering a pull asked by another process (boards.tasks.pull_board)."""
+    """A worker answering a pull asked by another process (boards.tasks.pull_board).
+    A worker that is stopping leaves it: it would claim runs it is not going to
+    run. The other workers pull at their next change or periodic pull, and a
+    worker that starts pulls every board (boards.runtime.worker_ready)."""
     _pull_flag(board_id).clear()
+    if _stopping:
+        return
     _pulls.pull(board_id)
 
 
-# Set in Celery worker processes (boards.tasks connects it to worker_init).
+# Set in Celery worker processes (boards.tasks connects it to worker_init), and
+# the other way when the worker stops (boards.runtime.worker_handover).
 _in_worker = False
+_stopping = False
 
 
-def mark_worker_process(active: bool = True) -> None:
-    """Say this process is a Celery worker (at its start), or no longer acts as one
-    (as it stops: its pulls go to the other workers, see request_pull, rather than
-    claim work it would not run)."""
+def mark_worker_process() -> None:
     global _in_worker
-    _in_worker = active
+    _in_worker = True
+
+
+def mark_worker_stopping() -> None:
+    """This worker process hands its work back and stops: from now on it pulls
+    nothing and records no runs; the pulls its last changes ask for go to the
+    other workers (see request_pull)."""
+    global _in_worker, _stopping
+    _in_worker = False
+    _stopping = True
 
 
 def in_worker_process() -> bool:

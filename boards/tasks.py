@@ -13,6 +13,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
@@ -42,6 +43,11 @@ def _mark_worker(**kwargs) -> None:
 def _start_child(**kwargs) -> None:
     # A prefork child: its own heartbeat (threads do not survive the fork).
     runtime.worker_started()
+
+
+@worker_ready.connect
+def _pull_at_start(**kwargs) -> None:
+    runtime.worker_ready()
 
 
 @worker_shutting_down.connect

@@ -241,6 +241,7 @@ def test_worker_handover_releases_this_process_tasks_and_stops_its_heartbeat(
     beat = workers.Heartbeat()
     monkeypatch.setattr(runtime, "heartbeat", beat)
     monkeypatch.setattr(services, "_in_worker", True)
+    monkeypatch.setattr(services, "_stopping", False)
     monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)
     worker_id = beat.start()
     assert runtime.current_worker() == worker_id
@@ -252,5 +253,7 @@ def test_worker_handover_releases_this_process_tasks_and_stops_its_heartbeat(
     assert not client.exists(workers.KEY.format(worker_id))
     # No longer a worker that pulls or records runs; a second call does nothing.
     assert services.in_worker_process() is False
+    monkeypatch.setattr(services, "_pulls", None)  # a pull would fail here
+    services.pull_requested_run(board_id=board.pk)
     assert runtime.current_worker() == ""
     assert runtime.worker_handover() == 0
