@@ -305,7 +305,9 @@ class PromptCascadeAgent(BaseAgent):
             at = timezone.now()
             response = cached_response(key) if self.agent.cache_responses else None
             source = "cache" if response is not None else "model"
-            if response is None and not jidoka.model_call_allowed(tier.provider, tier.model):
+            if response is None and not jidoka.model_call_allowed(
+                tier.provider, tier.model, board_id=task.board_id
+            ):
                 # The model's circuit breaker is open: not called (no ledger row, as
                 # nothing was spent); the next tier is tried.
                 errors.append(f"tier {number} ({tier.model}): skipped, its circuit breaker is open")

@@ -461,6 +461,7 @@ def _call_out(call: ModelCall) -> ModelCallOut:
         confidence=call.confidence,
         confidence_source=call.confidence_source,
         accepted=call.accepted,
+        stale=call.stale,
         error=call.error,
         reused_from=call.reused_from_id,
     )

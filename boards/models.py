@@ -379,6 +379,11 @@ class Task(models.Model):
     # The lease of the current run: only the holder of this token may finish it.
     lease_token = models.UUIDField(null=True, blank=True, unique=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The worker process running the current run (boards.workers), set when the
+    # run begins there and cleared when the task leaves In progress: empty while
+    # the claimed run waits for a worker to pick it up. Its heartbeat stopping
+    # hands the task back long before the lease would run out.
+    worker = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -490,6 +495,10 @@ class ModelCall(models.Model):
     confidence_source = models.CharField(max_length=20, blank=True)
     # This call's output was the one taken (it cleared its tier's threshold, or was the last tier's).
     accepted = models.BooleanField(default=False)
+    # The call belongs to a run whose result came after its lease had expired (the
+    # task had gone back, or another run finished it): recorded because it was
+    # made and paid for, never as the accepted one (accepted is then False).
+    stale = models.BooleanField(default=False)
     error = models.TextField(blank=True)
     # For a reused result: the task whose result was taken.
     reused_from = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")

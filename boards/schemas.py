@@ -195,6 +195,10 @@ class ModelCallOut(Schema):
     accepted: bool = Field(
         description="This call's output was the one taken: it reached its tier's threshold, or was the last tier's."
     )
+    stale: bool = Field(
+        description="The call's run returned after its lease had expired: its result was ignored (never "
+        "accepted), and its cost still counts in the task's totals."
+    )
     error: str = Field(description="Why the call failed (the next tier was tried); empty when it did not.")
     reused_from: int | None = Field(
         description="For a reused result: the id of the task whose result was taken."

@@ -104,34 +104,34 @@ def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> li
 def board_agents_get(*, board: Board) -> list[Agent]:
     """The board's agents, each with ``running`` (its tasks in flight on this
     board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
-    (its circuit breaker when not closed) and ``model_breakers`` (those of its
-    cascade's models that are not closed)."""
+    (its circuit breaker when not closed) and ``model_breakers`` (this board's
+    breakers of its cascade's models that are not closed: a model's breaker is
+    kept per board, see andon.models.CircuitBreaker)."""
     from andon.jidoka import model_key
     from andon.models import CircuitBreaker, LineStop
 
+    not_closed = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
     agents = list(
         board.agents.annotate(
             running=Count(
                 "tasks", filter=Q(tasks__board=board, tasks__status=Task.Status.RUNNING), distinct=True
             )
-        ).order_by("name")
+        )
+        # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
+        # not stick (reading it then queries the row, a closed breaker shown as
+        # an alarm). A filtered prefetch caches the breaker, or its absence.
+        .prefetch_related(Prefetch("breaker", queryset=not_closed))
+        .order_by("name")
     )
     ids = [agent.pk for agent in agents]
     stops = {
         stop.agent_id: stop for stop in LineStop.objects.filter(agent_id__in=ids, restarted_at__isnull=True)
     }
-    agent_breakers: dict[int, CircuitBreaker] = {}
-    model_breakers: dict[str, CircuitBreaker] = {}
-    for breaker in CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED).filter(
-        Q(agent_id__in=ids) | Q(scope=CircuitBreaker.Scope.MODEL)
-    ):
-        if breaker.scope == CircuitBreaker.Scope.AGENT:
-            agent_breakers[breaker.agent_id] = breaker
-        else:
-            model_breakers[breaker.key] = breaker
+    model_breakers = {
+        breaker.key: breaker for breaker in not_closed.filter(scope=CircuitBreaker.Scope.MODEL, board=board)
+    }
     for agent in agents:
         agent.line_stop = stops.get(agent.pk)
-        agent.breaker = agent_breakers.get(agent.pk)
         keys = [] if agent.implementation else [model_key(t.provider, t.model) for t in agent.tiers]
         agent.model_breakers = [model_breakers[k] for k in dict.fromkeys(keys) if k in model_breakers]
     return agents

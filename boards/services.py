@@ -30,7 +30,7 @@ from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
 from andon.models import Escalation, Inspection
-from boards import broadcast
+from boards import broadcast, workers
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
@@ -54,6 +54,8 @@ STATUS_FOR_ROLE = {
 
 # Where a person may drag a card. In progress belongs to the agents: a task enters
 # it only when an agent pulls it, and leaves it when the run ends or its lease runs out.
+# A task in Review with an open escalation leaves it only by a reviewer's decision
+# in the andon inbox (EscalationOpen); these moves are for one that has none.
 MANUAL_MOVES: dict[str, set[str]] = {
     Role.BACKLOG: {Role.READY, Role.DONE},
     Role.READY: {Role.BACKLOG, Role.DONE},
@@ -76,6 +78,20 @@ class WipLimitReached(ValidationError):
 
 class MoveNotAllowed(ValidationError):
     """The board's rules do not allow this move."""
+
+
+class EscalationOpen(MoveNotAllowed):
+    """The task waits in Review on a reviewer's decision: only the andon decisions
+    (approve, edit and approve, reject) take it out. ``escalation_url`` is where
+    that decision is made, for a caller that can show a link."""
+
+    def __init__(self, task: Task, escalation: Escalation) -> None:
+        self.escalation = escalation
+        self.escalation_url = escalation.get_absolute_url()
+        super().__init__(
+            f"“{task.title}” waits in Review for a reviewer's decision: only approving, editing or "
+            f"rejecting it in the andon inbox takes it out of Review ({self.escalation_url})."
+        )
 
 
 class ColumnMissing(ValidationError):
@@ -194,18 +210,34 @@ def _pull_flag(board_id: int) -> _PullFlag:
 
 
 def pull_requested_run(*, board_id: int) -> None:
-    """A worker answering a pull asked by another process (boards.tasks.pull_board)."""
+    """A worker answering a pull asked by another process (boards.tasks.pull_board).
+    A worker that is stopping leaves it: it would claim runs it is not going to
+    run. The other workers pull at their next change or periodic pull, and a
+    worker that starts pulls every board (boards.runtime.worker_ready)."""
     _pull_flag(board_id).clear()
+    if _stopping:
+        return
     _pulls.pull(board_id)
 
 
-# Set in Celery worker processes (boards.tasks connects it to worker_init).
+# Set in Celery worker processes (boards.tasks connects it to worker_init), and
+# the other way when the worker stops (boards.runtime.worker_handover).
 _in_worker = False
+_stopping = False
 
 
 def mark_worker_process() -> None:
     global _in_worker
     _in_worker = True
+
+
+def mark_worker_stopping() -> None:
+    """This worker process hands its work back and stops: from now on it pulls
+    nothing and records no runs; the pulls its last changes ask for go to the
+    other workers (see request_pull)."""
+    global _in_worker, _stopping
+    _in_worker = False
+    _stopping = True
 
 
 def in_worker_process() -> bool:
@@ -329,6 +361,7 @@ def _place(task: Task, column: Column, *, position: int | None = None) -> None:
     if column.role != Role.IN_PROGRESS:
         task.lease_token = None
         task.lease_expires_at = None
+        task.worker = ""
 
 
 def _lock_board(board_id: int) -> Board:
@@ -515,7 +548,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Probes are marked taken only for agents that claim one (below): a pull that
     # claims nothing must not spend an agent's probe for a whole cool-down.
-    gate = jidoka.pull_gate(agents, take_probes=False)
+    gate = jidoka.pull_gate(agents, board_id=board.pk, take_probes=False)
     agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
@@ -553,7 +586,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))
-        .order_by("position", "created_at")
+        .order_by(*gate.candidate_order())
         .select_for_update(skip_locked=True, of=("self",), no_key=True)
     )
     now = timezone.now()
@@ -661,20 +694,26 @@ def _enqueue_runs(claims: list[Claim]) -> None:
 # --- a run's outcome -----------------------------------------------------------
 
 
-def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> Task | None:
+def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str, worker: str = "") -> Task | None:
     """The claimed task with its agent (one query), or None when the claim is no
-    longer current (the lease expired and the task went back, or it finished)."""
-    return (
-        Task.objects.select_related("agent")
-        .filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING, agent__isnull=False)
-        .first()
-    )
+    longer current (the lease expired and the task went back, or it finished).
+    ``worker``: the worker process beginning the run (boards.workers), recorded
+    on the task, so that its heartbeat stopping hands the task back."""
+    current = Task.objects.filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING)
+    if worker and not current.update(worker=worker):
+        return None
+    return current.select_related("agent").filter(agent__isnull=False).first()
 
 
-def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]]) -> dict[int, Task]:
-    """task_run_begin for a batch of claims in one query: the tasks whose claim is
-    still current, by id (a stale claim is simply absent)."""
+def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]], worker: str = "") -> dict[int, Task]:
+    """task_run_begin for a batch of claims (a query, and an UPDATE with ``worker``):
+    the tasks whose claim is still current, by id (a stale claim is simply absent)."""
     wanted = {int(task_id): str(token) for task_id, token in claims}
+    if worker:
+        # Lease tokens are unique, so matching ids and tokens as two sets matches the pairs.
+        Task.objects.filter(pk__in=wanted, lease_token__in=wanted.values(), status=Status.RUNNING).update(
+            worker=worker
+        )
     tasks = Task.objects.filter(pk__in=wanted, status=Status.RUNNING, agent__isnull=False)
     current = [task for task in tasks if str(task.lease_token) == wanted[task.pk]]
     _share_agents(current)
@@ -776,11 +815,13 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         escalated: list[tuple[Task, Inspection, Output]] = []
         defects_of: set[int] = set()
         succeeded: set[int] = set()
-        calls: list[CallRecord] = []
+        # Per board: each board's model breakers count its own calls.
+        calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
         for result in results:
-            calls += result.output.calls
             task = tasks.get(result.task_id)
+            if task is not None:
+                calls.setdefault(task.board_id, []).extend(result.output.calls)
             if (
                 task is None
                 or task.status != Status.RUNNING
@@ -825,7 +866,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         )
         stops = jidoka.spike_stops(defects_of) if defects_of else []
         breaker_agents = jidoka.record_agent_outcomes(succeeded=succeeded)
-        jidoka.record_model_calls(calls)
+        # In board order, as the breaker rows are locked: two batches cannot deadlock.
+        for board_id in sorted(calls):
+            jidoka.record_model_calls(calls[board_id], board_id=board_id)
         for board_id, column_ids in changed.items():
             _after_commit(board_id, column_ids, pull=True)
         _after_andon_commit(
@@ -905,6 +948,7 @@ _COMPLETED_FIELDS = [
     "finished_at",
     "lease_token",
     "lease_expires_at",
+    "worker",
     "cost",
     "tokens_in",
     "tokens_out",
@@ -924,7 +968,9 @@ def _outcome_note(output: Output) -> str:
     return f"tier {output.tier} ({models[-1] if models else '?'}) accepted{tried}"
 
 
-def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None) -> list[ModelCall]:
+def _ledger_rows(
+    task: Task, calls: Iterable[CallRecord], *, attempt: int | None, stale: bool = False
+) -> list[ModelCall]:
     now = timezone.now()
     return [
         ModelCall(
@@ -943,7 +989,9 @@ def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None
             latency_ms=call.latency_ms,
             confidence=call.confidence,
             confidence_source=call.confidence_source,
-            accepted=call.accepted,
+            # A stale run's output was not taken, whatever its cascade decided.
+            accepted=call.accepted and not stale,
+            stale=stale,
             error=call.error,
             reused_from_id=call.reused_from,
             created_at=call.at or now,
@@ -988,7 +1036,9 @@ def _add_totals(task: Task, calls: Iterable[CallRecord]) -> None:
 
 def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
     """The calls of a run whose result came too late still happened: into the
-    ledger and the task's totals, leaving everything else as the current run has it."""
+    ledger, marked stale and never accepted (the task's output is another run's,
+    or none yet), and into the task's totals, as they were spent; everything
+    else stays as the current run has it."""
     if not calls:
         return
     task = (
@@ -998,7 +1048,7 @@ def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt:
     )
     if task is None:
         return
-    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
+    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt, stale=True))
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )
@@ -1037,7 +1087,7 @@ def task_attempt_fail(
         breaker_agents = (
             jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
         )
-        jidoka.record_model_calls(calls)
+        jidoka.record_model_calls(calls, board_id=task.board_id)
         _after_andon_commit(agents=breaker_agents)
     return True
 
@@ -1138,44 +1188,72 @@ def leases_renew(*, lease_tokens: Iterable[uuid.UUID | str]) -> int:
     return Task.objects.filter(lease_token__in=tokens, status=Status.RUNNING).update(lease_expires_at=expires)
 
 
+def _dead_workers() -> set[str]:
+    """The workers holding runs whose heartbeat has stopped (boards.workers). None
+    when Redis cannot say: then only the leases count, as before heartbeats."""
+    owners = set(
+        Task.objects.filter(status=Status.RUNNING)
+        .exclude(worker="")
+        .order_by()  # no ordering columns in the DISTINCT
+        .values_list("worker", flat=True)
+        .distinct()
+    )
+    if not owners:
+        return set()
+    try:
+        return workers.dead_among(owners)
+    except Exception as exc:
+        logger.warning("could not read the workers' heartbeats (%s): leases only this pass", exc)
+        return set()
+
+
 def leases_reap(*, limit: int = 500) -> int:
-    """Take tasks whose lease ran out out of In progress (see _return_or_fail for
-    where they go). A lease runs out when its worker died or froze, or when the
-    run outlived KAIZEN_RUN_TIMEOUT_SECONDS and the worker stopped renewing it.
+    """Take tasks whose run is lost out of In progress (see _return_or_fail for
+    where they go, an attempt spent): those whose worker stopped beating
+    (boards.workers: it died or froze, seconds ago), and those whose lease ran
+    out (a worker that never beat, or a run that outlived
+    KAIZEN_RUN_TIMEOUT_SECONDS, which its worker stopped renewing).
+
+    Reads first, and takes locks only when there is something to take back: every
+    worker runs this every heartbeat (its watchdog), and on SQLite a transaction
+    takes the database's write lock at once.
 
     Each task is returned in its own savepoint: a task that cannot be returned
     (its board has no Done column to fail it into) is logged and stays In
     progress, to be tried again on the next pass, without holding up the others."""
     now = timezone.now()
+    dead = _dead_workers()
+    lost = Q(lease_expires_at__lt=now)
+    if dead:
+        lost |= Q(worker__in=dead)
+    candidates = Task.objects.filter(lost, status=Status.RUNNING)
+    # Reaped tasks go back to Ready, whose hard limit is counted: lock their
+    # boards first (in id order, so two reapers cannot deadlock).
+    board_ids = sorted(set(candidates.order_by().values_list("board_id", flat=True)[:limit]))
+    if not board_ids:
+        return 0
     boards: dict[int, set[int]] = {}
     with transaction.atomic():
-        # Reaped tasks go back to Ready, whose hard limit is counted: lock their
-        # boards first (in id order, so two reapers cannot deadlock).
-        board_ids = sorted(
-            set(
-                Task.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list(
-                    "board_id", flat=True
-                )[:limit]
-            )
-        )
         for board_id in board_ids:
             _lock_board(board_id)
         expired = (
-            Task.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
+            candidates.select_for_update(skip_locked=True, of=("self",), no_key=True)
             .select_related("column", "agent")
-            .filter(status=Status.RUNNING, lease_expires_at__lt=now, board_id__in=board_ids)
+            .filter(board_id__in=board_ids)
             .order_by("lease_expires_at")[:limit]
         )
         count = 0
         for task in expired:
+            if task.worker in dead:
+                reason = f"its worker {task.worker} stopped sending heartbeats: it died or froze"
+            else:
+                reason = (
+                    "the worker stopped renewing its lease (it died or froze, or the run "
+                    "went past the run timeout)"
+                )
             try:
                 with transaction.atomic():
-                    changed = _return_or_fail(
-                        task,
-                        kind=TaskEvent.Kind.LEASE_EXPIRED,
-                        reason="the worker stopped renewing its lease (it died or froze, or the run "
-                        "went past the run timeout)",
-                    )
+                    changed = _return_or_fail(task, kind=TaskEvent.Kind.LEASE_EXPIRED, reason=reason)
             except ColumnMissing as exc:
                 logger.error("could not return task %s, whose lease expired: %s", task.pk, exc.messages[0])
                 continue
@@ -1189,7 +1267,53 @@ def leases_reap(*, limit: int = 500) -> int:
         for board_id, column_ids in boards.items():
             _after_commit(board_id, column_ids, pull=True)
     if count:
-        logger.warning("returned %s task(s) whose lease expired", count)
+        logger.warning("returned %s task(s) whose run was lost (lease expired or worker dead)", count)
+    return count
+
+
+def leases_release_worker(*, worker: str) -> int:
+    """A worker process that stops hands back, at once, the tasks its runs hold
+    (see boards.runtime.worker_handover): each goes back to Ready (or the
+    Backlog, as a failed run's would), without spending its attempt, as a run
+    that never got to its work. Runs of that worker still finishing afterwards
+    are stale: their results are ignored (their calls recorded as stale).
+    Returns how many tasks went back."""
+    if not worker:
+        return 0
+    held = Task.objects.filter(status=Status.RUNNING, worker=worker)
+    board_ids = sorted(set(held.order_by().values_list("board_id", flat=True)))
+    if not board_ids:
+        return 0
+    count = 0
+    with transaction.atomic():
+        for board_id in board_ids:
+            _lock_board(board_id)
+        tasks = (
+            held.select_for_update(of=("self",), no_key=True)
+            .select_related("column", "agent")
+            .filter(board_id__in=board_ids)
+            .order_by("pk")
+        )
+        boards: dict[int, set[int]] = {}
+        for task in tasks:
+            task.attempts = max(task.attempts - 1, 0)
+            try:
+                with transaction.atomic():
+                    changed = _return_or_fail(
+                        task,
+                        kind=TaskEvent.Kind.DEFERRED,
+                        reason=f"its worker {worker} stopped before the run ended",
+                        note=f"handed back: its worker {worker} is stopping; the attempt is not counted",
+                    )
+            except ColumnMissing as exc:
+                logger.error("could not hand back task %s: %s", task.pk, exc.messages[0])
+                continue
+            boards.setdefault(task.board_id, set()).update(changed)
+            count += 1
+        for board_id, column_ids in boards.items():
+            _after_commit(board_id, column_ids, pull=True)
+    if count:
+        logger.warning("worker %s handed back %s task(s) as it stopped", worker, count)
     return count
 
 
@@ -1251,6 +1375,12 @@ def task_move(
             _after_commit(task.board_id, [to_column.pk], pull=True)
             task.wip_note = ""
             return task
+        if from_column.role == Role.REVIEW:
+            # A defect waits on a person who may decide it: a move by anyone
+            # else (or by a reviewer, past the inbox) would end it undecided.
+            escalation = Escalation.objects.filter(task=task, status=Escalation.Status.OPEN).first()
+            if escalation is not None:
+                raise EscalationOpen(task, escalation)
         if to_column.role not in MANUAL_MOVES[from_column.role]:
             if from_column.role == Role.IN_PROGRESS:
                 message = "An agent is working on this task; it leaves In progress when the run ends."
@@ -1261,10 +1391,6 @@ def task_move(
             raise MoveNotAllowed(message)
         soft_note = _check_wip(to_column)
         from_status = task.status
-        if from_column.role == Role.REVIEW:
-            jidoka.escalation_withdraw(
-                task=task, user=user, note=f"moved out of Review to {to_column.name} by hand, undecided"
-            )
         position = None if before is None else _slot_before(to_column, before, exclude_pk=task.pk)
         _place(task, to_column, position=position)
         notes = [note, soft_note]
@@ -1503,6 +1629,7 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
 __all__ = [
     "Claim",
     "ColumnMissing",
+    "EscalationOpen",
     "MoveNotAllowed",
     "WipLimitReached",
     "agent_set_paused",
@@ -1514,6 +1641,7 @@ __all__ = [
     "demo_boards_feed",
     "demo_task_feed",
     "leases_reap",
+    "leases_release_worker",
     "leases_renew",
     "request_pull",
     "task_attempt_fail",

@@ -339,6 +339,25 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
 # A claimed task holds a lease; the worker renews it while the model call runs
 # and the reaper takes back tasks whose lease ran out (see services._return_or_fail).
 KAIZEN_LEASE_SECONDS = env_float("KAIZEN_LEASE_SECONDS", 60.0, minimum=1.0)
+# Worker heartbeats (boards.workers): each Celery worker process sets a Redis key
+# every KAIZEN_WORKER_HEARTBEAT_SECONDS that expires after KAIZEN_WORKER_DEAD_SECONDS.
+# A worker whose key is gone (and still gone at a second look, a couple of beats
+# later) is taken for dead, and the tasks its runs held go back to Ready at once
+# instead of waiting out their leases. 10 s is ten missed beats: far longer than a
+# garbage collection or a thread waiting for the GIL stalls a live process, short
+# beside the lease. A worker wrongly taken for dead loses only the work in flight
+# (its late results are ignored, the lease token guarantees it), never a task.
+KAIZEN_WORKER_HEARTBEAT_SECONDS = env_float("KAIZEN_WORKER_HEARTBEAT_SECONDS", 1.0, minimum=0.1)
+KAIZEN_WORKER_DEAD_SECONDS = env_float("KAIZEN_WORKER_DEAD_SECONDS", 10.0, minimum=0.3)
+if KAIZEN_WORKER_DEAD_SECONDS < 3 * KAIZEN_WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "KAIZEN_WORKER_DEAD_SECONDS must be at least three KAIZEN_WORKER_HEARTBEAT_SECONDS "
+        f"({KAIZEN_WORKER_DEAD_SECONDS:g} < 3 x {KAIZEN_WORKER_HEARTBEAT_SECONDS:g}): a worker "
+        "that misses one beat is not dead"
+    )
+# A process that ends (a management command, `manage.py shell`) waits this long at
+# exit for its live updates to be sent (boards.broadcast); 0 drops them.
+KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS = env_float("KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS", 5.0, minimum=0.0)
 # A run held longer than this has its lease left to run out, so a model call
 # that hangs costs an attempt instead of keeping its task In progress forever.
 # The task goes back up to KAIZEN_LEASE_SECONDS (plus a reaper pass) later.

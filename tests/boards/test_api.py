@@ -11,6 +11,7 @@ from django.core import serializers
 from django.test import Client
 
 from boards import runtime, services
+from boards.agents import CallRecord, Output
 from boards.models import ApiToken, Column, ModelCall, Task, TaskEvent
 from tests.boards.api_support import grant_add_task, token_for
 from tests.factories import column, make_agent, make_board, make_user
@@ -460,9 +461,25 @@ def test_it_lists_a_tasks_model_calls_oldest_first(api_client, board):
         "confidence",
         "confidence_source",
         "accepted",
+        "stale",
         "error",
         "reused_from",
     }
+    assert [c["stale"] for c in calls] == [False, False]
+
+
+def test_a_late_results_calls_are_listed_as_stale(api_client, board):
+    make_agent(boards=[board])
+    task = services.task_create(board=board, title="Late", input="late answer")
+    [claim] = services.board_pull(board_id=board.pk)
+    services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="lease expired")
+    call = CallRecord(source="model", tier=1, provider="simulated", model="sim-small", accepted=True)
+    late = Output(text="late", confidence=0.9, tier=1, calls=(call,))
+    assert services.task_complete(task_id=task.pk, lease_token=claim.lease_token, output=late) is False
+
+    [row] = api_client.get(f"/api/v1/tasks/{task.pk}/calls").json()
+
+    assert (row["accepted"], row["stale"]) == (False, True)
 
 
 def test_a_reused_result_names_the_task_it_came_from(api_client, board):

@@ -208,7 +208,11 @@ def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fai
     monkeypatch.setattr(services, "_in_worker", True)
     monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)  # no pulls from the completer here
     good, bad = make_board(), make_board()
-    make_agent(boards=[good, bad], latency_ms=0, error_rate=0.0, concurrency=4, max_attempts=2)
+    # No checks: whether the simulated output passes inspection (it depends on the
+    # input, which names the board) is not what this is about.
+    make_agent(
+        boards=[good, bad], latency_ms=0, error_rate=0.0, concurrency=4, max_attempts=2, quality_checks=[]
+    )
     batches = []
     real = services.tasks_complete
     monkeypatch.setattr(
