@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("boards", "0006_line_modelcall_stale"),
+        ("boards", "0007_modelcall_stale"),
     ]
 
     operations = [

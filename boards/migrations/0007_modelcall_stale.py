@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("boards", "0005_task_experiment"),
+        ("boards", "0006_api_token_scopes"),
     ]
 
     operations = [
