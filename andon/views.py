@@ -149,10 +149,13 @@ def _escalation_page(request: HttpRequest, escalation: Escalation, *, status: in
     prefetch_related_objects([c for c in calls if c.reused_from_id], "reused_from__board")
     if escalation.agent_id:
         escalation.agent_record = selectors.agent_record_get(agent_id=escalation.agent_id)
+    group = selectors.escalation_group_get(escalation=escalation) if escalation.is_open else []
     context = {
         "escalation": escalation,
         "task": task,
         "calls": calls,
+        "identical": max(len(group) - 1, 0),
+        "group_leader": group[0].pk if group else None,
         # The action forms post plainly and come back here.
         "plain": True,
         "here": escalation.get_absolute_url(),
