@@ -246,7 +246,7 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
 # decides one inbox row of a demo board (0: never; `make run` turns it on), once
 # the row has waited KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS.
 KAIZEN_DEMO_REVIEWER_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_SECONDS", 0.0, minimum=0.0)
-KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS", 5.0, minimum=0.0)
+KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS", 10.0, minimum=0.0)
 if KAIZEN_DEMO_REVIEWER_SECONDS > 0:
     CELERY_BEAT_SCHEDULE["demo-reviewer"] = {
         "task": "andon.tasks.review_demo_escalations",
