@@ -1021,6 +1021,8 @@
 
   // --- start -----------------------------------------------------------------------------
 
+  // Rows not yet read are marked (kaizen.css) only where this script keeps count.
+  document.body.classList.add("inbox-reads");
   markMine();
   updateCount();
   updateAges();
