@@ -227,3 +227,20 @@ def test_a_row_decided_elsewhere_while_typed_in_stays_until_it_is_left(browser, 
     page.keyboard.press("Escape")
     page.wait_for_selector(_row("Weld A"), state="detached", timeout=5_000)
     page.wait_for_selector(_row("Weld B"))
+
+
+def test_a_held_decision_is_sent_when_the_reviewer_leaves_the_page(browser, live_server_url):
+    board = _line()
+    ana = reviewer(username="ana", password=PASSWORD)
+    escalation = _escalate(board, "Weld A", "seam a")
+    page = _log_in(browser, live_server_url, "ana")
+    page.keyboard.press("j")
+    _selected(page, "Weld A")
+    page.keyboard.press("a")
+    page.wait_for_selector(f"{_row('Weld A')}.is-pending")
+
+    # Gone before the delay is out: pagehide sends it in a request that outlives the page.
+    page.goto(f"{live_server_url}/boards/")
+
+    _wait_for_status(escalation, Escalation.Status.APPROVED, timeout=10)
+    assert escalation.decided_by == ana
