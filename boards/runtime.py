@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.conf import settings
 from django.db import connection
 
+from andon.models import Inspection
 from boards import selectors, services
 from boards.agents import (  # noqa: F401  (render_prompt and PromptError are used from here)
     AgentDeferred,
@@ -31,6 +32,7 @@ from boards.agents import (  # noqa: F401  (render_prompt and PromptError are us
     PromptError,
     implementation_for,
     render_prompt,
+    settle_cache,
 )
 from boards.models import ModelCall
 from boards.workers import heartbeat
@@ -213,22 +215,31 @@ def _fail_attempt(task_id: int, lease_token: str, error: str, calls=(), attempt:
     return "failed"
 
 
+# The confidence source of an answer a reviewer approved, when it is reused.
+REVIEWED = "review"
+
+
 def reused_output(task) -> Output | None:
     """Should-activate: the result of an identical task this agent already
     completed with the same prompt version, unless the agent or the task opts out."""
     earlier = selectors.reusable_task(task=task)
     if earlier is None:
         return None
+    confidence, source = earlier.confidence, earlier.confidence_source
+    if earlier.reviewed:
+        # A reviewer approved (or wrote) this answer to this very input: it is
+        # not escalated again for the model's doubt the reviewer settled.
+        confidence, source = 1.0, REVIEWED
     return Output(
         text=earlier.output,
-        confidence=earlier.confidence,
-        confidence_source=earlier.confidence_source,
+        confidence=confidence,
+        confidence_source=source,
         reused_from=earlier.pk,
         calls=(
             CallRecord(
                 source=ModelCall.Source.REUSE,
-                confidence=earlier.confidence,
-                confidence_source=earlier.confidence_source,
+                confidence=confidence,
+                confidence_source=source,
                 accepted=True,
                 reused_from=earlier.pk,
             ),
@@ -282,7 +293,28 @@ def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
         finished = completer.complete(result)
     except services.ColumnMissing as exc:
         return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
+    if finished:
+        _settle_cache(task_id, output)
     return "done" if finished else "stale"
+
+
+def _settle_cache(task_id: int, output: Output) -> None:
+    """The response cache takes the output's answers only now that its
+    inspection has committed, and only if it passed (see boards.agents)."""
+    if not (output.cache_entries or output.cached_from):
+        return
+    try:
+        passed = (
+            Inspection.objects.filter(task_id=task_id)
+            .order_by("-pk")
+            .values_list("passed", flat=True)
+            .first()
+        )
+    except Exception:
+        # The result is recorded; the cache is an economy: skip it this time.
+        logger.warning("could not read the inspection of task %s to settle the cache", task_id, exc_info=True)
+        return
+    settle_cache(output, passed=bool(passed))
 
 
 def _run_and_close(claim: tuple[int, str], task) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Avg, Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 
@@ -175,13 +175,27 @@ def task_events_get(*, task: Task) -> list[TaskEvent]:
 def reusable_task(*, task: Task) -> Task | None:
     """The newest task this task's agent completed (not failed) with the same
     normalised input, capability and prompt version, if reuse is allowed by both
-    the agent and the task; None otherwise."""
+    the agent and the task; None otherwise.
+
+    Only an answer that passed inspection, or that a reviewer approved or
+    corrected, is reused: never one waiting in Review (not Done), nor a defect
+    sent to Done by a board without Review. ``reviewed`` on the result says a
+    reviewer approved it (the reuse then carries the reviewer's word, see
+    boards.runtime.reused_output)."""
+    from andon.models import Escalation, Inspection  # andon's models import boards'
+
     agent = task.agent
     if agent is None or not task.allow_reuse or not agent.reuse_results or not task.input_key:
         return None
     if task.review_feedback:
         # A reviewer rejected this task's last output and asked for another.
         return None
+    # The verdict on the output the task holds: its latest inspection.
+    latest = Inspection.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-pk")
+    approved = Escalation.objects.filter(
+        inspection=OuterRef("last_inspection"),
+        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED),
+    )
     return (
         Task.objects.filter(
             agent=agent,
@@ -191,6 +205,13 @@ def reusable_task(*, task: Task) -> Task | None:
             prompt_version=task.prompt_version,
         )
         .exclude(pk=task.pk)
+        .annotate(
+            last_inspection=Subquery(latest.values("pk")[:1]),
+            last_passed=Subquery(latest.values("passed")[:1]),
+            reviewed=Exists(approved),
+        )
+        # No inspection at all: done before jidoka, or by hand; as before.
+        .filter(Q(last_inspection__isnull=True) | Q(last_passed=True) | Q(reviewed=True))
         .only("pk", "output", "confidence", "confidence_source")
         .order_by("-finished_at", "-pk")
         .first()

@@ -334,6 +334,16 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
         "task": "boards.tasks.feed_demo_boards",
         "schedule": KAIZEN_DEMO_FEED_SECONDS,
     }
+# The demo's simulated reviewer (andon.demo_reviewer): every this many seconds it
+# decides one inbox row of a demo board (0: never; `make run` turns it on), once
+# the row has waited KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS.
+KAIZEN_DEMO_REVIEWER_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_SECONDS", 0.0, minimum=0.0)
+KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS", 10.0, minimum=0.0)
+if KAIZEN_DEMO_REVIEWER_SECONDS > 0:
+    CELERY_BEAT_SCHEDULE["demo-reviewer"] = {
+        "task": "andon.tasks.review_demo_escalations",
+        "schedule": KAIZEN_DEMO_REVIEWER_SECONDS,
+    }
 
 # --- Kaizen ------------------------------------------------------------------
 # A claimed task holds a lease; the worker renews it while the model call runs
