@@ -39,6 +39,9 @@ from django.db import close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
+# The longest the CPU budget may delay the next burst of live updates, in seconds.
+MAX_HOLD = 1.0
+
 
 def board_group(board_id: int) -> str:
     return f"board_{board_id}"
@@ -164,7 +167,10 @@ class Broadcaster:
                 logger.exception("broadcasting to boards %s failed", sorted(pending))
             finally:
                 spent = time.thread_time() - started
-                not_before = time.monotonic() + spent * (1 / budget - 1)
+                # Never held back more than MAX_HOLD: a process's first render
+                # compiles the templates (seconds on a busy machine), and the
+                # share alone would then freeze its live updates for half a minute.
+                not_before = time.monotonic() + min(spent * (1 / budget - 1), MAX_HOLD)
                 with self._sent:
                     self._unsent -= taken
                     if self._unsent == 0:
