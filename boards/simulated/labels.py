@@ -188,6 +188,27 @@ def _cue_table(set_name: str) -> dict[str, tuple[str, ...]]:
 
 
 def _label_cues(label: str, table: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    return _label_cues_cached(label, id(table))
+
+
+_TABLES = {
+    id(table): table
+    for table in (
+        _TOPIC_CUES,
+        _URGENCY_CUES,
+        _SEVERITY_CUES,
+        _SENTIMENT_CUES,
+        _BIAS_CUES,
+        _CAUSE_CUES,
+        _DISPOSITION_CUES,
+    )
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _label_cues_cached(label: str, table_id: int) -> tuple[str, ...]:
+    # Keyed by the table's id: the tables are module constants, one per vocabulary.
+    table = _TABLES[table_id]
     key = label.lower()
     if key in table:
         return table[key]
@@ -199,11 +220,17 @@ def _label_cues(label: str, table: dict[str, tuple[str, ...]]) -> tuple[str, ...
     return tuple(cues)
 
 
+@functools.lru_cache(maxsize=1024)
+def _label_word(label: str) -> re.Pattern[str] | None:
+    plain = label.lower().replace("_", " ")
+    return re.compile(r"\b" + re.escape(plain) + r"\b") if len(plain) > 3 else None
+
+
 def _cue_score(label: str, table: dict[str, tuple[str, ...]], lowered: str, first: str = "") -> int:
     # What the message opens with is usually what it is about: its cues count twice.
     score = sum((2 if cue in first else 1) for cue in _label_cues(label, table) if cue in lowered)
-    plain = label.lower().replace("_", " ")
-    if len(plain) > 3 and re.search(r"\b" + re.escape(plain) + r"\b", lowered):
+    word = _label_word(label)
+    if word is not None and word.search(lowered):
         score += 2
     return score
 

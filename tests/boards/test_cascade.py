@@ -194,6 +194,7 @@ def test_a_late_result_still_records_what_its_calls_cost(board):
     assert task.status == Task.Status.READY and task.output == ""  # the stale output is not taken
     rows = assert_ledger_adds_up(task)
     assert len(rows) == 1 and rows[0].cost > 0
+    assert (rows[0].accepted, rows[0].stale) == (False, True)
 
 
 def test_generation_parameters_reach_the_provider_and_a_tier_overrides_them(board, monkeypatch):
