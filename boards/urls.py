@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.board_list, name="boards-list"),
     path("<slug:slug>/", views.board_detail, name="boards-detail"),
     path("<slug:slug>/body/", views.board_body, name="boards-body"),
+    path("<slug:slug>/cord/", views.board_cord, name="boards-cord"),
     path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),
     path("<slug:slug>/tasks/<int:pk>/", views.task_detail, name="boards-task-detail"),
     path("<slug:slug>/tasks/<int:pk>/move/", views.task_move, name="boards-task-move"),
