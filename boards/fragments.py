@@ -25,9 +25,7 @@ from boards.selectors import (
 )
 
 
-def board_live_context(
-    *, board: Board, column_ids: set[int] | None = None, with_ready: bool = True
-) -> dict:
+def board_live_context(*, board: Board, column_ids: set[int] | None = None, with_ready: bool = True) -> dict:
     """The context of the board's live parts: ``columns`` (all of them, or those
     of ``column_ids``, plus Ready unless ``with_ready`` is False), the agents,
     the line stops and the flow status, with each drawn Ready card's reason to

@@ -371,36 +371,36 @@ class BoardPullStatus:
 
     def explain_cards(self, columns: list[ColumnView]) -> None:
         """Set ``pull_hold`` on each drawn Ready card: why the next pull will not
-        take it, or "" when it will. Cards are walked in the pull's order, each
-        taking a slot of the agent that would take it, as _claim does."""
+        take it ("" when it will), and ``pull_hold_level`` (a HoldLevel). Cards
+        are walked in the pull's order, each taking a slot of the agent that
+        would take it, as _claim does."""
         room = dict(self.room)
         want = self.want
         for view in columns:
             if view.column.role != Role.READY:
                 continue
             for card in view.cards:
-                card.pull_hold = self._card_hold(card, room, want)
+                card.pull_hold, card.pull_hold_level = self._card_hold(card, room, want)
                 if not card.pull_hold:
                     want -= 1
 
-    def _card_hold(self, task: Task, room: dict[int, int], want: int) -> str:
+    def _card_hold(self, task: Task, room: dict[int, int], want: int) -> tuple[str, str]:
         if task.blocked_at is not None:
-            return "Blocked: agents skip it until it is unblocked."
+            return "Blocked: agents skip it until it is unblocked.", HoldLevel.STOP
         if self.board_hold is not None:
-            return self.board_hold.card_text
+            return self.board_hold.card_text, HoldLevel.STOP
         hold = self.capability_holds.get(task.capability)
         if hold is not None and hold.level == HoldLevel.STOP:
-            return hold.card_text
+            return hold.card_text, HoldLevel.STOP
         if want > 0:
             agent = pull_rules.pick_agent(task.capability, self.able, room)
             if agent is not None:
                 room[agent.pk] -= 1
-                return ""
-        if self.busy_hold is not None:
-            return self.busy_hold.card_text
-        if hold is not None:
-            return hold.card_text
-        return "Waits its turn: the agents that can do it are busy with the tasks above it."
+                return "", ""
+        for busy in (self.busy_hold, hold):
+            if busy is not None:
+                return busy.card_text, HoldLevel.BUSY
+        return "Waits its turn: the agents that can do it are busy.", HoldLevel.BUSY
 
 
 def _plural(n: int, word: str) -> str:

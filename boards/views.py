@@ -26,6 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.middleware import HtmxDetails
 
 from andon import services as andon_services
+from andon.models import Escalation
 from andon.services import REVIEW_PERMISSION
 from boards import services
 from boards.agent_config import cascade_json, parse_cascade
@@ -157,13 +158,30 @@ def _task_detail_page(
     # Links to reused results name their task's board, which may be another one.
     prefetch_related_objects([task], "reused_from__board")
     prefetch_related_objects([c for c in calls if c.reused_from_id], "reused_from__board")
+    inspections = task_inspections_get(task=task)
+    columns = list(board.columns.order_by("position"))
+    # Offer only what the services would do: the moves the board's rules allow
+    # from this column (none while an escalation waits: the andon decides it),
+    # and a block where a block may go.
+    open_escalation = next(
+        (
+            i.escalation_or_none
+            for i in inspections
+            if i.escalation_or_none is not None and i.escalation_or_none.status == Escalation.Status.OPEN
+        ),
+        None,
+    )
+    allowed = services.MANUAL_MOVES.get(task.column.role, set())
     context = {
         "board": board,
         "task": task,
         "events": task_events_get(task=task),
         "calls": calls,
-        "inspections": task_inspections_get(task=task),
-        "columns": list(board.columns.order_by("position")),
+        "inspections": inspections,
+        "columns": columns,
+        "move_targets": [] if open_escalation else [c for c in columns if c.role in allowed],
+        "open_escalation": open_escalation,
+        "can_block": task.status in (Task.Status.BACKLOG, Task.Status.READY, Task.Status.REVIEW),
         "error": error,
         "block_form": block_form if block_form is not None else TaskBlockForm(),
         "nav": "boards",
