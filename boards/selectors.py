@@ -365,9 +365,15 @@ class BoardPullStatus:
 
     @property
     def shown_holds(self) -> list[PullHold]:
-        """What the status line lists: every hold, but agents at capacity only
+        """What the status line says: every hold, but agents at capacity only
         when work waits on them."""
         return [h for h in self.holds if h.level != HoldLevel.BUSY or self.state == "busy"]
+
+    @property
+    def listed_holds(self) -> list[PullHold]:
+        """The holds listed under the status line (those of agents at capacity
+        go on the line itself, quietly)."""
+        return [h for h in self.shown_holds if h.level != HoldLevel.BUSY]
 
     def explain_cards(self, columns: list[ColumnView]) -> None:
         """Set ``pull_hold`` on each drawn Ready card: why the next pull will not
@@ -628,32 +634,33 @@ def board_pull_status_get(
     capability_holds: dict[str, PullHold] = {}
     for capability, n in sorted(waiting_by_capability.items()):
         offering = [a for a in agents if a.can_do(capability)]
-        tasks = _plural(n, "task")
+        tasks = f"{_plural(n, 'task')} {'waits' if n == 1 else 'wait'}"
         if not offering:
             capability_holds[capability] = PullHold(
                 "no_capability",
-                f"No agent on this board offers capability “{capability}”: {tasks} wait for one.",
+                f"No agent on this board offers capability “{capability}”: {tasks} for one.",
                 short=f"Waits: no agent on this board offers “{capability}”.",
+            )
+        elif not any(a in pulling for a in offering):
+            # Every agent that could take it is paused, stopped or held by a breaker.
+            label = f"“{capability}”" if capability else "these tasks"
+            capability_holds[capability] = PullHold(
+                "capability_held",
+                f"No agent that can do {label} may pull ({tasks}): "
+                + "; ".join(why_not.get(a.pk, a.name) for a in offering)
+                + ".",
+                short="Waits: " + "; ".join(why_not.get(a.pk, a.name) for a in offering) + ".",
             )
         elif any(a in able for a in offering) or busy_hold is not None:
             continue
-        elif any(a in pulling for a in offering):
+        else:
             capability_holds[capability] = PullHold(
                 "capability_busy",
-                f"Every agent that can do “{capability or 'any task'}” is busy: "
+                f"Every agent that can do “{capability}” is busy: "
                 + "; ".join(why_not[a.pk] for a in offering if a.pk in why_not)
                 + ".",
                 level=HoldLevel.BUSY,
                 short=f"Waits its turn: every agent that can do “{capability}” is busy.",
-            )
-        else:
-            label = f"“{capability}”" if capability else "these tasks"
-            capability_holds[capability] = PullHold(
-                "capability_held",
-                f"No agent that can do {label} may pull ({tasks} wait): "
-                + "; ".join(why_not.get(a.pk, a.name) for a in offering)
-                + ".",
-                short="Waits: " + "; ".join(why_not.get(a.pk, a.name) for a in offering) + ".",
             )
     if board_hold is None:
         holds += capability_holds.values()

@@ -273,13 +273,25 @@
     }
   }
 
-  // Open on a wide screen, folded on a phone, unless the person chose before.
-  document.querySelectorAll("details[data-remember]").forEach(function (details) {
-    const key = details.dataset.remember;
-    const choice = stored(key);
-    details.open = choice === null ? !narrow.matches : choice === "open";
-    details.addEventListener("toggle", function () {
-      store(key, details.open ? "open" : "closed");
+  // The task form and the keyboard help fold behind buttons in the header:
+  // the form open on a wide screen and folded on a phone, unless the person
+  // chose before (remembered); the help folded until asked for.
+  function setFold(toggle, open) {
+    const panel = document.getElementById(toggle.getAttribute("aria-controls"));
+    panel.hidden = !open;
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  document.querySelectorAll(".fold-toggle").forEach(function (toggle) {
+    const key = toggle.dataset.remember;
+    const choice = key ? stored(key) : null;
+    setFold(toggle, key ? (choice === null ? !narrow.matches : choice === "open") : false);
+    toggle.hidden = false;
+    toggle.addEventListener("click", function () {
+      const open = toggle.getAttribute("aria-expanded") !== "true";
+      setFold(toggle, open);
+      if (key) store(key, open ? "open" : "closed");
+      if (open && toggle.id === "task-form-toggle") document.getElementById("id_title").focus();
     });
   });
 
@@ -302,7 +314,7 @@
     syncAgentsToggle();
   });
 
-  const keyboardHelp = document.getElementById("keyboard-help");
+  const keyboardToggle = document.getElementById("keyboard-toggle");
 
   function typing(element) {
     return element && element.closest && element.closest("input, textarea, select, [contenteditable]");
@@ -311,11 +323,10 @@
   document.addEventListener("keydown", function (event) {
     if (event.key === "?" && !event.ctrlKey && !event.metaKey && !event.altKey && !typing(event.target)) {
       event.preventDefault();
-      keyboardHelp.open = !keyboardHelp.open;
-      if (keyboardHelp.open) keyboardHelp.querySelector("summary").focus();
+      keyboardToggle.click();
     } else if (event.key === "Escape") {
-      // Escape folds an open cord or help, back to its button.
-      const open = event.target.closest && event.target.closest("details.cord[open], details.tool--keyboard[open]");
+      // Escape folds an open cord, back to its button.
+      const open = event.target.closest && event.target.closest("details.cord[open]");
       if (open) {
         open.open = false;
         open.querySelector("summary").focus();
