@@ -672,7 +672,26 @@ def board_pull_status_get(
         and any(pull_rules.pick_agent(capability, able, room) for capability in waiting_by_capability)
     )
     stuck = {c for c, hold in capability_holds.items() if hold.level == HoldLevel.STOP}
-    if not waiting:
+    # Ready full of blocked tasks lets nothing in from the Backlog (_replenish).
+    backlog = by_role.get(Role.BACKLOG)
+    ready_clogged = (
+        not waiting
+        and ready is not None
+        and ready.wip_limit is not None
+        and ready.task_count >= ready.wip_limit
+        and backlog is not None
+        and Task.objects.filter(column=backlog, blocked_at__isnull=True).exists()
+    )
+    if ready_clogged:
+        holds.append(
+            PullHold(
+                "ready_blocked",
+                f"{ready.name} is full ({ready.task_count}/{ready.wip_limit}) of blocked tasks, so no "
+                f"work comes in from the {backlog.name}: unblock one, or move it back.",
+            )
+        )
+        state = "stalled"
+    elif not waiting:
         state = "idle"
     elif would_claim:
         state = "flowing"

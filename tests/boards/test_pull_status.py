@@ -407,3 +407,22 @@ def test_the_status_predicts_exactly_what_the_pull_claims_and_a_pull_of_nothing_
             assert all(card.pull_hold for card in cards.values()), context
     # The scenarios exercised the stalls, not only lines that flow.
     assert stalls >= 10
+
+
+def test_ready_full_of_blocked_tasks_says_nothing_comes_in_from_the_backlog():
+    board = make_board(ready_limit=2)
+    make_agent(boards=[board])
+    for task in [services.task_create(board=board, title=f"stuck {i}") for i in range(3)]:
+        services.task_block(task=task, user=None, note="waiting for parts")
+    ready = column(board, Role.READY)
+    for task in Task.objects.filter(title__in=["stuck 0", "stuck 1"]):
+        services.task_move(task=task, to_column=ready, user=None)
+    services.task_unblock(task=Task.objects.get(title="stuck 2"), user=None)
+    services.board_pull(board_id=board.pk)
+
+    status, _ = _status(board)
+
+    assert status.state == "stalled"
+    assert _hold(status, "ready_blocked").text == (
+        "Ready is full (2/2) of blocked tasks, so no work comes in from the Backlog: unblock one, or move it back."
+    )
