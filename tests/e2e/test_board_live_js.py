@@ -115,3 +115,23 @@ def test_hold_and_release_defer_a_swap_by_hand(page):
 
     page.evaluate("KaizenLive.release(document.getElementById('probe-button'))")
     page.wait_for_function("document.getElementById('probe-version').textContent === 'v2'")
+
+
+def test_the_board_says_aloud_when_the_line_stalls_and_when_it_flows_again(page):
+    def flow(state: str, headline: str) -> str:
+        return (
+            f'<section id="flow-status" class="flow flow--{state}" data-state="{state}" '
+            f'data-headline="{headline}" hx-swap-oob="outerHTML"><p>{state}</p></section>'
+        )
+
+    _push(page, flow("stalled", "Agents are not pulling. Waiting for review: Review is full (5/5)."))
+    page.wait_for_function("document.getElementById('flow-announce').textContent !== ''")
+    assert (
+        page.inner_text("#flow-announce")
+        == "Agents are not pulling. Waiting for review: Review is full (5/5)."
+    )
+
+    _push(page, flow("busy", "Agents are busy"))
+    page.wait_for_function(
+        "document.getElementById('flow-announce').textContent === 'Agents are pulling again.'"
+    )

@@ -125,11 +125,13 @@ def test_the_cord_can_be_pulled_while_the_board_updates_every_100_ms(browser, li
     _wait_swaps(page, ready_id, 3)
 
     page.click("#cord > summary")
-    before = _swaps(page, ready_id)
-    # Slowly, as a person types: updates keep arriving meanwhile.
-    page.locator("#cord-reason").press_sequentially(REASON, delay=80)
+    # Slowly, as a person types, with updates arriving between the keys.
+    half = len(REASON) // 2
+    for part in (REASON[:half], REASON[half:]):
+        before = _swaps(page, ready_id)
+        page.locator("#cord-reason").press_sequentially(part, delay=80)
+        _wait_swaps(page, ready_id, before + 3)
 
-    assert _swaps(page, ready_id) - before >= 5
     assert page.evaluate("document.getElementById('cord').open") is True
     assert page.input_value("#cord-reason") == REASON
     assert page.evaluate("document.activeElement.id") == "cord-reason"
