@@ -12,8 +12,9 @@ DEV_STAMP := $(VENV)/.installed-requirements-dev
 
 .PHONY: run test lint format bench bench-stats venv dev
 
+# Arguments go through ARGS, e.g. make run ARGS=--verbose (see scripts/run.py --help).
 run: $(RUNTIME_STAMP)
-	$(BIN)/python scripts/run.py
+	$(BIN)/python scripts/run.py $(ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/python scripts/test.py $(ARGS)

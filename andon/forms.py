@@ -29,20 +29,43 @@ class InboxFilterForm(forms.Form):
         }
 
 
-class ClaimForm(forms.Form):
+# A group's row posts its members' ids; more than any Review column holds.
+MAX_MEMBERS = 500
+
+
+class MembersForm(forms.Form):
+    """The escalations one decision covers: a group of identical ones, whose
+    row posts its members' ids (``members=12,15,18``). Missing or unreadable:
+    the escalation of the URL alone (a stale or hand-made form decides no more
+    than the one it names)."""
+
+    members = forms.CharField(required=False, max_length=20 * MAX_MEMBERS)
+
+    def member_ids(self, pk: int) -> list[int]:
+        """``pk`` first, then the other members, each once."""
+        raw = self.cleaned_data.get("members", "") if self.is_valid() else ""
+        ids = [pk]
+        for part in raw.split(","):
+            part = part.strip()
+            if part.isascii() and part.isdigit() and int(part) not in ids:
+                ids.append(int(part))
+        return ids[:MAX_MEMBERS]
+
+
+class ClaimForm(MembersForm):
     release = forms.BooleanField(required=False)
 
 
-class ApproveForm(forms.Form):
+class ApproveForm(MembersForm):
     note = forms.CharField(required=False, strip=False)
 
 
-class CorrectForm(forms.Form):
+class CorrectForm(MembersForm):
     output = forms.CharField(required=False, strip=False)
     note = forms.CharField(required=False, strip=False)
 
 
-class RejectForm(forms.Form):
+class RejectForm(MembersForm):
     reason = forms.CharField(required=False, strip=False)
 
 

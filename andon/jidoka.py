@@ -3,7 +3,7 @@ defect, stop an agent's line when its defects spike, and keep the circuit breake
 
 Called by ``boards.services`` inside a run's completion (or failed attempt)
 transaction, and by ``boards.services._claim`` to decide who may pull; the
-runtime asks it which models' breakers are open. It imports no service module,
+runtime asks it which models' breakers are open (per board: see CircuitBreaker). It imports no service module,
 so both ``boards.services`` and ``andon.services`` can use it.
 """
 
@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from andon.inspection import CheckSpec, InspectionContext, Verdict, inspect, parse_checks
@@ -185,21 +185,6 @@ def escalation_row(task: Task, inspection: Inspection, output) -> Escalation:
     )
 
 
-def escalation_withdraw(*, task: Task, user, note: str) -> None:
-    """The task left Review some other way (a person moved it): its open
-    escalation no longer waits on anyone. Call inside the move's transaction."""
-    from andon import broadcast as andon_broadcast
-
-    for escalation in Escalation.objects.select_for_update().filter(task=task, status=Escalation.Status.OPEN):
-        escalation.status = Escalation.Status.WITHDRAWN
-        escalation.decided_by = user if user is not None and user.is_authenticated else None
-        escalation.decided_at = timezone.now()
-        escalation.note = note
-        escalation.save(update_fields=["status", "decided_by", "decided_at", "note"])
-        pk = escalation.pk
-        transaction.on_commit(lambda pk=pk: andon_broadcast.escalations_closed([pk]))
-
-
 # --- stopping the line ------------------------------------------------------------
 
 
@@ -288,10 +273,21 @@ class PullGate:
     # instead of a batch of runs failing their attempts on the refused calls.
     limited: frozenset[int] = frozenset()
 
+    def candidate_order(self) -> tuple:
+        """The order a pull takes Ready's tasks in: the queue's, except while a
+        breaker is probed. A probe decides whether the breaker closes, and the task
+        tried last is the one whose failure opened it: probed again and again, a
+        task whose failure always recurs kept the breaker open while healthy work
+        waited. So a probe takes work not tried yet (in queue order), then work
+        tried longest ago; the task that just failed comes last."""
+        if not (self.probes or self.limited):
+            return ("position", "created_at")
+        return (F("started_at").asc(nulls_first=True), "position", "created_at")
 
-def pull_gate(agents: list[Agent], *, take_probes: bool = True) -> PullGate:
-    """Read the breakers of these agents and the model breakers that are not
-    closed (one query), and let a half-open probe through where an open
+
+def pull_gate(agents: list[Agent], *, board_id: int, take_probes: bool = True) -> PullGate:
+    """Read the breakers of these agents and the board's model breakers that are
+    not closed (one query), and let a half-open probe through where an open
     breaker's cool-down has passed. Call under the board and agent locks in the
     pull's transaction.
 
@@ -303,7 +299,7 @@ def pull_gate(agents: list[Agent], *, take_probes: bool = True) -> PullGate:
     rows = list(
         CircuitBreaker.objects.filter(
             Q(scope=Breaker.Scope.AGENT, agent__in=agents)
-            | Q(scope=Breaker.Scope.MODEL, state__in=[State.OPEN, State.HALF_OPEN])
+            | Q(scope=Breaker.Scope.MODEL, board_id=board_id, state__in=[State.OPEN, State.HALF_OPEN])
         ).exclude(state=State.CLOSED)
     )
     cooldown = model_breaker_cooldown()
@@ -418,11 +414,11 @@ def record_agent_outcomes(*, succeeded: Iterable[int] = (), failed: dict[int, st
     return changed
 
 
-def record_model_calls(calls: Iterable) -> set[str]:
-    """Count model calls (CallRecords, in the order they were made) per provider
-    model: an answer closes the model's breaker, an error adds to its consecutive
-    errors and opens it at KAIZEN_MODEL_BREAKER_THRESHOLD. Returns the models whose
-    breaker changed state."""
+def record_model_calls(calls: Iterable, *, board_id: int) -> set[str]:
+    """Count model calls (CallRecords, in the order they were made) for a board's
+    tasks, per provider model: an answer closes the model's breaker on that board,
+    an error adds to its consecutive errors and opens it at
+    KAIZEN_MODEL_BREAKER_THRESHOLD. Returns the models whose breaker changed state."""
     outcomes: dict[str, list[str]] = {}
     for call in calls:
         if call.source != "model" or not call.provider:
@@ -433,9 +429,9 @@ def record_model_calls(calls: Iterable) -> set[str]:
     errored = {key for key, errors in outcomes.items() if any(errors)}
     existing = {
         b.key: b
-        for b in CircuitBreaker.objects.filter(scope=Breaker.Scope.MODEL, key__in=list(outcomes)).exclude(
-            state=State.CLOSED, consecutive_failures=0
-        )
+        for b in CircuitBreaker.objects.filter(
+            scope=Breaker.Scope.MODEL, board_id=board_id, key__in=list(outcomes)
+        ).exclude(state=State.CLOSED, consecutive_failures=0)
     }
     # Nothing to count: no errors, and no breaker with errors to reset (the usual case).
     if not errored and not existing:
@@ -447,7 +443,7 @@ def record_model_calls(calls: Iterable) -> set[str]:
         if key not in errored and key not in existing:
             continue
         breaker, _ = CircuitBreaker.objects.select_for_update().get_or_create(
-            scope=Breaker.Scope.MODEL, key=key
+            scope=Breaker.Scope.MODEL, board_id=board_id, key=key
         )
         before = breaker.state
         for error in outcomes[key]:
@@ -468,31 +464,32 @@ def record_model_calls(calls: Iterable) -> set[str]:
         breaker.save()
         if breaker.state != before:
             changed.add(key)
-            logger.warning("circuit breaker of model %s is now %s", key, breaker.state)
+            logger.warning("circuit breaker of model %s on board %s is now %s", key, board_id, breaker.state)
     return changed
 
 
 class _OpenModels:
-    """The models whose breakers are open, as the runtime sees them: read at most
-    once a second per process, so a cascade does not query for every call."""
+    """The models whose breakers are open, by (board, provider/model), as the
+    runtime sees them: read at most once a second per process, so a cascade does
+    not query for every call."""
 
     TTL = 1.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._read_at = -1e9
-        self._rows: dict[str, tuple[str, object, object, int]] = {}
+        self._rows: dict[tuple[int, str], tuple[str, object, object, int]] = {}
 
-    def get(self) -> dict[str, tuple[str, object, object, int]]:
+    def get(self) -> dict[tuple[int, str], tuple[str, object, object, int]]:
         now = time.monotonic()
         with self._lock:
             if now - self._read_at < self.TTL:
                 return self._rows
         rows = {
-            key: (state, opened, probe, pk)
-            for key, state, opened, probe, pk in CircuitBreaker.objects.filter(
+            (board_id, key): (state, opened, probe, pk)
+            for board_id, key, state, opened, probe, pk in CircuitBreaker.objects.filter(
                 scope=Breaker.Scope.MODEL, state__in=[State.OPEN, State.HALF_OPEN]
-            ).values_list("key", "state", "opened_at", "probe_started_at", "pk")
+            ).values_list("board_id", "key", "state", "opened_at", "probe_started_at", "pk")
         }
         with self._lock:
             self._rows, self._read_at = rows, now
@@ -506,11 +503,12 @@ class _OpenModels:
 open_models = _OpenModels()
 
 
-def model_call_allowed(provider: str, model: str) -> bool:
-    """May the cascade call this model now? Yes when its breaker is closed; no
-    while it is open and cooling down; after the cool-down, yes for the one call
-    that takes the half-open probe (an atomic UPDATE decides which)."""
-    row = open_models.get().get(model_key(provider, model))
+def model_call_allowed(provider: str, model: str, *, board_id: int) -> bool:
+    """May the cascade call this model now, for a task of this board? Yes when
+    the model's breaker on the board is closed; no while it is open and cooling
+    down; after the cool-down, yes for the one call that takes the half-open probe
+    (an atomic UPDATE decides which)."""
+    row = open_models.get().get((board_id, model_key(provider, model)))
     if row is None:
         return True
     state, opened_at, probe_started_at, pk = row
@@ -529,4 +527,4 @@ def model_call_allowed(provider: str, model: str) -> bool:
         return True
     # Another call took the probe, or the breaker closed after it was read (an
     # answer elsewhere): read it afresh rather than refuse a model that is back.
-    return model_key(provider, model) not in open_models.get()
+    return (board_id, model_key(provider, model)) not in open_models.get()

@@ -57,7 +57,8 @@ class Escalation(models.Model):
         APPROVED = "approved", "Approved"
         CORRECTED = "corrected", "Edited and approved"
         REJECTED = "rejected", "Rejected"
-        # The task left Review some other way (moved by hand, deleted).
+        # The task left Review without a decision: moved by hand, before such
+        # moves were refused (boards.services.EscalationOpen). Kept for those rows.
         WITHDRAWN = "withdrawn", "Withdrawn"
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="escalations")
@@ -177,10 +178,16 @@ class LineStop(models.Model):
 
 
 class CircuitBreaker(models.Model):
-    """Consecutive errors of an agent, or of a provider's model across agents.
-    Closed: work flows. Open (after the threshold): the agent pulls nothing, or the
-    cascade skips the model. Half-open (after the cool-down): one probe is let
-    through; its success closes the breaker, its failure opens it again."""
+    """Consecutive errors of an agent, or of a provider's model on one board (across
+    the board's agents). Closed: work flows. Open (after the threshold): the agent
+    pulls nothing, or the cascade skips the model for the board's tasks. Half-open
+    (after the cool-down): one probe is let through; its success closes the
+    breaker, its failure opens it again.
+
+    A model's breaker is kept per board, not one for everyone: a board's own bad
+    input (a prompt the provider refuses, an input that makes it fail) must not
+    stall every other board on that model. A provider that is down for everyone
+    opens each board's breaker after that board's own few errors."""
 
     class Scope(models.TextChoices):
         AGENT = "agent", "Agent"
@@ -195,8 +202,11 @@ class CircuitBreaker(models.Model):
     agent = models.OneToOneField(
         Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="breaker"
     )
-    # provider/model for a model breaker.
+    # provider/model for a model breaker, and the board whose calls it counts.
     key = models.CharField(max_length=200, blank=True)
+    board = models.ForeignKey(
+        Board, on_delete=models.CASCADE, null=True, blank=True, related_name="model_breakers"
+    )
     state = models.CharField(max_length=10, choices=State.choices, default=State.CLOSED)
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
@@ -209,7 +219,12 @@ class CircuitBreaker(models.Model):
     class Meta:
         ordering = ["scope", "key"]
         constraints = [
-            models.UniqueConstraint(fields=["key"], condition=Q(scope="model"), name="breaker_one_per_model"),
+            models.UniqueConstraint(
+                fields=["board", "key"], condition=Q(scope="model"), name="breaker_one_per_board_model"
+            ),
+            models.CheckConstraint(
+                condition=Q(scope="agent") | Q(board__isnull=False), name="breaker_model_has_board"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -217,4 +232,6 @@ class CircuitBreaker(models.Model):
 
     @property
     def label(self) -> str:
-        return f"agent {self.agent.name}" if self.scope == self.Scope.AGENT and self.agent_id else self.key
+        if self.scope == self.Scope.AGENT and self.agent_id:
+            return f"agent {self.agent.name}"
+        return f"{self.key} on {self.board.name}" if self.board_id else self.key

@@ -13,6 +13,109 @@ from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
 from boards.models import Agent, Board
 
 INBOX_LIMIT = 200
+# Open escalations read to group them: far more than Review ever holds on a
+# working line, and a bound on what one inbox render reads.
+GROUPING_LIMIT = 5000
+
+GroupKey = tuple
+
+
+def escalation_group_key(escalation: Escalation) -> GroupKey:
+    """What makes escalations identical, so a reviewer decides them once: the
+    same board and agent, the same normalised input (``Task.input_key``) and
+    the same output. A task without input, or without an agent, is never taken
+    for another (as reuse never takes it): its key is its own."""
+    task = escalation.task
+    if not task.input_key or escalation.agent_id is None:
+        return ("one", escalation.pk)
+    return (escalation.board_id, escalation.agent_id, task.input_key, escalation.output)
+
+
+def _with_members(leader: Escalation, members: list[Escalation]) -> Escalation:
+    """``leader`` (the oldest open member: its row's id stays put while newer
+    identical escalations join) with ``members`` (oldest first, the leader
+    among them) and the union of their failed checks."""
+    leader.members = members
+    leader.member_ids = ",".join(str(m.pk) for m in members)
+    seen: list[str] = []
+    for member in members:
+        for name in member.failed_checks:
+            if name not in seen:
+                seen.append(name)
+    leader.group_checks = seen
+    return leader
+
+
+def _grouped(escalations: list[Escalation]) -> list[Escalation]:
+    """Open escalations (newest first) as groups of identical ones: each group's
+    leader, with its members, the group placed by its newest member."""
+    groups: dict[GroupKey, list[Escalation]] = {}
+    for escalation in escalations:
+        groups.setdefault(escalation_group_key(escalation), []).append(escalation)
+    leaders = []
+    for members in groups.values():
+        members = sorted(members, key=lambda e: (e.created_at, e.pk))
+        leaders.append(_with_members(members[0], members))
+    return leaders
+
+
+def _keys_q(keys: set[GroupKey]) -> Q:
+    """The open escalations of these groups, as a filter."""
+    query = Q(pk__in=[key[1] for key in keys if key[0] == "one"])
+    for key in keys:
+        if key[0] != "one":
+            board_id, agent_id, input_key, output = key
+            query |= Q(board_id=board_id, agent_id=agent_id, task__input_key=input_key, output=output)
+    return query
+
+
+def inbox_groups_get(
+    *,
+    board_id: int | None = None,
+    agent_id: int | None = None,
+    check: str = "",
+    keys: set[GroupKey] | None = None,
+    details: bool = False,
+) -> list[Escalation]:
+    """The inbox's rows: groups of identical open escalations (see
+    escalation_group_key), newest activity first, at most INBOX_LIMIT. Each is
+    its leader, the oldest member, with ``members``, ``member_ids`` and
+    ``group_checks``. A group matches the check filter when any member failed
+    that check (it is then shown whole). With ``keys``, only those groups."""
+    queryset = Escalation.objects.filter(status=Escalation.Status.OPEN).select_related(
+        "task", "board", "agent", "claimed_by"
+    )
+    if board_id:
+        queryset = queryset.filter(board_id=board_id)
+    if agent_id:
+        queryset = queryset.filter(agent_id=agent_id)
+    if keys is not None:
+        queryset = queryset.filter(_keys_q(keys))
+    escalations = list(queryset.order_by("-created_at", "-pk")[:GROUPING_LIMIT])
+    leaders = _grouped(escalations)
+    if check:
+        leaders = [leader for leader in leaders if check in leader.group_checks]
+    leaders = leaders[:INBOX_LIMIT]
+    return escalation_details(leaders) if details else leaders
+
+
+def escalation_group_get(*, escalation: Escalation) -> list[Escalation]:
+    """The open escalations identical to ``escalation`` (itself included, if
+    open), oldest first."""
+    key = escalation_group_key(escalation)
+    if key[0] == "one":
+        return [escalation] if escalation.is_open else []
+    return list(
+        Escalation.objects.filter(
+            status=Escalation.Status.OPEN,
+            board_id=escalation.board_id,
+            agent_id=escalation.agent_id,
+            task__input_key=escalation.task.input_key,
+            output=escalation.output,
+        )
+        .select_related("task", "board", "agent", "claimed_by")
+        .order_by("created_at", "pk")
+    )
 
 
 def inbox_escalations_get(
@@ -217,3 +320,13 @@ def breakers_get(*, agent_ids: list[int]) -> tuple[dict[int, CircuitBreaker], li
         else:
             models.append(breaker)
     return agents, models
+
+
+def recent_decisions_get(*, limit: int = 10) -> list[Escalation]:
+    """The latest decisions (and withdrawals), newest first, with who made them."""
+    return list(
+        Escalation.objects.exclude(status=Escalation.Status.OPEN)
+        .filter(decided_at__isnull=False)
+        .select_related("task", "board", "decided_by")
+        .order_by("-decided_at", "-pk")[:limit]
+    )

@@ -6,9 +6,18 @@ schedules the live updates on commit.
 Two reviewers deciding one escalation at once: the escalation's row is locked
 and its status checked under the lock, so exactly one decision is applied; the
 other gets AlreadyDecided, which names who decided what and when.
+
+Identical escalations (the same agent, normalised input and output; see
+andon.selectors.escalation_group_key) can be decided together, as one group:
+each still gets its own decision, TaskEvent and broadcast, all in one
+transaction, under the same locks. A member someone else decided meanwhile is
+reported in the result (GroupDecision.skipped), never overwritten.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -21,6 +30,8 @@ from boards import services as board_services
 from boards.models import Agent, Board, Column, Task, TaskEvent
 
 REVIEW_PERMISSION = "andon.review_escalation"
+# The demo's simulated reviewer (andon.demo_reviewer) decides as this user.
+SIMULATED_REVIEWER = "simulated-reviewer"
 Role = Column.Role
 Status = Task.Status
 
@@ -33,7 +44,7 @@ class AlreadyDecided(ValidationError):
 
     def __init__(self, escalation: Escalation) -> None:
         self.escalation = escalation
-        who = escalation.decided_by.get_username() if escalation.decided_by_id else "the line"
+        who = reviewer_label(escalation.decided_by) if escalation.decided_by_id else "the line"
         when = ""
         if escalation.decided_at:
             decided = timezone.localtime(escalation.decided_at)
@@ -45,6 +56,16 @@ class AlreadyDecided(ValidationError):
             + (f" ({escalation.note})" if escalation.note else "")
             + "."
         )
+
+
+def is_simulated_reviewer(user: AbstractBaseUser | None) -> bool:
+    return bool(user is not None and user.get_username() == SIMULATED_REVIEWER)
+
+
+def reviewer_label(user: AbstractBaseUser) -> str:
+    """Who decided, in words: the simulated reviewer is never taken for a person."""
+    name = user.get_username()
+    return f"{name} (the demo's simulated reviewer, not a person)" if is_simulated_reviewer(user) else name
 
 
 def is_reviewer(user: AbstractBaseUser | None) -> bool:
@@ -72,23 +93,39 @@ def escalation_claim(*, escalation: Escalation, user: AbstractBaseUser, release:
     """Mark an open escalation as being handled by ``user`` (others see who), or,
     with ``release``, give it back. Taking over someone else's claim is allowed:
     a claim is a courtesy, not a lock; the decision itself is what is exclusive."""
+    return escalations_claim(escalations=[escalation], user=user, release=release)[0]
+
+
+def escalations_claim(
+    *, escalations: Sequence[Escalation], user: AbstractBaseUser, release: bool = False
+) -> list[Escalation]:
+    """escalation_claim for a group of identical escalations (the first is the
+    one the reviewer acted on): members decided meanwhile are left as they are;
+    AlreadyDecided only when none is open any more."""
     _require_reviewer(user)
     with transaction.atomic():
-        escalation = _locked(escalation.pk)
-        if not escalation.is_open:
-            raise AlreadyDecided(escalation)
-        if release:
-            if escalation.claimed_by_id not in (None, user.pk):
-                raise ValidationError("Only the reviewer who claimed it can release it.")
-            escalation.claimed_by = None
-            escalation.claimed_at = None
-        else:
-            escalation.claimed_by = user
-            escalation.claimed_at = timezone.now()
-        escalation.save(update_fields=["claimed_by", "claimed_at"])
-        pk = escalation.pk
-        transaction.on_commit(lambda: andon_broadcast.escalations_changed([pk]))
-    return escalation
+        locked = _locked_many([e.pk for e in escalations])
+        open_ = [e for e in locked if e.is_open]
+        if not open_:
+            raise AlreadyDecided(locked[0])
+        first = open_[0]
+        if release and first.claimed_by_id not in (None, user.pk):
+            raise ValidationError("Only the reviewer who claimed it can release it.")
+        now = timezone.now()
+        changed = []
+        for escalation in open_:
+            if release:
+                if escalation.claimed_by_id != user.pk:
+                    continue
+                escalation.claimed_by = None
+                escalation.claimed_at = None
+            else:
+                escalation.claimed_by = user
+                escalation.claimed_at = now
+            escalation.save(update_fields=["claimed_by", "claimed_at"])
+            changed.append(escalation.pk)
+        transaction.on_commit(lambda: andon_broadcast.escalations_changed(changed or [first.pk]))
+    return open_
 
 
 def _locked(pk: int) -> Escalation:
@@ -99,36 +136,94 @@ def _locked(pk: int) -> Escalation:
     )
 
 
+def _locked_many(pks: Sequence[int]) -> list[Escalation]:
+    """The escalations, locked in id order (as every writer takes them, so two
+    group decisions cannot deadlock), returned in the order of ``pks``;
+    Escalation.DoesNotExist if none exists any more."""
+    rows = {
+        e.pk: e
+        for e in Escalation.objects.select_for_update(of=("self",))
+        .select_related("decided_by", "claimed_by")
+        .filter(pk__in=set(pks))
+        .order_by("pk")
+    }
+    found = [rows[pk] for pk in dict.fromkeys(pks) if pk in rows]
+    if not found:
+        raise Escalation.DoesNotExist("None of these escalations exists any more.")
+    return found
+
+
 # --- deciding -----------------------------------------------------------------------
 
 
-def _decide(escalation: Escalation, user: AbstractBaseUser):
+@dataclass
+class GroupDecision:
+    """What a decision on a group of identical escalations did: ``decided``, in
+    the order asked, and ``skipped``, those someone else decided first (each
+    with who decided what), left as they were."""
+
+    decided: list[Escalation] = field(default_factory=list)
+    skipped: list[AlreadyDecided] = field(default_factory=list)
+
+
+NOT_IDENTICAL = (
+    "These escalations are not identical (the same board, agent, input and output), "
+    "so one decision cannot cover them: decide them one by one."
+)
+
+
+def _decide(escalations: Sequence[Escalation]):
     """Lock the board (a rejected task goes back to Ready, whose hard limit is
-    counted under it), the escalation and its task, in the order every other
-    writer takes them; AlreadyDecided if someone was first."""
-    board_services._lock_board(escalation.board_id)
-    locked = _locked(escalation.pk)
-    if not locked.is_open:
-        raise AlreadyDecided(locked)
-    task = (
-        Task.objects.select_for_update(of=("self",), no_key=True)
+    counted under it), the escalations and their tasks, in the order every
+    other writer takes them. Returns the open ones with their tasks, and an
+    AlreadyDecided for each member someone decided first; AlreadyDecided
+    itself when none is open any more."""
+    pks = list(dict.fromkeys(e.pk for e in escalations))
+    board_ids = set(Escalation.objects.filter(pk__in=pks).values_list("board_id", flat=True))
+    if len(board_ids) > 1:
+        raise ValidationError(NOT_IDENTICAL)
+    if board_ids:
+        board_services._lock_board(board_ids.pop())
+    locked = _locked_many(pks)
+    open_ = [e for e in locked if e.is_open]
+    skipped = [AlreadyDecided(e) for e in locked if not e.is_open]
+    if not open_:
+        raise skipped[0]
+    tasks = {
+        task.pk: task
+        for task in Task.objects.select_for_update(of=("self",), no_key=True)
         .select_related("column", "agent")
-        .get(pk=locked.task_id)
-    )
-    return locked, task
+        .filter(pk__in={e.task_id for e in open_})
+        .order_by("pk")
+    }
+    if len(open_) > 1:
+        from andon.selectors import escalation_group_key
+
+        for escalation in open_:
+            escalation.task = tasks[escalation.task_id]
+        if len({escalation_group_key(e) for e in open_}) > 1:
+            raise ValidationError(NOT_IDENTICAL)
+    return [(e, tasks[e.task_id]) for e in open_], skipped
 
 
-def _close(
-    escalation: Escalation, *, status: str, user: AbstractBaseUser, note: str, changed: set[int]
-) -> None:
+def _close(escalation: Escalation, *, status: str, user: AbstractBaseUser, note: str) -> None:
     escalation.status = status
     escalation.decided_by = user
     escalation.decided_at = timezone.now()
     escalation.note = note
     escalation.save(update_fields=["status", "decided_by", "decided_at", "note", "corrected_output"])
-    board_id, pk = escalation.board_id, escalation.pk
-    board_services._after_commit(board_id, changed, pull=True)
-    transaction.on_commit(lambda: andon_broadcast.escalations_closed([pk]))
+
+
+def _after_decisions(decided: list[Escalation], changed: set[int]) -> None:
+    pks = [e.pk for e in decided]
+    board_services._after_commit(decided[0].board_id, changed, pull=True)
+    transaction.on_commit(lambda: andon_broadcast.escalations_closed(pks))
+
+
+def _together(note: str, count: int) -> str:
+    if count < 2:
+        return note
+    return f"{note} (one of {count} identical escalations decided together)"
 
 
 def _to_done(task: Task, *, kind: str, user: AbstractBaseUser, note: str) -> set[int]:
@@ -152,13 +247,30 @@ def _to_done(task: Task, *, kind: str, user: AbstractBaseUser, note: str) -> set
 
 def escalation_approve(*, escalation: Escalation, user: AbstractBaseUser, note: str = "") -> Escalation:
     """The output is good after all: the task goes to Done with it."""
+    return escalations_approve(escalations=[escalation], user=user, note=note).decided[0]
+
+
+def escalations_approve(
+    *, escalations: Sequence[Escalation], user: AbstractBaseUser, note: str = ""
+) -> GroupDecision:
+    """Approve identical escalations at once: each task goes to Done with the output."""
     _require_reviewer(user)
     note = _clean_note(note)
     with transaction.atomic():
-        escalation, task = _decide(escalation, user)
-        changed = _to_done(task, kind=TaskEvent.Kind.APPROVED, user=user, note=note or "approved in review")
-        _close(escalation, status=Escalation.Status.APPROVED, user=user, note=note, changed=changed)
-    return escalation
+        members, skipped = _decide(escalations)
+        result = GroupDecision(skipped=skipped)
+        changed: set[int] = set()
+        for escalation, task in members:
+            changed |= _to_done(
+                task,
+                kind=TaskEvent.Kind.APPROVED,
+                user=user,
+                note=_together(note or "approved in review", len(members)),
+            )
+            _close(escalation, status=Escalation.Status.APPROVED, user=user, note=note)
+            result.decided.append(escalation)
+        _after_decisions(result.decided, changed)
+    return result
 
 
 def escalation_correct(
@@ -166,53 +278,81 @@ def escalation_correct(
 ) -> Escalation:
     """Edit and approve: the task goes to Done with the reviewer's output; the
     agent's original stays on the escalation, beside it, for the kaizen loop."""
+    return escalations_correct(escalations=[escalation], user=user, output=output, note=note).decided[0]
+
+
+def escalations_correct(
+    *, escalations: Sequence[Escalation], user: AbstractBaseUser, output: str, note: str = ""
+) -> GroupDecision:
+    """Edit and approve identical escalations with one correction."""
     _require_reviewer(user)
     note = _clean_note(note)
     corrected = (output or "").strip()
     with transaction.atomic():
         # Decided first: a late correction of something already decided is told so.
-        escalation, task = _decide(escalation, user)
+        members, skipped = _decide(escalations)
         if not corrected:
             raise ValidationError({"output": ["Write the corrected output, or reject the task instead."]})
         if len(corrected) > MAX_OUTPUT:
             raise ValidationError({"output": [f"Keep the output under {MAX_OUTPUT:,} characters."]})
-        if corrected == escalation.output.strip():
+        if corrected == members[0][0].output.strip():
             raise ValidationError(
                 {"output": ["The output is unchanged: approve it as it is, or change what is wrong."]}
             )
-        task.output = corrected
-        escalation.corrected_output = corrected
-        changed = _to_done(
-            task,
-            kind=TaskEvent.Kind.CORRECTED,
-            user=user,
-            note=note or "output corrected in review (the original is kept on the escalation)",
-        )
-        _close(escalation, status=Escalation.Status.CORRECTED, user=user, note=note, changed=changed)
-    return escalation
+        result = GroupDecision(skipped=skipped)
+        changed: set[int] = set()
+        for escalation, task in members:
+            task.output = corrected
+            escalation.corrected_output = corrected
+            changed |= _to_done(
+                task,
+                kind=TaskEvent.Kind.CORRECTED,
+                user=user,
+                note=_together(
+                    note or "output corrected in review (the original is kept on the escalation)",
+                    len(members),
+                ),
+            )
+            _close(escalation, status=Escalation.Status.CORRECTED, user=user, note=note)
+            result.decided.append(escalation)
+        _after_decisions(result.decided, changed)
+    return result
 
 
 def escalation_reject(*, escalation: Escalation, user: AbstractBaseUser, reason: str) -> Escalation:
     """The output is wrong: the task goes back to Ready for another attempt, with
     the reviewer's reason given to it; once the agent's attempts are used up, to
     Failed."""
+    return escalations_reject(escalations=[escalation], user=user, reason=reason).decided[0]
+
+
+def escalations_reject(
+    *, escalations: Sequence[Escalation], user: AbstractBaseUser, reason: str
+) -> GroupDecision:
+    """Reject identical escalations with one reason: each task goes back for
+    another attempt (or to Failed), each given the reason."""
     _require_reviewer(user)
     reason = _clean_note(
         reason, field="reason", required="Say what is wrong: the next attempt is given your reason."
     )
     with transaction.atomic():
-        escalation, task = _decide(escalation, user)
+        members, skipped = _decide(escalations)
         who = user.get_username()
-        task.review_feedback = reason
-        changed = board_services._return_or_fail(
-            task,
-            kind=TaskEvent.Kind.REJECTED,
-            reason=f"rejected by {who}: {reason}",
-            user=user,
-            verb="rejected",
-        )
-        _close(escalation, status=Escalation.Status.REJECTED, user=user, note=reason, changed=changed)
-    return escalation
+        result = GroupDecision(skipped=skipped)
+        changed: set[int] = set()
+        for escalation, task in members:
+            task.review_feedback = reason
+            changed |= board_services._return_or_fail(
+                task,
+                kind=TaskEvent.Kind.REJECTED,
+                reason=f"rejected by {who}: {reason}",
+                user=user,
+                verb="rejected",
+            )
+            _close(escalation, status=Escalation.Status.REJECTED, user=user, note=reason)
+            result.decided.append(escalation)
+        _after_decisions(result.decided, changed)
+    return result
 
 
 # --- stopping and restarting the line -----------------------------------------------

@@ -75,7 +75,7 @@ def _ws_path(filters: dict) -> str:
 
 
 def _inbox_context(filters: dict, *, here: str, row: Escalation | None = None) -> dict:
-    escalations = selectors.inbox_escalations_get(**filters)
+    escalations = selectors.inbox_groups_get(**filters)
     if row is not None:
         # A row with an error to show (or decided meanwhile) stands where it is, or on top.
         index = next((i for i, e in enumerate(escalations) if e.pk == row.pk), None)
@@ -85,7 +85,8 @@ def _inbox_context(filters: dict, *, here: str, row: Escalation | None = None) -
             escalations[index] = row
     return {
         "escalations": selectors.escalation_details(escalations),
-        "open_count": sum(1 for e in escalations if e.is_open),
+        "open_count": sum(len(getattr(e, "members", [e])) for e in escalations if e.is_open),
+        "decisions": selectors.recent_decisions_get(),
         "filters": filters,
         "choices": selectors.inbox_filter_choices(),
         "stats": selectors.inbox_stats_get(),
@@ -148,10 +149,13 @@ def _escalation_page(request: HttpRequest, escalation: Escalation, *, status: in
     prefetch_related_objects([c for c in calls if c.reused_from_id], "reused_from__board")
     if escalation.agent_id:
         escalation.agent_record = selectors.agent_record_get(agent_id=escalation.agent_id)
+    group = selectors.escalation_group_get(escalation=escalation) if escalation.is_open else []
     context = {
         "escalation": escalation,
         "task": task,
         "calls": calls,
+        "identical": max(len(group) - 1, 0),
+        "group_leader": group[0].pk if group else None,
         # The action forms post plainly and come back here.
         "plain": True,
         "here": escalation.get_absolute_url(),
@@ -161,6 +165,26 @@ def _escalation_page(request: HttpRequest, escalation: Escalation, *, status: in
 
 
 # --- claiming and deciding -------------------------------------------------------
+#
+# A row of the inbox is a group of identical escalations: its forms post the
+# members' ids, and one decision covers them (andon.services.escalations_*).
+
+
+def _members(escalation: Escalation, ids: list[int]) -> list[Escalation]:
+    """The escalations a form names, ``escalation`` first."""
+    others = Escalation.objects.in_bulk([pk for pk in ids if pk != escalation.pk])
+    return [escalation] + [others[pk] for pk in ids if pk in others]
+
+
+def _decided_message(
+    verb: str, escalation: Escalation, result: services.GroupDecision, tail: str = ""
+) -> str:
+    title = escalation.task.title
+    n = len(result.decided)
+    message = f"{verb}: “{title}”{tail}." if n == 1 else f"{verb} {n} identical escalations: “{title}”{tail}."
+    for skipped in result.skipped:
+        message += f" Escalation {skipped.escalation.pk} was left as it was: {_message(skipped)}"
+    return message
 
 
 @require_POST
@@ -169,12 +193,13 @@ def escalation_claim(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     escalation = _escalation(pk)
     form = ClaimForm(request.POST)
     release = form.is_valid() and form.cleaned_data["release"]
+    members = _members(escalation, form.member_ids(pk))
 
-    def run() -> Escalation:
-        return services.escalation_claim(escalation=escalation, user=request.user, release=release)
+    def run() -> str:
+        services.escalations_claim(escalations=members, user=request.user, release=release)
+        return f"{'Released' if release else 'Claimed'}: “{escalation.task.title}”."
 
-    verb = "Released" if release else "Claimed"
-    return _act(request, escalation, action="claim", run=run, message=f"{verb}: “{escalation.task.title}”.")
+    return _act(request, escalation, action="claim", run=run)
 
 
 @require_POST
@@ -183,14 +208,14 @@ def escalation_approve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     escalation = _escalation(pk)
     form = ApproveForm(request.POST)
     form.is_valid()
+    members = _members(escalation, form.member_ids(pk))
 
-    def run() -> Escalation:
+    def run() -> str:
         note = form.cleaned_data.get("note", "")
-        return services.escalation_approve(escalation=escalation, user=request.user, note=note)
+        result = services.escalations_approve(escalations=members, user=request.user, note=note)
+        return _decided_message("Approved", escalation, result)
 
-    return _act(
-        request, escalation, action="approve", run=run, message=f"Approved: “{escalation.task.title}”."
-    )
+    return _act(request, escalation, action="approve", run=run)
 
 
 @require_POST
@@ -200,19 +225,16 @@ def escalation_correct(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     form = CorrectForm(request.POST)
     form.is_valid()
     output = form.cleaned_data.get("output", "")
+    members = _members(escalation, form.member_ids(pk))
 
-    def run() -> Escalation:
+    def run() -> str:
         note = form.cleaned_data.get("note", "")
-        return services.escalation_correct(escalation=escalation, user=request.user, output=output, note=note)
+        result = services.escalations_correct(
+            escalations=members, user=request.user, output=output, note=note
+        )
+        return _decided_message("Approved with your correction", escalation, result)
 
-    return _act(
-        request,
-        escalation,
-        action="edit",
-        run=run,
-        message=f"Approved with your correction: “{escalation.task.title}”.",
-        values={"output": output},
-    )
+    return _act(request, escalation, action="edit", run=run, values={"output": output})
 
 
 @require_POST
@@ -222,18 +244,24 @@ def escalation_reject(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     form = RejectForm(request.POST)
     form.is_valid()
     reason = form.cleaned_data.get("reason", "")
+    members = _members(escalation, form.member_ids(pk))
 
-    def run() -> Escalation:
-        return services.escalation_reject(escalation=escalation, user=request.user, reason=reason)
+    def run() -> str:
+        result = services.escalations_reject(escalations=members, user=request.user, reason=reason)
+        tail = "; it goes back for another attempt with your reason"
+        if len(result.decided) > 1:
+            tail = "; each goes back for another attempt with your reason"
+        return _decided_message("Rejected", escalation, result, tail)
 
-    return _act(
-        request,
-        escalation,
-        action="reject",
-        run=run,
-        message=f"Rejected: “{escalation.task.title}”; it goes back for another attempt with your reason.",
-        values={"reason": reason},
-    )
+    return _act(request, escalation, action="reject", run=run, values={"reason": reason})
+
+
+def _group_row(escalation: Escalation) -> Escalation | None:
+    """The row of ``escalation``'s group as it now stands, if any member is
+    still open (one that joined after the reviewer's page showed the group)."""
+    key = selectors.escalation_group_key(escalation)
+    leaders = selectors.inbox_groups_get(keys={key}, details=True)
+    return leaders[0] if leaders else None
 
 
 def _act(
@@ -241,35 +269,37 @@ def _act(
     escalation: Escalation,
     *,
     action: str,
-    run: Callable[[], Escalation],
-    message: str,
+    run: Callable[[], str],
     values: dict[str, str] | None = None,
 ) -> HttpResponse:
-    """Run one reviewer action and answer it: the row (or its removal) and a
-    message for htmx; a redirect with the message, or the page with the error
-    in the row, without it."""
+    """Run one reviewer action (on a row: its group) and answer it: the row as
+    it now stands (nothing once no member is open) and the message, for htmx;
+    a redirect with the message, or the page with the error in the row,
+    without it."""
     try:
-        run()
+        message = run()
     except services.AlreadyDecided as exc:
         # Show the row as it now is: decided, by whom and when.
-        decided = _escalation(escalation.pk)
+        decided = _escalation(exc.escalation.pk)
         return _refused(request, decided, error=_message(exc), status=409)
     except ValidationError as exc:
         fields = exc.message_dict if hasattr(exc, "error_dict") else {}
-        escalation.form_open = action if fields else ""
-        escalation.form_values = values or {}
-        escalation.form_errors = fields
+        row = _group_row(escalation) or escalation
+        row.form_open = action if fields else ""
+        row.form_values = values or {}
+        row.form_errors = fields
         # A bad reason or correction is the reviewer's to fix (422); anything
         # else (releasing someone else's claim) is a refusal (409).
-        return _refused(request, escalation, error=_message(exc), status=422 if fields else 409)
+        return _refused(request, row, error=_message(exc), status=422 if fields else 409)
 
     decided = action != "claim"
     if not request.htmx:
         messages.success(request, message)
         return redirect(_safe_next(request) or "andon-inbox")
     context = {
-        # A decision takes the row out of the inbox: nothing replaces it.
-        "escalation": None if decided else selectors.escalation_details([_escalation(escalation.pk)])[0],
+        # A decision takes the row out of the inbox, unless identical
+        # escalations arrived meanwhile: the row then shows those.
+        "escalation": _group_row(escalation),
         "message": message,
         "level": "success",
         "stats": selectors.inbox_stats_get() if decided else None,
@@ -284,7 +314,9 @@ def _refused(request: HtmxHttpRequest, escalation: Escalation, *, error: str, st
     escalation.form_error = error
     if request.htmx:
         context = {
-            "escalation": selectors.escalation_details([escalation])[0],
+            "escalation": escalation
+            if hasattr(escalation, "agent_record")
+            else selectors.escalation_details([escalation])[0],
             "message": error,
             "level": "error",
             "here": _safe_next(request),

@@ -262,11 +262,12 @@ class Bench:
 
     def bench_line(self, port: int, n: int) -> dict[str, float]:
         from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Permission
 
         from bench.cascade import BENCH_CHECKS
         from boards import services
         from boards.agent_config import cascade_json, parse_cascade
-        from boards.models import Agent, Board, Column, Task
+        from boards.models import Agent, ApiToken, Board, Column, Task
 
         board = Board.objects.create(name="Bench line", slug=f"bench-{uuid.uuid4().hex[:6]}")
         roles = [
@@ -296,7 +297,11 @@ class Bench:
         )
         agent.boards.add(board)
         user, _ = get_user_model().objects.get_or_create(username="bench")
-        _, key = services.api_token_create(user=user, name="bench")
+        # API tokens have scopes: adding tasks needs a write token of a user who may add them.
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label="boards", codename="add_task")
+        )
+        _, key = services.api_token_create(user=user, name="bench", access=ApiToken.Access.WRITE)
 
         watcher = BoardWatcher(port, board.slug, user)
         watcher.start()

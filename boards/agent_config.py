@@ -97,41 +97,55 @@ class Tier:
         }
 
 
+def _template_scan(template: str) -> tuple[list[str], list[str]]:
+    """The template's plain ``{name}`` fields, in order, and every problem with it:
+    each field that is not a plain name, and a malformed brace (where the scan
+    has to stop, so fields after it are not seen)."""
+    fields: list[str] = []
+    problems: list[str] = []
+    try:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name is None:
+                continue
+            if name.isidentifier():
+                fields.append(name)
+            else:
+                problems.append(
+                    f"{{{name}}} is not a variable: fields must be plain names such as {{input}} "
+                    "(write {{ and }} for literal braces)"
+                )
+    except ValueError as exc:
+        problems.append(f"the template is malformed: {exc} (write {{{{ and }}}} for literal braces)")
+    return fields, problems
+
+
 def template_fields(template: str) -> list[str]:
     """The ``{name}`` fields of a template, in order; ``{{`` and ``}}`` are literal braces.
     ValueError with a message for a malformed template or a field that is not a plain name."""
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ValueError(
-            f"the template is malformed: {exc} (write {{{{ and }}}} for literal braces)"
-        ) from None
-    for name in fields:
-        if not name.isidentifier():
-            raise ValueError(
-                f"{{{name}}} is not a variable: fields must be plain names such as {{input}} "
-                "(write {{ and }} for literal braces)"
-            )
+    fields, problems = _template_scan(template)
+    if problems:
+        raise ValueError(problems[0])
     return fields
 
 
-def check_template(template: str, variables: list[str] | tuple[str, ...]) -> list[str]:
-    """Problems with a template for an agent declaring ``variables``: every field it
-    uses must be built in or declared. Empty when it is fine."""
-    try:
-        fields = template_fields(template)
-    except ValueError as exc:
-        return [str(exc)]
+def check_template(template: str, variables: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Every problem with a template for an agent declaring ``variables``: fields
+    that are not plain names, a malformed brace, and fields neither built in nor
+    declared (not checked when ``variables`` is None: the declared ones are not
+    known, because they have problems of their own). Empty when it is fine."""
+    fields, problems = _template_scan(template)
+    if variables is None:
+        return problems
     available = set(BUILTIN_VARIABLES) | set(variables)
     unknown = sorted({f for f in fields if f not in available})
-    if not unknown:
-        return []
-    names = ", ".join(f"{{{name}}}" for name in unknown)
-    return [
-        f"the template uses {names}, which is not declared: add "
-        f"{'it' if len(unknown) == 1 else 'them'} to the agent's variables, or use one of "
-        + ", ".join(f"{{{n}}}" for n in sorted(available))
-    ]
+    if unknown:
+        names = ", ".join(f"{{{name}}}" for name in unknown)
+        problems.append(
+            f"the template uses {names}, which is not declared: add "
+            f"{'it' if len(unknown) == 1 else 'them'} to the agent's variables, or use one of "
+            + ", ".join(f"{{{n}}}" for n in sorted(available))
+        )
+    return problems
 
 
 def parse_variables(value: Any) -> list[str]:
@@ -332,28 +346,37 @@ def parse_cascade(value: Any, where: str = "cascade") -> list[Tier]:
     threshold (without one the tiers after it could never be reached)."""
     if not isinstance(value, list | tuple) or not value:
         raise ConfigError([(where, "give at least one tier (provider, model, threshold)")])
-    if len(value) > MAX_CASCADE_TIERS:
-        raise ConfigError([(where, f"at most {MAX_CASCADE_TIERS} tiers, got {len(value)}")])
     problems: list[tuple[str, str]] = []
-    tiers: list[Tier] = []
+    tiers: list[Tier | None] = []
     for index, item in enumerate(value):
         try:
             tiers.append(parse_tier(item, f"{where}[{index}]"))
         except ConfigError as exc:
             problems.extend(exc.problems)
-    if not problems:
-        for index, tier in enumerate(tiers[:-1]):
-            if tier.threshold is None:
-                problems.append(
-                    (
-                        f"{where}[{index}].threshold",
-                        f"tier {index + 1} ({tier.model}) accepts every output, so the tiers after it "
-                        "would never run: give it a threshold between 0 and 1, or remove the later tiers",
-                    )
-                )
+            tiers.append(None)
+    problems.extend(cascade_order_problems(tiers, where))
     if problems:
         raise ConfigError(problems)
-    return tiers
+    return [tier for tier in tiers if tier is not None]
+
+
+def cascade_order_problems(tiers: list[Tier | None], where: str = "cascade") -> list[tuple[str, str]]:
+    """What is wrong with the cascade as a whole: too many tiers, or a tier before
+    the last that accepts every output. ``None`` stands for a tier with problems of
+    its own, so the others are still checked and reported in the same pass."""
+    if len(tiers) > MAX_CASCADE_TIERS:
+        return [(where, f"at most {MAX_CASCADE_TIERS} tiers, got {len(tiers)}")]
+    problems: list[tuple[str, str]] = []
+    for index, tier in enumerate(tiers[:-1]):
+        if tier is not None and tier.threshold is None:
+            problems.append(
+                (
+                    f"{where}[{index}].threshold",
+                    f"tier {index + 1} ({tier.model}) accepts every output, so the tiers after it "
+                    "would never run: give it a threshold between 0 and 1, or remove the later tiers",
+                )
+            )
+    return problems
 
 
 def cascade_json(tiers: list[Tier]) -> list[dict[str, Any]]:

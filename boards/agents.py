@@ -6,6 +6,12 @@ clears the tier's threshold (early exit), otherwise the next tier; the last
 tier's output is taken whatever it scores. Identical calls are served from the
 response cache. Every call, cached or not, becomes a ledger row (``CallRecord``).
 
+The cache holds only answers that passed inspection: the cascade does not store
+what it gets, it returns it on the Output (``cache_entries``), and the runtime
+stores it once the completion has committed with a pass (``settle_cache``). A
+defect waiting in Review is never served to the next identical task, and an
+answer served from the cache that fails inspection now is dropped from it.
+
 A custom agent is Python code: a class registered by dotted path in the
 ``KAIZEN_AGENT_CLASSES`` setting, with ``process(task) -> Output``,
 ``capabilities()`` and ``metrics()``. Subclass ``BaseAgent`` (or
@@ -105,6 +111,10 @@ class Output:
     tier: int | None = None
     calls: tuple[CallRecord, ...] = ()
     reused_from: int | None = None
+    # The fresh model responses to cache if the output passes inspection, as
+    # (key, response), and the cache key the accepted answer was served from.
+    cache_entries: tuple[tuple[str, ModelResponse], ...] = ()
+    cached_from: str = ""
 
 
 # --- prompts -----------------------------------------------------------------------
@@ -211,6 +221,24 @@ def cached_response(key: str) -> ModelResponse | None:
         return None
 
 
+def settle_cache(output: Output, *, passed: bool) -> None:
+    """After a completion committed: cache the output's fresh responses if it
+    passed inspection; if it is a defect served from the cache (stored before
+    its checks changed, or by an older version), drop that entry."""
+    if passed:
+        for key, response in output.cache_entries:
+            store_response(key, response)
+    elif output.cached_from:
+        delete_response(output.cached_from)
+
+
+def delete_response(key: str) -> None:
+    try:
+        _cache().delete(key)
+    except Exception:
+        logger.warning("response cache unavailable for deleting", exc_info=True)
+
+
 def store_response(key: str, response: ModelResponse) -> None:
     if settings.KAIZEN_RESPONSE_CACHE_SECONDS <= 0:
         return
@@ -294,9 +322,11 @@ class PromptCascadeAgent(BaseAgent):
         from andon import jidoka  # andon's models import boards': not at module level
 
         calls: list[CallRecord] = []
+        # Stored only once the output has passed inspection (see settle_cache).
+        to_cache: list[tuple[str, ModelResponse]] = []
         errors: list[str] = []
         # The last output not accepted, for when every tier after it is skipped.
-        fallback: tuple[int, Any] | None = None
+        fallback: tuple[int, Any, str] | None = None
         skipped = False
         for number, tier in enumerate(tiers, start=1):
             last = number == len(tiers)
@@ -305,7 +335,9 @@ class PromptCascadeAgent(BaseAgent):
             at = timezone.now()
             response = cached_response(key) if self.agent.cache_responses else None
             source = "cache" if response is not None else "model"
-            if response is None and not jidoka.model_call_allowed(tier.provider, tier.model):
+            if response is None and not jidoka.model_call_allowed(
+                tier.provider, tier.model, board_id=task.board_id
+            ):
                 # The model's circuit breaker is open: not called (no ledger row, as
                 # nothing was spent); the next tier is tried.
                 errors.append(f"tier {number} ({tier.model}): skipped, its circuit breaker is open")
@@ -334,7 +366,7 @@ class PromptCascadeAgent(BaseAgent):
                     errors.append(f"tier {number} ({tier.model}): {exc}")
                     continue
                 if self.agent.cache_responses:
-                    store_response(key, response)
+                    to_cache.append((key, response))
             accepted = last or tier.accepts(response.confidence)
             calls.append(
                 CallRecord(
@@ -362,12 +394,14 @@ class PromptCascadeAgent(BaseAgent):
                     confidence_source=response.confidence_source,
                     tier=number,
                     calls=tuple(calls),
+                    cache_entries=tuple(to_cache),
+                    cached_from=key if source == "cache" else "",
                 )
-            fallback = (number, response)
+            fallback = (number, response, key if source == "cache" else "")
         if skipped and fallback is not None:
             # The stronger tiers are out of service: the best output there is goes
             # on, to be inspected (and escalated to a person if it falls short).
-            number, response = fallback
+            number, response, cached_from = fallback
             index = max(i for i, call in enumerate(calls) if call.tier == number and not call.error)
             calls[index] = dataclasses.replace(calls[index], accepted=True)
             return Output(
@@ -376,6 +410,8 @@ class PromptCascadeAgent(BaseAgent):
                 confidence_source=response.confidence_source,
                 tier=number,
                 calls=tuple(calls),
+                cache_entries=tuple(to_cache),
+                cached_from=cached_from,
             )
         if skipped and not calls:
             raise AgentDeferred("; ".join(errors[-3:]))

@@ -9,17 +9,27 @@ call ``boards.services``, reads are the small queries below.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+from collections.abc import Callable
 from decimal import Decimal
+from string import Template
 from typing import Any
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpRequest, HttpResponse
-from django.urls import URLPattern, URLResolver, reverse
-from ninja import NinjaAPI, Path, Status
-from ninja.errors import AuthenticationError, HttpError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import URLPattern, URLResolver, re_path, reverse
+from django.utils.http import parse_header_parameters
+from django.views.decorators.common import no_append_slash
+from ninja import NinjaAPI, Path, Query, Status
+from ninja.errors import AuthenticationError, AuthorizationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 from ninja.security import HttpBearer
 
 from boards import selectors, services
@@ -27,6 +37,7 @@ from boards.agent_config import COST_PLACES
 from boards.agents import AgentFailed, PromptCascadeAgent, agent_class
 from boards.models import Agent, ApiToken, Board, ModelCall, Task
 from boards.schemas import (
+    MAX_PAGE_SIZE,
     AgentRefOut,
     BoardDetailOut,
     BoardOut,
@@ -34,15 +45,34 @@ from boards.schemas import (
     ColumnRefOut,
     ErrorOut,
     ModelCallOut,
+    TaskFilters,
     TaskIn,
     TaskOut,
+    TaskPageOut,
 )
+from boards.task_search import TaskFilter, task_list
+from boards.text import lone_surrogate
+
+logger = logging.getLogger(__name__)
 
 # Largest value a BigAutoField holds: a bigger id is reported as bad input
 # rather than overflowing the database driver.
 MAX_ID = 2**63 - 1
 
-DESCRIPTION = """
+# What a board's slug can be (a SlugField): anything else names no board, and is
+# refused before it reaches the database (PostgreSQL cannot even compare a NUL).
+SLUG_PATTERN = r"^[-a-zA-Z0-9_]+$"
+SLUG_MAX_LENGTH = Board._meta.get_field("slug").max_length
+
+
+def _body_limit() -> str:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None:
+        return "no limit"
+    return f"{limit / 2**20:.1f} MB ({limit:,} bytes; Django's DATA_UPLOAD_MAX_MEMORY_SIZE)"
+
+
+DESCRIPTION = Template("""
 Put tasks on Kaizen boards and follow them through the line.
 
 **Authentication**: send `Authorization: Bearer <token>` with every request. An
@@ -55,15 +85,39 @@ in dollars as an exact decimal string, tokens, model calls, cache hits), which t
 answer it took, and whether it reused an identical earlier task's result instead;
 `GET /api/v1/tasks/{task_id}/calls` lists every call in the ledger.
 
+**Scopes**: a token may use every board or only some (`--board SLUG`, repeatable), and may only
+read (`--read-only`) or also add tasks. Adding tasks also needs the token's user to hold the
+`boards.add_task` permission. A board outside the token's scope answers 403, and `GET /api/v1/boards`
+lists only the boards in scope.
+
+**Finding tasks**: `GET /api/v1/boards/{slug}/tasks` lists a board's tasks, newest first, filtered by
+status, column, agent, capability, text (`q`, in the title or input, ignoring case) and time
+(`created_after`, `created_before`, `finished_after`, `finished_before`), `limit` (at most $page_size)
+tasks a page from `offset`, with the total `count` and the URL of the `next` page.
+
+**Limits**: a request body must be JSON (`Content-Type: application/json`, UTF-8) of at most
+$body_limit; text holds no control characters (tabs and line breaks are allowed in `input`) and
+no lone surrogates. The schema states each field's limits.
+
 **Errors** from every operation have one shape,
-`{"detail": "<what went wrong>", "errors": {"<field>": ["<message>", ...]}}`: 400 when the request is wrong (bad JSON, a missing field, a wrong type, a value the
-board refuses; `errors` says which field), 401 without a valid token, 404 for an
-unknown board or task, 409 when the board cannot take the task right now.
-"""
+`{"detail": "<what went wrong>", "errors": {"<field>": ["<message>", ...]}}`: 400 when the request is
+wrong (bad JSON, a missing field, a wrong type, text with a control character; `errors` says which
+field), 401 without a valid token, 403 when the token's scope or its user's permissions do not allow
+the operation (`detail` says what is missing), 404 for an unknown board, task or path, 405 for a
+method the path does not take, 409 when the board cannot take the task as it is now (its intake
+column is at a hard WIP limit, or no agent offers the capability), 413 for a body past the limit,
+415 for a body that is not JSON.
+""").substitute(page_size=MAX_PAGE_SIZE, body_limit=_body_limit())
 
 
 class BearerToken(HttpBearer):
-    """``Authorization: Bearer <token>`` checked against the hashed ApiToken table."""
+    """``Authorization: Bearer <token>`` checked against the hashed ApiToken table.
+    With ``write``, the token must also be allowed to add tasks (its scope and
+    its user's permission), checked before the body is read."""
+
+    def __init__(self, *, write: bool = False) -> None:
+        super().__init__()
+        self.write = write
 
     def __call__(self, request: HttpRequest) -> ApiToken:
         # Replaces HttpBearer's parsing so that a missing header, another scheme and
@@ -82,7 +136,101 @@ class BearerToken(HttpBearer):
             raise AuthenticationError(
                 message="That API token is not valid: it is unknown, revoked, or its user is inactive."
             )
+        if self.write and (problem := api_token.write_problem()):
+            raise AuthorizationError(message=problem)
         return api_token
+
+
+class JsonParser(Parser):
+    """Reads a request body as the API promises: JSON, sent as
+    ``application/json`` in UTF-8, holding no lone surrogate (which ``\\ud800``
+    escapes can spell and nothing downstream can encode)."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        media_type, parameters = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+        if media_type.lower() != "application/json":
+            sent = f"it was sent as {media_type!r}" if media_type else "it was sent without a Content-Type"
+            raise BodyRefused(
+                415, f"Send the body as JSON with the header 'Content-Type: application/json'; {sent}."
+            )
+        charset = parameters.get("charset", "utf-8").lower().replace("_", "-")
+        if charset not in ("utf-8", "utf8"):
+            raise BodyRefused(
+                415, f"Send JSON in UTF-8 ('Content-Type: application/json; charset=utf-8'), not {charset!r}."
+            )
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"The body is not UTF-8 text (byte {exc.start + 1}): send JSON in UTF-8."
+            raise BodyRefused(400, message, {"body": [message]}) from None
+        data = json.loads(text)
+        if errors := _surrogate_errors(data):
+            raise BodyRefused(400, "The request has errors; see errors for each field.", errors)
+        return data
+
+
+class BodyRefused(Exception):
+    """A body the API will not read, with the status and message to answer."""
+
+    def __init__(self, status: int, detail: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors or {}
+
+
+def _surrogate_errors(data: Any) -> dict[str, list[str]]:
+    """Each top-level field of ``data`` holding a lone surrogate anywhere (``body``
+    for the keys themselves, or a body that is not an object)."""
+    message = (
+        "This text holds a lone surrogate (such as \\ud800), which is not valid Unicode: send UTF-8 text."
+    )
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, str):
+            return lone_surrogate(value)
+        if isinstance(value, list):
+            return any(bad(item) for item in value)
+        if isinstance(value, dict):
+            return any(bad(key) or bad(item) for key, item in value.items())
+        return False
+
+    if not isinstance(data, dict):
+        return {"body": [message]} if bad(data) else {}
+    errors: dict[str, list[str]] = {}
+    for key, value in data.items():
+        if lone_surrogate(key):
+            errors.setdefault("body", [message])
+        elif bad(value):
+            errors[key] = [message]
+    return errors
+
+
+def _json_405(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """ninja answers a method a path does not take with a bare text 405: answer
+    it in the API's error shape, keeping the Allow header."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        response = view(request, *args, **kwargs)
+        if response.status_code != 405 or response.get("Content-Type", "").startswith("application/json"):
+            return response
+        allowed = response.get("Allow", "")
+        refused = _error(
+            request, 405, f"{request.method} is not allowed here; this path takes {allowed or 'nothing'}."
+        )
+        refused["Allow"] = allowed
+        return refused
+
+    return wrapper
+
+
+@login_not_required
+@no_append_slash
+def _no_such_path(request: HttpRequest, path: str = "") -> HttpResponse:
+    # Anything under /api/v1/ that is no operation: JSON like every API answer,
+    # not the site's HTML 404 page (and no redirect to a slash-ended path).
+    return _error(request, 404, f"There is no API path /api/v1/{path}; /api/v1/openapi.json lists them.")
 
 
 class KaizenAPI(NinjaAPI):
@@ -97,6 +245,8 @@ class KaizenAPI(NinjaAPI):
             # it; only the browsable docs page stays behind the login like any page.
             if isinstance(pattern, URLPattern) and pattern.name != "openapi-view":
                 login_not_required(pattern.callback)
+                pattern.callback = _json_405(pattern.callback)
+        patterns.append(re_path(r"^(?P<path>.*)$", _no_such_path))
         return patterns, app_name, namespace
 
 
@@ -106,7 +256,11 @@ api = KaizenAPI(
     description=DESCRIPTION,
     urls_namespace="api-v1",
     auth=BearerToken(),
+    parser=JsonParser(),
 )
+
+# Operations that add tasks: the token must be allowed to write.
+WRITE = BearerToken(write=True)
 
 
 # --- errors ---------------------------------------------------------------------
@@ -135,6 +289,8 @@ def _field_message(error: dict[str, Any]) -> str:
         return "This field is required." if len(error["loc"]) > 2 else "Send a JSON object as the body."
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
         return "Send a JSON object as the body."
+    if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "slug":
+        return "A board's slug holds only letters, digits, hyphens and underscores; GET /api/v1/boards lists them."
     if error["type"] == "extra_forbidden":
         return "Unknown field: remove it (/api/v1/openapi.json lists the fields)."
     return f"{error['msg']}."
@@ -166,10 +322,17 @@ def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    if isinstance(exc.__cause__, json.JSONDecodeError):
-        # ninja reports an unparsable body as a bare "Cannot parse request body".
-        cause = exc.__cause__
+    # ninja reports whatever JsonParser raised as a bare 400 "Cannot parse
+    # request body", the cause attached: say what it was.
+    cause = exc.__cause__
+    if isinstance(cause, BodyRefused):
+        return _error(request, cause.status, cause.detail, cause.errors)
+    if isinstance(cause, json.JSONDecodeError):
         message = f"The body is not valid JSON: {cause.msg} (line {cause.lineno}, column {cause.colno})."
+        return _error(request, 400, message, {"body": [message]})
+    if cause is not None:
+        # Nested too deep, a number too long to convert: not JSON we can read.
+        message = f"The body could not be read as JSON: {cause}."
         return _error(request, 400, message, {"body": [message]})
     response = _error(request, exc.status_code, str(exc))
     if isinstance(exc, AuthenticationError):
@@ -177,14 +340,43 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return response
 
 
+@api.exception_handler(RequestDataTooBig)
+def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _error(request, 413, f"The body is too large: send at most {_body_limit()}.")
+
+
+@api.exception_handler(Exception)
+def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # Whatever went wrong on our side still answers in the API's shape (ninja
+    # would hand it to Django's HTML 500 page); the traceback goes to the log.
+    logger.exception("API error on %s %s", request.method, request.path, exc_info=exc)
+    return _error(request, 500, "Something went wrong on the server; it has been logged. Try again later.")
+
+
 # --- reads ----------------------------------------------------------------------
 
 
-def _board_or_404(slug: str) -> Board:
+def _board_or_404(request: HttpRequest, slug: str) -> Board:
+    """The board, if it exists (404) and the token may use it (403)."""
     board = Board.objects.filter(slug=slug).first()
     if board is None:
         raise Http404(f"There is no board {slug!r}; GET /api/v1/boards lists them.")
+    _check_scope(request, board)
     return board
+
+
+def _check_scope(request: HttpRequest, board: Board) -> None:
+    if problem := request.auth.board_problem(board):
+        raise AuthorizationError(message=problem)
+
+
+# A path's board slug: documented in the schema, checked before any query.
+SLUG = Path(
+    ...,
+    description="The board's slug, as `GET /api/v1/boards` lists it.",
+    pattern=SLUG_PATTERN,
+    max_length=SLUG_MAX_LENGTH,
+)
 
 
 def _board_fields(request: HttpRequest, board: Board) -> dict[str, Any]:
@@ -269,43 +461,53 @@ def _call_out(call: ModelCall) -> ModelCallOut:
         confidence=call.confidence,
         confidence_source=call.confidence_source,
         accepted=call.accepted,
+        stale=call.stale,
         error=call.error,
         reused_from=call.reused_from_id,
     )
 
 
-def _task_or_404(task_id: int) -> Task:
+def _task_or_404(request: HttpRequest, task_id: int) -> Task:
     task = Task.objects.select_related("board", "column", "agent").filter(pk=task_id).first()
     if task is None:
         raise Http404(f"There is no task {task_id}.")
+    _check_scope(request, task.board)
     return task
 
 
 # --- operations -------------------------------------------------------------------
 
+# Every operation can answer these; each adds its own.
+COMMON_ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut}
+
 
 @api.get(
     "/boards",
-    response={200: list[BoardOut], 401: ErrorOut},
+    response={200: list[BoardOut], **COMMON_ERRORS},
     operation_id="board_list",
     url_name="board-list",
     tags=["boards"],
 )
 def board_list(request: HttpRequest) -> list[dict[str, Any]]:
-    """All boards, by name."""
-    return [_board_fields(request, board) for board in Board.objects.all()]
+    """All boards the token may use, by name."""
+    boards = Board.objects.all()
+    slugs = request.auth.board_slugs()
+    if slugs is not None:
+        boards = boards.filter(slug__in=slugs)
+    return [_board_fields(request, board) for board in boards]
 
 
 @api.get(
     "/boards/{slug}",
-    response={200: BoardDetailOut, 401: ErrorOut, 404: ErrorOut},
+    response={200: BoardDetailOut, **COMMON_ERRORS, 404: ErrorOut},
     operation_id="board_detail",
     url_name="board-detail",
     tags=["boards"],
 )
-def board_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
-    """A board and its columns, left to right, with task counts and WIP limits."""
-    board = _board_or_404(slug)
+def board_detail(request: HttpRequest, slug: str = SLUG) -> dict[str, Any]:
+    """A board and its columns, left to right, with task counts and WIP limits, and the
+    capabilities its agents offer."""
+    board = _board_or_404(request, slug)
     columns = [
         ColumnOut(
             id=column.pk,
@@ -318,50 +520,114 @@ def board_detail(request: HttpRequest, slug: str) -> dict[str, Any]:
         )
         for column in selectors.board_columns_with_counts(board=board)
     ]
-    return {**_board_fields(request, board), "columns": columns}
+    capabilities = selectors.board_capabilities_get(board=board)
+    return {**_board_fields(request, board), "columns": columns, "capabilities": capabilities}
+
+
+@api.get(
+    "/boards/{slug}/tasks",
+    response={200: TaskPageOut, **COMMON_ERRORS, 404: ErrorOut},
+    operation_id="task_list",
+    summary="List a board's tasks",
+    url_name="board-task-list",
+    tags=["tasks"],
+)
+def task_list_view(request: HttpRequest, slug: str = SLUG, filters: Query[TaskFilters] = None) -> TaskPageOut:
+    """The board's tasks that match every filter given, a page at a time (newest first unless
+    `sort` says otherwise). `count` is the number of matches over all pages; follow `next`
+    for the following page. The same filters as the board's task list page."""
+    board = _board_or_404(request, slug)
+    tasks = task_list(
+        board=board,
+        filters=TaskFilter(
+            statuses=tuple(filters.status or ()),
+            column_id=filters.column,
+            agent=filters.agent or "",
+            capability=filters.capability or "",
+            text=filters.q or "",
+            created_after=filters.created_after,
+            created_before=filters.created_before,
+            finished_after=filters.finished_after,
+            finished_before=filters.finished_before,
+            sort=filters.sort,
+        ),
+    )
+    count = tasks.count()
+    page = list(tasks[filters.offset : filters.offset + filters.limit])
+    for task in page:
+        task.board = board
+    return TaskPageOut(
+        count=count,
+        next=_page_url(request, filters.offset + filters.limit)
+        if filters.offset + filters.limit < count
+        else None,
+        previous=_page_url(request, max(filters.offset - filters.limit, 0)) if filters.offset else None,
+        results=[_task_out(task) for task in page],
+    )
+
+
+def _page_url(request: HttpRequest, offset: int) -> str:
+    # The same query, another offset: the client's filters carry over as sent.
+    query = [(key, value) for key, values in request.GET.lists() if key != "offset" for value in values]
+    query.append(("offset", str(offset)))
+    return request.build_absolute_uri(f"{request.path}?{urlencode(query)}")
 
 
 @api.post(
     "/boards/{slug}/tasks",
-    response={201: TaskOut, 400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    response={201: TaskOut, **COMMON_ERRORS, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 415: ErrorOut},
     operation_id="task_create",
     url_name="board-task-create",
     tags=["tasks"],
+    auth=WRITE,
 )
-def task_create(request: HttpRequest, slug: str, payload: TaskIn) -> Status[TaskOut]:
+def task_create(request: HttpRequest, payload: TaskIn, slug: str = SLUG) -> Status[TaskOut] | HttpResponse:
     """Put a task in the board's intake column (Backlog, else Ready); agents pull it from there.
 
-    An agent whose prompt declares variables reads them from the fields of a JSON object
-    `input`, such as `{"customer": "Laura M.", "facts": "..."}`. With `allow_reuse` (the
-    default) a task identical to one the agent already completed takes that result at no cost."""
-    board = _board_or_404(slug)
-    task = services.task_create(
-        board=board,
-        title=payload.title,
-        input=payload.input,
-        capability=payload.capability,
-        priority=payload.priority,
-        allow_reuse=payload.allow_reuse,
-        user=request.auth.user,
-    )
+    Needs a write token whose user may add tasks (`boards.add_task`). An agent whose prompt
+    declares variables reads them from the fields of a JSON object `input`, such as
+    `{"customer": "Laura M.", "facts": "..."}`. With `allow_reuse` (the default) a task identical
+    to one the agent already completed takes that result at no cost."""
+    board = _board_or_404(request, slug)
+    try:
+        task = services.task_create(
+            board=board,
+            title=payload.title,
+            input=payload.input,
+            capability=payload.capability,
+            priority=payload.priority,
+            allow_reuse=payload.allow_reuse,
+            user=request.auth.user,
+        )
+    except DjangoValidationError as exc:
+        capability = payload.capability.strip()
+        if (
+            hasattr(exc, "error_dict")
+            and set(exc.error_dict) == {"capability"}
+            and capability not in selectors.board_capabilities_get(board=board)
+        ):
+            # A well-formed request the board cannot serve as it is now (no agent
+            # offers that capability; one may later): a conflict, not a bad request.
+            return _error(request, 409, " ".join(exc.message_dict["capability"]), exc.message_dict)
+        raise
     return Status(201, _task_out(task))
 
 
 @api.get(
     "/tasks/{task_id}",
-    response={200: TaskOut, 400: ErrorOut, 401: ErrorOut, 404: ErrorOut},
+    response={200: TaskOut, **COMMON_ERRORS, 404: ErrorOut},
     operation_id="task_detail",
     url_name="task-detail",
     tags=["tasks"],
 )
 def task_detail(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> TaskOut:
     """A task: where it is on its board, who works on it, what it produced and what it cost."""
-    return _task_out(_task_or_404(task_id))
+    return _task_out(_task_or_404(request, task_id))
 
 
 @api.get(
     "/tasks/{task_id}/calls",
-    response={200: list[ModelCallOut], 400: ErrorOut, 401: ErrorOut, 404: ErrorOut},
+    response={200: list[ModelCallOut], **COMMON_ERRORS, 404: ErrorOut},
     operation_id="task_calls",
     url_name="task-calls",
     tags=["tasks"],
@@ -370,7 +636,8 @@ def task_calls(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) 
     """The task's ledger, oldest first: every model call made for it (each tier of each
     attempt, failed calls included), every call served from the response cache, and a
     reused result, with tokens, cost, latency and confidence. The task's totals add these up."""
-    task = Task.objects.filter(pk=task_id).only("pk").first()
+    task = Task.objects.select_related("board").filter(pk=task_id).only("pk", "board__slug").first()
     if task is None:
         raise Http404(f"There is no task {task_id}.")
+    _check_scope(request, task.board)
     return [_call_out(call) for call in selectors.task_model_calls_get(task=task)]

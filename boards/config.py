@@ -659,24 +659,31 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
     # own node starts at its first tier.
     nodes: dict[str, yaml.Node] = {path: key_node}
     tiers: list[Any] = []
+    # Each tier checked on its own, so every bad tier is reported, not only the
+    # first; None for a bad one in what the cross-tier checks see.
+    checked: list[agent_config.Tier | None] = []
     for index, item in enumerate(items):
         tier_path = f"{path}[{index}]"
         nodes[tier_path] = item
         entries = reader.mapping(item, tier_path, required=TIER_REQUIRED, optional=TIER_OPTIONAL)
         if entries is None or any(key not in entries for key in TIER_REQUIRED):
             tiers.append(INVALID)
+            checked.append(None)
             continue
         tier = _tier_data(reader, {k: v for k, (_, v) in entries.items()}, tier_path, nodes)
+        parsed = None
         if tier is not INVALID:
             try:
-                # Each tier on its own first, so every bad tier is reported, not only
-                # the first: parse_cascade checks across tiers only once all parse.
-                agent_config.parse_tier(tier, tier_path)
+                parsed = agent_config.parse_tier(tier, tier_path)
             except agent_config.ConfigError as exc:
                 _report(reader, exc.problems, nodes, item)
                 tier = INVALID
         tiers.append(tier)
+        checked.append(parsed)
     if INVALID in tiers:
+        # The good tiers are still checked as a cascade (a missing threshold
+        # before the last tier), so fixing the bad ones brings no new surprise.
+        _report(reader, agent_config.cascade_order_problems(checked, where=path), nodes, key_node)
         return INVALID
     try:
         return cascade_json(agent_config.parse_cascade(tiers, where=path))
@@ -859,10 +866,13 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
         values["prompt_variables"] = _parse_variables(reader, n, f"{path}.prompt_variables")
     if (n := field_of("prompt_template")) is not None:
         template = reader.string(n, f"{path}.prompt_template", max_length=50_000, strip=False)
-        if template is not INVALID and values["prompt_variables"] is not INVALID:
+        if template is not INVALID:
             # The check the runtime's rendering relies on, so a template that passes
-            # here cannot fail a task later for an unknown variable.
-            problems = check_template(template, list(values["prompt_variables"]))
+            # here cannot fail a task later for an unknown variable. With variables
+            # that have errors of their own, the template's own problems are still
+            # reported; which fields are declared is not known then.
+            declared = values["prompt_variables"]
+            problems = check_template(template, None if declared is INVALID else list(declared))
             for problem in problems:
                 reader.error(_line(n), f"{path}.prompt_template", problem)
             if problems:
@@ -1014,23 +1024,42 @@ def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
 
 
 def _parse_unique(reader, node, section: str, parse, key: str, document) -> list:
-    """Parse each item of a section, refusing a second item with the same natural key."""
+    """Parse each item of a section, refusing a second item with the same natural key.
+    The key is read from the item whether or not its other fields have errors, so
+    a repeated slug or name is reported along with them, not only once they are fixed."""
     parsed = []
     seen: dict[str, str] = {}
+    noun = "board slug" if section == "boards" else "agent name"
     for index, item in enumerate(reader.sequence(node, section) or []):
-        entry = parse(reader, item, f"{section}[{index}]", document)
-        if entry is None:
-            continue
-        value = getattr(entry, key)
-        if value in seen:
-            noun = "board slug" if section == "boards" else "agent name"
-            reader.error(
-                _line(item), f"{entry.path}.{key}", f"duplicate {noun} {value!r} ({seen[value]} has it)"
-            )
-            continue
-        seen[value] = entry.path
-        parsed.append(entry)
+        path = f"{section}[{index}]"
+        entry = parse(reader, item, path, document)
+        given = _natural_key(item, key)
+        if given is not None:
+            value, value_node = given
+            if value in seen:
+                reader.error(
+                    _line(value_node), f"{path}.{key}", f"duplicate {noun} {value!r} ({seen[value]} has it)"
+                )
+                continue
+            seen[value] = path
+        if entry is not None:
+            parsed.append(entry)
     return parsed
+
+
+def _natural_key(item: yaml.Node, key: str) -> tuple[str, yaml.Node] | None:
+    """The text an item gives for ``key`` and its node, read straight from the node
+    tree (after the item's merge keys were applied: the last pair wins, as in
+    YAML); None when the item has none that is text (its parse reported that)."""
+    if not isinstance(item, yaml.MappingNode):
+        return None
+    found = None
+    for key_node, value_node in item.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+            found = value_node
+    if isinstance(found, yaml.ScalarNode) and found.tag == "tag:yaml.org,2002:str" and found.value.strip():
+        return found.value.strip(), found
+    return None
 
 
 def _check_against_database(document: ConfigDocument, report: Callable[[int, str, str], None]) -> None:

@@ -44,3 +44,7 @@ class BoardConsumer(AsyncWebsocketConsumer):
 
     async def board_update(self, event: dict) -> None:
         await self.send(text_data=event["html"])
+
+    async def live_resync(self, event: dict) -> None:
+        # See kaizen_web.consumers: reconnect, and board.js re-fetches the board.
+        await self.close(code=1012)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
 from django.db.models import Q
 from django.forms.formsets import DELETION_FIELD_NAME, ORDERING_FIELD_NAME
+from django.utils import timezone
 
 from boards.agent_config import (
     GENERATION_PARAMETERS,
@@ -21,8 +23,10 @@ from boards.agent_config import (
     parse_parameters,
     parse_variables,
 )
-from boards.models import Agent, Board, Task
+from boards.models import Agent, Board, Column, Task
 from boards.providers import PROVIDER_NAMES
+from boards.task_search import SORT_LABELS, TaskFilter
+from boards.text import text_problem
 from experiments.models import ChangeProposal, PromptVersion
 from experiments.services import MAX_RATIONALE
 
@@ -393,6 +397,137 @@ TierFormSet = forms.formset_factory(
     can_order=True,
     can_delete=True,
 )
+
+
+# --- the task list: filters and import (boards.views_tasks) ----------------------------
+
+
+class TaskFilterForm(forms.Form):
+    """The task list's filters, read from the query string (GET), so a filtered
+    list is a link that can be shared, bookmarked and reloaded."""
+
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Search",
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Title or input", "autocomplete": "off"}
+        ),
+    )
+    status = forms.ChoiceField(required=False, choices=[("", "Any status"), *Task.Status.choices])
+    column = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    # CharFields with a select, as on the task form: an agent that has left the
+    # board still finds the tasks it ran when its name is in the link.
+    agent = forms.CharField(required=False, max_length=200, widget=forms.Select)
+    capability = forms.CharField(required=False, max_length=200, widget=forms.Select)
+    created_from = forms.DateField(
+        required=False, label="Created from", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    created_to = forms.DateField(
+        required=False, label="Created to", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    finished_from = forms.DateField(
+        required=False, label="Finished from", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    finished_to = forms.DateField(
+        required=False, label="Finished to", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    sort = forms.ChoiceField(required=False, choices=list(SORT_LABELS.items()), label="Order")
+
+    def __init__(
+        self, *args, columns: list[Column], agents: list[str], capabilities: list[str], **kwargs
+    ) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["column"].choices = [("", "Any column"), *((c.pk, c.name) for c in columns)]
+        self.fields["column"].error_messages["invalid_choice"] = "That column is not on this board."
+        self.fields["agent"].widget.choices = [("", "Any agent"), *((a, a) for a in agents)]
+        self.fields["capability"].widget.choices = [("", "Any capability"), *((c, c) for c in capabilities)]
+        for name, known in (("agent", agents), ("capability", capabilities)):
+            # A value from a shared link that is not among the choices stays selected.
+            value = self.data.get(name)
+            if value and value not in known:
+                self.fields[name].widget.choices.append((value, value))
+
+    def _clean_line(self, name: str) -> str:
+        value = self.cleaned_data[name].strip()
+        if problem := text_problem(value):
+            raise forms.ValidationError(problem)
+        return value
+
+    def clean_q(self) -> str:
+        return self._clean_line("q")
+
+    def clean_agent(self) -> str:
+        return self._clean_line("agent")
+
+    def clean_capability(self) -> str:
+        return self._clean_line("capability")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        for start, end in (("created_from", "created_to"), ("finished_from", "finished_to")):
+            if data.get(start) and data.get(end) and data[start] > data[end]:
+                self.add_error(end, "This date is before the first one: swap them.")
+        return data
+
+    @property
+    def is_filtered(self) -> bool:
+        return any(self.cleaned_data.get(name) for name in self.fields if name != "sort")
+
+    def task_filter(self) -> TaskFilter:
+        """The valid form as the selector's filter: days in the site's time zone,
+        each ``to`` day included whole."""
+        data = self.cleaned_data
+
+        def start_of(day: date | None, *, next_day: bool = False) -> datetime | None:
+            if day is None:
+                return None
+            if next_day:
+                if day == date.max:
+                    return None
+                day += timedelta(days=1)
+            return timezone.make_aware(datetime.combine(day, time.min))
+
+        return TaskFilter(
+            statuses=(data["status"],) if data.get("status") else (),
+            column_id=data.get("column"),
+            agent=data.get("agent") or "",
+            capability=data.get("capability") or "",
+            text=data.get("q") or "",
+            created_after=start_of(data.get("created_from")),
+            created_before=start_of(data.get("created_to"), next_day=True),
+            finished_after=start_of(data.get("finished_from")),
+            finished_before=start_of(data.get("finished_to"), next_day=True),
+            sort=data.get("sort") or "newest",
+        )
+
+
+# The largest file the import page takes; the import_tasks command has no limit.
+MAX_IMPORT_BYTES = 10 * 2**20
+MAX_IMPORT_ROWS = 10_000
+
+
+class TaskImportForm(forms.Form):
+    file = forms.FileField(
+        label="CSV or JSON Lines file",
+        help_text="Columns (or keys): title (required), input, capability, priority, allow_reuse. "
+        f"At most {MAX_IMPORT_ROWS:,} tasks and {MAX_IMPORT_BYTES // 2**20} MB.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.jsonl,.ndjson,.json,.txt,text/csv"}),
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > MAX_IMPORT_BYTES:
+            raise forms.ValidationError(
+                f"The file is {upload.size / 2**20:.1f} MB; import at most {MAX_IMPORT_BYTES // 2**20} MB here "
+                "(split it, or use `python manage.py import_tasks`)."
+            )
+        return upload
 
 
 class BoardCordForm(forms.Form):

@@ -381,6 +381,11 @@ class Task(models.Model):
     # The lease of the current run: only the holder of this token may finish it.
     lease_token = models.UUIDField(null=True, blank=True, unique=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The worker process running the current run (boards.workers), set when the
+    # run begins there and cleared when the task leaves In progress: empty while
+    # the claimed run waits for a worker to pick it up. Its heartbeat stopping
+    # hands the task back long before the lease would run out.
+    worker = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -492,6 +497,10 @@ class ModelCall(models.Model):
     confidence_source = models.CharField(max_length=20, blank=True)
     # This call's output was the one taken (it cleared its tier's threshold, or was the last tier's).
     accepted = models.BooleanField(default=False)
+    # The call belongs to a run whose result came after its lease had expired (the
+    # task had gone back, or another run finished it): recorded because it was
+    # made and paid for, never as the accepted one (accepted is then False).
+    stale = models.BooleanField(default=False)
     error = models.TextField(blank=True)
     # For a reused result: the task whose result was taken.
     reused_from = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -515,12 +524,38 @@ class ModelCall(models.Model):
 
 
 class ApiToken(models.Model):
-    """A bearer token for the JSON API. Only a SHA-256 of the token is stored."""
+    """A bearer token for the JSON API. Only a SHA-256 of the token is stored.
+
+    A token has a scope: the boards it may use (all, or those listed) and whether
+    it may only read or also add tasks. Writing also needs its user to hold the
+    ``boards.add_task`` permission, checked on every request, so a token never
+    outlasts what its user may do."""
+
+    class Access(models.TextChoices):
+        READ = "read", "Read only"
+        WRITE = "write", "Read and add tasks"
+
+    # The permission a write token's user needs to add tasks through the API.
+    WRITE_PERMISSION = "boards.add_task"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=80, blank=True)
     prefix = models.CharField(max_length=12, help_text="The start of the token, to tell tokens apart.")
     key_hash = models.CharField(max_length=64, unique=True)
+    # Read only unless said otherwise: tokens made before scopes existed became
+    # read-only (migration 0006), and writing is granted on purpose.
+    access = models.CharField(
+        max_length=5,
+        choices=Access.choices,
+        default=Access.READ,
+        help_text="Read only, or read and add tasks (which also needs the user's boards.add_task permission).",
+    )
+    all_boards = models.BooleanField(
+        default=True, help_text="The token may use every board; otherwise only the boards listed."
+    )
+    boards = models.ManyToManyField(
+        Board, blank=True, related_name="+", help_text="The boards the token may use when not all boards."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -529,6 +564,43 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+    @property
+    def can_write(self) -> bool:
+        return self.access == self.Access.WRITE
+
+    def board_slugs(self) -> list[str] | None:
+        """The slugs of the boards this token may use, or None for every board."""
+        if self.all_boards:
+            return None
+        if not hasattr(self, "_board_slugs"):
+            self._board_slugs = sorted(self.boards.values_list("slug", flat=True))
+        return self._board_slugs
+
+    def board_problem(self, board: Board) -> str | None:
+        """Why this token may not use ``board``, or None when it may."""
+        slugs = self.board_slugs()
+        if slugs is None or board.slug in slugs:
+            return None
+        allowed = ", ".join(repr(slug) for slug in slugs) or "none"
+        return (
+            f"This API token may not use board {board.slug!r}: it is limited to the boards {allowed}. "
+            "Use a token for that board (`manage.py create_api_token USER --board SLUG`)."
+        )
+
+    def write_problem(self) -> str | None:
+        """Why this token may not add tasks, or None when it may."""
+        if not self.can_write:
+            return (
+                "This API token is read-only: adding tasks needs a write token "
+                "(`manage.py create_api_token USER`, without --read-only)."
+            )
+        if not self.user.has_perm(self.WRITE_PERMISSION):
+            return (
+                f"User {self.user.get_username()!r} may not add tasks: an administrator must give them the "
+                f"“Can add task” permission ({self.WRITE_PERMISSION}) in the admin."
+            )
+        return None
 
     @staticmethod
     def hash_key(key: str) -> str:

@@ -1,15 +1,13 @@
-"""Model providers. The foundation ships the offline ``simulated`` provider, the
-model of the demo and the tests; ``openai`` (any OpenAI-compatible server) and
+"""Model providers. The foundation ships the offline ``simulated`` provider (in
+``boards.simulated``), the model of the demo and the tests; ``openai`` (any OpenAI-compatible server) and
 ``anthropic`` call real models through their official SDKs, behind the same interface.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import random
 import re
 import threading
 import time
@@ -49,91 +47,19 @@ class Provider(Protocol):
     def complete(self, request: ModelRequest) -> ModelResponse: ...
 
 
-@dataclass(frozen=True)
-class SimulatedProfile:
-    latency_ms: float
-    # Price per 1k input and output tokens, in dollars.
-    price_in: float
-    price_out: float
-    # Confidence on an easy input, and how much a hard one takes off it.
-    skill: float
-    error_rate: float
-    verbosity: float
+# The simulated provider lives in boards.simulated; its names are still importable
+# from here. (Lazily: boards.simulated imports this module's request and response types.)
+_SIMULATED_NAMES = frozenset(
+    {"SIMULATED_PROFILES", "SimulatedAnswer", "SimulatedProfile", "SimulatedProvider", "input_difficulty"}
+)
 
 
-SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
-    "sim-small": SimulatedProfile(
-        latency_ms=400, price_in=0.00015, price_out=0.0006, skill=0.78, error_rate=0.04, verbosity=1.6
-    ),
-    "sim-medium": SimulatedProfile(
-        latency_ms=900, price_in=0.001, price_out=0.004, skill=0.88, error_rate=0.02, verbosity=1.2
-    ),
-    "sim-large": SimulatedProfile(
-        latency_ms=2000, price_in=0.005, price_out=0.015, skill=0.96, error_rate=0.01, verbosity=1.0
-    ),
-}
+def __getattr__(name: str) -> Any:
+    if name in _SIMULATED_NAMES:
+        from boards import simulated
 
-
-def _tokens(text: str) -> int:
-    # About four characters a token, as for English text with real tokenizers.
-    return max(1, (len(text) + 3) // 4)
-
-
-def input_difficulty(text: str) -> float:
-    """0 (easy) to 1 (hard): longer inputs with more questions and numbers are harder."""
-    words = text.split()
-    length = min(1.0, len(words) / 120)
-    marks = min(1.0, (text.count("?") + sum(ch.isdigit() for ch in text) / 10) / 6)
-    return round(0.7 * length + 0.3 * marks, 4)
-
-
-class SimulatedProvider:
-    """Deterministic from (model, prompt, input): the same call always gives the
-    same output, confidence, tokens and error, so tests and demos repeat exactly.
-    Cheaper models are less sure and fail more often on harder inputs."""
-
-    name = "simulated"
-    simulated = True
-
-    def __init__(self, *, latency_scale: float = 1.0, sleep=time.sleep) -> None:
-        self.latency_scale = latency_scale
-        self.sleep = sleep
-
-    def profile(self, model: str) -> SimulatedProfile:
-        try:
-            return SIMULATED_PROFILES[model]
-        except KeyError:
-            known = ", ".join(sorted(SIMULATED_PROFILES))
-            raise ProviderError(f"unknown simulated model {model!r} (known: {known})") from None
-
-    def complete(self, request: ModelRequest) -> ModelResponse:
-        profile = self.profile(request.model)
-        seed = hashlib.sha256(f"{request.model}\x00{request.prompt}\x00{request.input}".encode()).hexdigest()
-        rng = random.Random(int(seed[:16], 16))
-        difficulty = input_difficulty(request.input)
-        latency_ms = float(request.settings.get("latency_ms", profile.latency_ms))
-        latency_ms *= 0.75 + 0.5 * rng.random()
-        if latency_ms > 0 and self.latency_scale > 0:
-            self.sleep(latency_ms * self.latency_scale / 1000)
-
-        error_rate = float(request.settings.get("error_rate", profile.error_rate))
-        if rng.random() < error_rate * (1 + 3 * difficulty):
-            raise ProviderError(
-                f"simulated {request.model}: the model returned an unusable answer (simulated error)"
-            )
-        confidence = profile.skill - difficulty * (1 - profile.skill) * 1.5 + rng.gauss(0, 0.04)
-        confidence = round(min(0.999, max(0.01, confidence)), 3)
-        summary = " ".join(request.input.split()[:24]) or "(empty input)"
-        sentences = max(1, round(profile.verbosity * (1 + 2 * difficulty)))
-        body = " ".join(f"Point {i + 1}: {summary[: 40 + 20 * i]}." for i in range(sentences))
-        text = f"[simulated {request.model}] {body}"
-        return ModelResponse(
-            text=text,
-            confidence=confidence,
-            tokens_in=_tokens(request.prompt),
-            tokens_out=_tokens(text),
-            latency_ms=round(latency_ms, 3),
-        )
+        return getattr(simulated, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- Real providers -----------------------------------------------------------------
@@ -465,6 +391,8 @@ def get_provider(name: str) -> Provider:
     from django.conf import settings
 
     if name == "simulated":
+        from boards.simulated import SimulatedProvider
+
         return SimulatedProvider(latency_scale=settings.KAIZEN_SIMULATED_LATENCY_SCALE)
     if name == "openai":
         return OpenAIProvider()

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.conf import settings
 from django.db import connection
 
+from andon.models import Inspection
 from boards import selectors, services
 from boards.agents import (  # noqa: F401  (render_prompt and PromptError are used from here)
     AgentDeferred,
@@ -31,8 +32,10 @@ from boards.agents import (  # noqa: F401  (render_prompt and PromptError are us
     PromptError,
     implementation_for,
     render_prompt,
+    settle_cache,
 )
 from boards.models import ModelCall
+from boards.workers import heartbeat
 from experiments import line as experiment_line
 
 logger = logging.getLogger(__name__)
@@ -212,22 +215,31 @@ def _fail_attempt(task_id: int, lease_token: str, error: str, calls=(), attempt:
     return "failed"
 
 
+# The confidence source of an answer a reviewer approved, when it is reused.
+REVIEWED = "review"
+
+
 def reused_output(task) -> Output | None:
     """Should-activate: the result of an identical task this agent already
     completed with the same prompt version, unless the agent or the task opts out."""
     earlier = selectors.reusable_task(task=task)
     if earlier is None:
         return None
+    confidence, source = earlier.confidence, earlier.confidence_source
+    if earlier.reviewed:
+        # A reviewer approved (or wrote) this answer to this very input: it is
+        # not escalated again for the model's doubt the reviewer settled.
+        confidence, source = 1.0, REVIEWED
     return Output(
         text=earlier.output,
-        confidence=earlier.confidence,
-        confidence_source=earlier.confidence_source,
+        confidence=confidence,
+        confidence_source=source,
         reused_from=earlier.pk,
         calls=(
             CallRecord(
                 source=ModelCall.Source.REUSE,
-                confidence=earlier.confidence,
-                confidence_source=earlier.confidence_source,
+                confidence=confidence,
+                confidence_source=source,
                 accepted=True,
                 reused_from=earlier.pk,
             ),
@@ -248,7 +260,7 @@ def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
     the output is dropped and the run counts as a failed attempt that names the
     missing column (see _fail_attempt for the last attempt)."""
     if task is _UNREAD:
-        task = services.task_run_begin(task_id=task_id, lease_token=lease_token)
+        task = services.task_run_begin(task_id=task_id, lease_token=lease_token, worker=current_worker())
     if task is None:
         return "stale"
     attempt = task.attempts
@@ -281,7 +293,28 @@ def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
         finished = completer.complete(result)
     except services.ColumnMissing as exc:
         return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
+    if finished:
+        _settle_cache(task_id, output)
     return "done" if finished else "stale"
+
+
+def _settle_cache(task_id: int, output: Output) -> None:
+    """The response cache takes the output's answers only now that its
+    inspection has committed, and only if it passed (see boards.agents)."""
+    if not (output.cache_entries or output.cached_from):
+        return
+    try:
+        passed = (
+            Inspection.objects.filter(task_id=task_id)
+            .order_by("-pk")
+            .values_list("passed", flat=True)
+            .first()
+        )
+    except Exception:
+        # The result is recorded; the cache is an economy: skip it this time.
+        logger.warning("could not read the inspection of task %s to settle the cache", task_id, exc_info=True)
+        return
+    settle_cache(output, passed=bool(passed))
 
 
 def _run_and_close(claim: tuple[int, str], task) -> str:
@@ -299,7 +332,88 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
     independent: one failing or stale changes nothing for the others."""
     if len(claims) == 1:
         return [run(*claims[0])]
-    current = services.tasks_run_begin(claims=claims)
+    current = services.tasks_run_begin(claims=claims, worker=current_worker())
     _release_connection()
     with ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="run") as pool:
         return list(pool.map(_run_and_close, claims, [current.get(task_id) for task_id, _ in claims]))
+
+
+# --- the worker process: its heartbeat, and the handover when it stops --------------
+
+
+def current_worker() -> str:
+    """The id a run records on its task: this Celery worker process's, whose
+    heartbeat is then running (boards.workers); empty anywhere else (a web
+    process, a test running a task in-process), where only the lease counts."""
+    if not services.in_worker_process() or not heartbeat.beating:
+        return ""
+    return heartbeat.worker_id
+
+
+def worker_started() -> str:
+    """A worker process starts beating, and its watchdog runs the reaper every
+    beat: a dead worker's tasks come back within seconds while any worker lives.
+    Called from Celery's worker_init and worker_process_init (boards.tasks)."""
+    return heartbeat.start(watchdog=services.leases_reap)
+
+
+def worker_ready() -> None:
+    """A worker that has just started pulls every board once, on a thread of its
+    own: work waiting since the last worker stopped (tasks it handed back, or
+    ones the reaper returns) need not wait for the periodic pull."""
+
+    def pull_all() -> None:
+        try:
+            services.boards_pull_all()
+        finally:
+            connection.close()
+
+    threading.Thread(target=pull_all, name="pull-at-start", daemon=True).start()
+
+
+def worker_handover() -> int:
+    """This worker process is stopping: give back, at once, every task its runs
+    hold (services.leases_release_worker: to Ready, the attempt not counted),
+    then stop beating. Safe from any thread and to call twice. Runs still in
+    flight here finish as stale: their results are ignored. If the tasks cannot
+    be given back (the database is out of reach), the heartbeat stops anyway and
+    the other workers' reapers take them within seconds. Returns how many went back."""
+    worker = heartbeat.worker_id
+    if not heartbeat.beating or not worker:
+        return 0
+    # From now on the pulls that returning tasks (and runs finishing) ask for go
+    # to the other workers: this one would claim work it will not run.
+    services.mark_worker_stopping()
+    try:
+        returned = services.leases_release_worker(worker=worker)
+    except Exception:
+        logger.exception("worker %s could not hand back its tasks; the reaper will take them", worker)
+        returned = 0
+    finally:
+        if not connection.in_atomic_block:
+            # Called on a thread of its own, whose connection nobody else closes.
+            connection.close()
+        heartbeat.stop()
+    return returned
+
+
+_handover_thread: threading.Thread | None = None
+
+
+def worker_handover_soon() -> None:
+    """worker_handover on a thread of its own, for a signal handler (Celery sends
+    worker_shutting_down from one: no database work may run there, in the middle
+    of whatever the main thread was doing). worker_handover_wait joins it."""
+    global _handover_thread
+    if _handover_thread is None:
+        _handover_thread = threading.Thread(target=worker_handover, name="handover", daemon=True)
+        _handover_thread.start()
+
+
+def worker_handover_wait(timeout: float = 5.0) -> None:
+    """At the end of the worker's shutdown: let a handover under way finish (for
+    ``timeout`` seconds at most), or hand over now what is still held."""
+    if _handover_thread is not None:
+        _handover_thread.join(timeout)
+    else:
+        worker_handover()

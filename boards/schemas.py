@@ -6,16 +6,26 @@ here end up in the schema clients read, so they say what a value means.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr
+from pydantic import BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
 
-from boards.models import Column, ModelCall, Task
+from boards.models import CAPABILITY_MAX_LENGTH, Agent, Column, ModelCall, Task
+from boards.services import MAX_INPUT, MAX_PRIORITY, MAX_TITLE, MIN_PRIORITY
+from boards.task_search import SORTS
+from boards.text import LINE_PATTERN, MULTILINE_PATTERN, TITLE_PATTERN, text_problem
+
+# The largest page of the task list, and how far into it a client may page.
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+MAX_OFFSET = 1_000_000_000
+MAX_QUERY_TEXT = 200
 
 
 class ErrorOut(Schema):
-    """The one shape of every error the API returns (400, 401, 404, 409)."""
+    """The one shape of every error the API returns (400, 401, 403, 404, 405, 409, 413, 415, 500)."""
 
     detail: str = Field(description="What went wrong and what to do about it, in one sentence.")
     errors: dict[str, list[str]] = Field(
@@ -24,20 +34,47 @@ class ErrorOut(Schema):
     )
 
 
+def _whole_number(value: object) -> object:
+    # JSON Schema's integer includes 5.0 (a number with no fraction), so a client
+    # may send it; a string of digits or a boolean is still a client bug.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
+
+
 class TaskIn(Schema):
     # Unknown fields are refused rather than ignored, so a misspelt field
     # ("titel") is reported instead of silently creating a task without it.
     # Strict types: a priority of "5" or true is a client bug worth hearing about.
     model_config = ConfigDict(extra="forbid")
 
-    title: StrictStr = Field(description="What the task is, at most 200 characters.")
-    input: StrictStr = Field(description="The material the agent works on (may be empty).")
+    # The limits below are published in the schema (json_schema_extra) and
+    # enforced by boards.services.task_fields_errors, whose messages say what to do.
+    title: StrictStr = Field(
+        description=f"What the task is: 1 to {MAX_TITLE} characters on one line, not only whitespace "
+        "(surrounding whitespace is removed), no control characters.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_TITLE, "pattern": TITLE_PATTERN},
+    )
+    input: StrictStr = Field(
+        "",
+        description=f"The material the agent works on; may be empty (the default). At most {MAX_INPUT:,} "
+        "characters; no control characters other than tab, newline and carriage return.",
+        json_schema_extra={"maxLength": MAX_INPUT, "pattern": MULTILINE_PATTERN},
+    )
     capability: StrictStr = Field(
         "",
-        description="A capability some agent on the board offers; only such an agent pulls the task. "
-        "Empty for any agent.",
+        description="A capability some agent on the board offers (`GET /api/v1/boards/{slug}` lists them); "
+        "only such an agent pulls the task. Empty for any agent. One that no agent offers is refused with 409.",
+        json_schema_extra={"maxLength": CAPABILITY_MAX_LENGTH, "pattern": LINE_PATTERN},
     )
-    priority: StrictInt = Field(0, description="From -1000 to 1000; higher is pulled first.")
+    priority: WholeNumber = Field(
+        0,
+        description=f"From {MIN_PRIORITY} to {MAX_PRIORITY}; higher is pulled first.",
+        json_schema_extra={"minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+    )
     allow_reuse: StrictBool = Field(
         True,
         description="Let the agent take the result of an identical task it already completed (same "
@@ -129,6 +166,9 @@ class ColumnOut(Schema):
 
 class BoardDetailOut(BoardOut):
     columns: list[ColumnOut] = Field(description="In board order, left to right.")
+    capabilities: list[str] = Field(
+        description="The capabilities the board's agents offer: what a task's `capability` may ask for."
+    )
 
 
 class ModelCallOut(Schema):
@@ -155,7 +195,93 @@ class ModelCallOut(Schema):
     accepted: bool = Field(
         description="This call's output was the one taken: it reached its tier's threshold, or was the last tier's."
     )
+    stale: bool = Field(
+        description="The call's run returned after its lease had expired: its result was ignored (never "
+        "accepted), and its cost still counts in the task's totals."
+    )
     error: str = Field(description="Why the call failed (the next tier was tried); empty when it did not.")
     reused_from: int | None = Field(
         description="For a reused result: the id of the task whose result was taken."
     )
+
+
+def _text_filter(value: str | None) -> str | None:
+    if value is not None and (problem := text_problem(value)):
+        raise ValueError(problem.rstrip("."))
+    return value
+
+
+class TaskFilters(Schema):
+    """The task list's query parameters: every filter given must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[Task.Status] | None = Field(
+        None, description="Only tasks in this status; repeat the parameter for any of several."
+    )
+    column: int | None = Field(
+        None,
+        description="Only tasks in this column (its `id` in `GET /api/v1/boards/{slug}`).",
+        ge=1,
+        le=2**63 - 1,
+    )
+    agent: str | None = Field(
+        None,
+        description="Only tasks run by the agent of this name.",
+        json_schema_extra={"maxLength": Agent._meta.get_field("name").max_length, "pattern": LINE_PATTERN},
+    )
+    capability: str | None = Field(
+        None,
+        description="Only tasks asking for this capability.",
+        json_schema_extra={"maxLength": CAPABILITY_MAX_LENGTH, "pattern": LINE_PATTERN},
+    )
+    q: str | None = Field(
+        None,
+        description="Only tasks whose title or input contains this text, ignoring case.",
+        json_schema_extra={"maxLength": MAX_QUERY_TEXT, "pattern": LINE_PATTERN},
+    )
+    created_after: datetime | None = Field(
+        None, description="Only tasks created at or after this time (ISO 8601; UTC when no offset is given)."
+    )
+    created_before: datetime | None = Field(None, description="Only tasks created before this time.")
+    finished_after: datetime | None = Field(None, description="Only tasks finished at or after this time.")
+    finished_before: datetime | None = Field(None, description="Only tasks finished before this time.")
+    sort: Literal[tuple(SORTS)] = Field(  # type: ignore[valid-type]
+        "newest",
+        description="newest (the default) or oldest created first; finished: the most recently finished "
+        "first; priority: the most urgent first; cost: the most expensive first; title: A to Z.",
+    )
+    limit: int = Field(
+        DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description=f"Tasks per page, at most {MAX_PAGE_SIZE}."
+    )
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="How many matching tasks to skip.")
+
+    @field_validator("agent", "capability", "q", mode="after")
+    @classmethod
+    def _one_line_text(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_QUERY_TEXT:
+            raise ValueError(f"Keep it to {MAX_QUERY_TEXT} characters")
+        return _text_filter(value)
+
+    @field_validator("created_after", "created_before", "finished_after", "finished_before", mode="after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            # 9999-12-31T23:59-01:00 is past the last moment UTC can name: the
+            # nearest one means the same for a filter.
+            return datetime.max.replace(tzinfo=UTC) if value.year > 1 else datetime.min.replace(tzinfo=UTC)
+
+
+class TaskPageOut(Schema):
+    """One page of a board's task list."""
+
+    count: int = Field(description="How many tasks match the filters, over all pages.")
+    next: str | None = Field(description="The URL of the next page, or null on the last.")
+    previous: str | None = Field(description="The URL of the previous page, or null on the first.")
+    results: list[TaskOut] = Field(description="This page's tasks, in the order `sort` asks for.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Avg, Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.urls import reverse
 
 from boards import pull_rules
@@ -112,34 +112,34 @@ def board_columns_get(
 def board_agents_get(*, board: Board) -> list[Agent]:
     """The board's agents, each with ``running`` (its tasks in flight on this
     board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
-    (its circuit breaker when not closed) and ``model_breakers`` (those of its
-    cascade's models that are not closed)."""
+    (its circuit breaker when not closed) and ``model_breakers`` (this board's
+    breakers of its cascade's models that are not closed: a model's breaker is
+    kept per board, see andon.models.CircuitBreaker)."""
     from andon.jidoka import model_key
     from andon.models import CircuitBreaker, LineStop
 
+    not_closed = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
     agents = list(
         board.agents.annotate(
             running=Count(
                 "tasks", filter=Q(tasks__board=board, tasks__status=Task.Status.RUNNING), distinct=True
             )
-        ).order_by("name")
+        )
+        # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
+        # not stick (reading it then queries the row, a closed breaker shown as
+        # an alarm). A filtered prefetch caches the breaker, or its absence.
+        .prefetch_related(Prefetch("breaker", queryset=not_closed))
+        .order_by("name")
     )
     ids = [agent.pk for agent in agents]
     stops = {
         stop.agent_id: stop for stop in LineStop.objects.filter(agent_id__in=ids, restarted_at__isnull=True)
     }
-    agent_breakers: dict[int, CircuitBreaker] = {}
-    model_breakers: dict[str, CircuitBreaker] = {}
-    for breaker in CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED).filter(
-        Q(agent_id__in=ids) | Q(scope=CircuitBreaker.Scope.MODEL)
-    ):
-        if breaker.scope == CircuitBreaker.Scope.AGENT:
-            agent_breakers[breaker.agent_id] = breaker
-        else:
-            model_breakers[breaker.key] = breaker
+    model_breakers = {
+        breaker.key: breaker for breaker in not_closed.filter(scope=CircuitBreaker.Scope.MODEL, board=board)
+    }
     for agent in agents:
         agent.line_stop = stops.get(agent.pk)
-        agent.breaker = agent_breakers.get(agent.pk)
         keys = [] if agent.implementation else [model_key(t.provider, t.model) for t in agent.tiers]
         agent.model_breakers = [model_breakers[k] for k in dict.fromkeys(keys) if k in model_breakers]
     return agents
@@ -183,13 +183,27 @@ def task_events_get(*, task: Task) -> list[TaskEvent]:
 def reusable_task(*, task: Task) -> Task | None:
     """The newest task this task's agent completed (not failed) with the same
     normalised input, capability and prompt version, if reuse is allowed by both
-    the agent and the task; None otherwise."""
+    the agent and the task; None otherwise.
+
+    Only an answer that passed inspection, or that a reviewer approved or
+    corrected, is reused: never one waiting in Review (not Done), nor a defect
+    sent to Done by a board without Review. ``reviewed`` on the result says a
+    reviewer approved it (the reuse then carries the reviewer's word, see
+    boards.runtime.reused_output)."""
+    from andon.models import Escalation, Inspection  # andon's models import boards'
+
     agent = task.agent
     if agent is None or not task.allow_reuse or not agent.reuse_results or not task.input_key:
         return None
     if task.review_feedback:
         # A reviewer rejected this task's last output and asked for another.
         return None
+    # The verdict on the output the task holds: its latest inspection.
+    latest = Inspection.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-pk")
+    approved = Escalation.objects.filter(
+        inspection=OuterRef("last_inspection"),
+        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED),
+    )
     return (
         Task.objects.filter(
             agent=agent,
@@ -199,6 +213,13 @@ def reusable_task(*, task: Task) -> Task | None:
             prompt_version=task.prompt_version,
         )
         .exclude(pk=task.pk)
+        .annotate(
+            last_inspection=Subquery(latest.values("pk")[:1]),
+            last_passed=Subquery(latest.values("passed")[:1]),
+            reviewed=Exists(approved),
+        )
+        # No inspection at all: done before jidoka, or by hand; as before.
+        .filter(Q(last_inspection__isnull=True) | Q(last_passed=True) | Q(reviewed=True))
         .only("pk", "output", "confidence", "confidence_source")
         .order_by("-finished_at", "-pk")
         .first()
@@ -351,6 +372,8 @@ class BoardPullStatus:
     able: list[Agent] = field(default_factory=list)
     room: dict[int, int] = field(default_factory=dict)
     want: int = 0
+    # While a breaker probes, the pull takes work not tried yet first (PullGate.candidate_order).
+    probing: bool = False
 
     LABELS = {
         "stalled": "Agents are not pulling",
@@ -385,7 +408,14 @@ class BoardPullStatus:
         for view in columns:
             if view.column.role != Role.READY:
                 continue
-            for card in view.cards:
+            cards = view.cards
+            if self.probing:
+                # andon.jidoka.PullGate.candidate_order: untried first, then tried longest ago.
+                cards = sorted(
+                    cards,
+                    key=lambda t: (t.started_at is not None, t.started_at or 0, t.position, t.created_at),
+                )
+            for card in cards:
                 card.pull_hold, card.pull_hold_level = self._card_hold(card, room, want)
                 if not card.pull_hold:
                     want -= 1
@@ -566,10 +596,10 @@ def board_pull_status_get(
                 )
             )
     pulling = [a for a in unpaused if a.pk not in stopped_ids]
-    gate = jidoka.pull_gate(pulling, take_probes=False)
+    gate = jidoka.pull_gate(pulling, board_id=board.pk, take_probes=False)
     held = [a for a in pulling if a.pk in gate.blocked]
     if held:
-        agent_holds += _breaker_holds(held, gate, why_not)
+        agent_holds += _breaker_holds(board, held, gate, why_not)
     pulling = [a for a in pulling if a.pk not in gate.blocked]
     for agent in agents:
         if agent.paused:
@@ -711,12 +741,13 @@ def board_pull_status_get(
         able=able,
         room=room,
         want=want,
+        probing=bool(gate.probes or gate.limited),
     )
 
 
-def _breaker_holds(held: list[Agent], gate, why_not: dict[int, str]) -> list[PullHold]:
+def _breaker_holds(board: Board, held: list[Agent], gate, why_not: dict[int, str]) -> list[PullHold]:
     """Why each of these agents is held back by a circuit breaker, with the time
-    it will try again: one query for their breakers and the open models'."""
+    it will try again: one query for their breakers and the board's open models'."""
     from datetime import timedelta
 
     from andon import jidoka
@@ -725,7 +756,7 @@ def _breaker_holds(held: list[Agent], gate, why_not: dict[int, str]) -> list[Pul
     rows = list(
         CircuitBreaker.objects.filter(
             Q(scope=CircuitBreaker.Scope.AGENT, agent__in=held)
-            | Q(scope=CircuitBreaker.Scope.MODEL, key__in=list(gate.open_models))
+            | Q(scope=CircuitBreaker.Scope.MODEL, board=board, key__in=list(gate.open_models))
         )
     )
     by_agent = {b.agent_id: b for b in rows if b.scope == CircuitBreaker.Scope.AGENT}

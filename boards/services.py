@@ -14,7 +14,7 @@ import random
 import threading
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -30,11 +30,13 @@ from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
 from andon.models import Escalation, Inspection
-from boards import broadcast, pull_rules
+from boards import broadcast, pull_rules, workers
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
 from boards.selectors import agents_running_get
+from boards.task_files import TaskRow
+from boards.text import text_problem
 from experiments import line as experiment_line
 from experiments.models import AuditEntry, ExperimentSample, PromptVersion
 
@@ -53,6 +55,8 @@ STATUS_FOR_ROLE = {
 
 # Where a person may drag a card. In progress belongs to the agents: a task enters
 # it only when an agent pulls it, and leaves it when the run ends or its lease runs out.
+# A task in Review with an open escalation leaves it only by a reviewer's decision
+# in the andon inbox (EscalationOpen); these moves are for one that has none.
 MANUAL_MOVES: dict[str, set[str]] = {
     Role.BACKLOG: {Role.READY, Role.DONE},
     Role.READY: {Role.BACKLOG, Role.DONE},
@@ -63,6 +67,10 @@ MANUAL_MOVES: dict[str, set[str]] = {
 
 POSITION_GAP = 1024
 MAX_TITLE = 200
+# An input is what a model reads: 100,000 characters is about 25,000 tokens, past
+# what a line should send in one task (the API's 2.5 MB body limit holds any such task).
+MAX_INPUT = 100_000
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 class WipLimitReached(ValidationError):
@@ -71,6 +79,20 @@ class WipLimitReached(ValidationError):
 
 class MoveNotAllowed(ValidationError):
     """The board's rules do not allow this move."""
+
+
+class EscalationOpen(MoveNotAllowed):
+    """The task waits in Review on a reviewer's decision: only the andon decisions
+    (approve, edit and approve, reject) take it out. ``escalation_url`` is where
+    that decision is made, for a caller that can show a link."""
+
+    def __init__(self, task: Task, escalation: Escalation) -> None:
+        self.escalation = escalation
+        self.escalation_url = escalation.get_absolute_url()
+        super().__init__(
+            f"“{task.title}” waits in Review for a reviewer's decision: only approving, editing or "
+            f"rejecting it in the andon inbox takes it out of Review ({self.escalation_url})."
+        )
 
 
 class ColumnMissing(ValidationError):
@@ -189,18 +211,34 @@ def _pull_flag(board_id: int) -> _PullFlag:
 
 
 def pull_requested_run(*, board_id: int) -> None:
-    """A worker answering a pull asked by another process (boards.tasks.pull_board)."""
+    """A worker answering a pull asked by another process (boards.tasks.pull_board).
+    A worker that is stopping leaves it: it would claim runs it is not going to
+    run. The other workers pull at their next change or periodic pull, and a
+    worker that starts pulls every board (boards.runtime.worker_ready)."""
     _pull_flag(board_id).clear()
+    if _stopping:
+        return
     _pulls.pull(board_id)
 
 
-# Set in Celery worker processes (boards.tasks connects it to worker_init).
+# Set in Celery worker processes (boards.tasks connects it to worker_init), and
+# the other way when the worker stops (boards.runtime.worker_handover).
 _in_worker = False
+_stopping = False
 
 
 def mark_worker_process() -> None:
     global _in_worker
     _in_worker = True
+
+
+def mark_worker_stopping() -> None:
+    """This worker process hands its work back and stops: from now on it pulls
+    nothing and records no runs; the pulls its last changes ask for go to the
+    other workers (see request_pull)."""
+    global _in_worker, _stopping
+    _in_worker = False
+    _stopping = True
 
 
 def in_worker_process() -> bool:
@@ -324,6 +362,7 @@ def _place(task: Task, column: Column, *, position: int | None = None) -> None:
     if column.role != Role.IN_PROGRESS:
         task.lease_token = None
         task.lease_expires_at = None
+        task.worker = ""
 
 
 def _lock_board(board_id: int) -> Board:
@@ -369,18 +408,10 @@ def task_create(
 ) -> Task:
     title = (title or "").strip()
     capability = (capability or "").strip()
-    errors: dict[str, list[str]] = {}
-    if not title:
-        errors["title"] = ["Give the task a title."]
-    elif len(title) > MAX_TITLE:
-        errors["title"] = [f"Keep the title to {MAX_TITLE} characters (it has {len(title)})."]
-    if not -1000 <= priority <= 1000:
-        errors["priority"] = ["Priority must be between -1000 and 1000."]
-    if capability:
-        offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
-        if capability not in offered:
-            known = ", ".join(offered) or "none"
-            errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
+    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities}) if capability else []
+    errors = task_fields_errors(
+        title=title, input=input, capability=capability, priority=priority, offered=offered
+    )
     if errors:
         raise ValidationError(errors)
 
@@ -519,7 +550,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Probes are marked taken only for agents that claim one (below): a pull that
     # claims nothing must not spend an agent's probe for a whole cool-down.
-    gate = jidoka.pull_gate(agents, take_probes=False)
+    gate = jidoka.pull_gate(agents, board_id=board.pk, take_probes=False)
     agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
@@ -538,7 +569,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))
-        .order_by("position", "created_at")
+        .order_by(*gate.candidate_order())
         .select_for_update(skip_locked=True, of=("self",), no_key=True)
     )
     now = timezone.now()
@@ -644,20 +675,26 @@ def _enqueue_runs(claims: list[Claim]) -> None:
 # --- a run's outcome -----------------------------------------------------------
 
 
-def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str) -> Task | None:
+def task_run_begin(*, task_id: int, lease_token: uuid.UUID | str, worker: str = "") -> Task | None:
     """The claimed task with its agent (one query), or None when the claim is no
-    longer current (the lease expired and the task went back, or it finished)."""
-    return (
-        Task.objects.select_related("agent")
-        .filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING, agent__isnull=False)
-        .first()
-    )
+    longer current (the lease expired and the task went back, or it finished).
+    ``worker``: the worker process beginning the run (boards.workers), recorded
+    on the task, so that its heartbeat stopping hands the task back."""
+    current = Task.objects.filter(pk=task_id, lease_token=lease_token, status=Status.RUNNING)
+    if worker and not current.update(worker=worker):
+        return None
+    return current.select_related("agent").filter(agent__isnull=False).first()
 
 
-def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]]) -> dict[int, Task]:
-    """task_run_begin for a batch of claims in one query: the tasks whose claim is
-    still current, by id (a stale claim is simply absent)."""
+def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]], worker: str = "") -> dict[int, Task]:
+    """task_run_begin for a batch of claims (a query, and an UPDATE with ``worker``):
+    the tasks whose claim is still current, by id (a stale claim is simply absent)."""
     wanted = {int(task_id): str(token) for task_id, token in claims}
+    if worker:
+        # Lease tokens are unique, so matching ids and tokens as two sets matches the pairs.
+        Task.objects.filter(pk__in=wanted, lease_token__in=wanted.values(), status=Status.RUNNING).update(
+            worker=worker
+        )
     tasks = Task.objects.filter(pk__in=wanted, status=Status.RUNNING, agent__isnull=False)
     current = [task for task in tasks if str(task.lease_token) == wanted[task.pk]]
     _share_agents(current)
@@ -759,11 +796,13 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         escalated: list[tuple[Task, Inspection, Output]] = []
         defects_of: set[int] = set()
         succeeded: set[int] = set()
-        calls: list[CallRecord] = []
+        # Per board: each board's model breakers count its own calls.
+        calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
         for result in results:
-            calls += result.output.calls
             task = tasks.get(result.task_id)
+            if task is not None:
+                calls.setdefault(task.board_id, []).extend(result.output.calls)
             if (
                 task is None
                 or task.status != Status.RUNNING
@@ -808,7 +847,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         )
         stops = jidoka.spike_stops(defects_of) if defects_of else []
         breaker_agents = jidoka.record_agent_outcomes(succeeded=succeeded)
-        jidoka.record_model_calls(calls)
+        # In board order, as the breaker rows are locked: two batches cannot deadlock.
+        for board_id in sorted(calls):
+            jidoka.record_model_calls(calls[board_id], board_id=board_id)
         for board_id, column_ids in changed.items():
             _after_commit(board_id, column_ids, pull=True)
         _after_andon_commit(
@@ -888,6 +929,7 @@ _COMPLETED_FIELDS = [
     "finished_at",
     "lease_token",
     "lease_expires_at",
+    "worker",
     "cost",
     "tokens_in",
     "tokens_out",
@@ -907,7 +949,9 @@ def _outcome_note(output: Output) -> str:
     return f"tier {output.tier} ({models[-1] if models else '?'}) accepted{tried}"
 
 
-def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None) -> list[ModelCall]:
+def _ledger_rows(
+    task: Task, calls: Iterable[CallRecord], *, attempt: int | None, stale: bool = False
+) -> list[ModelCall]:
     now = timezone.now()
     return [
         ModelCall(
@@ -926,7 +970,9 @@ def _ledger_rows(task: Task, calls: Iterable[CallRecord], *, attempt: int | None
             latency_ms=call.latency_ms,
             confidence=call.confidence,
             confidence_source=call.confidence_source,
-            accepted=call.accepted,
+            # A stale run's output was not taken, whatever its cascade decided.
+            accepted=call.accepted and not stale,
+            stale=stale,
             error=call.error,
             reused_from_id=call.reused_from,
             created_at=call.at or now,
@@ -971,7 +1017,9 @@ def _add_totals(task: Task, calls: Iterable[CallRecord]) -> None:
 
 def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
     """The calls of a run whose result came too late still happened: into the
-    ledger and the task's totals, leaving everything else as the current run has it."""
+    ledger, marked stale and never accepted (the task's output is another run's,
+    or none yet), and into the task's totals, as they were spent; everything
+    else stays as the current run has it."""
     if not calls:
         return
     task = (
@@ -981,7 +1029,7 @@ def _record_stale_calls(task_id: int, calls: tuple[CallRecord, ...], *, attempt:
     )
     if task is None:
         return
-    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt))
+    ModelCall.objects.bulk_create(_ledger_rows(task, calls, attempt=attempt, stale=True))
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )
@@ -1020,7 +1068,7 @@ def task_attempt_fail(
         breaker_agents = (
             jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
         )
-        jidoka.record_model_calls(calls)
+        jidoka.record_model_calls(calls, board_id=task.board_id)
         _after_andon_commit(agents=breaker_agents)
     return True
 
@@ -1121,44 +1169,72 @@ def leases_renew(*, lease_tokens: Iterable[uuid.UUID | str]) -> int:
     return Task.objects.filter(lease_token__in=tokens, status=Status.RUNNING).update(lease_expires_at=expires)
 
 
+def _dead_workers() -> set[str]:
+    """The workers holding runs whose heartbeat has stopped (boards.workers). None
+    when Redis cannot say: then only the leases count, as before heartbeats."""
+    owners = set(
+        Task.objects.filter(status=Status.RUNNING)
+        .exclude(worker="")
+        .order_by()  # no ordering columns in the DISTINCT
+        .values_list("worker", flat=True)
+        .distinct()
+    )
+    if not owners:
+        return set()
+    try:
+        return workers.dead_among(owners)
+    except Exception as exc:
+        logger.warning("could not read the workers' heartbeats (%s): leases only this pass", exc)
+        return set()
+
+
 def leases_reap(*, limit: int = 500) -> int:
-    """Take tasks whose lease ran out out of In progress (see _return_or_fail for
-    where they go). A lease runs out when its worker died or froze, or when the
-    run outlived KAIZEN_RUN_TIMEOUT_SECONDS and the worker stopped renewing it.
+    """Take tasks whose run is lost out of In progress (see _return_or_fail for
+    where they go, an attempt spent): those whose worker stopped beating
+    (boards.workers: it died or froze, seconds ago), and those whose lease ran
+    out (a worker that never beat, or a run that outlived
+    KAIZEN_RUN_TIMEOUT_SECONDS, which its worker stopped renewing).
+
+    Reads first, and takes locks only when there is something to take back: every
+    worker runs this every heartbeat (its watchdog), and on SQLite a transaction
+    takes the database's write lock at once.
 
     Each task is returned in its own savepoint: a task that cannot be returned
     (its board has no Done column to fail it into) is logged and stays In
     progress, to be tried again on the next pass, without holding up the others."""
     now = timezone.now()
+    dead = _dead_workers()
+    lost = Q(lease_expires_at__lt=now)
+    if dead:
+        lost |= Q(worker__in=dead)
+    candidates = Task.objects.filter(lost, status=Status.RUNNING)
+    # Reaped tasks go back to Ready, whose hard limit is counted: lock their
+    # boards first (in id order, so two reapers cannot deadlock).
+    board_ids = sorted(set(candidates.order_by().values_list("board_id", flat=True)[:limit]))
+    if not board_ids:
+        return 0
     boards: dict[int, set[int]] = {}
     with transaction.atomic():
-        # Reaped tasks go back to Ready, whose hard limit is counted: lock their
-        # boards first (in id order, so two reapers cannot deadlock).
-        board_ids = sorted(
-            set(
-                Task.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).values_list(
-                    "board_id", flat=True
-                )[:limit]
-            )
-        )
         for board_id in board_ids:
             _lock_board(board_id)
         expired = (
-            Task.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
+            candidates.select_for_update(skip_locked=True, of=("self",), no_key=True)
             .select_related("column", "agent")
-            .filter(status=Status.RUNNING, lease_expires_at__lt=now, board_id__in=board_ids)
+            .filter(board_id__in=board_ids)
             .order_by("lease_expires_at")[:limit]
         )
         count = 0
         for task in expired:
+            if task.worker in dead:
+                reason = f"its worker {task.worker} stopped sending heartbeats: it died or froze"
+            else:
+                reason = (
+                    "the worker stopped renewing its lease (it died or froze, or the run "
+                    "went past the run timeout)"
+                )
             try:
                 with transaction.atomic():
-                    changed = _return_or_fail(
-                        task,
-                        kind=TaskEvent.Kind.LEASE_EXPIRED,
-                        reason="the worker stopped renewing its lease (it died or froze, or the run "
-                        "went past the run timeout)",
-                    )
+                    changed = _return_or_fail(task, kind=TaskEvent.Kind.LEASE_EXPIRED, reason=reason)
             except ColumnMissing as exc:
                 logger.error("could not return task %s, whose lease expired: %s", task.pk, exc.messages[0])
                 continue
@@ -1172,7 +1248,53 @@ def leases_reap(*, limit: int = 500) -> int:
         for board_id, column_ids in boards.items():
             _after_commit(board_id, column_ids, pull=True)
     if count:
-        logger.warning("returned %s task(s) whose lease expired", count)
+        logger.warning("returned %s task(s) whose run was lost (lease expired or worker dead)", count)
+    return count
+
+
+def leases_release_worker(*, worker: str) -> int:
+    """A worker process that stops hands back, at once, the tasks its runs hold
+    (see boards.runtime.worker_handover): each goes back to Ready (or the
+    Backlog, as a failed run's would), without spending its attempt, as a run
+    that never got to its work. Runs of that worker still finishing afterwards
+    are stale: their results are ignored (their calls recorded as stale).
+    Returns how many tasks went back."""
+    if not worker:
+        return 0
+    held = Task.objects.filter(status=Status.RUNNING, worker=worker)
+    board_ids = sorted(set(held.order_by().values_list("board_id", flat=True)))
+    if not board_ids:
+        return 0
+    count = 0
+    with transaction.atomic():
+        for board_id in board_ids:
+            _lock_board(board_id)
+        tasks = (
+            held.select_for_update(of=("self",), no_key=True)
+            .select_related("column", "agent")
+            .filter(board_id__in=board_ids)
+            .order_by("pk")
+        )
+        boards: dict[int, set[int]] = {}
+        for task in tasks:
+            task.attempts = max(task.attempts - 1, 0)
+            try:
+                with transaction.atomic():
+                    changed = _return_or_fail(
+                        task,
+                        kind=TaskEvent.Kind.DEFERRED,
+                        reason=f"its worker {worker} stopped before the run ended",
+                        note=f"handed back: its worker {worker} is stopping; the attempt is not counted",
+                    )
+            except ColumnMissing as exc:
+                logger.error("could not hand back task %s: %s", task.pk, exc.messages[0])
+                continue
+            boards.setdefault(task.board_id, set()).update(changed)
+            count += 1
+        for board_id, column_ids in boards.items():
+            _after_commit(board_id, column_ids, pull=True)
+    if count:
+        logger.warning("worker %s handed back %s task(s) as it stopped", worker, count)
     return count
 
 
@@ -1234,6 +1356,12 @@ def task_move(
             _after_commit(task.board_id, [to_column.pk], pull=True)
             task.wip_note = ""
             return task
+        if from_column.role == Role.REVIEW:
+            # A defect waits on a person who may decide it: a move by anyone
+            # else (or by a reviewer, past the inbox) would end it undecided.
+            escalation = Escalation.objects.filter(task=task, status=Escalation.Status.OPEN).first()
+            if escalation is not None:
+                raise EscalationOpen(task, escalation)
         if to_column.role not in MANUAL_MOVES[from_column.role]:
             if from_column.role == Role.IN_PROGRESS:
                 message = "An agent is working on this task; it leaves In progress when the run ends."
@@ -1244,10 +1372,6 @@ def task_move(
             raise MoveNotAllowed(message)
         soft_note = _check_wip(to_column)
         from_status = task.status
-        if from_column.role == Role.REVIEW:
-            jidoka.escalation_withdraw(
-                task=task, user=user, note=f"moved out of Review to {to_column.name} by hand, undecided"
-            )
         position = None if before is None else _slot_before(to_column, before, exclude_pk=task.pk)
         _place(task, to_column, position=position)
         notes = [note, soft_note]
@@ -1427,10 +1551,44 @@ def demo_boards_feed() -> int:
     return added
 
 
-def api_token_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
-    """Create a token and return it with its key, which is shown only this once."""
+def api_token_create(
+    *,
+    user: AbstractBaseUser,
+    name: str = "",
+    access: str = ApiToken.Access.READ,
+    boards: Iterable[Board] | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token and return it with its key, which is shown only this once.
+
+    Read only unless ``access`` is write, and for every board unless ``boards``
+    lists some. A write token is refused for a user who may not add tasks."""
+    boards = None if boards is None else list(boards)
+    if access not in ApiToken.Access.values:
+        raise ValidationError({"access": [f"Access must be read or write, not {access!r}."]})
+    if access == ApiToken.Access.WRITE and not user.has_perm(ApiToken.WRITE_PERMISSION):
+        raise ValidationError(
+            {
+                "access": [
+                    f"User {user.get_username()!r} may not add tasks, so a write token would be refused: "
+                    f"give them the “Can add task” permission ({ApiToken.WRITE_PERMISSION}) in the admin, "
+                    "or make a read-only token."
+                ]
+            }
+        )
+    if boards is not None and not boards:
+        raise ValidationError({"boards": ["Name at least one board, or let the token use every board."]})
     key = ApiToken.generate_key()
-    token = ApiToken.objects.create(user=user, name=name, prefix=key[:10], key_hash=ApiToken.hash_key(key))
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user,
+            name=name,
+            prefix=key[:10],
+            key_hash=ApiToken.hash_key(key),
+            access=access,
+            all_boards=boards is None,
+        )
+        if boards:
+            token.boards.set(boards)
     return token, key
 
 
@@ -1452,6 +1610,7 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
 __all__ = [
     "Claim",
     "ColumnMissing",
+    "EscalationOpen",
     "MoveNotAllowed",
     "WipLimitReached",
     "agent_set_paused",
@@ -1463,6 +1622,7 @@ __all__ = [
     "demo_boards_feed",
     "demo_task_feed",
     "leases_reap",
+    "leases_release_worker",
     "leases_renew",
     "request_pull",
     "task_attempt_fail",
@@ -1588,3 +1748,200 @@ def agent_save(
 
 
 __all__ += ["PROMPT_FIELDS", "agent_save", "input_key"]
+
+
+# --- intake of many tasks, and the rules of a task's fields ---------------------------
+# (Added with the task list, import and API fixes of issue 10; kept apart from the core above.)
+
+
+def task_fields_errors(
+    *, title: str, input: str, capability: str, priority: int, offered: list[str]
+) -> dict[str, list[str]]:
+    """What is wrong with a task's fields, per field: the rules every way in
+    (the board's form, the API, an imported file) shares. ``title`` and
+    ``capability`` come stripped; ``offered`` is what the board's agents offer."""
+    errors: dict[str, list[str]] = {}
+    if not title:
+        errors["title"] = ["Give the task a title."]
+    elif len(title) > MAX_TITLE:
+        errors["title"] = [f"Keep the title to {MAX_TITLE} characters (it has {len(title)})."]
+    elif problem := text_problem(title):
+        errors["title"] = [problem]
+    if len(input) > MAX_INPUT:
+        errors["input"] = [f"Keep the input to {MAX_INPUT:,} characters (it has {len(input):,})."]
+    elif problem := text_problem(input, multiline=True):
+        errors["input"] = [problem]
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        errors["priority"] = [f"Priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}."]
+    if capability:
+        if problem := text_problem(capability):
+            errors["capability"] = [problem]
+        elif capability not in offered:
+            known = ", ".join(offered) or "none"
+            errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
+    return errors
+
+
+class TasksImportRefused(ValidationError):
+    """Nothing of a batch of tasks was imported: ``row_errors`` holds each bad
+    row's problems per field, by line number (empty when the batch as a whole was
+    refused, e.g. by a hard WIP limit)."""
+
+    def __init__(self, message: str, *, row_errors: dict[int, dict[str, list[str]]] | None = None) -> None:
+        super().__init__(message)
+        self.row_errors = row_errors or {}
+
+
+# Rows inserted per statement, and between two progress reports.
+IMPORT_BATCH = 1000
+
+
+def tasks_import(
+    *,
+    board: Board,
+    rows: Sequence[TaskRow],
+    user: AbstractBaseUser | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Task]:
+    """Put many tasks in the board's intake column at once, all or nothing.
+
+    Every row is checked first, and any problem (one read from the file, or one
+    of ``task_fields_errors``) refuses the whole batch with every row's problems
+    (``TasksImportRefused``), so a corrected file can simply be imported again:
+    nothing is left half-written. A hard WIP limit on the intake column with no
+    room for the whole batch refuses it too, rather than taking the first rows.
+
+    Then one transaction inserts the tasks in batches (``progress`` is called
+    with the number inserted so far), each where ``task_create`` would have put
+    it (after every task of its priority or higher), with its CREATED event, and
+    one pull and one live update follow the commit."""
+    if not rows:
+        raise TasksImportRefused("There are no tasks to import.")
+    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
+    row_errors: dict[int, dict[str, list[str]]] = {}
+    for row in rows:
+        problems = {name: list(messages) for name, messages in row.problems.items()}
+        checked = task_fields_errors(
+            title=row.title.strip(),
+            input=row.input,
+            capability=row.capability.strip(),
+            priority=row.priority,
+            offered=offered,
+        )
+        for name, messages in checked.items():
+            # A field that could not be read at all has said so already.
+            problems.setdefault(name, messages)
+        if problems:
+            row_errors[row.line] = problems
+    if row_errors:
+        bad = len(row_errors)
+        raise TasksImportRefused(
+            f"{bad} of {len(rows)} row{'s' if len(rows) != 1 else ''} "
+            f"{'have' if bad != 1 else 'has'} errors, so nothing was imported: "
+            "correct them and import the file again.",
+            row_errors=row_errors,
+        )
+
+    with transaction.atomic():
+        column = _intake_column(board)
+        if column.wip_limit is not None:
+            _lock_board(board.pk)
+        try:
+            note = _check_wip(column, adding=len(rows))
+        except WipLimitReached:
+            room = max(column.wip_limit - _count(column), 0)
+            raise TasksImportRefused(
+                f"{column.name} has a hard WIP limit of {column.wip_limit} and room for {room} more "
+                f"task{'s' if room != 1 else ''}, so the {len(rows)} tasks were not imported (none of them): "
+                "import fewer at a time, or wait until agents have pulled some."
+            ) from None
+        positions = _import_positions(column, rows)
+        status = STATUS_FOR_ROLE[column.role]
+        tasks = [
+            Task(
+                board=board,
+                column=column,
+                status=status,
+                position=position,
+                title=row.title.strip(),
+                input=row.input,
+                capability=row.capability.strip(),
+                priority=row.priority,
+                allow_reuse=row.allow_reuse,
+                input_key=input_key(row.input),
+            )
+            for row, position in zip(rows, positions, strict=True)
+        ]
+        for start in range(0, len(tasks), IMPORT_BATCH):
+            batch = tasks[start : start + IMPORT_BATCH]
+            Task.objects.bulk_create(batch)
+            TaskEvent.objects.bulk_create(
+                [
+                    _event(
+                        task,
+                        TaskEvent.Kind.CREATED,
+                        to_column=column,
+                        to_status=status,
+                        user=user,
+                        note=note or "imported",
+                    )
+                    for task in batch
+                ]
+            )
+            if progress is not None:
+                progress(start + len(batch))
+        _after_commit(board.pk, [column.pk], pull=True)
+    return tasks
+
+
+def _import_positions(column: Column, rows: Sequence[TaskRow]) -> list[int]:
+    """A position for each row, in ``column``, where ``task_create`` would have
+    put it had the rows been created one by one: after every task of its
+    priority or higher. Rows headed for the same gap between two tasks go there
+    in priority order, file order among equals; a gap too narrow for its rows is
+    widened by shifting the tasks after it (one UPDATE) and the plan made again."""
+    while True:
+        plan, narrow = _plan_positions(column, rows)
+        if narrow is None:
+            return plan
+        at, needed = narrow
+        Task.objects.filter(column=column, position__gte=at).update(
+            position=F("position") + (needed + 1) * POSITION_GAP
+        )
+
+
+def _plan_positions(column: Column, rows: Sequence[TaskRow]) -> tuple[list[int], tuple[int, int] | None]:
+    existing = Task.objects.filter(column=column)
+    # The first task of lower priority, by position, for each priority in the batch.
+    before: dict[int, int | None] = {
+        priority: existing.filter(priority__lt=priority)
+        .order_by("position")
+        .values_list("position", flat=True)
+        .first()
+        for priority in {row.priority for row in rows}
+    }
+    # Stable: file order among rows of equal priority.
+    order = sorted(range(len(rows)), key=lambda index: -rows[index].priority)
+    gaps: dict[int | None, list[int]] = {}
+    for index in order:
+        gaps.setdefault(before[rows[index].priority], []).append(index)
+    positions = [0] * len(rows)
+    for upper, indexes in gaps.items():
+        count = len(indexes)
+        if upper is None:
+            last = existing.aggregate(m=Max("position"))["m"] or 0
+            slots = [last + POSITION_GAP * (i + 1) for i in range(count)]
+        else:
+            lower = existing.filter(position__lt=upper).aggregate(m=Max("position"))["m"]
+            if lower is None:
+                lower = upper - (count + 1) * POSITION_GAP
+            if upper - lower - 1 < count:
+                return positions, (upper, count)
+            step = (upper - lower) // (count + 1)
+            slots = [lower + step * (i + 1) for i in range(count)]
+        for index, slot in zip(indexes, slots, strict=True):
+            positions[index] = slot
+    return positions, None
+
+
+__all__ += ["TasksImportRefused", "task_fields_errors", "tasks_import"]

@@ -9,7 +9,14 @@ demo board (up to its intake column's limit); that is its job, on a clock.
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_init
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from boards import runtime, services
 
@@ -28,6 +35,36 @@ def run_tasks(claims: list[list]) -> list[str]:
 @worker_init.connect
 def _mark_worker(**kwargs) -> None:
     services.mark_worker_process()
+    # The thread pool runs tasks in this process: it beats from now on.
+    runtime.worker_started()
+
+
+@worker_process_init.connect
+def _start_child(**kwargs) -> None:
+    # A prefork child: its own heartbeat (threads do not survive the fork).
+    runtime.worker_started()
+
+
+@worker_ready.connect
+def _pull_at_start(**kwargs) -> None:
+    runtime.worker_ready()
+
+
+@worker_shutting_down.connect
+def _hand_over(**kwargs) -> None:
+    # Asked to stop (Ctrl-C, SIGTERM, SIGQUIT): the tasks in flight go back to
+    # Ready now, not when their leases run out. Sent from a signal handler.
+    runtime.worker_handover_soon()
+
+
+@worker_shutdown.connect
+def _stopped(**kwargs) -> None:
+    runtime.worker_handover_wait()
+
+
+@worker_process_shutdown.connect
+def _child_stopped(**kwargs) -> None:
+    runtime.worker_handover()
 
 
 @shared_task(name="boards.tasks.pull_board")

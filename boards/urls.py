@@ -1,6 +1,6 @@
 from django.urls import path
 
-from boards import views
+from boards import views, views_tasks
 
 urlpatterns = [
     path("", views.board_list, name="boards-list"),
@@ -8,6 +8,10 @@ urlpatterns = [
     path("<slug:slug>/body/", views.board_body, name="boards-body"),
     path("<slug:slug>/cord/", views.board_cord, name="boards-cord"),
     path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),
+    # The task list, its CSV export and import (boards/views_tasks.py).
+    path("<slug:slug>/tasks/", views_tasks.task_list_view, name="boards-task-list"),
+    path("<slug:slug>/tasks/export.csv", views_tasks.task_export, name="boards-task-export"),
+    path("<slug:slug>/tasks/import/", views_tasks.task_import, name="boards-task-import"),
     path("<slug:slug>/tasks/<int:pk>/", views.task_detail, name="boards-task-detail"),
     path("<slug:slug>/tasks/<int:pk>/move/", views.task_move, name="boards-task-move"),
     path("<slug:slug>/tasks/<int:pk>/step/", views.task_step, name="boards-task-step"),

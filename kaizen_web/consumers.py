@@ -51,3 +51,9 @@ class PermissionGroupConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Read-only: actions go through the views, which check CSRF and call the services.
         return
+
+    async def live_resync(self, event: dict) -> None:
+        # Updates for this group were lost while the channel layer was down
+        # (boards.broadcast): close with 1012 ("service restart"), on which the
+        # htmx ws extension reconnects, and the page re-fetches what it shows.
+        await self.close(code=1012)

@@ -6,8 +6,12 @@ Redis); a malformed value raises ImproperlyConfigured naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import secrets
+import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,6 +75,44 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_secret(name: str, default: str) -> str:
+    """``name``, or the contents of the file ``<name>_FILE`` names (a mounted secret,
+    as Docker and Kubernetes provide them), so the value need not sit in the
+    environment; setting both is a mistake, not a precedence rule."""
+    path = os.environ.get(f"{name}_FILE", "").strip()
+    if not path:
+        return os.environ.get(name, default)
+    if os.environ.get(name):
+        raise ImproperlyConfigured(f"set {name} or {name}_FILE, not both")
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImproperlyConfigured(f"{name}_FILE names {path!r}, which cannot be read: {exc}") from None
+    if not value:
+        raise ImproperlyConfigured(f"{name}_FILE names {path!r}, which is empty")
+    return value
+
+
+def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """The header a TLS-terminating proxy sets and its value for HTTPS, written
+    ``HTTP_X_FORWARDED_PROTO,https`` (Django's form) or ``X-Forwarded-Proto,https``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    header, sep, value = (part.strip() for part in raw.partition(","))
+    if not sep or not header or not value or "," in value:
+        raise ImproperlyConfigured(
+            f"{name} must be a header and the value it has for HTTPS, such as "
+            f"HTTP_X_FORWARDED_PROTO,https; got {raw!r}"
+        )
+    if not all(c.isalnum() or c in "-_" for c in header):
+        raise ImproperlyConfigured(f"{name}: {header!r} is not a header name (letters, digits, - and _)")
+    header = header.upper().replace("-", "_")
+    if not header.startswith("HTTP_"):
+        header = f"HTTP_{header}"
+    return header, value
+
+
 def local_secret_key(path: Path) -> str:
     """This installation's own key, made once and kept (mode 0600) under var/, so a
     bare machine never runs on a key published in the source. Several machines
@@ -92,7 +134,7 @@ def local_secret_key(path: Path) -> str:
 
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+SECRET_KEY = env_secret("SECRET_KEY", "")
 if not SECRET_KEY:
     if env_bool("KAIZEN_REQUIRE_SECRET_KEY", False):
         raise ImproperlyConfigured("SECRET_KEY must be set (KAIZEN_REQUIRE_SECRET_KEY is on)")
@@ -154,7 +196,7 @@ TEMPLATES = [
 
 # --- Database ---------------------------------------------------------------
 VAR_DIR.mkdir(parents=True, exist_ok=True)
-DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'kaizen.sqlite3'}")
+DATABASE_URL = env_secret("DATABASE_URL", f"sqlite:///{VAR_DIR / 'kaizen.sqlite3'}")
 try:
     _db = dj_database_url.parse(DATABASE_URL)
 except ValueError as exc:
@@ -190,7 +232,57 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker and the channel layer ------------------------------
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# `make run` without REDIS_URL starts its own Redis (on 6380, or a free port if
+# that is taken) and, while it runs, says where in this file (scripts/run.py
+# writes it; JSON with the url and the server's pid). A command started from
+# another terminal (apply_config, shell) reads it, so its live updates reach the
+# browsers of that demo rather than a Redis that may not even run on the default port.
+EMBEDDED_REDIS_FILE = VAR_DIR / "run" / "redis.json"
+
+
+def embedded_redis_url(path: Path) -> str | None:
+    """The URL of the embedded Redis a running `make run` left in ``path``; None
+    when there is no such file. A file naming a server that is gone (a `make run`
+    killed with -9) is ignored, with a line on stderr saying so. Cheap enough for
+    every start: one small read, a signal-0 to the pid and a loopback connect."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        print(f"kaizen: cannot read {path} ({exc}); not using the embedded Redis", file=sys.stderr)
+        return None
+    try:
+        info = json.loads(text)
+        url, pid = str(info["url"]), int(info["pid"])
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except (ValueError, KeyError, TypeError):
+        print(f"kaizen: {path} is not what `make run` writes; not using it", file=sys.stderr)
+        return None
+    if parts.scheme != "redis" or not loopback or port is None:
+        print(f"kaizen: {path} names {url}, not a Redis on this machine; not using it", file=sys.stderr)
+        return None
+    try:
+        try:
+            os.kill(pid, 0)
+        except PermissionError:
+            pass  # alive, and another user's: the connect decides
+        with socket.create_connection((host, port), timeout=0.5):
+            pass
+    except OSError:
+        print(
+            f"kaizen: {path} names the embedded Redis of a `make run` that has stopped ({url}, pid {pid}); "
+            f"using {REDIS_DEFAULT_URL}. Set REDIS_URL to choose another.",
+            file=sys.stderr,
+        )
+        return None
+    return url
+
+
+REDIS_URL = env_secret("REDIS_URL", "") or embedded_redis_url(EMBEDDED_REDIS_FILE) or REDIS_DEFAULT_URL
 
 # Redis pub/sub channels ignore the database number: without a prefix naming
 # the database, two instances sharing a Redis server (kept apart by database, as
@@ -242,11 +334,40 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
         "task": "boards.tasks.feed_demo_boards",
         "schedule": KAIZEN_DEMO_FEED_SECONDS,
     }
+# The demo's simulated reviewer (andon.demo_reviewer): every this many seconds it
+# decides one inbox row of a demo board (0: never; `make run` turns it on), once
+# the row has waited KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS.
+KAIZEN_DEMO_REVIEWER_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_SECONDS", 0.0, minimum=0.0)
+KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS", 10.0, minimum=0.0)
+if KAIZEN_DEMO_REVIEWER_SECONDS > 0:
+    CELERY_BEAT_SCHEDULE["demo-reviewer"] = {
+        "task": "andon.tasks.review_demo_escalations",
+        "schedule": KAIZEN_DEMO_REVIEWER_SECONDS,
+    }
 
 # --- Kaizen ------------------------------------------------------------------
 # A claimed task holds a lease; the worker renews it while the model call runs
 # and the reaper takes back tasks whose lease ran out (see services._return_or_fail).
 KAIZEN_LEASE_SECONDS = env_float("KAIZEN_LEASE_SECONDS", 60.0, minimum=1.0)
+# Worker heartbeats (boards.workers): each Celery worker process sets a Redis key
+# every KAIZEN_WORKER_HEARTBEAT_SECONDS that expires after KAIZEN_WORKER_DEAD_SECONDS.
+# A worker whose key is gone (and still gone at a second look, a couple of beats
+# later) is taken for dead, and the tasks its runs held go back to Ready at once
+# instead of waiting out their leases. 10 s is ten missed beats: far longer than a
+# garbage collection or a thread waiting for the GIL stalls a live process, short
+# beside the lease. A worker wrongly taken for dead loses only the work in flight
+# (its late results are ignored, the lease token guarantees it), never a task.
+KAIZEN_WORKER_HEARTBEAT_SECONDS = env_float("KAIZEN_WORKER_HEARTBEAT_SECONDS", 1.0, minimum=0.1)
+KAIZEN_WORKER_DEAD_SECONDS = env_float("KAIZEN_WORKER_DEAD_SECONDS", 10.0, minimum=0.3)
+if KAIZEN_WORKER_DEAD_SECONDS < 3 * KAIZEN_WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "KAIZEN_WORKER_DEAD_SECONDS must be at least three KAIZEN_WORKER_HEARTBEAT_SECONDS "
+        f"({KAIZEN_WORKER_DEAD_SECONDS:g} < 3 x {KAIZEN_WORKER_HEARTBEAT_SECONDS:g}): a worker "
+        "that misses one beat is not dead"
+    )
+# A process that ends (a management command, `manage.py shell`) waits this long at
+# exit for its live updates to be sent (boards.broadcast); 0 drops them.
+KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS = env_float("KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS", 5.0, minimum=0.0)
 # A run held longer than this has its lease left to run out, so a model call
 # that hangs costs an attempt instead of keeping its task In progress forever.
 # The task goes back up to KAIZEN_LEASE_SECONDS (plus a reaper pass) later.
@@ -313,7 +434,17 @@ AUTH_PASSWORD_VALIDATORS = [
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SESSION_COOKIE_SECURE)
+
+# HTTPS, for a deployment behind TLS (`manage.py check --deploy` asks for these).
+# Off by default: the demo serves plain HTTP on loopback. SECURE_PROXY_SSL_HEADER
+# only behind a proxy that always sets (or strips) that header, or a client could
+# claim HTTPS on a plain connection.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
@@ -336,6 +467,10 @@ STORAGES = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Time, level and logger on every line: a log file (make run writes them to
+    # var/log/) reads on its own, and scripts/run.py tells warnings and errors
+    # apart by the level, to show them in the terminal.
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }

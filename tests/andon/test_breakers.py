@@ -1,6 +1,8 @@
 """Circuit breakers: an agent whose attempts keep failing, or a provider model whose
-calls keep erroring, is taken off the line until a cool-down has passed; then one
-probe is let through, whose outcome closes the breaker or opens it again.
+calls keep erroring on a board, is taken off the line until a cool-down has passed;
+then one probe is let through, whose outcome closes the breaker or opens it again.
+A probe takes work that has not just failed, and one board's model errors never
+hold back another board.
 
 Time is moved by setting ``opened_at`` and ``probe_started_at`` back, not by sleeping."""
 
@@ -15,6 +17,7 @@ from andon import jidoka
 from andon.models import CircuitBreaker
 from boards import services
 from boards.models import Task
+from boards.selectors import board_agents_get
 from tests.andon.helpers import claim_one, complete, fail, model_call, pull
 from tests.factories import make_agent, make_board
 
@@ -224,13 +227,13 @@ def test_the_gate_can_leave_taking_the_probe_to_the_pull_that_claims_it(board, f
     breaker = _open_breaker(board)
     _age(breaker)
 
-    gate = jidoka.pull_gate([flaky], take_probes=False)
+    gate = jidoka.pull_gate([flaky], board_id=board.pk, take_probes=False)
 
     assert gate.probes == {flaky.pk} and flaky.pk not in gate.blocked
     assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.OPEN
     jidoka.probes_taken([flaky.pk])
     assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.HALF_OPEN
-    assert jidoka.pull_gate([flaky], take_probes=False).blocked == {flaky.pk}
+    assert jidoka.pull_gate([flaky], board_id=board.pk, take_probes=False).blocked == {flaky.pk}
 
 
 @pytest.mark.django_db
@@ -240,6 +243,7 @@ def test_an_agent_held_back_by_its_model_keeps_its_probe_for_when_the_model_is_b
     _age(breaker)
     model = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=State.OPEN,
         opened_at=timezone.now(),
@@ -251,6 +255,100 @@ def test_an_agent_held_back_by_its_model_keeps_its_probe_for_when_the_model_is_b
     _age(model)
     assert len(pull(board)) == 1
     assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.HALF_OPEN
+
+
+# --- the probe takes other work ------------------------------------------------------
+
+
+def _poisoned(board, healthy: int) -> tuple[Task, list[Task]]:
+    """The most urgent task, whose every run fails, and ``healthy`` tasks behind it."""
+    poison = services.task_create(board=board, title="poison", input="always refused", priority=5)
+    return poison, _tasks(board, healthy)
+
+
+def _fail_first_in_line(board, poison: Task, times: int, **failure) -> None:
+    """The urgent task is pulled first and, still the most urgent after each failure,
+    pulled again: ``times`` failed attempts in a row."""
+    for _ in range(times):
+        [claim] = pull(board)
+        assert claim.task_id == poison.pk
+        assert fail(claim, **failure)
+
+
+@pytest.mark.django_db
+def test_the_agents_half_open_probe_takes_other_work_than_the_task_that_keeps_failing():
+    # Probing with the task whose failure always recurs kept the breaker open
+    # while six healthy tasks sat in Ready.
+    board = make_board(ready_limit=20)
+    flaky = make_agent(
+        boards=[board],
+        concurrency=1,
+        max_attempts=50,
+        breaker_threshold=THRESHOLD,
+        breaker_cooldown_seconds=COOLDOWN,
+    )
+    poison, healthy = _poisoned(board, 6)
+    _fail_first_in_line(board, poison, THRESHOLD, error="the provider refuses this input")
+    breaker = CircuitBreaker.objects.get(agent=flaky)
+    assert breaker.state == State.OPEN
+    _age(breaker)
+
+    [probe] = pull(board)
+
+    # Never tried, and first of those in the queue.
+    assert probe.task_id == healthy[0].pk
+    assert complete(probe)
+    assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.CLOSED
+    # Closed: the queue's own order again, the urgent task first.
+    assert pull(board)[0].task_id == poison.pk
+
+
+@pytest.mark.django_db
+def test_a_models_probe_run_takes_other_work_than_the_task_that_keeps_failing(model_threshold):
+    board = make_board(ready_limit=20)
+    make_agent(boards=[board], concurrency=1, max_attempts=50)
+    poison, healthy = _poisoned(board, 3)
+    _fail_first_in_line(board, poison, THRESHOLD, error="400", calls=[model_call(error="input refused")])
+    model = CircuitBreaker.objects.get(scope=CircuitBreaker.Scope.MODEL, board=board)
+    assert model.state == State.OPEN
+    _age(model)
+
+    [probe] = pull(board)
+
+    assert probe.task_id == healthy[0].pk
+
+
+@pytest.mark.django_db
+def test_among_tried_tasks_the_probe_takes_the_one_tried_longest_ago():
+    board = make_board(ready_limit=20)
+    flaky = make_agent(
+        boards=[board], concurrency=2, max_attempts=50, breaker_threshold=2, breaker_cooldown_seconds=COOLDOWN
+    )
+    first, second = _tasks(board, 2)
+    for claim in pull(board):
+        assert fail(claim)
+    # Both back in Ready, first ahead of second; second was tried earlier.
+    Task.objects.filter(pk=second.pk).update(started_at=timezone.now() - timedelta(minutes=5))
+    _age(CircuitBreaker.objects.get(agent=flaky))
+
+    [probe] = pull(board)
+
+    assert probe.task_id == second.pk
+
+
+@pytest.mark.django_db
+def test_a_failed_task_goes_back_behind_its_own_priority_group_ahead_of_lower_ones():
+    board = make_board(ready_limit=20)
+    make_agent(boards=[board], concurrency=1, max_attempts=50)
+    urgent = [services.task_create(board=board, title=f"urgent {i}", priority=5) for i in range(2)]
+    services.task_create(board=board, title="normal")
+    [claim] = pull(board)
+    assert claim.task_id == urgent[0].pk
+
+    assert fail(claim)
+
+    ready = Task.objects.filter(board=board, status=Task.Status.READY).order_by("position")
+    assert list(ready.values_list("title", flat=True)) == ["urgent 1", "urgent 0", "normal"]
 
 
 # --- the model's breaker -----------------------------------------------------------
@@ -270,20 +368,42 @@ def model_threshold(settings):
 
 
 @pytest.mark.django_db
-def test_consecutive_call_errors_across_agents_open_the_models_breaker(model_threshold):
-    first_board, second_board = make_board(), make_board()
-    first = make_agent(boards=[first_board], max_attempts=50)
-    second = make_agent(boards=[second_board], max_attempts=50)
-
-    _model_errors(first_board, THRESHOLD - 1)
+def test_consecutive_call_errors_across_a_boards_agents_open_its_models_breaker(model_threshold, board):
+    first = make_agent(boards=[board], max_attempts=50, concurrency=THRESHOLD - 1)
+    _model_errors(board, THRESHOLD - 1)
     assert CircuitBreaker.objects.get(key="simulated/sim-small").state == State.CLOSED
-    _model_errors(second_board, 1)
+    services.agent_set_paused(agent=first, paused=True)
+    second = make_agent(boards=[board], max_attempts=50)
+    _model_errors(board, 1)
 
     breaker = CircuitBreaker.objects.get(scope=CircuitBreaker.Scope.MODEL, key="simulated/sim-small")
-    assert (breaker.state, breaker.consecutive_failures) == (State.OPEN, THRESHOLD)
+    assert (breaker.board, breaker.state, breaker.consecutive_failures) == (board, State.OPEN, THRESHOLD)
     assert breaker.last_error == "simulated 503"
     # Neither agent reached its own threshold: the model is what is broken.
     assert not CircuitBreaker.objects.filter(agent__in=[first, second], state=State.OPEN).exists()
+
+
+@pytest.mark.django_db
+def test_one_boards_model_errors_do_not_hold_back_another_board_on_that_model(model_threshold, board):
+    # The shared breaker let one board's bad input stall every board on the model.
+    make_agent(boards=[board], name="troubled", max_attempts=50)
+    elsewhere = make_board()
+    healthy = make_agent(boards=[elsewhere], name="healthy")
+    _model_errors(board, THRESHOLD)
+    assert pull(board) == []
+
+    _tasks(elsewhere, 3)
+    claims = pull(elsewhere)
+
+    assert len(claims) == 3
+    assert {Task.objects.get(pk=c.task_id).agent_id for c in claims} == {healthy.pk}
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=elsewhere.pk) is True
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is False
+    # Each board's agents strip shows its own breakers only.
+    [troubled] = board_agents_get(board=board)
+    assert [(b.key, b.state) for b in troubled.model_breakers] == [("simulated/sim-small", State.OPEN)]
+    [other] = board_agents_get(board=elsewhere)
+    assert other.model_breakers == []
 
 
 @pytest.mark.django_db
@@ -304,17 +424,18 @@ def test_an_agent_whose_only_tier_is_an_open_model_pulls_nothing(model_threshold
 def test_an_agent_with_another_tier_still_pulls_while_one_model_is_open(model_threshold, board):
     make_agent(boards=[board], max_attempts=50)
     _model_errors(board, THRESHOLD)
-    elsewhere = make_board()
-    make_agent(
-        boards=[elsewhere],
+    two_tiers = make_agent(
+        boards=[board],
         cascade=[
             {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
             {"provider": "simulated", "model": "sim-large"},
         ],
     )
-    _tasks(elsewhere, 1)
 
-    assert len(pull(elsewhere)) == 1
+    claims = pull(board)
+
+    assert len(claims) == THRESHOLD
+    assert {Task.objects.get(pk=c.task_id).agent_id for c in claims} == {two_tiers.pk}
 
 
 @pytest.mark.django_db
@@ -352,6 +473,7 @@ def test_while_a_models_probe_call_is_in_flight_its_agents_pull_nothing(model_th
     _tasks(board, 1)
     breaker = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=State.HALF_OPEN,
         opened_at=timezone.now() - timedelta(seconds=3 * COOLDOWN),
@@ -367,65 +489,69 @@ def test_while_a_models_probe_call_is_in_flight_its_agents_pull_nothing(model_th
 
 @pytest.mark.django_db
 def test_model_call_allowed_does_not_refuse_a_model_whose_breaker_closed_since_it_was_read(
-    model_threshold,
+    model_threshold, board
 ):
     breaker = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=State.OPEN,
         opened_at=timezone.now() - timedelta(seconds=COOLDOWN + 1),
     )
-    assert "simulated/sim-small" in jidoka.open_models.get()  # read, and cached for a second
+    assert (board.pk, "simulated/sim-small") in jidoka.open_models.get()  # read, and cached for a second
     # An answer in another process closes it.
     CircuitBreaker.objects.filter(pk=breaker.pk).update(
         state=State.CLOSED, consecutive_failures=0, opened_at=None
     )
 
-    assert jidoka.model_call_allowed("simulated", "sim-small") is True
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is True
     assert CircuitBreaker.objects.get(pk=breaker.pk).state == State.CLOSED
 
 
 @pytest.mark.django_db
-def test_model_call_allowed_lets_one_probe_through_after_the_cooldown(model_threshold):
+def test_model_call_allowed_lets_one_probe_through_after_the_cooldown(model_threshold, board):
     breaker = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=State.OPEN,
         opened_at=timezone.now(),
     )
-    assert jidoka.model_call_allowed("simulated", "sim-large") is True
-    assert jidoka.model_call_allowed("simulated", "sim-small") is False
+    assert jidoka.model_call_allowed("simulated", "sim-large", board_id=board.pk) is True
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is False
 
     _age(breaker)
     jidoka.open_models.clear()
 
-    assert jidoka.model_call_allowed("simulated", "sim-small") is True
-    assert jidoka.model_call_allowed("simulated", "sim-small") is False
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is True
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is False
     breaker.refresh_from_db()
     assert breaker.state == State.HALF_OPEN and breaker.probe_started_at is not None
 
 
 @pytest.mark.django_db
-def test_a_model_probe_that_never_reports_back_is_given_up_after_the_cooldown(model_threshold):
+def test_a_model_probe_that_never_reports_back_is_given_up_after_the_cooldown(model_threshold, board):
     breaker = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=State.HALF_OPEN,
         opened_at=timezone.now() - timedelta(seconds=3 * COOLDOWN),
         probe_started_at=timezone.now(),
     )
-    assert jidoka.model_call_allowed("simulated", "sim-small") is False
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is False
 
     _age(breaker, field="probe_started_at")
     jidoka.open_models.clear()
 
-    assert jidoka.model_call_allowed("simulated", "sim-small") is True
+    assert jidoka.model_call_allowed("simulated", "sim-small", board_id=board.pk) is True
 
 
 @pytest.mark.django_db
-def test_a_failed_model_probe_opens_the_breaker_again_and_an_answer_closes_it(model_threshold):
+def test_a_failed_model_probe_opens_the_breaker_again_and_an_answer_closes_it(model_threshold, board):
     breaker = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=State.HALF_OPEN,
         consecutive_failures=THRESHOLD,
@@ -433,10 +559,37 @@ def test_a_failed_model_probe_opens_the_breaker_again_and_an_answer_closes_it(mo
         probe_started_at=timezone.now(),
     )
 
-    assert jidoka.record_model_calls([model_call(error="still down")]) == {"simulated/sim-small"}
+    assert jidoka.record_model_calls([model_call(error="still down")], board_id=board.pk) == {
+        "simulated/sim-small"
+    }
     breaker.refresh_from_db()
     assert breaker.state == State.OPEN and breaker.probe_started_at is None
 
-    assert jidoka.record_model_calls([model_call()]) == {"simulated/sim-small"}
+    assert jidoka.record_model_calls([model_call()], board_id=board.pk) == {"simulated/sim-small"}
     breaker.refresh_from_db()
     assert (breaker.state, breaker.consecutive_failures) == (State.CLOSED, 0)
+
+
+# --- the agents strip ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_agents_strip_shows_breakers_that_are_not_closed_and_no_closed_one(board, flaky, client, user):
+    # A closed breaker row (the agent recovered) was shown as "breaker closed":
+    # setting the reverse one-to-one to None did not stick, and reading it
+    # fetched the row.
+    breaker = _open_breaker(board)
+    steady = make_agent(boards=[board], name="steady")
+    CircuitBreaker.objects.create(scope=CircuitBreaker.Scope.AGENT, agent=steady, state=State.CLOSED)
+    CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL, board=board, key="simulated/sim-small", state=State.CLOSED
+    )
+
+    agents = {agent.name: agent for agent in board_agents_get(board=board)}
+    client.force_login(user)
+    html = client.get(board.get_absolute_url()).content.decode()
+
+    assert agents[flaky.name].breaker == breaker
+    assert agents[flaky.name].model_breakers == []
+    assert "breaker open" in html
+    assert "breaker closed" not in html

@@ -199,3 +199,46 @@ def test_a_claim_reaches_everyone_as_the_row_replaced(line):
 
     assert re.match(rf'\s*<li id="escalation-{escalation.pk}"[^>]*hx-swap-oob="outerHTML"', html)
     assert 'data-claimed-by="ana"' in html
+
+
+def test_an_identical_escalation_updates_its_groups_row_in_place(line):
+    first = escalate(line, title="Weld seam 12")
+    broadcast.flush()
+    made: list[Escalation] = []
+
+    messages = _receive_after(
+        "/ws/andon/",
+        reviewer(),
+        lambda: made.append(escalate(line, title="Weld seam 12, again")),
+        until=lambda m: "Weld seam 12, again" in m,
+    )
+
+    row_message = messages[-1]
+    # The group keeps its oldest member's id: the browser merges it into that row.
+    assert re.match(
+        rf'\s*<div hx-swap-oob="afterbegin:#escalation-list">\s*<li id="escalation-{first.pk}"', row_message
+    )
+    assert f'id="escalation-{made[0].pk}"' not in row_message
+    assert "2 identical escalations" in row_message
+    assert f'name="members" value="{first.pk},{made[0].pk}"' in row_message
+
+
+def test_deciding_a_groups_oldest_member_alone_moves_the_row_to_the_next(line):
+    first = escalate(line, title="Weld seam 12")
+    second = escalate(line, title="Weld seam 12, again")
+    broadcast.flush()
+    ana = reviewer(username="ana")
+
+    messages = _receive_after(
+        "/ws/andon/",
+        reviewer(),
+        lambda: andon_services.escalation_approve(escalation=first, user=ana),
+        until=lambda m: f'<li id="escalation-{second.pk}"' in m,
+    )
+
+    text = "".join(messages)
+    assert f'<div id="escalation-{first.pk}" hx-swap-oob="delete"></div>' in text
+    assert text.index(f'id="escalation-{first.pk}" hx-swap-oob="delete"') < text.index(
+        f'<li id="escalation-{second.pk}"'
+    )
+    assert 'id="inbox-history"' in text and "Weld seam 12" in text

@@ -207,34 +207,66 @@ def test_already_decided_quotes_the_reviewers_note(escalation, ana):
         andon_services.escalation_approve(escalation=escalation, user=reviewer())
 
 
-# --- moved by hand -------------------------------------------------------------------------
+# --- moved by hand: refused -------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_moving_a_task_out_of_review_by_hand_withdraws_its_escalation(escalation, ana):
-    ready = column(escalation.board, Role.READY)
+@pytest.mark.parametrize("role", [Role.READY, Role.DONE, Role.BACKLOG])
+def test_moving_an_escalated_task_out_of_review_by_hand_is_refused(escalation, role):
+    # Any logged-in user could do this from the board: the defect would end up in
+    # Done with its escalation "withdrawn" in their name, decided by no reviewer.
+    user = make_user()
 
-    services.task_move(task=escalation.task, to_column=ready, user=ana)
+    with pytest.raises(services.EscalationOpen) as refused:
+        services.task_move(task=escalation.task, to_column=column(escalation.board, role), user=user)
 
+    assert refused.value.escalation_url == escalation.get_absolute_url()
+    assert escalation.get_absolute_url() in refused.value.messages[0]
+    assert "andon inbox" in refused.value.messages[0]
     escalation.refresh_from_db()
-    assert escalation.status == Escalation.Status.WITHDRAWN
-    assert escalation.decided_by == ana and escalation.decided_at is not None
-    assert "moved out of Review to Ready by hand" in escalation.note
-    with pytest.raises(andon_services.AlreadyDecided, match="withdrawn by ana"):
-        andon_services.escalation_approve(escalation=escalation, user=reviewer())
-    assert where(escalation.task) == (Role.READY, Status.READY)
+    assert (escalation.status, escalation.decided_by, escalation.decided_at) == (
+        Escalation.Status.OPEN,
+        None,
+        None,
+    )
+    assert where(escalation.task) == (Role.REVIEW, Status.REVIEW)
+    assert not escalation.task.events.filter(from_column__role=Role.REVIEW).exists()
 
 
 @pytest.mark.django_db
-def test_a_task_escalated_again_after_a_withdrawal_has_one_open_escalation(escalation, ana):
+def test_a_reviewer_cannot_move_an_escalated_task_past_the_inbox_either(escalation, ana):
+    with pytest.raises(services.EscalationOpen):
+        services.task_move(task=escalation.task, to_column=column(escalation.board, Role.DONE), user=ana)
+    with pytest.raises(services.EscalationOpen):
+        services.task_step(task=escalation.task, user=ana, direction="right")
+
+    assert Escalation.objects.get(pk=escalation.pk).is_open
+    # The decision is the way out.
+    andon_services.escalation_approve(escalation=escalation, user=ana)
+    assert where(escalation.task) == (Role.DONE, Status.DONE)
+
+
+@pytest.mark.django_db
+def test_blocking_an_escalated_task_keeps_it_in_review_waiting_on_its_decision(escalation, ana):
+    # A block is a note for the reviewers (what the decision waits on), not a decision.
+    services.task_block(task=escalation.task, user=make_user(), note="waiting for the customer's drawing")
+
+    assert where(escalation.task) == (Role.REVIEW, Status.REVIEW)
+    assert Escalation.objects.get(pk=escalation.pk).is_open
+    andon_services.escalation_reject(escalation=escalation, user=ana, reason="Wrong part number.")
+    assert Escalation.objects.get(pk=escalation.pk).status == Escalation.Status.REJECTED
+
+
+@pytest.mark.django_db
+def test_a_task_escalated_again_after_a_rejection_has_one_open_escalation(escalation, ana):
     board = escalation.board
-    services.task_move(task=escalation.task, to_column=column(board, Role.READY), user=ana)
+    andon_services.escalation_reject(escalation=escalation, user=ana, reason="Wrong part number.")
     [claim] = pull(board)
 
     assert complete(claim, confidence=0.1)
 
     statuses = sorted(Escalation.objects.filter(task=escalation.task).values_list("status", flat=True))
-    assert statuses == [Escalation.Status.OPEN, Escalation.Status.WITHDRAWN]
+    assert statuses == [Escalation.Status.OPEN, Escalation.Status.REJECTED]
 
 
 # --- claiming -------------------------------------------------------------------------------

@@ -62,9 +62,10 @@ def _rejected(board) -> Task:
     return Task.objects.get(pk=claim.task_id), claim
 
 
-def _open_model_breaker(model: str, *, opened_seconds_ago: float = 0) -> CircuitBreaker:
+def _open_model_breaker(board, model: str, *, opened_seconds_ago: float = 0) -> CircuitBreaker:
     breaker = CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key=f"simulated/{model}",
         state=State.OPEN,
         consecutive_failures=5,
@@ -145,7 +146,7 @@ def test_a_rejected_task_is_not_given_an_earlier_tasks_result_again(board, reque
 @pytest.mark.django_db
 def test_the_cascade_skips_a_tier_whose_model_breaker_is_open(board, requests_sent):
     make_agent(boards=[board], cascade=TWO_TIERS, quality_checks=[])
-    _open_model_breaker("sim-small")
+    _open_model_breaker(board, "sim-small")
     task, claim = claim_one(board)
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "done"
@@ -161,7 +162,7 @@ def test_with_no_tier_callable_the_task_goes_back_without_spending_an_attempt(bo
     agent = make_agent(boards=[board], quality_checks=[], breaker_threshold=1)
     task, claim = claim_one(board)
     # Opened after the claim (an agent whose every model is open pulls nothing).
-    _open_model_breaker("sim-small")
+    _open_model_breaker(board, "sim-small")
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "deferred"
 
@@ -192,7 +193,7 @@ def test_with_a_called_tier_failing_and_the_rest_skipped_the_attempt_fails(board
         ],
     )
     task, claim = claim_one(board)
-    _open_model_breaker("sim-large")
+    _open_model_breaker(board, "sim-large")
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
 
@@ -203,7 +204,7 @@ def test_with_a_called_tier_failing_and_the_rest_skipped_the_attempt_fails(board
 @pytest.mark.django_db
 def test_with_the_stronger_tier_out_of_service_the_weaker_output_goes_on_to_inspection(board, requests_sent):
     make_agent(boards=[board], cascade=TWO_TIERS, quality_checks=[])
-    _open_model_breaker("sim-large")
+    _open_model_breaker(board, "sim-large")
     task, claim = claim_one(board)
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "done"
@@ -220,7 +221,7 @@ def test_after_the_cooldown_one_call_probes_the_model_and_its_answer_closes_the_
 ):
     settings.KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = 60
     make_agent(boards=[board], quality_checks=[])
-    breaker = _open_model_breaker("sim-small", opened_seconds_ago=61)
+    breaker = _open_model_breaker(board, "sim-small", opened_seconds_ago=61)
     task, claim = claim_one(board)
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "done"

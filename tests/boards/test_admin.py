@@ -487,6 +487,32 @@ def test_tasks_cannot_be_deleted_in_the_admin(admin, board):
     assert Task.objects.filter(pk=task.pk).exists()
 
 
+def test_a_superuser_cannot_take_a_defect_out_of_review_in_the_admin(admin, board, agent):
+    # The task and its escalation are read-only there: the andon inbox decides.
+    from andon.models import Escalation
+    from tests.andon.helpers import escalate
+
+    escalation = escalate(board)
+    task = escalation.task
+    done = column(board, Role.DONE)
+
+    task_change = admin.post(
+        reverse("admin:boards_task_change", args=[task.pk]),
+        {"column": done.pk, "status": Status.DONE, "title": task.title, "board": board.pk},
+    )
+    escalation_change = admin.post(
+        reverse("admin:andon_escalation_change", args=[escalation.pk]),
+        {"status": Escalation.Status.APPROVED},
+    )
+    escalation_delete = admin.get(reverse("admin:andon_escalation_delete", args=[escalation.pk]))
+
+    assert task_change.status_code == 403
+    assert escalation_change.status_code == 403
+    assert escalation_delete.status_code == 403
+    assert Task.objects.get(pk=task.pk).status == Status.REVIEW
+    assert Escalation.objects.get(pk=escalation.pk).status == Escalation.Status.OPEN
+
+
 # --- an agent's prompt and cascade ---------------------------------------------------------
 
 

@@ -11,7 +11,9 @@ from django.core import serializers
 from django.test import Client
 
 from boards import runtime, services
+from boards.agents import CallRecord, Output
 from boards.models import ApiToken, Column, ModelCall, Task, TaskEvent
+from tests.boards.api_support import grant_add_task, token_for
 from tests.factories import column, make_agent, make_board, make_user
 
 pytestmark = pytest.mark.django_db
@@ -19,8 +21,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def api_key(user) -> str:
-    _, key = services.api_token_create(user=user, name="tests")
-    return key
+    # A write token for every board, of a user who may add tasks.
+    grant_add_task(user)
+    return token_for(user)
 
 
 @pytest.fixture
@@ -155,10 +158,12 @@ def test_it_rejects_a_priority_out_of_range(api_client, board):
     assert response.json()["errors"] == {"priority": ["Priority must be between -1000 and 1000."]}
 
 
-def test_it_rejects_a_capability_no_agent_offers(api_client, board, agent):
+def test_it_refuses_a_capability_no_agent_offers_as_a_conflict(api_client, board, agent):
+    # Well-formed, and valid by the schema: the board cannot serve it as it is
+    # now (an agent offering it may join), so 409, with the field named.
     response = post_task(api_client, board.slug, {"title": "T", "input": "x", "capability": "welding"})
 
-    assert response.status_code == 400
+    assert response.status_code == 409
     [message] = response.json()["errors"]["capability"]
     assert "'welding'" in message and "general" in message
     assert not Task.objects.exists()
@@ -168,7 +173,7 @@ def test_it_reports_every_wrong_field_at_once(api_client, board):
     response = post_task(api_client, board.slug, {"title": 3, "priority": [1]})
 
     assert response.status_code == 400
-    assert set(response.json()["errors"]) == {"title", "input", "priority"}
+    assert set(response.json()["errors"]) == {"title", "priority"}
 
 
 def test_it_rejects_an_unknown_field(api_client, board):
@@ -201,10 +206,7 @@ def test_it_lists_the_required_fields_for_an_empty_body(api_client, board):
     response = api_client.post(f"/api/v1/boards/{board.slug}/tasks", content_type="application/json")
 
     assert response.status_code == 400
-    assert response.json()["errors"] == {
-        "title": ["This field is required."],
-        "input": ["This field is required."],
-    }
+    assert response.json()["errors"] == {"title": ["This field is required."]}
 
 
 def test_it_refuses_with_409_when_the_intake_column_is_at_its_hard_limit(api_client):
@@ -459,9 +461,25 @@ def test_it_lists_a_tasks_model_calls_oldest_first(api_client, board):
         "confidence",
         "confidence_source",
         "accepted",
+        "stale",
         "error",
         "reused_from",
     }
+    assert [c["stale"] for c in calls] == [False, False]
+
+
+def test_a_late_results_calls_are_listed_as_stale(api_client, board):
+    make_agent(boards=[board])
+    task = services.task_create(board=board, title="Late", input="late answer")
+    [claim] = services.board_pull(board_id=board.pk)
+    services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="lease expired")
+    call = CallRecord(source="model", tier=1, provider="simulated", model="sim-small", accepted=True)
+    late = Output(text="late", confidence=0.9, tier=1, calls=(call,))
+    assert services.task_complete(task_id=task.pk, lease_token=claim.lease_token, output=late) is False
+
+    [row] = api_client.get(f"/api/v1/tasks/{task.pk}/calls").json()
+
+    assert (row["accepted"], row["stale"]) == (False, True)
 
 
 def test_a_reused_result_names_the_task_it_came_from(api_client, board):
@@ -564,8 +582,9 @@ def test_board_detail_query_count_does_not_grow_with_tasks(
     services.board_pull(board_id=board.pk)
     api_client.get("/api/v1/boards")  # the token's first use writes last_used_at; keep it out
 
-    # The token, the board, and its columns with all their counts in one grouped query.
-    with django_assert_num_queries(3):
+    # The token, the board, its columns with all their counts in one grouped query,
+    # and its agents (for the capabilities they offer).
+    with django_assert_num_queries(4):
         response = api_client.get(f"/api/v1/boards/{board.slug}")
 
     assert sum(c["task_count"] for c in response.json()["columns"]) == 30
@@ -595,7 +614,7 @@ def test_openapi_schema_lists_the_paths_and_the_error_shape(db):
         "/api/v1/tasks/{task_id}/calls",
     }
     create = schema["paths"]["/api/v1/boards/{slug}/tasks"]["post"]
-    assert set(create["responses"]) == {"201", "400", "401", "404", "409"}
+    assert set(create["responses"]) == {"201", "400", "401", "403", "404", "409", "413", "415"}
     error_ref = create["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
     assert error_ref == "#/components/schemas/ErrorOut"
     assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == {"detail", "errors"}
@@ -609,7 +628,7 @@ def test_openapi_schema_lists_the_paths_and_the_error_shape(db):
     assert task_fields["cost"]["type"] == "string" and "exact" in task_fields["cost"]["description"]
     assert set(components["AgentRefOut"]["properties"]) == {"name", "models", "implementation", "simulated"}
     calls = schema["paths"]["/api/v1/tasks/{task_id}/calls"]["get"]
-    assert set(calls["responses"]) == {"200", "400", "401", "404"}
+    assert set(calls["responses"]) == {"200", "400", "401", "403", "404"}
     assert "ledger" in calls["description"]
     assert schema["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
 

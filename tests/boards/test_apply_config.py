@@ -482,6 +482,82 @@ def test_every_error_in_a_file_is_reported_in_line_order(db, tmp_path):
     ]
 
 
+def errors_of(text: str, filename: str = "line.yaml") -> list[str]:
+    with pytest.raises(ConfigError) as excinfo:
+        config_parse(text, filename=filename)
+    return excinfo.value.errors
+
+
+def test_a_repeated_slug_is_reported_with_the_boards_other_errors(db):
+    # The first board has an error of its own (a WIP limit that is not a number);
+    # the second repeats its slug. Both are reported in one pass.
+    second = BASE[: BASE.index("agents:")].replace("boards:\n", "", 1).replace("name: Line", "name: Again")
+    text = variant(6, "      - {name: Ready, role: ready, wip_limit: ten}").replace(
+        "agents:", second + "agents:", 1
+    )
+
+    errors = errors_of(text)
+
+    assert "line.yaml:6: boards[0].columns[1].wip_limit: must be an integer >= 1, got 'ten'" in errors
+    assert "line.yaml:13: boards[1].slug: duplicate board slug 'line' (boards[0] has it)" in errors
+
+
+def test_a_repeated_agent_name_is_reported_when_both_entries_have_errors(db):
+    agent = BASE[BASE.index("  - name: Worker") :]
+    text = BASE.replace("model: sim-large", "model: sim-huge") + agent.replace(
+        "boards: [line]", "boards: [line]\n    concurrency: lots"
+    )
+
+    errors = errors_of(text)
+
+    assert any(
+        e.startswith("line.yaml:19: agents[0].cascade[1].model: unknown simulated model") for e in errors
+    )
+    assert "line.yaml:22: agents[1].name: duplicate agent name 'Worker' (agents[0] has it)" in errors
+    assert any(e.startswith("line.yaml:24: agents[1].concurrency: must be an integer") for e in errors)
+
+
+def test_a_template_reports_every_problem_it_has(db):
+    errors = errors_of(variant(21, '    prompt_template: "Do {title} {0} for {customer} at {a.b} by {when}"'))
+
+    assert [e.split(": ", 2)[2] for e in errors] == [
+        "{0} is not a variable: fields must be plain names such as {input} (write {{ and }} for literal braces)",
+        "{a.b} is not a variable: fields must be plain names such as {input} (write {{ and }} for literal braces)",
+        "the template uses {customer}, {when}, which is not declared: add them to the agent's variables, "
+        "or use one of {input}, {last_error}, {review_feedback}, {title}",
+    ]
+    assert {e.split(": ")[0] for e in errors} == {"line.yaml:21"}
+
+
+def test_a_template_is_checked_even_when_its_variables_have_errors(db):
+    text = variant(21, '    prompt_template: "Do {title} {0}"\n    prompt_variables: [input]')
+
+    errors = errors_of(text)
+
+    assert [e.split(": ", 1)[1] for e in errors] == [
+        "agents[0].prompt_template: {0} is not a variable: fields must be plain names such as {input} "
+        "(write {{ and }} for literal braces)",
+        "agents[0].prompt_variables[0]: 'input' is built in: every template may use it undeclared",
+    ]
+
+
+def test_a_cascade_with_a_bad_tier_still_reports_a_missing_threshold(db):
+    # Tier 1 accepts everything (no threshold) and tier 2 names an unknown model:
+    # both are reported at once, not the threshold only once the model is fixed.
+    text = BASE.replace(
+        "{provider: simulated, model: sim-small, threshold: 0.8}", "{provider: simulated, model: sim-small}"
+    )
+    text = text.replace("model: sim-large", "model: sim-huge")
+
+    errors = errors_of(text)
+
+    assert [e.split(": ")[:2] for e in errors] == [
+        ["line.yaml:17", "agents[0].cascade[0].threshold"],
+        ["line.yaml:19", "agents[0].cascade[1].model"],
+    ]
+    assert "tier 1 (sim-small) accepts every output" in errors[0]
+
+
 def test_a_missing_file_is_named(db, tmp_path):
     missing = tmp_path / "nope.yaml"
 

@@ -74,3 +74,29 @@ def test_a_change_queued_as_a_batch_finishes_is_flushed_too():
 
     assert broadcaster.flush(timeout=10) is True
     assert second.pk in broadcaster.sent
+
+
+def test_an_expensive_first_render_does_not_freeze_the_next_updates(monkeypatch):
+    """A process's first render compiles the templates (seconds on a busy
+    machine); the CPU budget then held every later update back for about ten
+    times as long. The hold is capped, so the next change still goes out."""
+    import boards.broadcast as broadcast_module
+
+    clock = {"cpu": 0.0}
+    monkeypatch.setattr(broadcast_module.time, "thread_time", lambda: clock["cpu"])
+    first, second = make_board(), make_board()
+
+    class _SlowFirstRender(_RecordingBroadcaster):
+        def _send(self, loop, layer, pending, jobs=()) -> None:
+            if not self.sent:
+                clock["cpu"] += 100.0  # as if the first render had taken 100 s of CPU
+            super()._send(loop, layer, pending, jobs)
+
+    broadcaster = _SlowFirstRender()
+    broadcaster.columns_changed(first.pk, [])
+    assert broadcaster.flush(timeout=10) is True
+
+    broadcaster.columns_changed(second.pk, [])
+    # Uncapped, the budget (10% of the CPU) would hold this one for 900 s.
+    assert broadcaster.flush(timeout=10) is True
+    assert second.pk in broadcaster.sent

@@ -16,6 +16,8 @@ from django.db.models import Sum
 from boards import runtime, services
 from boards.agent_config import parse_cascade
 from boards.models import ModelCall, Task, TaskEvent
+from boards.providers import ModelRequest
+from boards.simulated import simulate
 from tests.boards.provider_server import ProviderServer
 from tests.factories import make_agent
 
@@ -47,6 +49,14 @@ def run_one(board, *, title: str = "Inspect", input: str = "scratch on the housi
     runtime.run(claim.task_id, str(claim.lease_token))
     task.refresh_from_db()
     return task
+
+
+def output_of(model: str, task: Task) -> str:
+    """What that simulated model answers to the task (the agent's template is "{input}",
+    so the prompt is the input itself)."""
+    return simulate(
+        ModelRequest(model=model, prompt=task.input, input=task.input, settings={"error_rate": 0})
+    ).text
 
 
 def expected_cost(row: ModelCall) -> Decimal:
@@ -82,7 +92,7 @@ def test_the_cheapest_tier_is_accepted_when_it_clears_its_threshold(board):
 
     assert task.status == Task.Status.DONE
     assert task.accepted_tier == 1
-    assert task.output.startswith("[simulated sim-small]")
+    assert task.output == output_of("sim-small", task)
     rows = assert_ledger_adds_up(task)
     assert [(r.tier, r.model, r.accepted) for r in rows] == [(1, "sim-small", True)]
     assert rows[0].confidence == task.confidence
@@ -100,7 +110,7 @@ def test_a_doubtful_answer_escalates_to_the_second_tier(board):
     task = run_one(board)
 
     assert task.accepted_tier == 2
-    assert task.output.startswith("[simulated sim-medium]")
+    assert task.output == output_of("sim-medium", task)
     rows = assert_ledger_adds_up(task)
     assert [(r.tier, r.model, r.accepted) for r in rows] == [(1, "sim-small", False), (2, "sim-medium", True)]
     assert all(r.attempt == 1 and r.agent_id == task.agent_id for r in rows)
@@ -117,7 +127,7 @@ def test_the_last_tier_is_taken_whatever_it_scores(board):
 
     assert task.status == Task.Status.DONE
     assert task.accepted_tier == 3
-    assert task.output.startswith("[simulated sim-large]")
+    assert task.output == output_of("sim-large", task)
     assert task.confidence < 1.0  # below its threshold, taken all the same
     rows = assert_ledger_adds_up(task)
     assert [(r.tier, r.accepted) for r in rows] == [(1, False), (2, False), (3, True)]
@@ -184,6 +194,7 @@ def test_a_late_result_still_records_what_its_calls_cost(board):
     assert task.status == Task.Status.READY and task.output == ""  # the stale output is not taken
     rows = assert_ledger_adds_up(task)
     assert len(rows) == 1 and rows[0].cost > 0
+    assert (rows[0].accepted, rows[0].stale) == (False, True)
 
 
 def test_generation_parameters_reach_the_provider_and_a_tier_overrides_them(board, monkeypatch):

@@ -4,12 +4,14 @@ returns tasks whose lease expired, and a late result cannot finish a task twice.
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
 from boards import runtime, services
-from boards.models import Column, Task, TaskEvent
+from boards.agents import CallRecord, Output
+from boards.models import Column, ModelCall, Task, TaskEvent
 from tests.factories import column, make_agent, make_board
 
 Role = Column.Role
@@ -73,6 +75,65 @@ def test_late_result_of_a_reaped_run_is_ignored(board, agent):
     task.refresh_from_db()
     assert (task.status, task.output, task.attempts) == (Status.DONE, "fresh", 2)
     assert task.events.filter(kind=TaskEvent.Kind.COMPLETED).count() == 1
+
+
+def _answer(cost: str) -> Output:
+    """An output whose one (accepted) model call cost ``cost``."""
+    call = CallRecord(
+        source="model",
+        tier=1,
+        provider="simulated",
+        model="sim-small",
+        tokens_in=10,
+        tokens_out=5,
+        cost=Decimal(cost),
+        confidence=0.9,
+        accepted=True,
+    )
+    return Output(text=f"answer costing {cost}", confidence=0.9, tier=1, calls=(call,))
+
+
+@pytest.mark.django_db
+def test_a_late_results_calls_are_recorded_stale_and_never_accepted(board, agent):
+    # A crash test found two accepted rows for one task: the reaped run's and the
+    # run that finished it.
+    task, old = _claimed(board, agent)
+    _expire(task)
+    services.leases_reap()
+    [new] = services.board_pull(board_id=board.pk)
+    assert services.task_complete(task_id=task.pk, lease_token=new.lease_token, output=_answer("0.002"))
+
+    # As the runtime reports it, with the attempt the run began as.
+    late = services.task_complete(
+        task_id=task.pk, lease_token=old.lease_token, output=_answer("0.001"), attempt=1
+    )
+
+    assert late is False
+
+    rows = list(ModelCall.objects.filter(task=task).order_by("pk"))
+    assert [(r.attempt, r.accepted, r.stale) for r in rows] == [(2, True, False), (1, False, True)]
+    task.refresh_from_db()
+    assert (task.status, task.output, task.accepted_tier) == (Status.DONE, "answer costing 0.002", 1)
+    # Both calls were paid for.
+    assert task.cost == Decimal("0.003")
+    assert task.model_calls == 2
+
+
+@pytest.mark.django_db
+def test_a_failed_attempt_reported_too_late_records_its_calls_stale(board, agent):
+    task, old = _claimed(board, agent)
+    _expire(task)
+    services.leases_reap()
+
+    assert (
+        services.task_attempt_fail(
+            task_id=task.pk, lease_token=old.lease_token, error="HTTP 500", calls=_answer("0.001").calls
+        )
+        is False
+    )
+
+    [row] = ModelCall.objects.filter(task=task)
+    assert (row.accepted, row.stale) == (False, True)
 
 
 @pytest.mark.django_db

@@ -205,8 +205,9 @@ def test_a_done_task_sent_back_to_the_backlog_loses_its_old_output(board, agent,
     task = services.task_create(board=board, title="redo", input="x")
     [claim] = services.board_pull(board_id=board.pk)
     services.task_complete(
-        task_id=task.pk, lease_token=claim.lease_token, output="old answer", confidence=0.4
+        task_id=task.pk, lease_token=claim.lease_token, output="old answer", confidence=0.9
     )
+    assert Task.objects.get(pk=task.pk).status == Status.DONE
 
     moved = services.task_move(task=task, to_column=column(board, Role.BACKLOG), user=user)
 

@@ -34,7 +34,10 @@ def test_same_call_gives_the_same_answer():
 def test_output_is_labelled_simulated_and_a_tier_prices_it_at_the_models_list_price():
     response = _call("sim-medium", EASY)
     profile = SIMULATED_PROFILES["sim-medium"]
-    assert response.text.startswith("[simulated sim-medium]")
+    # Labelled by its confidence source (the ledger, the API and the UI's badge say
+    # "simulated"), not by a prefix in the text, which would break JSON checks.
+    assert response.confidence_source == "simulated" and SimulatedProvider.simulated
+    assert "[simulated" not in response.text
     tier = parse_tier({"provider": "simulated", "model": "sim-medium"}, "tier")
     expected = (
         Decimal(response.tokens_in) * Decimal(str(profile.price_in)) / 1000

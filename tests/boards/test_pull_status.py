@@ -226,6 +226,7 @@ def test_every_model_of_an_agent_out_of_service_says_so():
     _ready(board, 1)
     CircuitBreaker.objects.create(
         scope=CircuitBreaker.Scope.MODEL,
+        board=board,
         key="simulated/sim-small",
         state=CircuitBreaker.State.OPEN,
         consecutive_failures=9,

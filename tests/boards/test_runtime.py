@@ -9,6 +9,8 @@ from django.utils import timezone
 
 from boards import runtime, services
 from boards.models import Column, ModelCall, Task, TaskEvent
+from boards.providers import ModelRequest
+from boards.simulated import simulate
 from tests.factories import make_agent, make_board
 
 
@@ -38,7 +40,11 @@ def test_run_completes_the_task_with_output_and_confidence(board):
 
     task.refresh_from_db()
     assert task.status == Task.Status.DONE
-    assert task.output.startswith("[simulated sim-small]")
+    # The agent's template is "{input}": the prompt is the input itself.
+    answer = simulate(
+        ModelRequest(model="sim-small", prompt=task.input, input=task.input, settings={"error_rate": 0})
+    )
+    assert (task.output, task.confidence) == (answer.text, answer.confidence)
     assert 0 < task.confidence < 1
     assert task.lease_token is None
 
@@ -116,7 +122,9 @@ def test_last_attempt_on_a_board_without_done_waits_in_progress_until_done_is_ba
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_of_claimed_runs_runs_side_by_side_and_each_ends_on_its_own(board):
-    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=3)
+    # No quality checks: this is about the runtime, not jidoka (tests/andon inspect outputs);
+    # the simulated model is rightly unsure of some of these bare inputs.
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=3, quality_checks=[])
     tasks = [services.task_create(board=board, title=f"Inspect {n}", input=f"part {n}") for n in range(3)]
     claims = services.board_pull(board_id=board.pk)
     assert len(claims) == 3
@@ -208,7 +216,10 @@ def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fai
     monkeypatch.setattr(services, "_in_worker", True)
     monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)  # no pulls from the completer here
     good, bad = make_board(), make_board()
-    make_agent(boards=[good, bad], latency_ms=0, error_rate=0.0, concurrency=4, max_attempts=2)
+    # No quality checks: this is about completing in batches, not jidoka.
+    make_agent(
+        boards=[good, bad], latency_ms=0, error_rate=0.0, concurrency=4, max_attempts=2, quality_checks=[]
+    )
     batches = []
     real = services.tasks_complete
     monkeypatch.setattr(

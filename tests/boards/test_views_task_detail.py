@@ -176,3 +176,23 @@ def test_the_query_count_does_not_grow_with_the_ledger(client, user, django_asse
         html = client.get(task.get_absolute_url()).content.decode()
 
     assert html.count('<tr id="call-') == 60
+
+
+def test_the_ledger_shows_a_late_results_calls_as_stale_not_taken(client, user, board):
+    from boards.agents import CallRecord, Output
+
+    make_agent(boards=[board])
+    task = services.task_create(board=board, title="Late", input="late answer")
+    [claim] = services.board_pull(board_id=board.pk)
+    services.task_attempt_fail(task_id=task.pk, lease_token=claim.lease_token, error="lease expired")
+    call = CallRecord(source="model", tier=1, provider="simulated", model="sim-small", accepted=True)
+    late = Output(text="late", confidence=0.9, tier=1, calls=(call,))
+    assert services.task_complete(task_id=task.pk, lease_token=claim.lease_token, output=late) is False
+    client.force_login(user)
+
+    html = client.get(task.get_absolute_url()).content.decode()
+
+    row = html[html.index(f'id="call-{ModelCall.objects.get(task=task).pk}"') :].split("</tr>")[0]
+    assert "ledger-row--stale" in row
+    assert "stale (late result ignored)" in row
+    assert ">taken<" not in row

@@ -199,3 +199,42 @@ def test_without_htmx_a_refusal_renders_the_task_page_with_409(client, user, boa
     html = response.content.decode()
     assert "<h1>No script</h1>" in html
     assert "Tasks enter In progress only when an agent pulls them from Ready." in html
+
+
+# --- a defect waiting in Review -----------------------------------------------------------
+
+
+def test_an_escalated_card_dropped_on_done_is_refused_and_put_back_in_review(client, user, board, agent):
+    from andon.models import Escalation
+    from tests.andon.helpers import escalate
+
+    escalation = escalate(board)
+    task = escalation.task
+    review, done = column(board, "review"), column(board, "done")
+    # A user with no andon permission: the board is theirs to use, the decision is not.
+    client.force_login(user)
+
+    response = client.post(_url(task), {"column": done.pk}, headers=HTMX)
+
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert "only approving, editing or rejecting it in the andon inbox" in html
+    assert escalation.get_absolute_url() in html
+    # Review comes back as the server has it: the card goes back there.
+    review_html = html[html.index(f'<section id="column-{review.pk}"') :].split("</section>")[0]
+    assert f'id="task-{task.pk}"' in review_html
+    assert Escalation.objects.get(pk=escalation.pk).status == Escalation.Status.OPEN
+    assert Task.objects.get(pk=task.pk).column == review
+
+
+def test_without_htmx_moving_an_escalated_task_renders_the_task_page_with_409(client, user, board, agent):
+    from tests.andon.helpers import escalate
+
+    escalation = escalate(board)
+    client.force_login(user)
+
+    response = client.post(_url(escalation.task), {"column": column(board, "ready").pk})
+
+    assert response.status_code == 409
+    assert escalation.get_absolute_url() in response.content.decode()
+    assert Task.objects.get(pk=escalation.task_id).status == Task.Status.REVIEW

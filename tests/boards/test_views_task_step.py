@@ -149,3 +149,20 @@ def test_a_step_past_a_soft_limit_says_so(client, user):
         "Moved “Second” from Backlog to Ready. Ready is over its soft WIP limit (2/1)."
         in response.content.decode()
     )
+
+
+def test_stepping_an_escalated_card_out_of_review_is_refused(client, user, board, agent):
+    from andon.models import Escalation
+    from tests.andon.helpers import escalate
+
+    escalation = escalate(board)
+    client.force_login(user)
+
+    response = client.post(_url(escalation.task), {"direction": "right"}, headers=HTMX)
+
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert escalation.get_absolute_url() in html
+    assert f'<section id="column-{column(board, "review").pk}"' in html
+    assert Escalation.objects.get(pk=escalation.pk).status == Escalation.Status.OPEN
+    assert Task.objects.get(pk=escalation.task_id).status == Task.Status.REVIEW

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from boards.models import Task, TaskEvent
+from boards.providers import ModelRequest
+from boards.simulated import simulate
 from tests.factories import make_agent, make_board, make_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=8)]
@@ -60,7 +62,13 @@ def test_task_added_in_the_form_reaches_done_live_in_two_browsers(browser, live_
 
     task = Task.objects.get(title="Inspect weld seam 12")
     assert task.status == Task.Status.DONE
-    assert task.output.startswith("[simulated sim-small]")
+    # The agent's template is "{input}": the prompt is the input itself.
+    assert (
+        task.output
+        == simulate(
+            ModelRequest(model="sim-small", prompt=task.input, input=task.input, settings={"error_rate": 0})
+        ).text
+    )
     kinds = list(task.events.values_list("kind", flat=True))
     assert kinds[0] == TaskEvent.Kind.CREATED and kinds[-1] == TaskEvent.Kind.COMPLETED
     assert task.events.get(kind=TaskEvent.Kind.CREATED).user == operator

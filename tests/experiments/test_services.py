@@ -440,7 +440,8 @@ def test_the_preview_classifies_and_numbers_a_change_as_the_proposal_then_does(d
     agent = make_agent(boards=[board], quality_checks=[])
     # A bare cascade, as the model's default leaves it, and no version row yet.
     type(agent).objects.filter(pk=agent.pk).update(
-        cascade=[{"provider": "simulated", "model": "sim-small", "threshold": None}], parameters={"max_tokens": 1000}
+        cascade=[{"provider": "simulated", "model": "sim-small", "threshold": None}],
+        parameters={"max_tokens": 1000},
     )
     agent.refresh_from_db()
     fields = _fields(agent, parameters={"max_tokens": 900})

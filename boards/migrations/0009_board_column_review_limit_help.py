@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('boards', '0005_task_experiment'),
+        ('boards', '0008_task_worker'),
     ]
 
     operations = [

@@ -1,0 +1,20 @@
+"""Celery tasks of the andon: thin wrappers that call one service.
+
+review_demo_escalations is scheduled only when KAIZEN_DEMO_REVIEWER_SECONDS is
+set (kaizen_web.settings). Running it twice decides two inbox rows at most,
+each once: a decision locks its escalations and skips those already decided.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from andon import demo_reviewer
+
+
+@shared_task(name="andon.tasks.review_demo_escalations")
+def review_demo_escalations() -> int:
+    if settings.KAIZEN_DEMO_REVIEWER_SECONDS <= 0:
+        return 0
+    return len(demo_reviewer.demo_review_run())

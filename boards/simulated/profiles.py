@@ -1,0 +1,105 @@
+"""The simulated models: price, latency, skill; and how hard an input is."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+
+# --- profiles ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatedProfile:
+    latency_ms: float
+    # Price per 1k input and output tokens, in dollars.
+    price_in: float
+    price_out: float
+    # Accuracy on an easy input with an ordinary prompt, and how fast it falls with
+    # difficulty (in log-odds per unit of difficulty).
+    skill: float
+    error_rate: float
+    verbosity: float
+    difficulty_slope: float = 2.4
+
+
+SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
+    "sim-small": SimulatedProfile(
+        latency_ms=400,
+        price_in=0.00015,
+        price_out=0.0006,
+        skill=0.85,
+        error_rate=0.04,
+        verbosity=1.6,
+        difficulty_slope=3.0,
+    ),
+    "sim-medium": SimulatedProfile(
+        latency_ms=900,
+        price_in=0.001,
+        price_out=0.004,
+        skill=0.92,
+        error_rate=0.02,
+        verbosity=1.2,
+        difficulty_slope=2.4,
+    ),
+    "sim-large": SimulatedProfile(
+        latency_ms=2000,
+        price_in=0.005,
+        price_out=0.015,
+        skill=0.97,
+        error_rate=0.01,
+        verbosity=1.0,
+        difficulty_slope=1.8,
+    ),
+}
+
+CONFIDENCE_SPREAD = 0.8
+CONFIDENCE_MIN = 0.02
+CONFIDENCE_MAX = 0.99
+
+KIND_EFFECT = {
+    "classify": 0.3,
+    "draft": 0.2,
+    "rewrite": 0.3,
+    "extract": -0.2,
+    "sections": -0.2,
+    "summarise": 0.0,
+    "generic": 0.0,
+}
+EFFECT_FORMAT = 0.3
+EFFECT_DEFINITIONS = 0.5
+EFFECT_EXAMPLES = 0.4
+EFFECT_MATCHING_EXAMPLE = 0.6
+EFFECT_GROUNDED = 0.2
+EFFECT_FEEDBACK = 1.0
+EFFECT_VAGUE = -0.4
+EFFECT_PLACEHOLDER = -1.5
+EFFECT_PLACEHOLDERS_MAX = -3.0
+EFFECT_NO_INPUT = -4.0
+NO_INPUT_CEILING = -2.5
+
+
+def count_tokens(text: str) -> int:
+    # About four characters a token, as for English text with real tokenizers.
+    return max(1, (len(text) + 3) // 4)
+
+
+@functools.lru_cache(maxsize=4096)
+def input_difficulty(text: str) -> float:
+    """0 (easy) to 1 (hard): longer inputs with more questions and numbers are harder."""
+    words = text.split()
+    length = min(1.0, len(words) / 120)
+    marks = min(1.0, (text.count("?") + len(_NON_DIGITS.sub("", text)) / 10) / 6)
+    return round(0.7 * length + 0.3 * marks, 4)
+
+
+_NON_DIGITS = re.compile(r"\D+")
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def log_odds(p: float) -> float:
+    return math.log(p / (1 - p))
