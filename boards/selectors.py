@@ -436,6 +436,8 @@ class BoardPullStatus:
         for busy in (self.busy_hold, hold):
             if busy is not None:
                 return busy.card_text, HoldLevel.BUSY
+        if self.probing:
+            return "Waits its turn: a circuit breaker lets one probe task through at a time.", HoldLevel.BUSY
         return "Waits its turn: the agents that can do it are busy.", HoldLevel.BUSY
 
 

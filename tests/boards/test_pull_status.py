@@ -379,7 +379,11 @@ def _random_line(rng: random.Random, n: int):
         services.board_set_paused(board=board, paused=True)
     for i in range(rng.randint(0, 6)):
         task = services.task_create(board=board, title=f"r{n} task {i}", input=f"r{n} task {i}")
-        Task.objects.filter(pk=task.pk).update(capability=rng.choice(["", "", *capabilities]))
+        # Some were tried before (a failed attempt sent them back): a probe takes them last.
+        tried = timezone.now() - timedelta(minutes=rng.randint(1, 30)) if rng.random() < 0.3 else None
+        Task.objects.filter(pk=task.pk).update(
+            capability=rng.choice(["", "", *capabilities]), started_at=tried
+        )
         if rng.random() < 0.15:
             services.task_block(task=task, user=None, note="random block")
     board.refresh_from_db()
@@ -427,3 +431,27 @@ def test_ready_full_of_blocked_tasks_says_nothing_comes_in_from_the_backlog():
     assert _hold(status, "ready_blocked").text == (
         "Ready is full (2/2) of blocked tasks, so no work comes in from the Backlog: unblock one, or move it back."
     )
+
+
+def test_while_a_breaker_probes_the_cards_say_untried_work_goes_first():
+    board = make_board(backlog=False)
+    agent = make_agent(boards=[board], name="Probing", breaker_cooldown_seconds=60)
+    tried, fresh = _ready(board, 2)
+    Task.objects.filter(pk=tried.pk).update(started_at=timezone.now() - timedelta(minutes=5))
+    CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.AGENT,
+        agent=agent,
+        state=CircuitBreaker.State.OPEN,
+        consecutive_failures=5,
+        opened_at=timezone.now() - timedelta(minutes=2),
+    )
+
+    status, cards = _status(board)
+
+    # One probe task, and not the one tried last (andon.jidoka.PullGate.candidate_order).
+    assert cards[fresh.pk].pull_hold == ""
+    assert (
+        cards[tried.pk].pull_hold
+        == "Waits its turn: a circuit breaker lets one probe task through at a time."
+    )
+    assert [c.task_id for c in services.board_pull(board_id=board.pk)] == [fresh.pk]
