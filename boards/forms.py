@@ -528,3 +528,29 @@ class TaskImportForm(forms.Form):
                 "(split it, or use `python manage.py import_tasks`)."
             )
         return upload
+
+
+class BoardCordForm(forms.Form):
+    """The board page's andon cord: stop the whole board, or one of its agents.
+    The reason is not required here: the andon service says what a missing one
+    means (andon.services.line_stop)."""
+
+    scope = forms.CharField(error_messages={"required": "Choose what to stop: the board or one agent."})
+    reason = forms.CharField(required=False, strip=False)
+
+    def __init__(self, data=None, *, board: Board, **kwargs) -> None:
+        super().__init__(data, **kwargs)
+        self.board = board
+
+    def clean_scope(self) -> Board | Agent:
+        value = self.cleaned_data["scope"]
+        if value == "board":
+            return self.board
+        prefix, _, pk = value.partition("-")
+        if prefix == "agent" and pk.isdigit():
+            agent = self.board.agents.filter(pk=int(pk)).first()
+            if agent is not None:
+                return agent
+        raise forms.ValidationError(
+            f"{value!r} is neither this board nor one of its agents: choose the board or one agent to stop."
+        )

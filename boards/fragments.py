@@ -4,30 +4,77 @@ the htmx websocket extension swaps it into place by id.
 
 Called by the broadcaster thread (boards.broadcast) after commit, outside any
 request: the partials it renders must not need one (no CSRF token, no user).
+Every push carries the board's live state around the columns (the banner, the
+agents' load, the flow status saying why agents are or are not pulling) and
+the Ready column, whose cards say why each waits. The browser swaps only what
+changed and holds back a swap where a person is typing or has a form open
+(static/js/live.js).
 """
 
 from __future__ import annotations
 
 from django.template.loader import render_to_string
 
-from boards.models import Board
-from boards.selectors import board_agents_get, board_columns_get, board_line_stops_get
+from boards.models import Board, Column
+from boards.selectors import (
+    board_agents_get,
+    board_columns_get,
+    board_columns_with_counts,
+    board_line_stops_get,
+    board_pull_status_get,
+)
+
+
+def board_live_context(*, board: Board, column_ids: set[int] | None = None, with_ready: bool = True) -> dict:
+    """The context of the board's live parts: ``columns`` (all of them, or those
+    of ``column_ids``, plus Ready unless ``with_ready`` is False), the agents,
+    the line stops and the flow status, with each drawn Ready card's reason to
+    wait. A fixed number of queries, whatever the number of tasks."""
+    counted = list(board_columns_with_counts(board=board))
+    if column_ids is not None and with_ready:
+        # Ready's cards say why each waits, which any change may alter.
+        column_ids = set(column_ids) | {c.pk for c in counted if c.role == Column.Role.READY}
+    columns = board_columns_get(board=board, column_ids=column_ids, counted=counted)
+    line_stops = board_line_stops_get(board=board)
+    status = board_pull_status_get(board=board, columns=counted, line_stops=line_stops)
+    status.explain_cards(columns)
+    agents = board_agents_get(board=board)
+    return {
+        "board": board,
+        "columns": columns,
+        "agents": agents,
+        "agents_summary": agents_summary(agents),
+        "line_stops": line_stops,
+        "board_stopped": any(stop.board_id for stop in line_stops),
+        "pull_status": status,
+    }
 
 
 def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
     """HTML that brings a browser's board up to date after ``column_ids`` changed:
-    those columns, whole, plus the paused banner and the agents' load, which
-    any change may have altered. Empty when the board no longer exists."""
+    those columns and Ready, whole, plus the banner, the agents' load and the
+    flow status, which any change may have altered. Empty when the board no
+    longer exists."""
     board = Board.objects.filter(pk=board_id).first()
     if board is None:
         return ""
-    context = {
-        "board": board,
-        # Empty column_ids (a board paused or resumed) sends the banner and agents only.
-        "columns": board_columns_get(board=board, column_ids=set(column_ids)) if column_ids else [],
-        "agents": board_agents_get(board=board),
-        "oob": True,
-    }
-    line_stops = board_line_stops_get(board=board)
-    context.update(line_stops=line_stops, board_stopped=any(stop.board_id for stop in line_stops))
+    context = board_live_context(board=board, column_ids=set(column_ids))
+    context["oob"] = True
     return render_to_string("boards/board.html#board-update", context)
+
+
+def agents_summary(agents: list) -> dict[str, int]:
+    """The agent strip's one line (all a phone shows until it is unfolded)."""
+    alarm = ("open", "half_open")
+    return {
+        "running": sum(getattr(a, "running", 0) or 0 for a in agents),
+        "capacity": sum(a.concurrency for a in agents),
+        "stopped": sum(1 for a in agents if getattr(a, "line_stop", None)),
+        "paused": sum(1 for a in agents if a.paused),
+        "breakers": sum(
+            1
+            for a in agents
+            if (getattr(a, "breaker", None) is not None and a.breaker.state in alarm)
+            or any(b.state in alarm for b in getattr(a, "model_breakers", []))
+        ),
+    }

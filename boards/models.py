@@ -102,7 +102,9 @@ class Column(models.Model):
     hard_limit = models.BooleanField(
         default=True,
         help_text="A hard limit refuses tasks once reached; a soft one lets people "
-        "exceed it and marks the column. Agents never pull past either.",
+        "exceed it and marks the column. Agents never pull past either limit of In "
+        "progress. On Review, a hard limit stops the pull while Review is full; a soft "
+        "one is a signal: the board says how many decisions wait, and agents keep pulling.",
     )
 
     class Meta:

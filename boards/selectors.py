@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.urls import reverse
 
+from boards import pull_rules
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 
 Role = Column.Role
@@ -77,17 +79,23 @@ def board_columns_with_counts(*, board: Board) -> QuerySet[Column]:
     return board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
 
 
-def board_columns_get(*, board: Board, column_ids: set[int] | None = None) -> list[ColumnView]:
+def board_columns_get(
+    *, board: Board, column_ids: set[int] | None = None, counted: list[Column] | None = None
+) -> list[ColumnView]:
     """The board's columns in order, each with its task count and its first
     ``KAIZEN_COLUMN_CARD_LIMIT`` cards. ``column_ids`` narrows it to some columns
-    (the live updates re-render only what changed).
+    (the live updates re-render only what changed); ``counted`` are the board's
+    columns as board_columns_with_counts gives them, when the caller has them.
 
     One query for the columns and their counts, then one per column for its
     cards: bounded by the number of columns, never by the number of tasks.
     """
-    columns = board_columns_with_counts(board=board)
-    if column_ids is not None:
-        columns = columns.filter(pk__in=column_ids)
+    if counted is not None:
+        columns = [c for c in counted if column_ids is None or c.pk in column_ids]
+    else:
+        columns = board_columns_with_counts(board=board)
+        if column_ids is not None:
+            columns = columns.filter(pk__in=column_ids)
     limit = settings.KAIZEN_COLUMN_CARD_LIMIT
     views = []
     for column in columns:
@@ -291,3 +299,498 @@ def agent_model_calls_recent(*, agent: Agent, limit: int = 20) -> list[ModelCall
         .defer("task__input", "task__output", "reused_from__input", "reused_from__output")
         .order_by("-created_at", "-pk")[:limit]
     )
+
+
+# --- why agents are not pulling: the board's flow status ---------------------------
+
+
+def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict[int, int]]:
+    """Tasks running in ``doing`` and each agent's running tasks on any board (an
+    agent's concurrency is shared by its boards): one grouped query. The pull
+    (boards.services._claim) and the flow status count with it alike."""
+    in_doing = 0
+    running: dict[int, int] = {}
+    rows = (
+        Task.objects.filter(status=Task.Status.RUNNING)
+        .filter(Q(column=doing) | Q(agent__in=agents))
+        .values_list("column", "agent")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for column_id, agent_id, n in rows:
+        if column_id == doing.pk:
+            in_doing += n
+        if agent_id is not None:
+            running[agent_id] = running.get(agent_id, 0) + n
+    return in_doing, running
+
+
+class HoldLevel:
+    # Keeps agents from pulling work that waits: the line is stalled (for some work, or all).
+    STOP = "stop"
+    # Agents are at capacity: work waits its turn, nothing is wrong.
+    BUSY = "busy"
+    # The pull goes on, but people should know (a soft limit passed, an agent paused).
+    SIGNAL = "signal"
+
+
+@dataclass(frozen=True)
+class PullHold:
+    """One reason work waits, in words, with where to act on it."""
+
+    kind: str
+    text: str
+    level: str = HoldLevel.STOP
+    url: str = ""
+    link_text: str = ""
+    # What a Ready card says when this hold keeps it waiting (the text when empty).
+    short: str = ""
+
+    @property
+    def card_text(self) -> str:
+        return self.short or self.text
+
+
+@dataclass
+class BoardPullStatus:
+    """Why agents are or are not pulling on a board, read as the pull decides
+    (boards.pull_rules, andon.jidoka), for the flow status line and the Ready cards.
+
+    ``state``: "stalled" (work waits and agents pull none of it, for a reason
+    people must act on), "busy" (work waits for agents at capacity), "flowing"
+    (the next pull takes work) or "idle" (nothing unblocked waits in Ready).
+    """
+
+    state: str
+    waiting: int
+    holds: list[PullHold]
+    # The hold that keeps every task from being pulled, if one does (the first in the pull's order).
+    board_hold: PullHold | None = None
+    busy_hold: PullHold | None = None
+    capability_holds: dict[str, PullHold] = field(default_factory=dict)
+    # The agents that may take a task now, and how many each (for explain_cards).
+    able: list[Agent] = field(default_factory=list)
+    room: dict[int, int] = field(default_factory=dict)
+    want: int = 0
+    # While a breaker probes, the pull takes work not tried yet first (PullGate.candidate_order).
+    probing: bool = False
+
+    LABELS = {
+        "stalled": "Agents are not pulling",
+        "busy": "Agents are busy",
+        "flowing": "Agents are pulling",
+        "idle": "Nothing waits in Ready",
+    }
+
+    @property
+    def label(self) -> str:
+        return self.LABELS[self.state]
+
+    @property
+    def shown_holds(self) -> list[PullHold]:
+        """What the status line says: every hold, but agents at capacity only
+        when work waits on them."""
+        return [h for h in self.holds if h.level != HoldLevel.BUSY or self.state == "busy"]
+
+    @property
+    def listed_holds(self) -> list[PullHold]:
+        """The holds listed under the status line (those of agents at capacity
+        go on the line itself, quietly)."""
+        return [h for h in self.shown_holds if h.level != HoldLevel.BUSY]
+
+    def explain_cards(self, columns: list[ColumnView]) -> None:
+        """Set ``pull_hold`` on each drawn Ready card: why the next pull will not
+        take it ("" when it will), and ``pull_hold_level`` (a HoldLevel). Cards
+        are walked in the pull's order, each taking a slot of the agent that
+        would take it, as _claim does."""
+        room = dict(self.room)
+        want = self.want
+        for view in columns:
+            if view.column.role != Role.READY:
+                continue
+            cards = view.cards
+            if self.probing:
+                # andon.jidoka.PullGate.candidate_order: untried first, then tried longest ago.
+                cards = sorted(
+                    cards,
+                    key=lambda t: (t.started_at is not None, t.started_at or 0, t.position, t.created_at),
+                )
+            for card in cards:
+                card.pull_hold, card.pull_hold_level = self._card_hold(card, room, want)
+                if not card.pull_hold:
+                    want -= 1
+
+    def _card_hold(self, task: Task, room: dict[int, int], want: int) -> tuple[str, str]:
+        if task.blocked_at is not None:
+            return "Blocked: agents skip it until it is unblocked.", HoldLevel.STOP
+        if self.board_hold is not None:
+            return self.board_hold.card_text, HoldLevel.STOP
+        hold = self.capability_holds.get(task.capability)
+        if hold is not None and hold.level == HoldLevel.STOP:
+            return hold.card_text, HoldLevel.STOP
+        if want > 0:
+            agent = pull_rules.pick_agent(task.capability, self.able, room)
+            if agent is not None:
+                room[agent.pk] -= 1
+                return "", ""
+        for busy in (self.busy_hold, hold):
+            if busy is not None:
+                return busy.card_text, HoldLevel.BUSY
+        if self.probing:
+            return "Waits its turn: a circuit breaker lets one probe task through at a time.", HoldLevel.BUSY
+        return "Waits its turn: the agents that can do it are busy.", HoldLevel.BUSY
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _clock(moment) -> str:
+    from django.utils import timezone
+
+    return timezone.localtime(moment).strftime("%H:%M")
+
+
+def board_pull_status_get(
+    *, board: Board, columns: list[Column] | None = None, line_stops: list | None = None
+) -> BoardPullStatus:
+    """Why agents are (not) pulling on ``board``, rule by rule as the pull
+    (boards.services.board_pull and _claim) decides, read-only: the andon's
+    ``active_stops`` and ``pull_gate(take_probes=False)``, and boards.pull_rules.
+
+    ``columns`` (annotated with ``task_count``, as board_columns_with_counts
+    gives them) and ``line_stops`` (board_line_stops_get) save their queries
+    when the caller has them. A fixed number of queries, whatever the number
+    of tasks or agents.
+    """
+    from andon import jidoka
+    from andon.models import Escalation
+
+    if columns is None:
+        columns = list(board_columns_with_counts(board=board))
+    by_role = {c.role: c for c in columns}
+    ready, doing, review = by_role.get(Role.READY), by_role.get(Role.IN_PROGRESS), by_role.get(Role.REVIEW)
+    holds: list[PullHold] = []
+    board_hold: PullHold | None = None
+
+    def stop(hold: PullHold) -> None:
+        nonlocal board_hold
+        holds.append(hold)
+        if board_hold is None:
+            board_hold = hold
+
+    waiting_by_capability: dict[str, int] = {}
+    if ready is not None:
+        rows = (
+            Task.objects.filter(column=ready, blocked_at__isnull=True)
+            .values_list("capability")
+            .annotate(n=Count("pk"))
+            .order_by()
+        )
+        for capability, n in rows:
+            waiting_by_capability[capability] = waiting_by_capability.get(capability, 0) + n
+    waiting = sum(waiting_by_capability.values())
+
+    # The board's own switches and shape (board_pull, then the top of _claim).
+    if board.paused:
+        stop(
+            PullHold(
+                "paused",
+                "The board is paused: agents pull nothing until it is resumed.",
+                short="Waits: the board is paused.",
+            )
+        )
+    missing = [Role(role).label for role in (Role.READY, Role.IN_PROGRESS, Role.DONE) if role not in by_role]
+    if missing:
+        stop(
+            PullHold(
+                "columns",
+                f"The board has no {' or '.join(missing)} column, so agents pull nothing: "
+                "add it in the admin or the board's config file.",
+                short=f"Waits: the board has no {' or '.join(missing)} column.",
+            )
+        )
+    inbox_url = f"{reverse('andon-inbox')}?board={board.pk}"
+    if review is not None and review.wip_limit is not None:
+        count = review.task_count
+        limit = review.wip_limit
+        stops_pull = pull_rules.review_limit_stops_pull(review)
+        if (stops_pull and pull_rules.review_full(review, count)) or count > limit:
+            decisions = Escalation.objects.filter(board=board, status=Escalation.Status.OPEN).count()
+            needed = f"{_plural(decisions, 'decision')} {'is' if decisions == 1 else 'are'} needed"
+            if stops_pull and pull_rules.review_full(review, count):
+                stop(
+                    PullHold(
+                        "review_full",
+                        f"Waiting for review: {review.name} is full ({count}/{limit}), "
+                        f"{needed} in the andon inbox.",
+                        url=inbox_url,
+                        link_text="Open the andon inbox",
+                        short=f"Waits for review: {review.name} is full ({count}/{limit}).",
+                    )
+                )
+            else:
+                holds.append(
+                    PullHold(
+                        "review_over",
+                        f"{review.name} is over its soft limit by {count - limit} ({count}/{limit}): "
+                        f"{needed} in the andon inbox. Agents keep pulling.",
+                        level=HoldLevel.SIGNAL,
+                        url=inbox_url,
+                        link_text="Open the andon inbox",
+                    )
+                )
+    # Budgets (andon) are not built yet: when they are, a budget reached is a
+    # stop here ("Budget reached: …"), checked by _claim with the same rule.
+
+    # The agents, in the order _claim filters them.
+    agents = list(board.agents.order_by("pk"))
+    why_not: dict[int, str] = {}
+    if not agents:
+        stop(
+            PullHold(
+                "no_agents",
+                "No agent serves this board: tasks wait in Ready until one does.",
+                short="Waits: no agent serves this board.",
+            )
+        )
+    for agent in agents:
+        if agent.paused:
+            why_not[agent.pk] = f"{agent.name} is paused"
+    unpaused = [a for a in agents if not a.paused]
+    if agents and not unpaused:
+        stop(
+            PullHold(
+                "agents_paused",
+                "Every agent of this board is paused: resume one on its page.",
+                short="Waits: every agent is paused.",
+            )
+        )
+    board_stopped, stopped_ids = jidoka.active_stops(board_id=board.pk, agent_ids=[a.pk for a in unpaused])
+    if line_stops is None:
+        line_stops = board_line_stops_get(board=board)
+    stops_by_agent = {s.agent_id: s for s in line_stops if s.agent_id}
+    stops_url = reverse("andon-line-stops")
+    if board_stopped:
+        board_stop = next((s for s in line_stops if s.board_id), None)
+        reason = f": {board_stop.reason}" if board_stop is not None else ""
+        stop(
+            PullHold(
+                "line_stopped",
+                f"The line is stopped{reason}. A reviewer restarts it from the andon.",
+                url=f"{stops_url}#line-stop-{board_stop.pk}" if board_stop is not None else stops_url,
+                link_text="Line stops",
+                short="Waits: the line is stopped.",
+            )
+        )
+    agent_holds: list[PullHold] = []
+    for agent in unpaused:
+        if agent.pk in stopped_ids:
+            line_stop = stops_by_agent.get(agent.pk)
+            reason = line_stop.reason if line_stop is not None else "its line is stopped"
+            why_not[agent.pk] = f"{agent.name} is stopped"
+            agent_holds.append(
+                PullHold(
+                    "agent_stopped",
+                    f"{agent.name} stopped: {reason}. Restart it from the andon.",
+                    url=f"{stops_url}#line-stop-{line_stop.pk}" if line_stop is not None else stops_url,
+                    link_text="Line stops",
+                )
+            )
+    pulling = [a for a in unpaused if a.pk not in stopped_ids]
+    gate = jidoka.pull_gate(pulling, board_id=board.pk, take_probes=False)
+    held = [a for a in pulling if a.pk in gate.blocked]
+    if held:
+        agent_holds += _breaker_holds(board, held, gate, why_not)
+    pulling = [a for a in pulling if a.pk not in gate.blocked]
+    for agent in agents:
+        if agent.paused:
+            agent_holds.append(
+                PullHold(
+                    "agent_paused",
+                    f"{agent.name} is paused: it takes no new tasks until resumed.",
+                    level=HoldLevel.SIGNAL,
+                    url=agent.get_absolute_url(),
+                    link_text=agent.name,
+                )
+            )
+    if unpaused and not pulling and not board_stopped and board_hold is None:
+        # Every agent that is not paused is stopped or held by a breaker.
+        board_hold = PullHold(
+            "agents_held",
+            "No agent can pull: " + "; ".join(why_not[a.pk] for a in unpaused) + ".",
+            short="Waits: " + "; ".join(why_not[a.pk] for a in unpaused) + ".",
+        )
+    holds += agent_holds
+
+    # Capacity: In progress and the agents' own.
+    busy_hold: PullHold | None = None
+    room: dict[int, int] = {}
+    able: list[Agent] = []
+    want = 0
+    if doing is not None:
+        in_doing, running = agents_running_get(doing=doing, agents=pulling)
+        free = pull_rules.free_wip(doing, in_doing)
+        room = pull_rules.agent_room(pulling, running=running, gate=gate)
+        able = [a for a in pulling if room[a.pk] > 0]
+        for agent in pulling:
+            if room[agent.pk] > 0:
+                continue
+            if agent.pk in gate.limited or agent.pk in gate.probes:
+                why_not[agent.pk] = f"{agent.name} is probing a circuit breaker with one task"
+            else:
+                why_not[agent.pk] = (
+                    f"{agent.name} is busy ({running.get(agent.pk, 0)}/{agent.concurrency} running)"
+                )
+        if free is not None and free <= 0:
+            busy_hold = PullHold(
+                "in_progress_full",
+                f"{doing.name} is full ({in_doing}/{doing.wip_limit}): the next task starts "
+                "when one finishes.",
+                level=HoldLevel.BUSY,
+                short=f"Waits its turn: {doing.name} is full ({in_doing}/{doing.wip_limit}).",
+            )
+        elif pulling and not able:
+            busy_hold = PullHold(
+                "agents_busy",
+                "Every agent is busy: " + "; ".join(why_not[a.pk] for a in pulling) + ".",
+                level=HoldLevel.BUSY,
+                short="Waits its turn: every agent is busy.",
+            )
+        total = sum(room[a.pk] for a in able)
+        want = total if free is None else max(0, min(total, free))
+        if busy_hold is not None:
+            holds.append(busy_hold)
+
+    # The work that waits, by the capability it asks for.
+    capability_holds: dict[str, PullHold] = {}
+    for capability, n in sorted(waiting_by_capability.items()):
+        offering = [a for a in agents if a.can_do(capability)]
+        tasks = f"{_plural(n, 'task')} {'waits' if n == 1 else 'wait'}"
+        if not offering:
+            capability_holds[capability] = PullHold(
+                "no_capability",
+                f"No agent on this board offers capability “{capability}”: {tasks} for one.",
+                short=f"Waits: no agent on this board offers “{capability}”.",
+            )
+        elif not any(a in pulling for a in offering):
+            # Every agent that could take it is paused, stopped or held by a breaker.
+            label = f"“{capability}”" if capability else "these tasks"
+            capability_holds[capability] = PullHold(
+                "capability_held",
+                f"No agent that can do {label} may pull ({tasks}): "
+                + "; ".join(why_not.get(a.pk, a.name) for a in offering)
+                + ".",
+                short="Waits: " + "; ".join(why_not.get(a.pk, a.name) for a in offering) + ".",
+            )
+        elif any(a in able for a in offering) or busy_hold is not None:
+            continue
+        else:
+            capability_holds[capability] = PullHold(
+                "capability_busy",
+                f"Every agent that can do “{capability}” is busy: "
+                + "; ".join(why_not[a.pk] for a in offering if a.pk in why_not)
+                + ".",
+                level=HoldLevel.BUSY,
+                short=f"Waits its turn: every agent that can do “{capability}” is busy.",
+            )
+    if board_hold is None:
+        holds += capability_holds.values()
+
+    # What _claim would do now: some waiting task that an able agent takes.
+    would_claim = (
+        board_hold is None
+        and want > 0
+        and any(pull_rules.pick_agent(capability, able, room) for capability in waiting_by_capability)
+    )
+    stuck = {c for c, hold in capability_holds.items() if hold.level == HoldLevel.STOP}
+    # Ready full of blocked tasks lets nothing in from the Backlog (_replenish).
+    backlog = by_role.get(Role.BACKLOG)
+    ready_clogged = (
+        not waiting
+        and ready is not None
+        and ready.wip_limit is not None
+        and ready.task_count >= ready.wip_limit
+        and backlog is not None
+        and Task.objects.filter(column=backlog, blocked_at__isnull=True).exists()
+    )
+    if ready_clogged:
+        holds.append(
+            PullHold(
+                "ready_blocked",
+                f"{ready.name} is full ({ready.task_count}/{ready.wip_limit}) of blocked tasks, so no "
+                f"work comes in from the {backlog.name}: unblock one, or move it back.",
+            )
+        )
+        state = "stalled"
+    elif not waiting:
+        state = "idle"
+    elif would_claim:
+        state = "flowing"
+    elif board_hold is not None or set(waiting_by_capability) <= stuck:
+        state = "stalled"
+    else:
+        state = "busy"
+    if state == "stalled" and board_hold is not None and board_hold not in holds:
+        holds.insert(0, board_hold)
+    return BoardPullStatus(
+        state=state,
+        waiting=waiting,
+        holds=holds,
+        board_hold=board_hold,
+        busy_hold=busy_hold,
+        capability_holds=capability_holds,
+        able=able,
+        room=room,
+        want=want,
+        probing=bool(gate.probes or gate.limited),
+    )
+
+
+def _breaker_holds(board: Board, held: list[Agent], gate, why_not: dict[int, str]) -> list[PullHold]:
+    """Why each of these agents is held back by a circuit breaker, with the time
+    it will try again: one query for their breakers and the board's open models'."""
+    from datetime import timedelta
+
+    from andon import jidoka
+    from andon.models import CircuitBreaker
+
+    rows = list(
+        CircuitBreaker.objects.filter(
+            Q(scope=CircuitBreaker.Scope.AGENT, agent__in=held)
+            | Q(scope=CircuitBreaker.Scope.MODEL, board=board, key__in=list(gate.open_models))
+        )
+    )
+    by_agent = {b.agent_id: b for b in rows if b.scope == CircuitBreaker.Scope.AGENT}
+    by_model = {b.key: b for b in rows if b.scope == CircuitBreaker.Scope.MODEL}
+    model_cooldown = jidoka.model_breaker_cooldown()
+    holds = []
+    for agent in held:
+        breaker = by_agent.get(agent.pk)
+        cooldown = timedelta(seconds=agent.breaker_cooldown_seconds)
+        if breaker is not None and breaker.state != CircuitBreaker.State.CLOSED:
+            if breaker.state == CircuitBreaker.State.HALF_OPEN and breaker.probe_started_at:
+                text = (
+                    f"{agent.name}'s breaker is half-open: one probe task is running; "
+                    f"if it does not report back, the next try is at {_clock(breaker.probe_started_at + cooldown)}."
+                )
+            else:
+                until = f" until {_clock(breaker.opened_at + cooldown)}" if breaker.opened_at else ""
+                failures = _plural(breaker.consecutive_failures, "failed attempt")
+                text = f"{agent.name}'s breaker is open{until} ({failures} in a row)."
+            why_not[agent.pk] = f"{agent.name}'s breaker is open"
+        else:
+            models = []
+            for tier in agent.tiers:
+                key = jidoka.model_key(tier.provider, tier.model)
+                model_breaker = by_model.get(key)
+                if model_breaker is None or key in models:
+                    continue
+                since = model_breaker.probe_started_at or model_breaker.opened_at
+                models.append(key + (f" until {_clock(since + model_cooldown)}" if since else ""))
+            text = f"{agent.name}'s models are out of service: breaker open for {', '.join(models)}."
+            why_not[agent.pk] = f"{agent.name}'s models are out of service"
+        holds.append(
+            PullHold("breaker_open", text, url=agent.get_absolute_url(), link_text=f"{agent.name}'s page")
+        )
+    return holds

@@ -22,17 +22,18 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
 from andon.models import Escalation, Inspection
-from boards import broadcast, demo_feed, workers
+from boards import broadcast, demo_feed, pull_rules, workers
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
+from boards.selectors import agents_running_get
 from boards.task_files import TaskRow
 from boards.text import text_problem
 from experiments import line as experiment_line
@@ -530,9 +531,10 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     # Agent rows are locked too (in pk order, after the board: no deadlocks), as an
     # agent serving several boards has one concurrency across all of them.
     review = columns.get(Role.REVIEW)
-    if review is not None and review.wip_limit is not None and _count(review) >= review.wip_limit:
-        # Jidoka: Review is full, so the line slows until reviewers catch up
-        # rather than pile up more unchecked work.
+    if pull_rules.review_limit_stops_pull(review) and pull_rules.review_full(review, _count(review)):
+        # Jidoka: Review is at its hard limit, so the line waits for reviewers
+        # rather than pile up more unchecked work. (A soft limit is a signal:
+        # the board says so, and the pull goes on.)
         return []
     agents = list(
         board.agents.filter(paused=False).order_by("pk").select_for_update(of=("self",), no_key=True)
@@ -551,30 +553,11 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
-    # One grouped count gives both the column's WIP and each agent's running tasks.
-    in_doing = 0
-    running: dict[int, int] = {}
-    rows = (
-        Task.objects.filter(status=Status.RUNNING)
-        .filter(Q(column=doing) | Q(agent__in=agents))
-        .values_list("column", "agent")
-        .annotate(n=Count("pk"))
-    )
-    for column_id, agent_id, n in rows:
-        if column_id == doing.pk:
-            in_doing += n
-        if agent_id is not None:
-            running[agent_id] = running.get(agent_id, 0) + n
-    free_wip = None if doing.wip_limit is None else doing.wip_limit - in_doing
+    in_doing, running = agents_running_get(doing=doing, agents=agents)
+    free_wip = pull_rules.free_wip(doing, in_doing)
     if free_wip is not None and free_wip <= 0:
         return []
-    free_agent = {a.pk: a.concurrency - running.get(a.pk, 0) for a in agents}
-    for agent_id in gate.probes:
-        # A half-open breaker lets one probe task through.
-        free_agent[agent_id] = min(free_agent[agent_id], 1)
-    for agent_id in gate.limited:
-        # Every model the agent calls is due a probe: one run at a time until one answers.
-        free_agent[agent_id] = min(free_agent[agent_id], 0 if running.get(agent_id) else 1)
+    free_agent = pull_rules.agent_room(agents, running=running, gate=gate)
     agents = [a for a in agents if free_agent[a.pk] > 0]
     if not agents:
         return []
@@ -595,11 +578,9 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     # agents are all busy.
     events = []
     for task in candidates[: want + 20]:
-        able = [a for a in agents if free_agent[a.pk] > 0 and a.can_do(task.capability)]
-        if not able:
+        agent = pull_rules.pick_agent(task.capability, agents, free_agent)
+        if agent is None:
             continue
-        # The least busy able agent takes it, so work spreads across agents.
-        agent = max(able, key=lambda a: (free_agent[a.pk], -a.pk))
         free_agent[agent.pk] -= 1
         task.column = doing
         task.status = Status.RUNNING

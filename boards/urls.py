@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.board_list, name="boards-list"),
     path("<slug:slug>/", views.board_detail, name="boards-detail"),
     path("<slug:slug>/body/", views.board_body, name="boards-body"),
+    path("<slug:slug>/cord/", views.board_cord, name="boards-cord"),
     path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),
     # The task list, its CSV export and import (boards/views_tasks.py).
     path("<slug:slug>/tasks/", views_tasks.task_list_view, name="boards-task-list"),

@@ -16,6 +16,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
@@ -24,12 +25,16 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
+from andon import services as andon_services
+from andon.models import Escalation
+from andon.services import REVIEW_PERMISSION
 from boards import services
 from boards.agent_config import cascade_json, parse_cascade
 from boards.agents import implementation_for
 from boards.forms import (
     AgentOperationsForm,
     AgentPromptForm,
+    BoardCordForm,
     PromptRollbackForm,
     TaskBlockForm,
     TaskCreateForm,
@@ -38,14 +43,12 @@ from boards.forms import (
     TierForm,
     TierFormSet,
 )
+from boards.fragments import board_live_context
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
     agent_list_get,
     agent_model_calls_recent,
-    board_agents_get,
     board_capabilities_get,
-    board_columns_get,
-    board_line_stops_get,
     board_list_get,
     task_events_get,
     task_inspections_get,
@@ -85,21 +88,15 @@ def _task_form(board: Board, data=None, **kwargs) -> TaskCreateForm:
     return TaskCreateForm(data, capabilities=board_capabilities_get(board=board), **kwargs)
 
 
-def _board_context(board: Board, *, form: TaskCreateForm | None = None) -> dict:
+def _board_context(request: HttpRequest, board: Board, *, form: TaskCreateForm | None = None) -> dict:
     return {
-        "board": board,
-        "columns": board_columns_get(board=board),
-        "agents": board_agents_get(board=board),
-        **_andon_context(board),
+        **board_live_context(board=board),
         "form": form if form is not None else _task_form(board),
         "ws_path": _ws_path(board),
+        # The cord is in the page only for those who may pull it (the server checks again).
+        "can_stop_line": request.user.has_perm(REVIEW_PERMISSION),
         "nav": "boards",
     }
-
-
-def _andon_context(board: Board) -> dict:
-    line_stops = board_line_stops_get(board=board)
-    return {"line_stops": line_stops, "board_stopped": any(stop.board_id for stop in line_stops)}
 
 
 def _message(exc: ValidationError) -> str:
@@ -135,8 +132,8 @@ def _action_result(
     """
     if request.htmx:
         context = {
-            "board": board,
-            "columns": board_columns_get(board=board, column_ids=column_ids),
+            # The touched columns; Ready's cards, if it is one, with why each waits.
+            **board_live_context(board=board, column_ids=column_ids, with_ready=False),
             "message": message,
             "level": "error" if status >= 400 else "success",
             "oob": True,
@@ -161,13 +158,30 @@ def _task_detail_page(
     # Links to reused results name their task's board, which may be another one.
     prefetch_related_objects([task], "reused_from__board")
     prefetch_related_objects([c for c in calls if c.reused_from_id], "reused_from__board")
+    inspections = task_inspections_get(task=task)
+    columns = list(board.columns.order_by("position"))
+    # Offer only what the services would do: the moves the board's rules allow
+    # from this column (none while an escalation waits: the andon decides it),
+    # and a block where a block may go.
+    open_escalation = next(
+        (
+            i.escalation_or_none
+            for i in inspections
+            if i.escalation_or_none is not None and i.escalation_or_none.status == Escalation.Status.OPEN
+        ),
+        None,
+    )
+    allowed = services.MANUAL_MOVES.get(task.column.role, set())
     context = {
         "board": board,
         "task": task,
         "events": task_events_get(task=task),
         "calls": calls,
-        "inspections": task_inspections_get(task=task),
-        "columns": list(board.columns.order_by("position")),
+        "inspections": inspections,
+        "columns": columns,
+        "move_targets": [] if open_escalation else [c for c in columns if c.role in allowed],
+        "open_escalation": open_escalation,
+        "can_block": task.status in (Task.Status.BACKLOG, Task.Status.READY, Task.Status.REVIEW),
         "error": error,
         "block_form": block_form if block_form is not None else TaskBlockForm(),
         "nav": "boards",
@@ -186,7 +200,7 @@ def board_list(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 def board_detail(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     board = _board(slug)
-    return render(request, BOARD, _board_context(board))
+    return render(request, BOARD, _board_context(request, board))
 
 
 @require_GET
@@ -195,13 +209,7 @@ def board_body(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     paused banner above them, out of band): what a reconnecting browser
     re-fetches to catch up on what it missed."""
     board = _board(slug)
-    context = {
-        "board": board,
-        "columns": board_columns_get(board=board),
-        "agents": board_agents_get(board=board),
-        **_andon_context(board),
-    }
-    return render(request, f"{BOARD}#board-catch-up", context)
+    return render(request, f"{BOARD}#board-catch-up", board_live_context(board=board))
 
 
 @require_GET
@@ -237,7 +245,7 @@ def task_create(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     if task is None:
         if request.htmx:
             return render(request, f"{BOARD}#task-form", {"board": board, "form": form}, status=422)
-        return render(request, BOARD, _board_context(board, form=form), status=422)
+        return render(request, BOARD, _board_context(request, board, form=form), status=422)
 
     message = f"Added “{task.title}” to {task.column.name}."
     if not request.htmx:
@@ -248,11 +256,9 @@ def task_create(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     fresh = _task_form(board)
     fresh.fields["title"].widget.attrs["autofocus"] = True
     context = {
-        "board": board,
+        **board_live_context(board=board),
         "form": fresh,
         "message": message,
-        "columns": board_columns_get(board=board),
-        "agents": board_agents_get(board=board),
         "oob": True,
     }
     return render(request, f"{BOARD}#task-created", context)
@@ -358,6 +364,39 @@ def task_unblock(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     task = services.task_unblock(task=task, user=request.user)
     message = f"Unblocked “{task.title}”." if was_blocked else f"“{task.title}” was not blocked."
     return _action_result(request, board, task, message=message, column_ids={task.column_id})
+
+
+@require_POST
+@permission_required(REVIEW_PERMISSION, raise_exception=True)
+def board_cord(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+    """Pull the andon cord from the board page, on the whole board or one of its
+    agents: with htmx, a message for the board's status region (the banner
+    arrives through the websocket); plainly, back to the board with it."""
+    board = _board(slug)
+    form = BoardCordForm(request.POST, board=board)
+    stop = None
+    if form.is_valid():
+        target = form.cleaned_data["scope"]
+        try:
+            stop = andon_services.line_stop(
+                user=request.user,
+                reason=form.cleaned_data["reason"],
+                board=target if isinstance(target, Board) else None,
+                agent=target if isinstance(target, Agent) else None,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+    if stop is None:
+        error = _form_errors(form)
+        if request.htmx:
+            return render(request, f"{BOARD}#flash", {"message": error, "level": "error"}, status=422)
+        messages.error(request, error)
+        return redirect(board)
+    message = f"The line of {stop.scope_label} is stopped: {stop.reason}"
+    if request.htmx:
+        return render(request, f"{BOARD}#flash", {"message": message, "level": "success"})
+    messages.success(request, message)
+    return redirect(board)
 
 
 # --- agents --------------------------------------------------------------------------

@@ -139,25 +139,23 @@
       });
   }
 
-  // Swapping a column replaces the focused card's element: keep focus on the
-  // card (found by its stable id), wherever it now is.
-  let refocusId = null;
-  document.body.addEventListener("htmx:oobBeforeSwap", function (event) {
-    const active = document.activeElement;
-    const target = event.detail.target;
-    if (active && active !== document.body && target && target.contains(active)) {
-      const card = active.closest(".card");
-      if (card) refocusId = card.id;
+  // Swapping a column replaces the focused card's element; live.js puts the
+  // focus back on the card (by its stable id), wherever it now is, skips
+  // fragments that did not change, and holds back a swap where someone types.
+
+  // --- the flow status, said aloud when the line stalls or flows again ----------------
+
+  const flowAnnounce = document.getElementById("flow-announce");
+  let flowState = null;
+
+  function noteFlow(section) {
+    const state = section.dataset.state;
+    if (flowState !== null && state !== flowState) {
+      if (state === "stalled") flowAnnounce.textContent = section.dataset.headline;
+      else if (flowState === "stalled") flowAnnounce.textContent = "Agents are pulling again.";
     }
-  });
-  document.body.addEventListener("htmx:oobAfterSwap", function () {
-    if (!refocusId) return;
-    const card = document.getElementById(refocusId);
-    if (card && board.contains(card)) {
-      card.focus({ preventScroll: true });
-      if (document.activeElement === card) refocusId = null;
-    }
-  });
+    flowState = state;
+  }
 
   // --- ages --------------------------------------------------------------------------
 
@@ -249,7 +247,112 @@
     if (element.matches(".cards")) initSortable(element);
     element.querySelectorAll(".cards").forEach(initSortable);
     updateAges(element);
+    const flow = element.id === "flow-status" ? element : element.querySelector("#flow-status");
+    if (flow) noteFlow(flow);
+    const agents = element.id === "board-agents" ? element : element.querySelector("#board-agents");
+    if (agents) syncAgentsToggle();
   });
+
+  // --- what folds: the task form, the keyboard help, the agent strip -------------------
+
+  const narrow = window.matchMedia("(max-width: 700px)");
+
+  function stored(key) {
+    try {
+      return window.localStorage.getItem("kaizen." + key);
+    } catch (error) {
+      return null;
+    }
+  }
+
+  function store(key, value) {
+    try {
+      window.localStorage.setItem("kaizen." + key, value);
+    } catch (error) {
+      // Private browsing: the choice lasts for this page only.
+    }
+  }
+
+  // The task form and the keyboard help fold behind buttons in the header:
+  // the form open on a wide screen and folded on a phone, unless the person
+  // chose before (remembered); the help folded until asked for.
+  function setFold(toggle, open) {
+    const panel = document.getElementById(toggle.getAttribute("aria-controls"));
+    panel.hidden = !open;
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  document.querySelectorAll(".fold-toggle").forEach(function (toggle) {
+    const key = toggle.dataset.remember;
+    const choice = key ? stored(key) : null;
+    setFold(toggle, key ? (choice === null ? !narrow.matches : choice === "open") : false);
+    toggle.hidden = false;
+    toggle.addEventListener("click", function () {
+      const open = toggle.getAttribute("aria-expanded") !== "true";
+      setFold(toggle, open);
+      if (key) store(key, open ? "open" : "closed");
+      if (open && toggle.id === "task-form-toggle") document.getElementById("id_title").focus();
+    });
+  });
+
+  // The agent strip is pushed, so its unfolded state lives on the board itself.
+  function syncAgentsToggle() {
+    const open = board.classList.contains("agents-open");
+    const toggle = document.querySelector("#board-agents .agents-toggle");
+    if (!toggle) return;
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    toggle.textContent = open ? "Hide agents" : "Show agents";
+  }
+
+  board.classList.toggle("agents-open", stored("agents") === "open");
+  syncAgentsToggle();
+  board.addEventListener("click", function (event) {
+    const toggle = event.target.closest && event.target.closest(".agents-toggle");
+    if (!toggle) return;
+    board.classList.toggle("agents-open");
+    store("agents", board.classList.contains("agents-open") ? "open" : "closed");
+    syncAgentsToggle();
+  });
+
+  const keyboardToggle = document.getElementById("keyboard-toggle");
+
+  function typing(element) {
+    return element && element.closest && element.closest("input, textarea, select, [contenteditable]");
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "?" && !event.ctrlKey && !event.metaKey && !event.altKey && !typing(event.target)) {
+      event.preventDefault();
+      keyboardToggle.click();
+    } else if (event.key === "Escape") {
+      // Escape folds an open cord, back to its button.
+      const open = event.target.closest && event.target.closest("details.cord[open]");
+      if (open) {
+        open.open = false;
+        open.querySelector("summary").focus();
+      }
+    }
+  });
+
+  // --- the andon cord (reviewers only) ----------------------------------------------
+
+  const cord = document.getElementById("cord");
+  if (cord) {
+    const cordForm = document.getElementById("cord-form");
+    cord.addEventListener("toggle", function () {
+      if (cord.open) document.getElementById("cord-reason").focus();
+    });
+    cordForm.addEventListener("htmx:afterRequest", function (event) {
+      // Stopped: fold the cord (the banner arrives through the websocket).
+      // Refused: keep it open, with what was typed, beside the message.
+      // (A refusal is 422, which htmx treats as a success to swap its message.)
+      if (event.detail.xhr && event.detail.xhr.status === 200) {
+        cordForm.reset();
+        cord.open = false;
+        cord.querySelector("summary").focus();
+      }
+    });
+  }
 
   // --- keyboard ------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
-"""Review has a WIP limit like any column: when reviewers fall behind and Review
-is full, agents pull nothing, so the line slows instead of piling up unchecked work."""
+"""Review has a WIP limit like any column. A hard one is jidoka: when reviewers
+fall behind and Review is full, agents pull nothing, so the line waits instead
+of piling up unchecked work. A soft one is a signal (Kanban practice): the
+column shows it is over, the board says how many decisions wait, and agents
+keep pulling."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import pytest
 from andon import services as andon_services
 from boards import services
 from boards.models import Column, Task
+from boards.selectors import board_pull_status_get
 from tests.andon.helpers import complete, escalate, pull, reviewer
 from tests.factories import column, make_agent
 
@@ -58,11 +62,34 @@ def test_deciding_an_escalation_frees_review_and_the_next_pull_claims_again(revi
 
 
 @pytest.mark.django_db
-def test_a_soft_review_limit_holds_the_pull_back_too(review_limited):
+def test_a_soft_review_limit_is_a_signal_agents_keep_pulling(review_limited):
     board = review_limited
     Column.objects.filter(board=board, role=Column.Role.REVIEW).update(hard_limit=False)
     escalate(board, input="first")
     escalate(board, input="second")
-    services.task_create(board=board, title="waiting", input="third")
+    waiting = services.task_create(board=board, title="waiting", input="third")
 
+    [claim] = pull(board)
+
+    assert claim.task_id == waiting.pk
+    # Past the limit, the board says so, with the decisions waiting.
+    escalate(board, input="fourth")
+    status = board_pull_status_get(board=board)
+    [signal] = [h for h in status.holds if h.kind == "review_over"]
+    assert signal.text.startswith("Review is over its soft limit by 1 (3/2): 3 decisions are needed")
+
+
+@pytest.mark.django_db
+def test_a_hard_review_limit_says_why_the_line_waits(review_limited):
+    board = review_limited
+    escalate(board, input="first")
+    escalate(board, input="second")
+    services.task_create(board=board, title="waiting", input="third")
     assert pull(board) == []
+
+    status = board_pull_status_get(board=board)
+
+    assert status.state == "stalled"
+    assert status.board_hold.text == (
+        "Waiting for review: Review is full (2/2), 2 decisions are needed in the andon inbox."
+    )

@@ -1,4 +1,6 @@
-"""What the websocket pushes: changed columns, whole, as hx-swap-oob fragments."""
+"""What the websocket pushes: changed columns (and Ready, whose cards say why each
+waits), whole, with the banner, the agents and the flow status, as hx-swap-oob
+fragments; never a form (the andon cord is the page's own control)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
+from andon.models import CircuitBreaker, LineStop
 from boards import services
 from boards.fragments import render_board_update
 from boards.models import Task
+from tests.andon.helpers import escalate, reviewer
 from tests.factories import column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +29,8 @@ def test_it_renders_the_changed_columns_out_of_band_with_their_cards(board):
     html = render_board_update(board_id=board.pk, column_ids={backlog.pk})
 
     sections = re.findall(r'<section id="column-(\d+)"[^>]*>', html)
-    assert sections == [str(backlog.pk)]
+    # The changed column, and Ready: what any change may alter, its cards' reasons to wait.
+    assert sections == [str(backlog.pk), str(column(board, "ready").pk)]
     assert re.search(rf'<section id="column-{backlog.pk}"[^>]*hx-swap-oob="outerHTML"', html)
     assert f'<li id="task-{task.pk}"' in html
     assert "Fresh card" in html
@@ -35,7 +41,9 @@ def test_it_renders_every_changed_column(board):
 
     html = render_board_update(board_id=board.pk, column_ids=ids)
 
-    assert {int(pk) for pk in re.findall(r'<section id="column-(\d+)"', html)} == ids
+    assert {int(pk) for pk in re.findall(r'<section id="column-(\d+)"', html)} == ids | {
+        column(board, "ready").pk
+    }
 
 
 def test_it_also_sends_the_banner_and_the_agents_load(board):
@@ -48,7 +56,10 @@ def test_it_also_sends_the_banner_and_the_agents_load(board):
     assert "The line is stopped:" in html
     assert re.search(r'<section id="board-agents"[^>]*hx-swap-oob="outerHTML"', html)
     assert "puller" in html
-    assert '<section id="column-' not in html
+    assert re.search(r'<section id="flow-status"[^>]*hx-swap-oob="outerHTML"', html)
+    assert "The board is paused: agents pull nothing until it is resumed." in html
+    # No column changed: only Ready comes along.
+    assert re.findall(r'<section id="column-(\d+)"', html) == [str(column(board, "ready").pk)]
 
 
 def test_titles_are_escaped(board):
@@ -90,3 +101,81 @@ def test_pushed_cards_and_agents_carry_the_ledger_line_and_agent_links(board):
     card = re.search(rf'<li id="task-{task.pk}".*?</li>', html, re.S).group(0)
     assert re.search(r'<p class="card-ledger">.*\$0\.0042.*>2 calls<.*>tier 1<', card, re.S)
     assert f'<a class="agent-name" href="{agent.get_absolute_url()}">pusher</a>' in html
+
+
+def test_a_push_says_why_agents_are_not_pulling_and_each_ready_card_why_it_waits(board):
+    review = column(board, "review")
+    review.wip_limit, review.hard_limit = 1, True
+    review.save()
+    make_agent(boards=[board], concurrency=5)
+    escalate(board, input="first")
+    waiting = services.task_create(board=board, title="Waiting card", input="second")
+    services.board_pull(board_id=board.pk)
+
+    html = render_board_update(board_id=board.pk, column_ids=set())
+
+    flow = re.search(r'<section id="flow-status".*?</section>', html, re.S).group(0)
+    assert 'data-state="stalled"' in flow
+    assert "Waiting for review: Review is full (1/1), 1 decision is needed in the andon inbox." in flow
+    assert f'href="/andon/?board={board.pk}"' in flow
+    card = re.search(rf'<li id="task-{waiting.pk}".*?</li>', html, re.S).group(0)
+    assert f'aria-describedby="task-{waiting.pk}-hold"' in card
+    assert re.search(rf'id="task-{waiting.pk}-hold">Waits for review: Review is full \(1/1\)\.<', card)
+
+
+def test_pushes_carry_no_form_not_even_for_a_reviewer_to_pull_the_cord(board):
+    make_agent(boards=[board], name="stoppable")
+    reviewer()
+    LineStop.objects.create(board=board, kind=LineStop.Kind.CORD, reason="seeded")
+
+    html = render_board_update(board_id=board.pk, column_ids=set(board.columns.values_list("pk", flat=True)))
+
+    assert "<form" not in html
+    assert "The line is stopped" in html
+
+
+def test_a_closed_breaker_with_a_few_failures_is_a_calm_note_not_an_alarm(board):
+    calm = make_agent(boards=[board], name="calm")
+    alarmed = make_agent(boards=[board], name="alarmed")
+    CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.AGENT,
+        agent=calm,
+        state=CircuitBreaker.State.CLOSED,
+        consecutive_failures=2,
+    )
+    CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.AGENT,
+        agent=alarmed,
+        state=CircuitBreaker.State.OPEN,
+        consecutive_failures=5,
+    )
+
+    html = render_board_update(board_id=board.pk, column_ids=set())
+
+    chips = dict(re.findall(r'<a class="agent-name"[^>]*>([^<]+)</a>(.*?)</li>', html, re.S))
+    assert "breaker" not in chips["calm"].lower()
+    assert "badge--breaker-open" in chips["alarmed"]
+    assert "breaker open" in chips["alarmed"]
+
+
+def test_a_push_runs_a_bounded_number_of_queries_with_every_hold_in_play(django_assert_max_num_queries):
+    board = make_board(ready_limit=None)
+    agents = [make_agent(boards=[board], name=f"agent {i}", breaker_cooldown_seconds=600) for i in range(3)]
+    for i in range(30):
+        services.task_create(board=board, title=f"Task {i}")
+    services.board_pull(board_id=board.pk)
+    LineStop.objects.create(agent=agents[0], kind=LineStop.Kind.CORD, reason="stopped")
+    CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.AGENT,
+        agent=agents[1],
+        state=CircuitBreaker.State.OPEN,
+        consecutive_failures=5,
+        opened_at=timezone.now(),
+    )
+    services.agent_set_paused(agent=agents[2], paused=True)
+    ids = set(board.columns.values_list("pk", flat=True))
+
+    with django_assert_max_num_queries(22):
+        html = render_board_update(board_id=board.pk, column_ids=ids)
+
+    assert 'data-state="stalled"' in html

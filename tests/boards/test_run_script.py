@@ -402,8 +402,12 @@ def test_the_embedded_redis_takes_a_free_port_when_its_own_is_taken(tmp_path, mo
     monkeypatch.delenv("KAIZEN_REDIS_PORT", raising=False)
     sup = run_script.Supervisor(run_script.Terminal(verbose=False), tmp_path / "log")
     with socket.socket() as taken:
+        # Listening, as a server there would: a port an earlier test's Redis left
+        # in TIME_WAIT refuses a plain bind, yet a server (SO_REUSEADDR) may take it.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             taken.bind(("127.0.0.1", run_script.EMBEDDED_REDIS_PORT))
+            taken.listen()
         except OSError:
             pass  # something listens there already: as good for this test
         try:

@@ -338,3 +338,18 @@ def test_a_card_with_a_reused_result_says_so(client, user):
     original_ledger = re.search(r'<p class="card-ledger">(.*?)</p>', original, re.S).group(1)
     assert ">reused<" not in original_ledger
     assert ">1 call<" in original_ledger and ">tier 1<" in original_ledger
+
+
+def test_the_board_links_to_its_task_list_and_a_full_column_to_the_rest_of_its_tasks(client, user, settings):
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 2
+    board = make_board()
+    for n in range(3):
+        services.task_create(board=board, title=f"Task {n}")
+    backlog = board.columns.get(role="backlog")
+    client.force_login(user)
+
+    html = client.get(board.get_absolute_url()).content.decode()
+
+    task_list = f"/boards/{board.slug}/tasks/"
+    assert f'href="{task_list}">All tasks</a>' in html
+    assert f'<a href="{task_list}?column={backlog.pk}">+1 more</a>' in html

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('boards', '0008_task_worker'),
+        ('boards', '0009_board_column_review_limit_help'),
     ]
 
     operations = [
