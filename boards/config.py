@@ -33,10 +33,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 
-from boards import agent_config, broadcast, services
+from boards import agent_config, broadcast, demo_feed, services
 from boards.agent_config import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
 from boards.agents import AgentFailed, agent_class, custom_capabilities
 from boards.models import Agent, Board, Column, Task, default_cascade
+from experiments import plans
 from experiments.line import ensure_version, next_version_number
 from experiments.models import AuditEntry, PromptVersion
 
@@ -88,19 +89,29 @@ class ColumnSpec:
 @dataclass(frozen=True)
 class DemoTaskSpec:
     title: str
-    input: str
+    # Text, or a JSON object (a task gets it as JSON text).
+    input: Any
     capability: str
     priority: int
     path: str
+    # A template's slots, in their stored form (boards.demo_feed); empty for a fixed task.
+    slots: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1
 
     def as_json(self) -> dict[str, Any]:
-        # Every key always present, so the stored list compares equal run after run.
-        return {
+        # These keys always present, so the stored list compares equal run after
+        # run; a template's keys only when given, so a fixed task stores as before.
+        data = {
             "title": self.title,
             "input": self.input,
             "capability": self.capability,
             "priority": self.priority,
         }
+        if self.slots:
+            data["slots"] = demo_feed.stored_slots(self.slots)
+        if self.weight != 1:
+            data["weight"] = self.weight
+        return data
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,10 @@ class BoardSpec:
     demo_tasks: tuple[DemoTaskSpec, ...]
     path: str
     columns_line: int
+    # The demo feed's settings (boards.demo_feed.FeedSettings) and the board's
+    # experiment plan (experiments.plans), as stored; empty: the defaults.
+    demo_feed: dict[str, Any] = field(default_factory=dict)
+    experiment_plan: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,22 @@ class AgentSpec:
     breaker_cooldown_seconds: int | None = None
     spike_defects: int | None = None
     spike_window: int | None = None
+
+
+@dataclass(frozen=True)
+class ProposalSpec:
+    """A change to an agent's prompt, proposed by the file: applied through the
+    kaizen loop's own gate (experiments.config), so it is checked, audited and
+    tried in an experiment like any other proposal."""
+
+    agent: str
+    rationale: str
+    # The prompt fields that change (prompt_template, prompt_variables,
+    # parameters, cascade), over the agent's active version.
+    change: dict[str, Any]
+    evidence: Any
+    path: str
+    line: int
 
 
 @dataclass(frozen=True)
@@ -168,6 +199,7 @@ class ConfigDocument:
     declared_slugs: set[str] = field(default_factory=set)
     agent_boards: list[Reference] = field(default_factory=list)
     demo_capabilities: list[Reference] = field(default_factory=list)
+    proposals: list[ProposalSpec] = field(default_factory=list)
 
 
 # --- reading YAML with line numbers ---------------------------------------------------
@@ -447,6 +479,56 @@ def _parse_columns(
     return tuple(columns) if complete else None
 
 
+def _parse_slots(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    """A template's slots: a list's values are read as written (42.000 stays
+    42.000, not 42.0), ranges and dates as YAML reads them; then checked and
+    stored in the form boards.demo_feed renders from."""
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        reader.error(
+            _line(node), path, "must be a mapping of slot names to their values, such as part: [A, B]"
+        )
+        return INVALID
+    try:
+        # `<<: *shared` merges slots from an anchor (merged ones first; written ones win).
+        reader._constructor.flatten_mapping(node)
+    except yaml.YAMLError as exc:
+        reader.error(_line(node), path, f"cannot merge: {getattr(exc, 'problem', exc)}")
+        return INVALID
+    raw: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        name = reader.scalar(key_node, path)
+        if not isinstance(name, str):
+            reader.error(_line(key_node), path, f"slot names must be text, got {_describe(key_node, name)}")
+            return INVALID
+        if name in raw:
+            # A slot written here over one merged in from an anchor replaces it.
+            raw.pop(name)
+        lines[name] = _line(key_node)
+        if isinstance(value_node, yaml.SequenceNode):
+            values = []
+            for item in value_node.value:
+                # An empty value must be written "" (a bare dash is a missing one).
+                if not isinstance(item, yaml.ScalarNode) or (item.value == "" and not item.style):
+                    reader.error(_line(item), f"{path}.{name}", 'each value must be text or a number (or "")')
+                    return INVALID
+                values.append(item.value)
+            raw[name] = values
+        else:
+            try:
+                raw[name] = reader._constructor.construct_object(value_node, deep=True)
+            except yaml.YAMLError as exc:
+                reader.error(_line(value_node), f"{path}.{name}", f"cannot read it: {exc}")
+                return INVALID
+    try:
+        return demo_feed.normal_slots(raw)
+    except ValueError as exc:
+        # The message names the slot; point at its line when it does.
+        named = next((name for name in raw if f"slot {name!r}" in str(exc)), None)
+        reader.error(lines.get(named, _line(node)), path, str(exc))
+        return INVALID
+
+
 def _parse_demo_tasks(
     reader: _Reader, node: yaml.Node, path: str, *, board_slug: Any, needs: list[Reference]
 ) -> tuple[DemoTaskSpec, ...] | None:
@@ -458,7 +540,10 @@ def _parse_demo_tasks(
     for index, item in enumerate(items):
         task_path = f"{path}[{index}]"
         entries = reader.mapping(
-            item, task_path, required=["title"], optional=["input", "capability", "priority"]
+            item,
+            task_path,
+            required=["title"],
+            optional=["input", "capability", "priority", "slots", "weight"],
         )
         if entries is None:
             complete = False
@@ -467,15 +552,23 @@ def _parse_demo_tasks(
         text: Any = ""
         capability: Any = ""
         priority: Any = 0
+        slots: Any = {}
+        weight: Any = 1
         if "title" in entries:
             title = reader.string(entries["title"][1], f"{task_path}.title", max_length=services.MAX_TITLE)
         if "input" in entries:
-            text = reader.string(
-                entries["input"][1], f"{task_path}.input", max_length=100_000, allow_empty=True, strip=False
-            )
-            if isinstance(text, str):
-                # Block scalars end with a newline; the task input should not.
-                text = text.strip("\n")
+            input_node = entries["input"][1]
+            if isinstance(input_node, yaml.MappingNode):
+                # A JSON object input (a task gets it as JSON text), for agents whose
+                # template fills declared variables from its fields.
+                text = reader.plain(input_node, f"{task_path}.input")
+            else:
+                text = reader.string(
+                    input_node, f"{task_path}.input", max_length=100_000, allow_empty=True, strip=False
+                )
+                if isinstance(text, str):
+                    # Block scalars end with a newline; the task input should not.
+                    text = text.strip("\n")
         if "capability" in entries:
             capability_node = entries["capability"][1]
             capability = reader.string(
@@ -490,22 +583,68 @@ def _parse_demo_tasks(
             priority = reader.integer(
                 entries["priority"][1], f"{task_path}.priority", minimum=low, maximum=high
             )
-        if INVALID in (title, text, capability, priority):
+        if "slots" in entries:
+            slots = _parse_slots(reader, entries["slots"][1], f"{task_path}.slots")
+        if "weight" in entries:
+            weight = reader.number(entries["weight"][1], f"{task_path}.weight", minimum=0.001, maximum=1000)
+        if INVALID in (title, text, capability, priority, slots, weight):
             complete = False
             continue
-        tasks.append(DemoTaskSpec(title, text, capability, priority, task_path))
+        spec = DemoTaskSpec(title, text, capability, priority, task_path, slots, weight)
+        problems = demo_feed.entry_problems(spec.as_json())
+        if problems:
+            for problem in problems:
+                reader.error(_line(item), task_path, problem)
+            complete = False
+            continue
+        tasks.append(spec)
     return tuple(tasks) if complete else None
+
+
+def _parse_demo_feed(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    entries = reader.mapping(node, path, required=[], optional=["seed", "repeat_share", "batch"])
+    if entries is None:
+        return INVALID
+    values: dict[str, Any] = {}
+    if "seed" in entries:
+        values["seed"] = reader.integer(entries["seed"][1], f"{path}.seed", minimum=0, maximum=2**63 - 1)
+    if "repeat_share" in entries:
+        values["repeat_share"] = reader.number(
+            entries["repeat_share"][1], f"{path}.repeat_share", minimum=0, maximum=1
+        )
+    if "batch" in entries:
+        values["batch"] = reader.integer(
+            entries["batch"][1], f"{path}.batch", minimum=1, maximum=demo_feed.MAX_BATCH
+        )
+    if INVALID in values.values():
+        return INVALID
+    return values
+
+
+def _parse_experiment_plan(reader: _Reader, node: yaml.Node, path: str) -> Any:
+    data = reader.plain(node, path)
+    if data is INVALID:
+        return INVALID
+    problems = plans.plan_problems(data)
+    for key, message in problems:
+        reader.error(_line(node), f"{path}.{key}" if key else path, message)
+    return INVALID if problems else data
 
 
 def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> BoardSpec | None:
     entries = reader.mapping(
-        node, path, required=["name", "slug", "columns"], optional=["description", "demo_tasks"]
+        node,
+        path,
+        required=["name", "slug", "columns"],
+        optional=["description", "demo_tasks", "demo_feed", "experiments"],
     )
     if entries is None:
         return None
     name = slug = columns = INVALID
     description: Any = ""
     demo_tasks: Any = ()
+    feed: Any = {}
+    plan: Any = {}
     columns_line = _line(node)
     if "name" in entries:
         name = reader.string(entries["name"][1], f"{path}.name", max_length=120)
@@ -538,9 +677,13 @@ def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
             needs=document.demo_capabilities,
         )
         demo_tasks = INVALID if parsed_tasks is None else parsed_tasks
-    if INVALID in (name, slug, description, columns, demo_tasks):
+    if "demo_feed" in entries:
+        feed = _parse_demo_feed(reader, entries["demo_feed"][1], f"{path}.demo_feed")
+    if "experiments" in entries:
+        plan = _parse_experiment_plan(reader, entries["experiments"][1], f"{path}.experiments")
+    if INVALID in (name, slug, description, columns, demo_tasks, feed, plan):
         return None
-    return BoardSpec(name, slug, description, columns, demo_tasks, path, columns_line)
+    return BoardSpec(name, slug, description, columns, demo_tasks, path, columns_line, feed, plan)
 
 
 # --- agents: prompt, variables, parameters and the cascade ---------------------------
@@ -1007,7 +1150,7 @@ def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
     if root is None:
         reader.error(1, "the file", "is empty; declare boards and/or agents (see examples/README.md)")
         return document
-    entries = reader.mapping(root, "", required=[], optional=["boards", "agents"])
+    entries = reader.mapping(root, "", required=[], optional=["boards", "agents", "proposals"])
     if entries is None:
         return document
     if not entries:
@@ -1020,7 +1163,83 @@ def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
         document.agents = _parse_unique(
             reader, entries["agents"][1], "agents", _parse_agent, "name", document
         )
+    if "proposals" in entries:
+        document.proposals = _parse_proposals(reader, entries["proposals"][1], "proposals", document)
     return document
+
+
+PROPOSAL_CHANGES = ["prompt_template", "prompt_variables", "parameters", "cascade"]
+
+
+def _parse_proposals(
+    reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument
+) -> list[ProposalSpec]:
+    """The file's proposals, each checked as far as the file can tell (the agent,
+    the template against the agent's variables); experiments.config checks the
+    rest as a proposal made on the agent page would be, when it is applied."""
+    proposals: list[ProposalSpec] = []
+    agents = {spec.name: spec for spec in document.agents}
+    for index, item in enumerate(reader.sequence(node, path) or []):
+        item_path = f"{path}[{index}]"
+        entries = reader.mapping(
+            item, item_path, required=["agent", "rationale", "change"], optional=["evidence"]
+        )
+        if entries is None:
+            continue
+        agent: Any = INVALID
+        rationale: Any = INVALID
+        change: Any = INVALID
+        evidence: Any = {}
+        if "agent" in entries:
+            agent = reader.string(entries["agent"][1], f"{item_path}.agent", max_length=80)
+        if "rationale" in entries:
+            rationale = reader.string(entries["rationale"][1], f"{item_path}.rationale", max_length=5000)
+        if "evidence" in entries:
+            evidence = reader.plain(entries["evidence"][1], f"{item_path}.evidence")
+        if "change" in entries:
+            change_node = entries["change"][1]
+            fields = reader.mapping(
+                change_node, f"{item_path}.change", required=[], optional=PROPOSAL_CHANGES
+            )
+            if fields is not None and not fields:
+                reader.error(
+                    _line(change_node),
+                    f"{item_path}.change",
+                    f"changes nothing; give one or more of {', '.join(PROPOSAL_CHANGES)}",
+                )
+            elif fields is not None:
+                change = {}
+                for key, (_, value_node) in fields.items():
+                    if key == "prompt_template":
+                        value = reader.string(
+                            value_node, f"{item_path}.change.{key}", max_length=100_000, strip=False
+                        )
+                    else:
+                        value = reader.plain(value_node, f"{item_path}.change.{key}")
+                    change[key] = value
+                if INVALID in change.values():
+                    change = INVALID
+        if agent is not INVALID and agent not in agents and not Agent.objects.filter(name=agent).exists():
+            close = difflib.get_close_matches(agent, sorted(agents), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            reader.error(
+                _line(entries["agent"][1]),
+                f"{item_path}.agent",
+                f"no agent {agent!r} in this file or the database{hint}",
+            )
+            agent = INVALID
+        if agent in agents and isinstance(change, dict) and isinstance(change.get("prompt_template"), str):
+            variables = change.get("prompt_variables", list(agents[agent].prompt_variables))
+            if isinstance(variables, list) and all(isinstance(v, str) for v in variables):
+                for problem in check_template(change["prompt_template"], variables):
+                    reader.error(
+                        _line(fields["prompt_template"][1]), f"{item_path}.change.prompt_template", problem
+                    )
+                    change = INVALID
+        if INVALID in (agent, rationale, change, evidence):
+            continue
+        proposals.append(ProposalSpec(agent, rationale, change, evidence, item_path, _line(item)))
+    return proposals
 
 
 def _parse_unique(reader, node, section: str, parse, key: str, document) -> list:
@@ -1159,9 +1378,9 @@ def config_load(path: str | Path) -> ConfigDocument:
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # board, column, agent
-    key: str  # the natural key: slug, slug/role, agent name
-    action: str  # created, updated, unchanged, removed
+    kind: str  # board, column, agent, proposal
+    key: str  # the natural key: slug, slug/role, agent name (a proposal: agent and rationale)
+    action: str  # created, updated, unchanged, removed, skipped
     fields: tuple[str, ...] = ()
     note: str = ""  # such as the prompt version an update started
 
@@ -1186,7 +1405,9 @@ class ApplyReport:
         if not self.changed:
             return f"{self.filename}: no changes ({len(self.changes)} objects unchanged)"
         counts = ", ".join(
-            f"{self.count(a)} {a}" for a in ("created", "updated", "removed", "unchanged") if self.count(a)
+            f"{self.count(a)} {a}"
+            for a in ("created", "updated", "removed", "skipped", "unchanged")
+            if self.count(a)
         )
         return f"{self.filename}: {counts}"
 
@@ -1291,6 +1512,8 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
             "name": spec.name,
             "description": spec.description,
             "demo_tasks": [t.as_json() for t in spec.demo_tasks],
+            "demo_feed": spec.demo_feed,
+            "experiment_plan": spec.experiment_plan,
         }
         board = Board.objects.filter(slug=spec.slug).first()
         if board is None:
@@ -1412,6 +1635,7 @@ __all__ = [
     "ConfigDocument",
     "ConfigError",
     "DemoTaskSpec",
+    "ProposalSpec",
     "Reference",
     "config_apply",
     "config_load",

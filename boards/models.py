@@ -49,8 +49,19 @@ class Board(models.Model):
     paused = models.BooleanField(
         default=False, help_text="A paused board pulls nothing; resuming it pulls at once."
     )
-    # Example tasks the demo feed draws from (see boards.services.demo_task_feed).
+    # Example tasks the demo feed draws from (see boards.services.demo_task_feed):
+    # fixed tasks, or templates with slots (boards.demo_feed).
     demo_tasks = models.JSONField(default=list, blank=True)
+    # The demo feed's settings (boards.demo_feed.FeedSettings: seed, repeat_share,
+    # batch); empty means the defaults.
+    demo_feed = models.JSONField(default=dict, blank=True)
+    # How many tasks the demo feed has added: the number of the next one, which
+    # with the seed decides what it is (so a run replays exactly).
+    demo_feed_count = models.PositiveBigIntegerField(default=0, editable=False)
+    # How the kaizen loop tries changes to the agents serving this board
+    # (experiments.plans: canary_share, canary_size, max_n); empty means the
+    # installation's settings. Faster plans for demo boards, never looser tests.
+    experiment_plan = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

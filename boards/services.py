@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import threading
 import unicodedata
 import uuid
@@ -30,7 +29,7 @@ from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
 from andon.models import Escalation, Inspection
-from boards import broadcast, pull_rules, workers
+from boards import broadcast, demo_feed, pull_rules, workers
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
@@ -1503,23 +1502,38 @@ def agent_set_paused(*, agent: Agent, paused: bool) -> Agent:
 # --- demo feed and API tokens ------------------------------------------------
 
 
-def demo_task_feed(*, board: Board, rng: random.Random | None = None) -> Task | None:
-    """Add one of the board's example tasks, so a demo board moves on its own.
-    Skipped while the Backlog is full, so an idle demo does not pile up work."""
+def demo_task_feed(*, board: Board) -> Task | None:
+    """Add the board's next demo task (boards.demo_feed: a fixed example, a
+    template rendered afresh, or now and then an exact repeat of an earlier
+    task), so a demo board moves on its own. Skipped while the intake column is
+    full, so an idle demo does not pile up work."""
     if not board.demo_tasks or board.paused:
         return None
     intake = _intake_column(board)
     limit = intake.wip_limit if intake.wip_limit is not None else 50
     if _count(intake) >= limit:
         return None
-    spec = (rng or random).choice(board.demo_tasks)
+    spec = demo_feed.demo_task_at(
+        board.demo_tasks, demo_feed.FeedSettings.from_json(board.demo_feed), _demo_feed_number(board)
+    )
     return task_create(
         board=board,
-        title=spec.get("title", "Example task"),
-        input=spec.get("input", ""),
-        capability=spec.get("capability", ""),
-        priority=int(spec.get("priority", 0)),
+        title=spec["title"] or "Example task",
+        input=spec["input"],
+        capability=spec["capability"],
+        priority=spec["priority"],
     )
+
+
+def _demo_feed_number(board: Board) -> int:
+    """The number of the board's next demo task, taken for good: a task the line
+    then refuses (its capability no longer offered, say) is skipped, not retried
+    at every tick."""
+    with transaction.atomic():
+        Board.objects.filter(pk=board.pk).update(demo_feed_count=F("demo_feed_count") + 1)
+        # Read under the row lock the update holds: two feeds never get one number.
+        taken = Board.objects.filter(pk=board.pk).values_list("demo_feed_count", flat=True).get()
+    return taken - 1
 
 
 def boards_pull_all() -> int:
@@ -1535,16 +1549,18 @@ def boards_pull_all() -> int:
 
 
 def demo_boards_feed() -> int:
-    """Add one example task to every unpaused board that has some; returns how
-    many were added. Not idempotent: each call may add a task to each board (up
-    to the intake column's limit). One board's error is logged and does not stop
-    the others."""
+    """Add demo tasks to every unpaused board that has some (its feed's batch
+    each, up to the intake column's limit); returns how many were added. Not
+    idempotent: that is its job, on a clock. One board's error is logged and
+    does not stop the others."""
     added = 0
     for board in Board.objects.filter(paused=False):
         if not board.demo_tasks:
             continue
         try:
-            if demo_task_feed(board=board) is not None:
+            for _ in range(demo_feed.FeedSettings.from_json(board.demo_feed).batch):
+                if demo_task_feed(board=board) is None:
+                    break
                 added += 1
         except Exception:
             logger.exception("demo feed of board %s failed", board.pk)

@@ -301,4 +301,10 @@ class AuditEntry(models.Model):
             return self.user.get_username()
         if self.action == self.Action.VERSION:
             return "a config file or the admin"
+        if (
+            self.action == self.Action.PROPOSED
+            and self.proposal_id
+            and self.proposal.source == PromptVersion.Source.CONFIG
+        ):
+            return "a config file"
         return "the kaizen loop"

@@ -10,14 +10,18 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import plotly
+from django.conf import settings
 from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from experiments import services
-from experiments.charts import chart_json
+from experiments import stats as stats_module
+from experiments.charts import chart_json, money
 from experiments.models import (
     AuditEntry,
     ChangeProposal,
@@ -162,6 +166,8 @@ def proposal_details(proposal: ChangeProposal) -> ChangeProposal:
         proposal.author_label = "kaizen loop"
     elif proposal.author_id:
         proposal.author_label = proposal.author.get_username()
+    elif proposal.source == PromptVersion.Source.CONFIG:
+        proposal.author_label = "a config file"
     else:
         proposal.author_label = proposal.get_source_display()
     # Proposed against a version that is no longer the active one: it would
@@ -235,16 +241,149 @@ def experiment_details(experiments: list[Experiment], *, charts: Iterable[int] =
     latest = ExperimentLook.objects.in_bulk(wanted) if wanted else {}
     for experiment in experiments:
         experiment.counts = counts[experiment.pk]
+        for arm in experiment.counts.values():
+            arm["cost_text"] = money(arm["cost"])
         if experiment.pk in charted:
             looks = looks_of[experiment.pk]
             experiment.latest_look = looks[-1] if looks else None
-            experiment.chart = mark_safe(chart_json(looks))  # escaped for a JSON script by chart_json
         else:
             experiment.latest_look = latest.get(experiment.latest_look_id)
-            experiment.chart = None
         if experiment.latest_look is not None:
             _look_details(experiment.latest_look)
+        experiment.next_look_at = _next_look_at(experiment)
+        experiment.summary = experiment_summary(experiment)
+        # The recorded reason, unless the sentence or the latest look already says it.
+        reason = experiment.status_reason or ""
+        look_reason = experiment.latest_look.stats.get("reason", "") if experiment.latest_look else ""
+        said = reason in experiment.summary or reason.removeprefix("automatic: ") == look_reason
+        experiment.reason_note = "" if said else reason
+        experiment.chart = (
+            # Escaped for a JSON script by chart_json.
+            mark_safe(chart_json(looks_of[experiment.pk], experiment, empty_note=_no_looks_yet(experiment)))
+            if experiment.pk in charted
+            else None
+        )
     return experiments
+
+
+# --- what an experiment's row says, in words --------------------------------------------
+
+
+def _clock(moment: datetime | None) -> str:
+    return timezone.localtime(moment).strftime("%H:%M:%S") if moment else ""
+
+
+def _next_look_at(experiment: Experiment) -> datetime | None:
+    """About when the next look comes (looks run every KAIZEN_EXPERIMENT_LOOK_SECONDS)."""
+    if experiment.status != Experiment.Status.RUNNING:
+        return None
+    every = timedelta(seconds=settings.KAIZEN_EXPERIMENT_LOOK_SECONDS)
+    look = experiment.latest_look
+    since = (
+        look.created_at
+        if look is not None and look.stage == experiment.stage
+        else experiment.stage_started_at
+    )
+    moment = since + every
+    now = timezone.now()
+    # A look overdue by a moment is being taken: the one after it is the next.
+    return moment if moment > now else now + every
+
+
+def _no_looks_yet(experiment: Experiment) -> str:
+    when = _clock(experiment.next_look_at)
+    return f"No looks yet: the first comes at about {when}." if when else "No looks yet."
+
+
+def _pct(successes: int, n: int) -> str:
+    return f"{100 * successes / n:.0f}%" if n else "–"
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.0f}"
+
+
+def experiment_summary(experiment: Experiment) -> str:
+    """One or two sentences for a person who is not a statistician: what the
+    latest look found, what it decided, and what happens next."""
+    counts = experiment.counts
+    control, treatment = counts["control"], counts["treatment"]
+    n_c, n_t = control["n"], treatment["n"]
+    total = n_c + n_t
+    new, current = f"v{experiment.treatment.number}", f"v{experiment.control.number}"
+    rates = (
+        f"the new prompt ({new}) succeeds {_pct(treatment['successes'], n_t)} "
+        f"vs {_pct(control['successes'], n_c)} for the current one ({current})"
+    )
+    after = f"After {total:,} tasks ({n_t:,} on the new prompt)"
+    stats = experiment.latest_look.stats if experiment.latest_look is not None else {}
+    likely = (
+        f"the difference is likely between {_points(stats['ci_low'])} and {_points(stats['ci_high'])} points"
+        if stats.get("harm_boundary") is not None and "ci_low" in stats
+        else ""
+    )
+    next_look = f"next look at about {_clock(experiment.next_look_at)}" if experiment.next_look_at else ""
+    status = experiment.status
+    Status = Experiment.Status
+    ended = _clock(experiment.ended_at)
+    reason = experiment.status_reason or ""
+
+    if status == Status.RUNNING:
+        if total == 0:
+            share = f"{experiment.share:.0%}"
+            return f"The new prompt ({new}) gets {share} of {experiment.agent.name}'s tasks; none has finished yet; {next_look}."
+        if min(n_c, n_t) < stats_module.MIN_PER_ARM:
+            return (
+                f"{after}, {rates}. Too early to judge: a decision needs {stats_module.MIN_PER_ARM} tasks "
+                f"on each prompt; {next_look}."
+            )
+        if experiment.stage == Experiment.Stage.CANARY:
+            left = max(0, experiment.canary_size - n_t)
+            return (
+                f"{after}, {rates}: no sign of harm so far. The canary is done at {experiment.canary_size:,} "
+                f"tasks on the new prompt ({left:,} to go); {next_look}."
+            )
+        return (
+            f"{after}, {rates}: not yet conclusive"
+            + (f" ({likely})" if likely else "")
+            + f". The test decides by {experiment.max_n:,} tasks on each prompt; {next_look}."
+        )
+    if status == Status.CANARY_PASSED:
+        return (
+            f"Canary passed: {after.lower()}, {rates}, with no sign of harm. "
+            "Next: a person advances it to a 50/50 test, or rolls it back."
+        )
+    if status == Status.PROMOTE_READY:
+        return (
+            f"The new prompt is better: {after.lower()}, {rates}"
+            + (f"; {likely}" if likely else "")
+            + f". Next: a person promotes it to make it {experiment.agent.name}'s prompt, or rolls it back."
+        )
+    if status == Status.PAUSED:
+        return (
+            f"Paused: the tasks were not split as planned ({n_t:,} on the new prompt and {n_c:,} on the current "
+            f"one, where {experiment.share:.0%} were to get the new one). Next: a person resumes it once the "
+            "cause is understood, or rolls it back."
+        )
+    if status == Status.PROMOTED:
+        return f"Promoted at {ended}: the new prompt ({new}) is now {experiment.agent.name}'s prompt ({rates} at the last look)."
+    if status == Status.ROLLED_BACK:
+        runs = f"{experiment.agent.name} runs the current prompt ({current}) again"
+        if (
+            reason.startswith("automatic: ")
+            and experiment.latest_look is not None
+            and experiment.latest_look.decision == "rollback"
+        ):
+            return f"Rolled back automatically at {ended}: the new prompt did worse; {after.lower()}, {rates}. {runs}."
+        if reason.startswith("automatic: "):
+            return f"Rolled back automatically at {ended}: {reason.removeprefix('automatic: ')}. {runs}."
+        return f"Rolled back by a person at {ended}: “{reason}”. {runs}."
+    if status == Status.FUTILE:
+        return (
+            f"Stopped at {ended}: no clear difference; {after.lower()}, {rates}. "
+            f"{experiment.agent.name} keeps the current prompt ({current})."
+        )
+    return reason
 
 
 def _look_details(look: ExperimentLook) -> ExperimentLook:
@@ -277,11 +416,15 @@ def experiment_get(pk: int, *, chart: bool = True) -> Experiment | None:
 
 
 def audit_queryset():
-    return AuditEntry.objects.select_related("agent", "user", "version")
+    # The proposal too: the actor of a proposal from a config file says so (AuditEntry.actor).
+    return AuditEntry.objects.select_related("agent", "user", "version", "proposal")
 
 
 def recent_audit(limit: int = RECENT_AUDIT) -> list[AuditEntry]:
-    return list(audit_queryset()[:limit])
+    """The latest entries but the looks: a running experiment is looked at every
+    few seconds in a demo, and its looks (on its own page, and in the whole log)
+    would push every decision off the review page."""
+    return list(audit_queryset().exclude(action=AuditEntry.Action.LOOK)[:limit])
 
 
 def review_context(*, failed: Failure | None = None) -> dict:
@@ -312,7 +455,12 @@ def experiment_context(experiment: Experiment) -> dict:
         "experiment": experiment,
         "looks": [_look_details(look) for look in looks[:LOOK_ROWS]],
         "looks_total": experiment.looks.count() if len(looks) > LOOK_ROWS else len(looks),
-        "experiment_audit": list(audit_queryset().filter(experiment=experiment)[:RECENT_AUDIT]),
+        # Its looks are in the look history above.
+        "experiment_audit": list(
+            audit_queryset()
+            .filter(experiment=experiment)
+            .exclude(action=AuditEntry.Action.LOOK)[:RECENT_AUDIT]
+        ),
         # Its forms post plainly and come back here (pushed rows too).
         "plain": True,
         "here": experiment.get_absolute_url(),

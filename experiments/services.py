@@ -35,7 +35,7 @@ from boards.agent_config import (
 )
 from boards.models import Agent
 from experiments import broadcast as review_broadcast
-from experiments import stats
+from experiments import plans, stats
 from experiments.line import current_version, ensure_version, next_version_number
 from experiments.models import (
     AuditEntry,
@@ -60,6 +60,7 @@ MINOR_MAX_TOKENS_FACTOR = 2.0
 SMALL_EDIT_RATIO = 0.97
 SMALL_EDIT_CHARS = 20
 MAX_RATIONALE = 5000
+NOTHING_CHANGES = "Nothing changes"
 
 
 def _require(user: AbstractBaseUser | None, permission: str, what: str) -> None:
@@ -175,7 +176,7 @@ def classify(base: PromptVersion, fields: dict) -> tuple[bool, str]:
         return True, "Major: " + "; ".join(reasons_major) + "."
     if reasons_minor:
         return False, "Minor: " + "; ".join(reasons_minor) + "."
-    raise ValidationError("Nothing changes: the proposal is the active version.")
+    raise ValidationError(f"{NOTHING_CHANGES}: the proposal is the active version.")
 
 
 def diff_lines(base: PromptVersion, candidate: PromptVersion) -> list[str]:
@@ -259,7 +260,9 @@ def proposal_create(
     """Propose a change to the agent's active version. A minor change starts its
     experiment (a canary) at once when the agent has none running; a major one
     waits for approval. At most KAIZEN_MAX_CHANGES_PER_DAY per agent in 24 hours."""
-    if source != PromptVersion.Source.KAIZEN:
+    # The kaizen loop and a config file (applied by whoever may run manage.py, as
+    # its direct changes are) propose with no user; a person needs the permission.
+    if source not in (PromptVersion.Source.KAIZEN, PromptVersion.Source.CONFIG):
         _require(user, PROPOSE_PERMISSION, "propose prompt changes")
     rationale = _rationale(rationale)
     normal = _normalised(agent, fields)
@@ -377,6 +380,8 @@ def _start_if_free(
         proposal.save(update_fields=["status", "decision_note"])
         _audit(agent, Action.NOT_STARTED, user=user, reason=stop, proposal=proposal)
         return None
+    # The settings', or the agent's boards' own (a demo board decides in minutes).
+    plan = plans.agent_plan(agent)
     try:
         with transaction.atomic():
             experiment = Experiment.objects.create(
@@ -384,8 +389,9 @@ def _start_if_free(
                 proposal=proposal,
                 control=proposal.base_version,
                 treatment=proposal.candidate,
-                canary_share=settings.KAIZEN_CANARY_SHARE,
-                max_n=settings.KAIZEN_EXPERIMENT_MAX_N,
+                canary_share=plan.canary_share,
+                canary_size=plan.canary_size,
+                max_n=plan.max_n,
                 salt=secrets.token_hex(8),
             )
     except IntegrityError:

@@ -306,11 +306,22 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_PREFETCH_MULTIPLIER", 4, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# The demo feed adds example tasks to demo boards this often (0: never).
+KAIZEN_DEMO_FEED_SECONDS = env_float("KAIZEN_DEMO_FEED_SECONDS", 0.0, minimum=0.0)
+# The kaizen loop's looks: a harmful change is rolled back within minutes. Each
+# look's boundaries are computed for the looks actually taken, so looking more
+# often costs a little power, never the error rates. A demo (the feed on) looks
+# every 20 s, so a visitor sees its experiments decide.
+KAIZEN_EXPERIMENT_LOOK_SECONDS = env_float(
+    "KAIZEN_EXPERIMENT_LOOK_SECONDS",
+    20.0 if KAIZEN_DEMO_FEED_SECONDS > 0 else 300.0,
+    minimum=1.0,
+    maximum=300.0,
+)
 CELERY_BEAT_SCHEDULE = {
-    # The kaizen loop's looks: a harmful change is rolled back within minutes.
     "evaluate-experiments": {
         "task": "experiments.tasks.evaluate_experiments",
-        "schedule": env_float("KAIZEN_EXPERIMENT_LOOK_SECONDS", 300.0, minimum=1.0, maximum=300.0),
+        "schedule": KAIZEN_EXPERIMENT_LOOK_SECONDS,
     },
     # The kaizen loop's Plan and Do: at most one proposal per agent per run.
     "kaizen-cycle": {
@@ -328,7 +339,6 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("KAIZEN_PULL_SECONDS", 10.0, minimum=0.5),
     },
 }
-KAIZEN_DEMO_FEED_SECONDS = env_float("KAIZEN_DEMO_FEED_SECONDS", 0.0, minimum=0.0)
 if KAIZEN_DEMO_FEED_SECONDS > 0:
     CELERY_BEAT_SCHEDULE["demo-feed"] = {
         "task": "boards.tasks.feed_demo_boards",
@@ -400,10 +410,17 @@ KAIZEN_MODEL_BREAKER_THRESHOLD = env_int("KAIZEN_MODEL_BREAKER_THRESHOLD", 5, mi
 KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = env_float("KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0.1)
 # The kaizen loop: experiments on prompt changes (experiments.services, .stats).
 KAIZEN_MAX_CHANGES_PER_DAY = env_int("KAIZEN_MAX_CHANGES_PER_DAY", 3, minimum=1)
-KAIZEN_CANARY_SHARE = env_float("KAIZEN_CANARY_SHARE", 0.05, minimum=0.01)
-KAIZEN_EXPERIMENT_MAX_N = env_int("KAIZEN_EXPERIMENT_MAX_N", 2000, minimum=200)
+# An experiment's plan (experiments.plans; a board's config may ask for its own):
+# the canary's share of the agent's tasks and the treatment tasks it needs before
+# a person may advance it, then the efficacy stage's planned tasks per arm.
+KAIZEN_CANARY_SHARE = env_float("KAIZEN_CANARY_SHARE", 0.05, minimum=0.01, maximum=0.5)
+KAIZEN_CANARY_SIZE = env_int("KAIZEN_CANARY_SIZE", 200, minimum=100)
+KAIZEN_EXPERIMENT_MAX_N = env_int("KAIZEN_EXPERIMENT_MAX_N", 2000, minimum=100)
 # Custom quality checks (dotted paths to functions) an agent's checks may name (andon.inspection).
-KAIZEN_CUSTOM_CHECKS = env_list("KAIZEN_CUSTOM_CHECKS", ["andon.example_checks.no_email_addresses"])
+KAIZEN_CUSTOM_CHECKS = env_list(
+    "KAIZEN_CUSTOM_CHECKS",
+    ["andon.example_checks.no_email_addresses", "andon.example_checks.figures_from_input"],
+)
 
 # The response cache lives in Redis, shared by every worker. Its keys carry the
 # Redis database and KAIZEN_CACHE_PREFIX, so installations (or test runs) sharing

@@ -2,11 +2,13 @@
  * the websocket, and what a pushed update must not take away.
  *
  * The server owns the page: every action is an item's own form, posted with
- * htmx (hx-swap="none"); the answer replaces the review's sections out of band
- * and carries the message for the live region. Pushes replace the same
- * sections, or one experiment's row. Markup comes only from the server's
- * partials (experiments/review.html); this file adds behaviour and text, never
- * HTML.
+ * htmx (hx-swap="none"); the answer carries the review's sections out of band
+ * and the message for the live region. Pushes carry the same sections, or one
+ * experiment's row. They are not swapped in whole: the page's elements are
+ * brought in line with them, changing only what differs, so a note being
+ * written survives them (see "swapping only what changed"). Markup comes only
+ * from the server's partials (experiments/review.html); this file adds
+ * behaviour and text, never HTML.
  *
  * Charts: each experiment's row carries its figure as JSON in
  * <script type="application/json" id="chart-data-<pk>">, built server-side with
@@ -27,7 +29,7 @@
 
   // --- charts --------------------------------------------------------------------
 
-  // The data script each chart was last drawn from: a swap brings a new node.
+  // The data each chart was last drawn from (a swap changes the script's text).
   const drawnFrom = new WeakMap();
   let drawScheduled = false;
 
@@ -50,14 +52,14 @@
     if (!window.Plotly) return;
     document.querySelectorAll(".evo-chart[data-chart]").forEach(function (chart) {
       const script = document.getElementById(chart.dataset.chart);
-      if (!script || drawnFrom.get(chart) === script) return;
+      if (!script || drawnFrom.get(chart) === script.textContent) return;
       let figure;
       try {
         figure = JSON.parse(script.textContent);
       } catch (e) {
         return;
       }
-      drawnFrom.set(chart, script);
+      drawnFrom.set(chart, script.textContent);
       window.Plotly.react(plotOf(chart), figure.data, figure.layout, { responsive: true, displaylogo: false });
     });
   }
@@ -114,66 +116,186 @@
     announce("The server could not be reached; nothing was done. Try again in a moment.", "error");
   });
 
-  // --- what a swap must not take away -----------------------------------------------
+  // --- swapping only what changed ------------------------------------------------
   //
-  // A pushed update (a look, every few minutes) re-renders an experiment's row,
-  // and with it the note the reader is typing into its rollback form. Open
-  // forms, typed notes and the caret are carried over to the new render, by id.
-  // Not for the form this page just submitted: its answer says what became of it.
+  // Pushes (a look every few seconds in a demo) and action answers re-render
+  // whole sections and rows. Replaced as they come, they would close the note
+  // form a person is writing in, take its text and the focus, and make the page
+  // jump. So an incoming section or row is not swapped in: the page's own
+  // elements are brought in line with it, node by node (matched by id, else by
+  // position), and only what differs changes. What a person is using stays as
+  // it is: an open form keeps open, a typed note keeps its text, the focused
+  // field keeps the focus and the caret. An element the new render no longer
+  // has is removed, unless the person is using it: then it stays until they are
+  // done.
+  //
+  // The one exception is the form this page has just submitted: its answer says
+  // what became of it (closed, or open again with the error to fix).
 
   const submitted = new Set();
-  let kept = null;
+  // Elements the new render no longer has, kept while the person uses them.
+  const kept = new Set();
 
-  function capture(target) {
-    if (!target || !target.querySelectorAll) return;
-    kept = kept || { open: new Set(), values: {}, focus: null };
-    target.querySelectorAll("details[open][id]").forEach(function (details) {
-      if (!submitted.has(details.id)) kept.open.add(details.id);
-    });
-    target.querySelectorAll("textarea[id]").forEach(function (field) {
-      const owner = field.closest("details[id]");
-      if (owner && submitted.has(owner.id)) return;
-      if (field.value !== field.defaultValue) kept.values[field.id] = field.value;
-    });
-    const active = document.activeElement;
-    if (active && active.id && target.contains(active)) {
-      kept.focus = { id: active.id, start: active.selectionStart, end: active.selectionEnd };
-    }
-    // Restored once every swap of this answer or message is done.
-    setTimeout(restore, 0);
+  function typedIn(field) {
+    return field.value !== field.defaultValue;
   }
 
-  function restore() {
-    const state = kept;
-    kept = null;
-    if (!state) return;
-    state.open.forEach(function (id) {
-      const details = document.getElementById(id);
-      if (details) details.open = true;
-    });
-    Object.keys(state.values).forEach(function (id) {
-      const field = document.getElementById(id);
-      if (field && field.value === field.defaultValue) field.value = state.values[id];
-    });
+  // The person is using this element: it holds the focus, an open action form,
+  // or a note they typed.
+  function submittedFrom(node) {
+    const owner = node.closest("details[id]");
+    return Boolean(owner && submitted.has(owner.id));
+  }
+
+  function inUse(element) {
+    if (element.nodeType !== Node.ELEMENT_NODE) return false;
     const active = document.activeElement;
-    if (state.focus && (!active || active === document.body)) {
-      const field = document.getElementById(state.focus.id);
-      if (field) {
-        field.focus({ preventScroll: true });
-        if (state.focus.start != null && field.setSelectionRange) {
-          try {
-            field.setSelectionRange(state.focus.start, state.focus.end);
-          } catch (e) {
-            // not a text field after all
+    if (active && active !== document.body && element.contains(active) && !submittedFrom(active)) return true;
+    const forms = element.matches("details[open]") ? [element] : [];
+    element.querySelectorAll("details[open]").forEach(function (details) {
+      forms.push(details);
+    });
+    if (forms.some(function (details) { return !submitted.has(details.id); })) return true;
+    return Array.prototype.some.call(element.querySelectorAll("textarea, input[type=text]"), function (field) {
+      return typedIn(field) && !submittedFrom(field);
+    });
+  }
+
+  function syncAttributes(from, to) {
+    for (const attribute of Array.from(to.attributes)) {
+      if (from.getAttribute(attribute.name) !== attribute.value) from.setAttribute(attribute.name, attribute.value);
+    }
+    for (const attribute of Array.from(from.attributes)) {
+      if (to.hasAttribute(attribute.name)) continue;
+      // An action form the person opened stays open (the server renders it closed).
+      if (attribute.name === "open" && from.tagName === "DETAILS" && !submitted.has(from.id)) continue;
+      from.removeAttribute(attribute.name);
+    }
+  }
+
+  function syncField(from, to) {
+    // A field the person typed in, or is in, keeps its text and caret.
+    if (document.activeElement === from || typedIn(from)) return;
+    if (from.tagName === "TEXTAREA") {
+      if (from.defaultValue !== to.defaultValue) from.defaultValue = to.defaultValue;
+      from.value = to.defaultValue;
+    } else if (from.value !== to.value) {
+      from.value = to.value;
+    }
+  }
+
+  // Nodes without an id are matched to the next of their kind; a form's inputs
+  // by name as well, so one input never turns into another.
+  function sameKind(a, b) {
+    if (a.nodeType !== b.nodeType || a.nodeName !== b.nodeName) return false;
+    return a.nodeName !== "INPUT" || a.getAttribute("name") === b.getAttribute("name");
+  }
+
+  function morph(from, to) {
+    if (from.nodeType !== Node.ELEMENT_NODE) {
+      if (from.nodeValue !== to.nodeValue) from.nodeValue = to.nodeValue;
+      return;
+    }
+    syncAttributes(from, to);
+    // Plotly draws inside the chart: its data comes in the row's script.
+    if (from.classList.contains("evo-chart")) return;
+    if (from.tagName === "TEXTAREA" || from.tagName === "INPUT") {
+      syncField(from, to);
+      return;
+    }
+    if (from.tagName === "SCRIPT") {
+      if (from.textContent !== to.textContent) from.textContent = to.textContent;
+      return;
+    }
+    morphChildren(from, to);
+  }
+
+  function morphChildren(from, to) {
+    const old = Array.from(from.childNodes);
+    const byId = new Map();
+    old.forEach(function (node) {
+      if (node.nodeType === Node.ELEMENT_NODE && node.id) byId.set(node.id, node);
+    });
+    // Match each incoming node to one of the page's: by id, else the next of
+    // its kind without an id.
+    const used = new Set();
+    let next = 0;
+    const placed = Array.from(to.childNodes).map(function (incoming) {
+      let match = null;
+      if (incoming.nodeType === Node.ELEMENT_NODE && incoming.id) {
+        match = byId.get(incoming.id) || null;
+        if (match && (used.has(match) || !sameKind(match, incoming))) match = null;
+      } else {
+        for (let i = next; i < old.length; i++) {
+          const candidate = old[i];
+          if (used.has(candidate) || (candidate.nodeType === Node.ELEMENT_NODE && candidate.id)) continue;
+          if (sameKind(candidate, incoming)) {
+            match = candidate;
+            next = i + 1;
+            break;
           }
         }
       }
-    }
+      if (!match) return document.importNode(incoming, true);
+      used.add(match);
+      kept.delete(match);
+      morph(match, incoming);
+      return match;
+    });
+    // What the new render no longer has goes first, so the rest need not move
+    // (moving an element takes the focus out of it).
+    old.forEach(function (node) {
+      if (used.has(node)) return;
+      // Pushes are rendered without a request, so without the CSRF token the
+      // page put in its plain forms: keep it.
+      if (node.nodeType === Node.ELEMENT_NODE && node.matches("input[name=csrfmiddlewaretoken]")) return;
+      if (inUse(node)) {
+        kept.add(node);
+        return;
+      }
+      node.remove();
+    });
+    // In order, moving only what is out of place; a node kept above (a CSRF
+    // token, a form in use) stays where it is, and the rest go around it.
+    const placedSet = new Set(placed);
+    let here = from.firstChild;
+    placed.forEach(function (node) {
+      while (here && here !== node && !placedSet.has(here)) here = here.nextSibling;
+      if (node === here) {
+        here = here.nextSibling;
+      } else {
+        from.insertBefore(node, here);
+      }
+    });
   }
 
   document.addEventListener("htmx:oobBeforeSwap", function (event) {
-    if (root()) capture(event.detail.target);
+    if (!root()) return;
+    const target = event.detail.target;
+    const fragment = event.detail.fragment;
+    const incoming = fragment && fragment.firstElementChild;
+    // Whole elements replaced by id (sections, rows); the status line's
+    // innerHTML swap goes as htmx does it.
+    if (!incoming || fragment.childElementCount !== 1 || incoming.id !== target.id) return;
+    event.detail.shouldSwap = false;
+    morph(target, incoming);
+    htmx.process(target);
+    afterSwap();
   });
+
+  // Kept for the person until they were done with it: gone now.
+  function dropKept() {
+    setTimeout(function () {
+      kept.forEach(function (node) {
+        if (node.isConnected && inUse(node)) return;
+        node.remove();
+        kept.delete(node);
+      });
+    }, 0);
+  }
+
+  document.addEventListener("focusout", dropKept);
+  document.addEventListener("toggle", dropKept, true);
 
   document.addEventListener("htmx:beforeRequest", function (event) {
     const form = event.detail.elt;

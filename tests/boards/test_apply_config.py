@@ -112,10 +112,12 @@ def writes(queries: CaptureQueriesContext) -> list[str]:
 def test_each_shipped_example_applies(db, name):
     output = apply(EXAMPLES / name)
 
-    board = Board.objects.get()
+    # The line each file is about; demo.yaml also has the Kaizen lab (below).
+    board = Board.objects.exclude(slug="kaizen-lab").get()
     roles = list(board.columns.order_by("position").values_list("role", flat=True))
     assert roles == ["backlog", "ready", "in_progress", "review", "done"]
-    assert len(board.demo_tasks) >= 10
+    # Templates that write a new task each time (tests/boards/test_demo_feed.py).
+    assert len(board.demo_tasks) >= 4 and sum(1 for t in board.demo_tasks if t.get("slots")) >= 3
     agents = list(board.agents.all())
     assert 3 <= len(agents) <= 4
     # Offline: every model an example names is simulated.
@@ -150,16 +152,16 @@ def test_demo_line_has_the_columns_and_limits_the_demo_promises(db):
     for agent_tiers in tiers.values():
         latencies = [t.parameters["latency_ms"] for t in agent_tiers]
         assert 3000 <= latencies[0] and sum(latencies) <= 16000
-    assert len(board.demo_tasks) >= 15
+    assert sum(1 for t in board.demo_tasks if t.get("slots")) >= 6
 
 
 def test_all_examples_apply_together_without_colliding(db):
     apply(*[EXAMPLES / n for n in EXAMPLE_FILES])
 
-    assert Board.objects.count() == 4
+    assert Board.objects.count() == 5  # demo.yaml has the Kaizen lab too
     # Agent names are global keys: a name shared by two files would move the
     # agent from one board to the other instead of making two agents.
-    assert Agent.objects.count() == 13
+    assert Agent.objects.count() == 16
     assert all(a.boards.count() == 1 for a in Agent.objects.all())
 
 
@@ -174,7 +176,7 @@ def test_support_line_has_a_custom_agent_class_and_declared_variables(db):
     # Every reply task gives the drafter's variables as fields of a JSON object.
     board = Board.objects.get(slug="support-triage")
     replies = [t for t in board.demo_tasks if t["capability"] == "draft_reply"]
-    assert replies and all(set(json.loads(t["input"])) == {"customer", "facts"} for t in replies)
+    assert replies and all(set(t["input"]) == {"customer", "facts"} for t in replies)
 
 
 # --- idempotency --------------------------------------------------------------------

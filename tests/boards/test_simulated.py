@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from andon.inspection import inspect, parse_checks
+from boards import demo_feed
 from boards.agents import REVIEW_FEEDBACK_NOTE, render_prompt
 from boards.providers import ModelRequest, SimulatedProvider, get_provider
 from boards.simulated import (
@@ -173,12 +174,23 @@ def figures(text: str) -> set[str]:
 # --- calibration ------------------------------------------------------------------------------
 
 
+def _demo_tasks(board: dict, per_entry: int = 3) -> list[dict]:
+    """Tasks the demo feed writes from a board's entries (templates with slots,
+    boards.demo_feed): a few per entry, each filled afresh."""
+    entries = [
+        {**entry, "slots": demo_feed.normal_slots(entry["slots"])} if entry.get("slots") else entry
+        for entry in board.get("demo_tasks") or []
+    ]
+    settings = demo_feed.FeedSettings(seed=7, repeat_share=0)
+    return [demo_feed.demo_task_at(entries, settings, n) for n in range(per_entry * len(entries))]
+
+
 def _example_requests() -> list[tuple[str, str, dict, list[str]]]:
     """(template, title, variables, models) for every shipped agent and each of its demo tasks."""
     out = []
     for path in sorted(EXAMPLES.glob("*.yaml")):
         document = yaml.safe_load(path.read_text())
-        tasks = [task for board in document.get("boards") or [] for task in board.get("demo_tasks") or []]
+        tasks = [task for board in document.get("boards") or [] for task in _demo_tasks(board)]
         for agent in document.get("agents") or []:
             template = agent.get("prompt_template")
             if not template:

@@ -1,14 +1,23 @@
-"""One experiment's page: its row, its Plotly chart (z against the efficacy and
-harm boundaries, the difference with its adjusted interval, success, samples,
-cost and latency per arm, one point per look) and the look history."""
+"""One experiment's page: its row, its Plotly chart (success rate, the evidence
+against the lines that decide, cost and time per task, per prompt, one point per
+look) and the look history."""
 
 from __future__ import annotations
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from experiments import services as kaizen
-from tests.experiments.test_views_review import approver, chart_of, editor, experiment_in
+from tests.experiments.test_views_review import (
+    approver,
+    chart_of,
+    editor,
+    experiment_in,
+    look,
+    samples,
+    tasks_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -18,8 +27,31 @@ def ana(db):
     return approver(username="ana")
 
 
-def _traces(figure: dict) -> dict[str, dict]:
-    return {trace["name"]: trace for trace in figure["data"]}
+def _traces(figure: dict) -> dict[tuple[str, str], dict]:
+    """The traces by (panel, name): the panels are x (success), x2 (evidence),
+    x3 (cost), x4 (time); both prompts have a trace in each."""
+    panels = {"x": "success", "x2": "evidence", "x3": "cost", "x4": "time"}
+    return {(panels[trace.get("xaxis", "x")], trace["name"]): trace for trace in figure["data"]}
+
+
+def efficacy_time(look) -> str:
+    return timezone.localtime(look.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_a_handful_of_tasks_is_not_drawn_as_a_rate(client, ana):
+    experiment = experiment_in("canary_passed")
+    kaizen.experiment_advance(experiment=experiment, user=ana, note="go")
+    samples(experiment, tasks_of(experiment.agent, 10), control=(2, 2), treatment=(3, 0))
+    look(experiment)
+    client.force_login(ana)
+
+    figure = chart_of(client.get(experiment.get_absolute_url()).content.decode(), experiment.pk)
+
+    # 2 of 2 and 0 of 3 would draw 100% and 0%: nothing is drawn below 10 tasks.
+    traces = _traces(figure)
+    assert traces[("success", "new prompt (v2)")]["y"][-1] is None
+    assert traces[("cost", "current prompt (v1)")]["y"][-1] is None
+    assert traces[("evidence", "evidence")]["y"][-1] is None
 
 
 def test_the_url_is_the_experiments_absolute_url(db):
@@ -28,7 +60,7 @@ def test_the_url_is_the_experiments_absolute_url(db):
     assert experiment.get_absolute_url() == f"/kaizen/experiments/{experiment.pk}/"
 
 
-def test_the_chart_has_z_and_both_boundaries_per_look(client, ana):
+def test_the_chart_shows_success_evidence_cost_and_time_per_prompt_at_each_look(client, ana):
     experiment = experiment_in("efficacy")
     canary, efficacy = experiment.looks.order_by("created_at", "pk")
     client.force_login(ana)
@@ -37,42 +69,52 @@ def test_the_chart_has_z_and_both_boundaries_per_look(client, ana):
 
     figure = chart_of(html, experiment.pk)
     traces = _traces(figure)
-    assert {
-        "z",
-        "efficacy boundary",
-        "harm boundary",
-        "difference",
-        "success control",
-        "success treatment",
-        "samples control",
-        "samples treatment",
-        "cost control",
-        "cost treatment",
-        "latency control",
-        "latency treatment",
-    } <= set(traces)
-    assert traces["z"]["x"] == [1, 2]
-    assert traces["z"]["y"] == pytest.approx([canary.stats["z"], efficacy.stats["z"]])
-    # The canary looks only for harm: no efficacy boundary at its look.
-    assert traces["efficacy boundary"]["y"][0] is None
-    assert traces["efficacy boundary"]["y"][1] == pytest.approx(efficacy.stats["efficacy_boundary"])
-    assert efficacy.stats["efficacy_boundary"] > 2
-    assert traces["harm boundary"]["y"] == pytest.approx(
-        [-canary.stats["harm_boundary"], -efficacy.stats["harm_boundary"]]
+    current, new = "current prompt (v1)", "new prompt (v2)"
+    assert set(traces) == {
+        ("success", current),
+        ("success", new),
+        ("evidence", "evidence"),
+        ("evidence", "better above this line: promote"),
+        ("evidence", "worse below this line: roll back"),
+        ("cost", current),
+        ("cost", new),
+        ("time", current),
+        ("time", new),
+    }
+    # Plain titles, one point per look at the time it was taken.
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    assert titles[:4] == [
+        "Success rate: new prompt vs current",
+        "Evidence: above green, better; below red, worse",
+        "Cost per task",
+        "Time per task",
+    ]
+    # The canary's look, a gap (the 50/50 test counts afresh, its line starts
+    # anew), the efficacy stage's look.
+    success = traces[("success", new)]
+    assert success["x"][1] == success["x"][2] == efficacy_time(efficacy)
+    assert success["y"] == pytest.approx([72.0, None, 75.0])
+    assert traces[("success", current)]["y"][2] == pytest.approx(70.0)
+    # The evidence against the lines that decide (the canary looks only for harm).
+    evidence = traces[("evidence", "evidence")]["y"]
+    assert evidence == pytest.approx([canary.stats["z"], None, efficacy.stats["z"]])
+    better = traces[("evidence", "better above this line: promote")]["y"]
+    assert better[0] is None and better[2] == pytest.approx(efficacy.stats["efficacy_boundary"])
+    assert traces[("evidence", "worse below this line: roll back")]["y"] == pytest.approx(
+        [-canary.stats["harm_boundary"], None, -efficacy.stats["harm_boundary"]]
     )
-    # The adjusted interval, as error bars around the difference, in points.
-    difference = traces["difference"]
-    assert difference["y"][1] == pytest.approx(100 * efficacy.stats["diff"])
-    assert difference["error_y"]["array"][1] == pytest.approx(
-        100 * (efficacy.stats["ci_high"] - efficacy.stats["diff"])
-    )
-    assert difference["error_y"]["arrayminus"][1] == pytest.approx(
-        100 * (efficacy.stats["diff"] - efficacy.stats["ci_low"])
-    )
-    assert traces["success treatment"]["y"][1] == pytest.approx(75.0)
-    assert traces["samples control"]["y"][1] == 200
-    assert traces["cost treatment"]["y"][1] == pytest.approx(0.0012)
-    assert traces["latency control"]["y"][1] == pytest.approx(300.0)
+    # Dollars as people write them, seconds, percent from a padded range.
+    assert traces[("cost", new)]["y"][2] == pytest.approx(0.0012)
+    layout = figure["layout"]
+    assert layout["yaxis3"]["tickformat"] == "$,.4f"
+    assert layout["yaxis3"]["range"][0] == 0
+    assert traces[("time", current)]["y"][2] == pytest.approx(0.3)
+    assert layout["yaxis4"]["ticksuffix"] == " s"
+    assert layout["yaxis"]["ticksuffix"] == "%"
+    low, high = layout["yaxis"]["range"]
+    assert low <= 70 and high >= 75 and high - low >= 20
+    # Where the 50/50 test starts.
+    assert "50/50 test starts" in titles
     # The chart sits beside its data, and redraws from it.
     assert (
         f'<div class="evo-chart" id="chart-{experiment.pk}" data-chart="chart-data-{experiment.pk}"' in html
@@ -88,9 +130,9 @@ def test_the_chart_data_cannot_end_its_script(client, ana):
     marker = f'id="chart-data-{experiment.pk}">'
     start = html.index(marker) + len(marker)
     data = html[start : html.index("</script>", start)]
-    # The hover texts have line breaks (<br>): escaped, as json_script does.
-    assert "<" not in data and ">" not in data and "\\u003Cbr\\u003E" in data
-    assert "<br>" in chart_of(html, experiment.pk)["data"][0]["text"][0]
+    # The hover templates have tags (<extra>): escaped, as json_script does.
+    assert "<" not in data and ">" not in data and "\\u003Cextra\\u003E" in data
+    assert "<extra>" in chart_of(html, experiment.pk)["data"][0]["hovertemplate"]
 
 
 def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client, ana):
@@ -100,9 +142,11 @@ def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client,
     html = client.get(experiment.get_absolute_url()).content.decode()
 
     figure = chart_of(html, experiment.pk)
-    assert _traces(figure)["z"]["x"] == []
-    assert "No looks yet" in figure["layout"]["annotations"][-1]["text"]
-    assert "Not looked at yet" in html
+    assert _traces(figure)[("evidence", "evidence")]["x"] == []
+    assert "No looks yet: the first comes at about " in figure["layout"]["annotations"][-1]["text"]
+    assert "Not looked at yet: the first look comes at about " in html
+    # Percent from 0 to 100 with nothing to show, never a range around nothing.
+    assert figure["layout"]["yaxis"]["range"] == [0, 100]
 
 
 def test_the_look_history_lists_each_look_newest_first(client, ana):
@@ -173,7 +217,8 @@ def test_an_ended_experiment_keeps_its_chart_and_history(client, ana):
     html = client.get(experiment.get_absolute_url()).content.decode()
 
     assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in html
-    assert len(chart_of(html, experiment.pk)["data"][0]["x"]) == 2
+    drawn = chart_of(html, experiment.pk)["data"][0]["y"]
+    assert len([y for y in drawn if y is not None]) == 2
     assert "/rollback/" not in html
 
 

@@ -1,5 +1,5 @@
 """`python manage.py apply_config FILE [FILE ...]`: make boards, columns and agents
-match YAML files (format: examples/README.md). Every file is checked in full
+match YAML files, and make the files' proposals (format: examples/README.md). Every file is checked in full
 before anything is written; all files are then applied in one transaction."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from boards.config import ConfigDocument, ConfigError, config_apply, config_load
+from experiments.config import config_proposals_apply
 
 
 class Command(BaseCommand):
@@ -37,7 +38,12 @@ class Command(BaseCommand):
 
         try:
             with transaction.atomic():
-                reports = [config_apply(document=document) for document in documents]
+                reports = []
+                for document in documents:
+                    report = config_apply(document=document)
+                    # The file's proposals, through the kaizen loop's gate, after its agents.
+                    config_proposals_apply(document=document, report=report)
+                    reports.append(report)
                 if dry_run:
                     transaction.set_rollback(True)
         except ConfigError as exc:
