@@ -670,7 +670,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             f"  KAIZEN_REDIS_PORT          the embedded Redis's port ({EMBEDDED_REDIS_PORT}, or a free one)\n"
             "  KAIZEN_VAR_DIR             where data and logs go (var/)\n"
             "  KAIZEN_WORKER_CONCURRENCY  worker threads (20 on SQLite, 200 on PostgreSQL)\n"
-            "  KAIZEN_DEMO_FEED_SECONDS   a demo task arrives this often (1.5)\n"
+            "  KAIZEN_DEMO_FEED_SECONDS   the demo feed adds tasks to each demo board this often (1.5)\n"
+            "  KAIZEN_DEMO_REVIEWER_SECONDS  the simulated reviewer decides an escalation this often\n"
+            "                             (15; 0 leaves the andon inbox to people)\n"
             "  KAIZEN_DEMO_PASSWORD       the demo user's password (demo; required off loopback)\n"
             "  VERBOSE=1                  the same as --verbose\n"
             "\n"
@@ -684,6 +686,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="show every process's output in the terminal too, each line prefixed with its name",
     )
     return parser.parse_args(argv)
+
+
+def reviewer_note(env: dict[str, str]) -> str:
+    seconds = env.get("KAIZEN_DEMO_REVIEWER_SECONDS", "").strip()
+    try:
+        on = float(seconds) > 0
+    except ValueError:
+        on = False  # the settings name the bad value when the processes start
+    if on:
+        return f"Reviewer:           simulated, one decision every {seconds} s (the andon inbox)"
+    return "Reviewer:           none: escalations wait for you in the andon inbox"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -734,6 +747,10 @@ def run(sup: Supervisor, var_dir: Path) -> None:
     env["PYTHONUNBUFFERED"] = "1"  # so children's lines reach their logs as they happen
     env["KAIZEN_VAR_DIR"] = str(var_dir)
     env.setdefault("KAIZEN_DEMO_FEED_SECONDS", "1.5")
+    # Part of the demo's load: a clearly labelled simulated reviewer decides one
+    # inbox row of a demo board this often, so an unattended demo never waits on
+    # a person who is not there (andon.demo_reviewer). People may decide first.
+    env.setdefault("KAIZEN_DEMO_REVIEWER_SECONDS", "15")
     if not env.get("REDIS_URL"):
         env["REDIS_URL"] = start_embedded_redis(sup, var_dir)
         redis_note = f"embedded, {env['REDIS_URL']}"
@@ -824,8 +841,9 @@ def run(sup: Supervisor, var_dir: Path) -> None:
                         f"Admin:              {url}admin/",
                         f"Database:           {db_note}",
                         f"Redis:              {redis_note}",
-                        f"Worker:             {concurrency} threads; a demo task arrives every "
+                        f"Worker:             {concurrency} threads; demo tasks arrive every "
                         f"{env['KAIZEN_DEMO_FEED_SECONDS']} s",
+                        reviewer_note(env),
                         "Press Ctrl-C to stop everything.",
                     ]
                 ),

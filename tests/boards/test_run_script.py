@@ -222,11 +222,13 @@ def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var
     logs_line = shown.index(
         f"Logs: {logs}/ (tail -f {logs}/worker.log); make run ARGS=--verbose to see them here"
     )
-    box = shown[logs_line - 9 : logs_line]
+    box = shown[logs_line - 10 : logs_line]
     assert box[0].startswith("+-") and box[-1].startswith("+-")
     assert f"Kaizen is running:  http://127.0.0.1:{port}/" in box[1]
     assert "Log in as:          demo / demo" in box[2]
-    assert shown[logs_line - 10] == "kaizen | starting the web server, the worker and the scheduler... ok"
+    # The demo's reviewer load is part of the demo, and says it is simulated.
+    assert any("Reviewer:           simulated, one decision every 15 s" in line for line in box)
+    assert shown[logs_line - 11] == "kaizen | starting the web server, the worker and the scheduler... ok"
     for name in ("redis", "migrate", "config", "user", "web", "worker", "beat"):
         assert (logs / f"{name}.log").exists(), name
     assert "Operations to perform" in (logs / "migrate.log").read_text()
