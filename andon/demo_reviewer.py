@@ -36,8 +36,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from andon import selectors, services
-from andon.models import Escalation
-from boards.models import Board
+from andon.models import Escalation, LineStop
+from boards.models import Agent, Board
 
 logger = logging.getLogger(__name__)
 
@@ -191,3 +191,45 @@ def demo_review_run(*, min_age: float | None = None) -> list[Escalation]:
         logger.warning("the simulated reviewer could not decide escalation %s: %s", escalation.pk, exc)
         return []
     return result.decided
+
+
+def _demo_agent_ids() -> set[int]:
+    """Agents that serve demo boards only: an agent that also serves a real board
+    is never restarted by a program."""
+    demo = {b.pk for b in Board.objects.only("pk", "demo_tasks") if b.demo_tasks}
+    serving: dict[int, set[int]] = {}
+    for agent_id, board_id in Agent.boards.through.objects.values_list("agent_id", "board_id"):
+        serving.setdefault(agent_id, set()).add(board_id)
+    return {agent_id for agent_id, boards in serving.items() if boards and boards <= demo}
+
+
+def demo_restart_run(*, min_age: float | None = None) -> list[LineStop]:
+    """Restart the lines of demo agents that a defect spike stopped at least
+    ``min_age`` seconds ago, as a reviewer who has looked at the defects would.
+    Without it an unattended demo would keep a stopped agent stopped for good.
+    A cord a person pulled is never undone by a program; neither is a stop of an
+    agent that serves a board with no demo tasks."""
+    if min_age is None:
+        min_age = settings.KAIZEN_DEMO_REVIEWER_RESTART_SECONDS
+    stops = list(
+        LineStop.objects.filter(
+            kind=LineStop.Kind.DEFECT_SPIKE,
+            restarted_at__isnull=True,
+            agent_id__in=_demo_agent_ids(),
+            created_at__lte=timezone.now() - timedelta(seconds=min_age),
+        ).order_by("created_at", "pk")
+    )
+    if not stops:
+        return []
+    user = simulated_reviewer_user()
+    restarted = []
+    for stop in stops:
+        note = (
+            f"{LABEL}: looked at the defects that stopped the line and restarted it "
+            "(a demo; a person would find their cause first)."
+        )
+        try:
+            restarted.append(services.line_restart(line_stop=stop, user=user, note=note))
+        except ValidationError:
+            continue  # a person restarted it meanwhile
+    return restarted

@@ -2,7 +2,8 @@
 
 review_demo_escalations is scheduled only when KAIZEN_DEMO_REVIEWER_SECONDS is
 set (kaizen_web.settings). Running it twice decides two inbox rows at most,
-each once: a decision locks its escalations and skips those already decided.
+each once: a decision locks its escalations and skips those already decided,
+and a line already restarted is not restarted again.
 """
 
 from __future__ import annotations
@@ -17,4 +18,5 @@ from andon import demo_reviewer
 def review_demo_escalations() -> int:
     if settings.KAIZEN_DEMO_REVIEWER_SECONDS <= 0:
         return 0
-    return len(demo_reviewer.demo_review_run())
+    decided = demo_reviewer.demo_review_run()
+    return len(decided) + len(demo_reviewer.demo_restart_run())

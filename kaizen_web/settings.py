@@ -349,6 +349,9 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
 # the row has waited KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS.
 KAIZEN_DEMO_REVIEWER_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_SECONDS", 0.0, minimum=0.0)
 KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS", 10.0, minimum=0.0)
+# ...and restarts a demo agent's line that a defect spike stopped this long ago
+# (never a cord a person pulled), so an unattended demo shows the stop, then goes on.
+KAIZEN_DEMO_REVIEWER_RESTART_SECONDS = env_float("KAIZEN_DEMO_REVIEWER_RESTART_SECONDS", 60.0, minimum=0.0)
 if KAIZEN_DEMO_REVIEWER_SECONDS > 0:
     CELERY_BEAT_SCHEDULE["demo-reviewer"] = {
         "task": "andon.tasks.review_demo_escalations",

@@ -262,3 +262,71 @@ def test_a_task_it_rejected_goes_back_with_its_labelled_reason():
 
     task = Task.objects.get(pk=escalation.task_id)
     assert task.review_feedback.startswith("Simulated reviewer:")
+
+
+# --- lines a defect spike stopped -------------------------------------------------------
+
+
+def _spike_stop(agent, *, age: float = 120):
+    from andon.models import LineStop
+
+    stop = LineStop.objects.create(
+        agent=agent, kind=LineStop.Kind.DEFECT_SPIKE, reason="defect spike: 3 in 10"
+    )
+    LineStop.objects.filter(pk=stop.pk).update(created_at=timezone.now() - timedelta(seconds=age))
+    return stop
+
+
+def test_it_restarts_a_demo_agents_line_a_defect_spike_stopped_a_while_ago():
+    board = demo_line()
+    agent = board.agents.get()
+    stop = _spike_stop(agent)
+
+    assert demo_reviewer.demo_restart_run(min_age=60) == [stop]
+
+    stop.refresh_from_db()
+    assert stop.restarted_at is not None
+    assert stop.restarted_by.username == SIMULATED_REVIEWER
+    assert stop.restart_note.startswith("Simulated reviewer:")
+
+
+def test_it_leaves_a_fresh_spike_stop_showing_for_a_while():
+    board = demo_line()
+    stop = _spike_stop(board.agents.get(), age=5)
+
+    assert demo_reviewer.demo_restart_run(min_age=60) == []
+    stop.refresh_from_db()
+    assert stop.restarted_at is None
+
+
+def test_it_never_undoes_a_cord_a_person_pulled():
+    board = demo_line()
+    agent = board.agents.get()
+    stop = andon_services.line_stop(user=reviewer(username="ana"), reason="wrong prices", agent=agent)
+    from andon.models import LineStop
+
+    LineStop.objects.filter(pk=stop.pk).update(created_at=timezone.now() - timedelta(hours=1))
+
+    assert demo_reviewer.demo_restart_run(min_age=60) == []
+    stop.refresh_from_db()
+    assert stop.restarted_at is None
+
+
+def test_it_leaves_an_agent_that_also_serves_a_real_board_stopped():
+    board = demo_line()
+    agent = board.agents.get()
+    agent.boards.add(make_board())  # no demo tasks: real work
+    stop = _spike_stop(agent)
+
+    assert demo_reviewer.demo_restart_run(min_age=60) == []
+    stop.refresh_from_db()
+    assert stop.restarted_at is None
+
+
+def test_the_beat_task_restarts_lines_too(settings):
+    board = demo_line()
+    _spike_stop(board.agents.get())
+    settings.KAIZEN_DEMO_REVIEWER_SECONDS = 10
+    settings.KAIZEN_DEMO_REVIEWER_RESTART_SECONDS = 60
+
+    assert tasks.review_demo_escalations() == 1
