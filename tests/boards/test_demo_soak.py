@@ -1,0 +1,144 @@
+"""The demo, unattended, at 20x speed: half an hour of the demo line in 90 s, with a
+real Celery worker and a real Celery beat running the feed, the simulated reviewer,
+the periodic pull and the reaper, as `make run` does (issue 10: the unattended demo
+froze after 15-20 minutes, with nothing on the board saying why).
+
+Every half second the test reads the board as a visitor would. Whenever work waits
+in Ready and no agent has pulled any for a while, the board must say why (the flow
+status, boards.selectors.board_pull_status_get): a silent stall is the defect. And
+the line must keep finishing work: no five demo minutes without a task done.
+
+SQLite only: it is the embedded default `make run` serves, and the pass on
+PostgreSQL would spend two more minutes proving nothing the other tests do not.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from andon.demo_reviewer import SIMULATED_REVIEWER
+from andon.models import Escalation
+from boards import services
+from boards.models import Agent, Board, Task, TaskEvent
+from boards.selectors import board_pull_status_get
+from tests.live import LiveProcess, child_env, log_path_for, register, wait_for
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+SPEED = 20
+DEMO_MINUTES = 30
+SAMPLE_SECONDS = 0.5
+# Longer than this (in real seconds) without a pull while work waits in Ready, the
+# board must be saying why: 100 demo seconds, where the slowest demo call takes 8.
+QUIET_SECONDS = 5.0
+# Every five demo minutes at least one task must be done.
+PROGRESS_WINDOW_SECONDS = 5 * 60 / SPEED
+
+# make run's demo settings, every interval divided by SPEED (the simulated models'
+# latencies through the latency scale).
+ENV = {
+    "KAIZEN_SIMULATED_LATENCY_SCALE": str(1 / SPEED),
+    "KAIZEN_DEMO_FEED_SECONDS": str(1.5 / SPEED),
+    "KAIZEN_DEMO_REVIEWER_SECONDS": str(15 / SPEED),
+    "KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS": str(10 / SPEED),
+    "KAIZEN_DEMO_REVIEWER_RESTART_SECONDS": str(60 / SPEED),
+    "KAIZEN_PULL_SECONDS": str(10 / SPEED),
+    "KAIZEN_REAPER_SECONDS": "0.5",  # its floor; the workers watch each other every beat anyway
+    "KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS": str(60 / SPEED),
+    "KAIZEN_EXPERIMENT_LOOK_SECONDS": str(20 / SPEED),
+}
+
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="the unattended demo runs on the embedded default, SQLite"
+)
+
+
+@pytest.fixture
+def celery_beat(request, transactional_db, tmp_path):
+    """A real Celery beat with the demo's schedule at SPEED."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "kaizen_web",
+        "beat",
+        "--schedule",
+        str(tmp_path / f"beat-{uuid.uuid4().hex[:6]}"),
+        "--loglevel",
+        "INFO",
+    ]
+    process = LiveProcess("beat", argv, child_env(ENV), log_path_for(request, "beat"))
+    register(request, process)
+    wait_for("beat to start", lambda: "beat: Starting" in process.log_text(), timeout=60, process=process)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _demo_line() -> Board:
+    call_command("apply_config", str(BASE_DIR / "examples" / "demo.yaml"), verbosity=0)
+    # Only the demo line runs here: the Kaizen lab's fast feed is another test's business.
+    for board in Board.objects.exclude(slug="demo"):
+        services.board_set_paused(board=board, paused=True)
+    # An agent's breaker cool-down is its own setting: at SPEED too.
+    Agent.objects.update(breaker_cooldown_seconds=max(1, 60 // SPEED))
+    return Board.objects.get(slug="demo")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.worker(env=ENV, concurrency=20)
+def test_the_demo_runs_unattended_for_half_an_hour_and_never_stalls_silently(request, transactional_db):
+    board = _demo_line()
+    # The worker and beat start once the demo line exists, as in make run.
+    celery_worker = request.getfixturevalue("celery_worker")
+    request.getfixturevalue("celery_beat")
+    assert celery_worker.current.alive
+
+    silent: list[str] = []
+    stalls_explained: set[str] = set()
+    done_at: list[tuple[float, int]] = []
+    started = time.monotonic()
+    last_claims, last_pull = -1, started
+    while (now := time.monotonic()) - started < DEMO_MINUTES * 60 / SPEED:
+        claims = TaskEvent.objects.filter(board=board, kind=TaskEvent.Kind.CLAIMED).count()
+        if claims != last_claims:
+            last_claims, last_pull = claims, now
+        done_at.append((now, Task.objects.filter(board=board, status=Task.Status.DONE).count()))
+        waiting = Task.objects.filter(board=board, status=Task.Status.READY, blocked_at__isnull=True).exists()
+        if waiting and now - last_pull > QUIET_SECONDS:
+            status = board_pull_status_get(board=board)
+            said = [hold.text for hold in status.shown_holds]
+            if status.state in ("flowing", "idle") or not said:
+                minute = (now - started) * SPEED / 60
+                silent.append(
+                    f"demo minute {minute:.1f}: no pull for {now - last_pull:.0f} s, status {status.state}"
+                )
+            stalls_explained.update(said)
+        time.sleep(SAMPLE_SECONDS)
+
+    assert celery_worker.current.alive
+    assert silent == [], f"the line stalled without saying why: {silent}"
+    # It kept finishing work: in every window of five demo minutes, something was done.
+    for at, done in done_at:
+        later = [count for when, count in done_at if when >= at + PROGRESS_WINDOW_SECONDS]
+        if later:
+            assert later[0] > done, (
+                f"nothing was done for five demo minutes after {done} tasks: {stalls_explained}"
+            )
+    # About 1,000 on a quiet 2-core machine; far fewer means the line crawled.
+    assert done_at[-1][1] >= 300
+    # The demo's reviewer load is part of the demo: escalations were opened, and the
+    # simulated reviewer decided them, so Review never filled up for good.
+    decided = Escalation.objects.filter(board=board, decided_by__username=SIMULATED_REVIEWER).count()
+    assert Escalation.objects.filter(board=board).exists()
+    assert decided > 0
+    review_limit = board.columns.get(role="review").wip_limit
+    assert Task.objects.filter(board=board, status=Task.Status.REVIEW).count() <= 2 * review_limit
