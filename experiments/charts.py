@@ -287,6 +287,8 @@ def experiment_figure(
         uirevision="keep",  # a redraw with new looks keeps the reader's zoom
     )
     if not looks:
+        # An empty date axis would read "Jan 2000 ... Jan 2001": no time to show yet.
+        fig.update_xaxes(showticklabels=False)
         fig.add_annotation(
             text=empty_note or "No looks yet: the first comes with the next evaluation.",
             xref="paper",

@@ -147,6 +147,9 @@ def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client,
     assert "Not looked at yet: the first look comes at about " in html
     # Percent from 0 to 100 with nothing to show, never a range around nothing.
     assert figure["layout"]["yaxis"]["range"] == [0, 100]
+    # No dates on the time axes (an empty date axis reads "Jan 2000 ... Jan 2001").
+    time_axes = [key for key in figure["layout"] if key.startswith("xaxis")]
+    assert time_axes and all(figure["layout"][key]["showticklabels"] is False for key in time_axes)
 
 
 def test_the_look_history_lists_each_look_newest_first(client, ana):
