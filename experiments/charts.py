@@ -154,7 +154,11 @@ def experiment_figure(
                 x=x,
                 y=y,
                 name=name,
-                mode="lines" if dash else "lines+markers",
+                # Boundaries get small markers too: the first looks decide nothing
+                # (no boundary), so a boundary known at one look only is a lone point,
+                # which a line alone would not draw.
+                mode="lines+markers",
+                marker={"size": 4 if dash else 6},
                 line={"color": color, "dash": dash} if dash else {"color": color},
                 legendgroup=group or name,
                 showlegend=legend,

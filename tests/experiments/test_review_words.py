@@ -143,3 +143,27 @@ def test_the_review_page_shows_the_sentence_and_the_cost_in_dollars(client):
     assert f'<p class="evo-summary" id="experiment-{experiment.pk}-summary">After 400 tasks' in html
     assert '<td class="num">$0.0012</td>' in html and '<td class="num">$0.0010</td>' in html
     assert "Current prompt v1" in html and "New prompt v2" in html
+
+
+def test_a_boundary_known_at_one_look_only_is_still_drawn():
+    """The first looks decide nothing, so they have no boundary: the harm line
+    of a canary's first deciding look is one value among empty ones, which a
+    dashed line alone does not draw. Markers show it."""
+    from experiments.charts import experiment_figure
+    from experiments.models import ExperimentLook
+
+    agent = line_agent(name="welder")
+    experiment = started(agent)
+    tasks = tasks_of(agent, 2200)
+    samples(experiment, tasks[:40], control=(20, 14), treatment=(20, 14))
+    look(experiment)  # too few: no boundary yet
+    samples(experiment, tasks[40:], control=(1980, 1386), treatment=(100, 71))
+    look(experiment)
+
+    looks = list(ExperimentLook.objects.filter(experiment=experiment).order_by("created_at", "pk"))
+    figure = experiment_figure(looks, experiment)
+    [harm] = [trace for trace in figure.data if trace.name == "worse below this line: roll back"]
+
+    [boundary] = [y for y in harm.y if y is not None]
+    assert boundary < -1
+    assert "markers" in harm.mode
