@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
-"""Run the whole test suite twice: on SQLite, then on PostgreSQL. ``make test`` calls this.
+"""Run the whole test suite twice, on SQLite and on PostgreSQL. ``make test`` calls this.
 
-Both passes use a real Redis and their own Celery queue, so a run never takes
-messages meant for another. It exits non-zero if either pass fails, including
-when a pass collects no tests at all (pytest's exit code 5).
+The two passes run side by side (each line they print starts with its name):
+much of a pass waits on the processes it starts (a Celery worker, a web server,
+a browser), so together they take little more than the longer one alone.
+``--serial`` runs one after the other. Both passes use a real Redis and their
+own Celery queue, so a run never takes messages meant for another. It exits
+non-zero if either pass fails, including when a pass collects no tests at all
+(pytest's exit code 5).
 
 Environment:
   TEST_DATABASE_URL  PostgreSQL for the second pass (default
                      postgres://postgres@127.0.0.1:5432/test; pytest-django
                      creates and drops test_<name> beside it)
-  TEST_REDIS_URL     Redis for both passes (default redis://127.0.0.1:6379/1)
+  TEST_REDIS_URL     Redis for the SQLite pass (default redis://127.0.0.1:6379/1);
+                     the PostgreSQL pass uses the next database number, so the
+                     two passes never share a key (pull flags, heartbeats, the
+                     cache) or a live-update channel (its prefix names the database)
   KAIZEN_VAR_DIR     where test files go (default var/test, apart from the demo's var/)
 
-Usage: scripts/test.py [--only sqlite|postgres] [pytest arguments...]
+Usage: scripts/test.py [--only sqlite|postgres] [--serial] [pytest arguments...]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +39,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/1"
 NO_TESTS_COLLECTED = 5
+PASSES = ("sqlite", "postgres")
 
 
 def banner(text: str) -> None:
@@ -63,6 +72,13 @@ def postgres_problem(url: str) -> str | None:
     return None
 
 
+def pass_redis_url(url: str, offset: int) -> str:
+    """``url`` with its database number moved on by ``offset``."""
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 0) + offset
+    return parts._replace(path=f"/{number}").geturl()
+
+
 def drop_queues(url: str, prefix: str) -> None:
     """Remove this run's queues (messages and kombu's bookkeeping keys): their
     names are unique, so nothing else uses them, and they would pile up."""
@@ -74,15 +90,56 @@ def drop_queues(url: str, prefix: str) -> None:
         client.delete(*keys)
 
 
+def report(name: str, code: int, took: float) -> None:
+    if code == NO_TESTS_COLLECTED:
+        print(f"\n{name}: pytest collected no tests: that is a failure, not a pass.", flush=True)
+    print(f"\n{name}: exit code {code} after {took:.0f} s", flush=True)
+
+
 def run_pass(name: str, env: dict[str, str], pytest_args: list[str]) -> int:
     banner(f"Test pass: {name}  (CELERY_QUEUE={env['CELERY_QUEUE']})")
     started = time.monotonic()
     code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env)
-    took = time.monotonic() - started
-    if code == NO_TESTS_COLLECTED:
-        print(f"\n{name}: pytest collected no tests: that is a failure, not a pass.", flush=True)
-    print(f"\n{name}: exit code {code} after {took:.0f} s", flush=True)
+    report(name, code, time.monotonic() - started)
     return code
+
+
+def run_passes_side_by_side(envs: dict[str, dict[str, str]], pytest_args: list[str]) -> dict[str, int]:
+    """Start every pass at once and copy their output here line by line, each
+    line prefixed with its pass's name so the two can be told apart."""
+    banner(
+        "Test passes, side by side: "
+        + ", ".join(f"{n} (CELERY_QUEUE={e['CELERY_QUEUE']})" for n, e in envs.items())
+    )
+    width = max(len(name) for name in envs)
+    lock = threading.Lock()
+    started = time.monotonic()
+    results: dict[str, int] = {}
+
+    def run(name: str, env: dict[str, str]) -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *pytest_args],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            with lock:
+                print(f"{name:<{width}} | {line}", end="", flush=True)
+        results[name] = process.wait()
+        with lock:
+            report(name, results[name], time.monotonic() - started)
+
+    threads = [threading.Thread(target=run, args=item) for item in envs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {name: results[name] for name in envs}
 
 
 def main() -> int:
@@ -90,6 +147,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", choices=["sqlite", "postgres"], help="run one pass only")
+    parser.add_argument("--serial", action="store_true", help="run the passes one after the other")
     args, pytest_args = parser.parse_known_args()
 
     var_root = Path(os.environ.get("KAIZEN_VAR_DIR") or BASE_DIR / "var" / "test").resolve()
@@ -97,8 +155,9 @@ def main() -> int:
     postgres_url = os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES
     run_id = uuid.uuid4().hex[:8]
 
-    passes = [p for p in ("sqlite", "postgres") if args.only in (None, p)]
-    problems = [redis_problem(redis_url)]
+    passes = [p for p in PASSES if args.only in (None, p)]
+    redis_urls = {name: pass_redis_url(redis_url, PASSES.index(name)) for name in passes}
+    problems = [redis_problem(url) for url in redis_urls.values()]
     if "postgres" in passes:
         problems.append(postgres_problem(postgres_url))
     problems = [p for p in problems if p]
@@ -111,7 +170,7 @@ def main() -> int:
         )
         return 2
 
-    results: dict[str, int] = {}
+    envs: dict[str, dict[str, str]] = {}
     for name in passes:
         var_dir = var_root / name
         # A fresh directory per pass: old worker logs and SQLite files must not
@@ -122,11 +181,11 @@ def main() -> int:
         env.update(
             {
                 "KAIZEN_VAR_DIR": str(var_dir),
-                "REDIS_URL": redis_url,
+                "REDIS_URL": redis_urls[name],
                 "CELERY_QUEUE": f"kaizen-test-{run_id}-{name}",
                 # The response cache's keys, apart from other runs' and dropped with the queues.
                 "KAIZEN_CACHE_PREFIX": f"kaizen-test-{run_id}-{name}-cache",
-                "DJANGO_SETTINGS_MODULE": "kaizen_web.settings",
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -136,9 +195,15 @@ def main() -> int:
             env.pop("DATABASE_URL", None)
         else:
             env["DATABASE_URL"] = postgres_url
-        results[name] = run_pass(name, env, pytest_args)
+        envs[name] = env
 
-    drop_queues(redis_url, f"kaizen-test-{run_id}-")
+    if args.serial or len(envs) == 1:
+        results = {name: run_pass(name, env, pytest_args) for name, env in envs.items()}
+    else:
+        results = run_passes_side_by_side(envs, pytest_args)
+
+    for url in redis_urls.values():
+        drop_queues(url, f"kaizen-test-{run_id}-")
     banner("Summary")
     for name, code in results.items():
         verdict = "passed" if code == 0 else f"FAILED (exit code {code})"

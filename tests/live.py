@@ -150,7 +150,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "REDIS_URL": settings.REDIS_URL,
             "CELERY_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
             "KAIZEN_VAR_DIR": str(settings.VAR_DIR),
-            "DJANGO_SETTINGS_MODULE": "kaizen_web.settings",
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PYTHONUNBUFFERED": "1",
         }
     )

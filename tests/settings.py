@@ -1,0 +1,13 @@
+"""Settings for the test suite: the product's settings, with one change.
+
+Django hashes passwords with PBKDF2 at 1,000,000 rounds, about a quarter of a
+second of CPU each time. The suite creates a user in most of its 1,400 tests and
+logs many of them in, so that cost alone was a third of the suite's time. A test
+user's password protects nothing, so the tests hash with MD5; every other
+setting is the product's own (the processes the tests start use this module too,
+so a password set here can be checked there).
+"""
+
+from kaizen_web.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
