@@ -290,11 +290,17 @@ def experiment_figure(
         font={"family": "system-ui, sans-serif", "size": 12},
         uirevision="keep",  # a redraw with new looks keeps the reader's zoom
     )
-    if not looks:
-        # An empty date axis would read "Jan 2000 ... Jan 2001": no time to show yet.
+    drawn = any(y is not None for trace in fig.data for y in (trace.y or ()))
+    if not drawn:
+        # An empty date axis would read "Jan 2000 ... Jan 2001" with no look, and
+        # ".999 ... .001" of one second with a single look: no time to show yet.
         fig.update_xaxes(showticklabels=False)
         fig.add_annotation(
-            text=empty_note or "No looks yet: the first comes with the next evaluation.",
+            text=(
+                f"Too few tasks to draw yet: each prompt's line starts at {MIN_DRAWN} tasks."
+                if looks
+                else empty_note or "No looks yet: the first comes with the next evaluation."
+            ),
             xref="paper",
             yref="paper",
             x=0.5,

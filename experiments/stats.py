@@ -501,10 +501,13 @@ def _reason(
     max_n: int,
     expected_share: float,
 ) -> str:
-    rates = (
-        f"success {treatment.rate:.1%} (treatment, {treatment.successes}/{treatment.n}) "
-        f"vs {control.rate:.1%} (control, {control.successes}/{control.n})"
-    )
+    def arm(counts: ArmCounts, name: str) -> str:
+        # An arm with no tasks has no rate (0/0 is not 0%).
+        if not counts.n:
+            return f"no tasks yet ({name})"
+        return f"{counts.rate:.1%} ({name}, {counts.successes}/{counts.n})"
+
+    rates = f"success {arm(treatment, 'treatment')} vs {arm(control, 'control')}"
     interval = (
         f"difference {look['diff'] * 100:+.1f} points, "
         f"adjusted interval [{look['ci_low'] * 100:+.1f}, {look['ci_high'] * 100:+.1f}]"

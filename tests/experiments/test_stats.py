@@ -221,6 +221,12 @@ def test_no_decision_below_100_per_arm():
     assert "no decision before 100 per arm" in look.reason
 
 
+def test_an_arm_without_tasks_has_no_rate_in_the_reason():
+    look = evaluate("canary", ArmCounts(4, 4), ArmCounts(0, 0))
+    assert "no tasks yet (treatment) vs 100.0% (control, 4/4)" in look.reason
+    assert "0/0" not in look.reason and "0.0% (treatment" not in look.reason
+
+
 def test_a_canary_never_promotes_but_rolls_back():
     better = evaluate("canary", ArmCounts(1900, 1330), ArmCounts(100, 95), expected_share=0.05)
     assert better.decision == "continue"

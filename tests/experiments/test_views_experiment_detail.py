@@ -152,6 +152,23 @@ def test_an_experiment_not_yet_looked_at_has_an_empty_chart_that_says_so(client,
     assert time_axes and all(figure["layout"][key]["showticklabels"] is False for key in time_axes)
 
 
+def test_a_first_look_with_too_few_tasks_to_draw_has_no_time_axis_and_says_why(client, ana):
+    experiment = experiment_in("running")
+    look(experiment)  # no tasks yet on either prompt: nothing to draw
+    client.force_login(ana)
+
+    figure = chart_of(client.get(experiment.get_absolute_url()).content.decode(), experiment.pk)
+
+    assert not [y for trace in figure["data"] for y in (trace.get("y") or []) if y is not None]
+    # One look spans no time: a date axis would read ".999 ... .001" of one second.
+    time_axes = [key for key in figure["layout"] if key.startswith("xaxis")]
+    assert time_axes and all(figure["layout"][key]["showticklabels"] is False for key in time_axes)
+    assert (
+        "Too few tasks to draw yet: each prompt's line starts at 10 tasks."
+        in (figure["layout"]["annotations"][-1]["text"])
+    )
+
+
 def test_the_look_history_lists_each_look_newest_first(client, ana):
     experiment = experiment_in("efficacy")
     canary, efficacy = experiment.looks.order_by("created_at", "pk")
