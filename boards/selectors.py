@@ -109,6 +109,15 @@ def board_columns_get(
     return views
 
 
+def column_neighbour_get(*, column: Column, direction: str) -> Column | None:
+    """The column to the ``left`` or ``right`` of ``column`` on its board, as the
+    board draws them (by position, then id); None at the edge."""
+    ordered = list(Column.objects.filter(board_id=column.board_id).order_by("position", "pk"))
+    index = next(i for i, c in enumerate(ordered) if c.pk == column.pk)
+    index += -1 if direction == "left" else 1
+    return ordered[index] if 0 <= index < len(ordered) else None
+
+
 def board_agents_get(*, board: Board) -> list[Agent]:
     """The board's agents, each with ``running`` (its tasks in flight on this
     board) and its andon state: ``line_stop`` (in force, or None), ``breaker``

@@ -7,11 +7,8 @@ consumers, admin actions and Celery tasks only call them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,13 +30,15 @@ from boards import broadcast, demo_feed, pull_rules, workers
 from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.agents import CallRecord, Output
 from boards.models import Agent, ApiToken, Board, Column, ModelCall, Task, TaskEvent
-from boards.selectors import agents_running_get
+from boards.selectors import agents_running_get, column_neighbour_get
 from boards.task_files import TaskRow
-from boards.text import text_problem
+from boards.text import MAX_INPUT, MAX_PRIORITY, MAX_TITLE, MIN_PRIORITY, input_key, task_fields_errors
 from experiments import line as experiment_line
 from experiments.models import AuditEntry, ExperimentSample, PromptVersion
 
 logger = logging.getLogger(__name__)
+
+column_neighbour = column_neighbour_get  # a selector now; the old name, for its callers
 
 Role = Column.Role
 Status = Task.Status
@@ -65,11 +64,6 @@ MANUAL_MOVES: dict[str, set[str]] = {
 }
 
 POSITION_GAP = 1024
-MAX_TITLE = 200
-# An input is what a model reads: 100,000 characters is about 25,000 tokens, past
-# what a line should send in one task (the API's 2.5 MB body limit holds any such task).
-MAX_INPUT = 100_000
-MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 class WipLimitReached(ValidationError):
@@ -376,23 +370,6 @@ def _lock_board(board_id: int) -> Board:
 
 
 # --- intake --------------------------------------------------------------------
-
-
-def input_key(text: str) -> str:
-    """What reuse matches tasks on: a digest of the input, normalised so that
-    case, Unicode forms, spacing and a JSON object's key order do not make two
-    inputs differ. Empty for an empty input (a task described by its title only
-    is never taken for another)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict | list):
-        text = json.dumps(data, sort_keys=True, ensure_ascii=False)
-    normalised = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-    if not normalised:
-        return ""
-    return hashlib.sha256(normalised.encode()).hexdigest()
 
 
 def task_create(
@@ -1433,7 +1410,7 @@ def task_step(*, task: Task, user: AbstractBaseUser | None, direction: str) -> T
         before = following[1] if len(following) > 1 else None
         return task_move(task=task, to_column=column, user=user, before=before)
     if direction in ("left", "right"):
-        neighbour = column_neighbour(column=column, direction=direction)
+        neighbour = column_neighbour_get(column=column, direction=direction)
         if neighbour is None:
             raise MoveNotAllowed(f"There is no column to the {direction} of {column.name}.")
         return task_move(task=task, to_column=neighbour, user=user)
@@ -1659,15 +1636,6 @@ __all__ = [
 # (Added with the admin and view fixes; kept apart from the core above.)
 
 
-def column_neighbour(*, column: Column, direction: str) -> Column | None:
-    """The column to the ``left`` or ``right`` of ``column`` on its board, as the
-    board draws them (by position, then id); None at the edge."""
-    ordered = list(Column.objects.filter(board_id=column.board_id).order_by("position", "pk"))
-    index = next(i for i, c in enumerate(ordered) if c.pk == column.pk)
-    index += -1 if direction == "left" else 1
-    return ordered[index] if 0 <= index < len(ordered) else None
-
-
 def board_config_changed(*, board_id: int) -> None:
     """A board's columns, or the agents serving it, were changed in the admin.
 
@@ -1763,39 +1731,20 @@ def agent_save(
     return agent
 
 
-__all__ += ["PROMPT_FIELDS", "agent_save", "input_key"]
+__all__ += [
+    "MAX_INPUT",
+    "MAX_PRIORITY",
+    "MAX_TITLE",
+    "MIN_PRIORITY",
+    "PROMPT_FIELDS",
+    "agent_save",
+    "input_key",
+]
 
 
 # --- intake of many tasks, and the rules of a task's fields ---------------------------
 # (Added with the task list, import and API fixes of issue 10; kept apart from the core above.)
-
-
-def task_fields_errors(
-    *, title: str, input: str, capability: str, priority: int, offered: list[str]
-) -> dict[str, list[str]]:
-    """What is wrong with a task's fields, per field: the rules every way in
-    (the board's form, the API, an imported file) shares. ``title`` and
-    ``capability`` come stripped; ``offered`` is what the board's agents offer."""
-    errors: dict[str, list[str]] = {}
-    if not title:
-        errors["title"] = ["Give the task a title."]
-    elif len(title) > MAX_TITLE:
-        errors["title"] = [f"Keep the title to {MAX_TITLE} characters (it has {len(title)})."]
-    elif problem := text_problem(title):
-        errors["title"] = [problem]
-    if len(input) > MAX_INPUT:
-        errors["input"] = [f"Keep the input to {MAX_INPUT:,} characters (it has {len(input):,})."]
-    elif problem := text_problem(input, multiline=True):
-        errors["input"] = [problem]
-    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        errors["priority"] = [f"Priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}."]
-    if capability:
-        if problem := text_problem(capability):
-            errors["capability"] = [problem]
-        elif capability not in offered:
-            known = ", ".join(offered) or "none"
-            errors["capability"] = [f"No agent on this board offers {capability!r} (offered: {known})."]
-    return errors
+# The rules of a task's fields (task_fields_errors) are in boards.text.
 
 
 class TasksImportRefused(ValidationError):
