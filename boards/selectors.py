@@ -316,7 +316,7 @@ def agent_model_calls_recent(*, agent: Agent, limit: int = 20) -> list[ModelCall
 def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict[int, int]]:
     """Tasks running in ``doing`` and each agent's running tasks on any board (an
     agent's concurrency is shared by its boards): one grouped query. The pull
-    (boards.services._claim) and the flow status count with it alike."""
+    (boards.services.pull) and the flow status count with it alike."""
     in_doing = 0
     running: dict[int, int] = {}
     rows = (

@@ -22,6 +22,8 @@ Nothing here imports ``boards.tasks`` or ``boards.runtime`` but ``enqueue``,
 through Celery's import of a task inside the function that sends it.
 """
 
+from django.core.exceptions import ValidationError  # what the services raise, caught from here too
+
 from boards.selectors import column_neighbour_get as column_neighbour  # the old name, for callers
 from boards.services.agent_settings import PROMPT_FIELDS, agent_save
 from boards.services.api_tokens import api_token_authenticate, api_token_create
@@ -95,6 +97,7 @@ __all__ = [
     "MoveNotAllowed",
     "RunResult",
     "TasksImportRefused",
+    "ValidationError",
     "WipLimitReached",
     "agent_save",
     "agent_set_paused",
