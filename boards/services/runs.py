@@ -17,7 +17,6 @@ from django.utils import timezone
 from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
-from andon.models import Escalation, Inspection
 from boards import broadcast
 from boards.agents import CallRecord, Output
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
@@ -137,30 +136,12 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
     when the board has no Review column. Defects can stop an agent's line (a
     spike), and each run counts for its agent's and its models' circuit breakers."""
     with transaction.atomic():
-        ids = sorted({r.task_id for r in results})
-        # Rows locked in id order, as two batches in two workers could otherwise deadlock.
-        tasks = {
-            task.pk: task
-            for task in Task.objects.select_for_update(of=("self",), no_key=True)
-            .filter(pk__in=ids)
-            .order_by("pk")
-        }
-        _share_agents(list(tasks.values()))
-        board_ids = {task.board_id for task in tasks.values()}
-        board_columns: dict[int, dict[str, Column]] = {}
-        for column in Column.objects.filter(
-            board_id__in=board_ids, role__in=(Role.DONE, Role.REVIEW)
-        ).order_by():
-            board_columns.setdefault(column.board_id, {})[column.role] = column
+        tasks, board_columns = _runs_lock(results)
         now = timezone.now()
         outcomes: list[bool] = []
+        finished: list[jidoka.FinishedRun] = []
         rows: list[ModelCall] = []
         events: list[TaskEvent] = []
-        finished: list[Task] = []
-        inspections: list[Inspection] = []
-        escalated: list[tuple[Task, Inspection, Output]] = []
-        defects_of: set[int] = set()
-        succeeded: set[int] = set()
         # Per board: each board's model breakers count its own calls.
         calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
@@ -179,50 +160,60 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
             columns = board_columns.get(task.board_id, {})
             done = columns.get(Role.DONE) or column_required(task.board_id, Role.DONE)
             verdict, tokens_out = jidoka.inspect_run(task, result.output)
-            inspection = jidoka.inspection_row(task, verdict, tokens_out)
-            inspections.append(inspection)
             review = columns.get(Role.REVIEW)
             target = done if verdict.passed or review is None else review
             rows += ledger_rows(task, result.output.calls, attempt=task.attempts)
             changed.setdefault(task.board_id, set()).update({task.column_id, target.pk})
             events.append(_finish(task, target, result.output, verdict))
-            if target is review:
-                escalated.append((task, inspection, result.output))
-            if not verdict.passed and task.agent_id:
-                defects_of.add(task.agent_id)
-            if task.agent_id:
-                succeeded.add(task.agent_id)
             task.updated_at = now  # not saved through save(): auto_now does not run
-            finished.append(task)
+            finished.append(
+                jidoka.FinishedRun(
+                    task=task,
+                    output=result.output,
+                    verdict=verdict,
+                    tokens_out=tokens_out,
+                    escalate=target is review,
+                )
+            )
             outcomes.append(True)
         if rows:
             ModelCall.objects.bulk_create(rows)
-        task_rows_update(finished, _COMPLETED_FIELDS)
+        task_rows_update([run.task for run in finished], _COMPLETED_FIELDS)
         TaskEvent.objects.bulk_create(events)
-        Inspection.objects.bulk_create(inspections)
-        samples = experiment_line.sample_rows(
-            (task, inspection.passed) for task, inspection in zip(finished, inspections, strict=True)
-        )
-        if samples:
-            # A task completes once per stage for its experiment: a retry after a
-            # rejection keeps the first outcome.
-            ExperimentSample.objects.bulk_create(samples, ignore_conflicts=True)
-        escalations = Escalation.objects.bulk_create(
-            [jidoka.escalation_row(task, inspection, output) for task, inspection, output in escalated]
-        )
-        stops = jidoka.spike_stops(defects_of) if defects_of else []
-        breaker_agents = jidoka.record_agent_outcomes(succeeded=succeeded)
-        # In board order, as the breaker rows are locked: two batches cannot deadlock.
-        for board_id in sorted(calls):
-            jidoka.record_model_calls(calls[board_id], board_id=board_id)
+        _samples_record((run.task, run.verdict.passed) for run in finished)
+        andon = jidoka.finished_runs_handle(finished, calls=calls)
         for board_id, column_ids in changed.items():
             board_changed_on_commit(board_id, column_ids, pull=True)
-        _after_andon_commit(
-            escalations=[e.pk for e in escalations],
-            agents={stop.agent_id for stop in stops} | breaker_agents,
-            stops=bool(stops),
-        )
+        _after_andon_commit(escalations=andon.escalations, agents=andon.agents, stops=andon.stops)
     return outcomes
+
+
+def _runs_lock(results: list[RunResult]) -> tuple[dict[int, Task], dict[int, dict[str, Column]]]:
+    """The tasks of these runs, locked, with their agents; and their boards' Done
+    and Review columns, by board and role."""
+    ids = sorted({r.task_id for r in results})
+    # Rows locked in id order, as two batches in two workers could otherwise deadlock.
+    tasks = {
+        task.pk: task
+        for task in Task.objects.select_for_update(of=("self",), no_key=True)
+        .filter(pk__in=ids)
+        .order_by("pk")
+    }
+    _share_agents(list(tasks.values()))
+    board_ids = {task.board_id for task in tasks.values()}
+    board_columns: dict[int, dict[str, Column]] = {}
+    for column in Column.objects.filter(board_id__in=board_ids, role__in=(Role.DONE, Role.REVIEW)).order_by():
+        board_columns.setdefault(column.board_id, {})[column.role] = column
+    return tasks, board_columns
+
+
+def _samples_record(outcomes: Iterable[tuple[Task, bool]]) -> None:
+    """Each finished task's outcome (passed or not), for its experiment if it has one."""
+    samples = experiment_line.sample_rows(outcomes)
+    if samples:
+        # A task completes once per stage for its experiment: a retry after a
+        # rejection keeps the first outcome.
+        ExperimentSample.objects.bulk_create(samples, ignore_conflicts=True)
 
 
 def _after_andon_commit(
@@ -340,9 +331,7 @@ def task_attempt_fail(
         changed = task_return_or_fail(task, kind=TaskEvent.Kind.ATTEMPT_FAILED, reason=error)
         if task.status == Status.FAILED:
             # Out of attempts: for its experiment, a task that never succeeded.
-            ExperimentSample.objects.bulk_create(
-                experiment_line.sample_rows([(task, False)]), ignore_conflicts=True
-            )
+            _samples_record([(task, False)])
         board_changed_on_commit(task.board_id, changed, pull=True)
         breaker_agents = (
             jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
