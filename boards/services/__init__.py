@@ -18,8 +18,9 @@ One module a subject:
 - ``moves``: what people do on the board (moves, blocks, pauses);
 - ``agent_settings`` and ``api_tokens``.
 
-Nothing here imports ``boards.tasks`` or ``boards.runtime`` but ``enqueue``,
-through Celery's import of a task inside the function that sends it.
+Only ``enqueue`` reaches ``boards.tasks`` (and, behind it, the runtime): it
+imports each Celery task inside the function that sends it, Celery's own idiom
+and the one import inside a function the services keep.
 """
 
 from django.core.exceptions import ValidationError  # what the services raise, caught from here too

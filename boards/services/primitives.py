@@ -3,8 +3,8 @@ column's WIP check, where a task goes in a column, its events, and taking a task
 out of In progress (or Review) after a failed, lost or rejected run.
 
 None of them commits or broadcasts: a service calls them inside its own
-transaction, then schedules the live update (``boards.services.pull.
-board_changed_on_commit``). They are public because the reviewers' services
+transaction, then schedules the live update (``board_changed_on_commit``, in
+``boards.services.pull``). They are public because the reviewers' services
 (``andon.services``) make their decisions out of the same blocks.
 """
 
