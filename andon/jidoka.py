@@ -1,10 +1,11 @@
 """What the line does on its own: inspect every output, open an escalation for a
 defect, stop an agent's line when its defects spike, and keep the circuit breakers.
 
-Called by ``boards.services`` inside a run's completion (or failed attempt)
-transaction, and by ``boards.services._claim`` to decide who may pull; the
-runtime asks it which models' breakers are open (per board: see CircuitBreaker). It imports no service module,
-so both ``boards.services`` and ``andon.services`` can use it.
+Called by ``boards.services`` inside a run's completion (``finished_runs_handle``,
+once for a batch of finished runs) or failed attempt transaction, and by the pull
+(``boards.services.pull``) to decide who may pull; the runtime asks it which
+models' breakers are open (per board: see CircuitBreaker). It imports no service
+module, so both ``boards.services`` and ``andon.services`` can use it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -182,6 +184,61 @@ def escalation_row(task: Task, inspection: Inspection, output) -> Escalation:
         confidence_source=output.confidence_source,
         failures=inspection.failures,
         cost=task.cost,
+    )
+
+
+# --- a batch of finished runs -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run the line has completed, its task already moved: to Review when
+    ``escalate`` (a reviewer decides the defect), else to Done."""
+
+    task: Task
+    output: Any  # boards.agents.Output
+    verdict: Verdict
+    tokens_out: int
+    escalate: bool
+
+
+@dataclass(frozen=True)
+class FinishedRunsHandled:
+    """What the andon did for a batch of finished runs, for the live updates
+    after commit."""
+
+    escalations: list[int]  # opened
+    agents: set[int]  # whose line stopped, or whose breaker changed state
+    stops: bool  # a line stopped
+
+
+def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> FinishedRunsHandled:
+    """The line's side of the andon for a batch of completed runs (the verdicts
+    from ``inspect_run``), inside the completion's transaction: record each
+    inspection, open an escalation for each run sent to Review, stop the line of
+    agents whose defects spiked, and count the runs for their agents' circuit
+    breakers and the model calls (CallRecords, per board: ``calls``, stale runs'
+    included) for the models' breakers."""
+    inspections = Inspection.objects.bulk_create(
+        [inspection_row(run.task, run.verdict, run.tokens_out) for run in runs]
+    )
+    escalations = Escalation.objects.bulk_create(
+        [
+            escalation_row(run.task, inspection, run.output)
+            for run, inspection in zip(runs, inspections, strict=True)
+            if run.escalate
+        ]
+    )
+    defects_of = {run.task.agent_id for run in runs if not run.verdict.passed and run.task.agent_id}
+    stops = spike_stops(defects_of) if defects_of else []
+    breaker_agents = record_agent_outcomes(succeeded={run.task.agent_id for run in runs if run.task.agent_id})
+    # In board order, as the breaker rows are locked: two batches cannot deadlock.
+    for board_id in sorted(calls):
+        record_model_calls(calls[board_id], board_id=board_id)
+    return FinishedRunsHandled(
+        escalations=[escalation.pk for escalation in escalations],
+        agents={stop.agent_id for stop in stops} | breaker_agents,
+        stops=bool(stops),
     )
 
 

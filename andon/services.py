@@ -183,7 +183,7 @@ def _decide(escalations: Sequence[Escalation]):
     if len(board_ids) > 1:
         raise ValidationError(NOT_IDENTICAL)
     if board_ids:
-        board_services._lock_board(board_ids.pop())
+        board_services.board_lock(board_ids.pop())
     locked = _locked_many(pks)
     open_ = [e for e in locked if e.is_open]
     skipped = [AlreadyDecided(e) for e in locked if not e.is_open]
@@ -216,7 +216,7 @@ def _close(escalation: Escalation, *, status: str, user: AbstractBaseUser, note:
 
 def _after_decisions(decided: list[Escalation], changed: set[int]) -> None:
     pks = [e.pk for e in decided]
-    board_services._after_commit(decided[0].board_id, changed, pull=True)
+    board_services.board_changed_on_commit(decided[0].board_id, changed, pull=True)
     transaction.on_commit(lambda: andon_broadcast.escalations_closed(pks))
 
 
@@ -228,11 +228,11 @@ def _together(note: str, count: int) -> str:
 
 def _to_done(task: Task, *, kind: str, user: AbstractBaseUser, note: str) -> set[int]:
     from_column = task.column
-    done = board_services._required_column(task.board_id, Role.DONE)
-    board_services._place(task, done)
+    done = board_services.column_required(task.board_id, Role.DONE)
+    board_services.task_place(task, done)
     task.review_feedback = ""
     task.save()
-    board_services._event(
+    board_services.task_event(
         task,
         kind,
         from_column=from_column,
@@ -342,7 +342,7 @@ def escalations_reject(
         changed: set[int] = set()
         for escalation, task in members:
             task.review_feedback = reason
-            changed |= board_services._return_or_fail(
+            changed |= board_services.task_return_or_fail(
                 task,
                 kind=TaskEvent.Kind.REJECTED,
                 reason=f"rejected by {who}: {reason}",
@@ -414,5 +414,5 @@ def _stops_changed(stop: LineStop, *, pull: bool = False) -> None:
     else:
         board_ids = list(Board.objects.filter(agents=stop.agent_id).values_list("pk", flat=True))
     for board_id in board_ids:
-        board_services._after_commit(board_id, [], pull=pull)
+        board_services.board_changed_on_commit(board_id, [], pull=pull)
     transaction.on_commit(andon_broadcast.line_stops_changed)

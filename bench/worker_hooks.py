@@ -122,8 +122,9 @@ def install_sections() -> None:
     runtime._release_connection = timed("release_connection", runtime._release_connection)
     agents.PromptCascadeAgent.process = timed("agent_process", agents.PromptCascadeAgent.process)
     services.task_complete = timed("complete", services.task_complete)
-    services.request_pull = timed("pull_request", services.request_pull)
-    original_board_pull = services.board_pull
+    # Patched where they are looked up: the services package re-exports them.
+    services.pull.request_pull = timed("pull_request", services.pull.request_pull)
+    original_board_pull = services.pull.board_pull
 
     def board_pull(*, board_id):
         claims = original_board_pull(board_id=board_id)
@@ -134,8 +135,8 @@ def install_sections() -> None:
                 _counters["pulls_that_claimed"] += 1
         return claims
 
-    services.board_pull = timed("board_pull", board_pull)
-    services._enqueue_runs = timed("enqueue_runs", services._enqueue_runs)
+    services.pull.board_pull = timed("board_pull", board_pull)
+    services.enqueue.runs_enqueue = timed("enqueue_runs", services.enqueue.runs_enqueue)
     broadcast.columns_changed = timed("broadcast_queue", broadcast.columns_changed)
     original_send = broadcast.Broadcaster._send
 

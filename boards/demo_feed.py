@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from boards.text import MAX_TITLE
+
 DEFAULT_SEED = 1
 DEFAULT_REPEAT_SHARE = 0.1
 DEFAULT_BATCH = 1
@@ -48,8 +50,6 @@ MAX_SLOTS = 40
 MAX_CHOICES = 1000
 MAX_DECIMALS = 6
 DEFAULT_DATE_FORMAT = "%d %B %Y"
-# What a title may hold (boards.services.MAX_TITLE); longer renders are cut with an ellipsis.
-MAX_TITLE = 200
 # Tasks rendered per entry when a file is checked: every slot kind and most
 # choices come up, so a template that cannot render is found then, not in the feed.
 CHECK_RENDERS = 50
@@ -297,7 +297,7 @@ def render(entry: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     for name, spec in slot_items(entry):
         values[name] = slot_value(spec, rng, values)
     title = _fill(entry.get("title", ""), values) if values else entry.get("title", "")
-    if len(title) > MAX_TITLE:
+    if len(title) > MAX_TITLE:  # longer than a task may hold: cut with an ellipsis
         title = title[: MAX_TITLE - 1] + "…"
     raw_input = entry.get("input", "")
     return {

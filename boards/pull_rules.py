@@ -1,6 +1,6 @@
 """The pull's rules, as pure functions of what the pull has read (no queries).
 
-``boards.services._claim`` decides with them, under the board and agent locks;
+The pull (``boards.services.pull``) decides with them, under the board and agent locks;
 ``boards.selectors.board_pull_status_get`` explains with them, read-only, why
 agents are not pulling. Each rule exists once, so what the board says cannot
 drift from what the pull does.

@@ -109,6 +109,15 @@ def board_columns_get(
     return views
 
 
+def column_neighbour_get(*, column: Column, direction: str) -> Column | None:
+    """The column to the ``left`` or ``right`` of ``column`` on its board, as the
+    board draws them (by position, then id); None at the edge."""
+    ordered = list(Column.objects.filter(board_id=column.board_id).order_by("position", "pk"))
+    index = next(i for i, c in enumerate(ordered) if c.pk == column.pk)
+    index += -1 if direction == "left" else 1
+    return ordered[index] if 0 <= index < len(ordered) else None
+
+
 def board_agents_get(*, board: Board) -> list[Agent]:
     """The board's agents, each with ``running`` (its tasks in flight on this
     board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
@@ -307,7 +316,7 @@ def agent_model_calls_recent(*, agent: Agent, limit: int = 20) -> list[ModelCall
 def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict[int, int]]:
     """Tasks running in ``doing`` and each agent's running tasks on any board (an
     agent's concurrency is shared by its boards): one grouped query. The pull
-    (boards.services._claim) and the flow status count with it alike."""
+    (boards.services.pull) and the flow status count with it alike."""
     in_doing = 0
     running: dict[int, int] = {}
     rows = (

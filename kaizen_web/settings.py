@@ -360,7 +360,7 @@ if KAIZEN_DEMO_REVIEWER_SECONDS > 0:
 
 # --- Kaizen ------------------------------------------------------------------
 # A claimed task holds a lease; the worker renews it while the model call runs
-# and the reaper takes back tasks whose lease ran out (see services._return_or_fail).
+# and the reaper takes back tasks whose lease ran out (see services.task_return_or_fail).
 KAIZEN_LEASE_SECONDS = env_float("KAIZEN_LEASE_SECONDS", 60.0, minimum=1.0)
 # Worker heartbeats (boards.workers): each Celery worker process sets a Redis key
 # every KAIZEN_WORKER_HEARTBEAT_SECONDS that expires after KAIZEN_WORKER_DEAD_SECONDS.

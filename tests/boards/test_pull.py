@@ -232,7 +232,7 @@ def test_intake_outside_a_worker_asks_the_workers_for_one_pull(board, agent, emp
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_pulls_at_once_after_commit(board, agent, empty_queue, monkeypatch):
-    monkeypatch.setattr(services, "_in_worker", True)
+    monkeypatch.setattr(services.pull, "_in_worker", True)
 
     task = services.task_create(board=board, title="t", input="x")
 

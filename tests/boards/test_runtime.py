@@ -150,7 +150,7 @@ def test_claimed_runs_go_to_the_workers_in_batches(board, settings, monkeypatch)
     monkeypatch.setattr(celery_tasks.run_task, "delay", lambda *claim: sent.append(("one", claim)))
     claims = [services.Claim(n, f"token-{n}") for n in range(5)]
 
-    services._enqueue_runs(claims)
+    services.enqueue.runs_enqueue(claims)
 
     assert sent == [
         ("batch", [[0, "token-0"], [1, "token-1"]]),
@@ -213,8 +213,9 @@ def test_runs_completed_together_write_nothing_when_a_board_has_no_done_column(b
 
 @pytest.mark.django_db(transaction=True)
 def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fails_alone(monkeypatch):
-    monkeypatch.setattr(services, "_in_worker", True)
-    monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)  # no pulls from the completer here
+    monkeypatch.setattr(services.pull, "_in_worker", True)
+    # No pulls from the completer here.
+    monkeypatch.setattr(services.pull, "request_pull", lambda **kwargs: None)
     good, bad = make_board(), make_board()
     # No quality checks: this is about completing in batches, not jidoka.
     make_agent(
@@ -222,9 +223,14 @@ def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fai
     )
     batches = []
     real = services.tasks_complete
-    monkeypatch.setattr(
-        services, "tasks_complete", lambda *, results: batches.append(len(results)) or real(results=results)
-    )
+
+    def counted(*, results):
+        batches.append(len(results))
+        return real(results=results)
+
+    # The runtime calls it through the package; task_complete, in its own module.
+    monkeypatch.setattr(services, "tasks_complete", counted)
+    monkeypatch.setattr(services.runs, "tasks_complete", counted)
     claims = []
     for board in (good, good, bad):
         task = services.task_create(board=board, title="Inspect", input=f"part on {board.slug} {len(claims)}")
@@ -251,8 +257,8 @@ def test_a_run_waiting_for_its_batch_to_complete_holds_no_database_connection(bo
 
     from django.db import connection
 
-    monkeypatch.setattr(services, "_in_worker", True)
-    monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)
+    monkeypatch.setattr(services.pull, "_in_worker", True)
+    monkeypatch.setattr(services.pull, "request_pull", lambda **kwargs: None)
     held = []
 
     class Checked(Future):

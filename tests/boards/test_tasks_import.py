@@ -66,7 +66,7 @@ def test_it_creates_every_task_with_its_event_and_pulls_once_after_commit(
     board = make_board()
     make_agent(boards=[board])
     pulls: list[int] = []
-    monkeypatch.setattr(services, "request_pull", lambda *, board_id: pulls.append(board_id))
+    monkeypatch.setattr(services.pull, "request_pull", lambda *, board_id: pulls.append(board_id))
 
     with django_capture_on_commit_callbacks(execute=True):
         tasks = services.tasks_import(board=board, rows=rows(*[(f"t{n}", 0) for n in range(2500)]), user=user)

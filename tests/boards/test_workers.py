@@ -240,9 +240,9 @@ def test_worker_handover_releases_this_process_tasks_and_stops_its_heartbeat(
 ):
     beat = workers.Heartbeat()
     monkeypatch.setattr(runtime, "heartbeat", beat)
-    monkeypatch.setattr(services, "_in_worker", True)
-    monkeypatch.setattr(services, "_stopping", False)
-    monkeypatch.setattr(services, "request_pull", lambda **kwargs: None)
+    monkeypatch.setattr(services.pull, "_in_worker", True)
+    monkeypatch.setattr(services.pull, "_stopping", False)
+    monkeypatch.setattr(services.pull, "request_pull", lambda **kwargs: None)
     worker_id = beat.start()
     assert runtime.current_worker() == worker_id
     [task] = _running(board, 1, worker=worker_id)
@@ -253,7 +253,7 @@ def test_worker_handover_releases_this_process_tasks_and_stops_its_heartbeat(
     assert not client.exists(workers.KEY.format(worker_id))
     # No longer a worker that pulls or records runs; a second call does nothing.
     assert services.in_worker_process() is False
-    monkeypatch.setattr(services, "_pulls", None)  # a pull would fail here
+    monkeypatch.setattr(services.pull, "_pulls", None)  # a pull would fail here
     services.pull_requested_run(board_id=board.pk)
     assert runtime.current_worker() == ""
     assert runtime.worker_handover() == 0

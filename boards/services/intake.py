@@ -1,0 +1,295 @@
+"""Intake: tasks come onto the board, one at a time (the board's form, the API),
+many at once (an imported file, all or nothing), or from a demo board's feed.
+Each goes into the intake column (the Backlog, else Ready) where its priority
+puts it, with its CREATED event, and the board pulls once they have committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Max
+
+from boards import demo_feed
+from boards.models import Board, Column, Task, TaskEvent
+from boards.services.primitives import (
+    POSITION_GAP,
+    STATUS_FOR_ROLE,
+    WipLimitReached,
+    board_lock,
+    column_count,
+    intake_column,
+    task_event,
+    task_place,
+    wip_check,
+)
+from boards.services.pull import board_changed_on_commit
+from boards.task_files import TaskRow
+from boards.text import input_key, task_fields_errors
+
+logger = logging.getLogger(__name__)
+
+
+def task_create(
+    *,
+    board: Board,
+    title: str,
+    input: str = "",
+    capability: str = "",
+    priority: int = 0,
+    allow_reuse: bool = True,
+    user: AbstractBaseUser | None = None,
+) -> Task:
+    title = (title or "").strip()
+    capability = (capability or "").strip()
+    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities}) if capability else []
+    errors = task_fields_errors(
+        title=title, input=input, capability=capability, priority=priority, offered=offered
+    )
+    if errors:
+        raise ValidationError(errors)
+
+    with transaction.atomic():
+        column = intake_column(board)
+        if column.wip_limit is not None:
+            # Only a limited intake needs its count held still while we add to it.
+            board_lock(board.pk)
+        note = wip_check(column)
+        task = Task(
+            board=board,
+            title=title,
+            input=input,
+            capability=capability,
+            priority=priority,
+            allow_reuse=allow_reuse,
+            input_key=input_key(input),
+        )
+        task_place(task, column)
+        task.save()
+        task_event(
+            task, TaskEvent.Kind.CREATED, to_column=column, to_status=task.status, user=user, note=note
+        ).save()
+        board_changed_on_commit(board.pk, [column.pk], pull=True)
+    return task
+
+
+class TasksImportRefused(ValidationError):
+    """Nothing of a batch of tasks was imported: ``row_errors`` holds each bad
+    row's problems per field, by line number (empty when the batch as a whole was
+    refused, e.g. by a hard WIP limit)."""
+
+    def __init__(self, message: str, *, row_errors: dict[int, dict[str, list[str]]] | None = None) -> None:
+        super().__init__(message)
+        self.row_errors = row_errors or {}
+
+
+# Rows inserted per statement, and between two progress reports.
+IMPORT_BATCH = 1000
+
+
+def tasks_import(
+    *,
+    board: Board,
+    rows: Sequence[TaskRow],
+    user: AbstractBaseUser | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Task]:
+    """Put many tasks in the board's intake column at once, all or nothing.
+
+    Every row is checked first, and any problem (one read from the file, or one
+    of ``task_fields_errors``) refuses the whole batch with every row's problems
+    (``TasksImportRefused``), so a corrected file can simply be imported again:
+    nothing is left half-written. A hard WIP limit on the intake column with no
+    room for the whole batch refuses it too, rather than taking the first rows.
+
+    Then one transaction inserts the tasks in batches (``progress`` is called
+    with the number inserted so far), each where ``task_create`` would have put
+    it (after every task of its priority or higher), with its CREATED event, and
+    one pull and one live update follow the commit."""
+    if not rows:
+        raise TasksImportRefused("There are no tasks to import.")
+    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
+    row_errors: dict[int, dict[str, list[str]]] = {}
+    for row in rows:
+        problems = {name: list(messages) for name, messages in row.problems.items()}
+        checked = task_fields_errors(
+            title=row.title.strip(),
+            input=row.input,
+            capability=row.capability.strip(),
+            priority=row.priority,
+            offered=offered,
+        )
+        for name, messages in checked.items():
+            # A field that could not be read at all has said so already.
+            problems.setdefault(name, messages)
+        if problems:
+            row_errors[row.line] = problems
+    if row_errors:
+        bad = len(row_errors)
+        raise TasksImportRefused(
+            f"{bad} of {len(rows)} row{'s' if len(rows) != 1 else ''} "
+            f"{'have' if bad != 1 else 'has'} errors, so nothing was imported: "
+            "correct them and import the file again.",
+            row_errors=row_errors,
+        )
+
+    with transaction.atomic():
+        column = intake_column(board)
+        if column.wip_limit is not None:
+            board_lock(board.pk)
+        try:
+            note = wip_check(column, adding=len(rows))
+        except WipLimitReached:
+            room = max(column.wip_limit - column_count(column), 0)
+            raise TasksImportRefused(
+                f"{column.name} has a hard WIP limit of {column.wip_limit} and room for {room} more "
+                f"task{'s' if room != 1 else ''}, so the {len(rows)} tasks were not imported (none of them): "
+                "import fewer at a time, or wait until agents have pulled some."
+            ) from None
+        positions = _import_positions(column, rows)
+        status = STATUS_FOR_ROLE[column.role]
+        tasks = [
+            Task(
+                board=board,
+                column=column,
+                status=status,
+                position=position,
+                title=row.title.strip(),
+                input=row.input,
+                capability=row.capability.strip(),
+                priority=row.priority,
+                allow_reuse=row.allow_reuse,
+                input_key=input_key(row.input),
+            )
+            for row, position in zip(rows, positions, strict=True)
+        ]
+        for start in range(0, len(tasks), IMPORT_BATCH):
+            batch = tasks[start : start + IMPORT_BATCH]
+            Task.objects.bulk_create(batch)
+            TaskEvent.objects.bulk_create(
+                [
+                    task_event(
+                        task,
+                        TaskEvent.Kind.CREATED,
+                        to_column=column,
+                        to_status=status,
+                        user=user,
+                        note=note or "imported",
+                    )
+                    for task in batch
+                ]
+            )
+            if progress is not None:
+                progress(start + len(batch))
+        board_changed_on_commit(board.pk, [column.pk], pull=True)
+    return tasks
+
+
+def _import_positions(column: Column, rows: Sequence[TaskRow]) -> list[int]:
+    """A position for each row, in ``column``, where ``task_create`` would have
+    put it had the rows been created one by one: after every task of its
+    priority or higher. Rows headed for the same gap between two tasks go there
+    in priority order, file order among equals; a gap too narrow for its rows is
+    widened by shifting the tasks after it (one UPDATE) and the plan made again."""
+    while True:
+        plan, narrow = _plan_positions(column, rows)
+        if narrow is None:
+            return plan
+        at, needed = narrow
+        Task.objects.filter(column=column, position__gte=at).update(
+            position=F("position") + (needed + 1) * POSITION_GAP
+        )
+
+
+def _plan_positions(column: Column, rows: Sequence[TaskRow]) -> tuple[list[int], tuple[int, int] | None]:
+    existing = Task.objects.filter(column=column)
+    # The first task of lower priority, by position, for each priority in the batch.
+    before: dict[int, int | None] = {
+        priority: existing.filter(priority__lt=priority)
+        .order_by("position")
+        .values_list("position", flat=True)
+        .first()
+        for priority in {row.priority for row in rows}
+    }
+    # Stable: file order among rows of equal priority.
+    order = sorted(range(len(rows)), key=lambda index: -rows[index].priority)
+    gaps: dict[int | None, list[int]] = {}
+    for index in order:
+        gaps.setdefault(before[rows[index].priority], []).append(index)
+    positions = [0] * len(rows)
+    for upper, indexes in gaps.items():
+        count = len(indexes)
+        if upper is None:
+            last = existing.aggregate(m=Max("position"))["m"] or 0
+            slots = [last + POSITION_GAP * (i + 1) for i in range(count)]
+        else:
+            lower = existing.filter(position__lt=upper).aggregate(m=Max("position"))["m"]
+            if lower is None:
+                lower = upper - (count + 1) * POSITION_GAP
+            if upper - lower - 1 < count:
+                return positions, (upper, count)
+            step = (upper - lower) // (count + 1)
+            slots = [lower + step * (i + 1) for i in range(count)]
+        for index, slot in zip(indexes, slots, strict=True):
+            positions[index] = slot
+    return positions, None
+
+
+# --- demo boards ---------------------------------------------------------------
+
+
+def demo_task_feed(*, board: Board) -> Task | None:
+    """Add the board's next demo task (boards.demo_feed: a fixed example, a
+    template rendered afresh, or now and then an exact repeat of an earlier
+    task), so a demo board moves on its own. Skipped while the intake column is
+    full, so an idle demo does not pile up work."""
+    if not board.demo_tasks or board.paused:
+        return None
+    intake = intake_column(board)
+    limit = intake.wip_limit if intake.wip_limit is not None else 50
+    if column_count(intake) >= limit:
+        return None
+    spec = demo_feed.demo_task_at(
+        board.demo_tasks, demo_feed.FeedSettings.from_json(board.demo_feed), _demo_feed_number(board)
+    )
+    return task_create(
+        board=board,
+        title=spec["title"] or "Example task",
+        input=spec["input"],
+        capability=spec["capability"],
+        priority=spec["priority"],
+    )
+
+
+def _demo_feed_number(board: Board) -> int:
+    """The number of the board's next demo task, taken for good: a task the line
+    then refuses (its capability no longer offered, say) is skipped, not retried
+    at every tick."""
+    with transaction.atomic():
+        Board.objects.filter(pk=board.pk).update(demo_feed_count=F("demo_feed_count") + 1)
+        # Read under the row lock the update holds: two feeds never get one number.
+        taken = Board.objects.filter(pk=board.pk).values_list("demo_feed_count", flat=True).get()
+    return taken - 1
+
+
+def demo_boards_feed() -> int:
+    """Add demo tasks to every unpaused board that has some (its feed's batch
+    each, up to the intake column's limit); returns how many were added. Not
+    idempotent: that is its job, on a clock. One board's error is logged and
+    does not stop the others."""
+    added = 0
+    for board in Board.objects.filter(paused=False):
+        if not board.demo_tasks:
+            continue
+        try:
+            for _ in range(demo_feed.FeedSettings.from_json(board.demo_feed).batch):
+                if demo_task_feed(board=board) is None:
+                    break
+                added += 1
+        except Exception:
+            logger.exception("demo feed of board %s failed", board.pk)
+    return added

@@ -1,0 +1,104 @@
+"""The ledger: a row (ModelCall) for every model call a run made, cached or
+reused answers included, and the task's running totals of cost, tokens and calls.
+A late run's calls are recorded too, marked stale: they were made, and cost what
+they cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from django.db.models import F
+from django.utils import timezone
+
+from boards.agents import CallRecord
+from boards.models import ModelCall, Task
+
+
+def ledger_rows(
+    task: Task, calls: Iterable[CallRecord], *, attempt: int | None, stale: bool = False
+) -> list[ModelCall]:
+    """The ledger rows of a run's calls (not saved: the caller creates them with
+    the rest of its batch)."""
+    now = timezone.now()
+    return [
+        ModelCall(
+            task_id=task.pk,
+            board_id=task.board_id,
+            agent_id=task.agent_id,
+            prompt_version=task.prompt_version,
+            attempt=attempt if attempt is not None else max(task.attempts, 1),
+            tier=call.tier,
+            source=call.source,
+            provider=call.provider,
+            model=call.model,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cost=call.cost,
+            latency_ms=call.latency_ms,
+            confidence=call.confidence,
+            confidence_source=call.confidence_source,
+            # A stale run's output was not taken, whatever its cascade decided.
+            accepted=call.accepted and not stale,
+            stale=stale,
+            error=call.error,
+            reused_from_id=call.reused_from,
+            created_at=call.at or now,
+        )
+        for call in calls
+    ]
+
+
+def _totals(calls: Iterable[CallRecord]) -> dict[str, int | Decimal]:
+    totals: dict[str, int | Decimal] = {
+        "cost": Decimal(0),
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "model_calls": 0,
+        "cache_hits": 0,
+    }
+    for call in calls:
+        totals["cost"] += call.cost
+        totals["tokens_in"] += call.tokens_in
+        totals["tokens_out"] += call.tokens_out
+        if call.source == ModelCall.Source.MODEL:
+            totals["model_calls"] += 1
+        elif call.source == ModelCall.Source.CACHE:
+            totals["cache_hits"] += 1
+    return totals
+
+
+def task_calls_record(task: Task, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
+    """Write the ledger rows of a run and add them to the task's totals (on the
+    instance, which the caller saves under its row lock)."""
+    if not calls:
+        return
+    ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt))
+    task_totals_add(task, calls)
+
+
+def task_totals_add(task: Task, calls: Iterable[CallRecord]) -> None:
+    """Add calls to the task's totals, on the instance (the caller saves it)."""
+    for name, value in _totals(calls).items():
+        setattr(task, name, getattr(task, name) + value)
+
+
+def stale_calls_record(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
+    """The calls of a run whose result came too late still happened: into the
+    ledger, marked stale and never accepted (the task's output is another run's,
+    or none yet), and into the task's totals, as they were spent; everything
+    else stays as the current run has it."""
+    if not calls:
+        return
+    task = (
+        Task.objects.filter(pk=task_id)
+        .only("pk", "board_id", "agent_id", "prompt_version", "attempts")
+        .first()
+    )
+    if task is None:
+        return
+    ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt, stale=True))
+    Task.objects.filter(pk=task_id).update(
+        **{name: F(name) + value for name, value in _totals(calls).items()}
+    )

@@ -1,0 +1,274 @@
+"""The building blocks every change to the line is made of: the board lock, a
+column's WIP check, where a task goes in a column, its events, and taking a task
+out of In progress (or Review) after a failed, lost or rejected run.
+
+None of them commits or broadcasts: a service calls them inside its own
+transaction, then schedules the live update (``board_changed_on_commit``, in
+``boards.services.pull``). They are public because the reviewers' services
+(``andon.services``) make their decisions out of the same blocks.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.models import Max
+from django.utils import timezone
+
+from boards.models import Agent, Board, Column, Task, TaskEvent
+
+Role = Column.Role
+Status = Task.Status
+
+STATUS_FOR_ROLE = {
+    Role.BACKLOG: Status.BACKLOG,
+    Role.READY: Status.READY,
+    Role.IN_PROGRESS: Status.RUNNING,
+    Role.REVIEW: Status.REVIEW,
+    Role.DONE: Status.DONE,
+}
+
+POSITION_GAP = 1024
+
+
+class WipLimitReached(ValidationError):
+    """A hard WIP limit refused a task."""
+
+
+class ColumnMissing(ValidationError):
+    """The board lacks a column the line needs (a Done column to finish tasks in)."""
+
+
+def task_event(
+    task: Task,
+    kind: str,
+    *,
+    from_column: Column | None = None,
+    to_column: Column | None = None,
+    from_status: str = "",
+    to_status: str = "",
+    user: AbstractBaseUser | None = None,
+    agent: Agent | None = None,
+    note: str = "",
+) -> TaskEvent:
+    """The event recording a change to ``task`` (not saved: the caller saves it, or
+    creates a batch of them at once). Its actor is the user, else the agent, else
+    the system."""
+    if user is not None:
+        actor = TaskEvent.Actor.USER
+    elif agent is not None:
+        actor = TaskEvent.Actor.AGENT
+    else:
+        actor = TaskEvent.Actor.SYSTEM
+    return TaskEvent(
+        task=task,
+        board_id=task.board_id,
+        kind=kind,
+        from_column=from_column,
+        to_column=to_column,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor,
+        agent=agent,
+        user=user,
+        note=note,
+    )
+
+
+def column_required(board_id: int, role: str, columns: dict[str, Column] | None = None) -> Column:
+    """The board's column with ``role`` (from ``columns`` when the caller has read
+    them already), or a ColumnMissing that names the board and the role."""
+    if columns is None:
+        # At most one column per role (a unique constraint); no ordering, which
+        # would join the board for Column's default order.
+        column = Column.objects.filter(board_id=board_id, role=role).order_by().first()
+    else:
+        column = columns.get(role)
+    if column is None:
+        name = Board.objects.filter(pk=board_id).values_list("name", flat=True).first()
+        label = Role(role).label
+        raise ColumnMissing(
+            f"Board {name!r} has no {label} column: add a column with the role "
+            f"{label} to the board (in the admin or its config file)."
+        )
+    return column
+
+
+def intake_column(board: Board) -> Column:
+    """Where new tasks go: the board's Backlog, else its Ready column."""
+    columns = {c.role: c for c in board.columns.filter(role__in=[Role.BACKLOG, Role.READY])}
+    column = columns.get(Role.BACKLOG) or columns.get(Role.READY)
+    if column is None:
+        raise ValidationError(f"Board {board.name!r} has neither a Backlog nor a Ready column.")
+    return column
+
+
+def column_count(column: Column) -> int:
+    return Task.objects.filter(column=column).count()
+
+
+def wip_check(column: Column, *, adding: int = 1) -> str:
+    """Refuse a task a hard limit has no room for; return a note when a soft
+    limit is exceeded."""
+    if column.wip_limit is None:
+        return ""
+    count = column_count(column)
+    if count + adding <= column.wip_limit:
+        return ""
+    if column.hard_limit:
+        raise WipLimitReached(
+            f"{column.name} is at its hard WIP limit ({count}/{column.wip_limit}): "
+            "finish or move a task out of it first."
+        )
+    return f"{column.name} is over its soft WIP limit ({count + adding}/{column.wip_limit})."
+
+
+def slot_before(column: Column, before: Task | None, *, exclude_pk: int | None = None) -> int:
+    """A position that puts a task just before ``before`` (or last) in ``column``."""
+    others = Task.objects.filter(column=column)
+    if exclude_pk is not None:
+        others = others.exclude(pk=exclude_pk)
+    if before is None:
+        last = others.aggregate(m=Max("position"))["m"]
+        return (last or 0) + POSITION_GAP
+    previous = others.filter(position__lt=before.position).aggregate(m=Max("position"))["m"]
+    low = previous if previous is not None else before.position - 2 * POSITION_GAP
+    if before.position - low >= 2:
+        return (low + before.position) // 2
+    # No room left between the two: spread the column out again, then retry.
+    _renumber(column)
+    before.refresh_from_db(fields=["position"])
+    return slot_before(column, before, exclude_pk=exclude_pk)
+
+
+def _renumber(column: Column) -> None:
+    tasks = list(Task.objects.filter(column=column).order_by("position", "created_at", "pk"))
+    for index, task in enumerate(tasks, start=1):
+        task.position = index * POSITION_GAP
+    Task.objects.bulk_update(tasks, ["position"], batch_size=500)
+
+
+def _slot_by_priority(column: Column, priority: int) -> int:
+    """Where a task entering ``column`` goes: after every task of its priority or
+    higher, before the first of lower priority. People may reorder afterwards."""
+    first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
+    return slot_before(column, first_lower)
+
+
+def task_place(task: Task, column: Column, *, position: int | None = None) -> None:
+    """Put ``task`` in ``column`` (not saved). Keeps status and timestamps in step."""
+    task.column = column
+    task.status = STATUS_FOR_ROLE[column.role]
+    if position is not None:
+        task.position = position
+    elif column.role == Role.DONE:
+        # Done shows the newest first.
+        task.position = -int(timezone.now().timestamp() * 1000)
+    else:
+        task.position = _slot_by_priority(column, task.priority)
+    if column.role == Role.DONE:
+        task.finished_at = timezone.now()
+    elif column.role in (Role.BACKLOG, Role.READY):
+        task.finished_at = None
+    if column.role != Role.IN_PROGRESS:
+        task.lease_token = None
+        task.lease_expires_at = None
+        task.worker = ""
+
+
+def board_lock(board_id: int) -> Board:
+    """Lock the board's row for the rest of the transaction, and return it."""
+    # Every change that adds to a WIP-limited column takes this lock first, so
+    # the count it checks cannot change under it, whatever the number of workers.
+    # FOR NO KEY UPDATE, not FOR UPDATE: inserting a TaskEvent or saving a Task
+    # takes a KEY SHARE lock on its board through the foreign key, which FOR
+    # UPDATE would block. A run finishing (holding its task row, inserting its
+    # event) would then wait on the board while a board-lock holder waits on that
+    # task row: a deadlock. The two lock modes still exclude each other.
+    return Board.objects.select_for_update(no_key=True).get(pk=board_id)
+
+
+def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:
+    """Write ``field_names`` of each task: one UPDATE statement run for every row
+    (executemany). Django's bulk_update builds a CASE per row and field, which
+    cost milliseconds of CPU per row while the board lock was held."""
+    if not tasks:
+        return
+    fields = [Task._meta.get_field(name) for name in field_names]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(Task._meta.db_table),
+        ", ".join(f"{quote(f.column)} = %s" for f in fields),
+        quote(Task._meta.pk.column),
+    )
+    rows = [
+        [f.get_db_prep_save(getattr(task, f.attname), connection) for f in fields] + [task.pk]
+        for task in tasks
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def task_return_or_fail(
+    task: Task,
+    *,
+    kind: str,
+    reason: str,
+    user: AbstractBaseUser | None = None,
+    verb: str = "failed",
+    note: str = "",
+) -> set[int]:
+    """Take a task out of In progress after a failed or lost run (or out of Review
+    after a reviewer rejected its output, ``verb`` "rejected"): back to Ready
+    for another attempt, else to the Backlog, whichever exists and has room under
+    its hard limit; to Done marked failed once the agent's attempts are used up,
+    or when neither has room (a hard WIP limit is never exceeded, not even to
+    return a task). ColumnMissing if the task must go to Done and there is none.
+    Saves the task and its event; returns the columns that changed."""
+    from_column = task.column
+    from_status = task.status
+    columns = {c.role: c for c in Column.objects.filter(board_id=task.board_id)}
+    max_attempts = task.agent.max_attempts if task.agent else 1
+    task.last_error = reason[:2000]
+    target: Column | None = None
+    if task.attempts >= max_attempts:
+        note = note or f"{verb} after {task.attempts} attempt(s): {reason}"
+    else:
+        note = note or f"attempt {task.attempts} of {max_attempts} {verb}: {reason}"
+        for role in (Role.READY, Role.BACKLOG):
+            column = columns.get(role)
+            if column is None:
+                continue
+            try:
+                soft_note = wip_check(column)
+            except WipLimitReached:
+                continue
+            target = column
+            if soft_note:
+                note = f"{note}; {soft_note}"
+            break
+        if target is None:
+            note = (
+                f"{note}; no room to return it (Ready and Backlog are full or missing), so it is "
+                "marked failed: a person can move it back to Ready when there is room"
+            )
+    if target is None:
+        target = column_required(task.board_id, Role.DONE, columns)
+        task_place(task, target)
+        task.status = Status.FAILED
+    else:
+        task_place(task, target)
+    task.save()
+    task_event(
+        task,
+        kind,
+        from_column=from_column,
+        to_column=target,
+        from_status=from_status,
+        to_status=task.status,
+        user=user,
+        agent=task.agent if kind in (TaskEvent.Kind.ATTEMPT_FAILED, TaskEvent.Kind.DEFERRED) else None,
+        note=note,
+    ).save()
+    return {from_column.pk, target.pk}
