@@ -56,6 +56,7 @@ from boards.selectors import (
 )
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
+from experiments.prompt_diff import diff_lines, diff_rows
 
 logger = logging.getLogger(__name__)
 
@@ -509,23 +510,6 @@ def _proposal_state(proposal: ChangeProposal) -> str:
     return proposal.get_status_display().lower()
 
 
-def _diff_rows(lines: list[str]) -> list[tuple[str, str]]:
-    """``diff_lines`` as (kind, line) for the page: meta (file and hunk headers, a
-    changed field's name), del, add or context."""
-    rows = []
-    for line in lines:
-        if line.startswith(("--- ", "+++ ", "@@")) or (line.endswith(":") and line[:1] not in "+- "):
-            kind = "meta"
-        elif line.startswith("+"):
-            kind = "add"
-        elif line.startswith("-"):
-            kind = "del"
-        else:
-            kind = "context"
-        rows.append((kind, line))
-    return rows
-
-
 def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: TierFormSet) -> dict[str, Any]:
     """The forms' values as a prompt version holds them (normal form), so that the
     preview compares them as ``proposal_create`` will."""
@@ -543,7 +527,7 @@ def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: TierFormSet) 
 def _proposal_preview(agent: Agent, fields: dict[str, Any]) -> dict[str, Any]:
     """experiments.services.proposal_preview, with the diff's lines marked for the page."""
     preview = kaizen.proposal_preview(agent=agent, fields=fields)
-    preview["diff"] = _diff_rows(preview["diff"])
+    preview["diff"] = diff_rows(preview["diff"])
     return preview
 
 
@@ -630,7 +614,7 @@ def _proposal_result(agent: Agent, pk: str | None) -> dict[str, Any] | None:
         "proposal": proposal,
         "url": _kaizen_url(proposal),
         "state": _proposal_state(proposal),
-        "diff": _diff_rows(kaizen.diff_lines(proposal.base_version, proposal.candidate)),
+        "diff": diff_rows(diff_lines(proposal.base_version, proposal.candidate)),
     }
 
 

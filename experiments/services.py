@@ -12,7 +12,6 @@ rolling back need ``experiments.approve_change``. The line rolls back on its own
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import secrets
 from datetime import timedelta
@@ -45,6 +44,7 @@ from experiments.models import (
     ExperimentSample,
     PromptVersion,
 )
+from experiments.prompt_diff import diff_lines
 
 logger = logging.getLogger(__name__)
 
@@ -177,24 +177,6 @@ def classify(base: PromptVersion, fields: dict) -> tuple[bool, str]:
     if reasons_minor:
         return False, "Minor: " + "; ".join(reasons_minor) + "."
     raise ValidationError(f"{NOTHING_CHANGES}: the proposal is the active version.")
-
-
-def diff_lines(base: PromptVersion, candidate: PromptVersion) -> list[str]:
-    """A unified diff of the template, then the other fields that changed."""
-    lines = list(
-        difflib.unified_diff(
-            base.prompt_template.splitlines(),
-            candidate.prompt_template.splitlines(),
-            f"v{base.number}",
-            f"v{candidate.number}",
-            lineterm="",
-        )
-    )
-    for name in ("prompt_variables", "parameters", "cascade", "implementation"):
-        a, b = getattr(base, name), getattr(candidate, name)
-        if a != b:
-            lines += [f"{name}:", f"- {json.dumps(a, sort_keys=True)}", f"+ {json.dumps(b, sort_keys=True)}"]
-    return lines
 
 
 def _normalised(agent: Agent, fields: dict) -> dict:
