@@ -23,7 +23,6 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from andon import services as andon_services
 from andon.models import Escalation
@@ -57,14 +56,11 @@ from boards.selectors import (
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
 from experiments.prompt_diff import diff_lines, diff_rows
+from kaizen_web.http import HtmxHttpRequest, error_message, form_errors
 
 logger = logging.getLogger(__name__)
 
 BOARD = "boards/board.html"
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 # --- helpers -------------------------------------------------------------------
@@ -98,15 +94,6 @@ def _board_context(request: HttpRequest, board: Board, *, form: TaskCreateForm |
         "can_stop_line": request.user.has_perm(REVIEW_PERMISSION),
         "nav": "boards",
     }
-
-
-def _message(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
-
-
-def _form_errors(form: forms.Form) -> str:
-    """A form's errors as one line, for the board's message region."""
-    return " ".join(error for errors in form.errors.values() for error in errors)
 
 
 def _moved_message(task: Task, from_column: Column, to_column: Column) -> str:
@@ -272,7 +259,7 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     form = TaskMoveForm(request.POST, board=board)
     if not form.is_valid():
         return _action_result(
-            request, board, task, message=_form_errors(form), column_ids={task.column_id}, status=400
+            request, board, task, message=form_errors(form), column_ids={task.column_id}, status=400
         )
     to_column: Column = form.cleaned_data["column"]
     before: Task | None = form.cleaned_data["before"]
@@ -281,7 +268,9 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     try:
         task = services.task_move(task=task, to_column=to_column, user=request.user, before=before)
     except ValidationError as exc:
-        return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
+        return _action_result(
+            request, board, task, message=error_message(exc), column_ids=touched, status=409
+        )
     if to_column.pk == from_column.pk:
         message = f"Reordered “{task.title}” in {to_column.name}."
     else:
@@ -297,7 +286,7 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     form = TaskStepForm(request.POST)
     if not form.is_valid():
         return _action_result(
-            request, board, task, message=_form_errors(form), column_ids={task.column_id}, status=400
+            request, board, task, message=form_errors(form), column_ids={task.column_id}, status=400
         )
     direction = form.cleaned_data["direction"]
     from_column = task.column
@@ -310,7 +299,9 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
         if direction in ("left", "right"):
             neighbour = services.column_neighbour(column=from_column, direction=direction)
             touched |= {neighbour.pk} if neighbour else set()
-        return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
+        return _action_result(
+            request, board, task, message=error_message(exc), column_ids=touched, status=409
+        )
     task.refresh_from_db(fields=["column", "position"])
     to_column = board.columns.get(pk=task.column_id)
     if (task.column_id, task.position) == was:
@@ -334,12 +325,12 @@ def task_block(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
         try:
             task = services.task_block(task=task, user=request.user, note=form.cleaned_data["note"])
         except services.MoveNotAllowed as exc:
-            error, status = _message(exc), 409
+            error, status = error_message(exc), 409
         except ValidationError as exc:
             form.add_error(None, exc)
-            error, status = _message(exc), 422
+            error, status = error_message(exc), 422
     else:
-        error, status = _form_errors(form), 422
+        error, status = form_errors(form), 422
     if status >= 400:
         if request.htmx:
             return _action_result(
@@ -388,7 +379,7 @@ def board_cord(request: HtmxHttpRequest, slug: str) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)
     if stop is None:
-        error = _form_errors(form)
+        error = form_errors(form)
         if request.htmx:
             return render(request, f"{BOARD}#flash", {"message": error, "level": "error"}, status=422)
         messages.error(request, error)
