@@ -27,10 +27,6 @@ from django.utils import timezone
 from boards import services as board_services
 from boards.agent_config import (
     GENERATION_PARAMETERS,
-    cascade_json,
-    parse_cascade,
-    parse_parameters,
-    parse_variables,
 )
 from boards.models import Agent
 from experiments import broadcast as review_broadcast
@@ -43,6 +39,7 @@ from experiments.models import (
     ExperimentLook,
     ExperimentSample,
     PromptVersion,
+    normal_prompt_fields,
 )
 from experiments.prompt_diff import diff_lines
 
@@ -188,20 +185,10 @@ def _normalised(agent: Agent, fields: dict) -> dict:
         quality_checks=agent.quality_checks,
         spike_defects=agent.spike_defects,
         spike_window=agent.spike_window,
-        implementation=fields.get("implementation", agent.implementation),
-        prompt_template=fields.get("prompt_template", agent.prompt_template),
-        prompt_variables=fields.get("prompt_variables", agent.prompt_variables),
-        parameters=fields.get("parameters", agent.parameters),
-        cascade=fields.get("cascade", agent.cascade),
+        **{name: fields.get(name, getattr(agent, name)) for name in PromptVersion.FIELDS},
     )
     probe.clean()
-    return {
-        "prompt_template": probe.prompt_template,
-        "prompt_variables": parse_variables(probe.prompt_variables),
-        "parameters": parse_parameters(probe.parameters),
-        "cascade": cascade_json(parse_cascade(probe.cascade)),
-        "implementation": probe.implementation,
-    }
+    return normal_prompt_fields({name: getattr(probe, name) for name in PromptVersion.FIELDS})
 
 
 def proposal_preview(*, agent: Agent, fields: dict) -> dict:
