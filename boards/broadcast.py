@@ -17,8 +17,8 @@ from boards.fragments import render_board_update
 from boards.models import Column
 from kaizen_web import live
 
-# Kept here for the callers and tests that flush the board's updates.
-from kaizen_web.live import Broadcaster, flush, layer_configured  # noqa: F401
+# Kept here for the tests and benchmarks that flush the board's updates or time them.
+from kaizen_web.live import Broadcaster, flush  # noqa: F401
 
 
 def board_group(board_id: int) -> str:
