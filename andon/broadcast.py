@@ -1,6 +1,6 @@
-"""Live updates of the andon inbox, sent after commit through the board
-broadcaster's thread (boards.broadcast.publish), rendered from the inbox page's
-own partials (``andon/inbox.html``), each marked hx-swap-oob:
+"""Live updates of the andon inbox, sent after commit through the project's live
+transport (kaizen_web.live.publish), rendered from the inbox page's own partials
+(``andon/inbox.html``), each marked hx-swap-oob:
 
 - rows are groups of identical escalations (andon.selectors.inbox_groups_get),
   each with the id of its oldest open member;
@@ -22,23 +22,26 @@ from __future__ import annotations
 
 from django.template.loader import render_to_string
 
-from boards import broadcast
+from andon.models import Escalation
+from andon.selectors import (
+    active_line_stops_get,
+    escalation_group_key,
+    inbox_groups_get,
+    inbox_stats_get,
+    recent_decisions_get,
+)
+from kaizen_web import live
 
 INBOX_GROUP = "andon_inbox"
 
 
 def _stats_html() -> str:
-    from andon.selectors import inbox_stats_get
-
     return render_to_string("andon/inbox.html#inbox-stats", {"stats": inbox_stats_get(), "oob": True})
 
 
 def _groups(ids: list[int]) -> list:
     """The current groups (their leaders, with members and details) of the
     escalations ``ids`` (closed ones included: their groups may live on)."""
-    from andon.models import Escalation
-    from andon.selectors import escalation_group_key, inbox_groups_get
-
     touched = list(Escalation.objects.filter(pk__in=ids).select_related("task"))
     keys = {escalation_group_key(e) for e in touched}
     return inbox_groups_get(keys=keys, details=True) if keys else []
@@ -73,7 +76,7 @@ def escalations_opened(ids: list[int]) -> None:
             messages.append((INBOX_GROUP, {"type": "inbox.update", "html": _stats_html()}))
         return messages
 
-    broadcast.publish(job)
+    live.publish(job)
 
 
 def escalations_changed(ids: list[int]) -> None:
@@ -94,7 +97,7 @@ def escalations_changed(ids: list[int]) -> None:
             for leader in leaders
         ]
 
-    broadcast.publish(job)
+    live.publish(job)
 
 
 def escalations_closed(ids: list[int]) -> None:
@@ -103,8 +106,6 @@ def escalations_closed(ids: list[int]) -> None:
     the old leader was among those closed); the figures and recent decisions."""
 
     def job() -> list[tuple[str, dict]]:
-        from andon.selectors import recent_decisions_get
-
         leaders = _groups(ids)
         gone = [pk for pk in ids if pk not in {leader.pk for leader in leaders}]
         html = (
@@ -118,16 +119,14 @@ def escalations_closed(ids: list[int]) -> None:
             _upsert(leader) for leader in leaders
         ]
 
-    broadcast.publish(job)
+    live.publish(job)
 
 
 def line_stops_changed() -> None:
     def job() -> list[tuple[str, dict]]:
-        from andon.selectors import active_line_stops_get
-
         html = render_to_string(
             "andon/inbox.html#inbox-banner", {"line_stops": active_line_stops_get(), "oob": True}
         )
         return [(INBOX_GROUP, {"type": "inbox.update", "html": html})]
 
-    broadcast.publish(job)
+    live.publish(job)

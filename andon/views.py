@@ -22,9 +22,7 @@ from django.db.models import prefetch_related_objects
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from andon import selectors, services
 from andon.forms import (
@@ -38,15 +36,12 @@ from andon.forms import (
 )
 from andon.models import Escalation, LineStop
 from boards.selectors import task_model_calls_get
+from kaizen_web.http import HtmxHttpRequest, error_message, form_errors, safe_next
 
 INBOX = "andon/inbox.html"
 
 # Anonymous users never get here (the login middleware redirects them first).
 reviewer_required = permission_required(services.REVIEW_PERMISSION, raise_exception=True)
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 # --- helpers -------------------------------------------------------------------
@@ -99,23 +94,10 @@ def _inbox_context(filters: dict, *, here: str, row: Escalation | None = None) -
     }
 
 
-def _safe_next(request: HttpRequest) -> str | None:
-    target = request.POST.get("next") or request.GET.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return None
-
-
 def _filters_of(url: str | None) -> dict:
     """The inbox filters in a URL's query string (the page an action came from)."""
     query = urlsplit(url).query if url else ""
     return InboxFilterForm(QueryDict(query)).filters()
-
-
-def _message(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
 
 
 # --- the inbox -----------------------------------------------------------------
@@ -183,7 +165,7 @@ def _decided_message(
     n = len(result.decided)
     message = f"{verb}: “{title}”{tail}." if n == 1 else f"{verb} {n} identical escalations: “{title}”{tail}."
     for skipped in result.skipped:
-        message += f" Escalation {skipped.escalation.pk} was left as it was: {_message(skipped)}"
+        message += f" Escalation {skipped.escalation.pk} was left as it was: {error_message(skipped)}"
     return message
 
 
@@ -281,7 +263,7 @@ def _act(
     except services.AlreadyDecided as exc:
         # Show the row as it now is: decided, by whom and when.
         decided = _escalation(exc.escalation.pk)
-        return _refused(request, decided, error=_message(exc), status=409)
+        return _refused(request, decided, error=error_message(exc), status=409)
     except ValidationError as exc:
         fields = exc.message_dict if hasattr(exc, "error_dict") else {}
         row = _group_row(escalation) or escalation
@@ -290,12 +272,12 @@ def _act(
         row.form_errors = fields
         # A bad reason or correction is the reviewer's to fix (422); anything
         # else (releasing someone else's claim) is a refusal (409).
-        return _refused(request, row, error=_message(exc), status=422 if fields else 409)
+        return _refused(request, row, error=error_message(exc), status=422 if fields else 409)
 
     decided = action != "claim"
     if not request.htmx:
         messages.success(request, message)
-        return redirect(_safe_next(request) or "andon-inbox")
+        return redirect(safe_next(request) or "andon-inbox")
     context = {
         # A decision takes the row out of the inbox, unless identical
         # escalations arrived meanwhile: the row then shows those.
@@ -303,7 +285,7 @@ def _act(
         "message": message,
         "level": "success",
         "stats": selectors.inbox_stats_get() if decided else None,
-        "here": _safe_next(request),
+        "here": safe_next(request),
     }
     return render(request, f"{INBOX}#action-result", context)
 
@@ -319,12 +301,12 @@ def _refused(request: HtmxHttpRequest, escalation: Escalation, *, error: str, st
             else selectors.escalation_details([escalation])[0],
             "message": error,
             "level": "error",
-            "here": _safe_next(request),
+            "here": safe_next(request),
         }
         return render(request, f"{INBOX}#action-result", context, status=status)
     if request.POST.get("from") == "escalation":
         return _escalation_page(request, escalation, status=status)
-    here = _safe_next(request) or reverse("andon-inbox")
+    here = safe_next(request) or reverse("andon-inbox")
     context = _inbox_context(_filters_of(here), here=here, row=escalation)
     return render(request, INBOX, context, status=status)
 
@@ -369,10 +351,10 @@ def line_restart(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         # A missing note is the reviewer's to fix; a line restarted meanwhile is a conflict.
         if hasattr(exc, "error_dict"):
-            return _line_stops_page(request, failed=stop, error=_message(exc), note=note, status=422)
-        return _line_stops_page(request, error=_message(exc), status=409)
+            return _line_stops_page(request, failed=stop, error=error_message(exc), note=note, status=422)
+        return _line_stops_page(request, error=error_message(exc), status=409)
     messages.success(request, f"Restarted the line of {stop.scope_label}.")
-    return redirect(_safe_next(request) or "andon-line-stops")
+    return redirect(safe_next(request) or "andon-line-stops")
 
 
 @require_POST
@@ -392,16 +374,16 @@ def cord(request: HtmxHttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)
     if stop is None:
-        error = " ".join(e for errors in form.errors.values() for e in errors)
+        error = form_errors(form)
         if request.htmx:
             return render(
                 request, "andon/cord.html#cord-result", {"message": error, "level": "error"}, status=422
             )
-        return render(request, "andon/cord.html", {"form": form, "next": _safe_next(request)}, status=422)
+        return render(request, "andon/cord.html", {"form": form, "next": safe_next(request)}, status=422)
 
     message = f"The line of {stop.scope_label} is stopped: {stop.reason}"
     if request.htmx:
         return render(request, "andon/cord.html#cord-result", {"message": message, "level": "success"})
     messages.success(request, message)
     target = stop.board if stop.board_id else stop.agent
-    return redirect(_safe_next(request) or target)
+    return redirect(safe_next(request) or target)

@@ -23,8 +23,6 @@ import http.client
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,14 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kaizen_web import processes  # noqa: E402 (after the path it is found on)
+
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/10"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class BoardWatcher:
@@ -111,28 +105,14 @@ class Bench:
     # --- processes ----------------------------------------------------------
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.var / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.var / f"{name}.log", "w") as log:
+            proc = processes.start_in_group(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log)
         self.procs.append(proc)
         self.named[name] = proc
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        processes.stop_groups(self.procs, grace=10)
         self.procs.clear()
 
     def start_worker(
@@ -165,15 +145,11 @@ class Bench:
         )
         from kaizen_web.celery import app
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=0.5)
-            if replies:
-                return
-        raise SystemExit(f"the bench worker did not start: see var/bench/{name}.log")
+        if not processes.wait_until(lambda: bool(app.control.ping(timeout=0.5)), timeout=60, interval=0):
+            raise SystemExit(f"the bench worker did not start: see var/bench/{name}.log")
 
     def start_web(self) -> int:
-        port = free_port()
+        port = processes.free_port()
         self.start(
             "web",
             [
@@ -192,14 +168,11 @@ class Bench:
                 str(self.args.web_workers),
             ],
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return port
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("the bench web server did not start: see var/bench/web.log")
+        if not processes.wait_until(
+            lambda: processes.accepts_connections("127.0.0.1", port, timeout=0.2), timeout=30
+        ):
+            raise SystemExit("the bench web server did not start: see var/bench/web.log")
+        return port
 
     # --- set-up ---------------------------------------------------------------
 

@@ -140,10 +140,10 @@ def install_sections() -> None:
     broadcast.columns_changed = timed("broadcast_queue", broadcast.columns_changed)
     original_send = broadcast.Broadcaster._send
 
-    def send(self, loop, layer, pending):
+    def send(self, *args, **kwargs):
         with _lock:
             _counters["broadcast_renders"] += 1
-        return original_send(self, loop, layer, pending)
+        return original_send(self, *args, **kwargs)
 
     broadcast.Broadcaster._send = timed("broadcast_render_send", send)
 

@@ -22,6 +22,7 @@ from django.utils.text import get_text_list
 from boards import services
 from boards.config import REQUIRED_ROLES, ROLE_ORDER
 from boards.models import Agent, ApiToken, Board, Column, Task, TaskEvent
+from experiments.models import PromptVersion
 
 Role = Column.Role
 
@@ -205,10 +206,10 @@ class AgentForm(forms.ModelForm):
         self.fields["implementation"].widget = forms.Select(choices=choices)
 
 
-# What the model is asked (services.PROMPT_FIELDS). An existing agent's change to
+# What the model is asked (PromptVersion.FIELDS). An existing agent's change to
 # these is a proposal on the agent page, with a rationale, a diff, the approval a
 # major change needs and a canary: the admin would skip every one of those gates.
-PROMPT_FIELDS = list(services.PROMPT_FIELDS)
+PROMPT_FIELDS = list(PromptVersion.FIELDS)
 
 
 @admin.register(Agent)

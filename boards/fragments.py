@@ -2,8 +2,9 @@
 same partials as the page (``boards/board.html``), each marked hx-swap-oob so
 the htmx websocket extension swaps it into place by id.
 
-Called by the broadcaster thread (boards.broadcast) after commit, outside any
-request: the partials it renders must not need one (no CSRF token, no user).
+Called by the broadcaster thread (kaizen_web.live, through boards.broadcast)
+after commit, outside any request: the partials it renders must not need one
+(no CSRF token, no user).
 Every push carries the board's live state around the columns (the banner, the
 agents' load, the flow status saying why agents are or are not pulling) and
 the Ready column, whose cards say why each waits. The browser swaps only what

@@ -23,7 +23,6 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from andon import services as andon_services
 from andon.models import Escalation
@@ -56,14 +55,12 @@ from boards.selectors import (
 )
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
+from experiments.prompt_diff import diff_lines, diff_rows
+from kaizen_web.http import HtmxHttpRequest, error_message, form_errors
 
 logger = logging.getLogger(__name__)
 
 BOARD = "boards/board.html"
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 # --- helpers -------------------------------------------------------------------
@@ -97,15 +94,6 @@ def _board_context(request: HttpRequest, board: Board, *, form: TaskCreateForm |
         "can_stop_line": request.user.has_perm(REVIEW_PERMISSION),
         "nav": "boards",
     }
-
-
-def _message(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
-
-
-def _form_errors(form: forms.Form) -> str:
-    """A form's errors as one line, for the board's message region."""
-    return " ".join(error for errors in form.errors.values() for error in errors)
 
 
 def _moved_message(task: Task, from_column: Column, to_column: Column) -> str:
@@ -271,7 +259,7 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     form = TaskMoveForm(request.POST, board=board)
     if not form.is_valid():
         return _action_result(
-            request, board, task, message=_form_errors(form), column_ids={task.column_id}, status=400
+            request, board, task, message=form_errors(form), column_ids={task.column_id}, status=400
         )
     to_column: Column = form.cleaned_data["column"]
     before: Task | None = form.cleaned_data["before"]
@@ -280,7 +268,9 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     try:
         task = services.task_move(task=task, to_column=to_column, user=request.user, before=before)
     except ValidationError as exc:
-        return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
+        return _action_result(
+            request, board, task, message=error_message(exc), column_ids=touched, status=409
+        )
     if to_column.pk == from_column.pk:
         message = f"Reordered “{task.title}” in {to_column.name}."
     else:
@@ -296,7 +286,7 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
     form = TaskStepForm(request.POST)
     if not form.is_valid():
         return _action_result(
-            request, board, task, message=_form_errors(form), column_ids={task.column_id}, status=400
+            request, board, task, message=form_errors(form), column_ids={task.column_id}, status=400
         )
     direction = form.cleaned_data["direction"]
     from_column = task.column
@@ -309,7 +299,9 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
         if direction in ("left", "right"):
             neighbour = services.column_neighbour(column=from_column, direction=direction)
             touched |= {neighbour.pk} if neighbour else set()
-        return _action_result(request, board, task, message=_message(exc), column_ids=touched, status=409)
+        return _action_result(
+            request, board, task, message=error_message(exc), column_ids=touched, status=409
+        )
     task.refresh_from_db(fields=["column", "position"])
     to_column = board.columns.get(pk=task.column_id)
     if (task.column_id, task.position) == was:
@@ -333,12 +325,12 @@ def task_block(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
         try:
             task = services.task_block(task=task, user=request.user, note=form.cleaned_data["note"])
         except services.MoveNotAllowed as exc:
-            error, status = _message(exc), 409
+            error, status = error_message(exc), 409
         except ValidationError as exc:
             form.add_error(None, exc)
-            error, status = _message(exc), 422
+            error, status = error_message(exc), 422
     else:
-        error, status = _form_errors(form), 422
+        error, status = form_errors(form), 422
     if status >= 400:
         if request.htmx:
             return _action_result(
@@ -387,7 +379,7 @@ def board_cord(request: HtmxHttpRequest, slug: str) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)
     if stop is None:
-        error = _form_errors(form)
+        error = form_errors(form)
         if request.htmx:
             return render(request, f"{BOARD}#flash", {"message": error, "level": "error"}, status=422)
         messages.error(request, error)
@@ -509,23 +501,6 @@ def _proposal_state(proposal: ChangeProposal) -> str:
     return proposal.get_status_display().lower()
 
 
-def _diff_rows(lines: list[str]) -> list[tuple[str, str]]:
-    """``diff_lines`` as (kind, line) for the page: meta (file and hunk headers, a
-    changed field's name), del, add or context."""
-    rows = []
-    for line in lines:
-        if line.startswith(("--- ", "+++ ", "@@")) or (line.endswith(":") and line[:1] not in "+- "):
-            kind = "meta"
-        elif line.startswith("+"):
-            kind = "add"
-        elif line.startswith("-"):
-            kind = "del"
-        else:
-            kind = "context"
-        rows.append((kind, line))
-    return rows
-
-
 def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: TierFormSet) -> dict[str, Any]:
     """The forms' values as a prompt version holds them (normal form), so that the
     preview compares them as ``proposal_create`` will."""
@@ -543,7 +518,7 @@ def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: TierFormSet) 
 def _proposal_preview(agent: Agent, fields: dict[str, Any]) -> dict[str, Any]:
     """experiments.services.proposal_preview, with the diff's lines marked for the page."""
     preview = kaizen.proposal_preview(agent=agent, fields=fields)
-    preview["diff"] = _diff_rows(preview["diff"])
+    preview["diff"] = diff_rows(preview["diff"])
     return preview
 
 
@@ -630,7 +605,7 @@ def _proposal_result(agent: Agent, pk: str | None) -> dict[str, Any] | None:
         "proposal": proposal,
         "url": _kaizen_url(proposal),
         "state": _proposal_state(proposal),
-        "diff": _diff_rows(kaizen.diff_lines(proposal.base_version, proposal.candidate)),
+        "diff": diff_rows(diff_lines(proposal.base_version, proposal.candidate)),
     }
 
 

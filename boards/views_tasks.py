@@ -21,13 +21,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from boards import services
 from boards.forms import MAX_IMPORT_ROWS, TaskFilterForm, TaskImportForm
 from boards.models import ApiToken, Board
 from boards.task_files import TaskFileError, csv_chunks, detect_format, read_task_rows
 from boards.task_search import task_export_rows, task_list
+from kaizen_web.http import HtmxHttpRequest, error_message
 
 TEMPLATE = "boards/task_list.html"
 PAGE_SIZE = 50
@@ -35,10 +35,6 @@ PAGE_SIZE = 50
 SHOWN_IMPORT_ERRORS = 200
 # Who may import tasks: the permission a write API token's user needs too.
 IMPORT_PERMISSION = ApiToken.WRITE_PERMISSION
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 def _filter_form(request: HttpRequest, board: Board) -> TaskFilterForm:
@@ -138,11 +134,11 @@ def task_import(request: HttpRequest, slug: str) -> HttpResponse:
         except TaskFileError as exc:
             problem = str(exc)
         except services.TasksImportRefused as exc:
-            problem = " ".join(exc.messages)
+            problem = error_message(exc)
             row_errors = exc.row_errors
         except ValidationError as exc:
             # The board itself cannot take tasks (no intake column).
-            problem = " ".join(exc.messages)
+            problem = error_message(exc)
         else:
             column = tasks[0].column.name
             messages.success(

@@ -1,5 +1,5 @@
-"""Live updates of the evolution review, sent after commit through the board
-broadcaster's thread (boards.broadcast.publish), rendered from the pages' own
+"""Live updates of the evolution review, sent after commit through the project's
+live transport (kaizen_web.live.publish), rendered from the pages' own
 partials (``experiments/review.html``, ``experiments/experiment.html``), each
 marked hx-swap-oob. Call these from ``transaction.on_commit`` in the services:
 
@@ -29,7 +29,8 @@ from collections.abc import Callable, Hashable
 
 from django.template.loader import render_to_string
 
-from boards import broadcast
+from experiments.selectors import REVIEW, experiment_context, experiment_get, recent_audit, review_context
+from kaizen_web import live
 
 REVIEW_GROUP = "kaizen_review"
 
@@ -38,7 +39,7 @@ _pending: set[Hashable] = set()
 
 
 def _publish_once(key: Hashable, render: Callable[[], list[tuple[str, dict]]]) -> None:
-    if not broadcast.layer_configured():
+    if not live.layer_configured():
         return
     with _lock:
         if key in _pending:
@@ -51,13 +52,11 @@ def _publish_once(key: Hashable, render: Callable[[], list[tuple[str, dict]]]) -
             _pending.discard(key)
         return render()
 
-    broadcast.publish(job)
+    live.publish(job)
 
 
 def proposals_changed() -> None:
     def render() -> list[tuple[str, dict]]:
-        from experiments.selectors import REVIEW, review_context
-
         html = render_to_string(f"{REVIEW}#review-update", review_context())
         return [(REVIEW_GROUP, {"type": "review.update", "html": html})]
 
@@ -66,8 +65,6 @@ def proposals_changed() -> None:
 
 def experiment_changed(experiment_id: int) -> None:
     def render() -> list[tuple[str, dict]]:
-        from experiments.selectors import REVIEW, experiment_context, experiment_get, recent_audit
-
         experiment = experiment_get(experiment_id)
         if experiment is None:
             return []

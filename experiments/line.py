@@ -15,9 +15,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from boards.agent_config import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.models import Agent, Task
-from experiments.models import Experiment, ExperimentSample, PromptVersion
+from experiments.models import Experiment, ExperimentSample, PromptVersion, normal_prompt_fields
 
 Arm = ExperimentSample.Arm
 
@@ -136,18 +135,10 @@ def has_active(agent_ids: Iterable[int]) -> set[int]:
 
 
 def _normal_fields(agent: Agent) -> dict:
-    """The agent's prompt fields in their stored normal form (a cascade's prices as
-    decimal strings, its defaults filled in), so versions compare by meaning: an
-    agent made through the ORM with a bare cascade equals the same cascade saved
-    through the services."""
-    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
-    try:
-        fields["prompt_variables"] = parse_variables(agent.prompt_variables)
-        fields["parameters"] = parse_parameters(agent.parameters)
-        fields["cascade"] = cascade_json(parse_cascade(agent.cascade))
-    except ConfigError:
-        pass  # a malformed row is kept as it is: the version records what ran
-    return fields
+    """The agent's prompt fields in their stored normal form, so versions compare
+    by meaning: an agent made through the ORM with a bare cascade equals the same
+    cascade saved through the services."""
+    return normal_prompt_fields({name: getattr(agent, name) for name in PromptVersion.FIELDS})
 
 
 def next_version_number(agent: Agent) -> int:

@@ -8,12 +8,16 @@ small read-only helpers only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+from boards.agent_config import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.models import Agent, Task
 
 
@@ -66,10 +70,34 @@ class PromptVersion(models.Model):
             return "the kaizen loop"
         return self.author.get_username() if self.author_id else self.get_source_display()
 
+    # What makes a version, the one list of it: what does the work and what the
+    # model is asked. A change to any of these is a new version, whose results are
+    # not taken for the old one's (an agent saved, a proposal, a config file).
     FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade", "implementation")
 
     def fields(self) -> dict:
         return {name: getattr(self, name) for name in self.FIELDS}
+
+
+def normal_prompt_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A version's fields (PromptVersion.FIELDS, from an agent, a version or a
+    proposal) in the normal form a version stores, so that versions compare by
+    meaning: the variables, parameters and cascade parsed and written out again
+    (a cascade's prices as decimal strings, its defaults filled in), no
+    implementation as "". A field that does not parse is kept as it is: a
+    malformed row is recorded as what ran."""
+    normal = {name: fields.get(name) for name in PromptVersion.FIELDS}
+    for name, parse in (
+        ("prompt_variables", parse_variables),
+        ("parameters", parse_parameters),
+        ("cascade", lambda value: cascade_json(parse_cascade(value))),
+    ):
+        try:
+            normal[name] = parse(normal[name])
+        except ConfigError:
+            pass
+    normal["implementation"] = normal["implementation"] or ""
+    return normal
 
 
 class ChangeProposal(models.Model):

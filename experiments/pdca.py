@@ -63,7 +63,7 @@ from boards.agent_config import (
 from boards.models import Agent, ModelCall, Task
 from boards.providers import ModelRequest, ProviderError, get_provider
 from experiments import services
-from experiments.models import ChangeProposal, Experiment, PromptVersion
+from experiments.models import ChangeProposal, Experiment, PromptVersion, normal_prompt_fields
 
 logger = logging.getLogger(__name__)
 
@@ -793,27 +793,11 @@ def plan(agent: Agent, *, since: datetime | None = None) -> list[Plan]:
     return sorted(plans, key=lambda p: -p.strength)
 
 
-def _comparable(fields: dict) -> dict:
-    """Fields in their stored normal form, so a plan compares with a proposal's candidate."""
-    result = {name: fields.get(name) for name in PromptVersion.FIELDS}
-    for name, normal in (
-        ("prompt_variables", parse_variables),
-        ("parameters", parse_parameters),
-        ("cascade", lambda value: cascade_json(parse_cascade(value))),
-    ):
-        try:
-            result[name] = normal(result[name])
-        except ConfigError:
-            pass
-    result["implementation"] = result["implementation"] or ""
-    return result
-
-
 def _proposed_before(agent: Agent) -> list[dict]:
     recent = ChangeProposal.objects.filter(
         agent=agent, created_at__gte=timezone.now() - RECENT_PROPOSALS
     ).select_related("candidate")
-    return [_comparable(p.candidate.fields()) for p in recent]
+    return [normal_prompt_fields(p.candidate.fields()) for p in recent]
 
 
 def _busy(agent: Agent) -> str:
@@ -836,9 +820,9 @@ def cycle(agent: Agent) -> ChangeProposal | None:
         logger.info("kaizen: no proposal for %s: %s", agent.name, busy)
         return None
     before = _proposed_before(agent)
-    current = _comparable(_current_fields(agent))
+    current = normal_prompt_fields(_current_fields(agent))
     for candidate in plan(agent):
-        comparable = _comparable(candidate.fields)
+        comparable = normal_prompt_fields(candidate.fields)
         if comparable == current or comparable in before:
             logger.info("kaizen: %s plan for %s was proposed already", candidate.kind, agent.name)
             continue

@@ -19,7 +19,6 @@ from django.db.models import Count, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from experiments import services
 from experiments import stats as stats_module
 from experiments.charts import chart_json, money
 from experiments.models import (
@@ -30,6 +29,7 @@ from experiments.models import (
     ExperimentSample,
     PromptVersion,
 )
+from experiments.prompt_diff import diff_lines, diff_rows
 
 REVIEW = "experiments/review.html"
 RECENT_AUDIT = 50
@@ -71,30 +71,6 @@ class Failure:
         item.form_open = self.action if self.errors else ""
         item.form_errors = self.errors
         item.form_note = self.note
-
-
-def _diff_rows(lines: Iterable[str]) -> list[tuple[str, str]]:
-    """diff_lines' output, each line with its kind (for its colour): file
-    headers, hunks, additions, deletions, the other fields' names, context."""
-    fields = {f"{name}:" for name in ("prompt_variables", "parameters", "cascade", "implementation")}
-    rows = []
-    lines = list(lines)
-    headers = 2 if lines and lines[0].startswith("--- ") else 0
-    for i, line in enumerate(lines):
-        if i < headers:
-            kind = "file"
-        elif line in fields:
-            kind = "field"
-        elif line.startswith("@@"):
-            kind = "hunk"
-        elif line.startswith("+"):
-            kind = "add"
-        elif line.startswith("-"):
-            kind = "del"
-        else:
-            kind = "context"
-        rows.append((kind, line))
-    return rows
 
 
 def _label(key: Any) -> str:
@@ -160,7 +136,7 @@ def evidence_items(evidence: Any) -> list[dict]:
 
 
 def proposal_details(proposal: ChangeProposal) -> ChangeProposal:
-    proposal.diff_rows = _diff_rows(services.diff_lines(proposal.base_version, proposal.candidate))
+    proposal.diff_rows = diff_rows(diff_lines(proposal.base_version, proposal.candidate))
     proposal.evidence_items = evidence_items(proposal.evidence)
     if proposal.source == PromptVersion.Source.KAIZEN:
         proposal.author_label = "kaizen loop"

@@ -12,7 +12,6 @@ rolling back need ``experiments.approve_change``. The line rolls back on its own
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import secrets
 from datetime import timedelta
@@ -28,10 +27,6 @@ from django.utils import timezone
 from boards import services as board_services
 from boards.agent_config import (
     GENERATION_PARAMETERS,
-    cascade_json,
-    parse_cascade,
-    parse_parameters,
-    parse_variables,
 )
 from boards.models import Agent
 from experiments import broadcast as review_broadcast
@@ -44,7 +39,9 @@ from experiments.models import (
     ExperimentLook,
     ExperimentSample,
     PromptVersion,
+    normal_prompt_fields,
 )
+from experiments.prompt_diff import diff_lines
 
 logger = logging.getLogger(__name__)
 
@@ -179,24 +176,6 @@ def classify(base: PromptVersion, fields: dict) -> tuple[bool, str]:
     raise ValidationError(f"{NOTHING_CHANGES}: the proposal is the active version.")
 
 
-def diff_lines(base: PromptVersion, candidate: PromptVersion) -> list[str]:
-    """A unified diff of the template, then the other fields that changed."""
-    lines = list(
-        difflib.unified_diff(
-            base.prompt_template.splitlines(),
-            candidate.prompt_template.splitlines(),
-            f"v{base.number}",
-            f"v{candidate.number}",
-            lineterm="",
-        )
-    )
-    for name in ("prompt_variables", "parameters", "cascade", "implementation"):
-        a, b = getattr(base, name), getattr(candidate, name)
-        if a != b:
-            lines += [f"{name}:", f"- {json.dumps(a, sort_keys=True)}", f"+ {json.dumps(b, sort_keys=True)}"]
-    return lines
-
-
 def _normalised(agent: Agent, fields: dict) -> dict:
     """The proposed fields, checked as the agent's own would be (Agent.clean) and
     stored in their normal form."""
@@ -206,20 +185,10 @@ def _normalised(agent: Agent, fields: dict) -> dict:
         quality_checks=agent.quality_checks,
         spike_defects=agent.spike_defects,
         spike_window=agent.spike_window,
-        implementation=fields.get("implementation", agent.implementation),
-        prompt_template=fields.get("prompt_template", agent.prompt_template),
-        prompt_variables=fields.get("prompt_variables", agent.prompt_variables),
-        parameters=fields.get("parameters", agent.parameters),
-        cascade=fields.get("cascade", agent.cascade),
+        **{name: fields.get(name, getattr(agent, name)) for name in PromptVersion.FIELDS},
     )
     probe.clean()
-    return {
-        "prompt_template": probe.prompt_template,
-        "prompt_variables": parse_variables(probe.prompt_variables),
-        "parameters": parse_parameters(probe.parameters),
-        "cascade": cascade_json(parse_cascade(probe.cascade)),
-        "implementation": probe.implementation,
-    }
+    return normal_prompt_fields({name: getattr(probe, name) for name in PromptVersion.FIELDS})
 
 
 def proposal_preview(*, agent: Agent, fields: dict) -> dict:

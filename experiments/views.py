@@ -33,9 +33,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from experiments import services
 from experiments.forms import AuditFilterForm, NoteForm
@@ -56,6 +54,7 @@ from experiments.selectors import (
     review_context,
 )
 from kaizen_web.compressed_files import compressed_file_response
+from kaizen_web.http import HtmxHttpRequest, error_message, safe_next
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
@@ -63,23 +62,6 @@ PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.mi
 approver_required = permission_required(services.APPROVE_PERMISSION, raise_exception=True)
 
 ProposalStatus = ChangeProposal.Status
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def _safe_next(request: HttpRequest) -> str | None:
-    target = request.POST.get("next") or request.GET.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return None
-
-
-def _message(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
 
 
 # --- pages ------------------------------------------------------------------------------
@@ -245,14 +227,16 @@ def _act(
         message = run()
     except ValidationError as exc:
         errors = exc.message_dict if hasattr(exc, "error_dict") else {}
-        failed = Failure(kind=kind, pk=pk, action=action, message=_message(exc), errors=errors, note=note)
+        failed = Failure(
+            kind=kind, pk=pk, action=action, message=error_message(exc), errors=errors, note=note
+        )
         # A note to write is the reviewer's to fix (422); a state that no longer
         # allows the action (someone acted first) is a conflict (409).
         return _refused(request, failed, status=422 if errors else 409)
 
     if not request.htmx:
         messages.success(request, message)
-        return redirect(_safe_next(request) or "experiments-review")
+        return redirect(safe_next(request) or "experiments-review")
     context = {**review_context(), "message": message, "level": "success"}
     return render(request, f"{REVIEW}#review-update", context)
 

@@ -54,6 +54,6 @@ class PermissionGroupConsumer(AsyncWebsocketConsumer):
 
     async def live_resync(self, event: dict) -> None:
         # Updates for this group were lost while the channel layer was down
-        # (boards.broadcast): close with 1012 ("service restart"), on which the
+        # (kaizen_web.live): close with 1012 ("service restart"), on which the
         # htmx ws extension reconnects, and the page re-fetches what it shows.
         await self.close(code=1012)

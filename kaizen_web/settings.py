@@ -379,7 +379,7 @@ if KAIZEN_WORKER_DEAD_SECONDS < 3 * KAIZEN_WORKER_HEARTBEAT_SECONDS:
         "that misses one beat is not dead"
     )
 # A process that ends (a management command, `manage.py shell`) waits this long at
-# exit for its live updates to be sent (boards.broadcast); 0 drops them.
+# exit for its live updates to be sent (kaizen_web.live); 0 drops them.
 KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS = env_float("KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS", 5.0, minimum=0.0)
 # A run held longer than this has its lease left to run out, so a model call
 # that hangs costs an attempt instead of keeping its task In progress forever.
@@ -390,7 +390,7 @@ KAIZEN_SIMULATED_LATENCY_SCALE = env_float("KAIZEN_SIMULATED_LATENCY_SCALE", 1.0
 # How long live updates for one board are gathered before one message is sent.
 KAIZEN_BROADCAST_WINDOW_MS = env_int("KAIZEN_BROADCAST_WINDOW_MS", 50, minimum=0)
 # At most this share of a process's time goes to rendering live updates; past
-# it, updates are gathered for longer (see boards.broadcast).
+# it, updates are gathered for longer (see kaizen_web.live).
 KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimum=0.01)
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)

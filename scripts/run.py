@@ -35,11 +35,11 @@ this exits non-zero naming it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -50,6 +50,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _load_processes():
+    """kaizen_web/processes.py, by its path: importing the kaizen_web package
+    would load the Celery app, and Django with it, before anything is set up."""
+    spec = importlib.util.spec_from_file_location(
+        "kaizen_processes", BASE_DIR / "kaizen_web" / "processes.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+processes = _load_processes()
+
 PYTHON = sys.executable  # the virtual environment's interpreter (make run uses .venv/bin/python)
 DEMO_CONFIG = "examples/demo.yaml"
 READY_TIMEOUT = 90.0
@@ -287,31 +303,6 @@ def default_worker_concurrency(database_url: str | None) -> int:
     return 20 if is_sqlite(database_url) else 200
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def browser_url(host: str, port: int) -> str:
     # A server bound to every interface is still reached locally through loopback.
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
@@ -370,7 +361,7 @@ class Supervisor:
         else:
             # A second Ctrl-C: the person does not want to wait at all.
             for child in self.children:
-                self._signal_group(child, signal.SIGKILL)
+                processes.signal_group(child.proc, signal.SIGKILL)
 
     # --- children --------------------------------------------------------------
 
@@ -388,15 +379,7 @@ class Supervisor:
         appearance in that output marks it ready."""
         log = LogFile(self.log_dir / f"{name}.log")
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=BASE_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-            )
+            proc = processes.start_in_group(argv, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE)
         except OSError as exc:
             log.close()
             raise RunError(f"could not start {name} ({argv[0]}): {exc}") from None
@@ -466,15 +449,15 @@ class Supervisor:
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = READY_TIMEOUT) -> None:
         """Wait for ``check`` while watching the children: a death or a signal ends the wait."""
-        deadline = time.monotonic() + timeout
-        while not check():
-            self.check_children()
-            if self.stop_requested.wait(0.2):
+
+        def pause(seconds: float) -> None:
+            if self.stop_requested.wait(seconds):
                 raise Stopped(what)
-            if time.monotonic() > deadline:
-                raise RunError(
-                    f"{what} was not ready after {timeout:.0f} s (its output is in {self.log_dir})"
-                )
+
+        if not processes.wait_until(
+            check, timeout=timeout, interval=0.2, watch=self.check_children, pause=pause
+        ):
+            raise RunError(f"{what} was not ready after {timeout:.0f} s (its output is in {self.log_dir})")
 
     def check_children(self) -> None:
         for child in self.children:
@@ -499,27 +482,10 @@ class Supervisor:
 
     # --- stopping ----------------------------------------------------------------
 
-    @staticmethod
-    def _signal_group(child: Child, signum: int) -> None:
-        try:
-            os.killpg(child.proc.pid, signum)
-        except ProcessLookupError:
-            pass  # already gone, with its whole group
-
     def _stop_batch(self, batch: list[Child], grace: float) -> None:
-        for child in batch:
-            self._signal_group(child, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in batch:
-            try:
-                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for child in batch:
-            # Grandchildren share the group: kill whatever of it is left.
-            self._signal_group(child, signal.SIGKILL)
-        for child in batch:
-            child.proc.wait()
+        # Grandchildren share each child's group: whatever of it is left after
+        # the grace is killed.
+        processes.stop_groups([child.proc for child in batch], grace=grace)
 
     def stop_all(self, *, last: tuple[str, ...] = ("redis",)) -> None:
         """Stop every child within STOP_BUDGET seconds: SIGTERM the groups, kill
@@ -576,14 +542,14 @@ def start_embedded_redis(sup: Supervisor, var_dir: Path) -> str:
             "set REDIS_URL to a running Redis instead"
         )
     requested = env_int("KAIZEN_REDIS_PORT", 0, minimum=0, maximum=65535)
-    if requested and port_in_use("127.0.0.1", requested):
+    if requested and processes.port_in_use("127.0.0.1", requested):
         raise RunError(f"port {requested} (KAIZEN_REDIS_PORT) is in use: choose another or unset it")
     data_dir = var_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     candidates = [requested] if requested else [EMBEDDED_REDIS_PORT, 0]
     for attempt, candidate in enumerate(candidates):
-        port = candidate or free_port()
-        if not requested and port_in_use("127.0.0.1", port):
+        port = candidate or processes.free_port()
+        if not requested and processes.port_in_use("127.0.0.1", port):
             continue
         sup.terminal.begin(f"starting Redis (embedded, 127.0.0.1:{port})")
         argv = [
@@ -608,7 +574,7 @@ def start_embedded_redis(sup: Supervisor, var_dir: Path) -> str:
         ]
         child = sup.start("redis", argv, dict(os.environ), description="the embedded Redis")
         deadline = time.monotonic() + 30
-        while not answers("127.0.0.1", port):
+        while not processes.accepts_connections("127.0.0.1", port):
             if child.proc.poll() is not None:
                 break
             if sup.stop_requested.wait(0.1):
@@ -739,7 +705,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
             f"HOST={host} serves beyond this machine: set KAIZEN_DEMO_PASSWORD so the demo "
             "admin account does not have the well-known password 'demo'"
         )
-    if port_in_use(host, port):
+    if processes.port_in_use(host, port):
         raise RunError(f"{host}:{port} is already in use: stop what listens there or set PORT")
 
     env = dict(os.environ)
@@ -820,7 +786,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
         description="Celery beat, the scheduler",
     )
     probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    sup.wait_until("the web server", lambda: answers(probe_host, port))
+    sup.wait_until("the web server", lambda: processes.accepts_connections(probe_host, port))
     sup.wait_until("the Celery worker", worker.ready.is_set)
     sup.terminal.end("ok")
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+from kaizen_web import processes
+from kaizen_web.processes import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60.0
@@ -58,25 +58,19 @@ def child_database_url() -> str:
     raise RuntimeError(f"no live-process support for {connection.vendor}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(what: str, check: Callable[[], bool], *, timeout: float, process: LiveProcess | None = None):
     """Poll ``check`` until it holds; fail with the process's log if it dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not check():
+
+    def watch() -> None:
         if process is not None and not process.alive:
             pytest.fail(
                 f"{process.name} exited with code {process.returncode} while we waited for {what}:\n"
                 f"{process.log_tail()}"
             )
-        if time.monotonic() > deadline:
-            tail = f":\n{process.log_tail()}" if process is not None else ""
-            pytest.fail(f"{what} did not happen within {timeout:.0f} s{tail}")
-        time.sleep(0.1)
+
+    if not processes.wait_until(check, timeout=timeout, watch=watch):
+        tail = f":\n{process.log_tail()}" if process is not None else ""
+        pytest.fail(f"{what} did not happen within {timeout:.0f} s{tail}")
 
 
 class LiveProcess:
@@ -88,16 +82,8 @@ class LiveProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=BASE_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Its own group, so kill() takes any grandchildren with it.
-                process_group=0,
-            )
+            # Its own group, so kill() takes any grandchildren with it.
+            self.proc = processes.start_in_group(argv, cwd=BASE_DIR, env=env, stdout=log)
 
     @property
     def alive(self) -> bool:
@@ -116,25 +102,13 @@ class LiveProcess:
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def _signal(self, signum: int) -> None:
-        try:
-            os.killpg(self.proc.pid, signum)
-        except ProcessLookupError:
-            pass
-
     def kill(self) -> None:
         """kill -9, the way a machine dies: no shutdown code runs."""
-        self._signal(signal.SIGKILL)
+        processes.signal_group(self.proc, signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.alive:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
+        processes.stop_groups([self.proc], grace=STOP_TIMEOUT)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -293,16 +267,13 @@ def live_server_url(request: pytest.FixtureRequest, transactional_db) -> Iterato
     ]
     process = LiveProcess("web", argv, child_env(), log_path_for(request, "web"))
     register(request, process)
-
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
     try:
-        wait_for("the web server to accept connections", answers, timeout=READY_TIMEOUT, process=process)
+        wait_for(
+            "the web server to accept connections",
+            lambda: processes.accepts_connections("127.0.0.1", port),
+            timeout=READY_TIMEOUT,
+            process=process,
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()

@@ -10,11 +10,10 @@
   "use strict";
 
   const board = document.getElementById("board");
-  if (!board || !window.htmx) return;
+  if (!board || !window.htmx || !window.KaizenSocket) return;
 
   const body = document.getElementById("board-body");
   const statusRegion = document.getElementById("board-status");
-  const liveStatus = document.getElementById("live-status");
   const dialog = document.getElementById("block-dialog");
   const blockNote = document.getElementById("block-note");
   const csrfToken = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
@@ -92,52 +91,21 @@
     }
   }
 
-  function setLive(state, text) {
-    liveStatus.className = "live live--" + state;
-    liveStatus.querySelector(".live-text").textContent = text;
-  }
-
-  board.addEventListener("htmx:wsConnecting", function () {
-    setLive("connecting", "Connecting…");
+  // The status badge, the catch-up after every (re)connect and leaving a page
+  // whose session has ended: static/js/live-socket.js. The catch-up is not
+  // waited for: the board says "Live" at once, and pushes go on being swapped
+  // in while the body is re-read (a drag holds them back on its own, above).
+  KaizenSocket.follow({
+    root: function () {
+      return board;
+    },
+    url: function () {
+      return board.dataset.bodyUrl;
+    },
+    catchUp: function () {
+      refetchBody();
+    },
   });
-  board.addEventListener("htmx:wsOpen", function () {
-    setLive("up", "Live");
-    // Whatever changed between rendering the page (or losing the socket) and
-    // now was not pushed to us: catch up. The ws extension reconnects by itself.
-    refetchBody();
-  });
-  board.addEventListener("htmx:wsClose", function () {
-    setLive("down", "Reconnecting…");
-    leaveIfLoggedOut();
-  });
-
-  // A socket whose session has ended is refused at every reconnect, and the ws
-  // extension would retry forever. Ask the server the way htmx does: without a
-  // session it answers with HX-Redirect to the login page (with `next` set to
-  // this page), and the browser goes there. Any other answer, or none (the
-  // server is down), leaves the extension to reconnect.
-  let checkingSession = false;
-
-  function leaveIfLoggedOut() {
-    if (checkingSession) return;
-    checkingSession = true;
-    fetch(board.dataset.bodyUrl, {
-      headers: { "HX-Request": "true", "HX-Current-URL": window.location.href },
-      credentials: "same-origin",
-      redirect: "manual",
-    })
-      .then(function (response) {
-        const login = response.headers.get("HX-Redirect");
-        if (login) window.location.assign(login);
-        // A redirect that is not for htmx (a proxy's login, say): let the
-        // server answer the page itself.
-        else if (response.type === "opaqueredirect") window.location.reload();
-      })
-      .catch(function () {})
-      .finally(function () {
-        checkingSession = false;
-      });
-  }
 
   // Swapping a column replaces the focused card's element; live.js puts the
   // focus back on the card (by its stable id), wherever it now is, skips

@@ -20,7 +20,7 @@
   "use strict";
 
   // Loaded once per page, even if a swap brings the script tag again.
-  if (!window.htmx || window.kaizenEvolution) return;
+  if (!window.htmx || !window.KaizenSocket || window.kaizenEvolution) return;
   window.kaizenEvolution = true;
 
   function root() {
@@ -316,95 +316,36 @@
     }, 0);
   });
 
-  // --- live status and catching up ----------------------------------------------------
+  // --- catching up ----------------------------------------------------------------------
+  //
+  // The status badge, the catch-up after every (re)connect and leaving a page
+  // whose session has ended: static/js/live-socket.js.
 
-  let catchingUp = false;
-  let missed = false;
-
-  function setLive(state, text) {
-    const live = document.getElementById("live-status");
-    if (!live) return;
-    live.className = "live live--" + state;
-    live.querySelector(".live-text").textContent = text;
-  }
-
-  // Whatever changed between rendering the page (or losing the socket) and now
-  // was not pushed to us: re-read the live sections (all out of band).
-  function catchUp() {
-    const page = root();
-    if (!page) return Promise.resolve();
-    catchingUp = true;
-    return htmx
-      .ajax("GET", page.dataset.liveUrl, { source: page, target: page, swap: "none" })
-      .catch(function () {})
-      .finally(function () {
-        catchingUp = false;
-        scheduleDraw();
-        if (missed) {
-          missed = false;
-          return catchUp();
-        }
-      });
-  }
-
-  document.addEventListener("htmx:wsBeforeMessage", function (event) {
-    if (catchingUp) {
-      // The re-fetch under way may be older than this message: hold it back and
-      // re-fetch once more afterwards.
-      event.preventDefault();
-      missed = true;
-    }
+  const socket = KaizenSocket.follow({
+    root: root,
+    url: function () {
+      return root().dataset.liveUrl;
+    },
+    // Whatever changed between rendering the page (or losing the socket) and now
+    // was not pushed to us: re-read the live sections (all out of band).
+    catchUp: function () {
+      const page = root();
+      if (!page) return Promise.resolve();
+      return htmx
+        .ajax("GET", page.dataset.liveUrl, { source: page, target: page, swap: "none" })
+        .finally(scheduleDraw);
+    },
+    refused: function () {
+      socket.setStatus("down", "No permission");
+      announce("You no longer have the approve-change permission, so the page stopped updating: reload it.", "error");
+    },
   });
 
   // A pushed row whose item is not on the page (an experiment that started
   // after the page was drawn, say): the sections are re-read, with it in them.
   document.addEventListener("htmx:oobErrorNoTarget", function () {
-    if (root() && !catchingUp) catchUp();
+    if (root() && !socket.catchingUp()) socket.catchUp();
   });
-
-  document.addEventListener("htmx:wsConnecting", function () {
-    setLive("connecting", "Connecting…");
-  });
-  document.addEventListener("htmx:wsOpen", function () {
-    // "Live" once caught up: from then on, every change arrives.
-    catchUp().then(function () {
-      setLive("up", "Live");
-    });
-  });
-  document.addEventListener("htmx:wsClose", function () {
-    setLive("down", "Reconnecting…");
-    leaveIfLoggedOut();
-  });
-
-  // A socket whose session has ended (or whose user lost the permission) is
-  // refused at every reconnect, and the ws extension would retry forever. Ask
-  // the server the way htmx does: without a session it answers with HX-Redirect
-  // to the login page, and the browser goes there; without the permission, 403.
-  let checkingSession = false;
-
-  function leaveIfLoggedOut() {
-    const page = root();
-    if (checkingSession || !page) return;
-    checkingSession = true;
-    fetch(page.dataset.liveUrl, {
-      headers: { "HX-Request": "true", "HX-Current-URL": window.location.href },
-      credentials: "same-origin",
-      redirect: "manual",
-    })
-      .then(function (response) {
-        const login = response.headers.get("HX-Redirect");
-        if (login) window.location.assign(login);
-        else if (response.type === "opaqueredirect") window.location.reload();
-        else if (response.status === 403) {
-          setLive("down", "No permission");
-          announce("You no longer have the approve-change permission, so the page stopped updating: reload it.", "error");
-        }
-      })
-      .catch(function () {})
-      .finally(function () {
-        checkingSession = false;
-      });
-  }
 
   // --- start ---------------------------------------------------------------------------
 

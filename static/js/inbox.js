@@ -41,7 +41,7 @@
   "use strict";
 
   // Loaded once per page, even if a swap brings the script tag again.
-  if (!window.htmx || window.kaizenInbox) return;
+  if (!window.htmx || !window.KaizenSocket || window.kaizenInbox) return;
   window.kaizenInbox = true;
 
   const TITLE = "Andon inbox · Kaizen";
@@ -765,27 +765,26 @@
     }
   });
 
-  // --- live status and catching up ----------------------------------------------
+  // --- catching up -----------------------------------------------------------------
+  //
+  // The status badge, the catch-up after every (re)connect and leaving a page
+  // whose session has ended: static/js/live-socket.js.
 
-  let catchingUp = false;
-  let missed = false;
+  const socket = KaizenSocket.follow({
+    root: inbox,
+    url: function () {
+      return inbox().dataset.liveUrl;
+    },
+    catchUp: catchUp,
+    refused: function () {
+      socket.setStatus("down", "Not a reviewer");
+      announce("You are no longer a reviewer, so the inbox stopped updating: reload the page.", "error");
+    },
+  });
 
-  function setLive(state, text) {
-    const live = document.getElementById("live-status");
-    if (!live) return;
-    live.className = "live live--" + state;
-    live.querySelector(".live-text").textContent = text;
-  }
-
-  document.addEventListener("htmx:wsBeforeMessage", function (event) {
-    if (catchingUp) {
-      // The re-fetch under way may be older than this message: hold it back and
-      // re-fetch once more afterwards.
-      event.preventDefault();
-      missed = true;
-      return;
-    }
-    rememberPlace();
+  document.addEventListener("htmx:wsBeforeMessage", function () {
+    // A message held back while catching up is not swapped in (live-socket.js).
+    if (!socket.catchingUp()) rememberPlace();
   });
 
   document.addEventListener("htmx:wsAfterMessage", function () {
@@ -798,89 +797,35 @@
   function catchUp() {
     const root = inbox();
     if (!root || !list()) return Promise.resolve();
-    catchingUp = true;
     rememberPlace();
     return fetch(root.dataset.liveUrl, {
       headers: { "HX-Request": "true", "HX-Current-URL": window.location.href },
       credentials: "same-origin",
       redirect: "manual",
-    })
-      .then(function (response) {
-        if (!response.ok) {
-          leaveIfLoggedOut();
-          return;
+    }).then(function (response) {
+      if (!response.ok) {
+        socket.checkSession();
+        return;
+      }
+      return response.text().then(function (html) {
+        const template = document.createElement("template");
+        template.innerHTML = html;
+        const fresh = template.content.querySelector("#escalation-list");
+        if (fresh) {
+          normaliseAges(fresh);
+          mergeList(fresh);
         }
-        return response.text().then(function (html) {
-          const template = document.createElement("template");
-          template.innerHTML = html;
-          const fresh = template.content.querySelector("#escalation-list");
-          if (fresh) {
-            normaliseAges(fresh);
-            mergeList(fresh);
+        ["inbox-banner", "inbox-stats", "inbox-history"].forEach(function (id) {
+          const neu = template.content.querySelector("#" + id);
+          const old = document.getElementById(id);
+          if (neu && old) {
+            normaliseAges(neu);
+            liveMerge(old, neu);
           }
-          ["inbox-banner", "inbox-stats", "inbox-history"].forEach(function (id) {
-            const neu = template.content.querySelector("#" + id);
-            const old = document.getElementById(id);
-            if (neu && old) {
-              normaliseAges(neu);
-              liveMerge(old, neu);
-            }
-          });
-          afterChange();
         });
-      })
-      .catch(function () {})
-      .finally(function () {
-        catchingUp = false;
-        if (missed) {
-          missed = false;
-          return catchUp();
-        }
+        afterChange();
       });
-  }
-
-  document.addEventListener("htmx:wsConnecting", function () {
-    setLive("connecting", "Connecting…");
-  });
-  document.addEventListener("htmx:wsOpen", function () {
-    // "Live" once caught up: from then on, every change arrives.
-    catchUp().then(function () {
-      setLive("up", "Live");
     });
-  });
-  document.addEventListener("htmx:wsClose", function () {
-    setLive("down", "Reconnecting…");
-    leaveIfLoggedOut();
-  });
-
-  // A socket whose session has ended (or whose user is no longer a reviewer) is
-  // refused at every reconnect, and the ws extension would retry forever. Ask
-  // the server the way htmx does: without a session it answers with HX-Redirect
-  // to the login page, and the browser goes there; without the permission, 403.
-  let checkingSession = false;
-
-  function leaveIfLoggedOut() {
-    const root = inbox();
-    if (checkingSession || !root) return;
-    checkingSession = true;
-    fetch(root.dataset.liveUrl, {
-      headers: { "HX-Request": "true", "HX-Current-URL": window.location.href },
-      credentials: "same-origin",
-      redirect: "manual",
-    })
-      .then(function (response) {
-        const login = response.headers.get("HX-Redirect");
-        if (login) window.location.assign(login);
-        else if (response.type === "opaqueredirect") window.location.reload();
-        else if (response.status === 403) {
-          setLive("down", "Not a reviewer");
-          announce("You are no longer a reviewer, so the inbox stopped updating: reload the page.", "error");
-        }
-      })
-      .catch(function () {})
-      .finally(function () {
-        checkingSession = false;
-      });
   }
 
   // --- ages --------------------------------------------------------------------------

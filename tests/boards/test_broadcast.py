@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from boards.broadcast import Broadcaster
+from boards.broadcast import BOARD_COLUMNS
+from kaizen_web.live import Broadcaster
 from tests.factories import make_board
 
 # The broadcaster thread renders from its own connection: it needs real commits.
@@ -25,7 +26,7 @@ class _RecordingBroadcaster(Broadcaster):
 
     def _send(self, loop, layer, pending, jobs=()) -> None:
         super()._send(loop, layer, pending, jobs)
-        self.sent.update(pending)
+        self.sent.update(key for _, key in pending)
         self.batch_sent.set()
 
 
@@ -54,7 +55,7 @@ def test_flush_waits_for_every_queued_change():
     broadcaster = _RecordingBroadcaster()
 
     for board in boards:
-        broadcaster.columns_changed(board.pk, [c.pk for c in board.columns.all()])
+        broadcaster.changed(BOARD_COLUMNS, board.pk, [c.pk for c in board.columns.all()])
 
     assert broadcaster.flush(timeout=10) is True
     assert broadcaster.sent == {b.pk for b in boards}
@@ -66,10 +67,10 @@ def test_a_change_queued_as_a_batch_finishes_is_flushed_too():
     broadcaster._queue = gate = _PausingQueue()
     gate.armed = True
 
-    broadcaster.columns_changed(first.pk, [])
+    broadcaster.changed(BOARD_COLUMNS, first.pk, [])
     assert broadcaster.batch_sent.wait(10)
     gate.paused.wait(1)  # only an implementation that asks the queue stops here
-    broadcaster.columns_changed(second.pk, [])
+    broadcaster.changed(BOARD_COLUMNS, second.pk, [])
     gate.resume.set()
 
     assert broadcaster.flush(timeout=10) is True
@@ -80,7 +81,7 @@ def test_an_expensive_first_render_does_not_freeze_the_next_updates(monkeypatch)
     """A process's first render compiles the templates (seconds on a busy
     machine); the CPU budget then held every later update back for about ten
     times as long. The hold is capped, so the next change still goes out."""
-    import boards.broadcast as broadcast_module
+    import kaizen_web.live as broadcast_module
 
     clock = {"cpu": 0.0}
     monkeypatch.setattr(broadcast_module.time, "thread_time", lambda: clock["cpu"])
@@ -93,10 +94,10 @@ def test_an_expensive_first_render_does_not_freeze_the_next_updates(monkeypatch)
             super()._send(loop, layer, pending, jobs)
 
     broadcaster = _SlowFirstRender()
-    broadcaster.columns_changed(first.pk, [])
+    broadcaster.changed(BOARD_COLUMNS, first.pk, [])
     assert broadcaster.flush(timeout=10) is True
 
-    broadcaster.columns_changed(second.pk, [])
+    broadcaster.changed(BOARD_COLUMNS, second.pk, [])
     # Uncapped, the budget (10% of the CPU) would hold this one for 900 s.
     assert broadcaster.flush(timeout=10) is True
     assert second.pk in broadcaster.sent

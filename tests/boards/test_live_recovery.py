@@ -30,6 +30,7 @@ from django.test import Client
 from andon import broadcast as andon_broadcast
 from boards import broadcast, services
 from boards.models import Column
+from kaizen_web import live
 from kaizen_web.asgi import application
 from tests.factories import column, make_board, make_user
 from tests.live import BASE_DIR, child_env, free_port
@@ -103,13 +104,13 @@ def own_redis(tmp_path, settings) -> Iterator[OwnRedis]:
 
 
 @pytest.fixture
-def broadcaster(own_redis, monkeypatch) -> Iterator[broadcast.Broadcaster]:
+def broadcaster(own_redis, monkeypatch) -> Iterator[live.Broadcaster]:
     """A broadcaster of the test's own (its thread takes the layer above), quick to retry."""
-    fresh = broadcast.Broadcaster()
+    fresh = live.Broadcaster()
     fresh.RETRY_FIRST = 0.2
     fresh.RETRY_MAX = 0.5
     fresh.SETTLE = 1.5
-    monkeypatch.setattr(broadcast, "_broadcaster", fresh)
+    monkeypatch.setattr(live, "_broadcaster", fresh)
     yield fresh
     fresh.flush(10)
 

@@ -1,0 +1,342 @@
+"""Live updates, for every app: after a change commits, what the apps render is
+published to their Channels groups by one broadcaster thread per process. The
+apps own their renderers and groups (``boards.broadcast``, ``andon.broadcast``,
+``experiments.broadcast``); this module owns how their messages travel.
+
+An app asks in one of two ways (call either after commit):
+
+- ``publish(job)``: ``job`` renders its own messages, ``[(group, message)]``, in
+  the broadcaster thread, with the next burst;
+- ``changed(topic, key, parts)``: changes that merge. The parts asked for one key
+  within a burst are rendered once, together, at their latest state (a board's
+  columns: a burst of moves becomes one swap in the browser). The ``Topic`` also
+  says how to render a key whole, for the catch-up after an outage.
+
+The thread gathers what is asked for a short window (``KAIZEN_BROADCAST_WINDOW_MS``)
+and sends it as one burst. It owns a long-lived event loop, so the channel layer
+keeps its Redis connection instead of opening one per message. Rendering may take
+at most ``KAIZEN_BROADCAST_CPU_SHARE`` of the thread's time: past it, the next
+burst waits (never longer than MAX_HOLD), so under a heavy load live updates come
+less often, still whole and current, instead of taking the worker's CPU.
+
+When the channel layer cannot be reached (Redis down or out of reach), what could
+not be sent is remembered, not lost: the topics' keys, and the groups of the jobs'
+messages. The thread tries the layer again with a growing pause and, once it
+answers, waits a moment for the web servers to subscribe again (channels_redis
+retries once a second), then renders each such key whole (a board: every column,
+banner and agents) and asks the other groups' pages to catch up (``live.resync``:
+their consumers close the socket with 1012, the htmx ws extension reconnects, and
+the page re-fetches what it shows, as it does on every reconnect).
+
+A process that ends (a management command, ``manage.py shell``) flushes what it
+queued before it exits (atexit), for KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS at most:
+the thread is a daemon, and would otherwise die with what it had not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger(__name__)
+
+# A message for a Channels group: (group, message).
+Message = tuple[str, dict]
+Job = Callable[[], list[Message]]
+K = TypeVar("K", bound=Hashable)
+
+# The longest the CPU budget may delay the next burst of live updates, in seconds.
+MAX_HOLD = 1.0
+
+# Asks the consumers of a group to have their pages catch up (see the module's doc).
+RESYNC = {"type": "live.resync"}
+# Published when the layer is tried again after a failure: a group nobody joins.
+PROBE_GROUP = "kaizen_broadcast_probe"
+
+
+@dataclass(frozen=True, eq=False)
+class Topic(Generic[K]):
+    """Changes that merge by key. ``render(key, parts)`` renders the parts asked
+    for one key within a burst; ``render_whole(key)`` renders all of it, for the
+    catch-up after an outage (which parts changed meanwhile is not known). Both
+    run in the broadcaster thread and read the database as it is then."""
+
+    name: str
+    render: Callable[[K, set], list[Message]]
+    render_whole: Callable[[K], list[Message]]
+
+
+# A topic's key: what a message was rendered for, to render whole if it is lost
+# (None for a job's message: its group is resynced).
+_Key = tuple[Topic[Any], Any]
+_Owner = _Key | None
+
+
+class Broadcaster:
+    # Pauses between tries of a layer that failed: doubling from the first to the last.
+    RETRY_FIRST = 0.5
+    RETRY_MAX = 8.0
+    # After the layer answers again, how long the web servers get to subscribe
+    # again (channels_redis's receive loop retries once a second) before the
+    # catch-up is sent: sent earlier, it could reach no one.
+    SETTLE = 2.0
+
+    def __init__(self) -> None:
+        # (topic, key, parts) for changes that merge, or a job: a callable that
+        # renders its own messages, [(group, message)], in the broadcaster thread.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        # Changes queued and not yet sent. Counted up before the put and down
+        # only after the batch holding them is sent, so flush() cannot see zero
+        # while a change is on its way (an "idle" flag cleared by the caller and
+        # set by the thread could be set just after a new put, and lose it).
+        self._unsent = 0
+        self._sent = threading.Condition()
+        # What a failed send left to catch up on (the thread's own; ``_behind``
+        # tells flush() there is some): topics' keys to render whole, groups to resync.
+        self._lost_keys: set[_Key] = set()
+        self._lost_groups: set[str] = set()
+        self._behind = False
+        self._retry_at = 0.0
+        self._retry_pause = 0.0
+        self._answered_at: float | None = None
+
+    def changed(self, topic: Topic[K], key: K, parts: Iterable[Hashable]) -> None:
+        """Render these parts of ``key`` with the next burst, merged with the
+        others asked for it meanwhile (after commit)."""
+        self._put((topic, key, frozenset(parts)))
+
+    def publish(self, job: Job) -> None:
+        """Send the messages ``job`` renders, with the next burst (after commit)."""
+        self._put(job)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far has been sent, and anything a failed
+        send left has been caught up on (for tests and shutdown). False if that
+        took longer than ``timeout`` seconds."""
+        with self._sent:
+            return self._sent.wait_for(lambda: self._unsent == 0 and not self._behind, timeout)
+
+    def _put(self, item: object) -> None:
+        self._ensure_started()
+        with self._sent:
+            self._unsent += 1
+        self._queue.put(item)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="broadcaster", daemon=True)
+                self._thread.start()
+                if not getattr(self, "_exit_flush", False):
+                    self._exit_flush = True
+                    atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        # Daemon threads still run while atexit handlers do.
+        timeout = settings.KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS
+        if timeout > 0 and not self.flush(timeout):
+            logger.warning("live updates not sent within %ss of exiting were dropped", timeout)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        layer = get_channel_layer()
+        window = settings.KAIZEN_BROADCAST_WINDOW_MS / 1000
+        budget = settings.KAIZEN_BROADCAST_CPU_SHARE
+        not_before = 0.0
+        while True:
+            try:
+                # While behind, wake up for the next try of the layer.
+                wait = max(self._retry_at - time.monotonic(), 0.0) if self._behind else None
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            pending: dict[_Key, set] = {}
+            jobs: list[Job] = []
+            taken = 0
+            # Gather for the window, and longer when rendering got expensive: the
+            # next burst waits until the last render is at most this share of
+            # the time since.
+            deadline = max(time.monotonic() + window, not_before)
+            while item is not None:
+                if callable(item):
+                    jobs.append(item)
+                else:
+                    topic, key, parts = item
+                    pending.setdefault((topic, key), set()).update(parts)
+                taken += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break  # what arrives from now on goes in the next burst
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    item = None
+            # CPU time, not wall time: waiting on a slow or absent Redis is not
+            # rendering, and must not hold back the next burst.
+            started = time.thread_time()
+            try:
+                if self._behind:
+                    self._catch_up(loop, layer)
+                self._send(loop, layer, pending, jobs)
+            except Exception:
+                logger.exception("broadcasting %s failed", _keys_shown(pending))
+            finally:
+                spent = time.thread_time() - started
+                # Never held back more than MAX_HOLD: a process's first render
+                # compiles the templates (seconds on a busy machine), and the
+                # share alone would then freeze its live updates for half a minute.
+                not_before = time.monotonic() + min(spent * (1 / budget - 1), MAX_HOLD)
+                with self._sent:
+                    self._unsent -= taken
+                    if self._unsent == 0:
+                        self._sent.notify_all()
+
+    def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        layer,
+        pending: dict[_Key, set],
+        jobs: Iterable[Job] = (),
+    ) -> None:
+        if self._behind:
+            # The layer is not back yet: these keys go whole with the catch-up.
+            # Jobs are rendered still, only to learn which groups they were for.
+            self._lost_keys.update(pending)
+            pending = {}
+        messages: list[tuple[str, dict, _Owner]] = []
+        try:
+            close_old_connections()
+            for (topic, key), parts in pending.items():
+                messages += [(group, message, (topic, key)) for group, message in topic.render(key, parts)]
+            for job in jobs:
+                try:
+                    messages += [(group, message, None) for group, message in job()]
+                except Exception:
+                    logger.exception("rendering a live update failed")
+        finally:
+            # Hand the connection back (to the pool on PostgreSQL) between bursts.
+            connection.close()
+        if self._behind:
+            self._lost_groups.update(group for group, _, _ in messages)
+            return
+        for index, (group, message, _) in enumerate(messages):
+            try:
+                loop.run_until_complete(layer.group_send(group, message))
+            except Exception as exc:
+                # This message and the rest of the burst wait for the layer to be
+                # back (one try each would wait out one timeout each).
+                self._fell_behind(exc, messages[index:])
+                return
+
+    # --- when the layer fails -----------------------------------------------------
+
+    def _fell_behind(self, exc: Exception, unsent: list[tuple[str, dict, _Owner]]) -> None:
+        for group, _, owner in unsent:
+            if owner is not None:
+                self._lost_keys.add(owner)
+            else:
+                self._lost_groups.add(group)
+        if not self._behind:
+            logger.warning(
+                "live updates could not be sent (%s): %s and the groups %s catch up once the channel layer is back",
+                exc,
+                _keys_shown(self._lost_keys),
+                sorted(self._lost_groups),
+            )
+            self._retry_pause = self.RETRY_FIRST
+        else:
+            self._retry_pause = min(self._retry_pause * 2, self.RETRY_MAX)
+        self._answered_at = None
+        self._retry_at = time.monotonic() + self._retry_pause
+        with self._sent:
+            self._behind = True
+
+    def _catch_up(self, loop: asyncio.AbstractEventLoop, layer) -> None:
+        """Try the layer again when it is time; once it has answered for SETTLE
+        seconds, send every lost key whole and a resync to every lost group."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        if self._answered_at is None:
+            try:
+                loop.run_until_complete(layer.group_send(PROBE_GROUP, {"type": "probe"}))
+            except Exception as exc:
+                self._fell_behind(exc, [])
+                return
+            self._answered_at = now
+            self._retry_at = now + self.SETTLE
+            logger.info("the channel layer answers again: catching up in %ss", self.SETTLE)
+            return
+        keys = sorted(self._lost_keys, key=_in_order)
+        groups = sorted(self._lost_groups)
+        messages: list[tuple[str, dict, _Owner]] = []
+        try:
+            close_old_connections()
+            for topic, key in keys:
+                messages += [(group, message, (topic, key)) for group, message in topic.render_whole(key)]
+        finally:
+            connection.close()
+        messages += [(group, RESYNC, None) for group in groups]
+        for index, (group, message, _) in enumerate(messages):
+            try:
+                loop.run_until_complete(layer.group_send(group, message))
+            except Exception as exc:
+                self._fell_behind(exc, messages[index:])
+                return
+        logger.info("live updates caught up: %s, groups %s", _keys_shown(keys), groups)
+        self._lost_keys.clear()
+        self._lost_groups.clear()
+        self._answered_at = None
+        with self._sent:
+            self._behind = False
+            self._sent.notify_all()
+
+
+def _in_order(owner: _Key) -> tuple[str, Any]:
+    topic, key = owner
+    return topic.name, key
+
+
+def _keys_shown(keys: Iterable[_Key]) -> str:
+    """Keys for a log line: "board 3, board 7" (or "nothing")."""
+    return ", ".join(f"{topic.name} {key}" for topic, key in sorted(keys, key=_in_order)) or "nothing"
+
+
+_broadcaster = Broadcaster()
+
+
+def layer_configured() -> bool:
+    return bool(getattr(settings, "CHANNEL_LAYERS", None))
+
+
+def changed(topic: Topic[K], key: K, parts: Iterable[Hashable]) -> None:
+    """Schedule a live update of these parts of ``key`` (call after commit); see Broadcaster.changed."""
+    if layer_configured():
+        _broadcaster.changed(topic, key, parts)
+
+
+def publish(job: Job) -> None:
+    """Schedule the messages a job renders (call after commit); see Broadcaster.publish."""
+    if layer_configured():
+        _broadcaster.publish(job)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until every live update queued so far has been sent (see Broadcaster.flush)."""
+    return _broadcaster.flush(timeout)
