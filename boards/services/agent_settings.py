@@ -17,7 +17,7 @@ from experiments.models import AuditEntry, PromptVersion
 
 # What does the work and what the model is asked: a change to any of these is a
 # new prompt version (whose results are not taken for the old one's).
-PROMPT_FIELDS = ("prompt_template", "prompt_variables", "parameters", "cascade", "implementation")
+PROMPT_FIELDS = PromptVersion.FIELDS
 
 
 def agent_save(
