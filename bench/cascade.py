@@ -163,7 +163,7 @@ class CascadeBench:
     # --- the line -------------------------------------------------------------------
 
     def make_board(self, wip: int, label: str):
-        from boards.agent_config import cascade_json, parse_cascade
+        from boards.agents.spec import cascade_json, parse_cascade
         from boards.models import Agent, Board, Column
 
         slug = f"bench-{label}-{uuid.uuid4().hex[:6]}"

@@ -266,7 +266,7 @@ class Bench:
 
         from bench.cascade import BENCH_CHECKS
         from boards import services
-        from boards.agent_config import cascade_json, parse_cascade
+        from boards.agents.spec import cascade_json, parse_cascade
         from boards.models import Agent, ApiToken, Board, Column, Task
 
         board = Board.objects.create(name="Bench line", slug=f"bench-{uuid.uuid4().hex[:6]}")

@@ -33,8 +33,10 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 
 from boards import selectors, services
-from boards.agent_config import COST_PLACES
-from boards.agents import AgentFailed, PromptCascadeAgent, agent_class
+from boards.agents.cascade import PromptCascadeAgent
+from boards.agents.outputs import AgentFailed
+from boards.agents.registry import agent_class
+from boards.agents.spec import COST_PLACES
 from boards.models import Agent, ApiToken, Board, ModelCall, Task
 from boards.schemas import (
     MAX_PAGE_SIZE,

@@ -12,7 +12,7 @@ Three steps, so that a file with any mistake writes nothing:
    the database under the board locks, then creates or updates boards (by slug),
    columns (by role within a board) and agents (by name), touching only rows whose
    values differ, so applying the same file twice writes nothing. An agent's
-   cascade is stored in its normal form (boards.agent_config), so it compares
+   cascade is stored in its normal form (boards.agents.spec), so it compares
    equal when unchanged; a change to its prompt fields starts a new prompt version.
 3. After commit, changed boards are re-broadcast and pulled, since a raised WIP
    limit or a new agent may free capacity at once.
@@ -33,9 +33,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 
-from boards import agent_config, broadcast, demo_feed, services
-from boards.agent_config import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
-from boards.agents import AgentFailed, agent_class, custom_capabilities
+from boards import broadcast, demo_feed, services
+from boards.agents import spec as agent_spec
+from boards.agents.outputs import AgentFailed
+from boards.agents.registry import agent_class, custom_capabilities
+from boards.agents.spec import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
 from boards.models import Agent, Board, Column, Task, default_cascade
 from experiments import plans
 from experiments.line import ensure_version, next_version_number
@@ -45,7 +47,7 @@ Role = Column.Role
 
 ROLE_ORDER = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW, Role.DONE]
 REQUIRED_ROLES = [Role.READY, Role.IN_PROGRESS, Role.DONE]
-# The keys of a cascade tier in the file (boards.agent_config.TIER_KEYS).
+# The keys of a cascade tier in the file (boards.agents.spec.TIER_KEYS).
 TIER_REQUIRED = ["provider", "model"]
 TIER_OPTIONAL = ["parameters", "price_in", "price_out", "threshold"]
 # The one-tier shorthand for a cascade, as files written before cascades say it.
@@ -137,7 +139,7 @@ class AgentSpec:
     prompt_template: str
     prompt_variables: tuple[str, ...]
     parameters: dict[str, Any]
-    # Normalised as stored (boards.agent_config.cascade_json), so it compares
+    # Normalised as stored (boards.agents.spec.cascade_json), so it compares
     # equal to the row it was applied to.
     cascade: list[dict[str, Any]]
     reuse_results: bool
@@ -316,7 +318,7 @@ class _Reader:
         return value
 
     def plain(self, node: yaml.Node, path: str) -> Any:
-        """Any JSON-compatible value (a cascade tier's fields, before boards.agent_config checks them)."""
+        """Any JSON-compatible value (a cascade tier's fields, before boards.agents.spec checks them)."""
         try:
             value = self._constructor.construct_object(node, deep=True)
             json.dumps(value)
@@ -721,7 +723,7 @@ AGENT_OPTIONAL = [
 
 
 def _node_at(nodes: dict[str, yaml.Node], where: str, fallback: yaml.Node) -> yaml.Node:
-    """The node a problem path of boards.agent_config (``agents[0].cascade[1].threshold``)
+    """The node a problem path of boards.agents.spec (``agents[0].cascade[1].threshold``)
     points at: the node recorded for that path, else for the nearest path enclosing it."""
     probe = where
     while probe:
@@ -771,10 +773,10 @@ def _tier_data(
     *,
     parameters_key: str = "parameters",
 ) -> Any:
-    """A tier as the plain data boards.agent_config checks, from the nodes of its keys
-    (named as in agent_config.TIER_KEYS; the file may call ``parameters`` otherwise)."""
+    """A tier as the plain data boards.agents.spec checks, from the nodes of its keys
+    (named as in agent_spec.TIER_KEYS; the file may call ``parameters`` otherwise)."""
     tier: dict[str, Any] = {}
-    for key in agent_config.TIER_KEYS:
+    for key in agent_spec.TIER_KEYS:
         if key not in fields:
             continue
         node = fields[key]
@@ -804,7 +806,7 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
     tiers: list[Any] = []
     # Each tier checked on its own, so every bad tier is reported, not only the
     # first; None for a bad one in what the cross-tier checks see.
-    checked: list[agent_config.Tier | None] = []
+    checked: list[agent_spec.Tier | None] = []
     for index, item in enumerate(items):
         tier_path = f"{path}[{index}]"
         nodes[tier_path] = item
@@ -817,8 +819,8 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
         parsed = None
         if tier is not INVALID:
             try:
-                parsed = agent_config.parse_tier(tier, tier_path)
-            except agent_config.ConfigError as exc:
+                parsed = agent_spec.parse_tier(tier, tier_path)
+            except agent_spec.ConfigError as exc:
                 _report(reader, exc.problems, nodes, item)
                 tier = INVALID
         tiers.append(tier)
@@ -826,11 +828,11 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
     if INVALID in tiers:
         # The good tiers are still checked as a cascade (a missing threshold
         # before the last tier), so fixing the bad ones brings no new surprise.
-        _report(reader, agent_config.cascade_order_problems(checked, where=path), nodes, key_node)
+        _report(reader, agent_spec.cascade_order_problems(checked, where=path), nodes, key_node)
         return INVALID
     try:
-        return cascade_json(agent_config.parse_cascade(tiers, where=path))
-    except agent_config.ConfigError as exc:
+        return cascade_json(agent_spec.parse_cascade(tiers, where=path))
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, key_node)
         return INVALID
 
@@ -864,8 +866,8 @@ def _parse_shorthand(
         return where
 
     try:
-        return cascade_json([agent_config.parse_tier(tier, path)])
-    except agent_config.ConfigError as exc:
+        return cascade_json([agent_spec.parse_tier(tier, path)])
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, agent_node, rename=in_file_terms)
         return INVALID
 
@@ -886,8 +888,8 @@ def _parse_variables(reader: _Reader, node: yaml.Node, path: str) -> Any:
             ok = False
         else:
             try:
-                agent_config.parse_variables([value])
-            except agent_config.ConfigError as exc:
+                agent_spec.parse_variables([value])
+            except agent_spec.ConfigError as exc:
                 for _, message in exc.problems:
                     reader.error(_line(item), item_path, message)
                 ok = False
@@ -902,8 +904,8 @@ def _parse_parameters(reader: _Reader, node: yaml.Node, path: str) -> Any:
     if raw is INVALID:
         return INVALID
     try:
-        return agent_config.parse_parameters(raw, where=path)
-    except agent_config.ConfigError as exc:
+        return agent_spec.parse_parameters(raw, where=path)
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, node)
         return INVALID
 
@@ -932,7 +934,7 @@ def _check_implementation(reader: _Reader, node: yaml.Node, path: str) -> Any:
 
 
 def _default_cascade() -> list[dict[str, Any]]:
-    return cascade_json(agent_config.parse_cascade(default_cascade()))
+    return cascade_json(agent_spec.parse_cascade(default_cascade()))
 
 
 def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> AgentSpec | None:
@@ -1079,7 +1081,7 @@ def _parse_checks(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: s
         return INVALID
     try:
         return checks_json(parse_checks(checks, where=path))
-    except agent_config.ConfigError as exc:
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, key_node)
         return INVALID
 

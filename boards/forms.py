@@ -14,7 +14,8 @@ from django.db.models import Q
 from django.forms.formsets import DELETION_FIELD_NAME, ORDERING_FIELD_NAME
 from django.utils import timezone
 
-from boards.agent_config import (
+from boards.agents.providers import PROVIDER_NAMES
+from boards.agents.spec import (
     GENERATION_PARAMETERS,
     MAX_CASCADE_TIERS,
     ConfigError,
@@ -24,7 +25,6 @@ from boards.agent_config import (
     parse_variables,
 )
 from boards.models import Agent, Board, Column, Task
-from boards.providers import PROVIDER_NAMES
 from boards.task_search import SORT_LABELS, TaskFilter
 from boards.text import text_problem
 from experiments.models import ChangeProposal, PromptVersion
@@ -129,7 +129,7 @@ class AgentPromptForm(forms.Form):
     """A change to an agent's prompt as a person proposes it on the agent page:
     template, declared variables and generation parameters (the cascade comes
     from ``TierFormSet``), with the rationale that goes to the audit log. Checked
-    through ``boards.agent_config``, the module ``Agent.clean`` checks them with,
+    through ``boards.agents.spec``, the module ``Agent.clean`` checks them with,
     so each problem lands on the field it is about;
     ``experiments.services.proposal_create`` has the last word."""
 

@@ -29,8 +29,8 @@ from andon import services as andon_services
 from andon.models import Escalation
 from andon.services import REVIEW_PERMISSION
 from boards import services
-from boards.agent_config import cascade_json, parse_cascade
-from boards.agents import implementation_for
+from boards.agents.cascade import implementation_for
+from boards.agents.spec import cascade_json, parse_cascade
 from boards.forms import (
     AgentOperationsForm,
     AgentPromptForm,
