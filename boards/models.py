@@ -16,6 +16,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from andon.inspection import parse_checks
 from boards.agents import registry
 from boards.agents.spec import (
     ConfigError,
@@ -271,8 +272,6 @@ class Agent(models.Model):
                 f"{self.implementation!r} is not a registered agent class (registered: {registered}); "
                 "add its dotted path to KAIZEN_AGENT_CLASSES"
             ]
-        from andon.inspection import parse_checks
-
         try:
             parse_checks(self.quality_checks)
         except ConfigError as exc:

@@ -16,6 +16,7 @@ import yaml
 from django.conf import settings
 from django.db.models import Count
 
+from andon.inspection import checks_json, parse_checks
 from boards import demo_feed, services
 from boards.agents import spec as agent_spec
 from boards.agents.outputs import AgentFailed
@@ -863,8 +864,6 @@ def _parse_agent(reader: Reader, node: yaml.Node, path: str, document: ConfigDoc
 
 def _parse_checks(reader: Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
     """``quality_checks:``, a list of checks (andon.inspection); the normalised JSON to store."""
-    from andon.inspection import checks_json, parse_checks
-
     if isinstance(node, yaml.ScalarNode) and reader.scalar(node, path) is None:
         return []
     items = reader.sequence(node, path, allow_empty=True)
