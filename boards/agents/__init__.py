@@ -5,21 +5,21 @@ The public API for custom agent classes is importable from here, as
 ``PromptCascadeAgent``, ``Output``, ``CallRecord``, ``AgentFailed``,
 ``AgentDeferred``, ``PromptError``, ``render_prompt``, ``task_variables``.
 
-The modules, lowest first (a module imports only those above it in this list,
-and the line's models, selectors and services where it says so):
+The modules, lowest first: each imports only the ones above it, and those after
+``registry`` may also use the line's models (which import ``spec`` and
+``registry``):
 
-- ``spec``: the agent spec (prompt, variables, parameters, the cascade's tiers),
-  checked in one place. Pure.
 - ``provider_types``, ``simulated``, ``providers``: model calls; the offline
   simulated model and the real providers.
+- ``spec``: the agent spec (prompt, variables, parameters, the cascade's tiers),
+  checked in one place. Pure.
 - ``outputs``: what an agent hands back (``Output``, ``CallRecord``) and why it
   could not (``AgentFailed``, ``AgentDeferred``).
 - ``registry``: custom agent classes by dotted path (``KAIZEN_AGENT_CLASSES``).
-  The agent model asks it about an agent's class.
 - ``prompts``, ``response_cache``: rendering a prompt; the cache of model answers.
-- ``cascade``: ``BaseAgent`` and ``PromptCascadeAgent`` (reads the line's
-  selectors and jidoka's circuit breakers).
-- ``runtime``: running a claimed task in a worker (calls the services).
+- ``cascade``: ``BaseAgent`` and ``PromptCascadeAgent``; reads the line's
+  selectors and jidoka's circuit breakers.
+- ``runtime``: running a claimed task in a worker; calls the services.
 - ``forms``, ``views``, ``urls``: the agent pages.
 
 The names below are loaded on first use (PEP 562), so that importing ``spec``
