@@ -32,7 +32,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.processes import cpu_seconds, pids_named
+from bench.procfs import cpu_seconds, pids_named
 
 LATENCY_PARAMETERS = {"error_rate": 0}
 

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import cpu_seconds, pids_named, process_tree  # noqa: E402  (after sys.path)
+from bench.procfs import cpu_seconds, pids_named, process_tree  # noqa: E402  (after sys.path)
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/10"

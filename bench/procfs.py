@@ -1,5 +1,6 @@
 """Processes as Linux /proc shows them: their CPU time, and finding them by name
-or as a tree. Shared by the benchmarks (bench/run.py, bench/cascade.py)."""
+or as a tree. What the benchmarks measure with (bench/run.py, bench/cascade.py);
+starting and stopping processes is kaizen_web.processes' job."""
 
 from __future__ import annotations
 
