@@ -32,6 +32,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.procfs import cpu_seconds, pids_named
+
 LATENCY_PARAMETERS = {"error_rate": 0}
 
 # Every output is inspected, as in use: the default checks (confidence,
@@ -98,8 +100,6 @@ class CascadeBench:
         return self.bench.named[name].pid
 
     def groups(self, worker_pid: int) -> dict[str, list[int]]:
-        from bench.run import pids_named
-
         return {
             "worker": [worker_pid],
             "postgres": self.postgres_pids(),
@@ -125,7 +125,6 @@ class CascadeBench:
         import redis
 
         from bench.celery_baselines import sleep
-        from bench.run import cpu_seconds
         from kaizen_web.celery import app
 
         r = redis.Redis.from_url(self.args.redis_url)
@@ -163,7 +162,7 @@ class CascadeBench:
     # --- the line -------------------------------------------------------------------
 
     def make_board(self, wip: int, label: str):
-        from boards.agent_config import cascade_json, parse_cascade
+        from boards.agents.spec import cascade_json, parse_cascade
         from boards.models import Agent, Board, Column
 
         slug = f"bench-{label}-{uuid.uuid4().hex[:6]}"
@@ -228,7 +227,6 @@ class CascadeBench:
     def run_line(self, worker_pid: int, wip: int, n: int, label: str, timeout: float | None = None) -> dict:
         """Fill a paused board with ``n`` tasks, resume it, wait until all are Done.
         Returns the raw timings (per task) and the CPU used by each process."""
-        from bench.run import cpu_seconds
         from boards import services
         from boards.models import ModelCall, Task
 

@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import cpu_seconds, pids_named, process_tree  # noqa: E402  (after sys.path)
 from kaizen_web import processes  # noqa: E402 (after the path it is found on)
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench"
@@ -239,7 +240,7 @@ class Bench:
 
         from bench.cascade import BENCH_CHECKS
         from boards import services
-        from boards.agent_config import cascade_json, parse_cascade
+        from boards.agents.spec import cascade_json, parse_cascade
         from boards.models import Agent, ApiToken, Board, Column, Task
 
         board = Board.objects.create(name="Bench line", slug=f"bench-{uuid.uuid4().hex[:6]}")
@@ -356,49 +357,6 @@ class Bench:
         finally:
             self.stop_all()
             self.purge()
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by these processes (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def pids_named(name: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and its descendants (uvicorn --workers forks its workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def machine() -> str:

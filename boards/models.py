@@ -16,7 +16,9 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from boards.agent_config import (
+from andon.inspection import parse_checks
+from boards.agents import registry
+from boards.agents.spec import (
     ConfigError,
     Tier,
     check_template,
@@ -237,9 +239,7 @@ class Agent(models.Model):
     @property
     def is_simulated(self) -> bool:
         if self.implementation:
-            from boards.agents import is_simulated
-
-            return is_simulated(self)
+            return registry.is_simulated(self)
         # Read without parsing the whole cascade: boards ask this of every card.
         cascade = self.cascade if isinstance(self.cascade, list) else []
         return any(isinstance(tier, dict) and tier.get("provider") == "simulated" for tier in cascade)
@@ -272,8 +272,6 @@ class Agent(models.Model):
                 f"{self.implementation!r} is not a registered agent class (registered: {registered}); "
                 "add its dotted path to KAIZEN_AGENT_CLASSES"
             ]
-        from andon.inspection import parse_checks
-
         try:
             parse_checks(self.quality_checks)
         except ConfigError as exc:
@@ -318,9 +316,7 @@ class Agent(models.Model):
         one (rows written before ``clean`` checked them, or outside the admin).
         A custom agent class says its own (``capabilities()``)."""
         if self.implementation:
-            from boards.agents import custom_capabilities
-
-            return custom_capabilities(self)
+            return registry.custom_capabilities(self)
         value = self.capabilities
         if not isinstance(value, list):
             return []

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from django.db.models import F, Q, QuerySet
 
-from boards.agent_config import COST_PLACES
+from boards.agents.spec import COST_PLACES
 from boards.models import Board, Task
 
 # The orders a list may be sorted in, each ending in the primary key so pages

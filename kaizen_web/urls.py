@@ -12,7 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("boards/", include("boards.urls")),
-    path("agents/", include("boards.urls_agents")),
+    path("agents/", include("boards.agents.urls")),
     path("andon/", include("andon.urls")),
     path("kaizen/", include("experiments.urls")),
 ]

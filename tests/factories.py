@@ -6,7 +6,7 @@ from itertools import count
 
 from django.contrib.auth import get_user_model
 
-from boards.agent_config import cascade_json, parse_cascade
+from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent, Board, Column
 
 _seq = count(1)

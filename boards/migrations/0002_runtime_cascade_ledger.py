@@ -6,17 +6,101 @@ import django.utils.timezone
 from django.db import migrations, models
 
 
+# What the data migration below needs of the agent spec, frozen as it was when
+# this migration was written (boards/agent_config.py's parse_tier and
+# cascade_json), so that moving or changing the spec never changes what this
+# migration writes.
+PROVIDER_NAMES = ("simulated", "openai", "anthropic")
+# A simulated model's list price in dollars per 1k tokens (input, output), as stored.
+SIMULATED_PRICES = {
+    "sim-small": ("0.00015", "0.0006"),
+    "sim-medium": ("0.001", "0.004"),
+    "sim-large": ("0.005", "0.015"),
+}
+# A tier's parameters: name -> (minimum, maximum, kind).
+GENERATION_PARAMETERS = {
+    "temperature": (0.0, 2.0, "number"),
+    "top_p": (0.0, 1.0, "number"),
+    "max_tokens": (1, 1_000_000, "integer"),
+}
+_REAL_PROVIDER_SETTINGS = {
+    "base_url": (None, None, "url"),
+    "api_key_env": (None, None, "name"),
+    "timeout": (0.1, 3600, "number"),
+    "max_retries": (0, 20, "integer"),
+    "max_in_flight": (1, 100_000, "integer"),
+    "logprobs": (None, None, "bool"),
+}
+TIER_SETTINGS = {
+    "simulated": {"latency_ms": (0, 3_600_000, "number"), "error_rate": (0, 1, "number")},
+    "openai": _REAL_PROVIDER_SETTINGS,
+    "anthropic": {k: v for k, v in _REAL_PROVIDER_SETTINGS.items() if k != "logprobs"},
+}
+
+
+def _tier_setting(value, low, high, kind):
+    """One parameter's value as the tier stores it; ValueError if it is out of bounds."""
+    if kind in ("number", "integer"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, got {value!r}")
+        if kind == "integer" and not float(value).is_integer():
+            raise ValueError(f"must be an integer, got {value!r}")
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}, got {value!r}")
+        return int(value) if kind == "integer" else float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+    elif kind == "url":
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+    elif not isinstance(value, str) or not value.replace("_", "A").isalnum():
+        raise ValueError(f"must name an environment variable, got {value!r}")
+    return value
+
+
+def one_tier_cascade(provider, model, parameters):
+    """A provider, a model and its settings as a one-tier cascade, in the form
+    the cascade is stored in; ValueError for what such a tier does not accept."""
+    if provider not in PROVIDER_NAMES:
+        raise ValueError(f"unknown provider {provider!r}")
+    if not isinstance(model, str) or not model.strip() or len(model) > 120:
+        raise ValueError(f"not a model name: {model!r}")
+    if provider == "simulated" and model not in SIMULATED_PRICES:
+        raise ValueError(f"unknown simulated model {model!r}")
+    checked = {}
+    if parameters not in (None, ""):
+        if not isinstance(parameters, dict):
+            raise ValueError(f"parameters must be a mapping, got {parameters!r}")
+        allowed = {**GENERATION_PARAMETERS, **TIER_SETTINGS[provider]}
+        for key, value in parameters.items():
+            if key not in allowed:
+                raise ValueError(f"unknown parameter {key!r} for provider {provider}")
+            if value is not None:
+                checked[key] = _tier_setting(value, *allowed[key])
+    # A simulated model has its list price; a real one is free until priced.
+    price_in, price_out = SIMULATED_PRICES[model] if provider == "simulated" else ("0", "0")
+    return [
+        {
+            "provider": provider,
+            "model": model.strip(),
+            "parameters": checked,
+            "price_in": price_in,
+            "price_out": price_out,
+            "threshold": None,
+        }
+    ]
+
+
 def cascade_from_single_model(apps, schema_editor):
     """An agent's one provider and model become a one-tier cascade (priced at the
     simulated model's list price; a real model is free until priced), and its
     provider settings that tier's parameters."""
-    from boards.agent_config import cascade_json, parse_tier
-
     Agent = apps.get_model("boards", "Agent")
     for agent in Agent.objects.all():
         tier = {"provider": agent.provider, "model": agent.model, "parameters": agent.provider_settings or {}}
         try:
-            agent.cascade = cascade_json([parse_tier(tier, "cascade[0]")])
+            agent.cascade = one_tier_cascade(tier["provider"], tier["model"], tier["parameters"])
         except ValueError:
             # Settings the tier does not know: keep the model, drop them (the
             # admin shows the cascade to check).

@@ -21,7 +21,7 @@ from andon.inspection import (
     inspect,
     parse_checks,
 )
-from boards.agent_config import ConfigError
+from boards.agents.spec import ConfigError
 
 EMAIL_CHECK = "andon.example_checks.no_email_addresses"
 CRASHING_CHECK = "tests.andon.test_inspection.crashing_check"

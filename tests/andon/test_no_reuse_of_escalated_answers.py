@@ -3,7 +3,7 @@ cache (which stores an answer only once it passed inspection), not through
 reuse (which takes only answers that passed, or that a reviewer approved). Two
 identical tasks whose answer is escalated are one inbox row, decided at once.
 
-Runs go through the real runtime (boards.runtime.run) and the simulated
+Runs go through the real runtime (boards.agents.runtime.run) and the simulated
 provider, whose answer is the same for the same prompt."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from andon import selectors
 from andon import services as andon_services
 from andon.models import Escalation, Inspection
-from boards import agents, runtime, services
+from boards import services
+from boards.agents import cascade, response_cache, runtime
 from boards.models import Column, ModelCall, Task
 from tests.andon.helpers import reviewer
 from tests.factories import column, make_agent, make_board
@@ -104,11 +105,11 @@ def test_the_cascade_stores_nothing_itself_and_hands_the_entries_to_the_runtime(
     board, agent = line(checks=NEVER, reuse_results=False)
     task = services.task_create(board=board, title="Check", input=INPUT)
 
-    output = agents.implementation_for(agent).process(task)
+    output = cascade.implementation_for(agent).process(task)
 
     [(key, response)] = output.cache_entries
     assert response.text == output.text
-    assert agents.cached_response(key) is None
+    assert response_cache.cached_response(key) is None
 
 
 def test_an_answer_in_review_is_not_reused():

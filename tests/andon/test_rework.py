@@ -2,7 +2,7 @@
 output reaches the next attempt's prompt (and an earlier result is not reused in
 its place), and the cascade does not call a model whose circuit breaker is open.
 
-Runs are run in-process (boards.runtime.run) with the simulated provider, whose
+Runs are run in-process (boards.agents.runtime.run) with the simulated provider, whose
 requests are recorded."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from django.utils import timezone
 from andon import jidoka
 from andon import services as andon_services
 from andon.models import CircuitBreaker
-from boards import agents, runtime, selectors
-from boards.agents import REVIEW_FEEDBACK_NOTE
+from boards import selectors
+from boards.agents import REVIEW_FEEDBACK_NOTE, cascade, runtime
+from boards.agents.simulated import SimulatedProvider
 from boards.models import Column, ModelCall, Task
-from boards.providers import SimulatedProvider
 from tests.andon.helpers import DEFECTIVE, claim_one, complete, escalate, pull, reviewer, where
 from tests.factories import make_agent
 
@@ -49,7 +49,7 @@ def requests_sent(monkeypatch) -> list[tuple[str, str]]:
             sent.append((request.model, request.prompt))
             return simulated.complete(request)
 
-    monkeypatch.setattr(agents, "get_provider", lambda name: Recording())
+    monkeypatch.setattr(cascade, "get_provider", lambda name: Recording())
     return sent
 
 

@@ -10,8 +10,8 @@ import pytest
 from django.core import serializers
 from django.test import Client
 
-from boards import runtime, services
-from boards.agents import CallRecord, Output
+from boards import services
+from boards.agents import CallRecord, Output, runtime
 from boards.models import ApiToken, Column, ModelCall, Task, TaskEvent
 from tests.boards.api_support import grant_add_task, token_for
 from tests.factories import column, make_agent, make_board, make_user

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from boards import services
+from boards.api.schemas import MAX_PAGE_SIZE
 from boards.models import Column, Task
-from boards.schemas import MAX_PAGE_SIZE
 from boards.task_files import TaskRow
 from tests.boards.api_support import client_for, token_for
 from tests.factories import column, make_agent, make_board

@@ -1,6 +1,6 @@
 """The JIT runtime: the cascade with early exit, the ledger, reuse and the response cache.
 
-Runs are made in-process (boards.runtime.run) against the simulated provider with no
+Runs are made in-process (boards.agents.runtime.run) against the simulated provider with no
 latency, or against a local server speaking the OpenAI protocol. The simulated
 model's confidence never reaches 1.0, so a threshold of 1.0 always escalates and
 one of 0.0 always accepts.
@@ -13,11 +13,12 @@ from decimal import Decimal
 import pytest
 from django.db.models import Sum
 
-from boards import runtime, services
-from boards.agent_config import parse_cascade
+from boards import services
+from boards.agents import runtime
+from boards.agents.providers import ModelRequest
+from boards.agents.simulated import simulate
+from boards.agents.spec import parse_cascade
 from boards.models import ModelCall, Task, TaskEvent
-from boards.providers import ModelRequest
-from boards.simulated import simulate
 from tests.boards.provider_server import ProviderServer
 from tests.factories import make_agent
 

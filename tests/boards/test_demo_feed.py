@@ -373,10 +373,10 @@ def _pass_rate(agent, fields: dict, lab_tasks: list[dict]) -> float:
     """The share of the agent's lab tasks whose output, under the simulated model,
     passes the agent's checks, with the prompt fields given."""
     from andon.inspection import InspectionContext, inspect, parse_checks
-    from boards.agent_config import parse_cascade
     from boards.agents import PromptCascadeAgent
-    from boards.providers import ModelRequest
-    from boards.simulated import SimulatedProvider
+    from boards.agents.providers import ModelRequest
+    from boards.agents.simulated import SimulatedProvider
+    from boards.agents.spec import parse_cascade
 
     # An unsaved copy with the version's fields: read, never saved.
     version = type(agent)(**{f.attname: getattr(agent, f.attname) for f in agent._meta.concrete_fields})

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from boards import runtime, services
-from boards.agents import CallRecord, Output
+from boards import services
+from boards.agents import CallRecord, Output, runtime
 from boards.models import Column, ModelCall, Task, TaskEvent
 from tests.factories import column, make_agent, make_board
 

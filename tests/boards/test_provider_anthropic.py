@@ -6,7 +6,13 @@ import threading
 
 import pytest
 
-from boards.providers import AnthropicProvider, ModelRequest, ModelResponse, ProviderError, get_provider
+from boards.agents.providers import (
+    AnthropicProvider,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+    get_provider,
+)
 from tests.boards.provider_server import ProviderServer
 
 KEY_ENV = "KAIZEN_TEST_ANTHROPIC_KEY"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from boards.providers import ModelRequest, ModelResponse, OpenAIProvider, ProviderError, get_provider
+from boards.agents.providers import ModelRequest, ModelResponse, OpenAIProvider, ProviderError, get_provider
 from tests.boards.provider_server import ProviderServer
 
 KEY_ENV = "KAIZEN_TEST_OPENAI_KEY"

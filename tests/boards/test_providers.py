@@ -6,14 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from boards.agent_config import parse_tier
-from boards.providers import (
-    SIMULATED_PROFILES,
-    ModelRequest,
-    ProviderError,
-    SimulatedProvider,
-    input_difficulty,
-)
+from boards.agents.providers import ModelRequest, ProviderError
+from boards.agents.simulated import SIMULATED_PROFILES, SimulatedProvider, input_difficulty
+from boards.agents.spec import parse_tier
 
 EASY = "Classify: the part has a small scratch."
 HARD = " ".join(

@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from boards import runtime, services
+from boards import services
+from boards.agents import PromptError, render_prompt, runtime
+from boards.agents.providers import ModelRequest
+from boards.agents.simulated import simulate
 from boards.models import Column, ModelCall, Task, TaskEvent
-from boards.providers import ModelRequest
-from boards.simulated import simulate
 from tests.factories import make_agent, make_board
 
 
@@ -21,14 +22,11 @@ def _claim(board, **task_kwargs):
 
 
 def test_render_prompt_fills_variables_and_names_unknown_ones():
-    assert (
-        runtime.render_prompt("Do {title}: {input} {{json}}", {"title": "t", "input": "i"})
-        == "Do t: i {json}"
-    )
-    with pytest.raises(runtime.PromptError, match="customer"):
-        runtime.render_prompt("Hello {customer}", {"input": "i"})
-    with pytest.raises(runtime.PromptError, match="plain names"):
-        runtime.render_prompt("{input.__class__}", {"input": "i"})
+    assert render_prompt("Do {title}: {input} {{json}}", {"title": "t", "input": "i"}) == "Do t: i {json}"
+    with pytest.raises(PromptError, match="customer"):
+        render_prompt("Hello {customer}", {"input": "i"})
+    with pytest.raises(PromptError, match="plain names"):
+        render_prompt("{input.__class__}", {"input": "i"})
 
 
 @pytest.mark.django_db

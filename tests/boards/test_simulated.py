@@ -18,10 +18,11 @@ import yaml
 from andon.inspection import inspect, parse_checks
 from boards import demo_feed
 from boards.agents import REVIEW_FEEDBACK_NOTE, render_prompt
-from boards.providers import ModelRequest, SimulatedProvider, get_provider
-from boards.simulated import (
+from boards.agents.providers import ModelRequest, get_provider
+from boards.agents.simulated import (
     CONFIDENCE_MAX,
     SIMULATED_PROFILES,
+    SimulatedProvider,
     best_label,
     read_prompt,
     simulate,

@@ -10,7 +10,8 @@ import pytest
 from django.urls import reverse
 
 from andon.models import Escalation
-from boards import runtime, services
+from boards import services
+from boards.agents import runtime
 from boards.models import Task
 from tests.andon.helpers import reviewer
 from tests.factories import make_agent, make_board

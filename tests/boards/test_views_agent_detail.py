@@ -15,7 +15,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from boards import runtime, services
+from boards import services
+from boards.agents import runtime
 from boards.models import Agent, ModelCall, Task
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, PromptVersion

@@ -10,7 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from boards import runtime, services
+from boards import services
+from boards.agents import runtime
 from boards.models import Agent, Board, Column, Task
 from tests.factories import column, make_agent, make_board
 

@@ -7,7 +7,8 @@ import re
 import pytest
 from django.urls import reverse
 
-from boards import runtime, services
+from boards import services
+from boards.agents import runtime
 from boards.models import ModelCall
 from tests.factories import make_agent, make_board
 

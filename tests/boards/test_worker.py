@@ -12,9 +12,9 @@ from decimal import Decimal
 import pytest
 
 from boards import services
+from boards.agents.providers import ModelRequest
+from boards.agents.simulated import simulate
 from boards.models import Agent, ModelCall, Task, TaskEvent
-from boards.providers import ModelRequest
-from boards.simulated import simulate
 from tests.factories import make_agent, make_board
 
 DEADLINE = 60.0

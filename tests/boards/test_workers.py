@@ -12,7 +12,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from boards import runtime, services, workers
+from boards import services, workers
+from boards.agents import runtime
 from boards.models import Task, TaskEvent
 from tests.factories import make_agent, make_board
 

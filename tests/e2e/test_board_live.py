@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from boards.agents.providers import ModelRequest
+from boards.agents.simulated import simulate
 from boards.models import Task, TaskEvent
-from boards.providers import ModelRequest
-from boards.simulated import simulate
 from tests.factories import make_agent, make_board, make_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=8)]

@@ -18,8 +18,8 @@ from andon import jidoka
 from andon import services as andon_services
 from andon.models import Escalation
 from boards import services
-from boards.agent_config import check_template
 from boards.agents import CallRecord, Output
+from boards.agents.spec import check_template
 from experiments import pdca, tasks
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment, PromptVersion

@@ -10,10 +10,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from boards import agents as agent_module
-from boards import runtime, services
+from boards import services
+from boards.agents import cascade, runtime
+from boards.agents.simulated import SimulatedProvider
 from boards.models import Task
-from boards.providers import SimulatedProvider
 from experiments import line
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, ExperimentSample, PromptVersion
@@ -210,7 +210,7 @@ def test_a_treatment_task_runs_with_the_candidates_prompt(line_agent, editor, mo
             prompts.append(request.prompt)
             return simulated.complete(request)
 
-    monkeypatch.setattr(agent_module, "get_provider", lambda name: Recording())
+    monkeypatch.setattr(cascade, "get_provider", lambda name: Recording())
     experiment = _minor(agent, editor).experiment
     Experiment.objects.filter(pk=experiment.pk).update(canary_share=1.0)  # every task in the treatment
     task = services.task_create(board=board, title="Weld", input="porosity at the root")

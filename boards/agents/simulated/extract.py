@@ -7,9 +7,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from boards.simulated.labels import GREETING, best_label
-from boards.simulated.reading import Source
-from boards.simulated.text import (
+from boards.agents.simulated.labels import GREETING, best_label
+from boards.agents.simulated.reading import Source
+from boards.agents.simulated.text import (
     AMOUNT,
     DATE,
     IDENTIFIER,
@@ -21,7 +21,7 @@ from boards.simulated.text import (
     strip_end,
     word_list,
 )
-from boards.simulated.work import Work, hedge_answer, invent_figure
+from boards.agents.simulated.work import Work, hedge_answer, invent_figure
 
 # --- extract --------------------------------------------------------------------------------
 

@@ -1,51 +1,36 @@
-"""Boards, columns and agents declared in a YAML file (the format is documented
-at the top of ``examples/README.md``).
-
-Three steps, so that a file with any mistake writes nothing:
-
-1. ``config_parse`` / ``config_load`` read the YAML as a node tree, so every
-   value keeps the line it came from, check every field, then check the file
-   against the database (agent boards that exist, columns that would be removed
-   while they hold tasks). All errors are gathered, in line order, and raised
-   together as one ``ConfigError``, each as ``FILE:LINE: field.path: message``.
-2. ``config_apply`` is the only writer: in one transaction it re-checks against
-   the database under the board locks, then creates or updates boards (by slug),
-   columns (by role within a board) and agents (by name), touching only rows whose
-   values differ, so applying the same file twice writes nothing. An agent's
-   cascade is stored in its normal form (boards.agent_config), so it compares
-   equal when unchanged; a change to its prompt fields starts a new prompt version.
-3. After commit, changed boards are re-broadcast and pulled, since a raised WIP
-   limit or a new agent may free capacity at once.
-"""
+"""Parsing and checking a configuration: each board, column, agent and proposal of
+the file read into the specs of a ``ConfigDocument``, every field checked, then
+the file checked against the database. All errors are gathered, in line order,
+and raised together as one ``ConfigError``."""
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count
 
-from boards import agent_config, broadcast, demo_feed, services
-from boards.agent_config import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
-from boards.agents import AgentFailed, agent_class, custom_capabilities
-from boards.models import Agent, Board, Column, Task, default_cascade
+from andon.inspection import checks_json, parse_checks
+from boards import demo_feed, services
+from boards.agents import spec as agent_spec
+from boards.agents.outputs import AgentFailed
+from boards.agents.registry import agent_class, custom_capabilities
+from boards.agents.spec import GENERATION_PARAMETERS, TIER_SETTINGS, cascade_json, check_template
+from boards.config.read import INVALID, Reader, describe, line_of
+from boards.models import Agent, Board, Column, default_cascade
 from experiments import plans
-from experiments.line import ensure_version, next_version_number
-from experiments.models import AuditEntry, PromptVersion
 
 Role = Column.Role
 
 ROLE_ORDER = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW, Role.DONE]
 REQUIRED_ROLES = [Role.READY, Role.IN_PROGRESS, Role.DONE]
-# The keys of a cascade tier in the file (boards.agent_config.TIER_KEYS).
+# The keys of a cascade tier in the file (boards.agents.spec.TIER_KEYS).
 TIER_REQUIRED = ["provider", "model"]
 TIER_OPTIONAL = ["parameters", "price_in", "price_out", "threshold"]
 # The one-tier shorthand for a cascade, as files written before cascades say it.
@@ -137,7 +122,7 @@ class AgentSpec:
     prompt_template: str
     prompt_variables: tuple[str, ...]
     parameters: dict[str, Any]
-    # Normalised as stored (boards.agent_config.cascade_json), so it compares
+    # Normalised as stored (boards.agents.spec.cascade_json), so it compares
     # equal to the row it was applied to.
     cascade: list[dict[str, Any]]
     reuse_results: bool
@@ -202,193 +187,11 @@ class ConfigDocument:
     proposals: list[ProposalSpec] = field(default_factory=list)
 
 
-# --- reading YAML with line numbers ---------------------------------------------------
-
-
-class _Invalid:
-    """A value that failed validation (its error is already recorded)."""
-
-    def __repr__(self) -> str:
-        return "INVALID"
-
-
-INVALID: Any = _Invalid()
-
-
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _describe(node: yaml.Node, value: Any = None) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return repr(value)
-
-
-class _Reader:
-    """Walks a composed YAML node tree, turning nodes into checked values and
-    recording each problem with the line of the node it concerns."""
-
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.errors: list[tuple[int, int, str]] = []
-        # A loader used only for its constructor: it turns scalar nodes into
-        # Python values by the same (safe) rules yaml.safe_load uses.
-        self._constructor = yaml.SafeLoader("")
-
-    def error(self, line: int, path: str, message: str) -> None:
-        self.errors.append((line, len(self.errors), f"{self.filename}:{line}: {path}: {message}"))
-
-    def messages(self) -> list[str]:
-        return [message for _, _, message in sorted(self.errors)]
-
-    # scalars
-
-    def scalar(self, node: yaml.Node, path: str) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return node
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.error(_line(node), path, f"cannot read this value: {getattr(exc, 'problem', exc)}")
-            return INVALID
-
-    def string(
-        self, node: yaml.Node, path: str, *, max_length: int, allow_empty: bool = False, strip: bool = True
-    ) -> Any:
-        value = self.scalar(node, path)
-        if value is INVALID:
-            return INVALID
-        if not isinstance(value, str):
-            hint = " (put it in quotes)" if isinstance(node, yaml.ScalarNode) and value is not None else ""
-            self.error(_line(node), path, f"must be text, got {_describe(node, value)}{hint}")
-            return INVALID
-        if strip:
-            value = value.strip()
-        if not value and not allow_empty:
-            self.error(_line(node), path, "must not be empty")
-            return INVALID
-        if len(value) > max_length:
-            self.error(_line(node), path, f"must be at most {max_length} characters, got {len(value)}")
-            return INVALID
-        return value
-
-    def integer(
-        self, node: yaml.Node, path: str, *, minimum: int, maximum: int | None = None, nullable: bool = False
-    ) -> Any:
-        value = self.scalar(node, path)
-        if value is INVALID:
-            return INVALID
-        if value is None and nullable:
-            return None
-        # bool is an int in Python, but `wip_limit: yes` is a mistake, not 1.
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        ok = ok and value >= minimum and (maximum is None or value <= maximum)
-        if not ok:
-            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            self.error(_line(node), path, f"must be an integer {bound}, got {_describe(node, value)}")
-            return INVALID
-        return value
-
-    def number(self, node: yaml.Node, path: str, *, minimum: float, maximum: float | None) -> Any:
-        value = self.scalar(node, path)
-        if value is INVALID:
-            return INVALID
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and value >= minimum and (maximum is None or value <= maximum)
-        if not ok:
-            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            self.error(_line(node), path, f"must be a number {bound}, got {_describe(node, value)}")
-            return INVALID
-        return value
-
-    def boolean(self, node: yaml.Node, path: str) -> Any:
-        value = self.scalar(node, path)
-        if value is INVALID:
-            return INVALID
-        if not isinstance(value, bool):
-            self.error(_line(node), path, f"must be true or false, got {_describe(node, value)}")
-            return INVALID
-        return value
-
-    def plain(self, node: yaml.Node, path: str) -> Any:
-        """Any JSON-compatible value (a cascade tier's fields, before boards.agent_config checks them)."""
-        try:
-            value = self._constructor.construct_object(node, deep=True)
-            json.dumps(value)
-        except (yaml.YAMLError, TypeError, ValueError) as exc:
-            self.error(_line(node), path, f"must be plain data (text, numbers, lists, mappings): {exc}")
-            return INVALID
-        return value
-
-    # collections
-
-    def sequence(self, node: yaml.Node, path: str, *, allow_empty: bool = True) -> list[yaml.Node] | None:
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(_line(node), path, f"must be a list, got {_describe(node, self.scalar(node, path))}")
-            return None
-        if not node.value and not allow_empty:
-            self.error(_line(node), path, "must not be empty")
-            return None
-        return list(node.value)
-
-    def mapping(
-        self, node: yaml.Node, path: str, *, required: Iterable[str], optional: Iterable[str]
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        """The mapping's entries by key, after checking it is a mapping whose keys
-        are known, present when required, and not repeated."""
-        where = path or "the file"
-        if not isinstance(node, yaml.MappingNode):
-            self.error(
-                _line(node), where, f"must be a mapping, got {_describe(node, self.scalar(node, path))}"
-            )
-            return None
-        # Keys written in this mapping, as opposed to ones merged in: only those
-        # can be "given twice"; a written key overrides a merged one, as in YAML.
-        written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
-        try:
-            # Applies `<<: *anchor` merge keys (merged pairs come first), so
-            # shared agent defaults work.
-            self._constructor.flatten_mapping(node)
-        except yaml.YAMLError as exc:
-            self.error(_line(node), where, f"cannot merge: {getattr(exc, 'problem', exc)}")
-            return None
-        required, optional = list(required), list(optional)
-        allowed = required + optional
-        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node, path)
-            if not isinstance(key, str):
-                self.error(_line(key_node), where, f"keys must be text, got {_describe(key_node, key)}")
-                continue
-            key_path = f"{path}.{key}" if path else key
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.error(
-                    _line(key_node), key_path, f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
-                )
-                continue
-            if key in entries and id(entries[key][0]) in written:
-                first = _line(entries[key][0])
-                self.error(_line(key_node), key_path, f"given twice (first on line {first})")
-                continue
-            entries[key] = (key_node, value_node)
-        for key in required:
-            if key not in entries:
-                self.error(_line(node), f"{path}.{key}" if path else key, "is required")
-        return entries
-
-
 # --- parsing and checking a document -------------------------------------------------
 
 
 def _parse_columns(
-    reader: _Reader, node: yaml.Node, path: str, *, key_line: int
+    reader: Reader, node: yaml.Node, path: str, *, key_line: int
 ) -> tuple[ColumnSpec, ...] | None:
     items = reader.sequence(node, path, allow_empty=False)
     if items is None:
@@ -406,13 +209,13 @@ def _parse_columns(
         name = role = INVALID
         wip_limit: Any = None
         hard: Any = True
-        role_line = _line(item)
+        role_line = line_of(item)
         if "name" in entries:
             name = reader.string(entries["name"][1], f"{col_path}.name", max_length=60)
             if name is not INVALID:
                 if name in by_name:
                     reader.error(
-                        _line(entries["name"][1]),
+                        line_of(entries["name"][1]),
                         f"{col_path}.name",
                         f"duplicate column name {name!r} ({by_name[name]} has it); "
                         "column names are unique within a board",
@@ -422,17 +225,17 @@ def _parse_columns(
                     by_name[name] = col_path
         if "role" in entries:
             role_node = entries["role"][1]
-            role_line = _line(role_node)
+            role_line = line_of(role_node)
             value = reader.string(role_node, f"{col_path}.role", max_length=20)
             if value is not INVALID and value not in ROLE_ORDER:
                 reader.error(
-                    _line(role_node),
+                    line_of(role_node),
                     f"{col_path}.role",
                     f"unknown role {value!r}; use one of {', '.join(ROLE_ORDER)}",
                 )
             elif value is not INVALID and value in by_role:
                 reader.error(
-                    _line(role_node),
+                    line_of(role_node),
                     f"{col_path}.role",
                     f"duplicate role {value!r} ({by_role[value]} has it); a board has one column per role",
                 )
@@ -444,7 +247,7 @@ def _parse_columns(
             wip_limit = reader.integer(wip_node, f"{col_path}.wip_limit", minimum=1, nullable=True)
             if role == Role.DONE and wip_limit not in (None, INVALID):
                 reader.error(
-                    _line(wip_node),
+                    line_of(wip_node),
                     f"{col_path}.wip_limit",
                     "a done column takes no WIP limit: finished work leaves the line there",
                 )
@@ -479,38 +282,40 @@ def _parse_columns(
     return tuple(columns) if complete else None
 
 
-def _parse_slots(reader: _Reader, node: yaml.Node, path: str) -> Any:
+def _parse_slots(reader: Reader, node: yaml.Node, path: str) -> Any:
     """A template's slots: a list's values are read as written (42.000 stays
     42.000, not 42.0), ranges and dates as YAML reads them; then checked and
     stored in the form boards.demo_feed renders from."""
     if not isinstance(node, yaml.MappingNode) or not node.value:
         reader.error(
-            _line(node), path, "must be a mapping of slot names to their values, such as part: [A, B]"
+            line_of(node), path, "must be a mapping of slot names to their values, such as part: [A, B]"
         )
         return INVALID
     try:
         # `<<: *shared` merges slots from an anchor (merged ones first; written ones win).
         reader._constructor.flatten_mapping(node)
     except yaml.YAMLError as exc:
-        reader.error(_line(node), path, f"cannot merge: {getattr(exc, 'problem', exc)}")
+        reader.error(line_of(node), path, f"cannot merge: {getattr(exc, 'problem', exc)}")
         return INVALID
     raw: dict[str, Any] = {}
     lines: dict[str, int] = {}
     for key_node, value_node in node.value:
         name = reader.scalar(key_node, path)
         if not isinstance(name, str):
-            reader.error(_line(key_node), path, f"slot names must be text, got {_describe(key_node, name)}")
+            reader.error(line_of(key_node), path, f"slot names must be text, got {describe(key_node, name)}")
             return INVALID
         if name in raw:
             # A slot written here over one merged in from an anchor replaces it.
             raw.pop(name)
-        lines[name] = _line(key_node)
+        lines[name] = line_of(key_node)
         if isinstance(value_node, yaml.SequenceNode):
             values = []
             for item in value_node.value:
                 # An empty value must be written "" (a bare dash is a missing one).
                 if not isinstance(item, yaml.ScalarNode) or (item.value == "" and not item.style):
-                    reader.error(_line(item), f"{path}.{name}", 'each value must be text or a number (or "")')
+                    reader.error(
+                        line_of(item), f"{path}.{name}", 'each value must be text or a number (or "")'
+                    )
                     return INVALID
                 values.append(item.value)
             raw[name] = values
@@ -518,19 +323,19 @@ def _parse_slots(reader: _Reader, node: yaml.Node, path: str) -> Any:
             try:
                 raw[name] = reader._constructor.construct_object(value_node, deep=True)
             except yaml.YAMLError as exc:
-                reader.error(_line(value_node), f"{path}.{name}", f"cannot read it: {exc}")
+                reader.error(line_of(value_node), f"{path}.{name}", f"cannot read it: {exc}")
                 return INVALID
     try:
         return demo_feed.normal_slots(raw)
     except ValueError as exc:
         # The message names the slot; point at its line when it does.
         named = next((name for name in raw if f"slot {name!r}" in str(exc)), None)
-        reader.error(lines.get(named, _line(node)), path, str(exc))
+        reader.error(lines.get(named, line_of(node)), path, str(exc))
         return INVALID
 
 
 def _parse_demo_tasks(
-    reader: _Reader, node: yaml.Node, path: str, *, board_slug: Any, needs: list[Reference]
+    reader: Reader, node: yaml.Node, path: str, *, board_slug: Any, needs: list[Reference]
 ) -> tuple[DemoTaskSpec, ...] | None:
     items = reader.sequence(node, path)
     if items is None:
@@ -576,7 +381,7 @@ def _parse_demo_tasks(
             )
             if capability and capability is not INVALID and board_slug is not INVALID:
                 needs.append(
-                    Reference(capability, board_slug, f"{task_path}.capability", _line(capability_node))
+                    Reference(capability, board_slug, f"{task_path}.capability", line_of(capability_node))
                 )
         if "priority" in entries:
             low, high = PRIORITY_RANGE
@@ -594,14 +399,14 @@ def _parse_demo_tasks(
         problems = demo_feed.entry_problems(spec.as_json())
         if problems:
             for problem in problems:
-                reader.error(_line(item), task_path, problem)
+                reader.error(line_of(item), task_path, problem)
             complete = False
             continue
         tasks.append(spec)
     return tuple(tasks) if complete else None
 
 
-def _parse_demo_feed(reader: _Reader, node: yaml.Node, path: str) -> Any:
+def _parse_demo_feed(reader: Reader, node: yaml.Node, path: str) -> Any:
     entries = reader.mapping(node, path, required=[], optional=["seed", "repeat_share", "batch"])
     if entries is None:
         return INVALID
@@ -621,17 +426,17 @@ def _parse_demo_feed(reader: _Reader, node: yaml.Node, path: str) -> Any:
     return values
 
 
-def _parse_experiment_plan(reader: _Reader, node: yaml.Node, path: str) -> Any:
+def _parse_experiment_plan(reader: Reader, node: yaml.Node, path: str) -> Any:
     data = reader.plain(node, path)
     if data is INVALID:
         return INVALID
     problems = plans.plan_problems(data)
     for key, message in problems:
-        reader.error(_line(node), f"{path}.{key}" if key else path, message)
+        reader.error(line_of(node), f"{path}.{key}" if key else path, message)
     return INVALID if problems else data
 
 
-def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> BoardSpec | None:
+def _parse_board(reader: Reader, node: yaml.Node, path: str, document: ConfigDocument) -> BoardSpec | None:
     entries = reader.mapping(
         node,
         path,
@@ -645,7 +450,7 @@ def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
     demo_tasks: Any = ()
     feed: Any = {}
     plan: Any = {}
-    columns_line = _line(node)
+    columns_line = line_of(node)
     if "name" in entries:
         name = reader.string(entries["name"][1], f"{path}.name", max_length=120)
     if "slug" in entries:
@@ -653,7 +458,7 @@ def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
         slug = reader.string(slug_node, f"{path}.slug", max_length=80)
         if slug is not INVALID and not SLUG_RE.match(slug):
             reader.error(
-                _line(slug_node),
+                line_of(slug_node),
                 f"{path}.slug",
                 f"{slug!r} is not a slug: use letters, digits, hyphens and underscores (it is the board's URL)",
             )
@@ -665,7 +470,7 @@ def _parse_board(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
             entries["description"][1], f"{path}.description", max_length=10_000, allow_empty=True
         )
     if "columns" in entries:
-        columns_line = _line(entries["columns"][0])
+        columns_line = line_of(entries["columns"][0])
         parsed = _parse_columns(reader, entries["columns"][1], f"{path}.columns", key_line=columns_line)
         columns = INVALID if parsed is None else parsed
     if "demo_tasks" in entries:
@@ -721,7 +526,7 @@ AGENT_OPTIONAL = [
 
 
 def _node_at(nodes: dict[str, yaml.Node], where: str, fallback: yaml.Node) -> yaml.Node:
-    """The node a problem path of boards.agent_config (``agents[0].cascade[1].threshold``)
+    """The node a problem path of boards.agents.spec (``agents[0].cascade[1].threshold``)
     points at: the node recorded for that path, else for the nearest path enclosing it."""
     probe = where
     while probe:
@@ -735,7 +540,7 @@ def _node_at(nodes: dict[str, yaml.Node], where: str, fallback: yaml.Node) -> ya
 
 
 def _report(
-    reader: _Reader,
+    reader: Reader,
     problems: list[tuple[str, str]],
     nodes: dict[str, yaml.Node],
     fallback: yaml.Node,
@@ -743,11 +548,11 @@ def _report(
 ) -> None:
     for where, message in problems:
         where = rename(where)
-        reader.error(_line(_node_at(nodes, where, fallback)), where, message)
+        reader.error(line_of(_node_at(nodes, where, fallback)), where, message)
 
 
 def _plain_entries(
-    reader: _Reader, node: yaml.Node, path: str, allowed: list[str], nodes: dict[str, yaml.Node]
+    reader: Reader, node: yaml.Node, path: str, allowed: list[str], nodes: dict[str, yaml.Node]
 ) -> Any:
     """A mapping of plain values whose keys are among ``allowed``; ``null`` reads as empty.
     Each value's node is recorded in ``nodes`` under its path."""
@@ -764,17 +569,17 @@ def _plain_entries(
 
 
 def _tier_data(
-    reader: _Reader,
+    reader: Reader,
     fields: dict[str, yaml.Node],
     path: str,
     nodes: dict[str, yaml.Node],
     *,
     parameters_key: str = "parameters",
 ) -> Any:
-    """A tier as the plain data boards.agent_config checks, from the nodes of its keys
-    (named as in agent_config.TIER_KEYS; the file may call ``parameters`` otherwise)."""
+    """A tier as the plain data boards.agents.spec checks, from the nodes of its keys
+    (named as in agent_spec.TIER_KEYS; the file may call ``parameters`` otherwise)."""
     tier: dict[str, Any] = {}
-    for key in agent_config.TIER_KEYS:
+    for key in agent_spec.TIER_KEYS:
         if key not in fields:
             continue
         node = fields[key]
@@ -793,7 +598,7 @@ def _tier_data(
     return INVALID if INVALID in tier.values() else tier
 
 
-def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
+def _parse_cascade(reader: Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
     """``cascade:``, a list of tiers, cheapest first; the normalised JSON to store."""
     items = reader.sequence(node, path, allow_empty=False)
     if items is None:
@@ -804,7 +609,7 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
     tiers: list[Any] = []
     # Each tier checked on its own, so every bad tier is reported, not only the
     # first; None for a bad one in what the cross-tier checks see.
-    checked: list[agent_config.Tier | None] = []
+    checked: list[agent_spec.Tier | None] = []
     for index, item in enumerate(items):
         tier_path = f"{path}[{index}]"
         nodes[tier_path] = item
@@ -817,8 +622,8 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
         parsed = None
         if tier is not INVALID:
             try:
-                parsed = agent_config.parse_tier(tier, tier_path)
-            except agent_config.ConfigError as exc:
+                parsed = agent_spec.parse_tier(tier, tier_path)
+            except agent_spec.ConfigError as exc:
                 _report(reader, exc.problems, nodes, item)
                 tier = INVALID
         tiers.append(tier)
@@ -826,24 +631,24 @@ def _parse_cascade(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: 
     if INVALID in tiers:
         # The good tiers are still checked as a cascade (a missing threshold
         # before the last tier), so fixing the bad ones brings no new surprise.
-        _report(reader, agent_config.cascade_order_problems(checked, where=path), nodes, key_node)
+        _report(reader, agent_spec.cascade_order_problems(checked, where=path), nodes, key_node)
         return INVALID
     try:
-        return cascade_json(agent_config.parse_cascade(tiers, where=path))
-    except agent_config.ConfigError as exc:
+        return cascade_json(agent_spec.parse_cascade(tiers, where=path))
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, key_node)
         return INVALID
 
 
 def _parse_shorthand(
-    reader: _Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str, agent_node: yaml.Node
+    reader: Reader, entries: dict[str, tuple[yaml.Node, yaml.Node]], path: str, agent_node: yaml.Node
 ) -> Any:
     """``provider`` + ``model`` (+ ``provider_settings``): a cascade of one tier."""
     missing = [key for key in ("provider", "model") if key not in entries]
     for key in missing:
         given = next(k for k in SHORTHAND_KEYS if k in entries)
         reader.error(
-            _line(agent_node),
+            line_of(agent_node),
             f"{path}.{key}",
             f"is required with {given}: a single tier needs a provider and a model (or give a cascade)",
         )
@@ -864,13 +669,13 @@ def _parse_shorthand(
         return where
 
     try:
-        return cascade_json([agent_config.parse_tier(tier, path)])
-    except agent_config.ConfigError as exc:
+        return cascade_json([agent_spec.parse_tier(tier, path)])
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, agent_node, rename=in_file_terms)
         return INVALID
 
 
-def _parse_variables(reader: _Reader, node: yaml.Node, path: str) -> Any:
+def _parse_variables(reader: Reader, node: yaml.Node, path: str) -> Any:
     items = reader.sequence(node, path)
     if items is None:
         return INVALID
@@ -882,33 +687,33 @@ def _parse_variables(reader: _Reader, node: yaml.Node, path: str) -> Any:
         if value is INVALID:
             ok = False
         elif value in names:
-            reader.error(_line(item), item_path, f"variable {value!r} is listed twice")
+            reader.error(line_of(item), item_path, f"variable {value!r} is listed twice")
             ok = False
         else:
             try:
-                agent_config.parse_variables([value])
-            except agent_config.ConfigError as exc:
+                agent_spec.parse_variables([value])
+            except agent_spec.ConfigError as exc:
                 for _, message in exc.problems:
-                    reader.error(_line(item), item_path, message)
+                    reader.error(line_of(item), item_path, message)
                 ok = False
                 continue
             names.append(value)
     return tuple(names) if ok else INVALID
 
 
-def _parse_parameters(reader: _Reader, node: yaml.Node, path: str) -> Any:
+def _parse_parameters(reader: Reader, node: yaml.Node, path: str) -> Any:
     nodes: dict[str, yaml.Node] = {path: node}
     raw = _plain_entries(reader, node, path, list(GENERATION_PARAMETERS), nodes)
     if raw is INVALID:
         return INVALID
     try:
-        return agent_config.parse_parameters(raw, where=path)
-    except agent_config.ConfigError as exc:
+        return agent_spec.parse_parameters(raw, where=path)
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, node)
         return INVALID
 
 
-def _check_implementation(reader: _Reader, node: yaml.Node, path: str) -> Any:
+def _check_implementation(reader: Reader, node: yaml.Node, path: str) -> Any:
     value = reader.string(node, path, max_length=200)
     if value is INVALID:
         return INVALID
@@ -917,7 +722,7 @@ def _check_implementation(reader: _Reader, node: yaml.Node, path: str) -> Any:
         close = difflib.get_close_matches(value, registered, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         reader.error(
-            _line(node),
+            line_of(node),
             path,
             f"{value!r} is not a registered agent class{hint}; registered: {', '.join(registered) or 'none'} "
             "(a class must be listed in the KAIZEN_AGENT_CLASSES setting to be used)",
@@ -926,16 +731,16 @@ def _check_implementation(reader: _Reader, node: yaml.Node, path: str) -> Any:
     try:
         agent_class(value)
     except AgentFailed as exc:
-        reader.error(_line(node), path, str(exc))
+        reader.error(line_of(node), path, str(exc))
         return INVALID
     return value
 
 
 def _default_cascade() -> list[dict[str, Any]]:
-    return cascade_json(agent_config.parse_cascade(default_cascade()))
+    return cascade_json(agent_spec.parse_cascade(default_cascade()))
 
 
-def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument) -> AgentSpec | None:
+def _parse_agent(reader: Reader, node: yaml.Node, path: str, document: ConfigDocument) -> AgentSpec | None:
     entries = reader.mapping(node, path, required=["name", "boards"], optional=AGENT_OPTIONAL)
     if entries is None:
         document.offers_unknown = True
@@ -981,9 +786,9 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
 
     shorthand = [key for key in SHORTHAND_KEYS if key in entries]
     if "cascade" in entries and shorthand:
-        where = ", ".join(f"{key} on line {_line(entries[key][0])}" for key in shorthand)
+        where = ", ".join(f"{key} on line {line_of(entries[key][0])}" for key in shorthand)
         reader.error(
-            _line(entries["cascade"][0]),
+            line_of(entries["cascade"][0]),
             f"{path}.cascade",
             "give either cascade or provider and model (the one-tier shorthand), not both; "
             f"this agent also has {where}: move them into a tier of the cascade",
@@ -995,7 +800,7 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
         values["cascade"] = _parse_shorthand(reader, entries, path, node)
     elif values["implementation"] == "":
         reader.error(
-            _line(node),
+            line_of(node),
             f"{path}.cascade",
             "is required: give a cascade (a list of tiers, cheapest first), or provider and model "
             "for a single tier",
@@ -1017,13 +822,13 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
             declared = values["prompt_variables"]
             problems = check_template(template, None if declared is INVALID else list(declared))
             for problem in problems:
-                reader.error(_line(n), f"{path}.prompt_template", problem)
+                reader.error(line_of(n), f"{path}.prompt_template", problem)
             if problems:
                 template = INVALID
         values["prompt_template"] = template
     elif values["implementation"] == "":
         reader.error(
-            _line(node),
+            line_of(node),
             f"{path}.prompt_template",
             "is required: what the model is asked (only an agent with an implementation may leave it out)",
         )
@@ -1047,7 +852,7 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
     spike, window = values.get("spike_defects"), values.get("spike_window")
     if isinstance(spike, int) and isinstance(window, int) and spike > window:
         reader.error(
-            _line(entries["spike_defects"][1]),
+            line_of(entries["spike_defects"][1]),
             f"{path}.spike_defects",
             f"{spike} defects can never happen among the last {window} outputs: make it at most spike_window",
         )
@@ -1057,10 +862,8 @@ def _parse_agent(reader: _Reader, node: yaml.Node, path: str, document: ConfigDo
     return AgentSpec(**values, path=path)
 
 
-def _parse_checks(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
+def _parse_checks(reader: Reader, key_node: yaml.Node, node: yaml.Node, path: str) -> Any:
     """``quality_checks:``, a list of checks (andon.inspection); the normalised JSON to store."""
-    from andon.inspection import checks_json, parse_checks
-
     if isinstance(node, yaml.ScalarNode) and reader.scalar(node, path) is None:
         return []
     items = reader.sequence(node, path, allow_empty=True)
@@ -1079,13 +882,13 @@ def _parse_checks(reader: _Reader, key_node: yaml.Node, node: yaml.Node, path: s
         return INVALID
     try:
         return checks_json(parse_checks(checks, where=path))
-    except agent_config.ConfigError as exc:
+    except agent_spec.ConfigError as exc:
         _report(reader, exc.problems, nodes, key_node)
         return INVALID
 
 
 def _record_offers(
-    reader: _Reader,
+    reader: Reader,
     values: dict[str, Any],
     entries: dict[str, tuple[yaml.Node, yaml.Node]],
     path: str,
@@ -1105,7 +908,7 @@ def _record_offers(
         if ignored:
             cls = values["implementation"].rsplit(".", 1)[-1]
             reader.error(
-                _line(entries["capabilities"][1]),
+                line_of(entries["capabilities"][1]),
                 f"{path}.capabilities",
                 f"{cls} says its own capabilities ({', '.join(offered) or 'none'}), so "
                 f"{', '.join(map(repr, ignored))} would never be pulled: remove "
@@ -1117,7 +920,7 @@ def _record_offers(
 
 
 def _string_list(
-    reader: _Reader,
+    reader: Reader,
     node: yaml.Node,
     path: str,
     *,
@@ -1136,16 +939,16 @@ def _string_list(
         if value is INVALID:
             ok = False
         elif value in result:
-            reader.error(_line(item), f"{path}[{index}]", f"{what} {value!r} is listed twice")
+            reader.error(line_of(item), f"{path}[{index}]", f"{what} {value!r} is listed twice")
             ok = False
         else:
             result.append(value)
             if refs is not None:
-                refs.append(Reference(value, value, f"{path}[{index}]", _line(item)))
+                refs.append(Reference(value, value, f"{path}[{index}]", line_of(item)))
     return tuple(result) if ok else INVALID
 
 
-def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
+def _parse_document(reader: Reader, root: yaml.Node | None) -> ConfigDocument:
     document = ConfigDocument(filename=reader.filename)
     if root is None:
         reader.error(1, "the file", "is empty; declare boards and/or agents (see examples/README.md)")
@@ -1154,7 +957,7 @@ def _parse_document(reader: _Reader, root: yaml.Node | None) -> ConfigDocument:
     if entries is None:
         return document
     if not entries:
-        reader.error(_line(root), "the file", "declares nothing; give boards and/or agents")
+        reader.error(line_of(root), "the file", "declares nothing; give boards and/or agents")
     if "boards" in entries:
         document.boards = _parse_unique(
             reader, entries["boards"][1], "boards", _parse_board, "slug", document
@@ -1172,7 +975,7 @@ PROPOSAL_CHANGES = ["prompt_template", "prompt_variables", "parameters", "cascad
 
 
 def _parse_proposals(
-    reader: _Reader, node: yaml.Node, path: str, document: ConfigDocument
+    reader: Reader, node: yaml.Node, path: str, document: ConfigDocument
 ) -> list[ProposalSpec]:
     """The file's proposals, each checked as far as the file can tell (the agent,
     the template against the agent's variables); experiments.config checks the
@@ -1203,7 +1006,7 @@ def _parse_proposals(
             )
             if fields is not None and not fields:
                 reader.error(
-                    _line(change_node),
+                    line_of(change_node),
                     f"{item_path}.change",
                     f"changes nothing; give one or more of {', '.join(PROPOSAL_CHANGES)}",
                 )
@@ -1223,7 +1026,7 @@ def _parse_proposals(
             close = difflib.get_close_matches(agent, sorted(agents), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             reader.error(
-                _line(entries["agent"][1]),
+                line_of(entries["agent"][1]),
                 f"{item_path}.agent",
                 f"no agent {agent!r} in this file or the database{hint}",
             )
@@ -1233,12 +1036,12 @@ def _parse_proposals(
             if isinstance(variables, list) and all(isinstance(v, str) for v in variables):
                 for problem in check_template(change["prompt_template"], variables):
                     reader.error(
-                        _line(fields["prompt_template"][1]), f"{item_path}.change.prompt_template", problem
+                        line_of(fields["prompt_template"][1]), f"{item_path}.change.prompt_template", problem
                     )
                     change = INVALID
         if INVALID in (agent, rationale, change, evidence):
             continue
-        proposals.append(ProposalSpec(agent, rationale, change, evidence, item_path, _line(item)))
+        proposals.append(ProposalSpec(agent, rationale, change, evidence, item_path, line_of(item)))
     return proposals
 
 
@@ -1257,7 +1060,7 @@ def _parse_unique(reader, node, section: str, parse, key: str, document) -> list
             value, value_node = given
             if value in seen:
                 reader.error(
-                    _line(value_node), f"{path}.{key}", f"duplicate {noun} {value!r} ({seen[value]} has it)"
+                    line_of(value_node), f"{path}.{key}", f"duplicate {noun} {value!r} ({seen[value]} has it)"
                 )
                 continue
             seen[value] = path
@@ -1281,7 +1084,7 @@ def _natural_key(item: yaml.Node, key: str) -> tuple[str, yaml.Node] | None:
     return None
 
 
-def _check_against_database(document: ConfigDocument, report: Callable[[int, str, str], None]) -> None:
+def check_against_database(document: ConfigDocument, report: Callable[[int, str, str], None]) -> None:
     """What the file alone cannot tell: boards the agents name may live in the
     database, agents already in the database serve boards too, and a column
     dropped from the file may still hold tasks."""
@@ -1340,7 +1143,7 @@ def _all_board_slugs() -> set[str]:
 def config_parse(text: str, *, filename: str) -> ConfigDocument:
     """Read and check a configuration (including against the database); raise
     ConfigError listing every problem found, each with file, line and field."""
-    reader = _Reader(filename)
+    reader = Reader(filename)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -1353,7 +1156,7 @@ def config_parse(text: str, *, filename: str) -> ConfigDocument:
     except yaml.YAMLError as exc:
         raise ConfigError([f"{filename}:1: YAML error: {exc}"]) from None
     document = _parse_document(reader, root)
-    _check_against_database(document, reader.error)
+    check_against_database(document, reader.error)
     if reader.errors:
         raise ConfigError(reader.messages())
     return document
@@ -1371,273 +1174,3 @@ def config_load(path: str | Path) -> ConfigDocument:
     except OSError as exc:
         raise ConfigError([f"{filename}: cannot read it: {exc.strerror}"]) from None
     return config_parse(text, filename=filename)
-
-
-# --- applying -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Change:
-    kind: str  # board, column, agent, proposal
-    key: str  # the natural key: slug, slug/role, agent name (a proposal: agent and rationale)
-    action: str  # created, updated, unchanged, removed, skipped
-    fields: tuple[str, ...] = ()
-    note: str = ""  # such as the prompt version an update started
-
-    def __str__(self) -> str:
-        detail = "; ".join(part for part in (", ".join(self.fields), self.note) if part)
-        return f"{self.action} {self.kind} {self.key}" + (f" ({detail})" if detail else "")
-
-
-@dataclass
-class ApplyReport:
-    filename: str
-    changes: list[Change] = field(default_factory=list)
-
-    def count(self, action: str) -> int:
-        return sum(1 for c in self.changes if c.action == action)
-
-    @property
-    def changed(self) -> bool:
-        return any(c.action != "unchanged" for c in self.changes)
-
-    def summary(self) -> str:
-        if not self.changed:
-            return f"{self.filename}: no changes ({len(self.changes)} objects unchanged)"
-        counts = ", ".join(
-            f"{self.count(a)} {a}"
-            for a in ("created", "updated", "removed", "skipped", "unchanged")
-            if self.count(a)
-        )
-        return f"{self.filename}: {counts}"
-
-
-def _agent_summary(spec: AgentSpec) -> str:
-    """What a new agent runs, for the report: its class, or its cascade's models."""
-    if spec.implementation:
-        return f"implementation {spec.implementation}"
-    return "cascade " + " → ".join(tier["model"] for tier in spec.cascade)
-
-
-def _sync(obj: Any, values: dict[str, Any]) -> list[str]:
-    """Set the fields whose value differs; return their names."""
-    changed = [name for name, value in values.items() if getattr(obj, name) != value]
-    for name in changed:
-        setattr(obj, name, values[name])
-    return changed
-
-
-def _apply_columns(board: Board, spec: BoardSpec, report: ApplyReport) -> tuple[set[int], bool]:
-    """Make the board's columns match the spec. Returns the ids of columns that
-    changed in place, and whether columns were added or removed."""
-    existing = {c.role: c for c in board.columns.all()}
-    wanted = {c.role for c in spec.columns}
-    reshaped = False
-    for role, column in existing.items():
-        if role not in wanted:
-            # Checked under the board lock: no task can have entered it since.
-            if Task.objects.filter(column=column).exists():
-                raise ConfigError(
-                    [
-                        f"{report.filename}:{spec.columns_line}: {spec.path}.columns: "
-                        f"the {role} column {column.name!r} is not in the file but holds tasks"
-                    ]
-                )
-            column.delete()
-            reshaped = True
-            report.changes.append(Change("column", f"{spec.slug}/{role}", "removed"))
-    # Column names are unique per board, so a rename that takes another column's
-    # current name (a swap) would collide; park renamed columns on free names first.
-    renamed = [
-        existing[c.role] for c in spec.columns if c.role in existing and existing[c.role].name != c.name
-    ]
-    for column in renamed:
-        Column.objects.filter(pk=column.pk).update(name=f"~{column.pk}~renaming")
-    changed_ids: set[int] = set()
-    for column_spec in spec.columns:
-        values = {
-            "name": column_spec.name,
-            "position": column_spec.position,
-            "wip_limit": column_spec.wip_limit,
-            "hard_limit": column_spec.hard,
-        }
-        key = f"{spec.slug}/{column_spec.role}"
-        column = existing.get(column_spec.role)
-        if column is None:
-            Column.objects.create(board=board, role=column_spec.role, **values)
-            reshaped = True
-            report.changes.append(Change("column", key, "created"))
-            continue
-        fields = _sync(column, values)
-        if fields:
-            column.save(update_fields=fields)
-            changed_ids.add(column.pk)
-            report.changes.append(Change("column", key, "updated", tuple(fields)))
-        else:
-            report.changes.append(Change("column", key, "unchanged"))
-    return changed_ids, reshaped
-
-
-def _check_in_transaction(document: ConfigDocument) -> None:
-    errors: list[tuple[int, str]] = []
-
-    def report(line: int, path: str, message: str) -> None:
-        errors.append((line, f"{document.filename}:{line}: {path}: {message}"))
-
-    _check_against_database(document, report)
-    if errors:
-        raise ConfigError([message for _, message in sorted(errors)])
-
-
-@transaction.atomic
-def config_apply(*, document: ConfigDocument) -> ApplyReport:
-    """Make the database match a parsed configuration, in one transaction.
-    Boards are found by slug, columns by role within their board, agents by name;
-    only rows whose values differ are written, and nothing is deleted but empty
-    columns the file no longer lists. Tasks are never touched."""
-    report = ApplyReport(filename=document.filename)
-    slugs = [b.slug for b in document.boards]
-    # The lock the services take before adding to a WIP-limited column
-    # (services._lock_board: FOR NO KEY UPDATE, which excludes itself), so no
-    # move, pull or limited intake runs while columns change under it. Not plain
-    # FOR UPDATE: that would also block every TaskEvent insert on these boards,
-    # and so every run finishing on them (see _lock_board).
-    list(Board.objects.select_for_update(no_key=True).filter(slug__in=slugs).order_by("pk"))
-    _check_in_transaction(document)
-
-    touched: dict[int, set[int]] = {}  # board id -> columns changed in place
-    boards_by_slug: dict[str, Board] = {}
-    for spec in document.boards:
-        values = {
-            "name": spec.name,
-            "description": spec.description,
-            "demo_tasks": [t.as_json() for t in spec.demo_tasks],
-            "demo_feed": spec.demo_feed,
-            "experiment_plan": spec.experiment_plan,
-        }
-        board = Board.objects.filter(slug=spec.slug).first()
-        if board is None:
-            board = Board.objects.create(slug=spec.slug, **values)
-            report.changes.append(Change("board", spec.slug, "created"))
-        else:
-            fields = _sync(board, values)
-            if fields:
-                board.save(update_fields=fields)
-                report.changes.append(Change("board", spec.slug, "updated", tuple(fields)))
-            else:
-                report.changes.append(Change("board", spec.slug, "unchanged"))
-        boards_by_slug[spec.slug] = board
-        changed_ids, reshaped = _apply_columns(board, spec, report)
-        if changed_ids or reshaped:
-            touched.setdefault(board.pk, set()).update(changed_ids)
-
-    named = {s for a in document.agents for s in a.boards} - set(boards_by_slug)
-    boards_by_slug.update({b.slug: b for b in Board.objects.filter(slug__in=named)})
-    # Locked as services.agent_save locks an agent, so a save from the agent page
-    # cannot start the same prompt version at the same time; all at once and in
-    # primary-key order, the order a pull locks a board's agents in, so the two
-    # cannot deadlock.
-    agents = {
-        a.name: a
-        for a in Agent.objects.select_for_update(of=("self",), no_key=True)
-        .filter(name__in=[spec.name for spec in document.agents])
-        .order_by("pk")
-    }
-    for spec in document.agents:
-        values = {
-            "capabilities": list(spec.capabilities),
-            "prompt_template": spec.prompt_template,
-            "prompt_variables": list(spec.prompt_variables),
-            "parameters": spec.parameters,
-            "cascade": spec.cascade,
-            "reuse_results": spec.reuse_results,
-            "cache_responses": spec.cache_responses,
-            "implementation": spec.implementation,
-            "concurrency": spec.concurrency,
-            "max_attempts": spec.max_attempts,
-        }
-        if spec.paused is not None:
-            values["paused"] = spec.paused
-        for key in ANDON_KEYS:
-            if getattr(spec, key) is not None:
-                values[key] = getattr(spec, key)
-        board_ids = {boards_by_slug[s].pk for s in spec.boards}
-        agent = agents.get(spec.name)
-        if agent is None:
-            agent = Agent.objects.create(name=spec.name, **values)
-            agent.boards.set(board_ids)
-            report.changes.append(Change("agent", spec.name, "created", note=_agent_summary(spec)))
-            for board_id in board_ids:
-                touched.setdefault(board_id, set())
-            continue
-        before = Agent(
-            pk=agent.pk,
-            name=agent.name,
-            prompt_version=agent.prompt_version,
-            **{name: getattr(agent, name) for name in services.PROMPT_FIELDS},
-        )
-        fields = _sync(agent, values)
-        note = ""
-        if any(name in services.PROMPT_FIELDS for name in fields):
-            # What the model is asked changed: a new prompt version, as services.agent_save
-            # starts one, so results of the old prompt are no longer reused. The file is
-            # the operator's direct word, past the kaizen loop's proposals and experiments;
-            # both versions and the change are recorded, so the agent's history has no gap.
-            replaced = ensure_version(before)
-            agent.prompt_version = next_version_number(agent)
-            agent.save(update_fields=[*fields, "prompt_version"])
-            version = ensure_version(
-                agent,
-                source=PromptVersion.Source.CONFIG,
-                rationale=f"applied from the config file {document.filename}",
-            )
-            AuditEntry.objects.create(
-                agent=agent,
-                action=AuditEntry.Action.VERSION,
-                version=version,
-                reason=(
-                    f"v{replaced.number} → v{version.number}: applied from a config file or the admin "
-                    f"({document.filename}; {', '.join(f for f in fields if f in services.PROMPT_FIELDS)})"
-                ),
-            )
-            note = (
-                f"new prompt version v{agent.prompt_version} "
-                "(direct change from the config file, recorded in the audit log)"
-            )
-        elif fields:
-            agent.save(update_fields=fields)
-        current = set(agent.boards.values_list("pk", flat=True))
-        if current != board_ids:
-            agent.boards.set(board_ids)
-            fields.append("boards")
-        if fields:
-            report.changes.append(Change("agent", spec.name, "updated", tuple(fields), note))
-            for board_id in current | board_ids:
-                touched.setdefault(board_id, set())
-        else:
-            report.changes.append(Change("agent", spec.name, "unchanged"))
-
-    for board_id, column_ids in touched.items():
-        # A raised limit, a new agent or a resumed one may free capacity now:
-        # show the new headers and pull, once the change is visible to others.
-        if column_ids:
-            transaction.on_commit(lambda b=board_id, c=column_ids: broadcast.columns_changed(b, c))
-        transaction.on_commit(lambda b=board_id: services.request_pull(board_id=b))
-    return report
-
-
-__all__ = [
-    "AgentSpec",
-    "ApplyReport",
-    "BoardSpec",
-    "Change",
-    "ColumnSpec",
-    "ConfigDocument",
-    "ConfigError",
-    "DemoTaskSpec",
-    "ProposalSpec",
-    "Reference",
-    "config_apply",
-    "config_load",
-    "config_parse",
-]

@@ -120,13 +120,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from boards.providers import ModelRequest, ModelResponse, ProviderError
-from boards.simulated.classify import write_classify
-from boards.simulated.draft import write_draft
-from boards.simulated.extract import write_extract
-from boards.simulated.generic import write_generic, write_rewrite
-from boards.simulated.labels import DEFAULT_LABELS, best_label, default_labels
-from boards.simulated.profiles import (
+from boards.agents.provider_types import ModelRequest, ModelResponse, ProviderError
+from boards.agents.simulated.classify import write_classify
+from boards.agents.simulated.draft import write_draft
+from boards.agents.simulated.extract import write_extract
+from boards.agents.simulated.generic import write_generic, write_rewrite
+from boards.agents.simulated.labels import DEFAULT_LABELS, best_label, default_labels
+from boards.agents.simulated.profiles import (
     CONFIDENCE_MAX,
     CONFIDENCE_MIN,
     CONFIDENCE_SPREAD,
@@ -149,7 +149,7 @@ from boards.simulated.profiles import (
     log_odds,
     sigmoid,
 )
-from boards.simulated.reading import (
+from boards.agents.simulated.reading import (
     EXAMPLE_PAIR,
     LabelSet,
     PromptReading,
@@ -158,9 +158,9 @@ from boards.simulated.reading import (
     read_prompt,
     read_source,
 )
-from boards.simulated.summarise import write_sections, write_summary
-from boards.simulated.text import content_words
-from boards.simulated.work import Work, Writer, flaw_order, hedge_answer
+from boards.agents.simulated.summarise import write_sections, write_summary
+from boards.agents.simulated.text import content_words
+from boards.agents.simulated.work import Work, Writer, flaw_order, hedge_answer
 
 __all__ = [
     "CONFIDENCE_MAX",

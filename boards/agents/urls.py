@@ -1,6 +1,6 @@
 from django.urls import path
 
-from boards import views
+from boards.agents import views
 
 urlpatterns = [
     path("", views.agent_list, name="boards-agent-list"),

@@ -1,4 +1,4 @@
-"""Request and response shapes of the JSON API (``boards.api``).
+"""Request and response shapes of the JSON API (``boards.api.endpoints``).
 
 They are the contract published in ``/api/v1/openapi.json``: field descriptions
 here end up in the schema clients read, so they say what a value means.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from boards.simulated.summarise import compress, informativeness
-from boards.simulated.text import as_sentence, content_words, strip_end
-from boards.simulated.work import Work, hedge_answer, invent_figure
+from boards.agents.simulated.summarise import compress, informativeness
+from boards.agents.simulated.text import as_sentence, content_words, strip_end
+from boards.agents.simulated.work import Work, hedge_answer, invent_figure
 
 # --- rewrite and anything else ----------------------------------------------------------------
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from boards.simulated.extract import first_name
-from boards.simulated.text import as_sentence, split_clauses, strip_end, word_count
-from boards.simulated.work import Work, invent_figure
+from boards.agents.simulated.extract import first_name
+from boards.agents.simulated.text import as_sentence, split_clauses, strip_end, word_count
+from boards.agents.simulated.work import Work, invent_figure
 
 # --- draft ----------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Clients authenticate with ``Authorization: Bearer <token>`` (tokens come from
 ``python manage.py create_api_token``). Every error an operation returns,
-whatever its cause, has the one shape ``boards.schemas.ErrorOut``:
+whatever its cause, has the one shape ``boards.api.schemas.ErrorOut``:
 ``{"detail": "...", "errors": {field: [...]}}``. Operations stay thin: writes
 call ``boards.services``, reads are the small queries below.
 """
@@ -30,13 +30,13 @@ from ninja import NinjaAPI, Path, Query, Status
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
-from ninja.security import HttpBearer
 
 from boards import selectors, services
-from boards.agent_config import COST_PLACES
-from boards.agents import AgentFailed, PromptCascadeAgent, agent_class
-from boards.models import Agent, ApiToken, Board, ModelCall, Task
-from boards.schemas import (
+from boards.agents.cascade import PromptCascadeAgent
+from boards.agents.outputs import AgentFailed
+from boards.agents.registry import agent_class
+from boards.agents.spec import COST_PLACES
+from boards.api.schemas import (
     MAX_PAGE_SIZE,
     AgentRefOut,
     BoardDetailOut,
@@ -50,6 +50,8 @@ from boards.schemas import (
     TaskOut,
     TaskPageOut,
 )
+from boards.api.tokens import BearerToken
+from boards.models import Agent, Board, ModelCall, Task
 from boards.task_search import TaskFilter, task_list
 from boards.text import lone_surrogate
 
@@ -108,37 +110,6 @@ method the path does not take, 409 when the board cannot take the task as it is 
 column is at a hard WIP limit, or no agent offers the capability), 413 for a body past the limit,
 415 for a body that is not JSON.
 """).substitute(page_size=MAX_PAGE_SIZE, body_limit=_body_limit())
-
-
-class BearerToken(HttpBearer):
-    """``Authorization: Bearer <token>`` checked against the hashed ApiToken table.
-    With ``write``, the token must also be allowed to add tasks (its scope and
-    its user's permission), checked before the body is read."""
-
-    def __init__(self, *, write: bool = False) -> None:
-        super().__init__()
-        self.write = write
-
-    def __call__(self, request: HttpRequest) -> ApiToken:
-        # Replaces HttpBearer's parsing so that a missing header, another scheme and
-        # an unknown token each get a message saying which it was.
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise AuthenticationError(
-                message="Send an API token in the header 'Authorization: Bearer <token>'; "
-                "create one with `python manage.py create_api_token <username>`."
-            )
-        return self.authenticate(request, key.strip())
-
-    def authenticate(self, request: HttpRequest, token: str) -> ApiToken:
-        api_token = services.api_token_authenticate(key=token)
-        if api_token is None:
-            raise AuthenticationError(
-                message="That API token is not valid: it is unknown, revoked, or its user is inactive."
-            )
-        if self.write and (problem := api_token.write_problem()):
-            raise AuthorizationError(message=problem)
-        return api_token
 
 
 class JsonParser(Parser):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from boards.simulated.extract import design_of
-from boards.simulated.labels import GREETING, best_label, cue_sentence, cue_table
-from boards.simulated.reading import Section, Source
-from boards.simulated.text import (
+from boards.agents.simulated.extract import design_of
+from boards.agents.simulated.labels import GREETING, best_label, cue_sentence, cue_table
+from boards.agents.simulated.reading import Section, Source
+from boards.agents.simulated.text import (
     AMOUNT,
     CASE_ID,
     IDENTIFIER,
@@ -18,7 +18,7 @@ from boards.simulated.text import (
     strip_end,
     word_count,
 )
-from boards.simulated.work import Work, hedge_answer, invent_figure
+from boards.agents.simulated.work import Work, hedge_answer, invent_figure
 
 # --- summarise ------------------------------------------------------------------------------
 

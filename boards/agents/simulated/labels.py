@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import re
 
-from boards.simulated.reading import Source
-from boards.simulated.text import split_sentences, stable_index, strip_end
+from boards.agents.simulated.reading import Source
+from boards.agents.simulated.text import split_sentences, stable_index, strip_end
 
 # --- labels -------------------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from boards.simulated.profiles import SimulatedProfile
-from boards.simulated.reading import PromptReading, Source
-from boards.simulated.text import DIGITS, MONTHS, lower_first
+from boards.agents.simulated.profiles import SimulatedProfile
+from boards.agents.simulated.reading import PromptReading, Source
+from boards.agents.simulated.text import DIGITS, MONTHS, lower_first
 
 # --- the work -------------------------------------------------------------------------------
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import re
 
-from boards.simulated.extract import field_value
-from boards.simulated.labels import (
+from boards.agents.simulated.extract import field_value
+from boards.agents.simulated.labels import (
     NEAR_MISSES,
     SEVERITY_BY_CLASS,
     best_label,
     cue_sentence,
     default_labels,
 )
-from boards.simulated.reading import JsonField, LabelSet
-from boards.simulated.text import as_sentence, lower_first, strip_end
-from boards.simulated.work import Work
+from boards.agents.simulated.reading import JsonField, LabelSet
+from boards.agents.simulated.text import as_sentence, lower_first, strip_end
+from boards.agents.simulated.work import Work
 
 _REASON_FIELDS = re.compile(r"reason|evidence|explanation|rationale|why|justification|because|note", re.I)
 _CLASS_FIELD = re.compile(r"class|categor|label|type|topic|intent", re.I)

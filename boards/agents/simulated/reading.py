@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from boards.simulated.text import (
+from boards.agents.simulated.text import (
     NUMBER,
     ends_with_abbreviation,
     figures_in,

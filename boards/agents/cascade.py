@@ -1,0 +1,205 @@
+"""What does a task's work: an agent's implementation.
+
+The built-in ``PromptCascadeAgent`` renders the agent's prompt from the task
+(``boards.agents.prompts``) and runs its cascade: the cheapest tier first, its
+output taken when its confidence clears the tier's threshold (early exit),
+otherwise the next tier; the last tier's output is taken whatever it scores.
+Identical calls are served from the response cache
+(``boards.agents.response_cache``). Every call, cached or not, becomes a ledger
+row (``CallRecord``).
+
+A custom agent is Python code: a class registered by dotted path in the
+``KAIZEN_AGENT_CLASSES`` setting (``boards.agents.registry``), with
+``process(task) -> Output``, ``capabilities()`` and ``metrics()``. Subclass
+``BaseAgent`` (or ``PromptCascadeAgent``, to pre- or post-process around the
+cascade) and name the class in an agent's ``implementation``.
+``boards.example_agents`` has one.
+
+Nothing here writes to the database: the runtime hands the Output (or the
+AgentFailed) to the services, which record them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from django.utils import timezone
+
+from andon import jidoka
+from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
+from boards.agents.prompts import PromptError, render_prompt, task_variables, with_review_feedback
+from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
+from boards.agents.registry import custom_agent
+from boards.agents.response_cache import cache_key, cached_response
+from boards.agents.spec import ConfigError, Tier, parse_cascade, parse_parameters, parse_variables
+from boards.selectors import agent_metrics
+
+if TYPE_CHECKING:
+    from boards.models import Agent, Task
+
+
+class BaseAgent:
+    """The interface of every agent implementation. One instance serves one run."""
+
+    # Shown as "simulated" wherever the agent appears when True.
+    simulated = False
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def process(self, task: Task) -> Output:
+        """Do the task's work. Raise AgentFailed (with the calls made so far) for a
+        failed attempt; any other exception is also a failed attempt, logged as a bug."""
+        raise NotImplementedError
+
+    def capabilities(self) -> list[str]:
+        """What tasks this agent takes (a task asking for another capability goes elsewhere)."""
+        value = self.agent.capabilities
+        return [c for c in value if isinstance(c, str) and c] if isinstance(value, list) else []
+
+    def metrics(self) -> dict[str, Any]:
+        """Figures about the agent's work, shown on its page."""
+        return agent_metrics(agent=self.agent)
+
+
+class PromptCascadeAgent(BaseAgent):
+    """The prompt and the cascade: what every agent without an implementation runs."""
+
+    def tiers(self) -> list[Tier]:
+        try:
+            return parse_cascade(self.agent.cascade)
+        except ConfigError as exc:
+            raise AgentFailed(f"the agent's cascade is invalid: {exc}") from None
+
+    @property
+    def simulated(self) -> bool:  # type: ignore[override]
+        return any(tier.simulated for tier in self.agent.tiers)
+
+    def prompt(self, task: Task) -> str:
+        try:
+            declared = parse_variables(self.agent.prompt_variables)
+        except ConfigError as exc:
+            raise AgentFailed(f"the agent's variables are invalid: {exc}") from None
+        try:
+            prompt = render_prompt(self.agent.prompt_template, task_variables(task, declared))
+        except PromptError as exc:
+            raise AgentFailed(str(exc)) from None
+        return with_review_feedback(prompt, self.agent.prompt_template, task.review_feedback)
+
+    def process(self, task: Task) -> Output:
+        tiers = self.tiers()
+        prompt = self.prompt(task)
+        try:
+            generation = parse_parameters(self.agent.parameters)
+        except ConfigError as exc:
+            raise AgentFailed(f"the agent's parameters are invalid: {exc}") from None
+        return self.cascade(task, prompt, tiers, generation)
+
+    def cascade(self, task: Task, prompt: str, tiers: list[Tier], generation: dict[str, Any]) -> Output:
+        calls: list[CallRecord] = []
+        # Stored only once the output has passed inspection (see settle_cache).
+        to_cache: list[tuple[str, ModelResponse]] = []
+        errors: list[str] = []
+        # The last output not accepted, for when every tier after it is skipped.
+        fallback: tuple[int, Any, str] | None = None
+        skipped = False
+        for number, tier in enumerate(tiers, start=1):
+            last = number == len(tiers)
+            parameters = {**generation, **tier.parameters}
+            key = cache_key(tier, prompt, parameters)
+            at = timezone.now()
+            response = cached_response(key) if self.agent.cache_responses else None
+            source = "cache" if response is not None else "model"
+            if response is None and not jidoka.model_call_allowed(
+                tier.provider, tier.model, board_id=task.board_id
+            ):
+                # The model's circuit breaker is open: not called (no ledger row, as
+                # nothing was spent); the next tier is tried.
+                errors.append(f"tier {number} ({tier.model}): skipped, its circuit breaker is open")
+                skipped = True
+                continue
+            if response is None:
+                started = time.perf_counter()
+                try:
+                    response = get_provider(tier.provider).complete(
+                        ModelRequest(model=tier.model, prompt=prompt, input=task.input, settings=parameters)
+                    )
+                except ProviderError as exc:
+                    # Recorded, then the next tier is tried: a cheap model failing
+                    # is one more reason to ask a stronger one.
+                    calls.append(
+                        CallRecord(
+                            source="model",
+                            tier=number,
+                            provider=tier.provider,
+                            model=tier.model,
+                            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                            error=str(exc)[:2000],
+                            at=at,
+                        )
+                    )
+                    errors.append(f"tier {number} ({tier.model}): {exc}")
+                    continue
+                if self.agent.cache_responses:
+                    to_cache.append((key, response))
+            accepted = last or tier.accepts(response.confidence)
+            calls.append(
+                CallRecord(
+                    source=source,
+                    tier=number,
+                    provider=tier.provider,
+                    model=tier.model,
+                    # A cache hit spends no tokens and costs nothing.
+                    tokens_in=response.tokens_in if source == "model" else 0,
+                    tokens_out=response.tokens_out if source == "model" else 0,
+                    cost=tier.cost(response.tokens_in, response.tokens_out)
+                    if source == "model"
+                    else Decimal(0),
+                    latency_ms=response.latency_ms if source == "model" else 0.0,
+                    confidence=response.confidence,
+                    confidence_source=response.confidence_source,
+                    accepted=accepted,
+                    at=at,
+                )
+            )
+            if accepted:
+                return Output(
+                    text=response.text,
+                    confidence=response.confidence,
+                    confidence_source=response.confidence_source,
+                    tier=number,
+                    calls=tuple(calls),
+                    cache_entries=tuple(to_cache),
+                    cached_from=key if source == "cache" else "",
+                )
+            fallback = (number, response, key if source == "cache" else "")
+        if skipped and fallback is not None:
+            # The stronger tiers are out of service: the best output there is goes
+            # on, to be inspected (and escalated to a person if it falls short).
+            number, response, cached_from = fallback
+            index = max(i for i, call in enumerate(calls) if call.tier == number and not call.error)
+            calls[index] = dataclasses.replace(calls[index], accepted=True)
+            return Output(
+                text=response.text,
+                confidence=response.confidence,
+                confidence_source=response.confidence_source,
+                tier=number,
+                calls=tuple(calls),
+                cache_entries=tuple(to_cache),
+                cached_from=cached_from,
+            )
+        if skipped and not calls:
+            raise AgentDeferred("; ".join(errors[-3:]))
+        # Only reached when the last tier (and every tier after the last usable
+        # output) failed or was skipped: the attempt fails with the providers' own words.
+        raise AgentFailed("; ".join(errors[-3:]), calls)
+
+
+def implementation_for(agent: Agent) -> BaseAgent:
+    """What does the agent's work: its own class, or the prompt and the cascade."""
+    if not agent.implementation:
+        return PromptCascadeAgent(agent)
+    return custom_agent(agent)

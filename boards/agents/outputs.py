@@ -1,0 +1,66 @@
+"""What an agent hands back: its Output and the ledger rows of its model calls
+(``CallRecord``), or the exceptions that say why there is no output
+(``AgentFailed``, ``AgentDeferred``). Plain values: the runtime gives them to the
+services, which record them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from boards.agents.provider_types import ModelResponse
+
+
+class AgentDeferred(Exception):
+    """The work could not start: every model the agent would call is out of service
+    (its circuit breaker is open). Not a failed attempt: the task goes back to wait."""
+
+
+class AgentFailed(Exception):
+    """The attempt failed; ``calls`` are the model calls it made first (they cost
+    what they cost, and go to the ledger all the same)."""
+
+    def __init__(self, message: str, calls: tuple[CallRecord, ...] | list[CallRecord] = ()) -> None:
+        super().__init__(message)
+        self.calls = tuple(calls)
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One ledger row to write."""
+
+    source: str  # model, cache or reuse (boards.models.ModelCall.Source)
+    tier: int | None = None
+    provider: str = ""
+    model: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    confidence: float | None = None
+    confidence_source: str = ""
+    accepted: bool = False
+    error: str = ""
+    reused_from: int | None = None
+    # When the call was made (the ledger's time); None: when it is recorded.
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """What an agent made of a task."""
+
+    text: str
+    confidence: float | None = None
+    # logprobs, structured, simulated, none; a custom agent may name its own.
+    confidence_source: str = "none"
+    # The cascade tier (1 = cheapest) whose output this is; None when no tier made it.
+    tier: int | None = None
+    calls: tuple[CallRecord, ...] = ()
+    reused_from: int | None = None
+    # The fresh model responses to cache if the output passes inspection, as
+    # (key, response), and the cache key the accepted answer was served from.
+    cache_entries: tuple[tuple[str, ModelResponse], ...] = ()
+    cached_from: str = ""

@@ -1,0 +1,42 @@
+"""What every model provider speaks: the request, the response, the error, and the
+``Provider`` interface. The real providers (``boards.agents.providers``) and the
+simulated model (``boards.agents.simulated``) both build on this module, and neither
+on the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """A model call failed; the message is the provider's, shown on the task."""
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    model: str
+    prompt: str
+    input: str
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    text: str
+    # None when a real model gave neither log-probabilities nor a structured confidence.
+    confidence: float | None
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    # How the confidence was obtained: "logprobs", "structured", "none" or "simulated".
+    # A default keeps the simulated provider's (and older) constructors working.
+    confidence_source: str = "simulated"
+
+
+class Provider(Protocol):
+    name: str
+    simulated: bool
+
+    def complete(self, request: ModelRequest) -> ModelResponse: ...

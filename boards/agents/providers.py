@@ -1,0 +1,367 @@
+"""Model providers. The foundation ships the offline ``simulated`` provider (in
+``boards.agents.simulated``), the model of the demo and the tests; ``openai`` (any OpenAI-compatible server) and
+``anthropic`` call real models through their official SDKs, behind the same interface
+(``boards.agents.provider_types``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from typing import Any
+
+from boards.agents.provider_types import ModelRequest, ModelResponse, Provider, ProviderError
+from boards.agents.simulated import SimulatedProvider
+
+__all__ = [
+    "PROVIDER_NAMES",
+    "AnthropicProvider",
+    "ModelRequest",
+    "ModelResponse",
+    "OpenAIProvider",
+    "Provider",
+    "ProviderError",
+    "get_provider",
+    "structured_confidence",
+]
+
+
+# --- Real providers -----------------------------------------------------------------
+#
+# Retries: both SDKs already do what we need, so we lean on them (checked in the installed
+# sources, openai 3.57 and anthropic 2.14, ``_base_client.py``): ``_should_retry`` retries
+# 408, 409, 429 and every 5xx and never another 4xx (400/401/403/404/422 fail at once);
+# connection errors and timeouts are retried too; ``_calculate_retry_timeout`` honours
+# ``retry-after-ms`` and ``Retry-After`` (seconds or an HTTP date, up to two minutes),
+# and otherwise backs off exponentially from 0.5 s up to 8 s, minus 0-25 % jitter.
+# 409 (a lock timeout on OpenAI's side) is also retried: a transient server state.
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_IN_FLIGHT = 64
+
+_slots_lock = threading.Lock()
+_slots: dict[tuple[str, str], threading.BoundedSemaphore] = {}
+
+# A last line such as "Confidence: 0.83" (what a prompt asking for it usually gets back).
+_CONFIDENCE_LINE = re.compile(r"^\s*\**confidence\**\s*[:=]\s*([01](?:\.\d+)?|\.\d+)\s*$", re.I)
+
+
+def _in_flight_slot(provider: str, base_url: str, size: int) -> threading.BoundedSemaphore:
+    """One process-wide cap per (provider, server): every worker thread calling the same
+    server shares it. The first caller's size wins, so a later, larger setting cannot
+    widen a cap that threads are already waiting on."""
+    with _slots_lock:
+        key = (provider, base_url)
+        if key not in _slots:
+            _slots[key] = threading.BoundedSemaphore(size)
+        return _slots[key]
+
+
+def _setting_number(settings: dict, key: str, default: float | None, *, integer: bool = False) -> Any:
+    value = settings.get(key, default)
+    if value is None:
+        return None
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        kind = "an integer" if integer else "a number"
+        raise ProviderError(f"setting {key!r} must be {kind}, got {value!r}") from None
+    if number < 0 or (not integer and not math.isfinite(number)):
+        raise ProviderError(f"setting {key!r} must be a non-negative number, got {value!r}")
+    return number
+
+
+def _api_key(settings: dict, default_env: str) -> str:
+    env_name = settings.get("api_key_env") or default_env
+    key = os.environ.get(str(env_name))
+    if not key:
+        raise ProviderError(
+            f"API key variable {env_name} is not set in the environment: "
+            f"export {env_name} on the workers, or point api_key_env at the variable that holds the key"
+        )
+    return key
+
+
+def structured_confidence(text: str) -> float | None:
+    """The confidence the prompt asked the model to state: a JSON object with a numeric
+    ``confidence`` in [0, 1], or a final line ``Confidence: 0.83``. None otherwise."""
+    stripped = text.strip()
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        value = data.get("confidence")
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+        return None
+    lines = stripped.splitlines()
+    if lines:
+        match = _CONFIDENCE_LINE.match(lines[-1])
+        if match:
+            value = float(match.group(1))
+            if 0 <= value <= 1:
+                return value
+    return None
+
+
+def _error_message(body: object, fallback: str) -> str:
+    """The provider's own words: OpenAI-style ``{"error": {"message": ...}}`` (the SDK
+    may already have unwrapped "error"), Anthropic's ``{"type": "error", "error": {...}}``,
+    or a plain text body."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str):
+            return inner
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:500]
+    return fallback
+
+
+class _SDKProvider:
+    """What the OpenAI and Anthropic adapters share: settings, key, in-flight cap,
+    SDK error translation, timing and confidence. Subclasses make the call and
+    read their protocol's body."""
+
+    name: str = ""
+    simulated = False
+    default_base_url: str = ""
+    default_key_env: str = ""
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        settings = request.settings or {}
+        base_url = str(settings.get("base_url") or self.default_base_url).rstrip("/")
+        timeout = _setting_number(settings, "timeout", DEFAULT_TIMEOUT)
+        max_retries = _setting_number(settings, "max_retries", DEFAULT_MAX_RETRIES, integer=True)
+        max_in_flight = _setting_number(settings, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, integer=True)
+        if max_in_flight < 1:
+            raise ProviderError(f"setting 'max_in_flight' must be at least 1, got {max_in_flight}")
+        api_key = _api_key(settings, self.default_key_env)
+
+        slot = _in_flight_slot(self.name, base_url, max_in_flight)
+        # Waiting for a slot counts against the same timeout as the call, so a jammed
+        # server surfaces as an error rather than a worker parked forever.
+        if not slot.acquire(timeout=timeout):
+            raise ProviderError(
+                f"{self.name}: timed out after {timeout:g}s waiting for one of {max_in_flight} "
+                f"in-flight slots for {base_url}"
+            )
+        try:
+            started = time.perf_counter()
+            body = self._call(request, base_url, api_key, timeout, max_retries, settings)
+            latency_ms = (time.perf_counter() - started) * 1000
+        finally:
+            slot.release()
+        text, tokens_in, tokens_out, logprobs = self._read(body)
+        if logprobs:
+            confidence: float | None = round(math.exp(sum(logprobs) / len(logprobs)), 6)
+            source = "logprobs"
+        else:
+            confidence = structured_confidence(text)
+            source = "structured" if confidence is not None else "none"
+        return ModelResponse(
+            text=text,
+            confidence=confidence,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=round(latency_ms, 3),
+            confidence_source=source,
+        )
+
+    def _call(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        raise NotImplementedError
+
+    def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
+        raise NotImplementedError
+
+    def _translate(self, sdk: Any, call: Any, timeout: float) -> dict:
+        """Runs ``call`` (which returns the SDK's raw response), turns every SDK failure
+        into a ProviderError with the provider's own message and status, and parses the
+        body ourselves so that a malformed one gets a clear message."""
+        try:
+            raw = call()
+        except sdk.APITimeoutError:
+            raise ProviderError(f"{self.name}: request timed out after {timeout:g}s") from None
+        except sdk.APIConnectionError as err:
+            raise ProviderError(f"{self.name}: connection error: {err.__cause__ or err}") from None
+        except sdk.APIStatusError as err:
+            message = _error_message(err.body, err.response.text or err.message)
+            raise ProviderError(f"{self.name} {err.status_code}: {message}") from None
+        except sdk.APIError as err:
+            raise ProviderError(f"{self.name}: {err.message}") from None
+        text = raw.http_response.text
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise ProviderError(
+                f"{self.name}: malformed response, the body is not JSON: {text[:200]!r}"
+            ) from None
+        if not isinstance(body, dict):
+            raise ProviderError(f"{self.name}: malformed response, expected a JSON object: {text[:200]!r}")
+        return body
+
+
+def _usage_int(usage: object, key: str) -> int:
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+class OpenAIProvider(_SDKProvider):
+    """Chat completions on any OpenAI-compatible server (OpenAI, Ollama, vLLM, the
+    llama.cpp server): ``base_url`` is the server's ``/v1`` root."""
+
+    name = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    default_key_env = "OPENAI_API_KEY"
+
+    def _call(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        import openai
+
+        params: dict[str, Any] = {}
+        for key in ("temperature", "top_p"):
+            if settings.get(key) is not None:
+                params[key] = _setting_number(settings, key, None)
+        if settings.get("max_tokens") is not None:
+            params["max_tokens"] = _setting_number(settings, "max_tokens", None, integer=True)
+        if settings.get("logprobs"):
+            params["logprobs"] = True
+        with openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        ) as client:
+            return self._translate(
+                openai,
+                lambda: client.chat.completions.with_raw_response.create(
+                    model=request.model,
+                    messages=[{"role": "user", "content": request.prompt}],
+                    **params,
+                ),
+                timeout,
+            )
+
+    def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise ProviderError(f"openai: malformed response, no choices in {json.dumps(body)[:200]}")
+        choice = choices[0]
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(text, str):
+            raise ProviderError(
+                f"openai: malformed response, the first choice has no message content: {choice}"
+            )
+        usage = body.get("usage")
+        logprobs: list[float] = []
+        content = (
+            (choice.get("logprobs") or {}).get("content")
+            if isinstance(choice.get("logprobs"), dict)
+            else None
+        )
+        if isinstance(content, list):
+            logprobs = [
+                float(token["logprob"])
+                for token in content
+                if isinstance(token, dict) and isinstance(token.get("logprob"), int | float)
+            ]
+        return text, _usage_int(usage, "prompt_tokens"), _usage_int(usage, "completion_tokens"), logprobs
+
+
+class AnthropicProvider(_SDKProvider):
+    """The Messages API. Anthropic returns no log-probabilities, so confidence comes
+    from a structured field the prompt asks for."""
+
+    name = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+    default_key_env = "ANTHROPIC_API_KEY"
+    # The Messages API requires max_tokens; this bounds an answer when the agent sets none.
+    default_max_tokens = 1024
+
+    def _call(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        import anthropic
+
+        params: dict[str, Any] = {
+            "max_tokens": _setting_number(settings, "max_tokens", self.default_max_tokens, integer=True)
+        }
+        # anthropic 2.x dropped temperature/top_p from ``messages.create``'s signature, so
+        # they travel in the body as older SDKs sent them; if the model refuses them, its
+        # own 400 message reaches the task.
+        sampling = {
+            key: _setting_number(settings, key, None)
+            for key in ("temperature", "top_p")
+            if settings.get(key) is not None
+        }
+        if sampling:
+            params["extra_body"] = sampling
+        with anthropic.Anthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        ) as client:
+            return self._translate(
+                anthropic,
+                lambda: client.messages.with_raw_response.create(
+                    model=request.model,
+                    messages=[{"role": "user", "content": request.prompt}],
+                    **params,
+                ),
+                timeout,
+            )
+
+    def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
+        content = body.get("content")
+        if not isinstance(content, list):
+            raise ProviderError(f"anthropic: malformed response, no content in {json.dumps(body)[:200]}")
+        texts = [
+            block["text"]
+            for block in content
+            if isinstance(block, dict) and isinstance(block.get("text"), str)
+        ]
+        if not texts:
+            raise ProviderError(f"anthropic: malformed response, no text block in {json.dumps(body)[:200]}")
+        usage = body.get("usage")
+        return "".join(texts), _usage_int(usage, "input_tokens"), _usage_int(usage, "output_tokens"), []
+
+
+PROVIDER_NAMES = ("simulated", "openai", "anthropic")
+
+
+def get_provider(name: str) -> Provider:
+    from django.conf import settings
+
+    if name == "simulated":
+        return SimulatedProvider(latency_scale=settings.KAIZEN_SIMULATED_LATENCY_SCALE)
+    if name == "openai":
+        return OpenAIProvider()
+    if name == "anthropic":
+        return AnthropicProvider()
+    raise ProviderError(f"unknown provider {name!r} (available: {', '.join(PROVIDER_NAMES)})")

@@ -1,0 +1,93 @@
+"""The response cache: identical model calls (provider, model, rendered prompt,
+parameters) served from Django's ``responses`` cache.
+
+It holds only answers that passed inspection: the cascade does not store what it
+gets, it returns it on the Output (``cache_entries``), and the runtime stores it
+once the completion has committed with a pass (``settle_cache``). A defect
+waiting in Review is never served to the next identical task, and an answer
+served from the cache that fails inspection now is dropped from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+
+from boards.agents.outputs import Output
+from boards.agents.provider_types import ModelResponse
+from boards.agents.spec import Tier
+
+logger = logging.getLogger(__name__)
+
+# Tier parameters that change how a call is made, not what it answers: left out of
+# the cache key so that, say, a longer timeout still hits the cache.
+_TRANSPORT_PARAMETERS = {"timeout", "max_retries", "max_in_flight", "api_key_env", "latency_ms"}
+
+
+def cache_key(tier: Tier, prompt: str, parameters: dict[str, Any]) -> str:
+    """(provider, model, rendered prompt, parameters) as one digest. The base URL is a
+    parameter, so two servers serving a model of the same name do not share entries."""
+    relevant = {k: v for k, v in sorted(parameters.items()) if k not in _TRANSPORT_PARAMETERS}
+    blob = json.dumps([tier.provider, tier.model, prompt, relevant], sort_keys=True, ensure_ascii=False)
+    return "response:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _cache():
+    return caches["responses"]
+
+
+def cached_response(key: str) -> ModelResponse | None:
+    if settings.KAIZEN_RESPONSE_CACHE_SECONDS <= 0:
+        return None
+    try:
+        value = _cache().get(key)
+    except Exception:
+        # The cache is an economy, not a dependency: a Redis hiccup costs a model call.
+        logger.warning("response cache unavailable for reading", exc_info=True)
+        return None
+    if not isinstance(value, dict):
+        return None
+    try:
+        return ModelResponse(**value)
+    except TypeError:
+        return None
+
+
+def settle_cache(output: Output, *, passed: bool) -> None:
+    """After a completion committed: cache the output's fresh responses if it
+    passed inspection; if it is a defect served from the cache (stored before
+    its checks changed, or by an older version), drop that entry."""
+    if passed:
+        for key, response in output.cache_entries:
+            store_response(key, response)
+    elif output.cached_from:
+        delete_response(output.cached_from)
+
+
+def delete_response(key: str) -> None:
+    try:
+        _cache().delete(key)
+    except Exception:
+        logger.warning("response cache unavailable for deleting", exc_info=True)
+
+
+def store_response(key: str, response: ModelResponse) -> None:
+    if settings.KAIZEN_RESPONSE_CACHE_SECONDS <= 0:
+        return
+    value = {
+        "text": response.text,
+        "confidence": response.confidence,
+        "tokens_in": response.tokens_in,
+        "tokens_out": response.tokens_out,
+        "latency_ms": response.latency_ms,
+        "confidence_source": response.confidence_source,
+    }
+    try:
+        _cache().set(key, value, timeout=settings.KAIZEN_RESPONSE_CACHE_SECONDS)
+    except Exception:
+        logger.warning("response cache unavailable for writing", exc_info=True)

@@ -1,0 +1,412 @@
+"""Running a claimed task in a worker: reuse an earlier result or run the agent (its
+prompt and model cascade, or a custom class; see boards.agents.cascade) while the lease
+is kept alive, and hand the outcome and its ledger rows to the services.
+
+Concurrency: agent work is I/O-bound (a model call is mostly waiting), so the
+worker runs Celery's thread pool with a high concurrency, keeping many calls in
+flight per process. Threads rather than gevent: SQLite and psycopg calls do not
+yield under gevent without patching, and threads need no monkey-patching of
+Django, redis or the provider SDKs. During the call the database connection is
+handed back (to the psycopg pool on PostgreSQL), so a thousand threads waiting
+on models do not hold a thousand database connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import connection
+
+from andon.models import Inspection
+from boards import selectors, services
+from boards.agents.cascade import implementation_for
+from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
+from boards.agents.response_cache import settle_cache
+from boards.models import ModelCall
+from boards.workers import heartbeat
+from experiments import line as experiment_line
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """Renews, in one UPDATE, the leases of every run in flight in this process,
+    every third of the lease time, so a slow model call keeps its task and a dead
+    or frozen worker's tasks expire.
+
+    A lease is renewed for at most KAIZEN_RUN_TIMEOUT_SECONDS after ``hold``:
+    past that the run is taken to hang, its lease is left to run out, and the
+    reaper takes the task back (a failed attempt). If the call returns after
+    all, its result is stale and ignored (services._current_run)."""
+
+    def __init__(self) -> None:
+        # token -> time.monotonic() when the run began holding it
+        self._held: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        # Set by close(): wakes the thread at once and ends it.
+        self._closed = threading.Event()
+
+    def hold(self, token: uuid.UUID | str) -> None:
+        with self._lock:
+            self._held[str(token)] = time.monotonic()
+            if not self._closed.is_set() and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+
+    def release(self, token: uuid.UUID | str) -> None:
+        with self._lock:
+            self._held.pop(str(token), None)
+
+    def close(self) -> None:
+        """Stop renewing (for tests and shutdown); held leases then run out."""
+        self._closed.set()
+
+    def renew_due(self) -> int:
+        """Renew the leases held for less than the run timeout; stop holding the
+        others. Returns how many leases were renewed."""
+        timeout = settings.KAIZEN_RUN_TIMEOUT_SECONDS
+        now = time.monotonic()
+        with self._lock:
+            overdue = [t for t, since in self._held.items() if now - since >= timeout]
+            for token in overdue:
+                del self._held[token]
+            tokens = list(self._held)
+        for token in overdue:
+            logger.warning(
+                "run with lease %s went past KAIZEN_RUN_TIMEOUT_SECONDS (%ss): no longer renewing it, "
+                "so the reaper takes its task back",
+                token,
+                timeout,
+            )
+        if not tokens:
+            return 0
+        return services.leases_renew(lease_tokens=tokens)
+
+    def _run(self) -> None:
+        interval = settings.KAIZEN_LEASE_SECONDS / 3
+        while not self._closed.wait(interval):
+            try:
+                self.renew_due()
+            except Exception:
+                logger.exception("renewing leases failed")
+            finally:
+                connection.close()
+
+
+lease_keeper = LeaseKeeper()
+
+
+class Completer:
+    """Completes finished runs. In a worker process, the runs that finish within
+    KAIZEN_COMPLETE_WINDOW_MS of each other are completed together, in one
+    transaction by one thread (services.tasks_complete): with hundreds of runs in
+    flight, a transaction, a handful of statements and a pull per task were most
+    of the line's cost. Each run waits for its own outcome, so what it returns
+    (and a ColumnMissing it must turn into a failed attempt) is as before.
+    Elsewhere (a web process, a test calling run() in-process) and with a window
+    of 0, a run completes on its own, in its own thread and transaction."""
+
+    MAX_BATCH = 200
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[services.RunResult, Future]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def complete(self, result: services.RunResult) -> bool:
+        window = settings.KAIZEN_COMPLETE_WINDOW_MS / 1000
+        if window <= 0 or not services.in_worker_process():
+            return self._one(result)
+        # The completing thread needs a connection from the same pool: waiting on
+        # it while holding one could leave every connection held by a waiter.
+        _release_connection()
+        future: Future = Future()
+        with self._cond:
+            self._pending.append((result, future))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, args=(window,), name="completer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return future.result()
+
+    @staticmethod
+    def _one(result: services.RunResult) -> bool:
+        return services.task_complete(
+            task_id=result.task_id,
+            lease_token=result.lease_token,
+            output=result.output,
+            attempt=result.attempt,
+        )
+
+    def _loop(self, window: float) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+            time.sleep(window)  # let the runs finishing about now join this batch
+            with self._cond:
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            try:
+                self._flush(batch)
+            except BaseException as exc:  # never leave a run waiting forever
+                logger.exception("completing a batch of %s runs failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            finally:
+                connection.close()
+
+    def _flush(self, batch: list[tuple[services.RunResult, Future]]) -> None:
+        try:
+            outcomes = services.tasks_complete(results=[result for result, _ in batch])
+        except Exception:
+            # One task whose board lost its Done column (say) must not sink the
+            # others: one at a time, each with its own outcome.
+            logger.info(
+                "completing %s runs together failed; completing them one by one", len(batch), exc_info=True
+            )
+            for result, future in batch:
+                try:
+                    future.set_result(self._one(result))
+                except Exception as exc:
+                    future.set_exception(exc)
+            return
+        for (_, future), finished in zip(batch, outcomes, strict=True):
+            future.set_result(finished)
+
+
+completer = Completer()
+
+
+def _release_connection() -> None:
+    # With a pool, close() returns the connection for other threads to use
+    # during the model call; SQLite has nothing worth handing back.
+    # Inside a transaction (a caller's atomic block) the connection must stay.
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        connection.close()
+
+
+def _fail_attempt(task_id: int, lease_token: str, error: str, calls=(), attempt: int | None = None) -> str:
+    """Record a failed attempt (and the calls it made). If even that cannot be
+    written (the last attempt must fail into Done and the board has none), log
+    it: the task stays In progress with a lease no longer renewed, and the reaper
+    retries it on every pass, logging why, until someone adds a Done column."""
+    try:
+        services.task_attempt_fail(
+            task_id=task_id, lease_token=lease_token, error=error, calls=tuple(calls), attempt=attempt
+        )
+    except services.ColumnMissing as exc:
+        logger.error("could not record the failed run of task %s: %s", task_id, exc.messages[0])
+    return "failed"
+
+
+# The confidence source of an answer a reviewer approved, when it is reused.
+REVIEWED = "review"
+
+
+def reused_output(task) -> Output | None:
+    """Should-activate: the result of an identical task this agent already
+    completed with the same prompt version, unless the agent or the task opts out."""
+    earlier = selectors.reusable_task(task=task)
+    if earlier is None:
+        return None
+    confidence, source = earlier.confidence, earlier.confidence_source
+    if earlier.reviewed:
+        # A reviewer approved (or wrote) this answer to this very input: it is
+        # not escalated again for the model's doubt the reviewer settled.
+        confidence, source = 1.0, REVIEWED
+    return Output(
+        text=earlier.output,
+        confidence=confidence,
+        confidence_source=source,
+        reused_from=earlier.pk,
+        calls=(
+            CallRecord(
+                source=ModelCall.Source.REUSE,
+                confidence=confidence,
+                confidence_source=source,
+                accepted=True,
+                reused_from=earlier.pk,
+            ),
+        ),
+    )
+
+
+_UNREAD = object()
+
+
+def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
+    """Run one claimed task. Returns what happened: ``stale``, ``done``, ``failed`` or
+    ``deferred`` (not run: every model its agent calls is behind an open breaker).
+    ``task`` is the claimed task when the caller has read it already (run_batch
+    reads a batch in one query; None there means the claim is stale).
+
+    A board that lost its Done column while the task ran cannot take the result:
+    the output is dropped and the run counts as a failed attempt that names the
+    missing column (see _fail_attempt for the last attempt)."""
+    if task is _UNREAD:
+        task = services.task_run_begin(task_id=task_id, lease_token=lease_token, worker=current_worker())
+    if task is None:
+        return "stale"
+    attempt = task.attempts
+    lease_keeper.hold(lease_token)
+    try:
+        try:
+            output = reused_output(task)
+            if output is None:
+                agent = implementation_for(experiment_line.agent_for_run(task))
+                _release_connection()
+                output = agent.process(task)
+                if not isinstance(output, Output):
+                    raise AgentFailed(
+                        f"{type(agent).__name__}.process() returned {type(output).__name__}, not an Output"
+                    )
+        except AgentDeferred as exc:
+            services.task_run_defer(task_id=task_id, lease_token=lease_token, reason=str(exc))
+            return "deferred"
+        except AgentFailed as exc:
+            return _fail_attempt(task_id, lease_token, str(exc), exc.calls, attempt)
+        except Exception as exc:
+            # A bug in an adapter or a custom agent must cost an attempt, not leave
+            # the task In progress until its lease runs out.
+            logger.exception("run of task %s crashed", task_id)
+            return _fail_attempt(task_id, lease_token, f"internal error: {exc!r}", (), attempt)
+    finally:
+        lease_keeper.release(lease_token)
+    try:
+        result = services.RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
+        finished = completer.complete(result)
+    except services.ColumnMissing as exc:
+        return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
+    if finished:
+        _settle_cache(task_id, output)
+    return "done" if finished else "stale"
+
+
+def _settle_cache(task_id: int, output: Output) -> None:
+    """The response cache takes the output's answers only now that its
+    inspection has committed, and only if it passed (see boards.agents.response_cache)."""
+    if not (output.cache_entries or output.cached_from):
+        return
+    try:
+        passed = (
+            Inspection.objects.filter(task_id=task_id)
+            .order_by("-pk")
+            .values_list("passed", flat=True)
+            .first()
+        )
+    except Exception:
+        # The result is recorded; the cache is an economy: skip it this time.
+        logger.warning("could not read the inspection of task %s to settle the cache", task_id, exc_info=True)
+        return
+    settle_cache(output, passed=bool(passed))
+
+
+def _run_and_close(claim: tuple[int, str], task) -> str:
+    try:
+        return run(*claim, task=task)
+    finally:
+        # This thread ends with the batch: hand its connection back (to the pool
+        # on PostgreSQL) rather than leave it to the garbage collector.
+        connection.close()
+
+
+def run_batch(claims: list[tuple[int, str]]) -> list[str]:
+    """Run several claimed tasks at once, one thread each, and wait for them all
+    (a batch is one Celery message; see services._enqueue_runs). Each run is
+    independent: one failing or stale changes nothing for the others."""
+    if len(claims) == 1:
+        return [run(*claims[0])]
+    current = services.tasks_run_begin(claims=claims, worker=current_worker())
+    _release_connection()
+    with ThreadPoolExecutor(max_workers=len(claims), thread_name_prefix="run") as pool:
+        return list(pool.map(_run_and_close, claims, [current.get(task_id) for task_id, _ in claims]))
+
+
+# --- the worker process: its heartbeat, and the handover when it stops --------------
+
+
+def current_worker() -> str:
+    """The id a run records on its task: this Celery worker process's, whose
+    heartbeat is then running (boards.workers); empty anywhere else (a web
+    process, a test running a task in-process), where only the lease counts."""
+    if not services.in_worker_process() or not heartbeat.beating:
+        return ""
+    return heartbeat.worker_id
+
+
+def worker_started() -> str:
+    """A worker process starts beating, and its watchdog runs the reaper every
+    beat: a dead worker's tasks come back within seconds while any worker lives.
+    Called from Celery's worker_init and worker_process_init (boards.tasks)."""
+    return heartbeat.start(watchdog=services.leases_reap)
+
+
+def worker_ready() -> None:
+    """A worker that has just started pulls every board once, on a thread of its
+    own: work waiting since the last worker stopped (tasks it handed back, or
+    ones the reaper returns) need not wait for the periodic pull."""
+
+    def pull_all() -> None:
+        try:
+            services.boards_pull_all()
+        finally:
+            connection.close()
+
+    threading.Thread(target=pull_all, name="pull-at-start", daemon=True).start()
+
+
+def worker_handover() -> int:
+    """This worker process is stopping: give back, at once, every task its runs
+    hold (services.leases_release_worker: to Ready, the attempt not counted),
+    then stop beating. Safe from any thread and to call twice. Runs still in
+    flight here finish as stale: their results are ignored. If the tasks cannot
+    be given back (the database is out of reach), the heartbeat stops anyway and
+    the other workers' reapers take them within seconds. Returns how many went back."""
+    worker = heartbeat.worker_id
+    if not heartbeat.beating or not worker:
+        return 0
+    # From now on the pulls that returning tasks (and runs finishing) ask for go
+    # to the other workers: this one would claim work it will not run.
+    services.mark_worker_stopping()
+    try:
+        returned = services.leases_release_worker(worker=worker)
+    except Exception:
+        logger.exception("worker %s could not hand back its tasks; the reaper will take them", worker)
+        returned = 0
+    finally:
+        if not connection.in_atomic_block:
+            # Called on a thread of its own, whose connection nobody else closes.
+            connection.close()
+        heartbeat.stop()
+    return returned
+
+
+_handover_thread: threading.Thread | None = None
+
+
+def worker_handover_soon() -> None:
+    """worker_handover on a thread of its own, for a signal handler (Celery sends
+    worker_shutting_down from one: no database work may run there, in the middle
+    of whatever the main thread was doing). worker_handover_wait joins it."""
+    global _handover_thread
+    if _handover_thread is None:
+        _handover_thread = threading.Thread(target=worker_handover, name="handover", daemon=True)
+        _handover_thread.start()
+
+
+def worker_handover_wait(timeout: float = 5.0) -> None:
+    """At the end of the worker's shutdown: let a handover under way finish (for
+    ``timeout`` seconds at most), or hand over now what is still held."""
+    if _handover_thread is not None:
+        _handover_thread.join(timeout)
+    else:
+        worker_handover()
