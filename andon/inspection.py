@@ -34,7 +34,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from boards.agent_config import ConfigError, _number, _plain
+from boards.agents.spec import ConfigError, _number, _plain
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from andon.inspection import CheckSpec, InspectionContext, Verdict, inspect, parse_checks
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
-from boards.agent_config import ConfigError
+from boards.agents.spec import ConfigError
 from boards.models import Agent, Task
 
 logger = logging.getLogger(__name__)

@@ -114,7 +114,8 @@ def install_sections() -> None:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from kombu import messaging
 
-    from boards import agents, broadcast, runtime, services
+    from boards import agents, broadcast, services
+    from boards.agents import runtime
 
     runtime.run = timed("run", runtime.run)
     services.task_run_begin = timed("run_begin", services.task_run_begin)

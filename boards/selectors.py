@@ -198,7 +198,7 @@ def reusable_task(*, task: Task) -> Task | None:
     corrected, is reused: never one waiting in Review (not Done), nor a defect
     sent to Done by a board without Review. ``reviewed`` on the result says a
     reviewer approved it (the reuse then carries the reviewer's word, see
-    boards.runtime.reused_output)."""
+    boards.agents.runtime.reused_output)."""
     from andon.models import Escalation, Inspection  # andon's models import boards'
 
     agent = task.agent
@@ -290,7 +290,7 @@ def agent_metrics(*, agent: Agent) -> dict:
     }
 
 
-# --- the agent pages (boards.views.agent_list, agent_detail) -------------------------
+# --- the agent pages (boards.agents.views.agent_list, agent_detail) -------------------------
 
 
 def agent_list_get() -> list[Agent]:

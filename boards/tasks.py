@@ -18,7 +18,8 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from boards import runtime, services
+from boards import services
+from boards.agents import runtime
 
 
 @shared_task(name="boards.tasks.run_task")

@@ -1,7 +1,7 @@
 """What the line asks of the kaizen loop, on its hot path: which prompt version a
 claimed task runs (the arm of the agent's experiment), what that version says,
 and each experiment task's outcome. Imports no service module, so
-``boards.services`` and ``boards.runtime`` can use it.
+``boards.services`` and ``boards.agents.runtime`` can use it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
-from boards.agent_config import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
+from boards.agents.spec import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.models import Agent, Task
 
 

@@ -49,7 +49,8 @@ from django.utils import timezone
 
 from andon.inspection import parse_checks
 from andon.models import Escalation, Inspection
-from boards.agent_config import (
+from boards.agents.providers import ModelRequest, ProviderError, get_provider
+from boards.agents.spec import (
     BUILTIN_VARIABLES,
     ConfigError,
     Tier,
@@ -61,7 +62,6 @@ from boards.agent_config import (
     template_fields,
 )
 from boards.models import Agent, ModelCall, Task
-from boards.providers import ModelRequest, ProviderError, get_provider
 from experiments import services
 from experiments.models import ChangeProposal, Experiment, PromptVersion, normal_prompt_fields
 

@@ -25,7 +25,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from boards import services as board_services
-from boards.agent_config import (
+from boards.agents.spec import (
     GENERATION_PARAMETERS,
 )
 from boards.models import Agent

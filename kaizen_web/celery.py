@@ -1,4 +1,4 @@
-"""The Celery app. Workers run with the thread pool (see boards.runtime for why)."""
+"""The Celery app. Workers run with the thread pool (see boards.agents.runtime for why)."""
 
 import os
 

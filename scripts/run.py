@@ -294,7 +294,7 @@ def is_loopback(host: str) -> bool:
 
 def default_worker_concurrency(database_url: str | None) -> int:
     # The worker uses Celery's thread pool: agent work is waiting on models, so
-    # one process keeps many calls in flight (see boards/runtime.py). On
+    # one process keeps many calls in flight (see boards/agents/runtime.py). On
     # PostgreSQL 200 threads share a bounded connection pool and each call
     # hands its connection back while it waits. SQLite lets one writer in at a
     # time and every thread opens its own connection to the file, so beyond the

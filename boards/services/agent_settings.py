@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from boards.agent_config import cascade_json, parse_cascade, parse_parameters, parse_variables
+from boards.agents.spec import cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.models import Agent
 from boards.services.moves import board_config_changed
 from experiments import line as experiment_line

@@ -68,7 +68,7 @@ def board_pull_started(board_id: int) -> None:
 def runs_enqueue(claims: Sequence[Claim]) -> None:
     """Send claimed runs to the workers: one Celery message per KAIZEN_RUN_BATCH
     of them, which the worker that takes it runs side by side
-    (boards.runtime.run_batch). A message costs the worker's consumer more CPU
+    (boards.agents.runtime.run_batch). A message costs the worker's consumer more CPU
     than a run's own bookkeeping, so a pull that claims a thousand tasks sends
     twenty messages, not a thousand."""
     from boards.tasks import run_task, run_tasks  # Celery's idiom: see the module's docstring

@@ -120,7 +120,7 @@ def leases_reap(*, limit: int = 500) -> int:
 
 def leases_release_worker(*, worker: str) -> int:
     """A worker process that stops hands back, at once, the tasks its runs hold
-    (see boards.runtime.worker_handover): each goes back to Ready (or the
+    (see boards.agents.runtime.worker_handover): each goes back to Ready (or the
     Backlog, as a failed run's would), without spending its attempt, as a run
     that never got to its work. Runs of that worker still finishing afterwards
     are stale: their results are ignored (their calls recorded as stale).

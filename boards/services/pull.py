@@ -35,7 +35,7 @@ Status = Task.Status
 
 
 # Set in Celery worker processes (boards.tasks connects it to worker_init), and
-# the other way when the worker stops (boards.runtime.worker_handover).
+# the other way when the worker stops (boards.agents.runtime.worker_handover).
 _in_worker = False
 _stopping = False
 
@@ -89,7 +89,7 @@ def pull_requested_run(*, board_id: int) -> None:
     """A worker answering a pull asked by another process (boards.tasks.pull_board).
     A worker that is stopping leaves it: it would claim runs it is not going to
     run. The other workers pull at their next change or periodic pull, and a
-    worker that starts pulls every board (boards.runtime.worker_ready)."""
+    worker that starts pulls every board (boards.agents.runtime.worker_ready)."""
     enqueue.board_pull_started(board_id)
     if _stopping:
         return

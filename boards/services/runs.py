@@ -125,7 +125,7 @@ class RunResult:
 
 def tasks_complete(*, results: list[RunResult]) -> list[bool]:
     """task_complete for many runs in one transaction: a worker gathers the runs
-    that finish within a few milliseconds of each other (boards.runtime.Completer),
+    that finish within a few milliseconds of each other (boards.agents.runtime.Completer),
     so a busy line pays for one transaction, a few statements and one pull per
     batch rather than per task. Returns, for each result, whether it completed
     (False: stale, its calls still recorded). All or nothing: ColumnMissing if a

@@ -1,10 +1,7 @@
 """Dotted paths that outlive a move: the custom-agent API the README documents
-(``boards.agents.BaseAgent``...), the example class agents name in their rows,
-and the old module paths kept until the other issue-11 branches are merged."""
+(``boards.agents.BaseAgent``...), and the example class agents name in their rows."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 from django.utils.module_loading import import_string
@@ -23,16 +20,3 @@ def test_the_custom_agent_api_imports_from_boards_agents(name):
 def test_the_example_agent_path_stored_in_rows_imports():
     keyword_classifier = import_string("boards.example_agents.KeywordClassifier")
     assert issubclass(keyword_classifier, import_string("boards.agents.BaseAgent"))
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ("boards.agent_config", "boards.agents.spec"),
-        ("boards.providers", "boards.agents.providers"),
-        ("boards.runtime", "boards.agents.runtime"),
-    ],
-)
-def test_an_old_module_path_is_the_moved_module(old, new):
-    # The same module object, so patching a name through either path patches both.
-    assert importlib.import_module(old) is importlib.import_module(new)

@@ -1,9 +1,0 @@
-"""Moved to ``boards.agents.providers``. This old path is the same module, kept only
-until the modules of the other issue-11 branches that still import it are
-updated after the merge; then this file goes."""
-
-import sys
-
-from boards.agents import providers
-
-sys.modules[__name__] = providers
