@@ -51,6 +51,24 @@ def user(db):
 
 
 @pytest.fixture
+def logged_in(client, user):
+    """The test client, logged in as ``user`` (who may do nothing in particular)."""
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def no_open_breakers():
+    """No model breaker left open by an earlier test (jidoka keeps the open ones
+    in memory, apart from the database that is rolled back)."""
+    from andon import jidoka
+
+    jidoka.open_models.clear()
+    yield
+    jidoka.open_models.clear()
+
+
+@pytest.fixture
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 

@@ -15,8 +15,7 @@ from andon import services as andon_services
 from andon.models import Escalation, Inspection
 from boards import agents, runtime, services
 from boards.models import Column, ModelCall, Task
-from tests.andon.helpers import reviewer
-from tests.factories import column, make_agent, make_board
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
 
@@ -148,7 +147,7 @@ def test_an_approved_answer_is_reused_with_the_reviewers_word_for_it():
     board, _ = line(checks=UNSURE)
     first = run_one(board)
     escalation = Escalation.objects.get(task=first)
-    andon_services.escalation_approve(escalation=escalation, user=reviewer())
+    andon_services.escalation_approve(escalation=escalation, user=make_reviewer())
 
     second = run_one(board, title="The same invoice again")
 
@@ -163,7 +162,7 @@ def test_a_corrected_answer_is_reused_as_corrected():
     first = run_one(board)
     escalation = Escalation.objects.get(task=first)
     andon_services.escalation_correct(
-        escalation=escalation, user=reviewer(), output="36 of 40 units arrived."
+        escalation=escalation, user=make_reviewer(), output="36 of 40 units arrived."
     )
 
     second = run_one(board, title="The same invoice again")
@@ -180,7 +179,7 @@ def test_two_identical_escalated_tasks_are_one_inbox_row_and_one_decision_decide
     [row] = selectors.inbox_groups_get()
     assert [m.task_id for m in row.members] == [first.pk, second.pk]
 
-    result = andon_services.escalations_approve(escalations=row.members, user=reviewer())
+    result = andon_services.escalations_approve(escalations=row.members, user=make_reviewer())
 
     assert len(result.decided) == 2
     for task in (first, second):

@@ -10,8 +10,7 @@ import pytest
 from andon.models import Escalation
 from boards import services
 from boards.models import Task, TaskEvent
-from tests.andon.helpers import reviewer
-from tests.factories import make_agent, make_board
+from tests.factories import make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=4)]
 
@@ -49,8 +48,8 @@ def test_an_escalation_approved_from_the_keyboard_leaves_both_inboxes_live(
         error_rate=0.0,
         quality_checks=[{"check": "regex", "name": "has-part-number", "must_match": "NEVER-MATCHES"}],
     )
-    ana = reviewer(username="ana", password=PASSWORD)
-    reviewer(username="bob", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
+    make_reviewer(username="bob", password=PASSWORD)
 
     first = _log_in(browser, live_server_url, "ana", "/andon/")
     second = _log_in(browser, live_server_url, "bob", "/andon/")

@@ -19,8 +19,8 @@ from andon import services as andon_services
 from andon.models import Escalation
 from boards.fragments import render_board_update
 from boards.models import Column
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, reviewer
-from tests.factories import column, make_agent, make_board
+from tests.andon.helpers import DEFECTIVE, claim_one, complete
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
 
@@ -86,7 +86,7 @@ def _wait_for_status(escalation: Escalation, status: str, timeout: float = 20.0)
 
 def test_a_held_decision_can_be_undone_and_is_sent_once_its_delay_has_passed(browser, live_server_url):
     board = _line()
-    ana = reviewer(username="ana", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
     weld_a = _escalate(board, "Weld A", "seam a")
     weld_b = _escalate(board, "Weld B", "seam b")
     weld_c = _escalate(board, "Weld C", "seam c")
@@ -127,7 +127,7 @@ def test_a_held_decision_can_be_undone_and_is_sent_once_its_delay_has_passed(bro
 
 def test_the_selection_moves_to_the_next_unread_row_when_the_selected_one_leaves(browser, live_server_url):
     board = _line()
-    reviewer(username="ana", password=PASSWORD)
+    make_reviewer(username="ana", password=PASSWORD)
     for name in "ABCD":
         _escalate(board, f"Weld {name}", f"seam {name}")
     page = _log_in(browser, live_server_url, "ana")
@@ -149,8 +149,8 @@ def test_the_selection_moves_to_the_next_unread_row_when_the_selected_one_leaves
 
 def test_live_arrivals_and_departures_keep_an_open_reject_form_and_its_text(browser, live_server_url):
     board = _line()
-    ana = reviewer(username="ana", password=PASSWORD)
-    bob = reviewer(username="bob", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
+    bob = make_reviewer(username="bob", password=PASSWORD)
     target = _escalate(board, "Weld A", "seam a")
     leaving = _escalate(board, "Weld B", "seam b")
     page = _log_in(browser, live_server_url, "ana")
@@ -200,8 +200,8 @@ def test_live_arrivals_and_departures_keep_an_open_reject_form_and_its_text(brow
 
 def test_a_row_decided_elsewhere_while_typed_in_stays_until_it_is_left(browser, live_server_url):
     board = _line()
-    reviewer(username="ana", password=PASSWORD)
-    bob = reviewer(username="bob", password=PASSWORD)
+    make_reviewer(username="ana", password=PASSWORD)
+    bob = make_reviewer(username="bob", password=PASSWORD)
     escalation = _escalate(board, "Weld A", "seam a")
     _escalate(board, "Weld B", "seam b")
     page = _log_in(browser, live_server_url, "ana")
@@ -231,7 +231,7 @@ def test_a_row_decided_elsewhere_while_typed_in_stays_until_it_is_left(browser, 
 
 def test_a_held_decision_is_sent_when_the_reviewer_leaves_the_page(browser, live_server_url):
     board = _line()
-    ana = reviewer(username="ana", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
     escalation = _escalate(board, "Weld A", "seam a")
     page = _log_in(browser, live_server_url, "ana")
     page.keyboard.press("j")

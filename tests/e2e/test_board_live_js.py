@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.andon.helpers import reviewer
-from tests.factories import make_board
+from tests.factories import make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
 
@@ -30,7 +29,7 @@ def _fragment(version: str, *, details_open: bool = False) -> str:
 @pytest.fixture
 def page(browser, live_server_url, transactional_db):
     board = make_board(name="Probe line")
-    user = reviewer(username="prober", password=PASSWORD)
+    user = make_reviewer(username="prober", password=PASSWORD)
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     page.goto(f"{live_server_url}/accounts/login/?next={board.get_absolute_url()}")

@@ -16,8 +16,7 @@ from django.db import connection
 from andon.models import LineStop
 from boards import broadcast, services
 from boards.models import Task
-from tests.andon.helpers import reviewer
-from tests.factories import column, make_agent, make_board
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
 
@@ -96,7 +95,7 @@ def churn(line) -> Iterator[Churn]:
 
 
 def _open_board(browser, base_url: str, board, *, width: int = 1400, height: int = 900):
-    user = reviewer(username=f"ana{width}", password=PASSWORD)
+    user = make_reviewer(username=f"ana{width}", password=PASSWORD)
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.goto(f"{base_url}/accounts/login/?next={board.get_absolute_url()}")

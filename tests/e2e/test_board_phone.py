@@ -10,8 +10,7 @@ import pytest
 
 from boards import services
 from boards.models import Column
-from tests.andon.helpers import reviewer
-from tests.factories import column, make_agent, make_board
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
 
@@ -40,7 +39,7 @@ def busy_board(transactional_db):
 
 
 def _page(browser, base_url: str, board, width: int, height: int):
-    user = reviewer(username=f"phone{width}", password=PASSWORD)
+    user = make_reviewer(username=f"phone{width}", password=PASSWORD)
     context = browser.new_context(viewport={"width": width, "height": height}, has_touch=width < 700)
     page = context.new_page()
     page.goto(f"{base_url}/accounts/login/?next={board.get_absolute_url()}")

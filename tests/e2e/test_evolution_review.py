@@ -16,7 +16,8 @@ from boards import services as board_services
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment
-from tests.experiments.test_views_review import approver, line_agent, look, major_proposal, samples, tasks_of
+from tests.experiments.helpers import line_agent, look, major_proposal, samples, tasks_of
+from tests.factories import make_approver
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +48,7 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     agent = line_agent(name="welder")
     board = agent.boards.first()
     proposal = major_proposal(agent)
-    approver(username="ana", password=PASSWORD)
+    make_approver(username="ana", password=PASSWORD)
 
     page = _log_in(browser, live_server_url, "ana", "/kaizen/")
     item = f"#proposal-{proposal.pk}"

@@ -14,15 +14,8 @@ from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment
-from tests.experiments.test_views_review import (
-    approver,
-    experiment_in,
-    line_agent,
-    look,
-    major_proposal,
-    samples,
-    tasks_of,
-)
+from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
+from tests.factories import make_approver
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +107,7 @@ def _type(page, text: str) -> None:
 def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back(browser, live_server_url):
     agent = line_agent(name="welder")
     experiment = experiment_in("efficacy", agent=agent)
-    approver(username="ana", password=PASSWORD)
+    make_approver(username="ana", password=PASSWORD)
     page = _log_in(browser, live_server_url, "ana")
     row = f"#experiment-{experiment.pk}"
     form = f"#experiment-{experiment.pk}-rollback"
@@ -164,7 +157,7 @@ def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back
 def test_an_approval_note_survives_a_new_proposal_joining_the_list(browser, live_server_url):
     welder = line_agent(name="welder")
     proposal = major_proposal(welder)
-    approver(username="ana", password=PASSWORD)
+    make_approver(username="ana", password=PASSWORD)
     page = _log_in(browser, live_server_url, "ana")
     form = f"#proposal-{proposal.pk}-approve"
     note = f"{form}-note"
@@ -208,7 +201,7 @@ def test_an_experiments_page_posts_its_plain_forms_after_a_push(browser, live_se
     rendered without a request, so without a CSRF token: the page keeps its own."""
     agent = line_agent(name="welder")
     experiment = experiment_in("efficacy", agent=agent)
-    approver(username="ana", password=PASSWORD)
+    make_approver(username="ana", password=PASSWORD)
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     page.goto(f"{live_server_url}/accounts/login/?next={experiment.get_absolute_url()}")
     page.fill("input[name=username]", "ana")

@@ -14,56 +14,26 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.test import Client
 
 from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from kaizen_web.asgi import application
-from tests.experiments.test_views_review import (
-    approver,
-    editor,
-    experiment_in,
-    line_agent,
-    look,
-    major_proposal,
-    samples,
-    tasks_of,
-)
-from tests.factories import make_user
+from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
+from tests.factories import make_approver, make_editor, make_user
+from tests.websockets import ORIGIN, connects, session_cookie
 
 # The broadcaster renders in its own thread, from committed data.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ORIGIN = (b"origin", b"http://testserver")
 TIMEOUT = 10
-
-
-def _session_cookie(user) -> tuple[bytes, bytes]:
-    client = Client()
-    client.force_login(user)
-    return (
-        b"cookie",
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
-    )
-
-
-def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    async def attempt() -> bool:
-        communicator = WebsocketCommunicator(application, path, headers=headers)
-        connected, _ = await communicator.connect()
-        await communicator.disconnect()
-        return connected
-
-    return async_to_sync(attempt)()
 
 
 def _receive_after(paths: list[str], user, action) -> list[list[str]]:
     """Connect to each path as ``user``, run ``action`` (a database call that
     publishes), and collect what each connection receives until nothing more
     comes for a moment."""
-    cookie = _session_cookie(user)
+    cookie = session_cookie(user)
 
     async def scenario() -> list[list[str]]:
         communicators = []
@@ -99,22 +69,22 @@ def _nothing_left_to_send():
 
 
 def test_anonymous_connections_are_refused():
-    assert _connects("/ws/kaizen/", [ORIGIN]) is False
+    assert connects("/ws/kaizen/", [ORIGIN]) is False
 
 
 def test_users_without_the_approve_permission_are_refused():
-    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(make_user())]) is False
-    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(editor())]) is False
+    assert connects("/ws/kaizen/", [ORIGIN, session_cookie(make_user())]) is False
+    assert connects("/ws/kaizen/", [ORIGIN, session_cookie(make_editor())]) is False
 
 
 def test_an_approver_connects():
-    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(approver())]) is True
-    assert _connects("/ws/kaizen/?experiment=1", [ORIGIN, _session_cookie(approver())]) is True
+    assert connects("/ws/kaizen/", [ORIGIN, session_cookie(make_approver())]) is True
+    assert connects("/ws/kaizen/?experiment=1", [ORIGIN, session_cookie(make_approver())]) is True
 
 
 def test_a_foreign_origin_is_refused():
-    headers = [(b"origin", b"http://evil.example"), _session_cookie(approver())]
-    assert _connects("/ws/kaizen/", headers) is False
+    headers = [(b"origin", b"http://evil.example"), session_cookie(make_approver())]
+    assert connects("/ws/kaizen/", headers) is False
 
 
 def test_a_new_proposal_reaches_review_pages_as_their_sections():
@@ -125,7 +95,7 @@ def test_a_new_proposal_reaches_review_pages_as_their_sections():
         made.append(major_proposal(agent))
         kaizen_broadcast.proposals_changed()
 
-    [review] = _receive_after(["/ws/kaizen/"], approver(), propose)
+    [review] = _receive_after(["/ws/kaizen/"], make_approver(), propose)
 
     [proposal] = made
     [message] = review
@@ -153,7 +123,7 @@ def test_a_look_reaches_review_pages_as_the_row_with_its_chart_data_and_its_page
 
     review, watching, watching_other = _receive_after(
         ["/ws/kaizen/", f"/ws/kaizen/?experiment={experiment.pk}", f"/ws/kaizen/?experiment={other.pk}"],
-        approver(),
+        make_approver(),
         look_and_publish,
     )
 
@@ -188,11 +158,11 @@ def test_a_rollback_reaches_review_pages_as_the_row_ended():
     broadcast.flush(timeout=60)
 
     def roll_back_and_publish() -> None:
-        kaizen.experiment_rollback(experiment=experiment, user=approver(), note="enough seen")
+        kaizen.experiment_rollback(experiment=experiment, user=make_approver(), note="enough seen")
         kaizen_broadcast.experiment_changed(experiment.pk)
         kaizen_broadcast.proposals_changed()
 
-    [review] = _receive_after(["/ws/kaizen/"], approver(), roll_back_and_publish)
+    [review] = _receive_after(["/ws/kaizen/"], make_approver(), roll_back_and_publish)
 
     # Two messages, in either order: the row and the sections.
     [row] = [message for message in review if message.lstrip().startswith("<div id=")]
