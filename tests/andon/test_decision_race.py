@@ -23,6 +23,8 @@ from tests.andon.helpers import escalate
 from tests.factories import make_agent, make_board, make_reviewer
 from tests.live import LiveProcess, child_env, drop_queue, log_path_for, purge_queue, register, wait_for
 
+pytestmark = pytest.mark.redis
+
 DECISIONS = (TaskEvent.Kind.APPROVED, TaskEvent.Kind.CORRECTED, TaskEvent.Kind.REJECTED)
 # What each action leaves behind: the escalation's status, the event, the task's place.
 OUTCOME = {

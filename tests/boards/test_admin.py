@@ -175,6 +175,7 @@ def test_paused_cannot_be_edited_on_the_change_form(admin_client, model):
     assert obj.paused is False
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_pausing_a_board_stops_the_line_and_tells_the_browsers(admin_client):
     board = make_board()
@@ -301,6 +302,7 @@ def test_a_raised_agent_concurrency_lets_it_pull_more(admin_client, empty_queue)
     assert Task.objects.filter(pk__in=[t.pk for t in tasks], status=Status.RUNNING).count() == 3
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_a_board_an_agent_leaves_stops_showing_it(admin_client):
     board, other = make_board(), make_board()
@@ -317,6 +319,7 @@ def test_a_board_an_agent_leaves_stops_showing_it(admin_client):
     assert "Leaving agent" not in html
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_a_deleted_agent_leaves_the_boards_it_served(admin_client):
     board = make_board()

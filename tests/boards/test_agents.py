@@ -62,6 +62,7 @@ def test_a_string_stored_as_capabilities_offers_nothing(board):
     assert "No agent on this board offers 's' (offered: none)" in err.value.message_dict["capability"][0]
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_pausing_an_agent_reaches_a_connected_browser():
     board = make_board(backlog=False)

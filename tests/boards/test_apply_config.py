@@ -726,6 +726,7 @@ def test_agents_can_share_settings_through_yaml_merge_keys(db, tmp_path):
     assert [t.model for t in Agent.objects.get(name="Worker").tiers] == ["sim-small", "sim-large"]
 
 
+@pytest.mark.redis
 def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_capture_on_commit_callbacks):
     apply(write(tmp_path, BASE.split("agents:\n", 1)[0].replace(", capability: summarise", "")))
     board = Board.objects.get(slug="line")

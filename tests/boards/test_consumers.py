@@ -22,7 +22,7 @@ from tests.factories import column, make_board, make_user
 from tests.websockets import ORIGIN, connects, session_cookie
 
 # Services broadcast after commit: these tests need real commits.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

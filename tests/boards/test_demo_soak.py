@@ -55,6 +55,7 @@ ENV = {
 }
 
 pytestmark = [
+    pytest.mark.redis,
     pytest.mark.skipif(
         connection.vendor != "sqlite", reason="the unattended demo runs on the embedded default, SQLite"
     ),

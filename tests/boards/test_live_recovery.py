@@ -32,7 +32,7 @@ from tests.factories import column, make_board, make_reviewer, make_user
 from tests.live import BASE_DIR, child_env, free_port
 from tests.websockets import ORIGIN, session_cookie
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -16,6 +16,8 @@ from boards import runtime, services, workers
 from boards.models import Task, TaskEvent
 from tests.factories import make_agent, make_board
 
+pytestmark = pytest.mark.redis
+
 Status = Task.Status
 
 

@@ -24,7 +24,7 @@ from tests.factories import make_approver, make_editor, make_user
 from tests.websockets import ORIGIN, connects, session_cookie
 
 # The broadcaster renders in its own thread, from committed data.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT = 10
 
