@@ -13,6 +13,7 @@ import re
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from boards import broadcast
@@ -26,13 +27,39 @@ from tests.websockets import ORIGIN, connects, session_cookie
 # The broadcaster renders in its own thread, from committed data.
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
-TIMEOUT = 10
+TIMEOUT = 30
+# Sent after everything else: once a connection has it, it has had the rest.
+LAST = "<!-- the test's last message -->"
+
+
+def _last_message(path: str) -> tuple[str, dict]:
+    """A message for ``path``'s connections only, through the group they listen to."""
+    experiment = re.search(r"experiment=(\d+)", path)
+    if experiment is None:
+        return kaizen_broadcast.REVIEW_GROUP, {"type": "review.update", "html": LAST}
+    return kaizen_broadcast.REVIEW_GROUP, {
+        "type": "experiment.update",
+        "experiment_id": int(experiment.group(1)),
+        "html": LAST,
+    }
+
+
+def _last(messages: list[str], kind=lambda message: True) -> str:
+    """The last message of this kind: each push carries whole fragments, so the
+    last one is what the page shows in the end, however the broadcaster split a
+    burst of updates into pushes (under load it may send one update twice)."""
+    matching = [message for message in messages if kind(message)]
+    assert matching, f"none of the {len(messages)} messages received is of the kind expected"
+    return matching[-1]
 
 
 def _receive_after(paths: list[str], user, action) -> list[list[str]]:
     """Connect to each path as ``user``, run ``action`` (a database call that
-    publishes), and collect what each connection receives until nothing more
-    comes for a moment."""
+    publishes), and collect everything each connection receives for it.
+
+    Once the broadcaster has sent all it had, a last message goes to each
+    connection's group: Redis delivers a channel's messages in the order they
+    were published, so a connection has had everything once that one arrives."""
     cookie = session_cookie(user)
 
     async def scenario() -> list[list[str]]:
@@ -46,12 +73,14 @@ def _receive_after(paths: list[str], user, action) -> list[list[str]]:
         # Rendering a chart takes a moment, and the broadcaster paces itself to
         # its CPU budget: wait for everything to go out, however long it takes.
         assert await database_sync_to_async(broadcast.flush)(timeout=60), "the broadcaster did not finish"
+        layer = get_channel_layer()
+        for path in dict.fromkeys(paths):
+            await layer.group_send(*_last_message(path))
         received = []
         for communicator in communicators:
             messages = []
-            # receive_nothing waits without cancelling the consumer (a timed-out receive would).
-            while not await communicator.receive_nothing(timeout=0.5):
-                messages.append(await communicator.receive_from(timeout=TIMEOUT))
+            while (message := await communicator.receive_from(timeout=TIMEOUT)) != LAST:
+                messages.append(message)
             received.append(messages)
             await communicator.disconnect()
         return received
@@ -60,12 +89,6 @@ def _receive_after(paths: list[str], user, action) -> list[list[str]]:
         return async_to_sync(scenario)()
     finally:
         broadcast.flush(timeout=60)
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left_to_send():
-    """Updates an earlier test queued are sent before this one listens."""
-    broadcast.flush(timeout=60)
 
 
 def test_anonymous_connections_are_refused():
@@ -98,7 +121,7 @@ def test_a_new_proposal_reaches_review_pages_as_their_sections():
     [review] = _receive_after(["/ws/kaizen/"], make_approver(), propose)
 
     [proposal] = made
-    [message] = review
+    message = _last(review)
     assert re.search(r'<section id="proposals"[^>]*hx-swap-oob="outerHTML"', message)
     assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', message)
     assert re.search(r'<section id="audit-recent"[^>]*hx-swap-oob="outerHTML"', message)
@@ -127,7 +150,7 @@ def test_a_look_reaches_review_pages_as_the_row_with_its_chart_data_and_its_page
         look_and_publish,
     )
 
-    [row_message] = review
+    row_message = _last(review)
     assert re.match(
         rf'\s*<div id="experiment-{experiment.pk}" class="evo-experiment evo-experiment--running"[^>]*'
         r'hx-swap-oob="outerHTML"',
@@ -143,7 +166,7 @@ def test_a_look_reaches_review_pages_as_the_row_with_its_chart_data_and_its_page
     assert re.search(r'<section id="audit-recent"[^>]*hx-swap-oob="outerHTML"', row_message)
     # The review page's forms post with htmx...
     assert f'hx-post="/kaizen/experiments/{experiment.pk}/rollback/"' in row_message
-    [page_message] = watching
+    page_message = _last(watching)
     assert f'<section id="looks-{experiment.pk}"' in page_message
     assert f'<section id="experiment-audit-{experiment.pk}"' in page_message
     assert page_message.count('<tr id="look-') == 3
@@ -164,9 +187,9 @@ def test_a_rollback_reaches_review_pages_as_the_row_ended():
 
     [review] = _receive_after(["/ws/kaizen/"], make_approver(), roll_back_and_publish)
 
-    # Two messages, in either order: the row and the sections.
-    [row] = [message for message in review if message.lstrip().startswith("<div id=")]
-    [sections] = [message for message in review if message is not row]
+    # Two kinds of message, in either order: the row and the sections.
+    row = _last(review, lambda message: message.lstrip().startswith("<div id="))
+    sections = _last(review, lambda message: not message.lstrip().startswith("<div id="))
     assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in row
     assert "enough seen" in row and "/rollback/" not in row
     assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', sections)
