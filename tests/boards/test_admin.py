@@ -138,7 +138,7 @@ def _watch(board: Board, client: Client, action: Callable[[], Any]) -> tuple[Any
         connected, _ = await communicator.connect()
         assert connected
         result = await database_sync_to_async(action)()
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return result, html
 

@@ -74,7 +74,7 @@ def test_pausing_an_agent_reaches_a_connected_browser():
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.agent_set_paused)(agent=agent, paused=True)
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return html
 

@@ -61,7 +61,7 @@ def test_a_committed_task_reaches_a_connected_browser_as_a_fragment():
         connected, _ = await communicator.connect()
         assert connected
         task = await database_sync_to_async(services.task_create)(board=live_board, title="Pushed card")
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return task.pk, html
 
@@ -93,7 +93,7 @@ def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.task_move)(task=task, to_column=done, user=user)
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return html
 
@@ -126,7 +126,7 @@ def test_updates_published_for_another_redis_database_do_not_arrive(live_board):
         assert connected
         await other_instance.group_send(group, {"type": "board.update", "html": "from another instance"})
         await get_channel_layer().group_send(group, {"type": "board.update", "html": "from this instance"})
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         await other_instance.flush()
         return html

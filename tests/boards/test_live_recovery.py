@@ -133,7 +133,7 @@ def test_a_board_change_made_while_redis_is_down_reaches_the_browser_once_it_is_
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.task_create)(board=board, title="Before the outage")
-        assert "Before the outage" in await communicator.receive_from(timeout=10)
+        assert "Before the outage" in await communicator.receive_from(timeout=30)
 
         await sync_to_async(own_redis.stop)()
         task = await database_sync_to_async(services.task_create)(board=board, title="Made while down")
