@@ -1,10 +1,12 @@
-"""Small builders for test data. Boards are built the way apply_config builds them."""
+"""Small builders for test data. Boards are built the way apply_config builds them;
+people are users with the permissions of their role, shared by every app's tests."""
 
 from __future__ import annotations
 
 from itertools import count
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
 from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent, Board, Column
@@ -83,6 +85,45 @@ def make_user(*, username: str | None = None, password: str = "pw-for-tests-1", 
     return get_user_model().objects.create_user(
         username=username or f"user{next(_seq)}", password=password, **extra
     )
+
+
+def grant(user, *permissions: str) -> None:
+    """Give ``user`` these permissions, named as ``has_perm`` names them
+    ("app_label.codename"). A user read before keeps its cached permissions:
+    read it afresh (``make_user_with`` does)."""
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+
+
+def make_user_with(*permissions: str, **extra):
+    """A user with these permissions ("app_label.codename"), read afresh: Django
+    caches a user's permissions on the instance."""
+    user = make_user(**extra)
+    grant(user, *permissions)
+    return get_user_model().objects.get(pk=user.pk)
+
+
+def make_reviewer(**extra):
+    """A reviewer of the andon inbox: decides escalations and restarts the line."""
+    return make_user_with("andon.review_escalation", **extra)
+
+
+def make_editor(**extra):
+    """A person who changes agents: their prompt changes become proposals."""
+    return make_user_with("boards.change_agent", **extra)
+
+
+def make_approver(**extra):
+    """A person who approves, promotes and rolls back prompt changes (and no more)."""
+    return make_user_with("experiments.approve_change", **extra)
+
+
+def make_writer(**extra):
+    """A user who may add tasks (the permission a write API token's user needs)."""
+    return make_user_with("boards.add_task", **extra)
 
 
 def column(board: Board, role: str) -> Column:

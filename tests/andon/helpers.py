@@ -1,30 +1,19 @@
-"""Small builders for the jidoka tests: reviewers, claimed runs, and outputs that
-pass or fail the default checks (confidence at least 0.7, no uncertainty markers)."""
+"""Small builders for the jidoka tests: claimed runs, and outputs that pass or fail
+the default checks (confidence at least 0.7, no uncertainty markers). Reviewers
+are tests.factories.make_reviewer."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
-
 from andon.models import Escalation
 from boards import services
 from boards.agents import CallRecord, Output
 from boards.models import Board, Task
-from tests.factories import make_user
 
 GOOD = "The housing has a 4 mm scratch near the seal; replace the cover."
 PASSING = 0.95
 DEFECTIVE = 0.2
-
-
-def reviewer(**extra):
-    """A user with the andon.review_escalation permission (read afresh: Django
-    caches a user's permissions on the instance)."""
-    user = make_user(**extra)
-    user.user_permissions.add(Permission.objects.get(codename="review_escalation"))
-    return get_user_model().objects.get(pk=user.pk)
 
 
 def pull(board: Board) -> list[services.Claim]:

@@ -21,16 +21,11 @@ from boards.selectors import board_agents_get
 from tests.andon.helpers import claim_one, complete, fail, model_call, pull
 from tests.factories import make_agent, make_board
 
+pytestmark = pytest.mark.usefixtures("no_open_breakers")
+
 State = CircuitBreaker.State
 THRESHOLD = 3
 COOLDOWN = 60
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    jidoka.open_models.clear()
-    yield
-    jidoka.open_models.clear()
 
 
 @pytest.fixture

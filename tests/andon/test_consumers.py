@@ -11,40 +11,20 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.test import Client
 
 from andon import services as andon_services
 from andon.models import Escalation
 from boards import broadcast
 from kaizen_web.asgi import application
-from tests.andon.helpers import escalate, reviewer
-from tests.factories import make_agent, make_board, make_user
+from tests.andon.helpers import escalate
+from tests.factories import make_agent, make_board, make_reviewer, make_user
+from tests.websockets import ORIGIN, connects, session_cookie
 
 # Services broadcast after commit: these tests need real commits.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
-ORIGIN = (b"origin", b"http://testserver")
-TIMEOUT = 10
-
-
-def _session_cookie(user) -> tuple[bytes, bytes]:
-    client = Client()
-    client.force_login(user)
-    return (
-        b"cookie",
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
-    )
-
-
-def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    async def attempt() -> bool:
-        communicator = WebsocketCommunicator(application, path, headers=headers)
-        connected, _ = await communicator.connect()
-        await communicator.disconnect()
-        return connected
-
-    return async_to_sync(attempt)()
+# Long enough for a loaded machine: a receive returns as soon as its message comes.
+TIMEOUT = 30
 
 
 def _stats(message: str) -> bool:
@@ -55,7 +35,7 @@ def _receive_after(path: str, user, action, until=_stats) -> list[str]:
     """Connect as ``user``, run ``action`` (a database call), and collect the
     messages up to and including the first one ``until`` accepts (by default the
     inbox figures, which every change of escalations ends with)."""
-    cookie = _session_cookie(user)
+    cookie = session_cookie(user)
 
     async def scenario() -> list[str]:
         communicator = WebsocketCommunicator(application, path, headers=[ORIGIN, cookie])
@@ -74,12 +54,6 @@ def _receive_after(path: str, user, action, until=_stats) -> list[str]:
         broadcast.flush()
 
 
-@pytest.fixture(autouse=True)
-def _nothing_left_to_send():
-    """Updates an earlier test queued are sent before this one listens."""
-    broadcast.flush()
-
-
 @pytest.fixture
 def line():
     board = make_board(name="Welds")
@@ -88,20 +62,20 @@ def line():
 
 
 def test_anonymous_connections_are_refused():
-    assert _connects("/ws/andon/", [ORIGIN]) is False
+    assert connects("/ws/andon/", [ORIGIN]) is False
 
 
 def test_users_who_are_not_reviewers_are_refused():
-    assert _connects("/ws/andon/", [ORIGIN, _session_cookie(make_user())]) is False
+    assert connects("/ws/andon/", [ORIGIN, session_cookie(make_user())]) is False
 
 
 def test_a_reviewer_connects():
-    assert _connects("/ws/andon/", [ORIGIN, _session_cookie(reviewer())]) is True
+    assert connects("/ws/andon/", [ORIGIN, session_cookie(make_reviewer())]) is True
 
 
 def test_a_foreign_origin_is_refused():
-    headers = [(b"origin", b"http://evil.example"), _session_cookie(reviewer())]
-    assert _connects("/ws/andon/", headers) is False
+    headers = [(b"origin", b"http://evil.example"), session_cookie(make_reviewer())]
+    assert connects("/ws/andon/", headers) is False
 
 
 def test_a_reviewer_receives_an_opened_escalation_as_a_row_for_the_top_of_the_list(line):
@@ -109,7 +83,7 @@ def test_a_reviewer_receives_an_opened_escalation_as_a_row_for_the_top_of_the_li
 
     messages = _receive_after(
         "/ws/andon/",
-        reviewer(),
+        make_reviewer(),
         lambda: made.append(escalate(line, title="Weld seam 12")),
         until=lambda m: "Weld seam 12" in m,
     )
@@ -133,7 +107,9 @@ def test_a_filtered_connection_does_not_receive_another_boards_escalation(line):
     other = make_board(name="Paint")
     made: list[Escalation] = []
 
-    messages = _receive_after(f"/ws/andon/?board={other.pk}", reviewer(), lambda: made.append(escalate(line)))
+    messages = _receive_after(
+        f"/ws/andon/?board={other.pk}", make_reviewer(), lambda: made.append(escalate(line))
+    )
 
     assert made
     # Only the figures came: the row was for another board.
@@ -146,7 +122,7 @@ def test_a_filtered_connection_receives_its_boards_escalation(line):
 
     messages = _receive_after(
         f"/ws/andon/?board={line.pk}",
-        reviewer(),
+        make_reviewer(),
         lambda: made.append(escalate(line, title="Paint run")),
         until=lambda m: "Paint run" in m,
     )
@@ -155,7 +131,7 @@ def test_a_filtered_connection_receives_its_boards_escalation(line):
 
 
 def test_a_check_filter_drops_escalations_without_that_failure(line):
-    messages = _receive_after("/ws/andon/?check=confidence", reviewer(), lambda: escalate(line))
+    messages = _receive_after("/ws/andon/?check=confidence", make_reviewer(), lambda: escalate(line))
 
     assert messages == [messages[-1]]
 
@@ -163,13 +139,13 @@ def test_a_check_filter_drops_escalations_without_that_failure(line):
 def test_a_decision_reaches_everyone_as_the_rows_deletion(line):
     escalation = escalate(line)
     broadcast.flush()
-    ana = reviewer(username="ana")
+    ana = make_reviewer(username="ana")
 
     gone = f'<div id="escalation-{escalation.pk}" hx-swap-oob="delete"></div>'
 
     messages = _receive_after(
         f"/ws/andon/?board={make_board().pk}",
-        reviewer(),
+        make_reviewer(),
         lambda: andon_services.escalation_approve(escalation=escalation, user=ana),
         until=lambda m: gone in m,
     )
@@ -180,8 +156,8 @@ def test_a_decision_reaches_everyone_as_the_rows_deletion(line):
 def test_a_claim_reaches_everyone_as_the_row_replaced(line):
     escalation = escalate(line)
     broadcast.flush()
-    ana = reviewer(username="ana")
-    cookie = _session_cookie(reviewer())
+    ana = make_reviewer(username="ana")
+    cookie = session_cookie(make_reviewer())
 
     async def scenario() -> str:
         communicator = WebsocketCommunicator(application, "/ws/andon/", headers=[ORIGIN, cookie])
@@ -208,7 +184,7 @@ def test_an_identical_escalation_updates_its_groups_row_in_place(line):
 
     messages = _receive_after(
         "/ws/andon/",
-        reviewer(),
+        make_reviewer(),
         lambda: made.append(escalate(line, title="Weld seam 12, again")),
         until=lambda m: "Weld seam 12, again" in m,
     )
@@ -227,11 +203,11 @@ def test_deciding_a_groups_oldest_member_alone_moves_the_row_to_the_next(line):
     first = escalate(line, title="Weld seam 12")
     second = escalate(line, title="Weld seam 12, again")
     broadcast.flush()
-    ana = reviewer(username="ana")
+    ana = make_reviewer(username="ana")
 
     messages = _receive_after(
         "/ws/andon/",
-        reviewer(),
+        make_reviewer(),
         lambda: andon_services.escalation_approve(escalation=first, user=ana),
         until=lambda m: f'<li id="escalation-{second.pk}"' in m,
     )

@@ -19,9 +19,11 @@ from django.db import connection, transaction
 
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import escalate, reviewer
-from tests.factories import make_agent, make_board
+from tests.andon.helpers import escalate
+from tests.factories import make_agent, make_board, make_reviewer
 from tests.live import LiveProcess, child_env, drop_queue, log_path_for, purge_queue, register, wait_for
+
+pytestmark = pytest.mark.redis
 
 DECISIONS = (TaskEvent.Kind.APPROVED, TaskEvent.Kind.CORRECTED, TaskEvent.Kind.REJECTED)
 # What each action leaves behind: the escalation's status, the event, the task's place.
@@ -38,8 +40,8 @@ def open_escalation(transactional_db):
     board = make_board()
     make_agent(boards=[board])
     escalation = escalate(board)
-    reviewer(username="ana")
-    reviewer(username="ben")
+    make_reviewer(username="ana")
+    make_reviewer(username="ben")
     yield escalation
     # Pulls and runs the commits above enqueued have no worker here.
     purge_queue(settings.CELERY_TASK_DEFAULT_QUEUE)
@@ -149,8 +151,8 @@ def test_two_processes_deciding_overlapping_groups_decide_each_escalation_once(
     review.wip_limit = None
     review.save()
     first, second, third = (escalate(board, title=f"Part {n}") for n in range(3))
-    reviewer(username="ana")
-    reviewer(username="ben")
+    make_reviewer(username="ana")
+    make_reviewer(username="ben")
     groups = {
         "ana": (f"{first.pk},{second.pk},{third.pk}", "approve"),
         "ben": (f"{third.pk},{second.pk}", "reject"),

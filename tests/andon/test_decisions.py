@@ -12,22 +12,12 @@ from andon import services as andon_services
 from andon.models import Escalation, LineStop
 from boards import services
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import GOOD, complete, escalate, pull, reviewer, where
-from tests.factories import column, make_agent, make_user
+from tests.andon.helpers import GOOD, complete, escalate, pull, where
+from tests.factories import column, make_agent, make_reviewer, make_user
 
 Role = Column.Role
 Status = Task.Status
 DECISIONS = (TaskEvent.Kind.APPROVED, TaskEvent.Kind.CORRECTED, TaskEvent.Kind.REJECTED)
-
-
-@pytest.fixture
-def escalation(board, agent) -> Escalation:
-    return escalate(board)
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def _decision_events(task: Task) -> list[TaskEvent]:
@@ -136,7 +126,7 @@ def test_rejecting_after_the_last_attempt_fails_the_task(board):
     make_agent(boards=[board], max_attempts=1)
     escalation = escalate(board)
 
-    andon_services.escalation_reject(escalation=escalation, user=reviewer(), reason="Still wrong.")
+    andon_services.escalation_reject(escalation=escalation, user=make_reviewer(), reason="Still wrong.")
 
     task = escalation.task
     assert where(task) == (Role.DONE, Status.FAILED)
@@ -180,7 +170,7 @@ def test_a_rejected_task_goes_to_the_backlog_when_ready_is_full(board, ana):
 @pytest.mark.parametrize("second", ["approve", "correct", "reject", "claim"])
 def test_a_second_decision_is_refused_naming_the_first(escalation, ana, second):
     andon_services.escalation_approve(escalation=escalation, user=ana)
-    other = reviewer(username="ben")
+    other = make_reviewer(username="ben")
 
     with pytest.raises(andon_services.AlreadyDecided) as error:
         if second == "approve":
@@ -204,7 +194,7 @@ def test_already_decided_quotes_the_reviewers_note(escalation, ana):
     andon_services.escalation_reject(escalation=escalation, user=ana, reason="Wrong part number.")
 
     with pytest.raises(andon_services.AlreadyDecided, match=r"rejected by ana at .*\(Wrong part number\.\)"):
-        andon_services.escalation_approve(escalation=escalation, user=reviewer())
+        andon_services.escalation_approve(escalation=escalation, user=make_reviewer())
 
 
 # --- moved by hand: refused -------------------------------------------------------------
@@ -279,7 +269,7 @@ def test_a_reviewer_claims_an_escalation_and_releases_it(escalation, ana):
     assert claimed.claimed_at is not None
 
     with pytest.raises(ValidationError, match="Only the reviewer who claimed it"):
-        andon_services.escalation_claim(escalation=escalation, user=reviewer(), release=True)
+        andon_services.escalation_claim(escalation=escalation, user=make_reviewer(), release=True)
 
     released = andon_services.escalation_claim(escalation=escalation, user=ana, release=True)
     assert (released.claimed_by, released.claimed_at) == (None, None)
@@ -288,7 +278,7 @@ def test_a_reviewer_claims_an_escalation_and_releases_it(escalation, ana):
 @pytest.mark.django_db
 def test_another_reviewer_may_take_over_a_claim(escalation, ana):
     andon_services.escalation_claim(escalation=escalation, user=ana)
-    ben = reviewer(username="ben")
+    ben = make_reviewer(username="ben")
 
     taken = andon_services.escalation_claim(escalation=escalation, user=ben)
 

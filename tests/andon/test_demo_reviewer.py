@@ -21,8 +21,8 @@ from andon import services as andon_services
 from andon.demo_reviewer import SIMULATED_REVIEWER, Plan, plan_for
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, reviewer
-from tests.factories import column, make_agent, make_board
+from tests.andon.helpers import DEFECTIVE, claim_one, complete
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
 
@@ -184,7 +184,7 @@ def test_it_leaves_a_fresh_escalation_a_moment():
 def test_it_leaves_an_escalation_a_person_claimed():
     board = demo_line()
     escalation = escalated(board)
-    andon_services.escalation_claim(escalation=escalation, user=reviewer(username="ana"))
+    andon_services.escalation_claim(escalation=escalation, user=make_reviewer(username="ana"))
 
     assert demo_reviewer.demo_review_run(min_age=5) == []
     escalation.refresh_from_db()
@@ -231,7 +231,7 @@ def test_its_decisions_are_badged_in_the_inbox_history_and_on_the_escalation_pag
     escalation = escalated(board)
     demo_reviewer.demo_review_run(min_age=5)
     client = Client()
-    client.force_login(reviewer(username="ana"))
+    client.force_login(make_reviewer(username="ana"))
 
     inbox = client.get("/andon/").content.decode()
     page = client.get(f"/andon/{escalation.pk}/").content.decode()
@@ -249,7 +249,7 @@ def test_someone_deciding_after_it_is_told_it_was_the_simulated_reviewer():
     demo_reviewer.demo_review_run(min_age=5)
 
     with pytest.raises(andon_services.AlreadyDecided, match="simulated reviewer, not a person"):
-        andon_services.escalation_approve(escalation=escalation, user=reviewer(username="ana"))
+        andon_services.escalation_approve(escalation=escalation, user=make_reviewer(username="ana"))
 
 
 def test_a_task_it_rejected_goes_back_with_its_labelled_reason():
@@ -302,7 +302,7 @@ def test_it_leaves_a_fresh_spike_stop_showing_for_a_while():
 def test_it_never_undoes_a_cord_a_person_pulled():
     board = demo_line()
     agent = board.agents.get()
-    stop = andon_services.line_stop(user=reviewer(username="ana"), reason="wrong prices", agent=agent)
+    stop = andon_services.line_stop(user=make_reviewer(username="ana"), reason="wrong prices", agent=agent)
     from andon.models import LineStop
 
     LineStop.objects.filter(pk=stop.pk).update(created_at=timezone.now() - timedelta(hours=1))

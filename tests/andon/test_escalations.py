@@ -12,8 +12,8 @@ from andon import jidoka
 from andon import services as andon_services
 from andon.models import Escalation, Inspection
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import DEFECTIVE, GOOD, claim_one, complete, fail, model_call, pull, reviewer, where
-from tests.factories import make_agent, make_board
+from tests.andon.helpers import DEFECTIVE, GOOD, claim_one, complete, fail, model_call, pull, where
+from tests.factories import make_agent, make_board, make_reviewer
 
 Role = Column.Role
 Status = Task.Status
@@ -171,7 +171,7 @@ def test_a_stale_result_is_not_inspected(board, agent):
 @pytest.mark.django_db
 def test_reviewers_corrections_set_the_optimal_length_token_waste_is_measured_against(board):
     agent = make_agent(boards=[board], concurrency=10, spike_defects=10)
-    who = reviewer()
+    who = make_reviewer()
     for n in range(3):
         task, claim = claim_one(board, input=f"corrected {n}")
         complete(claim, confidence=DEFECTIVE)

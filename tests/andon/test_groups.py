@@ -12,8 +12,8 @@ from andon import selectors
 from andon import services as andon_services
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, reviewer, where
-from tests.factories import column, make_agent, make_board, make_user
+from tests.andon.helpers import DEFECTIVE, claim_one, complete, where
+from tests.factories import column, make_agent, make_board, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -30,11 +30,6 @@ def line():
     review.save()
     agent = make_agent(boards=[board], spike_defects=1000, spike_window=1000)
     return board, agent
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def escalated(board, *, title: str = "Inspect part 7", input: str = "scratch on housing", text: str = OUTPUT):
@@ -151,7 +146,7 @@ def test_rejecting_a_group_sends_every_task_back_with_the_reason(line, ana):
 def test_a_member_decided_meanwhile_is_reported_and_left_as_it_was(line, ana):
     board, _ = line
     members = [escalated(board, title=f"Part {n}") for n in range(3)]
-    bob = reviewer(username="bob")
+    bob = make_reviewer(username="bob")
     andon_services.escalation_reject(escalation=members[1], user=bob, reason="Wrong part.")
 
     result = andon_services.escalations_approve(escalations=members, user=ana)
@@ -168,7 +163,7 @@ def test_a_member_decided_meanwhile_is_reported_and_left_as_it_was(line, ana):
 def test_a_group_decided_entirely_by_someone_else_is_already_decided(line, ana):
     board, _ = line
     members = [escalated(board, title=f"Part {n}") for n in range(2)]
-    bob = reviewer(username="bob")
+    bob = make_reviewer(username="bob")
     andon_services.escalations_approve(escalations=members, user=bob)
 
     with pytest.raises(andon_services.AlreadyDecided, match="approved by bob"):

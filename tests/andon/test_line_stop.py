@@ -16,8 +16,8 @@ from andon import services as andon_services
 from andon.models import Escalation, LineStop
 from boards import services
 from boards.models import Task
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, pull, reviewer
-from tests.factories import column, make_agent, make_board, make_user
+from tests.andon.helpers import DEFECTIVE, claim_one, complete, pull
+from tests.factories import column, make_agent, make_board, make_reviewer, make_user
 
 Kind = LineStop.Kind
 
@@ -95,7 +95,7 @@ def test_restarting_the_line_needs_a_note(board, spiky):
     stop = LineStop.objects.get()
 
     with pytest.raises(ValidationError) as error:
-        andon_services.line_restart(line_stop=stop, user=reviewer(), note="   ")
+        andon_services.line_restart(line_stop=stop, user=make_reviewer(), note="   ")
 
     assert "note" in error.value.message_dict
     assert LineStop.objects.get().is_active
@@ -105,7 +105,7 @@ def test_restarting_the_line_needs_a_note(board, spiky):
 def test_after_a_restart_the_agent_pulls_again(board, spiky):
     _outputs(board, "DDD")
     _waiting(board)
-    who = reviewer()
+    who = make_reviewer()
 
     stop = andon_services.line_restart(
         line_stop=LineStop.objects.get(), user=who, note="tightened the prompt"
@@ -120,17 +120,19 @@ def test_after_a_restart_the_agent_pulls_again(board, spiky):
 @pytest.mark.django_db
 def test_a_line_is_restarted_once(board, spiky):
     _outputs(board, "DDD")
-    first = reviewer(username="ana")
+    first = make_reviewer(username="ana")
     andon_services.line_restart(line_stop=LineStop.objects.get(), user=first, note="fixed")
 
     with pytest.raises(ValidationError, match="already restarted by ana"):
-        andon_services.line_restart(line_stop=LineStop.objects.get(), user=reviewer(), note="me too")
+        andon_services.line_restart(line_stop=LineStop.objects.get(), user=make_reviewer(), note="me too")
 
 
 @pytest.mark.django_db
 def test_after_a_restart_the_defects_that_stopped_the_line_do_not_stop_it_again(board, spiky):
     _outputs(board, "DDD")
-    andon_services.line_restart(line_stop=LineStop.objects.get(), user=reviewer(), note="fixed the prompt")
+    andon_services.line_restart(
+        line_stop=LineStop.objects.get(), user=make_reviewer(), note="fixed the prompt"
+    )
 
     _outputs(board, "D")
 
@@ -139,7 +141,7 @@ def test_after_a_restart_the_defects_that_stopped_the_line_do_not_stop_it_again(
 
 @pytest.mark.django_db
 def test_every_stop_and_restart_is_kept(board, spiky):
-    who = reviewer()
+    who = make_reviewer()
     _outputs(board, "DDD")
     andon_services.line_restart(line_stop=LineStop.objects.get(), user=who, note="first fix")
     _outputs(board, "DDD")
@@ -161,7 +163,7 @@ def test_every_stop_and_restart_is_kept(board, spiky):
 
 @pytest.mark.django_db
 def test_a_reviewer_stops_a_board_and_nothing_is_pulled(board, agent):
-    who = reviewer()
+    who = make_reviewer()
     _waiting(board)
 
     stop = andon_services.line_stop(user=who, board=board, reason="wrong input files loaded")
@@ -177,7 +179,7 @@ def test_a_board_stop_leaves_other_boards_running(board, agent):
     make_agent(boards=[elsewhere])
     _waiting(elsewhere)
 
-    andon_services.line_stop(user=reviewer(), board=board, reason="wrong input files loaded")
+    andon_services.line_stop(user=make_reviewer(), board=board, reason="wrong input files loaded")
 
     assert len(pull(elsewhere)) == 1
 
@@ -187,7 +189,7 @@ def test_a_reviewer_stops_one_agent_and_the_others_keep_pulling(board):
     stopped = make_agent(boards=[board], concurrency=10)
     _waiting(board, 2)
 
-    andon_services.line_stop(user=reviewer(), agent=stopped, reason="answers in the wrong language")
+    andon_services.line_stop(user=make_reviewer(), agent=stopped, reason="answers in the wrong language")
 
     assert pull(board) == []
     running = make_agent(boards=[board], concurrency=10)
@@ -196,7 +198,7 @@ def test_a_reviewer_stops_one_agent_and_the_others_keep_pulling(board):
 
 @pytest.mark.django_db
 def test_restarting_a_cord_stop_lets_the_board_pull_again(board, agent):
-    who = reviewer()
+    who = make_reviewer()
     stop = andon_services.line_stop(user=who, board=board, reason="wrong input files loaded")
     _waiting(board)
 
@@ -218,7 +220,7 @@ def test_a_non_reviewer_cannot_pull_the_cord(board, agent):
 @pytest.mark.django_db
 def test_pulling_the_cord_needs_a_reason(board):
     with pytest.raises(ValidationError) as error:
-        andon_services.line_stop(user=reviewer(), board=board, reason="")
+        andon_services.line_stop(user=make_reviewer(), board=board, reason="")
 
     assert "reason" in error.value.message_dict
     assert not LineStop.objects.exists()
@@ -227,16 +229,16 @@ def test_pulling_the_cord_needs_a_reason(board):
 @pytest.mark.django_db
 def test_a_cord_stops_a_board_or_an_agent_not_both(board, agent):
     with pytest.raises(ValidationError, match="either a board or an agent"):
-        andon_services.line_stop(user=reviewer(), board=board, agent=agent, reason="everything")
+        andon_services.line_stop(user=make_reviewer(), board=board, agent=agent, reason="everything")
 
     assert not LineStop.objects.exists()
 
 
 @pytest.mark.django_db
 def test_pulling_the_cord_twice_keeps_one_active_stop(board, agent):
-    who = reviewer()
+    who = make_reviewer()
     first = andon_services.line_stop(user=who, board=board, reason="wrong inputs")
-    second = andon_services.line_stop(user=reviewer(), board=board, reason="still wrong")
+    second = andon_services.line_stop(user=make_reviewer(), board=board, reason="still wrong")
 
     assert second.pk == first.pk
     assert LineStop.objects.filter(board=board, restarted_at__isnull=True).count() == 1
@@ -247,7 +249,7 @@ def test_pulling_the_cord_twice_keeps_one_active_stop(board, agent):
 def test_the_cord_on_an_agent_already_stopped_by_a_spike_returns_that_stop(board, spiky):
     _outputs(board, "DDD")
 
-    stop = andon_services.line_stop(user=reviewer(), agent=spiky, reason="I saw it too")
+    stop = andon_services.line_stop(user=make_reviewer(), agent=spiky, reason="I saw it too")
 
     assert stop.kind == Kind.DEFECT_SPIKE
     assert LineStop.objects.count() == 1
@@ -255,7 +257,7 @@ def test_the_cord_on_an_agent_already_stopped_by_a_spike_returns_that_stop(board
 
 @pytest.mark.django_db
 def test_a_boards_active_stops_include_its_agents_stops_only(board, agent):
-    who = reviewer()
+    who = make_reviewer()
     elsewhere = make_board()
     stranger = make_agent(boards=[elsewhere])
     board_stop = andon_services.line_stop(user=who, board=board, reason="board")

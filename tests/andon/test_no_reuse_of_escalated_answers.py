@@ -16,8 +16,7 @@ from andon.models import Escalation, Inspection
 from boards import services
 from boards.agents import cascade, response_cache, runtime
 from boards.models import Column, ModelCall, Task
-from tests.andon.helpers import reviewer
-from tests.factories import column, make_agent, make_board
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
 
@@ -149,7 +148,7 @@ def test_an_approved_answer_is_reused_with_the_reviewers_word_for_it():
     board, _ = line(checks=UNSURE)
     first = run_one(board)
     escalation = Escalation.objects.get(task=first)
-    andon_services.escalation_approve(escalation=escalation, user=reviewer())
+    andon_services.escalation_approve(escalation=escalation, user=make_reviewer())
 
     second = run_one(board, title="The same invoice again")
 
@@ -164,7 +163,7 @@ def test_a_corrected_answer_is_reused_as_corrected():
     first = run_one(board)
     escalation = Escalation.objects.get(task=first)
     andon_services.escalation_correct(
-        escalation=escalation, user=reviewer(), output="36 of 40 units arrived."
+        escalation=escalation, user=make_reviewer(), output="36 of 40 units arrived."
     )
 
     second = run_one(board, title="The same invoice again")
@@ -181,7 +180,7 @@ def test_two_identical_escalated_tasks_are_one_inbox_row_and_one_decision_decide
     [row] = selectors.inbox_groups_get()
     assert [m.task_id for m in row.members] == [first.pk, second.pk]
 
-    result = andon_services.escalations_approve(escalations=row.members, user=reviewer())
+    result = andon_services.escalations_approve(escalations=row.members, user=make_reviewer())
 
     assert len(result.decided) == 2
     for task in (first, second):

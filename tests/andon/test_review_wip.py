@@ -12,8 +12,8 @@ from andon import services as andon_services
 from boards import services
 from boards.models import Column, Task
 from boards.selectors import board_pull_status_get
-from tests.andon.helpers import complete, escalate, pull, reviewer
-from tests.factories import column, make_agent
+from tests.andon.helpers import complete, escalate, pull
+from tests.factories import column, make_agent, make_reviewer
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_deciding_an_escalation_frees_review_and_the_next_pull_claims_again(revi
     waiting = services.task_create(board=board, title="waiting", input="third")
     assert pull(board) == []
 
-    andon_services.escalation_approve(escalation=first, user=reviewer())
+    andon_services.escalation_approve(escalation=first, user=make_reviewer())
 
     [claim] = pull(board)
     assert claim.task_id == waiting.pk

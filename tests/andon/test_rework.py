@@ -19,8 +19,10 @@ from boards import selectors
 from boards.agents import REVIEW_FEEDBACK_NOTE, cascade, runtime
 from boards.agents.simulated import SimulatedProvider
 from boards.models import Column, ModelCall, Task
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, escalate, pull, reviewer, where
-from tests.factories import make_agent
+from tests.andon.helpers import DEFECTIVE, claim_one, complete, escalate, pull, where
+from tests.factories import make_agent, make_reviewer
+
+pytestmark = pytest.mark.usefixtures("no_open_breakers")
 
 State = CircuitBreaker.State
 REASON = "It names the wrong part number: the housing is part 7."
@@ -29,13 +31,6 @@ TWO_TIERS = [
     {"provider": "simulated", "model": "sim-small", "threshold": 0.999},
     {"provider": "simulated", "model": "sim-large"},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    jidoka.open_models.clear()
-    yield
-    jidoka.open_models.clear()
 
 
 @pytest.fixture
@@ -56,7 +51,7 @@ def requests_sent(monkeypatch) -> list[tuple[str, str]]:
 def _rejected(board) -> Task:
     """A task whose first output a reviewer rejected, claimed again: (task, claim)."""
     escalation = escalate(board)
-    andon_services.escalation_reject(escalation=escalation, user=reviewer(), reason=REASON)
+    andon_services.escalation_reject(escalation=escalation, user=make_reviewer(), reason=REASON)
     [claim] = pull(board)
     assert claim.task_id == escalation.task_id
     return Task.objects.get(pk=claim.task_id), claim
@@ -124,7 +119,7 @@ def test_a_rejected_task_is_not_given_an_earlier_tasks_result_again(board, reque
     task, claim = claim_one(board)
     assert complete(claim, confidence=DEFECTIVE)
     escalation = task.escalations.get()
-    andon_services.escalation_reject(escalation=escalation, user=reviewer(), reason=REASON)
+    andon_services.escalation_reject(escalation=escalation, user=make_reviewer(), reason=REASON)
     [claim] = pull(board)
     # Without the reviewer's reason, the earlier result would be taken.
     unreviewed = Task.objects.select_related("agent").get(pk=task.pk)

@@ -8,8 +8,8 @@ import pytest
 from andon import selectors
 from andon import services as andon_services
 from andon.models import CircuitBreaker, Escalation, Inspection
-from tests.andon.helpers import claim_one, complete, escalate, reviewer
-from tests.factories import column, make_agent, make_board
+from tests.andon.helpers import claim_one, complete, escalate
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_the_inbox_lists_open_escalations_newest_first_filtered_by_board_agent_a
     )
     newer = escalate(roomy, input="newer")
     decided = escalate(roomy, input="decided")
-    andon_services.escalation_approve(escalation=decided, user=reviewer())
+    andon_services.escalation_approve(escalation=decided, user=make_reviewer())
     elsewhere = make_board()
     make_agent(boards=[elsewhere])
     stranger = escalate(elsewhere)
@@ -49,7 +49,7 @@ def test_the_inbox_lists_open_escalations_newest_first_filtered_by_board_agent_a
 def test_an_agents_record_counts_its_last_outputs_and_the_decisions_on_them(roomy):
     # Three defects would stop its line (a spike) before the passes below.
     agent = make_agent(boards=[roomy], concurrency=5, spike_defects=10)
-    who = reviewer()
+    who = make_reviewer()
     approved = escalate(roomy, input="approved")
     andon_services.escalation_approve(escalation=approved, user=who)
     escalate(roomy, input="still open")
@@ -70,7 +70,7 @@ def test_an_agents_record_counts_its_last_outputs_and_the_decisions_on_them(room
 def test_an_agents_record_leaves_out_decisions_on_outputs_older_than_its_window(roomy):
     agent = make_agent(boards=[roomy], concurrency=1)
     old = escalate(roomy, input="long ago")
-    andon_services.escalation_approve(escalation=old, user=reviewer())
+    andon_services.escalation_approve(escalation=old, user=make_reviewer())
     for n in range(3):
         _, claim = claim_one(roomy, input=f"fine {n}")
         assert complete(claim)
@@ -87,7 +87,7 @@ def test_the_inbox_figures_count_escalations_over_inspected_outputs(roomy):
     escalate(roomy, input="second")
     _, claim = claim_one(roomy, input="fine")
     assert complete(claim)
-    andon_services.escalation_approve(escalation=first, user=reviewer())
+    andon_services.escalation_approve(escalation=first, user=make_reviewer())
 
     stats = selectors.inbox_stats_get()
 

@@ -10,22 +10,12 @@ from django.urls import reverse
 from andon import services as andon_services
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import GOOD, escalate, reviewer, where
-from tests.factories import make_user
+from tests.andon.helpers import GOOD, where
+from tests.factories import make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HX-Request": "true"}
-
-
-@pytest.fixture
-def escalation(board, agent) -> Escalation:
-    return escalate(board, title="Weld seam 12")
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def _url(escalation: Escalation) -> str:
@@ -75,7 +65,7 @@ def test_reviewer_approves_with_htmx_and_the_row_goes(client, ana, escalation):
 
 
 def test_a_second_decision_is_refused_with_409_naming_the_first(client, ana, escalation):
-    bob = reviewer(username="bob")
+    bob = make_reviewer(username="bob")
     andon_services.escalation_approve(escalation=escalation, user=bob)
     events = escalation.task.events.count()
     client.force_login(ana)
@@ -93,7 +83,7 @@ def test_a_second_decision_is_refused_with_409_naming_the_first(client, ana, esc
 
 
 def test_a_second_decision_without_javascript_shows_the_inbox_with_409(client, ana, escalation):
-    andon_services.escalation_approve(escalation=escalation, user=reviewer(username="bob"))
+    andon_services.escalation_approve(escalation=escalation, user=make_reviewer(username="bob"))
     client.force_login(ana)
 
     response = client.post(_url(escalation))

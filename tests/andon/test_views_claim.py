@@ -8,22 +8,11 @@ from django.urls import reverse
 
 from andon import services as andon_services
 from andon.models import Escalation
-from tests.andon.helpers import escalate, reviewer
-from tests.factories import make_user
+from tests.factories import make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HX-Request": "true"}
-
-
-@pytest.fixture
-def escalation(board, agent) -> Escalation:
-    return escalate(board, title="Weld seam 12")
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def _url(escalation: Escalation) -> str:
@@ -67,7 +56,7 @@ def test_reviewer_releases_their_claim(client, ana, escalation):
 
 
 def test_releasing_someone_elses_claim_is_refused_with_409(client, ana, escalation):
-    andon_services.escalation_claim(escalation=escalation, user=reviewer(username="bob"))
+    andon_services.escalation_claim(escalation=escalation, user=make_reviewer(username="bob"))
     client.force_login(ana)
 
     response = client.post(_url(escalation), {"release": "1"}, headers=HTMX)
@@ -79,7 +68,7 @@ def test_releasing_someone_elses_claim_is_refused_with_409(client, ana, escalati
 
 
 def test_claiming_a_decided_escalation_is_409(client, ana, escalation):
-    andon_services.escalation_approve(escalation=escalation, user=reviewer(username="bob"))
+    andon_services.escalation_approve(escalation=escalation, user=make_reviewer(username="bob"))
     client.force_login(ana)
 
     response = client.post(_url(escalation), headers=HTMX)

@@ -9,23 +9,13 @@ from django.urls import reverse
 
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import GOOD, escalate, reviewer, where
+from tests.andon.helpers import GOOD, where
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HX-Request": "true"}
 FIXED = "The housing has a 4 mm scratch; replace the cover (part 88-12)."
-
-
-@pytest.fixture
-def escalation(board, agent) -> Escalation:
-    return escalate(board, title="Weld seam 12")
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def _url(escalation: Escalation) -> str:

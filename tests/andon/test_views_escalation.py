@@ -7,23 +7,12 @@ import pytest
 from django.urls import reverse
 
 from andon import services as andon_services
-from andon.models import Escalation
-from tests.andon.helpers import GOOD, escalate, reviewer
+from tests.andon.helpers import GOOD
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
 
 FIXED = "The housing has a 4 mm scratch; replace the cover (part 88-12)."
-
-
-@pytest.fixture
-def escalation(board, agent) -> Escalation:
-    return escalate(board, title="Weld seam 12")
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def test_the_url_is_the_escalations_absolute_url(escalation):

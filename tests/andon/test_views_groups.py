@@ -11,8 +11,8 @@ from django.test import Client
 from andon import services as andon_services
 from andon.models import Escalation
 from boards.models import Column
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, reviewer
-from tests.factories import column, make_agent, make_board
+from tests.andon.helpers import DEFECTIVE, claim_one, complete
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
 
@@ -27,11 +27,6 @@ def board():
     review.save()
     make_agent(boards=[board], spike_defects=1000, spike_window=1000)
     return board
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 @pytest.fixture
@@ -84,7 +79,9 @@ def test_approving_a_row_decides_every_member(board, client, ana):
 def test_a_member_decided_meanwhile_is_named_in_the_message(board, client):
     first = escalated(board, "Part 7, morning")
     second = escalated(board, "Part 7, night")
-    andon_services.escalation_reject(escalation=second, user=reviewer(username="bob"), reason="Wrong part.")
+    andon_services.escalation_reject(
+        escalation=second, user=make_reviewer(username="bob"), reason="Wrong part."
+    )
 
     response = client.post(f"/andon/{first.pk}/approve/", {"members": f"{first.pk},{second.pk}"}, **HTMX)
 

@@ -15,8 +15,8 @@ from andon import services as andon_services
 from andon.models import Escalation
 from boards import services
 from boards.models import Agent, Board, Column
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, reviewer
-from tests.factories import column, make_agent, make_board, make_user
+from tests.andon.helpers import DEFECTIVE, claim_one, complete
+from tests.factories import column, make_agent, make_board, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -51,11 +51,6 @@ def escalate(board: Board, title: str = "Inspect part 7", *, cost: str | None = 
 def rows(html: str) -> list[str]:
     """The titles of the inbox's rows, in order."""
     return re.findall(r'class="escalation-title"[^>]*>\s*<a href="[^"]*">([^<]+)</a>', html)
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def test_anonymous_users_are_sent_to_log_in(client):
@@ -235,7 +230,7 @@ def test_a_row_shows_what_the_reviewer_needs_to_decide(client, ana):
 def test_a_row_says_who_claimed_it(client, ana):
     board, _ = line()
     escalation = escalate(board)
-    bob = reviewer(username="bob")
+    bob = make_reviewer(username="bob")
     andon_services.escalation_claim(escalation=escalation, user=bob)
     client.force_login(ana)
 

@@ -8,19 +8,13 @@ from django.urls import reverse
 
 from andon import services as andon_services
 from andon.models import LineStop
-from tests.andon.helpers import reviewer
-from tests.factories import make_agent, make_user
+from tests.factories import make_agent, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HX-Request": "true"}
 STOPS = "/andon/stops/"
 CORD = "/andon/cord/"
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def test_restart_needs_a_note(client, ana, stop):
 
 
 def test_restarting_twice_is_409(client, ana, stop):
-    andon_services.line_restart(line_stop=stop, user=reviewer(username="bob"), note="done")
+    andon_services.line_restart(line_stop=stop, user=make_reviewer(username="bob"), note="done")
     client.force_login(ana)
 
     response = client.post(_restart(stop), {"note": "me too"})

@@ -8,23 +8,13 @@ from django.urls import reverse
 
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
-from tests.andon.helpers import escalate, reviewer, where
-from tests.factories import make_user
+from tests.andon.helpers import where
+from tests.factories import make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HX-Request": "true"}
 REASON = "The part number is missing: quote it from the drawing."
-
-
-@pytest.fixture
-def escalation(board, agent) -> Escalation:
-    return escalate(board, title="Weld seam 12")
-
-
-@pytest.fixture
-def ana(db):
-    return reviewer(username="ana")
 
 
 def _url(escalation: Escalation) -> str:
@@ -87,7 +77,7 @@ def test_rejecting_without_a_reason_and_without_javascript_is_422(client, ana, e
 def test_rejecting_after_someone_approved_is_409(client, ana, escalation):
     from andon import services as andon_services
 
-    andon_services.escalation_approve(escalation=escalation, user=reviewer(username="bob"))
+    andon_services.escalation_approve(escalation=escalation, user=make_reviewer(username="bob"))
     client.force_login(ana)
 
     response = client.post(_url(escalation), {"reason": REASON}, headers=HTMX)

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.contrib.auth.models import Permission
 from django.test import Client
 
 from boards import services
 from boards.models import ApiToken, Board
-from tests.factories import make_user
-
-
-def grant_add_task(user) -> None:
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="boards", codename="add_task"))
-
-
-def make_writer(**fields):
-    """A user who may add tasks (the permission a write token's user needs)."""
-    user = make_user(**fields)
-    grant_add_task(user)
-    return user
+from tests.factories import make_user, make_writer
 
 
 def token_for(

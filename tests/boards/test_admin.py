@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -24,43 +23,14 @@ from django.urls import reverse, reverse_lazy
 from boards import broadcast, services
 from boards.models import Agent, Board, Column, Task
 from kaizen_web.asgi import application
-from tests.factories import column, make_agent, make_board, make_user
+from tests.factories import column, make_agent, make_board
+from tests.websockets import ORIGIN
 
 Role = Column.Role
 Status = Task.Status
-ORIGIN = (b"origin", b"http://testserver")
 
 
 # --- helpers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def admin(db) -> Client:
-    client = Client()
-    client.force_login(make_user(is_staff=True, is_superuser=True))
-    return client
-
-
-def _clear_queue() -> None:
-    """No queued Celery messages, and no pull marked as asked for (which would
-    hold back the next request for one)."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
-    client.delete(*client.keys("kaizen:pull-requested:*") or ["-"])
-
-
-@pytest.fixture
-def empty_queue():
-    _clear_queue()
-    yield
-    _clear_queue()
-
-
-def _queued_task_names() -> list[str]:
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    return [
-        json.loads(raw)["headers"]["task"] for raw in client.lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1)
-    ]
 
 
 def _column_rows(board: Board) -> list[dict[str, Any]]:
@@ -168,7 +138,7 @@ def _watch(board: Board, client: Client, action: Callable[[], Any]) -> tuple[Any
         connected, _ = await communicator.connect()
         assert connected
         result = await database_sync_to_async(action)()
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return result, html
 
@@ -190,13 +160,13 @@ def _errors(response) -> str:
 
 
 @pytest.mark.parametrize("model", [Board, Agent])
-def test_paused_cannot_be_edited_on_the_change_form(admin, model):
+def test_paused_cannot_be_edited_on_the_change_form(admin_client, model):
     board = make_board()
     obj = board if model is Board else make_agent(boards=[board])
 
-    page = admin.get(_change_url(obj)).content.decode()
+    page = admin_client.get(_change_url(obj)).content.decode()
     form = _board_form(board, _column_rows(board)) if model is Board else _agent_form(obj)
-    response = admin.post(_change_url(obj), {**form, "paused": "on"})
+    response = admin_client.post(_change_url(obj), {**form, "paused": "on"})
 
     assert 'name="paused"' not in page
     assert "Pause it with the “Pause selected" in page
@@ -205,11 +175,12 @@ def test_paused_cannot_be_edited_on_the_change_form(admin, model):
     assert obj.paused is False
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_pausing_a_board_stops_the_line_and_tells_the_browsers(admin):
+def test_pausing_a_board_stops_the_line_and_tells_the_browsers(admin_client):
     board = make_board()
 
-    response, html = _watch(board, admin, lambda: _action(admin, Board, "pause", [board]))
+    response, html = _watch(board, admin_client, lambda: _action(admin_client, Board, "pause", [board]))
 
     board.refresh_from_db()
     assert board.paused is True
@@ -219,43 +190,43 @@ def test_pausing_a_board_stops_the_line_and_tells_the_browsers(admin):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_resuming_a_board_pulls_what_waits(admin, empty_queue):
+def test_resuming_a_board_pulls_what_waits(admin_client, empty_queue):
     board = make_board(backlog=False)
     make_agent(boards=[board])
     services.board_set_paused(board=board, paused=True)
     waiting = services.task_create(board=board, title="Waits for the line")
-    _clear_queue()
+    empty_queue.clear()
 
-    response = _action(admin, Board, "resume", [board])
+    response = _action(admin_client, Board, "resume", [board])
 
     assert "Resumed 1 board." in response.content.decode()
-    assert _queued_task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
     services.pull_requested_run(board_id=board.pk)  # what the worker does with it
     waiting.refresh_from_db()
     assert waiting.status == Status.RUNNING
 
 
 @pytest.mark.django_db(transaction=True)
-def test_pausing_and_resuming_agents_goes_through_the_service(admin, empty_queue):
+def test_pausing_and_resuming_agents_goes_through_the_service(admin_client, empty_queue):
     board = make_board(backlog=False)
     agent = make_agent(boards=[board], name="Summariser")
 
-    response = _action(admin, Agent, "pause", [agent])
+    response = _action(admin_client, Agent, "pause", [agent])
     agent.refresh_from_db()
     assert agent.paused is True
     assert "Paused 1 agent: they take no new tasks and finish what they run." in response.content.decode()
     task = services.task_create(board=board, title="Nobody takes it")
     services.pull_requested_run(board_id=board.pk)
     assert Task.objects.get(pk=task.pk).status == Status.READY
-    _clear_queue()
+    empty_queue.clear()
 
-    response = _action(admin, Agent, "resume", [agent])
+    response = _action(admin_client, Agent, "resume", [agent])
 
     agent.refresh_from_db()
     assert agent.paused is False
     assert "Resumed 1 agent." in response.content.decode()
     # The service asks the workers to pull every board the agent serves.
-    assert _queued_task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
     services.pull_requested_run(board_id=board.pk)
     assert Task.objects.get(pk=task.pk).status == Status.RUNNING
 
@@ -264,13 +235,15 @@ def test_pausing_and_resuming_agents_goes_through_the_service(admin, empty_queue
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_wip_limit_changed_in_the_admin_shows_live(admin, empty_queue):
+def test_a_wip_limit_changed_in_the_admin_shows_live(admin_client, empty_queue):
     board = make_board(ready_limit=5)
     rows = _column_rows(board)
     ready = column(board, Role.READY)
     next(row for row in rows if row["id"] == ready.pk)["wip_limit"] = 2
 
-    response, html = _watch(board, admin, lambda: admin.post(_change_url(board), _board_form(board, rows)))
+    response, html = _watch(
+        board, admin_client, lambda: admin_client.post(_change_url(board), _board_form(board, rows))
+    )
 
     assert response.status_code == 302
     # Every column, whole, out of band: the browsers' headers show the new limit.
@@ -282,58 +255,63 @@ def test_a_wip_limit_changed_in_the_admin_shows_live(admin, empty_queue):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_raised_wip_limit_lets_the_agents_pull_more(admin, empty_queue):
+def test_a_raised_wip_limit_lets_the_agents_pull_more(admin_client, empty_queue):
     board = make_board(backlog=False, doing_limit=1)
     make_agent(boards=[board], concurrency=5)
     tasks = [services.task_create(board=board, title=f"Task {i}") for i in range(3)]
     services.pull_requested_run(board_id=board.pk)
     assert Task.objects.filter(board=board, status=Status.RUNNING).count() == 1
-    _clear_queue()
+    empty_queue.clear()
     rows = _column_rows(board)
     doing = column(board, Role.IN_PROGRESS)
     next(row for row in rows if row["id"] == doing.pk)["wip_limit"] = 3
 
-    response = admin.post(_change_url(board), _board_form(board, rows))
+    response = admin_client.post(_change_url(board), _board_form(board, rows))
 
     assert response.status_code == 302
-    assert _queued_task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
     services.pull_requested_run(board_id=board.pk)  # what the worker does with it
     assert Task.objects.filter(pk__in=[t.pk for t in tasks], status=Status.RUNNING).count() == 3
 
 
 @pytest.mark.django_db(transaction=True)
-def test_saving_a_board_without_column_changes_sends_nothing(admin, empty_queue):
+def test_saving_a_board_without_column_changes_sends_nothing(admin_client, empty_queue):
     board = make_board()
 
-    response = admin.post(_change_url(board), _board_form(board, _column_rows(board), description="Renamed"))
+    response = admin_client.post(
+        _change_url(board), _board_form(board, _column_rows(board), description="Renamed")
+    )
 
     assert response.status_code == 302
-    assert _queued_task_names() == []
+    assert empty_queue.task_names() == []
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_raised_agent_concurrency_lets_it_pull_more(admin, empty_queue):
+def test_a_raised_agent_concurrency_lets_it_pull_more(admin_client, empty_queue):
     board = make_board(backlog=False, doing_limit=None)
     agent = make_agent(boards=[board], concurrency=1)
     tasks = [services.task_create(board=board, title=f"Task {i}") for i in range(3)]
     services.pull_requested_run(board_id=board.pk)
-    _clear_queue()
+    empty_queue.clear()
 
-    response = admin.post(_change_url(agent), _agent_form(agent, concurrency="3"))
+    response = admin_client.post(_change_url(agent), _agent_form(agent, concurrency="3"))
 
     assert response.status_code == 302
-    assert _queued_task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
     services.pull_requested_run(board_id=board.pk)
     assert Task.objects.filter(pk__in=[t.pk for t in tasks], status=Status.RUNNING).count() == 3
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_a_board_an_agent_leaves_stops_showing_it(admin):
+def test_a_board_an_agent_leaves_stops_showing_it(admin_client):
     board, other = make_board(), make_board()
     agent = make_agent(boards=[board, other], name="Leaving agent")
 
     response, html = _watch(
-        board, admin, lambda: admin.post(_change_url(agent), _agent_form(agent, boards=[other.pk]))
+        board,
+        admin_client,
+        lambda: admin_client.post(_change_url(agent), _agent_form(agent, boards=[other.pk])),
     )
 
     assert response.status_code == 302
@@ -341,13 +319,14 @@ def test_a_board_an_agent_leaves_stops_showing_it(admin):
     assert "Leaving agent" not in html
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_a_deleted_agent_leaves_the_boards_it_served(admin):
+def test_a_deleted_agent_leaves_the_boards_it_served(admin_client):
     board = make_board()
     agent = make_agent(boards=[board], name="Retired agent")
     url = reverse("admin:boards_agent_delete", args=[agent.pk])
 
-    response, html = _watch(board, admin, lambda: admin.post(url, {"post": "yes"}))
+    response, html = _watch(board, admin_client, lambda: admin_client.post(url, {"post": "yes"}))
 
     assert response.status_code == 302
     assert not Agent.objects.filter(pk=agent.pk).exists()
@@ -358,10 +337,10 @@ def test_a_deleted_agent_leaves_the_boards_it_served(admin):
 # --- the rules a board's columns keep ------------------------------------------------
 
 
-def test_a_board_is_created_with_the_roles_the_line_needs(admin):
+def test_a_board_is_created_with_the_roles_the_line_needs(admin_client):
     rows = _new_rows(("Queue", Role.READY, 4), ("Doing", Role.IN_PROGRESS, 2), ("Finished", Role.DONE, None))
 
-    response = admin.post(reverse("admin:boards_board_add"), _board_form(None, rows))
+    response = admin_client.post(reverse("admin:boards_board_add"), _board_form(None, rows))
 
     assert response.status_code == 302, _errors(response)
     board = Board.objects.get(slug="new-line")
@@ -372,8 +351,8 @@ def test_a_board_is_created_with_the_roles_the_line_needs(admin):
     ]
 
 
-def test_the_add_form_offers_a_row_per_role_in_flow_order(admin):
-    html = admin.get(reverse("admin:boards_board_add")).content.decode()
+def test_the_add_form_offers_a_row_per_role_in_flow_order(admin_client):
+    html = admin_client.get(reverse("admin:boards_board_add")).content.decode()
 
     selected = re.findall(r'name="columns-(\d)-role"[^>]*>.*?<option value="(\w+)" selected>', html, re.S)
     assert selected == [
@@ -385,10 +364,10 @@ def test_the_add_form_offers_a_row_per_role_in_flow_order(admin):
     ]
 
 
-def test_a_board_without_the_required_roles_is_refused(admin):
+def test_a_board_without_the_required_roles_is_refused(admin_client):
     rows = _new_rows(("Backlog", Role.BACKLOG, None), ("Ready", Role.READY, 3))
 
-    response = admin.post(reverse("admin:boards_board_add"), _board_form(None, rows))
+    response = admin_client.post(reverse("admin:boards_board_add"), _board_form(None, rows))
 
     assert response.status_code == 200
     assert (
@@ -398,19 +377,19 @@ def test_a_board_without_the_required_roles_is_refused(admin):
     assert not Board.objects.filter(slug="new-line").exists()
 
 
-def test_deleting_a_required_column_is_refused(admin):
+def test_deleting_a_required_column_is_refused(admin_client):
     board = make_board()
     rows = _column_rows(board)
     next(row for row in rows if row["role"] == Role.IN_PROGRESS)["DELETE"] = True
 
-    response = admin.post(_change_url(board), _board_form(board, rows))
+    response = admin_client.post(_change_url(board), _board_form(board, rows))
 
     assert response.status_code == 200
     assert "No In progress column: every board needs" in _errors(response)
     assert board.columns.filter(role=Role.IN_PROGRESS).exists()
 
 
-def test_two_columns_with_one_role_are_refused(admin):
+def test_two_columns_with_one_role_are_refused(admin_client):
     rows = _new_rows(
         ("Ready", Role.READY, None),
         ("Also ready", Role.READY, None),
@@ -418,51 +397,51 @@ def test_two_columns_with_one_role_are_refused(admin):
         ("Done", Role.DONE, None),
     )
 
-    response = admin.post(reverse("admin:boards_board_add"), _board_form(None, rows))
+    response = admin_client.post(reverse("admin:boards_board_add"), _board_form(None, rows))
 
     assert response.status_code == 200
     assert "A board has one column per role: give each column a different role." in _errors(response)
     assert not Board.objects.filter(slug="new-line").exists()
 
 
-def test_a_wip_limit_on_done_is_refused(admin):
+def test_a_wip_limit_on_done_is_refused(admin_client):
     board = make_board()
     rows = _column_rows(board)
     next(row for row in rows if row["role"] == Role.DONE)["wip_limit"] = 10
 
-    response = admin.post(_change_url(board), _board_form(board, rows))
+    response = admin_client.post(_change_url(board), _board_form(board, rows))
 
     assert response.status_code == 200
     assert "Done collects finished work; it takes no WIP limit." in _errors(response)
     assert column(board, Role.DONE).wip_limit is None
 
 
-def test_columns_out_of_flow_order_are_refused(admin):
+def test_columns_out_of_flow_order_are_refused(admin_client):
     rows = _new_rows(("Done", Role.DONE, None), ("Ready", Role.READY, 3), ("Doing", Role.IN_PROGRESS, 2))
 
-    response = admin.post(reverse("admin:boards_board_add"), _board_form(None, rows))
+    response = admin_client.post(reverse("admin:boards_board_add"), _board_form(None, rows))
 
     assert response.status_code == 200
     assert "“Ready” (Ready) comes after “Done” (Done): order the columns as work flows" in _errors(response)
 
 
-def test_two_columns_in_one_position_are_refused(admin):
+def test_two_columns_in_one_position_are_refused(admin_client):
     rows = _new_rows(("Ready", Role.READY, 3), ("Doing", Role.IN_PROGRESS, 2), ("Done", Role.DONE, None))
     rows[1]["position"] = rows[0]["position"]
 
-    response = admin.post(reverse("admin:boards_board_add"), _board_form(None, rows))
+    response = admin_client.post(reverse("admin:boards_board_add"), _board_form(None, rows))
 
     assert response.status_code == 200
     assert "“Ready” and “Doing” have the same position (0)" in _errors(response)
 
 
-def test_the_role_of_a_column_holding_tasks_cannot_change(admin):
+def test_the_role_of_a_column_holding_tasks_cannot_change(admin_client):
     board = make_board(backlog=False)
     task = services.task_create(board=board, title="In Ready")
     rows = _column_rows(board)
     next(row for row in rows if row["role"] == Role.READY)["role"] = Role.BACKLOG
 
-    response = admin.post(_change_url(board), _board_form(board, rows))
+    response = admin_client.post(_change_url(board), _board_form(board, rows))
 
     assert response.status_code == 200
     assert "“Ready” holds tasks; move them out before changing its role." in _errors(response)
@@ -472,14 +451,14 @@ def test_the_role_of_a_column_holding_tasks_cannot_change(admin):
 # --- tasks -----------------------------------------------------------------------
 
 
-def test_tasks_cannot_be_deleted_in_the_admin(admin, board):
+def test_tasks_cannot_be_deleted_in_the_admin(admin_client, board):
     task = services.task_create(board=board, title="Keep me")
 
-    delete_page = admin.get(reverse("admin:boards_task_delete", args=[task.pk]))
-    action = admin.post(
+    delete_page = admin_client.get(reverse("admin:boards_task_delete", args=[task.pk]))
+    action = admin_client.post(
         _list_url(Task), {"action": "delete_selected", "_selected_action": [task.pk], "post": "yes"}
     )
-    changelist = admin.get(_list_url(Task)).content.decode()
+    changelist = admin_client.get(_list_url(Task)).content.decode()
 
     assert delete_page.status_code == 403
     assert 'value="delete_selected"' not in changelist
@@ -487,7 +466,7 @@ def test_tasks_cannot_be_deleted_in_the_admin(admin, board):
     assert Task.objects.filter(pk=task.pk).exists()
 
 
-def test_a_superuser_cannot_take_a_defect_out_of_review_in_the_admin(admin, board, agent):
+def test_a_superuser_cannot_take_a_defect_out_of_review_in_the_admin(admin_client, board, agent):
     # The task and its escalation are read-only there: the andon inbox decides.
     from andon.models import Escalation
     from tests.andon.helpers import escalate
@@ -496,15 +475,15 @@ def test_a_superuser_cannot_take_a_defect_out_of_review_in_the_admin(admin, boar
     task = escalation.task
     done = column(board, Role.DONE)
 
-    task_change = admin.post(
+    task_change = admin_client.post(
         reverse("admin:boards_task_change", args=[task.pk]),
         {"column": done.pk, "status": Status.DONE, "title": task.title, "board": board.pk},
     )
-    escalation_change = admin.post(
+    escalation_change = admin_client.post(
         reverse("admin:andon_escalation_change", args=[escalation.pk]),
         {"status": Escalation.Status.APPROVED},
     )
-    escalation_delete = admin.get(reverse("admin:andon_escalation_delete", args=[escalation.pk]))
+    escalation_delete = admin_client.get(reverse("admin:andon_escalation_delete", args=[escalation.pk]))
 
     assert task_change.status_code == 403
     assert escalation_change.status_code == 403
@@ -545,10 +524,10 @@ ADD_URL = reverse_lazy("admin:boards_agent_add")
 PROMPT_FIELDS = ["prompt_template", "prompt_variables", "parameters", "cascade", "implementation"]
 
 
-def test_an_existing_agents_prompt_fields_are_read_only_with_a_pointer_to_the_agent_page(admin):
+def test_an_existing_agents_prompt_fields_are_read_only_with_a_pointer_to_the_agent_page(admin_client):
     agent = make_agent(boards=[make_board()])
 
-    page = admin.get(_change_url(agent)).content.decode()
+    page = admin_client.get(_change_url(agent)).content.decode()
 
     for name in PROMPT_FIELDS:
         assert f'name="{name}"' not in page
@@ -556,14 +535,14 @@ def test_an_existing_agents_prompt_fields_are_read_only_with_a_pointer_to_the_ag
     assert "as a proposal" in page and f'href="{agent.get_absolute_url()}#edit"' in page
 
 
-def test_a_prompt_or_cascade_posted_for_an_existing_agent_changes_nothing_but_the_rest_saves(admin):
+def test_a_prompt_or_cascade_posted_for_an_existing_agent_changes_nothing_but_the_rest_saves(admin_client):
     agent = make_agent(boards=[make_board()])
     cascade = [
         {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
         {"provider": "simulated", "model": "sim-large"},
     ]
 
-    response = admin.post(
+    response = admin_client.post(
         _change_url(agent),
         _agent_form(
             agent,
@@ -582,15 +561,15 @@ def test_a_prompt_or_cascade_posted_for_an_existing_agent_changes_nothing_but_th
     assert [t.model for t in agent.tiers] == ["sim-small"]
 
 
-def test_a_new_agent_sets_its_prompt_and_cascade_in_the_admin(admin):
+def test_a_new_agent_sets_its_prompt_and_cascade_in_the_admin(admin_client):
     board = make_board()
     cascade = [
         {"provider": "simulated", "model": "sim-small", "threshold": 0.8},
         {"provider": "simulated", "model": "sim-large"},
     ]
 
-    page = admin.get(ADD_URL).content.decode()
-    response = admin.post(
+    page = admin_client.get(ADD_URL).content.decode()
+    response = admin_client.post(
         ADD_URL, _new_agent_form(board, cascade=json.dumps(cascade), prompt_template="Hi {input}")
     )
 
@@ -602,11 +581,11 @@ def test_a_new_agent_sets_its_prompt_and_cascade_in_the_admin(admin):
     assert agent.cascade[1]["price_out"] == "0.015"  # stored with the model's list price
 
 
-def test_the_admin_refuses_an_undeclared_template_variable_and_a_bad_tier(admin):
+def test_the_admin_refuses_an_undeclared_template_variable_and_a_bad_tier(admin_client):
     board = make_board()
     cascade = [{"provider": "simulated", "model": "sim-small", "threshold": 2}]
 
-    response = admin.post(
+    response = admin_client.post(
         ADD_URL,
         _new_agent_form(board, prompt_template="Dear {customer}: {input}", cascade=json.dumps(cascade)),
     )
@@ -618,11 +597,11 @@ def test_the_admin_refuses_an_undeclared_template_variable_and_a_bad_tier(admin)
     assert not Agent.objects.filter(name="Newcomer").exists()
 
 
-def test_the_admin_offers_only_registered_agent_classes(admin, settings):
+def test_the_admin_offers_only_registered_agent_classes(admin_client, settings):
     board = make_board()
 
-    page = admin.get(ADD_URL).content.decode()
-    response = admin.post(ADD_URL, _new_agent_form(board, implementation="os.system"))
+    page = admin_client.get(ADD_URL).content.decode()
+    response = admin_client.post(ADD_URL, _new_agent_form(board, implementation="os.system"))
 
     assert '<option value="boards.example_agents.KeywordClassifier">' in page
     assert response.status_code == 200

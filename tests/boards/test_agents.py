@@ -8,14 +8,13 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.test import Client
 
 from boards import broadcast, services
 from boards.models import Agent
 from kaizen_web.asgi import application
 from tests.factories import make_agent, make_board, make_user
+from tests.websockets import ORIGIN, session_cookie
 
 
 @pytest.mark.parametrize(
@@ -63,21 +62,19 @@ def test_a_string_stored_as_capabilities_offers_nothing(board):
     assert "No agent on this board offers 's' (offered: none)" in err.value.message_dict["capability"][0]
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_pausing_an_agent_reaches_a_connected_browser():
     board = make_board(backlog=False)
     agent = make_agent(boards=[board], name="welder")
-    client = Client()
-    client.force_login(make_user())
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-    headers = [(b"origin", b"http://testserver"), (b"cookie", cookie.encode())]
+    headers = [ORIGIN, session_cookie(make_user())]
 
     async def scenario() -> str:
         communicator = WebsocketCommunicator(application, f"/ws/boards/{board.slug}/", headers=headers)
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.agent_set_paused)(agent=agent, paused=True)
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return html
 

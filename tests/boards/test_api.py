@@ -13,8 +13,8 @@ from django.test import Client
 from boards import services
 from boards.agents import CallRecord, Output, runtime
 from boards.models import ApiToken, Column, ModelCall, Task, TaskEvent
-from tests.boards.api_support import grant_add_task, token_for
-from tests.factories import column, make_agent, make_board, make_user
+from tests.boards.api_support import token_for
+from tests.factories import column, grant, make_agent, make_board, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def api_key(user) -> str:
     # A write token for every board, of a user who may add tasks.
-    grant_add_task(user)
+    grant(user, "boards.add_task")
     return token_for(user)
 
 

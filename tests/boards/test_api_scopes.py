@@ -11,8 +11,8 @@ from django.db.migrations.executor import MigrationExecutor
 
 from boards import services
 from boards.models import ApiToken, Task
-from tests.boards.api_support import client_for, make_writer, post_json, token_for
-from tests.factories import make_board, make_user
+from tests.boards.api_support import client_for, post_json, token_for
+from tests.factories import make_board, make_user, make_writer
 
 pytestmark = pytest.mark.django_db
 

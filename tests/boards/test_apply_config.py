@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -22,7 +20,7 @@ from boards.config import ConfigError, config_apply, config_parse
 from boards.models import Agent, Board, Column, Task
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, PromptVersion
-from tests.factories import make_user
+from tests.factories import make_editor
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_FILES = ["demo.yaml", "manufacturing_qc.yaml", "customer_support.yaml", "research_synthesis.yaml"]
@@ -728,6 +726,7 @@ def test_agents_can_share_settings_through_yaml_merge_keys(db, tmp_path):
     assert [t.model for t in Agent.objects.get(name="Worker").tiers] == ["sim-small", "sim-large"]
 
 
+@pytest.mark.redis
 def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_capture_on_commit_callbacks):
     apply(write(tmp_path, BASE.split("agents:\n", 1)[0].replace(", capability: summarise", "")))
     board = Board.objects.get(slug="line")
@@ -927,14 +926,13 @@ def test_a_prompt_changed_by_the_file_records_both_versions_and_an_audit_entry(d
 def test_a_config_change_takes_a_number_after_every_proposed_version(db, tmp_path):
     apply(write(tmp_path, BASE))
     agent = Agent.objects.get(name="Worker")
-    editor = make_user()
-    editor.user_permissions.add(Permission.objects.get(codename="change_agent"))
+    editor = make_editor()
     fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
     proposal = kaizen.proposal_create(
         agent=agent,
         fields={**fields, "prompt_template": "A wholly different prompt for {title}: {input}"},
         rationale="Try a rewrite.",
-        user=get_user_model().objects.get(pk=editor.pk),  # fresh: no cached permissions
+        user=editor,
     )
     assert proposal.candidate.number == 2
 

@@ -13,7 +13,7 @@ from kaizen_web.live import Broadcaster
 from tests.factories import make_board
 
 # The broadcaster thread renders from its own connection: it needs real commits.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 
 class _RecordingBroadcaster(Broadcaster):

@@ -14,36 +14,15 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
-from django.test import Client
 
 from boards import broadcast, services
 from boards.models import Board
 from kaizen_web.asgi import application
 from tests.factories import column, make_board, make_user
+from tests.websockets import ORIGIN, connects, session_cookie
 
 # Services broadcast after commit: these tests need real commits.
-pytestmark = pytest.mark.django_db(transaction=True)
-
-ORIGIN = (b"origin", b"http://testserver")
-
-
-def _session_cookie(user) -> tuple[bytes, bytes]:
-    client = Client()
-    client.force_login(user)
-    return (
-        b"cookie",
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
-    )
-
-
-def _connect(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    async def attempt() -> bool:
-        communicator = WebsocketCommunicator(application, path, headers=headers)
-        connected, _ = await communicator.connect()
-        await communicator.disconnect()
-        return connected
-
-    return async_to_sync(attempt)()
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
@@ -52,27 +31,27 @@ def live_board() -> Board:
 
 
 def test_anonymous_connections_are_refused(live_board):
-    assert _connect(f"/ws/boards/{live_board.slug}/", [ORIGIN]) is False
+    assert connects(f"/ws/boards/{live_board.slug}/", [ORIGIN]) is False
 
 
 def test_a_logged_in_user_connects(live_board):
-    assert _connect(f"/ws/boards/{live_board.slug}/", [ORIGIN, _session_cookie(make_user())]) is True
+    assert connects(f"/ws/boards/{live_board.slug}/", [ORIGIN, session_cookie(make_user())]) is True
 
 
 def test_an_unknown_board_is_refused(live_board):
-    assert _connect("/ws/boards/no-such-board/", [ORIGIN, _session_cookie(make_user())]) is False
+    assert connects("/ws/boards/no-such-board/", [ORIGIN, session_cookie(make_user())]) is False
 
 
 def test_a_foreign_origin_is_refused(live_board):
-    headers = [(b"origin", b"http://evil.example"), _session_cookie(make_user())]
-    assert _connect(f"/ws/boards/{live_board.slug}/", headers) is False
+    headers = [(b"origin", b"http://evil.example"), session_cookie(make_user())]
+    assert connects(f"/ws/boards/{live_board.slug}/", headers) is False
 
 
 def test_a_committed_task_reaches_a_connected_browser_as_a_fragment():
     # No Backlog and no agents: the task lands in Ready and nothing pulls it on,
     # so exactly one change is broadcast.
     live_board = make_board(backlog=False)
-    cookie = _session_cookie(make_user())
+    cookie = session_cookie(make_user())
     ready = column(live_board, "ready")
 
     async def scenario() -> tuple[int, str]:
@@ -82,7 +61,7 @@ def test_a_committed_task_reaches_a_connected_browser_as_a_fragment():
         connected, _ = await communicator.connect()
         assert connected
         task = await database_sync_to_async(services.task_create)(board=live_board, title="Pushed card")
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return task.pk, html
 
@@ -98,7 +77,7 @@ def test_a_committed_task_reaches_a_connected_browser_as_a_fragment():
 
 def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
     user = make_user()
-    cookie = _session_cookie(user)
+    cookie = session_cookie(user)
     task = services.task_create(board=live_board, title="Moving card")
     # What a worker does when the commit asks it to pull: Backlog -> Ready.
     services.board_pull(board_id=live_board.pk)
@@ -114,7 +93,7 @@ def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.task_move)(task=task, to_column=done, user=user)
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         return html
 
@@ -137,7 +116,7 @@ def test_updates_published_for_another_redis_database_do_not_arrive(live_board):
     other_url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{other_db}"
     other_instance = RedisPubSubChannelLayer(hosts=[other_url], prefix=f"kaizen-db{other_db}")
     group = broadcast.board_group(live_board.pk)
-    cookie = _session_cookie(make_user())
+    cookie = session_cookie(make_user())
 
     async def scenario() -> str:
         communicator = WebsocketCommunicator(
@@ -147,7 +126,7 @@ def test_updates_published_for_another_redis_database_do_not_arrive(live_board):
         assert connected
         await other_instance.group_send(group, {"type": "board.update", "html": "from another instance"})
         await get_channel_layer().group_send(group, {"type": "board.update", "html": "from this instance"})
-        html = await communicator.receive_from(timeout=10)
+        html = await communicator.receive_from(timeout=30)
         await communicator.disconnect()
         await other_instance.flush()
         return html

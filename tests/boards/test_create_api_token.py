@@ -9,8 +9,7 @@ from django.core.management import CommandError, ManagementUtility, call_command
 from django.test import Client
 
 from boards.models import ApiToken
-from tests.boards.api_support import make_writer
-from tests.factories import make_board, make_user
+from tests.factories import make_board, make_user, make_writer
 
 pytestmark = pytest.mark.django_db
 

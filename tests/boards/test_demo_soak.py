@@ -54,9 +54,12 @@ ENV = {
     "KAIZEN_EXPERIMENT_LOOK_SECONDS": str(20 / SPEED),
 }
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "sqlite", reason="the unattended demo runs on the embedded default, SQLite"
-)
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        connection.vendor != "sqlite", reason="the unattended demo runs on the embedded default, SQLite"
+    ),
+]
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from andon.models import CircuitBreaker, LineStop
 from boards import services
 from boards.fragments import render_board_update
 from boards.models import Task
-from tests.andon.helpers import escalate, reviewer
-from tests.factories import column, make_agent, make_board
+from tests.andon.helpers import escalate
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
 
@@ -125,7 +125,7 @@ def test_a_push_says_why_agents_are_not_pulling_and_each_ready_card_why_it_waits
 
 def test_pushes_carry_no_form_not_even_for_a_reviewer_to_pull_the_cord(board):
     make_agent(boards=[board], name="stoppable")
-    reviewer()
+    make_reviewer()
     LineStop.objects.create(board=board, kind=LineStop.Kind.CORD, reason="seeded")
 
     html = render_board_update(board_id=board.pk, column_ids=set(board.columns.values_list("pk", flat=True)))

@@ -23,21 +23,18 @@ import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.contrib.auth.models import Permission
-from django.test import Client
 
 from andon import broadcast as andon_broadcast
 from boards import broadcast, services
 from boards.models import Column
 from kaizen_web import live
 from kaizen_web.asgi import application
-from tests.factories import column, make_board, make_user
+from tests.factories import column, make_board, make_reviewer, make_user
 from tests.live import BASE_DIR, child_env, free_port
+from tests.websockets import ORIGIN, session_cookie
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
-ORIGIN = (b"origin", b"http://testserver")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -115,15 +112,6 @@ def broadcaster(own_redis, monkeypatch) -> Iterator[live.Broadcaster]:
     fresh.flush(10)
 
 
-def _cookie(user) -> tuple[bytes, bytes]:
-    client = Client()
-    client.force_login(user)
-    return (
-        b"cookie",
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
-    )
-
-
 async def _until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -135,7 +123,7 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = 20.0) ->
 def test_a_board_change_made_while_redis_is_down_reaches_the_browser_once_it_is_back(own_redis, broadcaster):
     # No Backlog, no agents: a task lands in Ready, and nothing else moves.
     board = make_board(backlog=False)
-    cookie = _cookie(make_user())
+    cookie = session_cookie(make_user())
     ready = column(board, "ready")
     all_columns = set(Column.objects.filter(board=board).values_list("pk", flat=True))
 
@@ -146,7 +134,7 @@ def test_a_board_change_made_while_redis_is_down_reaches_the_browser_once_it_is_
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.task_create)(board=board, title="Before the outage")
-        assert "Before the outage" in await communicator.receive_from(timeout=10)
+        assert "Before the outage" in await communicator.receive_from(timeout=30)
 
         await sync_to_async(own_redis.stop)()
         task = await database_sync_to_async(services.task_create)(board=board, title="Made while down")
@@ -168,9 +156,8 @@ def test_a_board_change_made_while_redis_is_down_reaches_the_browser_once_it_is_
 
 
 def test_the_inbox_is_told_to_catch_up_on_what_it_missed_while_redis_was_down(own_redis, broadcaster):
-    reviewer = make_user()
-    reviewer.user_permissions.add(Permission.objects.get(codename="review_escalation"))
-    cookie = _cookie(reviewer)
+    reviewer = make_reviewer()
+    cookie = session_cookie(reviewer)
 
     async def scenario() -> dict:
         communicator = WebsocketCommunicator(application, "/ws/andon/", headers=[ORIGIN, cookie])
@@ -206,7 +193,7 @@ boards:
     run = [sys.executable, str(BASE_DIR / "manage.py"), "apply_config", str(config)]
     first = subprocess.run(run, env=child_env(), capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    cookie = _cookie(make_user())
+    cookie = session_cookie(make_user())
     ready = Column.objects.get(board__slug="exit-line", role="ready")
     broadcast.flush()
     config.write_text(text.format(limit=7))

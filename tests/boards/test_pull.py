@@ -3,12 +3,9 @@ to the free WIP of In progress and of each agent, by position (priority, then ag
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
-import redis
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
@@ -195,38 +192,23 @@ def test_claim_sets_lease_attempt_agent_and_event(board, agent, settings):
     )
 
 
-def _queued_task_names(queue: str) -> list[str]:
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    return [json.loads(raw)["headers"]["task"] for raw in client.lrange(queue, 0, -1)]
-
-
-@pytest.fixture
-def empty_queue():
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete(queue)
-    client.delete(*client.keys("kaizen:pull-requested:*") or ["-"])
-    yield queue
-    client.delete(queue)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_intake_outside_a_worker_asks_the_workers_for_one_pull(board, agent, empty_queue):
     tasks = [services.task_create(board=board, title=f"t{i}", input="x") for i in range(3)]
 
     # A burst of intake sends one pull message, not one per task, and claims
     # nothing in this (web) process.
-    assert _queued_task_names(empty_queue) == ["boards.tasks.pull_board"]
+    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
     assert Task.objects.filter(status=Status.RUNNING).count() == 0
 
     services.pull_requested_run(board_id=board.pk)  # what the worker does with it
 
     assert Task.objects.filter(status=Status.RUNNING).count() == 3
     # The three claimed runs go out as one message.
-    assert _queued_task_names(empty_queue).count("boards.tasks.run_tasks") == 1
+    assert empty_queue.task_names().count("boards.tasks.run_tasks") == 1
     # Once the worker has started on it, the next change asks again.
     services.task_create(board=board, title="later", input="x")
-    assert _queued_task_names(empty_queue).count("boards.tasks.pull_board") == 2
+    assert empty_queue.task_names().count("boards.tasks.pull_board") == 2
     assert all(t.events.filter(kind=TaskEvent.Kind.CREATED).exists() for t in tasks)
 
 
@@ -239,7 +221,7 @@ def test_a_worker_pulls_at_once_after_commit(board, agent, empty_queue, monkeypa
     task.refresh_from_db()
     assert task.status == Status.RUNNING
     assert task.events.filter(kind=TaskEvent.Kind.CLAIMED).count() == 1
-    assert _queued_task_names(empty_queue) == ["boards.tasks.run_task"]
+    assert empty_queue.task_names() == ["boards.tasks.run_task"]
 
 
 @pytest.mark.django_db

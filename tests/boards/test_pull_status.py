@@ -13,7 +13,6 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from andon import jidoka
 from andon.models import CircuitBreaker, LineStop
 from boards import services
 from boards.models import Column, Task
@@ -21,16 +20,9 @@ from boards.selectors import HoldLevel, board_columns_get, board_pull_status_get
 from tests.andon.helpers import escalate
 from tests.factories import column, make_agent, make_board
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_open_breakers")]
 
 Role = Column.Role
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    jidoka.open_models.clear()
-    yield
-    jidoka.open_models.clear()
 
 
 def _ready(board, n: int, *, capability: str = "", prefix: str = "task") -> list[Task]:

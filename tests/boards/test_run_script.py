@@ -146,6 +146,7 @@ def embedded_redis_port(log: str) -> int:
     return int(re.search(r"starting Redis \(embedded, 127\.0\.0\.1:(\d+)\)\.\.\. ok", log).group(1))
 
 
+@pytest.mark.redis
 def test_it_serves_the_demo_and_ctrl_c_stops_everything(start_run, var):
     run, port = start_run()
     wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
@@ -193,6 +194,7 @@ def second_terminal_redis_url(var: Path) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.redis
 def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var):
     run, port = start_run()
     wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
@@ -234,6 +236,7 @@ def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var
     assert "Operations to perform" in (logs / "migrate.log").read_text()
 
 
+@pytest.mark.redis
 def test_verbose_shows_every_process_here_too(start_run):
     run, _ = start_run(VERBOSE="1")
     wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
@@ -248,6 +251,7 @@ def test_verbose_shows_every_process_here_too(start_run):
     assert "they are shown here too (--verbose)" in run.log_text()
 
 
+@pytest.mark.redis
 def test_a_failed_step_shows_its_output_in_the_terminal(start_run, tmp_path):
     run, _ = start_run(DATABASE_URL=f"sqlite:///{tmp_path / 'no-such-dir' / 'kaizen.sqlite3'}")
     wait_for("run.py to exit", lambda: not run.alive, timeout=STARTUP)
@@ -276,6 +280,7 @@ def held_leases(database: Path) -> dict[int, str]:
     return {task_id: token for task_id, token in rows}
 
 
+@pytest.mark.redis
 def test_ctrl_c_stops_everything_within_5_s_while_model_calls_are_in_flight(start_run, var):
     # Simulated calls of a minute or more, and short leases so the restart below
     # need not wait a minute for the dead runs' leases to run out.
@@ -438,6 +443,7 @@ def test_the_help_says_how_to_see_the_logs():
     assert "rotated at 10 MB" in result.stdout
 
 
+@pytest.mark.redis
 def test_it_stops_everything_when_a_child_dies(start_run):
     run, _ = start_run()
     wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
@@ -452,6 +458,7 @@ def test_it_stops_everything_when_a_child_dies(start_run):
     assert [pid for pid in children if is_running(pid)] == []
 
 
+@pytest.mark.redis
 def test_it_refuses_a_port_in_use(start_run):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -463,6 +470,7 @@ def test_it_refuses_a_port_in_use(start_run):
     assert "starting Redis" not in run.log_text()
 
 
+@pytest.mark.redis
 def test_it_refuses_a_public_host_with_the_well_known_demo_password(start_run):
     run, _ = start_run(HOST="0.0.0.0")
     wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)

@@ -118,6 +118,7 @@ def test_last_attempt_on_a_board_without_done_waits_in_progress_until_done_is_ba
     assert task.status == Task.Status.FAILED
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_of_claimed_runs_runs_side_by_side_and_each_ends_on_its_own(board):
     # No quality checks: this is about the runtime, not jidoka (tests/andon inspect outputs);
@@ -209,6 +210,7 @@ def test_runs_completed_together_write_nothing_when_a_board_has_no_done_column(b
     assert not ModelCall.objects.exists()
 
 
+@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fails_alone(monkeypatch):
     monkeypatch.setattr(services.pull, "_in_worker", True)

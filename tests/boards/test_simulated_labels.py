@@ -13,8 +13,7 @@ from andon.models import Escalation
 from boards import services
 from boards.agents import runtime
 from boards.models import Task
-from tests.andon.helpers import reviewer
-from tests.factories import make_agent, make_board
+from tests.factories import make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +38,7 @@ def _escalated_simulated_run() -> Task:
 
 def test_the_task_page_badges_a_simulated_output(client):
     task = _escalated_simulated_run()
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     html = client.get(task.get_absolute_url()).content.decode()
 
@@ -50,7 +49,7 @@ def test_the_escalation_page_and_the_inbox_badge_a_simulated_output(client):
     task = _escalated_simulated_run()
     escalation = Escalation.objects.get(task=task)
     assert escalation.confidence_source == "simulated"
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     page = client.get(escalation.get_absolute_url()).content.decode()
     inbox = client.get(reverse("andon-inbox")).content.decode()

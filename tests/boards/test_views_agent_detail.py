@@ -10,8 +10,6 @@ from decimal import Decimal
 from html.parser import HTMLParser
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -20,7 +18,7 @@ from boards.agents import runtime
 from boards.models import Agent, ModelCall, Task
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, PromptVersion
-from tests.factories import make_agent, make_board, make_user
+from tests.factories import make_agent, make_board, make_editor
 
 pytestmark = pytest.mark.django_db
 
@@ -37,14 +35,6 @@ TWO_TIERS = [
 
 def _url(agent: Agent) -> str:
     return reverse("boards-agent-detail", kwargs={"pk": agent.pk})
-
-
-def _editor():
-    user = make_user()
-    user.user_permissions.add(
-        Permission.objects.get(content_type__app_label="boards", codename="change_agent")
-    )
-    return user
 
 
 class _FormReader(HTMLParser):
@@ -265,7 +255,7 @@ def test_a_user_without_the_change_permission_gets_403_on_post(client, user, age
 
 
 def test_the_form_posted_unchanged_proposes_nothing_and_keeps_the_prompt_version(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
 
     response = client.post(_url(agent), _form(client, agent))
 
@@ -277,7 +267,7 @@ def test_the_form_posted_unchanged_proposes_nothing_and_keeps_the_prompt_version
 def test_a_multi_line_template_sent_back_with_crlf_is_unchanged(client, agent):
     agent.prompt_template = "Summarise:\n{input}"
     services.agent_save(agent=agent)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     assert data["prompt_template"] == "Summarise:\n{input}"
     # as a browser sends a textarea
@@ -294,7 +284,7 @@ def test_a_multi_line_template_sent_back_with_crlf_is_unchanged(client, agent):
 
 def test_a_permitted_user_proposes_the_template_and_a_threshold_through_the_service(client, monkeypatch):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     proposed = []
     real_create = kaizen.proposal_create
     monkeypatch.setattr(
@@ -332,7 +322,7 @@ def test_a_permitted_user_proposes_the_template_and_a_threshold_through_the_serv
 
 
 def test_the_reuse_and_cache_switches_save_without_a_new_prompt_version(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent, "operations-form")
     assert data["reuse_results"] == "on" and data["cache_responses"] == "on"
     assert data["action"] == "settings"
@@ -351,7 +341,7 @@ def test_the_reuse_and_cache_switches_save_without_a_new_prompt_version(client, 
 
 
 def test_the_switches_leave_a_prompt_saved_meanwhile_alone(client, agent, monkeypatch):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent, "operations-form")
     del data["cache_responses"]
     real_save = services.agent_save
@@ -377,7 +367,7 @@ def test_the_switches_leave_a_prompt_saved_meanwhile_alone(client, agent, monkey
 
 
 def test_an_undeclared_template_variable_is_shown_on_the_template_and_nothing_is_proposed(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["prompt_template"] = "Dear {customer}, {input}"
     data["tier-0-threshold"] = "0.5"  # a valid change alongside: not proposed either
@@ -398,7 +388,7 @@ def test_an_undeclared_template_variable_is_shown_on_the_template_and_nothing_is
 
 
 def test_an_out_of_range_temperature_is_shown_on_its_field(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["temperature"] = "3"
 
@@ -413,7 +403,7 @@ def test_an_out_of_range_temperature_is_shown_on_its_field(client, agent):
 
 def test_a_threshold_above_one_is_shown_on_its_tier_and_nothing_is_proposed(client):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["tier-0-threshold"] = "1.5"
     data["prompt_template"] = "Changed {input}"
@@ -433,7 +423,7 @@ def test_a_threshold_above_one_is_shown_on_its_tier_and_nothing_is_proposed(clie
 
 def test_an_unknown_simulated_model_is_shown_on_its_tier(client):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["tier-1-model"] = "sim-huge"
 
@@ -448,7 +438,7 @@ def test_an_unknown_simulated_model_is_shown_on_its_tier(client):
 
 
 def test_tier_parameters_that_are_not_json_or_not_allowed_are_shown_on_the_tier(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["tier-0-parameters"] = "{latency_ms: 5"
 
@@ -465,7 +455,7 @@ def test_tier_parameters_that_are_not_json_or_not_allowed_are_shown_on_the_tier(
 
 
 def test_the_spare_row_adds_a_tier(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     assert data["tier-TOTAL_FORMS"] == "2" and data["tier-INITIAL_FORMS"] == "1"
     # The cheap tier needs a threshold once another follows it.
@@ -486,7 +476,7 @@ def test_the_spare_row_adds_a_tier(client, agent):
 
 
 def test_a_tier_that_would_never_run_is_refused_on_the_tier_before_it(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data.update({"tier-1-provider": "simulated", "tier-1-model": "sim-medium"})
 
@@ -501,7 +491,7 @@ def test_a_tier_that_would_never_run_is_refused_on_the_tier_before_it(client, ag
 
 def test_ticking_remove_deletes_a_tier(client):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["tier-0-DELETE"] = "on"
 
@@ -517,7 +507,7 @@ def test_ticking_remove_deletes_a_tier(client):
 
 def test_positions_reorder_the_tiers(client):
     agent = make_agent(boards=[make_board()], cascade=TWO_TIERS)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     assert (data["tier-0-ORDER"], data["tier-1-ORDER"]) == ("1", "2")
     data.update(
@@ -534,7 +524,7 @@ def test_positions_reorder_the_tiers(client):
 
 
 def test_removing_every_tier_is_refused_above_the_table(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["tier-0-DELETE"] = "on"
 
@@ -556,7 +546,7 @@ def test_a_refusal_by_the_service_is_shown_above_the_form(client, agent, monkeyp
         raise ValidationError({"implementation": ["'x.Y' is not a registered agent class"]})
 
     monkeypatch.setattr(kaizen, "proposal_create", refuse)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["prompt_template"] = "New {input}"
 
@@ -569,7 +559,7 @@ def test_a_refusal_by_the_service_is_shown_above_the_form(client, agent, monkeyp
 
 
 def test_proposing_against_a_prompt_someone_else_changed_meanwhile_is_refused(client, agent):
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)  # the page as this editor loaded it, at version 1
     agent.prompt_template = "Someone else's prompt: {input}"
     services.agent_save(agent=agent)  # a config file changes it first: version 2
@@ -586,7 +576,7 @@ def test_proposing_against_a_prompt_someone_else_changed_meanwhile_is_refused(cl
 
 def test_a_custom_class_agent_still_proposes_the_shared_settings(client):
     agent = make_agent(boards=[make_board()], implementation="boards.example_agents.KeywordClassifier")
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["max_tokens"] = "256"
 
@@ -599,7 +589,7 @@ def test_a_custom_class_agent_still_proposes_the_shared_settings(client):
 
 def test_it_enforces_csrf(agent):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(_editor())
+    client.force_login(make_editor())
     data = _form(client, agent)
     data["prompt_template"] = "New {input}"
 
@@ -636,7 +626,7 @@ def test_the_query_count_does_not_grow_with_the_ledger_or_the_history(client, dj
         for task in tasks
         for i in range(10)
     )
-    editor = _editor()
+    editor = make_editor()
     for i in range(3):  # versions, audit entries and proposals with their experiments
         agent.prompt_template = f"Version {i + 2}: {{input}}"
         services.agent_save(agent=agent)
@@ -646,7 +636,7 @@ def test_the_query_count_does_not_grow_with_the_ledger_or_the_history(client, dj
             agent=agent,
             fields={**fields, "prompt_template": template},
             rationale="Try it.",
-            user=get_user_model().objects.get(pk=editor.pk),  # fresh: no cached permissions
+            user=editor,
         )
     client.force_login(editor)
 

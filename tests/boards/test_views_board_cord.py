@@ -10,8 +10,7 @@ from django.urls import reverse
 
 from andon.models import LineStop
 from boards.models import Board
-from tests.andon.helpers import reviewer
-from tests.factories import make_agent, make_board, make_user
+from tests.factories import make_agent, make_board, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +27,7 @@ def _page(client, board: Board) -> str:
 
 def test_a_reviewer_gets_one_cord_with_the_board_and_each_agent_to_choose_from(client, board):
     welder = make_agent(boards=[board], name="welder")
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     html = _page(client, board)
 
@@ -53,7 +52,7 @@ def test_someone_who_may_not_pull_the_cord_gets_no_cord_in_the_page(client, boar
 
 def test_the_cord_is_not_in_the_live_part_of_the_page(client, board):
     make_agent(boards=[board], name="welder")
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     html = _page(client, board)
     body = html[html.index('id="board-body"') :]
@@ -64,7 +63,7 @@ def test_the_cord_is_not_in_the_live_part_of_the_page(client, board):
 
 
 def test_a_reviewer_stops_the_whole_board(client, board):
-    ana = reviewer(username="ana")
+    ana = make_reviewer(username="ana")
     client.force_login(ana)
 
     response = client.post(_cord(board), {"scope": "board", "reason": "prices are wrong"}, headers=HTMX)
@@ -77,7 +76,7 @@ def test_a_reviewer_stops_the_whole_board(client, board):
 
 def test_a_reviewer_stops_one_agent(client, board):
     welder = make_agent(boards=[board], name="welder")
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     response = client.post(_cord(board), {"scope": f"agent-{welder.pk}", "reason": "drifting"}, headers=HTMX)
 
@@ -88,7 +87,7 @@ def test_a_reviewer_stops_one_agent(client, board):
 
 def test_an_agent_of_another_board_is_refused(client, board):
     stranger = make_agent(boards=[make_board()], name="stranger")
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     response = client.post(_cord(board), {"scope": f"agent-{stranger.pk}", "reason": "x"}, headers=HTMX)
 
@@ -98,7 +97,7 @@ def test_an_agent_of_another_board_is_refused(client, board):
 
 
 def test_a_reason_is_needed(client, board):
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     response = client.post(_cord(board), {"scope": "board", "reason": "  "}, headers=HTMX)
 
@@ -108,7 +107,7 @@ def test_a_reason_is_needed(client, board):
 
 
 def test_without_javascript_it_goes_back_to_the_board_with_the_message(client, board):
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     response = client.post(_cord(board), {"scope": "board", "reason": "prices are wrong"}, follow=True)
 
@@ -127,6 +126,6 @@ def test_someone_who_is_not_a_reviewer_is_refused(client, board):
 
 
 def test_it_takes_only_a_post(client, board):
-    client.force_login(reviewer())
+    client.force_login(make_reviewer())
 
     assert client.get(_cord(board)).status_code == 405

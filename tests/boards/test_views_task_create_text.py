@@ -14,12 +14,6 @@ pytestmark = pytest.mark.django_db
 HTMX = {"HX-Request": "true"}
 
 
-@pytest.fixture
-def logged_in(client, user):
-    client.force_login(user)
-    return client
-
-
 def post(client, board, **fields):
     return client.post(reverse("boards-task-create", kwargs={"slug": board.slug}), fields, headers=HTMX)
 

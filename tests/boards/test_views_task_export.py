@@ -29,12 +29,6 @@ def read_csv(response) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-@pytest.fixture
-def logged_in(client, user):
-    client.force_login(user)
-    return client
-
-
 def test_it_needs_a_login(client, board):
     response = client.get(export_url(board))
 

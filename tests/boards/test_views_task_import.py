@@ -10,8 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from boards.models import Column, Task
-from tests.boards.api_support import make_writer
-from tests.factories import column, make_agent, make_board
+from tests.factories import column, make_agent, make_board, make_writer
 
 pytestmark = pytest.mark.django_db
 

@@ -33,12 +33,6 @@ def titles(response) -> list[str]:
     )
 
 
-@pytest.fixture
-def logged_in(client, user):
-    client.force_login(user)
-    return client
-
-
 def finish(task: Task, *, when=None) -> Task:
     """Put a task in Done (as a run finishing would), at ``when``."""
     done = column(task.board, Column.Role.DONE)

@@ -24,6 +24,8 @@ from tests.boards.wip_race_client import race
 from tests.factories import make_agent, make_board
 from tests.live import LiveProcess, child_env, drop_queue, log_path_for, purge_queue, register, wait_for
 
+pytestmark = pytest.mark.redis
+
 DOING_LIMIT = 4
 READY_LIMIT = 6
 RACERS = 4

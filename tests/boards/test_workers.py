@@ -17,6 +17,8 @@ from boards.agents import runtime
 from boards.models import Task, TaskEvent
 from tests.factories import make_agent, make_board
 
+pytestmark = pytest.mark.redis
+
 Status = Task.Status
 
 

@@ -19,12 +19,11 @@ from andon import services as andon_services
 from andon.models import Escalation
 from boards.fragments import render_board_update
 from boards.models import Column
-from tests.andon.helpers import DEFECTIVE, claim_one, complete, reviewer
-from tests.factories import column, make_agent, make_board
+from tests.andon.helpers import DEFECTIVE, claim_one, complete
+from tests.e2e.pages import PASSWORD, log_in, stop_the_clock
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
-
-PASSWORD = "a-long-browser-password"
 
 
 def _line():
@@ -56,21 +55,8 @@ def _row(title: str) -> str:
     return f"#escalation-list > .escalation:has(.escalation-title a:text-is('{title}'))"
 
 
-def _log_in(browser, base_url: str, username: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(f"{base_url}/accounts/login/?next=/andon/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}/andon/")
-    page.wait_for_selector(".live--up", timeout=15_000)
-    page.evaluate("window.__kaizenNoReload = true")
-    return page
-
-
 def _selected(page, title: str) -> None:
-    page.wait_for_selector(f"{_row(title)}[aria-current='true']", timeout=5_000)
+    page.wait_for_selector(f"{_row(title)}[aria-current='true']", timeout=15_000)
 
 
 def _wait_for_status(escalation: Escalation, status: str, timeout: float = 20.0) -> None:
@@ -86,12 +72,17 @@ def _wait_for_status(escalation: Escalation, status: str, timeout: float = 20.0)
 
 def test_a_held_decision_can_be_undone_and_is_sent_once_its_delay_has_passed(browser, live_server_url):
     board = _line()
-    ana = reviewer(username="ana", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
     weld_a = _escalate(board, "Weld A", "seam a")
     weld_b = _escalate(board, "Weld B", "seam b")
     weld_c = _escalate(board, "Weld C", "seam c")
-    page = _log_in(browser, live_server_url, "ana")
+    page = log_in(
+        browser, live_server_url, "ana", "/andon/", clock=True, viewport={"width": 1400, "height": 1000}
+    )
     page.wait_for_function("document.title === '(3) Andon inbox · Kaizen'")
+    # The undo delay (6 s) does not run out while a slow machine carries out the
+    # keys and checks below: the page's clock stands still until B is to be sent.
+    stop_the_clock(page)
 
     # Newest first: C, B, A. J selects C; A holds the approval in the row.
     page.keyboard.press("j")
@@ -114,6 +105,7 @@ def test_a_held_decision_can_be_undone_and_is_sent_once_its_delay_has_passed(bro
     assert page.is_visible(f"{_row('Weld B')}.is-pending")
 
     # B is sent once its delay has passed; C, undone before it, never was.
+    page.clock.resume()
     _wait_for_status(weld_b, Escalation.Status.APPROVED)
     assert weld_b.decided_by == ana
     page.wait_for_selector(_row("Weld B"), state="detached", timeout=15_000)
@@ -127,10 +119,10 @@ def test_a_held_decision_can_be_undone_and_is_sent_once_its_delay_has_passed(bro
 
 def test_the_selection_moves_to_the_next_unread_row_when_the_selected_one_leaves(browser, live_server_url):
     board = _line()
-    reviewer(username="ana", password=PASSWORD)
+    make_reviewer(username="ana", password=PASSWORD)
     for name in "ABCD":
         _escalate(board, f"Weld {name}", f"seam {name}")
-    page = _log_in(browser, live_server_url, "ana")
+    page = log_in(browser, live_server_url, "ana", "/andon/", viewport={"width": 1400, "height": 1000})
     page.wait_for_function("document.title === '(4) Andon inbox · Kaizen'")
 
     # Newest first: D, C, B, A. Read D and C, back to D, approve it, wait.
@@ -149,11 +141,13 @@ def test_the_selection_moves_to_the_next_unread_row_when_the_selected_one_leaves
 
 def test_live_arrivals_and_departures_keep_an_open_reject_form_and_its_text(browser, live_server_url):
     board = _line()
-    ana = reviewer(username="ana", password=PASSWORD)
-    bob = reviewer(username="bob", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
+    bob = make_reviewer(username="bob", password=PASSWORD)
     target = _escalate(board, "Weld A", "seam a")
     leaving = _escalate(board, "Weld B", "seam b")
-    page = _log_in(browser, live_server_url, "ana")
+    page = log_in(
+        browser, live_server_url, "ana", "/andon/", clock=True, viewport={"width": 1400, "height": 1000}
+    )
     page.wait_for_function("document.title === '(2) Andon inbox · Kaizen'")
 
     page.keyboard.press("k")  # the last row: A
@@ -188,8 +182,10 @@ def test_live_arrivals_and_departures_keep_an_open_reject_form_and_its_text(brow
     assert page.input_value(field) == "The part number is missing."
 
     # Enter sends it (after the undo delay): both members of A's row are rejected.
+    stop_the_clock(page)  # held until the row is seen pending, however slow the machine
     page.keyboard.press("Enter")
     page.wait_for_selector(f"{_row('Weld A')}.is-pending")
+    page.clock.resume()
     for escalation in (target, twin):
         _wait_for_status(escalation, Escalation.Status.REJECTED)
         assert (escalation.decided_by, escalation.note) == (ana, "The part number is missing.")
@@ -200,11 +196,11 @@ def test_live_arrivals_and_departures_keep_an_open_reject_form_and_its_text(brow
 
 def test_a_row_decided_elsewhere_while_typed_in_stays_until_it_is_left(browser, live_server_url):
     board = _line()
-    reviewer(username="ana", password=PASSWORD)
-    bob = reviewer(username="bob", password=PASSWORD)
+    make_reviewer(username="ana", password=PASSWORD)
+    bob = make_reviewer(username="bob", password=PASSWORD)
     escalation = _escalate(board, "Weld A", "seam a")
     _escalate(board, "Weld B", "seam b")
-    page = _log_in(browser, live_server_url, "ana")
+    page = log_in(browser, live_server_url, "ana", "/andon/", viewport={"width": 1400, "height": 1000})
     page.wait_for_function("document.title === '(2) Andon inbox · Kaizen'")
     page.keyboard.press("k")
     _selected(page, "Weld A")
@@ -231,9 +227,9 @@ def test_a_row_decided_elsewhere_while_typed_in_stays_until_it_is_left(browser, 
 
 def test_a_held_decision_is_sent_when_the_reviewer_leaves_the_page(browser, live_server_url):
     board = _line()
-    ana = reviewer(username="ana", password=PASSWORD)
+    ana = make_reviewer(username="ana", password=PASSWORD)
     escalation = _escalate(board, "Weld A", "seam a")
-    page = _log_in(browser, live_server_url, "ana")
+    page = log_in(browser, live_server_url, "ana", "/andon/", viewport={"width": 1400, "height": 1000})
     page.keyboard.press("j")
     _selected(page, "Weld A")
     page.keyboard.press("a")

@@ -8,22 +8,10 @@ import pytest
 from boards.agents.providers import ModelRequest
 from boards.agents.simulated import simulate
 from boards.models import Task, TaskEvent
+from tests.e2e.pages import PASSWORD, goto_live, log_in
 from tests.factories import make_agent, make_board, make_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=8)]
-
-PASSWORD = "a-long-browser-password"
-
-
-def _log_in(browser, base_url: str, username: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.goto(f"{base_url}/accounts/login/?next=/boards/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}/boards/")
-    return page
 
 
 def test_task_added_in_the_form_reaches_done_live_in_two_browsers(browser, live_server_url, celery_worker):
@@ -39,11 +27,9 @@ def test_task_added_in_the_form_reaches_done_live_in_two_browsers(browser, live_
 
     pages = []
     for user in (operator, watcher):
-        page = _log_in(browser, live_server_url, user.username)
-        page.goto(board_url)
-        page.wait_for_selector(".live--up", timeout=15_000)
-        # A marker that a reload or navigation would wipe out.
-        page.evaluate("window.__kaizenNoReload = true")
+        page = log_in(browser, live_server_url, user.username, "/boards/", live=False)
+        # Marked (window.__kaizenNoReload) so that a reload or navigation would show.
+        goto_live(page, board_url)
         pages.append(page)
     page, other = pages
 

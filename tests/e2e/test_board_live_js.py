@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.andon.helpers import reviewer
-from tests.factories import make_board
+from tests.e2e.pages import PASSWORD, log_in
+from tests.factories import make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
-
-PASSWORD = "a-long-browser-password"
 
 
 def _fragment(version: str, *, details_open: bool = False) -> str:
@@ -30,15 +28,14 @@ def _fragment(version: str, *, details_open: bool = False) -> str:
 @pytest.fixture
 def page(browser, live_server_url, transactional_db):
     board = make_board(name="Probe line")
-    user = reviewer(username="prober", password=PASSWORD)
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = context.new_page()
-    page.goto(f"{live_server_url}/accounts/login/?next={board.get_absolute_url()}")
-    page.fill("input[name=username]", user.get_username())
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{live_server_url}{board.get_absolute_url()}")
-    page.wait_for_selector(".live--up", timeout=15_000)
+    user = make_reviewer(username="prober", password=PASSWORD)
+    page = log_in(
+        browser,
+        live_server_url,
+        user.get_username(),
+        board.get_absolute_url(),
+        viewport={"width": 1200, "height": 800},
+    )
     # A fragment of our own, swapped the way pushes are (htmx's out-of-band path).
     page.evaluate(
         "(html) => { document.getElementById('board').insertAdjacentHTML('beforeend', html.replace(' hx-swap-oob=\"outerHTML\"', '')); }",

@@ -16,12 +16,11 @@ from django.db import connection
 from andon.models import LineStop
 from boards import broadcast, services
 from boards.models import Task
-from tests.andon.helpers import reviewer
-from tests.factories import column, make_agent, make_board
+from tests.e2e.pages import PASSWORD, log_in
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
 
-PASSWORD = "a-long-browser-password"
 REASON = "Outputs quote last year's prices"
 # Counts the board's swaps, as live.js reports them (a reload would reset it).
 COUNT_SWAPS = """() => {
@@ -96,15 +95,14 @@ def churn(line) -> Iterator[Churn]:
 
 
 def _open_board(browser, base_url: str, board, *, width: int = 1400, height: int = 900):
-    user = reviewer(username=f"ana{width}", password=PASSWORD)
-    context = browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.goto(f"{base_url}/accounts/login/?next={board.get_absolute_url()}")
-    page.fill("input[name=username]", user.get_username())
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}{board.get_absolute_url()}")
-    page.wait_for_selector(".live--up", timeout=15_000)
+    user = make_reviewer(username=f"ana{width}", password=PASSWORD)
+    page = log_in(
+        browser,
+        base_url,
+        user.get_username(),
+        board.get_absolute_url(),
+        viewport={"width": width, "height": height},
+    )
     page.evaluate(COUNT_SWAPS)
     return user, page
 

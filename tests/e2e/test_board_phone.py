@@ -10,12 +10,11 @@ import pytest
 
 from boards import services
 from boards.models import Column
-from tests.andon.helpers import reviewer
-from tests.factories import column, make_agent, make_board
+from tests.e2e.pages import PASSWORD, log_in, wait_live
+from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
 
-PASSWORD = "a-long-browser-password"
 FIRST_CARD_TOP = "document.querySelector('.card').getBoundingClientRect().top"
 
 
@@ -40,16 +39,15 @@ def busy_board(transactional_db):
 
 
 def _page(browser, base_url: str, board, width: int, height: int):
-    user = reviewer(username=f"phone{width}", password=PASSWORD)
-    context = browser.new_context(viewport={"width": width, "height": height}, has_touch=width < 700)
-    page = context.new_page()
-    page.goto(f"{base_url}/accounts/login/?next={board.get_absolute_url()}")
-    page.fill("input[name=username]", user.get_username())
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}{board.get_absolute_url()}")
-    page.wait_for_selector(".live--up", timeout=15_000)
-    return page
+    user = make_reviewer(username=f"phone{width}", password=PASSWORD)
+    return log_in(
+        browser,
+        base_url,
+        user.get_username(),
+        board.get_absolute_url(),
+        viewport={"width": width, "height": height},
+        has_touch=width < 700,
+    )
 
 
 def test_the_board_fits_a_390_px_phone(browser, live_server_url, busy_board):
@@ -79,7 +77,7 @@ def test_the_board_fits_a_390_px_phone(browser, live_server_url, busy_board):
     page.click(".agents-toggle")
     assert page.is_visible("#agent-list")
     page.reload()
-    page.wait_for_selector(".live--up", timeout=15_000)
+    wait_live(page)
     assert page.is_visible("#id_title")
     assert page.is_visible("#agent-list")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390

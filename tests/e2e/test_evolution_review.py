@@ -16,25 +16,28 @@ from boards import services as board_services
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment
-from tests.experiments.test_views_review import approver, line_agent, look, major_proposal, samples, tasks_of
+from tests.e2e.pages import PASSWORD, log_in, pushes_seen, wait_for_push
+from tests.experiments.helpers import line_agent, look, major_proposal, samples, tasks_of
+from tests.factories import make_approver
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-browser-password"
 
-
-def _log_in(browser, base_url: str, username: str, then: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(f"{base_url}/accounts/login/?next={then}")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}{then}")
-    page.wait_for_selector(".live--up", timeout=15_000)
-    # A marker that a reload or navigation would wipe out.
-    page.evaluate("window.__kaizenNoReload = true")
-    return page
+# Sets __sameChart on the chart now, and again after each push has been drawn
+# (evolution.js draws in the animation frame after the swap) while the chart's
+# data shows no look yet.
+MARK_THE_CHART_UNTIL_A_LOOK = """({plot, data}) => {
+  const looks = () => {
+    const script = document.getElementById(data);
+    try { return JSON.parse(script.textContent).data[0].x.length; } catch (e) { return null; }
+  };
+  const mark = () => {
+    const chart = document.querySelector(plot);
+    if (chart && looks() === 0) chart.__sameChart = true;
+  };
+  mark();
+  document.addEventListener("htmx:wsAfterMessage", () => requestAnimationFrame(() => requestAnimationFrame(mark)));
+}"""
 
 
 def _audit_actions(page) -> list[str]:
@@ -47,14 +50,15 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     agent = line_agent(name="welder")
     board = agent.boards.first()
     proposal = major_proposal(agent)
-    approver(username="ana", password=PASSWORD)
+    make_approver(username="ana", password=PASSWORD)
 
-    page = _log_in(browser, live_server_url, "ana", "/kaizen/")
+    page = log_in(browser, live_server_url, "ana", "/kaizen/", viewport={"width": 1400, "height": 1000})
     item = f"#proposal-{proposal.pk}"
     page.wait_for_selector(f"{item} .evo-kind--major", timeout=5_000)
     assert page.title() == "(1) Evolution review · Kaizen"
 
     # Approve: the button opens the form, which asks for the note.
+    pushed = pushes_seen(page)
     page.click(f"#proposal-{proposal.pk}-approve > summary")
     page.fill(f"#proposal-{proposal.pk}-approve-note", "The order of the answer matters to reviewers.")
     page.click(f"#proposal-{proposal.pk}-approve button[data-action=approve]")
@@ -76,13 +80,22 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
     assert page.evaluate(f"document.querySelector('{plot}').data[0].x.length") == 0
 
-    # The approval's own pushes (the lists, redrawn) settle first: the marker below
-    # must be set on the chart that the look's push is to update in place.
-    broadcast.flush()
-    page.wait_for_timeout(500)
-    page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
+    # The approval's own pushes (the lists, and the new experiment's row) come
+    # after its answer: both have arrived before the look below, so neither can
+    # land after the look's push with the chart as it was before.
+    wait_for_push(
+        page,
+        lambda m: '<section id="proposals"' in m and f'id="proposal-{proposal.pk}"' not in m,
+        since=pushed,
+    )
+    wait_for_push(
+        page, lambda m: m.lstrip().startswith(f'<div id="experiment-{experiment.pk}"'), since=pushed
+    )
+    # The marker below must be on the chart that the look's push is to update in
+    # place: as long as the chart's data has no look, it is set again on whatever
+    # chart there is once each push has been drawn.
+    page.evaluate(MARK_THE_CHART_UNTIL_A_LOOK, {"plot": plot, "data": f"chart-data-{experiment.pk}"})
     # A look, pushed live: the row and the chart change in place, without a reload.
-    page.evaluate(f"document.querySelector('{plot}').__sameChart = true")
     samples(experiment, tasks_of(agent, 40), control=(30, 21), treatment=(2, 1))
     look(experiment)
     kaizen_broadcast.experiment_changed(experiment.pk)

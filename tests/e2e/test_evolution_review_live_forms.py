@@ -14,19 +14,11 @@ from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment
-from tests.experiments.test_views_review import (
-    approver,
-    experiment_in,
-    line_agent,
-    look,
-    major_proposal,
-    samples,
-    tasks_of,
-)
+from tests.e2e.pages import PASSWORD, log_in
+from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
+from tests.factories import make_approver
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "a-long-browser-password"
 
 
 class Pushes:
@@ -61,18 +53,6 @@ class Pushes:
         self._thread.join(timeout=10)
         # Nothing left to render once the test's database is gone.
         broadcast.flush()
-
-
-def _log_in(browser, base_url: str, username: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(f"{base_url}/accounts/login/?next=/kaizen/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}/kaizen/")
-    page.wait_for_selector(".live--up", timeout=15_000)
-    page.evaluate("window.__kaizenNoReload = true")
-    return page
 
 
 def _state(page, selector: str) -> dict:
@@ -114,8 +94,8 @@ def _type(page, text: str) -> None:
 def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back(browser, live_server_url):
     agent = line_agent(name="welder")
     experiment = experiment_in("efficacy", agent=agent)
-    approver(username="ana", password=PASSWORD)
-    page = _log_in(browser, live_server_url, "ana")
+    make_approver(username="ana", password=PASSWORD)
+    page = log_in(browser, live_server_url, "ana", "/kaizen/", viewport={"width": 1400, "height": 1000})
     row = f"#experiment-{experiment.pk}"
     form = f"#experiment-{experiment.pk}-rollback"
     note = f"{form}-note"
@@ -164,8 +144,8 @@ def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back
 def test_an_approval_note_survives_a_new_proposal_joining_the_list(browser, live_server_url):
     welder = line_agent(name="welder")
     proposal = major_proposal(welder)
-    approver(username="ana", password=PASSWORD)
-    page = _log_in(browser, live_server_url, "ana")
+    make_approver(username="ana", password=PASSWORD)
+    page = log_in(browser, live_server_url, "ana", "/kaizen/", viewport={"width": 1400, "height": 1000})
     form = f"#proposal-{proposal.pk}-approve"
     note = f"{form}-note"
 
@@ -208,13 +188,14 @@ def test_an_experiments_page_posts_its_plain_forms_after_a_push(browser, live_se
     rendered without a request, so without a CSRF token: the page keeps its own."""
     agent = line_agent(name="welder")
     experiment = experiment_in("efficacy", agent=agent)
-    approver(username="ana", password=PASSWORD)
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(f"{live_server_url}/accounts/login/?next={experiment.get_absolute_url()}")
-    page.fill("input[name=username]", "ana")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector(".live--up", timeout=15_000)
+    make_approver(username="ana", password=PASSWORD)
+    page = log_in(
+        browser,
+        live_server_url,
+        "ana",
+        experiment.get_absolute_url(),
+        viewport={"width": 1400, "height": 1000},
+    )
     form = f"#experiment-{experiment.pk}-rollback"
 
     page.click(f"{form} > summary")

@@ -15,22 +15,10 @@ from django.urls import reverse
 from boards import services
 from boards.models import Task
 from boards.task_files import TaskRow
+from tests.e2e.pages import PASSWORD, log_in
 from tests.factories import make_board, make_user
 
 pytestmark = [pytest.mark.e2e]
-
-PASSWORD = "a-long-browser-password"
-
-
-def _log_in(browser, base_url: str, username: str, then: str):
-    context = browser.new_context(viewport={"width": 1300, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    page.goto(f"{base_url}/accounts/login/?next={then}")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}{then}")
-    return page
 
 
 def test_search_page_export_and_import_in_a_browser(browser, live_server_url, tmp_path):
@@ -41,7 +29,15 @@ def test_search_page_export_and_import_in_a_browser(browser, live_server_url, tm
     make_user(username="operator", password=PASSWORD, is_superuser=True)
     list_path = reverse("boards-task-list", kwargs={"slug": board.slug})
 
-    page = _log_in(browser, live_server_url, "operator", list_path)
+    page = log_in(
+        browser,
+        live_server_url,
+        "operator",
+        list_path,
+        live=False,
+        viewport={"width": 1300, "height": 900},
+        accept_downloads=True,
+    )
     assert page.inner_text("#task-results-heading").strip() == "60 tasks"
     # A marker that a full page load would wipe out: htmx swaps only the results.
     page.evaluate("window.__noReload = true")

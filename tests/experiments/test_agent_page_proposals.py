@@ -11,37 +11,19 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.urls import NoReverseMatch, reverse
 
 from boards import services
 from boards.models import Agent
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
-from tests.factories import make_agent, make_board, make_user
+from tests.factories import make_agent, make_approver, make_board, make_user
 
 pytestmark = pytest.mark.django_db
 
 Action = AuditEntry.Action
 LONG_LINE = "Read the inspection report below and answer in two sentences: the defect, then its class."
 REWRITE = "You are a meticulous inspector. Describe the defect first, then classify it.\n{input}"
-
-
-def _user(*codenames: str):
-    user = make_user()
-    for codename in codenames:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    return get_user_model().objects.get(pk=user.pk)  # fresh: no cached permissions
-
-
-@pytest.fixture
-def editor():
-    return _user("change_agent")
-
-
-@pytest.fixture
-def approver():
-    return _user("change_agent", "approve_change")
 
 
 @pytest.fixture
@@ -300,7 +282,7 @@ def test_the_daily_limit_is_shown_and_nothing_is_written(client, agent, editor, 
 
 
 def test_a_user_without_change_agent_gets_403_and_nothing_is_written(client, agent):
-    client.force_login(_user("approve_change"))  # approving is not proposing
+    client.force_login(make_approver())  # approving is not proposing
 
     for action in ("propose", "preview", "settings"):
         response = client.post(_url(agent), _data(agent, action, prompt_template=REWRITE))

@@ -13,57 +13,54 @@ import re
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.test import Client
 
 from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from kaizen_web.asgi import application
-from tests.experiments.test_views_review import (
-    approver,
-    editor,
-    experiment_in,
-    line_agent,
-    look,
-    major_proposal,
-    samples,
-    tasks_of,
-)
-from tests.factories import make_user
+from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
+from tests.factories import make_approver, make_editor, make_user
+from tests.websockets import ORIGIN, connects, session_cookie
 
 # The broadcaster renders in its own thread, from committed data.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
-ORIGIN = (b"origin", b"http://testserver")
-TIMEOUT = 10
-
-
-def _session_cookie(user) -> tuple[bytes, bytes]:
-    client = Client()
-    client.force_login(user)
-    return (
-        b"cookie",
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
-    )
+TIMEOUT = 30
+# Sent after everything else: once a connection has it, it has had the rest.
+LAST = "<!-- the test's last message -->"
 
 
-def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
-    async def attempt() -> bool:
-        communicator = WebsocketCommunicator(application, path, headers=headers)
-        connected, _ = await communicator.connect()
-        await communicator.disconnect()
-        return connected
+def _last_message(path: str) -> tuple[str, dict]:
+    """A message for ``path``'s connections only, through the group they listen to."""
+    experiment = re.search(r"experiment=(\d+)", path)
+    if experiment is None:
+        return kaizen_broadcast.REVIEW_GROUP, {"type": "review.update", "html": LAST}
+    return kaizen_broadcast.REVIEW_GROUP, {
+        "type": "experiment.update",
+        "experiment_id": int(experiment.group(1)),
+        "html": LAST,
+    }
 
-    return async_to_sync(attempt)()
+
+def _last(messages: list[str], kind=lambda message: True) -> str:
+    """The last message of this kind: each push carries whole fragments, so the
+    last one is what the page shows in the end, however the broadcaster split a
+    burst of updates into pushes (under load it may send one update twice)."""
+    matching = [message for message in messages if kind(message)]
+    assert matching, f"none of the {len(messages)} messages received is of the kind expected"
+    return matching[-1]
 
 
 def _receive_after(paths: list[str], user, action) -> list[list[str]]:
     """Connect to each path as ``user``, run ``action`` (a database call that
-    publishes), and collect what each connection receives until nothing more
-    comes for a moment."""
-    cookie = _session_cookie(user)
+    publishes), and collect everything each connection receives for it.
+
+    Once the broadcaster has sent all it had, a last message goes to each
+    connection's group: Redis delivers a channel's messages in the order they
+    were published, so a connection has had everything once that one arrives."""
+    cookie = session_cookie(user)
 
     async def scenario() -> list[list[str]]:
         communicators = []
@@ -76,12 +73,14 @@ def _receive_after(paths: list[str], user, action) -> list[list[str]]:
         # Rendering a chart takes a moment, and the broadcaster paces itself to
         # its CPU budget: wait for everything to go out, however long it takes.
         assert await database_sync_to_async(broadcast.flush)(timeout=60), "the broadcaster did not finish"
+        layer = get_channel_layer()
+        for path in dict.fromkeys(paths):
+            await layer.group_send(*_last_message(path))
         received = []
         for communicator in communicators:
             messages = []
-            # receive_nothing waits without cancelling the consumer (a timed-out receive would).
-            while not await communicator.receive_nothing(timeout=0.5):
-                messages.append(await communicator.receive_from(timeout=TIMEOUT))
+            while (message := await communicator.receive_from(timeout=TIMEOUT)) != LAST:
+                messages.append(message)
             received.append(messages)
             await communicator.disconnect()
         return received
@@ -92,29 +91,23 @@ def _receive_after(paths: list[str], user, action) -> list[list[str]]:
         broadcast.flush(timeout=60)
 
 
-@pytest.fixture(autouse=True)
-def _nothing_left_to_send():
-    """Updates an earlier test queued are sent before this one listens."""
-    broadcast.flush(timeout=60)
-
-
 def test_anonymous_connections_are_refused():
-    assert _connects("/ws/kaizen/", [ORIGIN]) is False
+    assert connects("/ws/kaizen/", [ORIGIN]) is False
 
 
 def test_users_without_the_approve_permission_are_refused():
-    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(make_user())]) is False
-    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(editor())]) is False
+    assert connects("/ws/kaizen/", [ORIGIN, session_cookie(make_user())]) is False
+    assert connects("/ws/kaizen/", [ORIGIN, session_cookie(make_editor())]) is False
 
 
 def test_an_approver_connects():
-    assert _connects("/ws/kaizen/", [ORIGIN, _session_cookie(approver())]) is True
-    assert _connects("/ws/kaizen/?experiment=1", [ORIGIN, _session_cookie(approver())]) is True
+    assert connects("/ws/kaizen/", [ORIGIN, session_cookie(make_approver())]) is True
+    assert connects("/ws/kaizen/?experiment=1", [ORIGIN, session_cookie(make_approver())]) is True
 
 
 def test_a_foreign_origin_is_refused():
-    headers = [(b"origin", b"http://evil.example"), _session_cookie(approver())]
-    assert _connects("/ws/kaizen/", headers) is False
+    headers = [(b"origin", b"http://evil.example"), session_cookie(make_approver())]
+    assert connects("/ws/kaizen/", headers) is False
 
 
 def test_a_new_proposal_reaches_review_pages_as_their_sections():
@@ -125,10 +118,10 @@ def test_a_new_proposal_reaches_review_pages_as_their_sections():
         made.append(major_proposal(agent))
         kaizen_broadcast.proposals_changed()
 
-    [review] = _receive_after(["/ws/kaizen/"], approver(), propose)
+    [review] = _receive_after(["/ws/kaizen/"], make_approver(), propose)
 
     [proposal] = made
-    [message] = review
+    message = _last(review)
     assert re.search(r'<section id="proposals"[^>]*hx-swap-oob="outerHTML"', message)
     assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', message)
     assert re.search(r'<section id="audit-recent"[^>]*hx-swap-oob="outerHTML"', message)
@@ -153,11 +146,11 @@ def test_a_look_reaches_review_pages_as_the_row_with_its_chart_data_and_its_page
 
     review, watching, watching_other = _receive_after(
         ["/ws/kaizen/", f"/ws/kaizen/?experiment={experiment.pk}", f"/ws/kaizen/?experiment={other.pk}"],
-        approver(),
+        make_approver(),
         look_and_publish,
     )
 
-    [row_message] = review
+    row_message = _last(review)
     assert re.match(
         rf'\s*<div id="experiment-{experiment.pk}" class="evo-experiment evo-experiment--running"[^>]*'
         r'hx-swap-oob="outerHTML"',
@@ -173,7 +166,7 @@ def test_a_look_reaches_review_pages_as_the_row_with_its_chart_data_and_its_page
     assert re.search(r'<section id="audit-recent"[^>]*hx-swap-oob="outerHTML"', row_message)
     # The review page's forms post with htmx...
     assert f'hx-post="/kaizen/experiments/{experiment.pk}/rollback/"' in row_message
-    [page_message] = watching
+    page_message = _last(watching)
     assert f'<section id="looks-{experiment.pk}"' in page_message
     assert f'<section id="experiment-audit-{experiment.pk}"' in page_message
     assert page_message.count('<tr id="look-') == 3
@@ -188,15 +181,15 @@ def test_a_rollback_reaches_review_pages_as_the_row_ended():
     broadcast.flush(timeout=60)
 
     def roll_back_and_publish() -> None:
-        kaizen.experiment_rollback(experiment=experiment, user=approver(), note="enough seen")
+        kaizen.experiment_rollback(experiment=experiment, user=make_approver(), note="enough seen")
         kaizen_broadcast.experiment_changed(experiment.pk)
         kaizen_broadcast.proposals_changed()
 
-    [review] = _receive_after(["/ws/kaizen/"], approver(), roll_back_and_publish)
+    [review] = _receive_after(["/ws/kaizen/"], make_approver(), roll_back_and_publish)
 
-    # Two messages, in either order: the row and the sections.
-    [row] = [message for message in review if message.lstrip().startswith("<div id=")]
-    [sections] = [message for message in review if message is not row]
+    # Two kinds of message, in either order: the row and the sections.
+    row = _last(review, lambda message: message.lstrip().startswith("<div id="))
+    sections = _last(review, lambda message: not message.lstrip().startswith("<div id="))
     assert '<span class="evo-status evo-status--rolled_back">Rolled back</span>' in row
     assert "enough seen" in row and "/rollback/" not in row
     assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', sections)

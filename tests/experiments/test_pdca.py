@@ -11,8 +11,6 @@ import logging
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 
 from andon import jidoka
 from andon import services as andon_services
@@ -23,10 +21,10 @@ from boards.agents.spec import check_template
 from experiments import pdca, tasks
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment, PromptVersion
-from tests.andon.helpers import DEFECTIVE, GOOD, claim_one, reviewer
+from tests.andon.helpers import DEFECTIVE, GOOD, claim_one
 from tests.boards.provider_server import ProviderServer
 from tests.boards.test_provider_openai import _completion, _error
-from tests.factories import make_agent, make_board, make_user
+from tests.factories import make_agent, make_approver, make_board, make_reviewer
 
 KEY_ENV = "KAIZEN_TEST_PDCA_KEY"
 # Inspection with a fixed optimum: an output over 1.5 x 20 tokens records waste.
@@ -115,12 +113,6 @@ def _kinds(agent) -> list[str]:
 def _plan(agent, kind: str) -> pdca.Plan:
     [found] = [p for p in pdca.plan(agent) if p.kind == kind]
     return found
-
-
-def _approver():
-    user = make_user()
-    user.user_permissions.add(Permission.objects.get(codename="approve_change"))
-    return get_user_model().objects.get(pk=user.pk)
 
 
 # --- verbose ---------------------------------------------------------------------------
@@ -269,7 +261,7 @@ def test_a_single_tier_cascade_makes_no_cheap_tier_plan(line):
 
 
 def _decided(board, agent, *, corrections: int, rejections: int) -> None:
-    user = reviewer()
+    user = make_reviewer()
     for i in range(corrections):
         escalation = _escalation(board, input=f"housing {{{i}}} has a scratch")
         andon_services.escalation_correct(
@@ -335,7 +327,7 @@ def test_rejections_without_a_correction_give_no_examples(line):
 
 def _failing(board, agent, *, defects: int = 6, rejections: int = 2) -> None:
     _outputs(board, 30)
-    user = reviewer()
+    user = make_reviewer()
     for i in range(defects):
         escalation = _escalation(board, input=f"bracket {i} bent")
         if i < rejections:
@@ -529,7 +521,7 @@ def test_the_cycle_proposes_nothing_while_a_proposal_is_pending(line):
 def test_the_same_change_is_never_proposed_twice(line, caplog):
     agent = _verbose(line)
     first = pdca.cycle(agent)
-    kaizen.proposal_reject(proposal=first, user=_approver(), note="Answers need the room.")
+    kaizen.proposal_reject(proposal=first, user=make_approver(), note="Answers need the room.")
 
     with caplog.at_level(logging.INFO, logger="experiments.pdca"):
         assert pdca.cycle(agent) is None
@@ -549,7 +541,7 @@ def test_the_daily_limit_stops_the_cycle(line, settings):
         rationale="Be thorough.",
         source=PromptVersion.Source.KAIZEN,
     )
-    kaizen.proposal_reject(proposal=other, user=_approver(), note="No.")
+    kaizen.proposal_reject(proposal=other, user=make_approver(), note="No.")
 
     assert pdca.cycle(agent) is None
     assert ChangeProposal.objects.filter(agent=agent).count() == 1

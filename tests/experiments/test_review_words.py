@@ -10,15 +10,8 @@ import pytest
 from experiments import services as kaizen
 from experiments.charts import money, percent_range
 from experiments.selectors import experiment_get
-from tests.experiments.test_views_review import (
-    approver,
-    experiment_in,
-    line_agent,
-    look,
-    samples,
-    started,
-    tasks_of,
-)
+from tests.experiments.helpers import experiment_in, line_agent, look, samples, started, tasks_of
+from tests.factories import make_approver
 
 pytestmark = pytest.mark.django_db
 
@@ -128,7 +121,7 @@ def test_an_automatic_rollback_says_the_new_prompt_did_worse_and_what_runs_now()
 
 def test_a_rollback_by_a_person_quotes_their_note():
     experiment = experiment_in("canary_passed")
-    kaizen.experiment_rollback(experiment=experiment, user=approver(), note="Outputs got longer.")
+    kaizen.experiment_rollback(experiment=experiment, user=make_approver(), note="Outputs got longer.")
 
     assert "Rolled back by a person at " in summary(experiment)
     assert "“Outputs got longer.”" in summary(experiment)
@@ -136,7 +129,7 @@ def test_a_rollback_by_a_person_quotes_their_note():
 
 def test_the_review_page_shows_the_sentence_and_the_cost_in_dollars(client):
     experiment = experiment_in("efficacy")
-    client.force_login(approver())
+    client.force_login(make_approver())
 
     html = client.get("/kaizen/").content.decode()
 

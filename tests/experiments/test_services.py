@@ -6,8 +6,6 @@ the append-only audit log. Real database; runs in-process."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from boards import services
@@ -21,23 +19,6 @@ from tests.factories import make_agent, make_board, make_user
 
 Action = AuditEntry.Action
 NEW_TEMPLATE = "You are a meticulous inspector. Describe the defect, then classify it.\n\n{input}"
-
-
-def _user(*codenames: str):
-    user = make_user()
-    for codename in codenames:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    return get_user_model().objects.get(pk=user.pk)
-
-
-@pytest.fixture
-def editor(db):
-    return _user("change_agent")
-
-
-@pytest.fixture
-def approver(db):
-    return _user("change_agent", "approve_change")
 
 
 @pytest.fixture

@@ -7,14 +7,10 @@ import pytest
 from django.urls import reverse
 
 from experiments.models import AuditEntry, Experiment
-from tests.experiments.test_views_review import HTMX, approver, editor, experiment_in
+from tests.experiments.helpers import HTMX, experiment_in
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def _url(experiment: Experiment) -> str:
@@ -73,7 +69,7 @@ def test_a_canary_still_running_cannot_be_advanced(client, ana):
 
 def test_users_without_the_permission_get_403(client):
     experiment = experiment_in("canary_passed")
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.post(_url(experiment), {"note": "go"}, headers=HTMX).status_code == 403
     experiment.refresh_from_db()

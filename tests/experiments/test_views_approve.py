@@ -11,14 +11,10 @@ from django.urls import reverse
 
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment
-from tests.experiments.test_views_review import HTMX, approver, editor, line_agent, major_proposal, started
+from tests.experiments.helpers import HTMX, line_agent, major_proposal, started
+from tests.factories import make_approver, make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 @pytest.fixture
@@ -136,7 +132,7 @@ def test_a_refused_approval_from_the_proposal_page_shows_that_page(client, ana, 
 
 
 def test_approving_twice_is_409_and_applies_once(client, ana, proposal):
-    kaizen.proposal_approve(proposal=proposal, user=approver(username="bob"), note="mine")
+    kaizen.proposal_approve(proposal=proposal, user=make_approver(username="bob"), note="mine")
     client.force_login(ana)
 
     response = client.post(_url(proposal), {"note": "me too"}, headers=HTMX)
@@ -164,7 +160,7 @@ def test_a_plain_approval_from_the_proposal_page_comes_back_to_it(client, ana, p
 
 
 def test_users_without_the_permission_get_403_and_nothing_changes(client, proposal):
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     response = client.post(_url(proposal), {"note": "let me"}, headers=HTMX)
 

@@ -9,17 +9,12 @@ import pytest
 from django.urls import reverse
 
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
-from tests.experiments.test_views_review import approver, editor, line_agent, started
-from tests.factories import make_user
+from tests.experiments.helpers import line_agent, started
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
 
 AUDIT = "/kaizen/audit/"
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def _entries(agent, n: int, prefix: str = "entry") -> None:
@@ -81,18 +76,12 @@ def test_the_log_has_no_way_to_change_an_entry(client, ana):
 
 
 def test_users_without_the_permission_get_403(client):
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.get(AUDIT).status_code == 403
 
 
 # --- the admin, read-only for everyone ------------------------------------------------------
-
-
-@pytest.fixture
-def admin_client(client):
-    client.force_login(make_user(is_staff=True, is_superuser=True))
-    return client
 
 
 @pytest.mark.parametrize("model", [AuditEntry, PromptVersion, ChangeProposal, Experiment])

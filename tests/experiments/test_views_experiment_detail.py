@@ -9,22 +9,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from experiments import services as kaizen
-from tests.experiments.test_views_review import (
-    approver,
-    chart_of,
-    editor,
-    experiment_in,
-    look,
-    samples,
-    tasks_of,
-)
+from tests.experiments.helpers import chart_of, experiment_in, look, samples, tasks_of
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def _traces(figure: dict) -> dict[tuple[str, str], dict]:
@@ -244,7 +232,7 @@ def test_an_ended_experiment_keeps_its_chart_and_history(client, ana):
 
 def test_users_without_the_permission_get_403(client):
     experiment = experiment_in("running")
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.get(experiment.get_absolute_url()).status_code == 403
     assert client.get(reverse("experiments-detail-live", kwargs={"pk": experiment.pk})).status_code == 403

@@ -8,7 +8,8 @@ import pytest
 from django.urls import reverse
 
 from experiments.models import AuditEntry, ChangeProposal, Experiment
-from tests.experiments.test_views_review import HTMX, editor, experiment_in, line_agent, major_proposal
+from tests.experiments.helpers import HTMX, experiment_in, line_agent, major_proposal
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +57,7 @@ def test_users_without_the_permission_get_403_everywhere_and_nothing_changes(cli
     pages, actions = _urls(proposal, experiment)
     entries = AuditEntry.objects.count()
     # boards.change_agent lets one propose changes, not judge them.
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     for url in pages:
         assert client.get(url).status_code == 403, url

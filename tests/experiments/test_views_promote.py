@@ -8,14 +8,10 @@ from django.urls import reverse
 
 from boards import services as board_services
 from experiments.models import AuditEntry, ChangeProposal, Experiment
-from tests.experiments.test_views_review import HTMX, approver, editor, experiment_in, line_agent
+from tests.experiments.helpers import HTMX, experiment_in, line_agent
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def _url(experiment: Experiment) -> str:
@@ -84,7 +80,7 @@ def test_an_experiment_not_found_better_cannot_be_promoted(client, ana):
 
 def test_users_without_the_permission_get_403(client):
     experiment = experiment_in("promote_ready")
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.post(_url(experiment), {"note": "go"}).status_code == 403
     experiment.refresh_from_db()

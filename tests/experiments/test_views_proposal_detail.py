@@ -7,22 +7,10 @@ import pytest
 
 from experiments import services as kaizen
 from experiments.models import PromptVersion
-from tests.experiments.test_views_review import (
-    RATIONALE,
-    approver,
-    editor,
-    fields_of,
-    line_agent,
-    major_proposal,
-    started,
-)
+from tests.experiments.helpers import RATIONALE, fields_of, line_agent, major_proposal, started
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def test_the_url_is_the_proposals_absolute_url(db):
@@ -58,7 +46,7 @@ def test_the_diff_shows_removed_lines_and_other_fields(client, ana):
         agent=agent,
         fields=fields_of(agent, prompt_template="{input}", cascade=cascade),
         rationale="The cheap tier fails too often.",
-        user=editor(),
+        user=make_editor(),
     )
     client.force_login(ana)
 
@@ -102,7 +90,7 @@ def test_a_proposal_of_the_kaizen_loop_names_it_as_author(client, ana):
 
 def test_users_without_the_permission_get_403(client):
     proposal = major_proposal(line_agent())
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.get(proposal.get_absolute_url()).status_code == 403
 

@@ -8,14 +8,10 @@ from django.urls import reverse
 
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment
-from tests.experiments.test_views_review import HTMX, approver, editor, line_agent, major_proposal, started
+from tests.experiments.helpers import HTMX, line_agent, major_proposal, started
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def _url(proposal: ChangeProposal) -> str:
@@ -104,7 +100,7 @@ def test_rejecting_a_proposal_in_an_experiment_is_409(client, ana):
 
 def test_users_without_the_permission_get_403(client):
     proposal = major_proposal(line_agent())
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.post(_url(proposal), {"note": "no"}).status_code == 403
     proposal.refresh_from_db()

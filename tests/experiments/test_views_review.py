@@ -2,177 +2,32 @@
 their diff and evidence, running and recently ended experiments, the latest
 audit entries; approvers only; a bounded number of queries whatever it shows.
 
-The builders at the top are shared by the other evolution review tests."""
+The builders are tests.experiments.helpers, shared by the other evolution review tests."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from boards.models import Board, Column, Task
 from experiments import services as kaizen
-from experiments.models import AuditEntry, ChangeProposal, Experiment, ExperimentSample, PromptVersion
-from tests.factories import make_agent, make_board, make_user
+from experiments.models import AuditEntry, PromptVersion
+from tests.experiments.helpers import (
+    HTMX,
+    NEW_TEMPLATE,
+    RATIONALE,
+    chart_of,
+    experiment_in,
+    fields_of,
+    line_agent,
+    major_proposal,
+)
+from tests.factories import make_editor, make_user
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
-NEW_TEMPLATE = "You are a meticulous inspector. Describe the defect first, then classify it.\n\n{input}"
-RATIONALE = "Ask for the defect first: reviewers keep correcting the order."
-
-
-# --- builders (shared) ------------------------------------------------------------------
-
-
-def user_with(*codenames: str, **extra):
-    """A user with these permissions (read afresh: Django caches them on the instance)."""
-    user = make_user(**extra)
-    for codename in codenames:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    return get_user_model().objects.get(pk=user.pk)
-
-
-def approver(**extra):
-    return user_with("approve_change", **extra)
-
-
-def editor(**extra):
-    return user_with("change_agent", **extra)
-
-
-def line_agent(name: str | None = None):
-    board = make_board(ready_limit=None, doing_limit=None)
-    return make_agent(boards=[board], name=name, concurrency=1000, quality_checks=[])
-
-
-def fields_of(agent, **changes) -> dict:
-    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
-    fields.update(changes)
-    return fields
-
-
-def major_proposal(agent, *, user=None, evidence: dict | None = None, **kwargs) -> ChangeProposal:
-    """A major change (a different template) proposed by a person with boards.change_agent."""
-    return kaizen.proposal_create(
-        agent=agent,
-        fields=fields_of(agent, prompt_template=NEW_TEMPLATE),
-        rationale=RATIONALE,
-        user=user or editor(),
-        evidence=evidence,
-        **kwargs,
-    )
-
-
-def started(agent, *, by=None) -> Experiment:
-    """A major proposal, approved: its canary runs."""
-    proposal = major_proposal(agent)
-    kaizen.proposal_approve(proposal=proposal, user=by or approver(), note="The diff reads well.")
-    return Experiment.objects.get(proposal=proposal)
-
-
-def tasks_of(agent, n: int) -> list[Task]:
-    """n done tasks of the agent's board, written directly: samples are the
-    outcomes of finished tasks, and nothing here runs them."""
-    board: Board = agent.boards.first()
-    done = board.columns.get(role=Column.Role.DONE)
-    return Task.objects.bulk_create(
-        Task(board=board, column=done, agent=agent, title=f"sample {i}", status=Task.Status.DONE)
-        for i in range(n)
-    )
-
-
-def samples(
-    experiment: Experiment, tasks: list[Task], *, control: tuple[int, int], treatment: tuple[int, int]
-):
-    """(n, successes) per arm in the experiment's current stage, on these tasks."""
-    experiment.refresh_from_db()
-    (nc, sc), (nt, st) = control, treatment
-    assert nc + nt <= len(tasks), "more samples than tasks"
-    rows = [
-        ExperimentSample(
-            experiment=experiment,
-            task=task,
-            stage=experiment.stage,
-            arm=arm,
-            success=success,
-            cost="0.0010" if arm == "control" else "0.0012",
-            latency_ms=300.0 if arm == "control" else 360.0,
-        )
-        for task, (arm, success) in zip(
-            tasks,
-            [("control", i < sc) for i in range(nc)] + [("treatment", i < st) for i in range(nt)],
-            strict=False,
-        )
-    ]
-    ExperimentSample.objects.bulk_create(rows)
-
-
-def look(experiment: Experiment):
-    return kaizen.experiment_look(experiment=Experiment.objects.get(pk=experiment.pk))
-
-
-def experiment_in(status: str, agent=None) -> Experiment:
-    """An experiment brought to ``status`` through the services, with its looks:
-    running (a canary not yet looked at), canary_passed, efficacy (running in
-    the efficacy stage after one look), promote_ready, paused (a sample-ratio
-    mismatch in the canary)."""
-    agent = agent or line_agent()
-    experiment = started(agent)
-    if status == "running":
-        return experiment
-    tasks = tasks_of(agent, round(experiment.canary_size / experiment.canary_share))
-    if status == "paused":
-        samples(experiment, tasks, control=(100, 70), treatment=(100, 70))
-        look(experiment)
-        experiment.refresh_from_db()
-        assert experiment.status == "paused", experiment.status_reason
-        return experiment
-    # The canary's planned size, at its share of the traffic (no sample-ratio mismatch).
-    treated = experiment.canary_size
-    controls = round(treated * (1 - experiment.canary_share) / experiment.canary_share)
-    samples(
-        experiment,
-        tasks,
-        control=(controls, round(controls * 0.7)),
-        treatment=(treated, round(treated * 0.72)),
-    )
-    look(experiment)
-    experiment.refresh_from_db()
-    assert experiment.status == "canary_passed", experiment.status_reason
-    if status == "canary_passed":
-        return experiment
-    kaizen.experiment_advance(experiment=experiment, user=approver(), note="No harm in the canary.")
-    if status == "efficacy":
-        samples(experiment, tasks, control=(200, 140), treatment=(200, 150))
-    else:
-        samples(experiment, tasks, control=(400, 280), treatment=(400, 380))
-    look(experiment)
-    experiment.refresh_from_db()
-    expected = "running" if status == "efficacy" else status
-    assert experiment.status == expected, experiment.status_reason
-    return experiment
-
-
-def chart_of(html: str, pk: int) -> dict:
-    match = re.search(rf'<script type="application/json" id="chart-data-{pk}">(.*?)</script>', html, re.S)
-    assert match, f"no chart data for experiment {pk}"
-    return json.loads(match.group(1))
-
-
-# --- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
-
 
 REVIEW = "/kaizen/"
 
@@ -192,7 +47,7 @@ def test_anonymous_visitors_are_sent_to_log_in(client):
 
 
 def test_users_without_the_approve_permission_get_403(client):
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.get(REVIEW).status_code == 403
     assert client.get(reverse("experiments-review-live")).status_code == 403
@@ -202,7 +57,7 @@ def test_a_pending_proposal_shows_agent_kind_author_rationale_evidence_and_diff(
     agent = line_agent(name="welder")
     proposal = major_proposal(
         agent,
-        user=editor(username="eve"),
+        user=make_editor(username="eve"),
         evidence={
             "rejected_outputs": 14,
             "window": "the last 7 days",

@@ -9,14 +9,10 @@ from django.urls import reverse
 
 from boards import services as board_services
 from experiments.models import AuditEntry, ChangeProposal, Experiment
-from tests.experiments.test_views_review import HTMX, approver, editor, experiment_in, line_agent
+from tests.experiments.helpers import HTMX, experiment_in, line_agent
+from tests.factories import make_editor
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ana(db):
-    return approver(username="ana")
 
 
 def _url(experiment: Experiment) -> str:
@@ -126,7 +122,7 @@ def test_rolling_back_an_ended_experiment_is_409(client, ana):
 
 def test_users_without_the_permission_get_403(client):
     experiment = experiment_in("running")
-    client.force_login(editor())
+    client.force_login(make_editor())
 
     assert client.post(_url(experiment), {"note": "stop"}).status_code == 403
     experiment.refresh_from_db()

@@ -12,15 +12,8 @@ from django.urls import reverse
 
 from experiments.views import PLOTLY_JS
 from kaizen_web.compressed_files import accepts_gzip
-from tests.factories import make_user
 
 URL = "/kaizen/plotly.min.js"
-
-
-@pytest.fixture
-def logged_in(client, db):
-    client.force_login(make_user())
-    return client
 
 
 def body(response) -> bytes:
