@@ -276,6 +276,7 @@ def test_a_boards_active_stops_include_its_agents_stops_only(board, agent):
 
 
 @pytest.mark.postgres
+@pytest.mark.redis  # its claims are sent to Celery
 @pytest.mark.django_db(transaction=True)
 def test_a_spike_racing_a_cord_on_the_same_agent_still_completes_the_run():
     board = make_board()

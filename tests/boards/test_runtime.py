@@ -250,6 +250,7 @@ def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fai
 
 
 @pytest.mark.postgres
+@pytest.mark.redis  # its claims are sent to Celery
 @pytest.mark.django_db(transaction=True)
 def test_a_run_waiting_for_its_batch_to_complete_holds_no_database_connection(board, monkeypatch):
     # Held connections would starve the completer of the pool it commits through.
