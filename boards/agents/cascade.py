@@ -98,6 +98,19 @@ class PromptCascadeAgent(BaseAgent):
             raise AgentFailed(f"the agent's parameters are invalid: {exc}") from None
         return self.cascade(task, prompt, tiers, generation)
 
+    @staticmethod
+    def _output(response: Any, tier: int, calls: list, to_cache: list, cached_from: str) -> Output:
+        """The cascade's answer: ``response`` from ``tier``, with every call made."""
+        return Output(
+            text=response.text,
+            confidence=response.confidence,
+            confidence_source=response.confidence_source,
+            tier=tier,
+            calls=tuple(calls),
+            cache_entries=tuple(to_cache),
+            cached_from=cached_from,
+        )
+
     def cascade(self, task: Task, prompt: str, tiers: list[Tier], generation: dict[str, Any]) -> Output:
         calls: list[CallRecord] = []
         # Stored only once the output has passed inspection (see settle_cache).
@@ -165,32 +178,17 @@ class PromptCascadeAgent(BaseAgent):
                     at=at,
                 )
             )
+            cached_from = key if source == "cache" else ""
             if accepted:
-                return Output(
-                    text=response.text,
-                    confidence=response.confidence,
-                    confidence_source=response.confidence_source,
-                    tier=number,
-                    calls=tuple(calls),
-                    cache_entries=tuple(to_cache),
-                    cached_from=key if source == "cache" else "",
-                )
-            fallback = (number, response, key if source == "cache" else "")
+                return self._output(response, number, calls, to_cache, cached_from)
+            fallback = (number, response, cached_from)
         if skipped and fallback is not None:
             # The stronger tiers are out of service: the best output there is goes
             # on, to be inspected (and escalated to a person if it falls short).
             number, response, cached_from = fallback
             index = max(i for i, call in enumerate(calls) if call.tier == number and not call.error)
             calls[index] = dataclasses.replace(calls[index], accepted=True)
-            return Output(
-                text=response.text,
-                confidence=response.confidence,
-                confidence_source=response.confidence_source,
-                tier=number,
-                calls=tuple(calls),
-                cache_entries=tuple(to_cache),
-                cached_from=cached_from,
-            )
+            return self._output(response, number, calls, to_cache, cached_from)
         if skipped and not calls:
             raise AgentDeferred("; ".join(errors[-3:]))
         # Only reached when the last tier (and every tier after the last usable
