@@ -25,7 +25,6 @@ from django.template.loader import render_to_string
 from andon.models import Escalation
 from andon.selectors import (
     active_line_stops_get,
-    escalation_group_key,
     inbox_groups_get,
     inbox_stats_get,
     recent_decisions_get,
@@ -43,7 +42,7 @@ def _groups(ids: list[int]) -> list:
     """The current groups (their leaders, with members and details) of the
     escalations ``ids`` (closed ones included: their groups may live on)."""
     touched = list(Escalation.objects.filter(pk__in=ids).select_related("task"))
-    keys = {escalation_group_key(e) for e in touched}
+    keys = {e.group_key for e in touched}
     return inbox_groups_get(keys=keys, details=True) if keys else []
 
 

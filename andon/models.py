@@ -111,6 +111,17 @@ class Escalation(models.Model):
         return self.status == self.Status.OPEN
 
     @property
+    def group_key(self) -> tuple:
+        """What makes escalations identical, so a reviewer decides them once: the
+        same board and agent, the same normalised input (``Task.input_key``) and
+        the same output. A task without input, or without an agent, is never taken
+        for another (as reuse never takes it): its key is its own."""
+        task = self.task
+        if not task.input_key or self.agent_id is None:
+            return ("one", self.pk)
+        return (self.board_id, self.agent_id, task.input_key, self.output)
+
+    @property
     def failed_checks(self) -> list[str]:
         return [f.get("name", "") for f in self.failures if isinstance(f, dict)]
 

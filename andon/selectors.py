@@ -20,17 +20,6 @@ GROUPING_LIMIT = 5000
 GroupKey = tuple
 
 
-def escalation_group_key(escalation: Escalation) -> GroupKey:
-    """What makes escalations identical, so a reviewer decides them once: the
-    same board and agent, the same normalised input (``Task.input_key``) and
-    the same output. A task without input, or without an agent, is never taken
-    for another (as reuse never takes it): its key is its own."""
-    task = escalation.task
-    if not task.input_key or escalation.agent_id is None:
-        return ("one", escalation.pk)
-    return (escalation.board_id, escalation.agent_id, task.input_key, escalation.output)
-
-
 def _with_members(leader: Escalation, members: list[Escalation]) -> Escalation:
     """``leader`` (the oldest open member: its row's id stays put while newer
     identical escalations join) with ``members`` (oldest first, the leader
@@ -51,7 +40,7 @@ def _grouped(escalations: list[Escalation]) -> list[Escalation]:
     leader, with its members, the group placed by its newest member."""
     groups: dict[GroupKey, list[Escalation]] = {}
     for escalation in escalations:
-        groups.setdefault(escalation_group_key(escalation), []).append(escalation)
+        groups.setdefault(escalation.group_key, []).append(escalation)
     leaders = []
     for members in groups.values():
         members = sorted(members, key=lambda e: (e.created_at, e.pk))
@@ -78,7 +67,7 @@ def inbox_groups_get(
     details: bool = False,
 ) -> list[Escalation]:
     """The inbox's rows: groups of identical open escalations (see
-    escalation_group_key), newest activity first, at most INBOX_LIMIT. Each is
+    Escalation.group_key), newest activity first, at most INBOX_LIMIT. Each is
     its leader, the oldest member, with ``members``, ``member_ids`` and
     ``group_checks``. A group matches the check filter when any member failed
     that check (it is then shown whole). With ``keys``, only those groups."""
@@ -96,13 +85,13 @@ def inbox_groups_get(
     if check:
         leaders = [leader for leader in leaders if check in leader.group_checks]
     leaders = leaders[:INBOX_LIMIT]
-    return escalation_details(leaders) if details else leaders
+    return escalation_details_get(leaders) if details else leaders
 
 
 def escalation_group_get(*, escalation: Escalation) -> list[Escalation]:
     """The open escalations identical to ``escalation`` (itself included, if
     open), oldest first."""
-    key = escalation_group_key(escalation)
+    key = escalation.group_key
     if key[0] == "one":
         return [escalation] if escalation.is_open else []
     return list(
@@ -128,7 +117,7 @@ def inbox_escalations_get(
 ) -> list[Escalation]:
     """Open escalations, newest first (at most INBOX_LIMIT), filtered by board,
     agent and failed check; with ``details``, each with what an inbox row shows
-    beyond its own columns (see escalation_details)."""
+    beyond its own columns (see escalation_details_get)."""
     queryset = Escalation.objects.filter(status=Escalation.Status.OPEN).select_related(
         "task", "board", "agent", "claimed_by"
     )
@@ -150,10 +139,10 @@ def inbox_escalations_get(
                     break
     else:
         escalations = list(queryset[:INBOX_LIMIT])
-    return escalation_details(escalations) if details else escalations
+    return escalation_details_get(escalations) if details else escalations
 
 
-def escalation_details(escalations: list[Escalation]) -> list[Escalation]:
+def escalation_details_get(escalations: list[Escalation]) -> list[Escalation]:
     """What an inbox row shows beyond the escalation's own columns: the task's
     model calls (one query for the whole list) and ``agent_record``, its agent's
     recent record (two queries per agent, not per row). The page and the live
@@ -178,7 +167,7 @@ def escalation_get(*, pk: int) -> Escalation | None:
     )
 
 
-def inbox_filter_choices() -> dict[str, list]:
+def inbox_filter_choices_get() -> dict[str, list]:
     """Boards, agents and failed check names that open escalations have, for the filters."""
     open_ = Escalation.objects.filter(status=Escalation.Status.OPEN)
     checks: set[str] = set()

@@ -8,7 +8,7 @@ and its status checked under the lock, so exactly one decision is applied; the
 other gets AlreadyDecided, which names who decided what and when.
 
 Identical escalations (the same agent, normalised input and output; see
-andon.selectors.escalation_group_key) can be decided together, as one group:
+Escalation.group_key) can be decided together, as one group:
 each still gets its own decision, TaskEvent and broadcast, all in one
 transaction, under the same locks. A member someone else decided meanwhile is
 reported in the result (GroupDecision.skipped), never overwritten.
@@ -197,11 +197,9 @@ def _decide(escalations: Sequence[Escalation]):
         .order_by("pk")
     }
     if len(open_) > 1:
-        from andon.selectors import escalation_group_key
-
         for escalation in open_:
             escalation.task = tasks[escalation.task_id]
-        if len({escalation_group_key(e) for e in open_}) > 1:
+        if len({e.group_key for e in open_}) > 1:
             raise ValidationError(NOT_IDENTICAL)
     return [(e, tasks[e.task_id]) for e in open_], skipped
 

@@ -79,11 +79,11 @@ def _inbox_context(filters: dict, *, here: str, row: Escalation | None = None) -
         else:
             escalations[index] = row
     return {
-        "escalations": selectors.escalation_details(escalations),
+        "escalations": selectors.escalation_details_get(escalations),
         "open_count": sum(len(getattr(e, "members", [e])) for e in escalations if e.is_open),
         "decisions": selectors.recent_decisions_get(),
         "filters": filters,
-        "choices": selectors.inbox_filter_choices(),
+        "choices": selectors.inbox_filter_choices_get(),
         "stats": selectors.inbox_stats_get(),
         "line_stops": selectors.active_line_stops_get(),
         "ws_path": _ws_path(filters),
@@ -241,7 +241,7 @@ def escalation_reject(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def _group_row(escalation: Escalation) -> Escalation | None:
     """The row of ``escalation``'s group as it now stands, if any member is
     still open (one that joined after the reviewer's page showed the group)."""
-    key = selectors.escalation_group_key(escalation)
+    key = escalation.group_key
     leaders = selectors.inbox_groups_get(keys={key}, details=True)
     return leaders[0] if leaders else None
 
@@ -298,7 +298,7 @@ def _refused(request: HtmxHttpRequest, escalation: Escalation, *, error: str, st
         context = {
             "escalation": escalation
             if hasattr(escalation, "agent_record")
-            else selectors.escalation_details([escalation])[0],
+            else selectors.escalation_details_get([escalation])[0],
             "message": error,
             "level": "error",
             "here": safe_next(request),

@@ -19,8 +19,8 @@ from django.template.loader import render_to_string
 from boards.models import Board, Column
 from boards.selectors import (
     board_agents_get,
+    board_column_counts_get,
     board_columns_get,
-    board_columns_with_counts,
     board_line_stops_get,
     board_pull_status_get,
 )
@@ -31,7 +31,7 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     of ``column_ids``, plus Ready unless ``with_ready`` is False), the agents,
     the line stops and the flow status, with each drawn Ready card's reason to
     wait. A fixed number of queries, whatever the number of tasks."""
-    counted = list(board_columns_with_counts(board=board))
+    counted = list(board_column_counts_get(board=board))
     if column_ids is not None and with_ready:
         # Ready's cards say why each waits, which any change may alter.
         column_ids = set(column_ids) | {c.pk for c in counted if c.role == Column.Role.READY}

@@ -73,7 +73,7 @@ def _cards(column: Column, limit: int) -> QuerySet[Task]:
     )
 
 
-def board_columns_with_counts(*, board: Board) -> QuerySet[Column]:
+def board_column_counts_get(*, board: Board) -> QuerySet[Column]:
     """The board's columns in order, each annotated with ``task_count``: one grouped
     query, whatever the number of tasks."""
     return board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
@@ -85,7 +85,7 @@ def board_columns_get(
     """The board's columns in order, each with its task count and its first
     ``KAIZEN_COLUMN_CARD_LIMIT`` cards. ``column_ids`` narrows it to some columns
     (the live updates re-render only what changed); ``counted`` are the board's
-    columns as board_columns_with_counts gives them, when the caller has them.
+    columns as board_column_counts_get gives them, when the caller has them.
 
     One query for the columns and their counts, then one per column for its
     cards: bounded by the number of columns, never by the number of tasks.
@@ -93,7 +93,7 @@ def board_columns_get(
     if counted is not None:
         columns = [c for c in counted if column_ids is None or c.pk in column_ids]
     else:
-        columns = board_columns_with_counts(board=board)
+        columns = board_column_counts_get(board=board)
         if column_ids is not None:
             columns = columns.filter(pk__in=column_ids)
     limit = settings.KAIZEN_COLUMN_CARD_LIMIT
@@ -189,7 +189,7 @@ def task_events_get(*, task: Task) -> list[TaskEvent]:
 # --- the runtime and the ledger ----------------------------------------------------
 
 
-def reusable_task(*, task: Task) -> Task | None:
+def task_reusable_get(*, task: Task) -> Task | None:
     """The newest task this task's agent completed (not failed) with the same
     normalised input, capability and prompt version, if reuse is allowed by both
     the agent and the task; None otherwise.
@@ -254,7 +254,7 @@ def task_model_calls_get(*, task: Task) -> list[ModelCall]:
     return list(task.model_call_rows.select_related("reused_from").order_by("created_at", "pk"))
 
 
-def agent_metrics(*, agent: Agent) -> dict:
+def agent_metrics_get(*, agent: Agent) -> dict:
     """What the ledger and the tasks say of an agent's work: two grouped queries."""
     calls = ModelCall.objects.filter(agent=agent)
     by_source = dict(calls.values_list("source").annotate(n=Count("pk")))
@@ -298,7 +298,7 @@ def agent_list_get() -> list[Agent]:
     return list(Agent.objects.prefetch_related(Prefetch("boards", Board.objects.order_by("name"))))
 
 
-def agent_model_calls_recent(*, agent: Agent, limit: int = 20) -> list[ModelCall]:
+def agent_model_calls_get(*, agent: Agent, limit: int = 20) -> list[ModelCall]:
     """An agent's latest ledger rows, newest first, with the tasks (and their boards)
     they link to, a reused result's too: one query. The tasks' long texts are left
     behind; the page shows titles."""
@@ -467,7 +467,7 @@ def board_pull_status_get(
     (boards.services.board_pull and _claim) decides, read-only: the andon's
     ``active_stops`` and ``pull_gate(take_probes=False)``, and boards.pull_rules.
 
-    ``columns`` (annotated with ``task_count``, as board_columns_with_counts
+    ``columns`` (annotated with ``task_count``, as board_column_counts_get
     gives them) and ``line_stops`` (board_line_stops_get) save their queries
     when the caller has them. A fixed number of queries, whatever the number
     of tasks or agents.
@@ -476,7 +476,7 @@ def board_pull_status_get(
     from andon.models import Escalation
 
     if columns is None:
-        columns = list(board_columns_with_counts(board=board))
+        columns = list(board_column_counts_get(board=board))
     by_role = {c.role: c for c in columns}
     ready, doing, review = by_role.get(Role.READY), by_role.get(Role.IN_PROGRESS), by_role.get(Role.REVIEW)
     holds: list[PullHold] = []

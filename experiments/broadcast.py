@@ -29,7 +29,13 @@ from collections.abc import Callable, Hashable
 
 from django.template.loader import render_to_string
 
-from experiments.selectors import REVIEW, experiment_context, experiment_get, recent_audit, review_context
+from experiments.selectors import (
+    REVIEW,
+    audit_recent_get,
+    experiment_context_get,
+    experiment_get,
+    review_context_get,
+)
 from kaizen_web import live
 
 REVIEW_GROUP = "kaizen_review"
@@ -57,7 +63,7 @@ def _publish_once(key: Hashable, render: Callable[[], list[tuple[str, dict]]]) -
 
 def proposals_changed() -> None:
     def render() -> list[tuple[str, dict]]:
-        html = render_to_string(f"{REVIEW}#review-update", review_context())
+        html = render_to_string(f"{REVIEW}#review-update", review_context_get())
         return [(REVIEW_GROUP, {"type": "review.update", "html": html})]
 
     _publish_once("proposals", render)
@@ -69,10 +75,10 @@ def experiment_changed(experiment_id: int) -> None:
         if experiment is None:
             return []
         review_html = render_to_string(
-            f"{REVIEW}#experiment-pushed", {"experiment": experiment, "audit": recent_audit()}
+            f"{REVIEW}#experiment-pushed", {"experiment": experiment, "audit": audit_recent_get()}
         )
         page_html = render_to_string(
-            "experiments/experiment.html#experiment-update", experiment_context(experiment)
+            "experiments/experiment.html#experiment-update", experiment_context_get(experiment)
         )
         return [
             (REVIEW_GROUP, {"type": "review.update", "html": review_html}),

@@ -98,7 +98,7 @@ def _ordered_pairs(evidence: Any) -> bool:
     )
 
 
-def evidence_items(evidence: Any) -> list[dict]:
+def _evidence_items(evidence: Any) -> list[dict]:
     """A proposal's evidence (label → value, as an object or as a list of
     [label, value] pairs), in shapes a template can draw: a value, a list of
     values, a table (a list of records), or pairs (a record). Anything deeper is
@@ -135,9 +135,9 @@ def evidence_items(evidence: Any) -> list[dict]:
     return items
 
 
-def proposal_details(proposal: ChangeProposal) -> ChangeProposal:
+def proposal_details_get(proposal: ChangeProposal) -> ChangeProposal:
     proposal.diff_rows = diff_rows(diff_lines(proposal.base_version, proposal.candidate))
-    proposal.evidence_items = evidence_items(proposal.evidence)
+    proposal.evidence_items = _evidence_items(proposal.evidence)
     if proposal.source == PromptVersion.Source.KAIZEN:
         proposal.author_label = "kaizen loop"
     elif proposal.author_id:
@@ -152,15 +152,15 @@ def proposal_details(proposal: ChangeProposal) -> ChangeProposal:
     return proposal
 
 
-def proposals_queryset():
+def proposal_list():
     return ChangeProposal.objects.select_related("agent", "author", "decided_by", "base_version", "candidate")
 
 
-def waiting_proposals() -> list[ChangeProposal]:
+def proposal_waiting_list() -> list[ChangeProposal]:
     """Proposals waiting for a decision, and approved ones waiting for their
     agent's running experiment to end (they may still be rejected), oldest first."""
-    proposals = proposals_queryset().filter(status__in=(ProposalStatus.PENDING, ProposalStatus.APPROVED))
-    return [proposal_details(p) for p in proposals.order_by("created_at", "pk")]
+    proposals = proposal_list().filter(status__in=(ProposalStatus.PENDING, ProposalStatus.APPROVED))
+    return [proposal_details_get(p) for p in proposals.order_by("created_at", "pk")]
 
 
 def _arm_counts_many(experiments: list[Experiment]) -> dict[int, dict[str, dict]]:
@@ -204,7 +204,7 @@ def _experiments_queryset():
     )
 
 
-def experiment_details(experiments: list[Experiment], *, charts: Iterable[int] = ()) -> list[Experiment]:
+def experiment_details_get(experiments: list[Experiment], *, charts: Iterable[int] = ()) -> list[Experiment]:
     """The experiments with what their rows show: counts per arm, the latest
     look; and, for those in ``charts``, their chart's JSON (every look)."""
     counts = _arm_counts_many(experiments)
@@ -227,7 +227,7 @@ def experiment_details(experiments: list[Experiment], *, charts: Iterable[int] =
         if experiment.latest_look is not None:
             _look_details(experiment.latest_look)
         experiment.next_look_at = _next_look_at(experiment)
-        experiment.summary = experiment_summary(experiment)
+        experiment.summary = experiment_summary_get(experiment)
         # The recorded reason, unless the sentence or the latest look already says it.
         reason = experiment.status_reason or ""
         look_reason = experiment.latest_look.stats.get("reason", "") if experiment.latest_look else ""
@@ -279,7 +279,7 @@ def _points(value: float) -> str:
     return f"{100 * value:+.0f}"
 
 
-def experiment_summary(experiment: Experiment) -> str:
+def experiment_summary_get(experiment: Experiment) -> str:
     """One or two sentences for a person who is not a statistician: what the
     latest look found, what it decided, and what happens next."""
     counts = experiment.counts
@@ -371,7 +371,7 @@ def _look_details(look: ExperimentLook) -> ExperimentLook:
     return look
 
 
-def review_experiments() -> tuple[list[Experiment], list[Experiment]]:
+def review_experiments_get() -> tuple[list[Experiment], list[Experiment]]:
     """(active experiments, the most recently ended), with their details; the
     active ones with their charts."""
     active = list(_experiments_queryset().filter(status__in=Experiment.ACTIVE).order_by("started_at", "pk"))
@@ -380,7 +380,7 @@ def review_experiments() -> tuple[list[Experiment], list[Experiment]]:
         .exclude(status__in=Experiment.ACTIVE)
         .order_by("-ended_at", "-pk")[:RECENTLY_ENDED]
     )
-    experiment_details(active + ended, charts=[e.pk for e in active])
+    experiment_details_get(active + ended, charts=[e.pk for e in active])
     return active, ended
 
 
@@ -388,25 +388,25 @@ def experiment_get(pk: int, *, chart: bool = True) -> Experiment | None:
     experiment = _experiments_queryset().filter(pk=pk).first()
     if experiment is None:
         return None
-    return experiment_details([experiment], charts=[pk] if chart else [])[0]
+    return experiment_details_get([experiment], charts=[pk] if chart else [])[0]
 
 
-def audit_queryset():
+def audit_list():
     # The proposal too: the actor of a proposal from a config file says so (AuditEntry.actor).
     return AuditEntry.objects.select_related("agent", "user", "version", "proposal")
 
 
-def recent_audit(limit: int = RECENT_AUDIT) -> list[AuditEntry]:
+def audit_recent_get(limit: int = RECENT_AUDIT) -> list[AuditEntry]:
     """The latest entries but the looks: a running experiment is looked at every
     few seconds in a demo, and its looks (on its own page, and in the whole log)
     would push every decision off the review page."""
-    return list(audit_queryset().exclude(action=AuditEntry.Action.LOOK)[:limit])
+    return list(audit_list().exclude(action=AuditEntry.Action.LOOK)[:limit])
 
 
-def review_context(*, failed: Failure | None = None) -> dict:
+def review_context_get(*, failed: Failure | None = None) -> dict:
     """What /kaizen/ shows: its three live sections."""
-    proposals = waiting_proposals()
-    active, ended = review_experiments()
+    proposals = proposal_waiting_list()
+    active, ended = review_experiments_get()
     if failed is not None:
         for proposal in proposals:
             failed.mark(proposal, "proposal")
@@ -417,14 +417,14 @@ def review_context(*, failed: Failure | None = None) -> dict:
         "pending_count": sum(1 for p in proposals if p.status == ProposalStatus.PENDING),
         "active": active,
         "ended": ended,
-        "audit": recent_audit(),
+        "audit": audit_recent_get(),
         "audit_limit": RECENT_AUDIT,
         "plotly_version": plotly.__version__,
         "nav": "kaizen",
     }
 
 
-def experiment_context(experiment: Experiment) -> dict:
+def experiment_context_get(experiment: Experiment) -> dict:
     """What an experiment's page shows, beyond its row and chart."""
     looks = list(experiment.looks.order_by("-created_at", "-pk")[: LOOK_ROWS + 1])
     return {
@@ -433,9 +433,7 @@ def experiment_context(experiment: Experiment) -> dict:
         "looks_total": experiment.looks.count() if len(looks) > LOOK_ROWS else len(looks),
         # Its looks are in the look history above.
         "experiment_audit": list(
-            audit_queryset()
-            .filter(experiment=experiment)
-            .exclude(action=AuditEntry.Action.LOOK)[:RECENT_AUDIT]
+            audit_list().filter(experiment=experiment).exclude(action=AuditEntry.Action.LOOK)[:RECENT_AUDIT]
         ),
         # Its forms post plainly and come back here (pushed rows too).
         "plain": True,

@@ -46,12 +46,12 @@ from experiments.selectors import (
     RECENT_AUDIT,
     REVIEW,
     Failure,
-    audit_queryset,
-    experiment_context,
+    audit_list,
+    experiment_context_get,
     experiment_get,
-    proposal_details,
-    proposals_queryset,
-    review_context,
+    proposal_details_get,
+    proposal_list,
+    review_context_get,
 )
 from kaizen_web.compressed_files import compressed_file_response
 from kaizen_web.http import HtmxHttpRequest, error_message, safe_next
@@ -70,7 +70,7 @@ ProposalStatus = ChangeProposal.Status
 @require_GET
 @approver_required
 def review(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, REVIEW, review_context())
+    return render(request, REVIEW, review_context_get())
 
 
 @require_GET
@@ -78,7 +78,7 @@ def review(request: HtmxHttpRequest) -> HttpResponse:
 def review_live(request: HtmxHttpRequest) -> HttpResponse:
     """The review's live sections, out of band: what a reconnecting browser
     re-fetches to catch up on what it missed."""
-    return render(request, f"{REVIEW}#review-update", review_context())
+    return render(request, f"{REVIEW}#review-update", review_context_get())
 
 
 @require_GET
@@ -88,15 +88,15 @@ def proposal_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 def _proposal_page(request: HttpRequest, pk: int, *, failed: Failure | None = None, status: int = 200):
-    proposal = get_object_or_404(proposals_queryset(), pk=pk)
-    proposal_details(proposal)
+    proposal = get_object_or_404(proposal_list(), pk=pk)
+    proposal_details_get(proposal)
     if failed is not None:
         failed.mark(proposal, "proposal")
     experiment = Experiment.objects.filter(proposal=proposal).first()
     context = {
         "proposal": proposal,
         "experiment": experiment,
-        "proposal_audit": list(audit_queryset().filter(proposal=proposal)[:RECENT_AUDIT]),
+        "proposal_audit": list(audit_list().filter(proposal=proposal)[:RECENT_AUDIT]),
         "plain": True,
         "here": proposal.get_absolute_url(),
         "nav": "kaizen",
@@ -116,7 +116,7 @@ def _experiment_page(request: HttpRequest, pk: int, *, failed: Failure | None = 
         raise Http404("No such experiment.")
     if failed is not None:
         failed.mark(experiment, "experiment")
-    return render(request, "experiments/experiment.html", experiment_context(experiment), status=status)
+    return render(request, "experiments/experiment.html", experiment_context_get(experiment), status=status)
 
 
 @require_GET
@@ -126,7 +126,9 @@ def experiment_live(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     experiment = experiment_get(pk)
     if experiment is None:
         raise Http404("No such experiment.")
-    return render(request, "experiments/experiment.html#experiment-update", experiment_context(experiment))
+    return render(
+        request, "experiments/experiment.html#experiment-update", experiment_context_get(experiment)
+    )
 
 
 @require_GET
@@ -135,7 +137,7 @@ def audit(request: HtmxHttpRequest) -> HttpResponse:
     """The whole audit log, newest first; read-only, like everywhere."""
     form = AuditFilterForm(request.GET)
     agent_id = form.agent_id()
-    entries = audit_queryset()
+    entries = audit_list()
     if agent_id is not None:
         entries = entries.filter(agent_id=agent_id)
     page = Paginator(entries, AUDIT_PAGE).get_page(request.GET.get("page"))
@@ -187,7 +189,7 @@ def _approved_message(proposal: ChangeProposal) -> str:
 
 
 def _proposal_action(request: HtmxHttpRequest, pk: int, action: str, service: Callable) -> HttpResponse:
-    proposal = get_object_or_404(proposals_queryset(), pk=pk)
+    proposal = get_object_or_404(proposal_list(), pk=pk)
     note = NoteForm(request.POST).value()
 
     def run() -> str:
@@ -237,20 +239,20 @@ def _act(
     if not request.htmx:
         messages.success(request, message)
         return redirect(safe_next(request) or "experiments-review")
-    context = {**review_context(), "message": message, "level": "success"}
+    context = {**review_context_get(), "message": message, "level": "success"}
     return render(request, f"{REVIEW}#review-update", context)
 
 
 def _refused(request: HtmxHttpRequest, failed: Failure, *, status: int) -> HttpResponse:
     if request.htmx:
-        context = {**review_context(failed=failed), "message": failed.message, "level": "error"}
+        context = {**review_context_get(failed=failed), "message": failed.message, "level": "error"}
         return render(request, f"{REVIEW}#review-update", context, status=status)
     origin = request.POST.get("from")
     if origin == "proposal" and failed.kind == "proposal":
         return _proposal_page(request, failed.pk, failed=failed, status=status)
     if origin == "experiment" and failed.kind == "experiment":
         return _experiment_page(request, failed.pk, failed=failed, status=status)
-    context = {**review_context(failed=failed), "error": failed.message}
+    context = {**review_context_get(failed=failed), "error": failed.message}
     return render(request, REVIEW, context, status=status)
 
 

@@ -35,7 +35,7 @@ from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, 
 from boards.agents.registry import custom_agent
 from boards.agents.response_cache import cache_key, cached_response
 from boards.agents.spec import ConfigError, Tier, parse_cascade, parse_parameters, parse_variables
-from boards.selectors import agent_metrics
+from boards.selectors import agent_metrics_get
 
 if TYPE_CHECKING:
     from boards.models import Agent, Task
@@ -62,7 +62,7 @@ class BaseAgent:
 
     def metrics(self) -> dict[str, Any]:
         """Figures about the agent's work, shown on its page."""
-        return agent_metrics(agent=self.agent)
+        return agent_metrics_get(agent=self.agent)
 
 
 class PromptCascadeAgent(BaseAgent):

@@ -215,7 +215,7 @@ REVIEWED = "review"
 def reused_output(task) -> Output | None:
     """Should-activate: the result of an identical task this agent already
     completed with the same prompt version, unless the agent or the task opts out."""
-    earlier = selectors.reusable_task(task=task)
+    earlier = selectors.task_reusable_get(task=task)
     if earlier is None:
         return None
     confidence, source = earlier.confidence, earlier.confidence_source

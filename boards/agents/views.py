@@ -32,7 +32,7 @@ from boards.agents.forms import (
 )
 from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent
-from boards.selectors import agent_list_get, agent_model_calls_recent
+from boards.selectors import agent_list_get, agent_model_calls_get
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
 from experiments.prompt_diff import diff_lines, diff_rows
@@ -40,7 +40,7 @@ from kaizen_web.http import HtmxHttpRequest
 
 logger = logging.getLogger(__name__)
 
-# The figures every agent's metrics() gives (boards.selectors.agent_metrics), in the
+# The figures every agent's metrics() gives (boards.selectors.agent_metrics_get), in the
 # order the page shows them; anything else a custom class adds follows under its own key.
 AGENT_METRICS: tuple[tuple[str, str], ...] = (
     ("tasks_done", "Tasks done"),
@@ -272,7 +272,7 @@ def _agent_detail_page(
         # A stored cascade that no longer parses (written around Agent.clean).
         "cascade_broken": not tiers,
         **_agent_metrics(agent),
-        "calls": agent_model_calls_recent(agent=agent, limit=RECENT_CALLS),
+        "calls": agent_model_calls_get(agent=agent, limit=RECENT_CALLS),
         "recent_calls": RECENT_CALLS,
         "form": edit.form if edit else None,
         "formset": edit.formset if edit else None,

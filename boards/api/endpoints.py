@@ -489,7 +489,7 @@ def board_detail(request: HttpRequest, slug: str = SLUG) -> dict[str, Any]:
             hard_limit=column.hard_limit,
             wip_state=column.wip_state(column.task_count),
         )
-        for column in selectors.board_columns_with_counts(board=board)
+        for column in selectors.board_column_counts_get(board=board)
     ]
     capabilities = selectors.board_capabilities_get(board=board)
     return {**_board_fields(request, board), "columns": columns, "capabilities": capabilities}

@@ -124,7 +124,7 @@ def test_a_rejected_task_is_not_given_an_earlier_tasks_result_again(board, reque
     # Without the reviewer's reason, the earlier result would be taken.
     unreviewed = Task.objects.select_related("agent").get(pk=task.pk)
     unreviewed.review_feedback = ""
-    assert selectors.reusable_task(task=unreviewed) == earlier
+    assert selectors.task_reusable_get(task=unreviewed) == earlier
 
     runtime.run(task.pk, str(claim.lease_token))
 

@@ -41,7 +41,7 @@ def test_the_inbox_lists_open_escalations_newest_first_filtered_by_board_agent_a
     assert [e.pk for e in selectors.inbox_escalations_get(agent_id=second_agent.pk)] == [newer.pk]
     assert [e.pk for e in selectors.inbox_escalations_get(check="short")] == [newer.pk]
     assert [e.pk for e in selectors.inbox_escalations_get(check="confidence")] == [stranger.pk, older.pk]
-    choices = selectors.inbox_filter_choices()
+    choices = selectors.inbox_filter_choices_get()
     assert choices["checks"] == ["confidence", "short"]
 
 

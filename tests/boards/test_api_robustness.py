@@ -229,7 +229,7 @@ def test_an_unexpected_server_error_still_answers_json(api, board, monkeypatch, 
     def broken(**kwargs):
         raise RuntimeError("the disk is on fire")
 
-    monkeypatch.setattr("boards.api.endpoints.selectors.board_columns_with_counts", broken)
+    monkeypatch.setattr("boards.api.endpoints.selectors.board_column_counts_get", broken)
 
     response = api.get(f"/api/v1/boards/{board.slug}")
 
