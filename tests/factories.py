@@ -11,6 +11,10 @@ from django.contrib.auth.models import Permission
 from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent, Board, Column
 
+# The header htmx sends with every request it makes (django-htmx reads it as
+# request.htmx): pass as headers=HTMX in the test client.
+HTMX = {"HX-Request": "true"}
+
 _seq = count(1)
 
 DEFAULT_COLUMNS = [

@@ -11,11 +11,9 @@ from andon import services as andon_services
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
 from tests.andon.helpers import GOOD, where
-from tests.factories import make_reviewer, make_user
+from tests.factories import HTMX, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
 
 
 def _url(escalation: Escalation) -> str:

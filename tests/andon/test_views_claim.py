@@ -8,11 +8,9 @@ from django.urls import reverse
 
 from andon import services as andon_services
 from andon.models import Escalation
-from tests.factories import make_reviewer, make_user
+from tests.factories import HTMX, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
 
 
 def _url(escalation: Escalation) -> str:

@@ -10,11 +10,10 @@ from django.urls import reverse
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
 from tests.andon.helpers import GOOD, where
-from tests.factories import make_user
+from tests.factories import HTMX, make_user
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HX-Request": "true"}
 FIXED = "The housing has a 4 mm scratch; replace the cover (part 88-12)."
 
 

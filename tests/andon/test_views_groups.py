@@ -12,11 +12,9 @@ from andon import services as andon_services
 from andon.models import Escalation
 from boards.models import Column
 from tests.andon.helpers import DEFECTIVE, claim_one, complete
-from tests.factories import column, make_agent, make_board, make_reviewer
+from tests.factories import HTMX, column, make_agent, make_board, make_reviewer
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
 @pytest.fixture
@@ -67,7 +65,9 @@ def test_approving_a_row_decides_every_member(board, client, ana):
     first = escalated(board, "Part 7, morning")
     second = escalated(board, "Part 7, night")
 
-    response = client.post(f"/andon/{first.pk}/approve/", {"members": f"{first.pk},{second.pk}"}, **HTMX)
+    response = client.post(
+        f"/andon/{first.pk}/approve/", {"members": f"{first.pk},{second.pk}"}, headers=HTMX
+    )
 
     assert response.status_code == 200
     html = response.content.decode()
@@ -83,7 +83,9 @@ def test_a_member_decided_meanwhile_is_named_in_the_message(board, client):
         escalation=second, user=make_reviewer(username="bob"), reason="Wrong part."
     )
 
-    response = client.post(f"/andon/{first.pk}/approve/", {"members": f"{first.pk},{second.pk}"}, **HTMX)
+    response = client.post(
+        f"/andon/{first.pk}/approve/", {"members": f"{first.pk},{second.pk}"}, headers=HTMX
+    )
 
     html = response.content.decode()
     assert "Approved: “Part 7, morning”." in html
@@ -96,7 +98,7 @@ def test_a_member_that_arrived_after_the_page_is_left_open_and_its_row_returned(
     late = escalated(board, "Part 7, late")
 
     response = client.post(
-        f"/andon/{first.pk}/reject/", {"members": str(first.pk), "reason": "Wrong."}, **HTMX
+        f"/andon/{first.pk}/reject/", {"members": str(first.pk), "reason": "Wrong."}, headers=HTMX
     )
 
     html = response.content.decode()
@@ -109,7 +111,7 @@ def test_without_members_only_the_escalation_of_the_url_is_decided(board, client
     first = escalated(board, "Part 7, morning")
     second = escalated(board, "Part 7, night")
 
-    client.post(f"/andon/{first.pk}/approve/", **HTMX)
+    client.post(f"/andon/{first.pk}/approve/", headers=HTMX)
 
     assert (status(first), status(second)) == (Escalation.Status.APPROVED, Escalation.Status.OPEN)
 
@@ -119,7 +121,7 @@ def test_members_that_are_not_identical_are_refused_and_nothing_is_decided(board
     other = escalated(board, "Part 9", input="a dent in the lid")
 
     response = client.post(
-        f"/andon/{first.pk}/correct/", {"members": f"{first.pk},{other.pk}", "output": "Fine."}, **HTMX
+        f"/andon/{first.pk}/correct/", {"members": f"{first.pk},{other.pk}", "output": "Fine."}, headers=HTMX
     )
 
     assert response.status_code == 409
@@ -132,7 +134,7 @@ def test_unreadable_members_decide_the_one_escalation(board, client, members):
     first = escalated(board, "Part 7")
     second = escalated(board, "Part 7 again")
 
-    client.post(f"/andon/{first.pk}/approve/", {"members": members}, **HTMX)
+    client.post(f"/andon/{first.pk}/approve/", {"members": members}, headers=HTMX)
 
     assert (status(first), status(second)) == (Escalation.Status.APPROVED, Escalation.Status.OPEN)
 

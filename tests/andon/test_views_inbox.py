@@ -16,7 +16,7 @@ from andon.models import Escalation
 from boards import services
 from boards.models import Agent, Board, Column
 from tests.andon.helpers import DEFECTIVE, claim_one, complete
-from tests.factories import column, make_agent, make_board, make_reviewer, make_user
+from tests.factories import HTMX, column, make_agent, make_board, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -336,7 +336,7 @@ def test_the_live_part_is_the_list_with_the_figures_and_banner_out_of_band(clien
     escalate(board, "Caught up")
     client.force_login(ana)
 
-    html = client.get(reverse("andon-inbox-live"), headers={"HX-Request": "true"}).content.decode()
+    html = client.get(reverse("andon-inbox-live"), headers=HTMX).content.decode()
 
     assert html.lstrip().startswith('<ol id="escalation-list"')
     assert rows(html) == ["Caught up"]

@@ -8,11 +8,10 @@ from django.urls import reverse
 
 from andon import services as andon_services
 from andon.models import LineStop
-from tests.factories import make_agent, make_reviewer, make_user
+from tests.factories import HTMX, make_agent, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HX-Request": "true"}
 STOPS = "/andon/stops/"
 CORD = "/andon/cord/"
 

@@ -9,11 +9,10 @@ from django.urls import reverse
 from andon.models import Escalation
 from boards.models import Column, Task, TaskEvent
 from tests.andon.helpers import where
-from tests.factories import make_reviewer, make_user
+from tests.factories import HTMX, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HX-Request": "true"}
 REASON = "The part number is missing: quote it from the drawing."
 
 

@@ -10,11 +10,9 @@ from django.urls import reverse
 
 from andon.models import LineStop
 from boards.models import Board
-from tests.factories import make_agent, make_board, make_reviewer, make_user
+from tests.factories import HTMX, make_agent, make_board, make_reviewer, make_user
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
 
 
 def _cord(board: Board) -> str:

@@ -13,7 +13,7 @@ from django.urls import reverse
 from boards import services
 from boards.agents import runtime
 from boards.models import Agent, Board, Column, Task
-from tests.factories import column, make_agent, make_board
+from tests.factories import HTMX, column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
 
@@ -273,7 +273,7 @@ def test_an_htmx_request_gets_the_whole_page_too(client, user, board):
     # The live part alone is boards-body's job; the page has one answer.
     client.force_login(user)
 
-    response = client.get(_url(board), headers={"HX-Request": "true"})
+    response = client.get(_url(board), headers=HTMX)
 
     html = response.content.decode()
     assert "<html" in html

@@ -10,11 +10,9 @@ from django.urls import reverse
 
 from boards import services
 from boards.models import Board, Task
-from tests.factories import column, make_agent, make_board
+from tests.factories import HTMX, column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
 
 
 def _url(board: Board) -> str:

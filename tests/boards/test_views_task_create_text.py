@@ -8,10 +8,9 @@ import pytest
 from django.urls import reverse
 
 from boards.models import Task
+from tests.factories import HTMX
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
 
 
 def post(client, board, **fields):

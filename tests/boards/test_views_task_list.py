@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from boards import services
 from boards.models import Column, Task
-from tests.factories import column, make_agent, make_board
+from tests.factories import HTMX, column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
 
@@ -200,7 +200,7 @@ def test_the_filter_form_works_without_javascript_and_with_htmx(logged_in, board
 def test_an_htmx_request_gets_only_the_results(logged_in, board):
     services.task_create(board=board, title="Found me")
 
-    response = logged_in.get(list_url(board, q="found"), headers={"HX-Request": "true"})
+    response = logged_in.get(list_url(board, q="found"), headers=HTMX)
 
     html = response.content.decode()
     assert html.lstrip().startswith('<section id="task-results"')
@@ -221,7 +221,7 @@ def test_the_export_link_carries_the_filters(logged_in, board):
 def test_an_htmx_request_with_bad_filters_lists_the_errors_in_the_results(logged_in, board):
     # Only the results are swapped, so the form's own error marks would not show.
     response = logged_in.get(
-        list_url(board, created_from="2025-05-02", created_to="2025-05-01"), headers={"HX-Request": "true"}
+        list_url(board, created_from="2025-05-02", created_to="2025-05-01"), headers=HTMX
     )
 
     assert response.status_code == 400

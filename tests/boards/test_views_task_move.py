@@ -8,11 +8,9 @@ from django.urls import reverse
 
 from boards import services
 from boards.models import Task, TaskEvent
-from tests.factories import column, make_agent, make_board
+from tests.factories import HTMX, column, make_agent, make_board
 
 pytestmark = pytest.mark.django_db
-
-HTMX = {"HX-Request": "true"}
 
 
 def _url(task: Task) -> str:

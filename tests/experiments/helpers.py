@@ -10,9 +10,14 @@ import re
 from boards.models import Board, Column, Task
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment, ExperimentSample, PromptVersion
-from tests.factories import make_agent, make_approver, make_board, make_editor
+from tests.factories import (
+    HTMX,  # noqa: F401  (re-exported for the experiments tests)
+    make_agent,
+    make_approver,
+    make_board,
+    make_editor,
+)
 
-HTMX = {"HX-Request": "true"}
 NEW_TEMPLATE = "You are a meticulous inspector. Describe the defect first, then classify it.\n\n{input}"
 RATIONALE = "Ask for the defect first: reviewers keep correcting the order."
 

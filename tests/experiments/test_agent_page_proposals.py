@@ -17,7 +17,7 @@ from boards import services
 from boards.models import Agent
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
-from tests.factories import make_agent, make_approver, make_board, make_user
+from tests.factories import HTMX, make_agent, make_approver, make_board, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -231,9 +231,7 @@ def test_the_preview_classifies_as_the_proposal_will(client, agent, editor):
 def test_the_htmx_preview_answers_with_the_form_panel_only(client, agent, editor):
     client.force_login(editor)
 
-    response = client.post(
-        _url(agent), _data(agent, "preview", prompt_template=REWRITE), HTTP_HX_REQUEST="true"
-    )
+    response = client.post(_url(agent), _data(agent, "preview", prompt_template=REWRITE), headers=HTMX)
 
     assert response.status_code == 200
     html = response.content.decode()
@@ -247,7 +245,7 @@ def test_the_htmx_preview_answers_with_the_form_panel_only(client, agent, editor
 def test_previewing_no_change_says_so(client, agent, editor):
     client.force_login(editor)
 
-    response = client.post(_url(agent), _data(agent, "preview"), HTTP_HX_REQUEST="true")
+    response = client.post(_url(agent), _data(agent, "preview"), headers=HTMX)
 
     assert response.status_code == 422
     html = response.content.decode()
