@@ -78,11 +78,24 @@ def _label(key: Any) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, key: Any = "") -> str:
+    """A value as a reader takes it in: money as dollars, shares as percents,
+    other fractions to four significant figures (0.161765 reads 0.1618), by
+    what its key says it is (the PDCA planner's evidence names its figures
+    ``upper_tier_cost``, ``waste_share``...)."""
     if value is None:
         return "–"
-    if isinstance(value, str | int | float | bool):
-        return str(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        name = str(key).lower()
+        if "cost" in name or "saving" in name:
+            return f"${value:,.4f}"
+        if "share" in name:
+            return f"{value:.1%}"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return value
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
@@ -115,9 +128,9 @@ def _evidence_items(evidence: Any) -> list[dict]:
     for key, value in pairs:
         item: dict[str, Any] = {"label": _label(key)}
         if _scalar(value):
-            item.update(kind="text", value=_text(value))
+            item.update(kind="text", value=_text(value, key))
         elif isinstance(value, list) and all(_scalar(v) for v in value):
-            item.update(kind="list", values=[_text(v) for v in value])
+            item.update(kind="list", values=[_text(v, key) for v in value])
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             columns: list[str] = []
             for record in value:
@@ -125,10 +138,10 @@ def _evidence_items(evidence: Any) -> list[dict]:
             item.update(
                 kind="table",
                 columns=[_label(c) for c in columns],
-                rows=[[_text(record.get(c)) for c in columns] for record in value],
+                rows=[[_text(record.get(c), c) for c in columns] for record in value],
             )
         elif isinstance(value, dict):
-            item.update(kind="pairs", pairs=[(_label(k), _text(v)) for k, v in value.items()])
+            item.update(kind="pairs", pairs=[(_label(k), _text(v, f"{key} {k}")) for k, v in value.items()])
         else:
             item.update(kind="text", value=_text(value))
         items.append(item)

@@ -15,6 +15,7 @@ from boards.models import Task
 from experiments import line
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, ExperimentSample, PromptVersion
+from tests.experiments.helpers import tasks_of
 from tests.factories import make_agent, make_board, make_user
 
 Action = AuditEntry.Action
@@ -52,16 +53,13 @@ def _minor(agent, user) -> ChangeProposal:
 
 
 def _samples(experiment: Experiment, arm: str, n: int, successes: int) -> None:
-    board = experiment.agent.boards.first()
-    tasks = [
-        services.task_create(board=board, title=f"{arm} {i}", input=f"{arm} sample {i} of {experiment.pk}")
-        for i in range(n)
-    ]
+    # Done tasks written directly (tasks_of): thousands of them, and nothing
+    # here runs them; only the samples' outcomes matter.
     ExperimentSample.objects.bulk_create(
         ExperimentSample(
             experiment=experiment, task=task, stage=experiment.stage, arm=arm, success=i < successes
         )
-        for i, task in enumerate(tasks)
+        for i, task in enumerate(tasks_of(experiment.agent, n))
     )
 
 

@@ -274,3 +274,27 @@ def test_the_review_page_loads_plotly_and_its_script(client, ana):
     assert re.search(r'<script src="/kaizen/plotly.min.js\?v=[\d.]+" defer></script>', html)
     assert '<script src="/static/js/evolution.js" defer></script>' in html
     assert 'ws-connect="/ws/kaizen/"' in html
+
+
+def test_evidence_figures_read_as_money_percents_and_short_numbers(client, ana):
+    major_proposal(
+        line_agent(),
+        evidence={
+            "upper_tier_cost": 0.161765,
+            "waste_share": 0.1234,
+            "pass_confidence": 0.123456789,
+            "tier1_threshold": {"current": 0.8, "proposed": 0.75},
+            "examples": [{"task": 3, "upper_cost": 0.0123456}],
+            "ok": True,
+        },
+    )
+    client.force_login(ana)
+
+    html = re.sub(r">\s+", ">", re.sub(r"\s+<", "<", client.get(REVIEW).content.decode()))
+
+    assert "<dt>Upper tier cost</dt><dd>$0.1618</dd>" in html
+    assert "<dt>Waste share</dt><dd>12.3%</dd>" in html
+    assert "<dt>Pass confidence</dt><dd>0.1235</dd>" in html
+    assert "<dt>Proposed</dt><dd>0.75</dd>" in html
+    assert "$0.0123" in html and "0.0123456" not in html
+    assert "<dt>Ok</dt><dd>yes</dd>" in html
