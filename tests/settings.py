@@ -8,6 +8,15 @@ setting is the product's own (the processes the tests start use this module too,
 so a password set here can be checked there).
 """
 
-from kaizen_web.settings import *  # noqa: F403
+import os
+
+# The suite's own process counts its metrics in memory (prometheus_client's
+# single-process mode): an inherited PROMETHEUS_MULTIPROC_DIR would add every
+# earlier run's files to the values the tests check. Tests that start a web
+# server and a worker give those a directory of their own (tests/kaizen_web/test_metrics_live.py).
+# Removed here, before anything imports prometheus_client, which reads it at import.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+from kaizen_web.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
