@@ -9,13 +9,16 @@ so a password set here can be checked there).
 """
 
 import os
+import sys
 
 # The suite's own process counts its metrics in memory (prometheus_client's
 # single-process mode): an inherited PROMETHEUS_MULTIPROC_DIR would add every
-# earlier run's files to the values the tests check. Tests that start a web
-# server and a worker give those a directory of their own (tests/kaizen_web/test_metrics_live.py).
-# Removed here, before anything imports prometheus_client, which reads it at import.
-os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+# earlier run's files to the values the tests check. Removed here, before
+# anything imports prometheus_client (which reads it at import), and only in the
+# pytest process: the web servers and workers the tests start use this module
+# too, and tests/kaizen_web/test_metrics_live.py gives them a directory of their own.
+if "pytest" in sys.modules:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 from kaizen_web.settings import *  # noqa: E402, F403
 
