@@ -17,7 +17,15 @@ from boards import services
 from boards.models import ModelCall, Task
 from kaizen_web import processes
 from tests.factories import make_agent, make_board
-from tests.live import READY_TIMEOUT, CeleryWorkerHandle, LiveProcess, child_env, log_path_for, register, wait_for
+from tests.live import (
+    READY_TIMEOUT,
+    CeleryWorkerHandle,
+    LiveProcess,
+    child_env,
+    log_path_for,
+    register,
+    wait_for,
+)
 
 TOKEN = "live-metrics-token"
 
@@ -107,16 +115,16 @@ def test_the_web_servers_scrape_shows_the_workers_model_calls(worker, web, metri
     assert samples(f, usage, f"{usage}_sum", gen_ai_request_model="sim-small", gen_ai_token_type="input") == [
         ledger["tokens_in"]
     ]
-    assert samples(f, usage, f"{usage}_sum", gen_ai_request_model="sim-small", gen_ai_token_type="output") == [
-        ledger["tokens_out"]
-    ]
+    assert samples(
+        f, usage, f"{usage}_sum", gen_ai_request_model="sim-small", gen_ai_token_type="output"
+    ) == [ledger["tokens_out"]]
     calls = "kaizen_model_calls"
     assert samples(f, calls, f"{calls}_total", board=board.slug, agent="live-metrics", source="model") == [
         ledger["n"]
     ]
-    assert samples(f, "kaizen_inspections", "kaizen_inspections_total", board=board.slug, verdict="passed") == [
-        len(ids)
-    ]
+    assert samples(
+        f, "kaizen_inspections", "kaizen_inspections_total", board=board.slug, verdict="passed"
+    ) == [len(ids)]
     assert samples(f, "kaizen_metrics_multiprocess", "kaizen_metrics_multiprocess") == [1]
     # They came from the worker's files: the web server made no model call.
     worker_pid = worker.current.proc.pid
