@@ -441,6 +441,28 @@ CACHES = {
     },
 }
 
+# --- Metrics (/metrics, Prometheus; see kaizen_web/metrics.py) ----------------
+# Who may scrape: a bearer token (or KAIZEN_METRICS_TOKEN_FILE, a mounted secret)
+# and/or the addresses allowed (CIDRs, comma-separated). With neither, /metrics
+# answers 403 and says how to turn it on; with both, a scrape needs both.
+KAIZEN_METRICS_TOKEN = env_secret("KAIZEN_METRICS_TOKEN", "").strip()
+
+
+def env_networks(name: str) -> list[str]:
+    """A comma-separated list of addresses or CIDRs, each checked and normalised."""
+    networks = []
+    for item in env_list(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an address or a network (a CIDR such as 10.0.0.0/8)"
+            ) from None
+    return networks
+
+
+KAIZEN_METRICS_ALLOW = env_networks("KAIZEN_METRICS_ALLOW")
+
 # --- Auth ---------------------------------------------------------------------
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "boards-list"

@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from boards.api import api
+from kaizen_web.metrics_view import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="boards-list", permanent=False)),
@@ -15,4 +16,5 @@ urlpatterns = [
     path("agents/", include("boards.agents.urls")),
     path("andon/", include("andon.urls")),
     path("kaizen/", include("experiments.urls")),
+    path("metrics", metrics_view, name="metrics"),
 ]

@@ -640,6 +640,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "  KAIZEN_DEMO_REVIEWER_SECONDS  the simulated reviewer decides an escalation this often\n"
             "                             (15; 0 leaves the andon inbox to people)\n"
             "  KAIZEN_DEMO_PASSWORD       the demo user's password (demo; required off loopback)\n"
+            "  PROMETHEUS_MULTIPROC_DIR   where the processes count metrics (<var>/run/prometheus;\n"
+            "                             its *.db files are wiped at every start)\n"
             "  VERBOSE=1                  the same as --verbose\n"
             "\n"
             "make run passes arguments through ARGS: make run ARGS=--verbose (or VERBOSE=1 make run)."
@@ -652,6 +654,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="show every process's output in the terminal too, each line prefixed with its name",
     )
     return parser.parse_args(argv)
+
+
+def prepare_metrics_dir(env: dict[str, str], var_dir: Path) -> Path:
+    """The directory where every process of this run counts its Prometheus series
+    (prometheus_client's multiprocess mode; see kaizen_web/metrics.py): the web
+    server sums them all on /metrics. PROMETHEUS_MULTIPROC_DIR if set, else
+    <var>/run/prometheus. Its files are wiped here, before any process starts:
+    the counts of an earlier run's processes (whose pids may be reused) must not
+    be added to this run's. Only prometheus_client's own *.db files are removed."""
+    path = Path(env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or var_dir / "run" / "prometheus")
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):
+        old.unlink(missing_ok=True)
+    return path
 
 
 def reviewer_note(env: dict[str, str]) -> str:
@@ -717,6 +733,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
     # inbox row of a demo board this often, so an unattended demo never waits on
     # a person who is not there (andon.demo_reviewer). People may decide first.
     env.setdefault("KAIZEN_DEMO_REVIEWER_SECONDS", "15")
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(env, var_dir))
     if not env.get("REDIS_URL"):
         env["REDIS_URL"] = start_embedded_redis(sup, var_dir)
         redis_note = f"embedded, {env['REDIS_URL']}"

@@ -151,6 +151,7 @@ class PromptCascadeAgent(BaseAgent):
                             model=tier.model,
                             latency_ms=round((time.perf_counter() - started) * 1000, 3),
                             error=str(exc)[:2000],
+                            error_type=exc.error_type,
                             at=at,
                         )
                     )

@@ -43,6 +43,8 @@ class CallRecord:
     confidence_source: str = ""
     accepted: bool = False
     error: str = ""
+    # The kind of failure, bounded (ProviderError.error_type): the metrics' error.type.
+    error_type: str = ""
     reused_from: int | None = None
     # When the call was made (the ledger's time); None: when it is recorded.
     at: datetime | None = None

@@ -11,7 +11,14 @@ from typing import Protocol
 
 
 class ProviderError(Exception):
-    """A model call failed; the message is the provider's, shown on the task."""
+    """A model call failed; the message is the provider's, shown on the task.
+    ``error_type`` is a short, bounded name for the kind of failure (an HTTP status
+    such as "429", "timeout", "connection_error"...), the OpenTelemetry
+    ``error.type`` of the call; empty: the class name stands for it."""
+
+    def __init__(self, message: str, *, error_type: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type or type(self).__name__
 
 
 @dataclass(frozen=True)

@@ -198,23 +198,33 @@ class _SDKProvider:
         try:
             raw = call()
         except sdk.APITimeoutError:
-            raise ProviderError(f"{self.name}: request timed out after {timeout:g}s") from None
+            raise ProviderError(
+                f"{self.name}: request timed out after {timeout:g}s", error_type="timeout"
+            ) from None
         except sdk.APIConnectionError as err:
-            raise ProviderError(f"{self.name}: connection error: {err.__cause__ or err}") from None
+            raise ProviderError(
+                f"{self.name}: connection error: {err.__cause__ or err}", error_type="connection_error"
+            ) from None
         except sdk.APIStatusError as err:
             message = _error_message(err.body, err.response.text or err.message)
-            raise ProviderError(f"{self.name} {err.status_code}: {message}") from None
+            raise ProviderError(
+                f"{self.name} {err.status_code}: {message}", error_type=str(err.status_code)
+            ) from None
         except sdk.APIError as err:
-            raise ProviderError(f"{self.name}: {err.message}") from None
+            raise ProviderError(f"{self.name}: {err.message}", error_type="api_error") from None
         text = raw.http_response.text
         try:
             body = json.loads(text)
         except ValueError:
             raise ProviderError(
-                f"{self.name}: malformed response, the body is not JSON: {text[:200]!r}"
+                f"{self.name}: malformed response, the body is not JSON: {text[:200]!r}",
+                error_type="malformed_response",
             ) from None
         if not isinstance(body, dict):
-            raise ProviderError(f"{self.name}: malformed response, expected a JSON object: {text[:200]!r}")
+            raise ProviderError(
+                f"{self.name}: malformed response, expected a JSON object: {text[:200]!r}",
+                error_type="malformed_response",
+            )
         return body
 
 

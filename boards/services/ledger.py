@@ -2,16 +2,24 @@
 reused answers included, and the task's running totals of cost, tokens and calls.
 A late run's calls are recorded too, marked stale: they were made, and cost what
 they cost.
+
+Every row saved here is also counted for Prometheus (``boards.metrics``: the
+OpenTelemetry GenAI histograms and the ``kaizen_model_*`` counters) once its
+transaction commits, so the scrape and the ledger agree: a batch rolled back and
+completed again one run at a time is counted once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from functools import partial
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from boards import metrics
 from boards.agents import CallRecord
 from boards.models import ModelCall, Task
 
@@ -22,7 +30,7 @@ def ledger_rows(
     """The ledger rows of a run's calls (not saved: the caller creates them with
     the rest of its batch)."""
     now = timezone.now()
-    return [
+    rows = [
         ModelCall(
             task_id=task.pk,
             board_id=task.board_id,
@@ -48,6 +56,18 @@ def ledger_rows(
         )
         for call in calls
     ]
+    for row, call in zip(rows, calls, strict=True):
+        # Not a column: the bounded kind of failure, for the metrics' error.type.
+        row.error_type = call.error_type  # type: ignore[attr-defined]
+    return rows
+
+
+def ledger_save(rows: list[ModelCall]) -> None:
+    """Save ledger rows (one INSERT), and count them for the metrics after commit."""
+    if not rows:
+        return
+    ModelCall.objects.bulk_create(rows)
+    transaction.on_commit(partial(metrics.model_calls_observe, rows))
 
 
 def _totals(calls: Iterable[CallRecord]) -> dict[str, int | Decimal]:
@@ -74,7 +94,7 @@ def task_calls_record(task: Task, calls: tuple[CallRecord, ...], *, attempt: int
     instance, which the caller saves under its row lock)."""
     if not calls:
         return
-    ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt))
+    ledger_save(ledger_rows(task, calls, attempt=attempt))
     task_totals_add(task, calls)
 
 
@@ -98,7 +118,7 @@ def stale_calls_record(task_id: int, calls: tuple[CallRecord, ...], *, attempt: 
     )
     if task is None:
         return
-    ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt, stale=True))
+    ledger_save(ledger_rows(task, calls, attempt=attempt, stale=True))
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )

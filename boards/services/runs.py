@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
@@ -17,10 +18,16 @@ from django.utils import timezone
 from andon import broadcast as andon_broadcast
 from andon import jidoka
 from andon.inspection import Verdict
-from boards import broadcast
+from boards import broadcast, metrics
 from boards.agents import CallRecord, Output
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
-from boards.services.ledger import ledger_rows, stale_calls_record, task_calls_record, task_totals_add
+from boards.services.ledger import (
+    ledger_rows,
+    ledger_save,
+    stale_calls_record,
+    task_calls_record,
+    task_totals_add,
+)
 from boards.services.primitives import (
     board_lock,
     column_required,
@@ -176,12 +183,13 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
                 )
             )
             outcomes.append(True)
-        if rows:
-            ModelCall.objects.bulk_create(rows)
+        ledger_save(rows)
         task_rows_update([run.task for run in finished], _COMPLETED_FIELDS)
         TaskEvent.objects.bulk_create(events)
         _samples_record((run.task, run.verdict.passed) for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)
+        verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]
+        transaction.on_commit(partial(metrics.inspections_observe, verdicts))
         for board_id, column_ids in changed.items():
             board_changed_on_commit(board_id, column_ids, pull=True)
         _after_andon_commit(escalations=andon.escalations, agents=andon.agents, stops=andon.stops)
