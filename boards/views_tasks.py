@@ -27,7 +27,7 @@ from boards.forms import MAX_IMPORT_ROWS, TaskFilterForm, TaskImportForm
 from boards.models import ApiToken, Board
 from boards.task_files import TaskFileError, csv_chunks, detect_format, read_task_rows
 from boards.task_search import task_export_rows, task_list
-from kaizen_web.http import HtmxHttpRequest, error_message
+from kaizen_web.http import AuthenticatedHttpRequest, error_message
 
 TEMPLATE = "boards/task_list.html"
 PAGE_SIZE = 50
@@ -73,7 +73,7 @@ def _list_context(request: HttpRequest, board: Board, form: TaskFilterForm) -> t
 
 
 @require_GET
-def task_list_view(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+def task_list_view(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     board = get_object_or_404(Board, slug=slug)
     form = _filter_form(request, board)
     context, status = _list_context(request, board, form)
@@ -116,7 +116,7 @@ def task_export(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_POST
-def task_import(request: HttpRequest, slug: str) -> HttpResponse:
+def task_import(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Add every task of an uploaded file to the board's intake, or none: a file
     with any bad row is refused whole, with each row's problems listed."""
     board = get_object_or_404(Board, slug=slug)

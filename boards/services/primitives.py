@@ -10,7 +10,7 @@ transaction, then schedules the live update (``board_changed_on_commit``, in
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Max
@@ -48,7 +48,7 @@ def task_event(
     to_column: Column | None = None,
     from_status: str = "",
     to_status: str = "",
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     agent: Agent | None = None,
     note: str = "",
 ) -> TaskEvent:
@@ -215,7 +215,7 @@ def task_return_or_fail(
     *,
     kind: str,
     reason: str,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     verb: str = "failed",
     note: str = "",
 ) -> set[int]:
