@@ -36,6 +36,10 @@ class Inspection(models.Model):
     notes = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not a column: the escalation this verdict opened, if any, attached for the
+    # task page by boards.selectors.task_inspections_get.
+    escalation_or_none: Escalation | None
+
     class Meta:
         ordering = ["-created_at", "-pk"]
         indexes = [

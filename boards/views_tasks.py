@@ -9,7 +9,7 @@ what a person is typing alone, and pushes the URL. Thin views: the filters are
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,6 +17,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -90,15 +91,21 @@ class _SyncStreamingResponse(StreamingHttpResponse):
     100,000-row export never sits in memory."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = iter(self.streaming_content)
-        end = object()
-        next_chunk = sync_to_async(next, thread_sensitive=True)
-        while (chunk := await next_chunk(chunks, end)) is not end:
+        chunks = self.streaming_content
+        if not isinstance(chunks, Iterator):
+            raise TypeError("_SyncStreamingResponse streams a synchronous iterator")
+        next_chunk = sync_to_async(_next_chunk, thread_sensitive=True)
+        while (chunk := await next_chunk(chunks)) is not None:
             yield chunk
 
 
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    """The next chunk, None at the end (a chunk is bytes, never None)."""
+    return next(chunks, None)
+
+
 @require_GET
-def task_export(request: HttpRequest, slug: str) -> HttpResponse:
+def task_export(request: HttpRequest, slug: str) -> HttpResponseBase:
     """The filtered list (the same query string as the page) as CSV, streamed."""
     board = get_object_or_404(Board, slug=slug)
     form = _filter_form(request, board)

@@ -144,6 +144,7 @@ def tasks_import(
         try:
             note = wip_check(column, adding=len(rows))
         except WipLimitReached:
+            assert column.wip_limit is not None  # only a limit is reached
             room = max(column.wip_limit - column_count(column), 0)
             raise TasksImportRefused(
                 f"{column.name} has a hard WIP limit of {column.wip_limit} and room for {room} more "

@@ -51,7 +51,7 @@ class EscalationOpen(MoveNotAllowed):
 
 
 # Why a column other than Ready keeps its own order.
-_OWN_ORDER = {
+_OWN_ORDER: dict[str, str] = {
     Role.BACKLOG: "the Backlog is pulled by priority, then age",
     Role.IN_PROGRESS: "In progress is ordered by when agents pulled its tasks",
     Role.DONE: "Done lists tasks by when they finished",

@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
@@ -228,7 +229,7 @@ def _after_andon_commit(
         transaction.on_commit(andon_broadcast.line_stops_changed)
     if agents:
         for board_id in Board.objects.filter(agents__in=agents).values_list("pk", flat=True).distinct():
-            transaction.on_commit(lambda board_id=board_id: broadcast.columns_changed(board_id, []))
+            transaction.on_commit(partial(broadcast.columns_changed, board_id, []))
 
 
 def _finish(task: Task, target: Column, output: Output, verdict: Verdict | None = None) -> TaskEvent:
