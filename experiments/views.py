@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import plotly
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
@@ -141,10 +142,12 @@ def audit(request: AuthenticatedHttpRequest) -> HttpResponse:
     if agent_id is not None:
         entries = entries.filter(agent_id=agent_id)
     page = Paginator(entries, AUDIT_PAGE).get_page(request.GET.get("page"))
+    agents = form.fields["agent"]
+    assert isinstance(agents, forms.ModelChoiceField)  # declared so; self.fields says only Field
     context = {
         "page": page,
         "audit": page.object_list,
-        "agents": form.fields["agent"].queryset,
+        "agents": agents.queryset,
         "agent_id": agent_id,
         "nav": "kaizen",
     }
