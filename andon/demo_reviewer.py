@@ -29,7 +29,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Permission
+from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -50,15 +50,17 @@ _TOO_LONG = re.compile(r"more than the maximum|times the optimal")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def simulated_reviewer_user() -> AbstractBaseUser:
+def simulated_reviewer_user() -> User:
     """The simulated reviewer's user, made on first use: the review permission,
     no usable password (a program, not an account anyone logs in to)."""
-    User = get_user_model()
-    user = User.objects.filter(username=SIMULATED_REVIEWER).first()
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=SIMULATED_REVIEWER).first()
     if user is None:
         try:
             with transaction.atomic():
-                user = User(username=SIMULATED_REVIEWER, first_name="Simulated", last_name="reviewer (demo)")
+                user = user_model(
+                    username=SIMULATED_REVIEWER, first_name="Simulated", last_name="reviewer (demo)"
+                )
                 user.set_unusable_password()
                 user.save()
                 user.user_permissions.add(
@@ -70,7 +72,7 @@ def simulated_reviewer_user() -> AbstractBaseUser:
             # Another beat made it first.
             pass
         # Read afresh: Django caches a user's permissions on the instance.
-        user = User.objects.get(username=SIMULATED_REVIEWER)
+        user = user_model.objects.get(username=SIMULATED_REVIEWER)
     return user
 
 
@@ -142,7 +144,7 @@ def plan_for(escalation: Escalation) -> Plan:
     return Plan("reject", f"{LABEL}: fails the {name} check ({reason}); fix that and answer again.")
 
 
-def _next_escalation(user: AbstractBaseUser, *, min_age: float) -> Escalation | None:
+def _next_escalation(user: User, *, min_age: float) -> Escalation | None:
     """The oldest open escalation of a demo board that has waited ``min_age``
     seconds and that no person has claimed."""
     demo_boards = [b.pk for b in Board.objects.only("pk", "demo_tasks") if b.demo_tasks]

@@ -6,6 +6,8 @@ reason or correction means (``andon.services``), so each message exists once.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from boards.models import Agent, Board
@@ -80,8 +82,9 @@ class CordForm(forms.Form):
     agent = forms.ModelChoiceField(queryset=Agent.objects.all(), required=False)
     reason = forms.CharField(required=False, strip=False)
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns, never None
         if not self.errors and (data.get("board") is None) == (data.get("agent") is None):
             raise forms.ValidationError("Choose a board or an agent to stop (one of them).")
         return data

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -237,7 +237,8 @@ def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> 
         record_model_calls(calls[board_id], board_id=board_id)
     return FinishedRunsHandled(
         escalations=[escalation.pk for escalation in escalations],
-        agents={stop.agent_id for stop in stops} | breaker_agents,
+        # Spike stops are agents' stops: each has its agent_id.
+        agents={stop.agent_id for stop in stops if stop.agent_id is not None} | breaker_agents,
         stops=bool(stops),
     )
 
@@ -440,7 +441,8 @@ def record_agent_outcomes(*, succeeded: Iterable[int] = (), failed: dict[int, st
             .exclude(state=State.CLOSED, consecutive_failures=0)
             .order_by("agent_id")
         ):
-            if breaker.state != State.CLOSED:
+            # Every row here has its agent_id (agent_id__in above).
+            if breaker.state != State.CLOSED and breaker.agent_id is not None:
                 changed.add(breaker.agent_id)
             CircuitBreaker.objects.filter(pk=breaker.pk).update(
                 state=State.CLOSED,
@@ -535,9 +537,9 @@ class _OpenModels:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._read_at = -1e9
-        self._rows: dict[tuple[int, str], tuple[str, object, object, int]] = {}
+        self._rows: dict[tuple[int, str], tuple[str, datetime | None, datetime | None, int]] = {}
 
-    def get(self) -> dict[tuple[int, str], tuple[str, object, object, int]]:
+    def get(self) -> dict[tuple[int, str], tuple[str, datetime | None, datetime | None, int]]:
         now = time.monotonic()
         with self._lock:
             if now - self._read_at < self.TTL:

@@ -8,6 +8,8 @@ these classes hold data and small read-only helpers only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -34,6 +36,10 @@ class Inspection(models.Model):
     notes = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not a column: the escalation this verdict opened, if any, attached for the
+    # task page by boards.selectors.task_inspections_get.
+    escalation_or_none: Escalation | None
+
     class Meta:
         ordering = ["-created_at", "-pk"]
         indexes = [
@@ -47,6 +53,22 @@ class Inspection(models.Model):
     @property
     def failed_checks(self) -> list[str]:
         return [f.get("name", "") for f in self.failures if isinstance(f, dict)]
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """An agent's recent record, as the inbox shows it beside an escalation
+    (andon.selectors.agent_record_get)."""
+
+    outputs: int
+    defects: int
+    approved: int
+    corrected: int
+    rejected: int
+
+    @property
+    def defect_rate(self) -> float | None:
+        return self.defects / self.outputs if self.outputs else None
 
 
 class Escalation(models.Model):
@@ -90,6 +112,18 @@ class Escalation(models.Model):
     # Edit and approve: the reviewer's correction, beside the original (for the kaizen loop).
     corrected_output = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    # Not columns: what andon.selectors and andon.views attach to the escalations
+    # they show. An inbox row is its group's leader, with its members:
+    members: list[Escalation]
+    member_ids: str  # comma-separated, for the row's forms
+    group_checks: list[str]  # the checks any member failed
+    agent_record: AgentRecord | None
+    # A refused action, shown in the row: the open form, what was typed, the errors.
+    form_open: str
+    form_values: dict[str, str]
+    form_errors: dict[str, list[str]]
+    form_error: str
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -183,8 +217,9 @@ class LineStop(models.Model):
 
     @property
     def scope_label(self) -> str:
-        if self.agent_id:
+        if self.agent is not None:
             return f"agent {self.agent.name}"
+        assert self.board is not None  # line_stop_board_xor_agent
         return f"board {self.board.name}"
 
 
@@ -243,6 +278,6 @@ class CircuitBreaker(models.Model):
 
     @property
     def label(self) -> str:
-        if self.scope == self.Scope.AGENT and self.agent_id:
+        if self.scope == self.Scope.AGENT and self.agent is not None:
             return f"agent {self.agent.name}"
-        return f"{self.key} on {self.board.name}" if self.board_id else self.key
+        return f"{self.key} on {self.board.name}" if self.board is not None else self.key

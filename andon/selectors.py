@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.db.models import Count, Q, prefetch_related_objects
 from django.utils import timezone
 
-from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
+from andon.models import AgentRecord, CircuitBreaker, Escalation, Inspection, LineStop
 from boards.models import Agent, Board
 
 INBOX_LIMIT = 200
@@ -94,13 +94,14 @@ def escalation_group_get(*, escalation: Escalation) -> list[Escalation]:
     key = escalation.group_key
     if key[0] == "one":
         return [escalation] if escalation.is_open else []
+    board_id, agent_id, input_key, output = key
     return list(
         Escalation.objects.filter(
             status=Escalation.Status.OPEN,
-            board_id=escalation.board_id,
-            agent_id=escalation.agent_id,
-            task__input_key=escalation.task.input_key,
-            output=escalation.output,
+            board_id=board_id,
+            agent_id=agent_id,
+            task__input_key=input_key,
+            output=output,
         )
         .select_related("task", "board", "agent", "claimed_by")
         .order_by("created_at", "pk")
@@ -148,7 +149,7 @@ def escalation_details_get(escalations: list[Escalation]) -> list[Escalation]:
     recent record (two queries per agent, not per row). The page and the live
     pushes both use it, so a pushed row is the row the page draws."""
     prefetch_related_objects(escalations, "task__model_call_rows")
-    records = {
+    records: dict[int | None, AgentRecord | None] = {
         agent_id: agent_record_get(agent_id=agent_id)
         for agent_id in {e.agent_id for e in escalations if e.agent_id}
     }
@@ -178,19 +179,6 @@ def inbox_filter_choices_get() -> dict[str, list]:
         "agents": list(Agent.objects.order_by("name").values_list("pk", "name")),
         "checks": sorted(c for c in checks if c),
     }
-
-
-@dataclass(frozen=True)
-class AgentRecord:
-    outputs: int
-    defects: int
-    approved: int
-    corrected: int
-    rejected: int
-
-    @property
-    def defect_rate(self) -> float | None:
-        return self.defects / self.outputs if self.outputs else None
 
 
 def agent_record_get(*, agent_id: int | None, last: int = 50) -> AgentRecord | None:
@@ -264,6 +252,7 @@ def inbox_stats_get(*, hours: int = 24) -> InboxStats:
         for created, decided in Escalation.objects.filter(decided_at__gte=since)
         .exclude(status=Escalation.Status.WITHDRAWN)
         .values_list("created_at", "decided_at")[:5000]
+        if decided is not None  # always, by the filter; says so to the type checker
     ]
     return InboxStats(
         open=counts["open"],
@@ -304,7 +293,8 @@ def breakers_get(*, agent_ids: list[int]) -> tuple[dict[int, CircuitBreaker], li
     agents: dict[int, CircuitBreaker] = {}
     models: list[CircuitBreaker] = []
     for breaker in rows:
-        if breaker.scope == CircuitBreaker.Scope.AGENT:
+        # An agent's breaker came through agent_id__in: its agent_id is set.
+        if breaker.scope == CircuitBreaker.Scope.AGENT and breaker.agent_id is not None:
             agents[breaker.agent_id] = breaker
         else:
             models.append(breaker)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -44,7 +44,7 @@ class AlreadyDecided(ValidationError):
 
     def __init__(self, escalation: Escalation) -> None:
         self.escalation = escalation
-        who = reviewer_label(escalation.decided_by) if escalation.decided_by_id else "the line"
+        who = reviewer_label(escalation.decided_by) if escalation.decided_by else "the line"
         when = ""
         if escalation.decided_at:
             decided = timezone.localtime(escalation.decided_at)
@@ -58,21 +58,21 @@ class AlreadyDecided(ValidationError):
         )
 
 
-def is_simulated_reviewer(user: AbstractBaseUser | None) -> bool:
+def is_simulated_reviewer(user: User | None) -> bool:
     return bool(user is not None and user.get_username() == SIMULATED_REVIEWER)
 
 
-def reviewer_label(user: AbstractBaseUser) -> str:
+def reviewer_label(user: User) -> str:
     """Who decided, in words: the simulated reviewer is never taken for a person."""
     name = user.get_username()
     return f"{name} (the demo's simulated reviewer, not a person)" if is_simulated_reviewer(user) else name
 
 
-def is_reviewer(user: AbstractBaseUser | None) -> bool:
+def is_reviewer(user: User | None) -> bool:
     return bool(user is not None and user.is_authenticated and user.has_perm(REVIEW_PERMISSION))
 
 
-def _require_reviewer(user: AbstractBaseUser | None) -> None:
+def _require_reviewer(user: User | None) -> None:
     if not is_reviewer(user):
         raise PermissionDenied("Only reviewers (the andon.review_escalation permission) may do this.")
 
@@ -89,7 +89,7 @@ def _clean_note(note: str, *, field: str = "note", required: str = "") -> str:
 # --- claiming -----------------------------------------------------------------------
 
 
-def escalation_claim(*, escalation: Escalation, user: AbstractBaseUser, release: bool = False) -> Escalation:
+def escalation_claim(*, escalation: Escalation, user: User, release: bool = False) -> Escalation:
     """Mark an open escalation as being handled by ``user`` (others see who), or,
     with ``release``, give it back. Taking over someone else's claim is allowed:
     a claim is a courtesy, not a lock; the decision itself is what is exclusive."""
@@ -97,7 +97,7 @@ def escalation_claim(*, escalation: Escalation, user: AbstractBaseUser, release:
 
 
 def escalations_claim(
-    *, escalations: Sequence[Escalation], user: AbstractBaseUser, release: bool = False
+    *, escalations: Sequence[Escalation], user: User, release: bool = False
 ) -> list[Escalation]:
     """escalation_claim for a group of identical escalations (the first is the
     one the reviewer acted on): members decided meanwhile are left as they are;
@@ -204,7 +204,7 @@ def _decide(escalations: Sequence[Escalation]):
     return [(e, tasks[e.task_id]) for e in open_], skipped
 
 
-def _close(escalation: Escalation, *, status: str, user: AbstractBaseUser, note: str) -> None:
+def _close(escalation: Escalation, *, status: str, user: User, note: str) -> None:
     escalation.status = status
     escalation.decided_by = user
     escalation.decided_at = timezone.now()
@@ -224,7 +224,7 @@ def _together(note: str, count: int) -> str:
     return f"{note} (one of {count} identical escalations decided together)"
 
 
-def _to_done(task: Task, *, kind: str, user: AbstractBaseUser, note: str) -> set[int]:
+def _to_done(task: Task, *, kind: str, user: User, note: str) -> set[int]:
     from_column = task.column
     done = board_services.column_required(task.board_id, Role.DONE)
     board_services.task_place(task, done)
@@ -243,14 +243,12 @@ def _to_done(task: Task, *, kind: str, user: AbstractBaseUser, note: str) -> set
     return {from_column.pk, done.pk}
 
 
-def escalation_approve(*, escalation: Escalation, user: AbstractBaseUser, note: str = "") -> Escalation:
+def escalation_approve(*, escalation: Escalation, user: User, note: str = "") -> Escalation:
     """The output is good after all: the task goes to Done with it."""
     return escalations_approve(escalations=[escalation], user=user, note=note).decided[0]
 
 
-def escalations_approve(
-    *, escalations: Sequence[Escalation], user: AbstractBaseUser, note: str = ""
-) -> GroupDecision:
+def escalations_approve(*, escalations: Sequence[Escalation], user: User, note: str = "") -> GroupDecision:
     """Approve identical escalations at once: each task goes to Done with the output."""
     _require_reviewer(user)
     note = _clean_note(note)
@@ -271,16 +269,14 @@ def escalations_approve(
     return result
 
 
-def escalation_correct(
-    *, escalation: Escalation, user: AbstractBaseUser, output: str, note: str = ""
-) -> Escalation:
+def escalation_correct(*, escalation: Escalation, user: User, output: str, note: str = "") -> Escalation:
     """Edit and approve: the task goes to Done with the reviewer's output; the
     agent's original stays on the escalation, beside it, for the kaizen loop."""
     return escalations_correct(escalations=[escalation], user=user, output=output, note=note).decided[0]
 
 
 def escalations_correct(
-    *, escalations: Sequence[Escalation], user: AbstractBaseUser, output: str, note: str = ""
+    *, escalations: Sequence[Escalation], user: User, output: str, note: str = ""
 ) -> GroupDecision:
     """Edit and approve identical escalations with one correction."""
     _require_reviewer(user)
@@ -317,16 +313,14 @@ def escalations_correct(
     return result
 
 
-def escalation_reject(*, escalation: Escalation, user: AbstractBaseUser, reason: str) -> Escalation:
+def escalation_reject(*, escalation: Escalation, user: User, reason: str) -> Escalation:
     """The output is wrong: the task goes back to Ready for another attempt, with
     the reviewer's reason given to it; once the agent's attempts are used up, to
     Failed."""
     return escalations_reject(escalations=[escalation], user=user, reason=reason).decided[0]
 
 
-def escalations_reject(
-    *, escalations: Sequence[Escalation], user: AbstractBaseUser, reason: str
-) -> GroupDecision:
+def escalations_reject(*, escalations: Sequence[Escalation], user: User, reason: str) -> GroupDecision:
     """Reject identical escalations with one reason: each task goes back for
     another attempt (or to Failed), each given the reason."""
     _require_reviewer(user)
@@ -356,9 +350,7 @@ def escalations_reject(
 # --- stopping and restarting the line -----------------------------------------------
 
 
-def line_stop(
-    *, user: AbstractBaseUser, reason: str, board: Board | None = None, agent: Agent | None = None
-) -> LineStop:
+def line_stop(*, user: User, reason: str, board: Board | None = None, agent: Agent | None = None) -> LineStop:
     """Pull the andon cord: the board (every agent on it) or one agent pulls
     nothing until a reviewer restarts it. Runs in flight finish. Pulling it
     again while stopped changes nothing and returns the stop in force."""
@@ -384,7 +376,7 @@ def line_stop(
     return stop
 
 
-def line_restart(*, line_stop: LineStop, user: AbstractBaseUser, note: str) -> LineStop:
+def line_restart(*, line_stop: LineStop, user: User, note: str) -> LineStop:
     """Restart a stopped line (reviewers only, with a note saying what was done)."""
     _require_reviewer(user)
     note = _clean_note(note, required="Say what was done about the stop before restarting the line.")
@@ -396,7 +388,7 @@ def line_restart(*, line_stop: LineStop, user: AbstractBaseUser, note: str) -> L
             .get(pk=line_stop.pk)
         )
         if stop.restarted_at is not None:
-            who = stop.restarted_by.get_username() if stop.restarted_by_id else "someone"
+            who = stop.restarted_by.get_username() if stop.restarted_by else "someone"
             raise ValidationError(f"This line was already restarted by {who}.")
         stop.restarted_at = timezone.now()
         stop.restarted_by = user

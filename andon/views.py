@@ -36,7 +36,7 @@ from andon.forms import (
 )
 from andon.models import Escalation, LineStop
 from boards.selectors import task_model_calls_get
-from kaizen_web.http import HtmxHttpRequest, error_message, form_errors, safe_next
+from kaizen_web.http import AuthenticatedHttpRequest, error_message, form_errors, safe_next
 
 INBOX = "andon/inbox.html"
 
@@ -105,14 +105,14 @@ def _filters_of(url: str | None) -> dict:
 
 @require_GET
 @reviewer_required
-def inbox(request: HtmxHttpRequest) -> HttpResponse:
+def inbox(request: AuthenticatedHttpRequest) -> HttpResponse:
     filters = InboxFilterForm(request.GET).filters()
     return render(request, INBOX, _inbox_context(filters, here=request.get_full_path()))
 
 
 @require_GET
 @reviewer_required
-def inbox_live(request: HtmxHttpRequest) -> HttpResponse:
+def inbox_live(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The inbox's live part (the list, and the banner and figures out of band):
     what a reconnecting browser re-fetches to catch up on what it missed."""
     filters = InboxFilterForm(request.GET).filters()
@@ -121,7 +121,7 @@ def inbox_live(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_GET
 @reviewer_required
-def escalation_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def escalation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _escalation_page(request, _escalation(pk))
 
 
@@ -171,7 +171,7 @@ def _decided_message(
 
 @require_POST
 @reviewer_required
-def escalation_claim(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def escalation_claim(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     escalation = _escalation(pk)
     form = ClaimForm(request.POST)
     release = form.is_valid() and form.cleaned_data["release"]
@@ -186,7 +186,7 @@ def escalation_claim(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @reviewer_required
-def escalation_approve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def escalation_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     escalation = _escalation(pk)
     form = ApproveForm(request.POST)
     form.is_valid()
@@ -202,7 +202,7 @@ def escalation_approve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @reviewer_required
-def escalation_correct(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def escalation_correct(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     escalation = _escalation(pk)
     form = CorrectForm(request.POST)
     form.is_valid()
@@ -221,7 +221,7 @@ def escalation_correct(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @reviewer_required
-def escalation_reject(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def escalation_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     escalation = _escalation(pk)
     form = RejectForm(request.POST)
     form.is_valid()
@@ -247,7 +247,7 @@ def _group_row(escalation: Escalation) -> Escalation | None:
 
 
 def _act(
-    request: HtmxHttpRequest,
+    request: AuthenticatedHttpRequest,
     escalation: Escalation,
     *,
     action: str,
@@ -262,8 +262,8 @@ def _act(
         message = run()
     except services.AlreadyDecided as exc:
         # Show the row as it now is: decided, by whom and when.
-        decided = _escalation(exc.escalation.pk)
-        return _refused(request, decided, error=error_message(exc), status=409)
+        current = _escalation(exc.escalation.pk)
+        return _refused(request, current, error=error_message(exc), status=409)
     except ValidationError as exc:
         fields = exc.message_dict if hasattr(exc, "error_dict") else {}
         row = _group_row(escalation) or escalation
@@ -290,7 +290,9 @@ def _act(
     return render(request, f"{INBOX}#action-result", context)
 
 
-def _refused(request: HtmxHttpRequest, escalation: Escalation, *, error: str, status: int) -> HttpResponse:
+def _refused(
+    request: AuthenticatedHttpRequest, escalation: Escalation, *, error: str, status: int
+) -> HttpResponse:
     """The row with its error (and, for htmx, the error for the live region);
     without htmx, the page the action came from, with the row in it."""
     escalation.form_error = error
@@ -316,7 +318,7 @@ def _refused(request: HtmxHttpRequest, escalation: Escalation, *, error: str, st
 
 @require_GET
 @reviewer_required
-def line_stops(request: HtmxHttpRequest) -> HttpResponse:
+def line_stops(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _line_stops_page(request)
 
 
@@ -341,7 +343,7 @@ def _line_stops_page(
 
 @require_POST
 @reviewer_required
-def line_restart(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def line_restart(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     stop = get_object_or_404(LineStop.objects.select_related("board", "agent"), pk=pk)
     form = RestartForm(request.POST)
     form.is_valid()
@@ -359,7 +361,7 @@ def line_restart(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @reviewer_required
-def cord(request: HtmxHttpRequest) -> HttpResponse:
+def cord(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Pull the andon cord on a board or an agent: a form on the board page posts
     here, plainly (redirect back) or with htmx (a message for its status region;
     the board's banner arrives through its websocket)."""
@@ -385,5 +387,6 @@ def cord(request: HtmxHttpRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "andon/cord.html#cord-result", {"message": message, "level": "success"})
     messages.success(request, message)
-    target = stop.board if stop.board_id else stop.agent
+    target = stop.board or stop.agent
+    assert target is not None  # line_stop_board_xor_agent
     return redirect(safe_next(request) or target)

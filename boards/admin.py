@@ -9,6 +9,8 @@ agent may have freed capacity.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -46,8 +48,9 @@ class ColumnForm(forms.ModelForm):
         model = Column
         fields = ["position", "name", "role", "wip_limit", "hard_limit"]
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns, never None
         if data.get("role") == Role.DONE and data.get("wip_limit") is not None:
             self.add_error("wip_limit", "Done collects finished work; it takes no WIP limit.")
         if self.instance.pk and "role" in self.changed_data and self.instance.tasks.exists():
@@ -310,7 +313,9 @@ class AgentAdmin(admin.ModelAdmin):
         # The prompt fields are read-only for an existing agent, so this saves a new
         # agent's first prompt or how an agent runs; the service still records a
         # version (and who) should any caller change the prompt.
-        services.agent_save(agent=obj, user=request.user, rationale="saved in the admin")
+        # The admin lets in signed-in staff only; this says so to the type checker.
+        user = request.user if request.user.is_authenticated else None
+        services.agent_save(agent=obj, user=user, rationale="saved in the admin")
 
     @admin.action(description="Pause selected agents", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
@@ -353,7 +358,8 @@ class TaskEventInline(admin.TabularInline):
     model = TaskEvent
     extra = 0
     can_delete = False
-    fields = ["created_at", "kind", "from_status", "to_status", "actor", "agent", "user", "note"]
+    # A tuple: the stubs type fields and readonly_fields as different lists.
+    fields = ("created_at", "kind", "from_status", "to_status", "actor", "agent", "user", "note")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:

@@ -136,7 +136,9 @@ class TaskFilterForm(forms.Form):
     ) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
-        self.fields["column"].choices = [("", "Any column"), *((c.pk, c.name) for c in columns)]
+        column = self.fields["column"]
+        assert isinstance(column, forms.ChoiceField)  # declared above; self.fields says only Field
+        column.choices = [("", "Any column"), *((c.pk, c.name) for c in columns)]
         self.fields["column"].error_messages["invalid_choice"] = "That column is not on this board."
         self.fields["agent"].widget.choices = [("", "Any agent"), *((a, a) for a in agents)]
         self.fields["capability"].widget.choices = [("", "Any capability"), *((c, c) for c in capabilities)]
@@ -162,7 +164,8 @@ class TaskFilterForm(forms.Form):
         return self._clean_line("capability")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns, never None
         for start, end in (("created_from", "created_to"), ("finished_from", "finished_to")):
             if data.get(start) and data.get(end) and data[start] > data[end]:
                 self.add_error(end, "This date is before the first one: swap them.")

@@ -119,7 +119,7 @@ class Column(models.Model):
     def __str__(self) -> str:
         return f"{self.board.name} / {self.name}"
 
-    def wip_state(self, count: int) -> str:
+    def wip_state(self, count: int) -> Column.WipState:
         """The Kanban state of the column header for ``count`` tasks."""
         if self.wip_limit is None:
             return self.WipState.UNLIMITED
@@ -217,6 +217,13 @@ class Agent(models.Model):
         help_text="How many recent outputs a defect spike counts.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # Not columns: the agent's andon state on a board page, attached by
+    # boards.selectors.board_agents_get for the template: its line stop in force
+    # and its models' open breakers (andon.models' LineStop and CircuitBreaker,
+    # named loosely: boards.models cannot import andon.models).
+    line_stop: models.Model | None
+    model_breakers: list[models.Model]
 
     class Meta:
         ordering = ["name"]
@@ -398,6 +405,14 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Not columns. boards.services.task_move's note when a move took the column
+    # past its soft WIP limit ("" otherwise), for the view's message:
+    wip_note: str
+    # Why the next pull will not take a drawn Ready card, and how hard it waits
+    # (a HoldLevel), for the board's cards (boards.selectors.BoardPullStatus):
+    pull_hold: str
+    pull_hold_level: str
+
     class Meta:
         ordering = ["position", "created_at"]
         indexes = [
@@ -469,9 +484,9 @@ class TaskEvent(models.Model):
 
     @property
     def actor_name(self) -> str:
-        if self.actor == self.Actor.AGENT and self.agent_id:
+        if self.actor == self.Actor.AGENT and self.agent is not None:
             return self.agent.name
-        if self.actor == self.Actor.USER and self.user_id:
+        if self.actor == self.Actor.USER and self.user is not None:
             return self.user.get_username()
         return self.actor
 

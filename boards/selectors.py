@@ -5,7 +5,9 @@ number of tasks, so a board with thousands of cards costs what an empty one does
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias, TypedDict
 
 from django.conf import settings
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
@@ -13,6 +15,22 @@ from django.urls import reverse
 
 from boards import pull_rules
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    from andon.models import Inspection
+
+    class _TaskCount(TypedDict):
+        task_count: int
+
+    class _Reviewed(TypedDict):
+        reviewed: bool
+
+    # A column annotated with its number of tasks (board_column_counts_get).
+    CountedColumn: TypeAlias = WithAnnotations[Column, _TaskCount]
+    # A done task whose output may be reused (task_reusable_get).
+    ReusableTask: TypeAlias = WithAnnotations[Task, _Reviewed]
 
 Role = Column.Role
 
@@ -54,7 +72,7 @@ class ColumnView:
         """The Kanban state in words, so it never rests on colour alone."""
         limit = self.column.wip_limit
         state = self.wip_state
-        if state == Column.WipState.UNLIMITED:
+        if limit is None:  # state is UNLIMITED
             return "no limit"
         if state == Column.WipState.ONE_LEFT:
             return "one left"
@@ -73,14 +91,14 @@ def _cards(column: Column, limit: int) -> QuerySet[Task]:
     )
 
 
-def board_column_counts_get(*, board: Board) -> QuerySet[Column]:
+def board_column_counts_get(*, board: Board) -> QuerySet[CountedColumn]:
     """The board's columns in order, each annotated with ``task_count``: one grouped
     query, whatever the number of tasks."""
     return board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
 
 
 def board_columns_get(
-    *, board: Board, column_ids: set[int] | None = None, counted: list[Column] | None = None
+    *, board: Board, column_ids: set[int] | None = None, counted: list[CountedColumn] | None = None
 ) -> list[ColumnView]:
     """The board's columns in order, each with its task count and its first
     ``KAIZEN_COLUMN_CARD_LIMIT`` cards. ``column_ids`` narrows it to some columns
@@ -90,6 +108,7 @@ def board_columns_get(
     One query for the columns and their counts, then one per column for its
     cards: bounded by the number of columns, never by the number of tasks.
     """
+    columns: Iterable[CountedColumn]
     if counted is not None:
         columns = [c for c in counted if column_ids is None or c.pk in column_ids]
     else:
@@ -128,7 +147,7 @@ def board_agents_get(*, board: Board) -> list[Agent]:
     from andon.models import CircuitBreaker, LineStop
 
     not_closed = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
-    agents = list(
+    agents: list[Agent] = list(
         board.agents.annotate(
             running=Count(
                 "tasks", filter=Q(tasks__board=board, tasks__status=Task.Status.RUNNING), distinct=True
@@ -189,7 +208,7 @@ def task_events_get(*, task: Task) -> list[TaskEvent]:
 # --- the runtime and the ledger ----------------------------------------------------
 
 
-def task_reusable_get(*, task: Task) -> Task | None:
+def task_reusable_get(*, task: Task) -> ReusableTask | None:
     """The newest task this task's agent completed (not failed) with the same
     normalised input, capability and prompt version, if reuse is allowed by both
     the agent and the task; None otherwise.
@@ -235,7 +254,7 @@ def task_reusable_get(*, task: Task) -> Task | None:
     )
 
 
-def task_inspections_get(*, task: Task) -> list:
+def task_inspections_get(*, task: Task) -> list[Inspection]:
     """A task's inspection verdicts, oldest first, each with ``escalation_or_none``
     (the escalation it opened, with who decided it)."""
     from andon.models import Escalation, Inspection
@@ -461,7 +480,7 @@ def _clock(moment) -> str:
 
 
 def board_pull_status_get(
-    *, board: Board, columns: list[Column] | None = None, line_stops: list | None = None
+    *, board: Board, columns: list[CountedColumn] | None = None, line_stops: list | None = None
 ) -> BoardPullStatus:
     """Why agents are (not) pulling on ``board``, rule by rule as the pull
     (boards.services.board_pull and _claim) decides, read-only: the andon's
@@ -723,7 +742,7 @@ def board_pull_status_get(
         and backlog is not None
         and Task.objects.filter(column=backlog, blocked_at__isnull=True).exists()
     )
-    if ready_clogged:
+    if ready_clogged and ready is not None and backlog is not None:  # (implied; for the type checker)
         holds.append(
             PullHold(
                 "ready_blocked",

@@ -38,7 +38,7 @@ from boards.selectors import (
     task_inspections_get,
     task_model_calls_get,
 )
-from kaizen_web.http import HtmxHttpRequest, error_message, form_errors
+from kaizen_web.http import AuthenticatedHttpRequest, error_message, form_errors
 
 BOARD = "boards/board.html"
 
@@ -84,7 +84,7 @@ def _moved_message(task: Task, from_column: Column, to_column: Column) -> str:
 
 
 def _action_result(
-    request: HtmxHttpRequest,
+    request: AuthenticatedHttpRequest,
     board: Board,
     task: Task,
     *,
@@ -161,18 +161,18 @@ def _task_detail_page(
 
 
 @require_GET
-def board_list(request: HtmxHttpRequest) -> HttpResponse:
+def board_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "boards/list.html", {"boards": board_list_get(), "nav": "boards"})
 
 
 @require_GET
-def board_detail(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+def board_detail(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     board = _board(slug)
     return render(request, BOARD, _board_context(request, board))
 
 
 @require_GET
-def board_body(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+def board_body(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """The board's live part (agents and columns, for #board-body, and the
     paused banner above them, out of band): what a reconnecting browser
     re-fetches to catch up on what it missed."""
@@ -181,7 +181,7 @@ def board_body(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 
 
 @require_GET
-def task_detail(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+def task_detail(request: AuthenticatedHttpRequest, slug: str, pk: int) -> HttpResponse:
     board = _board(slug)
     return _task_detail_page(request, board, _task(board, pk))
 
@@ -190,7 +190,7 @@ def task_detail(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @require_POST
-def task_create(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+def task_create(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     board = _board(slug)
     form = _task_form(board, request.POST)
     task = None
@@ -233,7 +233,7 @@ def task_create(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 
 
 @require_POST
-def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+def task_move(request: AuthenticatedHttpRequest, slug: str, pk: int) -> HttpResponse:
     board = _board(slug)
     task = _task(board, pk)
     form = TaskMoveForm(request.POST, board=board)
@@ -259,7 +259,7 @@ def task_move(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @require_POST
-def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+def task_step(request: AuthenticatedHttpRequest, slug: str, pk: int) -> HttpResponse:
     """Keyboard moves: up/down in the column, left/right to the neighbouring one."""
     board = _board(slug)
     task = _task(board, pk)
@@ -295,7 +295,7 @@ def task_step(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @require_POST
-def task_block(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+def task_block(request: AuthenticatedHttpRequest, slug: str, pk: int) -> HttpResponse:
     board = _board(slug)
     task = _task(board, pk)
     form = TaskBlockForm(request.POST)
@@ -329,7 +329,7 @@ def task_block(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @require_POST
-def task_unblock(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
+def task_unblock(request: AuthenticatedHttpRequest, slug: str, pk: int) -> HttpResponse:
     board = _board(slug)
     task = _task(board, pk)
     was_blocked = task.is_blocked
@@ -340,7 +340,7 @@ def task_unblock(request: HtmxHttpRequest, slug: str, pk: int) -> HttpResponse:
 
 @require_POST
 @permission_required(REVIEW_PERMISSION, raise_exception=True)
-def board_cord(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+def board_cord(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Pull the andon cord from the board page, on the whole board or one of its
     agents: with htmx, a message for the board's status region (the banner
     arrives through the websocket); plainly, back to the board with it."""

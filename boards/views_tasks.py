@@ -9,7 +9,7 @@ what a person is typing alone, and pushes the URL. Thin views: the filters are
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,6 +17,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -27,7 +28,7 @@ from boards.forms import MAX_IMPORT_ROWS, TaskFilterForm, TaskImportForm
 from boards.models import ApiToken, Board
 from boards.task_files import TaskFileError, csv_chunks, detect_format, read_task_rows
 from boards.task_search import task_export_rows, task_list
-from kaizen_web.http import HtmxHttpRequest, error_message
+from kaizen_web.http import AuthenticatedHttpRequest, error_message
 
 TEMPLATE = "boards/task_list.html"
 PAGE_SIZE = 50
@@ -73,7 +74,7 @@ def _list_context(request: HttpRequest, board: Board, form: TaskFilterForm) -> t
 
 
 @require_GET
-def task_list_view(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+def task_list_view(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     board = get_object_or_404(Board, slug=slug)
     form = _filter_form(request, board)
     context, status = _list_context(request, board, form)
@@ -90,15 +91,21 @@ class _SyncStreamingResponse(StreamingHttpResponse):
     100,000-row export never sits in memory."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = iter(self.streaming_content)
-        end = object()
-        next_chunk = sync_to_async(next, thread_sensitive=True)
-        while (chunk := await next_chunk(chunks, end)) is not end:
+        chunks = self.streaming_content
+        if not isinstance(chunks, Iterator):
+            raise TypeError("_SyncStreamingResponse streams a synchronous iterator")
+        next_chunk = sync_to_async(_next_chunk, thread_sensitive=True)
+        while (chunk := await next_chunk(chunks)) is not None:
             yield chunk
 
 
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    """The next chunk, None at the end (a chunk is bytes, never None)."""
+    return next(chunks, None)
+
+
 @require_GET
-def task_export(request: HttpRequest, slug: str) -> HttpResponse:
+def task_export(request: HttpRequest, slug: str) -> HttpResponseBase:
     """The filtered list (the same query string as the page) as CSV, streamed."""
     board = get_object_or_404(Board, slug=slug)
     form = _filter_form(request, board)
@@ -116,7 +123,7 @@ def task_export(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_POST
-def task_import(request: HttpRequest, slug: str) -> HttpResponse:
+def task_import(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Add every task of an uploaded file to the board's intake, or none: a file
     with any bad row is refused whole, with each row's problems listed."""
     board = get_object_or_404(Board, slug=slug)

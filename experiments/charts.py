@@ -125,7 +125,7 @@ def experiment_figure(
     note, before the first look."""
     current = f"current prompt (v{experiment.control.number})" if experiment else "current prompt"
     new = f"new prompt (v{experiment.treatment.number})" if experiment else "new prompt"
-    x = [_when(look) for look in looks]
+    x: list[str | None] = [_when(look) for look in looks]
     rows = [look.stats for look in looks]
     # The efficacy stage counts afresh: its lines start anew (a gap, no line
     # joining the canary's last look to the 50/50 test's first).

@@ -79,6 +79,7 @@ def agent_for_run(task: Task) -> Agent:
     task runs the active version (nearly always), else a copy carrying the
     version's prompt, variables, parameters and cascade."""
     agent = task.agent
+    assert agent is not None  # a task that runs has its agent
     if task.prompt_version in (None, agent.prompt_version):
         return agent
     version = _version(agent.pk, task.prompt_version)
@@ -98,7 +99,7 @@ def sample_rows(finished: Iterable[tuple[Task, bool]]) -> list[ExperimentSample]
     tasks = [(task, passed) for task, passed in finished if task.experiment_id and task.arm]
     if not tasks:
         return []
-    experiments = {
+    experiments: dict[int | None, Experiment] = {
         e.pk: e
         for e in Experiment.objects.filter(pk__in={t.experiment_id for t, _ in tasks}).only(
             "pk", "stage", "stage_started_at", "status"

@@ -68,7 +68,7 @@ class PromptVersion(models.Model):
     def author_label(self) -> str:
         if self.source == self.Source.KAIZEN:
             return "the kaizen loop"
-        return self.author.get_username() if self.author_id else self.get_source_display()
+        return self.author.get_username() if self.author is not None else self.get_source_display()
 
     # What makes a version, the one list of it: what does the work and what the
     # model is asked. A change to any of these is a new version, whose results are
@@ -325,13 +325,13 @@ class AuditEntry(models.Model):
 
     @property
     def actor(self) -> str:
-        if self.user_id:
+        if self.user is not None:
             return self.user.get_username()
         if self.action == self.Action.VERSION:
             return "a config file or the admin"
         if (
             self.action == self.Action.PROPOSED
-            and self.proposal_id
+            and self.proposal is not None
             and self.proposal.source == PromptVersion.Source.CONFIG
         ):
             return "a config file"

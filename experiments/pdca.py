@@ -37,6 +37,7 @@ import os
 import re
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -136,7 +137,7 @@ class _Window:
     agent: Agent
     since: datetime
     days: int
-    outputs: list[dict]  # inspections, newest first
+    outputs: Sequence[Mapping[str, Any]]  # inspections, newest first
     calls_since: datetime
 
     @property
@@ -277,7 +278,9 @@ def _plan_verbose(window: _Window) -> Plan | None:
     example = None
     worst = max(wasteful, key=lambda o: o["waste_tokens"], default=None)
     if worst is not None:
-        task = Task.objects.filter(pk=worst["task_id"]).values("pk", "title", "output").first() or {}
+        task: Mapping[str, Any] = (
+            Task.objects.filter(pk=worst["task_id"]).values("pk", "title", "output").first() or {}
+        )
         example = {
             "task": worst["task_id"],
             "title": task.get("title", ""),
@@ -333,7 +336,7 @@ def _plan_cheap_tier(window: _Window) -> Plan | None:
     threshold = tiers[0].threshold
     bar = _pass_bar(agent)
     passed = {(o["task_id"], o["attempt"]): o["passed"] for o in window.outputs}
-    runs: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    runs: dict[tuple[int, int], list[Mapping[str, Any]]] = defaultdict(list)
     calls = (
         ModelCall.objects.filter(
             agent=agent,
@@ -591,7 +594,7 @@ def _failures(window: _Window) -> list[dict]:
         e.inspection_id: e
         for e in Escalation.objects.filter(inspection_id__in=[o["pk"] for o in defects[:200]])
     }
-    tasks = {
+    tasks: dict[int, Mapping[str, Any]] = {
         t["pk"]: t
         for t in Task.objects.filter(pk__in={o["task_id"] for o in defects[:MAX_FAILURES_SHOWN]}).values(
             "pk", "title", "input", "output"

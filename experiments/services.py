@@ -18,7 +18,7 @@ from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, Sum
@@ -60,12 +60,12 @@ MAX_RATIONALE = 5000
 NOTHING_CHANGES = "Nothing changes"
 
 
-def _require(user: AbstractBaseUser | None, permission: str, what: str) -> None:
+def _require(user: User | None, permission: str, what: str) -> None:
     if user is None or not user.is_authenticated or not user.has_perm(permission):
         raise PermissionDenied(f"Only users with the {permission} permission may {what}.")
 
 
-def can_approve(user: AbstractBaseUser | None) -> bool:
+def can_approve(user: User | None) -> bool:
     return bool(user is not None and user.is_authenticated and user.has_perm(APPROVE_PERMISSION))
 
 
@@ -87,7 +87,7 @@ def _audit(
     agent: Agent,
     action: str,
     *,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     reason: str = "",
     proposal: ChangeProposal | None = None,
     experiment: Experiment | None = None,
@@ -222,7 +222,7 @@ def proposal_create(
     agent: Agent,
     fields: dict,
     rationale: str,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     source: str = PromptVersion.Source.PERSON,
     evidence: dict | None = None,
 ) -> ChangeProposal:
@@ -283,7 +283,7 @@ def proposal_create(
     return proposal
 
 
-def proposal_approve(*, proposal: ChangeProposal, user: AbstractBaseUser, note: str = "") -> ChangeProposal:
+def proposal_approve(*, proposal: ChangeProposal, user: User, note: str = "") -> ChangeProposal:
     """Approve a proposal: its experiment starts (a canary) when the agent has none
     running, else as soon as the running one ends."""
     _require(user, APPROVE_PERMISSION, "approve prompt changes")
@@ -307,7 +307,7 @@ def proposal_approve(*, proposal: ChangeProposal, user: AbstractBaseUser, note: 
     return proposal
 
 
-def proposal_reject(*, proposal: ChangeProposal, user: AbstractBaseUser, note: str) -> ChangeProposal:
+def proposal_reject(*, proposal: ChangeProposal, user: User, note: str) -> ChangeProposal:
     _require(user, APPROVE_PERMISSION, "reject prompt changes")
     note = _rationale(note, field="note")
     with transaction.atomic():
@@ -329,9 +329,7 @@ def _locked_proposal(pk: int) -> ChangeProposal:
     )
 
 
-def _start_if_free(
-    proposal: ChangeProposal, *, reason: str, user: AbstractBaseUser | None = None
-) -> Experiment | None:
+def _start_if_free(proposal: ChangeProposal, *, reason: str, user: User | None = None) -> Experiment | None:
     """Start the proposal's experiment unless the agent has one already (one at a
     time) or its base is no longer the active version (it would test a change
     against the wrong control)."""
@@ -390,7 +388,7 @@ def _locked_experiment(pk: int) -> Experiment:
     )
 
 
-def experiment_advance(*, experiment: Experiment, user: AbstractBaseUser, note: str) -> Experiment:
+def experiment_advance(*, experiment: Experiment, user: User, note: str) -> Experiment:
     """Approve the canary's result: the efficacy stage starts at 50/50, counting
     only tasks from now on."""
     _require(user, APPROVE_PERMISSION, "advance experiments")
@@ -415,7 +413,7 @@ def experiment_advance(*, experiment: Experiment, user: AbstractBaseUser, note: 
     return experiment
 
 
-def experiment_resume(*, experiment: Experiment, user: AbstractBaseUser, note: str) -> Experiment:
+def experiment_resume(*, experiment: Experiment, user: User, note: str) -> Experiment:
     """Resume an experiment paused for a sample-ratio mismatch (once its cause is understood)."""
     _require(user, APPROVE_PERMISSION, "resume experiments")
     note = _rationale(note, field="note")
@@ -431,7 +429,7 @@ def experiment_resume(*, experiment: Experiment, user: AbstractBaseUser, note: s
     return experiment
 
 
-def experiment_promote(*, experiment: Experiment, user: AbstractBaseUser, note: str) -> Experiment:
+def experiment_promote(*, experiment: Experiment, user: User, note: str) -> Experiment:
     """Make the treatment the agent's active version (the efficacy test said
     better, and its lower bound is within the margin of the control)."""
     _require(user, APPROVE_PERMISSION, "promote prompt changes")
@@ -473,7 +471,7 @@ def experiment_promote(*, experiment: Experiment, user: AbstractBaseUser, note: 
 
 
 def experiment_rollback(
-    *, experiment: Experiment, user: AbstractBaseUser | None, note: str, stats_json: dict | None = None
+    *, experiment: Experiment, user: User | None, note: str, stats_json: dict | None = None
 ) -> Experiment:
     """Stop the treatment at once: the next task runs the active version. By a
     person (one click, any time) or by the line (a harm boundary crossed)."""
@@ -503,9 +501,7 @@ def experiment_rollback(
     return experiment
 
 
-def prompt_version_rollback(
-    *, agent: Agent, version: PromptVersion, user: AbstractBaseUser, note: str
-) -> Agent:
+def prompt_version_rollback(*, agent: Agent, version: PromptVersion, user: User, note: str) -> Agent:
     """Make an earlier version active again (after a promotion turned out badly):
     effective for the next task. Any running experiment of the agent is rolled back first."""
     _require(user, APPROVE_PERMISSION, "roll back prompt versions")

@@ -461,7 +461,7 @@ def evaluate(
 
     decision = DECISIONS[int(a.decision[0])]
     z, c, h, srm_p = opt(a.z), opt(a.efficacy_boundary), opt(a.harm_boundary), opt(a.srm_p)
-    look = dict(
+    look: dict[str, Any] = dict(
         stage=stage,
         n_control=int(control.n),
         n_treatment=int(treatment.n),

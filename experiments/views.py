@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import plotly
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
@@ -54,7 +55,7 @@ from experiments.selectors import (
     review_context_get,
 )
 from kaizen_web.compressed_files import compressed_file_response
-from kaizen_web.http import HtmxHttpRequest, error_message, safe_next
+from kaizen_web.http import AuthenticatedHttpRequest, error_message, safe_next
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
@@ -69,13 +70,13 @@ ProposalStatus = ChangeProposal.Status
 
 @require_GET
 @approver_required
-def review(request: HtmxHttpRequest) -> HttpResponse:
+def review(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, REVIEW, review_context_get())
 
 
 @require_GET
 @approver_required
-def review_live(request: HtmxHttpRequest) -> HttpResponse:
+def review_live(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The review's live sections, out of band: what a reconnecting browser
     re-fetches to catch up on what it missed."""
     return render(request, f"{REVIEW}#review-update", review_context_get())
@@ -83,7 +84,7 @@ def review_live(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_GET
 @approver_required
-def proposal_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def proposal_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _proposal_page(request, pk)
 
 
@@ -106,7 +107,7 @@ def _proposal_page(request: HttpRequest, pk: int, *, failed: Failure | None = No
 
 @require_GET
 @approver_required
-def experiment_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def experiment_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _experiment_page(request, pk)
 
 
@@ -121,7 +122,7 @@ def _experiment_page(request: HttpRequest, pk: int, *, failed: Failure | None = 
 
 @require_GET
 @approver_required
-def experiment_live(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def experiment_live(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """An experiment page's live parts, out of band (its catch-up after a reconnect)."""
     experiment = experiment_get(pk)
     if experiment is None:
@@ -133,7 +134,7 @@ def experiment_live(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @approver_required
-def audit(request: HtmxHttpRequest) -> HttpResponse:
+def audit(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The whole audit log, newest first; read-only, like everywhere."""
     form = AuditFilterForm(request.GET)
     agent_id = form.agent_id()
@@ -141,10 +142,12 @@ def audit(request: HtmxHttpRequest) -> HttpResponse:
     if agent_id is not None:
         entries = entries.filter(agent_id=agent_id)
     page = Paginator(entries, AUDIT_PAGE).get_page(request.GET.get("page"))
+    agents = form.fields["agent"]
+    assert isinstance(agents, forms.ModelChoiceField)  # declared so; self.fields says only Field
     context = {
         "page": page,
         "audit": page.object_list,
-        "agents": form.fields["agent"].queryset,
+        "agents": agents.queryset,
         "agent_id": agent_id,
         "nav": "kaizen",
     }
@@ -188,7 +191,9 @@ def _approved_message(proposal: ChangeProposal) -> str:
     return f"{done}, but it did not start: {proposal.decision_note}."
 
 
-def _proposal_action(request: HtmxHttpRequest, pk: int, action: str, service: Callable) -> HttpResponse:
+def _proposal_action(
+    request: AuthenticatedHttpRequest, pk: int, action: str, service: Callable
+) -> HttpResponse:
     proposal = get_object_or_404(proposal_list(), pk=pk)
     note = NoteForm(request.POST).value()
 
@@ -201,7 +206,9 @@ def _proposal_action(request: HtmxHttpRequest, pk: int, action: str, service: Ca
     return _act(request, kind="proposal", pk=pk, action=action, note=note, run=run)
 
 
-def _experiment_action(request: HtmxHttpRequest, pk: int, action: str, service: Callable) -> HttpResponse:
+def _experiment_action(
+    request: AuthenticatedHttpRequest, pk: int, action: str, service: Callable
+) -> HttpResponse:
     experiment = get_object_or_404(Experiment.objects.select_related("agent", "treatment"), pk=pk)
     note = NoteForm(request.POST).value()
 
@@ -213,7 +220,7 @@ def _experiment_action(request: HtmxHttpRequest, pk: int, action: str, service: 
 
 
 def _act(
-    request: HtmxHttpRequest,
+    request: AuthenticatedHttpRequest,
     *,
     kind: str,
     pk: int,
@@ -243,7 +250,7 @@ def _act(
     return render(request, f"{REVIEW}#review-update", context)
 
 
-def _refused(request: HtmxHttpRequest, failed: Failure, *, status: int) -> HttpResponse:
+def _refused(request: AuthenticatedHttpRequest, failed: Failure, *, status: int) -> HttpResponse:
     if request.htmx:
         context = {**review_context_get(failed=failed), "message": failed.message, "level": "error"}
         return render(request, f"{REVIEW}#review-update", context, status=status)
@@ -258,35 +265,35 @@ def _refused(request: HtmxHttpRequest, failed: Failure, *, status: int) -> HttpR
 
 @require_POST
 @approver_required
-def proposal_approve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def proposal_approve(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _proposal_action(request, pk, "approve", services.proposal_approve)
 
 
 @require_POST
 @approver_required
-def proposal_reject(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def proposal_reject(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _proposal_action(request, pk, "reject", services.proposal_reject)
 
 
 @require_POST
 @approver_required
-def experiment_advance(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def experiment_advance(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _experiment_action(request, pk, "advance", services.experiment_advance)
 
 
 @require_POST
 @approver_required
-def experiment_promote(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def experiment_promote(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _experiment_action(request, pk, "promote", services.experiment_promote)
 
 
 @require_POST
 @approver_required
-def experiment_rollback(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def experiment_rollback(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _experiment_action(request, pk, "rollback", services.experiment_rollback)
 
 
 @require_POST
 @approver_required
-def experiment_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def experiment_resume(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _experiment_action(request, pk, "resume", services.experiment_resume)

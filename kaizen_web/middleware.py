@@ -48,7 +48,9 @@ class HtmxLoginRequiredMiddleware(LoginRequiredMiddleware):
     any status but a 3xx, which the browser follows on its own, is honoured.
     """
 
-    def handle_no_permission(self, request: HttpRequest, view_func: Callable) -> HttpResponse:
+    # django-stubs narrows the answer to HttpResponseRedirect, but Django passes
+    # on any response this returns; HttpResponseClientRedirect (no Location) is not one.
+    def handle_no_permission(self, request: HttpRequest, view_func: Callable) -> HttpResponse:  # type: ignore[override]
         htmx = HtmxDetails(request)
         if not htmx:
             return super().handle_no_permission(request, view_func)

@@ -117,7 +117,8 @@ class AgentPromptForm(forms.Form):
         return text
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns, never None
         variables: list[str] = []
         try:
             variables = parse_variables(data.get("prompt_variables") or "")
@@ -182,7 +183,9 @@ class PromptRollbackForm(forms.Form):
     def __init__(self, *args, agent: Agent, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
-        self.fields["version"].queryset = PromptVersion.objects.filter(agent=agent).filter(
+        version = self.fields["version"]
+        assert isinstance(version, forms.ModelChoiceField)  # declared above; self.fields says only Field
+        version.queryset = PromptVersion.objects.filter(agent=agent).filter(
             Q(proposal__isnull=True) | Q(proposal__status=ChangeProposal.Status.PROMOTED)
         )
 
@@ -224,7 +227,7 @@ class TierForm(forms.Form):
             return {}
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise forms.ValidationError(
                 f'Parameters must be JSON, such as {{"temperature": 0.2}}: {exc.msg} at character {exc.pos + 1}.'
             ) from None

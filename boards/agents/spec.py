@@ -248,6 +248,8 @@ def _tier_parameters(provider: str, value: Any, where: str) -> dict[str, Any]:
         if item is None:
             continue
         try:
+            low: float | None
+            high: float | None
             if key in GENERATION_PARAMETERS:
                 low, high, integer = GENERATION_PARAMETERS[key]
                 result[key] = _number(item, path, low, high, integer=integer)
@@ -332,6 +334,8 @@ def parse_tier(value: Any, where: str) -> Tier:
         threshold = None
     if problems:
         raise ConfigError(problems)
+    # Without a problem, both were checked above.
+    assert provider is not None and model is not None
     return Tier(
         provider=provider,
         model=model.strip(),

@@ -36,7 +36,7 @@ from boards.selectors import agent_list_get, agent_model_calls_get
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
 from experiments.prompt_diff import diff_lines, diff_rows
-from kaizen_web.http import HtmxHttpRequest
+from kaizen_web.http import AuthenticatedHttpRequest
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _proposal_result(agent: Agent, pk: str | None) -> dict[str, Any] | None:
 
 
 def _agent_detail_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     agent: Agent,
     *,
     edit: _AgentEdit | None,
@@ -297,7 +297,7 @@ def agent_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-def agent_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def agent_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The agent's page: its settings, metrics, latest ledger rows and the history
     of its prompt. With the boards.change_agent permission, also the form that
     proposes a change to its prompt and cascade (previewed as a diff first, if
@@ -321,7 +321,7 @@ def agent_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _agent_propose(request, agent, preview=action == "preview")
 
 
-def _agent_propose(request: HtmxHttpRequest, agent: Agent, *, preview: bool) -> HttpResponse:
+def _agent_propose(request: AuthenticatedHttpRequest, agent: Agent, *, preview: bool) -> HttpResponse:
     """A person's change to the prompt and cascade: previewed (the diff against
     the active version and its classification) or proposed. Proposing changes
     nothing the agent runs: the proposal waits for approval, or starts its canary."""
@@ -369,7 +369,7 @@ def _agent_propose(request: HtmxHttpRequest, agent: Agent, *, preview: bool) -> 
     return _agent_detail_page(request, agent, edit=edit, status=status)
 
 
-def _agent_operations_save(request: HttpRequest, agent: Agent) -> HttpResponse:
+def _agent_operations_save(request: AuthenticatedHttpRequest, agent: Agent) -> HttpResponse:
     """The reuse and cache switches: how the agent runs, not what it asks, so they
     are saved at once, with no proposal and no new prompt version."""
     edit = _agent_edit(agent)
@@ -393,7 +393,7 @@ def _agent_operations_save(request: HttpRequest, agent: Agent) -> HttpResponse:
     return _agent_detail_page(request, agent, edit=edit, status=422)
 
 
-def _agent_rollback(request: HttpRequest, agent: Agent, *, can_edit: bool) -> HttpResponse:
+def _agent_rollback(request: AuthenticatedHttpRequest, agent: Agent, *, can_edit: bool) -> HttpResponse:
     """Make an earlier prompt version active again (approvers only), with a note."""
     if not kaizen.can_approve(request.user):
         raise PermissionDenied("Rolling back a prompt needs the experiments.approve_change permission.")

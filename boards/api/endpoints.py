@@ -50,8 +50,8 @@ from boards.api.schemas import (
     TaskOut,
     TaskPageOut,
 )
-from boards.api.tokens import BearerToken
-from boards.models import Agent, Board, ModelCall, Task
+from boards.api.tokens import BearerToken, TokenHttpRequest
+from boards.models import Agent, Board, Column, ModelCall, Task
 from boards.task_search import TaskFilter, task_list
 from boards.text import lone_surrogate
 
@@ -327,7 +327,7 @@ def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 # --- reads ----------------------------------------------------------------------
 
 
-def _board_or_404(request: HttpRequest, slug: str) -> Board:
+def _board_or_404(request: TokenHttpRequest, slug: str) -> Board:
     """The board, if it exists (404) and the token may use it (403)."""
     board = Board.objects.filter(slug=slug).first()
     if board is None:
@@ -336,7 +336,7 @@ def _board_or_404(request: HttpRequest, slug: str) -> Board:
     return board
 
 
-def _check_scope(request: HttpRequest, board: Board) -> None:
+def _check_scope(request: TokenHttpRequest, board: Board) -> None:
     if problem := request.auth.board_problem(board):
         raise AuthorizationError(message=problem)
 
@@ -350,7 +350,7 @@ SLUG = Path(
 )
 
 
-def _board_fields(request: HttpRequest, board: Board) -> dict[str, Any]:
+def _board_fields(request: TokenHttpRequest, board: Board) -> dict[str, Any]:
     return {
         "slug": board.slug,
         "name": board.name,
@@ -388,9 +388,9 @@ def _task_out(task: Task) -> TaskOut:
         id=task.pk,
         title=task.title,
         input=task.input,
-        status=task.status,
+        status=Task.Status(task.status),
         board=task.board.slug,
-        column=ColumnRefOut(name=task.column.name, role=task.column.role),
+        column=ColumnRefOut(name=task.column.name, role=Column.Role(task.column.role)),
         agent=None if task.agent is None else _agent_ref(task.agent),
         output=task.output,
         confidence=task.confidence,
@@ -420,7 +420,7 @@ def _call_out(call: ModelCall) -> ModelCallOut:
         created_at=call.created_at,
         attempt=call.attempt,
         tier=call.tier,
-        source=call.source,
+        source=ModelCall.Source(call.source),
         provider=call.provider,
         model=call.model,
         simulated=call.simulated,
@@ -438,7 +438,7 @@ def _call_out(call: ModelCall) -> ModelCallOut:
     )
 
 
-def _task_or_404(request: HttpRequest, task_id: int) -> Task:
+def _task_or_404(request: TokenHttpRequest, task_id: int) -> Task:
     task = Task.objects.select_related("board", "column", "agent").filter(pk=task_id).first()
     if task is None:
         raise Http404(f"There is no task {task_id}.")
@@ -459,7 +459,7 @@ COMMON_ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut}
     url_name="board-list",
     tags=["boards"],
 )
-def board_list(request: HttpRequest) -> list[dict[str, Any]]:
+def board_list(request: TokenHttpRequest) -> list[dict[str, Any]]:
     """All boards the token may use, by name."""
     boards = Board.objects.all()
     slugs = request.auth.board_slugs()
@@ -475,7 +475,7 @@ def board_list(request: HttpRequest) -> list[dict[str, Any]]:
     url_name="board-detail",
     tags=["boards"],
 )
-def board_detail(request: HttpRequest, slug: str = SLUG) -> dict[str, Any]:
+def board_detail(request: TokenHttpRequest, slug: str = SLUG) -> dict[str, Any]:
     """A board and its columns, left to right, with task counts and WIP limits, and the
     capabilities its agents offer."""
     board = _board_or_404(request, slug)
@@ -483,7 +483,7 @@ def board_detail(request: HttpRequest, slug: str = SLUG) -> dict[str, Any]:
         ColumnOut(
             id=column.pk,
             name=column.name,
-            role=column.role,
+            role=Column.Role(column.role),
             task_count=column.task_count,
             wip_limit=column.wip_limit,
             hard_limit=column.hard_limit,
@@ -503,7 +503,13 @@ def board_detail(request: HttpRequest, slug: str = SLUG) -> dict[str, Any]:
     url_name="board-task-list",
     tags=["tasks"],
 )
-def task_list_view(request: HttpRequest, slug: str = SLUG, filters: Query[TaskFilters] = None) -> TaskPageOut:
+def task_list_view(
+    request: TokenHttpRequest,
+    slug: str = SLUG,
+    # django-ninja always passes the filters (built from the query string); the
+    # default is there because a parameter after one with a default needs one.
+    filters: Query[TaskFilters] = None,  # type: ignore[assignment]
+) -> TaskPageOut:
     """The board's tasks that match every filter given, a page at a time (newest first unless
     `sort` says otherwise). `count` is the number of matches over all pages; follow `next`
     for the following page. The same filters as the board's task list page."""
@@ -552,7 +558,9 @@ def _page_url(request: HttpRequest, offset: int) -> str:
     tags=["tasks"],
     auth=WRITE,
 )
-def task_create(request: HttpRequest, payload: TaskIn, slug: str = SLUG) -> Status[TaskOut] | HttpResponse:
+def task_create(
+    request: TokenHttpRequest, payload: TaskIn, slug: str = SLUG
+) -> Status[TaskOut] | HttpResponse:
     """Put a task in the board's intake column (Backlog, else Ready); agents pull it from there.
 
     Needs a write token whose user may add tasks (`boards.add_task`). An agent whose prompt
@@ -591,7 +599,7 @@ def task_create(request: HttpRequest, payload: TaskIn, slug: str = SLUG) -> Stat
     url_name="task-detail",
     tags=["tasks"],
 )
-def task_detail(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> TaskOut:
+def task_detail(request: TokenHttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> TaskOut:
     """A task: where it is on its board, who works on it, what it produced and what it cost."""
     return _task_out(_task_or_404(request, task_id))
 
@@ -603,7 +611,7 @@ def task_detail(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID))
     url_name="task-calls",
     tags=["tasks"],
 )
-def task_calls(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> list[ModelCallOut]:
+def task_calls(request: TokenHttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) -> list[ModelCallOut]:
     """The task's ledger, oldest first: every model call made for it (each tier of each
     attempt, failed calls included), every call served from the response cache, and a
     reused result, with tokens, cost, latency and confidence. The task's totals add these up."""

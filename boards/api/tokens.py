@@ -12,6 +12,13 @@ from boards import services
 from boards.models import ApiToken
 
 
+class TokenHttpRequest(HttpRequest):
+    """A request to an API operation, which BearerToken let through: django-ninja
+    sets ``auth`` to what ``authenticate`` returned (for type hints)."""
+
+    auth: ApiToken
+
+
 class BearerToken(HttpBearer):
     """``Authorization: Bearer <token>`` checked against the hashed ApiToken table.
     With ``write``, the token must also be allowed to add tasks (its scope and

@@ -7,6 +7,7 @@ commit, changed boards are re-broadcast and pulled."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -111,16 +112,16 @@ def _apply_columns(board: Board, spec: BoardSpec, report: ApplyReport) -> tuple[
             "hard_limit": column_spec.hard,
         }
         key = f"{spec.slug}/{column_spec.role}"
-        column = existing.get(column_spec.role)
-        if column is None:
+        current = existing.get(column_spec.role)
+        if current is None:
             Column.objects.create(board=board, role=column_spec.role, **values)
             reshaped = True
             report.changes.append(Change("column", key, "created"))
             continue
-        fields = _sync(column, values)
+        fields = _sync(current, values)
         if fields:
-            column.save(update_fields=fields)
-            changed_ids.add(column.pk)
+            current.save(update_fields=fields)
+            changed_ids.add(current.pk)
             report.changes.append(Change("column", key, "updated", tuple(fields)))
         else:
             report.changes.append(Change("column", key, "unchanged"))
@@ -157,7 +158,7 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
     touched: dict[int, set[int]] = {}  # board id -> columns changed in place
     boards_by_slug: dict[str, Board] = {}
     for spec in document.boards:
-        values = {
+        values: dict[str, Any] = {
             "name": spec.name,
             "description": spec.description,
             "demo_tasks": [t.as_json() for t in spec.demo_tasks],
@@ -189,33 +190,35 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
     agents = {
         a.name: a
         for a in Agent.objects.select_for_update(of=("self",), no_key=True)
-        .filter(name__in=[spec.name for spec in document.agents])
+        .filter(name__in=[agent_spec.name for agent_spec in document.agents])
         .order_by("pk")
     }
-    for spec in document.agents:
+    for agent_spec in document.agents:
         values = {
-            "capabilities": list(spec.capabilities),
-            "prompt_template": spec.prompt_template,
-            "prompt_variables": list(spec.prompt_variables),
-            "parameters": spec.parameters,
-            "cascade": spec.cascade,
-            "reuse_results": spec.reuse_results,
-            "cache_responses": spec.cache_responses,
-            "implementation": spec.implementation,
-            "concurrency": spec.concurrency,
-            "max_attempts": spec.max_attempts,
+            "capabilities": list(agent_spec.capabilities),
+            "prompt_template": agent_spec.prompt_template,
+            "prompt_variables": list(agent_spec.prompt_variables),
+            "parameters": agent_spec.parameters,
+            "cascade": agent_spec.cascade,
+            "reuse_results": agent_spec.reuse_results,
+            "cache_responses": agent_spec.cache_responses,
+            "implementation": agent_spec.implementation,
+            "concurrency": agent_spec.concurrency,
+            "max_attempts": agent_spec.max_attempts,
         }
-        if spec.paused is not None:
-            values["paused"] = spec.paused
+        if agent_spec.paused is not None:
+            values["paused"] = agent_spec.paused
         for key in ANDON_KEYS:
-            if getattr(spec, key) is not None:
-                values[key] = getattr(spec, key)
-        board_ids = {boards_by_slug[s].pk for s in spec.boards}
-        agent = agents.get(spec.name)
+            if getattr(agent_spec, key) is not None:
+                values[key] = getattr(agent_spec, key)
+        board_ids = {boards_by_slug[s].pk for s in agent_spec.boards}
+        agent = agents.get(agent_spec.name)
         if agent is None:
-            agent = Agent.objects.create(name=spec.name, **values)
+            agent = Agent.objects.create(name=agent_spec.name, **values)
             agent.boards.set(board_ids)
-            report.changes.append(Change("agent", spec.name, "created", note=_agent_summary(spec)))
+            report.changes.append(
+                Change("agent", agent_spec.name, "created", note=_agent_summary(agent_spec))
+            )
             for board_id in board_ids:
                 touched.setdefault(board_id, set())
             continue
@@ -260,16 +263,16 @@ def config_apply(*, document: ConfigDocument) -> ApplyReport:
             agent.boards.set(board_ids)
             fields.append("boards")
         if fields:
-            report.changes.append(Change("agent", spec.name, "updated", tuple(fields), note))
+            report.changes.append(Change("agent", agent_spec.name, "updated", tuple(fields), note))
             for board_id in current | board_ids:
                 touched.setdefault(board_id, set())
         else:
-            report.changes.append(Change("agent", spec.name, "unchanged"))
+            report.changes.append(Change("agent", agent_spec.name, "unchanged"))
 
     for board_id, column_ids in touched.items():
         # A raised limit, a new agent or a resumed one may free capacity now:
         # show the new headers and pull, once the change is visible to others.
         if column_ids:
-            transaction.on_commit(lambda b=board_id, c=column_ids: broadcast.columns_changed(b, c))
-        transaction.on_commit(lambda b=board_id: services.request_pull(board_id=b))
+            transaction.on_commit(partial(broadcast.columns_changed, board_id, column_ids))
+        transaction.on_commit(partial(services.request_pull, board_id=board_id))
     return report

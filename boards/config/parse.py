@@ -28,7 +28,7 @@ from experiments import plans
 
 Role = Column.Role
 
-ROLE_ORDER = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW, Role.DONE]
+ROLE_ORDER: list[str] = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW, Role.DONE]
 REQUIRED_ROLES = [Role.READY, Role.IN_PROGRESS, Role.DONE]
 # The keys of a cascade tier in the file (boards.agents.spec.TIER_KEYS).
 TIER_REQUIRED = ["provider", "model"]
@@ -330,7 +330,8 @@ def _parse_slots(reader: Reader, node: yaml.Node, path: str) -> Any:
     except ValueError as exc:
         # The message names the slot; point at its line when it does.
         named = next((name for name in raw if f"slot {name!r}" in str(exc)), None)
-        reader.error(lines.get(named, line_of(node)), path, str(exc))
+        line = lines.get(named, line_of(node)) if named is not None else line_of(node)
+        reader.error(line, path, str(exc))
         return INVALID
 
 
@@ -1031,7 +1032,13 @@ def _parse_proposals(
                 f"no agent {agent!r} in this file or the database{hint}",
             )
             agent = INVALID
-        if agent in agents and isinstance(change, dict) and isinstance(change.get("prompt_template"), str):
+        # A dict change was read from ``fields`` (so it is set).
+        if (
+            agent in agents
+            and isinstance(change, dict)
+            and fields is not None
+            and isinstance(change.get("prompt_template"), str)
+        ):
             variables = change.get("prompt_variables", list(agents[agent].prompt_variables))
             if isinstance(variables, list) and all(isinstance(v, str) for v in variables):
                 for problem in check_template(change["prompt_template"], variables):

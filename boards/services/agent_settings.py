@@ -5,7 +5,7 @@ version.
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -24,7 +24,7 @@ def agent_save(
     *,
     agent: Agent,
     based_on_version: int | None = None,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     rationale: str = "",
 ) -> Agent:
     """Save an agent's settings (from the admin, a script, or the agent page's

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -15,7 +15,7 @@ from boards.models import ApiToken, Board
 
 def api_token_create(
     *,
-    user: AbstractBaseUser,
+    user: User,
     name: str = "",
     access: str = ApiToken.Access.READ,
     boards: Iterable[Board] | None = None,

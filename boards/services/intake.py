@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Max
@@ -42,7 +42,7 @@ def task_create(
     capability: str = "",
     priority: int = 0,
     allow_reuse: bool = True,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
 ) -> Task:
     title = (title or "").strip()
     capability = (capability or "").strip()
@@ -95,7 +95,7 @@ def tasks_import(
     *,
     board: Board,
     rows: Sequence[TaskRow],
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[Task]:
     """Put many tasks in the board's intake column at once, all or nothing.
@@ -144,6 +144,7 @@ def tasks_import(
         try:
             note = wip_check(column, adding=len(rows))
         except WipLimitReached:
+            assert column.wip_limit is not None  # only a limit is reached
             room = max(column.wip_limit - column_count(column), 0)
             raise TasksImportRefused(
                 f"{column.name} has a hard WIP limit of {column.wip_limit} and room for {room} more "

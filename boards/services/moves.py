@@ -5,7 +5,7 @@ and what follows a change to a board made in the admin.
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -51,7 +51,7 @@ class EscalationOpen(MoveNotAllowed):
 
 
 # Why a column other than Ready keeps its own order.
-_OWN_ORDER = {
+_OWN_ORDER: dict[str, str] = {
     Role.BACKLOG: "the Backlog is pulled by priority, then age",
     Role.IN_PROGRESS: "In progress is ordered by when agents pulled its tasks",
     Role.DONE: "Done lists tasks by when they finished",
@@ -69,7 +69,7 @@ def task_move(
     *,
     task: Task,
     to_column: Column,
-    user: AbstractBaseUser | None,
+    user: User | None,
     before: Task | None = None,
     note: str = "",
 ) -> Task:
@@ -164,7 +164,7 @@ def task_move(
     return task
 
 
-def task_step(*, task: Task, user: AbstractBaseUser | None, direction: str) -> Task:
+def task_step(*, task: Task, user: User | None, direction: str) -> Task:
     """Keyboard moves: ``up``/``down`` reorder within the column, ``left``/``right``
     move to the neighbouring column (where the rules allow)."""
     column = task.column
@@ -191,7 +191,7 @@ def task_step(*, task: Task, user: AbstractBaseUser | None, direction: str) -> T
     raise ValidationError(f"Unknown direction {direction!r}: use up, down, left or right.")
 
 
-def task_block(*, task: Task, user: AbstractBaseUser | None, note: str) -> Task:
+def task_block(*, task: Task, user: User | None, note: str) -> Task:
     note = (note or "").strip()
     if not note:
         raise ValidationError({"note": ["Say what blocks the task, so others know what to fix."]})
@@ -209,7 +209,7 @@ def task_block(*, task: Task, user: AbstractBaseUser | None, note: str) -> Task:
     return task
 
 
-def task_unblock(*, task: Task, user: AbstractBaseUser | None, note: str = "") -> Task:
+def task_unblock(*, task: Task, user: User | None, note: str = "") -> Task:
     with transaction.atomic():
         task = Task.objects.select_for_update(of=("self",), no_key=True).get(pk=task.pk)
         if task.blocked_at is None:

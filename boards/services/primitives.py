@@ -10,10 +10,10 @@ transaction, then schedules the live update (``board_changed_on_commit``, in
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Max
+from django.db.models import Field, Max
 from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
@@ -21,7 +21,8 @@ from boards.models import Agent, Board, Column, Task, TaskEvent
 Role = Column.Role
 Status = Task.Status
 
-STATUS_FOR_ROLE = {
+# Keyed by str: a column's role is read from a CharField.
+STATUS_FOR_ROLE: dict[str, Task.Status] = {
     Role.BACKLOG: Status.BACKLOG,
     Role.READY: Status.READY,
     Role.IN_PROGRESS: Status.RUNNING,
@@ -48,7 +49,7 @@ def task_event(
     to_column: Column | None = None,
     from_status: str = "",
     to_status: str = "",
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     agent: Agent | None = None,
     note: str = "",
 ) -> TaskEvent:
@@ -195,12 +196,12 @@ def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:
     cost milliseconds of CPU per row while the board lock was held."""
     if not tasks:
         return
-    fields = [Task._meta.get_field(name) for name in field_names]
+    fields = [_concrete_field(name) for name in field_names]
     quote = connection.ops.quote_name
     sql = "UPDATE {} SET {} WHERE {} = %s".format(
         quote(Task._meta.db_table),
-        ", ".join(f"{quote(f.column)} = %s" for f in fields),
-        quote(Task._meta.pk.column),
+        ", ".join(f"{quote(_column(f))} = %s" for f in fields),
+        quote(_column(Task._meta.pk)),
     )
     rows = [
         [f.get_db_prep_save(getattr(task, f.attname), connection) for f in fields] + [task.pk]
@@ -210,12 +211,25 @@ def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:
         cursor.executemany(sql, rows)
 
 
+def _concrete_field(name: str) -> Field:
+    field = Task._meta.get_field(name)
+    if not isinstance(field, Field):  # a reverse relation: no column of Task's
+        raise ValueError(f"Task.{name} is not a column; task_rows_update writes columns.")
+    return field
+
+
+def _column(field: Field) -> str:
+    if field.column is None:  # a many-to-many field
+        raise ValueError(f"Task.{field.name} is not a column; task_rows_update writes columns.")
+    return field.column
+
+
 def task_return_or_fail(
     task: Task,
     *,
     kind: str,
     reason: str,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     verb: str = "failed",
     note: str = "",
 ) -> set[int]:

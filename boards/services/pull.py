@@ -218,7 +218,11 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     # Agent rows are locked too (in pk order, after the board: no deadlocks), as an
     # agent serving several boards has one concurrency across all of them.
     review = columns.get(Role.REVIEW)
-    if pull_rules.review_limit_stops_pull(review) and pull_rules.review_full(review, column_count(review)):
+    if (
+        review is not None  # (review_limit_stops_pull says no without it)
+        and pull_rules.review_limit_stops_pull(review)
+        and pull_rules.review_full(review, column_count(review))
+    ):
         # Jidoka: Review is at its hard limit, so the line waits for reviewers
         # rather than pile up more unchecked work. (A soft limit is a signal:
         # the board says so, and the pull goes on.)
@@ -261,6 +265,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     now = timezone.now()
     expires = now + timedelta(seconds=settings.KAIZEN_LEASE_SECONDS)
     claimed: list[Task] = []
+    claims: list[Claim] = []
     # A few more rows than wanted are read: some may ask for a capability whose
     # agents are all busy.
     events = []
@@ -276,6 +281,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         experiment_line.assign(task, agent, experiments)
         task.attempts += 1
         task.lease_token = uuid.uuid4()
+        claims.append(Claim(task.pk, task.lease_token))
         task.lease_expires_at = expires
         task.started_at = now
         # bulk_update does not run auto_now: set it, or the claim looks stale.
@@ -318,7 +324,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     )
     TaskEvent.objects.bulk_create(events)
     changed.update({ready.pk, doing.pk})
-    return [Claim(t.pk, t.lease_token) for t in claimed]
+    return claims
 
 
 def boards_pull_all() -> int:

@@ -236,7 +236,7 @@ def _after_andon_commit(
         transaction.on_commit(andon_broadcast.line_stops_changed)
     if agents:
         for board_id in Board.objects.filter(agents__in=agents).values_list("pk", flat=True).distinct():
-            transaction.on_commit(lambda board_id=board_id: broadcast.columns_changed(board_id, []))
+            transaction.on_commit(partial(broadcast.columns_changed, board_id, []))
 
 
 def _finish(task: Task, target: Column, output: Output, verdict: Verdict | None = None) -> TaskEvent:

@@ -181,8 +181,9 @@ def _draft_body(work: Work, register: str, kind: str) -> list[str]:
         body = answers[:1] + [s for s in body if s not in answers[:1]]
     elif kind == "reply" and register != "casual":
         order = re.search(r"\b[Oo]rder (?:ref\.? )?#?([A-Z]*-?\d+)|\b([A-Z]{2,5}-\d{3,})", source.text)
-        about = f" about order {order.group(1)}" if order and order.group(1) else ""
-        if about and any(order.group(1) in fact for fact in body):
+        number = order.group(1) if order else None
+        about = f" about order {number}" if number else ""
+        if number and any(number in fact for fact in body):
             about = ""
         if not re.search(r"not with thanks", reading.instructions, re.I):
             body.insert(0, f"Thank you for your message{about}.")
@@ -257,7 +258,7 @@ def write_draft(work: Work, flaws: list[str]) -> tuple[str, str]:
                 closing = ""
             else:
                 body.pop()
-    if long:
+    if long and reading.word_limit:  # (long is set only with a word limit)
         padding = [
             "We truly value you as a customer and want every experience with us to be a good one.",
             "Our team works hard every day to make sure that orders arrive on time and in perfect condition.",

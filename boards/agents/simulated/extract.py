@@ -449,7 +449,7 @@ def _write_claims(work: Work, flaws: list[str]) -> tuple[str, str]:
         effects = list(dict.fromkeys(e.strip() for e in _EFFECT.findall(sentence)))
         # A sentence giving the design or the sample only is not a claim.
         about_sample = bool(sample_match and sample_match.group(0) in sentence)
-        rest = sentence.replace(sample_match.group(0), "") if about_sample else sentence
+        rest = sentence.replace(sample_match.group(0), "") if about_sample and sample_match else sentence
         if (not effects and (about_sample or design_of(sentence) != "unclear")) or (
             about_sample and len(word_list(rest)) < 5
         ):
@@ -522,7 +522,7 @@ def _write_claims(work: Work, flaws: list[str]) -> tuple[str, str]:
 
 
 def _write_json_object(work: Work, flaws: list[str]) -> tuple[str, str]:
-    data = {}
+    data: dict[str, object] = {}
     for field in work.reading.json_fields:
         if field.options:
             data[field.name] = best_label(field.options, field.name, work.source.text)

@@ -184,8 +184,8 @@ def _section_content(section: Section, work: Work) -> str | list[str]:
     if re.search(r"\bpart\b|\blot\b", heading):
         ids = CASE_ID.findall(work.reading.instructions) or IDENTIFIER.findall(work.reading.instructions)
         lot = re.search(r"\blot \d+", work.reading.instructions + " " + text, re.I)
-        found = ", ".join(dict.fromkeys([*ids[:1], *([lot.group(0)] if lot else [])]))
-        return found or "not stated"
+        part = ", ".join(dict.fromkeys([*ids[:1], *([lot.group(0)] if lot else [])]))
+        return part or "not stated"
     if "nonconform" in heading or "finding" in heading or "problem" in heading:
         return strip_end(source.sentences[0]) if source.sentences else "not stated"
     if "extent" in heading:

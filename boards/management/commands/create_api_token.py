@@ -55,7 +55,7 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         max_name = ApiToken._meta.get_field("name").max_length
-        if len(name) > max_name:
+        if max_name is not None and len(name) > max_name:
             raise CommandError(f"--name is {len(name)} characters long; keep it to {max_name}.")
         User = get_user_model()
         user = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
