@@ -9,6 +9,7 @@ small read-only helpers only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -49,6 +50,12 @@ class PromptVersion(models.Model):
     )
     rationale = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # Not columns: what the agent page (boards.agents.views) attaches to the
+    # versions it lists.
+    is_active: bool
+    candidate_of: ChangeProposal | None
+    can_roll_back: bool
 
     class Meta:
         ordering = ["agent", "-number"]
@@ -134,6 +141,15 @@ class ChangeProposal(models.Model):
     decision_note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
+    # Not columns: what experiments.selectors.proposal_details_get and the agent
+    # page attach to the proposals they show.
+    diff_rows: list[tuple[str, str]]
+    evidence_items: list[dict[str, Any]]
+    author_label: str
+    active_moved: bool
+    url: str
+    state: str
+
     class Meta:
         ordering = ["-created_at", "-pk"]
         permissions = [("approve_change", "Can approve, promote and roll back prompt changes")]
@@ -187,6 +203,17 @@ class Experiment(models.Model):
     stage_started_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     status_reason = models.TextField(blank=True)
+
+    # Not columns: what experiments.selectors.experiment_details_get and the
+    # agent page attach to the experiments they show.
+    counts: dict[str, dict[str, Any]]
+    latest_look_id: int | None  # an annotation of experiments.selectors
+    latest_look: ExperimentLook | None
+    next_look_at: datetime | None
+    summary: str
+    reason_note: str
+    chart: str | None
+    url: str
 
     class Meta:
         ordering = ["-started_at", "-pk"]
@@ -251,6 +278,12 @@ class ExperimentLook(models.Model):
     stats = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not columns: the figures experiments.selectors shows with a look.
+    decision_label: str
+    diff_points: float
+    ci_low_points: float
+    ci_high_points: float
+
     class Meta:
         ordering = ["created_at", "pk"]
 
@@ -307,6 +340,11 @@ class AuditEntry(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     objects = AuditQuerySet.as_manager()
+
+    # Not columns: what the agent page attaches to the entries it lists.
+    who: str
+    proposal_url: str
+    experiment_url: str
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -153,7 +153,7 @@ def proposal_details_get(proposal: ChangeProposal) -> ChangeProposal:
     proposal.evidence_items = _evidence_items(proposal.evidence)
     if proposal.source == PromptVersion.Source.KAIZEN:
         proposal.author_label = "kaizen loop"
-    elif proposal.author_id:
+    elif proposal.author is not None:
         proposal.author_label = proposal.author.get_username()
     elif proposal.source == PromptVersion.Source.CONFIG:
         proposal.author_label = "a config file"

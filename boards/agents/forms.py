@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.db.models import Q
@@ -306,11 +306,16 @@ class BaseTierFormSet(forms.BaseFormSet):
 # cascade[2].parameters.timeout -> index 2, rest "parameters.timeout"
 _TIER_PATH = re.compile(r"^cascade\[(?P<index>\d+)\](?:\.(?P<rest>.+))?$")
 
-TierFormSet = forms.formset_factory(
-    TierForm,
-    formset=BaseTierFormSet,
-    extra=1,
-    max_num=MAX_CASCADE_TIERS,
-    can_order=True,
-    can_delete=True,
+# formset_factory makes a subclass of its formset argument; the stubs only say
+# BaseFormSet.
+TierFormSet = cast(
+    type[BaseTierFormSet],
+    forms.formset_factory(
+        TierForm,
+        formset=BaseTierFormSet,
+        extra=1,
+        max_num=MAX_CASCADE_TIERS,
+        can_order=True,
+        can_delete=True,
+    ),
 )

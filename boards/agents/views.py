@@ -26,6 +26,7 @@ from boards.agents.cascade import implementation_for
 from boards.agents.forms import (
     AgentOperationsForm,
     AgentPromptForm,
+    BaseTierFormSet,
     PromptRollbackForm,
     TierForm,
     TierFormSet,
@@ -92,7 +93,7 @@ class _AgentEdit:
     prompt change with its cascade, its preview, and the operational switches."""
 
     form: AgentPromptForm
-    formset: TierFormSet
+    formset: BaseTierFormSet
     operations: AgentOperationsForm
     preview: dict[str, Any] | None = None
 
@@ -148,7 +149,7 @@ def _proposal_state(proposal: ChangeProposal) -> str:
     return proposal.get_status_display().lower()
 
 
-def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: TierFormSet) -> dict[str, Any]:
+def _proposed_fields(agent: Agent, form: AgentPromptForm, formset: BaseTierFormSet) -> dict[str, Any]:
     """The forms' values as a prompt version holds them (normal form), so that the
     preview compares them as ``proposal_create`` will."""
     data = form.cleaned_data
@@ -218,14 +219,14 @@ def _agent_history(agent: Agent, user) -> dict[str, Any]:
         .order_by("-created_at", "-pk")[:HISTORY_ROWS]
     )
     for entry in audit:
-        if entry.user_id:
+        if entry.user is not None:
             entry.who = entry.user.get_username()
         elif entry.action == AuditEntry.Action.VERSION:
             entry.who = "a config file or the admin"
         else:
             entry.who = "kaizen loop"
-        entry.proposal_url = _kaizen_url(entry.proposal) if entry.proposal_id else ""
-        entry.experiment_url = _kaizen_url(entry.experiment) if entry.experiment_id else ""
+        entry.proposal_url = _kaizen_url(entry.proposal) if entry.proposal is not None else ""
+        entry.experiment_url = _kaizen_url(entry.experiment) if entry.experiment is not None else ""
     return {
         "versions": versions,
         "proposals": proposals,
