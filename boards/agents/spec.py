@@ -98,6 +98,7 @@ def known_context_window(provider: str, model: str) -> int | None:
             return KNOWN_CONTEXT_WINDOWS[prefix]
     return None
 
+
 # Costs are kept to ten decimal places of a dollar: exact sums, whatever the database.
 COST_PLACES = Decimal("0.0000000001")
 MAX_CASCADE_TIERS = 8
