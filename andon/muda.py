@@ -796,6 +796,21 @@ def _scope(
     return q
 
 
+def window_problems(since: datetime | None, until: datetime | None) -> dict[str, list[str]]:
+    """What is wrong with a window asked for (by the page's form and the API), per field."""
+    problems: dict[str, list[str]] = {}
+    if since is not None and until is not None:
+        if since >= until:
+            problems["until"] = ["The end of the window must come after its start."]
+        elif until - since > MAX_WINDOW:
+            problems["since"] = [f"Ask for at most {MAX_WINDOW.days} days at a time."]
+    elif since is not None and until is None and timezone.now() - since > MAX_WINDOW:
+        problems["since"] = [f"Ask for at most {MAX_WINDOW.days} days at a time (the window ends now)."]
+    elif since is not None and until is None and since >= timezone.now():
+        problems["since"] = ["The start of the window is in the future: nothing has happened yet."]
+    return problems
+
+
 def muda_window_get(
     *, since: datetime | None, until: datetime | None, now: datetime | None = None
 ) -> tuple[datetime, datetime]:
