@@ -443,7 +443,7 @@ def waiting(events: Sequence[EventRow], since: datetime, until: datetime) -> Was
                 status = event.to_status
     queued = totals["backlog"] + totals["ready"] + totals["review"] + totals["decision"]
     per_item = {f"{name}_s_per_item": (totals[name] / items if items else None) for name in totals}
-    return _waste("waiting", _percent(queued, totals["lead"]), None, items=items, **per_item)
+    return _waste("waiting", _percent(queued, totals["lead"]), None, finished_items=items, **per_item)
 
 
 def transport(finished_calls: Sequence[CallRow]) -> Waste:
@@ -461,7 +461,7 @@ def transport(finished_calls: Sequence[CallRow]) -> Waste:
         )
         extra_cost += sum(r.cost for r in model if r is not taken)
     value = calls / len(items) if items else None
-    return _waste("transport", value, extra_cost, items=len(items), model_calls=int(calls))
+    return _waste("transport", value, extra_cost, finished_items=len(items), model_calls=int(calls))
 
 
 def over_processing(calls: Sequence[CallRow]) -> Waste:

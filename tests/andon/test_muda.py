@@ -80,7 +80,7 @@ def test_waiting_is_the_queue_share_of_the_lead_time_of_items_finished_in_the_wi
     # Lead times 3 + 4 + 1.5 + 1 + 0.1 = 9.6 h. Backlog 1 h (task 1); Ready 1 + 0.5 + 0.5
     # + 0.25 + 0.5 + 0.1 = 2.85 h; waiting for a decision 2 h (task 2, 5 h to 7 h);
     # blocked 0.5 h (task 3), apart.
-    assert waste.parts["items"] == 5
+    assert waste.parts["finished_items"] == 5
     assert waste.value == pytest.approx((1 + 2.85 + 2) / 9.6 * 100, abs=1e-4)
     assert waste.parts["backlog_s_per_item"] == pytest.approx(3600 / 5)
     assert waste.parts["ready_s_per_item"] == pytest.approx(2.85 * 3600 / 5)
@@ -173,7 +173,7 @@ def test_an_agent_s_wastes_are_its_own(line):
     assert report.escalation_rate.value == 0.0
     assert report.waste("transport").value == pytest.approx(3 / 2)  # tasks 3 and 4
     waiting = report.waste("waiting")
-    assert waiting.parts["items"] == 2
+    assert waiting.parts["finished_items"] == 2
     assert waiting.value == pytest.approx((0.25 + 0.5) / 2.5 * 100, abs=1e-4)
 
 
@@ -256,4 +256,4 @@ def test_the_report_reads_a_bounded_number_of_queries(settings, django_assert_ma
         build_line(offset=10 * n, board=first.board, alpha=first.alpha, beta=first.beta)
     with django_assert_max_num_queries(7):
         report = muda.muda_report_get(board=first.board, since=SINCE, until=UNTIL)
-    assert report.waste("transport").parts["items"] == 5 * copies
+    assert report.waste("transport").parts["finished_items"] == 5 * copies
