@@ -12,6 +12,7 @@ Pure functions over plain values: no database, no Django models.
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -86,6 +87,7 @@ KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
 }
 
 
+@functools.lru_cache(maxsize=512)
 def known_context_window(provider: str, model: str) -> int | None:
     """The context window of a model when nothing else is said: a simulated
     model's profile, else the longest prefix of KNOWN_CONTEXT_WINDOWS."""
