@@ -799,6 +799,11 @@ def _scope(
 def window_problems(since: datetime | None, until: datetime | None) -> dict[str, list[str]]:
     """What is wrong with a window asked for (by the page's form and the API), per field."""
     problems: dict[str, list[str]] = {}
+    if until is not None and since is None:
+        try:
+            until - DEFAULT_WINDOW
+        except OverflowError:
+            problems["until"] = ["The end of the window is out of range: give a date after the year 1."]
     if since is not None and until is not None:
         if since >= until:
             problems["until"] = ["The end of the window must come after its start."]
@@ -864,7 +869,14 @@ def muda_history_get(
         .order_by("created_at", "pk")
         .values_list("task_id", "kind", "from_status", "to_status", "created_at")
     ]
-    finished_calls = _call_rows(ModelCall.objects.filter(task_id__in=finished).order_by("created_at", "pk"))
+    # The finished items' calls: those already read (in the window and scope), and
+    # the others (before the window, or another agent's), read apart so that a
+    # busy window's rows are not read and converted twice.
+    finished_ids = {event.task_id for event in finished_events}
+    finished_calls = [call for call in calls if call.task_id in finished_ids]
+    finished_calls += _call_rows(
+        ModelCall.objects.filter(task_id__in=finished).exclude(scope & in_window).order_by("created_at", "pk")
+    )
     columns: list[ColumnRow] = []
     # WIP is known now only: a window that ends in the past has no WIP now.
     if board is not None and until >= now - timedelta(minutes=1):

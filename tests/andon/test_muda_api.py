@@ -73,6 +73,8 @@ def test_an_agent_s_wastes(line, reader):
         ({"since": UNTIL.isoformat(), "until": SINCE.isoformat()}, "until", "must come after its start"),
         ({"since": "2024-01-01T00:00:00Z", "until": "2025-06-01T00:00:00Z"}, "since", "at most 366 days"),
         ({"agent": "nobody"}, "agent", "There is no agent 'nobody'"),
+        ({"until": "0001-01-02T00:00:00Z"}, "until", "out of range"),
+        ({"since": "2999-01-01T00:00:00Z"}, "since", "in the future"),
     ],
 )
 def test_bad_input_is_a_400_with_a_message_on_its_field(line, reader, params, field, message):
