@@ -628,7 +628,9 @@ def task_calls(request: HttpRequest, task_id: int = Path(..., ge=1, le=MAX_ID)) 
     url_name="board-muda",
     tags=["boards"],
 )
-def board_muda(request: HttpRequest, slug: str = SLUG, filters: Query[MudaFilters] = None) -> dict[str, Any]:
+def board_muda(
+    request: HttpRequest, slug: str = SLUG, filters: Query[MudaFilters] = None
+) -> dict[str, Any] | HttpResponse:
     """The seven wastes (overproduction, waiting, transport, over-processing, inventory, motion,
     defects) of the board, or of one agent's work on it, over a window (default: the last 7
     days), each with its value, unit, cost in dollars, target and definition, as the board's
@@ -640,13 +642,11 @@ def board_muda(request: HttpRequest, slug: str = SLUG, filters: Query[MudaFilter
     if filters.agent:
         agent = Agent.objects.filter(name=filters.agent).first()
         if agent is None:
-            raise _FieldErrors(
-                {
-                    "agent": [
-                        f"There is no agent {filters.agent!r}; GET /api/v1/boards/{slug} lists the board's agents."
-                    ]
-                }
+            # Names an agent that does not exist: a 404, as for a board, with the field named.
+            message = (
+                f"There is no agent {filters.agent!r}; GET /api/v1/boards/{slug} lists the board's agents."
             )
+            return _error(request, 404, message, {"agent": [message]})
     report = muda.muda_report_get(
         board=board, agent=agent, since=filters.since, until=filters.until, with_trend=False
     )

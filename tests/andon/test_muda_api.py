@@ -72,9 +72,9 @@ def test_an_agent_s_wastes(line, reader):
         ({"since": "yesterday"}, "since", "Input should be a valid datetime"),
         ({"since": UNTIL.isoformat(), "until": SINCE.isoformat()}, "until", "must come after its start"),
         ({"since": "2024-01-01T00:00:00Z", "until": "2025-06-01T00:00:00Z"}, "since", "at most 366 days"),
-        ({"agent": "nobody"}, "agent", "There is no agent 'nobody'"),
         ({"until": "0001-01-02T00:00:00Z"}, "until", "out of range"),
         ({"since": "2999-01-01T00:00:00Z"}, "since", "in the future"),
+        ({"until": "9999-06-01T00:00:00Z"}, "until", "before the year 9999"),
     ],
 )
 def test_bad_input_is_a_400_with_a_message_on_its_field(line, reader, params, field, message):
@@ -82,6 +82,12 @@ def test_bad_input_is_a_400_with_a_message_on_its_field(line, reader, params, fi
     assert response.status_code == 400, response.content
     errors = response.json()["errors"]
     assert field in errors and any(message in m for m in errors[field]), errors
+
+
+def test_an_unknown_agent_is_a_404_naming_the_field(line, reader):
+    response = reader.get(url(line), {"agent": "nobody"})
+    assert response.status_code == 404
+    assert "There is no agent 'nobody'" in response.json()["errors"]["agent"][0]
 
 
 def test_it_needs_a_token(line, client):
