@@ -550,41 +550,54 @@ def inventory(calls: Sequence[CallRow], columns: Sequence[ColumnRow], now: datet
     )
 
 
-def motion(calls: Sequence[CallRow], cache_seconds: int) -> Waste:
-    model_calls = redundant_in_task = redundant_in_cache = cached = reused = 0
-    cost = 0.0
+def redundant_calls(calls: Sequence[CallRow], cache_seconds: int) -> dict[CallRow, str]:
+    """Which model calls repeat an earlier identical one (by request key): "task"
+    when the same task made it before, "cache" when another task did within the
+    cache's lifetime. Failed calls neither count nor are counted against."""
+    found: dict[CallRow, str] = {}
     seen_in_task: set[tuple[int, str]] = set()
     last_seen: dict[str, datetime] = {}
     for call in sorted(calls, key=lambda c: c.at):
-        if call.source == ModelCall.Source.CACHE:
-            cached += 1
-        elif call.source == ModelCall.Source.REUSE:
-            reused += 1
-        else:
-            model_calls += 1
         if not call.request_key or call.error:
             continue
         if call.source == ModelCall.Source.MODEL:
             earlier = last_seen.get(call.request_key)
             if (call.task_id, call.request_key) in seen_in_task:
-                redundant_in_task += 1
-                cost += call.cost
+                found[call] = "task"
             elif earlier is not None and (call.at - earlier).total_seconds() < cache_seconds:
-                redundant_in_cache += 1
-                cost += call.cost
+                found[call] = "cache"
         seen_in_task.add((call.task_id, call.request_key))
         last_seen[call.request_key] = call.at
-    redundant = redundant_in_task + redundant_in_cache
+    return found
+
+
+def motion(
+    calls: Sequence[CallRow], cache_seconds: int, redundant: dict[CallRow, str] | None = None
+) -> Waste:
+    """``redundant``: the verdicts of ``redundant_calls`` over a longer stretch (a
+    trend's period is judged with the calls of the periods before it)."""
+    if redundant is None:
+        redundant = redundant_calls(calls, cache_seconds)
+    sources: dict[str, int] = defaultdict(int)
+    kinds: dict[str, int] = defaultdict(int)
+    cost = 0.0
+    for call in calls:
+        sources[call.source] += 1
+        kind = redundant.get(call)
+        if kind is not None:
+            kinds[kind] += 1
+            cost += call.cost
+    model_calls = sources[ModelCall.Source.MODEL]
     return _waste(
         "motion",
-        _percent(redundant, model_calls),
+        _percent(kinds["task"] + kinds["cache"], model_calls),
         cost,
         model_calls=model_calls,
-        redundant_calls=redundant,
-        redundant_in_task=redundant_in_task,
-        redundant_in_cache_window=redundant_in_cache,
-        served_from_cache=cached,
-        reused_results=reused,
+        redundant_calls=kinds["task"] + kinds["cache"],
+        redundant_in_task=kinds["task"],
+        redundant_in_cache_window=kinds["cache"],
+        served_from_cache=sources[ModelCall.Source.CACHE],
+        reused_results=sources[ModelCall.Source.REUSE],
     )
 
 
@@ -639,15 +652,20 @@ def unreviewed_defects(inspections: Sequence[InspectionRow], escalations: Sequen
 # --- the report and its trend -------------------------------------------------------------
 
 
-def wastes_of(history: History) -> dict[str, Waste]:
-    over = overproduction(history.calls, history.inspections, history.escalations)
+def wastes_of(
+    history: History, redundant: dict[CallRow, str] | None = None, whole: History | None = None
+) -> dict[str, Waste]:
+    """Every waste of ``history``. A trend's period passes the whole window as
+    ``whole``: its calls' inspections and rejections may fall in the next period."""
+    joins = whole or history
+    over = overproduction(history.calls, joins.inspections, joins.escalations)
     return {
         "overproduction": over,
         "waiting": waiting(history.finished_events, history.since, history.until),
         "transport": transport(history.finished_calls),
         "over_processing": over_processing(history.calls),
         "inventory": inventory(history.calls, history.columns, history.now),
-        "motion": motion(history.calls, history.cache_seconds),
+        "motion": motion(history.calls, history.cache_seconds, redundant),
         "defects": defects(history.calls, history.inspections, history.escalations),
         "token_efficiency": token_efficiency(over),
         "escalation_rate": escalation_rate(history.inspections, history.escalations),
@@ -704,6 +722,8 @@ def trend(history: History, period: str) -> tuple[TrendPoint, ...]:
     item_calls = split(
         (c for c in history.finished_calls if c.task_id in finished_at), key=lambda c: finished_at[c.task_id]
     )
+    # Judged over the whole window: a call repeating one from an earlier period is redundant too.
+    redundant = redundant_calls(history.calls, history.cache_seconds)
     points = []
     for i, start in enumerate(starts):
         part = History(
@@ -716,7 +736,8 @@ def trend(history: History, period: str) -> tuple[TrendPoint, ...]:
             finished_calls=item_calls[i],
             cache_seconds=history.cache_seconds,
         )
-        points.append(TrendPoint(start=start, values={n: w.value for n, w in wastes_of(part).items()}))
+        values = {n: w.value for n, w in wastes_of(part, redundant, history).items()}
+        points.append(TrendPoint(start=start, values=values))
     return tuple(points)
 
 

@@ -181,12 +181,19 @@ def test_the_trend_splits_the_window_by_hour(board_report):
     assert board_report.period == "hour"
     assert len(board_report.trend) == 24
     assert board_report.trend[2].start == at(2)
-    # 2 h to 3 h: c1 and c2 (tier 1 passed over, 50 of 90 tokens); task 1's inspection comes at 3 h.
-    assert board_report.trend[2].values["overproduction"] == pytest.approx(50 / 90 * 100, abs=1e-4)
+    # 2 h to 3 h: c1 and c2 (tier 1 passed over, 50 of 90 tokens, and c2's 10 excess tokens,
+    # by task 1's inspection at 3 h, in the next period).
+    assert board_report.trend[2].values["overproduction"] == pytest.approx(60 / 90 * 100, abs=1e-4)
+    # 4 h to 5 h: c3, whose draft was rejected (escalated at 5 h).
+    assert board_report.trend[4].values["overproduction"] == 100.0
     # Task 1 finished at 3 h: backlog 1 h and ready 1 h of 3 h.
     assert board_report.trend[3].values["waiting"] == pytest.approx(200 / 3, abs=1e-4)
     assert board_report.trend[3].values["transport"] == pytest.approx(2.0)
     assert board_report.trend[20].values == dict.fromkeys(muda.NAMES)
+    # A repeat is judged against the calls of earlier periods too: c8 (12 h) repeats c6 (11 h),
+    # c11 (15 h) repeats c9 (14 h).
+    assert board_report.trend[12].values["motion"] == 100.0
+    assert board_report.trend[15].values["motion"] == 50.0  # c11 of c11 and c12
 
 
 def test_a_long_window_has_a_daily_trend(line):
