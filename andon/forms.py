@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 
+from andon.muda import window_problems
 from boards.models import Agent, Board
 
 
@@ -87,4 +88,48 @@ class CordForm(forms.Form):
         data = self.cleaned_data  # what Form.clean returns, never None
         if not self.errors and (data.get("board") is None) == (data.get("agent") is None):
             raise forms.ValidationError("Choose a board or an agent to stop (one of them).")
+        return data
+
+
+class MudaFilterForm(forms.Form):
+    """The Muda page's window and agent. Unlike the inbox's filters, a bad value
+    is refused with a message beside its field: a window that means nothing
+    would show numbers that look real."""
+
+    since = forms.DateTimeField(
+        required=False,
+        label="From",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Default: 7 days before the end.",
+        error_messages={"invalid": "Give a date and time, such as 2026-01-05 09:00."},
+    )
+    until = forms.DateTimeField(
+        required=False,
+        label="To",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Default: now (the page then updates live).",
+        error_messages={"invalid": "Give a date and time, such as 2026-01-12 09:00."},
+    )
+    agent = forms.ModelChoiceField(
+        queryset=Agent.objects.none(),
+        required=False,
+        empty_label="Every agent",
+        to_field_name="name",
+        error_messages={"invalid_choice": "That agent does not serve this board: choose one from the list."},
+    )
+
+    def __init__(self, *args, board: Board, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        agent = self.fields["agent"]
+        assert isinstance(agent, forms.ModelChoiceField)
+        agent.queryset = Agent.objects.filter(boards=board).order_by("name")
+
+    def clean(self) -> dict[str, Any]:
+        # The window's rules are written once (andon.muda); the API says the same.
+        super().clean()
+        data = self.cleaned_data
+        for field, messages in window_problems(data.get("since"), data.get("until")).items():
+            for message in messages:
+                self.add_error(field, message)
         return data

@@ -150,6 +150,33 @@ def inspect_run(task: Task, output) -> tuple[Verdict, int]:
     return verdict, tokens_out
 
 
+def output_would_pass(task: Task, text: str, *, confidence: float | None, tokens_out: int) -> bool | None:
+    """Whether an output the cascade passed over (below its tier's threshold) would
+    have passed the agent's inspection, for the over-processing waste (andon.muda).
+    None when it cannot be told cheaply or safely: malformed checks, or a custom
+    check (user code, which may be slow or count what it sees). Never records
+    anything: only the accepted output is inspected for the line."""
+    specs = checks_for(task.agent)
+    if specs is None or any(spec.kind == "custom" for spec in specs):
+        return None
+    if not specs:
+        return True
+    needs_optimal = any(
+        spec.kind == "token_waste" and not spec.params.get("optimal_tokens") for spec in specs
+    )
+    context = InspectionContext(
+        title=task.title,
+        input=task.input,
+        tokens_out=tokens_out or estimate_tokens(text),
+        optimal_tokens=optimal_lengths.get(task.agent_id) if needs_optimal and task.agent_id else None,
+    )
+    try:
+        return inspect(text, confidence=confidence, checks=list(specs), context=context).passed
+    except Exception:
+        logger.exception("inspecting a passed-over output of task %s failed", task.pk)
+        return None
+
+
 def _failure(name: str, reason: str):
     from andon.inspection import Failure
 

@@ -526,6 +526,18 @@ class ModelCall(models.Model):
     error = models.TextField(blank=True)
     # For a reused result: the task whose result was taken.
     reused_from = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # What the seven wastes (andon.muda) need, recorded as the call is made:
+    # a SHA-256 of (provider, model, rendered prompt, parameters), the response
+    # cache's key, so identical calls (motion) are found by an index, not by
+    # comparing prompts; empty for a reused result and custom agents' calls.
+    request_key = models.CharField(max_length=64, blank=True)
+    # The tier's context window in tokens when the call was made (null: not known):
+    # tokens_in / context_window is the call's context-window utilisation (inventory).
+    context_window = models.PositiveIntegerField(null=True, blank=True)
+    # For an output the cascade passed over: would it have passed the agent's
+    # inspection (null: not accepted-or-not, or could not be told, e.g. custom
+    # checks)? A later tier paid for after a passing one is over-processing.
+    would_pass = models.BooleanField(null=True, blank=True)
     # When the call was made, which may be well before its row is written (at the
     # end of the run).
     created_at = models.DateTimeField(default=timezone.now)
@@ -535,6 +547,7 @@ class ModelCall(models.Model):
         indexes = [
             models.Index(fields=["board", "created_at"], name="modelcall_board_time"),
             models.Index(fields=["agent", "created_at"], name="modelcall_agent_time"),
+            models.Index(fields=["request_key", "created_at"], name="modelcall_request_time"),
         ]
 
     def __str__(self) -> str:

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from andon import views_muda
 from boards import views, views_tasks
 
 urlpatterns = [
@@ -7,6 +8,8 @@ urlpatterns = [
     path("<slug:slug>/", views.board_detail, name="boards-detail"),
     path("<slug:slug>/body/", views.board_body, name="boards-body"),
     path("<slug:slug>/cord/", views.board_cord, name="boards-cord"),
+    path("<slug:slug>/muda/", views_muda.board_muda, name="boards-muda"),
+    path("<slug:slug>/muda/<str:name>.csv", views_muda.board_muda_csv, name="boards-muda-csv"),
     path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),
     # The task list, its CSV export and import (boards/views_tasks.py).
     path("<slug:slug>/tasks/", views_tasks.task_list_view, name="boards-task-list"),

@@ -33,7 +33,7 @@ from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
 from boards.agents.prompts import PromptError, render_prompt, task_variables, with_review_feedback
 from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 from boards.agents.registry import custom_agent
-from boards.agents.response_cache import cache_key, cached_response
+from boards.agents.response_cache import cache_key, cached_response, request_key
 from boards.agents.spec import ConfigError, Tier, parse_cascade, parse_parameters, parse_variables
 from boards.selectors import agent_metrics_get
 
@@ -123,6 +123,7 @@ class PromptCascadeAgent(BaseAgent):
             last = number == len(tiers)
             parameters = {**generation, **tier.parameters}
             key = cache_key(tier, prompt, parameters)
+            window = tier.window
             at = timezone.now()
             response = cached_response(key) if self.agent.cache_responses else None
             source = "cache" if response is not None else "model"
@@ -153,6 +154,8 @@ class PromptCascadeAgent(BaseAgent):
                             error=str(exc)[:2000],
                             error_type=exc.error_type,
                             at=at,
+                            request_key=request_key(key),
+                            context_window=window,
                         )
                     )
                     errors.append(f"tier {number} ({tier.model}): {exc}")
@@ -160,6 +163,16 @@ class PromptCascadeAgent(BaseAgent):
                 if self.agent.cache_responses:
                     to_cache.append((key, response))
             accepted = last or tier.accepts(response.confidence)
+            # Over-processing is counted where the data shows it: an output the
+            # cascade passes over is inspected as the accepted one would be (cheap
+            # checks on a text already in hand; never a model call).
+            would_pass = (
+                None
+                if accepted
+                else jidoka.output_would_pass(
+                    task, response.text, confidence=response.confidence, tokens_out=response.tokens_out
+                )
+            )
             calls.append(
                 CallRecord(
                     source=source,
@@ -177,6 +190,9 @@ class PromptCascadeAgent(BaseAgent):
                     confidence_source=response.confidence_source,
                     accepted=accepted,
                     at=at,
+                    request_key=request_key(key),
+                    context_window=window,
+                    would_pass=would_pass,
                 )
             )
             cached_from = key if source == "cache" else ""

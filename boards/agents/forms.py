@@ -216,6 +216,13 @@ class TierForm(forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "placeholder": '{"latency_ms": 400}'}),
     )
+    # Checked with the cascade (parse_cascade), so a bad value gets the same message
+    # here, in the YAML and in the admin.
+    context_window = forms.IntegerField(
+        label="Context window (tokens)",
+        required=False,
+        widget=forms.NumberInput(attrs={"min": 1, "placeholder": "the model's"}),
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
@@ -248,6 +255,8 @@ class TierForm(forms.Form):
         for key in ("price_in", "price_out"):
             if data[key].strip():
                 tier[key] = data[key].strip()
+        if data.get("context_window") is not None:
+            tier["context_window"] = data["context_window"]
         return tier
 
     @staticmethod
@@ -260,6 +269,7 @@ class TierForm(forms.Form):
             "price_in": tier.get("price_in") if tier.get("price_in") is not None else "",
             "price_out": tier.get("price_out") if tier.get("price_out") is not None else "",
             "threshold": tier.get("threshold"),
+            "context_window": tier.get("context_window"),
         }
 
 

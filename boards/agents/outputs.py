@@ -48,6 +48,16 @@ class CallRecord:
     reused_from: int | None = None
     # When the call was made (the ledger's time); None: when it is recorded.
     at: datetime | None = None
+    # What the seven wastes (andon.muda) need. The digest of (provider, model,
+    # rendered prompt, parameters): the response cache's key, so identical calls
+    # are found without hashing twice.
+    request_key: str = ""
+    # The tier's context window in tokens, when known (prompt tokens are measured against it).
+    context_window: int | None = None
+    # For an output the cascade did not take (below its tier's threshold): whether
+    # it would have passed the agent's inspection, when that could be told (None
+    # otherwise): a stronger tier paid for when a cheaper answer was good enough.
+    would_pass: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def cache_key(tier: Tier, prompt: str, parameters: dict[str, Any]) -> str:
     return "response:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
+def request_key(key: str) -> str:
+    """The ledger's request key (ModelCall.request_key) of a cache key: its digest."""
+    return key.removeprefix("response:")
+
+
 def _cache():
     return caches["responses"]
 

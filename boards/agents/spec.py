@@ -2,8 +2,8 @@
 
 An agent has a prompt template with declared variables, generation parameters
 (temperature, top_p, max_tokens) and a **cascade**: tiers tried cheapest first,
-each a provider, a model, its parameters, a price per 1k input and output tokens
-and an acceptance threshold. The admin (through ``Agent.clean``), the agent page,
+each a provider, a model, its parameters, a price per 1k input and output tokens,
+an acceptance threshold and, optionally, the model's context window in tokens. The admin (through ``Agent.clean``), the agent page,
 ``apply_config`` and the runtime all read them through this module, so a value
 that passes here cannot fail a task later for being malformed.
 
@@ -12,6 +12,7 @@ Pure functions over plain values: no database, no Django models.
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -46,7 +47,59 @@ TIER_SETTINGS: dict[str, dict[str, tuple[float | None, float | None, str]]] = {
 }
 
 # The keys a tier is written with (in the database's JSON, the YAML and the forms).
-TIER_KEYS = ("provider", "model", "parameters", "price_in", "price_out", "threshold")
+TIER_KEYS = ("provider", "model", "parameters", "price_in", "price_out", "threshold", "context_window")
+
+# The largest context window a tier may name, in tokens (beyond any model's).
+MAX_CONTEXT_WINDOW = 100_000_000
+
+# The context windows of known models, in tokens (prompt and output together), by
+# the start of the model's name: the longest matching prefix wins, so
+# "gpt-4o-mini-2024-07-18" is a "gpt-4o-mini". From the providers' model pages
+# (late 2026); a tier's own ``context_window`` overrides them, and a model not
+# listed here has no window until one is given (its utilisation is then not measured).
+KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
+    # OpenAI
+    "gpt-3.5-turbo": 16_385,
+    "gpt-4": 8_192,
+    "gpt-4-turbo": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-5": 400_000,
+    "o1": 200_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+    # Anthropic
+    "claude-3": 200_000,
+    "claude-haiku": 200_000,
+    "claude-sonnet": 200_000,
+    "claude-opus": 200_000,
+    # Open models as Ollama, vLLM and llama.cpp name them (their default builds)
+    "llama3": 8_192,
+    "llama3.1": 131_072,
+    "llama3.2": 131_072,
+    "llama3.3": 131_072,
+    "mistral": 32_768,
+    "mixtral": 32_768,
+    "qwen2.5": 32_768,
+    "gemma2": 8_192,
+    "phi3": 4_096,
+}
+
+
+@functools.lru_cache(maxsize=512)
+def known_context_window(provider: str, model: str) -> int | None:
+    """The context window of a model when nothing else is said: a simulated
+    model's profile, else the longest prefix of KNOWN_CONTEXT_WINDOWS."""
+    if provider == "simulated":
+        profile = SIMULATED_PROFILES.get(model)
+        return profile.context_window if profile else None
+    name = model.lower()
+    for prefix in sorted(KNOWN_CONTEXT_WINDOWS, key=len, reverse=True):
+        if name.startswith(prefix):
+            return KNOWN_CONTEXT_WINDOWS[prefix]
+    return None
+
 
 # Costs are kept to ten decimal places of a dollar: exact sums, whatever the database.
 COST_PLACES = Decimal("0.0000000001")
@@ -73,6 +126,17 @@ class Tier:
     # Accept this tier's output when its confidence is at least this; None accepts
     # any output (the tier is as far as the cascade goes for this agent).
     threshold: float | None = None
+    # Tokens the model takes in one call (prompt and output), as the tier gives it;
+    # None: the model's known window (``window``). Inventory (andon.muda) measures
+    # prompt tokens against it.
+    context_window: int | None = None
+
+    @property
+    def window(self) -> int | None:
+        """The tier's context window in tokens: its own, else the model's known one."""
+        if self.context_window is not None:
+            return self.context_window
+        return known_context_window(self.provider, self.model)
 
     def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
         raw = (Decimal(tokens_in) * self.price_in + Decimal(tokens_out) * self.price_out) / 1000
@@ -95,6 +159,9 @@ class Tier:
             "price_in": str(self.price_in),
             "price_out": str(self.price_out),
             "threshold": self.threshold,
+            # Only when given: a window taken from the known models is not written
+            # down, so a stored cascade keeps its form (and an agent its version).
+            **({"context_window": self.context_window} if self.context_window is not None else {}),
         }
 
 
@@ -332,6 +399,16 @@ def parse_tier(value: Any, where: str) -> Tier:
             problems.extend(exc.problems)
     else:
         threshold = None
+    context_window = value.get("context_window")
+    if context_window is not None and context_window != "":
+        try:
+            context_window = _number(
+                context_window, f"{where}.context_window", 1, MAX_CONTEXT_WINDOW, integer=True
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    else:
+        context_window = None
     if problems:
         raise ConfigError(problems)
     # Without a problem, both were checked above.
@@ -343,6 +420,7 @@ def parse_tier(value: Any, where: str) -> Tier:
         price_in=prices["price_in"],
         price_out=prices["price_out"],
         threshold=threshold,
+        context_window=context_window,
     )
 
 

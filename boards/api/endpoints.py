@@ -31,6 +31,7 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 
+from andon import muda
 from boards import selectors, services
 from boards.agents.cascade import PromptCascadeAgent
 from boards.agents.outputs import AgentFailed
@@ -45,6 +46,8 @@ from boards.api.schemas import (
     ColumnRefOut,
     ErrorOut,
     ModelCallOut,
+    MudaFilters,
+    MudaOut,
     TaskFilters,
     TaskIn,
     TaskOut,
@@ -620,3 +623,74 @@ def task_calls(request: TokenHttpRequest, task_id: int = Path(..., ge=1, le=MAX_
         raise Http404(f"There is no task {task_id}.")
     _check_scope(request, task.board)
     return [_call_out(call) for call in selectors.task_model_calls_get(task=task)]
+
+
+# --- muda -----------------------------------------------------------------------
+
+
+@api.get(
+    "/boards/{slug}/muda",
+    response={200: MudaOut, **COMMON_ERRORS, 404: ErrorOut},
+    operation_id="board_muda",
+    summary="The seven wastes of a board",
+    url_name="board-muda",
+    tags=["boards"],
+)
+def board_muda(
+    request: TokenHttpRequest,
+    slug: str = SLUG,
+    # As board_tasks': django-ninja always passes the filters.
+    filters: Query[MudaFilters] = None,  # type: ignore[assignment]
+) -> dict[str, Any] | HttpResponse:
+    """The seven wastes (overproduction, waiting, transport, over-processing, inventory, motion,
+    defects) of the board, or of one agent's work on it, over a window (default: the last 7
+    days), each with its value, unit, cost in dollars, target and definition, as the board's
+    Muda page shows them; with the token efficiency and the human escalation rate."""
+    board = _board_or_404(request, slug)
+    if problems := muda.window_problems(filters.since, filters.until):
+        raise _FieldErrors(problems)
+    agent = None
+    if filters.agent:
+        agent = Agent.objects.filter(name=filters.agent).first()
+        if agent is None:
+            # Names an agent that does not exist: a 404, as for a board, with the field named.
+            message = (
+                f"There is no agent {filters.agent!r}; GET /api/v1/boards/{slug} lists the board's agents."
+            )
+            return _error(request, 404, message, {"agent": [message]})
+    report = muda.muda_report_get(
+        board=board, agent=agent, since=filters.since, until=filters.until, with_trend=False
+    )
+    return {
+        "board": board.slug,
+        "agent": agent.name if agent else None,
+        "since": report.since,
+        "until": report.until,
+        "wastes": [_waste_out(waste) for waste in report.wastes],
+        "token_efficiency": _waste_out(report.token_efficiency),
+        "escalation_rate": _waste_out(report.escalation_rate),
+        "unreviewed_defects": report.unreviewed_defects,
+        "html_url": request.build_absolute_uri(reverse("boards-muda", kwargs={"slug": board.slug})),
+    }
+
+
+class _FieldErrors(DjangoValidationError):
+    """Bad query parameters, per field: answered 400 by ``service_error``."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        super().__init__(problems)
+
+
+def _waste_out(waste: muda.Waste) -> dict[str, Any]:
+    return {
+        "name": waste.name,
+        "label": waste.label,
+        "value": waste.value,
+        "unit": waste.unit,
+        "cost": waste.cost,
+        "target": waste.target,
+        "better": waste.better,
+        "met": waste.met,
+        "definition": waste.definition,
+        "parts": waste.parts,
+    }

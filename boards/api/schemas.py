@@ -211,6 +211,20 @@ def _text_filter(value: str | None) -> str | None:
     return value
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """A time filter in UTC (UTC when no offset is given)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31T23:59-01:00 is past the last moment UTC can name: the
+        # nearest one means the same for a filter.
+        return datetime.max.replace(tzinfo=UTC) if value.year > 1 else datetime.min.replace(tzinfo=UTC)
+
+
 class TaskFilters(Schema):
     """The task list's query parameters: every filter given must match."""
 
@@ -266,16 +280,7 @@ class TaskFilters(Schema):
     @field_validator("created_after", "created_before", "finished_after", "finished_before", mode="after")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:
-            # 9999-12-31T23:59-01:00 is past the last moment UTC can name: the
-            # nearest one means the same for a filter.
-            return datetime.max.replace(tzinfo=UTC) if value.year > 1 else datetime.min.replace(tzinfo=UTC)
+        return _utc(value)
 
 
 class TaskPageOut(Schema):
@@ -285,3 +290,78 @@ class TaskPageOut(Schema):
     next: str | None = Field(description="The URL of the next page, or null on the last.")
     previous: str | None = Field(description="The URL of the previous page, or null on the first.")
     results: list[TaskOut] = Field(description="This page's tasks, in the order `sort` asks for.")
+
+
+class MudaFilters(Schema):
+    """The Muda report's query parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = Field(
+        None,
+        description="The window's start (ISO 8601; UTC when no offset is given). Default: 7 days before `until`.",
+    )
+    until: datetime | None = Field(None, description="The window's end, not included. Default: now.")
+    agent: str | None = Field(
+        None,
+        description="Only this agent's work (its name); default: the whole board.",
+        json_schema_extra={"maxLength": Agent._meta.get_field("name").max_length, "pattern": LINE_PATTERN},
+    )
+
+    @field_validator("agent", mode="after")
+    @classmethod
+    def _one_line_text(cls, value: str | None) -> str | None:
+        return _text_filter(value)
+
+    @field_validator("since", "until", mode="after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _utc(value)
+
+
+class WasteOut(Schema):
+    """One waste (or measure) over the window."""
+
+    name: str = Field(
+        description="overproduction, waiting, transport, over_processing, inventory, motion, defects, "
+        "token_efficiency or escalation_rate."
+    )
+    label: str = Field(description="Its name as the Muda page shows it.")
+    value: float | None = Field(
+        description="Its value over the window, in `unit`; null when there is no data."
+    )
+    unit: str = Field(description="`%`, or `calls/item` for transport.")
+    cost: float | None = Field(
+        description="Dollars it cost over the window; null for a waste that spends no model money (waiting, "
+        "inventory) and for the escalation rate."
+    )
+    target: float = Field(
+        description="The target, in `unit`: met strictly below it (or above, see `better`)."
+    )
+    better: Literal["lower", "higher"] = Field(description="Which way is better.")
+    met: bool | None = Field(description="Whether the value meets the target; null without data.")
+    definition: str = Field(description="What is counted, and how.")
+    parts: dict[str, float | int | None] = Field(
+        description="What the value is made of (counts, tokens, seconds)."
+    )
+
+
+class MudaOut(Schema):
+    """The seven wastes of a board (or one agent's work on it) over a window."""
+
+    board: str = Field(description="The board's slug.")
+    agent: str | None = Field(description="The agent whose work this is, or null for the whole board.")
+    since: datetime = Field(description="The window's start.")
+    until: datetime = Field(description="The window's end (not included).")
+    wastes: list[WasteOut] = Field(
+        description="The seven wastes, in this order: overproduction, waiting, transport, over_processing, "
+        "inventory, motion, defects."
+    )
+    token_efficiency: WasteOut = Field(
+        description="Output tokens that reached a finished output; target > 80%."
+    )
+    escalation_rate: WasteOut = Field(description="Outputs escalated to a person; target < 5%.")
+    unreviewed_defects: int = Field(
+        description="Outputs that failed inspection and reached Done without a person's decision (target: 0)."
+    )
+    html_url: str = Field(description="The board's Muda page.")

@@ -32,7 +32,7 @@ ROLE_ORDER: list[str] = [Role.BACKLOG, Role.READY, Role.IN_PROGRESS, Role.REVIEW
 REQUIRED_ROLES = [Role.READY, Role.IN_PROGRESS, Role.DONE]
 # The keys of a cascade tier in the file (boards.agents.spec.TIER_KEYS).
 TIER_REQUIRED = ["provider", "model"]
-TIER_OPTIONAL = ["parameters", "price_in", "price_out", "threshold"]
+TIER_OPTIONAL = ["parameters", "price_in", "price_out", "threshold", "context_window"]
 # The one-tier shorthand for a cascade, as files written before cascades say it.
 SHORTHAND_KEYS = ("provider", "model", "provider_settings")
 

@@ -52,6 +52,9 @@ def ledger_rows(
             stale=stale,
             error=call.error,
             reused_from_id=call.reused_from,
+            request_key=call.request_key,
+            context_window=call.context_window,
+            would_pass=call.would_pass,
             created_at=call.at or now,
         )
         for call in calls

@@ -22,6 +22,9 @@ class SimulatedProfile:
     error_rate: float
     verbosity: float
     difficulty_slope: float = 2.4
+    # Tokens one call may take (prompt and output), as a real model of its class
+    # would: a tier on this model measures its context-window use against it.
+    context_window: int = 8_192
 
 
 SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
@@ -33,6 +36,7 @@ SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
         error_rate=0.04,
         verbosity=1.6,
         difficulty_slope=3.0,
+        context_window=8_192,
     ),
     "sim-medium": SimulatedProfile(
         latency_ms=900,
@@ -42,6 +46,7 @@ SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
         error_rate=0.02,
         verbosity=1.2,
         difficulty_slope=2.4,
+        context_window=32_768,
     ),
     "sim-large": SimulatedProfile(
         latency_ms=2000,
@@ -51,6 +56,7 @@ SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
         error_rate=0.01,
         verbosity=1.0,
         difficulty_slope=1.8,
+        context_window=128_000,
     ),
 }
 
