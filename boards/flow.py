@@ -138,7 +138,7 @@ def item_age(started_at: datetime, at: datetime) -> float:
 
 
 def age_level(age: float, sle: Percentiles) -> str:
-    """"ok", "amber" (past the 70th percentile of past cycle times) or "red" (past
+    """ "ok", "amber" (past the 70th percentile of past cycle times) or "red" (past
     the 85th, the service level expectation); "ok" when there is no history."""
     p85, p70 = sle.get(85), sle.get(70)
     if p85 is not None and age > p85:
@@ -161,9 +161,10 @@ def period_start(index: int, step: int) -> datetime:
 
 
 def period_grid(since: datetime, until: datetime, step: int) -> list[int]:
-    """Every period index from the one holding ``since`` to the one holding
-    ``until`` (inclusive): zero periods are part of the series."""
-    first, last = period_of(since, step), period_of(until, step)
+    """Every period index from the one holding ``since`` to the last one that
+    starts before ``until`` (the window is [since, until)): zero periods are
+    part of the series."""
+    first, last = period_of(since, step), math.ceil(until.timestamp() / step) - 1
     return list(range(first, last + 1))
 
 
@@ -262,7 +263,7 @@ def rebin(values: Sequence[int], factor: int) -> list[int]:
 
 @dataclass(frozen=True)
 class HowManyForecast:
-    """"How many items by date D": for each confidence c, at least ``items[c]``
+    """ "How many items by date D": for each confidence c, at least ``items[c]``
     items with probability c (the conservative reading)."""
 
     periods: int
@@ -272,7 +273,7 @@ class HowManyForecast:
 
 @dataclass(frozen=True)
 class WhenForecast:
-    """"When will the next N items be done": for each confidence c, within
+    """ "When will the next N items be done": for each confidence c, within
     ``periods[c]`` periods with probability c (None: not within the horizon)."""
 
     items: int
@@ -324,7 +325,9 @@ def forecast_when(
         return WhenForecast(items=0, periods={c: 0 for c in PERCENTILES}, trials=trials, horizon=horizon)
     if int(data.max()) == 0:
         # Nothing was ever finished in the sampling window: no trial ever ends.
-        return WhenForecast(items=items, periods={c: None for c in PERCENTILES}, trials=trials, horizon=horizon)
+        return WhenForecast(
+            items=items, periods={c: None for c in PERCENTILES}, trials=trials, horizon=horizon
+        )
     done_at = np.full(trials, np.iinfo(np.int64).max, dtype=np.int64)
     totals = np.zeros(trials, dtype=np.int64)
     elapsed = 0

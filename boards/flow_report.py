@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
+
 from boards import flow
 from boards.flow_selectors import FlowData, FlowFilter, flow_done_per_period_get, flow_line_counts
 from boards.models import Board, Column
@@ -86,7 +88,8 @@ def _xmr(chart: flow.XmR, labels: list[str]) -> dict[str, Any]:
         "predictable": chart.predictable,
         "outside": [{"index": i, "label": labels[i], "value": chart.values[i]} for i in chart.outside],
         "ranges_outside": [
-            {"index": i, "label": labels[i], "value": chart.moving_ranges[i - 1]} for i in chart.ranges_outside
+            {"index": i, "label": labels[i], "value": chart.moving_ranges[i - 1]}
+            for i in chart.ranges_outside
         ],
     }
 
@@ -160,7 +163,9 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
         "lead_time": lead.as_dict(),
         "wip": _series(data.grid, step, wip),
         "wip_limits": {
-            c.name: c.wip_limit for c in data.columns if c.role in (Column.Role.IN_PROGRESS, Column.Role.REVIEW)
+            c.name: c.wip_limit
+            for c in data.columns
+            if c.role in (Column.Role.IN_PROGRESS, Column.Role.REVIEW)
         },
         "throughput": {
             "per_hour": _series(hours, 3600, per_hour),
@@ -203,9 +208,7 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
     }
 
 
-def flow_forecast(
-    *, board: Board, where: FlowFilter, ask: ForecastAsk, now: datetime
-) -> dict[str, Any]:
+def flow_forecast(*, board: Board, where: FlowFilter, ask: ForecastAsk, now: datetime) -> dict[str, Any]:
     """The Monte Carlo answer to ``ask``, sampling the throughput per period of
     the ``sample_days`` before the end of the window (one query)."""
     period = FORECAST_PERIODS[ask.period]
@@ -258,3 +261,78 @@ def flow_forecast(
             "table": [{"confidence": c, "at_least": n} for c, n in how.items.items()],
         }
     return out
+
+
+DEFAULT_WINDOW = timedelta(days=7)
+MAX_SAMPLE_DAYS = 365
+# The forecasts' horizon: further than this many periods is not forecast.
+MAX_FORECAST_PERIODS = 10_000
+MAX_FORECAST_ITEMS = 100_000
+
+
+@dataclass(frozen=True)
+class FlowQuery:
+    where: FlowFilter
+    step: int
+    forecast: ForecastAsk | None
+
+
+def flow_query_resolve(
+    *,
+    board: Board,
+    now: datetime,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    agent: str | None = None,
+    capability: str | None = None,
+    resolution: str | None = None,
+    forecast_items: int | None = None,
+    forecast_date: datetime | None = None,
+    forecast_period: str | None = None,
+    sample_days: int | None = None,
+) -> FlowQuery:
+    """The window, slice and forecast asked for, checked: a ValidationError with a
+    message per field when any is wrong (one query, for an agent's name)."""
+    errors: dict[str, list[str]] = {}
+    until = until or now
+    since = since or until - DEFAULT_WINDOW
+    step: int | None = None
+    if resolution:
+        step = flow.STEPS.get(resolution)
+        if step is None:
+            errors["resolution"] = [f"Choose one of {', '.join(flow.STEPS)}."]
+    for name, problems in flow.window_problems(since=since, until=until, step=step).items():
+        errors.setdefault(name, []).extend(problems)
+    if since > now:
+        errors.setdefault("since", []).append("The window must start in the past.")
+    agent_id = None
+    if agent:
+        agent_id = board.agents.filter(name=agent).values_list("pk", flat=True).first()
+        if agent_id is None:
+            errors["agent"] = [f"No agent named {agent!r} serves this board."]
+    period = forecast_period or "hour"
+    if period not in FORECAST_PERIODS:
+        errors["forecast_period"] = ["Choose hour or day."]
+    if sample_days is not None and not 1 <= sample_days <= MAX_SAMPLE_DAYS:
+        errors["sample_days"] = [f"Give a sampling window of 1 to {MAX_SAMPLE_DAYS} days."]
+    if forecast_items is not None and not 1 <= forecast_items <= MAX_FORECAST_ITEMS:
+        errors["forecast_items"] = [f"Ask for 1 to {MAX_FORECAST_ITEMS:,} items."]
+    if forecast_date is not None:
+        if forecast_date <= now:
+            errors["forecast_date"] = ["Give a date in the future."]
+        elif period in FORECAST_PERIODS and (
+            (forecast_date - now).total_seconds() / FORECAST_PERIODS[period] > MAX_FORECAST_PERIODS
+        ):
+            errors["forecast_date"] = [
+                f"That is more than {MAX_FORECAST_PERIODS:,} {period}s ahead: choose a nearer date or "
+                "forecast per day."
+            ]
+    if errors:
+        raise ValidationError(errors)
+    ask = None
+    if forecast_items is not None or forecast_date is not None:
+        ask = ForecastAsk(
+            items=forecast_items, date=forecast_date, period=period, sample_days=sample_days or 7
+        )
+    where = FlowFilter(since=since, until=until, agent_id=agent_id, capability=capability or None)
+    return FlowQuery(where=where, step=step or flow.default_step(since, until), forecast=ask)

@@ -66,7 +66,7 @@ class EpochBucket(Func):
         return super().as_sql(
             compiler,
             connection,
-            template=f"(CAST(strftime('%%s', %(expressions)s) AS INTEGER) / {self.step})",
+            template=f"(CAST(strftime('%%%%s', %(expressions)s) AS INTEGER) / {self.step})",
             **extra,
         )
 
