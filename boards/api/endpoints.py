@@ -631,7 +631,9 @@ def board_flow(request: HttpRequest, slug: str = SLUG, filters: Query[FlowFilter
     window (default: the last 7 days), computed from the event log and the ledger. With
     `forecast_items` or `forecast_date`, a Monte Carlo forecast (10,000 seeded trials
     resampling the throughput per period of the sampling window). `definitions` says what
-    each measure is."""
+    each measure is. A 400 names the field when the window ends before it starts or holds
+    more than 2,000 periods at the resolution, the agent does not serve the board, or the
+    forecast date is past or beyond 10,000 periods."""
     board = _board_or_404(request, slug)
     now = timezone.now()
     query = flow_report.flow_query_resolve(

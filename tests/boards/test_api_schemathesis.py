@@ -31,6 +31,10 @@ EXAMPLES = 50
 NEGATIVE_EXAMPLES = 25
 # What a schema-valid request may answer besides success.
 EXPECTED_REFUSALS = {404, 409}
+# Rules between parameters no schema states (the flow window's end after its start, an
+# agent that serves the board, a forecast date ahead and within the horizon): a 400
+# naming the field, which is what the operation documents for them.
+CROSS_FIELD_RULES = {"GET /api/v1/boards/{slug}/flow": {"until", "since", "agent", "forecast_date", "resolution"}}
 
 RESPONSE_CHECKS = [
     st_checks.not_a_server_error,
@@ -98,6 +102,9 @@ def test_schema_valid_requests_are_taken_and_never_meet_a_server_error(api_schem
             response = case.call(headers=auth)
             case.validate_response(response, checks=RESPONSE_CHECKS, headers=auth)
             status = response.status_code
+            rules = CROSS_FIELD_RULES.get(case.operation.label, set())
+            if status == 400 and rules and set(response.json()["errors"]) <= rules:
+                return
             if not (200 <= status < 300 or status in EXPECTED_REFUSALS):
                 failures.append(
                     f"{case.operation.label}: {status} {response.text[:300]}\n{case.as_curl_command()}"
