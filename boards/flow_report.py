@@ -336,3 +336,89 @@ def flow_query_resolve(
         )
     where = FlowFilter(since=since, until=until, agent_id=agent_id, capability=capability or None)
     return FlowQuery(where=where, step=step or flow.default_step(since, until), forecast=ask)
+
+
+CSV_CHARTS = (
+    "aging",
+    "cycle",
+    "throughput",
+    "wip",
+    "cfd",
+    "xmr-cycle",
+    "xmr-throughput",
+    "agents",
+    "capabilities",
+    "forecast",
+)
+
+
+def flow_csv_rows(report: dict[str, Any], chart: str) -> list[list[Any]]:
+    """The data of one chart of the page as rows, header first."""
+    if chart == "aging":
+        return [["task", "title", "column", "status", "started_at", "age_s", "level"]] + [
+            [a["task"], a["title"], a["column"], a["status"], a["started_at"], a["age_s"], a["level"]]
+            for a in report["age"]
+        ]
+    if chart == "cycle":
+        return [["task", "finished_at", "cycle_time_s", "lead_time_s"]] + [
+            [f["task"], f["finished_at"], f["cycle_time_s"], f["lead_time_s"]] for f in report["finished"]
+        ]
+    if chart == "throughput":
+        rows: list[list[Any]] = [["period", "period_start", "items_finished"]]
+        for name in ("per_hour", "per_day"):
+            series = report["throughput"][name]
+            rows += [[name[4:], p, v] for p, v in zip(series["periods"], series["values"], strict=True)]
+        return rows
+    if chart == "wip":
+        wip = report["wip"]
+        return [["period_start", "wip"]] + [
+            [p, v] for p, v in zip(wip["periods"], wip["values"], strict=True)
+        ]
+    if chart == "cfd":
+        bands = report["cfd"]["bands"]
+        return [["period_start", *flow.STATUSES]] + [
+            [p, *(bands[s][i] for s in flow.STATUSES)] for i, p in enumerate(report["cfd"]["periods"])
+        ]
+    if chart in ("xmr-cycle", "xmr-throughput"):
+        data = report["xmr"]["cycle_time" if chart == "xmr-cycle" else "throughput"]
+        outside = {o["index"] for o in data["outside"]}
+        ranges_outside = {o["index"] for o in data["ranges_outside"]}
+        rows = [["label", "value", "moving_range", "mean", "lower", "upper", "range_upper", "signal"]]
+        for i, (label, value) in enumerate(zip(data["labels"], data["values"], strict=True)):
+            signal = "outside" if i in outside else ("range above limit" if i in ranges_outside else "")
+            rows.append(
+                [
+                    label,
+                    value,
+                    data["moving_ranges"][i - 1] if i else "",
+                    data["mean"],
+                    data["lower"],
+                    data["upper"],
+                    data["range_upper"],
+                    signal,
+                ]
+            )
+        return rows
+    if chart in ("agents", "capabilities"):
+        keys = [
+            "key",
+            "completed",
+            "first_pass_yield",
+            "rework_agent",
+            "rework_human",
+            "escalations",
+            "inspections",
+            "escalation_rate",
+            "cost",
+            "cost_per_item",
+        ]
+        return [keys] + [[row[k] for k in keys] for row in report["agent_line"][chart]]
+    if chart == "forecast":
+        forecast = report.get("forecast") or {}
+        rows = [["question", "confidence", "answer"]]
+        for row in forecast.get("when", {}).get("table", []):
+            rows.append([f"when {forecast['when']['items']} items", row["confidence"], row["date"]])
+        for row in forecast.get("how_many", {}).get("table", []):
+            rows.append([f"how many by {forecast['how_many']['date']}", row["confidence"], row["at_least"]])
+        return rows
+    raise ValueError(f"unknown chart {chart!r}")

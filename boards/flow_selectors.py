@@ -240,6 +240,7 @@ def flow_in_flight_get(*, board: Board, where: FlowFilter) -> list[flow.InFlight
     claim. For a window ending now, the tasks in those statuses; for a past one,
     the tasks whose last status change before its end took them there."""
     statuses = [Status.RUNNING, Status.REVIEW]
+    rows: Iterable[tuple[int, str, str, datetime | None, int | None, str]]
     if where.until >= timezone.now():
         rows = (
             Task.objects.filter(board=board, status__in=statuses)
@@ -356,9 +357,9 @@ def flow_line_counts(data: FlowData) -> tuple[dict[str, flow.LineCounts], dict[s
     for item in data.finished:
         history = data.histories.get(item.task_id)
         first = 1 if history is not None and flow.is_first_pass(history) else 0
-        values = [("completed", 1), ("first_pass", first)]
-        bump(per_agent, name(item.agent_id), values)
-        bump(per_capability, item.capability or "(none)", values)
+        finished = [("completed", 1.0), ("first_pass", float(first))]
+        bump(per_agent, name(item.agent_id), finished)
+        bump(per_capability, item.capability or "(none)", finished)
     for (agent_id, capability), values in data.line.items():
         bump(per_agent, name(agent_id), values.items())
         bump(per_capability, capability or "(none)", values.items())

@@ -1,12 +1,13 @@
 from django.urls import path
 
-from boards import views, views_tasks
+from boards import views, views_flow, views_tasks
 
 urlpatterns = [
     path("", views.board_list, name="boards-list"),
     path("<slug:slug>/", views.board_detail, name="boards-detail"),
     path("<slug:slug>/body/", views.board_body, name="boards-body"),
     path("<slug:slug>/cord/", views.board_cord, name="boards-cord"),
+    path("<slug:slug>/flow/", views_flow.board_flow, name="boards-flow"),
     path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),
     # The task list, its CSV export and import (boards/views_tasks.py).
     path("<slug:slug>/tasks/", views_tasks.task_list_view, name="boards-task-list"),

@@ -34,7 +34,9 @@ EXPECTED_REFUSALS = {404, 409}
 # Rules between parameters no schema states (the flow window's end after its start, an
 # agent that serves the board, a forecast date ahead and within the horizon): a 400
 # naming the field, which is what the operation documents for them.
-CROSS_FIELD_RULES = {"GET /api/v1/boards/{slug}/flow": {"until", "since", "agent", "forecast_date", "resolution"}}
+CROSS_FIELD_RULES = {
+    "GET /api/v1/boards/{slug}/flow": {"until", "since", "agent", "forecast_date", "resolution"}
+}
 
 RESPONSE_CHECKS = [
     st_checks.not_a_server_error,
