@@ -202,7 +202,10 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
             },
         },
         "agent_line": {
-            "agents": [_line_row(flow.line_measures(k, v)) for k, v in per_agent.items()],
+            "agents": [
+                {**_line_row(flow.line_measures(k, v)), "simulated": k in data.simulated}
+                for k, v in per_agent.items()
+            ],
             "capabilities": [_line_row(flow.line_measures(k, v)) for k, v in per_capability.items()],
         },
     }

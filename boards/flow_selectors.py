@@ -113,6 +113,8 @@ class FlowData:
     in_flight: list[flow.InFlightItem]
     line: dict[tuple[int | None, str], dict[str, float]] = field(default_factory=dict)
     agent_names: dict[int, str] = field(default_factory=dict)
+    # Names of the agents whose model is the simulated one (labelled so wherever shown).
+    simulated: set[str] = field(default_factory=set)
 
 
 def _changes(board: Board, where: FlowFilter) -> QuerySet[TaskEvent]:
@@ -325,7 +327,8 @@ def flow_data_get(*, board: Board, where: FlowFilter, step: int) -> FlowData:
     agent_ids = {i.agent_id for i in finished if i.agent_id}
     line = flow_line_get(board=board, where=where)
     agent_ids |= {a for a, _ in line if a}
-    names = dict(Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name")) if agent_ids else {}
+    agents = list(Agent.objects.filter(pk__in=agent_ids)) if agent_ids else []
+    names = {a.pk: a.name for a in agents}
     return FlowData(
         columns=columns,
         step=step,
@@ -338,6 +341,7 @@ def flow_data_get(*, board: Board, where: FlowFilter, step: int) -> FlowData:
         in_flight=flow_in_flight_get(board=board, where=where),
         line=line,
         agent_names=names,
+        simulated={a.name for a in agents if a.is_simulated},
     )
 
 

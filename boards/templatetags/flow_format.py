@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from django import template
 
+from experiments.charts import money
+
 register = template.Library()
 
 
@@ -35,7 +37,7 @@ def percent(share: float | None) -> str:
 def dollars(value: float | None) -> str:
     if value is None:
         return "–"
-    return f"${value:,.4f}" if value >= 0.0001 or value == 0 else f"${value:.2e}"
+    return money(value)
 
 
 @register.filter

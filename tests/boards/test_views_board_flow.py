@@ -63,7 +63,8 @@ def test_the_page_draws_every_chart_with_the_histories_numbers(client, user):
     assert "nearest-rank" in html
     assert "Cycle time: from the start (first claim) to the finish." in html
     # The agent line: alpha finished 2, half of them first time.
-    row = re.search(r"<tr><th scope=\"row\">alpha</th>(.*?)</tr>", html, re.S).group(1)
+    row = re.search(r"<tr><th scope=\"row\">alpha (.*?)</tr>", html, re.S).group(1)
+    assert "simulated" in row  # the model is the simulated one, and says so
     assert '<td class="num">2</td><td class="num">50%</td>' in row
 
 
