@@ -186,17 +186,22 @@ def aging_figure(report: dict[str, Any]) -> Figure:
 
 def cycle_figure(report: dict[str, Any]) -> Figure:
     """Finish time vs cycle time, with the percentile lines; a switch to lead time."""
-    finished = report["finished"]
-    unit, scale = time_unit(max([f["lead_time_s"] for f in finished] + [0]))
-    with_cycle = [f for f in finished if f["cycle_time_s"] is not None]
+    f = report["finished"]
+    unit, scale = time_unit(max(f["lead_time_s"] + [0]))
+    # Dates as milliseconds since the epoch (what a Plotly date axis takes): the
+    # points may be tens of thousands.
+    at = [t * 1000 for t in f["finished_at"]]
+    cycle = [
+        (x, c / scale, t) for x, c, t in zip(at, f["cycle_time_s"], f["task"], strict=True) if c is not None
+    ]
     data: list[dict[str, Any]] = [
         {
             "type": "scattergl",
             "mode": "markers",
             "name": "Cycle time",
-            "x": [f["finished_at"] for f in with_cycle],
-            "y": [f["cycle_time_s"] / scale for f in with_cycle],
-            "text": [f"#{f['task']}" for f in with_cycle],
+            "x": [c[0] for c in cycle],
+            "y": [c[1] for c in cycle],
+            "text": [f"#{c[2]}" for c in cycle],
             "hovertemplate": "%{text} finished %{x}<br>cycle time %{y:.3g} " + unit + "<extra></extra>",
             "marker": {"color": "#1f4fc4", "size": 7, "opacity": 0.8},
         },
@@ -205,13 +210,14 @@ def cycle_figure(report: dict[str, Any]) -> Figure:
             "mode": "markers",
             "name": "Lead time",
             "visible": False,
-            "x": [f["finished_at"] for f in finished],
-            "y": [f["lead_time_s"] / scale for f in finished],
-            "text": [f"#{f['task']}" for f in finished],
+            "x": at,
+            "y": [v / scale for v in f["lead_time_s"]],
+            "text": [f"#{t}" for t in f["task"]],
             "hovertemplate": "%{text} finished %{x}<br>lead time %{y:.3g} " + unit + "<extra></extra>",
             "marker": {"color": "#8250df", "size": 7, "opacity": 0.8},
         },
     ]
+    finished = f["task"]
     cycle_shapes, cycle_notes = _percentile_lines(report["cycle_time"], scale)
     lead_shapes, lead_notes = _percentile_lines(report["lead_time"], scale)
     if not finished:

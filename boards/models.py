@@ -462,7 +462,12 @@ class TaskEvent(models.Model):
 
     class Meta:
         ordering = ["created_at", "pk"]
-        indexes = [models.Index(fields=["board", "created_at"], name="event_board_time")]
+        indexes = [
+            models.Index(fields=["board", "created_at"], name="event_board_time"),
+            # The flow measures' arrivals in a status over a window: finishes
+            # (to_status done), returns to Ready (boards.flow_selectors).
+            models.Index(fields=["board", "to_status", "created_at"], name="event_board_to_status_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.from_status}->{self.to_status}"
