@@ -15,7 +15,7 @@ and the API do:
 - ``board_page_ms``: the board page (cards with their age and the SLE query);
 - ``flow_queries_<window>``: the number of queries.
 
-for the default window (the last 7 days) and the whole history (30 days). The
+for the default window (the last 7 days) and, with --whole, the whole history. The
 median of REPEAT runs each, after a warm-up. Prints one ``name=value`` line a
 figure. Needs PostgreSQL: BENCH_FLOW_DATABASE_URL (default
 postgres://postgres@127.0.0.1:5432/kaizen_bench_flow), dropped and re-created.
@@ -232,6 +232,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--calls-per-task", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--whole", action="store_true", help="also time the whole history as the window")
     args = parser.parse_args()
     _setup(os.environ.get("BENCH_FLOW_DATABASE_URL", DEFAULT_DB))
 
@@ -267,7 +268,7 @@ def main() -> None:
     page.force_login(user)
     now = timezone.now()
     whole = now - timedelta(days=args.days)
-    windows = {"7d": None, f"{args.days}d": whole}
+    windows = {"7d": None, **({f"{args.days}d": whole} if args.whole else {})}
     for name, since in windows.items():
         params = {} if since is None else {"since": since.isoformat()}
         query = flow_report.flow_query_resolve(board=board, now=now, since=since)

@@ -201,8 +201,10 @@ def cycle_figure(report: dict[str, Any]) -> Figure:
             "name": "Cycle time",
             "x": [c[0] for c in cycle],
             "y": [c[1] for c in cycle],
-            "text": [f"#{c[2]}" for c in cycle],
-            "hovertemplate": "%{text} finished %{x}<br>cycle time %{y:.3g} " + unit + "<extra></extra>",
+            "customdata": [c[2] for c in cycle],
+            "hovertemplate": "#%{customdata} finished %{x}<br>cycle time %{y:.3g} "
+            + unit
+            + "<extra></extra>",
             "marker": {"color": "#1f4fc4", "size": 7, "opacity": 0.8},
         },
         {
@@ -212,8 +214,8 @@ def cycle_figure(report: dict[str, Any]) -> Figure:
             "visible": False,
             "x": at,
             "y": [v / scale for v in f["lead_time_s"]],
-            "text": [f"#{t}" for t in f["task"]],
-            "hovertemplate": "%{text} finished %{x}<br>lead time %{y:.3g} " + unit + "<extra></extra>",
+            "customdata": f["task"],
+            "hovertemplate": "#%{customdata} finished %{x}<br>lead time %{y:.3g} " + unit + "<extra></extra>",
             "marker": {"color": "#8250df", "size": 7, "opacity": 0.8},
         },
     ]

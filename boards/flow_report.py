@@ -41,7 +41,9 @@ DEFINITIONS: dict[str, str] = {
     "'When will N items be done': an 85% chance within the date given.",
     "xmr": "XmR process behaviour chart: natural process limits at the mean ± 2.66 × the average "
     "moving range, upper range limit 3.268 × the average moving range. Predictable means no value "
-    "outside the natural process limits and no moving range above its limit in the window.",
+    "outside the natural process limits and no moving range above its limit in the window. "
+    "Cycle time: the latest 500 items finished in the window, in the order they finished; "
+    "throughput: per day once the window holds a week, else per hour.",
     "first_pass_yield": "First-pass yield: items finished on a passing inspection that were never "
     "escalated, edited (corrected), rejected or returned to Ready, ÷ items finished.",
     "rework": "Rework: returns to Ready from In progress, Review, Done or Failed; by a person "
@@ -54,6 +56,7 @@ DEFINITIONS: dict[str, str] = {
 }
 
 FORECAST_PERIODS = {"hour": 3600, "day": 86400}
+XMR_ITEMS = 500
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,9 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
     # Throughput's XmR per day once the window holds a week, else per hour.
     by_day = len(days) >= 7
     tp_values, tp_grid, tp_step = (per_day, days, 86400) if by_day else (per_hour, hours, 3600)
-    cycle_items = [i for i in data.finished if i.cycle_time is not None]
+    # An XmR chart reads a run of individual values: the latest XMR_ITEMS items
+    # (tens of thousands of points would hide every signal, and weigh megabytes).
+    cycle_items = [i for i in data.finished if i.cycle_time is not None][-XMR_ITEMS:]
     per_agent, per_capability = flow_line_counts(data)
     return {
         "window": {
