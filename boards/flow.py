@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -509,7 +509,3 @@ def default_step(since: datetime, until: datetime) -> int:
         if span / step <= 400:
             return step
     return max(STEPS.values())
-
-
-def ago(at: datetime, seconds: float) -> datetime:
-    return at - timedelta(seconds=seconds)
