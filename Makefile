@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-requirements
 DEV_STAMP := $(VENV)/.installed-requirements-dev
 
-.PHONY: run test lint format bench bench-stats venv dev
+.PHONY: run test lint format bench bench-stats bench-flow venv dev
 
 # Arguments go through ARGS, e.g. make run ARGS=--verbose (see scripts/run.py --help).
 run: $(RUNTIME_STAMP)
@@ -37,6 +37,10 @@ bench: $(DEV_STAMP)
 # The kaizen loop's decision procedure on simulated experiments (issue 5); CPU only.
 bench-stats: $(DEV_STAMP)
 	$(BIN)/python bench/stats.py
+
+# The flow measures on a seeded history of 100,000 tasks (PostgreSQL; bench/README.md).
+bench-flow: $(DEV_STAMP)
+	$(BIN)/python bench/flow.py $(ARGS)
 
 venv: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)

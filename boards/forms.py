@@ -254,3 +254,67 @@ class BoardCordForm(forms.Form):
         raise forms.ValidationError(
             f"{value!r} is neither this board nor one of its agents: choose the board or one agent to stop."
         )
+
+
+class FlowFilterForm(forms.Form):
+    """The Flow page's window, slice and forecast, read from the query string (GET),
+    so a view of the flow is a link. Times are UTC. The rules between fields (the
+    window's order, its number of periods, a future forecast date) are checked by
+    boards.flow_report.flow_query_resolve, whose messages land on these fields."""
+
+    since = forms.DateTimeField(
+        required=False,
+        label="From (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 60}, format="%Y-%m-%dT%H:%M"),
+        help_text="Default: 7 days before the end.",
+    )
+    until = forms.DateTimeField(
+        required=False,
+        label="To (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 60}, format="%Y-%m-%dT%H:%M"),
+        help_text="Default: now.",
+    )
+    agent = forms.ChoiceField(required=False, label="Agent")
+    capability = forms.ChoiceField(required=False, label="Capability")
+    resolution = forms.ChoiceField(
+        required=False,
+        label="Resolution",
+        choices=[
+            ("", "Automatic"),
+            ("1m", "1 minute"),
+            ("5m", "5 minutes"),
+            ("15m", "15 minutes"),
+            ("1h", "1 hour"),
+            ("6h", "6 hours"),
+            ("1d", "1 day"),
+            ("1w", "1 week"),
+        ],
+        help_text="Period of the WIP chart and the cumulative flow.",
+    )
+    forecast_items = forms.IntegerField(
+        required=False, min_value=1, max_value=100_000, label="When will the next N items be done? N ="
+    )
+    forecast_date = forms.DateTimeField(
+        required=False,
+        label="How many items by (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 60}, format="%Y-%m-%dT%H:%M"),
+    )
+    forecast_period = forms.ChoiceField(
+        required=False,
+        label="Throughput sampled per",
+        choices=[("hour", "hour"), ("day", "day")],
+    )
+    sample_days = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=365,
+        label="Sampling window (days before the end)",
+        help_text="Default 7.",
+    )
+
+    def __init__(self, *args: Any, agents: list[str], capabilities: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        agent, capability = self.fields["agent"], self.fields["capability"]
+        assert isinstance(agent, forms.ChoiceField) and isinstance(capability, forms.ChoiceField)
+        agent.choices = [("", "All agents"), *((a, a) for a in agents)]
+        capability.choices = [("", "All capabilities"), *((c, c) for c in capabilities)]

@@ -23,6 +23,8 @@ from boards.selectors import (
     board_columns_get,
     board_line_stops_get,
     board_pull_status_get,
+    board_sle_get,
+    cards_age_set,
 )
 
 
@@ -39,6 +41,8 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     line_stops = board_line_stops_get(board=board)
     status = board_pull_status_get(board=board, columns=counted, line_stops=line_stops)
     status.explain_cards(columns)
+    # Each card in flight shows its age against the board's SLE: one query.
+    cards_age_set(columns=columns, sle=board_sle_get(board=board))
     agents = board_agents_get(board=board)
     return {
         "board": board,

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from andon.inspection import parse_checks
+from boards import flow
 from boards.agents import registry
 from boards.agents.spec import (
     ConfigError,
@@ -412,6 +413,12 @@ class Task(models.Model):
     # (a HoldLevel), for the board's cards (boards.selectors.BoardPullStatus):
     pull_hold: str
     pull_hold_level: str
+    # A card in flight's work item age (seconds from its first claim), its level
+    # against the board's service level expectation and that SLE
+    # (boards.selectors.cards_age_set):
+    flow_age: float
+    flow_age_level: str
+    flow_sle: flow.Percentiles
 
     class Meta:
         ordering = ["position", "created_at"]
@@ -477,7 +484,12 @@ class TaskEvent(models.Model):
 
     class Meta:
         ordering = ["created_at", "pk"]
-        indexes = [models.Index(fields=["board", "created_at"], name="event_board_time")]
+        indexes = [
+            models.Index(fields=["board", "created_at"], name="event_board_time"),
+            # The flow measures' arrivals in a status over a window: finishes
+            # (to_status done), returns to Ready (boards.flow_selectors).
+            models.Index(fields=["board", "to_status", "created_at"], name="event_board_to_status_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.from_status}->{self.to_status}"

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypedDict
 
 from django.conf import settings
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.urls import reverse
+from django.utils import timezone
 
-from boards import pull_rules
+from boards import flow, pull_rules
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 
 if TYPE_CHECKING:
@@ -83,12 +85,58 @@ class ColumnView:
         return f"{limit - self.count} free"
 
 
-def _cards(column: Column, limit: int) -> QuerySet[Task]:
-    return (
-        Task.objects.filter(column=column)
-        .select_related("agent")
-        .order_by(*CARD_ORDER.get(column.role, ("position", "created_at", "pk")))[:limit]
+def first_claim_subquery(task_ref: str = "pk") -> Subquery:
+    """When the task was first claimed (first entered In progress): the start of
+    its cycle time and age. Task.started_at is the latest claim, not the first."""
+    return Subquery(
+        TaskEvent.objects.filter(task_id=OuterRef(task_ref), to_status=Task.Status.RUNNING)
+        .exclude(from_status=Task.Status.RUNNING)
+        .order_by("created_at", "pk")
+        .values("created_at")[:1]
     )
+
+
+def _cards(column: Column, limit: int) -> QuerySet[Task]:
+    cards = Task.objects.filter(column=column).select_related("agent")
+    if column.role in (Role.IN_PROGRESS, Role.REVIEW):
+        # The cards in flight show their age: a subquery, not a query of its own.
+        cards = cards.annotate(first_claimed_at=first_claim_subquery())
+    return cards.order_by(*CARD_ORDER.get(column.role, ("position", "created_at", "pk")))[:limit]
+
+
+# The service level expectation on the board's cards: the percentiles of the
+# cycle times of the latest SLE_ITEMS items finished within SLE_DAYS days.
+SLE_ITEMS = 500
+SLE_DAYS = 30
+
+
+def board_sle_get(*, board: Board, now: datetime | None = None) -> flow.Percentiles:
+    """Nearest-rank percentiles of the board's recent cycle times: one query."""
+    now = now or timezone.now()
+    rows = (
+        TaskEvent.objects.filter(
+            board=board, to_status=Task.Status.DONE, created_at__gte=now - timedelta(days=SLE_DAYS)
+        )
+        .exclude(from_status=Task.Status.DONE)
+        .annotate(first_claim=first_claim_subquery("task_id"))
+        .order_by("-created_at", "-pk")
+        .values_list("created_at", "first_claim")[:SLE_ITEMS]
+    )
+    return flow.percentiles((finished - started).total_seconds() for finished, started in rows if started)
+
+
+def cards_age_set(*, columns: list[ColumnView], sle: flow.Percentiles, now: datetime | None = None) -> None:
+    """Put each in-flight card's age (seconds from its first claim) and level
+    (ok, amber past the 70th percentile, red past the 85th) on it."""
+    now = now or timezone.now()
+    for view in columns:
+        for card in view.cards:
+            started = getattr(card, "first_claimed_at", None)
+            if started is None or card.status not in (Task.Status.RUNNING, Task.Status.REVIEW):
+                continue
+            card.flow_age = flow.item_age(started, now)
+            card.flow_age_level = flow.age_level(card.flow_age, sle)
+            card.flow_sle = sle
 
 
 def board_column_counts_get(*, board: Board) -> QuerySet[CountedColumn]:

@@ -1,13 +1,14 @@
 from django.urls import path
 
 from andon import views_muda
-from boards import views, views_tasks
+from boards import views, views_flow, views_tasks
 
 urlpatterns = [
     path("", views.board_list, name="boards-list"),
     path("<slug:slug>/", views.board_detail, name="boards-detail"),
     path("<slug:slug>/body/", views.board_body, name="boards-body"),
     path("<slug:slug>/cord/", views.board_cord, name="boards-cord"),
+    path("<slug:slug>/flow/", views_flow.board_flow, name="boards-flow"),
     path("<slug:slug>/muda/", views_muda.board_muda, name="boards-muda"),
     path("<slug:slug>/muda/<str:name>.csv", views_muda.board_muda_csv, name="boards-muda-csv"),
     path("<slug:slug>/tasks/new/", views.task_create, name="boards-task-create"),

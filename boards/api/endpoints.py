@@ -24,6 +24,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import URLPattern, URLResolver, re_path, reverse
+from django.utils import timezone
 from django.utils.http import parse_header_parameters
 from django.views.decorators.common import no_append_slash
 from ninja import NinjaAPI, Path, Query, Status
@@ -32,7 +33,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 
 from andon import muda
-from boards import selectors, services
+from boards import flow_report, flow_selectors, selectors, services
 from boards.agents.cascade import PromptCascadeAgent
 from boards.agents.outputs import AgentFailed
 from boards.agents.registry import agent_class
@@ -45,6 +46,8 @@ from boards.api.schemas import (
     ColumnOut,
     ColumnRefOut,
     ErrorOut,
+    FlowFilters,
+    FlowOut,
     ModelCallOut,
     MudaFilters,
     MudaOut,
@@ -694,3 +697,53 @@ def _waste_out(waste: muda.Waste) -> dict[str, Any]:
         "definition": waste.definition,
         "parts": waste.parts,
     }
+
+
+# --- flow -----------------------------------------------------------------------
+
+
+@api.get(
+    "/boards/{slug}/flow",
+    response={200: FlowOut, **COMMON_ERRORS, 404: ErrorOut},
+    operation_id="board_flow",
+    summary="A board's flow measures",
+    url_name="board-flow",
+    tags=["boards"],
+)
+def board_flow(
+    request: TokenHttpRequest,
+    slug: str = SLUG,
+    # As board_tasks': django-ninja always passes the filters.
+    filters: Query[FlowFilters] = None,  # type: ignore[assignment]
+) -> dict[str, Any]:
+    """WIP, throughput, cycle and lead time (nearest-rank percentiles, in seconds), the age of
+    the items in flight, the cumulative flow, XmR charts and the agent-line measures over a
+    window (default: the last 7 days), computed from the event log and the ledger. With
+    `forecast_items` or `forecast_date`, a Monte Carlo forecast (10,000 seeded trials
+    resampling the throughput per period of the sampling window). `definitions` says what
+    each measure is. A 400 names the field when the window ends before it starts or holds
+    more than 2,000 periods at the resolution, the agent does not serve the board, or the
+    forecast date is past or beyond 10,000 periods."""
+    board = _board_or_404(request, slug)
+    now = timezone.now()
+    query = flow_report.flow_query_resolve(
+        board=board,
+        now=now,
+        since=filters.since,
+        until=filters.until,
+        agent=filters.agent,
+        capability=filters.capability,
+        resolution=filters.resolution,
+        forecast_items=filters.forecast_items,
+        forecast_date=filters.forecast_date,
+        forecast_period=filters.forecast_period,
+        sample_days=filters.sample_days,
+    )
+    data = flow_selectors.flow_data_get(board=board, where=query.where, step=query.step)
+    report = flow_report.flow_report(data, where=query.where, now=now)
+    report["forecast"] = (
+        flow_report.flow_forecast(board=board, where=query.where, ask=query.forecast, now=now)
+        if query.forecast is not None
+        else None
+    )
+    return report

@@ -7,7 +7,7 @@ here end up in the schema clients read, so they say what a value means.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Field, Schema
 from pydantic import BeforeValidator, ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
@@ -365,3 +365,125 @@ class MudaOut(Schema):
         description="Outputs that failed inspection and reached Done without a person's decision (target: 0)."
     )
     html_url: str = Field(description="The board's Muda page.")
+
+
+# --- flow (GET /api/v1/boards/{slug}/flow) ------------------------------------------
+
+
+class FlowFilters(Schema):
+    """The flow measures' window, slice and forecast."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = Field(
+        None,
+        description="Start of the window (ISO 8601; UTC when no offset is given). Default: 7 days before `until`.",
+    )
+    until: datetime | None = Field(None, description="End of the window. Default: now.")
+    agent: str | None = Field(
+        None,
+        description="Only items whose agent (the last to claim them) has this name; ledger, inspections "
+        "and escalations of this agent.",
+        json_schema_extra={"maxLength": Agent._meta.get_field("name").max_length, "pattern": LINE_PATTERN},
+    )
+    capability: str | None = Field(
+        None,
+        description="Only items asking for this capability.",
+        json_schema_extra={"maxLength": CAPABILITY_MAX_LENGTH, "pattern": LINE_PATTERN},
+    )
+    resolution: Literal["1m", "5m", "15m", "1h", "6h", "1d", "1w"] | None = Field(
+        None, description="Period of the WIP and CFD series; default: the finest giving at most 400 points."
+    )
+    forecast_items: int | None = Field(
+        None, ge=1, le=100_000, description="Forecast when the next N items will be done."
+    )
+    forecast_date: datetime | None = Field(
+        None, description="Forecast how many items will be done by this date."
+    )
+    forecast_period: Literal["hour", "day"] | None = Field(
+        None, description="The throughput period the forecast resamples (default hour)."
+    )
+    sample_days: int | None = Field(
+        None,
+        ge=1,
+        le=365,
+        description="The sampling window: this many days before the end of the window (default 7).",
+    )
+
+    @field_validator("agent", "capability", mode="after")
+    @classmethod
+    def _one_line_text(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_QUERY_TEXT:
+            raise ValueError(f"Keep it to {MAX_QUERY_TEXT} characters")
+        return _text_filter(value)
+
+    @field_validator("since", "until", "forecast_date", mode="after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _utc(value)
+
+
+class FlowTimesOut(Schema):
+    """Nearest-rank percentiles of a flow time, in seconds."""
+
+    p50: float | None
+    p70: float | None
+    p85: float | None
+    p95: float | None
+    unit: Literal["s"]
+    count: int = Field(description="How many items the percentiles are taken over.")
+
+
+class FlowSeriesOut(Schema):
+    periods: list[str] = Field(description="The start of each period (ISO 8601, UTC).")
+    values: list[int]
+
+
+class FlowThroughputOut(Schema):
+    per_hour: FlowSeriesOut
+    per_day: FlowSeriesOut
+    total: int = Field(description="Items finished in the window.")
+
+
+class FlowCfdOut(Schema):
+    periods: list[str] = Field(description="The start of each period; counts are at its end.")
+    bands: dict[str, list[int]] = Field(description="Items in each status at the end of each period.")
+
+
+class FlowAgeOut(Schema):
+    task: int
+    title: str
+    status: str
+    column: str
+    started_at: str = Field(description="The first claim.")
+    age_s: float = Field(description="Seconds since the first claim, at the end of the window.")
+    level: Literal["ok", "amber", "red"] = Field(
+        description="amber past the 70th percentile of the window's cycle times, red past the 85th (the SLE)."
+    )
+    agent: str | None
+    capability: str
+
+
+class FlowOut(Schema):
+    """A board's flow measures over a window, from the event log and the ledger."""
+
+    window: dict[str, Any]
+    percentile_method: Literal["nearest-rank"]
+    definitions: dict[str, str]
+    wip: FlowSeriesOut = Field(description="Items in In progress or Review at the end of each period.")
+    wip_limits: dict[str, int | None]
+    throughput: FlowThroughputOut
+    cycle_time: FlowTimesOut
+    lead_time: FlowTimesOut
+    age: list[FlowAgeOut]
+    cfd: FlowCfdOut
+    xmr: dict[str, Any] = Field(
+        description="XmR charts of cycle time and throughput, with limits and signals."
+    )
+    agent_line: dict[str, Any] = Field(
+        description="First-pass yield, rework, escalation rate and cost per item."
+    )
+    forecast: dict[str, Any] | None = Field(
+        None,
+        description="Monte Carlo answer (percentile tables) when forecast_items or forecast_date is given.",
+    )

@@ -144,6 +144,19 @@
       const then = Date.parse(time.dateTime);
       if (isNaN(then)) return;
       time.textContent = formatAge(now - then) + (time.hasAttribute("data-ago") ? " ago" : "");
+      // A card in flight turns amber past the 70th percentile of the board's
+      // cycle times and red past the 85th (the SLE) as it ages between pushes.
+      const age = time.closest("[data-sle-p85]");
+      if (!age) return;
+      const seconds = (now - then) / 1000;
+      const level =
+        seconds > Number(age.dataset.sleP85) ? "red" : seconds > Number(age.dataset.sleP70) ? "amber" : "ok";
+      if (!age.classList.contains("card-age--" + level)) {
+        age.classList.remove("card-age--ok", "card-age--amber", "card-age--red");
+        age.classList.add("card-age--" + level);
+        const flag = age.querySelector("[data-flag]");
+        if (flag) flag.textContent = level === "red" ? " past SLE" : level === "amber" ? " past 70th" : "";
+      }
     });
   }
 

@@ -1,0 +1,319 @@
+"""The flow measures on a large history (`python bench/flow.py`).
+
+Seeds one board with TASKS tasks over DAYS days (each created, pulled into
+Ready, claimed, some failing once and returned, some escalated and decided in
+Review, most finished), CALLS_PER_TASK ledger rows a task, an inspection a run,
+straight into the database with INSERT ... SELECT (PostgreSQL generate_series;
+seconds, not the minutes the ORM would take), then times what the Flow page
+and the API do:
+
+- ``flow_data_<window>_ms``: the selectors (boards.flow_selectors.flow_data_get);
+- ``flow_report_<window>_ms``: the measures from them (boards.flow_report);
+- ``flow_api_<window>_ms``: GET /api/v1/boards/{slug}/flow through Django's
+  test client (token auth, validation, JSON), with a forecast;
+- ``flow_page_<window>_ms``: the Flow page with its Plotly figures;
+- ``board_page_ms``: the board page (cards with their age and the SLE query);
+- ``flow_queries_<window>``: the number of queries.
+
+for the default window (the last 7 days) and, with --whole, the whole history. The
+median of REPEAT runs each, after a warm-up. Prints one ``name=value`` line a
+figure. Needs PostgreSQL: BENCH_FLOW_DATABASE_URL (default
+postgres://postgres@127.0.0.1:5432/kaizen_bench_flow), dropped and re-created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench_flow"
+
+
+def _setup(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
+    os.environ.setdefault("KAIZEN_VAR_DIR", "/tmp/kaizen-bench-flow")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _defaults(model: Any, given: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Columns and SQL expressions for an INSERT ... SELECT into ``model``: the
+    given expressions, and each other column's Python default as a literal
+    (Django's defaults are not the database's)."""
+    from django.db import connection
+
+    columns, values = [], []
+    for field in model._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        column = field.column
+        columns.append(column)
+        if column in given:
+            values.append(given[column])
+            continue
+        if field.null:
+            values.append("NULL")
+            continue
+        default = field.get_default()
+        if isinstance(default, list | dict):
+            values.append(_literal(json.dumps(default)))
+            continue
+        values.append(_literal(field.get_db_prep_save(default, connection)))
+    return columns, values
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def seed(*, tasks: int, days: int, calls_per_task: int) -> Any:
+    from django.db import connection
+
+    from andon.models import Inspection
+    from boards.models import ModelCall, Task, TaskEvent
+    from tests.factories import make_agent, make_board
+
+    board = make_board(name="Bench flow", ready_limit=None, doing_limit=None)
+    agents = [make_agent(boards=[board], name=f"agent-{i}", capabilities=[f"cap-{i}"]) for i in range(4)]
+    cols = {c.role: c.pk for c in board.columns.all()}
+    span = days * 86400
+    a0 = agents[0].pk
+    # Task n: created at now - span + n * span / tasks; cycle 60..3600 s; 97% done.
+    created = f"(now() - interval '{span} seconds' + (n * {span}.0 / {tasks}) * interval '1 second')"
+    status = "(CASE WHEN n % 100 < 97 THEN 'done' WHEN n % 100 < 99 THEN 'running' ELSE 'ready' END)"
+    column = (
+        f"(CASE WHEN n % 100 < 97 THEN {cols['done']} WHEN n % 100 < 99 THEN {cols['in_progress']} "
+        f"ELSE {cols['ready']} END)"
+    )
+    task_cols, task_vals = _defaults(
+        Task,
+        {
+            "board_id": str(board.pk),
+            "column_id": column,
+            "title": "'bench task ' || n",
+            "status": status,
+            "agent_id": f"({a0} + n % 4)",
+            "capability": "'cap-' || (n % 4)",
+            "created_at": created,
+            "updated_at": created,
+            "started_at": f"{created} + interval '120 seconds'",
+            "finished_at": f"(CASE WHEN n % 100 < 97 THEN {created} + ((120 + 60 + (n * 7919) % 3540) * interval '1 second') END)",
+            "cost": "0.0001 * (1 + n % 5)",
+        },
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO boards_task ({', '.join(task_cols)}) SELECT {', '.join(task_vals)} "
+            f"FROM generate_series(0, {tasks - 1}) AS n"
+        )
+        first = Task.objects.filter(board=board).order_by("pk").values_list("pk", flat=True).first()
+        # Events: (offset seconds, kind, from, to, actor, condition) per task.
+        cycle = "(60 + (n * 7919) % 3540)"
+        steps = [
+            ("0", "created", "", "backlog", "system", "TRUE"),
+            ("60", "moved", "backlog", "ready", "system", "TRUE"),
+            ("120", "claimed", "ready", "running", "agent", "n % 100 < 99"),
+            # one in ten fails once and is claimed again
+            ("150", "attempt_failed", "running", "ready", "agent", "n % 10 = 3 AND n % 100 < 99"),
+            ("170", "claimed", "ready", "running", "agent", "n % 10 = 3 AND n % 100 < 99"),
+            # one in twenty is escalated and approved
+            (
+                f"(120 + {cycle} / 2)",
+                "escalated",
+                "running",
+                "review",
+                "agent",
+                "n % 20 = 7 AND n % 100 < 97",
+            ),
+            (f"(120 + {cycle})", "approved", "review", "done", "user", "n % 20 = 7 AND n % 100 < 97"),
+            (f"(120 + {cycle})", "completed", "running", "done", "agent", "n % 20 <> 7 AND n % 100 < 97"),
+        ]
+        for offset, kind, from_status, to_status, actor, condition in steps:
+            event_cols, event_vals = _defaults(
+                TaskEvent,
+                {
+                    "task_id": f"({first} + n)",
+                    "board_id": str(board.pk),
+                    "kind": f"'{kind}'",
+                    "from_status": f"'{from_status}'",
+                    "to_status": f"'{to_status}'",
+                    "actor": f"'{actor}'",
+                    "agent_id": f"({a0} + n % 4)" if actor == "agent" else "NULL",
+                    "created_at": f"{created} + ({offset} * interval '1 second')",
+                },
+            )
+            cursor.execute(
+                f"INSERT INTO boards_taskevent ({', '.join(event_cols)}) SELECT {', '.join(event_vals)} "
+                f"FROM generate_series(0, {tasks - 1}) AS n WHERE {condition}"
+            )
+        call_cols, call_vals = _defaults(
+            ModelCall,
+            {
+                "task_id": f"({first} + n / {calls_per_task})",
+                "board_id": str(board.pk),
+                "agent_id": f"({a0} + (n / {calls_per_task}) % 4)",
+                "provider": "'simulated'",
+                "model": "'sim-small'",
+                "tokens_in": "100",
+                "tokens_out": "50",
+                "cost": "0.00002",
+                "created_at": f"(now() - interval '{span} seconds' + ((n / {calls_per_task}) * {span}.0 / {tasks} + 130) * interval '1 second')",
+            },
+        )
+        cursor.execute(
+            f"INSERT INTO boards_modelcall ({', '.join(call_cols)}) SELECT {', '.join(call_vals)} "
+            f"FROM generate_series(0, {tasks * calls_per_task - 1}) AS n"
+        )
+        inspection_cols, inspection_vals = _defaults(
+            Inspection,
+            {
+                "task_id": f"({first} + n)",
+                "board_id": str(board.pk),
+                "agent_id": f"({a0} + n % 4)",
+                "passed": "(n % 20 <> 7)",
+                "created_at": f"{created} + interval '200 seconds'",
+            },
+        )
+        cursor.execute(
+            f"INSERT INTO andon_inspection ({', '.join(inspection_cols)}) SELECT {', '.join(inspection_vals)} "
+            f"FROM generate_series(0, {tasks - 1}) AS n WHERE n % 100 < 97"
+        )
+        cursor.execute("ANALYZE")
+    return board
+
+
+def _time(fn: Any, repeat: int) -> tuple[float, int]:
+    from django.db import connection, reset_queries
+
+    fn()  # warm-up (caches, plans)
+    times = []
+    queries = 0
+    for _ in range(repeat):
+        reset_queries()
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+        queries = len(connection.queries)
+    return statistics.median(times), queries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--calls-per-task", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--whole", action="store_true", help="also time the whole history as the window")
+    args = parser.parse_args()
+    _setup(os.environ.get("BENCH_FLOW_DATABASE_URL", DEFAULT_DB))
+
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.test import Client
+    from django.utils import timezone
+
+    from boards import flow_report, flow_selectors
+    from boards.models import ModelCall, TaskEvent
+    from boards.services import api_token_create
+    from tests.factories import make_user
+
+    settings.DEBUG = True  # counts the queries (connection.queries)
+    # How busy the machine is: the same pure-Python loop takes about 0.25 s on an
+    # idle core of the 2-core machines the figures are recorded on.
+    start = time.perf_counter()
+    sum(i * i for i in range(3_000_000))
+    print(f"calibration_loop_s={time.perf_counter() - start:.2f}")
+    print(f"load_average_1m={os.getloadavg()[0]:.1f}")
+    settings.ALLOWED_HOSTS = ["*"]
+    start = time.perf_counter()
+    board = seed(tasks=args.tasks, days=args.days, calls_per_task=args.calls_per_task)
+    print(f"seed_s={time.perf_counter() - start:.1f}")
+    print(f"tasks={args.tasks}")
+    print(f"events={TaskEvent.objects.filter(board=board).count()}")
+    print(f"ledger_rows={ModelCall.objects.filter(board=board).count()}")
+    user = make_user(username="bench")
+    _, key = api_token_create(user=user, name="bench", access="read", boards=None)
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    page = Client()
+    page.force_login(user)
+    now = timezone.now()
+    whole = now - timedelta(days=args.days)
+    windows = {"7d": None, **({f"{args.days}d": whole} if args.whole else {})}
+    for name, since in windows.items():
+        params = {} if since is None else {"since": since.isoformat()}
+        query = flow_report.flow_query_resolve(board=board, now=now, since=since)
+
+        def data(query: Any = query) -> Any:
+            return flow_selectors.flow_data_get(board=board, where=query.where, step=query.step)
+
+        ms, queries = _time(data, args.repeat)
+        print(f"flow_data_{name}_ms={ms:.0f}")
+        print(f"flow_queries_{name}={queries}")
+        snapshot = data()
+        ms, _ = _time(
+            lambda query=query, snapshot=snapshot: flow_report.flow_report(
+                snapshot, where=query.where, now=now
+            ),
+            args.repeat,
+        )
+        print(f"flow_report_{name}_ms={ms:.0f}")
+        url = f"/api/v1/boards/{board.slug}/flow"
+        api_params = {**params, "forecast_items": 100}
+
+        def call_api(api_params: dict = api_params, url: str = url) -> None:
+            response = api.get(url, api_params)
+            assert response.status_code == 200, response.content[:300]
+
+        ms, queries = _time(call_api, args.repeat)
+        print(f"flow_api_{name}_ms={ms:.0f}")
+        print(f"flow_api_queries_{name}={queries}")
+        page_params = {k: v[:16] for k, v in params.items()}
+
+        def get_page(page_params: dict = page_params) -> None:
+            response = page.get(f"/boards/{board.slug}/flow/", page_params)
+            assert response.status_code == 200
+
+        ms, queries = _time(get_page, args.repeat)
+        print(f"flow_page_{name}_ms={ms:.0f}")
+        print(f"flow_page_queries_{name}={queries}")
+
+    def board_page() -> None:
+        assert page.get(board.get_absolute_url()).status_code == 200
+
+    ms, queries = _time(board_page, args.repeat)
+    print(f"board_page_ms={ms:.0f}")
+    print(f"board_page_queries={queries}")
+
+
+if __name__ == "__main__":
+    main()
