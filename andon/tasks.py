@@ -11,7 +11,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from andon import demo_reviewer
+from andon import budgets, demo_reviewer
 
 
 @shared_task(name="andon.tasks.review_demo_escalations")
@@ -20,3 +20,11 @@ def review_demo_escalations() -> int:
         return 0
     decided = demo_reviewer.demo_review_run()
     return len(decided) + len(demo_reviewer.demo_restart_run())
+
+
+@shared_task(name="andon.tasks.budgets_tick")
+def budgets_tick() -> dict[str, int]:
+    """Lift budget stops whose period ended, recount new budgets, look for a
+    cost anomaly (andon.budgets.budgets_tick). Idempotent: a stop is lifted
+    once, an anomaly raised once an hour per board or agent."""
+    return budgets.budgets_tick()

@@ -6,14 +6,18 @@ they cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from andon import broadcast as andon_broadcast
+from andon import budgets
+from boards import broadcast
 from boards.agents import CallRecord
-from boards.models import ModelCall, Task
+from boards.models import Board, ModelCall, Task
 
 
 def ledger_rows(
@@ -74,8 +78,9 @@ def task_calls_record(task: Task, calls: tuple[CallRecord, ...], *, attempt: int
     instance, which the caller saves under its row lock)."""
     if not calls:
         return
-    ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt))
+    rows = ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt))
     task_totals_add(task, calls)
+    budgets_charge(rows)
 
 
 def task_totals_add(task: Task, calls: Iterable[CallRecord]) -> None:
@@ -98,7 +103,29 @@ def stale_calls_record(task_id: int, calls: tuple[CallRecord, ...], *, attempt: 
     )
     if task is None:
         return
-    ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt, stale=True))
+    rows = ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt, stale=True))
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )
+    budgets_charge(rows)
+
+
+def _board_refresh(board_id: int) -> Callable[[], None]:
+    return lambda: broadcast.columns_changed(board_id, [])
+
+
+def budgets_charge(rows: list[ModelCall]) -> None:
+    """Charge ledger rows just written to the budgets they fall under
+    (andon.budgets), and after commit send what a warning or a stop changed:
+    the boards' banners and flow status, the andon inbox. Call it last in the
+    transaction that wrote the rows (it locks the budgets' period rows)."""
+    charged = budgets.calls_charge(rows)
+    if not charged:
+        return
+    board_ids = set(charged.boards)
+    if charged.agents:
+        board_ids |= set(Board.objects.filter(agents__in=charged.agents).values_list("pk", flat=True))
+    for board_id in sorted(board_ids):
+        transaction.on_commit(_board_refresh(board_id))
+    if charged.alerts or charged.stops:
+        transaction.on_commit(andon_broadcast.line_stops_changed)

@@ -20,7 +20,13 @@ from andon.inspection import Verdict
 from boards import broadcast
 from boards.agents import CallRecord, Output
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
-from boards.services.ledger import ledger_rows, stale_calls_record, task_calls_record, task_totals_add
+from boards.services.ledger import (
+    budgets_charge,
+    ledger_rows,
+    stale_calls_record,
+    task_calls_record,
+    task_totals_add,
+)
 from boards.services.primitives import (
     board_lock,
     column_required,
@@ -182,6 +188,8 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         TaskEvent.objects.bulk_create(events)
         _samples_record((run.task, run.verdict.passed) for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)
+        # Last: it locks the budgets' period rows until the commit.
+        budgets_charge(rows)
         for board_id, column_ids in changed.items():
             board_changed_on_commit(board_id, column_ids, pull=True)
         _after_andon_commit(escalations=andon.escalations, agents=andon.agents, stops=andon.stops)
