@@ -65,7 +65,9 @@ def _figures(budget: Budget) -> dict:
 
 def _changed_on_commit(budget: Budget) -> None:
     """Send every board the budget touches its banner and status, and the inbox
-    its banner; forget the cached rules in this process."""
+    its banner; forget the cached rules in this process (now, for the rest of
+    this transaction, and after the commit, for what was read meanwhile)."""
+    budgets.budget_rules.clear()
     transaction.on_commit(budgets.budget_rules.clear)
     if budget.board_id:
         board_ids = [budget.board_id]

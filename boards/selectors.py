@@ -610,7 +610,7 @@ def board_pull_status_get(
         if agent.pk in stopped_ids:
             line_stop = stops_by_agent.get(agent.pk)
             if line_stop is not None and line_stop.kind == LineStop.Kind.BUDGET:
-                why_not[agent.pk] = f"{agent.name}'s budget is reached"
+                why_not[agent.pk] = f"budget reached for {agent.name}"
                 agent_holds.append(
                     PullHold(
                         "agent_budget",
