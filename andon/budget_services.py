@@ -58,7 +58,7 @@ def _figures(budget: Budget) -> dict:
         "scope": budget.scope_label,
         "unit": budget.unit,
         "period": budget.period,
-        "limit": str(budget.limit),
+        "limit": budgets.amount_text(budget.unit, Decimal(budget.limit)),
         "warn_percent": budget.warn_percent,
     }
 

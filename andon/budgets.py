@@ -251,12 +251,21 @@ def _scope(rule: BudgetRule | Budget) -> dict[str, int | None]:
     return {"agent_id": rule.agent_id} if rule.agent_id is not None else {"board_id": rule.board_id}
 
 
+def _money(value: Decimal) -> str:
+    """Dollars as evidence: four places, the same on every database."""
+    return str(Decimal(value).quantize(Decimal("0.0001")))
+
+
+def amount_text(unit: str, value: Decimal) -> str:
+    return str(int(value)) if unit == Unit.TOKENS else _money(value)
+
+
 def _figures(rule: BudgetRule, period: BudgetPeriod) -> dict[str, Any]:
     return {
         "unit": rule.unit,
         "period": rule.period,
-        "spent": str(period.spent),
-        "limit": str(rule.limit),
+        "spent": amount_text(rule.unit, period.spent),
+        "limit": amount_text(rule.unit, rule.limit),
         "warn_percent": rule.warn_percent,
         "percent": float(round(period.spent * 100 / rule.limit, 1)),
         "period_start": period.start.isoformat(),
@@ -545,7 +554,7 @@ def cost_anomaly(
     cents an hour (median near zero) does not alarm at a dollar."""
     median = Decimal(statistics.median(previous)) if previous else ZERO
     threshold = max(median * Decimal(str(factor)), Decimal(str(minimum)))
-    if last_hour > threshold and last_hour >= Decimal(str(minimum)):
+    if last_hour > median * Decimal(str(factor)) and last_hour >= Decimal(str(minimum)):
         return Anomaly(last_hour, median, threshold)
     return None
 
@@ -601,12 +610,12 @@ def cost_anomalies_check(*, now: datetime | None = None) -> list[Alert]:
             if found is None:
                 continue
             evidence = {
-                "last_hour": str(last),
-                "hourly": [str(h) for h in previous],
-                "median": str(found.median),
+                "last_hour": _money(last),
+                "hourly": [_money(h) for h in previous],
+                "median": _money(found.median),
                 "factor": factor,
                 "minimum_usd": minimum,
-                "threshold": str(found.threshold),
+                "threshold": _money(found.threshold),
                 "window_end": now.isoformat(),
             }
             summary = (

@@ -114,7 +114,7 @@ def test_an_agents_budget_warns_at_80_percent_and_stops_its_line_at_100(board, s
     kinds = list(Alert.objects.order_by("pk").values_list("kind", flat=True))
     assert kinds == ["budget_warning", "budget_reached"]
     warning = Alert.objects.get(kind="budget_warning")
-    assert warning.evidence["spent"] == "8.0000000000" and warning.evidence["limit"] == "10.0000"
+    assert warning.evidence["spent"] == "8.0000" and warning.evidence["limit"] == "10.0000"
     assert warning.evidence["percent"] == 80.0 and warning.agent_id == solo.pk
     assert "$8.00 of $10.00 (80%)" in warning.summary
 
@@ -201,11 +201,13 @@ def test_raising_the_limit_lifts_the_stop(board, solo, keeper):
     assert len(claimed) == 2  # $15 (75%), then $20: stopped again
     assert LineStop.objects.filter(kind="budget", restarted_at__isnull=True).count() == 1
     changed = AndonRecord.objects.get(action=Action.BUDGET_CHANGED)
-    assert changed.user == keeper and changed.data["changed"] == {"limit": ["10.0000", "20"]}
+    assert changed.user == keeper and changed.data["changed"] == {"limit": ["10.0000", "20.0000"]}
 
 
 @pytest.mark.django_db
-def test_a_reviewer_restarting_a_budget_stop_lets_the_line_run_for_the_rest_of_the_period(board, solo, keeper):
+def test_a_reviewer_restarting_a_budget_stop_lets_the_line_run_for_the_rest_of_the_period(
+    board, solo, keeper
+):
     b = budget(keeper, agent=solo)
     feed(board, 6)
     run_until_stopped(board, cost="5.00")
@@ -256,7 +258,9 @@ def test_a_board_budget_stops_the_whole_board_and_no_other(keeper):
     stop = LineStop.objects.get(kind="budget")
     assert (stop.board_id, stop.agent_id) == (board.pk, None)
     status = board_pull_status_get(board=board)
-    assert status.board_hold.kind == "budget" and status.board_hold.text.startswith("Budget reached: Daily spend")
+    assert status.board_hold.kind == "budget" and status.board_hold.text.startswith(
+        "Budget reached: Daily spend"
+    )
     assert {t.agent_id for t in Task.objects.filter(pk__in=claimed)} == {first.pk, second.pk}
     # The other board's line runs.
     [claim] = pull(other)
@@ -354,7 +358,7 @@ def test_everything_is_on_record(board, solo, keeper):
         (Action.BUDGET_DELETED, keeper.pk),
     ]
     stopped = AndonRecord.objects.get(action=Action.LINE_STOPPED)
-    assert stopped.data["spent"] == "12.0000000000" and stopped.agent_id == solo.pk
+    assert stopped.data["spent"] == "12.0000" and stopped.agent_id == solo.pk
 
 
 @pytest.mark.django_db
