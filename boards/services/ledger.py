@@ -89,25 +89,31 @@ def task_totals_add(task: Task, calls: Iterable[CallRecord]) -> None:
         setattr(task, name, getattr(task, name) + value)
 
 
-def stale_calls_record(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
+def stale_calls_record(
+    task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None, charge: bool = True
+) -> list[ModelCall]:
     """The calls of a run whose result came too late still happened: into the
     ledger, marked stale and never accepted (the task's output is another run's,
     or none yet), and into the task's totals, as they were spent; everything
-    else stays as the current run has it."""
+    else stays as the current run has it. Returns the ledger rows; with
+    ``charge`` False the caller charges them to budgets (a batch charges once,
+    last, so that the budgets' period rows are locked in one order)."""
     if not calls:
-        return
+        return []
     task = (
         Task.objects.filter(pk=task_id)
         .only("pk", "board_id", "agent_id", "prompt_version", "attempts")
         .first()
     )
     if task is None:
-        return
+        return []
     rows = ModelCall.objects.bulk_create(ledger_rows(task, calls, attempt=attempt, stale=True))
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )
-    budgets_charge(rows)
+    if charge:
+        budgets_charge(rows)
+    return rows
 
 
 def _board_refresh(board_id: int) -> Callable[[], None]:

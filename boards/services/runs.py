@@ -148,6 +148,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         finished: list[jidoka.FinishedRun] = []
         rows: list[ModelCall] = []
         events: list[TaskEvent] = []
+        stale_rows: list[ModelCall] = []
         # Per board: each board's model breakers count its own calls.
         calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
@@ -160,7 +161,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
                 or task.status != Status.RUNNING
                 or str(task.lease_token) != str(result.lease_token)
             ):
-                stale_calls_record(result.task_id, result.output.calls, attempt=result.attempt)
+                stale_rows += stale_calls_record(
+                    result.task_id, result.output.calls, attempt=result.attempt, charge=False
+                )
                 outcomes.append(False)
                 continue
             columns = board_columns.get(task.board_id, {})
@@ -188,8 +191,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         TaskEvent.objects.bulk_create(events)
         _samples_record((run.task, run.verdict.passed) for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)
-        # Last: it locks the budgets' period rows until the commit.
-        budgets_charge(rows)
+        # Last, once for the batch: it locks the budgets' period rows (in one
+        # order) until the commit.
+        budgets_charge(rows + stale_rows)
         for board_id, column_ids in changed.items():
             board_changed_on_commit(board_id, column_ids, pull=True)
         _after_andon_commit(escalations=andon.escalations, agents=andon.agents, stops=andon.stops)
