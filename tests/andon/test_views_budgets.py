@@ -253,3 +253,69 @@ def test_the_board_status_names_the_budget(keeper, board):
     assert hold.kind == "budget"
     assert hold.text.startswith("Budget reached: Daily spend, $10.00 of $10.00 (100%) spent this day")
     assert budgets.budget_rules.get()[0].name == "Daily spend"
+
+
+# --- the admin ------------------------------------------------------------------------
+
+
+def test_a_budget_made_in_the_admin_goes_through_the_service(client, board):
+    admin_user = make_user(is_staff=True, is_superuser=True)
+    client.force_login(admin_user)
+
+    response = client.post(
+        "/admin/andon/budget/add/",
+        {
+            "name": "Admin budget",
+            "board": board.pk,
+            "unit": "tokens",
+            "period": "week",
+            "limit": "5000",
+            "warn_percent": "90",
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    b = Budget.objects.get()
+    assert (b.name, b.unit, b.period, b.limit, b.created_by) == (
+        "Admin budget",
+        "tokens",
+        "week",
+        Decimal("5000"),
+        admin_user,
+    )
+    assert AndonRecord.objects.get().action == AndonRecord.Action.BUDGET_CREATED
+
+    response = client.post(
+        f"/admin/andon/budget/{b.pk}/change/",
+        {
+            "name": "Admin budget",
+            "board": board.pk,
+            "unit": "tokens",
+            "period": "week",
+            "limit": "6000",
+            "warn_percent": "90",
+        },
+    )
+    assert response.status_code == 302
+    changed = AndonRecord.objects.get(action=AndonRecord.Action.BUDGET_CHANGED)
+    assert changed.data["changed"] == {"limit": ["5000", "6000"]}
+
+
+def test_the_admin_refuses_a_budget_of_both_a_board_and_an_agent(client, board):
+    client.force_login(make_user(is_staff=True, is_superuser=True))
+    agent = make_agent(boards=[board])
+
+    response = client.post(
+        "/admin/andon/budget/add/",
+        {
+            "name": "Both",
+            "board": board.pk,
+            "agent": agent.pk,
+            "unit": "usd",
+            "period": "day",
+            "limit": "5",
+            "warn_percent": "80",
+        },
+    )
+
+    assert response.status_code == 200 and not Budget.objects.exists()
