@@ -372,3 +372,51 @@ def test_without_budgets_charging_makes_no_query(board, solo, django_assert_num_
     )
     with django_assert_num_queries(0):
         assert not budgets.calls_charge(rows)
+
+
+# --- the real runtime ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_runs_of_the_simulated_model_are_charged_until_the_budget_stops_the_agent(board, keeper):
+    """The runtime (boards.agents.runtime.run) against the simulated provider,
+    priced: each run's calls reach the budget's running total, which always
+    equals the ledger's sum, and the agent stops once it reaches the limit."""
+    from boards.agents import runtime
+
+    sim = make_agent(
+        boards=[board],
+        concurrency=1,
+        name="sim",
+        # No checks: every output passes to Done (Review's hard limit never stops the line).
+        quality_checks=[],
+        cascade=[
+            {
+                "provider": "simulated",
+                "model": "sim-small",
+                "parameters": {"latency_ms": 0, "error_rate": 0},
+                "price_in": "10",
+                "price_out": "20",
+            }
+        ],
+    )
+    b = budget(keeper, agent=sim, limit=Decimal("3"))
+    for i in range(40):
+        services.task_create(
+            board=board, title=f"Inspect {i}", input=f"scratch {i} mm on the housing, part {i}"
+        )
+    runs = 0
+    while claims := pull(board):
+        for claim in claims:
+            runtime.run(claim.task_id, str(claim.lease_token))
+            runs += 1
+            spent = BudgetPeriod.objects.get(budget=b).spent
+            assert spent == sum(ModelCall.objects.filter(agent=sim).values_list("cost", flat=True))
+        assert runs < 40, "the budget never stopped the agent"
+    period = BudgetPeriod.objects.get(budget=b)
+    # Stopped by the run that took it to $3 or past, and not before.
+    assert period.spent >= Decimal("3") and period.stopped_at is not None
+    last = ModelCall.objects.filter(agent=sim).order_by("-pk").first()
+    assert period.spent - last.cost < Decimal("3")
+    assert LineStop.objects.get(kind="budget").agent_id == sim.pk
+    assert pull(board) == []
