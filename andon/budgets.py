@@ -424,6 +424,26 @@ def budget_stop_restarted(stop: LineStop, *, user: User | None, note: str) -> No
     )
 
 
+def budgets_recheck(*, board_id: int | None = None, agent_id: int | None = None) -> list[LineStop]:
+    """Stop again for the budgets of a board or agent whose line was just
+    restarted from another stop (a cord, a defect spike) while their limit was
+    reached: the budget's stop could not be made then (one stop at a time).
+    Call in the restart's transaction."""
+    now = timezone.now()
+    scope = {"agent_id": agent_id} if agent_id is not None else {"board_id": board_id}
+    stops = []
+    for budget in Budget.objects.filter(**scope).order_by("pk"):
+        rule = BudgetRule.of(budget)
+        start, _ = period_bounds(rule.period, now)
+        period = BudgetPeriod.objects.select_for_update().filter(budget_id=rule.pk, start=start).first()
+        if period is None or period.stopped_at or period.overridden_at or period.spent < rule.limit:
+            continue
+        stop = budget_stop(rule, period, now=now)
+        if stop is not None:
+            stops.append(stop)
+    return stops
+
+
 def budget_recount(budget: Budget, *, user: User | None = None) -> tuple[BudgetPeriod, LineStop | None]:
     """Set the budget's current period from the ledger and apply its thresholds
     as they stand now: a raised limit lifts the budget's stop (and re-arms the

@@ -403,8 +403,12 @@ def line_restart(*, line_stop: LineStop, user: AbstractBaseUser, note: str) -> L
         stop.restarted_by = user
         stop.restart_note = note
         stop.save(update_fields=["restarted_at", "restarted_by", "restart_note"])
-        # A budget's stop restarted by a person holds for the rest of its period.
-        budgets.budget_stop_restarted(stop, user=user, note=note)
+        # A budget's stop restarted by a person holds for the rest of its period;
+        # after another kind of stop, a budget reached meanwhile stops the line again.
+        if stop.kind == LineStop.Kind.BUDGET:
+            budgets.budget_stop_restarted(stop, user=user, note=note)
+        else:
+            budgets.budgets_recheck(board_id=stop.board_id, agent_id=stop.agent_id)
         _stops_changed(stop, pull=True)
     return stop
 

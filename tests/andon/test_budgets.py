@@ -420,3 +420,20 @@ def test_runs_of_the_simulated_model_are_charged_until_the_budget_stops_the_agen
     assert period.spent - last.cost < Decimal("3")
     assert LineStop.objects.get(kind="budget").agent_id == sim.pk
     assert pull(board) == []
+
+
+@pytest.mark.django_db
+def test_a_budget_reached_under_a_cord_stops_the_line_once_the_cord_is_restarted(board, solo, keeper):
+    b = budget(keeper, agent=solo)
+    feed(board, 4)
+    [claim] = pull(board)
+    cord = andon_services.line_stop(user=keeper, agent=solo, reason="checking the welds")
+    finish(claim, call(cost="12.00"))  # the run in flight goes past the limit while the cord holds
+    assert LineStop.objects.filter(restarted_at__isnull=True).get() == cord
+    assert BudgetPeriod.objects.get(budget=b).stopped_at is None
+
+    andon_services.line_restart(line_stop=cord, user=keeper, note="welds fine")
+
+    stop = LineStop.objects.get(restarted_at__isnull=True)
+    assert (stop.kind, stop.agent_id) == ("budget", solo.pk)
+    assert pull(board) == []
