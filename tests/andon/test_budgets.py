@@ -437,3 +437,62 @@ def test_a_budget_reached_under_a_cord_stops_the_line_once_the_cord_is_restarted
     stop = LineStop.objects.get(restarted_at__isnull=True)
     assert (stop.kind, stop.agent_id) == ("budget", solo.pk)
     assert pull(board) == []
+
+
+# --- concurrent charges (PostgreSQL) ------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.redis  # its commits ask for pulls and send live updates
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_charges_lose_nothing_even_while_the_period_row_is_made():
+    """Eight threads write ledger rows and charge them at once, each in its own
+    transaction, starting with no period row: the running total ends equal to
+    the ledger, whoever made the row and whatever it summed."""
+    import threading
+
+    from django.db import connection, transaction
+
+    board = make_board()
+    agent = make_agent(boards=[board])
+    keeper = make_user_with("andon.add_budget")
+    b = budget_services.budget_create(
+        user=keeper, name="Race", board=board, unit="usd", period="month", limit=Decimal("1000000")
+    )
+    BudgetPeriod.objects.all().delete()  # the first charges race to make it
+    task = services.task_create(board=board, title="Part", input="part")
+    start, errors = threading.Barrier(8), []
+
+    def charge(n: int) -> None:
+        try:
+            start.wait(10)
+            for i in range(5):
+                with transaction.atomic():
+                    rows = ModelCall.objects.bulk_create(
+                        [
+                            ModelCall(
+                                task=task,
+                                board=board,
+                                agent=agent,
+                                cost=Decimal(f"{n + 1}.{i}1"),
+                                created_at=timezone.now(),
+                            )
+                        ]
+                    )
+                    budgets.calls_charge(rows)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=charge, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    ledger = sum(ModelCall.objects.filter(board=board).values_list("cost", flat=True))
+    # Each thread n charges (n+1).01 + (n+1).11 + ... + (n+1).41 = 5(n+1) + 1.05.
+    assert ledger == sum(5 * (n + 1) + Decimal("1.05") for n in range(8))
+    assert BudgetPeriod.objects.get(budget=b).spent == ledger
