@@ -306,7 +306,7 @@ def _thresholds_check(rule: BudgetRule, period: BudgetPeriod, *, charged: Charge
         BudgetPeriod.objects.filter(pk=period.pk).update(warned_at=now)
         alert = _alert_raise(
             kind=Alert.Kind.BUDGET_WARNING,
-            title=f"Budget {rule.name}: {rule.warn_percent}% reached",
+            title=f"{rule.name}: {rule.warn_percent}% of the budget spent",
             summary=spend_sentence(rule, period) + ".",
             evidence=_figures(rule, period),
             budget_id=rule.pk,
@@ -359,7 +359,7 @@ def budget_stop(rule: BudgetRule, period: BudgetPeriod, *, now: datetime) -> Lin
     BudgetPeriod.objects.filter(pk=period.pk).update(stopped_at=now)
     alert = _alert_raise(
         kind=Alert.Kind.BUDGET_REACHED,
-        title=f"Budget {rule.name} reached: the line of {'the agent' if rule.agent_id else 'the board'} stopped",
+        title=f"{rule.name}: the limit is reached and the {'agent' if rule.agent_id else 'board'}'s line stopped",
         summary=reason + ".",
         evidence=_figures(rule, period),
         budget_id=rule.pk,

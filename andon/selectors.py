@@ -363,8 +363,16 @@ def budget_warnings_get(*, board: Board | None = None) -> list[BudgetStatus]:
     return [status for status in budget_statuses_get(board=board) if status.warned]
 
 
-def budget_records_get(*, budget: Budget | None = None, limit: int = 50) -> list[AndonRecord]:
+def budget_records_get(
+    *, budget: Budget | None = None, board: Board | None = None, agent: Agent | None = None, limit: int = 50
+) -> list[AndonRecord]:
+    """The andon's record of budgets and alerts, newest first: all of it, or a
+    budget's, or a board's (its own and its agents'), or an agent's."""
     records = AndonRecord.objects.select_related("budget", "user", "board", "agent", "alert")
     if budget is not None:
         records = records.filter(budget=budget)
+    if board is not None:
+        records = records.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    if agent is not None:
+        records = records.filter(agent=agent)
     return list(records.order_by("-created_at", "-pk")[:limit])

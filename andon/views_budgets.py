@@ -75,7 +75,7 @@ def _budgets_page(
             "agent": agent,
             "form": form,
             "can_add": request.user.has_perm(budget_services.ADD_PERMISSION),
-            "records": selectors.budget_records_get(limit=20),
+            "records": selectors.budget_records_get(board=board, agent=agent, limit=20),
             "nav": "andon",
         },
         status=status,

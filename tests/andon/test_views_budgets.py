@@ -164,7 +164,7 @@ def test_the_inbox_shows_the_warning_and_the_alert(client, keeper, board):
 
     assert "Budget warning: Daily spend</strong>" in html
     alert = Alert.objects.get()
-    assert f'id="alert-{alert.pk}"' in html and "Budget Daily spend: 80% reached" in html
+    assert f'id="alert-{alert.pk}"' in html and "Daily spend: 80% of the budget spent" in html
     assert "Acknowledge" in html
 
 
