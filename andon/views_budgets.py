@@ -19,7 +19,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from andon import broadcast as andon_broadcast
 from andon import budget_services, selectors, services
 from andon.forms import BudgetForm, InboxFilterForm
 from andon.models import Alert, Budget
@@ -152,13 +151,11 @@ def budget_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @permission_required(services.REVIEW_PERMISSION, raise_exception=True)
 def alert_acknowledge(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """Acknowledge an alert: with htmx, the inbox banner comes back out of band
-    (the other reviewers get it through the websocket); without, a redirect."""
+    """Acknowledge an alert: with htmx, an empty answer (the page deletes the
+    row; every inbox gets the banner through the websocket); without, a redirect."""
     alert = get_object_or_404(Alert, pk=pk)
     alert = services.alert_acknowledge(alert=alert, user=_user(request))
     if request.htmx:
-        return render(
-            request, "andon/inbox.html#inbox-banner", {**andon_broadcast.banner_context(), "oob": True}
-        )
+        return HttpResponse("")
     messages.success(request, f"Acknowledged: {alert.title}.")
     return redirect(safe_next(request) or "andon-inbox")

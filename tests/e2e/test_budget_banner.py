@@ -1,7 +1,8 @@
 """A budget's 80% warning in a real browser: a person watches a board; the line
 records a run that takes the agent's daily budget past 80%, and the warning
 banner appears on the open page, live, naming the budget, spent/limit and the
-period's end; then the run that reaches 100% turns it into the stop."""
+period's end, and in a reviewer's andon inbox, who acknowledges its alert;
+then the run that reaches 100% turns it into the stop."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from decimal import Decimal
 import pytest
 
 from andon import budget_services
-from andon.models import BudgetPeriod
+from andon.models import Alert, BudgetPeriod
 from boards import services
 from tests.andon.test_budgets import call, finish
 from tests.boards.conftest import CeleryQueue
 from tests.e2e.pages import PASSWORD, log_in
-from tests.factories import make_agent, make_board, make_user, make_user_with
+from tests.factories import make_agent, make_board, make_reviewer, make_user, make_user_with
 
 pytestmark = [pytest.mark.e2e]
 
@@ -41,7 +42,9 @@ def test_the_board_shows_the_budget_warning_at_80_percent_live(browser, live_ser
         user=keeper, name="Welder daily", agent=welder, unit="usd", period="day", limit=Decimal("10")
     )
     make_user(username="ana", password=PASSWORD)
+    make_reviewer(username="rita", password=PASSWORD)
     page = log_in(browser, live_server_url, "ana", board.get_absolute_url())
+    inbox = log_in(browser, live_server_url, "rita", "/andon/")
     assert page.query_selector(BANNER) is None
 
     for n in range(3):
@@ -55,10 +58,18 @@ def test_the_board_shows_the_budget_warning_at_80_percent_live(browser, live_ser
     assert "Budget warning: Welder daily" in text and "agent welder" in text
     assert "$8.50 of $10.00 spent (85%) this day" in text
     assert f"the period ends {period.end:%Y-%m-%d %H:%M}" in text
+    # The reviewer's inbox gets the warning and its alert, live, and acknowledges it.
+    inbox.wait_for_selector("#inbox-banner .budget-warning:has-text('Welder daily')", timeout=WAIT)
+    alert = "#alert-list .alert:has-text('Welder daily: 80% of the budget spent')"
+    inbox.wait_for_selector(alert, timeout=WAIT)
+    inbox.click(f"{alert} button:has-text('Acknowledge')")
+    inbox.wait_for_selector(alert, state="detached", timeout=WAIT)
+    assert Alert.objects.get().acknowledged_by.username == "rita"
 
     [claim] = services.board_pull(board_id=board.pk)
     finish(claim, call(cost="1.50"))
 
     page.wait_for_selector(f"{BANNER}:has-text('Budget reached: Welder daily')", timeout=WAIT)
     page.wait_for_selector("#flow-status:has-text('Budget reached')", timeout=WAIT)
-    assert page.evaluate("window.__kaizenNoReload") is True
+    for each in (page, inbox):
+        assert each.evaluate("window.__kaizenNoReload") is True
