@@ -37,6 +37,7 @@ from django.db.models import Case, DecimalField, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from andon.alerts import alert_raise, record
 from andon.models import Alert, AndonRecord, Budget, BudgetPeriod, LineStop
 from boards.models import ModelCall
 
@@ -286,25 +287,12 @@ def spend_sentence(rule: BudgetRule, period: BudgetPeriod) -> str:
     )
 
 
-def _alert_raise(**fields: Any) -> Alert | None:
-    """An alert, once per key (a savepoint: a concurrent raise of the same key wins)."""
-    try:
-        with transaction.atomic():
-            return Alert.objects.create(**fields)
-    except IntegrityError:
-        return None
-
-
-def _record(action: str, **fields: Any) -> AndonRecord:
-    return AndonRecord.objects.create(action=action, **fields)
-
-
 def _thresholds_check(rule: BudgetRule, period: BudgetPeriod, *, charged: Charged, now: datetime) -> None:
     touched = False
     if period.warned_at is None and period.spent >= rule.warn_at:
         period.warned_at = now
         BudgetPeriod.objects.filter(pk=period.pk).update(warned_at=now)
-        alert = _alert_raise(
+        alert = alert_raise(
             kind=Alert.Kind.BUDGET_WARNING,
             title=f"{rule.name}: {rule.warn_percent}% of the budget spent",
             summary=spend_sentence(rule, period) + ".",
@@ -313,7 +301,7 @@ def _thresholds_check(rule: BudgetRule, period: BudgetPeriod, *, charged: Charge
             key=f"budget:{rule.pk}:{period.start:%Y%m%d}:warn:{rule.limit}:{rule.warn_percent}",
             **_scope(rule),
         )
-        _record(
+        record(
             Action.WARNING_RAISED,
             budget_id=rule.pk,
             alert=alert,
@@ -357,7 +345,7 @@ def budget_stop(rule: BudgetRule, period: BudgetPeriod, *, now: datetime) -> Lin
         return None
     period.stopped_at = now
     BudgetPeriod.objects.filter(pk=period.pk).update(stopped_at=now)
-    alert = _alert_raise(
+    alert = alert_raise(
         kind=Alert.Kind.BUDGET_REACHED,
         title=f"{rule.name}: the limit is reached and the {'agent' if rule.agent_id else 'board'}'s line stopped",
         summary=reason + ".",
@@ -366,7 +354,7 @@ def budget_stop(rule: BudgetRule, period: BudgetPeriod, *, now: datetime) -> Lin
         key=f"budget:{rule.pk}:{period.start:%Y%m%d}:stop:{stop.pk}",
         **scope,
     )
-    _record(
+    record(
         Action.LINE_STOPPED,
         budget_id=rule.pk,
         alert=alert,
@@ -392,7 +380,7 @@ def expired_stops_lift(stop_ids: Iterable[int]) -> list[LineStop]:
         stop.restarted_at = stop.until
         stop.restart_note = "The budget's period ended."
         stop.save(update_fields=["restarted_at", "restart_note"])
-        _record(
+        record(
             Action.LINE_RESTARTED,
             budget_id=stop.budget_id,
             line_stop=stop,
@@ -413,7 +401,7 @@ def budget_stop_restarted(stop: LineStop, *, user: User | None, note: str) -> No
     BudgetPeriod.objects.filter(budget_id=stop.budget_id, start__lte=now, end__gt=now).update(
         overridden_at=now, overridden_by=user
     )
-    _record(
+    record(
         Action.LINE_RESTARTED,
         budget_id=stop.budget_id,
         line_stop=stop,
@@ -463,7 +451,7 @@ def budget_recount(budget: Budget, *, user: User | None = None) -> tuple[BudgetP
         stop.restarted_by = user
         stop.restart_note = f"The limit is now {rule.amount_label(rule.limit)}."
         stop.save(update_fields=["restarted_at", "restarted_by", "restart_note"])
-        _record(
+        record(
             Action.LINE_RESTARTED,
             budget_id=rule.pk,
             line_stop=stop,
@@ -644,7 +632,7 @@ def cost_anomalies_check(*, now: datetime | None = None) -> list[Alert]:
                 f"and at ${minimum:,.2f} or more."
             )
             with transaction.atomic():
-                alert = _alert_raise(
+                alert = alert_raise(
                     kind=Alert.Kind.COST_ANOMALY,
                     title=f"Spend far above its norm on {scope} {pk}",
                     summary=summary,
@@ -656,7 +644,7 @@ def cost_anomalies_check(*, now: datetime | None = None) -> list[Alert]:
                     continue
                 alert.title = f"Spend far above its norm: {alert.scope_label}"
                 alert.save(update_fields=["title"])
-                _record(
+                record(
                     Action.ANOMALY_RAISED,
                     alert=alert,
                     detail=summary,

@@ -138,6 +138,9 @@ class LineStop(models.Model):
         # A budget reached its limit (andon.budgets): lifts by itself at ``until``,
         # the end of the budget's period, or when a person raises the limit or restarts.
         BUDGET = "budget", "Budget"
+        # Reserved for waste thresholds (issue 12's next round): a threshold that
+        # stops the line of its board or agent.
+        WASTE = "waste", "Waste threshold"
 
     board = models.ForeignKey(
         Board, on_delete=models.CASCADE, null=True, blank=True, related_name="line_stops"
