@@ -343,7 +343,7 @@ class Bench:
             **cpu_ms,
         }
 
-    def bench_budgets(self, port: int, n: int, rounds: int) -> dict[str, float]:
+    def bench_budgets(self, port: int, n: int, rounds: int) -> dict[str, float | str]:
         """What budgets cost the line: rounds of the line without budgets and
         with them, alternated (so drift on a shared machine falls on both)."""
         without: list[float] = []
@@ -357,12 +357,14 @@ class Bench:
             "line_budgets_on_tasks_per_s": charged,
             "line_budgets_cost_percent": (base - charged) * 100 / base,
             "line_budgets_rounds": rounds,
+            "line_budgets_off_each": " ".join(f"{v:.1f}" for v in without),
+            "line_budgets_on_each": " ".join(f"{v:.1f}" for v in with_budgets),
         }
 
-    def run(self) -> dict[str, float]:
+    def run(self) -> dict[str, float | str]:
         self.prepare_database()
         self.purge()
-        results: dict[str, float] = {}
+        results: dict[str, float | str] = {}
         try:
             if not self.args.skip_line:
                 port = self.start_web()
@@ -374,9 +376,9 @@ class Bench:
                 results["celery_orm_tasks_per_s"] = self.bench_orm(n)
                 self.bench_line(port, 200)
                 results.update(self.bench_line(port, n))
-                results["line_vs_orm_baseline"] = (
-                    results["line_tasks_per_s"] / results["celery_orm_tasks_per_s"]
-                )
+                line, orm = results["line_tasks_per_s"], results["celery_orm_tasks_per_s"]
+                assert isinstance(line, float) and isinstance(orm, float)
+                results["line_vs_orm_baseline"] = line / orm
                 if self.args.budget_rounds:
                     results.update(self.bench_budgets(port, self.args.budget_tasks, self.args.budget_rounds))
                 self.stop_all()
@@ -413,7 +415,7 @@ def machine() -> str:
     )
 
 
-def record(results: dict[str, float], command: str) -> None:
+def record(results: dict[str, float | str], command: str) -> None:
     readme = ROOT / "bench" / "README.md"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"### {stamp}", "", f"- command: `{command}`", f"- machine: {machine()}", "", "```"]
