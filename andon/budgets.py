@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from andon.alerts import alert_raise, record
 from andon.models import Alert, AndonRecord, Budget, BudgetPeriod, LineStop
-from boards.models import ModelCall
+from boards.models import Board, ModelCall
 
 logger = logging.getLogger(__name__)
 
@@ -470,7 +470,18 @@ def budget_recount(budget: Budget, *, user: User | None = None) -> tuple[BudgetP
     return period, lifted
 
 
-def budgets_tick(*, now: datetime | None = None) -> dict[str, int]:
+@dataclass(frozen=True)
+class Tick:
+    """What the periodic part did: the stops it recorded as lifted, the budgets
+    it recounted, the anomalies it raised; ``boards`` whose status changed."""
+
+    lifted: list[LineStop]
+    recounted: int
+    anomalies: list[Alert]
+    boards: set[int]
+
+
+def budgets_tick(*, now: datetime | None = None) -> Tick:
     """The periodic part: lift budget stops whose period ended, recount the
     periods of budgets changed in the last few minutes (spend charged by a
     process that did not know of them yet), and look for cost anomalies."""
@@ -480,14 +491,16 @@ def budgets_tick(*, now: datetime | None = None) -> dict[str, int]:
             kind=LineStop.Kind.BUDGET, restarted_at__isnull=True, until__lte=now
         ).values_list("pk", flat=True)
         lifted = expired_stops_lift(list(expired))
-    recent = Budget.objects.filter(updated_at__gte=now - timedelta(minutes=5)).select_related(
-        "board", "agent"
-    )
+    recent = list(Budget.objects.filter(updated_at__gte=now - timedelta(minutes=5)).order_by("pk"))
     for budget in recent:
         with transaction.atomic():
             budget_recount(budget)
     anomalies = cost_anomalies_check(now=now)
-    return {"lifted": len(lifted), "recounted": len(recent), "anomalies": len(anomalies)}
+    boards = {stop.board_id for stop in lifted if stop.board_id}
+    agents = {stop.agent_id for stop in lifted if stop.agent_id}
+    if agents:
+        boards |= set(Board.objects.filter(agents__in=agents).values_list("pk", flat=True))
+    return Tick(lifted=lifted, recounted=len(recent), anomalies=anomalies, boards=boards)
 
 
 # --- the board's budgets, for its banner ---------------------------------------------

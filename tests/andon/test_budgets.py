@@ -496,3 +496,19 @@ def test_concurrent_charges_lose_nothing_even_while_the_period_row_is_made():
     # Each thread n charges (n+1).01 + (n+1).11 + ... + (n+1).41 = 5(n+1) + 1.05.
     assert ledger == sum(5 * (n + 1) + Decimal("1.05") for n in range(8))
     assert BudgetPeriod.objects.get(budget=b).spent == ledger
+
+
+@pytest.mark.django_db
+def test_the_periodic_tick_records_an_ended_stop_as_lifted(board, solo, keeper, monkeypatch):
+    budget(keeper, agent=solo)
+    feed(board, 2)
+    run_until_stopped(board, cost="10.00")
+    stop = LineStop.objects.get(kind="budget")
+    monkeypatch.setattr(timezone, "now", lambda: stop.until + timedelta(seconds=1))
+
+    tick = budgets.budgets_tick()
+
+    assert [s.pk for s in tick.lifted] == [stop.pk] and tick.boards == {board.pk}
+    stop.refresh_from_db()
+    assert stop.restarted_at == stop.until
+    assert budgets.budgets_tick().lifted == []  # once
