@@ -512,3 +512,41 @@ def test_the_periodic_tick_records_an_ended_stop_as_lifted(board, solo, keeper, 
     stop.refresh_from_db()
     assert stop.restarted_at == stop.until
     assert budgets.budgets_tick().lifted == []  # once
+
+
+# --- what budgets cost the line, in queries ---------------------------------------------------
+
+
+def _completion_queries(board, cost: str) -> tuple[int, int]:
+    """The queries of one pull that claims a task, and of its completion."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    services.task_create(board=board, title="Part", input="part")
+    with CaptureQueriesContext(connection) as pulled:
+        [claim] = pull(board)
+    with CaptureQueriesContext(connection) as completed:
+        finish(claim, call(cost=cost))
+    return len(pulled), len(completed)
+
+
+@pytest.mark.django_db
+def test_budgets_cost_the_pull_nothing_and_a_completion_two_queries(
+    board, solo, keeper, django_assert_num_queries
+):
+    """Measured, not timed: the pull reads the line stops it read before; a
+    completion under one budget whose period has begun locks its period row and
+    updates it. (A board budget and an agent budget: four.)"""
+    budgets.budget_rules.get()
+    _completion_queries(board, "0.01")  # warm: per-process caches filled
+    pull_before, complete_before = _completion_queries(board, "0.01")
+    budget(keeper, agent=solo, limit=Decimal("1000"))
+    budgets.budget_rules.get()
+    # The first charge of the period finds its row made by budget_create.
+    pull_after, complete_after = _completion_queries(board, "0.01")
+    assert pull_after == pull_before
+    assert complete_after == complete_before + 2
+    budget(keeper, board=board, limit=Decimal("1000"), name="Board")
+    budgets.budget_rules.get()
+    pull_two, complete_two = _completion_queries(board, "0.01")
+    assert (pull_two, complete_two) == (pull_before, complete_before + 4)
