@@ -32,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, DecimalField, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -232,20 +232,59 @@ def calls_charge(rows: Sequence[ModelCall]) -> Charged:
 def _period_charge(rule: BudgetRule, *, start: datetime, end: datetime, amount: Decimal) -> BudgetPeriod:
     """Add ``amount`` to the period's running total, locked; a period without a
     row yet starts from the ledger's sum, which already holds this transaction's rows."""
-    period = BudgetPeriod.objects.select_for_update().filter(budget_id=rule.pk, start=start).first()
-    if period is None:
-        try:
-            with transaction.atomic():
-                return BudgetPeriod.objects.create(
-                    budget_id=rule.pk, start=start, end=end, spent=ledger_spend(rule, start, end)
-                )
-        except IntegrityError:
-            # Another transaction made it first; its sum could not see our rows.
-            period = BudgetPeriod.objects.select_for_update().get(budget_id=rule.pk, start=start)
+    if connection.vendor == "postgresql":
+        # One statement on the hot path: add and read back under the row lock
+        # (numeric arithmetic is exact there; SQLite's is not, so it reads,
+        # adds in Python and writes).
+        period = _period_add_returning(rule.pk, start, amount)
+    else:
+        period = BudgetPeriod.objects.select_for_update().filter(budget_id=rule.pk, start=start).first()
+        if period is not None and amount:
+            period.spent += amount
+            BudgetPeriod.objects.filter(pk=period.pk).update(spent=period.spent)
+    if period is not None:
+        return period
+    try:
+        with transaction.atomic():
+            return BudgetPeriod.objects.create(
+                budget_id=rule.pk, start=start, end=end, spent=ledger_spend(rule, start, end)
+            )
+    except IntegrityError:
+        # Another transaction made it first; its sum could not see our rows.
+        period = BudgetPeriod.objects.select_for_update().get(budget_id=rule.pk, start=start)
     if amount:
         period.spent += amount
         BudgetPeriod.objects.filter(pk=period.pk).update(spent=period.spent)
     return period
+
+
+_ADD_RETURNING = (
+    'UPDATE {table} SET spent = spent + %s WHERE budget_id = %s AND start = %s RETURNING id, "end", spent, '
+    "warned_at, stopped_at, overridden_at, overridden_by_id"
+)
+
+
+def _period_add_returning(budget_id: int, start: datetime, amount: Decimal) -> BudgetPeriod | None:
+    """PostgreSQL: add to the period's total and read it back, in one statement;
+    None when the period has no row yet."""
+    sql = _ADD_RETURNING.format(table=connection.ops.quote_name(BudgetPeriod._meta.db_table))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [amount, budget_id, start])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, end, spent, warned_at, stopped_at, overridden_at, overridden_by_id = row
+    return BudgetPeriod(
+        pk=pk,
+        budget_id=budget_id,
+        start=start,
+        end=end,
+        spent=Decimal(spent),
+        warned_at=warned_at,
+        stopped_at=stopped_at,
+        overridden_at=overridden_at,
+        overridden_by_id=overridden_by_id,
+    )
 
 
 def _scope(rule: BudgetRule | Budget) -> dict[str, int | None]:
