@@ -1,12 +1,17 @@
 """The andon's records in the admin, read-only: decisions are made in the inbox,
 stops are pulled and restarted from the board and the inbox, and breakers move
-on their own. Changing a row here would skip the services that move the tasks."""
+on their own. Changing a row here would skip the services that move the tasks.
+
+Budgets are the exception: editable here by people with the budget permissions,
+through the same services as the budgets page (andon.budget_services), so a
+change here is recorded and applied to the current period like one made there."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 
-from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
+from andon import budget_services
+from andon.models import Alert, AndonRecord, Budget, CircuitBreaker, Escalation, Inspection, LineStop
 from kaizen_web.admin import ReadOnlyAdmin
 
 
@@ -46,3 +51,47 @@ class LineStopAdmin(ReadOnlyAdmin):
 class CircuitBreakerAdmin(ReadOnlyAdmin):
     list_display = ["label", "scope", "state", "consecutive_failures", "opened_at", "updated_at"]
     list_filter = ["scope", "state"]
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ["name", "board", "agent", "unit", "period", "limit", "warn_percent", "updated_at"]
+    list_filter = ["unit", "period", "board", "agent"]
+    list_select_related = ["board", "agent"]
+    fields = ["name", "board", "agent", "unit", "period", "limit", "warn_percent"]
+    actions = None  # a bulk delete would skip the service
+
+    def save_model(self, request, obj, form, change):
+        values = {name: getattr(obj, name) for name in self.fields}
+        if change:
+            changed = {name: values[name] for name in form.changed_data if name in values}
+            budget_services.budget_update(budget=obj, user=request.user, **changed)
+        else:
+            saved = budget_services.budget_create(user=request.user, **values)
+            obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        budget_services.budget_delete(budget=obj, user=request.user)
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = [
+        "pk",
+        "kind",
+        "title",
+        "board",
+        "agent",
+        "created_at",
+        "acknowledged_by",
+        "acknowledged_at",
+    ]
+    list_filter = ["kind", "board", "agent"]
+    list_select_related = ["board", "agent", "acknowledged_by"]
+
+
+@admin.register(AndonRecord)
+class AndonRecordAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "action", "budget", "board", "agent", "user", "detail"]
+    list_filter = ["action"]
+    list_select_related = ["budget", "board", "agent", "user"]

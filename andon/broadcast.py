@@ -14,8 +14,9 @@ transport (kaizen_web.live.publish), rendered from the inbox page's own partials
   the oldest member was the one decided), with the recent decisions;
 - with each of these, the inbox figures (open count, escalation rate, time to
   decision);
-- a line stopped or restarted: the inbox banner (and the boards' own banners,
-  through boards.broadcast.columns_changed).
+- a line stopped or restarted, a budget warning, an andon alert raised or
+  acknowledged: the inbox banner (and the boards' own banners, through
+  boards.broadcast.columns_changed).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from django.template.loader import render_to_string
 from andon.models import Escalation
 from andon.selectors import (
     active_line_stops_get,
+    budget_warnings_get,
     inbox_groups_get,
     inbox_stats_get,
+    open_alerts_get,
     recent_decisions_get,
 )
 from kaizen_web import live
@@ -121,11 +124,22 @@ def escalations_closed(ids: list[int]) -> None:
     live.publish(job)
 
 
+def banner_context() -> dict:
+    """The inbox banner's context: the line stops in force, the budgets past
+    their warning level and the alerts not yet acknowledged."""
+    return {
+        "line_stops": active_line_stops_get(),
+        "budget_warnings": budget_warnings_get(),
+        "alerts": open_alerts_get(),
+    }
+
+
 def line_stops_changed() -> None:
+    """A line stopped or restarted, a budget warned, an alert raised or
+    acknowledged: the inbox banner, whole."""
+
     def job() -> list[tuple[str, dict]]:
-        html = render_to_string(
-            "andon/inbox.html#inbox-banner", {"line_stops": active_line_stops_get(), "oob": True}
-        )
+        html = render_to_string("andon/inbox.html#inbox-banner", {**banner_context(), "oob": True})
         return [(INBOX_GROUP, {"type": "inbox.update", "html": html})]
 
     live.publish(job)

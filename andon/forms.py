@@ -6,10 +6,12 @@ reason or correction means (``andon.services``), so each message exists once.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 
+from andon.models import Budget
 from andon.muda import window_problems
 from boards.models import Agent, Board
 
@@ -133,3 +135,58 @@ class MudaFilterForm(forms.Form):
             for message in messages:
                 self.add_error(field, message)
         return data
+
+
+class BudgetForm(forms.Form):
+    """A budget's fields as a person fills them in; the service checks the rest
+    (one of board or agent, a positive limit, whole tokens)."""
+
+    name = forms.CharField(max_length=80)
+    scope = forms.ChoiceField(choices=[("board", "A board"), ("agent", "An agent")], initial="board")
+    board = forms.ModelChoiceField(queryset=Board.objects.order_by("name"), required=False)
+    agent = forms.ModelChoiceField(queryset=Agent.objects.order_by("name"), required=False)
+    unit = forms.ChoiceField(choices=Budget.Unit.choices, initial=Budget.Unit.USD)
+    period = forms.ChoiceField(choices=Budget.Period.choices, initial=Budget.Period.DAY)
+    limit = forms.DecimalField(
+        min_value=Decimal("0.0001"),
+        max_digits=20,
+        decimal_places=4,
+        help_text="In dollars, or in tokens (in and out) for a tokens budget.",
+    )
+    warn_percent = forms.IntegerField(
+        min_value=1, max_value=100, initial=80, label="Warn at (%)", help_text="Of the limit, 1-100."
+    )
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        scope = data.get("scope")
+        if scope == "board":
+            if data.get("board") is None:
+                self.add_error("board", "Choose the board this budget limits.")
+            data["agent"] = None
+        elif scope == "agent":
+            if data.get("agent") is None:
+                self.add_error("agent", "Choose the agent this budget limits.")
+            data["board"] = None
+        return data
+
+    def values(self) -> dict:
+        data = self.cleaned_data
+        return {
+            name: data[name] for name in ("name", "board", "agent", "unit", "period", "limit", "warn_percent")
+        }
+
+    @classmethod
+    def of(cls, budget: Budget) -> BudgetForm:
+        return cls(
+            initial={
+                "name": budget.name,
+                "scope": "agent" if budget.agent_id else "board",
+                "board": budget.board_id,
+                "agent": budget.agent_id,
+                "unit": budget.unit,
+                "period": budget.period,
+                "limit": budget.limit,
+                "warn_percent": budget.warn_percent,
+            }
+        )

@@ -314,14 +314,26 @@ def spike_stops(agent_ids: Iterable[int]) -> list[LineStop]:
     return stops
 
 
-def active_stops(*, board_id: int, agent_ids: Iterable[int]) -> tuple[bool, set[int]]:
-    """Whether the board's line is stopped, and which of these agents' lines are."""
+def active_stops(
+    *, board_id: int, agent_ids: Iterable[int], expired: list[int] | None = None
+) -> tuple[bool, set[int]]:
+    """Whether the board's line is stopped, and which of these agents' lines are.
+
+    A budget stop is in force until its period ends (``LineStop.until``), even
+    before anything records it as restarted: the pull and the board's flow
+    status both read stops here, so they agree. The ids of such ended stops are
+    appended to ``expired`` when given (the pull lifts them: andon.budgets)."""
     rows = LineStop.objects.filter(restarted_at__isnull=True).filter(
         Q(board_id=board_id) | Q(agent_id__in=list(agent_ids))
     )
+    now = timezone.now()
     board_stopped = False
     agents: set[int] = set()
-    for stop_board, stop_agent in rows.values_list("board_id", "agent_id"):
+    for pk, stop_board, stop_agent, until in rows.values_list("pk", "board_id", "agent_id", "until"):
+        if until is not None and until <= now:
+            if expired is not None:
+                expired.append(pk)
+            continue
         if stop_board is not None:
             board_stopped = True
         if stop_agent is not None:

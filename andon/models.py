@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
 
 from boards.models import Agent, Board, Task
 
@@ -168,6 +169,12 @@ class LineStop(models.Model):
     class Kind(models.TextChoices):
         DEFECT_SPIKE = "defect_spike", "Defect spike"
         CORD = "cord", "Andon cord"
+        # A budget reached its limit (andon.budgets): lifts by itself at ``until``,
+        # the end of the budget's period, or when a person raises the limit or restarts.
+        BUDGET = "budget", "Budget"
+        # Reserved for waste thresholds (issue 12's next round): a threshold that
+        # stops the line of its board or agent.
+        WASTE = "waste", "Waste threshold"
 
     board = models.ForeignKey(
         Board, on_delete=models.CASCADE, null=True, blank=True, related_name="line_stops"
@@ -186,6 +193,12 @@ class LineStop(models.Model):
     )
     restarted_at = models.DateTimeField(null=True, blank=True)
     restart_note = models.TextField(blank=True)
+    # A budget stop: the budget, and when its period ends (the stop is no longer
+    # in force from then on, and is recorded as restarted at that time).
+    budget = models.ForeignKey(
+        "Budget", on_delete=models.SET_NULL, null=True, blank=True, related_name="line_stops"
+    )
+    until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -213,7 +226,13 @@ class LineStop(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.restarted_at is None
+        return self.restarted_at is None and not self.expired
+
+    @property
+    def expired(self) -> bool:
+        """A budget stop whose period has ended: no longer in force, even before
+        the andon records it as restarted."""
+        return self.until is not None and self.until <= timezone.now()
 
     @property
     def scope_label(self) -> str:
@@ -281,3 +300,179 @@ class CircuitBreaker(models.Model):
         if self.scope == self.Scope.AGENT and self.agent is not None:
             return f"agent {self.agent.name}"
         return f"{self.key} on {self.board.name}" if self.board is not None else self.key
+
+
+class Budget(models.Model):
+    """A spending limit of a board or an agent, in dollars or tokens, per calendar
+    day, week (Monday to Sunday) or month in the project's TIME_ZONE. Spend is
+    read from the ledger (ModelCall: cost, and the tokens of real model calls);
+    ``BudgetPeriod`` keeps each period's running total. At ``warn_percent`` of the
+    limit the andon warns; at the limit the line of the board or agent stops."""
+
+    class Unit(models.TextChoices):
+        USD = "usd", "US dollars"
+        TOKENS = "tokens", "Tokens"
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day"
+        WEEK = "week", "Week (Monday to Sunday)"
+        MONTH = "month", "Month"
+
+    name = models.CharField(max_length=80, help_text="What the budget is for, as shown in warnings.")
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets")
+    unit = models.CharField(max_length=10, choices=Unit.choices, default=Unit.USD)
+    period = models.CharField(max_length=10, choices=Period.choices, default=Period.DAY)
+    limit = models.DecimalField(max_digits=20, decimal_places=4)
+    warn_percent = models.PositiveSmallIntegerField(
+        default=80, help_text="Warn when spend reaches this percentage of the limit (1-100)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(board__isnull=False) & Q(agent__isnull=True))
+                | (Q(board__isnull=True) & Q(agent__isnull=False)),
+                name="budget_board_xor_agent",
+            ),
+            models.CheckConstraint(condition=Q(limit__gt=0), name="budget_limit_positive"),
+            models.CheckConstraint(
+                condition=Q(warn_percent__gte=1, warn_percent__lte=100), name="budget_warn_percent_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.scope_label})"
+
+    @property
+    def scope_label(self) -> str:
+        if self.agent is not None:
+            return f"agent {self.agent.name}"
+        assert self.board is not None  # budget_board_xor_agent
+        return f"board {self.board.name}"
+
+    def amount_label(self, value) -> str:
+        """A spend or limit in the budget's unit, as people read it."""
+        if self.unit == self.Unit.TOKENS:
+            return f"{int(value):,} tokens"
+        return f"${value:,.2f}"
+
+
+class BudgetPeriod(models.Model):
+    """One period of a budget: its running total of spend (kept as model calls
+    are recorded, and checked against the ledger by ``andon.budgets``), and what
+    the andon did in it."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="periods")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    spent = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    warned_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    # A person restarted the budget's stop in this period: the line runs on
+    # past the limit until the period ends (or the limit is reached again after a raise).
+    overridden_at = models.DateTimeField(null=True, blank=True)
+    overridden_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-start"]
+        constraints = [models.UniqueConstraint(fields=["budget", "start"], name="budget_period_once")]
+
+    def __str__(self) -> str:
+        return f"{self.budget.name} from {self.start:%Y-%m-%d}"
+
+
+class Alert(models.Model):
+    """An andon alert: something about the line as a whole (a budget, the spend
+    rate, later a waste threshold) that a reviewer should see and acknowledge.
+    Not an Escalation, which holds one task's output for a decision."""
+
+    class Kind(models.TextChoices):
+        BUDGET_WARNING = "budget_warning", "Budget warning"
+        BUDGET_REACHED = "budget_reached", "Budget reached"
+        COST_ANOMALY = "cost_anomaly", "Cost anomaly"
+        WASTE_THRESHOLD = "waste_threshold", "Waste threshold"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    title = models.CharField(max_length=200)
+    # What was seen, as figures ({"spent": ..., "limit": ...}; {"last_hour": ...,
+    # "hourly": [...]}) and as a sentence for people (``summary``).
+    evidence = models.JSONField(default=dict, blank=True)
+    summary = models.TextField(blank=True)
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, null=True, blank=True, related_name="alerts")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="alerts")
+    budget = models.ForeignKey(
+        Budget, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts"
+    )
+    # One alert per cause: a budget's warning once a period, an anomaly once an hour.
+    key = models.CharField(max_length=120, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["acknowledged_at", "-created_at"], name="alert_open_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.title}"
+
+    @property
+    def scope_label(self) -> str:
+        if self.agent is not None:
+            return f"agent {self.agent.name}"
+        if self.board is not None:
+            return f"board {self.board.name}"
+        return "the whole line"
+
+    @property
+    def is_open(self) -> bool:
+        return self.acknowledged_at is None
+
+
+class AndonRecord(models.Model):
+    """The andon's audit log for budgets and alerts (append-only): who did what,
+    when, with the figures at that moment. experiments.AuditEntry is the kaizen
+    loop's and needs an agent, which a board's budget has not."""
+
+    class Action(models.TextChoices):
+        BUDGET_CREATED = "budget_created", "Budget created"
+        BUDGET_CHANGED = "budget_changed", "Budget changed"
+        BUDGET_DELETED = "budget_deleted", "Budget deleted"
+        WARNING_RAISED = "warning_raised", "Budget warning raised"
+        LINE_STOPPED = "line_stopped", "Line stopped for budget"
+        LINE_RESTARTED = "line_restarted", "Line restarted for budget"
+        ANOMALY_RAISED = "anomaly_raised", "Cost anomaly raised"
+        ALERT_ACKNOWLEDGED = "alert_acknowledged", "Alert acknowledged"
+
+    action = models.CharField(max_length=30, choices=Action.choices)
+    budget = models.ForeignKey(Budget, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    alert = models.ForeignKey(Alert, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    line_stop = models.ForeignKey(
+        LineStop, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    board = models.ForeignKey(Board, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # None: the line did it.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    detail = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} at {self.created_at:%Y-%m-%d %H:%M}"

@@ -9,7 +9,17 @@ from datetime import timedelta
 from django.db.models import Count, Q, prefetch_related_objects
 from django.utils import timezone
 
-from andon.models import AgentRecord, CircuitBreaker, Escalation, Inspection, LineStop
+from andon.budgets import BudgetStatus, budget_statuses
+from andon.models import (
+    AgentRecord,
+    Alert,
+    AndonRecord,
+    Budget,
+    CircuitBreaker,
+    Escalation,
+    Inspection,
+    LineStop,
+)
 from boards.models import Agent, Board
 
 INBOX_LIMIT = 200
@@ -270,7 +280,12 @@ def inbox_stats_get(*, hours: int = 24) -> InboxStats:
 def active_line_stops_get(*, board: Board | None = None) -> list[LineStop]:
     """Stops in force: all of them, or those that stop this board (the board's own
     and those of agents serving it)."""
-    stops = LineStop.objects.filter(restarted_at__isnull=True).select_related("board", "agent", "stopped_by")
+    # A budget stop whose period has ended is out of force (LineStop.expired).
+    stops = (
+        LineStop.objects.filter(restarted_at__isnull=True)
+        .filter(Q(until__isnull=True) | Q(until__gt=timezone.now()))
+        .select_related("board", "agent", "stopped_by", "budget")
+    )
     if board is not None:
         stops = stops.filter(Q(board=board) | Q(agent__boards=board)).distinct()
     return list(stops.order_by("-created_at"))
@@ -309,3 +324,54 @@ def recent_decisions_get(*, limit: int = 10) -> list[Escalation]:
         .select_related("task", "board", "decided_by")
         .order_by("-decided_at", "-pk")[:limit]
     )
+
+
+# --- budgets and alerts ------------------------------------------------------------------
+
+
+def open_alerts_get(*, limit: int = 50) -> list[Alert]:
+    """Alerts not acknowledged yet, newest first (one query)."""
+    return list(
+        Alert.objects.filter(acknowledged_at__isnull=True)
+        .select_related("board", "agent", "budget")
+        .order_by("-created_at", "-pk")[:limit]
+    )
+
+
+def budget_list(*, board: Board | None = None, agent: Agent | None = None) -> list[Budget]:
+    """Budgets, all of them or those of a board (its own and its agents') or of an agent."""
+    budgets = Budget.objects.select_related("board", "agent")
+    if board is not None:
+        budgets = budgets.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    if agent is not None:
+        budgets = budgets.filter(agent=agent)
+    return list(budgets.order_by("name", "pk"))
+
+
+def budget_statuses_get(*, board: Board | None = None, agent: Agent | None = None) -> list[BudgetStatus]:
+    """Each budget with its spend this period, from the running totals: two queries."""
+    return budget_statuses(budget_list(board=board, agent=agent))
+
+
+def budget_status_get(*, budget: Budget) -> BudgetStatus:
+    return budget_statuses([budget])[0]
+
+
+def budget_warnings_get(*, board: Board | None = None) -> list[BudgetStatus]:
+    """The budgets at or past their warning level this period (for the banners)."""
+    return [status for status in budget_statuses_get(board=board) if status.warned]
+
+
+def budget_records_get(
+    *, budget: Budget | None = None, board: Board | None = None, agent: Agent | None = None, limit: int = 50
+) -> list[AndonRecord]:
+    """The andon's record of budgets and alerts, newest first: all of it, or a
+    budget's, or a board's (its own and its agents'), or an agent's."""
+    records = AndonRecord.objects.select_related("budget", "user", "board", "agent", "alert")
+    if budget is not None:
+        records = records.filter(budget=budget)
+    if board is not None:
+        records = records.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    if agent is not None:
+        records = records.filter(agent=agent)
+    return list(records.order_by("-created_at", "-pk")[:limit])

@@ -25,7 +25,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
-from andon.models import Escalation, LineStop
+from andon import budgets
+from andon.models import Alert, AndonRecord, Escalation, LineStop
 from boards import services as board_services
 from boards.models import Agent, Board, Column, Task, TaskEvent
 
@@ -394,8 +395,41 @@ def line_restart(*, line_stop: LineStop, user: User, note: str) -> LineStop:
         stop.restarted_by = user
         stop.restart_note = note
         stop.save(update_fields=["restarted_at", "restarted_by", "restart_note"])
+        # A budget's stop restarted by a person holds for the rest of its period;
+        # after another kind of stop, a budget reached meanwhile stops the line again.
+        if stop.kind == LineStop.Kind.BUDGET:
+            budgets.budget_stop_restarted(stop, user=user, note=note)
+        else:
+            budgets.budgets_recheck(board_id=stop.board_id, agent_id=stop.agent_id)
         _stops_changed(stop, pull=True)
     return stop
+
+
+# --- alerts ----------------------------------------------------------------------------
+
+
+def alert_acknowledge(*, alert: Alert, user: User) -> Alert:
+    """A reviewer has seen an andon alert (a budget warning, a cost anomaly):
+    it leaves the inbox, on record. Acknowledging it twice changes nothing."""
+    _require_reviewer(user)
+    with transaction.atomic():
+        locked = Alert.objects.select_for_update().get(pk=alert.pk)
+        if locked.acknowledged_at is not None:
+            return locked
+        locked.acknowledged_at = timezone.now()
+        locked.acknowledged_by = user
+        locked.save(update_fields=["acknowledged_at", "acknowledged_by"])
+        AndonRecord.objects.create(
+            action=AndonRecord.Action.ALERT_ACKNOWLEDGED,
+            alert=locked,
+            budget_id=locked.budget_id,
+            board_id=locked.board_id,
+            agent_id=locked.agent_id,
+            user=user,
+            detail=f"{locked.get_kind_display()} acknowledged: {locked.title}",
+        )
+        transaction.on_commit(andon_broadcast.line_stops_changed)
+    return locked
 
 
 def _stops_changed(stop: LineStop, *, pull: bool = False) -> None:

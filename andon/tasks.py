@@ -11,7 +11,9 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from andon import demo_reviewer
+from andon import broadcast as andon_broadcast
+from andon import budgets, demo_reviewer
+from boards import services as board_services
 
 
 @shared_task(name="andon.tasks.review_demo_escalations")
@@ -20,3 +22,18 @@ def review_demo_escalations() -> int:
         return 0
     decided = demo_reviewer.demo_review_run()
     return len(decided) + len(demo_reviewer.demo_restart_run())
+
+
+@shared_task(name="andon.tasks.budgets_tick")
+def budgets_tick() -> dict[str, int]:
+    """Lift budget stops whose period ended, recount new budgets, look for a
+    cost anomaly (andon.budgets.budgets_tick); then send the boards whose
+    budget stop ended their status (and pull them), and the inbox its banner.
+    Idempotent: a stop is lifted once, an anomaly raised once an hour per board
+    or agent."""
+    tick = budgets.budgets_tick()
+    for board_id in sorted(tick.boards):
+        board_services.board_changed_on_commit(board_id, [], pull=True)
+    if tick.lifted or tick.anomalies or tick.recounted:
+        andon_broadcast.line_stops_changed()
+    return {"lifted": len(tick.lifted), "recounted": tick.recounted, "anomalies": len(tick.anomalies)}

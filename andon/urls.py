@@ -1,6 +1,6 @@
 from django.urls import path
 
-from andon import views
+from andon import views, views_budgets
 
 urlpatterns = [
     path("", views.inbox, name="andon-inbox"),
@@ -13,4 +13,8 @@ urlpatterns = [
     path("stops/", views.line_stops, name="andon-line-stops"),
     path("stops/<int:pk>/restart/", views.line_restart, name="andon-line-restart"),
     path("cord/", views.cord, name="andon-cord"),
+    path("budgets/", views_budgets.budgets, name="andon-budgets"),
+    path("budgets/<int:pk>/", views_budgets.budget_detail, name="andon-budget"),
+    path("budgets/<int:pk>/delete/", views_budgets.budget_delete, name="andon-budget-delete"),
+    path("alerts/<int:pk>/acknowledge/", views_budgets.alert_acknowledge, name="andon-alert-acknowledge"),
 ]

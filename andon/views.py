@@ -24,6 +24,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from andon import broadcast as andon_broadcast
 from andon import selectors, services
 from andon.forms import (
     ApproveForm,
@@ -85,7 +86,7 @@ def _inbox_context(filters: dict, *, here: str, row: Escalation | None = None) -
         "filters": filters,
         "choices": selectors.inbox_filter_choices_get(),
         "stats": selectors.inbox_stats_get(),
-        "line_stops": selectors.active_line_stops_get(),
+        **andon_broadcast.banner_context(),
         "ws_path": _ws_path(filters),
         "live_url": reverse("andon-inbox-live") + _query(filters),
         # Where the row forms send a browser without JavaScript back to.

@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -234,7 +235,10 @@ class Bench:
         assert Board.objects.count() == base
         return n / elapsed
 
-    def bench_line(self, port: int, n: int) -> dict[str, float]:
+    def bench_line(self, port: int, n: int, *, budgets: bool = False) -> dict[str, float]:
+        """The whole line for ``n`` tasks; with ``budgets``, the board and its
+        agent each have a budget (dollars a day, tokens a month) that every
+        completion charges and never reaches."""
         from django.contrib.auth import get_user_model
         from django.contrib.auth.models import Permission
 
@@ -270,6 +274,15 @@ class Bench:
             quality_checks=BENCH_CHECKS,
         )
         agent.boards.add(board)
+        if budgets:
+            from andon.models import Budget
+
+            Budget.objects.create(name="bench board", board=board, unit="usd", period="day", limit=10**12)
+            Budget.objects.create(
+                name="bench agent", agent=agent, unit="tokens", period="month", limit=10**12
+            )
+            # Processes read budgets at most every 2 s (andon.budgets.budget_rules).
+            time.sleep(2.5)
         user, _ = get_user_model().objects.get_or_create(username="bench")
         # API tokens have scopes: adding tasks needs a write token of a user who may add them.
         user.user_permissions.add(
@@ -330,10 +343,41 @@ class Bench:
             **cpu_ms,
         }
 
-    def run(self) -> dict[str, float]:
+    def bench_budgets(self, port: int, n: int, rounds: int) -> dict[str, float | str]:
+        """What budgets cost the line: rounds of the line without budgets and
+        with them, alternated (so drift on a shared machine falls on both).
+        Throughput moves with whatever else the machine runs; the CPU time per
+        task of the worker and PostgreSQL, where budgets are charged, much less."""
+        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        for _ in range(rounds):
+            for budgets in (False, True):
+                runs[budgets].append(self.bench_line(port, n, budgets=budgets))
+
+        def median(budgets: bool, key: str) -> float:
+            return statistics.median(run[key] for run in runs[budgets])
+
+        def cpu(budgets: bool) -> float:
+            return median(budgets, "line_cpu_ms_per_task_worker") + median(
+                budgets, "line_cpu_ms_per_task_postgres"
+            )
+
+        base, charged = median(False, "line_tasks_per_s"), median(True, "line_tasks_per_s")
+        return {
+            "line_budgets_off_tasks_per_s": base,
+            "line_budgets_on_tasks_per_s": charged,
+            "line_budgets_cost_percent": (base - charged) * 100 / base,
+            "line_budgets_off_cpu_ms_per_task_worker_postgres": cpu(False),
+            "line_budgets_on_cpu_ms_per_task_worker_postgres": cpu(True),
+            "line_budgets_cpu_cost_percent": (cpu(True) - cpu(False)) * 100 / cpu(False),
+            "line_budgets_rounds": rounds,
+            "line_budgets_off_each": " ".join(f"{r['line_tasks_per_s']:.1f}" for r in runs[False]),
+            "line_budgets_on_each": " ".join(f"{r['line_tasks_per_s']:.1f}" for r in runs[True]),
+        }
+
+    def run(self) -> dict[str, float | str]:
         self.prepare_database()
         self.purge()
-        results: dict[str, float] = {}
+        results: dict[str, float | str] = {}
         try:
             if not self.args.skip_line:
                 port = self.start_web()
@@ -345,9 +389,11 @@ class Bench:
                 results["celery_orm_tasks_per_s"] = self.bench_orm(n)
                 self.bench_line(port, 200)
                 results.update(self.bench_line(port, n))
-                results["line_vs_orm_baseline"] = (
-                    results["line_tasks_per_s"] / results["celery_orm_tasks_per_s"]
-                )
+                line, orm = results["line_tasks_per_s"], results["celery_orm_tasks_per_s"]
+                assert isinstance(line, float) and isinstance(orm, float)
+                results["line_vs_orm_baseline"] = line / orm
+                if self.args.budget_rounds:
+                    results.update(self.bench_budgets(port, self.args.budget_tasks, self.args.budget_rounds))
                 self.stop_all()
             if not self.args.skip_cascade:
                 from bench.cascade import CascadeBench
@@ -382,7 +428,7 @@ def machine() -> str:
     )
 
 
-def record(results: dict[str, float], command: str) -> None:
+def record(results: dict[str, float | str], command: str) -> None:
     readme = ROOT / "bench" / "README.md"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"### {stamp}", "", f"- command: `{command}`", f"- machine: {machine()}", "", "```"]
@@ -439,6 +485,13 @@ def main() -> None:
         "--profile-tasks", type=int, default=1000, help="tasks in the sections profile run (1000)"
     )
     parser.add_argument("--cprofile-tasks", type=int, default=300, help="tasks in the cProfile run (300)")
+    parser.add_argument(
+        "--budget-rounds",
+        type=int,
+        default=0,
+        help="line runs without and with budgets, alternated (0: none)",
+    )
+    parser.add_argument("--budget-tasks", type=int, default=600, help="tasks in each budgets round (600)")
     args = parser.parse_args()
     results = Bench(args).run()
     for key, value in results.items():

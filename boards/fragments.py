@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from django.template.loader import render_to_string
 
+from andon.selectors import budget_warnings_get
 from boards.models import Board, Column
 from boards.selectors import (
     board_agents_get,
@@ -50,6 +51,8 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
         "agents": agents,
         "agents_summary": agents_summary(agents),
         "line_stops": line_stops,
+        # Budgets of the board and its agents at or past their warning level.
+        "budget_warnings": budget_warnings_get(board=board),
         "board_stopped": any(stop.board_id for stop in line_stops),
         "pull_status": status,
     }

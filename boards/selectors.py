@@ -540,7 +540,7 @@ def board_pull_status_get(
     of tasks or agents.
     """
     from andon import jidoka
-    from andon.models import Escalation
+    from andon.models import Escalation, LineStop
 
     if columns is None:
         columns = list(board_column_counts_get(board=board))
@@ -616,8 +616,9 @@ def board_pull_status_get(
                         link_text="Open the andon inbox",
                     )
                 )
-    # Budgets (andon) are not built yet: when they are, a budget reached is a
-    # stop here ("Budget reached: …"), checked by _claim with the same rule.
+    # Budgets (andon.budgets) stop the line with a LineStop of kind budget,
+    # in force until the period ends: jidoka.active_stops, read below as _claim
+    # reads it, so the board says "Budget reached: …" exactly when no agent claims.
 
     # The agents, in the order _claim filters them.
     agents = list(board.agents.order_by("pk"))
@@ -649,20 +650,44 @@ def board_pull_status_get(
     stops_url = reverse("andon-line-stops")
     if board_stopped:
         board_stop = next((s for s in line_stops if s.board_id), None)
-        reason = f": {board_stop.reason}" if board_stop is not None else ""
-        stop(
-            PullHold(
-                "line_stopped",
-                f"The line is stopped{reason}. A reviewer restarts it from the andon.",
-                url=f"{stops_url}#line-stop-{board_stop.pk}" if board_stop is not None else stops_url,
-                link_text="Line stops",
-                short="Waits: the line is stopped.",
+        if board_stop is not None and board_stop.kind == LineStop.Kind.BUDGET:
+            stop(
+                PullHold(
+                    "budget",
+                    f"{board_stop.reason}. Agents pull nothing on this board until the period ends, "
+                    "or a person raises the limit or restarts the line.",
+                    url=f"{reverse('andon-budgets')}?board={board.pk}",
+                    link_text="Budgets",
+                    short=f"Waits: budget reached ({board_stop.budget.name if board_stop.budget else 'board'}).",
+                )
             )
-        )
+        else:
+            reason = f": {board_stop.reason}" if board_stop is not None else ""
+            stop(
+                PullHold(
+                    "line_stopped",
+                    f"The line is stopped{reason}. A reviewer restarts it from the andon.",
+                    url=f"{stops_url}#line-stop-{board_stop.pk}" if board_stop is not None else stops_url,
+                    link_text="Line stops",
+                    short="Waits: the line is stopped.",
+                )
+            )
     agent_holds: list[PullHold] = []
     for agent in unpaused:
         if agent.pk in stopped_ids:
             line_stop = stops_by_agent.get(agent.pk)
+            if line_stop is not None and line_stop.kind == LineStop.Kind.BUDGET:
+                why_not[agent.pk] = f"budget reached for {agent.name}"
+                agent_holds.append(
+                    PullHold(
+                        "agent_budget",
+                        f"{agent.name}: {line_stop.reason}. It pulls nothing until the period ends, "
+                        "or a person raises the limit or restarts its line.",
+                        url=f"{reverse('andon-budgets')}?agent={agent.pk}",
+                        link_text="Budgets",
+                    )
+                )
+                continue
             reason = line_stop.reason if line_stop is not None else "its line is stopped"
             why_not[agent.pk] = f"{agent.name} is stopped"
             agent_holds.append(

@@ -332,6 +332,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "boards.tasks.reap_expired_leases",
         "schedule": env_float("KAIZEN_REAPER_SECONDS", 5.0, minimum=0.5),
     },
+    # Budgets and spend (andon.budgets): lift budget stops whose period ended,
+    # recount new budgets from the ledger, and look for a cost anomaly.
+    "budgets-tick": {
+        "task": "andon.tasks.budgets_tick",
+        "schedule": env_float("KAIZEN_BUDGETS_TICK_SECONDS", 60.0, minimum=5.0),
+    },
     "pull-all-boards": {
         # A safety net: pulls are triggered by every state change, this only
         # catches capacity that freed up while no trigger fired.
@@ -411,6 +417,11 @@ KAIZEN_RESPONSE_CACHE_SECONDS = env_int("KAIZEN_RESPONSE_CACHE_SECONDS", 7 * 24 
 # until, after the cool-down, one probe call succeeds.
 KAIZEN_MODEL_BREAKER_THRESHOLD = env_int("KAIZEN_MODEL_BREAKER_THRESHOLD", 5, minimum=1)
 KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = env_float("KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS", 60.0, minimum=0.1)
+# The cost-anomaly warning (andon.budgets): the last hour's spend of a board or an
+# agent above FACTOR times the median of its previous 24 hourly spends, and at
+# least MIN_USD (so a quiet line, whose median is a few cents, does not alarm).
+KAIZEN_COST_ANOMALY_FACTOR = env_float("KAIZEN_COST_ANOMALY_FACTOR", 3.0, minimum=1.0)
+KAIZEN_COST_ANOMALY_MIN_USD = env_float("KAIZEN_COST_ANOMALY_MIN_USD", 1.0, minimum=0.0)
 # The kaizen loop: experiments on prompt changes (experiments.services, .stats).
 KAIZEN_MAX_CHANGES_PER_DAY = env_int("KAIZEN_MAX_CHANGES_PER_DAY", 3, minimum=1)
 # An experiment's plan (experiments.plans; a board's config may ask for its own):

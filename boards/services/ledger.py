@@ -11,7 +11,7 @@ completed again one run at a time is counted once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from functools import partial
 
@@ -19,9 +19,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from boards import metrics
+from andon import broadcast as andon_broadcast
+from andon import budgets
+from boards import broadcast, metrics
 from boards.agents import CallRecord
-from boards.models import ModelCall, Task
+from boards.models import Board, ModelCall, Task
 
 
 def ledger_rows(
@@ -97,8 +99,10 @@ def task_calls_record(task: Task, calls: tuple[CallRecord, ...], *, attempt: int
     instance, which the caller saves under its row lock)."""
     if not calls:
         return
-    ledger_save(ledger_rows(task, calls, attempt=attempt))
+    rows = ledger_rows(task, calls, attempt=attempt)
+    ledger_save(rows)
     task_totals_add(task, calls)
+    budgets_charge(rows)
 
 
 def task_totals_add(task: Task, calls: Iterable[CallRecord]) -> None:
@@ -107,21 +111,50 @@ def task_totals_add(task: Task, calls: Iterable[CallRecord]) -> None:
         setattr(task, name, getattr(task, name) + value)
 
 
-def stale_calls_record(task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None) -> None:
+def stale_calls_record(
+    task_id: int, calls: tuple[CallRecord, ...], *, attempt: int | None, charge: bool = True
+) -> list[ModelCall]:
     """The calls of a run whose result came too late still happened: into the
     ledger, marked stale and never accepted (the task's output is another run's,
     or none yet), and into the task's totals, as they were spent; everything
-    else stays as the current run has it."""
+    else stays as the current run has it. Returns the ledger rows; with
+    ``charge`` False the caller charges them to budgets (a batch charges once,
+    last, so that the budgets' period rows are locked in one order)."""
     if not calls:
-        return
+        return []
     task = (
         Task.objects.filter(pk=task_id)
         .only("pk", "board_id", "agent_id", "prompt_version", "attempts")
         .first()
     )
     if task is None:
-        return
-    ledger_save(ledger_rows(task, calls, attempt=attempt, stale=True))
+        return []
+    rows = ledger_rows(task, calls, attempt=attempt, stale=True)
+    ledger_save(rows)
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )
+    if charge:
+        budgets_charge(rows)
+    return rows
+
+
+def _board_refresh(board_id: int) -> Callable[[], None]:
+    return lambda: broadcast.columns_changed(board_id, [])
+
+
+def budgets_charge(rows: list[ModelCall]) -> None:
+    """Charge ledger rows just written to the budgets they fall under
+    (andon.budgets), and after commit send what a warning or a stop changed:
+    the boards' banners and flow status, the andon inbox. Call it last in the
+    transaction that wrote the rows (it locks the budgets' period rows)."""
+    charged = budgets.calls_charge(rows)
+    if not charged:
+        return
+    board_ids = set(charged.boards)
+    if charged.agents:
+        board_ids |= set(Board.objects.filter(agents__in=charged.agents).values_list("pk", flat=True))
+    for board_id in sorted(board_ids):
+        transaction.on_commit(_board_refresh(board_id))
+    if charged.alerts or charged.stops:
+        transaction.on_commit(andon_broadcast.line_stops_changed)

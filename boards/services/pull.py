@@ -19,7 +19,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from andon import jidoka
+from andon import broadcast as andon_broadcast
+from andon import budgets, jidoka
 from boards import broadcast, pull_rules
 from boards.models import Board, Column, Task, TaskEvent
 from boards.selectors import agents_running_get
@@ -232,7 +233,14 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     )
     if not agents:
         return []
-    board_stopped, stopped_agents = jidoka.active_stops(board_id=board.pk, agent_ids=[a.pk for a in agents])
+    expired: list[int] = []
+    board_stopped, stopped_agents = jidoka.active_stops(
+        board_id=board.pk, agent_ids=[a.pk for a in agents], expired=expired
+    )
+    if expired:
+        # Budget stops whose period has ended: out of force already, recorded now.
+        budgets.expired_stops_lift(expired)
+        transaction.on_commit(andon_broadcast.line_stops_changed)
     if board_stopped:
         return []
     agents = [a for a in agents if a.pk not in stopped_agents]

@@ -22,6 +22,7 @@ from boards import broadcast, metrics
 from boards.agents import CallRecord, Output
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 from boards.services.ledger import (
+    budgets_charge,
     ledger_rows,
     ledger_save,
     stale_calls_record,
@@ -149,6 +150,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         finished: list[jidoka.FinishedRun] = []
         rows: list[ModelCall] = []
         events: list[TaskEvent] = []
+        stale_rows: list[ModelCall] = []
         # Per board: each board's model breakers count its own calls.
         calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
@@ -161,7 +163,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
                 or task.status != Status.RUNNING
                 or str(task.lease_token) != str(result.lease_token)
             ):
-                stale_calls_record(result.task_id, result.output.calls, attempt=result.attempt)
+                stale_rows += stale_calls_record(
+                    result.task_id, result.output.calls, attempt=result.attempt, charge=False
+                )
                 outcomes.append(False)
                 continue
             columns = board_columns.get(task.board_id, {})
@@ -190,6 +194,9 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         andon = jidoka.finished_runs_handle(finished, calls=calls)
         verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]
         transaction.on_commit(partial(metrics.inspections_observe, verdicts))
+        # Last, once for the batch: it locks the budgets' period rows (in one
+        # order) until the commit.
+        budgets_charge(rows + stale_rows)
         for board_id, column_ids in changed.items():
             board_changed_on_commit(board_id, column_ids, pull=True)
         _after_andon_commit(escalations=andon.escalations, agents=andon.agents, stops=andon.stops)
