@@ -102,7 +102,7 @@ class MudaFilterForm(forms.Form):
         required=False,
         label="From",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
-        help_text="Default: 7 days before the end.",
+        help_text="Default: 7 days before the end, or the board's start if later.",
         error_messages={"invalid": "Give a date and time, such as 2026-01-05 09:00."},
     )
     until = forms.DateTimeField(

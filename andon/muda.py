@@ -844,12 +844,22 @@ def window_problems(since: datetime | None, until: datetime | None) -> dict[str,
 
 
 def muda_window_get(
-    *, since: datetime | None, until: datetime | None, now: datetime | None = None
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    now: datetime | None = None,
+    board: Board | None = None,
 ) -> tuple[datetime, datetime]:
-    """The window asked for, with the defaults: until now, since DEFAULT_WINDOW before it."""
+    """The window asked for, with the defaults: until now, since DEFAULT_WINDOW
+    before it, or since the board was made when that is later (a new board's
+    charts would otherwise be a week of nothing with its life squeezed into
+    the last pixels)."""
     now = now or timezone.now()
     until = until or now
-    since = since or until - DEFAULT_WINDOW
+    if since is None:
+        since = until - DEFAULT_WINDOW
+        if board is not None and since < board.created_at < until:
+            since = board.created_at.replace(second=0, microsecond=0)
     return since, until
 
 
@@ -862,7 +872,7 @@ def muda_history_get(
 ) -> History:
     """The rows the wastes need, in at most seven queries whatever the history's size."""
     now = timezone.now()
-    since, until = muda_window_get(since=since, until=until, now=now)
+    since, until = muda_window_get(since=since, until=until, now=now, board=board)
     in_window = Q(created_at__gte=since, created_at__lt=until)
     scope = _scope(board, agent)
     calls = _call_rows(ModelCall.objects.filter(scope & in_window).order_by("created_at", "pk"))

@@ -302,7 +302,12 @@ def flow_query_resolve(
     errors: dict[str, list[str]] = {}
     live = until is None or until >= now
     until = until or now
-    since = since or until - DEFAULT_WINDOW
+    if since is None:
+        # DEFAULT_WINDOW, or since the board was made when that is later: a
+        # new board's charts would otherwise be a week of nothing.
+        since = until - DEFAULT_WINDOW
+        if since < board.created_at < until:
+            since = board.created_at.replace(second=0, microsecond=0)
     step: int | None = None
     if resolution:
         step = flow.STEPS.get(resolution)

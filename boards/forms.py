@@ -266,7 +266,7 @@ class FlowFilterForm(forms.Form):
         required=False,
         label="From (UTC)",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 60}, format="%Y-%m-%dT%H:%M"),
-        help_text="Default: 7 days before the end.",
+        help_text="Default: 7 days before the end, or the board's start if later.",
     )
     until = forms.DateTimeField(
         required=False,

@@ -299,7 +299,7 @@ class MudaFilters(Schema):
 
     since: datetime | None = Field(
         None,
-        description="The window's start (ISO 8601; UTC when no offset is given). Default: 7 days before `until`.",
+        description="The window's start (ISO 8601; UTC when no offset is given). Default: 7 days before `until`, or the board's creation when later.",
     )
     until: datetime | None = Field(None, description="The window's end, not included. Default: now.")
     agent: str | None = Field(
@@ -377,7 +377,7 @@ class FlowFilters(Schema):
 
     since: datetime | None = Field(
         None,
-        description="Start of the window (ISO 8601; UTC when no offset is given). Default: 7 days before `until`.",
+        description="Start of the window (ISO 8601; UTC when no offset is given). Default: 7 days before `until`, or the board's creation when later.",
     )
     until: datetime | None = Field(None, description="End of the window. Default: now.")
     agent: str | None = Field(
