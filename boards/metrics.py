@@ -23,7 +23,8 @@ from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from andon.models import CircuitBreaker, Escalation, LineStop
+from andon.budgets import budget_statuses
+from andon.models import Budget, CircuitBreaker, Escalation, LineStop
 from boards.models import Agent, Board, Column, ModelCall, Task
 from kaizen_web import metrics
 
@@ -93,15 +94,36 @@ def inspections_observe(verdicts: Iterable[tuple[int, int | None, bool]]) -> Non
 
 
 def budget_families(*, now: datetime, boards: dict[int, str], agents: dict[int, str]) -> Iterable[Metric]:
-    """The hook for budgets (issue 12, another part): yield
-    ``kaizen_budget_remaining{board, agent, period, unit}`` (dollars or tokens left
-    in the current day/week/month) from here, in one query for all budgets. Nothing
-    yet: there are no budgets to read."""
-    return ()
+    """Each budget's state in its current day/week/month, from the running
+    totals (andon.budgets): ``kaizen_budget_remaining`` (dollars or tokens left;
+    negative past the limit, as runs in flight finish) and
+    ``kaizen_budget_used_ratio`` (1 = reached). Two queries for all budgets."""
+    labels = ["budget", "board", "agent", "period", "unit"]
+    remaining = GaugeMetricFamily(
+        "kaizen_budget_remaining",
+        "What is left of each budget in its current period, in its unit (dollars or tokens).",
+        labels=labels,
+    )
+    used = GaugeMetricFamily(
+        "kaizen_budget_used_ratio", "Spend this period over the budget's limit (1 = reached).", labels=labels
+    )
+    for status in budget_statuses(list(Budget.objects.order_by("pk"))):
+        budget = status.budget
+        values = [
+            budget.name,
+            boards.get(budget.board_id, "") if budget.board_id else "",
+            agents.get(budget.agent_id, "") if budget.agent_id else "",
+            budget.period,
+            budget.unit,
+        ]
+        remaining.add_metric(values, float(budget.limit - status.spent))
+        used.add_metric(values, float(status.spent / budget.limit))
+    yield remaining
+    yield used
 
 
 class LineCollector(Collector):
-    """Gauges (and database-backed counters) of the line's state; seven queries per scrape (boards, agents, columns, tasks, escalations, line stops, breakers)."""
+    """Gauges (and database-backed counters) of the line's state; nine queries per scrape (boards, agents, columns, tasks, escalations, line stops, breakers, budgets and their periods)."""
 
     def collect(self) -> Iterator[Metric]:
         now = timezone.now()

@@ -24,11 +24,12 @@ from django.db import transaction
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from andon import budget_services
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
 from boards import services
 from boards.agents import CallRecord, Output
 from boards.models import Column, ModelCall, Task
-from tests.factories import make_agent, make_board
+from tests.factories import make_agent, make_board, make_user_with
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 TOKEN = "metrics-token-for-tests"
@@ -390,7 +391,7 @@ def test_a_scrape_takes_the_same_few_queries_whatever_the_size(
     for _ in range(1 if n_tasks == 3 else 3):
         _history(n_tasks)
 
-    with django_assert_max_num_queries(7):
+    with django_assert_max_num_queries(9):
         scrape(client)
 
 
@@ -414,3 +415,27 @@ def test_promtool_finds_the_scrape_well_formed(client, token, counted):
     # promtool prints lint findings (and exits 1 on them); nothing to find here.
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert Column.objects.exists()
+
+
+@pytest.mark.django_db
+def test_each_budget_s_remaining_and_used_share_this_period(client, token):
+    board = make_board()
+    agent = make_agent(boards=[board], name="spender", concurrency=1)
+    keeper = make_user_with("andon.add_budget")
+    budget_services.budget_create(
+        user=keeper,
+        name="Daily spend",
+        agent=agent,
+        board=None,
+        unit="usd",
+        period="day",
+        limit=Decimal("10"),
+    )
+    for _ in range(3):
+        _run_to_the_end(board, agent, (_call("sim-small", cost=Decimal("2"), tokens_in=10, tokens_out=10),))
+
+    f = scrape(client)
+
+    labels = {"budget": "Daily spend", "board": "", "agent": "spender", "period": "day", "unit": "usd"}
+    assert value(f, "kaizen_budget_remaining", **labels) == pytest.approx(4.0)
+    assert value(f, "kaizen_budget_used_ratio", **labels) == pytest.approx(0.6)
