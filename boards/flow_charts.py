@@ -93,12 +93,12 @@ def _hline(y: float, colour: str, *, yref: str = "y", dash: str = "dash") -> dic
     }
 
 
-def _label(y: float, text: str, colour: str, *, yref: str = "y") -> dict[str, Any]:
+def _label(y: float, text: str, colour: str, *, yref: str = "y", x: float = 1) -> dict[str, Any]:
     return {
         "text": text,
         "xref": "paper",
         "yref": yref,
-        "x": 1,
+        "x": x,
         "y": y,
         "xanchor": "right",
         "yanchor": "bottom",
@@ -109,13 +109,14 @@ def _label(y: float, text: str, colour: str, *, yref: str = "y") -> dict[str, An
 
 def _percentile_lines(times: dict[str, Any], scale: float) -> tuple[list, list]:
     shapes, notes = [], []
-    for p, colour in PERCENTILE_COLOURS.items():
+    for i, (p, colour) in enumerate(PERCENTILE_COLOURS.items()):
         value = times.get(f"p{p}")
         if value is None:
             continue
         y = value / scale
         shapes.append(_hline(y, colour))
-        notes.append(_label(y, f"{p}th: {y:.3g}", colour))
+        # Staggered along the line: close percentiles would print on one another.
+        notes.append(_label(y, f"{p}th: {y:.3g}", colour, x=1 - 0.08 * (len(PERCENTILE_COLOURS) - 1 - i)))
     return shapes, notes
 
 
