@@ -331,3 +331,137 @@ def test_transport_limits_are_not_percentages(keeper, line):
         waste_thresholds.rule_sentence(threshold)
         == "Transport above 150 calls/item over the last 200 outputs"
     )
+
+
+# --- the pages --------------------------------------------------------------------------
+
+THRESHOLDS = "/andon/thresholds/"
+
+
+def _form(**fields) -> dict:
+    return {
+        "scope": "agent",
+        "waste": "escalation_rate",
+        "limit": "5",
+        "window": "outputs",
+        "window_size": "200",
+        "enabled": "on",
+        **fields,
+    }
+
+
+def test_a_keeper_adds_a_threshold_from_the_page(client, keeper, line):
+    client.force_login(keeper)
+    response = client.post(THRESHOLDS, _form(agent=line.agent.pk, stop_line="on"))
+    threshold = WasteThreshold.objects.get()
+    assert (response.status_code, response.url) == (302, f"/andon/thresholds/{threshold.pk}/")
+    assert (threshold.agent, threshold.board, threshold.waste, threshold.limit) == (
+        line.agent,
+        None,
+        "escalation_rate",
+        5.0,
+    )
+    assert (threshold.window_outputs, threshold.window_hours, threshold.stop_line, threshold.enabled) == (
+        200,
+        None,
+        True,
+        True,
+    )
+    assert threshold.created_by == keeper
+    page = client.get(THRESHOLDS).content.decode()
+    assert "Human escalation rate above 5% over the last 200 outputs" in page
+    assert "not checked yet" in page
+
+
+def test_bad_input_is_shown_inline(client, keeper, line):
+    client.force_login(keeper)
+    response = client.post(THRESHOLDS, _form(limit="150", window_size="0"))
+    assert response.status_code == 422
+    html = response.content.decode()
+    assert "Choose the agent this threshold watches." in html
+    assert "Ensure this value is greater than or equal to 1." in html
+
+    # The service's own check (a percentage above 100), inline on its field.
+    response = client.post(THRESHOLDS, _form(agent=line.agent.pk, limit="150"))
+    assert response.status_code == 422
+    assert "This waste is a percentage: give a limit between 0 and 100." in response.content.decode()
+    response = client.post(THRESHOLDS, _form(agent=line.agent.pk, waste="sloth"))
+    assert response.status_code == 422
+    assert "Select a valid choice. sloth is not one of the available choices." in response.content.decode()
+    assert not WasteThreshold.objects.exists()
+
+
+def test_hours_window_from_the_form(client, keeper, line):
+    client.force_login(keeper)
+    client.post(THRESHOLDS, _form(scope="board", board=line.board.pk, window="hours", window_size="24"))
+    threshold = WasteThreshold.objects.get()
+    assert (threshold.board, threshold.window_outputs, threshold.window_hours) == (line.board, None, 24)
+    response = client.post(
+        THRESHOLDS, _form(scope="board", board=line.board.pk, window="hours", window_size="9000")
+    )
+    assert response.status_code == 422
+    assert "Count between 1 and 8,784 hours." in response.content.decode()
+
+
+def test_the_pages_need_their_permissions(client, keeper, line):
+    threshold = escalation_threshold(keeper, line)
+    client.force_login(make_reviewer())
+    page = client.get(THRESHOLDS).content.decode()
+    assert "Human escalation rate above 5% over the last 20 outputs" in page
+    assert 'id="threshold-form"' not in page
+    assert client.post(THRESHOLDS, _form(agent=line.agent.pk)).status_code == 403
+    url = f"/andon/thresholds/{threshold.pk}/"
+    assert client.post(url, _form(agent=line.agent.pk, limit="9")).status_code == 403
+    assert client.post(f"{url}delete/").status_code == 403
+    threshold.refresh_from_db()
+    assert threshold.limit == 5.0
+    client.logout()
+    assert client.get(THRESHOLDS).status_code == 302  # to the login page
+
+
+def test_change_and_delete_from_the_page(client, keeper, line):
+    threshold = escalation_threshold(keeper, line)
+    client.force_login(keeper)
+    url = f"/andon/thresholds/{threshold.pk}/"
+    page = client.get(url).content.decode()
+    assert 'value="20"' in page and "Not checked yet." in page
+    response = client.post(url, _form(agent=line.agent.pk, limit="7.5", window_size="50"))
+    assert response.status_code == 302
+    threshold.refresh_from_db()
+    assert (threshold.limit, threshold.window_outputs) == (7.5, 50)
+    response = client.post(url, _form(agent=line.agent.pk, limit="-2"))
+    assert response.status_code == 422
+    assert "Ensure this value is greater than or equal to 0." in response.content.decode()
+    assert client.post(f"{url}delete/").status_code == 302
+    assert not WasteThreshold.objects.exists()
+    assert actions() == [Action.THRESHOLD_CREATED, Action.THRESHOLD_CHANGED, Action.THRESHOLD_DELETED]
+
+
+def test_the_form_needs_csrf(keeper, line):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(keeper)
+    assert browser.post(THRESHOLDS, _form(agent=line.agent.pk)).status_code == 403
+    assert not WasteThreshold.objects.exists()
+
+
+def test_linked_from_budgets_and_muda(client, keeper, line):
+    client.force_login(keeper)
+    budgets_page = client.get(f"/andon/budgets/?board={line.board.pk}").content.decode()
+    assert f'href="/andon/thresholds/?board={line.board.pk}"' in budgets_page
+    muda_page = client.get(f"/boards/{line.board.slug}/muda/").content.decode()
+    assert f'href="/andon/thresholds/?board={line.board.pk}"' in muda_page
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_the_list_page_queries_are_bounded(client, keeper, line, count, django_assert_max_num_queries):
+    for i in range(count):
+        escalation_threshold(keeper, line, limit=float(i))
+        waste_services.threshold_create(user=keeper, waste="transport", limit=2.0, board=line.board)
+    line.outputs(20, escalated={1})
+    waste_thresholds.thresholds_tick()
+    client.force_login(keeper)
+    with django_assert_max_num_queries(12):
+        response = client.get(f"{THRESHOLDS}?board={line.board.pk}")
+    assert response.content.decode().count('class="is-over"') == (1 if count == 1 else 5)
