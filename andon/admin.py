@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
 from andon import budget_services, waste_services
 from andon.forms import WasteThresholdForm
@@ -85,6 +86,34 @@ class BudgetAdmin(admin.ModelAdmin):
         budget_services.budget_delete(budget=obj, user=request.user)
 
 
+class WasteThresholdAdminForm(forms.ModelForm):
+    """The services' checks as form errors, so a bad value is shown inline, not raised."""
+
+    class Meta:
+        model = WasteThreshold
+        fields = [
+            "board",
+            "agent",
+            "waste",
+            "limit",
+            "window_outputs",
+            "window_hours",
+            "stop_line",
+            "enabled",
+        ]
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        probe = WasteThreshold(**{name: data.get(name) for name in self.Meta.fields})
+        try:
+            waste_services.threshold_validate(probe)
+        except ValidationError as exc:
+            for name, errors in exc.error_dict.items():
+                for error in errors:
+                    self.add_error(None if name == "__all__" else name, error)
+        return data
+
+
 @admin.register(WasteThreshold)
 class WasteThresholdAdmin(admin.ModelAdmin):
     """Through the same services as the thresholds page (andon.waste_services):
@@ -103,6 +132,7 @@ class WasteThresholdAdmin(admin.ModelAdmin):
     ]
     list_filter = ["waste", "stop_line", "enabled", "board", "agent"]
     list_select_related = ["board", "agent"]
+    form = WasteThresholdAdminForm
     fields = ["board", "agent", "waste", "limit", "window_outputs", "window_hours", "stop_line", "enabled"]
     actions = None  # a bulk delete would skip the service
 

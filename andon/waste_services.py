@@ -39,7 +39,8 @@ def _require(user: User | None, permission: str) -> None:
         raise PermissionDenied(f"Only people with the {permission} permission may do this.")
 
 
-def _validate(threshold: WasteThreshold) -> None:
+def threshold_validate(threshold: WasteThreshold) -> None:
+    """ValidationError by field when the threshold's values make no rule."""
     errors: dict[str, str] = {}
     if (threshold.board_id is None) == (threshold.agent_id is None):
         errors["__all__"] = "A threshold is either a board's or an agent's: choose one of the two."
@@ -133,7 +134,7 @@ def threshold_create(
         enabled=enabled,
         created_by=user,
     )
-    _validate(threshold)
+    threshold_validate(threshold)
     with transaction.atomic():
         threshold.save()
         AndonRecord.objects.create(
@@ -163,7 +164,7 @@ def threshold_update(*, threshold: WasteThreshold, user: User, **changes: Any) -
         old = WasteThreshold(board_id=locked.board_id, agent_id=locked.agent_id)
         for name, value in changes.items():
             setattr(locked, name, value)
-        _validate(locked)
+        threshold_validate(locked)
         after = _figures(locked)
         changed = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
         if not changed:

@@ -465,3 +465,30 @@ def test_the_list_page_queries_are_bounded(client, keeper, line, count, django_a
     with django_assert_max_num_queries(12):
         response = client.get(f"{THRESHOLDS}?board={line.board.pk}")
     assert response.content.decode().count('class="is-over"') == (1 if count == 1 else 5)
+
+
+def test_the_inbox_shows_the_alert_with_its_evidence(client, keeper, line):
+    line.outputs(20, escalated={3, 11})
+    threshold = escalation_threshold(keeper, line)
+    waste_thresholds.thresholds_tick()
+    client.force_login(make_reviewer())
+    html = client.get("/andon/").content.decode()
+    assert "Waste threshold: Human escalation rate threshold crossed: agent welder" in html
+    assert "Evidence: Human escalation rate 10.0 % against a limit of 5.0 % (lower is better)" in html
+    assert "Counts: escalations 2, inspected 20." in html
+    assert muda.DEFINITIONS["escalation_rate"] in html
+    assert f'href="/andon/thresholds/{threshold.pk}/"' in html
+
+
+def test_the_admin_goes_through_the_services(client, line):
+    admin = make_user(is_staff=True, is_superuser=True)
+    client.force_login(admin)
+    url = "/admin/andon/wastethreshold/add/"
+    form = {"agent": line.agent.pk, "waste": "escalation_rate", "limit": "5", "window_outputs": "200"}
+    response = client.post(url, {**form, "limit": "250"})
+    assert response.status_code == 200
+    assert "This waste is a percentage: give a limit between 0 and 100." in response.content.decode()
+    assert client.post(url, {**form, "enabled": "on"}).status_code == 302
+    threshold = WasteThreshold.objects.get()
+    assert (threshold.limit, threshold.created_by, threshold.enabled) == (5.0, admin, True)
+    assert actions() == [Action.THRESHOLD_CREATED]
