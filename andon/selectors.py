@@ -389,8 +389,15 @@ def waste_thresholds_get(*, board: Board | None = None, agent: Agent | None = No
     return list(thresholds.order_by("waste", "pk"))
 
 
-def threshold_records_get(*, threshold: WasteThreshold | None = None, limit: int = 50) -> list[AndonRecord]:
-    """The andon's record of waste thresholds, newest first: all, or one's."""
+def threshold_records_get(
+    *,
+    threshold: WasteThreshold | None = None,
+    board: Board | None = None,
+    agent: Agent | None = None,
+    limit: int = 50,
+) -> list[AndonRecord]:
+    """The andon's record of waste thresholds, newest first: all, or one's, or a
+    board's (its own and its agents'), or an agent's."""
     Action = AndonRecord.Action
     actions = [
         Action.THRESHOLD_CREATED,
@@ -405,4 +412,8 @@ def threshold_records_get(*, threshold: WasteThreshold | None = None, limit: int
     )
     if threshold is not None:
         records = records.filter(threshold=threshold)
+    if board is not None:
+        records = records.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    if agent is not None:
+        records = records.filter(agent=agent)
     return list(records.order_by("-created_at", "-pk")[:limit])

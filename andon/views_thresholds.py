@@ -91,7 +91,7 @@ def _thresholds_page(
             "agent": agent,
             "form": form,
             "can_add": request.user.has_perm(waste_services.ADD_PERMISSION),
-            "records": selectors.threshold_records_get(limit=20),
+            "records": selectors.threshold_records_get(board=board, agent=agent, limit=20),
             "definitions": _definitions(),
             "nav": "andon",
         },
