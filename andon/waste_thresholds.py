@@ -206,12 +206,11 @@ def _crossed(threshold: WasteThreshold, measured: muda.Measured, *, now: datetim
         evidence=evidence,
         # One per crossing: the crossing's start names it.
         key=f"waste:{threshold.pk}:{now:%Y%m%dT%H%M%S%f}",
+        threshold_id=threshold.pk,
         **_scope(threshold),
     )
     if alert is None:
         return
-    Alert.objects.filter(pk=alert.pk).update(threshold=threshold)
-    alert.threshold = threshold
     record(
         Action.THRESHOLD_CROSSED,
         threshold=threshold,
