@@ -8,10 +8,22 @@ change here is recorded and applied to the current period like one made there.""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
-from andon import budget_services
-from andon.models import Alert, AndonRecord, Budget, CircuitBreaker, Escalation, Inspection, LineStop
+from andon import budget_services, waste_services
+from andon.forms import WasteThresholdForm
+from andon.models import (
+    Alert,
+    AndonRecord,
+    Budget,
+    CircuitBreaker,
+    Escalation,
+    Inspection,
+    LineStop,
+    WasteThreshold,
+)
 from kaizen_web.admin import ReadOnlyAdmin
 
 
@@ -72,6 +84,75 @@ class BudgetAdmin(admin.ModelAdmin):
 
     def delete_model(self, request, obj):
         budget_services.budget_delete(budget=obj, user=request.user)
+
+
+class WasteThresholdAdminForm(forms.ModelForm):
+    """The services' checks as form errors, so a bad value is shown inline, not raised."""
+
+    class Meta:
+        model = WasteThreshold
+        fields = [
+            "board",
+            "agent",
+            "waste",
+            "limit",
+            "window_outputs",
+            "window_hours",
+            "stop_line",
+            "enabled",
+        ]
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        probe = WasteThreshold(**{name: data.get(name) for name in self.Meta.fields})
+        try:
+            waste_services.threshold_validate(probe)
+        except ValidationError as exc:
+            for name, errors in exc.error_dict.items():
+                for error in errors:
+                    self.add_error(None if name == "__all__" else name, error)
+        return data
+
+
+@admin.register(WasteThreshold)
+class WasteThresholdAdmin(admin.ModelAdmin):
+    """Through the same services as the thresholds page (andon.waste_services):
+    checked, recorded, and a deletion lifts the threshold's stop."""
+
+    list_display = [
+        "pk",
+        "waste",
+        "board",
+        "agent",
+        "limit",
+        "window_outputs",
+        "window_hours",
+        "stop_line",
+        "enabled",
+    ]
+    list_filter = ["waste", "stop_line", "enabled", "board", "agent"]
+    list_select_related = ["board", "agent"]
+    form = WasteThresholdAdminForm
+    fields = ["board", "agent", "waste", "limit", "window_outputs", "window_hours", "stop_line", "enabled"]
+    actions = None  # a bulk delete would skip the service
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "waste":
+            # The model cannot name the wastes (andon.muda imports the models).
+            return forms.ChoiceField(choices=WasteThresholdForm.base_fields["waste"].choices, label="Waste")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        values = {name: getattr(obj, name) for name in self.fields}
+        if change:
+            changed = {name: values[name] for name in form.changed_data if name in values}
+            waste_services.threshold_update(threshold=obj, user=request.user, **changed)
+        else:
+            saved = waste_services.threshold_create(user=request.user, **values)
+            obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        waste_services.threshold_delete(threshold=obj, user=request.user)
 
 
 @admin.register(Alert)

@@ -1,10 +1,9 @@
 """Raising andon alerts (andon.models.Alert): one row per cause, named by its
 ``key``, with the evidence as figures and as a sentence. The budgets raise them
-(andon.budgets) and so will waste thresholds: a threshold crossed calls
-``alert_raise(kind=Alert.Kind.WASTE_THRESHOLD, ...)`` with its own key (say
-``waste:<threshold pk>:<window end>``), and the inbox shows and acknowledges it
-like any other alert. The caller sends the inbox its banner after commit
-(andon.broadcast.line_stops_changed)."""
+(andon.budgets), and so do waste thresholds (andon.waste_thresholds: kind
+waste_threshold, key ``waste:<threshold pk>:<crossing time>``); the inbox
+shows and acknowledges them all alike. The caller sends the inbox its banner
+after commit (andon.broadcast.line_stops_changed)."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ def alert_raise(
     board_id: int | None = None,
     agent_id: int | None = None,
     budget_id: int | None = None,
+    threshold_id: int | None = None,
 ) -> Alert | None:
     """The alert, or None when one with this key exists already (raised before,
     or by a concurrent transaction: a savepoint keeps the caller's going)."""
@@ -39,6 +39,7 @@ def alert_raise(
                 board_id=board_id,
                 agent_id=agent_id,
                 budget_id=budget_id,
+                threshold_id=threshold_id,
             )
     except IntegrityError:
         return None

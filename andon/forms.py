@@ -11,8 +11,8 @@ from typing import Any
 
 from django import forms
 
-from andon.models import Budget
-from andon.muda import window_problems
+from andon.models import Budget, WasteThreshold
+from andon.muda import LABELS, NAMES, TARGETS, window_problems
 from boards.models import Agent, Board
 
 
@@ -188,5 +188,83 @@ class BudgetForm(forms.Form):
                 "period": budget.period,
                 "limit": budget.limit,
                 "warn_percent": budget.warn_percent,
+            }
+        )
+
+
+def _waste_choices() -> list[tuple[str, str]]:
+    choices = []
+    for name in NAMES:
+        target, better, unit = TARGETS[name]
+        side = "lower" if better == "lower" else "higher"
+        choices.append((name, f"{LABELS[name]} ({unit}, {side} is better; target {target:g})"))
+    return choices
+
+
+class WasteThresholdForm(forms.Form):
+    """A waste threshold's fields as a person fills them in; the service checks
+    the rest (one of board or agent, a limit in the waste's range, the window)."""
+
+    scope = forms.ChoiceField(choices=[("board", "A board"), ("agent", "An agent")], initial="board")
+    board = forms.ModelChoiceField(queryset=Board.objects.order_by("name"), required=False)
+    agent = forms.ModelChoiceField(queryset=Agent.objects.order_by("name"), required=False)
+    waste = forms.ChoiceField(choices=_waste_choices, initial="escalation_rate")
+    limit = forms.FloatField(
+        min_value=0,
+        help_text="In the waste's unit: percent, or model calls per finished item for transport. "
+        "The alarm sounds when the value is worse than this: above it where lower is better, "
+        "below it where higher is better (token efficiency).",
+    )
+    window = forms.ChoiceField(
+        choices=[("outputs", "Last N inspected outputs"), ("hours", "Last N hours")], initial="outputs"
+    )
+    window_size = forms.IntegerField(min_value=1, initial=200, label="N", help_text="Outputs or hours.")
+    stop_line = forms.BooleanField(
+        required=False,
+        label="Stop the line when crossed",
+        help_text="The board's or agent's line stops until a reviewer restarts it.",
+    )
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        scope = data.get("scope")
+        if scope == "board":
+            if data.get("board") is None:
+                self.add_error("board", "Choose the board this threshold watches.")
+            data["agent"] = None
+        elif scope == "agent":
+            if data.get("agent") is None:
+                self.add_error("agent", "Choose the agent this threshold watches.")
+            data["board"] = None
+        return data
+
+    def values(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        hours = data["window"] == "hours"
+        return {
+            "board": data["board"],
+            "agent": data["agent"],
+            "waste": data["waste"],
+            "limit": data["limit"],
+            "window_outputs": None if hours else data["window_size"],
+            "window_hours": data["window_size"] if hours else None,
+            "stop_line": data["stop_line"],
+            "enabled": data["enabled"],
+        }
+
+    @classmethod
+    def of(cls, threshold: WasteThreshold) -> WasteThresholdForm:
+        return cls(
+            initial={
+                "scope": "agent" if threshold.agent_id else "board",
+                "board": threshold.board_id,
+                "agent": threshold.agent_id,
+                "waste": threshold.waste,
+                "limit": threshold.limit,
+                "window": "outputs" if threshold.window_outputs is not None else "hours",
+                "window_size": threshold.window_outputs or threshold.window_hours,
+                "stop_line": threshold.stop_line,
+                "enabled": threshold.enabled,
             }
         )

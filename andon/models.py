@@ -172,8 +172,8 @@ class LineStop(models.Model):
         # A budget reached its limit (andon.budgets): lifts by itself at ``until``,
         # the end of the budget's period, or when a person raises the limit or restarts.
         BUDGET = "budget", "Budget"
-        # Reserved for waste thresholds (issue 12's next round): a threshold that
-        # stops the line of its board or agent.
+        # A waste threshold with stop_line crossed (andon.waste_thresholds): in
+        # force until a reviewer restarts the line.
         WASTE = "waste", "Waste threshold"
 
     board = models.ForeignKey(
@@ -199,6 +199,10 @@ class LineStop(models.Model):
         "Budget", on_delete=models.SET_NULL, null=True, blank=True, related_name="line_stops"
     )
     until = models.DateTimeField(null=True, blank=True)
+    # A waste stop: the threshold crossed.
+    threshold = models.ForeignKey(
+        "WasteThreshold", on_delete=models.SET_NULL, null=True, blank=True, related_name="line_stops"
+    )
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -390,6 +394,76 @@ class BudgetPeriod(models.Model):
         return f"{self.budget.name} from {self.start:%Y-%m-%d}"
 
 
+class WasteThreshold(models.Model):
+    """A limit on one waste (or measure) of andon.muda for a board or an agent,
+    over its last N inspected outputs or its last H hours. The periodic tick
+    (andon.waste_thresholds) computes the waste; worse than the limit (above it
+    for a waste where lower is better, below it for token efficiency) raises an
+    alert in the andon inbox, once per crossing, and with ``stop_line`` stops the
+    line of the board or agent until a reviewer restarts it. A new alert only
+    after the value went back within the limit."""
+
+    board = models.ForeignKey(
+        Board, on_delete=models.CASCADE, null=True, blank=True, related_name="waste_thresholds"
+    )
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="waste_thresholds"
+    )
+    # One of andon.muda.NAMES (checked by andon.waste_services: the model cannot
+    # import muda, which imports the models).
+    waste = models.CharField(max_length=30)
+    # In the waste's unit: percent, or model calls per finished item for transport.
+    limit = models.FloatField()
+    # The window: the last ``window_outputs`` inspected outputs, or the last
+    # ``window_hours`` hours; exactly one of the two.
+    window_outputs = models.PositiveIntegerField(null=True, blank=True, default=200)
+    window_hours = models.PositiveIntegerField(null=True, blank=True)
+    stop_line = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True)
+    # The evaluation's state: since when the value is worse than the limit (None:
+    # within it, or not yet computed), and the last value seen.
+    crossed_at = models.DateTimeField(null=True, blank=True)
+    last_value = models.FloatField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["waste", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(board__isnull=False) & Q(agent__isnull=True))
+                | (Q(board__isnull=True) & Q(agent__isnull=False)),
+                name="waste_threshold_board_xor_agent",
+            ),
+            models.CheckConstraint(
+                condition=(Q(window_outputs__isnull=False) & Q(window_hours__isnull=True))
+                | (Q(window_outputs__isnull=True) & Q(window_hours__isnull=False)),
+                name="waste_threshold_one_window",
+            ),
+            models.CheckConstraint(condition=Q(limit__gte=0), name="waste_threshold_limit_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.waste} threshold of {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        if self.agent is not None:
+            return f"agent {self.agent.name}"
+        assert self.board is not None  # waste_threshold_board_xor_agent
+        return f"board {self.board.name}"
+
+    @property
+    def window_label(self) -> str:
+        if self.window_outputs is not None:
+            return f"last {self.window_outputs} outputs"
+        return f"last {self.window_hours} hours" if self.window_hours != 1 else "last hour"
+
+
 class Alert(models.Model):
     """An andon alert: something about the line as a whole (a budget, the spend
     rate, later a waste threshold) that a reviewer should see and acknowledge.
@@ -412,7 +486,11 @@ class Alert(models.Model):
     budget = models.ForeignKey(
         Budget, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts"
     )
-    # One alert per cause: a budget's warning once a period, an anomaly once an hour.
+    threshold = models.ForeignKey(
+        "WasteThreshold", on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts"
+    )
+    # One alert per cause: a budget's warning once a period, an anomaly once an
+    # hour, a waste threshold once per crossing.
     key = models.CharField(max_length=120, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     acknowledged_by = models.ForeignKey(
@@ -454,9 +532,18 @@ class AndonRecord(models.Model):
         LINE_RESTARTED = "line_restarted", "Line restarted for budget"
         ANOMALY_RAISED = "anomaly_raised", "Cost anomaly raised"
         ALERT_ACKNOWLEDGED = "alert_acknowledged", "Alert acknowledged"
+        THRESHOLD_CREATED = "threshold_created", "Waste threshold created"
+        THRESHOLD_CHANGED = "threshold_changed", "Waste threshold changed"
+        THRESHOLD_DELETED = "threshold_deleted", "Waste threshold deleted"
+        THRESHOLD_CROSSED = "threshold_crossed", "Waste threshold crossed"
+        THRESHOLD_RECOVERED = "threshold_recovered", "Waste back within its threshold"
+        WASTE_LINE_STOPPED = "waste_line_stopped", "Line stopped for a waste threshold"
 
     action = models.CharField(max_length=30, choices=Action.choices)
     budget = models.ForeignKey(Budget, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    threshold = models.ForeignKey(
+        "WasteThreshold", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     alert = models.ForeignKey(Alert, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     line_stop = models.ForeignKey(
         LineStop, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

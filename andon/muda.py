@@ -961,7 +961,19 @@ def muda_report_get(
     return report(history, with_trend=with_trend)
 
 
-def waste_value(
+@dataclass(frozen=True)
+class Measured:
+    """One waste over a window, as ``waste_measure`` computed it: the Waste (its
+    value, definition and the counts it came from), the window, and how many
+    inspected outputs fell in it."""
+
+    waste: Waste
+    since: datetime
+    until: datetime
+    outputs: int
+
+
+def waste_measure(
     name: str,
     *,
     board: Board | None = None,
@@ -969,11 +981,12 @@ def waste_value(
     since: datetime | None = None,
     until: datetime | None = None,
     last_outputs: int | None = None,
-) -> float | None:
-    """One waste's (or measure's) value, as the Muda page and the API give it, for
-    budgets and thresholds. ``name``: one of NAMES. ``last_outputs``: over the
-    last N inspected outputs of the board or agent (the window then starts at the
-    Nth newest inspection, and ``since`` is ignored). None when there is no data."""
+) -> Measured | None:
+    """One waste (or measure) with its evidence, for thresholds. ``name``: one of
+    NAMES. ``last_outputs``: over the last N inspected outputs of the board or
+    agent (the window then starts at the Nth newest inspection, and ``since`` is
+    ignored). None when the board or agent has no inspected output at all in
+    a last-outputs window."""
     if name not in NAMES:
         raise ValueError(f"unknown waste {name!r}; one of {', '.join(NAMES)}")
     if last_outputs is not None:
@@ -991,5 +1004,23 @@ def waste_value(
             oldest = [first]
         since = oldest[0]
         until = until or timezone.now() + timedelta(seconds=1)
-    result = muda_report_get(board=board, agent=agent, since=since, until=until, with_trend=False)
-    return result.waste(name).value
+    history = muda_history_get(board=board, agent=agent, since=since, until=until)
+    result = report(history, with_trend=False)
+    return Measured(result.waste(name), history.since, history.until, len(history.inspections))
+
+
+def waste_value(
+    name: str,
+    *,
+    board: Board | None = None,
+    agent: Agent | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    last_outputs: int | None = None,
+) -> float | None:
+    """One waste's (or measure's) value, as the Muda page and the API give it, for
+    budgets and thresholds (``waste_measure``, its value). None when there is no data."""
+    measured = waste_measure(
+        name, board=board, agent=agent, since=since, until=until, last_outputs=last_outputs
+    )
+    return None if measured is None else measured.waste.value

@@ -19,6 +19,7 @@ from andon.models import (
     Escalation,
     Inspection,
     LineStop,
+    WasteThreshold,
 )
 from boards.models import Agent, Board
 
@@ -370,6 +371,47 @@ def budget_records_get(
     records = AndonRecord.objects.select_related("budget", "user", "board", "agent", "alert")
     if budget is not None:
         records = records.filter(budget=budget)
+    if board is not None:
+        records = records.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    if agent is not None:
+        records = records.filter(agent=agent)
+    return list(records.order_by("-created_at", "-pk")[:limit])
+
+
+def waste_thresholds_get(*, board: Board | None = None, agent: Agent | None = None) -> list[WasteThreshold]:
+    """The waste thresholds: all, or a board's (its own and its agents'), or an
+    agent's; with their board and agent (one query)."""
+    thresholds = WasteThreshold.objects.select_related("board", "agent")
+    if board is not None:
+        thresholds = thresholds.filter(Q(board=board) | Q(agent__boards=board)).distinct()
+    if agent is not None:
+        thresholds = thresholds.filter(agent=agent)
+    return list(thresholds.order_by("waste", "pk"))
+
+
+def threshold_records_get(
+    *,
+    threshold: WasteThreshold | None = None,
+    board: Board | None = None,
+    agent: Agent | None = None,
+    limit: int = 50,
+) -> list[AndonRecord]:
+    """The andon's record of waste thresholds, newest first: all, or one's, or a
+    board's (its own and its agents'), or an agent's."""
+    Action = AndonRecord.Action
+    actions = [
+        Action.THRESHOLD_CREATED,
+        Action.THRESHOLD_CHANGED,
+        Action.THRESHOLD_DELETED,
+        Action.THRESHOLD_CROSSED,
+        Action.THRESHOLD_RECOVERED,
+        Action.WASTE_LINE_STOPPED,
+    ]
+    records = AndonRecord.objects.select_related("user", "board", "agent").filter(
+        Q(action__in=actions) | Q(action=Action.LINE_RESTARTED, threshold__isnull=False)
+    )
+    if threshold is not None:
+        records = records.filter(threshold=threshold)
     if board is not None:
         records = records.filter(Q(board=board) | Q(agent__boards=board)).distinct()
     if agent is not None:

@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
-from andon import budgets
+from andon import budgets, waste_thresholds
 from andon.models import Alert, AndonRecord, Escalation, LineStop
 from boards import services as board_services
 from boards.models import Agent, Board, Column, Task, TaskEvent
@@ -400,6 +400,9 @@ def line_restart(*, line_stop: LineStop, user: User, note: str) -> LineStop:
         if stop.kind == LineStop.Kind.BUDGET:
             budgets.budget_stop_restarted(stop, user=user, note=note)
         else:
+            # A waste stop holds for its crossing only: restarted, it does not
+            # stop again until the waste has recovered and crossed anew.
+            waste_thresholds.waste_stop_restarted(stop, user=user, note=note)
             budgets.budgets_recheck(board_id=stop.board_id, agent_id=stop.agent_id)
         _stops_changed(stop, pull=True)
     return stop

@@ -12,7 +12,7 @@ from celery import shared_task
 from django.conf import settings
 
 from andon import broadcast as andon_broadcast
-from andon import budgets, demo_reviewer
+from andon import budgets, demo_reviewer, waste_thresholds
 from boards import services as board_services
 
 
@@ -30,10 +30,21 @@ def budgets_tick() -> dict[str, int]:
     cost anomaly (andon.budgets.budgets_tick); then send the boards whose
     budget stop ended their status (and pull them), and the inbox its banner.
     Idempotent: a stop is lifted once, an anomaly raised once an hour per board
-    or agent."""
+    or agent.
+
+    Then the waste thresholds (andon.waste_thresholds.thresholds_tick): each
+    enabled one is computed, and a crossing raises its alert (and stop) once."""
     tick = budgets.budgets_tick()
-    for board_id in sorted(tick.boards):
+    waste = waste_thresholds.thresholds_tick()
+    for board_id in sorted(tick.boards | waste.boards):
         board_services.board_changed_on_commit(board_id, [], pull=True)
-    if tick.lifted or tick.anomalies or tick.recounted:
+    if tick.lifted or tick.anomalies or tick.recounted or waste.alerts or waste.stops:
         andon_broadcast.line_stops_changed()
-    return {"lifted": len(tick.lifted), "recounted": tick.recounted, "anomalies": len(tick.anomalies)}
+    return {
+        "lifted": len(tick.lifted),
+        "recounted": tick.recounted,
+        "anomalies": len(tick.anomalies),
+        "thresholds_checked": waste.checked,
+        "waste_alerts": len(waste.alerts),
+        "waste_stops": len(waste.stops),
+    }

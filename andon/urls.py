@@ -1,6 +1,6 @@
 from django.urls import path
 
-from andon import views, views_budgets
+from andon import views, views_budgets, views_thresholds
 
 urlpatterns = [
     path("", views.inbox, name="andon-inbox"),
@@ -16,5 +16,8 @@ urlpatterns = [
     path("budgets/", views_budgets.budgets, name="andon-budgets"),
     path("budgets/<int:pk>/", views_budgets.budget_detail, name="andon-budget"),
     path("budgets/<int:pk>/delete/", views_budgets.budget_delete, name="andon-budget-delete"),
+    path("thresholds/", views_thresholds.thresholds, name="andon-thresholds"),
+    path("thresholds/<int:pk>/", views_thresholds.threshold_detail, name="andon-threshold"),
+    path("thresholds/<int:pk>/delete/", views_thresholds.threshold_delete, name="andon-threshold-delete"),
     path("alerts/<int:pk>/acknowledge/", views_budgets.alert_acknowledge, name="andon-alert-acknowledge"),
 ]
