@@ -33,6 +33,14 @@ class InboxFilterForm(forms.Form):
             "check": data.get("check") or "",
         }
 
+    def scope(self) -> tuple[Board | None, Agent | None]:
+        """The board and agent the filters name (None where they name none or
+        one that is gone): what the budgets and thresholds pages are about."""
+        filters = self.filters()
+        board = Board.objects.filter(pk=filters["board_id"]).first() if filters["board_id"] else None
+        agent = Agent.objects.filter(pk=filters["agent_id"]).first() if filters["agent_id"] else None
+        return board, agent
+
 
 # A group's row posts its members' ids; more than any Review column holds.
 MAX_MEMBERS = 500

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -23,39 +22,14 @@ from andon import budget_services, selectors, services
 from andon.forms import BudgetForm, InboxFilterForm
 from andon.models import Alert, Budget
 from boards.models import Agent, Board
-from kaizen_web.http import HtmxHttpRequest, safe_next
+from kaizen_web.http import AuthenticatedHttpRequest, form_add_service_errors, safe_next
 
 BUDGETS = "andon/budgets.html"
 BUDGET = "andon/budget.html"
 
 
-def _user(request: HttpRequest) -> User:
-    """The person asking: every page here needs a login (LoginRequiredMiddleware)."""
-    user = request.user
-    if not isinstance(user, User):
-        raise PermissionDenied("Log in first.")
-    return user
-
-
-def _form_error(form: BudgetForm, exc: ValidationError) -> None:
-    """A service's ValidationError onto the form, by field where it names one."""
-    if hasattr(exc, "error_dict"):
-        for name, errors in exc.error_dict.items():
-            for error in errors:
-                form.add_error(None if name == "__all__" or name not in form.fields else name, error)
-    else:
-        form.add_error(None, exc)
-
-
-def _scope_of(request: HttpRequest) -> tuple[Board | None, Agent | None]:
-    filters = InboxFilterForm(request.GET).filters()
-    board = Board.objects.filter(pk=filters["board_id"]).first() if filters["board_id"] else None
-    agent = Agent.objects.filter(pk=filters["agent_id"]).first() if filters["agent_id"] else None
-    return board, agent
-
-
 def _budgets_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     *,
     board: Board | None,
     agent: Agent | None,
@@ -82,8 +56,8 @@ def _budgets_page(
 
 
 @require_http_methods(["GET", "POST"])
-def budgets(request: HtmxHttpRequest) -> HttpResponse:
-    board, agent = _scope_of(request)
+def budgets(request: AuthenticatedHttpRequest) -> HttpResponse:
+    board, agent = InboxFilterForm(request.GET).scope()
     if request.method == "GET":
         return _budgets_page(request, board=board, agent=agent)
     if not request.user.has_perm(budget_services.ADD_PERMISSION):
@@ -91,9 +65,9 @@ def budgets(request: HtmxHttpRequest) -> HttpResponse:
     form = BudgetForm(request.POST)
     if form.is_valid():
         try:
-            budget = budget_services.budget_create(user=_user(request), **form.values())
+            budget = budget_services.budget_create(user=request.user, **form.values())
         except ValidationError as exc:
-            _form_error(form, exc)
+            form_add_service_errors(form, exc)
         else:
             messages.success(request, f"Budget {budget.name} created.")
             return redirect("andon-budget", pk=budget.pk)
@@ -101,7 +75,7 @@ def budgets(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _budget_page(
-    request: HttpRequest, budget: Budget, *, form: BudgetForm | None = None, status: int = 200
+    request: AuthenticatedHttpRequest, budget: Budget, *, form: BudgetForm | None = None, status: int = 200
 ) -> HttpResponse:
     budget_status = selectors.budget_status_get(budget=budget)
     return render(
@@ -121,7 +95,7 @@ def _budget_page(
 
 
 @require_http_methods(["GET", "POST"])
-def budget_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def budget_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     budget = get_object_or_404(Budget.objects.select_related("board", "agent"), pk=pk)
     if request.method == "GET":
         return _budget_page(request, budget)
@@ -130,9 +104,9 @@ def budget_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     form = BudgetForm(request.POST)
     if form.is_valid():
         try:
-            budget = budget_services.budget_update(budget=budget, user=_user(request), **form.values())
+            budget = budget_services.budget_update(budget=budget, user=request.user, **form.values())
         except ValidationError as exc:
-            _form_error(form, exc)
+            form_add_service_errors(form, exc)
         else:
             messages.success(request, f"Budget {budget.name} saved.")
             return redirect("andon-budget", pk=budget.pk)
@@ -141,20 +115,20 @@ def budget_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @permission_required(budget_services.DELETE_PERMISSION, raise_exception=True)
-def budget_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def budget_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     budget = get_object_or_404(Budget, pk=pk)
-    budget_services.budget_delete(budget=budget, user=_user(request))
+    budget_services.budget_delete(budget=budget, user=request.user)
     messages.success(request, f"Budget {budget.name} deleted.")
     return redirect("andon-budgets")
 
 
 @require_POST
 @permission_required(services.REVIEW_PERMISSION, raise_exception=True)
-def alert_acknowledge(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def alert_acknowledge(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Acknowledge an alert: with htmx, an empty answer (the page deletes the
     row; every inbox gets the banner through the websocket); without, a redirect."""
     alert = get_object_or_404(Alert, pk=pk)
-    alert = services.alert_acknowledge(alert=alert, user=_user(request))
+    alert = services.alert_acknowledge(alert=alert, user=request.user)
     if request.htmx:
         return HttpResponse("")
     messages.success(request, f"Acknowledged: {alert.title}.")

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -21,38 +20,13 @@ from andon import muda, selectors, waste_services, waste_thresholds
 from andon.forms import InboxFilterForm, WasteThresholdForm
 from andon.models import WasteThreshold
 from boards.models import Agent, Board
-from kaizen_web.http import HtmxHttpRequest
+from kaizen_web.http import AuthenticatedHttpRequest, form_add_service_errors
 
 THRESHOLDS = "andon/thresholds.html"
 THRESHOLD = "andon/threshold.html"
 
 # The service's fields, as the form names them.
 FORM_FIELDS = {"window_outputs": "window_size", "window_hours": "window_size"}
-
-
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    if not isinstance(user, User):
-        raise PermissionDenied("Log in first.")
-    return user
-
-
-def _form_error(form: WasteThresholdForm, exc: ValidationError) -> None:
-    """A service's ValidationError onto the form, by field where it names one."""
-    if hasattr(exc, "error_dict"):
-        for name, errors in exc.error_dict.items():
-            field = FORM_FIELDS.get(name, name)
-            for error in errors:
-                form.add_error(field if field in form.fields else None, error)
-    else:
-        form.add_error(None, exc)
-
-
-def _scope_of(request: HttpRequest) -> tuple[Board | None, Agent | None]:
-    filters = InboxFilterForm(request.GET).filters()
-    board = Board.objects.filter(pk=filters["board_id"]).first() if filters["board_id"] else None
-    agent = Agent.objects.filter(pk=filters["agent_id"]).first() if filters["agent_id"] else None
-    return board, agent
 
 
 def _rows(thresholds: list[WasteThreshold]) -> list[dict]:
@@ -71,7 +45,7 @@ def _definitions() -> list[tuple[str, str]]:
 
 
 def _thresholds_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     *,
     board: Board | None,
     agent: Agent | None,
@@ -100,8 +74,8 @@ def _thresholds_page(
 
 
 @require_http_methods(["GET", "POST"])
-def thresholds(request: HtmxHttpRequest) -> HttpResponse:
-    board, agent = _scope_of(request)
+def thresholds(request: AuthenticatedHttpRequest) -> HttpResponse:
+    board, agent = InboxFilterForm(request.GET).scope()
     if request.method == "GET":
         return _thresholds_page(request, board=board, agent=agent)
     if not request.user.has_perm(waste_services.ADD_PERMISSION):
@@ -109,9 +83,9 @@ def thresholds(request: HtmxHttpRequest) -> HttpResponse:
     form = WasteThresholdForm(request.POST)
     if form.is_valid():
         try:
-            threshold = waste_services.threshold_create(user=_user(request), **form.values())
+            threshold = waste_services.threshold_create(user=request.user, **form.values())
         except ValidationError as exc:
-            _form_error(form, exc)
+            form_add_service_errors(form, exc, fields=FORM_FIELDS)
         else:
             messages.success(request, f"Threshold created: {waste_thresholds.rule_sentence(threshold)}.")
             return redirect("andon-threshold", pk=threshold.pk)
@@ -119,7 +93,7 @@ def thresholds(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _threshold_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     threshold: WasteThreshold,
     *,
     form: WasteThresholdForm | None = None,
@@ -142,7 +116,7 @@ def _threshold_page(
 
 
 @require_http_methods(["GET", "POST"])
-def threshold_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def threshold_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     threshold = get_object_or_404(WasteThreshold.objects.select_related("board", "agent"), pk=pk)
     if request.method == "GET":
         return _threshold_page(request, threshold)
@@ -152,10 +126,10 @@ def threshold_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if form.is_valid():
         try:
             threshold = waste_services.threshold_update(
-                threshold=threshold, user=_user(request), **form.values()
+                threshold=threshold, user=request.user, **form.values()
             )
         except ValidationError as exc:
-            _form_error(form, exc)
+            form_add_service_errors(form, exc, fields=FORM_FIELDS)
         else:
             messages.success(request, "Threshold saved.")
             return redirect("andon-threshold", pk=threshold.pk)
@@ -164,8 +138,8 @@ def threshold_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @permission_required(waste_services.DELETE_PERMISSION, raise_exception=True)
-def threshold_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+def threshold_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     threshold = get_object_or_404(WasteThreshold.objects.select_related("board", "agent"), pk=pk)
-    waste_services.threshold_delete(threshold=threshold, user=_user(request))
+    waste_services.threshold_delete(threshold=threshold, user=request.user)
     messages.success(request, f"Threshold deleted: {waste_thresholds.rule_sentence(threshold)}.")
     return redirect("andon-thresholds")

@@ -40,6 +40,21 @@ def form_errors(form: forms.Form) -> str:
     return " ".join(str(error) for errors in form.errors.values() for error in errors)
 
 
+def form_add_service_errors(
+    form: forms.Form, exc: ValidationError, *, fields: dict[str, str] | None = None
+) -> None:
+    """A service's ValidationError onto the form that fed it: each message on the
+    field it names (renamed through ``fields`` where the form calls it otherwise),
+    the rest above the form."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for name, errors in exc.error_dict.items():
+        field = (fields or {}).get(name, name)
+        for error in errors:
+            form.add_error(field if field in form.fields else None, error)
+
+
 def safe_next(request: HttpRequest) -> str | None:
     """The page to go back to after a plain (non-htmx) post (``next``), if it is
     one of this site's; None otherwise."""
