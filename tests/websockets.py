@@ -5,13 +5,31 @@ application."""
 from __future__ import annotations
 
 from asgiref.sync import async_to_sync
-from channels.testing import WebsocketCommunicator
+from channels.testing import WebsocketCommunicator as _ChannelsCommunicator
 from django.conf import settings
 from django.test import Client
 
 from kaizen_web.asgi import application
 
 ORIGIN = (b"origin", b"http://testserver")
+# How long a test waits for the application to answer a connect, a close or a
+# message. Channels' default is one second: a timing assumption a loaded machine
+# breaks (a refused foreign origin took longer than that while other suites ran).
+PATIENCE = 30.0
+
+
+class WebsocketCommunicator(_ChannelsCommunicator):
+    """Channels' test communicator that waits on the application's answer (up to
+    PATIENCE) instead of failing after its default second."""
+
+    async def connect(self, timeout: float = PATIENCE):
+        return await super().connect(timeout)
+
+    async def disconnect(self, code: int = 1000, timeout: float = PATIENCE) -> None:
+        await super().disconnect(code, timeout)
+
+    async def receive_from(self, timeout: float = PATIENCE):
+        return await super().receive_from(timeout)
 
 
 def session_cookie(user) -> tuple[bytes, bytes]:

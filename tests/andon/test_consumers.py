@@ -10,7 +10,6 @@ import re
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 
 from andon import services as andon_services
 from andon.models import Escalation
@@ -18,7 +17,7 @@ from boards import broadcast
 from kaizen_web.asgi import application
 from tests.andon.helpers import escalate
 from tests.factories import make_agent, make_board, make_reviewer, make_user
-from tests.websockets import ORIGIN, connects, session_cookie
+from tests.websockets import ORIGIN, WebsocketCommunicator, connects, session_cookie
 
 # Services broadcast after commit: these tests need real commits.
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]

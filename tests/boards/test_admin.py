@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse, reverse_lazy
@@ -24,7 +23,7 @@ from boards import broadcast, services
 from boards.models import Agent, Board, Column, Task
 from kaizen_web.asgi import application
 from tests.factories import column, make_agent, make_board
-from tests.websockets import ORIGIN
+from tests.websockets import ORIGIN, WebsocketCommunicator
 
 Role = Column.Role
 Status = Task.Status
@@ -138,7 +137,7 @@ def _watch(board: Board, client: Client, action: Callable[[], Any]) -> tuple[Any
         connected, _ = await communicator.connect()
         assert connected
         result = await database_sync_to_async(action)()
-        html = await communicator.receive_from(timeout=30)
+        html = await communicator.receive_from()
         await communicator.disconnect()
         return result, html
 

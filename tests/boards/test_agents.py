@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.core.exceptions import ValidationError
 
 from boards import broadcast, services
 from boards.models import Agent
 from kaizen_web.asgi import application
 from tests.factories import make_agent, make_board, make_user
-from tests.websockets import ORIGIN, session_cookie
+from tests.websockets import ORIGIN, WebsocketCommunicator, session_cookie
 
 
 @pytest.mark.parametrize(
@@ -74,7 +73,7 @@ def test_pausing_an_agent_reaches_a_connected_browser():
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.agent_set_paused)(agent=agent, paused=True)
-        html = await communicator.receive_from(timeout=30)
+        html = await communicator.receive_from()
         await communicator.disconnect()
         return html
 

@@ -11,7 +11,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
@@ -19,7 +18,7 @@ from boards import broadcast, services
 from boards.models import Board
 from kaizen_web.asgi import application
 from tests.factories import column, make_board, make_user
-from tests.websockets import ORIGIN, connects, session_cookie
+from tests.websockets import ORIGIN, WebsocketCommunicator, connects, session_cookie
 
 # Services broadcast after commit: these tests need real commits.
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -61,7 +60,7 @@ def test_a_committed_task_reaches_a_connected_browser_as_a_fragment():
         connected, _ = await communicator.connect()
         assert connected
         task = await database_sync_to_async(services.task_create)(board=live_board, title="Pushed card")
-        html = await communicator.receive_from(timeout=30)
+        html = await communicator.receive_from()
         await communicator.disconnect()
         return task.pk, html
 
@@ -93,7 +92,7 @@ def test_a_move_reaches_a_connected_browser_as_a_fragment(live_board):
         connected, _ = await communicator.connect()
         assert connected
         await database_sync_to_async(services.task_move)(task=task, to_column=done, user=user)
-        html = await communicator.receive_from(timeout=30)
+        html = await communicator.receive_from()
         await communicator.disconnect()
         return html
 
@@ -126,7 +125,7 @@ def test_updates_published_for_another_redis_database_do_not_arrive(live_board):
         assert connected
         await other_instance.group_send(group, {"type": "board.update", "html": "from another instance"})
         await get_channel_layer().group_send(group, {"type": "board.update", "html": "from this instance"})
-        html = await communicator.receive_from(timeout=30)
+        html = await communicator.receive_from()
         await communicator.disconnect()
         await other_instance.flush()
         return html

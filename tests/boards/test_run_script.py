@@ -132,13 +132,13 @@ def start_run(request, var):
 def log_in(base_url: str, username: str, password: str) -> str:
     """Log in through the login form; returns the path the browser lands on."""
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-    page = opener.open(f"{base_url}/accounts/login/", timeout=10).read().decode()
+    page = opener.open(f"{base_url}/accounts/login/", timeout=60).read().decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
     assert token, "the login page has no CSRF token"
     form = urllib.parse.urlencode(
         {"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)}
     ).encode()
-    response = opener.open(f"{base_url}/accounts/login/", data=form, timeout=10)
+    response = opener.open(f"{base_url}/accounts/login/", data=form, timeout=60)
     return urllib.parse.urlsplit(response.geturl()).path
 
 

@@ -17,7 +17,7 @@ from boards.agents.simulated import simulate
 from boards.models import Agent, ModelCall, Task, TaskEvent
 from tests.factories import make_agent, make_board
 
-DEADLINE = 60.0
+DEADLINE = 180.0
 
 
 def wait_until(what: str, check: Callable[[], bool], *, timeout: float = DEADLINE) -> None:

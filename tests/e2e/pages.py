@@ -17,7 +17,10 @@ from weakref import WeakKeyDictionary
 import pytest
 
 PASSWORD = "a-long-browser-password"
-LIVE_TIMEOUT_MS = 15_000
+# How long a browser test waits for a condition (a selector, a push, a response).
+# A wait returns as soon as its condition holds: this only decides how long a
+# broken page takes to fail, so it is long enough for a heavily loaded machine.
+WAIT_MS = 60_000
 
 # The URLs each page has fetched (completely) since it was last (re)loaded.
 _fetched: WeakKeyDictionary = WeakKeyDictionary()
@@ -29,7 +32,9 @@ def new_page(browser, **context_options):
     """A page in a new browser context (its own cookies), 1400 x 900 unless
     ``viewport`` says otherwise."""
     options = {"viewport": {"width": 1400, "height": 900}} | context_options
-    return watch(browser.new_context(**options).new_page())
+    context = browser.new_context(**options)
+    context.set_default_timeout(WAIT_MS)
+    return watch(context.new_page())
 
 
 def watch(page):
@@ -60,7 +65,9 @@ def pushes_seen(page) -> int:
     return len(_pushes[page])
 
 
-def wait_for_push(page, accept: Callable[[str], bool], *, since: int = 0, timeout: float = 15.0) -> str:
+def wait_for_push(
+    page, accept: Callable[[str], bool], *, since: int = 0, timeout: float = WAIT_MS / 1000
+) -> str:
     """The first message pushed to ``page`` (after the first ``since``) that
     ``accept`` takes, once it has come."""
     pushes = _pushes[page]
@@ -113,7 +120,7 @@ def goto_live(page, url: str) -> None:
 
 def wait_live(page) -> None:
     """Wait until the page is live and caught up (see the module's doc)."""
-    page.wait_for_selector(".live--up", timeout=LIVE_TIMEOUT_MS)
+    page.wait_for_selector(".live--up", timeout=WAIT_MS)
     body_url = page.evaluate(
         "(() => { const b = document.getElementById('board'); return b ? b.dataset.bodyUrl || null : null; })()"
     )
@@ -121,10 +128,10 @@ def wait_live(page) -> None:
         return
     if not any(url.endswith(body_url) for url in _fetched.get(page, ())):
         page.wait_for_event(
-            "requestfinished", lambda request: request.url.endswith(body_url), timeout=LIVE_TIMEOUT_MS
+            "requestfinished", lambda request: request.url.endswith(body_url), timeout=WAIT_MS
         )
     # htmx swaps the response in before it takes its request class off the element.
-    page.wait_for_function("document.querySelector('.htmx-request') === null", timeout=LIVE_TIMEOUT_MS)
+    page.wait_for_function("document.querySelector('.htmx-request') === null", timeout=WAIT_MS)
 
 
 def stop_the_clock(page) -> None:

@@ -10,7 +10,7 @@ import pytest
 from andon.models import Escalation
 from boards import services
 from boards.models import Task, TaskEvent
-from tests.e2e.pages import PASSWORD, goto_live, log_in, watch
+from tests.e2e.pages import PASSWORD, WAIT_MS, goto_live, log_in, watch
 from tests.factories import make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=4)]
@@ -22,11 +22,10 @@ ROW = f"#escalation-list .escalation:has-text('{TITLE}')"
 # Waits are for conditions and end as soon as they hold: their limits are for a
 # loaded machine (a decision is held 6 s before it is sent, then goes through the
 # web server, the database and the broadcaster to every page).
-WAIT = 45_000
 
 
 def _title_count(page, n: int) -> None:
-    page.wait_for_function(f"document.title === '({n}) Andon inbox · Kaizen'", timeout=WAIT)
+    page.wait_for_function(f"document.title === '({n}) Andon inbox · Kaizen'", timeout=WAIT_MS)
 
 
 def test_an_escalation_approved_from_the_keyboard_leaves_both_inboxes_live(
@@ -55,24 +54,24 @@ def test_an_escalation_approved_from_the_keyboard_leaves_both_inboxes_live(
     task = services.task_create(board=board, title=TITLE, input="Porosity near the root pass.")
 
     for page in inboxes:
-        page.wait_for_selector(ROW, timeout=WAIT)
+        page.wait_for_selector(ROW, timeout=WAIT_MS)
         _title_count(page, 1)
         row_text = page.inner_text(ROW)
         assert "has-part-number" in row_text and "does not match /NEVER-MATCHES/" in row_text
         assert "simulated" in row_text.lower()
-    board_page.wait_for_selector(f".column--review .card:has-text('{TITLE}')", timeout=WAIT)
+    board_page.wait_for_selector(f".column--review .card:has-text('{TITLE}')", timeout=WAIT_MS)
 
     first.keyboard.press("j")
-    first.wait_for_selector(f"{ROW}[aria-current='true']", timeout=WAIT)
+    first.wait_for_selector(f"{ROW}[aria-current='true']", timeout=WAIT_MS)
     assert first.evaluate("document.activeElement.classList.contains('escalation')")
     first.keyboard.press("a")
 
-    first.wait_for_selector(ROW, state="detached", timeout=WAIT)
-    first.wait_for_selector(f"#inbox-status:has-text('Approved: “{TITLE}”.')", timeout=WAIT)
-    second.wait_for_selector(ROW, state="detached", timeout=WAIT)
+    first.wait_for_selector(ROW, state="detached", timeout=WAIT_MS)
+    first.wait_for_selector(f"#inbox-status:has-text('Approved: “{TITLE}”.')", timeout=WAIT_MS)
+    second.wait_for_selector(ROW, state="detached", timeout=WAIT_MS)
     for page in inboxes:
         _title_count(page, 0)
-    board_page.wait_for_selector(f".column--done .card:has-text('{TITLE}')", timeout=WAIT)
+    board_page.wait_for_selector(f".column--done .card:has-text('{TITLE}')", timeout=WAIT_MS)
     for page in (first, second, board_page):
         assert page.evaluate("window.__kaizenNoReload") is True
 

@@ -20,7 +20,7 @@ from andon.models import Escalation
 from boards.fragments import render_board_update
 from boards.models import Column
 from tests.andon.helpers import DEFECTIVE, claim_one, complete
-from tests.e2e.pages import PASSWORD, log_in, stop_the_clock
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in, stop_the_clock
 from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
@@ -56,10 +56,10 @@ def _row(title: str) -> str:
 
 
 def _selected(page, title: str) -> None:
-    page.wait_for_selector(f"{_row(title)}[aria-current='true']", timeout=15_000)
+    page.wait_for_selector(f"{_row(title)}[aria-current='true']", timeout=WAIT_MS)
 
 
-def _wait_for_status(escalation: Escalation, status: str, timeout: float = 20.0) -> None:
+def _wait_for_status(escalation: Escalation, status: str, timeout: float = WAIT_MS / 1000) -> None:
     deadline = time.monotonic() + timeout
     while True:
         close_old_connections()
@@ -108,7 +108,7 @@ def test_a_held_decision_can_be_undone_and_is_sent_once_its_delay_has_passed(bro
     page.clock.resume()
     _wait_for_status(weld_b, Escalation.Status.APPROVED)
     assert weld_b.decided_by == ana
-    page.wait_for_selector(_row("Weld B"), state="detached", timeout=15_000)
+    page.wait_for_selector(_row("Weld B"), state="detached", timeout=WAIT_MS)
     page.wait_for_function("document.title === '(2) Andon inbox · Kaizen'")
     weld_c.refresh_from_db()
     weld_a.refresh_from_db()
@@ -130,7 +130,7 @@ def test_the_selection_moves_to_the_next_unread_row_when_the_selected_one_leaves
         page.keyboard.press(key)
         _selected(page, title)
     page.keyboard.press("a")
-    page.wait_for_selector(_row("Weld D"), state="detached", timeout=20_000)
+    page.wait_for_selector(_row("Weld D"), state="detached", timeout=WAIT_MS)
 
     # C was read: the selection skips it, to B, the first row not yet read.
     _selected(page, "Weld B")
@@ -189,7 +189,7 @@ def test_live_arrivals_and_departures_keep_an_open_reject_form_and_its_text(brow
     for escalation in (target, twin):
         _wait_for_status(escalation, Escalation.Status.REJECTED)
         assert (escalation.decided_by, escalation.note) == (ana, "The part number is missing.")
-    page.wait_for_selector(_row("Weld A"), state="detached", timeout=15_000)
+    page.wait_for_selector(_row("Weld A"), state="detached", timeout=WAIT_MS)
     page.wait_for_selector("#inbox-status:has-text('Rejected 2 identical escalations')")
     assert page.evaluate("window.__kaizenNoReload") is True
 
@@ -221,7 +221,7 @@ def test_a_row_decided_elsewhere_while_typed_in_stays_until_it_is_left(browser, 
 
     # Leaving it (Escape closes the form) lets it go.
     page.keyboard.press("Escape")
-    page.wait_for_selector(_row("Weld A"), state="detached", timeout=5_000)
+    page.wait_for_selector(_row("Weld A"), state="detached", timeout=WAIT_MS)
     page.wait_for_selector(_row("Weld B"))
 
 
@@ -238,5 +238,5 @@ def test_a_held_decision_is_sent_when_the_reviewer_leaves_the_page(browser, live
     # Gone before the delay is out: pagehide sends it in a request that outlives the page.
     page.goto(f"{live_server_url}/boards/")
 
-    _wait_for_status(escalation, Escalation.Status.APPROVED, timeout=10)
+    _wait_for_status(escalation, Escalation.Status.APPROVED)
     assert escalation.decided_by == ana

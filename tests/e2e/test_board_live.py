@@ -8,7 +8,7 @@ import pytest
 from boards.agents.providers import ModelRequest
 from boards.agents.simulated import simulate
 from boards.models import Task, TaskEvent
-from tests.e2e.pages import PASSWORD, goto_live, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, goto_live, log_in
 from tests.factories import make_agent, make_board, make_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.worker(concurrency=8)]
@@ -39,7 +39,7 @@ def test_task_added_in_the_form_reaches_done_live_in_two_browsers(browser, live_
 
     done_card = ".column--done .card:has-text('Inspect weld seam 12')"
     for p in pages:
-        p.wait_for_selector(done_card, timeout=30_000)
+        p.wait_for_selector(done_card, timeout=WAIT_MS)
         assert p.evaluate("window.__kaizenNoReload") is True
         card_text = p.inner_text(done_card)
         assert "simulated" in card_text.lower()

@@ -16,7 +16,7 @@ from django.db import connection
 from andon.models import LineStop
 from boards import broadcast, services
 from boards.models import Task
-from tests.e2e.pages import PASSWORD, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in
 from tests.factories import column, make_agent, make_board, make_reviewer
 
 pytestmark = [pytest.mark.e2e]
@@ -69,7 +69,7 @@ class Churn:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=WAIT_MS / 1000)
         broadcast.flush()
         if self.error is not None:
             raise self.error
@@ -91,7 +91,7 @@ def churn(line) -> Iterator[Churn]:
     running = Churn(board, churned=tasks[0], running=tasks[2], agent=agent)
     yield running
     running.stop_event.set()
-    running.thread.join(timeout=10)
+    running.thread.join(timeout=WAIT_MS / 1000)
 
 
 def _open_board(browser, base_url: str, board, *, width: int = 1400, height: int = 900):
@@ -112,7 +112,7 @@ def _swaps(page, element_id: str) -> int:
 
 
 def _wait_swaps(page, element_id: str, at_least: int) -> None:
-    page.wait_for_function(f"((window.__swaps || {{}})[{element_id!r}] || 0) >= {at_least}", timeout=20_000)
+    page.wait_for_function(f"((window.__swaps || {{}})[{element_id!r}] || 0) >= {at_least}", timeout=WAIT_MS)
 
 
 def test_the_cord_can_be_pulled_while_the_board_updates_every_100_ms(browser, live_server_url, line, churn):
@@ -136,7 +136,7 @@ def test_the_cord_can_be_pulled_while_the_board_updates_every_100_ms(browser, li
     page.select_option("#cord-scope", "board")
     page.click("#cord-form button[type=submit]")
 
-    page.wait_for_selector(".banner--stopped:has-text('The line is stopped')", timeout=15_000)
+    page.wait_for_selector(".banner--stopped:has-text('The line is stopped')", timeout=WAIT_MS)
     stop = LineStop.objects.get(board=board, restarted_at__isnull=True)
     assert (stop.reason, stop.stopped_by) == (REASON, ana)
     # The cord folds once the line is stopped, and the page never reloaded.
@@ -180,7 +180,7 @@ def test_the_agent_strip_keeps_its_height_while_running_counts_change(
     )
     churn.thread.start()
 
-    page.wait_for_function("window.__strip.length >= 8", timeout=20_000)
+    page.wait_for_function("window.__strip.length >= 8", timeout=WAIT_MS)
 
     samples = page.evaluate("window.__strip")
     # The counts did change (so the strip was swapped for real), its height did not.

@@ -16,12 +16,11 @@ from andon.models import Alert, BudgetPeriod
 from boards import services
 from tests.andon.test_budgets import call, finish
 from tests.boards.conftest import CeleryQueue
-from tests.e2e.pages import PASSWORD, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in
 from tests.factories import make_agent, make_board, make_reviewer, make_user, make_user_with
 
 pytestmark = [pytest.mark.e2e]
 
-WAIT = 30_000
 BANNER = "#board-banner .budget-warning"
 
 
@@ -52,24 +51,24 @@ def test_the_board_shows_the_budget_warning_at_80_percent_live(browser, live_ser
     [claim] = services.board_pull(board_id=board.pk)
     finish(claim, call(cost="8.50"))
 
-    page.wait_for_selector(BANNER, timeout=WAIT)
+    page.wait_for_selector(BANNER, timeout=WAIT_MS)
     text = page.inner_text(BANNER)
     period = BudgetPeriod.objects.get()
     assert "Budget warning: Welder daily" in text and "agent welder" in text
     assert "$8.50 of $10.00 spent (85%) this day" in text
     assert f"the period ends {period.end:%Y-%m-%d %H:%M}" in text
     # The reviewer's inbox gets the warning and its alert, live, and acknowledges it.
-    inbox.wait_for_selector("#inbox-banner .budget-warning:has-text('Welder daily')", timeout=WAIT)
+    inbox.wait_for_selector("#inbox-banner .budget-warning:has-text('Welder daily')", timeout=WAIT_MS)
     alert = "#alert-list .alert:has-text('Welder daily: 80% of the budget spent')"
-    inbox.wait_for_selector(alert, timeout=WAIT)
+    inbox.wait_for_selector(alert, timeout=WAIT_MS)
     inbox.click(f"{alert} button:has-text('Acknowledge')")
-    inbox.wait_for_selector(alert, state="detached", timeout=WAIT)
+    inbox.wait_for_selector(alert, state="detached", timeout=WAIT_MS)
     assert Alert.objects.get().acknowledged_by.username == "rita"
 
     [claim] = services.board_pull(board_id=board.pk)
     finish(claim, call(cost="1.50"))
 
-    page.wait_for_selector(f"{BANNER}:has-text('Budget reached: Welder daily')", timeout=WAIT)
-    page.wait_for_selector("#flow-status:has-text('Budget reached')", timeout=WAIT)
+    page.wait_for_selector(f"{BANNER}:has-text('Budget reached: Welder daily')", timeout=WAIT_MS)
+    page.wait_for_selector("#flow-status:has-text('Budget reached')", timeout=WAIT_MS)
     for each in (page, inbox):
         assert each.evaluate("window.__kaizenNoReload") is True

@@ -16,7 +16,7 @@ from boards import services as board_services
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment
-from tests.e2e.pages import PASSWORD, log_in, pushes_seen, wait_for_push
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in, pushes_seen, wait_for_push
 from tests.experiments.helpers import line_agent, look, major_proposal, samples, tasks_of
 from tests.factories import make_approver
 
@@ -54,7 +54,7 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
 
     page = log_in(browser, live_server_url, "ana", "/kaizen/", viewport={"width": 1400, "height": 1000})
     item = f"#proposal-{proposal.pk}"
-    page.wait_for_selector(f"{item} .evo-kind--major", timeout=5_000)
+    page.wait_for_selector(f"{item} .evo-kind--major", timeout=WAIT_MS)
     assert page.title() == "(1) Evolution review · Kaizen"
 
     # Approve: the button opens the form, which asks for the note.
@@ -65,19 +65,19 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
 
     page.wait_for_selector(
         "#review-status:has-text('Approved the change to welder (v2): its canary experiment has started.')",
-        timeout=15_000,
+        timeout=WAIT_MS,
     )
-    page.wait_for_selector(item, state="detached", timeout=5_000)
-    page.wait_for_function("document.title === 'Evolution review · Kaizen'", timeout=5_000)
+    page.wait_for_selector(item, state="detached", timeout=WAIT_MS)
+    page.wait_for_function("document.title === 'Evolution review · Kaizen'", timeout=WAIT_MS)
     experiment = Experiment.objects.get(proposal=proposal)
     row = f"#experiment-{experiment.pk}"
-    page.wait_for_selector(f"{row} .evo-stage:has-text('Canary')", timeout=5_000)
+    page.wait_for_selector(f"{row} .evo-stage:has-text('Canary')", timeout=WAIT_MS)
     assert "Running" in page.inner_text(f"{row} .evo-status")
     # Its chart is drawn (plotly.js, from the plotly package), still without looks.
     chart = f"#chart-{experiment.pk}"
     # Plotly draws into the chart's own child (htmx's settle must not touch it).
     plot = f"{chart} > .evo-plot"
-    page.wait_for_selector(f"{chart} .main-svg", timeout=15_000)
+    page.wait_for_selector(f"{chart} .main-svg", timeout=WAIT_MS)
     assert page.evaluate(f"document.querySelector('{plot}').data[0].x.length") == 0
 
     # The approval's own pushes (the lists, and the new experiment's row) come
@@ -100,11 +100,11 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     look(experiment)
     kaizen_broadcast.experiment_changed(experiment.pk)
     broadcast.flush()
-    page.wait_for_function(f"document.querySelector('{plot}').data[0].x.length === 1", timeout=15_000)
+    page.wait_for_function(f"document.querySelector('{plot}').data[0].x.length === 1", timeout=WAIT_MS)
     assert page.evaluate(f"document.querySelector('{plot}').__sameChart") is True
     # Plotly's layout classes survive the pushes' swaps (htmx's settle once removed them).
     assert page.evaluate(f"document.querySelector('{plot}').classList.contains('js-plotly-plot')") is True
-    page.wait_for_selector(f"{row} .evo-decision--continue", timeout=5_000)
+    page.wait_for_selector(f"{row} .evo-decision--continue", timeout=WAIT_MS)
     assert "30" in page.inner_text(f"{row} .evo-counts")
 
     # Roll back from the page, with a note.
@@ -112,8 +112,8 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     page.fill(f"#experiment-{experiment.pk}-rollback-note", "Outputs got longer; not worth the risk.")
     page.click(f"#experiment-{experiment.pk}-rollback button[data-action=rollback]")
 
-    page.wait_for_selector(f"{row} .evo-status--rolled_back", timeout=15_000)
-    page.wait_for_selector("#review-status:has-text('Rolled back welder')", timeout=5_000)
+    page.wait_for_selector(f"{row} .evo-status--rolled_back", timeout=WAIT_MS)
+    page.wait_for_selector("#review-status:has-text('Rolled back welder')", timeout=WAIT_MS)
     assert page.query_selector(f"#experiment-{experiment.pk}-rollback") is None
     assert "Outputs got longer; not worth the risk." in page.inner_text(row)
 

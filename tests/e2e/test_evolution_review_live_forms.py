@@ -14,7 +14,7 @@ from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from experiments.models import ChangeProposal, Experiment
-from tests.e2e.pages import PASSWORD, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in
 from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
 from tests.factories import make_approver
 
@@ -50,7 +50,7 @@ class Pushes:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=WAIT_MS / 1000)
         # Nothing left to render once the test's database is gone.
         broadcast.flush()
 
@@ -82,7 +82,7 @@ def _count_pushes(page) -> None:
 def _pushes_arrive(page, more: int) -> None:
     """Wait until ``more`` pushes have reached the page since the last wait."""
     seen = page.evaluate("window.__pushes")
-    page.wait_for_function(f"window.__pushes >= {seen + more}", timeout=30_000)
+    page.wait_for_function(f"window.__pushes >= {seen + more}", timeout=WAIT_MS)
 
 
 def _type(page, text: str) -> None:
@@ -114,7 +114,7 @@ def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back
         look(experiment)
         page.wait_for_function(
             f"document.querySelector('{row} .evo-summary').textContent.includes('After 600 tasks')",
-            timeout=15_000,
+            timeout=WAIT_MS,
         )
         _type(page, "to the welders; ")
         # Another: the experiment becomes promotable, and a Promote form appears
@@ -122,7 +122,7 @@ def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back
         samples(experiment, tasks[300:1000], control=(300, 200), treatment=(300, 290))
         look(experiment)
         assert Experiment.objects.get(pk=experiment.pk).status == "promote_ready"
-        page.wait_for_selector(f"#experiment-{experiment.pk}-promote", timeout=15_000)
+        page.wait_for_selector(f"#experiment-{experiment.pk}-promote", timeout=WAIT_MS)
         _type(page, "hold it ")
         _pushes_arrive(page, 2)
         _type(page, "back.")
@@ -134,8 +134,8 @@ def test_a_rollback_note_survives_pushes_and_a_status_change_and_then_rolls_back
 
     # Submitting works, and the answer closes the form.
     page.click(f"{form} button[data-action=rollback]")
-    page.wait_for_selector(f"{row} .evo-status--rolled_back", timeout=15_000)
-    page.wait_for_selector(f"{form}", state="detached", timeout=5_000)
+    page.wait_for_selector(f"{row} .evo-status--rolled_back", timeout=WAIT_MS)
+    page.wait_for_selector(f"{form}", state="detached", timeout=WAIT_MS)
     assert "hold it back." in page.inner_text(f"{row} .evo-summary")
     experiment.refresh_from_db()
     assert (experiment.status, experiment.status_reason) == ("rolled_back", text)
@@ -161,7 +161,7 @@ def test_an_approval_note_survives_a_new_proposal_joining_the_list(browser, live
         # count in the heading changes.
         other = major_proposal(line_agent(name="painter"))
         kaizen_broadcast.proposals_changed()
-        page.wait_for_selector(f"#proposal-{other.pk}", timeout=15_000)
+        page.wait_for_selector(f"#proposal-{other.pk}", timeout=WAIT_MS)
         _type(page, "twice.")
 
     text = "Reviewers asked for this twice."
@@ -175,7 +175,7 @@ def test_an_approval_note_survives_a_new_proposal_joining_the_list(browser, live
     assert page.inner_text("#pending-count") == "2"
 
     page.click(f"{form} button[data-action=approve]")
-    page.wait_for_selector(f"#proposal-{proposal.pk}", state="detached", timeout=15_000)
+    page.wait_for_selector(f"#proposal-{proposal.pk}", state="detached", timeout=WAIT_MS)
     proposal.refresh_from_db()
     assert (proposal.status, proposal.decision_note) == (ChangeProposal.Status.EXPERIMENTING, text)
     # The other proposal's forms were left as they were: closed.
@@ -204,14 +204,14 @@ def test_an_experiments_page_posts_its_plain_forms_after_a_push(browser, live_se
     look(experiment)
     page.wait_for_function(
         f"document.querySelector('#experiment-{experiment.pk} .evo-summary').textContent.includes('After 600')",
-        timeout=15_000,
+        timeout=WAIT_MS,
     )
     assert page.input_value(f"{form}-note") == "Not worth the risk."
     assert page.locator(f"{form} input[name=csrfmiddlewaretoken]").count() == 1
 
     page.click(f"{form} button[data-action=rollback]")
-    page.wait_for_url(f"{live_server_url}{experiment.get_absolute_url()}", timeout=15_000)
-    page.wait_for_selector(".evo-status--rolled_back", timeout=15_000)
+    page.wait_for_url(f"{live_server_url}{experiment.get_absolute_url()}", timeout=WAIT_MS)
+    page.wait_for_selector(".evo-status--rolled_back", timeout=WAIT_MS)
     experiment.refresh_from_db()
     assert (experiment.status, experiment.status_reason) == ("rolled_back", "Not worth the risk.")
     broadcast.flush()

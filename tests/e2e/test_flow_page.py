@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 from boards import services
-from tests.e2e.pages import PASSWORD, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in
 from tests.factories import column, make_agent, make_board, make_user
 
 pytestmark = [pytest.mark.e2e]
@@ -34,7 +34,7 @@ def test_the_flow_page_draws_its_charts_and_follows_the_board(browser, live_serv
 
     for name in CHARTS:
         # Plotly draws into a child of the chart element: an SVG with the figure's traces.
-        page.wait_for_selector(f"#flow-chart-{name} .flow-plot .main-svg", timeout=15_000)
+        page.wait_for_selector(f"#flow-chart-{name} .flow-plot .main-svg", timeout=WAIT_MS)
         traces = page.evaluate(f"document.querySelector('#flow-chart-{name} .flow-plot').data.length")
         assert traces > 0, name
     assert _cfd_last(page, "Backlog") == 1
@@ -47,7 +47,7 @@ def test_the_flow_page_draws_its_charts_and_follows_the_board(browser, live_serv
         f"Number(document.getElementById('flow').dataset.refreshed || 0) > {refreshed}"
         " && JSON.parse(document.getElementById('flow-data-cfd').textContent)"
         ".data.find(t => t.name === 'Ready').y.slice(-1)[0] === 1",
-        timeout=20_000,
+        timeout=WAIT_MS,
     )
     assert _cfd_last(page, "Backlog") == 0
     # Redrawn, not only swapped in.

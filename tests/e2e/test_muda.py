@@ -10,12 +10,11 @@ import pytest
 from boards import services
 from boards.agents import runtime
 from tests.andon.muda_history import SINCE, UNTIL, build_line
-from tests.e2e.pages import PASSWORD, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in
 from tests.factories import make_agent, make_board, make_user
 
 pytestmark = pytest.mark.e2e
 
-WAIT = 15_000
 NAMES = ("overproduction", "waiting", "transport", "over_processing", "inventory", "motion", "defects")
 
 
@@ -28,7 +27,7 @@ def test_the_muda_page_draws_every_waste_s_chart(browser, live_server_url):
     page.goto(f"{live_server_url}/boards/{line.board.slug}/muda/{window}")
 
     for name in (*NAMES, "token_efficiency", "escalation_rate"):
-        page.wait_for_selector(f"#chart-{name} > .muda-plot .main-svg", timeout=WAIT)
+        page.wait_for_selector(f"#chart-{name} > .muda-plot .main-svg", timeout=WAIT_MS)
     # The trend line and the dashed target line are both drawn.
     assert page.locator("#chart-transport .scatterlayer .trace").count() == 2
     assert page.get_attribute("#chart-transport", "data-drawn") == "true"
@@ -52,6 +51,6 @@ def test_the_muda_page_updates_live_when_the_board_changes(browser, live_server_
     assert task.status == task.Status.DONE
 
     # One inspected output, no escalation: 0.0%, arrived without a reload.
-    page.wait_for_selector("#target-escalation-rate:has-text('0.0%')", timeout=WAIT)
+    page.wait_for_selector("#target-escalation-rate:has-text('0.0%')", timeout=WAIT_MS)
     assert page.evaluate("window.__sameMudaPage === true")
-    page.wait_for_selector("#chart-defects > .muda-plot .main-svg", timeout=WAIT)
+    page.wait_for_selector("#chart-defects > .muda-plot .main-svg", timeout=WAIT_MS)

@@ -15,7 +15,7 @@ from django.urls import reverse
 from boards import services
 from boards.models import Task
 from boards.task_files import TaskRow
-from tests.e2e.pages import PASSWORD, log_in
+from tests.e2e.pages import PASSWORD, WAIT_MS, log_in
 from tests.factories import make_board, make_user
 
 pytestmark = [pytest.mark.e2e]
@@ -47,7 +47,7 @@ def test_search_page_export_and_import_in_a_browser(browser, live_server_url, tm
     search.type("weld", delay=30)
     page.wait_for_function(
         "document.querySelector('#task-results-heading').textContent.includes('55 tasks found')",
-        timeout=10_000,
+        timeout=WAIT_MS,
     )
     assert page.evaluate("window.__noReload") is True
     assert search.input_value() == "weld"

@@ -14,7 +14,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
@@ -22,7 +21,7 @@ from experiments import services as kaizen
 from kaizen_web.asgi import application
 from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
 from tests.factories import make_approver, make_editor, make_user
-from tests.websockets import ORIGIN, connects, session_cookie
+from tests.websockets import ORIGIN, WebsocketCommunicator, connects, session_cookie
 
 # The broadcaster renders in its own thread, from committed data.
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]

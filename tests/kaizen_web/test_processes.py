@@ -35,14 +35,14 @@ def test_stopping_a_group_takes_its_grandchildren_with_it(tmp_path):
         env={"PATH": "/usr/bin:/bin"},
         stdout=subprocess.DEVNULL,
     )
-    assert processes.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=10)
+    assert processes.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60)
     grandchild = int(pid_file.read_text())
 
     processes.stop_groups([proc], grace=5)
 
     assert proc.returncode is not None
     # Killed, then reaped by whoever inherited it: until then it may linger as a zombie.
-    assert processes.wait_until(lambda: _gone(grandchild), timeout=10)
+    assert processes.wait_until(lambda: _gone(grandchild), timeout=60)
 
 
 def test_waiting_gives_up_after_its_timeout():
