@@ -94,13 +94,20 @@ def _literal(value: Any) -> str:
 
 
 def seed(*, tasks: int, days: int, calls_per_task: int) -> Any:
+    from datetime import timedelta
+
     from django.db import connection
+    from django.utils import timezone
 
     from andon.models import Inspection
     from boards.models import ModelCall, Task, TaskEvent
     from tests.factories import make_agent, make_board
 
     board = make_board(name="Bench flow", ready_limit=None, doing_limit=None)
+    # The board is as old as its history: the default window (the last 7 days, or
+    # since the board was made) must hold a week of it.
+    board.created_at = timezone.now() - timedelta(days=days)
+    board.save(update_fields=["created_at"])
     agents = [make_agent(boards=[board], name=f"agent-{i}", capabilities=[f"cap-{i}"]) for i in range(4)]
     cols = {c.role: c.pk for c in board.columns.all()}
     span = days * 86400
@@ -233,6 +240,11 @@ def main() -> None:
     parser.add_argument("--calls-per-task", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--whole", action="store_true", help="also time the whole history as the window")
+    parser.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="leave the history unfolded: every figure read from the event log (the figures before the rollups)",
+    )
     args = parser.parse_args()
     _setup(os.environ.get("BENCH_FLOW_DATABASE_URL", DEFAULT_DB))
 
@@ -242,8 +254,8 @@ def main() -> None:
     from django.test import Client
     from django.utils import timezone
 
-    from boards import flow_report, flow_selectors
-    from boards.models import ModelCall, TaskEvent
+    from boards import flow_report, flow_selectors, services
+    from boards.models import FlowHour, FlowItem, ModelCall, TaskEvent
     from boards.services import api_token_create
     from tests.factories import make_user
 
@@ -261,6 +273,13 @@ def main() -> None:
     print(f"tasks={args.tasks}")
     print(f"events={TaskEvent.objects.filter(board=board).count()}")
     print(f"ledger_rows={ModelCall.objects.filter(board=board).count()}")
+    if not args.no_fold:
+        start = time.perf_counter()
+        services.flow_fold(board_id=board.pk)
+        print(f"fold_s={time.perf_counter() - start:.1f}")
+        board.refresh_from_db()
+        print(f"folded_hours={FlowHour.objects.filter(board=board).values('hour').distinct().count()}")
+        print(f"folded_items={FlowItem.objects.filter(board=board).count()}")
     user = make_user(username="bench")
     _, key = api_token_create(user=user, name="bench", access="read", boards=None)
     api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")

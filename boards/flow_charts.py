@@ -14,6 +14,7 @@ hours or days), and said on the axis."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 PERCENTILE_COLOURS = {50: "#1a7f37", 70: "#b08800", 85: "#d0342c", 95: "#82071e"}
@@ -34,6 +35,8 @@ STATUS_LABELS = {
     "failed": "Failed",
 }
 GRID = "#e6e9ef"
+# The most points the cycle-time scatterplot draws (cycle_figure).
+MAX_SCATTER = 5000
 _SCRIPT_ESCAPES = {ord(">"): "\\u003E", ord("<"): "\\u003C", ord("&"): "\\u0026"}
 
 HOUR_MS = 3_600_000
@@ -192,11 +195,20 @@ def cycle_figure(report: dict[str, Any]) -> Figure:
     """Finish time vs cycle time, with the percentile lines; a switch to lead time."""
     f = report["finished"]
     unit, scale = time_unit(max(f["lead_time_s"] + [0]))
-    # Dates as milliseconds since the epoch (what a Plotly date axis takes): the
-    # points may be tens of thousands.
-    at = [t * 1000 for t in f["finished_at"]]
+    # At most MAX_SCATTER points, evenly through the window (every k-th item in
+    # the order they finished): tens of thousands of dots are one blob and
+    # megabytes to send; the percentile lines are drawn from every item, and
+    # the CSV holds them all.
+    total = len(f["task"])
+    every = max(1, math.ceil(total / MAX_SCATTER))
+    drawn = range(0, total, every)
+    # Dates as milliseconds since the epoch (what a Plotly date axis takes).
+    at = [f["finished_at"][i] * 1000 for i in drawn]
+    tasks = [f["task"][i] for i in drawn]
     cycle = [
-        (x, c / scale, t) for x, c, t in zip(at, f["cycle_time_s"], f["task"], strict=True) if c is not None
+        (x, c / scale, t)
+        for x, c, t in zip(at, [f["cycle_time_s"][i] for i in drawn], tasks, strict=True)
+        if c is not None
     ]
     data: list[dict[str, Any]] = [
         {
@@ -217,8 +229,8 @@ def cycle_figure(report: dict[str, Any]) -> Figure:
             "name": "Lead time",
             "visible": False,
             "x": at,
-            "y": [v / scale for v in f["lead_time_s"]],
-            "customdata": f["task"],
+            "y": [f["lead_time_s"][i] / scale for i in drawn],
+            "customdata": tasks,
             "hovertemplate": "#%{customdata} finished %{x}<br>lead time %{y:.3g} " + unit + "<extra></extra>",
             "marker": {"color": "#8250df", "size": 7, "opacity": 0.8},
         },
@@ -228,6 +240,19 @@ def cycle_figure(report: dict[str, Any]) -> Figure:
     lead_shapes, lead_notes = _percentile_lines(report["lead_time"], scale)
     if not finished:
         cycle_notes = lead_notes = [_note("No item finished in the window.")]
+    elif every > 1:
+        sampled = {
+            "text": f"1 item in {every:,} drawn ({len(drawn):,} of {total:,}); the lines are of all",
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0,
+            "y": 1.02,
+            "xanchor": "left",
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"size": 10, "color": "#57606a"},
+        }
+        cycle_notes, lead_notes = [*cycle_notes, sampled], [*lead_notes, sampled]
     return _figure(
         data,
         shapes=cycle_shapes,

@@ -124,8 +124,11 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
     for h, n in data.hourly_done.items():
         per_day_map[h * 3600 // 86400] = per_day_map.get(h * 3600 // 86400, 0) + n
     per_day = [per_day_map.get(d, 0) for d in days]
-    cycle = flow.percentiles(flow.cycle_times(data.finished))
-    lead = flow.percentiles(flow.lead_times(data.finished))
+    # Each item's times once: a window may hold tens of thousands of items.
+    cycle_times = data.finished.cycle_times()
+    lead_times = data.finished.lead_times()
+    cycle = flow.percentiles(c for c in cycle_times if c is not None)
+    lead = flow.percentiles(lead_times)
     at = min(now, where.until)
     roles = {c.role: c for c in data.columns}
     status_role = {flow.RUNNING: Column.Role.IN_PROGRESS, flow.REVIEW: Column.Role.REVIEW}
@@ -151,7 +154,9 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
     tp_values, tp_grid, tp_step = (per_day, days, 86400) if by_day else (per_hour, hours, 3600)
     # An XmR chart reads a run of individual values: the latest XMR_ITEMS items
     # (tens of thousands of points would hide every signal, and weigh megabytes).
-    cycle_items = [i for i in data.finished if i.cycle_time is not None][-XMR_ITEMS:]
+    cycle_items = [(t, c) for t, c in zip(data.finished.task_id, cycle_times, strict=True) if c is not None][
+        -XMR_ITEMS:
+    ]
     per_agent, per_capability = flow_line_counts(data)
     return {
         "window": {
@@ -189,15 +194,15 @@ def flow_report(data: FlowData, *, where: FlowFilter, now: datetime) -> dict[str
         ],
         # Columns, not rows: tens of thousands of items may have finished.
         "finished": {
-            "task": [i.task_id for i in data.finished],
-            "finished_at": [i.finished_at.timestamp() for i in data.finished],
-            "cycle_time_s": [i.cycle_time for i in data.finished],
-            "lead_time_s": [i.lead_time for i in data.finished],
+            "task": data.finished.task_id,
+            "finished_at": data.finished.finished,
+            "cycle_time_s": cycle_times,
+            "lead_time_s": lead_times,
         },
         "xmr": {
             "cycle_time": _xmr(
-                flow.xmr([i.cycle_time or 0.0 for i in cycle_items]),
-                [f"task {i.task_id}" for i in cycle_items],
+                flow.xmr([c for _, c in cycle_items]),
+                [f"task {task_id}" for task_id, _ in cycle_items],
             ),
             "throughput": {
                 "period": "day" if by_day else "hour",

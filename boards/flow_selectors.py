@@ -4,7 +4,11 @@
 A fixed number of queries whatever the number of tasks: counts per period are
 grouped in the database (periods are epoch-aligned buckets, ``EpochBucket``),
 and only the items finished in the window and the items in flight come back
-one row each.
+one row each. The hours a board's rollups hold (FlowHour, FlowLineHour,
+FlowItem: boards.services.flow_fold sums each hour once it is over) are read
+from them, and only the rest from the log (``window_cut``): a week of a busy
+board is a few thousand rollup rows instead of hundreds of thousands of events
+and ledger rows, and the figures are the same either way.
 
 What the existing fields mean, and why some are not used:
 - ``Task.started_at`` is the *latest* claim (every claim overwrites it), so the
@@ -22,12 +26,16 @@ What the existing fields mean, and why some are not used:
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
+from django.db import connections
 from django.db.models import (
     Count,
     Exists,
@@ -46,7 +54,7 @@ from django.utils import timezone
 
 from andon.models import Escalation, Inspection
 from boards import flow
-from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
+from boards.models import Agent, Board, Column, FlowHour, FlowItem, FlowLineHour, ModelCall, Task, TaskEvent
 
 Status = Task.Status
 Kind = TaskEvent.Kind
@@ -108,6 +116,20 @@ class Epoch(Func):
         )
 
 
+def _fetch(rows: QuerySet[Any]) -> list[tuple[Any, ...]]:
+    """A values_list queryset's rows straight from the database cursor: Django's
+    per-row converters were most of the cost of tens of thousands of finished
+    items (every value here is a number or text the driver gives as is)."""
+    compiler = rows.query.get_compiler(using=rows.db)
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        return []
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=UTC)
 
@@ -152,8 +174,7 @@ class FlowData:
     baseline: dict[str, int]
     deltas: dict[tuple[int, str, str], int]
     hourly_done: dict[int, int]
-    finished: list[flow.FinishedItem]
-    histories: dict[int, flow.TaskHistory]
+    finished: flow.FinishedItems
     in_flight: list[flow.InFlightItem]
     line: dict[tuple[int | None, str], dict[str, float]] = field(default_factory=dict)
     agent_names: dict[int, str] = field(default_factory=dict)
@@ -171,30 +192,114 @@ def _changes(board: Board, where: FlowFilter) -> QuerySet[TaskEvent]:
     )
 
 
+# --- where the rollups answer ---------------------------------------------------------
+
+Span = tuple[datetime, datetime]
+
+
+def _within(spans: Iterable[Span], field: str = "created_at") -> Q:
+    """Rows whose ``field`` falls in one of ``spans`` (none at all: no span)."""
+    q = Q(pk__in=[])
+    for since, until in spans:
+        if since < until:
+            q |= Q(**{f"{field}__gte": since, f"{field}__lt": until})
+    return q
+
+
+@dataclass(frozen=True)
+class WindowCut:
+    """A window cut where the rollups can answer: whole periods ``rolled`` (a span,
+    or None) from them, the ``raw`` spans (its edges, and what is not folded yet)
+    from the event log itself."""
+
+    rolled: Span | None
+    raw: tuple[Span, ...]
+
+    @property
+    def hours(self) -> tuple[int, int]:
+        """The rolled span as [first, last) hour numbers."""
+        assert self.rolled is not None
+        return int(self.rolled[0].timestamp()) // HOUR, int(self.rolled[1].timestamp()) // HOUR
+
+
+HOUR = 3600
+
+
+def window_cut(board: Board, since: datetime, until: datetime, step: int = HOUR) -> WindowCut:
+    """Cut [since, until) at whole periods of ``step`` seconds (a multiple of an
+    hour: the rollups hold hours) that the board's rollups hold."""
+    folded = board.flow_folded_until
+    if folded is None or step % HOUR:
+        return WindowCut(None, ((since, until),))
+    first = math.ceil(since.timestamp() / step) * step
+    last = min(math.floor(until.timestamp() / step), math.floor(folded.timestamp() / step)) * step
+    if last <= first:
+        return WindowCut(None, ((since, until),))
+    a, b = _at(first), _at(last)
+    return WindowCut((a, b), ((since, a), (b, until)))
+
+
+def _rolled_hours(board: Board, where: FlowFilter, cut: WindowCut) -> QuerySet[FlowHour]:
+    first, last = cut.hours
+    return (
+        FlowHour.objects.filter(board=board, hour__gte=first, hour__lt=last)
+        .filter(where.tasks(prefix=""))
+        .order_by()
+    )
+
+
+def _signed(target: dict[str, int], from_status: str, to_status: str, n: int) -> None:
+    if to_status:
+        target[to_status] = target.get(to_status, 0) + n
+    if from_status:
+        target[from_status] = target.get(from_status, 0) - n
+
+
 def flow_cfd_get(
     *, board: Board, where: FlowFilter, step: int
 ) -> tuple[dict[str, int], dict[tuple[int, str, str], int]]:
     """The items in each status just before the window (from every change
-    before it) and the (period, from, to) counts inside it: two grouped queries."""
+    before it) and the (period, from, to) counts inside it: at most five grouped
+    queries, each over rollup hours or an hour or so of the event log."""
     changes = _changes(board, where)
     baseline: dict[str, int] = {}
-    before = (
-        changes.filter(created_at__lt=where.since)
-        .values_list("from_status", "to_status")
-        .annotate(n=Count("pk"))
-    )
-    for from_status, to_status, n in before:
-        if to_status:
-            baseline[to_status] = baseline.get(to_status, 0) + n
-        if from_status:
-            baseline[from_status] = baseline.get(from_status, 0) - n
+    folded = board.flow_folded_until
+    if folded is None:
+        before = changes.filter(created_at__lt=where.since)
+    else:
+        # Every folded hour before the window's, then the log up to its start.
+        hour = min(int(folded.timestamp()), int(where.since.timestamp())) // HOUR
+        rolled = (
+            FlowHour.objects.filter(board=board, hour__lt=hour)
+            .filter(where.tasks(prefix=""))
+            .order_by()
+            .values_list("from_status", "to_status")
+            .annotate(n=Sum("changes"))
+        )
+        for from_status, to_status, n in rolled:
+            _signed(baseline, from_status, to_status, n)
+        before = changes.filter(created_at__gte=_at(hour * HOUR), created_at__lt=where.since)
+    for from_status, to_status, n in before.values_list("from_status", "to_status").annotate(n=Count("pk")):
+        _signed(baseline, from_status, to_status, n)
+    cut = window_cut(board, where.since, where.until, step)
+    deltas: dict[tuple[int, str, str], int] = {}
     inside = (
-        changes.filter(created_at__gte=where.since, created_at__lt=where.until)
+        changes.filter(_within(cut.raw))
         .annotate(period=EpochBucket("created_at", step))
         .values_list("period", "from_status", "to_status")
         .annotate(n=Count("pk"))
     )
-    deltas = {(int(p), f, t): n for p, f, t, n in inside}
+    for p, f, t, n in inside:
+        deltas[int(p), f, t] = deltas.get((int(p), f, t), 0) + n
+    if cut.rolled is not None:
+        hours = (
+            _rolled_hours(board, where, cut)
+            .values_list("hour", "from_status", "to_status")
+            .annotate(n=Sum("changes"))
+        )
+        for h, f, t, n in hours:
+            key = (h * HOUR // step, f, t)
+            deltas[key] = deltas.get(key, 0) + n
     return baseline, deltas
 
 
@@ -202,14 +307,25 @@ def flow_done_per_period_get(
     *, board: Board, where: FlowFilter, step: int, since: datetime | None = None
 ) -> dict[int, int]:
     """Arrivals in Done per period of ``step`` seconds (only periods with some)."""
+    cut = window_cut(board, since or where.since, where.until, step)
     rows = (
         _changes(board, where)
-        .filter(to_status=Status.DONE, created_at__gte=since or where.since, created_at__lt=where.until)
+        .filter(_within(cut.raw), to_status=Status.DONE)
         .annotate(period=EpochBucket("created_at", step))
         .values_list("period")
         .annotate(n=Count("pk"))
     )
-    return {int(p): n for p, n in rows}
+    done = {int(p): n for p, n in rows}
+    if cut.rolled is not None:
+        hours = (
+            _rolled_hours(board, where, cut)
+            .filter(to_status=Status.DONE)
+            .values_list("hour")
+            .annotate(n=Sum("changes"))
+        )
+        for h, n in hours:
+            done[h * HOUR // step] = done.get(h * HOUR // step, 0) + n
+    return done
 
 
 def _first_claim(task_ref: str = "task_id") -> Subquery:
@@ -221,48 +337,12 @@ def _first_claim(task_ref: str = "task_id") -> Subquery:
     )
 
 
-def _finished_ids(board: Board, where: FlowFilter) -> Any:
-    # A subquery of task ids (the values() queryset django-stubs types by its fields).
-    return (
-        _changes(board, where)
-        .filter(to_status=Status.DONE, created_at__gte=where.since, created_at__lt=where.until)
-        .values("task_id")
-    )
-
-
-def flow_finished_get(
-    *, board: Board, where: FlowFilter, first_claims: dict[int, datetime]
-) -> list[flow.FinishedItem]:
-    """Every arrival in Done in the window, with its task's creation, agent and
-    capability (one query); ``first_claims`` come from flow_histories_get."""
+def _histories(finishes: QuerySet[TaskEvent]) -> dict[int, tuple[float | None, bool]]:
+    """For each task arriving in Done among ``finishes``: its first claim, and
+    whether it passed first time (flow.is_first_pass). One grouped query over
+    those tasks' events."""
     rows = (
-        _changes(board, where)
-        .filter(to_status=Status.DONE, created_at__gte=where.since, created_at__lt=where.until)
-        .annotate(created=Epoch("task__created_at"), finished=Epoch("created_at"))
-        .values_list("task_id", "created", "finished", "task__agent_id", "task__capability")
-        .order_by("created_at", "pk")
-    )
-    return [
-        flow.FinishedItem(
-            task_id=task_id,
-            created_at=_at(created),
-            started_at=first_claims.get(task_id),
-            finished_at=_at(finished),
-            agent_id=agent_id,
-            capability=capability,
-        )
-        for task_id, created, finished, agent_id, capability in rows
-    ]
-
-
-def flow_histories_get(
-    *, board: Board, where: FlowFilter
-) -> tuple[dict[int, flow.TaskHistory], dict[int, datetime]]:
-    """For each task finished in the window: its first claim, whether each of its
-    finishes came from a passing run, and how often it was escalated, corrected,
-    rejected or returned to Ready. One grouped query over those tasks' events."""
-    rows = (
-        TaskEvent.objects.filter(task_id__in=_finished_ids(board, where))
+        TaskEvent.objects.filter(task_id__in=finishes.values("task_id"))
         .order_by()
         .values_list("task_id")
         .annotate(
@@ -277,10 +357,9 @@ def flow_histories_get(
             done=Count("pk", filter=Q(to_status=Status.DONE) & ~Q(from_status=Status.DONE)),
         )
     )
-    histories: dict[int, flow.TaskHistory] = {}
-    first_claims: dict[int, datetime] = {}
+    out: dict[int, tuple[float | None, bool]] = {}
     for task_id, first_claim, passing, escalated, corrected, rejected, returns, done in rows:
-        histories[task_id] = flow.TaskHistory(
+        history = flow.TaskHistory(
             # Finished each time by a passing run (a person's move to Done is not one).
             completed_passing=passing > 0 and passing == done,
             escalated=escalated,
@@ -288,9 +367,50 @@ def flow_histories_get(
             rejected=rejected,
             returns=returns,
         )
-        if first_claim is not None:
-            first_claims[task_id] = _at(first_claim)
-    return histories, first_claims
+        out[task_id] = (first_claim, flow.is_first_pass(history))
+    return out
+
+
+def flow_finished_raw_get(*, board: Board, where: FlowFilter, since: datetime) -> flow.FinishedItems:
+    """Every arrival in Done in [since, where.until) read from the event log, with
+    its task's creation, agent and capability, its first claim and whether it
+    passed first time: two queries."""
+    finishes = _changes(board, where).filter(
+        to_status=Status.DONE, created_at__gte=since, created_at__lt=where.until
+    )
+    histories = _histories(finishes)
+    rows = (
+        finishes.annotate(created=Epoch("task__created_at"), finished=Epoch("created_at"))
+        .values_list("task_id", "created", "finished", "task__agent_id", "task__capability")
+        .order_by("created_at", "pk")
+    )
+    out = []
+    for task_id, created, finished, agent_id, capability in _fetch(rows):
+        first_claim, first_pass = histories.get(task_id, (None, False))
+        out.append((task_id, created, first_claim, finished, agent_id, capability, first_pass))
+    return flow.FinishedItems.of_rows(out)
+
+
+def flow_finished_get(*, board: Board, where: FlowFilter) -> flow.FinishedItems:
+    """Every arrival in Done in the window, in the order they finished: from the
+    rollup's items up to where the board is folded (one query), then from the
+    event log."""
+    folded = board.flow_folded_until
+    items = flow.FinishedItems()
+    raw_since = where.since
+    if folded is not None and folded > where.since:
+        raw_since = min(folded, where.until)
+        rows = (
+            FlowItem.objects.filter(board=board, finished_at__gte=where.since, finished_at__lt=raw_since)
+            .filter(where.tasks(prefix=""))
+            .annotate(created=Epoch("created_at"), started=Epoch("started_at"), finished=Epoch("finished_at"))
+            .values_list("task_id", "created", "started", "finished", "agent_id", "capability", "first_pass")
+            .order_by("finished_at", "pk")
+        )
+        items = flow.FinishedItems.of_rows(_fetch(rows))
+    if raw_since < where.until:
+        items.extend(flow_finished_raw_get(board=board, where=where, since=raw_since))
+    return items
 
 
 def flow_in_flight_get(*, board: Board, where: FlowFilter) -> list[flow.InFlightItem]:
@@ -338,8 +458,10 @@ def flow_in_flight_get(*, board: Board, where: FlowFilter) -> list[flow.InFlight
 
 def flow_line_get(*, board: Board, where: FlowFilter) -> dict[tuple[int | None, str], dict[str, float]]:
     """Per (agent, capability): returns to Ready by cause, escalations, inspected
-    outputs and ledger cost in the window. Four grouped queries."""
-    window = Q(created_at__gte=where.since, created_at__lt=where.until)
+    outputs and ledger cost in the window: four grouped queries over its edges
+    and what is not folded, two over the rollup hours."""
+    cut = window_cut(board, where.since, where.until)
+    window = _within(cut.raw)
     line: dict[tuple[int | None, str], dict[str, float]] = {}
 
     def add(key: tuple[int | None, str], name: str, value: float) -> None:
@@ -372,16 +494,39 @@ def flow_line_get(*, board: Board, where: FlowFilter) -> dict[tuple[int | None, 
     )
     for agent_id, capability, cost in costs:
         add((agent_id, capability), "cost", float(cost or Decimal(0)))
+    if cut.rolled is None:
+        return line
+    rolled_returns = (
+        _rolled_hours(board, where, cut)
+        .filter(to_status=Status.READY, from_status__in=_REWORK_FROM)
+        .values_list("agent_id", "capability", "by_person")
+        .annotate(n=Sum("changes"))
+    )
+    for agent_id, capability, by_person, n in rolled_returns:
+        add((agent_id, capability), "rework_human" if by_person else "rework_agent", n)
+    first, last = cut.hours
+    rolled_line = (
+        FlowLineHour.objects.filter(board=board, hour__gte=first, hour__lt=last)
+        .filter(where.tasks(prefix=""))
+        .order_by()
+        .values_list("agent_id", "capability")
+        .annotate(escalations=Sum("escalations"), inspections=Sum("inspections"), cost=Sum("cost"))
+    )
+    for agent_id, capability, escalations, inspections, cost in rolled_line:
+        for name, value in (("escalations", escalations), ("inspections", inspections)):
+            if value:
+                add((agent_id, capability), name, value)
+        if cost:
+            add((agent_id, capability), "cost", float(cost))
     return line
 
 
 def flow_data_get(*, board: Board, where: FlowFilter, step: int) -> FlowData:
-    """What the Flow page draws: ten queries, whatever the number of tasks."""
+    """What the Flow page draws: at most sixteen queries, whatever the number of tasks."""
     columns = list(board.columns.order_by("position", "pk"))
     baseline, deltas = flow_cfd_get(board=board, where=where, step=step)
-    histories, first_claims = flow_histories_get(board=board, where=where)
-    finished = flow_finished_get(board=board, where=where, first_claims=first_claims)
-    agent_ids = {i.agent_id for i in finished if i.agent_id}
+    finished = flow_finished_get(board=board, where=where)
+    agent_ids = {a for a in set(finished.agent_id) if a}
     line = flow_line_get(board=board, where=where)
     agent_ids |= {a for a, _ in line if a}
     agents = list(Agent.objects.filter(pk__in=agent_ids)) if agent_ids else []
@@ -394,7 +539,6 @@ def flow_data_get(*, board: Board, where: FlowFilter, step: int) -> FlowData:
         deltas=deltas,
         hourly_done=flow_done_per_period_get(board=board, where=where, step=3600),
         finished=finished,
-        histories=histories,
         in_flight=flow_in_flight_get(board=board, where=where),
         line=line,
         agent_names=names,
@@ -415,12 +559,13 @@ def flow_line_counts(data: FlowData) -> tuple[dict[str, flow.LineCounts], dict[s
         for k, v in values:
             row[k] = row.get(k, 0) + v
 
-    for item in data.finished:
-        history = data.histories.get(item.task_id)
-        first = 1 if history is not None and flow.is_first_pass(history) else 0
-        finished = [("completed", 1.0), ("first_pass", float(first))]
-        bump(per_agent, name(item.agent_id), finished)
-        bump(per_capability, item.capability or "(none)", finished)
+    # Counted per (agent, capability) first: a window may hold tens of thousands.
+    f = data.finished
+    tally = Counter(zip(f.agent_id, f.capability, f.first_pass, strict=True))
+    for (agent_id, capability, first_pass), n in tally.items():
+        finished = [("completed", float(n)), ("first_pass", float(n if first_pass else 0))]
+        bump(per_agent, name(agent_id), finished)
+        bump(per_capability, capability or "(none)", finished)
     for (agent_id, capability), values in data.line.items():
         bump(per_agent, name(agent_id), values.items())
         bump(per_capability, capability or "(none)", values.items())

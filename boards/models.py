@@ -66,6 +66,10 @@ class Board(models.Model):
     # installation's settings. Faster plans for demo boards, never looser tests.
     experiment_plan = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The flow rollups (FlowHour, FlowLineHour, FlowItem) hold every whole hour of
+    # this board's history before this time (None: none yet); the flow measures
+    # read the event log itself only after it (boards.services.flow_fold).
+    flow_folded_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
@@ -656,3 +660,74 @@ class ApiToken(models.Model):
     @staticmethod
     def generate_key() -> str:
         return "kz_" + secrets.token_urlsafe(32)
+
+
+# --- Flow rollups ------------------------------------------------------------------
+# What the flow measures (boards.flow_selectors) would otherwise read from every
+# event, ledger row, inspection and escalation of a window, summed per whole hour
+# once the hour is over (boards.services.flow_fold). Like a continuous aggregate
+# with real-time aggregation: a window reads these for the hours folded and the
+# event log itself for the rest (the edges and the last hour), so every figure is
+# the one the event log gives. The agent and capability of a change or an item
+# are its task's when the hour was folded.
+
+
+class FlowHour(models.Model):
+    """Status changes of a board in one hour, by the task's agent and capability,
+    the statuses left and entered, and whether a person made them."""
+
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    # Hours since the Unix epoch (UTC): floor(epoch seconds / 3600).
+    hour = models.BigIntegerField()
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    capability = models.CharField(max_length=CAPABILITY_MAX_LENGTH, blank=True)
+    from_status = models.CharField(max_length=10, blank=True)
+    to_status = models.CharField(max_length=10, blank=True)
+    by_person = models.BooleanField(default=False)
+    changes = models.PositiveIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["board", "hour"], name="flowhour_board_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour}: {self.from_status}->{self.to_status} x{self.changes}"
+
+
+class FlowLineHour(models.Model):
+    """Inspections, escalations and ledger cost of a board in one hour, by the
+    row's own agent and its task's capability."""
+
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    hour = models.BigIntegerField()
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    capability = models.CharField(max_length=CAPABILITY_MAX_LENGTH, blank=True)
+    inspections = models.PositiveIntegerField(default=0)
+    escalations = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["board", "hour"], name="flowlinehour_board_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour}: agent {self.agent_id} {self.capability}"
+
+
+class FlowItem(models.Model):
+    """One arrival of a task in Done (a finished item) in a folded hour, with
+    what its cycle and lead time and first-pass yield need."""
+
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField()
+    # The first claim (None: never claimed, finished by a person's move).
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField()
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    capability = models.CharField(max_length=CAPABILITY_MAX_LENGTH, blank=True)
+    first_pass = models.BooleanField()
+
+    class Meta:
+        indexes = [models.Index(fields=["board", "finished_at"], name="flowitem_board_finished")]
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} finished {self.finished_at:%Y-%m-%d %H:%M}"

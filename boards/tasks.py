@@ -86,3 +86,8 @@ def pull_all_boards() -> int:
 @shared_task(name="boards.tasks.feed_demo_boards")
 def feed_demo_boards() -> int:
     return services.demo_boards_feed()
+
+
+@shared_task(name="boards.tasks.fold_flow")
+def fold_flow() -> int:
+    return services.boards_flow_fold()

@@ -338,6 +338,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "andon.tasks.budgets_tick",
         "schedule": env_float("KAIZEN_BUDGETS_TICK_SECONDS", 60.0, minimum=5.0),
     },
+    # The flow rollups (boards.services.flow_fold): every board's hours that are
+    # over, summed once, so the Flow page reads a few hundred rows for a week.
+    "fold-flow": {
+        "task": "boards.tasks.fold_flow",
+        "schedule": env_float("KAIZEN_FLOW_FOLD_SECONDS", 300.0, minimum=5.0),
+    },
     "pull-all-boards": {
         # A safety net: pulls are triggered by every state change, this only
         # catches capacity that freed up while no trigger fired.
@@ -350,6 +356,9 @@ if KAIZEN_DEMO_FEED_SECONDS > 0:
         "task": "boards.tasks.feed_demo_boards",
         "schedule": KAIZEN_DEMO_FEED_SECONDS,
     }
+# An hour is folded into the flow rollups this long after it ended: longer than
+# any transaction that could still commit an event stamped inside it.
+KAIZEN_FLOW_FOLD_GRACE_SECONDS = env_float("KAIZEN_FLOW_FOLD_GRACE_SECONDS", 600.0, minimum=0.0)
 # The demo's simulated reviewer (andon.demo_reviewer): every this many seconds it
 # decides one inbox row of a demo board (0: never; `make run` turns it on), once
 # the row has waited KAIZEN_DEMO_REVIEWER_MIN_AGE_SECONDS.

@@ -16,6 +16,7 @@ One module a subject:
 - ``ledger``: the model calls a run made and the task's totals;
 - ``leases``: runs lost with their worker, and their tasks taken back;
 - ``moves``: what people do on the board (moves, blocks, pauses);
+- ``flow_fold``: the board's finished hours summed into the flow rollups;
 - ``agent_settings`` and ``api_tokens``.
 
 Only ``enqueue`` reaches ``boards.tasks`` (and, behind it, the runtime): it
@@ -29,6 +30,7 @@ from boards.selectors import column_neighbour_get as column_neighbour  # the old
 from boards.services.agent_settings import PROMPT_FIELDS, agent_save
 from boards.services.api_tokens import api_token_authenticate, api_token_create
 from boards.services.enqueue import Claim
+from boards.services.flow_fold import boards_flow_fold, flow_fold, flow_fold_rebuild
 from boards.services.intake import (
     IMPORT_BATCH,
     TasksImportRefused,
@@ -109,11 +111,14 @@ __all__ = [
     "board_lock",
     "board_pull",
     "board_set_paused",
+    "boards_flow_fold",
     "boards_pull_all",
     "column_neighbour",
     "column_required",
     "demo_boards_feed",
     "demo_task_feed",
+    "flow_fold",
+    "flow_fold_rebuild",
     "in_worker_process",
     "input_key",
     "leases_reap",

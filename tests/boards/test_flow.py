@@ -33,8 +33,8 @@ def test_percentiles_of_nothing_are_none():
 
 def test_cycle_and_lead_time_start_at_first_claim_and_creation():
     items = [
-        flow.FinishedItem(task_id=1, created_at=at(0), started_at=at(100), finished_at=at(400)),
-        flow.FinishedItem(task_id=2, created_at=at(50), started_at=None, finished_at=at(60)),
+        flow.FinishedItem(task_id=1, created=0.0, started=100.0, finished=400.0),
+        flow.FinishedItem(task_id=2, created=50.0, started=None, finished=60.0),
     ]
     assert flow.cycle_times(items) == [300.0]  # the unclaimed item has no cycle time
     assert flow.lead_times(items) == [400.0, 10.0]

@@ -11,45 +11,17 @@ written every tenth of the way, so a log stays readable.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from boards import services
+from boards.management.progress import Progress
 from boards.models import Board
 from boards.task_files import FORMATS, TaskFileError, detect_format, read_task_rows
-
-
-class Progress:
-    """``done/total`` on ``stream``: a bar redrawn in place on a terminal, else a
-    line at each tenth (a log or a pipe would fill with redraws)."""
-
-    WIDTH = 30
-
-    def __init__(self, stream: OutputWrapper, total: int, label: str) -> None:
-        self.stream = stream
-        self.total = total
-        self.label = label
-        self.tty = stream.isatty()
-        self.next_tenth = 1
-        self.started = time.monotonic()
-
-    def __call__(self, done: int) -> None:
-        if self.tty:
-            filled = self.WIDTH * done // self.total
-            bar = "#" * filled + "-" * (self.WIDTH - filled)
-            ending = "\n" if done >= self.total else ""
-            self.stream.write(f"\r{self.label} [{bar}] {done:,}/{self.total:,}", ending=ending)
-            self.stream.flush()
-            return
-        while self.next_tenth <= 10 and done * 10 >= self.next_tenth * self.total:
-            self.stream.write(f"{self.label}: {done:,}/{self.total:,} ({self.next_tenth * 10}%)")
-            self.stream.flush()
-            self.next_tenth += 1
 
 
 class Command(BaseCommand):
