@@ -33,6 +33,7 @@ format: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/flow.py
 
 # The kaizen loop's decision procedure on simulated experiments (issue 5); CPU only.
 bench-stats: $(DEV_STAMP)
