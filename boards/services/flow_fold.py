@@ -79,25 +79,20 @@ def _fold_span(board: Board, since: datetime, until: datetime) -> tuple[int, int
     )
 
     line: dict[tuple, dict[str, int | Decimal]] = {}
-    for model, name in ((Escalation, "escalations"), (Inspection, "inspections")):
-        counted = (
+    for model, name, total in (
+        (Escalation, "escalations", Count("pk")),
+        (Inspection, "inspections", Count("pk")),
+        (ModelCall, "cost", Sum("cost")),
+    ):
+        summed = (
             model.objects.filter(window, board=board)
             .order_by()
             .annotate(hour=EpochBucket("created_at", HOUR))
             .values_list("hour", "agent_id", "task__capability")
-            .annotate(n=Count("pk"))
+            .annotate(n=total)
         )
-        for hour, agent_id, capability, n in counted:
-            line.setdefault((hour, agent_id, capability), {})[name] = n
-    costs = (
-        ModelCall.objects.filter(window, board=board)
-        .order_by()
-        .annotate(hour=EpochBucket("created_at", HOUR))
-        .values_list("hour", "agent_id", "task__capability")
-        .annotate(cost=Sum("cost"))
-    )
-    for hour, agent_id, capability, cost in costs:
-        line.setdefault((hour, agent_id, capability), {})["cost"] = cost or Decimal(0)
+        for hour, agent_id, capability, n in summed:
+            line.setdefault((hour, agent_id, capability), {})[name] = n or 0
     FlowLineHour.objects.bulk_create(
         FlowLineHour(board=board, hour=hour, agent_id=agent_id, capability=capability, **values)
         for (hour, agent_id, capability), values in line.items()
