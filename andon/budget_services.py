@@ -69,12 +69,7 @@ def _changed_on_commit(budget: Budget) -> None:
     this transaction, and after the commit, for what was read meanwhile)."""
     budgets.budget_rules.clear()
     transaction.on_commit(budgets.budget_rules.clear)
-    if budget.board_id:
-        board_ids = [budget.board_id]
-    else:
-        board_ids = list(Board.objects.filter(agents=budget.agent_id).values_list("pk", flat=True))
-    for board_id in board_ids:
-        board_services.board_changed_on_commit(board_id, [], pull=True)
+    board_services.boards_changed_on_commit(board_id=budget.board_id, agent_id=budget.agent_id)
     transaction.on_commit(andon_broadcast.line_stops_changed)
 
 

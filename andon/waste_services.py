@@ -101,12 +101,7 @@ def _stops_lift(threshold: WasteThreshold, *, user: User, note: str) -> list[Lin
 
 
 def _changed_on_commit(threshold: WasteThreshold) -> None:
-    if threshold.board_id:
-        board_ids = [threshold.board_id]
-    else:
-        board_ids = list(Board.objects.filter(agents=threshold.agent_id).values_list("pk", flat=True))
-    for board_id in board_ids:
-        board_services.board_changed_on_commit(board_id, [], pull=True)
+    board_services.boards_changed_on_commit(board_id=threshold.board_id, agent_id=threshold.agent_id)
     transaction.on_commit(andon_broadcast.line_stops_changed)
 
 

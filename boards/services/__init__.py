@@ -66,6 +66,7 @@ from boards.services.primitives import (
 from boards.services.pull import (
     board_changed_on_commit,
     board_pull,
+    boards_changed_on_commit,
     boards_pull_all,
     in_worker_process,
     mark_worker_process,
@@ -107,6 +108,7 @@ __all__ = [
     "api_token_authenticate",
     "api_token_create",
     "board_changed_on_commit",
+    "boards_changed_on_commit",
     "board_config_changed",
     "board_lock",
     "board_pull",

@@ -68,6 +68,18 @@ def board_changed_on_commit(board_id: int, column_ids: Iterable[int], *, pull: b
         transaction.on_commit(lambda: request_pull(board_id=board_id))
 
 
+def boards_changed_on_commit(*, board_id: int | None, agent_id: int | None) -> None:
+    """A rule scoped to a board or to an agent (a budget, a waste threshold)
+    changed: every board it touches (the board, or each board the agent serves)
+    is sent to browsers afresh and pulled, once the transaction has committed."""
+    if board_id is not None:
+        board_ids = [board_id]
+    else:
+        board_ids = list(Board.objects.filter(agents=agent_id).values_list("pk", flat=True))
+    for each in board_ids:
+        board_changed_on_commit(each, [], pull=True)
+
+
 def request_pull(*, board_id: int) -> None:
     """Pull for a board, after commit so the capacity the trigger freed is visible.
 
