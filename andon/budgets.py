@@ -551,6 +551,8 @@ class BudgetStatus:
     spent: Decimal
     period_start: datetime
     period_end: datetime
+    # A person restarted the line for the rest of the period (budget_stop_restarted).
+    overridden: bool = False
 
     @property
     def percent(self) -> float:
@@ -578,20 +580,24 @@ def budget_statuses(budgets: Sequence[Budget], *, now: datetime | None = None) -
     query); a period without a row has spent nothing the line has charged yet."""
     now = now or timezone.now()
     bounds = {b.pk: period_bounds(b.period, now) for b in budgets}
-    spent = (
+    periods = (
         {
-            (p.budget_id, p.start): p.spent
+            (p.budget_id, p.start): p
             for p in BudgetPeriod.objects.filter(
                 budget__in=[b.pk for b in budgets], start__lte=now, end__gt=now
-            ).only("budget_id", "start", "spent")
+            ).only("budget_id", "start", "spent", "overridden_at")
         }
         if budgets
         else {}
     )
-    return [
-        BudgetStatus(b, spent.get((b.pk, bounds[b.pk][0]), ZERO), bounds[b.pk][0], bounds[b.pk][1])
-        for b in budgets
-    ]
+    statuses = []
+    for b in budgets:
+        start, end = bounds[b.pk]
+        period = periods.get((b.pk, start))
+        spent = period.spent if period is not None else ZERO
+        overridden = period is not None and period.overridden_at is not None
+        statuses.append(BudgetStatus(b, spent, start, end, overridden=overridden))
+    return statuses
 
 
 # --- the cost anomaly -----------------------------------------------------------------

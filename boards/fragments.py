@@ -45,14 +45,17 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     # Each card in flight shows its age against the board's SLE: one query.
     cards_age_set(columns=columns, sle=board_sle_get(board=board))
     agents = board_agents_get(board=board)
+    warnings = budget_warnings_get(board=board)
     return {
         "board": board,
         "columns": columns,
         "agents": agents,
         "agents_summary": agents_summary(agents),
         "line_stops": line_stops,
-        # Budgets of the board and its agents at or past their warning level.
-        "budget_warnings": budget_warnings_get(board=board),
+        # Budgets of the board and its agents at or past their warning level; a
+        # budget's stop is said by its budget's banner (with the spend now), once.
+        "budget_warnings": warnings,
+        "budget_stops_shown": {status.budget.pk for status in warnings if status.reached},
         "board_stopped": any(stop.board_id for stop in line_stops),
         "pull_status": status,
     }

@@ -549,3 +549,41 @@ def test_budgets_cost_the_pull_nothing_and_a_completion_a_query_or_two(board, so
     budgets.budget_rules.get()
     pull_two, complete_two = _completion_queries(board, "0.01")
     assert (pull_two, complete_two) == (pull_before, complete_before + 2 * per_budget)
+
+
+def board_banner(board) -> str:
+    from django.template.loader import render_to_string
+
+    from boards.fragments import board_live_context
+
+    return render_to_string("boards/board.html#banner", board_live_context(board=board, column_ids=set()))
+
+
+@pytest.mark.django_db
+def test_the_board_says_a_budget_stop_once_with_the_spend_now_and_then_the_override(board, solo, keeper):
+    budget(keeper, agent=solo)
+    feed(board, 6)
+    run_until_stopped(board, cost="5.00")
+    stop = LineStop.objects.get(kind="budget")
+
+    # One banner for the stop: the budget's, with the spend now and how the line restarts.
+    banner = board_banner(board)
+    assert f'id="line-stop-{stop.pk}"' not in banner
+    assert banner.count("Budget reached") == 1
+    assert "$10.00 of $10.00 spent" in banner
+    assert (
+        "line is stopped until the period ends, or until a reviewer raises the limit or restarts it" in banner
+    )
+
+    andon_services.line_restart(line_stop=stop, user=keeper, note="Month-end push")
+    banner = board_banner(board)
+    assert "A reviewer restarted the agent's line for the rest of the period." in banner
+    assert "line is stopped" not in banner and "banner--stopped" not in banner
+
+
+@pytest.mark.django_db
+def test_a_cord_is_still_said_beside_a_budget(board, solo, keeper):
+    budget(keeper, agent=solo, limit=Decimal("100"))
+    stop = andon_services.line_stop(board=board, user=keeper, reason="Checking the welds")
+    banner = board_banner(board)
+    assert f'id="line-stop-{stop.pk}"' in banner and "Checking the welds" in banner
