@@ -2,7 +2,7 @@
 target line, the numbers as a person reads them, and each chart's data as CSV.
 
 Figures are built with ``plotly.graph_objects`` server-side and sent as JSON in
-``<script type="application/json">``; ``static/js/muda.js`` draws them with
+``<script type="application/json">``; ``static/js/chart-page.js`` draws them with
 ``Plotly.react`` (as the evolution review does, ``experiments/charts.py``).
 """
 

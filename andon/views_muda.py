@@ -5,7 +5,7 @@ as CSV. Login required (LoginRequiredMiddleware), like every page.
 Live: while the window runs to now, the page follows the board's websocket (the
 one transport, kaizen_web.live, which already announces every change of the
 board) and, on a change, re-fetches its body at most every few seconds
-(static/js/muda.js). The wastes are computed for the viewer who looks, never in
+(static/js/chart-page.js). The wastes are computed for the viewer who looks, never in
 the broadcaster's thread: the line pays nothing for a page nobody watches.
 """
 
@@ -24,7 +24,7 @@ from kaizen_web.http import HtmxHttpRequest
 
 PAGE = "andon/muda.html"
 
-# The fewest seconds between two live refreshes of the page (static/js/muda.js reads it).
+# The fewest seconds between two live refreshes of the page (static/js/chart-page.js reads it).
 LIVE_REFRESH_SECONDS = 5
 
 

@@ -1,6 +1,6 @@
 """The Flow page's charts: Plotly figures built server-side from the report
 (``boards.flow_report``) and sent, as experiments/charts.py sends its chart, as
-JSON inside ``<script type="application/json">``; ``static/js/flow.js`` draws
+JSON inside ``<script type="application/json">``; ``static/js/chart-page.js`` draws
 them with ``Plotly.react`` (a live update redraws in place, keeping the
 reader's zoom).
 

@@ -1,7 +1,7 @@
 """A board's Flow page: the flow measures of a window (boards.flow_report),
 drawn with Plotly (boards.flow_charts), with CSV downloads of each chart's data.
 Live: the page follows the board's websocket and re-reads its charts when the
-board changes (static/js/flow.js, at most every few seconds)."""
+board changes (static/js/chart-page.js, at most every few seconds)."""
 
 from __future__ import annotations
 

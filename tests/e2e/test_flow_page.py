@@ -34,8 +34,8 @@ def test_the_flow_page_draws_its_charts_and_follows_the_board(browser, live_serv
 
     for name in CHARTS:
         # Plotly draws into a child of the chart element: an SVG with the figure's traces.
-        page.wait_for_selector(f"#flow-chart-{name} .flow-plot .main-svg", timeout=WAIT_MS)
-        traces = page.evaluate(f"document.querySelector('#flow-chart-{name} .flow-plot').data.length")
+        page.wait_for_selector(f"#flow-chart-{name} .chart-plot .main-svg", timeout=WAIT_MS)
+        traces = page.evaluate(f"document.querySelector('#flow-chart-{name} .chart-plot').data.length")
         assert traces > 0, name
     assert _cfd_last(page, "Backlog") == 1
     assert _cfd_last(page, "Ready") == 0
@@ -53,7 +53,7 @@ def test_the_flow_page_draws_its_charts_and_follows_the_board(browser, live_serv
     # Redrawn, not only swapped in.
     assert (
         page.evaluate(
-            "document.querySelector('#flow-chart-cfd .flow-plot').data.find(t => t.name === 'Ready').y.slice(-1)[0]"
+            "document.querySelector('#flow-chart-cfd .chart-plot').data.find(t => t.name === 'Ready').y.slice(-1)[0]"
         )
         == 1
     )

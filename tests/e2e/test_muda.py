@@ -27,7 +27,7 @@ def test_the_muda_page_draws_every_waste_s_chart(browser, live_server_url):
     page.goto(f"{live_server_url}/boards/{line.board.slug}/muda/{window}")
 
     for name in (*NAMES, "token_efficiency", "escalation_rate"):
-        page.wait_for_selector(f"#chart-{name} > .muda-plot .main-svg", timeout=WAIT_MS)
+        page.wait_for_selector(f"#chart-{name} > .chart-plot .main-svg", timeout=WAIT_MS)
     # The trend line and the dashed target line are both drawn.
     assert page.locator("#chart-transport .scatterlayer .trace").count() == 2
     assert page.get_attribute("#chart-transport", "data-drawn") == "true"
@@ -53,4 +53,4 @@ def test_the_muda_page_updates_live_when_the_board_changes(browser, live_server_
     # One inspected output, no escalation: 0.0%, arrived without a reload.
     page.wait_for_selector("#target-escalation-rate:has-text('0.0%')", timeout=WAIT_MS)
     assert page.evaluate("window.__sameMudaPage === true")
-    page.wait_for_selector("#chart-defects > .muda-plot .main-svg", timeout=WAIT_MS)
+    page.wait_for_selector("#chart-defects > .chart-plot .main-svg", timeout=WAIT_MS)
