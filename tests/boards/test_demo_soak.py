@@ -11,9 +11,10 @@ stalled line. A line that stops altogether stops its clock too: that fails when
 the clock has not reached half an hour after WALL_LIMIT_SECONDS.
 
 Every half second the test reads the board as a visitor would. Whenever work waits
-in Ready and no agent has pulled any for ten ticks, the board must say why (the
-flow status, boards.selectors.board_pull_status_get): a silent stall is the
-defect. And the line must keep finishing work: no five demo minutes without a
+in Ready, the board must say why nothing is claimed (the flow status,
+boards.selectors.board_pull_status_get), or claim within ten ticks of saying
+nothing holds it back: a silent stall is the defect (a loaded machine may take a
+while to claim after a run frees a place; the periodic pull does it within a tick). And the line must keep finishing work: no five demo minutes without a
 task done.
 
 SQLite only: it is the embedded default `make run` serves, and the pass on
@@ -46,8 +47,9 @@ SAMPLE_SECONDS = 0.5
 # The demo clock: the periodic pull, every 10 demo seconds.
 PULL_SECONDS = 10
 TICKS = DEMO_MINUTES * 60 // PULL_SECONDS
-# This many ticks without a pull while work waits in Ready, the board must be
-# saying why: 100 demo seconds, where the slowest demo call takes 8.
+# This many ticks without a claim while work waits in Ready and the board says
+# nothing holds it back is a silent stall: ten periodic pulls (100 demo seconds,
+# where the slowest demo call takes 8) that each should have claimed.
 QUIET_TICKS = 10
 # Every five demo minutes at least one task must be done.
 PROGRESS_TICKS = 5 * 60 // PULL_SECONDS
@@ -147,7 +149,10 @@ def test_the_demo_runs_unattended_for_half_an_hour_and_never_stalls_silently(req
     stalls_explained: set[str] = set()
     done_at: list[tuple[int, int]] = []  # (tick, tasks done)
     started = time.monotonic()
-    last_claims, last_pull = -1, 0
+    last_claims = -1
+    # The tick since which the board has said nothing holds the pull back while
+    # work waits in Ready and nothing is claimed (None: it is saying why, or claiming).
+    silent_from: int | None = None
     while (tick := clock.read()) < TICKS:
         if time.monotonic() - started > WALL_LIMIT_SECONDS:
             pytest.fail(
@@ -156,18 +161,22 @@ def test_the_demo_runs_unattended_for_half_an_hour_and_never_stalls_silently(req
             )
         claims = TaskEvent.objects.filter(board=board, kind=TaskEvent.Kind.CLAIMED).count()
         if claims != last_claims:
-            last_claims, last_pull = claims, tick
+            last_claims, silent_from = claims, None
         done_at.append((tick, Task.objects.filter(board=board, status=Task.Status.DONE).count()))
         waiting = Task.objects.filter(board=board, status=Task.Status.READY, blocked_at__isnull=True).exists()
-        if waiting and tick - last_pull > QUIET_TICKS:
-            status = board_pull_status_get(board=board)
-            said = [hold.text for hold in status.shown_holds]
-            if status.state in ("flowing", "idle") or not said:
-                silent.append(
-                    f"demo minute {tick * PULL_SECONDS / 60:.1f}: no pull for {tick - last_pull} "
-                    f"periodic pulls, status {status.state}"
-                )
-            stalls_explained.update(said)
+        status = board_pull_status_get(board=board) if waiting else None
+        said = [hold.text for hold in status.shown_holds] if status is not None else []
+        stalls_explained.update(said)
+        if status is None or (status.state not in ("flowing", "idle") and said):
+            silent_from = None
+        elif silent_from is None:
+            silent_from = tick
+        elif tick - silent_from > QUIET_TICKS:
+            # That many periodic pulls ran while the board said one would claim, and none did.
+            silent.append(
+                f"demo minute {tick * PULL_SECONDS / 60:.1f}: no pull for {tick - silent_from} "
+                f"periodic pulls, status {status.state}"
+            )
         time.sleep(SAMPLE_SECONDS)
     done = Task.objects.filter(board=board, status=Task.Status.DONE).count()
 

@@ -204,9 +204,7 @@ def _runs_in_flight(board, n: int) -> list[Task]:
     """``n`` tasks whose runs (30 s model calls) have begun in the worker."""
     # No quality checks: whether the simulated model is sure of "Photo 1" is jidoka's
     # business, not what these tests are about (a defect would wait in Review).
-    agent = make_agent(
-        boards=[board], name="slow", latency_ms=30_000, error_rate=0, concurrency=n, quality_checks=[]
-    )
+    make_agent(boards=[board], name="slow", latency_ms=30_000, error_rate=0, concurrency=n, quality_checks=[])
     tasks = [
         services.task_create(board=board, title=f"Inspect part {i}", input=f"Photo {i}") for i in range(n)
     ]
@@ -216,13 +214,17 @@ def _runs_in_flight(board, n: int) -> list[Task]:
         "every run to begin in the worker",
         lambda: Task.objects.filter(pk__in=ids, status=Task.Status.RUNNING).exclude(worker="").count() == n,
     )
-    # The next runs finish at once.
-    Agent.objects.filter(pk=agent.pk).update(
+    return list(Task.objects.filter(pk__in=ids).order_by("pk"))
+
+
+def _next_runs_finish_at_once(board) -> None:
+    """Once no worker is left that could still read the slow model: a run that has
+    begun may not have read its agent yet (on a loaded machine, for a while)."""
+    Agent.objects.filter(boards=board, name="slow").update(
         cascade=[
             {"provider": "simulated", "model": "sim-small", "parameters": {"latency_ms": 0, "error_rate": 0}}
         ]
     )
-    return list(Task.objects.filter(pk__in=ids).order_by("pk"))
 
 
 @pytest.mark.worker(env=HEARTBEAT_ENV, concurrency=8)
@@ -234,6 +236,7 @@ def test_a_killed_workers_tasks_come_back_by_its_heartbeat_long_before_their_lea
     leases = {t.pk: t.lease_expires_at for t in running}
 
     celery_worker.kill()
+    _next_runs_finish_at_once(board)
     # The survivor: its watchdog finds the dead worker's heartbeat gone.
     celery_worker.start()
 
@@ -276,6 +279,7 @@ def test_a_worker_asked_to_stop_hands_its_tasks_back_at_once(celery_worker, sett
 
     # The next worker takes them up and finishes each once.
     celery_worker.stop()
+    _next_runs_finish_at_once(board)
     celery_worker.start()
     wait_until(
         "every task to be done",
