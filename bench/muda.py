@@ -112,9 +112,9 @@ def main() -> None:
     from datetime import timedelta
 
     from django.conf import settings
-    from django.utils import timezone
     from django.core.management import call_command, get_commands
     from django.test import Client
+    from django.utils import timezone
 
     from andon import muda
     from andon.models import Escalation
@@ -148,7 +148,7 @@ def main() -> None:
     print(f"escalations={Escalation.objects.filter(board=board).count()}")
     if "muda_rollups_rebuild" in get_commands():
         start = time.perf_counter()
-        call_command("muda_rollups_rebuild", progress=False)
+        call_command("muda_rollups_rebuild", progress=False, stdout=open(os.devnull, "w"))
         print(f"muda_backfill_s={time.perf_counter() - start:.1f}")
     user = make_user(username="bench")
     _, key = api_token_create(user=user, name="bench", access="read", boards=None)
@@ -180,9 +180,7 @@ def main() -> None:
     print(f"muda_agent_api_7d_ms={ms:.0f}")
 
     ms, _ = _time(
-        lambda: muda.waste_value(
-            "escalation_rate", board=board, since=timezone.now() - timedelta(hours=24)
-        ),
+        lambda: muda.waste_value("escalation_rate", board=board, since=timezone.now() - timedelta(hours=24)),
         args.repeat,
     )
     print(f"muda_threshold_24h_ms={ms:.0f}")
