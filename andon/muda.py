@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db.models import Case, Count, IntegerField, Min, Q, Sum, Value, When
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, Sum, Value, When
 from django.utils import timezone
 
 from andon import muda_rollups
@@ -871,12 +871,19 @@ def _columns_get(board: Board | None, *, until: datetime, now: datetime) -> list
     is the column's); none for a window that ends in the past (WIP is known now only)."""
     if board is None or until < now - timedelta(minutes=1):
         return []
-    active = Q(tasks__status__in=ACTIVE_STATUSES)
+    # The items in flight, by the board-and-status index: a column's finished
+    # items (nearly all of a long history) are never read.
+    items = {
+        column_id: (n, oldest)
+        for column_id, n, oldest in Task.objects.filter(board=board, status__in=ACTIVE_STATUSES)
+        .values("column")
+        .annotate(n=Count("pk"), oldest=Min("created_at"))
+        .values_list("column", "n", "oldest")
+        .order_by()
+    }
     return [
-        ColumnRow(column.pk, column.name, column.role, column.wip_limit, column.n, column.oldest)
-        for column in Column.objects.filter(board=board)
-        .annotate(n=Count("tasks", filter=active), oldest=Min("tasks__created_at", filter=active))
-        .order_by("position")
+        ColumnRow(column.pk, column.name, column.role, column.wip_limit, *items.get(column.pk, (0, None)))
+        for column in Column.objects.filter(board=board).order_by("position")
     ]
 
 
@@ -1125,6 +1132,13 @@ def _rollup_scope(board: Board | None, agent: Agent | None) -> Q:
     return q
 
 
+def _period_of(name: str, starts: Sequence[datetime]) -> Case:
+    """The number of the period (by the sorted ``starts``) that the field ``name`` falls in, in SQL."""
+    last = len(starts) - 1
+    whens = [When(**{f"{name}__lt": starts[i + 1]}, then=Value(i)) for i in range(last)]
+    return Case(*whens, default=Value(last), output_field=IntegerField())
+
+
 def muda_sums_get(
     *,
     board: Board | None,
@@ -1161,23 +1175,26 @@ def muda_sums_get(
             hour_sums = period(row_sums.pop("hour")).hour
             for name, value in row_sums.items():
                 hour_sums[name] += value or 0
-        for agent_id, provider, model, hour, bucket, calls, peak in MudaContextHour.objects.filter(
-            hours
-        ).values_list("agent", "provider", "model", "hour", "bucket", "calls", "peak"):
-            period(hour).add_context((agent_id, provider, model), bucket, calls, peak)
+        # Summed per period in SQL: a week is thousands of hour rows, a few hundred of these.
+        for index, agent_id, provider, model, bucket, calls, peak in (
+            MudaContextHour.objects.filter(hours)
+            .annotate(period=_period_of("hour", starts))
+            .values_list("period", "agent", "provider", "model", "bucket")
+            .annotate(Sum("calls"), Max("peak"))
+            .order_by()
+        ):
+            periods[index].add_context((agent_id, provider, model), bucket, calls, peak)
         edges = [(a, b) for a, b in ((since, first_hour), (last_hour, until)) if a < b]
     else:
         edges = [(since, until)]
     if edges:
         _edges_add(periods, starts, edges, board=board, agent=agent)
     # Finishes: each item's last in the window.
-    last = len(starts) - 1
-    whens = [When(finished_at__lt=starts[i + 1], then=Value(i)) for i in range(last)]
     finish_fields = (*muda_rollups.FINISH_FIELDS, "model_calls", "extra_cost")
     for finished in (
         MudaFinish.objects.filter(scope, finished_at__gte=since, finished_at__lt=until)
         .filter(Q(superseded_at__isnull=True) | Q(superseded_at__gte=until))
-        .annotate(period=Case(*whens, default=Value(last), output_field=IntegerField()))
+        .annotate(period=_period_of("finished_at", starts))
         .values("period")
         .annotate(items=Count("pk"), **{name: Sum(name) for name in finish_fields})
         .order_by()
