@@ -4,20 +4,33 @@ with their cost in dollars, a target and a trend.
 Everything is computed from what the line already records: the ledger
 (``ModelCall``: every call, its tier, source, tokens, cost, request key, context
 window and, for an output the cascade passed over, whether it would have passed
-inspection), the inspections, the escalations and the task event log. Nothing is
-kept twice.
+inspection), the inspections, the escalations and the task event log.
 
-Two halves:
+Three parts:
 
 - pure functions over plain rows (``CallRow``, ``InspectionRow``, ``EscalationRow``,
   ``EventRow``, ``ColumnRow``), one per waste, tested against values worked out by
   hand: ``overproduction``, ``waiting``, ``transport``, ``over_processing``,
   ``inventory``, ``motion``, ``defects`` (and ``token_efficiency``,
-  ``escalation_rate`` from them), ``report`` and ``trend``;
-- ``muda_history_get`` reads those rows for a board or an agent and a window in a
-  fixed number of queries (whatever the history's size), ``muda_report_get``
-  computes the report, and ``waste_value`` gives one number for the budgets and
+  ``escalation_rate`` from them), ``report`` and ``trend``; with
+  ``muda_history_get``, which reads those rows for a window, they are the
+  reference (every row of the window read into Python: seconds for a busy week);
+- ``muda_report_get``, what the page, the API and the thresholds read: the same
+  report from the rollups the line keeps as it records (andon.muda_rollups: sums
+  per board, agent and hour, a row per finished item and per repeated call),
+  with the parts of an hour at the window's edges computed from their rows by
+  the same per-run function, in a fixed number of queries and about 0.1 s for a
+  week of 100,000 tasks (bench/muda.py). Where they differ, and why: a call is
+  joined to its run's inspection and escalation whenever they came (the
+  reference joins only those in the window), a call repeating one from before
+  the window is redundant too, and context-window percentiles are read from a
+  histogram (andon.muda_rollups.context_bucket), at most a bucket's width above
+  the exact one;
+- ``waste_value`` and ``waste_measure`` give one number for the budgets and
   thresholds (``last_outputs``: over the last N inspected outputs).
+
+The trend's periods are clock hours (windows up to 48 hours) or days (UTC), the
+first from the window's start to the next boundary.
 
 Values are percentages (unit ``%``) except transport (model calls per finished
 item). Percentiles are nearest-rank. Costs are dollars, as floats.
