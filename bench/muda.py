@@ -17,6 +17,11 @@ last 7 days), the median of REPEAT runs after a warm-up:
 - ``muda_threshold_24h_ms`` and ``muda_threshold_200_ms``: waste_value over the
   last 24 hours and over the last 200 outputs, as a waste threshold reads it.
 
+With ``--sqlite PATH``, then copies what the page reads (the board, its tasks, the
+rollups, the last two days of ledger rows, inspections and escalations) into a
+SQLite database and times the same there (``sqlite_muda_*``): the seeding needs
+PostgreSQL's generate_series.
+
 Prints one ``name=value`` line a figure. Needs PostgreSQL: BENCH_MUDA_DATABASE_URL
 (default postgres://postgres@127.0.0.1:5432/kaizen_bench_muda), dropped and re-created.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,6 +103,118 @@ def escalations_seed(board: Any) -> None:
         cursor.execute("ANALYZE")
 
 
+def measure(board: Any, repeat: int, prefix: str = "muda") -> None:
+    """Time the report, the page, the API and the thresholds for the default window."""
+    from datetime import timedelta
+
+    from django.test import Client
+    from django.utils import timezone
+
+    from andon import muda
+    from boards.models import Agent
+    from boards.services import api_token_create
+    from tests.factories import make_user
+
+    user = make_user(username=f"bench-{prefix}-{os.getpid()}")
+    _, key = api_token_create(user=user, name="bench", access="read", boards=None)
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    page = Client()
+    page.force_login(user)
+    agent = Agent.objects.filter(name="agent-1").get()
+
+    ms, queries = _time(lambda: muda.muda_report_get(board=board), repeat)
+    print(f"{prefix}_report_7d_ms={ms:.0f}")
+    print(f"{prefix}_queries_7d={queries}")
+
+    def get_page() -> None:
+        response = page.get(f"/boards/{board.slug}/muda/")
+        assert response.status_code == 200, response.content[:300]
+
+    ms, queries = _time(get_page, repeat)
+    print(f"{prefix}_page_7d_ms={ms:.0f}")
+    print(f"{prefix}_page_queries_7d={queries}")
+
+    def get_api(params: dict[str, str] | None = None) -> None:
+        response = api.get(f"/api/v1/boards/{board.slug}/muda", params or {})
+        assert response.status_code == 200, response.content[:300]
+
+    ms, queries = _time(get_api, repeat)
+    print(f"{prefix}_api_7d_ms={ms:.0f}")
+    print(f"{prefix}_api_queries_7d={queries}")
+    ms, _ = _time(lambda: get_api({"agent": agent.name}), repeat)
+    print(f"{prefix}_agent_api_7d_ms={ms:.0f}")
+
+    ms, _ = _time(
+        lambda: muda.waste_value("escalation_rate", board=board, since=timezone.now() - timedelta(hours=24)),
+        repeat,
+    )
+    print(f"{prefix}_threshold_24h_ms={ms:.0f}")
+    ms, _ = _time(lambda: muda.waste_value("defects", agent=agent, last_outputs=200), repeat)
+    print(f"{prefix}_threshold_200_ms={ms:.0f}")
+
+
+def sqlite_copy(board: Any, path: str, *, days: int) -> None:
+    """Copy what the Muda page reads into a new SQLite database at ``path``: the
+    board, its columns, agents and tasks, the rollups, and the last ``days`` days
+    of ledger rows, inspections and escalations (the window's edges and the
+    last-outputs thresholds read those; the rest of the history is in the rollups)."""
+    from datetime import timedelta
+
+    from django.db import connections
+    from django.utils import timezone
+
+    from andon.models import Escalation, Inspection, MudaContextHour, MudaFinish, MudaHour, MudaRepeat
+    from boards.models import Agent, Board, Column, ModelCall, Task
+
+    if os.path.exists(path):
+        os.remove(path)
+    config = dict(connections.settings["default"])
+    config.update(
+        ENGINE="django.db.backends.sqlite3",
+        NAME=path,
+        HOST="",
+        PORT="",
+        USER="",
+        PASSWORD="",
+        OPTIONS={"timeout": 30, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+    )
+    # Migrated in a process of its own, where it is the default database: the
+    # project's data migrations read the default one.
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{path}"}
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
+    connections.settings["sqlite"] = config
+    since = timezone.now() - timedelta(days=days)
+    through = Agent.boards.through
+    for queryset in (
+        Board.objects.filter(pk=board.pk),
+        Column.objects.filter(board=board),
+        Agent.objects.filter(boards=board),
+        through.objects.filter(board=board),
+        Task.objects.filter(board=board),
+        ModelCall.objects.filter(board=board, created_at__gte=since),
+        Inspection.objects.filter(board=board, created_at__gte=since),
+        Escalation.objects.filter(board=board, created_at__gte=since),
+        MudaHour.objects.filter(board=board),
+        MudaContextHour.objects.filter(board=board),
+        MudaFinish.objects.filter(board=board),
+        MudaRepeat.objects.filter(board=board, call__created_at__gte=since),
+    ):
+        # Copies keep their times: auto_now(_add) would stamp them now.
+        for field in queryset.model._meta.concrete_fields:
+            if getattr(field, "auto_now_add", False) or getattr(field, "auto_now", False):
+                field.auto_now_add = field.auto_now = False  # type: ignore[attr-defined]
+        rows: list[Any] = []
+        for row in queryset.order_by("pk").iterator(chunk_size=10_000):
+            rows.append(row)
+            if len(rows) == 10_000:
+                queryset.model.objects.using("sqlite").bulk_create(rows)
+                rows = []
+        queryset.model.objects.using("sqlite").bulk_create(rows)
+    with connections["sqlite"].cursor() as cursor:
+        cursor.execute("ANALYZE")
+    connections["sqlite"].close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,22 +223,49 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--calls-per-task", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--sqlite",
+        metavar="PATH",
+        help="also copy what the page reads into a SQLite database at PATH and time it there",
+    )
+    parser.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--keep", action="store_true", help="time the database the last run left (no seeding, no back-fill)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("KAIZEN_VAR_DIR", "/tmp/kaizen-bench-muda")
-    _setup(os.environ.get("BENCH_MUDA_DATABASE_URL", DEFAULT_DB))
+    if args.measure_only:
+        # In a process of its own, with DATABASE_URL naming the SQLite copy.
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
+        import django
+
+        django.setup()
+        from django.conf import settings
+
+        from boards.models import Board
+
+        settings.DEBUG = True
+        settings.ALLOWED_HOSTS = ["*"]
+        measure(Board.objects.get(name="Bench flow"), args.repeat, prefix="sqlite_muda")
+        return
+    url = os.environ.get("BENCH_MUDA_DATABASE_URL", DEFAULT_DB)
+    if args.keep:
+        os.environ["DATABASE_URL"] = url
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
+        import django
+
+        django.setup()
+    else:
+        _setup(url)
 
     from datetime import timedelta
 
     from django.conf import settings
     from django.core.management import call_command, get_commands
-    from django.test import Client
     from django.utils import timezone
 
-    from andon import muda
     from andon.models import Escalation
-    from boards.models import Agent, Board, ModelCall, TaskEvent
-    from boards.services import api_token_create
-    from tests.factories import make_user
+    from boards.models import Board, ModelCall, TaskEvent
 
     settings.DEBUG = True  # counts the queries (connection.queries)
     start = time.perf_counter()
@@ -128,6 +273,11 @@ def main() -> None:
     print(f"calibration_loop_s={time.perf_counter() - start:.2f}")
     print(f"load_average_1m={os.getloadavg()[0]:.1f}")
     settings.ALLOWED_HOSTS = ["*"]
+    if args.keep:
+        board = Board.objects.get(name="Bench flow")
+        measure(board, args.repeat)
+        _sqlite(args, board)
+        return
     start = time.perf_counter()
     board = seed(
         tasks=args.tasks,
@@ -148,44 +298,22 @@ def main() -> None:
     print(f"escalations={Escalation.objects.filter(board=board).count()}")
     if "muda_rollups_rebuild" in get_commands():
         start = time.perf_counter()
-        call_command("muda_rollups_rebuild", progress=False, stdout=open(os.devnull, "w"))
+        with open(os.devnull, "w") as devnull:
+            call_command("muda_rollups_rebuild", progress=False, stdout=devnull)
         print(f"muda_backfill_s={time.perf_counter() - start:.1f}")
-    user = make_user(username="bench")
-    _, key = api_token_create(user=user, name="bench", access="read", boards=None)
-    api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
-    page = Client()
-    page.force_login(user)
-    agent = Agent.objects.filter(name="agent-1").get()
+    measure(board, args.repeat)
+    _sqlite(args, board)
 
-    ms, queries = _time(lambda: muda.muda_report_get(board=board), args.repeat)
-    print(f"muda_report_7d_ms={ms:.0f}")
-    print(f"muda_queries_7d={queries}")
 
-    def get_page() -> None:
-        response = page.get(f"/boards/{board.slug}/muda/")
-        assert response.status_code == 200, response.content[:300]
-
-    ms, queries = _time(get_page, args.repeat)
-    print(f"muda_page_7d_ms={ms:.0f}")
-    print(f"muda_page_queries_7d={queries}")
-
-    def get_api(params: dict[str, str] | None = None) -> None:
-        response = api.get(f"/api/v1/boards/{board.slug}/muda", params or {})
-        assert response.status_code == 200, response.content[:300]
-
-    ms, queries = _time(get_api, args.repeat)
-    print(f"muda_api_7d_ms={ms:.0f}")
-    print(f"muda_api_queries_7d={queries}")
-    ms, _ = _time(lambda: get_api({"agent": agent.name}), args.repeat)
-    print(f"muda_agent_api_7d_ms={ms:.0f}")
-
-    ms, _ = _time(
-        lambda: muda.waste_value("escalation_rate", board=board, since=timezone.now() - timedelta(hours=24)),
-        args.repeat,
-    )
-    print(f"muda_threshold_24h_ms={ms:.0f}")
-    ms, _ = _time(lambda: muda.waste_value("defects", agent=agent, last_outputs=200), args.repeat)
-    print(f"muda_threshold_200_ms={ms:.0f}")
+def _sqlite(args: argparse.Namespace, board: Any) -> None:
+    if args.sqlite:
+        start = time.perf_counter()
+        sqlite_copy(board, args.sqlite, days=2)
+        print(f"sqlite_copy_s={time.perf_counter() - start:.1f}")
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{args.sqlite}"}
+        subprocess.run(
+            [sys.executable, __file__, "--measure-only", "--repeat", str(args.repeat)], env=env, check=True
+        )
 
 
 if __name__ == "__main__":
