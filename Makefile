@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-requirements
 DEV_STAMP := $(VENV)/.installed-requirements-dev
 
-.PHONY: run test lint format bench bench-stats bench-flow venv dev
+.PHONY: run test lint format bench bench-stats bench-flow bench-muda venv dev
 
 # Arguments go through ARGS, e.g. make run ARGS=--verbose (see scripts/run.py --help).
 run: $(RUNTIME_STAMP)
@@ -34,6 +34,7 @@ format: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/flow.py
+	$(BIN)/python bench/muda.py
 
 # The kaizen loop's decision procedure on simulated experiments (issue 5); CPU only.
 bench-stats: $(DEV_STAMP)
@@ -42,6 +43,10 @@ bench-stats: $(DEV_STAMP)
 # The flow measures on a seeded history of 100,000 tasks (PostgreSQL; bench/README.md).
 bench-flow: $(DEV_STAMP)
 	$(BIN)/python bench/flow.py $(ARGS)
+
+# The Muda page, API and thresholds on the same history, from the rollups (bench/README.md).
+bench-muda: $(DEV_STAMP)
+	$(BIN)/python bench/muda.py $(ARGS)
 
 venv: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)

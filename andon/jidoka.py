@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -237,6 +237,9 @@ class FinishedRunsHandled:
     escalations: list[int]  # opened
     agents: set[int]  # whose line stopped, or whose breaker changed state
     stops: bool  # a line stopped
+    # The rows written, for the Muda rollups (andon.muda_rollups.runs_recorded).
+    inspection_rows: list[Inspection] = field(default_factory=list)
+    escalation_rows: list[Escalation] = field(default_factory=list)
 
 
 def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> FinishedRunsHandled:
@@ -267,6 +270,8 @@ def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> 
         # Spike stops are agents' stops: each has its agent_id.
         agents={stop.agent_id for stop in stops if stop.agent_id is not None} | breaker_agents,
         stops=bool(stops),
+        inspection_rows=inspections,
+        escalation_rows=escalations,
     )
 
 

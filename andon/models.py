@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from boards.models import Agent, Board, Task
+from boards.models import Agent, Board, ModelCall, Task
 
 
 class Inspection(models.Model):
@@ -563,3 +563,153 @@ class AndonRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+# --- the Muda rollups (andon.muda_rollups writes them, andon.muda reads them) -----------
+#
+# What the seven wastes sum, kept as the line records it so that the Muda page,
+# its API and the waste thresholds read a few hundred rows for a week rather than
+# every ledger row, inspection and event in it. Each can be rebuilt from the rows
+# it summarises (``manage.py muda_rollups_rebuild``). ``agent`` is the agent's
+# id, 0 for none: a plain integer, as a unique key cannot hold NULLs that match,
+# and history keeps the id of an agent since deleted.
+
+
+class MudaHour(models.Model):
+    """The sums of one board's and one agent's ledger rows, inspections and
+    escalations over one clock hour (UTC), each fact in the hour it happened:
+    a call in its call's hour, an inspection's counts in the inspection's, an
+    escalation's in the hour it was opened. A late fact (a reviewer rejecting a
+    draft, a stale run's calls) changes the hours of the facts it changes."""
+
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    agent = models.IntegerField(default=0)
+    hour = models.DateTimeField()
+    # Ledger rows.
+    model_calls = models.IntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    passed_over_tokens = models.BigIntegerField(default=0)
+    rejected_tokens = models.BigIntegerField(default=0)
+    excess_tokens = models.BigIntegerField(default=0)
+    overproduction_cost = models.FloatField(default=0)
+    served_from_cache = models.IntegerField(default=0)
+    reused_results = models.IntegerField(default=0)
+    provider_errors = models.IntegerField(default=0)
+    # Runs (task, attempt): counted in the hour of the run's first call; their
+    # costs in each call's hour.
+    answers_taken = models.IntegerField(default=0)
+    taken_above_tier_1 = models.IntegerField(default=0)
+    with_cheaper_verdict = models.IntegerField(default=0)
+    over_processed = models.IntegerField(default=0)
+    over_processing_cost = models.FloatField(default=0)
+    retries = models.IntegerField(default=0)
+    defect_cost = models.FloatField(default=0)
+    # Inspections.
+    inspected = models.IntegerField(default=0)
+    failed_inspection = models.IntegerField(default=0)
+    unreviewed_defects = models.IntegerField(default=0)
+    # Escalations, by their status now.
+    escalations = models.IntegerField(default=0)
+    escalations_open = models.IntegerField(default=0)
+    escalations_approved = models.IntegerField(default=0)
+    escalations_corrected = models.IntegerField(default=0)
+    escalations_rejected = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["board", "agent", "hour"], name="mudahour_board_agent_hour")
+        ]
+        indexes = [models.Index(fields=["agent", "hour"], name="mudahour_agent_hour")]
+
+    def __str__(self) -> str:
+        return f"muda of board {self.board_id}, agent {self.agent}, {self.hour:%Y-%m-%d %H:00}"
+
+
+class MudaContextHour(models.Model):
+    """A histogram of context-window use (a model call's prompt tokens over its
+    tier's window, in percent) per board, agent, model and clock hour: how many
+    calls fell in each bucket, and the largest use in it. Buckets are 5 points
+    wide below 50%, 1 point from 50% to 100% (near the 80% target, where it
+    matters), 10 points above (andon.muda_rollups.context_bucket)."""
+
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    agent = models.IntegerField(default=0)
+    provider = models.CharField(max_length=40, blank=True)
+    model = models.CharField(max_length=120, blank=True)
+    hour = models.DateTimeField()
+    bucket = models.IntegerField()
+    calls = models.IntegerField(default=0)
+    peak = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["board", "agent", "provider", "model", "hour", "bucket"],
+                name="mudacontext_key",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["board", "hour"], name="mudacontext_board_hour"),
+            models.Index(fields=["agent", "hour"], name="mudacontext_agent_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"context use of board {self.board_id}, {self.hour:%Y-%m-%d %H:00}, bucket {self.bucket}"
+
+
+class MudaFinish(models.Model):
+    """A task entering Done, with what waiting and transport need: the seconds it
+    had spent in each queue, blocked and in all (its lead time) up to then, and
+    the model calls made for it (all of them, any time) and what those beyond the
+    taken answer cost. A task that finishes again supersedes its earlier finish
+    from then on (a window counts an item's last finish in it)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    agent = models.IntegerField(default=0)  # the task's agent when it finished
+    finished_at = models.DateTimeField()
+    superseded_at = models.DateTimeField(null=True, blank=True)
+    backlog_s = models.FloatField(default=0)
+    ready_s = models.FloatField(default=0)
+    review_s = models.FloatField(default=0)
+    decision_s = models.FloatField(default=0)
+    blocked_s = models.FloatField(default=0)
+    lead_s = models.FloatField(default=0)
+    model_calls = models.IntegerField(default=0)
+    extra_cost = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "finished_at"], name="mudafinish_task_time")]
+        indexes = [
+            models.Index(fields=["board", "finished_at"], name="mudafinish_board_time"),
+            models.Index(fields=["agent", "finished_at"], name="mudafinish_agent_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} finished at {self.finished_at:%Y-%m-%d %H:%M}"
+
+
+class MudaRepeat(models.Model):
+    """A model call with an identical earlier one (same request key, neither
+    failed): whether its own task made it before, and how many seconds after the
+    last one on its board and of its agent (null: none within the response
+    cache's lifetime when it was recorded). Motion compares the seconds with the
+    lifetime when it is read."""
+
+    call = models.OneToOneField(ModelCall, on_delete=models.CASCADE, related_name="+")
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
+    agent = models.IntegerField(default=0)
+    at = models.DateTimeField()
+    in_task = models.BooleanField(default=False)
+    board_gap_s = models.FloatField(null=True, blank=True)
+    agent_gap_s = models.FloatField(null=True, blank=True)
+    cost = models.FloatField(default=0)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["board", "at"], name="mudarepeat_board_time"),
+            models.Index(fields=["agent", "at"], name="mudarepeat_agent_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"repeat of call {self.call_id}"

@@ -4,20 +4,33 @@ with their cost in dollars, a target and a trend.
 Everything is computed from what the line already records: the ledger
 (``ModelCall``: every call, its tier, source, tokens, cost, request key, context
 window and, for an output the cascade passed over, whether it would have passed
-inspection), the inspections, the escalations and the task event log. Nothing is
-kept twice.
+inspection), the inspections, the escalations and the task event log.
 
-Two halves:
+Three parts:
 
 - pure functions over plain rows (``CallRow``, ``InspectionRow``, ``EscalationRow``,
   ``EventRow``, ``ColumnRow``), one per waste, tested against values worked out by
   hand: ``overproduction``, ``waiting``, ``transport``, ``over_processing``,
   ``inventory``, ``motion``, ``defects`` (and ``token_efficiency``,
-  ``escalation_rate`` from them), ``report`` and ``trend``;
-- ``muda_history_get`` reads those rows for a board or an agent and a window in a
-  fixed number of queries (whatever the history's size), ``muda_report_get``
-  computes the report, and ``waste_value`` gives one number for the budgets and
+  ``escalation_rate`` from them), ``report`` and ``trend``; with
+  ``muda_history_get``, which reads those rows for a window, they are the
+  reference (every row of the window read into Python: seconds for a busy week);
+- ``muda_report_get``, what the page, the API and the thresholds read: the same
+  report from the rollups the line keeps as it records (andon.muda_rollups: sums
+  per board, agent and hour, a row per finished item and per repeated call),
+  with the parts of an hour at the window's edges computed from their rows by
+  the same per-run function, in a fixed number of queries and about 0.1 s for a
+  week of 100,000 tasks (bench/muda.py). Where they differ, and why: a call is
+  joined to its run's inspection and escalation whenever they came (the
+  reference joins only those in the window), a call repeating one from before
+  the window is redundant too, and context-window percentiles are read from a
+  histogram (andon.muda_rollups.context_bucket), at most a bucket's width above
+  the exact one;
+- ``waste_value`` and ``waste_measure`` give one number for the budgets and
   thresholds (``last_outputs``: over the last N inspected outputs).
+
+The trend's periods are clock hours (windows up to 48 hours) or days (UTC), the
+first from the window's start to the next boundary.
 
 Values are percentages (unit ``%``) except transport (model calls per finished
 item). Percentiles are nearest-rank. Costs are dollars, as floats.
@@ -30,13 +43,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db.models import Count, Min, Q
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, Sum, Value, When
 from django.utils import timezone
 
-from andon.models import Escalation, Inspection
+from andon import muda_rollups
+from andon.models import Escalation, Inspection, MudaContextHour, MudaFinish, MudaHour, MudaRepeat
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 
 WASTES = ("overproduction", "waiting", "transport", "over_processing", "inventory", "motion", "defects")
@@ -677,8 +691,14 @@ def period_of(since: datetime, until: datetime) -> str:
 
 
 def period_starts(since: datetime, until: datetime, period: str) -> list[datetime]:
+    """The trend's periods: clock hours or days (UTC), the first from ``since`` to
+    the next boundary when it falls between two (so that a period's sums come
+    from the hourly rollups, andon.muda_rollups), the last ending at ``until``."""
     step = timedelta(hours=1) if period == "hour" else timedelta(days=1)
-    starts, at = [], since
+    boundary = muda_rollups.hour_of(since)
+    if period == "day":
+        boundary = boundary.replace(hour=0)
+    starts, at = [since], boundary + step
     while at < until:
         starts.append(at)
         at += step
@@ -689,17 +709,13 @@ def trend(history: History, period: str) -> tuple[TrendPoint, ...]:
     """Each waste per period: the window's rows split by time (items by when they
     finished), each part computed as the whole window is. WIP now is not in it."""
     starts = period_starts(history.since, history.until, period)
-    step = timedelta(hours=1) if period == "hour" else timedelta(days=1)
-
-    def index(at: datetime) -> int:
-        return int((at - history.since) // step)
 
     def split(rows: Iterable, key=lambda r: r.at) -> list[list]:
         buckets: list[list] = [[] for _ in starts]
         for row in rows:
-            i = index(key(row))
-            if 0 <= i < len(starts):
-                buckets[i].append(row)
+            at = key(row)
+            if history.since <= at < history.until:
+                buckets[muda_rollups.period_index(starts, at)].append(row)
         return buckets
 
     calls, inspections, escalations = (
@@ -728,7 +744,7 @@ def trend(history: History, period: str) -> tuple[TrendPoint, ...]:
     for i, start in enumerate(starts):
         part = History(
             since=start,
-            until=min(start + step, history.until),
+            until=starts[i + 1] if i + 1 < len(starts) else history.until,
             calls=calls[i],
             inspections=inspections[i],
             escalations=escalations[i],
@@ -863,6 +879,27 @@ def muda_window_get(
     return since, until
 
 
+def _columns_get(board: Board | None, *, until: datetime, now: datetime) -> list[ColumnRow]:
+    """The board's columns now, with their items (whatever the agent: a WIP limit
+    is the column's); none for a window that ends in the past (WIP is known now only)."""
+    if board is None or until < now - timedelta(minutes=1):
+        return []
+    # The items in flight, by the board-and-status index: a column's finished
+    # items (nearly all of a long history) are never read.
+    items = {
+        column_id: (n, oldest)
+        for column_id, n, oldest in Task.objects.filter(board=board, status__in=ACTIVE_STATUSES)
+        .values("column")
+        .annotate(n=Count("pk"), oldest=Min("created_at"))
+        .values_list("column", "n", "oldest")
+        .order_by()
+    }
+    return [
+        ColumnRow(column.pk, column.name, column.role, column.wip_limit, *items.get(column.pk, (0, None)))
+        for column in Column.objects.filter(board=board).order_by("position")
+    ]
+
+
 def muda_history_get(
     *,
     board: Board | None = None,
@@ -870,7 +907,9 @@ def muda_history_get(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> History:
-    """The rows the wastes need, in at most seven queries whatever the history's size."""
+    """The rows the wastes need, in at most seven queries whatever the history's
+    size (but each as long as the window is busy): with ``report``, the reference
+    that the rollups (``muda_report_get``) are tested against."""
     now = timezone.now()
     since, until = muda_window_get(since=since, until=until, now=now, board=board)
     in_window = Q(created_at__gte=since, created_at__lt=until)
@@ -914,22 +953,7 @@ def muda_history_get(
     finished_calls += _call_rows(
         ModelCall.objects.filter(task_id__in=finished).exclude(scope & in_window).order_by("created_at", "pk")
     )
-    columns: list[ColumnRow] = []
-    # WIP is known now only: a window that ends in the past has no WIP now.
-    if board is not None and until >= now - timedelta(minutes=1):
-        # The board's items, whatever the agent: a WIP limit is the column's.
-        active = Q(tasks__status__in=ACTIVE_STATUSES)
-        for column in (
-            Column.objects.filter(board=board)
-            .annotate(
-                n=Count("tasks", filter=active),
-                oldest=Min("tasks__created_at", filter=active),
-            )
-            .order_by("position")
-        ):
-            columns.append(
-                ColumnRow(column.pk, column.name, column.role, column.wip_limit, column.n, column.oldest)
-            )
+    columns = _columns_get(board, until=until, now=now)
     agent_ids = {c.agent_id for c in calls if c.agent_id is not None}
     names = dict(Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name")) if agent_ids else {}
     return History(
@@ -947,6 +971,343 @@ def muda_history_get(
     )
 
 
+# --- from the rollups ---------------------------------------------------------------------
+
+
+@dataclass
+class Sums:
+    """What the wastes sum over a period, from the rollups (andon.muda_rollups)."""
+
+    hour: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    finish: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    redundant_in_task: int = 0
+    redundant_in_cache_window: int = 0
+    redundant_cost: float = 0.0
+    # (agent or 0, provider, model) -> bucket -> [calls, peak]
+    context: dict[tuple[int, str, str], dict[int, list[float]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+
+    def add_context(self, key: tuple[int, str, str], bucket: int, calls: float, peak: float) -> None:
+        buckets = self.context[key]
+        if bucket in buckets:
+            buckets[bucket][0] += calls
+            buckets[bucket][1] = max(buckets[bucket][1], peak)
+        else:
+            buckets[bucket] = [calls, peak]
+
+    def merge(self, other: Sums) -> None:
+        for name, value in other.hour.items():
+            self.hour[name] += value
+        for name, value in other.finish.items():
+            self.finish[name] += value
+        self.redundant_in_task += other.redundant_in_task
+        self.redundant_in_cache_window += other.redundant_in_cache_window
+        self.redundant_cost += other.redundant_cost
+        for key, buckets in other.context.items():
+            for bucket, (calls, peak) in buckets.items():
+                self.add_context(key, bucket, calls, peak)
+
+
+def _histogram_percentile(buckets: dict[int, list[float]], q: float) -> float | None:
+    """Nearest rank over a histogram: the largest value in the bucket that holds
+    the rank (andon.muda_rollups.context_bucket says how wide a bucket is)."""
+    total = sum(calls for calls, _ in buckets.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(q / 100 * total))
+    seen = 0.0
+    for bucket in sorted(buckets):
+        seen += buckets[bucket][0]
+        if seen >= rank:
+            return buckets[bucket][1]
+    return None  # pragma: no cover: the ranks add up to the total
+
+
+def _merged(histograms: Iterable[dict[int, list[float]]]) -> dict[int, list[float]]:
+    merged: dict[int, list[float]] = {}
+    for buckets in histograms:
+        for bucket, (calls, peak) in buckets.items():
+            if bucket in merged:
+                merged[bucket][0] += calls
+                merged[bucket][1] = max(merged[bucket][1], peak)
+            else:
+                merged[bucket] = [calls, peak]
+    return merged
+
+
+def wastes_from(
+    sums: Sums, columns: Sequence[ColumnRow] = (), now: datetime | None = None
+) -> dict[str, Waste]:
+    """Every waste from a period's sums: the same definitions, parts and rounding
+    as the row functions above (``wastes_of``)."""
+    h = sums.hour
+
+    def n(name: str) -> int:
+        return round(h[name])
+
+    wasted = n("passed_over_tokens") + n("rejected_tokens") + n("excess_tokens")
+    over = _waste(
+        "overproduction",
+        _percent(wasted, n("output_tokens")),
+        h["overproduction_cost"],
+        output_tokens=n("output_tokens"),
+        wasted_tokens=wasted,
+        passed_over_tokens=n("passed_over_tokens"),
+        rejected_tokens=n("rejected_tokens"),
+        excess_tokens=n("excess_tokens"),
+    )
+    f = sums.finish
+    items = round(f["items"])
+    queued = f["backlog_s"] + f["ready_s"] + f["review_s"] + f["decision_s"]
+    per_item = {
+        f"{name}_s_per_item": (f[f"{name}_s"] / items if items else None)
+        for name in ("backlog", "ready", "review", "decision", "blocked", "lead")
+    }
+    histogram = _merged(sums.context.values())
+    measured = round(sum(calls for calls, _ in histogram.values()))
+    excess = wip_excess(columns, now)
+    ages = [e.oldest_age_s for e in excess if e.oldest_age_s is not None]
+    redundant = sums.redundant_in_task + sums.redundant_in_cache_window
+    statuses = {
+        "approved": n("escalations_approved"),
+        "edited": n("escalations_corrected"),
+        "rejected": n("escalations_rejected"),
+        "open": n("escalations_open"),
+    }
+    return {
+        "overproduction": over,
+        "waiting": _waste("waiting", _percent(queued, f["lead_s"]), None, finished_items=items, **per_item),
+        "transport": _waste(
+            "transport",
+            f["model_calls"] / items if items else None,
+            f["extra_cost"],
+            finished_items=items,
+            model_calls=round(f["model_calls"]),
+        ),
+        "over_processing": _waste(
+            "over_processing",
+            _percent(n("over_processed"), n("answers_taken")),
+            h["over_processing_cost"],
+            answers_taken=n("answers_taken"),
+            taken_above_tier_1=n("taken_above_tier_1"),
+            with_cheaper_verdict=n("with_cheaper_verdict"),
+            over_processed=n("over_processed"),
+        ),
+        "inventory": _waste(
+            "inventory",
+            _histogram_percentile(histogram, 95),
+            None,
+            calls_measured=measured,
+            peak=round(max(peak for _, peak in histogram.values()), 4) if histogram else None,
+            items_above_wip_limits=sum(e.excess for e in excess),
+            oldest_above_limit_age_s=max(ages) if ages else None,
+        ),
+        "motion": _waste(
+            "motion",
+            _percent(redundant, n("model_calls")),
+            sums.redundant_cost,
+            model_calls=n("model_calls"),
+            redundant_calls=redundant,
+            redundant_in_task=sums.redundant_in_task,
+            redundant_in_cache_window=sums.redundant_in_cache_window,
+            served_from_cache=n("served_from_cache"),
+            reused_results=n("reused_results"),
+        ),
+        "defects": _waste(
+            "defects",
+            _percent(n("failed_inspection"), n("inspected")),
+            h["defect_cost"],
+            inspected=n("inspected"),
+            failed_inspection=n("failed_inspection"),
+            retries=n("retries"),
+            provider_errors=n("provider_errors"),
+            escalations=n("escalations"),
+            **statuses,
+        ),
+        "token_efficiency": token_efficiency(over),
+        "escalation_rate": _waste(
+            "escalation_rate",
+            _percent(n("escalations"), n("inspected")),
+            None,
+            escalations=n("escalations"),
+            inspected=n("inspected"),
+        ),
+    }
+
+
+def _rollup_scope(board: Board | None, agent: Agent | None) -> Q:
+    q = Q()
+    if board is not None:
+        q &= Q(board=board)
+    if agent is not None:
+        q &= Q(agent=agent.pk)
+    return q
+
+
+def _period_of(name: str, starts: Sequence[datetime]) -> Case:
+    """The number of the period (by the sorted ``starts``) that the field ``name`` falls in, in SQL."""
+    last = len(starts) - 1
+    whens = [When(**{f"{name}__lt": starts[i + 1]}, then=Value(i)) for i in range(last)]
+    return Case(*whens, default=Value(last), output_field=IntegerField())
+
+
+def muda_sums_get(
+    *,
+    board: Board | None,
+    agent: Agent | None,
+    since: datetime,
+    until: datetime,
+    starts: Sequence[datetime],
+    cache_seconds: int,
+) -> list[Sums]:
+    """Each period's sums (periods from ``starts``; the last ends at ``until``), in
+    a fixed number of queries: the rollups' whole hours in the window, and for the
+    parts of an hour at its edges, the rows of the runs they touch, through the
+    same ``run_facts`` the rollups were written with."""
+    periods = [Sums() for _ in starts]
+    scope = _rollup_scope(board, agent)
+
+    def period(at: datetime) -> Sums:
+        return periods[muda_rollups.period_index(starts, at)]
+
+    first_hour = muda_rollups.hour_of(since)
+    if first_hour < since:
+        first_hour += muda_rollups.HOUR
+    last_hour = muda_rollups.hour_of(until)
+    edges: list[tuple[datetime, datetime]] = []
+    if first_hour < last_hour:
+        hours = scope & Q(hour__gte=first_hour, hour__lt=last_hour)
+        for row in (
+            MudaHour.objects.filter(hours)
+            .values("hour")
+            .annotate(**{name: Sum(name) for name in muda_rollups.HOUR_FIELDS})
+            .order_by()
+        ):
+            row_sums: dict[str, Any] = dict(row)
+            hour_sums = period(row_sums.pop("hour")).hour
+            for name, value in row_sums.items():
+                hour_sums[name] += value or 0
+        # Summed per period in SQL: a week is thousands of hour rows, a few hundred of these.
+        for index, agent_id, provider, model, bucket, calls, peak in (
+            MudaContextHour.objects.filter(hours)
+            .annotate(period=_period_of("hour", starts))
+            .values_list("period", "agent", "provider", "model", "bucket")
+            .annotate(Sum("calls"), Max("peak"))
+            .order_by()
+        ):
+            periods[index].add_context((agent_id, provider, model), bucket, calls, peak)
+        edges = [(a, b) for a, b in ((since, first_hour), (last_hour, until)) if a < b]
+    else:
+        edges = [(since, until)]
+    if edges:
+        _edges_add(periods, starts, edges, board=board, agent=agent)
+    # Finishes: each item's last in the window.
+    finish_fields = (*muda_rollups.FINISH_FIELDS, "model_calls", "extra_cost")
+    for finished in (
+        MudaFinish.objects.filter(scope, finished_at__gte=since, finished_at__lt=until)
+        .filter(Q(superseded_at__isnull=True) | Q(superseded_at__gte=until))
+        .annotate(period=_period_of("finished_at", starts))
+        .values("period")
+        .annotate(items=Count("pk"), **{name: Sum(name) for name in finish_fields})
+        .order_by()
+    ):
+        finish_row: dict[str, Any] = dict(finished)
+        finish_sums = periods[finish_row.pop("period")].finish
+        for name, value in finish_row.items():
+            finish_sums[name] += value or 0
+    # Repeats: judged by the response cache's lifetime now.
+    gap = "agent_gap_s" if agent is not None else "board_gap_s"
+    for at, in_task, cost in (
+        MudaRepeat.objects.filter(scope, at__gte=since, at__lt=until)
+        .filter(Q(in_task=True) | Q(**{f"{gap}__lt": cache_seconds}))
+        .values_list("at", "in_task", "cost")
+    ):
+        repeat = period(at)
+        if in_task:
+            repeat.redundant_in_task += 1
+        else:
+            repeat.redundant_in_cache_window += 1
+        repeat.redundant_cost += cost
+    return periods
+
+
+def _edges_add(
+    periods: list[Sums],
+    starts: Sequence[datetime],
+    edges: list[tuple[datetime, datetime]],
+    *,
+    board: Board | None,
+    agent: Agent | None,
+) -> None:
+    """Add the facts of the parts of hours at the window's edges, from the rows of
+    the runs that have a row in them (six queries, over an hour or two of rows)."""
+    when = Q()
+    for a, b in edges:
+        when |= Q(created_at__gte=a, created_at__lt=b)
+    where = _scope(board, agent) & when
+    runs: set[tuple[int, int]] = set()
+    for model in (ModelCall, Inspection, Escalation):
+        runs.update(model.objects.filter(where).values_list("task_id", "attempt").order_by())
+    if not runs:
+        return
+    tasks = {task for task, _ in runs}
+    calls = [
+        c
+        for c in muda_rollups.calls_of(ModelCall.objects.filter(task_id__in=tasks).order_by())
+        if c.run in runs
+    ]
+    checks = [
+        i
+        for i in muda_rollups.checks_of(Inspection.objects.filter(task_id__in=tasks).order_by())
+        if i.run in runs
+    ]
+    decisions = [
+        d
+        for d in muda_rollups.decisions_of(Escalation.objects.filter(task_id__in=tasks).order_by())
+        if d.run in runs
+    ]
+
+    def kept(board_id: int, agent_id: int, at: datetime) -> bool:
+        return (
+            (board is None or board_id == board.pk)
+            and (agent is None or agent_id == agent.pk)
+            and any(a <= at < b for a, b in edges)
+        )
+
+    for board_id, agent_id, at, name, amount in muda_rollups.runs_facts(calls, checks, decisions):
+        if kept(board_id, agent_id, at):
+            periods[muda_rollups.period_index(starts, at)].hour[name] += amount
+    for call in calls:
+        share = call.context_share
+        if share is not None and kept(call.board_id, call.agent_id or 0, call.at):
+            periods[muda_rollups.period_index(starts, call.at)].add_context(
+                (call.agent_id or 0, call.provider, call.model), muda_rollups.context_bucket(share), 1, share
+            )
+
+
+def _context_by_agent(sums: Sums) -> tuple[AgentContext, ...]:
+    by_agent: dict[int, list[tuple[tuple[str, str], dict[int, list[float]]]]] = defaultdict(list)
+    for (agent_id, provider, model), buckets in sums.context.items():
+        by_agent[agent_id].append(((provider, model), buckets))
+    ids = [a for a in by_agent if a]
+    names = dict(Agent.objects.filter(pk__in=ids).values_list("pk", "name")) if ids else {}
+    result = []
+    for agent_id, parts in by_agent.items():
+        histogram = _merged(buckets for _, buckets in parts)
+        result.append(
+            AgentContext(
+                agent_id=agent_id or None,
+                name=names.get(agent_id, "no agent") if agent_id else "no agent",
+                calls=round(sum(calls for calls, _ in histogram.values())),
+                peak=round(max(peak for _, peak in histogram.values()), 4),
+                p95=round(_histogram_percentile(histogram, 95) or 0.0, 4),
+                models=tuple(sorted(model for model, _ in parts)),
+            )
+        )
+    return tuple(sorted(result, key=lambda c: names.get(c.agent_id or 0, "")))
+
+
 def muda_report_get(
     *,
     board: Board | None = None,
@@ -956,9 +1317,45 @@ def muda_report_get(
     with_trend: bool = True,
 ) -> MudaReport:
     """The seven wastes, the two measures and their trend, for a board (or every
-    board), maybe one agent, over [since, until) (default: the last 7 days)."""
-    history = muda_history_get(board=board, agent=agent, since=since, until=until)
-    return report(history, with_trend=with_trend)
+    board), maybe one agent, over [since, until) (default: the last 7 days), from
+    the rollups (andon.muda_rollups) in a fixed number of queries."""
+    now = timezone.now()
+    since, until = muda_window_get(since=since, until=until, now=now, board=board)
+    period = period_of(since, until)
+    starts = period_starts(since, until, period)
+    periods = muda_sums_get(
+        board=board,
+        agent=agent,
+        since=since,
+        until=until,
+        starts=starts,
+        cache_seconds=settings.KAIZEN_RESPONSE_CACHE_SECONDS,
+    )
+    whole = Sums()
+    for sums in periods:
+        whole.merge(sums)
+    columns = _columns_get(board, until=until, now=now)
+    wastes = wastes_from(whole, columns, now)
+    trend_points = (
+        tuple(
+            TrendPoint(start=start, values={name: w.value for name, w in wastes_from(sums).items()})
+            for start, sums in zip(starts, periods, strict=True)
+        )
+        if with_trend
+        else ()
+    )
+    return MudaReport(
+        since=since,
+        until=until,
+        period=period,
+        wastes=tuple(wastes[name] for name in WASTES),
+        token_efficiency=wastes["token_efficiency"],
+        escalation_rate=wastes["escalation_rate"],
+        trend=trend_points,
+        context_by_agent=_context_by_agent(whole),
+        wip_excess=wip_excess(columns, now),
+        unreviewed_defects=round(whole.hour["unreviewed_defects"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -1004,9 +1401,10 @@ def waste_measure(
             oldest = [first]
         since = oldest[0]
         until = until or timezone.now() + timedelta(seconds=1)
-    history = muda_history_get(board=board, agent=agent, since=since, until=until)
-    result = report(history, with_trend=False)
-    return Measured(result.waste(name), history.since, history.until, len(history.inspections))
+    result = muda_report_get(board=board, agent=agent, since=since, until=until, with_trend=False)
+    return Measured(
+        result.waste(name), result.since, result.until, round(result.escalation_rate.parts["inspected"] or 0)
+    )
 
 
 def waste_value(

@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
-from andon import budgets, waste_thresholds
+from andon import budgets, muda_rollups, waste_thresholds
 from andon.models import Alert, AndonRecord, Escalation, LineStop
 from boards import services as board_services
 from boards.models import Agent, Board, Column, Task, TaskEvent
@@ -206,11 +206,14 @@ def _decide(escalations: Sequence[Escalation]):
 
 
 def _close(escalation: Escalation, *, status: str, user: User, note: str) -> None:
+    status_before = escalation.status
     escalation.status = status
     escalation.decided_by = user
     escalation.decided_at = timezone.now()
     escalation.note = note
     escalation.save(update_fields=["status", "decided_by", "decided_at", "note", "corrected_output"])
+    # A late fact: a rejected draft's tokens become waste; the status counts move.
+    muda_rollups.escalation_decided(escalation, status_before=status_before)
 
 
 def _after_decisions(decided: list[Escalation], changed: set[int]) -> None:
@@ -241,6 +244,7 @@ def _to_done(task: Task, *, kind: str, user: User, note: str) -> set[int]:
         user=user,
         note=note,
     ).save()
+    muda_rollups.finishes_refresh(task_ids=[task.pk])
     return {from_column.pk, done.pk}
 
 

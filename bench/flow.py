@@ -93,7 +93,17 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def seed(*, tasks: int, days: int, calls_per_task: int) -> Any:
+def seed(
+    *,
+    tasks: int,
+    days: int,
+    calls_per_task: int,
+    ledger: dict[str, str] | None = None,
+    inspection: dict[str, str] | None = None,
+) -> Any:
+    """The board and its history. ``ledger`` and ``inspection``: SQL expressions
+    (over ``n``, the row's number) for more of the ledger's and the inspections'
+    columns than the flow measures need (bench/muda.py gives them)."""
     from datetime import timedelta
 
     from django.db import connection
@@ -192,6 +202,7 @@ def seed(*, tasks: int, days: int, calls_per_task: int) -> Any:
                 "tokens_out": "50",
                 "cost": "0.00002",
                 "created_at": f"(now() - interval '{span} seconds' + ((n / {calls_per_task}) * {span}.0 / {tasks} + 130) * interval '1 second')",
+                **(ledger or {}),
             },
         )
         cursor.execute(
@@ -206,6 +217,7 @@ def seed(*, tasks: int, days: int, calls_per_task: int) -> Any:
                 "agent_id": f"({a0} + n % 4)",
                 "passed": "(n % 20 <> 7)",
                 "created_at": f"{created} + interval '200 seconds'",
+                **(inspection or {}),
             },
         )
         cursor.execute(

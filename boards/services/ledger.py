@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
-from andon import budgets
+from andon import budgets, muda_rollups
 from boards import broadcast, metrics
 from boards.agents import CallRecord
 from boards.models import Board, ModelCall, Task
@@ -101,6 +101,7 @@ def task_calls_record(task: Task, calls: tuple[CallRecord, ...], *, attempt: int
         return
     rows = ledger_rows(task, calls, attempt=attempt)
     ledger_save(rows)
+    muda_rollups.calls_added(rows)
     task_totals_add(task, calls)
     budgets_charge(rows)
 
@@ -131,6 +132,7 @@ def stale_calls_record(
         return []
     rows = ledger_rows(task, calls, attempt=attempt, stale=True)
     ledger_save(rows)
+    muda_rollups.calls_added(rows)
     Task.objects.filter(pk=task_id).update(
         **{name: F(name) + value for name, value in _totals(calls).items()}
     )

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from andon import muda_rollups
 from andon.models import Escalation
 from boards.models import Agent, Board, Column, Task, TaskEvent
 from boards.selectors import column_neighbour_get
@@ -158,6 +159,8 @@ def task_move(
             user=user,
             note="; ".join(n for n in notes if n),
         ).save()
+        if task.status == Status.DONE:
+            muda_rollups.finishes_refresh(task_ids=[task.pk])
         board_changed_on_commit(task.board_id, [from_column.pk, to_column.pk], pull=True)
     # For the caller to tell the person, as the event records it: a soft limit exceeded.
     task.wip_note = soft_note

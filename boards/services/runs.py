@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
-from andon import jidoka
+from andon import jidoka, muda_rollups
 from andon.inspection import Verdict
 from boards import broadcast, metrics
 from boards.agents import CallRecord, Output
@@ -194,6 +194,14 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         andon = jidoka.finished_runs_handle(finished, calls=calls)
         verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]
         transaction.on_commit(partial(metrics.inspections_observe, verdicts))
+        # The Muda rollups, late in the transaction (their hour rows are locked
+        # until the commit): the finished items, then the runs' sums.
+        muda_rollups.finishes_refresh(
+            task_ids=[run.task.pk for run in finished if run.task.status == Status.DONE]
+        )
+        muda_rollups.runs_recorded(
+            calls=rows, inspections=andon.inspection_rows, escalations=andon.escalation_rows
+        )
         # Last, once for the batch: it locks the budgets' period rows (in one
         # order) until the commit.
         budgets_charge(rows + stale_rows)

@@ -2,7 +2,9 @@
 inspections and an escalation, at set times, so every waste can be worked out by
 hand (the expected values are in tests/andon/test_muda.py).
 
-Times are hours after T0; the window is [T0, T0 + 24 h)."""
+Times are hours after T0; the window is [T0, T0 + 24 h). The rows are written
+straight to the tables (not through the line's services), so the Muda rollups are
+rebuilt from them at the end (andon.muda_rollups.rebuild)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from andon import muda_rollups
 from andon.models import Escalation, Inspection
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 from tests.factories import make_agent, make_board
@@ -271,4 +274,7 @@ def build_line(*, offset: int = 0, board: Board | None = None, alpha: Agent | No
         status=Escalation.Status.REJECTED,
     )
     Escalation.objects.filter(pk=escalation.pk).update(created_at=at(5), decided_at=at(7))
+    # Written straight to the tables, back-dated: the rollups are rebuilt from them,
+    # as for history that came before them.
+    muda_rollups.rebuild()
     return Line(board=board, alpha=alpha, beta=beta, tasks=t)
