@@ -15,6 +15,9 @@ and the API do:
 - ``board_page_ms``: the board page (cards with their age and the SLE query);
 - ``flow_queries_<window>``: the number of queries.
 
+With ``--sqlite PATH``, what the page reads (the board, its rollups and the last
+two days of rows) is copied into SQLite and timed there too (``sqlite_flow_...``).
+
 for the default window (the last 7 days) and, with --whole, the whole history. The
 median of REPEAT runs each, after a warm-up. Prints one ``name=value`` line a
 figure. Needs PostgreSQL: BENCH_FLOW_DATABASE_URL (default
@@ -27,6 +30,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -257,19 +261,36 @@ def main() -> None:
         action="store_true",
         help="leave the history unfolded: every figure read from the event log (the figures before the rollups)",
     )
+    parser.add_argument(
+        "--sqlite",
+        metavar="PATH",
+        help="also copy what the Flow page reads into a SQLite database at PATH and time it there",
+    )
+    parser.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_only:
+        # In a process of its own, with DATABASE_URL naming the SQLite copy.
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
+        os.environ.setdefault("KAIZEN_VAR_DIR", "/tmp/kaizen-bench-flow")
+        import django
+
+        django.setup()
+        from boards.models import Board
+
+        measure(
+            Board.objects.get(name="Bench flow"),
+            repeat=args.repeat,
+            days=args.days,
+            whole=args.whole,
+            prefix="sqlite_flow",
+        )
+        return
     _setup(os.environ.get("BENCH_FLOW_DATABASE_URL", DEFAULT_DB))
 
-    from datetime import timedelta
-
     from django.conf import settings
-    from django.test import Client
-    from django.utils import timezone
 
-    from boards import flow_report, flow_selectors, services
+    from boards import services
     from boards.models import FlowHour, FlowItem, ModelCall, TaskEvent
-    from boards.services import api_token_create
-    from tests.factories import make_user
 
     settings.DEBUG = True  # counts the queries (connection.queries)
     # How busy the machine is: the same pure-Python loop takes about 0.25 s on an
@@ -292,14 +313,79 @@ def main() -> None:
         board.refresh_from_db()
         print(f"folded_hours={FlowHour.objects.filter(board=board).values('hour').distinct().count()}")
         print(f"folded_items={FlowItem.objects.filter(board=board).count()}")
+    measure(board, repeat=args.repeat, days=args.days, whole=args.whole)
+    if args.sqlite:
+        start = time.perf_counter()
+        _sqlite_copy(board, args.sqlite, days=2)
+        print(f"sqlite_copy_s={time.perf_counter() - start:.1f}")
+        env = {**os.environ, "DATABASE_URL": f"sqlite:///{args.sqlite}"}
+        argv = [
+            sys.executable,
+            __file__,
+            "--measure-only",
+            "--repeat",
+            str(args.repeat),
+            "--days",
+            str(args.days),
+        ]
+        subprocess.run(argv + (["--whole"] if args.whole else []), env=env, check=True)
+
+
+def _sqlite_copy(board: Any, path: str, *, days: int) -> None:
+    """What the Flow page reads, into SQLite: the board (and its fold mark), the
+    rollups, and the last ``days`` days of events, ledger rows, inspections and
+    escalations (a window's edges read those; the rest is in the rollups)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from andon.models import Escalation, Inspection
+    from bench.muda import copy_to_sqlite
+    from boards.models import FlowHour, FlowItem, FlowLineHour, ModelCall, TaskEvent
+
+    since = timezone.now() - timedelta(days=days)
+    copy_to_sqlite(
+        board,
+        path,
+        [
+            TaskEvent.objects.filter(board=board, created_at__gte=since),
+            ModelCall.objects.filter(board=board, created_at__gte=since),
+            Inspection.objects.filter(board=board, created_at__gte=since),
+            Escalation.objects.filter(board=board, created_at__gte=since),
+            FlowHour.objects.filter(board=board),
+            FlowLineHour.objects.filter(board=board),
+            FlowItem.objects.filter(board=board),
+        ],
+    )
+
+
+def measure(board: Any, *, repeat: int, days: int, whole: bool, prefix: str = "flow") -> None:
+    """Time the Flow page's parts for the default window (and the whole history)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.test import Client
+    from django.utils import timezone
+
+    from boards import flow_report, flow_selectors
+    from boards.services import api_token_create
+    from tests.factories import make_user
+
+    settings.DEBUG = True  # counts the queries (connection.queries)
+    settings.ALLOWED_HOSTS = ["*"]
+    board_prefix = "" if prefix == "flow" else prefix.removesuffix("flow")
+    # How busy the machine is as the timing starts (the seeding and copying take minutes).
+    start = time.perf_counter()
+    sum(i * i for i in range(3_000_000))
+    print(f"{prefix}_calibration_loop_s={time.perf_counter() - start:.2f}")
     user = make_user(username="bench")
     _, key = api_token_create(user=user, name="bench", access="read", boards=None)
     api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
     page = Client()
     page.force_login(user)
     now = timezone.now()
-    whole = now - timedelta(days=args.days)
-    windows = {"7d": None, **({f"{args.days}d": whole} if args.whole else {})}
+    start_of_history = now - timedelta(days=days)
+    windows = {"7d": None, **({f"{days}d": start_of_history} if whole else {})}
     for name, since in windows.items():
         params = {} if since is None else {"since": since.isoformat()}
         query = flow_report.flow_query_resolve(board=board, now=now, since=since)
@@ -307,17 +393,17 @@ def main() -> None:
         def data(query: Any = query) -> Any:
             return flow_selectors.flow_data_get(board=board, where=query.where, step=query.step)
 
-        ms, queries = _time(data, args.repeat)
-        print(f"flow_data_{name}_ms={ms:.0f}")
-        print(f"flow_queries_{name}={queries}")
+        ms, queries = _time(data, repeat)
+        print(f"{prefix}_data_{name}_ms={ms:.0f}")
+        print(f"{prefix}_queries_{name}={queries}")
         snapshot = data()
         ms, _ = _time(
             lambda query=query, snapshot=snapshot: flow_report.flow_report(
                 snapshot, where=query.where, now=now
             ),
-            args.repeat,
+            repeat,
         )
-        print(f"flow_report_{name}_ms={ms:.0f}")
+        print(f"{prefix}_report_{name}_ms={ms:.0f}")
         url = f"/api/v1/boards/{board.slug}/flow"
         api_params = {**params, "forecast_items": 100}
 
@@ -325,25 +411,25 @@ def main() -> None:
             response = api.get(url, api_params)
             assert response.status_code == 200, response.content[:300]
 
-        ms, queries = _time(call_api, args.repeat)
-        print(f"flow_api_{name}_ms={ms:.0f}")
-        print(f"flow_api_queries_{name}={queries}")
+        ms, queries = _time(call_api, repeat)
+        print(f"{prefix}_api_{name}_ms={ms:.0f}")
+        print(f"{prefix}_api_queries_{name}={queries}")
         page_params = {k: v[:16] for k, v in params.items()}
 
         def get_page(page_params: dict = page_params) -> None:
             response = page.get(f"/boards/{board.slug}/flow/", page_params)
             assert response.status_code == 200
 
-        ms, queries = _time(get_page, args.repeat)
-        print(f"flow_page_{name}_ms={ms:.0f}")
-        print(f"flow_page_queries_{name}={queries}")
+        ms, queries = _time(get_page, repeat)
+        print(f"{prefix}_page_{name}_ms={ms:.0f}")
+        print(f"{prefix}_page_queries_{name}={queries}")
 
     def board_page() -> None:
         assert page.get(board.get_absolute_url()).status_code == 200
 
-    ms, queries = _time(board_page, args.repeat)
-    print(f"board_page_ms={ms:.0f}")
-    print(f"board_page_queries={queries}")
+    ms, queries = _time(board_page, repeat)
+    print(f"{board_prefix}board_page_ms={ms:.0f}")
+    print(f"{board_prefix}board_page_queries={queries}")
 
 
 if __name__ == "__main__":

@@ -160,11 +160,33 @@ def sqlite_copy(board: Any, path: str, *, days: int) -> None:
     last-outputs thresholds read those; the rest of the history is in the rollups)."""
     from datetime import timedelta
 
-    from django.db import connections
     from django.utils import timezone
 
     from andon.models import Escalation, Inspection, MudaContextHour, MudaFinish, MudaHour, MudaRepeat
-    from boards.models import Agent, Board, Column, ModelCall, Task
+    from boards.models import ModelCall
+
+    since = timezone.now() - timedelta(days=days)
+    copy_to_sqlite(
+        board,
+        path,
+        [
+            ModelCall.objects.filter(board=board, created_at__gte=since),
+            Inspection.objects.filter(board=board, created_at__gte=since),
+            Escalation.objects.filter(board=board, created_at__gte=since),
+            MudaHour.objects.filter(board=board),
+            MudaContextHour.objects.filter(board=board),
+            MudaFinish.objects.filter(board=board),
+            MudaRepeat.objects.filter(board=board, call__created_at__gte=since),
+        ],
+    )
+
+
+def copy_to_sqlite(board: Any, path: str, querysets: list[Any]) -> None:
+    """A new SQLite database at ``path``, migrated, holding the board, its columns,
+    agents and tasks, and the rows of ``querysets`` (with their own times)."""
+    from django.db import connections
+
+    from boards.models import Agent, Board, Column, Task
 
     if os.path.exists(path):
         os.remove(path)
@@ -183,7 +205,6 @@ def sqlite_copy(board: Any, path: str, *, days: int) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{path}"}
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
     connections.settings["sqlite"] = config
-    since = timezone.now() - timedelta(days=days)
     through = Agent.boards.through
     for queryset in (
         Board.objects.filter(pk=board.pk),
@@ -191,13 +212,7 @@ def sqlite_copy(board: Any, path: str, *, days: int) -> None:
         Agent.objects.filter(boards=board),
         through.objects.filter(board=board),
         Task.objects.filter(board=board),
-        ModelCall.objects.filter(board=board, created_at__gte=since),
-        Inspection.objects.filter(board=board, created_at__gte=since),
-        Escalation.objects.filter(board=board, created_at__gte=since),
-        MudaHour.objects.filter(board=board),
-        MudaContextHour.objects.filter(board=board),
-        MudaFinish.objects.filter(board=board),
-        MudaRepeat.objects.filter(board=board, call__created_at__gte=since),
+        *querysets,
     ):
         # Copies keep their times: auto_now(_add) would stamp them now.
         for field in queryset.model._meta.concrete_fields:
