@@ -64,10 +64,7 @@ MAX_WINDOW = timedelta(days=366)
 HOURLY_UP_TO = timedelta(hours=48)
 
 Status = Task.Status
-Kind = TaskEvent.Kind
-QUEUE_STATUSES = (Status.BACKLOG, Status.READY, Status.REVIEW)
 ACTIVE_STATUSES = (Status.BACKLOG, Status.READY, Status.RUNNING, Status.REVIEW)
-DECISIONS = (Kind.APPROVED, Kind.CORRECTED, Kind.REJECTED)
 
 
 # --- rows ----------------------------------------------------------------------------
@@ -427,34 +424,8 @@ def waiting(events: Sequence[EventRow], since: datetime, until: datetime) -> Was
         if done_at is None:
             continue
         items += 1
-        status = ""
-        blocked = deciding = False
-        previous: datetime | None = None
-        for event in task_events:
-            if event.at > done_at:
-                break
-            if previous is not None:
-                seconds = (event.at - previous).total_seconds()
-                totals["lead"] += seconds
-                if blocked:
-                    totals["blocked"] += seconds
-                elif status == Status.REVIEW and deciding:
-                    totals["decision"] += seconds
-                elif status in QUEUE_STATUSES:
-                    totals[status] += seconds
-            previous = event.at
-            if event.kind == Kind.BLOCKED:
-                blocked = True
-            elif event.kind == Kind.UNBLOCKED:
-                blocked = False
-            elif event.kind == Kind.ESCALATED:
-                deciding = True
-            elif event.kind in DECISIONS:
-                deciding = False
-            if event.to_status:
-                if event.to_status != status:
-                    deciding = deciding and event.to_status == Status.REVIEW
-                status = event.to_status
+        for name, seconds in muda_rollups.queue_times(task_events, done_at).items():
+            totals[name] += seconds
     queued = totals["backlog"] + totals["ready"] + totals["review"] + totals["decision"]
     per_item = {f"{name}_s_per_item": (totals[name] / items if items else None) for name in totals}
     return _waste("waiting", _percent(queued, totals["lead"]), None, finished_items=items, **per_item)

@@ -40,7 +40,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection
@@ -527,9 +527,23 @@ def is_finish(event: Event) -> bool:
     return event.to_status == Status.DONE and event.from_status != Status.DONE
 
 
-def queue_times(events: Sequence[Event], done_at: datetime) -> dict[str, float]:
+class Timed(Protocol):
+    """What queue_times reads of an event (an Event here, andon.muda's EventRow)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def to_status(self) -> str: ...
+
+    @property
+    def at(self) -> datetime: ...
+
+
+def queue_times(events: Sequence[Timed], done_at: datetime) -> dict[str, float]:
     """Seconds in each queue, blocked, and in all, from the first event to
-    ``done_at`` (andon.muda.waiting's walk over one item's events, oldest first)."""
+    ``done_at``: the walk over one item's events, oldest first, that the rollups
+    and andon.muda.waiting (the row-based reference) both take."""
     totals = dict.fromkeys(("backlog", "ready", "review", "decision", "blocked", "lead"), 0.0)
     status = ""
     blocked = deciding = False
