@@ -340,7 +340,7 @@ def _sqlite_copy(board: Any, path: str, *, days: int) -> None:
     from django.utils import timezone
 
     from andon.models import Escalation, Inspection
-    from bench.muda import copy_to_sqlite
+    from bench.sqlite_copy import copy_to_sqlite
     from boards.models import FlowHour, FlowItem, FlowLineHour, ModelCall, TaskEvent
 
     since = timezone.now() - timedelta(days=days)

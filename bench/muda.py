@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.flow import _defaults, _setup, _time, seed  # noqa: E402
+from bench.sqlite_copy import copy_to_sqlite  # noqa: E402
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench_muda"
 
@@ -179,55 +180,6 @@ def sqlite_copy(board: Any, path: str, *, days: int) -> None:
             MudaRepeat.objects.filter(board=board, call__created_at__gte=since),
         ],
     )
-
-
-def copy_to_sqlite(board: Any, path: str, querysets: list[Any]) -> None:
-    """A new SQLite database at ``path``, migrated, holding the board, its columns,
-    agents and tasks, and the rows of ``querysets`` (with their own times)."""
-    from django.db import connections
-
-    from boards.models import Agent, Board, Column, Task
-
-    if os.path.exists(path):
-        os.remove(path)
-    config = dict(connections.settings["default"])
-    config.update(
-        ENGINE="django.db.backends.sqlite3",
-        NAME=path,
-        HOST="",
-        PORT="",
-        USER="",
-        PASSWORD="",
-        OPTIONS={"timeout": 30, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
-    )
-    # Migrated in a process of its own, where it is the default database: the
-    # project's data migrations read the default one.
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{path}"}
-    subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "-v0"], env=env, check=True)
-    connections.settings["sqlite"] = config
-    through = Agent.boards.through
-    for queryset in (
-        Board.objects.filter(pk=board.pk),
-        Column.objects.filter(board=board),
-        Agent.objects.filter(boards=board),
-        through.objects.filter(board=board),
-        Task.objects.filter(board=board),
-        *querysets,
-    ):
-        # Copies keep their times: auto_now(_add) would stamp them now.
-        for field in queryset.model._meta.concrete_fields:
-            if getattr(field, "auto_now_add", False) or getattr(field, "auto_now", False):
-                field.auto_now_add = field.auto_now = False  # type: ignore[attr-defined]
-        rows: list[Any] = []
-        for row in queryset.order_by("pk").iterator(chunk_size=10_000):
-            rows.append(row)
-            if len(rows) == 10_000:
-                queryset.model.objects.using("sqlite").bulk_create(rows)
-                rows = []
-        queryset.model.objects.using("sqlite").bulk_create(rows)
-    with connections["sqlite"].cursor() as cursor:
-        cursor.execute("ANALYZE")
-    connections["sqlite"].close()
 
 
 def main() -> None:
