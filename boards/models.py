@@ -507,15 +507,37 @@ class TaskEvent(models.Model):
         return self.actor
 
 
+class LiveCallManager(models.Manager["ModelCall"]):
+    """The production ledger: only the calls the line made for its work.
+
+    Calls made to see a prompt change work before it touches the line (a replay on
+    past tasks, a shadow run on mirrored live tasks, an adversarial probe; see
+    experiments.genchi) are ledger rows too, marked with their purpose, and are
+    "the price of seeing": every production figure (cost, budgets, the seven
+    wastes, flow, metrics, the agent page) reads this manager, so none of them
+    counts those calls. ``ModelCall.every`` reads all rows."""
+
+    def get_queryset(self) -> models.QuerySet[ModelCall]:
+        return super().get_queryset().filter(purpose=ModelCall.Purpose.LIVE)
+
+
 class ModelCall(models.Model):
     """The ledger: one row per model call (or call avoided: a cache hit or a reused
     result), from which cost and waste are measured. Rows are history: they copy
-    what the call used rather than pointing at configuration that may change."""
+    what the call used rather than pointing at configuration that may change.
+
+    ``objects`` holds the line's own calls only (LiveCallManager)."""
 
     class Source(models.TextChoices):
         MODEL = "model", "Model call"
         CACHE = "cache", "Cache hit"
         REUSE = "reuse", "Reused result"
+
+    class Purpose(models.TextChoices):
+        LIVE = "live", "Live work"
+        REPLAY = "replay", "Replay of past work"
+        SHADOW = "shadow", "Shadow run on mirrored live work"
+        PROBE = "probe", "Adversarial probe"
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="model_call_rows")
     board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
@@ -557,9 +579,17 @@ class ModelCall(models.Model):
     # When the call was made, which may be well before its row is written (at the
     # end of the run).
     created_at = models.DateTimeField(default=timezone.now)
+    # Why the call was made: the line's work, or seeing a prompt change before it
+    # touches the line (replay, shadow, probe), which no production figure counts.
+    purpose = models.CharField(max_length=10, choices=Purpose.choices, default=Purpose.LIVE)
+
+    objects = LiveCallManager()
+    every: models.Manager[ModelCall] = models.Manager()
 
     class Meta:
         ordering = ["created_at", "pk"]
+        # Deletions cascading from a task, and related lookups, see every row.
+        base_manager_name = "every"
         indexes = [
             models.Index(fields=["board", "created_at"], name="modelcall_board_time"),
             models.Index(fields=["agent", "created_at"], name="modelcall_agent_time"),

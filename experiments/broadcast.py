@@ -89,3 +89,15 @@ def experiment_changed(experiment_id: int) -> None:
         ]
 
     _publish_once(("experiment", experiment_id), render)
+
+
+def proposal_changed(proposal_id: int) -> None:
+    """A proposal's gates moved (one started, passed, failed, was skipped or
+    overridden): the review page's lists, which show each proposal's gates."""
+    proposals_changed()
+
+
+def replay_changed(replay_id: int) -> None:
+    """A replay, probe run or shadow made progress or finished: the review page's
+    lists, which show the progress of each proposal's running gate."""
+    proposals_changed()

@@ -86,6 +86,8 @@ def config_proposals_apply(*, document: ConfigDocument, report: ApplyReport) -> 
             what = f"v{proposal.candidate.number}, major: waits for approval in the evolution review"
         elif proposal.status == ChangeProposal.Status.EXPERIMENTING:
             what = f"v{proposal.candidate.number}, minor: its canary has started"
+        elif proposal.status == ChangeProposal.Status.VALIDATING:
+            what = f"v{proposal.candidate.number}, minor: in its gates (replay, probes) before its canary"
         else:
             what = f"v{proposal.candidate.number}, minor: starts when {agent.name}'s running experiment ends"
         report.changes.append(Change("proposal", key, "created", note=what))

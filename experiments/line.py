@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 from django.db import IntegrityError, transaction
@@ -16,17 +19,109 @@ from django.db.models import Max
 from django.utils import timezone
 
 from boards.models import Agent, Task
-from experiments.models import Experiment, ExperimentSample, PromptVersion, normal_prompt_fields
+from experiments.models import (
+    AgentGates,
+    Experiment,
+    ExperimentSample,
+    PromptVersion,
+    Replay,
+    normal_prompt_fields,
+)
 
 Arm = ExperimentSample.Arm
+# Not an experiment's arm: the task ran the agent's holdout version.
+HOLDOUT = "holdout"
+
+
+def share_position(salt: str, task_id: int) -> float:
+    """Where a task falls in [0, 1) for a split salted with ``salt``: sticky and
+    deterministic (a retry falls in the same place), independent between salts."""
+    digest = hashlib.sha256(f"{salt}:{task_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Shadow:
+    replay_id: int
+    baseline: int
+    share: float
+    salt: str
+
+
+@dataclass(frozen=True)
+class Holdout:
+    version: int
+    share: float
+    salt: str
+
+
+class _Genchi:
+    """The running shadows and the holdouts, by agent, as the line sees them:
+    read at most once every TTL seconds per process, so a pull or a completion
+    does not query for them. A shadow that starts is mirrored to within TTL."""
+
+    TTL = 2.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_at = -1e9
+        self._shadows: dict[int, Shadow] = {}
+        self._holdouts: dict[int, Holdout] = {}
+
+    def get(self) -> tuple[dict[int, Shadow], dict[int, Holdout]]:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._read_at < self.TTL:
+                return self._shadows, self._holdouts
+        shadows = {
+            agent_id: Shadow(pk, baseline, share, salt)
+            for pk, agent_id, baseline, share, salt in Replay.objects.filter(
+                kind=Replay.Kind.SHADOW, state=Replay.State.RUNNING
+            ).values_list("pk", "agent_id", "baseline__number", "share", "salt")
+        }
+        holdouts = {
+            agent_id: Holdout(number, share, salt)
+            for agent_id, number, share, salt in AgentGates.objects.filter(
+                holdout_share__gt=0, holdout_version__isnull=False
+            ).values_list("agent_id", "holdout_version__number", "holdout_share", "holdout_salt")
+        }
+        with self._lock:
+            self._shadows, self._holdouts, self._read_at = shadows, holdouts, now
+        return shadows, holdouts
+
+    def clear(self) -> None:
+        with self._lock:
+            self._read_at = -1e9
+
+
+genchi = _Genchi()
+
+
+def shadow_picks(tasks: Iterable[Task]) -> list[tuple[int, int]]:
+    """(shadow replay, task) for each task just completed that its agent's
+    running shadow mirrors: a first attempt, run on the shadow's baseline
+    version, in the shadow's share. Run after the task's own result is committed."""
+    shadows, _ = genchi.get()
+    if not shadows:
+        return []
+    picks = []
+    for task in tasks:
+        shadow = shadows.get(task.agent_id) if task.agent_id else None
+        if (
+            shadow is not None
+            and task.attempts == 1
+            and task.prompt_version == shadow.baseline
+            and not task.arm
+            and share_position(shadow.salt, task.pk) < shadow.share
+        ):
+            picks.append((shadow.replay_id, task.pk))
+    return picks
 
 
 def arm_of(experiment: Experiment, task_id: int) -> str:
     """Sticky and deterministic: the same task always lands in the same arm of an
     experiment (a retry too), and experiments split traffic independently."""
-    digest = hashlib.sha256(f"{experiment.salt}:{task_id}".encode()).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64
-    return Arm.TREATMENT if position < experiment.share else Arm.CONTROL
+    return Arm.TREATMENT if share_position(experiment.salt, task_id) < experiment.share else Arm.CONTROL
 
 
 def running_experiments(agents: Iterable[Agent]) -> dict[int, Experiment]:
@@ -44,7 +139,20 @@ def running_experiments(agents: Iterable[Agent]) -> dict[int, Experiment]:
 
 def assign(task: Task, agent: Agent, experiments: dict[int, Experiment]) -> None:
     """Set a task being claimed by ``agent`` to the version it runs (not saved):
-    the active one, or, while the agent has an experiment, its arm's."""
+    the holdout's version when the task falls in the agent's holdout (kept out of
+    experiments, as a holdout must be), else the active one, or, while the agent
+    has an experiment, its arm's."""
+    _, holdouts = genchi.get()
+    holdout = holdouts.get(agent.pk)
+    if (
+        holdout is not None
+        and holdout.version != agent.prompt_version
+        and share_position(holdout.salt, task.pk) < holdout.share
+    ):
+        task.experiment_id = None
+        task.arm = HOLDOUT
+        task.prompt_version = holdout.version
+        return
     experiment = experiments.get(agent.pk)
     if experiment is not None and experiment.control.number != agent.prompt_version:
         # The prompt was changed directly while the experiment ran: its control is

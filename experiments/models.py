@@ -114,6 +114,9 @@ class ChangeProposal(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting for approval"
         APPROVED = "approved", "Approved"
+        # Being seen on real work before any live traffic: its gates (replay,
+        # adversarial probes, shadow) are running, in that order.
+        VALIDATING = "validating", "In its gates"
         REJECTED = "rejected", "Rejected"
         EXPERIMENTING = "experimenting", "In an experiment"
         PROMOTED = "promoted", "Promoted"
@@ -319,6 +322,15 @@ class AuditEntry(models.Model):
         ROLLED_BACK = "rolled_back", "Rolled back"
         FUTILE = "futile", "Stopped for futility"
         VERSION = "version", "Version recorded"
+        GATE_STARTED = "gate_started", "Gate started"
+        GATE_PASSED = "gate_passed", "Gate passed"
+        GATE_FAILED = "gate_failed", "Gate failed"
+        GATE_SKIPPED = "gate_skipped", "Gate skipped"
+        GATE_OVERRIDDEN = "gate_overridden", "Gate overridden"
+        REPLAY_STARTED = "replay_started", "Replay started"
+        REPLAY_CANCELLED = "replay_cancelled", "Replay cancelled"
+        REPLAY_FINISHED = "replay_finished", "Replay finished"
+        HOLDOUT = "holdout", "Holdout"
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
     action = models.CharField(max_length=20, choices=Action.choices)
@@ -331,6 +343,7 @@ class AuditEntry(models.Model):
     version = models.ForeignKey(
         PromptVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+    replay = models.ForeignKey("Replay", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     # None: the kaizen loop or the line did it.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -374,3 +387,255 @@ class AuditEntry(models.Model):
         ):
             return "a config file"
         return "the kaizen loop"
+
+
+# --- genchi genbutsu: seeing a change work before it touches the line ----------------------
+
+
+class GateRule(models.TextChoices):
+    EVERY = "every", "Every change"
+    MAJOR = "major", "Major changes"
+    NEVER = "never", "Never"
+
+
+class AgentGates(models.Model):
+    """Which gates an agent's prompt changes pass before their canary, and how
+    each is sized. An agent without a row takes the installation's defaults
+    (``AgentGates.defaults``): replay and probes for every change, shadow for
+    major ones; no holdout."""
+
+    agent = models.OneToOneField(Agent, on_delete=models.CASCADE, related_name="gates")
+    replay = models.CharField(max_length=5, choices=GateRule.choices, default=GateRule.EVERY)
+    adversarial = models.CharField(max_length=5, choices=GateRule.choices, default=GateRule.EVERY)
+    shadow = models.CharField(max_length=5, choices=GateRule.choices, default=GateRule.MAJOR)
+    # Replay: the pairs wanted (0: sized by the power calculation) and its spending cap.
+    replay_sample = models.PositiveIntegerField(default=0)
+    replay_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
+    # Shadow: the share of live tasks mirrored, the pairs planned, the time limit, the cap.
+    shadow_share = models.FloatField(default=0.2)
+    shadow_size = models.PositiveIntegerField(default=200)
+    shadow_hours = models.FloatField(default=24.0)
+    shadow_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
+    # Probes per family, and how much worse a family's hit rate may get.
+    probes_per_family = models.PositiveIntegerField(default=8)
+    probe_margin = models.FloatField(default=0.05)
+    # Holdout (off at 0): this share of tasks stays on the version that was active
+    # before a series of promotions, to show whether their wins last.
+    holdout_share = models.FloatField(default=0.0)
+    holdout_version = models.ForeignKey(
+        PromptVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    holdout_started_at = models.DateTimeField(null=True, blank=True)
+    holdout_salt = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        verbose_name_plural = "agent gates"
+
+    def __str__(self) -> str:
+        return f"gates of {self.agent.name}"
+
+    @classmethod
+    def of(cls, agent: Agent) -> AgentGates:
+        """The agent's row, or the defaults (unsaved) when it has none."""
+        found = cls.objects.filter(agent=agent).first()
+        return found if found is not None else cls(agent=agent)
+
+    def kinds_for(self, *, major: bool) -> list[str]:
+        """The gates a change passes, in the order they run: the offline ones
+        first (replay, then the probes), then the shadow on live traffic."""
+        rules = (
+            (Gate.Kind.REPLAY, self.replay),
+            (Gate.Kind.ADVERSARIAL, self.adversarial),
+            (Gate.Kind.SHADOW, self.shadow),
+        )
+        return [kind for kind, rule in rules if rule == GateRule.EVERY or (rule == GateRule.MAJOR and major)]
+
+
+class Replay(models.Model):
+    """One way of seeing a candidate version beside the baseline on real work,
+    item by item, with the same inspection the line runs: a replay of past tasks,
+    a shadow on mirrored live tasks, or the adversarial probes. Its calls are
+    ledger rows marked with its purpose (never production cost), capped by
+    ``budget_usd``."""
+
+    class Kind(models.TextChoices):
+        REPLAY = "replay", "Replay"
+        SHADOW = "shadow", "Shadow"
+        PROBE = "probe", "Adversarial probes"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN = (State.QUEUED, State.RUNNING)
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="replays")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.REPLAY)
+    baseline = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    candidate = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    proposal = models.ForeignKey(
+        ChangeProposal, on_delete=models.SET_NULL, null=True, blank=True, related_name="replays"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    # Items planned and finished (a shadow's total is its planned pairs).
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    # How the sample was drawn and sized (strata, power, assumptions), for the review.
+    plan = models.JSONField(default=dict, blank=True)
+    seed = models.PositiveIntegerField(default=0)
+    # What seeing costs, capped: both arms' model calls.
+    budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
+    spent_usd = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    # Shadow: the share of live tasks mirrored, and when it stops at the latest.
+    share = models.FloatField(default=0.0)
+    deadline = models.DateTimeField(null=True, blank=True)
+    salt = models.CharField(max_length=32, blank=True)
+    # The result: the paired statistics (or the probe hit rates), the verdict and why.
+    stats = models.JSONField(default=dict, blank=True)
+    verdict = models.CharField(max_length=4, blank=True)  # pass, fail or "" (not decided)
+    reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The worker stepping through the items holds this lease; one that stops
+    # (killed, restarted) lets it run out and the next resume carries on.
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    # Not columns: what experiments.selectors attaches for the pages.
+    eta_seconds: float | None
+    percent: int
+    flips: dict[str, list]
+    families: list[dict]
+    url: str
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["candidate", "kind"],
+                condition=Q(state__in=["queued", "running"]),
+                name="replay_one_open_per_candidate",
+            )
+        ]
+        indexes = [models.Index(fields=["kind", "state"], name="replay_kind_state")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.agent.name} v{self.candidate.number} ({self.state})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("experiments-replay", kwargs={"pk": self.pk})
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in self.OPEN
+
+    @property
+    def purpose(self) -> str:
+        """The ledger's ModelCall.purpose of its calls (the kinds are named alike)."""
+        return str(self.kind)
+
+
+class ReplayItem(models.Model):
+    """One task seen through both versions: what each made of it and whether it
+    passed (the inspection, or a person's earlier verdict on the same output).
+    For a probe, the mutated input and whether each version was hit."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        SKIPPED = "skipped", "Skipped"
+
+    replay = models.ForeignKey(Replay, on_delete=models.CASCADE, related_name="items")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField()
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    # The stratum it was drawn from (replay), or the probe family and mutator.
+    stratum = models.CharField(max_length=120, blank=True)
+    # What a person said of the task's output before (approved, corrected, rejected), if anything.
+    past_verdict = models.CharField(max_length=10, blank=True)
+    # A probe's input (the task's own input is read from the task).
+    probe_input = models.TextField(blank=True)
+    probe = models.JSONField(default=dict, blank=True)
+    baseline_pass = models.BooleanField(null=True)
+    candidate_pass = models.BooleanField(null=True)
+    baseline_output = models.TextField(blank=True)
+    candidate_output = models.TextField(blank=True)
+    baseline_reason = models.TextField(blank=True)
+    candidate_reason = models.TextField(blank=True)
+    baseline_cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    candidate_cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    baseline_latency_ms = models.FloatField(default=0)
+    candidate_latency_ms = models.FloatField(default=0)
+    baseline_tokens = models.PositiveIntegerField(default=0)
+    candidate_tokens = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["replay", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["replay", "position"], name="replay_item_position"),
+        ]
+        indexes = [models.Index(fields=["replay", "state", "position"], name="replay_item_state")]
+
+    def __str__(self) -> str:
+        return f"item {self.position} of replay {self.replay_id} (task {self.task_id})"
+
+
+class Gate(models.Model):
+    """One gate a proposal passes before its canary: its state and its evidence."""
+
+    class Kind(models.TextChoices):
+        REPLAY = "replay", "Replay on past work"
+        ADVERSARIAL = "adversarial", "Adversarial probes"
+        SHADOW = "shadow", "Shadow on mirrored live work"
+
+    class State(models.TextChoices):
+        WAITING = "waiting", "Waiting"
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped by a person"
+        OVERRIDDEN = "overridden", "Failed, overridden by a person"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # States that let the proposal go on.
+    CLEARED = (State.PASSED, State.SKIPPED, State.OVERRIDDEN)
+    REPLAY_KIND = {
+        Kind.REPLAY: Replay.Kind.REPLAY,
+        Kind.ADVERSARIAL: Replay.Kind.PROBE,
+        Kind.SHADOW: Replay.Kind.SHADOW,
+    }
+
+    proposal = models.ForeignKey(ChangeProposal, on_delete=models.CASCADE, related_name="gates")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    position = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.WAITING)
+    replay = models.OneToOneField(
+        Replay, on_delete=models.SET_NULL, null=True, blank=True, related_name="gate"
+    )
+    # The verdict's figures and reasons, as the review shows them.
+    evidence = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    note = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["proposal", "position"]
+        constraints = [models.UniqueConstraint(fields=["proposal", "kind"], name="gate_once_per_proposal")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of proposal {self.proposal_id} ({self.state})"
+
+    @property
+    def cleared(self) -> bool:
+        return self.state in self.CLEARED

@@ -807,9 +807,14 @@ def _busy(agent: Agent) -> str:
     if Experiment.objects.filter(agent=agent, status__in=Experiment.ACTIVE).exists():
         return "it has an experiment running"
     if ChangeProposal.objects.filter(
-        agent=agent, status__in=(ChangeProposal.Status.PENDING, ChangeProposal.Status.APPROVED)
+        agent=agent,
+        status__in=(
+            ChangeProposal.Status.PENDING,
+            ChangeProposal.Status.APPROVED,
+            ChangeProposal.Status.VALIDATING,
+        ),
     ).exists():
-        return "a proposal of it waits for a decision or for its experiment"
+        return "a proposal of it waits for a decision, its gates or its experiment"
     if services.changes_today(agent) >= settings.KAIZEN_MAX_CHANGES_PER_DAY:
         return "it reached its daily limit of changes (KAIZEN_MAX_CHANGES_PER_DAY)"
     return ""

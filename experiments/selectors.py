@@ -15,19 +15,24 @@ from typing import Any
 
 import plotly
 from django.conf import settings
-from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
+from andon.models import Inspection
 from experiments import stats as stats_module
 from experiments.charts import chart_json, money
 from experiments.models import (
+    AgentGates,
     AuditEntry,
     ChangeProposal,
     Experiment,
     ExperimentLook,
     ExperimentSample,
+    Gate,
     PromptVersion,
+    Replay,
+    ReplayItem,
 )
 from experiments.prompt_diff import diff_lines, diff_rows
 
@@ -170,9 +175,12 @@ def proposal_list():
 
 
 def proposal_waiting_list() -> list[ChangeProposal]:
-    """Proposals waiting for a decision, and approved ones waiting for their
-    agent's running experiment to end (they may still be rejected), oldest first."""
-    proposals = proposal_list().filter(status__in=(ProposalStatus.PENDING, ProposalStatus.APPROVED))
+    """Proposals waiting for a decision, in their gates, and approved ones waiting
+    for their agent's running experiment to end (they may still be rejected),
+    oldest first."""
+    proposals = proposal_list().filter(
+        status__in=(ProposalStatus.PENDING, ProposalStatus.VALIDATING, ProposalStatus.APPROVED)
+    )
     return [proposal_details_get(p) for p in proposals.order_by("created_at", "pk")]
 
 
@@ -457,3 +465,96 @@ def experiment_context_get(experiment: Experiment) -> dict:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+# --- genchi genbutsu: replays, probes, shadows and the gates they decide -----------------------
+
+ITEM_ROWS = 200
+
+
+def replay_get(pk: int) -> Replay | None:
+    return (
+        Replay.objects.select_related("agent", "baseline", "candidate", "proposal", "created_by")
+        .filter(pk=pk)
+        .first()
+    )
+
+
+def replay_details_get(replay: Replay) -> Replay:
+    """Attach what the pages show of a replay: its progress (percent, the time
+    left at its pace so far), the flip table (tasks that pass on one version
+    only, with links) and, for probes, the families' hit rates."""
+    replay.percent = round(100 * replay.done / replay.total) if replay.total else 0
+    replay.eta_seconds = None
+    if replay.is_open and replay.started_at and 0 < replay.done < replay.total:
+        elapsed = (timezone.now() - replay.started_at).total_seconds()
+        replay.eta_seconds = elapsed / replay.done * (replay.total - replay.done)
+    flips = ReplayItem.objects.filter(replay=replay, state=ReplayItem.State.DONE).exclude(
+        baseline_pass=F("candidate_pass")
+    )
+    rows = list(flips.select_related("task").order_by("position")[: 2 * ITEM_ROWS])
+    replay.flips = {
+        "now_fail": [i for i in rows if i.baseline_pass and not i.candidate_pass][:ITEM_ROWS],
+        "now_pass": [i for i in rows if i.candidate_pass and not i.baseline_pass][:ITEM_ROWS],
+    }
+    families = (replay.stats or {}).get("families", {})
+    replay.families = [{"name": name, **rates} for name, rates in sorted(families.items())]
+    replay.url = replay.get_absolute_url()
+    return replay
+
+
+def replay_context_get(replay: Replay) -> dict:
+    replay_details_get(replay)
+    return {
+        "replay": replay,
+        "items": list(
+            ReplayItem.objects.filter(replay=replay).select_related("task").order_by("position")[:ITEM_ROWS]
+        ),
+        "replay_audit": list(audit_list().filter(replay=replay)[:RECENT_AUDIT]),
+        "nav": "kaizen",
+    }
+
+
+def proposal_gates_get(proposal: ChangeProposal) -> list[Gate]:
+    """A proposal's gates in order, each with its replay's details attached."""
+    gates = list(
+        proposal.gates.select_related("replay", "replay__baseline", "replay__candidate", "decided_by")
+    )
+    for gate in gates:
+        if gate.replay is not None:
+            replay_details_get(gate.replay)
+    return gates
+
+
+def holdout_report_get(agent) -> dict | None:
+    """How the agent's holdout (the version active before its series of
+    promotions) does beside the versions it runs now, on first attempts since
+    the holdout began: whether the promotions' wins last."""
+    gates = (
+        AgentGates.objects.filter(agent=agent, holdout_version__isnull=False)
+        .select_related("holdout_version")
+        .first()
+    )
+    if gates is None or gates.holdout_version is None or gates.holdout_started_at is None:
+        return None
+    held = gates.holdout_version.number
+    rows = (
+        Inspection.objects.filter(agent=agent, attempt=1, created_at__gte=gates.holdout_started_at)
+        .values("prompt_version")
+        .annotate(n=Count("pk"), passed=Count("pk", filter=Q(passed=True)))
+    )
+    holdout: dict[str, Any] = {"n": 0, "passed": 0}
+    current: dict[str, Any] = {"n": 0, "passed": 0}
+    for row in rows:
+        side = holdout if row["prompt_version"] == held else current
+        side["n"] += row["n"]
+        side["passed"] += row["passed"]
+    for side in (holdout, current):
+        side["rate"] = side["passed"] / side["n"] if side["n"] else None
+    return {
+        "version": held,
+        "share": gates.holdout_share,
+        "since": gates.holdout_started_at,
+        "holdout": holdout,
+        "current": current,
+    }

@@ -14,8 +14,8 @@ from __future__ import annotations
 import difflib
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -29,16 +29,19 @@ from boards.agents.spec import (
     GENERATION_PARAMETERS,
 )
 from boards.models import Agent
-from experiments import broadcast as review_broadcast
-from experiments import plans, stats
+from experiments import genchi, plans, stats
+from experiments.audit import audit as _audit
 from experiments.line import current_version, ensure_version, next_version_number
 from experiments.models import (
+    AgentGates,
     AuditEntry,
     ChangeProposal,
     Experiment,
     ExperimentLook,
     ExperimentSample,
+    Gate,
     PromptVersion,
+    Replay,
     normal_prompt_fields,
 )
 from experiments.prompt_diff import diff_lines
@@ -67,49 +70,6 @@ def _require(user: User | None, permission: str, what: str) -> None:
 
 def can_approve(user: User | None) -> bool:
     return bool(user is not None and user.is_authenticated and user.has_perm(APPROVE_PERMISSION))
-
-
-# Audit actions that change the review page's lists of proposals and experiments.
-_REVIEW_LIST_ACTIONS = {
-    Action.PROPOSED,
-    Action.APPROVED,
-    Action.REJECTED,
-    Action.STARTED,
-    Action.NOT_STARTED,
-    Action.PROMOTED,
-    Action.ROLLED_BACK,
-    Action.FUTILE,
-    Action.VERSION,
-}
-
-
-def _audit(
-    agent: Agent,
-    action: str,
-    *,
-    user: User | None = None,
-    reason: str = "",
-    proposal: ChangeProposal | None = None,
-    experiment: Experiment | None = None,
-    version: PromptVersion | None = None,
-    stats_json: dict | None = None,
-) -> AuditEntry:
-    entry = AuditEntry.objects.create(
-        agent=agent,
-        action=action,
-        user=user if user is not None and user.is_authenticated else None,
-        reason=reason,
-        proposal=proposal,
-        experiment=experiment,
-        version=version,
-        stats=stats_json or {},
-    )
-    # The evolution review pages, live (sent after commit; repeats are merged).
-    if entry.experiment_id is not None:
-        transaction.on_commit(partial(review_broadcast.experiment_changed, entry.experiment_id))
-    if action in _REVIEW_LIST_ACTIONS:
-        transaction.on_commit(review_broadcast.proposals_changed)
-    return entry
 
 
 def _rationale(text: str, *, field: str = "rationale") -> str:
@@ -275,11 +235,11 @@ def proposal_create(
             version=candidate,
         )
         if not major:
-            # No approval needed: it starts now, or when the agent's running experiment ends.
+            # No approval needed: its gates start now, then its experiment.
             proposal.status = Status.APPROVED
             proposal.decision_note = "minor change: no approval needed"
             proposal.save(update_fields=["status", "decision_note"])
-            _start_if_free(proposal, reason="minor change: starts at once", user=user)
+            _gates_begin(proposal, reason="minor change: starts at once", user=user)
     return proposal
 
 
@@ -303,7 +263,7 @@ def proposal_approve(*, proposal: ChangeProposal, user: User, note: str = "") ->
             proposal=proposal,
             version=proposal.candidate,
         )
-        _start_if_free(proposal, reason="approved", user=user)
+        _gates_begin(proposal, reason="approved", user=user)
     return proposal
 
 
@@ -312,13 +272,194 @@ def proposal_reject(*, proposal: ChangeProposal, user: User, note: str) -> Chang
     note = _rationale(note, field="note")
     with transaction.atomic():
         proposal = _locked_proposal(proposal.pk)
-        if proposal.status not in (Status.PENDING, Status.APPROVED):
+        if proposal.status not in (Status.PENDING, Status.APPROVED, Status.VALIDATING):
             raise ValidationError(f"This proposal is already {proposal.get_status_display().lower()}.")
         proposal.status = Status.REJECTED
         proposal.decided_by, proposal.decided_at, proposal.decision_note = user, timezone.now(), note
         proposal.save(update_fields=["status", "decided_by", "decided_at", "decision_note"])
+        _gates_stop(proposal, note=f"the proposal was rejected: {note}", user=user)
         _audit(proposal.agent, Action.REJECTED, user=user, reason=note, proposal=proposal)
     return proposal
+
+
+# --- the gates: seeing the change on real work before any live traffic (experiments.genchi) ---
+
+
+def _gates_begin(proposal: ChangeProposal, *, reason: str, user: User | None = None) -> None:
+    """An approved proposal (or a minor one) goes through the gates its agent
+    asks for (AgentGates: replay, adversarial probes, shadow), in that order,
+    then to its experiment; with no gates, straight to the experiment."""
+    kinds = AgentGates.of(proposal.agent).kinds_for(major=proposal.major)
+    if not kinds:
+        _start_if_free(proposal, reason=reason, user=user)
+        return
+    Gate.objects.bulk_create(Gate(proposal=proposal, kind=kind, position=i) for i, kind in enumerate(kinds))
+    proposal.status = Status.VALIDATING
+    proposal.save(update_fields=["status"])
+    _gates_walk(proposal, user=user)
+
+
+def _gate_start(gate: Gate, proposal: ChangeProposal, user: User | None) -> None:
+    starts: dict[str, Callable[..., Replay]] = {
+        Gate.Kind.REPLAY: genchi.replay_start,
+        Gate.Kind.ADVERSARIAL: genchi.probes_start,
+        Gate.Kind.SHADOW: genchi.shadow_start,
+    }
+    start = starts[gate.kind]
+    gate.started_at = timezone.now()
+    try:
+        with transaction.atomic():
+            replay = start(agent=proposal.agent, candidate=proposal.candidate, user=user, proposal=proposal)
+    except ValidationError as exc:
+        # Nothing to see it on (a new agent, with no finished tasks or inputs
+        # yet): no evidence either way, said so on the review and in the audit
+        # log; the canary that follows still watches for harm.
+        gate.state = Gate.State.SKIPPED
+        gate.reason = "nothing to see it on yet: " + "; ".join(exc.messages)
+        gate.ended_at = timezone.now()
+        gate.save(update_fields=["state", "reason", "started_at", "ended_at"])
+        _audit(
+            proposal.agent,
+            Action.GATE_SKIPPED,
+            reason=f"{gate.get_kind_display()}: {gate.reason}",
+            proposal=proposal,
+        )
+        return
+    except genchi.ReplayOpen as exc:
+        replay = exc.replay  # the candidate is being seen already (from the API): the gate waits for it
+    gate.state = Gate.State.RUNNING
+    gate.replay = replay
+    gate.save(update_fields=["state", "replay", "started_at"])
+    _audit(
+        proposal.agent,
+        Action.GATE_STARTED,
+        user=user,
+        reason=f"{gate.get_kind_display()} started",
+        proposal=proposal,
+        replay=replay,
+    )
+
+
+def _gates_walk(proposal: ChangeProposal, *, user: User | None = None) -> None:
+    """Move a proposal in its gates as far as it goes now: a running gate whose
+    replay has concluded passes or fails; a failed gate rejects the proposal with
+    its reasons; the next waiting gate starts; when every gate is cleared, the
+    experiment starts (or waits for the agent's slot). Idempotent: called after
+    each step that may move it, and by the beat."""
+    for gate in proposal.gates.select_related("replay").order_by("position"):
+        if gate.cleared:
+            continue
+        if gate.state == Gate.State.RUNNING:
+            replay = gate.replay
+            if replay is None or replay.is_open:
+                return
+            if replay.state == Replay.State.DONE:
+                gate.state = Gate.State.PASSED if replay.verdict == "pass" else Gate.State.FAILED
+                gate.reason = replay.reason
+                gate.evidence = replay.stats
+            else:
+                gate.state = Gate.State.FAILED
+                gate.reason = f"its {replay.get_kind_display().lower()} was {replay.state}: {replay.reason}"
+            gate.ended_at = timezone.now()
+            gate.save(update_fields=["state", "reason", "evidence", "ended_at"])
+            _audit(
+                proposal.agent,
+                Action.GATE_PASSED if gate.state == Gate.State.PASSED else Action.GATE_FAILED,
+                reason=f"{gate.get_kind_display()}: {gate.reason}",
+                proposal=proposal,
+                replay=replay,
+                stats_json=gate.evidence,
+            )
+            if gate.state == Gate.State.PASSED:
+                continue
+        if gate.state in (Gate.State.FAILED, Gate.State.CANCELLED):
+            why = f"{gate.get_kind_display()} failed: {gate.reason}"
+            proposal.status = Status.REJECTED
+            proposal.decided_at = timezone.now()
+            proposal.decision_note = f"{proposal.decision_note}\n{why}".strip()
+            proposal.save(update_fields=["status", "decided_at", "decision_note"])
+            _audit(proposal.agent, Action.REJECTED, reason=why, proposal=proposal, version=proposal.candidate)
+            return
+        if gate.state == Gate.State.WAITING:
+            _gate_start(gate, proposal, user)
+            if gate.state == Gate.State.SKIPPED:
+                continue
+            return
+    proposal.status = Status.APPROVED
+    proposal.save(update_fields=["status"])
+    _start_if_free(proposal, reason="its gates passed", user=user)
+
+
+def gates_advance(*, proposal_id: int) -> ChangeProposal | None:
+    """Move a proposal in its gates (see _gates_walk), under its row lock."""
+    with transaction.atomic():
+        try:
+            proposal = _locked_proposal(proposal_id)
+        except ChangeProposal.DoesNotExist:
+            return None
+        if proposal.status == Status.VALIDATING:
+            _gates_walk(proposal)
+    return proposal
+
+
+def gates_advance_all() -> int:
+    """Celery beat, with replays_resume: every proposal in its gates moves on (a
+    replay that concluded while its message to move on was lost)."""
+    ids = list(ChangeProposal.objects.filter(status=Status.VALIDATING).values_list("pk", flat=True))
+    for pk in ids:
+        gates_advance(proposal_id=pk)
+    return len(ids)
+
+
+def _gates_stop(proposal: ChangeProposal, *, note: str, user: User | None) -> None:
+    """A proposal rejected while in its gates: its running replays stop."""
+    for gate in proposal.gates.select_related("replay").filter(
+        state__in=(Gate.State.WAITING, Gate.State.RUNNING)
+    ):
+        if gate.replay is not None and gate.replay.is_open:
+            genchi.replay_cancel(replay=gate.replay, user=user, note=note)
+        gate.state = Gate.State.CANCELLED
+        gate.reason = note
+        gate.ended_at = timezone.now()
+        gate.save(update_fields=["state", "reason", "ended_at"])
+
+
+def gate_override(*, gate: Gate, user: User, note: str) -> Gate:
+    """A person with the approve permission lets a proposal past a gate, with a
+    note for the audit log: a gate not decided yet is skipped (its replay
+    stopped), a failed one is overridden (its proposal, rejected by it, goes on)."""
+    _require(user, APPROVE_PERMISSION, "skip or override gates")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        proposal = _locked_proposal(gate.proposal_id)
+        gate = Gate.objects.select_for_update(of=("self",)).select_related("replay").get(pk=gate.pk)
+        if gate.state in (Gate.State.WAITING, Gate.State.RUNNING) and proposal.status == Status.VALIDATING:
+            if gate.replay is not None and gate.replay.is_open:
+                genchi.replay_cancel(replay=gate.replay, user=user, note=f"gate skipped: {note}")
+            gate.state, action = Gate.State.SKIPPED, Action.GATE_SKIPPED
+        elif gate.state == Gate.State.FAILED and proposal.status == Status.REJECTED:
+            # A failed gate rejects its proposal at once: this is that rejection.
+            gate.state, action = Gate.State.OVERRIDDEN, Action.GATE_OVERRIDDEN
+            proposal.status = Status.VALIDATING
+            proposal.save(update_fields=["status"])
+        else:
+            raise ValidationError(
+                f"This gate is {gate.get_state_display().lower()} and its proposal "
+                f"{proposal.get_status_display().lower()}: there is nothing to skip or override."
+            )
+        gate.decided_by, gate.note, gate.ended_at = user, note, timezone.now()
+        gate.save(update_fields=["state", "decided_by", "note", "ended_at"])
+        _audit(
+            proposal.agent,
+            action,
+            user=user,
+            reason=f"{gate.get_kind_display()}: {note}",
+            proposal=proposal,
+            replay=gate.replay,
+            stats_json=gate.evidence,
+        )
+        _gates_walk(proposal, user=user)
+    return gate
 
 
 def _locked_proposal(pk: int) -> ChangeProposal:
@@ -452,6 +593,7 @@ def experiment_promote(*, experiment: Experiment, user: User, note: str) -> Expe
                 f"{stats.PROMOTE_MARGIN:.0%} below the control's rate."
             )
         agent = Agent.objects.select_for_update(of=("self",), no_key=True).get(pk=experiment.agent_id)
+        _holdout_keep(agent, experiment.control, user=user)
         _activate(agent, experiment.treatment)
         _end(experiment, Experiment.Status.PROMOTED, note)
         experiment.proposal.status = Status.PROMOTED
@@ -522,6 +664,50 @@ def prompt_version_rollback(*, agent: Agent, version: PromptVersion, user: User,
         _activate(agent, version)
         _audit(agent, Action.ROLLED_BACK, user=user, reason=note, version=version)
     return agent
+
+
+def _holdout_keep(agent: Agent, before: PromptVersion, *, user: User | None) -> None:
+    """The first promotion while the agent keeps a holdout (AgentGates.holdout_share)
+    fixes its version: the one active before this series of promotions, which
+    the holdout's share of tasks keeps running, so the series' wins can be seen
+    to last (or not) against it."""
+    gates = AgentGates.objects.filter(agent=agent, holdout_share__gt=0, holdout_version__isnull=True).first()
+    if gates is None:
+        return
+    gates.holdout_version = before
+    gates.holdout_started_at = timezone.now()
+    gates.holdout_salt = secrets.token_hex(8)
+    gates.save(update_fields=["holdout_version", "holdout_started_at", "holdout_salt"])
+    _audit(
+        agent,
+        Action.HOLDOUT,
+        user=user,
+        reason=f"holdout started: {gates.holdout_share:.0%} of {agent.name}'s tasks stay on v{before.number}",
+        version=before,
+    )
+
+
+def holdout_reset(*, agent: Agent, user: User, note: str) -> None:
+    """End the agent's holdout series: the next promotion starts a new one."""
+    _require(user, APPROVE_PERMISSION, "reset holdouts")
+    note = _rationale(note, field="note")
+    with transaction.atomic():
+        gates = (
+            AgentGates.objects.select_for_update().filter(agent=agent, holdout_version__isnull=False).first()
+        )
+        if gates is None:
+            raise ValidationError(f"{agent.name} keeps no holdout.")
+        version = gates.holdout_version
+        assert version is not None  # filtered so
+        gates.holdout_version, gates.holdout_started_at = None, None
+        gates.save(update_fields=["holdout_version", "holdout_started_at"])
+        _audit(
+            agent,
+            Action.HOLDOUT,
+            user=user,
+            reason=f"holdout on v{version.number} ended: {note}",
+            version=version,
+        )
 
 
 def _activate(agent: Agent, version: PromptVersion) -> None:

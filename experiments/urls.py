@@ -16,4 +16,7 @@ urlpatterns = [
     path("experiments/<int:pk>/promote/", views.experiment_promote, name="experiments-promote"),
     path("experiments/<int:pk>/rollback/", views.experiment_rollback, name="experiments-rollback"),
     path("experiments/<int:pk>/resume/", views.experiment_resume, name="experiments-resume"),
+    path("replays/<int:pk>/", views.replay_detail, name="experiments-replay"),
+    path("replays/<int:pk>/cancel/", views.replay_cancel, name="experiments-replay-cancel"),
+    path("gates/<int:pk>/override/", views.gate_override, name="experiments-gate-override"),
 ]

@@ -36,11 +36,12 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from experiments import services
+from experiments import genchi, services
 from experiments.forms import AuditFilterForm, NoteForm
 from experiments.models import (
     ChangeProposal,
     Experiment,
+    Gate,
 )
 from experiments.selectors import (
     AUDIT_PAGE,
@@ -51,7 +52,10 @@ from experiments.selectors import (
     experiment_context_get,
     experiment_get,
     proposal_details_get,
+    proposal_gates_get,
     proposal_list,
+    replay_context_get,
+    replay_get,
     review_context_get,
 )
 from kaizen_web.compressed_files import compressed_file_response
@@ -96,6 +100,7 @@ def _proposal_page(request: HttpRequest, pk: int, *, failed: Failure | None = No
     experiment = Experiment.objects.filter(proposal=proposal).first()
     context = {
         "proposal": proposal,
+        "gates": proposal_gates_get(proposal),
         "experiment": experiment,
         "proposal_audit": list(audit_list().filter(proposal=proposal)[:RECENT_AUDIT]),
         "plain": True,
@@ -130,6 +135,53 @@ def experiment_live(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return render(
         request, "experiments/experiment.html#experiment-update", experiment_context_get(experiment)
     )
+
+
+@require_GET
+@approver_required
+def replay_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """A replay, probe run or shadow: its progress, its paired statistics and
+    verdict, its flip table, and its items."""
+    replay = replay_get(pk)
+    if replay is None:
+        raise Http404("No such replay.")
+    context = replay_context_get(replay)
+    context["can_cancel"] = replay.is_open
+    return render(request, "experiments/replay.html", context)
+
+
+@require_POST
+@approver_required
+def replay_cancel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    replay = replay_get(pk)
+    if replay is None:
+        raise Http404("No such replay.")
+    note = NoteForm(request.POST).value() or "cancelled on the evolution review"
+    try:
+        genchi.replay_cancel(replay=replay, user=request.user, note=note)
+    except ValidationError as exc:
+        messages.error(request, error_message(exc))
+    else:
+        messages.success(
+            request, f"Cancelled the {replay.get_kind_display().lower()} of v{replay.candidate.number}."
+        )
+    return redirect(safe_next(request) or replay.get_absolute_url())
+
+
+@require_POST
+@approver_required
+def gate_override(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """Skip a gate not decided yet, or override a failed one: only with a note."""
+    gate = get_object_or_404(Gate.objects.select_related("proposal"), pk=pk)
+    note = NoteForm(request.POST).value()
+    try:
+        services.gate_override(gate=gate, user=request.user, note=note)
+    except ValidationError as exc:
+        messages.error(request, error_message(exc))
+        return redirect(gate.proposal.get_absolute_url())
+    gate.refresh_from_db()
+    messages.success(request, f"{gate.get_kind_display()}: {gate.get_state_display().lower()}.")
+    return redirect(gate.proposal.get_absolute_url())
 
 
 @require_GET
@@ -186,6 +238,8 @@ def _approved_message(proposal: ChangeProposal) -> str:
     done = f"Approved the change to {proposal.agent.name} (v{proposal.candidate.number})"
     if proposal.status == ProposalStatus.EXPERIMENTING:
         return f"{done}: its canary experiment has started."
+    if proposal.status == ProposalStatus.VALIDATING:
+        return f"{done}: it is being seen on real work first (its gates), then its canary starts."
     if proposal.status == ProposalStatus.APPROVED:
         return f"{done}: it starts when {proposal.agent.name}'s running experiment ends."
     return f"{done}, but it did not start: {proposal.decision_note}."

@@ -323,6 +323,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "experiments.tasks.evaluate_experiments",
         "schedule": KAIZEN_EXPERIMENT_LOOK_SECONDS,
     },
+    # Replays whose worker stopped go on with another; shadows at their size or
+    # time limit are decided; proposals move through their gates.
+    "resume-replays": {
+        "task": "experiments.tasks.resume_replays",
+        "schedule": env_float("KAIZEN_REPLAY_RESUME_SECONDS", 15.0, minimum=1.0),
+    },
     # The kaizen loop's Plan and Do: at most one proposal per agent per run.
     "kaizen-cycle": {
         "task": "experiments.tasks.kaizen_cycle",
@@ -439,6 +445,20 @@ KAIZEN_MAX_CHANGES_PER_DAY = env_int("KAIZEN_MAX_CHANGES_PER_DAY", 3, minimum=1)
 KAIZEN_CANARY_SHARE = env_float("KAIZEN_CANARY_SHARE", 0.05, minimum=0.01, maximum=0.5)
 KAIZEN_CANARY_SIZE = env_int("KAIZEN_CANARY_SIZE", 200, minimum=100)
 KAIZEN_EXPERIMENT_MAX_N = env_int("KAIZEN_EXPERIMENT_MAX_N", 2000, minimum=100)
+# Genchi genbutsu (experiments.genchi): model calls a replay step runs at once,
+# and the probe families (dotted paths to experiments.probes.ProbeFamily classes).
+KAIZEN_REPLAY_CONCURRENCY = env_int("KAIZEN_REPLAY_CONCURRENCY", 16, minimum=1)
+# A replay's pace (items a second, both versions each): 1,000 past tasks in 40 s.
+KAIZEN_REPLAY_RATE = env_float("KAIZEN_REPLAY_RATE", 25.0, minimum=0.1)
+# The replay gate's guardrails: how much a candidate may raise the mean cost and
+# latency per task (relative) before the gate fails, shown beyond doubt (the 95%
+# interval's lower end past the limit). Tokens are reported, and cost carries them.
+KAIZEN_REPLAY_GUARDRAILS = {
+    "cost": env_float("KAIZEN_REPLAY_COST_LIMIT", 0.5, minimum=0.0),
+    "latency": env_float("KAIZEN_REPLAY_LATENCY_LIMIT", 0.5, minimum=0.0),
+}
+KAIZEN_REPLAY_STEP_SECONDS = env_float("KAIZEN_REPLAY_STEP_SECONDS", 20.0, minimum=0.1)
+KAIZEN_REPLAY_LEASE_SECONDS = env_float("KAIZEN_REPLAY_LEASE_SECONDS", 90.0, minimum=1.0)
 # Custom quality checks (dotted paths to functions) an agent's checks may name (andon.inspection).
 KAIZEN_CUSTOM_CHECKS = env_list(
     "KAIZEN_CUSTOM_CHECKS",

@@ -141,6 +141,8 @@ def _proposal_state(proposal: ChangeProposal) -> str:
         return f"in its experiment's {experiment.get_stage_display().lower()} stage"
     if proposal.status == ChangeProposal.Status.PENDING:
         return "waiting for approval"
+    if proposal.status == ChangeProposal.Status.VALIDATING:
+        return "in its gates: being seen on past, probed and mirrored work before its canary"
     if proposal.status == ChangeProposal.Status.APPROVED:
         # Approved (a minor change needs no approval) and waiting for the agent's slot.
         return "approved: it starts when the agent's running experiment ends"

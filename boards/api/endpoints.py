@@ -60,6 +60,7 @@ from boards.api.tokens import BearerToken, TokenHttpRequest
 from boards.models import Agent, Board, Column, ModelCall, Task
 from boards.task_search import TaskFilter, task_list
 from boards.text import lone_surrogate
+from experiments.api import router as replays_router
 
 logger = logging.getLogger(__name__)
 
@@ -747,3 +748,7 @@ def board_flow(
         else None
     )
     return report
+
+
+# The kaizen loop's replays (experiments.api): same authentication, errors and schema.
+api.add_router("", replays_router)

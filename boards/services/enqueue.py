@@ -80,3 +80,13 @@ def runs_enqueue(claims: Sequence[Claim]) -> None:
             run_task.delay(chunk[0].task_id, str(chunk[0].lease_token))
         else:
             run_tasks.delay([[claim.task_id, str(claim.lease_token)] for claim in chunk])
+
+
+def shadow_runs_enqueue(picks: Sequence[tuple[int, int]]) -> None:
+    """Send the shadow runs of live tasks just completed, as (shadow replay, task),
+    to the workers (experiments.tasks.shadow_run, named rather than imported: the
+    kaizen loop's tasks sit above the line's services)."""
+    from celery import current_app
+
+    for replay_id, task_id in picks:
+        current_app.send_task("experiments.tasks.shadow_run", args=(replay_id, task_id))

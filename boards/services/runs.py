@@ -21,6 +21,7 @@ from andon.inspection import Verdict
 from boards import broadcast, metrics
 from boards.agents import CallRecord, Output
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
+from boards.services.enqueue import shadow_runs_enqueue
 from boards.services.ledger import (
     budgets_charge,
     ledger_rows,
@@ -191,6 +192,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         task_rows_update([run.task for run in finished], _COMPLETED_FIELDS)
         TaskEvent.objects.bulk_create(events)
         _samples_record((run.task, run.verdict.passed) for run in finished)
+        _shadows_enqueue(run.task for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)
         verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]
         transaction.on_commit(partial(metrics.inspections_observe, verdicts))
@@ -237,6 +239,14 @@ def _samples_record(outcomes: Iterable[tuple[Task, bool]]) -> None:
         # A task completes once per stage for its experiment: a retry after a
         # rejection keeps the first outcome.
         ExperimentSample.objects.bulk_create(samples, ignore_conflicts=True)
+
+
+def _shadows_enqueue(tasks: Iterable[Task]) -> None:
+    """The candidate of a running shadow (experiments.genchi) also runs on the
+    tasks it mirrors, after this commit, on the workers: never shipped."""
+    picks = experiment_line.shadow_picks(tasks)
+    if picks:
+        transaction.on_commit(partial(shadow_runs_enqueue, picks))
 
 
 def _after_andon_commit(

@@ -22,3 +22,10 @@ def editor(db):
 @pytest.fixture
 def approver(db):
     return make_user_with("boards.change_agent", "experiments.approve_change")
+
+
+@pytest.fixture
+def fast_replays(settings):
+    """Replays unpaced (KAIZEN_REPLAY_RATE paces them to spare the live line,
+    which these tests do not run)."""
+    settings.KAIZEN_REPLAY_RATE = 100_000.0

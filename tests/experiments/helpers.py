@@ -9,7 +9,7 @@ import re
 
 from boards.models import Board, Column, Task
 from experiments import services as kaizen
-from experiments.models import ChangeProposal, Experiment, ExperimentSample, PromptVersion
+from experiments.models import AgentGates, ChangeProposal, Experiment, ExperimentSample, PromptVersion
 from tests.factories import (
     HTMX,  # noqa: F401  (re-exported for the experiments tests)
     make_agent,
@@ -22,9 +22,15 @@ NEW_TEMPLATE = "You are a meticulous inspector. Describe the defect first, then 
 RATIONALE = "Ask for the defect first: reviewers keep correcting the order."
 
 
-def line_agent(name: str | None = None):
+def line_agent(name: str | None = None, *, gates: bool = False):
+    """An agent on a board of its own. Its changes go straight to their canary
+    unless ``gates``: these tests are about the experiment (tests/experiments/
+    test_gates*.py are about the gates before it)."""
     board = make_board(ready_limit=None, doing_limit=None)
-    return make_agent(boards=[board], name=name, concurrency=1000, quality_checks=[])
+    agent = make_agent(boards=[board], name=name, concurrency=1000, quality_checks=[])
+    if not gates:
+        AgentGates.objects.create(agent=agent, replay="never", adversarial="never", shadow="never")
+    return agent
 
 
 def fields_of(agent, **changes) -> dict:

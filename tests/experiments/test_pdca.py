@@ -20,7 +20,7 @@ from boards.agents import CallRecord, Output
 from boards.agents.spec import check_template
 from experiments import pdca, tasks
 from experiments import services as kaizen
-from experiments.models import ChangeProposal, Experiment, PromptVersion
+from experiments.models import AgentGates, ChangeProposal, Experiment, PromptVersion
 from tests.andon.helpers import DEFECTIVE, GOOD, claim_one
 from tests.boards.provider_server import ProviderServer
 from tests.boards.test_provider_openai import _completion, _error
@@ -494,6 +494,8 @@ def test_with_several_plans_the_cycle_proposes_only_the_strongest(line):
 @pytest.mark.django_db
 def test_the_cycle_proposes_nothing_while_the_agent_has_an_experiment(line):
     agent = _verbose(line)
+    # Straight to the canary (the gates before it are another test's).
+    AgentGates.objects.create(agent=agent, replay="never", adversarial="never", shadow="never")
     fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
     running = kaizen.proposal_create(
         agent=agent,
@@ -502,6 +504,22 @@ def test_the_cycle_proposes_nothing_while_the_agent_has_an_experiment(line):
         source=PromptVersion.Source.KAIZEN,
     )
     assert Experiment.objects.filter(proposal=running, status__in=Experiment.ACTIVE).exists()
+
+    assert pdca.cycle(agent) is None
+    assert ChangeProposal.objects.filter(agent=agent).count() == 1
+
+
+@pytest.mark.django_db
+def test_the_cycle_proposes_nothing_while_a_proposal_is_in_its_gates(line):
+    agent = _verbose(line)
+    fields = {name: getattr(agent, name) for name in PromptVersion.FIELDS}
+    seen = kaizen.proposal_create(
+        agent=agent,
+        fields={**fields, "parameters": {"max_tokens": 900}},  # minor: its gates start at once
+        rationale="A little shorter.",
+        source=PromptVersion.Source.KAIZEN,
+    )
+    assert seen.status == ChangeProposal.Status.VALIDATING
 
     assert pdca.cycle(agent) is None
     assert ChangeProposal.objects.filter(agent=agent).count() == 1

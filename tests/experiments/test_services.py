@@ -14,7 +14,14 @@ from boards.agents.simulated import SimulatedProvider
 from boards.models import Task
 from experiments import line
 from experiments import services as kaizen
-from experiments.models import AuditEntry, ChangeProposal, Experiment, ExperimentSample, PromptVersion
+from experiments.models import (
+    AgentGates,
+    AuditEntry,
+    ChangeProposal,
+    Experiment,
+    ExperimentSample,
+    PromptVersion,
+)
 from tests.experiments.helpers import tasks_of
 from tests.factories import make_agent, make_board, make_user
 
@@ -26,6 +33,9 @@ NEW_TEMPLATE = "You are a meticulous inspector. Describe the defect, then classi
 def line_agent(db):
     board = make_board(ready_limit=None, doing_limit=None)
     agent = make_agent(boards=[board], concurrency=1000, quality_checks=[])
+    # The experiment's own tests: its changes go straight to the canary (the
+    # gates before it have theirs, tests/experiments/test_gates.py).
+    AgentGates.objects.create(agent=agent, replay="never", adversarial="never", shadow="never")
     return board, agent
 
 
