@@ -35,6 +35,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/flow.py
 	$(BIN)/python bench/muda.py
+	$(BIN)/python bench/replay.py
 
 # The kaizen loop's decision procedure on simulated experiments (issue 5); CPU only.
 bench-stats: $(DEV_STAMP)

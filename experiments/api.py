@@ -47,6 +47,8 @@ class ReplayIn(Schema):
         "is no worse than the active version by more than 5 points.",
         ge=1,
         le=MAX_SAMPLE,
+        # Published beside the anyOf, where they bound a number and let null through.
+        json_schema_extra={"minimum": 1, "maximum": MAX_SAMPLE},
     )
 
 

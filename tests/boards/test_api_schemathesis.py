@@ -23,7 +23,7 @@ from schemathesis import checks as st_checks
 
 from boards import services
 from tests.boards.api_support import token_for
-from tests.factories import make_agent, make_board
+from tests.factories import make_agent, make_board, make_user_with
 
 pytestmark = pytest.mark.django_db
 
@@ -68,9 +68,9 @@ def api_schema(in_process_wsgi):
 def known(db):
     """A board with an agent and a task, for cases that name things that exist."""
     board = make_board()
-    make_agent(boards=[board], capabilities=["general", "weld"])
+    agent = make_agent(boards=[board], capabilities=["general", "weld"])
     task = services.task_create(board=board, title="An existing task")
-    return {"slug": board.slug, "task_id": task.pk}
+    return {"slug": board.slug, "task_id": task.pk, "name": agent.name}
 
 
 def operations(schema) -> list:
@@ -88,7 +88,7 @@ def _strategy(operation, mode: GenerationMode, known: dict):
 
 
 def test_schema_valid_requests_are_taken_and_never_meet_a_server_error(api_schema, known):
-    auth = {"Authorization": f"Bearer {token_for()}"}
+    auth = {"Authorization": f"Bearer {token_for(make_user_with('boards.add_task', 'boards.change_agent'))}"}
     failures: list[str] = []
 
     for operation in operations(api_schema):
@@ -119,7 +119,7 @@ def test_schema_valid_requests_are_taken_and_never_meet_a_server_error(api_schem
 
 
 def test_requests_that_break_the_schema_are_refused_as_json_never_a_server_error(api_schema, known):
-    auth = {"Authorization": f"Bearer {token_for()}"}
+    auth = {"Authorization": f"Bearer {token_for(make_user_with('boards.add_task', 'boards.change_agent'))}"}
     failures: list[str] = []
 
     for operation in operations(api_schema):
