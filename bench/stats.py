@@ -13,8 +13,16 @@ it, a naive z-test at every look (promote at z >= 1.96, roll back at z <= -1.96,
 from 100 per arm, the same z). The tasks are split exactly evenly between the
 arms, so the sample-ratio check never fires here.
 
+Then the replay gate (issue 13, `replay_gate`): replays of a prompt change on
+`experiments.paired.replay_sample_size()` pairs, the pass counts drawn from a
+multinomial, decided by `experiments.paired.noninferiority_p_many` (the vectorised
+core of the gate's test), in two scenarios: the versions truly equal, and the
+candidate truly 5 points worse; a sample of them replayed through `replay_stats`
+itself; and `mcnemar_exact_p` against scipy's binomtest on random tables.
+`--skip-replay-gate` leaves it out, `--only-replay-gate` runs nothing else.
+
 Prints one ``name=value`` line per figure. Fixed seed: the same run prints the
-same figures.
+same figures. Exits non-zero when a target is missed.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import stats  # noqa: E402
+from experiments import paired, stats  # noqa: E402
 
 LOOKS = 20
 MAX_N = 2000
@@ -135,6 +144,96 @@ def replay_with_evaluate(result: dict[str, np.ndarray], count: int) -> tuple[int
     return mismatches, (time.perf_counter() - started) / calls
 
 
+# The replay gate's scenarios: name: (P(both pass), P(only baseline), P(only candidate),
+# P(neither)). A baseline that passes 80%; the versions disagree on
+# DEFAULT_DISCORDANCE = 15% of the pairs (the planning assumption); the candidate
+# passes 80% ("at_0") or 75% ("at_drop5", a drop of exactly the margin).
+REPLAY_GATE_SCENARIOS = {
+    "at_0": (0.725, 0.075, 0.075, 0.125),
+    "at_drop5": (0.70, 0.10, 0.05, 0.15),
+}
+REPLAY_GATE_PASS_AT_0 = 0.95  # DEFAULT_POWER: equal versions pass at least this often
+REPLAY_GATE_FAIL_AT_DROP5 = 0.90  # a 5-point drop fails at least this often
+MCNEMAR_TOLERANCE = 1e-12
+
+
+def replay_gate_pairs(counts: np.ndarray, rng: np.random.Generator) -> list[paired.Pair]:
+    """Pairs with these pass counts (both, only baseline, only candidate, neither) and
+    measures that vary by task alike on both versions (no guardrail should move)."""
+    outcomes = np.repeat(np.arange(4), counts)
+    size = rng.gamma(4.0, 0.25, size=len(outcomes))
+    noise = rng.normal(1.0, 0.1, size=(6, len(outcomes)))
+    return [
+        paired.Pair(
+            baseline_pass=bool(o in (0, 1)),
+            candidate_pass=bool(o in (0, 2)),
+            baseline_cost=0.01 * size[i] * noise[0, i],
+            candidate_cost=0.01 * size[i] * noise[1, i],
+            baseline_latency_ms=1500 * size[i] * noise[2, i],
+            candidate_latency_ms=1500 * size[i] * noise[3, i],
+            baseline_tokens=round(800 * size[i] * noise[4, i]),
+            candidate_tokens=round(800 * size[i] * noise[5, i]),
+        )
+        for i, o in enumerate(outcomes)
+    ]
+
+
+def replay_gate(replays: int, through_replay_stats: int, seed: int) -> bool:
+    """Simulated replays of the gate at its default sample size; True when every target
+    holds and replay_stats agrees with the vectorised test on every sampled replay."""
+    started = time.perf_counter()
+    n = paired.replay_sample_size()
+    print(f"replay_gate_sample_size={n}")
+    print(f"replay_gate_replays={replays}")
+    print(f"replay_gate_discordance={paired.DEFAULT_DISCORDANCE}")
+    print(f"replay_gate_margin={paired.DEFAULT_MARGIN}")
+    print(f"replay_gate_alpha={paired.DEFAULT_ALPHA}")
+    print(f"replay_gate_planned_power={paired.achieved_power(n):.4f}")
+
+    shares = {}
+    mismatches = checked = 0
+    stats_s = 0.0
+    for index, (name, cells) in enumerate(REPLAY_GATE_SCENARIOS.items()):
+        rng = np.random.default_rng([seed, 13, index])
+        counts = rng.multinomial(n, cells, size=replays)
+        p = paired.noninferiority_p_many(np.full(replays, n), counts[:, 1], counts[:, 2])
+        passed = p < paired.DEFAULT_ALPHA
+        shares[name] = float(np.mean(passed))
+        call_started = time.perf_counter()
+        for i in range(min(through_replay_stats, replays)):
+            verdict = paired.replay_stats(replay_gate_pairs(counts[i], rng), seed=i).verdict
+            mismatches += verdict != ("pass" if passed[i] else "fail")
+            checked += 1
+        stats_s += time.perf_counter() - call_started
+    print(f"replay_gate_pass_at_0={shares['at_0']:.4f}")
+    print(f"replay_gate_fail_at_drop5={1 - shares['at_drop5']:.4f}")
+    print(f"replay_gate_monte_carlo_se_at_0_95={math.sqrt(0.95 * 0.05 / replays):.4f}")
+    print(f"replay_gate_replayed_through_replay_stats={checked}")
+    print(f"replay_gate_verdict_mismatches={mismatches}")
+    if checked:
+        print(f"replay_gate_stats_ms_per_call={stats_s / checked * 1000:.1f}")
+
+    # Random tables: discordant pairs from 1 to 2,000 (binomtest needs at least one),
+    # split anywhere.
+    rng = np.random.default_rng([seed, 13, 99])
+    discordant = rng.integers(1, 2001, size=2000)
+    only_candidate = rng.integers(0, discordant + 1)
+    worst = max(
+        abs(paired.mcnemar_exact_p(int(d - c), int(c)) - scipy_stats.binomtest(int(c), int(d), 0.5).pvalue)
+        for d, c in zip(discordant, only_candidate, strict=True)
+    )
+    print(f"replay_gate_mcnemar_tables={len(discordant)}")
+    print(f"replay_gate_mcnemar_max_abs_diff={worst:.3g}")
+    print(f"replay_gate_elapsed_s={time.perf_counter() - started:.1f}")
+    return (
+        shares["at_0"] >= REPLAY_GATE_PASS_AT_0
+        and 1 - shares["at_drop5"] >= REPLAY_GATE_FAIL_AT_DROP5
+        and worst <= MCNEMAR_TOLERANCE
+        and paired.mcnemar_exact_p(0, 0) == 1.0
+        and not mismatches
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,7 +245,24 @@ def main() -> int:
         "--replay", type=int, default=500, help="experiments per scenario replayed through evaluate()"
     )
     parser.add_argument("--seed", type=int, default=20260105)
+    parser.add_argument("--skip-replay-gate", action="store_true", help="leave out the replay gate")
+    parser.add_argument("--only-replay-gate", action="store_true", help="run the replay gate alone")
+    parser.add_argument(
+        "--replay-gate-replays", type=int, default=20_000, help="simulated replays per replay-gate scenario"
+    )
+    parser.add_argument(
+        "--replay-gate-stats",
+        type=int,
+        default=100,
+        help="replays per replay-gate scenario also decided by replay_stats()",
+    )
     args = parser.parse_args()
+
+    def run_replay_gate() -> bool:
+        return replay_gate(args.replay_gate_replays, args.replay_gate_stats, args.seed)
+
+    if args.only_replay_gate:
+        return 0 if run_replay_gate() else 1
 
     started = time.perf_counter()
     print(f"experiments_per_scenario={args.experiments}")
@@ -192,7 +308,8 @@ def main() -> int:
     print(f"evaluate_us_per_call={np.mean(replay_s_per_call) * 1e6:.0f}")
     print(f"simulation_s={simulated_s:.1f}")
     print(f"elapsed_s={time.perf_counter() - started:.1f}")
-    return 1 if mismatches else 0
+    gate_holds = args.skip_replay_gate or run_replay_gate()
+    return 1 if mismatches or not gate_holds else 0
 
 
 if __name__ == "__main__":

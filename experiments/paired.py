@@ -79,8 +79,8 @@ BOOTSTRAP_RESAMPLES = 2000
 RELATIVE_CHANGE_CAP = 1e6
 # replay_sample_size plans for a tenth less type II error than asked (power 0.955 for
 # 0.95). The normal approximation is close here (the exact power of Tango's test at
-# its 672 pairs is 0.9528 for the defaults, enumerated over the trinomial), but a
-# 20,000-replay check of 0.95 has a standard error of 0.0015, so 0.9528 is under 2 of
+# its 672 pairs is 0.9520 for the defaults, enumerated over the trinomial), but a
+# 20,000-replay check of 0.95 has a standard error of 0.0015, so 0.9520 is under 2 of
 # them; at 0.955 planned (693 pairs, exact 0.9572) it is over 4. It also leaves room for
 # a discordance guessed a little low: 693 pairs keep 0.95 up to a discordance of 0.157.
 POWER_SAFETY = 0.1
