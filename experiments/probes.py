@@ -384,7 +384,9 @@ class SizeFamily(ProbeFamily):
             data = _json_object(text)
             if data is None:
                 return "", ()
-            return json.dumps({k: ("" if isinstance(v, str) else v) for k, v in data.items()}), ()
+            return json.dumps(
+                {k: ("" if isinstance(v, str) else v) for k, v in data.items()}, ensure_ascii=False
+            ), ()
         if mutator == "huge":
             return mutate_text(text, huge), ()
         return mutate_text(text, lambda t: truncated(t, rng)), ()
