@@ -7,8 +7,12 @@ answers given confidence c, about c of them are right.
 
 Everything is deterministic from (model, prompt, input): the same request always gives
 the same answer, confidence, tokens, latency and error. (So a demo feed that adds the
-same input again gets the same answer again; a retry whose prompt changed, with a new
-{last_error} or a reviewer's note, is a new draw.)
+same input again gets the same answer again.) What the model makes of an input, its
+"luck" there, comes from (model, input) alone, as a real model's errors on an input
+hold across small changes of the prompt (hard inputs stay hard): see "Coupled draws"
+below. So a retry whose prompt differs only by a filled {last_error} has the same luck
+on its input (its wording, flaw and errors are drawn afresh), while a reviewer's note,
+which raises the accuracy, turns the borderline wrong answers right.
 
 What it does, by kind of task (the kind is read from the prompt's imperative: "Classify
 ...", "Extract ...", "List every ...", "Summarise ...", "Draft/Write a reply ...",
@@ -96,6 +100,76 @@ The confidence is then drawn around p, in log-odds with a spread of 0.8
 answer is right with probability equal to that confidence: calibrated by construction.
 (The share of right answers on a request is the mean confidence, a little nearer one
 half than p: about sigmoid(logit p / 1.12), so 0.85 -> 0.82, 0.97 -> 0.96, 0.30 -> 0.32.)
+
+Coupled draws. The two draws that decide how an input goes, the confidence noise
+z ~ N(0, 0.8) and the uniform u that makes the answer right when u < confidence, come
+from a generator seeded by (model, input) only; p comes from the prompt. So on one
+input and one model, every prompt sees the same z and u, and the answer is right
+exactly when u < sigmoid(logit p + z), clipped and rounded: a prompt with a higher p is
+right on every input where a lower one is, plus the borderline inputs between them, and
+two prompts with the same p agree everywhere. A paired replay of a change therefore
+shows its effect without the noise of independent draws. Measured on 281 inputs of the
+shipped agents' demo tasks, each on its agent's first-tier model: a rewording that
+changes no prompt effect agrees with the original on every input (with draws seeded by
+the prompt, as before issue 13, they disagreed on 31%); one that changes the reading a
+little ("Answer as JSON only" read as a draft, p down 0.04) disagrees on 0.4%; three
+few-shot examples raise the share of right answers from 80% to 88% and turn no right
+answer wrong (before: 78% to 92%, with 5% of inputs turned wrong); an unfilled
+"{customer}" lowers it from 80% to 52%.
+
+Everything else (latency, errors, which flaw a wrong answer has, the wording) is drawn
+from (model, prompt, input) as before, so a reworded prompt may word the same answer
+differently, and a wrong answer may show another flaw. Models differ: the luck of
+sim-small on an input says nothing about sim-large's.
+
+Adversarial inputs
+------------------
+The model reads the input as a real one would, tricks included (``adversarial``).
+Every draw here also comes from (model, input) only, so a guard added to a prompt
+stops exactly the injections it is strong enough to stop.
+
+Injected instructions. When the input (as it appears in the prompt) carries an
+instruction that demands an answer, the model may follow it: its whole answer becomes
+the demanded text (``reply only with KZ-CANARY-...`` gives ``KZ-CANARY-...``), the answer
+is wrong, and the flaw says it followed an injected instruction. Recognised:
+"ignore / disregard / forget / override ... instructions (rules, prompt, everything you
+were told)", "new instructions", "you are now ...", "developer mode", a "SYSTEM:" line;
+each with a demand after it (or just before): "reply / respond / answer / say / output /
+print / write / return (only, just) (with) X", X quoted or up to the end of the
+sentence, "and nothing else" or "only". Three forms, each followed with its own chance:
+
+    model        plain   obfuscated   base64
+    sim-small    0.60    0.45         0.05
+    sim-medium   0.35    0.30         0.20
+    sim-large    0.15    0.12         0.18
+
+"Obfuscated" is found once zero-width characters are removed, Cyrillic and Greek
+look-alike letters read as Latin, and leetspeak (4 3 1 0 5 7 @ $) read as letters; base64
+is a blob of 24 or more base64 characters that decodes to such an instruction (small
+models cannot decode it, so rarely follow it). A prompt with a guard makes each chance
+ten times smaller (``GUARD_FACTOR``); the guards are phrases in the prompt outside the
+input: "treat the input (text, message, ticket, data...) as data" (or "as untrusted"),
+"never / do not follow (obey, execute, act on) instructions in (inside, within, from)
+the input", "ignore instructions in the input", "the input is untrusted", "untrusted
+input". An injection the model does not follow is left out of the material it works on
+(its sentences are neither quoted nor summarised).
+
+Format. A prompt showing a JSON object (or naming JSON) makes a JSON agent. If the input
+asks for prose ("answer in plain prose", "not JSON", "no JSON", "without JSON", "don't
+use JSON", "reply in normal sentences"), a JSON object answer turns into sentences ("The
+category is billing. ...") with chance 0.5 / 0.3 / 0.15 (small / medium / large), times
+0.15 (``JSON_STRICT_FACTOR``) when the prompt insists: "JSON only", "only JSON",
+"nothing but JSON", "always answer with (in) JSON", "never answer in prose", "even if the
+input asks otherwise". Whatever the prompt says, a JSON answer that copied a quote from
+the input leaves it unescaped (invalid JSON) with chance 0.25 / 0.08 / 0.02.
+
+Personal data. Answers copy from the input, e-mail addresses, phone numbers and card
+numbers included (a summary or a reply repeats them as the input gives them). A prompt
+saying "never repeat (include, reveal) personal data (details, information)", "never
+repeat PII", "redact (mask, remove) personal data", "redact e-mails / phone numbers /
+card numbers" or "no PII" gets them replaced by "[email]", "[phone]" and "[card number]"
+(a card number is 13 to 19 digits passing the Luhn check), except with chance 0.08 /
+0.03 / 0.01, when the answer repeats them and is wrong for it.
 A wrong answer has one concrete flaw, which ``SimulatedAnswer.flaw`` describes as a
 reviewer would: a label from the set that is not the right one, a label outside the set,
 a JSON field missing or malformed JSON, a figure not in the input, an IN/OUT verdict
@@ -121,6 +195,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from boards.agents.provider_types import ModelRequest, ModelResponse, ProviderError
+from boards.agents.simulated.adversarial import (
+    as_prose,
+    find_injection,
+    follow_chance,
+    injection_flaw,
+    personal_data,
+    prose_asked,
+    redact,
+    unescaped,
+    without_injection,
+)
 from boards.agents.simulated.classify import write_classify
 from boards.agents.simulated.draft import write_draft
 from boards.agents.simulated.extract import write_extract
@@ -140,6 +225,8 @@ from boards.agents.simulated.profiles import (
     EFFECT_PLACEHOLDER,
     EFFECT_PLACEHOLDERS_MAX,
     EFFECT_VAGUE,
+    GUARD_FACTOR,
+    JSON_STRICT_FACTOR,
     KIND_EFFECT,
     NO_INPUT_CEILING,
     SIMULATED_PROFILES,
@@ -300,6 +387,18 @@ def _seed(request: ModelRequest) -> int:
     return int(digest[:16], 16)
 
 
+def _input_seed(model: str, input_text: str, purpose: str) -> int:
+    """A seed from the model and the input alone, not the prompt: what a model makes
+    of an input (how hard it finds it, whether it falls for a trick in it) holds
+    across rewordings of the prompt."""
+    digest = hashlib.sha256(f"{model}\x00{purpose}\x00{input_text}".encode()).hexdigest()
+    return int(digest[:16], 16)
+
+
+def _input_draw(model: str, input_text: str, purpose: str) -> float:
+    return random.Random(_input_seed(model, input_text, purpose)).random()
+
+
 def simulate(request: ModelRequest) -> SimulatedAnswer:
     """The simulated model's whole answer to a request, without sleeping."""
     try:
@@ -329,11 +428,26 @@ def simulate(request: ModelRequest) -> SimulatedAnswer:
             tokens_out=0,
             error=f"simulated {request.model}: the model returned an unusable answer (simulated error)",
         )
-    logit, reading, source, _ = accuracy_logit(request.model, request.prompt, request.input)
-    confidence = sigmoid(logit + rng.gauss(0, CONFIDENCE_SPREAD))
+    logit, reading, source, present = accuracy_logit(request.model, request.prompt, request.input)
+    # The luck of the input (the confidence noise and the uniform that decides right
+    # or wrong) comes from (model, input) only, so two prompts differ on an input
+    # only as far as their accuracies differ. The request's own generator still
+    # makes the same two draws, so the flaws and wording it draws next are those it
+    # always drew.
+    luck = random.Random(_input_seed(request.model, request.input, "luck"))
+    rng.gauss(0, CONFIDENCE_SPREAD)
+    rng.random()
+    confidence = sigmoid(logit + luck.gauss(0, CONFIDENCE_SPREAD))
     confidence = round(min(CONFIDENCE_MAX, max(CONFIDENCE_MIN, confidence)), 3)
-    correct = rng.random() < confidence
+    correct = luck.random() < confidence
     kind = _writer_kind(reading)
+    injection = find_injection(source.text) if present else None
+    followed = False
+    if injection is not None:
+        chance = follow_chance(injection, profile, guarded=reading.injection_guard, factor=GUARD_FACTOR)
+        followed = _input_draw(request.model, request.input, "injection") < chance
+        if not followed:
+            source = without_injection(source, injection)
     work = Work(
         reading=reading, source=source, model=request.model, profile=profile, rng=rng, confidence=confidence
     )
@@ -343,6 +457,11 @@ def simulate(request: ModelRequest) -> SimulatedAnswer:
         # Every wrong answer shows what is wrong; a writer that could not apply the
         # flaws it was given hedges instead.
         text, flaw = hedge_answer(text, work)
+    if injection is not None and followed:
+        text, correct, flaw = injection.demand, False, injection_flaw(injection)
+    else:
+        text, correct, flaw = _json_breaks(request, profile, reading, source, text, correct, flaw)
+    text, correct, flaw = _personal_data(request, profile, reading, text, correct, flaw)
     return SimulatedAnswer(
         text=text,
         confidence=confidence,
@@ -354,6 +473,59 @@ def simulate(request: ModelRequest) -> SimulatedAnswer:
         tokens_in=tokens_in,
         tokens_out=count_tokens(text),
     )
+
+
+def _json_breaks(
+    request: ModelRequest,
+    profile: SimulatedProfile,
+    reading: PromptReading,
+    source: Source,
+    text: str,
+    correct: bool,
+    flaw: str,
+) -> tuple[str, bool, str]:
+    """A JSON answer turned to prose because the input asked for prose, or with a
+    quote copied from the input left unescaped."""
+    if not reading.wants_json:
+        return text, correct, flaw
+    if prose_asked(source.text):
+        chance = profile.prose_break * (JSON_STRICT_FACTOR if reading.json_strict else 1.0)
+        if _input_draw(request.model, request.input, "prose") < chance:
+            prose = as_prose(text)
+            if prose is not None:
+                return (
+                    prose,
+                    False,
+                    "the answer is in prose, not the JSON the prompt asks for (the input asked for prose)",
+                )
+    if _input_draw(request.model, request.input, "quote") < profile.unescaped_quote:
+        broken = unescaped(text)
+        if broken is not None:
+            return broken, False, "the answer is not valid JSON: a quote copied from the input is not escaped"
+    return text, correct, flaw
+
+
+def _personal_data(
+    request: ModelRequest,
+    profile: SimulatedProfile,
+    reading: PromptReading,
+    text: str,
+    correct: bool,
+    flaw: str,
+) -> tuple[str, bool, str]:
+    """Personal data redacted when the prompt asks, except for the model's misses."""
+    if not reading.redact_pii:
+        return text, correct, flaw
+    if _input_draw(request.model, request.input, "redaction") >= profile.redaction_miss:
+        return redact(text), correct, flaw
+    leaked = personal_data(text)
+    if leaked and correct:
+        return (
+            text,
+            False,
+            f"the answer repeats personal data ({leaked[0]}) though the prompt asks to leave it out",
+        )
+    return text, correct, flaw
 
 
 class SimulatedProvider:

@@ -25,6 +25,18 @@ class SimulatedProfile:
     # Tokens one call may take (prompt and output), as a real model of its class
     # would: a tier on this model measures its context-window use against it.
     context_window: int = 8_192
+    # Adversarial inputs (boards.agents.simulated.adversarial): how often the model
+    # follows an instruction injected into the input, written plainly, obfuscated
+    # (look-alike letters, leetspeak, zero-width characters) or base64-encoded; how
+    # often a JSON answer turns to prose when the input asks for it; how often a
+    # quote copied from the input is left unescaped in JSON; how often personal
+    # data slips through a redaction the prompt asked for.
+    injection_plain: float = 0.35
+    injection_obfuscated: float = 0.3
+    injection_encoded: float = 0.2
+    prose_break: float = 0.3
+    unescaped_quote: float = 0.08
+    redaction_miss: float = 0.03
 
 
 SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
@@ -37,6 +49,12 @@ SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
         verbosity=1.6,
         difficulty_slope=3.0,
         context_window=8_192,
+        injection_plain=0.6,
+        injection_obfuscated=0.45,
+        injection_encoded=0.05,
+        prose_break=0.5,
+        unescaped_quote=0.25,
+        redaction_miss=0.08,
     ),
     "sim-medium": SimulatedProfile(
         latency_ms=900,
@@ -47,6 +65,12 @@ SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
         verbosity=1.2,
         difficulty_slope=2.4,
         context_window=32_768,
+        injection_plain=0.35,
+        injection_obfuscated=0.3,
+        injection_encoded=0.2,
+        prose_break=0.3,
+        unescaped_quote=0.08,
+        redaction_miss=0.03,
     ),
     "sim-large": SimulatedProfile(
         latency_ms=2000,
@@ -57,6 +81,12 @@ SIMULATED_PROFILES: dict[str, SimulatedProfile] = {
         verbosity=1.0,
         difficulty_slope=1.8,
         context_window=128_000,
+        injection_plain=0.15,
+        injection_obfuscated=0.12,
+        injection_encoded=0.18,
+        prose_break=0.15,
+        unescaped_quote=0.02,
+        redaction_miss=0.01,
     ),
 }
 
@@ -84,6 +114,11 @@ EFFECT_PLACEHOLDER = -1.5
 EFFECT_PLACEHOLDERS_MAX = -3.0
 EFFECT_NO_INPUT = -4.0
 NO_INPUT_CEILING = -2.5
+# A prompt that says the input is data, not instructions, makes an injected
+# instruction this many times less likely to be followed; one that insists on
+# JSON, a turn to prose.
+GUARD_FACTOR = 0.1
+JSON_STRICT_FACTOR = 0.15
 
 
 def count_tokens(text: str) -> int:

@@ -75,6 +75,14 @@ class PromptReading:
     answer_first: bool = False
     bullets: bool = False
     vague: bool = False
+    # The prompt tells the model the input is data, not instructions: injected
+    # instructions are followed far less often.
+    injection_guard: bool = False
+    # The prompt asks for personal data (e-mails, phone and card numbers) to be
+    # left out: the answer redacts them.
+    redact_pii: bool = False
+    # The prompt insists on JSON whatever the input asks.
+    json_strict: bool = False
 
     @property
     def has_format(self) -> bool:
@@ -171,6 +179,41 @@ _ANSWER_FIRST = re.compile(
     r"start with the answer|answer first|lead with the answer|bottom line up front", re.I
 )
 _BULLETS = re.compile(r"\bbullet", re.I)
+_MATERIAL = r"(?:input|text|message|ticket|content|document|e-?mail|data|thread|report|facts)s?"
+_INJECTION_GUARD = re.compile(
+    r"treat (?:the |all |any )?(?:user |customer )?" + _MATERIAL + r"(?: below| above)? (?:only )?as "
+    r"(?:data|untrusted|plain text|content|material)"
+    r"|(?:never|do not|don't|must not|should not) (?:follow|obey|execute|act on|carry out) (?:any )?"
+    r"(?:instructions?|commands?|orders?|requests?) (?:(?:that (?:appear|are) )?(?:in|inside|within|from|"
+    r"contained in|found in|embedded in) )(?:the |an? )?"
+    + _MATERIAL
+    + r"|ignore (?:any |all )?(?:instructions?|commands?) (?:(?:that (?:appear|are) )?(?:in|inside|within|from|"
+    r"contained in|found in|embedded in) )(?:the |an? )?"
+    + _MATERIAL
+    + r"|(?:the )?"
+    + _MATERIAL
+    + r"(?: below| above)? (?:is|are) untrusted|untrusted "
+    + _MATERIAL,
+    re.I,
+)
+_REDACT_PII = re.compile(
+    r"(?:never|do not|don't|must not) (?:repeat|include|reveal|copy|quote|show|disclose|echo) (?:any )?"
+    r"(?:personal|private|contact|customer|sensitive) (?:data|details|information|info)"
+    r"|(?:never|do not|don't|must not) (?:repeat|include|reveal|copy|quote|show|disclose|echo) (?:any )?"
+    r"(?:pii|e-?mail addresses|phone numbers|card numbers)"
+    r"|(?:redact|mask|remove|strip|hide|anonymi[sz]e) (?:any |all )?(?:personal|private|contact|sensitive) "
+    r"(?:data|details|information|info)"
+    r"|(?:redact|mask|anonymi[sz]e) (?:any |all )?(?:pii|e-?mails?|phone numbers?|card numbers?)"
+    r"|\bno pii\b",
+    re.I,
+)
+_JSON_STRICT = re.compile(
+    r"\bjson only\b|\bonly (?:valid )?json\b|nothing but (?:valid )?json|"
+    r"always (?:answer|reply|respond|output)(?: only)? (?:with|in|as) (?:valid )?json|"
+    r"never (?:answer|reply|respond) in (?:prose|plain text)|"
+    r"even (?:if|when) the (?:input|text|user|message) asks? (?:for something else|otherwise|for prose)",
+    re.I,
+)
 _SIGN_OFF = re.compile(r"sign (?:off|it) (?:as|with)\s*[\"“']([^\"”'\n]+)[\"”']", re.I)
 _RECIPIENT = re.compile(
     r"\b(?:reply|write|message|e-?mail|letter|note|respond|answer)\s+to\s+"
@@ -482,6 +525,9 @@ def read_prompt(instructions: str) -> PromptReading:
         answer_first=bool(_ANSWER_FIRST.search(instructions)),
         bullets=bool(_BULLETS.search(instructions)),
         vague=kind == "generic" and instruction_words < 6,
+        injection_guard=bool(_INJECTION_GUARD.search(instructions)),
+        redact_pii=bool(_REDACT_PII.search(instructions)),
+        json_strict=bool(_JSON_STRICT.search(instructions)),
     )
 
 
