@@ -576,7 +576,8 @@ def _load(paths: tuple[str, ...]) -> tuple[ProbeFamily, ...]:
 def families() -> list[ProbeFamily]:
     """The registered families, in the setting's order (imported once per process;
     a changed setting is seen at once)."""
-    paths = getattr(settings, "KAIZEN_PROBE_FAMILIES", DEFAULT_FAMILIES)
+    # Empty (the setting's default): the built-in families.
+    paths = getattr(settings, "KAIZEN_PROBE_FAMILIES", None) or DEFAULT_FAMILIES
     if isinstance(paths, str):
         paths = (paths,)
     return list(_load(tuple(paths)))

@@ -447,6 +447,9 @@ KAIZEN_CANARY_SIZE = env_int("KAIZEN_CANARY_SIZE", 200, minimum=100)
 KAIZEN_EXPERIMENT_MAX_N = env_int("KAIZEN_EXPERIMENT_MAX_N", 2000, minimum=100)
 # Genchi genbutsu (experiments.genchi): model calls a replay step runs at once,
 # and the probe families (dotted paths to experiments.probes.ProbeFamily classes).
+# Empty: the built-in families (experiments.probes.DEFAULT_FAMILIES); a list
+# replaces them (name the built-in ones too to keep them).
+KAIZEN_PROBE_FAMILIES = env_list("KAIZEN_PROBE_FAMILIES", [])
 KAIZEN_REPLAY_CONCURRENCY = env_int("KAIZEN_REPLAY_CONCURRENCY", 16, minimum=1)
 # A replay's pace (items a second, both versions each): 1,000 past tasks in 40 s.
 KAIZEN_REPLAY_RATE = env_float("KAIZEN_REPLAY_RATE", 25.0, minimum=0.1)
