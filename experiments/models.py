@@ -20,6 +20,7 @@ from django.urls import reverse
 
 from boards.agents.spec import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.models import Agent, Task
+from experiments import plans
 
 
 class PromptVersion(models.Model):
@@ -413,8 +414,8 @@ class AgentGates(models.Model):
     replay_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
     # Shadow: the share of live tasks mirrored, the pairs planned, the time limit, the cap.
     shadow_share = models.FloatField(default=0.2)
-    shadow_size = models.PositiveIntegerField(default=200)
-    shadow_hours = models.FloatField(default=24.0)
+    shadow_size = models.PositiveIntegerField(default=plans.DEFAULT_SHADOW_SIZE)
+    shadow_hours = models.FloatField(default=plans.DEFAULT_SHADOW_HOURS)
     shadow_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
     # Probes per family, and how much worse a family's hit rate may get.
     probes_per_family = models.PositiveIntegerField(default=8)
@@ -436,9 +437,13 @@ class AgentGates(models.Model):
 
     @classmethod
     def of(cls, agent: Agent) -> AgentGates:
-        """The agent's row, or the defaults (unsaved) when it has none."""
+        """The agent's row, or the defaults (unsaved) when it has none: the
+        shadow sized by its boards' plan (a demo board decides in minutes)."""
         found = cls.objects.filter(agent=agent).first()
-        return found if found is not None else cls(agent=agent)
+        if found is not None:
+            return found
+        plan = plans.agent_plan(agent)
+        return cls(agent=agent, shadow_size=plan.shadow_size, shadow_hours=plan.shadow_hours)
 
     def kinds_for(self, *, major: bool) -> list[str]:
         """The gates a change passes, in the order they run: the offline ones

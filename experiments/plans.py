@@ -38,14 +38,30 @@ MAX_CANARY_SHARE = 0.5
 MAX_SIZE = 1_000_000
 
 
+# The shadow gate before the canary (experiments.genchi): its planned pairs and
+# its time limit, for an agent with no gate policy of its own (AgentGates).
+DEFAULT_SHADOW_SIZE = 200
+DEFAULT_SHADOW_HOURS = 24.0
+MIN_SHADOW_SIZE = 10
+SHADOW_HOURS = (0.05, 24.0 * 30)
+
+
 @dataclass(frozen=True)
 class ExperimentPlan:
     canary_share: float
     canary_size: int
     max_n: int
+    shadow_size: int = DEFAULT_SHADOW_SIZE
+    shadow_hours: float = DEFAULT_SHADOW_HOURS
 
     def as_json(self) -> dict[str, Any]:
-        return {"canary_share": self.canary_share, "canary_size": self.canary_size, "max_n": self.max_n}
+        return {
+            "canary_share": self.canary_share,
+            "canary_size": self.canary_size,
+            "max_n": self.max_n,
+            "shadow_size": self.shadow_size,
+            "shadow_hours": self.shadow_hours,
+        }
 
 
 def default_plan() -> ExperimentPlan:
@@ -61,11 +77,40 @@ def plan_problems(data: Any) -> list[tuple[str, str]]:
     mapping with any of canary_share (0.01..0.5), canary_size and max_n (whole
     numbers, at least stats.MIN_PER_ARM, the fewest per arm a decision needs)."""
     if not isinstance(data, dict):
-        return [("", f"must be a mapping with canary_share, canary_size and/or max_n, got {data!r}")]
+        return [
+            (
+                "",
+                "must be a mapping with canary_share, canary_size, max_n, shadow_size and/or "
+                f"shadow_hours, got {data!r}",
+            )
+        ]
     problems: list[tuple[str, str]] = []
+    allowed = ("canary_share", "canary_size", "max_n", "shadow_size", "shadow_hours")
     for key in data:
-        if key not in ("canary_share", "canary_size", "max_n"):
-            problems.append((str(key), "unknown key; allowed keys: canary_share, canary_size, max_n"))
+        if key not in allowed:
+            problems.append((str(key), f"unknown key; allowed keys: {', '.join(allowed)}"))
+    size = data.get("shadow_size")
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not MIN_SHADOW_SIZE <= size <= MAX_SIZE
+    ):
+        problems.append(
+            (
+                "shadow_size",
+                f"must be a whole number of pairs from {MIN_SHADOW_SIZE} to {MAX_SIZE:,}, got {size!r}",
+            )
+        )
+    hours = data.get("shadow_hours")
+    if hours is not None and (
+        isinstance(hours, bool)
+        or not isinstance(hours, int | float)
+        or not SHADOW_HOURS[0] <= hours <= SHADOW_HOURS[1]
+    ):
+        problems.append(
+            (
+                "shadow_hours",
+                f"must be hours between {SHADOW_HOURS[0]} and {SHADOW_HOURS[1]:g}, got {hours!r}",
+            )
+        )
     share = data.get("canary_share")
     if share is not None and (
         isinstance(share, bool)
@@ -103,6 +148,8 @@ def board_plan(data: dict | None) -> ExperimentPlan:
         canary_share=float(data.get("canary_share", base.canary_share)),
         canary_size=int(data.get("canary_size", base.canary_size)),
         max_n=int(data.get("max_n", base.max_n)),
+        shadow_size=int(data.get("shadow_size", base.shadow_size)),
+        shadow_hours=float(data.get("shadow_hours", base.shadow_hours)),
     )
 
 
@@ -112,6 +159,8 @@ def most_careful(plans: Iterable[ExperimentPlan]) -> ExperimentPlan:
         canary_share=min(p.canary_share for p in plans),
         canary_size=max(p.canary_size for p in plans),
         max_n=max(p.max_n for p in plans),
+        shadow_size=max(p.shadow_size for p in plans),
+        shadow_hours=max(p.shadow_hours for p in plans),
     )
 
 
