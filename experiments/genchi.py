@@ -56,7 +56,7 @@ from django.db.models.functions import Length
 from django.utils import timezone
 
 from andon import jidoka
-from andon.models import Escalation
+from andon.models import Escalation, Inspection
 from boards.agents.cascade import implementation_for
 from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord
 from boards.models import Agent, ModelCall, Task
@@ -195,10 +195,17 @@ class PastVerdict:
         return arm.passed, arm.reason
 
 
-def past_verdicts(task_ids: Iterable[int]) -> dict[int, PastVerdict]:
+def past_verdicts(
+    task_ids: Iterable[int] | None = None, *, agent: Agent | None = None
+) -> dict[int, PastVerdict]:
+    """What reviewers decided, by task: of these tasks, or of all the agent's."""
+    found_rows = Escalation.objects.all()
+    if task_ids is not None:
+        found_rows = found_rows.filter(task_id__in=list(task_ids))
+    if agent is not None:
+        found_rows = found_rows.filter(agent=agent)
     rows = (
-        Escalation.objects.filter(task_id__in=list(task_ids))
-        .filter(
+        found_rows.filter(
             status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED, Escalation.Status.REJECTED)
         )
         .order_by("created_at", "pk")
@@ -248,20 +255,44 @@ def _band(length: int) -> str:
 
 
 def replay_pool(agent: Agent) -> list[PoolTask]:
-    """The agent's past tasks a replay may draw from (its most recent finished
-    ones), each with its stratum: capability, input length band and past outcome
-    (passed, approved, edited, rejected, failed)."""
+    """The agent's past tasks a replay may draw from (its most recent ones with an
+    outcome: done, or judged by a reviewer), each with its stratum: capability,
+    input length band and past outcome (passed, approved, edited, rejected).
+
+    Tasks that failed every attempt (their model calls failed) are left out:
+    a provider's failure says nothing of the prompt, and with a deterministic
+    model the old prompt would fail again where the new one draws afresh."""
+    judged = Escalation.objects.filter(
+        agent=agent,
+        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED, Escalation.Status.REJECTED),
+    ).values("task_id")
     rows = list(
-        Task.objects.filter(agent=agent, status__in=(Task.Status.DONE, Task.Status.FAILED))
+        Task.objects.filter(agent=agent)
+        .filter(Q(status=Task.Status.DONE) | Q(pk__in=judged))
         .annotate(input_length=Length("input"))
         .order_by("-pk")
-        .values_list("pk", "capability", "input_length", "status")[:POOL]
+        .values_list("pk", "capability", "input_length")[:POOL]
     )
-    verdicts = past_verdicts(pk for pk, *_ in rows)
+    if not rows:
+        return []
+    oldest = rows[-1][0]
+    # By agent and id rather than a list of ids: a pool of 20,000 would pass
+    # SQLite's limit on a query's parameters.
+    verdicts = past_verdicts(agent=agent)
+    first_inspections = dict(
+        Inspection.objects.filter(agent=agent, attempt=1, task_id__gte=oldest)
+        .order_by("-pk")
+        .values_list("task_id", "passed")
+    )
     pool = []
-    for pk, capability, length, status in rows:
-        judged = verdicts.get(pk)
-        outcome = judged.verdict if judged else ("passed" if status == Task.Status.DONE else "failed")
+    for pk, capability, length in rows:
+        past = verdicts.get(pk)
+        if past is not None:
+            outcome = past.verdict
+        else:
+            # Done without a reviewer: its inspection passed, or a defect was
+            # marked on its card (a board without a Review column).
+            outcome = "passed" if first_inspections.get(pk, True) else "defect"
         pool.append(PoolTask(pk, f"{capability or 'any'} · {_band(length or 0)} · {outcome}", outcome))
     return pool
 
@@ -993,8 +1024,6 @@ def shadow_run(replay_id: int, task_id: int) -> str:
 def _live_outcome(task: Task) -> tuple[bool, str, str, Decimal, float, int] | None:
     """The live run's outcome for the pair: its first inspection (on the version
     the shadow compares with), and the calls of that attempt."""
-    from andon.models import Inspection
-
     inspection = Inspection.objects.filter(task_id=task.pk).order_by("pk").first()
     if inspection is None:
         return None

@@ -605,8 +605,10 @@ class Gate(models.Model):
         RUNNING = "running", "Running"
         PASSED = "passed", "Passed"
         FAILED = "failed", "Failed"
-        SKIPPED = "skipped", "Skipped by a person"
-        OVERRIDDEN = "overridden", "Failed, overridden by a person"
+        # By a person with a note, or by the line when there was nothing to see.
+        SKIPPED = "skipped", "Skipped"
+        # Failed, and let through by a person with a note.
+        OVERRIDDEN = "overridden", "Overridden"
         CANCELLED = "cancelled", "Cancelled"
 
     # States that let the proposal go on.

@@ -387,7 +387,11 @@ def _gates_walk(proposal: ChangeProposal, *, user: User | None = None) -> None:
             return
     proposal.status = Status.APPROVED
     proposal.save(update_fields=["status"])
-    _start_if_free(proposal, reason="its gates passed", user=user)
+    cleared = ", ".join(
+        f"{gate.get_kind_display().lower()} {gate.get_state_display().lower()}"
+        for gate in proposal.gates.order_by("position")
+    )
+    _start_if_free(proposal, reason=f"its gates are cleared ({cleared})", user=user)
 
 
 def gates_advance(*, proposal_id: int) -> ChangeProposal | None:
