@@ -397,6 +397,7 @@ def replay_start(
         "pool": len(pool),
         "planned": planned,
         "wanted": wanted,
+        "guardrails": gates.guardrails(),
         "size": size,
         "margin": paired.DEFAULT_MARGIN,
         "alpha": paired.DEFAULT_ALPHA,
@@ -535,6 +536,7 @@ def shadow_start(
     plan = {
         "share": gates.shadow_share,
         "size": gates.shadow_size,
+        "guardrails": gates.guardrails(),
         "hours": gates.shadow_hours,
         "margin": paired.DEFAULT_MARGIN,
         "power": round(paired.achieved_power(gates.shadow_size, paired.DEFAULT_DISCORDANCE), 4),
@@ -862,9 +864,10 @@ def conclusion(replay: Replay) -> tuple[dict, str, str]:
         if not rates:
             passed, reasons = False, ["no probe could be run"]
         return {"families": rates, "margin": margin}, "pass" if passed else "fail", "; ".join(reasons)
-    result = paired.replay_stats(
-        pairs_of(replay), seed=replay.seed, guardrails=settings.KAIZEN_REPLAY_GUARDRAILS
-    )
+    # The limits the run was started with (in its plan), so a policy changed
+    # meanwhile does not move the goalposts.
+    guardrails = replay.plan.get("guardrails") or AgentGates.of(replay.agent).guardrails()
+    result = paired.replay_stats(pairs_of(replay), seed=replay.seed, guardrails=guardrails)
     figures = result.as_json()
     if replay.kind == Kind.SHADOW:
         figures["live_latency_ms"] = _live_latency(replay)

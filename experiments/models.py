@@ -412,6 +412,11 @@ class AgentGates(models.Model):
     # Replay: the pairs wanted (0: sized by the power calculation) and its spending cap.
     replay_sample = models.PositiveIntegerField(default=0)
     replay_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
+    # The replay's and the shadow's guardrails: how much the mean cost and latency
+    # per task may rise (relative; 1.5 is +150%) before the gate fails. Null: the
+    # installation's (KAIZEN_REPLAY_COST_LIMIT, KAIZEN_REPLAY_LATENCY_LIMIT).
+    cost_limit = models.FloatField(null=True, blank=True)
+    latency_limit = models.FloatField(null=True, blank=True)
     # Shadow: the share of live tasks mirrored, the pairs planned, the time limit, the cap.
     shadow_share = models.FloatField(default=0.2)
     shadow_size = models.PositiveIntegerField(default=plans.DEFAULT_SHADOW_SIZE)
@@ -444,6 +449,14 @@ class AgentGates(models.Model):
             return found
         plan = plans.agent_plan(agent)
         return cls(agent=agent, shadow_size=plan.shadow_size, shadow_hours=plan.shadow_hours)
+
+    def guardrails(self) -> dict[str, float]:
+        limits = dict(settings.KAIZEN_REPLAY_GUARDRAILS)
+        if self.cost_limit is not None:
+            limits["cost"] = self.cost_limit
+        if self.latency_limit is not None:
+            limits["latency"] = self.latency_limit
+        return limits
 
     def kinds_for(self, *, major: bool) -> list[str]:
         """The gates a change passes, in the order they run: the offline ones

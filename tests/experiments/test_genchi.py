@@ -313,3 +313,25 @@ def test_probes_run_both_versions_and_report_hit_rates_per_family():
         ReplayItem.objects.filter(replay=again).order_by("position").values_list("probe_input", flat=True)
     )
     assert first_inputs == second_inputs
+
+
+def test_a_guardrail_fails_a_candidate_that_costs_beyond_the_agents_limit():
+    # The candidate's label definitions lengthen the prompt: it passes more often,
+    # and each task costs more. The installation allows that; this agent does not.
+    agent = history_agent(tasks=200, seed=5, gates={"cost_limit": 0.1})
+    replay = run_through(
+        genchi.replay_start(agent=agent, candidate=version(agent, BETTER), sample=200, seed=1)
+    )
+    assert replay.plan["guardrails"]["cost"] == 0.1
+    cost = replay.stats["guardrails"]["cost"]
+    assert cost["regressed"] is True and cost["limit"] == 0.1
+    assert replay.stats["noninferiority_p"] < paired.DEFAULT_ALPHA
+    assert replay.verdict == "fail"
+    assert "cost per task up" in replay.reason
+
+    lenient = history_agent(tasks=200, seed=5)
+    replay = run_through(
+        genchi.replay_start(agent=lenient, candidate=version(lenient, BETTER), sample=200, seed=1)
+    )
+    assert replay.stats["guardrails"]["cost"]["regressed"] is False
+    assert replay.verdict == "pass", replay.reason
