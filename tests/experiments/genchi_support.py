@@ -63,7 +63,9 @@ def ticket(rng: random.Random) -> str:
     return subject + rng.choice(_TAILS)
 
 
-def history_agent(*, tasks: int = 60, seed: int = 7, gates: dict | None = None, **agent_fields):
+def history_agent(
+    *, tasks: int = 60, seed: int = 7, gates: dict | None = None, template: str = "", **agent_fields
+):
     """A classification agent (sim-small, no latency, the default checks) with
     ``tasks`` finished tasks: most passed, a few approved, corrected or rejected
     by a reviewer. ``gates``: its AgentGates fields (none: the defaults)."""
@@ -71,7 +73,7 @@ def history_agent(*, tasks: int = 60, seed: int = 7, gates: dict | None = None, 
     agent = make_agent(
         boards=[board],
         concurrency=1000,
-        prompt_template=PLAIN,
+        prompt_template=template or PLAIN,
         capabilities=["triage"],
         cascade=[CASCADE_TIER],
         **agent_fields,
