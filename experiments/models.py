@@ -152,6 +152,7 @@ class ChangeProposal(models.Model):
     active_moved: bool
     url: str
     state: str
+    gate_list: list[Gate]
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -509,10 +510,13 @@ class Replay(models.Model):
 
     # Not columns: what experiments.selectors attaches for the pages.
     eta_seconds: float | None
+    eta_text: str
     percent: int
     flips: dict[str, list]
     families: list[dict]
     url: str
+    baseline_simulated: bool
+    candidate_simulated: bool
 
     class Meta:
         ordering = ["-created_at", "-pk"]
