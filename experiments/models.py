@@ -332,6 +332,7 @@ class AuditEntry(models.Model):
         REPLAY_CANCELLED = "replay_cancelled", "Replay cancelled"
         REPLAY_FINISHED = "replay_finished", "Replay finished"
         HOLDOUT = "holdout", "Holdout"
+        GATES = "gates", "Gate policy changed"
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
     action = models.CharField(max_length=20, choices=Action.choices)
