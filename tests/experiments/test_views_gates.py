@@ -42,14 +42,11 @@ def _override(gate: Gate) -> str:
     return reverse("experiments-gate-override", kwargs={"pk": gate.pk})
 
 
-def _failed_gate_proposal() -> ChangeProposal:
-    """Rejected by its replay gate: a broken template, replayed to its verdict."""
-    agent = history_agent(
-        tasks=300,
-        seed=4,
-        name="triage",
-        gates={"adversarial": "never", "shadow": "never", "replay_sample": 300},
-    )
+def _failed_gate_proposal(*, probes: bool = False) -> ChangeProposal:
+    """Rejected by its replay gate: a broken template, replayed to its verdict
+    (with ``probes``, its probes gate never ran)."""
+    gates = {"adversarial": "every" if probes else "never", "shadow": "never", "replay_sample": 300}
+    agent = history_agent(tasks=300, seed=4, name="triage", gates=gates)
     proposal = proposal_in_gates(agent, BROKEN)
     replay_id = _gate(proposal).replay_id
     while Replay.objects.get(pk=replay_id).is_open:
@@ -111,13 +108,17 @@ def test_the_proposal_pages_live_parts_are_out_of_band(client, ana, proposal):
 
 
 def test_a_failed_gate_offers_its_override_on_the_proposal_page(client, ana):
-    proposal = _failed_gate_proposal()
+    proposal = _failed_gate_proposal(probes=True)
     gate = _gate(proposal)
     client.force_login(ana)
 
     html = client.get(proposal.get_absolute_url()).content.decode()
 
     assert '<span class="evo-status evo-status--failed">Failed</span>' in html
+    # The probes never ran, and never will unless the failure is overridden: not "waiting".
+    probes = html[html.index(f'id="gate-{_gate(proposal, "adversarial").pk}"') :]
+    assert '<span class="evo-status evo-status--cancelled">Not run</span>' in probes[: probes.index("</li>")]
+    assert "Starts once the gates before it have passed." not in html
     assert f'id="gate-{gate.pk}-override"' in html
     assert '<table class="data-table replay-stats">' in html
     assert '<span class="verdict verdict--fail">Fail</span>' in html
