@@ -349,12 +349,13 @@ class AgentGatesForm(forms.Form):
     adversarial = forms.ChoiceField(label="Adversarial probes", choices=GateRule.choices)
     shadow = forms.ChoiceField(label="Shadow on mirrored live work", choices=GateRule.choices)
     replay_sample = forms.IntegerField(
-        label="Replay sample (tasks)",
+        label="Sample (tasks)",
         help_text="0: as many as the power calculation asks.",
         widget=forms.NumberInput(attrs=_bounds("replay_sample", step="1")),
     )
     replay_budget_usd = forms.DecimalField(
-        label="Replay and probes cap ($)",
+        label="Cap ($)",
+        help_text="For the replay, and for the probes.",
         decimal_places=4,
         widget=forms.NumberInput(attrs=_bounds("replay_budget_usd")),
     )
@@ -367,20 +368,20 @@ class AgentGatesForm(forms.Form):
         widget=forms.NumberInput(attrs=_bounds("probe_margin", scale=100)),
     )
     shadow_share_pct = forms.FloatField(
-        label="Shadow share (% of live tasks)",
+        label="Share (% of live tasks)",
         widget=forms.NumberInput(attrs=_bounds("shadow_share", scale=100)),
     )
     shadow_size = forms.IntegerField(
-        label="Shadow pairs", widget=forms.NumberInput(attrs=_bounds("shadow_size", step="1"))
+        label="Pairs", widget=forms.NumberInput(attrs=_bounds("shadow_size", step="1"))
     )
     shadow_hours = forms.FloatField(
-        label="Shadow time limit (hours)", widget=forms.NumberInput(attrs=_bounds("shadow_hours"))
+        label="Time limit (hours)", widget=forms.NumberInput(attrs=_bounds("shadow_hours"))
     )
     shadow_budget_usd = forms.DecimalField(
-        label="Shadow cap ($)", decimal_places=4, widget=forms.NumberInput(attrs=_bounds("shadow_budget_usd"))
+        label="Cap ($)", decimal_places=4, widget=forms.NumberInput(attrs=_bounds("shadow_budget_usd"))
     )
     holdout_share_pct = forms.FloatField(
-        label="Holdout (% of tasks)",
+        label="Share (% of tasks)",
         help_text="0: none. 2 to 5: that share of the tasks stays on the version active before the next "
         "promotions, to show whether their wins last.",
         widget=forms.NumberInput(attrs={"min": 0, "max": 5, "step": "any"}),
