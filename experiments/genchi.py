@@ -66,6 +66,7 @@ from experiments import paired, probes
 from experiments.audit import audit
 from experiments.line import ensure_version
 from experiments.models import AgentGates, AuditEntry, ChangeProposal, PromptVersion, Replay, ReplayItem
+from experiments.selectors import price_of_seeing_get
 
 logger = logging.getLogger(__name__)
 
@@ -1048,11 +1049,4 @@ def _live_outcome(task: Task) -> tuple[bool, str, str, Decimal, float, int] | No
 
 def price_of_seeing(**filters) -> Decimal:
     """What replays, shadows and probes spent (the calls no production figure counts)."""
-    from django.db.models import Sum
-
-    total = (
-        ModelCall.every.exclude(purpose=ModelCall.Purpose.LIVE)
-        .filter(**filters)
-        .aggregate(s=Sum("cost"))["s"]
-    )
-    return total or Decimal(0)
+    return price_of_seeing_get(**filters)

@@ -153,6 +153,7 @@ class ChangeProposal(models.Model):
     active_moved: bool
     url: str
     state: str
+    gate_list: list[Gate]
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -332,6 +333,7 @@ class AuditEntry(models.Model):
         REPLAY_CANCELLED = "replay_cancelled", "Replay cancelled"
         REPLAY_FINISHED = "replay_finished", "Replay finished"
         HOLDOUT = "holdout", "Holdout"
+        GATES = "gates", "Gate policy changed"
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="+")
     action = models.CharField(max_length=20, choices=Action.choices)
@@ -527,10 +529,13 @@ class Replay(models.Model):
 
     # Not columns: what experiments.selectors attaches for the pages.
     eta_seconds: float | None
+    eta_text: str
     percent: int
     flips: dict[str, list]
     families: list[dict]
     url: str
+    baseline_simulated: bool
+    candidate_simulated: bool
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -6,11 +6,13 @@ fragment is the fragment the page draws."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import plotly
@@ -20,6 +22,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from andon.models import Inspection
+from boards.models import Agent, ModelCall
 from experiments import stats as stats_module
 from experiments.charts import chart_json, money
 from experiments.models import (
@@ -51,6 +54,11 @@ DECISIONS = {
 }
 
 ProposalStatus = ChangeProposal.Status
+# The proposals the review lists: waiting for a decision, in their gates, or
+# approved and waiting for their agent's running experiment to end.
+WAITING = (ProposalStatus.PENDING, ProposalStatus.VALIDATING, ProposalStatus.APPROVED)
+# The price of seeing the review page states: over this many days.
+SEEING_DAYS = 7
 
 
 # --- ------------------------------------------------------------------------------
@@ -61,7 +69,7 @@ class Failure:
     """An action that was refused, to show in its item: which item, which form
     to open, the note as typed and the message."""
 
-    kind: str  # "proposal" or "experiment"
+    kind: str  # "proposal", "experiment" or "gate"
     pk: int
     action: str
     message: str
@@ -178,10 +186,18 @@ def proposal_waiting_list() -> list[ChangeProposal]:
     """Proposals waiting for a decision, in their gates, and approved ones waiting
     for their agent's running experiment to end (they may still be rejected),
     oldest first."""
-    proposals = proposal_list().filter(
-        status__in=(ProposalStatus.PENDING, ProposalStatus.VALIDATING, ProposalStatus.APPROVED)
-    )
-    return [proposal_details_get(p) for p in proposals.order_by("created_at", "pk")]
+    proposals = proposal_list().filter(status__in=WAITING)
+    waiting = [proposal_details_get(p) for p in proposals.order_by("created_at", "pk")]
+    gates_of: dict[int, list[Gate]] = defaultdict(list)
+    validating = [p.pk for p in waiting if p.status == ProposalStatus.VALIDATING]
+    if validating:
+        for gate in _gates().filter(proposal_id__in=validating):
+            if gate.replay is not None:
+                _replay_progress(gate.replay)
+            gates_of[gate.proposal_id].append(gate)
+    for proposal in waiting:
+        proposal.gate_list = gates_of[proposal.pk]
+    return waiting
 
 
 def _arm_counts_many(experiments: list[Experiment]) -> dict[int, dict[str, dict]]:
@@ -431,6 +447,8 @@ def review_context_get(*, failed: Failure | None = None) -> dict:
     if failed is not None:
         for proposal in proposals:
             failed.mark(proposal, "proposal")
+            for gate in proposal.gate_list:
+                failed.mark(gate, "gate")
         for experiment in active + ended:
             failed.mark(experiment, "experiment")
     return {
@@ -440,6 +458,10 @@ def review_context_get(*, failed: Failure | None = None) -> dict:
         "ended": ended,
         "audit": audit_recent_get(),
         "audit_limit": RECENT_AUDIT,
+        "seeing_cost": money(
+            float(price_of_seeing_get(created_at__gte=timezone.now() - timedelta(days=SEEING_DAYS)))
+        ),
+        "seeing_days": SEEING_DAYS,
         "plotly_version": plotly.__version__,
         "nav": "kaizen",
     }
@@ -480,15 +502,34 @@ def replay_get(pk: int) -> Replay | None:
     )
 
 
-def replay_details_get(replay: Replay) -> Replay:
-    """Attach what the pages show of a replay: its progress (percent, the time
-    left at its pace so far), the flip table (tasks that pass on one version
-    only, with links) and, for probes, the families' hit rates."""
+def _replay_progress(replay: Replay) -> Replay:
+    """Where a replay stands: its percent done, and the time left at its pace so far."""
     replay.percent = round(100 * replay.done / replay.total) if replay.total else 0
     replay.eta_seconds = None
     if replay.is_open and replay.started_at and 0 < replay.done < replay.total:
         elapsed = (timezone.now() - replay.started_at).total_seconds()
         replay.eta_seconds = elapsed / replay.done * (replay.total - replay.done)
+    replay.eta_text = _eta_text(replay.eta_seconds)
+    replay.url = replay.get_absolute_url()
+    return replay
+
+
+def _eta_text(seconds: float | None) -> str:
+    """The time left, as a person says it: about 40 s, about 3 min, about 2 h."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s left"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min left"
+    return f"about {seconds / 3600:.1f} h left"
+
+
+def replay_details_get(replay: Replay) -> Replay:
+    """Attach what the pages show of a replay: its progress (percent, the time
+    left at its pace so far), the flip table (tasks that pass on one version
+    only, with links) and, for probes, the families' hit rates."""
+    _replay_progress(replay)
     flips = ReplayItem.objects.filter(replay=replay, state=ReplayItem.State.DONE).exclude(
         baseline_pass=F("candidate_pass")
     )
@@ -497,33 +538,91 @@ def replay_details_get(replay: Replay) -> Replay:
         "now_fail": [i for i in rows if i.baseline_pass and not i.candidate_pass][:ITEM_ROWS],
         "now_pass": [i for i in rows if i.candidate_pass and not i.baseline_pass][:ITEM_ROWS],
     }
-    families = (replay.stats or {}).get("families", {})
-    replay.families = [{"name": name, **rates} for name, rates in sorted(families.items())]
-    replay.url = replay.get_absolute_url()
+    stats = replay.stats or {}
+    margin = float(stats.get("margin", 0.0))
+    replay.families = [
+        # Worse: hit more often on the candidate by more than the gate's margin.
+        {"name": name, **rates, "worse": rates["candidate_rate"] - rates["baseline_rate"] > margin + 1e-12}
+        for name, rates in sorted(stats.get("families", {}).items())
+    ]
     return replay
 
 
+def _simulated(agent: Agent, version: PromptVersion) -> bool:
+    """Whether ``version`` of the agent runs the offline simulated model: its
+    outputs are made up, and say so beside them (as the task page does)."""
+    view = copy.copy(agent)
+    for name, value in version.fields().items():
+        setattr(view, name, value)
+    return view.is_simulated
+
+
 def replay_context_get(replay: Replay) -> dict:
+    """What a replay's page shows; its live parts (``replay.html#replay-update``)
+    are rendered from the same."""
     replay_details_get(replay)
+    replay.baseline_simulated = _simulated(replay.agent, replay.baseline)
+    replay.candidate_simulated = _simulated(replay.agent, replay.candidate)
     return {
         "replay": replay,
         "items": list(
             ReplayItem.objects.filter(replay=replay).select_related("task").order_by("position")[:ITEM_ROWS]
         ),
         "replay_audit": list(audit_list().filter(replay=replay)[:RECENT_AUDIT]),
+        "can_cancel": replay.is_open,
         "nav": "kaizen",
     }
 
 
+def _gates():
+    return Gate.objects.select_related(
+        "replay", "replay__agent", "replay__baseline", "replay__candidate", "decided_by"
+    ).order_by("proposal_id", "position")
+
+
 def proposal_gates_get(proposal: ChangeProposal) -> list[Gate]:
     """A proposal's gates in order, each with its replay's details attached."""
-    gates = list(
-        proposal.gates.select_related("replay", "replay__baseline", "replay__candidate", "decided_by")
-    )
+    gates = list(_gates().filter(proposal=proposal))
     for gate in gates:
         if gate.replay is not None:
             replay_details_get(gate.replay)
     return gates
+
+
+def proposal_get(pk: int) -> ChangeProposal | None:
+    proposal = proposal_list().filter(pk=pk).first()
+    return proposal_details_get(proposal) if proposal is not None else None
+
+
+def proposal_context_get(proposal: ChangeProposal, *, failed: Failure | None = None) -> dict:
+    """What a proposal's page shows (``proposal_details_get`` attached already);
+    its live parts (``proposal.html#proposal-update``) are rendered from the same."""
+    gates = proposal_gates_get(proposal)
+    if failed is not None:
+        failed.mark(proposal, "proposal")
+        for gate in gates:
+            failed.mark(gate, "gate")
+    return {
+        "proposal": proposal,
+        "gates": gates,
+        "experiment": Experiment.objects.filter(proposal=proposal).first(),
+        "proposal_audit": list(audit_list().filter(proposal=proposal)[:RECENT_AUDIT]),
+        # Its forms post plainly and come back here (pushed ones too).
+        "plain": True,
+        "here": proposal.get_absolute_url(),
+        "nav": "kaizen",
+    }
+
+
+def price_of_seeing_get(**filters) -> Decimal:
+    """What replays, shadows and probes spent: the ledger's calls no production
+    figure counts (ModelCall.every, less the live ones), filtered by ``filters``."""
+    total = (
+        ModelCall.every.exclude(purpose=ModelCall.Purpose.LIVE)
+        .filter(**filters)
+        .aggregate(s=Sum("cost"))["s"]
+    )
+    return total or Decimal(0)
 
 
 def holdout_report_get(agent) -> dict | None:

@@ -16,6 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -40,6 +41,7 @@ from experiments.models import (
     ExperimentLook,
     ExperimentSample,
     Gate,
+    GateRule,
     PromptVersion,
     Replay,
     normal_prompt_fields,
@@ -712,6 +714,104 @@ def holdout_reset(*, agent: Agent, user: User, note: str) -> None:
             reason=f"holdout on v{version.number} ended: {note}",
             version=version,
         )
+
+
+# --- the gate policy: which gates an agent's changes pass, and their sizes ---------------------
+
+# What a person may set of an agent's AgentGates (the holdout's version and start
+# are the promotions' to fix), with the bounds each is checked against.
+GATE_RULES = ("replay", "adversarial", "shadow")
+GATE_LIMITS: dict[str, tuple[float, float, str]] = {
+    # name: (lowest, highest, what to write)
+    "replay_sample": (0, 5000, "0 (sized by the power calculation) to 5,000 tasks"),
+    "replay_budget_usd": (0.0001, 1000, "more than $0 and at most $1,000"),
+    "shadow_share": (0.01, 1.0, "1% to 100% of the live tasks"),
+    "shadow_size": (10, 10_000, "10 to 10,000 pairs"),
+    "shadow_hours": (0.5, 336, "half an hour to 336 hours (two weeks)"),
+    "shadow_budget_usd": (0.0001, 1000, "more than $0 and at most $1,000"),
+    "probes_per_family": (1, 100, "1 to 100 probes"),
+    "probe_margin": (0.0, 0.5, "0 to 50 points"),
+}
+# A holdout keeps this share of the tasks on an old version: off, or small enough
+# to cost little and large enough to show a difference within weeks.
+HOLDOUT_SHARE_RANGE = (0.02, 0.05)
+GATE_FIELDS = (*GATE_RULES, *GATE_LIMITS, "holdout_share")
+_WHOLE = {"replay_sample", "shadow_size", "probes_per_family"}
+_MONEY = {"replay_budget_usd", "shadow_budget_usd"}
+
+
+def agent_gates_clean(fields: dict) -> dict:
+    """The gate policy's fields, checked and in their types: a ValidationError
+    names every field out of its range, and what it may be."""
+    unknown = sorted(set(fields) - set(GATE_FIELDS))
+    if unknown:
+        raise ValidationError(f"Not a field of the gate policy: {', '.join(unknown)}.")
+    errors: dict[str, list[str]] = {}
+    clean: dict = {}
+    for name, value in fields.items():
+        if name in GATE_RULES:
+            if value not in GateRule.values:
+                errors[name] = ["Choose every change, major changes or never."]
+            else:
+                clean[name] = value
+            continue
+        try:
+            number = Decimal(str(value)) if name in _MONEY else float(value)
+        except (TypeError, ValueError, ArithmeticError):
+            errors[name] = ["Write a number."]
+            continue
+        if name == "holdout_share":
+            low, high = HOLDOUT_SHARE_RANGE
+            if number != 0 and not low - 1e-9 <= number <= high + 1e-9:
+                errors[name] = [f"0 (no holdout), or {low:.0%} to {high:.0%} of the tasks."]
+            else:
+                clean[name] = float(number)
+            continue
+        low, high, words = GATE_LIMITS[name]
+        if name in _WHOLE and float(number) != int(number):
+            errors[name] = ["Write a whole number."]
+        elif not Decimal(str(low)) <= Decimal(str(number)) <= Decimal(str(high)):
+            errors[name] = [f"Out of range: {words}."]
+        elif name in _WHOLE:
+            clean[name] = int(number)
+        else:
+            clean[name] = number
+    if errors:
+        raise ValidationError(errors)
+    return clean
+
+
+def _gate_value(name: str, value) -> str:
+    if name in _MONEY:
+        return f"${value:,.4f}".rstrip("0").rstrip(".")
+    if name in ("shadow_share", "holdout_share", "probe_margin"):
+        return f"{value:.0%}" if value * 100 == round(value * 100) else f"{value:.1%}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@transaction.atomic
+def agent_gates_set(*, agent: Agent, user: User, **fields) -> AgentGates:
+    """Change which gates the agent's prompt changes pass before their canary,
+    and their sizes (AgentGates; an agent without a row gets one). Audited, with
+    each change; proposals already in their gates keep the gates they began
+    with. Setting nothing new writes nothing."""
+    _require(user, APPROVE_PERMISSION, "change gate policies")
+    clean = agent_gates_clean(fields)
+    gates = AgentGates.objects.select_for_update().filter(agent=agent).first()
+    if gates is None:
+        gates = AgentGates(agent=agent)
+    changes = []
+    for name, value in clean.items():
+        before = getattr(gates, name)
+        if before == value or (name in _MONEY and Decimal(before) == value):
+            continue
+        setattr(gates, name, value)
+        changes.append(f"{name.replace('_', ' ')}: {_gate_value(name, before)} → {_gate_value(name, value)}")
+    if not changes:
+        return gates
+    gates.save()
+    _audit(agent, Action.GATES, user=user, reason="; ".join(changes))
+    return gates
 
 
 def _activate(agent: Agent, version: PromptVersion) -> None:

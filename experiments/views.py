@@ -4,8 +4,11 @@ permission judge the kaizen loop's work.
 - ``/kaizen/``: proposals waiting for approval (diff, evidence), running and
   recently ended experiments (with a chart each while they run), and the latest
   audit entries; every action asks for a note.
-- ``/kaizen/proposals/<pk>/`` and ``/kaizen/experiments/<pk>/``: one proposal,
-  one experiment (its chart and look history).
+- ``/kaizen/proposals/<pk>/`` and ``/kaizen/experiments/<pk>/``: one proposal
+  (with its gates, live while they run), one experiment (its chart and look
+  history);
+- ``/kaizen/replays/<pk>/``: one replay, probe run or shadow (a gate's
+  evidence), live while it runs.
 - ``/kaizen/audit/``: the whole audit log, paginated, by agent.
 
 Thin by design: parse the request with a form, call one service, render a
@@ -45,14 +48,13 @@ from experiments.models import (
 )
 from experiments.selectors import (
     AUDIT_PAGE,
-    RECENT_AUDIT,
     REVIEW,
     Failure,
     audit_list,
     experiment_context_get,
     experiment_get,
-    proposal_details_get,
-    proposal_gates_get,
+    proposal_context_get,
+    proposal_get,
     proposal_list,
     replay_context_get,
     replay_get,
@@ -93,21 +95,21 @@ def proposal_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 
 def _proposal_page(request: HttpRequest, pk: int, *, failed: Failure | None = None, status: int = 200):
-    proposal = get_object_or_404(proposal_list(), pk=pk)
-    proposal_details_get(proposal)
-    if failed is not None:
-        failed.mark(proposal, "proposal")
-    experiment = Experiment.objects.filter(proposal=proposal).first()
-    context = {
-        "proposal": proposal,
-        "gates": proposal_gates_get(proposal),
-        "experiment": experiment,
-        "proposal_audit": list(audit_list().filter(proposal=proposal)[:RECENT_AUDIT]),
-        "plain": True,
-        "here": proposal.get_absolute_url(),
-        "nav": "kaizen",
-    }
+    proposal = proposal_get(pk)
+    if proposal is None:
+        raise Http404("No such proposal.")
+    context = proposal_context_get(proposal, failed=failed)
     return render(request, "experiments/proposal.html", context, status=status)
+
+
+@require_GET
+@approver_required
+def proposal_live(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """A proposal page's live parts, out of band (its catch-up after a reconnect)."""
+    proposal = proposal_get(pk)
+    if proposal is None:
+        raise Http404("No such proposal.")
+    return render(request, "experiments/proposal.html#proposal-update", proposal_context_get(proposal))
 
 
 @require_GET
@@ -145,9 +147,17 @@ def replay_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     replay = replay_get(pk)
     if replay is None:
         raise Http404("No such replay.")
-    context = replay_context_get(replay)
-    context["can_cancel"] = replay.is_open
-    return render(request, "experiments/replay.html", context)
+    return render(request, "experiments/replay.html", replay_context_get(replay))
+
+
+@require_GET
+@approver_required
+def replay_live(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """A replay page's live parts, out of band (its catch-up after a reconnect)."""
+    replay = replay_get(pk)
+    if replay is None:
+        raise Http404("No such replay.")
+    return render(request, "experiments/replay.html#replay-update", replay_context_get(replay))
 
 
 @require_POST
@@ -171,17 +181,26 @@ def replay_cancel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @approver_required
 def gate_override(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    """Skip a gate not decided yet, or override a failed one: only with a note."""
-    gate = get_object_or_404(Gate.objects.select_related("proposal"), pk=pk)
+    """Skip a gate not decided yet, or override a failed one: only with a note.
+    Posted like the review's other actions (with htmx from the review, plainly
+    from the proposal's page)."""
+    gate = get_object_or_404(Gate.objects.select_related("proposal__agent", "proposal__candidate"), pk=pk)
     note = NoteForm(request.POST).value()
-    try:
-        services.gate_override(gate=gate, user=request.user, note=note)
-    except ValidationError as exc:
-        messages.error(request, error_message(exc))
-        return redirect(gate.proposal.get_absolute_url())
-    gate.refresh_from_db()
-    messages.success(request, f"{gate.get_kind_display()}: {gate.get_state_display().lower()}.")
-    return redirect(gate.proposal.get_absolute_url())
+    # The form the person used: skip (a gate not decided) or override (a failed one).
+    action = "override" if gate.state == Gate.State.FAILED else "skip"
+
+    def run() -> str:
+        decided = services.gate_override(gate=gate, user=request.user, note=note)
+        done = GATE_MESSAGES[decided.state].format(
+            gate=decided.get_kind_display(),
+            agent=gate.proposal.agent.name,
+            number=gate.proposal.candidate.number,
+        )
+        return (
+            f"{done}: {_after_gates(ChangeProposal.objects.select_related('agent').get(pk=gate.proposal_id))}"
+        )
+
+    return _act(request, kind="gate", pk=pk, action=action, note=note, run=run, proposal_pk=gate.proposal_id)
 
 
 @require_GET
@@ -230,6 +249,23 @@ ACTION_MESSAGES = {
     "rollback": "Rolled back {agent}'s experiment: its next task runs the active version.",
     "resume": "Resumed {agent}'s experiment.",
 }
+
+
+GATE_MESSAGES: dict[str, str] = {
+    Gate.State.SKIPPED: "{gate} skipped for the change to {agent} (v{number})",
+    Gate.State.OVERRIDDEN: "{gate} overridden for the change to {agent} (v{number})",
+}
+
+
+def _after_gates(proposal: ChangeProposal) -> str:
+    """Where a proposal went once a gate was skipped or overridden."""
+    if proposal.status == ProposalStatus.VALIDATING:
+        return "it goes on to its next gate."
+    if proposal.status == ProposalStatus.EXPERIMENTING:
+        return "its gates are cleared, and its canary experiment has started."
+    if proposal.status == ProposalStatus.APPROVED:
+        return f"its gates are cleared; it starts when {proposal.agent.name}'s running experiment ends."
+    return f"it is now {proposal.get_status_display().lower()}."
 
 
 def _approved_message(proposal: ChangeProposal) -> str:
@@ -281,6 +317,7 @@ def _act(
     action: str,
     note: str,
     run: Callable[[], str],
+    proposal_pk: int | None = None,
 ) -> HttpResponse:
     """Run one reviewer action (``run`` returns what it did, to say) and answer
     it. With htmx: the review's sections, out of band, and the message for its
@@ -295,7 +332,7 @@ def _act(
         )
         # A note to write is the reviewer's to fix (422); a state that no longer
         # allows the action (someone acted first) is a conflict (409).
-        return _refused(request, failed, status=422 if errors else 409)
+        return _refused(request, failed, status=422 if errors else 409, proposal_pk=proposal_pk)
 
     if not request.htmx:
         messages.success(request, message)
@@ -304,13 +341,18 @@ def _act(
     return render(request, f"{REVIEW}#review-update", context)
 
 
-def _refused(request: AuthenticatedHttpRequest, failed: Failure, *, status: int) -> HttpResponse:
+def _refused(
+    request: AuthenticatedHttpRequest, failed: Failure, *, status: int, proposal_pk: int | None = None
+) -> HttpResponse:
+    """``proposal_pk``: the proposal whose page shows the failed item (a gate's)."""
     if request.htmx:
         context = {**review_context_get(failed=failed), "message": failed.message, "level": "error"}
         return render(request, f"{REVIEW}#review-update", context, status=status)
     origin = request.POST.get("from")
     if origin == "proposal" and failed.kind == "proposal":
         return _proposal_page(request, failed.pk, failed=failed, status=status)
+    if origin == "proposal" and failed.kind == "gate" and proposal_pk is not None:
+        return _proposal_page(request, proposal_pk, failed=failed, status=status)
     if origin == "experiment" and failed.kind == "experiment":
         return _experiment_page(request, failed.pk, failed=failed, status=status)
     context = {**review_context_get(failed=failed), "error": failed.message}

@@ -1,6 +1,7 @@
 """Forms of the agent page: a proposed change to the prompt (``AgentPromptForm``)
-and its cascade (``TierFormSet``, a tier a row), the operational switches, and
-the rollback of the prompt to an earlier version. They parse and bound what a
+and its cascade (``TierFormSet``, a tier a row), the operational switches, the
+rollback of the prompt to an earlier version, and the gate policy
+(``AgentGatesForm``). They parse and bound what a
 person sends; the agent spec (``boards.agents.spec``) checks the values, and the
 services the views call have the last word."""
 
@@ -25,8 +26,8 @@ from boards.agents.spec import (
     parse_variables,
 )
 from boards.models import Agent
-from experiments.models import ChangeProposal, PromptVersion
-from experiments.services import MAX_RATIONALE
+from experiments.models import AgentGates, ChangeProposal, GateRule, PromptVersion
+from experiments.services import GATE_FIELDS, GATE_LIMITS, MAX_RATIONALE
 
 
 def _config_problems(exc: ConfigError, prefix: str) -> list[tuple[str, str]]:
@@ -329,3 +330,82 @@ TierFormSet = cast(
         can_delete=True,
     ),
 )
+
+
+def _bounds(name: str, *, scale: float = 1, step: str = "any") -> dict[str, Any]:
+    """A number input's min and max from the gate policy's limits (the service
+    checks them again), in the form's unit (``scale``: 100 for percents)."""
+    low, high, _ = GATE_LIMITS[name]
+    return {"min": round(low * scale, 4), "max": round(high * scale, 4), "step": step}
+
+
+class AgentGatesForm(forms.Form):
+    """An agent's gate policy (experiments.models.AgentGates): which gates its
+    prompt changes pass before their canary, and how each is sized. Shares and
+    the probe margin are written in percent here, fractions in the model;
+    ``experiments.services.agent_gates_set`` checks the ranges."""
+
+    replay = forms.ChoiceField(label="Replay on past work", choices=GateRule.choices)
+    adversarial = forms.ChoiceField(label="Adversarial probes", choices=GateRule.choices)
+    shadow = forms.ChoiceField(label="Shadow on mirrored live work", choices=GateRule.choices)
+    replay_sample = forms.IntegerField(
+        label="Sample (tasks)",
+        help_text="0: as many as the power calculation asks.",
+        widget=forms.NumberInput(attrs=_bounds("replay_sample", step="1")),
+    )
+    replay_budget_usd = forms.DecimalField(
+        label="Cap ($)",
+        help_text="For the replay, and for the probes.",
+        decimal_places=4,
+        widget=forms.NumberInput(attrs=_bounds("replay_budget_usd")),
+    )
+    probes_per_family = forms.IntegerField(
+        label="Probes per family", widget=forms.NumberInput(attrs=_bounds("probes_per_family", step="1"))
+    )
+    probe_margin_pct = forms.FloatField(
+        label="Probe margin (points)",
+        help_text="How much more often a family may hit the candidate than the active version.",
+        widget=forms.NumberInput(attrs=_bounds("probe_margin", scale=100)),
+    )
+    shadow_share_pct = forms.FloatField(
+        label="Share (% of live tasks)",
+        widget=forms.NumberInput(attrs=_bounds("shadow_share", scale=100)),
+    )
+    shadow_size = forms.IntegerField(
+        label="Pairs", widget=forms.NumberInput(attrs=_bounds("shadow_size", step="1"))
+    )
+    shadow_hours = forms.FloatField(
+        label="Time limit (hours)", widget=forms.NumberInput(attrs=_bounds("shadow_hours"))
+    )
+    shadow_budget_usd = forms.DecimalField(
+        label="Cap ($)", decimal_places=4, widget=forms.NumberInput(attrs=_bounds("shadow_budget_usd"))
+    )
+    holdout_share_pct = forms.FloatField(
+        label="Share (% of tasks)",
+        help_text="0: none. 2 to 5: that share of the tasks stays on the version active before the next "
+        "promotions, to show whether their wins last.",
+        widget=forms.NumberInput(attrs={"min": 0, "max": 5, "step": "any"}),
+    )
+
+    # The form's percent fields and the policy's fractions they are written as.
+    PERCENTS = {
+        "probe_margin_pct": "probe_margin",
+        "shadow_share_pct": "shadow_share",
+        "holdout_share_pct": "holdout_share",
+    }
+
+    def __init__(self, *args, policy: AgentGates, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        initial = {name: getattr(policy, name) for name in GATE_FIELDS if name not in self.PERCENTS.values()}
+        initial.update(
+            {field: round(getattr(policy, name) * 100, 2) for field, name in self.PERCENTS.items()}
+        )
+        kwargs.setdefault("initial", initial)
+        super().__init__(*args, **kwargs)
+
+    def policy(self) -> dict[str, Any]:
+        """The cleaned values as ``agent_gates_set`` takes them (fractions, not percents)."""
+        data = dict(self.cleaned_data)
+        for field, name in self.PERCENTS.items():
+            data[name] = data.pop(field) / 100
+        return data

@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from boards import services
 from boards.agents.cascade import implementation_for
 from boards.agents.forms import (
+    AgentGatesForm,
     AgentOperationsForm,
     AgentPromptForm,
     BaseTierFormSet,
@@ -35,9 +36,11 @@ from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent
 from boards.selectors import agent_list_get, agent_model_calls_get
 from experiments import services as kaizen
-from experiments.models import AuditEntry, ChangeProposal, Experiment, PromptVersion
+from experiments.forms import NoteForm
+from experiments.models import AgentGates, AuditEntry, ChangeProposal, Experiment, PromptVersion
 from experiments.prompt_diff import diff_lines, diff_rows
-from kaizen_web.http import AuthenticatedHttpRequest
+from experiments.selectors import holdout_report_get
+from kaizen_web.http import AuthenticatedHttpRequest, error_message, form_add_service_errors
 
 logger = logging.getLogger(__name__)
 
@@ -259,12 +262,22 @@ def _proposal_result(agent: Agent, pk: str | None) -> dict[str, Any] | None:
     }
 
 
+def _agent_gates(agent: Agent, user, form: AgentGatesForm | None = None) -> dict[str, Any]:
+    """The agent's gate policy (its own, or the installation's defaults), its
+    holdout's report, and for approvers the form that changes the policy."""
+    policy = AgentGates.of(agent)
+    if form is None and kaizen.can_approve(user):
+        form = AgentGatesForm(policy=policy)
+    return {"gate_policy": policy, "gates_form": form, "holdout": holdout_report_get(agent)}
+
+
 def _agent_detail_page(
     request: AuthenticatedHttpRequest,
     agent: Agent,
     *,
     edit: _AgentEdit | None,
     rollback_form: PromptRollbackForm | None = None,
+    gates_form: AgentGatesForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     tiers = agent.tiers
@@ -285,6 +298,7 @@ def _agent_detail_page(
         **_agent_history(agent, request.user),
         "rollback_form": rollback_form,
         "rollback_version": _posted_pk(rollback_form.data.get("version")) if rollback_form else None,
+        **_agent_gates(agent, request.user, gates_form),
         "nav": "agents",
     }
     return render(request, "boards/agent_detail.html", context, status=status)
@@ -305,8 +319,9 @@ def agent_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     of its prompt. With the boards.change_agent permission, also the form that
     proposes a change to its prompt and cascade (previewed as a diff first, if
     wished) and its operational switches; with experiments.approve_change, the
-    rollback of its prompt to an earlier version. One URL, the POST's ``action``
-    says which: ``preview``, ``propose`` (the default), ``settings`` or ``rollback``."""
+    rollback of its prompt to an earlier version and its gate policy. One URL,
+    the POST's ``action`` says which: ``preview``, ``propose`` (the default),
+    ``settings``, ``rollback``, ``gates`` or ``holdout_reset``."""
     agent = get_object_or_404(Agent, pk=pk)
     can_edit = request.user.has_perm(kaizen.PROPOSE_PERMISSION)
     if request.method == "GET":
@@ -315,12 +330,20 @@ def agent_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     action = request.POST.get("action", "propose")
     if action == "rollback":
         return _agent_rollback(request, agent, can_edit=can_edit)
+    if action in ("gates", "holdout_reset"):
+        if not kaizen.can_approve(request.user):
+            raise PermissionDenied("Changing gate policies needs the experiments.approve_change permission.")
+        if action == "gates":
+            return _agent_gates_save(request, agent, can_edit=can_edit)
+        return _agent_holdout_reset(request, agent)
     if not can_edit:
         raise PermissionDenied("Changing an agent needs the boards.change_agent permission.")
     if action == "settings":
         return _agent_operations_save(request, agent)
     if action not in ("preview", "propose"):
-        return HttpResponseBadRequest("Unknown action: use preview, propose, settings or rollback.")
+        return HttpResponseBadRequest(
+            "Unknown action: use preview, propose, settings, rollback, gates or holdout_reset."
+        )
     return _agent_propose(request, agent, preview=action == "preview")
 
 
@@ -417,3 +440,35 @@ def _agent_rollback(request: AuthenticatedHttpRequest, agent: Agent, *, can_edit
             return redirect(agent)
     edit = _agent_edit(agent) if can_edit else None
     return _agent_detail_page(request, agent, edit=edit, rollback_form=form, status=422)
+
+
+def _agent_gates_save(request: AuthenticatedHttpRequest, agent: Agent, *, can_edit: bool) -> HttpResponse:
+    """The agent's gate policy (approvers only): which gates its changes pass, and their sizes."""
+    form = AgentGatesForm(request.POST, policy=AgentGates.of(agent))
+    if form.is_valid():
+        try:
+            kaizen.agent_gates_set(agent=agent, user=request.user, **form.policy())
+        except ValidationError as exc:
+            form_add_service_errors(form, exc, fields={v: k for k, v in AgentGatesForm.PERCENTS.items()})
+        else:
+            messages.success(
+                request,
+                f"Saved {agent.name}'s gate policy: changes proposed from now on pass these gates "
+                "(those in their gates already keep theirs).",
+            )
+            return redirect(f"{agent.get_absolute_url()}#gates")
+    edit = _agent_edit(agent) if can_edit else None
+    return _agent_detail_page(request, agent, edit=edit, gates_form=form, status=422)
+
+
+def _agent_holdout_reset(request: AuthenticatedHttpRequest, agent: Agent) -> HttpResponse:
+    """End the agent's holdout series (approvers only), with a note: the next
+    promotion starts a new one."""
+    note = NoteForm(request.POST).value()
+    try:
+        kaizen.holdout_reset(agent=agent, user=request.user, note=note)
+    except ValidationError as exc:
+        messages.error(request, f"The holdout was not ended: {error_message(exc)}")
+    else:
+        messages.success(request, f"Ended {agent.name}'s holdout: the next promotion starts a new one.")
+    return redirect(f"{agent.get_absolute_url()}#gates")

@@ -1,4 +1,5 @@
-/* The evolution review in the browser: the experiments' charts, keeping up with
+/* The evolution review in the browser (the review, an experiment's, a
+ * proposal's and a replay's pages): the experiments' charts, keeping up with
  * the websocket, and what a pushed update must not take away.
  *
  * The server owns the page: every action is an item's own form, posted with
@@ -315,6 +316,39 @@
       if (invalid) invalid.focus();
     }, 0);
   });
+
+  // --- the CSRF token of plain forms ---------------------------------------------------
+  //
+  // Pushes are rendered without a request, so their forms carry no CSRF token.
+  // The morph keeps the token of a form the page drew, but a form a push brings
+  // (a gate's override form once it fails, a Promote form once the experiment
+  // may be promoted) has none: it is given the page's (the body's hx-headers,
+  // which htmx's posts send) as it is submitted.
+
+  function csrfToken() {
+    try {
+      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  document.addEventListener(
+    "submit",
+    function (event) {
+      const form = event.target;
+      if (!root() || !(form instanceof HTMLFormElement) || form.method.toLowerCase() !== "post") return;
+      if (form.querySelector("input[name=csrfmiddlewaretoken]")) return;
+      const token = csrfToken();
+      if (!token) return;
+      const input = document.createElement("input");
+      input.type = "hidden";
+      input.name = "csrfmiddlewaretoken";
+      input.value = token;
+      form.appendChild(input);
+    },
+    true,
+  );
 
   // --- catching up ----------------------------------------------------------------------
   //

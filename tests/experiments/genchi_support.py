@@ -8,9 +8,12 @@ import random
 
 from andon.models import Escalation, Inspection
 from boards.models import Column, Task
+from experiments import genchi
+from experiments import services as kaizen
 from experiments.line import ensure_version, next_version_number
 from experiments.models import AgentGates, PromptVersion
-from tests.factories import make_agent, make_board
+from tests.experiments.helpers import fields_of
+from tests.factories import make_agent, make_approver, make_board, make_editor
 
 PLAIN = "Classify the support ticket. Classes: billing, shipping, account_access, bug, other.\n\n{input}"
 # Label definitions: the simulated model is more often right, and more confident.
@@ -132,3 +135,23 @@ def version(agent, template: str, **fields) -> PromptVersion:
         implementation=base.implementation,
         **fields,
     )
+
+
+def proposal_in_gates(agent, template: str = BETTER, *, approver=None):
+    """A major change to ``agent`` (``template``), proposed and approved: in its
+    gates, the first one running (its replay queued; a worker, or
+    ``replay_chunk``, works through it)."""
+    proposal = kaizen.proposal_create(
+        agent=agent,
+        fields=fields_of(agent, prompt_template=template),
+        rationale="Define the classes: reviewers keep correcting billing and shipping.",
+        user=make_editor(),
+    )
+    kaizen.proposal_approve(proposal=proposal, user=approver or make_approver(), note="Reads well.")
+    proposal.refresh_from_db()
+    return proposal
+
+
+def replay_chunk(replay_id: int) -> str:
+    """One chunk of a replay's items, worked through here (what a worker's step does)."""
+    return genchi.replay_step(replay_id, seconds=0, hand_on=False)

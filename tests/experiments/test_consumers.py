@@ -2,8 +2,10 @@
 application: approvers only; proposals_changed reaches review pages as their
 sections; experiment_changed reaches review pages as the experiment's row (its
 chart data in it) and the pages of that experiment only as its row, look
-history and audit entries. Through the real broadcaster and the Redis channel
-layer."""
+history and audit entries; a replay's progress reaches its own page, its
+proposal's page (the gates) and the review (that proposal's gates) only; a
+proposal's gates moving reach that proposal's page only. Through the real
+broadcaster and the Redis channel layer."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from boards import broadcast
 from experiments import broadcast as kaizen_broadcast
 from experiments import services as kaizen
 from kaizen_web.asgi import application
+from tests.experiments.genchi_support import history_agent, proposal_in_gates, replay_chunk
 from tests.experiments.helpers import experiment_in, line_agent, look, major_proposal, samples, tasks_of
 from tests.factories import make_approver, make_editor, make_user
 from tests.websockets import ORIGIN, WebsocketCommunicator, connects, session_cookie
@@ -33,14 +36,11 @@ LAST = "<!-- the test's last message -->"
 
 def _last_message(path: str) -> tuple[str, dict]:
     """A message for ``path``'s connections only, through the group they listen to."""
-    experiment = re.search(r"experiment=(\d+)", path)
-    if experiment is None:
+    page = re.search(r"(experiment|proposal|replay)=(\d+)", path)
+    if page is None:
         return kaizen_broadcast.REVIEW_GROUP, {"type": "review.update", "html": LAST}
-    return kaizen_broadcast.REVIEW_GROUP, {
-        "type": "experiment.update",
-        "experiment_id": int(experiment.group(1)),
-        "html": LAST,
-    }
+    kind, pk = page.group(1), int(page.group(2))
+    return kaizen_broadcast.REVIEW_GROUP, {"type": f"{kind}.update", f"{kind}_id": pk, "html": LAST}
 
 
 def _last(messages: list[str], kind=lambda message: True) -> str:
@@ -193,3 +193,91 @@ def test_a_rollback_reaches_review_pages_as_the_row_ended():
     assert "enough seen" in row and "/rollback/" not in row
     assert re.search(r'<section id="experiments"[^>]*hx-swap-oob="outerHTML"', sections)
     assert "Recently ended" in sections
+
+
+# --- the gates: a proposal's page and a replay's page take their own updates only ---------------
+
+
+def test_the_pages_of_a_proposal_and_a_replay_refuse_non_approvers():
+    for path in ("/ws/kaizen/?proposal=1", "/ws/kaizen/?replay=1"):
+        assert connects(path, [ORIGIN]) is False, path
+        assert connects(path, [ORIGIN, session_cookie(make_user())]) is False, path
+        assert connects(path, [ORIGIN, session_cookie(make_editor())]) is False, path
+        assert connects(path, [ORIGIN, session_cookie(make_approver())]) is True, path
+
+
+def _two_proposals_in_gates(settings):
+    settings.KAIZEN_REPLAY_RATE = 100_000.0  # unpaced: no live line to spare here
+    proposal = proposal_in_gates(history_agent(tasks=60, gates={"shadow": "never", "replay_sample": 60}))
+    other = proposal_in_gates(history_agent(tasks=30, gates={"shadow": "never"}))
+    broadcast.flush(timeout=60)
+    return proposal, other
+
+
+def test_a_replays_progress_reaches_its_page_its_proposals_page_and_the_review_only(settings):
+    proposal, other = _two_proposals_in_gates(settings)
+    replay_id = proposal.gates.get(kind="replay").replay_id
+    other_replay_id = other.gates.get(kind="replay").replay_id
+
+    review, replay_page, proposal_page, other_replay_page, other_proposal_page = _receive_after(
+        [
+            "/ws/kaizen/",
+            f"/ws/kaizen/?replay={replay_id}",
+            f"/ws/kaizen/?proposal={proposal.pk}",
+            f"/ws/kaizen/?replay={other_replay_id}",
+            f"/ws/kaizen/?proposal={other.pk}",
+        ],
+        make_approver(),
+        # A worker's step: 24 items, then replay_changed after commit.
+        lambda: replay_chunk(replay_id),
+    )
+
+    page = _last(replay_page)
+    assert re.match(rf'\s*<div id="replay-{replay_id}" hx-swap-oob="outerHTML">', page)
+    assert '<span class="replay-count">24 / 60</span>' in page
+    assert re.search(rf'<section id="replay-items-{replay_id}"[^>]*hx-swap-oob="outerHTML"', page)
+    assert page.count('class="replay-item replay-item--done"') == 24
+    gates = _last(proposal_page)
+    assert re.match(rf'\s*<div id="gates-{proposal.pk}" hx-swap-oob="outerHTML">', gates)
+    assert '<span class="replay-count">24 / 60</span>' in gates
+    # The gates section is swapped whole: nothing in it on its own.
+    assert gates.count("hx-swap-oob") == 1
+    strip = _last(review)
+    assert re.match(
+        rf'\s*<div id="proposal-{proposal.pk}-gates" class="gate-strip" hx-swap-oob="outerHTML">', strip
+    )
+    assert '<span class="replay-count">24 / 60</span>' in strip
+    assert f'hx-post="/kaizen/gates/{proposal.gates.get(kind="replay").pk}/override/"' in strip
+    assert other_replay_page == [] and other_proposal_page == []
+
+
+def test_a_skipped_gate_reaches_its_proposals_page_and_not_another(settings):
+    proposal, other = _two_proposals_in_gates(settings)
+    gate = proposal.gates.get(kind="replay")
+
+    def skip() -> None:
+        kaizen.gate_override(gate=gate, user=make_approver(), note="Replayed by hand.")
+
+    review, proposal_page, replay_page, other_proposal_page = _receive_after(
+        [
+            "/ws/kaizen/",
+            f"/ws/kaizen/?proposal={proposal.pk}",
+            f"/ws/kaizen/?replay={gate.replay_id}",
+            f"/ws/kaizen/?proposal={other.pk}",
+        ],
+        make_approver(),
+        skip,
+    )
+
+    page = _last(proposal_page, lambda message: "proposal-badges" in message)
+    for part in ("proposal-badges", "proposal-decision", "gates", "proposal-experiment", "proposal-audit"):
+        assert re.search(rf'id="{part}-{proposal.pk}"[^>]*hx-swap-oob="outerHTML"', page), part
+    assert '<span class="evo-status evo-status--skipped">Skipped by a person</span>' in page
+    assert "Replayed by hand." in page
+    # The next gate started: its probes run.
+    assert page.count('<span class="evo-status evo-status--running">Running</span>') == 1
+    assert "csrfmiddlewaretoken" not in page
+    assert '<span class="evo-status evo-status--cancelled">Cancelled</span>' in _last(replay_page)
+    sections = _last(review, lambda message: '<section id="proposals"' in message)
+    assert f'<li class="gate-chip gate-chip--skipped" id="gate-chip-{gate.pk}">' in sections
+    assert other_proposal_page == []
