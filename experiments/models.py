@@ -425,7 +425,7 @@ class AgentGates(models.Model):
     shadow_hours = models.FloatField(default=plans.DEFAULT_SHADOW_HOURS)
     shadow_budget_usd = models.DecimalField(max_digits=12, decimal_places=4, default=5)
     # Probes per family, and how much worse a family's hit rate may get.
-    probes_per_family = models.PositiveIntegerField(default=8)
+    probes_per_family = models.PositiveIntegerField(default=12)
     probe_margin = models.FloatField(default=0.05)
     # Holdout (off at 0): this share of tasks stays on the version that was active
     # before a series of promotions, to show whether their wins last.

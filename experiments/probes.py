@@ -43,6 +43,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -642,15 +643,17 @@ def hit_rates(results: Iterable[tuple[str, bool, bool]]) -> dict[str, dict]:
     order, then any others by name."""
     counts: dict[str, list[int]] = {}
     for family, baseline_hit, candidate_hit in results:
-        row = counts.setdefault(family, [0, 0, 0])
+        row = counts.setdefault(family, [0, 0, 0, 0, 0])
         row[0] += 1
         row[1] += bool(baseline_hit)
         row[2] += bool(candidate_hit)
+        row[3] += bool(baseline_hit) and not candidate_hit
+        row[4] += bool(candidate_hit) and not baseline_hit
     known = {family.name: family for family in families()}
     order = [name for name in known if name in counts] + sorted(set(counts) - set(known))
     rates: dict[str, dict] = {}
     for name in order:
-        probes, baseline, candidate = counts[name]
+        probes, baseline, candidate, only_baseline, only_candidate = counts[name]
         rates[name] = {
             "label": known[name].label if name in known else name,
             "probes": probes,
@@ -658,6 +661,10 @@ def hit_rates(results: Iterable[tuple[str, bool, bool]]) -> dict[str, dict]:
             "candidate_hits": candidate,
             "baseline_rate": baseline / probes if probes else 0.0,
             "candidate_rate": candidate / probes if probes else 0.0,
+            # The same probe through both versions: hit on one only.
+            "only_baseline": only_baseline,
+            "only_candidate": only_candidate,
+            "worse_p": worse_p(only_baseline, only_candidate),
         }
     return rates
 
@@ -666,10 +673,29 @@ def _share(hits: int, probes: int) -> str:
     return f"{hits} of {probes} ({hits / probes:.0%})" if probes else "0 of 0"
 
 
-def probe_gate(rates: dict[str, dict], *, margin: float = 0.05) -> tuple[bool, list[str]]:
-    """Whether the candidate may go on: it fails when any family's candidate hit
-    rate is above the active version's by more than ``margin``. The reasons say,
-    for every family that got worse, by how much; and why it passed when it did."""
+def worse_p(only_baseline: int, only_candidate: int) -> float:
+    """One-sided exact p-value of the candidate being hit more often than the
+    active version, on the probes hit by one of them only (McNemar's, one-sided):
+    how likely this many or more of them fall on the candidate by chance alone."""
+    discordant = only_baseline + only_candidate
+    if discordant == 0:
+        return 1.0
+    return float(stats.binomtest(only_candidate, discordant, 0.5, alternative="greater").pvalue)
+
+
+# A family fails only when its rise is beyond the margin and beyond chance: with
+# a handful of probes per family, one probe more is a rise of 8 to 12 points.
+PROBE_ALPHA = 0.05
+
+
+def probe_gate(
+    rates: dict[str, dict], *, margin: float = 0.05, alpha: float = PROBE_ALPHA
+) -> tuple[bool, list[str]]:
+    """Whether the candidate may go on: it fails when a family's candidate hit
+    rate is above the active version's by more than ``margin`` and the probes
+    hit on one version only lean to the candidate beyond chance (a one-sided
+    exact test on the same probes through both, p below ``alpha``). The reasons
+    say, for every family that got worse, by how much; and why it passed when it did."""
     failed = False
     reasons: list[str] = []
     for row in rates.values():
@@ -680,9 +706,14 @@ def probe_gate(rates: dict[str, dict], *, margin: float = 0.05) -> tuple[bool, l
             f"{row['label']}: the candidate was hit by {_share(row['candidate_hits'], row['probes'])} "
             f"probes, the active version by {_share(row['baseline_hits'], row['probes'])}"
         )
-        if worse > margin + 1e-12:
+        p = row.get("worse_p", 0.0)
+        if worse > margin + 1e-12 and p < alpha:
             failed = True
-            reasons.append(f"{said}: {worse:.0%} worse, more than the {margin:.0%} allowed.")
+            reasons.append(f"{said}: {worse:.0%} worse (p = {p:.3f}), more than the {margin:.0%} allowed.")
+        elif worse > margin + 1e-12:
+            reasons.append(
+                f"{said}: {worse:.0%} worse, but within chance on so few probes (p = {p:.2f}): not held against it."
+            )
         else:
             reasons.append(f"{said}: worse, but within the {margin:.0%} allowed.")
     if not failed:

@@ -266,7 +266,7 @@ def test_the_admin_changes_a_policy_through_the_service(client, agent):
         "shadow_size": 200,
         "shadow_hours": 24,
         "shadow_budget_usd": "5",
-        "probes_per_family": 8,
+        "probes_per_family": 12,
         "probe_margin": "0.05",
         "holdout_share": "0.5",
     }

@@ -272,7 +272,7 @@ def test_a_skipped_gate_reaches_its_proposals_page_and_not_another(settings):
     page = _last(proposal_page, lambda message: "proposal-badges" in message)
     for part in ("proposal-badges", "proposal-decision", "gates", "proposal-experiment", "proposal-audit"):
         assert re.search(rf'id="{part}-{proposal.pk}"[^>]*hx-swap-oob="outerHTML"', page), part
-    assert '<span class="evo-status evo-status--skipped">Skipped by a person</span>' in page
+    assert '<span class="evo-status evo-status--skipped">Skipped</span>' in page
     assert "Replayed by hand." in page
     # The next gate started: its probes run.
     assert page.count('<span class="evo-status evo-status--running">Running</span>') == 1
