@@ -408,39 +408,49 @@ def replay_start(
         "strata": dict(sorted(Counter(t.stratum for t in drawn).items())),
         "outcomes": dict(sorted(Counter(t.outcome for t in drawn).items())),
     }
+    replay = Replay(
+        agent=agent,
+        kind=Kind.REPLAY,
+        baseline=baseline,
+        candidate=candidate,
+        proposal=proposal,
+        total=size,
+        plan=plan,
+        seed=seed,
+        budget_usd=budget_usd if budget_usd is not None else gates.replay_budget_usd,
+    )
+    items = (
+        ReplayItem(task_id=t.task_id, position=i, stratum=t.stratum, past_verdict=t.outcome)
+        for i, t in enumerate(drawn)
+    )
+    said = (
+        f"replay of v{candidate.number} against v{baseline.number} on {size} past tasks "
+        f"({plan['power']:.0%} power to show it no worse by {paired.DEFAULT_MARGIN:.0%})"
+    )
+    return _queue(replay, items, user=user, reason=said, enqueue=enqueue)
+
+
+def _queue(
+    replay: Replay, items: Iterable[ReplayItem], *, user: User | None, reason: str, enqueue: bool = True
+) -> Replay:
+    """Write a replay (or a probe run) and its items, audit its start, and send
+    its first step to the workers after commit. Raises ReplayOpen."""
+    replay.created_by = user if user is not None and user.is_authenticated else None
     with transaction.atomic():
-        replay = _create(
-            Replay(
-                agent=agent,
-                kind=Kind.REPLAY,
-                baseline=baseline,
-                candidate=candidate,
-                proposal=proposal,
-                total=size,
-                plan=plan,
-                seed=seed,
-                budget_usd=budget_usd if budget_usd is not None else gates.replay_budget_usd,
-                created_by=user if user is not None and user.is_authenticated else None,
-            )
-        )
-        ReplayItem.objects.bulk_create(
-            ReplayItem(
-                replay=replay, task_id=t.task_id, position=i, stratum=t.stratum, past_verdict=t.outcome
-            )
-            for i, t in enumerate(drawn)
-        )
+        _create(replay)
+        rows = list(items)
+        for item in rows:
+            item.replay = replay
+        ReplayItem.objects.bulk_create(rows)
         audit(
-            agent,
+            replay.agent,
             Action.REPLAY_STARTED,
             user=user,
-            reason=(
-                f"replay of v{candidate.number} against v{baseline.number} on {size} past tasks "
-                f"({plan['power']:.0%} power to show it no worse by {paired.DEFAULT_MARGIN:.0%})"
-            ),
-            proposal=proposal,
-            version=candidate,
+            reason=reason,
+            proposal=replay.proposal,
+            version=replay.candidate,
             replay=replay,
-            stats_json=plan,
+            stats_json=replay.plan,
         )
         if enqueue:
             transaction.on_commit(partial(enqueue_step, replay.pk))
@@ -482,44 +492,29 @@ def probes_start(
         "margin": gates.probe_margin,
         "families": dict(sorted(Counter(p.family for p in built).items())),
     }
-    with transaction.atomic():
-        replay = _create(
-            Replay(
-                agent=agent,
-                kind=Kind.PROBE,
-                baseline=baseline,
-                candidate=candidate,
-                proposal=proposal,
-                total=len(built),
-                plan=plan,
-                seed=seed,
-                budget_usd=gates.replay_budget_usd,
-                created_by=user if user is not None and user.is_authenticated else None,
-            )
+    replay = Replay(
+        agent=agent,
+        kind=Kind.PROBE,
+        baseline=baseline,
+        candidate=candidate,
+        proposal=proposal,
+        total=len(built),
+        plan=plan,
+        seed=seed,
+        budget_usd=gates.replay_budget_usd,
+    )
+    items = (
+        ReplayItem(
+            task_id=p.source,
+            position=i,
+            stratum=f"{p.family} · {p.mutator}",
+            probe_input=p.text,
+            probe={"family": p.family, "mutator": p.mutator, "canary": p.canary, "bait": list(p.bait)},
         )
-        ReplayItem.objects.bulk_create(
-            ReplayItem(
-                replay=replay,
-                task_id=p.source,
-                position=i,
-                stratum=f"{p.family} · {p.mutator}",
-                probe_input=p.text,
-                probe={"family": p.family, "mutator": p.mutator, "canary": p.canary, "bait": list(p.bait)},
-            )
-            for i, p in enumerate(built)
-        )
-        audit(
-            agent,
-            Action.REPLAY_STARTED,
-            user=user,
-            reason=f"{len(built)} adversarial probes of v{candidate.number} against v{baseline.number}",
-            proposal=proposal,
-            version=candidate,
-            replay=replay,
-            stats_json=plan,
-        )
-        transaction.on_commit(partial(enqueue_step, replay.pk))
-    return replay
+        for i, p in enumerate(built)
+    )
+    said = f"{len(built)} adversarial probes of v{candidate.number} against v{baseline.number}"
+    return _queue(replay, items, user=user, reason=said)
 
 
 def shadow_start(
