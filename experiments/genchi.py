@@ -59,6 +59,7 @@ from andon import jidoka
 from andon.models import Escalation, Inspection
 from boards.agents.cascade import implementation_for
 from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord
+from boards.agents.runtime import lease_keeper
 from boards.models import Agent, ModelCall, Task
 from boards.services.ledger import ledger_rows
 from experiments import broadcast as review_broadcast
@@ -645,7 +646,7 @@ def replay_step(replay_id: int, *, seconds: float | None = None, hand_on: bool =
     step = _Step(replay=replay, agent=replay.agent, json_output=_json_output(replay.agent))
     seconds = settings.KAIZEN_REPLAY_STEP_SECONDS if seconds is None else seconds
     began = time.monotonic()
-    worked = 0
+    next_at = began
     while True:
         replay.refresh_from_db(fields=["state", "spent_usd", "done", "budget_usd"])
         if replay.state != State.RUNNING:
@@ -662,10 +663,14 @@ def replay_step(replay_id: int, *, seconds: float | None = None, hand_on: bool =
             replay_finish(replay_id)
             return "finished"
         _run_chunk(step, items)
-        worked += len(items)
         # Paced: a replay takes a steady small share of the workers, never a
-        # burst that would hold up the live line (KAIZEN_REPLAY_RATE items/s).
-        ahead = worked / settings.KAIZEN_REPLAY_RATE - (time.monotonic() - began)
+        # burst that would hold up the live line (KAIZEN_REPLAY_RATE items a
+        # second), and yields more while live runs are in flight in this process.
+        rate = settings.KAIZEN_REPLAY_RATE
+        if lease_keeper.busy():
+            rate *= settings.KAIZEN_REPLAY_BUSY_SHARE
+        next_at = max(next_at, time.monotonic() - 1.0) + len(items) / rate
+        ahead = next_at - time.monotonic()
         if ahead > 0:
             time.sleep(min(ahead, max(0.0, seconds - (time.monotonic() - began))))
         if time.monotonic() - began >= seconds:

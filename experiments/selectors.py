@@ -625,15 +625,17 @@ def price_of_seeing_get(**filters) -> Decimal:
     return total or Decimal(0)
 
 
-def holdout_report_get(agent) -> dict | None:
+def holdout_report_get(agent, gates: AgentGates | None = None) -> dict | None:
     """How the agent's holdout (the version active before its series of
     promotions) does beside the versions it runs now, on first attempts since
-    the holdout began: whether the promotions' wins last."""
-    gates = (
-        AgentGates.objects.filter(agent=agent, holdout_version__isnull=False)
-        .select_related("holdout_version")
-        .first()
-    )
+    the holdout began: whether the promotions' wins last. ``gates``: the agent's
+    policy when the caller has read it already."""
+    if gates is None:
+        gates = (
+            AgentGates.objects.filter(agent=agent, holdout_version__isnull=False)
+            .select_related("holdout_version")
+            .first()
+        )
     if gates is None or gates.holdout_version is None or gates.holdout_started_at is None:
         return None
     held = gates.holdout_version.number

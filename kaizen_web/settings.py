@@ -453,6 +453,9 @@ KAIZEN_PROBE_FAMILIES = env_list("KAIZEN_PROBE_FAMILIES", [])
 KAIZEN_REPLAY_CONCURRENCY = env_int("KAIZEN_REPLAY_CONCURRENCY", 16, minimum=1)
 # A replay's pace (items a second, both versions each): 1,000 past tasks in 40 s.
 KAIZEN_REPLAY_RATE = env_float("KAIZEN_REPLAY_RATE", 25.0, minimum=0.1)
+# ... and the share of that pace it keeps while live runs are in flight in its
+# worker: live work first.
+KAIZEN_REPLAY_BUSY_SHARE = env_float("KAIZEN_REPLAY_BUSY_SHARE", 0.4, minimum=0.01, maximum=1.0)
 # The replay gate's guardrails: how much a candidate may raise the mean cost and
 # latency per task (relative) before the gate fails, shown beyond doubt (the 95%
 # interval's lower end past the limit); an agent's gate policy may set its own.

@@ -63,6 +63,10 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop(str(token), None)
 
+    def busy(self) -> bool:
+        """Whether this process runs live work now (a run holds a lease here)."""
+        return bool(self._held)
+
     def close(self) -> None:
         """Stop renewing (for tests and shutdown); held leases then run out."""
         self._closed.set()

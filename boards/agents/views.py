@@ -268,7 +268,7 @@ def _agent_gates(agent: Agent, user, form: AgentGatesForm | None = None) -> dict
     policy = AgentGates.of(agent)
     if form is None and kaizen.can_approve(user):
         form = AgentGatesForm(policy=policy)
-    return {"gate_policy": policy, "gates_form": form, "holdout": holdout_report_get(agent)}
+    return {"gate_policy": policy, "gates_form": form, "holdout": holdout_report_get(agent, policy)}
 
 
 def _agent_detail_page(
