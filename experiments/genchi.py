@@ -870,9 +870,13 @@ def conclusion(replay: Replay) -> tuple[dict, str, str]:
     guardrails = replay.plan.get("guardrails") or AgentGates.of(replay.agent).guardrails()
     result = paired.replay_stats(pairs_of(replay), seed=replay.seed, guardrails=guardrails)
     figures = result.as_json()
+    reasons = list(result.reasons)
     if replay.kind == Kind.SHADOW:
         figures["live_latency_ms"] = _live_latency(replay)
-    return figures, result.verdict, "; ".join(result.reasons)
+        # Its pairs are live tasks mirrored, not past ones replayed.
+        reasons = [reason.replace("replayed tasks", "mirrored live tasks") for reason in reasons]
+        figures["reasons"] = reasons
+    return figures, result.verdict, "; ".join(reasons)
 
 
 def _live_latency(replay: Replay) -> dict:
