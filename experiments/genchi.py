@@ -63,6 +63,7 @@ from boards.agents.runtime import lease_keeper
 from boards.models import Agent, ModelCall, Task
 from boards.services.ledger import ledger_rows
 from experiments import broadcast as review_broadcast
+from experiments import line as experiment_line
 from experiments import paired, probes
 from experiments.audit import audit
 from experiments.line import ensure_version
@@ -570,6 +571,8 @@ def shadow_start(
             replay=replay,
             stats_json=plan,
         )
+        # This process's line mirrors it at once (the others within seconds).
+        transaction.on_commit(experiment_line.genchi.clear)
     return replay
 
 
@@ -930,6 +933,8 @@ def replay_finish(replay_id: int, *, capped: bool = False, expired: bool = False
             stats_json=figures,
         )
         transaction.on_commit(partial(review_broadcast.replay_changed, replay.pk))
+        if replay.kind == Kind.SHADOW:
+            transaction.on_commit(experiment_line.genchi.clear)
         if replay.proposal_id is not None:
             transaction.on_commit(partial(enqueue_gates, replay.proposal_id))
     return replay

@@ -31,6 +31,7 @@ from boards.agents.spec import (
 )
 from boards.models import Agent
 from experiments import genchi, plans, stats
+from experiments import line as experiment_line
 from experiments.audit import audit as _audit
 from experiments.line import current_version, ensure_version, next_version_number
 from experiments.models import (
@@ -684,6 +685,7 @@ def _holdout_keep(agent: Agent, before: PromptVersion, *, user: User | None) -> 
     gates.holdout_started_at = timezone.now()
     gates.holdout_salt = secrets.token_hex(8)
     gates.save(update_fields=["holdout_version", "holdout_started_at", "holdout_salt"])
+    transaction.on_commit(experiment_line.genchi.clear)
     _audit(
         agent,
         Action.HOLDOUT,
@@ -707,6 +709,7 @@ def holdout_reset(*, agent: Agent, user: User, note: str) -> None:
         assert version is not None  # filtered so
         gates.holdout_version, gates.holdout_started_at = None, None
         gates.save(update_fields=["holdout_version", "holdout_started_at"])
+        transaction.on_commit(experiment_line.genchi.clear)
         _audit(
             agent,
             Action.HOLDOUT,
@@ -810,6 +813,7 @@ def agent_gates_set(*, agent: Agent, user: User, **fields) -> AgentGates:
     if not changes:
         return gates
     gates.save()
+    transaction.on_commit(experiment_line.genchi.clear)
     _audit(agent, Action.GATES, user=user, reason="; ".join(changes))
     return gates
 

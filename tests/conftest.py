@@ -143,6 +143,22 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 @pytest.fixture(autouse=True)
+def _genchi_still(monkeypatch):
+    """The line's view of running shadows and holdouts (experiments.line.genchi)
+    is re-read at most every 2 s in a process: at a moment a test cannot choose,
+    which would make a count of the line's queries depend on how fast the test
+    ran. Here it is read once per test, when first asked; a test that starts or
+    ends a shadow or a holdout in this process has it read again (the services
+    clear it, as they do in production)."""
+    from experiments import line as experiment_line
+
+    experiment_line.genchi.clear()
+    monkeypatch.setattr(experiment_line.genchi, "TTL", 1e9)
+    yield
+    experiment_line.genchi.clear()
+
+
+@pytest.fixture(autouse=True)
 def _redis_state(request):
     """A test marked redis starts with an empty response cache and ends with every
     live update it caused sent, so none reaches a later test's listeners. Any

@@ -490,7 +490,28 @@ def test_an_agent_on_several_boards_takes_the_most_careful_plan(db, settings):
     lab_and_fast = make_agent(boards=[lab, fast])
     anywhere = make_agent(boards=[lab, plain])
 
-    assert agent_plan(only_lab).as_json() == {"canary_share": 0.25, "canary_size": 100, "max_n": 200}
+    shadow = {"shadow_size": 200, "shadow_hours": 24.0}  # no board here sizes its shadow
+    assert agent_plan(only_lab).as_json() == {
+        "canary_share": 0.25,
+        "canary_size": 100,
+        "max_n": 200,
+        **shadow,
+    }
     # fast asks for no canary size: the settings' 200 counts for it.
-    assert agent_plan(lab_and_fast).as_json() == {"canary_share": 0.25, "canary_size": 200, "max_n": 200}
-    assert agent_plan(anywhere).as_json() == {"canary_share": 0.05, "canary_size": 200, "max_n": 2000}
+    assert agent_plan(lab_and_fast).as_json() == {
+        "canary_share": 0.25,
+        "canary_size": 200,
+        "max_n": 200,
+        **shadow,
+    }
+    assert agent_plan(anywhere).as_json() == {
+        "canary_share": 0.05,
+        "canary_size": 200,
+        "max_n": 2000,
+        **shadow,
+    }
+    fast.experiment_plan = {"shadow_size": 40, "shadow_hours": 0.5}
+    fast.save()
+    # The most careful shadow too: the most pairs, the longest time.
+    assert agent_plan(lab_and_fast).shadow_size == 200
+    assert agent_plan(make_agent(boards=[fast])).as_json()["shadow_size"] == 40

@@ -91,3 +91,14 @@ def test_a_small_canary_rolls_back_a_harmless_change_rarely_and_a_harmful_one_at
     # Nominal 5%, measured 5.4% (SE 0.11 points): see the module's docstring.
     assert rolled_back(0.7) <= 0.057
     assert rolled_back(0.05) == 1.0
+
+
+def test_a_board_may_size_its_shadow_gate_within_bounds():
+    from experiments.plans import board_plan, plan_problems
+
+    assert plan_problems({"shadow_size": 60, "shadow_hours": 0.5}) == []
+    assert board_plan({"shadow_size": 60, "shadow_hours": 0.5}).as_json()["shadow_size"] == 60
+    problems = dict(plan_problems({"shadow_size": 3, "shadow_hours": 0, "shadow": 1}))
+    assert problems["shadow_size"].startswith("must be a whole number of pairs from 10")
+    assert problems["shadow_hours"].startswith("must be hours between 0.05 and 720")
+    assert "allowed keys: canary_share, canary_size, max_n, shadow_size, shadow_hours" in problems["shadow"]
