@@ -159,6 +159,18 @@ def _genchi_still(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _metric_label_names():
+    """The metrics' names of boards and agents by id (boards.metrics) are kept for
+    the process's life; on SQLite a rolled-back test's ids are handed out again,
+    so a later test's board would be counted under an earlier one's slug."""
+    from boards import metrics
+
+    metrics._board_slugs.clear()
+    metrics._agent_names.clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _redis_state(request):
     """A test marked redis starts with an empty response cache and ends with every
     live update it caused sent, so none reaches a later test's listeners. Any
