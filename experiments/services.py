@@ -734,7 +734,12 @@ GATE_LIMITS: dict[str, tuple[float, float, str]] = {
     "shadow_budget_usd": (0.0001, 1000, "more than $0 and at most $1,000"),
     "probes_per_family": (1, 100, "1 to 100 probes"),
     "probe_margin": (0.0, 0.5, "0 to 50 points"),
+    # Blank: the installation's (KAIZEN_REPLAY_COST_LIMIT, KAIZEN_REPLAY_LATENCY_LIMIT).
+    "cost_limit": (0.0, 10.0, "0% to 1,000% more, or blank for the installation's"),
+    "latency_limit": (0.0, 10.0, "0% to 1,000% more, or blank for the installation's"),
 }
+# Fields a blank leaves to the installation's settings.
+_OPTIONAL = {"cost_limit", "latency_limit"}
 # A holdout keeps this share of the tasks on an old version: off, or small enough
 # to cost little and large enough to show a difference within weeks.
 HOLDOUT_SHARE_RANGE = (0.02, 0.05)
@@ -752,6 +757,9 @@ def agent_gates_clean(fields: dict) -> dict:
     errors: dict[str, list[str]] = {}
     clean: dict = {}
     for name, value in fields.items():
+        if name in _OPTIONAL and value in (None, ""):
+            clean[name] = None
+            continue
         if name in GATE_RULES:
             if value not in GateRule.values:
                 errors[name] = ["Choose every change, major changes or never."]
@@ -785,9 +793,11 @@ def agent_gates_clean(fields: dict) -> dict:
 
 
 def _gate_value(name: str, value) -> str:
+    if value is None:
+        return "the installation's"
     if name in _MONEY:
         return f"${value:,.4f}".rstrip("0").rstrip(".")
-    if name in ("shadow_share", "holdout_share", "probe_margin"):
+    if name in ("shadow_share", "holdout_share", "probe_margin", "cost_limit", "latency_limit"):
         return f"{value:.0%}" if value * 100 == round(value * 100) else f"{value:.1%}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 

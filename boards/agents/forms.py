@@ -380,6 +380,18 @@ class AgentGatesForm(forms.Form):
     shadow_budget_usd = forms.DecimalField(
         label="Cap ($)", decimal_places=4, widget=forms.NumberInput(attrs=_bounds("shadow_budget_usd"))
     )
+    cost_limit_pct = forms.FloatField(
+        label="Cost may rise (%)",
+        required=False,
+        help_text="Per task, before the replay or shadow fails. Blank: the installation's.",
+        widget=forms.NumberInput(attrs=_bounds("cost_limit", scale=100)),
+    )
+    latency_limit_pct = forms.FloatField(
+        label="Latency may rise (%)",
+        required=False,
+        help_text="Per task. Blank: the installation's.",
+        widget=forms.NumberInput(attrs=_bounds("latency_limit", scale=100)),
+    )
     holdout_share_pct = forms.FloatField(
         label="Share (% of tasks)",
         help_text="0: none. 2 to 5: that share of the tasks stays on the version active before the next "
@@ -392,13 +404,18 @@ class AgentGatesForm(forms.Form):
         "probe_margin_pct": "probe_margin",
         "shadow_share_pct": "shadow_share",
         "holdout_share_pct": "holdout_share",
+        "cost_limit_pct": "cost_limit",
+        "latency_limit_pct": "latency_limit",
     }
 
     def __init__(self, *args, policy: AgentGates, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
         initial = {name: getattr(policy, name) for name in GATE_FIELDS if name not in self.PERCENTS.values()}
         initial.update(
-            {field: round(getattr(policy, name) * 100, 2) for field, name in self.PERCENTS.items()}
+            {
+                field: None if getattr(policy, name) is None else round(getattr(policy, name) * 100, 2)
+                for field, name in self.PERCENTS.items()
+            }
         )
         kwargs.setdefault("initial", initial)
         super().__init__(*args, **kwargs)
@@ -407,5 +424,6 @@ class AgentGatesForm(forms.Form):
         """The cleaned values as ``agent_gates_set`` takes them (fractions, not percents)."""
         data = dict(self.cleaned_data)
         for field, name in self.PERCENTS.items():
-            data[name] = data.pop(field) / 100
+            value = data.pop(field)
+            data[name] = None if value is None else value / 100
         return data

@@ -283,3 +283,28 @@ def test_the_admin_changes_a_policy_through_the_service(client, agent):
     assert client.get(reverse("admin:experiments_replay_changelist")).status_code == 200
     assert client.get(reverse("admin:experiments_gate_changelist")).status_code == 200
     assert client.get(reverse("admin:experiments_replay_add")).status_code == 403
+
+
+def test_an_approver_sets_the_agents_own_guardrails_and_a_blank_restores_the_installations(
+    client, agent, ana
+):
+    client.force_login(ana)
+
+    response = client.post(_url(agent), {**FORM, "cost_limit_pct": "20", "latency_limit_pct": "35"})
+
+    assert response.status_code == 302
+    gates = AgentGates.objects.get(agent=agent)
+    assert (gates.cost_limit, gates.latency_limit) == (pytest.approx(0.2), pytest.approx(0.35))
+    assert gates.guardrails() == {"cost": pytest.approx(0.2), "latency": pytest.approx(0.35)}
+    html = client.get(_url(agent)).content.decode()
+    assert "cost per task rises more than 20% or its latency per task more than 35%" in html
+    assert "cost limit: the installation&#x27;s → 20%" in html
+
+    client.post(_url(agent), {**FORM, "cost_limit_pct": "", "latency_limit_pct": ""})
+    gates.refresh_from_db()
+    assert (gates.cost_limit, gates.latency_limit) == (None, None)
+    assert gates.guardrails() == {"cost": 1.5, "latency": 0.5}
+    refused = client.post(_url(agent), {**FORM, "cost_limit_pct": "-5"})
+    assert refused.status_code == 422
+    gates.refresh_from_db()
+    assert gates.cost_limit is None
