@@ -350,6 +350,25 @@
     true,
   );
 
+  // --- an answer whose form a push took away ------------------------------------------
+  //
+  // A push may redraw a section (the proposals list, when another approver's
+  // action or the approval itself moved the proposal on) while one of its forms
+  // is being answered. htmx then looks for the answer's out-of-band parts (the
+  // message, the sections) inside the detached form, finds none, and the answer
+  // is lost. They are swapped into the page instead.
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const elt = event.detail.elt;
+    const xhr = event.detail.xhr;
+    if (!root() || !xhr || !(elt instanceof HTMLFormElement)) return;
+    xhr.addEventListener("loadend", function () {
+      if (document.body.contains(elt) || !xhr.responseText) return;
+      if (xhr.status < 200 || xhr.status >= 500) return;
+      htmx.swap(document.body, xhr.responseText, { swapStyle: "none" });
+    });
+  });
+
   // --- catching up ----------------------------------------------------------------------
   //
   // The status badge, the catch-up after every (re)connect and leaving a page

@@ -139,3 +139,32 @@ def test_an_approver_approves_a_major_change_then_rolls_its_experiment_back(brow
     assert (task.prompt_version, task.experiment_id, task.arm) == (agent.prompt_version, None, "")
     assert agent.prompt_version == 1 == proposal.base_version.number
     assert kaizen.can_approve(proposal.decided_by)
+
+
+def test_an_approves_answer_reaches_the_page_when_a_push_took_its_form_away_first(browser, live_server_url):
+    """The approval's own push (the proposal leaves the waiting list) can reach the
+    page before the approval's HTTP answer: the answer's message and sections must
+    still land, though the form that asked is gone. Here the answer is held back
+    until the push has taken the form away, which a loaded machine does by chance."""
+    agent = line_agent(name="welder")
+    proposal = major_proposal(agent)
+    make_approver(username="ana", password=PASSWORD)
+    page = log_in(browser, live_server_url, "ana", "/kaizen/", viewport={"width": 1400, "height": 1000})
+    item = f"#proposal-{proposal.pk}"
+    page.wait_for_selector(f"{item} .evo-kind--major", timeout=WAIT_MS)
+
+    def hold_the_answer(route):
+        answer = route.fetch()  # the server has approved and pushed by now
+        page.wait_for_selector(item, state="detached", timeout=WAIT_MS)
+        route.fulfill(response=answer)
+
+    page.route(re.compile(rf".*/kaizen/proposals/{proposal.pk}/approve/$"), hold_the_answer)
+    page.click(f"{item}-approve > summary")
+    page.fill(f"{item}-approve-note", "The order of the answer matters to reviewers.")
+    page.click(f"{item}-approve button[data-action=approve]")
+
+    page.wait_for_selector(
+        "#review-status:has-text('Approved the change to welder (v2): its canary experiment has started.')",
+        timeout=WAIT_MS,
+    )
+    assert Experiment.objects.filter(proposal=proposal).exists()
