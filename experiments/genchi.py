@@ -68,7 +68,6 @@ from experiments import paired, probes
 from experiments.audit import audit
 from experiments.line import ensure_version
 from experiments.models import AgentGates, AuditEntry, ChangeProposal, PromptVersion, Replay, ReplayItem
-from experiments.selectors import price_of_seeing_get
 
 logger = logging.getLogger(__name__)
 
@@ -1054,8 +1053,3 @@ def _live_outcome(task: Task) -> tuple[bool, str, str, Decimal, float, int] | No
         round(sum(c[1] for c in calls), 3),
         sum(c[2] + c[3] for c in calls),
     )
-
-
-def price_of_seeing(**filters) -> Decimal:
-    """What replays, shadows and probes spent (the calls no production figure counts)."""
-    return price_of_seeing_get(**filters)

@@ -45,6 +45,7 @@ from experiments.models import (
     ChangeProposal,
     Experiment,
     Gate,
+    Replay,
 )
 from experiments.selectors import (
     AUDIT_PAGE,
@@ -139,14 +140,19 @@ def experiment_live(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     )
 
 
+def _replay_or_404(pk: int) -> Replay:
+    replay = replay_get(pk)
+    if replay is None:
+        raise Http404("No such replay.")
+    return replay
+
+
 @require_GET
 @approver_required
 def replay_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """A replay, probe run or shadow: its progress, its paired statistics and
     verdict, its flip table, and its items."""
-    replay = replay_get(pk)
-    if replay is None:
-        raise Http404("No such replay.")
+    replay = _replay_or_404(pk)
     return render(request, "experiments/replay.html", replay_context_get(replay))
 
 
@@ -154,18 +160,14 @@ def replay_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 @approver_required
 def replay_live(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """A replay page's live parts, out of band (its catch-up after a reconnect)."""
-    replay = replay_get(pk)
-    if replay is None:
-        raise Http404("No such replay.")
+    replay = _replay_or_404(pk)
     return render(request, "experiments/replay.html#replay-update", replay_context_get(replay))
 
 
 @require_POST
 @approver_required
 def replay_cancel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    replay = replay_get(pk)
-    if replay is None:
-        raise Http404("No such replay.")
+    replay = _replay_or_404(pk)
     note = NoteForm(request.POST).value() or "cancelled on the evolution review"
     try:
         genchi.replay_cancel(replay=replay, user=request.user, note=note)

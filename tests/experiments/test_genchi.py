@@ -14,6 +14,7 @@ from andon.models import Escalation
 from boards.models import ModelCall, Task
 from experiments import genchi, paired
 from experiments.models import AuditEntry, Replay, ReplayItem
+from experiments.selectors import price_of_seeing_get
 from tests.experiments.genchi_support import BETTER, BROKEN, REWORDED, history_agent, version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_replays")]
@@ -138,7 +139,7 @@ def test_a_replay_pairs_every_task_and_decides_with_the_paired_statistics():
     assert marked.filter(prompt_version=candidate.number).exists()
     assert ModelCall.objects.count() == live_calls
     assert replay.spent_usd == sum((c.cost for c in marked), Decimal(0))
-    assert genchi.price_of_seeing(agent=agent) == replay.spent_usd
+    assert price_of_seeing_get(agent=agent) == replay.spent_usd
     # Nothing moved on the line, no one was called.
     assert (
         list(Task.objects.filter(agent=agent).values_list("pk", "status", "column_id", "output", "cost"))
