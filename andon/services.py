@@ -29,6 +29,7 @@ from andon import budgets, muda_rollups, waste_thresholds
 from andon.models import Alert, AndonRecord, Escalation, LineStop
 from boards import services as board_services
 from boards.models import Agent, Board, Column, Task, TaskEvent
+from experiments import patterns
 
 REVIEW_PERMISSION = "andon.review_escalation"
 # The demo's simulated reviewer (andon.demo_reviewer) decides as this user.
@@ -217,6 +218,8 @@ def _close(escalation: Escalation, *, status: str, user: User, note: str) -> Non
 
 
 def _after_decisions(decided: list[Escalation], changed: set[int]) -> None:
+    # The knowledge base learns the verdicts (embedded after the commit, off this path).
+    patterns.decisions_record(decided)
     pks = [e.pk for e in decided]
     board_services.board_changed_on_commit(decided[0].board_id, changed, pull=True)
     transaction.on_commit(lambda: andon_broadcast.escalations_closed(pks))

@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
 
 from boards.agents.spec import ConfigError, cascade_json, parse_cascade, parse_parameters, parse_variables
 from boards.models import Agent, Task
@@ -664,3 +665,85 @@ class Gate(models.Model):
     @property
     def cleared(self) -> bool:
         return self.state in self.CLEARED
+
+
+class Pattern(models.Model):
+    """One finished attempt of a task with its known outcome: the knowledge base's
+    row (issue 14). Written when the outcome is known, in the transaction that
+    decides it (an attempt that passed its inspection, or a reviewer's verdict),
+    without its vector: the embedder (experiments.knowledge) embeds pending rows
+    off the line's hot path, so the line never waits on an embedding.
+
+    ``vector`` holds the float32 bytes of the L2-normalised embedding of ``text``
+    (title and input) made by ``embed_model``; the exact numpy search reads it,
+    and where PostgreSQL has pgvector the same vector is mirrored into an
+    HNSW-indexed table (experiments.vectors)."""
+
+    class Verdict(models.TextChoices):
+        # Passed its inspection and went to Done with no person involved.
+        PASSED = "passed", "Passed inspection"
+        APPROVED = "approved", "Approved"
+        # Approved with the reviewer's correction in place of the output.
+        CORRECTED = "corrected", "Corrected"
+        REJECTED = "rejected", "Rejected"
+        # Failed inspection on a board with no Review column (Done, marked a defect).
+        DEFECT = "defect", "Defect"
+
+    # Verdicts whose output (or correction) may serve as an example to follow.
+    GOOD = (Verdict.PASSED, Verdict.APPROVED, Verdict.CORRECTED)
+    # Verdicts a reviewer gave.
+    REVIEWED = (Verdict.APPROVED, Verdict.CORRECTED, Verdict.REJECTED)
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="patterns")
+    board = models.ForeignKey("boards.Board", on_delete=models.CASCADE, related_name="+")
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    escalation = models.OneToOneField(
+        "andon.Escalation", on_delete=models.SET_NULL, null=True, blank=True, related_name="pattern"
+    )
+    attempt = models.PositiveSmallIntegerField(default=1)
+    capability = models.CharField(max_length=80, blank=True)
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
+    # The cascade tier whose output this was (1 = cheapest), its model and the
+    # parameters it was called with.
+    tier = models.PositiveSmallIntegerField(null=True, blank=True)
+    model = models.CharField(max_length=120, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    output = models.TextField(blank=True)
+    # The reviewer's corrected output (corrected), their reason (rejected) or
+    # note (approved), or the inspection's failures (defect).
+    correction = models.TextField(blank=True)
+    reason = models.TextField(blank=True)
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    latency_ms = models.FloatField(default=0)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    # What is embedded (the task's title and input) and its digest: identical
+    # texts are embedded once.
+    text = models.TextField(blank=True)
+    text_hash = models.CharField(max_length=64, db_index=True)
+    embed_model = models.CharField(max_length=120, blank=True)
+    dim = models.PositiveSmallIntegerField(null=True, blank=True)
+    vector = models.BinaryField(null=True, blank=True, editable=False)
+    embedded_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "attempt"], name="pattern_once_per_attempt"),
+        ]
+        indexes = [
+            # The embedder's queue and the numpy index's refresh.
+            models.Index(fields=["embed_model", "embedded_at"], name="pattern_embedded"),
+            models.Index(fields=["agent", "verdict", "-created_at"], name="pattern_agent_verdict"),
+            models.Index(fields=["agent", "prompt_version", "verdict"], name="pattern_agent_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"pattern of task {self.task_id} attempt {self.attempt} ({self.verdict})"
+
+    @property
+    def good_output(self) -> str:
+        """The output to follow: the correction where a reviewer wrote one."""
+        return self.correction if self.verdict == self.Verdict.CORRECTED and self.correction else self.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import connection
 
-from experiments import genchi, pdca, services
+from experiments import genchi, knowledge, pdca, services
 
 
 @shared_task(name="experiments.tasks.evaluate_experiments")
@@ -43,3 +43,10 @@ def advance_gates(proposal_id: int) -> None:
 @shared_task(name="experiments.tasks.resume_replays")
 def resume_replays() -> int:
     return genchi.replays_resume() + services.gates_advance_all()
+
+
+@shared_task(name="experiments.tasks.embed_patterns")
+def embed_patterns() -> int:
+    # On its own queue (settings.KAIZEN_KNOWLEDGE_QUEUE), served by a worker at the
+    # lowest CPU priority: the line never waits on an embedding.
+    return knowledge.patterns_embed()

@@ -303,6 +303,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "kaizen")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# The knowledge base's embedder (experiments.knowledge) has its own queue, served
+# by a worker of its own at the lowest CPU priority (make run starts it): the line
+# never waits on an embedding, and a busy line takes the CPU first.
+KAIZEN_KNOWLEDGE_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.knowledge"
+CELERY_TASK_ROUTES = {"experiments.tasks.embed_patterns": {"queue": KAIZEN_KNOWLEDGE_QUEUE}}
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_PREFETCH_MULTIPLIER", 4, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
@@ -333,6 +338,13 @@ CELERY_BEAT_SCHEDULE = {
     "kaizen-cycle": {
         "task": "experiments.tasks.kaizen_cycle",
         "schedule": env_float("KAIZEN_PDCA_SECONDS", 3600.0, minimum=60.0),
+    },
+    # The knowledge base: patterns the line wrote get their vectors (experiments.knowledge).
+    "embed-patterns": {
+        "task": "experiments.tasks.embed_patterns",
+        "schedule": env_float("KAIZEN_EMBED_SECONDS", 2.0, minimum=0.5),
+        # A beat the embedder could not take in time is dropped, not queued up.
+        "options": {"expires": 30},
     },
     "reap-expired-leases": {
         "task": "boards.tasks.reap_expired_leases",

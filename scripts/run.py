@@ -8,7 +8,7 @@ URL and the login in a box; after that it stays quiet but for a rate-limited
 line when a process logs a warning or an error.
 
 Every process's output goes to its own file under ``<var>/log/`` (redis.log,
-migrate.log, config.log, user.log, web.log, worker.log, beat.log). A step that
+migrate.log, config.log, user.log, web.log, worker.log, knowledge.log, beat.log). A step that
 fails shows the end of its log in the terminal. The files start empty at every
 run and are rotated by size: past LOG_MAX_BYTES a file is renamed to
 ``<name>.log.1`` (replacing the previous one) and a new one begun, so a demo
@@ -795,6 +795,32 @@ def run(sup: Supervisor, var_dir: Path) -> None:
         env,
         description="the Celery worker",
         ready_when=r"\bready\.",
+    )
+    # The knowledge base's embedder: its own Celery worker on its own queue, one
+    # batch at a time, at the lowest CPU priority, so the line takes the CPU
+    # first and the embedder catches up when the line idles (experiments.knowledge).
+    queue = env.get("CELERY_QUEUE", "").strip() or "kaizen"
+    sup.start(
+        "knowledge",
+        [
+            "nice",
+            "-n",
+            "19",
+            *celery,
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            f"{queue}.knowledge",
+            "-n",
+            "knowledge@%h",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        description="the knowledge base's embedder (a Celery worker at nice 19)",
     )
     sup.start(
         "beat",

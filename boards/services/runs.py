@@ -40,6 +40,7 @@ from boards.services.primitives import (
 )
 from boards.services.pull import board_changed_on_commit
 from experiments import line as experiment_line
+from experiments import patterns
 from experiments.models import ExperimentSample
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,8 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         _samples_record((run.task, run.verdict.passed) for run in finished)
         _shadows_enqueue(run.task for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)
+        # The knowledge base's rows of the outcomes known now (embedded later, off this path).
+        patterns.runs_record(finished)
         verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]
         transaction.on_commit(partial(metrics.inspections_observe, verdicts))
         # The Muda rollups, late in the transaction (their hour rows are locked

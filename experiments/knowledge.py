@@ -1,0 +1,252 @@
+"""The knowledge base's services (issue 14): embedding the patterns the line
+writes (experiments.patterns), back-filling history, re-embedding after a
+change of model, and finding similar past work.
+
+Embedding runs off the line's hot path: ``patterns_embed`` is called by the
+``embed-patterns`` beat on its own Celery queue, which ``make run`` serves with
+a separate worker process at the lowest CPU priority (scripts/run.py), so a
+busy line takes the CPU first and the embedder catches up when it idles."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from andon.models import Escalation, Inspection
+from boards.models import Task
+from experiments import vectors
+from experiments.embeddings import Embedder, get_embedder
+from experiments.models import Pattern
+from experiments.patterns import decision_patterns, make_pattern, pattern_text
+
+logger = logging.getLogger(__name__)
+
+# Patterns embedded per batch, and the time one call of patterns_embed may take
+# before it leaves the rest to the next beat.
+EMBED_BATCH = 64
+EMBED_BUDGET_SECONDS = 5.0
+
+
+def pending_patterns(model: str):
+    """Patterns with no vector of ``model``: new ones first, then those made by
+    another model (re-embedded after a change of model)."""
+    return Pattern.objects.filter(Q(vector__isnull=True) | ~Q(embed_model=model))
+
+
+def _embed_rows(rows: list[Pattern], embedder: Embedder) -> None:
+    """Fill in the vectors of ``rows``: a text already embedded by this model
+    (the same input seen again) is copied, the rest embedded in one batch."""
+    known = dict(
+        Pattern.objects.filter(
+            text_hash__in={row.text_hash for row in rows}, embed_model=embedder.name, vector__isnull=False
+        )
+        .order_by()
+        .values_list("text_hash", "vector")
+    )
+    todo = [row for row in rows if row.text_hash not in known]
+    fresh: dict[str, bytes] = {}
+    if todo:
+        texts = list(dict.fromkeys(row.text for row in todo))
+        matrix = embedder.embed(texts)
+        by_text = {text: matrix[i].astype(np.float32).tobytes() for i, text in enumerate(texts)}
+        fresh = {row.text_hash: by_text[row.text] for row in todo}
+    now = timezone.now()
+    for row in rows:
+        row.vector = known.get(row.text_hash) or fresh[row.text_hash]
+        row.embed_model = embedder.name
+        row.dim = embedder.dim
+        row.embedded_at = now
+
+
+def patterns_embed(
+    *,
+    budget_seconds: float = EMBED_BUDGET_SECONDS,
+    batch: int = EMBED_BATCH,
+    embedder: Embedder | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Embed pending patterns, a batch at a time, until none is left or the time
+    budget is spent; returns how many were embedded. Safe to run in several
+    processes at once: a batch is claimed with its rows locked (SKIP LOCKED where
+    the database has it), and a row embedded twice is only written twice."""
+    embedder = embedder or get_embedder()
+    started = time.monotonic()
+    done = 0
+    while time.monotonic() - started < budget_seconds:
+        with transaction.atomic():
+            rows = list(
+                pending_patterns(embedder.name)
+                .select_for_update(skip_locked=True)
+                .order_by("embedded_at", "pk")
+                .only("pk", "text", "text_hash", "embed_model")[:batch]
+            )
+            if not rows:
+                break
+            _embed_rows(rows, embedder)
+            Pattern.objects.bulk_update(rows, ["vector", "embed_model", "dim", "embedded_at"])
+            vectors.mirror(rows)
+        done += len(rows)
+        if progress is not None:
+            progress(len(rows))
+    return done
+
+
+# --- back-fill ----------------------------------------------------------------------
+
+
+def _passed_attempts(after: int, limit: int) -> list[Pattern]:
+    """Patterns for done tasks whose last attempt passed its inspection (or was
+    marked a defect on a board with no Review column), in task order."""
+
+    tasks = list(
+        Task.objects.filter(pk__gt=after, status=Task.Status.DONE, agent__isnull=False)
+        .exclude(escalations__status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED))
+        .order_by("pk")[:limit]
+    )
+    if not tasks:
+        return []
+    inspections = {
+        (task_id, attempt): (passed, failures)
+        for task_id, attempt, passed, failures in Inspection.objects.filter(
+            task_id__in=[t.pk for t in tasks]
+        ).values_list("task_id", "attempt", "passed", "failures")
+    }
+    rows = []
+    for task in tasks:
+        attempt = task.attempts or 1
+        passed, failures = inspections.get((task.pk, attempt), (True, []))
+        rows.append(
+            make_pattern(
+                task,
+                verdict=Pattern.Verdict.PASSED if passed else Pattern.Verdict.DEFECT,
+                attempt=attempt,
+                tier=task.accepted_tier,
+                model="",
+                version=task.prompt_version,
+                output=task.output,
+                reason="" if passed else "; ".join(str(f) for f in failures or []),
+                cost=task.cost,
+                tokens_in=task.tokens_in,
+                tokens_out=task.tokens_out,
+            )
+        )
+    return rows
+
+
+@dataclass
+class Backfill:
+    written: int = 0
+    embedded: int = 0
+
+
+def patterns_backfill(
+    *,
+    chunk: int = 500,
+    on_written: Callable[[int], None] | None = None,
+    embed: bool = True,
+    on_embedded: Callable[[int], None] | None = None,
+) -> Backfill:
+    """Write the patterns of the history the line finished before the knowledge
+    base existed: every decided escalation, and every done task that no
+    reviewer decided. Restartable: rows are unique per (task, attempt), so a
+    second run writes only what the first did not. Then embeds what is pending."""
+    result = Backfill()
+    last = 0
+    while True:
+        escalations = list(
+            Escalation.objects.filter(
+                pk__gt=last,
+                status__in=(
+                    Escalation.Status.APPROVED,
+                    Escalation.Status.CORRECTED,
+                    Escalation.Status.REJECTED,
+                ),
+            ).order_by("pk")[:chunk]
+        )
+        if not escalations:
+            break
+        last = escalations[-1].pk
+        rows = decision_patterns(escalations)
+        result.written += len(Pattern.objects.bulk_create(rows, ignore_conflicts=True))
+        if on_written is not None:
+            on_written(len(escalations))
+    last = 0
+    while True:
+        rows = _passed_attempts(last, chunk)
+        if not rows:
+            break
+        last = rows[-1].task_id
+        Pattern.objects.bulk_create(rows, ignore_conflicts=True)
+        result.written += len(rows)
+        if on_written is not None:
+            on_written(len(rows))
+    if embed:
+        result.embedded = patterns_embed(budget_seconds=float("inf"), progress=on_embedded)
+    return result
+
+
+def backfill_total() -> int:
+    """How many rows a back-fill looks at (its progress bar's length)."""
+    decided = Escalation.objects.filter(
+        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED, Escalation.Status.REJECTED)
+    ).count()
+    done = (
+        Task.objects.filter(status=Task.Status.DONE, agent__isnull=False)
+        .exclude(escalations__status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED))
+        .count()
+    )
+    return decided + done
+
+
+# --- similar work -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Similar:
+    pattern: Pattern
+    similarity: float  # cosine similarity of the two texts, clamped to 0..1
+
+
+def query_vector(text: str, embedder: Embedder | None = None) -> np.ndarray:
+    embedder = embedder or get_embedder()
+    return embedder.embed([text])[0]
+
+
+def similar_patterns(
+    *,
+    text: str = "",
+    task: Task | None = None,
+    agent_ids: Collection[int] | None = None,
+    verdicts: Collection[str] | None = None,
+    limit: int = 10,
+    exclude_tasks: Iterable[int] = (),
+    embedder: Embedder | None = None,
+) -> list[Similar]:
+    """The past attempts most like ``text`` (or ``task``'s title and input), most
+    similar first; a task's own attempts are left out. Patterns are read fresh,
+    so a hit whose row went with its task is dropped."""
+    embedder = embedder or get_embedder()
+    excluded = set(exclude_tasks)
+    if task is not None:
+        text = pattern_text(task.title, task.input)
+        excluded.add(task.pk)
+    if not text.strip():
+        return []
+    index = vectors.vector_index(embedder.name)
+    hits = index.search(
+        query_vector(text, embedder),
+        k=limit + 5,
+        agent_ids=agent_ids,
+        verdicts=verdicts,
+        exclude_tasks=excluded,
+    )
+    rows = Pattern.objects.select_related("task", "agent").in_bulk([h.pattern for h in hits])
+    found = [Similar(rows[h.pattern], max(0.0, min(1.0, h.similarity))) for h in hits if h.pattern in rows]
+    return found[:limit]
