@@ -108,7 +108,7 @@ def test_a_rejected_task_that_passes_next_time_has_a_pattern_per_attempt(board, 
 
 
 def test_embedding_fills_vectors_and_embeds_each_text_once(board, agent):
-    for n in range(3):
+    for _ in range(3):
         _, claim = claim_one(board, title="Reset my password", input="I cannot log in since Monday.")
         assert complete(claim)
     _, claim = claim_one(board, title="Invoice total wrong", input="I was charged twice for March.")
