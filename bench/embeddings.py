@@ -90,7 +90,7 @@ def speed_child(repeat: int) -> dict[str, float]:
     from experiments.embeddings import MiniLM
 
     imported = time.perf_counter()
-    model = MiniLM()
+    model = MiniLM(blas_threads=None)  # as the environment sets it
     model.load()
     loaded = time.perf_counter()
     texts = typical_inputs(128)

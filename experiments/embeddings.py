@@ -277,6 +277,30 @@ def _load_bert(model_dir: Path) -> _Bert:
     )
 
 
+# numpy's BLAS (OpenBLAS) starts a thread per core and keeps them spinning between
+# calls. Beside other busy processes, as on a one-box install where the web server,
+# the workers and PostgreSQL share two cores, the spinning threads wait on each other
+# and MiniLM ran 3 to 12 times slower with two threads than with one (bench/README.md,
+# issue 14); alone on the machine two threads are at most twice as fast. So the
+# process's BLAS runs on one thread once MiniLM is used (``blas_threads=None`` leaves
+# it as the environment set it), and parallelism comes from the callers: worker
+# threads embedding at once each take a core.
+_blas_threads: int | None = None
+
+
+def _limit_blas_threads(count: int) -> None:
+    """Sets numpy's BLAS threads, once a process (the first MiniLM to ask decides)."""
+    global _blas_threads
+    if _blas_threads is not None:
+        return
+    with _models_lock:
+        if _blas_threads is None:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=count, user_api="blas")
+            _blas_threads = count
+
+
 def _bert(model_dir: Path) -> _Bert:
     """The model of ``model_dir``, loaded once a process: the first caller loads it
     (about 90 MB), concurrent callers wait for that load rather than repeat it."""
@@ -386,17 +410,27 @@ class MiniLM:
 
     The weights load on the first ``embed`` (or ``load()``), once a process, shared by
     every instance and thread. A call is split into sub-batches of texts of similar
-    length, so little of the work is padding; rows come back in the caller's order."""
+    length, so little of the work is padding; rows come back in the caller's order.
+    numpy's BLAS then runs on ``blas_threads`` threads in this process (see
+    ``_limit_blas_threads``)."""
 
     name = f"local:{MINILM_NAME}"
     dim = 384
 
-    def __init__(self, *, model_dir: Path | None = None, batch_size: int = 32, padding: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        model_dir: Path | None = None,
+        batch_size: int = 32,
+        padding: float = 0.1,
+        blas_threads: int | None = 1,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._model_dir = model_dir
         self.batch_size = batch_size
         self.padding = padding
+        self.blas_threads = blas_threads
 
     @property
     def model_dir(self) -> Path:
@@ -404,11 +438,17 @@ class MiniLM:
 
     def load(self) -> None:
         """Loads the weights now (a worker may do it at start rather than on its first task)."""
-        _bert(self.model_dir)
+        self._model()
+
+    def _model(self) -> _Bert:
+        model = _bert(self.model_dir)
+        if self.blas_threads is not None:
+            _limit_blas_threads(self.blas_threads)
+        return model
 
     def tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids after truncation, [CLS] and [SEP] included."""
-        model = _bert(self.model_dir)
+        model = self._model()
         return [encoding.ids for encoding in model.tokenizer.encode_batch(list(texts))]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -416,7 +456,7 @@ class MiniLM:
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return result
-        model = _bert(self.model_dir)
+        model = self._model()
         ids_of = [encoding.ids for encoding in model.tokenizer.encode_batch(texts)]
         for rows in _sub_batches([len(ids) for ids in ids_of], self.batch_size, self.padding):
             length = len(ids_of[rows[-1]])  # the longest of the sub-batch

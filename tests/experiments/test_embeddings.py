@@ -121,6 +121,16 @@ def test_no_texts_give_an_empty_array_of_the_models_width(minilm):
     assert isinstance(minilm, Embedder)
 
 
+def test_numpys_blas_runs_on_one_thread_once_minilm_is_used(minilm):
+    from threadpoolctl import threadpool_info
+
+    minilm.embed(["hello"])
+
+    numpy_blas = [pool for pool in threadpool_info() if "numpy" in pool["filepath"]]
+    assert numpy_blas
+    assert {pool["num_threads"] for pool in numpy_blas} == {1}
+
+
 def test_a_lone_string_is_refused_rather_than_embedded_letter_by_letter(minilm):
     with pytest.raises(TypeError, match="wrap a single text in a list"):
         minilm.embed("refund")
