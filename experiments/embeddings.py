@@ -469,18 +469,28 @@ class MiniLM:
         return _normalised(result)
 
 
+# Padded tokens in one forward pass at most: the attention scores of 8 texts of 256
+# tokens are then 25 MB, and a dense layer's matmul already has rows enough to run
+# at the machine's pace.
+TOKENS_PER_PASS = 2048
+
+
 def _sub_batches(lengths: list[int], batch_size: int, padding: float) -> list[list[int]]:
     """Indices of the texts, shortest first, cut into sub-batches of at most
-    ``batch_size`` in which padding is at most ``padding`` of the real tokens (a
-    single text is always a sub-batch of its own). Every padded token costs what a
-    real one does, and one extra forward pass costs little beside it."""
+    ``batch_size`` texts and TOKENS_PER_PASS tokens in which padding is at most
+    ``padding`` of the real tokens (a single text is always a sub-batch of its own).
+    Every padded token costs what a real one does, and one extra forward pass costs
+    little beside it."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []
     current: list[int] = []
     tokens = 0
     for i in order:
         grown = len(current) + 1
-        if current and (grown > batch_size or grown * lengths[i] > (1 + padding) * (tokens + lengths[i])):
+        padded = grown * lengths[i]  # every row as long as this, the longest yet
+        if current and (
+            grown > batch_size or padded > TOKENS_PER_PASS or padded > (1 + padding) * (tokens + lengths[i])
+        ):
             batches.append(current)
             current, tokens = [], 0
         current.append(i)
