@@ -175,7 +175,6 @@ class _Bert:
     layers: tuple[_Layer, ...]
     heads: int
     eps: float
-    max_tokens: int
 
 
 _models: dict[Path, _Bert] = {}
@@ -214,6 +213,8 @@ def _load_bert(model_dir: Path) -> _Bert:
             f"hidden size {config.get('hidden_size')})"
         )
     try:
+        # safetensors' own reader rather than parsing the (simple) format here: it
+        # checks the header against the file and reads 90 MB in a tenth of a second.
         w = load_file(str(model_dir / "model.safetensors"))
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     except Exception as exc:  # safetensors and tokenizers raise their own kinds
@@ -273,7 +274,6 @@ def _load_bert(model_dir: Path) -> _Bert:
         layers=tuple(layers),
         heads=heads,
         eps=float(config["layer_norm_eps"]),
-        max_tokens=max_tokens,
     )
 
 
@@ -313,11 +313,13 @@ def _bert(model_dir: Path) -> _Bert:
     return model
 
 
-# Below this a query's exponentials are too small to trust, and it gets its own shift.
-_TINY_TOTAL = 1e-30
-# exp(-80) is still a normal float32; clamping there spares the arithmetic on
-# denormals (slow on some processors) and changes no weight by more than 1e-34.
+# Shifted scores are clamped at -80: exp(-80) is still a normal float32, and the
+# clamp spares the arithmetic on denormals (slow on some processors). A query whose
+# exponentials total less than 1e-20 (its best score some 46 below its head's best)
+# is redone with its own shift; for every other one the clamp moves a weight by
+# less than e^-34 of the total.
 _LOWEST_SHIFTED = np.float32(-80.0)
+_TINY_TOTAL = 1e-20
 
 
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_bias: np.ndarray | None) -> np.ndarray:
@@ -328,7 +330,7 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_bias: np.ndarray
     faster than along short rows, and the matmul takes the transposed view as it is.
     The softmax is the same whatever is subtracted first, so one shift per (text,
     head), one fast reduction, stands in for one per query; exp() keeps full float32
-    precision far below 1e-30, so only a query whose best score lies some 70 below
+    precision far below 1e-20, so only a query whose best score lies some 46 below
     its head's best needs its own, and those few are redone with it."""
     scores = np.matmul(k, q.transpose(0, 1, 3, 2))
     if key_bias is not None:
@@ -338,14 +340,16 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_bias: np.ndarray
     np.exp(scores, out=scores)
     probs = scores.transpose(0, 1, 3, 2)  # (batch, heads, query, key), a view
     totals = np.matmul(probs, np.ones((probs.shape[-1], 1), dtype=np.float32))
-    for b, h, i in zip(*np.nonzero(totals[..., 0] < _TINY_TOTAL), strict=True):
-        row = k[b, h] @ q[b, h, i]
+    b, h, i = np.nonzero(totals[..., 0] < _TINY_TOTAL)
+    if b.size:
+        rows = np.matmul(k[b, h], q[b, h, i][:, :, None])[:, :, 0]  # (redone, key)
         if key_bias is not None:
-            row += key_bias[b, 0, :, 0]
-        row -= row.max()
-        np.exp(row, out=row)
-        probs[b, h, i] = row
-        totals[b, h, i, 0] = row.sum()
+            rows += key_bias[b, 0, :, 0]
+        rows -= rows.max(axis=1, keepdims=True)
+        np.maximum(rows, _LOWEST_SHIFTED, out=rows)
+        np.exp(rows, out=rows)
+        probs[b, h, i] = rows
+        totals[b, h, i, 0] = rows.sum(axis=1)
     context = np.matmul(probs, v)  # (batch, heads, query, head_size)
     context /= totals
     return context
@@ -368,7 +372,7 @@ def _forward(model: _Bert, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     _layer_norm_inplace(x, model.ln_w, model.ln_b, model.eps)
 
     # Padding tokens get no attention: a large negative score before the softmax,
-    # as transformers adds dtype-min there (both give them a weight of exactly 0).
+    # as transformers adds dtype-min there (here a weight under e^-80 of the best key's).
     key_bias = None
     if not mask.all():
         key_bias = ((mask.astype(np.float32) - 1) * np.float32(1e9))[:, None, :, None]
