@@ -121,6 +121,16 @@ def test_no_texts_give_an_empty_array_of_the_models_width(minilm):
     assert isinstance(minilm, Embedder)
 
 
+def test_numpys_blas_runs_on_one_thread_once_minilm_is_used(minilm):
+    from threadpoolctl import threadpool_info
+
+    minilm.embed(["hello"])
+
+    numpy_blas = [pool for pool in threadpool_info() if "numpy" in pool["filepath"]]
+    assert numpy_blas
+    assert {pool["num_threads"] for pool in numpy_blas} == {1}
+
+
 def test_a_lone_string_is_refused_rather_than_embedded_letter_by_letter(minilm):
     with pytest.raises(TypeError, match="wrap a single text in a list"):
         minilm.embed("refund")
@@ -184,6 +194,12 @@ def test_sub_batches_group_similar_lengths_and_cover_every_text_once():
     # [5, 5, 6] would be 18 tokens for 16 real ones, more than a tenth of padding.
     assert [[lengths[i] for i in batch] for batch in batches] == [[5, 5], [6, 7], [39, 40, 41], [300]]
     assert [len(batch) for batch in embeddings._sub_batches([10] * 7, batch_size=3, padding=0.1)] == [3, 3, 1]
+    # Long texts: at most TOKENS_PER_PASS (2048) tokens in one pass, 8 of 256.
+    assert [len(batch) for batch in embeddings._sub_batches([256] * 20, batch_size=32, padding=0.1)] == [
+        8,
+        8,
+        4,
+    ]
 
 
 def test_a_missing_model_says_how_to_install_it(monkeypatch):
