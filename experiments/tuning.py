@@ -4,8 +4,9 @@ the generation parameters that an agent's own evidence supports
 proposal, its gates, its experiment).
 
 - ``max_tokens``: the 95th percentile of the lengths of the answers that passed
-  (inspection, or a reviewer's approval as they were), of every tier with enough of
-  them, plus a 20% margin, rounded up to 10 tokens; proposed only when it cuts the
+  (inspection, or a reviewer's approval as they were), the largest of all of them
+  pooled and of each tier's (its longest while it has fewer than 30), plus a 20%
+  margin, rounded up to 10 tokens; proposed only when it cuts the
   current cap by a quarter or more (or sets one where none is), and never when an
   answer that failed had reached its cap (a sign the cap cuts answers short). The
   one planner of max_tokens: pdca's ``verbose`` plan asks for brevity only.
@@ -159,22 +160,24 @@ def plan_max_tokens(window: Window) -> Plan | None:
     for attempt in passing:
         if attempt.tier is not None:
             by_tier[attempt.tier].append(attempt.output_tokens or 0)
-    tier_p95 = {
-        tier: round(percentile(group, LENGTH_PERCENTILE), 1)
+    # Each tier's 95th percentile, or its longest passing answer while it has too few
+    # for a percentile: a cap fitted to the cheap tier's short answers would cut a
+    # dearer one's.
+    longest: dict[int, float] = {
+        tier: percentile(group, LENGTH_PERCENTILE) if len(group) >= MIN_LENGTHS else max(group)
         for tier, group in sorted(by_tier.items())
-        if len(group) >= MIN_LENGTHS
     }
     per_tier = [
         {
             "tier": tier,
             "model": tiers[tier - 1].model if tier <= len(tiers) else "",
-            "p95_tokens": p95,
+            "measure": "p95" if len(by_tier[tier]) >= MIN_LENGTHS else "longest",
+            "tokens": round(tokens, 1),
             "n": len(by_tier[tier]),
         }
-        for tier, p95 in tier_p95.items()
+        for tier, tokens in longest.items()
     ]
-    # The longest tier's: a cap fitted to the cheap tier's short answers would cut a dearer one's.
-    top = max([pooled, *tier_p95.values()])
+    top = max([pooled, *longest.values()])
     cap = max(MAX_TOKENS_FLOOR, math.ceil(top * (1 + LENGTH_MARGIN) / MAX_TOKENS_STEP) * MAX_TOKENS_STEP)
     current = parameters.get("max_tokens")
     fields = current_fields(agent)
@@ -214,7 +217,7 @@ def plan_max_tokens(window: Window) -> Plan | None:
         "answers_measured": len(measured),
         "passing_answers": len(passing),
         "p95_tokens": round(pooled, 1),
-        "p95_by_tier": per_tier,
+        "by_tier": per_tier,
         "margin": LENGTH_MARGIN,
         "max_tokens": {"current": current, "proposed": cap},
         "tiers_lowered": lowered,
@@ -222,7 +225,13 @@ def plan_max_tokens(window: Window) -> Plan | None:
         "failed_at_their_cap": 0,
     }
     tier_words = "; ".join(
-        f"tier {t['tier']}, {t['model']}: {t['p95_tokens']:g} over {t['n']}" for t in per_tier
+        f"tier {t['tier']}, {t['model']}: "
+        + (
+            f"{t['tokens']:g} over {t['n']}"
+            if t["measure"] == "p95"
+            else f"the longest of {t['n']}, {t['tokens']:g}"
+        )
+        for t in per_tier
     )
     rationale = (
         f"max_tokens from the answers that passed: {_where(window, evidence)}, {len(passing)} answers passed "

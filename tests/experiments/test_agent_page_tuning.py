@@ -52,6 +52,8 @@ def test_the_page_shows_each_capabilitys_frontier_chart_and_tables(client, user,
     add(agent, 10, verdict="corrected", capability="classify")
     add(agent, 20, verdict="passed", tier=2, calls=ESCALATED, capability="classify")
     add(agent, 30, capability="summarise", params={"temperature": 0.2})
+    # Results reused from identical earlier tasks: no tier answered.
+    add(agent, 3, tier=None, calls=[], capability="summarise")
 
     html = _page(client, user, agent)
     section = _section(html)
@@ -81,6 +83,7 @@ def test_the_page_shows_each_capabilitys_frontier_chart_and_tables(client, user,
     assert "badge--sim" in classify
     summarise = re.search(r'id="tuning-settings-2".*?</table>', section, re.S).group(0)
     assert '<td class="num">0.2</td>' in summarise
+    assert "no tier (reused)" in summarise
     assert "v1" in summarise
 
 

@@ -67,8 +67,29 @@ def test_a_tier_with_longer_answers_sets_the_cap():
     # Tier 2's answers are under 5% of all: the pooled 95th percentile (50) would cut every one.
     assert plan.evidence["p95_tokens"] == 50
     assert plan.fields["parameters"]["max_tokens"] == 360
-    assert [t["tier"] for t in plan.evidence["p95_by_tier"]] == [1, 2]
+    assert [(t["tier"], t["measure"], t["tokens"]) for t in plan.evidence["by_tier"]] == [
+        (1, "p95", 50),
+        (2, "p95", 300),
+    ]
     assert "tier 2, sim-large: 300 over 30" in plan.rationale
+
+
+def test_a_tier_with_too_few_answers_for_a_percentile_counts_its_longest():
+    agent = _agent(parameters={"max_tokens": 2000})
+    add(agent, 60, calls=[C(tier=1, tokens_out=50)])
+    add(agent, 2, tier=2, calls=[C(tier=1, confidence=0.5, would_pass=False), C(tier=2, tokens_out=400)])
+
+    plan = tuning.plan_max_tokens(window(agent))
+
+    assert plan.evidence["by_tier"][1] == {
+        "tier": 2,
+        "model": "sim-large",
+        "measure": "longest",
+        "tokens": 400,
+        "n": 2,
+    }
+    assert plan.fields["parameters"]["max_tokens"] == 480
+    assert "tier 2, sim-large: the longest of 2, 400" in plan.rationale
 
 
 def test_a_tiers_own_max_tokens_is_lowered_with_the_agents():
