@@ -4,12 +4,14 @@
 decisions, and find changes the evidence supports:
 
 - ``verbose``: outputs longer than they need be (token waste recorded on many of
-  them, or a median length far above the estimated optimum): lower
-  ``max_tokens`` to what passed outputs actually use, and ask for brevity when
-  that cap is still well above the optimum.
-- ``cheap_tier``: tier 1 of the cascade already gave answers that would pass,
-  yet the cascade escalated to dearer tiers: lower tier 1's threshold a little,
-  or drop the upper tiers when they never once made a difference.
+  them, or a median length far above the estimated optimum): ask for brevity
+  when max_tokens is still well above the optimum.
+- ``max_tokens``, ``tier1_threshold``, ``tier_order``, ``sampling``: the cascade
+  and the generation parameters, tuned from the evidence of what each tier and
+  setting delivered (experiments.tuning): max_tokens from the lengths of the
+  answers that passed, tier 1's threshold from its passed-over answers that would
+  have passed, dearer tiers that buy nothing dropped, a better temperature or
+  top_p where one was tried.
 - ``few_shot``: reviewers rejected or corrected several outputs for the same
   failed check (or with similar outputs): put their corrections into the
   template as examples.
@@ -24,21 +26,19 @@ loop. A minor change starts its canary at once; a major one waits for a person.
 sequential test, every few minutes) and the human gates; nothing here repeats them.
 
 Evidence is read for the agent's active prompt version only: outputs of an older
-version say nothing about the prompt a proposal would change.
+version say nothing about the prompt a proposal would change (``sampling`` also
+reads the versions that differ from it in their generation parameters only).
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import logging
-import math
 import os
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -55,16 +55,18 @@ from boards.agents.spec import (
     BUILTIN_VARIABLES,
     ConfigError,
     Tier,
-    cascade_json,
     check_template,
     parse_cascade,
     parse_parameters,
     parse_variables,
     template_fields,
 )
-from boards.models import Agent, ModelCall, Task
-from experiments import services
+from boards.models import Agent, Task
+from experiments import services, tuning
 from experiments.models import ChangeProposal, Experiment, PromptVersion, normal_prompt_fields
+from experiments.planning import Plan
+from experiments.planning import Window as _Window
+from experiments.planning import current_fields as _current_fields
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +85,9 @@ CALLS_BEFORE_OUTPUT = timedelta(hours=1)
 # verbose
 WASTE_SHARE = 0.20
 MEDIAN_OVER_OPTIMAL = 2.0
-MIN_PASSED_FOR_CAP = 10
-MAX_TOKENS_FLOOR = 64
-MAX_TOKENS_STEP = 10
-# A cap above this many times the optimum still lets outputs run long: ask for brevity too.
+# max_tokens above this many times the optimum lets outputs run long: ask for brevity.
 BREVITY_OVER_OPTIMAL = 1.5
 BREVITY_MARKER = "Be concise:"
-
-# cheap_tier
-NEAR_THRESHOLD = 0.02
-MIN_NEEDLESS = 10
-NEEDLESS_SHARE = 0.5
-MIN_ESCALATIONS_TO_DROP = 20
-# "Slightly": one plan lowers tier 1's threshold by at most this much.
-MAX_THRESHOLD_STEP = 0.05
 
 # few_shot
 MIN_REJECTIONS = 3
@@ -116,33 +107,7 @@ _TRANSPORT = ("base_url", "api_key_env", "timeout", "max_retries", "max_in_fligh
 QUOTE = 160
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A candidate improvement: the full proposed prompt fields (the agent's own,
-    changed), why in words that cite the evidence, and the evidence itself.
-    ``strength`` is the share of the window's outputs the evidence concerns."""
-
-    kind: str
-    fields: dict[str, Any]
-    rationale: str
-    evidence: dict[str, Any]
-    strength: float = field(default=0.0, compare=False)
-
-
 # --- reading the evidence ------------------------------------------------------------
-
-
-@dataclass
-class _Window:
-    agent: Agent
-    since: datetime
-    days: int
-    outputs: Sequence[Mapping[str, Any]]  # inspections, newest first
-    calls_since: datetime
-
-    @property
-    def n(self) -> int:
-        return len(self.outputs)
 
 
 def _window(agent: Agent, since: datetime) -> _Window:
@@ -160,10 +125,6 @@ def _window(agent: Agent, since: datetime) -> _Window:
         # length before them, so older calls need not be read either.
         calls_since = max(since, outputs[-1]["created_at"] - CALLS_BEFORE_OUTPUT)
     return _Window(agent=agent, since=since, days=days, outputs=outputs, calls_since=calls_since)
-
-
-def _current_fields(agent: Agent) -> dict[str, Any]:
-    return {name: copy.deepcopy(getattr(agent, name)) for name in PromptVersion.FIELDS}
 
 
 def _quote(text: str, limit: int = QUOTE) -> str:
@@ -220,58 +181,26 @@ def _plan_verbose(window: _Window) -> Plan | None:
     if share < WASTE_SHARE and not far_above:
         return None
 
-    fields = _current_fields(agent)
     try:
-        parameters = parse_parameters(agent.parameters)
-        tiers = parse_cascade(agent.cascade)
+        current = parse_parameters(agent.parameters).get("max_tokens")
     except ConfigError:
         return None
-    current = parameters.get("max_tokens")
-    passed = [o["tokens_out"] for o in outputs if o["passed"]]
-    p90 = (
-        statistics.quantiles(passed, n=10, method="inclusive")[8]
-        if len(passed) >= MIN_PASSED_FOR_CAP
-        else None
-    )
-    changes: list[str] = []
-    proposed = current
-    if p90 is not None:
-        cap = max(MAX_TOKENS_FLOOR, math.ceil(p90 / MAX_TOKENS_STEP) * MAX_TOKENS_STEP)
-        lower_agent = current is None or cap < current
-        # A tier's own max_tokens overrides the agent's: lower those too, or the cap does nothing there.
-        lower_tiers = any((t.parameters.get("max_tokens") or 0) > cap for t in tiers)
-        if lower_agent:
-            parameters["max_tokens"] = cap
-            fields["parameters"] = parameters
-            changes.append(
-                f"lower max_tokens from {current if current is not None else 'unset'} to {cap} "
-                f"(the 90th percentile of passed outputs, {p90:.0f} tokens, rounded up"
-                + (f", never below {MAX_TOKENS_FLOOR}" if cap == MAX_TOKENS_FLOOR else "")
-                + ")"
-            )
-        if lower_tiers:
-            cascade = cascade_json(tiers)
-            for tier in cascade:
-                if (tier["parameters"].get("max_tokens") or 0) > cap:
-                    tier["parameters"]["max_tokens"] = cap
-            fields["cascade"] = cascade
-            changes.append(f"lower the tiers' own max_tokens above {cap} to {cap}")
-        if lower_agent or lower_tiers:
-            proposed = cap
-    still_high = proposed is None or (optimal is not None and proposed > BREVITY_OVER_OPTIMAL * optimal)
+    # max_tokens is the tuning planner's (experiments.tuning.plan_max_tokens, from the
+    # lengths of the answers that passed): this plan asks for brevity, when the cap
+    # still lets answers run well past the optimum.
+    still_high = current is None or (optimal is not None and current > BREVITY_OVER_OPTIMAL * optimal)
     template = agent.prompt_template
-    if still_high and BREVITY_MARKER.lower() not in template.lower():
-        if optimal:
-            words = max(5, round(optimal * 0.75))
-            instruction = (
-                f"{BREVITY_MARKER} answer in about {words} words or fewer, without preamble or repetition."
-            )
-        else:
-            instruction = f"{BREVITY_MARKER} answer briefly, without preamble or repetition."
-        fields["prompt_template"] = template.rstrip() + "\n\n" + instruction
-        changes.append(f'ask for brevity ("{instruction}")')
-    if not changes:
+    if not still_high or BREVITY_MARKER.lower() in template.lower():
         return None
+    if optimal:
+        words = max(5, round(optimal * 0.75))
+        instruction = (
+            f"{BREVITY_MARKER} answer in about {words} words or fewer, without preamble or repetition."
+        )
+    else:
+        instruction = f"{BREVITY_MARKER} answer briefly, without preamble or repetition."
+    fields = _current_fields(agent)
+    fields["prompt_template"] = template.rstrip() + "\n\n" + instruction
 
     p90_all = statistics.quantiles(lengths, n=10, method="inclusive")[8]
     wasted = sum(o["waste_tokens"] for o in wasteful)
@@ -296,10 +225,9 @@ def _plan_verbose(window: _Window) -> Plan | None:
         "waste_share": round(share, 4),
         "median_tokens": median,
         "p90_tokens": p90_all,
-        "p90_passed_tokens": p90,
         "optimal_tokens": optimal,
         "wasted_tokens": wasted,
-        "max_tokens": {"current": current, "proposed": proposed},
+        "max_tokens": current,
         "example": example,
     }
     reasons = [
@@ -313,146 +241,11 @@ def _plan_verbose(window: _Window) -> Plan | None:
             f"for example task {example['task']} ({example['title']!r}): {example['tokens_out']} tokens, "
             f"{example['waste_tokens']} of them waste"
         )
-    rationale = "Verbose outputs: " + "; ".join(reasons) + ". Proposed: " + ", ".join(changes) + "."
+    rationale = "Verbose outputs: " + "; ".join(reasons) + f'. Proposed: ask for brevity ("{instruction}").'
     long_share = (
         sum(1 for n in lengths if n >= MEDIAN_OVER_OPTIMAL * optimal) / len(lengths) if optimal else 0.0
     )
     return Plan("verbose", fields, rationale, evidence, strength=max(share, long_share))
-
-
-# --- plan: the cheap tier already passes ---------------------------------------------
-
-
-def _plan_cheap_tier(window: _Window) -> Plan | None:
-    agent = window.agent
-    if window.n < MIN_OUTPUTS:
-        return None
-    try:
-        tiers = parse_cascade(agent.cascade)
-    except ConfigError:
-        return None
-    if len(tiers) < 2 or tiers[0].threshold is None:
-        return None
-    threshold = tiers[0].threshold
-    bar = _pass_bar(agent)
-    passed = {(o["task_id"], o["attempt"]): o["passed"] for o in window.outputs}
-    runs: dict[tuple[int, int], list[Mapping[str, Any]]] = defaultdict(list)
-    calls = (
-        ModelCall.objects.filter(
-            agent=agent,
-            prompt_version=agent.prompt_version,
-            created_at__gte=window.calls_since,
-            source__in=(ModelCall.Source.MODEL, ModelCall.Source.CACHE),
-        )
-        .order_by()
-        .values("task_id", "attempt", "tier", "confidence", "accepted", "error", "cost")
-    )
-    for call in calls.iterator():
-        runs[(call["task_id"], call["attempt"])].append(call)
-
-    escalations: list[dict] = []
-    rescued_errors = 0
-    upper_cost_all = Decimal(0)
-    for key, rows in runs.items():
-        if key not in passed:
-            continue
-        first = [r for r in rows if r["tier"] == 1]
-        taken = [r for r in rows if r["accepted"] and (r["tier"] or 0) >= 2]
-        if not taken:
-            continue
-        upper = sum((r["cost"] for r in rows if (r["tier"] or 0) >= 2), Decimal(0))
-        upper_cost_all += upper
-        usable = [r for r in first if not r["error"] and r["confidence"] is not None]
-        if not usable:
-            # Tier 1 failed outright and a dearer tier saved the run: that bought something.
-            rescued_errors += 1
-            continue
-        confidence = usable[-1]["confidence"]
-        would_pass = bar is not None and confidence >= bar
-        near = confidence >= threshold - NEAR_THRESHOLD
-        escalations.append(
-            {
-                "task": key[0],
-                "attempt": key[1],
-                "tier1_confidence": confidence,
-                "accepted_tier": max(r["tier"] for r in taken),
-                "upper_cost": upper,
-                "needless": passed[key] and (would_pass or near),
-            }
-        )
-    needless = [e for e in escalations if e["needless"]]
-    total = len(escalations) + rescued_errors
-    if len(needless) < MIN_NEEDLESS or len(needless) < NEEDLESS_SHARE * total:
-        return None
-    fields = _current_fields(agent)
-    cascade = cascade_json(tiers)
-    upper_needless = sum((e["upper_cost"] for e in needless), Decimal(0))
-    drop = len(needless) == total and total >= MIN_ESCALATIONS_TO_DROP
-    if drop:
-        fields["cascade"] = cascade[:1]
-        saving = upper_cost_all
-        change = (
-            f"drop the tiers above tier 1 ({', '.join(t.model for t in tiers[1:])}): "
-            "not one escalation to them changed the outcome"
-        )
-        new_threshold = None
-    else:
-        confidences = sorted(e["tier1_confidence"] for e in needless)
-        low = confidences[int(0.2 * (len(confidences) - 1))]
-        # round() first: 0.29 * 100 is 28.999..., which floor would take to 0.28.
-        new_threshold = math.floor(round(low * 100, 6)) / 100
-        new_threshold = max(new_threshold, round(threshold - MAX_THRESHOLD_STEP, 4))
-        if bar is not None:
-            new_threshold = max(new_threshold, bar)
-        new_threshold = round(new_threshold, 4)
-        if new_threshold >= threshold:
-            return None
-        cascade[0]["threshold"] = new_threshold
-        fields["cascade"] = cascade
-        saving = sum(
-            (e["upper_cost"] for e in needless if e["tier1_confidence"] >= new_threshold), Decimal(0)
-        )
-        change = f"lower tier 1's ({tiers[0].model}) threshold from {threshold:g} to {new_threshold:g}"
-    examples = [
-        {
-            "task": e["task"],
-            "tier1_confidence": e["tier1_confidence"],
-            "threshold": threshold,
-            "accepted_tier": e["accepted_tier"],
-            "upper_cost": _money(e["upper_cost"]),
-        }
-        for e in sorted(needless, key=lambda e: -e["upper_cost"])[:3]
-    ]
-    evidence = {
-        "kind": "cheap_tier",
-        "window_days": window.days,
-        "outputs": window.n,
-        "escalations": total,
-        "needless_escalations": len(needless),
-        "tier1_errors_rescued": rescued_errors,
-        "tier1_threshold": {"current": threshold, "proposed": new_threshold},
-        "pass_confidence": bar,
-        "upper_tier_cost": _money(upper_cost_all),
-        "upper_tier_cost_needless": _money(upper_needless),
-        "estimated_saving": _money(saving),
-        "examples": examples,
-    }
-    why = (
-        f"tier 1's confidence was at least the {bar:g} inspection asks for"
-        if bar is not None
-        else "tier 1's confidence"
-    ) + f" or within {NEAR_THRESHOLD:g} of its threshold {threshold:g}, and the final output passed"
-    example = examples[0]
-    rationale = (
-        f"The cheap tier already passes: of {total} outputs in the last {window.days} days that "
-        f"escalated past tier 1 ({tiers[0].model}), {len(needless)} ({_percent(len(needless), total)}) "
-        f"bought nothing ({why}). Those escalations cost ${_money(upper_needless):.4f} on the upper tiers "
-        f"(${_money(upper_cost_all):.4f} in all). For example task {example['task']}: tier 1 said "
-        f"{example['tier1_confidence']:g}, tier {example['accepted_tier']} was taken for "
-        f"${example['upper_cost']:.4f}. Proposed: {change}; estimated saving ${_money(saving):.4f} "
-        f"per {window.days} days."
-    )
-    return Plan("cheap_tier", fields, rationale, evidence, strength=len(needless) / window.n)
 
 
 # --- plan: recurring rejections -> few-shot examples ------------------------------
@@ -776,7 +569,15 @@ def _plan_rewrite(window: _Window) -> Plan | None:
 # --- plan, do ------------------------------------------------------------------------
 
 
-PLANNERS = (_plan_verbose, _plan_cheap_tier, _plan_few_shot, _plan_rewrite)
+PLANNERS = (
+    _plan_verbose,
+    tuning.plan_max_tokens,
+    tuning.plan_tier1_threshold,
+    tuning.plan_tier_order,
+    tuning.plan_sampling,
+    _plan_few_shot,
+    _plan_rewrite,
+)
 
 
 def plan(agent: Agent, *, since: datetime | None = None) -> list[Plan]:
