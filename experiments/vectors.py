@@ -73,7 +73,8 @@ class NumpyIndex:
             return
         capacity = max(need, capacity * 2, 1024)
         vectors = np.zeros((capacity, self.dim), dtype=np.float32)
-        vectors[: self.size] = self._vectors[: self.size]
+        if self.size:
+            vectors[: self.size] = self._vectors[: self.size]
         self._vectors = vectors
         for name, dtype in (
             ("_ids", np.int64),
@@ -182,3 +183,8 @@ def vector_index(model: str) -> NumpyIndex:
 def mirror(patterns: Sequence[Pattern]) -> None:
     """Hand freshly embedded patterns to the index that keeps its own copy
     (pgvector's table); the numpy index reads them from their rows."""
+
+
+def vector_backend() -> str:
+    """Which index answers searches here: "numpy" (exact, in memory) or "pgvector"."""
+    return "numpy"
