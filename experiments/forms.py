@@ -47,7 +47,7 @@ class SimilarForm(forms.Form):
     limit = forms.IntegerField(required=False, min_value=1, max_value=50)
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("text") and data.get("task"):
             raise forms.ValidationError("Give a text or a task number, not both.")
         return data

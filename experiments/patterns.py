@@ -138,7 +138,7 @@ def runs_record(runs: Iterable[FinishedRun]) -> None:
         Pattern.objects.bulk_create(rows, ignore_conflicts=True)
 
 
-_DECIDED = {
+_DECIDED: dict[str, str] = {
     Escalation.Status.APPROVED: Pattern.Verdict.APPROVED,
     Escalation.Status.CORRECTED: Pattern.Verdict.CORRECTED,
     Escalation.Status.REJECTED: Pattern.Verdict.REJECTED,
@@ -153,7 +153,7 @@ def decision_patterns(escalations: Iterable[Escalation]) -> list[Pattern]:
     if not escalations:
         return []
     keys = {(e.task_id, e.attempt) for e in escalations}
-    calls: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    calls: dict[tuple[int, int], list[Any]] = {}
     for row in (
         ModelCall.objects.filter(task_id__in={task for task, _ in keys})
         .order_by("pk")
