@@ -282,7 +282,10 @@ def test_the_inbox_shows_the_warning_and_its_cases_to_a_reviewer(client):
     section = row[row.index(f'id="escalation-{open_.pk}-similar"') :]
     section = section[: section.index("</section>")]
     assert "similar-warning--warn" in row[: row.index("</section>", row.index("similar-warning"))]
-    assert "2 similar tasks were rejected: Tone too informal" in section
+    assert (
+        '<strong class="similar-flag">Warning:</strong> 2 similar tasks were rejected: Tone too informal'
+        in section
+    )
     assert "(2 rejected)" in section
     for escalation in past:
         task_url = f"/boards/{board.slug}/tasks/{escalation.task_id}/"
@@ -309,7 +312,7 @@ def test_mostly_approved_similar_work_is_not_shown_as_a_warning(client):
     row = html[html.index(f'id="escalation-{open_.pk}"') :]
     assert "similar-warning--info" in row
     assert "2 of 3 similar tasks were approved" in row
-    assert "Similar work was rejected" not in row
+    assert "similar-flag" not in row and "Warning:" not in row
 
 
 def test_the_escalation_page_shows_the_warning(client):
@@ -351,7 +354,7 @@ def _opened_ago(escalation: Escalation, seconds: float) -> None:
     escalation.refresh_from_db()
 
 
-def test_a_decision_records_whether_a_warning_was_shown_and_how_long_it_took():
+def test_a_decision_records_whether_a_warning_was_shown_and_how_long_it_took(client):
     board, _ = _line()
     ana = make_reviewer(username="ana")
     _history(board, ana, [(REFUNDS[0], "reject", "Tone too informal.")])
@@ -370,6 +373,15 @@ def test_a_decision_records_whether_a_warning_was_shown_and_how_long_it_took():
     assert plain.warned is False
     assert 40 <= warned.decision_seconds < 45
     assert 90 <= plain.decision_seconds < 95
+    client.force_login(ana)
+    assert (
+        "Failure warning</dt><dd>shown when it was decided"
+        in client.get(warned.get_absolute_url()).content.decode()
+    )
+    assert (
+        "Failure warning</dt><dd>none shown when it was decided"
+        in client.get(plain.get_absolute_url()).content.decode()
+    )
 
 
 def test_a_group_decided_from_a_row_with_a_warning_counts_as_warned():
@@ -427,3 +439,18 @@ def test_the_medians_with_and_without_a_warning_leave_the_simulated_reviewer_out
     assert re.search(r"Decided in 6\d s <span[^>]*>\(median, 2 with a warning\)</span> vs 2 min", stats)
     assert "(2 without)" in stats
     assert "the simulated reviewer's 2 are left out" in stats
+
+
+def test_the_figures_say_when_no_decision_had_a_warning_yet(client):
+    board, _ = _line()
+    ana = make_reviewer(username="ana")
+    escalation = _escalate(board, *NEW_REFUND)
+    _opened_ago(escalation, 30)
+    andon_services.escalation_approve(escalation=escalation, user=ana)
+    client.force_login(ana)
+
+    html = client.get(URL).content.decode()
+
+    stats = html[html.index('id="warning-times"') :]
+    stats = re.sub(r"\s+", " ", stats[: stats.index("</div>")])
+    assert re.search(r"Decided in 3\d s <span[^>]*>\(median, 1 without a warning; none with one yet\)", stats)
