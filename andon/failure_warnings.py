@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +44,12 @@ from experiments.models import Pattern
 
 logger = logging.getLogger(__name__)
 
-# Open escalations given their warning per call (one embedding each, a few ms).
+# Open escalations given their warning per call, at most, and the time a call
+# may take before it leaves the rest to the next beat: an embedding of a short
+# text takes 0.1-0.3 s of these 2 cores (all-MiniLM-L6-v2 in numpy, at nice 19
+# beside a busy line), so a beat gives about a dozen warnings.
 WARNING_BATCH = 20
+WARNING_BUDGET_SECONDS = 3.0
 # Two reasons at least this similar say the same thing ("tone too informal",
 # "the tone is too casual": 0.80 with all-MiniLM-L6-v2); different complaints
 # measured at most 0.64 ("fails the length check" against "fails the figures
@@ -83,6 +90,32 @@ def reason_key(reason: str) -> str:
     return _SPACE.sub(" ", text).strip(" .;:!")
 
 
+# Reasons' vectors, kept per process: the same past decisions come up beside
+# many open escalations, and their reasons need embedding once.
+REASON_CACHE = 2048
+_reason_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_reason_lock = threading.Lock()
+
+
+def _reasons_embedded(texts: list[str], embedder: Embedder) -> list[np.ndarray]:
+    """The vectors of ``texts``, from the cache where it has them."""
+    with _reason_lock:
+        found = {
+            text: _reason_vectors[(embedder.name, text)]
+            for text in texts
+            if (embedder.name, text) in _reason_vectors
+        }
+    missing = [text for text in dict.fromkeys(texts) if text not in found]
+    if missing:
+        found.update(zip(missing, embedder.embed(missing), strict=True))
+        with _reason_lock:
+            for text in missing:
+                _reason_vectors[(embedder.name, text)] = found[text]
+            while len(_reason_vectors) > REASON_CACHE:
+                _reason_vectors.popitem(last=False)
+    return [found[text] for text in texts]
+
+
 @dataclass(frozen=True)
 class CommonReason:
     text: str
@@ -105,7 +138,7 @@ def commonest_reason(reasons: Sequence[str], embedder: Embedder | None = None) -
     exact = sorted(groups.values(), key=len, reverse=True)
     clusters: list[list[list[str]]] = [[group] for group in exact]
     if embedder is not None and len(exact) > 1:
-        vectors = embedder.embed([group[0] for group in exact])
+        vectors = _reasons_embedded([group[0] for group in exact], embedder)
         clusters = []
         heads: list[np.ndarray] = []
         for group, vector in zip(exact, vectors, strict=True):
@@ -231,10 +264,16 @@ def escalation_similar_get(escalation: Escalation, *, embedder: Embedder) -> dic
     return stored
 
 
-def escalation_warnings_compute(*, batch: int = WARNING_BATCH, embedder: Embedder | None = None) -> list[int]:
+def escalation_warnings_compute(
+    *,
+    batch: int = WARNING_BATCH,
+    budget_seconds: float = WARNING_BUDGET_SECONDS,
+    embedder: Embedder | None = None,
+) -> list[int]:
     """Give the open escalations that have none yet their warning, oldest first,
-    ``batch`` at most; their inbox rows that now show one are pushed after
-    commit. Returns the escalations given a warning (shown or empty).
+    ``batch`` at most and until ``budget_seconds`` are spent; their inbox rows
+    that now show one are pushed after commit. Returns the escalations given a
+    warning (shown or empty).
 
     Only escalations whose history is embedded are taken: those opened before
     the oldest pattern still waiting for its vector (a decision made just
@@ -249,7 +288,10 @@ def escalation_warnings_compute(*, batch: int = WARNING_BATCH, embedder: Embedde
     escalations = list(open_.select_related("task").order_by("created_at", "pk")[:batch])
     done: list[int] = []
     shown: list[int] = []
+    started = time.monotonic()
     for escalation in escalations:
+        if done and time.monotonic() - started > budget_seconds:
+            break
         try:
             similar = escalation_similar_get(escalation, embedder=embedder)
         except EmbeddingError as exc:

@@ -249,6 +249,15 @@ def test_warnings_wait_for_the_history_before_them_to_be_embedded():
     assert failure_warnings.escalation_warnings_compute() == []
 
 
+def test_a_call_gives_at_least_one_warning_and_stops_once_its_time_is_spent():
+    board, _ = _line()
+    first = _escalate(board, *NEW_REFUND)
+    second = _escalate(board, *WELCOMES[0])
+
+    assert failure_warnings.escalation_warnings_compute(budget_seconds=0) == [first.pk]
+    assert failure_warnings.escalation_warnings_compute(budget_seconds=0) == [second.pk]
+
+
 def test_a_warning_is_not_written_to_an_escalation_decided_meanwhile():
     board, _ = _line()
     ana = make_reviewer(username="ana")
