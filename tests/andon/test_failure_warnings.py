@@ -249,6 +249,21 @@ def test_warnings_wait_for_the_history_before_them_to_be_embedded():
     assert failure_warnings.escalation_warnings_compute() == []
 
 
+def test_the_embedder_beat_embeds_the_history_then_warns_the_open_escalations():
+    from experiments import tasks
+
+    board, _ = _line()
+    ana = make_reviewer(username="ana")
+    past = _escalate(board, *REFUNDS[0])
+    andon_services.escalation_reject(escalation=past, user=ana, reason="Tone too informal.")
+    open_ = _escalate(board, *NEW_REFUND)
+
+    assert tasks.embed_patterns() >= 1
+
+    open_.refresh_from_db()
+    assert open_.similar["summary"] == "1 similar task was rejected: Tone too informal"
+
+
 def test_a_call_gives_at_least_one_warning_and_stops_once_its_time_is_spent():
     board, _ = _line()
     first = _escalate(board, *NEW_REFUND)
