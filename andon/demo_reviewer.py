@@ -36,12 +36,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from andon import selectors, services
-from andon.models import Escalation, LineStop
+from andon.models import SIMULATED_REVIEWER, Escalation, LineStop
 from boards.models import Agent, Board
 
 logger = logging.getLogger(__name__)
 
-SIMULATED_REVIEWER = services.SIMULATED_REVIEWER
 is_simulated_reviewer = services.is_simulated_reviewer
 LABEL = "Simulated reviewer"
 

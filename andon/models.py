@@ -9,14 +9,22 @@ these classes hold data and small read-only helpers only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from boards.models import Agent, Board, ModelCall, Task
+
+# The demo's simulated reviewer (andon.demo_reviewer) decides as this user: its
+# decisions are badged as a program's, and left out of people's figures.
+SIMULATED_REVIEWER = "simulated-reviewer"
 
 
 class Inspection(models.Model):
@@ -72,6 +80,111 @@ class AgentRecord:
         return self.defects / self.outputs if self.outputs else None
 
 
+@dataclass(frozen=True)
+class SimilarCase:
+    """A past decided escalation like an open one (andon.failure_warnings), as
+    stored in ``Escalation.similar``."""
+
+    task_id: int
+    title: str
+    board_slug: str
+    escalation_id: int | None
+    similarity: float  # cosine similarity of the two tasks' texts, 0..1
+    verdict: str  # approved, corrected or rejected (experiments.models.Pattern.Verdict)
+    reason: str  # the reviewer's reason (rejected) or note, cut short
+    correction: str  # the reviewer's corrected output (corrected), cut short
+    reviewer: str
+    simulated: bool  # decided by the demo's simulated reviewer, not a person
+    decided_at: datetime | None
+
+    @property
+    def percent(self) -> int:
+        return round(self.similarity * 100)
+
+    @property
+    def task_url(self) -> str:
+        try:
+            return reverse("boards-task-detail", args=(self.board_slug, self.task_id))
+        except NoReverseMatch:  # a board whose slug no longer parses; the escalation stays
+            return ""
+
+    @property
+    def escalation_url(self) -> str:
+        return reverse("andon-escalation", kwargs={"pk": self.escalation_id}) if self.escalation_id else ""
+
+    @property
+    def verdict_label(self) -> str:
+        return {
+            "approved": "approved",
+            "corrected": "approved with a correction",
+            "rejected": "rejected",
+        }.get(self.verdict, self.verdict)
+
+
+@dataclass(frozen=True)
+class SimilarWarning:
+    """What the inbox shows of an escalation's similar past decisions: the
+    summary a person reads ("3 of 4 similar tasks were rejected: tone too
+    informal"), ``warn`` when most of them were rejected, and the cases."""
+
+    summary: str
+    warn: bool
+    counts: dict[str, int]
+    simulated: int  # how many of the cases the demo's simulated reviewer decided
+    cases: list[SimilarCase]
+
+    @property
+    def counts_text(self) -> str:
+        """The cases by decision, e.g. "3 rejected, 1 approved"."""
+        words = (
+            ("rejected", "rejected"),
+            ("corrected", "approved with a correction"),
+            ("approved", "approved"),
+        )
+        return ", ".join(f"{self.counts[key]} {word}" for key, word in words if self.counts.get(key))
+
+    @property
+    def all_simulated(self) -> bool:
+        return self.simulated == len(self.cases)
+
+    @classmethod
+    def from_json(cls, data: Any) -> SimilarWarning | None:
+        """The warning stored in ``Escalation.similar``; None when there is none
+        to show (not computed yet, or nothing similar was decided before)."""
+        if not isinstance(data, dict) or not data.get("cases"):
+            return None
+        cases = [
+            SimilarCase(
+                task_id=int(case.get("task") or 0),
+                title=str(case.get("title") or ""),
+                board_slug=str(case.get("board") or ""),
+                escalation_id=case.get("escalation"),
+                similarity=float(case.get("similarity") or 0.0),
+                verdict=str(case.get("verdict") or ""),
+                reason=str(case.get("reason") or ""),
+                correction=str(case.get("correction") or ""),
+                reviewer=str(case.get("reviewer") or ""),
+                simulated=bool(case.get("simulated")),
+                decided_at=parse_datetime(case["decided_at"]) if case.get("decided_at") else None,
+            )
+            for case in data["cases"]
+            if isinstance(case, dict)
+        ]
+        return cls(
+            summary=str(data.get("summary") or ""),
+            warn=data.get("tone") == "warn",
+            counts={str(k): int(v) for k, v in (data.get("counts") or {}).items()},
+            simulated=int(data.get("simulated") or 0),
+            cases=cases,
+        )
+
+
+def has_similar_cases(similar: Any) -> bool:
+    """Whether a stored ``Escalation.similar`` holds at least one case: a warning
+    is shown for it."""
+    return isinstance(similar, dict) and bool(similar.get("cases"))
+
+
 class Escalation(models.Model):
     """An andon call: a defective output stopped in Review until a reviewer decides."""
 
@@ -113,6 +226,16 @@ class Escalation(models.Model):
     # Edit and approve: the reviewer's correction, beside the original (for the kaizen loop).
     corrected_output = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The similar past decisions of the same agent (andon.failure_warnings), as
+    # the knowledge base's embedder worker computed them once for the open
+    # escalation: null until then; ``{"cases": []}`` when nothing similar was decided.
+    similar = models.JSONField(null=True, blank=True)
+    similar_at = models.DateTimeField(null=True, blank=True)
+    # At its decision: whether a warning was shown (``similar`` had a case), and
+    # the seconds from the escalation opening to the decision (the inbox compares
+    # the two). Null for escalations decided before these were recorded.
+    warned = models.BooleanField(null=True, blank=True)
+    decision_seconds = models.FloatField(null=True, blank=True)
 
     # Not columns: what andon.selectors and andon.views attach to the escalations
     # they show. An inbox row is its group's leader, with its members:
@@ -159,6 +282,18 @@ class Escalation(models.Model):
     @property
     def failed_checks(self) -> list[str]:
         return [f.get("name", "") for f in self.failures if isinstance(f, dict)]
+
+    @cached_property
+    def similar_warning(self) -> SimilarWarning | None:
+        """This escalation's own warning of similar past decisions, if any."""
+        return SimilarWarning.from_json(self.similar)
+
+    @property
+    def row_warning(self) -> SimilarWarning | None:
+        """The warning its inbox row shows: for a group of identical escalations,
+        that of the oldest member that has one (their inputs are the same)."""
+        members = getattr(self, "members", None) or [self]
+        return next((m.similar_warning for m in members if m.similar_warning), None)
 
 
 class LineStop(models.Model):

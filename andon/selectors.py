@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from andon.budgets import BudgetStatus, budget_statuses
 from andon.models import (
+    SIMULATED_REVIEWER,
     AgentRecord,
     Alert,
     AndonRecord,
@@ -222,6 +223,54 @@ def agent_record_get(*, agent_id: int | None, last: int = 50) -> AgentRecord | N
 
 
 @dataclass(frozen=True)
+class WarningTimes:
+    """People's time to decision with a failure warning shown and without
+    (andon.failure_warnings), over the last ``days``: the medians and how many
+    decisions each is of. The demo's simulated reviewer's decisions are left
+    out (``simulated`` counts them): a program's speed says nothing of people's."""
+
+    days: int
+    warned_median_s: float | None
+    warned: int
+    unwarned_median_s: float | None
+    unwarned: int
+    simulated: int
+
+
+# The decisions read for the medians, at most (newest first).
+WARNING_TIMES_LIMIT = 50_000
+
+
+def warning_times_get(*, days: int = 30) -> WarningTimes:
+    """Median seconds from an escalation opening to its decision, with a failure
+    warning shown and without, over the last ``days``; escalations decided
+    before the warning was recorded (``warned`` null) are not counted."""
+    since = timezone.now() - timedelta(days=days)
+    rows = (
+        Escalation.objects.filter(decided_at__gte=since, warned__isnull=False, decision_seconds__isnull=False)
+        .exclude(status=Escalation.Status.WITHDRAWN)
+        .order_by("-decided_at")
+        .values_list("warned", "decision_seconds", "decided_by__username")[:WARNING_TIMES_LIMIT]
+    )
+    warned: list[float] = []
+    unwarned: list[float] = []
+    simulated = 0
+    for shown, seconds, username in rows:
+        if username == SIMULATED_REVIEWER:
+            simulated += 1
+        elif seconds is not None:  # always, by the filter; says so to the type checker
+            (warned if shown else unwarned).append(seconds)
+    return WarningTimes(
+        days=days,
+        warned_median_s=statistics.median(warned) if warned else None,
+        warned=len(warned),
+        unwarned_median_s=statistics.median(unwarned) if unwarned else None,
+        unwarned=len(unwarned),
+        simulated=simulated,
+    )
+
+
+@dataclass(frozen=True)
 class InboxStats:
     open: int
     inspected: int
@@ -230,6 +279,7 @@ class InboxStats:
     median_decision_s: float | None
     p90_decision_s: float | None
     window_hours: int
+    warning_times: WarningTimes
 
     @property
     def escalation_rate(self) -> float | None:
@@ -275,6 +325,7 @@ def inbox_stats_get(*, hours: int = 24) -> InboxStats:
         if len(waits) >= 2
         else (waits[0] if waits else None),
         window_hours=hours,
+        warning_times=warning_times_get(),
     )
 
 

@@ -26,14 +26,12 @@ from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
 from andon import budgets, muda_rollups, waste_thresholds
-from andon.models import Alert, AndonRecord, Escalation, LineStop
+from andon.models import SIMULATED_REVIEWER, Alert, AndonRecord, Escalation, LineStop, has_similar_cases
 from boards import services as board_services
 from boards.models import Agent, Board, Column, Task, TaskEvent
 from experiments import patterns
 
 REVIEW_PERMISSION = "andon.review_escalation"
-# The demo's simulated reviewer (andon.demo_reviewer) decides as this user.
-SIMULATED_REVIEWER = "simulated-reviewer"
 Role = Column.Role
 Status = Task.Status
 
@@ -206,13 +204,33 @@ def _decide(escalations: Sequence[Escalation]):
     return [(e, tasks[e.task_id]) for e in open_], skipped
 
 
-def _close(escalation: Escalation, *, status: str, user: User, note: str) -> None:
+def _warned(members: Sequence[tuple[Escalation, Task]]) -> bool:
+    """Whether the decision was made with a failure warning in sight: the inbox
+    row of a group shows the warning of any member that has one (andon.models
+    Escalation.row_warning); the escalation's own page, its own."""
+    return any(has_similar_cases(escalation.similar) for escalation, _ in members)
+
+
+def _close(escalation: Escalation, *, status: str, user: User, note: str, warned: bool) -> None:
     status_before = escalation.status
     escalation.status = status
     escalation.decided_by = user
     escalation.decided_at = timezone.now()
     escalation.note = note
-    escalation.save(update_fields=["status", "decided_by", "decided_at", "note", "corrected_output"])
+    # The inbox compares the time to decision with and without a warning shown.
+    escalation.warned = warned
+    escalation.decision_seconds = max(0.0, (escalation.decided_at - escalation.created_at).total_seconds())
+    escalation.save(
+        update_fields=[
+            "status",
+            "decided_by",
+            "decided_at",
+            "note",
+            "corrected_output",
+            "warned",
+            "decision_seconds",
+        ]
+    )
     # A late fact: a rejected draft's tokens become waste; the status counts move.
     muda_rollups.escalation_decided(escalation, status_before=status_before)
 
@@ -262,6 +280,7 @@ def escalations_approve(*, escalations: Sequence[Escalation], user: User, note: 
     note = _clean_note(note)
     with transaction.atomic():
         members, skipped = _decide(escalations)
+        warned = _warned(members)
         result = GroupDecision(skipped=skipped)
         changed: set[int] = set()
         for escalation, task in members:
@@ -271,7 +290,7 @@ def escalations_approve(*, escalations: Sequence[Escalation], user: User, note: 
                 user=user,
                 note=_together(note or "approved in review", len(members)),
             )
-            _close(escalation, status=Escalation.Status.APPROVED, user=user, note=note)
+            _close(escalation, status=Escalation.Status.APPROVED, user=user, note=note, warned=warned)
             result.decided.append(escalation)
         _after_decisions(result.decided, changed)
     return result
@@ -301,6 +320,7 @@ def escalations_correct(
             raise ValidationError(
                 {"output": ["The output is unchanged: approve it as it is, or change what is wrong."]}
             )
+        warned = _warned(members)
         result = GroupDecision(skipped=skipped)
         changed: set[int] = set()
         for escalation, task in members:
@@ -315,7 +335,7 @@ def escalations_correct(
                     len(members),
                 ),
             )
-            _close(escalation, status=Escalation.Status.CORRECTED, user=user, note=note)
+            _close(escalation, status=Escalation.Status.CORRECTED, user=user, note=note, warned=warned)
             result.decided.append(escalation)
         _after_decisions(result.decided, changed)
     return result
@@ -337,6 +357,7 @@ def escalations_reject(*, escalations: Sequence[Escalation], user: User, reason:
     )
     with transaction.atomic():
         members, skipped = _decide(escalations)
+        warned = _warned(members)
         who = user.get_username()
         result = GroupDecision(skipped=skipped)
         changed: set[int] = set()
@@ -349,7 +370,7 @@ def escalations_reject(*, escalations: Sequence[Escalation], user: User, reason:
                 user=user,
                 verb="rejected",
             )
-            _close(escalation, status=Escalation.Status.REJECTED, user=user, note=reason)
+            _close(escalation, status=Escalation.Status.REJECTED, user=user, note=reason, warned=warned)
             result.decided.append(escalation)
         _after_decisions(result.decided, changed)
     return result

@@ -140,7 +140,7 @@ def runs_record(runs: Iterable[FinishedRun]) -> None:
         Pattern.objects.bulk_create(rows, ignore_conflicts=True)
 
 
-_DECIDED = {
+_DECIDED: dict[str, str] = {
     Escalation.Status.APPROVED: Pattern.Verdict.APPROVED,
     Escalation.Status.CORRECTED: Pattern.Verdict.CORRECTED,
     Escalation.Status.REJECTED: Pattern.Verdict.REJECTED,

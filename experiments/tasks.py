@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import connection
 
+from andon import failure_warnings
 from experiments import genchi, knowledge, pdca, services
 
 
@@ -48,5 +49,8 @@ def resume_replays() -> int:
 @shared_task(name="experiments.tasks.embed_patterns")
 def embed_patterns() -> int:
     # On its own queue (settings.KAIZEN_KNOWLEDGE_QUEUE), served by a worker at the
-    # lowest CPU priority: the line never waits on an embedding.
-    return knowledge.patterns_embed()
+    # lowest CPU priority: the line never waits on an embedding. Then the failure
+    # warnings of open escalations, which need the patterns embedded first.
+    embedded = knowledge.patterns_embed()
+    failure_warnings.escalation_warnings_compute()
+    return embedded

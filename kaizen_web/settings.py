@@ -513,6 +513,16 @@ if KAIZEN_EMBEDDINGS["provider"] not in KAIZEN_EMBEDDINGS_PROVIDERS:
         f"got {KAIZEN_EMBEDDINGS['provider']!r}"
     )
 
+# Failure warnings in the andon inbox (andon.failure_warnings): an open escalation
+# shows its agent's past decided escalations at least this similar to it (cosine
+# similarity of the embeddings of title and input), at most KAIZEN_WARNING_CASES
+# of them. Measured on the example boards' demo inputs with all-MiniLM-L6-v2:
+# 0.70 keeps 96.5% of pairs of the same kind of task (median 0.90) and 0.4% of
+# pairs of different kinds for the same agent (median 0.36, highest 0.76).
+# An embedding model of another kind may need its own floor.
+KAIZEN_WARNING_MIN_SIMILARITY = env_float("KAIZEN_WARNING_MIN_SIMILARITY", 0.70, minimum=0.0, maximum=1.0)
+KAIZEN_WARNING_CASES = env_int("KAIZEN_WARNING_CASES", 5, minimum=1)
+
 # The response cache lives in Redis, shared by every worker. Its keys carry the
 # Redis database and KAIZEN_CACHE_PREFIX, so installations (or test runs) sharing
 # a Redis keep apart.

@@ -217,3 +217,38 @@ def test_deciding_a_groups_oldest_member_alone_moves_the_row_to_the_next(line):
         f'<li id="escalation-{second.pk}"'
     )
     assert 'id="inbox-history"' in text and "Weld seam 12" in text
+
+
+def test_a_failure_warning_reaches_everyone_as_the_row_replaced(line):
+    """The embedder worker's failure warning (andon.failure_warnings) for an open
+    escalation: its row, with the warning, for every inbox to merge in."""
+    from andon import failure_warnings
+    from experiments import knowledge, vectors
+
+    vectors.indexes_clear()
+    ana = make_reviewer(username="ana")
+    past = escalate(
+        line, title="Reply to #48213 (Laura M.)", input="Charged 19.90 twice on 4 March; refunded."
+    )
+    andon_services.escalation_reject(escalation=past, user=ana, reason="Tone too informal.")
+    knowledge.patterns_embed(budget_seconds=60)
+    escalation = escalate(
+        line, title="Reply to #48500 (Jana)", input="Charged 29.00 twice on 9 March; refunded."
+    )
+    broadcast.flush()
+
+    try:
+        messages = _receive_after(
+            "/ws/andon/",
+            make_reviewer(),
+            failure_warnings.escalation_warnings_compute,
+            until=lambda m: "similar-warning" in m,
+        )
+    finally:
+        vectors.indexes_clear()
+
+    row = messages[-1]
+    assert re.match(rf'\s*<li id="escalation-{escalation.pk}"[^>]*hx-swap-oob="outerHTML"', row)
+    assert f'id="escalation-{escalation.pk}-similar"' in row
+    assert "1 similar task was rejected: Tone too informal" in row
+    assert "similar-warning--warn" in row

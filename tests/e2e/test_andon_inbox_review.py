@@ -15,10 +15,12 @@ import time
 import pytest
 from django.db import close_old_connections
 
+from andon import failure_warnings
 from andon import services as andon_services
 from andon.models import Escalation
 from boards.fragments import render_board_update
 from boards.models import Column
+from experiments import knowledge, vectors
 from tests.andon.helpers import DEFECTIVE, claim_one, complete
 from tests.e2e.pages import PASSWORD, WAIT_MS, log_in, stop_the_clock
 from tests.factories import column, make_agent, make_board, make_reviewer
@@ -240,3 +242,60 @@ def test_a_held_decision_is_sent_when_the_reviewer_leaves_the_page(browser, live
 
     _wait_for_status(escalation, Escalation.Status.APPROVED)
     assert escalation.decided_by == ana
+
+
+def test_a_failure_warning_appears_live_on_the_row_being_typed_in(browser, live_server_url):
+    """The embedder worker's warning for an open escalation (andon.failure_warnings)
+    reaches the row a reviewer is writing a rejection in: the warning shows up,
+    the form stays open, and what was typed, and the caret, stay where they were."""
+    vectors.indexes_clear()
+    board = _line()
+    ana = make_reviewer(username="ana", password=PASSWORD)
+    bob = make_reviewer(username="bob", password=PASSWORD)
+    past = _escalate(
+        board, "Reply to #48213 (Laura M.)", "Charged 19.90 twice on 4 March; refund issued today."
+    )
+    andon_services.escalation_reject(escalation=past, user=bob, reason="Tone too informal.")
+    knowledge.patterns_embed(budget_seconds=60)
+    target = _escalate(
+        board, "Reply to #48500 (Jana)", "Charged 29.00 twice on 9 March; refund issued today."
+    )
+    page = log_in(
+        browser, live_server_url, "ana", "/andon/", clock=True, viewport={"width": 1400, "height": 1000}
+    )
+    page.wait_for_function("document.title === '(1) Andon inbox · Kaizen'")
+    title = "Reply to #48500 (Jana)"
+    assert page.locator(f"{_row(title)} .similar-warning").count() == 0
+
+    page.keyboard.press("j")
+    _selected(page, title)
+    page.keyboard.press("r")
+    field = f"{_row(title)} .action-reject input[name=reason]"
+    page.wait_for_selector(f"{field}:focus")
+    page.keyboard.type("The tone is ")
+    page.eval_on_selector(field, "f => { f.__kept = true; f.closest('.escalation').__kept = true; }")
+
+    # Meanwhile the knowledge worker looks at the open escalations.
+    try:
+        assert failure_warnings.escalation_warnings_compute() == [target.pk]
+    finally:
+        vectors.indexes_clear()
+
+    warning = f"{_row(title)} .similar-warning--warn"
+    page.wait_for_selector(f"{warning}:has-text('1 similar task was rejected: Tone too informal')")
+    assert page.is_visible(f"{warning} .similar-cases summary:has-text('1 rejected')")
+    # The form is open, the text is there, the caret still in the field, nothing replaced.
+    assert page.eval_on_selector(f"{_row(title)} .action-reject", "d => d.open") is True
+    assert page.eval_on_selector(field, "f => f === document.activeElement") is True
+    assert page.input_value(field) == "The tone is "
+    assert page.eval_on_selector(field, "f => f.__kept === true && f.closest('.escalation').__kept === true")
+    page.keyboard.type("too informal again.")
+
+    stop_the_clock(page)  # held until the row is seen pending, however slow the machine
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"{_row(title)}.is-pending")
+    page.clock.resume()
+    _wait_for_status(target, Escalation.Status.REJECTED)
+    assert (target.decided_by, target.note) == (ana, "The tone is too informal again.")
+    assert target.warned is True
+    assert page.evaluate("window.__kaizenNoReload") is True
