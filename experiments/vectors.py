@@ -73,7 +73,8 @@ class NumpyIndex:
             return
         capacity = max(need, capacity * 2, 1024)
         vectors = np.zeros((capacity, self.dim), dtype=np.float32)
-        vectors[: self.size] = self._vectors[: self.size]
+        if self.size:
+            vectors[: self.size] = self._vectors[: self.size]
         self._vectors = vectors
         for name, dtype in (
             ("_ids", np.int64),
