@@ -14,15 +14,17 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.urls import reverse
-from ninja import Field, Path, Router, Schema, Status
-from ninja.errors import AuthorizationError
+from ninja import Field, Path, Query, Router, Schema, Status
+from ninja.errors import AuthorizationError, HttpError
 from pydantic import ConfigDict
 
 from boards.api.schemas import ErrorOut, WholeNumber
 from boards.api.tokens import TokenHttpRequest
-from boards.models import Agent
-from experiments import genchi
-from experiments.models import PromptVersion, Replay
+from boards.models import Agent, Board, Task
+from boards.text import LINE_PATTERN, MULTILINE_PATTERN
+from experiments import genchi, knowledge, vectors
+from experiments.embeddings import EmbeddingError, get_embedder
+from experiments.models import Pattern, PromptVersion, Replay
 from experiments.services import PROPOSE_PERMISSION
 
 router = Router(tags=["replays"])
@@ -226,3 +228,133 @@ def replay_detail(request: TokenHttpRequest, replay_id: int = Path(..., ge=1, le
         raise Http404(f"There is no replay {replay_id}.")
     _check_scope(request, replay.agent)
     return _replay_out(request, replay)
+
+
+# --- similar work (the knowledge base) --------------------------------------------------
+
+MAX_SIMILAR_TEXT = 4000
+
+
+class SimilarFilters(Schema):
+    """The query of ``GET /api/v1/similar``: a text or a task, and filters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(
+        None,
+        description="Find past tasks like this text (a task's title and input, as you would write them).",
+        json_schema_extra={"maxLength": MAX_SIMILAR_TEXT, "pattern": MULTILINE_PATTERN},
+    )
+    task: int | None = Field(
+        None, description="Find past tasks like this task (its own attempts left out).", ge=1, le=MAX_ID
+    )
+    agent: str | None = Field(
+        None,
+        description="Only past tasks of the agent of this name.",
+        json_schema_extra={"maxLength": Agent._meta.get_field("name").max_length, "pattern": LINE_PATTERN},
+    )
+    verdict: Pattern.Verdict | None = Field(
+        None,
+        description="Only attempts with this outcome: passed (inspection, no person), approved, corrected "
+        "(approved with a reviewer's correction), rejected, or defect (failed inspection, no Review column).",
+    )
+    limit: int = Field(10, description="At most this many, most similar first.", ge=1, le=50)
+
+
+class SimilarOut(Schema):
+    task: int = Field(description="The past task's id (GET /api/v1/tasks/{id}).")
+    similarity: float = Field(
+        description="Cosine similarity of the two texts' embeddings, 0 (unrelated) to 1 (the same).",
+        ge=0,
+        le=1,
+    )
+    verdict: str = Field(description="passed, approved, corrected, rejected or defect.")
+    agent: str | None
+    title: str
+    attempt: int
+    prompt_version: int | None
+    reason: str = Field(description="The reviewer's reason or note, or the inspection's failures.")
+    correction: str = Field(description="The reviewer's corrected output, for a corrected attempt.")
+    decided_at: str = Field(description="When the outcome was known.")
+
+
+class SimilarPageOut(Schema):
+    model: str = Field(description="The embedding model that placed the texts (recorded with each vector).")
+    backend: str = Field(description="numpy (exact search) or pgvector (HNSW index).")
+    results: list[SimilarOut]
+
+
+@router.get(
+    "/similar",
+    response={200: SimilarPageOut, **ERRORS},
+    operation_id="similar_list",
+    summary="Find the past tasks most similar to a text or a task",
+    url_name="similar-list",
+    tags=["knowledge"],
+)
+def similar_list(
+    request: TokenHttpRequest,
+    filters: Query[SimilarFilters] = None,  # type: ignore[assignment]
+) -> dict[str, Any]:
+    """The knowledge base: finished attempts of past tasks whose title and input are most like
+    the text (or the task) given, by sentence embeddings, most similar first, with the outcome
+    each attempt had and what the reviewer said. Give exactly one of `text` and `task`. Only
+    tasks on boards the token may use. 400 for bad parameters, 404 for an unknown task or agent."""
+    text = (filters.text or "").strip()
+    if bool(text) == (filters.task is not None):
+        message = "Give a text or a task, not both." if text else "Give a text or a task."
+        raise _FieldProblems({"text": [message], "task": [message]})
+    slugs = request.auth.board_slugs()
+    board_ids = (
+        None if slugs is None else set(Board.objects.filter(slug__in=slugs).values_list("pk", flat=True))
+    )
+    task = None
+    if filters.task is not None:
+        task = Task.objects.select_related("board").filter(pk=filters.task).first()
+        if task is None:
+            raise Http404(f"There is no task {filters.task}.")
+        if problem := request.auth.board_problem(task.board):
+            raise AuthorizationError(message=problem)
+    agent_ids = None
+    if filters.agent:
+        agent = Agent.objects.filter(name=filters.agent).first()
+        if agent is None:
+            raise Http404(f"There is no agent {filters.agent!r}.")
+        agent_ids = [agent.pk]
+    try:
+        found = knowledge.similar_patterns(
+            text=text,
+            task=task,
+            agent_ids=agent_ids,
+            verdicts=[filters.verdict] if filters.verdict else None,
+            limit=filters.limit,
+            board_ids=board_ids,
+        )
+    except EmbeddingError as exc:
+        raise HttpError(503, f"The embedding model could not be reached: {exc}") from None
+    return {
+        "model": get_embedder().name,
+        "backend": vectors.vector_backend(),
+        "results": [
+            {
+                "task": hit.pattern.task_id,
+                "similarity": round(hit.similarity, 4),
+                "verdict": hit.pattern.verdict,
+                "agent": hit.pattern.agent.name if hit.pattern.agent else None,
+                "title": hit.pattern.task.title,
+                "attempt": hit.pattern.attempt,
+                "prompt_version": hit.pattern.prompt_version,
+                "reason": hit.pattern.reason,
+                "correction": hit.pattern.correction,
+                "decided_at": hit.pattern.created_at.isoformat(),
+            }
+            for hit in found
+        ],
+    }
+
+
+class _FieldProblems(DjangoValidationError):
+    """Bad query parameters, per field: answered 400 by the API's handler."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        super().__init__(problems)

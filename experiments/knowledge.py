@@ -227,11 +227,13 @@ def similar_patterns(
     verdicts: Collection[str] | None = None,
     limit: int = 10,
     exclude_tasks: Iterable[int] = (),
+    board_ids: Collection[int] | None = None,
     embedder: Embedder | None = None,
 ) -> list[Similar]:
     """The past attempts most like ``text`` (or ``task``'s title and input), most
-    similar first; a task's own attempts are left out. Patterns are read fresh,
-    so a hit whose row went with its task is dropped."""
+    similar first; a task's own attempts are left out, and so are boards outside
+    ``board_ids`` when it is given (an API token's scope). Patterns are read
+    fresh, so a hit whose row went with its task is dropped."""
     embedder = embedder or get_embedder()
     excluded = set(exclude_tasks)
     if task is not None:
@@ -242,11 +244,16 @@ def similar_patterns(
     index = vectors.vector_index(embedder.name)
     hits = index.search(
         query_vector(text, embedder),
-        k=limit + 5,
+        # Room for hits dropped below: gone with their task, or on another board.
+        k=limit + 5 if board_ids is None else limit * 4 + 20,
         agent_ids=agent_ids,
         verdicts=verdicts,
         exclude_tasks=excluded,
     )
     rows = Pattern.objects.select_related("task", "agent").in_bulk([h.pattern for h in hits])
-    found = [Similar(rows[h.pattern], max(0.0, min(1.0, h.similarity))) for h in hits if h.pattern in rows]
+    found = [
+        Similar(rows[h.pattern], max(0.0, min(1.0, h.similarity)))
+        for h in hits
+        if h.pattern in rows and (board_ids is None or rows[h.pattern].board_id in board_ids)
+    ]
     return found[:limit]

@@ -20,6 +20,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from andon.jidoka import FinishedRun
@@ -130,6 +131,8 @@ def run_patterns(runs: Iterable[FinishedRun]) -> list[Pattern]:
 
 def runs_record(runs: Iterable[FinishedRun]) -> None:
     """Write the batch's patterns (inside the completion's transaction)."""
+    if not settings.KAIZEN_KNOWLEDGE:
+        return
     rows = run_patterns(runs)
     if rows:
         Pattern.objects.bulk_create(rows, ignore_conflicts=True)
@@ -191,6 +194,8 @@ def decision_patterns(escalations: Iterable[Escalation]) -> list[Pattern]:
 
 def decisions_record(escalations: Iterable[Escalation]) -> None:
     """Write the patterns of escalations just decided (inside the decision's transaction)."""
+    if not settings.KAIZEN_KNOWLEDGE:
+        return
     rows = decision_patterns(escalations)
     if rows:
         Pattern.objects.bulk_create(rows, ignore_conflicts=True)

@@ -1,11 +1,12 @@
 from django.urls import path
 
-from experiments import views
+from experiments import views, views_knowledge
 
 urlpatterns = [
     path("", views.review, name="experiments-review"),
     path("live/", views.review_live, name="experiments-review-live"),
     path("audit/", views.audit, name="experiments-audit"),
+    path("knowledge/", views_knowledge.similar, name="experiments-knowledge"),
     path("plotly.min.js", views.plotly_js, name="experiments-plotly-js"),
     path("proposals/<int:pk>/", views.proposal_detail, name="experiments-proposal"),
     path("proposals/<int:pk>/live/", views.proposal_live, name="experiments-proposal-live"),

@@ -183,3 +183,8 @@ def vector_index(model: str) -> NumpyIndex:
 def mirror(patterns: Sequence[Pattern]) -> None:
     """Hand freshly embedded patterns to the index that keeps its own copy
     (pgvector's table); the numpy index reads them from their rows."""
+
+
+def vector_backend() -> str:
+    """Which index answers searches here: "numpy" (exact, in memory) or "pgvector"."""
+    return "numpy"

@@ -303,6 +303,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "kaizen")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# The knowledge base (experiments.patterns, experiments.knowledge): a pattern row per
+# finished attempt, embedded off the line's path. Off: no rows are written (the
+# similar-work page, warnings and examples then see only what was written before).
+KAIZEN_KNOWLEDGE = env_bool("KAIZEN_KNOWLEDGE", True)
 # The knowledge base's embedder (experiments.knowledge) has its own queue, served
 # by a worker of its own at the lowest CPU priority (make run starts it): the line
 # never waits on an embedding, and a busy line takes the CPU first.
