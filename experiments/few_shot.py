@@ -49,6 +49,9 @@ OUTPUT_CHARS = 800
 # Hits asked of the index for each example wanted: several attempts at one input
 # (or the same input done again) are one example, so a few spare hits fill the count.
 OVERFETCH = 3
+# Rows of the same text looked at for a vector of the current model (the others
+# were made by a model since replaced, until they are re-embedded).
+STORED_LOOKS = 8
 HEADING = "Examples of similar tasks and the answers that were accepted:"
 # A broken embedder would say so for every task: once a minute is enough.
 WARN_EVERY_SECONDS = 60.0
@@ -74,13 +77,15 @@ def _trim(text: str, limit: int) -> str:
 def _query_vector(text: str, embedder: Embedder) -> np.ndarray:
     """The text's vector: the one stored for this very text by this model when there
     is one (one indexed query instead of a forward pass), else a fresh embedding."""
+    # By the digest alone: with the model in the filter too, SQLite (without
+    # ANALYZE) reads the rows through the (embed_model, embedded_at) index, all of them.
     stored = (
-        Pattern.objects.filter(text_hash=text_digest(text), embed_model=embedder.name, vector__isnull=False)
+        Pattern.objects.filter(text_hash=text_digest(text), vector__isnull=False)
         .order_by()
-        .values_list("vector", flat=True)[:1]
+        .values_list("embed_model", "vector")[:STORED_LOOKS]
     )
-    for blob in stored:
-        vector = vectors.as_vector(blob)
+    for model, blob in stored:
+        vector = vectors.as_vector(blob) if model == embedder.name else None
         if vector is not None:
             return vector
     return embedder.embed([text])[0]
@@ -101,14 +106,15 @@ def examples_for(*, agent_id: int, task: Task, count: int, embedder: Embedder | 
     )
     if not hits:
         return []
+    # Read by primary key only (more conditions would let SQLite read them through
+    # the agent's index instead: every pattern of the agent), and checked here
+    # again: an index a little behind its rows must not let a bad verdict through.
     rows = {
         row["pk"]: row
-        for row in Pattern.objects.filter(
-            pk__in=[hit.pattern for hit in hits], agent_id=agent_id, verdict__in=Pattern.GOOD
-        )
-        .exclude(task_id__in=excluded)
+        for row in Pattern.objects.filter(pk__in=[hit.pattern for hit in hits])
         .order_by()
-        .values("pk", "task_id", "verdict", "output", "correction", "text_hash", "task__input")
+        .values("pk", "task_id", "agent_id", "verdict", "output", "correction", "text_hash", "task__input")
+        if row["agent_id"] == agent_id and row["verdict"] in Pattern.GOOD and row["task_id"] not in excluded
     }
     examples: list[Example] = []
     seen: set[str] = set()
