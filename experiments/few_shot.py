@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 
 from experiments import vectors
 from experiments.embeddings import Embedder, EmbeddingError, get_embedder
@@ -160,18 +161,33 @@ def examples_text(*, agent_id: int, task: Task, count: int) -> str:
     try:
         return examples_block(examples_for(agent_id=agent_id, task=task, count=count))
     except Exception as exc:
-        with _warned_lock:
-            now = time.monotonic()
-            loud = now - _warned["at"] >= WARN_EVERY_SECONDS
-            if loud:
-                _warned["at"] = now
-        logger.log(
-            logging.WARNING if loud else logging.DEBUG,
-            "few-shot examples for task %s left out (the task runs without them): %s: %s",
-            task.pk,
-            type(exc).__name__,
-            exc,
-            # A known failure says what to do in its message; anything else is a bug to trace.
-            exc_info=loud and not isinstance(exc, EmbeddingError | ImproperlyConfigured),
-        )
+        _left_out(task, exc)
         return ""
+    finally:
+        _release_connection()
+
+
+def _release_connection() -> None:
+    # The worker hands its connection back before the model call (to the psycopg
+    # pool on PostgreSQL; boards.agents.runtime): the queries here took one again,
+    # which the model call that follows must not hold for its seconds of waiting.
+    # Inside a transaction (a caller's atomic block) the connection must stay.
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        connection.close()
+
+
+def _left_out(task: Task, exc: Exception) -> None:
+    with _warned_lock:
+        now = time.monotonic()
+        loud = now - _warned["at"] >= WARN_EVERY_SECONDS
+        if loud:
+            _warned["at"] = now
+    logger.log(
+        logging.WARNING if loud else logging.DEBUG,
+        "few-shot examples for task %s left out (the task runs without them): %s: %s",
+        task.pk,
+        type(exc).__name__,
+        exc,
+        # A known failure says what to do in its message; anything else is a bug to trace.
+        exc_info=loud and not isinstance(exc, EmbeddingError | ImproperlyConfigured),
+    )

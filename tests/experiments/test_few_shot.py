@@ -399,3 +399,22 @@ def test_the_simulated_model_does_better_with_examples_like_the_input(board):
     assert reading.examples.startswith(few_shot.HEADING)
     # Examples (+0.4), and one like the input (+0.6): see boards/agents/simulated.
     assert better - baseline == pytest.approx(1.0)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis  # its commits ask for pulls and send live updates
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_the_connection_goes_back_to_the_pool_before_the_model_call(board):
+    from django.db import connection
+
+    agent = make_agent(boards=[board], prompt_template=TEMPLATE)
+    _past(board, agent, REFUND_LIKE, Pattern.Verdict.PASSED, output="refund sent")
+    _embed()
+    query = _query(board)
+    assert connection.connection is not None
+
+    block = few_shot.examples_text(agent_id=agent.pk, task=query, count=3)
+
+    assert "Output: refund sent" in block
+    # Closed: with the pool, handed back for other runs while this one waits on its model.
+    assert connection.connection is None
