@@ -350,6 +350,33 @@ def test_a_text_embedded_before_is_not_embedded_again(board, monkeypatch):
     assert examples[0].similarity == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_replay_of_a_candidate_that_opts_in_shows_it_the_examples_but_not_the_task_itself(
+    board, monkeypatch
+):
+    from experiments import genchi
+    from tests.experiments.genchi_support import version
+
+    agent = make_agent(boards=[board], prompt_template="Ticket: {input}")
+    replayed = _past(board, agent, REFUND, Pattern.Verdict.APPROVED, output="THE REPLAYED TASK'S OWN ANSWER")
+    _past(
+        board,
+        agent,
+        REFUND_LIKE,
+        Pattern.Verdict.CORRECTED,
+        output="no",
+        correction="Refund issued for 5120.",
+    )
+    _embed()
+    candidate = version(agent, TEMPLATE)
+    prompts = _spy_prompts(monkeypatch)
+
+    genchi.run_arm(agent, candidate, replayed, replayed.input)
+
+    [prompt] = prompts
+    assert "Output: Refund issued for 5120." in prompt
+    assert "THE REPLAYED TASK'S OWN ANSWER" not in prompt
+
+
 # --- the template ------------------------------------------------------------------------
 
 
