@@ -132,6 +132,8 @@ _TRANSPORT = ("base_url", "api_key_env", "timeout", "max_retries", "max_in_fligh
 MAX_REASONED = 500
 MAX_REASONS_SHOWN = 5
 MAX_MEMBERS_SHOWN = 10
+# The most of a reviewer's reason an added instruction quotes.
+MAX_REASON_CHARS = 200
 
 # retrieval
 MIN_CORRECTIONS_FOR_RETRIEVAL = 3
@@ -1022,10 +1024,11 @@ def _plan_reasons(window: _Window) -> Plan | None:
         }
         change = f"the template as {tier.provider}/{tier.model} rewrote it from those answers and reasons"
     else:
-        if " ".join(cluster.representative.split()).lower() in " ".join(template.split()).lower():
+        named = _quote(cluster.representative, MAX_REASON_CHARS)
+        if named.lower() in " ".join(template.split()).lower():
             return None  # the template names this failure already
         instruction = (
-            f'Reviewers have sent answers back saying "{_escape(cluster.representative)}": '
+            f'Reviewers have sent answers back saying "{_escape(named)}": '
             "check that yours does not deserve the same."
         )
         proposed = template.rstrip() + "\n\n" + instruction

@@ -331,3 +331,16 @@ def test_an_agent_opted_in_already_gets_neither_retrieval_nor_static_examples(li
 )
 def test_examples_go_before_the_input_after_the_instructions(template, expected):
     assert pdca._insert_examples(template) == expected
+
+
+def test_a_long_reason_is_quoted_short_in_the_instruction(line):
+    agent = _agent(line)
+    _passed(line, 27)
+    long = "Too informal for a customer: " + "the reply says hey and cheers and uses slang throughout. " * 10
+    _sent_back(line, rejected=[long] * 3)
+
+    template = _plans(agent)["reasons"].fields["prompt_template"]
+
+    [instruction] = [row for row in template.splitlines() if row.startswith("Reviewers have sent")]
+    assert len(instruction) < pdca.MAX_REASON_CHARS + 100
+    assert "…" in instruction
