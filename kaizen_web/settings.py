@@ -490,6 +490,29 @@ KAIZEN_CUSTOM_CHECKS = env_list(
     ["andon.example_checks.no_email_addresses", "andon.example_checks.figures_from_input"],
 )
 
+# The knowledge base's sentence embeddings (experiments.embeddings, issue 14).
+# "local" (the default) runs all-MiniLM-L6-v2 in this process, offline, 384
+# dimensions; "openai" asks any server speaking OpenAI's /v1/embeddings (OpenAI,
+# Ollama at http://localhost:11434/v1, vLLM) for MODEL (default text-embedding-3-small)
+# at BASE_URL (default OpenAI's), with API_KEY (or API_KEY_FILE, a mounted secret).
+# DIM, when set, is the length the vectors must have; otherwise the first answer's.
+# Every vector is stored with the model's name: changing the model re-embeds.
+# The providers are experiments.embeddings.PROVIDERS, named again here because
+# settings import no app; a typo fails at start, not at the first embedding.
+KAIZEN_EMBEDDINGS_PROVIDERS = ("local", "openai")
+KAIZEN_EMBEDDINGS = {
+    "provider": env_str("KAIZEN_EMBEDDINGS_PROVIDER", "local").strip().lower() or "local",
+    "model": env_str("KAIZEN_EMBEDDINGS_MODEL", "").strip(),
+    "base_url": env_str("KAIZEN_EMBEDDINGS_BASE_URL", "").strip(),
+    "api_key": env_secret("KAIZEN_EMBEDDINGS_API_KEY", "").strip(),
+    "dim": env_int("KAIZEN_EMBEDDINGS_DIM", 0, minimum=1) or None,
+}
+if KAIZEN_EMBEDDINGS["provider"] not in KAIZEN_EMBEDDINGS_PROVIDERS:
+    raise ImproperlyConfigured(
+        f"KAIZEN_EMBEDDINGS_PROVIDER must be one of {', '.join(KAIZEN_EMBEDDINGS_PROVIDERS)}, "
+        f"got {KAIZEN_EMBEDDINGS['provider']!r}"
+    )
+
 # The response cache lives in Redis, shared by every worker. Its keys carry the
 # Redis database and KAIZEN_CACHE_PREFIX, so installations (or test runs) sharing
 # a Redis keep apart.

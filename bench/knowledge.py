@@ -1,0 +1,264 @@
+"""The knowledge base's figures (`make bench`, issue 14).
+
+- ``embed_texts_per_s`` (and ``embed_one_text_ms`` p50): the local sentence
+  embedder (experiments.embeddings) on task-like texts of 10–80 words, batched
+  as the embedder service batches them, in this process;
+- ``recall_at_1`` / ``recall_at_5`` on bench/data/paraphrases.jsonl (each query
+  against every match), for the embeddings and, in the same run, for a word-overlap
+  (Jaccard) baseline: ``overlap_recall_at_1`` / ``overlap_recall_at_5``;
+- ``line_knowledge_off_tasks_per_s`` and ``line_knowledge_on_tasks_per_s``: the
+  whole line (bench/run.py's measure, one HTTP request per task, PostgreSQL,
+  every task its own input so each must be embedded), without the knowledge base
+  (KAIZEN_KNOWLEDGE=0: no pattern rows) and with it (a pattern row per attempt
+  in the completion's transaction, and the embedder worker at nice 19 beside
+  the line, fed every 2 s as beat feeds it), alternated over ``--rounds``
+  (medians), and ``line_knowledge_cost_percent`` (the target: under 5%);
+- ``embedder_pending_at_line_end`` and ``embedder_catch_up_seconds``: how far
+  the embedder was behind when the line finished a round, and how long it took
+  to catch up once the line was idle;
+- ``knn_*``: nearest-neighbour search over ``--knn-patterns`` patterns
+  (bench/knowledge_search.py): numpy on SQLite, pgvector's HNSW index on a
+  bundled PostgreSQL with the extension.
+
+Prints one ``name=value`` line per figure and records the run in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import DEFAULT_DB, DEFAULT_REDIS, Bench, record  # noqa: E402  (after sys.path)
+from kaizen_web import processes  # noqa: E402
+
+PARAPHRASES = ROOT / "bench" / "data" / "paraphrases.jsonl"
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def load_pairs() -> list[dict]:
+    return [json.loads(line) for line in PARAPHRASES.read_text().splitlines() if line.strip()]
+
+
+def recall(scores, ks=(1, 5)) -> dict[int, float]:
+    """Each query's match is its own row: the share of queries whose match is
+    among the k best-scored."""
+    import numpy as np
+
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.array([int(np.where(order[i] == i)[0][0]) for i in range(len(scores))])
+    return {k: float(np.mean(ranks < k)) for k in ks}
+
+
+def overlap_scores(queries: list[str], matches: list[str]):
+    import numpy as np
+
+    def words(text: str) -> set[str]:
+        return set(WORD.findall(text.lower()))
+
+    q, m = [words(t) for t in queries], [words(t) for t in matches]
+    scores = np.zeros((len(q), len(m)))
+    for i, a in enumerate(q):
+        for j, b in enumerate(m):
+            union = a | b
+            scores[i, j] = len(a & b) / len(union) if union else 0.0
+    return scores
+
+
+def bench_embeddings() -> dict[str, float | str]:
+    import numpy as np
+
+    from experiments.embeddings import get_embedder
+
+    embedder = get_embedder()
+    pairs = load_pairs()
+    queries = [p["query"] for p in pairs]
+    matches = [p["match"] for p in pairs]
+    texts = (queries + matches) * 3
+    embedder.embed(texts[:8])  # load the weights first: loading is not embedding
+    start = time.perf_counter()
+    for i in range(0, len(texts), 64):
+        embedder.embed(texts[i : i + 64])
+    elapsed = time.perf_counter() - start
+    one = []
+    for text in queries[:60]:
+        t = time.perf_counter()
+        embedder.embed([text])
+        one.append((time.perf_counter() - t) * 1000)
+    q, m = embedder.embed(queries), embedder.embed(matches)
+    ours = recall(q @ m.T)
+    words = recall(overlap_scores(queries, matches))
+    return {
+        "embed_model": embedder.name,
+        "embed_texts_per_s": len(texts) / elapsed,
+        "embed_one_text_ms_p50": statistics.median(one),
+        "paraphrase_pairs": len(pairs),
+        "recall_at_1": ours[1],
+        "recall_at_5": ours[5],
+        "overlap_recall_at_1": words[1],
+        "overlap_recall_at_5": words[5],
+        "embed_mean_words": float(np.mean([len(t.split()) for t in texts])),
+    }
+
+
+class KnowledgeLine:
+    """bench/run.py's line with the knowledge base off or on."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.feeding = threading.Event()
+
+    def worker(self, knowledge: bool) -> None:
+        for name in ("worker", "knowledge"):
+            proc = self.bench.named.pop(name, None)
+            if proc is not None:
+                processes.stop_groups([proc], grace=10)
+                self.bench.procs.remove(proc)
+        self.bench.start_worker(env={"KAIZEN_KNOWLEDGE": "1" if knowledge else "0"})
+        if knowledge:
+            self.bench.start(
+                "knowledge",
+                [
+                    "nice",
+                    "-n",
+                    "19",
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "kaizen_web",
+                    "worker",
+                    "-P",
+                    "solo",
+                    "-Q",
+                    f"{self.bench.queue}.knowledge",
+                    "-n",
+                    "knowledge@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-l",
+                    "WARNING",
+                ],
+            )
+
+    def feed(self) -> threading.Thread:
+        """What beat does: an embed task every 2 s (expiring, as beat's do)."""
+        from experiments.tasks import embed_patterns
+
+        def loop() -> None:
+            while self.feeding.is_set():
+                embed_patterns.apply_async(expires=30)
+                time.sleep(2.0)
+
+        self.feeding.set()
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+    def pending(self) -> int:
+        from experiments.models import Pattern
+
+        return Pattern.objects.filter(vector__isnull=True).count()
+
+    def run(self, port: int, tasks: int, rounds: int) -> dict[str, float | str]:
+        off: list[float] = []
+        on: list[float] = []
+        behind: list[int] = []
+        catch_up: list[float] = []
+        written: list[int] = []
+        from experiments.models import Pattern
+
+        for _ in range(rounds):
+            self.worker(knowledge=False)
+            self.bench.bench_line(port, 100)  # warm-up
+            before = Pattern.objects.count()
+            off.append(self.bench.bench_line(port, tasks)["line_tasks_per_s"])
+            if Pattern.objects.count() != before:
+                raise SystemExit("KAIZEN_KNOWLEDGE=0 still wrote patterns")
+            self.worker(knowledge=True)
+            feeder = self.feed()
+            self.bench.bench_line(port, 100)
+            while self.pending():  # start level: nothing left from the warm-up
+                time.sleep(0.2)
+            before = Pattern.objects.count()
+            on.append(self.bench.bench_line(port, tasks)["line_tasks_per_s"])
+            written.append(Pattern.objects.count() - before)
+            behind.append(self.pending())
+            start = time.monotonic()
+            while self.pending():
+                if time.monotonic() - start > 600:
+                    raise SystemExit("the embedder did not catch up within 10 minutes: see var/bench/knowledge.log")
+                time.sleep(0.2)
+            catch_up.append(time.monotonic() - start)
+            self.feeding.clear()
+            feeder.join()
+        base, with_kb = statistics.median(off), statistics.median(on)
+        return {
+            "line_knowledge_off_tasks_per_s": base,
+            "line_knowledge_on_tasks_per_s": with_kb,
+            "line_knowledge_cost_percent": (base - with_kb) * 100 / base,
+            "line_knowledge_patterns_per_round": statistics.median(written),
+            "embedder_pending_at_line_end": statistics.median(behind),
+            "embedder_catch_up_seconds": statistics.median(catch_up),
+            "line_knowledge_off_each": " ".join(f"{v:.1f}" for v in off),
+            "line_knowledge_on_each": " ".join(f"{v:.1f}" for v in on),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="line runs without and with it, alternated (3)")
+    parser.add_argument("--tasks", type=int, default=2000, help="tasks per line measurement (2000)")
+    parser.add_argument("--knn-patterns", type=int, default=100_000, help="patterns searched (100,000)")
+    parser.add_argument("--skip-line", action="store_true", help="leave out the line's measure")
+    parser.add_argument("--skip-knn", action="store_true", help="leave out the nearest-neighbour search")
+    parser.add_argument("--wip", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=100, help="worker threads (100)")
+    parser.add_argument("--web-workers", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--db-pool", type=int, default=20)
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
+    parser.add_argument("--no-record", action="store_true", help="print only; leave bench/README.md alone")
+    args = parser.parse_args()
+    # Every task its own input: each pattern needs its own embedding (the worst case).
+    args.distinct_inputs = True
+    bench = Bench(args)
+    bench.prepare_database()
+    bench.purge()
+    results: dict[str, float | str] = {}
+    try:
+        results.update(bench_embeddings())
+        if not args.skip_line:
+            port = bench.start_web()
+            results.update(KnowledgeLine(bench).run(port, args.tasks, args.rounds))
+    finally:
+        bench.stop_all()
+        bench.purge()
+        import redis
+
+        redis.Redis.from_url(args.redis_url).delete(f"{bench.queue}.knowledge")
+    if not args.skip_knn:
+        from bench import knowledge_search
+
+        results.update(knowledge_search.measure(args.knn_patterns))
+    for key, value in results.items():
+        print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
+    if not args.no_record:
+        record(results, "python bench/knowledge.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
