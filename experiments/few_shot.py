@@ -11,9 +11,10 @@ again), never the task itself, and one example per distinct input.
 
 This runs on the worker's hot path, for the agents that opted in only: a template
 without ``{examples}`` never reaches this module (PromptCascadeAgent.prompt asks
-boards.agents.spec.examples_wanted first). Its cost is one embedding of one
-text (skipped when the same text was embedded before: a retry, a replay of past
-work, an input seen again), one index search and one query for the rows;
+boards.agents.spec.examples_wanted first). Its cost: one indexed query for a
+vector of the same text (a retry, a replay of past work, an input seen again),
+else one embedding of one text; one index search (the numpy index first reads the
+rows embedded since its last look); one query for the rows found.
 bench/few_shot.py measures it. If any of it fails (the embedder is missing, the
 database errs), the task is not failed for it: the failure is logged and the
 prompt is rendered without examples, as for an agent with no history yet.

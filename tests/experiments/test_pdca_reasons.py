@@ -15,8 +15,10 @@ real embedder."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
+from django.urls import reverse
 
 from andon import jidoka
 from andon import services as andon_services
@@ -167,6 +169,26 @@ def _approver():
     from tests.factories import make_approver
 
     return make_approver()
+
+
+def test_the_evolution_review_shows_the_clusters_evidence(line, client, ana):
+    agent = _agent(line)
+    _passed(line, 27)
+    tasks = _sent_back(line, rejected=INFORMAL)
+    proposal = pdca.cycle(agent)
+    client.force_login(ana)
+
+    html = client.get(reverse("experiments-review")).content.decode()
+
+    item = html[html.index(f'id="proposal-{proposal.pk}"') :]
+    item = re.sub(r">\s+", ">", re.sub(r"\s+<", "<", item)).replace("&#x27;", "'")
+    assert "Recurring objection: reviewers sent back 3 answers to 3 tasks" in item
+    assert "<dt>Representative reason</dt><dd>Too informal for a customer.</dd>" in item
+    assert "<dt>Cluster size</dt><dd>3</dd>" in item
+    # The members, as a table: each task with its reviewer's words.
+    assert '<th scope="col">Reason</th>' in item
+    for task, reason in zip(tasks, INFORMAL, strict=True):
+        assert f"<td>{task}</td><td>rejected</td><td>{reason}</td>" in item
 
 
 def test_reasons_that_do_not_recur_make_no_proposal(line):
