@@ -18,6 +18,16 @@ decisions, and find changes the evidence supports:
 - ``rewrite``: with a real provider configured (its key present), ask its model
   to rewrite the template from the failures. Never with simulated tiers only:
   the simulated model cannot write prompts, and pretending it did would be a lie.
+- ``reasons``: reviewers sent answers back for the same reason, in words of their
+  own (experiments.clusters groups their reasons by meaning): with a real
+  provider, its model rewrites the template from those failures and reasons
+  (a reflective step, GEPA's idea); with simulated tiers only, the template gets
+  an instruction naming the failure and, where reviewers corrected some, up to
+  three corrections as examples. It takes over from ``few_shot`` and ``rewrite``
+  where their evidence is the cluster's.
+- ``retrieval``: reviewers keep writing answers themselves (recurring
+  corrections) and the knowledge base holds enough accepted answers: opt in to
+  retrieval few-shot, ``{examples}`` (experiments.few_shot).
 
 **Do** (``cycle``): open at most one proposal per cycle, the plan whose evidence
 concerns the largest share of outputs, through ``proposal_create`` as the kaizen
@@ -38,7 +48,7 @@ import os
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -50,20 +60,24 @@ from django.utils import timezone
 
 from andon.inspection import parse_checks
 from andon.models import Escalation, Inspection
-from boards.agents.providers import ModelRequest, ProviderError, get_provider
+from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 from boards.agents.spec import (
     BUILTIN_VARIABLES,
+    EXAMPLES_DEFAULT,
+    EXAMPLES_VARIABLE,
     ConfigError,
     Tier,
     check_template,
+    examples_wanted,
     parse_cascade,
     parse_parameters,
     parse_variables,
     template_fields,
 )
 from boards.models import Agent, Task
-from experiments import services, tuning
-from experiments.models import ChangeProposal, Experiment, PromptVersion, normal_prompt_fields
+from experiments import clusters, few_shot, services, tuning
+from experiments.embeddings import get_embedder
+from experiments.models import ChangeProposal, Experiment, Pattern, PromptVersion, normal_prompt_fields
 from experiments.planning import Plan
 from experiments.planning import Window as _Window
 from experiments.planning import current_fields as _current_fields
@@ -103,6 +117,19 @@ REWRITE_MAX_TOKENS = 2000
 REAL_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 # Tier settings that say how to reach the model, kept for the rewrite call.
 _TRANSPORT = ("base_url", "api_key_env", "timeout", "max_retries", "max_in_flight", "temperature")
+
+# reasons
+# The newest rejected and corrected answers read per cycle (their reasons are embedded).
+MAX_REASONED = 500
+MAX_REASONS_SHOWN = 5
+MAX_MEMBERS_SHOWN = 10
+# The most of a reviewer's reason an added instruction quotes.
+MAX_REASON_CHARS = 200
+
+# retrieval
+MIN_CORRECTIONS_FOR_RETRIEVAL = 3
+# Accepted answers the knowledge base must hold before its examples are worth a search per task.
+MIN_GOOD_FOR_RETRIEVAL = 20
 
 QUOTE = 160
 
@@ -276,10 +303,25 @@ def _clusters(escalations: list[Escalation]) -> list[tuple[str, list[Escalation]
     return sorted(result, key=lambda item: -len(item[1]))
 
 
+def _with_examples(template: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """The template with (input, corrected answer) pairs before it as examples."""
+    blocks = [
+        f"Input: {_escape(given.strip())}\nAnswer: {_escape(answer.strip())}" for given, answer in pairs
+    ]
+    return EXAMPLES_MARKER + "\n\n" + "\n\n".join(blocks) + "\n\nNow the task.\n\n" + template
+
+
 def _plan_few_shot(window: _Window) -> Plan | None:
     agent = window.agent
-    if window.n < MIN_OUTPUTS or EXAMPLES_MARKER in agent.prompt_template:
+    template = agent.prompt_template
+    if window.n < MIN_OUTPUTS or EXAMPLES_MARKER in template:
         return None
+    if examples_wanted(template) is not None:
+        # Retrieval few-shot shows corrections of the most similar tasks already.
+        return None
+    # A group whose rejections are mostly a recurring cluster of reviewers' reasons
+    # is that planner's evidence (``reasons``): not proposed twice, in two forms.
+    in_clusters = {task for cluster in _recurring_clusters(window) for task in cluster.tasks}
     decided = list(
         Escalation.objects.filter(
             agent=agent,
@@ -293,6 +335,8 @@ def _plan_few_shot(window: _Window) -> Plan | None:
     for label, group in _clusters(decided):
         if len(group) < MIN_REJECTIONS:
             break
+        if 2 * sum(1 for e in group if e.task_id in in_clusters) >= len(group):
+            continue
         corrections = [
             e
             for e in group
@@ -308,13 +352,9 @@ def _plan_few_shot(window: _Window) -> Plan | None:
 
 def _few_shot(window: _Window, label: str, group: list[Escalation], corrections: list[Escalation]) -> Plan:
     agent = window.agent
-    blocks = [
-        f"Input: {_escape(e.task.input.strip())}\nAnswer: {_escape(e.corrected_output.strip())}"
-        for e in corrections
-    ]
     fields = _current_fields(agent)
-    fields["prompt_template"] = (
-        EXAMPLES_MARKER + "\n\n" + "\n\n".join(blocks) + "\n\nNow the task.\n\n" + agent.prompt_template
+    fields["prompt_template"] = _with_examples(
+        agent.prompt_template, [(e.task.input, e.corrected_output) for e in corrections]
     )
     statuses = Counter(e.status for e in group)
     notes = [e.note.strip() for e in group if e.note.strip()][:5]
@@ -463,21 +503,10 @@ def _clean_rewrite(text: str) -> str:
     return text
 
 
-def _plan_rewrite(window: _Window) -> Plan | None:
-    agent = window.agent
-    if window.n < MIN_OUTPUTS:
-        return None
-    defects = sum(1 for o in window.outputs if not o["passed"])
-    if defects < MIN_DEFECTS_FOR_REWRITE:
-        return None
-    tier = rewrite_tier(agent)
-    if tier is None:
-        logger.info("kaizen: %s has no real provider with its key set: no rewrite by a model", agent.name)
-        return None
-    if _rewrite_proposed(window):
-        return None
-    failures = _failures(window)
-    prompt = rewrite_request(agent, failures, defects=defects, outputs=window.n, days=window.days)
+def _model_rewrite(agent: Agent, tier: Tier, prompt: str) -> tuple[str, ModelResponse] | None:
+    """Ask ``tier``'s model to rewrite the agent's template (``prompt`` says how);
+    its template and answer, or None (logged) when the call fails or the
+    template it gives is unusable: malformed, unchanged, or dropping a placeholder."""
     request_settings = {k: v for k, v in tier.parameters.items() if k in _TRANSPORT}
     request_settings["max_tokens"] = REWRITE_MAX_TOKENS
     try:
@@ -522,6 +551,33 @@ def _plan_rewrite(window: _Window) -> Plan | None:
             why,
         )
         return None
+    return template, response
+
+
+def _plan_rewrite(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS:
+        return None
+    defects = sum(1 for o in window.outputs if not o["passed"])
+    if defects < MIN_DEFECTS_FOR_REWRITE:
+        return None
+    tier = rewrite_tier(agent)
+    if tier is None:
+        logger.info("kaizen: %s has no real provider with its key set: no rewrite by a model", agent.name)
+        return None
+    if _rewrite_proposed(window):
+        return None
+    if _reason_cluster(window) is not None:
+        # The failures reviewers gave one reason for get a rewrite of their own
+        # (``reasons``), from that reason: one model call, one rewrite a cycle.
+        logger.info("kaizen: %s's recurring reviewers' reasons are rewritten for instead", agent.name)
+        return None
+    failures = _failures(window)
+    prompt = rewrite_request(agent, failures, defects=defects, outputs=window.n, days=window.days)
+    rewritten = _model_rewrite(agent, tier, prompt)
+    if rewritten is None:
+        return None
+    template, response = rewritten
     fields = _current_fields(agent)
     fields["prompt_template"] = template
     checks = Counter(
@@ -566,6 +622,341 @@ def _plan_rewrite(window: _Window) -> Plan | None:
     return Plan("rewrite", fields, rationale, evidence, strength=defects / window.n)
 
 
+# --- plan: recurring reviewers' reasons -> an instruction and examples, or a rewrite ----
+
+
+def _reason_failures(window: _Window) -> list[clusters.Failure]:
+    """The answers of the active version reviewers rejected or corrected in the
+    window with a reason (a correction's note), newest first."""
+    agent = window.agent
+    rows = (
+        Pattern.objects.filter(
+            agent=agent,
+            prompt_version=agent.prompt_version,
+            verdict__in=(Pattern.Verdict.REJECTED, Pattern.Verdict.CORRECTED),
+            created_at__gte=window.since,
+        )
+        .exclude(reason="")
+        .order_by("-created_at", "-pk")
+        .values("pk", "task_id", "verdict", "reason", "output", "correction", "task__input")[:MAX_REASONED]
+    )
+    return [
+        clusters.Failure(
+            pattern=row["pk"],
+            task=row["task_id"],
+            verdict=row["verdict"],
+            reason=row["reason"],
+            input=row["task__input"],
+            output=row["output"],
+            correction=row["correction"],
+        )
+        for row in rows
+    ]
+
+
+def _recurring_clusters(window: _Window) -> list[clusters.Cluster]:
+    """The clusters of reviewers' reasons that recur in the window, largest first
+    (read once a cycle: the reasons are embedded)."""
+    if "recurring_clusters" not in window.memo:
+        window.memo["recurring_clusters"] = _find_recurring_clusters(window)
+    return window.memo["recurring_clusters"]
+
+
+def _find_recurring_clusters(window: _Window) -> list[clusters.Cluster]:
+    failures = _reason_failures(window)
+    if len({f.task for f in failures}) < clusters.MIN_TASKS:
+        return []  # nothing could recur: no embedding
+    try:
+        found = clusters.reason_clusters(failures, get_embedder())
+    except Exception as exc:
+        # The embedder missing or failing skips this plan, never the cycle.
+        logger.warning(
+            "kaizen: clustering %s's reviewers' reasons failed, skipped: %s", window.agent.name, exc
+        )
+        return []
+    return [cluster for cluster in found if cluster.recurs]
+
+
+def _reason_cluster(window: _Window) -> clusters.Cluster | None:
+    """The largest recurring cluster not proposed for already: a kaizen proposal
+    from the active version, in the window, on at least half of its tasks."""
+    recurring = _recurring_clusters(window)
+    if not recurring:
+        return None
+    earlier = [
+        set(evidence.get("tasks") or [])
+        for evidence in ChangeProposal.objects.filter(
+            agent=window.agent,
+            source=PromptVersion.Source.KAIZEN,
+            base_version__number=window.agent.prompt_version,
+            evidence__kind="reasons",
+            created_at__gte=window.since,
+        ).values_list("evidence", flat=True)
+        if isinstance(evidence, dict)
+    ]
+    for cluster in recurring:
+        tasks = set(cluster.tasks)
+        if any(2 * len(tasks & before) >= len(tasks) for before in earlier):
+            logger.info(
+                'kaizen: %s\'s recurring reason "%s" was proposed for already',
+                window.agent.name,
+                _quote(cluster.representative, 80),
+            )
+            continue
+        return cluster
+    return None
+
+
+def _cluster_corrections(cluster: clusters.Cluster) -> list[clusters.Failure]:
+    """Up to MAX_EXAMPLES of the cluster's corrections, one a task, short enough to show."""
+    chosen: dict[int, clusters.Failure] = {}
+    for member in cluster.members:
+        if (
+            member.verdict == Pattern.Verdict.CORRECTED
+            and member.correction.strip()
+            and member.input.strip()
+            and len(member.correction) <= MAX_EXAMPLE_CHARS
+            and len(member.input) <= MAX_EXAMPLE_CHARS
+        ):
+            chosen.setdefault(member.task, member)
+    return list(chosen.values())[:MAX_EXAMPLES]
+
+
+def reasons_request(agent: Agent, cluster: clusters.Cluster, *, days: int) -> str:
+    """What the model is asked: the template, its placeholders, the one failure
+    reviewers keep naming, in their words, and answers they sent back for it."""
+    try:
+        declared = parse_variables(agent.prompt_variables)
+    except ConfigError:
+        declared = []
+    available = ", ".join(f"{{{name}}}" for name in (*BUILTIN_VARIABLES, *declared))
+    lines = [
+        f"You improve the prompt template of an AI agent named {agent.name!r}.",
+        "The template is filled in with Python's str.format: each {name} placeholder is replaced by a "
+        f"value (available: {available}); write {{{{ and }}}} for a literal brace.",
+        "",
+        "The current template, between the lines of <<< and >>>:",
+        "<<<",
+        agent.prompt_template,
+        ">>>",
+        "",
+        f"In the last {days} days, reviewers sent back {len(cluster.members)} of its answers, to "
+        f"{len(cluster.tasks)} different tasks, for the same reason. Their words:",
+    ]
+    lines += [f'- "{reason}"' + (f" ({n} times)" if n > 1 else "") for reason, n in cluster.reasons[:8]]
+    lines += ["", "Some of those answers:"]
+    shown: set[int] = set()
+    number = 0
+    for member in cluster.members:
+        if member.task in shown or number == MAX_FAILURES_SHOWN:
+            continue
+        shown.add(member.task)
+        number += 1
+        lines.append(f"{number}. Input: {_quote(member.input, 400)}")
+        lines.append(f"   Output: {_quote(member.output, 400)}")
+        lines.append(f"   The reviewer {member.verdict} it: {member.reason.strip()}")
+        if member.correction.strip():
+            lines.append(f"   The reviewer's corrected output: {_quote(member.correction, 400)}")
+    lines += [
+        "",
+        "Work out what in the template lets this failure happen, and rewrite the template so that it "
+        "stops recurring, without making the other answers worse. Keep every placeholder the current "
+        "template uses. Reply with the new template only: no commentary, no code fences, no <<< >>> "
+        "markers.",
+    ]
+    return "\n".join(lines)
+
+
+def _plan_reasons(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS:
+        return None
+    cluster = _reason_cluster(window)
+    if cluster is None:
+        return None
+    template = agent.prompt_template
+    fields = _current_fields(agent)
+    statuses = Counter(member.verdict for member in cluster.members)
+    reasons = cluster.reasons
+    evidence: dict[str, Any] = {
+        "kind": "reasons",
+        "window_days": window.days,
+        "outputs": window.n,
+        "cluster_size": len(cluster.members),
+        "rejected": statuses[Pattern.Verdict.REJECTED],
+        "corrected": statuses[Pattern.Verdict.CORRECTED],
+        "representative_reason": cluster.representative,
+        "cohesion": cluster.cohesion,
+        "reasons": [reason + (f" (×{n})" if n > 1 else "") for reason, n in reasons[:MAX_REASONS_SHOWN]],
+        "tasks": cluster.tasks,
+        "members": [
+            {
+                "task": member.task,
+                "verdict": member.verdict,
+                "reason": _quote(member.reason, 200),
+                "output": _quote(member.output, 200),
+                "correction": _quote(member.correction, 200),
+            }
+            for member in cluster.members[:MAX_MEMBERS_SHOWN]
+        ],
+    }
+    tier = rewrite_tier(agent)
+    if tier is not None:
+        rewritten = _model_rewrite(agent, tier, reasons_request(agent, cluster, days=window.days))
+        if rewritten is None:
+            return None
+        fields["prompt_template"], response = rewritten
+        evidence["model"] = {
+            "provider": tier.provider,
+            "model": tier.model,
+            "tokens_in": response.tokens_in,
+            "tokens_out": response.tokens_out,
+            "cost": _money(tier.cost(response.tokens_in, response.tokens_out)),
+        }
+        change = f"the template as {tier.provider}/{tier.model} rewrote it from those answers and reasons"
+    else:
+        named = _quote(cluster.representative, MAX_REASON_CHARS)
+        if named.lower() in " ".join(template.split()).lower():
+            return None  # the template names this failure already
+        instruction = (
+            f'Reviewers have sent answers back saying "{_escape(named)}": '
+            "check that yours does not deserve the same."
+        )
+        proposed = template.rstrip() + "\n\n" + instruction
+        change = f"add the instruction {instruction.replace('{{', '{').replace('}}', '}')!r}"
+        examples = []
+        if examples_wanted(template) is None and EXAMPLES_MARKER not in template:
+            examples = _cluster_corrections(cluster)
+        if examples:
+            proposed = _with_examples(proposed, [(member.input, member.correction) for member in examples])
+            change += f", and {len(examples)} of the reviewers' corrections as examples"
+            evidence["examples"] = [
+                {"task": member.task, "input": member.input, "corrected_output": member.correction}
+                for member in examples
+            ]
+        fields["prompt_template"] = proposed
+    others = [reason for reason, _ in reasons if reason != cluster.representative]
+    said = "; ".join(f'"{_quote(reason, 100)}"' for reason in others[:3])
+    rationale = (
+        f"Recurring objection: reviewers sent back {len(cluster.members)} answers to {len(cluster.tasks)} "
+        f"tasks in the last {window.days} days for the same reason "
+        f"({statuses[Pattern.Verdict.REJECTED]} rejected, {statuses[Pattern.Verdict.CORRECTED]} corrected, "
+        f'of {window.n} outputs), put most clearly as "{_quote(cluster.representative, 120)}"'
+        + (f"; they also said {said}" if said else "")
+        + f". For example tasks {', '.join(str(task) for task in cluster.tasks[:3])}. Proposed: {change}."
+    )
+    return Plan("reasons", fields, rationale, evidence, strength=len(cluster.tasks) / window.n)
+
+
+# --- plan: recurring corrections -> retrieval few-shot ---------------------------------
+
+
+def _insert_examples(template: str) -> str:
+    """``{examples}`` placed before the paragraph holding the input when
+    instructions come before it (instructions, examples, then the task), else
+    after the template."""
+    paragraphs = template.split("\n\n")
+    for index, paragraph in enumerate(paragraphs):
+        try:
+            fields = template_fields(paragraph)
+        except ValueError:
+            continue
+        if "input" in fields:
+            if index > 0:
+                return "\n\n".join([*paragraphs[:index], "{" + EXAMPLES_VARIABLE + "}", *paragraphs[index:]])
+            break
+    return template.rstrip() + "\n\n{" + EXAMPLES_VARIABLE + "}"
+
+
+def _retrieval_preview(agent: Agent, task_id: int) -> list[dict]:
+    """The examples retrieval would have shown the task with (for the evidence)."""
+    task = Task.objects.only("pk", "title", "input").get(pk=task_id)
+    try:
+        found = few_shot.examples_for(agent_id=agent.pk, task=task, count=EXAMPLES_DEFAULT)
+    except Exception as exc:
+        logger.warning("kaizen: previewing %s's retrieved examples failed: %s", agent.name, exc)
+        return []
+    return [
+        {
+            "for_task": task_id,
+            "example_task": example.task,
+            "verdict": example.verdict,
+            "similarity": round(example.similarity, 3),
+            "input": _quote(example.input, 120),
+        }
+        for example in found
+    ]
+
+
+def _plan_retrieval(window: _Window) -> Plan | None:
+    agent = window.agent
+    template = agent.prompt_template
+    if window.n < MIN_OUTPUTS or examples_wanted(template) is not None:
+        return None
+    try:
+        parse_variables(agent.prompt_variables)
+        template_fields(template)
+    except (ConfigError, ValueError):
+        return None
+    corrected = list(
+        Pattern.objects.filter(
+            agent=agent,
+            prompt_version=agent.prompt_version,
+            verdict=Pattern.Verdict.CORRECTED,
+            created_at__gte=window.since,
+        )
+        .exclude(correction="")
+        .order_by("-created_at", "-pk")
+        .values("task_id", "correction", "task__input")[:200]
+    )
+    tasks = list(dict.fromkeys(row["task_id"] for row in corrected))
+    if len(tasks) < MIN_CORRECTIONS_FOR_RETRIEVAL:
+        return None
+    good = Pattern.objects.filter(agent=agent, verdict__in=Pattern.GOOD, vector__isnull=False).count()
+    if good < MIN_GOOD_FOR_RETRIEVAL:
+        return None
+    fields = _current_fields(agent)
+    fields["prompt_template"] = _insert_examples(template)
+    latest = corrected[0]
+    preview = _retrieval_preview(agent, latest["task_id"])
+    evidence = {
+        "kind": "retrieval",
+        "window_days": window.days,
+        "outputs": window.n,
+        "corrections": len(corrected),
+        "corrected_tasks": tasks[:20],
+        "good_patterns": good,
+        "examples_per_task": EXAMPLES_DEFAULT,
+        "corrections_shown": [
+            {
+                "task": row["task_id"],
+                "input": _quote(row["task__input"], 200),
+                "correction": _quote(row["correction"], 200),
+            }
+            for row in corrected[:3]
+        ],
+        "preview": preview,
+    }
+    rationale = (
+        f"Recurring corrections: reviewers wrote the answer themselves for {len(tasks)} tasks in the last "
+        f"{window.days} days (of {window.n} outputs), and the knowledge base holds {good} accepted answers "
+        f"of {agent.name}'s past tasks. Proposed: opt in to retrieval few-shot, {{examples}} in the "
+        f"template: each task is shown the accepted answers to the {EXAMPLES_DEFAULT} past tasks most like "
+        "it (a reviewer's correction where there is one, never a rejected answer); it costs each task an "
+        "embedding and a search."
+    )
+    if preview:
+        rationale += (
+            f" For task {latest['task_id']} ({_quote(latest['task__input'], 60)!r}) they would have been "
+            + ", ".join(
+                f"task {p['example_task']} ({p['verdict']}, similarity {p['similarity']:.2f})"
+                for p in preview
+            )
+            + "."
+        )
+    return Plan("retrieval", fields, rationale, evidence, strength=len(tasks) / window.n)
+
+
 # --- plan, do ------------------------------------------------------------------------
 
 
@@ -577,6 +968,8 @@ PLANNERS = (
     tuning.plan_sampling,
     _plan_few_shot,
     _plan_rewrite,
+    _plan_reasons,
+    _plan_retrieval,
 )
 
 

@@ -185,7 +185,9 @@ def test_outputs_older_than_the_window_are_not_evidence(line):
 # --- recurring rejections -> few-shot examples -----------------------------------
 
 
-def _decided(board, agent, *, corrections: int, rejections: int) -> None:
+def _decided(board, agent, *, corrections: int, rejections: int, correction_note: str = "") -> None:
+    # The corrections carry no note by default: three notes saying one thing would
+    # be a recurring reason, the ``reasons`` plan's evidence (tests/experiments/test_pdca_reasons.py).
     user = make_reviewer()
     for i in range(corrections):
         escalation = _escalation(board, input=f"housing {{{i}}} has a scratch")
@@ -193,7 +195,7 @@ def _decided(board, agent, *, corrections: int, rejections: int) -> None:
             escalation=escalation,
             user=user,
             output=f'Scratch on housing {i}: {{"severity": "minor"}}',
-            note="say which part and how bad",
+            note=correction_note,
         )
     for i in range(rejections):
         escalation = _escalation(board, input=f"seal {i} leaks")
