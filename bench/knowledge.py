@@ -1,11 +1,5 @@
 """The knowledge base's figures (`make bench`, issue 14).
 
-- ``embed_texts_per_s`` (and ``embed_one_text_ms`` p50): the local sentence
-  embedder (experiments.embeddings) on task-like texts of 10–80 words, batched
-  as the embedder service batches them, in this process;
-- ``recall_at_1`` / ``recall_at_5`` on bench/data/paraphrases.jsonl (each query
-  against every match), for the embeddings and, in the same run, for a word-overlap
-  (Jaccard) baseline: ``overlap_recall_at_1`` / ``overlap_recall_at_5``;
 - ``line_knowledge_off_tasks_per_s`` and ``line_knowledge_on_tasks_per_s``: the
   whole line (bench/run.py's measure, one HTTP request per task, PostgreSQL,
   every task its own input so each must be embedded), without the knowledge base
@@ -20,15 +14,16 @@
   (bench/knowledge_search.py): numpy on SQLite, pgvector's HNSW index on a
   bundled PostgreSQL with the extension.
 
+The embedder's own speed and its retrieval quality against word overlap are
+bench/embeddings.py's; what ``{examples}`` costs a task is bench/few_shot.py's.
+
 Prints one ``name=value`` line per figure and records the run in bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import statistics
 import sys
 import threading
@@ -40,74 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import DEFAULT_DB, DEFAULT_REDIS, Bench, record  # noqa: E402  (after sys.path)
 from kaizen_web import processes  # noqa: E402
-
-PARAPHRASES = ROOT / "bench" / "data" / "paraphrases.jsonl"
-WORD = re.compile(r"[a-z0-9]+")
-
-
-def load_pairs() -> list[dict]:
-    return [json.loads(line) for line in PARAPHRASES.read_text().splitlines() if line.strip()]
-
-
-def recall(scores, ks=(1, 5)) -> dict[int, float]:
-    """Each query's match is its own row: the share of queries whose match is
-    among the k best-scored."""
-    import numpy as np
-
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.array([int(np.where(order[i] == i)[0][0]) for i in range(len(scores))])
-    return {k: float(np.mean(ranks < k)) for k in ks}
-
-
-def overlap_scores(queries: list[str], matches: list[str]):
-    import numpy as np
-
-    def words(text: str) -> set[str]:
-        return set(WORD.findall(text.lower()))
-
-    q, m = [words(t) for t in queries], [words(t) for t in matches]
-    scores = np.zeros((len(q), len(m)))
-    for i, a in enumerate(q):
-        for j, b in enumerate(m):
-            union = a | b
-            scores[i, j] = len(a & b) / len(union) if union else 0.0
-    return scores
-
-
-def bench_embeddings() -> dict[str, float | str]:
-    import numpy as np
-
-    from experiments.embeddings import get_embedder
-
-    embedder = get_embedder()
-    pairs = load_pairs()
-    queries = [p["query"] for p in pairs]
-    matches = [p["match"] for p in pairs]
-    texts = (queries + matches) * 3
-    embedder.embed(texts[:8])  # load the weights first: loading is not embedding
-    start = time.perf_counter()
-    for i in range(0, len(texts), 64):
-        embedder.embed(texts[i : i + 64])
-    elapsed = time.perf_counter() - start
-    one = []
-    for text in queries[:60]:
-        t = time.perf_counter()
-        embedder.embed([text])
-        one.append((time.perf_counter() - t) * 1000)
-    q, m = embedder.embed(queries), embedder.embed(matches)
-    ours = recall(q @ m.T)
-    words = recall(overlap_scores(queries, matches))
-    return {
-        "embed_model": embedder.name,
-        "embed_texts_per_s": len(texts) / elapsed,
-        "embed_one_text_ms_p50": statistics.median(one),
-        "paraphrase_pairs": len(pairs),
-        "recall_at_1": ours[1],
-        "recall_at_5": ours[5],
-        "overlap_recall_at_1": words[1],
-        "overlap_recall_at_5": words[5],
-        "embed_mean_words": float(np.mean([len(t.split()) for t in texts])),
-    }
 
 
 class KnowledgeLine:
@@ -242,7 +169,6 @@ def main() -> None:
     bench.purge()
     results: dict[str, float | str] = {}
     try:
-        results.update(bench_embeddings())
         if not args.skip_line:
             port = bench.start_web()
             results.update(KnowledgeLine(bench).run(port, args.tasks, args.rounds))
