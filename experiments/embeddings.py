@@ -175,7 +175,6 @@ class _Bert:
     layers: tuple[_Layer, ...]
     heads: int
     eps: float
-    max_tokens: int
 
 
 _models: dict[Path, _Bert] = {}
@@ -214,6 +213,8 @@ def _load_bert(model_dir: Path) -> _Bert:
             f"hidden size {config.get('hidden_size')})"
         )
     try:
+        # safetensors' own reader rather than parsing the (simple) format here: it
+        # checks the header against the file and reads 90 MB in a tenth of a second.
         w = load_file(str(model_dir / "model.safetensors"))
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     except Exception as exc:  # safetensors and tokenizers raise their own kinds
@@ -273,8 +274,31 @@ def _load_bert(model_dir: Path) -> _Bert:
         layers=tuple(layers),
         heads=heads,
         eps=float(config["layer_norm_eps"]),
-        max_tokens=max_tokens,
     )
+
+
+# numpy's BLAS (OpenBLAS) starts a thread per core and keeps them spinning between
+# calls. Beside other busy processes, as on a one-box install where the web server,
+# the workers and PostgreSQL share two cores, the spinning threads wait on each other
+# and MiniLM ran 3 to 12 times slower with two threads than with one (bench/README.md,
+# issue 14); alone on the machine two threads are at most twice as fast. So the
+# process's BLAS runs on one thread once MiniLM is used (``blas_threads=None`` leaves
+# it as the environment set it), and parallelism comes from the callers: worker
+# threads embedding at once each take a core.
+_blas_threads: int | None = None
+
+
+def _limit_blas_threads(count: int) -> None:
+    """Sets numpy's BLAS threads, once a process (the first MiniLM to ask decides)."""
+    global _blas_threads
+    if _blas_threads is not None:
+        return
+    with _models_lock:
+        if _blas_threads is None:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=count, user_api="blas")
+            _blas_threads = count
 
 
 def _bert(model_dir: Path) -> _Bert:
@@ -289,11 +313,13 @@ def _bert(model_dir: Path) -> _Bert:
     return model
 
 
-# Below this a query's exponentials are too small to trust, and it gets its own shift.
-_TINY_TOTAL = 1e-30
-# exp(-80) is still a normal float32; clamping there spares the arithmetic on
-# denormals (slow on some processors) and changes no weight by more than 1e-34.
+# Shifted scores are clamped at -80: exp(-80) is still a normal float32, and the
+# clamp spares the arithmetic on denormals (slow on some processors). A query whose
+# exponentials total less than 1e-20 (its best score some 46 below its head's best)
+# is redone with its own shift; for every other one the clamp moves a weight by
+# less than e^-34 of the total.
 _LOWEST_SHIFTED = np.float32(-80.0)
+_TINY_TOTAL = 1e-20
 
 
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_bias: np.ndarray | None) -> np.ndarray:
@@ -304,7 +330,7 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_bias: np.ndarray
     faster than along short rows, and the matmul takes the transposed view as it is.
     The softmax is the same whatever is subtracted first, so one shift per (text,
     head), one fast reduction, stands in for one per query; exp() keeps full float32
-    precision far below 1e-30, so only a query whose best score lies some 70 below
+    precision far below 1e-20, so only a query whose best score lies some 46 below
     its head's best needs its own, and those few are redone with it."""
     scores = np.matmul(k, q.transpose(0, 1, 3, 2))
     if key_bias is not None:
@@ -314,14 +340,16 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_bias: np.ndarray
     np.exp(scores, out=scores)
     probs = scores.transpose(0, 1, 3, 2)  # (batch, heads, query, key), a view
     totals = np.matmul(probs, np.ones((probs.shape[-1], 1), dtype=np.float32))
-    for b, h, i in zip(*np.nonzero(totals[..., 0] < _TINY_TOTAL), strict=True):
-        row = k[b, h] @ q[b, h, i]
+    b, h, i = np.nonzero(totals[..., 0] < _TINY_TOTAL)
+    if b.size:
+        rows = np.matmul(k[b, h], q[b, h, i][:, :, None])[:, :, 0]  # (redone, key)
         if key_bias is not None:
-            row += key_bias[b, 0, :, 0]
-        row -= row.max()
-        np.exp(row, out=row)
-        probs[b, h, i] = row
-        totals[b, h, i, 0] = row.sum()
+            rows += key_bias[b, 0, :, 0]
+        rows -= rows.max(axis=1, keepdims=True)
+        np.maximum(rows, _LOWEST_SHIFTED, out=rows)
+        np.exp(rows, out=rows)
+        probs[b, h, i] = rows
+        totals[b, h, i, 0] = rows.sum(axis=1)
     context = np.matmul(probs, v)  # (batch, heads, query, head_size)
     context /= totals
     return context
@@ -344,7 +372,7 @@ def _forward(model: _Bert, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     _layer_norm_inplace(x, model.ln_w, model.ln_b, model.eps)
 
     # Padding tokens get no attention: a large negative score before the softmax,
-    # as transformers adds dtype-min there (both give them a weight of exactly 0).
+    # as transformers adds dtype-min there (here a weight under e^-80 of the best key's).
     key_bias = None
     if not mask.all():
         key_bias = ((mask.astype(np.float32) - 1) * np.float32(1e9))[:, None, :, None]
@@ -386,17 +414,27 @@ class MiniLM:
 
     The weights load on the first ``embed`` (or ``load()``), once a process, shared by
     every instance and thread. A call is split into sub-batches of texts of similar
-    length, so little of the work is padding; rows come back in the caller's order."""
+    length, so little of the work is padding; rows come back in the caller's order.
+    numpy's BLAS then runs on ``blas_threads`` threads in this process (see
+    ``_limit_blas_threads``)."""
 
     name = f"local:{MINILM_NAME}"
     dim = 384
 
-    def __init__(self, *, model_dir: Path | None = None, batch_size: int = 32, padding: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        model_dir: Path | None = None,
+        batch_size: int = 32,
+        padding: float = 0.1,
+        blas_threads: int | None = 1,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._model_dir = model_dir
         self.batch_size = batch_size
         self.padding = padding
+        self.blas_threads = blas_threads
 
     @property
     def model_dir(self) -> Path:
@@ -404,11 +442,17 @@ class MiniLM:
 
     def load(self) -> None:
         """Loads the weights now (a worker may do it at start rather than on its first task)."""
-        _bert(self.model_dir)
+        self._model()
+
+    def _model(self) -> _Bert:
+        model = _bert(self.model_dir)
+        if self.blas_threads is not None:
+            _limit_blas_threads(self.blas_threads)
+        return model
 
     def tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids after truncation, [CLS] and [SEP] included."""
-        model = _bert(self.model_dir)
+        model = self._model()
         return [encoding.ids for encoding in model.tokenizer.encode_batch(list(texts))]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -416,7 +460,7 @@ class MiniLM:
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return result
-        model = _bert(self.model_dir)
+        model = self._model()
         ids_of = [encoding.ids for encoding in model.tokenizer.encode_batch(texts)]
         for rows in _sub_batches([len(ids) for ids in ids_of], self.batch_size, self.padding):
             length = len(ids_of[rows[-1]])  # the longest of the sub-batch
@@ -429,18 +473,28 @@ class MiniLM:
         return _normalised(result)
 
 
+# Padded tokens in one forward pass at most: the attention scores of 8 texts of 256
+# tokens are then 25 MB, and a dense layer's matmul already has rows enough to run
+# at the machine's pace.
+TOKENS_PER_PASS = 2048
+
+
 def _sub_batches(lengths: list[int], batch_size: int, padding: float) -> list[list[int]]:
     """Indices of the texts, shortest first, cut into sub-batches of at most
-    ``batch_size`` in which padding is at most ``padding`` of the real tokens (a
-    single text is always a sub-batch of its own). Every padded token costs what a
-    real one does, and one extra forward pass costs little beside it."""
+    ``batch_size`` texts and TOKENS_PER_PASS tokens in which padding is at most
+    ``padding`` of the real tokens (a single text is always a sub-batch of its own).
+    Every padded token costs what a real one does, and one extra forward pass costs
+    little beside it."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []
     current: list[int] = []
     tokens = 0
     for i in order:
         grown = len(current) + 1
-        if current and (grown > batch_size or grown * lengths[i] > (1 + padding) * (tokens + lengths[i])):
+        padded = grown * lengths[i]  # every row as long as this, the longest yet
+        if current and (
+            grown > batch_size or padded > TOKENS_PER_PASS or padded > (1 + padding) * (tokens + lengths[i])
+        ):
             batches.append(current)
             current, tokens = [], 0
         current.append(i)

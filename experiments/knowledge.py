@@ -244,16 +244,13 @@ def similar_patterns(
     index = vectors.vector_index(embedder.name)
     hits = index.search(
         query_vector(text, embedder),
-        # Room for hits dropped below: gone with their task, or on another board.
-        k=limit + 5 if board_ids is None else limit * 4 + 20,
+        # Room for hits dropped below: gone with their task since the index looked.
+        k=limit + 5,
         agent_ids=agent_ids,
         verdicts=verdicts,
         exclude_tasks=excluded,
+        board_ids=board_ids,
     )
     rows = Pattern.objects.select_related("task", "agent").in_bulk([h.pattern for h in hits])
-    found = [
-        Similar(rows[h.pattern], max(0.0, min(1.0, h.similarity)))
-        for h in hits
-        if h.pattern in rows and (board_ids is None or rows[h.pattern].board_id in board_ids)
-    ]
+    found = [Similar(rows[h.pattern], max(0.0, min(1.0, h.similarity))) for h in hits if h.pattern in rows]
     return found[:limit]

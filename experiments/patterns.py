@@ -15,7 +15,7 @@ services: the line calls it."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from andon.jidoka import FinishedRun
 from andon.models import Escalation
-from boards.models import ModelCall, Task
+from boards.models import Agent, ModelCall, Task
 from experiments.models import Pattern, PromptVersion
 
 # What is embedded of a task: its title and input, cut to what an embedding
@@ -46,12 +46,14 @@ def text_digest(text: str) -> str:
 @lru_cache(maxsize=1024)
 def _version_parameters(agent_id: int, number: int) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
     """A prompt version's generation parameters and its tiers (versions are
-    immutable, so a process may keep them)."""
+    immutable, so a process may keep them). An agent's active version has no row
+    until a change records it (agents made by a config file or the admin): then
+    the agent's own fields are the version's."""
     row = (
         PromptVersion.objects.filter(agent_id=agent_id, number=number)
         .values_list("parameters", "cascade")
         .first()
-    )
+    ) or Agent.objects.filter(pk=agent_id, prompt_version=number).values_list("parameters", "cascade").first()
     if row is None:
         return {}, ()
     parameters, cascade = row
@@ -153,7 +155,7 @@ def decision_patterns(escalations: Iterable[Escalation]) -> list[Pattern]:
     if not escalations:
         return []
     keys = {(e.task_id, e.attempt) for e in escalations}
-    calls: dict[tuple[int, int], list[Any]] = {}
+    calls: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for row in (
         ModelCall.objects.filter(task_id__in={task for task, _ in keys})
         .order_by("pk")
@@ -169,7 +171,7 @@ def decision_patterns(escalations: Iterable[Escalation]) -> list[Pattern]:
             continue
         mine = calls.get((escalation.task_id, escalation.attempt), [])
         accepted = [c for c in mine if c["accepted"]] or mine
-        verdict = _DECIDED[escalation.status]
+        verdict = _DECIDED[Escalation.Status(escalation.status)]
         rows.append(
             make_pattern(
                 task,

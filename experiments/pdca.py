@@ -4,18 +4,30 @@
 decisions, and find changes the evidence supports:
 
 - ``verbose``: outputs longer than they need be (token waste recorded on many of
-  them, or a median length far above the estimated optimum): lower
-  ``max_tokens`` to what passed outputs actually use, and ask for brevity when
-  that cap is still well above the optimum.
-- ``cheap_tier``: tier 1 of the cascade already gave answers that would pass,
-  yet the cascade escalated to dearer tiers: lower tier 1's threshold a little,
-  or drop the upper tiers when they never once made a difference.
+  them, or a median length far above the estimated optimum): ask for brevity
+  when max_tokens is still well above the optimum.
+- ``max_tokens``, ``tier1_threshold``, ``tier_order``, ``sampling``: the cascade
+  and the generation parameters, tuned from the evidence of what each tier and
+  setting delivered (experiments.tuning): max_tokens from the lengths of the
+  answers that passed, tier 1's threshold from its passed-over answers that would
+  have passed, dearer tiers that buy nothing dropped, a better temperature or
+  top_p where one was tried.
 - ``few_shot``: reviewers rejected or corrected several outputs for the same
   failed check (or with similar outputs): put their corrections into the
   template as examples.
 - ``rewrite``: with a real provider configured (its key present), ask its model
   to rewrite the template from the failures. Never with simulated tiers only:
   the simulated model cannot write prompts, and pretending it did would be a lie.
+- ``reasons``: reviewers sent answers back for the same reason, in words of their
+  own (experiments.clusters groups their reasons by meaning): with a real
+  provider, its model rewrites the template from those failures and reasons
+  (a reflective step, GEPA's idea); with simulated tiers only, the template gets
+  an instruction naming the failure and, where reviewers corrected some, up to
+  three corrections as examples. It takes over from ``few_shot`` and ``rewrite``
+  where their evidence is the cluster's.
+- ``retrieval``: reviewers keep writing answers themselves (recurring
+  corrections) and the knowledge base holds enough accepted answers: opt in to
+  retrieval few-shot, ``{examples}`` (experiments.few_shot).
 
 **Do** (``cycle``): open at most one proposal per cycle, the plan whose evidence
 concerns the largest share of outputs, through ``proposal_create`` as the kaizen
@@ -24,21 +36,19 @@ loop. A minor change starts its canary at once; a major one waits for a person.
 sequential test, every few minutes) and the human gates; nothing here repeats them.
 
 Evidence is read for the agent's active prompt version only: outputs of an older
-version say nothing about the prompt a proposal would change.
+version say nothing about the prompt a proposal would change (``sampling`` also
+reads the versions that differ from it in their generation parameters only).
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import logging
-import math
 import os
 import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -50,21 +60,27 @@ from django.utils import timezone
 
 from andon.inspection import parse_checks
 from andon.models import Escalation, Inspection
-from boards.agents.providers import ModelRequest, ProviderError, get_provider
+from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 from boards.agents.spec import (
     BUILTIN_VARIABLES,
+    EXAMPLES_DEFAULT,
+    EXAMPLES_VARIABLE,
     ConfigError,
     Tier,
-    cascade_json,
     check_template,
+    examples_wanted,
     parse_cascade,
     parse_parameters,
     parse_variables,
     template_fields,
 )
-from boards.models import Agent, ModelCall, Task
-from experiments import services
-from experiments.models import ChangeProposal, Experiment, PromptVersion, normal_prompt_fields
+from boards.models import Agent, Task
+from experiments import clusters, few_shot, services, tuning
+from experiments.embeddings import get_embedder
+from experiments.models import ChangeProposal, Experiment, Pattern, PromptVersion, normal_prompt_fields
+from experiments.planning import Plan
+from experiments.planning import Window as _Window
+from experiments.planning import current_fields as _current_fields
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +99,9 @@ CALLS_BEFORE_OUTPUT = timedelta(hours=1)
 # verbose
 WASTE_SHARE = 0.20
 MEDIAN_OVER_OPTIMAL = 2.0
-MIN_PASSED_FOR_CAP = 10
-MAX_TOKENS_FLOOR = 64
-MAX_TOKENS_STEP = 10
-# A cap above this many times the optimum still lets outputs run long: ask for brevity too.
+# max_tokens above this many times the optimum lets outputs run long: ask for brevity.
 BREVITY_OVER_OPTIMAL = 1.5
 BREVITY_MARKER = "Be concise:"
-
-# cheap_tier
-NEAR_THRESHOLD = 0.02
-MIN_NEEDLESS = 10
-NEEDLESS_SHARE = 0.5
-MIN_ESCALATIONS_TO_DROP = 20
-# "Slightly": one plan lowers tier 1's threshold by at most this much.
-MAX_THRESHOLD_STEP = 0.05
 
 # few_shot
 MIN_REJECTIONS = 3
@@ -113,36 +118,23 @@ REAL_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KE
 # Tier settings that say how to reach the model, kept for the rewrite call.
 _TRANSPORT = ("base_url", "api_key_env", "timeout", "max_retries", "max_in_flight", "temperature")
 
+# reasons
+# The newest rejected and corrected answers read per cycle (their reasons are embedded).
+MAX_REASONED = 500
+MAX_REASONS_SHOWN = 5
+MAX_MEMBERS_SHOWN = 10
+# The most of a reviewer's reason an added instruction quotes.
+MAX_REASON_CHARS = 200
+
+# retrieval
+MIN_CORRECTIONS_FOR_RETRIEVAL = 3
+# Accepted answers the knowledge base must hold before its examples are worth a search per task.
+MIN_GOOD_FOR_RETRIEVAL = 20
+
 QUOTE = 160
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A candidate improvement: the full proposed prompt fields (the agent's own,
-    changed), why in words that cite the evidence, and the evidence itself.
-    ``strength`` is the share of the window's outputs the evidence concerns."""
-
-    kind: str
-    fields: dict[str, Any]
-    rationale: str
-    evidence: dict[str, Any]
-    strength: float = field(default=0.0, compare=False)
-
-
 # --- reading the evidence ------------------------------------------------------------
-
-
-@dataclass
-class _Window:
-    agent: Agent
-    since: datetime
-    days: int
-    outputs: Sequence[Mapping[str, Any]]  # inspections, newest first
-    calls_since: datetime
-
-    @property
-    def n(self) -> int:
-        return len(self.outputs)
 
 
 def _window(agent: Agent, since: datetime) -> _Window:
@@ -160,10 +152,6 @@ def _window(agent: Agent, since: datetime) -> _Window:
         # length before them, so older calls need not be read either.
         calls_since = max(since, outputs[-1]["created_at"] - CALLS_BEFORE_OUTPUT)
     return _Window(agent=agent, since=since, days=days, outputs=outputs, calls_since=calls_since)
-
-
-def _current_fields(agent: Agent) -> dict[str, Any]:
-    return {name: copy.deepcopy(getattr(agent, name)) for name in PromptVersion.FIELDS}
 
 
 def _quote(text: str, limit: int = QUOTE) -> str:
@@ -220,58 +208,26 @@ def _plan_verbose(window: _Window) -> Plan | None:
     if share < WASTE_SHARE and not far_above:
         return None
 
-    fields = _current_fields(agent)
     try:
-        parameters = parse_parameters(agent.parameters)
-        tiers = parse_cascade(agent.cascade)
+        current = parse_parameters(agent.parameters).get("max_tokens")
     except ConfigError:
         return None
-    current = parameters.get("max_tokens")
-    passed = [o["tokens_out"] for o in outputs if o["passed"]]
-    p90 = (
-        statistics.quantiles(passed, n=10, method="inclusive")[8]
-        if len(passed) >= MIN_PASSED_FOR_CAP
-        else None
-    )
-    changes: list[str] = []
-    proposed = current
-    if p90 is not None:
-        cap = max(MAX_TOKENS_FLOOR, math.ceil(p90 / MAX_TOKENS_STEP) * MAX_TOKENS_STEP)
-        lower_agent = current is None or cap < current
-        # A tier's own max_tokens overrides the agent's: lower those too, or the cap does nothing there.
-        lower_tiers = any((t.parameters.get("max_tokens") or 0) > cap for t in tiers)
-        if lower_agent:
-            parameters["max_tokens"] = cap
-            fields["parameters"] = parameters
-            changes.append(
-                f"lower max_tokens from {current if current is not None else 'unset'} to {cap} "
-                f"(the 90th percentile of passed outputs, {p90:.0f} tokens, rounded up"
-                + (f", never below {MAX_TOKENS_FLOOR}" if cap == MAX_TOKENS_FLOOR else "")
-                + ")"
-            )
-        if lower_tiers:
-            cascade = cascade_json(tiers)
-            for tier in cascade:
-                if (tier["parameters"].get("max_tokens") or 0) > cap:
-                    tier["parameters"]["max_tokens"] = cap
-            fields["cascade"] = cascade
-            changes.append(f"lower the tiers' own max_tokens above {cap} to {cap}")
-        if lower_agent or lower_tiers:
-            proposed = cap
-    still_high = proposed is None or (optimal is not None and proposed > BREVITY_OVER_OPTIMAL * optimal)
+    # max_tokens is the tuning planner's (experiments.tuning.plan_max_tokens, from the
+    # lengths of the answers that passed): this plan asks for brevity, when the cap
+    # still lets answers run well past the optimum.
+    still_high = current is None or (optimal is not None and current > BREVITY_OVER_OPTIMAL * optimal)
     template = agent.prompt_template
-    if still_high and BREVITY_MARKER.lower() not in template.lower():
-        if optimal:
-            words = max(5, round(optimal * 0.75))
-            instruction = (
-                f"{BREVITY_MARKER} answer in about {words} words or fewer, without preamble or repetition."
-            )
-        else:
-            instruction = f"{BREVITY_MARKER} answer briefly, without preamble or repetition."
-        fields["prompt_template"] = template.rstrip() + "\n\n" + instruction
-        changes.append(f'ask for brevity ("{instruction}")')
-    if not changes:
+    if not still_high or BREVITY_MARKER.lower() in template.lower():
         return None
+    if optimal:
+        words = max(5, round(optimal * 0.75))
+        instruction = (
+            f"{BREVITY_MARKER} answer in about {words} words or fewer, without preamble or repetition."
+        )
+    else:
+        instruction = f"{BREVITY_MARKER} answer briefly, without preamble or repetition."
+    fields = _current_fields(agent)
+    fields["prompt_template"] = template.rstrip() + "\n\n" + instruction
 
     p90_all = statistics.quantiles(lengths, n=10, method="inclusive")[8]
     wasted = sum(o["waste_tokens"] for o in wasteful)
@@ -296,10 +252,9 @@ def _plan_verbose(window: _Window) -> Plan | None:
         "waste_share": round(share, 4),
         "median_tokens": median,
         "p90_tokens": p90_all,
-        "p90_passed_tokens": p90,
         "optimal_tokens": optimal,
         "wasted_tokens": wasted,
-        "max_tokens": {"current": current, "proposed": proposed},
+        "max_tokens": current,
         "example": example,
     }
     reasons = [
@@ -313,146 +268,11 @@ def _plan_verbose(window: _Window) -> Plan | None:
             f"for example task {example['task']} ({example['title']!r}): {example['tokens_out']} tokens, "
             f"{example['waste_tokens']} of them waste"
         )
-    rationale = "Verbose outputs: " + "; ".join(reasons) + ". Proposed: " + ", ".join(changes) + "."
+    rationale = "Verbose outputs: " + "; ".join(reasons) + f'. Proposed: ask for brevity ("{instruction}").'
     long_share = (
         sum(1 for n in lengths if n >= MEDIAN_OVER_OPTIMAL * optimal) / len(lengths) if optimal else 0.0
     )
     return Plan("verbose", fields, rationale, evidence, strength=max(share, long_share))
-
-
-# --- plan: the cheap tier already passes ---------------------------------------------
-
-
-def _plan_cheap_tier(window: _Window) -> Plan | None:
-    agent = window.agent
-    if window.n < MIN_OUTPUTS:
-        return None
-    try:
-        tiers = parse_cascade(agent.cascade)
-    except ConfigError:
-        return None
-    if len(tiers) < 2 or tiers[0].threshold is None:
-        return None
-    threshold = tiers[0].threshold
-    bar = _pass_bar(agent)
-    passed = {(o["task_id"], o["attempt"]): o["passed"] for o in window.outputs}
-    runs: dict[tuple[int, int], list[Mapping[str, Any]]] = defaultdict(list)
-    calls = (
-        ModelCall.objects.filter(
-            agent=agent,
-            prompt_version=agent.prompt_version,
-            created_at__gte=window.calls_since,
-            source__in=(ModelCall.Source.MODEL, ModelCall.Source.CACHE),
-        )
-        .order_by()
-        .values("task_id", "attempt", "tier", "confidence", "accepted", "error", "cost")
-    )
-    for call in calls.iterator():
-        runs[(call["task_id"], call["attempt"])].append(call)
-
-    escalations: list[dict] = []
-    rescued_errors = 0
-    upper_cost_all = Decimal(0)
-    for key, rows in runs.items():
-        if key not in passed:
-            continue
-        first = [r for r in rows if r["tier"] == 1]
-        taken = [r for r in rows if r["accepted"] and (r["tier"] or 0) >= 2]
-        if not taken:
-            continue
-        upper = sum((r["cost"] for r in rows if (r["tier"] or 0) >= 2), Decimal(0))
-        upper_cost_all += upper
-        usable = [r for r in first if not r["error"] and r["confidence"] is not None]
-        if not usable:
-            # Tier 1 failed outright and a dearer tier saved the run: that bought something.
-            rescued_errors += 1
-            continue
-        confidence = usable[-1]["confidence"]
-        would_pass = bar is not None and confidence >= bar
-        near = confidence >= threshold - NEAR_THRESHOLD
-        escalations.append(
-            {
-                "task": key[0],
-                "attempt": key[1],
-                "tier1_confidence": confidence,
-                "accepted_tier": max(r["tier"] for r in taken),
-                "upper_cost": upper,
-                "needless": passed[key] and (would_pass or near),
-            }
-        )
-    needless = [e for e in escalations if e["needless"]]
-    total = len(escalations) + rescued_errors
-    if len(needless) < MIN_NEEDLESS or len(needless) < NEEDLESS_SHARE * total:
-        return None
-    fields = _current_fields(agent)
-    cascade = cascade_json(tiers)
-    upper_needless = sum((e["upper_cost"] for e in needless), Decimal(0))
-    drop = len(needless) == total and total >= MIN_ESCALATIONS_TO_DROP
-    if drop:
-        fields["cascade"] = cascade[:1]
-        saving = upper_cost_all
-        change = (
-            f"drop the tiers above tier 1 ({', '.join(t.model for t in tiers[1:])}): "
-            "not one escalation to them changed the outcome"
-        )
-        new_threshold = None
-    else:
-        confidences = sorted(e["tier1_confidence"] for e in needless)
-        low = confidences[int(0.2 * (len(confidences) - 1))]
-        # round() first: 0.29 * 100 is 28.999..., which floor would take to 0.28.
-        new_threshold = math.floor(round(low * 100, 6)) / 100
-        new_threshold = max(new_threshold, round(threshold - MAX_THRESHOLD_STEP, 4))
-        if bar is not None:
-            new_threshold = max(new_threshold, bar)
-        new_threshold = round(new_threshold, 4)
-        if new_threshold >= threshold:
-            return None
-        cascade[0]["threshold"] = new_threshold
-        fields["cascade"] = cascade
-        saving = sum(
-            (e["upper_cost"] for e in needless if e["tier1_confidence"] >= new_threshold), Decimal(0)
-        )
-        change = f"lower tier 1's ({tiers[0].model}) threshold from {threshold:g} to {new_threshold:g}"
-    examples = [
-        {
-            "task": e["task"],
-            "tier1_confidence": e["tier1_confidence"],
-            "threshold": threshold,
-            "accepted_tier": e["accepted_tier"],
-            "upper_cost": _money(e["upper_cost"]),
-        }
-        for e in sorted(needless, key=lambda e: -e["upper_cost"])[:3]
-    ]
-    evidence = {
-        "kind": "cheap_tier",
-        "window_days": window.days,
-        "outputs": window.n,
-        "escalations": total,
-        "needless_escalations": len(needless),
-        "tier1_errors_rescued": rescued_errors,
-        "tier1_threshold": {"current": threshold, "proposed": new_threshold},
-        "pass_confidence": bar,
-        "upper_tier_cost": _money(upper_cost_all),
-        "upper_tier_cost_needless": _money(upper_needless),
-        "estimated_saving": _money(saving),
-        "examples": examples,
-    }
-    why = (
-        f"tier 1's confidence was at least the {bar:g} inspection asks for"
-        if bar is not None
-        else "tier 1's confidence"
-    ) + f" or within {NEAR_THRESHOLD:g} of its threshold {threshold:g}, and the final output passed"
-    example = examples[0]
-    rationale = (
-        f"The cheap tier already passes: of {total} outputs in the last {window.days} days that "
-        f"escalated past tier 1 ({tiers[0].model}), {len(needless)} ({_percent(len(needless), total)}) "
-        f"bought nothing ({why}). Those escalations cost ${_money(upper_needless):.4f} on the upper tiers "
-        f"(${_money(upper_cost_all):.4f} in all). For example task {example['task']}: tier 1 said "
-        f"{example['tier1_confidence']:g}, tier {example['accepted_tier']} was taken for "
-        f"${example['upper_cost']:.4f}. Proposed: {change}; estimated saving ${_money(saving):.4f} "
-        f"per {window.days} days."
-    )
-    return Plan("cheap_tier", fields, rationale, evidence, strength=len(needless) / window.n)
 
 
 # --- plan: recurring rejections -> few-shot examples ------------------------------
@@ -483,10 +303,25 @@ def _clusters(escalations: list[Escalation]) -> list[tuple[str, list[Escalation]
     return sorted(result, key=lambda item: -len(item[1]))
 
 
+def _with_examples(template: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """The template with (input, corrected answer) pairs before it as examples."""
+    blocks = [
+        f"Input: {_escape(given.strip())}\nAnswer: {_escape(answer.strip())}" for given, answer in pairs
+    ]
+    return EXAMPLES_MARKER + "\n\n" + "\n\n".join(blocks) + "\n\nNow the task.\n\n" + template
+
+
 def _plan_few_shot(window: _Window) -> Plan | None:
     agent = window.agent
-    if window.n < MIN_OUTPUTS or EXAMPLES_MARKER in agent.prompt_template:
+    template = agent.prompt_template
+    if window.n < MIN_OUTPUTS or EXAMPLES_MARKER in template:
         return None
+    if examples_wanted(template) is not None:
+        # Retrieval few-shot shows corrections of the most similar tasks already.
+        return None
+    # A group whose rejections are mostly a recurring cluster of reviewers' reasons
+    # is that planner's evidence (``reasons``): not proposed twice, in two forms.
+    in_clusters = {task for cluster in _recurring_clusters(window) for task in cluster.tasks}
     decided = list(
         Escalation.objects.filter(
             agent=agent,
@@ -500,6 +335,8 @@ def _plan_few_shot(window: _Window) -> Plan | None:
     for label, group in _clusters(decided):
         if len(group) < MIN_REJECTIONS:
             break
+        if 2 * sum(1 for e in group if e.task_id in in_clusters) >= len(group):
+            continue
         corrections = [
             e
             for e in group
@@ -515,13 +352,9 @@ def _plan_few_shot(window: _Window) -> Plan | None:
 
 def _few_shot(window: _Window, label: str, group: list[Escalation], corrections: list[Escalation]) -> Plan:
     agent = window.agent
-    blocks = [
-        f"Input: {_escape(e.task.input.strip())}\nAnswer: {_escape(e.corrected_output.strip())}"
-        for e in corrections
-    ]
     fields = _current_fields(agent)
-    fields["prompt_template"] = (
-        EXAMPLES_MARKER + "\n\n" + "\n\n".join(blocks) + "\n\nNow the task.\n\n" + agent.prompt_template
+    fields["prompt_template"] = _with_examples(
+        agent.prompt_template, [(e.task.input, e.corrected_output) for e in corrections]
     )
     statuses = Counter(e.status for e in group)
     notes = [e.note.strip() for e in group if e.note.strip()][:5]
@@ -670,21 +503,10 @@ def _clean_rewrite(text: str) -> str:
     return text
 
 
-def _plan_rewrite(window: _Window) -> Plan | None:
-    agent = window.agent
-    if window.n < MIN_OUTPUTS:
-        return None
-    defects = sum(1 for o in window.outputs if not o["passed"])
-    if defects < MIN_DEFECTS_FOR_REWRITE:
-        return None
-    tier = rewrite_tier(agent)
-    if tier is None:
-        logger.info("kaizen: %s has no real provider with its key set: no rewrite by a model", agent.name)
-        return None
-    if _rewrite_proposed(window):
-        return None
-    failures = _failures(window)
-    prompt = rewrite_request(agent, failures, defects=defects, outputs=window.n, days=window.days)
+def _model_rewrite(agent: Agent, tier: Tier, prompt: str) -> tuple[str, ModelResponse] | None:
+    """Ask ``tier``'s model to rewrite the agent's template (``prompt`` says how);
+    its template and answer, or None (logged) when the call fails or the
+    template it gives is unusable: malformed, unchanged, or dropping a placeholder."""
     request_settings = {k: v for k, v in tier.parameters.items() if k in _TRANSPORT}
     request_settings["max_tokens"] = REWRITE_MAX_TOKENS
     try:
@@ -729,6 +551,33 @@ def _plan_rewrite(window: _Window) -> Plan | None:
             why,
         )
         return None
+    return template, response
+
+
+def _plan_rewrite(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS:
+        return None
+    defects = sum(1 for o in window.outputs if not o["passed"])
+    if defects < MIN_DEFECTS_FOR_REWRITE:
+        return None
+    tier = rewrite_tier(agent)
+    if tier is None:
+        logger.info("kaizen: %s has no real provider with its key set: no rewrite by a model", agent.name)
+        return None
+    if _rewrite_proposed(window):
+        return None
+    if _reason_cluster(window) is not None:
+        # The failures reviewers gave one reason for get a rewrite of their own
+        # (``reasons``), from that reason: one model call, one rewrite a cycle.
+        logger.info("kaizen: %s's recurring reviewers' reasons are rewritten for instead", agent.name)
+        return None
+    failures = _failures(window)
+    prompt = rewrite_request(agent, failures, defects=defects, outputs=window.n, days=window.days)
+    rewritten = _model_rewrite(agent, tier, prompt)
+    if rewritten is None:
+        return None
+    template, response = rewritten
     fields = _current_fields(agent)
     fields["prompt_template"] = template
     checks = Counter(
@@ -773,10 +622,355 @@ def _plan_rewrite(window: _Window) -> Plan | None:
     return Plan("rewrite", fields, rationale, evidence, strength=defects / window.n)
 
 
+# --- plan: recurring reviewers' reasons -> an instruction and examples, or a rewrite ----
+
+
+def _reason_failures(window: _Window) -> list[clusters.Failure]:
+    """The answers of the active version reviewers rejected or corrected in the
+    window with a reason (a correction's note), newest first."""
+    agent = window.agent
+    rows = (
+        Pattern.objects.filter(
+            agent=agent,
+            prompt_version=agent.prompt_version,
+            verdict__in=(Pattern.Verdict.REJECTED, Pattern.Verdict.CORRECTED),
+            created_at__gte=window.since,
+        )
+        .exclude(reason="")
+        .order_by("-created_at", "-pk")
+        .values("pk", "task_id", "verdict", "reason", "output", "correction", "task__input")[:MAX_REASONED]
+    )
+    return [
+        clusters.Failure(
+            pattern=row["pk"],
+            task=row["task_id"],
+            verdict=row["verdict"],
+            reason=row["reason"],
+            input=row["task__input"],
+            output=row["output"],
+            correction=row["correction"],
+        )
+        for row in rows
+    ]
+
+
+def _recurring_clusters(window: _Window) -> list[clusters.Cluster]:
+    """The clusters of reviewers' reasons that recur in the window, largest first
+    (read once a cycle: the reasons are embedded)."""
+    if "recurring_clusters" not in window.memo:
+        window.memo["recurring_clusters"] = _find_recurring_clusters(window)
+    return window.memo["recurring_clusters"]
+
+
+def _find_recurring_clusters(window: _Window) -> list[clusters.Cluster]:
+    failures = _reason_failures(window)
+    if len({f.task for f in failures}) < clusters.MIN_TASKS:
+        return []  # nothing could recur: no embedding
+    try:
+        found = clusters.reason_clusters(failures, get_embedder())
+    except Exception as exc:
+        # The embedder missing or failing skips this plan, never the cycle.
+        logger.warning(
+            "kaizen: clustering %s's reviewers' reasons failed, skipped: %s", window.agent.name, exc
+        )
+        return []
+    return [cluster for cluster in found if cluster.recurs]
+
+
+def _reason_cluster(window: _Window) -> clusters.Cluster | None:
+    """The largest recurring cluster not proposed for already: a kaizen proposal
+    from the active version, in the window, on at least half of its tasks."""
+    recurring = _recurring_clusters(window)
+    if not recurring:
+        return None
+    earlier = [
+        set(evidence.get("tasks") or [])
+        for evidence in ChangeProposal.objects.filter(
+            agent=window.agent,
+            source=PromptVersion.Source.KAIZEN,
+            base_version__number=window.agent.prompt_version,
+            evidence__kind="reasons",
+            created_at__gte=window.since,
+        ).values_list("evidence", flat=True)
+        if isinstance(evidence, dict)
+    ]
+    for cluster in recurring:
+        tasks = set(cluster.tasks)
+        if any(2 * len(tasks & before) >= len(tasks) for before in earlier):
+            logger.info(
+                'kaizen: %s\'s recurring reason "%s" was proposed for already',
+                window.agent.name,
+                _quote(cluster.representative, 80),
+            )
+            continue
+        return cluster
+    return None
+
+
+def _cluster_corrections(cluster: clusters.Cluster) -> list[clusters.Failure]:
+    """Up to MAX_EXAMPLES of the cluster's corrections, one a task, short enough to show."""
+    chosen: dict[int, clusters.Failure] = {}
+    for member in cluster.members:
+        if (
+            member.verdict == Pattern.Verdict.CORRECTED
+            and member.correction.strip()
+            and member.input.strip()
+            and len(member.correction) <= MAX_EXAMPLE_CHARS
+            and len(member.input) <= MAX_EXAMPLE_CHARS
+        ):
+            chosen.setdefault(member.task, member)
+    return list(chosen.values())[:MAX_EXAMPLES]
+
+
+def reasons_request(agent: Agent, cluster: clusters.Cluster, *, days: int) -> str:
+    """What the model is asked: the template, its placeholders, the one failure
+    reviewers keep naming, in their words, and answers they sent back for it."""
+    try:
+        declared = parse_variables(agent.prompt_variables)
+    except ConfigError:
+        declared = []
+    available = ", ".join(f"{{{name}}}" for name in (*BUILTIN_VARIABLES, *declared))
+    lines = [
+        f"You improve the prompt template of an AI agent named {agent.name!r}.",
+        "The template is filled in with Python's str.format: each {name} placeholder is replaced by a "
+        f"value (available: {available}); write {{{{ and }}}} for a literal brace.",
+        "",
+        "The current template, between the lines of <<< and >>>:",
+        "<<<",
+        agent.prompt_template,
+        ">>>",
+        "",
+        f"In the last {days} days, reviewers sent back {len(cluster.members)} of its answers, to "
+        f"{len(cluster.tasks)} different tasks, for the same reason. Their words:",
+    ]
+    lines += [f'- "{reason}"' + (f" ({n} times)" if n > 1 else "") for reason, n in cluster.reasons[:8]]
+    lines += ["", "Some of those answers:"]
+    shown: set[int] = set()
+    number = 0
+    for member in cluster.members:
+        if member.task in shown or number == MAX_FAILURES_SHOWN:
+            continue
+        shown.add(member.task)
+        number += 1
+        lines.append(f"{number}. Input: {_quote(member.input, 400)}")
+        lines.append(f"   Output: {_quote(member.output, 400)}")
+        lines.append(f"   The reviewer {member.verdict} it: {member.reason.strip()}")
+        if member.correction.strip():
+            lines.append(f"   The reviewer's corrected output: {_quote(member.correction, 400)}")
+    lines += [
+        "",
+        "Work out what in the template lets this failure happen, and rewrite the template so that it "
+        "stops recurring, without making the other answers worse. Keep every placeholder the current "
+        "template uses. Reply with the new template only: no commentary, no code fences, no <<< >>> "
+        "markers.",
+    ]
+    return "\n".join(lines)
+
+
+def _plan_reasons(window: _Window) -> Plan | None:
+    agent = window.agent
+    if window.n < MIN_OUTPUTS:
+        return None
+    cluster = _reason_cluster(window)
+    if cluster is None:
+        return None
+    template = agent.prompt_template
+    fields = _current_fields(agent)
+    statuses = Counter(member.verdict for member in cluster.members)
+    reasons = cluster.reasons
+    evidence: dict[str, Any] = {
+        "kind": "reasons",
+        "window_days": window.days,
+        "outputs": window.n,
+        "cluster_size": len(cluster.members),
+        "rejected": statuses[Pattern.Verdict.REJECTED],
+        "corrected": statuses[Pattern.Verdict.CORRECTED],
+        "representative_reason": cluster.representative,
+        "cohesion": cluster.cohesion,
+        "reasons": [reason + (f" (×{n})" if n > 1 else "") for reason, n in reasons[:MAX_REASONS_SHOWN]],
+        "tasks": cluster.tasks,
+        "members": [
+            {
+                "task": member.task,
+                "verdict": member.verdict,
+                "reason": _quote(member.reason, 200),
+                "output": _quote(member.output, 200),
+                "correction": _quote(member.correction, 200),
+            }
+            for member in cluster.members[:MAX_MEMBERS_SHOWN]
+        ],
+    }
+    tier = rewrite_tier(agent)
+    if tier is not None:
+        rewritten = _model_rewrite(agent, tier, reasons_request(agent, cluster, days=window.days))
+        if rewritten is None:
+            return None
+        fields["prompt_template"], response = rewritten
+        evidence["model"] = {
+            "provider": tier.provider,
+            "model": tier.model,
+            "tokens_in": response.tokens_in,
+            "tokens_out": response.tokens_out,
+            "cost": _money(tier.cost(response.tokens_in, response.tokens_out)),
+        }
+        change = f"the template as {tier.provider}/{tier.model} rewrote it from those answers and reasons"
+    else:
+        named = _quote(cluster.representative, MAX_REASON_CHARS)
+        if named.lower() in " ".join(template.split()).lower():
+            return None  # the template names this failure already
+        instruction = (
+            f'Reviewers have sent answers back saying "{_escape(named)}": '
+            "check that yours does not deserve the same."
+        )
+        proposed = template.rstrip() + "\n\n" + instruction
+        change = f"add the instruction {instruction.replace('{{', '{').replace('}}', '}')!r}"
+        examples = []
+        if examples_wanted(template) is None and EXAMPLES_MARKER not in template:
+            examples = _cluster_corrections(cluster)
+        if examples:
+            proposed = _with_examples(proposed, [(member.input, member.correction) for member in examples])
+            change += f", and {len(examples)} of the reviewers' corrections as examples"
+            evidence["examples"] = [
+                {"task": member.task, "input": member.input, "corrected_output": member.correction}
+                for member in examples
+            ]
+        fields["prompt_template"] = proposed
+    others = [reason for reason, _ in reasons if reason != cluster.representative]
+    said = "; ".join(f'"{_quote(reason, 100)}"' for reason in others[:3])
+    rationale = (
+        f"Recurring objection: reviewers sent back {len(cluster.members)} answers to {len(cluster.tasks)} "
+        f"tasks in the last {window.days} days for the same reason "
+        f"({statuses[Pattern.Verdict.REJECTED]} rejected, {statuses[Pattern.Verdict.CORRECTED]} corrected, "
+        f'of {window.n} outputs), put most clearly as "{_quote(cluster.representative, 120)}"'
+        + (f"; they also said {said}" if said else "")
+        + f". For example tasks {', '.join(str(task) for task in cluster.tasks[:3])}. Proposed: {change}."
+    )
+    return Plan("reasons", fields, rationale, evidence, strength=len(cluster.tasks) / window.n)
+
+
+# --- plan: recurring corrections -> retrieval few-shot ---------------------------------
+
+
+def _insert_examples(template: str) -> str:
+    """``{examples}`` placed before the paragraph holding the input when
+    instructions come before it (instructions, examples, then the task), else
+    after the template."""
+    paragraphs = template.split("\n\n")
+    for index, paragraph in enumerate(paragraphs):
+        try:
+            fields = template_fields(paragraph)
+        except ValueError:
+            continue
+        if "input" in fields:
+            if index > 0:
+                return "\n\n".join([*paragraphs[:index], "{" + EXAMPLES_VARIABLE + "}", *paragraphs[index:]])
+            break
+    return template.rstrip() + "\n\n{" + EXAMPLES_VARIABLE + "}"
+
+
+def _retrieval_preview(agent: Agent, task_id: int) -> list[dict]:
+    """The examples retrieval would have shown the task with (for the evidence)."""
+    task = Task.objects.only("pk", "title", "input").get(pk=task_id)
+    try:
+        found = few_shot.examples_for(agent_id=agent.pk, task=task, count=EXAMPLES_DEFAULT)
+    except Exception as exc:
+        logger.warning("kaizen: previewing %s's retrieved examples failed: %s", agent.name, exc)
+        return []
+    return [
+        {
+            "for_task": task_id,
+            "example_task": example.task,
+            "verdict": example.verdict,
+            "similarity": round(example.similarity, 3),
+            "input": _quote(example.input, 120),
+        }
+        for example in found
+    ]
+
+
+def _plan_retrieval(window: _Window) -> Plan | None:
+    agent = window.agent
+    template = agent.prompt_template
+    if window.n < MIN_OUTPUTS or examples_wanted(template) is not None:
+        return None
+    try:
+        parse_variables(agent.prompt_variables)
+        template_fields(template)
+    except (ConfigError, ValueError):
+        return None
+    corrected = list(
+        Pattern.objects.filter(
+            agent=agent,
+            prompt_version=agent.prompt_version,
+            verdict=Pattern.Verdict.CORRECTED,
+            created_at__gte=window.since,
+        )
+        .exclude(correction="")
+        .order_by("-created_at", "-pk")
+        .values("task_id", "correction", "task__input")[:200]
+    )
+    tasks = list(dict.fromkeys(row["task_id"] for row in corrected))
+    if len(tasks) < MIN_CORRECTIONS_FOR_RETRIEVAL:
+        return None
+    good = Pattern.objects.filter(agent=agent, verdict__in=Pattern.GOOD, vector__isnull=False).count()
+    if good < MIN_GOOD_FOR_RETRIEVAL:
+        return None
+    fields = _current_fields(agent)
+    fields["prompt_template"] = _insert_examples(template)
+    latest = corrected[0]
+    preview = _retrieval_preview(agent, latest["task_id"])
+    evidence = {
+        "kind": "retrieval",
+        "window_days": window.days,
+        "outputs": window.n,
+        "corrections": len(corrected),
+        "corrected_tasks": tasks[:20],
+        "good_patterns": good,
+        "examples_per_task": EXAMPLES_DEFAULT,
+        "corrections_shown": [
+            {
+                "task": row["task_id"],
+                "input": _quote(row["task__input"], 200),
+                "correction": _quote(row["correction"], 200),
+            }
+            for row in corrected[:3]
+        ],
+        "preview": preview,
+    }
+    rationale = (
+        f"Recurring corrections: reviewers wrote the answer themselves for {len(tasks)} tasks in the last "
+        f"{window.days} days (of {window.n} outputs), and the knowledge base holds {good} accepted answers "
+        f"of {agent.name}'s past tasks. Proposed: opt in to retrieval few-shot, {{examples}} in the "
+        f"template: each task is shown the accepted answers to the {EXAMPLES_DEFAULT} past tasks most like "
+        "it (a reviewer's correction where there is one, never a rejected answer); it costs each task an "
+        "embedding and a search."
+    )
+    if preview:
+        rationale += (
+            f" For task {latest['task_id']} ({_quote(latest['task__input'], 60)!r}) they would have been "
+            + ", ".join(
+                f"task {p['example_task']} ({p['verdict']}, similarity {p['similarity']:.2f})"
+                for p in preview
+            )
+            + "."
+        )
+    return Plan("retrieval", fields, rationale, evidence, strength=len(tasks) / window.n)
+
+
 # --- plan, do ------------------------------------------------------------------------
 
 
-PLANNERS = (_plan_verbose, _plan_cheap_tier, _plan_few_shot, _plan_rewrite)
+PLANNERS = (
+    _plan_verbose,
+    tuning.plan_max_tokens,
+    tuning.plan_tier1_threshold,
+    tuning.plan_tier_order,
+    tuning.plan_sampling,
+    _plan_few_shot,
+    _plan_rewrite,
+    _plan_reasons,
+    _plan_retrieval,
+)
 
 
 def plan(agent: Agent, *, since: datetime | None = None) -> list[Plan]:

@@ -28,6 +28,7 @@ from django.utils import timezone
 from boards import services as board_services
 from boards.agents.spec import (
     GENERATION_PARAMETERS,
+    examples_wanted,
 )
 from boards.models import Agent
 from experiments import genchi, plans, stats
@@ -100,6 +101,16 @@ def classify(base: PromptVersion, fields: dict) -> tuple[bool, str]:
     if fields["implementation"] != base.implementation:
         reasons_major.append("the implementation changes")
     old, new = base.prompt_template, fields["prompt_template"]
+    examples_before, examples_after = examples_wanted(old), examples_wanted(new)
+    if examples_before != examples_after:
+        # However small the edit: every task then pays for an embedding and a search,
+        # and its prompt changes with what the knowledge base holds.
+        if examples_before is None:
+            reasons_major.append(f"retrieved examples turned on ({examples_after} a task)")
+        elif examples_after is None:
+            reasons_major.append("retrieved examples turned off")
+        else:
+            reasons_major.append(f"retrieved examples {examples_before} → {examples_after} a task")
     if old != new:
         matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
         changed = sum(

@@ -34,8 +34,16 @@ from boards.agents.prompts import PromptError, render_prompt, task_variables, wi
 from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 from boards.agents.registry import custom_agent
 from boards.agents.response_cache import cache_key, cached_response, request_key
-from boards.agents.spec import ConfigError, Tier, parse_cascade, parse_parameters, parse_variables
+from boards.agents.spec import (
+    ConfigError,
+    Tier,
+    examples_wanted,
+    parse_cascade,
+    parse_parameters,
+    parse_variables,
+)
 from boards.selectors import agent_metrics_get
+from experiments import few_shot
 
 if TYPE_CHECKING:
     from boards.models import Agent, Task
@@ -83,11 +91,15 @@ class PromptCascadeAgent(BaseAgent):
             declared = parse_variables(self.agent.prompt_variables)
         except ConfigError as exc:
             raise AgentFailed(f"the agent's variables are invalid: {exc}") from None
+        template = self.agent.prompt_template
+        wanted = examples_wanted(template)
+        # Only a template that asks for examples pays for them (an embedding and a search).
+        examples = few_shot.examples_text(agent_id=self.agent.pk, task=task, count=wanted) if wanted else ""
         try:
-            prompt = render_prompt(self.agent.prompt_template, task_variables(task, declared))
+            prompt = render_prompt(template, task_variables(task, declared, examples=examples))
         except PromptError as exc:
             raise AgentFailed(str(exc)) from None
-        return with_review_feedback(prompt, self.agent.prompt_template, task.review_feedback)
+        return with_review_feedback(prompt, template, task.review_feedback)
 
     def process(self, task: Task) -> Output:
         tiers = self.tiers()

@@ -53,7 +53,8 @@ class AgentPromptForm(forms.Form):
         strip=False,
         widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
         help_text="{input}, {title} and {last_error} are always available; other {names} must be "
-        "declared below. Write {{ and }} for literal braces.",
+        "declared below. {examples} shows the accepted answers to the 3 most similar past tasks "
+        "({examples:5} for 5). Write {{ and }} for literal braces.",
     )
     prompt_variables = forms.CharField(
         label="Variables",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from boards.agents.spec import template_fields
+from boards.agents.spec import EXAMPLES_VARIABLE, template_fields
 
 if TYPE_CHECKING:
     from boards.models import Task
@@ -14,6 +14,14 @@ if TYPE_CHECKING:
 
 class PromptError(ValueError):
     """The prompt cannot be rendered for this task."""
+
+
+class _Block(str):
+    """A value whose format spec is not a width: ``{examples:5}`` is how many
+    examples were fetched, not a padding of the block to five characters."""
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
 
 
 def render_prompt(template: str, variables: dict[str, str]) -> str:
@@ -29,6 +37,8 @@ def render_prompt(template: str, variables: dict[str, str]) -> str:
             + ", ".join(missing)
             + f" (available: {', '.join(sorted(variables))})"
         )
+    if EXAMPLES_VARIABLE in variables:
+        variables = {**variables, EXAMPLES_VARIABLE: _Block(variables[EXAMPLES_VARIABLE])}
     return template.format_map(variables)
 
 
@@ -38,9 +48,11 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def task_variables(task: Task, declared: list[str]) -> dict[str, str]:
-    """The values a template is rendered with: ``input``, ``title``, ``last_error``
-    and ``review_feedback`` always; each declared variable from the field of that name when the task's
+def task_variables(task: Task, declared: list[str], *, examples: str = "") -> dict[str, str]:
+    """The values a template is rendered with: ``input``, ``title``, ``last_error``,
+    ``review_feedback`` and ``examples`` (the retrieved examples the caller fetched
+    for a template that asks for them; see experiments.few_shot) always; each
+    declared variable from the field of that name when the task's
     input is a JSON object. A declared variable the input lacks is a PromptError
     naming it (the input cannot be rendered as the agent expects)."""
     variables = {
@@ -48,6 +60,7 @@ def task_variables(task: Task, declared: list[str]) -> dict[str, str]:
         "title": task.title,
         "last_error": task.last_error,
         "review_feedback": task.review_feedback,
+        EXAMPLES_VARIABLE: examples,
     }
     if not declared:
         return variables

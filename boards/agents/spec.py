@@ -22,7 +22,15 @@ from boards.agents.providers import PROVIDER_NAMES
 from boards.agents.simulated import SIMULATED_PROFILES
 
 # Variables every template may use, whatever it declares.
-BUILTIN_VARIABLES = ("input", "title", "last_error", "review_feedback")
+BUILTIN_VARIABLES = ("input", "title", "last_error", "review_feedback", "examples")
+
+# Retrieval few-shot (experiments.few_shot): a template opts in with {examples},
+# the accepted answers to the most similar past tasks, EXAMPLES_DEFAULT of them;
+# {examples:5} asks for 5 (1 to EXAMPLES_MAX). The count lives in the template,
+# so changing it is a prompt change, proposed and tried like any other.
+EXAMPLES_VARIABLE = "examples"
+EXAMPLES_DEFAULT = 3
+EXAMPLES_MAX = 10
 
 # Generation parameters: name -> (minimum, maximum, integer?).
 GENERATION_PARAMETERS: dict[str, tuple[float, float, bool]] = {
@@ -165,15 +173,33 @@ class Tier:
         }
 
 
+def _examples_count(spec: str) -> int | None:
+    """How many examples ``{examples:<spec>}`` asks for; None when the spec is not a
+    count from 1 to EXAMPLES_MAX."""
+    if not spec:
+        return EXAMPLES_DEFAULT
+    if not spec.isdigit() or not 1 <= int(spec) <= EXAMPLES_MAX:
+        return None
+    return int(spec)
+
+
 def _template_scan(template: str) -> tuple[list[str], list[str]]:
     """The template's plain ``{name}`` fields, in order, and every problem with it:
-    each field that is not a plain name, and a malformed brace (where the scan
-    has to stop, so fields after it are not seen)."""
+    each field that is not a plain name, a malformed brace (where the scan
+    has to stop, so fields after it are not seen), and an ``{examples:n}`` whose
+    count is not one the knowledge base serves."""
     fields: list[str] = []
     problems: list[str] = []
     try:
-        for _, name, _, _ in string.Formatter().parse(template):
+        for _, name, spec, conversion in string.Formatter().parse(template):
             if name is None:
+                continue
+            if name == EXAMPLES_VARIABLE and (conversion or _examples_count(spec or "") is None):
+                problems.append(
+                    f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}: "
+                    f"write {{examples}} for {EXAMPLES_DEFAULT} examples, or {{examples:n}} for n "
+                    f"from 1 to {EXAMPLES_MAX}"
+                )
                 continue
             if name.isidentifier():
                 fields.append(name)
@@ -194,6 +220,24 @@ def template_fields(template: str) -> list[str]:
     if problems:
         raise ValueError(problems[0])
     return fields
+
+
+def examples_wanted(template: str) -> int | None:
+    """How many retrieved examples the template asks for with ``{examples}`` (or
+    ``{examples:n}``); None when it does not use them. Cheap for the templates
+    that do not: the line asks this of every prompt it renders."""
+    if "{" + EXAMPLES_VARIABLE not in template:
+        return None
+    wanted = None
+    try:
+        for _, name, spec, conversion in string.Formatter().parse(template):
+            if name == EXAMPLES_VARIABLE and not conversion:
+                count = _examples_count(spec or "")
+                if count is not None:
+                    wanted = max(wanted or 0, count)
+    except ValueError:
+        return None
+    return wanted
 
 
 def check_template(template: str, variables: list[str] | tuple[str, ...] | None) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import plotly
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
@@ -36,10 +37,12 @@ from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent
 from boards.selectors import agent_list_get, agent_model_calls_get
 from experiments import services as kaizen
+from experiments.evidence import agent_tuning_evidence_get
 from experiments.forms import NoteForm
 from experiments.models import AgentGates, AuditEntry, ChangeProposal, Experiment, PromptVersion
 from experiments.prompt_diff import diff_lines, diff_rows
 from experiments.selectors import holdout_report_get
+from experiments.tuning_charts import figure_json, frontier_figure
 from kaizen_web.http import AuthenticatedHttpRequest, error_message, form_add_service_errors
 
 logger = logging.getLogger(__name__)
@@ -271,6 +274,28 @@ def _agent_gates(agent: Agent, user, form: AgentGatesForm | None = None) -> dict
     return {"gate_policy": policy, "gates_form": form, "holdout": holdout_report_get(agent, policy)}
 
 
+def _agent_tuning(agent: Agent) -> dict[str, Any]:
+    """What each tier and generation setting of the agent has delivered, per
+    capability (experiments.evidence), with each capability's cost / pass-rate
+    chart: two queries, whatever the history."""
+    evidence = agent_tuning_evidence_get(agent)
+    panels = [
+        {
+            "evidence": capability,
+            "chart_id": f"tuning-chart-{number}",
+            # A frontier needs two points or more.
+            "chart": figure_json(frontier_figure(capability)) if len(capability.depths) > 1 else "",
+        }
+        for number, capability in enumerate(evidence.capabilities, start=1)
+    ]
+    return {
+        "tuning": evidence,
+        "tuning_panels": panels,
+        "tuning_drawn": any(panel["chart"] for panel in panels),
+        "plotly_version": plotly.__version__,
+    }
+
+
 def _agent_detail_page(
     request: AuthenticatedHttpRequest,
     agent: Agent,
@@ -299,6 +324,7 @@ def _agent_detail_page(
         "rollback_form": rollback_form,
         "rollback_version": _posted_pk(rollback_form.data.get("version")) if rollback_form else None,
         **_agent_gates(agent, request.user, gates_form),
+        **_agent_tuning(agent),
         "nav": "agents",
     }
     return render(request, "boards/agent_detail.html", context, status=status)

@@ -1,4 +1,5 @@
-"""A local HTTP server that stands in for a model provider in the adapter tests.
+"""A local HTTP server that stands in for a model provider in the adapter tests (and for
+an embeddings server in tests/experiments/test_embeddings.py).
 
 Each test scripts it with a queue of responses (status, headers, body, delay) and reads
 back the requests it received, so the real SDKs run their real HTTP, retry and timeout
@@ -11,14 +12,19 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# A body, or a function of the request's JSON body that makes one (a server that
+# answers what it was asked, as an embeddings endpoint must).
+Body = bytes | str | dict | Callable[[dict | None], bytes | str | dict]
 
 
 @dataclass
 class Scripted:
     status: int = 200
-    body: bytes | str | dict = b""
+    body: Body = b""
     headers: dict[str, str] = field(default_factory=dict)
     # Seconds to wait before answering: slow servers and timeouts.
     delay: float = 0.0
@@ -77,6 +83,8 @@ class ProviderServer:
                     if reply.delay:
                         time.sleep(reply.delay)
                     payload = reply.body
+                    if callable(payload):
+                        payload = payload(body)
                     if isinstance(payload, dict):
                         payload = json.dumps(payload)
                     if isinstance(payload, str):
@@ -108,7 +116,7 @@ class ProviderServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def then(self, status: int = 200, body: bytes | str | dict = b"", **kwargs: object) -> ProviderServer:
+    def then(self, status: int = 200, body: Body = b"", **kwargs: object) -> ProviderServer:
         self.script.append(Scripted(status=status, body=body, **kwargs))  # type: ignore[arg-type]
         return self
 

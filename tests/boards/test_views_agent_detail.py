@@ -641,8 +641,9 @@ def test_the_query_count_does_not_grow_with_the_ledger_or_the_history(client, dj
     client.force_login(editor)
 
     # +2: the nav asks for the user's permissions (the andon link is for reviewers only);
-    # +4: the prompt's history (versions, proposals, experiments, audit entries), a query each.
-    with django_assert_max_num_queries(17):
+    # +4: the prompt's history (versions, proposals, experiments, audit entries), a query each;
+    # +2: the tiers and settings from evidence (the patterns, and their ledger rows).
+    with django_assert_max_num_queries(19):
         response = client.get(_url(agent))
 
     assert response.status_code == 200

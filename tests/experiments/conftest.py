@@ -29,3 +29,7 @@ def fast_replays(settings):
     """Replays unpaced (KAIZEN_REPLAY_RATE paces them to spare the live line,
     which these tests do not run)."""
     settings.KAIZEN_REPLAY_RATE = 100_000.0
+
+
+# A PostgreSQL with pgvector of the tests' own (tests/experiments/test_vectors.py).
+from tests.experiments.pgvector_server import pgvector_database, pgvector_db, pgvector_dsn  # noqa: E402, F401

@@ -14,9 +14,9 @@ from django.core.management import call_command
 from andon import services as andon_services
 from andon.models import Escalation
 from boards.models import Column
-from experiments import knowledge, vectors
+from experiments import knowledge, patterns, vectors
 from experiments.embeddings import get_embedder
-from experiments.models import Pattern
+from experiments.models import Pattern, PromptVersion
 from tests.andon.helpers import DEFECTIVE, claim_one, complete, escalate, pull
 from tests.factories import make_agent, make_board, make_reviewer
 
@@ -58,6 +58,24 @@ def test_an_attempt_that_passes_is_a_passed_pattern_with_its_ledger(board, agent
     assert pattern.output == task.__class__.objects.get(pk=task.pk).output
     # Written without its vector: the line does not wait on an embedding.
     assert pattern.vector is None and pattern.embedded_at is None
+
+
+def test_a_pattern_records_the_parameters_its_tier_ran_with(board):
+    # Made as a config file makes agents: no prompt version row until a change records one.
+    agent = make_agent(
+        boards=[board],
+        cascade=[{"provider": "simulated", "model": "sim-small", "parameters": {"temperature": 0.1}}],
+        parameters={"temperature": 0.3, "max_tokens": 200},
+    )
+    assert not PromptVersion.objects.filter(agent=agent).exists()
+    # Versions are cached by (agent, number) in the process; ids repeat between tests.
+    patterns._version_parameters.cache_clear()
+    task, claim = claim_one(board)
+    assert complete(claim, cost="0.001")
+
+    [pattern] = Pattern.objects.filter(task=task)
+    # The agent's, under the tier's own.
+    assert pattern.params == {"temperature": 0.1, "max_tokens": 200}
 
 
 def test_a_defect_on_a_board_without_review_is_a_defect_pattern_with_its_failures(db):
