@@ -276,12 +276,17 @@ def escalation_warnings_compute(
     warning (shown or empty).
 
     Only escalations whose history is embedded are taken: those opened before
-    the oldest pattern still waiting for its vector (a decision made just
-    before an escalation opened is found). Idempotent and safe beside
+    the oldest reviewer's decision still waiting for its vector (a decision
+    made just before an escalation opened is found; the line's passed attempts,
+    which warnings do not use, are not waited for). Idempotent and safe beside
     reviewers: a warning is written only to an escalation still open and still
     without one, in one UPDATE of those two columns."""
     embedder = embedder or get_embedder()
-    waiting = knowledge.pending_patterns(embedder.name).aggregate(oldest=Min("created_at"))["oldest"]
+    waiting = (
+        knowledge.pending_patterns(embedder.name)
+        .filter(verdict__in=Pattern.REVIEWED)
+        .aggregate(oldest=Min("created_at"))["oldest"]
+    )
     open_ = Escalation.objects.filter(status=Escalation.Status.OPEN, similar_at__isnull=True)
     if waiting is not None:
         open_ = open_.filter(created_at__lt=waiting)

@@ -25,6 +25,7 @@ from boards import services as board_services
 from boards.models import Agent, Board, Column
 from experiments import knowledge, vectors
 from experiments.embeddings import get_embedder
+from experiments.models import Pattern
 from tests.andon.helpers import DEFECTIVE, claim_one, complete
 from tests.factories import column, make_agent, make_board, make_reviewer
 
@@ -241,6 +242,10 @@ def test_warnings_wait_for_the_history_before_them_to_be_embedded():
 
     assert failure_warnings.escalation_warnings_compute() == []
     knowledge.patterns_embed(budget_seconds=60)
+    # An attempt that passed meanwhile, not embedded yet: warnings do not use it, nor wait for it.
+    _, claim = claim_one(board, title="Another reply", input="Thanks for your order.")
+    assert complete(claim)
+    assert Pattern.objects.filter(vector__isnull=True, verdict=Pattern.Verdict.PASSED).exists()
     assert failure_warnings.escalation_warnings_compute() == [open_.pk]
 
     open_.refresh_from_db()
