@@ -197,7 +197,9 @@ class KnowledgeLine:
             start = time.monotonic()
             while self.pending():
                 if time.monotonic() - start > 600:
-                    raise SystemExit("the embedder did not catch up within 10 minutes: see var/bench/knowledge.log")
+                    raise SystemExit(
+                        "the embedder did not catch up within 10 minutes: see var/bench/knowledge.log"
+                    )
                 time.sleep(0.2)
             catch_up.append(time.monotonic() - start)
             self.feeding.clear()
