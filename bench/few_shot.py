@@ -64,6 +64,8 @@ def _setup(database_url: str | None, var: Path) -> None:
 
 def _history(agent, board, size: int, dim: int, model: str, rng) -> None:
     """``size`` finished tasks of ``agent``, each with an embedded pattern."""
+    from datetime import timedelta
+
     import numpy as np
     from django.utils import timezone
 
@@ -109,7 +111,10 @@ def _history(agent, board, size: int, dim: int, model: str, rng) -> None:
                     embed_model=model,
                     dim=dim,
                     vector=matrix[i].tobytes(),
-                    embedded_at=now,
+                    # Stamped apart, as the embedder's batches are: the index's refresh
+                    # reads again the rows of the last instant it saw, so one stamp
+                    # for all would have every search read every row.
+                    embedded_at=now - timedelta(microseconds=size - start - i),
                 )
             )
         Pattern.objects.bulk_create(rows)
@@ -150,7 +155,10 @@ def run(sizes: list[int], tasks: int) -> dict[str, float | str]:
     from experiments.embeddings import get_embedder
     from experiments.models import Pattern
 
-    results: dict[str, float | str] = {}
+    results: dict[str, float | str] = {
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "numpy's default"),
+        "load_average_1min": os.getloadavg()[0],
+    }
     embedder = get_embedder()
     started = time.perf_counter()
     embedder.embed(["load the weights"])
