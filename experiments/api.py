@@ -286,7 +286,7 @@ class SimilarPageOut(Schema):
 
 @router.get(
     "/similar",
-    response={200: SimilarPageOut, **ERRORS},
+    response={200: SimilarPageOut, **ERRORS, 503: ErrorOut},
     operation_id="similar_list",
     summary="Find the past tasks most similar to a text or a task",
     url_name="similar-list",
@@ -299,7 +299,8 @@ def similar_list(
     """The knowledge base: finished attempts of past tasks whose title and input are most like
     the text (or the task) given, by sentence embeddings, most similar first, with the outcome
     each attempt had and what the reviewer said. Give exactly one of `text` and `task`. Only
-    tasks on boards the token may use. 400 for bad parameters, 404 for an unknown task or agent."""
+    tasks on boards the token may use. 400 for bad parameters, 404 for an unknown task or agent,
+    503 when the embedding model (a configured embeddings server) cannot be reached."""
     text = (filters.text or "").strip()
     if bool(text) == (filters.task is not None):
         message = "Give a text or a task, not both." if text else "Give a text or a task."

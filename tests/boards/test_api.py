@@ -616,6 +616,7 @@ def test_openapi_schema_lists_the_paths_and_the_error_shape(db):
         "/api/v1/tasks/{task_id}/calls",
         "/api/v1/agents/{name}/replays",
         "/api/v1/replays/{replay_id}",
+        "/api/v1/similar",
     }
     create = schema["paths"]["/api/v1/boards/{slug}/tasks"]["post"]
     assert set(create["responses"]) == {"201", "400", "401", "403", "404", "409", "413", "415"}

@@ -37,6 +37,8 @@ EXPECTED_REFUSALS = {404, 409}
 CROSS_FIELD_RULES = {
     "GET /api/v1/boards/{slug}/flow": {"until", "since", "agent", "forecast_date", "resolution"},
     "GET /api/v1/boards/{slug}/muda": {"since", "until"},
+    # Exactly one of a text and a task.
+    "GET /api/v1/similar": {"text", "task"},
 }
 
 RESPONSE_CHECKS = [
