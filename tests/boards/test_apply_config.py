@@ -524,7 +524,7 @@ def test_a_template_reports_every_problem_it_has(db):
         "{0} is not a variable: fields must be plain names such as {input} (write {{ and }} for literal braces)",
         "{a.b} is not a variable: fields must be plain names such as {input} (write {{ and }} for literal braces)",
         "the template uses {customer}, {when}, which is not declared: add them to the agent's variables, "
-        "or use one of {input}, {last_error}, {review_feedback}, {title}",
+        "or use one of {examples}, {input}, {last_error}, {review_feedback}, {title}",
     ]
     assert {e.split(": ")[0] for e in errors} == {"line.yaml:21"}
 
