@@ -43,13 +43,15 @@ def pending_patterns(model: str):
 def _embed_rows(rows: list[Pattern], embedder: Embedder) -> None:
     """Fill in the vectors of ``rows``: a text already embedded by this model
     (the same input seen again) is copied, the rest embedded in one batch."""
-    known = dict(
-        Pattern.objects.filter(
-            text_hash__in={row.text_hash for row in rows}, embed_model=embedder.name, vector__isnull=False
-        )
+    # By digest alone (its own index), the model checked here: with the model in
+    # the query too, SQLite (unanalysed) would read every pattern of the model.
+    known = {
+        digest: vector
+        for digest, model, vector in Pattern.objects.filter(text_hash__in={row.text_hash for row in rows})
         .order_by()
-        .values_list("text_hash", "vector")
-    )
+        .values_list("text_hash", "embed_model", "vector")
+        if model == embedder.name and vector is not None
+    }
     todo = [row for row in rows if row.text_hash not in known]
     fresh: dict[str, bytes] = {}
     if todo:
