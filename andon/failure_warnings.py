@@ -282,11 +282,12 @@ def escalation_warnings_compute(
     reviewers: a warning is written only to an escalation still open and still
     without one, in one UPDATE of those two columns."""
     embedder = embedder or get_embedder()
-    waiting = (
-        knowledge.pending_patterns(embedder.name)
-        .filter(verdict__in=Pattern.REVIEWED)
-        .aggregate(oldest=Min("created_at"))["oldest"]
-    )
+    # Through the partial index of rows with no vector; rows of another model
+    # (after a change of model) only while there are any.
+    pending = Pattern.objects.filter(embedded_at__isnull=True)
+    if knowledge.stale_left(embedder.name):
+        pending = knowledge.pending_patterns(embedder.name)
+    waiting = pending.filter(verdict__in=Pattern.REVIEWED).aggregate(oldest=Min("created_at"))["oldest"]
     open_ = Escalation.objects.filter(status=Escalation.Status.OPEN, similar_at__isnull=True)
     if waiting is not None:
         open_ = open_.filter(created_at__lt=waiting)

@@ -100,6 +100,7 @@ class KnowledgeLine:
     def run(self, port: int, tasks: int, rounds: int) -> dict[str, float | str]:
         off: list[float] = []
         on: list[float] = []
+        cpu: dict[str, list[float]] = {}
         behind: list[int] = []
         catch_up: list[float] = []
         written: list[int] = []
@@ -109,7 +110,10 @@ class KnowledgeLine:
             self.worker(knowledge=False)
             self.bench.bench_line(port, 100)  # warm-up
             before = Pattern.objects.count()
-            off.append(self.bench.bench_line(port, tasks)["line_tasks_per_s"])
+            run = self.bench.bench_line(port, tasks)
+            off.append(run["line_tasks_per_s"])
+            for part in ("web", "worker", "postgres"):
+                cpu.setdefault(f"off_{part}", []).append(run[f"line_cpu_ms_per_task_{part}"])
             if Pattern.objects.count() != before:
                 raise SystemExit("KAIZEN_KNOWLEDGE=0 still wrote patterns")
             self.worker(knowledge=True)
@@ -118,7 +122,10 @@ class KnowledgeLine:
             while self.pending():  # start level: nothing left from the warm-up
                 time.sleep(0.2)
             before = Pattern.objects.count()
-            on.append(self.bench.bench_line(port, tasks)["line_tasks_per_s"])
+            run = self.bench.bench_line(port, tasks)
+            on.append(run["line_tasks_per_s"])
+            for part in ("web", "worker", "postgres"):
+                cpu.setdefault(f"on_{part}", []).append(run[f"line_cpu_ms_per_task_{part}"])
             written.append(Pattern.objects.count() - before)
             behind.append(self.pending())
             start = time.monotonic()
@@ -139,6 +146,12 @@ class KnowledgeLine:
             "line_knowledge_patterns_per_round": statistics.median(written),
             "embedder_pending_at_line_end": statistics.median(behind),
             "embedder_catch_up_seconds": statistics.median(catch_up),
+            # CPU per task of the line's processes (the embedder's own is not counted:
+            # it is a separate process at nice 19, working on what the line leaves).
+            **{
+                f"line_knowledge_{key}_cpu_ms_per_task": statistics.median(values)
+                for key, values in cpu.items()
+            },
             "line_knowledge_off_each": " ".join(f"{v:.1f}" for v in off),
             "line_knowledge_on_each": " ".join(f"{v:.1f}" for v in on),
         }

@@ -35,9 +35,49 @@ EMBED_BUDGET_SECONDS = 5.0
 
 
 def pending_patterns(model: str):
-    """Patterns with no vector of ``model``: new ones first, then those made by
-    another model (re-embedded after a change of model)."""
+    """Patterns with no vector of ``model``: new ones, and those made by another
+    model (re-embedded after a change of model). For counting; the embedder
+    reads the two apart (``_next_batch``), each through an index."""
     return Pattern.objects.filter(Q(vector__isnull=True) | ~Q(embed_model=model))
+
+
+# Whether rows of another model are left, looked at most this often per process:
+# on an idle line the embedder's beat must not scan the whole table every 2 s.
+STALE_LOOK_SECONDS = 60.0
+_stale_looked: dict[str, float] = {}
+
+
+def stale_left(model: str) -> bool:
+    """Are rows embedded by another model left? (At most one look a minute
+    while the last look found none.)"""
+    looked = _stale_looked.get(model)
+    if looked is not None and time.monotonic() - looked < STALE_LOOK_SECONDS:
+        return False
+    left = Pattern.objects.filter(embedded_at__isnull=False).exclude(embed_model=model).exists()
+    if not left:
+        _stale_looked[model] = time.monotonic()
+    return left
+
+
+def _next_batch(model: str, batch: int) -> list[Pattern]:
+    """The next rows to embed, locked: new ones first (the partial index of rows
+    with no vector), then rows of another model."""
+    fields = ("pk", "text", "text_hash", "embed_model")
+    rows = list(
+        Pattern.objects.filter(embedded_at__isnull=True)
+        .select_for_update(skip_locked=True)
+        .order_by("pk")
+        .only(*fields)[:batch]
+    )
+    if rows or not stale_left(model):
+        return rows
+    return list(
+        Pattern.objects.filter(embedded_at__isnull=False)
+        .exclude(embed_model=model)
+        .select_for_update(skip_locked=True)
+        .order_by("embedded_at", "pk")
+        .only(*fields)[:batch]
+    )
 
 
 def _embed_rows(rows: list[Pattern], embedder: Embedder) -> None:
@@ -83,12 +123,7 @@ def patterns_embed(
     done = 0
     while time.monotonic() - started < budget_seconds:
         with transaction.atomic():
-            rows = list(
-                pending_patterns(embedder.name)
-                .select_for_update(skip_locked=True)
-                .order_by("embedded_at", "pk")
-                .only("pk", "text", "text_hash", "embed_model")[:batch]
-            )
+            rows = _next_batch(embedder.name, batch)
             if not rows:
                 break
             _embed_rows(rows, embedder)

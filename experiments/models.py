@@ -736,6 +736,8 @@ class Pattern(models.Model):
         indexes = [
             # The embedder's queue and the numpy index's refresh.
             models.Index(fields=["embed_model", "embedded_at"], name="pattern_embedded"),
+            # The embedder's queue of new rows: only rows with no vector yet.
+            models.Index(fields=["id"], condition=Q(embedded_at__isnull=True), name="pattern_unembedded"),
             models.Index(fields=["agent", "verdict", "-created_at"], name="pattern_agent_verdict"),
             models.Index(fields=["agent", "prompt_version", "verdict"], name="pattern_agent_version"),
         ]

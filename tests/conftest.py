@@ -171,6 +171,19 @@ def _metric_label_names():
 
 
 @pytest.fixture(autouse=True)
+def _knowledge_fresh():
+    """What a process remembers of the knowledge base (whether rows of another
+    embedding model are left, the in-memory vector indexes) starts empty in each
+    test: a rolled-back test's rows must not be remembered by the next."""
+    from experiments import knowledge, vectors
+
+    knowledge._stale_looked.clear()
+    vectors.indexes_clear()
+    yield
+    knowledge._stale_looked.clear()
+
+
+@pytest.fixture(autouse=True)
 def _redis_state(request):
     """A test marked redis starts with an empty response cache and ends with every
     live update it caused sent, so none reaches a later test's listeners. Any
