@@ -46,11 +46,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
 import numpy as np
+from django.db.models import FloatField, QuerySet
+from django.db.models.functions import Cast
 from django.utils import timezone
 from scipy import stats
 
@@ -62,8 +63,10 @@ from experiments.models import Pattern
 # The page's window; the kaizen cycle passes its own (a week).
 WINDOW = timedelta(days=30)
 # The newest patterns read per agent: a busy agent's month can be large, and the
-# latest few thousand say what a tier or a setting delivers.
+# latest few thousand say what a tier or a setting delivers. The agent page reads
+# fewer (2,000 give a pass rate within about 2 points) to answer in its budget.
 MAX_PATTERNS = 5000
+PAGE_PATTERNS = 2000
 # Ledger rows read per pattern of the active version, at most (a cascade's tiers,
 # one call each; a few more for retried calls).
 CALLS_PER_PATTERN = 4
@@ -132,7 +135,7 @@ def figures_of(rows: Sequence[Mapping[str, Any]]) -> Figures:
     return Figures(
         rate=Rate(sum(1 for r in rows if r["verdict"] in PASSING), len(rows)),
         corrected=sum(1 for r in rows if r["verdict"] == Pattern.Verdict.CORRECTED),
-        cost=float(sum((Decimal(r["cost"]) for r in rows), Decimal(0)) / len(rows)) if rows else 0.0,
+        cost=sum(r["spent"] or 0.0 for r in rows) / len(rows) if rows else 0.0,
         latency_p50_ms=float(np.percentile(latencies, 50)),
         latency_p95_ms=float(np.percentile(latencies, 95)),
         tokens_out=float(np.mean([r["tokens_out"] for r in rows])) if rows else 0.0,
@@ -183,7 +186,7 @@ class Depth:
     dominated: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
     """One tier's answer in an attempt (a ledger row)."""
 
@@ -199,10 +202,11 @@ class Call:
     tokens_out: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Attempt:
     """A finished attempt of the active version, with its verdict (its pattern)
-    and its calls by tier (the ledger)."""
+    and its calls by tier (the ledger). ``spent`` is what its calls cost up to and
+    including each tier it called (the depths read it for every tier)."""
 
     task_id: int
     attempt: int
@@ -212,10 +216,15 @@ class Attempt:
     model: str
     params: Mapping[str, Any]
     calls: Mapping[int, Call]
+    passed: bool = False
+    spent: dict[int, float] = field(default_factory=dict)
 
-    @property
-    def passed(self) -> bool:
-        return self.verdict in PASSING
+    def __post_init__(self) -> None:
+        self.passed = self.verdict in PASSING
+        total = 0.0
+        for tier in sorted(self.calls):
+            total += self.calls[tier].cost
+            self.spent[tier] = total
 
     def answer(self, tier: int) -> bool | None:
         """Whether tier ``tier``'s own answer passed (the taken one) or would have
@@ -237,7 +246,7 @@ class Attempt:
 
     def cost_to(self, depth: int) -> float:
         last = depth if self.tier is None else min(depth, self.tier)
-        return sum(call.cost for tier, call in self.calls.items() if tier <= last)
+        return max((spent for tier, spent in self.spent.items() if tier <= last), default=0.0)
 
     @property
     def output_tokens(self) -> int | None:
@@ -276,19 +285,20 @@ class CapabilityEvidence:
 
 @dataclass
 class TuningEvidence:
-    """An agent's evidence since ``since``: per capability and pooled. ``attempts``
-    (the active version's, joined with their calls) and ``rows`` (every pattern
-    read) are kept for the planners."""
+    """An agent's evidence since ``since``: ``rows``, every pattern read, and
+    ``attempts``, the active version's joined with their calls (what the planners
+    read); per capability and pooled, aggregated when first asked for (the page
+    asks for the capabilities, the planners for neither)."""
 
     agent: Agent
     since: datetime
     version: int
-    capabilities: list[CapabilityEvidence]
-    overall: CapabilityEvidence
     patterns: int
     capped: bool
     attempts: list[Attempt]
     rows: list[Mapping[str, Any]]
+    tiers: list[Tier]
+    models: _Models
 
     @property
     def days(self) -> int:
@@ -296,16 +306,38 @@ class TuningEvidence:
 
     @property
     def empty(self) -> bool:
-        return self.overall.empty
+        return not self.rows
+
+    @cached_property
+    def capabilities(self) -> list[CapabilityEvidence]:
+        rows: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for row in self.rows:
+            rows[row["capability"]].append(row)
+        attempts: dict[str, list[Attempt]] = defaultdict(list)
+        for attempt in self.attempts:
+            attempts[attempt.capability].append(attempt)
+        return [
+            _capability(name, group, self.version, attempts[name], self.tiers, self.models)
+            for name, group in sorted(rows.items(), key=lambda item: (-len(item[1]), item[0]))
+        ]
+
+    @cached_property
+    def overall(self) -> CapabilityEvidence:
+        return _capability(None, self.rows, self.version, self.attempts, self.tiers, self.models)
 
 
 # --- reading --------------------------------------------------------------------------
 
 
+def _patterns(agent: Agent, since: datetime) -> QuerySet[Pattern]:
+    return Pattern.objects.filter(agent=agent, created_at__gte=since).order_by("-created_at", "-pk")
+
+
 def _pattern_rows(agent: Agent, since: datetime, limit: int) -> list[Mapping[str, Any]]:
     return list(
-        Pattern.objects.filter(agent=agent, created_at__gte=since)
-        .order_by("-created_at", "-pk")
+        _patterns(agent, since)
+        # Means need no exact decimals: a float is read without a Decimal per row.
+        .annotate(spent=Cast("cost", FloatField()))
         .values(
             "task_id",
             "attempt",
@@ -315,25 +347,29 @@ def _pattern_rows(agent: Agent, since: datetime, limit: int) -> list[Mapping[str
             "model",
             "params",
             "verdict",
-            "cost",
+            "spent",
             "latency_ms",
             "tokens_out",
-            "created_at",
         )[:limit]
     )
 
 
 def _call_rows(agent: Agent, version: int, since: datetime, limit: int) -> list[Mapping[str, Any]]:
+    """The calls of the version's newest ``limit`` patterns' tasks (one query: the
+    patterns are a subquery)."""
+    tasks = _patterns(agent, since).filter(prompt_version=version).values("task_id")[:limit]
     return list(
         ModelCall.objects.filter(
+            task_id__in=tasks,
             agent=agent,
             prompt_version=version,
-            created_at__gte=since,
+            created_at__gte=since - CALLS_BEFORE_PATTERN,
             source__in=(ModelCall.Source.MODEL, ModelCall.Source.CACHE),
             stale=False,
             tier__isnull=False,
         )
         .order_by("-created_at", "-pk")
+        .annotate(spent=Cast("cost", FloatField()))
         .values(
             "task_id",
             "attempt",
@@ -344,10 +380,10 @@ def _call_rows(agent: Agent, version: int, since: datetime, limit: int) -> list[
             "accepted",
             "would_pass",
             "confidence",
-            "cost",
+            "spent",
             "error",
             "tokens_out",
-        )[:limit]
+        )[: limit * CALLS_PER_PATTERN]
     )
 
 
@@ -365,7 +401,7 @@ def _attempts(rows: Iterable[Mapping[str, Any]], calls: Iterable[Mapping[str, An
                 accepted=row["accepted"],
                 would_pass=row["would_pass"],
                 confidence=row["confidence"],
-                cost=float(row["cost"]),
+                cost=row["spent"] or 0.0,
                 cached=row["source"] == ModelCall.Source.CACHE,
                 error=bool(row["error"]),
                 tokens_out=row["tokens_out"],
@@ -453,25 +489,34 @@ def _depths(
     deepest = max([len(tiers), *(t for a in attempts for t in a.calls)], default=0)
     depths: list[Depth] = []
     left_out: list[int] = []
+    answered = [a for a in attempts if a.calls]
     for depth in range(1, deepest + 1):
-        known = [(a.outcome(depth), a) for a in attempts if a.calls]
-        scored = [(outcome, a) for outcome, a in known if outcome is not None]
-        unknown = len(known) - len(scored)
+        # Counted, not listed: a few thousand attempts a depth, a page view.
+        passes = scored = 0
+        spent = 0.0
+        for attempt in answered:
+            outcome = attempt.outcome(depth)
+            if outcome is None:
+                continue
+            scored += 1
+            passes += outcome
+            spent += attempt.cost_to(depth)
+        unknown = len(answered) - scored
         if not scored:
             continue
-        if unknown > MAX_UNKNOWN_SHARE * len(known):
+        if unknown > MAX_UNKNOWN_SHARE * len(answered):
             left_out.append(depth)
             continue
         model = tiers[depth - 1].model if depth <= len(tiers) else ""
         if not model:
-            model = next((a.calls[depth].model for _, a in scored if depth in a.calls), "")
+            model = next((a.calls[depth].model for a in answered if depth in a.calls), "")
         depths.append(
             Depth(
                 tier=depth,
                 model=model,
                 simulated=models.simulated(model),
-                rate=Rate(sum(1 for outcome, _ in scored if outcome), len(scored)),
-                cost=sum(a.cost_to(depth) for _, a in scored) / len(scored),
+                rate=Rate(passes, scored),
+                cost=spent / scored,
                 unknown=unknown,
             )
         )
@@ -511,42 +556,21 @@ def agent_tuning_evidence_get(
     version = agent.prompt_version
     rows = _pattern_rows(agent, since, limit)
     current = [r for r in rows if r["prompt_version"] == version]
-    calls: list[Mapping[str, Any]] = []
-    if current:
-        calls_since = max(since, min(r["created_at"] for r in current) - CALLS_BEFORE_PATTERN)
-        calls = _call_rows(agent, version, calls_since, len(current) * CALLS_PER_PATTERN)
+    calls = _call_rows(agent, version, since, len(current)) if current else []
     try:
         tiers = parse_cascade(agent.cascade)
     except ConfigError:
         tiers = []
-    models = _Models(tiers, calls)
-    attempts = _attempts(current, calls)
-    by_capability: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_capability[row["capability"]].append(row)
-    attempts_by_capability: dict[str, list[Attempt]] = defaultdict(list)
-    for attempt in attempts:
-        attempts_by_capability[attempt.capability].append(attempt)
-    capabilities = [
-        _capability(name, group, version, attempts_by_capability[name], tiers, models)
-        for name, group in sorted(by_capability.items(), key=lambda item: (-len(item[1]), item[0]))
-    ]
-    overall = (
-        _capability(None, rows, version, attempts, tiers, models)
-        if len(capabilities) != 1
-        # One capability: the pooled evidence is the same.
-        else CapabilityEvidence(**{**capabilities[0].__dict__, "capability": None})
-    )
     return TuningEvidence(
         agent=agent,
         since=since,
         version=version,
-        capabilities=capabilities,
-        overall=overall,
         patterns=len(rows),
         capped=len(rows) == limit,
-        attempts=attempts,
+        attempts=_attempts(current, calls),
         rows=rows,
+        tiers=tiers,
+        models=_Models(tiers, calls),
     )
 
 

@@ -17,8 +17,9 @@ proposal, its gates, its experiment).
   least the current rate minus 5 points (the replay gate's margin). The threshold
   walks down from the current one in steps of 0.01 and stops at the first band that
   falls short (a fixed sequence of tests, so the bound holds for the threshold
-  chosen without a correction for the steps tried); a step with fewer than 30
-  answers in its band is not a test yet. Never below the confidence inspection
+  chosen without a correction for the steps tried); a band too small for even one
+  as good as today's to pass (``planned_band``, at least 30) is not a test yet.
+  Never below the lowest confidence seen in the band, nor the confidence inspection
   asks for. What it cuts is over-processing: the escalations whose tier-1 answer
   would have passed.
 - ``tier_order``: drop the upper tiers when the cascade stopped before them passes
@@ -65,6 +66,7 @@ from experiments.evidence import (
     agent_tuning_evidence_get,
     percentile,
     setting_of,
+    wilson,
 )
 from experiments.models import PromptVersion, normal_prompt_fields
 from experiments.paired import mcnemar_exact_p
@@ -260,6 +262,29 @@ def _pass_bar(agent: Agent) -> float | None:
     return max(minimums) if minimums else None
 
 
+def planned_band(rate: float, *, margin: float = BAND_MARGIN, most: int = 100_000) -> int:
+    """The fewest answers a band passing as often as ``rate`` needs for its Wilson
+    lower bound to reach ``rate - margin`` (at least MIN_BAND): smaller bands are not
+    tested, so the sequence is not stopped by a test that could not have passed. It
+    depends on the taken answers' rate and the bands' sizes, never on the bands'
+    outcomes, so the fixed sequence keeps its level."""
+
+    def enough(n: int) -> bool:
+        bound = wilson(round(rate * n), n)
+        return bound is not None and bound[0] >= rate - margin
+
+    low, high = MIN_BAND, most
+    if not enough(high):
+        return most
+    while low < high:
+        middle = (low + high) // 2
+        if enough(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def plan_tier1_threshold(window: Window) -> Plan | None:
     agent = window.agent
     parsed = _parsed(agent)
@@ -287,6 +312,7 @@ def plan_tier1_threshold(window: Window) -> Plan | None:
     ]
     bar = _pass_bar(agent)
     floor = max(bar or 0.0, THRESHOLD_STEP)
+    planned = planned_band(today.rate)
     chosen: tuple[float, Rate, list] | None = None
     steps = 0
     step = 1
@@ -296,7 +322,8 @@ def plan_tier1_threshold(window: Window) -> Plan | None:
         if candidate < floor - 1e-9:
             break
         band = [p for p in passed_over if p[0] >= candidate - 1e-9]
-        if len(band) < MIN_BAND:
+        if len(band) < planned:
+            # Not a test yet: too few answers for even a band as good as today's to pass.
             continue
         steps += 1
         rate = Rate(sum(1 for p in band if p[1]), len(band))
@@ -326,6 +353,7 @@ def plan_tier1_threshold(window: Window) -> Plan | None:
         "band": {"from": new_threshold, "to": threshold, **_rate_json(band_rate)},
         "margin": BAND_MARGIN,
         "steps_tested": steps,
+        "planned_band": planned,
         "passed_over": len(passed_over),
         "needless_escalations": len(needless),
         "upper_tier_cost_needless": round(upper_cost, 6),
@@ -514,7 +542,7 @@ def _comparable_versions(agent: Agent, numbers: set[int]) -> set[int]:
 
 
 def _mean_cost(rows: Sequence[Mapping[str, Any]]) -> float:
-    return float(sum(r["cost"] for r in rows)) / len(rows) if rows else 0.0
+    return sum(r["spent"] or 0.0 for r in rows) / len(rows) if rows else 0.0
 
 
 def _value(value: float | None) -> str:

@@ -12,6 +12,7 @@ to draw with the plotly.js the plotly package ships."""
 from __future__ import annotations
 
 import json
+from html import escape
 from typing import Any
 
 from experiments.charts import money, money_decimals, percent_range
@@ -24,7 +25,8 @@ _SCRIPT_ESCAPES = {ord(">"): "\\u003E", ord("<"): "\\u003C", ord("&"): "\\u0026"
 
 
 def depth_label(depth: Depth) -> str:
-    return f"tier {depth.tier}: {depth.model}" + (" (simulated)" if depth.simulated else "")
+    # Plotly reads a few HTML tags in text (<br>, <a>...): a model's name is escaped.
+    return f"tier {depth.tier}: {escape(depth.model)}" + (" (simulated)" if depth.simulated else "")
 
 
 def _hover(depth: Depth) -> str:

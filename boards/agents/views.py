@@ -37,7 +37,7 @@ from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent
 from boards.selectors import agent_list_get, agent_model_calls_get
 from experiments import services as kaizen
-from experiments.evidence import agent_tuning_evidence_get
+from experiments.evidence import PAGE_PATTERNS, agent_tuning_evidence_get
 from experiments.forms import NoteForm
 from experiments.models import AgentGates, AuditEntry, ChangeProposal, Experiment, PromptVersion
 from experiments.prompt_diff import diff_lines, diff_rows
@@ -278,7 +278,7 @@ def _agent_tuning(agent: Agent) -> dict[str, Any]:
     """What each tier and generation setting of the agent has delivered, per
     capability (experiments.evidence), with each capability's cost / pass-rate
     chart: two queries, whatever the history."""
-    evidence = agent_tuning_evidence_get(agent)
+    evidence = agent_tuning_evidence_get(agent, limit=PAGE_PATTERNS)
     panels = [
         {
             "evidence": capability,

@@ -153,9 +153,11 @@ PASSED_OVER = [C(tier=1, confidence=0.73, would_pass=True), C(tier=2, confidence
 NEEDED = [C(tier=1, confidence=0.5, would_pass=False), C(tier=2, confidence=0.95, cost="0.01")]
 
 
-def _threshold_history(agent, *, band: int = 60, band_passing: bool = True):
-    add(agent, 57, calls=[C(tier=1, confidence=0.9)])
-    add(agent, 3, verdict="rejected", calls=[C(tier=1, confidence=0.9)])
+def _threshold_history(agent, *, band: int = 150, band_passing: bool = True):
+    # Tier 1's taken answers pass 95% of the time: a band needs 127 answers for one
+    # as good to show it (tuning.planned_band).
+    add(agent, 190, calls=[C(tier=1, confidence=0.9)])
+    add(agent, 10, verdict="rejected", calls=[C(tier=1, confidence=0.9)])
     calls = PASSED_OVER if band_passing else [C(tier=1, confidence=0.73, would_pass=False), PASSED_OVER[1]]
     add(agent, band, tier=2, calls=calls)
     add(agent, 20, tier=2, calls=NEEDED)
@@ -171,21 +173,23 @@ def test_tier_1s_threshold_is_lowered_where_its_passed_over_answers_would_have_p
     assert plan.fields["cascade"][0]["threshold"] == 0.73
     assert [t["model"] for t in plan.fields["cascade"]] == ["sim-small", "sim-large"]
     assert plan.fields["cascade"][1] == agent.cascade[1]
-    assert plan.evidence["taken_today"]["passes"] == 57
-    assert plan.evidence["band"]["n"] == 60
-    assert plan.evidence["band"]["low"] == pytest.approx(60 / (60 + 1.959963984540054**2))
-    assert plan.evidence["needless_escalations"] == 60
-    assert plan.evidence["upper_tier_cost_needless"] == pytest.approx(0.6)
+    assert plan.evidence["taken_today"]["passes"] == 190
+    assert plan.evidence["planned_band"] == 127
+    assert plan.evidence["band"]["n"] == 150
+    assert plan.evidence["band"]["low"] == pytest.approx(150 / (150 + 1.959963984540054**2))
+    assert plan.evidence["needless_escalations"] == 150
+    assert plan.evidence["upper_tier_cost_needless"] == pytest.approx(1.5)
     assert (
-        "had 60 of its answers taken at confidence 0.75 or more, and 57 of them passed (95%)"
+        "had 200 of its answers taken at confidence 0.75 or more, and 190 of them passed (95%)"
         in plan.rationale
     )
     assert (
-        "the 60 with confidence from 0.73 up to 0.75 would have passed inspection 60 times" in plan.rationale
+        "the 150 with confidence from 0.73 up to 0.75 would have passed inspection 150 times"
+        in plan.rationale
     )
-    assert "95% interval 94%–100%" in plan.rationale
+    assert "95% interval 98%–100%" in plan.rationale
     assert "lower tier 1's threshold from 0.75 to 0.73" in plan.rationale
-    assert "estimated saving $0.60 per 7 days" in plan.rationale
+    assert "estimated saving $1.50 per 7 days" in plan.rationale
 
 
 def test_a_band_that_would_fail_more_often_keeps_the_threshold():
@@ -195,11 +199,19 @@ def test_a_band_that_would_fail_more_often_keeps_the_threshold():
     assert tuning.plan_tier1_threshold(window(agent)) is None
 
 
-def test_a_thin_band_is_no_evidence():
+def test_a_band_too_small_to_show_it_passes_as_often_is_no_evidence():
     agent = _agent()
-    _threshold_history(agent, band=tuning.MIN_BAND - 1)
+    # Every one of them would have passed, but 120 cannot show a 95% rate within 5 points.
+    _threshold_history(agent, band=120)
 
     assert tuning.plan_tier1_threshold(window(agent)) is None
+
+
+def test_the_planned_band_grows_as_the_rate_to_match_falls():
+    assert tuning.planned_band(0.95) == 127
+    assert (
+        tuning.MIN_BAND <= tuning.planned_band(0.999) < tuning.planned_band(0.95) < tuning.planned_band(0.8)
+    )
 
 
 def test_the_threshold_is_never_lowered_below_what_inspection_asks():
