@@ -36,6 +36,10 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/flow.py
 	$(BIN)/python bench/muda.py
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/embeddings.py
+	$(BIN)/python bench/knowledge.py
+	$(BIN)/python bench/knowledge_search.py
+	$(BIN)/python bench/few_shot.py --record
 
 # The kaizen loop's decision procedure on simulated experiments (issue 5); CPU only.
 bench-stats: $(DEV_STAMP)

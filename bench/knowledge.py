@@ -10,12 +10,11 @@
 - ``embedder_pending_at_line_end`` and ``embedder_catch_up_seconds``: how far
   the embedder was behind when the line finished a round, and how long it took
   to catch up once the line was idle;
-- ``knn_*``: nearest-neighbour search over ``--knn-patterns`` patterns
-  (bench/knowledge_search.py): numpy on SQLite, pgvector's HNSW index on a
-  bundled PostgreSQL with the extension.
 
 The embedder's own speed and its retrieval quality against word overlap are
-bench/embeddings.py's; what ``{examples}`` costs a task is bench/few_shot.py's.
+bench/embeddings.py's; nearest-neighbour search over 100,000 patterns (numpy on
+SQLite, pgvector's HNSW index) bench/knowledge_search.py's; what ``{examples}``
+costs a task bench/few_shot.py's.
 
 Prints one ``name=value`` line per figure and records the run in bench/README.md.
 """
@@ -163,9 +162,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="line runs without and with it, alternated (3)")
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per line measurement (2000)")
-    parser.add_argument("--knn-patterns", type=int, default=100_000, help="patterns searched (100,000)")
     parser.add_argument("--skip-line", action="store_true", help="leave out the line's measure")
-    parser.add_argument("--skip-knn", action="store_true", help="leave out the nearest-neighbour search")
     parser.add_argument("--wip", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=100, help="worker threads (100)")
     parser.add_argument("--web-workers", type=int, default=1)
@@ -191,10 +188,6 @@ def main() -> None:
         import redis
 
         redis.Redis.from_url(args.redis_url).delete(f"{bench.queue}.knowledge")
-    if not args.skip_knn:
-        from bench import knowledge_search
-
-        results.update(knowledge_search.measure(args.knn_patterns))
     for key, value in results.items():
         print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
     if not args.no_record:
