@@ -173,12 +173,14 @@ def _metric_label_names():
 @pytest.fixture(autouse=True)
 def _knowledge_fresh():
     """What a process remembers of the knowledge base (whether rows of another
-    embedding model are left, the in-memory vector indexes) starts empty in each
+    embedding model are left, the in-memory vector indexes, versions' parameters) starts empty in each
     test: a rolled-back test's rows must not be remembered by the next."""
-    from experiments import knowledge, vectors
+    from experiments import knowledge, patterns, vectors
 
     knowledge._stale_looked.clear()
     vectors.indexes_clear()
+    # Versions by (agent id, number): SQLite hands a rolled-back test's ids out again.
+    patterns._version_parameters.cache_clear()
     yield
     knowledge._stale_looked.clear()
 
