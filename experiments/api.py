@@ -304,7 +304,8 @@ def similar_list(
     text = (filters.text or "").strip()
     if bool(text) == (filters.task is not None):
         message = "Give a text or a task, not both." if text else "Give a text or a task."
-        raise _FieldProblems({"text": [message], "task": [message]})
+        # Per field: answered 400 by the API's handler of service errors.
+        raise DjangoValidationError({"text": [message], "task": [message]})
     slugs = request.auth.board_slugs()
     board_ids = (
         None if slugs is None else set(Board.objects.filter(slug__in=slugs).values_list("pk", flat=True))
@@ -352,10 +353,3 @@ def similar_list(
             for hit in found
         ],
     }
-
-
-class _FieldProblems(DjangoValidationError):
-    """Bad query parameters, per field: answered 400 by the API's handler."""
-
-    def __init__(self, problems: dict[str, list[str]]) -> None:
-        super().__init__(problems)
