@@ -4,7 +4,7 @@
   whole line (bench/run.py's measure, one HTTP request per task, PostgreSQL,
   every task its own input so each must be embedded), without the knowledge base
   (KAIZEN_KNOWLEDGE=0: no pattern rows) and with it (a pattern row per attempt
-  in the completion's transaction, and the embedder worker at nice 19 beside
+  in the completion's transaction, and the embedder worker at the lowest CPU priority (SCHED_IDLE, nice 19) beside
   the line, fed every 2 s as beat feeds it), alternated over ``--rounds``
   (medians), and ``line_knowledge_cost_percent`` (the target: under 5%);
 - ``embedder_pending_at_line_end`` and ``embedder_catch_up_seconds``: how far
@@ -54,9 +54,7 @@ class KnowledgeLine:
             self.bench.start(
                 "knowledge",
                 [
-                    "nice",
-                    "-n",
-                    "19",
+                    *processes.lowest_priority(),
                     sys.executable,
                     "-m",
                     "celery",

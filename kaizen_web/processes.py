@@ -11,6 +11,7 @@ would load the Celery app, and Django with it).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,3 +118,11 @@ def stop_groups(procs: Iterable[subprocess.Popen], *, grace: float) -> None:
         signal_group(proc, signal.SIGKILL)
     for proc in procs:
         proc.wait()
+
+
+def lowest_priority() -> list[str]:
+    """A command prefix that runs a process only on CPU nobody else wants: Linux's
+    SCHED_IDLE policy (``chrt --idle 0``) where chrt exists, and nice 19 (which
+    also lowers its I/O priority)."""
+    prefix = ["chrt", "--idle", "0"] if shutil.which("chrt") else []
+    return [*prefix, "nice", "-n", "19"] if shutil.which("nice") else prefix

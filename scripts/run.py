@@ -797,15 +797,14 @@ def run(sup: Supervisor, var_dir: Path) -> None:
         ready_when=r"\bready\.",
     )
     # The knowledge base's embedder: its own Celery worker on its own queue, one
-    # batch at a time, at the lowest CPU priority, so the line takes the CPU
-    # first and the embedder catches up when the line idles (experiments.knowledge).
+    # batch at a time, at the lowest CPU priority (SCHED_IDLE where chrt exists,
+    # and nice 19), so the line takes the CPU first and the embedder catches up
+    # when the line idles (experiments.knowledge).
     queue = env.get("CELERY_QUEUE", "").strip() or "kaizen"
     sup.start(
         "knowledge",
         [
-            "nice",
-            "-n",
-            "19",
+            *processes.lowest_priority(),
             *celery,
             "worker",
             "-P",
