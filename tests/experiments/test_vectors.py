@@ -5,13 +5,19 @@ the pgvector index against a real PostgreSQL with pgvector
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import count
+from urllib.parse import quote
 
 import numpy as np
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -22,6 +28,7 @@ from django.utils import timezone
 from boards.models import Agent, Board, Column, Task
 from experiments import vectors
 from experiments.models import Pattern
+from tests.experiments.pgvector_server import BASE_DIR
 
 MODEL = "test:random-unit"
 DIM = 384
@@ -480,3 +487,79 @@ def test_knowledge_index_mirrors_every_vector_and_builds_the_index(pgvector_db):
             [vectors.TABLE, "%hnsw%"],
         )
         assert cursor.fetchone()[0] == 2
+
+
+# The knowledge base's own services on a database with pgvector as its default,
+# as in production: in a process of its own (the suite's default is the pass's).
+LINE_ON_PGVECTOR = """
+import json
+import zlib
+
+import django
+import numpy as np
+
+django.setup()
+from boards.models import Column, Task
+from experiments import knowledge, vectors
+from experiments.models import Pattern
+from experiments.patterns import make_pattern
+from tests.factories import make_agent, make_board
+
+
+class Words:
+    # Each word a fixed random direction: texts sharing words are near.
+    name = "test:words"
+    dim = 64
+
+    def embed(self, texts):
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                rows[i] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+board = make_board()
+agent = make_agent(boards=[board])
+done = Column.objects.get(board=board, role=Column.Role.DONE)
+titles = ["refund the duplicate order", "translate the invoice", "summarise the bug report", "refund a late order"]
+for title in titles:
+    task = Task.objects.create(board=board, column=done, title=title, agent=agent, status=Task.Status.DONE)
+    make_pattern(task, verdict="approved", attempt=1, tier=1, model="", version=None).save()
+embedded = knowledge.patterns_embed(embedder=Words(), budget_seconds=60)
+hits = knowledge.similar_patterns(text="refund the order", embedder=Words(), limit=2)
+index = vectors.vector_index(Words.name)
+print(json.dumps({
+    "backend": vectors.vector_backend(),
+    "index": type(index).__name__,
+    "embedded": embedded,
+    "patterns": sorted(Pattern.objects.values_list("pk", flat=True)),
+    "hits": [hit.pattern.task.title for hit in hits],
+}))
+"""
+
+
+def test_the_embedder_mirrors_and_similar_work_searches_pgvector(pgvector_db, pgvector_dsn):
+    info = psycopg.conninfo.conninfo_to_dict(pgvector_dsn)
+    url = f"postgres://{info['user']}@{quote(info['host'], safe='')}/{info['dbname']}"
+    run = subprocess.run(
+        [sys.executable, "-c", LINE_ON_PGVECTOR],
+        cwd=BASE_DIR,
+        env={**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "pgvector"
+    assert result["index"] == "PgvectorIndex"
+    assert result["embedded"] == 4
+    # Mirrored in the embedder's transaction, with the model's own index.
+    assert sorted(mirrored(pgvector_db)) == result["patterns"]
+    with connections[pgvector_db].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = %s", [vectors.index_name("test:words", 64)]
+        )
+        assert cursor.fetchone()[0] == 1
+    assert result["hits"] == ["refund the duplicate order", "refund a late order"]
