@@ -10,6 +10,7 @@ busy line takes the CPU first and the embedder catches up when it idles."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,58 @@ logger = logging.getLogger(__name__)
 # before it leaves the rest to the next beat.
 EMBED_BATCH = 64
 EMBED_BUDGET_SECONDS = 5.0
+# While the rest of the machine keeps more than this share of its CPU busy (the
+# line at work), the beat's call embeds one small batch and leaves the rest for
+# a quieter moment. On these 2-core machines the cores are shared even with a
+# process at the lowest priority (their caches, and vCPUs that are one core's
+# two threads): an embedder filling the line's idle moments cost it 17% of its
+# throughput (bench/knowledge.py).
+BUSY_SHARE = 0.5
+BUSY_BATCH = 4
+
+
+class CpuGauge:
+    """How busy the rest of the machine was since the last look: the share of all
+    its CPUs' time spent by other processes (Linux's /proc/stat, less this
+    process's own time). None where /proc/stat cannot be read."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int, float] | None:
+        try:
+            with open("/proc/stat") as stat:
+                values = [int(v) for v in stat.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal, in clock ticks.
+        return sum(values), values[3] + values[4], time.process_time()
+
+    def others_busy(self) -> float | None:
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None:
+            return None
+        total, idle = now[0] - last[0], now[1] - last[1]
+        if total <= 0:
+            return None
+        own = (now[2] - last[2]) * os.sysconf("SC_CLK_TCK")
+        return max(0.0, total - idle - own) / total
+
+
+_gauge: CpuGauge | None = None
+
+
+def line_busy() -> bool:
+    """Is the rest of the machine busy (the line at work)? Measured since the
+    previous call in this process (the beat's calls, every few seconds)."""
+    global _gauge
+    if _gauge is None:
+        _gauge = CpuGauge()
+        return False
+    share = _gauge.others_busy()
+    return share is not None and share > BUSY_SHARE
 
 
 def pending_patterns(model: str):
@@ -113,15 +166,23 @@ def patterns_embed(
     batch: int = EMBED_BATCH,
     embedder: Embedder | None = None,
     progress: Callable[[int], None] | None = None,
+    yielding: bool = False,
 ) -> int:
     """Embed pending patterns, a batch at a time, until none is left or the time
     budget is spent; returns how many were embedded. Safe to run in several
     processes at once: a batch is claimed with its rows locked (SKIP LOCKED where
-    the database has it), and a row embedded twice is only written twice."""
+    the database has it), and a row embedded twice is only written twice.
+
+    ``yielding`` (the beat's calls): while the rest of the machine is busy
+    (``line_busy``), one batch of ``BUSY_BATCH`` and no more, so the embedder
+    takes a few percent of one core while the line runs and catches up after."""
     embedder = embedder or get_embedder()
+    if yielding and line_busy():
+        budget_seconds, batch = 0.0, BUSY_BATCH
     started = time.monotonic()
     done = 0
-    while time.monotonic() - started < budget_seconds:
+    # At least one batch, however small the budget.
+    while done == 0 or time.monotonic() - started < budget_seconds:
         with transaction.atomic():
             rows = _next_batch(embedder.name, batch)
             if not rows:

@@ -51,6 +51,6 @@ def embed_patterns() -> int:
     # On its own queue (settings.KAIZEN_KNOWLEDGE_QUEUE), served by a worker at the
     # lowest CPU priority: the line never waits on an embedding. Then the failure
     # warnings of open escalations, which need the patterns embedded first.
-    embedded = knowledge.patterns_embed()
+    embedded = knowledge.patterns_embed(yielding=True)
     failure_warnings.escalation_warnings_compute()
     return embedded

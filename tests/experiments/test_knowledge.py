@@ -4,6 +4,7 @@ once; back-filled for history, restartably; re-embedded after a model change."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from io import StringIO
 
@@ -234,3 +235,37 @@ def test_similar_patterns_rank_by_meaning_and_filter(board, agent):
 
     like_task = knowledge.similar_patterns(task=Escalation.objects.get(pk=rejected.pk).task, limit=1)
     assert [s.pattern.task_id for s in like_task] == [tasks["refund"]]  # itself left out
+
+
+def test_the_beat_embeds_a_small_batch_while_the_line_is_busy_and_the_rest_when_it_idles(
+    board, agent, monkeypatch
+):
+    for i in range(knowledge.BUSY_BATCH + 3):
+        _, claim = claim_one(board, title=f"Ticket {i}", input=f"Customer {i} asks about their order.")
+        assert complete(claim)
+    monkeypatch.setattr(knowledge, "line_busy", lambda: True)
+    assert knowledge.patterns_embed(yielding=True) == knowledge.BUSY_BATCH
+    # Not yielding (the back-fill, a person waiting on a command): all of it.
+    monkeypatch.setattr(knowledge, "line_busy", lambda: False)
+    assert knowledge.patterns_embed(yielding=True) == 3
+    assert not knowledge.pending_patterns(get_embedder().name).exists()
+
+
+def test_the_cpu_gauge_leaves_out_this_process_s_own_time():
+    def raw():
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:9]]
+        return sum(values), values[3] + values[4]
+
+    before = raw()
+    gauge = knowledge.CpuGauge()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # this process spinning
+        pass
+    share = gauge.others_busy()
+    after = raw()
+    total, idle = after[0] - before[0], after[1] - before[1]
+    everyone = (total - idle) / total
+    assert share is not None and 0.0 <= share <= 1.0
+    # The spinning (about 0.3 s of CPU) is counted in everyone's share, not in the others'.
+    assert share < everyone
