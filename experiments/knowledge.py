@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -84,7 +85,7 @@ def line_busy() -> bool:
         _gauge = CpuGauge()
         return False
     share = _gauge.others_busy()
-    return share is not None and share > BUSY_SHARE
+    return share is not None and share > getattr(settings, "KAIZEN_EMBED_YIELD_SHARE", BUSY_SHARE)
 
 
 def pending_patterns(model: str):

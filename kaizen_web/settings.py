@@ -312,6 +312,10 @@ KAIZEN_KNOWLEDGE = env_bool("KAIZEN_KNOWLEDGE", True)
 # never waits on an embedding, and a busy line takes the CPU first.
 KAIZEN_KNOWLEDGE_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.knowledge"
 CELERY_TASK_ROUTES = {"experiments.tasks.embed_patterns": {"queue": KAIZEN_KNOWLEDGE_QUEUE}}
+# While the rest of the machine keeps more than this share of its CPU busy, the
+# embedder takes a batch of 4 per beat and catches up when it is quieter (1: it
+# never yields; for an embedder on a machine of its own, or a line busy day and night).
+KAIZEN_EMBED_YIELD_SHARE = env_float("KAIZEN_EMBED_YIELD_SHARE", 0.5, minimum=0.0, maximum=1.0)
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_PREFETCH_MULTIPLIER", 4, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
