@@ -115,14 +115,15 @@ def stale_left(model: str) -> bool:
 
 def _next_batch(model: str, batch: int) -> list[Pattern]:
     """The next rows to embed, locked: new ones first (the partial index of rows
-    with no vector), then rows of another model."""
+    with no vector), reviewers' decisions before the rest, then rows of another
+    model."""
     fields = ("pk", "text", "text_hash", "embed_model")
-    rows = list(
-        Pattern.objects.filter(embedded_at__isnull=True)
-        .select_for_update(skip_locked=True)
-        .order_by("pk")
-        .only(*fields)[:batch]
-    )
+    new = Pattern.objects.filter(embedded_at__isnull=True).select_for_update(skip_locked=True).only(*fields)
+    # Reviewers' decisions first: the failure warnings of open escalations wait
+    # for them, and a busy line's passed attempts can queue up by the thousand.
+    rows = list(new.filter(verdict__in=Pattern.REVIEWED).order_by("pk")[:batch])
+    if len(rows) < batch:
+        rows += new.exclude(verdict__in=Pattern.REVIEWED).order_by("pk")[: batch - len(rows)]
     if rows or not stale_left(model):
         return rows
     return list(

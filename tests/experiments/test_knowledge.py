@@ -269,3 +269,14 @@ def test_the_cpu_gauge_leaves_out_this_process_s_own_time():
     assert share is not None and 0.0 <= share <= 1.0
     # The spinning (about 0.3 s of CPU) is counted in everyone's share, not in the others'.
     assert share < everyone
+
+
+def test_reviewers_decisions_are_embedded_before_the_line_s_passed_attempts(board, agent):
+    for i in range(5):
+        _, claim = claim_one(board, title=f"Ticket {i}", input=f"Customer {i} asks about their order.")
+        assert complete(claim)
+    rejected = escalate(board, title="Reply to an angry customer", input="The order is late again.")
+    andon_services.escalation_reject(escalation=rejected, user=make_reviewer(), reason="tone too informal")
+    assert knowledge.patterns_embed(batch=2, budget_seconds=0) == 2
+    first = set(Pattern.objects.filter(embedded_at__isnull=False).values_list("verdict", flat=True))
+    assert Pattern.Verdict.REJECTED in first
