@@ -453,14 +453,15 @@ def _failures(window: _Window) -> list[dict]:
     return failures
 
 
-def rewrite_request(agent: Agent, failures: list[dict], *, defects: int, outputs: int, days: int) -> str:
-    """What the model is asked: the template, the placeholders it must keep, the failures."""
+def _request_preamble(agent: Agent) -> list[str]:
+    """The start of every rewrite request: the task, the placeholders the
+    template may use, and the current template."""
     try:
         declared = parse_variables(agent.prompt_variables)
     except ConfigError:
         declared = []
     available = ", ".join(f"{{{name}}}" for name in (*BUILTIN_VARIABLES, *declared))
-    lines = [
+    return [
         f"You improve the prompt template of an AI agent named {agent.name!r}.",
         "The template is filled in with Python's str.format: each {name} placeholder is replaced by a "
         f"value (available: {available}); write {{{{ and }}}} for a literal brace.",
@@ -470,6 +471,13 @@ def rewrite_request(agent: Agent, failures: list[dict], *, defects: int, outputs
         agent.prompt_template,
         ">>>",
         "",
+    ]
+
+
+def rewrite_request(agent: Agent, failures: list[dict], *, defects: int, outputs: int, days: int) -> str:
+    """What the model is asked: the template, the placeholders it must keep, the failures."""
+    lines = [
+        *_request_preamble(agent),
         f"In the last {days} days, {defects} of its {outputs} outputs failed inspection. Some of them:",
     ]
     for number, failure in enumerate(failures, start=1):
@@ -725,21 +733,8 @@ def _cluster_corrections(cluster: clusters.Cluster) -> list[clusters.Failure]:
 def reasons_request(agent: Agent, cluster: clusters.Cluster, *, days: int) -> str:
     """What the model is asked: the template, its placeholders, the one failure
     reviewers keep naming, in their words, and answers they sent back for it."""
-    try:
-        declared = parse_variables(agent.prompt_variables)
-    except ConfigError:
-        declared = []
-    available = ", ".join(f"{{{name}}}" for name in (*BUILTIN_VARIABLES, *declared))
     lines = [
-        f"You improve the prompt template of an AI agent named {agent.name!r}.",
-        "The template is filled in with Python's str.format: each {name} placeholder is replaced by a "
-        f"value (available: {available}); write {{{{ and }}}} for a literal brace.",
-        "",
-        "The current template, between the lines of <<< and >>>:",
-        "<<<",
-        agent.prompt_template,
-        ">>>",
-        "",
+        *_request_preamble(agent),
         f"In the last {days} days, reviewers sent back {len(cluster.members)} of its answers, to "
         f"{len(cluster.tasks)} different tasks, for the same reason. Their words:",
     ]
