@@ -31,6 +31,9 @@ from boards.agents.spec import (
 # Task.capability's length: a longer name offered by an agent could never be asked for.
 CAPABILITY_MAX_LENGTH = 60
 
+# Django's permission rules, which a token's query can answer itself (ApiToken).
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
 
 def default_cascade() -> list[dict]:
     return [{"provider": "simulated", "model": "sim-small", "threshold": None}]
@@ -676,12 +679,21 @@ class ApiToken(models.Model):
                 "This API token is read-only: adding tasks needs a write token "
                 "(`manage.py create_api_token USER`, without --read-only)."
             )
-        if not self.user.has_perm(self.WRITE_PERMISSION):
+        if not self._may_add_task():
             return (
                 f"User {self.user.get_username()!r} may not add tasks: an administrator must give them the "
                 f"“Can add task” permission ({self.WRITE_PERMISSION}) in the admin."
             )
         return None
+
+    def _may_add_task(self) -> bool:
+        # Read with the token (services.api_token_authenticate: ModelBackend's
+        # rules, in the same query) when only ModelBackend decides permissions;
+        # asked of the user, through every backend, otherwise.
+        may = getattr(self, "may_add_task", None)
+        if may is not None and settings.AUTHENTICATION_BACKENDS == [MODEL_BACKEND]:
+            return bool(may)
+        return self.user.has_perm(self.WRITE_PERMISSION)
 
     @staticmethod
     def hash_key(key: str) -> str:

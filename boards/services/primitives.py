@@ -13,10 +13,11 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Field, Max
+from django.db.models import Field, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
+from kaizen_web.prepared import Prepared, fields
 
 Role = Column.Role
 Status = Task.Status
@@ -96,9 +97,20 @@ def column_required(board_id: int, role: str, columns: dict[str, Column] | None 
     return column
 
 
+# Read for every task added: compiled once (kaizen_web.prepared).
+_INTAKE_COLUMNS = Prepared(
+    lambda *, board_id: (
+        Column.objects.filter(board_id=board_id, role__in=[Role.BACKLOG, Role.READY])
+        .order_by()
+        .values_list(*fields(Column))
+    ),
+    board_id=int,
+)
+
+
 def intake_column(board: Board) -> Column:
     """Where new tasks go: the board's Backlog, else its Ready column."""
-    columns = {c.role: c for c in board.columns.filter(role__in=[Role.BACKLOG, Role.READY])}
+    columns = {c.role: c for c in _INTAKE_COLUMNS.instances(Column, board_id=board.pk)}
     column = columns.get(Role.BACKLOG) or columns.get(Role.READY)
     if column is None:
         raise ValidationError(f"Board {board.name!r} has neither a Backlog nor a Ready column.")
@@ -150,9 +162,27 @@ def _renumber(column: Column) -> None:
     Task.objects.bulk_update(tasks, ["position"], batch_size=500)
 
 
+def _slot_query(*, column_id, priority) -> QuerySet:
+    return (
+        Task.objects.filter(column_id=column_id)
+        .values("column_id")
+        .annotate(lower=Min("position", filter=Q(priority__lt=priority)), last=Max("position"))
+        .values_list("lower", "last")
+    )
+
+
+# Asked for every task that enters a column: compiled once (kaizen_web.prepared).
+_SLOT = Prepared(_slot_query, column_id=int, priority=int)
+
+
 def _slot_by_priority(column: Column, priority: int) -> int:
     """Where a task entering ``column`` goes: after every task of its priority or
-    higher, before the first of lower priority. People may reorder afterwards."""
+    higher, before the first of lower priority. People may reorder afterwards.
+    One query when it goes last, as it mostly does."""
+    row = _SLOT.first(column_id=column.pk, priority=priority)
+    lower, last = row if row is not None else (None, None)
+    if lower is None:
+        return (last or 0) + POSITION_GAP
     first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
     return slot_before(column, first_lower)
 

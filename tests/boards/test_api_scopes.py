@@ -5,6 +5,7 @@ permissionless user's, could add tasks to any board."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
@@ -67,6 +68,44 @@ def test_a_superusers_write_token_adds_tasks(board):
     response = post_json(client_for(token_for(admin)), f"/api/v1/boards/{board.slug}/tasks", {"title": "T"})
 
     assert response.status_code == 201
+
+
+def test_a_permission_given_through_a_group_lets_the_token_add_tasks(board):
+    # Read with the token in one query (services.api_token_authenticate): the
+    # user's groups count as ModelBackend counts them.
+    user = make_writer()
+    client = client_for(token_for(user))
+    user.user_permissions.clear()
+    group = Group.objects.create(name="Writers")
+    group.permissions.add(Permission.objects.get(content_type__app_label="boards", codename="add_task"))
+
+    assert post_json(client, f"/api/v1/boards/{board.slug}/tasks", {"title": "T"}).status_code == 403
+    user.groups.add(group)
+    assert post_json(client, f"/api/v1/boards/{board.slug}/tasks", {"title": "T"}).status_code == 201
+
+
+def test_another_authentication_backend_is_asked_through_the_user(board, settings):
+    # The query answers for ModelBackend alone; with other backends configured,
+    # the user's has_perm (every backend) decides, as before.
+    user = make_writer()
+    client = client_for(token_for(user))
+    user.user_permissions.clear()
+    settings.AUTHENTICATION_BACKENDS = [
+        "django.contrib.auth.backends.ModelBackend",
+        "tests.boards.test_api_scopes.AllowAddTask",
+    ]
+
+    assert post_json(client, f"/api/v1/boards/{board.slug}/tasks", {"title": "T"}).status_code == 201
+
+
+class AllowAddTask:
+    """An authentication backend that lets everyone add tasks (for the test above)."""
+
+    def authenticate(self, request, **credentials):
+        return None
+
+    def has_perm(self, user, perm, obj=None):
+        return perm == "boards.add_task"
 
 
 def test_a_user_who_loses_the_permission_loses_it_through_the_token_too(board):

@@ -1,0 +1,94 @@
+"""kaizen_web.prepared: a queryset compiled once answers as the queryset itself would,
+for every value, on both databases, converted as Django converts its rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from django.db import connection
+from django.db.models import Q
+from django.test.utils import CaptureQueriesContext
+
+from boards.models import Board, Column, Task
+from kaizen_web.prepared import Prepared, fields
+from tests.factories import make_board
+
+pytestmark = pytest.mark.django_db
+
+
+def _tasks(*, column_id, title):
+    return (
+        Task.objects.filter(column_id=column_id)
+        .filter(Q(title=title) | Q(priority__gt=1))
+        .order_by("pk")
+        .values_list("pk", "title", "priority", "created_at", "allow_reuse")
+    )
+
+
+def test_each_call_reads_its_own_values_as_the_queryset_would():
+    board = make_board()
+    ready, done = board.columns.get(role="ready"), board.columns.get(role="done")
+    for column in (ready, done):
+        for index in range(3):
+            Task.objects.create(
+                board=board, column=column, title=f"t{index}", priority=index, allow_reuse=index != 1
+            )
+    prepared = Prepared(_tasks, column_id=int, title=str)
+    for column in (ready, done):
+        for title in ("t0", "t1", "nothing"):
+            assert prepared.rows(column_id=column.pk, title=title) == list(
+                _tasks(column_id=column.pk, title=title)
+            )
+    rows = prepared.rows(column_id=done.pk, title="t1")
+    # Converted as Django converts them (SQLite's integers and text, too).
+    assert [type(value) for value in rows[0][3:]] == [datetime, bool]
+    assert [row[1] for row in rows] == ["t1", "t2"]
+
+
+def test_compiled_once_then_only_run():
+    board = make_board()
+    prepared = Prepared(_tasks, column_id=int, title=str)
+    prepared.rows(column_id=1, title="x")
+    compiled = dict(prepared._compiled)
+    column_id = board.columns.first().pk
+    with CaptureQueriesContext(connection) as queries:
+        assert prepared.rows(column_id=column_id, title="y") == []
+    assert len(queries) == 1
+    assert prepared._compiled == compiled
+
+
+def test_none_is_a_shape_of_its_own():
+    board = make_board()
+    ready = board.columns.get(role="ready")
+    Task.objects.create(board=board, column=ready, title="a", prompt_version=None)
+    Task.objects.create(board=board, column=ready, title="b", prompt_version=3)
+    prepared = Prepared(
+        lambda *, version: Task.objects.filter(column=ready, prompt_version=version).values_list("title"),
+        version=int,
+    )
+    assert prepared.rows(version=None) == [("a",)]
+    assert prepared.rows(version=3) == [("b",)]
+    assert prepared.rows(version=None) == [("a",)]
+
+
+def test_instances_are_whole_model_objects():
+    board = make_board()
+    prepared = Prepared(lambda *, slug: Board.objects.filter(slug=slug).values_list(*fields(Board)), slug=str)
+    [found] = prepared.instances(Board, slug=board.slug)
+    assert found == board and found.name == board.name and found.created_at == board.created_at
+    assert not found._state.adding
+    assert prepared.instances(Board, slug="no-such-board") == []
+
+
+def test_a_value_the_sql_does_not_take_is_refused():
+    # A value the build does not pass on as a parameter (ignored, or turned into
+    # SQL text) cannot be run again with another: refused, never silently ignored.
+    prepared = Prepared(lambda *, n: Column.objects.filter(position__gte=0).values_list("pk"), n=int)
+    with pytest.raises(ValueError, match="n not found"):
+        prepared.rows(n=1)
+
+
+def test_only_ints_and_text():
+    with pytest.raises(TypeError, match="an int or a str"):
+        Prepared(lambda *, when: Task.objects.values_list("pk"), when=datetime)
