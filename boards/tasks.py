@@ -8,6 +8,8 @@ demo board (up to its intake column's limit); that is its job, on a clock.
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from celery.signals import (
     worker_init,
@@ -17,9 +19,12 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from django.conf import settings
 
 from boards import services
 from boards.agents import runtime
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="boards.tasks.run_task")
@@ -33,8 +38,29 @@ def run_tasks(claims: list[list]) -> list[str]:
     return runtime.run_batch([(int(task_id), str(token)) for task_id, token in claims])
 
 
+# Whether this worker serves the line's queue (set at worker_init). Another worker,
+# such as the knowledge base's embedder on <queue>.knowledge, runs no task of the
+# line: it must not beat as a line worker, nor pull every board when it starts.
+_serves_line = True
+
+
+def _consumes_line_queue(worker) -> bool:
+    """Whether ``worker`` (Celery's, at worker_init: its -Q queues are set by then)
+    consumes the line's queue, CELERY_TASK_DEFAULT_QUEUE. With no -Q it consumes
+    the default queue."""
+    if worker is None:
+        return True
+    names = set(worker.app.amqp.queues.consume_from or ())
+    return not names or settings.CELERY_TASK_DEFAULT_QUEUE in names
+
+
 @worker_init.connect
-def _mark_worker(**kwargs) -> None:
+def _mark_worker(sender=None, **kwargs) -> None:
+    global _serves_line
+    _serves_line = _consumes_line_queue(sender)
+    if not _serves_line:
+        logger.info("this worker serves no queue of the line: it neither beats as a line worker nor pulls")
+        return
     services.mark_worker_process()
     # The thread pool runs tasks in this process: it beats from now on.
     runtime.worker_started()
@@ -43,12 +69,14 @@ def _mark_worker(**kwargs) -> None:
 @worker_process_init.connect
 def _start_child(**kwargs) -> None:
     # A prefork child: its own heartbeat (threads do not survive the fork).
-    runtime.worker_started()
+    if _serves_line:
+        runtime.worker_started()
 
 
 @worker_ready.connect
 def _pull_at_start(**kwargs) -> None:
-    runtime.worker_ready()
+    if _serves_line:
+        runtime.worker_ready()
 
 
 @worker_shutting_down.connect

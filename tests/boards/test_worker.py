@@ -288,3 +288,28 @@ def test_a_worker_asked_to_stop_hands_its_tasks_back_at_once(celery_worker, sett
     for task in Task.objects.filter(pk__in=ids):
         assert completed_events(task) == 1
         assert ModelCall.objects.filter(task=task, accepted=True, stale=False).count() == 1
+
+
+@pytest.mark.worker
+def test_a_worker_that_serves_no_queue_of_the_line_neither_beats_nor_pulls(celery_worker):
+    # The knowledge base's embedder is such a worker (its own queue): it runs no
+    # task of the line, so it must not count as a line worker.
+    import redis
+    from django.conf import settings
+
+    celery_worker.stop()  # the fixture's worker, on the line's queue
+    board = make_board(doing_limit=2, backlog=False)
+    make_agent(boards=[board])
+    task = services.task_create(board=board, title="waits for a line worker", input="Classify: scratch.")
+    celery_worker.queue = settings.KAIZEN_KNOWLEDGE_QUEUE
+    worker = celery_worker.start()
+    wait_until(
+        "the worker to say it serves no queue of the line",
+        lambda: "serves no queue of the line" in worker.log_text(),
+    )
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    beating = [key for key in client.scan_iter("kaizen:worker:*") if f":{worker.proc.pid}:".encode() in key]
+    assert beating == []
+    # It did not pull at start: the task still waits in Ready.
+    task.refresh_from_db()
+    assert task.status == Task.Status.READY
