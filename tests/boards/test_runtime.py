@@ -140,6 +140,35 @@ def test_a_batch_of_claimed_runs_runs_side_by_side_and_each_ends_on_its_own(boar
     assert [statuses[c.task_id] for c in claims[1:]] == [Task.Status.DONE, Task.Status.DONE]
 
 
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_batches_run_on_threads_kept_between_them(board):
+    # Starting a thread per run (and an executor per batch) cost a busy worker
+    # more than the runs' own bookkeeping: the threads are kept and reused.
+    import threading
+
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=3, quality_checks=[])
+    started = threading.Thread.start
+    threads_started: list[str] = []
+
+    def counting_start(thread):
+        threads_started.append(thread.name)
+        return started(thread)
+
+    for round_ in range(3):
+        for n in range(3):
+            services.task_create(board=board, title=f"Inspect {round_}.{n}", input=f"part {round_}.{n}")
+        claims = services.board_pull(board_id=board.pk)
+        assert len(claims) == 3
+        threading.Thread.start = counting_start  # type: ignore[method-assign]
+        try:
+            assert runtime.run_batch([(c.task_id, str(c.lease_token)) for c in claims]) == ["done"] * 3
+        finally:
+            threading.Thread.start = started  # type: ignore[method-assign]
+    # At most three run threads in all (fewer if one was free again in time), not nine.
+    assert len([name for name in threads_started if name.startswith("run")]) <= 3
+
+
 @pytest.mark.django_db
 def test_claimed_runs_go_to_the_workers_in_batches(board, settings, monkeypatch):
     from boards import tasks as celery_tasks
