@@ -79,18 +79,10 @@ def _trim(text: str, limit: int) -> str:
 def _query_vector(text: str, embedder: Embedder) -> np.ndarray:
     """The text's vector: the one stored for this very text by this model when there
     is one (one indexed query instead of a forward pass), else a fresh embedding."""
-    # By the digest alone: with the model in the filter too, SQLite (without
-    # ANALYZE) reads the rows through the (embed_model, embedded_at) index, all of them.
-    stored = (
-        Pattern.objects.filter(text_hash=text_digest(text), vector__isnull=False)
-        .order_by()
-        .values_list("embed_model", "vector")[:STORED_LOOKS]
-    )
-    for model, blob in stored:
-        vector = vectors.as_vector(blob) if model == embedder.name else None
-        if vector is not None:
-            return vector
-    return embedder.embed([text])[0]
+    digest = text_digest(text)
+    stored = vectors.stored_vectors([digest], embedder.name, looks=STORED_LOOKS).get(digest)
+    vector = vectors.as_vector(stored)
+    return vector if vector is not None else embedder.embed([text])[0]
 
 
 def examples_for(*, agent_id: int, task: Task, count: int, embedder: Embedder | None = None) -> list[Example]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from andon.models import Escalation, Inspection
@@ -138,15 +138,7 @@ def _next_batch(model: str, batch: int) -> list[Pattern]:
 def _embed_rows(rows: list[Pattern], embedder: Embedder) -> None:
     """Fill in the vectors of ``rows``: a text already embedded by this model
     (the same input seen again) is copied, the rest embedded in one batch."""
-    # By digest alone (its own index), the model checked here: with the model in
-    # the query too, SQLite (unanalysed) would read every pattern of the model.
-    known = {
-        digest: vector
-        for digest, model, vector in Pattern.objects.filter(text_hash__in={row.text_hash for row in rows})
-        .order_by()
-        .values_list("text_hash", "embed_model", "vector")
-        if model == embedder.name and vector is not None
-    }
+    known = vectors.stored_vectors({row.text_hash for row in rows}, embedder.name)
     todo = [row for row in rows if row.text_hash not in known]
     fresh: dict[str, bytes] = {}
     if todo:
@@ -205,11 +197,7 @@ def _passed_attempts(after: int, limit: int) -> list[Pattern]:
     """Patterns for done tasks whose last attempt passed its inspection (or was
     marked a defect on a board with no Review column), in task order."""
 
-    tasks = list(
-        Task.objects.filter(pk__gt=after, status=Task.Status.DONE, agent__isnull=False)
-        .exclude(escalations__status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED))
-        .order_by("pk")[:limit]
-    )
+    tasks = list(_undecided_done_tasks().filter(pk__gt=after).order_by("pk")[:limit])
     if not tasks:
         return []
     inspections = {
@@ -246,6 +234,10 @@ class Backfill:
     embedded: int = 0
 
 
+# The decisions a back-fill writes patterns of.
+_DECIDED_STATUSES = (Escalation.Status.APPROVED, Escalation.Status.CORRECTED, Escalation.Status.REJECTED)
+
+
 def patterns_backfill(
     *,
     chunk: int = 500,
@@ -261,14 +253,7 @@ def patterns_backfill(
     last = 0
     while True:
         escalations = list(
-            Escalation.objects.filter(
-                pk__gt=last,
-                status__in=(
-                    Escalation.Status.APPROVED,
-                    Escalation.Status.CORRECTED,
-                    Escalation.Status.REJECTED,
-                ),
-            ).order_by("pk")[:chunk]
+            Escalation.objects.filter(pk__gt=last, status__in=_DECIDED_STATUSES).order_by("pk")[:chunk]
         )
         if not escalations:
             break
@@ -294,15 +279,16 @@ def patterns_backfill(
 
 def backfill_total() -> int:
     """How many rows a back-fill looks at (its progress bar's length)."""
-    decided = Escalation.objects.filter(
-        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED, Escalation.Status.REJECTED)
-    ).count()
-    done = (
-        Task.objects.filter(status=Task.Status.DONE, agent__isnull=False)
-        .exclude(escalations__status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED))
-        .count()
+    decided = Escalation.objects.filter(status__in=_DECIDED_STATUSES).count()
+    return decided + _undecided_done_tasks().count()
+
+
+def _undecided_done_tasks() -> QuerySet[Task]:
+    """The back-fill's second part: done tasks no reviewer approved or corrected
+    (their patterns come from the decisions)."""
+    return Task.objects.filter(status=Task.Status.DONE, agent__isnull=False).exclude(
+        escalations__status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED)
     )
-    return decided + done
 
 
 # --- similar work -------------------------------------------------------------------

@@ -111,6 +111,26 @@ def as_vector(blob: bytes | memoryview | None) -> np.ndarray | None:
     return np.frombuffer(bytes(blob), dtype=np.float32)
 
 
+def stored_vectors(digests: Collection[str], model: str, *, looks: int | None = None) -> dict[str, bytes]:
+    """The vectors ``model`` stored for these texts, by digest (Pattern.text_hash):
+    a text seen again is copied, not embedded again. ``looks`` caps the rows read
+    (of every model) when one digest is asked for.
+
+    By the digest alone (its own index), the model checked here: with the model in
+    the query too, SQLite (without ANALYZE) reads every pattern of the model
+    through the (embed_model, embedded_at) index."""
+    rows = (
+        Pattern.objects.filter(text_hash__in=set(digests), vector__isnull=False)
+        .order_by()
+        .values_list("text_hash", "embed_model", "vector")
+    )
+    found: dict[str, bytes] = {}
+    for digest, stored_model, blob in rows[:looks] if looks is not None else rows:
+        if stored_model == model and blob is not None and digest not in found:
+            found[digest] = bytes(blob)
+    return found
+
+
 def _scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The dot product of each row with ``query``, on this thread: numpy's own
     loop, not BLAS, whose threads (one per core) cost more than they bring to a
