@@ -168,6 +168,9 @@ class Bench:
                 "--no-access-log",
                 "--workers",
                 str(self.args.web_workers),
+                # As make run serves it (scripts/run.py).
+                "--ws-per-message-deflate",
+                "false",
             ],
         )
         if not processes.wait_until(

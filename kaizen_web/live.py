@@ -12,12 +12,18 @@ An app asks in one of two ways (call either after commit):
   columns: a burst of moves becomes one swap in the browser). The ``Topic`` also
   says how to render a key whole, for the catch-up after an outage.
 
-The thread gathers what is asked for a short window (``KAIZEN_BROADCAST_WINDOW_MS``)
-and sends it as one burst. It owns a long-lived event loop, so the channel layer
-keeps its Redis connection instead of opening one per message. Rendering may take
-at most ``KAIZEN_BROADCAST_CPU_SHARE`` of the thread's time: past it, the next
-burst waits (never longer than MAX_HOLD), so under a heavy load live updates come
-less often, still whole and current, instead of taking the worker's CPU.
+The thread coalesces only when there is a burst. A change asked for when nothing
+was sent within the last ``KAIZEN_BROADCAST_WINDOW_MS`` goes out at once (the
+leading edge), with whatever else is already queued: a lone move reaches the
+browsers without waiting. Changes asked for within the window after a send are
+gathered and sent together when the window ends (the trailing edge), merged per
+key and rendered at their latest state: a busy line sends a board at most once a
+window, however many moves it makes. The thread owns a long-lived event loop, so
+the channel layer keeps its Redis connection instead of opening one per message.
+Rendering may take at most ``KAIZEN_BROADCAST_CPU_SHARE`` of the thread's time:
+past it, the next burst waits (never longer than MAX_HOLD), so under a heavy load
+live updates come less often, still whole and current, instead of taking the
+worker's CPU.
 
 When the channel layer cannot be reached (Redis down or out of reach), what could
 not be sent is remembered, not lost: the topics' keys, and the groups of the jobs'
@@ -157,7 +163,9 @@ class Broadcaster:
         asyncio.set_event_loop(loop)
         layer = get_channel_layer()
         window = settings.KAIZEN_BROADCAST_WINDOW_MS / 1000
-        budget = settings.KAIZEN_BROADCAST_CPU_SHARE
+        budget = _CpuBudget(settings.KAIZEN_BROADCAST_CPU_SHARE, time.monotonic())
+        # The next burst goes no earlier than this: the window after the last
+        # send, or later when rendering got expensive (the CPU budget).
         not_before = 0.0
         while True:
             try:
@@ -169,10 +177,11 @@ class Broadcaster:
             pending: dict[_Key, set] = {}
             jobs: list[Job] = []
             taken = 0
-            # Gather for the window, and longer when rendering got expensive: the
-            # next burst waits until the last render is at most this share of
-            # the time since.
-            deadline = max(time.monotonic() + window, not_before)
+            # Nothing sent within the window (and the budget allows): this change
+            # goes at once, with what is queued already (the leading edge).
+            # Otherwise a burst is on: gather until the window ends (the trailing
+            # edge), so it goes as one send per window, merged by key.
+            deadline = not_before
             while item is not None:
                 if callable(item):
                     jobs.append(item)
@@ -181,10 +190,10 @@ class Broadcaster:
                     pending.setdefault((topic, key), set()).update(parts)
                 taken += 1
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break  # what arrives from now on goes in the next burst
                 try:
-                    item = self._queue.get(timeout=remaining)
+                    # What arrives once the deadline has passed goes in the next
+                    # burst; only what is queued already joins this one.
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     item = None
             # CPU time, not wall time: waiting on a slow or absent Redis is not
@@ -197,11 +206,12 @@ class Broadcaster:
             except Exception:
                 logger.exception("broadcasting %s failed", _keys_shown(pending))
             finally:
-                spent = time.thread_time() - started
-                # Never held back more than MAX_HOLD: a process's first render
-                # compiles the templates (seconds on a busy machine), and the
-                # share alone would then freeze its live updates for half a minute.
-                not_before = time.monotonic() + min(spent * (1 / budget - 1), MAX_HOLD)
+                now = time.monotonic()
+                hold = budget.spend(time.thread_time() - started, now)
+                # A send that had nothing to send (a try of the layer while
+                # behind) opens no window.
+                sent = bool(pending or jobs)
+                not_before = now + max(hold, window if sent else 0.0)
                 with self._sent:
                     self._unsent -= taken
                     if self._unsent == 0:
@@ -306,6 +316,35 @@ class Broadcaster:
         with self._sent:
             self._behind = False
             self._sent.notify_all()
+
+
+class _CpuBudget:
+    """Rendering's share of the broadcaster thread's time, kept on average: the
+    thread earns ``share`` of a second of CPU each second, saves at most
+    CREDIT_SECONDS' worth, and spends it on each render. A render goes at once
+    while there is credit, so a lone update never waits on the one before it
+    (holding each burst back by its own cost made every update after an
+    expensive one wait, at any rate of change); past it, the next burst waits
+    until the credit is repaid, so a busy line's updates come less often.
+
+    Never held back more than MAX_HOLD: a process's first render compiles the
+    templates (seconds on a busy machine), and repaying that in full would
+    freeze its live updates for half a minute."""
+
+    CREDIT_SECONDS = 1.0
+
+    def __init__(self, share: float, now: float) -> None:
+        self.share = share
+        self.credit = share * self.CREDIT_SECONDS
+        self.at = now
+
+    def spend(self, seconds: float, now: float) -> float:
+        """Take ``seconds`` of CPU spent rendering, at ``now`` (time.monotonic());
+        return how long the next burst waits."""
+        earned = self.credit + (now - self.at) * self.share
+        self.credit = max(min(earned, self.share * self.CREDIT_SECONDS) - seconds, -self.share * MAX_HOLD)
+        self.at = now
+        return max(-self.credit, 0.0) / self.share
 
 
 def _in_order(owner: _Key) -> tuple[str, Any]:

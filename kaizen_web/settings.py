@@ -428,10 +428,12 @@ KAIZEN_BROADCAST_EXIT_FLUSH_SECONDS = env_float("KAIZEN_BROADCAST_EXIT_FLUSH_SEC
 KAIZEN_RUN_TIMEOUT_SECONDS = env_float("KAIZEN_RUN_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 # 1.0 runs simulated models at their profile's latency; 0 makes them instant.
 KAIZEN_SIMULATED_LATENCY_SCALE = env_float("KAIZEN_SIMULATED_LATENCY_SCALE", 1.0, minimum=0.0)
-# How long live updates for one board are gathered before one message is sent.
+# Live updates coalesce only in a burst: one with nothing sent within this window
+# goes out at once; those arriving within it after a send are gathered and go out
+# together (one message per board) when it ends (see kaizen_web.live).
 KAIZEN_BROADCAST_WINDOW_MS = env_int("KAIZEN_BROADCAST_WINDOW_MS", 50, minimum=0)
-# At most this share of a process's time goes to rendering live updates; past
-# it, updates are gathered for longer (see kaizen_web.live).
+# At most this share of a process's time, on average over a second, goes to
+# rendering live updates; past it, updates are gathered for longer (see kaizen_web.live).
 KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimum=0.01)
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)

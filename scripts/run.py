@@ -772,6 +772,9 @@ def run(sup: Supervisor, var_dir: Path) -> None:
             "--no-access-log",
             "--timeout-graceful-shutdown",
             str(WEB_GRACEFUL_SECONDS),
+            # Compressing each live update once per socket: see README, "Scaling out".
+            "--ws-per-message-deflate",
+            "false",
         ],
         env,
         description="the web server, uvicorn",

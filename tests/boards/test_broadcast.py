@@ -1,5 +1,7 @@
 """The broadcaster: flush() returns only once every change queued before it has
-been rendered and sent to the channel layer (real database, real Redis)."""
+been rendered and sent to the channel layer; a change with nothing sent
+recently goes out at once, and a burst goes out merged, at its latest state
+(real database, real Redis, the real ASGI application)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,16 @@ import queue
 import threading
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 
+from boards import services
 from boards.broadcast import BOARD_COLUMNS
+from kaizen_web import live
+from kaizen_web.asgi import application
 from kaizen_web.live import Broadcaster
-from tests.factories import make_board
+from tests.factories import column, make_board, make_user
+from tests.websockets import ORIGIN, WebsocketCommunicator, session_cookie
 
 # The broadcaster thread renders from its own connection: it needs real commits.
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -101,3 +109,98 @@ def test_an_expensive_first_render_does_not_freeze_the_next_updates(monkeypatch)
     # Uncapped, the budget (10% of the CPU) would hold this one for 900 s.
     assert broadcaster.flush(timeout=60) is True
     assert second.pk in broadcaster.sent
+
+
+class _GatedBroadcaster(_RecordingBroadcaster):
+    """The real broadcaster, noting each burst's keys and parts; its first send
+    waits until the test lets it go, so that what the test changes meanwhile
+    arrives while a send is under way (as in a burst), however slow the machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bursts: list[dict[int, set]] = []
+        self.sending = threading.Event()
+        self.release = threading.Event()
+
+    def _send(self, loop, layer, pending, jobs=()) -> None:
+        self.bursts.append({key: set(parts) for (_, key), parts in pending.items()})
+        if len(self.bursts) == 1:
+            self.sending.set()
+            self.release.wait(60)
+        super()._send(loop, layer, pending, jobs)
+
+
+def test_a_change_with_nothing_sent_recently_reaches_the_browser_without_waiting_for_the_window(
+    settings, monkeypatch
+):
+    # A window of a minute: were the change gathered for it, as every change
+    # once was, the browser would not see it within the half minute we wait.
+    settings.KAIZEN_BROADCAST_WINDOW_MS = 60_000
+    monkeypatch.setattr(live, "_broadcaster", Broadcaster())
+    board = make_board(backlog=False)
+    cookie = session_cookie(make_user())
+
+    async def scenario() -> str:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{board.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await database_sync_to_async(services.task_create)(board=board, title="A lone change")
+        html = await communicator.receive_from(timeout=30)
+        await communicator.disconnect()
+        return html
+
+    assert "A lone change" in async_to_sync(scenario)()
+
+
+def test_a_burst_goes_out_merged_at_its_latest_state_and_nothing_is_lost(monkeypatch):
+    board, other = make_board(backlog=False), make_board(backlog=False)
+    ready, other_ready = column(board, "ready"), column(other, "ready")
+    cookie = session_cookie(make_user())
+    broadcaster = _GatedBroadcaster()
+    monkeypatch.setattr(live, "_broadcaster", broadcaster)
+
+    async def scenario() -> list[str]:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{board.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        task = await database_sync_to_async(services.task_create)(board=board, title="Burst")
+        assert await database_sync_to_async(broadcaster.sending.wait)(30)
+        # A burst: twenty changes to one card, and one to another board.
+        for state in range(1, 21):
+            await database_sync_to_async(services.task_block)(task=task, user=None, note=f"state {state}.")
+        await database_sync_to_async(services.task_create)(board=other, title="Elsewhere")
+        broadcaster.release.set()
+        assert await database_sync_to_async(broadcaster.flush)(60) is True
+        # One message for the first change, one for the burst.
+        messages = [await communicator.receive_from(), await communicator.receive_from()]
+        await communicator.disconnect()
+        return messages
+
+    messages = async_to_sync(scenario)()
+
+    # The first change went alone; the twenty-one after it, in one burst, merged
+    # by board: nothing lost, each board rendered once.
+    assert broadcaster.bursts == [{board.pk: {ready.pk}}, {board.pk: {ready.pk}, other.pk: {other_ready.pk}}]
+    # Rendered when sent, so at the latest state.
+    assert "state 20." in messages[-1]
+    assert "state 19." not in messages[-1]
+
+
+def test_the_cpu_budget_lets_a_lone_render_go_at_once_and_holds_back_a_busy_line():
+    budget = live._CpuBudget(0.1, now=100.0)
+    # 50 ms of rendering, with a second's credit of 10 %: no wait.
+    assert budget.spend(0.05, now=100.0) == 0
+    assert budget.spend(0.05, now=102.0) == 0
+    # A busy line: 50 ms of rendering every 100 ms, half the thread's time.
+    holds = [budget.spend(0.05, now=102.0 + 0.1 * i) for i in range(1, 21)]
+    assert holds[0] == 0
+    assert holds[-1] > 0.1
+    # However expensive a render (a process's first compiles the templates),
+    # the next waits at most MAX_HOLD, and once that is over goes at once.
+    hold = budget.spend(100.0, now=200.0)
+    assert hold == pytest.approx(live.MAX_HOLD)
+    assert budget.spend(0.0, now=200.0 + hold) == 0
