@@ -238,6 +238,16 @@ class Bench:
         assert Board.objects.count() == base
         return n / elapsed
 
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """The processes whose CPU time the line's figures count, by name."""
+        return {
+            "web": process_tree(self.named["web"].pid),
+            "worker": process_tree(self.named["worker"].pid),
+            "postgres": pids_named("postgres"),
+            "redis": pids_named("redis-server"),
+            "bench_client": [os.getpid()],
+        }
+
     def bench_line(self, port: int, n: int, *, budgets: bool = False) -> dict[str, float]:
         """The whole line for ``n`` tasks; with ``budgets``, the board and its
         agent each have a budget (dollars a day, tokens a month) that every
@@ -317,13 +327,7 @@ class Bench:
             conn.close()
             return ok
 
-        groups = {
-            "web": process_tree(self.named["web"].pid),
-            "worker": process_tree(self.named["worker"].pid),
-            "postgres": pids_named("postgres"),
-            "redis": pids_named("redis-server"),
-            "bench_client": [os.getpid()],
-        }
+        groups = self.cpu_groups()
         cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
