@@ -202,6 +202,11 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 
+# Applied to every new SQLite connection (init_command): WAL lets readers run
+# beside the one writer, and in WAL mode synchronous=NORMAL syncs at checkpoints
+# rather than at every commit (a power cut may lose the last commits, never
+# corrupts the file).
+SQLITE_INIT_COMMAND = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
 if _db["ENGINE"] == "django.db.backends.postgresql":
     # A psycopg pool rather than CONN_MAX_AGE: the Celery worker runs many threads
     # (one per in-flight model call) and Celery closes the connection after every
@@ -222,9 +227,14 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
         {
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "init_command": SQLITE_INIT_COMMAND,
         }
     )
+    # Closed connections go to a small pool and are reused, as on PostgreSQL
+    # (kaizen_web/sqlite_backend: a new one parses the whole schema first);
+    # KAIZEN_SQLITE_POOL=0 for Django's backend as it comes.
+    if env_bool("KAIZEN_SQLITE_POOL", True):
+        _db["ENGINE"] = "kaizen_web.sqlite_backend"
     # The test database must be a file, not :memory:, so that the Celery worker
     # and the web server the integration tests start can open it too.
     _db["TEST"] = {"NAME": str(VAR_DIR / "test-kaizen.sqlite3")}
