@@ -32,7 +32,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.procfs import cpu_seconds, pids_named
+from bench.procfs import cpu_seconds, memory_kb, pids_named, process_tree
 
 LATENCY_PARAMETERS = {"error_rate": 0}
 
@@ -246,6 +246,9 @@ class CascadeBench:
         timeout = timeout or self.args.cascade_timeout
         deadline = time.monotonic() + timeout
         done = 0
+        # The worker's resident memory, its whole process tree, at its peak
+        # during the run (polled with the progress) and at the end.
+        rss_peak: dict[str, int] = memory_kb(process_tree(worker_pid))
         while done < n:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{label}: {done} of {n} tasks Done after {timeout} s")
@@ -253,7 +256,11 @@ class CascadeBench:
             done = Task.objects.filter(
                 board=board, status__in=[Task.Status.DONE, Task.Status.REVIEW, Task.Status.FAILED]
             ).count()
+            memory = memory_kb(process_tree(worker_pid))
+            if memory["rss"] > rss_peak["rss"]:
+                rss_peak = memory
         wall = time.time() - t0
+        rss_end = memory_kb(process_tree(worker_pid))
         cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
         busy = machine_busy_seconds() - busy_before
         xacts = self.pg_xacts() - xacts_before
@@ -290,6 +297,24 @@ class CascadeBench:
             "busy": busy,
             "xacts": xacts,
             "worker_main_thread_cpu": main_cpu,
+            "rss_peak": rss_peak,
+            "rss_end": rss_end,
+        }
+
+    @staticmethod
+    def memory_figures(run: dict) -> dict[str, float]:
+        """The worker's resident memory in the WIP 1,000 batch (issue 15: < 500 MB):
+        at its peak and at the end, and where the peak's pages are: anonymous
+        (Python's heap, the threads' stacks) or mapped files (the interpreter and
+        the extension modules' libraries)."""
+        peak, end = run["rss_peak"], run["rss_end"]
+        return {
+            "worker_rss_mb_wip1000": peak["rss"] / 1024,
+            "worker_rss_mb_wip1000_end": end["rss"] / 1024,
+            "worker_rss_anon_mb_wip1000": peak["anon"] / 1024,
+            "worker_rss_file_mb_wip1000": peak["file"] / 1024,
+            "worker_rss_hwm_mb_wip1000": end["hwm"] / 1024,
+            "worker_threads_wip1000": float(peak["threads"]),
         }
 
     def pg_xacts(self) -> int:
@@ -474,6 +499,7 @@ class CascadeBench:
             results.update(self.bench_sleep(pid, n, jitter, "celery_sleep_jitter"))
             batch = self.run_line(pid, 1000, n, "wip1000")
             results.update(self.batch_figures(batch, "cascade_wip1000"))
+            results.update(self.memory_figures(batch))
             results["cascade_vs_sleep_baseline"] = (
                 results["cascade_wip1000_tasks_per_s"] / results["celery_sleep1s_tasks_per_s"]
             )

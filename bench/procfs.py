@@ -49,3 +49,22 @@ def process_tree(pid: int) -> list[int]:
         found.append(current)
         todo.extend(children.get(current, []))
     return found
+
+
+def memory_kb(pids: list[int]) -> dict[str, int]:
+    """Resident memory of these processes, summed (kB, Linux /proc/<pid>/status):
+    ``rss`` in all, ``anon`` of it the heap and stacks, ``file`` the mapped
+    files (shared libraries, counted in full for each process), ``hwm`` the sum
+    of each process's peak, and ``threads``."""
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "VmHWM:": "hwm", "Threads:": "threads"}
+    total = dict.fromkeys(keys.values(), 0)
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.split()
+            if parts and parts[0] in keys:
+                total[keys[parts[0]]] += int(parts[1])
+    return total
