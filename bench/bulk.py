@@ -159,7 +159,7 @@ class BulkBench:
         }
 
     def import_(self, port: int, n: int) -> dict[str, float]:
-        from bench.run import BoardWatcher, ROOT
+        from bench.run import ROOT, BoardWatcher
 
         board, _, user = self._board()
         watcher = BoardWatcher(port, board.slug, user)

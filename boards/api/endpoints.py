@@ -39,6 +39,7 @@ from boards.agents.outputs import AgentFailed
 from boards.agents.registry import agent_class
 from boards.agents.spec import COST_PLACES
 from boards.api.schemas import (
+    MAX_BULK_TASKS,
     MAX_PAGE_SIZE,
     AgentRefOut,
     BoardDetailOut,
@@ -51,7 +52,6 @@ from boards.api.schemas import (
     ModelCallOut,
     MudaFilters,
     MudaOut,
-    MAX_BULK_TASKS,
     TaskBulkIn,
     TaskBulkOut,
     TaskFilters,
