@@ -25,17 +25,21 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from bench.procfs import cpu_seconds, pids_named, process_tree
 
+ROOT = Path(__file__).resolve().parent.parent
 INPUT = "Classify: scratch on housing, 2 mm."
 
 
 class BulkBench:
-    def __init__(self, bench) -> None:
+    def __init__(self, bench, watcher: type) -> None:
+        # bench.run's Bench and BoardWatcher, handed in: bench.run imports this module.
         self.bench = bench
         self.args = bench.args
+        self.watcher = watcher
 
     def _board(self) -> tuple[Any, str, Any]:
         """A board like the line bench's (Ready, In progress at --wip, Review, Done; one
@@ -116,10 +120,8 @@ class BulkBench:
         return time.perf_counter() - start
 
     def line(self, port: int, n: int) -> dict[str, float]:
-        from bench.run import BoardWatcher
-
         board, key, user = self._board()
-        watcher = BoardWatcher(port, board.slug, user)
+        watcher = self.watcher(port, board.slug, user)
         watcher.start()
         size = self.args.bulk_batch
         batches = [min(size, n - first) for first in range(0, n, size)]
@@ -159,10 +161,8 @@ class BulkBench:
         }
 
     def import_(self, port: int, n: int) -> dict[str, float]:
-        from bench.run import ROOT, BoardWatcher
-
         board, _, user = self._board()
-        watcher = BoardWatcher(port, board.slug, user)
+        watcher = self.watcher(port, board.slug, user)
         watcher.start()
         path = self.bench.var / "bulk-import.jsonl"
         with open(path, "w") as out:

@@ -407,7 +407,7 @@ class Bench:
                 if not self.args.skip_bulk:
                     from bench.bulk import BulkBench
 
-                    results.update(BulkBench(self).run(port))
+                    results.update(BulkBench(self, BoardWatcher).run(port))
                 if self.args.budget_rounds:
                     results.update(self.bench_budgets(port, self.args.budget_tasks, self.args.budget_rounds))
                 self.stop_all()
