@@ -120,3 +120,16 @@ def test_a_pass_older_than_the_newest_few_defects_is_still_found(line):
 
     assert found == older
     assert found.reviewed is False
+
+
+def test_a_batch_of_identical_tasks_is_looked_up_once(line, django_assert_num_queries):
+    board, agent = line
+    earlier = done(board, agent, 1, passed=True)
+    batch = [asking(board, agent) for _ in range(5)]
+    fresh = asking(board, agent)
+    fresh.allow_reuse = False
+
+    with django_assert_num_queries(2):
+        found = selectors.tasks_reusable_get(tasks=[*batch, fresh])
+
+    assert found == {**{task.pk: earlier for task in batch}, fresh.pk: None}
