@@ -281,7 +281,7 @@ def tasks_reusable_get(*, tasks: Iterable[Task]) -> dict[int, ReusableTask | Non
     version: a bulk batch of identical tasks) are looked up once: two queries
     for a batch of one kind, one more for each further kind."""
     found: dict[int, ReusableTask | None] = {}
-    kinds: dict[tuple[object, ...], list[Task]] = {}
+    kinds: dict[tuple[int, str, str, int | None], list[Task]] = {}
     for task in tasks:
         agent = task.agent
         if (
