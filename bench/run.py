@@ -7,6 +7,9 @@ Starts its own web server and Celery worker against PostgreSQL and Redis
   with a zero-latency simulated model;
 - ``celery_noop_tasks_per_s``: a bare Celery task that does nothing;
 - ``celery_orm_tasks_per_s``: a bare Celery task doing one INSERT and one UPDATE;
+- ``bulk_line_tasks_per_s`` and ``bulk_import_tasks_per_s``: 5,000 tasks put on a
+  board by the bulk API (requests of 500) or by ``manage.py import_tasks``, until
+  every one is Done (bench/bulk.py);
 
 then, in a worker of 1,000 threads (bench/cascade.py), the cascade at a 1-second
 model latency beside a bare Celery task that sleeps 1 s, Little's law at WIP 10,
@@ -408,6 +411,10 @@ class Bench:
                 line, orm = results["line_tasks_per_s"], results["celery_orm_tasks_per_s"]
                 assert isinstance(line, float) and isinstance(orm, float)
                 results["line_vs_orm_baseline"] = line / orm
+                if not self.args.skip_bulk:
+                    from bench.bulk import BulkBench
+
+                    results.update(BulkBench(self, BoardWatcher).run(port))
                 if self.args.budget_rounds:
                     results.update(self.bench_budgets(port, self.args.budget_tasks, self.args.budget_rounds))
                 self.stop_all()
@@ -475,6 +482,12 @@ def main() -> None:
     parser.add_argument(
         "--skip-line", action="store_true", help="leave out the zero-latency line and its baselines"
     )
+    parser.add_argument(
+        "--skip-bulk", action="store_true", help="leave out bulk intake to Done (bench/bulk.py)"
+    )
+    parser.add_argument("--bulk-tasks", type=int, default=5000, help="tasks per bulk measurement (5000)")
+    parser.add_argument("--bulk-batch", type=int, default=500, help="tasks per bulk API request (500)")
+    parser.add_argument("--bulk-clients", type=int, default=4, help="concurrent bulk API clients (4)")
     parser.add_argument(
         "--skip-cascade", action="store_true", help="leave out the 1 s cascade (bench/cascade.py)"
     )

@@ -433,7 +433,12 @@ class Task(models.Model):
             models.Index(fields=["column", "position", "created_at"], name="task_column_order"),
             models.Index(fields=["status", "lease_expires_at"], name="task_status_lease"),
             models.Index(fields=["board", "status"], name="task_board_status"),
-            models.Index(fields=["agent", "input_key", "status"], name="task_reuse"),
+            # Reuse takes the newest passing match: in this order the database reads
+            # the matches newest first and stops at the first that passed, instead
+            # of inspecting every earlier identical task (thousands, in a bulk batch).
+            models.Index(
+                fields=["agent", "input_key", "status", "finished_at", "id"], name="task_reuse_newest"
+            ),
         ]
 
     def __str__(self) -> str:

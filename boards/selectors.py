@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from boards import flow, pull_rules
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
-from kaizen_web.prepared import Prepared
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -257,73 +256,126 @@ def task_events_get(*, task: Task) -> list[TaskEvent]:
 # --- the runtime and the ledger ----------------------------------------------------
 
 
-def _reusable_query(*, agent_id, input_key, capability, prompt_version, exclude_pk) -> QuerySet:
-    from andon.models import Escalation, Inspection  # andon's models import boards'
-
-    # The verdict on the output the task holds: its latest inspection.
-    latest = Inspection.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-pk")
-    approved = Escalation.objects.filter(
-        inspection=OuterRef("last_inspection"),
-        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED),
-    )
-    return (
-        Task.objects.filter(
-            agent_id=agent_id,
-            input_key=input_key,
-            status=Task.Status.DONE,
-            capability=capability,
-            prompt_version=prompt_version,
-        )
-        .exclude(pk=exclude_pk)
-        .annotate(
-            last_inspection=Subquery(latest.values("pk")[:1]),
-            last_passed=Subquery(latest.values("passed")[:1]),
-            reviewed=Exists(approved),
-        )
-        # No inspection at all: done before jidoka, or by hand; as before.
-        .filter(Q(last_inspection__isnull=True) | Q(last_passed=True) | Q(reviewed=True))
-        .order_by("-finished_at", "-pk")
-        .values_list("pk", "output", "confidence", "confidence_source", "reviewed")[:1]
-    )
-
-
-# Looked up once for every task a worker runs: compiled once (kaizen_web.prepared),
-# as compiling it cost 3.5 ms of CPU a call, most of what a reused run cost.
-_REUSABLE = Prepared(
-    _reusable_query, agent_id=int, input_key=str, capability=str, prompt_version=int, exclude_pk=int
-)
+# The newest identical answers looked at with two plain queries before the full
+# search (one query, but its correlated subqueries cost the worker milliseconds of
+# CPU to build and compile, at every run).
+REUSE_CANDIDATES = 8
 
 
 def task_reusable_get(*, task: Task) -> ReusableTask | None:
     """The newest task this task's agent completed (not failed) with the same
     normalised input, capability and prompt version, if reuse is allowed by both
-    the agent and the task; None otherwise. Only the fields a reuse needs are
-    read: ``output``, ``confidence`` and ``confidence_source``.
+    the agent and the task; None otherwise.
 
     Only an answer that passed inspection, or that a reviewer approved or
     corrected, is reused: never one waiting in Review (not Done), nor a defect
     sent to Done by a board without Review. ``reviewed`` on the result says a
     reviewer approved it (the reuse then carries the reviewer's word, see
     boards.agents.runtime.reused_output)."""
-    agent = task.agent
-    if agent is None or not task.allow_reuse or not agent.reuse_results or not task.input_key:
-        return None
-    if task.review_feedback:
-        # A reviewer rejected this task's last output and asked for another.
-        return None
-    row = _REUSABLE.first(
-        agent_id=agent.pk,
-        input_key=task.input_key,
-        capability=task.capability,
-        prompt_version=task.prompt_version,
-        exclude_pk=task.pk,
+    return tasks_reusable_get(tasks=[task])[task.pk]
+
+
+def tasks_reusable_get(*, tasks: Iterable[Task]) -> dict[int, ReusableTask | None]:
+    """task_reusable_get for each of a batch of tasks, by id. Tasks that would
+    reuse the same answers (same agent, normalised input, capability and prompt
+    version: a bulk batch of identical tasks) are looked up once: two queries
+    for a batch of one kind, one more for each further kind."""
+    found: dict[int, ReusableTask | None] = {}
+    kinds: dict[tuple[int, str, str, int | None], list[Task]] = {}
+    for task in tasks:
+        agent = task.agent
+        if (
+            agent is None
+            or not task.allow_reuse
+            or not agent.reuse_results
+            or not task.input_key
+            # A reviewer rejected this task's last output and asked for another.
+            or task.review_feedback
+        ):
+            found[task.pk] = None
+        else:
+            kind = (agent.pk, task.input_key, task.capability, task.prompt_version)
+            kinds.setdefault(kind, []).append(task)
+    if not kinds:
+        return found
+    matches = {kind: _reuse_matches(members) for kind, members in kinds.items()}
+    candidates = {kind: list(query[:REUSE_CANDIDATES]) for kind, query in matches.items()}
+    verdicts = _reuse_verdicts([c.pk for each in candidates.values() for c in each])
+    for kind, members in kinds.items():
+        earlier = _reuse_first(candidates[kind], verdicts)
+        if earlier is None and len(candidates[kind]) == REUSE_CANDIDATES:
+            # The newest answers all failed inspection, unreviewed: search the older ones.
+            earlier = _reuse_search(matches[kind])
+        for task in members:
+            found[task.pk] = earlier
+    return found
+
+
+def _reuse_matches(tasks: list[Task]) -> QuerySet[Task]:
+    """The done tasks whose answer ``tasks`` (all of one kind) could reuse, newest first."""
+    task = tasks[0]
+    return (
+        Task.objects.filter(
+            agent=task.agent,
+            input_key=task.input_key,
+            status=Task.Status.DONE,
+            capability=task.capability,
+            prompt_version=task.prompt_version,
+        )
+        .exclude(pk__in=[t.pk for t in tasks])
+        .only("pk", "output", "confidence", "confidence_source")
+        # Newest first, as the task_reuse_newest index reads them.
+        .order_by("-finished_at", "-pk")
     )
-    if row is None:
-        return None
-    pk, output, confidence, confidence_source, reviewed = row
-    earlier = Task(pk=pk, output=output, confidence=confidence, confidence_source=confidence_source)
-    earlier.reviewed = bool(reviewed)  # type: ignore[attr-defined]
-    return earlier  # type: ignore[return-value]
+
+
+def _reuse_verdicts(task_ids: list[int]) -> dict[int, tuple[bool, bool]]:
+    """For each task, the verdict on the output it holds (its latest inspection):
+    whether it passed, and whether a reviewer approved or corrected it."""
+    from andon.models import Escalation, Inspection  # andon's models import boards'
+
+    approved = (Escalation.Status.APPROVED, Escalation.Status.CORRECTED)
+    verdicts: dict[int, tuple[bool, bool]] = {}
+    if not task_ids:
+        return verdicts
+    for task_id, passed, decision in (
+        Inspection.objects.filter(task_id__in=task_ids)
+        .order_by("task_id", "-created_at", "-pk")
+        .values_list("task_id", "passed", "escalation__status")
+    ):
+        verdicts.setdefault(task_id, (passed, decision in approved))
+    return verdicts
+
+
+def _reuse_first(candidates: list[Task], verdicts: dict[int, tuple[bool, bool]]) -> ReusableTask | None:
+    for candidate in candidates:
+        # No inspection at all: done before jidoka, or by hand; as before.
+        passed, reviewed = verdicts.get(candidate.pk, (True, False))
+        if passed or reviewed:
+            candidate.reviewed = reviewed  # type: ignore[attr-defined]
+            return candidate  # type: ignore[return-value]
+    return None
+
+
+def _reuse_search(matches: QuerySet[Task]) -> ReusableTask | None:
+    """The newest of ``matches`` that passed inspection or a review: one query,
+    whose correlated subqueries look at every match."""
+    from andon.models import Escalation, Inspection  # andon's models import boards'
+
+    latest = Inspection.objects.filter(task=OuterRef("pk")).order_by("-created_at", "-pk")
+    approved = Escalation.objects.filter(
+        inspection=OuterRef("last_inspection"),
+        status__in=(Escalation.Status.APPROVED, Escalation.Status.CORRECTED),
+    )
+    return (
+        matches.annotate(
+            last_inspection=Subquery(latest.values("pk")[:1]),
+            last_passed=Subquery(latest.values("passed")[:1]),
+            reviewed=Exists(approved),
+        )
+        .filter(Q(last_inspection__isnull=True) | Q(last_passed=True) | Q(reviewed=True))
+        .first()
+    )
 
 
 def task_inspections_get(*, task: Task) -> list[Inspection]:

@@ -217,10 +217,16 @@ def _fail_attempt(task_id: int, lease_token: str, error: str, calls=(), attempt:
 REVIEWED = "review"
 
 
-def reused_output(task) -> Output | None:
+_UNREAD = object()
+
+
+def reused_output(task, earlier=_UNREAD) -> Output | None:
     """Should-activate: the result of an identical task this agent already
-    completed with the same prompt version, unless the agent or the task opts out."""
-    earlier = selectors.task_reusable_get(task=task)
+    completed with the same prompt version, unless the agent or the task opts out.
+    ``earlier`` is that task when the caller has looked it up already (run_batch
+    looks up a batch at once; None there means there is none)."""
+    if earlier is _UNREAD:
+        earlier = selectors.task_reusable_get(task=task)
     if earlier is None:
         return None
     confidence, source = earlier.confidence, earlier.confidence_source
@@ -245,10 +251,7 @@ def reused_output(task) -> Output | None:
     )
 
 
-_UNREAD = object()
-
-
-def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
+def run(task_id: int, lease_token: str, task=_UNREAD, earlier=_UNREAD) -> str:
     """Run one claimed task. Returns what happened: ``stale``, ``done``, ``failed`` or
     ``deferred`` (not run: every model its agent calls is behind an open breaker).
     ``task`` is the claimed task when the caller has read it already (run_batch
@@ -265,7 +268,7 @@ def run(task_id: int, lease_token: str, task=_UNREAD) -> str:
     lease_keeper.hold(lease_token)
     try:
         try:
-            output = reused_output(task)
+            output = reused_output(task, earlier)
             if output is None:
                 agent = implementation_for(experiment_line.agent_for_run(task))
                 _release_connection()
@@ -315,9 +318,9 @@ def _settle_cache(task_id: int, output: Output) -> None:
     settle_cache(output, passed=bool(passed))
 
 
-def _run_and_close(claim: tuple[int, str], task) -> str:
+def _run_and_close(claim: tuple[int, str], task, earlier) -> str:
     try:
-        return run(*claim, task=task)
+        return run(*claim, task=task, earlier=earlier)
     finally:
         # This thread ends with the batch: hand its connection back (to the pool
         # on PostgreSQL) rather than leave it to the garbage collector.
@@ -357,9 +360,14 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
     if len(claims) == 1:
         return [run(*claims[0])]
     current = services.tasks_run_begin(claims=claims, worker=current_worker())
+    # The answers each could reuse, for the whole batch at once: a bulk batch is
+    # often many identical tasks, looked up once rather than once each.
+    reusable = selectors.tasks_reusable_get(tasks=[task for task in current.values() if task is not None])
     _release_connection()
+    tasks = [current.get(task_id) for task_id, _ in claims]
+    earlier = [reusable.get(task.pk) if task is not None else None for task in tasks]
     pool = _run_threads.pool()
-    futures = [pool.submit(_run_and_close, claim, current.get(claim[0])) for claim in claims]
+    futures = [pool.submit(_run_and_close, *args) for args in zip(claims, tasks, earlier, strict=True)]
     return [future.result() for future in futures]
 
 

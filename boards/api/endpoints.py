@@ -39,6 +39,7 @@ from boards.agents.outputs import AgentFailed
 from boards.agents.registry import agent_class
 from boards.agents.spec import COST_PLACES
 from boards.api.schemas import (
+    MAX_BULK_TASKS,
     MAX_PAGE_SIZE,
     AgentRefOut,
     BoardDetailOut,
@@ -51,6 +52,8 @@ from boards.api.schemas import (
     ModelCallOut,
     MudaFilters,
     MudaOut,
+    TaskBulkIn,
+    TaskBulkOut,
     TaskFilters,
     TaskIn,
     TaskOut,
@@ -58,6 +61,7 @@ from boards.api.schemas import (
 )
 from boards.api.tokens import BearerToken, TokenHttpRequest
 from boards.models import Agent, Board, Column, ModelCall, Task
+from boards.task_files import TaskRow
 from boards.task_search import TaskFilter, task_list
 from boards.text import lone_surrogate
 from experiments.api import router as replays_router
@@ -267,7 +271,18 @@ def _field_message(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return "This field is required." if len(error["loc"]) > 2 else "Send a JSON object as the body."
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
-        return "Send a JSON object as the body."
+        # ("body", "payload") is the body itself; anything deeper is an item of a
+        # list in it, such as one of a bulk request's tasks.
+        return "Send a JSON object as the body." if len(error["loc"]) <= 2 else "Send a JSON object here."
+    if error["type"] == "too_long" and error["loc"][-1] == "tasks":
+        sent = error.get("ctx", {}).get("actual_length")
+        return (
+            f"Send at most {MAX_BULK_TASKS:,} tasks a request"
+            + (f" (this one had {sent:,})" if isinstance(sent, int) else "")
+            + ": split the batch into several requests."
+        )
+    if error["type"] == "too_short" and error["loc"][-1] == "tasks":
+        return "Send at least one task."
     if error["type"] == "string_pattern_mismatch" and error["loc"][-1] == "slug":
         return "A board's slug holds only letters, digits, hyphens and underscores; GET /api/v1/boards lists them."
     if error["type"] == "extra_forbidden":
@@ -602,6 +617,73 @@ def task_create(
             return _error(request, 409, " ".join(exc.message_dict["capability"]), exc.message_dict)
         raise
     return Status(201, _task_out(task))
+
+
+BULK_DESCRIPTION = f"""Put up to {MAX_BULK_TASKS:,} tasks in the board's intake column in one request, all or none.
+
+Each task is what `POST /api/v1/boards/{{slug}}/tasks` takes, and goes where that would put it.
+Every task is checked before any is written: a bad one refuses the whole batch with a 400 whose
+`errors` name each bad task by its index and field (`tasks.3.title`), so the corrected batch can
+simply be sent again. A hard WIP limit on the intake column without room for the whole batch
+refuses it with 409, as does a capability no agent offers. Needs a write token whose user may add
+tasks (`boards.add_task`). The answer lists the tasks added, in the order sent."""
+
+
+@api.post(
+    "/boards/{slug}/tasks/bulk",
+    response={201: TaskBulkOut, **COMMON_ERRORS, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 415: ErrorOut},
+    operation_id="task_bulk_create",
+    summary="Add many tasks at once",
+    description=BULK_DESCRIPTION,
+    url_name="board-task-bulk-create",
+    tags=["tasks"],
+    auth=WRITE,
+)
+def task_bulk_create(
+    request: TokenHttpRequest, payload: TaskBulkIn, slug: str = SLUG
+) -> Status[TaskBulkOut] | HttpResponse:
+    """Many tasks at once, all or none (the description is BULK_DESCRIPTION: it
+    names the maximum, which a docstring cannot)."""
+    board = _board_or_404(request, slug)
+    rows = [
+        TaskRow(
+            line=index,
+            title=task.title,
+            input=task.input,
+            capability=task.capability,
+            priority=task.priority,
+            allow_reuse=task.allow_reuse,
+        )
+        for index, task in enumerate(payload.tasks)
+    ]
+    try:
+        tasks = services.tasks_import(board=board, rows=rows, user=request.auth.user)
+    except services.TasksImportRefused as exc:
+        if not exc.row_errors:
+            raise  # the board refused the batch as a whole (its WIP limit): a 409
+        errors = {
+            f"tasks.{index}.{name}": messages
+            for index, fields in sorted(exc.row_errors.items())
+            for name, messages in fields.items()
+        }
+        bad = len(exc.row_errors)
+        detail = (
+            f"{bad} of {len(rows):,} task{'s' if len(rows) != 1 else ''} "
+            f"{'have' if bad != 1 else 'has'} errors, so none was added: correct "
+            f"{'them' if bad != 1 else 'it'} and send the batch again."
+        )
+        offered = selectors.board_capabilities_get(board=board)
+        if all(
+            set(fields) == {"capability"} and rows[index].capability.strip() not in offered
+            for index, fields in exc.row_errors.items()
+        ):
+            # As for one task: well-formed tasks the board cannot serve as it is
+            # now (no agent offers their capability; one may later) are a conflict.
+            return _error(request, 409, detail, errors)
+        return _error(request, 400, detail, errors)
+    # Built from the tasks as written (their ids came back from the INSERT): no
+    # query, however many there are.
+    return Status(201, TaskBulkOut(count=len(tasks), tasks=[_task_out(task) for task in tasks]))
 
 
 @api.get(

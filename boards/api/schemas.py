@@ -83,6 +83,23 @@ class TaskIn(Schema):
     )
 
 
+# Tasks one bulk request may add. A thousand tasks of ordinary size fit the body
+# limit, and a batch is written in one transaction under the board lock: a bigger
+# one would hold the lock, and a worker waiting to pull, for longer.
+MAX_BULK_TASKS = 1000
+
+
+class TaskBulkIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskIn] = Field(
+        description=f"The tasks to add, 1 to {MAX_BULK_TASKS:,}, each as `POST /api/v1/boards/{{slug}}/tasks` "
+        "takes it. They enter the intake column in this order among tasks of equal priority.",
+        min_length=1,
+        max_length=MAX_BULK_TASKS,
+    )
+
+
 class ColumnRefOut(Schema):
     name: str
     role: Column.Role
@@ -141,6 +158,15 @@ class TaskOut(Schema):
     started_at: datetime | None = Field(description="When an agent last claimed the task.")
     finished_at: datetime | None
     updated_at: datetime
+
+
+class TaskBulkOut(Schema):
+    """The tasks a bulk request added, in the order they were sent."""
+
+    count: int = Field(description="How many tasks were added: all that were sent.")
+    tasks: list[TaskOut] = Field(
+        description="The tasks, in the order sent, as `GET /api/v1/tasks/{id}` shows them."
+    )
 
 
 class BoardOut(Schema):

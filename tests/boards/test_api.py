@@ -610,6 +610,7 @@ def test_openapi_schema_lists_the_paths_and_the_error_shape(db):
         "/api/v1/boards",
         "/api/v1/boards/{slug}",
         "/api/v1/boards/{slug}/tasks",
+        "/api/v1/boards/{slug}/tasks/bulk",
         "/api/v1/boards/{slug}/muda",
         "/api/v1/boards/{slug}/flow",
         "/api/v1/tasks/{task_id}",
