@@ -178,3 +178,19 @@ def test_the_capped_backlog_links_to_the_rest(client, user, settings):
     assert more is not None
     assert more.group(2) == "3"
     assert more.group(1) == reverse("boards-task-list", kwargs={"slug": board.slug}) + f"?column={backlog.pk}"
+
+
+def test_a_cards_action_urls_are_its_views(client, user):
+    # The card reverses its page's URL once and names its actions after it.
+    board = make_board()
+    task = services.task_create(board=board, title="Card")
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    for action in ("move", "step", "block", "unblock"):
+        url = reverse(f"boards-task-{action}", kwargs={"slug": board.slug, "pk": task.pk})
+        assert f'data-{action}-url="{url}"' in html
+    detail = reverse("boards-task-detail", kwargs={"slug": board.slug, "pk": task.pk})
+    assert f'<a class="card-title" href="{detail}">Card</a>' in html
+    assert f'href="{detail}#block"' in html
