@@ -33,6 +33,7 @@ format: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/board_page.py
 	$(BIN)/python bench/flow.py
 	$(BIN)/python bench/muda.py
 	$(BIN)/python bench/replay.py
