@@ -35,6 +35,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/sqlite_line.py
+	$(BIN)/python bench/board_page.py
 	$(BIN)/python bench/flow.py
 	$(BIN)/python bench/muda.py
 	$(BIN)/python bench/replay.py

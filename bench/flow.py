@@ -12,7 +12,11 @@ and the API do:
 - ``flow_api_<window>_ms``: GET /api/v1/boards/{slug}/flow through Django's
   test client (token auth, validation, JSON), with a forecast;
 - ``flow_page_<window>_ms``: the Flow page with its Plotly figures;
-- ``board_page_ms``: the board page (cards with their age and the SLE query);
+- ``board_page_ms``, ``board_page_p99_ms``: the board page, its live part rendered
+  for every load (cards with their age and the SLE query), median and p99 of
+  BOARD_PAGE_LOADS loads; ``board_page_shared_ms`` and ``_p99_ms``: the page as
+  loads find it under load, the live part rendered a moment before
+  (boards.fragments.board_live_html_get);
 - ``flow_queries_<window>``: the number of queries.
 
 With ``--sqlite PATH``, what the page reads (the board, its rollups and the last
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -427,9 +432,45 @@ def measure(board: Any, *, repeat: int, days: int, whole: bool, prefix: str = "f
     def board_page() -> None:
         assert page.get(board.get_absolute_url()).status_code == 200
 
-    ms, queries = _time(board_page, repeat)
-    print(f"{board_prefix}board_page_ms={ms:.0f}")
+    # Every load renders the live part (cards, ages, the SLE, the agents): the
+    # page's worst case, and the figure earlier runs recorded as board_page_ms.
+    settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = 0
+    times, queries = _times(board_page, max(repeat, BOARD_PAGE_LOADS))
+    print(f"{board_prefix}board_page_ms={statistics.median(times):.0f}")
+    print(f"{board_prefix}board_page_p99_ms={_p99(times):.0f}")
     print(f"{board_prefix}board_page_queries={queries}")
+    # As loads find it under load: the live part rendered a moment before, shared.
+    settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = 60_000
+    times, queries = _times(board_page, max(repeat, BOARD_PAGE_LOADS))
+    print(f"{board_prefix}board_page_shared_ms={statistics.median(times):.0f}")
+    print(f"{board_prefix}board_page_shared_p99_ms={_p99(times):.0f}")
+    print(f"{board_prefix}board_page_shared_queries={queries}")
+
+
+# Loads of the board page timed (at least), for its p99.
+BOARD_PAGE_LOADS = 100
+
+
+def _times(fn: Any, repeat: int) -> tuple[list[float], int]:
+    """Each run's milliseconds, after a warm-up, and the queries of the last."""
+    from django.db import connection, reset_queries
+
+    fn()
+    times = []
+    queries = 0
+    for _ in range(repeat):
+        reset_queries()
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+        queries = len(connection.queries)
+    return times, queries
+
+
+def _p99(times: list[float]) -> float:
+    """Nearest-rank 99th percentile."""
+    ordered = sorted(times)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 if __name__ == "__main__":

@@ -62,6 +62,17 @@ class Percentiles:
     def get(self, p: int) -> float | None:
         return self.values.get(p)
 
+    # For templates: ``values.70`` finds its int key only after a failed string
+    # key and attribute lookup, and Django answers a failed lookup with a dir()
+    # of the dict (twice a card in flight, on the board).
+    @property
+    def p70(self) -> float | None:
+        return self.values.get(70)
+
+    @property
+    def p85(self) -> float | None:
+        return self.values.get(85)
+
     def as_dict(self, unit: str = "s") -> dict[str, float | int | str | None]:
         out: dict[str, float | int | str | None] = {f"p{p}": v for p, v in self.values.items()}
         out["unit"] = unit

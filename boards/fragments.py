@@ -14,7 +14,13 @@ changed and holds back a swap where a person is typing or has a form open
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
 
 from andon.selectors import budget_warnings_get
 from boards.models import Board, Column
@@ -72,6 +78,89 @@ def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
     context = board_live_context(board=board, column_ids=set(column_ids))
     context["oob"] = True
     return render_to_string("boards/board.html#board-update", context)
+
+
+@dataclass(frozen=True)
+class BoardLiveHtml:
+    """The board page's live part, rendered: the banner (above the body) and
+    #board-body's content (flow status, agents, columns)."""
+
+    banner: SafeString
+    body: SafeString
+    rendered_at: float  # time.monotonic() when it was done
+
+
+# Per web process: the latest rendering of each board's live part, and a lock
+# per board so that one request renders it while the others keep showing the
+# previous one.
+_live_html: dict[int, BoardLiveHtml] = {}
+_rendering: dict[int, threading.Lock] = {}
+_rendering_guard = threading.Lock()
+
+
+def board_live_html_render(*, board: Board) -> BoardLiveHtml:
+    """The board's live part, rendered now (a fixed number of queries)."""
+    context = board_live_context(board=board)
+    return BoardLiveHtml(
+        banner=mark_safe(render_to_string("boards/board.html#banner", context)),  # noqa: S308 (autoescaped template)
+        body=mark_safe(render_to_string("boards/board.html#board-body", context)),  # noqa: S308 (autoescaped template)
+        # From the end: a rendering slower than the max age (a busy machine)
+        # is not found old at once, and renders are spaced, not back to back.
+        rendered_at=time.monotonic(),
+    )
+
+
+def board_live_html_get(*, board: Board, fresh: bool = False) -> BoardLiveHtml:
+    """The board's live part as the page shows it: rendered at most once every
+    KAIZEN_BOARD_PAGE_MAX_AGE_MS in this process, and shared by the page loads
+    meanwhile; ``fresh`` renders it now (and keeps it for the next loads).
+
+    Why: rendering it (about twenty queries, and a template of up to
+    KAIZEN_COLUMN_CARD_LIMIT cards a column) costs some 80 ms of the web
+    process's CPU. With 20 people loading the page while the API takes tasks,
+    every load rendered it again and the page took 3.6 s at the median
+    (bench/board_page.py). The page can be a moment old: its script re-reads
+    the live part (boards-body, always fresh) as its websocket opens, and every
+    change after that arrives by the websocket. Only a page that follows the
+    viewer's own change, without JavaScript, must show it: those ask ``fresh``.
+
+    A load that finds the rendering too old renders it again, unless another
+    load of the same board already does: it then shows the previous one, so a
+    crowd of loads costs one rendering, not one each.
+    """
+    max_age = settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS / 1000
+    if not max_age:
+        return board_live_html_render(board=board)
+
+    def recent() -> BoardLiveHtml | None:
+        kept = _live_html.get(board.pk)
+        return kept if kept is not None and time.monotonic() - kept.rendered_at < max_age else None
+
+    kept = None if fresh else recent()
+    if kept is not None:
+        return kept
+    with _rendering_guard:
+        lock = _rendering.setdefault(board.pk, threading.Lock())
+    previous = _live_html.get(board.pk)
+    if not fresh and previous is not None and not lock.acquire(blocking=False):
+        return previous  # being rendered again by another load
+    if fresh or previous is None:
+        lock.acquire()
+        # Another load may have rendered it while this one waited.
+        kept = None if fresh else recent()
+        if kept is not None:
+            lock.release()
+            return kept
+    try:
+        rendered = _live_html[board.pk] = board_live_html_render(board=board)
+        return rendered
+    finally:
+        lock.release()
+
+
+def board_live_html_clear() -> None:
+    """Forget every rendering kept (the tests: SQLite hands a rolled-back test's ids out again)."""
+    _live_html.clear()
 
 
 def agents_summary(agents: list) -> dict[str, int]:

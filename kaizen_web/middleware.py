@@ -23,7 +23,9 @@ def sync_chain(get_response: Callable[[HttpRequest], HttpResponse]) -> Callable[
     thread hop: a dozen hops per request, a third of the web process's CPU under
     load. Being sync-only and innermost, this makes Django build the chain
     synchronously, with one hop for the whole request. Websockets do not go
-    through it (Channels routes them).
+    through it (Channels routes them). kaizen_web.asgi's handler now builds the
+    chain synchronously whatever its innermost middleware is; this stays for a
+    server that uses Django's own ASGI handler.
     """
 
     def middleware(request: HttpRequest) -> HttpResponse:

@@ -447,6 +447,11 @@ KAIZEN_BROADCAST_WINDOW_MS = env_int("KAIZEN_BROADCAST_WINDOW_MS", 50, minimum=0
 KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimum=0.01)
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
+# The board page's live part (banner, agents, columns) is rendered at most once
+# this often per web process and shared by the page loads meanwhile; the page's
+# script re-reads it fresh as its websocket opens (boards.fragments.board_live_html_get).
+# 0 renders it for every load.
+KAIZEN_BOARD_PAGE_MAX_AGE_MS = env_int("KAIZEN_BOARD_PAGE_MAX_AGE_MS", 500, minimum=0)
 
 # Claimed runs sent to the workers in one message (and run side by side there).
 KAIZEN_RUN_BATCH = env_int("KAIZEN_RUN_BATCH", 50, minimum=1)

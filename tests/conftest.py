@@ -171,6 +171,24 @@ def _metric_label_names():
 
 
 @pytest.fixture(autouse=True)
+def _board_page_fresh():
+    """The board page's live part is rendered for every load, as the tests read
+    it right after changing the board (the page may otherwise show it as it was
+    up to KAIZEN_BOARD_PAGE_MAX_AGE_MS before: boards.fragments.board_live_html_get;
+    tests/boards/test_views_board_page_cache.py turns it on). What a process
+    kept is forgotten: on SQLite a rolled-back test's board ids are handed out again."""
+    from django.test import override_settings
+
+    from boards.fragments import board_live_html_clear
+
+    # override_settings, not the settings fixture: some tests take a parameter of that name.
+    with override_settings(KAIZEN_BOARD_PAGE_MAX_AGE_MS=0):
+        board_live_html_clear()
+        yield
+        board_live_html_clear()
+
+
+@pytest.fixture(autouse=True)
 def _knowledge_fresh():
     """What a process remembers of the knowledge base (whether rows of another
     embedding model are left, the in-memory vector indexes, versions' parameters) starts empty in each
