@@ -110,6 +110,11 @@ def board_live_html_render(*, board: Board) -> BoardLiveHtml:
     )
 
 
+# How old, in max ages, a rendering may be and still be shown while another load
+# renders the next: older (the board was not loaded for a while), a load waits.
+STALE_FACTOR = 10
+
+
 def board_live_html_get(*, board: Board, fresh: bool = False) -> BoardLiveHtml:
     """The board's live part as the page shows it: rendered at most once every
     KAIZEN_BOARD_PAGE_MAX_AGE_MS in this process, and shared by the page loads
@@ -126,7 +131,8 @@ def board_live_html_get(*, board: Board, fresh: bool = False) -> BoardLiveHtml:
 
     A load that finds the rendering too old renders it again, unless another
     load of the same board already does: it then shows the previous one, so a
-    crowd of loads costs one rendering, not one each.
+    crowd of loads costs one rendering, not one each; unless that one is older
+    than STALE_FACTOR max ages, when it waits for the new one.
     """
     max_age = settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS / 1000
     if not max_age:
@@ -142,6 +148,8 @@ def board_live_html_get(*, board: Board, fresh: bool = False) -> BoardLiveHtml:
     with _rendering_guard:
         lock = _rendering.setdefault(board.pk, threading.Lock())
     previous = _live_html.get(board.pk)
+    if previous is not None and time.monotonic() - previous.rendered_at >= STALE_FACTOR * max_age:
+        previous = None  # from a quiet spell long ago: this load waits for the new one
     if not fresh and previous is not None and not lock.acquire(blocking=False):
         return previous  # being rendered again by another load
     if fresh or previous is None:

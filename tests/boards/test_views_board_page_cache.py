@@ -194,3 +194,40 @@ def test_a_cards_action_urls_are_its_views(client, user):
     detail = reverse("boards-task-detail", kwargs={"slug": board.slug, "pk": task.pk})
     assert f'<a class="card-title" href="{detail}">Card</a>' in html
     assert f'href="{detail}#block"' in html
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_rendering_from_long_ago_is_not_shown_while_another_load_renders(settings):
+    # While one load renders the live part again, the others show the previous
+    # rendering, but not one from a quiet spell long ago: they wait for the new one.
+    import threading
+    import time
+
+    from boards import fragments
+
+    settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = 1000
+    board = make_board()
+    services.task_create(board=board, title="Now")
+    long_ago = time.monotonic() - 11 * 1.0  # past STALE_FACTOR (10) max ages
+    fragments._live_html[board.pk] = fragments.BoardLiveHtml(
+        banner="", body="from long ago", rendered_at=long_ago
+    )
+    lock = fragments._rendering.setdefault(board.pk, threading.Lock())
+    lock.acquire()  # another load is rendering it
+    shown: list[str] = []
+
+    def load() -> None:
+        try:
+            shown.append(fragments.board_live_html_get(board=board).body)
+        finally:
+            connection.close()
+
+    waiting = threading.Thread(target=load)
+    waiting.start()
+    waiting.join(timeout=0.5)
+    still_waiting = waiting.is_alive()
+    lock.release()
+    waiting.join(timeout=60)
+
+    assert still_waiting and shown and "from long ago" not in shown[0] and "Now" in shown[0]
