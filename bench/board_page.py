@@ -33,7 +33,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.procfs import cpu_seconds, pids_named, process_tree  # noqa: E402  (after sys.path)
-from bench.run import DEFAULT_DB, DEFAULT_REDIS, Bench, record  # noqa: E402
+from bench.run import DEFAULT_DB, DEFAULT_REDIS, Bench, bench_user_and_token, line_board, record  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -97,43 +96,10 @@ class Loop:
 
 class BoardPageBench(Bench):
     def setup_board(self) -> None:
-        from django.contrib.auth import get_user_model
-        from django.contrib.auth.models import Permission
         from django.test import Client
 
-        from bench.cascade import BENCH_CHECKS
-        from boards import services
-        from boards.agents.spec import cascade_json, parse_cascade
-        from boards.models import Agent, ApiToken, Board, Column
-
-        self.board = Board.objects.create(name="Bench board page", slug=f"bench-page-{uuid.uuid4().hex[:6]}")
-        roles = [
-            ("Backlog", "backlog", None),
-            ("Ready", "ready", None),
-            ("In progress", "in_progress", self.args.wip),
-            ("Review", "review", None),
-            ("Done", "done", None),
-        ]
-        for position, (name, role, limit) in enumerate(roles):
-            Column.objects.create(board=self.board, name=name, role=role, position=position, wip_limit=limit)
-        tier = {
-            "provider": "simulated",
-            "model": "sim-small",
-            "parameters": {"latency_ms": 0, "error_rate": 0},
-        }
-        agent = Agent.objects.create(
-            name=f"bench-agent-{self.board.slug}",
-            capabilities=["general"],
-            cascade=cascade_json(parse_cascade([tier])),
-            concurrency=self.args.wip,
-            quality_checks=BENCH_CHECKS,
-        )
-        agent.boards.add(self.board)
-        user, _ = get_user_model().objects.get_or_create(username="bench")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label="boards", codename="add_task")
-        )
-        _, self.token = services.api_token_create(user=user, name="bench", access=ApiToken.Access.WRITE)
+        self.board, _ = line_board("page", wip=self.args.wip, backlog=True)
+        user, self.token = bench_user_and_token()
         client = Client()
         client.force_login(user)
         self.cookie = f"sessionid={client.cookies['sessionid'].value}"

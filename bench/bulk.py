@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,41 +44,11 @@ class BulkBench:
         """A board like the line bench's (Ready, In progress at --wip, Review, Done; one
         zero-latency simulated agent whose outputs are inspected), a write token's key
         and its user."""
-        from django.contrib.auth import get_user_model
-        from django.contrib.auth.models import Permission
 
-        from bench.cascade import BENCH_CHECKS
-        from boards import services
-        from boards.agents.spec import cascade_json, parse_cascade
-        from boards.models import Agent, ApiToken, Board, Column
+        from bench.run import bench_user_and_token, line_board  # run.py imports this module
 
-        board = Board.objects.create(name="Bench bulk", slug=f"bench-bulk-{uuid.uuid4().hex[:6]}")
-        roles = [
-            ("Ready", "ready", None),
-            ("In progress", "in_progress", self.args.wip),
-            ("Review", "review", None),
-            ("Done", "done", None),
-        ]
-        for position, (name, role, limit) in enumerate(roles):
-            Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
-        tier = {
-            "provider": "simulated",
-            "model": "sim-small",
-            "parameters": {"latency_ms": 0, "error_rate": 0},
-        }
-        agent = Agent.objects.create(
-            name=f"bench-agent-{board.slug}",
-            capabilities=["general"],
-            cascade=cascade_json(parse_cascade([tier])),
-            concurrency=self.args.wip,
-            quality_checks=BENCH_CHECKS,
-        )
-        agent.boards.add(board)
-        user, _ = get_user_model().objects.get_or_create(username="bench")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label="boards", codename="add_task")
-        )
-        _, key = services.api_token_create(user=user, name="bench bulk", access=ApiToken.Access.WRITE)
+        board, _ = line_board("bulk", wip=self.args.wip)
+        user, key = bench_user_and_token("bench bulk")
         return board, key, user
 
     def _groups(self) -> dict[str, list[int]]:

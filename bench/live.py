@@ -43,7 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
@@ -156,38 +155,13 @@ class LiveBench:
         self.mark = 0
 
     def setup_board(self):
-        from django.contrib.auth import get_user_model
-        from django.contrib.auth.models import Permission
 
-        from bench.cascade import BENCH_CHECKS
+        from bench.run import bench_user_and_token, line_board
         from boards import services
-        from boards.agents.spec import cascade_json, parse_cascade
-        from boards.models import Agent, ApiToken, Board, Column
         from boards.text import MAX_PRIORITY
 
-        board = Board.objects.create(name="Bench live", slug=f"bench-live-{uuid.uuid4().hex[:6]}")
-        roles = [("Ready", "ready", None), ("In progress", "in_progress", self.args.wip)]
-        roles += [("Review", "review", None), ("Done", "done", None)]
-        for position, (name, role, limit) in enumerate(roles):
-            Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
-        simulated = {
-            "provider": "simulated",
-            "model": "sim-small",
-            "parameters": {"latency_ms": 0, "error_rate": 0},
-        }
-        agent = Agent.objects.create(
-            name=f"bench-agent-{board.slug}",
-            capabilities=["general"],
-            cascade=cascade_json(parse_cascade([simulated])),
-            concurrency=self.args.wip,
-            quality_checks=BENCH_CHECKS,
-        )
-        agent.boards.add(board)
-        user, _ = get_user_model().objects.get_or_create(username="bench")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label="boards", codename="add_task")
-        )
-        _, key = services.api_token_create(user=user, name="bench", access=ApiToken.Access.WRITE)
+        board, _ = line_board("live", wip=self.args.wip)
+        user, key = bench_user_and_token()
         # The card the changes show on: first in Ready (the highest priority),
         # blocked so that no agent pulls it, and drawn in every update.
         marker = services.task_create(board=board, title="live marker", priority=MAX_PRIORITY)
