@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -156,6 +157,8 @@ class LiveBench:
 
     def setup_board(self):
 
+        from django.db import transaction
+
         from bench.run import bench_user_and_token, line_board
         from boards import services
         from boards.text import MAX_PRIORITY
@@ -164,8 +167,11 @@ class LiveBench:
         user, key = bench_user_and_token()
         # The card the changes show on: first in Ready (the highest priority),
         # blocked so that no agent pulls it, and drawn in every update.
-        marker = services.task_create(board=board, title="live marker", priority=MAX_PRIORITY)
-        services.task_block(task=marker, user=None, note="mark-0")
+        # In one transaction: the pull its creation asks for comes after the commit,
+        # when it is blocked already (a worker took it In progress in between once).
+        with transaction.atomic():
+            marker = services.task_create(board=board, title="live marker", priority=MAX_PRIORITY)
+            services.task_block(task=marker, user=None, note="mark-0")
         return board, user, key, marker
 
     def time_sends(self) -> None:
@@ -422,6 +428,8 @@ def main() -> None:
     if args.baseline:
         tmp = tempfile.mkdtemp(prefix="kaizen-live-baseline-")
         subprocess.run(["git", "worktree", "add", "--detach", tmp, args.baseline], cwd=HERE, check=True)
+        # The same bench on both: the baseline's product code under this tree's harness.
+        shutil.copytree(HERE / "bench", Path(tmp) / "bench", dirs_exist_ok=True)
         trees["baseline_"] = Path(tmp)
     runs: dict[str, list[dict[str, float]]] = {prefix: [] for prefix in trees}
     try:
