@@ -39,8 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fixtures import bench_user_and_token, line_board  # noqa: E402
 from bench.procfs import cpu_seconds, pids_named, process_tree  # noqa: E402  (after sys.path)
-from bench.run import DEFAULT_DB, DEFAULT_REDIS, Bench, bench_user_and_token, line_board, record  # noqa: E402
+from bench.run import DEFAULT_DB, DEFAULT_REDIS, Bench, record  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -45,7 +45,7 @@ class BulkBench:
         zero-latency simulated agent whose outputs are inspected), a write token's key
         and its user."""
 
-        from bench.run import bench_user_and_token, line_board  # run.py imports this module
+        from bench.fixtures import bench_user_and_token, line_board
 
         board, _ = line_board("bulk", wip=self.args.wip)
         user, key = bench_user_and_token("bench bulk")

@@ -159,7 +159,7 @@ class LiveBench:
 
         from django.db import transaction
 
-        from bench.run import bench_user_and_token, line_board
+        from bench.fixtures import bench_user_and_token, line_board
         from boards import services
         from boards.text import MAX_PRIORITY
 

@@ -39,52 +39,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fixtures import bench_user_and_token, line_board  # noqa: E402 (after sys.path)
 from bench.procfs import cpu_seconds, pids_named, process_tree  # noqa: E402  (after sys.path)
 from kaizen_web import processes  # noqa: E402 (after the path it is found on)
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/kaizen_bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/10"
-
-
-def line_board(label: str, *, wip: int, backlog: bool = False):
-    """A bench board (Backlog if asked, Ready, In progress at ``wip``, Review,
-    Done) served by one agent: a zero-latency simulated tier, the bench's
-    checks, concurrency ``wip``. Returns (board, agent)."""
-    from bench.cascade import BENCH_CHECKS
-    from boards.agents.spec import cascade_json, parse_cascade
-    from boards.models import Agent, Board, Column
-
-    board = Board.objects.create(name=f"Bench {label}", slug=f"bench-{label}-{uuid.uuid4().hex[:6]}")
-    roles = [("Backlog", "backlog", None)] if backlog else []
-    roles += [("Ready", "ready", None), ("In progress", "in_progress", wip)]
-    roles += [("Review", "review", None), ("Done", "done", None)]
-    for position, (name, role, limit) in enumerate(roles):
-        Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
-    tier = {"provider": "simulated", "model": "sim-small", "parameters": {"latency_ms": 0, "error_rate": 0}}
-    agent = Agent.objects.create(
-        name=f"bench-agent-{board.slug}",
-        capabilities=["general"],
-        cascade=cascade_json(parse_cascade([tier])),
-        concurrency=wip,
-        quality_checks=BENCH_CHECKS,
-    )
-    agent.boards.add(board)
-    return board, agent
-
-
-def bench_user_and_token(name: str = "bench"):
-    """The bench's user, who may add tasks, and a new write API token of theirs: (user, key)."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Permission
-
-    from boards import services
-    from boards.models import ApiToken
-
-    user, _ = get_user_model().objects.get_or_create(username="bench")
-    # API tokens have scopes: adding tasks needs a write token of a user who may add them.
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="boards", codename="add_task"))
-    _, key = services.api_token_create(user=user, name=name, access=ApiToken.Access.WRITE)
-    return user, key
 
 
 class BoardWatcher:
