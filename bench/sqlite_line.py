@@ -99,22 +99,8 @@ class SqliteLineBench(Bench):
         from kaizen_web import processes
 
         port = processes.free_port()
-        graceful = str(self.run_script.WEB_GRACEFUL_SECONDS)
         self.start(
-            "web",
-            [
-                *self.python_m("web", "uvicorn"),
-                "kaizen_web.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--lifespan",
-                "off",
-                "--no-access-log",
-                "--timeout-graceful-shutdown",
-                graceful,
-            ],
+            "web", [*self.python_m("web", "uvicorn"), *self.run_script.web_arguments("127.0.0.1", port)]
         )
         if not processes.wait_until(
             lambda: processes.accepts_connections("127.0.0.1", port, timeout=0.2), timeout=30

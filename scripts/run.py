@@ -292,6 +292,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def web_arguments(host: str, port: int) -> list[str]:
+    """uvicorn's arguments for the web server, as this script starts it (and
+    bench/sqlite_line.py, which measures the line as it runs here)."""
+    return [
+        "kaizen_web.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        str(WEB_GRACEFUL_SECONDS),
+        # Compressing each live update once per socket: see README, "Scaling out".
+        "--ws-per-message-deflate",
+        "false",
+    ]
+
+
 def default_worker_concurrency(database_url: str | None) -> int:
     # The worker uses Celery's thread pool: agent work is waiting on models, so
     # one process keeps many calls in flight (see boards/agents/runtime.py). On
@@ -758,24 +778,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
     celery = [PYTHON, "-m", "celery", "-A", "kaizen_web"]
     sup.start(
         "web",
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "kaizen_web.asgi:application",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--lifespan",
-            "off",
-            "--no-access-log",
-            "--timeout-graceful-shutdown",
-            str(WEB_GRACEFUL_SECONDS),
-            # Compressing each live update once per socket: see README, "Scaling out".
-            "--ws-per-message-deflate",
-            "false",
-        ],
+        [PYTHON, "-m", "uvicorn", *web_arguments(host, port)],
         env,
         description="the web server, uvicorn",
     )
