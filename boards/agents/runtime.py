@@ -331,10 +331,12 @@ class _RunThreads:
     """The threads a worker process runs its batches' runs on, kept between
     batches: at a thousand runs a second, starting a thread for each (and an
     executor for each batch) cost the process more than a run's own bookkeeping.
-    Grows to as many runs as are in flight at once, up to MAX, and keeps what it
-    grew (an idle thread waits on a queue and costs no CPU)."""
+    Grows to as many runs as are in flight at once, as the executor per batch
+    did, and keeps what it grew (an idle thread waits on a queue and costs no
+    CPU). MAX is no real bound: the WIP limits bound the runs in flight, and a
+    run left waiting for a thread would not have its lease renewed meanwhile."""
 
-    MAX = 4096
+    MAX = 100_000
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
