@@ -171,8 +171,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    # Last on purpose: see kaizen_web/middleware.py.
-    "kaizen_web.middleware.sync_chain",
 ]
 
 ROOT_URLCONF = "kaizen_web.urls"

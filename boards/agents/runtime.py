@@ -322,8 +322,8 @@ def _run_and_close(claim: tuple[int, str], task, earlier) -> str:
     try:
         return run(*claim, task=task, earlier=earlier)
     finally:
-        # This thread ends with the batch: hand its connection back (to the pool
-        # on PostgreSQL) rather than leave it to the garbage collector.
+        # The thread waits idle for the next batch: hand its connection back (to
+        # the pool on PostgreSQL) rather than hold it meanwhile.
         connection.close()
 
 

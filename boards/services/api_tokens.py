@@ -13,7 +13,7 @@ from django.db.models.expressions import Combinable
 from django.utils import timezone
 
 from boards.models import ApiToken, Board
-from kaizen_web.prepared import Prepared
+from kaizen_web.prepared import Prepared, fields
 
 
 def api_token_create(
@@ -58,12 +58,11 @@ def api_token_create(
 
 
 def _token_query(*, key_hash) -> QuerySet:
-    token_fields = [field.attname for field in ApiToken._meta.concrete_fields]
-    user_fields = [f"user__{field.attname}" for field in User._meta.concrete_fields]
+    user_fields = [f"user__{name}" for name in fields(User)]
     return (
         ApiToken.objects.filter(key_hash=key_hash, user__is_active=True)
         .annotate(may_add_task=_may_add_task())
-        .values_list(*token_fields, *user_fields, "may_add_task")[:1]
+        .values_list(*fields(ApiToken), *user_fields, "may_add_task")[:1]
     )
 
 
@@ -79,8 +78,7 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
     row = _TOKEN.first(key_hash=ApiToken.hash_key(key))
     if row is None:
         return None
-    token_fields = [field.attname for field in ApiToken._meta.concrete_fields]
-    user_fields = [field.attname for field in User._meta.concrete_fields]
+    token_fields, user_fields = fields(ApiToken), fields(User)
     split = len(token_fields)
     db = router.db_for_read(ApiToken)
     token = ApiToken.from_db(db, token_fields, row[:split])
