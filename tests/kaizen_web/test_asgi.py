@@ -1,0 +1,104 @@
+"""kaizen_web.asgi: each HTTP request runs its synchronous work in one thread of
+its own while it lasts, and that thread is kept for later requests instead of
+a new one started (and joined) for every request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import HttpCommunicator
+from django.core.signals import request_finished, request_started
+
+from kaizen_web.asgi import RequestThreads, django_asgi_app
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def threads_seen():
+    """The thread each request's start and finish signals ran in, in order."""
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def started(**kwargs):
+        seen.append(("started", threading.current_thread()))
+
+    def finished(**kwargs):
+        seen.append(("finished", threading.current_thread()))
+
+    request_started.connect(started, dispatch_uid="test_asgi_started")
+    request_finished.connect(finished, dispatch_uid="test_asgi_finished")
+    yield seen
+    request_started.disconnect(dispatch_uid="test_asgi_started")
+    request_finished.disconnect(dispatch_uid="test_asgi_finished")
+
+
+async def _get(path: str) -> dict:
+    communicator = HttpCommunicator(django_asgi_app, "GET", path, headers=[(b"host", b"testserver")])
+    response = await communicator.get_response(timeout=30)
+    await communicator.wait(timeout=30)  # the request's end: the response closed, its signal sent
+    return response
+
+
+def test_requests_one_after_another_reuse_one_thread(threads_seen):
+    async def three():
+        return [await _get("/accounts/login/") for _ in range(3)]
+
+    responses = async_to_sync(three)()
+    assert [r["status"] for r in responses] == [200, 200, 200]
+    assert [event for event, _ in threads_seen] == ["started", "finished"] * 3
+    threads = [thread for _, thread in threads_seen]
+    # Each request's start and finish in one thread, not the event loop's...
+    assert all(thread is not threading.main_thread() for thread in threads)
+    assert threads[0].name.startswith("request")
+    # ...and the same kept thread for all three (Django's handler starts one a request).
+    assert len({id(thread) for thread in threads}) == 1
+    assert threads[0].is_alive()
+
+
+def test_requests_at_the_same_time_each_have_their_own_thread(threads_seen):
+    # Both requests must be inside their start signal at once: sharing one
+    # thread, the first would wait for the second forever (here: 30 s, then fail).
+    both_started = threading.Barrier(2, timeout=30)
+
+    def meet(**kwargs):
+        both_started.wait()
+
+    request_started.connect(meet, dispatch_uid="test_asgi_meet")
+    try:
+
+        async def two():
+            return await asyncio.gather(_get("/accounts/login/"), _get("/accounts/login/"))
+
+        responses = async_to_sync(two)()
+    finally:
+        request_started.disconnect(dispatch_uid="test_asgi_meet")
+    assert [r["status"] for r in responses] == [200, 200]
+    started = [thread for event, thread in threads_seen if event == "started"]
+    assert len({id(thread) for thread in started}) == 2
+
+
+def test_a_thread_still_busy_is_not_handed_to_the_next_request():
+    # A view whose client went away keeps running in its thread: that thread
+    # must not serve the next request, which would wait behind it.
+    pool = RequestThreads(keep=4)
+    thread = pool.take()
+    release = threading.Event()
+    running = thread.submit(release.wait, 30)
+    pool.give_back(thread)
+    assert pool.idle == []
+    assert pool.take() is not thread
+    release.set()
+    assert running.result(timeout=30) is True
+
+
+def test_idle_threads_kept_are_bounded():
+    pool = RequestThreads(keep=2)
+    taken = [pool.take() for _ in range(3)]
+    for thread in taken:
+        thread.submit(lambda: None).result(timeout=30)
+        pool.give_back(thread)
+    assert pool.idle == taken[:2]
+    assert pool.take() is taken[1]
