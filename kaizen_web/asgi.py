@@ -21,7 +21,7 @@ class RequestThread(ThreadPoolExecutor):
         self.busy = 0
         self._busy_lock = threading.Lock()
 
-    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[no-untyped-def]
+    def submit(self, fn, /, *args, **kwargs) -> Future:
         with self._busy_lock:
             self.busy += 1
         future = super().submit(fn, *args, **kwargs)
@@ -83,7 +83,7 @@ class SyncChainASGIHandler(ASGIHandler):
         chain = self._middleware_chain  # type: ignore[has-type]  # unannotated in Django
         self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]  # as Django's
+    async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         thread = self.threads.take()
