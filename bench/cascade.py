@@ -14,7 +14,10 @@ one session:
   resumed and the clock runs until the last one is Done;
 - ``littles_law_*_wip{10,100,1000}``: the same line kept busy at WIP 10, 100 and
   1,000 with more tasks than the WIP, its steady-state throughput against WIP /
-  mean model latency.
+  mean model latency;
+- ``*_procs2``: the sleeping baseline, the WIP 1,000 batch and Little's law at
+  WIP 1,000 again with the same 1,000 threads shared by two worker processes
+  (``--cascade-processes``), as `make run` starts them on PostgreSQL.
 
 Then, unless ``--skip-profile``, the WIP 1,000 line once more in a worker with
 ``bench.worker_hooks`` (``profile_*`` figures: CPU per task by step, SQL statements
@@ -80,28 +83,45 @@ class CascadeBench:
 
     # --- processes ------------------------------------------------------------
 
-    def worker_env(self, profile: str = "") -> dict[str, str]:
+    def worker_env(self, profile: str = "", threads: int = 0) -> dict[str, str]:
         env = {
             # The model sleeps its latency (the line bench runs it at zero).
             "KAIZEN_SIMULATED_LATENCY_SCALE": "1",
             "KAIZEN_RESPONSE_CACHE_SECONDS": "0",
             "DB_POOL_MAX": str(self.args.cascade_db_pool),
-            "KAIZEN_WORKER_CONCURRENCY": str(self.args.cascade_concurrency),
+            "KAIZEN_WORKER_CONCURRENCY": str(threads or self.args.cascade_concurrency),
         }
         if profile:
             env["KAIZEN_BENCH_PROFILE"] = profile
         return env
 
-    def start_worker(self, name: str, profile: str = "") -> int:
+    def start_worker(self, name: str, profile: str = "", processes: int = 1) -> int:
+        """Start ``processes`` workers (named name, name-2...) sharing the cascade's
+        threads; returns the first one's pid (all of them are ``self.worker_pids``)."""
         self.bench.purge()
-        self.bench.start_worker(
-            name=name, concurrency=self.args.cascade_concurrency, env=self.worker_env(profile)
-        )
-        return self.bench.named[name].pid
+        threads = self.args.cascade_concurrency // processes
+        self.worker_pids = []
+        for number in range(1, processes + 1):
+            named = name if number == 1 else f"{name}-{number}"
+            self.bench.start_worker(
+                name=named,
+                concurrency=threads,
+                env=self.worker_env(profile, threads),
+                nodename=f"{named}@%h" if processes > 1 else "",
+            )
+            self.worker_pids.append(self.bench.named[named].pid)
+        return self.worker_pids[0]
+
+    def stop_workers(self) -> None:
+        from kaizen_web import processes
+
+        workers = [p for p in self.bench.procs if p.pid in self.worker_pids]
+        processes.stop_groups(workers, grace=10)
+        self.bench.procs[:] = [p for p in self.bench.procs if p not in workers]
 
     def groups(self, worker_pid: int) -> dict[str, list[int]]:
         return {
-            "worker": [worker_pid],
+            "worker": [*self.worker_pids],
             "postgres": self.postgres_pids(),
             "redis": pids_named("redis-server"),
             "bench": [os.getpid()],
@@ -133,16 +153,17 @@ class CascadeBench:
         # starts as it resumes: the pool is measured, not this process publishing
         # (as the line's tasks wait in Ready before its board is resumed).
         queue = self.bench.queue
-        # limit=1: one worker answers; without it a broadcast waits out its timeout.
-        if not app.control.cancel_consumer(queue, reply=True, timeout=5, limit=1):
+        # limit: every worker answers; without it a broadcast waits out its timeout.
+        limit = len(self.worker_pids)
+        if len(app.control.cancel_consumer(queue, reply=True, timeout=5, limit=limit) or []) < limit:
             raise SystemExit("the cascade worker did not answer cancel_consumer")
         started_publishing = time.perf_counter()
         for i in range(n):
             sleep.delay(key, seconds[i % len(seconds)])
         published = time.perf_counter() - started_publishing
-        cpu_before = cpu_seconds([worker_pid])
+        cpu_before = cpu_seconds(self.worker_pids)
         start = time.perf_counter()
-        if not app.control.add_consumer(queue, reply=True, timeout=5, limit=1):
+        if len(app.control.add_consumer(queue, reply=True, timeout=5, limit=limit) or []) < limit:
             raise SystemExit("the cascade worker did not answer add_consumer")
         deadline = time.monotonic() + 120
         while int(r.get(key) or 0) < n:
@@ -150,7 +171,7 @@ class CascadeBench:
                 raise SystemExit(f"{label}: the sleeping tasks did not finish in 2 minutes")
             time.sleep(0.002)
         elapsed = time.perf_counter() - start
-        cpu = cpu_seconds([worker_pid]) - cpu_before
+        cpu = cpu_seconds(self.worker_pids) - cpu_before
         r.delete(key)
         return {
             f"{label}_tasks_per_s": n / elapsed,
@@ -300,6 +321,23 @@ class CascadeBench:
             "rss_peak": rss_peak,
             "rss_end": rss_end,
         }
+
+    def run_processes(self, count: int, n: int, latency_s: float) -> dict[str, float]:
+        """The WIP 1,000 batch, its sleeping baseline and Little's law at WIP 1,000
+        again with the same threads shared by ``count`` worker processes (figures
+        ending in ``_procs<count>``): one process runs its Python behind one GIL."""
+        pid = self.start_worker("cascade-worker", processes=count)
+        suffix = f"procs{count}"
+        self.run_line(pid, 100, 200, f"warmup-{suffix}")
+        results = {
+            f"{key}_{suffix}": value
+            for key, value in self.bench_sleep(pid, n, [latency_s], "celery_sleep1s").items()
+        }
+        batch = self.run_line(pid, 1000, n, f"wip1000-{suffix}")
+        results.update(self.batch_figures(batch, f"cascade_wip1000_{suffix}"))
+        run = self.run_line(pid, 1000, min(10_000, self.args.little_max_tasks), f"little1000-{suffix}")
+        results.update(self.steady_figures(run, 1000, f"wip1000_{suffix}"))
+        return results
 
     @staticmethod
     def memory_figures(run: dict) -> dict[str, float]:
@@ -510,6 +548,9 @@ class CascadeBench:
                 tasks = min(10 * wip, args.little_max_tasks)
                 run = self.run_line(pid, wip, tasks, f"little{wip}")
                 results.update(self.steady_figures(run, wip, f"wip{wip}"))
+            if args.cascade_processes > 1:
+                self.stop_workers()
+                results.update(self.run_processes(args.cascade_processes, n, latency_s))
         finally:
             self.bench.stop_all()
         if not args.skip_profile:

@@ -122,7 +122,11 @@ class Bench:
         self.procs.clear()
 
     def start_worker(
-        self, name: str = "worker", concurrency: int | None = None, env: dict[str, str] | None = None
+        self,
+        name: str = "worker",
+        concurrency: int | None = None,
+        env: dict[str, str] | None = None,
+        nodename: str = "",
     ) -> None:
         self.start(
             name,
@@ -139,6 +143,7 @@ class Bench:
                 str(concurrency or self.args.concurrency),
                 "-Q",
                 self.queue,
+                *(["-n", nodename] if nodename else []),
                 "--include",
                 "bench.celery_baselines",
                 "--without-gossip",
@@ -151,7 +156,17 @@ class Bench:
         )
         from kaizen_web.celery import app
 
-        if not processes.wait_until(lambda: bool(app.control.ping(timeout=0.5)), timeout=60, interval=0):
+        def answers() -> bool:
+            replies = app.control.ping(timeout=0.5)
+            # Celery expands %h: compare the part before it.
+            named = nodename.split("@")[0] + "@"
+            return (
+                any(node.startswith(named) for reply in replies for node in reply)
+                if nodename
+                else bool(replies)
+            )
+
+        if not processes.wait_until(answers, timeout=60, interval=0):
             raise SystemExit(f"the bench worker did not start: see var/bench/{name}.log")
 
     def start_web(self) -> int:
@@ -461,6 +476,12 @@ def main() -> None:
         "--cascade-latency-ms", type=float, default=1000, help="the model's mean latency (1000)"
     )
     parser.add_argument("--cascade-concurrency", type=int, default=1000, help="cascade worker threads (1000)")
+    parser.add_argument(
+        "--cascade-processes",
+        type=int,
+        default=2,
+        help="worker processes for the *_procsN figures, sharing the cascade's threads (2; 0: none)",
+    )
     parser.add_argument("--cascade-db-pool", type=int, default=20, help="cascade worker's psycopg pool (20)")
     parser.add_argument(
         "--cascade-timeout", type=float, default=120, help="give up on a cascade run after (s)"

@@ -312,6 +312,16 @@ def web_arguments(host: str, port: int) -> list[str]:
     ]
 
 
+def default_worker_processes(database_url: str | None) -> int:
+    # One Celery worker process runs its Python behind one GIL: at WIP 1,000 and
+    # a 1 s model the line was bound by that one process's CPU (bench/cascade.py,
+    # cascade_wip1000_*_procs2 beside the single process's figures). On
+    # PostgreSQL a worker per core (up to 4) shares the work: claims lock rows in
+    # the database, so the WIP limits hold across processes. SQLite lets one
+    # writer in at a time, so a second process would only wait for the lock.
+    return 1 if is_sqlite(database_url) else max(1, min(4, os.cpu_count() or 1))
+
+
 def default_worker_concurrency(database_url: str | None) -> int:
     # The worker uses Celery's thread pool: agent work is waiting on models, so
     # one process keeps many calls in flight (see boards/agents/runtime.py). On
@@ -655,7 +665,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "  REDIS_URL                  a Redis to use instead of the embedded one\n"
             f"  KAIZEN_REDIS_PORT          the embedded Redis's port ({EMBEDDED_REDIS_PORT}, or a free one)\n"
             "  KAIZEN_VAR_DIR             where data and logs go (var/)\n"
-            "  KAIZEN_WORKER_CONCURRENCY  worker threads (20 on SQLite, 200 on PostgreSQL)\n"
+            "  KAIZEN_WORKER_CONCURRENCY  threads per worker process (20 on SQLite, 200 on PostgreSQL)\n"
+            "  KAIZEN_WORKER_PROCESSES    worker processes (1 on SQLite; on PostgreSQL one per core,\n"
+            "                             up to 4; their logs worker.log, worker-2.log...)\n"
             "  KAIZEN_DEMO_FEED_SECONDS   the demo feed adds tasks to each demo board this often (1.5)\n"
             "  KAIZEN_DEMO_REVIEWER_SECONDS  the simulated reviewer decides an escalation this often\n"
             "                             (15; 0 leaves the andon inbox to people)\n"
@@ -688,6 +700,15 @@ def prepare_metrics_dir(env: dict[str, str], var_dir: Path) -> Path:
     for old in path.glob("*.db"):
         old.unlink(missing_ok=True)
     return path
+
+
+def worker_names(count: int) -> list[str]:
+    """The line's worker processes' names, as their logs are named: worker, worker-2..."""
+    return ["worker", *(f"worker-{number}" for number in range(2, count + 1))]
+
+
+def workers_note(processes_: int, threads: int) -> str:
+    return f"{threads} threads" if processes_ == 1 else f"{processes_} processes of {threads} threads"
 
 
 def reviewer_note(env: dict[str, str]) -> str:
@@ -736,6 +757,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
     port = env_int("PORT", 8000, maximum=65535)
     database_url = os.environ.get("DATABASE_URL", "").strip() or None
     concurrency = env_int("KAIZEN_WORKER_CONCURRENCY", default_worker_concurrency(database_url))
+    worker_processes = env_int("KAIZEN_WORKER_PROCESSES", default_worker_processes(database_url), maximum=64)
     if not is_loopback(host) and not os.environ.get("KAIZEN_DEMO_PASSWORD"):
         raise RunError(
             f"HOST={host} serves beyond this machine: set KAIZEN_DEMO_PASSWORD so the demo "
@@ -782,26 +804,31 @@ def run(sup: Supervisor, var_dir: Path) -> None:
         env,
         description="the web server, uvicorn",
     )
-    worker = sup.start(
-        "worker",
-        [
-            *celery,
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            # One worker: nobody to synchronise with at start (mingle waits a
-            # second for an answer) or to gossip with.
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env,
-        description="the Celery worker",
-        ready_when=r"\bready\.",
-    )
+    # The line's workers: "worker" (worker.log), then "worker-2"... Each is a
+    # Celery node of its own name; none needs the others at start (mingle
+    # waits a second for an answer) or to gossip with them.
+    workers = [
+        sup.start(
+            name,
+            [
+                *celery,
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(concurrency),
+                *(["-n", f"{name}@%h"] if number > 1 else []),
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env,
+            description="the Celery worker" if worker_processes == 1 else f"Celery worker {number}",
+            ready_when=r"\bready\.",
+        )
+        for number, name in enumerate(worker_names(worker_processes), start=1)
+    ]
     # The knowledge base's embedder: its own Celery worker on its own queue, one
     # batch at a time, at the lowest CPU priority (SCHED_IDLE where chrt exists,
     # and nice 19), so the line takes the CPU first and the embedder catches up
@@ -835,7 +862,8 @@ def run(sup: Supervisor, var_dir: Path) -> None:
     )
     probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     sup.wait_until("the web server", lambda: processes.accepts_connections(probe_host, port))
-    sup.wait_until("the Celery worker", worker.ready.is_set)
+    for worker in workers:
+        sup.wait_until(worker.description, worker.ready.is_set)
     sup.terminal.end("ok")
 
     password = "demo" if not os.environ.get("KAIZEN_DEMO_PASSWORD") else "(the value of KAIZEN_DEMO_PASSWORD)"
@@ -855,8 +883,8 @@ def run(sup: Supervisor, var_dir: Path) -> None:
                         f"Admin:              {url}admin/",
                         f"Database:           {db_note}",
                         f"Redis:              {redis_note}",
-                        f"Worker:             {concurrency} threads; demo tasks arrive every "
-                        f"{env['KAIZEN_DEMO_FEED_SECONDS']} s",
+                        f"Worker:             {workers_note(worker_processes, concurrency)}; demo tasks "
+                        f"arrive every {env['KAIZEN_DEMO_FEED_SECONDS']} s",
                         reviewer_note(env),
                         "Press Ctrl-C to stop everything.",
                     ]

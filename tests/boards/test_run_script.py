@@ -196,7 +196,8 @@ def second_terminal_redis_url(var: Path) -> str:
 
 @pytest.mark.redis
 def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var):
-    run, port = start_run()
+    # Two worker processes (PostgreSQL's default on a machine of two cores or more).
+    run, port = start_run(KAIZEN_WORKER_PROCESSES="2")
     wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
     logs = var / "log"
     # The agents at work: tasks ran, and their lines went to the worker's log.
@@ -230,6 +231,11 @@ def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var
     assert "Log in as:          demo / demo" in box[2]
     # The demo's reviewer load is part of the demo, and says it is simulated.
     assert any("Reviewer:           simulated, one decision every 15 s" in line for line in box)
+    assert any("Worker:             2 processes of 20 threads" in line for line in box)
+    # Both workers were ready before the banner, each a Celery node of its own name.
+    assert " ready." in (logs / "worker.log").read_text(errors="replace")
+    second = (logs / "worker-2.log").read_text(errors="replace")
+    assert "worker-2@" in second and " ready." in second
     assert shown[logs_line - 11] == "kaizen | starting the web server, the worker and the scheduler... ok"
     for name in ("redis", "migrate", "config", "user", "web", "worker", "beat"):
         assert (logs / f"{name}.log").exists(), name
@@ -476,4 +482,23 @@ def test_it_refuses_a_public_host_with_the_well_known_demo_password(start_run):
     wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
     assert run.returncode == 1
     assert "set KAIZEN_DEMO_PASSWORD" in run.log_text()
+    assert "starting Redis" not in run.log_text()
+
+
+def test_worker_processes_default_to_one_per_core_on_postgresql_and_one_on_sqlite(monkeypatch):
+    run_script = load_run_module()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert run_script.default_worker_processes(None) == 1
+    assert run_script.default_worker_processes("sqlite:///var/kaizen.sqlite3") == 1
+    assert run_script.default_worker_processes("postgres://db/kaizen") == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert run_script.default_worker_processes("postgres://db/kaizen") == 4
+    assert run_script.worker_names(3) == ["worker", "worker-2", "worker-3"]
+
+
+def test_it_refuses_a_bad_number_of_worker_processes(start_run):
+    run, _ = start_run(KAIZEN_WORKER_PROCESSES="0")
+    wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
+    assert run.returncode == 1
+    assert "KAIZEN_WORKER_PROCESSES must be between 1 and 64, got 0" in run.log_text()
     assert "starting Redis" not in run.log_text()
