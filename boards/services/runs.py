@@ -363,16 +363,20 @@ def task_attempt_fail(
         if task is None:
             stale_calls_record(task_id, calls, attempt=attempt)
             return False
+        # The breakers first, then the calls (their Muda hour rows, then the
+        # budgets' period rows): the order tasks_complete locks them in. The other
+        # way round, a failed attempt and a batch completing in another worker
+        # process each held what the other waited for (PostgreSQL: deadlock).
+        breaker_agents = (
+            jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
+        )
+        jidoka.record_model_calls(calls, board_id=task.board_id)
         task_calls_record(task, calls, attempt=task.attempts)
         changed = task_return_or_fail(task, kind=TaskEvent.Kind.ATTEMPT_FAILED, reason=error)
         if task.status == Status.FAILED:
             # Out of attempts: for its experiment, a task that never succeeded.
             _samples_record([(task, False)])
         board_changed_on_commit(task.board_id, changed, pull=True)
-        breaker_agents = (
-            jidoka.record_agent_outcomes(failed={task.agent_id: error}) if task.agent_id else set()
-        )
-        jidoka.record_model_calls(calls, board_id=task.board_id)
         _after_andon_commit(agents=breaker_agents)
     return True
 

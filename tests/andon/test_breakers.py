@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from andon import jidoka
@@ -79,6 +81,23 @@ def test_consecutive_failed_attempts_open_the_agents_breaker_and_it_pulls_nothin
     assert breaker.opened_at is not None
     assert Task.objects.filter(board=board, status=Task.Status.READY).count() == THRESHOLD
     assert pull(board) == []
+
+
+@pytest.mark.django_db
+def test_a_failed_attempt_locks_the_breakers_before_the_muda_hours_as_a_completed_batch_does(board, flaky):
+    # A completed batch locks the breakers, then its Muda hour rows, then the
+    # budgets' periods. A failed attempt took the Muda hours first: with two
+    # worker processes on PostgreSQL, each held what the other waited for.
+    _tasks(board, 1)
+    [claim] = pull(board)
+    with CaptureQueriesContext(connection) as queries:
+        assert fail(claim, error="simulated 503", calls=[model_call(), model_call(error="simulated 503")])
+    statements = [query["sql"] for query in queries.captured_queries]
+    breakers = [i for i, sql in enumerate(statements) if "andon_circuitbreaker" in sql]
+    hours = [i for i, sql in enumerate(statements) if "INTO andon_mudahour" in sql]
+    assert breakers and hours
+    assert max(breakers) < min(hours)
+    assert CircuitBreaker.objects.get(agent=flaky).consecutive_failures == 1
 
 
 @pytest.mark.django_db
