@@ -23,9 +23,10 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from andon.selectors import budget_warnings_get
-from boards.models import Board, Column
+from boards.models import Board, Column, Task
 from boards.selectors import (
     board_agents_get,
+    board_breakers_get,
     board_column_counts_get,
     board_columns_get,
     board_line_stops_get,
@@ -39,18 +40,26 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     """The context of the board's live parts: ``columns`` (all of them, or those
     of ``column_ids``, plus Ready unless ``with_ready`` is False), the agents,
     the line stops and the flow status, with each drawn Ready card's reason to
-    wait. A fixed number of queries, whatever the number of tasks."""
+    wait. A fixed number of queries, whatever the number of tasks or agents."""
     counted = list(board_column_counts_get(board=board))
     if column_ids is not None and with_ready:
         # Ready's cards say why each waits, which any change may alter.
         column_ids = set(column_ids) | {c.pk for c in counted if c.role == Column.Role.READY}
     columns = board_columns_get(board=board, column_ids=column_ids, counted=counted)
+    # The line stops, the breakers and the agents are read once, here, for the
+    # banner, the agents' strip and the flow status alike.
     line_stops = board_line_stops_get(board=board)
-    status = board_pull_status_get(board=board, columns=counted, line_stops=line_stops)
+    breakers = board_breakers_get(board=board)
+    agents = board_agents_get(board=board, line_stops=line_stops, breakers=breakers)
+    status = board_pull_status_get(
+        board=board, columns=counted, line_stops=line_stops, agents=agents, breakers=breakers
+    )
     status.explain_cards(columns)
-    # Each card in flight shows its age against the board's SLE: one query.
-    cards_age_set(columns=columns, sle=board_sle_get(board=board))
-    agents = board_agents_get(board=board)
+    # Each card in flight shows its age against the board's SLE: one query, only
+    # when such a card is drawn (an update of Ready alone draws none).
+    in_flight = (Task.Status.RUNNING, Task.Status.REVIEW)
+    if any(card.status in in_flight for view in columns for card in view.cards):
+        cards_age_set(columns=columns, sle=board_sle_get(board=board))
     warnings = budget_warnings_get(board=board)
     return {
         "board": board,

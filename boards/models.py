@@ -429,6 +429,8 @@ class Task(models.Model):
     flow_age: float
     flow_age_level: str = ""
     flow_sle: flow.Percentiles
+    # The task's page, for the board's cards (boards.selectors.board_columns_get).
+    card_url: str
 
     class Meta:
         ordering = ["position", "created_at"]

@@ -5,7 +5,7 @@ number of tasks, so a board with thousands of cards costs what an empty one does
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypedDict
@@ -22,7 +22,7 @@ from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
 
-    from andon.models import Inspection
+    from andon.models import Inspection, LineStop
 
     class _TaskCount(TypedDict):
         task_count: int
@@ -177,6 +177,7 @@ def board_columns_get(
         if column_ids is not None:
             columns = columns.filter(pk__in=column_ids)
     limit = settings.KAIZEN_COLUMN_CARD_LIMIT
+    card_url = task_url_builder(board)
     views = []
     for column in columns:
         # The board is known: share it, so a card's URL does not query for it.
@@ -185,8 +186,24 @@ def board_columns_get(
         for card in cards:
             card.board = board
             card.column = column
+            card.card_url = card_url(card.pk)
         views.append(ColumnView(column=column, count=column.task_count, cards=cards))
     return views
+
+
+# A task id no URL is built for: its place in a reversed URL is where each
+# card's own id goes.
+_URL_STAND_IN = 987654321
+
+
+def task_url_builder(board: Board) -> Callable[[int], str]:
+    """``boards-task-detail`` of this board's tasks, from one reverse(): a board
+    draws up to KAIZEN_COLUMN_CARD_LIMIT cards a column, and reversing each
+    card's URL cost more than the rest of its rendering."""
+    head, tail = reverse("boards-task-detail", kwargs={"slug": board.slug, "pk": _URL_STAND_IN}).split(
+        str(_URL_STAND_IN)
+    )
+    return lambda pk: f"{head}{pk}{tail}"
 
 
 def column_neighbour_get(*, column: Column, direction: str) -> Column | None:
@@ -198,16 +215,35 @@ def column_neighbour_get(*, column: Column, direction: str) -> Column | None:
     return ordered[index] if 0 <= index < len(ordered) else None
 
 
-def board_agents_get(*, board: Board) -> list[Agent]:
+def board_breakers_get(*, board: Board) -> list:
+    """The circuit breakers that are not closed of the board's agents, and of
+    its models (a model's breaker is kept per board): one query. The agents'
+    strip and the flow status both read them from here."""
+    from andon.models import CircuitBreaker
+
+    return list(
+        CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED).filter(
+            Q(scope=CircuitBreaker.Scope.AGENT, agent__in=board.agents.values("pk"))
+            | Q(scope=CircuitBreaker.Scope.MODEL, board=board)
+        )
+    )
+
+
+def board_agents_get(
+    *, board: Board, line_stops: list | None = None, breakers: list | None = None
+) -> list[Agent]:
     """The board's agents, each with ``running`` (its tasks in flight on this
     board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
     (its circuit breaker when not closed) and ``model_breakers`` (this board's
     breakers of its cascade's models that are not closed: a model's breaker is
-    kept per board, see andon.models.CircuitBreaker)."""
-    from andon.jidoka import model_key
-    from andon.models import CircuitBreaker, LineStop
+    kept per board, see andon.models.CircuitBreaker).
 
-    not_closed = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
+    ``line_stops`` (board_line_stops_get) and ``breakers`` (board_breakers_get)
+    save their queries when the caller has them: the board's live part reads
+    each once for the agents' strip and the flow status."""
+    from andon.jidoka import model_key
+    from andon.models import CircuitBreaker
+
     # Counted in a subquery over this board's running tasks (an index on board
     # and status), not by joining each agent to every task it ever did.
     running = (
@@ -217,23 +253,26 @@ def board_agents_get(*, board: Board) -> list[Agent]:
         .annotate(n=Count("pk"))
         .values("n")
     )
-    agents: list[Agent] = list(
-        board.agents.annotate(running=Coalesce(Subquery(running), 0))
-        # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
-        # not stick (reading it then queries the row, a closed breaker shown as
-        # an alarm). A filtered prefetch caches the breaker, or its absence.
-        .prefetch_related(Prefetch("breaker", queryset=not_closed))
-        .order_by("name")
-    )
-    ids = [agent.pk for agent in agents]
-    stops = {
-        stop.agent_id: stop for stop in LineStop.objects.filter(agent_id__in=ids, restarted_at__isnull=True)
-    }
+    agents: list[Agent] = list(board.agents.annotate(running=Coalesce(Subquery(running), 0)).order_by("name"))
+    if line_stops is None:
+        line_stops = board_line_stops_get(board=board)
+    if breakers is None:
+        breakers = board_breakers_get(board=board)
+    # Newest first (board_line_stops_get's order): the one in force, should there be two.
+    stops: dict[int, LineStop] = {}
+    for stop in line_stops:
+        if stop.agent_id is not None:
+            stops.setdefault(stop.agent_id, stop)
+    by_agent = {b.agent_id: b for b in breakers if b.scope == CircuitBreaker.Scope.AGENT}
     model_breakers = {
-        breaker.key: breaker for breaker in not_closed.filter(scope=CircuitBreaker.Scope.MODEL, board=board)
+        b.key: b for b in breakers if b.scope == CircuitBreaker.Scope.MODEL and b.board_id == board.pk
     }
     for agent in agents:
         agent.line_stop = stops.get(agent.pk)
+        # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
+        # not stick (reading it then queries the row, a closed breaker shown as
+        # an alarm). Its cache is set instead, as a prefetch would.
+        Agent.breaker.related.set_cached_value(agent, by_agent.get(agent.pk))
         keys = [] if agent.implementation else [model_key(t.provider, t.model) for t in agent.tiers]
         agent.model_breakers = [model_breakers[k] for k in dict.fromkeys(keys) if k in model_breakers]
     return agents
@@ -622,16 +661,22 @@ def _clock(moment) -> str:
 
 
 def board_pull_status_get(
-    *, board: Board, columns: list[CountedColumn] | None = None, line_stops: list | None = None
+    *,
+    board: Board,
+    columns: list[CountedColumn] | None = None,
+    line_stops: list | None = None,
+    agents: list[Agent] | None = None,
+    breakers: list | None = None,
 ) -> BoardPullStatus:
     """Why agents are (not) pulling on ``board``, rule by rule as the pull
     (boards.services.board_pull and _claim) decides, read-only: the andon's
     ``active_stops`` and ``pull_gate(take_probes=False)``, and boards.pull_rules.
 
     ``columns`` (annotated with ``task_count``, as board_column_counts_get
-    gives them) and ``line_stops`` (board_line_stops_get) save their queries
-    when the caller has them. A fixed number of queries, whatever the number
-    of tasks or agents.
+    gives them), ``line_stops`` (board_line_stops_get), ``agents`` (the
+    board's, as board_agents_get gives them) and ``breakers``
+    (board_breakers_get) save their queries when the caller has them. A fixed
+    number of queries, whatever the number of tasks or agents.
     """
     from andon import jidoka
     from andon.models import Escalation, LineStop
@@ -711,11 +756,12 @@ def board_pull_status_get(
                     )
                 )
     # Budgets (andon.budgets) stop the line with a LineStop of kind budget,
-    # in force until the period ends: jidoka.active_stops, read below as _claim
-    # reads it, so the board says "Budget reached: …" exactly when no agent claims.
+    # in force until the period ends: board_line_stops_get reads them as
+    # jidoka.active_stops does for _claim (a stop past its ``until`` is out of
+    # force), so the board says "Budget reached: …" exactly when no agent claims.
 
     # The agents, in the order _claim filters them.
-    agents = list(board.agents.order_by("pk"))
+    agents = sorted(agents, key=lambda a: a.pk) if agents is not None else list(board.agents.order_by("pk"))
     why_not: dict[int, str] = {}
     if not agents:
         stop(
@@ -737,9 +783,11 @@ def board_pull_status_get(
                 short="Waits: every agent is paused.",
             )
         )
-    board_stopped, stopped_ids = jidoka.active_stops(board_id=board.pk, agent_ids=[a.pk for a in unpaused])
     if line_stops is None:
         line_stops = board_line_stops_get(board=board)
+    unpaused_ids = {a.pk for a in unpaused}
+    board_stopped = any(s.board_id == board.pk for s in line_stops)
+    stopped_ids = {s.agent_id for s in line_stops if s.agent_id in unpaused_ids}
     stops_by_agent = {s.agent_id: s for s in line_stops if s.agent_id}
     stops_url = reverse("andon-line-stops")
     if board_stopped:
@@ -793,10 +841,10 @@ def board_pull_status_get(
                 )
             )
     pulling = [a for a in unpaused if a.pk not in stopped_ids]
-    gate = jidoka.pull_gate(pulling, board_id=board.pk, take_probes=False)
+    gate = jidoka.pull_gate(pulling, board_id=board.pk, take_probes=False, breakers=breakers)
     held = [a for a in pulling if a.pk in gate.blocked]
     if held:
-        agent_holds += _breaker_holds(board, held, gate, why_not)
+        agent_holds += _breaker_holds(board, held, gate, why_not, breakers)
     pulling = [a for a in pulling if a.pk not in gate.blocked]
     for agent in agents:
         if agent.paused:
@@ -942,20 +990,34 @@ def board_pull_status_get(
     )
 
 
-def _breaker_holds(board: Board, held: list[Agent], gate, why_not: dict[int, str]) -> list[PullHold]:
+def _breaker_holds(
+    board: Board, held: list[Agent], gate, why_not: dict[int, str], breakers: list | None = None
+) -> list[PullHold]:
     """Why each of these agents is held back by a circuit breaker, with the time
-    it will try again: one query for their breakers and the board's open models'."""
+    it will try again: one query for their breakers and the board's open models',
+    none when the caller has read the breakers (board_breakers_get)."""
     from datetime import timedelta
 
     from andon import jidoka
     from andon.models import CircuitBreaker
 
-    rows = list(
-        CircuitBreaker.objects.filter(
-            Q(scope=CircuitBreaker.Scope.AGENT, agent__in=held)
-            | Q(scope=CircuitBreaker.Scope.MODEL, board=board, key__in=list(gate.open_models))
+    if breakers is None:
+        rows = list(
+            CircuitBreaker.objects.filter(
+                Q(scope=CircuitBreaker.Scope.AGENT, agent__in=held)
+                | Q(scope=CircuitBreaker.Scope.MODEL, board=board, key__in=list(gate.open_models))
+            )
         )
-    )
+    else:
+        held_ids = {a.pk for a in held}
+        rows = [
+            b
+            for b in breakers
+            if (b.scope == CircuitBreaker.Scope.AGENT and b.agent_id in held_ids)
+            or (
+                b.scope == CircuitBreaker.Scope.MODEL and b.board_id == board.pk and b.key in gate.open_models
+            )
+        ]
     by_agent = {b.agent_id: b for b in rows if b.scope == CircuitBreaker.Scope.AGENT}
     by_model = {b.key: b for b in rows if b.scope == CircuitBreaker.Scope.MODEL}
     model_cooldown = jidoka.model_breaker_cooldown()
