@@ -22,7 +22,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
-from andon.selectors import budget_warnings_get
+from andon.selectors import board_budgets_exist, budget_warnings_get
 from boards.models import Board, Column, Task
 from boards.selectors import (
     board_agents_get,
@@ -34,6 +34,7 @@ from boards.selectors import (
     board_sle_get,
     cards_age_set,
 )
+from kaizen_web.prepared import Prepared, fields
 
 
 def board_live_context(*, board: Board, column_ids: set[int] | None = None, with_ready: bool = True) -> dict:
@@ -41,16 +42,16 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     of ``column_ids``, plus Ready unless ``with_ready`` is False), the agents,
     the line stops and the flow status, with each drawn Ready card's reason to
     wait. A fixed number of queries, whatever the number of tasks or agents."""
-    counted = list(board_column_counts_get(board=board))
+    counted = board_column_counts_get(board=board)
     if column_ids is not None and with_ready:
         # Ready's cards say why each waits, which any change may alter.
         column_ids = set(column_ids) | {c.pk for c in counted if c.role == Column.Role.READY}
-    columns = board_columns_get(board=board, column_ids=column_ids, counted=counted)
     # The line stops, the breakers and the agents are read once, here, for the
-    # banner, the agents' strip and the flow status alike.
+    # banner, the agents' strip, the cards and the flow status alike.
     line_stops = board_line_stops_get(board=board)
     breakers = board_breakers_get(board=board)
     agents = board_agents_get(board=board, line_stops=line_stops, breakers=breakers)
+    columns = board_columns_get(board=board, column_ids=column_ids, counted=counted, agents=agents)
     status = board_pull_status_get(
         board=board, columns=counted, line_stops=line_stops, agents=agents, breakers=breakers
     )
@@ -60,7 +61,7 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     in_flight = (Task.Status.RUNNING, Task.Status.REVIEW)
     if any(card.status in in_flight for view in columns for card in view.cards):
         cards_age_set(columns=columns, sle=board_sle_get(board=board))
-    warnings = budget_warnings_get(board=board)
+    warnings = budget_warnings_get(board=board) if board_budgets_exist(board=board) else []
     return {
         "board": board,
         "columns": columns,
@@ -76,12 +77,16 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     }
 
 
+# Read for every live update: compiled once (kaizen_web.prepared).
+_BOARD = Prepared(lambda *, pk: Board.objects.filter(pk=pk).values_list(*fields(Board))[:1], pk=int)
+
+
 def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
     """HTML that brings a browser's board up to date after ``column_ids`` changed:
     those columns and Ready, whole, plus the banner, the agents' load and the
     flow status, which any change may have altered. Empty when the board no
     longer exists."""
-    board = Board.objects.filter(pk=board_id).first()
+    board = next(iter(_BOARD.instances(Board, pk=board_id)), None)
     if board is None:
         return ""
     context = board_live_context(board=board, column_ids=set(column_ids))
