@@ -222,3 +222,24 @@ def test_an_update_of_ready_reads_each_thing_once_however_many_agents(django_ass
     assert len(one_agent.captured_queries) <= 9
     assert html.count('class="badge badge--stopped"') == 5
     assert html.count("badge--breaker-open") >= 5
+
+
+def test_a_card_kept_from_an_earlier_update_is_drawn_anew_when_what_it_shows_changes(board):
+    # Cards are kept rendered between updates (boards.fragments.cards_html_set):
+    # any change a card shows must still reach the browser.
+    agent = make_agent(boards=[board], name="first name")
+    task = services.task_create(board=board, title="Kept card")
+    Task.objects.filter(pk=task.pk).update(agent=agent)
+    columns = {task.column_id}
+    services.task_block(task=task, user=None, note="note one")
+    assert "note one" in render_board_update(board_id=board.pk, column_ids=columns)
+    kept = render_board_update(board_id=board.pk, column_ids=columns)
+
+    services.task_block(task=Task.objects.get(pk=task.pk), user=None, note="note two")
+    agent.name = "second name"
+    agent.save()
+    html = render_board_update(board_id=board.pk, column_ids=columns)
+
+    assert "note one" in kept and "first name" in kept
+    assert "note two" in html and "note one" not in html
+    assert "second name" in html and "first name" not in html
