@@ -387,7 +387,13 @@ class PullGate:
         return (F("started_at").asc(nulls_first=True), "position", "created_at")
 
 
-def pull_gate(agents: list[Agent], *, board_id: int, take_probes: bool = True) -> PullGate:
+def pull_gate(
+    agents: list[Agent],
+    *,
+    board_id: int,
+    take_probes: bool = True,
+    breakers: Iterable[CircuitBreaker] | None = None,
+) -> PullGate:
     """Read the breakers of these agents and the board's model breakers that are
     not closed (one query), and let a half-open probe through where an open
     breaker's cool-down has passed. Call under the board and agent locks in the
@@ -396,14 +402,31 @@ def pull_gate(agents: list[Agent], *, board_id: int, take_probes: bool = True) -
     With ``take_probes`` the probes are marked as let through at once; a caller
     that passes False calls ``probes_taken`` with the agents whose probe it
     actually claimed, so that a pull claiming nothing (In progress full, say)
-    does not spend a probe for a whole cool-down."""
+    does not spend a probe for a whole cool-down.
+
+    ``breakers``, when the caller has read them already (the board's flow
+    status, read-only: boards.selectors.board_breakers_get), are the breakers
+    that are not closed, of these agents and the board's models at least: no
+    query then."""
     now = timezone.now()
-    rows = list(
-        CircuitBreaker.objects.filter(
-            Q(scope=Breaker.Scope.AGENT, agent__in=agents)
-            | Q(scope=Breaker.Scope.MODEL, board_id=board_id, state__in=[State.OPEN, State.HALF_OPEN])
-        ).exclude(state=State.CLOSED)
-    )
+    if breakers is None:
+        rows = list(
+            CircuitBreaker.objects.filter(
+                Q(scope=Breaker.Scope.AGENT, agent__in=agents)
+                | Q(scope=Breaker.Scope.MODEL, board_id=board_id, state__in=[State.OPEN, State.HALF_OPEN])
+            ).exclude(state=State.CLOSED)
+        )
+    else:
+        ids = {agent.pk for agent in agents}
+        rows = [
+            b
+            for b in breakers
+            if b.state in (State.OPEN, State.HALF_OPEN)
+            and (
+                (b.scope == Breaker.Scope.AGENT and b.agent_id in ids)
+                or (b.scope == Breaker.Scope.MODEL and b.board_id == board_id)
+            )
+        ]
     cooldown = model_breaker_cooldown()
     # Models the cascade will not call now: open and cooling down, or half-open
     # with the one probe call in flight (every other call is refused meanwhile,

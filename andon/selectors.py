@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Count, Q, prefetch_related_objects
+from django.db.models import Count, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from andon.budgets import BudgetStatus, budget_statuses
@@ -23,6 +23,7 @@ from andon.models import (
     WasteThreshold,
 )
 from boards.models import Agent, Board
+from kaizen_web.prepared import Prepared
 
 INBOX_LIMIT = 200
 # Open escalations read to group them: far more than Review ever holds on a
@@ -407,6 +408,21 @@ def budget_statuses_get(*, board: Board | None = None, agent: Agent | None = Non
 
 def budget_status_get(*, budget: Budget) -> BudgetStatus:
     return budget_statuses([budget])[0]
+
+
+def _board_budgets_query(*, board_id: int) -> QuerySet:
+    agents = Agent.boards.through.objects.filter(board_id=board_id).values("agent_id")
+    return Budget.objects.filter(Q(board_id=board_id) | Q(agent_id__in=agents)).values_list("pk")[:1]
+
+
+# Asked by every live update of a board: compiled once (kaizen_web.prepared).
+_BOARD_BUDGETS = Prepared(_board_budgets_query, board_id=int)
+
+
+def board_budgets_exist(*, board: Board) -> bool:
+    """Whether the board or one of its agents has a budget: a plain query that
+    spares most boards' live updates the read of their budgets' spend."""
+    return bool(_BOARD_BUDGETS.rows(board_id=board.pk))
 
 
 def budget_warnings_get(*, board: Board | None = None) -> list[BudgetStatus]:

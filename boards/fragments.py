@@ -17,15 +17,21 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
+from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.timesince import timesince
+from django.utils.translation import get_language
 
-from andon.selectors import budget_warnings_get
-from boards.models import Board, Column
+from andon.selectors import board_budgets_exist, budget_warnings_get
+from boards.models import Board, Column, Task
 from boards.selectors import (
+    ColumnView,
     board_agents_get,
+    board_breakers_get,
     board_column_counts_get,
     board_columns_get,
     board_line_stops_get,
@@ -33,25 +39,35 @@ from boards.selectors import (
     board_sle_get,
     cards_age_set,
 )
+from kaizen_web.prepared import Prepared, fields
 
 
 def board_live_context(*, board: Board, column_ids: set[int] | None = None, with_ready: bool = True) -> dict:
     """The context of the board's live parts: ``columns`` (all of them, or those
     of ``column_ids``, plus Ready unless ``with_ready`` is False), the agents,
     the line stops and the flow status, with each drawn Ready card's reason to
-    wait. A fixed number of queries, whatever the number of tasks."""
-    counted = list(board_column_counts_get(board=board))
+    wait. A fixed number of queries, whatever the number of tasks or agents."""
+    counted = board_column_counts_get(board=board)
     if column_ids is not None and with_ready:
         # Ready's cards say why each waits, which any change may alter.
         column_ids = set(column_ids) | {c.pk for c in counted if c.role == Column.Role.READY}
-    columns = board_columns_get(board=board, column_ids=column_ids, counted=counted)
+    # The line stops, the breakers and the agents are read once, here, for the
+    # banner, the agents' strip, the cards and the flow status alike.
     line_stops = board_line_stops_get(board=board)
-    status = board_pull_status_get(board=board, columns=counted, line_stops=line_stops)
+    breakers = board_breakers_get(board=board)
+    agents = board_agents_get(board=board, line_stops=line_stops, breakers=breakers)
+    columns = board_columns_get(board=board, column_ids=column_ids, counted=counted, agents=agents)
+    status = board_pull_status_get(
+        board=board, columns=counted, line_stops=line_stops, agents=agents, breakers=breakers
+    )
     status.explain_cards(columns)
-    # Each card in flight shows its age against the board's SLE: one query.
-    cards_age_set(columns=columns, sle=board_sle_get(board=board))
-    agents = board_agents_get(board=board)
-    warnings = budget_warnings_get(board=board)
+    # Each card in flight shows its age against the board's SLE: one query, only
+    # when such a card is drawn (an update of Ready alone draws none).
+    in_flight = (Task.Status.RUNNING, Task.Status.REVIEW)
+    if any(card.status in in_flight for view in columns for card in view.cards):
+        cards_age_set(columns=columns, sle=board_sle_get(board=board))
+    cards_html_set(columns=columns)
+    warnings = budget_warnings_get(board=board) if board_budgets_exist(board=board) else []
     return {
         "board": board,
         "columns": columns,
@@ -67,12 +83,16 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     }
 
 
+# Read for every live update: compiled once (kaizen_web.prepared).
+_BOARD = Prepared(lambda *, pk: Board.objects.filter(pk=pk).values_list(*fields(Board))[:1], pk=int)
+
+
 def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
     """HTML that brings a browser's board up to date after ``column_ids`` changed:
     those columns and Ready, whole, plus the banner, the agents' load and the
     flow status, which any change may have altered. Empty when the board no
     longer exists."""
-    board = Board.objects.filter(pk=board_id).first()
+    board = next(iter(_BOARD.instances(Board, pk=board_id)), None)
     if board is None:
         return ""
     context = board_live_context(board=board, column_ids=set(column_ids))
@@ -169,6 +189,100 @@ def board_live_html_get(*, board: Board, fresh: bool = False) -> BoardLiveHtml:
 def board_live_html_clear() -> None:
     """Forget every rendering kept (the tests: SQLite hands a rolled-back test's ids out again)."""
     _live_html.clear()
+    _card_html.clear()
+
+
+# Per process: the HTML of the cards drawn lately, by everything a card shows
+# (_card_key). Rendering a card cost some 0.2 ms of CPU, half of it its age in
+# words (timesince), and every live update draws Ready's cards again, and the
+# other changed columns', nearly all of them as they were.
+_card_html: dict[tuple, SafeString] = {}
+# Enough for every drawn card of a few dozen boards; past it, the lot is
+# forgotten and drawn again (a card's key changes as it ages anyway).
+CARD_HTML_KEPT = 5000
+
+
+def cards_html_set(*, columns: list[ColumnView]) -> None:
+    """Put each drawn card's HTML on it (``card_html``): kept from an earlier
+    render while the card shows the same, else rendered now from the card
+    partial. Call once the cards have their reasons to wait and their ages."""
+    template = None
+    now = timezone.now()
+    context = (timezone.get_current_timezone_name(), get_language())
+    simulated: dict[int, bool] = {}
+    for view in columns:
+        for card in view.cards:
+            key = _card_key(card, now, context, simulated)
+            html = _card_html.get(key)
+            if html is None:
+                if template is None:
+                    template = get_template("boards/board.html#card")
+                html = mark_safe(template.render({"task": card}))  # noqa: S308 (autoescaped template)
+                if len(_card_html) >= CARD_HTML_KEPT:
+                    _card_html.clear()
+                _card_html[key] = html
+            card.card_html = html
+
+
+def _card_key(card: Task, now: datetime, context: tuple, simulated: dict[int, bool]) -> tuple:
+    """Everything the card partial shows of ``card``: two cards with the same key
+    render alike. Its ages in words are a function of the whole seconds in flight
+    (the duration filter), of the minutes elapsed under a day (timesince), of
+    the date beyond (calendar months)."""
+    agent: tuple = ()
+    # The agent is on the card already (board_columns_get): no query.
+    task_agent = card.agent if card.agent_id is not None else None
+    if task_agent is not None:
+        if task_agent.pk not in simulated:
+            simulated[task_agent.pk] = task_agent.is_simulated
+        agent = (task_agent.name, simulated[task_agent.pk])
+    flow_age: tuple = ()
+    if card.flow_age_level:
+        sle = card.flow_sle
+        flow_age = (
+            card.flow_age_level,
+            round(card.flow_age),
+            getattr(card, "first_claimed_at", None),
+            sle.count,
+            sle.p70,
+            sle.p85,
+        )
+    return (
+        context,
+        card.pk,
+        card.card_url,
+        card.title,
+        card.status,
+        card.priority,
+        card.capability,
+        card.blocked_at,
+        card.blocked_note,
+        card.pull_hold,
+        card.pull_hold_level,
+        card.attempts,
+        card.last_error,
+        card.model_calls,
+        card.cache_hits,
+        card.reused_from_id,
+        card.cost,
+        card.accepted_tier,
+        card.confidence,
+        agent,
+        flow_age,
+        *(
+            _elapsed(moment, now)
+            for moment in (card.created_at, card.started_at, card.updated_at, card.finished_at)
+        ),
+    )
+
+
+def _elapsed(moment: datetime | None, now: datetime) -> object:
+    if moment is None:
+        return None
+    seconds = (now - moment).total_seconds()
+    if seconds < 86400:
+        return (moment, int(seconds // 60))
+    return (moment, timesince(moment, now))
 
 
 def agents_summary(agents: list) -> dict[str, int]:

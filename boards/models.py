@@ -429,6 +429,10 @@ class Task(models.Model):
     flow_age: float
     flow_age_level: str = ""
     flow_sle: flow.Percentiles
+    # The task's page, for the board's cards (boards.selectors.board_columns_get),
+    # and the card drawn (boards.fragments.cards_html_set): "" until it is.
+    card_url: str
+    card_html: str = ""
 
     class Meta:
         ordering = ["position", "created_at"]

@@ -5,10 +5,10 @@ number of tasks, so a board with thousands of cards costs what an empty one does
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, TypeAlias, TypedDict, cast
 
 from django.conf import settings
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
@@ -18,11 +18,12 @@ from django.utils import timezone
 
 from boards import flow, pull_rules
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
+from kaizen_web.prepared import Prepared, fields
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
 
-    from andon.models import Inspection
+    from andon.models import Inspection, LineStop
 
     class _TaskCount(TypedDict):
         task_count: int
@@ -97,12 +98,37 @@ def first_claim_subquery(task_ref: str = "pk") -> Subquery:
     )
 
 
-def _cards(column: Column, limit: int) -> QuerySet[Task]:
-    cards = Task.objects.filter(column=column).select_related("agent")
-    if column.role in (Role.IN_PROGRESS, Role.REVIEW):
-        # The cards in flight show their age: a subquery, not a query of its own.
-        cards = cards.annotate(first_claimed_at=first_claim_subquery())
-    return cards.order_by(*CARD_ORDER.get(column.role, ("position", "created_at", "pk")))[:limit]
+def _in_flight(role: str) -> bool:
+    return role in (Role.IN_PROGRESS, Role.REVIEW)
+
+
+def _cards_query(role: str, limit: int) -> Prepared:
+    def build(*, column_id: int) -> QuerySet:
+        cards = Task.objects.filter(column_id=column_id)
+        names = fields(Task)
+        if _in_flight(role):
+            # The cards in flight show their age: a subquery, not a query of its own.
+            cards = cards.annotate(first_claimed_at=first_claim_subquery())
+            names = [*names, "first_claimed_at"]
+        order = CARD_ORDER.get(role, ("position", "created_at", "pk"))
+        return cards.order_by(*order).values_list(*names)[:limit]
+
+    return Prepared(build, column_id=int)
+
+
+# A column's first cards, by the column's role and the card limit (a setting the
+# tests change): compiled once each (kaizen_web.prepared), as the live updates
+# read them for every change.
+_CARDS: dict[tuple[str, int], Prepared] = {}
+
+
+def _cards(column: Column, limit: int) -> list[Task]:
+    key = (column.role, limit)
+    query = _CARDS.get(key)
+    if query is None:
+        query = _CARDS.setdefault(key, _cards_query(column.role, limit))
+    annotations = ["first_claimed_at"] if _in_flight(column.role) else []
+    return query.instances(Task, annotations, column_id=column.pk)
 
 
 # The service level expectation on the board's cards: the percentiles of the
@@ -140,14 +166,7 @@ def cards_age_set(*, columns: list[ColumnView], sle: flow.Percentiles, now: date
             card.flow_sle = sle
 
 
-def board_column_counts_get(*, board: Board) -> QuerySet[CountedColumn]:
-    """The board's columns in order, each annotated with ``task_count``: one query,
-    whatever the number of tasks.
-
-    A count per column in a subquery, not a join grouped by column: PostgreSQL
-    counts each column's entries in the task index (an index-only scan) instead
-    of joining every task of the board's history to its column. At 100,000 tasks,
-    13 ms instead of 78 (bench/flow.py's board; EXPLAIN ANALYZE)."""
+def _column_counts_query(*, board_id: int) -> QuerySet:
     count = (
         Task.objects.filter(column=OuterRef("pk"))
         .order_by()
@@ -155,38 +174,90 @@ def board_column_counts_get(*, board: Board) -> QuerySet[CountedColumn]:
         .annotate(n=Count("pk"))
         .values("n")
     )
-    return board.columns.annotate(task_count=Coalesce(Subquery(count), 0)).order_by("position", "pk")
+    return (
+        Column.objects.filter(board_id=board_id)
+        .annotate(task_count=Coalesce(Subquery(count), 0))
+        .order_by("position", "pk")
+        .values_list(*fields(Column), "task_count")
+    )
+
+
+# Read for every live update of a board: compiled once (kaizen_web.prepared).
+_COLUMN_COUNTS = Prepared(_column_counts_query, board_id=int)
+
+
+def board_column_counts_get(*, board: Board) -> list[CountedColumn]:
+    """The board's columns in order, each annotated with ``task_count``: one query,
+    whatever the number of tasks.
+
+    A count per column in a subquery, not a join grouped by column: PostgreSQL
+    counts each column's entries in the task index (an index-only scan) instead
+    of joining every task of the board's history to its column. At 100,000 tasks,
+    13 ms instead of 78 (bench/flow.py's board; EXPLAIN ANALYZE)."""
+    return cast("list[CountedColumn]", _COLUMN_COUNTS.instances(Column, ["task_count"], board_id=board.pk))
 
 
 def board_columns_get(
-    *, board: Board, column_ids: set[int] | None = None, counted: list[CountedColumn] | None = None
+    *,
+    board: Board,
+    column_ids: set[int] | None = None,
+    counted: list[CountedColumn] | None = None,
+    agents: Iterable[Agent] = (),
 ) -> list[ColumnView]:
     """The board's columns in order, each with its task count and its first
     ``KAIZEN_COLUMN_CARD_LIMIT`` cards. ``column_ids`` narrows it to some columns
     (the live updates re-render only what changed); ``counted`` are the board's
-    columns as board_column_counts_get gives them, when the caller has them.
+    columns as board_column_counts_get gives them, and ``agents`` the board's,
+    when the caller has them: a card's agent is one of them, but for a card of
+    an agent that left the board.
 
     One query for the columns and their counts, then one per column for its
-    cards: bounded by the number of columns, never by the number of tasks.
+    cards, and one for the cards' agents the caller did not give: bounded by
+    the number of columns, never by the number of tasks.
     """
-    columns: Iterable[CountedColumn]
-    if counted is not None:
-        columns = [c for c in counted if column_ids is None or c.pk in column_ids]
-    else:
-        columns = board_column_counts_get(board=board)
-        if column_ids is not None:
-            columns = columns.filter(pk__in=column_ids)
+    if counted is None:
+        counted = board_column_counts_get(board=board)
+    columns = [c for c in counted if column_ids is None or c.pk in column_ids]
     limit = settings.KAIZEN_COLUMN_CARD_LIMIT
+    card_url = task_url_builder(board)
     views = []
     for column in columns:
         # The board is known: share it, so a card's URL does not query for it.
         column.board = board
-        cards = list(_cards(column, limit)) if column.task_count else []
+        cards = _cards(column, limit) if column.task_count else []
         for card in cards:
             card.board = board
             card.column = column
+            card.card_url = card_url(card.pk)
         views.append(ColumnView(column=column, count=column.task_count, cards=cards))
+    _cards_agents_set(views, agents)
     return views
+
+
+def _cards_agents_set(views: list[ColumnView], agents: Iterable[Agent]) -> None:
+    """Put each drawn card's agent on it (what select_related would have joined)."""
+    by_pk = {agent.pk: agent for agent in agents}
+    cards = [card for view in views for card in view.cards if card.agent_id is not None]
+    missing = {card.agent_id for card in cards} - by_pk.keys()
+    if missing:
+        by_pk.update(Agent.objects.in_bulk(missing))
+    for card in cards:
+        card.agent = by_pk[cast(int, card.agent_id)]
+
+
+# A task id no URL is built for: its place in a reversed URL is where each
+# card's own id goes.
+_URL_STAND_IN = 987654321
+
+
+def task_url_builder(board: Board) -> Callable[[int], str]:
+    """``boards-task-detail`` of this board's tasks, from one reverse(): a board
+    draws up to KAIZEN_COLUMN_CARD_LIMIT cards a column, and reversing each
+    card's URL cost more than the rest of its rendering."""
+    head, tail = reverse("boards-task-detail", kwargs={"slug": board.slug, "pk": _URL_STAND_IN}).split(
+        str(_URL_STAND_IN)
+    )
+    return lambda pk: f"{head}{pk}{tail}"
 
 
 def column_neighbour_get(*, column: Column, direction: str) -> Column | None:
@@ -198,51 +269,119 @@ def column_neighbour_get(*, column: Column, direction: str) -> Column | None:
     return ordered[index] if 0 <= index < len(ordered) else None
 
 
-def board_agents_get(*, board: Board) -> list[Agent]:
-    """The board's agents, each with ``running`` (its tasks in flight on this
-    board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
-    (its circuit breaker when not closed) and ``model_breakers`` (this board's
-    breakers of its cascade's models that are not closed: a model's breaker is
-    kept per board, see andon.models.CircuitBreaker)."""
-    from andon.jidoka import model_key
-    from andon.models import CircuitBreaker, LineStop
+def board_breakers_get(*, board: Board) -> list:
+    """The circuit breakers that are not closed of the board's agents, and of
+    its models (a model's breaker is kept per board): one query. The agents'
+    strip and the flow status both read them from here."""
+    from andon.models import CircuitBreaker
 
-    not_closed = CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
+    return _BREAKERS.instances(CircuitBreaker, board_id=board.pk)
+
+
+def _board_agent_ids(board_id: int) -> QuerySet:
+    return Agent.boards.through.objects.filter(board_id=board_id).values("agent_id")
+
+
+def _breakers_query(*, board_id: int) -> QuerySet:
+    from andon.models import CircuitBreaker  # andon's models import boards'
+
+    return (
+        CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
+        .filter(
+            Q(scope=CircuitBreaker.Scope.AGENT, agent_id__in=_board_agent_ids(board_id))
+            | Q(scope=CircuitBreaker.Scope.MODEL, board_id=board_id)
+        )
+        .order_by("scope", "key", "pk")
+        .values_list(*fields(CircuitBreaker))
+    )
+
+
+def _agents_query(*, board_id: int) -> QuerySet:
     # Counted in a subquery over this board's running tasks (an index on board
     # and status), not by joining each agent to every task it ever did.
     running = (
-        Task.objects.filter(agent=OuterRef("pk"), board=board, status=Task.Status.RUNNING)
+        Task.objects.filter(agent=OuterRef("pk"), board_id=board_id, status=Task.Status.RUNNING)
         .order_by()
         .values("agent")
         .annotate(n=Count("pk"))
         .values("n")
     )
-    agents: list[Agent] = list(
-        board.agents.annotate(running=Coalesce(Subquery(running), 0))
-        # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
-        # not stick (reading it then queries the row, a closed breaker shown as
-        # an alarm). A filtered prefetch caches the breaker, or its absence.
-        .prefetch_related(Prefetch("breaker", queryset=not_closed))
+    return (
+        Agent.objects.filter(pk__in=_board_agent_ids(board_id))
+        .annotate(running=Coalesce(Subquery(running), 0))
         .order_by("name")
+        .values_list(*fields(Agent), "running")
     )
-    ids = [agent.pk for agent in agents]
-    stops = {
-        stop.agent_id: stop for stop in LineStop.objects.filter(agent_id__in=ids, restarted_at__isnull=True)
-    }
+
+
+# Read for every live update of a board: compiled once (kaizen_web.prepared).
+_BREAKERS = Prepared(_breakers_query, board_id=int)
+_AGENTS = Prepared(_agents_query, board_id=int)
+
+
+def board_agents_get(
+    *, board: Board, line_stops: list | None = None, breakers: list | None = None
+) -> list[Agent]:
+    """The board's agents, each with ``running`` (its tasks in flight on this
+    board) and its andon state: ``line_stop`` (in force, or None), ``breaker``
+    (its circuit breaker when not closed) and ``model_breakers`` (this board's
+    breakers of its cascade's models that are not closed: a model's breaker is
+    kept per board, see andon.models.CircuitBreaker).
+
+    ``line_stops`` (board_line_stops_get) and ``breakers`` (board_breakers_get)
+    save their queries when the caller has them: the board's live part reads
+    each once for the agents' strip and the flow status."""
+    from andon.jidoka import model_key
+    from andon.models import CircuitBreaker
+
+    agents = _AGENTS.instances(Agent, ["running"], board_id=board.pk)
+    if line_stops is None:
+        line_stops = board_line_stops_get(board=board)
+    if breakers is None:
+        breakers = board_breakers_get(board=board)
+    # Newest first (board_line_stops_get's order): the one in force, should there be two.
+    stops: dict[int, LineStop] = {}
+    for stop in line_stops:
+        if stop.agent_id is not None:
+            stops.setdefault(stop.agent_id, stop)
+    by_agent = {b.agent_id: b for b in breakers if b.scope == CircuitBreaker.Scope.AGENT}
     model_breakers = {
-        breaker.key: breaker for breaker in not_closed.filter(scope=CircuitBreaker.Scope.MODEL, board=board)
+        b.key: b for b in breakers if b.scope == CircuitBreaker.Scope.MODEL and b.board_id == board.pk
     }
     for agent in agents:
         agent.line_stop = stops.get(agent.pk)
+        # ``breaker`` is the agent's reverse one-to-one: assigning None to it does
+        # not stick (reading it then queries the row, a closed breaker shown as
+        # an alarm). Its cache is set instead, as a prefetch would.
+        Agent.breaker.related.set_cached_value(agent, by_agent.get(agent.pk))
         keys = [] if agent.implementation else [model_key(t.provider, t.model) for t in agent.tiers]
         agent.model_breakers = [model_breakers[k] for k in dict.fromkeys(keys) if k in model_breakers]
     return agents
 
 
+def _line_stops_query(*, board_id: int) -> QuerySet:
+    from andon.models import LineStop  # andon's models import boards'
+
+    return LineStop.objects.filter(
+        Q(board_id=board_id) | Q(agent_id__in=_board_agent_ids(board_id)), restarted_at__isnull=True
+    ).values_list("until")
+
+
+# Read for every live update of a board: compiled once (kaizen_web.prepared).
+_LINE_STOPS = Prepared(_line_stops_query, board_id=int)
+
+
 def board_line_stops_get(*, board: Board) -> list:
-    """The line stops in force on this board: its own and its agents'."""
+    """The line stops in force on this board: its own and its agents'.
+
+    Most of the time there is none: a plain query (compiled once) says so, and
+    only when one is in force are they read with what the banner names."""
     from andon.selectors import active_line_stops_get
 
+    now = timezone.now()
+    # A budget stop whose period has ended is out of force (LineStop.expired).
+    if not any(until is None or until > now for (until,) in _LINE_STOPS.rows(board_id=board.pk)):
+        return []
     return active_line_stops_get(board=board)
 
 
@@ -495,6 +634,47 @@ def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict
     return in_doing, running
 
 
+def _running_query(*, doing_id: int, board_id: int) -> QuerySet:
+    return (
+        Task.objects.filter(status=Task.Status.RUNNING)
+        .filter(Q(column_id=doing_id) | Q(agent_id__in=_board_agent_ids(board_id)))
+        .values_list("column", "agent")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+
+
+def _waiting_query(*, column_id: int) -> QuerySet:
+    return (
+        Task.objects.filter(column_id=column_id, blocked_at__isnull=True)
+        .values_list("capability")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+
+
+# Read for every live update of a board: compiled once (kaizen_web.prepared).
+_RUNNING = Prepared(_running_query, doing_id=int, board_id=int)
+_WAITING = Prepared(_waiting_query, column_id=int)
+
+
+def _agents_running_on_board(
+    *, doing: Column, board: Board, agents: list[Agent]
+) -> tuple[int, dict[int, int]]:
+    """agents_running_get for ``agents``, some of the board's, in a query that
+    names the board instead of them (compiled once): what it counts for the
+    board's other agents is left out."""
+    in_doing = 0
+    running: dict[int, int] = {}
+    ids = {agent.pk for agent in agents}
+    for column_id, agent_id, n in _RUNNING.rows(doing_id=doing.pk, board_id=board.pk):
+        if column_id == doing.pk:
+            in_doing += n
+        if agent_id in ids:
+            running[agent_id] = running.get(agent_id, 0) + n
+    return in_doing, running
+
+
 class HoldLevel:
     # Keeps agents from pulling work that waits: the line is stalled (for some work, or all).
     STOP = "stop"
@@ -622,16 +802,22 @@ def _clock(moment) -> str:
 
 
 def board_pull_status_get(
-    *, board: Board, columns: list[CountedColumn] | None = None, line_stops: list | None = None
+    *,
+    board: Board,
+    columns: list[CountedColumn] | None = None,
+    line_stops: list | None = None,
+    agents: list[Agent] | None = None,
+    breakers: list | None = None,
 ) -> BoardPullStatus:
     """Why agents are (not) pulling on ``board``, rule by rule as the pull
     (boards.services.board_pull and _claim) decides, read-only: the andon's
     ``active_stops`` and ``pull_gate(take_probes=False)``, and boards.pull_rules.
 
     ``columns`` (annotated with ``task_count``, as board_column_counts_get
-    gives them) and ``line_stops`` (board_line_stops_get) save their queries
-    when the caller has them. A fixed number of queries, whatever the number
-    of tasks or agents.
+    gives them), ``line_stops`` (board_line_stops_get), ``agents`` (the
+    board's, as board_agents_get gives them) and ``breakers``
+    (board_breakers_get) save their queries when the caller has them. A fixed
+    number of queries, whatever the number of tasks or agents.
     """
     from andon import jidoka
     from andon.models import Escalation, LineStop
@@ -651,13 +837,7 @@ def board_pull_status_get(
 
     waiting_by_capability: dict[str, int] = {}
     if ready is not None:
-        rows = (
-            Task.objects.filter(column=ready, blocked_at__isnull=True)
-            .values_list("capability")
-            .annotate(n=Count("pk"))
-            .order_by()
-        )
-        for capability, n in rows:
+        for capability, n in _WAITING.rows(column_id=ready.pk):
             waiting_by_capability[capability] = waiting_by_capability.get(capability, 0) + n
     waiting = sum(waiting_by_capability.values())
 
@@ -711,11 +891,12 @@ def board_pull_status_get(
                     )
                 )
     # Budgets (andon.budgets) stop the line with a LineStop of kind budget,
-    # in force until the period ends: jidoka.active_stops, read below as _claim
-    # reads it, so the board says "Budget reached: …" exactly when no agent claims.
+    # in force until the period ends: board_line_stops_get reads them as
+    # jidoka.active_stops does for _claim (a stop past its ``until`` is out of
+    # force), so the board says "Budget reached: …" exactly when no agent claims.
 
     # The agents, in the order _claim filters them.
-    agents = list(board.agents.order_by("pk"))
+    agents = sorted(agents, key=lambda a: a.pk) if agents is not None else list(board.agents.order_by("pk"))
     why_not: dict[int, str] = {}
     if not agents:
         stop(
@@ -737,9 +918,11 @@ def board_pull_status_get(
                 short="Waits: every agent is paused.",
             )
         )
-    board_stopped, stopped_ids = jidoka.active_stops(board_id=board.pk, agent_ids=[a.pk for a in unpaused])
     if line_stops is None:
         line_stops = board_line_stops_get(board=board)
+    unpaused_ids = {a.pk for a in unpaused}
+    board_stopped = any(s.board_id == board.pk for s in line_stops)
+    stopped_ids = {s.agent_id for s in line_stops if s.agent_id in unpaused_ids}
     stops_by_agent = {s.agent_id: s for s in line_stops if s.agent_id}
     stops_url = reverse("andon-line-stops")
     if board_stopped:
@@ -793,10 +976,10 @@ def board_pull_status_get(
                 )
             )
     pulling = [a for a in unpaused if a.pk not in stopped_ids]
-    gate = jidoka.pull_gate(pulling, board_id=board.pk, take_probes=False)
+    gate = jidoka.pull_gate(pulling, board_id=board.pk, take_probes=False, breakers=breakers)
     held = [a for a in pulling if a.pk in gate.blocked]
     if held:
-        agent_holds += _breaker_holds(board, held, gate, why_not)
+        agent_holds += _breaker_holds(board, held, gate, why_not, breakers)
     pulling = [a for a in pulling if a.pk not in gate.blocked]
     for agent in agents:
         if agent.paused:
@@ -824,7 +1007,7 @@ def board_pull_status_get(
     able: list[Agent] = []
     want = 0
     if doing is not None:
-        in_doing, running = agents_running_get(doing=doing, agents=pulling)
+        in_doing, running = _agents_running_on_board(doing=doing, board=board, agents=pulling)
         free = pull_rules.free_wip(doing, in_doing)
         room = pull_rules.agent_room(pulling, running=running, gate=gate)
         able = [a for a in pulling if room[a.pk] > 0]
@@ -942,20 +1125,34 @@ def board_pull_status_get(
     )
 
 
-def _breaker_holds(board: Board, held: list[Agent], gate, why_not: dict[int, str]) -> list[PullHold]:
+def _breaker_holds(
+    board: Board, held: list[Agent], gate, why_not: dict[int, str], breakers: list | None = None
+) -> list[PullHold]:
     """Why each of these agents is held back by a circuit breaker, with the time
-    it will try again: one query for their breakers and the board's open models'."""
+    it will try again: one query for their breakers and the board's open models',
+    none when the caller has read the breakers (board_breakers_get)."""
     from datetime import timedelta
 
     from andon import jidoka
     from andon.models import CircuitBreaker
 
-    rows = list(
-        CircuitBreaker.objects.filter(
-            Q(scope=CircuitBreaker.Scope.AGENT, agent__in=held)
-            | Q(scope=CircuitBreaker.Scope.MODEL, board=board, key__in=list(gate.open_models))
+    if breakers is None:
+        rows = list(
+            CircuitBreaker.objects.filter(
+                Q(scope=CircuitBreaker.Scope.AGENT, agent__in=held)
+                | Q(scope=CircuitBreaker.Scope.MODEL, board=board, key__in=list(gate.open_models))
+            )
         )
-    )
+    else:
+        held_ids = {a.pk for a in held}
+        rows = [
+            b
+            for b in breakers
+            if (b.scope == CircuitBreaker.Scope.AGENT and b.agent_id in held_ids)
+            or (
+                b.scope == CircuitBreaker.Scope.MODEL and b.board_id == board.pk and b.key in gate.open_models
+            )
+        ]
     by_agent = {b.agent_id: b for b in rows if b.scope == CircuitBreaker.Scope.AGENT}
     by_model = {b.key: b for b in rows if b.scope == CircuitBreaker.Scope.MODEL}
     model_cooldown = jidoka.model_breaker_cooldown()

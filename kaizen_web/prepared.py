@@ -16,7 +16,7 @@ combination of None values is compiled on its own.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -104,11 +104,22 @@ class Prepared:
             rows = [tuple(row) for row in compiled.compiler.apply_converters(rows, compiled.converters)]
         return rows
 
-    def instances(self, model: type[M], **values: Any) -> list[M]:
-        """The rows as ``model`` instances, for a build that reads ``fields(model)``."""
+    def instances(self, model: type[M], annotations: Sequence[str] = (), **values: Any) -> list[M]:
+        """The rows as ``model`` instances, for a build that reads ``fields(model)``
+        and then, if any, the ``annotations`` named (``values_list(*fields(model),
+        "task_count")``): each is set on its instance as annotate() sets it."""
         names = fields(model)
         alias = self._compiled_alias()
-        return [model.from_db(alias, names, row) for row in self.rows(**values)]
+        if not annotations:
+            return [model.from_db(alias, names, row) for row in self.rows(**values)]
+        width = len(names)
+        found = []
+        for row in self.rows(**values):
+            instance = model.from_db(alias, names, row[:width])
+            for name, value in zip(annotations, row[width:], strict=True):
+                setattr(instance, name, value)
+            found.append(instance)
+        return found
 
     def first(self, **values: Any) -> tuple | None:
         rows = self.rows(**values)

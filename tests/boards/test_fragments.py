@@ -179,3 +179,67 @@ def test_a_push_runs_a_bounded_number_of_queries_with_every_hold_in_play(django_
         html = render_board_update(board_id=board.pk, column_ids=ids)
 
     assert 'data-state="stalled"' in html
+
+
+def _troubled_agents(board, n: int, start: int = 0) -> None:
+    """Agents each with what the agents' strip and the flow status read about it:
+    a line stop, an open breaker of its own, an open breaker of its model."""
+    for i in range(start, start + n):
+        agent = make_agent(boards=[board], name=f"troubled {i}")
+        LineStop.objects.create(agent=agent, kind=LineStop.Kind.CORD, reason=f"stopped {i}")
+        CircuitBreaker.objects.create(
+            scope=CircuitBreaker.Scope.AGENT,
+            agent=agent,
+            state=CircuitBreaker.State.OPEN,
+            consecutive_failures=5,
+            opened_at=timezone.now(),
+        )
+        tier = agent.tiers[0]
+        CircuitBreaker.objects.get_or_create(
+            scope=CircuitBreaker.Scope.MODEL,
+            board=board,
+            key=f"{tier.provider}/{tier.model}",
+            defaults={"state": CircuitBreaker.State.OPEN, "opened_at": timezone.now()},
+        )
+
+
+def test_an_update_of_ready_reads_each_thing_once_however_many_agents(django_assert_max_num_queries):
+    # The banner, the agents' strip and the flow status used to read the agents,
+    # their line stops and their breakers two or three times each: 15 queries.
+    board = make_board(ready_limit=None)
+    for i in range(5):
+        services.task_create(board=board, title=f"Task {i}")
+    services.task_block(task=services.task_create(board=board, title="Blocked"), user=None, note="why")
+    _troubled_agents(board, 1)
+    ready = {column(board, "ready").pk}
+    with CaptureQueriesContext(connection) as one_agent:
+        render_board_update(board_id=board.pk, column_ids=ready)
+    _troubled_agents(board, 4, start=1)
+
+    with django_assert_max_num_queries(len(one_agent.captured_queries)):
+        html = render_board_update(board_id=board.pk, column_ids=ready)
+
+    assert len(one_agent.captured_queries) <= 9
+    assert html.count('class="badge badge--stopped"') == 5
+    assert html.count("badge--breaker-open") >= 5
+
+
+def test_a_card_kept_from_an_earlier_update_is_drawn_anew_when_what_it_shows_changes(board):
+    # Cards are kept rendered between updates (boards.fragments.cards_html_set):
+    # any change a card shows must still reach the browser.
+    agent = make_agent(boards=[board], name="first name")
+    task = services.task_create(board=board, title="Kept card")
+    Task.objects.filter(pk=task.pk).update(agent=agent)
+    columns = {task.column_id}
+    services.task_block(task=task, user=None, note="note one")
+    assert "note one" in render_board_update(board_id=board.pk, column_ids=columns)
+    kept = render_board_update(board_id=board.pk, column_ids=columns)
+
+    services.task_block(task=Task.objects.get(pk=task.pk), user=None, note="note two")
+    agent.name = "second name"
+    agent.save()
+    html = render_board_update(board_id=board.pk, column_ids=columns)
+
+    assert "note one" in kept and "first name" in kept
+    assert "note two" in html and "note one" not in html
+    assert "second name" in html and "first name" not in html

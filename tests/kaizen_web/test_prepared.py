@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.test.utils import CaptureQueriesContext
 
 from boards.models import Board, Column, Task
@@ -79,6 +79,25 @@ def test_instances_are_whole_model_objects():
     assert found == board and found.name == board.name and found.created_at == board.created_at
     assert not found._state.adding
     assert prepared.instances(Board, slug="no-such-board") == []
+
+
+def test_instances_carry_the_annotations_read_after_their_fields():
+    board = make_board()
+    ready = board.columns.get(role="ready")
+    Task.objects.create(board=board, column=ready, title="a")
+    prepared = Prepared(
+        lambda *, board_id: (
+            Column.objects.filter(board_id=board_id)
+            .annotate(task_count=Count("tasks"))
+            .order_by("position")
+            .values_list(*fields(Column), "task_count")
+        ),
+        board_id=int,
+    )
+    found = prepared.instances(Column, ["task_count"], board_id=board.pk)
+    assert found == list(board.columns.order_by("position"))
+    assert {column.role: column.task_count for column in found}["ready"] == 1
+    assert sum(column.task_count for column in found) == 1
 
 
 def test_a_value_the_sql_does_not_take_is_refused():
