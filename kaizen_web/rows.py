@@ -1,0 +1,191 @@
+"""Many new rows of one model in one fixed-shape statement, for the line's hot writes.
+
+``Model.objects.bulk_create`` compiles its INSERT anew for every batch: for each row
+and column it runs the field's ``pre_save`` and ``get_db_prep_save`` through the
+compiler, and the statement's shape (and text) changes with the number of rows. A
+model with a JSON field cannot use Django's UNNEST form on PostgreSQL, so its INSERT
+has a placeholder per value (thousands for a batch), which psycopg then splits in
+Python on every call: its parse cache takes statements of at most 50 parameters.
+For a completion batch of a hundred runs this was about a third of the worker's CPU
+(measured with bench/worker_hooks.py).
+
+``rows_insert`` writes the same rows with a statement whose text depends only on the
+model, its columns and the options, compiled once per process:
+
+- PostgreSQL: ``INSERT ... SELECT ... FROM unnest(%s::type[], ...)``, one array
+  parameter per column, whatever the number of rows (psycopg's cache keeps its parse);
+  ``RETURNING`` the new ids, in the rows' order, as Django's own UNNEST form does;
+- SQLite: ``executemany`` of a one-row INSERT (the sqlite3 module runs it in C); when
+  ids are wanted, Django's ``bulk_create`` (SQLite's INSERT ... RETURNING).
+
+Values go through each field's ``get_db_prep_save`` as Django's would, except those
+that need no conversion (an int for an integer column, a str for a text one, a bool,
+a float, None); ``auto_now`` and ``auto_now_add`` fields get their ``pre_save``. No
+signals are sent: ``bulk_create`` sends none either.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, router
+from django.db.models import Field, JSONField, Model
+
+# Columns whose value needs no conversion when it is already of the plain Python type
+# the column takes (anything else goes through get_db_prep_save).
+_PLAIN: dict[str, tuple[type, ...]] = {
+    "AutoField": (int,),
+    "BigAutoField": (int,),
+    "SmallAutoField": (int,),
+    "IntegerField": (int,),
+    "BigIntegerField": (int,),
+    "SmallIntegerField": (int,),
+    "PositiveIntegerField": (int,),
+    "PositiveBigIntegerField": (int,),
+    "PositiveSmallIntegerField": (int,),
+    "CharField": (str,),
+    "TextField": (str,),
+    "SlugField": (str,),
+    "BooleanField": (bool,),
+    "FloatField": (float,),
+}
+
+
+@dataclass(frozen=True)
+class _Column:
+    field: Field
+    attname: str
+    # The value's types that go as they are; () for none (always converted).
+    plain: tuple[type, ...]
+    # auto_now / auto_now_add: the value comes from pre_save.
+    pre_save: bool
+    json: bool
+
+
+@dataclass(frozen=True)
+class _Statement:
+    sql: str
+    columns: tuple[_Column, ...]
+    vendor: str
+
+
+_statements: dict[tuple, _Statement] = {}
+_lock = threading.Lock()
+
+
+def _columns(model: type[Model]) -> tuple[_Column, ...]:
+    columns = []
+    for field in model._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        internal = (field.target_field if field.is_relation else field).get_internal_type()
+        columns.append(
+            _Column(
+                field=field,
+                attname=field.attname,
+                # type() is compared exactly: a bool is not taken for an int, nor an
+                # enum member for its str.
+                plain=_PLAIN.get(internal, ()),
+                pre_save=bool(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)),
+                json=isinstance(field, JSONField),
+            )
+        )
+    return tuple(columns)
+
+
+def _statement(model: type[Model], alias: str, *, returning: bool, ignore_conflicts: bool) -> _Statement:
+    key = (model, alias, returning, ignore_conflicts)
+    statement = _statements.get(key)
+    if statement is not None:
+        return statement
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    columns = _columns(model)
+    names = ", ".join(quote(column.field.column) for column in columns)
+    table = quote(model._meta.db_table)
+    if connection.vendor == "postgresql":
+        arrays = []
+        selected = []
+        for n, column in enumerate(columns):
+            # Arrays of the column's base type (varchar, not varchar(40)); JSON goes
+            # as text and is cast per element (jsonb has no placeholder-free array dump).
+            db_type = "text" if column.json else column.field.db_type(connection).split("(")[0]
+            arrays.append(f"%s::{db_type}[]")
+            selected.append(f"c{n}::jsonb" if column.json else f"c{n}")
+        aliases = ", ".join(f"c{n}" for n in range(len(columns)))
+        sql = (
+            f"INSERT INTO {table} ({names}) SELECT {', '.join(selected)} "
+            f"FROM unnest({', '.join(arrays)}) AS u({aliases})"
+        )
+    else:
+        sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
+    if ignore_conflicts:
+        sql += " ON CONFLICT DO NOTHING"
+    if returning:
+        sql += f" RETURNING {quote(model._meta.pk.column)}"
+    statement = _Statement(sql=sql, columns=columns, vendor=connection.vendor)
+    with _lock:
+        _statements[key] = statement
+    return statement
+
+
+def _values(column: _Column, objs: Sequence[Model], connection) -> list[Any]:
+    field, attname, plain = column.field, column.attname, column.plain
+    if column.pre_save:
+        return [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs]
+    out = []
+    for obj in objs:
+        value = getattr(obj, attname)
+        if value is None or type(value) in plain:
+            out.append(value)
+        elif column.json and connection.vendor == "postgresql":
+            # As JSONField would encode it (with its encoder), as text for the ::jsonb cast.
+            out.append(json.dumps(value, cls=field.encoder))  # type: ignore[attr-defined]
+        else:
+            out.append(field.get_db_prep_save(value, connection))
+    return out
+
+
+def rows_insert(
+    model: type[Model],
+    objs: Sequence[Model],
+    *,
+    returning: bool = False,
+    ignore_conflicts: bool = False,
+) -> None:
+    """INSERT ``objs`` (new instances of ``model``, their primary keys unset) in one
+    statement of a fixed shape. With ``returning``, each instance gets its new
+    primary key, as after ``bulk_create``. ``ignore_conflicts``: a row that would
+    break a unique constraint is skipped (not with ``returning``: the ids would no
+    longer match the rows)."""
+    if not objs:
+        return
+    if returning and ignore_conflicts:
+        raise ValueError("rows_insert cannot return the ids of rows it may skip")
+    alias = router.db_for_write(model)
+    connection = connections[alias]
+    if returning and connection.vendor != "postgresql":
+        # sqlite3's executemany returns no rows: Django's multi-row INSERT ... RETURNING.
+        model._base_manager.using(alias).bulk_create(objs)
+        return
+    statement = _statement(model, alias, returning=returning, ignore_conflicts=ignore_conflicts)
+    columns = [_values(column, objs, connection) for column in statement.columns]
+    with connection.cursor() as cursor:
+        if statement.vendor == "postgresql":
+            cursor.execute(statement.sql, columns)
+            if returning:
+                for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
+                    obj.pk = pk
+                    obj._state.adding = False
+                    obj._state.db = alias
+                return
+        else:
+            cursor.executemany(statement.sql, list(zip(*columns, strict=True)))
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = alias
+
