@@ -188,4 +188,3 @@ def rows_insert(
     for obj in objs:
         obj._state.adding = False
         obj._state.db = alias
-
