@@ -15,8 +15,10 @@ model, its columns and the options, compiled once per process:
 - PostgreSQL: ``INSERT ... SELECT ... FROM unnest(%s::type[], ...)``, one array
   parameter per column, whatever the number of rows (psycopg's cache keeps its parse);
   ``RETURNING`` the new ids, in the rows' order, as Django's own UNNEST form does;
-- SQLite: ``executemany`` of a one-row INSERT (the sqlite3 module runs it in C); when
-  ids are wanted, Django's ``bulk_create`` (SQLite's INSERT ... RETURNING).
+- SQLite: ``executemany`` of a one-row INSERT (the sqlite3 module runs it in C). Its
+  ids are read after it: SQLite has one writer at a time, and a row's new id is one
+  more than the largest in its table (the largest ever, with AUTOINCREMENT), so the
+  rows of one executemany have consecutive ids ending at ``last_insert_rowid()``.
 
 Values go through each field's ``get_db_prep_save`` as Django's would, except those
 that need no conversion (an int for an integer column, a str for a text one, a bool,
@@ -97,8 +99,16 @@ def _columns(model: type[Model]) -> tuple[_Column, ...]:
     return tuple(columns)
 
 
-def _statement(model: type[Model], alias: str, *, returning: bool, ignore_conflicts: bool) -> _Statement:
-    key = (model, alias, returning, ignore_conflicts)
+def _statement(
+    model: type[Model],
+    alias: str,
+    *,
+    returning: bool,
+    ignore_conflicts: bool,
+    unique_fields: tuple[str, ...] = (),
+    update_fields: tuple[str, ...] = (),
+) -> _Statement:
+    key = (model, alias, returning, ignore_conflicts, unique_fields, update_fields)
     statement = _statements.get(key)
     if statement is not None:
         return statement
@@ -125,7 +135,13 @@ def _statement(model: type[Model], alias: str, *, returning: bool, ignore_confli
         sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
     if ignore_conflicts:
         sql += " ON CONFLICT DO NOTHING"
-    if returning:
+    elif update_fields:
+        column = {name: quote(model._meta.get_field(name).column) for name in unique_fields + update_fields}
+        sql += " ON CONFLICT ({}) DO UPDATE SET {}".format(
+            ", ".join(column[name] for name in unique_fields),
+            ", ".join(f"{column[name]} = EXCLUDED.{column[name]}" for name in update_fields),
+        )
+    if returning and connection.vendor == "postgresql":
         sql += f" RETURNING {quote(model._meta.pk.column)}"
     statement = _Statement(sql=sql, columns=columns, vendor=connection.vendor)
     with _lock:
@@ -150,29 +166,52 @@ def _values(column: _Column, objs: Sequence[Model], connection) -> list[Any]:
     return out
 
 
+def plain_types(field: Field) -> tuple[type, ...]:
+    """The Python types a value of ``field`` may have to be written as it is,
+    without ``get_db_prep_save`` (see db_value)."""
+    return _PLAIN.get((field.target_field if field.is_relation else field).get_internal_type(), ())
+
+
+def db_value(field: Field, value: Any, connection, plain: tuple[type, ...]) -> Any:
+    """``field.get_db_prep_save(value)``, skipped for a value that needs none: None,
+    or one of exactly the ``plain`` types (``plain_types(field)``)."""
+    if value is None or type(value) in plain:
+        return value
+    return field.get_db_prep_save(value, connection)
+
+
 def rows_insert(
     model: type[Model],
     objs: Sequence[Model],
     *,
     returning: bool = False,
     ignore_conflicts: bool = False,
+    unique_fields: Sequence[str] = (),
+    update_fields: Sequence[str] = (),
 ) -> None:
     """INSERT ``objs`` (new instances of ``model``, their primary keys unset) in one
     statement of a fixed shape. With ``returning``, each instance gets its new
     primary key, as after ``bulk_create``. ``ignore_conflicts``: a row that would
     break a unique constraint is skipped (not with ``returning``: the ids would no
-    longer match the rows)."""
+    longer match the rows). ``update_fields``: a row whose ``unique_fields`` match
+    an existing one's updates these fields of it instead, as bulk_create's
+    ``update_conflicts`` (not with ``returning`` either)."""
     if not objs:
         return
-    if returning and ignore_conflicts:
-        raise ValueError("rows_insert cannot return the ids of rows it may skip")
+    if returning and (ignore_conflicts or update_fields):
+        raise ValueError("rows_insert cannot return the ids of rows it may skip or merge")
+    if bool(unique_fields) != bool(update_fields):
+        raise ValueError("rows_insert updates on a conflict given both unique_fields and update_fields")
     alias = router.db_for_write(model)
     connection = connections[alias]
-    if returning and connection.vendor != "postgresql":
-        # sqlite3's executemany returns no rows: Django's multi-row INSERT ... RETURNING.
-        model._base_manager.using(alias).bulk_create(objs)
-        return
-    statement = _statement(model, alias, returning=returning, ignore_conflicts=ignore_conflicts)
+    statement = _statement(
+        model,
+        alias,
+        returning=returning,
+        ignore_conflicts=ignore_conflicts,
+        unique_fields=tuple(unique_fields),
+        update_fields=tuple(update_fields),
+    )
     columns = [_values(column, objs, connection) for column in statement.columns]
     with connection.cursor() as cursor:
         if statement.vendor == "postgresql":
@@ -180,11 +219,15 @@ def rows_insert(
             if returning:
                 for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
                     obj.pk = pk
-                    obj._state.adding = False
-                    obj._state.db = alias
-                return
-        else:
+        elif statement.vendor == "sqlite":
             cursor.executemany(statement.sql, list(zip(*columns, strict=True)))
+            if returning:
+                cursor.execute("SELECT last_insert_rowid()")
+                (last,) = cursor.fetchone()
+                for pk, obj in enumerate(objs, start=last - len(objs) + 1):
+                    obj.pk = pk
+        else:
+            raise NotImplementedError(f"rows_insert knows PostgreSQL and SQLite, not {statement.vendor}")
     for obj in objs:
         obj._state.adding = False
         obj._state.db = alias
