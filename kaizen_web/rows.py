@@ -85,7 +85,7 @@ def _columns(model: type[Model]) -> tuple[_Column, ...]:
     for field in model._meta.concrete_fields:
         if field.primary_key:
             continue
-        internal = (field.target_field if field.is_relation else field).get_internal_type()
+        internal = _internal_type(field)
         columns.append(
             _Column(
                 field=field,
@@ -98,6 +98,33 @@ def _columns(model: type[Model]) -> tuple[_Column, ...]:
             )
         )
     return tuple(columns)
+
+
+def _field(model: type[Model], name: str) -> Field:
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field):  # a reverse relation
+        raise ValueError(f"{model.__name__}.{name} is not a column")
+    return field
+
+
+def _internal_type(field: Field) -> str:
+    # A foreign key's column holds its target's values.
+    target = getattr(field, "target_field", field) if field.is_relation else field
+    return target.get_internal_type()
+
+
+def _column_name(field: Field) -> str:
+    if field.column is None:  # a many-to-many field
+        raise ValueError(f"{field} has no column of its own")
+    return field.column
+
+
+def _db_type(field: Field, connection) -> str:
+    db_type = field.db_type(connection)
+    if db_type is None:
+        raise ValueError(f"{field} has no column type")
+    # The base type (varchar, not varchar(40)): an array of it takes any length.
+    return db_type.split("(")[0]
 
 
 def _statement(
@@ -116,15 +143,14 @@ def _statement(
     connection = connections[alias]
     quote = connection.ops.quote_name
     columns = _columns(model)
-    names = ", ".join(quote(column.field.column) for column in columns)
+    names = ", ".join(quote(_column_name(column.field)) for column in columns)
     table = quote(model._meta.db_table)
     if connection.vendor == "postgresql":
         arrays = []
         selected = []
         for n, column in enumerate(columns):
-            # Arrays of the column's base type (varchar, not varchar(40)); JSON goes
-            # as text and is cast per element (jsonb has no placeholder-free array dump).
-            db_type = "text" if column.json else column.field.db_type(connection).split("(")[0]
+            # JSON goes as text, cast per element.
+            db_type = "text" if column.json else _db_type(column.field, connection)
             arrays.append(f"%s::{db_type}[]")
             selected.append(f"c{n}::jsonb" if column.json else f"c{n}")
         aliases = ", ".join(f"c{n}" for n in range(len(columns)))
@@ -137,13 +163,13 @@ def _statement(
     if ignore_conflicts:
         sql += " ON CONFLICT DO NOTHING"
     elif update_fields:
-        column = {name: quote(model._meta.get_field(name).column) for name in unique_fields + update_fields}
+        quoted = {name: quote(_column_name(_field(model, name))) for name in unique_fields + update_fields}
         sql += " ON CONFLICT ({}) DO UPDATE SET {}".format(
-            ", ".join(column[name] for name in unique_fields),
-            ", ".join(f"{column[name]} = EXCLUDED.{column[name]}" for name in update_fields),
+            ", ".join(quoted[name] for name in unique_fields),
+            ", ".join(f"{quoted[name]} = EXCLUDED.{quoted[name]}" for name in update_fields),
         )
     if returning and connection.vendor == "postgresql":
-        sql += f" RETURNING {quote(model._meta.pk.column)}"
+        sql += f" RETURNING {quote(_column_name(_field(model, model._meta.pk.name)))}"
     statement = _Statement(sql=sql, columns=columns, vendor=connection.vendor)
     with _lock:
         _statements[key] = statement
@@ -170,7 +196,7 @@ def _values(column: _Column, objs: Sequence[Model], connection) -> list[Any]:
 def plain_types(field: Field) -> tuple[type, ...]:
     """The Python types a value of ``field`` may have to be written as it is,
     without ``get_db_prep_save`` (see db_value)."""
-    return _PLAIN.get((field.target_field if field.is_relation else field).get_internal_type(), ())
+    return _PLAIN.get(_internal_type(field), ())
 
 
 def db_value(field: Field, value: Any, connection, plain: tuple[type, ...]) -> Any:
