@@ -30,6 +30,7 @@ from andon.inspection import CheckSpec, InspectionContext, Verdict, inspect, par
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
 from boards.agents.spec import ConfigError
 from boards.models import Agent, Task
+from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
 
@@ -249,9 +250,9 @@ def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> 
     agents whose defects spiked, and count the runs for their agents' circuit
     breakers and the model calls (CallRecords, per board: ``calls``, stale runs'
     included) for the models' breakers."""
-    inspections = Inspection.objects.bulk_create(
-        [inspection_row(run.task, run.verdict, run.tokens_out) for run in runs]
-    )
+    inspections = [inspection_row(run.task, run.verdict, run.tokens_out) for run in runs]
+    # Their ids are the escalations' (one INSERT of a fixed shape, kaizen_web.rows).
+    rows_insert(Inspection, inspections, returning=True)
     escalations = Escalation.objects.bulk_create(
         [
             escalation_row(run.task, inspection, run.output)

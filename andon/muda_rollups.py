@@ -48,6 +48,7 @@ from django.db.models import Q
 
 from andon.models import Escalation, Inspection, MudaContextHour, MudaFinish, MudaHour, MudaRepeat
 from boards.models import ModelCall, Task, TaskEvent
+from kaizen_web.rows import rows_insert
 
 HOUR = timedelta(hours=1)
 Source = ModelCall.Source
@@ -641,9 +642,10 @@ def finishes_refresh(*, task_ids: Iterable[int]) -> None:
 
 def finishes_write(rows: list[MudaFinish]) -> None:
     if rows:
-        MudaFinish.objects.bulk_create(
+        # One statement of a fixed shape (kaizen_web.rows): a completion batch writes these.
+        rows_insert(
+            MudaFinish,
             rows,
-            update_conflicts=True,
             unique_fields=["task", "finished_at"],
             update_fields=[
                 "agent",

@@ -24,6 +24,7 @@ from andon import budgets, muda_rollups
 from boards import broadcast, metrics
 from boards.agents import CallRecord
 from boards.models import Board, ModelCall, Task
+from kaizen_web.rows import rows_insert
 
 
 def ledger_rows(
@@ -68,10 +69,11 @@ def ledger_rows(
 
 
 def ledger_save(rows: list[ModelCall]) -> None:
-    """Save ledger rows (one INSERT), and count them for the metrics after commit."""
+    """Save ledger rows (one INSERT of a fixed shape; each row gets its id), and
+    count them for the metrics after commit."""
     if not rows:
         return
-    ModelCall.objects.bulk_create(rows)
+    rows_insert(ModelCall, rows, returning=True)
     transaction.on_commit(partial(metrics.model_calls_observe, rows))
 
 

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
 from kaizen_web.prepared import Prepared, fields
+from kaizen_web.rows import db_value, plain_types
 
 Role = Column.Role
 Status = Task.Status
@@ -233,8 +234,9 @@ def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:
         ", ".join(f"{quote(_column(f))} = %s" for f in fields),
         quote(_column(Task._meta.pk)),
     )
+    plain = [(f, f.attname, plain_types(f)) for f in fields]
     rows = [
-        [f.get_db_prep_save(getattr(task, f.attname), connection) for f in fields] + [task.pk]
+        [db_value(f, getattr(task, name), connection, kinds) for f, name, kinds in plain] + [task.pk]
         for task in tasks
     ]
     with connection.cursor() as cursor:

@@ -28,6 +28,7 @@ from boards.services import enqueue
 from boards.services.enqueue import Claim
 from boards.services.primitives import board_lock, column_count, task_event, task_place, task_rows_update
 from experiments import line as experiment_line
+from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> N
             )
         )
     if events:
-        TaskEvent.objects.bulk_create(events)
+        rows_insert(TaskEvent, events)
         changed.update({backlog.pk, ready.pk})
 
 
@@ -342,7 +343,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
             "updated_at",
         ],
     )
-    TaskEvent.objects.bulk_create(events)
+    rows_insert(TaskEvent, events)
     changed.update({ready.pk, doing.pk})
     return claims
 

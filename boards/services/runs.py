@@ -42,6 +42,7 @@ from boards.services.pull import board_changed_on_commit
 from experiments import line as experiment_line
 from experiments import patterns
 from experiments.models import ExperimentSample
+from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
             outcomes.append(True)
         ledger_save(rows)
         task_rows_update([run.task for run in finished], _COMPLETED_FIELDS)
-        TaskEvent.objects.bulk_create(events)
+        rows_insert(TaskEvent, events)
         _samples_record((run.task, run.verdict.passed) for run in finished)
         _shadows_enqueue(run.task for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)

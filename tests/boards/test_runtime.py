@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from boards import services
@@ -188,9 +189,9 @@ def test_claimed_runs_go_to_the_workers_in_batches(board, settings, monkeypatch)
     ]
 
 
-def _finished_runs(board, n: int) -> list[services.RunResult]:
+def _finished_runs(board, n: int, label: str = "batch part") -> list[services.RunResult]:
     """``n`` claimed tasks of ``board``, each with the output its agent made."""
-    [services.task_create(board=board, title=f"Inspect {i}", input=f"batch part {i}") for i in range(n)]
+    [services.task_create(board=board, title=f"Inspect {i}", input=f"{label} {i}") for i in range(n)]
     claims = services.board_pull(board_id=board.pk)
     current = services.tasks_run_begin(claims=[(c.task_id, c.lease_token) for c in claims])
     return [
@@ -225,6 +226,33 @@ def test_runs_completed_together_are_each_completed_with_their_ledger(board):
             event = task.events.get(kind=TaskEvent.Kind.COMPLETED)
             assert (event.from_column.role, event.to_column.role) == ("in_progress", "done")
             assert event.agent_id == task.agent_id
+
+
+@pytest.mark.django_db
+def test_a_completion_batch_writes_its_rows_in_the_same_statements_whatever_its_size(board, settings):
+    settings.KAIZEN_KNOWLEDGE = True
+    make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=20, quality_checks=[])
+    board.columns.filter(role__in=[Column.Role.READY, Column.Role.IN_PROGRESS]).update(wip_limit=None)
+    inserts = []
+
+    def record(execute, sql, params, many, context):
+        if sql.startswith("INSERT"):
+            inserts[-1].append(sql)
+        return execute(sql, params, many, context)
+
+    for n in (2, 12):
+        # Inputs of their own: no call repeats an earlier one (that writes a Muda row more).
+        results = _finished_runs(board, n, label=f"batch of {n}, part")
+        inserts.append([])
+        with connection.execute_wrapper(record):
+            assert services.tasks_complete(results=results) == [True] * n
+        for result in results:
+            # Every output inspected, its call in the ledger, its pattern for the knowledge base.
+            task = Task.objects.get(pk=result.task_id)
+            assert task.status == Task.Status.DONE
+            assert task.inspections.count() == task.model_call_rows.count() == task.patterns.count() == 1
+    # The rows of 12 runs in the statements of 2: not one statement more, nor a longer one.
+    assert inserts[0] == inserts[1]
 
 
 @pytest.mark.django_db

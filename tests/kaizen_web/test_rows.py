@@ -1,0 +1,136 @@
+"""kaizen_web.rows: many rows in one INSERT whose text does not depend on how many
+there are, written as bulk_create would write them, on both databases."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from andon.models import Inspection, MudaFinish
+from boards.models import Task, TaskEvent
+from experiments.models import Pattern
+from kaizen_web.rows import rows_insert
+from tests.factories import make_board
+
+pytestmark = pytest.mark.django_db
+
+
+def _tasks(n: int) -> list[Task]:
+    board = make_board(ready_limit=None)
+    ready = board.columns.get(role="ready")
+    return [Task.objects.create(board=board, column=ready, title=f"t{i}") for i in range(n)]
+
+
+def _inspections(tasks: list[Task]) -> list[Inspection]:
+    return [
+        Inspection(
+            task_id=task.pk,
+            board_id=task.board_id,
+            attempt=1,
+            passed=i % 2 == 0,
+            failures=[{"check": "length", "why": f'too "long" {i}'}],
+            notes=[] if i % 2 else ["a note, with {braces}"],
+            tokens_out=i,
+        )
+        for i, task in enumerate(tasks)
+    ]
+
+
+def _statements(fn) -> list[tuple[str, bool]]:
+    """The SQL ``fn`` runs, as it is handed to the database driver (before its
+    values), each with whether it ran as executemany."""
+    seen = []
+
+    def record(execute, sql, params, many, context):
+        seen.append((sql, many))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        fn()
+    return seen
+
+
+def test_the_statement_is_the_same_whatever_the_number_of_rows():
+    tasks = _tasks(12)
+    small = _statements(lambda: rows_insert(Inspection, _inspections(tasks[:2])))
+    large = _statements(lambda: rows_insert(Inspection, _inspections(tasks[2:])))
+    assert len(small) == 1 and small == large
+    assert Inspection.objects.count() == 12
+
+
+def test_rows_read_back_as_they_were_made_and_get_their_ids_in_order():
+    tasks = _tasks(5)
+    made = _inspections(tasks)
+    rows_insert(Inspection, made, returning=True)
+    assert [row.pk for row in made] == sorted(row.pk for row in made)
+    for row in made:
+        saved = Inspection.objects.get(pk=row.pk)
+        assert (saved.task_id, saved.passed, saved.failures, saved.notes, saved.tokens_out) == (
+            row.task_id,
+            row.passed,
+            row.failures,
+            row.notes,
+            row.tokens_out,
+        )
+        # auto_now_add is filled in, on the instance too.
+        assert saved.created_at == row.created_at is not None
+        assert not row._state.adding
+
+
+def test_choices_decimals_and_nulls_are_written_as_bulk_create_writes_them():
+    [task] = _tasks(1)
+    event = TaskEvent(task=task, board_id=task.board_id, kind=TaskEvent.Kind.COMPLETED, note="n")
+    rows_insert(TaskEvent, [event])
+    saved = TaskEvent.objects.get(task=task)
+    assert (saved.kind, saved.from_column_id, saved.note) == ("completed", None, "n")
+    pattern = Pattern(
+        task_id=task.pk,
+        board_id=task.board_id,
+        verdict=Pattern.Verdict.PASSED,
+        params={"temperature": 0.2},
+        cost=Decimal("0.0000012345"),
+        text_hash="x",
+    )
+    rows_insert(Pattern, [pattern], ignore_conflicts=True)
+    saved_pattern = Pattern.objects.get(task=task)
+    assert (saved_pattern.verdict, saved_pattern.params, saved_pattern.cost, saved_pattern.vector) == (
+        "passed",
+        {"temperature": 0.2},
+        Decimal("0.0000012345"),
+        None,
+    )
+
+
+def test_ignore_conflicts_skips_a_row_a_unique_constraint_refuses():
+    [task] = _tasks(1)
+
+    def pattern(reason: str) -> Pattern:
+        return Pattern(task_id=task.pk, board_id=task.board_id, attempt=1, verdict="passed", reason=reason)
+
+    rows_insert(Pattern, [pattern("first")], ignore_conflicts=True)
+    rows_insert(Pattern, [pattern("second")], ignore_conflicts=True)
+    assert list(Pattern.objects.filter(task=task).values_list("reason", flat=True)) == ["first"]
+
+
+def test_ids_of_rows_that_may_be_skipped_are_refused():
+    with pytest.raises(ValueError, match="cannot return"):
+        rows_insert(Pattern, [Pattern()], returning=True, ignore_conflicts=True)
+
+
+def test_update_fields_merge_a_row_into_the_one_its_unique_fields_match():
+    tasks = _tasks(2)
+    at = timezone.now()
+
+    def finish(task: Task, lead: float) -> MudaFinish:
+        return MudaFinish(task_id=task.pk, board_id=task.board_id, finished_at=at, lead_s=lead, ready_s=lead)
+
+    upsert = {"unique_fields": ["task", "finished_at"], "update_fields": ["lead_s"]}
+    rows_insert(MudaFinish, [finish(tasks[0], 1.0)], **upsert)
+    rows_insert(MudaFinish, [finish(tasks[0], 2.0), finish(tasks[1], 3.0)], **upsert)
+    assert sorted(MudaFinish.objects.values_list("task_id", "lead_s", "ready_s")) == [
+        (tasks[0].pk, 2.0, 1.0),  # merged: only lead_s taken from the new row
+        (tasks[1].pk, 3.0, 3.0),
+    ]
