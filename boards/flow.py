@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import numpy as np
@@ -566,6 +566,9 @@ def is_first_pass(history: TaskHistory) -> bool:
 # --- the window -------------------------------------------------------------------------------
 
 MAX_POINTS = 2000
+# The throughput is counted per hour over the whole window: a window of a few
+# centuries (an API call's since) was millions of hourly points, minutes of CPU.
+MAX_WINDOW = timedelta(days=366)
 STEPS: dict[str, int] = {
     "1m": 60,
     "5m": 300,
@@ -584,6 +587,8 @@ def window_problems(
     problems: dict[str, list[str]] = {}
     if since is not None and until is not None and since >= until:
         problems["until"] = ["The end of the window must be after its start."]
+    elif since is not None and until is not None and until - since > MAX_WINDOW:
+        problems["since"] = [f"Ask for at most {MAX_WINDOW.days} days at a time."]
     if step is not None and since is not None and until is not None and since < until:
         points = (until - since).total_seconds() / step
         if points > MAX_POINTS:

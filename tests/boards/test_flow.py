@@ -200,3 +200,7 @@ def test_window_problems():
     }
     assert "resolution" in flow.window_problems(since=T0, until=at(86400 * 30), step=60)
     assert flow.window_problems(since=T0, until=at(3600), step=60) == {}
+    assert flow.window_problems(since=T0, until=at(86400 * 366)) == {}
+    assert flow.window_problems(since=T0, until=at(86400 * 367)) == {
+        "since": ["Ask for at most 366 days at a time."]
+    }
