@@ -477,11 +477,19 @@ def test_it_refuses_a_port_in_use(start_run):
 
 
 @pytest.mark.redis
-def test_it_refuses_a_public_host_with_the_well_known_demo_password(start_run):
-    run, _ = start_run(HOST="0.0.0.0")
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # A public host with the well-known demo password.
+        ({"HOST": "0.0.0.0"}, "set KAIZEN_DEMO_PASSWORD"),
+        ({"KAIZEN_WORKER_PROCESSES": "0"}, "KAIZEN_WORKER_PROCESSES must be between 1 and 64, got 0"),
+    ],
+)
+def test_it_refuses_bad_settings_before_starting_anything(start_run, env, message):
+    run, _ = start_run(**env)
     wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
     assert run.returncode == 1
-    assert "set KAIZEN_DEMO_PASSWORD" in run.log_text()
+    assert message in run.log_text()
     assert "starting Redis" not in run.log_text()
 
 
@@ -494,11 +502,3 @@ def test_worker_processes_default_to_one_per_core_on_postgresql_and_one_on_sqlit
     monkeypatch.setattr(os, "cpu_count", lambda: 32)
     assert run_script.default_worker_processes("postgres://db/kaizen") == 4
     assert run_script.worker_names(3) == ["worker", "worker-2", "worker-3"]
-
-
-def test_it_refuses_a_bad_number_of_worker_processes(start_run):
-    run, _ = start_run(KAIZEN_WORKER_PROCESSES="0")
-    wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
-    assert run.returncode == 1
-    assert "KAIZEN_WORKER_PROCESSES must be between 1 and 64, got 0" in run.log_text()
-    assert "starting Redis" not in run.log_text()
