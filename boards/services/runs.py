@@ -153,7 +153,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         finished: list[jidoka.FinishedRun] = []
         rows: list[ModelCall] = []
         events: list[TaskEvent] = []
-        stale_rows: list[ModelCall] = []
+        stale: list[RunResult] = []
         # Per board: each board's model breakers count its own calls.
         calls: dict[int, list[CallRecord]] = {}
         changed: dict[int, set[int]] = {}
@@ -166,9 +166,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
                 or task.status != Status.RUNNING
                 or str(task.lease_token) != str(result.lease_token)
             ):
-                stale_rows += stale_calls_record(
-                    result.task_id, result.output.calls, attempt=result.attempt, charge=False
-                )
+                stale.append(result)  # its calls are recorded below, after the breakers
                 outcomes.append(False)
                 continue
             columns = board_columns.get(task.board_id, {})
@@ -196,6 +194,15 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         _samples_record((run.task, run.verdict.passed) for run in finished)
         _shadows_enqueue(run.task for run in finished)
         andon = jidoka.finished_runs_handle(finished, calls=calls)
+        # Locks in one order, as every writer takes them: the breakers (just
+        # above), then the Muda hour rows (stale runs' calls, then the runs'
+        # sums), then the budgets' periods (last). A stale run's calls recorded
+        # before the breakers deadlocked with a failed attempt in another worker.
+        stale_rows: list[ModelCall] = []
+        for result in stale:
+            stale_rows += stale_calls_record(
+                result.task_id, result.output.calls, attempt=result.attempt, charge=False
+            )
         # The knowledge base's rows of the outcomes known now (embedded later, off this path).
         patterns.runs_record(finished)
         verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]

@@ -8,6 +8,7 @@ Time is moved by setting ``opened_at`` and ``probe_started_at`` back, not by sle
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -18,9 +19,10 @@ from django.utils import timezone
 from andon import jidoka
 from andon.models import CircuitBreaker
 from boards import services
-from boards.models import Task
+from boards.agents import Output
+from boards.models import ModelCall, Task
 from boards.selectors import board_agents_get
-from tests.andon.helpers import claim_one, complete, fail, model_call, pull
+from tests.andon.helpers import GOOD, PASSING, claim_one, complete, fail, model_call, pull
 from tests.factories import make_agent, make_board
 
 pytestmark = pytest.mark.usefixtures("no_open_breakers")
@@ -43,6 +45,10 @@ def flaky(board):
 
 def _tasks(board, n: int, *, prefix: str = "case") -> list[Task]:
     return [services.task_create(board=board, title=f"{prefix} {i}", input=f"{prefix} {i}") for i in range(n)]
+
+
+def _output(*calls) -> Output:
+    return Output(text=GOOD, confidence=PASSING, confidence_source="simulated", tier=1, calls=calls)
 
 
 def _fail_attempts(board, n: int) -> None:
@@ -98,6 +104,30 @@ def test_a_failed_attempt_locks_the_breakers_before_the_muda_hours_as_a_complete
     assert breakers and hours
     assert max(breakers) < min(hours)
     assert CircuitBreaker.objects.get(agent=flaky).consecutive_failures == 1
+
+
+@pytest.mark.django_db
+def test_a_batch_with_a_stale_run_locks_the_breakers_before_the_muda_hours(board, flaky):
+    # A stale run's calls went into the Muda hours inside the batch's loop, before
+    # the breakers: the same inversion against a failed attempt in another worker.
+    _fail_attempts(board, 1)  # the agent's breaker counts a failure: completions reset it
+    _tasks(board, 1, prefix="fresh")
+    fresh, reaped = pull(board)
+    stale_token = uuid.uuid4()  # as a run whose lease was taken back and given again
+    results = [
+        services.RunResult(task_id=claim.task_id, lease_token=token, output=_output(model_call()))
+        for claim, token in ((fresh, fresh.lease_token), (reaped, stale_token))
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        assert services.tasks_complete(results=results) == [True, False]
+    statements = [query["sql"] for query in queries.captured_queries]
+    breakers = [i for i, sql in enumerate(statements) if "andon_circuitbreaker" in sql]
+    hours = [i for i, sql in enumerate(statements) if "INTO andon_mudahour" in sql]
+    assert breakers and hours
+    assert max(breakers) < min(hours)
+    assert CircuitBreaker.objects.get(agent=flaky).consecutive_failures == 0
+    # The stale run's call is in the ledger all the same, never accepted.
+    assert ModelCall.objects.filter(task_id=reaped.task_id, stale=True).count() == 1
 
 
 @pytest.mark.django_db
