@@ -665,7 +665,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "  REDIS_URL                  a Redis to use instead of the embedded one\n"
             f"  KAIZEN_REDIS_PORT          the embedded Redis's port ({EMBEDDED_REDIS_PORT}, or a free one)\n"
             "  KAIZEN_VAR_DIR             where data and logs go (var/)\n"
-            "  KAIZEN_WORKER_CONCURRENCY  threads per worker process (20 on SQLite, 200 on PostgreSQL)\n"
+            "  KAIZEN_WORKER_CONCURRENCY  worker threads, shared by the processes (20 on SQLite, 200\n"
+            "                             on PostgreSQL)\n"
             "  KAIZEN_WORKER_PROCESSES    worker processes (1 on SQLite; on PostgreSQL one per core,\n"
             "                             up to 4; their logs worker.log, worker-2.log...)\n"
             "  KAIZEN_DEMO_FEED_SECONDS   the demo feed adds tasks to each demo board this often (1.5)\n"
@@ -705,6 +706,22 @@ def prepare_metrics_dir(env: dict[str, str], var_dir: Path) -> Path:
 def worker_names(count: int) -> list[str]:
     """The line's worker processes' names, as their logs are named: worker, worker-2..."""
     return ["worker", *(f"worker-{number}" for number in range(2, count + 1))]
+
+
+def worker_share(concurrency: int, count: int, env: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """Each of ``count`` worker processes' threads, and its environment.
+
+    KAIZEN_WORKER_CONCURRENCY is the model calls in flight on this machine, shared
+    by the processes, not multiplied by them. Each process has its own pool of
+    database connections (DB_POOL_MAX, 20): unless it is set, the workers share
+    40, at least 10 each, so that the web server, the embedder and beat still
+    fit within PostgreSQL's default 100 connections on a machine of 4 cores."""
+    if count == 1:
+        return concurrency, env
+    worker_env = dict(env)
+    if not env.get("DB_POOL_MAX", "").strip():
+        worker_env["DB_POOL_MAX"] = str(max(10, 40 // count))
+    return max(1, concurrency // count), worker_env
 
 
 def workers_note(processes_: int, threads: int) -> str:
@@ -807,6 +824,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
     # The line's workers: "worker" (worker.log), then "worker-2"... Each is a
     # Celery node of its own name; none needs the others at start (mingle
     # waits a second for an answer) or to gossip with them.
+    threads, worker_env = worker_share(concurrency, worker_processes, env)
     workers = [
         sup.start(
             name,
@@ -816,14 +834,14 @@ def run(sup: Supervisor, var_dir: Path) -> None:
                 "-P",
                 "threads",
                 "-c",
-                str(concurrency),
+                str(threads),
                 *(["-n", f"{name}@%h"] if number > 1 else []),
                 "--loglevel",
                 "INFO",
                 "--without-mingle",
                 "--without-gossip",
             ],
-            env,
+            worker_env,
             description="the Celery worker" if worker_processes == 1 else f"Celery worker {number}",
             ready_when=r"\bready\.",
         )
@@ -883,7 +901,7 @@ def run(sup: Supervisor, var_dir: Path) -> None:
                         f"Admin:              {url}admin/",
                         f"Database:           {db_note}",
                         f"Redis:              {redis_note}",
-                        f"Worker:             {workers_note(worker_processes, concurrency)}; demo tasks "
+                        f"Worker:             {workers_note(worker_processes, threads)}; demo tasks "
                         f"arrive every {env['KAIZEN_DEMO_FEED_SECONDS']} s",
                         reviewer_note(env),
                         "Press Ctrl-C to stop everything.",

@@ -231,7 +231,8 @@ def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var
     assert "Log in as:          demo / demo" in box[2]
     # The demo's reviewer load is part of the demo, and says it is simulated.
     assert any("Reviewer:           simulated, one decision every 15 s" in line for line in box)
-    assert any("Worker:             2 processes of 20 threads" in line for line in box)
+    # The demo's 20 threads (SQLite), shared by the two processes.
+    assert any("Worker:             2 processes of 10 threads" in line for line in box)
     # Both workers were ready before the banner, each a Celery node of its own name.
     assert " ready." in (logs / "worker.log").read_text(errors="replace")
     second = (logs / "worker-2.log").read_text(errors="replace")
@@ -502,3 +503,13 @@ def test_worker_processes_default_to_one_per_core_on_postgresql_and_one_on_sqlit
     monkeypatch.setattr(os, "cpu_count", lambda: 32)
     assert run_script.default_worker_processes("postgres://db/kaizen") == 4
     assert run_script.worker_names(3) == ["worker", "worker-2", "worker-3"]
+
+
+def test_worker_processes_share_the_threads_and_the_database_connections():
+    run_script = load_run_module()
+    env = {"DATABASE_URL": "postgres://db/kaizen"}
+    assert run_script.worker_share(200, 1, env) == (200, env)
+    assert run_script.worker_share(200, 2, env) == (100, {**env, "DB_POOL_MAX": "20"})
+    # Four workers, the web server, the embedder and beat within PostgreSQL's 100.
+    assert run_script.worker_share(200, 4, env) == (50, {**env, "DB_POOL_MAX": "10"})
+    assert run_script.worker_share(3, 4, {**env, "DB_POOL_MAX": "8"}) == (1, {**env, "DB_POOL_MAX": "8"})
