@@ -35,20 +35,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.fixtures import line_board
 from bench.procfs import cpu_seconds, memory_kb, pids_named, process_tree
-
-LATENCY_PARAMETERS = {"error_rate": 0}
-
-# Every output is inspected, as in use: the default checks (confidence,
-# uncertainty markers, token waste), with a low confidence floor. The simulated
-# model is calibrated, so about 1% of these tasks still stop in Review (a low
-# confidence, or a hedge the uncertainty check catches): a task is finished when
-# it reaches Done, Review or Failed, and the inspection's cost is measured.
-BENCH_CHECKS = [
-    {"check": "confidence", "min": 0.5},
-    {"check": "uncertainty"},
-    {"check": "token_waste", "ratio": 1.5},
-]
 
 
 def main_thread_cpu(pid: int) -> float:
@@ -183,36 +171,17 @@ class CascadeBench:
     # --- the line -------------------------------------------------------------------
 
     def make_board(self, wip: int, label: str):
-        from boards.agents.spec import cascade_json, parse_cascade
-        from boards.models import Agent, Board, Column
-
-        slug = f"bench-{label}-{uuid.uuid4().hex[:6]}"
-        # Paused while it is filled, so the clock starts when it is resumed.
-        board = Board.objects.create(name=f"Bench {label}", slug=slug, paused=True)
-        roles = [
-            ("Ready", "ready", None),
-            ("In progress", "in_progress", wip),
-            ("Review", "review", None),
-            ("Done", "done", None),
-        ]
-        for position, (name, role, limit) in enumerate(roles):
-            Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
-        tier = {
-            "provider": "simulated",
-            "model": "sim-small",
-            "parameters": {"latency_ms": self.args.cascade_latency_ms, **LATENCY_PARAMETERS},
-        }
-        agent = Agent.objects.create(
-            name=f"bench-agent-{slug}",
-            capabilities=["general"],
-            cascade=cascade_json(parse_cascade([tier])),
-            concurrency=wip,
+        # Paused while it is filled, so the clock starts when it is resumed; every
+        # input distinct and no answer reused or cached, so each task calls the model.
+        board, _ = line_board(
+            label,
+            wip=wip,
+            paused=True,
+            latency_ms=self.args.cascade_latency_ms,
             reuse_results=False,
             cache_responses=False,
             max_attempts=1,
-            quality_checks=BENCH_CHECKS,
         )
-        agent.boards.add(board)
         return board
 
     def fill(self, board, n: int) -> None:

@@ -5,28 +5,54 @@ from __future__ import annotations
 
 import uuid
 
+# Every output is inspected, as in use: the default checks (confidence,
+# uncertainty markers, token waste), with a low confidence floor. The simulated
+# model is calibrated, so about 1% of these tasks still stop in Review (a low
+# confidence, or a hedge the uncertainty check catches): a task is finished when
+# it reaches Done, Review or Failed, and the inspection's cost is measured.
+BENCH_CHECKS = [
+    {"check": "confidence", "min": 0.5},
+    {"check": "uncertainty"},
+    {"check": "token_waste", "ratio": 1.5},
+]
 
-def line_board(label: str, *, wip: int, backlog: bool = False):
+
+def line_board(
+    label: str,
+    *,
+    wip: int,
+    backlog: bool = False,
+    paused: bool = False,
+    latency_ms: float = 0,
+    **agent_fields,
+):
     """A bench board (Backlog if asked, Ready, In progress at ``wip``, Review,
-    Done) served by one agent: a zero-latency simulated tier, the bench's
-    checks, concurrency ``wip``. Returns (board, agent)."""
-    from bench.cascade import BENCH_CHECKS
+    Done; ``paused`` while a bench fills it) served by one agent: a simulated
+    tier of ``latency_ms`` with no errors, the bench's checks, concurrency
+    ``wip``, and ``agent_fields``. Returns (board, agent)."""
     from boards.agents.spec import cascade_json, parse_cascade
     from boards.models import Agent, Board, Column
 
-    board = Board.objects.create(name=f"Bench {label}", slug=f"bench-{label}-{uuid.uuid4().hex[:6]}")
+    board = Board.objects.create(
+        name=f"Bench {label}", slug=f"bench-{label}-{uuid.uuid4().hex[:6]}", paused=paused
+    )
     roles = [("Backlog", "backlog", None)] if backlog else []
     roles += [("Ready", "ready", None), ("In progress", "in_progress", wip)]
     roles += [("Review", "review", None), ("Done", "done", None)]
     for position, (name, role, limit) in enumerate(roles):
         Column.objects.create(board=board, name=name, role=role, position=position, wip_limit=limit)
-    tier = {"provider": "simulated", "model": "sim-small", "parameters": {"latency_ms": 0, "error_rate": 0}}
+    tier = {
+        "provider": "simulated",
+        "model": "sim-small",
+        "parameters": {"latency_ms": latency_ms, "error_rate": 0},
+    }
     agent = Agent.objects.create(
         name=f"bench-agent-{board.slug}",
         capabilities=["general"],
         cascade=cascade_json(parse_cascade([tier])),
         concurrency=wip,
         quality_checks=BENCH_CHECKS,
+        **agent_fields,
     )
     agent.boards.add(board)
     return board, agent
