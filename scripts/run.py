@@ -312,6 +312,25 @@ def web_arguments(host: str, port: int) -> list[str]:
     ]
 
 
+def worker_arguments(threads: int, *, name: str = "", loglevel: str = "INFO") -> list[str]:
+    """`celery -A kaizen_web`'s arguments for a line worker, as this script starts
+    it (and bench/sqlite_line.py): Celery's thread pool of ``threads``, the node
+    ``name`` (else Celery's default). None needs the others at start (mingle
+    waits a second for an answer) or gossips with them."""
+    return [
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        str(threads),
+        *(["-n", f"{name}@%h"] if name else []),
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+
 def default_worker_processes(database_url: str | None) -> int:
     # One Celery worker process runs its Python behind one GIL: at WIP 1,000 and
     # a 1 s model the line was bound by that one process's CPU (bench/cascade.py,
@@ -821,26 +840,13 @@ def run(sup: Supervisor, var_dir: Path) -> None:
         env,
         description="the web server, uvicorn",
     )
-    # The line's workers: "worker" (worker.log), then "worker-2"... Each is a
-    # Celery node of its own name; none needs the others at start (mingle
-    # waits a second for an answer) or to gossip with them.
+    # The line's workers: "worker" (worker.log), then "worker-2"..., each a
+    # Celery node of its own name.
     threads, worker_env = worker_share(concurrency, worker_processes, env)
     workers = [
         sup.start(
             name,
-            [
-                *celery,
-                "worker",
-                "-P",
-                "threads",
-                "-c",
-                str(threads),
-                *(["-n", f"{name}@%h"] if number > 1 else []),
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            [*celery, *worker_arguments(threads, name=name if number > 1 else "")],
             worker_env,
             description="the Celery worker" if worker_processes == 1 else f"Celery worker {number}",
             ready_when=r"\bready\.",
