@@ -617,8 +617,6 @@ def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict
     """Tasks running in ``doing`` and each agent's running tasks on any board (an
     agent's concurrency is shared by its boards): one grouped query. The pull
     (boards.services.pull) and the flow status count with it alike."""
-    in_doing = 0
-    running: dict[int, int] = {}
     rows = (
         Task.objects.filter(status=Task.Status.RUNNING)
         .filter(Q(column=doing) | Q(agent__in=agents))
@@ -626,10 +624,21 @@ def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict
         .annotate(n=Count("pk"))
         .order_by()
     )
+    return _running_counted(rows, doing=doing, agents=agents)
+
+
+def _running_counted(
+    rows: Iterable[tuple[int, int | None, int]], *, doing: Column, agents: list[Agent]
+) -> tuple[int, dict[int, int]]:
+    """(tasks running in ``doing``, each of ``agents``' running tasks) from rows
+    of (column, agent, running tasks)."""
+    in_doing = 0
+    running: dict[int, int] = {}
+    ids = {agent.pk for agent in agents}
     for column_id, agent_id, n in rows:
         if column_id == doing.pk:
             in_doing += n
-        if agent_id is not None:
+        if agent_id in ids:
             running[agent_id] = running.get(agent_id, 0) + n
     return in_doing, running
 
@@ -664,15 +673,7 @@ def _agents_running_on_board(
     """agents_running_get for ``agents``, some of the board's, in a query that
     names the board instead of them (compiled once): what it counts for the
     board's other agents is left out."""
-    in_doing = 0
-    running: dict[int, int] = {}
-    ids = {agent.pk for agent in agents}
-    for column_id, agent_id, n in _RUNNING.rows(doing_id=doing.pk, board_id=board.pk):
-        if column_id == doing.pk:
-            in_doing += n
-        if agent_id in ids:
-            running[agent_id] = running.get(agent_id, 0) + n
-    return in_doing, running
+    return _running_counted(_RUNNING.rows(doing_id=doing.pk, board_id=board.pk), doing=doing, agents=agents)
 
 
 class HoldLevel:
