@@ -89,6 +89,16 @@ def test_consecutive_failed_attempts_open_the_agents_breaker_and_it_pulls_nothin
     assert pull(board) == []
 
 
+def _assert_breakers_before_muda_hours(queries: CaptureQueriesContext) -> None:
+    """Every statement on the breakers came before the first into the Muda hours:
+    the order every writer takes their locks in."""
+    statements = [query["sql"] for query in queries.captured_queries]
+    breakers = [i for i, sql in enumerate(statements) if "andon_circuitbreaker" in sql]
+    hours = [i for i, sql in enumerate(statements) if "INTO andon_mudahour" in sql]
+    assert breakers and hours
+    assert max(breakers) < min(hours)
+
+
 @pytest.mark.django_db
 def test_a_failed_attempt_locks_the_breakers_before_the_muda_hours_as_a_completed_batch_does(board, flaky):
     # A completed batch locks the breakers, then its Muda hour rows, then the
@@ -98,11 +108,7 @@ def test_a_failed_attempt_locks_the_breakers_before_the_muda_hours_as_a_complete
     [claim] = pull(board)
     with CaptureQueriesContext(connection) as queries:
         assert fail(claim, error="simulated 503", calls=[model_call(), model_call(error="simulated 503")])
-    statements = [query["sql"] for query in queries.captured_queries]
-    breakers = [i for i, sql in enumerate(statements) if "andon_circuitbreaker" in sql]
-    hours = [i for i, sql in enumerate(statements) if "INTO andon_mudahour" in sql]
-    assert breakers and hours
-    assert max(breakers) < min(hours)
+    _assert_breakers_before_muda_hours(queries)
     assert CircuitBreaker.objects.get(agent=flaky).consecutive_failures == 1
 
 
@@ -120,11 +126,7 @@ def test_a_batch_with_a_stale_run_locks_the_breakers_before_the_muda_hours(board
     ]
     with CaptureQueriesContext(connection) as queries:
         assert services.tasks_complete(results=results) == [True, False]
-    statements = [query["sql"] for query in queries.captured_queries]
-    breakers = [i for i, sql in enumerate(statements) if "andon_circuitbreaker" in sql]
-    hours = [i for i, sql in enumerate(statements) if "INTO andon_mudahour" in sql]
-    assert breakers and hours
-    assert max(breakers) < min(hours)
+    _assert_breakers_before_muda_hours(queries)
     assert CircuitBreaker.objects.get(agent=flaky).consecutive_failures == 0
     # The stale run's call is in the ledger all the same, never accepted.
     assert ModelCall.objects.filter(task_id=reaped.task_id, stale=True).count() == 1
