@@ -31,8 +31,9 @@ from boards.agents.spec import (
 # Task.capability's length: a longer name offered by an agent could never be asked for.
 CAPABILITY_MAX_LENGTH = 60
 
-# Django's permission rules, which a token's query can answer itself (ApiToken).
-MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+# Django's permission rules (ModelBackend's, kept by kaizen_web.auth), which a
+# token's query can answer itself (ApiToken).
+MODEL_BACKEND = "kaizen_web.auth.ModelBackend"
 
 
 def default_cascade() -> list[dict]:

@@ -385,10 +385,24 @@ def board_line_stops_get(*, board: Board) -> list:
     return active_line_stops_get(board=board)
 
 
+# Read for every page load of a board and every task the API adds with a
+# capability: compiled once (kaizen_web.prepared).
+_BOARD = Prepared(lambda *, slug: Board.objects.filter(slug=slug).values_list(*fields(Board))[:1], slug=str)
+_BOARD_AGENTS = Prepared(
+    lambda *, board_id: Agent.objects.filter(pk__in=_board_agent_ids(board_id)).values_list(*fields(Agent)),
+    board_id=int,
+)
+
+
+def board_by_slug_get(*, slug: str) -> Board | None:
+    """The board with this slug, or None."""
+    return next(iter(_BOARD.instances(Board, slug=slug)), None)
+
+
 def board_capabilities_get(*, board: Board) -> list[str]:
     """The capabilities a task on this board may ask for: those its agents offer."""
     offered: set[str] = set()
-    for agent in board.agents.all():
+    for agent in _BOARD_AGENTS.instances(Agent, board_id=board.pk):
         offered.update(agent.offered_capabilities)
     return sorted(offered)
 

@@ -16,7 +16,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.db.models import prefetch_related_objects
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
@@ -36,6 +36,7 @@ from boards.forms import (
 from boards.fragments import board_live_context, board_live_html_get
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
+    board_by_slug_get,
     board_capabilities_get,
     board_list_get,
     task_events_get,
@@ -51,7 +52,10 @@ BOARD = "boards/board.html"
 
 
 def _board(slug: str) -> Board:
-    return get_object_or_404(Board, slug=slug)
+    board = board_by_slug_get(slug=slug)
+    if board is None:
+        raise Http404(f"There is no board {slug!r}.")
+    return board
 
 
 def _task(board: Board, pk: int) -> Task:

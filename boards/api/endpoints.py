@@ -65,7 +65,6 @@ from boards.task_files import TaskRow
 from boards.task_search import TaskFilter, task_list
 from boards.text import lone_surrogate
 from experiments.api import router as replays_router
-from kaizen_web.prepared import Prepared, fields
 
 logger = logging.getLogger(__name__)
 
@@ -350,13 +349,9 @@ def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 # --- reads ----------------------------------------------------------------------
 
 
-# Read on nearly every request: compiled once (kaizen_web.prepared).
-_BOARD = Prepared(lambda *, slug: Board.objects.filter(slug=slug).values_list(*fields(Board))[:1], slug=str)
-
-
 def _board_or_404(request: TokenHttpRequest, slug: str) -> Board:
     """The board, if it exists (404) and the token may use it (403)."""
-    board = next(iter(_BOARD.instances(Board, slug=slug)), None)
+    board = selectors.board_by_slug_get(slug=slug)
     if board is None:
         raise Http404(f"There is no board {slug!r}; GET /api/v1/boards lists them.")
     _check_scope(request, board)
