@@ -1,12 +1,18 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
+import asyncio
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.urls import set_script_prefix
 
 
 class RequestThread(ThreadPoolExecutor):
@@ -53,25 +59,35 @@ class RequestThreads:
 
 
 class SyncChainASGIHandler(ASGIHandler):
-    """Django's ASGI handler, with the middleware and the view run as WSGI runs
-    them: one synchronous chain, called in the request's thread in one hop, and
-    that thread kept for the next requests.
+    """Django's ASGI handler, with a request served as WSGI serves it: its
+    synchronous work (the request-started signal, the middleware and the view,
+    and, for a response that is not streamed, rendering it and closing it) runs
+    in one hop to the request's thread, and that thread is kept for the next
+    requests. The event loop only reads the body and writes the answer.
 
     Our views and middleware are synchronous. Django's handler builds its chain
-    around an asynchronous core, so a request went from its thread back to the
-    event loop (to resolve the URL) and into the thread again (for the view):
-    under 20 people loading the board while 20 clients posted tasks, those hops
-    were some 15% of the web process's CPU (py-spy, bench/board_page.py).
+    around an asynchronous core: a request went from the event loop to a thread
+    and back three times (the request-started signal, the view, closing the
+    response), and the loop ran a task listening for the client to leave beside
+    a task for the view. Under 20 people loading the board while 20 clients
+    posted tasks, those hops were some 15% of the web process's CPU, and the
+    signals, tasks and hops left after a first change another 20% of its
+    Python (py-spy --gil, bench/board_page.py).
 
     Django also starts a thread for every request (a ThreadSensitiveContext of
     its own, shut down at the end) and the event loop waits for each to start:
     some 7% of the web process's CPU while the line ran (py-spy --gil,
     bench/run.py), and a stall of the loop, and so of every websocket, each
-    time the machine is slow to schedule the new thread. Each request still
-    runs all its synchronous work (signals, middleware, view, closing the
-    response) in one thread of its own while it lasts, as Django's handler
-    does; the thread is a kept one. Database connections are per request
-    either way (Django keeps them per asyncio context, not per thread).
+    time the machine is slow to schedule the new thread. Database connections
+    are per request either way (Django keeps them per asyncio context, not per
+    thread).
+
+    A client that leaves while its view runs is not noticed until the view
+    returns: a synchronous view cannot be stopped anyway (Django's handler only
+    stops waiting for it, and sends the request-finished signal, which closes
+    the database connection, while the view may still be using it). Streamed
+    responses (static files, downloads) are sent by Django's own code, chunk by
+    chunk, and closed afterwards.
     """
 
     def __init__(self) -> None:
@@ -79,9 +95,8 @@ class SyncChainASGIHandler(ASGIHandler):
         self.threads = RequestThreads()
 
     def load_middleware(self, is_async: bool = False) -> None:
+        # The synchronous chain, run by BaseHandler.get_response in the request's thread.
         super().load_middleware(is_async=False)
-        chain = self._middleware_chain  # type: ignore[has-type]  # unannotated in Django
-        self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -92,6 +107,63 @@ class SyncChainASGIHandler(ASGIHandler):
                 await self.handle(scope, receive, send)
         finally:
             self.threads.give_back(thread)
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            response, start, body = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            if response is None:
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
+                return
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client left while the response streamed
+            await sync_to_async(response.close, thread_sensitive=True)()
+        finally:
+            body_file.close()
+
+    def respond(self, scope, body_file) -> tuple[HttpResponseBase | None, dict, bytes]:
+        """In the request's thread: the response to stream, or, for one that is
+        not streamed, None with its start message and its body, the response
+        already closed (which sends the request-finished signal)."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error = self.create_request(scope, body_file)
+        if request is None:
+            response = cast(HttpResponseBase, error)  # Django gives one or the other
+        else:
+            response = self.get_response(request)
+            response._handler_class = self.__class__  # type: ignore[attr-defined]  # as Django's handler sets it
+        if response.streaming or not isinstance(response, HttpResponse):
+            if isinstance(response, FileResponse):
+                # The ASGI server cuts the body into packets: as Django's run_get_response.
+                response.block_size = self.chunk_size
+            return response, {}, b""
+        start = {"type": "http.response.start", "status": response.status_code, "headers": _headers(response)}
+        body = response.content
+        response.close()
+        return None, start, body
+
+
+def _headers(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
+    """The response's headers and cookies as ASGI sends them (as Django's
+    ASGIHandler.send_response writes them)."""
+    headers = []
+    for name, value in response.items():
+        headers.append(
+            (
+                bytes(name.encode("ascii") if isinstance(name, str) else name),
+                bytes(value.encode("latin1") if isinstance(value, str) else value),
+            )
+        )
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    return headers
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")

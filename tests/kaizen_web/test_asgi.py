@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from channels.testing import HttpCommunicator
 from django.core.signals import request_finished, request_started
 
-from kaizen_web.asgi import RequestThreads, django_asgi_app
+from kaizen_web.asgi import RequestThread, RequestThreads, django_asgi_app
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,3 +102,68 @@ def test_idle_threads_kept_are_bounded():
         pool.give_back(thread)
     assert pool.idle == taken[:2]
     assert pool.take() is taken[1]
+
+
+def test_a_page_is_served_in_one_hop_to_its_thread(monkeypatch, threads_seen):
+    # Django's handler hops three times (the started signal, the view, closing
+    # the response) and runs a task listening for a disconnect beside the view.
+    hops = []
+    submit = RequestThread.submit
+
+    def counted(self, fn, /, *args, **kwargs):
+        hops.append(fn)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(RequestThread, "submit", counted)
+    response = async_to_sync(_get)("/accounts/login/")
+
+    assert response["status"] == 200
+    assert b'name="password"' in response["body"]
+    assert len(hops) == 1
+    assert [event for event, _ in threads_seen] == ["started", "finished"]
+    assert threads_seen[0][1] is threads_seen[1][1] is not threading.main_thread()
+    headers = dict(response["headers"])
+    assert headers[b"Content-Type"] == b"text/html; charset=utf-8"
+    assert b"csrftoken=" in headers[b"Set-Cookie"]
+
+
+def test_a_streamed_response_is_sent_whole_and_closed_in_the_request_thread(threads_seen):
+    from django.conf import settings
+    from django.test import Client
+
+    from boards.models import Task
+    from tests.factories import column, make_board, make_user
+
+    board = make_board()
+    backlog = column(board, "backlog")
+    for n in range(3):
+        Task.objects.create(board=board, column=backlog, title=f"exported {n}", position=n)
+    client = Client()
+    client.force_login(make_user())
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    async def export():
+        communicator = HttpCommunicator(
+            django_asgi_app,
+            "GET",
+            f"/boards/{board.slug}/tasks/export.csv",
+            headers=[(b"host", b"testserver"), (b"cookie", cookie.encode())],
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        start = await communicator.receive_output(timeout=30)
+        chunks = []
+        while True:
+            message = await communicator.receive_output(timeout=30)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await communicator.wait(timeout=30)
+        return start, chunks
+
+    start, chunks = async_to_sync(export)()
+    assert start["status"] == 200
+    assert len(chunks) > 1  # streamed: parts, then an empty closing message
+    body = b"".join(chunks).decode()
+    assert all(f"exported {n}" in body for n in range(3))
+    assert [event for event, _ in threads_seen] == ["started", "finished"]
+    assert threads_seen[1][1] is threads_seen[0][1] is not threading.main_thread()
