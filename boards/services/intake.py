@@ -16,6 +16,7 @@ from django.db.models import F, Max
 
 from boards import demo_feed
 from boards.models import Board, Column, Task, TaskEvent
+from boards.selectors import board_capabilities_get
 from boards.services.primitives import (
     POSITION_GAP,
     STATUS_FOR_ROLE,
@@ -46,7 +47,7 @@ def task_create(
 ) -> Task:
     title = (title or "").strip()
     capability = (capability or "").strip()
-    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities}) if capability else []
+    offered = board_capabilities_get(board=board) if capability else []
     errors = task_fields_errors(
         title=title, input=input, capability=capability, priority=priority, offered=offered
     )
@@ -112,7 +113,7 @@ def tasks_import(
     one pull and one live update follow the commit."""
     if not rows:
         raise TasksImportRefused("There are no tasks to import.")
-    offered = sorted({c for a in board.agents.all() for c in a.offered_capabilities})
+    offered = board_capabilities_get(board=board)
     row_errors: dict[int, dict[str, list[str]]] = {}
     for row in rows:
         problems = {name: list(messages) for name, messages in row.problems.items()}
