@@ -23,6 +23,7 @@ from django.conf import settings
 
 from boards import services
 from boards.agents import runtime
+from kaizen_web import heap
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def _start_child(**kwargs) -> None:
 
 @worker_ready.connect
 def _pull_at_start(**kwargs) -> None:
+    # The worker's code is loaded: out of the garbage collector's work from now on.
+    heap.settle()
     if _serves_line:
         runtime.worker_ready()
 

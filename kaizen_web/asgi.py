@@ -177,6 +177,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from andon.routing import websocket_urlpatterns as andon_websocket_urlpatterns  # noqa: E402
 from boards.routing import websocket_urlpatterns as board_websocket_urlpatterns  # noqa: E402
 from experiments.routing import websocket_urlpatterns as kaizen_websocket_urlpatterns  # noqa: E402
+from kaizen_web.heap import settle  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -190,3 +191,6 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything is loaded: leave it out of the garbage collector's work (kaizen_web.heap).
+settle()

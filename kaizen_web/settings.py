@@ -451,6 +451,12 @@ KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
 # 0 renders it for every load.
 KAIZEN_BOARD_PAGE_MAX_AGE_MS = env_int("KAIZEN_BOARD_PAGE_MAX_AGE_MS", 500, minimum=0)
 
+# The garbage collector's thresholds in the web server and the workers, set once
+# they have loaded their code, which is then left out of every collection
+# (gc.freeze; kaizen_web.heap). Python's (700, 10, 10) made the web server stop
+# for up to 250 ms at a time under load (bench/board_page.py). Empty: Python's own.
+KAIZEN_GC_THRESHOLDS = env_list("KAIZEN_GC_THRESHOLDS", ["20000", "50", "100"])
+
 # Claimed runs sent to the workers in one message (and run side by side there).
 KAIZEN_RUN_BATCH = env_int("KAIZEN_RUN_BATCH", 50, minimum=1)
 
