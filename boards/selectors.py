@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypedDict, cast
 
 from django.conf import settings
+from django.db import router
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.urls import reverse
@@ -388,8 +389,13 @@ def board_line_stops_get(*, board: Board) -> list:
 # Read for every page load of a board and every task the API adds with a
 # capability: compiled once (kaizen_web.prepared).
 _BOARD = Prepared(lambda *, slug: Board.objects.filter(slug=slug).values_list(*fields(Board))[:1], slug=str)
-_BOARD_AGENTS = Prepared(
-    lambda *, board_id: Agent.objects.filter(pk__in=_board_agent_ids(board_id)).values_list(*fields(Agent)),
+# What an agent's offered capabilities are read from (Agent.offered_capabilities;
+# a custom agent class loads the rest if it asks), in the model's field order.
+_CAPABILITY_FIELDS = [name for name in fields(Agent) if name in {"id", "capabilities", "implementation"}]
+_BOARD_AGENTS_CAPABILITIES = Prepared(
+    lambda *, board_id: Agent.objects.filter(pk__in=_board_agent_ids(board_id)).values_list(
+        *_CAPABILITY_FIELDS
+    ),
     board_id=int,
 )
 
@@ -402,8 +408,9 @@ def board_by_slug_get(*, slug: str) -> Board | None:
 def board_capabilities_get(*, board: Board) -> list[str]:
     """The capabilities a task on this board may ask for: those its agents offer."""
     offered: set[str] = set()
-    for agent in _BOARD_AGENTS.instances(Agent, board_id=board.pk):
-        offered.update(agent.offered_capabilities)
+    db = router.db_for_read(Agent)
+    for row in _BOARD_AGENTS_CAPABILITIES.rows(board_id=board.pk):
+        offered.update(Agent.from_db(db, _CAPABILITY_FIELDS, row).offered_capabilities)
     return sorted(offered)
 
 

@@ -157,6 +157,25 @@ def test_the_task_form_offers_the_capabilities_of_the_boards_agents(client, user
     assert re.search(r'name="title"', column_free(first_html))
 
 
+def test_the_capabilities_come_from_one_query_and_a_custom_class_says_its_own():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from boards.selectors import board_capabilities_get
+
+    board = make_board()
+    make_agent(boards=[board], capabilities=["translate", "summarise"])
+    make_agent(boards=[board], capabilities=["translate"])
+    make_agent(boards=[board], implementation="boards.example_agents.KeywordClassifier", capabilities=[])
+    make_agent(boards=[make_board()], capabilities=["elsewhere"])
+
+    with CaptureQueriesContext(connection) as queries:
+        offered = board_capabilities_get(board=board)
+
+    assert offered == ["classify", "summarise", "translate"]
+    assert len(queries) == 1
+
+
 def column_free(html: str) -> str:
     """The page without its columns (the form's fields only appear once)."""
     start = html.find('<div id="board-body"')
