@@ -400,6 +400,23 @@ _BOARD_AGENTS_CAPABILITIES = Prepared(
 )
 
 
+_BOARD_AGENT_NAMES = Prepared(
+    lambda *, board_id: (
+        Agent.objects.filter(pk__in=_board_agent_ids(board_id))
+        .order_by("name", "pk")
+        .values_list("id", "name")
+    ),
+    board_id=int,
+)
+
+
+def board_agent_names_get(*, board: Board) -> list[Agent]:
+    """The board's agents by name, with only their id and name read (what the
+    board page's andon cord offers to stop)."""
+    db = router.db_for_read(Agent)
+    return [Agent.from_db(db, ["id", "name"], row) for row in _BOARD_AGENT_NAMES.rows(board_id=board.pk)]
+
+
 def board_by_slug_get(*, slug: str) -> Board | None:
     """The board with this slug, or None."""
     return next(iter(_BOARD.instances(Board, slug=slug)), None)

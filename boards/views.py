@@ -36,6 +36,7 @@ from boards.forms import (
 from boards.fragments import board_live_context, board_live_html_get
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
+    board_agent_names_get,
     board_by_slug_get,
     board_capabilities_get,
     board_list_get,
@@ -100,7 +101,7 @@ def _board_context(request: HttpRequest, board: Board, *, form: TaskCreateForm |
         "ws_path": _ws_path(board),
         # The cord is in the page only for those who may pull it (the server checks again).
         "can_stop_line": can_stop_line,
-        "agents": board.agents.order_by("name") if can_stop_line else [],
+        "agents": board_agent_names_get(board=board) if can_stop_line else [],
         "nav": "boards",
     }
 

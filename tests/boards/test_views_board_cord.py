@@ -35,6 +35,23 @@ def test_a_reviewer_gets_one_cord_with_the_board_and_each_agent_to_choose_from(c
     assert f'<option value="agent-{welder.pk}">welder only</option>' in html
 
 
+def test_the_cord_offers_only_this_boards_agents_by_name_read_in_one_query(board):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from boards.selectors import board_agent_names_get
+
+    make_agent(boards=[board], name="welder")
+    make_agent(boards=[board], name="painter")
+    make_agent(boards=[make_board()], name="elsewhere")
+
+    with CaptureQueriesContext(connection) as queries:
+        agents = board_agent_names_get(board=board)
+
+    assert [agent.name for agent in agents] == ["painter", "welder"]
+    assert len(queries) == 1
+
+
 def test_someone_who_may_not_pull_the_cord_gets_no_cord_in_the_page(client, board):
     make_agent(boards=[board], name="welder")
     client.force_login(make_user())
