@@ -69,7 +69,9 @@ def _mark_worker(sender=None, **kwargs) -> None:
 
 @worker_process_init.connect
 def _start_child(**kwargs) -> None:
-    # A prefork child: its own heartbeat (threads do not survive the fork).
+    # A prefork child (forked before worker_ready): its own collector settings too.
+    heap.settle()
+    # Its own heartbeat (threads do not survive the fork).
     if _serves_line:
         runtime.worker_started()
 

@@ -11,7 +11,7 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
 
@@ -87,7 +87,8 @@ class SyncChainASGIHandler(ASGIHandler):
     stops waiting for it, and sends the request-finished signal, which closes
     the database connection, while the view may still be using it). Streamed
     responses (static files, downloads) are sent by Django's own code, chunk by
-    chunk, and closed afterwards.
+    chunk, while listening for the client to leave, as Django does, and closed
+    afterwards.
     """
 
     def __init__(self) -> None:
@@ -114,23 +115,39 @@ class SyncChainASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         try:
-            response, start, body = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
-            if response is None:
-                await send(start)
-                await send({"type": "http.response.body", "body": body})
-                return
-            try:
+            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            if not response.streaming:
+                # Rendered and closed already: its headers and body go out.
                 await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client left while the response streamed
+                return
+            await self.stream(response, receive, send)
             await sync_to_async(response.close, thread_sensitive=True)()
         finally:
             body_file.close()
 
-    def respond(self, scope, body_file) -> tuple[HttpResponseBase | None, dict, bytes]:
-        """In the request's thread: the response to stream, or, for one that is
-        not streamed, None with its start message and its body, the response
-        already closed (which sends the request-finished signal)."""
+    async def stream(self, response: HttpResponseBase, receive, send) -> None:
+        """Send a streamed response while listening for the client to leave, as
+        Django's handler does: if it leaves, the sending stops (the iterator is
+        closed with the response), so a long download is not produced for no one."""
+        sending = asyncio.create_task(self.send_response(response, send))
+        listening = asyncio.create_task(self.listen_for_disconnect(receive))
+        await asyncio.wait([sending, listening], return_when=asyncio.FIRST_COMPLETED)
+        for task in (listening, sending):
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+            elif not task.cancelled():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass  # the client left
+
+    def respond(self, scope, body_file) -> HttpResponseBase:
+        """In the request's thread: the response, which, unless it is streamed, is
+        rendered and already closed (which sends the request-finished signal)."""
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, error = self.create_request(scope, body_file)
@@ -139,31 +156,14 @@ class SyncChainASGIHandler(ASGIHandler):
         else:
             response = self.get_response(request)
             response._handler_class = self.__class__  # type: ignore[attr-defined]  # as Django's handler sets it
-        if response.streaming or not isinstance(response, HttpResponse):
+        if response.streaming:
             if isinstance(response, FileResponse):
                 # The ASGI server cuts the body into packets: as Django's run_get_response.
                 response.block_size = self.chunk_size
-            return response, {}, b""
-        start = {"type": "http.response.start", "status": response.status_code, "headers": _headers(response)}
-        body = response.content
+            return response
+        # Closing keeps the content; send_response reads it and the headers.
         response.close()
-        return None, start, body
-
-
-def _headers(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
-    """The response's headers and cookies as ASGI sends them (as Django's
-    ASGIHandler.send_response writes them)."""
-    headers = []
-    for name, value in response.items():
-        headers.append(
-            (
-                bytes(name.encode("ascii") if isinstance(name, str) else name),
-                bytes(value.encode("latin1") if isinstance(value, str) else value),
-            )
-        )
-    for cookie in response.cookies.values():
-        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
-    return headers
+        return response
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")

@@ -41,15 +41,19 @@ def _user_query(*, user_id: int) -> QuerySet:
 
 def _permissions_query(*, user_id: int) -> QuerySet:
     """(app label, codename, "user" or "group") for each permission the user has
-    directly and through each of their groups (the same permission may come twice)."""
+    directly and through each of their groups (the same permission may come twice).
+    The relations are named as ModelBackend names them, from the user model."""
+    User = get_user_model()
+    user_permissions = User._meta.get_field("user_permissions").related_query_name()
+    user_groups = User._meta.get_field("groups").related_query_name()
     own = (
-        Permission.objects.filter(user=user_id)
+        Permission.objects.filter(**{user_permissions: user_id})
         .annotate(source=Value("user"))
         .values_list("content_type__app_label", "codename", "source")
         .order_by()
     )
     through_groups = (
-        Permission.objects.filter(group__user=user_id)
+        Permission.objects.filter(**{f"group__{user_groups}": user_id})
         .annotate(source=Value("group"))
         .values_list("content_type__app_label", "codename", "source")
         .order_by()

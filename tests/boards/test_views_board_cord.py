@@ -50,6 +50,7 @@ def test_the_cord_offers_only_this_boards_agents_by_name_read_in_one_query(board
 
     assert [agent.name for agent in agents] == ["painter", "welder"]
     assert len(queries) == 1
+    assert '"cascade"' not in queries.captured_queries[0]["sql"]  # ids and names only
 
 
 def test_someone_who_may_not_pull_the_cord_gets_no_cord_in_the_page(client, board):

@@ -174,6 +174,9 @@ def test_the_capabilities_come_from_one_query_and_a_custom_class_says_its_own():
 
     assert offered == ["classify", "summarise", "translate"]
     assert len(queries) == 1
+    # Only what the capabilities are read from: not each agent's cascade and checks.
+    sql = queries.captured_queries[0]["sql"]
+    assert '"capabilities"' in sql and '"cascade"' not in sql and '"quality_checks"' not in sql
 
 
 def column_free(html: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -167,3 +168,54 @@ def test_a_streamed_response_is_sent_whole_and_closed_in_the_request_thread(thre
     assert all(f"exported {n}" in body for n in range(3))
     assert [event for event, _ in threads_seen] == ["started", "finished"]
     assert threads_seen[1][1] is threads_seen[0][1] is not threading.main_thread()
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_stream(monkeypatch):
+    # Django's handler listens for the client to leave while it streams, and
+    # stops: a long export must not run on for no one (the iterator is closed).
+    from django.conf import settings
+    from django.test import Client
+
+    from tests.factories import make_board, make_user
+
+    closed = threading.Event()
+    made = []
+
+    def endless(rows):
+        try:
+            while True:
+                made.append(1)
+                time.sleep(0.001)  # a row at a time, as a query would give them
+                yield "x" * 1000 + "\n"
+        finally:
+            closed.set()
+
+    monkeypatch.setattr("boards.views_tasks.csv_chunks", endless)
+    board = make_board()
+    client = Client()
+    client.force_login(make_user())
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    async def leave_early():
+        communicator = HttpCommunicator(
+            django_asgi_app,
+            "GET",
+            f"/boards/{board.slug}/tasks/export.csv",
+            headers=[(b"host", b"testserver"), (b"cookie", cookie.encode())],
+        )
+        await communicator.send_input({"type": "http.request", "body": b""})
+        start = await communicator.receive_output(timeout=30)
+        await communicator.receive_output(timeout=30)  # a first chunk
+        await communicator.send_input({"type": "http.disconnect"})
+        # The application ends by itself: it does not stream on.
+        ended, _ = await asyncio.wait([communicator.future], timeout=5)
+        await communicator.wait(timeout=1)  # (cancels it if it did not)
+        return start, bool(ended)
+
+    start, ended = async_to_sync(leave_early)()
+    assert start["status"] == 200
+    assert ended
+    assert closed.wait(10)
+    produced = len(made)
+    time.sleep(0.2)
+    assert len(made) == produced  # nothing more made after

@@ -30,8 +30,8 @@ def test_settle_freezes_what_is_loaded_and_sets_the_thresholds(settings, restore
 
     assert gc.get_threshold() == (5000, 7, 9)
     assert gc.get_freeze_count() > 1000
-    assert not gc.is_finalized(kept)
-    assert gc.get_objects(generation=2).count(kept) == 0  # frozen: in no generation
+    # Frozen: in no generation the collector walks.
+    assert not any(o is kept for generation in range(3) for o in gc.get_objects(generation=generation))
 
 
 def test_no_thresholds_keep_pythons_own(settings, restored_gc):
