@@ -128,28 +128,36 @@ def test_a_page_is_served_in_one_hop_to_its_thread(monkeypatch, threads_seen):
     assert b"csrftoken=" in headers[b"Set-Cookie"]
 
 
-def test_a_streamed_response_is_sent_whole_and_closed_in_the_request_thread(threads_seen):
+def _export_request(board) -> HttpCommunicator:
+    """A signed-in browser's GET of the board's CSV export (a streamed response),
+    its request sent."""
     from django.conf import settings
     from django.test import Client
 
+    from tests.factories import make_user
+
+    client = Client()
+    client.force_login(make_user())
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    return HttpCommunicator(
+        django_asgi_app,
+        "GET",
+        f"/boards/{board.slug}/tasks/export.csv",
+        headers=[(b"host", b"testserver"), (b"cookie", cookie.encode())],
+    )
+
+
+def test_a_streamed_response_is_sent_whole_and_closed_in_the_request_thread(threads_seen):
     from boards.models import Task
-    from tests.factories import column, make_board, make_user
+    from tests.factories import column, make_board
 
     board = make_board()
     backlog = column(board, "backlog")
     for n in range(3):
         Task.objects.create(board=board, column=backlog, title=f"exported {n}", position=n)
-    client = Client()
-    client.force_login(make_user())
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    communicator = _export_request(board)
 
     async def export():
-        communicator = HttpCommunicator(
-            django_asgi_app,
-            "GET",
-            f"/boards/{board.slug}/tasks/export.csv",
-            headers=[(b"host", b"testserver"), (b"cookie", cookie.encode())],
-        )
         await communicator.send_input({"type": "http.request", "body": b""})
         start = await communicator.receive_output(timeout=30)
         chunks = []
@@ -173,10 +181,7 @@ def test_a_streamed_response_is_sent_whole_and_closed_in_the_request_thread(thre
 def test_a_client_that_leaves_mid_stream_stops_the_stream(monkeypatch):
     # Django's handler listens for the client to leave while it streams, and
     # stops: a long export must not run on for no one (the iterator is closed).
-    from django.conf import settings
-    from django.test import Client
-
-    from tests.factories import make_board, make_user
+    from tests.factories import make_board
 
     closed = threading.Event()
     made = []
@@ -191,18 +196,9 @@ def test_a_client_that_leaves_mid_stream_stops_the_stream(monkeypatch):
             closed.set()
 
     monkeypatch.setattr("boards.views_tasks.csv_chunks", endless)
-    board = make_board()
-    client = Client()
-    client.force_login(make_user())
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    communicator = _export_request(make_board())
 
     async def leave_early():
-        communicator = HttpCommunicator(
-            django_asgi_app,
-            "GET",
-            f"/boards/{board.slug}/tasks/export.csv",
-            headers=[(b"host", b"testserver"), (b"cookie", cookie.encode())],
-        )
         await communicator.send_input({"type": "http.request", "body": b""})
         start = await communicator.receive_output(timeout=30)
         await communicator.receive_output(timeout=30)  # a first chunk
