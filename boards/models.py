@@ -352,8 +352,10 @@ class Task(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
-    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="tasks")
-    column = models.ForeignKey(Column, on_delete=models.PROTECT, related_name="tasks")
+    # No index of their own: task_board_status and task_column_order (below) lead
+    # with them, and every index is written again at each insert and each move.
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    column = models.ForeignKey(Column, on_delete=models.PROTECT, related_name="tasks", db_index=False)
     title = models.CharField(max_length=200)
     input = models.TextField(blank=True)
     capability = models.CharField(max_length=CAPABILITY_MAX_LENGTH, blank=True)
@@ -362,7 +364,10 @@ class Task(models.Model):
     # others without renumbering the column.
     position = models.BigIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.BACKLOG)
-    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks")
+    # task_reuse_newest (below) leads with it.
+    agent = models.ForeignKey(
+        Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="tasks", db_index=False
+    )
     output = models.TextField(blank=True)
     confidence = models.FloatField(null=True, blank=True)
     # How the confidence was obtained: logprobs, structured, simulated, none, or
@@ -490,7 +495,8 @@ class TaskEvent(models.Model):
         SYSTEM = "system"
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
-    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="events")
+    # event_board_time (below) leads with it.
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     from_column = models.ForeignKey(
         Column, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -560,8 +566,11 @@ class ModelCall(models.Model):
         PROBE = "probe", "Adversarial probe"
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="model_call_rows")
-    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+")
-    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # No index of their own: modelcall_board_time and modelcall_agent_time lead with them.
+    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="+", db_index=False)
+    agent = models.ForeignKey(
+        Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
     prompt_version = models.PositiveIntegerField(null=True, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1)
     # 1 for the cheapest tier; null for a reused result, which calls no tier.
