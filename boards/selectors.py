@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypedDict, cast
 
 from django.conf import settings
-from django.db import router
 from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.urls import reverse
@@ -398,8 +397,6 @@ _BOARD_AGENTS_CAPABILITIES = Prepared(
     ),
     board_id=int,
 )
-
-
 _BOARD_AGENT_NAMES = Prepared(
     lambda *, board_id: (
         Agent.objects.filter(pk__in=_board_agent_ids(board_id))
@@ -413,8 +410,7 @@ _BOARD_AGENT_NAMES = Prepared(
 def board_agent_names_get(*, board: Board) -> list[Agent]:
     """The board's agents by name, with only their id and name read (what the
     board page's andon cord offers to stop)."""
-    db = router.db_for_read(Agent)
-    return [Agent.from_db(db, ["id", "name"], row) for row in _BOARD_AGENT_NAMES.rows(board_id=board.pk)]
+    return _BOARD_AGENT_NAMES.instances(Agent, columns=["id", "name"], board_id=board.pk)
 
 
 def board_by_slug_get(*, slug: str) -> Board | None:
@@ -425,9 +421,8 @@ def board_by_slug_get(*, slug: str) -> Board | None:
 def board_capabilities_get(*, board: Board) -> list[str]:
     """The capabilities a task on this board may ask for: those its agents offer."""
     offered: set[str] = set()
-    db = router.db_for_read(Agent)
-    for row in _BOARD_AGENTS_CAPABILITIES.rows(board_id=board.pk):
-        offered.update(Agent.from_db(db, _CAPABILITY_FIELDS, row).offered_capabilities)
+    for agent in _BOARD_AGENTS_CAPABILITIES.instances(Agent, columns=_CAPABILITY_FIELDS, board_id=board.pk):
+        offered.update(agent.offered_capabilities)
     return sorted(offered)
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from django.contrib.auth import backends, get_user_model
 from django.contrib.auth.models import Permission
-from django.db import router
 from django.db.models import QuerySet, Value
 
 from kaizen_web.prepared import Prepared, fields
@@ -76,11 +75,8 @@ class ModelBackend(backends.ModelBackend):
         except (TypeError, ValueError):
             # Not an integer key (a custom user model): ModelBackend's own lookup.
             return super().get_user(user_id)
-        row = _USER.first(user_id=pk)
-        if row is None:
-            return None
-        user = User.from_db(router.db_for_read(User), fields(User), row)
-        if not self.user_can_authenticate(user):
+        user = next(iter(_USER.instances(User, user_id=pk)), None)
+        if user is None or not self.user_can_authenticate(user):
             return None
         if not getattr(user, "is_superuser", False):
             read: dict[str, set[str]] = {"user": set(), "group": set()}

@@ -104,11 +104,20 @@ class Prepared:
             rows = [tuple(row) for row in compiled.compiler.apply_converters(rows, compiled.converters)]
         return rows
 
-    def instances(self, model: type[M], annotations: Sequence[str] = (), **values: Any) -> list[M]:
+    def instances(
+        self,
+        model: type[M],
+        annotations: Sequence[str] = (),
+        *,
+        columns: Sequence[str] | None = None,
+        **values: Any,
+    ) -> list[M]:
         """The rows as ``model`` instances, for a build that reads ``fields(model)``
         and then, if any, the ``annotations`` named (``values_list(*fields(model),
-        "task_count")``): each is set on its instance as annotate() sets it."""
-        names = fields(model)
+        "task_count")``): each is set on its instance as annotate() sets it. A build
+        that reads only some fields names them in ``columns``, in the model's field
+        order; the others are deferred, as with only()."""
+        names = list(columns) if columns is not None else fields(model)
         alias = self._compiled_alias()
         if not annotations:
             return [model.from_db(alias, names, row) for row in self.rows(**values)]

@@ -12,7 +12,6 @@ from typing import Any
 
 from django.contrib.sessions.backends import db
 from django.contrib.sessions.models import Session
-from django.db import router
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -30,10 +29,8 @@ _SESSION = Prepared(_session_query, session_key=str)
 class SessionStore(db.SessionStore):
     def _get_session_from_db(self) -> Any:
         key = self.session_key
-        row = _SESSION.first(session_key=key) if key else None
-        if row is not None:
-            session = Session.from_db(router.db_for_read(Session), fields(Session), row)
-            if session.expire_date > timezone.now():
-                return session
+        session = next(iter(_SESSION.instances(Session, session_key=key)), None) if key else None
+        if session is not None and session.expire_date > timezone.now():
+            return session
         self._session_key = None
         return None

@@ -81,6 +81,15 @@ def test_instances_are_whole_model_objects():
     assert prepared.instances(Board, slug="no-such-board") == []
 
 
+def test_instances_of_some_columns_defer_the_others():
+    board = make_board(name="Read in part")
+    prepared = Prepared(lambda *, slug: Board.objects.filter(slug=slug).values_list("id", "name"), slug=str)
+    [found] = prepared.instances(Board, columns=["id", "name"], slug=board.slug)
+    assert found.pk == board.pk and found.name == "Read in part"
+    assert "slug" in found.get_deferred_fields()
+    assert found.slug == board.slug  # loaded when asked for, as with only()
+
+
 def test_instances_carry_the_annotations_read_after_their_fields():
     board = make_board()
     ready = board.columns.get(role="ready")
