@@ -1,6 +1,7 @@
 """What the websocket pushes: the changed parts of a board, rendered from the
-same partials as the page (``boards/board.html``), each marked hx-swap-oob so
-the htmx websocket extension swaps it into place by id.
+same partials as the page (``boards/board.html``, and its cards from
+``templates/jinja2/boards/card.html``), each marked hx-swap-oob so the htmx
+websocket extension swaps it into place by id.
 
 Called by the broadcaster thread (kaizen_web.live, through boards.broadcast)
 after commit, outside any request: the partials it renders must not need one
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.template.loader import get_template, render_to_string
+from django.template import engines
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
@@ -193,9 +195,9 @@ def board_live_html_clear() -> None:
 
 
 # Per process: the HTML of the cards drawn lately, by everything a card shows
-# (_card_key). Rendering a card cost some 0.2 ms of CPU, half of it its age in
-# words (timesince), and every live update draws Ready's cards again, and the
-# other changed columns', nearly all of them as they were.
+# (_card_key). Every live update draws Ready's cards again, and the other
+# changed columns', most of them as they were on a quiet board; on a busy one
+# most are new, and drawing them is what a card's template costs (boards.jinja).
 _card_html: dict[tuple, SafeString] = {}
 # Enough for every drawn card of a few dozen boards; past it, the lot is
 # forgotten and drawn again (a card's key changes as it ages anyway).
@@ -204,8 +206,8 @@ CARD_HTML_KEPT = 5000
 
 def cards_html_set(*, columns: list[ColumnView]) -> None:
     """Put each drawn card's HTML on it (``card_html``): kept from an earlier
-    render while the card shows the same, else rendered now from the card
-    partial. Call once the cards have their reasons to wait and their ages."""
+    render while the card shows the same, else rendered now from the card's
+    template (``templates/jinja2/boards/card.html``). Call once the cards have their reasons to wait and their ages."""
     template = None
     now = timezone.now()
     context = (timezone.get_current_timezone_name(), get_language())
@@ -216,7 +218,8 @@ def cards_html_set(*, columns: list[ColumnView]) -> None:
             html = _card_html.get(key)
             if html is None:
                 if template is None:
-                    template = get_template("boards/board.html#card")
+                    # Jinja2, autoescaped: boards.jinja says why.
+                    template = engines["jinja2"].get_template("boards/card.html")
                 html = mark_safe(template.render({"task": card}))  # noqa: S308 (autoescaped template)
                 if len(_card_html) >= CARD_HTML_KEPT:
                     _card_html.clear()
@@ -225,7 +228,7 @@ def cards_html_set(*, columns: list[ColumnView]) -> None:
 
 
 def _card_key(card: Task, now: datetime, context: tuple, simulated: dict[int, bool]) -> tuple:
-    """Everything the card partial shows of ``card``: two cards with the same key
+    """Everything the card template shows of ``card``: two cards with the same key
     render alike. Its ages in words are a function of the whole seconds in flight
     (the duration filter), of the minutes elapsed under a day (timesince), of
     the date beyond (calendar months)."""

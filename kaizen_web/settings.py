@@ -190,6 +190,15 @@ TEMPLATES = [
             ],
         },
     },
+    {
+        # The board's card alone (boards.jinja says why). Autoescaped, as
+        # Django's Jinja2 backend sets it.
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "NAME": "jinja2",
+        "DIRS": [BASE_DIR / "templates" / "jinja2"],
+        "APP_DIRS": False,
+        "OPTIONS": {"environment": "boards.jinja.environment"},
+    },
 ]
 
 # --- Database ---------------------------------------------------------------
