@@ -25,6 +25,13 @@
 
   // Card actions run one after another, so quick key presses apply in order
   // (htmx would otherwise drop all but the last request queued on an element).
+  // A card's actions are its task page's URL and a word (boards/urls.py): the
+  // card carries the URL once (data-url), not once an action, as every live
+  // update sends every card of the columns it carries.
+  function actionUrl(card, word) {
+    return card.dataset.url + word + "/";
+  }
+
   function post(url, values) {
     inFlight += 1;
     const run = function () {
@@ -189,7 +196,7 @@
       if (next) values.before = next.dataset.taskId;
     }
     const id = item.id;
-    post(item.dataset.moveUrl, values).then(function () {
+    post(actionUrl(item, "move"), values).then(function () {
       const card = document.getElementById(id);
       if (card) card.focus({ preventScroll: true });
     });
@@ -365,7 +372,7 @@
 
   function stepCard(card, direction) {
     const id = card.id;
-    post(card.dataset.stepUrl, { direction: direction }).then(function () {
+    post(actionUrl(card, "step"), { direction: direction }).then(function () {
       focusCard(document.getElementById(id));
     });
   }
@@ -376,7 +383,7 @@
       return;
     }
     const id = card.id;
-    post(card.dataset.unblockUrl, {}).then(function () {
+    post(actionUrl(card, "unblock"), {}).then(function () {
       focusCard(document.getElementById(id));
     });
   }
@@ -406,7 +413,7 @@
     blockCardId = null;
     if (!card) return;
     if (dialog.returnValue === "block") {
-      post(card.dataset.blockUrl, { note: blockNote.value }).then(function () {
+      post(actionUrl(card, "block"), { note: blockNote.value }).then(function () {
         focusCard(document.getElementById(id));
       });
     } else {
