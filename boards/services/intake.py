@@ -31,6 +31,7 @@ from boards.services.primitives import (
 from boards.services.pull import board_changed_on_commit
 from boards.task_files import TaskRow
 from boards.text import input_key, task_fields_errors
+from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,14 @@ def task_create(
             input_key=input_key(input),
         )
         task_place(task, column)
-        task.save()
-        task_event(
+        # Fixed-shape INSERTs (kaizen_web.rows): Model.save compiled its INSERT
+        # anew for each task the API took. No signals, as with bulk_create:
+        # nothing listens to these.
+        rows_insert(Task, [task], returning=True)
+        event = task_event(
             task, TaskEvent.Kind.CREATED, to_column=column, to_status=task.status, user=user, note=note
-        ).save()
+        )
+        rows_insert(TaskEvent, [event])
         board_changed_on_commit(board.pk, [column.pk], pull=True)
     return task
 

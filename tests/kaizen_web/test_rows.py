@@ -61,6 +61,22 @@ def test_the_statement_is_the_same_whatever_the_number_of_rows():
     assert Inspection.objects.count() == 12
 
 
+def test_one_row_has_a_fixed_statement_of_its_own_and_reads_back_with_its_id():
+    tasks = _tasks(3)
+    first, second = (
+        _statements(lambda t=t: rows_insert(Inspection, _inspections([t]), returning=True)) for t in tasks[:2]
+    )
+    assert first == second
+    [(sql, many)] = [(sql, many) for sql, many in first if sql.startswith("INSERT")]
+    if connection.vendor == "postgresql":
+        # Values, not one-element arrays (psycopg dumps each array in Python).
+        assert "VALUES" in sql and "unnest" not in sql and "%s::jsonb" in sql and not many
+    made = _inspections(tasks[2:])
+    rows_insert(Inspection, made, returning=True)
+    saved = Inspection.objects.get(pk=made[0].pk)
+    assert (saved.task_id, saved.failures, saved.notes) == (tasks[2].pk, made[0].failures, made[0].notes)
+
+
 def test_rows_read_back_as_they_were_made_and_get_their_ids_in_order():
     tasks = _tasks(5)
     made = _inspections(tasks)
