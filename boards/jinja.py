@@ -5,9 +5,9 @@ Only the board's card is a Jinja2 template (``boards/card.html``): a page or a
 live update draws up to KAIZEN_COLUMN_CARD_LIMIT cards a column, and on a busy
 line nearly every card it draws is new (boards.fragments.cards_html_set keeps
 the others). The Django template language interprets each variable, filter and
-``if`` as it renders, some 0.35 ms a card; Jinja2 compiles the template to
-Python once (bench/README.md, "A card in Jinja2"). Everything else stays in
-Django's templates.
+``if`` as it renders, 0.33 ms a card; Jinja2 compiles the template to Python
+once, and a card costs 0.07 ms (bench/cards.py; bench/README.md, "Fourth
+stop"). Everything else stays in Django's templates.
 
 The filters are Django's own, or give what Django's give, so a card reads as
 the Django template wrote it: numbers and ages in words in the active language.
@@ -45,7 +45,9 @@ def timesince(moment: datetime | None) -> str:
     Under a day, Django's words are those of the whole minutes elapsed alone
     (hours and minutes; no calendar), so they are worked out once a minute
     count and a language: most cards on a board are under a day old, and
-    Django's timesince was a quarter of a card's rendering."""
+    Django's timesince was a quarter of a card's rendering. (Elapsed time, as
+    Django counts it for the database's moments, which are in UTC: for a moment
+    in a zone with daylight saving, Django counts wall-clock time instead.)"""
     if not moment:
         return ""
     now = timezone.now() if timezone.is_aware(moment) else datetime.now()  # noqa: DTZ005 (naive as given)

@@ -23,14 +23,15 @@ def _django(source: str, **context) -> str:
 
 
 # Under a day the words depend on the whole minutes alone; past it, on the calendar.
+# (No span within a second of a minute's turn: the two filters read the clock apart.)
 SPANS = [
     timedelta(seconds=0),
-    timedelta(seconds=59),
+    timedelta(seconds=30),
     timedelta(minutes=1, seconds=30),
     timedelta(minutes=59),
     timedelta(hours=1),
     timedelta(hours=1, minutes=1),
-    timedelta(hours=23, minutes=59, seconds=59),
+    timedelta(hours=23, minutes=58, seconds=30),
     timedelta(days=1),
     timedelta(days=3, hours=4),
     timedelta(days=40),
@@ -165,3 +166,27 @@ def test_what_people_typed_is_escaped_everywhere_a_card_shows_it():
     assert "finished 3\xa0minutes ago" in text
     assert cards.attributes[f"task-{done.pk}"]["data-status"] == "done"
     assert cards.attributes[f"task-{failed.pk}"]["data-status"] == "failed"
+
+
+def test_a_card_shows_its_hold_priority_capability_and_a_long_error_cut_short():
+    card = Task(
+        pk=7,
+        title="Weigh the pallets",
+        status="failed",
+        priority=3,
+        capability="vision",
+        attempts=2,
+        last_error="x" * 200,
+        created_at=timezone.now(),
+    )
+    card.card_url = "/boards/b/tasks/7/"
+    card.pull_hold, card.pull_hold_level = "Waits: no agent offers vision.", "busy"
+    html = engines["jinja2"].get_template("boards/card.html").render({"task": card})
+
+    assert 'class="card card--failed card--held card--held-busy"' in html
+    assert 'aria-describedby="task-7-hold"' in html and 'data-url="/boards/b/tasks/7/"' in html
+    assert 'class="tag tag--priority tag--urgent" title="Priority 3 (higher is more urgent)">P3<' in html
+    assert 'title="Needs capability vision">vision<' in html
+    assert "Waits: no agent offers vision." in html
+    # truncatechars:90, as Django cuts: 89 characters and an ellipsis.
+    assert f"after 2 attempts: {'x' * 89}…</p>" in html

@@ -150,3 +150,6 @@ def test_update_fields_merge_a_row_into_the_one_its_unique_fields_match():
         (tasks[0].pk, 2.0, 1.0),  # merged: only lead_s taken from the new row
         (tasks[1].pk, 3.0, 3.0),
     ]
+    # One row alone (a VALUES statement on PostgreSQL) merges the same way.
+    rows_insert(MudaFinish, [finish(tasks[1], 4.0)], **upsert)
+    assert MudaFinish.objects.get(task=tasks[1]).lead_s == 4.0 and MudaFinish.objects.count() == 2
