@@ -55,36 +55,16 @@ def main() -> None:
         tasks.append(
             Task(board=board, column=columns["ready"], status="ready", title=f"bench task {i}", position=i)
         )
-        tasks.append(
-            Task(
-                board=board,
-                column=columns["in_progress"],
-                status="running",
-                title=f"bench task r{i}",
-                position=i,
-                agent=agent,
-                attempts=1,
-                started_at=now - timedelta(seconds=i),
+        # A running card and a done one, as the line leaves them (the done one with its ledger line).
+        run = {"board": board, "agent": agent, "attempts": 1, "position": i}
+        started = now - timedelta(seconds=i + 3)
+        done = {"finished_at": now - timedelta(seconds=i), "cost": 0.00012, "model_calls": 1}
+        done |= {"accepted_tier": 1, "confidence": 0.93}
+        for status, role, extra in (("running", "in_progress", {}), ("done", "done", done)):
+            title = f"bench task {status[0]}{i}"
+            tasks.append(
+                Task(column=columns[role], status=status, title=title, started_at=started, **run, **extra)
             )
-        )
-        tasks.append(
-            Task(
-                board=board,
-                column=columns["done"],
-                status="done",
-                title=f"bench task d{i}",
-                position=i,
-                agent=agent,
-                attempts=1,
-                started_at=now - timedelta(seconds=i + 3),
-                finished_at=now - timedelta(seconds=i),
-                cost=0.00012,
-                model_calls=1,
-                accepted_tier=1,
-                confidence=0.93,
-                output="minor",
-            )
-        )
     Task.objects.bulk_create(tasks)
 
     def timed(cold: bool) -> float:
