@@ -207,7 +207,8 @@ CARD_HTML_KEPT = 5000
 def cards_html_set(*, columns: list[ColumnView]) -> None:
     """Put each drawn card's HTML on it (``card_html``): kept from an earlier
     render while the card shows the same, else rendered now from the card's
-    template (``templates/jinja2/boards/card.html``). Call once the cards have their reasons to wait and their ages."""
+    template (``templates/jinja2/boards/card.html``). Call once the cards have
+    their reasons to wait and their ages."""
     template = None
     now = timezone.now()
     context = (timezone.get_current_timezone_name(), get_language())

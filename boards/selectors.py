@@ -397,6 +397,8 @@ _BOARD_AGENTS_CAPABILITIES = Prepared(
     ),
     board_id=int,
 )
+
+
 _BOARD_AGENT_NAMES = Prepared(
     lambda *, board_id: (
         Agent.objects.filter(pk__in=_board_agent_ids(board_id))

@@ -149,7 +149,7 @@ def _statement(
     columns = _columns(model)
     names = ", ".join(quote(_column_name(column.field)) for column in columns)
     table = quote(model._meta.db_table)
-    if connection.vendor == "postgresql" and one:
+    if one:
         # One row: a plain VALUES list. Arrays of one element cost more to bind
         # (psycopg dumps each array in Python) than the values themselves.
         values = ", ".join("%s::jsonb" if column.json else "%s" for column in columns)
@@ -240,6 +240,8 @@ def rows_insert(
         raise ValueError("rows_insert updates on a conflict given both unique_fields and update_fields")
     alias = router.db_for_write(model)
     connection = connections[alias]
+    # One row on PostgreSQL: the VALUES form (see above). SQLite's is the same either way.
+    one = len(objs) == 1 and connection.vendor == "postgresql"
     statement = _statement(
         model,
         alias,
@@ -247,12 +249,12 @@ def rows_insert(
         ignore_conflicts=ignore_conflicts,
         unique_fields=tuple(unique_fields),
         update_fields=tuple(update_fields),
-        one=len(objs) == 1,
+        one=one,
     )
     columns = [_values(column, objs, connection) for column in statement.columns]
     with connection.cursor() as cursor:
         if statement.vendor == "postgresql":
-            cursor.execute(statement.sql, [values[0] for values in columns] if len(objs) == 1 else columns)
+            cursor.execute(statement.sql, [values[0] for values in columns] if one else columns)
             if returning:
                 for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
                     obj.pk = pk
