@@ -224,14 +224,17 @@ def calls_charge(rows: Sequence[ModelCall]) -> Charged:
             charges[key] = (rule, end, amount + (before[2] if before else ZERO))
     for (_, start), (rule, end, amount) in sorted(charges.items(), key=lambda item: item[0]):
         period = _period_charge(rule, start=start, end=end, amount=amount)
-        if end > now:
+        if period is not None and end > now:
             _thresholds_check(rule, period, charged=charged, now=now)
     return charged
 
 
-def _period_charge(rule: BudgetRule, *, start: datetime, end: datetime, amount: Decimal) -> BudgetPeriod:
+def _period_charge(
+    rule: BudgetRule, *, start: datetime, end: datetime, amount: Decimal
+) -> BudgetPeriod | None:
     """Add ``amount`` to the period's running total, locked; a period without a
-    row yet starts from the ledger's sum, which already holds this transaction's rows."""
+    row yet starts from the ledger's sum, which already holds this transaction's rows.
+    None when the budget was deleted since the rules were read (up to TTL ago)."""
     if connection.vendor == "postgresql":
         # One statement on the hot path: add and read back under the row lock
         # (numeric arithmetic is exact there; SQLite's is not, so it reads,
@@ -244,6 +247,13 @@ def _period_charge(rule: BudgetRule, *, start: datetime, end: datetime, amount: 
             BudgetPeriod.objects.filter(pk=period.pk).update(spent=period.spent)
     if period is not None:
         return period
+    # Read up to TTL ago, the rule may be of a budget deleted since (in another
+    # process, or by a transaction that committed after the read): a period made
+    # for it would point at no budget and fail the completion's commit. The
+    # budget's row is locked until this transaction ends (budget_delete locks
+    # it too), so it cannot go between this look and the new period's insert.
+    if not Budget.objects.select_for_update(no_key=True).filter(pk=rule.pk).exists():
+        return None
     try:
         with transaction.atomic():
             return BudgetPeriod.objects.create(

@@ -171,6 +171,18 @@ def _metric_label_names():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_budget_rules():
+    """The line keeps the budgets in memory for two seconds (andon.budgets.budget_rules);
+    each test's are its own. On SQLite a rolled-back test's ids are handed out
+    again, so an earlier test's budget would be charged under a later test's id."""
+    from andon import budgets
+
+    budgets.budget_rules.clear()
+    yield
+    budgets.budget_rules.clear()
+
+
+@pytest.fixture(autouse=True)
 def _board_page_fresh():
     """The board page's live part is rendered for every load, as the tests read
     it right after changing the board (the page may otherwise show it as it was

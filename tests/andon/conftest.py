@@ -10,16 +10,6 @@ from tests.andon.helpers import escalate
 from tests.factories import make_reviewer
 
 
-@pytest.fixture(autouse=True)
-def _fresh_budget_rules():
-    """The line keeps budgets in memory for two seconds; each test's are its own."""
-    from andon import budgets
-
-    budgets.budget_rules.clear()
-    yield
-    budgets.budget_rules.clear()
-
-
 @pytest.fixture
 def ana(db):
     return make_reviewer(username="ana")

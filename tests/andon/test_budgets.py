@@ -374,6 +374,30 @@ def test_without_budgets_charging_makes_no_query(board, solo, django_assert_num_
         assert not budgets.calls_charge(rows)
 
 
+@pytest.mark.django_db
+def test_a_budget_deleted_while_its_rule_is_still_remembered_is_not_charged(board, solo, keeper):
+    """A process remembers the budgets for up to two seconds: a budget deleted
+    meanwhile (by another process) must not be charged, or its new period would
+    point at no budget and the completion's commit would fail on its foreign key."""
+    from django.db import connection
+
+    b = budget(keeper, agent=solo, limit=Decimal("1000"))
+    budgets.budget_rules.get()  # remembered, as a running process has them
+    Budget.objects.filter(pk=b.pk).delete()  # by another process: no clear here
+    feed(board, 1)
+    [claim] = pull(board)
+    task = Task.objects.get(pk=claim.task_id)
+    rows = ModelCall.objects.bulk_create(
+        [ModelCall(task=task, board=board, agent=solo, cost=Decimal("1"), created_at=timezone.now())]
+    )
+    assert [rule.pk for rule in budgets.budget_rules.get()] == [b.pk]
+
+    assert not budgets.calls_charge(rows)
+
+    assert not BudgetPeriod.objects.exists()
+    connection.check_constraints()  # what the commit would check: no period of no budget
+
+
 # --- the real runtime ------------------------------------------------------------------------
 
 
