@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Run the whole test suite twice, on SQLite and on PostgreSQL. ``make test`` calls this.
 
-The two passes run side by side (each line they print starts with its name):
-much of a pass waits on the processes it starts (a Celery worker, a web server,
-a browser), so together they take little more than the longer one alone.
-``--serial`` runs one after the other. Both passes use a real Redis and their
+The two passes run side by side (each line they print starts with its name),
+and each pass in two pytest-xdist workers (``--workers``), whole test files
+handed out as workers free up: much of a test waits on the processes it starts
+(a Celery worker, a web server, a browser), so four processes keep the two
+cores busier than two did. ``--serial`` runs the passes one after the other.
+Each worker has a Redis database of its own (tests/settings.py): the pass's,
+then on by the number of passes per worker. Both passes use a real Redis and their
 own Celery queue, so a run never takes messages meant for another. It exits
 non-zero if either pass fails, including when a pass collects no tests at all
 (pytest's exit code 5).
@@ -14,12 +17,13 @@ Environment:
                      postgres://postgres@127.0.0.1:5432/test; pytest-django
                      creates and drops test_<name> beside it)
   TEST_REDIS_URL     Redis for the SQLite pass (default redis://127.0.0.1:6379/1);
-                     the PostgreSQL pass uses the next database number, so the
-                     two passes never share a key (pull flags, heartbeats, the
-                     cache) or a live-update channel (its prefix names the database)
+                     the PostgreSQL pass uses the next database number, and their
+                     second workers the two after (1 to 4 by default), so no two
+                     workers share a key (pull flags, heartbeats, the cache) or a
+                     live-update channel (its prefix names the database)
   KAIZEN_VAR_DIR     where test files go (default var/test, apart from the demo's var/)
 
-Usage: scripts/test.py [--only sqlite|postgres] [--serial] [pytest arguments...]
+Usage: scripts/test.py [--only sqlite|postgres] [--serial] [--workers N] [pytest arguments...]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/1"
 NO_TESTS_COLLECTED = 5
 PASSES = ("sqlite", "postgres")
+DEFAULT_WORKERS = 2
 
 
 def banner(text: str) -> None:
@@ -148,6 +153,12 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=["sqlite", "postgres"], help="run one pass only")
     parser.add_argument("--serial", action="store_true", help="run the passes one after the other")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"pytest-xdist workers per pass (default {DEFAULT_WORKERS}; 1: none, tests in one process)",
+    )
     args, pytest_args = parser.parse_known_args()
 
     var_root = Path(os.environ.get("KAIZEN_VAR_DIR") or BASE_DIR / "var" / "test").resolve()
@@ -155,9 +166,19 @@ def main() -> int:
     postgres_url = os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES
     run_id = uuid.uuid4().hex[:8]
 
+    if args.workers < 1:
+        parser.error("--workers must be 1 or more")
     passes = [p for p in PASSES if args.only in (None, p)]
     redis_urls = {name: pass_redis_url(redis_url, PASSES.index(name)) for name in passes}
-    problems = [redis_problem(url) for url in redis_urls.values()]
+    # Every Redis database a worker uses: its pass's, on by len(PASSES) per worker.
+    worker_redis_urls = [
+        pass_redis_url(url, len(PASSES) * worker)
+        for url in redis_urls.values()
+        for worker in range(args.workers)
+    ]
+    if args.workers > 1:
+        pytest_args = ["-n", str(args.workers), "--dist", "loadfile", *pytest_args]
+    problems = [redis_problem(url) for url in worker_redis_urls]
     if "postgres" in passes:
         problems.append(postgres_problem(postgres_url))
     problems = [p for p in problems if p]
@@ -185,6 +206,7 @@ def main() -> int:
                 "CELERY_QUEUE": f"kaizen-test-{run_id}-{name}",
                 # The response cache's keys, apart from other runs' and dropped with the queues.
                 "KAIZEN_CACHE_PREFIX": f"kaizen-test-{run_id}-{name}-cache",
+                "KAIZEN_TEST_REDIS_STRIDE": str(len(PASSES)),
                 "DJANGO_SETTINGS_MODULE": "tests.settings",
                 "PYTHONUNBUFFERED": "1",
             }
@@ -202,7 +224,7 @@ def main() -> int:
     else:
         results = run_passes_side_by_side(envs, pytest_args)
 
-    for url in redis_urls.values():
+    for url in worker_redis_urls:
         drop_queues(url, f"kaizen-test-{run_id}-")
     banner("Summary")
     for name, code in results.items():
