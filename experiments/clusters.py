@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 DISTANCE = 0.7
 MIN_TASKS = 3
@@ -99,6 +98,8 @@ def reason_clusters(
     if len(texts) == 1:
         labels = np.ones(1, dtype=int)
     else:
+        from scipy.cluster.hierarchy import fcluster, linkage  # at first use: see experiments.stats
+
         tree = linkage(vectors, method="average", metric="cosine")
         labels = fcluster(tree, t=distance, criterion="distance")
     label_of = dict(zip(texts, labels, strict=True))

@@ -53,7 +53,6 @@ import numpy as np
 from django.db.models import FloatField, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
-from scipy import stats
 
 from boards.agents.simulated import SIMULATED_PROFILES
 from boards.agents.spec import ConfigError, Tier, parse_cascade
@@ -84,6 +83,8 @@ def wilson(passes: int, n: int, level: float = CONFIDENCE) -> tuple[float, float
     """The Wilson score interval of a pass rate (scipy's), None with no trials."""
     if n <= 0:
         return None
+    from scipy import stats  # at first use: see experiments.stats
+
     ci = stats.binomtest(passes, n).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
 

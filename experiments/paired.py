@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,8 @@ def mcnemar_exact_p(only_baseline: int, only_candidate: int) -> float:
     discordant = only_baseline + only_candidate
     if discordant == 0 or only_baseline == only_candidate:
         return 1.0
+    from scipy import stats  # at first use: see experiments.stats
+
     return float(min(1.0, 2 * stats.binom.cdf(min(only_baseline, only_candidate), discordant, 0.5)))
 
 
@@ -126,6 +127,8 @@ def noninferiority_p_many(
     pairs: np.ndarray, only_baseline: np.ndarray, only_candidate: np.ndarray, margin: float = DEFAULT_MARGIN
 ) -> np.ndarray:
     """One-sided p-values of Tango's test, elementwise (1.0 where there are no pairs)."""
+    from scipy import stats
+
     z = noninferiority_z_many(pairs, only_baseline, only_candidate, margin)
     return np.where(np.isnan(z), 1.0, stats.norm.sf(np.nan_to_num(z)))
 
@@ -212,6 +215,8 @@ def replay_sample_size(
         raise ValueError(f"power must lie in (0, 1): {power}")
     planned = 1 - (1 - power) * (1 - POWER_SAFETY)
     sigma0, sigma1 = _sigmas(discordance, margin)
+    from scipy import stats
+
     n = ((stats.norm.isf(alpha) * sigma0 + stats.norm.ppf(planned) * sigma1) / margin) ** 2
     # 1e-9: a product that lands on a whole number should not round up past it.
     return max(1, math.ceil(n - 1e-9))
@@ -230,6 +235,8 @@ def achieved_power(
     if pairs <= 0:
         return 0.0
     sigma0, sigma1 = _sigmas(discordance, margin)
+    from scipy import stats
+
     excess = math.sqrt(pairs) * margin - stats.norm.isf(alpha) * sigma0
     if sigma1 == 0:
         # Versions that never disagree: the statistic is sqrt(n·margin / (1 - margin)),

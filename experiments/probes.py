@@ -43,7 +43,6 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -680,6 +679,8 @@ def worse_p(only_baseline: int, only_candidate: int) -> float:
     discordant = only_baseline + only_candidate
     if discordant == 0:
         return 1.0
+    from scipy import stats  # at first use: see experiments.stats
+
     return float(stats.binomtest(only_candidate, discordant, 0.5, alternative="greater").pvalue)
 
 

@@ -41,7 +41,11 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special, stats
+
+# SciPy is imported where it is used, not here: importing it costs about 0.7 s of
+# CPU, which every web server, worker and management command paid at start
+# (experiments.plans imports this module) whether or not it ever looked at an
+# experiment.
 
 ALPHA = 0.025
 # A rollback is the safe direction: the control is the prompt that ran before, and a
@@ -61,7 +65,8 @@ DESIGN_POWER = 0.90
 FUTILITY_POWER = 0.10
 FUTILITY_FROM = 0.5
 # The unadjusted 95% interval's multiplier, for looks below MIN_PER_ARM.
-Z_975 = float(stats.norm.isf(0.025))
+# scipy.stats.norm.isf(0.025), written out (tests/experiments/test_stats.py checks it).
+Z_975 = 1.9599639845400545
 
 STAGES = ("canary", "efficacy")
 DECISIONS = ("continue", "promote", "rollback", "futility", "pause_srm")
@@ -93,6 +98,8 @@ def obf_spending(t: float, alpha: float = ALPHA) -> float:
     t = min(t, 1.0)
     # 2·Phi(-x) rather than 2 - 2·Phi(x): early looks spend about 1e-23, which the
     # subtraction would round to 0.
+    from scipy import stats
+
     return float(2 * stats.norm.sf(stats.norm.isf(alpha / 2) / math.sqrt(t)))
 
 
@@ -175,6 +182,8 @@ def _look(
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """The boundary at the last of these looks, and the grid and weighted sub-density of
     Z_K on its continuation region (-inf, c_K) (Armitage, McPherson & Rowe 1969)."""
+    from scipy import optimize, special, stats
+
     spend = _SPENDING[spending]
     t = fractions[-1]
     increment = spend(t, alpha) - (spend(fractions[-2], alpha) if len(fractions) > 1 else 0.0)
@@ -298,6 +307,8 @@ def _srm_pvalues(n_control: np.ndarray, n_treatment: np.ndarray, expected_share:
     valid = expected.min(axis=0) >= 5
     p = np.full(total.shape, np.nan)
     if valid.any():
+        from scipy import stats
+
         p[valid] = stats.chisquare(observed[:, valid], expected[:, valid], axis=0).pvalue
     return p
 
@@ -305,6 +316,8 @@ def _srm_pvalues(n_control: np.ndarray, n_treatment: np.ndarray, expected_share:
 def treatment_lower_bound(successes: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Exact (Clopper-Pearson) one-sided 97.5% lower bound of a success rate: the guard
     is a "never", so it uses the interval that never covers less than it says."""
+    from scipy import special
+
     successes = np.asarray(successes, dtype=float)
     n = np.asarray(n, dtype=float)
     lower = np.zeros(np.broadcast(successes, n).shape)
@@ -385,6 +398,8 @@ def evaluate_many(
     # that B(1) = B(t) + theta·(1 - t) + N(0, 1 - t) ends above the final boundary, taken
     # as if the only look left were at t = 1, the lowest final boundary any later
     # schedule could have, so the rule never stops an experiment too eagerly.
+    from scipy import stats
+
     theta = stats.norm.isf(ALPHA) + stats.norm.ppf(DESIGN_POWER)
     with np.errstate(divide="ignore", invalid="ignore"):
         rest = 1 - fraction

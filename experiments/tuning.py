@@ -46,8 +46,6 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scipy import stats
-
 from andon.inspection import parse_checks
 from boards.agents.spec import (
     GENERATION_PARAMETERS,
@@ -584,6 +582,8 @@ def plan_sampling(window: Window) -> Plan | None:
                 [rate.passes, rate.n - rate.passes],
                 [today_rate.passes, today_rate.n - today_rate.passes],
             ]
+            from scipy import stats  # at first use: see experiments.stats
+
             p_value = float(stats.fisher_exact(table).pvalue)
             if p_value < ALPHA / len(alternatives):
                 found.append((rate.rate or 0, setting, rate, cost, p_value, group))

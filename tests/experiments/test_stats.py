@@ -60,6 +60,11 @@ def efficacy_look(control: tuple[int, int], treatment: tuple[int, int], looks_be
     )
 
 
+def test_the_unadjusted_multiplier_is_scipys():
+    # Written out in experiments.stats, so that importing it does not import SciPy.
+    assert stats.Z_975 == float(scipy_stats.norm.isf(0.025))
+
+
 def test_obf_boundaries_match_published_k5():
     assert boundaries(K5, "obf", 0.025) == pytest.approx(PUBLISHED_OBF_K5, abs=0.001)
 
