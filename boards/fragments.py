@@ -38,7 +38,7 @@ from boards.selectors import (
     board_columns_get,
     board_line_stops_get,
     board_pull_status_get,
-    board_sle_get,
+    board_sle_recent,
     cards_age_set,
 )
 from kaizen_web.prepared import Prepared, fields
@@ -67,7 +67,7 @@ def board_live_context(*, board: Board, column_ids: set[int] | None = None, with
     # when such a card is drawn (an update of Ready alone draws none).
     in_flight = (Task.Status.RUNNING, Task.Status.REVIEW)
     if any(card.status in in_flight for view in columns for card in view.cards):
-        cards_age_set(columns=columns, sle=board_sle_get(board=board))
+        cards_age_set(columns=columns, sle=board_sle_recent.get(board))
     cards_html_set(columns=columns)
     warnings = budget_warnings_get(board=board) if board_budgets_exist(board=board) else []
     return {

@@ -188,16 +188,20 @@ def _board_page_fresh():
     it right after changing the board (the page may otherwise show it as it was
     up to KAIZEN_BOARD_PAGE_MAX_AGE_MS before: boards.fragments.board_live_html_get;
     tests/boards/test_views_board_page_cache.py turns it on). What a process
-    kept is forgotten: on SQLite a rolled-back test's board ids are handed out again."""
+    kept (that part, the SLE) is forgotten: on SQLite a rolled-back test's board ids are
+    handed out again."""
     from django.test import override_settings
 
     from boards.fragments import board_live_html_clear
+    from boards.selectors import board_sle_recent
 
     # override_settings, not the settings fixture: some tests take a parameter of that name.
     with override_settings(KAIZEN_BOARD_PAGE_MAX_AGE_MS=0):
         board_live_html_clear()
+        board_sle_recent.clear()
         yield
         board_live_html_clear()
+        board_sle_recent.clear()
 
 
 @pytest.fixture(autouse=True)

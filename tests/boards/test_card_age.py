@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from boards.fragments import render_board_update
 from boards.models import Task, TaskEvent
-from boards.selectors import board_sle_get
+from boards.selectors import board_sle_get, board_sle_recent
 from tests.factories import make_agent, make_board
 
 pytestmark = pytest.mark.django_db
@@ -106,8 +106,44 @@ def test_the_age_costs_one_query_whatever_the_history():
     for _ in range(20):
         _history(board, agent)
         _running(board, agent, "more", 50)
+    board_sle_recent.clear()  # read again, as it is every few seconds
     with CaptureQueriesContext(connection) as many:
         render_board_update(board_id=board.pk, column_ids=ids)
     assert len(many.captured_queries) == len(few.captured_queries)
     # The SLE's one query (the cards' first claims are a subquery of their own query).
     assert sum('"first_claim"' in q["sql"] for q in few.captured_queries) == 1
+
+
+def _sle_reads(queries) -> int:
+    return sum('"first_claim"' in q["sql"] for q in queries)
+
+
+def test_the_live_updates_read_the_sle_at_most_once_every_few_seconds(monkeypatch):
+    board = make_board(doing_limit=None)
+    agent = make_agent(boards=[board])
+    _history(board, agent)  # 70th percentile 700 s
+    card = _running(board, agent, "a", 800)
+    ids = set(board.columns.values_list("pk", flat=True))
+    clock = [1000.0]
+    monkeypatch.setattr(board_sle_recent, "_clock", lambda: clock[0])
+
+    def level() -> str:
+        html = render_board_update(board_id=board.pk, column_ids=ids)
+        li = re.search(rf'<li id="task-{card.pk}".*?</li>', html, re.S).group(0)
+        return re.search(r"card-age--(\w+)", li).group(1)
+
+    with CaptureQueriesContext(connection) as first:
+        assert level() == "amber"
+    assert _sle_reads(first.captured_queries) == 1
+    for _ in range(3):  # longer cycle times: 800 s is no longer past the 70th percentile
+        _finished(board, agent, 5000)
+
+    clock[0] += board_sle_recent.TTL - 0.5
+    with CaptureQueriesContext(connection) as kept:
+        assert level() == "amber"
+    assert _sle_reads(kept.captured_queries) == 0
+
+    clock[0] += 1.0
+    with CaptureQueriesContext(connection) as again:
+        assert level() == "ok"
+    assert _sle_reads(again.captured_queries) == 1
