@@ -15,11 +15,13 @@ combination of None values is compiled on its own.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import connections
 from django.db.models import Model, QuerySet
 
@@ -97,7 +99,7 @@ class Prepared:
         params = list(compiled.params)
         for index, name in compiled.places:
             params[index] = values[name]
-        with connections[alias].cursor() as cursor:
+        with _cursor(alias) as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchall()
         if compiled.compiler is not None and rows:
@@ -141,6 +143,42 @@ class Prepared:
         if alias is None:
             alias = self._alias = self._build(**self._stand_ins).db
         return alias
+
+
+def _cursor(alias: str) -> Any:
+    """A cursor of ``alias``, as ``connection.cursor()`` gives it (wrapped, so
+    query logging, execute wrappers and test query counts see it), which on
+    PostgreSQL prepares each statement: PostgreSQL plans it once per connection
+    (the pool keeps connections, and psycopg their prepared statements) rather
+    than at every call. Django's own cursors bind values in the client and never
+    prepare (its server_side_binding option binds on the server without
+    preparing, which cost more: bench/README.md)."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql" or not settings.KAIZEN_DB_PREPARE:
+        return connection.cursor()
+    # BaseDatabaseWrapper._cursor, with a cursor of ours.
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(_preparing_cursor_class()(connection.connection))  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _preparing_cursor_class() -> type:
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    class PreparingCursor(ServerBindingCursor):
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=True, binary=binary)
+
+        def _send_query_prepared(self, name, pgq, *, binary=None):
+            # psycopg notes the query run (_query) only for statements it does not
+            # prepare; Django's debug cursor (query logging, the tests' query
+            # counts) reads the SQL from it.
+            self._query = pgq
+            super()._send_query_prepared(name, pgq, binary=binary)
+
+    return PreparingCursor
 
 
 def fields(model: type[Model]) -> list[str]:

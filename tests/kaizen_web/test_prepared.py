@@ -120,3 +120,37 @@ def test_a_value_the_sql_does_not_take_is_refused():
 def test_only_ints_and_text():
     with pytest.raises(TypeError, match="an int or a str"):
         Prepared(lambda *, when: Task.objects.values_list("pk"), when=datetime)
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.postgres
+def test_postgresql_prepares_it_once_per_connection_and_django_s_own_queries_never():
+    board = make_board()
+    column_id = board.columns.first().pk
+    prepared = Prepared(_tasks, column_id=int, title=str)
+    before = _prepared_statements()
+    with CaptureQueriesContext(connection) as queries:
+        for title in ("a", "b", "c"):
+            assert prepared.rows(column_id=column_id, title=title) == list(
+                _tasks(column_id=column_id, title=title)
+            )
+    # Still run through Django's cursor wrapper: counted, logged, wrapped.
+    assert sum(q["sql"].startswith('SELECT "boards_task"."id"') for q in queries.captured_queries) == 6
+    made = [s for s in _prepared_statements() if s not in before]
+    # One PREPARE for the three calls; the querysets' own runs prepared nothing.
+    assert len(made) == 1 and '"boards_task"."column_id" = $1' in made[0]
+
+
+@pytest.mark.postgres
+def test_preparing_is_off_with_kaizen_db_prepare_off(settings):
+    settings.KAIZEN_DB_PREPARE = False
+    board = make_board()
+    prepared = Prepared(_tasks, column_id=int, title=str)
+    before = _prepared_statements()
+    assert prepared.rows(column_id=board.columns.first().pk, title="a") == []
+    assert _prepared_statements() == before
