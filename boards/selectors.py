@@ -734,7 +734,9 @@ def _waiting_query(*, column_id: int) -> QuerySet:
 
 
 # Read for every live update of a board: compiled once (kaizen_web.prepared).
-_RUNNING = Prepared(_running_query, doing_id=int, board_id=int)
+# Not prepared: the running tasks are a few rows of many, which a plan kept for
+# every value of its status would not know (kaizen_web.prepared).
+_RUNNING = Prepared(_running_query, prepare=False, doing_id=int, board_id=int)
 _WAITING = Prepared(_waiting_query, column_id=int)
 
 

@@ -53,8 +53,14 @@ class Prepared:
     is wanted); ``kinds`` says which values are integers and which are text, e.g.
     ``Prepared(build, agent_id=int, input_key=str)``. ``rows(**values)`` runs it."""
 
-    def __init__(self, build: Callable[..., QuerySet], **kinds: type) -> None:
+    def __init__(self, build: Callable[..., QuerySet], *, prepare: bool = True, **kinds: type) -> None:
         self._build = build
+        # On PostgreSQL, prepared once per connection (see _cursor). Every value of
+        # the SQL is then a parameter, the build's constants too, and after five
+        # calls PostgreSQL may keep one plan for all values: a query whose best plan
+        # depends on such a constant's rarity (status = 'running', a few rows of
+        # many) says prepare=False.
+        self._prepare = prepare
         self._stand_ins: dict[str, Any] = {}
         for index, (name, kind) in enumerate(kinds.items()):
             if kind is int:
@@ -99,7 +105,7 @@ class Prepared:
         params = list(compiled.params)
         for index, name in compiled.places:
             params[index] = values[name]
-        with _cursor(alias) as cursor:
+        with _cursor(alias, prepare=self._prepare) as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchall()
         if compiled.compiler is not None and rows:
@@ -145,7 +151,7 @@ class Prepared:
         return alias
 
 
-def _cursor(alias: str) -> Any:
+def _cursor(alias: str, *, prepare: bool = True) -> Any:
     """A cursor of ``alias``, as ``connection.cursor()`` gives it (wrapped, so
     query logging, execute wrappers and test query counts see it), which on
     PostgreSQL prepares each statement: PostgreSQL plans it once per connection
@@ -154,9 +160,11 @@ def _cursor(alias: str) -> Any:
     prepare (its server_side_binding option binds on the server without
     preparing, which cost more: bench/README.md)."""
     connection = connections[alias]
-    if connection.vendor != "postgresql" or not settings.KAIZEN_DB_PREPARE:
+    if not prepare or connection.vendor != "postgresql" or not settings.KAIZEN_DB_PREPARE:
         return connection.cursor()
-    # BaseDatabaseWrapper._cursor, with a cursor of ours.
+    # BaseDatabaseWrapper._cursor, with a cursor of ours (without the per-cursor
+    # time zone loader Django's create_cursor adds only when DATABASES sets a
+    # TIME_ZONE, which the settings never do).
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
@@ -169,7 +177,18 @@ def _preparing_cursor_class() -> type:
 
     class PreparingCursor(ServerBindingCursor):
         def execute(self, query, params=None, *, prepare=None, binary=None):
-            return super().execute(query, params, prepare=True, binary=binary)
+            # Django leaves the connection's threshold at None, with which psycopg
+            # prepares nothing, even when asked. Raised for this statement only: a
+            # threshold left set would have psycopg track every statement of
+            # Django's own cursors too (the last 100 texts, values and all) and
+            # drop every prepared statement at any ROLLBACK among them.
+            connection = self.connection
+            threshold = connection.prepare_threshold
+            connection.prepare_threshold = 2**31 - 1
+            try:
+                return super().execute(query, params, prepare=True, binary=binary)
+            finally:
+                connection.prepare_threshold = threshold
 
         def _send_query_prepared(self, name, pgq, *, binary=None):
             # psycopg notes the query run (_query) only for statements it does not

@@ -248,16 +248,11 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
 DATABASES = {"default": _db}
 # On PostgreSQL the line's hottest lookups (kaizen_web.prepared) are prepared once
 # per connection (PREPARE) instead of planned at every call: planning was nearly
-# half of PostgreSQL's time on the line (bench/README.md). Off behind a pooler in
-# transaction mode (PgBouncer before 1.21), where a statement prepared on one
-# server connection is not there on the next.
+# half of PostgreSQL's statement time on the line (bench/README.md, fifth stop). Off
+# behind a pooler in transaction mode that does not carry prepared statements
+# (PgBouncer before 1.21, or without max_prepared_statements), where a statement
+# prepared on one server connection is not there on the next.
 KAIZEN_DB_PREPARE = env_bool("KAIZEN_DB_PREPARE", True)
-if KAIZEN_DB_PREPARE and _db["ENGINE"] == "django.db.backends.postgresql":
-    # Django turns psycopg's preparing off (None), which also refuses the statements
-    # kaizen_web.prepared asks to prepare. A threshold never reached: psycopg
-    # prepares those at once, and Django's own cursors bind in the client, where
-    # psycopg never prepares.
-    _db["OPTIONS"].setdefault("prepare_threshold", 2**31 - 1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker and the channel layer ------------------------------

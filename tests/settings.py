@@ -50,9 +50,15 @@ def _xdist_worker_apart(worker: str) -> None:
     os.environ["KAIZEN_CACHE_PREFIX"] = f"{os.environ.get('KAIZEN_CACHE_PREFIX', 'cache')}-{worker}"
 
 
-# Only in the worker itself: the processes it starts inherit what it set.
-if "pytest" in sys.modules and os.environ.get("PYTEST_XDIST_WORKER"):
+# Only in the worker itself, once: the processes it starts inherit what it set
+# (and the mark, should one of them import pytest).
+if (
+    "pytest" in sys.modules
+    and os.environ.get("PYTEST_XDIST_WORKER")
+    and not os.environ.get("KAIZEN_TEST_WORKER_APART")
+):
     _xdist_worker_apart(os.environ["PYTEST_XDIST_WORKER"])
+    os.environ["KAIZEN_TEST_WORKER_APART"] = os.environ["PYTEST_XDIST_WORKER"]
 
 from kaizen_web.settings import *  # noqa: E402, F403
 

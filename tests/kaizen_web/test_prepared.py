@@ -144,6 +144,8 @@ def test_postgresql_prepares_it_once_per_connection_and_django_s_own_queries_nev
     made = [s for s in _prepared_statements() if s not in before]
     # One PREPARE for the three calls; the querysets' own runs prepared nothing.
     assert len(made) == 1 and '"boards_task"."column_id" = $1' in made[0]
+    # psycopg tracks nothing of Django's own statements (its threshold is Django's None).
+    assert connection.connection.prepare_threshold is None
 
 
 @pytest.mark.postgres
@@ -154,3 +156,14 @@ def test_preparing_is_off_with_kaizen_db_prepare_off(settings):
     before = _prepared_statements()
     assert prepared.rows(column_id=board.columns.first().pk, title="a") == []
     assert _prepared_statements() == before
+
+
+@pytest.mark.postgres
+def test_a_query_can_say_it_is_not_to_be_prepared():
+    board = make_board()
+    prepared = Prepared(_tasks, prepare=False, column_id=int, title=str)
+    before = _prepared_statements()
+    assert prepared.rows(column_id=board.columns.first().pk, title="a") == []
+    assert _prepared_statements() == before
+    # Nor is anything else prepared meanwhile: psycopg's threshold is back at Django's None.
+    assert connection.connection.prepare_threshold is None
