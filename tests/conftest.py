@@ -26,6 +26,7 @@ from django.db import connection
 
 from tests.factories import make_agent, make_board, make_user
 
+pytest_plugins = ["tests.scheduling"]
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Fixtures that need Redis whatever the test does: a test using one is marked redis.

@@ -74,6 +74,7 @@ ENV = {
 
 pytestmark = [
     pytest.mark.redis,
+    pytest.mark.long_running,
     pytest.mark.skipif(
         connection.vendor != "sqlite", reason="the unattended demo runs on the embedded default, SQLite"
     ),

@@ -28,9 +28,12 @@ from django.db import connection
 
 from tests.live import LiveProcess, free_port, log_path_for, register, wait_for
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "sqlite", reason="runs the bare-machine setup once, in the SQLite pass"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        connection.vendor != "sqlite", reason="runs the bare-machine setup once, in the SQLite pass"
+    ),
+    pytest.mark.long_running,
+]
 
 STARTUP = 180.0
 STOP = 40.0
