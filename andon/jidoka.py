@@ -30,6 +30,7 @@ from andon.inspection import CheckSpec, InspectionContext, Verdict, inspect, par
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
 from boards.agents.spec import ConfigError
 from boards.models import Agent, Task
+from kaizen_web.memo import KeyedTtl
 from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
@@ -70,23 +71,13 @@ class _OptimalLengths:
     MIN_PASSED = 20
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[int, tuple[float, int | None]] = {}
+        self._kept: KeyedTtl[int, int | None] = KeyedTtl(self.TTL, self._estimate)
 
     def get(self, agent_id: int) -> int | None:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._values.get(agent_id)
-        if cached is not None and now - cached[0] < self.TTL:
-            return cached[1]
-        value = self._estimate(agent_id)
-        with self._lock:
-            self._values[agent_id] = (now, value)
-        return value
+        return self._kept.get(agent_id)
 
     def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
+        self._kept.clear()
 
     def _estimate(self, agent_id: int) -> int | None:
         corrected = list(

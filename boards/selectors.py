@@ -5,8 +5,6 @@ number of tasks, so a board with thousands of cards costs what an empty one does
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +18,7 @@ from django.utils import timezone
 
 from boards import flow, pull_rules
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
+from kaizen_web.memo import KeyedTtl
 from kaizen_web.prepared import Prepared, fields
 
 if TYPE_CHECKING:
@@ -154,38 +153,12 @@ def board_sle_get(*, board: Board, now: datetime | None = None) -> flow.Percenti
     return flow.percentiles((finished - started).total_seconds() for finished, started in rows if started)
 
 
-class _RecentSle:
-    """``board_sle_get`` per board, read at most once every TTL seconds per
-    process. The live updates draw a busy board's in-flight cards many times a
-    second, and the query reads up to SLE_ITEMS finished items with each one's
-    first claim (5 ms a time on PostgreSQL at 500, the largest of the line's
-    reads: bench/README.md). The percentiles of the latest 500 cycle times move
-    slowly: a card turns amber or red at most TTL seconds late."""
-
-    TTL = 5.0
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._values: dict[int, tuple[float, flow.Percentiles]] = {}
-
-    def get(self, board: Board) -> flow.Percentiles:
-        now = self._clock()
-        with self._lock:
-            cached = self._values.get(board.pk)
-        if cached is not None and now - cached[0] < self.TTL:
-            return cached[1]
-        sle = board_sle_get(board=board)
-        with self._lock:
-            self._values[board.pk] = (now, sle)
-        return sle
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
-
-board_sle_recent = _RecentSle()
+# board_sle_get per board, read at most every 5 s per process. The live updates draw
+# a busy board's in-flight cards many times a second, and the query reads up to
+# SLE_ITEMS finished items with each one's first claim (5 ms a time on PostgreSQL at
+# 500: bench/README.md, fifth stop). The percentiles of the latest 500 cycle times
+# move slowly: a card turns amber or red at most 5 s late.
+board_sle_recent: KeyedTtl[Board, flow.Percentiles] = KeyedTtl(5.0, lambda board: board_sle_get(board=board))
 
 
 def cards_age_set(*, columns: list[ColumnView], sle: flow.Percentiles, now: datetime | None = None) -> None:

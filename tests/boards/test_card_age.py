@@ -138,7 +138,7 @@ def test_the_live_updates_read_the_sle_at_most_once_every_few_seconds(monkeypatc
     for _ in range(3):  # longer cycle times: 800 s is no longer past the 70th percentile
         _finished(board, agent, 5000)
 
-    clock[0] += board_sle_recent.TTL - 0.5
+    clock[0] += board_sle_recent.ttl - 0.5
     with CaptureQueriesContext(connection) as kept:
         assert level() == "amber"
     assert _sle_reads(kept.captured_queries) == 0
