@@ -36,7 +36,9 @@ def _render_board(board_id: int) -> list[live.Message]:
     return _render_columns(board_id, column_ids)
 
 
-BOARD_COLUMNS = live.Topic(name="board", render=_render_columns, render_whole=_render_board)
+BOARD_COLUMNS = live.Topic(
+    name="board", render=_render_columns, render_whole=_render_board, group=board_group
+)
 
 
 def columns_changed(board_id: int, column_ids: Iterable[int]) -> None:

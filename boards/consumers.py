@@ -30,6 +30,9 @@ class BoardConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.group = board_group(board_id)
+        # Subscribed before the socket opens, and the page re-reads the board once
+        # it has: a board is rendered only while someone is subscribed to it
+        # (kaizen_web.live.watched_groups), so no change falls between the two.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 

@@ -76,11 +76,16 @@ class Topic(Generic[K]):
     """Changes that merge by key. ``render(key, parts)`` renders the parts asked
     for one key within a burst; ``render_whole(key)`` renders all of it, for the
     catch-up after an outage (which parts changed meanwhile is not known). Both
-    run in the broadcaster thread and read the database as it is then."""
+    run in the broadcaster thread and read the database as it is then.
+
+    ``group(key)``, when given, names the one group a key's messages go to: a key
+    whose group nobody is subscribed to is not rendered at all (see watched_groups).
+    No update is lost by it: a page subscribes before it reads what it shows."""
 
     name: str
     render: Callable[[K, set], list[Message]]
     render_whole: Callable[[K], list[Message]]
+    group: Callable[[K], str] | None = None
 
 
 # A topic's key: what a message was rendered for, to render whole if it is lost
@@ -230,6 +235,7 @@ class Broadcaster:
             self._lost_keys.update(pending)
             pending = {}
         messages: list[tuple[str, dict, _Owner]] = []
+        pending = self._watched(loop, layer, pending)
         try:
             close_old_connections()
             for (topic, key), parts in pending.items():
@@ -253,6 +259,26 @@ class Broadcaster:
                 # back (one try each would wait out one timeout each).
                 self._fell_behind(exc, messages[index:])
                 return
+
+    @staticmethod
+    def _watched(loop: asyncio.AbstractEventLoop, layer, pending: dict[_Key, set]) -> dict[_Key, set]:
+        """The pending keys someone is watching: those of a topic without a
+        ``group``, and those whose group has a subscriber now. Rendering a board
+        for no one cost a busy worker a tenth of its CPU."""
+        groups = {owner: owner[0].group(owner[1]) for owner in pending if owner[0].group is not None}
+        if not groups:
+            return pending
+        try:
+            watched = loop.run_until_complete(watched_groups(layer, set(groups.values())))
+        except Exception:
+            # Cannot tell (the layer is out of reach): render, and let the send
+            # find out, and catch up, as before.
+            logger.debug("could not ask the channel layer who is watching", exc_info=True)
+            return pending
+        if watched is None:
+            return pending
+        unwatched = {owner for owner, group in groups.items() if group not in watched}
+        return {owner: parts for owner, parts in pending.items() if owner not in unwatched}
 
     # --- when the layer fails -----------------------------------------------------
 
@@ -345,6 +371,39 @@ class _CpuBudget:
         self.credit = max(min(earned, self.share * self.CREDIT_SECONDS) - seconds, -self.share * MAX_HOLD)
         self.at = now
         return max(-self.credit, 0.0) / self.share
+
+
+async def watched_groups(layer, groups: set[str]) -> set[str] | None:
+    """Which of ``groups`` have a subscriber now, or None when the layer cannot say.
+
+    The pub/sub layer of channels_redis (settings.CHANNEL_LAYERS) subscribes each
+    web server's Redis connection to a group's Redis channel while a consumer of
+    that server is in the group, and before ``group_add`` returns (the SUBSCRIBE
+    is on its way before the socket is accepted, so before the page re-reads the
+    board). ``PUBSUB NUMSUB`` counts those subscriptions. It uses the layer's
+    naming of group channels and its shards (channels_redis 4), through methods
+    that are not its public API: if they are missing, every group counts as
+    watched, as before."""
+    try:
+        inner = layer._get_layer()
+        name_of = inner._get_group_channel_name
+        shard_of = inner._get_shard
+    except AttributeError:
+        return None
+    by_shard: dict[Any, dict[str, str]] = {}
+    for group in groups:
+        channel = name_of(group)
+        by_shard.setdefault(shard_of(channel), {})[channel] = group
+    watched: set[str] = set()
+    for shard, channels in by_shard.items():
+        shard._ensure_redis()
+        counts = await shard._redis.pubsub_numsub(*channels)
+        watched.update(channels[_text(channel)] for channel, count in counts if count)
+    return watched
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _in_order(owner: _Key) -> tuple[str, Any]:

@@ -204,3 +204,79 @@ def test_the_cpu_budget_lets_a_lone_render_go_at_once_and_holds_back_a_busy_line
     hold = budget.spend(100.0, now=200.0)
     assert hold == pytest.approx(live.MAX_HOLD)
     assert budget.spend(0.0, now=200.0 + hold) == 0
+
+
+class _RenderCounting:
+    """Counts the boards rendered for live updates (the real renderer still runs)."""
+
+    def __init__(self, monkeypatch) -> None:
+        import boards.broadcast as broadcast_module
+
+        self.boards: list[int] = []
+        real = broadcast_module.render_board_update
+
+        def counting(*, board_id, column_ids):
+            self.boards.append(board_id)
+            return real(board_id=board_id, column_ids=column_ids)
+
+        monkeypatch.setattr(broadcast_module, "render_board_update", counting)
+
+
+def test_a_board_nobody_watches_is_not_rendered_and_a_watched_one_is(monkeypatch):
+    """Rendering a board for no one cost a busy worker a tenth of its CPU: the
+    broadcaster asks Redis who is subscribed to each board's group first."""
+    watched, alone = make_board(backlog=False), make_board(backlog=False)
+    cookie = session_cookie(make_user())
+    broadcaster = _RecordingBroadcaster()
+    monkeypatch.setattr(live, "_broadcaster", broadcaster)
+    renders = _RenderCounting(monkeypatch)
+
+    async def scenario() -> str:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{watched.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await database_sync_to_async(services.task_create)(board=alone, title="Nobody looks")
+        await database_sync_to_async(services.task_create)(board=watched, title="Someone looks")
+        assert await database_sync_to_async(broadcaster.flush)(60) is True
+        html = await communicator.receive_from(timeout=30)
+        await communicator.disconnect()
+        return html
+
+    html = async_to_sync(scenario)()
+
+    assert "Someone looks" in html
+    # Both changes were taken (and flushed), only the watched board was rendered.
+    assert broadcaster.sent == {watched.pk, alone.pk}
+    assert renders.boards == [watched.pk]
+
+
+def test_once_its_last_watcher_leaves_a_board_is_no_longer_rendered(monkeypatch):
+    board = make_board(backlog=False)
+    cookie = session_cookie(make_user())
+    broadcaster = _RecordingBroadcaster()
+    monkeypatch.setattr(live, "_broadcaster", broadcaster)
+    renders = _RenderCounting(monkeypatch)
+
+    async def scenario() -> None:
+        communicator = WebsocketCommunicator(
+            application, f"/ws/boards/{board.slug}/", headers=[ORIGIN, cookie]
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await database_sync_to_async(services.task_create)(board=board, title="Seen")
+        assert "Seen" in await communicator.receive_from(timeout=30)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+    broadcaster.changed(BOARD_COLUMNS, board.pk, [column(board, "ready").pk])
+    assert broadcaster.flush(timeout=60) is True
+
+    assert renders.boards == [board.pk]
+
+
+def test_a_layer_that_cannot_say_who_watches_gets_every_update():
+    from channels.layers import InMemoryChannelLayer
+
+    assert async_to_sync(live.watched_groups)(InMemoryChannelLayer(), {"board_1"}) is None
