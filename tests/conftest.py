@@ -144,6 +144,20 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 @pytest.fixture(autouse=True)
+def _no_watchers_asked_without_redis(request, monkeypatch):
+    """Before rendering a board, the broadcaster asks Redis who watches it
+    (kaizen_web.live.watched_groups). A test not marked redis has no Redis to
+    ask: there the broadcaster cannot tell, and renders as it did before it asked."""
+    if request.node.get_closest_marker("redis") is None:
+        from kaizen_web import live
+
+        async def cannot_tell(layer, groups):
+            return None
+
+        monkeypatch.setattr(live, "watched_groups", cannot_tell)
+
+
+@pytest.fixture(autouse=True)
 def _genchi_still(monkeypatch):
     """The line's view of running shadows and holdouts (experiments.line.genchi)
     is re-read at most every 2 s in a process: at a moment a test cannot choose,
