@@ -55,7 +55,7 @@ class Prepared:
 
     def __init__(self, build: Callable[..., QuerySet], *, prepare: bool = True, **kinds: type) -> None:
         self._build = build
-        # On PostgreSQL, prepared once per connection (see _cursor). Every value of
+        # On PostgreSQL, prepared once per connection (see prepared_cursor). Every value of
         # the SQL is then a parameter, the build's constants too, and after five
         # calls PostgreSQL may keep one plan for all values: a query whose best plan
         # depends on such a constant's rarity (status = 'running', a few rows of
@@ -105,7 +105,7 @@ class Prepared:
         params = list(compiled.params)
         for index, name in compiled.places:
             params[index] = values[name]
-        with _cursor(alias, prepare=self._prepare) as cursor:
+        with prepared_cursor(alias, prepare=self._prepare) as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchall()
         if compiled.compiler is not None and rows:
@@ -151,14 +151,20 @@ class Prepared:
         return alias
 
 
-def _cursor(alias: str, *, prepare: bool = True) -> Any:
+def prepared_cursor(alias: str = "default", *, prepare: bool = True) -> Any:
     """A cursor of ``alias``, as ``connection.cursor()`` gives it (wrapped, so
     query logging, execute wrappers and test query counts see it), which on
-    PostgreSQL prepares each statement: PostgreSQL plans it once per connection
-    (the pool keeps connections, and psycopg their prepared statements) rather
-    than at every call. Django's own cursors bind values in the client and never
-    prepare (its server_side_binding option binds on the server without
-    preparing, which cost more: bench/README.md)."""
+    PostgreSQL prepares each statement it runs, with ``execute`` or
+    ``executemany``: PostgreSQL plans it once per connection (the pool keeps
+    connections, and psycopg their prepared statements) rather than at every
+    call. Django's own cursors bind values in the client and never prepare (its
+    server_side_binding option binds on the server without preparing, which cost
+    more: bench/README.md).
+
+    For statements of a fixed text run again and again (one per shape, not one
+    per call: psycopg keeps the last 100 per connection). Values are bound on
+    the server, so each takes the type psycopg gives it (an int the smallest
+    integer type that holds it, a str "unknown", for PostgreSQL to infer)."""
     connection = connections[alias]
     if not prepare or connection.vendor != "postgresql" or not settings.KAIZEN_DB_PREPARE:
         return connection.cursor()
@@ -187,6 +193,17 @@ def _preparing_cursor_class() -> type:
             connection.prepare_threshold = 2**31 - 1
             try:
                 return super().execute(query, params, prepare=True, binary=binary)
+            finally:
+                connection.prepare_threshold = threshold
+
+        def executemany(self, query, params_seq, *, returning=False):
+            # psycopg prepares executemany's statement once (in a pipeline) when
+            # the threshold is set at all: the same as above.
+            connection = self.connection
+            threshold = connection.prepare_threshold
+            connection.prepare_threshold = 2**31 - 1
+            try:
+                return super().executemany(query, params_seq, returning=returning)
             finally:
                 connection.prepare_threshold = threshold
 

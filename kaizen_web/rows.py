@@ -18,7 +18,9 @@ model, its columns and the options, compiled once per process:
   ``RETURNING`` the new ids, in the rows' order, as Django's own UNNEST form does.
   One row (a task the API takes, its event) goes as ``VALUES (%s, ...)`` instead:
   one-element arrays cost more to bind than the values (psycopg dumps an array in
-  Python), and this saved a quarter of ``task_create``'s CPU against Model.save;
+  Python), and this saved a quarter of ``task_create``'s CPU against Model.save.
+  Both are prepared (``kaizen_web.prepared.prepared_cursor``): PostgreSQL plans each
+  shape once per connection, not at every call;
 - SQLite: ``executemany`` of a one-row INSERT (the sqlite3 module runs it in C). Its
   ids are read after it: SQLite has one writer at a time, and a row's new id is one
   more than the largest in its table (the largest ever, with AUTOINCREMENT), so the
@@ -40,6 +42,8 @@ from typing import Any
 
 from django.db import connections, router
 from django.db.models import Field, JSONField, Model
+
+from kaizen_web.prepared import prepared_cursor
 
 # Columns whose value needs no conversion when it is already of the plain Python type
 # the column takes (anything else goes through get_db_prep_save).
@@ -252,7 +256,8 @@ def rows_insert(
         one=one,
     )
     columns = [_values(column, objs, connection) for column in statement.columns]
-    with connection.cursor() as cursor:
+    # Prepared on PostgreSQL: a statement's text is fixed per shape, planned once per connection.
+    with prepared_cursor(alias) as cursor:
         if statement.vendor == "postgresql":
             cursor.execute(statement.sql, [values[0] for values in columns] if one else columns)
             if returning:

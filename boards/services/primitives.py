@@ -17,7 +17,7 @@ from django.db.models import Field, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
-from kaizen_web.prepared import Prepared, fields
+from kaizen_web.prepared import Prepared, fields, prepared_cursor
 from kaizen_web.rows import db_value, plain_types
 
 Role = Column.Role
@@ -239,7 +239,8 @@ def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:
         [db_value(f, getattr(task, name), connection, kinds) for f, name, kinds in plain] + [task.pk]
         for task in tasks
     ]
-    with connection.cursor() as cursor:
+    # Prepared on PostgreSQL: the same statement for every row, planned once per connection.
+    with prepared_cursor(connection.alias) as cursor:
         cursor.executemany(sql, rows)
 
 
