@@ -151,7 +151,7 @@ class Prepared:
         return alias
 
 
-def prepared_cursor(alias: str = "default", *, prepare: bool = True) -> Any:
+def prepared_cursor(alias: str, *, prepare: bool = True) -> Any:
     """A cursor of ``alias``, as ``connection.cursor()`` gives it (wrapped, so
     query logging, execute wrappers and test query counts see it), which on
     PostgreSQL prepares each statement it runs, with ``execute`` or
@@ -161,10 +161,14 @@ def prepared_cursor(alias: str = "default", *, prepare: bool = True) -> Any:
     server_side_binding option binds on the server without preparing, which cost
     more: bench/README.md).
 
-    For statements of a fixed text run again and again (one per shape, not one
-    per call: psycopg keeps the last 100 per connection). Values are bound on
-    the server, so each takes the type psycopg gives it (an int the smallest
-    integer type that holds it, a str "unknown", for PostgreSQL to infer)."""
+    For statements of a fixed text run again and again, not one text per call.
+    psycopg prepares a text once for each list of parameter types it is run
+    with, and keeps the last 100 per connection. So that the types vary as
+    little as they can, every int goes as a bigint (psycopg would pick the
+    smallest integer type that holds it, another statement each time an id
+    grows past 32,767 or a position turns negative); a str goes as "unknown",
+    for PostgreSQL to infer, and a None as "unknown" too, so a column that is
+    sometimes None makes at most two statements of one text."""
     connection = connections[alias]
     if not prepare or connection.vendor != "postgresql" or not settings.KAIZEN_DB_PREPARE:
         return connection.cursor()
@@ -180,8 +184,14 @@ def prepared_cursor(alias: str = "default", *, prepare: bool = True) -> Any:
 @functools.cache
 def _preparing_cursor_class() -> type:
     from django.db.backends.postgresql.base import ServerBindingCursor
+    from psycopg.types.numeric import Int8Dumper
 
     class PreparingCursor(ServerBindingCursor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Every int a bigint, in an array too (see prepared_cursor).
+            self.adapters.register_dumper(int, Int8Dumper)
+
         def execute(self, query, params=None, *, prepare=None, binary=None):
             # Django leaves the connection's threshold at None, with which psycopg
             # prepares nothing, even when asked. Raised for this statement only: a

@@ -173,7 +173,8 @@ def test_a_query_can_say_it_is_not_to_be_prepared():
 def test_rows_insert_and_the_tasks_executemany_are_prepared_once_per_connection():
     """The line's INSERTs (rows_insert, one row or many) and its UPDATE of many
     tasks (executemany) were planned at every call: PostgreSQL now plans each
-    shape once per connection, and every row still reads back as written."""
+    shape once per connection, whatever the size or sign of its integers, and
+    every row still reads back as written."""
     from boards.models import TaskEvent
     from boards.services.primitives import task_rows_update
     from kaizen_web.rows import rows_insert
@@ -182,14 +183,16 @@ def test_rows_insert_and_the_tasks_executemany_are_prepared_once_per_connection(
     ready = board.columns.get(role="ready")
     before = _prepared_statements()
     tasks = []
-    for batch in ([1], [2, 3], [4], [5, 6]):
-        made = [Task(board=board, column=ready, title=f"t{n}", priority=n) for n in batch]
+    # Small and large integers (psycopg's own choice: smallint, then integer).
+    for batch in ([1], [2, 3], [40_000], [50_000, 60_000]):
+        made = [Task(board=board, column=ready, title=f"t{n}", position=n) for n in batch]
         rows_insert(Task, made, returning=True)
         tasks += made
-    for round_ in range(3):
+    base = {task.pk: task.position for task in tasks}
+    for factor in (1, 100_000, -3):
         for task in tasks:
-            task.priority = task.priority * 10 + round_
-        task_rows_update(tasks, ["priority"])
+            task.position = base[task.pk] * factor
+        task_rows_update(tasks, ["position"])
     rows_insert(TaskEvent, [TaskEvent(task=tasks[0], board=board, kind="created", actor="user")])
 
     made = [s for s in _prepared_statements() if s not in before]
@@ -197,10 +200,28 @@ def test_rows_insert_and_the_tasks_executemany_are_prepared_once_per_connection(
     # One statement per shape (one row, several rows), not one per call.
     assert len(inserts) == 2 and any("unnest" in s for s in inserts)
     updates = [s for s in made if s.startswith('UPDATE "boards_task"')]
-    assert len(updates) == 1 and '"priority" = $1' in updates[0]
+    assert len(updates) == 1 and '"position" = $1' in updates[0]
     assert sum(s.startswith('INSERT INTO "boards_taskevent"') for s in made) == 1
-    assert sorted(Task.objects.filter(board=board).values_list("title", "priority")) == [
-        (f"t{n}", (n * 10 + 0) * 100 + 10 + 2) for n in range(1, 7)
-    ]
+    assert sorted(Task.objects.filter(board=board).values_list("title", "position")) == sorted(
+        (f"t{n}", n * -3) for n in (1, 2, 3, 40_000, 50_000, 60_000)
+    )
     assert [t.pk for t in tasks] == sorted(Task.objects.filter(board=board).values_list("pk", flat=True))
     assert connection.connection.prepare_threshold is None
+
+
+@pytest.mark.postgres
+def test_a_prepared_insert_that_fails_leaves_the_next_one_working():
+    """An INSERT refused by a constraint inside a savepoint (its statement prepared,
+    then failing) does not break the next one on the same connection."""
+    from django.db import IntegrityError, transaction
+
+    from kaizen_web.rows import rows_insert
+
+    board = make_board()
+    ready = board.columns.get(role="ready")
+    with transaction.atomic():
+        rows_insert(Task, [Task(board=board, column=ready, title="first")], returning=True)
+        with pytest.raises(IntegrityError), transaction.atomic():
+            rows_insert(Task, [Task(board=board, column=ready, title=None)])
+        rows_insert(Task, [Task(board=board, column=ready, title="second")], returning=True)
+    assert sorted(Task.objects.filter(board=board).values_list("title", flat=True)) == ["first", "second"]
