@@ -32,7 +32,8 @@ class BoardConsumer(AsyncWebsocketConsumer):
         self.group = board_group(board_id)
         # Subscribed before the socket opens, and the page re-reads the board once
         # it has: a board is rendered only while someone is subscribed to it
-        # (kaizen_web.live.watched_groups), so no change falls between the two.
+        # (kaizen_web.live.watched_groups), and a change rendered for no one is
+        # in what the page re-reads.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 

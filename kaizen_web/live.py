@@ -54,6 +54,7 @@ from typing import Any, Generic, TypeVar
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, connection
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class Topic(Generic[K]):
 
     ``group(key)``, when given, names the one group a key's messages go to: a key
     whose group nobody is subscribed to is not rendered at all (see watched_groups).
-    No update is lost by it: a page subscribes before it reads what it shows."""
+    A page's consumer subscribes before its socket opens, and the page re-reads
+    what it shows once it has, so a change it would have been sent is in what it
+    reads (see watched_groups for the one ordering this leans on)."""
 
     name: str
     render: Callable[[K, set], list[Message]]
@@ -270,10 +273,13 @@ class Broadcaster:
             return pending
         try:
             watched = loop.run_until_complete(watched_groups(layer, set(groups.values())))
-        except Exception:
-            # Cannot tell (the layer is out of reach): render, and let the send
-            # find out, and catch up, as before.
+        except (TimeoutError, OSError, RedisError):
+            # Cannot tell (Redis is out of reach): render, and let the send find
+            # out, and catch up, as before.
             logger.debug("could not ask the channel layer who is watching", exc_info=True)
+            return pending
+        except Exception:
+            logger.exception("asking the channel layer who is watching failed; rendering for everyone")
             return pending
         if watched is None:
             return pending
@@ -378,12 +384,19 @@ async def watched_groups(layer, groups: set[str]) -> set[str] | None:
 
     The pub/sub layer of channels_redis (settings.CHANNEL_LAYERS) subscribes each
     web server's Redis connection to a group's Redis channel while a consumer of
-    that server is in the group, and before ``group_add`` returns (the SUBSCRIBE
-    is on its way before the socket is accepted, so before the page re-reads the
-    board). ``PUBSUB NUMSUB`` counts those subscriptions. It uses the layer's
-    naming of group channels and its shards (channels_redis 4), through methods
-    that are not its public API: if they are missing, every group counts as
-    watched, as before."""
+    that server is in the group; ``PUBSUB NUMSUB`` counts those subscriptions,
+    across every web server. ``group_add`` sends the SUBSCRIBE without waiting
+    for Redis to answer it, before the socket is accepted: a page's re-read is
+    asked for a browser round trip later, so Redis has taken the subscription
+    before a change that the re-read does not show is committed and asked about.
+    (A PUBLISH sent before a late SUBSCRIBE was lost in the same way before
+    anyone asked; after a Redis restart, until the web servers subscribe again,
+    nobody counts as watching, as nobody received the PUBLISH either.)
+
+    It uses the layer's naming of group channels and its shards (channels_redis
+    4), through methods that are not its public API: if they are missing, every
+    group counts as watched, as before. Were they renamed, every board would
+    look unwatched: tests/boards/test_broadcast.py then fails."""
     try:
         inner = layer._get_layer()
         name_of = inner._get_group_channel_name

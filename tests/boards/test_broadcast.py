@@ -11,10 +11,11 @@ import threading
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 
 from boards import services
-from boards.broadcast import BOARD_COLUMNS
-from kaizen_web import live
+from boards.broadcast import BOARD_COLUMNS, board_group
+from kaizen_web import live, processes
 from kaizen_web.asgi import application
 from kaizen_web.live import Broadcaster
 from tests.factories import column, make_board, make_user
@@ -270,6 +271,11 @@ def test_once_its_last_watcher_leaves_a_board_is_no_longer_rendered(monkeypatch)
         await communicator.disconnect()
 
     async_to_sync(scenario)()
+    # The UNSUBSCRIBE is sent, not waited for: wait until Redis has taken it.
+    assert processes.wait_until(
+        lambda: async_to_sync(live.watched_groups)(get_channel_layer(), {board_group(board.pk)}) == set(),
+        timeout=30,
+    )
     broadcaster.changed(BOARD_COLUMNS, board.pk, [column(board, "ready").pk])
     assert broadcaster.flush(timeout=60) is True
 
