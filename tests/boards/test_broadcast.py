@@ -223,21 +223,34 @@ class _RenderCounting:
         monkeypatch.setattr(broadcast_module, "render_board_update", counting)
 
 
-def test_a_board_nobody_watches_is_not_rendered_and_a_watched_one_is(monkeypatch):
-    """Rendering a board for no one cost a busy worker a tenth of its CPU: the
-    broadcaster asks Redis who is subscribed to each board's group first."""
-    watched, alone = make_board(backlog=False), make_board(backlog=False)
-    cookie = session_cookie(make_user())
+@pytest.fixture
+def watching(monkeypatch):
+    """A recording broadcaster in place of the process's, the boards it renders,
+    and a logged-in browser's websocket on a board: (broadcaster, renders, socket),
+    ``socket(board)`` an async context's communicator, connected."""
     broadcaster = _RecordingBroadcaster()
     monkeypatch.setattr(live, "_broadcaster", broadcaster)
-    renders = _RenderCounting(monkeypatch)
+    cookie = session_cookie(make_user())
 
-    async def scenario() -> str:
+    async def socket(board) -> WebsocketCommunicator:
         communicator = WebsocketCommunicator(
-            application, f"/ws/boards/{watched.slug}/", headers=[ORIGIN, cookie]
+            application, f"/ws/boards/{board.slug}/", headers=[ORIGIN, cookie]
         )
         connected, _ = await communicator.connect()
         assert connected
+        return communicator
+
+    return broadcaster, _RenderCounting(monkeypatch), socket
+
+
+def test_a_board_nobody_watches_is_not_rendered_and_a_watched_one_is(watching):
+    """Rendering a board for no one cost a busy worker a tenth of its CPU: the
+    broadcaster asks Redis who is subscribed to each board's group first."""
+    broadcaster, renders, socket = watching
+    watched, alone = make_board(backlog=False), make_board(backlog=False)
+
+    async def scenario() -> str:
+        communicator = await socket(watched)
         await database_sync_to_async(services.task_create)(board=alone, title="Nobody looks")
         await database_sync_to_async(services.task_create)(board=watched, title="Someone looks")
         assert await database_sync_to_async(broadcaster.flush)(60) is True
@@ -253,19 +266,12 @@ def test_a_board_nobody_watches_is_not_rendered_and_a_watched_one_is(monkeypatch
     assert renders.boards == [watched.pk]
 
 
-def test_once_its_last_watcher_leaves_a_board_is_no_longer_rendered(monkeypatch):
+def test_once_its_last_watcher_leaves_a_board_is_no_longer_rendered(watching):
+    broadcaster, renders, socket = watching
     board = make_board(backlog=False)
-    cookie = session_cookie(make_user())
-    broadcaster = _RecordingBroadcaster()
-    monkeypatch.setattr(live, "_broadcaster", broadcaster)
-    renders = _RenderCounting(monkeypatch)
 
     async def scenario() -> None:
-        communicator = WebsocketCommunicator(
-            application, f"/ws/boards/{board.slug}/", headers=[ORIGIN, cookie]
-        )
-        connected, _ = await communicator.connect()
-        assert connected
+        communicator = await socket(board)
         await database_sync_to_async(services.task_create)(board=board, title="Seen")
         assert "Seen" in await communicator.receive_from(timeout=30)
         await communicator.disconnect()
