@@ -15,6 +15,7 @@ combination of None values is compiled on its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -192,9 +193,11 @@ def _preparing_cursor_class() -> type:
             # Every int a bigint, in an array too (see prepared_cursor).
             self.adapters.register_dumper(int, Int8Dumper)
 
-        def execute(self, query, params=None, *, prepare=None, binary=None):
+        @contextlib.contextmanager
+        def _preparing(self):
             # Django leaves the connection's threshold at None, with which psycopg
-            # prepares nothing, even when asked. Raised for this statement only: a
+            # prepares nothing, even when asked (and executemany prepares once, in
+            # a pipeline, whenever it is set). Raised for this statement only: a
             # threshold left set would have psycopg track every statement of
             # Django's own cursors too (the last 100 texts, values and all) and
             # drop every prepared statement at any ROLLBACK among them.
@@ -202,20 +205,17 @@ def _preparing_cursor_class() -> type:
             threshold = connection.prepare_threshold
             connection.prepare_threshold = 2**31 - 1
             try:
-                return super().execute(query, params, prepare=True, binary=binary)
+                yield
             finally:
                 connection.prepare_threshold = threshold
 
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            with self._preparing():
+                return super().execute(query, params, prepare=True, binary=binary)
+
         def executemany(self, query, params_seq, *, returning=False):
-            # psycopg prepares executemany's statement once (in a pipeline) when
-            # the threshold is set at all: the same as above.
-            connection = self.connection
-            threshold = connection.prepare_threshold
-            connection.prepare_threshold = 2**31 - 1
-            try:
+            with self._preparing():
                 return super().executemany(query, params_seq, returning=returning)
-            finally:
-                connection.prepare_threshold = threshold
 
         def _send_query_prepared(self, name, pgq, *, binary=None):
             # psycopg notes the query run (_query) only for statements it does not
