@@ -11,6 +11,12 @@ It is for ``values_list()`` shapes: rows come back as tuples, converted as Djang
 converts them (a boolean from SQLite's integer, a datetime from its text). A value
 that changes the SQL itself (None becomes ``IS NULL``) makes another shape: each
 combination of None values is compiled on its own.
+
+A list of integers (``pk__in=ids``) has one placeholder per item, so its length is
+part of the shape too. It is padded to the next power of two by repeating its last
+item, which ``IN`` does not mind: a batch of 1 to 200 ids makes at most nine shapes,
+each compiled once (and prepared once per connection on PostgreSQL), not one per
+length.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ M = TypeVar("M", bound=Model)
 # constant a query of ours holds as a parameter.
 _TEXT = "\x00prepared:{}"
 _INT = 32_700
+# A list's stand-ins: distinct integers (Django drops repeated items from an ``IN``
+# list when it compiles it), in a range of their own for each list of a query. An
+# ``IN`` list is not checked against its field's range, so they can be large.
+_LIST = 1_000_000_000
+_LIST_SPAN = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,9 @@ class _Compiled:
     alias: str
     sql: str
     params: list
-    # (index among the parameters, the value's name)
-    places: list[tuple[int, str]]
+    # (index among the parameters, the value's name, or a list's name and the
+    # item's position in it)
+    places: list[tuple[int, str | tuple[str, int]]]
     # Kept for its converters (none needed: None); they use only the connection's
     # operations, never its socket, so they serve every thread.
     compiler: Any
@@ -51,8 +63,11 @@ class _Compiled:
 
 class Prepared:
     """``build(**values)`` returns the queryset (a ``values_list()``, sliced if one row
-    is wanted); ``kinds`` says which values are integers and which are text, e.g.
-    ``Prepared(build, agent_id=int, input_key=str)``. ``rows(**values)`` runs it."""
+    is wanted); ``kinds`` says which values are integers, which are text and which
+    are lists of integers, e.g. ``Prepared(build, agent_id=int, input_key=str,
+    ids=list)``. ``rows(**values)`` runs it. A list must not be empty: Django runs no
+    query for an empty ``IN``, and what that means depends on the query, so it is
+    its caller's to answer."""
 
     def __init__(self, build: Callable[..., QuerySet], *, prepare: bool = True, **kinds: type) -> None:
         self._build = build
@@ -63,18 +78,24 @@ class Prepared:
         # many) says prepare=False.
         self._prepare = prepare
         self._stand_ins: dict[str, Any] = {}
+        self._lists: dict[str, int] = {}
         for index, (name, kind) in enumerate(kinds.items()):
             if kind is int:
                 self._stand_ins[name] = _INT + index
             elif kind is str:
                 self._stand_ins[name] = _TEXT.format(name)
+            elif kind is list:
+                self._stand_ins[name] = [_LIST + _LIST_SPAN * index]
+                self._lists[name] = _LIST + _LIST_SPAN * index
             else:
-                raise TypeError(f"a prepared value is an int or a str, not {kind.__name__} ({name})")
-        self._compiled: dict[tuple[str, Hashable], _Compiled] = {}
+                raise TypeError(f"a prepared value is an int, a str or a list, not {kind.__name__} ({name})")
+        self._compiled: dict[tuple[str, Hashable, Hashable], _Compiled] = {}
         self._lock = threading.Lock()
 
-    def _compile(self, nulls: frozenset[str]) -> _Compiled:
+    def _compile(self, nulls: frozenset[str], sizes: tuple[tuple[str, int], ...]) -> _Compiled:
         values = {name: None if name in nulls else stand_in for name, stand_in in self._stand_ins.items()}
+        for name, size in sizes:
+            values[name] = [self._lists[name] + item for item in range(size)]
         queryset = self._build(**values)
         alias = queryset.db
         compiler = queryset.query.get_compiler(using=alias)
@@ -83,11 +104,20 @@ class Prepared:
         converters = compiler.get_converters(
             [column for column, _, _ in compiler.select[: compiler.col_count]]
         )
-        by_value = {stand_in: name for name, stand_in in values.items() if stand_in is not None}
+        # A list's items are named (name, position in the list).
+        by_value: dict[Any, str | tuple[str, int]] = {}
+        for name, stand_in in values.items():
+            if isinstance(stand_in, list):
+                by_value.update({item: (name, position) for position, item in enumerate(stand_in)})
+            elif stand_in is not None:
+                by_value[stand_in] = name
         places = [
             (index, by_value[param]) for index, param in enumerate(params) if _hashable_in(param, by_value)
         ]
-        missing = set(by_value.values()) - {name for _, name in places}
+        missing = {
+            name if isinstance(name, str) else name[0]
+            for name in set(by_value.values()) - {name for _, name in places}
+        }
         if missing:
             # A value the query does not use as a parameter (turned into SQL, or
             # transformed on the way): running the SQL again would ignore it.
@@ -96,16 +126,24 @@ class Prepared:
 
     def rows(self, **values: Any) -> list[tuple]:
         nulls = frozenset(name for name, value in values.items() if value is None)
+        for listed in self._lists:
+            if listed not in nulls:
+                values[listed] = list(values[listed])  # a set or any iterable: indexed below
+        sizes = tuple((name, _padded(name, values[name])) for name in self._lists if name not in nulls)
         alias = self._compiled_alias()
-        key = (alias, nulls)
+        key = (alias, nulls, sizes)
         compiled = self._compiled.get(key)
         if compiled is None:
             with self._lock:
-                compiled = self._compiled.get(key) or self._compile(nulls)
+                compiled = self._compiled.get(key) or self._compile(nulls, sizes)
                 self._compiled[key] = compiled
         params = list(compiled.params)
-        for index, name in compiled.places:
-            params[index] = values[name]
+        for index, place in compiled.places:
+            if isinstance(place, str):
+                params[index] = values[place]
+            else:
+                items = values[place[0]]
+                params[index] = items[min(place[1], len(items) - 1)]
         with prepared_cursor(alias, prepare=self._prepare) as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchall()
@@ -225,6 +263,13 @@ def _preparing_cursor_class() -> type:
             super()._send_query_prepared(name, pgq, binary=binary)
 
     return PreparingCursor
+
+
+def _padded(name: str, items: Sequence[int]) -> int:
+    """How many placeholders a list of ``items`` takes: the next power of two."""
+    if not items:
+        raise ValueError(f"prepared query: {name} is an empty list (Django runs no query for it)")
+    return 1 << (len(items) - 1).bit_length()
 
 
 def fields(model: type[Model]) -> list[str]:

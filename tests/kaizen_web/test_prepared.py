@@ -117,9 +117,36 @@ def test_a_value_the_sql_does_not_take_is_refused():
         prepared.rows(n=1)
 
 
-def test_only_ints_and_text():
-    with pytest.raises(TypeError, match="an int or a str"):
+def test_only_ints_text_and_lists():
+    with pytest.raises(TypeError, match="an int, a str or a list"):
         Prepared(lambda *, when: Task.objects.values_list("pk"), when=datetime)
+
+
+def _titles(*, ids, column_id):
+    return Task.objects.filter(Q(pk__in=ids) | Q(column_id=column_id)).order_by("pk").values_list("title")
+
+
+def test_a_list_answers_as_the_queryset_for_every_length_in_a_few_shapes():
+    board = make_board()
+    ready, done = board.columns.get(role="ready"), board.columns.get(role="done")
+    tasks = [Task.objects.create(board=board, column=ready, title=f"t{i}") for i in range(9)]
+    Task.objects.create(board=board, column=done, title="done")
+    prepared = Prepared(_titles, ids=list, column_id=int)
+    ids = [task.pk for task in tasks]
+    for length in range(1, 10):
+        # Out of order and repeated, as a caller may pass them; a set too.
+        wanted = list(reversed(ids[:length])) + ids[:1]
+        assert prepared.rows(ids=wanted, column_id=done.pk) == list(_titles(ids=wanted, column_id=done.pk))
+        assert prepared.rows(ids=set(wanted), column_id=0) == [(f"t{i}",) for i in range(length)]
+    # Lists of 1 to 10 items (the sets without the repeated one) made five shapes:
+    # 1, 2, 4, 8 and 16 placeholders.
+    assert sorted(sizes for _, _, ((_, sizes),) in prepared._compiled) == [1, 2, 4, 8, 16]
+
+
+def test_an_empty_list_is_refused():
+    prepared = Prepared(_titles, ids=list, column_id=int)
+    with pytest.raises(ValueError, match="ids is an empty list"):
+        prepared.rows(ids=[], column_id=1)
 
 
 def _prepared_statements() -> list[str]:
