@@ -29,8 +29,9 @@ from django.utils import timezone
 from andon.inspection import CheckSpec, InspectionContext, Verdict, inspect, parse_checks
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
 from boards.agents.spec import ConfigError
-from boards.models import Agent, Task
+from boards.models import Agent, Task, board_agent_ids
 from kaizen_web.memo import KeyedTtl
+from kaizen_web.prepared import Prepared, fields
 from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
@@ -311,6 +312,18 @@ def spike_stops(agent_ids: Iterable[int]) -> list[LineStop]:
     return stops
 
 
+# The stops not restarted of a board and of its agents, at every pull.
+_BOARD_STOPS = Prepared(
+    lambda *, board_id: (
+        LineStop.objects.filter(restarted_at__isnull=True)
+        .filter(Q(board_id=board_id) | Q(agent_id__in=board_agent_ids(board_id)))
+        .order_by()
+        .values_list("pk", "board_id", "agent_id", "until")
+    ),
+    board_id=int,
+)
+
+
 def active_stops(
     *, board_id: int, agent_ids: Iterable[int], expired: list[int] | None = None
 ) -> tuple[bool, set[int]]:
@@ -319,14 +332,17 @@ def active_stops(
     A budget stop is in force until its period ends (``LineStop.until``), even
     before anything records it as restarted: the pull and the board's flow
     status both read stops here, so they agree. The ids of such ended stops are
-    appended to ``expired`` when given (the pull lifts them: andon.budgets)."""
-    rows = LineStop.objects.filter(restarted_at__isnull=True).filter(
-        Q(board_id=board_id) | Q(agent_id__in=list(agent_ids))
-    )
+    appended to ``expired`` when given (the pull lifts them: andon.budgets).
+
+    The agents are the board's (some of them): the stops are read by board, in a
+    query compiled once (kaizen_web.prepared), and the others' left out."""
+    ids = set(agent_ids)
     now = timezone.now()
     board_stopped = False
     agents: set[int] = set()
-    for pk, stop_board, stop_agent, until in rows.values_list("pk", "board_id", "agent_id", "until"):
+    for pk, stop_board, stop_agent, until in _BOARD_STOPS.rows(board_id=board_id):
+        if stop_board != board_id and stop_agent not in ids:
+            continue
         if until is not None and until <= now:
             if expired is not None:
                 expired.append(pk)
@@ -482,6 +498,27 @@ def probes_taken(agent_ids: Iterable[int]) -> None:
         )
 
 
+# Read at every batch of runs completed: compiled once (kaizen_web.prepared).
+_AGENT_BREAKERS_TO_RESET = Prepared(
+    lambda *, agent_ids: (
+        CircuitBreaker.objects.filter(agent_id__in=agent_ids)
+        .exclude(state=State.CLOSED, consecutive_failures=0)
+        .order_by("agent_id")
+        .values_list(*fields(CircuitBreaker))
+    ),
+    agent_ids=list,
+)
+_MODEL_BREAKERS_TO_RESET = Prepared(
+    lambda *, board_id: (
+        CircuitBreaker.objects.filter(scope=Breaker.Scope.MODEL, board_id=board_id)
+        .exclude(state=State.CLOSED, consecutive_failures=0)
+        .order_by()
+        .values_list(*fields(CircuitBreaker))
+    ),
+    board_id=int,
+)
+
+
 def record_agent_outcomes(*, succeeded: Iterable[int] = (), failed: dict[int, str] | None = None) -> set[int]:
     """Count runs of agents: a completed run closes the agent's breaker, a failed
     attempt adds to its consecutive failures and opens it at the agent's
@@ -495,12 +532,8 @@ def record_agent_outcomes(*, succeeded: Iterable[int] = (), failed: dict[int, st
         # Only rows with something to reset are touched: most completions find none.
         # In agent order, as every writer of breaker rows takes them: two batches
         # completing at once cannot lock the same two rows in opposite orders.
-        for breaker in (
-            CircuitBreaker.objects.filter(agent_id__in=succeeded)
-            .exclude(state=State.CLOSED, consecutive_failures=0)
-            .order_by("agent_id")
-        ):
-            # Every row here has its agent_id (agent_id__in above).
+        for breaker in _AGENT_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=sorted(succeeded)):
+            # Every row here has its agent_id (agent_id__in in the query).
             if breaker.state != State.CLOSED and breaker.agent_id is not None:
                 changed.add(breaker.agent_id)
             CircuitBreaker.objects.filter(pk=breaker.pk).update(
@@ -545,11 +578,12 @@ def record_model_calls(calls: Iterable, *, board_id: int) -> set[str]:
     if not outcomes:
         return set()
     errored = {key for key, errors in outcomes.items() if any(errors)}
+    # The board's model breakers with something to reset (a few rows at most: one
+    # per model its agents call), of these models.
     existing = {
         b.key: b
-        for b in CircuitBreaker.objects.filter(
-            scope=Breaker.Scope.MODEL, board_id=board_id, key__in=list(outcomes)
-        ).exclude(state=State.CLOSED, consecutive_failures=0)
+        for b in _MODEL_BREAKERS_TO_RESET.instances(CircuitBreaker, board_id=board_id)
+        if b.key in outcomes
     }
     # Nothing to count: no errors, and no breaker with errors to reset (the usual case).
     if not errored and not existing:

@@ -48,6 +48,7 @@ from django.db.models import Q
 
 from andon.models import Escalation, Inspection, MudaContextHour, MudaFinish, MudaHour, MudaRepeat
 from boards.models import ModelCall, Task, TaskEvent
+from kaizen_web.prepared import Prepared
 from kaizen_web.rows import rows_insert
 
 HOUR = timedelta(hours=1)
@@ -628,16 +629,37 @@ def finishes_refresh(*, task_ids: Iterable[int]) -> None:
     if not ids:
         return
     events: dict[int, list[Event]] = defaultdict(list)
-    for event in events_of(TaskEvent.objects.filter(task_id__in=ids).order_by()):
-        events[event.task_id].append(event)
+    for event in _TASKS_EVENTS.rows(ids=ids):
+        events[event[1]].append(Event(*event))
     calls: dict[int, list[Call]] = defaultdict(list)
-    for call in calls_of(ModelCall.objects.filter(task_id__in=ids).order_by()):
+    for row in _TASKS_CALLS.rows(ids=ids):
+        call = _call(row)
         calls[call.task_id].append(call)
-    tasks = Task.objects.filter(pk__in=ids).values_list("pk", "board_id", "agent_id")
+    tasks = _TASKS_OWNERS.rows(ids=ids)
     rows: list[MudaFinish] = []
     for task_id, board_id, agent_id in tasks:
         rows += finish_rows(task_id, board_id, agent_id, events[task_id], calls[task_id])
     finishes_write(rows)
+
+
+# What finishes_refresh reads, for every batch of runs a worker completes:
+# compiled once per length of the batch, rounded up to a power of two
+# (kaizen_web.prepared), in events_of's and calls_of's shapes.
+_TASKS_EVENTS = Prepared(
+    lambda *, ids: (
+        TaskEvent.objects.filter(task_id__in=ids)
+        .order_by()
+        .values_list("pk", "task_id", "kind", "from_status", "to_status", "created_at")
+    ),
+    ids=list,
+)
+_TASKS_CALLS = Prepared(
+    lambda *, ids: ModelCall.objects.filter(task_id__in=ids).order_by().values_list(*CALL_FIELDS), ids=list
+)
+_TASKS_OWNERS = Prepared(
+    lambda *, ids: Task.objects.filter(pk__in=ids).order_by().values_list("pk", "board_id", "agent_id"),
+    ids=list,
+)
 
 
 def finishes_write(rows: list[MudaFinish]) -> None:

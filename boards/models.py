@@ -799,3 +799,9 @@ class FlowItem(models.Model):
 
     def __str__(self) -> str:
         return f"task {self.task_id} finished {self.finished_at:%Y-%m-%d %H:%M}"
+
+
+def board_agent_ids(board_id: int) -> models.QuerySet:
+    """The ids of the board's agents, as a subquery (no join to the agents): what
+    the line's compiled queries (kaizen_web.prepared) name a board's agents by."""
+    return Agent.boards.through.objects.filter(board_id=board_id).values("agent_id")

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from boards import flow, pull_rules
-from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
+from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent, board_agent_ids
 from kaizen_web.memo import KeyedTtl
 from kaizen_web.prepared import Prepared, fields
 
@@ -287,17 +287,13 @@ def board_breakers_get(*, board: Board) -> list:
     return _BREAKERS.instances(CircuitBreaker, board_id=board.pk)
 
 
-def _board_agent_ids(board_id: int) -> QuerySet:
-    return Agent.boards.through.objects.filter(board_id=board_id).values("agent_id")
-
-
 def _breakers_query(*, board_id: int) -> QuerySet:
     from andon.models import CircuitBreaker  # andon's models import boards'
 
     return (
         CircuitBreaker.objects.exclude(state=CircuitBreaker.State.CLOSED)
         .filter(
-            Q(scope=CircuitBreaker.Scope.AGENT, agent_id__in=_board_agent_ids(board_id))
+            Q(scope=CircuitBreaker.Scope.AGENT, agent_id__in=board_agent_ids(board_id))
             | Q(scope=CircuitBreaker.Scope.MODEL, board_id=board_id)
         )
         .order_by("scope", "key", "pk")
@@ -316,7 +312,7 @@ def _agents_query(*, board_id: int) -> QuerySet:
         .values("n")
     )
     return (
-        Agent.objects.filter(pk__in=_board_agent_ids(board_id))
+        Agent.objects.filter(pk__in=board_agent_ids(board_id))
         .annotate(running=Coalesce(Subquery(running), 0))
         .order_by("name")
         .values_list(*fields(Agent), "running")
@@ -372,7 +368,7 @@ def _line_stops_query(*, board_id: int) -> QuerySet:
     from andon.models import LineStop  # andon's models import boards'
 
     return LineStop.objects.filter(
-        Q(board_id=board_id) | Q(agent_id__in=_board_agent_ids(board_id)), restarted_at__isnull=True
+        Q(board_id=board_id) | Q(agent_id__in=board_agent_ids(board_id)), restarted_at__isnull=True
     ).values_list("until")
 
 
@@ -401,7 +397,7 @@ _BOARD = Prepared(lambda *, slug: Board.objects.filter(slug=slug).values_list(*f
 # a custom agent class loads the rest if it asks), in the model's field order.
 _CAPABILITY_FIELDS = [name for name in fields(Agent) if name in {"id", "capabilities", "implementation"}]
 _BOARD_AGENTS_CAPABILITIES = Prepared(
-    lambda *, board_id: Agent.objects.filter(pk__in=_board_agent_ids(board_id)).values_list(
+    lambda *, board_id: Agent.objects.filter(pk__in=board_agent_ids(board_id)).values_list(
         *_CAPABILITY_FIELDS
     ),
     board_id=int,
@@ -410,7 +406,7 @@ _BOARD_AGENTS_CAPABILITIES = Prepared(
 
 _BOARD_AGENT_NAMES = Prepared(
     lambda *, board_id: (
-        Agent.objects.filter(pk__in=_board_agent_ids(board_id))
+        Agent.objects.filter(pk__in=board_agent_ids(board_id))
         .order_by("name", "pk")
         .values_list("id", "name")
     ),
@@ -499,51 +495,94 @@ def tasks_reusable_get(*, tasks: Iterable[Task]) -> dict[int, ReusableTask | Non
             kinds.setdefault(kind, []).append(task)
     if not kinds:
         return found
-    matches = {kind: _reuse_matches(members) for kind, members in kinds.items()}
-    candidates = {kind: list(query[:REUSE_CANDIDATES]) for kind, query in matches.items()}
+    candidates = {kind: _reuse_candidates(members) for kind, members in kinds.items()}
     verdicts = _reuse_verdicts([c.pk for each in candidates.values() for c in each])
     for kind, members in kinds.items():
         earlier = _reuse_first(candidates[kind], verdicts)
         if earlier is None and len(candidates[kind]) == REUSE_CANDIDATES:
             # The newest answers all failed inspection, unreviewed: search the older ones.
-            earlier = _reuse_search(matches[kind])
+            earlier = _reuse_search(_reuse_matches(members))
         for task in members:
             found[task.pk] = earlier
     return found
 
 
-def _reuse_matches(tasks: list[Task]) -> QuerySet[Task]:
-    """The done tasks whose answer ``tasks`` (all of one kind) could reuse, newest first."""
-    task = tasks[0]
+def _reuse_query(
+    *, agent_id: int, input_key: str, capability: str, prompt_version: int | None, exclude: list[int]
+) -> QuerySet[Task]:
     return (
         Task.objects.filter(
-            agent=task.agent,
-            input_key=task.input_key,
+            agent_id=agent_id,
+            input_key=input_key,
             status=Task.Status.DONE,
-            capability=task.capability,
-            prompt_version=task.prompt_version,
+            capability=capability,
+            prompt_version=prompt_version,
         )
-        .exclude(pk__in=[t.pk for t in tasks])
-        .only("pk", "output", "confidence", "confidence_source")
+        .exclude(pk__in=exclude)
         # Newest first, as the task_reuse_newest index reads them.
         .order_by("-finished_at", "-pk")
     )
 
 
+def _reuse_of(tasks: list[Task]) -> dict:
+    """What ``tasks`` (all of one kind) match earlier answers by."""
+    task = tasks[0]
+    return {
+        "agent_id": task.agent_id,
+        "input_key": task.input_key,
+        "capability": task.capability,
+        "prompt_version": task.prompt_version,
+        "exclude": [t.pk for t in tasks],
+    }
+
+
+def _reuse_matches(tasks: list[Task]) -> QuerySet[Task]:
+    """The done tasks whose answer ``tasks`` (all of one kind) could reuse, newest first."""
+    return _reuse_query(**_reuse_of(tasks)).only(*_REUSE_FIELDS)
+
+
+# What a reused answer is read with, in the model's field order.
+_REUSE_FIELDS = [name for name in fields(Task) if name in {"id", "output", "confidence", "confidence_source"}]
+# Looked up for every kind of task a worker begins (each task, when inputs differ):
+# compiled once (kaizen_web.prepared).
+_REUSE_CANDIDATES = Prepared(
+    lambda **values: _reuse_query(**values).values_list(*_REUSE_FIELDS)[:REUSE_CANDIDATES],
+    agent_id=int,
+    input_key=str,
+    capability=str,
+    prompt_version=int,
+    exclude=list,
+)
+
+
+def _reuse_candidates(tasks: list[Task]) -> list[Task]:
+    """The newest REUSE_CANDIDATES of _reuse_matches(tasks)."""
+    return _REUSE_CANDIDATES.instances(Task, columns=_REUSE_FIELDS, **_reuse_of(tasks))
+
+
+def _reuse_verdicts_query(*, task_ids: list[int]) -> QuerySet:
+    from andon.models import Inspection  # andon's models import boards'
+
+    return (
+        Inspection.objects.filter(task_id__in=task_ids)
+        .order_by("task_id", "-created_at", "-pk")
+        .values_list("task_id", "passed", "escalation__status")
+    )
+
+
+_REUSE_VERDICTS = Prepared(_reuse_verdicts_query, task_ids=list)
+
+
 def _reuse_verdicts(task_ids: list[int]) -> dict[int, tuple[bool, bool]]:
     """For each task, the verdict on the output it holds (its latest inspection):
     whether it passed, and whether a reviewer approved or corrected it."""
-    from andon.models import Escalation, Inspection  # andon's models import boards'
+    from andon.models import Escalation  # andon's models import boards'
 
     approved = (Escalation.Status.APPROVED, Escalation.Status.CORRECTED)
     verdicts: dict[int, tuple[bool, bool]] = {}
     if not task_ids:
         return verdicts
-    for task_id, passed, decision in (
-        Inspection.objects.filter(task_id__in=task_ids)
-        .order_by("task_id", "-created_at", "-pk")
-        .values_list("task_id", "passed", "escalation__status")
-    ):
+    for task_id, passed, decision in _REUSE_VERDICTS.rows(task_ids=task_ids):
         verdicts.setdefault(task_id, (passed, decision in approved))
     return verdicts
 
@@ -657,20 +696,6 @@ def agent_model_calls_get(*, agent: Agent, limit: int = 20) -> list[ModelCall]:
 # --- why agents are not pulling: the board's flow status ---------------------------
 
 
-def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict[int, int]]:
-    """Tasks running in ``doing`` and each agent's running tasks on any board (an
-    agent's concurrency is shared by its boards): one grouped query. The pull
-    (boards.services.pull) and the flow status count with it alike."""
-    rows = (
-        Task.objects.filter(status=Task.Status.RUNNING)
-        .filter(Q(column=doing) | Q(agent__in=agents))
-        .values_list("column", "agent")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
-    return _running_counted(rows, doing=doing, agents=agents)
-
-
 def _running_counted(
     rows: Iterable[tuple[int, int | None, int]], *, doing: Column, agents: list[Agent]
 ) -> tuple[int, dict[int, int]]:
@@ -690,7 +715,7 @@ def _running_counted(
 def _running_query(*, doing_id: int, board_id: int) -> QuerySet:
     return (
         Task.objects.filter(status=Task.Status.RUNNING)
-        .filter(Q(column_id=doing_id) | Q(agent_id__in=_board_agent_ids(board_id)))
+        .filter(Q(column_id=doing_id) | Q(agent_id__in=board_agent_ids(board_id)))
         .values_list("column", "agent")
         .annotate(n=Count("pk"))
         .order_by()
@@ -713,12 +738,14 @@ _RUNNING = Prepared(_running_query, prepare=False, doing_id=int, board_id=int)
 _WAITING = Prepared(_waiting_query, column_id=int)
 
 
-def _agents_running_on_board(
+def board_agents_running_get(
     *, doing: Column, board: Board, agents: list[Agent]
 ) -> tuple[int, dict[int, int]]:
-    """agents_running_get for ``agents``, some of the board's, in a query that
-    names the board instead of them (compiled once): what it counts for the
-    board's other agents is left out."""
+    """Tasks running in ``doing`` and each of ``agents``' (some of the board's)
+    running tasks on any board (an agent's concurrency is shared by its boards):
+    one grouped query that names the board instead of the agents (compiled once;
+    what it counts for the board's other agents is left out). The pull
+    (boards.services.pull) and the flow status count with it alike."""
     return _running_counted(_RUNNING.rows(doing_id=doing.pk, board_id=board.pk), doing=doing, agents=agents)
 
 
@@ -1054,7 +1081,7 @@ def board_pull_status_get(
     able: list[Agent] = []
     want = 0
     if doing is not None:
-        in_doing, running = _agents_running_on_board(doing=doing, board=board, agents=pulling)
+        in_doing, running = board_agents_running_get(doing=doing, board=board, agents=pulling)
         free = pull_rules.free_wip(doing, in_doing)
         room = pull_rules.agent_room(pulling, running=running, gate=gate)
         able = [a for a in pulling if room[a.pk] > 0]

@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, TypeAlias, TypedDict, cast
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from boards.models import Agent, Task
+from boards.models import Agent, Task, board_agent_ids
 from experiments.models import (
     AgentGates,
     Experiment,
@@ -27,6 +28,7 @@ from experiments.models import (
     Replay,
     normal_prompt_fields,
 )
+from kaizen_web.prepared import Prepared, fields
 
 Arm = ExperimentSample.Arm
 # Not an experiment's arm: the task ran the agent's holdout version.
@@ -124,20 +126,39 @@ def arm_of(experiment: Experiment, task_id: int) -> str:
     return Arm.TREATMENT if share_position(experiment.salt, task_id) < experiment.share else Arm.CONTROL
 
 
-def running_experiments(agents: Iterable[Agent]) -> dict[int, Experiment]:
-    """The experiments assigning traffic now, by agent (one query)."""
-    ids = [agent.pk for agent in agents]
-    if not ids:
-        return {}
-    return {
-        e.agent_id: e
-        for e in Experiment.objects.filter(agent_id__in=ids, status__in=Experiment.ASSIGNING).select_related(
-            "control", "treatment"
-        )
-    }
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _VersionNumbers(TypedDict):
+        control_number: int
+        treatment_number: int
+
+    # An experiment as running_experiments reads it.
+    RunningExperiment: TypeAlias = WithAnnotations[Experiment, _VersionNumbers]
 
 
-def assign(task: Task, agent: Agent, experiments: dict[int, Experiment]) -> None:
+# The experiments assigning traffic on a board's agents, with their versions'
+# numbers, at every pull: compiled once (kaizen_web.prepared).
+_RUNNING = Prepared(
+    lambda *, board_id: (
+        Experiment.objects.filter(agent_id__in=board_agent_ids(board_id), status__in=Experiment.ASSIGNING)
+        .order_by()
+        .values_list(*fields(Experiment), "control__number", "treatment__number")
+    ),
+    board_id=int,
+)
+
+
+def running_experiments(*, board_id: int, agents: Iterable[Agent]) -> dict[int, RunningExperiment]:
+    """The experiments assigning traffic now, by agent, of these agents of the
+    board (one query): each with ``control_number`` and ``treatment_number``, its
+    versions' numbers (what ``assign`` reads; the versions are not loaded)."""
+    ids = {agent.pk for agent in agents}
+    found = _RUNNING.instances(Experiment, ["control_number", "treatment_number"], board_id=board_id)
+    return {e.agent_id: cast("RunningExperiment", e) for e in found if e.agent_id in ids}
+
+
+def assign(task: Task, agent: Agent, experiments: dict[int, RunningExperiment]) -> None:
     """Set a task being claimed by ``agent`` to the version it runs (not saved):
     the holdout's version when the task falls in the agent's holdout (kept out of
     experiments, as a holdout must be), else the active one, or, while the agent
@@ -154,7 +175,7 @@ def assign(task: Task, agent: Agent, experiments: dict[int, Experiment]) -> None
         task.prompt_version = holdout.version
         return
     experiment = experiments.get(agent.pk)
-    if experiment is not None and experiment.control.number != agent.prompt_version:
+    if experiment is not None and experiment.control_number != agent.prompt_version:
         # The prompt was changed directly while the experiment ran: its control is
         # stale, so nothing is assigned until the next look rolls it back.
         experiment = None
@@ -165,8 +186,9 @@ def assign(task: Task, agent: Agent, experiments: dict[int, Experiment]) -> None
         return
     task.experiment_id = experiment.pk
     task.arm = arm_of(experiment, task.pk)
-    version = experiment.treatment if task.arm == Arm.TREATMENT else experiment.control
-    task.prompt_version = version.number
+    task.prompt_version = (
+        experiment.treatment_number if task.arm == Arm.TREATMENT else experiment.control_number
+    )
 
 
 @lru_cache(maxsize=1024)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Field, Max, Min, Q, QuerySet
+from django.db.models import Count, Field, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
@@ -118,8 +118,28 @@ def intake_column(board: Board) -> Column:
     return column
 
 
+# Read at every pull and every task added to a limited column: compiled once
+# (kaizen_web.prepared), as are the pull's other reads.
+_COLUMN_COUNT = Prepared(
+    lambda *, column_id: (
+        Task.objects.filter(column_id=column_id).values("column_id").annotate(n=Count("pk")).values_list("n")
+    ),
+    column_id=int,
+)
+_BOARD_COLUMNS = Prepared(
+    lambda *, board_id: Column.objects.filter(board_id=board_id).order_by().values_list(*fields(Column)),
+    board_id=int,
+)
+
+
 def column_count(column: Column) -> int:
-    return Task.objects.filter(column=column).count()
+    row = _COLUMN_COUNT.first(column_id=column.pk)
+    return row[0] if row else 0
+
+
+def board_columns_by_role(board: Board) -> dict[str, Column]:
+    """The board's columns by role (one query, compiled once)."""
+    return {c.role: c for c in _BOARD_COLUMNS.instances(Column, board_id=board.pk)}
 
 
 def wip_check(column: Column, *, adding: int = 1) -> str:
@@ -218,7 +238,16 @@ def board_lock(board_id: int) -> Board:
     # UPDATE would block. A run finishing (holding its task row, inserting its
     # event) would then wait on the board while a board-lock holder waits on that
     # task row: a deadlock. The two lock modes still exclude each other.
-    return Board.objects.select_for_update(no_key=True).get(pk=board_id)
+    found = _BOARD_LOCK.instances(Board, pk=board_id)
+    if not found:
+        raise Board.DoesNotExist(f"no board {board_id}")
+    return found[0]
+
+
+_BOARD_LOCK = Prepared(
+    lambda *, pk: Board.objects.filter(pk=pk).select_for_update(no_key=True).values_list(*fields(Board)),
+    pk=int,
+)
 
 
 def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:

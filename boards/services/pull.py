@@ -22,12 +22,20 @@ from django.utils import timezone
 from andon import broadcast as andon_broadcast
 from andon import budgets, jidoka
 from boards import broadcast, pull_rules
-from boards.models import Board, Column, Task, TaskEvent
-from boards.selectors import agents_running_get
+from boards.models import Agent, Board, Column, Task, TaskEvent, board_agent_ids
+from boards.selectors import board_agents_running_get, board_breakers_get
 from boards.services import enqueue
 from boards.services.enqueue import Claim
-from boards.services.primitives import board_lock, column_count, task_event, task_place, task_rows_update
+from boards.services.primitives import (
+    board_columns_by_role,
+    board_lock,
+    column_count,
+    task_event,
+    task_place,
+    task_rows_update,
+)
 from experiments import line as experiment_line
+from kaizen_web.prepared import Prepared, fields
 from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
@@ -155,16 +163,13 @@ def board_pull(*, board_id: int) -> list[Claim]:
     # Most pulls in a busy worker follow a finished run and find nothing waiting:
     # a plain read first spares them the board and agent locks. A task that
     # arrives after this read asks for its own pull once it commits.
-    waiting = Task.objects.filter(
-        board_id=board_id, status__in=(Status.BACKLOG, Status.READY), blocked_at__isnull=True
-    )
-    if not waiting.exists():
+    if not _WAITING.rows(board_id=board_id):
         return []
     with transaction.atomic():
         board = board_lock(board_id)
         if board.paused:
             return []
-        columns = {c.role: c for c in board.columns.all()}
+        columns = board_columns_by_role(board)
         changed: set[int] = set()
         _replenish(board, columns, changed)
         claims = _claim(board, columns, changed)
@@ -173,6 +178,27 @@ def board_pull(*, board_id: int) -> list[Claim]:
         if claims:
             transaction.on_commit(lambda: enqueue.runs_enqueue(claims))
     return claims
+
+
+# The pull's reads that do not depend on what it claims, at every pull: compiled
+# once (kaizen_web.prepared). Compiling them through the ORM at every pull cost
+# more than the rest of a pull of a few tasks (bench/README.md, issue 15).
+_WAITING = Prepared(
+    lambda *, board_id: Task.objects.filter(
+        board_id=board_id, status__in=(Status.BACKLOG, Status.READY), blocked_at__isnull=True
+    ).values_list("pk")[:1],
+    board_id=int,
+)
+# The board's unpaused agents, locked in pk order after the board (no deadlocks).
+_AGENTS_LOCK = Prepared(
+    lambda *, board_id: (
+        Agent.objects.filter(pk__in=board_agent_ids(board_id), paused=False)
+        .order_by("pk")
+        .select_for_update(of=("self",), no_key=True)
+        .values_list(*fields(Agent))
+    ),
+    board_id=int,
+)
 
 
 def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> None:
@@ -241,9 +267,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         # rather than pile up more unchecked work. (A soft limit is a signal:
         # the board says so, and the pull goes on.)
         return []
-    agents = list(
-        board.agents.filter(paused=False).order_by("pk").select_for_update(of=("self",), no_key=True)
-    )
+    agents = _AGENTS_LOCK.instances(Agent, board_id=board.pk)
     if not agents:
         return []
     expired: list[int] = []
@@ -261,11 +285,13 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Probes are marked taken only for agents that claim one (below): a pull that
     # claims nothing must not spend an agent's probe for a whole cool-down.
-    gate = jidoka.pull_gate(agents, board_id=board.pk, take_probes=False)
+    gate = jidoka.pull_gate(
+        agents, board_id=board.pk, take_probes=False, breakers=board_breakers_get(board=board)
+    )
     agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
-    in_doing, running = agents_running_get(doing=doing, agents=agents)
+    in_doing, running = board_agents_running_get(doing=doing, board=board, agents=agents)
     free_wip = pull_rules.free_wip(doing, in_doing)
     if free_wip is not None and free_wip <= 0:
         return []
@@ -276,7 +302,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     total_free = sum(free_agent[a.pk] for a in agents)
     want = total_free if free_wip is None else min(total_free, free_wip)
     offered = {c for a in agents for c in a.offered_capabilities}
-    experiments = experiment_line.running_experiments(agents)
+    experiments = experiment_line.running_experiments(board_id=board.pk, agents=agents)
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))

@@ -42,6 +42,7 @@ from boards.services.pull import board_changed_on_commit
 from experiments import line as experiment_line
 from experiments import patterns
 from experiments.models import ExperimentSample
+from kaizen_web.prepared import Prepared, fields
 from kaizen_web.rows import rows_insert
 
 logger = logging.getLogger(__name__)
@@ -65,12 +66,14 @@ def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]], worker: st
     """task_run_begin for a batch of claims (a query, and an UPDATE with ``worker``):
     the tasks whose claim is still current, by id (a stale claim is simply absent)."""
     wanted = {int(task_id): str(token) for task_id, token in claims}
+    if not wanted:
+        return {}
     if worker:
         # Lease tokens are unique, so matching ids and tokens as two sets matches the pairs.
         Task.objects.filter(pk__in=wanted, lease_token__in=wanted.values(), status=Status.RUNNING).update(
             worker=worker
         )
-    tasks = Task.objects.filter(pk__in=wanted, status=Status.RUNNING, agent__isnull=False)
+    tasks = _RUNNING_TASKS.instances(Task, ids=list(wanted))
     current = [task for task in tasks if str(task.lease_token) == wanted[task.pk]]
     _share_agents(current)
     return {task.pk: task for task in current}
@@ -83,7 +86,7 @@ def _share_agents(tasks: list[Task]) -> None:
     ids = {task.agent_id for task in tasks if task.agent_id}
     if not ids:
         return
-    agents = {agent.pk: agent for agent in Agent.objects.filter(pk__in=ids)}
+    agents = {agent.pk: agent for agent in _AGENTS.instances(Agent, ids=list(ids))}
     for task in tasks:
         if task.agent_id in agents:
             task.agent = agents[task.agent_id]
@@ -228,19 +231,46 @@ def _runs_lock(results: list[RunResult]) -> tuple[dict[int, Task], dict[int, dic
     """The tasks of these runs, locked, with their agents; and their boards' Done
     and Review columns, by board and role."""
     ids = sorted({r.task_id for r in results})
+    if not ids:
+        return {}, {}
     # Rows locked in id order, as two batches in two workers could otherwise deadlock.
-    tasks = {
-        task.pk: task
-        for task in Task.objects.select_for_update(of=("self",), no_key=True)
-        .filter(pk__in=ids)
-        .order_by("pk")
-    }
+    tasks = {task.pk: task for task in _TASKS_LOCK.instances(Task, ids=ids)}
     _share_agents(list(tasks.values()))
     board_ids = {task.board_id for task in tasks.values()}
     board_columns: dict[int, dict[str, Column]] = {}
-    for column in Column.objects.filter(board_id__in=board_ids, role__in=(Role.DONE, Role.REVIEW)).order_by():
+    if not board_ids:
+        return tasks, board_columns
+    for column in _FINISH_COLUMNS.instances(Column, board_ids=list(board_ids)):
         board_columns.setdefault(column.board_id, {})[column.role] = column
     return tasks, board_columns
+
+
+# The reads of every batch of runs begun and finished: compiled once per length
+# of the batch, rounded up to a power of two (kaizen_web.prepared).
+_RUNNING_TASKS = Prepared(
+    lambda *, ids: Task.objects.filter(pk__in=ids, status=Status.RUNNING, agent__isnull=False).values_list(
+        *fields(Task)
+    ),
+    ids=list,
+)
+_AGENTS = Prepared(lambda *, ids: Agent.objects.filter(pk__in=ids).values_list(*fields(Agent)), ids=list)
+_TASKS_LOCK = Prepared(
+    lambda *, ids: (
+        Task.objects.select_for_update(of=("self",), no_key=True)
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .values_list(*fields(Task))
+    ),
+    ids=list,
+)
+_FINISH_COLUMNS = Prepared(
+    lambda *, board_ids: (
+        Column.objects.filter(board_id__in=board_ids, role__in=(Role.DONE, Role.REVIEW))
+        .order_by()
+        .values_list(*fields(Column))
+    ),
+    board_ids=list,
+)
 
 
 def _samples_record(outcomes: Iterable[tuple[Task, bool]]) -> None:

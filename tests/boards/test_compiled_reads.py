@@ -1,0 +1,115 @@
+"""The reads a pull, a batch of runs begun and a batch completed make whatever
+they claim are compiled once per process (kaizen_web.prepared): after the first
+of each, the ORM compiles only the SQL that depends on what is claimed. Compiling
+them at every pull and batch cost more CPU than the rest of a small one
+(bench/line_steps.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from django.db.models.sql.compiler import SQLCompiler
+
+from boards import services
+from boards.agents.cascade import implementation_for
+from boards.selectors import tasks_reusable_get
+from experiments import line as experiment_line
+from tests.factories import make_agent, make_board
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """The SELECTs the ORM compiles (every query's compiler but the INSERT,
+    UPDATE and DELETE ones' own), as SQL text."""
+    found: list[str] = []
+    as_sql = SQLCompiler.as_sql
+
+    def counting(self, *args, **kwargs):
+        sql, params = as_sql(self, *args, **kwargs)
+        found.append(sql)
+        return sql, params
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", counting)
+    return found
+
+
+_notes = itertools.count()
+
+
+def _round(board, n):
+    """Add n tasks (each its own input: nothing to reuse) and pull them; returns
+    the pull's claims."""
+    for _ in range(n):
+        note = next(_notes)
+        services.task_create(
+            board=board, title=f"note {note}", input=f"Summarise delivery note {note}: 12 pallets, on time."
+        )
+    return services.board_pull(board_id=board.pk)
+
+
+def _begin(claims):
+    current = services.tasks_run_begin(claims=[(c.task_id, str(c.lease_token)) for c in claims])
+    tasks_reusable_get(tasks=list(current.values()))
+    return current
+
+
+def _complete(claims, current):
+    results = []
+    for claim in claims:
+        task = current[claim.task_id]
+        output = implementation_for(experiment_line.agent_for_run(task)).process(task)
+        results.append(
+            services.RunResult(task_id=claim.task_id, lease_token=claim.lease_token, output=output)
+        )
+    return services.tasks_complete(results=results)
+
+
+def test_a_pull_compiles_only_its_candidates_and_a_batch_begun_only_its_update(compiled):
+    board = make_board(ready_limit=None, doing_limit=None)
+    make_agent(boards=[board], concurrency=50, error_rate=0)
+    # The first rounds compile what they read, once for each size of batch
+    # (rounded up to a power of two: kaizen_web.prepared).
+    for n in (3, 5):
+        claims = _round(board, n)
+        _complete(claims, _begin(claims))
+
+    for n in (3, 5):
+        del compiled[:]
+        claims = _round(board, n)
+        assert len(claims) == n
+        # Left to compile, of the intake and the pull: the candidates read from the
+        # Backlog and from Ready, whose SQL names the room there is, the rows
+        # wanted and the capabilities the agents offer.
+        assert len(compiled) == 2, compiled
+        for sql in compiled:
+            assert sql.startswith('SELECT "boards_task"."id"') and '"boards_task"."column_id" = ' in sql, sql
+
+        del compiled[:]
+        current = _begin(claims)
+        assert sorted(current) == sorted(c.task_id for c in claims)
+        # The begin's UPDATE names each claim's lease: its own compiler, not counted.
+        assert compiled == []
+        _complete(claims, current)
+
+
+def test_a_completed_batch_compiles_fewer_reads_than_it_did(compiled):
+    board = make_board(ready_limit=None, doing_limit=None)
+    make_agent(boards=[board], concurrency=50, error_rate=0)
+    claims = _round(board, 4)
+    _complete(claims, _begin(claims))
+    claims = _round(board, 4)
+    assert len(claims) == 4
+    current = _begin(claims)
+
+    del compiled[:]
+    assert _complete(claims, current) == [True] * 4
+    # Still compiled at every batch: the ledger's and the patterns' reads, the
+    # repeats' (by request key and time), the inspection rules' and the like.
+    # Compiled once now: the runs' tasks and agents, their boards' Done and
+    # Review columns, the breakers to reset, and the finishes' events, calls and
+    # tasks.
+    for table in ('"boards_taskevent"', '"boards_column"', '"andon_circuitbreaker"'):
+        assert not [sql for sql in compiled if f"FROM {table}" in sql], table
