@@ -1,0 +1,152 @@
+"""The line's services one after another in one process, and the CPU each step
+takes per task (issue 15): what a change to one step buys, measured without the
+HTTP server, Celery, the browsers' updates or the other processes' noise.
+
+Each round adds ``--batch`` tasks as the JSON API does (``task_create``), pulls
+(``board_pull``: the batch is claimed), begins the runs as a worker does
+(``tasks_run_begin`` and ``tasks_reusable_get``), runs the simulated model on
+each (zero latency), and completes them in one batch (``tasks_complete``, as the
+worker's completer does). The board is the line bench's (bench/fixtures.py):
+In progress WIP 200, every output inspected.
+
+What is left out, on purpose: the pull a completion asks for after commit (the
+next round's pull stands for it), the claims' Celery message, and the live
+updates (bench/cards.py measures drawing them). The clock is this thread's CPU
+time, so nothing another thread or process does counts.
+
+The whole-line benches (bench/run.py, bench/sqlite_line.py) swing by a third
+with the machine's speed from one run to the next; this one runs in seconds, so
+two trees can be alternated several times within one such swing. A tree without
+this file is measured by running this file with ``--tree`` set to it.
+
+Usage: python bench/line_steps.py [--rounds N] [--batch N] [--postgres URL] [--tree PATH]
+Prints ``name=value`` lines; records nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS = ("intake", "pull", "begin", "model", "complete")
+
+
+def _scratch_postgres(url: str) -> str:
+    """A fresh database beside the one ``url`` names (dropped first if left over)."""
+    import psycopg
+
+    base, _, _ = url.rpartition("/")
+    name = "kaizen_line_steps"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{base}/{name}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=300, help="rounds measured (default 300)")
+    parser.add_argument("--warmup", type=int, default=30, help="rounds first, not measured (default 30)")
+    parser.add_argument("--batch", type=int, default=8, help="tasks per round (default 8)")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="a PostgreSQL server (a scratch database beside URL's)"
+    )
+    parser.add_argument("--tree", type=Path, help="the checkout to measure (default: this file's)")
+    args = parser.parse_args()
+    root = (args.tree or Path(__file__).resolve().parent.parent).resolve()
+    sys.path.insert(0, str(root))
+    os.chdir(root)
+    scratch = Path(tempfile.mkdtemp(prefix="kaizen-bench-steps-"))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
+    if args.postgres:
+        os.environ["DATABASE_URL"] = _scratch_postgres(args.postgres)
+    else:
+        os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'steps.sqlite3'}"
+    os.environ["KAIZEN_VAR_DIR"] = str(scratch / "var")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    try:
+        figures = _measure(args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    label = "postgres" if args.postgres else "sqlite"
+    total = 0.0
+    for step in STEPS:
+        total += figures[step]
+        print(f"line_steps_{label}_cpu_ms_per_task_{step}={figures[step]:.3f}")
+    print(f"line_steps_{label}_cpu_ms_per_task={total:.3f}")
+    print(f"line_steps_tasks={figures['tasks']:.0f}")
+
+
+def _measure(args: argparse.Namespace) -> dict[str, float]:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from bench.fixtures import line_board
+    from boards import broadcast, selectors, services
+    from boards.agents.cascade import implementation_for
+    from boards.models import Task
+    from boards.services import enqueue
+    from boards.services import pull as pull_module
+    from experiments import line as experiment_line
+
+    call_command("migrate", verbosity=0)
+    # Left out (see the docstring): the live updates, the pull a completion asks
+    # for after commit, and the claims' Celery message.
+    broadcast.columns_changed = lambda *args, **kwargs: None
+    pull_module.request_pull = lambda **kwargs: None
+    enqueue.runs_enqueue = lambda claims: None
+    board, _ = line_board("steps", wip=200)
+    spent = dict.fromkeys(STEPS, 0.0)
+    tasks_done = 0
+    for round_ in range(args.warmup + args.rounds):
+        measured = round_ >= args.warmup
+        clock = time.thread_time()
+        marks = {}
+        for i in range(args.batch):
+            services.task_create(
+                board=board, title=f"step task {round_}.{i}", input=f"Summarise note {round_}.{i}."
+            )
+        marks["intake"] = time.thread_time()
+        claims = services.board_pull(board_id=board.pk)
+        marks["pull"] = time.thread_time()
+        # As a Celery message carries them (boards.tasks.run_tasks).
+        pairs = [(claim.task_id, str(claim.lease_token)) for claim in claims]
+        current = services.tasks_run_begin(claims=pairs, worker="bench-steps")
+        selectors.tasks_reusable_get(tasks=list(current.values()))
+        marks["begin"] = time.thread_time()
+        results = []
+        for claim in claims:
+            task = current[claim.task_id]
+            output = implementation_for(experiment_line.agent_for_run(task)).process(task)
+            results.append(
+                services.RunResult(task_id=claim.task_id, lease_token=claim.lease_token, output=output)
+            )
+        marks["model"] = time.thread_time()
+        services.tasks_complete(results=results)
+        marks["complete"] = time.thread_time()
+        if len(claims) != args.batch:
+            raise SystemExit(f"round {round_}: {len(claims)} claimed, not {args.batch}")
+        if measured:
+            for step in STEPS:
+                spent[step] += marks[step] - clock
+                clock = marks[step]
+            tasks_done += len(claims)
+    left = Task.objects.filter(board=board, status__in=("backlog", "ready", "running")).count()
+    if left:
+        raise SystemExit(f"{left} tasks not finished")
+    figures = {step: spent[step] * 1000 / tasks_done for step in STEPS}
+    figures["tasks"] = tasks_done
+    return figures
+
+
+if __name__ == "__main__":
+    main()
