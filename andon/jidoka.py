@@ -29,7 +29,7 @@ from django.utils import timezone
 from andon.inspection import CheckSpec, InspectionContext, Verdict, inspect, parse_checks
 from andon.models import CircuitBreaker, Escalation, Inspection, LineStop
 from boards.agents.spec import ConfigError
-from boards.models import Agent, Task, board_agent_ids
+from boards.models import Agent, Task
 from kaizen_web.memo import KeyedTtl
 from kaizen_web.prepared import Prepared, fields
 from kaizen_web.rows import rows_insert
@@ -312,11 +312,20 @@ def spike_stops(agent_ids: Iterable[int]) -> list[LineStop]:
     return stops
 
 
-# The stops not restarted of a board and of its agents, at every pull.
+# The stops not restarted of a board and of some agents, at every pull.
+_STOPS = Prepared(
+    lambda *, board_id, agent_ids: (
+        LineStop.objects.filter(restarted_at__isnull=True)
+        .filter(Q(board_id=board_id) | Q(agent_id__in=agent_ids))
+        .order_by()
+        .values_list("pk", "board_id", "agent_id", "until")
+    ),
+    board_id=int,
+    agent_ids=list,
+)
 _BOARD_STOPS = Prepared(
     lambda *, board_id: (
-        LineStop.objects.filter(restarted_at__isnull=True)
-        .filter(Q(board_id=board_id) | Q(agent_id__in=board_agent_ids(board_id)))
+        LineStop.objects.filter(restarted_at__isnull=True, board_id=board_id)
         .order_by()
         .values_list("pk", "board_id", "agent_id", "until")
     ),
@@ -334,15 +343,13 @@ def active_stops(
     status both read stops here, so they agree. The ids of such ended stops are
     appended to ``expired`` when given (the pull lifts them: andon.budgets).
 
-    The agents are the board's (some of them): the stops are read by board, in a
-    query compiled once (kaizen_web.prepared), and the others' left out."""
-    ids = set(agent_ids)
+    One query, compiled once (kaizen_web.prepared)."""
+    ids = sorted(set(agent_ids))
     now = timezone.now()
     board_stopped = False
     agents: set[int] = set()
-    for pk, stop_board, stop_agent, until in _BOARD_STOPS.rows(board_id=board_id):
-        if stop_board != board_id and stop_agent not in ids:
-            continue
+    rows = _STOPS.rows(board_id=board_id, agent_ids=ids) if ids else _BOARD_STOPS.rows(board_id=board_id)
+    for pk, stop_board, stop_agent, until in rows:
         if until is not None and until <= now:
             if expired is not None:
                 expired.append(pk)
@@ -395,6 +402,22 @@ class PullGate:
         return (F("started_at").asc(nulls_first=True), "position", "created_at")
 
 
+# Read at every pull: compiled once (kaizen_web.prepared).
+_PULL_BREAKERS = Prepared(
+    lambda *, agent_ids, board_id: (
+        CircuitBreaker.objects.filter(
+            Q(scope=Breaker.Scope.AGENT, agent_id__in=agent_ids)
+            | Q(scope=Breaker.Scope.MODEL, board_id=board_id, state__in=[State.OPEN, State.HALF_OPEN])
+        )
+        .exclude(state=State.CLOSED)
+        .order_by()
+        .values_list(*fields(CircuitBreaker))
+    ),
+    agent_ids=list,
+    board_id=int,
+)
+
+
 def pull_gate(
     agents: list[Agent],
     *,
@@ -413,16 +436,15 @@ def pull_gate(
     does not spend a probe for a whole cool-down.
 
     ``breakers``, when the caller has read them already (the board's flow
-    status, read-only: boards.selectors.board_breakers_get), are the breakers
+    status, which only reads: boards.selectors.board_breakers_get), are the breakers
     that are not closed, of these agents and the board's models at least: no
     query then."""
     now = timezone.now()
     if breakers is None:
-        rows = list(
-            CircuitBreaker.objects.filter(
-                Q(scope=Breaker.Scope.AGENT, agent__in=agents)
-                | Q(scope=Breaker.Scope.MODEL, board_id=board_id, state__in=[State.OPEN, State.HALF_OPEN])
-            ).exclude(state=State.CLOSED)
+        rows = (
+            _PULL_BREAKERS.instances(CircuitBreaker, agent_ids=[a.pk for a in agents], board_id=board_id)
+            if agents
+            else []
         )
     else:
         ids = {agent.pk for agent in agents}

@@ -615,11 +615,11 @@ def finish_rows(
     return rows
 
 
+EVENT_FIELDS = ("pk", "task_id", "kind", "from_status", "to_status", "created_at")
+
+
 def events_of(queryset) -> list[Event]:
-    return [
-        Event(*row)
-        for row in queryset.values_list("pk", "task_id", "kind", "from_status", "to_status", "created_at")
-    ]
+    return [Event(*row) for row in queryset.values_list(*EVENT_FIELDS)]
 
 
 def finishes_refresh(*, task_ids: Iterable[int]) -> None:
@@ -646,11 +646,7 @@ def finishes_refresh(*, task_ids: Iterable[int]) -> None:
 # compiled once per length of the batch, rounded up to a power of two
 # (kaizen_web.prepared), in events_of's and calls_of's shapes.
 _TASKS_EVENTS = Prepared(
-    lambda *, ids: (
-        TaskEvent.objects.filter(task_id__in=ids)
-        .order_by()
-        .values_list("pk", "task_id", "kind", "from_status", "to_status", "created_at")
-    ),
+    lambda *, ids: TaskEvent.objects.filter(task_id__in=ids).order_by().values_list(*EVENT_FIELDS),
     ids=list,
 )
 _TASKS_CALLS = Prepared(

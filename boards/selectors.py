@@ -735,7 +735,39 @@ def _waiting_query(*, column_id: int) -> QuerySet:
 # Not prepared: the running tasks are a few rows of many, which a plan kept for
 # every value of its status would not know (kaizen_web.prepared).
 _RUNNING = Prepared(_running_query, prepare=False, doing_id=int, board_id=int)
+_RUNNING_OF = Prepared(
+    lambda *, doing_id, agent_ids: (
+        Task.objects.filter(status=Task.Status.RUNNING)
+        .filter(Q(column_id=doing_id) | Q(agent_id__in=agent_ids))
+        .values_list("column", "agent")
+        .annotate(n=Count("pk"))
+        .order_by()
+    ),
+    prepare=False,
+    doing_id=int,
+    agent_ids=list,
+)
+_RUNNING_IN = Prepared(
+    lambda *, doing_id: (
+        Task.objects.filter(status=Task.Status.RUNNING, column_id=doing_id)
+        .values_list("column", "agent")
+        .annotate(n=Count("pk"))
+        .order_by()
+    ),
+    prepare=False,
+    doing_id=int,
+)
 _WAITING = Prepared(_waiting_query, column_id=int)
+
+
+def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict[int, int]]:
+    """Tasks running in ``doing`` and each agent's running tasks on any board (an
+    agent's concurrency is shared by its boards): one grouped query, compiled
+    once (kaizen_web.prepared). The pull (boards.services.pull) counts with it."""
+    if not agents:
+        return _running_counted(_RUNNING_IN.rows(doing_id=doing.pk), doing=doing, agents=agents)
+    rows = _RUNNING_OF.rows(doing_id=doing.pk, agent_ids=sorted(agent.pk for agent in agents))
+    return _running_counted(rows, doing=doing, agents=agents)
 
 
 def board_agents_running_get(
@@ -744,8 +776,9 @@ def board_agents_running_get(
     """Tasks running in ``doing`` and each of ``agents``' (some of the board's)
     running tasks on any board (an agent's concurrency is shared by its boards):
     one grouped query that names the board instead of the agents (compiled once;
-    what it counts for the board's other agents is left out). The pull
-    (boards.services.pull) and the flow status count with it alike."""
+    what it counts for the board's other agents is left out). The flow status
+    counts with it as the pull does with agents_running_get, which names the
+    agents it has locked."""
     return _running_counted(_RUNNING.rows(doing_id=doing.pk, board_id=board.pk), doing=doing, agents=agents)
 
 

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from boards.models import Agent, Task, board_agent_ids
+from boards.models import Agent, Task
 from experiments.models import (
     AgentGates,
     Experiment,
@@ -137,25 +137,27 @@ if TYPE_CHECKING:
     RunningExperiment: TypeAlias = WithAnnotations[Experiment, _VersionNumbers]
 
 
-# The experiments assigning traffic on a board's agents, with their versions'
-# numbers, at every pull: compiled once (kaizen_web.prepared).
+# The experiments assigning traffic, with their versions' numbers, at every
+# pull: compiled once (kaizen_web.prepared).
 _RUNNING = Prepared(
-    lambda *, board_id: (
-        Experiment.objects.filter(agent_id__in=board_agent_ids(board_id), status__in=Experiment.ASSIGNING)
+    lambda *, agent_ids: (
+        Experiment.objects.filter(agent_id__in=agent_ids, status__in=Experiment.ASSIGNING)
         .order_by()
         .values_list(*fields(Experiment), "control__number", "treatment__number")
     ),
-    board_id=int,
+    agent_ids=list,
 )
 
 
-def running_experiments(*, board_id: int, agents: Iterable[Agent]) -> dict[int, RunningExperiment]:
-    """The experiments assigning traffic now, by agent, of these agents of the
-    board (one query): each with ``control_number`` and ``treatment_number``, its
-    versions' numbers (what ``assign`` reads; the versions are not loaded)."""
-    ids = {agent.pk for agent in agents}
-    found = _RUNNING.instances(Experiment, ["control_number", "treatment_number"], board_id=board_id)
-    return {e.agent_id: cast("RunningExperiment", e) for e in found if e.agent_id in ids}
+def running_experiments(agents: Iterable[Agent]) -> dict[int, RunningExperiment]:
+    """The experiments assigning traffic now, by agent (one query): each with
+    ``control_number`` and ``treatment_number``, its versions' numbers (what
+    ``assign`` reads; the versions are not loaded)."""
+    ids = sorted({agent.pk for agent in agents})
+    if not ids:
+        return {}
+    found = _RUNNING.instances(Experiment, ["control_number", "treatment_number"], agent_ids=ids)
+    return {e.agent_id: cast("RunningExperiment", e) for e in found}
 
 
 def assign(task: Task, agent: Agent, experiments: dict[int, RunningExperiment]) -> None:

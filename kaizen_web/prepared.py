@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import connections
 from django.db.models import Model, QuerySet
+from django.db.transaction import TransactionManagementError
 
 M = TypeVar("M", bound=Model)
 
@@ -59,13 +60,17 @@ class _Compiled:
     # operations, never its socket, so they serve every thread.
     compiler: Any
     converters: dict
+    # SELECT ... FOR UPDATE: run only inside a transaction, as Django checks when
+    # it compiles one (here, once).
+    locks: bool = False
 
 
 class Prepared:
     """``build(**values)`` returns the queryset (a ``values_list()``, sliced if one row
     is wanted); ``kinds`` says which values are integers, which are text and which
     are lists of integers, e.g. ``Prepared(build, agent_id=int, input_key=str,
-    ids=list)``. ``rows(**values)`` runs it. A list must not be empty: Django runs no
+    ids=list)``. ``rows(**values)`` runs it. A list's None items are left out, as
+    Django leaves them out, and what is left must not be empty: Django runs no
     query for an empty ``IN``, and what that means depends on the query, so it is
     its caller's to answer."""
 
@@ -122,13 +127,18 @@ class Prepared:
             # A value the query does not use as a parameter (turned into SQL, or
             # transformed on the way): running the SQL again would ignore it.
             raise ValueError(f"prepared query: {', '.join(sorted(missing))} not found among the parameters")
-        return _Compiled(alias, sql, list(params), places, compiler if converters else None, converters)
+        locks = bool(queryset.query.select_for_update) and connections[alias].features.has_select_for_update
+        return _Compiled(
+            alias, sql, list(params), places, compiler if converters else None, converters, locks
+        )
 
     def rows(self, **values: Any) -> list[tuple]:
         nulls = frozenset(name for name, value in values.items() if value is None)
         for listed in self._lists:
             if listed not in nulls:
-                values[listed] = list(values[listed])  # a set or any iterable: indexed below
+                # A set or any iterable: indexed below. None is no item of an IN
+                # list (Django leaves it out too).
+                values[listed] = [item for item in values[listed] if item is not None]
         sizes = tuple((name, _padded(name, values[name])) for name in self._lists if name not in nulls)
         alias = self._compiled_alias()
         key = (alias, nulls, sizes)
@@ -144,6 +154,8 @@ class Prepared:
             else:
                 items = values[place[0]]
                 params[index] = items[min(place[1], len(items) - 1)]
+        if compiled.locks and connections[alias].get_autocommit():
+            raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
         with prepared_cursor(alias, prepare=self._prepare) as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchall()
@@ -202,7 +214,7 @@ def prepared_cursor(alias: str, *, prepare: bool = True) -> Any:
 
     For statements of a fixed text run again and again, not one text per call.
     psycopg prepares a text once for each list of parameter types it is run
-    with, and keeps the last 100 per connection. So that the types vary as
+    with, and keeps the last PREPARED_MAX per connection. So that the types vary as
     little as they can, every int goes as a bigint (psycopg would pick the
     smallest integer type that holds it, another statement each time an id
     grows past 32,767 or a position turns negative); a str goes as "unknown",
@@ -220,6 +232,10 @@ def prepared_cursor(alias: str, *, prepare: bool = True) -> Any:
         return connection._prepare_cursor(_preparing_cursor_class()(connection.connection))  # type: ignore[attr-defined]
 
 
+# Prepared statements kept per connection (psycopg's prepared_max).
+PREPARED_MAX = 500
+
+
 @functools.cache
 def _preparing_cursor_class() -> type:
     from django.db.backends.postgresql.base import ServerBindingCursor
@@ -230,6 +246,11 @@ def _preparing_cursor_class() -> type:
             super().__init__(*args, **kwargs)
             # Every int a bigint, in an array too (see prepared_cursor).
             self.adapters.register_dumper(int, Int8Dumper)
+            # The line's statements outnumber psycopg's default of 100 kept per
+            # connection (a list makes up to nine shapes): past it, the oldest is
+            # dropped and prepared again at its next call.
+            if self.connection.prepared_max < PREPARED_MAX:
+                self.connection.prepared_max = PREPARED_MAX
 
         @contextlib.contextmanager
         def _preparing(self):

@@ -245,7 +245,9 @@ def board_lock(board_id: int) -> Board:
 
 
 _BOARD_LOCK = Prepared(
-    lambda *, pk: Board.objects.filter(pk=pk).select_for_update(no_key=True).values_list(*fields(Board)),
+    lambda *, pk: (
+        Board.objects.filter(pk=pk).order_by().select_for_update(no_key=True).values_list(*fields(Board))
+    ),
     pk=int,
 )
 

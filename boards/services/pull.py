@@ -23,7 +23,7 @@ from andon import broadcast as andon_broadcast
 from andon import budgets, jidoka
 from boards import broadcast, pull_rules
 from boards.models import Agent, Board, Column, Task, TaskEvent, board_agent_ids
-from boards.selectors import board_agents_running_get, board_breakers_get
+from boards.selectors import agents_running_get
 from boards.services import enqueue
 from boards.services.enqueue import Claim
 from boards.services.primitives import (
@@ -182,11 +182,22 @@ def board_pull(*, board_id: int) -> list[Claim]:
 
 # The pull's reads that do not depend on what it claims, at every pull: compiled
 # once (kaizen_web.prepared). Compiling them through the ORM at every pull cost
-# more than the rest of a pull of a few tasks (bench/README.md, issue 15).
+# more than the rest of a pull of a few tasks (bench/line_steps.py). Once the
+# agents are locked, what is read of them is read by their ids, not as the
+# board's: a change of the board's agents committed meanwhile must not leave a
+# locked agent's stops, breakers, running tasks or experiment unread.
+#
+# Not prepared: waiting tasks are few of a long history, which a plan kept for
+# every value of the statuses would not know.
 _WAITING = Prepared(
-    lambda *, board_id: Task.objects.filter(
-        board_id=board_id, status__in=(Status.BACKLOG, Status.READY), blocked_at__isnull=True
-    ).values_list("pk")[:1],
+    lambda *, board_id: (
+        Task.objects.filter(
+            board_id=board_id, status__in=(Status.BACKLOG, Status.READY), blocked_at__isnull=True
+        )
+        .order_by()
+        .values_list("pk")[:1]
+    ),
+    prepare=False,
     board_id=int,
 )
 # The board's unpaused agents, locked in pk order after the board (no deadlocks).
@@ -285,13 +296,11 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
         return []
     # Probes are marked taken only for agents that claim one (below): a pull that
     # claims nothing must not spend an agent's probe for a whole cool-down.
-    gate = jidoka.pull_gate(
-        agents, board_id=board.pk, take_probes=False, breakers=board_breakers_get(board=board)
-    )
+    gate = jidoka.pull_gate(agents, board_id=board.pk, take_probes=False)
     agents = [a for a in agents if a.pk not in gate.blocked]
     if not agents:
         return []
-    in_doing, running = board_agents_running_get(doing=doing, board=board, agents=agents)
+    in_doing, running = agents_running_get(doing=doing, agents=agents)
     free_wip = pull_rules.free_wip(doing, in_doing)
     if free_wip is not None and free_wip <= 0:
         return []
@@ -302,7 +311,7 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     total_free = sum(free_agent[a.pk] for a in agents)
     want = total_free if free_wip is None else min(total_free, free_wip)
     offered = {c for a in agents for c in a.offered_capabilities}
-    experiments = experiment_line.running_experiments(board_id=board.pk, agents=agents)
+    experiments = experiment_line.running_experiments(agents)
     candidates = (
         Task.objects.filter(column=ready, blocked_at__isnull=True)
         .filter(Q(capability="") | Q(capability__in=offered))

@@ -248,12 +248,16 @@ def _runs_lock(results: list[RunResult]) -> tuple[dict[int, Task], dict[int, dic
 # The reads of every batch of runs begun and finished: compiled once per length
 # of the batch, rounded up to a power of two (kaizen_web.prepared).
 _RUNNING_TASKS = Prepared(
-    lambda *, ids: Task.objects.filter(pk__in=ids, status=Status.RUNNING, agent__isnull=False).values_list(
-        *fields(Task)
+    lambda *, ids: (
+        Task.objects.filter(pk__in=ids, status=Status.RUNNING, agent__isnull=False)
+        .order_by()
+        .values_list(*fields(Task))
     ),
     ids=list,
 )
-_AGENTS = Prepared(lambda *, ids: Agent.objects.filter(pk__in=ids).values_list(*fields(Agent)), ids=list)
+_AGENTS = Prepared(
+    lambda *, ids: Agent.objects.filter(pk__in=ids).order_by().values_list(*fields(Agent)), ids=list
+)
 _TASKS_LOCK = Prepared(
     lambda *, ids: (
         Task.objects.select_for_update(of=("self",), no_key=True)

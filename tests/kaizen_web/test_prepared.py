@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Q
+from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
 from boards.models import Board, Column, Task
@@ -143,10 +144,35 @@ def test_a_list_answers_as_the_queryset_for_every_length_in_a_few_shapes():
     assert sorted(sizes for _, _, ((_, sizes),) in prepared._compiled) == [1, 2, 4, 8, 16]
 
 
-def test_an_empty_list_is_refused():
+def test_an_empty_list_is_refused_and_none_is_no_item():
+    board = make_board()
+    ready = board.columns.get(role="ready")
+    task = Task.objects.create(board=board, column=ready, title="kept")
     prepared = Prepared(_titles, ids=list, column_id=int)
-    with pytest.raises(ValueError, match="ids is an empty list"):
-        prepared.rows(ids=[], column_id=1)
+    # As Django leaves None out of an IN list (under an exclude, a NULL item would
+    # match nothing at all).
+    assert prepared.rows(ids=[None, task.pk], column_id=0) == [("kept",)]
+    excluded = Prepared(
+        lambda *, ids: Task.objects.filter(column=ready).exclude(pk__in=ids).values_list("title"), ids=list
+    )
+    assert excluded.rows(ids=[task.pk + 1, None]) == [("kept",)]
+    for empty in ([], [None]):
+        with pytest.raises(ValueError, match="ids is an empty list"):
+            prepared.rows(ids=empty, column_id=1)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_outside_a_transaction_is_refused_as_django_refuses_it():
+    board = make_board()
+    locking = Prepared(
+        lambda *, pk: Board.objects.filter(pk=pk).select_for_update().values_list("pk"), pk=int
+    )
+    with transaction.atomic():
+        assert locking.rows(pk=board.pk) == [(board.pk,)]
+    # Django says so when it compiles the query; a compiled one says so at every call.
+    with pytest.raises(TransactionManagementError, match="outside of a transaction"):
+        locking.rows(pk=board.pk)
 
 
 def _prepared_statements() -> list[str]:
