@@ -362,10 +362,10 @@
   }
 
   // In use: focused (or holding the focus), an open <details> (a form or a
-  // menu), a field with typed text, or a row holding a decision.
+  // menu), a field with typed text, or a row holding a decision or sending it.
   function inUse(el) {
     if (!(el instanceof Element)) return false;
-    if (el.matches(".is-pending")) return true;
+    if (el.matches(".is-pending, .is-sending")) return true;
     const active = document.activeElement;
     if (active && active !== document.body && (el === active || el.contains(active))) return true;
     if (el.matches("details[open]") || el.querySelector("details[open]")) return true;
@@ -374,9 +374,12 @@
 
   // A row to be removed is kept while it holds what the person is working on
   // (an open form, a focused field); the row itself being selected does not
-  // count, nor text left in a form the person closed.
+  // count, nor text left in a form the person closed. A row whose decision is
+  // being sent is kept until the answer comes: the push of that decision can
+  // arrive first on a loaded machine, and htmx finds the answer's out-of-band
+  // parts (the status line) only from a form still on the page.
   function rowInUse(row) {
-    if (row.matches(".is-pending") || row.querySelector("details[open]")) return true;
+    if (row.matches(".is-pending, .is-sending") || row.querySelector("details[open]")) return true;
     const active = document.activeElement;
     return Boolean(active && active !== row && row.contains(active) && active.matches("input, textarea, select, button, summary"));
   }
@@ -501,7 +504,8 @@
     if (rowInUse(row)) {
       row.classList.add("is-gone");
       const note = row.querySelector(".escalation-gone-note");
-      if (note) note.hidden = false;
+      // Not for a row sending its own decision: the push is that decision's.
+      if (note && !row.matches(".is-sending")) note.hidden = false;
       return;
     }
     row.remove();
@@ -754,6 +758,8 @@
     const old = form && form.tagName === "FORM" ? form.closest(".escalation") : null;
     if (!old) return;
     old.classList.remove("is-sending");
+    // A removal pushed while the answer was awaited is applied now.
+    sweepSoon();
     const row = document.getElementById(old.id);
     if (!row) return; // decided: afterChange moves the selection on
     row.classList.remove("is-sending");

@@ -24,6 +24,19 @@ ROW = f"#escalation-list .escalation:has-text('{TITLE}')"
 # web server, the database and the broadcaster to every page).
 
 
+def _defect_line():
+    """A board whose agent's every output fails its check: each run ends in Review
+    with an escalation."""
+    board = make_board(name="Andon line")
+    make_agent(
+        boards=[board],
+        latency_ms=100,
+        error_rate=0.0,
+        quality_checks=[{"check": "regex", "name": "has-part-number", "must_match": "NEVER-MATCHES"}],
+    )
+    return board
+
+
 def _title_count(page, n: int) -> None:
     page.wait_for_function(f"document.title === '({n}) Andon inbox · Kaizen'", timeout=WAIT_MS)
 
@@ -31,14 +44,7 @@ def _title_count(page, n: int) -> None:
 def test_an_escalation_approved_from_the_keyboard_leaves_both_inboxes_live(
     browser, live_server_url, celery_worker
 ):
-    board = make_board(name="Andon line")
-    # Every output fails this check, so the worker's run ends in Review with an escalation.
-    make_agent(
-        boards=[board],
-        latency_ms=100,
-        error_rate=0.0,
-        quality_checks=[{"check": "regex", "name": "has-part-number", "must_match": "NEVER-MATCHES"}],
-    )
+    board = _defect_line()
     ana = make_reviewer(username="ana", password=PASSWORD)
     make_reviewer(username="bob", password=PASSWORD)
 
@@ -80,3 +86,47 @@ def test_an_escalation_approved_from_the_keyboard_leaves_both_inboxes_live(
     escalation = Escalation.objects.get(task=task)
     assert (escalation.status, escalation.decided_by) == (Escalation.Status.APPROVED, ana)
     assert task.events.filter(kind=TaskEvent.Kind.APPROVED).count() == 1
+
+
+def test_an_approval_whose_row_the_live_update_took_first_still_says_so(
+    browser, live_server_url, celery_worker
+):
+    # On a loaded machine the push of a decision can reach the page before the
+    # decision's own response: the row (and the form the request came from) is
+    # gone when the response arrives. Its status line must still show.
+    board = _defect_line()
+    make_reviewer(username="ana", password=PASSWORD)
+    page = log_in(browser, live_server_url, "ana", "/andon/")
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    services.task_create(board=board, title=TITLE, input="Porosity near the root pass.")
+    page.wait_for_selector(ROW, timeout=WAIT_MS)
+
+    # The approval reaches the server (which decides and pushes the decision),
+    # and its response is held back until the push has arrived.
+    held = []
+    page.route("**/andon/*/approve/", lambda route: held.append((route, route.fetch())))
+    page.keyboard.press("j")
+    page.wait_for_selector(f"{ROW}[aria-current='true']", timeout=WAIT_MS)
+    page.keyboard.press("a")
+    # The decision's push arrives: every other page takes the row away; this one
+    # keeps it, sending, until its answer comes.
+    page.wait_for_function(
+        "[...document.querySelectorAll('.escalation.is-gone')].length === 1", timeout=WAIT_MS
+    )
+    # The route's handler runs while this thread waits on the page.
+    for _ in range(WAIT_MS // 100):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    [(route, response)] = held
+    assert f"Approved: “{TITLE}”." not in page.inner_text("#inbox-status")
+    # Not "decided elsewhere": the push is this reviewer's own decision.
+    assert page.is_hidden(f"{ROW} .escalation-gone-note")
+    route.fulfill(response=response)
+
+    page.wait_for_selector(f"#inbox-status:has-text('Approved: “{TITLE}”.')", timeout=WAIT_MS)
+    page.wait_for_selector(ROW, state="detached", timeout=WAIT_MS)
+    _title_count(page, 0)
+    assert not [error for error in errors if "oobErrorNoTarget" in error]
+    assert Escalation.objects.get(task__title=TITLE).status == Escalation.Status.APPROVED
