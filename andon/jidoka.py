@@ -323,32 +323,25 @@ _STOPS = Prepared(
     board_id=int,
     agent_ids=list,
 )
-_BOARD_STOPS = Prepared(
-    lambda *, board_id: (
-        LineStop.objects.filter(restarted_at__isnull=True, board_id=board_id)
-        .order_by()
-        .values_list("pk", "board_id", "agent_id", "until")
-    ),
-    board_id=int,
-)
 
 
 def active_stops(
     *, board_id: int, agent_ids: Iterable[int], expired: list[int] | None = None
 ) -> tuple[bool, set[int]]:
-    """Whether the board's line is stopped, and which of these agents' lines are.
+    """Whether the board's line is stopped, and which of these agents' lines are
+    (at least one agent: the pull asks for those it has locked; an empty list
+    is refused).
 
     A budget stop is in force until its period ends (``LineStop.until``), even
-    before anything records it as restarted: the pull and the board's flow
-    status both read stops here, so they agree. The ids of such ended stops are
+    before anything records it as restarted; the board's flow status
+    (boards.selectors) reads stops the same way, so they agree. The ids of such ended stops are
     appended to ``expired`` when given (the pull lifts them: andon.budgets).
 
     One query, compiled once (kaizen_web.prepared)."""
-    ids = sorted(set(agent_ids))
     now = timezone.now()
     board_stopped = False
     agents: set[int] = set()
-    rows = _STOPS.rows(board_id=board_id, agent_ids=ids) if ids else _BOARD_STOPS.rows(board_id=board_id)
+    rows = _STOPS.rows(board_id=board_id, agent_ids=sorted(set(agent_ids)))
     for pk, stop_board, stop_agent, until in rows:
         if until is not None and until <= now:
             if expired is not None:

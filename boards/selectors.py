@@ -712,10 +712,12 @@ def _running_counted(
     return in_doing, running
 
 
-def _running_query(*, doing_id: int, board_id: int) -> QuerySet:
+def _running_query(*, doing_id: int, agents: QuerySet | list[int]) -> QuerySet:
+    """Running tasks grouped by (column, agent): those in ``doing_id`` and those
+    of ``agents`` (ids, or a subquery of them) on any board."""
     return (
         Task.objects.filter(status=Task.Status.RUNNING)
-        .filter(Q(column_id=doing_id) | Q(agent_id__in=board_agent_ids(board_id)))
+        .filter(Q(column_id=doing_id) | Q(agent_id__in=agents))
         .values_list("column", "agent")
         .annotate(n=Count("pk"))
         .order_by()
@@ -734,28 +736,17 @@ def _waiting_query(*, column_id: int) -> QuerySet:
 # Read for every live update of a board: compiled once (kaizen_web.prepared).
 # Not prepared: the running tasks are a few rows of many, which a plan kept for
 # every value of its status would not know (kaizen_web.prepared).
-_RUNNING = Prepared(_running_query, prepare=False, doing_id=int, board_id=int)
+_RUNNING = Prepared(
+    lambda *, doing_id, board_id: _running_query(doing_id=doing_id, agents=board_agent_ids(board_id)),
+    prepare=False,
+    doing_id=int,
+    board_id=int,
+)
 _RUNNING_OF = Prepared(
-    lambda *, doing_id, agent_ids: (
-        Task.objects.filter(status=Task.Status.RUNNING)
-        .filter(Q(column_id=doing_id) | Q(agent_id__in=agent_ids))
-        .values_list("column", "agent")
-        .annotate(n=Count("pk"))
-        .order_by()
-    ),
+    lambda *, doing_id, agent_ids: _running_query(doing_id=doing_id, agents=agent_ids),
     prepare=False,
     doing_id=int,
     agent_ids=list,
-)
-_RUNNING_IN = Prepared(
-    lambda *, doing_id: (
-        Task.objects.filter(status=Task.Status.RUNNING, column_id=doing_id)
-        .values_list("column", "agent")
-        .annotate(n=Count("pk"))
-        .order_by()
-    ),
-    prepare=False,
-    doing_id=int,
 )
 _WAITING = Prepared(_waiting_query, column_id=int)
 
@@ -763,9 +754,8 @@ _WAITING = Prepared(_waiting_query, column_id=int)
 def agents_running_get(*, doing: Column, agents: list[Agent]) -> tuple[int, dict[int, int]]:
     """Tasks running in ``doing`` and each agent's running tasks on any board (an
     agent's concurrency is shared by its boards): one grouped query, compiled
-    once (kaizen_web.prepared). The pull (boards.services.pull) counts with it."""
-    if not agents:
-        return _running_counted(_RUNNING_IN.rows(doing_id=doing.pk), doing=doing, agents=agents)
+    once (kaizen_web.prepared). The pull (boards.services.pull) counts with it,
+    for the agents it has locked: at least one (an empty list is refused)."""
     rows = _RUNNING_OF.rows(doing_id=doing.pk, agent_ids=sorted(agent.pk for agent in agents))
     return _running_counted(rows, doing=doing, agents=agents)
 
