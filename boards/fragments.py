@@ -25,7 +25,6 @@ from django.template import engines
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.timesince import timesince
 from django.utils.translation import get_language
 
 from andon.selectors import board_budgets_exist, budget_warnings_get
@@ -231,8 +230,8 @@ def cards_html_set(*, columns: list[ColumnView]) -> None:
 def _card_key(card: Task, now: datetime, context: tuple, simulated: dict[int, bool]) -> tuple:
     """Everything the card template shows of ``card``: two cards with the same key
     render alike. Its ages in words are a function of the whole seconds in flight
-    (the duration filter), of the minutes elapsed under a day (timesince), of
-    the date beyond (calendar months)."""
+    (the duration filter) and of the time since each of its moments
+    (``_elapsed``)."""
     agent: tuple = ()
     # The agent is on the card already (board_columns_get): no query.
     task_agent = card.agent if card.agent_id is not None else None
@@ -281,12 +280,21 @@ def _card_key(card: Task, now: datetime, context: tuple, simulated: dict[int, bo
 
 
 def _elapsed(moment: datetime | None, now: datetime) -> object:
+    """What the card's words for the time since ``moment`` depend on: the whole
+    minutes under a day (boards.jinja.timesince); beyond it, the whole hours,
+    counted from the moment and from the moment without its microseconds, and
+    the date. Django's timesince shows two adjacent units, the smallest an hour
+    past a day; its units' boundaries fall on whole hours from the moment (or
+    from its whole second, where a month is counted from it) and, for a day of
+    the month the current month lacks, at midnight. Calling timesince for the
+    key cost a card aged past a day more than drawing it did."""
     if moment is None:
         return None
     seconds = (now - moment).total_seconds()
     if seconds < 86400:
         return (moment, int(seconds // 60))
-    return (moment, timesince(moment, now))
+    whole = (now - moment.replace(microsecond=0)).total_seconds()
+    return (moment, now.date(), int(seconds // 3600), int(whole // 3600))
 
 
 def agents_summary(agents: list) -> dict[str, int]:

@@ -5,6 +5,7 @@ fragments; never a form (the andon cord is the page's own control)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -243,3 +244,34 @@ def test_a_card_kept_from_an_earlier_update_is_drawn_anew_when_what_it_shows_cha
     assert "note one" in kept and "first name" in kept
     assert "note two" in html and "note one" not in html
     assert "second name" in html and "first name" not in html
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2024, 1, 31, 13, 47, 12, tzinfo=UTC),  # a month's last day, before a leap February
+        datetime(2024, 2, 29, 0, 0, 59, tzinfo=UTC),  # a leap day, at midnight
+        datetime(2025, 3, 30, 23, 59, 59, tzinfo=UTC),  # late in a long month
+        datetime(2025, 12, 15, 6, 30, 0, 500_000, tzinfo=UTC),  # a year's end ahead, with microseconds
+        datetime(2025, 8, 31, 21, 5, 44, 999_999, tzinfo=UTC),  # a 31st, with microseconds
+    ],
+)
+def test_a_kept_cards_age_in_words_is_the_one_it_would_be_drawn_with(moment, monkeypatch):
+    # A kept card is keyed by what its age in words depends on
+    # (boards.fragments._elapsed), not by the words: two moments of now with the
+    # same key must give the same words, or a card would show a stale age.
+    from boards import jinja
+    from boards.fragments import _elapsed
+
+    words_by_key: dict[object, set[str]] = {}
+    now = moment + timedelta(seconds=30)
+    while now < moment + timedelta(days=400):
+        monkeypatch.setattr(jinja.timezone, "now", lambda now=now: now)
+        words = jinja.timesince(moment)
+        words_by_key.setdefault(_elapsed(moment, now), set()).add(words)
+        # Steps of 7 min 13 s cover every minute under a day and land on
+        # every hour's either side beyond it.
+        now += timedelta(minutes=7, seconds=13) if now < moment + timedelta(days=2) else timedelta(minutes=37)
+
+    assert {key: words for key, words in words_by_key.items() if len(words) > 1} == {}
+    assert len(words_by_key) > 1000
