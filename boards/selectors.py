@@ -907,8 +907,9 @@ def board_pull_status_get(
     breakers: list | None = None,
 ) -> BoardPullStatus:
     """Why agents are (not) pulling on ``board``, rule by rule as the pull
-    (boards.services.board_pull and _claim) decides, read-only: the andon's
-    ``active_stops`` and ``pull_gate(take_probes=False)``, and boards.pull_rules.
+    (boards.services.board_pull and _claim) decides, read-only: the line stops
+    as board_line_stops_get reads them (in force as jidoka.active_stops finds
+    them), ``pull_gate(take_probes=False)``, and boards.pull_rules.
 
     ``columns`` (annotated with ``task_count``, as board_column_counts_get
     gives them), ``line_stops`` (board_line_stops_get), ``agents`` (the

@@ -259,19 +259,29 @@ def test_a_card_kept_from_an_earlier_update_is_drawn_anew_when_what_it_shows_cha
 def test_a_kept_cards_age_in_words_is_the_one_it_would_be_drawn_with(moment, monkeypatch):
     # A kept card is keyed by what its age in words depends on
     # (boards.fragments._elapsed), not by the words: two moments of now with the
-    # same key must give the same words, or a card would show a stale age.
+    # same key must give the same words, or a card would show a stale age. The
+    # words can change only where a unit turns: a whole minute after the moment
+    # under a day; beyond it, a whole hour after the moment or after its whole
+    # second (Django counts months from that), or a midnight (a 31st's month
+    # turns then when the month has no 31st). Each is looked at a microsecond
+    # before, on it and a microsecond after, over two months.
     from boards import jinja
     from boards.fragments import _elapsed
 
+    whole = moment.replace(microsecond=0)
+    turns = [moment + timedelta(minutes=n) for n in range(1, 24 * 60)]
+    for start in (moment, whole):
+        turns += [start + timedelta(hours=n) for n in range(24, 24 * 60)]
+    midnight = datetime.combine(moment.date(), datetime.min.time(), tzinfo=UTC)
+    turns += [midnight + timedelta(days=n) for n in range(2, 60)]
+    clock = [moment]
+    monkeypatch.setattr(jinja.timezone, "now", lambda: clock[0])
+
     words_by_key: dict[object, set[str]] = {}
-    now = moment + timedelta(seconds=30)
-    while now < moment + timedelta(days=400):
-        monkeypatch.setattr(jinja.timezone, "now", lambda now=now: now)
-        words = jinja.timesince(moment)
-        words_by_key.setdefault(_elapsed(moment, now), set()).add(words)
-        # Steps of 7 min 13 s cover every minute under a day and land on
-        # every hour's either side beyond it.
-        now += timedelta(minutes=7, seconds=13) if now < moment + timedelta(days=2) else timedelta(minutes=37)
+    for turn in turns:
+        for now in (turn - timedelta(microseconds=1), turn, turn + timedelta(microseconds=1)):
+            clock[0] = now
+            words_by_key.setdefault(_elapsed(moment, now), set()).add(jinja.timesince(moment))
 
     assert {key: words for key, words in words_by_key.items() if len(words) > 1} == {}
-    assert len(words_by_key) > 1000
+    assert len(words_by_key) > 2000
