@@ -334,8 +334,9 @@ def active_stops(
 
     A budget stop is in force until its period ends (``LineStop.until``), even
     before anything records it as restarted; the board's flow status
-    (boards.selectors) reads stops the same way, so they agree. The ids of such ended stops are
-    appended to ``expired`` when given (the pull lifts them: andon.budgets).
+    (boards.selectors) reads stops the same way, so they agree. The ids of such
+    ended stops are appended to ``expired`` when given (the pull lifts them:
+    andon.budgets).
 
     One query, compiled once (kaizen_web.prepared)."""
     now = timezone.now()

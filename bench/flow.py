@@ -371,6 +371,7 @@ def measure(board: Any, *, repeat: int, days: int, whole: bool, prefix: str = "f
     from datetime import timedelta
 
     from django.conf import settings
+    from django.db import connection
     from django.test import Client
     from django.utils import timezone
 
@@ -434,9 +435,15 @@ def measure(board: Any, *, repeat: int, days: int, whole: bool, prefix: str = "f
     def board_page() -> None:
         assert page.get(board.get_absolute_url()).status_code == 200
 
-    from django.db import connection
+    def board_page_figures(name: str, *, max_age_ms: int) -> None:
+        settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = max_age_ms
+        times, queries = _times(board_page, max(repeat, BOARD_PAGE_LOADS))
+        print(f"{board_prefix}{name}_ms={statistics.median(times):.0f}")
+        print(f"{board_prefix}{name}_p99_ms={_p99(times):.0f}")
+        print(f"{board_prefix}{name}_queries={queries}")
 
-    if connection.vendor == "postgresql":
+    postgresql = connection.vendor == "postgresql"
+    if postgresql:
         # Whether autovacuum got to the tasks during the Flow figures: then the
         # figures below are not "right after the seed" (see the vacuumed ones).
         with connection.cursor() as cursor:
@@ -444,18 +451,10 @@ def measure(board: Any, *, repeat: int, days: int, whole: bool, prefix: str = "f
             print(f"{board_prefix}board_page_tasks_autovacuumed_before={cursor.fetchone()[0]}")
     # Every load renders the live part (cards, ages, the SLE, the agents): the
     # page's worst case, and the figure earlier runs recorded as board_page_ms.
-    settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = 0
-    times, queries = _times(board_page, max(repeat, BOARD_PAGE_LOADS))
-    print(f"{board_prefix}board_page_ms={statistics.median(times):.0f}")
-    print(f"{board_prefix}board_page_p99_ms={_p99(times):.0f}")
-    print(f"{board_prefix}board_page_queries={queries}")
+    board_page_figures("board_page", max_age_ms=0)
     # As loads find it under load: the live part rendered a moment before, shared.
-    settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = 60_000
-    times, queries = _times(board_page, max(repeat, BOARD_PAGE_LOADS))
-    print(f"{board_prefix}board_page_shared_ms={statistics.median(times):.0f}")
-    print(f"{board_prefix}board_page_shared_p99_ms={_p99(times):.0f}")
-    print(f"{board_prefix}board_page_shared_queries={queries}")
-    if connection.vendor == "postgresql":
+    board_page_figures("board_page_shared", max_age_ms=60_000)
+    if postgresql:
         # A live database's history has been vacuumed: autovacuum does it within
         # a minute or so of this many inserts (PostgreSQL 13 and later vacuum
         # after inserts too). That sets the visibility map an index-only scan
@@ -467,11 +466,7 @@ def measure(board: Any, *, repeat: int, days: int, whole: bool, prefix: str = "f
         # autovacuum does, this also analyzes (the seed analyzed already).
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE")
-        settings.KAIZEN_BOARD_PAGE_MAX_AGE_MS = 0
-        times, queries = _times(board_page, max(repeat, BOARD_PAGE_LOADS))
-        print(f"{board_prefix}board_page_vacuumed_ms={statistics.median(times):.0f}")
-        print(f"{board_prefix}board_page_vacuumed_p99_ms={_p99(times):.0f}")
-        print(f"{board_prefix}board_page_vacuumed_queries={queries}")
+        board_page_figures("board_page_vacuumed", max_age_ms=0)
 
 
 # Loads of the board page timed (at least), for its p99.

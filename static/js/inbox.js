@@ -361,11 +361,14 @@
     return Array.from(el.querySelectorAll("textarea, input")).some((f) => isField(f) && f.value !== f.defaultValue);
   }
 
+  // A row holding a decision (undo still possible) or sending it.
+  const HOLDING = ".is-pending, .is-sending";
+
   // In use: focused (or holding the focus), an open <details> (a form or a
   // menu), a field with typed text, or a row holding a decision or sending it.
   function inUse(el) {
     if (!(el instanceof Element)) return false;
-    if (el.matches(".is-pending, .is-sending")) return true;
+    if (el.matches(HOLDING)) return true;
     const active = document.activeElement;
     if (active && active !== document.body && (el === active || el.contains(active))) return true;
     if (el.matches("details[open]") || el.querySelector("details[open]")) return true;
@@ -379,7 +382,7 @@
   // arrive first on a loaded machine, and htmx finds the answer's out-of-band
   // parts (the status line) only from a form still on the page.
   function rowInUse(row) {
-    if (row.matches(".is-pending, .is-sending") || row.querySelector("details[open]")) return true;
+    if (row.matches(HOLDING) || row.querySelector("details[open]")) return true;
     const active = document.activeElement;
     return Boolean(active && active !== row && row.contains(active) && active.matches("input, textarea, select, button, summary"));
   }
