@@ -146,10 +146,15 @@ def register(request: pytest.FixtureRequest, process: LiveProcess) -> None:
 
 
 def purge_queue(queue: str) -> int:
-    """Drop every message waiting in ``queue``, so a worker does not run tasks
+    """Drop every message waiting in ``queue``, and every pull asked of its
+    workers (boards.services.enqueue), so a worker does not run tasks or pulls
     left over from another test."""
+    import redis
+    from django.conf import settings
+
     from kaizen_web.celery import app
 
+    redis.Redis.from_url(settings.REDIS_URL).delete(f"kaizen:pull-requests:{queue}")
     with app.connection_for_write() as conn:
         return conn.default_channel.queue_purge(queue) or 0
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import redis
 from django.conf import settings
 from django.db import connection
 
@@ -385,11 +386,70 @@ def current_worker() -> str:
     return heartbeat.worker_id
 
 
+class PullRequests:
+    """The threads that serve the pulls other processes ask of the workers (a web
+    request's intake, a command: services.request_pull), taking them from Redis
+    (services.pull_request_serve), one request to one worker. Two, so that a slow
+    pull of one board does not hold up the next board's; pulls of one board
+    coalesce in the process anyway. Started once per process, stopped by the
+    handover. A Redis that is out of reach (restarting) is tried again every
+    second; the periodic pull covers what was asked meanwhile."""
+
+    THREADS = 2
+    WAIT_SECONDS = 1
+    RETRY_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stopped = stopped = threading.Event()
+        for n in range(self.THREADS):
+            threading.Thread(
+                target=self._serve, args=(stopped,), name=f"pull-requests-{n}", daemon=True
+            ).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    @classmethod
+    def _serve(cls, stopped: threading.Event) -> None:
+        failing = False
+        while not stopped.is_set():
+            try:
+                services.pull_request_serve(timeout=cls.WAIT_SECONDS)
+            except redis.RedisError as exc:
+                if not failing:
+                    logger.warning("pull requests: Redis is out of reach (%s); trying again", exc)
+                failing = True
+                stopped.wait(cls.RETRY_SECONDS)
+                continue
+            except Exception:
+                logger.exception("serving a pull request failed")
+            finally:
+                connection.close()
+            if failing:
+                logger.info("pull requests: Redis is back")
+            failing = False
+
+
+pull_requests = PullRequests()
+
+
 def worker_started() -> str:
     """A worker process starts beating, and its watchdog runs the reaper every
     beat: a dead worker's tasks come back within seconds while any worker lives.
-    Called from Celery's worker_init and worker_process_init (boards.tasks)."""
-    return heartbeat.start(watchdog=services.leases_reap)
+    It serves the pulls other processes ask for from now on. Called from Celery's
+    worker_init and worker_process_init (boards.tasks)."""
+    worker_id = heartbeat.start(watchdog=services.leases_reap)
+    pull_requests.start()
+    return worker_id
 
 
 def worker_ready() -> None:
@@ -419,6 +479,7 @@ def worker_handover() -> int:
     # From now on the pulls that returning tasks (and runs finishing) ask for go
     # to the other workers: this one would claim work it will not run.
     services.mark_worker_stopping()
+    pull_requests.stop()
     try:
         returned = services.leases_release_worker(worker=worker)
     except Exception:

@@ -10,7 +10,7 @@ One module a subject:
   placing a task, its events, returning a task after a failed or lost run),
   which the reviewers' services (``andon.services``) use too;
 - ``pull``: what asks for a pull, and the pull itself (agents claim from Ready);
-- ``enqueue``: the one place work is sent to the Celery workers;
+- ``enqueue``: the one place work is sent to the workers;
 - ``intake``: tasks coming in, one by one, imported, or from a demo feed;
 - ``runs``: a run begun and its outcome (completed, failed, deferred);
 - ``ledger``: the model calls a run made and the task's totals;
@@ -71,6 +71,7 @@ from boards.services.pull import (
     in_worker_process,
     mark_worker_process,
     mark_worker_stopping,
+    pull_request_serve,
     pull_requested_run,
     request_pull,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "leases_renew",
     "mark_worker_process",
     "mark_worker_stopping",
+    "pull_request_serve",
     "pull_requested_run",
     "request_pull",
     "task_attempt_fail",

@@ -1,5 +1,5 @@
-"""The one place the line sends work to the Celery workers: a board's pull, and
-claimed runs.
+"""The one place the line sends work to the workers: a board's pull (a Redis
+list the workers take requests from), and claimed runs (Celery messages).
 
 The tasks are imported inside the functions that send them: ``boards.tasks``
 imports the services (a Celery task calls one service), so importing it here at
@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -26,43 +27,96 @@ class Claim:
     lease_token: uuid.UUID
 
 
-class _PullFlag:
-    """A Redis key that says a pull of a board has been asked of the workers and
-    has not started yet, so a burst of intake sends one message, not one per task.
+class _PullRequests:
+    """How a process that is not a worker asks the workers to pull a board: the
+    board's id on a Redis list that the workers' pull-request threads take from
+    (boards.agents.runtime.PullRequests), one of them each request.
+
+    A flag per board (``kaizen:pull-requested:<board>``) says a pull has been asked
+    for and has not started yet, so a burst of intake asks once, not once per task.
     The worker clears it just before pulling, so a change committed after that
-    point sends a new one; it expires on its own if the message is lost."""
+    point asks again; it expires on its own if the request is lost (a worker
+    killed between taking it and pulling: the periodic pull catches up).
+
+    Not a Celery message: on the embedded line nearly every task the API took
+    asked for a pull of its own (the flag had cleared by then), and a Celery
+    message cost the web process about 1 ms of CPU to send and the worker more
+    to receive, log and run, where a Redis list costs a command on each side
+    (bench/README.md, issue 15's ninth stop)."""
 
     TTL_MS = 2000
+    # The list is capped: while no worker runs, each board asks again every TTL;
+    # a worker that starts pulls every board anyway.
+    MAX_WAITING = 10_000
+    # Set the flag unless it is set; if this call set it, put the board on the list.
+    _ASK = """
+    if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+        redis.call('LPUSH', KEYS[2], ARGV[2])
+        redis.call('LTRIM', KEYS[2], 0, ARGV[3])
+        return 1
+    end
+    return 0
+    """
     _client: redis.Redis | None = None
-
-    def __init__(self, board_id: int) -> None:
-        self.key = f"kaizen:pull-requested:{board_id}"
+    _ask: Any = None
 
     @classmethod
     def _redis(cls) -> redis.Redis:
         if cls._client is None:
             cls._client = redis.Redis.from_url(settings.REDIS_URL)
+            cls._ask = cls._client.register_script(cls._ASK)
         return cls._client
 
-    def set(self, *, nx: bool) -> bool:
-        return bool(self._redis().set(self.key, b"1", nx=nx, px=self.TTL_MS))
+    @staticmethod
+    def flag(board_id: int) -> str:
+        return f"kaizen:pull-requested:{board_id}"
 
-    def clear(self) -> None:
-        self._redis().delete(self.key)
+    @staticmethod
+    def waiting() -> str:
+        """The list's key: one per line queue, as the Celery messages were."""
+        return f"kaizen:pull-requests:{settings.CELERY_TASK_DEFAULT_QUEUE}"
+
+    def ask(self, board_id: int) -> bool:
+        self._redis()
+        keys = [self.flag(board_id), self.waiting()]
+        return bool(self._ask(keys=keys, args=[self.TTL_MS, board_id, self.MAX_WAITING - 1]))
+
+    def take(self, timeout: float) -> int | None:
+        """The next board asked for, waiting up to ``timeout`` seconds (None: none)."""
+        popped = self._redis().brpop([self.waiting()], timeout=timeout)
+        return int(popped[1]) if popped else None
+
+    def give_back(self, board_id: int) -> None:
+        """A request taken and not served goes back, first in line."""
+        self._redis().rpush(self.waiting(), board_id)
+
+    def started(self, board_id: int) -> None:
+        self._redis().delete(self.flag(board_id))
+
+
+_pull_requests = _PullRequests()
 
 
 def board_pull_enqueue(board_id: int) -> None:
-    """Ask the workers to pull the board (boards.tasks.pull_board), unless a pull
-    already asked for has not started yet."""
-    if _PullFlag(board_id).set(nx=True):
-        from boards.tasks import pull_board  # Celery's idiom: see the module's docstring
+    """Ask the workers to pull the board, unless a pull already asked for has not
+    started yet."""
+    _pull_requests.ask(board_id)
 
-        pull_board.delay(board_id)
+
+def board_pull_requested_take(timeout: float) -> int | None:
+    """For a worker's pull-request thread: the next board a process asked the
+    workers to pull, waiting up to ``timeout`` seconds; None if none was asked."""
+    return _pull_requests.take(timeout)
+
+
+def board_pull_requested_give_back(board_id: int) -> None:
+    """For a worker that took a request and stops before serving it: another takes it."""
+    _pull_requests.give_back(board_id)
 
 
 def board_pull_started(board_id: int) -> None:
     """A worker starts the pull asked for: a change from now on asks again."""
-    _PullFlag(board_id).clear()
+    _pull_requests.started(board_id)
 
 
 def runs_enqueue(claims: Sequence[Claim]) -> None:

@@ -2,8 +2,8 @@
 free WIP, under the board lock, and the claimed runs go to the workers after
 commit. Also what asks for a pull: a change that may free capacity asks once it
 has committed (``board_changed_on_commit``), and a worker process pulls at
-once, in-process, while anywhere else the pull is handed to the workers
-(``boards.services.enqueue``, the one place work is sent to Celery).
+once, in-process, while anywhere else the pull is asked of the workers
+(``boards.services.enqueue``, the one place work is sent to them).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def request_pull(*, board_id: int) -> None:
     """Pull for a board, after commit so the capacity the trigger freed is visible.
 
     A worker pulls at once, in-process, where its finished runs' pulls coalesce.
-    Anywhere else (a web request, a command) the pull is handed to the workers:
+    Anywhere else (a web request, a command) the pull is asked of the workers:
     they are where the claimed runs go anyway, and the request does not queue on
     the board lock behind every finishing run."""
     try:
@@ -108,14 +108,33 @@ def request_pull(*, board_id: int) -> None:
 
 
 def pull_requested_run(*, board_id: int) -> None:
-    """A worker answering a pull asked by another process (boards.tasks.pull_board).
-    A worker that is stopping leaves it: it would claim runs it is not going to
-    run. The other workers pull at their next change or periodic pull, and a
-    worker that starts pulls every board (boards.agents.runtime.worker_ready)."""
+    """A worker answering a pull asked by another process (pull_request_serve; and
+    boards.tasks.pull_board, for messages an earlier version sent). A worker that
+    is stopping leaves it: it would claim runs it is not going to run. The other
+    workers pull at their next change or periodic pull, and a worker that starts
+    pulls every board (boards.agents.runtime.worker_ready)."""
     enqueue.board_pull_started(board_id)
     if _stopping:
         return
     _pulls.pull(board_id)
+
+
+def pull_request_serve(*, timeout: float) -> int | None:
+    """For a worker's pull-request threads (boards.agents.runtime.PullRequests):
+    wait up to ``timeout`` seconds for a board another process asked the workers
+    to pull (enqueue.board_pull_enqueue), and pull it. Returns the board's id, or
+    None when none was asked. A worker that is stopping takes no request, and
+    gives back one it took meanwhile, for the other workers."""
+    if _stopping:
+        return None
+    board_id = enqueue.board_pull_requested_take(timeout)
+    if board_id is None:
+        return None
+    if _stopping:
+        enqueue.board_pull_requested_give_back(board_id)
+        return None
+    pull_requested_run(board_id=board_id)
+    return board_id
 
 
 class _PullCoalescer:

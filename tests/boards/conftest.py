@@ -21,10 +21,19 @@ class CeleryQueue:
         """The names of the tasks waiting in the queue, oldest first."""
         return [json.loads(raw)["headers"]["task"] for raw in self._client.lrange(self.name, 0, -1)]
 
+    def pulls_requested(self) -> list[int]:
+        """The boards whose pull was asked of the workers and not yet taken by one,
+        oldest first (boards.services.enqueue: a Redis list beside the queue)."""
+        return [int(raw) for raw in reversed(self._client.lrange(self.pull_requests, 0, -1))]
+
+    @property
+    def pull_requests(self) -> str:
+        return f"kaizen:pull-requests:{self.name}"
+
     def clear(self) -> None:
-        """No queued Celery messages, and no pull marked as asked for (which would
-        hold back the next request for one)."""
-        self._client.delete(self.name)
+        """No queued Celery messages or pull requests, and no pull marked as asked
+        for (which would hold back the next request for one)."""
+        self._client.delete(self.name, self.pull_requests)
         self._client.delete(*self._client.keys("kaizen:pull-requested:*") or ["-"])
 
 

@@ -199,7 +199,7 @@ def test_resuming_a_board_pulls_what_waits(admin_client, empty_queue):
     response = _action(admin_client, Board, "resume", [board])
 
     assert "Resumed 1 board." in response.content.decode()
-    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.pulls_requested() == [board.pk]
     services.pull_requested_run(board_id=board.pk)  # what the worker does with it
     waiting.refresh_from_db()
     assert waiting.status == Status.RUNNING
@@ -225,7 +225,7 @@ def test_pausing_and_resuming_agents_goes_through_the_service(admin_client, empt
     assert agent.paused is False
     assert "Resumed 1 agent." in response.content.decode()
     # The service asks the workers to pull every board the agent serves.
-    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.pulls_requested() == [board.pk]
     services.pull_requested_run(board_id=board.pk)
     assert Task.objects.get(pk=task.pk).status == Status.RUNNING
 
@@ -268,7 +268,7 @@ def test_a_raised_wip_limit_lets_the_agents_pull_more(admin_client, empty_queue)
     response = admin_client.post(_change_url(board), _board_form(board, rows))
 
     assert response.status_code == 302
-    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.pulls_requested() == [board.pk]
     services.pull_requested_run(board_id=board.pk)  # what the worker does with it
     assert Task.objects.filter(pk__in=[t.pk for t in tasks], status=Status.RUNNING).count() == 3
 
@@ -283,6 +283,7 @@ def test_saving_a_board_without_column_changes_sends_nothing(admin_client, empty
 
     assert response.status_code == 302
     assert empty_queue.task_names() == []
+    assert empty_queue.pulls_requested() == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -296,7 +297,7 @@ def test_a_raised_agent_concurrency_lets_it_pull_more(admin_client, empty_queue)
     response = admin_client.post(_change_url(agent), _agent_form(agent, concurrency="3"))
 
     assert response.status_code == 302
-    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
+    assert empty_queue.pulls_requested() == [board.pk]
     services.pull_requested_run(board_id=board.pk)
     assert Task.objects.filter(pk__in=[t.pk for t in tasks], status=Status.RUNNING).count() == 3
 

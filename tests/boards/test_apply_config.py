@@ -4,13 +4,10 @@ line and the field, and a file with any error writes nothing."""
 
 from __future__ import annotations
 
-import json
 from io import StringIO
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -20,6 +17,7 @@ from boards.config import ConfigError, config_apply, config_parse
 from boards.models import Agent, Board, Column, Task
 from experiments import services as kaizen
 from experiments.models import AuditEntry, ChangeProposal, PromptVersion
+from tests.boards.conftest import CeleryQueue
 from tests.factories import make_editor
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -733,28 +731,23 @@ def test_a_new_agent_pulls_waiting_tasks_once_applied(db, tmp_path, django_captu
     task = services.task_create(board=board, title="Waiting for an agent")
     services.board_pull(board_id=board.pk)  # moves it to Ready; nobody can claim it yet
     assert Task.objects.get(pk=task.pk).status == Task.Status.READY
-    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-
-    queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE, f"kaizen:pull-requested:{board.pk}")
+    queue = CeleryQueue()
+    queue.clear()
 
     try:
         with django_capture_on_commit_callbacks(execute=True):
             apply(write(tmp_path, BASE))
         # Outside a worker, the commit asks the workers for a pull of the board...
-        queued = [
-            json.loads(raw)["headers"]["task"]
-            for raw in queue.lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1)
-        ]
-        assert queued == ["boards.tasks.pull_board"]
+        assert queue.pulls_requested() == [board.pk]
         # ...and the worker's pull lets the new agent claim the waiting task.
-        services.pull_requested_run(board_id=board.pk)
+        assert services.pull_request_serve(timeout=1) == board.pk
         task.refresh_from_db()
         assert task.status == Task.Status.RUNNING
         assert task.agent.name == "Worker"
     finally:
         # The claim enqueued a run on this suite's own queue; no worker is
         # listening in this test, so drop it rather than leave it behind.
-        queue.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+        queue.clear()
 
 
 # --- agents: cascades, prompt versions, custom classes ------------------------------

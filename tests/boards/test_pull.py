@@ -196,20 +196,75 @@ def test_claim_sets_lease_attempt_agent_and_event(board, agent, settings):
 def test_intake_outside_a_worker_asks_the_workers_for_one_pull(board, agent, empty_queue):
     tasks = [services.task_create(board=board, title=f"t{i}", input="x") for i in range(3)]
 
-    # A burst of intake sends one pull message, not one per task, and claims
-    # nothing in this (web) process.
-    assert empty_queue.task_names() == ["boards.tasks.pull_board"]
+    # A burst of intake asks for one pull, not one per task, and claims nothing
+    # in this (web) process. The request is not a Celery message.
+    assert empty_queue.pulls_requested() == [board.pk]
+    assert empty_queue.task_names() == []
     assert Task.objects.filter(status=Status.RUNNING).count() == 0
 
-    services.pull_requested_run(board_id=board.pk)  # what the worker does with it
+    # What a worker's pull-request thread does: take the request, and pull.
+    assert services.pull_request_serve(timeout=1) == board.pk
 
+    assert empty_queue.pulls_requested() == []
     assert Task.objects.filter(status=Status.RUNNING).count() == 3
     # The three claimed runs go out as one message.
-    assert empty_queue.task_names().count("boards.tasks.run_tasks") == 1
+    assert empty_queue.task_names() == ["boards.tasks.run_tasks"]
     # Once the worker has started on it, the next change asks again.
     services.task_create(board=board, title="later", input="x")
-    assert empty_queue.task_names().count("boards.tasks.pull_board") == 2
+    assert empty_queue.pulls_requested() == [board.pk]
     assert all(t.events.filter(kind=TaskEvent.Kind.CREATED).exists() for t in tasks)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stopping_worker_leaves_pull_requests_to_the_others(board, agent, empty_queue, monkeypatch):
+    from boards.services import enqueue, pull
+
+    _create(board, 2)
+    assert empty_queue.pulls_requested() == [board.pk]
+
+    # Stopping (its handover has begun): it takes no request at all.
+    monkeypatch.setattr(pull, "_stopping", True)
+    assert services.pull_request_serve(timeout=1) is None
+    assert empty_queue.pulls_requested() == [board.pk]
+
+    # It took one just as it began to stop: the request goes back, unserved.
+    monkeypatch.setattr(pull, "_stopping", False)
+    take = enqueue.board_pull_requested_take
+
+    def take_then_stop(timeout):
+        taken = take(timeout)
+        monkeypatch.setattr(pull, "_stopping", True)
+        return taken
+
+    monkeypatch.setattr(enqueue, "board_pull_requested_take", take_then_stop)
+    assert services.pull_request_serve(timeout=1) is None
+    assert empty_queue.pulls_requested() == [board.pk]
+    assert Task.objects.filter(status=Status.RUNNING).count() == 0
+
+    # Another worker takes it and pulls.
+    monkeypatch.setattr(pull, "_stopping", False)
+    monkeypatch.setattr(enqueue, "board_pull_requested_take", take)
+    assert services.pull_request_serve(timeout=1) == board.pk
+    assert Task.objects.filter(status=Status.RUNNING).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pull_requests_wait_in_order_for_a_worker_and_are_capped(empty_queue, monkeypatch):
+    from boards.services.enqueue import _PullRequests
+
+    monkeypatch.setattr(_PullRequests, "MAX_WAITING", 3)
+    boards = [make_board(backlog=False) for _ in range(5)]
+    for each in boards:
+        services.request_pull(board_id=each.pk)
+        services.request_pull(board_id=each.pk)  # asked already: not listed twice
+
+    # With no worker, the newest requests wait; the oldest were dropped (a worker
+    # that starts pulls every board anyway).
+    assert empty_queue.pulls_requested() == [each.pk for each in boards[2:]]
+    assert services.pull_request_serve(timeout=1) == boards[2].pk
+    assert empty_queue.pulls_requested() == [each.pk for each in boards[3:]]
+    empty_queue.clear()
+    assert services.pull_request_serve(timeout=1) is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,6 +14,7 @@ from boards.agents import PromptError, render_prompt, runtime
 from boards.agents.providers import ModelRequest
 from boards.agents.simulated import simulate
 from boards.models import Column, ModelCall, Task, TaskEvent
+from kaizen_web.processes import wait_until
 from tests.factories import make_agent, make_board
 
 
@@ -349,3 +350,35 @@ def test_a_run_waiting_for_its_batch_to_complete_holds_no_database_connection(bo
 
     assert held == [False, False]
     assert Task.objects.filter(reused_from__isnull=False).count() == 1
+
+
+def test_the_pull_request_threads_outlast_redis_being_away(monkeypatch, caplog):
+    import redis
+
+    served: list[int] = []
+    answers = iter([redis.ConnectionError("Connection refused"), redis.ConnectionError("again"), 7])
+
+    def serve(*, timeout):
+        answer = next(answers, None)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is not None:
+            served.append(answer)
+        return answer
+
+    monkeypatch.setattr(runtime.services, "pull_request_serve", serve)
+    monkeypatch.setattr(runtime.PullRequests, "THREADS", 1)
+    monkeypatch.setattr(runtime.PullRequests, "RETRY_SECONDS", 0.01)
+    requests = runtime.PullRequests()
+    caplog.set_level("INFO", logger="boards.agents.runtime")
+    requests.start()
+    try:
+        assert wait_until(lambda: served, timeout=10)
+    finally:
+        requests.stop()
+
+    assert served == [7]
+    messages = [r.getMessage() for r in caplog.records if r.name == "boards.agents.runtime"]
+    # Said once while it lasted, and once when it was over.
+    assert sum("Redis is out of reach" in m for m in messages) == 1
+    assert sum("Redis is back" in m for m in messages) == 1

@@ -33,7 +33,7 @@ def queue():
     experiment_line.genchi.clear()
     yield lambda: [json.loads(raw)["headers"] for raw in client.lrange(name, 0, -1)]
     client.delete(name)
-    client.delete(*client.keys("kaizen:pull-requested:*") or ["-"])
+    client.delete(f"kaizen:pull-requests:{name}", *client.keys("kaizen:pull-requested:*"))
     experiment_line.genchi.clear()
 
 
