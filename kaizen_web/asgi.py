@@ -154,7 +154,8 @@ class SyncChainASGIHandler(ASGIHandler):
         if request is None:
             response = cast(HttpResponseBase, error)  # Django gives one or the other
         else:
-            response = self.get_response(request)
+            with serving_request():
+                response = self.get_response(request)
             response._handler_class = self.__class__  # type: ignore[attr-defined]  # as Django's handler sets it
         if response.streaming:
             if isinstance(response, FileResponse):
@@ -178,6 +179,7 @@ from andon.routing import websocket_urlpatterns as andon_websocket_urlpatterns  
 from boards.routing import websocket_urlpatterns as board_websocket_urlpatterns  # noqa: E402
 from experiments.routing import websocket_urlpatterns as kaizen_websocket_urlpatterns  # noqa: E402
 from kaizen_web.heap import settle  # noqa: E402
+from kaizen_web.http import serving_request  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

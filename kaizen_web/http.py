@@ -1,8 +1,12 @@
-"""What the apps' views share: the request type htmx's middleware fills in, and
-the small helpers that turn errors into the one line a page shows."""
+"""What the apps' views share: the request type htmx's middleware fills in, the
+small helpers that turn errors into the one line a page shows, and whether this
+thread is serving a request of the web server."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from django import forms
@@ -13,6 +17,27 @@ from django_htmx.middleware import HtmxDetails
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+
+_serving = threading.local()
+
+
+@contextlib.contextmanager
+def serving_request() -> Iterator[None]:
+    """Marks this thread as serving an HTTP request of the web server
+    (kaizen_web.asgi) while the block runs."""
+    _serving.active = True
+    try:
+        yield
+    finally:
+        _serving.active = False
+
+
+def in_served_request() -> bool:
+    """Whether this thread is serving a request of the web server: not a test's
+    client, a command or a worker, whose callers expect their work done in their
+    own thread (and transaction)."""
+    return getattr(_serving, "active", False)
 
 
 class HtmxHttpRequest(HttpRequest):

@@ -480,6 +480,16 @@ KAIZEN_RUN_BATCH = env_int("KAIZEN_RUN_BATCH", 50, minimum=1)
 # one transaction; 0 completes each on its own.
 KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)
 
+# In the web server, tasks added (the API, the board's form) within this many ms of
+# each other are written in one transaction (boards.services.intake); 0 writes
+# each on its own. On by default on SQLite only, whose one writer at a time made
+# every intake queue for the write lock; on PostgreSQL intakes commit side by side.
+KAIZEN_INTAKE_GROUP_MS = env_int(
+    "KAIZEN_INTAKE_GROUP_MS",
+    10 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql" else 0,
+    minimum=0,
+)
+
 # Custom agent classes (dotted paths) an agent may name as its implementation.
 KAIZEN_AGENT_CLASSES = env_list("KAIZEN_AGENT_CLASSES", ["boards.example_agents.KeywordClassifier"])
 # How long an identical model call is served from the response cache; 0 turns it off.

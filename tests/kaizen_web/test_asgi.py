@@ -215,3 +215,28 @@ def test_a_client_that_leaves_mid_stream_stops_the_stream(monkeypatch):
     produced = len(made)
     time.sleep(0.2)
     assert len(made) == produced  # nothing more made after
+
+
+def test_the_request_thread_says_it_serves_a_request_only_while_it_does(monkeypatch):
+    from kaizen_web.http import in_served_request
+
+    seen: list[tuple[str, bool]] = []
+    get_response = django_asgi_app.get_response
+
+    def watched(request):
+        seen.append((threading.current_thread().name, in_served_request()))
+        return get_response(request)
+
+    monkeypatch.setattr(django_asgi_app, "get_response", watched)
+    started = len(seen)
+    response = async_to_sync(_get)("/accounts/login/")
+
+    assert response["status"] == 200
+    [(thread, serving)] = seen[started:]
+    assert serving is True
+    assert thread != threading.current_thread().name
+    # Not a test's own thread, nor the request's once it has answered.
+    assert in_served_request() is False
+    # The thread just given back, kept for the next request.
+    request_thread = django_asgi_app.threads.idle[-1]
+    assert request_thread.submit(in_served_request).result() is False
