@@ -67,6 +67,13 @@ def test_it_creates_every_task_with_its_event_and_pulls_once_after_commit(
     make_agent(boards=[board])
     pulls: list[int] = []
     monkeypatch.setattr(services.pull, "request_pull", lambda *, board_id: pulls.append(board_id))
+    # Nor a live update: the broadcaster would send it through Redis, which a test
+    # not marked redis must not reach, and on a busy machine it did before the
+    # test's end (a failure at teardown).
+    changed: list[int] = []
+    monkeypatch.setattr(
+        services.pull.broadcast, "columns_changed", lambda board_id, ids: changed.append(board_id)
+    )
 
     with django_capture_on_commit_callbacks(execute=True):
         tasks = services.tasks_import(board=board, rows=rows(*[(f"t{n}", 0) for n in range(2500)]), user=user)
@@ -76,6 +83,7 @@ def test_it_creates_every_task_with_its_event_and_pulls_once_after_commit(
     assert events.count() == 2500
     assert set(events.values_list("user", flat=True)) == {user.pk}
     assert pulls == [board.pk]
+    assert changed == [board.pk]
 
 
 def test_it_reports_progress_after_each_batch():
