@@ -124,7 +124,7 @@ def install_sections() -> None:
     agents.PromptCascadeAgent.process = timed("agent_process", agents.PromptCascadeAgent.process)
     services.task_complete = timed("complete", services.task_complete)
     # A worker completes its runs in batches, on the completer's thread.
-    runtime.Completer._flush = timed("complete_batch", runtime.Completer._flush)
+    runtime.Completer.flush = timed("complete_batch", runtime.Completer.flush)
     # Patched where they are looked up: the services package re-exports them.
     services.pull.request_pull = timed("pull_request", services.pull.request_pull)
     original_board_pull = services.pull.board_pull
@@ -197,7 +197,7 @@ def install_cprofile() -> None:
     thread_pool.apply_target = _profiled(thread_pool.apply_target)
     # The runs' threads and the completer's (a batch of runs completed at once).
     runtime._run_and_close = _profiled(runtime._run_and_close)
-    runtime.Completer._flush = _profiled(runtime.Completer._flush)
+    runtime.Completer.flush = _profiled(runtime.Completer.flush)
 
     @signals.worker_ready.connect(weak=False)
     def profile_consumer(sender=None, **kwargs):

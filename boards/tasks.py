@@ -103,6 +103,9 @@ def _child_stopped(**kwargs) -> None:
 
 @shared_task(name="boards.tasks.pull_board")
 def pull_board(board_id: int) -> None:
+    """A pull asked as a Celery message, as versions before the pull-request list
+    (boards.services.enqueue) asked for one: kept so that messages still queued
+    when a worker is upgraded are served, not refused as unknown."""
     services.pull_requested_run(board_id=board_id)
 
 

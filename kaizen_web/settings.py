@@ -246,6 +246,7 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # and the web server the integration tests start can open it too.
     _db["TEST"] = {"NAME": str(VAR_DIR / "test-kaizen.sqlite3")}
 DATABASES = {"default": _db}
+_SQLITE_ENGINES = ("django.db.backends.sqlite3", "kaizen_web.sqlite_backend")
 # On PostgreSQL the line's hottest lookups (kaizen_web.prepared) are prepared once
 # per connection (PREPARE) instead of planned at every call: planning was nearly
 # half of PostgreSQL's statement time on the line (bench/README.md, fifth stop). Off
@@ -485,9 +486,7 @@ KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)
 # each on its own. On by default on SQLite only, whose one writer at a time made
 # every intake queue for the write lock; on PostgreSQL intakes commit side by side.
 KAIZEN_INTAKE_GROUP_MS = env_int(
-    "KAIZEN_INTAKE_GROUP_MS",
-    10 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql" else 0,
-    minimum=0,
+    "KAIZEN_INTAKE_GROUP_MS", 10 if DATABASES["default"]["ENGINE"] in _SQLITE_ENGINES else 0, minimum=0
 )
 
 # Custom agent classes (dotted paths) an agent may name as its implementation.

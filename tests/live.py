@@ -152,9 +152,10 @@ def purge_queue(queue: str) -> int:
     import redis
     from django.conf import settings
 
+    from boards.services.enqueue import pull_requests_key
     from kaizen_web.celery import app
 
-    redis.Redis.from_url(settings.REDIS_URL).delete(f"kaizen:pull-requests:{queue}")
+    redis.Redis.from_url(settings.REDIS_URL).delete(pull_requests_key(queue))
     with app.connection_for_write() as conn:
         return conn.default_channel.queue_purge(queue) or 0
 

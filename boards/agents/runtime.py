@@ -32,6 +32,7 @@ from boards.agents.response_cache import settle_cache
 from boards.models import ModelCall
 from boards.workers import heartbeat
 from experiments import line as experiment_line
+from kaizen_web.batching import Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class LeaseKeeper:
 lease_keeper = LeaseKeeper()
 
 
-class Completer:
+class Completer(Batcher[services.RunResult, bool]):
     """Completes finished runs. In a worker process, the runs that finish within
     KAIZEN_COMPLETE_WINDOW_MS of each other are completed together, in one
     transaction by one thread (services.tasks_complete): with hundreds of runs in
@@ -118,30 +119,15 @@ class Completer:
     Elsewhere (a web process, a test calling run() in-process) and with a window
     of 0, a run completes on its own, in its own thread and transaction."""
 
-    MAX_BATCH = 200
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[services.RunResult, Future]] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+    name = "completer"
 
     def complete(self, result: services.RunResult) -> bool:
-        window = settings.KAIZEN_COMPLETE_WINDOW_MS / 1000
-        if window <= 0 or not services.in_worker_process():
+        if settings.KAIZEN_COMPLETE_WINDOW_MS <= 0 or not services.in_worker_process():
             return self._one(result)
         # The completing thread needs a connection from the same pool: waiting on
         # it while holding one could leave every connection held by a waiter.
         _release_connection()
-        future: Future = Future()
-        with self._cond:
-            self._pending.append((result, future))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, args=(window,), name="completer", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
-        return future.result()
+        return self.submit(result)
 
     @staticmethod
     def _one(result: services.RunResult) -> bool:
@@ -152,25 +138,10 @@ class Completer:
             attempt=result.attempt,
         )
 
-    def _loop(self, window: float) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    self._cond.wait()
-            time.sleep(window)  # let the runs finishing about now join this batch
-            with self._cond:
-                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
-            try:
-                self._flush(batch)
-            except BaseException as exc:  # never leave a run waiting forever
-                logger.exception("completing a batch of %s runs failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            finally:
-                connection.close()
+    def linger(self) -> None:
+        time.sleep(settings.KAIZEN_COMPLETE_WINDOW_MS / 1000)  # the runs finishing about now join
 
-    def _flush(self, batch: list[tuple[services.RunResult, Future]]) -> None:
+    def flush(self, batch: list[tuple[services.RunResult, Future]]) -> None:
         try:
             outcomes = services.tasks_complete(results=[result for result, _ in batch])
         except Exception:

@@ -27,6 +27,12 @@ class Claim:
     lease_token: uuid.UUID
 
 
+def pull_requests_key(queue: str) -> str:
+    """The Redis list of the pulls asked of the workers of a line queue (one list
+    per queue, as the Celery messages were)."""
+    return f"kaizen:pull-requests:{queue}"
+
+
 class _PullRequests:
     """How a process that is not a worker asks the workers to pull a board: the
     board's id on a Redis list that the workers' pull-request threads take from
@@ -63,8 +69,10 @@ class _PullRequests:
     @classmethod
     def _redis(cls) -> redis.Redis:
         if cls._client is None:
-            cls._client = redis.Redis.from_url(settings.REDIS_URL)
-            cls._ask = cls._client.register_script(cls._ASK)
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            # The script before the client: a thread that sees the client sees it too.
+            cls._ask = client.register_script(cls._ASK)
+            cls._client = client
         return cls._client
 
     @staticmethod
@@ -73,8 +81,7 @@ class _PullRequests:
 
     @staticmethod
     def waiting() -> str:
-        """The list's key: one per line queue, as the Celery messages were."""
-        return f"kaizen:pull-requests:{settings.CELERY_TASK_DEFAULT_QUEUE}"
+        return pull_requests_key(settings.CELERY_TASK_DEFAULT_QUEUE)
 
     def ask(self, board_id: int) -> bool:
         self._redis()

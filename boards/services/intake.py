@@ -7,8 +7,6 @@ puts it, with its CREATED event, and the board pulls once they have committed.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -17,7 +15,7 @@ from functools import partial
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Max
 
 from boards import demo_feed
@@ -37,6 +35,7 @@ from boards.services.primitives import (
 from boards.services.pull import board_changed_on_commit
 from boards.task_files import TaskRow
 from boards.text import input_key, task_fields_errors
+from kaizen_web.batching import Batcher
 from kaizen_web.http import in_served_request
 from kaizen_web.rows import rows_insert
 
@@ -73,7 +72,7 @@ def task_create(
     )
     insert = partial(_task_insert, task, user=user)
     if settings.KAIZEN_INTAKE_GROUP_MS > 0 and in_served_request() and not connection.in_atomic_block:
-        return _intake_group.insert(insert)
+        return _intake_group.add(insert)
     with transaction.atomic():
         return insert()
 
@@ -100,7 +99,7 @@ def _task_insert(task: Task, *, user: User | None) -> Task:
     return task
 
 
-class _IntakeGroup:
+class _IntakeGroup(Batcher[Callable[[], Task], Task]):
     """Tasks added by the web server's requests within KAIZEN_INTAKE_GROUP_MS of
     each other are written by one thread in one transaction, one after another as
     task_create would have written them, and each request gets its own task (or
@@ -111,74 +110,58 @@ class _IntakeGroup:
     for the write lock (py-spy, bench/sqlite_line.py), and SQLite's busy handler
     sleeps 1, 2, 5, 10 ... 100 ms between tries, so the lock often sat free
     while they slept. One writer for them all takes it once per batch. A batch
-    that fails (a hard WIP limit reached by its third task, say) is written again
-    one task at a time, each in its own transaction, so each request gets the
-    outcome it would have had alone. Off on PostgreSQL, where intakes commit side
-    by side and one writer thread became the line's limit (bench/README.md,
-    issue 15's ninth stop)."""
+    refused for one of its tasks (a hard WIP limit reached by its third, say) is
+    written again one task at a time, so each request gets the outcome it would
+    have had alone. Off on PostgreSQL, where intakes commit side by side and one
+    writer thread became the line's limit (bench/README.md, issue 15's ninth stop)."""
 
     MAX_BATCH = 100
+    name = "intake"
+    # What one task can be refused for; anything else (the database out of reach,
+    # locked past its timeout) fails the whole batch at once.
+    ONE_TASKS_FAULT = (ValidationError, IntegrityError, DataError)
 
-    def __init__(self) -> None:
-        self._pending: list[tuple[Callable[[], Task], Future]] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+    def add(self, insert: Callable[[], Task]) -> Task:
+        if connection.vendor == "postgresql":
+            # The intake thread needs a connection from the same pool: a request
+            # waiting for it must not hold one.
+            connection.close()
+        return self.submit(insert)
 
-    def insert(self, insert: Callable[[], Task]) -> Task:
-        future: Future = Future()
-        with self._cond:
-            self._pending.append((insert, future))
-            # A forked child starts a thread of its own: threads do not survive a fork.
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._thread = threading.Thread(target=self._loop, name="intake", daemon=True)
-                self._pid = os.getpid()
-                self._thread.start()
-            self._cond.notify()
-        return future.result()
+    def linger(self) -> None:
+        time.sleep(settings.KAIZEN_INTAKE_GROUP_MS / 1000)  # the requests arriving now join
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    self._cond.wait()
-            time.sleep(settings.KAIZEN_INTAKE_GROUP_MS / 1000)  # let the requests arriving now join
-            with self._cond:
-                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
-            try:
-                self._write(batch)
-            except BaseException as exc:  # never leave a request waiting forever
-                logger.exception("adding a batch of %s tasks failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            finally:
-                connection.close()
+    def flush(self, batch: list[tuple[Callable[[], Task], Future]]) -> None:
+        try:
+            self._commit(batch)
+        except self.ONE_TASKS_FAULT:
+            if len(batch) == 1:
+                raise
+            for one in batch:
+                try:
+                    self._commit([one])
+                except Exception as exc:
+                    one[1].set_exception(exc)
 
     @staticmethod
-    def _write(batch: list[tuple[Callable[[], Task], Future]]) -> None:
+    def _commit(batch: list[tuple[Callable[[], Task], Future]]) -> None:
+        """Write the batch in one transaction and answer its requests once it has
+        committed and the live updates and the pull are asked for. A failure in
+        that after-commit work is logged; the tasks are not written again."""
+        tasks: list[Task] = []
         committed = False
 
         def commit_seen() -> None:
             nonlocal committed
             committed = True
 
-        tasks: list[Task] = []
         try:
             with transaction.atomic():
-                # First of the after-commit work: should a later part of it fail
-                # (a live update), the tasks are in and must not be added again.
-                transaction.on_commit(commit_seen)
-                tasks = [insert() for insert, _ in batch]
+                transaction.on_commit(commit_seen)  # the first of the after-commit work
+                tasks.extend(insert() for insert, _ in batch)
         except Exception:
             if not committed:
-                for insert, future in batch:
-                    try:
-                        with transaction.atomic():
-                            future.set_result(insert())
-                    except Exception as exc:
-                        future.set_exception(exc)
-                return
+                raise
             logger.exception("the work after adding %s tasks failed; they were added", len(batch))
         for (_, future), task in zip(batch, tasks, strict=True):
             future.set_result(task)

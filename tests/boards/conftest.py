@@ -9,6 +9,8 @@ import pytest
 import redis
 from django.conf import settings
 
+from boards.services.enqueue import pull_requests_key
+
 
 class CeleryQueue:
     """This run's Celery queue in Redis, read the way a worker would find it."""
@@ -28,7 +30,7 @@ class CeleryQueue:
 
     @property
     def pull_requests(self) -> str:
-        return f"kaizen:pull-requests:{self.name}"
+        return pull_requests_key(self.name)
 
     def clear(self) -> None:
         """No queued Celery messages or pull requests, and no pull marked as asked

@@ -15,29 +15,41 @@ from boards.models import Task, TaskEvent
 from boards.services import intake
 from boards.services.primitives import WipLimitReached
 from kaizen_web.http import serving_request
+from kaizen_web.processes import wait_until
 from tests.factories import make_board
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
+class Batches(list):
+    """The size of every batch the intake's thread writes, and how many requests
+    the next batch waits for (the test's threads, all of them, whatever the
+    machine's load: a condition, not a window that a slow machine could miss)."""
+
+    expect = 1
+
+
 @pytest.fixture
-def batches(settings, monkeypatch) -> list[int]:
-    """Grouping on (a window wide enough for the test's threads to meet in it),
-    and the size of every batch the intake's thread writes."""
-    settings.KAIZEN_INTAKE_GROUP_MS = 300
-    sizes: list[int] = []
-    write = intake._IntakeGroup._write
+def batches(settings, monkeypatch) -> Batches:
+    settings.KAIZEN_INTAKE_GROUP_MS = 10
+    sizes = Batches()
+    flush = intake._IntakeGroup.flush
 
-    def counted(batch):
+    def counted(self, batch):
         sizes.append(len(batch))
-        return write(batch)
+        return flush(self, batch)
 
-    monkeypatch.setattr(intake._IntakeGroup, "_write", staticmethod(counted))
+    def linger(self):
+        assert wait_until(lambda: self.waiting() >= sizes.expect, timeout=30)
+
+    monkeypatch.setattr(intake._IntakeGroup, "flush", counted)
+    monkeypatch.setattr(intake._IntakeGroup, "linger", linger)
     return sizes
 
 
-def add_together(board, titles: list[str]) -> list[Task | Exception]:
+def add_together(board, titles: list[str], batches: Batches) -> list[Task | Exception]:
     """task_create from one request thread per title, all at once."""
+    batches.expect = len(titles)
     start = threading.Barrier(len(titles))
 
     def request(title: str) -> Task | Exception:
@@ -57,7 +69,7 @@ def add_together(board, titles: list[str]) -> list[Task | Exception]:
 def test_tasks_added_together_are_written_in_one_transaction_each_with_its_own(batches):
     board = make_board(backlog=False, ready_limit=None)
 
-    added = add_together(board, [f"task {n}" for n in range(6)])
+    added = add_together(board, [f"task {n}" for n in range(6)], batches)
 
     assert batches == [6]
     assert all(isinstance(task, Task) for task in added)
@@ -74,7 +86,7 @@ def test_tasks_added_together_are_written_in_one_transaction_each_with_its_own(b
 def test_a_batch_that_fails_is_written_one_task_at_a_time_each_with_its_outcome(batches):
     board = make_board(backlog=False, ready_limit=2, hard=True)
 
-    added = add_together(board, ["first", "second", "third"])
+    added = add_together(board, ["first", "second", "third"], batches)
 
     assert batches == [3]
     refused = [outcome for outcome in added if isinstance(outcome, Exception)]
@@ -94,7 +106,7 @@ def test_tasks_are_not_added_twice_when_the_work_after_the_commit_fails(batches,
 
     monkeypatch.setattr(broadcast, "columns_changed", fails)
 
-    added = add_together(board, ["one", "two"])
+    added = add_together(board, ["one", "two"], batches)
 
     assert batches == [2]
     assert all(isinstance(task, Task) for task in added)
@@ -114,7 +126,28 @@ def test_with_no_window_a_served_request_writes_its_own_task(batches, settings):
     settings.KAIZEN_INTAKE_GROUP_MS = 0
     board = make_board(backlog=False, ready_limit=None)
 
-    added = add_together(board, ["alone", "also alone"])
+    added = add_together(board, ["alone", "also alone"], batches)
 
     assert batches == []
     assert all(isinstance(task, Task) for task in added)
+
+
+def test_a_batch_the_database_refuses_fails_every_request_at_once(batches, monkeypatch):
+    from django.db import OperationalError
+
+    board = make_board(backlog=False, ready_limit=None)
+    tries: list[str] = []
+
+    def locked(task, *, user):
+        tries.append(task.title)
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(intake, "_task_insert", locked)
+
+    added = add_together(board, ["a", "b", "c"], batches)
+
+    # Not tried again one by one (each would wait out the lock's timeout again).
+    assert batches == [3]
+    assert len(tries) == 1
+    assert all(isinstance(outcome, OperationalError) for outcome in added)
+    assert not Task.objects.filter(board=board).exists()

@@ -332,6 +332,8 @@ def test_a_run_waiting_for_its_batch_to_complete_holds_no_database_connection(bo
 
     from django.db import connection
 
+    from kaizen_web import batching
+
     monkeypatch.setattr(services.pull, "_in_worker", True)
     monkeypatch.setattr(services.pull, "request_pull", lambda **kwargs: None)
     held = []
@@ -341,7 +343,7 @@ def test_a_run_waiting_for_its_batch_to_complete_holds_no_database_connection(bo
             held.append(connection.connection is not None)
             return super().result(timeout)
 
-    monkeypatch.setattr(runtime, "Future", Checked)
+    monkeypatch.setattr(batching, "Future", Checked)  # what the completer's runs wait on
     make_agent(boards=[board], latency_ms=0, error_rate=0.0)
     for _ in range(2):  # the second run reuses the first's result (a database read, no model call)
         services.task_create(board=board, title="Inspect", input="the same scratch")
@@ -373,7 +375,7 @@ def test_the_pull_request_threads_outlast_redis_being_away(monkeypatch, caplog):
     caplog.set_level("INFO", logger="boards.agents.runtime")
     requests.start()
     try:
-        assert wait_until(lambda: served, timeout=10)
+        assert wait_until(lambda: "Redis is back" in caplog.text, timeout=10)
     finally:
         requests.stop()
 

@@ -16,6 +16,7 @@ from andon.models import Escalation, Inspection
 from boards import services
 from boards.agents import runtime
 from boards.models import ModelCall, Task
+from boards.services.enqueue import pull_requests_key
 from experiments import genchi
 from experiments import line as experiment_line
 from experiments.models import AgentGates, Replay, ReplayItem
@@ -33,7 +34,7 @@ def queue():
     experiment_line.genchi.clear()
     yield lambda: [json.loads(raw)["headers"] for raw in client.lrange(name, 0, -1)]
     client.delete(name)
-    client.delete(f"kaizen:pull-requests:{name}", *client.keys("kaizen:pull-requested:*"))
+    client.delete(pull_requests_key(name), *client.keys("kaizen:pull-requested:*"))
     experiment_line.genchi.clear()
 
 
