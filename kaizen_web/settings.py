@@ -214,6 +214,7 @@ except ValueError as exc:
 # rather than at every commit (a power cut may lose the last commits, never
 # corrupts the file).
 SQLITE_INIT_COMMAND = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+_ON_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
 if _db["ENGINE"] == "django.db.backends.postgresql":
     # A psycopg pool rather than CONN_MAX_AGE: the Celery worker runs many threads
     # (one per in-flight model call) and Celery closes the connection after every
@@ -226,7 +227,7 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env_int("DB_POOL_MAX", 20, minimum=1),
         "timeout": env_float("DB_POOL_TIMEOUT", 30.0, minimum=0.1),
     }
-elif _db["ENGINE"] == "django.db.backends.sqlite3":
+elif _ON_SQLITE:
     # IMMEDIATE transactions take SQLite's write lock at BEGIN, so concurrent
     # claimers queue up instead of failing with "database is locked" when a
     # read lock cannot be upgraded; WAL lets readers run beside the writer.
@@ -246,7 +247,6 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # and the web server the integration tests start can open it too.
     _db["TEST"] = {"NAME": str(VAR_DIR / "test-kaizen.sqlite3")}
 DATABASES = {"default": _db}
-_SQLITE_ENGINES = ("django.db.backends.sqlite3", "kaizen_web.sqlite_backend")
 # On PostgreSQL the line's hottest lookups (kaizen_web.prepared) are prepared once
 # per connection (PREPARE) instead of planned at every call: planning was nearly
 # half of PostgreSQL's statement time on the line (bench/README.md, fifth stop). Off
@@ -485,9 +485,7 @@ KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)
 # each other are written in one transaction (boards.services.intake); 0 writes
 # each on its own. On by default on SQLite only, whose one writer at a time made
 # every intake queue for the write lock; on PostgreSQL intakes commit side by side.
-KAIZEN_INTAKE_GROUP_MS = env_int(
-    "KAIZEN_INTAKE_GROUP_MS", 10 if DATABASES["default"]["ENGINE"] in _SQLITE_ENGINES else 0, minimum=0
-)
+KAIZEN_INTAKE_GROUP_MS = env_int("KAIZEN_INTAKE_GROUP_MS", 10 if _ON_SQLITE else 0, minimum=0)
 
 # Custom agent classes (dotted paths) an agent may name as its implementation.
 KAIZEN_AGENT_CLASSES = env_list("KAIZEN_AGENT_CLASSES", ["boards.example_agents.KeywordClassifier"])

@@ -143,18 +143,27 @@ def pytest_runtest_teardown(item, nextitem):
     return result
 
 
-@pytest.fixture(autouse=True)
-def _no_watchers_asked_without_redis(request, monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _no_watchers_asked_without_redis():
     """Before rendering a board, the broadcaster asks Redis who watches it
-    (kaizen_web.live.watched_groups). A test not marked redis has no Redis to
-    ask: there the broadcaster cannot tell, and renders as it did before it asked."""
-    if request.node.get_closest_marker("redis") is None:
-        from kaizen_web import live
+    (kaizen_web.live.watched_groups). While a test not marked redis runs, to the
+    end of its teardown, there is no Redis to ask: the broadcaster cannot tell, and
+    renders as it did before it asked. Decided by the guard's state, not by a
+    stand-in undone at teardown: the broadcaster's thread asks when it gets to it,
+    and on a busy machine that was after such a stand-in was gone, but before the
+    guard lets Redis be used again."""
+    from kaizen_web import live
 
-        async def cannot_tell(layer, groups):
+    asked = live.watched_groups
+
+    async def watched_groups(layer, groups):
+        if not _RedisGuard.allowed:
             return None
+        return await asked(layer, groups)
 
-        monkeypatch.setattr(live, "watched_groups", cannot_tell)
+    live.watched_groups = watched_groups
+    yield
+    live.watched_groups = asked
 
 
 @pytest.fixture(autouse=True)

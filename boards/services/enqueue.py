@@ -27,103 +27,86 @@ class Claim:
     lease_token: uuid.UUID
 
 
+# How a process that is not a worker asks the workers to pull a board: the
+# board's id on a Redis list (one per line queue, as the Celery messages were)
+# that the workers' pull-request threads take from (boards.agents.runtime.
+# PullRequests), one of them each request.
+#
+# A flag per board (``kaizen:pull-requested:<board>``) says a pull has been asked
+# for and has not started yet, so a burst of intake asks once, not once per task.
+# The worker clears it just before pulling, so a change committed after that
+# point asks again; it expires on its own if the request is lost (a worker killed
+# between taking it and pulling: the periodic pull catches up).
+#
+# Not a Celery message: on the embedded line nearly every task the API took asked
+# for a pull of its own (the flag had cleared by then), and a Celery message cost
+# the web process about 1 ms of CPU to send and the worker more to receive, log
+# and run, where a Redis list costs a command on each side (bench/README.md,
+# issue 15's ninth stop).
+PULL_FLAG_TTL_MS = 2000
+# The list is capped: while no worker runs, each board asks again every TTL; a
+# worker that starts pulls every board anyway.
+PULL_REQUESTS_MAX = 10_000
+# Set the flag unless it is set; if this call set it, put the board on the list.
+_ASK_PULL = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+    redis.call('LPUSH', KEYS[2], ARGV[2])
+    redis.call('LTRIM', KEYS[2], 0, ARGV[3])
+    return 1
+end
+return 0
+"""
+_clients: dict[str, tuple[redis.Redis, Any]] = {}
+
+
+def _redis() -> tuple[redis.Redis, Any]:
+    """This process's Redis client for pull requests, and the asking script."""
+    found = _clients.get(settings.REDIS_URL)
+    if found is None:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        found = _clients[settings.REDIS_URL] = (client, client.register_script(_ASK_PULL))
+    return found
+
+
 def pull_requests_key(queue: str) -> str:
-    """The Redis list of the pulls asked of the workers of a line queue (one list
-    per queue, as the Celery messages were)."""
+    """The Redis list of the pulls asked of the workers of a line queue."""
     return f"kaizen:pull-requests:{queue}"
 
 
-class _PullRequests:
-    """How a process that is not a worker asks the workers to pull a board: the
-    board's id on a Redis list that the workers' pull-request threads take from
-    (boards.agents.runtime.PullRequests), one of them each request.
-
-    A flag per board (``kaizen:pull-requested:<board>``) says a pull has been asked
-    for and has not started yet, so a burst of intake asks once, not once per task.
-    The worker clears it just before pulling, so a change committed after that
-    point asks again; it expires on its own if the request is lost (a worker
-    killed between taking it and pulling: the periodic pull catches up).
-
-    Not a Celery message: on the embedded line nearly every task the API took
-    asked for a pull of its own (the flag had cleared by then), and a Celery
-    message cost the web process about 1 ms of CPU to send and the worker more
-    to receive, log and run, where a Redis list costs a command on each side
-    (bench/README.md, issue 15's ninth stop)."""
-
-    TTL_MS = 2000
-    # The list is capped: while no worker runs, each board asks again every TTL;
-    # a worker that starts pulls every board anyway.
-    MAX_WAITING = 10_000
-    # Set the flag unless it is set; if this call set it, put the board on the list.
-    _ASK = """
-    if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-        redis.call('LPUSH', KEYS[2], ARGV[2])
-        redis.call('LTRIM', KEYS[2], 0, ARGV[3])
-        return 1
-    end
-    return 0
-    """
-    _client: redis.Redis | None = None
-    _ask: Any = None
-
-    @classmethod
-    def _redis(cls) -> redis.Redis:
-        if cls._client is None:
-            client = redis.Redis.from_url(settings.REDIS_URL)
-            # The script before the client: a thread that sees the client sees it too.
-            cls._ask = client.register_script(cls._ASK)
-            cls._client = client
-        return cls._client
-
-    @staticmethod
-    def flag(board_id: int) -> str:
-        return f"kaizen:pull-requested:{board_id}"
-
-    @staticmethod
-    def waiting() -> str:
-        return pull_requests_key(settings.CELERY_TASK_DEFAULT_QUEUE)
-
-    def ask(self, board_id: int) -> bool:
-        self._redis()
-        keys = [self.flag(board_id), self.waiting()]
-        return bool(self._ask(keys=keys, args=[self.TTL_MS, board_id, self.MAX_WAITING - 1]))
-
-    def take(self, timeout: float) -> int | None:
-        """The next board asked for, waiting up to ``timeout`` seconds (None: none)."""
-        popped = self._redis().brpop([self.waiting()], timeout=timeout)
-        return int(popped[1]) if popped else None
-
-    def give_back(self, board_id: int) -> None:
-        """A request taken and not served goes back, first in line."""
-        self._redis().rpush(self.waiting(), board_id)
-
-    def started(self, board_id: int) -> None:
-        self._redis().delete(self.flag(board_id))
+def _pull_flag(board_id: int) -> str:
+    return f"kaizen:pull-requested:{board_id}"
 
 
-_pull_requests = _PullRequests()
+def _waiting() -> str:
+    return pull_requests_key(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 def board_pull_enqueue(board_id: int) -> None:
     """Ask the workers to pull the board, unless a pull already asked for has not
     started yet."""
-    _pull_requests.ask(board_id)
+    _, ask = _redis()
+    ask(keys=[_pull_flag(board_id), _waiting()], args=[PULL_FLAG_TTL_MS, board_id, PULL_REQUESTS_MAX - 1])
 
 
 def board_pull_requested_take(timeout: float) -> int | None:
     """For a worker's pull-request thread: the next board a process asked the
     workers to pull, waiting up to ``timeout`` seconds; None if none was asked."""
-    return _pull_requests.take(timeout)
+    client, _ = _redis()
+    popped = client.brpop([_waiting()], timeout=timeout)
+    return int(popped[1]) if popped else None
 
 
 def board_pull_requested_give_back(board_id: int) -> None:
-    """For a worker that took a request and stops before serving it: another takes it."""
-    _pull_requests.give_back(board_id)
+    """For a worker that took a request and stops before serving it: the request
+    goes back, first in line, for another worker."""
+    client, _ = _redis()
+    client.rpush(_waiting(), board_id)
 
 
 def board_pull_started(board_id: int) -> None:
     """A worker starts the pull asked for: a change from now on asks again."""
-    _pull_requests.started(board_id)
+    client, _ = _redis()
+    client.delete(_pull_flag(board_id))
 
 
 def runs_enqueue(claims: Sequence[Claim]) -> None:

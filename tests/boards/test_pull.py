@@ -250,9 +250,9 @@ def test_a_stopping_worker_leaves_pull_requests_to_the_others(board, agent, empt
 
 @pytest.mark.django_db(transaction=True)
 def test_pull_requests_wait_in_order_for_a_worker_and_are_capped(empty_queue, monkeypatch):
-    from boards.services.enqueue import _PullRequests
+    from boards.services import enqueue
 
-    monkeypatch.setattr(_PullRequests, "MAX_WAITING", 3)
+    monkeypatch.setattr(enqueue, "PULL_REQUESTS_MAX", 3)
     boards = [make_board(backlog=False) for _ in range(5)]
     for each in boards:
         services.request_pull(board_id=each.pk)

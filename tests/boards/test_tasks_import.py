@@ -67,9 +67,7 @@ def test_it_creates_every_task_with_its_event_and_pulls_once_after_commit(
     make_agent(boards=[board])
     pulls: list[int] = []
     monkeypatch.setattr(services.pull, "request_pull", lambda *, board_id: pulls.append(board_id))
-    # Nor a live update: the broadcaster would send it through Redis, which a test
-    # not marked redis must not reach, and on a busy machine it did before the
-    # test's end (a failure at teardown).
+    # And one live update of the board, after commit.
     changed: list[int] = []
     monkeypatch.setattr(
         services.pull.broadcast, "columns_changed", lambda board_id, ids: changed.append(board_id)
