@@ -374,6 +374,7 @@ class PullRequests:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         with self._lock:
@@ -381,13 +382,25 @@ class PullRequests:
                 return
             self._pid = os.getpid()
             self._stopped = stopped = threading.Event()
-        for n in range(self.THREADS):
-            threading.Thread(
-                target=self._serve, args=(stopped,), name=f"pull-requests-{n}", daemon=True
-            ).start()
+            self._threads = [
+                threading.Thread(target=self._serve, args=(stopped,), name=f"pull-requests-{n}", daemon=True)
+                for n in range(self.THREADS)
+            ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
+        """No request is taken from now on; one being waited for (up to
+        WAIT_SECONDS) or served finishes on its own (see join)."""
         self._stopped.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the threads to end after stop();
+        whether they all did."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     @classmethod
     def _serve(cls, stopped: threading.Event) -> None:

@@ -378,6 +378,9 @@ def test_the_pull_request_threads_outlast_redis_being_away(monkeypatch, caplog):
         assert wait_until(lambda: "Redis is back" in caplog.text, timeout=10)
     finally:
         requests.stop()
+        # Ended before the stand-in is undone: a thread left looping would reach
+        # the real Redis in whichever test runs next.
+        assert requests.join(timeout=10)
 
     assert served == [7]
     messages = [r.getMessage() for r in caplog.records if r.name == "boards.agents.runtime"]
