@@ -188,6 +188,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # {% url %} remembering what it reversed (kaizen_web.template_urls says why).
+            "builtins": ["kaizen_web.template_urls"],
         },
     },
     {
