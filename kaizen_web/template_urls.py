@@ -11,7 +11,10 @@ A URL depends only on the URLconf, the script prefix, the view's name, its
 arguments and the current app; those are the key. The language is not: no
 route here is translated (no ``i18n_patterns``, no lazy text in a route).
 Arguments other than plain strings and integers (a model instance, whose
-``str()`` goes into the URL and may change) are reversed each time.
+``str()`` goes into the URL and may change; a bool or an enum member, equal to
+a plain value that reverses to another text) are reversed each time.
+tests/kaizen_web/test_template_urls.py checks that no route is translated, and
+fails when Django's own ``URLNode.render`` (copied below) changes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from django import template
 from django.template import defaulttags
 from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_urlconf, reverse
 from django.utils.html import conditional_escape
+from django.utils.safestring import SafeString
 
 register = template.Library()
 
@@ -39,9 +43,13 @@ def _reversed(resolver, prefix: str, view_name: str, args: tuple, kwargs: tuple,
     )
 
 
+# Exactly these types: a bool equals 1 and an enum member its value, but each
+# reverses to its own text. A template's literal is a SafeString.
+_PLAIN = frozenset({str, SafeString, int})
+
+
 def _plain(values) -> bool:
-    # str subclasses included: a template's literal is a SafeString.
-    return all(isinstance(value, (str, int)) for value in values)
+    return all(type(value) in _PLAIN for value in values)
 
 
 def reverse_remembered(view_name: str, *, args=(), kwargs=None, current_app=None) -> str:

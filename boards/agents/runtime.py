@@ -382,12 +382,13 @@ class PullRequests:
                 return
             self._pid = os.getpid()
             self._stopped = stopped = threading.Event()
-            self._threads = [
+            threads = [
                 threading.Thread(target=self._serve, args=(stopped,), name=f"pull-requests-{n}", daemon=True)
                 for n in range(self.THREADS)
             ]
-        for thread in self._threads:
-            thread.start()
+            for thread in threads:
+                thread.start()
+            self._threads = threads  # started: join() may wait for them
 
     def stop(self) -> None:
         """No request is taken from now on; one being waited for (up to
