@@ -607,3 +607,12 @@ def test_the_admin_offers_only_registered_agent_classes(admin_client, settings):
     assert response.status_code == 200
     assert "not a registered agent class" in _errors(response)
     assert not Agent.objects.filter(name="Newcomer").exists()
+
+
+@pytest.mark.parametrize("url", ["admin:index", "admin:boards_board_changelist", "admin:boards_board_add"])
+def test_the_admin_names_its_icon_so_the_browser_asks_for_no_favicon(admin_client, url):
+    # Without one, the browser asks for /favicon.ico (a 404 in its console), as
+    # our own pages do not (base.html).
+    page = admin_client.get(reverse(url)).content.decode()
+    assert page.count('<link rel="icon" href="data:,">') == 1
+    assert "Django administration" in page  # the rest of base_site as Django draws it
