@@ -149,37 +149,6 @@ def embedded_redis_port(log: str) -> int:
     return int(re.search(r"starting Redis \(embedded, 127\.0\.0\.1:(\d+)\)\.\.\. ok", log).group(1))
 
 
-@pytest.mark.redis
-def test_it_serves_the_demo_and_ctrl_c_stops_everything(start_run, var):
-    run, port = start_run()
-    wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
-    log = run.log_text()
-    assert f"http://127.0.0.1:{port}/" in log
-    assert "demo / demo" in log
-    redis_port = embedded_redis_port(log)
-    assert answers(redis_port)
-
-    landed = log_in(f"http://127.0.0.1:{port}", "demo", "demo")
-    assert landed != "/accounts/login/", "the demo login was refused"
-
-    # A command from a second terminal (no REDIS_URL) finds the embedded Redis.
-    run_file = var / "run" / "redis.json"
-    assert json.loads(run_file.read_text())["url"] == f"redis://127.0.0.1:{redis_port}/0"
-    assert second_terminal_redis_url(var) == f"redis://127.0.0.1:{redis_port}/0"
-
-    children = children_of(run.proc.pid)
-    assert len(children) >= 4  # redis, web, worker, beat
-    # What a terminal does on Ctrl-C; the children sit in their own process
-    # groups, so only run.py gets it and must stop them itself.
-    os.kill(run.proc.pid, signal.SIGINT)
-    wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
-    assert run.returncode == 0, run.log_tail()
-    assert [pid for pid in children if is_running(pid)] == []
-    assert not answers(port)
-    assert not answers(redis_port)
-    assert not run_file.exists()
-
-
 def second_terminal_redis_url(var: Path) -> str:
     """settings.REDIS_URL as `manage.py shell` sees it in another terminal, where
     REDIS_URL is not set."""
@@ -197,8 +166,10 @@ def second_terminal_redis_url(var: Path) -> str:
     return result.stdout.strip()
 
 
+# One start of the whole product serves the checks of a calm terminal and of a
+# clean stop: each start costs some 30-50 s of the test pass.
 @pytest.mark.redis
-def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var):
+def test_it_serves_the_demo_calmly_and_ctrl_c_stops_everything(start_run, var):
     # Two worker processes (PostgreSQL's default on a machine of two cores or more).
     run, port = start_run(KAIZEN_WORKER_PROCESSES="2")
     wait_for("the banner", lambda: BANNER in run.log_text(), timeout=STARTUP, process=run)
@@ -244,6 +215,33 @@ def test_the_terminal_stays_calm_and_shows_the_url_and_login_last(start_run, var
     for name in ("redis", "migrate", "config", "user", "web", "worker", "beat"):
         assert (logs / f"{name}.log").exists(), name
     assert "Operations to perform" in (logs / "migrate.log").read_text()
+
+    # It serves the demo, and Ctrl-C stops all of it.
+    log = run.log_text()
+    assert f"http://127.0.0.1:{port}/" in log
+    assert "demo / demo" in log
+    redis_port = embedded_redis_port(log)
+    assert answers(redis_port)
+
+    landed = log_in(f"http://127.0.0.1:{port}", "demo", "demo")
+    assert landed != "/accounts/login/", "the demo login was refused"
+
+    # A command from a second terminal (no REDIS_URL) finds the embedded Redis.
+    run_file = var / "run" / "redis.json"
+    assert json.loads(run_file.read_text())["url"] == f"redis://127.0.0.1:{redis_port}/0"
+    assert second_terminal_redis_url(var) == f"redis://127.0.0.1:{redis_port}/0"
+
+    children = children_of(run.proc.pid)
+    assert len(children) >= 5  # redis, web, two workers, beat
+    # What a terminal does on Ctrl-C; the children sit in their own process
+    # groups, so only run.py gets it and must stop them itself.
+    os.kill(run.proc.pid, signal.SIGINT)
+    wait_for("run.py to exit", lambda: not run.alive, timeout=STOP)
+    assert run.returncode == 0, run.log_tail()
+    assert [pid for pid in children if is_running(pid)] == []
+    assert not answers(port)
+    assert not answers(redis_port)
+    assert not run_file.exists()
 
 
 @pytest.mark.redis
