@@ -24,7 +24,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -151,28 +151,36 @@ class _Rules:
     completion of a run must not query for them each time. A budget created or
     changed takes effect in other processes within TTL; the periodic tick
     recounts a new budget's period from the ledger, so spend recorded meanwhile
-    is not lost."""
+    is not lost. In the process that made the change, ``clear`` takes effect at
+    once: a read that began before it (another thread's) is returned to its
+    caller but not kept."""
 
     TTL = 2.0
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[], tuple[BudgetRule, ...]] | None = None) -> None:
+        self._read = read or (lambda: tuple(BudgetRule.of(b) for b in Budget.objects.order_by("pk")))
         self._lock = threading.Lock()
         self._read_at = -1e9
         self._rules: tuple[BudgetRule, ...] = ()
+        # Counts the clears: a read is kept only if none came while it ran.
+        self._cleared = 0
 
     def get(self) -> tuple[BudgetRule, ...]:
         now = time.monotonic()
         with self._lock:
             if now - self._read_at < self.TTL:
                 return self._rules
-        rules = tuple(BudgetRule.of(b) for b in Budget.objects.order_by("pk"))
+            cleared = self._cleared
+        rules = self._read()
         with self._lock:
-            self._rules, self._read_at = rules, now
+            if self._cleared == cleared:
+                self._rules, self._read_at = rules, now
         return rules
 
     def clear(self) -> None:
         with self._lock:
             self._read_at = -1e9
+            self._cleared += 1
 
 
 budget_rules = _Rules()

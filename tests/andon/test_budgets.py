@@ -374,6 +374,38 @@ def test_without_budgets_charging_makes_no_query(board, solo, django_assert_num_
         assert not budgets.calls_charge(rows)
 
 
+def test_a_read_of_the_rules_that_began_before_a_change_is_not_kept():
+    """A thread that began reading the budgets before this process changed one
+    (a live render, say) gets what it read, but the next reader reads again: the
+    change is not hidden for TTL seconds behind that older read."""
+    import threading
+
+    reading, changed = threading.Event(), threading.Event()
+    reads: list[str] = []
+
+    def read():
+        reads.append("read")
+        if len(reads) == 1:
+            reading.set()
+            changed.wait(10)
+            return ("before the change",)
+        return ("after the change",)
+
+    rules = budgets._Rules(read=read)
+    got: list = []
+    slow = threading.Thread(target=lambda: got.append(rules.get()))
+    slow.start()
+    assert reading.wait(10)
+    rules.clear()  # the change, committed while the slow read runs
+    changed.set()
+    slow.join(10)
+
+    assert got == [("before the change",)]
+    assert rules.get() == ("after the change",)
+    assert rules.get() == ("after the change",)  # and that one is kept
+    assert len(reads) == 2
+
+
 @pytest.mark.django_db
 def test_a_budget_deleted_while_its_rule_is_still_remembered_is_not_charged(board, solo, keeper, monkeypatch):
     """A process remembers the budgets for up to two seconds: a budget deleted
