@@ -14,7 +14,8 @@ Arguments other than plain strings and integers (a model instance, whose
 ``str()`` goes into the URL and may change; a bool or an enum member, equal to
 a plain value that reverses to another text) are reversed each time.
 tests/kaizen_web/test_template_urls.py checks that no route is translated, and
-fails when Django's own ``URLNode.render`` (copied below) changes.
+that the tag draws what Django's own ``URLNode`` (whose render is copied below)
+draws.
 """
 
 from __future__ import annotations
