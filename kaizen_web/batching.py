@@ -27,7 +27,9 @@ class Batcher(Generic[Item, Result]):
     them to ``flush``, which must answer every item's Future. A flush that raises
     answers what it left with that error: no caller waits forever. The thread's
     database connection is closed after each batch (on PostgreSQL, given back to
-    the pool)."""
+    the pool), and a caller outside a transaction gives its own back before it
+    waits: the batch's thread takes one from the same pool, which callers holding
+    theirs while they wait could leave empty."""
 
     MAX_BATCH = 200
     name = "batcher"
@@ -39,6 +41,8 @@ class Batcher(Generic[Item, Result]):
         self._pid = 0
 
     def submit(self, item: Item) -> Result:
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            connection.close()
         future: Future = Future()
         with self._cond:
             self._pending.append((item, future))

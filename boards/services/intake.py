@@ -72,7 +72,7 @@ def task_create(
     )
     insert = partial(_task_insert, task, user=user)
     if settings.KAIZEN_INTAKE_GROUP_MS > 0 and in_served_request() and not connection.in_atomic_block:
-        return _intake_group.add(insert)
+        return _intake_group.submit(insert)
     with transaction.atomic():
         return insert()
 
@@ -120,13 +120,6 @@ class _IntakeGroup(Batcher[Callable[[], Task], Task]):
     # What one task can be refused for; anything else (the database out of reach,
     # locked past its timeout) fails the whole batch at once.
     ONE_TASKS_FAULT = (ValidationError, IntegrityError, DataError)
-
-    def add(self, insert: Callable[[], Task]) -> Task:
-        if connection.vendor == "postgresql":
-            # The intake thread needs a connection from the same pool: a request
-            # waiting for it must not hold one.
-            connection.close()
-        return self.submit(insert)
 
     def linger(self) -> None:
         time.sleep(settings.KAIZEN_INTAKE_GROUP_MS / 1000)  # the requests arriving now join
