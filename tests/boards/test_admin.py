@@ -610,9 +610,13 @@ def test_the_admin_offers_only_registered_agent_classes(admin_client, settings):
 
 
 @pytest.mark.parametrize("url", ["admin:index", "admin:boards_board_changelist", "admin:boards_board_add"])
-def test_the_admin_names_its_icon_so_the_browser_asks_for_no_favicon(admin_client, url):
-    # Without one, the browser asks for /favicon.ico (a 404 in its console), as
-    # our own pages do not (base.html).
+def test_the_admin_gets_the_kaizen_icon_where_the_browser_looks_for_it(admin_client, url):
+    # The admin's pages name no icon, so the browser asks for /favicon.ico (a
+    # 404 in its console before): it is sent on to the icon our pages name.
     page = admin_client.get(reverse(url)).content.decode()
-    assert page.count('<link rel="icon" href="data:,">') == 1
-    assert "Django administration" in page  # the rest of base_site as Django draws it
+    assert 'rel="icon"' not in page
+    assert "Django administration" in page  # the admin's own templates, as Django draws them
+    icon = Client().get("/favicon.ico", follow=True)  # a browser asks before anyone logs in
+    assert icon.redirect_chain == [("/static/favicon.svg", 302)]
+    assert icon.status_code == 200 and icon["Content-Type"] == "image/svg+xml"
+    assert b"<svg" in b"".join(icon.streaming_content)

@@ -19,3 +19,12 @@ def test_every_block_of_our_stylesheets_is_closed(path):
         depth += line.count("{") - line.count("}")
         assert depth >= 0, f"{path.name}:{number}: a '}}' closes nothing"
     assert depth == 0, f"{path.name}: {depth} block(s) left open"
+
+
+@pytest.mark.django_db
+def test_our_pages_name_the_icon_that_is_served(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("icon"))
+    page = client.get("/boards/").content.decode()
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon["Content-Type"] == "image/svg+xml"
