@@ -275,3 +275,80 @@ def rows_insert(
     for obj in objs:
         obj._state.adding = False
         obj._state.db = alias
+
+
+def rows_insert_linked(parent: Model, child: Model, *, link: str) -> None:
+    """INSERT a new ``parent`` and a new ``child`` whose foreign key ``link`` points
+    at it (their primary keys unset), as ``rows_insert`` of the parent (returning its
+    id) and then of the child would; both get their new primary keys.
+
+    On PostgreSQL in one statement, the child's INSERT taking the parent's id from
+    a data-modifying WITH: one round trip, and atomic by itself, so a caller in
+    autocommit needs no transaction (BEGIN and COMMIT, two more) to keep the two
+    together. Elsewhere, the two INSERTs: call it in a transaction there."""
+    alias = router.db_for_write(type(parent))
+    connection = connections[alias]
+    field = _field(type(child), link)
+    if field.remote_field is None or field.remote_field.model is not type(parent):
+        raise ValueError(f"{type(child).__name__}.{link} is not a foreign key to {type(parent).__name__}")
+    if connection.vendor != "postgresql":
+        rows_insert(type(parent), [parent], returning=True)
+        setattr(child, field.attname, parent.pk)
+        rows_insert(type(child), [child], returning=True)
+        return
+    statement = _linked_statement(type(parent), type(child), field, alias)
+    values = [_values(column, [parent], connection)[0] for column in statement.parent_columns]
+    values += [_values(column, [child], connection)[0] for column in statement.child_columns]
+    with prepared_cursor(alias) as cursor:
+        cursor.execute(statement.sql, values)
+        parent_pk, child_pk = cursor.fetchone()
+    parent.pk = parent_pk
+    setattr(child, field.attname, parent_pk)
+    child.pk = child_pk
+    for obj in (parent, child):
+        obj._state.adding = False
+        obj._state.db = alias
+
+
+@dataclass(frozen=True)
+class _LinkedStatement:
+    sql: str
+    parent_columns: tuple[_Column, ...]
+    # The child's, but the link (its value is the parent's new id).
+    child_columns: tuple[_Column, ...]
+
+
+_linked_statements: dict[tuple, _LinkedStatement] = {}
+
+
+def _linked_statement(
+    parent_model: type[Model], child_model: type[Model], link: Field, alias: str
+) -> _LinkedStatement:
+    """``rows_insert_linked``'s statement on PostgreSQL, built once per process."""
+    key = (parent_model, child_model, link.name, alias)
+    statement = _linked_statements.get(key)
+    if statement is not None:
+        return statement
+    quote = connections[alias].ops.quote_name
+
+    def values(columns: Sequence[_Column]) -> str:
+        return ", ".join("%s::jsonb" if column.json else "%s" for column in columns)
+
+    def names(columns: Sequence[_Column]) -> str:
+        return ", ".join(quote(_column_name(column.field)) for column in columns)
+
+    parent_columns = _columns(parent_model)
+    rest = tuple(column for column in _columns(child_model) if column.field is not link)
+    parent_pk = quote(_column_name(parent_model._meta.pk))
+    link_column = quote(_column_name(link))
+    sql = (
+        f"WITH parent AS (INSERT INTO {quote(parent_model._meta.db_table)} ({names(parent_columns)}) "
+        f"VALUES ({values(parent_columns)}) RETURNING {parent_pk}) "
+        f"INSERT INTO {quote(child_model._meta.db_table)} ({link_column}, {names(rest)}) "
+        f"VALUES ((SELECT {parent_pk} FROM parent), {values(rest)}) "
+        f"RETURNING {link_column}, {quote(_column_name(child_model._meta.pk))}"
+    )
+    statement = _LinkedStatement(sql=sql, parent_columns=parent_columns, child_columns=rest)
+    with _lock:
+        _linked_statements[key] = statement
+    return statement

@@ -28,6 +28,7 @@ from boards.services.primitives import (
     board_lock,
     column_count,
     intake_column,
+    intake_place,
     task_event,
     task_place,
     wip_check,
@@ -37,7 +38,7 @@ from boards.task_files import TaskRow
 from boards.text import input_key, task_fields_errors
 from kaizen_web.batching import Batcher
 from kaizen_web.http import in_served_request
-from kaizen_web.rows import rows_insert
+from kaizen_web.rows import rows_insert_linked
 
 logger = logging.getLogger(__name__)
 
@@ -70,31 +71,41 @@ def task_create(
         allow_reuse=allow_reuse,
         input_key=input_key(input),
     )
-    insert = partial(_task_insert, task, user=user)
-    if settings.KAIZEN_INTAKE_GROUP_MS > 0 and in_served_request() and not connection.in_atomic_block:
-        return _intake_group.submit(insert)
+    if not connection.in_atomic_block:
+        if settings.KAIZEN_INTAKE_GROUP_MS > 0 and in_served_request():
+            return _intake_group.submit(partial(_task_insert, task, user=user))
+        place = intake_place(board, priority)
+        if place[0].wip_limit is None and connection.vendor == "postgresql":
+            # No count to hold still, and the task and its event go in one statement
+            # (rows_insert_linked): no transaction needed, nor its BEGIN and COMMIT.
+            return _task_insert(task, user=user, place=place)
+    else:
+        place = None  # read in the caller's transaction, under its savepoint
     with transaction.atomic():
-        return insert()
+        return _task_insert(task, user=user, place=place)
 
 
-def _task_insert(task: Task, *, user: User | None) -> Task:
+def _task_insert(task: Task, *, user: User | None, place: tuple[Column, int | None] | None = None) -> Task:
     """Put a new task in its board's intake column, with its CREATED event, inside
-    the caller's transaction; the live update and the pull follow the commit."""
+    the caller's transaction (or in autocommit on PostgreSQL, for an intake column
+    without a WIP limit); the live update and the pull follow the commit.
+    ``place`` is ``intake_place``'s answer, if the caller asked already."""
     board = task.board
-    column = intake_column(board)
+    column, position = place or intake_place(board, task.priority)
     if column.wip_limit is not None:
-        # Only a limited intake needs its count held still while we add to it.
+        # Only a limited intake needs its count held still while we add to it,
+        # and the slot found before the lock may be taken meanwhile.
         board_lock(board.pk)
+        position = None
     note = wip_check(column)
-    task_place(task, column)
-    # Fixed-shape INSERTs (kaizen_web.rows): Model.save compiled its INSERT
-    # anew for each task the API took. No signals, as with bulk_create:
-    # nothing listens to these.
-    rows_insert(Task, [task], returning=True)
+    task_place(task, column, position=position)
     event = task_event(
         task, TaskEvent.Kind.CREATED, to_column=column, to_status=task.status, user=user, note=note
     )
-    rows_insert(TaskEvent, [event])
+    # Fixed-shape INSERTs (kaizen_web.rows): Model.save compiled its INSERT
+    # anew for each task the API took. No signals, as with bulk_create:
+    # nothing listens to these.
+    rows_insert_linked(task, event, link="task")
     board_changed_on_commit(board.pk, [column.pk], pull=True)
     return task
 

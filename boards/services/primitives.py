@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, Field, Max, Min, Q, QuerySet
+from django.db.models import Count, Exists, Field, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
@@ -98,7 +98,7 @@ def column_required(board_id: int, role: str, columns: dict[str, Column] | None 
     return column
 
 
-# Read for every task added: compiled once (kaizen_web.prepared).
+# Read for every import and demo task: compiled once (kaizen_web.prepared).
 _INTAKE_COLUMNS = Prepared(
     lambda *, board_id: (
         Column.objects.filter(board_id=board_id, role__in=[Role.BACKLOG, Role.READY])
@@ -111,11 +111,49 @@ _INTAKE_COLUMNS = Prepared(
 
 def intake_column(board: Board) -> Column:
     """Where new tasks go: the board's Backlog, else its Ready column."""
-    columns = {c.role: c for c in _INTAKE_COLUMNS.instances(Column, board_id=board.pk)}
-    column = columns.get(Role.BACKLOG) or columns.get(Role.READY)
+    return _intake_of(board, _INTAKE_COLUMNS.instances(Column, board_id=board.pk))
+
+
+def _intake_of(board: Board, columns: list[Column]) -> Column:
+    by_role = {c.role: c for c in columns}
+    column = by_role.get(Role.BACKLOG) or by_role.get(Role.READY)
     if column is None:
         raise ValidationError(f"Board {board.name!r} has neither a Backlog nor a Ready column.")
     return column
+
+
+def _intake_places_query(*, board_id: int, priority: int) -> QuerySet:
+    tasks = Task.objects.filter(column_id=OuterRef("pk")).order_by()
+    return (
+        Column.objects.filter(board_id=board_id, role__in=[Role.BACKLOG, Role.READY])
+        .order_by()
+        .annotate(
+            # By the (column, position) index: the last task's position.
+            slot_last=Subquery(tasks.order_by("-position").values("position")[:1]),
+            slot_lower=Exists(tasks.filter(priority__lt=priority)),
+        )
+        .values_list(*fields(Column), "slot_last", "slot_lower")
+    )
+
+
+# Read for every task added: compiled once (kaizen_web.prepared).
+_INTAKE_PLACES = Prepared(_intake_places_query, board_id=int, priority=int)
+
+
+def intake_place(board: Board, priority: int) -> tuple[Column, int | None]:
+    """Where a new task of ``priority`` goes, in one query: the intake column (as
+    ``intake_column``) and, when the task goes last there (no task of lower
+    priority waits in it, as is usual), its position, as ``task_place`` would
+    find it; else None, and ``task_place`` finds its slot among them.
+
+    The intake read the column and then, in a second query, the slot."""
+    column = _intake_of(
+        board,
+        _INTAKE_PLACES.instances(Column, ["slot_last", "slot_lower"], board_id=board.pk, priority=priority),
+    )
+    if column.slot_lower:  # type: ignore[attr-defined]  # annotated by the query
+        return column, None
+    return column, (column.slot_last or 0) + POSITION_GAP  # type: ignore[attr-defined]
 
 
 # Read at every pull and every task added to a limited column: compiled once

@@ -1,6 +1,9 @@
-"""A task created one at a time (the board's form, the API) is written by two
-INSERTs of a fixed shape (kaizen_web.rows), not Model.save, and comes back as
-save() would have left it: its id, its timestamps, its place, its CREATED event."""
+"""A task created one at a time (the board's form, the API) is written by INSERTs
+of a fixed shape (kaizen_web.rows), not Model.save, and comes back as save() would
+have left it: its id, its timestamps, its place, its CREATED event. On PostgreSQL,
+outside a transaction and into an intake column without a WIP limit (the API's
+usual case), it takes two statements and no transaction: where it goes, then the
+task with its event in one INSERT."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from boards import services
+from boards import broadcast, services
 from boards.models import Task, TaskEvent
+from boards.services.primitives import WipLimitReached
 from tests.factories import column, make_board, make_user
 
 pytestmark = pytest.mark.django_db
@@ -58,8 +62,101 @@ def test_the_inserts_are_the_fixed_shape_statements():
     # (Django logs an executemany as "1 times: INSERT ...".)
     sqls = [q["sql"] for q in queries.captured_queries]
     inserts = [sql[sql.index("INSERT") :] for sql in sqls if "INSERT" in sql]
-    assert [sql.split()[2] for sql in inserts] == ['"boards_task"', '"boards_taskevent"']
+    if connection.vendor == "postgresql":
+        # One statement: the event's INSERT takes the task's new id from a WITH.
+        [insert] = inserts
+        assert insert.split()[2] == '"boards_task"' and 'INSERT INTO "boards_taskevent"' in insert
+    else:
+        assert [sql.split()[2] for sql in inserts] == ['"boards_task"', '"boards_taskevent"']
     # Every column given, in the model's order (Model.save leaves out none either,
     # but names them through its compiler each time); the id comes back without
     # Django's "RETURNING "boards_task"."id"" form.
     assert all('RETURNING "boards_task"."id"' not in sql for sql in inserts)
+
+
+def test_a_task_of_higher_priority_goes_before_those_of_lower_priority():
+    board = make_board(ready_limit=None)
+    low = [services.task_create(board=board, title=f"low {i}", priority=0) for i in range(2)]
+    made = [
+        services.task_create(board=board, title=title, priority=priority)
+        for title, priority in [("high", 5), ("higher", 9), ("last", 0)]
+    ]
+    order = list(Task.objects.filter(board=board).order_by("position").values_list("title", flat=True))
+    assert order == ["higher", "high", "low 0", "low 1", "last"]
+    # Each task as returned holds the place it was saved in.
+    for task in [*low, *made]:
+        assert task.position == Task.objects.get(pk=task.pk).position
+
+
+def _autocommit_of_each_statement(fn) -> list[tuple[str, bool]]:
+    """Each statement ``fn`` runs, with whether it ran in autocommit (outside any transaction)."""
+    seen = []
+
+    def record(execute, sql, params, many, context):
+        seen.append((sql, connection.get_autocommit()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        fn()
+    return seen
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_task_takes_two_statements_and_no_transaction_on_postgresql():
+    board = make_board(ready_limit=None)
+    user = make_user(username="api")
+    services.task_create(board=board, title="warm", user=user)
+    made: list[Task] = []
+
+    statements = _autocommit_of_each_statement(
+        lambda: made.append(services.task_create(board=board, title="measured", priority=3, user=user))
+    )
+
+    (task,) = made
+    saved = Task.objects.get(pk=task.pk)
+    assert (saved.title, saved.priority, saved.column, saved.position) == (
+        "measured",
+        3,
+        column(board, "backlog"),
+        task.position,
+    )
+    # Priority 3 goes before "warm" (priority 0): the slot among the waiting tasks.
+    assert saved.position < Task.objects.get(title="warm").position
+    (event,) = TaskEvent.objects.filter(task=task)
+    assert (event.kind, event.user_id, event.to_column_id) == (
+        TaskEvent.Kind.CREATED,
+        user.pk,
+        saved.column_id,
+    )
+    if connection.vendor == "postgresql":
+        # Another task, going last: its place, then the task with its event.
+        statements = _autocommit_of_each_statement(lambda: services.task_create(board=board, title="after"))
+        assert len(statements) == 2 and all(autocommit for _, autocommit in statements)
+        assert "WITH parent AS (INSERT INTO" in statements[1][0]
+    else:
+        assert not all(autocommit for _, autocommit in statements)  # SQLite: in a transaction
+    broadcast.flush()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_limited_intake_is_still_counted_under_the_board_lock():
+    board = make_board(ready_limit=2, backlog=False)
+    services.task_create(board=board, title="one")
+
+    statements = _autocommit_of_each_statement(lambda: services.task_create(board=board, title="two"))
+
+    sqls = [sql for sql, _ in statements]
+    locked = [i for i, sql in enumerate(sqls) if "FOR NO KEY UPDATE" in sql or "FOR UPDATE" in sql]
+    if connection.features.has_select_for_update:
+        # The lock is taken in a transaction, before the count and the insert.
+        assert locked and not statements[locked[0]][1]
+        assert all(not autocommit for _, autocommit in statements[locked[0] :])
+    with pytest.raises(WipLimitReached):
+        services.task_create(board=board, title="three")
+    assert list(Task.objects.filter(board=board).order_by("position").values_list("title", flat=True)) == [
+        "one",
+        "two",
+    ]
+    broadcast.flush()

@@ -6,14 +6,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from andon.models import Inspection, MudaFinish
 from boards.models import Task, TaskEvent
 from experiments.models import Pattern
-from kaizen_web.rows import rows_insert
-from tests.factories import make_board
+from kaizen_web.rows import rows_insert, rows_insert_linked
+from tests.factories import column, make_board
 
 pytestmark = pytest.mark.django_db
 
@@ -153,3 +153,63 @@ def test_update_fields_merge_a_row_into_the_one_its_unique_fields_match():
     # One row alone (a VALUES statement on PostgreSQL) merges the same way.
     rows_insert(MudaFinish, [finish(tasks[1], 4.0)], **upsert)
     assert MudaFinish.objects.get(task=tasks[1]).lead_s == 4.0 and MudaFinish.objects.count() == 2
+
+
+def _task_and_event(board, *, board_id=None) -> tuple[Task, TaskEvent]:
+    task = Task(board=board, column=column(board, "backlog"), title="linked", input="in", position=7)
+    event = TaskEvent(
+        task=task,
+        board_id=board_id or board.pk,
+        kind=TaskEvent.Kind.CREATED,
+        note="a note",
+        to_status="backlog",
+    )
+    return task, event
+
+
+def test_a_row_and_one_that_links_to_it_read_back_with_their_ids():
+    board = make_board(ready_limit=None)
+    task, event = _task_and_event(board)
+
+    statements = _statements(lambda: rows_insert_linked(task, event, link="task"))
+
+    assert task.pk is not None and event.pk is not None and event.task_id == task.pk
+    assert not task._state.adding and not event._state.adding
+    saved = TaskEvent.objects.select_related("task").get(pk=event.pk)
+    assert (saved.task.title, saved.task.input, saved.task.position, saved.note, saved.to_status) == (
+        "linked",
+        "in",
+        7,
+        "a note",
+        "backlog",
+    )
+    assert saved.task.created_at == task.created_at
+    inserts = [sql for sql, _ in statements if "INSERT" in sql]
+    # One statement on PostgreSQL; SQLite has no INSERT in a WITH.
+    assert len(inserts) == (1 if connection.vendor == "postgresql" else 2)
+    # Fixed: the next pair runs the same text.
+    task, event = _task_and_event(board)
+    assert _statements(lambda: rows_insert_linked(task, event, link="task")) == statements
+
+
+def test_a_link_that_is_no_foreign_key_to_the_row_is_refused():
+    board = make_board(ready_limit=None)
+    task, event = _task_and_event(board)
+    with pytest.raises(ValueError, match="not a foreign key to Task"):
+        rows_insert_linked(task, event, link="board")
+    assert task.pk is None and not Task.objects.filter(title="linked").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_the_row_is_not_written_when_the_one_linking_to_it_fails():
+    board = make_board(ready_limit=None)
+    task, event = _task_and_event(board, board_id=board.pk + 1000)  # no such board
+    if connection.vendor == "postgresql":
+        # In autocommit: the one statement is its own transaction.
+        with pytest.raises(IntegrityError):
+            rows_insert_linked(task, event, link="task")
+    else:
+        # Two statements elsewhere: the caller's transaction keeps them together.
+        with pytest.raises(IntegrityError), transaction.atomic():
+            rows_insert_linked(task, event, link="task")
+    assert not Task.objects.filter(title="linked").exists()
