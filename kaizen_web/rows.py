@@ -280,7 +280,9 @@ def rows_insert(
 def rows_insert_linked(parent: Model, child: Model, *, link: str) -> None:
     """INSERT a new ``parent`` and a new ``child`` whose foreign key ``link`` points
     at it (their primary keys unset), as ``rows_insert`` of the parent (returning its
-    id) and then of the child would; both get their new primary keys.
+    id) and then of the child would: the parent gets its new primary key and the
+    child's link is set to it (the child's own id is not read back, as ``rows_insert``
+    without ``returning``).
 
     On PostgreSQL in one statement, the child's INSERT taking the parent's id from
     a data-modifying WITH: one round trip, and atomic by itself, so a caller in
@@ -294,17 +296,16 @@ def rows_insert_linked(parent: Model, child: Model, *, link: str) -> None:
     if connection.vendor != "postgresql":
         rows_insert(type(parent), [parent], returning=True)
         setattr(child, field.attname, parent.pk)
-        rows_insert(type(child), [child], returning=True)
+        rows_insert(type(child), [child])
         return
     statement = _linked_statement(type(parent), type(child), field, alias)
     values = [_values(column, [parent], connection)[0] for column in statement.parent_columns]
     values += [_values(column, [child], connection)[0] for column in statement.child_columns]
     with prepared_cursor(alias) as cursor:
         cursor.execute(statement.sql, values)
-        parent_pk, child_pk = cursor.fetchone()
+        (parent_pk,) = cursor.fetchone()
     parent.pk = parent_pk
     setattr(child, field.attname, parent_pk)
-    child.pk = child_pk
     for obj in (parent, child):
         obj._state.adding = False
         obj._state.db = alias
@@ -346,7 +347,7 @@ def _linked_statement(
         f"VALUES ({values(parent_columns)}) RETURNING {parent_pk}) "
         f"INSERT INTO {quote(child_model._meta.db_table)} ({link_column}, {names(rest)}) "
         f"VALUES ((SELECT {parent_pk} FROM parent), {values(rest)}) "
-        f"RETURNING {link_column}, {quote(_column_name(child_model._meta.pk))}"
+        f"RETURNING {link_column}"
     )
     statement = _LinkedStatement(sql=sql, parent_columns=parent_columns, child_columns=rest)
     with _lock:

@@ -173,9 +173,9 @@ def test_a_row_and_one_that_links_to_it_read_back_with_their_ids():
 
     statements = _statements(lambda: rows_insert_linked(task, event, link="task"))
 
-    assert task.pk is not None and event.pk is not None and event.task_id == task.pk
+    assert task.pk is not None and event.task_id == task.pk
     assert not task._state.adding and not event._state.adding
-    saved = TaskEvent.objects.select_related("task").get(pk=event.pk)
+    saved = TaskEvent.objects.select_related("task").get(task=task)
     assert (saved.task.title, saved.task.input, saved.task.position, saved.note, saved.to_status) == (
         "linked",
         "in",
