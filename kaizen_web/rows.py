@@ -287,12 +287,23 @@ def rows_insert_linked(parent: Model, child: Model, *, link: str) -> None:
     On PostgreSQL in one statement, the child's INSERT taking the parent's id from
     a data-modifying WITH: one round trip, and atomic by itself, so a caller in
     autocommit needs no transaction (BEGIN and COMMIT, two more) to keep the two
-    together. Elsewhere, the two INSERTs: call it in a transaction there."""
+    together. Elsewhere, the two INSERTs: call it in a transaction there.
+
+    The statement has a parameter for every column of both models (47 for a task
+    and its event): psycopg keeps its parse of a statement of at most 50
+    (``psycopg._queries.MAX_CACHED_STATEMENT_PARAMS``), and parses a longer one in
+    Python at every call (tests/kaizen_web/test_rows.py checks the task's)."""
     alias = router.db_for_write(type(parent))
     connection = connections[alias]
     field = _field(type(child), link)
-    if field.remote_field is None or field.remote_field.model is not type(parent):
-        raise ValueError(f"{type(child).__name__}.{link} is not a foreign key to {type(parent).__name__}")
+    if (
+        field.remote_field is None
+        or field.remote_field.model is not type(parent)
+        or getattr(field, "target_field", None) is not type(parent)._meta.pk
+    ):
+        raise ValueError(
+            f"{type(child).__name__}.{link} is not a foreign key to {type(parent).__name__}'s primary key"
+        )
     if connection.vendor != "postgresql":
         rows_insert(type(parent), [parent], returning=True)
         setattr(child, field.attname, parent.pk)

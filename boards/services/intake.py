@@ -71,25 +71,29 @@ def task_create(
         allow_reuse=allow_reuse,
         input_key=input_key(input),
     )
+    place = None  # read by _task_insert, in the transaction
     if not connection.in_atomic_block:
         if settings.KAIZEN_INTAKE_GROUP_MS > 0 and in_served_request():
             return _intake_group.submit(partial(_task_insert, task, user=user))
-        place = intake_place(board, priority)
-        if place[0].wip_limit is None and connection.vendor == "postgresql":
-            # No count to hold still, and the task and its event go in one statement
-            # (rows_insert_linked): no transaction needed, nor its BEGIN and COMMIT.
-            return _task_insert(task, user=user, place=place)
-    else:
-        place = None  # read in the caller's transaction, under its savepoint
+        if connection.vendor == "postgresql":
+            place = intake_place(board, priority)
+            column, position = place
+            if column.wip_limit is None and position is not None:
+                # No count to hold still, a slot found by one read (the task goes
+                # last), and the task and its event go in one statement
+                # (rows_insert_linked): no transaction needed, nor its BEGIN and COMMIT.
+                return _task_insert(task, user=user, place=place)
+        # On SQLite the place is read after BEGIN IMMEDIATE, under the write lock,
+        # as every other write is.
     with transaction.atomic():
         return _task_insert(task, user=user, place=place)
 
 
 def _task_insert(task: Task, *, user: User | None, place: tuple[Column, int | None] | None = None) -> Task:
     """Put a new task in its board's intake column, with its CREATED event, inside
-    the caller's transaction (or in autocommit on PostgreSQL, for an intake column
-    without a WIP limit); the live update and the pull follow the commit.
-    ``place`` is ``intake_place``'s answer, if the caller asked already."""
+    the caller's transaction (or in autocommit on PostgreSQL, when it goes last in an
+    intake column without a WIP limit); the live update and the pull follow the
+    commit. ``place`` is ``intake_place``'s answer, if the caller asked already."""
     board = task.board
     column, position = place or intake_place(board, task.priority)
     if column.wip_limit is not None:

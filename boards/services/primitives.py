@@ -144,16 +144,17 @@ def intake_place(board: Board, priority: int) -> tuple[Column, int | None]:
     """Where a new task of ``priority`` goes, in one query: the intake column (as
     ``intake_column``) and, when the task goes last there (no task of lower
     priority waits in it, as is usual), its position, as ``task_place`` would
-    find it; else None, and ``task_place`` finds its slot among them.
-
-    The intake read the column and then, in a second query, the slot."""
+    find it; else None, and ``task_place`` finds its slot among them. (Both intake
+    columns' slots are read, for the one query; a board has one or two.)"""
     column = _intake_of(
         board,
         _INTAKE_PLACES.instances(Column, ["slot_last", "slot_lower"], board_id=board.pk, priority=priority),
     )
-    if column.slot_lower:  # type: ignore[attr-defined]  # annotated by the query
+    # Set by the query (instances sets each annotation on its column).
+    last, lower = getattr(column, "slot_last"), getattr(column, "slot_lower")  # noqa: B009
+    if lower:
         return column, None
-    return column, (column.slot_last or 0) + POSITION_GAP  # type: ignore[attr-defined]
+    return column, (last or 0) + POSITION_GAP
 
 
 # Read at every pull and every task added to a limited column: compiled once

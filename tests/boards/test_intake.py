@@ -101,28 +101,31 @@ def _autocommit_of_each_statement(fn) -> list[tuple[str, bool]]:
     return seen
 
 
+@pytest.fixture
+def flushed():
+    """Send the live updates the test's tasks asked for before the next test."""
+    yield
+    broadcast.flush()
+
+
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_task_takes_two_statements_and_no_transaction_on_postgresql():
+def test_outside_a_transaction_a_task_going_last_takes_two_statements_and_no_transaction_on_postgresql(
+    flushed,
+):
     board = make_board(ready_limit=None)
     user = make_user(username="api")
     services.task_create(board=board, title="warm", user=user)
     made: list[Task] = []
 
     statements = _autocommit_of_each_statement(
-        lambda: made.append(services.task_create(board=board, title="measured", priority=3, user=user))
+        lambda: made.append(services.task_create(board=board, title="after", user=user))
     )
 
     (task,) = made
     saved = Task.objects.get(pk=task.pk)
-    assert (saved.title, saved.priority, saved.column, saved.position) == (
-        "measured",
-        3,
-        column(board, "backlog"),
-        task.position,
-    )
-    # Priority 3 goes before "warm" (priority 0): the slot among the waiting tasks.
-    assert saved.position < Task.objects.get(title="warm").position
+    assert (saved.title, saved.column, saved.position) == ("after", column(board, "backlog"), task.position)
+    assert saved.position > Task.objects.get(title="warm").position
     (event,) = TaskEvent.objects.filter(task=task)
     assert (event.kind, event.user_id, event.to_column_id) == (
         TaskEvent.Kind.CREATED,
@@ -130,33 +133,51 @@ def test_outside_a_transaction_a_task_takes_two_statements_and_no_transaction_on
         saved.column_id,
     )
     if connection.vendor == "postgresql":
-        # Another task, going last: its place, then the task with its event.
-        statements = _autocommit_of_each_statement(lambda: services.task_create(board=board, title="after"))
+        # Its place, then the task with its event.
         assert len(statements) == 2 and all(autocommit for _, autocommit in statements)
         assert "WITH parent AS (INSERT INTO" in statements[1][0]
     else:
-        assert not all(autocommit for _, autocommit in statements)  # SQLite: in a transaction
-    broadcast.flush()
+        # SQLite: everything after BEGIN IMMEDIATE, under the write lock.
+        assert statements[0][0].startswith("BEGIN") and len(statements) > 2
+        assert not any(autocommit for _, autocommit in statements[1:])
 
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_limited_intake_is_still_counted_under_the_board_lock():
+def test_outside_a_transaction_a_task_going_among_others_finds_its_slot_in_a_transaction(flushed):
+    board = make_board(ready_limit=None)
+    services.task_create(board=board, title="low", priority=0)
+    made: list[Task] = []
+
+    statements = _autocommit_of_each_statement(
+        lambda: made.append(services.task_create(board=board, title="urgent", priority=3))
+    )
+
+    order = list(Task.objects.filter(board=board).order_by("position").values_list("title", flat=True))
+    assert order == ["urgent", "low"] and made[0].position == Task.objects.get(title="urgent").position
+    # The slot among the waiting tasks, and the insert, in one transaction.
+    inserting = next(i for i, (sql, _) in enumerate(statements) if "INSERT" in sql)
+    assert not statements[inserting][1] and not statements[inserting - 1][1]
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_limited_intake_is_still_counted_under_the_board_lock(flushed):
     board = make_board(ready_limit=2, backlog=False)
     services.task_create(board=board, title="one")
 
     statements = _autocommit_of_each_statement(lambda: services.task_create(board=board, title="two"))
 
     sqls = [sql for sql, _ in statements]
-    locked = [i for i, sql in enumerate(sqls) if "FOR NO KEY UPDATE" in sql or "FOR UPDATE" in sql]
     if connection.features.has_select_for_update:
-        # The lock is taken in a transaction, before the count and the insert.
-        assert locked and not statements[locked[0]][1]
-        assert all(not autocommit for _, autocommit in statements[locked[0] :])
+        # The lock is taken in a transaction, then the count, the slot (read again:
+        # one read before the lock may be overtaken) and the insert.
+        locked = next(i for i, sql in enumerate(sqls) if "FOR NO KEY UPDATE" in sql)
+        assert all(not autocommit for _, autocommit in statements[locked:])
+        assert any('MAX("boards_task"."position")' in sql for sql in sqls[locked:])
     with pytest.raises(WipLimitReached):
         services.task_create(board=board, title="three")
     assert list(Task.objects.filter(board=board).order_by("position").values_list("title", flat=True)) == [
         "one",
         "two",
     ]
-    broadcast.flush()
