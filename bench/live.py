@@ -227,8 +227,13 @@ class LiveBench:
         try:
             port = bench.start_web()
             bench.start_worker()
-            board, user, key, marker = self.setup_board()
+            # Hooked before any change: the first change starts this process's
+            # broadcaster, whose thread takes the channel layer at once, and two
+            # threads asking Channels for a layer not yet made at the same moment
+            # each get a new one (its ChannelLayerManager has no lock); the hook
+            # was then on a layer the broadcaster did not use, and saw nothing.
             self.time_sends()
+            board, user, key, marker = self.setup_board()
             cookies = [BoardWatcher(port, board.slug, user).cookie for _ in range(self.args.watchers)]
             ready = self.mp.Event()
             notes_queue = self.mp.Queue()
