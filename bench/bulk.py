@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.fixtures import postgres_backends
 from bench.procfs import cpu_seconds, pids_named, process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,23 +58,14 @@ class BulkBench:
             "worker": process_tree(self.bench.named["worker"].pid),
             # Only the bench database's backends: other databases' work on a shared
             # machine is not the line's (a backend that ends mid-run takes its share with it).
-            "postgres": self._backends(),
+            "postgres": postgres_backends(),
             "redis": pids_named("redis-server"),
             "bench_client": [os.getpid()],
         }
 
-    def _backends(self) -> list[int]:
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            return [pid for (pid,) in cursor.fetchall()]
-
     def _cpu(self, groups: dict[str, list[int]]) -> dict[str, float]:
         # Backends opened since the start are counted too (from their start).
-        groups["postgres"] = sorted(set(groups["postgres"]) | set(self._backends()))
+        groups["postgres"] = sorted(set(groups["postgres"]) | set(postgres_backends()))
         return {name: cpu_seconds(pids) for name, pids in groups.items()}
 
     def _finish(self, board, total: int, start: float, deadline_s: float = 600) -> float:

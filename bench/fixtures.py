@@ -71,3 +71,15 @@ def bench_user_and_token(name: str = "bench"):
     user.user_permissions.add(Permission.objects.get(content_type__app_label="boards", codename="add_task"))
     _, key = services.api_token_create(user=user, name=name, access=ApiToken.Access.WRITE)
     return user, key
+
+
+def postgres_backends() -> list[int]:
+    """The PostgreSQL server processes connected to this database, but this
+    process's own: the line's processes' (their pools are open by then)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [pid for (pid,) in cursor.fetchall()]

@@ -62,7 +62,7 @@ def main() -> None:
     bench.purge()
     try:
         port = bench.start_web()
-        from bench.fixtures import bench_user_and_token, line_board
+        from bench.fixtures import bench_user_and_token, line_board, postgres_backends
 
         board, _ = line_board("intake", wip=200)
         board.agents.clear()  # nothing pulls: the intake alone
@@ -81,20 +81,10 @@ def main() -> None:
                 if response.status != 201:
                     raise SystemExit(f"the API answered {response.status}: see var/bench/web.log")
 
-        def backends() -> list[int]:
-            # The web server's connections to the bench database (its pool is warm by then).
-            from django.db import connection
-
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-                return [pid for (pid,) in cursor.fetchall()]
-
         def round_(tasks: int) -> dict[str, float]:
             per_client = tasks // args.clients
             threads = [threading.Thread(target=post, args=(per_client,)) for _ in range(args.clients)]
-            postgres = backends()
+            postgres = postgres_backends()
             web_before, pg_before, start = cpu_seconds(web), cpu_seconds(postgres), time.perf_counter()
             for thread in threads:
                 thread.start()

@@ -98,13 +98,14 @@ def column_required(board_id: int, role: str, columns: dict[str, Column] | None 
     return column
 
 
+def _intake_columns(board_id: int) -> QuerySet:
+    """The columns a board's new tasks may go to: its Backlog and its Ready."""
+    return Column.objects.filter(board_id=board_id, role__in=[Role.BACKLOG, Role.READY]).order_by()
+
+
 # Read for every import and demo task: compiled once (kaizen_web.prepared).
 _INTAKE_COLUMNS = Prepared(
-    lambda *, board_id: (
-        Column.objects.filter(board_id=board_id, role__in=[Role.BACKLOG, Role.READY])
-        .order_by()
-        .values_list(*fields(Column))
-    ),
+    lambda *, board_id: _intake_columns(board_id).values_list(*fields(Column)),
     board_id=int,
 )
 
@@ -125,8 +126,7 @@ def _intake_of(board: Board, columns: list[Column]) -> Column:
 def _intake_places_query(*, board_id: int, priority: int) -> QuerySet:
     tasks = Task.objects.filter(column_id=OuterRef("pk")).order_by()
     return (
-        Column.objects.filter(board_id=board_id, role__in=[Role.BACKLOG, Role.READY])
-        .order_by()
+        _intake_columns(board_id)
         .annotate(
             # By the (column, position) index: the last task's position.
             slot_last=Subquery(tasks.order_by("-position").values("position")[:1]),
@@ -152,9 +152,7 @@ def intake_place(board: Board, priority: int) -> tuple[Column, int | None]:
     )
     # Set by the query (instances sets each annotation on its column).
     last, lower = getattr(column, "slot_last"), getattr(column, "slot_lower")  # noqa: B009
-    if lower:
-        return column, None
-    return column, (last or 0) + POSITION_GAP
+    return column, None if lower else _slot_after(last)
 
 
 # Read at every pull and every task added to a limited column: compiled once
@@ -203,8 +201,7 @@ def slot_before(column: Column, before: Task | None, *, exclude_pk: int | None =
     if exclude_pk is not None:
         others = others.exclude(pk=exclude_pk)
     if before is None:
-        last = others.aggregate(m=Max("position"))["m"]
-        return (last or 0) + POSITION_GAP
+        return _slot_after(others.aggregate(m=Max("position"))["m"])
     previous = others.filter(position__lt=before.position).aggregate(m=Max("position"))["m"]
     low = previous if previous is not None else before.position - 2 * POSITION_GAP
     if before.position - low >= 2:
@@ -213,6 +210,11 @@ def slot_before(column: Column, before: Task | None, *, exclude_pk: int | None =
     _renumber(column)
     before.refresh_from_db(fields=["position"])
     return slot_before(column, before, exclude_pk=exclude_pk)
+
+
+def _slot_after(last: int | None) -> int:
+    """The position after ``last``, the column's last (None: an empty column)."""
+    return (last or 0) + POSITION_GAP
 
 
 def _renumber(column: Column) -> None:
@@ -242,7 +244,7 @@ def _slot_by_priority(column: Column, priority: int) -> int:
     row = _SLOT.first(column_id=column.pk, priority=priority)
     lower, last = row if row is not None else (None, None)
     if lower is None:
-        return (last or 0) + POSITION_GAP
+        return _slot_after(last)
     first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
     return slot_before(column, first_lower)
 

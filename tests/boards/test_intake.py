@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from boards import broadcast, services
+from boards import services
 from boards.models import Task, TaskEvent
 from boards.services.primitives import WipLimitReached
 from tests.factories import column, make_board, make_user
@@ -101,18 +101,9 @@ def _autocommit_of_each_statement(fn) -> list[tuple[str, bool]]:
     return seen
 
 
-@pytest.fixture
-def flushed():
-    """Send the live updates the test's tasks asked for before the next test."""
-    yield
-    broadcast.flush()
-
-
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_task_going_last_takes_two_statements_and_no_transaction_on_postgresql(
-    flushed,
-):
+def test_outside_a_transaction_a_task_going_last_takes_two_statements_and_no_transaction_on_postgresql():
     board = make_board(ready_limit=None)
     user = make_user(username="api")
     services.task_create(board=board, title="warm", user=user)
@@ -144,7 +135,7 @@ def test_outside_a_transaction_a_task_going_last_takes_two_statements_and_no_tra
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_task_going_among_others_finds_its_slot_in_a_transaction(flushed):
+def test_outside_a_transaction_a_task_going_among_others_finds_its_slot_in_a_transaction():
     board = make_board(ready_limit=None)
     services.task_create(board=board, title="low", priority=0)
     made: list[Task] = []
@@ -162,7 +153,7 @@ def test_outside_a_transaction_a_task_going_among_others_finds_its_slot_in_a_tra
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_a_limited_intake_is_still_counted_under_the_board_lock(flushed):
+def test_outside_a_transaction_a_limited_intake_is_still_counted_under_the_board_lock():
     board = make_board(ready_limit=2, backlog=False)
     services.task_create(board=board, title="one")
 
