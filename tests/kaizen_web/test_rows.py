@@ -3,6 +3,9 @@ there are, written as bulk_create would write them, on both databases."""
 
 from __future__ import annotations
 
+import datetime
+import math
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -118,6 +121,76 @@ def test_choices_decimals_and_nulls_are_written_as_bulk_create_writes_them():
         Decimal("0.0000012345"),
         None,
     )
+
+
+def test_every_kind_of_value_reads_back_exactly_from_a_batch():
+    # On PostgreSQL a batch travels as one JSON document (json_to_recordset): each
+    # value JSON has no type for must come back as it was, to the microsecond and
+    # the last digit.
+    board = make_board(ready_limit=None)
+    ready = board.columns.get(role="ready")
+    at = datetime.datetime(2026, 12, 7, 11, 36, 1, 123456, tzinfo=datetime.UTC)
+    texts = ['quote " and back\\slash', "line\nbreak\ttab", "ünïcødé ✓ 漢字", "{braces} %s %(x)s", ""]
+    tasks = [
+        Task(
+            board=board,
+            column=ready,
+            title=text[:200] or "empty",
+            input=text,
+            position=2**40 + i,
+            priority=-3 + i,
+            cost=Decimal("12345.0123456789") if i == 0 else Decimal("0.0000000001") * i,
+            confidence=None if i == 1 else 1 / 3 + i,
+            lease_token=None if i == 2 else uuid.uuid4(),
+            lease_expires_at=at + datetime.timedelta(microseconds=i),
+            allow_reuse=i % 2 == 0,
+            prompt_version=None if i == 3 else i,
+        )
+        for i, text in enumerate(texts)
+    ]
+    rows_insert(Task, tasks, returning=True)
+    pattern = Pattern(
+        task_id=tasks[0].pk,
+        board_id=board.pk,
+        verdict=Pattern.Verdict.PASSED,
+        params={"nested": {"quote": 'a "b"', "list": [1, 2.5, None, True]}},
+        vector=bytes(range(256)),
+        text_hash="h",
+    )
+    other = Pattern(task_id=tasks[1].pk, board_id=board.pk, verdict="passed", text_hash="g", vector=None)
+    rows_insert(Pattern, [pattern, other], ignore_conflicts=True)
+
+    for made in tasks:
+        saved = Task.objects.get(pk=made.pk)
+        fields = ("input", "position", "priority", "cost", "confidence", "lease_token", "lease_expires_at")
+        fields += ("allow_reuse", "prompt_version", "status", "created_at")
+        assert [getattr(saved, name) for name in fields] == [getattr(made, name) for name in fields]
+    saved_pattern = Pattern.objects.get(task_id=tasks[0].pk)
+    assert bytes(saved_pattern.vector) == bytes(range(256))
+    assert saved_pattern.params == pattern.params
+    assert Pattern.objects.get(task_id=tasks[1].pk).vector is None
+
+
+def test_on_postgresql_a_batch_travels_as_one_json_document_and_a_nan_by_arrays():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite writes a batch by executemany; it stores a NaN as NULL")
+    tasks = _tasks(2)
+    at = timezone.now()
+
+    def finishes(leads):
+        return [
+            MudaFinish(task_id=task.pk, board_id=task.board_id, finished_at=at, lead_s=lead, ready_s=1.5)
+            for task, lead in zip(tasks, leads, strict=True)
+        ]
+
+    [(sql, _)] = _statements(lambda: rows_insert(MudaFinish, finishes([1.25, 2.5])))
+    assert "json_to_recordset(%s::json)" in sql and "unnest" not in sql
+    MudaFinish.objects.all().delete()
+    # JSON has no NaN: that batch goes as an array a column, and keeps its NaN.
+    [(sql, _)] = _statements(lambda: rows_insert(MudaFinish, finishes([math.nan, 2.5])))
+    assert "unnest(" in sql
+    leads = dict(MudaFinish.objects.values_list("task_id", "lead_s"))
+    assert math.isnan(leads[tasks[0].pk]) and leads[tasks[1].pk] == 2.5
 
 
 def test_ignore_conflicts_skips_a_row_a_unique_constraint_refuses():
