@@ -175,8 +175,10 @@ def _statement(
         keys = tuple(f"c{n}" for n in range(len(columns)))
         # JSON columns go as text (their field's encoder wrote it), cast per row.
         db_types = ["text" if column.json else _db_type(column.field, connection) for column in columns]
-        selected = ", ".join(f"{key}::jsonb" if column.json else key for key, column in zip(keys, columns))
-        definitions = ", ".join(f"{key} {db_type}" for key, db_type in zip(keys, db_types))
+        selected = ", ".join(
+            f"{key}::jsonb" if column.json else key for key, column in zip(keys, columns, strict=True)
+        )
+        definitions = ", ".join(f"{key} {db_type}" for key, db_type in zip(keys, db_types, strict=True))
         arrays = ", ".join(f"%s::{db_type}[]" for db_type in db_types)
         sql = (
             f"INSERT INTO {table} ({names}) SELECT {selected} "
@@ -246,9 +248,11 @@ def _json_document(keys: Sequence[str], columns: Sequence[list[Any]]) -> str | N
     """The rows as a JSON array of objects (keys ``c0``, ``c1``...), or None when
     a value has no exact JSON form (a float NaN or infinity, a type not known here):
     the arrays carry those."""
-    rows = [dict(zip(keys, row)) for row in zip(*columns, strict=True)]
+    rows = [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
     try:
-        return json.dumps(rows, default=_json_value, allow_nan=False, ensure_ascii=False, check_circular=False)
+        return json.dumps(
+            rows, default=_json_value, allow_nan=False, ensure_ascii=False, check_circular=False
+        )
     except (ValueError, TypeError):
         return None
 
