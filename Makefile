@@ -33,6 +33,7 @@ format: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/model_calls.py
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/sqlite_line.py
 	$(BIN)/python bench/board_page.py
