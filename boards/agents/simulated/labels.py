@@ -221,16 +221,19 @@ def _label_cues_cached(label: str, table_id: int) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _label_word(label: str) -> re.Pattern[str] | None:
+def _label_word(label: str) -> tuple[str, re.Pattern[str]] | None:
+    """The label as a word (its text, and the pattern finding it whole), if long enough."""
     plain = label.lower().replace("_", " ")
-    return re.compile(r"\b" + re.escape(plain) + r"\b") if len(plain) > 3 else None
+    return (plain, re.compile(r"\b" + re.escape(plain) + r"\b")) if len(plain) > 3 else None
 
 
 def _cue_score(label: str, table: dict[str, tuple[str, ...]], lowered: str, first: str = "") -> int:
     # What the message opens with is usually what it is about: its cues count twice.
     score = sum((2 if cue in first else 1) for cue in _label_cues(label, table) if cue in lowered)
     word = _label_word(label)
-    if word is not None and word.search(lowered):
+    # The pattern only where the text holds the word at all: most labels are not in
+    # an input, and a substring test costs a fraction of a search.
+    if word is not None and word[0] in lowered and word[1].search(lowered):
         score += 2
     return score
 
