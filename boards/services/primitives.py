@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
 from kaizen_web.prepared import Prepared, fields, prepared_cursor
-from kaizen_web.rows import db_value, plain_types
+from kaizen_web.rows import db_value, value_kinds
 
 Role = Column.Role
 Status = Task.Status
@@ -306,7 +306,7 @@ def task_rows_update(tasks: list[Task], field_names: list[str]) -> None:
         ", ".join(f"{quote(_column(f))} = %s" for f in fields),
         quote(_column(Task._meta.pk)),
     )
-    plain = [(f, f.attname, plain_types(f)) for f in fields]
+    plain = [(f, f.attname, value_kinds(f, connection.vendor)) for f in fields]
     rows = [
         [db_value(f, getattr(task, name), connection, kinds) for f, name, kinds in plain] + [task.pk]
         for task in tasks

@@ -9,11 +9,13 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from andon.models import Inspection, MudaFinish
 from boards.models import Task, TaskEvent
+from boards.services.primitives import task_rows_update
 from experiments.models import Pattern
 from kaizen_web.rows import rows_insert, rows_insert_linked
 from tests.factories import column, make_board
@@ -169,6 +171,26 @@ def test_every_kind_of_value_reads_back_exactly_from_a_batch():
     assert bytes(saved_pattern.vector) == bytes(range(256))
     assert saved_pattern.params == pattern.params
     assert Pattern.objects.get(task_id=tasks[1].pk).vector is None
+
+
+def test_values_django_would_convert_or_refuse_still_go_through_the_field():
+    # Aware datetimes, finite Decimals and UUIDs are written as they are; a naive
+    # datetime is still made aware (with Django's warning), and a Decimal NaN
+    # still refused, as bulk_create does.
+    board = make_board(ready_limit=None)
+    ready = board.columns.get(role="ready")
+    naive = datetime.datetime(2026, 12, 7, 12, 0)  # noqa: DTZ001 (naive on purpose)
+    made = [Task(board=board, column=ready, title=f"n{i}", lease_expires_at=naive) for i in range(2)]
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        rows_insert(Task, made, returning=True)
+    assert Task.objects.get(pk=made[0].pk).lease_expires_at == naive.replace(tzinfo=datetime.UTC)
+    refused = [Task(board=board, column=ready, title=f"d{i}", cost=Decimal("NaN")) for i in range(2)]
+    with pytest.raises(ValidationError):
+        rows_insert(Task, refused)
+    made[0].cost = Decimal("Infinity")
+    with pytest.raises(ValidationError):
+        task_rows_update(made[:1], ["cost"])
+    assert Task.objects.filter(title__startswith="d").count() == 0
 
 
 def test_on_postgresql_a_batch_travels_as_one_json_document_and_a_nan_by_arrays():
