@@ -113,21 +113,17 @@ def run_threads(calls: Calls, n: int, wip: int) -> float:
 
 
 def run_asyncio(calls: Calls, n: int, wip: int) -> float:
-    async def call() -> None:
-        await asyncio.sleep(calls.work())
-        calls.work()
+    # ``wip`` lanes on one loop, each starting its next call as its last one ends.
+    remaining = iter(range(n))
+
+    async def lane() -> None:
+        for _ in remaining:
+            await asyncio.sleep(calls.work())
+            calls.work()
 
     async def main() -> float:
         started = time.perf_counter()
-        running: set[asyncio.Task] = set()
-        begun = 0
-        while begun < n or running:
-            while begun < n and len(running) < wip:
-                running.add(asyncio.create_task(call()))
-                begun += 1
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
+        await asyncio.gather(*(lane() for _ in range(min(wip, n))))
         return time.perf_counter() - started
 
     return asyncio.run(main())

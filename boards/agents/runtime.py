@@ -10,18 +10,19 @@ Django, redis or the provider SDKs. During the call the database connection is
 handed back (to the psycopg pool on PostgreSQL), so a thousand threads waiting
 on models do not hold a thousand database connections.
 
-Threads rather than an asyncio loop for the calls (issue 15 names one), measured with
-bench/model_calls.py (a call with the simulated model's work before and after a 1 s
-wait, WIP 1,000, one process, three rounds): 1.21-1.34 ms of the process's CPU a
-call on threads against 1.05-1.07 on one loop, 0.16-0.28 ms less, and 742-763
-against 779-813 calls a second. A thousand threads cost that much again in one
-round of three (2.77 ms a call): the waking threads contend for the GIL. At WIP
-1,000 the worker spends about 2.2-2.6 ms a task (bench/run.py's sections profile),
-most of it the run's bookkeeping (reading the batch, completing it, the pulls) that
-a loop would not change, so a loop would buy 6-12% of it; and it needs the cascade,
-every provider adapter and every custom agent (``process``, which may call the ORM)
-to be asynchronous, or a thread hop per call that gives the saving back. Not done;
-the measure stays in ``make bench`` to be taken again.
+Threads rather than an asyncio loop for the calls (issue 15 names one), for now.
+Measured with bench/model_calls.py (each call: the simulated model's work, a wait of
+its latency, the work again; one process; medians of rounds, 2026-12-07): at WIP
+1,000 and 1 s, a thread a call cost 1.01-1.56 ms of the process's CPU a call and one
+loop 0.64-0.90, 37-42% less; at WIP 100 (0.1 s), 16-20% less. Most of the difference
+is not handing calls over but the work itself, which ran 33-36% slower among a
+thousand threads waking (why is not pinned down: GIL handovers and caches are
+likely; idle threads are not it, see bench/README.md). So a loop is the largest saving
+found for target 5's worker (2.2-2.8 ms a task there, bench/run.py). It is not done
+yet because it needs the cascade, every provider adapter and every custom agent
+(``process``, which may call the ORM) to be asynchronous, and the lease keeping,
+stale results and the completer's batches to be carried over to it; a thread hop
+per call around the sync code would give the saving back.
 """
 
 from __future__ import annotations
