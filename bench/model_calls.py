@@ -14,8 +14,8 @@ one ends, as the line's pull keeps the WIP full), each
 
 ``threads``: each call on a thread of a pool kept between calls, ``time.sleep`` for
 the wait, its end handed back through a queue (the runtime's shape: a pool thread per
-run, a future per outcome). ``asyncio``: each call a task on one event loop,
-``asyncio.sleep`` for the wait. The two variants alternate ``--rounds`` times, and
+run, a future per outcome). ``asyncio``: ``--wip`` coroutines on one event loop,
+each starting its next call as its last one ends, ``asyncio.sleep`` for the wait. The two variants alternate ``--rounds`` times, and
 each round prints, per variant:
 
 - ``model_calls_<variant>_per_s``: calls finished a second;
