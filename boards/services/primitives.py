@@ -130,7 +130,9 @@ def _intake_places_query(*, board_id: int, priority: int) -> QuerySet:
         .annotate(
             # By the (column, position) index: the last task's position.
             slot_last=Subquery(tasks.order_by("-position").values("position")[:1]),
-            slot_lower=Exists(tasks.filter(priority__lt=priority)),
+            # By the task_open_priority index: a task in an intake column is
+            # unfinished (task_place clears finished_at there).
+            slot_lower=Exists(tasks.filter(finished_at__isnull=True, priority__lt=priority)),
         )
         .values_list(*fields(Column), "slot_last", "slot_lower")
     )
