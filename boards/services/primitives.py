@@ -123,19 +123,28 @@ def _intake_of(board: Board, columns: list[Column]) -> Column:
     return column
 
 
-def _intake_places_query(*, board_id: int, priority: int) -> QuerySet:
+def _slots(columns: QuerySet, priority: int) -> QuerySet:
+    """``columns`` with where a task of ``priority`` would go in each: ``slot_last``,
+    the last task's position (by the (column, position) index), and ``slot_lower``,
+    whether a task of lower priority waits there (by the task_open_priority index,
+    of unfinished tasks). For a Backlog or a Ready only, whose tasks are all
+    unfinished (task_place clears finished_at there). Both look up an index:
+    neither reads the column's tasks."""
     tasks = Task.objects.filter(column_id=OuterRef("pk")).order_by()
-    return (
-        _intake_columns(board_id)
-        .annotate(
-            # By the (column, position) index: the last task's position.
-            slot_last=Subquery(tasks.order_by("-position").values("position")[:1]),
-            # By the task_open_priority index: a task in an intake column is
-            # unfinished (task_place clears finished_at there).
-            slot_lower=Exists(tasks.filter(finished_at__isnull=True, priority__lt=priority)),
-        )
-        .values_list(*fields(Column), "slot_last", "slot_lower")
-    )
+    return columns.annotate(
+        slot_last=Subquery(tasks.order_by("-position").values("position")[:1]),
+        slot_lower=Exists(tasks.filter(finished_at__isnull=True, priority__lt=priority)),
+    ).values_list(*fields(Column), "slot_last", "slot_lower")
+
+
+def _slot_of(column: Column) -> tuple[int | None, bool]:
+    """What ``_slots`` read for ``column`` (Prepared.instances sets each annotation
+    on its column): the last task's position, and whether a task of lower priority waits."""
+    return column.slot_last, column.slot_lower  # type: ignore[attr-defined]
+
+
+def _intake_places_query(*, board_id: int, priority: int) -> QuerySet:
+    return _slots(_intake_columns(board_id), priority)
 
 
 # Read for every task added: compiled once (kaizen_web.prepared).
@@ -152,8 +161,7 @@ def intake_place(board: Board, priority: int) -> tuple[Column, int | None]:
         board,
         _INTAKE_PLACES.instances(Column, ["slot_last", "slot_lower"], board_id=board.pk, priority=priority),
     )
-    # Set by the query (instances sets each annotation on its column).
-    last, lower = getattr(column, "slot_last"), getattr(column, "slot_lower")  # noqa: B009
+    last, lower = _slot_of(column)
     return column, None if lower else _slot_after(last)
 
 
@@ -226,7 +234,7 @@ def _renumber(column: Column) -> None:
     Task.objects.bulk_update(tasks, ["position"], batch_size=500)
 
 
-def _slot_query(*, column_id, priority) -> QuerySet:
+def _slot_query(*, column_id: int, priority: int) -> QuerySet:
     return (
         Task.objects.filter(column_id=column_id)
         .values("column_id")
@@ -237,15 +245,31 @@ def _slot_query(*, column_id, priority) -> QuerySet:
 
 # Asked for every task that enters a column: compiled once (kaizen_web.prepared).
 _SLOT = Prepared(_slot_query, column_id=int, priority=int)
+# The same for a Backlog or a Ready, by index (_slots): those are the long columns.
+_WAITING_SLOT = Prepared(
+    lambda *, column_id, priority: _slots(Column.objects.filter(pk=column_id).order_by(), priority),
+    column_id=int,
+    priority=int,
+)
 
 
 def _slot_by_priority(column: Column, priority: int) -> int:
     """Where a task entering ``column`` goes: after every task of its priority or
     higher, before the first of lower priority. People may reorder afterwards.
-    One query when it goes last, as it mostly does."""
-    row = _SLOT.first(column_id=column.pk, priority=priority)
-    lower, last = row if row is not None else (None, None)
-    if lower is None:
+    One query when it goes last, as it mostly does: by index in a Backlog or a
+    Ready, whose tasks are all unfinished (_slots); elsewhere (In progress,
+    Review: short columns, where a task back from Done may still carry its
+    finished_at) over the column's tasks."""
+    if column.role in (Role.BACKLOG, Role.READY):
+        found = _WAITING_SLOT.instances(
+            Column, ["slot_last", "slot_lower"], column_id=column.pk, priority=priority
+        )
+        last, lower_waits = _slot_of(found[0]) if found else (None, False)
+    else:
+        row = _SLOT.first(column_id=column.pk, priority=priority)
+        lower, last = row if row is not None else (None, None)
+        lower_waits = lower is not None
+    if not lower_waits:
         return _slot_after(last)
     first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
     return slot_before(column, first_lower)

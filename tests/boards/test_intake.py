@@ -165,7 +165,7 @@ def test_outside_a_transaction_a_limited_intake_is_still_counted_under_the_board
         # one read before the lock may be overtaken) and the insert.
         locked = next(i for i, sql in enumerate(sqls) if "FOR NO KEY UPDATE" in sql)
         assert all(not autocommit for _, autocommit in statements[locked:])
-        assert any('MAX("boards_task"."position")' in sql for sql in sqls[locked:])
+        assert any('"slot_last"' in sql for sql in sqls[locked:])
     with pytest.raises(WipLimitReached):
         services.task_create(board=board, title="three")
     assert list(Task.objects.filter(board=board).order_by("position").values_list("title", flat=True)) == [
@@ -205,3 +205,21 @@ def test_whether_a_lower_priority_task_waits_is_read_by_an_index_of_unfinished_t
     urgent = services.task_create(board=board, title="urgent", priority=2)
     waiting = Task.objects.get(board=board, title="waiting")
     assert urgent.column_id == waiting.column_id and urgent.position < waiting.position
+
+
+def test_a_task_moved_into_a_column_goes_before_those_of_lower_priority_there():
+    # Ready (by the index of unfinished tasks) and Review (over the column) alike.
+    from boards.services.primitives import task_place
+
+    board = make_board(ready_limit=None)
+    for role in ("ready", "review"):
+        target = column(board, role)
+        low = Task.objects.create(board=board, column=target, title=f"low {role}", priority=0, position=1024)
+        mover = services.task_create(board=board, title=f"high {role}", priority=5)
+        task_place(mover, target)
+        mover.save()
+        assert mover.position < low.position, role
+        later = services.task_create(board=board, title=f"low too {role}", priority=0)
+        task_place(later, target)
+        later.save()
+        assert later.position > low.position, role
