@@ -251,7 +251,7 @@ def test_rows_insert_and_the_tasks_executemany_are_prepared_once_per_connection(
     made = [s for s in _prepared_statements() if s not in before]
     inserts = [s for s in made if s.startswith('INSERT INTO "boards_task" ')]
     # One statement per shape (one row, several rows), not one per call.
-    assert len(inserts) == 2 and any("unnest" in s for s in inserts)
+    assert len(inserts) == 2 and any("json_to_recordset" in s for s in inserts)
     updates = [s for s in made if s.startswith('UPDATE "boards_task"')]
     assert len(updates) == 1 and '"position" = $1' in updates[0]
     assert sum(s.startswith('INSERT INTO "boards_taskevent"') for s in made) == 1
