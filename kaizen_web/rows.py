@@ -19,8 +19,8 @@ model, its columns and the options, compiled once per process:
   own UNNEST form does. One JSON text rather than an array per column, as this module
   first wrote them (``unnest(%s::type[], ...)``): psycopg dumps an array in Python,
   item by item, which was a tenth of a completion batch's CPU in the worker, where
-  ``json.dumps`` writes the whole document in C (see ``_json_document``). A row whose
-  values JSON cannot carry exactly (a float NaN) goes by the arrays instead.
+  ``json.dumps`` writes the whole document in C (see ``_json_document``). A batch with
+  a value JSON cannot carry exactly (a float NaN) goes by the arrays instead, whole.
   One row (a task the API takes, its event) goes as ``VALUES (%s, ...)`` instead:
   one-element arrays cost more to bind than the values (psycopg dumps an array in
   Python), and this saved a quarter of ``task_create``'s CPU against Model.save.
@@ -73,7 +73,7 @@ _PLAIN: dict[str, tuple[type, ...]] = {
     "SlugField": (str,),
     "BooleanField": (bool,),
     "FloatField": (float,),
-    "BinaryField": (bytes,),
+    "BinaryField": (bytes, bytearray, memoryview),
 }
 
 
@@ -111,8 +111,9 @@ def _finite_decimal(value: Any) -> bool:
 
 
 def _aware_datetime(value: Any) -> bool:
-    # A naive one is made aware (with a warning) by DateTimeField.get_prep_value.
-    return type(value) is datetime.datetime and value.tzinfo is not None
+    # A naive one is made aware (with a warning) by DateTimeField.get_prep_value;
+    # naive as Django tells it (timezone.is_naive): no offset.
+    return type(value) is datetime.datetime and value.utcoffset() is not None
 
 
 def _uuid(value: Any) -> bool:
@@ -265,13 +266,15 @@ def _json_value(value: Any) -> Any:
     """What a column value JSON has no type for becomes in the document: the text
     PostgreSQL reads back as the same value (json_to_recordset gives a string's
     text to the column type's input function)."""
-    # datetime before date: a datetime is a date too.
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return value.isoformat()
     if isinstance(value, Decimal | uuid.UUID):
         return str(value)
     if isinstance(value, datetime.timedelta):
-        return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
+        # Every part signed: under IntervalStyle sql_standard PostgreSQL applies a
+        # leading minus to the unsigned parts after it ("-1 days 86399 seconds"
+        # would read as a day and 23:59:59 back, not one second back).
+        return f"{value.days:+d} days {value.seconds:+d} seconds {value.microseconds:+d} microseconds"
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
     raise TypeError(f"{type(value).__name__} has no JSON form for rows_insert")

@@ -257,9 +257,9 @@ def _slot_by_priority(column: Column, priority: int) -> int:
     """Where a task entering ``column`` goes: after every task of its priority or
     higher, before the first of lower priority. People may reorder afterwards.
     One query when it goes last, as it mostly does: by index in a Backlog or a
-    Ready, whose tasks are all unfinished (_slots); elsewhere (In progress,
-    Review: short columns, where a task back from Done may still carry its
-    finished_at) over the column's tasks."""
+    Ready, whose tasks are all unfinished (_slots); elsewhere (In progress and
+    Review, short columns: no index is worth its writes there) over the column's
+    tasks."""
     if column.role in (Role.BACKLOG, Role.READY):
         found = _WAITING_SLOT.instances(
             Column, ["slot_last", "slot_lower"], column_id=column.pk, priority=priority

@@ -150,7 +150,7 @@ def test_every_kind_of_value_reads_back_exactly_from_a_batch():
         )
         for i, text in enumerate(texts)
     ]
-    rows_insert(Task, tasks, returning=True)
+    statements = _statements(lambda: rows_insert(Task, tasks, returning=True))
     pattern = Pattern(
         task_id=tasks[0].pk,
         board_id=board.pk,
@@ -160,7 +160,18 @@ def test_every_kind_of_value_reads_back_exactly_from_a_batch():
         text_hash="h",
     )
     other = Pattern(task_id=tasks[1].pk, board_id=board.pk, verdict="passed", text_hash="g", vector=None)
-    rows_insert(Pattern, [pattern, other], ignore_conflicts=True)
+    viewed = Pattern(
+        task_id=tasks[2].pk,
+        board_id=board.pk,
+        verdict="passed",
+        text_hash="f",
+        vector=memoryview(b"\x00\xff"),
+    )
+    statements += _statements(lambda: rows_insert(Pattern, [pattern, other, viewed], ignore_conflicts=True))
+    if connection.vendor == "postgresql":
+        # Both batches went as JSON documents: none fell back to the arrays.
+        inserts = [sql for sql, _ in statements if sql.startswith("INSERT")]
+        assert len(inserts) == 2 and all("json_to_recordset" in sql for sql in inserts)
 
     for made in tasks:
         saved = Task.objects.get(pk=made.pk)
@@ -171,6 +182,37 @@ def test_every_kind_of_value_reads_back_exactly_from_a_batch():
     assert bytes(saved_pattern.vector) == bytes(range(256))
     assert saved_pattern.params == pattern.params
     assert Pattern.objects.get(task_id=tasks[1].pk).vector is None
+    assert bytes(Pattern.objects.get(task_id=tasks[2].pk).vector) == b"\x00\xff"
+
+
+@pytest.mark.parametrize(
+    "interval",
+    [
+        datetime.timedelta(seconds=-1),
+        datetime.timedelta(days=-3, hours=5, microseconds=7),
+        datetime.timedelta(days=2, seconds=1, microseconds=999_999),
+        datetime.timedelta(0),
+    ],
+)
+def test_a_duration_reads_back_as_it_was_whatever_the_interval_style(interval):
+    # No model of ours has a DurationField yet: the JSON form is checked alone,
+    # under the style that reads an unsigned part after a minus as negative too.
+    if connection.vendor != "postgresql":
+        pytest.skip("the JSON document is PostgreSQL's")
+    from kaizen_web.rows import _json_document
+
+    document = _json_document(["c0"], [[interval]])
+    with transaction.atomic(), connection.cursor() as cursor:
+        for style in ("sql_standard", "postgres", "iso_8601"):
+            cursor.execute(f"SET LOCAL IntervalStyle = {style}")
+            # Read as seconds: psycopg cannot parse an interval in the sql_standard style.
+            cursor.execute(
+                "SELECT EXTRACT(EPOCH FROM c0) FROM json_to_recordset(%s::json) AS u(c0 interval)", [document]
+            )
+            seconds = (
+                Decimal(interval.days * 86400 + interval.seconds) + Decimal(interval.microseconds) / 10**6
+            )
+            assert cursor.fetchone() == (seconds,), style
 
 
 def test_values_django_would_convert_or_refuse_still_go_through_the_field():
@@ -190,7 +232,6 @@ def test_values_django_would_convert_or_refuse_still_go_through_the_field():
     made[0].cost = Decimal("Infinity")
     with pytest.raises(ValidationError):
         task_rows_update(made[:1], ["cost"])
-    assert Task.objects.filter(title__startswith="d").count() == 0
 
 
 def test_on_postgresql_a_batch_travels_as_one_json_document_and_a_nan_by_arrays():
