@@ -35,7 +35,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.fixtures import line_board
+from bench.fixtures import line_board, postgres_backends
 from bench.procfs import cpu_seconds, memory_kb, pids_named, process_tree
 
 
@@ -252,11 +252,13 @@ class CascadeBench:
         wall = time.time() - t0
         rss_end = memory_kb(process_tree(worker_pid))
         cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
-        # Processes that started during the run (PostgreSQL backends of connections
-        # the workers opened meanwhile, as a second worker does): all their CPU is
-        # the run's. Left out, it was counted as other processes' load.
-        for name, pids in self.groups(worker_pid).items():
-            cpu[name] += cpu_seconds(sorted(set(pids) - set(groups[name])))
+        # This database's backends that started during the run (connections the
+        # workers opened meanwhile, as a second worker does): all their CPU is the
+        # run's. Left out, it was counted as other processes' load. (Not the
+        # cluster's own processes started meanwhile: an autovacuum worker may be
+        # another database's.)
+        started = set(postgres_backends()) - set(groups["postgres"])
+        cpu["postgres"] += cpu_seconds(sorted(started))
         busy = machine_busy_seconds() - busy_before
         xacts = self.pg_xacts() - xacts_before
         main_cpu = main_thread_cpu(worker_pid) - main_before

@@ -98,8 +98,10 @@ def run_threads(calls: Calls, n: int, wip: int) -> float:
         ended.put(number)
 
     with ThreadPoolExecutor(max_workers=wip, thread_name_prefix="call") as pool:
-        # The pool's threads exist before the clock starts, as a worker's do.
-        list(pool.map(lambda _: None, range(wip)))
+        # The pool's threads exist before the clock starts, as a worker's do: each
+        # waits at the barrier until all have started (an idle one would be reused).
+        barrier = threading.Barrier(wip)
+        list(pool.map(lambda _: barrier.wait(), range(wip)))
         started = time.perf_counter()
         begun = min(wip, n)
         for number in range(begun):

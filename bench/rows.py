@@ -35,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Rounds first, not measured (an even number: each variant gets the same count after).
+WARMUP = 10
 
 from bench.line_steps import _scratch_postgres  # noqa: E402 (after the path)
 from bench.run import DEFAULT_DB  # noqa: E402
@@ -56,8 +58,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=240, help="rounds a choice, both variants (240)")
     parser.add_argument("--postgres", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     args = parser.parse_args()
-    if args.batch < 2 or args.rounds < 4:
-        parser.error("--batch must be at least 2 (one row goes by VALUES) and --rounds at least 4")
+    if args.batch < 2 or args.rounds < WARMUP + 2 or args.rounds % 2:
+        parser.error(
+            f"--batch must be at least 2 (one row goes by VALUES); --rounds even and at least {WARMUP + 2}"
+        )
     os.environ["DATABASE_URL"] = _scratch_postgres(args.postgres)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
     import django
@@ -151,11 +155,11 @@ def main() -> None:
             with transaction.atomic():
                 batch()
                 transaction.set_rollback(True)
-            if number >= 10:  # warm-up left out
+            if number >= WARMUP:
                 totals[name][0] += time.thread_time() - started
                 totals[name][1] += _backend_cpu(connection) - postgres
         pair[list(pair)[0]]()  # the product's own way back in place
-        measured = (args.rounds - 10) / 2 * args.batch
+        measured = (args.rounds - WARMUP) / 2 * args.batch
         for name, (cpu, postgres) in totals.items():
             print(f"rows_{choice}_{name}_cpu_ms_per_task={cpu * 1000 / measured:.4f}")
             print(f"rows_{choice}_{name}_postgres_cpu_ms_per_task={postgres * 1000 / measured:.4f}")
