@@ -12,14 +12,14 @@ on models do not hold a thousand database connections.
 
 Threads rather than an asyncio loop for the calls (issue 15 names one), for now.
 Measured with bench/model_calls.py (each call: the simulated model's work, a wait of
-its latency, the work again; one process; medians of rounds, 2026-12-07): at WIP
-1,000 and 1 s, a thread a call cost 1.01-1.56 ms of the process's CPU a call and one
-loop 0.64-0.90, 37-42% less; at WIP 100 (0.1 s), 16-20% less. Most of the difference
-is not handing calls over but the work itself, which ran 33-36% slower among a
-thousand threads waking (why is not pinned down: GIL handovers and caches are
-likely; idle threads are not it, see bench/README.md). So a loop is the largest saving
-found for target 5's worker (2.2-2.8 ms a task there, bench/run.py). It is not done
-yet because it needs the cascade, every provider adapter and every custom agent
+its latency, the work again; one process; medians of three rounds, 2026-12-07): at
+WIP 1,000 and 1 s, a thread a call cost 1.37 ms of the process's CPU a call and one
+loop 0.91, a third less; at WIP 100 (0.1 s), 1.21 against 0.90. Much of the
+difference is the work itself, which ran a fifth slower on threads (1.01 ms against
+0.85 on its own thread's clock: GIL handovers and caches are the likely cause; idle
+threads are not, see bench/README.md). So a loop is the largest saving found for
+target 5's worker (2.2-2.8 ms a task there, bench/run.py). It is not done yet
+because it needs the cascade, every provider adapter and every custom agent
 (``process``, which may call the ORM) to be asynchronous, and the lease keeping,
 stale results and the completer's batches to be carried over to it; a thread hop
 per call around the sync code would give the saving back.
