@@ -26,26 +26,37 @@ Prints ``name=value`` lines; records nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 STEPS = ("intake", "pull", "begin", "model", "complete")
 
 
-def _scratch_postgres(url: str) -> str:
-    """A fresh database beside the one ``url`` names (dropped first if left over)."""
+@contextlib.contextmanager
+def scratch_postgres(url: str, name: str = "kaizen_line_steps") -> Iterator[str]:
+    """A fresh database ``name`` beside the one ``url`` names (dropped first if left
+    over, and dropped again when done); yields its URL."""
     import psycopg
 
     base, _, _ = url.rpartition("/")
-    name = "kaizen_line_steps"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{base}/{name}"
+
+    def recreate(create: bool) -> None:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            if create:
+                conn.execute(f"CREATE DATABASE {name}")
+
+    recreate(create=True)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        recreate(create=False)
 
 
 def main() -> None:
@@ -65,16 +76,15 @@ def main() -> None:
     os.chdir(root)
     scratch = Path(tempfile.mkdtemp(prefix="kaizen-bench-steps-"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
-    if args.postgres:
-        os.environ["DATABASE_URL"] = _scratch_postgres(args.postgres)
-    else:
-        os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'steps.sqlite3'}"
     os.environ["KAIZEN_VAR_DIR"] = str(scratch / "var")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        if args.postgres:
+            os.environ["DATABASE_URL"] = stack.enter_context(scratch_postgres(args.postgres))
+        else:
+            os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'steps.sqlite3'}"
         figures = _measure(args)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     label = "postgres" if args.postgres else "sqlite"
     total = 0.0
     for step in STEPS:

@@ -20,7 +20,8 @@ and its PostgreSQL backend's (``..._postgres_cpu_ms_per_task``; /proc, 10 ms tic
 summed over the rounds).
 
 Usage: python bench/rows.py [--batch N] [--rounds N] [--postgres URL]
-Needs PostgreSQL (a scratch database beside BENCH_DATABASE_URL's, dropped after).
+Needs PostgreSQL (a scratch database beside BENCH_DATABASE_URL's, dropped after;
+bench.line_steps.scratch_postgres).
 Prints ``name=value`` lines; records nothing.
 """
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 # Rounds first, not measured (an even number: each variant gets the same count after).
 WARMUP = 10
 
-from bench.line_steps import _scratch_postgres  # noqa: E402 (after the path)
+from bench.line_steps import scratch_postgres  # noqa: E402 (after the path)
 from bench.run import DEFAULT_DB  # noqa: E402
 
 
@@ -62,7 +63,12 @@ def main() -> None:
         parser.error(
             f"--batch must be at least 2 (one row goes by VALUES); --rounds even and at least {WARMUP + 2}"
         )
-    os.environ["DATABASE_URL"] = _scratch_postgres(args.postgres)
+    with scratch_postgres(args.postgres, "kaizen_bench_rows") as url:
+        os.environ["DATABASE_URL"] = url
+        _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
     import django
 
@@ -135,14 +141,21 @@ def main() -> None:
         task_rows_update(tasks, ["output", "confidence", "cost", "status", "finished_at", "updated_at"])
 
     document, ready_check = rows._json_document, rows._ready
+
+    def ready_as(check) -> None:
+        rows._ready = check
+        # The statements are built again with this variant's columns (in the
+        # round's clock, for both variants alike: a few statements a round).
+        rows._statements.clear()
+
     variants = {
         "json": {
             "json": lambda: setattr(rows, "_json_document", document),
             "arrays": lambda: setattr(rows, "_json_document", lambda keys, columns: None),
         },
         "ready": {
-            "ready": lambda: setattr(rows, "_ready", ready_check),
-            "field": lambda: setattr(rows, "_ready", lambda internal, vendor: None),
+            "ready": lambda: ready_as(ready_check),
+            "field": lambda: ready_as(lambda internal, vendor: None),
         },
     }
     for choice, pair in variants.items():
@@ -150,7 +163,6 @@ def main() -> None:
         for number in range(args.rounds):
             name = list(pair)[number % 2]
             pair[name]()
-            rows._statements.clear()  # built again with this variant's columns
             postgres, started = _backend_cpu(connection), time.thread_time()
             with transaction.atomic():
                 batch()
@@ -164,11 +176,6 @@ def main() -> None:
             print(f"rows_{choice}_{name}_cpu_ms_per_task={cpu * 1000 / measured:.4f}")
             print(f"rows_{choice}_{name}_postgres_cpu_ms_per_task={postgres * 1000 / measured:.4f}")
     connection.close()
-    import psycopg
-
-    base, _, name = os.environ["DATABASE_URL"].rpartition("/")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -456,8 +456,8 @@ class Task(models.Model):
             models.Index(
                 fields=["agent", "input_key", "status", "finished_at", "id"], name="task_reuse_newest"
             ),
-            # Where a new task goes asks whether a task of lower priority waits in
-            # the intake column (boards.services.primitives.intake_place). Without
+            # Where a task goes in a column asks whether a task of lower priority
+            # waits there (boards.services.primitives._slots). Without
             # this, PostgreSQL answered by reading every task of the table (a hashed
             # subplan): 14 ms a task added with 58,000 tasks on record, growing with
             # the history. Only unfinished tasks are in it (a condition with no

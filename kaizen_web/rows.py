@@ -78,16 +78,28 @@ _PLAIN: dict[str, tuple[type, ...]] = {
 
 
 @dataclass(frozen=True)
+class ValueKinds:
+    """What of a field's values is written as it is, without ``get_db_prep_save``
+    (``value_kinds``)."""
+
+    # Exactly these types (type() is compared exactly: a bool is not taken for an
+    # int, nor an enum member for its str); () for none.
+    plain: tuple[type, ...]
+    # Or a value this says is ready (see _ready).
+    ready: Callable[[Any], bool] | None
+
+    def as_is(self, value: Any) -> bool:
+        return value is None or type(value) in self.plain or (self.ready is not None and self.ready(value))
+
+
+@dataclass(frozen=True)
 class _Column:
     field: Field
     attname: str
-    # The value's types that go as they are; () for none (always converted).
-    plain: tuple[type, ...]
+    kinds: ValueKinds
     # auto_now / auto_now_add: the value comes from pre_save.
     pre_save: bool
     json: bool
-    # Whether a value of no plain type goes as it is all the same (see _ready).
-    ready: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,25 +144,25 @@ def _ready(internal: str, vendor: str) -> Callable[[Any], bool] | None:
     return None
 
 
+def value_kinds(field: Field, vendor: str) -> ValueKinds:
+    """The values of ``field`` that go to a ``vendor`` database as they are,
+    without ``get_db_prep_save`` (see db_value)."""
+    internal = _internal_type(field)
+    return ValueKinds(plain=_PLAIN.get(internal, ()), ready=_ready(internal, vendor))
+
+
 def _columns(model: type[Model], vendor: str) -> tuple[_Column, ...]:
-    columns = []
-    for field in model._meta.concrete_fields:
-        if field.primary_key:
-            continue
-        internal = _internal_type(field)
-        columns.append(
-            _Column(
-                field=field,
-                attname=field.attname,
-                # type() is compared exactly: a bool is not taken for an int, nor an
-                # enum member for its str.
-                plain=_PLAIN.get(internal, ()),
-                pre_save=bool(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)),
-                json=isinstance(field, JSONField),
-                ready=_ready(internal, vendor),
-            )
+    return tuple(
+        _Column(
+            field=field,
+            attname=field.attname,
+            kinds=value_kinds(field, vendor),
+            pre_save=bool(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)),
+            json=isinstance(field, JSONField),
         )
-    return tuple(columns)
+        for field in model._meta.concrete_fields
+        if not field.primary_key
+    )
 
 
 def _field(model: type[Model], name: str) -> Field:
@@ -199,6 +211,8 @@ def _statement(
     columns = _columns(model, connection.vendor)
     names = ", ".join(quote(_column_name(column.field)) for column in columns)
     table = quote(model._meta.db_table)
+    keys: tuple[str, ...] = ()
+    arrays_sql = ""
     if one:
         # One row: a plain VALUES list. Arrays of one element cost more to bind
         # (psycopg dumps each array in Python) than the values themselves.
@@ -233,26 +247,27 @@ def _statement(
         )
     if returning and connection.vendor == "postgresql":
         tail += f" RETURNING {quote(_column_name(_field(model, model._meta.pk.name)))}"
-    if connection.vendor == "postgresql" and not one:
-        statement = _Statement(
-            sql=sql + tail, columns=columns, vendor=connection.vendor, keys=keys, arrays_sql=arrays_sql + tail
-        )
-    else:
-        statement = _Statement(sql=sql + tail, columns=columns, vendor=connection.vendor)
+    statement = _Statement(
+        sql=sql + tail,
+        columns=columns,
+        vendor=connection.vendor,
+        keys=keys,
+        arrays_sql=arrays_sql and arrays_sql + tail,
+    )
     with _lock:
         _statements[key] = statement
     return statement
 
 
 def _values(column: _Column, objs: Sequence[Model], connection) -> list[Any]:
-    field, attname, plain, ready = column.field, column.attname, column.plain, column.ready
+    field, as_is = column.field, column.kinds.as_is
     if column.pre_save:
         values = [field.pre_save(obj, True) for obj in objs]
     else:
-        values = [getattr(obj, attname) for obj in objs]
+        values = [getattr(obj, column.attname) for obj in objs]
     out = []
     for value in values:
-        if value is None or type(value) in plain or (ready is not None and ready(value)):
+        if as_is(value):
             out.append(value)
         elif column.json and connection.vendor == "postgresql":
             # As JSONField would encode it (with its encoder), as text for the ::jsonb cast.
@@ -293,29 +308,10 @@ def _json_document(keys: Sequence[str], columns: Sequence[list[Any]]) -> str | N
         return None
 
 
-@dataclass(frozen=True)
-class ValueKinds:
-    """What of a field's values is written as it is (see db_value)."""
-
-    # Exactly these types.
-    plain: tuple[type, ...]
-    # Or a value this says is ready (see _ready).
-    ready: Callable[[Any], bool] | None
-
-
-def value_kinds(field: Field, vendor: str) -> ValueKinds:
-    """The values of ``field`` that go to a ``vendor`` database as they are,
-    without ``get_db_prep_save`` (see db_value)."""
-    internal = _internal_type(field)
-    return ValueKinds(plain=_PLAIN.get(internal, ()), ready=_ready(internal, vendor))
-
-
 def db_value(field: Field, value: Any, connection, kinds: ValueKinds) -> Any:
     """``field.get_db_prep_save(value)``, skipped for a value that needs none: None,
-    one of exactly the plain types, or one ``kinds.ready`` takes (``value_kinds``)."""
-    if value is None or type(value) in kinds.plain or (kinds.ready is not None and kinds.ready(value)):
-        return value
-    return field.get_db_prep_save(value, connection)
+    or one ``kinds`` takes as it is (``value_kinds``)."""
+    return value if kinds.as_is(value) else field.get_db_prep_save(value, connection)
 
 
 def rows_insert(

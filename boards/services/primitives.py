@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, Exists, Field, Max, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, Field, Max, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from boards.models import Agent, Board, Column, Task, TaskEvent
@@ -127,9 +127,10 @@ def _slots(columns: QuerySet, priority: int) -> QuerySet:
     """``columns`` with where a task of ``priority`` would go in each: ``slot_last``,
     the last task's position (by the (column, position) index), and ``slot_lower``,
     whether a task of lower priority waits there (by the task_open_priority index,
-    of unfinished tasks). For a Backlog or a Ready only, whose tasks are all
-    unfinished (task_place clears finished_at there). Both look up an index:
-    neither reads the column's tasks."""
+    of unfinished tasks). For any column but Done: only a task in Done has finished
+    (task_place sets finished_at there and clears it in a Backlog or a Ready; In
+    progress and Review are entered only from Ready and In progress). Both look up
+    an index: neither reads the column's tasks."""
     tasks = Task.objects.filter(column_id=OuterRef("pk")).order_by()
     return columns.annotate(
         slot_last=Subquery(tasks.order_by("-position").values("position")[:1]),
@@ -234,19 +235,8 @@ def _renumber(column: Column) -> None:
     Task.objects.bulk_update(tasks, ["position"], batch_size=500)
 
 
-def _slot_query(*, column_id: int, priority: int) -> QuerySet:
-    return (
-        Task.objects.filter(column_id=column_id)
-        .values("column_id")
-        .annotate(lower=Min("position", filter=Q(priority__lt=priority)), last=Max("position"))
-        .values_list("lower", "last")
-    )
-
-
 # Asked for every task that enters a column: compiled once (kaizen_web.prepared).
-_SLOT = Prepared(_slot_query, column_id=int, priority=int)
-# The same for a Backlog or a Ready, by index (_slots): those are the long columns.
-_WAITING_SLOT = Prepared(
+_SLOT = Prepared(
     lambda *, column_id, priority: _slots(Column.objects.filter(pk=column_id).order_by(), priority),
     column_id=int,
     priority=int,
@@ -254,22 +244,13 @@ _WAITING_SLOT = Prepared(
 
 
 def _slot_by_priority(column: Column, priority: int) -> int:
-    """Where a task entering ``column`` goes: after every task of its priority or
-    higher, before the first of lower priority. People may reorder afterwards.
-    One query when it goes last, as it mostly does: by index in a Backlog or a
-    Ready, whose tasks are all unfinished (_slots); elsewhere (In progress and
-    Review, short columns: no index is worth its writes there) over the column's
-    tasks."""
-    if column.role in (Role.BACKLOG, Role.READY):
-        found = _WAITING_SLOT.instances(
-            Column, ["slot_last", "slot_lower"], column_id=column.pk, priority=priority
-        )
-        last, lower_waits = _slot_of(found[0]) if found else (None, False)
-    else:
-        row = _SLOT.first(column_id=column.pk, priority=priority)
-        lower, last = row if row is not None else (None, None)
-        lower_waits = lower is not None
-    if not lower_waits:
+    """Where a task entering ``column`` (not Done, whose order is by time) goes:
+    after every task of its priority or higher, before the first of lower priority.
+    People may reorder afterwards. One query, by index (_slots), when it goes last,
+    as it mostly does."""
+    found = _SLOT.instances(Column, ["slot_last", "slot_lower"], column_id=column.pk, priority=priority)
+    last, lower = _slot_of(found[0]) if found else (None, False)
+    if not lower:
         return _slot_after(last)
     first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
     return slot_before(column, first_lower)

@@ -218,7 +218,7 @@ def test_whether_a_lower_priority_task_waits_is_read_by_an_index_of_unfinished_t
 
 
 def test_a_task_moved_into_a_column_goes_before_those_of_lower_priority_there():
-    # Ready (by the index of unfinished tasks) and Review (over the column) alike.
+    # Ready and Review alike (both by the index of unfinished tasks).
     from boards.services.primitives import task_place
 
     board = make_board(ready_limit=None)
