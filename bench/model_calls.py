@@ -15,8 +15,12 @@ one ends, as the line's pull keeps the WIP full), each
 ``threads``: each call on a thread of a pool kept between calls, ``time.sleep`` for
 the wait, its end handed back through a queue (the runtime's shape: a pool thread per
 run, a future per outcome). ``asyncio``: ``--wip`` coroutines on one event loop,
-each starting its next call as its last one ends, ``asyncio.sleep`` for the wait. The two variants alternate ``--rounds`` times, and
-each round prints, per variant:
+each starting its next call as its last one ends, ``asyncio.sleep`` for the wait.
+``hybrid``: the waits on one loop as in ``asyncio``, each piece of work handed to one
+of ``--hybrid-threads`` threads and back (``run_in_executor``): what a loop around
+the synchronous cascade, providers and custom agents would be, short of making them
+asynchronous. The variants alternate ``--rounds`` times, and each round prints, per
+variant:
 
 - ``model_calls_<variant>_per_s``: calls finished a second;
 - ``model_calls_<variant>_cpu_ms_per_call``: the process's CPU (user and system) a call;
@@ -24,12 +28,14 @@ each round prints, per variant:
   (timed on its own thread's clock), so the rest is what keeping the calls in flight
   costs;
 
-then the medians over the rounds and ``model_calls_asyncio_saves_cpu_ms_per_call``.
+then the medians over the rounds and ``model_calls_asyncio_saves_cpu_ms_per_call`` (and
+``_hybrid_``): the CPU a call each saves against the threads.
 
 A real provider's call waits on a socket, not a sleep: its client (an HTTP library,
 synchronous or asynchronous) costs CPU of its own in both variants, which this leaves out.
 
 Usage: python bench/model_calls.py [--calls N] [--wip N] [--latency-ms MS] [--rounds N]
+                                   [--hybrid-threads N]
 Prints ``name=value`` lines; records nothing. Needs no database or Redis.
 """
 
@@ -131,13 +137,39 @@ def run_asyncio(calls: Calls, n: int, wip: int) -> float:
     return asyncio.run(main())
 
 
-VARIANTS = {"threads": run_threads, "asyncio": run_asyncio}
+def run_hybrid(calls: Calls, n: int, wip: int, threads: int = 8) -> float:
+    # ``wip`` lanes on one loop for the waits; each piece of work handed to one of a
+    # few threads and back (what a loop around the synchronous cascade would do).
+    remaining = iter(range(n))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="work")
+
+    async def lane() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in remaining:
+            await asyncio.sleep(await loop.run_in_executor(pool, calls.work))
+            await loop.run_in_executor(pool, calls.work)
+
+    async def main() -> float:
+        barrier = threading.Barrier(threads)
+        list(pool.map(lambda _: barrier.wait(), range(threads)))
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(min(wip, n))))
+        return time.perf_counter() - started
+
+    try:
+        return asyncio.run(main())
+    finally:
+        pool.shutdown()
+
+
+VARIANTS = {"threads": run_threads, "asyncio": run_asyncio, "hybrid": run_hybrid}
 
 
 def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
     calls = Calls(args.latency_ms)
     cpu_before = _process_cpu()
-    elapsed = VARIANTS[variant](calls, args.calls, args.wip)
+    extra = {"threads": args.hybrid_threads} if variant == "hybrid" else {}
+    elapsed = VARIANTS[variant](calls, args.calls, args.wip, **extra)
     cpu = _process_cpu() - cpu_before
     return {
         f"model_calls_{variant}_per_s": args.calls / elapsed,
@@ -154,9 +186,12 @@ def main() -> None:
     parser.add_argument("--wip", type=int, default=1000, help="calls in flight (1000)")
     parser.add_argument("--latency-ms", type=float, default=1000, help="mean model latency (1000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, the variants alternated (3)")
+    parser.add_argument("--hybrid-threads", type=int, default=8, help="the hybrid's threads for the work (8)")
     args = parser.parse_args()
-    if args.calls < 1 or args.wip < 1 or args.rounds < 1 or args.latency_ms < 0:
-        parser.error("--calls, --wip and --rounds must be at least 1, --latency-ms at least 0")
+    if args.calls < 1 or args.wip < 1 or args.rounds < 1 or args.latency_ms < 0 or args.hybrid_threads < 1:
+        parser.error(
+            "--calls, --wip, --rounds and --hybrid-threads must be at least 1, --latency-ms at least 0"
+        )
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kaizen_web.settings")
     import django
@@ -173,8 +208,11 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in rounds.items()}
     for name, value in medians.items():
         print(f"{name}={value:.3f}")
-    saved = medians["model_calls_threads_cpu_ms_per_call"] - medians["model_calls_asyncio_cpu_ms_per_call"]
-    print(f"model_calls_asyncio_saves_cpu_ms_per_call={saved:.3f}")
+    for variant in ("asyncio", "hybrid"):
+        saved = (
+            medians["model_calls_threads_cpu_ms_per_call"] - medians[f"model_calls_{variant}_cpu_ms_per_call"]
+        )
+        print(f"model_calls_{variant}_saves_cpu_ms_per_call={saved:.3f}")
 
 
 if __name__ == "__main__":
