@@ -11,7 +11,22 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias, TypedDict, cast
 
 from django.conf import settings
-from django.db.models import Avg, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models import (
+    Avg,
+    Case,
+    Count,
+    Exists,
+    Expression,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
@@ -58,15 +73,24 @@ class ColumnView:
     column: Column
     count: int
     cards: list[Task] = field(default_factory=list)
+    # The column holds more tasks than KAIZEN_COLUMN_COUNT_CAP, which is then
+    # ``count - 1``: not counted one by one (column_task_count).
+    capped: bool = False
 
     @property
     def pk(self) -> int:
         return self.column.pk
 
     @property
+    def count_label(self) -> str:
+        """The count as the header shows it: ``10000+`` past the cap."""
+        return f"{self.count - 1}+" if self.capped else str(self.count)
+
+    @property
     def more(self) -> int:
-        """Tasks in the column that are counted but not drawn."""
-        return self.count - len(self.cards)
+        """Tasks in the column that are counted but not drawn (past the cap: at
+        least this many)."""
+        return (self.count - 1 if self.capped else self.count) - len(self.cards)
 
     @property
     def wip_state(self) -> str:
@@ -175,35 +199,76 @@ def cards_age_set(*, columns: list[ColumnView], sle: flow.Percentiles, now: date
             card.flow_sle = sle
 
 
-def _column_counts_query(*, board_id: int) -> QuerySet:
-    count = (
-        Task.objects.filter(column=OuterRef("pk"))
-        .order_by()
-        .values("column")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return (
-        Column.objects.filter(board_id=board_id)
-        .annotate(task_count=Coalesce(Subquery(count), 0))
-        .order_by("position", "pk")
-        .values_list(*fields(Column), "task_count")
-    )
+def column_task_count(cap: int | None) -> Expression:
+    """A column's number of tasks, for an annotation of Column.
 
-
-# Read for every live update of a board: compiled once (kaizen_web.prepared).
-_COLUMN_COUNTS = Prepared(_column_counts_query, board_id=int)
-
-
-def board_column_counts_get(*, board: Board) -> list[CountedColumn]:
-    """The board's columns in order, each annotated with ``task_count``: one query,
-    whatever the number of tasks.
+    ``cap``: a column without a WIP limit (a Done column holding the board's whole
+    history, a long Backlog) is counted up to ``cap + 1`` tasks: a count past
+    ``cap`` says "more than ``cap``" (ColumnView.capped). Counting the rest read
+    every one of them for every draw of the board: a Done column of a million
+    tasks cost PostgreSQL 80-160 ms a draw (bench/README.md). A column with a WIP
+    limit is counted exactly, as pulling and its header's state need: its limit
+    bounds it. ``None``: every column exactly (the JSON API).
 
     A count per column in a subquery, not a join grouped by column: PostgreSQL
     counts each column's entries in the task index (an index-only scan) instead
     of joining every task of the board's history to its column. At 100,000 tasks,
     13 ms instead of 78 (bench/flow.py's board; EXPLAIN ANALYZE)."""
-    return cast("list[CountedColumn]", _COLUMN_COUNTS.instances(Column, ["task_count"], board_id=board.pk))
+    tasks = Task.objects.filter(column=OuterRef("pk")).order_by()
+    exact = Coalesce(Subquery(tasks.values("column").annotate(n=Count("pk")).values("n")), 0)
+    if cap is None:
+        return exact
+    # Whether a task past the cap-th one is there: a read of cap + 1 index entries
+    # at most. NULL then, not a number: a constant would be a parameter of the
+    # compiled query (kaizen_web.prepared); with_capped_counts reads it as cap + 1.
+    beyond = Exists(tasks[cap : cap + 1])
+    return Case(
+        When(Q(wip_limit__isnull=True) & beyond, then=Value(None)),
+        default=exact,
+        output_field=IntegerField(),
+    )
+
+
+def with_capped_counts(columns: Iterable[Column], cap: int) -> None:
+    """Columns annotated with column_task_count(cap): a column past the cap gets
+    ``task_count`` ``cap + 1`` and ``count_capped``; each gets ``count_label``,
+    its count as the board shows it (``10000+`` past the cap)."""
+    for column in columns:
+        capped = column.task_count is None  # type: ignore[attr-defined]
+        if capped:
+            column.task_count = cap + 1  # type: ignore[attr-defined]
+        column.count_capped = capped  # type: ignore[attr-defined]
+        column.count_label = f"{cap}+" if capped else str(column.task_count)  # type: ignore[attr-defined]
+
+
+def _column_counts_query(*, board_id: int, cap: int | None) -> QuerySet:
+    return (
+        Column.objects.filter(board_id=board_id)
+        .annotate(task_count=column_task_count(cap))
+        .order_by("position", "pk")
+        .values_list(*fields(Column), "task_count")
+    )
+
+
+# Read for every live update of a board: compiled once per cap (a setting the
+# tests change), or exact (kaizen_web.prepared).
+_COLUMN_COUNTS: dict[int | None, Prepared] = {}
+
+
+def board_column_counts_get(*, board: Board, exact: bool = False) -> list[CountedColumn]:
+    """The board's columns in order, each annotated with ``task_count``: one query,
+    whatever the number of tasks. A column without a WIP limit is counted up to
+    KAIZEN_COLUMN_COUNT_CAP + 1 tasks unless ``exact`` (see column_task_count)."""
+    cap = None if exact else settings.KAIZEN_COLUMN_COUNT_CAP
+    query = _COLUMN_COUNTS.get(cap)
+    if query is None:
+        query = _COLUMN_COUNTS.setdefault(
+            cap, Prepared(lambda *, board_id: _column_counts_query(board_id=board_id, cap=cap), board_id=int)
+        )
+    columns = query.instances(Column, ["task_count"], board_id=board.pk)
+    if cap is not None:
+        with_capped_counts(columns, cap)
+    return cast("list[CountedColumn]", columns)
 
 
 def board_columns_get(
@@ -238,7 +303,8 @@ def board_columns_get(
             card.board = board
             card.column = column
             card.card_url = card_url(card.pk)
-        views.append(ColumnView(column=column, count=column.task_count, cards=cards))
+        capped = getattr(column, "count_capped", False)
+        views.append(ColumnView(column=column, count=column.task_count, cards=cards, capped=capped))
     _cards_agents_set(views, agents)
     return views
 
@@ -434,13 +500,19 @@ def board_capabilities_get(*, board: Board) -> list[str]:
 
 
 def board_list_get() -> list[Board]:
-    """Every board with its columns (each with ``task_count``) and ``agent_count``."""
-    columns = Column.objects.annotate(task_count=Count("tasks")).order_by("position", "pk")
-    return list(
+    """Every board with its columns (each with ``task_count`` and ``count_label``, a
+    column without a WIP limit counted up to KAIZEN_COLUMN_COUNT_CAP + 1, as on the
+    board) and ``agent_count``."""
+    cap = settings.KAIZEN_COLUMN_COUNT_CAP
+    columns = Column.objects.annotate(task_count=column_task_count(cap)).order_by("position", "pk")
+    boards: list[Board] = list(
         Board.objects.annotate(agent_count=Count("agents", distinct=True))
         .prefetch_related(Prefetch("columns", queryset=columns))
         .order_by("name")
     )
+    for board in boards:
+        with_capped_counts(board.columns.all(), cap)
+    return boards
 
 
 def task_events_get(*, task: Task) -> list[TaskEvent]:

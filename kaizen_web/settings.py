@@ -464,6 +464,9 @@ KAIZEN_BROADCAST_WINDOW_MS = env_int("KAIZEN_BROADCAST_WINDOW_MS", 50, minimum=0
 KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimum=0.01)
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
+# A column without a WIP limit (Done, with the board's history) is counted on the
+# board up to this many tasks and shown as "10000+" past it (boards.selectors).
+KAIZEN_COLUMN_COUNT_CAP = env_int("KAIZEN_COLUMN_COUNT_CAP", 10_000, minimum=1)
 # The board page's live part (banner, agents, columns) is rendered at most once
 # this often per web process and shared by the page loads meanwhile; the page's
 # script re-reads it fresh as its websocket opens (boards.fragments.board_live_html_get).

@@ -511,7 +511,7 @@ def board_detail(request: TokenHttpRequest, slug: str = SLUG) -> dict[str, Any]:
             hard_limit=column.hard_limit,
             wip_state=column.wip_state(column.task_count),
         )
-        for column in selectors.board_column_counts_get(board=board)
+        for column in selectors.board_column_counts_get(board=board, exact=True)
     ]
     capabilities = selectors.board_capabilities_get(board=board)
     return {**_board_fields(request, board), "columns": columns, "capabilities": capabilities}

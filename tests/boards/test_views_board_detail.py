@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from boards import services
+from boards import selectors, services
 from boards.agents import runtime
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import board_sle_recent
@@ -169,6 +169,38 @@ def test_a_column_draws_at_most_the_card_limit_and_counts_the_rest(client, user,
     assert backlog.count('class="card ') == 3
     assert "+2 more" in backlog
     assert re.search(r"wip-count[^>]*>\s*5<", backlog)
+
+
+def test_a_column_without_a_wip_limit_is_counted_up_to_the_cap_and_a_limited_one_exactly(
+    client, user, settings
+):
+    # Counting every task of a Done column (the board's whole history) at every draw
+    # grew with the history: past KAIZEN_COLUMN_COUNT_CAP it says "more than".
+    settings.KAIZEN_COLUMN_COUNT_CAP = 4
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 2
+    board = make_board(ready_limit=10, hard=False)
+    for i in range(6):
+        services.task_create(board=board, title=f"Task {i}")
+    ready = column(board, "ready")
+    for task in Task.objects.filter(board=board)[:5]:
+        services.task_move(task=task, to_column=ready, user=user)
+    for i in range(5):
+        services.task_create(board=board, title=f"More {i}")
+    client.force_login(user)
+
+    html = client.get(_url(board)).content.decode()
+
+    backlog = _column_html(html, column(board, "backlog"))  # 6 tasks, no WIP limit
+    assert re.search(r"wip-count[^>]*>\s*4\+<", backlog)
+    assert ">over 2 more</a>" in backlog
+    limited = _column_html(html, ready)  # 5 tasks, past the cap but under its limit of 10
+    assert re.search(r"wip-count[^>]*>\s*5 / 10<", limited)
+    assert ">+3 more</a>" in limited
+    assert "5 free" in limited
+
+    # The JSON API still counts every task.
+    counts = {c.role: c.task_count for c in selectors.board_column_counts_get(board=board, exact=True)}
+    assert (counts["backlog"], counts["ready"]) == (6, 5)
 
 
 def test_the_backlog_is_ordered_by_priority(client, user):

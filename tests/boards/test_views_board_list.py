@@ -45,6 +45,19 @@ def test_it_lists_boards_with_their_column_counts(client, user):
     assert "1 agent<" in html
 
 
+def test_a_column_without_a_wip_limit_is_counted_up_to_the_cap(client, user, settings):
+    settings.KAIZEN_COLUMN_COUNT_CAP = 2
+    board = make_board(name="Support triage")
+    for i in range(3):
+        services.task_create(board=board, title=f"Ticket {i}")
+    client.force_login(user)
+
+    html = client.get(reverse("boards-list")).content.decode()
+
+    assert re.search(r"<dt>Backlog</dt>\s*<dd>2\+</dd>", html)
+    assert re.search(r'<dt>Ready</dt>\s*<dd>0<span class="muted"> / 5</span></dd>', html)
+
+
 def test_its_query_count_does_not_grow_with_boards(client, user, django_assert_max_num_queries):
     for _ in range(5):
         services.task_create(board=make_board(), title="A task")
