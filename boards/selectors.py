@@ -24,9 +24,9 @@ from django.db.models import (
     QuerySet,
     Subquery,
     Sum,
-    Value,
     When,
 )
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
@@ -218,27 +218,29 @@ def column_task_count(cap: int | None) -> Expression:
     exact = Coalesce(Subquery(tasks.values("column").annotate(n=Count("pk")).values("n")), 0)
     if cap is None:
         return exact
-    # Whether a task past the cap-th one is there: a read of cap + 1 index entries
-    # at most. NULL then, not a number: a constant would be a parameter of the
-    # compiled query (kaizen_web.prepared); with_capped_counts reads it as cap + 1.
-    beyond = Exists(tasks[cap : cap + 1])
-    return Case(
-        When(Q(wip_limit__isnull=True) & beyond, then=Value(None)),
-        default=exact,
+    # The first cap + 1 of the column's index entries, counted: one read of at most
+    # that many. (The ORM counts no sliced subquery. The cap, an integer setting,
+    # is part of the text: a constant parameter could be taken for one of the
+    # compiled query's values, kaizen_web.prepared.)
+    capped = RawSQL(
+        f'SELECT COUNT(*) FROM (SELECT 1 FROM "{Task._meta.db_table}" U0 '
+        f'WHERE U0."column_id" = "{Column._meta.db_table}"."id" LIMIT {int(cap) + 1}) capped',
+        (),
         output_field=IntegerField(),
     )
+    return Case(When(wip_limit__isnull=True, then=capped), default=exact, output_field=IntegerField())
 
 
 def with_capped_counts(columns: Iterable[Column], cap: int) -> None:
-    """Columns annotated with column_task_count(cap): a column past the cap gets
-    ``task_count`` ``cap + 1`` and ``count_capped``; each gets ``count_label``,
-    its count as the board shows it (``10000+`` past the cap)."""
+    """Columns annotated with column_task_count(cap): a column without a WIP limit
+    counted past the cap gets ``count_capped`` (its ``task_count`` is ``cap + 1``);
+    each gets ``count_label``, its count as the board shows it (``10000+`` past
+    the cap)."""
     for column in columns:
-        capped = column.task_count is None  # type: ignore[attr-defined]
-        if capped:
-            column.task_count = cap + 1  # type: ignore[attr-defined]
+        count = column.task_count  # type: ignore[attr-defined]
+        capped = column.wip_limit is None and count > cap
         column.count_capped = capped  # type: ignore[attr-defined]
-        column.count_label = f"{cap}+" if capped else str(column.task_count)  # type: ignore[attr-defined]
+        column.count_label = f"{cap}+" if capped else str(count)  # type: ignore[attr-defined]
 
 
 def _column_counts_query(*, board_id: int, cap: int | None) -> QuerySet:
