@@ -73,7 +73,7 @@ class ColumnView:
     column: Column
     count: int
     cards: list[Task] = field(default_factory=list)
-    # The column holds more tasks than KAIZEN_COLUMN_COUNT_CAP, which is then
+    # The column holds more tasks than the cap (count_cap()), which is then
     # ``count - 1``: not counted one by one (column_task_count).
     capped: bool = False
 
@@ -206,7 +206,7 @@ def column_task_count(cap: int | None) -> Expression:
     history, a long Backlog) is counted up to ``cap + 1`` tasks: a count past
     ``cap`` says "more than ``cap``" (ColumnView.capped). Counting the rest read
     every one of them for every draw of the board: a Done column of a million
-    tasks cost PostgreSQL 80-160 ms a draw (bench/README.md). A column with a WIP
+    tasks cost PostgreSQL 67-78 ms a draw (bench/README.md). A column with a WIP
     limit is counted exactly, as pulling and its header's state need: its limit
     bounds it. ``None``: every column exactly (the JSON API).
 
@@ -222,13 +222,23 @@ def column_task_count(cap: int | None) -> Expression:
     # that many. (The ORM counts no sliced subquery. The cap, an integer setting,
     # is part of the text: a constant parameter could be taken for one of the
     # compiled query's values, kaizen_web.prepared.)
+    # The column's table is named as Django names it in these queries (never
+    # aliased: Column is their base table and they are not nested).
     capped = RawSQL(
         f'SELECT COUNT(*) FROM (SELECT 1 FROM "{Task._meta.db_table}" U0 '
-        f'WHERE U0."column_id" = "{Column._meta.db_table}"."id" LIMIT {int(cap) + 1}) capped',
+        f'WHERE U0."{Task._meta.get_field("column").column}" = '
+        f'"{Column._meta.db_table}"."{Column._meta.pk.column}" LIMIT {int(cap) + 1}) capped',
         (),
         output_field=IntegerField(),
     )
     return Case(When(wip_limit__isnull=True, then=capped), default=exact, output_field=IntegerField())
+
+
+def count_cap() -> int:
+    """KAIZEN_COLUMN_COUNT_CAP, and at least one more than the cards a column
+    draws (KAIZEN_COLUMN_CARD_LIMIT): a capped column always has cards left to
+    list under the ones drawn ("over N more")."""
+    return max(settings.KAIZEN_COLUMN_COUNT_CAP, settings.KAIZEN_COLUMN_CARD_LIMIT + 1)
 
 
 def with_capped_counts(columns: Iterable[Column], cap: int) -> None:
@@ -260,8 +270,8 @@ _COLUMN_COUNTS: dict[int | None, Prepared] = {}
 def board_column_counts_get(*, board: Board, exact: bool = False) -> list[CountedColumn]:
     """The board's columns in order, each annotated with ``task_count``: one query,
     whatever the number of tasks. A column without a WIP limit is counted up to
-    KAIZEN_COLUMN_COUNT_CAP + 1 tasks unless ``exact`` (see column_task_count)."""
-    cap = None if exact else settings.KAIZEN_COLUMN_COUNT_CAP
+    count_cap() + 1 tasks unless ``exact`` (see column_task_count)."""
+    cap = None if exact else count_cap()
     query = _COLUMN_COUNTS.get(cap)
     if query is None:
         query = _COLUMN_COUNTS.setdefault(
@@ -503,9 +513,9 @@ def board_capabilities_get(*, board: Board) -> list[str]:
 
 def board_list_get() -> list[Board]:
     """Every board with its columns (each with ``task_count`` and ``count_label``, a
-    column without a WIP limit counted up to KAIZEN_COLUMN_COUNT_CAP + 1, as on the
+    column without a WIP limit counted up to count_cap() + 1, as on the
     board) and ``agent_count``."""
-    cap = settings.KAIZEN_COLUMN_COUNT_CAP
+    cap = count_cap()
     columns = Column.objects.annotate(task_count=column_task_count(cap)).order_by("position", "pk")
     boards: list[Board] = list(
         Board.objects.annotate(agent_count=Count("agents", distinct=True))

@@ -465,7 +465,8 @@ KAIZEN_BROADCAST_CPU_SHARE = env_float("KAIZEN_BROADCAST_CPU_SHARE", 0.1, minimu
 # Cards rendered per column on the board; the rest are counted, not drawn.
 KAIZEN_COLUMN_CARD_LIMIT = env_int("KAIZEN_COLUMN_CARD_LIMIT", 50, minimum=1)
 # A column without a WIP limit (Done, with the board's history) is counted on the
-# board up to this many tasks and shown as "10000+" past it (boards.selectors).
+# board up to this many tasks and shown as "10000+" past it (boards.selectors;
+# at least KAIZEN_COLUMN_CARD_LIMIT + 1, whatever is set here).
 KAIZEN_COLUMN_COUNT_CAP = env_int("KAIZEN_COLUMN_COUNT_CAP", 10_000, minimum=1)
 # The board page's live part (banner, agents, columns) is rendered at most once
 # this often per web process and shared by the page loads meanwhile; the page's

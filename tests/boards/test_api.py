@@ -574,6 +574,18 @@ def test_it_shows_a_boards_columns_with_counts_and_wip_state(api_client, board):
     assert columns[2]["wip_state"] == "under"
 
 
+def test_the_board_detail_counts_every_task_where_the_board_page_caps_the_count(api_client, board, settings):
+    settings.KAIZEN_COLUMN_COUNT_CAP = 3
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 2
+    for n in range(5):
+        services.task_create(board=board, title=f"task {n}", input="")
+
+    response = api_client.get(f"/api/v1/boards/{board.slug}")
+
+    backlog = response.json()["columns"][0]
+    assert (backlog["role"], backlog["task_count"]) == ("backlog", 5)
+
+
 def test_board_detail_query_count_does_not_grow_with_tasks(
     api_client, django_assert_num_queries, board, agent
 ):

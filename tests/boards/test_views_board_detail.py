@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from boards import selectors, services
 from boards.agents import runtime
+from boards.fragments import render_board_update
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import board_sle_recent
 from tests.factories import HTMX, column, make_agent, make_board
@@ -201,6 +202,50 @@ def test_a_column_without_a_wip_limit_is_counted_up_to_the_cap_and_a_limited_one
     # The JSON API still counts every task.
     counts = {c.role: c.task_count for c in selectors.board_column_counts_get(board=board, exact=True)}
     assert (counts["backlog"], counts["ready"]) == (6, 5)
+
+
+@pytest.mark.parametrize(("tasks", "label"), [(4, "4"), (5, "4+")])
+def test_a_column_counted_to_the_cap_is_exact_and_one_more_is_past_it(tasks, label, client, user, settings):
+    settings.KAIZEN_COLUMN_COUNT_CAP = 4
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 2
+    board = make_board()
+    for i in range(tasks):
+        services.task_create(board=board, title=f"Task {i}")
+    client.force_login(user)
+
+    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+
+    assert re.search(rf"wip-count[^>]*>\s*{re.escape(label)}<", backlog)
+    assert (">+2 more</a>" if tasks == 4 else ">over 2 more</a>") in backlog
+
+
+def test_the_cap_is_above_the_cards_drawn_whatever_it_is_set_to(client, user, settings):
+    # A cap at or below the card limit would say "over 0 more", or less.
+    settings.KAIZEN_COLUMN_COUNT_CAP = 2
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 3
+    board = make_board()
+    for i in range(6):
+        services.task_create(board=board, title=f"Task {i}")
+    client.force_login(user)
+
+    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+
+    assert backlog.count('class="card ') == 3
+    assert re.search(r"wip-count[^>]*>\s*4\+<", backlog)
+    assert ">over 1 more</a>" in backlog
+
+
+def test_a_live_update_shows_a_capped_count_as_the_page_does(settings):
+    settings.KAIZEN_COLUMN_COUNT_CAP = 4
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 2
+    board = make_board()
+    for i in range(6):
+        services.task_create(board=board, title=f"Task {i}")
+    backlog = column(board, "backlog")
+
+    html = render_board_update(board_id=board.pk, column_ids={backlog.pk})
+
+    assert re.search(r"wip-count[^>]*>\s*4\+<", _column_html(html, backlog))
 
 
 def test_the_backlog_is_ordered_by_priority(client, user):
