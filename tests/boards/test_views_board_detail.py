@@ -158,14 +158,19 @@ def test_cards_show_attempts_after_the_first(client, user):
     assert "Last attempt failed: flaky model" in html
 
 
-def test_a_column_draws_at_most_the_card_limit_and_counts_the_rest(client, user, settings):
-    settings.KAIZEN_COLUMN_CARD_LIMIT = 3
+def _backlog_html(client, user, tasks: int) -> str:
+    """The Backlog's markup on the page of a new board with ``tasks`` tasks in it."""
     board = make_board()
-    for i in range(5):
+    for i in range(tasks):
         services.task_create(board=board, title=f"Task {i}")
     client.force_login(user)
+    return _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
 
-    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+
+def test_a_column_draws_at_most_the_card_limit_and_counts_the_rest(client, user, settings):
+    settings.KAIZEN_COLUMN_CARD_LIMIT = 3
+
+    backlog = _backlog_html(client, user, tasks=5)
 
     assert backlog.count('class="card ') == 3
     assert "+2 more" in backlog
@@ -208,12 +213,8 @@ def test_a_column_without_a_wip_limit_is_counted_up_to_the_cap_and_a_limited_one
 def test_a_column_counted_to_the_cap_is_exact_and_one_more_is_past_it(tasks, label, client, user, settings):
     settings.KAIZEN_COLUMN_COUNT_CAP = 4
     settings.KAIZEN_COLUMN_CARD_LIMIT = 2
-    board = make_board()
-    for i in range(tasks):
-        services.task_create(board=board, title=f"Task {i}")
-    client.force_login(user)
 
-    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+    backlog = _backlog_html(client, user, tasks)
 
     assert re.search(rf"wip-count[^>]*>\s*{re.escape(label)}<", backlog)
     assert (">+2 more</a>" if tasks == 4 else ">over 2 more</a>") in backlog
@@ -223,12 +224,8 @@ def test_the_cap_is_above_the_cards_drawn_whatever_it_is_set_to(client, user, se
     # A cap at or below the card limit would say "over 0 more", or less.
     settings.KAIZEN_COLUMN_COUNT_CAP = 2
     settings.KAIZEN_COLUMN_CARD_LIMIT = 3
-    board = make_board()
-    for i in range(6):
-        services.task_create(board=board, title=f"Task {i}")
-    client.force_login(user)
 
-    backlog = _column_html(client.get(_url(board)).content.decode(), column(board, "backlog"))
+    backlog = _backlog_html(client, user, tasks=6)
 
     assert backlog.count('class="card ') == 3
     assert re.search(r"wip-count[^>]*>\s*4\+<", backlog)
