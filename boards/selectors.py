@@ -84,7 +84,7 @@ class ColumnView:
     @property
     def count_label(self) -> str:
         """The count as the header shows it: ``10000+`` past the cap."""
-        return f"{self.count - 1}+" if self.capped else str(self.count)
+        return count_label(self.count, capped=self.capped)
 
     @property
     def more(self) -> int:
@@ -219,11 +219,11 @@ def column_task_count(cap: int | None) -> Expression:
     if cap is None:
         return exact
     # The first cap + 1 of the column's index entries, counted: one read of at most
-    # that many. (The ORM counts no sliced subquery. The cap, an integer setting,
-    # is part of the text: a constant parameter could be taken for one of the
-    # compiled query's values, kaizen_web.prepared.)
-    # The column's table is named as Django names it in these queries (never
-    # aliased: Column is their base table and they are not nested).
+    # that many. Raw, as the ORM counts no sliced subquery; the column's table is
+    # named as Django names it here (Column is the base table of the queries this
+    # serves, never nested, so never aliased). The cap, an integer setting, is part
+    # of the text: a constant parameter could be taken for one of the compiled
+    # query's values (kaizen_web.prepared).
     capped = RawSQL(
         f'SELECT COUNT(*) FROM (SELECT 1 FROM "{Task._meta.db_table}" U0 '
         f'WHERE U0."{Task._meta.get_field("column").column}" = '
@@ -241,6 +241,12 @@ def count_cap() -> int:
     return max(settings.KAIZEN_COLUMN_COUNT_CAP, settings.KAIZEN_COLUMN_CARD_LIMIT + 1)
 
 
+def count_label(count: int, *, capped: bool) -> str:
+    """A column's count as the board shows it: past the cap (``count`` is then the
+    cap + 1), ``10000+``."""
+    return f"{count - 1}+" if capped else str(count)
+
+
 def with_capped_counts(columns: Iterable[Column], cap: int) -> None:
     """Columns annotated with column_task_count(cap): a column without a WIP limit
     counted past the cap gets ``count_capped`` (its ``task_count`` is ``cap + 1``);
@@ -250,7 +256,7 @@ def with_capped_counts(columns: Iterable[Column], cap: int) -> None:
         count = column.task_count  # type: ignore[attr-defined]
         capped = column.wip_limit is None and count > cap
         column.count_capped = capped  # type: ignore[attr-defined]
-        column.count_label = f"{cap}+" if capped else str(count)  # type: ignore[attr-defined]
+        column.count_label = count_label(count, capped=capped)  # type: ignore[attr-defined]
 
 
 def _column_counts_query(*, board_id: int, cap: int | None) -> QuerySet:
