@@ -29,6 +29,7 @@ from boards.services.primitives import (
     column_count,
     intake_column,
     intake_place,
+    slot_among_lower,
     task_event,
     task_place,
     wip_check,
@@ -101,6 +102,10 @@ def _task_insert(task: Task, *, user: User | None, place: tuple[Column, int | No
         # and the slot found before the lock may be taken meanwhile.
         board_lock(board.pk)
         position = None
+    elif position is None:
+        # intake_place saw a task of lower priority waiting: the slot among them,
+        # here in the transaction, without asking again whether one waits.
+        position = slot_among_lower(column, task.priority)
     note = wip_check(column)
     task_place(task, column, position=position)
     event = task_event(

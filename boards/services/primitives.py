@@ -252,6 +252,14 @@ def _slot_by_priority(column: Column, priority: int) -> int:
     last, lower = _slot_of(found[0]) if found else (None, False)
     if not lower:
         return _slot_after(last)
+    return slot_among_lower(column, priority)
+
+
+def slot_among_lower(column: Column, priority: int) -> int:
+    """Where a task of ``priority`` goes in ``column`` (not Done) where a task of
+    lower priority waits: just before the first of them (last, if none waits by
+    now). For a caller that has read whether one waits (_slots), in the
+    transaction that places the task."""
     first_lower = Task.objects.filter(column=column, priority__lt=priority).order_by("position").first()
     return slot_before(column, first_lower)
 

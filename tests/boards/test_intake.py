@@ -151,6 +151,8 @@ def test_outside_a_transaction_a_task_going_among_others_finds_its_slot_in_a_tra
     # The slot among the waiting tasks, and the insert, in one transaction.
     inserting = next(i for i, (sql, _) in enumerate(statements) if "INSERT" in sql)
     assert not statements[inserting][1] and not statements[inserting - 1][1]
+    # Whether a task of lower priority waits is asked once, not again in the transaction.
+    assert sum('"slot_lower"' in sql for sql, _ in statements) == 1
 
 
 @pytest.mark.redis
