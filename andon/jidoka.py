@@ -663,12 +663,26 @@ class _OpenModels:
             self._rows, self._read_at = rows, now
         return rows
 
+    def peek(self) -> dict[tuple[int, str], tuple[str, datetime | None, datetime | None, int]] | None:
+        """The rows as last read if they are fresh, else None: never reads."""
+        with self._lock:
+            return self._rows if time.monotonic() - self._read_at < self.TTL else None
+
     def clear(self) -> None:
         with self._lock:
             self._read_at = -1e9
 
 
 open_models = _OpenModels()
+
+
+def model_call_known_allowed(provider: str, model: str, *, board_id: int) -> bool:
+    """True when the process's fresh snapshot of open breakers (``open_models``)
+    shows this model's breaker on the board closed, without reading anything;
+    False means "ask ``model_call_allowed``" (stale snapshot, or a breaker open
+    or half-open). For a caller that must not touch the database (an event loop)."""
+    rows = open_models.peek()
+    return rows is not None and (board_id, model_key(provider, model)) not in rows
 
 
 def model_call_allowed(provider: str, model: str, *, board_id: int) -> bool:

@@ -43,6 +43,11 @@ class Batcher(Generic[Item, Result]):
     def submit(self, item: Item) -> Result:
         if connection.vendor == "postgresql" and not connection.in_atomic_block:
             connection.close()
+        return self.enqueue(item).result()
+
+    def enqueue(self, item: Item) -> Future:
+        """``submit`` without waiting: the Future answers when the batch is done
+        (for an event loop, which must not wait on a thread's lock)."""
         future: Future = Future()
         with self._cond:
             self._pending.append((item, future))
@@ -51,7 +56,7 @@ class Batcher(Generic[Item, Result]):
                 self._pid = os.getpid()
                 self._thread.start()
             self._cond.notify()
-        return future.result()
+        return future
 
     def waiting(self) -> int:
         """Items submitted and not yet taken into a batch."""

@@ -483,6 +483,12 @@ KAIZEN_GC_THRESHOLDS = env_list("KAIZEN_GC_THRESHOLDS", ["20000", "50", "100"])
 # Claimed runs sent to the workers in one message (and run side by side there).
 KAIZEN_RUN_BATCH = env_int("KAIZEN_RUN_BATCH", 50, minimum=1)
 
+# In a worker, the cascades of a batch of runs whose models all have an
+# asynchronous client (the simulated model, openai, anthropic) run on one event
+# loop per process, their calls awaited; custom agents run on threads, as every
+# run does with False (boards.agents.runtime says why).
+KAIZEN_AGENT_LOOP = env_bool("KAIZEN_AGENT_LOOP", True)
+
 # In a worker, runs finishing within this many ms of each other are completed in
 # one transaction; 0 completes each on its own.
 KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)

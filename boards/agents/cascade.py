@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable, Generator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.utils import timezone
 
@@ -33,7 +34,7 @@ from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
 from boards.agents.prompts import PromptError, render_prompt, task_variables, with_review_feedback
 from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 from boards.agents.registry import custom_agent
-from boards.agents.response_cache import cache_key, cached_response, request_key
+from boards.agents.response_cache import cache_enabled, cache_key, cached_response, request_key
 from boards.agents.spec import (
     ConfigError,
     Tier,
@@ -46,6 +47,7 @@ from boards.selectors import agent_metrics_get
 from experiments import few_shot
 
 if TYPE_CHECKING:
+    from boards.agents.provider_types import AsyncProvider
     from boards.models import Agent, Task
 
 
@@ -102,13 +104,36 @@ class PromptCascadeAgent(BaseAgent):
         return with_review_feedback(prompt, template, task.review_feedback)
 
     def process(self, task: Task) -> Output:
+        return drive(self.plan(task))
+
+    def plan(self, task: Task) -> CascadeSteps:
+        """What ``process`` does, as steps for a driver (see ``drive`` and ``adrive``):
+        the prompt rendered (which may read the database: few-shot examples) and
+        the configuration read now, the calls left to the driver. Raises
+        AgentFailed for a configuration or prompt that cannot run."""
         tiers = self.tiers()
         prompt = self.prompt(task)
         try:
             generation = parse_parameters(self.agent.parameters)
         except ConfigError as exc:
             raise AgentFailed(f"the agent's parameters are invalid: {exc}") from None
-        return self.cascade(task, prompt, tiers, generation)
+        return self.cascade_steps(task, prompt, tiers, generation)
+
+    def awaitable(self) -> bool:
+        """Whether ``process`` may run as ``plan``'s steps on an event loop
+        (boards.agents.runtime): this class's own ``process`` and ``cascade`` (a
+        subclass overriding either runs its code on a thread) and a provider with
+        ``acomplete`` for every tier. An invalid cascade is not: its run fails on a
+        thread, with its message."""
+        cls = type(self)
+        if cls.process is not PromptCascadeAgent.process or cls.cascade is not PromptCascadeAgent.cascade:
+            return False
+        try:
+            return all(
+                callable(getattr(get_provider(tier.provider), "acomplete", None)) for tier in self.tiers()
+            )
+        except Exception:
+            return False
 
     @staticmethod
     def _output(response: Any, tier: int, calls: list, to_cache: list, cached_from: str) -> Output:
@@ -124,6 +149,16 @@ class PromptCascadeAgent(BaseAgent):
         )
 
     def cascade(self, task: Task, prompt: str, tiers: list[Tier], generation: dict[str, Any]) -> Output:
+        return drive(self.cascade_steps(task, prompt, tiers, generation))
+
+    def cascade_steps(
+        self, task: Task, prompt: str, tiers: list[Tier], generation: dict[str, Any]
+    ) -> CascadeSteps:
+        """The cascade, yielding what it needs done: a ``Call`` to a model (sent
+        back its ModelResponse, or thrown its ProviderError) and ``Blocking`` work
+        that may read the database or wait on Redis (sent back its result). It
+        returns the Output or raises AgentFailed / AgentDeferred as ``process``
+        does. Everything else is computed here, so both drivers run one cascade."""
         calls: list[CallRecord] = []
         # Stored only once the output has passed inspection (see settle_cache).
         to_cache: list[tuple[str, ModelResponse]] = []
@@ -137,11 +172,13 @@ class PromptCascadeAgent(BaseAgent):
             key = cache_key(tier, prompt, parameters)
             window = tier.window
             at = timezone.now()
-            response = cached_response(key) if self.agent.cache_responses else None
+            response = (
+                (yield Blocking(cached_response, (key,)))
+                if self.agent.cache_responses and cache_enabled()
+                else None
+            )
             source = "cache" if response is not None else "model"
-            if response is None and not jidoka.model_call_allowed(
-                tier.provider, tier.model, board_id=task.board_id
-            ):
+            if response is None and not (yield from _call_allowed(tier, task.board_id)):
                 # The model's circuit breaker is open: not called (no ledger row, as
                 # nothing was spent); the next tier is tried.
                 errors.append(f"tier {number} ({tier.model}): skipped, its circuit breaker is open")
@@ -150,8 +187,9 @@ class PromptCascadeAgent(BaseAgent):
             if response is None:
                 started = time.perf_counter()
                 try:
-                    response = get_provider(tier.provider).complete(
-                        ModelRequest(model=tier.model, prompt=prompt, input=task.input, settings=parameters)
+                    response = yield Call(
+                        tier.provider,
+                        ModelRequest(model=tier.model, prompt=prompt, input=task.input, settings=parameters),
                     )
                 except ProviderError as exc:
                     # Recorded, then the next tier is tried: a cheap model failing
@@ -181,8 +219,12 @@ class PromptCascadeAgent(BaseAgent):
             would_pass = (
                 None
                 if accepted
-                else jidoka.output_would_pass(
-                    task, response.text, confidence=response.confidence, tokens_out=response.tokens_out
+                else (
+                    yield Blocking(
+                        jidoka.output_would_pass,
+                        (task, response.text),
+                        {"confidence": response.confidence, "tokens_out": response.tokens_out},
+                    )
                 )
             )
             calls.append(
@@ -223,6 +265,74 @@ class PromptCascadeAgent(BaseAgent):
         # Only reached when the last tier (and every tier after the last usable
         # output) failed or was skipped: the attempt fails with the providers' own words.
         raise AgentFailed("; ".join(errors[-3:]), calls)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """A step of a cascade: call ``provider`` with ``request``."""
+
+    provider: str
+    request: ModelRequest
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocking:
+    """A step of a cascade: ``fn(*args, **kwargs)``, which may read the database or
+    wait on Redis, so an asynchronous driver runs it on a thread."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+CascadeSteps = Generator["Call | Blocking", Any, Output]
+
+
+def _call_allowed(tier: Tier, board_id: int) -> Generator[Blocking, bool, bool]:
+    """jidoka.model_call_allowed, answered without a step when the process's
+    snapshot of open breakers is fresh and the model is not in it (nearly always)."""
+    if jidoka.model_call_known_allowed(tier.provider, tier.model, board_id=board_id):
+        return True
+    return (yield Blocking(jidoka.model_call_allowed, (tier.provider, tier.model), {"board_id": board_id}))
+
+
+def drive(steps: CascadeSteps) -> Output:
+    """Run a cascade's steps here, on this thread: calls with ``complete``."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if isinstance(step, Call):
+                value = get_provider(step.provider).complete(step.request)
+            else:
+                value = step.fn(*step.args, **step.kwargs)
+        except Exception as exc:
+            error = exc
+
+
+async def adrive(steps: CascadeSteps, blocking: Callable[[Blocking], Awaitable[Any]]) -> Output:
+    """Run a cascade's steps on an event loop: calls with ``acomplete``, the
+    ``Blocking`` steps through ``blocking`` (which runs them on a thread)."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if isinstance(step, Call):
+                value = await cast("AsyncProvider", get_provider(step.provider)).acomplete(step.request)
+            else:
+                value = await blocking(step)
+        except Exception as exc:
+            error = exc
 
 
 def implementation_for(agent: Agent) -> BaseAgent:

@@ -47,3 +47,11 @@ class Provider(Protocol):
     simulated: bool
 
     def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+
+class AsyncProvider(Provider, Protocol):
+    """A provider that can also make its call on an event loop. Optional: a cascade
+    whose providers all have ``acomplete`` runs on the worker's loop
+    (boards.agents.runtime), otherwise on a thread."""
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse: ...

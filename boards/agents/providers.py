@@ -6,12 +6,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import re
 import threading
 import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from boards.agents.provider_types import ModelRequest, ModelResponse, Provider, ProviderError
@@ -45,21 +49,115 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_IN_FLIGHT = 64
 
 _slots_lock = threading.Lock()
-_slots: dict[tuple[str, str], threading.BoundedSemaphore] = {}
+_slots: dict[tuple[str, str], InFlight] = {}
 
 # A last line such as "Confidence: 0.83" (what a prompt asking for it usually gets back).
 _CONFIDENCE_LINE = re.compile(r"^\s*\**confidence\**\s*[:=]\s*([01](?:\.\d+)?|\.\d+)\s*$", re.I)
 
 
-def _in_flight_slot(provider: str, base_url: str, size: int) -> threading.BoundedSemaphore:
-    """One process-wide cap per (provider, server): every worker thread calling the same
-    server shares it. The first caller's size wins, so a later, larger setting cannot
-    widen a cap that threads are already waiting on."""
+class _Waiter:
+    __slots__ = ("granted", "wake")
+
+    def __init__(self, wake: Callable[[], object]) -> None:
+        self.granted = False
+        self.wake = wake
+
+
+def _grant(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class InFlight:
+    """At most ``size`` calls at once, shared by threads (``acquire``) and event
+    loops (``aacquire``) alike, first come first served: the worker runs most
+    cascades on its event loop and custom agents on threads, and both call the
+    same servers. A released slot goes straight to the longest waiter."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
+
+    def _take(self) -> bool:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    def _gave_up(self, waiter: _Waiter) -> bool:
+        """After a wait ended without a wake: whether the slot was granted after all."""
+        with self._lock:
+            if waiter.granted:
+                return True
+            self._waiters.remove(waiter)
+            return False
+
+    def acquire(self, timeout: float | None) -> bool:
+        with self._lock:
+            if self._take():
+                return True
+            event = threading.Event()
+            waiter = _Waiter(event.set)
+            self._waiters.append(waiter)
+        return event.wait(timeout) or self._gave_up(waiter)
+
+    async def aacquire(self, timeout: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._take():
+                return True
+            future = loop.create_future()
+            waiter = _Waiter(lambda: loop.call_soon_threadsafe(_grant, future))
+            self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return self._gave_up(waiter)
+        except asyncio.CancelledError:
+            if self._gave_up(waiter):
+                self.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._waiters:
+                if self._free >= self.size:
+                    raise ValueError("InFlight released more times than acquired")
+                self._free += 1
+                return
+            waiter = self._waiters.popleft()
+            waiter.granted = True
+        waiter.wake()
+
+
+def _in_flight_slot(provider: str, base_url: str, size: int) -> InFlight:
+    """One process-wide cap per (provider, server): every worker thread and the
+    event loop calling the same server share it. The first caller's size wins, so a
+    later, larger setting cannot widen a cap that calls are already waiting on."""
     with _slots_lock:
         key = (provider, base_url)
         if key not in _slots:
-            _slots[key] = threading.BoundedSemaphore(size)
+            _slots[key] = InFlight(size)
         return _slots[key]
+
+
+# The SDKs' asynchronous clients, one per event loop and configuration, kept for
+# the loop's life: a client holds a connection pool bound to its loop, and making
+# one (its TLS context) costs more than a call's own work.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_client(factory: Callable[..., Any], **options: Any) -> Any:
+    clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    key = (factory, *sorted(options.items()))
+    if key not in clients:
+        clients[key] = factory(**options)
+    return clients[key]
 
 
 def _setting_number(settings: dict, key: str, default: float | None, *, integer: bool = False) -> Any:
@@ -137,7 +235,9 @@ class _SDKProvider:
     default_base_url: str = ""
     default_key_env: str = ""
 
-    def complete(self, request: ModelRequest) -> ModelResponse:
+    def _connection(self, request: ModelRequest) -> tuple[dict, str, float, int, int, str]:
+        """The call's settings, checked: (settings, base_url, timeout, max_retries,
+        max_in_flight, api_key)."""
         settings = request.settings or {}
         base_url = str(settings.get("base_url") or self.default_base_url).rstrip("/")
         timeout = _setting_number(settings, "timeout", DEFAULT_TIMEOUT)
@@ -146,21 +246,44 @@ class _SDKProvider:
         if max_in_flight < 1:
             raise ProviderError(f"setting 'max_in_flight' must be at least 1, got {max_in_flight}")
         api_key = _api_key(settings, self.default_key_env)
+        return settings, base_url, timeout, max_retries, max_in_flight, api_key
 
+    def _no_slot(self, timeout: float, max_in_flight: int, base_url: str) -> ProviderError:
+        return ProviderError(
+            f"{self.name}: timed out after {timeout:g}s waiting for one of {max_in_flight} "
+            f"in-flight slots for {base_url}"
+        )
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        settings, base_url, timeout, max_retries, max_in_flight, api_key = self._connection(request)
         slot = _in_flight_slot(self.name, base_url, max_in_flight)
         # Waiting for a slot counts against the same timeout as the call, so a jammed
         # server surfaces as an error rather than a worker parked forever.
-        if not slot.acquire(timeout=timeout):
-            raise ProviderError(
-                f"{self.name}: timed out after {timeout:g}s waiting for one of {max_in_flight} "
-                f"in-flight slots for {base_url}"
-            )
+        if not slot.acquire(timeout):
+            raise self._no_slot(timeout, max_in_flight, base_url)
         try:
             started = time.perf_counter()
             body = self._call(request, base_url, api_key, timeout, max_retries, settings)
             latency_ms = (time.perf_counter() - started) * 1000
         finally:
             slot.release()
+        return self._response(body, latency_ms)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """``complete`` on an event loop, through the SDK's asynchronous client."""
+        settings, base_url, timeout, max_retries, max_in_flight, api_key = self._connection(request)
+        slot = _in_flight_slot(self.name, base_url, max_in_flight)
+        if not await slot.aacquire(timeout):
+            raise self._no_slot(timeout, max_in_flight, base_url)
+        try:
+            started = time.perf_counter()
+            body = await self._acall(request, base_url, api_key, timeout, max_retries, settings)
+            latency_ms = (time.perf_counter() - started) * 1000
+        finally:
+            slot.release()
+        return self._response(body, latency_ms)
+
+    def _response(self, body: dict, latency_ms: float) -> ModelResponse:
         text, tokens_in, tokens_out, logprobs = self._read(body)
         if logprobs:
             confidence: float | None = round(math.exp(sum(logprobs) / len(logprobs)), 6)
@@ -191,28 +314,48 @@ class _SDKProvider:
     def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         raise NotImplementedError
 
-    def _translate(self, sdk: Any, call: Any, timeout: float) -> dict:
+    async def _acall(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        raise NotImplementedError
+
+    def _translate(self, sdk: Any, call: Callable[[], Any], timeout: float) -> dict:
         """Runs ``call`` (which returns the SDK's raw response), turns every SDK failure
         into a ProviderError with the provider's own message and status, and parses the
         body ourselves so that a malformed one gets a clear message."""
         try:
             raw = call()
-        except sdk.APITimeoutError:
-            raise ProviderError(
-                f"{self.name}: request timed out after {timeout:g}s", error_type="timeout"
-            ) from None
-        except sdk.APIConnectionError as err:
-            raise ProviderError(
-                f"{self.name}: connection error: {err.__cause__ or err}", error_type="connection_error"
-            ) from None
-        except sdk.APIStatusError as err:
-            message = _error_message(err.body, err.response.text or err.message)
-            raise ProviderError(
-                f"{self.name} {err.status_code}: {message}", error_type=str(err.status_code)
-            ) from None
         except sdk.APIError as err:
-            raise ProviderError(f"{self.name}: {err.message}", error_type="api_error") from None
-        text = raw.http_response.text
+            raise self._error(sdk, err, timeout) from None
+        return self._body(raw.http_response.text)
+
+    async def _atranslate(self, sdk: Any, call: Callable[[], Awaitable[Any]], timeout: float) -> dict:
+        """``_translate`` for the SDK's asynchronous client."""
+        try:
+            raw = await call()
+        except sdk.APIError as err:
+            raise self._error(sdk, err, timeout) from None
+        return self._body(raw.http_response.text)
+
+    def _error(self, sdk: Any, err: Any, timeout: float) -> ProviderError:
+        if isinstance(err, sdk.APITimeoutError):
+            return ProviderError(f"{self.name}: request timed out after {timeout:g}s", error_type="timeout")
+        if isinstance(err, sdk.APIConnectionError):
+            return ProviderError(
+                f"{self.name}: connection error: {err.__cause__ or err}", error_type="connection_error"
+            )
+        if isinstance(err, sdk.APIStatusError):
+            message = _error_message(err.body, err.response.text or err.message)
+            return ProviderError(f"{self.name} {err.status_code}: {message}", error_type=str(err.status_code))
+        return ProviderError(f"{self.name}: {err.message}", error_type="api_error")
+
+    def _body(self, text: str) -> dict:
         try:
             body = json.loads(text)
         except ValueError:
@@ -241,6 +384,21 @@ class OpenAIProvider(_SDKProvider):
     default_base_url = "https://api.openai.com/v1"
     default_key_env = "OPENAI_API_KEY"
 
+    @staticmethod
+    def _params(request: ModelRequest, settings: dict) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": "user", "content": request.prompt}],
+        }
+        for key in ("temperature", "top_p"):
+            if settings.get(key) is not None:
+                params[key] = _setting_number(settings, key, None)
+        if settings.get("max_tokens") is not None:
+            params["max_tokens"] = _setting_number(settings, "max_tokens", None, integer=True)
+        if settings.get("logprobs"):
+            params["logprobs"] = True
+        return params
+
     def _call(
         self,
         request: ModelRequest,
@@ -252,26 +410,32 @@ class OpenAIProvider(_SDKProvider):
     ) -> dict:
         import openai
 
-        params: dict[str, Any] = {}
-        for key in ("temperature", "top_p"):
-            if settings.get(key) is not None:
-                params[key] = _setting_number(settings, key, None)
-        if settings.get("max_tokens") is not None:
-            params["max_tokens"] = _setting_number(settings, "max_tokens", None, integer=True)
-        if settings.get("logprobs"):
-            params["logprobs"] = True
+        params = self._params(request, settings)
         with openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
         ) as client:
             return self._translate(
-                openai,
-                lambda: client.chat.completions.with_raw_response.create(
-                    model=request.model,
-                    messages=[{"role": "user", "content": request.prompt}],
-                    **params,
-                ),
-                timeout,
+                openai, lambda: client.chat.completions.with_raw_response.create(**params), timeout
             )
+
+    async def _acall(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        import openai
+
+        params = self._params(request, settings)
+        client = _async_client(
+            openai.AsyncOpenAI, api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
+        return await self._atranslate(
+            openai, lambda: client.chat.completions.with_raw_response.create(**params), timeout
+        )
 
     def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         choices = body.get("choices")
@@ -310,19 +474,11 @@ class AnthropicProvider(_SDKProvider):
     # The Messages API requires max_tokens; this bounds an answer when the agent sets none.
     default_max_tokens = 1024
 
-    def _call(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
-        import anthropic
-
+    def _params(self, request: ModelRequest, settings: dict) -> dict[str, Any]:
         params: dict[str, Any] = {
-            "max_tokens": _setting_number(settings, "max_tokens", self.default_max_tokens, integer=True)
+            "model": request.model,
+            "messages": [{"role": "user", "content": request.prompt}],
+            "max_tokens": _setting_number(settings, "max_tokens", self.default_max_tokens, integer=True),
         }
         # anthropic 2.x dropped temperature/top_p from ``messages.create``'s signature, so
         # they travel in the body as older SDKs sent them; if the model refuses them, its
@@ -334,18 +490,49 @@ class AnthropicProvider(_SDKProvider):
         }
         if sampling:
             params["extra_body"] = sampling
+        return params
+
+    def _call(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        import anthropic
+
+        params = self._params(request, settings)
         with anthropic.Anthropic(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
         ) as client:
             return self._translate(
-                anthropic,
-                lambda: client.messages.with_raw_response.create(
-                    model=request.model,
-                    messages=[{"role": "user", "content": request.prompt}],
-                    **params,
-                ),
-                timeout,
+                anthropic, lambda: client.messages.with_raw_response.create(**params), timeout
             )
+
+    async def _acall(
+        self,
+        request: ModelRequest,
+        base_url: str,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        settings: dict,
+    ) -> dict:
+        import anthropic
+
+        params = self._params(request, settings)
+        client = _async_client(
+            anthropic.AsyncAnthropic,
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return await self._atranslate(
+            anthropic, lambda: client.messages.with_raw_response.create(**params), timeout
+        )
 
     def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         content = body.get("content")

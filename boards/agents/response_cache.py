@@ -46,8 +46,12 @@ def _cache():
     return caches["responses"]
 
 
+def cache_enabled() -> bool:
+    return settings.KAIZEN_RESPONSE_CACHE_SECONDS > 0
+
+
 def cached_response(key: str) -> ModelResponse | None:
-    if settings.KAIZEN_RESPONSE_CACHE_SECONDS <= 0:
+    if not cache_enabled():
         return None
     try:
         value = _cache().get(key)

@@ -2,33 +2,33 @@
 prompt and model cascade, or a custom class; see boards.agents.cascade) while the lease
 is kept alive, and hand the outcome and its ledger rows to the services.
 
-Concurrency: agent work is I/O-bound (a model call is mostly waiting), so the
-worker runs Celery's thread pool with a high concurrency, keeping many calls in
-flight per process. Threads rather than gevent: SQLite and psycopg calls do not
-yield under gevent without patching, and threads need no monkey-patching of
-Django, redis or the provider SDKs. During the call the database connection is
-handed back (to the psycopg pool on PostgreSQL), so a thousand threads waiting
-on models do not hold a thousand database connections.
+Concurrency: agent work is I/O-bound (a model call is mostly waiting). A batch of
+claimed runs (one Celery message) is begun on the Celery thread; its cascades then
+run on the worker process's event loop (``AgentLoop``), each model call awaited,
+and a custom agent's ``process`` (user code, which may call the ORM) runs on a
+thread of its own (``_RunThreads``), as every run does with ``KAIZEN_AGENT_LOOP``
+off. Threads rather than gevent for what is not on the loop: SQLite and psycopg
+calls do not yield under gevent without patching, and threads need no
+monkey-patching of Django, redis or the provider SDKs. During a call on a thread
+the database connection is handed back (to the psycopg pool on PostgreSQL), so a
+thousand waiting calls do not hold a thousand database connections; the loop
+holds none.
 
-Threads rather than an asyncio loop for the calls (issue 15 names one), for now.
-Measured with bench/model_calls.py (each call: the simulated model's work, a wait of
-its latency, the work again; one process; medians of three rounds, 2026-12-07): at
-WIP 1,000 and 1 s, a thread a call cost 1.37 ms of the process's CPU a call and one
-loop 0.91, a third less; at WIP 100 (0.1 s), 1.21 against 0.90. Much of the
-difference is the work itself, which ran a fifth slower on threads (1.01 ms against
-0.85 on its own thread's clock: GIL handovers and caches are the likely cause; idle
-threads are not, see bench/README.md). So a loop is the largest saving found for
-target 5's worker (2.2-2.8 ms a task there, bench/run.py). It is not done yet
-because it needs the cascade, every provider adapter and every custom agent
-(``process``, which may call the ORM) to be asynchronous, and the lease keeping,
-stale results and the completer's batches to be carried over to it. A loop around
-the synchronous code does not do it: the same bench's ``hybrid`` (the waits on one
-loop, each piece of work handed to one of 8 threads and back) cost 0.82 ms a call
-against 0.74 on threads and 0.52 on the loop alone (2026-12-07, a faster hour).
+Why the loop (issue 15, target 5: a thousand calls in flight at 1 s): a thread a
+waiting call cost the process 0.74 ms of CPU a call against 0.52 on one loop
+(bench/model_calls.py, 2026-12-07; 1.37 against 0.91 in a slower hour), and a
+loop around the synchronous code saved nothing (that bench's ``hybrid``: 0.82).
+So the cascade is written once as steps (boards.agents.cascade.cascade_steps)
+that a synchronous driver runs on a thread and an asynchronous one on the loop.
+Measured with bench/run.py's cascade at WIP 1,000 in one hour (2026-12-07 17:0x,
+one worker process): 1.60-1.88 ms of the worker's CPU a task on the loop against
+2.71 on threads; 426-456 tasks/s against 307.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import threading
@@ -40,9 +40,10 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from andon import jidoka
 from andon.models import Inspection
 from boards import selectors, services
-from boards.agents.cascade import implementation_for
+from boards.agents.cascade import Blocking, CascadeSteps, PromptCascadeAgent, adrive, implementation_for
 from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
 from boards.agents.response_cache import settle_cache
 from boards.models import ModelCall
@@ -141,6 +142,13 @@ class Completer(Batcher[services.RunResult, bool]):
         if settings.KAIZEN_COMPLETE_WINDOW_MS <= 0 or not services.in_worker_process():
             return self._one(result)
         return self.submit(result)  # this thread's connection goes back to the pool meanwhile
+
+    def complete_soon(self, result: services.RunResult) -> Future:
+        """``complete`` without waiting, for the agent loop: the Future answers
+        with the outcome (or the ColumnMissing) when the completion committed."""
+        if settings.KAIZEN_COMPLETE_WINDOW_MS <= 0 or not services.in_worker_process():
+            return _run_threads.pool().submit(_closing, self._one, result)
+        return self.enqueue(result)
 
     @staticmethod
     def _one(result: services.RunResult) -> bool:
@@ -257,26 +265,39 @@ def run(task_id: int, lease_token: str, task=_UNREAD, earlier=_UNREAD) -> str:
             if output is None:
                 agent = implementation_for(experiment_line.agent_for_run(task))
                 _release_connection()
-                output = agent.process(task)
-                if not isinstance(output, Output):
-                    raise AgentFailed(
-                        f"{type(agent).__name__}.process() returned {type(output).__name__}, not an Output"
-                    )
-        except AgentDeferred as exc:
-            services.task_run_defer(task_id=task_id, lease_token=lease_token, reason=str(exc))
-            return "deferred"
-        except AgentFailed as exc:
-            return _fail_attempt(task_id, lease_token, str(exc), exc.calls, attempt)
+                output = _checked(agent, agent.process(task))
         except Exception as exc:
-            # A bug in an adapter or a custom agent must cost an attempt, not leave
-            # the task In progress until its lease runs out.
-            logger.exception("run of task %s crashed", task_id)
-            return _fail_attempt(task_id, lease_token, f"internal error: {exc!r}", (), attempt)
+            return _run_failed(task_id, lease_token, attempt, exc)
     finally:
         lease_keeper.release(lease_token)
+    return _completed(task_id, lease_token, output, attempt)
+
+
+def _checked(agent, output) -> Output:
+    if not isinstance(output, Output):
+        raise AgentFailed(f"{type(agent).__name__}.process() returned {type(output).__name__}, not an Output")
+    return output
+
+
+def _run_failed(task_id: int, lease_token: str, attempt: int, exc: Exception) -> str:
+    """What a run that raised ``exc`` comes to, recorded."""
+    if isinstance(exc, AgentDeferred):
+        services.task_run_defer(task_id=task_id, lease_token=lease_token, reason=str(exc))
+        return "deferred"
+    if isinstance(exc, AgentFailed):
+        return _fail_attempt(task_id, lease_token, str(exc), exc.calls, attempt)
+    # A bug in an adapter or a custom agent must cost an attempt, not leave
+    # the task In progress until its lease runs out.
+    logger.error("run of task %s crashed", task_id, exc_info=exc)
+    return _fail_attempt(task_id, lease_token, f"internal error: {exc!r}", (), attempt)
+
+
+def _completed(task_id: int, lease_token: str, output: Output, attempt: int) -> str:
+    """Hand the output to the completer, wait for it, and settle what follows."""
     try:
-        result = services.RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
-        finished = completer.complete(result)
+        finished = completer.complete(
+            services.RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
+        )
     except services.ColumnMissing as exc:
         return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
     if finished:
@@ -340,22 +361,160 @@ class _RunThreads:
 _run_threads = _RunThreads()
 
 
+def _closing(fn, *args, **kwargs):
+    """``fn`` on a run thread, whose database connection (if it opened one) is
+    then handed back, as after a run."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        connection.close()
+
+
+class AgentLoop:
+    """The event loop a worker process runs its batches' cascades on, on a thread
+    of its own (started on first use, and again in a forked child); why, in the
+    module's docstring.
+
+    Nothing on the loop touches the database (Django refuses it there): the
+    Celery thread begins the batch, reads its reusable answers, renders each
+    prompt (few-shot examples are a database read) and checks the breakers'
+    snapshot; a cascade's ``Blocking`` steps (the response cache, a breaker
+    whose snapshot is stale or open, a passed-over output's inspection) and
+    the rare records of a failed or deferred run go to a run thread and back;
+    a finished run's completion is handed to the completer's batch without a
+    thread waiting on it. A custom agent's ``process`` is user code that may
+    use the ORM: it runs on a thread as before, as does every run with
+    ``KAIZEN_AGENT_LOOP`` off."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if (
+                self._loop is None
+                or self._pid != os.getpid()
+                or self._thread is None
+                or not self._thread.is_alive()
+            ):
+                loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=loop.run_forever, name="agent-loop", daemon=True)
+                self._thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def submit(self, coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop())
+
+
+agent_loop = AgentLoop()
+
+
+async def _on_thread(fn, *args):
+    """``fn(*args)`` on a run thread, from the loop, without blocking it."""
+    return await asyncio.get_running_loop().run_in_executor(_run_threads.pool(), _closing, fn, *args)
+
+
+async def _blocking_step(step: Blocking):
+    return await _on_thread(functools.partial(step.fn, *step.args, **step.kwargs))
+
+
+async def _arun(task_id: int, lease_token: str, attempt: int, work: Output | CascadeSteps) -> str:
+    """``run`` on the agent loop, for a run prepared on the Celery thread (its
+    lease held there): ``work`` is a reused Output or the cascade's steps."""
+    try:
+        try:
+            output = work if isinstance(work, Output) else await adrive(work, _blocking_step)
+        except Exception as exc:
+            return await _on_thread(_run_failed, task_id, lease_token, attempt, exc)
+    finally:
+        lease_keeper.release(lease_token)
+    result = services.RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
+    try:
+        finished = await asyncio.wrap_future(completer.complete_soon(result))
+    except services.ColumnMissing as exc:
+        return await _on_thread(_fail_attempt, task_id, lease_token, exc.messages[0], output.calls, attempt)
+    if finished:
+        await _settled_cache(task_id, output)
+    return "done" if finished else "stale"
+
+
+async def _settled_cache(task_id: int, output: Output) -> None:
+    if output.cache_entries or output.cached_from:  # else nothing to settle: no thread
+        await _on_thread(_settle_cache, task_id, output)
+
+
+async def _arun_all(runs: list[tuple[int, str, int, Output | CascadeSteps]]) -> list:
+    return await asyncio.gather(*(_arun(*args) for args in runs), return_exceptions=True)
+
+
+def _on_loop(task, earlier, lease_token: str) -> Output | CascadeSteps | str | None:
+    """A claimed run prepared for the agent loop, its lease held: the reused
+    answer or the cascade's steps; a string when preparing it ended the run (a
+    configuration or prompt that cannot run); None when it runs on a thread
+    (a custom agent, or a model without an asynchronous client)."""
+    lease_keeper.hold(lease_token)
+    try:
+        output = reused_output(task, earlier)
+        if output is not None:
+            return output
+        agent = implementation_for(experiment_line.agent_for_run(task))
+        if not (isinstance(agent, PromptCascadeAgent) and agent.awaitable()):
+            lease_keeper.release(lease_token)
+            return None
+        return agent.plan(task)
+    except Exception as exc:
+        try:
+            return _run_failed(task.pk, lease_token, task.attempts, exc)
+        finally:
+            lease_keeper.release(lease_token)
+
+
 def run_batch(claims: list[tuple[int, str]]) -> list[str]:
-    """Run several claimed tasks at once, one thread each, and wait for them all
-    (a batch is one Celery message; see services._enqueue_runs). Each run is
-    independent: one failing or stale changes nothing for the others."""
-    if len(claims) == 1:
+    """Run several claimed tasks at once and wait for them all (a batch is one
+    Celery message; see services._enqueue_runs). The cascades go to the agent
+    loop (AgentLoop), other runs to a thread each. Each run is independent: one
+    failing or stale changes nothing for the others."""
+    loop_on = settings.KAIZEN_AGENT_LOOP
+    if len(claims) == 1 and not loop_on:
         return [run(*claims[0])]
     current = services.tasks_run_begin(claims=claims, worker=current_worker())
     # The answers each could reuse, for the whole batch at once: a bulk batch is
     # often many identical tasks, looked up once rather than once each.
     reusable = selectors.tasks_reusable_get(tasks=[task for task in current.values() if task is not None])
-    _release_connection()
     tasks = [current.get(task_id) for task_id, _ in claims]
     earlier = [reusable.get(task.pk) if task is not None else None for task in tasks]
+    outcomes: list[str | Future | None] = [None] * len(claims)
+    on_loop: dict[int, tuple] = {}
+    if loop_on:
+        # A fresh snapshot of the breakers, so that the loop need not ask.
+        jidoka.open_models.get()
+        for index, ((task_id, token), task, prior) in enumerate(zip(claims, tasks, earlier, strict=True)):
+            if task is None:
+                outcomes[index] = "stale"
+                continue
+            work = _on_loop(task, prior, token)
+            if isinstance(work, str):
+                outcomes[index] = work
+            elif work is not None:
+                on_loop[index] = (task_id, token, task.attempts, work)
+    _release_connection()
     pool = _run_threads.pool()
-    futures = [pool.submit(_run_and_close, *args) for args in zip(claims, tasks, earlier, strict=True)]
-    return [future.result() for future in futures]
+    for index, args in enumerate(zip(claims, tasks, earlier, strict=True)):
+        if outcomes[index] is None and index not in on_loop:
+            outcomes[index] = pool.submit(_run_and_close, *args)
+    if on_loop:
+        done = agent_loop.submit(_arun_all(list(on_loop.values()))).result()
+        for index, outcome in zip(on_loop, done, strict=True):
+            outcomes[index] = outcome
+    results = [outcome.result() if isinstance(outcome, Future) else outcome for outcome in outcomes]
+    for outcome in results:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return results  # type: ignore[return-value]
 
 
 # --- the worker process: its heartbeat, and the handover when it stops --------------

@@ -127,3 +127,17 @@ class ProviderServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# How an adapter test calls the provider: ``complete`` on the test's thread, or
+# ``acomplete`` on the worker's agent loop (boards.agents.runtime.AgentLoop), as
+# the worker runs a batch's cascades.
+DRIVERS = ("complete", "acomplete")
+
+
+def call_provider(provider, request, driver: str):
+    if driver == "complete":
+        return provider.complete(request)
+    from boards.agents import runtime
+
+    return runtime.agent_loop.submit(provider.acomplete(request)).result()

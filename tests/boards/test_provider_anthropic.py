@@ -13,7 +13,7 @@ from boards.agents.providers import (
     ProviderError,
     get_provider,
 )
-from tests.boards.provider_server import ProviderServer
+from tests.boards.provider_server import DRIVERS, ProviderServer, call_provider
 
 KEY_ENV = "KAIZEN_TEST_ANTHROPIC_KEY"
 
@@ -35,17 +35,22 @@ def _error(kind: str, message: str) -> dict:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-@pytest.fixture
-def server(monkeypatch):
+@pytest.fixture(params=DRIVERS)
+def server(monkeypatch, request):
     monkeypatch.setenv(KEY_ENV, "sk-ant-test-456")
     with ProviderServer() as server:
+        server.driver = request.param
         yield server
 
 
-def _call(server: ProviderServer, prompt: str = "Check the part.", **settings) -> ModelResponse:
+def _call(
+    server: ProviderServer, prompt: str = "Check the part.", *, driver: str = "", **settings
+) -> ModelResponse:
     settings = {"base_url": server.url, "api_key_env": KEY_ENV, **settings}
-    return AnthropicProvider().complete(
-        ModelRequest(model="claude-test", prompt=prompt, input="part", settings=settings)
+    return call_provider(
+        AnthropicProvider(),
+        ModelRequest(model="claude-test", prompt=prompt, input="part", settings=settings),
+        driver or server.driver,
     )
 
 

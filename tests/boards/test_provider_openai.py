@@ -10,7 +10,7 @@ import time
 import pytest
 
 from boards.agents.providers import ModelRequest, ModelResponse, OpenAIProvider, ProviderError, get_provider
-from tests.boards.provider_server import ProviderServer
+from tests.boards.provider_server import DRIVERS, ProviderServer, call_provider
 
 KEY_ENV = "KAIZEN_TEST_OPENAI_KEY"
 
@@ -38,17 +38,22 @@ def _error(message: str) -> dict:
     return {"error": {"message": message, "type": "server_error", "code": None}}
 
 
-@pytest.fixture
-def server(monkeypatch):
+@pytest.fixture(params=DRIVERS)
+def server(monkeypatch, request):
     monkeypatch.setenv(KEY_ENV, "sk-test-123")
     with ProviderServer() as server:
+        server.driver = request.param
         yield server
 
 
-def _call(server: ProviderServer, prompt: str = "Check the part.", **settings) -> ModelResponse:
+def _call(
+    server: ProviderServer, prompt: str = "Check the part.", *, driver: str = "", **settings
+) -> ModelResponse:
     settings = {"base_url": f"{server.url}/v1", "api_key_env": KEY_ENV, **settings}
-    return OpenAIProvider().complete(
-        ModelRequest(model="gpt-test", prompt=prompt, input="part", settings=settings)
+    return call_provider(
+        OpenAIProvider(),
+        ModelRequest(model="gpt-test", prompt=prompt, input="part", settings=settings),
+        driver or server.driver,
     )
 
 
@@ -188,6 +193,28 @@ def test_calls_in_flight_never_exceed_the_cap(server):
 
     assert [type(r) for r in results] == [ModelResponse] * 5
     assert len(server.received) == 5
+    assert server.max_in_flight == 2
+
+
+def test_threads_and_the_agent_loop_share_one_cap(server):
+    # A worker runs cascades on its loop and custom agents on threads: calls to one
+    # server from both count against the same max_in_flight.
+    server.then(200, _completion(), delay=0.4)
+    results: list[object] = []
+
+    def call(driver: str) -> None:
+        try:
+            results.append(_call(server, driver=driver, max_in_flight=2, timeout=20))
+        except ProviderError as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=call, args=(driver,)) for driver in DRIVERS * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [type(r) for r in results] == [ModelResponse] * 6
     assert server.max_in_flight == 2
 
 

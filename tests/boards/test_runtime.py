@@ -144,11 +144,13 @@ def test_a_batch_of_claimed_runs_runs_side_by_side_and_each_ends_on_its_own(boar
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
-def test_batches_run_on_threads_kept_between_them(board):
+def test_batches_run_on_threads_kept_between_them(board, settings):
     # Starting a thread per run (and an executor per batch) cost a busy worker
     # more than the runs' own bookkeeping: the threads are kept and reused.
+    # (Runs go to threads without the agent loop, and custom agents always do.)
     import threading
 
+    settings.KAIZEN_AGENT_LOOP = False
     make_agent(boards=[board], latency_ms=0, error_rate=0.0, concurrency=3, quality_checks=[])
     started = threading.Thread.start
     threads_started: list[str] = []
@@ -271,12 +273,15 @@ def test_runs_completed_together_write_nothing_when_a_board_has_no_done_column(b
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("agent_loop", [True, False], ids=["on-the-loop", "on-threads"])
 def test_in_a_worker_runs_finishing_together_complete_together_and_a_bad_one_fails_alone(
-    settings, monkeypatch
+    settings, monkeypatch, agent_loop
 ):
+    settings.KAIZEN_AGENT_LOOP = agent_loop
     monkeypatch.setattr(services.pull, "_in_worker", True)
-    # "Together" must not depend on the machine's speed: the three runs meet at a
-    # barrier before they hand in their results, and a fresh completer gathers
+    # "Together" must not depend on the machine's speed: on threads the three runs
+    # meet at a barrier before they hand in their results (on the loop they finish
+    # in one pass of it, the barrier unused), and a fresh completer gathers
     # for a second (the real window, 10 ms, is about a quiet machine's timing;
     # a running completer keeps the window it started with).
     settings.KAIZEN_COMPLETE_WINDOW_MS = 1000

@@ -187,6 +187,7 @@ simulated reviewer; a real provider has nothing like it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -557,6 +558,17 @@ class SimulatedProvider:
         answer = self.judge(request)
         if answer.latency_ms > 0 and self.latency_scale > 0:
             self.sleep(answer.latency_ms * self.latency_scale / 1000)
+        return self._response(answer)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """``complete`` on an event loop: the same answer, its latency awaited."""
+        answer = self.judge(request)
+        if answer.latency_ms > 0 and self.latency_scale > 0:
+            await asyncio.sleep(answer.latency_ms * self.latency_scale / 1000)
+        return self._response(answer)
+
+    @staticmethod
+    def _response(answer: SimulatedAnswer) -> ModelResponse:
         if answer.error:
             raise ProviderError(answer.error)
         return ModelResponse(
