@@ -104,12 +104,11 @@ class PromptCascadeAgent(BaseAgent):
         return with_review_feedback(prompt, template, task.review_feedback)
 
     def process(self, task: Task) -> Output:
-        return drive(self.plan(task))
+        return self.cascade(task, *self.prepare(task))
 
-    def plan(self, task: Task) -> CascadeSteps:
-        """What ``process`` does, as steps for a driver (see ``drive`` and ``adrive``):
-        the prompt rendered (which may read the database: few-shot examples) and
-        the configuration read now, the calls left to the driver. Raises
+    def prepare(self, task: Task) -> tuple[str, list[Tier], dict[str, Any]]:
+        """The cascade's inputs: the prompt rendered (which may read the database:
+        few-shot examples), the tiers and the generation parameters. Raises
         AgentFailed for a configuration or prompt that cannot run."""
         tiers = self.tiers()
         prompt = self.prompt(task)
@@ -117,14 +116,21 @@ class PromptCascadeAgent(BaseAgent):
             generation = parse_parameters(self.agent.parameters)
         except ConfigError as exc:
             raise AgentFailed(f"the agent's parameters are invalid: {exc}") from None
-        return self.cascade_steps(task, prompt, tiers, generation)
+        return prompt, tiers, generation
+
+    def plan(self, task: Task) -> CascadeSteps:
+        """What ``process`` does, as steps for a driver (see ``drive`` and
+        ``adrive``): prepared now, the calls left to the driver."""
+        return self.cascade_steps(task, *self.prepare(task))
 
     def awaitable(self) -> bool:
         """Whether ``process`` may run as ``plan``'s steps on an event loop
         (boards.agents.runtime): this class's own ``process`` and ``cascade`` (a
         subclass overriding either runs its code on a thread) and a provider with
         ``acomplete`` for every tier. An invalid cascade is not: its run fails on a
-        thread, with its message."""
+        thread, with its message. (A subclass that overrides ``cascade_steps``
+        runs it on the loop: it must not touch the database but in a ``Blocking``
+        step, where Django refuses it.)"""
         cls = type(self)
         if cls.process is not PromptCascadeAgent.process or cls.cascade is not PromptCascadeAgent.cascade:
             return False

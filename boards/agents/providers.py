@@ -101,7 +101,13 @@ class InFlight:
             event = threading.Event()
             waiter = _Waiter(event.set)
             self._waiters.append(waiter)
-        return event.wait(timeout) or self._gave_up(waiter)
+        try:
+            woken = event.wait(timeout)
+        except BaseException:  # interrupted (KeyboardInterrupt): leave no slot behind
+            if self._gave_up(waiter):
+                self.release()
+            raise
+        return woken or self._gave_up(waiter)
 
     async def aacquire(self, timeout: float | None) -> bool:
         loop = asyncio.get_running_loop()
@@ -122,15 +128,20 @@ class InFlight:
         return True
 
     def release(self) -> None:
-        with self._lock:
-            if not self._waiters:
-                if self._free >= self.size:
-                    raise ValueError("InFlight released more times than acquired")
-                self._free += 1
+        while True:
+            with self._lock:
+                if not self._waiters:
+                    if self._free >= self.size:
+                        raise ValueError("InFlight released more times than acquired")
+                    self._free += 1
+                    return
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+            try:
+                waiter.wake()
                 return
-            waiter = self._waiters.popleft()
-            waiter.granted = True
-        waiter.wake()
+            except RuntimeError:  # its event loop has closed: the slot goes to the next
+                continue
 
 
 def _in_flight_slot(provider: str, base_url: str, size: int) -> InFlight:

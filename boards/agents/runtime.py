@@ -434,7 +434,8 @@ async def _arun(task_id: int, lease_token: str, attempt: int, work: Output | Cas
         lease_keeper.release(lease_token)
     result = services.RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
     try:
-        finished = await asyncio.wrap_future(completer.complete_soon(result))
+        # Shielded: the completer answers its Future whatever becomes of this run.
+        finished = await asyncio.shield(asyncio.wrap_future(completer.complete_soon(result)))
     except services.ColumnMissing as exc:
         return await _on_thread(_fail_attempt, task_id, lease_token, exc.messages[0], output.calls, attempt)
     if finished:
@@ -487,28 +488,41 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
     reusable = selectors.tasks_reusable_get(tasks=[task for task in current.values() if task is not None])
     tasks = [current.get(task_id) for task_id, _ in claims]
     earlier = [reusable.get(task.pk) if task is not None else None for task in tasks]
-    outcomes: list[str | Future | None] = [None] * len(claims)
+    outcomes: list[str | Future | BaseException | None] = [None] * len(claims)
     on_loop: dict[int, tuple] = {}
-    if loop_on:
-        # A fresh snapshot of the breakers, so that the loop need not ask.
-        jidoka.open_models.get()
-        for index, ((task_id, token), task, prior) in enumerate(zip(claims, tasks, earlier, strict=True)):
-            if task is None:
-                outcomes[index] = "stale"
-                continue
-            work = _on_loop(task, prior, token)
-            if isinstance(work, str):
-                outcomes[index] = work
-            elif work is not None:
-                on_loop[index] = (task_id, token, task.attempts, work)
-    _release_connection()
-    pool = _run_threads.pool()
-    for index, args in enumerate(zip(claims, tasks, earlier, strict=True)):
-        if outcomes[index] is None and index not in on_loop:
-            outcomes[index] = pool.submit(_run_and_close, *args)
-    if on_loop:
-        done = agent_loop.submit(_arun_all(list(on_loop.values()))).result()
-        for index, outcome in zip(on_loop, done, strict=True):
+    try:
+        if loop_on:
+            # A fresh snapshot of the breakers, so that the loop need not ask.
+            jidoka.open_models.get()
+            for index, ((task_id, token), task, prior) in enumerate(zip(claims, tasks, earlier, strict=True)):
+                if task is None:
+                    outcomes[index] = "stale"
+                    continue
+                try:
+                    work = _on_loop(task, prior, token)
+                except Exception as exc:  # even its failure could not be recorded: raised below
+                    outcomes[index] = exc
+                    continue
+                if isinstance(work, str):
+                    outcomes[index] = work
+                elif work is not None:
+                    on_loop[index] = (task_id, token, task.attempts, work)
+        _release_connection()
+        pool = _run_threads.pool()
+        for index, args in enumerate(zip(claims, tasks, earlier, strict=True)):
+            if outcomes[index] is None and index not in on_loop:
+                outcomes[index] = pool.submit(_run_and_close, *args)
+        handed = agent_loop.submit(_arun_all(list(on_loop.values()))) if on_loop else None
+    except BaseException:
+        # Runs prepared for the loop and never handed to it: their leases go
+        # back to running out (the reaper takes them), not renewed for nothing.
+        for _, token, _, work in on_loop.values():
+            lease_keeper.release(token)
+            if not isinstance(work, Output):
+                work.close()
+        raise
+    if handed is not None:
+        for index, outcome in zip(on_loop, handed.result(), strict=True):
             outcomes[index] = outcome
     results = [outcome.result() if isinstance(outcome, Future) else outcome for outcome in outcomes]
     for outcome in results:

@@ -6,6 +6,7 @@ so every run below that ends "done" also shows that none did."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from decimal import Decimal
 
@@ -15,7 +16,8 @@ from django.utils import timezone
 from andon import jidoka
 from andon.models import CircuitBreaker
 from boards import services
-from boards.agents import runtime
+from boards import services as board_services
+from boards.agents import PromptCascadeAgent, registry, runtime
 from boards.agents.providers import OpenAIProvider
 from boards.agents.simulated import SimulatedProvider
 from boards.example_agents import KeywordClassifier
@@ -24,6 +26,17 @@ from tests.boards.provider_server import ProviderServer
 from tests.factories import make_agent, make_board
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+
+class Wrapped(PromptCascadeAgent):
+    """Works around the cascade, as a subclass may: its own ``cascade``."""
+
+    def cascade(self, task, prompt, tiers, generation):
+        output = super().cascade(task, prompt, tiers, generation)
+        return dataclasses.replace(output, text=f"WRAPPED: {output.text}")
+
+
+WRAPPED = f"{__name__}.Wrapped"
 
 
 def tier(model: str, threshold: float | None = None, **parameters) -> dict:
@@ -268,3 +281,40 @@ def test_on_the_loop_a_real_providers_cascade_goes_through_its_asynchronous_clie
     assert [r.body["model"] for r in server.received] == ["small-llm", "big-llm"]
     task = Task.objects.get(pk=claims[0][0])
     assert (task.output, task.accepted_tier, task.confidence_source) == ("surely", 2, "logprobs")
+
+
+def test_a_subclass_that_works_around_the_cascade_runs_its_own_code_on_a_thread(settings, model_calls):
+    settings.KAIZEN_AGENT_CLASSES = [*settings.KAIZEN_AGENT_CLASSES, WRAPPED]
+    registry.agent_class.cache_clear()
+    board = make_board()
+    make_agent(boards=[board], implementation=WRAPPED, cascade=[tier("sim-small")], quality_checks=[])
+    claims = _claims((board, "a scratch on the housing"))
+
+    try:
+        assert _run(claims, settings, loop=True) == ["done"]
+    finally:
+        registry.agent_class.cache_clear()
+
+    assert Task.objects.get(pk=claims[0][0]).output.startswith("WRAPPED: ")
+    assert [(how, thread[:3]) for _, how, thread in model_calls] == [("complete", "run")]
+
+
+def test_a_run_whose_failure_cannot_be_recorded_leaves_the_rest_of_its_batch_to_finish(
+    settings, model_calls, monkeypatch
+):
+    broken, good = make_board(), make_board()
+    make_agent(boards=[broken], prompt_template="Reply to {customer}", prompt_variables=["customer"])
+    make_agent(boards=[good], cascade=[tier("sim-small")], quality_checks=[])
+    claims = _claims((broken, '{"name": "Petra"}'), (good, "a scratch on the housing"))
+
+    def locked(**kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(board_services, "task_attempt_fail", locked)
+
+    with pytest.raises(RuntimeError, match="database is locked"):
+        _run(claims, settings, loop=True)
+
+    # The good run still ran and completed; no lease is left renewed for nothing.
+    assert Task.objects.get(pk=claims[1][0]).status == Task.Status.DONE
+    assert not runtime.lease_keeper.busy()

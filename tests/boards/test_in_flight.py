@@ -106,3 +106,36 @@ def test_a_coroutine_cancelled_while_waiting_leaves_the_queue():
     assert not cap._waiters
     cap.release()
     assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
+
+
+def test_a_thread_interrupted_while_waiting_leaves_no_slot_behind(monkeypatch):
+    cap = InFlight(1)
+    assert cap.acquire(timeout=0)
+
+    def interrupted(self, timeout=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Event, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cap.acquire(timeout=10)
+    monkeypatch.undo()
+
+    assert not cap._waiters
+    cap.release()
+    assert cap.acquire(timeout=0)
+
+
+def test_a_slot_released_to_a_coroutine_whose_loop_has_closed_goes_to_the_next():
+    cap = InFlight(1)
+    assert cap.acquire(timeout=0)
+    loop = asyncio.new_event_loop()
+    waiting = loop.create_task(cap.aacquire(timeout=10))
+    loop.run_until_complete(asyncio.sleep(0))  # the coroutine is queued
+    assert len(cap._waiters) == 1
+    waiting.cancel()  # never run again: the loop closes with the waiter queued
+    loop.close()
+
+    cap.release()
+
+    assert not cap._waiters
+    assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
