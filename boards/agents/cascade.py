@@ -127,17 +127,19 @@ class PromptCascadeAgent(BaseAgent):
         """Whether ``process`` may run as ``plan``'s steps on an event loop
         (boards.agents.runtime): this class's own ``process`` and ``cascade`` (a
         subclass overriding either runs its code on a thread) and a provider with
-        ``acomplete`` for every tier. An invalid cascade is not: its run fails on a
-        thread, with its message. (A subclass that overrides ``cascade_steps``
+        ``acomplete`` for every tier (an unknown provider has none: its call fails
+        on a thread, recorded as ever). (A subclass that overrides ``cascade_steps``
         runs it on the loop: it must not touch the database but in a ``Blocking``
         step, where Django refuses it.)"""
         cls = type(self)
         if cls.process is not PromptCascadeAgent.process or cls.cascade is not PromptCascadeAgent.cascade:
             return False
+        # Read without parsing the cascade (``prepare`` parses it, and refuses a
+        # malformed one with its message, on the loop's path as on a thread's).
+        cascade = self.agent.cascade if isinstance(self.agent.cascade, list) else []
+        names = {tier.get("provider") for tier in cascade if isinstance(tier, dict)}
         try:
-            return all(
-                callable(getattr(get_provider(tier.provider), "acomplete", None)) for tier in self.tiers()
-            )
+            return all(callable(getattr(get_provider(str(name)), "acomplete", None)) for name in names)
         except Exception:
             return False
 
