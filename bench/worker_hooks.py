@@ -116,12 +116,19 @@ def install_sections() -> None:
 
     from boards import agents, broadcast, services
     from boards.agents import runtime
+    from boards.agents.simulated import SimulatedProvider
 
     runtime.run = timed("run", runtime.run)
     services.task_run_begin = timed("run_begin", services.task_run_begin)
     runtime.reused_output = timed("reuse_check", runtime.reused_output)
     runtime._release_connection = timed("release_connection", runtime._release_connection)
     agents.PromptCascadeAgent.process = timed("agent_process", agents.PromptCascadeAgent.process)
+    # On the agent loop (boards.agents.runtime.AgentLoop) ``process`` is not called:
+    # a run is prepared on the Celery thread (``plan``: the prompt, the breakers'
+    # snapshot) and its cascade's steps run on the loop, most of their CPU the
+    # simulated model's own work (``judge``, synchronous on the loop's thread).
+    agents.PromptCascadeAgent.plan = timed("agent_plan", agents.PromptCascadeAgent.plan)
+    SimulatedProvider.judge = timed("simulated_model", SimulatedProvider.judge)
     services.task_complete = timed("complete", services.task_complete)
     # A worker completes its runs in batches, on the completer's thread.
     runtime.Completer.flush = timed("complete_batch", runtime.Completer.flush)
