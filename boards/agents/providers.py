@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import math
 import os
@@ -311,6 +312,16 @@ class _SDKProvider:
             confidence_source=source,
         )
 
+    # The SDK's module name and client class; the client's raw-response call.
+    sdk_module: str = ""
+    client_class: str = ""
+
+    def _create(self, client: Any) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def _params(self, request: ModelRequest, settings: dict) -> dict[str, Any]:
+        raise NotImplementedError
+
     def _call(
         self,
         request: ModelRequest,
@@ -320,10 +331,12 @@ class _SDKProvider:
         max_retries: int,
         settings: dict,
     ) -> dict:
-        raise NotImplementedError
-
-    def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
-        raise NotImplementedError
+        sdk = importlib.import_module(self.sdk_module)
+        params = self._params(request, settings)
+        with getattr(sdk, self.client_class)(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        ) as client:
+            return self._translate(sdk, lambda: self._create(client)(**params), timeout)
 
     async def _acall(
         self,
@@ -334,6 +347,18 @@ class _SDKProvider:
         max_retries: int,
         settings: dict,
     ) -> dict:
+        sdk = importlib.import_module(self.sdk_module)
+        params = self._params(request, settings)
+        client = _async_client(
+            getattr(sdk, f"Async{self.client_class}"),
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return await self._atranslate(sdk, lambda: self._create(client)(**params), timeout)
+
+    def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         raise NotImplementedError
 
     def _translate(self, sdk: Any, call: Callable[[], Any], timeout: float) -> dict:
@@ -394,9 +419,13 @@ class OpenAIProvider(_SDKProvider):
     name = "openai"
     default_base_url = "https://api.openai.com/v1"
     default_key_env = "OPENAI_API_KEY"
+    sdk_module = "openai"
+    client_class = "OpenAI"
 
-    @staticmethod
-    def _params(request: ModelRequest, settings: dict) -> dict[str, Any]:
+    def _create(self, client: Any) -> Callable[..., Any]:
+        return client.chat.completions.with_raw_response.create
+
+    def _params(self, request: ModelRequest, settings: dict) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": "user", "content": request.prompt}],
@@ -409,44 +438,6 @@ class OpenAIProvider(_SDKProvider):
         if settings.get("logprobs"):
             params["logprobs"] = True
         return params
-
-    def _call(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
-        import openai
-
-        params = self._params(request, settings)
-        with openai.OpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
-        ) as client:
-            return self._translate(
-                openai, lambda: client.chat.completions.with_raw_response.create(**params), timeout
-            )
-
-    async def _acall(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
-        import openai
-
-        params = self._params(request, settings)
-        client = _async_client(
-            openai.AsyncOpenAI, api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
-        )
-        return await self._atranslate(
-            openai, lambda: client.chat.completions.with_raw_response.create(**params), timeout
-        )
 
     def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         choices = body.get("choices")
@@ -482,8 +473,13 @@ class AnthropicProvider(_SDKProvider):
     name = "anthropic"
     default_base_url = "https://api.anthropic.com"
     default_key_env = "ANTHROPIC_API_KEY"
+    sdk_module = "anthropic"
+    client_class = "Anthropic"
     # The Messages API requires max_tokens; this bounds an answer when the agent sets none.
     default_max_tokens = 1024
+
+    def _create(self, client: Any) -> Callable[..., Any]:
+        return client.messages.with_raw_response.create
 
     def _params(self, request: ModelRequest, settings: dict) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -502,48 +498,6 @@ class AnthropicProvider(_SDKProvider):
         if sampling:
             params["extra_body"] = sampling
         return params
-
-    def _call(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
-        import anthropic
-
-        params = self._params(request, settings)
-        with anthropic.Anthropic(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
-        ) as client:
-            return self._translate(
-                anthropic, lambda: client.messages.with_raw_response.create(**params), timeout
-            )
-
-    async def _acall(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
-        import anthropic
-
-        params = self._params(request, settings)
-        client = _async_client(
-            anthropic.AsyncAnthropic,
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-        return await self._atranslate(
-            anthropic, lambda: client.messages.with_raw_response.create(**params), timeout
-        )
 
     def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         content = body.get("content")

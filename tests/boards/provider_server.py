@@ -141,3 +141,20 @@ def call_provider(provider, request, driver: str):
     from boards.agents import runtime
 
     return runtime.agent_loop.submit(provider.acomplete(request)).result()
+
+
+def chat_completion(text: str, logprob: float) -> dict:
+    """An OpenAI chat completion of ``text`` with one token at ``logprob``."""
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": {
+                    "content": [{"token": "x", "logprob": logprob, "bytes": None, "top_logprobs": []}]
+                },
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 4},
+    }

@@ -22,7 +22,7 @@ from boards.agents.providers import OpenAIProvider
 from boards.agents.simulated import SimulatedProvider
 from boards.example_agents import KeywordClassifier
 from boards.models import ModelCall, Task
-from tests.boards.provider_server import ProviderServer
+from tests.boards.provider_server import ProviderServer, chat_completion
 from tests.factories import make_agent, make_board
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -244,23 +244,8 @@ def test_on_the_loop_a_real_providers_cascade_goes_through_its_asynchronous_clie
 
     monkeypatch.setattr(OpenAIProvider, "complete", not_on_a_thread)
 
-    def completion(text: str, logprob: float) -> dict:
-        return {
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": {
-                        "content": [{"token": "x", "logprob": logprob, "bytes": None, "top_logprobs": []}]
-                    },
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 4},
-        }
-
     with ProviderServer() as server:
-        server.then(200, completion("maybe", -1.0)).then(200, completion("surely", -0.01))
+        server.then(200, chat_completion("maybe", -1.0)).then(200, chat_completion("surely", -0.01))
         parameters = {
             "base_url": f"{server.url}/v1",
             "api_key_env": "KAIZEN_TEST_OPENAI_KEY",

@@ -19,7 +19,7 @@ from boards.agents.providers import ModelRequest
 from boards.agents.simulated import simulate
 from boards.agents.spec import parse_cascade
 from boards.models import ModelCall, Task, TaskEvent
-from tests.boards.provider_server import ProviderServer
+from tests.boards.provider_server import ProviderServer, chat_completion
 from tests.factories import make_agent
 
 pytestmark = pytest.mark.django_db
@@ -238,23 +238,8 @@ def test_generation_parameters_reach_the_provider_and_a_tier_overrides_them(boar
 def test_a_real_provider_cascade_escalates_on_low_logprob_confidence(board, monkeypatch):
     monkeypatch.setenv("KAIZEN_TEST_OPENAI_KEY", "sk-test")
 
-    def completion(text: str, logprob: float) -> dict:
-        return {
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": {
-                        "content": [{"token": "x", "logprob": logprob, "bytes": None, "top_logprobs": []}]
-                    },
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 4},
-        }
-
     with ProviderServer() as server:
-        server.then(200, completion("maybe", -1.0)).then(200, completion("surely", -0.01))
+        server.then(200, chat_completion("maybe", -1.0)).then(200, chat_completion("surely", -0.01))
         parameters = {
             "base_url": f"{server.url}/v1",
             "api_key_env": "KAIZEN_TEST_OPENAI_KEY",
