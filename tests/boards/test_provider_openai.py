@@ -218,6 +218,28 @@ def test_threads_and_the_agent_loop_share_one_cap(server):
     assert server.max_in_flight == 2
 
 
+def test_a_client_is_made_once_per_configuration_and_kept(server, monkeypatch):
+    # Making one cost 24 ms of CPU (its TLS context): more than the call.
+    import openai
+
+    made: list[dict] = []
+    for name in ("OpenAI", "AsyncOpenAI"):
+        real = getattr(openai, name)
+
+        def counting(*args, _real=real, **kwargs):
+            made.append(kwargs)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(openai, name, counting)
+    server.then(200, _completion())
+
+    for timeout in (20, 20, 30):
+        _call(server, timeout=timeout)
+
+    assert [options["timeout"] for options in made] == [20, 30]
+    assert len(server.received) == 3
+
+
 def test_a_bad_setting_is_a_clear_error(server):
     with pytest.raises(ProviderError, match="setting 'timeout' must be a number"):
         _call(server, timeout="soon")
