@@ -137,9 +137,9 @@ class PromptCascadeAgent(BaseAgent):
         # Read without parsing the cascade (``prepare`` parses it, and refuses a
         # malformed one with its message, on the loop's path as on a thread's).
         cascade = self.agent.cascade if isinstance(self.agent.cascade, list) else []
-        names = {tier.get("provider") for tier in cascade if isinstance(tier, dict)}
+        names = {str(tier.get("provider")) for tier in cascade if isinstance(tier, dict)}
         try:
-            return all(callable(getattr(get_provider(str(name)), "acomplete", None)) for name in names)
+            return all(callable(getattr(get_provider(name), "acomplete", None)) for name in names)
         except Exception:
             return False
 

@@ -168,19 +168,37 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple,
 )
 
 
-def _sync_client(factory: Callable[..., Any], **options: Any) -> Any:
+# A kept connection idle longer than this is not reused: servers close idle
+# connections after 5 s (uvicorn's default: vLLM, many OpenAI-compatible proxies),
+# and a request sent on one as it closes fails (a connection error, which with
+# max_retries 0 costs the tier its answer). The SDKs keep them for 5 s.
+KEEPALIVE_SECONDS = 2.0
+
+
+def _http_client(sdk: Any, *, asynchronous: bool) -> Any:
+    """The SDK's default HTTP client, its idle connections kept KEEPALIVE_SECONDS."""
+    limits = sdk.DEFAULT_CONNECTION_LIMITS
+    kept = type(limits)(
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=KEEPALIVE_SECONDS,
+    )
+    return (sdk.DefaultAsyncHttpxClient if asynchronous else sdk.DefaultHttpxClient)(limits=kept)
+
+
+def _sync_client(sdk: Any, factory: Callable[..., Any], **options: Any) -> Any:
     key = (os.getpid(), factory, *sorted(options.items()))
     with _sync_clients_lock:
         if key not in _sync_clients:
-            _sync_clients[key] = factory(**options)
+            _sync_clients[key] = factory(http_client=_http_client(sdk, asynchronous=False), **options)
         return _sync_clients[key]
 
 
-def _async_client(factory: Callable[..., Any], **options: Any) -> Any:
+def _async_client(sdk: Any, factory: Callable[..., Any], **options: Any) -> Any:
     clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
     key = (factory, *sorted(options.items()))
     if key not in clients:
-        clients[key] = factory(**options)
+        clients[key] = factory(http_client=_http_client(sdk, asynchronous=True), **options)
     return clients[key]
 
 
@@ -346,6 +364,7 @@ class _SDKProvider:
         sdk = importlib.import_module(self.sdk_module)
         params = self._params(request, settings)
         client = _sync_client(
+            sdk,
             getattr(sdk, self.client_class),
             api_key=api_key,
             base_url=base_url,
@@ -366,6 +385,7 @@ class _SDKProvider:
         sdk = importlib.import_module(self.sdk_module)
         params = self._params(request, settings)
         client = _async_client(
+            sdk,
             getattr(sdk, f"Async{self.client_class}"),
             api_key=api_key,
             base_url=base_url,

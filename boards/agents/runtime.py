@@ -434,8 +434,11 @@ async def _arun(task_id: int, lease_token: str, attempt: int, work: Output | Cas
         lease_keeper.release(lease_token)
     result = services.RunResult(task_id=task_id, lease_token=lease_token, output=output, attempt=attempt)
     try:
-        # Shielded: the completer answers its Future whatever becomes of this run.
-        finished = await asyncio.shield(asyncio.wrap_future(completer.complete_soon(result)))
+        # Shielded: the completer answers its Future whatever becomes of this run
+        # (and its outcome is read, so that a cancelled run logs nothing spurious).
+        completion = asyncio.wrap_future(completer.complete_soon(result))
+        completion.add_done_callback(lambda done: done.cancelled() or done.exception())
+        finished = await asyncio.shield(completion)
     except services.ColumnMissing as exc:
         return await _on_thread(_fail_attempt, task_id, lease_token, exc.messages[0], output.calls, attempt)
     if finished:
@@ -458,19 +461,22 @@ def _on_loop(task, earlier, lease_token: str) -> Output | CascadeSteps | str | N
     configuration or prompt that cannot run); None when it runs on a thread
     (a custom agent, or a model without an asynchronous client)."""
     lease_keeper.hold(lease_token)
+    handed = False
     try:
         output = reused_output(task, earlier)
         if output is not None:
+            handed = True
             return output
         agent = implementation_for(experiment_line.agent_for_run(task))
         if not (isinstance(agent, PromptCascadeAgent) and agent.awaitable()):
-            lease_keeper.release(lease_token)
             return None
-        return agent.plan(task)
+        steps = agent.plan(task)
+        handed = True
+        return steps
     except Exception as exc:
-        try:
-            return _run_failed(task.pk, lease_token, task.attempts, exc)
-        finally:
+        return _run_failed(task.pk, lease_token, task.attempts, exc)
+    finally:
+        if not handed:  # the loop's run releases it; else it is released here
             lease_keeper.release(lease_token)
 
 
@@ -513,9 +519,11 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
             if outcomes[index] is None and index not in on_loop:
                 outcomes[index] = pool.submit(_run_and_close, *args)
         handed = agent_loop.submit(_arun_all(list(on_loop.values()))) if on_loop else None
-    except BaseException:
+    except Exception:
         # Runs prepared for the loop and never handed to it: their leases go
         # back to running out (the reaper takes them), not renewed for nothing.
+        # (A KeyboardInterrupt or SystemExit ends the process, whose handover
+        # gives its tasks back; it may come after the loop took them.)
         for _, token, _, work in on_loop.values():
             lease_keeper.release(token)
             if not isinstance(work, Output):
@@ -525,9 +533,11 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
         for index, outcome in zip(on_loop, handed.result(), strict=True):
             outcomes[index] = outcome
     results = [outcome.result() if isinstance(outcome, Future) else outcome for outcome in outcomes]
-    for outcome in results:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    errors = [outcome for outcome in results if isinstance(outcome, BaseException)]
+    for error in errors[1:]:  # the first is raised
+        logger.error("a run of the batch failed too", exc_info=error)
+    if errors:
+        raise errors[0]
     return results  # type: ignore[return-value]
 
 

@@ -303,3 +303,23 @@ def test_a_run_whose_failure_cannot_be_recorded_leaves_the_rest_of_its_batch_to_
     # The good run still ran and completed; no lease is left renewed for nothing.
     assert Task.objects.get(pk=claims[1][0]).status == Task.Status.DONE
     assert not runtime.lease_keeper.busy()
+
+
+def test_a_malformed_cascade_fails_its_attempt_with_the_same_words_on_the_loop_as_on_a_thread(
+    settings, model_calls
+):
+    from boards.models import Agent
+
+    errors = []
+    for loop in (True, False):
+        board = make_board()
+        agent = make_agent(boards=[board], cascade=[tier("sim-small")])
+        # Written around clean(), as a row edited by hand would be.
+        Agent.objects.filter(pk=agent.pk).update(cascade=[{"provider": ["openai"], "model": "x"}])
+        claims = _claims((board, "a scratch on the housing"))
+        assert _run(claims, settings, loop=loop) == ["failed"]
+        errors.append(Task.objects.get(pk=claims[0][0]).last_error)
+
+    assert errors[0] == errors[1]
+    assert "the agent's cascade is invalid" in errors[0]
+    assert model_calls == []
