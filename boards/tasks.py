@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="boards.tasks.run_task")
 def run_task(task_id: int, lease_token: str) -> str:
-    return runtime.run(task_id, lease_token)
+    # A batch of one: its cascade goes to the agent loop as a batch's do.
+    return runtime.run_batch([(task_id, lease_token)])[0]
 
 
 @shared_task(name="boards.tasks.run_tasks")

@@ -323,3 +323,17 @@ def test_a_malformed_cascade_fails_its_attempt_with_the_same_words_on_the_loop_a
     assert errors[0] == errors[1]
     assert "the agent's cascade is invalid" in errors[0]
     assert model_calls == []
+
+
+def test_a_claim_sent_on_its_own_runs_on_the_loop_too(board, settings, model_calls):
+    # A line at a low WIP claims one task at a time: its Celery message is run_task.
+    from boards import tasks as celery_tasks
+
+    make_agent(boards=[board], cascade=[tier("sim-small")], quality_checks=[])
+    [(task_id, token)] = _claims((board, "a scratch on the housing"))
+    settings.KAIZEN_AGENT_LOOP = True
+
+    assert celery_tasks.run_task(task_id, token) == "done"
+
+    assert model_calls == [("sim-small", "acomplete", "agent-loop")]
+    assert Task.objects.get(pk=task_id).status == Task.Status.DONE
