@@ -20,9 +20,10 @@ waiting call cost the process 0.74 ms of CPU a call against 0.52 on one loop
 loop around the synchronous code saved nothing (that bench's ``hybrid``: 0.82).
 So the cascade is written once as steps (boards.agents.cascade.cascade_steps)
 that a synchronous driver runs on a thread and an asynchronous one on the loop.
-Measured with bench/run.py's cascade at WIP 1,000 in one hour (2026-12-07 17:0x,
-one worker process): 1.60-1.88 ms of the worker's CPU a task on the loop against
-2.71 on threads; 426-456 tasks/s against 307.
+Measured with bench/run.py's cascade at WIP 1,000, the loop and threads alternated
+in one hour (2026-12-07 17:02-17:31, one worker process): 1.56-1.88 ms of the
+worker's CPU a task on the loop against 2.21-2.71 on threads; 426-470 tasks/s
+against 307-383 (bench/README.md, the fourteenth stop).
 """
 
 from __future__ import annotations
