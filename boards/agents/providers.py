@@ -186,6 +186,17 @@ def _http_client(sdk: Any, *, asynchronous: bool) -> Any:
     return (sdk.DefaultAsyncHttpxClient if asynchronous else sdk.DefaultHttpxClient)(limits=kept)
 
 
+def _forget_clients() -> None:
+    """In a forked child: the parent's clients (and a lock a parent thread may
+    have held at the fork) are not the child's."""
+    global _sync_clients_lock
+    _sync_clients_lock = threading.Lock()
+    _sync_clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients)
+
+
 def _sync_client(sdk: Any, factory: Callable[..., Any], **options: Any) -> Any:
     key = (os.getpid(), factory, *sorted(options.items()))
     with _sync_clients_lock:

@@ -249,3 +249,25 @@ def test_get_provider_knows_the_real_providers():
     assert isinstance(get_provider("openai"), OpenAIProvider)
     with pytest.raises(ProviderError, match="available: simulated, openai, anthropic"):
         get_provider("mistral")
+
+
+def test_a_forked_child_makes_its_own_clients():
+    # Its parent's clients share their sockets with the parent (and a parent
+    # thread may hold the cache's lock at the fork): a child starts without them.
+    import os
+
+    from boards.agents import providers
+
+    providers._sync_clients[("a parent's client",)] = object()
+    read, write = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once
+            os.write(write, str(len(providers._sync_clients)).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(read, 16) == b"0"
+    finally:
+        providers._sync_clients.pop(("a parent's client",), None)
+        os.close(read)
+        os.close(write)
