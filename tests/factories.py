@@ -3,10 +3,12 @@ people are users with the permissions of their role, shared by every app's tests
 
 from __future__ import annotations
 
+from datetime import timedelta
 from itertools import count
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 
 from boards.agents.spec import cascade_json, parse_cascade
 from boards.models import Agent, Board, Column
@@ -132,3 +134,21 @@ def make_writer(**extra):
 
 def column(board: Board, role: str) -> Column:
     return board.columns.get(role=role)
+
+
+def open_model_breaker(board: Board, model: str, *, opened_seconds_ago: float = 0, failures: int = 5):
+    """The simulated ``model``'s breaker on ``board``, open since ``opened_seconds_ago``
+    (the process's snapshot of open breakers forgotten, so the next read sees it)."""
+    from andon import jidoka
+    from andon.models import CircuitBreaker
+
+    breaker = CircuitBreaker.objects.create(
+        scope=CircuitBreaker.Scope.MODEL,
+        board=board,
+        key=f"simulated/{model}",
+        state=CircuitBreaker.State.OPEN,
+        consecutive_failures=failures,
+        opened_at=timezone.now() - timedelta(seconds=opened_seconds_ago),
+    )
+    jidoka.open_models.clear()
+    return breaker

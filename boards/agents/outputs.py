@@ -76,3 +76,9 @@ class Output:
     # (key, response), and the cache key the accepted answer was served from.
     cache_entries: tuple[tuple[str, ModelResponse], ...] = ()
     cached_from: str = ""
+
+    @property
+    def settles_cache(self) -> bool:
+        """Whether completing it leaves the response cache something to do (store
+        its fresh answers, or drop the entry it was served from)."""
+        return bool(self.cache_entries or self.cached_from)

@@ -17,6 +17,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from boards.agents.provider_types import ModelRequest, ModelResponse, Provider, ProviderError
@@ -197,19 +198,23 @@ def _forget_clients() -> None:
 os.register_at_fork(after_in_child=_forget_clients)
 
 
-def _sync_client(sdk: Any, factory: Callable[..., Any], **options: Any) -> Any:
-    key = (os.getpid(), factory, *sorted(options.items()))
+def _sync_client(sdk: Any, client_class: str, options: dict[str, Any]) -> Any:
+    key = (os.getpid(), sdk.__name__, client_class, *sorted(options.items()))
     with _sync_clients_lock:
         if key not in _sync_clients:
-            _sync_clients[key] = factory(http_client=_http_client(sdk, asynchronous=False), **options)
+            _sync_clients[key] = getattr(sdk, client_class)(
+                http_client=_http_client(sdk, asynchronous=False), **options
+            )
         return _sync_clients[key]
 
 
-def _async_client(sdk: Any, factory: Callable[..., Any], **options: Any) -> Any:
+def _async_client(sdk: Any, client_class: str, options: dict[str, Any]) -> Any:
     clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
-    key = (factory, *sorted(options.items()))
+    key = (sdk.__name__, client_class, *sorted(options.items()))
     if key not in clients:
-        clients[key] = factory(http_client=_http_client(sdk, asynchronous=True), **options)
+        clients[key] = getattr(sdk, f"Async{client_class}")(
+            http_client=_http_client(sdk, asynchronous=True), **options
+        )
     return clients[key]
 
 
@@ -278,45 +283,73 @@ def _error_message(body: object, fallback: str) -> str:
     return fallback
 
 
+@dataclass(frozen=True)
+class _Connection:
+    """A call's settings, checked (``_SDKProvider._connection``)."""
+
+    settings: dict
+    base_url: str
+    timeout: float
+    max_retries: int
+    max_in_flight: int
+    api_key: str
+
+    def client_options(self) -> dict[str, Any]:
+        """What the SDK's client is made with (one kept per distinct set)."""
+        return {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+        }
+
+
 class _SDKProvider:
     """What the OpenAI and Anthropic adapters share: settings, key, in-flight cap,
-    SDK error translation, timing and confidence. Subclasses make the call and
-    read their protocol's body."""
+    the SDK's clients, SDK error translation, timing and confidence. Subclasses
+    name their SDK and client, build their protocol's parameters and read its body."""
 
     name: str = ""
     simulated = False
     default_base_url: str = ""
     default_key_env: str = ""
+    # The SDK's module and client class (its asynchronous one is "Async" + this).
+    sdk_module: str = ""
+    client_class: str = ""
 
-    def _connection(self, request: ModelRequest) -> tuple[dict, str, float, int, int, str]:
-        """The call's settings, checked: (settings, base_url, timeout, max_retries,
-        max_in_flight, api_key)."""
+    def _connection(self, request: ModelRequest) -> _Connection:
         settings = request.settings or {}
-        base_url = str(settings.get("base_url") or self.default_base_url).rstrip("/")
-        timeout = _setting_number(settings, "timeout", DEFAULT_TIMEOUT)
-        max_retries = _setting_number(settings, "max_retries", DEFAULT_MAX_RETRIES, integer=True)
         max_in_flight = _setting_number(settings, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, integer=True)
         if max_in_flight < 1:
             raise ProviderError(f"setting 'max_in_flight' must be at least 1, got {max_in_flight}")
-        api_key = _api_key(settings, self.default_key_env)
-        return settings, base_url, timeout, max_retries, max_in_flight, api_key
+        return _Connection(
+            settings=settings,
+            base_url=str(settings.get("base_url") or self.default_base_url).rstrip("/"),
+            timeout=_setting_number(settings, "timeout", DEFAULT_TIMEOUT),
+            max_retries=_setting_number(settings, "max_retries", DEFAULT_MAX_RETRIES, integer=True),
+            max_in_flight=max_in_flight,
+            api_key=_api_key(settings, self.default_key_env),
+        )
 
-    def _no_slot(self, timeout: float, max_in_flight: int, base_url: str) -> ProviderError:
+    def _slot(self, connection: _Connection) -> InFlight:
+        return _in_flight_slot(self.name, connection.base_url, connection.max_in_flight)
+
+    def _no_slot(self, connection: _Connection) -> ProviderError:
         return ProviderError(
-            f"{self.name}: timed out after {timeout:g}s waiting for one of {max_in_flight} "
-            f"in-flight slots for {base_url}"
+            f"{self.name}: timed out after {connection.timeout:g}s waiting for one of "
+            f"{connection.max_in_flight} in-flight slots for {connection.base_url}"
         )
 
     def complete(self, request: ModelRequest) -> ModelResponse:
-        settings, base_url, timeout, max_retries, max_in_flight, api_key = self._connection(request)
-        slot = _in_flight_slot(self.name, base_url, max_in_flight)
+        connection = self._connection(request)
+        slot = self._slot(connection)
         # Waiting for a slot counts against the same timeout as the call, so a jammed
         # server surfaces as an error rather than a worker parked forever.
-        if not slot.acquire(timeout):
-            raise self._no_slot(timeout, max_in_flight, base_url)
+        if not slot.acquire(connection.timeout):
+            raise self._no_slot(connection)
         try:
             started = time.perf_counter()
-            body = self._call(request, base_url, api_key, timeout, max_retries, settings)
+            body = self._call(request, connection)
             latency_ms = (time.perf_counter() - started) * 1000
         finally:
             slot.release()
@@ -324,13 +357,13 @@ class _SDKProvider:
 
     async def acomplete(self, request: ModelRequest) -> ModelResponse:
         """``complete`` on an event loop, through the SDK's asynchronous client."""
-        settings, base_url, timeout, max_retries, max_in_flight, api_key = self._connection(request)
-        slot = _in_flight_slot(self.name, base_url, max_in_flight)
-        if not await slot.aacquire(timeout):
-            raise self._no_slot(timeout, max_in_flight, base_url)
+        connection = self._connection(request)
+        slot = self._slot(connection)
+        if not await slot.aacquire(connection.timeout):
+            raise self._no_slot(connection)
         try:
             started = time.perf_counter()
-            body = await self._acall(request, base_url, api_key, timeout, max_retries, settings)
+            body = await self._acall(request, connection)
             latency_ms = (time.perf_counter() - started) * 1000
         finally:
             slot.release()
@@ -353,57 +386,24 @@ class _SDKProvider:
             confidence_source=source,
         )
 
-    # The SDK's module name and client class; the client's raw-response call.
-    sdk_module: str = ""
-    client_class: str = ""
-
     def _create(self, client: Any) -> Callable[..., Any]:
+        """The client's raw-response call."""
         raise NotImplementedError
 
     def _params(self, request: ModelRequest, settings: dict) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _call(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
+    def _call(self, request: ModelRequest, connection: _Connection) -> dict:
         sdk = importlib.import_module(self.sdk_module)
-        params = self._params(request, settings)
-        client = _sync_client(
-            sdk,
-            getattr(sdk, self.client_class),
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-        return self._translate(sdk, lambda: self._create(client)(**params), timeout)
+        params = self._params(request, connection.settings)
+        client = _sync_client(sdk, self.client_class, connection.client_options())
+        return self._translate(sdk, lambda: self._create(client)(**params), connection.timeout)
 
-    async def _acall(
-        self,
-        request: ModelRequest,
-        base_url: str,
-        api_key: str,
-        timeout: float,
-        max_retries: int,
-        settings: dict,
-    ) -> dict:
+    async def _acall(self, request: ModelRequest, connection: _Connection) -> dict:
         sdk = importlib.import_module(self.sdk_module)
-        params = self._params(request, settings)
-        client = _async_client(
-            sdk,
-            getattr(sdk, f"Async{self.client_class}"),
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-        return await self._atranslate(sdk, lambda: self._create(client)(**params), timeout)
+        params = self._params(request, connection.settings)
+        client = _async_client(sdk, self.client_class, connection.client_options())
+        return await self._atranslate(sdk, lambda: self._create(client)(**params), connection.timeout)
 
     def _read(self, body: dict) -> tuple[str, int, int, list[float]]:
         raise NotImplementedError

@@ -309,7 +309,7 @@ def _completed(task_id: int, lease_token: str, output: Output, attempt: int) -> 
 def _settle_cache(task_id: int, output: Output) -> None:
     """The response cache takes the output's answers only now that its
     inspection has committed, and only if it passed (see boards.agents.response_cache)."""
-    if not (output.cache_entries or output.cached_from):
+    if not output.settles_cache:
         return
     try:
         passed = (
@@ -326,12 +326,9 @@ def _settle_cache(task_id: int, output: Output) -> None:
 
 
 def _run_and_close(claim: tuple[int, str], task, earlier) -> str:
-    try:
-        return run(*claim, task=task, earlier=earlier)
-    finally:
-        # The thread waits idle for the next batch: hand its connection back (to
-        # the pool on PostgreSQL) rather than hold it meanwhile.
-        connection.close()
+    # The thread waits idle for the next batch: hand its connection back (to the
+    # pool on PostgreSQL) rather than hold it meanwhile.
+    return _closing(run, *claim, task=task, earlier=earlier)
 
 
 class _RunThreads:
@@ -442,14 +439,9 @@ async def _arun(task_id: int, lease_token: str, attempt: int, work: Output | Cas
         finished = await asyncio.shield(completion)
     except services.ColumnMissing as exc:
         return await _on_thread(_fail_attempt, task_id, lease_token, exc.messages[0], output.calls, attempt)
-    if finished:
-        await _settled_cache(task_id, output)
-    return "done" if finished else "stale"
-
-
-async def _settled_cache(task_id: int, output: Output) -> None:
-    if output.cache_entries or output.cached_from:  # else nothing to settle: no thread
+    if finished and output.settles_cache:  # else no thread for nothing
         await _on_thread(_settle_cache, task_id, output)
+    return "done" if finished else "stale"
 
 
 async def _arun_all(runs: list[tuple[int, str, int, Output | CascadeSteps]]) -> list:

@@ -7,12 +7,8 @@ requests are recorded."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
-from django.utils import timezone
 
-from andon import jidoka
 from andon import services as andon_services
 from andon.models import CircuitBreaker
 from boards import selectors
@@ -20,7 +16,7 @@ from boards.agents import REVIEW_FEEDBACK_NOTE, cascade, runtime
 from boards.agents.simulated import SimulatedProvider
 from boards.models import Column, ModelCall, Task
 from tests.andon.helpers import DEFECTIVE, claim_one, complete, escalate, pull, where
-from tests.factories import make_agent, make_reviewer
+from tests.factories import make_agent, make_reviewer, open_model_breaker
 
 pytestmark = pytest.mark.usefixtures("no_open_breakers")
 
@@ -55,19 +51,6 @@ def _rejected(board) -> Task:
     [claim] = pull(board)
     assert claim.task_id == escalation.task_id
     return Task.objects.get(pk=claim.task_id), claim
-
-
-def _open_model_breaker(board, model: str, *, opened_seconds_ago: float = 0) -> CircuitBreaker:
-    breaker = CircuitBreaker.objects.create(
-        scope=CircuitBreaker.Scope.MODEL,
-        board=board,
-        key=f"simulated/{model}",
-        state=State.OPEN,
-        consecutive_failures=5,
-        opened_at=timezone.now() - timedelta(seconds=opened_seconds_ago),
-    )
-    jidoka.open_models.clear()
-    return breaker
 
 
 # --- (a) the reviewer's reason reaches the next attempt ---------------------------------
@@ -141,7 +124,7 @@ def test_a_rejected_task_is_not_given_an_earlier_tasks_result_again(board, reque
 @pytest.mark.django_db
 def test_the_cascade_skips_a_tier_whose_model_breaker_is_open(board, requests_sent):
     make_agent(boards=[board], cascade=TWO_TIERS, quality_checks=[])
-    _open_model_breaker(board, "sim-small")
+    open_model_breaker(board, "sim-small")
     task, claim = claim_one(board)
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "done"
@@ -157,7 +140,7 @@ def test_with_no_tier_callable_the_task_goes_back_without_spending_an_attempt(bo
     agent = make_agent(boards=[board], quality_checks=[], breaker_threshold=1)
     task, claim = claim_one(board)
     # Opened after the claim (an agent whose every model is open pulls nothing).
-    _open_model_breaker(board, "sim-small")
+    open_model_breaker(board, "sim-small")
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "deferred"
 
@@ -188,7 +171,7 @@ def test_with_a_called_tier_failing_and_the_rest_skipped_the_attempt_fails(board
         ],
     )
     task, claim = claim_one(board)
-    _open_model_breaker(board, "sim-large")
+    open_model_breaker(board, "sim-large")
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "failed"
 
@@ -199,7 +182,7 @@ def test_with_a_called_tier_failing_and_the_rest_skipped_the_attempt_fails(board
 @pytest.mark.django_db
 def test_with_the_stronger_tier_out_of_service_the_weaker_output_goes_on_to_inspection(board, requests_sent):
     make_agent(boards=[board], cascade=TWO_TIERS, quality_checks=[])
-    _open_model_breaker(board, "sim-large")
+    open_model_breaker(board, "sim-large")
     task, claim = claim_one(board)
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "done"
@@ -216,7 +199,7 @@ def test_after_the_cooldown_one_call_probes_the_model_and_its_answer_closes_the_
 ):
     settings.KAIZEN_MODEL_BREAKER_COOLDOWN_SECONDS = 60
     make_agent(boards=[board], quality_checks=[])
-    breaker = _open_model_breaker(board, "sim-small", opened_seconds_ago=61)
+    breaker = open_model_breaker(board, "sim-small", opened_seconds_ago=61)
     task, claim = claim_one(board)
 
     assert runtime.run(task.pk, str(claim.lease_token)) == "done"

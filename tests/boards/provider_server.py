@@ -158,3 +158,14 @@ def chat_completion(text: str, logprob: float) -> dict:
         ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 4},
     }
+
+
+def escalating_openai_cascade(server: ProviderServer, key_env: str) -> list[dict]:
+    """Two OpenAI tiers on ``server``: ``small-llm`` answers "maybe" at a logprob of
+    -1.0 (below its 0.9 threshold), then ``big-llm`` "surely" at -0.01."""
+    server.then(200, chat_completion("maybe", -1.0)).then(200, chat_completion("surely", -0.01))
+    parameters = {"base_url": f"{server.url}/v1", "api_key_env": key_env, "logprobs": True, "max_retries": 0}
+    return [
+        {"provider": "openai", "model": "small-llm", "parameters": parameters, "threshold": 0.9},
+        {"provider": "openai", "model": "big-llm", "parameters": parameters},
+    ]

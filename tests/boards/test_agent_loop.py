@@ -11,10 +11,7 @@ import threading
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
 
-from andon import jidoka
-from andon.models import CircuitBreaker
 from boards import services
 from boards import services as board_services
 from boards.agents import PromptCascadeAgent, registry, runtime
@@ -22,8 +19,8 @@ from boards.agents.providers import OpenAIProvider
 from boards.agents.simulated import SimulatedProvider
 from boards.example_agents import KeywordClassifier
 from boards.models import ModelCall, Task
-from tests.boards.provider_server import ProviderServer, chat_completion
-from tests.factories import make_agent, make_board
+from tests.boards.provider_server import ProviderServer, escalating_openai_cascade
+from tests.factories import make_agent, make_board, open_model_breaker
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -184,15 +181,7 @@ def test_on_the_loop_a_model_behind_an_open_breaker_is_not_called_and_the_run_de
 ):
     make_agent(boards=[board], cascade=[tier("sim-small")], quality_checks=[])
     claims = _claims((board, "a scratch on the housing"))
-    CircuitBreaker.objects.create(
-        scope=CircuitBreaker.Scope.MODEL,
-        board=board,
-        key="simulated/sim-small",
-        state=CircuitBreaker.State.OPEN,
-        consecutive_failures=5,
-        opened_at=timezone.now(),
-    )
-    jidoka.open_models.clear()
+    open_model_breaker(board, "sim-small")
 
     assert _run(claims, settings, loop=True) == ["deferred"]
 
@@ -245,20 +234,10 @@ def test_on_the_loop_a_real_providers_cascade_goes_through_its_asynchronous_clie
     monkeypatch.setattr(OpenAIProvider, "complete", not_on_a_thread)
 
     with ProviderServer() as server:
-        server.then(200, chat_completion("maybe", -1.0)).then(200, chat_completion("surely", -0.01))
-        parameters = {
-            "base_url": f"{server.url}/v1",
-            "api_key_env": "KAIZEN_TEST_OPENAI_KEY",
-            "logprobs": True,
-            "max_retries": 0,
-        }
         make_agent(
             boards=[board],
             quality_checks=[],
-            cascade=[
-                {"provider": "openai", "model": "small-llm", "parameters": parameters, "threshold": 0.9},
-                {"provider": "openai", "model": "big-llm", "parameters": parameters},
-            ],
+            cascade=escalating_openai_cascade(server, "KAIZEN_TEST_OPENAI_KEY"),
         )
         claims = _claims((board, "a scratch on the housing"))
         assert _run(claims, settings, loop=True) == ["done"]

@@ -19,7 +19,7 @@ from boards.agents.providers import ModelRequest
 from boards.agents.simulated import simulate
 from boards.agents.spec import parse_cascade
 from boards.models import ModelCall, Task, TaskEvent
-from tests.boards.provider_server import ProviderServer, chat_completion
+from tests.boards.provider_server import ProviderServer, escalating_openai_cascade
 from tests.factories import make_agent
 
 pytestmark = pytest.mark.django_db
@@ -239,19 +239,9 @@ def test_a_real_provider_cascade_escalates_on_low_logprob_confidence(board, monk
     monkeypatch.setenv("KAIZEN_TEST_OPENAI_KEY", "sk-test")
 
     with ProviderServer() as server:
-        server.then(200, chat_completion("maybe", -1.0)).then(200, chat_completion("surely", -0.01))
-        parameters = {
-            "base_url": f"{server.url}/v1",
-            "api_key_env": "KAIZEN_TEST_OPENAI_KEY",
-            "logprobs": True,
-            "max_retries": 0,
-        }
         make_agent(
             boards=[board],
-            cascade=[
-                {"provider": "openai", "model": "small-llm", "parameters": parameters, "threshold": 0.9},
-                {"provider": "openai", "model": "big-llm", "parameters": parameters},
-            ],
+            cascade=escalating_openai_cascade(server, "KAIZEN_TEST_OPENAI_KEY"),
         )
         task = run_one(board)
 

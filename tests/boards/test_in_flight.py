@@ -12,9 +12,21 @@ import pytest
 from boards.agents.providers import InFlight
 
 
-def test_a_released_slot_goes_to_the_longest_waiter_whether_thread_or_coroutine():
+def _taken() -> InFlight:
+    """A cap of one slot, taken."""
     cap = InFlight(1)
     assert cap.acquire(timeout=0)
+    return cap
+
+
+def _one_slot_free(cap: InFlight) -> None:
+    """Nobody waits, and exactly the cap's one slot can be taken."""
+    assert not cap._waiters
+    assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
+
+
+def test_a_released_slot_goes_to_the_longest_waiter_whether_thread_or_coroutine():
+    cap = _taken()
     order: list[str] = []
 
     async def on_loop() -> None:
@@ -44,24 +56,21 @@ def test_a_released_slot_goes_to_the_longest_waiter_whether_thread_or_coroutine(
 
     assert order == ["coroutine", "thread"]
     # Every slot is back: one can be taken at once, and only one.
-    assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
+    _one_slot_free(cap)
 
 
 def test_a_waiter_that_times_out_takes_nothing_and_leaves_nothing_behind():
-    cap = InFlight(1)
-    assert cap.acquire(timeout=0)
+    cap = _taken()
 
     assert cap.acquire(timeout=0.01) is False
     assert asyncio.run(cap.aacquire(timeout=0.01)) is False
 
-    assert not cap._waiters
     cap.release()
-    assert cap.acquire(timeout=0)
+    _one_slot_free(cap)
 
 
 def test_a_cancelled_coroutine_hands_back_a_slot_it_was_given_or_keeps_it_to_release():
-    cap = InFlight(1)
-    assert cap.acquire(timeout=0)
+    cap = _taken()
 
     async def main() -> None:
         waiting = asyncio.ensure_future(cap.aacquire(timeout=10))
@@ -80,8 +89,7 @@ def test_a_cancelled_coroutine_hands_back_a_slot_it_was_given_or_keeps_it_to_rel
 
     asyncio.run(main())
 
-    assert not cap._waiters
-    assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
+    _one_slot_free(cap)
 
 
 def test_releasing_more_than_was_taken_is_an_error():
@@ -91,8 +99,7 @@ def test_releasing_more_than_was_taken_is_an_error():
 
 
 def test_a_coroutine_cancelled_while_waiting_leaves_the_queue():
-    cap = InFlight(1)
-    assert cap.acquire(timeout=0)
+    cap = _taken()
 
     async def main() -> None:
         waiting = asyncio.ensure_future(cap.aacquire(timeout=10))
@@ -103,14 +110,12 @@ def test_a_coroutine_cancelled_while_waiting_leaves_the_queue():
 
     asyncio.run(main())
 
-    assert not cap._waiters
     cap.release()
-    assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
+    _one_slot_free(cap)
 
 
 def test_a_thread_interrupted_while_waiting_leaves_no_slot_behind(monkeypatch):
-    cap = InFlight(1)
-    assert cap.acquire(timeout=0)
+    cap = _taken()
 
     def interrupted(self, timeout=None):
         raise KeyboardInterrupt
@@ -120,14 +125,12 @@ def test_a_thread_interrupted_while_waiting_leaves_no_slot_behind(monkeypatch):
         cap.acquire(timeout=10)
     monkeypatch.undo()
 
-    assert not cap._waiters
     cap.release()
-    assert cap.acquire(timeout=0)
+    _one_slot_free(cap)
 
 
 def test_a_slot_released_to_a_coroutine_whose_loop_has_closed_goes_to_the_next():
-    cap = InFlight(1)
-    assert cap.acquire(timeout=0)
+    cap = _taken()
     loop = asyncio.new_event_loop()
     waiting = loop.create_task(cap.aacquire(timeout=10))
     loop.run_until_complete(asyncio.sleep(0))  # the coroutine is queued
@@ -137,5 +140,4 @@ def test_a_slot_released_to_a_coroutine_whose_loop_has_closed_goes_to_the_next()
 
     cap.release()
 
-    assert not cap._waiters
-    assert cap.acquire(timeout=0) and not cap.acquire(timeout=0)
+    _one_slot_free(cap)

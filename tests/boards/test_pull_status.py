@@ -18,7 +18,7 @@ from boards import services
 from boards.models import Column, Task
 from boards.selectors import HoldLevel, board_columns_get, board_pull_status_get
 from tests.andon.helpers import escalate
-from tests.factories import column, make_agent, make_board
+from tests.factories import column, make_agent, make_board, open_model_breaker
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_open_breakers")]
 
@@ -216,14 +216,7 @@ def test_every_model_of_an_agent_out_of_service_says_so():
     board = make_board(backlog=False)
     make_agent(boards=[board], name="Cut off", model="sim-small")
     _ready(board, 1)
-    CircuitBreaker.objects.create(
-        scope=CircuitBreaker.Scope.MODEL,
-        board=board,
-        key="simulated/sim-small",
-        state=CircuitBreaker.State.OPEN,
-        consecutive_failures=9,
-        opened_at=timezone.now(),
-    )
+    open_model_breaker(board, "sim-small", failures=9)
 
     status, _ = _status(board)
 
