@@ -285,6 +285,57 @@ def task_place(task: Task, column: Column, *, position: int | None = None) -> No
         task.worker = ""
 
 
+# What task_place changes, for a caller that writes the tasks itself.
+PLACED_FIELDS = [
+    "column",
+    "status",
+    "position",
+    "finished_at",
+    "lease_token",
+    "lease_expires_at",
+    "worker",
+    "updated_at",
+]
+
+
+def tasks_place_write(tasks: list[Task], column: Column) -> None:
+    """Put ``tasks`` in ``column`` (not Done) one after another, each where
+    task_place would put it, and write them. Given highest priority first (a
+    Backlog's order), they mostly all go last: one read finds the first one's
+    slot, the others follow it, and one statement writes them all (task_place
+    and a save each cost a read and an UPDATE compiled anew: most of a pull that
+    refills Ready while tasks arrive one by one).
+
+    A task that goes among lower-priority ones (or comes after one of lower
+    priority) is written before the next is placed, whose slot is then read
+    with it in the column."""
+    now = timezone.now()
+    pending: list[Task] = []
+    tail: Task | None = None  # the task placed just before, when it went last
+    for task in tasks:
+        if tail is not None and task.priority <= tail.priority:
+            # Nothing of lower priority than the previous one waits, and this one's
+            # is no higher: it goes last too.
+            position = _slot_after(tail.position)
+            tail = task
+        else:
+            task_rows_update(pending, PLACED_FIELDS)
+            pending = []
+            found = _SLOT.instances(
+                Column, ["slot_last", "slot_lower"], column_id=column.pk, priority=task.priority
+            )
+            last, lower = _slot_of(found[0]) if found else (None, False)
+            position = slot_among_lower(column, task.priority) if lower else _slot_after(last)
+            tail = None if lower else task
+        task_place(task, column, position=position)
+        task.updated_at = now  # auto_now is save()'s, not task_rows_update's
+        pending.append(task)
+        if tail is None:
+            task_rows_update(pending, PLACED_FIELDS)
+            pending = []
+    task_rows_update(pending, PLACED_FIELDS)
+
+
 def board_lock(board_id: int) -> Board:
     """Lock the board's row for the rest of the transaction, and return it."""
     # Every change that adds to a WIP-limited column takes this lock first, so

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from andon import broadcast as andon_broadcast
@@ -31,8 +31,8 @@ from boards.services.primitives import (
     board_lock,
     column_count,
     task_event,
-    task_place,
     task_rows_update,
+    tasks_place_write,
 )
 from experiments import line as experiment_line
 from kaizen_web.prepared import Prepared, fields
@@ -241,39 +241,48 @@ def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> N
         room = ready.wip_limit - column_count(ready)
         if room <= 0:
             return
-    candidates = Task.objects.filter(column=backlog, blocked_at__isnull=True).order_by(
-        "-priority", "position", "created_at"
-    )
-    if room is not None:
-        candidates = candidates[:room]
-    events = []
-    for task in candidates.select_for_update(skip_locked=True, of=("self",), no_key=True):
-        task_place(task, ready)
-        task.save(
-            update_fields=[
-                "column",
-                "status",
-                "position",
-                "finished_at",
-                "lease_token",
-                "lease_expires_at",
-                "updated_at",
-            ]
+    taken = _backlog_take(room).instances(Task, column_id=backlog.pk)
+    if not taken:
+        return
+    tasks_place_write(taken, ready)
+    events = [
+        task_event(
+            task,
+            TaskEvent.Kind.MOVED,
+            from_column=backlog,
+            to_column=ready,
+            from_status=Status.BACKLOG,
+            to_status=Status.READY,
+            note="pulled into Ready",
         )
-        events.append(
-            task_event(
-                task,
-                TaskEvent.Kind.MOVED,
-                from_column=backlog,
-                to_column=ready,
-                from_status=Status.BACKLOG,
-                to_status=Status.READY,
-                note="pulled into Ready",
+        for task in taken
+    ]
+    rows_insert(TaskEvent, events)
+    changed.update({backlog.pk, ready.pk})
+
+
+def _backlog_take(room: int | None) -> Prepared:
+    """The query that takes (locks) the Backlog's first ``room`` tasks (None:
+    all), by priority, then position, then age; one per room, compiled once
+    (a LIMIT is part of the SQL, not a parameter: a few shapes, up to Ready's
+    WIP limit)."""
+    found = _BACKLOG_TAKE.get(room)
+    if found is None:
+
+        def build(*, column_id: int) -> QuerySet:
+            tasks = (
+                Task.objects.filter(column_id=column_id, blocked_at__isnull=True)
+                .order_by("-priority", "position", "created_at")
+                .select_for_update(skip_locked=True, of=("self",), no_key=True)
+                .values_list(*fields(Task))
             )
-        )
-    if events:
-        rows_insert(TaskEvent, events)
-        changed.update({backlog.pk, ready.pk})
+            return tasks if room is None else tasks[:room]
+
+        found = _BACKLOG_TAKE.setdefault(room, Prepared(build, column_id=int))
+    return found
+
+
+_BACKLOG_TAKE: dict[int | None, Prepared] = {}
 
 
 def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[Claim]:

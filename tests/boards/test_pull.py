@@ -60,6 +60,52 @@ def test_pull_refills_ready_up_to_its_limit(board, agent):
 
 
 @pytest.mark.django_db
+def test_refill_places_each_task_by_priority_among_those_already_in_ready():
+    board = make_board(ready_limit=None)
+    for title, priority in [("A", 5), ("B", 0)]:
+        services.task_create(board=board, title=title, input="x", priority=priority)
+    services.board_pull(board_id=board.pk)  # A and B into Ready (no agent claims)
+    for title, priority in [("C", 5), ("D", 3), ("E", 0), ("F", 0), ("G", 7)]:
+        services.task_create(board=board, title=title, input="x", priority=priority)
+    long_ago = timezone.now() - timedelta(hours=1)
+    Task.objects.filter(status=Status.BACKLOG).update(updated_at=long_ago)
+
+    services.board_pull(board_id=board.pk)
+
+    ready = list(Task.objects.filter(column=column(board, Role.READY)).order_by("position"))
+    # After every task of its priority or higher, before the first of lower priority.
+    assert [t.title for t in ready] == ["G", "A", "C", "D", "B", "E", "F"]
+    assert len({t.position for t in ready}) == 7
+    moved = [t for t in ready if t.title not in ("A", "B")]
+    assert all(t.status == Status.READY and t.updated_at > long_ago + timedelta(minutes=30) for t in moved)
+    notes = TaskEvent.objects.filter(kind=TaskEvent.Kind.MOVED, note="pulled into Ready")
+    assert sorted(notes.values_list("task__title", flat=True)) == sorted("ABCDEFG")
+
+
+@pytest.mark.django_db
+def test_tasks_going_last_are_placed_by_one_read_and_written_by_one_statement(board):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from boards.services.primitives import tasks_place_write
+
+    services.task_create(board=board, title="waiting", input="x", priority=1)
+    services.board_pull(board_id=board.pk)
+    tasks = [
+        services.task_create(board=board, title=f"t{i}", input="x", priority=1 - i // 2) for i in range(4)
+    ]
+    ready = column(board, Role.READY)
+
+    with CaptureQueriesContext(connection) as captured:
+        tasks_place_write(tasks, ready)
+
+    assert len(captured) == 2, [q["sql"] for q in captured]
+    in_ready = Task.objects.filter(column=ready).order_by("position")
+    assert list(in_ready.values_list("title", flat=True)) == ["waiting", "t0", "t1", "t2", "t3"]
+    assert set(in_ready.values_list("status", flat=True)) == {Status.READY}
+
+
+@pytest.mark.django_db
 def test_pull_never_exceeds_hard_wip_limit(board):
     make_agent(boards=[board], concurrency=10)
     _create(board, 8)
