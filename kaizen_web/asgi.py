@@ -3,11 +3,13 @@
 import asyncio
 import os
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -82,6 +84,20 @@ class SyncChainASGIHandler(ASGIHandler):
     are per request either way (Django keeps them per asyncio context, not per
     thread).
 
+    At most KAIZEN_WEB_REQUEST_THREADS requests run their synchronous work at
+    once; the others wait their turn, first come, first served, on the event
+    loop (reading a body and sending an answer take no turn). Python runs one
+    thread at a time in a process: 40 requests side by side shared it unfairly
+    (a thread back from a query waits for the others to let it go, once per
+    query) and spent CPU handing it round. Under 20 people loading the board
+    while 20 clients posted tasks, the page's p99 was twice its median. Eight
+    turns: p99 271-371 ms against 354-452 with no limit, lower in each of four
+    alternated pairs, with as many pages and posts served (bench/board_page.py;
+    bench/README.md). Four served the page alone faster still but posted 10-25%
+    fewer tasks under load: a post holds its turn while its commit waits on the
+    disk. A request that waits long (a lock held elsewhere) holds its turn
+    while it waits; the turns are per process.
+
     A client that leaves while its view runs is not noticed until the view
     returns: a synchronous view cannot be stopped anyway (Django's handler only
     stops waiting for it, and sends the request-finished signal, which closes
@@ -94,6 +110,22 @@ class SyncChainASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.threads = RequestThreads()
+        # Per event loop (a process has one; tests may run several in turn).
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def turns(self) -> asyncio.Semaphore | None:
+        """The turns of this event loop's requests (KAIZEN_WEB_REQUEST_THREADS;
+        None when 0: no limit)."""
+        limit = settings.KAIZEN_WEB_REQUEST_THREADS
+        if not limit:
+            return None
+        loop = asyncio.get_running_loop()
+        turns = self._turns.get(loop)
+        if turns is None:
+            turns = self._turns[loop] = asyncio.Semaphore(limit)
+        return turns
 
     def load_middleware(self, is_async: bool = False) -> None:
         # The synchronous chain, run by BaseHandler.get_response in the request's thread.
@@ -115,7 +147,12 @@ class SyncChainASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         try:
-            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            turns = self.turns()
+            if turns is None:
+                response = await self.respond_in_thread(scope, body_file)
+            else:
+                async with turns:
+                    response = await self.respond_in_thread(scope, body_file)
             if not response.streaming:
                 # Rendered and closed already: its headers and body go out.
                 await self.send_response(response, send)
@@ -144,6 +181,9 @@ class SyncChainASGIHandler(ASGIHandler):
                     task.result()
                 except RequestAborted:
                     pass  # the client left
+
+    async def respond_in_thread(self, scope, body_file) -> HttpResponseBase:
+        return await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
 
     def respond(self, scope, body_file) -> HttpResponseBase:
         """In the request's thread: the response, which, unless it is streamed, is

@@ -474,6 +474,10 @@ KAIZEN_COLUMN_COUNT_CAP = env_int("KAIZEN_COLUMN_COUNT_CAP", 10_000, minimum=1)
 # 0 renders it for every load.
 KAIZEN_BOARD_PAGE_MAX_AGE_MS = env_int("KAIZEN_BOARD_PAGE_MAX_AGE_MS", 500, minimum=0)
 
+# Requests whose synchronous work (middleware, view, rendering) runs at once in a
+# web process; the others wait their turn in order (kaizen_web.asgi). 0: no limit.
+KAIZEN_WEB_REQUEST_THREADS = env_int("KAIZEN_WEB_REQUEST_THREADS", 8, minimum=0)
+
 # The garbage collector's thresholds in the web server and the workers, set once
 # they have loaded their code, which is then left out of every collection
 # (gc.freeze; kaizen_web.heap). Python's (700, 10, 10) made the web server stop

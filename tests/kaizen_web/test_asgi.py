@@ -81,6 +81,45 @@ def test_requests_at_the_same_time_each_have_their_own_thread(threads_seen):
     assert len({id(thread) for thread in started}) == 2
 
 
+@pytest.mark.parametrize("turns", [2, 0])
+def test_requests_beyond_the_turns_wait_for_one_to_end(settings, turns):
+    # Each started request holds on until `turns` requests run at once (or all
+    # have started): with two turns, four requests run two by two; with no
+    # limit, all four at once.
+    settings.KAIZEN_WEB_REQUEST_THREADS = turns
+    total = 4
+    state = {"running": 0, "most": 0, "started": 0}
+    changed = threading.Condition()
+
+    def started(**kwargs):
+        with changed:
+            state["running"] += 1
+            state["started"] += 1
+            state["most"] = max(state["most"], state["running"])
+            changed.notify_all()
+            changed.wait_for(lambda: state["running"] >= (turns or total) or state["started"] == total, 30)
+
+    def finished(**kwargs):
+        with changed:
+            state["running"] -= 1
+            changed.notify_all()
+
+    request_started.connect(started, dispatch_uid="test_asgi_turns_started")
+    request_finished.connect(finished, dispatch_uid="test_asgi_turns_finished")
+    try:
+
+        async def four():
+            return await asyncio.gather(*[_get("/accounts/login/") for _ in range(total)])
+
+        responses = async_to_sync(four)()
+    finally:
+        request_started.disconnect(dispatch_uid="test_asgi_turns_started")
+        request_finished.disconnect(dispatch_uid="test_asgi_turns_finished")
+    assert [r["status"] for r in responses] == [200] * total
+    assert state["most"] == (turns or total)
+    assert state["running"] == 0
+
+
 def test_a_thread_still_busy_is_not_handed_to_the_next_request():
     # A view whose client went away keeps running in its thread: that thread
     # must not serve the next request, which would wait behind it.
