@@ -28,7 +28,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import get_language
 
 from andon.selectors import board_budgets_exist, budget_warnings_get
-from boards.models import Board, Column, Task
+from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
     ColumnView,
     board_agents_get,
@@ -38,6 +38,7 @@ from boards.selectors import (
     board_line_stops_get,
     board_pull_status_get,
     board_sle_recent,
+    capabilities_offered,
     cards_age_set,
 )
 from kaizen_web.prepared import Prepared, fields
@@ -104,11 +105,15 @@ def render_board_update(*, board_id: int, column_ids: set[int]) -> str:
 @dataclass(frozen=True)
 class BoardLiveHtml:
     """The board page's live part, rendered: the banner (above the body) and
-    #board-body's content (flow status, agents, columns)."""
+    #board-body's content (flow status, agents, columns); with what the rest of
+    the page reads from the same agents, as they were: the capabilities the task
+    form offers, and the agents the andon cord offers to stop, by name."""
 
     banner: SafeString
     body: SafeString
     rendered_at: float  # time.monotonic() when it was done
+    capabilities: tuple[str, ...]
+    cord_agents: tuple[Agent, ...]
 
 
 # Per web process: the latest rendering of each board's live part, and a lock
@@ -122,12 +127,16 @@ _rendering_guard = threading.Lock()
 def board_live_html_render(*, board: Board) -> BoardLiveHtml:
     """The board's live part, rendered now (a fixed number of queries)."""
     context = board_live_context(board=board)
+    agents: list[Agent] = context["agents"]
     return BoardLiveHtml(
         banner=mark_safe(render_to_string("boards/board.html#banner", context)),  # noqa: S308 (autoescaped template)
         body=mark_safe(render_to_string("boards/board.html#board-body", context)),  # noqa: S308 (autoescaped template)
         # From the end: a rendering slower than the max age (a busy machine)
         # is not found old at once, and renders are spaced, not back to back.
         rendered_at=time.monotonic(),
+        # The board's agents were read for the strip: no query of their own.
+        capabilities=tuple(capabilities_offered(agents)),
+        cord_agents=tuple(sorted(agents, key=lambda agent: (agent.name, agent.pk))),
     )
 
 

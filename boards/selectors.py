@@ -488,22 +488,6 @@ _BOARD_AGENTS_CAPABILITIES = Prepared(
 )
 
 
-_BOARD_AGENT_NAMES = Prepared(
-    lambda *, board_id: (
-        Agent.objects.filter(pk__in=board_agent_ids(board_id))
-        .order_by("name", "pk")
-        .values_list("id", "name")
-    ),
-    board_id=int,
-)
-
-
-def board_agent_names_get(*, board: Board) -> list[Agent]:
-    """The board's agents by name, with only their id and name read (what the
-    board page's andon cord offers to stop)."""
-    return _BOARD_AGENT_NAMES.instances(Agent, columns=["id", "name"], board_id=board.pk)
-
-
 def board_by_slug_get(*, slug: str) -> Board | None:
     """The board with this slug, or None."""
     return next(iter(_BOARD.instances(Board, slug=slug)), None)
@@ -511,8 +495,15 @@ def board_by_slug_get(*, slug: str) -> Board | None:
 
 def board_capabilities_get(*, board: Board) -> list[str]:
     """The capabilities a task on this board may ask for: those its agents offer."""
+    return capabilities_offered(
+        _BOARD_AGENTS_CAPABILITIES.instances(Agent, columns=_CAPABILITY_FIELDS, board_id=board.pk)
+    )
+
+
+def capabilities_offered(agents: Iterable[Agent]) -> list[str]:
+    """The capabilities ``agents`` offer between them, sorted."""
     offered: set[str] = set()
-    for agent in _BOARD_AGENTS_CAPABILITIES.instances(Agent, columns=_CAPABILITY_FIELDS, board_id=board.pk):
+    for agent in agents:
         offered.update(agent.offered_capabilities)
     return sorted(offered)
 

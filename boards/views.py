@@ -36,7 +36,6 @@ from boards.forms import (
 from boards.fragments import board_live_context, board_live_html_get
 from boards.models import Agent, Board, Column, Task
 from boards.selectors import (
-    board_agent_names_get,
     board_by_slug_get,
     board_capabilities_get,
     board_list_get,
@@ -90,18 +89,18 @@ def _board_context(request: HttpRequest, board: Board, *, form: TaskCreateForm |
     # the live part as rendered a moment ago (see board_live_html_get).
     fresh = len(messages.get_messages(request)) > 0
     can_stop_line = request.user.has_perm(REVIEW_PERMISSION)
+    live = board_live_html_get(board=board, fresh=fresh)
     return {
         "board": board,
-        "live": board_live_html_get(board=board, fresh=fresh),
-        # A form sent back with its errors is drawn as it is; an empty one from the kept fields.
+        "live": live,
+        # A form sent back with its errors is drawn as it is; an empty one from the
+        # kept fields, offering the capabilities of the agents the live part shows.
         "form": form,
-        "form_fields": _task_form_fields_html(tuple(board_capabilities_get(board=board)))
-        if form is None
-        else "",
+        "form_fields": _task_form_fields_html(live.capabilities) if form is None else "",
         "ws_path": _ws_path(board),
         # The cord is in the page only for those who may pull it (the server checks again).
         "can_stop_line": can_stop_line,
-        "agents": board_agent_names_get(board=board) if can_stop_line else [],
+        "agents": live.cord_agents if can_stop_line else [],
         "nav": "boards",
     }
 

@@ -235,7 +235,7 @@ def test_a_rendering_from_long_ago_is_not_shown_while_another_load_renders(setti
     services.task_create(board=board, title="Now")
     long_ago = time.monotonic() - 11 * 1.0  # past STALE_FACTOR (10) max ages
     fragments._live_html[board.pk] = fragments.BoardLiveHtml(
-        banner="", body="from long ago", rendered_at=long_ago
+        banner="", body="from long ago", rendered_at=long_ago, capabilities=(), cord_agents=()
     )
     lock = fragments._rendering.setdefault(board.pk, threading.Lock())
     lock.acquire()  # another load is rendering it
