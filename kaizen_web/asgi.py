@@ -96,7 +96,11 @@ class SyncChainASGIHandler(ASGIHandler):
     bench/README.md). Four served the page alone faster still but posted 10-25%
     fewer tasks under load: a post holds its turn while its commit waits on the
     disk. A request that waits long (a lock held elsewhere) holds its turn
-    while it waits; the turns are per process.
+    while it waits; the turns are per process. A streamed response (a download)
+    is sent after its turn, chunk by chunk, taking none. A request whose client
+    left while it waited for a turn is still served (as without turns); one
+    cancelled while its view runs (the server stopping) gives its turn back at
+    once, while its thread finishes the view.
 
     A client that leaves while its view runs is not noticed until the view
     returns: a synchronous view cannot be stopped anyway (Django's handler only
@@ -110,8 +114,9 @@ class SyncChainASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.threads = RequestThreads()
-        # Per event loop (a process has one; tests may run several in turn).
-        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+        # Per event loop (a process has one; tests may run several in turn), with
+        # the limit each was made for.
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, asyncio.Semaphore]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -122,10 +127,10 @@ class SyncChainASGIHandler(ASGIHandler):
         if not limit:
             return None
         loop = asyncio.get_running_loop()
-        turns = self._turns.get(loop)
-        if turns is None:
-            turns = self._turns[loop] = asyncio.Semaphore(limit)
-        return turns
+        kept = self._turns.get(loop)
+        if kept is None or kept[0] != limit:  # a changed setting (tests) makes new turns
+            kept = self._turns[loop] = (limit, asyncio.Semaphore(limit))
+        return kept[1]
 
     def load_middleware(self, is_async: bool = False) -> None:
         # The synchronous chain, run by BaseHandler.get_response in the request's thread.

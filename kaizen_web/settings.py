@@ -475,8 +475,10 @@ KAIZEN_COLUMN_COUNT_CAP = env_int("KAIZEN_COLUMN_COUNT_CAP", 10_000, minimum=1)
 KAIZEN_BOARD_PAGE_MAX_AGE_MS = env_int("KAIZEN_BOARD_PAGE_MAX_AGE_MS", 500, minimum=0)
 
 # Requests whose synchronous work (middleware, view, rendering) runs at once in a
-# web process; the others wait their turn in order (kaizen_web.asgi). 0: no limit.
-KAIZEN_WEB_REQUEST_THREADS = env_int("KAIZEN_WEB_REQUEST_THREADS", 8, minimum=0)
+# web process; the others wait their turn in order (kaizen_web.asgi). 0: no limit,
+# the default on SQLite, where a request adding a task waits for its intake group
+# (KAIZEN_INTAKE_GROUP_MS) and would hold its turn meanwhile.
+KAIZEN_WEB_REQUEST_THREADS = env_int("KAIZEN_WEB_REQUEST_THREADS", 0 if _ON_SQLITE else 8, minimum=0)
 
 # The garbage collector's thresholds in the web server and the workers, set once
 # they have loaded their code, which is then left out of every collection

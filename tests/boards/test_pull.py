@@ -105,6 +105,42 @@ def test_tasks_going_last_are_placed_by_one_read_and_written_by_one_statement(bo
     assert set(in_ready.values_list("status", flat=True)) == {Status.READY}
 
 
+def _backlog(board, *specs):
+    return [services.task_create(board=board, title=title, input="x", priority=p) for title, p in specs]
+
+
+def _ready_titles(board):
+    ready = Task.objects.filter(column=column(board, Role.READY)).order_by("position")
+    assert len(set(ready.values_list("position", flat=True))) == ready.count()
+    return list(ready.values_list("title", flat=True))
+
+
+@pytest.mark.django_db
+def test_tasks_placed_out_of_priority_order_each_find_their_slot(board):
+    from boards.services.primitives import tasks_place_write
+
+    tasks_place_write(_backlog(board, ("X", 3)), column(board, Role.READY))
+    # A first goes last; B, of higher priority, comes after it in the list but
+    # goes before X; C follows B.
+    tasks_place_write(_backlog(board, ("A", 0), ("B", 5), ("C", 5)), column(board, Role.READY))
+
+    assert _ready_titles(board) == ["B", "C", "X", "A"]
+
+
+@pytest.mark.django_db
+def test_tasks_placed_where_no_gap_is_left_spread_the_column_out(board):
+    from boards.services.primitives import tasks_place_write
+
+    ready = column(board, Role.READY)
+    tasks_place_write(_backlog(board, ("Y", 5), ("X", 3)), ready)
+    Task.objects.filter(title="Y").update(position=1)
+    Task.objects.filter(title="X").update(position=2)
+
+    tasks_place_write(_backlog(board, ("Z", 5), ("W", 5)), ready)
+
+    assert _ready_titles(board) == ["Y", "Z", "W", "X"]
+
+
 @pytest.mark.django_db
 def test_pull_never_exceeds_hard_wip_limit(board):
     make_agent(boards=[board], concurrency=10)
