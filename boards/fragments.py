@@ -136,7 +136,7 @@ def board_live_html_render(*, board: Board) -> BoardLiveHtml:
         rendered_at=time.monotonic(),
         # The board's agents were read for the strip: no query of their own.
         capabilities=tuple(capabilities_offered(agents)),
-        cord_agents=tuple(sorted(agents, key=lambda agent: (agent.name, agent.pk))),
+        cord_agents=tuple(agents),  # by name, as the database orders them for the strip
     )
 
 

@@ -92,12 +92,13 @@ class SyncChainASGIHandler(ASGIHandler):
     query) and spent CPU handing it round. Under 20 people loading the board
     while 20 clients posted tasks, the page's p99 was twice its median. Eight
     turns: p99 271-371 ms against 354-452 with no limit, lower in each of four
-    alternated pairs, with as many pages and posts served (bench/board_page.py;
-    bench/README.md). Four served the page alone faster still but posted 10-25%
-    fewer tasks under load: a post holds its turn while its commit waits on the
-    disk. A request that waits long (a lock held elsewhere) holds its turn
-    while it waits; the turns are per process. A streamed response (a download)
-    is sent after its turn, chunk by chunk, taking none. A request whose client
+    alternated pairs, with as many pages and posts served or more in three of
+    them (bench/board_page.py; bench/README.md). Four served the page alone
+    faster still but posted 9-30% fewer tasks under load: a post holds its turn
+    while its commit waits on the disk. A request that waits long (a lock held
+    elsewhere) holds its turn while it waits; the turns are per process. A
+    streamed response (the CSV export) is produced after its turn, its reads
+    and formatting included, taking none. A request whose client
     left while it waited for a turn is still served (as without turns); one
     cancelled while its view runs (the server stopping) gives its turn back at
     once, while its thread finishes the view.
@@ -106,9 +107,10 @@ class SyncChainASGIHandler(ASGIHandler):
     returns: a synchronous view cannot be stopped anyway (Django's handler only
     stops waiting for it, and sends the request-finished signal, which closes
     the database connection, while the view may still be using it). Streamed
-    responses (static files, downloads) are sent by Django's own code, chunk by
-    chunk, while listening for the client to leave, as Django does, and closed
-    afterwards.
+    responses are sent by Django's own code while listening for the client to
+    leave, as Django does, and closed afterwards: our downloads chunk by chunk
+    (boards.views_tasks), a file response read whole first (Django consumes a
+    synchronous iterator before serving it asynchronously).
     """
 
     def __init__(self) -> None:
@@ -170,7 +172,8 @@ class SyncChainASGIHandler(ASGIHandler):
     async def stream(self, response: HttpResponseBase, receive, send) -> None:
         """Send a streamed response while listening for the client to leave, as
         Django's handler does: if it leaves, the sending stops (the iterator is
-        closed with the response), so a long download is not produced for no one."""
+        closed with the response), so a long download of ours is not produced
+        for no one."""
         sending = asyncio.create_task(self.send_response(response, send))
         listening = asyncio.create_task(self.listen_for_disconnect(receive))
         await asyncio.wait([sending, listening], return_when=asyncio.FIRST_COMPLETED)

@@ -474,12 +474,6 @@ KAIZEN_COLUMN_COUNT_CAP = env_int("KAIZEN_COLUMN_COUNT_CAP", 10_000, minimum=1)
 # 0 renders it for every load.
 KAIZEN_BOARD_PAGE_MAX_AGE_MS = env_int("KAIZEN_BOARD_PAGE_MAX_AGE_MS", 500, minimum=0)
 
-# Requests whose synchronous work (middleware, view, rendering) runs at once in a
-# web process; the others wait their turn in order (kaizen_web.asgi). 0: no limit,
-# the default on SQLite, where a request adding a task waits for its intake group
-# (KAIZEN_INTAKE_GROUP_MS) and would hold its turn meanwhile.
-KAIZEN_WEB_REQUEST_THREADS = env_int("KAIZEN_WEB_REQUEST_THREADS", 0 if _ON_SQLITE else 8, minimum=0)
-
 # The garbage collector's thresholds in the web server and the workers, set once
 # they have loaded their code, which is then left out of every collection
 # (gc.freeze; kaizen_web.heap). Python's (700, 10, 10) made the web server stop
@@ -504,6 +498,14 @@ KAIZEN_COMPLETE_WINDOW_MS = env_int("KAIZEN_COMPLETE_WINDOW_MS", 10, minimum=0)
 # each on its own. On by default on SQLite only, whose one writer at a time made
 # every intake queue for the write lock; on PostgreSQL intakes commit side by side.
 KAIZEN_INTAKE_GROUP_MS = env_int("KAIZEN_INTAKE_GROUP_MS", 10 if _ON_SQLITE else 0, minimum=0)
+
+# Requests whose synchronous work (middleware, view, rendering) runs at once in a
+# web process; the others wait their turn in order (kaizen_web.asgi). 0: no limit,
+# the default where intakes are grouped (SQLite's): a request adding a task waits
+# for its group and would hold its turn meanwhile.
+KAIZEN_WEB_REQUEST_THREADS = env_int(
+    "KAIZEN_WEB_REQUEST_THREADS", 0 if KAIZEN_INTAKE_GROUP_MS else 8, minimum=0
+)
 
 # Custom agent classes (dotted paths) an agent may name as its implementation.
 KAIZEN_AGENT_CLASSES = env_list("KAIZEN_AGENT_CLASSES", ["boards.example_agents.KeywordClassifier"])

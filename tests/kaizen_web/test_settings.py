@@ -46,6 +46,8 @@ CLEARED = [
     "REDIS_URL_FILE",
     "CSRF_COOKIE_SECURE",
     "KAIZEN_REQUIRE_SECRET_KEY",
+    "KAIZEN_INTAKE_GROUP_MS",
+    "KAIZEN_WEB_REQUEST_THREADS",
     *HTTPS_ENV,
 ]
 
@@ -127,6 +129,19 @@ def test_https_is_off_by_default_for_the_demo_on_plain_http(load):
 
     assert (values["SECURE_SSL_REDIRECT"], values["SECURE_HSTS_SECONDS"]) == (False, 0)
     assert values["SECURE_PROXY_SSL_HEADER"] is None
+
+
+@pytest.mark.parametrize(
+    "env, turns",
+    [
+        ({"DATABASE_URL": "postgres://kaizen@db.example.com/kaizen"}, 8),
+        ({}, 0),  # SQLite: its intakes are grouped, and a grouped request would hold a turn
+        ({"DATABASE_URL": "postgres://kaizen@db.example.com/kaizen", "KAIZEN_INTAKE_GROUP_MS": "10"}, 0),
+        ({"KAIZEN_WEB_REQUEST_THREADS": "3"}, 3),
+    ],
+)
+def test_the_web_requests_turns_default_to_none_where_intakes_are_grouped(load, env, turns):
+    assert load(**env)["KAIZEN_WEB_REQUEST_THREADS"] == turns
 
 
 def test_the_proxy_header_may_be_written_as_the_header_itself(load):
