@@ -12,7 +12,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import plotly.graph_objects as go
 from django.utils import timezone
@@ -53,9 +53,21 @@ def _when(at: datetime) -> str:
     return timezone.localtime(at).strftime("%Y-%m-%d %H:%M")
 
 
+def _x_range(report: MudaReport) -> list[str] | None:
+    """The x axis's range when the trend has a single period (a window of less
+    than two hours, say): a period either side of it. Left to plotly, one point
+    gets an axis a millisecond wide, ticked 20:38:59.9995."""
+    if len(report.trend) != 1:
+        return None
+    only = report.trend[0].start
+    step = timedelta(hours=1) if report.period == "hour" else timedelta(days=1)
+    return [_when(only - step), _when(only + step)]
+
+
 def trend_figure(report: MudaReport, waste: Waste) -> go.Figure:
     x = [_when(point.start) for point in report.trend]
     y = [point.values.get(waste.name) for point in report.trend]
+    x_range = _x_range(report)
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
@@ -71,7 +83,7 @@ def trend_figure(report: MudaReport, waste: Waste) -> go.Figure:
     )
     figure.add_trace(
         go.Scatter(
-            x=[x[0], x[-1]] if x else [],
+            x=x_range or ([x[0], x[-1]] if x else []),
             y=[waste.target, waste.target] if x else [],
             mode="lines",
             name=f"target {target_text(waste)}",
@@ -91,7 +103,7 @@ def trend_figure(report: MudaReport, waste: Waste) -> go.Figure:
         plot_bgcolor="white",
         paper_bgcolor="white",
         font={"size": 11},
-        xaxis={"gridcolor": GRID, "title": None},
+        xaxis={"gridcolor": GRID, "title": None, "type": "date", **({"range": x_range} if x_range else {})},
         yaxis={
             "gridcolor": GRID,
             "title": {"text": waste.unit},

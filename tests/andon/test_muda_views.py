@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -114,6 +115,24 @@ def test_an_htmx_refresh_gets_the_body_only(logged_in, line):
     page = response.content.decode()
     assert page.lstrip().startswith('<div id="muda-body"')
     assert "<html" not in page
+
+
+def test_a_window_of_one_hour_charts_its_point_on_an_axis_of_hours(logged_in, line):
+    # Plotly draws one point on an axis a millisecond wide unless told its range.
+    hour = timezone.localtime(SINCE).replace(minute=0, second=0, microsecond=0)
+    since, until = hour + timedelta(minutes=10), hour + timedelta(minutes=50)
+    window = {"since": since.strftime("%Y-%m-%dT%H:%M"), "until": until.strftime("%Y-%m-%dT%H:%M")}
+    response = logged_in.get(url(line), window)
+
+    assert response.status_code == 200
+    panels = {p.waste.name: p for p in response.context["panels"]}
+    figure = json.loads(panels["waiting"].chart)
+    trend, target = figure["data"]
+    assert trend["x"] == [since.strftime("%Y-%m-%d %H:%M")]
+    around = [(since + timedelta(hours=h)).strftime("%Y-%m-%d %H:%M") for h in (-1, 1)]
+    assert figure["layout"]["xaxis"]["range"] == around
+    assert figure["layout"]["xaxis"]["type"] == "date"
+    assert target["x"] == around  # the target's line spans the axis, not a point
 
 
 def test_each_chart_s_data_downloads_as_csv(logged_in, line):
