@@ -285,17 +285,9 @@ def task_place(task: Task, column: Column, *, position: int | None = None) -> No
         task.worker = ""
 
 
-# What task_place changes, for a caller that writes the tasks itself.
-PLACED_FIELDS = [
-    "column",
-    "status",
-    "position",
-    "finished_at",
-    "lease_token",
-    "lease_expires_at",
-    "worker",
-    "updated_at",
-]
+# What task_place changes, for a caller that writes the tasks itself (with its
+# updated_at: auto_now is save()'s, not task_rows_update's).
+PLACED_FIELDS = ["column", "status", "position", "finished_at", "lease_token", "lease_expires_at", "worker"]
 
 
 def tasks_place_write(tasks: list[Task], column: Column) -> None:
@@ -310,6 +302,7 @@ def tasks_place_write(tasks: list[Task], column: Column) -> None:
     priority) is written before the next is placed, whose slot is then read
     with it in the column."""
     now = timezone.now()
+    written = [*PLACED_FIELDS, "updated_at"]
     pending: list[Task] = []
     tail: Task | None = None  # the task placed just before, when it went last
     for task in tasks:
@@ -319,7 +312,7 @@ def tasks_place_write(tasks: list[Task], column: Column) -> None:
             position = _slot_after(tail.position)
             tail = task
         else:
-            task_rows_update(pending, PLACED_FIELDS)
+            task_rows_update(pending, written)
             pending = []
             found = _SLOT.instances(
                 Column, ["slot_last", "slot_lower"], column_id=column.pk, priority=task.priority
@@ -331,9 +324,9 @@ def tasks_place_write(tasks: list[Task], column: Column) -> None:
         task.updated_at = now  # auto_now is save()'s, not task_rows_update's
         pending.append(task)
         if tail is None:
-            task_rows_update(pending, PLACED_FIELDS)
+            task_rows_update(pending, written)
             pending = []
-    task_rows_update(pending, PLACED_FIELDS)
+    task_rows_update(pending, written)
 
 
 def board_lock(board_id: int) -> Board:

@@ -31,6 +31,7 @@ from boards.services.ledger import (
     task_totals_add,
 )
 from boards.services.primitives import (
+    PLACED_FIELDS,
     board_lock,
     column_required,
     task_event,
@@ -357,13 +358,7 @@ _COMPLETED_FIELDS = [
     "accepted_tier",
     "reused_from",
     "last_error",
-    "column",
-    "status",
-    "position",
-    "finished_at",
-    "lease_token",
-    "lease_expires_at",
-    "worker",
+    *PLACED_FIELDS,
     "cost",
     "tokens_in",
     "tokens_out",
