@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
 import asyncio
+import contextlib
 import os
 import threading
 import weakref
@@ -154,12 +155,8 @@ class SyncChainASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         try:
-            turns = self.turns()
-            if turns is None:
-                response = await self.respond_in_thread(scope, body_file)
-            else:
-                async with turns:
-                    response = await self.respond_in_thread(scope, body_file)
+            async with self.turns() or contextlib.nullcontext():
+                response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
             if not response.streaming:
                 # Rendered and closed already: its headers and body go out.
                 await self.send_response(response, send)
@@ -189,9 +186,6 @@ class SyncChainASGIHandler(ASGIHandler):
                     task.result()
                 except RequestAborted:
                     pass  # the client left
-
-    async def respond_in_thread(self, scope, body_file) -> HttpResponseBase:
-        return await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
 
     def respond(self, scope, body_file) -> HttpResponseBase:
         """In the request's thread: the response, which, unless it is streamed, is

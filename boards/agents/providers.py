@@ -199,7 +199,7 @@ os.register_at_fork(after_in_child=_forget_clients)
 
 
 def _sync_client(sdk: Any, client_class: str, options: dict[str, Any]) -> Any:
-    key = (os.getpid(), sdk.__name__, client_class, *sorted(options.items()))
+    key = (sdk.__name__, client_class, *sorted(options.items()))  # a forked child starts with none
     with _sync_clients_lock:
         if key not in _sync_clients:
             _sync_clients[key] = getattr(sdk, client_class)(

@@ -299,18 +299,17 @@ def tasks_place_write(tasks: list[Task], column: Column) -> None:
     refills Ready while tasks arrive one by one).
 
     A task that goes among lower-priority ones (or comes after one of lower
-    priority) is written before the next is placed, whose slot is then read
-    with it in the column."""
+    priority) has its slot read with every task placed before it written."""
     now = timezone.now()
     written = [*PLACED_FIELDS, "updated_at"]
     pending: list[Task] = []
     tail: Task | None = None  # the task placed just before, when it went last
     for task in tasks:
         if tail is not None and task.priority <= tail.priority:
-            # Nothing of lower priority than the previous one waits, and this one's
-            # is no higher: it goes last too.
+            # Nothing of lower priority than the previous one waits, and this
+            # one's is no higher: it goes last too.
             position = _slot_after(tail.position)
-            tail = task
+            goes_last = True
         else:
             task_rows_update(pending, written)
             pending = []
@@ -319,13 +318,11 @@ def tasks_place_write(tasks: list[Task], column: Column) -> None:
             )
             last, lower = _slot_of(found[0]) if found else (None, False)
             position = slot_among_lower(column, task.priority) if lower else _slot_after(last)
-            tail = None if lower else task
+            goes_last = not lower
         task_place(task, column, position=position)
         task.updated_at = now  # auto_now is save()'s, not task_rows_update's
         pending.append(task)
-        if tail is None:
-            task_rows_update(pending, written)
-            pending = []
+        tail = task if goes_last else None
     task_rows_update(pending, written)
 
 

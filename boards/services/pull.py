@@ -8,6 +8,7 @@ once, in-process, while anywhere else the pull is asked of the workers
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -261,28 +262,23 @@ def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> N
     changed.update({backlog.pk, ready.pk})
 
 
+@functools.cache
 def _backlog_take(room: int | None) -> Prepared:
     """The query that takes (locks) the Backlog's first ``room`` tasks (None:
     all), by priority, then position, then age; one per room, compiled once
     (a LIMIT is part of the SQL, not a parameter: a few shapes, up to Ready's
     WIP limit)."""
-    found = _BACKLOG_TAKE.get(room)
-    if found is None:
 
-        def build(*, column_id: int) -> QuerySet:
-            tasks = (
-                Task.objects.filter(column_id=column_id, blocked_at__isnull=True)
-                .order_by("-priority", "position", "created_at")
-                .select_for_update(skip_locked=True, of=("self",), no_key=True)
-                .values_list(*fields(Task))
-            )
-            return tasks if room is None else tasks[:room]
+    def build(*, column_id: int) -> QuerySet:
+        tasks = (
+            Task.objects.filter(column_id=column_id, blocked_at__isnull=True)
+            .order_by("-priority", "position", "created_at")
+            .select_for_update(skip_locked=True, of=("self",), no_key=True)
+            .values_list(*fields(Task))
+        )
+        return tasks if room is None else tasks[:room]
 
-        found = _BACKLOG_TAKE.setdefault(room, Prepared(build, column_id=int))
-    return found
-
-
-_BACKLOG_TAKE: dict[int | None, Prepared] = {}
+    return Prepared(build, column_id=int)
 
 
 def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[Claim]:
