@@ -245,7 +245,11 @@
     const n = openRows().reduce((sum, row) => sum + Number(row.dataset.count || 1), 0);
     document.title = "(" + n + ") " + TITLE;
     const count = document.getElementById("inbox-count");
-    if (count) count.textContent = String(n);
+    if (count) {
+      count.textContent = String(n);
+      // Red only while something waits: an empty inbox is no alarm.
+      count.classList.toggle("inbox-count--none", n === 0);
+    }
   }
 
   // Rows pushed to every reviewer say who claimed them; the reader's own are marked here.

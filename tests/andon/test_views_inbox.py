@@ -72,6 +72,17 @@ def test_a_superuser_is_a_reviewer(client):
     assert client.get(URL).status_code == 200
 
 
+def test_its_count_is_red_only_while_something_waits(client, ana):
+    client.force_login(ana)
+    empty = client.get(URL).content.decode()
+    board, _ = line()
+    escalate(board)
+    waiting = client.get(URL).content.decode()
+
+    assert '<span class="inbox-count inbox-count--none" id="inbox-count" aria-live="off">0</span>' in empty
+    assert '<span class="inbox-count" id="inbox-count" aria-live="off">1</span>' in waiting
+
+
 def test_it_lists_open_escalations_newest_first(client, ana):
     board, _ = line()
     escalate(board, "First")
