@@ -391,9 +391,13 @@ class PullGate:
         task whose failure always recurs kept the breaker open while healthy work
         waited. So a probe takes work not tried yet (in queue order), then work
         tried longest ago; the task that just failed comes last."""
-        if not (self.probes or self.limited):
-            return ("position", "created_at")
-        return (F("started_at").asc(nulls_first=True), "position", "created_at")
+        return PROBE_ORDER if self.probes or self.limited else QUEUE_ORDER
+
+
+# The orders of PullGate.candidate_order, each one object (a pull's compiled
+# query is kept per order).
+QUEUE_ORDER = ("position", "created_at")
+PROBE_ORDER = (F("started_at").asc(nulls_first=True), "position", "created_at")
 
 
 # Read at every pull: compiled once (kaizen_web.prepared).

@@ -12,17 +12,22 @@ converts them (a boolean from SQLite's integer, a datetime from its text). A val
 that changes the SQL itself (None becomes ``IS NULL``) makes another shape: each
 combination of None values is compiled on its own.
 
-A list of integers (``pk__in=ids``) has one placeholder per item, so its length is
-part of the shape too. It is padded to the next power of two by repeating its last
-item, which ``IN`` does not mind: a batch of 1 to 200 ids makes at most nine shapes,
-each compiled once (and prepared once per connection on PostgreSQL), not one per
-length.
+A list of integers (``pk__in=ids``) or of text (``capability__in=names``) has one
+placeholder per item, so its length is part of the shape too. It is padded to the
+next power of two by repeating its last item, which ``IN`` does not mind: a batch of
+1 to 200 ids makes at most nine shapes, each compiled once (and prepared once per
+connection on PostgreSQL), not one per length.
+
+Django writes a slice's bounds into the SQL itself (``LIMIT 21``). An integer the
+build slices by (``tasks[:limit]``) is made a parameter of the compiled SQL
+(``LIMIT %s``), so that every limit runs the one statement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -46,6 +51,12 @@ _INT = 32_700
 # ``IN`` list is not checked against its field's range, so they can be large.
 _LIST = 1_000_000_000
 _LIST_SPAN = 1_000_000
+# A list of text's stand-ins: distinct texts no input normalises to.
+_LIST_TEXT = "\x00prepared:{}:{}"
+# Where Django writes a slice's bounds (SQLCompiler.as_sql, limit_offset_sql).
+_BOUND = re.compile(r"\b(LIMIT|OFFSET) (\d+)\b")
+# What a parameter's placeholder is in compiled SQL, and a literal percent sign.
+_PLACEHOLDER = re.compile(r"%%|%s")
 
 
 @dataclass(frozen=True)
@@ -63,16 +74,20 @@ class _Compiled:
     # SELECT ... FOR UPDATE: run only inside a transaction, as Django checks when
     # it compiles one (here, once).
     locks: bool = False
+    # The values the SQL takes as a LIMIT or an OFFSET.
+    bounds: frozenset[str] = frozenset()
 
 
 class Prepared:
     """``build(**values)`` returns the queryset (a ``values_list()``, sliced if one row
     is wanted); ``kinds`` says which values are integers, which are text and which
-    are lists of integers, e.g. ``Prepared(build, agent_id=int, input_key=str,
-    ids=list)``. ``rows(**values)`` runs it. A list's None items are left out, as
+    are lists of integers or of text, e.g. ``Prepared(build, agent_id=int,
+    input_key=str, ids=list, names=list[str], limit=int)`` (``list`` is
+    ``list[int]``). ``rows(**values)`` runs it. A list's None items are left out, as
     Django leaves them out, and what is left must not be empty: Django runs no
     query for an empty ``IN``, and what that means depends on the query, so it is
-    its caller's to answer."""
+    its caller's to answer. An integer the build slices by must not be negative,
+    as Django's slices must not be."""
 
     def __init__(self, build: Callable[..., QuerySet], *, prepare: bool = True, **kinds: type) -> None:
         self._build = build
@@ -83,28 +98,33 @@ class Prepared:
         # many) says prepare=False.
         self._prepare = prepare
         self._stand_ins: dict[str, Any] = {}
-        self._lists: dict[str, int] = {}
+        # A list's stand-in for each of its positions.
+        self._lists: dict[str, Callable[[int], Any]] = {}
         for index, (name, kind) in enumerate(kinds.items()):
             if kind is int:
                 self._stand_ins[name] = _INT + index
             elif kind is str:
                 self._stand_ins[name] = _TEXT.format(name)
-            elif kind is list:
-                self._stand_ins[name] = [_LIST + _LIST_SPAN * index]
-                self._lists[name] = _LIST + _LIST_SPAN * index
+            elif kind in (list, list[int]):
+                self._lists[name] = functools.partial(int.__add__, _LIST + _LIST_SPAN * index)
+            elif kind == list[str]:
+                self._lists[name] = functools.partial(_LIST_TEXT.format, name)
             else:
-                raise TypeError(f"a prepared value is an int, a str or a list, not {kind.__name__} ({name})")
+                raise TypeError(f"a prepared value is an int, a str or a list of either, not {kind} ({name})")
+            if name in self._lists:
+                self._stand_ins[name] = [self._lists[name](0)]
         self._compiled: dict[tuple[str, Hashable, Hashable], _Compiled] = {}
         self._lock = threading.Lock()
 
     def _compile(self, nulls: frozenset[str], sizes: tuple[tuple[str, int], ...]) -> _Compiled:
         values = {name: None if name in nulls else stand_in for name, stand_in in self._stand_ins.items()}
         for name, size in sizes:
-            values[name] = [self._lists[name] + item for item in range(size)]
+            values[name] = [self._lists[name](item) for item in range(size)]
         queryset = self._build(**values)
         alias = queryset.db
         compiler = queryset.query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
+        sql, params, bounds = _bounds_as_parameters(sql, list(params), values)
         # What SQLCompiler.results_iter does to the rows it reads.
         converters = compiler.get_converters(
             [column for column, _, _ in compiler.select[: compiler.col_count]]
@@ -129,7 +149,14 @@ class Prepared:
             raise ValueError(f"prepared query: {', '.join(sorted(missing))} not found among the parameters")
         locks = bool(queryset.query.select_for_update) and connections[alias].features.has_select_for_update
         return _Compiled(
-            alias, sql, list(params), places, compiler if converters else None, converters, locks
+            alias,
+            sql,
+            params,
+            places,
+            compiler if converters else None,
+            converters,
+            locks,
+            bounds,
         )
 
     def rows(self, **values: Any) -> list[tuple]:
@@ -147,6 +174,9 @@ class Prepared:
             with self._lock:
                 compiled = self._compiled.get(key) or self._compile(nulls, sizes)
                 self._compiled[key] = compiled
+        for name in compiled.bounds:
+            if values[name] < 0:
+                raise ValueError(f"prepared query: {name} is negative ({values[name]}), as no slice may be")
         params = list(compiled.params)
         for index, place in compiled.places:
             if isinstance(place, str):
@@ -296,6 +326,20 @@ def _padded(name: str, items: Sequence[int]) -> int:
 def fields(model: type[Model]) -> list[str]:
     """The columns a build reads for ``Prepared.instances``: every concrete field."""
     return [field.attname for field in model._meta.concrete_fields]
+
+
+def _bounds_as_parameters(sql: str, params: list, values: dict[str, Any]) -> tuple[str, list, frozenset[str]]:
+    """The SQL with each LIMIT or OFFSET that is an integer value's stand-in made
+    a parameter, its parameters with the stand-in put in its place (found there
+    as any value's), and the names of the values so made."""
+    stand_ins = {str(value): name for name, value in values.items() if type(value) is int}
+    found = [match for match in _BOUND.finditer(sql) if match.group(2) in stand_ins]
+    # From the last, so that the positions and indexes before each stay as they were.
+    for match in reversed(found):
+        index = sum(1 for p in _PLACEHOLDER.finditer(sql, 0, match.start()) if p.group() == "%s")
+        sql = f"{sql[: match.start()]}{match.group(1)} %s{sql[match.end() :]}"
+        params.insert(index, int(match.group(2)))
+    return sql, params, frozenset(stand_ins[match.group(2)] for match in found)
 
 
 def _hashable_in(param: Any, table: dict) -> bool:

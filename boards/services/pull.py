@@ -242,7 +242,7 @@ def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> N
         room = ready.wip_limit - column_count(ready)
         if room <= 0:
             return
-    taken = _backlog_take(room).instances(Task, column_id=backlog.pk)
+    taken = _BACKLOG_TAKE.instances(Task, column_id=backlog.pk, room=room)
     if not taken:
         return
     tasks_place_write(taken, ready)
@@ -262,23 +262,37 @@ def _replenish(board: Board, columns: dict[str, Column], changed: set[int]) -> N
     changed.update({backlog.pk, ready.pk})
 
 
-@functools.cache
-def _backlog_take(room: int | None) -> Prepared:
-    """The query that takes (locks) the Backlog's first ``room`` tasks (None:
-    all), by priority, then position, then age; one per room, compiled once
-    (a LIMIT is part of the SQL, not a parameter: a few shapes, up to Ready's
-    WIP limit)."""
+def _backlog_take(*, column_id: int, room: int | None) -> QuerySet:
+    """The Backlog's first ``room`` tasks (None: all), by priority, then position,
+    then age, taken (locked)."""
+    tasks = (
+        Task.objects.filter(column_id=column_id, blocked_at__isnull=True)
+        .order_by("-priority", "position", "created_at")
+        .select_for_update(skip_locked=True, of=("self",), no_key=True)
+        .values_list(*fields(Task))
+    )
+    return tasks if room is None else tasks[:room]
 
-    def build(*, column_id: int) -> QuerySet:
-        tasks = (
+
+_BACKLOG_TAKE = Prepared(_backlog_take, column_id=int, room=int)
+
+
+@functools.cache
+def _candidates(order: tuple) -> Prepared:
+    """The query that takes (locks) Ready's first ``limit`` tasks a pull may claim
+    (no capability asked, or one of ``capabilities``), in ``order``
+    (PullGate.candidate_order: one of two), compiled once for each."""
+
+    def build(*, column_id: int, capabilities: list[str], limit: int) -> QuerySet:
+        return (
             Task.objects.filter(column_id=column_id, blocked_at__isnull=True)
-            .order_by("-priority", "position", "created_at")
+            .filter(Q(capability="") | Q(capability__in=capabilities))
+            .order_by(*order)
             .select_for_update(skip_locked=True, of=("self",), no_key=True)
             .values_list(*fields(Task))
-        )
-        return tasks if room is None else tasks[:room]
+        )[:limit]
 
-    return Prepared(build, column_id=int)
+    return Prepared(build, column_id=int, capabilities=list[str], limit=int)
 
 
 def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[Claim]:
@@ -336,12 +350,6 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     want = total_free if free_wip is None else min(total_free, free_wip)
     offered = {c for a in agents for c in a.offered_capabilities}
     experiments = experiment_line.running_experiments(agents)
-    candidates = (
-        Task.objects.filter(column=ready, blocked_at__isnull=True)
-        .filter(Q(capability="") | Q(capability__in=offered))
-        .order_by(*gate.candidate_order())
-        .select_for_update(skip_locked=True, of=("self",), no_key=True)
-    )
     now = timezone.now()
     expires = now + timedelta(seconds=settings.KAIZEN_LEASE_SECONDS)
     claimed: list[Task] = []
@@ -349,7 +357,14 @@ def _claim(board: Board, columns: dict[str, Column], changed: set[int]) -> list[
     # A few more rows than wanted are read: some may ask for a capability whose
     # agents are all busy.
     events = []
-    for task in candidates[: want + 20]:
+    candidates = _candidates(gate.candidate_order()).instances(
+        Task,
+        column_id=ready.pk,
+        # No capability offered: only the tasks that ask for none ("" is one of them).
+        capabilities=offered or [""],
+        limit=want + 20,
+    )
+    for task in candidates:
         agent = pull_rules.pick_agent(task.capability, agents, free_agent)
         if agent is None:
             continue

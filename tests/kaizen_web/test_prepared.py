@@ -118,9 +118,11 @@ def test_a_value_the_sql_does_not_take_is_refused():
         prepared.rows(n=1)
 
 
-def test_only_ints_text_and_lists():
-    with pytest.raises(TypeError, match="an int, a str or a list"):
+def test_only_ints_text_and_lists_of_them():
+    with pytest.raises(TypeError, match="an int, a str or a list of either"):
         Prepared(lambda *, when: Task.objects.values_list("pk"), when=datetime)
+    with pytest.raises(TypeError, match="a list of either"):
+        Prepared(lambda *, whens: Task.objects.values_list("pk"), whens=list[datetime])
 
 
 def _titles(*, ids, column_id):
@@ -159,6 +161,85 @@ def test_an_empty_list_is_refused_and_none_is_no_item():
     for empty in ([], [None]):
         with pytest.raises(ValueError, match="ids is an empty list"):
             prepared.rows(ids=empty, column_id=1)
+
+
+def _asking(*, capabilities, column_id):
+    return (
+        Task.objects.filter(column_id=column_id)
+        .filter(Q(capability="") | Q(capability__in=capabilities))
+        .order_by("pk")
+        .values_list("title")
+    )
+
+
+def test_a_list_of_text_answers_as_the_queryset_for_every_length():
+    board = make_board()
+    ready, done = board.columns.get(role="ready"), board.columns.get(role="done")
+    names = [f"skill-{i}" for i in range(6)]
+    for name in ["", *names]:
+        Task.objects.create(board=board, column=ready, title=f"asks {name or 'nothing'}", capability=name)
+    Task.objects.create(board=board, column=done, title="done", capability=names[0])
+    prepared = Prepared(_asking, capabilities=list[str], column_id=int)
+    for length in range(1, 7):
+        # Repeated and out of order, and a set.
+        wanted = list(reversed(names[:length])) + names[:1]
+        for given in (wanted, set(wanted)):
+            assert prepared.rows(capabilities=given, column_id=ready.pk) == list(
+                _asking(capabilities=wanted, column_id=ready.pk)
+            )
+        assert len(prepared.rows(capabilities=wanted, column_id=ready.pk)) == length + 1
+    # Text that is not a capability's, quotes and all, is a value like any other.
+    assert prepared.rows(capabilities=["x' OR '1'='1"], column_id=ready.pk) == [("asks nothing",)]
+    # Lists of 1 to 7 items made four shapes: 1, 2, 4 and 8 placeholders.
+    assert sorted(sizes for _, _, ((_, sizes),) in prepared._compiled) == [1, 2, 4, 8]
+
+
+def _first(*, column_id, limit):
+    tasks = Task.objects.filter(column_id=column_id).order_by("-priority", "pk").values_list("title")
+    return tasks if limit is None else tasks[:limit]
+
+
+def test_a_slice_s_bound_is_a_parameter_of_one_statement():
+    board = make_board()
+    ready = board.columns.get(role="ready")
+    for index in range(5):
+        Task.objects.create(board=board, column=ready, title=f"t{index}", priority=index % 3)
+    prepared = Prepared(_first, column_id=int, limit=int)
+    for limit in (0, 1, 2, 3, 4, 5, 9, None):
+        assert prepared.rows(column_id=ready.pk, limit=limit) == list(_first(column_id=ready.pk, limit=limit))
+    # Every limit ran one compiled SQL, whose LIMIT takes the value; None, no
+    # slice at all, is a shape of its own.
+    shapes = {nulls: compiled for (_, nulls, _), compiled in prepared._compiled.items()}
+    assert set(shapes) == {frozenset(), frozenset({"limit"})}
+    assert "LIMIT %s" in shapes[frozenset()].sql and "LIMIT" not in shapes[frozenset({"limit"})].sql
+    with pytest.raises(ValueError, match="limit is negative"):
+        prepared.rows(column_id=ready.pk, limit=-1)
+
+
+def test_an_offset_and_a_limit_among_other_parameters_take_their_own_places():
+    board = make_board()
+    ready, done = board.columns.get(role="ready"), board.columns.get(role="done")
+    for index in range(6):
+        Task.objects.create(board=board, column=ready, title=f"t{index}", priority=index)
+    Task.objects.create(board=board, column=done, title="done", priority=9)
+
+    def page(*, column_id, skip, size, least):
+        tasks = Task.objects.filter(column_id=column_id, priority__gte=least).order_by("pk")
+        return tasks.values_list("title")[skip : skip + size]
+
+    prepared = Prepared(page, column_id=int, skip=int, size=int, least=int)
+    for skip, size, least in [(0, 2, 0), (1, 2, 0), (2, 3, 1), (4, 9, 0), (0, 1, 5), (5, 1, 9)]:
+        assert prepared.rows(column_id=ready.pk, skip=skip, size=size, least=least) == list(
+            page(column_id=ready.pk, skip=skip, size=size, least=least)
+        )
+    assert len(prepared._compiled) == 1
+
+
+def test_a_bound_that_is_not_a_value_s_own_is_refused():
+    # tasks[:n + 1]: the SQL's LIMIT is not n, so no call could change it.
+    prepared = Prepared(lambda *, n: Task.objects.order_by("pk").values_list("pk")[: n + 1], n=int)
+    with pytest.raises(ValueError, match="n not found"):
+        prepared.rows(n=1)
 
 
 @pytest.mark.postgres
