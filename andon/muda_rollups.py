@@ -727,21 +727,35 @@ def repeats_record(calls: Sequence[Call]) -> None:
         return
     horizon = float(settings.KAIZEN_RESPONSE_CACHE_SECONDS)
     start = min(c.at for c in keyed)
-    near = calls_of(
-        ModelCall.objects.filter(request_key__in={c.request_key for c in keyed}, error="")
-        .filter(
-            Q(created_at__gte=start - timedelta(seconds=horizon)) | Q(task_id__in={c.task_id for c in keyed})
+    near = [
+        _call(row)
+        for row in _NEAR_CALLS.rows(
+            keys={c.request_key for c in keyed},
+            since=start - timedelta(seconds=horizon),
+            task_ids={c.task_id for c in keyed},
         )
-        .order_by()
-    )
+    ]
     rows = repeat_rows(near, judge=lambda c: c.at >= start, horizon=horizon)
     if rows:
-        MudaRepeat.objects.bulk_create(
-            rows,
-            update_conflicts=True,
-            unique_fields=["call"],
-            update_fields=["in_task", "board_gap_s", "agent_gap_s"],
+        rows_insert(
+            MudaRepeat, rows, unique_fields=["call"], update_fields=["in_task", "board_gap_s", "agent_gap_s"]
         )
+
+
+# What repeats_record reads, for every batch of runs a worker completes: compiled
+# once per number of keys and of tasks, each rounded up to a power of two
+# (kaizen_web.prepared).
+_NEAR_CALLS = Prepared(
+    lambda *, keys, since, task_ids: (
+        ModelCall.objects.filter(request_key__in=keys, error="")
+        .filter(Q(created_at__gte=since) | Q(task_id__in=task_ids))
+        .order_by()
+        .values_list(*CALL_FIELDS)
+    ),
+    keys=list[str],
+    since=datetime,
+    task_ids=list,
+)
 
 
 # --- rebuilding ------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ next power of two by repeating its last item, which ``IN`` does not mind: a batc
 1 to 200 ids makes at most nine shapes, each compiled once (and prepared once per
 connection on PostgreSQL), not one per length.
 
+An aware datetime (``created_at__gte=since``) goes to the database as Django's
+backend adapts it (on SQLite, as text in UTC); a naive one is refused rather than
+guessed at.
+
 Django writes a slice's bounds into the SQL itself (``LIMIT 21``). An integer the
 build slices by (``tasks[:limit]``) is made a parameter of the compiled SQL
 (``LIMIT %s``), so that every limit runs the one statement.
@@ -31,12 +35,14 @@ import re
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections
 from django.db.models import Model, QuerySet
 from django.db.transaction import TransactionManagementError
+from django.utils import timezone
 
 M = TypeVar("M", bound=Model)
 
@@ -51,6 +57,8 @@ _INT = 32_700
 # ``IN`` list is not checked against its field's range, so they can be large.
 _LIST = 1_000_000_000
 _LIST_SPAN = 1_000_000
+# Datetimes' stand-ins: aware, long before any row, a microsecond apart.
+_DATETIME = datetime(1901, 2, 3, 4, 5, 6, 700, tzinfo=UTC)
 # A list of text's stand-ins: distinct texts no input normalises to.
 _LIST_TEXT = "\x00prepared:{}:{}"
 # Where Django writes a slice's bounds (SQLCompiler.as_sql, limit_offset_sql).
@@ -76,14 +84,16 @@ class _Compiled:
     locks: bool = False
     # The values the SQL takes as a LIMIT or an OFFSET.
     bounds: frozenset[str] = frozenset()
+    # The datetime values, adapted as the backend adapts a DateTimeField's.
+    datetimes: frozenset[str] = frozenset()
 
 
 class Prepared:
     """``build(**values)`` returns the queryset (a ``values_list()``, sliced if one row
     is wanted); ``kinds`` says which values are integers, which are text and which
     are lists of integers or of text, e.g. ``Prepared(build, agent_id=int,
-    input_key=str, ids=list, names=list[str], limit=int)`` (``list`` is
-    ``list[int]``). ``rows(**values)`` runs it. A list's None items are left out, as
+    input_key=str, since=datetime, ids=list, names=list[str], limit=int)``
+    (``list`` is ``list[int]``). ``rows(**values)`` runs it. A list's None items are left out, as
     Django leaves them out, and what is left must not be empty: Django runs no
     query for an empty ``IN``, and what that means depends on the query, so it is
     its caller's to answer. An integer the build slices by must not be negative,
@@ -105,12 +115,17 @@ class Prepared:
                 self._stand_ins[name] = _INT + index
             elif kind is str:
                 self._stand_ins[name] = _TEXT.format(name)
+            elif kind is datetime:
+                self._stand_ins[name] = _DATETIME.replace(microsecond=_DATETIME.microsecond + index)
             elif kind in (list, list[int]):
                 self._lists[name] = functools.partial(int.__add__, _LIST + _LIST_SPAN * index)
             elif kind == list[str]:
                 self._lists[name] = functools.partial(_LIST_TEXT.format, name)
             else:
-                raise TypeError(f"a prepared value is an int, a str or a list of either, not {kind} ({name})")
+                raise TypeError(
+                    "a prepared value is an int, a str, a datetime or a list of ints or of strs, "
+                    f"not {kind} ({name})"
+                )
             if name in self._lists:
                 self._stand_ins[name] = [self._lists[name](0)]
         self._compiled: dict[tuple[str, Hashable, Hashable], _Compiled] = {}
@@ -129,10 +144,15 @@ class Prepared:
         converters = compiler.get_converters(
             [column for column, _, _ in compiler.select[: compiler.col_count]]
         )
-        # A list's items are named (name, position in the list).
+        # A list's items are named (name, position in the list); a datetime is
+        # found as the backend adapts it.
         by_value: dict[Any, str | tuple[str, int]] = {}
+        adapt = connections[alias].ops.adapt_datetimefield_value
+        datetimes = frozenset(name for name, value in values.items() if isinstance(value, datetime))
         for name, stand_in in values.items():
-            if isinstance(stand_in, list):
+            if name in datetimes:
+                by_value[adapt(stand_in)] = name
+            elif isinstance(stand_in, list):
                 by_value.update({item: (name, position) for position, item in enumerate(stand_in)})
             elif stand_in is not None:
                 by_value[stand_in] = name
@@ -157,6 +177,7 @@ class Prepared:
             converters,
             locks,
             bounds,
+            datetimes,
         )
 
     def rows(self, **values: Any) -> list[tuple]:
@@ -177,6 +198,12 @@ class Prepared:
         for name in compiled.bounds:
             if values[name] < 0:
                 raise ValueError(f"prepared query: {name} is negative ({values[name]}), as no slice may be")
+        for name in compiled.datetimes:
+            if timezone.is_naive(values[name]):
+                raise ValueError(
+                    f"prepared query: {name} is a naive datetime ({values[name]}); give its zone"
+                )
+            values[name] = connections[alias].ops.adapt_datetimefield_value(values[name])
         params = list(compiled.params)
         for index, place in compiled.places:
             if isinstance(place, str):

@@ -3,7 +3,8 @@ for every value, on both databases, converted as Django converts its rows."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection, transaction
@@ -118,11 +119,46 @@ def test_a_value_the_sql_does_not_take_is_refused():
         prepared.rows(n=1)
 
 
-def test_only_ints_text_and_lists_of_them():
-    with pytest.raises(TypeError, match="an int, a str or a list of either"):
-        Prepared(lambda *, when: Task.objects.values_list("pk"), when=datetime)
-    with pytest.raises(TypeError, match="a list of either"):
+def test_only_ints_text_datetimes_and_lists_of_ints_or_text():
+    with pytest.raises(TypeError, match="an int, a str, a datetime or a list of ints or of strs"):
+        Prepared(lambda *, when: Task.objects.values_list("pk"), when=date)
+    with pytest.raises(TypeError, match="a list of ints or of strs"):
         Prepared(lambda *, whens: Task.objects.values_list("pk"), whens=list[datetime])
+
+
+def _since(*, column_id, since):
+    return (
+        Task.objects.filter(column_id=column_id)
+        .filter(Q(created_at__gte=since) | Q(priority__gt=5))
+        .order_by("pk")
+        .values_list("title")
+    )
+
+
+def test_a_datetime_answers_as_the_queryset_would_in_any_zone():
+    board = make_board()
+    ready = board.columns.get(role="ready")
+    start = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+    for minutes in range(4):
+        task = Task.objects.create(board=board, column=ready, title=f"t{minutes}", priority=minutes * 3)
+        Task.objects.filter(pk=task.pk).update(created_at=start + timedelta(minutes=minutes))
+    prepared = Prepared(_since, column_id=int, since=datetime)
+    paris = ZoneInfo("Europe/Paris")
+    for since in (
+        start,
+        start + timedelta(microseconds=1),
+        start + timedelta(minutes=2),
+        # The same instants in another zone: the same rows.
+        (start + timedelta(minutes=1)).astimezone(paris),
+        start - timedelta(days=1),
+        start + timedelta(days=1),
+    ):
+        assert prepared.rows(column_id=ready.pk, since=since) == list(_since(column_id=ready.pk, since=since))
+    assert prepared.rows(column_id=ready.pk, since=start + timedelta(minutes=2)) == [("t2",), ("t3",)]
+    assert len(prepared._compiled) == 1
+    # A naive datetime is refused, not taken for UTC or the server's zone.
+    with pytest.raises(ValueError, match="since is a naive datetime"):
+        prepared.rows(column_id=ready.pk, since=datetime(2026, 3, 1, 12, 0))
 
 
 def _titles(*, ids, column_id):
