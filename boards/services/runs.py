@@ -38,6 +38,7 @@ from boards.services.primitives import (
     task_place,
     task_return_or_fail,
     task_rows_update,
+    tasks_worker_set,
 )
 from boards.services.pull import board_changed_on_commit
 from experiments import line as experiment_line
@@ -70,10 +71,7 @@ def tasks_run_begin(*, claims: Iterable[tuple[int, uuid.UUID | str]], worker: st
     if not wanted:
         return {}
     if worker:
-        # Lease tokens are unique, so matching ids and tokens as two sets matches the pairs.
-        Task.objects.filter(pk__in=wanted, lease_token__in=wanted.values(), status=Status.RUNNING).update(
-            worker=worker
-        )
+        tasks_worker_set(wanted, worker=worker)
     tasks = _RUNNING_TASKS.instances(Task, ids=list(wanted))
     current = [task for task in tasks if str(task.lease_token) == wanted[task.pk]]
     _share_agents(current)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.compiler import SQLCompiler, SQLUpdateCompiler
 
 from andon.models import Inspection
 from boards import services
@@ -23,17 +23,20 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def compiled(monkeypatch):
-    """The SELECTs the ORM compiles (every query's compiler but the INSERT,
-    UPDATE and DELETE ones' own), as SQL text."""
+    """The SELECTs and UPDATEs the ORM compiles (every query's compiler but the
+    INSERT and DELETE ones' own), as SQL text."""
     found: list[str] = []
-    as_sql = SQLCompiler.as_sql
 
-    def counting(self, *args, **kwargs):
-        sql, params = as_sql(self, *args, **kwargs)
-        found.append(sql)
-        return sql, params
+    def counting(as_sql):
+        def compile_noted(self, *args, **kwargs):
+            sql, params = as_sql(self, *args, **kwargs)
+            found.append(sql)
+            return sql, params
 
-    monkeypatch.setattr(SQLCompiler, "as_sql", counting)
+        return compile_noted
+
+    for compiler in (SQLCompiler, SQLUpdateCompiler):
+        monkeypatch.setattr(compiler, "as_sql", counting(compiler.as_sql))
     return found
 
 
@@ -73,7 +76,7 @@ def _complete(claims, current):
     return services.tasks_complete(results=_run(claims, current))
 
 
-def test_a_pull_compiles_nothing_and_a_batch_begun_only_its_update(compiled):
+def test_a_pull_and_a_batch_begun_compile_nothing(compiled):
     board = make_board(ready_limit=None, doing_limit=None)
     make_agent(boards=[board], concurrency=50, error_rate=0)
     # The first rounds compile what they read, once for each size of batch
@@ -94,8 +97,7 @@ def test_a_pull_compiles_nothing_and_a_batch_begun_only_its_update(compiled):
         del compiled[:]
         current = _begin(claims)
         assert sorted(current) == sorted(c.task_id for c in claims)
-        # The begin's UPDATE (the worker's name on the runs) has a compiler of its
-        # own, not counted.
+        # Nor the begin's read and UPDATE (the worker's name on the runs).
         assert compiled == []
         _complete(claims, current)
 

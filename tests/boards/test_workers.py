@@ -137,6 +137,39 @@ def test_a_stale_claim_records_no_worker(board, agent):
 
 
 @pytest.mark.django_db
+def test_a_batch_begun_names_its_worker_on_its_current_runs_only():
+    board = make_board(doing_limit=None)
+    make_agent(boards=[board], concurrency=4)
+    for i in range(4):
+        services.task_create(board=board, title=f"batch {i}", input=f"x {i}")
+    claims = services.board_pull(board_id=board.pk)
+    assert len(claims) == 4
+    current, stale, swapped, other = claims
+    # A run whose attempt failed meanwhile; a claim given with another run's
+    # token; a run begun elsewhere first.
+    services.task_attempt_fail(task_id=stale.task_id, lease_token=stale.lease_token, error="lost")
+    services.tasks_run_begin(claims=[(other.task_id, other.lease_token)], worker="w-other")
+
+    begun = services.tasks_run_begin(
+        claims=[
+            (current.task_id, current.lease_token),
+            (stale.task_id, stale.lease_token),
+            (swapped.task_id, str(other.lease_token)),
+        ],
+        worker="w1",
+    )
+
+    assert set(begun) == {current.task_id}
+    workers_now = dict(Task.objects.filter(board=board).values_list("pk", "worker"))
+    assert workers_now == {
+        current.task_id: "w1",
+        stale.task_id: "",
+        swapped.task_id: "",
+        other.task_id: "w-other",
+    }
+
+
+@pytest.mark.django_db
 def test_a_task_leaving_in_progress_forgets_its_worker(board, agent):
     [task] = _running(board, 1, worker="w1")
 
