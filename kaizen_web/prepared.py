@@ -18,9 +18,9 @@ next power of two by repeating its last item, which ``IN`` does not mind: a batc
 1 to 200 ids makes at most nine shapes, each compiled once (and prepared once per
 connection on PostgreSQL), not one per length.
 
-An aware datetime (``created_at__gte=since``) goes to the database as Django's
-backend adapts it (on SQLite, as text in UTC); a naive one is refused rather than
-guessed at.
+A datetime (``created_at__gte=since``) goes to the database as a DateTimeField's
+value does (on SQLite, as text in UTC; a naive one made aware in the default time
+zone, with Django's warning).
 
 Django writes a slice's bounds into the SQL itself (``LIMIT 21``). An integer the
 build slices by (``tasks[:limit]``) is made a parameter of the compiled SQL
@@ -40,9 +40,8 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import Model, QuerySet
+from django.db.models import DateTimeField, Model, QuerySet
 from django.db.transaction import TransactionManagementError
-from django.utils import timezone
 
 M = TypeVar("M", bound=Model)
 
@@ -57,8 +56,10 @@ _INT = 32_700
 # ``IN`` list is not checked against its field's range, so they can be large.
 _LIST = 1_000_000_000
 _LIST_SPAN = 1_000_000
-# Datetimes' stand-ins: aware, long before any row, a microsecond apart.
+# Datetimes' stand-ins: aware, long before any row, a microsecond apart. A
+# datetime's value is prepared as a DateTimeField's (a lookup's right-hand side).
 _DATETIME = datetime(1901, 2, 3, 4, 5, 6, 700, tzinfo=UTC)
+_DATETIME_FIELD = DateTimeField()
 # A list of text's stand-ins: distinct texts no input normalises to.
 _LIST_TEXT = "\x00prepared:{}:{}"
 # Where Django writes a slice's bounds (SQLCompiler.as_sql, limit_offset_sql).
@@ -84,7 +85,7 @@ class _Compiled:
     locks: bool = False
     # The values the SQL takes as a LIMIT or an OFFSET.
     bounds: frozenset[str] = frozenset()
-    # The datetime values, adapted as the backend adapts a DateTimeField's.
+    # The datetime values, prepared as a DateTimeField's.
     datetimes: frozenset[str] = frozenset()
 
 
@@ -147,7 +148,7 @@ class Prepared:
         # A list's items are named (name, position in the list); a datetime is
         # found as the backend adapts it.
         by_value: dict[Any, str | tuple[str, int]] = {}
-        adapt = connections[alias].ops.adapt_datetimefield_value
+        adapt = functools.partial(_DATETIME_FIELD.get_db_prep_value, connection=connections[alias])
         datetimes = frozenset(name for name, value in values.items() if isinstance(value, datetime))
         for name, stand_in in values.items():
             if name in datetimes:
@@ -199,11 +200,7 @@ class Prepared:
             if values[name] < 0:
                 raise ValueError(f"prepared query: {name} is negative ({values[name]}), as no slice may be")
         for name in compiled.datetimes:
-            if timezone.is_naive(values[name]):
-                raise ValueError(
-                    f"prepared query: {name} is a naive datetime ({values[name]}); give its zone"
-                )
-            values[name] = connections[alias].ops.adapt_datetimefield_value(values[name])
+            values[name] = _DATETIME_FIELD.get_db_prep_value(values[name], connections[alias])
         params = list(compiled.params)
         for index, place in compiled.places:
             if isinstance(place, str):

@@ -385,13 +385,13 @@ def tasks_worker_set(runs: dict[int, str], *, worker: str) -> None:
     if not runs:
         return
     quote = connection.ops.quote_name
-    token_field = Task._meta.get_field("lease_token")
+    token_field = _concrete_field("lease_token")
     sql = "UPDATE {} SET {} = %s WHERE {} = %s AND {} = %s AND {} = %s".format(
         quote(Task._meta.db_table),
-        quote("worker"),
+        quote(_column(_concrete_field("worker"))),
         quote(_column(Task._meta.pk)),
         quote(_column(token_field)),
-        quote("status"),
+        quote(_column(_concrete_field("status"))),
     )
     kinds = value_kinds(token_field, connection.vendor)
     rows = [

@@ -135,7 +135,7 @@ def _since(*, column_id, since):
     )
 
 
-def test_a_datetime_answers_as_the_queryset_would_in_any_zone():
+def test_a_datetime_answers_as_the_queryset_would_in_any_zone_or_none():
     board = make_board()
     ready = board.columns.get(role="ready")
     start = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -156,9 +156,14 @@ def test_a_datetime_answers_as_the_queryset_would_in_any_zone():
         assert prepared.rows(column_id=ready.pk, since=since) == list(_since(column_id=ready.pk, since=since))
     assert prepared.rows(column_id=ready.pk, since=start + timedelta(minutes=2)) == [("t2",), ("t3",)]
     assert len(prepared._compiled) == 1
-    # A naive datetime is refused, not taken for UTC or the server's zone.
-    with pytest.raises(ValueError, match="since is a naive datetime"):
-        prepared.rows(column_id=ready.pk, since=datetime(2026, 3, 1, 12, 0))
+    # A naive one is taken in the default time zone, with Django's warning, as the
+    # queryset takes it.
+    naive = datetime(2026, 3, 1, 12, 1)
+    with pytest.warns(RuntimeWarning, match="received a naive datetime"):
+        expected = list(_since(column_id=ready.pk, since=naive))
+    with pytest.warns(RuntimeWarning, match="received a naive datetime"):
+        assert prepared.rows(column_id=ready.pk, since=naive) == expected
+    assert expected == [("t1",), ("t2",), ("t3",)]
 
 
 def _titles(*, ids, column_id):
