@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import threading
 import weakref
@@ -144,25 +145,40 @@ class SyncChainASGIHandler(ASGIHandler):
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         thread = self.threads.take()
         try:
-            async with ThreadSensitiveContext(executor=thread):
-                await self.handle(scope, receive, send)
+            await self.serve(scope, receive, send, thread)
         finally:
             self.threads.give_back(thread)
 
-    async def handle(self, scope, receive, send):
+    async def serve(self, scope, receive, send, thread: RequestThread) -> None:
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         try:
+            # The hop to the request's thread, in a copy of this task's context
+            # (Django keeps a request's database connections there). Not
+            # asgiref's sync_to_async: for one call to a thread we chose, its
+            # wrapper, executor lookup and two passes over the context were
+            # some 13% of the web process's CPU a task posted, and entering a
+            # ThreadSensitiveContext for every request another 4% (py-spy --gil,
+            # bench/intake.py; bench/README.md).
+            context = contextvars.copy_context()
             async with self.turns() or contextlib.nullcontext():
-                response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+                response = await asyncio.wrap_future(
+                    thread.submit(context.run, self.respond, scope, body_file)
+                )
             if not response.streaming:
                 # Rendered and closed already: its headers and body go out.
                 await self.send_response(response, send)
                 return
-            await self.stream(response, receive, send)
-            await sync_to_async(response.close, thread_sensitive=True)()
+            # A streamed response's chunks and its closing are asgiref hops to
+            # the same thread (boards.views_tasks), which copy this task's
+            # context: it takes the view's, whose connections they use and close.
+            for var, value in context.items():
+                var.set(value)
+            async with ThreadSensitiveContext(executor=thread):
+                await self.stream(response, receive, send)
+                await sync_to_async(response.close, thread_sensitive=True)()
         finally:
             body_file.close()
 

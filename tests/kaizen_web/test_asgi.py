@@ -177,6 +177,30 @@ def test_a_page_is_served_in_one_hop_to_its_thread(monkeypatch, threads_seen):
     assert b"csrftoken=" in headers[b"Set-Cookie"]
 
 
+def test_a_page_hops_without_asgiref_wrappers_or_a_thread_sensitive_context(monkeypatch):
+    # asgiref's sync_to_async and a ThreadSensitiveContext per request cost the
+    # web process a sixth of its CPU a task posted (bench/intake.py): a page that
+    # is not streamed goes to its thread by a plain submit, in a copy of the
+    # request's context.
+    from asgiref import sync
+
+    made = []
+    for name in ("SyncToAsync", "ThreadSensitiveContext"):
+        cls = getattr(sync, name)
+        init = cls.__init__
+
+        def counted(self, *args, _init=init, _name=name, **kwargs):
+            made.append(_name)
+            _init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counted)
+    response = async_to_sync(_get)("/accounts/login/")
+
+    assert response["status"] == 200
+    assert b'name="password"' in response["body"]
+    assert made == []
+
+
 def _export_request(board) -> HttpCommunicator:
     """A signed-in browser's GET of the board's CSV export (a streamed response),
     its request sent."""
