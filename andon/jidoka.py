@@ -254,10 +254,15 @@ def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> 
     )
     defects_of = {run.task.agent_id for run in runs if not run.verdict.passed and run.task.agent_id}
     stops = spike_stops(defects_of) if defects_of else []
-    breaker_agents = record_agent_outcomes(succeeded={run.task.agent_id for run in runs if run.task.agent_id})
+    succeeded = {run.task.agent_id for run in runs if run.task.agent_id}
+    # The agents' and the boards' model breakers with something to reset, in one read.
+    agent_breakers, model_breakers = _breakers_to_reset(
+        agent_ids=sorted(succeeded), board_ids=sorted(b for b, made in calls.items() if _model_outcomes(made))
+    )
+    breaker_agents = record_agent_outcomes(succeeded=succeeded, to_reset=agent_breakers)
     # In board order, as the breaker rows are locked: two batches cannot deadlock.
     for board_id in sorted(calls):
-        record_model_calls(calls[board_id], board_id=board_id)
+        record_model_calls(calls[board_id], board_id=board_id, to_reset=model_breakers.get(board_id, []))
     return FinishedRunsHandled(
         escalations=[escalation.pk for escalation in escalations],
         # Spike stops are agents' stops: each has its agent_id.
@@ -539,20 +544,69 @@ _MODEL_BREAKERS_TO_RESET = Prepared(
 )
 
 
-def record_agent_outcomes(*, succeeded: Iterable[int] = (), failed: dict[int, str] | None = None) -> set[int]:
+# The two above in one statement, for a batch of runs completed: its agents' and its
+# boards' model breakers to reset (both lists not empty).
+_BREAKERS_TO_RESET = Prepared(
+    lambda *, agent_ids, board_ids: (
+        CircuitBreaker.objects.filter(
+            Q(agent_id__in=agent_ids) | Q(scope=Breaker.Scope.MODEL, board_id__in=board_ids)
+        )
+        .exclude(state=State.CLOSED, consecutive_failures=0)
+        .order_by()
+        .values_list(*fields(CircuitBreaker))
+    ),
+    agent_ids=list,
+    board_ids=list,
+)
+
+
+def _breakers_to_reset(
+    *, agent_ids: list[int], board_ids: list[int]
+) -> tuple[list[CircuitBreaker], dict[int, list[CircuitBreaker]]]:
+    """What ``_AGENT_BREAKERS_TO_RESET`` and ``_MODEL_BREAKERS_TO_RESET`` give for
+    these agents and for each of these boards, read in one statement when both are
+    asked (the usual batch)."""
+    if not agent_ids:
+        return [], {
+            board_id: list(_MODEL_BREAKERS_TO_RESET.instances(CircuitBreaker, board_id=board_id))
+            for board_id in board_ids
+        }
+    if not board_ids:
+        return list(_AGENT_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=agent_ids)), {}
+    read = list(_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=agent_ids, board_ids=board_ids))
+    agents = set(agent_ids)
+    by_board: dict[int, list[CircuitBreaker]] = {}
+    for breaker in read:
+        if breaker.scope == Breaker.Scope.MODEL and breaker.board_id is not None:
+            by_board.setdefault(breaker.board_id, []).append(breaker)
+    return sorted((b for b in read if b.agent_id in agents), key=lambda b: b.agent_id or 0), by_board
+
+
+def record_agent_outcomes(
+    *,
+    succeeded: Iterable[int] = (),
+    failed: dict[int, str] | None = None,
+    to_reset: list[CircuitBreaker] | None = None,
+) -> set[int]:
     """Count runs of agents: a completed run closes the agent's breaker, a failed
     attempt adds to its consecutive failures and opens it at the agent's
     threshold (or at once, from half-open). Returns the agents whose breaker
-    changed state (their boards' agent strips need a refresh)."""
+    changed state (their boards' agent strips need a refresh). ``to_reset``: the
+    succeeded agents' breakers with something to reset, if the caller read them
+    (``_breakers_to_reset``)."""
     failed = failed or {}
     succeeded = set(succeeded) - set(failed)
     changed: set[int] = set()
     now = timezone.now()
     if succeeded:
+        if to_reset is None:
+            to_reset = list(_AGENT_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=sorted(succeeded)))
         # Only rows with something to reset are touched: most completions find none.
         # In agent order, as every writer of breaker rows takes them: two batches
         # completing at once cannot lock the same two rows in opposite orders.
-        for breaker in _AGENT_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=sorted(succeeded)):
+        for breaker in to_reset:
+            if breaker.agent_id not in succeeded:
+                continue
             # Every row here has its agent_id (agent_id__in in the query).
             if breaker.state != State.CLOSED and breaker.agent_id is not None:
                 changed.add(breaker.agent_id)
@@ -585,26 +639,34 @@ def record_agent_outcomes(*, succeeded: Iterable[int] = (), failed: dict[int, st
     return changed
 
 
-def record_model_calls(calls: Iterable, *, board_id: int) -> set[str]:
-    """Count model calls (CallRecords, in the order they were made) for a board's
-    tasks, per provider model: an answer closes the model's breaker on that board,
-    an error adds to its consecutive errors and opens it at
-    KAIZEN_MODEL_BREAKER_THRESHOLD. Returns the models whose breaker changed state."""
+def _model_outcomes(calls: Iterable) -> dict[str, list[str]]:
+    """The errors ("" for an answer) of model calls (CallRecords) per provider model."""
     outcomes: dict[str, list[str]] = {}
     for call in calls:
         if call.source != "model" or not call.provider:
             continue
         outcomes.setdefault(model_key(call.provider, call.model), []).append(call.error)
+    return outcomes
+
+
+def record_model_calls(
+    calls: Iterable, *, board_id: int, to_reset: list[CircuitBreaker] | None = None
+) -> set[str]:
+    """Count model calls (CallRecords, in the order they were made) for a board's
+    tasks, per provider model: an answer closes the model's breaker on that board,
+    an error adds to its consecutive errors and opens it at
+    KAIZEN_MODEL_BREAKER_THRESHOLD. Returns the models whose breaker changed state.
+    ``to_reset``: the board's model breakers with something to reset, if the
+    caller read them (``_breakers_to_reset``)."""
+    outcomes = _model_outcomes(calls)
     if not outcomes:
         return set()
     errored = {key for key, errors in outcomes.items() if any(errors)}
+    if to_reset is None:
+        to_reset = list(_MODEL_BREAKERS_TO_RESET.instances(CircuitBreaker, board_id=board_id))
     # The board's model breakers with something to reset (a few rows at most: one
     # per model its agents call), of these models.
-    existing = {
-        b.key: b
-        for b in _MODEL_BREAKERS_TO_RESET.instances(CircuitBreaker, board_id=board_id)
-        if b.key in outcomes
-    }
+    existing = {b.key: b for b in to_reset if b.key in outcomes}
     # Nothing to count: no errors, and no breaker with errors to reset (the usual case).
     if not errored and not existing:
         return set()

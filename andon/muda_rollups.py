@@ -483,8 +483,7 @@ def calls_added(calls: Sequence[ModelCall]) -> None:
     facts_write(runs_facts(before + new, checks, decisions))
     contexts_write(new)
     repeats_record(new)
-    finished = Task.objects.filter(pk__in=tasks, status=Status.DONE).values_list("pk", flat=True)
-    finishes_refresh(task_ids=list(finished))
+    finishes_refresh(tasks=Task.objects.filter(pk__in=tasks, status=Status.DONE).only("board_id", "agent_id"))
 
 
 def escalation_decided(escalation: Escalation, *, status_before: str) -> None:
@@ -622,10 +621,12 @@ def events_of(queryset) -> list[Event]:
     return [Event(*row) for row in queryset.values_list(*EVENT_FIELDS)]
 
 
-def finishes_refresh(*, task_ids: Iterable[int]) -> None:
+def finishes_refresh(*, tasks: Iterable[Task]) -> None:
     """(Re)write the finishes of these tasks from their events and calls: after a
-    task entered Done, or a finished task's calls changed."""
-    ids = sorted(set(task_ids))
+    task entered Done, or a finished task's calls changed. The tasks are as saved
+    (their board and agent are not read again)."""
+    owners = {task.pk: (task.board_id, task.agent_id) for task in tasks}
+    ids = sorted(owners)
     if not ids:
         return
     events: dict[int, list[Event]] = defaultdict(list)
@@ -635,9 +636,9 @@ def finishes_refresh(*, task_ids: Iterable[int]) -> None:
     for row in _TASKS_CALLS.rows(ids=ids):
         call = _call(row)
         calls[call.task_id].append(call)
-    tasks = _TASKS_OWNERS.rows(ids=ids)
     rows: list[MudaFinish] = []
-    for task_id, board_id, agent_id in tasks:
+    for task_id in ids:
+        board_id, agent_id = owners[task_id]
         rows += finish_rows(task_id, board_id, agent_id, events[task_id], calls[task_id])
     finishes_write(rows)
 
@@ -651,10 +652,6 @@ _TASKS_EVENTS = Prepared(
 )
 _TASKS_CALLS = Prepared(
     lambda *, ids: ModelCall.objects.filter(task_id__in=ids).order_by().values_list(*CALL_FIELDS), ids=list
-)
-_TASKS_OWNERS = Prepared(
-    lambda *, ids: Task.objects.filter(pk__in=ids).order_by().values_list("pk", "board_id", "agent_id"),
-    ids=list,
 )
 
 

@@ -265,7 +265,7 @@ def _to_done(task: Task, *, kind: str, user: User, note: str) -> set[int]:
         user=user,
         note=note,
     ).save()
-    muda_rollups.finishes_refresh(task_ids=[task.pk])
+    muda_rollups.finishes_refresh(tasks=[task])
     return {from_column.pk, done.pk}
 
 

@@ -91,6 +91,8 @@ def main() -> None:
         total += figures[step]
         print(f"line_steps_{label}_cpu_ms_per_task_{step}={figures[step]:.3f}")
     print(f"line_steps_{label}_cpu_ms_per_task={total:.3f}")
+    for step in STEPS:
+        print(f"line_steps_{label}_statements_per_task_{step}={figures[f'statements_{step}']:.2f}")
     print(f"line_steps_tasks={figures['tasks']:.0f}")
 
 
@@ -99,6 +101,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
 
     django.setup()
     from django.core.management import call_command
+    from django.db import connections
 
     from bench.fixtures import line_board
     from boards import broadcast, selectors, services
@@ -116,23 +119,39 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     enqueue.runs_enqueue = lambda claims: None
     board, _ = line_board("steps", wip=200)
     spent = dict.fromkeys(STEPS, 0.0)
+    statements = dict.fromkeys(STEPS, 0)
     tasks_done = 0
+    # Each statement sent to the database (round trips: an executemany counts once).
+    sent = [0]
+
+    def counted(execute, sql, params, many, context):
+        sent[0] += 1
+        return execute(sql, params, many, context)
+
+    stack = contextlib.ExitStack()
+    for alias in connections:
+        stack.enter_context(connections[alias].execute_wrapper(counted))
     for round_ in range(args.warmup + args.rounds):
         measured = round_ >= args.warmup
         clock = time.thread_time()
         marks = {}
+        counts = {}
+        sent[0] = 0
         for i in range(args.batch):
             services.task_create(
                 board=board, title=f"step task {round_}.{i}", input=f"Summarise note {round_}.{i}."
             )
         marks["intake"] = time.thread_time()
+        counts["intake"] = sent[0]
         claims = services.board_pull(board_id=board.pk)
         marks["pull"] = time.thread_time()
+        counts["pull"] = sent[0]
         # As a Celery message carries them (boards.tasks.run_tasks).
         pairs = [(claim.task_id, str(claim.lease_token)) for claim in claims]
         current = services.tasks_run_begin(claims=pairs, worker="bench-steps")
         selectors.tasks_reusable_get(tasks=list(current.values()))
         marks["begin"] = time.thread_time()
+        counts["begin"] = sent[0]
         results = []
         for claim in claims:
             task = current[claim.task_id]
@@ -141,19 +160,26 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
                 services.RunResult(task_id=claim.task_id, lease_token=claim.lease_token, output=output)
             )
         marks["model"] = time.thread_time()
+        counts["model"] = sent[0]
         services.tasks_complete(results=results)
         marks["complete"] = time.thread_time()
+        counts["complete"] = sent[0]
         if len(claims) != args.batch:
             raise SystemExit(f"round {round_}: {len(claims)} claimed, not {args.batch}")
         if measured:
+            before = 0
             for step in STEPS:
                 spent[step] += marks[step] - clock
                 clock = marks[step]
+                statements[step] += counts[step] - before
+                before = counts[step]
             tasks_done += len(claims)
+    stack.close()
     left = Task.objects.filter(board=board, status__in=("backlog", "ready", "running")).count()
     if left:
         raise SystemExit(f"{left} tasks not finished")
     figures = {step: spent[step] * 1000 / tasks_done for step in STEPS}
+    figures.update({f"statements_{step}": statements[step] / tasks_done for step in STEPS})
     figures["tasks"] = tasks_done
     return figures
 

@@ -160,7 +160,7 @@ def task_move(
             note="; ".join(n for n in notes if n),
         ).save()
         if task.status == Status.DONE:
-            muda_rollups.finishes_refresh(task_ids=[task.pk])
+            muda_rollups.finishes_refresh(tasks=[task])
         board_changed_on_commit(task.board_id, [from_column.pk, to_column.pk], pull=True)
     # For the caller to tell the person, as the event records it: a soft limit exceeded.
     task.wip_note = soft_note

@@ -211,9 +211,7 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         transaction.on_commit(partial(metrics.inspections_observe, verdicts))
         # The Muda rollups, late in the transaction (their hour rows are locked
         # until the commit): the finished items, then the runs' sums.
-        muda_rollups.finishes_refresh(
-            task_ids=[run.task.pk for run in finished if run.task.status == Status.DONE]
-        )
+        muda_rollups.finishes_refresh(tasks=[run.task for run in finished if run.task.status == Status.DONE])
         muda_rollups.runs_recorded(
             calls=rows, inspections=andon.inspection_rows, escalations=andon.escalation_rows
         )

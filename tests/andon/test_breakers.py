@@ -497,6 +497,54 @@ def test_an_answer_from_the_model_resets_its_error_count(model_threshold, board)
 
 
 @pytest.mark.django_db
+def test_a_completed_batch_resets_its_agents_and_models_breakers_from_one_read(model_threshold, board):
+    # Two boards, each an agent and its model with errors counted; one batch
+    # completes a run of each: the breakers to reset are read in one statement,
+    # and each board's model breaker is reset by its own board's answer only.
+    elsewhere = make_board()
+    near = make_agent(boards=[board], name="near", max_attempts=50, breaker_threshold=10)
+    far = make_agent(boards=[elsewhere], name="far", max_attempts=50, breaker_threshold=10)
+    idle = make_board()
+    make_agent(boards=[idle], name="idle", max_attempts=50, breaker_threshold=10)
+    for each in (board, elsewhere, idle):
+        _model_errors(each, THRESHOLD - 1)
+    breakers = CircuitBreaker.objects.all()
+    assert sorted((b.scope, b.consecutive_failures) for b in breakers) == sorted(
+        [(CircuitBreaker.Scope.AGENT, THRESHOLD - 1), (CircuitBreaker.Scope.MODEL, THRESHOLD - 1)] * 3
+    )
+    _, near_claim = claim_one(board, input="answered near")
+    _, far_claim = claim_one(elsewhere, input="answered far")
+    answered = (model_call(cost="0.001", confidence=PASSING),)
+    results = [
+        services.RunResult(task_id=claim.task_id, lease_token=claim.lease_token, output=_output(*answered))
+        for claim in (near_claim, far_claim)
+    ]
+
+    with CaptureQueriesContext(connection) as queries:
+        assert services.tasks_complete(results=results) == [True, True]
+
+    # The reads of the breakers with something to reset (then each one reset is
+    # locked by its own read, as before).
+    to_reset = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith("SELECT")
+        and 'FROM "andon_circuitbreaker"' in q["sql"]
+        and '"andon_circuitbreaker"."consecutive_failures" = ' in q["sql"].partition("WHERE")[2]
+    ]
+    assert len(to_reset) == 1, to_reset
+    reset = {(b.scope, b.agent_id, b.board_id) for b in CircuitBreaker.objects.filter(consecutive_failures=0)}
+    assert reset == {
+        (CircuitBreaker.Scope.AGENT, near.pk, None),
+        (CircuitBreaker.Scope.AGENT, far.pk, None),
+        (CircuitBreaker.Scope.MODEL, None, board.pk),
+        (CircuitBreaker.Scope.MODEL, None, elsewhere.pk),
+    }
+    # The idle board's agent and model keep their counts.
+    assert CircuitBreaker.objects.filter(consecutive_failures=THRESHOLD - 1).count() == 2
+
+
+@pytest.mark.django_db
 def test_after_the_models_cooldown_its_agents_pull_again(model_threshold, board):
     make_agent(boards=[board], max_attempts=50)
     _model_errors(board, THRESHOLD)

@@ -401,6 +401,28 @@ def test_a_stale_run_s_calls_reach_the_rollups(settings, board, agent, live_wind
     assert report.waste("motion").parts["redundant_in_task"] == 2
 
 
+def test_a_completed_run_s_finish_is_written_from_its_task_in_hand(settings, board, agent):
+    settings.KAIZEN_RESPONSE_CACHE_SECONDS = CACHE_SECONDS
+    task, claim = claim_one(board)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert services.task_complete(
+            task_id=claim.task_id,
+            lease_token=claim.lease_token,
+            output=_cascade(tokens_out=50, confidence=PASSING, key="a"),
+        )
+
+    # The run's task is read once, locked; its finish takes its board and agent from it.
+    task_reads = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith("SELECT") and 'FROM "boards_task"' in q["sql"].partition("WHERE")[0]
+    ]
+    assert len(task_reads) == 1, task_reads
+    finish = MudaFinish.objects.get(task=task)
+    assert (finish.board_id, finish.agent, finish.model_calls) == (board.pk, agent.pk, 2)
+
+
 # --- a bounded number of queries ---------------------------------------------------------------
 
 

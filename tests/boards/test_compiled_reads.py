@@ -116,8 +116,9 @@ def test_a_completed_batch_compiles_nothing(compiled):
     assert services.tasks_complete(results=results) == [True] * 4
     found = list(compiled)
     # Compiled once, for a batch of this size: the runs' tasks and agents, their
-    # boards' Done and Review columns, the breakers to reset, the finishes'
-    # events, calls and tasks, and the calls that may repeat these (by request
+    # boards' Done and Review columns, the breakers to reset (the agents' and
+    # the models' in one read), the finishes' events and calls (their tasks are
+    # in hand), and the calls that may repeat these (by request
     # key, time and task). Compiled still, only for a batch with a defect in it
     # (the simulated model gets some of these notes wrong): andon.jidoka's
     # spike_stops, reading the agent's line stops and last inspections.
