@@ -34,7 +34,7 @@ from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
 from boards.agents.prompts import PromptError, render_prompt, task_variables, with_review_feedback
 from boards.agents.providers import ModelRequest, ModelResponse, ProviderError, get_provider
 from boards.agents.registry import custom_agent
-from boards.agents.response_cache import cache_enabled, cache_key, cached_response, request_key
+from boards.agents.response_cache import Prefetch, cache_enabled, cache_key, cached_response, request_key
 from boards.agents.spec import (
     ConfigError,
     Tier,
@@ -78,6 +78,9 @@ class BaseAgent:
 class PromptCascadeAgent(BaseAgent):
     """The prompt and the cascade: what every agent without an implementation runs."""
 
+    # The batch's cache reads its first call's answer is taken from (``plan``).
+    prefetch: Prefetch | None = None
+
     def tiers(self) -> list[Tier]:
         try:
             return parse_cascade(self.agent.cascade)
@@ -118,10 +121,16 @@ class PromptCascadeAgent(BaseAgent):
             raise AgentFailed(f"the agent's parameters are invalid: {exc}") from None
         return prompt, tiers, generation
 
-    def plan(self, task: Task) -> CascadeSteps:
+    def plan(self, task: Task, *, prefetch: Prefetch | None = None) -> CascadeSteps:
         """What ``process`` does, as steps for a driver (see ``drive`` and
-        ``adrive``): prepared now, the calls left to the driver."""
-        return self.cascade_steps(task, *self.prepare(task))
+        ``adrive``): prepared now, the calls left to the driver. With
+        ``prefetch``, the first call's key is named to it, and its answer taken
+        from it once it has been fetched (before the steps run)."""
+        prompt, tiers, generation = self.prepare(task)
+        if prefetch is not None and tiers and self.agent.cache_responses and cache_enabled():
+            self.prefetch = prefetch
+            prefetch.want(cache_key(tiers[0], prompt, {**generation, **tiers[0].parameters}))
+        return self.cascade_steps(task, prompt, tiers, generation)
 
     def awaitable(self) -> bool:
         """Whether ``process`` may run as ``plan``'s steps on an event loop
@@ -180,11 +189,11 @@ class PromptCascadeAgent(BaseAgent):
             key = cache_key(tier, prompt, parameters)
             window = tier.window
             at = timezone.now()
-            response = (
-                (yield Blocking(cached_response, (key,)))
-                if self.agent.cache_responses and cache_enabled()
-                else None
-            )
+            response = None
+            if self.agent.cache_responses and cache_enabled():
+                read, response = self.prefetch.answer(key) if self.prefetch is not None else (False, None)
+                if not read:
+                    response = yield Blocking(cached_response, (key,))
             source = "cache" if response is not None else "model"
             if response is None and not (yield from _call_allowed(tier, task.board_id)):
                 # The model's circuit breaker is open: not called (no ledger row, as

@@ -59,12 +59,57 @@ def cached_response(key: str) -> ModelResponse | None:
         # The cache is an economy, not a dependency: a Redis hiccup costs a model call.
         logger.warning("response cache unavailable for reading", exc_info=True)
         return None
+    return _response(value)
+
+
+def _response(value: Any) -> ModelResponse | None:
     if not isinstance(value, dict):
         return None
     try:
         return ModelResponse(**value)
     except TypeError:
         return None
+
+
+class Prefetch:
+    """The cache's answers to a batch of runs' first calls, read in one round trip.
+
+    A worker runs a batch's cascades on its event loop (boards.agents.runtime),
+    where a cache read is a step on a thread and back: for each run, two hops and
+    a Redis GET, which cost the worker some 0.3 ms of CPU a task (cProfile,
+    bench/line_steps.py). The batch is prepared on one thread first: each run
+    names its first call's key there (``want``), and ``fetch`` reads them all
+    with one MGET before the cascades start. A cascade then takes its first
+    call's answer from here (``answer``), and reads any other (a later tier's)
+    as before. What was stored between the read and the call is missed, at the
+    cost of a model call, as when the cache is out of reach."""
+
+    def __init__(self) -> None:
+        self._wanted: set[str] = set()
+        self._found: dict[str, ModelResponse | None] = {}
+
+    def want(self, key: str) -> None:
+        self._wanted.add(key)
+
+    def fetch(self) -> None:
+        """Read every key wanted (once: on the thread that prepares the batch,
+        before its cascades run)."""
+        if not self._wanted or not cache_enabled():
+            return
+        keys = sorted(self._wanted)
+        try:
+            values = _cache().get_many(keys)
+        except Exception:
+            # Each cascade reads its own then (a Redis hiccup costs model calls at worst).
+            logger.warning("response cache unavailable for reading", exc_info=True)
+            return
+        self._found = {key: _response(values.get(key)) for key in keys}
+
+    def answer(self, key: str) -> tuple[bool, ModelResponse | None]:
+        """(whether ``key`` was read, its answer)."""
+        if key in self._found:
+            return True, self._found[key]
+        return False, None
 
 
 def settle_cache(output: Output, *, passed: bool) -> None:

@@ -46,7 +46,7 @@ from andon.models import Inspection
 from boards import selectors, services
 from boards.agents.cascade import Blocking, CascadeSteps, PromptCascadeAgent, adrive, implementation_for
 from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
-from boards.agents.response_cache import settle_cache
+from boards.agents.response_cache import Prefetch, settle_cache
 from boards.models import ModelCall
 from boards.workers import heartbeat
 from experiments import line as experiment_line
@@ -448,11 +448,12 @@ async def _arun_all(runs: list[tuple[int, str, int, Output | CascadeSteps]]) -> 
     return await asyncio.gather(*(_arun(*args) for args in runs), return_exceptions=True)
 
 
-def _on_loop(task, earlier, lease_token: str) -> Output | CascadeSteps | str | None:
+def _on_loop(task, earlier, lease_token: str, prefetch: Prefetch) -> Output | CascadeSteps | str | None:
     """A claimed run prepared for the agent loop, its lease held: the reused
-    answer or the cascade's steps; a string when preparing it ended the run (a
-    configuration or prompt that cannot run); None when it runs on a thread
-    (a custom agent, or a model without an asynchronous client)."""
+    answer or the cascade's steps (its first call's cache key named to
+    ``prefetch``); a string when preparing it ended the run (a configuration or
+    prompt that cannot run); None when it runs on a thread (a custom agent, or
+    a model without an asynchronous client)."""
     lease_keeper.hold(lease_token)
     handed = False
     try:
@@ -463,7 +464,7 @@ def _on_loop(task, earlier, lease_token: str) -> Output | CascadeSteps | str | N
         agent = implementation_for(experiment_line.agent_for_run(task))
         if not (isinstance(agent, PromptCascadeAgent) and agent.awaitable()):
             return None
-        steps = agent.plan(task)
+        steps = agent.plan(task, prefetch=prefetch)
         handed = True
         return steps
     except Exception as exc:
@@ -489,6 +490,7 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
     earlier = [reusable.get(task.pk) if task is not None else None for task in tasks]
     outcomes: list[str | Future | BaseException | None] = [None] * len(claims)
     on_loop: dict[int, tuple] = {}
+    prefetch = Prefetch()
     try:
         if loop_on:
             # A fresh snapshot of the breakers, so that the loop need not ask.
@@ -498,7 +500,7 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
                     outcomes[index] = "stale"
                     continue
                 try:
-                    work = _on_loop(task, prior, token)
+                    work = _on_loop(task, prior, token, prefetch)
                 except Exception as exc:  # even its failure could not be recorded: raised below
                     outcomes[index] = exc
                     continue
@@ -506,6 +508,8 @@ def run_batch(claims: list[tuple[int, str]]) -> list[str]:
                     outcomes[index] = work
                 elif work is not None:
                     on_loop[index] = (task_id, token, task.attempts, work)
+            # The response cache's answers to their first calls, in one round trip.
+            prefetch.fetch()
         _release_connection()
         pool = _run_threads.pool()
         for index, args in enumerate(zip(claims, tasks, earlier, strict=True)):

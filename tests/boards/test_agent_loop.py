@@ -205,6 +205,38 @@ def test_on_the_loop_an_answer_that_passed_is_cached_and_served_to_the_next_iden
     assert len(model_calls) == 2  # the first run's two calls only
 
 
+def test_on_the_loop_a_batchs_first_calls_are_read_from_the_cache_in_one_round_trip(
+    board, settings, model_calls, monkeypatch
+):
+    from django.core.cache.backends.redis import RedisCache
+
+    make_agent(boards=[board], cascade=ESCALATING, reuse_results=False, quality_checks=[], concurrency=3)
+    assert _run(_claims((board, "first"), (board, "second")), settings, loop=True) == ["done"] * 2
+    reads: list[tuple[str, int]] = []
+    get, get_many = RedisCache.get, RedisCache.get_many
+
+    def counted_get(self, key, *args, **kwargs):
+        reads.append(("get", 1))
+        return get(self, key, *args, **kwargs)
+
+    def counted_get_many(self, keys, *args, **kwargs):
+        reads.append(("get_many", len(keys)))
+        return get_many(self, keys, *args, **kwargs)
+
+    monkeypatch.setattr(RedisCache, "get", counted_get)
+    monkeypatch.setattr(RedisCache, "get_many", counted_get_many)
+    model_calls[:] = []
+    claims = _claims((board, "first"), (board, "second"), (board, "third"))
+
+    assert _run(claims, settings, loop=True) == ["done"] * 3
+
+    # The three first calls' answers in one read; each second tier's on its own.
+    assert reads == [("get_many", 3)] + [("get", 1)] * 3
+    tasks = [Task.objects.get(pk=task_id) for task_id, _ in claims]
+    assert [(t.cache_hits, t.model_calls) for t in tasks] == [(2, 0), (2, 0), (0, 2)]
+    assert sorted(model for model, _, _ in model_calls) == ["sim-medium", "sim-small"]
+
+
 def test_on_the_loop_a_prompt_that_cannot_render_fails_its_attempt_naming_the_variable(
     board, settings, model_calls
 ):
