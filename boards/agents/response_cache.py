@@ -2,8 +2,8 @@
 parameters) served from Django's ``responses`` cache.
 
 It holds only answers that passed inspection: the cascade does not store what it
-gets, it returns it on the Output (``cache_entries``), and the runtime stores it
-once the completion has committed with a pass (``settle_cache``). A defect
+gets, it returns it on the Output (``cache_entries``), and the completion stores
+it once it has committed with a pass (``settle_cache``). A defect
 waiting in Review is never served to the next identical task, and an answer
 served from the cache that fails inspection now is dropped from it.
 """
@@ -112,28 +112,34 @@ class Prefetch:
         return False, None
 
 
-def settle_cache(output: Output, *, passed: bool) -> None:
-    """After a completion committed: cache the output's fresh responses if it
-    passed inspection; if it is a defect served from the cache (stored before
-    its checks changed, or by an older version), drop that entry."""
-    if passed:
-        for key, response in output.cache_entries:
-            store_response(key, response)
-    elif output.cached_from:
-        delete_response(output.cached_from)
+def settle_cache(outcomes: list[tuple[Output, bool]]) -> None:
+    """After a batch of completions committed, for each (output, whether it passed
+    inspection): cache the output's fresh responses if it passed; if it is a
+    defect served from the cache (stored before its checks changed, or by an
+    older version), drop that entry. One write for the batch's entries and one
+    delete (boards.services.tasks_complete settles its batch on commit)."""
+    stored: dict[str, dict[str, Any]] = {}
+    dropped: list[str] = []
+    for output, passed in outcomes:
+        if passed:
+            stored.update((key, _value(response)) for key, response in output.cache_entries)
+        elif output.cached_from:
+            dropped.append(output.cached_from)
+    if stored and settings.KAIZEN_RESPONSE_CACHE_SECONDS > 0:
+        try:
+            _cache().set_many(stored, timeout=settings.KAIZEN_RESPONSE_CACHE_SECONDS)
+        except Exception:
+            logger.warning("response cache unavailable for writing", exc_info=True)
+    if dropped:
+        try:
+            _cache().delete_many(dropped)
+        except Exception:
+            logger.warning("response cache unavailable for deleting", exc_info=True)
 
 
-def delete_response(key: str) -> None:
-    try:
-        _cache().delete(key)
-    except Exception:
-        logger.warning("response cache unavailable for deleting", exc_info=True)
-
-
-def store_response(key: str, response: ModelResponse) -> None:
-    if settings.KAIZEN_RESPONSE_CACHE_SECONDS <= 0:
-        return
-    value = {
+def _value(response: ModelResponse) -> dict[str, Any]:
+    """What the cache keeps of a response (read back by ``_response``)."""
+    return {
         "text": response.text,
         "confidence": response.confidence,
         "tokens_in": response.tokens_in,
@@ -141,7 +147,3 @@ def store_response(key: str, response: ModelResponse) -> None:
         "latency_ms": response.latency_ms,
         "confidence_source": response.confidence_source,
     }
-    try:
-        _cache().set(key, value, timeout=settings.KAIZEN_RESPONSE_CACHE_SECONDS)
-    except Exception:
-        logger.warning("response cache unavailable for writing", exc_info=True)

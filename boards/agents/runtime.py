@@ -42,11 +42,10 @@ from django.conf import settings
 from django.db import connection
 
 from andon import jidoka
-from andon.models import Inspection
 from boards import selectors, services
 from boards.agents.cascade import Blocking, CascadeSteps, PromptCascadeAgent, adrive, implementation_for
 from boards.agents.outputs import AgentDeferred, AgentFailed, CallRecord, Output
-from boards.agents.response_cache import Prefetch, settle_cache
+from boards.agents.response_cache import Prefetch
 from boards.models import ModelCall
 from boards.workers import heartbeat
 from experiments import line as experiment_line
@@ -301,28 +300,8 @@ def _completed(task_id: int, lease_token: str, output: Output, attempt: int) -> 
         )
     except services.ColumnMissing as exc:
         return _fail_attempt(task_id, lease_token, exc.messages[0], output.calls, attempt)
-    if finished:
-        _settle_cache(task_id, output)
+    # The response cache was settled as the completion committed (services.tasks_complete).
     return "done" if finished else "stale"
-
-
-def _settle_cache(task_id: int, output: Output) -> None:
-    """The response cache takes the output's answers only now that its
-    inspection has committed, and only if it passed (see boards.agents.response_cache)."""
-    if not output.settles_cache:
-        return
-    try:
-        passed = (
-            Inspection.objects.filter(task_id=task_id)
-            .order_by("-pk")
-            .values_list("passed", flat=True)
-            .first()
-        )
-    except Exception:
-        # The result is recorded; the cache is an economy: skip it this time.
-        logger.warning("could not read the inspection of task %s to settle the cache", task_id, exc_info=True)
-        return
-    settle_cache(output, passed=bool(passed))
 
 
 def _run_and_close(claim: tuple[int, str], task, earlier) -> str:
@@ -439,8 +418,6 @@ async def _arun(task_id: int, lease_token: str, attempt: int, work: Output | Cas
         finished = await asyncio.shield(completion)
     except services.ColumnMissing as exc:
         return await _on_thread(_fail_attempt, task_id, lease_token, exc.messages[0], output.calls, attempt)
-    if finished and output.settles_cache:  # else no thread for nothing
-        await _on_thread(_settle_cache, task_id, output)
     return "done" if finished else "stale"
 
 

@@ -20,6 +20,7 @@ from andon import jidoka, muda_rollups
 from andon.inspection import Verdict
 from boards import broadcast, metrics
 from boards.agents import CallRecord, Output
+from boards.agents.response_cache import settle_cache
 from boards.models import Agent, Board, Column, ModelCall, Task, TaskEvent
 from boards.services.enqueue import shadow_runs_enqueue
 from boards.services.ledger import (
@@ -209,6 +210,11 @@ def tasks_complete(*, results: list[RunResult]) -> list[bool]:
         patterns.runs_record(finished)
         verdicts = [(run.task.board_id, run.task.agent_id, run.verdict.passed) for run in finished]
         transaction.on_commit(partial(metrics.inspections_observe, verdicts))
+        # The response cache takes a passed output's fresh answers, and drops the
+        # entry a defect was served from, only once its inspection has committed.
+        settles = [(run.output, run.verdict.passed) for run in finished if run.output.settles_cache]
+        if settles:
+            transaction.on_commit(partial(settle_cache, settles))
         # The Muda rollups, late in the transaction (their hour rows are locked
         # until the commit): the finished items, then the runs' sums.
         muda_rollups.finishes_refresh(tasks=[run.task for run in finished if run.task.status == Status.DONE])

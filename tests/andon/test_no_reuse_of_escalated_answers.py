@@ -50,6 +50,16 @@ def line(*, checks, review: bool = True, **agent_fields):
     return board, agent
 
 
+def settled(committed) -> None:
+    """Run the response cache's part of what a completion's commit runs (the
+    test's transaction never commits; the rest, pulls and live updates, is not
+    these tests' business)."""
+    callbacks = [c for c in committed if getattr(c, "func", None) is response_cache.settle_cache]
+    assert callbacks
+    for callback in callbacks:
+        callback()
+
+
 def run_one(board, *, title: str = "Check the invoice", input: str = INPUT) -> Task:
     task = services.task_create(board=board, title=title, input=input)
     [claim] = [c for c in services.board_pull(board_id=board.pk) if c.task_id == task.pk]
@@ -75,10 +85,14 @@ def test_an_escalated_answer_is_not_served_from_the_cache_to_the_next_identical_
     assert second.cache_hits == 0
 
 
-def test_a_passing_answer_is_cached_once_its_inspection_committed():
+def test_a_passing_answer_is_cached_once_its_inspection_committed(django_capture_on_commit_callbacks):
     board, _ = line(checks=[], reuse_results=False)
-    first = run_one(board)
+    with django_capture_on_commit_callbacks() as committed:
+        first = run_one(board)
     assert first.status == Task.Status.DONE
+    # Not committed yet (the test's transaction): not cached yet.
+    assert sources(run_one(board, title="Before the commit")) == [ModelCall.Source.MODEL]
+    settled(committed)
 
     second = run_one(board, title="The same invoice again")
 
@@ -86,13 +100,19 @@ def test_a_passing_answer_is_cached_once_its_inspection_committed():
     assert second.output == first.output
 
 
-def test_a_cached_answer_that_fails_inspection_now_is_dropped_from_the_cache():
+def test_a_cached_answer_that_fails_inspection_now_is_dropped_from_the_cache(
+    django_capture_on_commit_callbacks,
+):
     board, agent = line(checks=[], reuse_results=False)
-    run_one(board)
+    with django_capture_on_commit_callbacks() as committed:
+        run_one(board)
+    settled(committed)
     agent.quality_checks = NEVER
     agent.save()
 
-    served = run_one(board, title="Served from the cache, then a defect")
+    with django_capture_on_commit_callbacks() as committed:
+        served = run_one(board, title="Served from the cache, then a defect")
+    settled(committed)
     again = run_one(board, title="Asks the model again")
 
     assert sources(served) == [ModelCall.Source.CACHE]
@@ -100,7 +120,7 @@ def test_a_cached_answer_that_fails_inspection_now_is_dropped_from_the_cache():
     assert sources(again) == [ModelCall.Source.MODEL]
 
 
-def test_the_cascade_stores_nothing_itself_and_hands_the_entries_to_the_runtime():
+def test_the_cascade_stores_nothing_itself_and_hands_the_entries_to_the_completion():
     board, agent = line(checks=NEVER, reuse_results=False)
     task = services.task_create(board=board, title="Check", input=INPUT)
 

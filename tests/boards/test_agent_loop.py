@@ -205,7 +205,7 @@ def test_on_the_loop_an_answer_that_passed_is_cached_and_served_to_the_next_iden
     assert len(model_calls) == 2  # the first run's two calls only
 
 
-def test_on_the_loop_a_batchs_first_calls_are_read_from_the_cache_in_one_round_trip(
+def test_on_the_loop_a_batchs_first_calls_are_read_from_the_cache_in_one_round_trip_and_stored_in_one(
     board, settings, model_calls, monkeypatch
 ):
     from django.core.cache.backends.redis import RedisCache
@@ -213,7 +213,20 @@ def test_on_the_loop_a_batchs_first_calls_are_read_from_the_cache_in_one_round_t
     make_agent(boards=[board], cascade=ESCALATING, reuse_results=False, quality_checks=[], concurrency=3)
     assert _run(_claims((board, "first"), (board, "second")), settings, loop=True) == ["done"] * 2
     reads: list[tuple[str, int]] = []
+    writes: list[tuple[str, int]] = []
     get, get_many = RedisCache.get, RedisCache.get_many
+    cache_set, set_many = RedisCache.set, RedisCache.set_many
+
+    def counted_set(self, key, *args, **kwargs):
+        writes.append(("set", 1))
+        return cache_set(self, key, *args, **kwargs)
+
+    def counted_set_many(self, data, *args, **kwargs):
+        writes.append(("set_many", len(data)))
+        return set_many(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(RedisCache, "set", counted_set)
+    monkeypatch.setattr(RedisCache, "set_many", counted_set_many)
 
     def counted_get(self, key, *args, **kwargs):
         reads.append(("get", 1))
@@ -232,6 +245,8 @@ def test_on_the_loop_a_batchs_first_calls_are_read_from_the_cache_in_one_round_t
 
     # The three first calls' answers in one read; each second tier's on its own.
     assert reads == [("get_many", 3)] + [("get", 1)] * 3
+    # The third run's two fresh answers, stored as its completion committed, in one write.
+    assert writes == [("set_many", 2)]
     tasks = [Task.objects.get(pk=task_id) for task_id, _ in claims]
     assert [(t.cache_hits, t.model_calls) for t in tasks] == [(2, 0), (2, 0), (0, 2)]
     assert sorted(model for model, _, _ in model_calls) == ["sim-medium", "sim-small"]

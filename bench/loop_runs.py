@@ -1,0 +1,122 @@
+"""A worker's batch of claimed runs, on its agent loop, in one process (issue 15):
+the process's CPU a task for ``boards.agents.runtime.run_batch``, as a Celery
+message of claims runs it: the batch begun, each run prepared, the cascades on
+the agent loop (a zero-latency simulated model, the response cache on), each
+finished run completed by the completer's batch, the cache settled.
+
+bench/line_steps.py times the same services one after another on one thread;
+this one times them as the worker runs them, across its threads (the Celery
+thread, the agent loop, the run threads, the completer), so it shows what the
+hops between them cost. The clock is the process's CPU time over the run step
+alone; intake and pull are not timed. Left out, as in line_steps: the live
+updates and the pull a completion asks for after commit.
+
+It needs Redis (``BENCH_REDIS_URL``, default the line bench's) for the response
+cache and the leases. A tree without this file is measured by running this file
+with ``--tree`` set to it.
+
+Usage: python bench/loop_runs.py [--rounds N] [--batch N] [--postgres URL] [--tree PATH]
+Prints ``name=value`` lines; records nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=200, help="rounds measured (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="rounds first, not measured (default 20)")
+    parser.add_argument("--batch", type=int, default=8, help="runs per batch (default 8)")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="a PostgreSQL server (a scratch database beside URL's)"
+    )
+    parser.add_argument("--tree", type=Path, help="the checkout to measure (default: this file's)")
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parent.parent
+    root = (args.tree or here).resolve()
+    sys.path.insert(0, str(root))
+    os.chdir(root)
+    scratch = Path(tempfile.mkdtemp(prefix="kaizen-bench-loop-"))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
+    os.environ["KAIZEN_VAR_DIR"] = str(scratch / "var")
+    os.environ["KAIZEN_AGENT_LOOP"] = "1"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    sys.path.insert(0, str(here))
+    from bench.line_steps import scratch_postgres
+    from bench.run import DEFAULT_REDIS
+
+    os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        if args.postgres:
+            os.environ["DATABASE_URL"] = stack.enter_context(
+                scratch_postgres(args.postgres, "kaizen_loop_runs")
+            )
+        else:
+            os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'loop.sqlite3'}"
+        spent, tasks = _measure(args)
+    label = "postgres" if args.postgres else "sqlite"
+    print(f"loop_runs_{label}_cpu_ms_per_task={spent * 1000 / tasks:.3f}")
+    print(f"loop_runs_tasks={tasks}")
+
+
+def _measure(args: argparse.Namespace) -> tuple[float, int]:
+    import django
+
+    django.setup()
+    from django.core.cache import caches
+    from django.core.management import call_command
+
+    from bench.fixtures import line_board
+    from boards import broadcast, services
+    from boards.agents import runtime
+    from boards.models import Task
+    from boards.services import enqueue
+    from boards.services import pull as pull_module
+
+    call_command("migrate", verbosity=0)
+    caches["responses"].clear()
+    broadcast.columns_changed = lambda *args, **kwargs: None
+    pull_module.request_pull = lambda **kwargs: None
+    enqueue.runs_enqueue = lambda claims: None
+    # As a Celery worker process: finished runs are completed in batches (its
+    # heartbeat and pull threads are left out).
+    services.mark_worker_process()
+    board, _ = line_board("loop", wip=200)
+    spent = 0.0
+    tasks = 0
+    for round_ in range(args.warmup + args.rounds):
+        for i in range(args.batch):
+            services.task_create(
+                board=board, title=f"loop task {round_}.{i}", input=f"Summarise note {round_}.{i}."
+            )
+        claims = services.board_pull(board_id=board.pk)
+        if len(claims) != args.batch:
+            raise SystemExit(f"round {round_}: {len(claims)} claimed, not {args.batch}")
+        pairs = [(claim.task_id, str(claim.lease_token)) for claim in claims]
+        clock = time.process_time()
+        outcomes = runtime.run_batch(pairs)
+        if round_ >= args.warmup:
+            spent += time.process_time() - clock
+            tasks += len(pairs)
+        if set(outcomes) != {"done"}:
+            raise SystemExit(f"round {round_}: {outcomes}")
+    left = Task.objects.filter(board=board, status__in=("backlog", "ready", "running")).count()
+    if left:
+        raise SystemExit(f"{left} tasks not finished")
+    return spent, tasks
+
+
+if __name__ == "__main__":
+    main()
