@@ -17,6 +17,7 @@ from boards import services
 from boards.agents import cascade, response_cache, runtime
 from boards.models import Column, ModelCall, Task
 from tests.factories import column, make_agent, make_board, make_reviewer
+from tests.response_cache import settled
 
 pytestmark = pytest.mark.django_db
 
@@ -48,16 +49,6 @@ def line(*, checks, review: bool = True, **agent_fields):
         **agent_fields,
     )
     return board, agent
-
-
-def settled(committed) -> None:
-    """Run the response cache's part of what a completion's commit runs (the
-    test's transaction never commits; the rest, pulls and live updates, is not
-    these tests' business)."""
-    callbacks = [c for c in committed if getattr(c, "func", None) is response_cache.settle_cache]
-    assert callbacks
-    for callback in callbacks:
-        callback()
 
 
 def run_one(board, *, title: str = "Check the invoice", input: str = INPUT) -> Task:

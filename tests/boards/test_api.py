@@ -15,6 +15,7 @@ from boards.agents import CallRecord, Output, runtime
 from boards.models import ApiToken, Column, ModelCall, Task, TaskEvent
 from tests.boards.api_support import token_for
 from tests.factories import column, grant, make_agent, make_board, make_user
+from tests.response_cache import settled
 
 pytestmark = pytest.mark.django_db
 
@@ -497,9 +498,13 @@ def test_a_reused_result_names_the_task_it_came_from(api_client, board):
     ]
 
 
-def test_a_task_that_opted_out_of_reuse_calls_the_models_again(api_client, board):
+def test_a_task_that_opted_out_of_reuse_calls_the_models_again(
+    api_client, board, django_capture_on_commit_callbacks
+):
     make_agent(boards=[board], cascade=ESCALATING)
-    run_next(board, input="Summarise: volumes flat.")
+    with django_capture_on_commit_callbacks() as committed:
+        run_next(board, input="Summarise: volumes flat.")
+    settled(committed)
     response = post_task(
         api_client,
         board.slug,

@@ -14,13 +14,14 @@ import pytest
 from django.db.models import Sum
 
 from boards import services
-from boards.agents import runtime
+from boards.agents import response_cache, runtime
 from boards.agents.providers import ModelRequest
 from boards.agents.simulated import simulate
 from boards.agents.spec import parse_cascade
 from boards.models import ModelCall, Task, TaskEvent
 from tests.boards.provider_server import ProviderServer, escalating_openai_cascade
 from tests.factories import make_agent
+from tests.response_cache import settled
 
 pytestmark = pytest.mark.django_db
 
@@ -376,11 +377,15 @@ def test_a_new_prompt_version_does_not_reuse_results_of_the_old_one(board):
     assert second.model_call_rows.get().prompt_version == 2
 
 
-def test_an_identical_call_is_served_from_the_cache_and_costs_nothing(board):
+def test_an_identical_call_is_served_from_the_cache_and_costs_nothing(
+    board, django_capture_on_commit_callbacks
+):
     make_agent(
         boards=[board], cascade=[tier("sim-small", 1.0), tier("sim-medium", None)], reuse_results=False
     )
-    first = run_one(board, input="cache me")
+    with django_capture_on_commit_callbacks() as committed:
+        first = run_one(board, input="cache me")
+    settled(committed)
 
     second = run_one(board, input="cache me")
 
@@ -391,9 +396,11 @@ def test_an_identical_call_is_served_from_the_cache_and_costs_nothing(board):
     assert all(r.confidence is not None for r in rows)
 
 
-def test_the_cache_key_covers_the_parameters(board):
+def test_the_cache_key_covers_the_parameters(board, django_capture_on_commit_callbacks):
     agent = make_agent(boards=[board], cascade=[tier("sim-small", None)], reuse_results=False)
-    run_one(board, input="cache me")
+    with django_capture_on_commit_callbacks() as committed:
+        run_one(board, input="cache me")
+    settled(committed)
     agent.parameters = {"temperature": 0.9}
     services.agent_save(agent=agent)
 
@@ -402,9 +409,12 @@ def test_the_cache_key_covers_the_parameters(board):
     assert (second.model_calls, second.cache_hits) == (1, 0)
 
 
-def test_an_agent_may_turn_the_cache_off(board):
+def test_an_agent_may_turn_the_cache_off(board, django_capture_on_commit_callbacks):
     make_agent(boards=[board], cascade=[tier("sim-small", None)], reuse_results=False, cache_responses=False)
-    run_one(board, input="no cache")
+    with django_capture_on_commit_callbacks() as committed:
+        run_one(board, input="no cache")
+    # Nothing for the cache to settle.
+    assert not [c for c in committed if getattr(c, "func", None) is response_cache.settle_cache]
 
     second = run_one(board, input="no cache")
 
