@@ -59,33 +59,50 @@ def scratch_postgres(url: str, name: str = "kaizen_line_steps") -> Iterator[str]
         recreate(create=False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def in_process_parser(doc: str | None, *, rounds: int, warmup: int, batch: str) -> argparse.ArgumentParser:
+    """The arguments of an in-process bench of the line's services (this one,
+    bench/loop_runs.py): rounds, warm-up, batch, database and tree."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds measured (default {rounds})")
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help=f"rounds first, not measured (default {warmup})"
     )
-    parser.add_argument("--rounds", type=int, default=300, help="rounds measured (default 300)")
-    parser.add_argument("--warmup", type=int, default=30, help="rounds first, not measured (default 30)")
-    parser.add_argument("--batch", type=int, default=8, help="tasks per round (default 8)")
+    parser.add_argument("--batch", type=int, default=8, help=f"{batch} (default 8)")
     parser.add_argument(
         "--postgres", metavar="URL", help="a PostgreSQL server (a scratch database beside URL's)"
     )
     parser.add_argument("--tree", type=Path, help="the checkout to measure (default: this file's)")
-    args = parser.parse_args()
+    return parser
+
+
+@contextlib.contextmanager
+def in_process(args: argparse.Namespace, *, name: str) -> Iterator[str]:
+    """The tree's code (``--tree``, else this checkout) set up to run in this
+    process, against a scratch database (PostgreSQL beside ``--postgres``, else
+    SQLite) and a scratch var directory, both removed after; yields the
+    database's label (postgres or sqlite). Django is not set up yet."""
     root = (args.tree or Path(__file__).resolve().parent.parent).resolve()
     sys.path.insert(0, str(root))
     os.chdir(root)
-    scratch = Path(tempfile.mkdtemp(prefix="kaizen-bench-steps-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"kaizen-bench-{name}-"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
     os.environ["KAIZEN_VAR_DIR"] = str(scratch / "var")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         if args.postgres:
-            os.environ["DATABASE_URL"] = stack.enter_context(scratch_postgres(args.postgres))
+            os.environ["DATABASE_URL"] = stack.enter_context(
+                scratch_postgres(args.postgres, f"kaizen_{name}")
+            )
         else:
-            os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'steps.sqlite3'}"
+            os.environ["DATABASE_URL"] = f"sqlite:///{scratch / f'{name}.sqlite3'}"
+        yield "postgres" if args.postgres else "sqlite"
+
+
+def main() -> None:
+    args = in_process_parser(__doc__, rounds=300, warmup=30, batch="tasks per round").parse_args()
+    with in_process(args, name="line_steps") as label:
         figures = _measure(args)
-    label = "postgres" if args.postgres else "sqlite"
     total = 0.0
     for step in STEPS:
         total += figures[step]
@@ -110,6 +127,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     from boards.services import enqueue
     from boards.services import pull as pull_module
     from experiments import line as experiment_line
+    from kaizen_web import live
 
     call_command("migrate", verbosity=0)
     # Left out (see the docstring): the live updates, the pull a completion asks
@@ -178,6 +196,9 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     left = Task.objects.filter(board=board, status__in=("backlog", "ready", "running")).count()
     if left:
         raise SystemExit(f"{left} tasks not finished")
+    # The inbox's live updates of escalated runs, rendered on the broadcaster's
+    # thread, before the scratch database goes.
+    live.flush()
     figures = {step: spent[step] * 1000 / tasks_done for step in STEPS}
     figures.update({f"statements_{step}": statements[step] / tasks_done for step in STEPS})
     figures["tasks"] = tasks_done

@@ -8,8 +8,9 @@ bench/line_steps.py times the same services one after another on one thread;
 this one times them as the worker runs them, across its threads (the Celery
 thread, the agent loop, the run threads, the completer), so it shows what the
 hops between them cost. The clock is the process's CPU time over the run step
-alone; intake and pull are not timed. Left out, as in line_steps: the live
-updates and the pull a completion asks for after commit.
+alone; intake and pull are not timed. Left out, as in line_steps: the board's
+live updates and the pull a completion asks for after commit (an escalated run's
+update of the andon inbox is rendered, on the broadcaster's thread, and counted).
 
 It needs Redis (``BENCH_REDIS_URL``, default the line bench's) for the response
 cache and the leases. A tree without this file is measured by running this file
@@ -22,51 +23,23 @@ Prints ``name=value`` lines; records nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.line_steps import in_process, in_process_parser  # noqa: E402  (after sys.path)
+from bench.run import DEFAULT_REDIS  # noqa: E402
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=200, help="rounds measured (default 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="rounds first, not measured (default 20)")
-    parser.add_argument("--batch", type=int, default=8, help="runs per batch (default 8)")
-    parser.add_argument(
-        "--postgres", metavar="URL", help="a PostgreSQL server (a scratch database beside URL's)"
-    )
-    parser.add_argument("--tree", type=Path, help="the checkout to measure (default: this file's)")
-    args = parser.parse_args()
-    here = Path(__file__).resolve().parent.parent
-    root = (args.tree or here).resolve()
-    sys.path.insert(0, str(root))
-    os.chdir(root)
-    scratch = Path(tempfile.mkdtemp(prefix="kaizen-bench-loop-"))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
-    os.environ["KAIZEN_VAR_DIR"] = str(scratch / "var")
+    args = in_process_parser(__doc__, rounds=200, warmup=20, batch="runs per batch").parse_args()
     os.environ["KAIZEN_AGENT_LOOP"] = "1"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    sys.path.insert(0, str(here))
-    from bench.line_steps import scratch_postgres
-    from bench.run import DEFAULT_REDIS
-
     os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS)
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        if args.postgres:
-            os.environ["DATABASE_URL"] = stack.enter_context(
-                scratch_postgres(args.postgres, "kaizen_loop_runs")
-            )
-        else:
-            os.environ["DATABASE_URL"] = f"sqlite:///{scratch / 'loop.sqlite3'}"
+    with in_process(args, name="loop_runs") as label:
         spent, tasks = _measure(args)
-    label = "postgres" if args.postgres else "sqlite"
     print(f"loop_runs_{label}_cpu_ms_per_task={spent * 1000 / tasks:.3f}")
     print(f"loop_runs_tasks={tasks}")
 
@@ -84,6 +57,7 @@ def _measure(args: argparse.Namespace) -> tuple[float, int]:
     from boards.models import Task
     from boards.services import enqueue
     from boards.services import pull as pull_module
+    from kaizen_web import live
 
     call_command("migrate", verbosity=0)
     caches["responses"].clear()
@@ -115,6 +89,9 @@ def _measure(args: argparse.Namespace) -> tuple[float, int]:
     left = Task.objects.filter(board=board, status__in=("backlog", "ready", "running")).count()
     if left:
         raise SystemExit(f"{left} tasks not finished")
+    # The inbox's live updates of escalated runs, rendered on the broadcaster's
+    # thread, before the scratch database goes.
+    live.flush()
     return spent, tasks
 
 
