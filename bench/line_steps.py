@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,14 +80,20 @@ def in_process_parser(doc: str | None, *, rounds: int, warmup: int, batch: str) 
 def in_process(args: argparse.Namespace, *, name: str) -> Iterator[str]:
     """The tree's code (``--tree``, else this checkout) set up to run in this
     process, against a scratch database (PostgreSQL beside ``--postgres``, else
-    SQLite) and a scratch var directory, both removed after; yields the
-    database's label (postgres or sqlite). Django is not set up yet."""
+    SQLite) and a scratch var directory, both removed after, and the benches'
+    Redis (``BENCH_REDIS_URL``) with a response cache of this run's own, kept an
+    hour; yields the database's label (postgres or sqlite). Django is not set up yet."""
     root = (args.tree or Path(__file__).resolve().parent.parent).resolve()
     sys.path.insert(0, str(root))
     os.chdir(root)
+    from bench.run import DEFAULT_REDIS
+
     scratch = Path(tempfile.mkdtemp(prefix=f"kaizen-bench-{name}-"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "kaizen_web.settings"
     os.environ["KAIZEN_VAR_DIR"] = str(scratch / "var")
+    os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS)
+    os.environ["KAIZEN_CACHE_PREFIX"] = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    os.environ["KAIZEN_RESPONSE_CACHE_SECONDS"] = "3600"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)

@@ -13,7 +13,7 @@ live updates and the pull a completion asks for after commit (an escalated run's
 update of the andon inbox is rendered, on the broadcaster's thread, and counted).
 
 It needs Redis (``BENCH_REDIS_URL``, default the line bench's) for the response
-cache and the leases. A tree without this file is measured by running this file
+cache (its own for each run) and the leases. A tree without this file is measured by running this file
 with ``--tree`` set to it.
 
 Usage: python bench/loop_runs.py [--rounds N] [--batch N] [--postgres URL] [--tree PATH]
@@ -31,13 +31,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.line_steps import in_process, in_process_parser  # noqa: E402  (after sys.path)
-from bench.run import DEFAULT_REDIS  # noqa: E402
 
 
 def main() -> None:
     args = in_process_parser(__doc__, rounds=200, warmup=20, batch="runs per batch").parse_args()
     os.environ["KAIZEN_AGENT_LOOP"] = "1"
-    os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS)
     with in_process(args, name="loop_runs") as label:
         spent, tasks = _measure(args)
     print(f"loop_runs_{label}_cpu_ms_per_task={spent * 1000 / tasks:.3f}")
@@ -48,7 +46,6 @@ def _measure(args: argparse.Namespace) -> tuple[float, int]:
     import django
 
     django.setup()
-    from django.core.cache import caches
     from django.core.management import call_command
 
     from bench.fixtures import line_board
@@ -60,7 +57,6 @@ def _measure(args: argparse.Namespace) -> tuple[float, int]:
     from kaizen_web import live
 
     call_command("migrate", verbosity=0)
-    caches["responses"].clear()
     broadcast.columns_changed = lambda *args, **kwargs: None
     pull_module.request_pull = lambda **kwargs: None
     enqueue.runs_enqueue = lambda claims: None

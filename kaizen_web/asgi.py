@@ -161,7 +161,9 @@ class SyncChainASGIHandler(ASGIHandler):
             # wrapper, executor lookup and two passes over the context were
             # some 13% of the web process's CPU a task posted, and entering a
             # ThreadSensitiveContext for every request another 4% (py-spy --gil,
-            # bench/intake.py; bench/README.md).
+            # bench/intake.py; bench/README.md). What asgiref also sets up is not
+            # needed by a synchronous view: a view calling async_to_sync (none
+            # does) runs its coroutine on an event loop of its own.
             context = contextvars.copy_context()
             async with self.turns() or contextlib.nullcontext():
                 response = await asyncio.wrap_future(
@@ -177,8 +179,12 @@ class SyncChainASGIHandler(ASGIHandler):
             for var, value in context.items():
                 var.set(value)
             async with ThreadSensitiveContext(executor=thread):
-                await self.stream(response, receive, send)
-                await sync_to_async(response.close, thread_sensitive=True)()
+                try:
+                    await self.stream(response, receive, send)
+                finally:
+                    # Whatever became of the sending: its connections and the
+                    # request-finished signal.
+                    await sync_to_async(response.close, thread_sensitive=True)()
         finally:
             body_file.close()
 

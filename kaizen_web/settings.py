@@ -603,7 +603,17 @@ CACHES = {
         "TIMEOUT": KAIZEN_RESPONSE_CACHE_SECONDS or None,
         # Hundreds of worker threads may ask at once: they wait for one of the
         # pool's connections rather than fail past redis-py's default cap of 100.
-        "OPTIONS": {"pool_class": "redis.BlockingConnectionPool", "max_connections": 100, "timeout": 10},
+        # A Redis that does not answer costs a model call, not a stalled line:
+        # a completion stores its batch's answers on its worker's one completing
+        # thread (boards.agents.response_cache.settle_cache), so reads and writes
+        # give up after two seconds (redis-py waits for ever by default).
+        "OPTIONS": {
+            "pool_class": "redis.BlockingConnectionPool",
+            "max_connections": 100,
+            "timeout": 10,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 2,
+        },
     },
 }
 

@@ -121,15 +121,14 @@ class PromptCascadeAgent(BaseAgent):
             raise AgentFailed(f"the agent's parameters are invalid: {exc}") from None
         return prompt, tiers, generation
 
-    def plan(self, task: Task, *, prefetch: Prefetch | None = None) -> CascadeSteps:
+    def plan(self, task: Task) -> CascadeSteps:
         """What ``process`` does, as steps for a driver (see ``drive`` and
-        ``adrive``): prepared now, the calls left to the driver. With
-        ``prefetch``, the first call's key is named to it, and its answer taken
-        from it once it has been fetched (before the steps run)."""
+        ``adrive``): prepared now, the calls left to the driver. With a
+        ``prefetch`` (the runtime's, for a batch), the first call's key is named
+        to it, and its answer taken from it once fetched (before the steps run)."""
         prompt, tiers, generation = self.prepare(task)
-        if prefetch is not None and tiers and self.agent.cache_responses and cache_enabled():
-            self.prefetch = prefetch
-            prefetch.want(cache_key(tiers[0], prompt, {**generation, **tiers[0].parameters}))
+        if self.prefetch is not None and tiers and self.agent.cache_responses and cache_enabled():
+            self.prefetch.want(cache_key(tiers[0], prompt, {**generation, **tiers[0].parameters}))
         return self.cascade_steps(task, prompt, tiers, generation)
 
     def awaitable(self) -> bool:

@@ -125,16 +125,18 @@ def settle_cache(outcomes: list[tuple[Output, bool]]) -> None:
             stored.update((key, _value(response)) for key, response in output.cache_entries)
         elif output.cached_from:
             dropped.append(output.cached_from)
-    if stored and settings.KAIZEN_RESPONSE_CACHE_SECONDS > 0:
-        try:
-            _cache().set_many(stored, timeout=settings.KAIZEN_RESPONSE_CACHE_SECONDS)
-        except Exception:
-            logger.warning("response cache unavailable for writing", exc_info=True)
+    # Dropped first: a fresh answer that passed, stored under the key a defect of
+    # the same batch was served from, is the one kept.
     if dropped:
         try:
             _cache().delete_many(dropped)
         except Exception:
             logger.warning("response cache unavailable for deleting", exc_info=True)
+    if stored and settings.KAIZEN_RESPONSE_CACHE_SECONDS > 0:
+        try:
+            _cache().set_many(stored, timeout=settings.KAIZEN_RESPONSE_CACHE_SECONDS)
+        except Exception:
+            logger.warning("response cache unavailable for writing", exc_info=True)
 
 
 def _value(response: ModelResponse) -> dict[str, Any]:

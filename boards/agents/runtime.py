@@ -441,7 +441,8 @@ def _on_loop(task, earlier, lease_token: str, prefetch: Prefetch) -> Output | Ca
         agent = implementation_for(experiment_line.agent_for_run(task))
         if not (isinstance(agent, PromptCascadeAgent) and agent.awaitable()):
             return None
-        steps = agent.plan(task, prefetch=prefetch)
+        agent.prefetch = prefetch
+        steps = agent.plan(task)
         handed = True
         return steps
     except Exception as exc:

@@ -14,7 +14,8 @@ from andon import selectors
 from andon import services as andon_services
 from andon.models import Escalation, Inspection
 from boards import services
-from boards.agents import cascade, response_cache, runtime
+from boards.agents import Output, cascade, response_cache, runtime
+from boards.agents.provider_types import ModelResponse
 from boards.models import Column, ModelCall, Task
 from tests.factories import column, make_agent, make_board, make_reviewer
 from tests.response_cache import settled
@@ -63,10 +64,15 @@ def sources(task: Task) -> list[str]:
     return list(task.model_call_rows.order_by("pk").values_list("source", flat=True))
 
 
-def test_an_escalated_answer_is_not_served_from_the_cache_to_the_next_identical_task():
+def test_an_escalated_answer_is_not_served_from_the_cache_to_the_next_identical_task(
+    django_capture_on_commit_callbacks,
+):
     board, _ = line(checks=NEVER, reuse_results=False)
-    first = run_one(board)
+    with django_capture_on_commit_callbacks() as committed:
+        first = run_one(board)
     assert first.status == Task.Status.REVIEW
+    # What the commit does for the cache runs (it has the answer, and its verdict).
+    settled(committed)
 
     second = run_one(board, title="The same invoice again")
 
@@ -198,3 +204,18 @@ def test_two_identical_escalated_tasks_are_one_inbox_row_and_one_decision_decide
         task.refresh_from_db()
         assert task.status == Task.Status.DONE
         assert Escalation.objects.get(task=task).status == Escalation.Status.APPROVED
+
+
+def test_a_batch_keeps_a_fresh_answer_stored_under_the_key_a_defect_of_it_was_served_from():
+    # One batch: a defect served from entry K (dropped), and a run whose fresh
+    # answer for K passed (stored): the fresh answer is what the cache keeps.
+    key = "response:one-key"
+    fresh = ModelResponse(
+        text="Short by 4 units.", confidence=0.9, tokens_in=12, tokens_out=16, latency_ms=5.0
+    )
+    served = Output(text="Short by 2 units.", confidence=0.9, cached_from=key)
+    answered = Output(text=fresh.text, confidence=0.9, cache_entries=((key, fresh),))
+
+    response_cache.settle_cache([(served, False), (answered, True)])
+
+    assert response_cache.cached_response(key) == fresh
