@@ -146,6 +146,30 @@ def test_embedding_fills_vectors_and_embeds_each_text_once(board, agent):
     assert knowledge.patterns_embed(embedder=embedder, budget_seconds=60) == 0
 
 
+def test_on_sqlite_a_batch_is_embedded_outside_a_write_transaction(board, agent):
+    # SQLite's write lock is the whole database's: held while a batch was
+    # embedded, batch after batch, it kept the line's writers out ("database is
+    # locked"). On PostgreSQL the batch's rows stay locked while embedded.
+    from django.db import connection
+
+    for title in ("Reset my password", "Invoice total wrong"):
+        _, claim = claim_one(board, title=title)
+        assert complete(claim)
+    around = len(connection.atomic_blocks)  # the test's own
+    depths: list[int] = []
+
+    class Watching(Counting):
+        def embed(self, texts):
+            depths.append(len(connection.atomic_blocks))
+            return super().embed(texts)
+
+    assert knowledge.patterns_embed(embedder=Watching(), budget_seconds=60) == 2
+
+    inside = 0 if connection.vendor == "sqlite" else 1
+    assert depths == [around + inside]
+    assert Pattern.objects.filter(embedded_at__isnull=True).count() == 0
+
+
 def test_a_change_of_model_re_embeds_every_pattern(board, agent):
     for title in ("Reset my password", "Invoice total wrong"):
         _, claim = claim_one(board, title=title)
