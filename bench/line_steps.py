@@ -120,28 +120,36 @@ def main() -> None:
     print(f"line_steps_tasks={figures['tasks']:.0f}")
 
 
-def _measure(args: argparse.Namespace) -> dict[str, float]:
+def line_set_up() -> None:
+    """Django set up and the scratch database migrated (``in_process``), with what
+    the in-process benches leave out: the board's live updates, the pull a
+    completion asks for after commit, and the claims' Celery message."""
     import django
 
     django.setup()
     from django.core.management import call_command
-    from django.db import connections
 
-    from bench.fixtures import line_board
-    from boards import broadcast, selectors, services
-    from boards.agents.cascade import implementation_for
-    from boards.models import Task
+    from boards import broadcast
     from boards.services import enqueue
     from boards.services import pull as pull_module
-    from experiments import line as experiment_line
-    from kaizen_web import live
 
     call_command("migrate", verbosity=0)
-    # Left out (see the docstring): the live updates, the pull a completion asks
-    # for after commit, and the claims' Celery message.
     broadcast.columns_changed = lambda *args, **kwargs: None
     pull_module.request_pull = lambda **kwargs: None
     enqueue.runs_enqueue = lambda claims: None
+
+
+def _measure(args: argparse.Namespace) -> dict[str, float]:
+    line_set_up()
+    from django.db import connections
+
+    from bench.fixtures import line_board
+    from boards import selectors, services
+    from boards.agents.cascade import implementation_for
+    from boards.models import Task
+    from experiments import line as experiment_line
+    from kaizen_web import live
+
     board, _ = line_board("steps", wip=200)
     spent = dict.fromkeys(STEPS, 0.0)
     statements = dict.fromkeys(STEPS, 0)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.line_steps import in_process, in_process_parser  # noqa: E402  (after sys.path)
+from bench.line_steps import in_process, in_process_parser, line_set_up  # noqa: E402  (after sys.path)
 
 
 def main() -> None:
@@ -43,23 +43,13 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace) -> tuple[float, int]:
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    line_set_up()
     from bench.fixtures import line_board
-    from boards import broadcast, services
+    from boards import services
     from boards.agents import runtime
     from boards.models import Task
-    from boards.services import enqueue
-    from boards.services import pull as pull_module
     from kaizen_web import live
 
-    call_command("migrate", verbosity=0)
-    broadcast.columns_changed = lambda *args, **kwargs: None
-    pull_module.request_pull = lambda **kwargs: None
-    enqueue.runs_enqueue = lambda claims: None
     # As a Celery worker process: finished runs are completed in batches (its
     # heartbeat and pull threads are left out).
     services.mark_worker_process()
