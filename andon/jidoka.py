@@ -262,7 +262,11 @@ def finished_runs_handle(runs: list[FinishedRun], *, calls: dict[int, list]) -> 
     breaker_agents = record_agent_outcomes(succeeded=succeeded, to_reset=agent_breakers)
     # In board order, as the breaker rows are locked: two batches cannot deadlock.
     for board_id in sorted(calls):
-        record_model_calls(calls[board_id], board_id=board_id, to_reset=model_breakers.get(board_id, []))
+        record_model_calls(
+            calls[board_id],
+            board_id=board_id,
+            to_reset=None if model_breakers is None else model_breakers.get(board_id),
+        )
     return FinishedRunsHandled(
         escalations=[escalation.pk for escalation in escalations],
         # Spike stops are agents' stops: each has its agent_id.
@@ -562,24 +566,20 @@ _BREAKERS_TO_RESET = Prepared(
 
 def _breakers_to_reset(
     *, agent_ids: list[int], board_ids: list[int]
-) -> tuple[list[CircuitBreaker], dict[int, list[CircuitBreaker]]]:
+) -> tuple[list[CircuitBreaker] | None, dict[int, list[CircuitBreaker]] | None]:
     """What ``_AGENT_BREAKERS_TO_RESET`` and ``_MODEL_BREAKERS_TO_RESET`` give for
-    these agents and for each of these boards, read in one statement when both are
-    asked (the usual batch)."""
-    if not agent_ids:
-        return [], {
-            board_id: list(_MODEL_BREAKERS_TO_RESET.instances(CircuitBreaker, board_id=board_id))
-            for board_id in board_ids
-        }
-    if not board_ids:
-        return list(_AGENT_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=agent_ids)), {}
+    these agents (in agent order) and for each of these boards, in one statement.
+    Both None unless both are asked (the usual batch): then each
+    ``record_*`` function reads its own, and one of them has nothing to do."""
+    if not (agent_ids and board_ids):
+        return None, None
     read = list(_BREAKERS_TO_RESET.instances(CircuitBreaker, agent_ids=agent_ids, board_ids=board_ids))
-    agents = set(agent_ids)
-    by_board: dict[int, list[CircuitBreaker]] = {}
+    by_board: dict[int, list[CircuitBreaker]] = {board_id: [] for board_id in board_ids}
     for breaker in read:
-        if breaker.scope == Breaker.Scope.MODEL and breaker.board_id is not None:
-            by_board.setdefault(breaker.board_id, []).append(breaker)
-    return sorted((b for b in read if b.agent_id in agents), key=lambda b: b.agent_id or 0), by_board
+        if breaker.scope == Breaker.Scope.MODEL and breaker.board_id in by_board:
+            by_board[breaker.board_id].append(breaker)
+    agents = sorted((b for b in read if b.agent_id is not None), key=lambda b: b.agent_id or 0)
+    return agents, by_board
 
 
 def record_agent_outcomes(

@@ -9,6 +9,7 @@ busy line takes the CPU first and the embedder catches up when it idles."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -177,37 +178,27 @@ def patterns_embed(
     done = 0
     # At least one batch, however small the budget.
     while done == 0 or time.monotonic() - started < budget_seconds:
-        if connection.features.has_select_for_update:
-            # The batch's rows stay locked while they are embedded: another
-            # process skips them, and the line's writers never wanted them.
-            with transaction.atomic():
-                rows = _next_batch(embedder.name, batch)
-                if not rows:
-                    break
-                _embed_rows(rows, embedder)
-                _embedded_write(rows)
-        else:
-            # SQLite: a write transaction locks the whole database. Held while a
-            # batch was embedded (0.6 s for 64 texts), batch after batch, it kept
-            # the line's writers out until their busy timeout ran out ("database
-            # is locked": a pull and a run lost in the demo, catching up on 3,200
-            # patterns). The batch is read and embedded first, then written in a
-            # short transaction; a row embedded twice is only written twice.
+        # Where rows can be locked (PostgreSQL) the batch's stay locked while
+        # they are embedded: another process skips them, and no writer of the
+        # line wants them. SQLite's write lock is the whole database's: held
+        # while a batch was embedded (0.6 s for 64 texts), batch after batch, it
+        # kept the line's writers out until their busy timeout ran out ("database
+        # is locked": a pull and a run lost in the demo, catching up on 3,200
+        # patterns). There the batch is read and embedded first and written in
+        # a short transaction; a row embedded twice is only written twice.
+        locked = transaction.atomic if connection.features.has_select_for_update else contextlib.nullcontext
+        with locked():
             rows = _next_batch(embedder.name, batch)
             if not rows:
                 break
             _embed_rows(rows, embedder)
-            with transaction.atomic():
-                _embedded_write(rows)
+            with transaction.atomic(savepoint=False):
+                Pattern.objects.bulk_update(rows, ["vector", "embed_model", "dim", "embedded_at"])
+                vectors.mirror(rows)
         done += len(rows)
         if progress is not None:
             progress(len(rows))
     return done
-
-
-def _embedded_write(rows: list[Pattern]) -> None:
-    Pattern.objects.bulk_update(rows, ["vector", "embed_model", "dim", "embedded_at"])
-    vectors.mirror(rows)
 
 
 # --- back-fill ----------------------------------------------------------------------

@@ -212,32 +212,17 @@ def test_on_the_loop_a_batchs_first_calls_are_read_from_the_cache_in_one_round_t
 
     make_agent(boards=[board], cascade=ESCALATING, reuse_results=False, quality_checks=[], concurrency=3)
     assert _run(_claims((board, "first"), (board, "second")), settings, loop=True) == ["done"] * 2
+    # Each read and write of the cache: (the method, how many keys).
     reads: list[tuple[str, int]] = []
     writes: list[tuple[str, int]] = []
-    get, get_many = RedisCache.get, RedisCache.get_many
-    cache_set, set_many = RedisCache.set, RedisCache.set_many
+    for name, log in (("get", reads), ("get_many", reads), ("set", writes), ("set_many", writes)):
+        method = getattr(RedisCache, name)
 
-    def counted_set(self, key, *args, **kwargs):
-        writes.append(("set", 1))
-        return cache_set(self, key, *args, **kwargs)
+        def counted(self, keys, *args, _method=method, _name=name, _log=log, **kwargs):
+            _log.append((_name, len(keys) if _name.endswith("_many") else 1))
+            return _method(self, keys, *args, **kwargs)
 
-    def counted_set_many(self, data, *args, **kwargs):
-        writes.append(("set_many", len(data)))
-        return set_many(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(RedisCache, "set", counted_set)
-    monkeypatch.setattr(RedisCache, "set_many", counted_set_many)
-
-    def counted_get(self, key, *args, **kwargs):
-        reads.append(("get", 1))
-        return get(self, key, *args, **kwargs)
-
-    def counted_get_many(self, keys, *args, **kwargs):
-        reads.append(("get_many", len(keys)))
-        return get_many(self, keys, *args, **kwargs)
-
-    monkeypatch.setattr(RedisCache, "get", counted_get)
-    monkeypatch.setattr(RedisCache, "get_many", counted_get_many)
+        monkeypatch.setattr(RedisCache, name, counted)
     model_calls[:] = []
     claims = _claims((board, "first"), (board, "second"), (board, "third"))
 
